@@ -1,0 +1,2 @@
+//! agentid-ca.
+#![forbid(unsafe_code)]

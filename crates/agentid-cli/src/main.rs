@@ -1,0 +1,3 @@
+//! The agentid CLI.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,2 @@
+//! agentid-protocol.
+#![forbid(unsafe_code)]

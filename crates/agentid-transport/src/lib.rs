@@ -1,0 +1,2 @@
+//! agentid-transport.
+#![forbid(unsafe_code)]
