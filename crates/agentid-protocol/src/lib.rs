@@ -1,2 +1,52 @@
-//! agentid-protocol.
+//! # agentid-protocol
+//!
+//! The sans-IO core of agentid: SPIFFE identities for agents, tasks and services; JWS grants,
+//! delegation links and hop proofs; the delegation-chain verifier; SPIFFE trust bundles and
+//! signed revocation lists.
+//!
+//! ## Security model
+//!
+//! * Authority starts at a **grant** signed by a trust domain's authority key (found in that
+//!   domain's bundle, never in the token). Each **link** hands a narrower slice of the previous
+//!   holder's rights to the next holder and is signed by the previous holder's confirmed key
+//!   (`cnf`). The last holder proves possession through the mTLS handshake.
+//! * Verification runs in fixed phases (framing, headers, keys/signatures/claims, linkage and
+//!   attenuation, time, revocation, possession, audience). No claim is read before its token's
+//!   signature has verified. The first failure ends verification with one stable code.
+//! * Time is always a parameter: this crate never reads a clock inside verification.
+//! * Keys never come from the token itself. Private task keys are reachable only through the
+//!   typed builders of this crate; there is no generic `sign(bytes)` for a task key.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod id;
+pub mod scope;
+
+mod encoding;
+pub mod crypto;
+mod jwk;
+pub mod jws;
+
+pub use crypto::{Algorithm, AuthorityKey, JwsSigner, PublicKey, TaskKey};
+pub use error::{Error, ErrorCode, Result};
+pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
+pub use jws::TokenType;
+pub use scope::{IdSet, Limits, Scope, ScopeToken};
+
+#[cfg(feature = "danger-raw-signing")]
+pub mod danger;
+pub mod bundle;
+pub mod chain;
+pub mod policy;
+pub mod proof;
+pub mod revocation;
+pub mod token;
+pub mod verify;
+
+pub use bundle::{BundleSet, TrustBundle};
+pub use chain::Chain;
+pub use policy::{AuthorityPolicy, VerifierConfig};
+pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
+pub use revocation::{RevocationList, RevocationListBuilder};
+pub use token::{GrantBuilder, LinkBuilder, Mode};
+pub use verify::{Actor, VerifiedChain, Verifier};

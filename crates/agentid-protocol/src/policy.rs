@@ -1,0 +1,179 @@
+//! Verifier configuration: bundles (authentication), authority policy (authorization of
+//! grants), revocation lists, skew and enforced limits.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::bundle::{BundleSet, TrustBundle};
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::{SpiffeId, TrustDomain};
+use crate::revocation::RevocationList;
+use crate::scope::Scope;
+
+/// Default clock skew, seconds.
+pub const DEFAULT_SKEW: u64 = 60;
+/// Maximum clock skew a verifier may be configured with, seconds.
+pub const MAX_SKEW: u64 = 120;
+
+/// Which trust domains' grants this verifier accepts, and for which scope patterns.
+///
+/// Holding a domain's bundle authenticates its identities; it never lets that domain's authority
+/// grant anything here unless this policy says so.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthorityPolicy {
+    /// `None`: any scope.
+    domains: HashMap<TrustDomain, Option<Scope>>,
+}
+
+impl AuthorityPolicy {
+    /// A policy accepting no authority at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The default: only `own` may grant, any scope.
+    pub fn own_domain(own: &TrustDomain) -> Self {
+        Self::none().allow_any(own.clone())
+    }
+
+    /// Accepts grants of `domain`'s authority for scopes covered by `patterns`.
+    #[must_use]
+    pub fn allow(mut self, domain: TrustDomain, patterns: Scope) -> Self {
+        self.domains.insert(domain, Some(patterns));
+        self
+    }
+
+    /// Accepts grants of `domain`'s authority for any scope.
+    #[must_use]
+    pub fn allow_any(mut self, domain: TrustDomain) -> Self {
+        self.domains.insert(domain, None);
+        self
+    }
+
+    /// Whether `domain`'s grants are accepted at all.
+    pub fn accepts(&self, domain: &TrustDomain) -> bool {
+        self.domains.contains_key(domain)
+    }
+
+    /// Whether `domain` may grant `scope` here.
+    pub fn permits(&self, domain: &TrustDomain, scope: &Scope) -> bool {
+        match self.domains.get(domain) {
+            Some(None) => true,
+            Some(Some(patterns)) => patterns.covers(scope),
+            None => false,
+        }
+    }
+}
+
+/// Everything a chain verifier needs besides the chain, the peer and the time.
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    pub(crate) own_id: SpiffeId,
+    pub(crate) bundles: BundleSet,
+    pub(crate) authority: AuthorityPolicy,
+    pub(crate) revocations: HashMap<TrustDomain, Arc<RevocationList>>,
+    pub(crate) skew: u64,
+    pub(crate) enforced_limits: BTreeSet<String>,
+    pub(crate) danger_revocation_optional: bool,
+}
+
+impl VerifierConfig {
+    /// A configuration for the verifier `own_id` trusting `bundles`. Defaults: the verifier's own
+    /// trust domain is the only accepted authority (any scope), skew 60 s, no enforced limits,
+    /// revocation lists required.
+    pub fn new(own_id: SpiffeId, bundles: BundleSet) -> Self {
+        let authority = AuthorityPolicy::own_domain(&own_id.trust_domain());
+        Self {
+            own_id,
+            bundles,
+            authority,
+            revocations: HashMap::new(),
+            skew: DEFAULT_SKEW,
+            enforced_limits: BTreeSet::new(),
+            danger_revocation_optional: false,
+        }
+    }
+
+    /// Replaces the authority policy.
+    #[must_use]
+    pub fn authority_policy(mut self, policy: AuthorityPolicy) -> Self {
+        self.authority = policy;
+        self
+    }
+
+    /// Sets the clock skew (at most [`MAX_SKEW`]).
+    pub fn skew(mut self, seconds: u64) -> Result<Self> {
+        if seconds > MAX_SKEW {
+            return Err(Error::new(ErrorCode::BadConfig, "skew must be at most 120 seconds"));
+        }
+        self.skew = seconds;
+        Ok(self)
+    }
+
+    /// Declares the limit names this verifier's application enforces; a chain carrying any
+    /// other name fails `unsupported_limit`.
+    #[must_use]
+    pub fn enforce_limits<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.enforced_limits = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// DANGER: accepts chains and peers whose trust domains have no revocation list, or only a
+    /// stale one. Without this, a missing or stale list fails closed. An invalid list is still
+    /// an error.
+    #[must_use]
+    pub fn danger_accept_missing_or_stale_revocations(mut self) -> Self {
+        self.danger_revocation_optional = true;
+        self
+    }
+
+    /// Verifies and applies a revocation list; an older `seq` than the one held is refused.
+    pub fn apply_revocation_list(&mut self, compact: &str) -> Result<Arc<RevocationList>> {
+        let list = RevocationList::verify(compact, &self.bundles)?;
+        if let Some(old) = self.revocations.get(list.issuer()) {
+            if list.seq() < old.seq() {
+                return Err(Error::new(
+                    ErrorCode::SequenceRollback,
+                    format!("revocation list seq {} is older than the held {}", list.seq(), old.seq()),
+                ));
+            }
+        }
+        let list = Arc::new(list);
+        self.revocations.insert(list.issuer().clone(), Arc::clone(&list));
+        Ok(list)
+    }
+
+    /// Adds or replaces a trust bundle (a lower sequence is refused).
+    pub fn insert_bundle(&mut self, bundle: TrustBundle) -> Result<()> {
+        self.bundles.insert(bundle)
+    }
+
+    /// The verifier's own identity.
+    pub fn own_id(&self) -> &SpiffeId {
+        &self.own_id
+    }
+
+    /// The trust bundles.
+    pub fn bundles(&self) -> &BundleSet {
+        &self.bundles
+    }
+
+    /// The configured skew.
+    pub fn skew_seconds(&self) -> u64 {
+        self.skew
+    }
+
+    /// The revocation list held for `td`.
+    pub fn revocation_list(&self, td: &TrustDomain) -> Option<&Arc<RevocationList>> {
+        self.revocations.get(td)
+    }
+
+    /// Whether missing or stale revocation lists are tolerated (a `danger_` setting).
+    pub fn revocation_optional(&self) -> bool {
+        self.danger_revocation_optional
+    }
+}

@@ -1,0 +1,235 @@
+//! Hop proofs (`agentid-proof+jwt`): a per-connection signed statement binding a presentation
+//! to one TLS 1.3 connection through the exporter, and leaving both sides a signed receipt.
+
+use serde_json::{Map, Value};
+
+use crate::chain::MAX_CHAIN_BYTES;
+use crate::token::claims::{check_members, get_hash, get_str, get_time};
+use crate::crypto::{sha256, verify, TaskKey};
+use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::SpiffeId;
+use crate::jws::{self, parse_header, sign_compact, TokenType};
+use crate::PublicKey;
+
+/// The TLS 1.3 exporter label of the channel binding.
+pub const EXPORTER_LABEL: &[u8] = b"EXPERIMENTAL-agentid-proof-v1";
+
+/// Length of the exporter value in bytes.
+pub const EXPORTER_LEN: usize = 32;
+
+/// Maximum proof lifetime (`exp - iat`), in seconds.
+pub const MAX_PROOF_LIFETIME: u64 = 60;
+
+/// The presenter's role in the TLS connection; it selects the exporter context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The TLS client (exporter context `client`).
+    Client,
+    /// The TLS server (exporter context `server`).
+    Server,
+}
+
+impl Role {
+    /// The exporter context: the ASCII bytes `client` or `server`.
+    pub const fn exporter_context(self) -> &'static [u8] {
+        match self {
+            Role::Client => b"client",
+            Role::Server => b"server",
+        }
+    }
+}
+
+const PROOF_CLAIMS_CLIENT: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth"];
+const PROOF_CLAIMS_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth", "rth"];
+const PROOF_REQUIRED: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb"];
+
+/// Builds and signs a hop proof with the presenter's certificate key.
+#[derive(Debug)]
+#[must_use]
+pub struct ProofBuilder {
+    sub: SpiffeId,
+    aud: SpiffeId,
+    role: Role,
+    exporter: [u8; EXPORTER_LEN],
+    iat: u64,
+    exp: u64,
+    chain: Option<String>,
+    client_proof: Option<String>,
+}
+
+impl ProofBuilder {
+    /// A proof by `presenter` (its certificate's URI SAN) to `peer` (the peer's URI SAN), for a
+    /// connection whose exporter value for `role` is `exporter`, valid over `[iat, exp)`.
+    pub fn new(presenter: &SpiffeId, peer: &SpiffeId, role: Role, exporter: [u8; EXPORTER_LEN], iat: u64, exp: u64) -> Self {
+        Self {
+            sub: presenter.clone(),
+            aud: peer.clone(),
+            role,
+            exporter,
+            iat,
+            exp,
+            chain: None,
+            client_proof: None,
+        }
+    }
+
+    /// Binds the chain sent with this proof (`cth`).
+    pub fn chain(mut self, chain: &str) -> Self {
+        self.chain = Some(chain.to_owned());
+        self
+    }
+
+    /// For the server's proof: binds the client proof it answers (`rth`).
+    pub fn responding_to(mut self, client_proof: &str) -> Self {
+        self.client_proof = Some(client_proof.to_owned());
+        self
+    }
+
+    /// Signs with the presenter's certificate key.
+    pub fn sign(self, key: &TaskKey) -> Result<String> {
+        if self.iat >= self.exp || self.exp - self.iat > MAX_PROOF_LIFETIME {
+            return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof must satisfy iat < exp <= iat + 60"));
+        }
+        let rth = match (self.role, &self.client_proof) {
+            (Role::Server, Some(p)) => Some(b64_encode(&sha256(p.as_bytes()))),
+            (Role::Server, None) => {
+                return Err(Error::new(ErrorCode::MissingClaim, "a server proof must answer a client proof"))
+            }
+            (Role::Client, Some(_)) => return Err(Error::new(ErrorCode::UnknownClaim, "only a server proof carries `rth`")),
+            (Role::Client, None) => None,
+        };
+        let mut m = Map::new();
+        m.insert("sub".into(), Value::from(self.sub.as_str()));
+        m.insert("aud".into(), Value::from(self.aud.as_str()));
+        m.insert("iat".into(), Value::from(self.iat));
+        m.insert("exp".into(), Value::from(self.exp));
+        m.insert("jti".into(), Value::from(b64_encode(&crate::crypto::random_bytes::<16>()?)));
+        m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
+        if let Some(c) = &self.chain {
+            m.insert("cth".into(), Value::from(b64_encode(&sha256(c.as_bytes()))));
+        }
+        if let Some(r) = rth {
+            m.insert("rth".into(), Value::from(r));
+        }
+        let payload = serde_json::to_vec(&Value::Object(m))
+            .map_err(|e| Error::new(ErrorCode::BadJson, e.to_string()))?;
+        sign_compact(TokenType::Proof, key.algorithm(), None, &payload, |input| key.sign(input))
+    }
+}
+
+/// What a proof verifier knows about the connection: nothing here comes from the proof itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ProofContext<'a> {
+    /// The presenter's certificate URI SAN (from the verified TLS peer certificate).
+    pub presenter_id: &'a SpiffeId,
+    /// The presenter's certificate public key.
+    pub presenter_key: &'a PublicKey,
+    /// The verifier's own URI SAN.
+    pub verifier_id: &'a SpiffeId,
+    /// The presenter's role in the TLS connection.
+    pub role: Role,
+    /// The verifier's own exporter value for the presenter's role.
+    pub exporter: [u8; EXPORTER_LEN],
+    /// Current time, Unix seconds.
+    pub now: u64,
+    /// Allowed clock skew in seconds (at most 120).
+    pub skew: u64,
+    /// The chain sent with the proof, if any.
+    pub chain: Option<&'a str>,
+    /// For a server proof: the client proof it must answer.
+    pub client_proof: Option<&'a str>,
+}
+
+/// A verified hop proof: the session's signed receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// The proof's `jti`.
+    pub jti: String,
+    /// Issued-at.
+    pub iat: u64,
+    /// Expiry.
+    pub exp: u64,
+    /// The compact proof, as received (kept as the receipt).
+    pub compact: String,
+}
+
+/// Verifies a hop proof. The order of checks is fixed by spec/PROTOCOL.md ("Hop proofs").
+pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof> {
+    if ctx.skew > crate::policy::MAX_SKEW {
+        return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
+    }
+    // 1. Framing.
+    let raw = jws::split(proof)?;
+    let signature = b64_decode(raw.signature_b64)?;
+    let payload = b64_decode(raw.payload_b64)?;
+    // 2. Header.
+    let header = parse_header(&raw, TokenType::Proof)?;
+    // 3. Signature with the presenter's certificate key, then claims.
+    verify(ctx.presenter_key, header.alg, raw.signing_input(), &signature)?;
+    let map = parse_ijson_object(&payload)?;
+    let allowed = match ctx.role {
+        Role::Client => PROOF_CLAIMS_CLIENT,
+        Role::Server => PROOF_CLAIMS_SERVER,
+    };
+    check_members(&map, allowed, PROOF_REQUIRED)?;
+    let sub = SpiffeId::parse(get_str(&map, "sub")?)?;
+    let aud = SpiffeId::parse(get_str(&map, "aud")?)?;
+    let iat = get_time(&map, "iat")?;
+    let exp = get_time(&map, "exp")?;
+    let jti = get_str(&map, "jti")?;
+    match b64_decode(jti) {
+        Ok(b) if b.len() >= 16 && jti.len() <= 128 => {}
+        _ => return Err(Error::new(ErrorCode::BadClaim, "`jti` must be base64url of at least 16 bytes")),
+    }
+    let cb = get_hash(&map, "cb")?;
+    let cth = if map.contains_key("cth") { Some(get_hash(&map, "cth")?) } else { None };
+    let rth = if map.contains_key("rth") { Some(get_hash(&map, "rth")?) } else { None };
+    // 4. Identities.
+    if &sub != ctx.presenter_id {
+        return Err(Error::new(ErrorCode::HolderMismatch, "proof `sub` is not the peer's URI SAN"));
+    }
+    if &aud != ctx.verifier_id {
+        return Err(Error::new(ErrorCode::AudienceMismatch, "proof `aud` is not this verifier"));
+    }
+    // 5. Channel binding.
+    if !constant_time_eq(&cb, &ctx.exporter) {
+        return Err(Error::new(ErrorCode::ChannelBindingMismatch, "proof is bound to another connection or role"));
+    }
+    // 6. Chain hash: present exactly when a chain is sent.
+    match (cth, ctx.chain) {
+        (None, None) => {}
+        (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == sha256(chain.as_bytes()) => {}
+        _ => return Err(Error::new(ErrorCode::ChainHashMismatch, "`cth` does not match the chain sent")),
+    }
+    // 7. Response hash (server proofs answer one client proof).
+    if ctx.role == Role::Server {
+        let expected = ctx
+            .client_proof
+            .map(|p| sha256(p.as_bytes()))
+            .ok_or_else(|| Error::new(ErrorCode::BadConfig, "verifying a server proof needs the client proof"))?;
+        match rth {
+            Some(h) if h == expected => {}
+            Some(_) => return Err(Error::new(ErrorCode::ResponseHashMismatch, "`rth` does not match the client proof")),
+            None => return Err(Error::new(ErrorCode::MissingClaim, "missing claim `rth`")),
+        }
+    }
+    // 8. Time.
+    if iat >= exp {
+        return Err(Error::new(ErrorCode::BadValidity, "proof `iat` must be before `exp`"));
+    }
+    if exp - iat > MAX_PROOF_LIFETIME {
+        return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof lives at most 60 seconds"));
+    }
+    if ctx.now >= exp.saturating_add(ctx.skew) {
+        return Err(Error::new(ErrorCode::Expired, "proof expired"));
+    }
+    if iat > ctx.now.saturating_add(ctx.skew) {
+        return Err(Error::new(ErrorCode::IssuedInFuture, "proof issued in the future"));
+    }
+    Ok(VerifiedProof { jti: jti.to_owned(), iat, exp, compact: proof.to_owned() })
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,135 @@
+//! The grant builder: the root of a chain, signed by a trust domain's authority key.
+
+use serde_json::Value;
+
+use crate::chain::Chain;
+use crate::crypto::JwsSigner;
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::{TaskIdentity, TrustDomain};
+use crate::jws::{sign_compact, TokenType};
+use crate::scope::{IdSet, Limits, Scope};
+use crate::token::claims::{check_principal, encode_chain_claims, random_jti, valid_jti, ChainClaims, Mode, MAX_DEPTH};
+use crate::token::MAX_TOKEN_LIFETIME;
+use crate::PublicKey;
+
+/// Builds and signs a grant (`agentid-grant+jwt`).
+///
+/// Only the authority of a trust domain (the CA) mints grants; agents extend chains with
+/// [`crate::LinkBuilder`].
+#[derive(Debug)]
+#[must_use]
+pub struct GrantBuilder {
+    claims: ChainClaims,
+    jti: Option<String>,
+}
+
+impl GrantBuilder {
+    /// A grant from `issuer`'s authority to `holder` (whose task key is `holder_key`) for `scope`.
+    ///
+    /// Defaults: autonomous mode, `max_depth` 0 (sealed), no `aud`, `limits` or
+    /// `may_delegate_to`; validity must be set with [`GrantBuilder::validity`].
+    pub fn new(issuer: &TrustDomain, holder: &TaskIdentity, holder_key: &PublicKey, scope: Scope) -> Self {
+        Self {
+            claims: ChainClaims {
+                iss: issuer.id(),
+                sub: holder.clone(),
+                cnf: holder_key.clone(),
+                prev: None,
+                task: holder.task_id(),
+                scope,
+                aud: None,
+                mode: Some(Mode::Autonomous),
+                principal: None,
+                max_depth: 0,
+                limits: None,
+                may_delegate_to: None,
+                iat: 0,
+                nbf: 0,
+                exp: 0,
+                jti: String::new(),
+            },
+            jti: None,
+        }
+    }
+
+    /// Restricts the audience (default: the issuer's own trust domain).
+    pub fn audience(mut self, aud: IdSet) -> Self {
+        self.claims.aud = Some(aud);
+        self
+    }
+
+    /// The holder acts for `principal`, an RFC 9493 subject identifier such as
+    /// `{"format":"email","email":"alice@example.com"}`, which the issuer itself checked.
+    pub fn on_behalf_of(mut self, principal: Value) -> Self {
+        self.claims.mode = Some(Mode::OnBehalfOf);
+        self.claims.principal = Some(principal);
+        self
+    }
+
+    /// How many more links may follow (0..=8).
+    pub fn max_depth(mut self, depth: u8) -> Self {
+        self.claims.max_depth = depth;
+        self
+    }
+
+    /// Ceilings for the limits the verifiers enforce.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.claims.limits = Some(limits);
+        self
+    }
+
+    /// Whom the chain may be delegated to (default: the issuer's trust domain).
+    pub fn may_delegate_to(mut self, ids: IdSet) -> Self {
+        self.claims.may_delegate_to = Some(ids);
+        self
+    }
+
+    /// Issued-at, not-before and expiry, in Unix seconds.
+    pub fn validity(mut self, iat: u64, nbf: u64, exp: u64) -> Self {
+        self.claims.iat = iat;
+        self.claims.nbf = nbf;
+        self.claims.exp = exp;
+        self
+    }
+
+    /// A chosen `jti` (default: 128 random bits).
+    pub fn jti(mut self, jti: impl Into<String>) -> Self {
+        self.jti = Some(jti.into());
+        self
+    }
+
+    /// Signs the grant with the authority's grant key; `kid` is the key's RFC 7638 thumbprint.
+    ///
+    /// Refuses to sign a grant that no verifier would accept (bad validity, lifetime over 24 h,
+    /// depth over 8, a holder outside the issuer's trust domain, a malformed principal).
+    pub fn sign(mut self, key: &dyn JwsSigner) -> Result<Chain> {
+        let c = &mut self.claims;
+        c.jti = match self.jti.take() {
+            Some(j) => j,
+            None => random_jti()?,
+        };
+        if !valid_jti(&c.jti) {
+            return Err(Error::new(ErrorCode::BadClaim, "`jti` must be 1..=128 characters of [A-Za-z0-9._-]"));
+        }
+        if c.max_depth > MAX_DEPTH {
+            return Err(Error::new(ErrorCode::BadClaim, "`max_depth` must be at most 8"));
+        }
+        if c.nbf > c.exp || c.iat >= c.exp {
+            return Err(Error::new(ErrorCode::BadValidity, "grant validity must satisfy iat < exp and nbf <= exp"));
+        }
+        if c.exp - c.iat > MAX_TOKEN_LIFETIME {
+            return Err(Error::new(ErrorCode::LifetimeExceeded, "a grant lives at most 24 hours"));
+        }
+        if c.sub.trust_domain() != c.iss.trust_domain() {
+            return Err(Error::new(ErrorCode::ForeignHolder, "the holder must be in the issuer's trust domain"));
+        }
+        if let Some(p) = &c.principal {
+            check_principal(p)?;
+        }
+        let payload = encode_chain_claims(c);
+        let public = key.public_key();
+        let kid = public.thumbprint();
+        let token = sign_compact(TokenType::Grant, key.algorithm(), Some(&kid), &payload, |input| key.sign(input))?;
+        Ok(Chain::from_grant(token))
+    }
+}
