@@ -1,0 +1,190 @@
+//! The one error type of the transport crate.
+
+use agentid_protocol::ErrorCode;
+
+/// Why a certificate was refused: the X509-SVID profile rules and chain validation.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// No certificate was presented.
+    #[error("no certificate presented")]
+    Missing,
+    /// Not a DER X.509 certificate (or trailing bytes after it).
+    #[error("not a DER X.509 certificate: {0}")]
+    Malformed(String),
+    /// An extension appears more than once.
+    #[error("duplicated extension")]
+    DuplicateExtension,
+    /// The certificate does not carry exactly one URI SAN (the count is given).
+    #[error("{0} URI SANs (exactly one required)")]
+    UriSanCount(usize),
+    /// The URI SAN is not a `spiffe://` URI.
+    #[error("URI SAN is not a spiffe ID")]
+    NotSpiffe,
+    /// The URI SAN breaks the SPIFFE ID rules, or is neither a task identity nor a service ID.
+    #[error("bad SPIFFE ID in URI SAN: {0}")]
+    BadId(agentid_protocol::Error),
+    /// The certificate is a CA certificate (`cA = true`) presented as a leaf.
+    #[error("CA certificate presented as a leaf")]
+    CaAsLeaf,
+    /// No keyUsage extension, or no `digitalSignature` in it.
+    #[error("keyUsage digitalSignature missing")]
+    DigitalSignatureMissing,
+    /// `keyCertSign` or `cRLSign` on a leaf.
+    #[error("keyCertSign or cRLSign on a leaf")]
+    ForbiddenKeyUsage,
+    /// The extended key usage does not allow this role (`clientAuth` / `serverAuth`).
+    #[error("extended key usage {0} missing")]
+    EkuMissing(&'static str),
+    /// The subject public key is not P-256 (uncompressed) or Ed25519.
+    #[error("unsupported public key: {0}")]
+    UnsupportedKey(agentid_protocol::Error),
+    /// No trust anchors are held for the peer's trust domain.
+    #[error("no trust anchors for trust domain {0}")]
+    UnknownTrustDomain(String),
+    /// More intermediates than agentid accepts (bounded path building).
+    #[error("too many intermediate certificates ({0})")]
+    TooManyIntermediates(usize),
+    /// Chain validation (signature, path to an anchor of the peer's trust domain, validity time,
+    /// EKU) failed.
+    #[error("chain validation failed: {0}")]
+    Chain(String),
+    /// The certificate is outside its validity period.
+    #[error("certificate expired or not yet valid")]
+    Expired,
+    /// A renewed certificate (reauth, rotation) changes the identity or the key.
+    #[error("renewed certificate changes the identity or key")]
+    IdentityChanged,
+}
+
+/// Which timeout fired.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The TLS handshake did not finish in time.
+    Handshake,
+    /// The first (hello or accept) frame did not arrive in time.
+    FirstFrame,
+}
+
+/// Why a frame was refused.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is above the cap (rejected before allocating).
+    #[error("frame body of {0} bytes exceeds the cap")]
+    TooLarge(u64),
+    /// The connection ended in the middle of a frame.
+    #[error("truncated frame")]
+    Truncated,
+    /// An unknown frame type: the session is closed.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// A control frame body that is not the expected I-JSON object.
+    #[error("bad control frame body: {0}")]
+    BadBody(String),
+    /// A frame that is not allowed at this point of the exchange.
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+}
+
+/// An error of the transport crate.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O on the connection failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS layer failed, including a certificate refused by agentid's verifiers.
+    #[error("tls: {0}")]
+    Tls(rustls::Error),
+    /// A certificate broke the X509-SVID rules or did not chain to its trust domain's anchors.
+    #[error("certificate refused: {0}")]
+    Certificate(#[from] CertError),
+    /// The peer policy does not admit this peer identity.
+    #[error("peer {0} denied by policy")]
+    PolicyDenied(String),
+    /// A chain, hop proof, revocation list or authorization check failed; carries the protocol's
+    /// stable code.
+    #[error("{0}")]
+    Protocol(#[from] agentid_protocol::Error),
+    /// The peer refused us with a reject frame.
+    #[error("rejected by peer: {code}: {message}")]
+    Rejected {
+        /// The peer's code (a protocol error code or a transport reason).
+        code: String,
+        /// The peer's human-readable message.
+        message: String,
+    },
+    /// The peer closed the session with a close frame.
+    #[error("closed by peer: {code}: {message}")]
+    Closed {
+        /// The peer's code.
+        code: String,
+        /// The peer's human-readable message.
+        message: String,
+    },
+    /// A framing violation.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A timeout fired.
+    #[error("{0:?} timeout")]
+    Timeout(TimeoutKind),
+    /// TLS completed, but not the way agentid requires (a resumed handshake, no ALPN, ...).
+    #[error("handshake refused: {0}")]
+    HandshakeRefused(&'static str),
+    /// The session passed its deadline (peer certificate `notAfter` or chain `exp`) without a
+    /// reauth.
+    #[error("credential expired")]
+    CredentialExpired,
+    /// A revocation list applied to a live session covers the peer or its chain.
+    #[error("revoked: {0}")]
+    Revoked(String),
+    /// A connection or handshake cap is reached.
+    #[error("connection limit reached")]
+    Busy,
+    /// No local credential is available.
+    #[error("no local credential")]
+    NoCredential,
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The protocol's stable error code, when the failure has one.
+    pub fn protocol_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Protocol(e) => Some(e.code()),
+            Error::Rejected { code, .. } | Error::Closed { code, .. } => ErrorCode::from_code(code),
+            _ => None,
+        }
+    }
+
+    /// A stable reason string: the protocol code when there is one, else a transport reason.
+    /// Used in reject and close frames and in tracing.
+    pub fn reason(&self) -> &str {
+        match self {
+            Error::Protocol(e) => e.code().as_str(),
+            Error::Rejected { code, .. } | Error::Closed { code, .. } => code,
+            Error::Io(_) => "io",
+            Error::Tls(_) => "tls",
+            Error::Certificate(_) => "bad_certificate",
+            Error::PolicyDenied(_) => "policy_denied",
+            Error::Frame(FrameError::TooLarge(_)) => "frame_too_large",
+            Error::Frame(FrameError::UnknownType(_)) => "unknown_frame_type",
+            Error::Frame(_) => "bad_frame",
+            Error::Timeout(TimeoutKind::Handshake) => "handshake_timeout",
+            Error::Timeout(TimeoutKind::FirstFrame) => "first_frame_timeout",
+            Error::HandshakeRefused(_) => "handshake_refused",
+            Error::CredentialExpired => "credential_expired",
+            Error::Revoked(_) => "revoked",
+            Error::Busy => "busy",
+            Error::NoCredential => "no_credential",
+            Error::Config(_) => "bad_config",
+        }
+    }
+}
+
+/// Shorthand for the crate's results.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

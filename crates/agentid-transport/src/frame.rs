@@ -1,0 +1,197 @@
+//! The session framing: a 4-byte big-endian body length (at most [`MAX_FRAME_BODY`], the header
+//! not counted), a 1-byte frame type, then the body. Control frames carry I-JSON bodies, data
+//! frames raw bytes. An oversized length fails before anything is allocated; an unknown type
+//! fails (and closes the session) before its body is read.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, FrameError, Result};
+
+/// The largest frame body, in bytes (the 5-byte header not counted).
+pub const MAX_FRAME_BODY: usize = 131_072;
+
+/// The frame header: 4 bytes of length, 1 byte of type.
+pub const HEADER_LEN: usize = 5;
+
+/// A frame type (spec/PROTOCOL.md pins the codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Client to server, first frame: chain (optional) and hop proof.
+    Hello = 0x01,
+    /// Server to client: the server's hop proof (with `rth`) and chain (optional).
+    Accept = 0x02,
+    /// Server to client: refusal with a code.
+    Reject = 0x03,
+    /// Either side: renewed certificate, optional new chain, new proof.
+    Reauth = 0x04,
+    /// Either side: the session ends, with a code.
+    Close = 0x05,
+    /// Application bytes.
+    Data = 0x10,
+}
+
+impl FrameType {
+    /// The type for a wire byte, if known.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0x01 => Self::Hello,
+            0x02 => Self::Accept,
+            0x03 => Self::Reject,
+            0x04 => Self::Reauth,
+            0x05 => Self::Close,
+            0x10 => Self::Data,
+            _ => return None,
+        })
+    }
+
+    /// A lowercase name for errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Reauth => "reauth",
+            Self::Close => "close",
+            Self::Data => "data",
+        }
+    }
+}
+
+/// One frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The type.
+    pub ty: FrameType,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Appends one frame to `dst`.
+pub fn encode(ty: FrameType, body: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| *l as usize <= MAX_FRAME_BODY)
+        .ok_or(FrameError::TooLarge(body.len() as u64))?;
+    dst.reserve(HEADER_LEN + body.len());
+    dst.put_u32(len);
+    dst.put_u8(ty as u8);
+    dst.put_slice(body);
+    Ok(())
+}
+
+fn parse_header(header: [u8; HEADER_LEN]) -> Result<(usize, FrameType), FrameError> {
+    let [a, b, c, d, t] = header;
+    let len = u32::from_be_bytes([a, b, c, d]);
+    if len as usize > MAX_FRAME_BODY {
+        return Err(FrameError::TooLarge(u64::from(len)));
+    }
+    let ty = FrameType::from_u8(t).ok_or(FrameError::UnknownType(t))?;
+    Ok((len as usize, ty))
+}
+
+/// Takes one complete frame from the front of `src`, if there is one. Errors on an oversized
+/// length or an unknown type as soon as the header is there.
+pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    let Some(header) = src.get(..HEADER_LEN) else { return Ok(None) };
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(header);
+    let (len, ty) = parse_header(h)?;
+    if src.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    src.advance(HEADER_LEN);
+    let body = src.split_to(len).freeze();
+    Ok(Some(Frame { ty, body }))
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before the first header byte; a stream
+/// ending inside a frame is [`FrameError::Truncated`]. Memory is bounded by [`MAX_FRAME_BODY`].
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        let rest = header.get_mut(filled..).unwrap_or_default();
+        let n = r.read(rest).await?;
+        if n == 0 {
+            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated.into()) };
+        }
+        filled += n;
+    }
+    let (len, ty) = parse_header(header)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::Frame(FrameError::Truncated),
+        _ => Error::Io(e),
+    })?;
+    Ok(Some(Frame { ty, body: Bytes::from(body) }))
+}
+
+/// Writes one frame and flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, ty: FrameType, body: &[u8]) -> Result<()> {
+    let mut buf = BytesMut::new();
+    encode(ty, body, &mut buf)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// The hello body: the client's chain (optional) and hop proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The delegation chain (`~`-joined), if the client presents one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// The client's hop proof.
+    pub proof: String,
+}
+
+/// The accept body: the server's hop proof (with `rth`) and chain (optional).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    /// The server's hop proof.
+    pub proof: String,
+    /// The server's delegation chain, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+}
+
+/// The reject and close bodies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// A stable code (a protocol error code or a transport reason).
+    pub code: String,
+    /// A human-readable message (never contains tokens or keys).
+    pub message: String,
+}
+
+/// The reauth body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reauth {
+    /// The renewed certificate chain, leaf first, each DER certificate in base64url (no padding).
+    pub certs: Vec<String>,
+    /// A new delegation chain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// A hop proof bound to this connection, made with the (unchanged) key.
+    pub proof: String,
+}
+
+/// Parses a control frame body: a JSON object of exactly the expected members (duplicate and
+/// unknown members rejected), nothing after it.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    // Derived structs reject duplicate and unknown members; every member is a string or an array
+    // of strings, so nesting is bounded by the types. Trailing bytes are an error in from_slice.
+    serde_json::from_slice(body).map_err(|e| FrameError::BadBody(e.to_string()))
+}
+
+/// Serializes a control frame body.
+pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
+    serde_json::to_vec(body).map_err(|e| FrameError::BadBody(e.to_string()))
+}

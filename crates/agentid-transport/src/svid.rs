@@ -1,0 +1,225 @@
+//! X509-SVID checks, callable outside rustls (the `reauth` frame and credential rotation use
+//! them too).
+//!
+//! Two steps, both required:
+//! 1. [`check_leaf`]: the leaf rules of the X509-SVID profile that webpki does not enforce
+//!    (exactly one `spiffe://` URI SAN naming a task identity or a service ID, `cA = false`,
+//!    `digitalSignature` without `keyCertSign`/`cRLSign`, the EKU of the role, no duplicated
+//!    extension), giving back the peer identity, its public key and validity.
+//! 2. [`TrustStore::verify`]: the leaf rules, then chain validation through webpki against the
+//!    anchors of the peer's **own** trust domain only, at a time given as a parameter.
+
+use std::collections::BTreeMap;
+
+use agentid_protocol::{PeerId, PublicKey, TrustDomain};
+use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::error::CertError;
+use crate::provider;
+
+/// At most this many intermediates are accepted from a peer (issuing CA, maybe one more): bounds
+/// path building (threats row 17).
+pub const MAX_INTERMEDIATES: usize = 4;
+
+/// A DER certificate is at most this large (per certificate, before parsing).
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
+
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 1];
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 2];
+
+/// The role a certificate is presented in: it selects the required extended key usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertUsage {
+    /// Presented by a TLS client: requires `clientAuth`.
+    ClientAuth,
+    /// Presented by a TLS server: requires `serverAuth`.
+    ServerAuth,
+}
+
+impl CertUsage {
+    fn webpki(self) -> webpki::KeyUsage {
+        // `required`, not `required_if_present`: agentid leaves always carry both EKUs.
+        match self {
+            CertUsage::ClientAuth => webpki::KeyUsage::required(EKU_CLIENT_AUTH),
+            CertUsage::ServerAuth => webpki::KeyUsage::required(EKU_SERVER_AUTH),
+        }
+    }
+}
+
+/// What a valid X509-SVID leaf says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SvidInfo {
+    /// The identity of the URI SAN: a task identity or a service ID.
+    pub id: PeerId,
+    /// The subject public key.
+    pub public_key: PublicKey,
+    /// `notBefore`, Unix seconds.
+    pub not_before: u64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: u64,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+}
+
+/// Checks the X509-SVID leaf rules on `der` for the given role. Does not validate the chain: use
+/// [`TrustStore::verify`] for a peer certificate.
+pub fn check_leaf(der: &[u8], usage: CertUsage) -> Result<SvidInfo, CertError> {
+    if der.len() > MAX_CERT_BYTES {
+        return Err(CertError::Malformed("certificate too large".into()));
+    }
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertError::Malformed("trailing bytes".into()));
+    }
+    // Any duplicated extension (not only the ones read below) rejects the certificate.
+    cert.tbs_certificate
+        .extensions_map()
+        .map_err(|_| CertError::DuplicateExtension)?;
+
+    let ext_err = |e: x509_parser::error::X509Error| match e {
+        x509_parser::error::X509Error::DuplicateExtensions => CertError::DuplicateExtension,
+        other => CertError::Malformed(other.to_string()),
+    };
+
+    // Identity: exactly one URI SAN, spiffe scheme, a task identity or a service ID.
+    let san = cert.subject_alternative_name().map_err(ext_err)?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let uri = match uris.as_slice() {
+        [one] => *one,
+        other => return Err(CertError::UriSanCount(other.len())),
+    };
+    let scheme_ok = uri
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"));
+    if !scheme_ok {
+        return Err(CertError::NotSpiffe);
+    }
+    let id = PeerId::parse(uri).map_err(CertError::BadId)?;
+
+    // Not a CA.
+    if let Some(bc) = cert.basic_constraints().map_err(ext_err)? {
+        if bc.value.ca {
+            return Err(CertError::CaAsLeaf);
+        }
+    }
+    // keyUsage: digitalSignature, never keyCertSign or cRLSign (webpki accepts those on a leaf).
+    match cert.key_usage().map_err(ext_err)? {
+        None => return Err(CertError::DigitalSignatureMissing),
+        Some(ku) => {
+            if ku.value.key_cert_sign() || ku.value.crl_sign() {
+                return Err(CertError::ForbiddenKeyUsage);
+            }
+            if !ku.value.digital_signature() {
+                return Err(CertError::DigitalSignatureMissing);
+            }
+        }
+    }
+    // EKU of the role, required (not only "if present").
+    let eku = cert.extended_key_usage().map_err(ext_err)?;
+    let (ok, name) = match usage {
+        CertUsage::ClientAuth => (eku.as_ref().is_some_and(|e| e.value.client_auth), "clientAuth"),
+        CertUsage::ServerAuth => (eku.as_ref().is_some_and(|e| e.value.server_auth), "serverAuth"),
+    };
+    if !ok {
+        return Err(CertError::EkuMissing(name));
+    }
+
+    let public_key =
+        PublicKey::from_spki_der(cert.public_key().raw).map_err(CertError::UnsupportedKey)?;
+    let validity = cert.validity();
+    Ok(SvidInfo {
+        id,
+        public_key,
+        not_before: u64::try_from(validity.not_before.timestamp()).unwrap_or(0),
+        not_after: u64::try_from(validity.not_after.timestamp()).unwrap_or(0),
+        serial: hex(cert.raw_serial()),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// X.509 trust anchors, kept per trust domain and never merged: a peer is validated only against
+/// the anchors of the trust domain its URI SAN names.
+#[derive(Clone, Debug, Default)]
+pub struct TrustStore {
+    anchors: BTreeMap<String, Vec<TrustAnchor<'static>>>,
+}
+
+impl TrustStore {
+    /// An empty store (rejects every peer).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a CA certificate (DER) as an X.509 authority of `trust_domain`.
+    pub fn add_authority(&mut self, trust_domain: &TrustDomain, ca_der: &[u8]) -> Result<(), CertError> {
+        let der = CertificateDer::from(ca_der);
+        let anchor = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| CertError::Malformed(format!("{e:?}")))?
+            .to_owned();
+        self.anchors
+            .entry(trust_domain.as_str().to_owned())
+            .or_default()
+            .push(anchor);
+        Ok(())
+    }
+
+    /// Builder form of [`TrustStore::add_authority`].
+    pub fn with_authority(mut self, trust_domain: &TrustDomain, ca_der: &[u8]) -> Result<Self, CertError> {
+        self.add_authority(trust_domain, ca_der)?;
+        Ok(self)
+    }
+
+    /// The trust domains that have at least one anchor.
+    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
+        self.anchors.keys().map(String::as_str)
+    }
+
+    /// Checks `end_entity` as an X509-SVID for `usage` and validates its chain against the
+    /// anchors of its own trust domain at `now`.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: CertUsage,
+    ) -> Result<SvidInfo, CertError> {
+        let info = check_leaf(end_entity.as_ref(), usage)?;
+        if intermediates.len() > MAX_INTERMEDIATES {
+            return Err(CertError::TooManyIntermediates(intermediates.len()));
+        }
+        let td = info.id.trust_domain();
+        let anchors = self
+            .anchors
+            .get(td.as_str())
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| CertError::UnknownTrustDomain(td.as_str().to_owned()))?;
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| CertError::Malformed(format!("{e:?}")))?;
+        let algs = provider::verification_algorithms();
+        ee.verify_for_usage(algs.all, anchors, intermediates, now, usage.webpki(), None, None)
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    CertError::Expired
+                }
+                other => CertError::Chain(format!("{other:?}")),
+            })?;
+        Ok(info)
+    }
+}
