@@ -1,2 +1,56 @@
-//! agentid-ca.
+//! # agentid-ca
+//!
+//! The certificate authority of agentid: per-task X509-SVIDs issued from CSRs, the root grants
+//! that start delegation chains, service certificates, revocation lists, trust bundles, an audit
+//! log and a durable store.
+//!
+//! ## Security model
+//!
+//! * **One route to authority.** A grant is minted only by [`CertificateAuthority::open_task`],
+//!   for a task's root holder (the operator, or a single-use bootstrap token bound to agent and
+//!   task). A child's certificate ([`CertificateAuthority::issue_child`]) carries no grant: its
+//!   authority comes only from links its parent signs, and it never outlives the parent's chain.
+//! * **Only the key is taken from a CSR.** The leaf is built from the CA's own X509-SVID profile
+//!   (one critical URI SAN, empty subject, `cA=false`, digitalSignature, serverAuth+clientAuth,
+//!   random 128-bit serial). CSRs that ask for more (a CA flag, other names, other key usages)
+//!   are refused, each with its own error.
+//! * **One key per identity.** A task identity keeps its key for its life; a key once bound to
+//!   an identity is refused for any other (enforced by the store's primary key too).
+//! * **Recorded before returned.** Every certificate is committed to the store (SQLite, WAL,
+//!   `synchronous=FULL`) before it is handed out; every decision goes to the audit log.
+//! * **Policy decides.** Nothing is issued unless `policy.toml` allows it, and a refusal names
+//!   the rule. Revoked agents, tasks and keys get nothing more.
+//! * Private key files are created 0600 and refused when group or world can read them. The
+//!   issuing key sits behind [`X509Signer`] and the authority keys behind
+//!   [`agentid_protocol::JwsSigner`], so a KMS or HSM can hold them.
+//! * Time is a parameter (`now: SystemTime`) of every decision.
 #![forbid(unsafe_code)]
+
+pub mod audit;
+mod ca;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod hierarchy;
+mod issue;
+pub mod material;
+pub mod policy;
+pub mod profile;
+pub mod signer;
+pub mod store;
+mod util;
+
+pub use audit::{AuditEvent, AuditLog};
+pub use ca::{BootstrapToken, CaParts, CertificateAuthority, RevokeTarget, BUNDLE_REFRESH_HINT_SECS};
+pub use config::CaConfig;
+pub use csr::{parse_csr, RequestedKey};
+pub use error::{CaError, Result};
+pub use hierarchy::{init_ca, InitOptions};
+pub use issue::{
+    ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest, RenewRequest, RenewRequester,
+    ServiceRequest, TaskCredentials, TaskRequester,
+};
+pub use policy::Policy;
+pub use profile::LeafCertificate;
+pub use signer::{FileX509Signer, KeyType, X509Signer};
+pub use store::{IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store};

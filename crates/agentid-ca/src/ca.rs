@@ -1,0 +1,436 @@
+//! The certificate authority: loading its material, bundles, bootstrap tokens, revocation.
+//! Issuance itself is in [`crate::issue`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use agentid_protocol::{
+    AgentId, AuthorityKey, JwsSigner, PublicKey, RevocationListBuilder, TaskId, TaskIdentity,
+    TrustBundle, TrustDomain,
+};
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::CaConfig;
+use crate::error::{CaError, Result};
+use crate::hierarchy::check_signer_matches;
+use crate::material::{self, files, join};
+use crate::policy::Policy;
+use crate::profile::cert_not_after;
+use crate::signer::{FileX509Signer, X509Signer};
+use crate::store::{BootstrapRecord, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store};
+use crate::util;
+
+/// Refresh hint published in the trust bundle, seconds.
+pub const BUNDLE_REFRESH_HINT_SECS: u64 = 300;
+
+/// The parts of a CA, for callers that keep keys elsewhere (KMS, HSM) or the store elsewhere.
+pub struct CaParts {
+    /// Trust domain, key type, skew.
+    pub config: CaConfig,
+    /// Issuance policy.
+    pub policy: Policy,
+    /// Root certificate DER.
+    pub root_der: Vec<u8>,
+    /// Issuing intermediate certificate DER.
+    pub intermediate_der: Vec<u8>,
+    /// The intermediate's key.
+    pub issuer: Box<dyn X509Signer>,
+    /// The grant-signing key.
+    pub grant_signer: Box<dyn JwsSigner>,
+    /// The revocation-list signing key.
+    pub revocation_signer: Box<dyn JwsSigner>,
+    /// The store.
+    pub store: Box<dyn Store>,
+    /// The audit log.
+    pub audit: AuditLog,
+}
+
+/// A certificate authority for one trust domain.
+///
+/// All methods take `&self`; the store is behind a mutex, so one `CertificateAuthority` can
+/// serve concurrent requests. Every method that decides something takes `now` so that tests
+/// (and replays) pin the clock.
+pub struct CertificateAuthority {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) config: CaConfig,
+    pub(crate) policy: Policy,
+    pub(crate) root_der: Vec<u8>,
+    pub(crate) intermediate_der: Vec<u8>,
+    pub(crate) intermediate_not_after: u64,
+    pub(crate) issuer: Box<dyn X509Signer>,
+    pub(crate) grant_signer: Box<dyn JwsSigner>,
+    pub(crate) revocation_signer: Box<dyn JwsSigner>,
+    pub(crate) store: Mutex<Box<dyn Store>>,
+    pub(crate) audit: AuditLog,
+}
+
+impl core::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.config.trust_domain)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to revoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// A certificate by serial (hex): revokes its key's thumbprint, since a task key belongs to
+    /// one identity.
+    Serial(String),
+    /// Every holder of a task.
+    Task(TaskId),
+    /// An agent name: every task identity of that agent.
+    Agent(String),
+    /// A key by RFC 7638 thumbprint.
+    Key(String),
+    /// A grant by `jti`.
+    GrantJti(String),
+}
+
+/// A fresh single-use bootstrap token. Only its SHA-256 is stored; hand `token` to the agent
+/// through a file or the environment, never a command line.
+#[derive(Clone)]
+pub struct BootstrapToken {
+    /// The secret.
+    pub token: String,
+    /// The task identity it opens.
+    pub identity: TaskIdentity,
+    /// Expiry, Unix seconds.
+    pub expires: u64,
+}
+
+impl core::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BootstrapToken")
+            .field("identity", &self.identity)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn token_hash(token: &str) -> String {
+    util::hex(&util::sha256(token.as_bytes()))
+}
+
+fn load_authority_key(path: &Path) -> Result<AuthorityKey> {
+    let der = material::read_private_key(path)?;
+    AuthorityKey::from_pkcs8_der(&der).map_err(|e| CaError::material(path, e.to_string()))
+}
+
+impl CertificateAuthority {
+    /// Opens the CA in `dir` with file-backed keys and the SQLite store. Refuses private keys
+    /// that are group- or world-accessible, and an issuing key that does not match the
+    /// intermediate certificate.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = CaConfig::load(&join(dir, files::CONFIG))?;
+        let policy = Policy::load(&join(dir, files::POLICY))?;
+        let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
+        let intermediate = material::read_one_certificate(&join(dir, files::INTERMEDIATE_CERT))?;
+        let int_key_path = join(dir, files::INTERMEDIATE_KEY);
+        let int_key = material::read_private_key(&int_key_path)?;
+        let issuer = FileX509Signer::from_pkcs8_der(&int_key, config.key_type)
+            .map_err(|e| CaError::material(&int_key_path, e.to_string()))?;
+        let grant = load_authority_key(&join(dir, files::GRANT_KEY))?;
+        let revocation = load_authority_key(&join(dir, files::REVOCATION_KEY))?;
+        let store = SqliteStore::open(&join(dir, files::DB))?;
+        let mut ca = Self::from_parts(CaParts {
+            config,
+            policy,
+            root_der: root.to_vec(),
+            intermediate_der: intermediate.to_vec(),
+            issuer: Box::new(issuer),
+            grant_signer: Box::new(grant),
+            revocation_signer: Box::new(revocation),
+            store: Box::new(store),
+            audit: AuditLog::file(&join(dir, files::AUDIT)),
+        })?;
+        ca.dir = Some(dir.to_path_buf());
+        Ok(ca)
+    }
+
+    /// Assembles a CA from its parts (keys in a KMS, another store, ...).
+    pub fn from_parts(p: CaParts) -> Result<Self> {
+        check_signer_matches(p.issuer.as_ref(), &p.intermediate_der)?;
+        if p.grant_signer.public_key() == p.revocation_signer.public_key() {
+            return Err(CaError::InvalidRequest(
+                "the grant and revocation keys must be distinct".into(),
+            ));
+        }
+        let intermediate_not_after = cert_not_after(&p.intermediate_der)?;
+        Ok(CertificateAuthority {
+            dir: None,
+            config: p.config,
+            policy: p.policy,
+            root_der: p.root_der,
+            intermediate_der: p.intermediate_der,
+            intermediate_not_after,
+            issuer: p.issuer,
+            grant_signer: p.grant_signer,
+            revocation_signer: p.revocation_signer,
+            store: Mutex::new(p.store),
+            audit: p.audit,
+        })
+    }
+
+    /// The CA's trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    /// The issuance policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy (e.g. after editing `policy.toml`).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// The root certificate, DER.
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
+    }
+
+    /// The issuing intermediate certificate, DER.
+    pub fn intermediate_der(&self) -> &[u8] {
+        &self.intermediate_der
+    }
+
+    /// The root certificate(s) as PEM (`bundle.pem`).
+    pub fn bundle_pem(&self) -> String {
+        material::cert_pem(&self.root_der)
+    }
+
+    /// The SPIFFE trust bundle: the root as `x509-svid` authority, the grant key and the
+    /// revocation key.
+    pub fn trust_bundle(&self) -> Result<TrustBundle> {
+        use x509_parser::prelude::FromDer;
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&self.root_der)
+            .map_err(|e| CaError::CertificateGeneration(format!("root: {e}")))?;
+        let root_key = PublicKey::from_spki_der(root.tbs_certificate.subject_pki.raw)?;
+        Ok(TrustBundle::new(self.config.trust_domain.clone(), 1)
+            .with_refresh_hint(BUNDLE_REFRESH_HINT_SECS)
+            .add_x509_authority(self.root_der.clone(), &root_key)
+            .add_grant_key(self.grant_signer.public_key())
+            .add_revocation_key(self.revocation_signer.public_key()))
+    }
+
+    pub(crate) fn store(&self) -> Result<MutexGuard<'_, Box<dyn Store>>> {
+        self.store.lock().map_err(|_| CaError::Store("store mutex poisoned".into()))
+    }
+
+    /// Every issuance recorded, oldest first.
+    pub fn issuances(&self) -> Result<Vec<IssuanceRecord>> {
+        self.store()?.issuances()
+    }
+
+    /// One issuance by serial.
+    pub fn issuance(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
+        self.store()?.issuance(serial)
+    }
+
+    /// Every revocation recorded (including those already pruned from the list).
+    pub fn revocations(&self) -> Result<Vec<RevocationRecord>> {
+        self.store()?.revocations()
+    }
+
+    /// Creates a single-use bootstrap token for opening `agent`'s task `task` (generated when
+    /// `None`), valid for `ttl`. The agent's policy must list `bootstrap` as a requester.
+    pub fn create_bootstrap_token(
+        &self,
+        agent: &str,
+        task: Option<TaskId>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<BootstrapToken> {
+        let now_s = util::unix(now)?;
+        let agent_id = AgentId::new(&self.config.trust_domain, agent)?;
+        let task = match task {
+            Some(t) => t,
+            None => TaskId::generate()?,
+        };
+        let identity = TaskIdentity::new(&agent_id, &task)?;
+        self.policy.check_agent_requester(
+            agent,
+            &crate::policy::RequesterKind::Bootstrap,
+            "bootstrap",
+            identity.as_str(),
+        )?;
+        if ttl.is_zero() {
+            return Err(CaError::InvalidRequest("bootstrap token TTL must be positive".into()));
+        }
+        let token = util::b64url(&util::random::<32>()?);
+        let expires = now_s.saturating_add(ttl.as_secs());
+        self.store()?.add_bootstrap(&BootstrapRecord {
+            hash: token_hash(&token),
+            agent: agent.to_string(),
+            task: task.as_str().to_string(),
+            expires,
+        })?;
+        self.audit_event(AuditEvent {
+            ts: now_s,
+            kind: "bootstrap.create".into(),
+            actor: "operator".into(),
+            subject: Some(identity.as_str().into()),
+            task: Some(task.as_str().into()),
+            outcome: "ok".into(),
+            ..AuditEvent::default()
+        });
+        Ok(BootstrapToken { token, identity, expires })
+    }
+
+    /// Revokes a certificate (by its key), task, agent, key or grant. The entry's `exp` is when
+    /// everything it could hit has expired, plus the skew. The CA refuses any later request
+    /// hit by the revocation.
+    pub fn revoke(
+        &self,
+        target: &RevokeTarget,
+        reason: Option<&str>,
+        actor: &str,
+        now: SystemTime,
+    ) -> Result<RevocationRecord> {
+        let now_s = util::unix(now)?;
+        let res = self.revoke_inner(target, reason, actor, now_s);
+        let (kind, value) = match &res {
+            Ok(r) => (r.kind.as_str().to_string(), r.value.clone()),
+            Err(_) => ("?".to_string(), format!("{target:?}")),
+        };
+        self.audit_event(AuditEvent {
+            ts: now_s,
+            kind: "revoke".into(),
+            actor: actor.into(),
+            subject: Some(format!("{kind}:{value}")),
+            serial: match target {
+                RevokeTarget::Serial(s) => Some(s.clone()),
+                _ => None,
+            },
+            jti: match target {
+                RevokeTarget::GrantJti(j) => Some(j.clone()),
+                _ => None,
+            },
+            outcome: if res.is_ok() { "ok".into() } else { "error".into() },
+            reason: match &res {
+                Ok(_) => reason.map(str::to_string),
+                Err(e) => Some(e.to_string()),
+            },
+            ..AuditEvent::default()
+        });
+        res
+    }
+
+    fn revoke_inner(
+        &self,
+        target: &RevokeTarget,
+        reason: Option<&str>,
+        actor: &str,
+        now: u64,
+    ) -> Result<RevocationRecord> {
+        let mut store = self.store()?;
+        let (kind, value) = match target {
+            RevokeTarget::Serial(serial) => {
+                let serial = normalize_serial(serial);
+                let rec = store
+                    .issuance(&serial)?
+                    .ok_or(CaError::NotFound { kind: "serial", value: serial.clone() })?;
+                (RevocationKind::Jkt, rec.jkt)
+            }
+            RevokeTarget::Task(task) => {
+                if store.task(task.as_str())?.is_none() && store.latest_expiry(RevocationKind::Task, task.as_str())?.is_none() {
+                    return Err(CaError::NotFound { kind: "task", value: task.as_str().into() });
+                }
+                (RevocationKind::Task, task.as_str().to_string())
+            }
+            RevokeTarget::Agent(name) => {
+                // Validates the name.
+                AgentId::new(&self.config.trust_domain, name)?;
+                (RevocationKind::Agent, name.clone())
+            }
+            RevokeTarget::Key(jkt) => {
+                let valid = jkt.len() == 43
+                    && jkt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    return Err(CaError::InvalidRequest(format!("{jkt:?} is not an RFC 7638 thumbprint")));
+                }
+                (RevocationKind::Jkt, jkt.clone())
+            }
+            RevokeTarget::GrantJti(jti) => {
+                if store.task_by_jti(jti)?.is_none() {
+                    return Err(CaError::NotFound { kind: "jti", value: jti.clone() });
+                }
+                (RevocationKind::Jti, jti.clone())
+            }
+        };
+        let skew = self.config.skew_secs;
+        let latest = store.latest_expiry(kind, &value)?.unwrap_or(now);
+        let rec = RevocationRecord {
+            kind,
+            value,
+            exp: latest.max(now).saturating_add(skew),
+            revoked_at: now,
+            reason: reason.map(str::to_string),
+            requester: actor.to_string(),
+        };
+        store.add_revocation(&rec)?;
+        tracing::info!(kind = rec.kind.as_str(), value = %rec.value, "revoked");
+        Ok(rec)
+    }
+
+    /// Produces the next signed revocation list: `seq` incremented in the store, `iat = now`,
+    /// `next_update = now + revocation_next_update_secs`; entries whose `exp` has passed are
+    /// pruned.
+    pub fn revocation_list(&self, now: SystemTime) -> Result<String> {
+        let now_s = util::unix(now)?;
+        let td = self.config.trust_domain.clone();
+        let (seq, entries) = {
+            let mut store = self.store()?;
+            let entries = store.revocations()?;
+            (store.next_revocation_seq()?, entries)
+        };
+        let next_update = now_s.saturating_add(self.config.revocation_next_update_secs);
+        let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
+        let mut n = 0usize;
+        for e in entries.iter().filter(|e| e.exp > now_s) {
+            n += 1;
+            b = match e.kind {
+                RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
+                RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
+                RevocationKind::Agent => {
+                    b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp)
+                }
+                RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
+            };
+        }
+        let list = b.sign(self.revocation_signer.as_ref())?;
+        self.audit_event(AuditEvent {
+            ts: now_s,
+            kind: "revocations".into(),
+            actor: "ca".into(),
+            outcome: "ok".into(),
+            reason: Some(format!("seq {seq}, {n} entries")),
+            ..AuditEvent::default()
+        });
+        Ok(list)
+    }
+
+    pub(crate) fn audit_event(&self, ev: AuditEvent) {
+        if let Err(e) = self.audit.record(&ev) {
+            tracing::error!(error = %e, "audit log write failed");
+        }
+    }
+}
+
+/// Serials are compared as lowercase hex without separators or leading `00`.
+pub(crate) fn normalize_serial(s: &str) -> String {
+    let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let trimmed = hex.trim_start_matches("00");
+    trimmed.to_string()
+}

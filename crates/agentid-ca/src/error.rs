@@ -1,0 +1,204 @@
+//! The one error type of the CA crate.
+
+use std::path::PathBuf;
+
+/// A `Result` with [`CaError`].
+pub type Result<T, E = CaError> = core::result::Result<T, E>;
+
+/// Everything that can go wrong while running the CA.
+///
+/// Each refusal has its own variant so that callers (the CLI, the HTTP service, tests) can tell a
+/// policy decision from a malformed request or a broken CA directory.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    // ---- CA directory and key material ----
+    /// Reading or writing a file of the CA directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A private key file is readable by group or others; the CA refuses to use it.
+    #[error("{path}: private key file is accessible by group or others (mode {mode:o}); run `chmod 600` on it")]
+    InsecureKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `ca init` found existing CA material in the target directory.
+    #[error("{path}: already exists; refusing to overwrite CA material")]
+    AlreadyInitialized {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A file of the CA directory is not what it should be (bad PEM, bad TOML, wrong key).
+    #[error("{path}: {reason}")]
+    BadMaterial {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The issuing key does not match the public key of the intermediate certificate.
+    #[error("issuing key does not match the intermediate certificate's public key")]
+    IssuerKeyMismatch,
+    /// The X.509 signer (file, KMS or HSM) failed to sign.
+    #[error("issuing key signer failed: {0}")]
+    Signer(String),
+    /// Building or serializing a certificate failed.
+    #[error("certificate generation failed: {0}")]
+    CertificateGeneration(String),
+    /// Random bytes could not be obtained from the operating system.
+    #[error("system random number generator failed")]
+    Random,
+
+    // ---- CSR ----
+    /// The CSR is not a DER (or PEM) PKCS#10 request, or has trailing bytes.
+    #[error("csr: malformed certification request: {0}")]
+    CsrMalformed(String),
+    /// The CSR's self-signature does not verify with the key it carries.
+    #[error("csr: signature does not verify with the requested public key")]
+    CsrBadSignature,
+    /// The CSR's key is not P-256 (uncompressed) or Ed25519 (for example RSA, P-384, a compressed point).
+    #[error("csr: unsupported public key ({0}); only ECDSA P-256 (uncompressed) and Ed25519 are accepted")]
+    CsrUnsupportedKey(String),
+    /// The CSR asks for a CA certificate (`basicConstraints` with `cA` TRUE).
+    #[error("csr: requests a CA certificate (basicConstraints CA:TRUE); per-task certificates are never CAs")]
+    CsrRequestsCa,
+    /// The CSR asks for subject alternative names other than exactly the identity being issued.
+    #[error("csr: requests subject alternative names {requested:?}; only the single URI SAN {expected} may be requested")]
+    CsrSanMismatch {
+        /// The names the CSR asks for.
+        requested: Vec<String>,
+        /// The identity being issued.
+        expected: String,
+    },
+    /// The CSR asks for key usages that the leaf profile never grants (keyCertSign, cRLSign, ...).
+    #[error("csr: requests key usage {0}; per-task certificates carry digitalSignature only")]
+    CsrKeyUsage(String),
+    /// The CSR asks for an extended key usage other than serverAuth/clientAuth.
+    #[error("csr: requests extended key usage {0}; per-task certificates carry serverAuth and clientAuth only")]
+    CsrExtendedKeyUsage(String),
+    /// The CSR asks for an extension the CA does not understand, or repeats one.
+    #[error("csr: requests unsupported or duplicate extension {0}")]
+    CsrUnsupportedExtension(String),
+
+    // ---- Identity and keys ----
+    /// An identity, name, scope or other protocol value is invalid.
+    #[error("{0}")]
+    Protocol(#[from] agentid_protocol::Error),
+    /// The request names an identity of another trust domain.
+    #[error("identity {identity} is not in this CA's trust domain {trust_domain}")]
+    WrongTrustDomain {
+        /// The requested identity.
+        identity: String,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
+    /// The key is already recorded for another identity (a task key belongs to one identity).
+    #[error("key {jkt} is already bound to {bound_to}; a key serves exactly one identity")]
+    KeyInUse {
+        /// The key's RFC 7638 thumbprint.
+        jkt: String,
+        /// The identity that holds it.
+        bound_to: String,
+    },
+    /// The identity already has another key (renewal and re-issuance keep the task key).
+    #[error("{identity} is bound to key {bound}; refusing a certificate for key {requested}")]
+    KeyMismatch {
+        /// The identity.
+        identity: String,
+        /// Its recorded key thumbprint.
+        bound: String,
+        /// The requested key thumbprint.
+        requested: String,
+    },
+    /// The identity is already issued (a task is opened once; use renewal).
+    #[error("{0} already exists; renew it instead of issuing it again")]
+    IdentityExists(String),
+    /// Renewal or a child request names an identity the CA never issued.
+    #[error("{0} was never issued by this CA")]
+    UnknownIdentity(String),
+    /// The serial number, task or `jti` to revoke is unknown to this CA.
+    #[error("unknown {kind} {value}")]
+    NotFound {
+        /// What was looked up (`serial`, `task`, `jti`).
+        kind: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The agent, task, key or identity has been revoked; the CA issues nothing more for it.
+    #[error("revoked: {kind} {value} is revoked")]
+    Revoked {
+        /// The kind of entry (`agent`, `task`, `jkt`, `jti`).
+        kind: &'static str,
+        /// The revoked value.
+        value: String,
+    },
+
+    // ---- Policy and authorization ----
+    /// The request is outside the issuance policy; the message names the rule.
+    #[error("policy: {message} (rule {rule})")]
+    Policy {
+        /// The rule's path in policy.toml, e.g. `agents.planner.scopes`.
+        rule: String,
+        /// What was refused.
+        message: String,
+    },
+    /// The requester may not request this certificate.
+    #[error("unauthorized: {requester} may not request {subject} (rule {rule})")]
+    Unauthorized {
+        /// Who asked.
+        requester: String,
+        /// What was asked for.
+        subject: String,
+        /// The policy rule consulted.
+        rule: String,
+    },
+    /// A bootstrap token is unknown, used, expired, or bound to another agent or task.
+    #[error("bootstrap token rejected: {0}")]
+    BootstrapToken(&'static str),
+    /// A child certificate would outlive its parent's chain (or the parent's chain has expired).
+    #[error("child certificate would end at {requested} but the parent's chain ends at {parent_exp}")]
+    OutlivesParent {
+        /// The requested notAfter (Unix seconds).
+        requested: u64,
+        /// The parent's chain expiry (Unix seconds).
+        parent_exp: u64,
+    },
+    /// The parent named in a child request holds no live certificate for this task.
+    #[error("parent {0} holds no live certificate")]
+    ParentNotActive(String),
+    /// A request parameter is invalid (zero TTL, time before the epoch, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    // ---- Store ----
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl CaError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CaError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn material(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        CaError::BadMaterial { path: path.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn policy(rule: impl Into<String>, message: impl Into<String>) -> Self {
+        CaError::Policy { rule: rule.into(), message: message.into() }
+    }
+}
+
+impl From<rusqlite::Error> for CaError {
+    fn from(e: rusqlite::Error) -> Self {
+        CaError::Store(e.to_string())
+    }
+}

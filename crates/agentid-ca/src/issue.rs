@@ -1,0 +1,797 @@
+//! Issuance: the four distinct cases.
+//!
+//! * [`CertificateAuthority::open_task`]: the one route to authority. The root holder (the
+//!   operator, or a single-use bootstrap token bound to agent and task) gets a certificate and
+//!   the task's grant, bound to the certificate's key.
+//! * [`CertificateAuthority::issue_child`]: a certificate for a child agent in its parent's task,
+//!   without a grant; it never outlives the parent's chain.
+//! * [`CertificateAuthority::issue_service`]: a service certificate, without a grant.
+//! * [`CertificateAuthority::renew`]: a new certificate for the same identity and key.
+
+use std::time::{Duration, SystemTime};
+
+use agentid_protocol::{
+    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, ServiceId, TaskId, TaskIdentity,
+};
+
+use crate::audit::AuditEvent;
+use crate::ca::{normalize_serial, token_hash, CertificateAuthority};
+use crate::csr::{parse_csr, RequestedKey};
+use crate::error::{CaError, Result};
+use crate::material;
+use crate::policy::RequesterKind;
+use crate::profile::{sign_leaf, LeafCertificate, LeafSpec};
+use crate::store::{
+    Binding, BootstrapRecord, IdentityRecord, IssuanceCommit, IssuanceKind, IssuanceRecord,
+    RevocationKind, TaskRecord,
+};
+use crate::util;
+
+/// Where the certified key comes from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A PKCS#10 CSR (DER or PEM): the signature is verified and only the key is taken. This is
+    /// the route for any request that crosses a trust boundary.
+    Csr(Vec<u8>),
+    /// A bare SubjectPublicKeyInfo DER, for a trusted local caller that holds the private key
+    /// itself (the CLI's `cert issue`, which generates the key in its own process).
+    Spki(Vec<u8>),
+}
+
+impl KeySource {
+    fn resolve(&self, uri: &str) -> Result<RequestedKey> {
+        match self {
+            KeySource::Csr(csr) => parse_csr(csr, uri),
+            KeySource::Spki(spki) => RequestedKey::from_spki_der(spki),
+        }
+    }
+}
+
+/// Who asks for a task to be opened.
+#[derive(Clone)]
+pub enum TaskRequester {
+    /// The operator (may assert a principal).
+    Operator,
+    /// The holder of a bootstrap token bound to this agent and task.
+    Bootstrap(String),
+}
+
+impl core::fmt::Debug for TaskRequester {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TaskRequester::Operator => f.write_str("Operator"),
+            TaskRequester::Bootstrap(_) => f.write_str("Bootstrap(..)"),
+        }
+    }
+}
+
+/// A request to open a task for its root holder.
+#[derive(Clone, Debug)]
+pub struct OpenTaskRequest {
+    /// The agent name (`spiffe://<td>/agent/<name>`).
+    pub agent: String,
+    /// The task id; generated (128 random bits) when `None`. A bootstrap token fixes it.
+    pub task: Option<TaskId>,
+    /// The holder's key.
+    pub key: KeySource,
+    /// Who asks.
+    pub requester: TaskRequester,
+    /// Certificate TTL (default: the policy's `defaults.ttl`, capped by the task's lifetime).
+    pub ttl: Option<Duration>,
+    /// Task (grant) lifetime (default: the policy's `defaults.task_ttl`).
+    pub task_ttl: Option<Duration>,
+    /// The grant's scope: concrete tokens covered by the agent's policy.
+    pub scope: Scope,
+    /// The grant's `aud` (default: none, meaning the trust domain).
+    pub audience: Option<IdSet>,
+    /// An RFC 9493 subject identifier the operator asserts: `mode` becomes `on_behalf_of`.
+    pub principal: Option<serde_json::Value>,
+    /// The grant's `max_depth` (default 0, sealed).
+    pub max_depth: Option<u8>,
+    /// The grant's `limits` (default: the policy's ceilings, if any).
+    pub limits: Option<Limits>,
+    /// The grant's `may_delegate_to` (default: the policy's list, if any).
+    pub may_delegate_to: Option<IdSet>,
+}
+
+impl OpenTaskRequest {
+    /// A request with defaults for everything but agent, key, requester and scope.
+    pub fn new(agent: impl Into<String>, key: KeySource, requester: TaskRequester, scope: Scope) -> Self {
+        OpenTaskRequest {
+            agent: agent.into(),
+            task: None,
+            key,
+            requester,
+            ttl: None,
+            task_ttl: None,
+            scope,
+            audience: None,
+            principal: None,
+            max_depth: None,
+            limits: None,
+            may_delegate_to: None,
+        }
+    }
+}
+
+/// A request by a parent for a child agent's certificate in the parent's task.
+#[derive(Clone, Debug)]
+pub struct ChildRequest {
+    /// The parent's task identity. The caller authenticates it (mTLS peer, or the CLI holding
+    /// the parent's key); the CA authorizes it by policy and checks it holds a live certificate.
+    pub parent: TaskIdentity,
+    /// The parent's current chain, if the caller has it: its `exp` can only shorten the child's
+    /// certificate (read unverified; it is never used to lengthen anything).
+    pub parent_chain: Option<Chain>,
+    /// The child's agent name.
+    pub agent: String,
+    /// The child's key.
+    pub key: KeySource,
+    /// Certificate TTL (default: the policy's `defaults.ttl`, capped by the parent's chain;
+    /// an explicit TTL beyond the parent's chain is refused).
+    pub ttl: Option<Duration>,
+}
+
+/// A request for a service certificate.
+#[derive(Clone, Debug)]
+pub struct ServiceRequest {
+    /// The service name (`spiffe://<td>/svc/<name>`).
+    pub service: String,
+    /// The service's key.
+    pub key: KeySource,
+    /// Certificate TTL (default: the policy's `defaults.ttl`).
+    pub ttl: Option<Duration>,
+}
+
+/// Who asks for a renewal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenewRequester {
+    /// The operator.
+    Operator,
+    /// The identity itself (authenticated by the caller, e.g. by its current certificate).
+    Holder,
+}
+
+/// A renewal: same identity, same key.
+#[derive(Clone, Debug)]
+pub struct RenewRequest {
+    /// The identity to renew (a task identity or a service ID).
+    pub identity: PeerId,
+    /// The key: must be the one bound to the identity.
+    pub key: KeySource,
+    /// Who asks.
+    pub requester: RenewRequester,
+    /// Certificate TTL (default: the policy's `defaults.ttl`, capped by the task's chain).
+    pub ttl: Option<Duration>,
+}
+
+/// A certificate as issued.
+#[derive(Clone, Debug)]
+pub struct IssuedCertificate {
+    /// The identity in the certificate's URI SAN.
+    pub identity: PeerId,
+    /// The leaf.
+    pub leaf: LeafCertificate,
+    /// RFC 7638 thumbprint of the certified key.
+    pub jkt: String,
+    /// The issuing intermediate, DER (send it along with the leaf).
+    pub intermediate_der: Vec<u8>,
+}
+
+impl IssuedCertificate {
+    /// `cert.pem`: the leaf, then the intermediate.
+    pub fn chain_pem(&self) -> String {
+        let mut s = material::cert_pem(&self.leaf.der);
+        s.push_str(&material::cert_pem(&self.intermediate_der));
+        s
+    }
+    /// The serial (hex).
+    pub fn serial(&self) -> &str {
+        &self.leaf.serial
+    }
+}
+
+/// The credentials of a newly opened task: the holder's certificate and the grant.
+#[derive(Clone, Debug)]
+pub struct TaskCredentials {
+    /// The certificate.
+    pub certificate: IssuedCertificate,
+    /// The task identity.
+    pub identity: TaskIdentity,
+    /// The grant (a chain of depth 0).
+    pub grant: Chain,
+    /// The grant's `jti`.
+    pub grant_jti: String,
+    /// The grant's `exp`, Unix seconds.
+    pub grant_exp: u64,
+}
+
+fn secs(d: Duration) -> Result<u64> {
+    if d.is_zero() {
+        return Err(CaError::InvalidRequest("TTL must be positive".into()));
+    }
+    Ok(d.as_secs().max(1))
+}
+
+impl CertificateAuthority {
+    fn check_td(&self, id: &agentid_protocol::SpiffeId) -> Result<()> {
+        if id.trust_domain() != self.config.trust_domain {
+            return Err(CaError::WrongTrustDomain {
+                identity: id.as_str().to_string(),
+                trust_domain: self.config.trust_domain.as_str().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// notBefore/notAfter for a request: `not_after = min(now + ttl, cap, intermediate notAfter)`.
+    /// An explicit TTL that `cap` (the requester's authority) cannot honour is refused; a
+    /// defaulted TTL is shortened.
+    fn validity(&self, now: u64, ttl: Option<Duration>, max_ttl: u64, cap: u64, rule: &str) -> Result<(u64, u64)> {
+        let skew = self.config.skew_secs;
+        let requested = match ttl {
+            Some(d) => {
+                let t = secs(d)?;
+                if t > max_ttl {
+                    return Err(CaError::policy(
+                        rule,
+                        format!("certificate TTL {t}s exceeds the maximum of {max_ttl}s"),
+                    ));
+                }
+                t
+            }
+            None => self.policy.default_ttl.min(max_ttl),
+        };
+        let want = now.saturating_add(requested);
+        if cap <= now {
+            return Err(CaError::OutlivesParent { requested: want, parent_exp: cap });
+        }
+        if ttl.is_some() && want > cap {
+            return Err(CaError::OutlivesParent { requested: want, parent_exp: cap });
+        }
+        let not_after = want.min(cap).min(self.intermediate_not_after);
+        if not_after <= now {
+            return Err(CaError::InvalidRequest("the issuing CA certificate has expired".into()));
+        }
+        Ok((now.saturating_sub(skew), not_after))
+    }
+
+    fn sign_and_commit(
+        &self,
+        uri: &str,
+        key: &RequestedKey,
+        validity: (u64, u64),
+        commit: impl FnOnce(&LeafCertificate) -> Result<(IssuanceRecord, IdentityRecord, Binding, Option<TaskRecord>, Option<BootstrapRecord>, Vec<(RevocationKind, String)>)>,
+        now: u64,
+    ) -> Result<LeafCertificate> {
+        let leaf = sign_leaf(
+            &LeafSpec { uri, spki_der: &key.spki_der, not_before: validity.0, not_after: validity.1 },
+            &self.intermediate_der,
+            self.issuer.as_ref(),
+        )?;
+        let (record, identity, binding, task, bootstrap, refuse) = commit(&leaf)?;
+        self.store()?.commit_issuance(&IssuanceCommit {
+            record: &record,
+            identity: &identity,
+            binding,
+            task: task.as_ref(),
+            bootstrap: bootstrap.as_ref(),
+            refuse_if_revoked: &refuse,
+            now,
+        })?;
+        Ok(leaf)
+    }
+
+    fn audit_issue(&self, kind: IssuanceKind, now: u64, actor: &str, subject: &str, task: Option<&str>, res: &core::result::Result<(String, Option<String>), String>) {
+        let (serial, jti) = match res {
+            Ok((s, j)) => (Some(s.clone()), j.clone()),
+            Err(_) => (None, None),
+        };
+        self.audit_event(AuditEvent {
+            ts: now,
+            kind: format!("issue.{}", kind.as_str()),
+            actor: actor.to_string(),
+            subject: Some(subject.to_string()),
+            task: task.map(str::to_string),
+            serial,
+            jti,
+            outcome: if res.is_ok() { "ok".into() } else { "denied".into() },
+            reason: res.as_ref().err().cloned(),
+        });
+        match res {
+            Ok(_) => tracing::info!(kind = kind.as_str(), subject, "certificate issued"),
+            Err(e) => tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused"),
+        }
+    }
+
+    /// Opens a task for its root holder: the certificate and the grant, recorded before they
+    /// are returned.
+    pub fn open_task(&self, req: &OpenTaskRequest, now: SystemTime) -> Result<TaskCredentials> {
+        let now_s = util::unix(now)?;
+        let actor = match &req.requester {
+            TaskRequester::Operator => "operator",
+            TaskRequester::Bootstrap(_) => "bootstrap",
+        };
+        let task = match (&req.task, &req.requester) {
+            (Some(t), _) => Ok(t.clone()),
+            // A bootstrap token is bound to its task: the requester must name it.
+            (None, TaskRequester::Bootstrap(_)) => {
+                Err(CaError::BootstrapToken("the request must name the task the token is bound to"))
+            }
+            (None, TaskRequester::Operator) => TaskId::generate().map_err(CaError::from),
+        };
+        let subject = match &task {
+            Ok(t) => format!("spiffe://{}/agent/{}/task/{}", self.config.trust_domain.as_str(), req.agent, t.as_str()),
+            Err(_) => format!("spiffe://{}/agent/{}", self.config.trust_domain.as_str(), req.agent),
+        };
+        let res = task.and_then(|t| self.open_task_inner(req, t, now_s));
+        let summary = res.as_ref().map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone()))).map_err(|e| e.to_string());
+        self.audit_issue(IssuanceKind::Task, now_s, actor, &subject, req.task.as_ref().map(TaskId::as_str), &summary);
+        res
+    }
+
+    fn open_task_inner(&self, req: &OpenTaskRequest, task: TaskId, now: u64) -> Result<TaskCredentials> {
+        let td = &self.config.trust_domain;
+        let agent = AgentId::new(td, &req.agent)?;
+        let identity = TaskIdentity::new(&agent, &task)?;
+        let name = agent.name();
+        let rule = self.policy.agent(name)?;
+        let (kind, who) = match &req.requester {
+            TaskRequester::Operator => (RequesterKind::Operator, "operator"),
+            TaskRequester::Bootstrap(_) => (RequesterKind::Bootstrap, "bootstrap token"),
+        };
+        self.policy.check_agent_requester(name, &kind, who, identity.as_str())?;
+        let bootstrap = match &req.requester {
+            TaskRequester::Operator => None,
+            TaskRequester::Bootstrap(token) => {
+                if req.principal.is_some() {
+                    return Err(CaError::InvalidRequest(
+                        "only the operator can assert a principal".into(),
+                    ));
+                }
+                let hash = token_hash(token);
+                let rec = self
+                    .store()?
+                    .bootstrap(&hash)?
+                    .ok_or(CaError::BootstrapToken("unknown or already used"))?;
+                if rec.agent != name || rec.task != task.as_str() {
+                    return Err(CaError::BootstrapToken("bound to another agent or task"));
+                }
+                if rec.expires <= now {
+                    return Err(CaError::BootstrapToken("expired"));
+                }
+                Some(rec)
+            }
+        };
+        // Grant contents against policy.
+        self.policy.check_scope(name, &req.scope)?;
+        let max_depth = req.max_depth.unwrap_or(0);
+        if max_depth > rule.max_depth {
+            return Err(CaError::policy(
+                format!("agents.{name}.max_depth"),
+                format!("agent {name:?} may not hold max_depth {max_depth} (max {})", rule.max_depth),
+            ));
+        }
+        if let Some(aud) = &req.audience {
+            for id in aud.ids() {
+                let ok = match &rule.audiences {
+                    Some(allowed) => allowed.covers_id(id),
+                    None => td.id().covers(id),
+                };
+                if !ok {
+                    return Err(CaError::policy(
+                        format!("agents.{name}.audiences"),
+                        format!("agent {name:?} may not address audience {id}"),
+                    ));
+                }
+            }
+        }
+        let may_delegate_to = match (&req.may_delegate_to, &rule.may_delegate_to) {
+            (Some(req_set), Some(allowed)) => {
+                if !allowed.covers(req_set) {
+                    return Err(CaError::policy(
+                        format!("agents.{name}.may_delegate_to"),
+                        format!("agent {name:?} may not delegate that widely"),
+                    ));
+                }
+                Some(req_set.clone())
+            }
+            (Some(req_set), None) => Some(req_set.clone()),
+            (None, allowed) => allowed.clone(),
+        };
+        let limits = match (&req.limits, &rule.limits) {
+            (Some(l), Some(ceil)) => {
+                l.narrows(ceil).map_err(|n| {
+                    CaError::policy(format!("agents.{name}.limits"), format!("limit {n:?} above the ceiling"))
+                })?;
+                // Names the policy caps but the request omits keep the policy's ceiling.
+                Some(ceil.merge_min(l))
+            }
+            (Some(l), None) => Some(l.clone()),
+            (None, ceil) => ceil.clone(),
+        };
+        // Lifetimes.
+        let task_ttl = match req.task_ttl {
+            Some(d) => secs(d)?,
+            None => self.policy.default_task_ttl.min(rule.max_task_ttl),
+        };
+        if task_ttl > rule.max_task_ttl {
+            return Err(CaError::policy(
+                format!("agents.{name}.max_task_ttl"),
+                format!("agent {name:?} may not hold a task for {task_ttl}s (max {}s)", rule.max_task_ttl),
+            ));
+        }
+        let grant_exp = now.saturating_add(task_ttl);
+        if let Some(d) = req.ttl {
+            self.policy.check_agent_ttl(name, secs(d)?)?;
+        }
+        let validity = self.validity(now, req.ttl, rule.max_ttl, grant_exp, &format!("agents.{name}.max_ttl"))?;
+
+        let uri = identity.as_str().to_string();
+        let key = req.key.resolve(&uri)?;
+        let jkt = key.thumbprint();
+
+        // The grant, bound to the certificate's key.
+        let jti = util::random_jti()?;
+        let mut g = GrantBuilder::new(td, &identity, &key.public_key, req.scope.clone())
+            .max_depth(max_depth)
+            .validity(now, now, grant_exp)
+            .jti(jti.clone());
+        if let Some(aud) = &req.audience {
+            g = g.audience(aud.clone());
+        }
+        if let Some(p) = &req.principal {
+            g = g.on_behalf_of(p.clone());
+        }
+        if let Some(l) = limits {
+            g = g.limits(l);
+        }
+        if let Some(m) = may_delegate_to {
+            g = g.may_delegate_to(m);
+        }
+        let grant = g.sign(self.grant_signer.as_ref())?;
+
+        let leaf = self.sign_and_commit(
+            &uri,
+            &key,
+            validity,
+            |leaf| {
+                Ok((
+                    IssuanceRecord {
+                        serial: leaf.serial.clone(),
+                        identity: uri.clone(),
+                        kind: IssuanceKind::Task,
+                        agent: Some(name.to_string()),
+                        task: Some(task.as_str().to_string()),
+                        not_before: leaf.not_before,
+                        not_after: leaf.not_after,
+                        requester: who.to_string(),
+                        jkt: jkt.clone(),
+                        issued_at: now,
+                        grant_jti: Some(jti.clone()),
+                    },
+                    IdentityRecord {
+                        identity: uri.clone(),
+                        jkt: jkt.clone(),
+                        spki: key.spki_der.clone(),
+                        agent: Some(name.to_string()),
+                        task: Some(task.as_str().to_string()),
+                        cap: grant_exp,
+                    },
+                    Binding::Fresh,
+                    Some(TaskRecord {
+                        task: task.as_str().to_string(),
+                        holder: uri.clone(),
+                        grant_jti: jti.clone(),
+                        exp: grant_exp,
+                        created: now,
+                    }),
+                    bootstrap,
+                    vec![
+                        (RevocationKind::Agent, name.to_string()),
+                        (RevocationKind::Task, task.as_str().to_string()),
+                        (RevocationKind::Jkt, jkt.clone()),
+                    ],
+                ))
+            },
+            now,
+        )?;
+        Ok(TaskCredentials {
+            certificate: IssuedCertificate {
+                identity: PeerId::Task(identity.clone()),
+                leaf,
+                jkt,
+                intermediate_der: self.intermediate_der.clone(),
+            },
+            identity,
+            grant,
+            grant_jti: jti,
+            grant_exp,
+        })
+    }
+
+    /// Issues a child agent's certificate in its parent's task, without a grant. The child's
+    /// authority comes only from links its parent signs; its certificate never outlives the
+    /// parent's chain.
+    pub fn issue_child(&self, req: &ChildRequest, now: SystemTime) -> Result<IssuedCertificate> {
+        let now_s = util::unix(now)?;
+        let task = req.parent.task_id();
+        let subject = format!(
+            "spiffe://{}/agent/{}/task/{}",
+            self.config.trust_domain.as_str(),
+            req.agent,
+            task.as_str()
+        );
+        let res = self.issue_child_inner(req, now_s);
+        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
+        self.audit_issue(IssuanceKind::Child, now_s, req.parent.as_str(), &subject, Some(task.as_str()), &summary);
+        res
+    }
+
+    fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
+        let td = &self.config.trust_domain;
+        self.check_td(req.parent.as_spiffe_id())?;
+        let task = req.parent.task_id();
+        let agent = AgentId::new(td, &req.agent)?;
+        let identity = TaskIdentity::new(&agent, &task)?;
+        if identity == req.parent {
+            return Err(CaError::InvalidRequest("a parent cannot request a child with its own identity".into()));
+        }
+        let name = agent.name();
+        let rule = self.policy.agent(name)?;
+        let parent_agent = req.parent.agent();
+        self.policy.check_agent_requester(
+            name,
+            &RequesterKind::Parent(parent_agent.name().to_string()),
+            req.parent.as_str(),
+            identity.as_str(),
+        )?;
+        // The parent must be a live identity of this CA, in a task this CA opened.
+        let (parent_rec, task_rec) = {
+            let store = self.store()?;
+            let p = store
+                .identity(req.parent.as_str())?
+                .ok_or_else(|| CaError::ParentNotActive(req.parent.as_str().to_string()))?;
+            let t = store
+                .task(task.as_str())?
+                .ok_or_else(|| CaError::ParentNotActive(req.parent.as_str().to_string()))?;
+            (p, t)
+        };
+        let mut cap = parent_rec.cap.min(task_rec.exp);
+        if let Some(chain) = &req.parent_chain {
+            // Only ever shortens: safe to read unverified.
+            let holder = chain.holder_unverified()?;
+            if holder != req.parent {
+                return Err(CaError::InvalidRequest(format!(
+                    "the parent chain's holder is {holder}, not {}",
+                    req.parent
+                )));
+            }
+            cap = cap.min(chain.expires_unverified()?);
+        }
+        if cap <= now {
+            return Err(CaError::ParentNotActive(req.parent.as_str().to_string()));
+        }
+        let validity = self.validity(now, req.ttl, rule.max_ttl, cap, &format!("agents.{name}.max_ttl"))?;
+        let uri = identity.as_str().to_string();
+        let key = req.key.resolve(&uri)?;
+        let jkt = key.thumbprint();
+        let leaf = self.sign_and_commit(
+            &uri,
+            &key,
+            validity,
+            |leaf| {
+                Ok((
+                    IssuanceRecord {
+                        serial: leaf.serial.clone(),
+                        identity: uri.clone(),
+                        kind: IssuanceKind::Child,
+                        agent: Some(name.to_string()),
+                        task: Some(task.as_str().to_string()),
+                        not_before: leaf.not_before,
+                        not_after: leaf.not_after,
+                        requester: req.parent.as_str().to_string(),
+                        jkt: jkt.clone(),
+                        issued_at: now,
+                        grant_jti: None,
+                    },
+                    IdentityRecord {
+                        identity: uri.clone(),
+                        jkt: jkt.clone(),
+                        spki: key.spki_der.clone(),
+                        agent: Some(name.to_string()),
+                        task: Some(task.as_str().to_string()),
+                        cap,
+                    },
+                    Binding::FreshOrSameKey,
+                    None,
+                    None,
+                    vec![
+                        (RevocationKind::Agent, name.to_string()),
+                        (RevocationKind::Agent, parent_agent.name().to_string()),
+                        (RevocationKind::Task, task.as_str().to_string()),
+                        (RevocationKind::Jkt, jkt.clone()),
+                        (RevocationKind::Jkt, parent_rec.jkt.clone()),
+                    ],
+                ))
+            },
+            now,
+        )?;
+        Ok(IssuedCertificate {
+            identity: PeerId::Task(identity),
+            leaf,
+            jkt,
+            intermediate_der: self.intermediate_der.clone(),
+        })
+    }
+
+    /// Issues a service certificate (operator only), without a grant. A service may rotate its
+    /// key; every key it ever used stays bound to it.
+    pub fn issue_service(&self, req: &ServiceRequest, now: SystemTime) -> Result<IssuedCertificate> {
+        let now_s = util::unix(now)?;
+        let subject = format!("spiffe://{}/svc/{}", self.config.trust_domain.as_str(), req.service);
+        let res = self.issue_service_inner(req, now_s);
+        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
+        self.audit_issue(IssuanceKind::Service, now_s, "operator", &subject, None, &summary);
+        res
+    }
+
+    fn issue_service_inner(&self, req: &ServiceRequest, now: u64) -> Result<IssuedCertificate> {
+        let svc = ServiceId::new(&self.config.trust_domain, &req.service)?;
+        let name = svc.name();
+        let rule = self.policy.service(name)?;
+        self.policy.check_service_requester(name, &RequesterKind::Operator, "operator", svc.as_str())?;
+        let validity = self.validity(now, req.ttl, rule.max_ttl, u64::MAX, &format!("services.{name}.max_ttl"))?;
+        let uri = svc.as_str().to_string();
+        let key = req.key.resolve(&uri)?;
+        let jkt = key.thumbprint();
+        let leaf = self.sign_and_commit(
+            &uri,
+            &key,
+            validity,
+            |leaf| {
+                Ok((
+                    IssuanceRecord {
+                        serial: leaf.serial.clone(),
+                        identity: uri.clone(),
+                        kind: IssuanceKind::Service,
+                        agent: None,
+                        task: None,
+                        not_before: leaf.not_before,
+                        not_after: leaf.not_after,
+                        requester: "operator".into(),
+                        jkt: jkt.clone(),
+                        issued_at: now,
+                        grant_jti: None,
+                    },
+                    IdentityRecord {
+                        identity: uri.clone(),
+                        jkt: jkt.clone(),
+                        spki: key.spki_der.clone(),
+                        agent: None,
+                        task: None,
+                        cap: leaf.not_after,
+                    },
+                    Binding::Rebind,
+                    None,
+                    None,
+                    vec![(RevocationKind::Jkt, jkt.clone())],
+                ))
+            },
+            now,
+        )?;
+        Ok(IssuedCertificate {
+            identity: PeerId::Service(svc),
+            leaf,
+            jkt,
+            intermediate_der: self.intermediate_der.clone(),
+        })
+    }
+
+    /// Re-issues a certificate for the same identity and the same key; another key is refused.
+    /// A task identity's certificate never outlives its task's chain.
+    pub fn renew(&self, req: &RenewRequest, now: SystemTime) -> Result<IssuedCertificate> {
+        let now_s = util::unix(now)?;
+        let actor = match req.requester {
+            RenewRequester::Operator => "operator".to_string(),
+            RenewRequester::Holder => req.identity.as_str().to_string(),
+        };
+        let task = match &req.identity {
+            PeerId::Task(t) => Some(t.task_id().as_str().to_string()),
+            PeerId::Service(_) => None,
+        };
+        let res = self.renew_inner(req, &actor, now_s);
+        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
+        self.audit_issue(IssuanceKind::Renewal, now_s, &actor, req.identity.as_str(), task.as_deref(), &summary);
+        res
+    }
+
+    fn renew_inner(&self, req: &RenewRequest, actor: &str, now: u64) -> Result<IssuedCertificate> {
+        self.check_td(req.identity.as_spiffe_id())?;
+        let uri = req.identity.as_str().to_string();
+        let bound = self
+            .store()?
+            .identity(&uri)?
+            .ok_or_else(|| CaError::UnknownIdentity(uri.clone()))?;
+        let key = req.key.resolve(&uri)?;
+        let jkt = key.thumbprint();
+        if jkt != bound.jkt {
+            return Err(CaError::KeyMismatch { identity: uri, bound: bound.jkt, requested: jkt });
+        }
+        let (max_ttl, cap, rule, agent, task, mut refuse) = match &req.identity {
+            PeerId::Task(t) => {
+                let agent = t.agent();
+                let name = agent.name().to_string();
+                let rule = self.policy.agent(&name)?;
+                let task = t.task_id();
+                let task_exp = self
+                    .store()?
+                    .task(task.as_str())?
+                    .map(|r| r.exp)
+                    .ok_or_else(|| CaError::UnknownIdentity(uri.clone()))?;
+                (
+                    rule.max_ttl,
+                    bound.cap.min(task_exp),
+                    format!("agents.{name}.max_ttl"),
+                    Some(name.clone()),
+                    Some(task.as_str().to_string()),
+                    vec![(RevocationKind::Agent, name), (RevocationKind::Task, task.as_str().to_string())],
+                )
+            }
+            PeerId::Service(s) => {
+                let rule = self.policy.service(s.name())?;
+                (rule.max_ttl, u64::MAX, format!("services.{}.max_ttl", s.name()), None, None, Vec::new())
+            }
+        };
+        refuse.push((RevocationKind::Jkt, jkt.clone()));
+        let validity = self.validity(now, req.ttl, max_ttl, cap, &rule)?;
+        let leaf = self.sign_and_commit(
+            &uri,
+            &key,
+            validity,
+            |leaf| {
+                Ok((
+                    IssuanceRecord {
+                        serial: leaf.serial.clone(),
+                        identity: uri.clone(),
+                        kind: IssuanceKind::Renewal,
+                        agent: agent.clone(),
+                        task: task.clone(),
+                        not_before: leaf.not_before,
+                        not_after: leaf.not_after,
+                        requester: actor.to_string(),
+                        jkt: jkt.clone(),
+                        issued_at: now,
+                        grant_jti: None,
+                    },
+                    IdentityRecord {
+                        identity: uri.clone(),
+                        jkt: jkt.clone(),
+                        spki: bound.spki.clone(),
+                        agent: agent.clone(),
+                        task: task.clone(),
+                        // Services: the cap follows the newest certificate; tasks keep theirs.
+                        cap: if task.is_some() { bound.cap } else { leaf.not_after },
+                    },
+                    Binding::SameKey,
+                    None,
+                    None,
+                    refuse,
+                ))
+            },
+            now,
+        )?;
+        Ok(IssuedCertificate {
+            identity: req.identity.clone(),
+            leaf,
+            jkt,
+            intermediate_der: self.intermediate_der.clone(),
+        })
+    }
+
+    /// Looks up the issuance record of a serial (any formatting: colons, upper case, `00`).
+    pub fn find_serial(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
+        self.store()?.issuance(&normalize_serial(serial))
+    }
+}
+

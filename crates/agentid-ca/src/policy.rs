@@ -1,0 +1,316 @@
+//! Issuance policy from `policy.toml`: who may obtain which identities, scopes and lifetimes.
+//!
+//! Nothing is allowed unless a rule allows it. Every refusal names the rule it applied, e.g.
+//! `policy: agent "planner" may not hold scope "payments:write" (rule agents.planner.scopes)`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use agentid_protocol::{IdSet, Limits, Scope, ScopeToken, SpiffeId};
+use serde::Deserialize;
+
+use crate::error::{CaError, Result};
+
+/// Longest grant lifetime allowed by the protocol (design.md: grant `exp - iat` <= 24 h).
+pub const MAX_GRANT_LIFETIME_SECS: u64 = 24 * 3600;
+/// Deepest chain allowed by the protocol.
+pub const MAX_DEPTH: u8 = 8;
+
+/// Who asks the CA for a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequesterKind {
+    /// The operator running the CA (offline issuance, the CLI).
+    Operator,
+    /// A holder of a single-use bootstrap token bound to the agent and task.
+    Bootstrap,
+    /// A task identity of the named agent, requesting for a child in its own task.
+    Parent(String),
+}
+
+impl RequesterKind {
+    fn parse(s: &str, rule: &str) -> Result<Self> {
+        match s {
+            "operator" => Ok(RequesterKind::Operator),
+            "bootstrap" => Ok(RequesterKind::Bootstrap),
+            _ => match s.strip_prefix("parent:") {
+                Some(name) if !name.is_empty() => Ok(RequesterKind::Parent(name.to_string())),
+                _ => Err(CaError::policy(
+                    rule,
+                    format!("unknown requester {s:?} (operator, bootstrap or parent:<agent>)"),
+                )),
+            },
+        }
+    }
+}
+
+/// Rules for one agent name.
+#[derive(Clone, Debug)]
+pub struct AgentRule {
+    /// Scope patterns the agent may hold in a grant.
+    pub scopes: Vec<ScopeToken>,
+    /// Longest certificate TTL, seconds.
+    pub max_ttl: u64,
+    /// Longest grant (task) lifetime, seconds.
+    pub max_task_ttl: u64,
+    /// Largest `max_depth` a grant may carry.
+    pub max_depth: u8,
+    /// Who may request its certificates.
+    pub requesters: Vec<RequesterKind>,
+    /// Allowed `aud` entries (absent: the CA's own trust domain only).
+    pub audiences: Option<IdSet>,
+    /// Allowed `may_delegate_to` entries; applied when the request names none.
+    pub may_delegate_to: Option<IdSet>,
+    /// Limit ceilings; applied when the request names none.
+    pub limits: Option<Limits>,
+}
+
+/// Rules for one service name.
+#[derive(Clone, Debug)]
+pub struct ServiceRule {
+    /// Longest certificate TTL, seconds.
+    pub max_ttl: u64,
+    /// Who may request its certificates (operator or bootstrap).
+    pub requesters: Vec<RequesterKind>,
+}
+
+/// The parsed, validated policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Certificate TTL when a request names none, seconds (default 5 min).
+    pub default_ttl: u64,
+    /// Grant lifetime when a request names none, seconds (default 1 h).
+    pub default_task_ttl: u64,
+    agents: BTreeMap<String, AgentRule>,
+    services: BTreeMap<String, ServiceRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    ttl: Option<String>,
+    max_ttl: Option<String>,
+    task_ttl: Option<String>,
+    max_task_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    scopes: Vec<String>,
+    max_ttl: Option<String>,
+    max_task_ttl: Option<String>,
+    max_depth: Option<u8>,
+    #[serde(default)]
+    requesters: Vec<String>,
+    audiences: Option<Vec<SpiffeId>>,
+    may_delegate_to: Option<Vec<SpiffeId>>,
+    limits: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    max_ttl: Option<String>,
+    #[serde(default)]
+    requesters: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+}
+
+fn duration(v: Option<&str>, default: u64, rule: &str) -> Result<u64> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| CaError::policy(rule, format!("bad duration {s:?}: {e}")))?;
+            if d.as_secs() == 0 {
+                return Err(CaError::policy(rule, "duration must be at least 1s"));
+            }
+            Ok(d.as_secs())
+        }
+    }
+}
+
+impl Policy {
+    /// Reads `policy.toml`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates a policy document.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| CaError::policy("policy.toml", e.to_string()))?;
+        let d = &raw.defaults;
+        let default_ttl = duration(d.ttl.as_deref(), 300, "defaults.ttl")?;
+        let default_max_ttl = duration(d.max_ttl.as_deref(), 900, "defaults.max_ttl")?;
+        let default_task_ttl = duration(d.task_ttl.as_deref(), 3600, "defaults.task_ttl")?;
+        let default_max_task_ttl =
+            duration(d.max_task_ttl.as_deref(), 8 * 3600, "defaults.max_task_ttl")?;
+        if default_max_task_ttl > MAX_GRANT_LIFETIME_SECS {
+            return Err(CaError::policy("defaults.max_task_ttl", "at most 24h"));
+        }
+        let mut agents = BTreeMap::new();
+        for (name, a) in raw.agents {
+            let base = format!("agents.{name}");
+            let scopes = a
+                .scopes
+                .iter()
+                .map(|s| {
+                    ScopeToken::parse(s).map_err(|e| {
+                        CaError::policy(format!("{base}.scopes"), format!("bad scope {s:?}: {e}"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let max_task_ttl = duration(
+                a.max_task_ttl.as_deref(),
+                default_max_task_ttl,
+                &format!("{base}.max_task_ttl"),
+            )?;
+            if max_task_ttl > MAX_GRANT_LIFETIME_SECS {
+                return Err(CaError::policy(format!("{base}.max_task_ttl"), "at most 24h"));
+            }
+            let max_depth = a.max_depth.unwrap_or(0);
+            if max_depth > MAX_DEPTH {
+                return Err(CaError::policy(format!("{base}.max_depth"), "at most 8"));
+            }
+            let requesters = a
+                .requesters
+                .iter()
+                .map(|r| RequesterKind::parse(r, &format!("{base}.requesters")))
+                .collect::<Result<Vec<_>>>()?;
+            let idset = |v: Option<Vec<SpiffeId>>, rule: &str| -> Result<Option<IdSet>> {
+                v.map(|ids| {
+                    IdSet::new(ids).map_err(|e| CaError::policy(format!("{base}.{rule}"), e.to_string()))
+                })
+                .transpose()
+            };
+            let rule = AgentRule {
+                scopes,
+                max_ttl: duration(a.max_ttl.as_deref(), default_max_ttl, &format!("{base}.max_ttl"))?,
+                max_task_ttl,
+                max_depth,
+                requesters,
+                audiences: idset(a.audiences, "audiences")?,
+                may_delegate_to: idset(a.may_delegate_to, "may_delegate_to")?,
+                limits: a
+                    .limits
+                    .map(|l| {
+                        Limits::new(l)
+                            .map_err(|e| CaError::policy(format!("{base}.limits"), e.to_string()))
+                    })
+                    .transpose()?,
+            };
+            agents.insert(name, rule);
+        }
+        let mut services = BTreeMap::new();
+        for (name, s) in raw.services {
+            let base = format!("services.{name}");
+            let requesters = s
+                .requesters
+                .iter()
+                .map(|r| RequesterKind::parse(r, &format!("{base}.requesters")))
+                .collect::<Result<Vec<_>>>()?;
+            if requesters.iter().any(|r| matches!(r, RequesterKind::Parent(_))) {
+                return Err(CaError::policy(
+                    format!("{base}.requesters"),
+                    "services are requested by the operator or with a bootstrap token",
+                ));
+            }
+            services.insert(
+                name,
+                ServiceRule {
+                    max_ttl: duration(s.max_ttl.as_deref(), default_max_ttl, &format!("{base}.max_ttl"))?,
+                    requesters,
+                },
+            );
+        }
+        Ok(Policy { default_ttl, default_task_ttl, agents, services })
+    }
+
+    /// The rule for an agent name, or the refusal naming the missing rule.
+    pub fn agent(&self, name: &str) -> Result<&AgentRule> {
+        self.agents.get(name).ok_or_else(|| {
+            CaError::policy(format!("agents.{name}"), format!("no rule for agent {name:?}"))
+        })
+    }
+
+    /// The rule for a service name.
+    pub fn service(&self, name: &str) -> Result<&ServiceRule> {
+        self.services.get(name).ok_or_else(|| {
+            CaError::policy(format!("services.{name}"), format!("no rule for service {name:?}"))
+        })
+    }
+
+    /// Checks a certificate TTL against the agent's `max_ttl`.
+    pub(crate) fn check_agent_ttl(&self, name: &str, ttl: u64) -> Result<()> {
+        let rule = self.agent(name)?;
+        if ttl > rule.max_ttl {
+            return Err(CaError::policy(
+                format!("agents.{name}.max_ttl"),
+                format!("agent {name:?} may not hold a certificate for {ttl}s (max {}s)", rule.max_ttl),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a requested grant scope: concrete and covered by the agent's patterns.
+    pub(crate) fn check_scope(&self, name: &str, scope: &Scope) -> Result<()> {
+        let rule = self.agent(name)?;
+        let r = format!("agents.{name}.scopes");
+        for t in scope.tokens() {
+            if t.is_wildcard() {
+                return Err(CaError::policy(
+                    r,
+                    format!("requested scope {:?} contains a wildcard; request concrete scopes", t.as_str()),
+                ));
+            }
+            if !rule.scopes.iter().any(|p| p.covers(t)) {
+                return Err(CaError::policy(
+                    r,
+                    format!("agent {name:?} may not hold scope {:?}", t.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `requester` is listed for the agent.
+    pub(crate) fn check_agent_requester(&self, name: &str, requester: &RequesterKind, who: &str, subject: &str) -> Result<()> {
+        let rule = self.agent(name)?;
+        if rule.requesters.contains(requester) {
+            Ok(())
+        } else {
+            Err(CaError::Unauthorized {
+                requester: who.to_string(),
+                subject: subject.to_string(),
+                rule: format!("agents.{name}.requesters"),
+            })
+        }
+    }
+
+    /// Whether `requester` is listed for the service.
+    pub(crate) fn check_service_requester(&self, name: &str, requester: &RequesterKind, who: &str, subject: &str) -> Result<()> {
+        let rule = self.service(name)?;
+        if rule.requesters.contains(requester) {
+            Ok(())
+        } else {
+            Err(CaError::Unauthorized {
+                requester: who.to_string(),
+                subject: subject.to_string(),
+                rule: format!("services.{name}.requesters"),
+            })
+        }
+    }
+}

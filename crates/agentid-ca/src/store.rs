@@ -1,0 +1,612 @@
+//! The CA's record of every issuance and revocation, behind a trait; SQLite by default.
+//!
+//! An issuance is committed (with its key binding, its task and the consumption of a bootstrap
+//! token, in one transaction) before the certificate is handed out, so that the store holds
+//! exactly one record per certificate returned, also across crashes.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{CaError, Result};
+
+/// What an issuance was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuanceKind {
+    /// A task opened for its root holder, with a grant.
+    Task,
+    /// A child agent's certificate in its parent's task, without a grant.
+    Child,
+    /// A service certificate.
+    Service,
+    /// A renewal for the same key and identity.
+    Renewal,
+}
+
+impl IssuanceKind {
+    /// Stable string form used in the store and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuanceKind::Task => "task",
+            IssuanceKind::Child => "child",
+            IssuanceKind::Service => "service",
+            IssuanceKind::Renewal => "renewal",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "task" => IssuanceKind::Task,
+            "child" => IssuanceKind::Child,
+            "service" => IssuanceKind::Service,
+            "renewal" => IssuanceKind::Renewal,
+            other => return Err(CaError::Store(format!("unknown issuance kind {other:?}"))),
+        })
+    }
+}
+
+/// One issued certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuanceRecord {
+    /// Serial number (hex).
+    pub serial: String,
+    /// The URI SAN.
+    pub identity: String,
+    /// What kind of issuance.
+    pub kind: IssuanceKind,
+    /// Agent name (agents only).
+    pub agent: Option<String>,
+    /// Task id (agents only).
+    pub task: Option<String>,
+    /// notBefore, Unix seconds.
+    pub not_before: u64,
+    /// notAfter, Unix seconds.
+    pub not_after: u64,
+    /// Who asked (`operator`, `bootstrap`, a parent's task identity, the holder).
+    pub requester: String,
+    /// RFC 7638 thumbprint of the certified key.
+    pub jkt: String,
+    /// When it was issued, Unix seconds.
+    pub issued_at: u64,
+    /// The grant's `jti`, for task openings.
+    pub grant_jti: Option<String>,
+}
+
+/// The key bound to an identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The URI SAN.
+    pub identity: String,
+    /// The bound key's thumbprint.
+    pub jkt: String,
+    /// The bound key's SubjectPublicKeyInfo DER.
+    pub spki: Vec<u8>,
+    /// Agent name (agents only).
+    pub agent: Option<String>,
+    /// Task id (agents only).
+    pub task: Option<String>,
+    /// No certificate for this identity may end after this (the task's chain expiry), Unix s.
+    pub cap: u64,
+}
+
+/// A task opened with a grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// The task id.
+    pub task: String,
+    /// The root holder's task identity.
+    pub holder: String,
+    /// The grant's `jti`.
+    pub grant_jti: String,
+    /// The grant's `exp`, Unix seconds.
+    pub exp: u64,
+    /// When it was opened, Unix seconds.
+    pub created: u64,
+}
+
+/// What a revocation entry targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RevocationKind {
+    /// A token `jti` (grants of this trust domain).
+    Jti,
+    /// A task id.
+    Task,
+    /// An agent name.
+    Agent,
+    /// A key thumbprint.
+    Jkt,
+}
+
+impl RevocationKind {
+    /// Stable string form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Jti => "jti",
+            RevocationKind::Task => "task",
+            RevocationKind::Agent => "agent",
+            RevocationKind::Jkt => "jkt",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "jti" => RevocationKind::Jti,
+            "task" => RevocationKind::Task,
+            "agent" => RevocationKind::Agent,
+            "jkt" => RevocationKind::Jkt,
+            other => return Err(CaError::Store(format!("unknown revocation kind {other:?}"))),
+        })
+    }
+}
+
+/// One revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// What is revoked.
+    pub kind: RevocationKind,
+    /// The revoked value (jti, task id, agent name, thumbprint).
+    pub value: String,
+    /// The entry's `exp` in the list: when everything it could hit has expired, plus skew.
+    pub exp: u64,
+    /// When it was revoked.
+    pub revoked_at: u64,
+    /// Free-text reason.
+    pub reason: Option<String>,
+    /// Who revoked it.
+    pub requester: String,
+}
+
+/// How an issuance binds its key to its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The identity must be new (a task's root holder).
+    Fresh,
+    /// New, or already bound to this same key (a child in its parent's task).
+    FreshOrSameKey,
+    /// Must exist with this same key (renewal).
+    SameKey,
+    /// New, same key, or a new key replacing the old one (services rotate keys).
+    Rebind,
+}
+
+/// A bootstrap token as stored: only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapRecord {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    /// The agent it is bound to.
+    pub agent: String,
+    /// The task it is bound to.
+    pub task: String,
+    /// Expiry, Unix seconds.
+    pub expires: u64,
+}
+
+/// Everything committed atomically for one issuance.
+#[derive(Clone, Debug)]
+pub struct IssuanceCommit<'a> {
+    /// The certificate.
+    pub record: &'a IssuanceRecord,
+    /// The identity binding (its `cap` is written for new bindings and raised, never lowered).
+    pub identity: &'a IdentityRecord,
+    /// How the binding is checked.
+    pub binding: Binding,
+    /// The task, when this issuance opens one.
+    pub task: Option<&'a TaskRecord>,
+    /// The bootstrap token consumed by this issuance (its hash).
+    pub bootstrap: Option<&'a BootstrapRecord>,
+    /// Revocation entries that refuse this issuance when present.
+    pub refuse_if_revoked: &'a [(RevocationKind, String)],
+    /// Now, Unix seconds.
+    pub now: u64,
+}
+
+/// Storage of issuances, bindings, tasks, revocations and bootstrap tokens.
+pub trait Store: Send {
+    /// Atomically checks revocations, the key binding and the bootstrap token, then records the
+    /// issuance. Returns only once the record is durable.
+    fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()>;
+    /// The binding of an identity.
+    fn identity(&self, identity: &str) -> Result<Option<IdentityRecord>>;
+    /// The identity a key is (or was) bound to.
+    fn key_owner(&self, jkt: &str) -> Result<Option<String>>;
+    /// One issuance by serial.
+    fn issuance(&self, serial: &str) -> Result<Option<IssuanceRecord>>;
+    /// Every issuance, oldest first.
+    fn issuances(&self) -> Result<Vec<IssuanceRecord>>;
+    /// A task.
+    fn task(&self, task: &str) -> Result<Option<TaskRecord>>;
+    /// A task by its grant `jti`.
+    fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>>;
+    /// Latest notAfter or cap among the identities matching the filter (agent name, task, key).
+    fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>>;
+    /// Records (or widens) a revocation.
+    fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()>;
+    /// Every revocation.
+    fn revocations(&self) -> Result<Vec<RevocationRecord>>;
+    /// Increments and returns the revocation list sequence number.
+    fn next_revocation_seq(&mut self) -> Result<u64>;
+    /// Stores a bootstrap token's hash.
+    fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()>;
+    /// A bootstrap token by hash, if unused.
+    fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>>;
+}
+
+/// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl core::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+  identity TEXT PRIMARY KEY, jkt TEXT NOT NULL, spki BLOB NOT NULL,
+  agent TEXT, task TEXT, cap INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+  jkt TEXT PRIMARY KEY, identity TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issuances (
+  serial TEXT PRIMARY KEY, identity TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT, task TEXT,
+  not_before INTEGER NOT NULL, not_after INTEGER NOT NULL, requester TEXT NOT NULL,
+  jkt TEXT NOT NULL, issued_at INTEGER NOT NULL, grant_jti TEXT UNIQUE);
+CREATE INDEX IF NOT EXISTS issuances_identity ON issuances(identity);
+CREATE INDEX IF NOT EXISTS issuances_agent ON issuances(agent);
+CREATE INDEX IF NOT EXISTS issuances_task ON issuances(task);
+CREATE INDEX IF NOT EXISTS issuances_jkt ON issuances(jkt);
+CREATE TABLE IF NOT EXISTS tasks (
+  task TEXT PRIMARY KEY, holder TEXT NOT NULL, grant_jti TEXT NOT NULL UNIQUE,
+  exp INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+  kind TEXT NOT NULL, value TEXT NOT NULL, exp INTEGER NOT NULL, revoked_at INTEGER NOT NULL,
+  reason TEXT, requester TEXT NOT NULL, PRIMARY KEY (kind, value));
+CREATE TABLE IF NOT EXISTS bootstrap_tokens (
+  hash TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, expires INTEGER NOT NULL,
+  used_at INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_seq', 0);
+";
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| CaError::Store("integer out of range".into()))
+}
+fn to_u64(v: i64) -> rusqlite::Result<u64> {
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl SqliteStore {
+    /// Opens (creating on first use) the database file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn })
+    }
+
+    fn row_issuance(row: &rusqlite::Row<'_>) -> rusqlite::Result<(IssuanceRecord, String)> {
+        let kind: String = row.get(2)?;
+        Ok((
+            IssuanceRecord {
+                serial: row.get(0)?,
+                identity: row.get(1)?,
+                kind: IssuanceKind::Task, // replaced by the caller from `kind`
+                agent: row.get(3)?,
+                task: row.get(4)?,
+                not_before: to_u64(row.get(5)?)?,
+                not_after: to_u64(row.get(6)?)?,
+                requester: row.get(7)?,
+                jkt: row.get(8)?,
+                issued_at: to_u64(row.get(9)?)?,
+                grant_jti: row.get(10)?,
+            },
+            kind,
+        ))
+    }
+
+    fn fix_kind((mut r, kind): (IssuanceRecord, String)) -> Result<IssuanceRecord> {
+        r.kind = IssuanceKind::parse(&kind)?;
+        Ok(r)
+    }
+}
+
+const ISSUANCE_COLS: &str = "serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti";
+
+impl Store for SqliteStore {
+    fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // 1. Revocations.
+        for (kind, value) in c.refuse_if_revoked {
+            let hit: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM revocations WHERE kind = ?1 AND value = ?2",
+                    params![kind.as_str(), value],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if hit.is_some() {
+                return Err(CaError::Revoked { kind: kind.as_str(), value: value.clone() });
+            }
+        }
+        let id = c.identity;
+        // 2. One key, one identity: a key once bound stays with its identity forever.
+        let owner: Option<String> = tx
+            .query_row("SELECT identity FROM keys WHERE jkt = ?1", params![id.jkt], |r| r.get(0))
+            .optional()?;
+        if let Some(owner) = &owner {
+            if owner != &id.identity {
+                return Err(CaError::KeyInUse { jkt: id.jkt.clone(), bound_to: owner.clone() });
+            }
+        }
+        let bound: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT jkt, cap FROM identities WHERE identity = ?1",
+                params![id.identity],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match (&bound, c.binding) {
+            (Some(_), Binding::Fresh) => return Err(CaError::IdentityExists(id.identity.clone())),
+            (None, Binding::SameKey) => return Err(CaError::UnknownIdentity(id.identity.clone())),
+            (Some((jkt, _)), Binding::SameKey | Binding::FreshOrSameKey) if *jkt != id.jkt => {
+                return Err(CaError::KeyMismatch {
+                    identity: id.identity.clone(),
+                    bound: jkt.clone(),
+                    requested: id.jkt.clone(),
+                })
+            }
+            _ => {}
+        }
+        if owner.is_none() {
+            tx.execute("INSERT INTO keys (jkt, identity) VALUES (?1, ?2)", params![id.jkt, id.identity])
+                .map_err(|e| {
+                    if is_constraint(&e) {
+                        CaError::KeyInUse { jkt: id.jkt.clone(), bound_to: "another identity".into() }
+                    } else {
+                        e.into()
+                    }
+                })?;
+        }
+        match bound {
+            None => {
+                tx.execute(
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id.identity, id.jkt, id.spki, id.agent, id.task, to_i64(id.cap)?],
+                )?;
+            }
+            Some((_, cap)) => {
+                let cap = cap.max(to_i64(id.cap)?);
+                tx.execute(
+                    "UPDATE identities SET jkt = ?2, spki = ?3, cap = ?4 WHERE identity = ?1",
+                    params![id.identity, id.jkt, id.spki, cap],
+                )?;
+            }
+        }
+        // 3. The task and its bootstrap token.
+        if let Some(t) = c.task {
+            tx.execute(
+                "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.task, t.holder, t.grant_jti, to_i64(t.exp)?, to_i64(t.created)?],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    CaError::IdentityExists(format!("task {}", t.task))
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        if let Some(b) = c.bootstrap {
+            let n = tx.execute(
+                "UPDATE bootstrap_tokens SET used_at = ?5 WHERE hash = ?1 AND agent = ?2 AND task = ?3 AND expires > ?4 AND used_at IS NULL",
+                params![b.hash, b.agent, b.task, to_i64(c.now)?, to_i64(c.now)?],
+            )?;
+            if n != 1 {
+                return Err(CaError::BootstrapToken("unknown, already used, expired, or bound to another agent or task"));
+            }
+        }
+        // 4. The certificate itself.
+        let r = c.record;
+        tx.execute(
+            &format!("INSERT INTO issuances ({ISSUANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                r.serial,
+                r.identity,
+                r.kind.as_str(),
+                r.agent,
+                r.task,
+                to_i64(r.not_before)?,
+                to_i64(r.not_after)?,
+                r.requester,
+                r.jkt,
+                to_i64(r.issued_at)?,
+                r.grant_jti
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn identity(&self, identity: &str) -> Result<Option<IdentityRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT identity, jkt, spki, agent, task, cap FROM identities WHERE identity = ?1",
+                params![identity],
+                |r| {
+                    Ok(IdentityRecord {
+                        identity: r.get(0)?,
+                        jkt: r.get(1)?,
+                        spki: r.get(2)?,
+                        agent: r.get(3)?,
+                        task: r.get(4)?,
+                        cap: to_u64(r.get(5)?)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn key_owner(&self, jkt: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT identity FROM keys WHERE jkt = ?1", params![jkt], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn issuance(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {ISSUANCE_COLS} FROM issuances WHERE serial = ?1"),
+                params![serial],
+                Self::row_issuance,
+            )
+            .optional()?
+            .map(Self::fix_kind)
+            .transpose()
+    }
+
+    fn issuances(&self) -> Result<Vec<IssuanceRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {ISSUANCE_COLS} FROM issuances ORDER BY rowid"))?;
+        let rows = st.query_map([], Self::row_issuance)?;
+        rows.map(|r| Self::fix_kind(r?)).collect()
+    }
+
+    fn task(&self, task: &str) -> Result<Option<TaskRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE task = ?1",
+                params![task],
+                row_task,
+            )
+            .optional()?)
+    }
+
+    fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE grant_jti = ?1",
+                params![jti],
+                row_task,
+            )
+            .optional()?)
+    }
+
+    fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
+        let (cert_sql, cap_sql) = match kind {
+            RevocationKind::Agent => (
+                "SELECT MAX(not_after) FROM issuances WHERE agent = ?1",
+                "SELECT MAX(cap) FROM identities WHERE agent = ?1",
+            ),
+            RevocationKind::Task => (
+                "SELECT MAX(not_after) FROM issuances WHERE task = ?1",
+                "SELECT MAX(cap) FROM identities WHERE task = ?1",
+            ),
+            RevocationKind::Jkt => (
+                "SELECT MAX(not_after) FROM issuances WHERE jkt = ?1",
+                "SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = ?1",
+            ),
+            RevocationKind::Jti => (
+                "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
+                "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
+            ),
+        };
+        let a: Option<i64> = self.conn.query_row(cert_sql, params![value], |r| r.get(0))?;
+        let b: Option<i64> = self.conn.query_row(cap_sql, params![value], |r| r.get(0))?;
+        let m = match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (x, None) | (None, x) => x,
+        };
+        m.map(|v| to_u64(v).map_err(CaError::from)).transpose()
+    }
+
+    fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)",
+            params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
+        )?;
+        Ok(())
+    }
+
+    fn revocations(&self) -> Result<Vec<RevocationRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT kind, value, exp, revoked_at, reason, requester FROM revocations ORDER BY rowid",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                RevocationRecord {
+                    kind: RevocationKind::Jti,
+                    value: r.get(1)?,
+                    exp: to_u64(r.get(2)?)?,
+                    revoked_at: to_u64(r.get(3)?)?,
+                    reason: r.get(4)?,
+                    requester: r.get(5)?,
+                },
+            ))
+        })?;
+        rows.map(|row| {
+            let (kind, mut rec) = row?;
+            rec.kind = RevocationKind::parse(&kind)?;
+            Ok(rec)
+        })
+        .collect()
+    }
+
+    fn next_revocation_seq(&mut self) -> Result<u64> {
+        let v: i64 = self.conn.query_row(
+            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(v)?)
+    }
+
+    fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![b.hash, b.agent, b.task, to_i64(b.expires)?],
+        )?;
+        Ok(())
+    }
+
+    fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT hash, agent, task, expires FROM bootstrap_tokens WHERE hash = ?1 AND used_at IS NULL",
+                params![hash],
+                |r| {
+                    Ok(BootstrapRecord {
+                        hash: r.get(0)?,
+                        agent: r.get(1)?,
+                        task: r.get(2)?,
+                        expires: to_u64(r.get(3)?)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
+    Ok(TaskRecord {
+        task: r.get(0)?,
+        holder: r.get(1)?,
+        grant_jti: r.get(2)?,
+        exp: to_u64(r.get(3)?)?,
+        created: to_u64(r.get(4)?)?,
+    })
+}
