@@ -1,0 +1,423 @@
+//! Chains built with the typed builders, verified end to end: one case per rule that a builder
+//! can produce. Cases that need tokens no builder would sign live in spec/vectors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use agentid_protocol::revocation::RevocationTarget;
+use agentid_protocol::*;
+
+const NOW: u64 = 1_767_225_600;
+
+struct Domain {
+    td: TrustDomain,
+    grant_key: AuthorityKey,
+    revocation_key: AuthorityKey,
+}
+
+impl Domain {
+    fn new(td: &str, alg: Algorithm) -> Self {
+        Self {
+            td: TrustDomain::parse(td).unwrap(),
+            grant_key: AuthorityKey::generate(alg).unwrap(),
+            revocation_key: AuthorityKey::generate(alg).unwrap(),
+        }
+    }
+
+    fn bundle(&self) -> TrustBundle {
+        TrustBundle::new(self.td.clone(), 1)
+            .add_grant_key(self.grant_key.public_key().clone())
+            .add_revocation_key(self.revocation_key.public_key().clone())
+    }
+
+    fn list(&self, seq: u64, targets: &[RevocationTarget]) -> String {
+        let mut b = RevocationListBuilder::new(&self.td, seq, NOW - 10, NOW + 600);
+        for t in targets {
+            b = b.entry(t.clone(), NOW + 3600);
+        }
+        b.sign(self.grant_key_for_lists()).unwrap()
+    }
+
+    fn grant_key_for_lists(&self) -> &AuthorityKey {
+        &self.revocation_key
+    }
+}
+
+struct Agent {
+    id: TaskIdentity,
+    key: TaskKey,
+}
+
+fn agent(td: &TrustDomain, name: &str, task: &TaskId, alg: Algorithm) -> Agent {
+    let a = AgentId::new(td, name).unwrap();
+    Agent { id: TaskIdentity::new(&a, task).unwrap(), key: TaskKey::generate(alg).unwrap() }
+}
+
+fn scope(s: &str) -> Scope {
+    Scope::parse(s).unwrap()
+}
+
+fn verifier_for(own: &SpiffeId, domains: &[&Domain], lists: &[String]) -> Verifier {
+    let mut bundles = BundleSet::new();
+    for d in domains {
+        bundles.insert(d.bundle()).unwrap();
+    }
+    let mut cfg = VerifierConfig::new(own.clone(), bundles).enforce_limits(["requests"]);
+    for l in lists {
+        cfg.apply_revocation_list(l).unwrap();
+    }
+    Verifier::new(cfg).unwrap()
+}
+
+struct World {
+    org: Domain,
+    task: TaskId,
+    planner: Agent,
+    coder: Agent,
+    tester: Agent,
+    server: SpiffeId,
+}
+
+fn world(alg: Algorithm) -> World {
+    let org = Domain::new("example.org", alg);
+    let task = TaskId::generate().unwrap();
+    let planner = agent(&org.td, "planner", &task, alg);
+    let coder = agent(&org.td, "coder", &task, Algorithm::Ed25519);
+    let tester = agent(&org.td, "tester", &task, Algorithm::Es256);
+    let server = ServiceId::new(&org.td, "repo").unwrap().as_spiffe_id().clone();
+    World { org, task, planner, coder, tester, server }
+}
+
+fn grant(w: &World, s: &str, depth: u8) -> Chain {
+    GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope(s))
+        .max_depth(depth)
+        .validity(NOW - 60, NOW - 60, NOW + 3600)
+        .sign(&w.org.grant_key)
+        .unwrap()
+}
+
+fn link(prev: &Chain, from: &Agent, to: &Agent, s: &str) -> Chain {
+    LinkBuilder::new(prev, &to.id, to.key.public_key(), scope(s))
+        .validity(NOW - 30, NOW - 30, NOW + 1800)
+        .sign(&from.key)
+        .unwrap()
+}
+
+#[test]
+fn depth_two_chain_verifies_and_narrows() {
+    for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+        let w = world(alg);
+        let g = grant(&w, "repo:* issues:read", 2);
+        let c1 = link(&g, &w.planner, &w.coder, "repo:read repo:write");
+        let c2 = link(&c1, &w.coder, &w.tester, "repo:read");
+        let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+        let r = v.verify_chain(c2.as_str(), w.tester.id.as_spiffe_id(), w.tester.key.public_key(), NOW).unwrap();
+        assert_eq!(r.depth, 2);
+        assert_eq!(r.holder, w.tester.id);
+        assert_eq!(r.task, w.task);
+        assert_eq!(r.scope, scope("repo:read"));
+        assert_eq!(r.mode, Mode::Autonomous);
+        assert_eq!(r.expires, NOW + 1800);
+        assert_eq!(r.not_before, NOW - 30);
+        let attested: Vec<bool> = r.actors.iter().map(|a| a.attested).collect();
+        assert_eq!(attested, [true, false, true], "only the grant holder and the TLS peer are attested");
+        v.authorize(&r, &scope("repo:read")).unwrap();
+        let e = v.authorize(&r, &scope("repo:write")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ScopeNotGranted);
+        let e = v.authorize(&r, &scope("repo:*")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadScope, "requested scopes are concrete");
+    }
+}
+
+#[test]
+fn a_bare_grant_verifies_for_its_holder() {
+    let w = world(Algorithm::Es256);
+    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
+        .on_behalf_of(serde_json::json!({"format": "email", "email": "alice@example.com"}))
+        .validity(NOW - 60, NOW - 60, NOW + 3600)
+        .sign(&w.org.grant_key)
+        .unwrap();
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    let r = v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW).unwrap();
+    assert_eq!(r.mode, Mode::OnBehalfOf);
+    assert_eq!(r.principal.unwrap()["email"], "alice@example.com");
+    assert_eq!(r.actors.len(), 1);
+}
+
+fn expect_err(r: Result<VerifiedChain>, code: ErrorCode, index: Option<usize>) {
+    let e = r.expect_err("verification must fail");
+    assert_eq!((e.code(), e.index()), (code, index), "{e}");
+}
+
+#[test]
+fn possession_and_holder_are_checked_against_the_tls_peer() {
+    let w = world(Algorithm::Es256);
+    let c = link(&grant(&w, "repo:read", 1), &w.planner, &w.coder, "repo:read");
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    // The coder's chain presented by the tester's connection.
+    expect_err(
+        v.verify_chain(c.as_str(), w.tester.id.as_spiffe_id(), w.tester.key.public_key(), NOW),
+        ErrorCode::PossessionMismatch,
+        Some(1),
+    );
+    expect_err(
+        v.verify_chain(c.as_str(), w.tester.id.as_spiffe_id(), w.coder.key.public_key(), NOW),
+        ErrorCode::HolderMismatch,
+        Some(1),
+    );
+}
+
+#[test]
+fn audience_must_cover_the_verifier() {
+    let w = world(Algorithm::Es256);
+    let other = ServiceId::new(&w.org.td, "payments").unwrap();
+    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
+        .audience(IdSet::new(vec![other.as_spiffe_id().clone()]).unwrap())
+        .validity(NOW - 60, NOW - 60, NOW + 3600)
+        .sign(&w.org.grant_key)
+        .unwrap();
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    expect_err(
+        v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW),
+        ErrorCode::AudienceMismatch,
+        None,
+    );
+}
+
+#[test]
+fn revocation_cuts_every_chain_through_a_revoked_holder() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:*", 2);
+    let c2 = link(&link(&g, &w.planner, &w.coder, "repo:read"), &w.coder, &w.tester, "repo:read");
+    let peer = (w.tester.id.as_spiffe_id(), w.tester.key.public_key());
+    let cases = [
+        (RevocationTarget::Key(w.coder.key.public_key().thumbprint()), Some(1)),
+        (RevocationTarget::Key(w.planner.key.public_key().thumbprint()), Some(0)),
+        (RevocationTarget::Agent(w.coder.id.agent()), Some(1)),
+        (RevocationTarget::Task(w.task.clone()), Some(0)),
+        (RevocationTarget::Jti { iss: w.org.td.id(), jti: jti_of(&g, 0) }, Some(0)),
+    ];
+    for (target, index) in cases {
+        let v = verifier_for(&w.server, &[&w.org], &[w.org.list(2, std::slice::from_ref(&target))]);
+        expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, index);
+    }
+    // The peer certificate's own key.
+    let v = verifier_for(
+        &w.server,
+        &[&w.org],
+        &[w.org.list(2, &[RevocationTarget::Key(w.tester.key.public_key().thumbprint())])],
+    );
+    expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, Some(2));
+}
+
+fn jti_of(chain: &Chain, i: usize) -> String {
+    use base64::Engine as _;
+    let tok = chain.tokens().nth(i).unwrap();
+    let payload = tok.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn revocation_lists_fail_closed() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 0);
+    let peer = (w.planner.id.as_spiffe_id(), w.planner.key.public_key());
+    // Missing.
+    let v = verifier_for(&w.server, &[&w.org], &[]);
+    expect_err(v.verify_chain(g.as_str(), peer.0, peer.1, NOW), ErrorCode::RevocationMissing, Some(0));
+    // Stale: at next_update + skew exactly.
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    expect_err(v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 60), ErrorCode::RevocationStale, Some(0));
+    assert!(v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 59).is_ok());
+    // The danger setting tolerates a missing list.
+    let mut bundles = BundleSet::new();
+    bundles.insert(w.org.bundle()).unwrap();
+    let cfg = VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations();
+    assert!(Verifier::new(cfg).unwrap().verify_chain(g.as_str(), peer.0, peer.1, NOW).is_ok());
+}
+
+#[test]
+fn an_older_revocation_list_is_refused() {
+    let w = world(Algorithm::Es256);
+    let mut bundles = BundleSet::new();
+    bundles.insert(w.org.bundle()).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+    cfg.apply_revocation_list(&w.org.list(5, &[])).unwrap();
+    let e = cfg.apply_revocation_list(&w.org.list(4, &[])).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::SequenceRollback);
+    cfg.apply_revocation_list(&w.org.list(5, &[])).unwrap();
+}
+
+#[test]
+fn a_federated_bundle_never_authorizes_its_authority() {
+    let w = world(Algorithm::Es256);
+    let partner = Domain::new("partner.example", Algorithm::Es256);
+    let p_task = TaskId::generate().unwrap();
+    let p_agent = agent(&partner.td, "helper", &p_task, Algorithm::Es256);
+    let g = GrantBuilder::new(&partner.td, &p_agent.id, p_agent.key.public_key(), scope("repo:read"))
+        .audience(IdSet::new(vec![w.org.td.id()]).unwrap())
+        .validity(NOW - 60, NOW - 60, NOW + 3600)
+        .sign(&partner.grant_key)
+        .unwrap();
+    let lists = [w.org.list(1, &[]), partner.list(1, &[])];
+    let v = verifier_for(&w.server, &[&w.org, &partner], &lists);
+    expect_err(
+        v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW),
+        ErrorCode::AuthorityNotAccepted,
+        Some(0),
+    );
+    // Accepted for `repo:*` only: verification passes, authorization is per request.
+    let mut bundles = BundleSet::new();
+    bundles.insert(w.org.bundle()).unwrap();
+    bundles.insert(partner.bundle()).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles).authority_policy(
+        AuthorityPolicy::own_domain(&w.org.td).allow(partner.td.clone(), scope("issues:*")),
+    );
+    for l in &lists {
+        cfg.apply_revocation_list(l).unwrap();
+    }
+    let v = Verifier::new(cfg).unwrap();
+    let r = v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW).unwrap();
+    let e = v.authorize(&r, &scope("repo:read")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AuthorityScopeDenied);
+    // Without any bundle for the authority the grant is untrusted.
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    expect_err(
+        v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW),
+        ErrorCode::UntrustedAuthority,
+        Some(0),
+    );
+}
+
+#[test]
+fn builders_refuse_what_verifiers_refuse() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 1);
+    let try_link = |s: &str, from: &Agent, to: &Agent, exp: u64| {
+        LinkBuilder::new(&g, &to.id, to.key.public_key(), scope(s)).validity(NOW, NOW, exp).sign(&from.key)
+    };
+    let code = |r: Result<Chain>| r.unwrap_err().code();
+    assert_eq!(code(try_link("repo:write", &w.planner, &w.coder, NOW + 60)), ErrorCode::ScopeEscalation);
+    assert_eq!(code(try_link("repo:read", &w.planner, &w.coder, NOW + 7200)), ErrorCode::ExpiryExtended);
+    assert_eq!(code(try_link("repo:read", &w.coder, &w.tester, NOW + 60)), ErrorCode::PossessionMismatch);
+    assert_eq!(code(try_link("repo:read", &w.planner, &w.planner, NOW + 60)), ErrorCode::SelfDelegation);
+    let sealed = link(&g, &w.planner, &w.coder, "repo:read");
+    let r = LinkBuilder::new(&sealed, &w.tester.id, w.tester.key.public_key(), scope("repo:read"))
+        .validity(NOW, NOW, NOW + 60)
+        .sign(&w.coder.key);
+    assert_eq!(code(r), ErrorCode::DepthExceeded);
+}
+
+#[test]
+fn limits_are_ceilings_and_must_be_enforced() {
+    let w = world(Algorithm::Es256);
+    let limits = |n: u64| Limits::new([("requests".to_owned(), n)].into_iter().collect()).unwrap();
+    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
+        .limits(limits(100))
+        .max_depth(1)
+        .validity(NOW - 60, NOW - 60, NOW + 3600)
+        .sign(&w.org.grant_key)
+        .unwrap();
+    let c = LinkBuilder::new(&g, &w.coder.id, w.coder.key.public_key(), scope("repo:read"))
+        .limits(limits(10))
+        .validity(NOW, NOW, NOW + 60)
+        .sign(&w.planner.key)
+        .unwrap();
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    let r = v.verify_chain(c.as_str(), w.coder.id.as_spiffe_id(), w.coder.key.public_key(), NOW).unwrap();
+    assert_eq!(r.limits.get("requests"), Some(10));
+    let amounts = |n: u64| [("requests".to_owned(), n)].into_iter().collect();
+    v.authorize_with_limits(&r, &scope("repo:read"), &amounts(10)).unwrap();
+    let e = v.authorize_with_limits(&r, &scope("repo:read"), &amounts(11)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::LimitExceeded);
+    // A verifier that does not enforce `requests` refuses the chain.
+    let mut bundles = BundleSet::new();
+    bundles.insert(w.org.bundle()).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+    cfg.apply_revocation_list(&w.org.list(1, &[])).unwrap();
+    let v = Verifier::new(cfg).unwrap();
+    expect_err(
+        v.verify_chain(c.as_str(), w.coder.id.as_spiffe_id(), w.coder.key.public_key(), NOW),
+        ErrorCode::UnsupportedLimit,
+        Some(0),
+    );
+}
+
+#[test]
+fn bundles_round_trip_and_refuse_rollback() {
+    let w = world(Algorithm::Ed25519);
+    let b = w.org.bundle().with_refresh_hint(300);
+    let parsed = TrustBundle::parse(&w.org.td, b.to_json().as_bytes()).unwrap();
+    assert_eq!(parsed, b);
+    let mut set = BundleSet::new();
+    set.insert(TrustBundle::new(w.org.td.clone(), 7)).unwrap();
+    let e = set.insert(TrustBundle::new(w.org.td.clone(), 6)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::SequenceRollback);
+}
+
+#[test]
+fn an_empty_bundle_trusts_nothing() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 0);
+    let mut bundles = BundleSet::new();
+    bundles.insert(TrustBundle::new(w.org.td.clone(), 1)).unwrap();
+    let v = Verifier::new(VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations()).unwrap();
+    expect_err(
+        v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW),
+        ErrorCode::UntrustedAuthority,
+        Some(0),
+    );
+}
+
+#[test]
+fn hop_proofs_bind_the_connection_and_the_chain() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 0);
+    let client = w.planner.id.as_spiffe_id();
+    let cb = [7u8; 32];
+    let proof = ProofBuilder::new(client, &w.server, Role::Client, cb, NOW, NOW + 30)
+        .chain(g.as_str())
+        .sign(&w.planner.key)
+        .unwrap();
+    let ctx = ProofContext {
+        presenter_id: client,
+        presenter_key: w.planner.key.public_key(),
+        verifier_id: &w.server,
+        role: Role::Client,
+        exporter: cb,
+        now: NOW,
+        skew: 60,
+        chain: Some(g.as_str()),
+        client_proof: None,
+    };
+    verify_proof(&proof, &ctx).unwrap();
+    let code = |ctx: ProofContext<'_>| verify_proof(&proof, &ctx).unwrap_err().code();
+    assert_eq!(code(ProofContext { exporter: [8u8; 32], ..ctx }), ErrorCode::ChannelBindingMismatch);
+    assert_eq!(code(ProofContext { chain: None, ..ctx }), ErrorCode::ChainHashMismatch);
+    assert_eq!(code(ProofContext { verifier_id: client, ..ctx }), ErrorCode::AudienceMismatch);
+    assert_eq!(code(ProofContext { now: NOW + 30 + 60, ..ctx }), ErrorCode::Expired);
+    assert_eq!(code(ProofContext { presenter_key: w.coder.key.public_key(), ..ctx }), ErrorCode::AlgMismatch);
+    assert_eq!(code(ProofContext { presenter_key: w.tester.key.public_key(), ..ctx }), ErrorCode::BadSignature);
+    // The server answers with `rth`.
+    let sp = ProofBuilder::new(&w.server, client, Role::Server, [9u8; 32], NOW, NOW + 30)
+        .responding_to(&proof)
+        .sign(&w.tester.key)
+        .unwrap();
+    let sctx = ProofContext {
+        presenter_id: &w.server,
+        presenter_key: w.tester.key.public_key(),
+        verifier_id: client,
+        role: Role::Server,
+        exporter: [9u8; 32],
+        now: NOW,
+        skew: 60,
+        chain: None,
+        client_proof: Some(&proof),
+    };
+    verify_proof(&sp, &sctx).unwrap();
+    let e = verify_proof(&sp, &ProofContext { client_proof: Some("x.y.z"), ..sctx }).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ResponseHashMismatch);
+    // A client proof verified as a server proof lacks `rth`.
+    let e = verify_proof(&proof, &ProofContext { role: Role::Server, client_proof: Some(&proof), chain: Some(g.as_str()), ..ctx }).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::MissingClaim);
+}
