@@ -21,12 +21,18 @@
 pub mod credentials;
 pub mod error;
 pub mod frame;
+mod handshake;
 pub mod policy;
 pub mod provider;
+pub mod session;
 pub mod svid;
+pub mod verification;
 pub mod verifier;
 
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
 pub use error::{CertError, Error, FrameError, Result, TimeoutKind};
 pub use policy::PeerPolicy;
 pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore};
+pub use handshake::{AgentClient, AgentClientBuilder, AgentServer, AgentServerBuilder, ConnectionLimits};
+pub use session::{AuthenticatedPeer, Receipts, Session};
+pub use verification::PeerVerification;

@@ -1,0 +1,93 @@
+//! The shared verification state of a client or server: the protocol's chain [`Verifier`]
+//! (bundles, authority policy, revocation lists, enforced limits), the X.509 anchors derived
+//! from the bundles, and a change signal that live sessions watch, so that a revocation list
+//! applied here ends the sessions it covers at once.
+
+use std::sync::{Arc, Mutex};
+
+use agentid_protocol::{BundleSet, TrustBundle, Verifier, VerifierConfig};
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::svid::TrustStore;
+
+/// Shared, live-updatable verification state. Cheap to read; updates are serialized.
+#[derive(Debug)]
+pub struct PeerVerification {
+    verifier: ArcSwap<Verifier>,
+    trust: Arc<ArcSwap<TrustStore>>,
+    changes: watch::Sender<u64>,
+    write: Mutex<()>,
+}
+
+fn trust_store_from(bundles: &BundleSet) -> Result<TrustStore> {
+    let mut store = TrustStore::new();
+    for bundle in bundles.iter() {
+        for authority in bundle.x509_authorities() {
+            store.add_authority(bundle.trust_domain(), &authority.der)?;
+        }
+    }
+    Ok(store)
+}
+
+impl PeerVerification {
+    /// State for `config`: the X.509 anchors come from the `x509-svid` entries of its bundles,
+    /// one set per trust domain.
+    pub fn new(config: VerifierConfig) -> Result<Arc<Self>> {
+        let trust = trust_store_from(config.bundles())?;
+        let verifier = Verifier::new(config)?;
+        let (changes, _) = watch::channel(0);
+        Ok(Arc::new(Self {
+            verifier: ArcSwap::from_pointee(verifier),
+            trust: Arc::new(ArcSwap::from_pointee(trust)),
+            changes,
+            write: Mutex::new(()),
+        }))
+    }
+
+    /// The current chain verifier.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.load_full()
+    }
+
+    /// The current X.509 anchors.
+    pub fn trust_store(&self) -> Arc<TrustStore> {
+        self.trust.load_full()
+    }
+
+    pub(crate) fn trust_handle(&self) -> Arc<ArcSwap<TrustStore>> {
+        self.trust.clone()
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Verifier) -> Result<()>) -> Result<()> {
+        let _guard = self.write.lock().map_err(|_| Error::Config("poisoned lock".into()))?;
+        let mut next = Verifier::clone(&self.verifier.load());
+        f(&mut next)?;
+        let trust = trust_store_from(next.config().bundles())?;
+        self.trust.store(Arc::new(trust));
+        self.verifier.store(Arc::new(next));
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Verifies and applies a signed revocation list (an older `seq` is refused). Live sessions
+    /// re-check their peer and chain and end at once if covered.
+    pub fn apply_revocation_list(&self, compact: &str) -> Result<()> {
+        self.update(|v| {
+            let list = v.config_mut().apply_revocation_list(compact)?;
+            tracing::info!(trust_domain = %list.issuer(), seq = list.seq(), entries = list.len(), "revocation list applied");
+            Ok(())
+        })
+    }
+
+    /// Adds or replaces a trust bundle (a lower sequence is refused); new handshakes use its
+    /// anchors and keys.
+    pub fn update_bundle(&self, bundle: TrustBundle) -> Result<()> {
+        self.update(|v| Ok(v.config_mut().insert_bundle(bundle)?))
+    }
+}
