@@ -36,14 +36,17 @@ pub use scope::{IdSet, Limits, Scope, ScopeToken};
 #[cfg(feature = "danger-raw-signing")]
 pub mod danger;
 pub mod bundle;
+pub mod cache;
 pub mod chain;
 pub mod policy;
 pub mod proof;
 pub mod revocation;
 pub mod token;
+pub mod vectors;
 pub mod verify;
 
 pub use bundle::{BundleSet, TrustBundle};
+pub use cache::TokenCache;
 pub use chain::Chain;
 pub use policy::{AuthorityPolicy, VerifierConfig};
 pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};

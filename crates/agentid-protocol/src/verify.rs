@@ -2,9 +2,11 @@
 //! authorization.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::cache::{CachedToken, TokenCache};
 use crate::chain::{frame, FramedToken};
 use crate::crypto::{sha256, verify};
 use crate::error::{Error, ErrorCode, Result};
@@ -13,7 +15,7 @@ use crate::jws::{parse_header, Header, TokenType};
 use crate::policy::{VerifierConfig, MAX_SKEW};
 use crate::revocation::RevocationList;
 use crate::scope::{IdSet, Limits, Scope};
-use crate::token::claims::{decode_chain_claims, ChainClaims, Mode};
+use crate::token::claims::{decode_chain_claims, Mode};
 use crate::token::MAX_TOKEN_LIFETIME;
 use crate::PublicKey;
 
@@ -65,13 +67,21 @@ pub struct VerifiedChain {
 #[derive(Clone, Debug)]
 pub struct Verifier {
     config: VerifierConfig,
+    cache: Option<Arc<TokenCache>>,
 }
 
 /// Token state carried from phase 3 to the later phases.
 struct Checked {
-    claims: ChainClaims,
+    token: Arc<CachedToken>,
     /// The key that verified the token's signature.
     signing_key: PublicKey,
+}
+
+impl std::ops::Deref for Checked {
+    type Target = CachedToken;
+    fn deref(&self) -> &CachedToken {
+        &self.token
+    }
 }
 
 impl Verifier {
@@ -80,7 +90,14 @@ impl Verifier {
         if config.skew > MAX_SKEW {
             return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
         }
-        Ok(Self { config })
+        Ok(Self { config, cache: None })
+    }
+
+    /// Adds a cache of verified tokens (see [`TokenCache`]), shared by clones of this verifier.
+    #[must_use]
+    pub fn with_cache(mut self, cache: Arc<TokenCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The configuration.
@@ -110,7 +127,7 @@ impl Verifier {
             })
             .collect::<Result<Vec<Header>>>()?;
         // Phase 3: keys, signatures, claims, token by token.
-        let checked = self.phase3(&framed, &headers)?;
+        let checked = self.phase3(&framed, headers)?;
         let authority = checked
             .first()
             .map(|c| c.claims.iss.trust_domain())
@@ -164,7 +181,7 @@ impl Verifier {
         })
     }
 
-    fn phase3(&self, framed: &[FramedToken<'_>], headers: &[Header]) -> Result<Vec<Checked>> {
+    fn phase3(&self, framed: &[FramedToken<'_>], headers: Vec<Header>) -> Result<Vec<Checked>> {
         let mut out: Vec<Checked> = Vec::with_capacity(framed.len());
         for (i, (t, h)) in framed.iter().zip(headers).enumerate() {
             // (a) The key: never from the token itself.
@@ -188,10 +205,23 @@ impl Verifier {
                 }
                 Some(prev) => (prev.claims.cnf.clone(), None),
             };
-            // (b) The signature over the exact transmitted bytes.
-            verify(&key, h.alg, t.raw.signing_input(), &t.signature).map_err(|e| e.at(i))?;
-            // (c) Only now the claims.
-            let claims = decode_chain_claims(&t.payload, i == 0).map_err(|e| e.at(i))?;
+            // A cache hit stands for (b) and (c): the same bytes verified under the same key.
+            let cache_key = self.cache.as_ref().map(|_| (sha256(t.raw.text.as_bytes()), key.thumbprint()));
+            let hit = match (&self.cache, &cache_key) {
+                (Some(c), Some(k)) => c.get(k),
+                _ => None,
+            };
+            let token = match hit {
+                Some(tok) => tok,
+                None => {
+                    // (b) The signature over the exact transmitted bytes.
+                    verify(&key, h.alg, t.raw.signing_input(), &t.signature).map_err(|e| e.at(i))?;
+                    // (c) Only now the claims.
+                    let claims = decode_chain_claims(&t.payload, i == 0).map_err(|e| e.at(i))?;
+                    Arc::new(CachedToken { claims })
+                }
+            };
+            let claims = &token.claims;
             if let Some(td) = domain {
                 if claims.iss != td.id() {
                     return Err(Error::new(
@@ -201,7 +231,10 @@ impl Verifier {
                     .at(i));
                 }
             }
-            out.push(Checked { claims, signing_key: key });
+            if let (Some(c), Some(k)) = (&self.cache, cache_key) {
+                c.insert(k, Arc::clone(&token));
+            }
+            out.push(Checked { token, signing_key: key });
         }
         Ok(out)
     }

@@ -421,3 +421,43 @@ fn hop_proofs_bind_the_connection_and_the_chain() {
     let e = verify_proof(&proof, &ProofContext { role: Role::Server, client_proof: Some(&proof), chain: Some(g.as_str()), ..ctx }).unwrap_err();
     assert_eq!(e.code(), ErrorCode::MissingClaim);
 }
+
+#[test]
+fn the_token_cache_skips_only_signatures_and_claims() {
+    use std::sync::Arc;
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:*", 2);
+    let c2 = link(&link(&g, &w.planner, &w.coder, "repo:read"), &w.coder, &w.tester, "repo:read");
+    let peer = (w.tester.id.as_spiffe_id(), w.tester.key.public_key());
+    let cache = Arc::new(TokenCache::new(64));
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&cache));
+    let first = v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
+    assert_eq!(cache.len(), 3);
+    assert_eq!(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap(), first);
+    // Time, possession and revocation are evaluated on every use.
+    expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW + 7200), ErrorCode::Expired, Some(0));
+    expect_err(
+        v.verify_chain(c2.as_str(), peer.0, w.coder.key.public_key(), NOW),
+        ErrorCode::PossessionMismatch,
+        Some(2),
+    );
+    let revoked = verifier_for(
+        &w.server,
+        &[&w.org],
+        &[w.org.list(2, &[RevocationTarget::Agent(w.coder.id.agent())])],
+    )
+    .with_cache(Arc::clone(&cache));
+    expect_err(revoked.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, Some(1));
+    // A grant hit still needs its key in the current bundle.
+    let mut bundles = BundleSet::new();
+    bundles.insert(TrustBundle::new(w.org.td.clone(), 2).add_revocation_key(w.org.revocation_key.public_key().clone())).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+    cfg.apply_revocation_list(&w.org.list(1, &[])).unwrap();
+    let rotated = Verifier::new(cfg).unwrap().with_cache(Arc::clone(&cache));
+    expect_err(rotated.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::UntrustedAuthority, Some(0));
+    // The cache is bounded.
+    let small = Arc::new(TokenCache::new(2));
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&small));
+    v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
+    assert_eq!(small.len(), 2);
+}
