@@ -69,7 +69,7 @@ pub struct AgentRule {
 pub struct ServiceRule {
     /// Longest certificate TTL, seconds.
     pub max_ttl: u64,
-    /// Who may request its certificates (operator or bootstrap).
+    /// Who may request its certificates (the operator only, for now).
     pub requesters: Vec<RequesterKind>,
 }
 
@@ -222,10 +222,10 @@ impl Policy {
                 .iter()
                 .map(|r| RequesterKind::parse(r, &format!("{base}.requesters")))
                 .collect::<Result<Vec<_>>>()?;
-            if requesters.iter().any(|r| matches!(r, RequesterKind::Parent(_))) {
+            if requesters.iter().any(|r| *r != RequesterKind::Operator) {
                 return Err(CaError::policy(
                     format!("{base}.requesters"),
-                    "services are requested by the operator or with a bootstrap token",
+                    "service certificates are requested by the operator only",
                 ));
             }
             services.insert(

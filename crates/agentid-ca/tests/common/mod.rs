@@ -1,0 +1,126 @@
+//! Shared test helpers: a CA in a temp dir with a test policy, keys, CSRs, OpenSSL.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentid_ca::{init_ca, CertificateAuthority, InitOptions, KeySource, KeyType};
+use agentid_protocol::{Algorithm, TaskKey, TrustDomain};
+use rcgen::{CertificateParams, KeyPair, SanType};
+
+pub const TD: &str = "example.org";
+
+pub const POLICY: &str = r#"
+[defaults]
+ttl = "5m"
+max_ttl = "15m"
+task_ttl = "1h"
+max_task_ttl = "8h"
+
+[agents.planner]
+scopes = ["tickets:*", "search:query"]
+max_ttl = "10m"
+max_depth = 2
+requesters = ["operator", "bootstrap"]
+
+[agents.summarizer]
+scopes = ["tickets:read"]
+requesters = ["parent:planner"]
+
+[agents.worker]
+scopes = ["tickets:read"]
+requesters = ["operator"]
+
+[services.search]
+max_ttl = "1h"
+requesters = ["operator"]
+"#;
+
+/// A fixed "now" well inside the CA's validity (the CA is created at real time).
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+}
+
+impl TestCa {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn make_ca_dir(key_type: KeyType) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = InitOptions::new(TrustDomain::parse(TD).unwrap());
+    opts.key_type = key_type;
+    init_ca(dir.path(), &opts, now()).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    dir
+}
+
+pub fn test_ca(key_type: KeyType) -> TestCa {
+    let dir = make_ca_dir(key_type);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    TestCa { dir, ca }
+}
+
+/// A fresh task key and its SPKI as a key source.
+pub fn spki_key(alg: Algorithm) -> (TaskKey, KeySource) {
+    let k = TaskKey::generate(alg).unwrap();
+    let spki = k.public_key().to_spki_der();
+    (k, KeySource::Spki(spki))
+}
+
+/// A CSR made by rcgen with the given SANs and tweaks.
+pub fn csr_with(key: &KeyPair, sans: &[SanType], tweak: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = sans.to_vec();
+    tweak(&mut p);
+    p.serialize_request(key).unwrap().der().to_vec()
+}
+
+pub fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+pub fn p256_keypair() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+/// `Some(())` when `openssl` runs; without it the test FAILS under `CI` and is skipped otherwise.
+pub fn openssl_available() -> Option<()> {
+    let ok = Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
+    if ok {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("openssl is required in CI (apt-get install openssl)");
+    }
+    eprintln!("SKIP: openssl not installed");
+    None
+}
+
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl").args(args).output().expect("run openssl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn write_pem(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, agentid_ca::material::pem_encode(label, der)).unwrap();
+    p
+}
+
+pub fn minutes(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
