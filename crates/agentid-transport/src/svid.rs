@@ -39,10 +39,12 @@ pub enum CertUsage {
 
 impl CertUsage {
     fn webpki(self) -> webpki::KeyUsage {
-        // `required`, not `required_if_present`: agentid leaves always carry both EKUs.
+        // webpki applies this to every certificate of the path, and CA certificates usually
+        // carry no EKU: `required_if_present` here, while `check_leaf` requires the leaf's own
+        // EKU extension to list the usage.
         match self {
-            CertUsage::ClientAuth => webpki::KeyUsage::required(EKU_CLIENT_AUTH),
-            CertUsage::ServerAuth => webpki::KeyUsage::required(EKU_SERVER_AUTH),
+            CertUsage::ClientAuth => webpki::KeyUsage::required_if_present(EKU_CLIENT_AUTH),
+            CertUsage::ServerAuth => webpki::KeyUsage::required_if_present(EKU_SERVER_AUTH),
         }
     }
 }
