@@ -1,0 +1,106 @@
+//! Serial uniqueness and durability: exactly one store record per certificate returned, also
+//! when the issuing process is killed mid-run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentid_ca::{CertificateAuthority, KeySource, KeyType, OpenTaskRequest, TaskRequester};
+use agentid_protocol::{Algorithm, Scope};
+use common::*;
+
+const CHILD_ENV: &str = "AGENTID_CA_TEST_CRASH_DIR";
+
+fn one_issuance(ca: &CertificateAuthority) -> String {
+    let (_k, src): (_, KeySource) = spki_key(Algorithm::Es256);
+    let req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    ca.open_task(&req, now()).unwrap().certificate.leaf.serial
+}
+
+#[test]
+fn thousand_issuances_thousand_distinct_serials() {
+    let t = test_ca(KeyType::P256);
+    let mut serials = HashSet::new();
+    for _ in 0..1000 {
+        assert!(serials.insert(one_issuance(&t.ca)), "duplicate serial");
+    }
+    assert_eq!(serials.len(), 1000);
+    let recs = t.ca.issuances().unwrap();
+    assert_eq!(recs.len(), 1000, "one record per certificate");
+    let stored: HashSet<String> = recs.iter().map(|r| r.serial.clone()).collect();
+    assert_eq!(stored, serials);
+    // Serials are 128-bit: 32 hex digits, top bit set.
+    assert!(serials.iter().all(|s| s.len() == 32 && u8::from_str_radix(&s[..2], 16).unwrap() >= 0x80));
+}
+
+/// Child mode: issue in a loop, printing each serial only after `open_task` returned.
+/// Does nothing unless started by `killed_mid_run_store_matches_returned_certificates`.
+#[test]
+fn crash_child_issue_forever() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let ca = CertificateAuthority::open(std::path::Path::new(&dir)).unwrap();
+    let stdout = std::io::stdout();
+    loop {
+        let serial = one_issuance(&ca);
+        let mut out = stdout.lock();
+        writeln!(out, "SERIAL {serial}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn killed_mid_run_store_matches_returned_certificates() {
+    let dir = make_ca_dir(KeyType::P256);
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "crash_child_issue_forever", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut printed = Vec::new();
+    let start = Instant::now();
+    let mut line = String::new();
+    // Let it issue a while, then SIGKILL it in the middle of whatever it is doing.
+    while printed.len() < 150 && start.elapsed() < Duration::from_secs(120) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(s) = line.trim().strip_prefix("SERIAL ") {
+            printed.push(s.to_string());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    // Serials already written to the pipe before the kill still count as returned.
+    for l in reader.lines() {
+        let Ok(l) = l else { break };
+        if let Some(s) = l.trim().strip_prefix("SERIAL ") {
+            printed.push(s.to_string());
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child must have been killed");
+    assert!(printed.len() >= 50, "child issued too little before the kill: {}", printed.len());
+
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let recs = ca.issuances().unwrap();
+    let stored: Vec<String> = recs.iter().map(|r| r.serial.clone()).collect();
+    let stored_set: HashSet<&String> = stored.iter().collect();
+    assert_eq!(stored_set.len(), stored.len(), "one record per serial");
+    let printed_set: HashSet<&String> = printed.iter().collect();
+    assert_eq!(printed_set.len(), printed.len(), "distinct serials");
+    for s in &printed {
+        assert!(stored_set.contains(s), "returned certificate {s} missing from the store");
+    }
+    // At most one certificate may have been committed but not yet returned when the kill hit.
+    let unreturned = stored.iter().filter(|s| !printed_set.contains(s)).count();
+    assert!(unreturned <= 1, "{unreturned} records without a returned certificate");
+}
