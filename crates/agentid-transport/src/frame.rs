@@ -195,3 +195,66 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
     serde_json::to_vec(body).map_err(|e| FrameError::BadBody(e.to_string()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_partial_input() {
+        let mut buf = BytesMut::new();
+        encode(FrameType::Data, b"hello", &mut buf).unwrap();
+        encode(FrameType::Close, b"{}", &mut buf).unwrap();
+        assert_eq!(&buf[..5], &[0, 0, 0, 5, 0x10]);
+        let mut partial = BytesMut::from(&buf[..7]);
+        assert_eq!(decode(&mut partial).unwrap(), None);
+        let f = decode(&mut buf).unwrap().unwrap();
+        assert_eq!((f.ty, &f.body[..]), (FrameType::Data, &b"hello"[..]));
+        assert_eq!(decode(&mut buf).unwrap().unwrap().ty, FrameType::Close);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn limits_and_unknown_types() {
+        // Exactly the cap is fine; one more byte is refused on the header alone.
+        let mut at_cap = BytesMut::from(&(MAX_FRAME_BODY as u32).to_be_bytes()[..]);
+        at_cap.extend_from_slice(&[0x10]);
+        assert_eq!(decode(&mut at_cap).unwrap(), None);
+        let mut over = BytesMut::from(&((MAX_FRAME_BODY as u32) + 1).to_be_bytes()[..]);
+        over.extend_from_slice(&[0x10]);
+        assert_eq!(decode(&mut over), Err(FrameError::TooLarge(MAX_FRAME_BODY as u64 + 1)));
+        let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x10][..]);
+        assert!(matches!(decode(&mut huge), Err(FrameError::TooLarge(_))));
+        let mut unknown = BytesMut::from(&[0, 0, 0, 0, 0x06][..]);
+        assert_eq!(decode(&mut unknown), Err(FrameError::UnknownType(0x06)));
+        let mut out = BytesMut::new();
+        assert!(encode(FrameType::Data, &vec![0u8; MAX_FRAME_BODY + 1], &mut out).is_err());
+    }
+
+    #[test]
+    fn control_bodies_are_strict() {
+        let ok: Hello = parse_body(br#"{"proof":"p"}"#).unwrap();
+        assert_eq!(ok.chain, None);
+        for bad in [
+            &br#"{"proof":"p","proof":"q"}"#[..],
+            br#"{"proof":"p","extra":1}"#,
+            br#"{"proof":"p"} trailing"#,
+            br#"{"chain":"c"}"#,
+            br#"["proof"]"#,
+            b"\xff",
+        ] {
+            assert!(parse_body::<Hello>(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_stream() {
+        let mut r: &[u8] = &[0, 0, 0, 4, 0x10, 1, 2];
+        assert!(matches!(read_frame(&mut r).await, Err(Error::Frame(FrameError::Truncated))));
+        let mut r: &[u8] = &[0, 0];
+        assert!(matches!(read_frame(&mut r).await, Err(Error::Frame(FrameError::Truncated))));
+        let mut r: &[u8] = &[];
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+}
