@@ -795,3 +795,31 @@ impl CertificateAuthority {
     }
 }
 
+
+/// Parses an operator-asserted principal written `FORMAT:VALUE` into an RFC 9493 subject
+/// identifier: `email:alice@example.com` -> `{"format":"email","email":"alice@example.com"}`;
+/// also `uri:...` and `opaque:...`.
+pub fn parse_principal(s: &str) -> Result<serde_json::Value> {
+    let (format, value) = s
+        .split_once(':')
+        .ok_or_else(|| CaError::InvalidRequest(format!("principal {s:?}: expected FORMAT:VALUE")))?;
+    if value.is_empty() {
+        return Err(CaError::InvalidRequest(format!("principal {s:?}: empty value")));
+    }
+    let member = match format {
+        "email" => {
+            if !value.contains('@') {
+                return Err(CaError::InvalidRequest(format!("principal {s:?}: not an email address")));
+            }
+            "email"
+        }
+        "uri" => "uri",
+        "opaque" => "id",
+        other => {
+            return Err(CaError::InvalidRequest(format!(
+                "principal format {other:?} (email, uri or opaque)"
+            )))
+        }
+    };
+    Ok(serde_json::json!({ "format": format, member: value }))
+}

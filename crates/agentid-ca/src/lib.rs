@@ -47,7 +47,7 @@ pub use csr::{parse_csr, RequestedKey};
 pub use error::{CaError, Result};
 pub use hierarchy::{init_ca, InitOptions};
 pub use issue::{
-    ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest, RenewRequest, RenewRequester,
+    parse_principal, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest, RenewRequest, RenewRequester,
     ServiceRequest, TaskCredentials, TaskRequester,
 };
 pub use policy::Policy;

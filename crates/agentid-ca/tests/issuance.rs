@@ -562,3 +562,14 @@ fn policy_errors_name_the_rule() {
     assert!(e.to_string().contains("services.s.requesters"), "{e}");
     agentid_ca::Policy::from_toml(agentid_ca::hierarchy::DEFAULT_POLICY).unwrap();
 }
+
+#[test]
+fn principal_parsing() {
+    assert_eq!(
+        agentid_ca::parse_principal("email:alice@example.com").unwrap(),
+        serde_json::json!({"format":"email","email":"alice@example.com"})
+    );
+    assert!(agentid_ca::parse_principal("alice").is_err());
+    assert!(agentid_ca::parse_principal("email:").is_err());
+    assert!(agentid_ca::parse_principal("phone:123").is_err());
+}
