@@ -26,14 +26,17 @@ pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
     if chain.len() > MAX_CHAIN_BYTES {
         return Err(Error::new(ErrorCode::ChainTooLarge, format!("chain of {} bytes exceeds 64 KiB", chain.len())));
     }
-    let mut out = Vec::new();
-    for (i, part) in chain.split('~').enumerate() {
-        if i >= MAX_TOKENS {
-            return Err(Error::new(ErrorCode::DepthExceeded, "a chain holds at most 8 links").at(i));
-        }
-        if part.is_empty() {
-            return Err(Error::new(ErrorCode::Malformed, "empty chain part").at(i));
-        }
+    // 1.2 No empty part (the index of the first one), 1.3 then at most 9 tokens (chain-level).
+    let parts: Vec<&str> = chain.split('~').collect();
+    if let Some(i) = parts.iter().position(|p| p.is_empty()) {
+        return Err(Error::new(ErrorCode::Malformed, "empty chain part").at(i));
+    }
+    if parts.len() > MAX_TOKENS {
+        return Err(Error::new(ErrorCode::DepthExceeded, "a chain holds at most 8 links"));
+    }
+    // 1.4 Each token: size cap, three parts, strict base64url.
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.into_iter().enumerate() {
         let raw = jws::split(part).map_err(|e| e.at(i))?;
         let payload = b64_decode(raw.payload_b64).map_err(|e| e.at(i))?;
         let signature = b64_decode(raw.signature_b64).map_err(|e| e.at(i))?;
@@ -97,6 +100,29 @@ impl Chain {
     /// The holder named by the last token (unverified).
     pub fn holder_unverified(&self) -> Result<crate::TaskIdentity> {
         Ok(self.last_claims_unverified()?.sub)
+    }
+
+    /// The effective audience of the chain (unverified): the last `aud` along it, or the grant
+    /// issuer's trust domain. For a presenter deciding whether to send its chain to a peer.
+    pub fn audience_unverified(&self) -> Result<crate::IdSet> {
+        let framed = frame(&self.text)?;
+        let mut aud = None;
+        let mut authority = None;
+        for (i, t) in framed.iter().enumerate() {
+            let map = crate::encoding::parse_ijson_object(&t.payload).map_err(|e| e.at(i))?;
+            let claims = decode_chain_claims_map(&map, i == 0).map_err(|e| e.at(i))?;
+            if i == 0 {
+                authority = Some(claims.iss.clone());
+            }
+            if let Some(a) = claims.aud {
+                aud = Some(a);
+            }
+        }
+        match (aud, authority) {
+            (Some(a), _) => Ok(a),
+            (None, Some(td)) => crate::IdSet::new(vec![td]),
+            (None, None) => Err(Error::new(ErrorCode::Malformed, "empty chain")),
+        }
     }
 
     /// The `exp` of the last token (unverified): no link may outlive it.

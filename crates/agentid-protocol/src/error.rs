@@ -151,6 +151,8 @@ codes! {
     ChainHashMismatch => "chain_hash_mismatch",
     /// The server proof's `rth` does not match the client proof.
     ResponseHashMismatch => "response_hash_mismatch",
+    /// A proof whose `jti` was already seen on this connection (transport-level replay).
+    ProofReplayed => "proof_replayed",
 
     // ---- Authorization (per request) ----
     /// The requested scope is not covered by the chain's effective scope.

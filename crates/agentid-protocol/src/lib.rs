@@ -45,11 +45,21 @@ pub mod token;
 pub mod vectors;
 pub mod verify;
 
+/// Strict I-JSON (RFC 7493) parsing, as every token uses it; for protocols carried beside the
+/// tokens (such as the transport's control frames).
+pub mod ijson {
+    /// Parses an I-JSON object: UTF-8, no duplicate member names at any depth, nesting at most 8,
+    /// nothing after the object. Any deviation is `bad_json`.
+    pub fn parse_object(bytes: &[u8]) -> crate::Result<serde_json::Map<String, serde_json::Value>> {
+        crate::encoding::parse_ijson_object(bytes)
+    }
+}
+
 pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
 pub use chain::Chain;
 pub use policy::{AuthorityPolicy, VerifierConfig};
-pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
+pub use proof::{proof_jti_unverified, verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
 pub use revocation::{RevocationList, RevocationListBuilder};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
 pub use verify::{Actor, VerifiedChain, Verifier};

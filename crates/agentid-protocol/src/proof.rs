@@ -8,7 +8,7 @@ use crate::token::claims::{check_members, get_hash, get_str, get_time};
 use crate::crypto::{sha256, verify, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
-use crate::id::SpiffeId;
+use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact, TokenType};
 use crate::PublicKey;
 
@@ -43,6 +43,7 @@ impl Role {
 const PROOF_CLAIMS_CLIENT: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth"];
 const PROOF_CLAIMS_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth", "rth"];
 const PROOF_REQUIRED: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb"];
+const PROOF_REQUIRED_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "rth"];
 
 /// Builds and signs a hop proof with the presenter's certificate key.
 #[derive(Debug)]
@@ -118,6 +119,14 @@ impl ProofBuilder {
     }
 }
 
+/// The `jti` of a proof, read WITHOUT verifying it: for the presenter's own proofs (replay
+/// bookkeeping). A peer's proof is read with [`verify_proof`].
+pub fn proof_jti_unverified(proof: &str) -> Result<String> {
+    let raw = jws::split(proof)?;
+    let map = parse_ijson_object(&b64_decode(raw.payload_b64)?)?;
+    Ok(get_str(&map, "jti")?.to_owned())
+}
+
 /// What a proof verifier knows about the connection: nothing here comes from the proof itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ProofContext<'a> {
@@ -159,50 +168,68 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
     if ctx.skew > crate::policy::MAX_SKEW {
         return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
     }
-    // 1. Framing.
+    // P1. Framing.
     let raw = jws::split(proof)?;
     let signature = b64_decode(raw.signature_b64)?;
     let payload = b64_decode(raw.payload_b64)?;
-    // 2. Header.
+    // P2. Header.
     let header = parse_header(&raw, TokenType::Proof)?;
-    // 3. Signature with the presenter's certificate key, then claims.
+    // P3, P4. Signature with the presenter's certificate key, then claims.
     verify(ctx.presenter_key, header.alg, raw.signing_input(), &signature)?;
     let map = parse_ijson_object(&payload)?;
     let allowed = match ctx.role {
         Role::Client => PROOF_CLAIMS_CLIENT,
         Role::Server => PROOF_CLAIMS_SERVER,
     };
-    check_members(&map, allowed, PROOF_REQUIRED)?;
-    let sub = SpiffeId::parse(get_str(&map, "sub")?)?;
-    let aud = SpiffeId::parse(get_str(&map, "aud")?)?;
+    let required = match ctx.role {
+        Role::Client => PROOF_REQUIRED,
+        Role::Server => PROOF_REQUIRED_SERVER,
+    };
+    check_members(&map, allowed, required)?;
+    // `sub` and `aud` name TLS peers: task identities or service IDs.
+    let sub = PeerId::parse(get_str(&map, "sub")?)?.as_spiffe_id().clone();
+    let aud = PeerId::parse(get_str(&map, "aud")?)?.as_spiffe_id().clone();
     let iat = get_time(&map, "iat")?;
     let exp = get_time(&map, "exp")?;
     let jti = get_str(&map, "jti")?;
     match b64_decode(jti) {
-        Ok(b) if b.len() >= 16 && jti.len() <= 128 => {}
+        Ok(b) if b.len() >= 16 && jti.len() <= 256 => {}
         _ => return Err(Error::new(ErrorCode::BadClaim, "`jti` must be base64url of at least 16 bytes")),
     }
     let cb = get_hash(&map, "cb")?;
     let cth = if map.contains_key("cth") { Some(get_hash(&map, "cth")?) } else { None };
     let rth = if map.contains_key("rth") { Some(get_hash(&map, "rth")?) } else { None };
-    // 4. Identities.
+    // P5. Time (before the identities and bindings, as spec/PROTOCOL.md section 12 orders it).
+    if iat >= exp {
+        return Err(Error::new(ErrorCode::BadValidity, "proof `iat` must be before `exp`"));
+    }
+    if exp - iat > MAX_PROOF_LIFETIME {
+        return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof lives at most 60 seconds"));
+    }
+    if iat > ctx.now.saturating_add(ctx.skew) {
+        return Err(Error::new(ErrorCode::IssuedInFuture, "proof issued in the future"));
+    }
+    if ctx.now >= exp.saturating_add(ctx.skew) {
+        return Err(Error::new(ErrorCode::Expired, "proof expired"));
+    }
+    // P6, P7. Identities.
     if &sub != ctx.presenter_id {
         return Err(Error::new(ErrorCode::HolderMismatch, "proof `sub` is not the peer's URI SAN"));
     }
     if &aud != ctx.verifier_id {
         return Err(Error::new(ErrorCode::AudienceMismatch, "proof `aud` is not this verifier"));
     }
-    // 5. Channel binding.
+    // P8. Channel binding.
     if !constant_time_eq(&cb, &ctx.exporter) {
         return Err(Error::new(ErrorCode::ChannelBindingMismatch, "proof is bound to another connection or role"));
     }
-    // 6. Chain hash: present exactly when a chain is sent.
+    // P9. Chain hash: present exactly when a chain is sent.
     match (cth, ctx.chain) {
         (None, None) => {}
         (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == sha256(chain.as_bytes()) => {}
         _ => return Err(Error::new(ErrorCode::ChainHashMismatch, "`cth` does not match the chain sent")),
     }
-    // 7. Response hash (server proofs answer one client proof).
+    // P10. Response hash (server proofs answer one client proof).
     if ctx.role == Role::Server {
         let expected = ctx
             .client_proof
@@ -213,19 +240,6 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
             Some(_) => return Err(Error::new(ErrorCode::ResponseHashMismatch, "`rth` does not match the client proof")),
             None => return Err(Error::new(ErrorCode::MissingClaim, "missing claim `rth`")),
         }
-    }
-    // 8. Time.
-    if iat >= exp {
-        return Err(Error::new(ErrorCode::BadValidity, "proof `iat` must be before `exp`"));
-    }
-    if exp - iat > MAX_PROOF_LIFETIME {
-        return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof lives at most 60 seconds"));
-    }
-    if ctx.now >= exp.saturating_add(ctx.skew) {
-        return Err(Error::new(ErrorCode::Expired, "proof expired"));
-    }
-    if iat > ctx.now.saturating_add(ctx.skew) {
-        return Err(Error::new(ErrorCode::IssuedInFuture, "proof issued in the future"));
     }
     Ok(VerifiedProof { jti: jti.to_owned(), iat, exp, compact: proof.to_owned() })
 }
