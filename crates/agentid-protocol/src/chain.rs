@@ -24,7 +24,10 @@ pub(crate) struct FramedToken<'a> {
 /// Phase 1: framing. Splits on `~`, enforces the caps and decodes every part.
 pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
     if chain.len() > MAX_CHAIN_BYTES {
-        return Err(Error::new(ErrorCode::ChainTooLarge, format!("chain of {} bytes exceeds 64 KiB", chain.len())));
+        return Err(Error::new(
+            ErrorCode::ChainTooLarge,
+            format!("chain of {} bytes exceeds 64 KiB", chain.len()),
+        ));
     }
     // 1.2 No empty part (the index of the first one), 1.3 then at most 9 tokens (chain-level).
     let parts: Vec<&str> = chain.split('~').collect();
@@ -32,7 +35,10 @@ pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
         return Err(Error::new(ErrorCode::Malformed, "empty chain part").at(i));
     }
     if parts.len() > MAX_TOKENS {
-        return Err(Error::new(ErrorCode::DepthExceeded, "a chain holds at most 8 links"));
+        return Err(Error::new(
+            ErrorCode::DepthExceeded,
+            "a chain holds at most 8 links",
+        ));
     }
     // 1.4 Each token: size cap, three parts, strict base64url.
     let mut out = Vec::with_capacity(parts.len());
@@ -40,7 +46,11 @@ pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
         let raw = jws::split(part).map_err(|e| e.at(i))?;
         let payload = b64_decode(raw.payload_b64).map_err(|e| e.at(i))?;
         let signature = b64_decode(raw.signature_b64).map_err(|e| e.at(i))?;
-        out.push(FramedToken { raw, payload, signature });
+        out.push(FramedToken {
+            raw,
+            payload,
+            signature,
+        });
     }
     Ok(out)
 }
@@ -58,7 +68,10 @@ impl Chain {
     /// Checks the framing (phase 1) of `s` without verifying anything else.
     pub fn parse_unverified(s: &str) -> Result<Self> {
         let tokens = frame(s)?.len();
-        Ok(Self { text: s.to_owned(), tokens })
+        Ok(Self {
+            text: s.to_owned(),
+            tokens,
+        })
     }
 
     /// The chain string.
@@ -82,17 +95,25 @@ impl Chain {
     }
 
     pub(crate) fn appended(&self, token: &str) -> Self {
-        Self { text: format!("{}~{}", self.text, token), tokens: self.tokens + 1 }
+        Self {
+            text: format!("{}~{}", self.text, token),
+            tokens: self.tokens + 1,
+        }
     }
 
     pub(crate) fn from_grant(token: String) -> Self {
-        Self { text: token, tokens: 1 }
+        Self {
+            text: token,
+            tokens: 1,
+        }
     }
 
     /// Reads the last token's claims WITHOUT verifying any signature: for builders and display.
     pub(crate) fn last_claims_unverified(&self) -> Result<ChainClaims> {
         let framed = frame(&self.text)?;
-        let last = framed.last().ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
+        let last = framed
+            .last()
+            .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
         let map = crate::encoding::parse_ijson_object(&last.payload)?;
         decode_chain_claims_map(&map, framed.len() == 1)
     }
@@ -134,7 +155,10 @@ impl Chain {
 impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Chains are bearer-free (possession is proven by mTLS), but we still never log them whole.
-        f.debug_struct("Chain").field("depth", &self.depth()).field("bytes", &self.text.len()).finish()
+        f.debug_struct("Chain")
+            .field("depth", &self.depth())
+            .field("bytes", &self.text.len())
+            .finish()
     }
 }
 

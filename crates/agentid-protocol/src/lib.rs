@@ -22,8 +22,8 @@ pub mod error;
 pub mod id;
 pub mod scope;
 
-mod encoding;
 pub mod crypto;
+mod encoding;
 mod jwk;
 pub mod jws;
 
@@ -33,11 +33,11 @@ pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity,
 pub use jws::TokenType;
 pub use scope::{IdSet, Limits, Scope, ScopeToken};
 
-#[cfg(feature = "danger-raw-signing")]
-pub mod danger;
 pub mod bundle;
 pub mod cache;
 pub mod chain;
+#[cfg(feature = "danger-raw-signing")]
+pub mod danger;
 pub mod policy;
 pub mod proof;
 pub mod revocation;
@@ -59,7 +59,10 @@ pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
 pub use chain::Chain;
 pub use policy::{AuthorityPolicy, VerifierConfig};
-pub use proof::{proof_jti_unverified, verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
+pub use proof::{
+    proof_jti_unverified, verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof,
+    EXPORTER_LABEL,
+};
 pub use revocation::{RevocationList, RevocationListBuilder};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
 pub use verify::{Actor, VerifiedChain, Verifier};

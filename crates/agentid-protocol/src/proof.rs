@@ -4,12 +4,12 @@
 use serde_json::{Map, Value};
 
 use crate::chain::MAX_CHAIN_BYTES;
-use crate::token::claims::{check_members, get_hash, get_str, get_time};
 use crate::crypto::{sha256, verify, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact, TokenType};
+use crate::token::claims::{check_members, get_hash, get_str, get_time};
 use crate::PublicKey;
 
 /// The TLS 1.3 exporter label of the channel binding.
@@ -62,7 +62,14 @@ pub struct ProofBuilder {
 impl ProofBuilder {
     /// A proof by `presenter` (its certificate's URI SAN) to `peer` (the peer's URI SAN), for a
     /// connection whose exporter value for `role` is `exporter`, valid over `[iat, exp)`.
-    pub fn new(presenter: &SpiffeId, peer: &SpiffeId, role: Role, exporter: [u8; EXPORTER_LEN], iat: u64, exp: u64) -> Self {
+    pub fn new(
+        presenter: &SpiffeId,
+        peer: &SpiffeId,
+        role: Role,
+        exporter: [u8; EXPORTER_LEN],
+        iat: u64,
+        exp: u64,
+    ) -> Self {
         Self {
             sub: presenter.clone(),
             aud: peer.clone(),
@@ -90,14 +97,25 @@ impl ProofBuilder {
     /// Signs with the presenter's certificate key.
     pub fn sign(self, key: &TaskKey) -> Result<String> {
         if self.iat >= self.exp || self.exp - self.iat > MAX_PROOF_LIFETIME {
-            return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof must satisfy iat < exp <= iat + 60"));
+            return Err(Error::new(
+                ErrorCode::LifetimeExceeded,
+                "a proof must satisfy iat < exp <= iat + 60",
+            ));
         }
         let rth = match (self.role, &self.client_proof) {
             (Role::Server, Some(p)) => Some(b64_encode(&sha256(p.as_bytes()))),
             (Role::Server, None) => {
-                return Err(Error::new(ErrorCode::MissingClaim, "a server proof must answer a client proof"))
+                return Err(Error::new(
+                    ErrorCode::MissingClaim,
+                    "a server proof must answer a client proof",
+                ))
             }
-            (Role::Client, Some(_)) => return Err(Error::new(ErrorCode::UnknownClaim, "only a server proof carries `rth`")),
+            (Role::Client, Some(_)) => {
+                return Err(Error::new(
+                    ErrorCode::UnknownClaim,
+                    "only a server proof carries `rth`",
+                ))
+            }
             (Role::Client, None) => None,
         };
         let mut m = Map::new();
@@ -105,7 +123,10 @@ impl ProofBuilder {
         m.insert("aud".into(), Value::from(self.aud.as_str()));
         m.insert("iat".into(), Value::from(self.iat));
         m.insert("exp".into(), Value::from(self.exp));
-        m.insert("jti".into(), Value::from(b64_encode(&crate::crypto::random_bytes::<16>()?)));
+        m.insert(
+            "jti".into(),
+            Value::from(b64_encode(&crate::crypto::random_bytes::<16>()?)),
+        );
         m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
         if let Some(c) = &self.chain {
             m.insert("cth".into(), Value::from(b64_encode(&sha256(c.as_bytes()))));
@@ -115,7 +136,9 @@ impl ProofBuilder {
         }
         let payload = serde_json::to_vec(&Value::Object(m))
             .map_err(|e| Error::new(ErrorCode::BadJson, e.to_string()))?;
-        sign_compact(TokenType::Proof, key.algorithm(), None, &payload, |input| key.sign(input))
+        sign_compact(TokenType::Proof, key.algorithm(), None, &payload, |input| {
+            key.sign(input)
+        })
     }
 }
 
@@ -175,7 +198,12 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
     // P2. Header.
     let header = parse_header(&raw, TokenType::Proof)?;
     // P3, P4. Signature with the presenter's certificate key, then claims.
-    verify(ctx.presenter_key, header.alg, raw.signing_input(), &signature)?;
+    verify(
+        ctx.presenter_key,
+        header.alg,
+        raw.signing_input(),
+        &signature,
+    )?;
     let map = parse_ijson_object(&payload)?;
     let allowed = match ctx.role {
         Role::Client => PROOF_CLAIMS_CLIENT,
@@ -194,56 +222,111 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
     let jti = get_str(&map, "jti")?;
     match b64_decode(jti) {
         Ok(b) if b.len() >= 16 && jti.len() <= 256 => {}
-        _ => return Err(Error::new(ErrorCode::BadClaim, "`jti` must be base64url of at least 16 bytes")),
+        _ => {
+            return Err(Error::new(
+                ErrorCode::BadClaim,
+                "`jti` must be base64url of at least 16 bytes",
+            ))
+        }
     }
     let cb = get_hash(&map, "cb")?;
-    let cth = if map.contains_key("cth") { Some(get_hash(&map, "cth")?) } else { None };
-    let rth = if map.contains_key("rth") { Some(get_hash(&map, "rth")?) } else { None };
+    let cth = if map.contains_key("cth") {
+        Some(get_hash(&map, "cth")?)
+    } else {
+        None
+    };
+    let rth = if map.contains_key("rth") {
+        Some(get_hash(&map, "rth")?)
+    } else {
+        None
+    };
     // P5. Time (before the identities and bindings, as spec/PROTOCOL.md section 12 orders it).
     if iat >= exp {
-        return Err(Error::new(ErrorCode::BadValidity, "proof `iat` must be before `exp`"));
+        return Err(Error::new(
+            ErrorCode::BadValidity,
+            "proof `iat` must be before `exp`",
+        ));
     }
     if exp - iat > MAX_PROOF_LIFETIME {
-        return Err(Error::new(ErrorCode::LifetimeExceeded, "a proof lives at most 60 seconds"));
+        return Err(Error::new(
+            ErrorCode::LifetimeExceeded,
+            "a proof lives at most 60 seconds",
+        ));
     }
     if iat > ctx.now.saturating_add(ctx.skew) {
-        return Err(Error::new(ErrorCode::IssuedInFuture, "proof issued in the future"));
+        return Err(Error::new(
+            ErrorCode::IssuedInFuture,
+            "proof issued in the future",
+        ));
     }
     if ctx.now >= exp.saturating_add(ctx.skew) {
         return Err(Error::new(ErrorCode::Expired, "proof expired"));
     }
     // P6, P7. Identities.
     if &sub != ctx.presenter_id {
-        return Err(Error::new(ErrorCode::HolderMismatch, "proof `sub` is not the peer's URI SAN"));
+        return Err(Error::new(
+            ErrorCode::HolderMismatch,
+            "proof `sub` is not the peer's URI SAN",
+        ));
     }
     if &aud != ctx.verifier_id {
-        return Err(Error::new(ErrorCode::AudienceMismatch, "proof `aud` is not this verifier"));
+        return Err(Error::new(
+            ErrorCode::AudienceMismatch,
+            "proof `aud` is not this verifier",
+        ));
     }
     // P8. Channel binding.
     if !constant_time_eq(&cb, &ctx.exporter) {
-        return Err(Error::new(ErrorCode::ChannelBindingMismatch, "proof is bound to another connection or role"));
+        return Err(Error::new(
+            ErrorCode::ChannelBindingMismatch,
+            "proof is bound to another connection or role",
+        ));
     }
     // P9. Chain hash: present exactly when a chain is sent.
     match (cth, ctx.chain) {
         (None, None) => {}
-        (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == sha256(chain.as_bytes()) => {}
-        _ => return Err(Error::new(ErrorCode::ChainHashMismatch, "`cth` does not match the chain sent")),
+        (Some(h), Some(chain))
+            if chain.len() <= MAX_CHAIN_BYTES && h == sha256(chain.as_bytes()) => {}
+        _ => {
+            return Err(Error::new(
+                ErrorCode::ChainHashMismatch,
+                "`cth` does not match the chain sent",
+            ))
+        }
     }
     // P10. Response hash (server proofs answer one client proof).
     if ctx.role == Role::Server {
         let expected = ctx
             .client_proof
             .map(|p| sha256(p.as_bytes()))
-            .ok_or_else(|| Error::new(ErrorCode::BadConfig, "verifying a server proof needs the client proof"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::BadConfig,
+                    "verifying a server proof needs the client proof",
+                )
+            })?;
         match rth {
             Some(h) if h == expected => {}
-            Some(_) => return Err(Error::new(ErrorCode::ResponseHashMismatch, "`rth` does not match the client proof")),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::ResponseHashMismatch,
+                    "`rth` does not match the client proof",
+                ))
+            }
             None => return Err(Error::new(ErrorCode::MissingClaim, "missing claim `rth`")),
         }
     }
-    Ok(VerifiedProof { jti: jti.to_owned(), iat, exp, compact: proof.to_owned() })
+    Ok(VerifiedProof {
+        jti: jti.to_owned(),
+        iat,
+        exp,
+        compact: proof.to_owned(),
+    })
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }

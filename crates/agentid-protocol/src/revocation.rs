@@ -4,7 +4,7 @@
 //! domain, to `jti`s issued by them (or by the domain's authority), and to keys bound to them.
 //! Lookups are O(1): every entry is kept as a 128-bit digest of its kind and value.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
@@ -81,7 +81,8 @@ pub struct RevocationList {
     iat: u64,
     next_update: u64,
     len: usize,
-    set: HashSet<[u8; 16]>,
+    /// Entry digest -> the latest `exp` among the entries with that digest.
+    set: HashMap<[u8; 16], u64>,
 }
 
 impl RevocationList {
@@ -94,15 +95,25 @@ impl RevocationList {
             return Err(bad("revocation list too large"));
         }
         let mut parts = compact.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad("not a JWS compact token"));
         };
         if h.is_empty() || p.is_empty() || s.is_empty() {
             return Err(bad("empty JWS part"));
         }
-        let raw = RawToken { text: compact, header_b64: h, payload_b64: p, signature_b64: s };
+        let raw = RawToken {
+            text: compact,
+            header_b64: h,
+            payload_b64: p,
+            signature_b64: s,
+        };
         let header = parse_header(&raw, TokenType::Revocations).map_err(|e| bad(e.to_string()))?;
-        let kid = header.kid.as_deref().ok_or_else(|| bad("revocation list without `kid`"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| bad("revocation list without `kid`"))?;
         let mut found = None;
         for b in bundles.iter() {
             for k in b.revocation_keys() {
@@ -126,7 +137,9 @@ impl RevocationList {
         check_members(map, LIST_CLAIMS, LIST_CLAIMS)?;
         let iss = SpiffeId::parse(get_str(map, "iss")?)?;
         if iss != domain.id() {
-            return Err(bad("`iss` is not the trust domain whose bundle holds the signing key"));
+            return Err(bad(
+                "`iss` is not the trust domain whose bundle holds the signing key",
+            ));
         }
         let seq = get_time(map, "seq")?;
         let iat = get_time(map, "iat")?;
@@ -137,12 +150,20 @@ impl RevocationList {
         let Some(Value::Array(entries)) = map.get("entries") else {
             return Err(bad("`entries` must be an array"));
         };
-        let mut set = HashSet::with_capacity(entries.len());
+        let mut set: HashMap<[u8; 16], u64> = HashMap::with_capacity(entries.len());
         for e in entries {
             let entry = parse_entry(e, domain)?;
-            set.insert(entry_digest(&entry.target));
+            let exp = set.entry(entry_digest(&entry.target)).or_insert(entry.exp);
+            *exp = (*exp).max(entry.exp);
         }
-        Ok(Self { issuer: domain.clone(), seq, iat, next_update, len: entries.len(), set })
+        Ok(Self {
+            issuer: domain.clone(),
+            seq,
+            iat,
+            next_update,
+            len: entries.len(),
+            set,
+        })
     }
 
     /// The trust domain whose authority signed the list.
@@ -180,38 +201,57 @@ impl RevocationList {
         now >= self.next_update.saturating_add(skew)
     }
 
-    /// Whether `target` is revoked by this list (only targets of the list's own domain can be).
+    /// Whether the list has an entry for `target`, whatever that entry's `exp` (only targets of
+    /// the list's own domain can match). See [`RevocationList::revokes`] for the check at a time.
     pub fn contains(&self, target: &RevocationTarget) -> bool {
-        self.set.contains(&entry_digest(target))
+        self.set.contains_key(&entry_digest(target))
     }
 
-    pub(crate) fn has_jti(&self, iss: &SpiffeId, jti: &str) -> bool {
-        self.set.contains(&digest(K_JTI, iss.as_str(), jti))
+    /// Whether `target` is revoked at `now`: an entry applies while `now < exp`.
+    pub fn revokes(&self, target: &RevocationTarget, now: u64) -> bool {
+        self.hit(&entry_digest(target), now)
     }
 
-    pub(crate) fn has_task(&self, task: &TaskId) -> bool {
-        self.set.contains(&digest(K_TASK, task.as_str(), ""))
+    fn hit(&self, digest: &[u8; 16], now: u64) -> bool {
+        self.set.get(digest).is_some_and(|exp| now < *exp)
     }
 
-    pub(crate) fn has_agent(&self, agent: &AgentId) -> bool {
-        self.set.contains(&digest(K_AGENT, agent.as_str(), ""))
+    pub(crate) fn has_jti(&self, iss: &SpiffeId, jti: &str, now: u64) -> bool {
+        self.hit(&digest(K_JTI, iss.as_str(), jti), now)
     }
 
-    pub(crate) fn has_key(&self, jkt: &str) -> bool {
-        self.set.contains(&digest(K_KEY, jkt, ""))
+    pub(crate) fn has_task(&self, task: &TaskId, now: u64) -> bool {
+        self.hit(&digest(K_TASK, task.as_str(), ""), now)
     }
 
-    /// Whether a peer (its certificate identity and key) is revoked by this list: by key
-    /// thumbprint, by agent, or by task, where the peer is of this list's trust domain.
+    pub(crate) fn has_agent(&self, agent: &AgentId, now: u64) -> bool {
+        self.hit(&digest(K_AGENT, agent.as_str(), ""), now)
+    }
+
+    pub(crate) fn has_key(&self, jkt: &str, now: u64) -> bool {
+        self.hit(&digest(K_KEY, jkt, ""), now)
+    }
+
+    /// Whether a peer (its certificate identity and key) is revoked by this list, counting every
+    /// entry whatever its `exp`: by key thumbprint, by agent, or by task, where the peer is of
+    /// this list's trust domain. Verifiers use [`RevocationList::covers_peer_at`].
     pub fn covers_peer(&self, peer: &SpiffeId, key: &crate::PublicKey) -> bool {
+        self.covers_peer_at(peer, key, 0)
+    }
+
+    /// Whether a peer is revoked at `now` (entries apply while `now < exp`): by its certificate
+    /// key's thumbprint, then its agent, then its task, where the peer is of this list's domain.
+    pub fn covers_peer_at(&self, peer: &SpiffeId, key: &crate::PublicKey, now: u64) -> bool {
         if peer.trust_domain() != self.issuer {
             return false;
         }
-        if self.has_key(&key.thumbprint()) {
+        if self.has_key(&key.thumbprint(), now) {
             return true;
         }
         match crate::id::PeerId::parse(peer.as_str()) {
-            Ok(crate::id::PeerId::Task(t)) => self.has_agent(&t.agent()) || self.has_task(&t.task_id()),
+            Ok(crate::id::PeerId::Task(t)) => {
+                self.has_agent(&t.agent(), now) || self.has_task(&t.task_id(), now)
+            }
             _ => false,
         }
     }
@@ -231,21 +271,34 @@ fn valid_jkt(s: &str) -> bool {
 }
 
 fn parse_entry(e: &Value, domain: &TrustDomain) -> Result<RevocationEntry> {
-    let Value::Object(m) = e else { return Err(bad("entries must be objects")) };
+    let Value::Object(m) = e else {
+        return Err(bad("entries must be objects"));
+    };
     let exp = get_time(m, "exp")?;
-    let mut names: Vec<&str> = m.keys().map(String::as_str).filter(|k| *k != "exp").collect();
+    let mut names: Vec<&str> = m
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "exp")
+        .collect();
     names.sort_unstable();
     let target = match names.as_slice() {
         ["iss", "jti"] => {
             let iss = SpiffeId::parse(get_str(m, "iss")?)?;
-            if iss.trust_domain() != *domain || !matches!(iss.kind(), IdKind::TrustDomain | IdKind::Task) {
-                return Err(bad("a `jti` entry's `iss` must be this domain's authority or one of its tasks"));
+            if iss.trust_domain() != *domain
+                || !matches!(iss.kind(), IdKind::TrustDomain | IdKind::Task)
+            {
+                return Err(bad(
+                    "a `jti` entry's `iss` must be this domain's authority or one of its tasks",
+                ));
             }
             let jti = get_str(m, "jti")?;
             if !valid_jti(jti) {
                 return Err(bad("invalid `jti` in entry"));
             }
-            RevocationTarget::Jti { iss, jti: jti.to_owned() }
+            RevocationTarget::Jti {
+                iss,
+                jti: jti.to_owned(),
+            }
         }
         ["task"] => RevocationTarget::Task(TaskId::parse(get_str(m, "task")?)?),
         ["agent"] => {
@@ -302,12 +355,24 @@ pub struct RevocationListBuilder {
 impl RevocationListBuilder {
     /// A list of `issuer` with sequence `seq`, issued at `iat`, due again at `next_update`.
     pub fn new(issuer: &TrustDomain, seq: u64, iat: u64, next_update: u64) -> Self {
-        Self { issuer: issuer.clone(), seq, iat, next_update, entries: Vec::new() }
+        Self {
+            issuer: issuer.clone(),
+            seq,
+            iat,
+            next_update,
+            entries: Vec::new(),
+        }
     }
 
     /// Revokes a token by issuer and `jti`.
     pub fn revoke_jti(self, iss: &SpiffeId, jti: &str, exp: u64) -> Self {
-        self.entry(RevocationTarget::Jti { iss: iss.clone(), jti: jti.to_owned() }, exp)
+        self.entry(
+            RevocationTarget::Jti {
+                iss: iss.clone(),
+                jti: jti.to_owned(),
+            },
+            exp,
+        )
     }
 
     /// Revokes every chain of a task.
@@ -347,6 +412,12 @@ impl RevocationListBuilder {
         m.insert("entries".into(), Value::Array(entries));
         let payload = serde_json::to_vec(&Value::Object(m)).map_err(|e| bad(e.to_string()))?;
         let kid = key.public_key().thumbprint();
-        sign_compact(TokenType::Revocations, key.algorithm(), Some(&kid), &payload, |input| key.sign(input))
+        sign_compact(
+            TokenType::Revocations,
+            key.algorithm(),
+            Some(&kid),
+            &payload,
+            |input| key.sign(input),
+        )
     }
 }

@@ -90,7 +90,10 @@ impl Verifier {
         if config.skew > MAX_SKEW {
             return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
         }
-        Ok(Self { config, cache: None })
+        Ok(Self {
+            config,
+            cache: None,
+        })
     }
 
     /// Adds a cache of verified tokens (see [`TokenCache`]), shared by clones of this verifier.
@@ -114,7 +117,13 @@ impl Verifier {
     ///
     /// Runs phases 1 to 8; the first failure ends verification with one error carrying a stable
     /// code and the index of the offending token.
-    pub fn verify_chain(&self, chain: &str, peer_id: &SpiffeId, peer_key: &PublicKey, now: u64) -> Result<VerifiedChain> {
+    pub fn verify_chain(
+        &self,
+        chain: &str,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+    ) -> Result<VerifiedChain> {
         // Phase 1: framing.
         let framed = frame(chain)?;
         // Phase 2: headers.
@@ -122,7 +131,11 @@ impl Verifier {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let expected = if i == 0 { TokenType::Grant } else { TokenType::Link };
+                let expected = if i == 0 {
+                    TokenType::Grant
+                } else {
+                    TokenType::Link
+                };
                 parse_header(&t.raw, expected).map_err(|e| e.at(i))
             })
             .collect::<Result<Vec<Header>>>()?;
@@ -144,15 +157,25 @@ impl Verifier {
             .last()
             .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
         if last.claims.cnf != *peer_key {
-            return Err(Error::new(ErrorCode::PossessionMismatch, "the last `cnf` key is not the peer's certificate key")
-                .at(last_index));
+            return Err(Error::new(
+                ErrorCode::PossessionMismatch,
+                "the last `cnf` key is not the peer's certificate key",
+            )
+            .at(last_index));
         }
         if last.claims.sub.as_spiffe_id() != peer_id {
-            return Err(Error::new(ErrorCode::HolderMismatch, "the last `sub` is not the peer's URI SAN").at(last_index));
+            return Err(Error::new(
+                ErrorCode::HolderMismatch,
+                "the last `sub` is not the peer's URI SAN",
+            )
+            .at(last_index));
         }
         // Phase 8: audience.
         if !eff.aud.covers_id(&self.config.own_id) {
-            return Err(Error::new(ErrorCode::AudienceMismatch, "this verifier is not in the chain's audience"));
+            return Err(Error::new(
+                ErrorCode::AudienceMismatch,
+                "this verifier is not in the chain's audience",
+            ));
         }
         let grant = &checked
             .first()
@@ -161,7 +184,10 @@ impl Verifier {
         let actors = checked
             .iter()
             .enumerate()
-            .map(|(i, c)| Actor { id: c.claims.sub.clone(), attested: i == 0 || i == last_index })
+            .map(|(i, c)| Actor {
+                id: c.claims.sub.clone(),
+                attested: i == 0 || i == last_index,
+            })
             .collect();
         Ok(VerifiedChain {
             authority,
@@ -172,8 +198,16 @@ impl Verifier {
             scope: last.claims.scope.clone(),
             audience: eff.aud,
             limits: eff.limits,
-            not_before: checked.iter().map(|c| c.claims.nbf).max().unwrap_or_default(),
-            expires: checked.iter().map(|c| c.claims.exp).min().unwrap_or_default(),
+            not_before: checked
+                .iter()
+                .map(|c| c.claims.nbf)
+                .max()
+                .unwrap_or_default(),
+            expires: checked
+                .iter()
+                .map(|c| c.claims.exp)
+                .min()
+                .unwrap_or_default(),
             actors,
             depth: last_index,
             grant_jti: grant.jti.clone(),
@@ -187,12 +221,15 @@ impl Verifier {
             // (a) The key: never from the token itself.
             let (key, domain) = match out.last() {
                 None => {
-                    let kid = h
-                        .kid
-                        .as_deref()
-                        .ok_or_else(|| Error::new(ErrorCode::BadHeader, "a grant needs `kid`").at(i))?;
+                    let kid = h.kid.as_deref().ok_or_else(|| {
+                        Error::new(ErrorCode::BadHeader, "a grant needs `kid`").at(i)
+                    })?;
                     let (td, key) = self.config.bundles.find_grant_key(kid).ok_or_else(|| {
-                        Error::new(ErrorCode::UntrustedAuthority, "no single trusted bundle holds the grant key").at(i)
+                        Error::new(
+                            ErrorCode::UntrustedAuthority,
+                            "no single trusted bundle holds the grant key",
+                        )
+                        .at(i)
                     })?;
                     if !self.config.authority.accepts(td) {
                         return Err(Error::new(
@@ -206,7 +243,10 @@ impl Verifier {
                 Some(prev) => (prev.claims.cnf.clone(), None),
             };
             // A cache hit stands for (b) and (c): the same bytes verified under the same key.
-            let cache_key = self.cache.as_ref().map(|_| (sha256(t.raw.text.as_bytes()), key.thumbprint()));
+            let cache_key = self
+                .cache
+                .as_ref()
+                .map(|_| (sha256(t.raw.text.as_bytes()), key.thumbprint()));
             let hit = match (&self.cache, &cache_key) {
                 (Some(c), Some(k)) => c.get(k),
                 _ => None,
@@ -215,7 +255,8 @@ impl Verifier {
                 Some(tok) => tok,
                 None => {
                     // (b) The signature over the exact transmitted bytes.
-                    verify(&key, h.alg, t.raw.signing_input(), &t.signature).map_err(|e| e.at(i))?;
+                    verify(&key, h.alg, t.raw.signing_input(), &t.signature)
+                        .map_err(|e| e.at(i))?;
                     // (c) Only now the claims.
                     let claims = decode_chain_claims(&t.payload, i == 0).map_err(|e| e.at(i))?;
                     Arc::new(CachedToken { claims })
@@ -234,12 +275,20 @@ impl Verifier {
             if let (Some(c), Some(k)) = (&self.cache, cache_key) {
                 c.insert(k, Arc::clone(&token));
             }
-            out.push(Checked { token, signing_key: key });
+            out.push(Checked {
+                token,
+                signing_key: key,
+            });
         }
         Ok(out)
     }
 
-    fn phase4(&self, framed: &[FramedToken<'_>], checked: &[Checked], authority: &TrustDomain) -> Result<Effective> {
+    fn phase4(
+        &self,
+        framed: &[FramedToken<'_>],
+        checked: &[Checked],
+        authority: &TrustDomain,
+    ) -> Result<Effective> {
         let mut eff: Option<Effective> = None;
         for (i, c) in checked.iter().enumerate() {
             let t = &c.claims;
@@ -247,12 +296,19 @@ impl Verifier {
             match &mut eff {
                 None => {
                     if t.sub.trust_domain() != *authority {
-                        return Err(err(ErrorCode::ForeignHolder, "grant holder outside the authority's trust domain"));
+                        return Err(err(
+                            ErrorCode::ForeignHolder,
+                            "grant holder outside the authority's trust domain",
+                        ));
                     }
                     if t.sub.task_id() != t.task {
-                        return Err(err(ErrorCode::TaskMismatch, "grant `sub` is not of the grant's task"));
+                        return Err(err(
+                            ErrorCode::TaskMismatch,
+                            "grant `sub` is not of the grant's task",
+                        ));
                     }
-                    self.check_limit_names(t.limits.as_ref()).map_err(|e| e.at(i))?;
+                    self.check_limit_names(t.limits.as_ref())
+                        .map_err(|e| e.at(i))?;
                     eff = Some(Effective {
                         task: t.task.clone(),
                         sub: t.sub.clone(),
@@ -273,44 +329,77 @@ impl Verifier {
                 Some(e) => {
                     let prev_token = framed.get(i - 1).map(|f| f.raw.text).unwrap_or_default();
                     if t.prev != Some(sha256(prev_token.as_bytes())) {
-                        return Err(err(ErrorCode::PrevMismatch, "`prev` is not the hash of the previous token"));
+                        return Err(err(
+                            ErrorCode::PrevMismatch,
+                            "`prev` is not the hash of the previous token",
+                        ));
                     }
                     if t.iss != *e.sub.as_spiffe_id() {
-                        return Err(err(ErrorCode::BrokenLink, "link `iss` is not the previous `sub`"));
+                        return Err(err(
+                            ErrorCode::BrokenLink,
+                            "link `iss` is not the previous `sub`",
+                        ));
                     }
                     if t.task != e.task || t.sub.task_id() != e.task {
-                        return Err(err(ErrorCode::TaskMismatch, "link is not of the grant's task"));
+                        return Err(err(
+                            ErrorCode::TaskMismatch,
+                            "link is not of the grant's task",
+                        ));
                     }
                     if t.sub == e.sub {
-                        return Err(err(ErrorCode::SelfDelegation, "a link to oneself is not allowed in version 1"));
+                        return Err(err(
+                            ErrorCode::SelfDelegation,
+                            "a link to oneself is not allowed in version 1",
+                        ));
                     }
                     if e.max_depth == 0 || t.max_depth > e.max_depth - 1 {
-                        return Err(err(ErrorCode::DepthExceeded, "`max_depth` must decrease and the previous must allow a link"));
+                        return Err(err(
+                            ErrorCode::DepthExceeded,
+                            "`max_depth` must decrease and the previous must allow a link",
+                        ));
                     }
                     if !e.scope.covers(&t.scope) {
-                        return Err(err(ErrorCode::ScopeEscalation, "link scope not covered by the previous scope"));
+                        return Err(err(
+                            ErrorCode::ScopeEscalation,
+                            "link scope not covered by the previous scope",
+                        ));
                     }
                     if let Some(a) = &t.aud {
                         if !e.aud.covers(a) {
-                            return Err(err(ErrorCode::AudienceEscalation, "link `aud` not covered by the effective audience"));
+                            return Err(err(
+                                ErrorCode::AudienceEscalation,
+                                "link `aud` not covered by the effective audience",
+                            ));
                         }
                     }
                     if let Some(l) = &t.limits {
                         self.check_limit_names(Some(l)).map_err(|x| x.at(i))?;
                         if let Err(name) = l.narrows(&e.limits) {
-                            return Err(err(ErrorCode::LimitEscalation, &format!("limit `{name}` raised above its ceiling")));
+                            return Err(err(
+                                ErrorCode::LimitEscalation,
+                                &format!("limit `{name}` raised above its ceiling"),
+                            ));
                         }
                     }
                     if let Some(d) = &t.may_delegate_to {
                         if !e.may_delegate_to.covers(d) {
-                            return Err(err(ErrorCode::DelegationEscalation, "`may_delegate_to` widened"));
+                            return Err(err(
+                                ErrorCode::DelegationEscalation,
+                                "`may_delegate_to` widened",
+                            ));
                         }
                     }
                     if !e.may_delegate_to.covers_id(t.sub.as_spiffe_id()) {
-                        return Err(err(ErrorCode::DelegateeDenied, "delegatee not allowed by `may_delegate_to`"));
+                        return Err(err(
+                            ErrorCode::DelegateeDenied,
+                            "delegatee not allowed by `may_delegate_to`",
+                        ));
                     }
                     if t.exp > e.exp {
-                        return Err(err(ErrorCode::ExpiryExtended, "link `exp` later than the previous `exp`"));
+                        return Err(err(
+                            ErrorCode::ExpiryExtended,
+                            "link `exp` later than the previous `exp`",
+                        ));
                     }
                     // Narrow the effective values for the next link.
                     e.sub = t.sub.clone();
@@ -353,24 +442,34 @@ impl Verifier {
             if t.nbf > t.exp {
                 return Err(Error::new(ErrorCode::BadValidity, "`nbf` after `exp`").at(i));
             }
-            if t.exp.saturating_sub(t.iat) > MAX_TOKEN_LIFETIME {
-                return Err(Error::new(ErrorCode::LifetimeExceeded, "token lifetime above 24 hours").at(i));
+            // Only the grant has a lifetime cap: a link's `exp` never exceeds the grant's.
+            if i == 0 && t.exp.saturating_sub(t.iat) > MAX_TOKEN_LIFETIME {
+                return Err(Error::new(
+                    ErrorCode::LifetimeExceeded,
+                    "grant lifetime above 24 hours",
+                )
+                .at(i));
             }
-            if now >= t.exp.saturating_add(skew) {
-                return Err(Error::new(ErrorCode::Expired, "token expired").at(i));
+            if t.iat > now.saturating_add(skew) {
+                return Err(Error::new(ErrorCode::IssuedInFuture, "`iat` in the future").at(i));
             }
             if now.saturating_add(skew) < t.nbf {
                 return Err(Error::new(ErrorCode::NotYetValid, "token not yet valid").at(i));
             }
-            if t.iat > now.saturating_add(skew) {
-                return Err(Error::new(ErrorCode::IssuedInFuture, "`iat` in the future").at(i));
+            if now >= t.exp.saturating_add(skew) {
+                return Err(Error::new(ErrorCode::Expired, "token expired").at(i));
             }
         }
         Ok(())
     }
 
     /// The list of `td`: `Ok(None)` only where missing or stale lists are tolerated.
-    fn list_for(&self, td: &TrustDomain, now: u64, index: Option<usize>) -> Result<Option<&RevocationList>> {
+    fn list_for(
+        &self,
+        td: &TrustDomain,
+        now: u64,
+        index: Option<usize>,
+    ) -> Result<Option<&RevocationList>> {
         let at = |e: Error| match index {
             Some(i) => e.at(i),
             None => e,
@@ -378,66 +477,99 @@ impl Verifier {
         match self.config.revocations.get(td) {
             Some(l) if !l.is_stale(now, self.config.skew) => Ok(Some(l)),
             Some(l) if self.config.danger_revocation_optional => Ok(Some(l)),
-            Some(_) => Err(at(Error::new(ErrorCode::RevocationStale, format!("the revocation list of {td} is stale")))),
+            Some(_) => Err(at(Error::new(
+                ErrorCode::RevocationStale,
+                format!("the revocation list of {td} is stale"),
+            ))),
             None if self.config.danger_revocation_optional => Ok(None),
-            None => Err(at(Error::new(ErrorCode::RevocationMissing, format!("no revocation list for {td}")))),
+            None => Err(at(Error::new(
+                ErrorCode::RevocationMissing,
+                format!("no revocation list for {td}"),
+            ))),
         }
     }
 
-    fn phase6(&self, checked: &[Checked], authority: &TrustDomain, peer_id: &SpiffeId, peer_key: &PublicKey, now: u64) -> Result<()> {
-        // 6.1 The lists themselves.
-        for (i, c) in checked.iter().enumerate() {
-            self.list_for(&c.claims.iss.trust_domain(), now, Some(i))?;
-            self.list_for(&c.claims.sub.trust_domain(), now, Some(i))?;
-        }
+    fn phase6(
+        &self,
+        checked: &[Checked],
+        authority: &TrustDomain,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+    ) -> Result<()> {
+        // 6.1 The lists themselves: every distinct trust domain in order of first appearance
+        // (iss_0, sub_0, iss_1, sub_1, ..., then the peer's); failures are not tied to a token.
         let peer_td = peer_id.trust_domain();
-        self.list_for(&peer_td, now, None)?;
+        let mut domains: Vec<TrustDomain> = Vec::new();
+        let all = checked
+            .iter()
+            .flat_map(|c| [c.claims.iss.trust_domain(), c.claims.sub.trust_domain()])
+            .chain(core::iter::once(peer_td.clone()));
+        for d in all {
+            if !domains.contains(&d) {
+                self.list_for(&d, now, None)?;
+                domains.push(d);
+            }
+        }
         // 6.2 Every token.
-        let revoked = |i: usize, what: &str| Err(Error::new(ErrorCode::Revoked, what.to_owned()).at(i));
-        let task_list = self.list_for(authority, now, Some(0))?;
+        let revoked =
+            |i: usize, what: &str| Err(Error::new(ErrorCode::Revoked, what.to_owned()).at(i));
+        let task_list = self.list_for(authority, now, None)?;
         for (i, c) in checked.iter().enumerate() {
             let t = &c.claims;
             let iss_td = t.iss.trust_domain();
             let sub_td = t.sub.trust_domain();
-            let iss_list = self.list_for(&iss_td, now, Some(i))?;
-            let sub_list = self.list_for(&sub_td, now, Some(i))?;
-            if iss_list.is_some_and(|l| l.has_jti(&t.iss, &t.jti)) {
+            let iss_list = self.list_for(&iss_td, now, None)?;
+            let sub_list = self.list_for(&sub_td, now, None)?;
+            if iss_list.is_some_and(|l| l.has_jti(&t.iss, &t.jti, now)) {
                 return revoked(i, "token revoked by `jti`");
             }
-            if task_list.is_some_and(|l| l.has_task(&t.task)) {
+            if task_list.is_some_and(|l| l.has_task(&t.task, now)) {
                 return revoked(i, "task revoked");
             }
             if t.iss.kind() == IdKind::Task {
                 if let Ok(agent) = AgentId::parse(&agent_of(&t.iss)) {
-                    if iss_list.is_some_and(|l| l.has_agent(&agent)) {
+                    if iss_list.is_some_and(|l| l.has_agent(&agent, now)) {
                         return revoked(i, "issuing agent revoked");
                     }
                 }
             }
-            if sub_list.is_some_and(|l| l.has_agent(&t.sub.agent())) {
+            if sub_list.is_some_and(|l| l.has_agent(&t.sub.agent(), now)) {
                 return revoked(i, "holder agent revoked");
             }
-            if sub_list.is_some_and(|l| l.has_key(&t.cnf.thumbprint())) {
+            if sub_list.is_some_and(|l| l.has_key(&t.cnf.thumbprint(), now)) {
                 return revoked(i, "holder key revoked");
             }
-            if iss_list.is_some_and(|l| l.has_key(&c.signing_key.thumbprint())) {
+            if iss_list.is_some_and(|l| l.has_key(&c.signing_key.thumbprint(), now)) {
                 return revoked(i, "signing key revoked");
             }
         }
-        // 6.3 The peer certificate's key.
-        if self.list_for(&peer_td, now, None)?.is_some_and(|l| l.has_key(&peer_key.thumbprint())) {
-            return Err(Error::new(ErrorCode::Revoked, "peer certificate key revoked"));
+        // 6.3 The peer: its certificate's key, then its agent and its task.
+        if self
+            .list_for(&peer_td, now, None)?
+            .is_some_and(|l| l.covers_peer_at(peer_id, peer_key, now))
+        {
+            return Err(Error::new(
+                ErrorCode::Revoked,
+                "peer revoked (certificate key, agent or task)",
+            ));
         }
         Ok(())
     }
 
     /// Checks a peer that presents no chain (or a service) against its domain's revocation list:
     /// its key, its agent and its task.
-    pub fn check_peer_revocation(&self, peer_id: &SpiffeId, peer_key: &PublicKey, now: u64) -> Result<()> {
+    pub fn check_peer_revocation(
+        &self,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+    ) -> Result<()> {
         match self.list_for(&peer_id.trust_domain(), now, None)? {
-            Some(l) if l.covers_peer(peer_id, peer_key) => {
-                Err(Error::new(ErrorCode::Revoked, format!("peer {peer_id} is revoked")))
-            }
+            Some(l) if l.covers_peer_at(peer_id, peer_key, now) => Err(Error::new(
+                ErrorCode::Revoked,
+                format!("peer {peer_id} is revoked"),
+            )),
             _ => Ok(()),
         }
     }
@@ -457,12 +589,22 @@ impl Verifier {
         amounts: &BTreeMap<String, u64>,
     ) -> Result<()> {
         if !requested.is_concrete() {
-            return Err(Error::new(ErrorCode::BadScope, "a requested scope contains no `*`"));
+            return Err(Error::new(
+                ErrorCode::BadScope,
+                "a requested scope contains no `*`",
+            ));
         }
         if !verified.scope.covers(requested) {
-            return Err(Error::new(ErrorCode::ScopeNotGranted, format!("scope `{requested}` not granted by the chain")));
+            return Err(Error::new(
+                ErrorCode::ScopeNotGranted,
+                format!("scope `{requested}` not granted by the chain"),
+            ));
         }
-        if !self.config.authority.permits(&verified.authority, requested) {
+        if !self
+            .config
+            .authority
+            .permits(&verified.authority, requested)
+        {
             return Err(Error::new(
                 ErrorCode::AuthorityScopeDenied,
                 format!("{} may not grant `{requested}` here", verified.authority),
@@ -470,11 +612,17 @@ impl Verifier {
         }
         for (name, amount) in amounts {
             if !self.config.enforced_limits.contains(name) {
-                return Err(Error::new(ErrorCode::UnsupportedLimit, format!("limit `{name}` is not enforced here")));
+                return Err(Error::new(
+                    ErrorCode::UnsupportedLimit,
+                    format!("limit `{name}` is not enforced here"),
+                ));
             }
             if let Some(ceiling) = verified.limits.get(name) {
                 if *amount > ceiling {
-                    return Err(Error::new(ErrorCode::LimitExceeded, format!("`{name}` {amount} above the ceiling {ceiling}")));
+                    return Err(Error::new(
+                        ErrorCode::LimitExceeded,
+                        format!("`{name}` {amount} above the ceiling {ceiling}"),
+                    ));
                 }
             }
         }

@@ -48,7 +48,10 @@ struct Agent {
 
 fn agent(td: &TrustDomain, name: &str, task: &TaskId, alg: Algorithm) -> Agent {
     let a = AgentId::new(td, name).unwrap();
-    Agent { id: TaskIdentity::new(&a, task).unwrap(), key: TaskKey::generate(alg).unwrap() }
+    Agent {
+        id: TaskIdentity::new(&a, task).unwrap(),
+        key: TaskKey::generate(alg).unwrap(),
+    }
 }
 
 fn scope(s: &str) -> Scope {
@@ -82,16 +85,31 @@ fn world(alg: Algorithm) -> World {
     let planner = agent(&org.td, "planner", &task, alg);
     let coder = agent(&org.td, "coder", &task, Algorithm::Ed25519);
     let tester = agent(&org.td, "tester", &task, Algorithm::Es256);
-    let server = ServiceId::new(&org.td, "repo").unwrap().as_spiffe_id().clone();
-    World { org, task, planner, coder, tester, server }
+    let server = ServiceId::new(&org.td, "repo")
+        .unwrap()
+        .as_spiffe_id()
+        .clone();
+    World {
+        org,
+        task,
+        planner,
+        coder,
+        tester,
+        server,
+    }
 }
 
 fn grant(w: &World, s: &str, depth: u8) -> Chain {
-    GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope(s))
-        .max_depth(depth)
-        .validity(NOW - 60, NOW - 60, NOW + 3600)
-        .sign(&w.org.grant_key)
-        .unwrap()
+    GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope(s),
+    )
+    .max_depth(depth)
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap()
 }
 
 fn link(prev: &Chain, from: &Agent, to: &Agent, s: &str) -> Chain {
@@ -109,7 +127,14 @@ fn depth_two_chain_verifies_and_narrows() {
         let c1 = link(&g, &w.planner, &w.coder, "repo:read repo:write");
         let c2 = link(&c1, &w.coder, &w.tester, "repo:read");
         let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
-        let r = v.verify_chain(c2.as_str(), w.tester.id.as_spiffe_id(), w.tester.key.public_key(), NOW).unwrap();
+        let r = v
+            .verify_chain(
+                c2.as_str(),
+                w.tester.id.as_spiffe_id(),
+                w.tester.key.public_key(),
+                NOW,
+            )
+            .unwrap();
         assert_eq!(r.depth, 2);
         assert_eq!(r.holder, w.tester.id);
         assert_eq!(r.task, w.task);
@@ -118,25 +143,45 @@ fn depth_two_chain_verifies_and_narrows() {
         assert_eq!(r.expires, NOW + 1800);
         assert_eq!(r.not_before, NOW - 30);
         let attested: Vec<bool> = r.actors.iter().map(|a| a.attested).collect();
-        assert_eq!(attested, [true, false, true], "only the grant holder and the TLS peer are attested");
+        assert_eq!(
+            attested,
+            [true, false, true],
+            "only the grant holder and the TLS peer are attested"
+        );
         v.authorize(&r, &scope("repo:read")).unwrap();
         let e = v.authorize(&r, &scope("repo:write")).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ScopeNotGranted);
         let e = v.authorize(&r, &scope("repo:*")).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::BadScope, "requested scopes are concrete");
+        assert_eq!(
+            e.code(),
+            ErrorCode::BadScope,
+            "requested scopes are concrete"
+        );
     }
 }
 
 #[test]
 fn a_bare_grant_verifies_for_its_holder() {
     let w = world(Algorithm::Es256);
-    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
-        .on_behalf_of(serde_json::json!({"format": "email", "email": "alice@example.com"}))
-        .validity(NOW - 60, NOW - 60, NOW + 3600)
-        .sign(&w.org.grant_key)
-        .unwrap();
+    let g = GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope("repo:read"),
+    )
+    .on_behalf_of(serde_json::json!({"format": "email", "email": "alice@example.com"}))
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap();
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
-    let r = v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW).unwrap();
+    let r = v
+        .verify_chain(
+            g.as_str(),
+            w.planner.id.as_spiffe_id(),
+            w.planner.key.public_key(),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(r.mode, Mode::OnBehalfOf);
     assert_eq!(r.principal.unwrap()["email"], "alice@example.com");
     assert_eq!(r.actors.len(), 1);
@@ -150,16 +195,31 @@ fn expect_err(r: Result<VerifiedChain>, code: ErrorCode, index: Option<usize>) {
 #[test]
 fn possession_and_holder_are_checked_against_the_tls_peer() {
     let w = world(Algorithm::Es256);
-    let c = link(&grant(&w, "repo:read", 1), &w.planner, &w.coder, "repo:read");
+    let c = link(
+        &grant(&w, "repo:read", 1),
+        &w.planner,
+        &w.coder,
+        "repo:read",
+    );
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
     // The coder's chain presented by the tester's connection.
     expect_err(
-        v.verify_chain(c.as_str(), w.tester.id.as_spiffe_id(), w.tester.key.public_key(), NOW),
+        v.verify_chain(
+            c.as_str(),
+            w.tester.id.as_spiffe_id(),
+            w.tester.key.public_key(),
+            NOW,
+        ),
         ErrorCode::PossessionMismatch,
         Some(1),
     );
     expect_err(
-        v.verify_chain(c.as_str(), w.tester.id.as_spiffe_id(), w.coder.key.public_key(), NOW),
+        v.verify_chain(
+            c.as_str(),
+            w.tester.id.as_spiffe_id(),
+            w.coder.key.public_key(),
+            NOW,
+        ),
         ErrorCode::HolderMismatch,
         Some(1),
     );
@@ -169,14 +229,24 @@ fn possession_and_holder_are_checked_against_the_tls_peer() {
 fn audience_must_cover_the_verifier() {
     let w = world(Algorithm::Es256);
     let other = ServiceId::new(&w.org.td, "payments").unwrap();
-    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
-        .audience(IdSet::new(vec![other.as_spiffe_id().clone()]).unwrap())
-        .validity(NOW - 60, NOW - 60, NOW + 3600)
-        .sign(&w.org.grant_key)
-        .unwrap();
+    let g = GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope("repo:read"),
+    )
+    .audience(IdSet::new(vec![other.as_spiffe_id().clone()]).unwrap())
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap();
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
     expect_err(
-        v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW),
+        v.verify_chain(
+            g.as_str(),
+            w.planner.id.as_spiffe_id(),
+            w.planner.key.public_key(),
+            NOW,
+        ),
         ErrorCode::AudienceMismatch,
         None,
     );
@@ -186,33 +256,69 @@ fn audience_must_cover_the_verifier() {
 fn revocation_cuts_every_chain_through_a_revoked_holder() {
     let w = world(Algorithm::Es256);
     let g = grant(&w, "repo:*", 2);
-    let c2 = link(&link(&g, &w.planner, &w.coder, "repo:read"), &w.coder, &w.tester, "repo:read");
+    let c2 = link(
+        &link(&g, &w.planner, &w.coder, "repo:read"),
+        &w.coder,
+        &w.tester,
+        "repo:read",
+    );
     let peer = (w.tester.id.as_spiffe_id(), w.tester.key.public_key());
     let cases = [
-        (RevocationTarget::Key(w.coder.key.public_key().thumbprint()), Some(1)),
-        (RevocationTarget::Key(w.planner.key.public_key().thumbprint()), Some(0)),
+        (
+            RevocationTarget::Key(w.coder.key.public_key().thumbprint()),
+            Some(1),
+        ),
+        (
+            RevocationTarget::Key(w.planner.key.public_key().thumbprint()),
+            Some(0),
+        ),
         (RevocationTarget::Agent(w.coder.id.agent()), Some(1)),
         (RevocationTarget::Task(w.task.clone()), Some(0)),
-        (RevocationTarget::Jti { iss: w.org.td.id(), jti: jti_of(&g, 0) }, Some(0)),
+        (
+            RevocationTarget::Jti {
+                iss: w.org.td.id(),
+                jti: jti_of(&g, 0),
+            },
+            Some(0),
+        ),
     ];
     for (target, index) in cases {
-        let v = verifier_for(&w.server, &[&w.org], &[w.org.list(2, std::slice::from_ref(&target))]);
-        expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, index);
+        let v = verifier_for(
+            &w.server,
+            &[&w.org],
+            &[w.org.list(2, std::slice::from_ref(&target))],
+        );
+        expect_err(
+            v.verify_chain(c2.as_str(), peer.0, peer.1, NOW),
+            ErrorCode::Revoked,
+            index,
+        );
     }
     // The peer certificate's own key.
     let v = verifier_for(
         &w.server,
         &[&w.org],
-        &[w.org.list(2, &[RevocationTarget::Key(w.tester.key.public_key().thumbprint())])],
+        &[w.org.list(
+            2,
+            &[RevocationTarget::Key(
+                w.tester.key.public_key().thumbprint(),
+            )],
+        )],
     );
-    expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, Some(2));
+    expect_err(
+        v.verify_chain(c2.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::Revoked,
+        Some(2),
+    );
 }
 
 fn jti_of(chain: &Chain, i: usize) -> String {
     use base64::Engine as _;
     let tok = chain.tokens().nth(i).unwrap();
     let payload = tok.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["jti"].as_str().unwrap().to_owned()
 }
@@ -224,16 +330,30 @@ fn revocation_lists_fail_closed() {
     let peer = (w.planner.id.as_spiffe_id(), w.planner.key.public_key());
     // Missing.
     let v = verifier_for(&w.server, &[&w.org], &[]);
-    expect_err(v.verify_chain(g.as_str(), peer.0, peer.1, NOW), ErrorCode::RevocationMissing, Some(0));
+    expect_err(
+        v.verify_chain(g.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::RevocationMissing,
+        None,
+    );
     // Stale: at next_update + skew exactly.
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
-    expect_err(v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 60), ErrorCode::RevocationStale, Some(0));
-    assert!(v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 59).is_ok());
+    expect_err(
+        v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 60),
+        ErrorCode::RevocationStale,
+        None,
+    );
+    assert!(v
+        .verify_chain(g.as_str(), peer.0, peer.1, NOW + 600 + 59)
+        .is_ok());
     // The danger setting tolerates a missing list.
     let mut bundles = BundleSet::new();
     bundles.insert(w.org.bundle()).unwrap();
-    let cfg = VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations();
-    assert!(Verifier::new(cfg).unwrap().verify_chain(g.as_str(), peer.0, peer.1, NOW).is_ok());
+    let cfg =
+        VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations();
+    assert!(Verifier::new(cfg)
+        .unwrap()
+        .verify_chain(g.as_str(), peer.0, peer.1, NOW)
+        .is_ok());
 }
 
 #[test]
@@ -254,15 +374,25 @@ fn a_federated_bundle_never_authorizes_its_authority() {
     let partner = Domain::new("partner.example", Algorithm::Es256);
     let p_task = TaskId::generate().unwrap();
     let p_agent = agent(&partner.td, "helper", &p_task, Algorithm::Es256);
-    let g = GrantBuilder::new(&partner.td, &p_agent.id, p_agent.key.public_key(), scope("repo:read"))
-        .audience(IdSet::new(vec![w.org.td.id()]).unwrap())
-        .validity(NOW - 60, NOW - 60, NOW + 3600)
-        .sign(&partner.grant_key)
-        .unwrap();
+    let g = GrantBuilder::new(
+        &partner.td,
+        &p_agent.id,
+        p_agent.key.public_key(),
+        scope("repo:read"),
+    )
+    .audience(IdSet::new(vec![w.org.td.id()]).unwrap())
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&partner.grant_key)
+    .unwrap();
     let lists = [w.org.list(1, &[]), partner.list(1, &[])];
     let v = verifier_for(&w.server, &[&w.org, &partner], &lists);
     expect_err(
-        v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW),
+        v.verify_chain(
+            g.as_str(),
+            p_agent.id.as_spiffe_id(),
+            p_agent.key.public_key(),
+            NOW,
+        ),
         ErrorCode::AuthorityNotAccepted,
         Some(0),
     );
@@ -277,13 +407,25 @@ fn a_federated_bundle_never_authorizes_its_authority() {
         cfg.apply_revocation_list(l).unwrap();
     }
     let v = Verifier::new(cfg).unwrap();
-    let r = v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW).unwrap();
+    let r = v
+        .verify_chain(
+            g.as_str(),
+            p_agent.id.as_spiffe_id(),
+            p_agent.key.public_key(),
+            NOW,
+        )
+        .unwrap();
     let e = v.authorize(&r, &scope("repo:read")).unwrap_err();
     assert_eq!(e.code(), ErrorCode::AuthorityScopeDenied);
     // Without any bundle for the authority the grant is untrusted.
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
     expect_err(
-        v.verify_chain(g.as_str(), p_agent.id.as_spiffe_id(), p_agent.key.public_key(), NOW),
+        v.verify_chain(
+            g.as_str(),
+            p_agent.id.as_spiffe_id(),
+            p_agent.key.public_key(),
+            NOW,
+        ),
         ErrorCode::UntrustedAuthority,
         Some(0),
     );
@@ -294,17 +436,36 @@ fn builders_refuse_what_verifiers_refuse() {
     let w = world(Algorithm::Es256);
     let g = grant(&w, "repo:read", 1);
     let try_link = |s: &str, from: &Agent, to: &Agent, exp: u64| {
-        LinkBuilder::new(&g, &to.id, to.key.public_key(), scope(s)).validity(NOW, NOW, exp).sign(&from.key)
+        LinkBuilder::new(&g, &to.id, to.key.public_key(), scope(s))
+            .validity(NOW, NOW, exp)
+            .sign(&from.key)
     };
     let code = |r: Result<Chain>| r.unwrap_err().code();
-    assert_eq!(code(try_link("repo:write", &w.planner, &w.coder, NOW + 60)), ErrorCode::ScopeEscalation);
-    assert_eq!(code(try_link("repo:read", &w.planner, &w.coder, NOW + 7200)), ErrorCode::ExpiryExtended);
-    assert_eq!(code(try_link("repo:read", &w.coder, &w.tester, NOW + 60)), ErrorCode::PossessionMismatch);
-    assert_eq!(code(try_link("repo:read", &w.planner, &w.planner, NOW + 60)), ErrorCode::SelfDelegation);
+    assert_eq!(
+        code(try_link("repo:write", &w.planner, &w.coder, NOW + 60)),
+        ErrorCode::ScopeEscalation
+    );
+    assert_eq!(
+        code(try_link("repo:read", &w.planner, &w.coder, NOW + 7200)),
+        ErrorCode::ExpiryExtended
+    );
+    assert_eq!(
+        code(try_link("repo:read", &w.coder, &w.tester, NOW + 60)),
+        ErrorCode::PossessionMismatch
+    );
+    assert_eq!(
+        code(try_link("repo:read", &w.planner, &w.planner, NOW + 60)),
+        ErrorCode::SelfDelegation
+    );
     let sealed = link(&g, &w.planner, &w.coder, "repo:read");
-    let r = LinkBuilder::new(&sealed, &w.tester.id, w.tester.key.public_key(), scope("repo:read"))
-        .validity(NOW, NOW, NOW + 60)
-        .sign(&w.coder.key);
+    let r = LinkBuilder::new(
+        &sealed,
+        &w.tester.id,
+        w.tester.key.public_key(),
+        scope("repo:read"),
+    )
+    .validity(NOW, NOW, NOW + 60)
+    .sign(&w.coder.key);
     assert_eq!(code(r), ErrorCode::DepthExceeded);
 }
 
@@ -312,23 +473,43 @@ fn builders_refuse_what_verifiers_refuse() {
 fn limits_are_ceilings_and_must_be_enforced() {
     let w = world(Algorithm::Es256);
     let limits = |n: u64| Limits::new([("requests".to_owned(), n)].into_iter().collect()).unwrap();
-    let g = GrantBuilder::new(&w.org.td, &w.planner.id, w.planner.key.public_key(), scope("repo:read"))
-        .limits(limits(100))
-        .max_depth(1)
-        .validity(NOW - 60, NOW - 60, NOW + 3600)
-        .sign(&w.org.grant_key)
-        .unwrap();
-    let c = LinkBuilder::new(&g, &w.coder.id, w.coder.key.public_key(), scope("repo:read"))
-        .limits(limits(10))
-        .validity(NOW, NOW, NOW + 60)
-        .sign(&w.planner.key)
-        .unwrap();
+    let g = GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope("repo:read"),
+    )
+    .limits(limits(100))
+    .max_depth(1)
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap();
+    let c = LinkBuilder::new(
+        &g,
+        &w.coder.id,
+        w.coder.key.public_key(),
+        scope("repo:read"),
+    )
+    .limits(limits(10))
+    .validity(NOW, NOW, NOW + 60)
+    .sign(&w.planner.key)
+    .unwrap();
     let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
-    let r = v.verify_chain(c.as_str(), w.coder.id.as_spiffe_id(), w.coder.key.public_key(), NOW).unwrap();
+    let r = v
+        .verify_chain(
+            c.as_str(),
+            w.coder.id.as_spiffe_id(),
+            w.coder.key.public_key(),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(r.limits.get("requests"), Some(10));
     let amounts = |n: u64| [("requests".to_owned(), n)].into_iter().collect();
-    v.authorize_with_limits(&r, &scope("repo:read"), &amounts(10)).unwrap();
-    let e = v.authorize_with_limits(&r, &scope("repo:read"), &amounts(11)).unwrap_err();
+    v.authorize_with_limits(&r, &scope("repo:read"), &amounts(10))
+        .unwrap();
+    let e = v
+        .authorize_with_limits(&r, &scope("repo:read"), &amounts(11))
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::LimitExceeded);
     // A verifier that does not enforce `requests` refuses the chain.
     let mut bundles = BundleSet::new();
@@ -337,7 +518,12 @@ fn limits_are_ceilings_and_must_be_enforced() {
     cfg.apply_revocation_list(&w.org.list(1, &[])).unwrap();
     let v = Verifier::new(cfg).unwrap();
     expect_err(
-        v.verify_chain(c.as_str(), w.coder.id.as_spiffe_id(), w.coder.key.public_key(), NOW),
+        v.verify_chain(
+            c.as_str(),
+            w.coder.id.as_spiffe_id(),
+            w.coder.key.public_key(),
+            NOW,
+        ),
         ErrorCode::UnsupportedLimit,
         Some(0),
     );
@@ -351,7 +537,9 @@ fn bundles_round_trip_and_refuse_rollback() {
     assert_eq!(parsed, b);
     let mut set = BundleSet::new();
     set.insert(TrustBundle::new(w.org.td.clone(), 7)).unwrap();
-    let e = set.insert(TrustBundle::new(w.org.td.clone(), 6)).unwrap_err();
+    let e = set
+        .insert(TrustBundle::new(w.org.td.clone(), 6))
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::SequenceRollback);
 }
 
@@ -360,10 +548,20 @@ fn an_empty_bundle_trusts_nothing() {
     let w = world(Algorithm::Es256);
     let g = grant(&w, "repo:read", 0);
     let mut bundles = BundleSet::new();
-    bundles.insert(TrustBundle::new(w.org.td.clone(), 1)).unwrap();
-    let v = Verifier::new(VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations()).unwrap();
+    bundles
+        .insert(TrustBundle::new(w.org.td.clone(), 1))
+        .unwrap();
+    let v = Verifier::new(
+        VerifierConfig::new(w.server.clone(), bundles).danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
     expect_err(
-        v.verify_chain(g.as_str(), w.planner.id.as_spiffe_id(), w.planner.key.public_key(), NOW),
+        v.verify_chain(
+            g.as_str(),
+            w.planner.id.as_spiffe_id(),
+            w.planner.key.public_key(),
+            NOW,
+        ),
         ErrorCode::UntrustedAuthority,
         Some(0),
     );
@@ -392,12 +590,45 @@ fn hop_proofs_bind_the_connection_and_the_chain() {
     };
     verify_proof(&proof, &ctx).unwrap();
     let code = |ctx: ProofContext<'_>| verify_proof(&proof, &ctx).unwrap_err().code();
-    assert_eq!(code(ProofContext { exporter: [8u8; 32], ..ctx }), ErrorCode::ChannelBindingMismatch);
-    assert_eq!(code(ProofContext { chain: None, ..ctx }), ErrorCode::ChainHashMismatch);
-    assert_eq!(code(ProofContext { verifier_id: client, ..ctx }), ErrorCode::AudienceMismatch);
-    assert_eq!(code(ProofContext { now: NOW + 30 + 60, ..ctx }), ErrorCode::Expired);
-    assert_eq!(code(ProofContext { presenter_key: w.coder.key.public_key(), ..ctx }), ErrorCode::AlgMismatch);
-    assert_eq!(code(ProofContext { presenter_key: w.tester.key.public_key(), ..ctx }), ErrorCode::BadSignature);
+    assert_eq!(
+        code(ProofContext {
+            exporter: [8u8; 32],
+            ..ctx
+        }),
+        ErrorCode::ChannelBindingMismatch
+    );
+    assert_eq!(
+        code(ProofContext { chain: None, ..ctx }),
+        ErrorCode::ChainHashMismatch
+    );
+    assert_eq!(
+        code(ProofContext {
+            verifier_id: client,
+            ..ctx
+        }),
+        ErrorCode::AudienceMismatch
+    );
+    assert_eq!(
+        code(ProofContext {
+            now: NOW + 30 + 60,
+            ..ctx
+        }),
+        ErrorCode::Expired
+    );
+    assert_eq!(
+        code(ProofContext {
+            presenter_key: w.coder.key.public_key(),
+            ..ctx
+        }),
+        ErrorCode::AlgMismatch
+    );
+    assert_eq!(
+        code(ProofContext {
+            presenter_key: w.tester.key.public_key(),
+            ..ctx
+        }),
+        ErrorCode::BadSignature
+    );
     // The server answers with `rth`.
     let sp = ProofBuilder::new(&w.server, client, Role::Server, [9u8; 32], NOW, NOW + 30)
         .responding_to(&proof)
@@ -415,10 +646,26 @@ fn hop_proofs_bind_the_connection_and_the_chain() {
         client_proof: Some(&proof),
     };
     verify_proof(&sp, &sctx).unwrap();
-    let e = verify_proof(&sp, &ProofContext { client_proof: Some("x.y.z"), ..sctx }).unwrap_err();
+    let e = verify_proof(
+        &sp,
+        &ProofContext {
+            client_proof: Some("x.y.z"),
+            ..sctx
+        },
+    )
+    .unwrap_err();
     assert_eq!(e.code(), ErrorCode::ResponseHashMismatch);
     // A client proof verified as a server proof lacks `rth`.
-    let e = verify_proof(&proof, &ProofContext { role: Role::Server, client_proof: Some(&proof), chain: Some(g.as_str()), ..ctx }).unwrap_err();
+    let e = verify_proof(
+        &proof,
+        &ProofContext {
+            role: Role::Server,
+            client_proof: Some(&proof),
+            chain: Some(g.as_str()),
+            ..ctx
+        },
+    )
+    .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MissingClaim);
 }
 
@@ -427,15 +674,28 @@ fn the_token_cache_skips_only_signatures_and_claims() {
     use std::sync::Arc;
     let w = world(Algorithm::Es256);
     let g = grant(&w, "repo:*", 2);
-    let c2 = link(&link(&g, &w.planner, &w.coder, "repo:read"), &w.coder, &w.tester, "repo:read");
+    let c2 = link(
+        &link(&g, &w.planner, &w.coder, "repo:read"),
+        &w.coder,
+        &w.tester,
+        "repo:read",
+    );
     let peer = (w.tester.id.as_spiffe_id(), w.tester.key.public_key());
     let cache = Arc::new(TokenCache::new(64));
-    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&cache));
+    let v =
+        verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&cache));
     let first = v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
     assert_eq!(cache.len(), 3);
-    assert_eq!(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap(), first);
+    assert_eq!(
+        v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap(),
+        first
+    );
     // Time, possession and revocation are evaluated on every use.
-    expect_err(v.verify_chain(c2.as_str(), peer.0, peer.1, NOW + 7200), ErrorCode::Expired, Some(0));
+    expect_err(
+        v.verify_chain(c2.as_str(), peer.0, peer.1, NOW + 7200),
+        ErrorCode::Expired,
+        Some(0),
+    );
     expect_err(
         v.verify_chain(c2.as_str(), peer.0, w.coder.key.public_key(), NOW),
         ErrorCode::PossessionMismatch,
@@ -444,20 +704,35 @@ fn the_token_cache_skips_only_signatures_and_claims() {
     let revoked = verifier_for(
         &w.server,
         &[&w.org],
-        &[w.org.list(2, &[RevocationTarget::Agent(w.coder.id.agent())])],
+        &[w.org
+            .list(2, &[RevocationTarget::Agent(w.coder.id.agent())])],
     )
     .with_cache(Arc::clone(&cache));
-    expect_err(revoked.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::Revoked, Some(1));
+    expect_err(
+        revoked.verify_chain(c2.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::Revoked,
+        Some(1),
+    );
     // A grant hit still needs its key in the current bundle.
     let mut bundles = BundleSet::new();
-    bundles.insert(TrustBundle::new(w.org.td.clone(), 2).add_revocation_key(w.org.revocation_key.public_key().clone())).unwrap();
+    bundles
+        .insert(
+            TrustBundle::new(w.org.td.clone(), 2)
+                .add_revocation_key(w.org.revocation_key.public_key().clone()),
+        )
+        .unwrap();
     let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
     cfg.apply_revocation_list(&w.org.list(1, &[])).unwrap();
     let rotated = Verifier::new(cfg).unwrap().with_cache(Arc::clone(&cache));
-    expect_err(rotated.verify_chain(c2.as_str(), peer.0, peer.1, NOW), ErrorCode::UntrustedAuthority, Some(0));
+    expect_err(
+        rotated.verify_chain(c2.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::UntrustedAuthority,
+        Some(0),
+    );
     // The cache is bounded.
     let small = Arc::new(TokenCache::new(2));
-    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&small));
+    let v =
+        verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&small));
     v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
     assert_eq!(small.len(), 2);
 }

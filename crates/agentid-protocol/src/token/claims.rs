@@ -37,18 +37,67 @@ pub const MAX_DEPTH: u8 = 8;
 pub(crate) const VERSION: u64 = 1;
 
 pub(crate) const GRANT_CLAIMS: &[&str] = &[
-    "ver", "iss", "sub", "cnf", "task", "scope", "aud", "mode", "principal", "max_depth", "limits",
-    "may_delegate_to", "iat", "nbf", "exp", "jti",
+    "ver",
+    "iss",
+    "sub",
+    "cnf",
+    "task",
+    "scope",
+    "aud",
+    "mode",
+    "principal",
+    "max_depth",
+    "limits",
+    "may_delegate_to",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
 ];
 pub(crate) const GRANT_REQUIRED: &[&str] = &[
-    "ver", "iss", "sub", "cnf", "task", "scope", "mode", "max_depth", "iat", "nbf", "exp", "jti",
+    "ver",
+    "iss",
+    "sub",
+    "cnf",
+    "task",
+    "scope",
+    "mode",
+    "max_depth",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
 ];
 pub(crate) const LINK_CLAIMS: &[&str] = &[
-    "ver", "iss", "sub", "cnf", "prev", "task", "scope", "aud", "max_depth", "limits",
-    "may_delegate_to", "iat", "nbf", "exp", "jti",
+    "ver",
+    "iss",
+    "sub",
+    "cnf",
+    "prev",
+    "task",
+    "scope",
+    "aud",
+    "max_depth",
+    "limits",
+    "may_delegate_to",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
 ];
 pub(crate) const LINK_REQUIRED: &[&str] = &[
-    "ver", "iss", "sub", "cnf", "prev", "task", "scope", "max_depth", "iat", "nbf", "exp", "jti",
+    "ver",
+    "iss",
+    "sub",
+    "cnf",
+    "prev",
+    "task",
+    "scope",
+    "max_depth",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
 ];
 
 /// The decoded claims of a grant (`prev` absent) or a link (`mode`/`principal` absent).
@@ -77,19 +126,34 @@ fn bad(detail: impl Into<String>) -> Error {
 }
 
 /// Checks `ver`, then that every member is allowed, then that every required one is present.
-pub(crate) fn check_members(map: &Map<String, Value>, allowed: &[&str], required: &[&str]) -> Result<()> {
+pub(crate) fn check_members(
+    map: &Map<String, Value>,
+    allowed: &[&str],
+    required: &[&str],
+) -> Result<()> {
     if allowed.contains(&"ver") {
         match map.get("ver") {
             None => return Err(Error::new(ErrorCode::MissingClaim, "missing claim `ver`")),
             Some(v) if v.as_u64() == Some(VERSION) && v.is_u64() => {}
-            Some(_) => return Err(Error::new(ErrorCode::UnsupportedVersion, "`ver` must be the integer 1")),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::UnsupportedVersion,
+                    "`ver` must be the integer 1",
+                ))
+            }
         }
     }
     if let Some(name) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(Error::new(ErrorCode::UnknownClaim, format!("unknown claim `{name}`")));
+        return Err(Error::new(
+            ErrorCode::UnknownClaim,
+            format!("unknown claim `{name}`"),
+        ));
     }
     if let Some(name) = required.iter().find(|k| !map.contains_key(**k)) {
-        return Err(Error::new(ErrorCode::MissingClaim, format!("missing claim `{name}`")));
+        return Err(Error::new(
+            ErrorCode::MissingClaim,
+            format!("missing claim `{name}`"),
+        ));
     }
     Ok(())
 }
@@ -98,7 +162,10 @@ pub(crate) fn get_str<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a
     match map.get(name) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(bad(format!("`{name}` must be a string"))),
-        None => Err(Error::new(ErrorCode::MissingClaim, format!("missing claim `{name}`"))),
+        None => Err(Error::new(
+            ErrorCode::MissingClaim,
+            format!("missing claim `{name}`"),
+        )),
     }
 }
 
@@ -113,17 +180,20 @@ pub(crate) fn get_time(map: &Map<String, Value>, name: &str) -> Result<u64> {
 pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
     let s = get_str(map, name)?;
     let bytes = b64_decode(s).map_err(|_| bad(format!("`{name}` is not base64url")))?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
 }
 
-/// `jti` of grants, links and revocation entries: 1..=128 characters of `[A-Za-z0-9._-]`.
+/// `jti` of grants, links and revocation entries: 1..=256 bytes, each in 0x21..=0x7E (printable
+/// ASCII without space; spec/PROTOCOL.md section 6.1).
 pub(crate) fn valid_jti(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=256).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 fn get_id_set(map: &Map<String, Value>, name: &str) -> Result<Option<IdSet>> {
-    let Some(v) = map.get(name) else { return Ok(None) };
+    let Some(v) = map.get(name) else {
+        return Ok(None);
+    };
     let Value::Array(items) = v else {
         return Err(bad(format!("`{name}` must be an array of SPIFFE IDs")));
     };
@@ -150,11 +220,14 @@ pub(crate) fn parse_holder(s: &str) -> Result<TaskIdentity> {
 }
 
 fn parse_cnf(v: &Value) -> Result<PublicKey> {
-    let Value::Object(cnf) = v else { return Err(bad("`cnf` must be an object")) };
+    let Value::Object(cnf) = v else {
+        return Err(bad("`cnf` must be an object"));
+    };
+    let only_jwk = || Error::new(ErrorCode::BadKey, "`cnf` must hold exactly `jwk`");
     if cnf.len() != 1 {
-        return Err(bad("`cnf` must hold exactly `jwk`"));
+        return Err(only_jwk());
     }
-    let jwk = cnf.get("jwk").ok_or_else(|| bad("`cnf` must hold exactly `jwk`"))?;
+    let jwk = cnf.get("jwk").ok_or_else(only_jwk)?;
     PublicKey::from_jwk(jwk)
 }
 
@@ -172,7 +245,9 @@ const PRINCIPAL_FORMATS: &[(&str, &[&str])] = &[
 /// Checks an RFC 9493 subject identifier: an object with a known `format` and exactly that
 /// format's members, every value a non-empty string of at most 1024 bytes.
 pub(crate) fn check_principal(v: &Value) -> Result<()> {
-    let Value::Object(m) = v else { return Err(bad("`principal` must be an object")) };
+    let Value::Object(m) = v else {
+        return Err(bad("`principal` must be an object"));
+    };
     let format = match m.get("format") {
         Some(Value::String(f)) => f.as_str(),
         _ => return Err(bad("`principal.format` must be a string")),
@@ -182,12 +257,18 @@ pub(crate) fn check_principal(v: &Value) -> Result<()> {
         .find(|(f, _)| *f == format)
         .ok_or_else(|| bad(format!("unsupported principal format `{format}`")))?;
     if m.len() != members.len() + 1 {
-        return Err(bad(format!("principal of format `{format}` must have exactly {members:?}")));
+        return Err(bad(format!(
+            "principal of format `{format}` must have exactly {members:?}"
+        )));
     }
     for name in *members {
         match m.get(*name) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => {}
-            _ => return Err(bad(format!("`principal.{name}` must be a non-empty string"))),
+            _ => {
+                return Err(bad(format!(
+                    "`principal.{name}` must be a non-empty string"
+                )))
+            }
         }
     }
     Ok(())
@@ -199,23 +280,39 @@ pub(crate) fn decode_chain_claims(payload: &[u8], is_grant: bool) -> Result<Chai
     decode_chain_claims_map(&map, is_grant)
 }
 
-pub(crate) fn decode_chain_claims_map(map: &Map<String, Value>, is_grant: bool) -> Result<ChainClaims> {
-    let (allowed, required) =
-        if is_grant { (GRANT_CLAIMS, GRANT_REQUIRED) } else { (LINK_CLAIMS, LINK_REQUIRED) };
+pub(crate) fn decode_chain_claims_map(
+    map: &Map<String, Value>,
+    is_grant: bool,
+) -> Result<ChainClaims> {
+    let (allowed, required) = if is_grant {
+        (GRANT_CLAIMS, GRANT_REQUIRED)
+    } else {
+        (LINK_CLAIMS, LINK_REQUIRED)
+    };
     check_members(map, allowed, required)?;
 
     let iss_str = get_str(map, "iss")?;
     let iss = SpiffeId::parse(iss_str)?;
     if is_grant && iss.kind() != IdKind::TrustDomain {
-        return Err(Error::new(ErrorCode::BadId, "a grant's `iss` must be a trust-domain ID"));
+        return Err(Error::new(
+            ErrorCode::BadId,
+            "a grant's `iss` must be a trust-domain ID",
+        ));
     }
     if !is_grant && iss.kind() != IdKind::Task {
-        return Err(Error::new(ErrorCode::BadId, "a link's `iss` must be a task identity"));
+        return Err(Error::new(
+            ErrorCode::BadId,
+            "a link's `iss` must be a task identity",
+        ));
     }
     let sub = parse_holder(get_str(map, "sub")?)?;
     let cnf = parse_cnf(map.get("cnf").ok_or_else(|| bad("missing `cnf`"))?)?;
-    let prev = if is_grant { None } else { Some(get_hash(map, "prev")?) };
-    let task = TaskId::parse(get_str(map, "task")?).map_err(|e| bad(e.detail().to_owned()))?;
+    let prev = if is_grant {
+        None
+    } else {
+        Some(get_hash(map, "prev")?)
+    };
+    let task = TaskId::parse(get_str(map, "task")?)?;
     let scope = Scope::parse(get_str(map, "scope")?)?;
     let aud = get_id_set(map, "aud")?;
     let (mode, principal) = if is_grant {
@@ -227,9 +324,14 @@ pub(crate) fn decode_chain_claims_map(map: &Map<String, Value>, is_grant: bool) 
         let principal = map.get("principal").cloned();
         match (mode, &principal) {
             (Mode::OnBehalfOf, None) => {
-                return Err(Error::new(ErrorCode::MissingClaim, "`principal` is required with `on_behalf_of`"))
+                return Err(Error::new(
+                    ErrorCode::MissingClaim,
+                    "`principal` is required with `on_behalf_of`",
+                ))
             }
-            (Mode::Autonomous, Some(_)) => return Err(bad("`principal` is only allowed with `on_behalf_of`")),
+            (Mode::Autonomous, Some(_)) => {
+                return Err(bad("`principal` is only allowed with `on_behalf_of`"))
+            }
             (_, Some(p)) => check_principal(p)?,
             (Mode::Autonomous, None) => {}
         }
@@ -246,7 +348,8 @@ pub(crate) fn decode_chain_claims_map(map: &Map<String, Value>, is_grant: bool) 
         Some(Value::Object(m)) => {
             let mut out = std::collections::BTreeMap::new();
             for (k, v) in m {
-                let n = json_time(v).ok_or_else(|| bad(format!("limit `{k}` must be an integer in [0, 2^53-1]")))?;
+                let n = json_time(v)
+                    .ok_or_else(|| bad(format!("limit `{k}` must be an integer in [0, 2^53-1]")))?;
                 out.insert(k.clone(), n);
             }
             Some(Limits::new(out)?)
@@ -259,7 +362,9 @@ pub(crate) fn decode_chain_claims_map(map: &Map<String, Value>, is_grant: bool) 
     let exp = get_time(map, "exp")?;
     let jti = get_str(map, "jti")?;
     if !valid_jti(jti) {
-        return Err(bad("`jti` must be 1..=128 characters of [A-Za-z0-9._-]"));
+        return Err(bad(
+            "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
+        ));
     }
     Ok(ChainClaims {
         iss,
@@ -291,7 +396,10 @@ pub(crate) fn encode_chain_claims(c: &ChainClaims) -> Vec<u8> {
     cnf.insert("jwk".into(), c.cnf.to_jwk());
     m.insert("cnf".into(), Value::Object(cnf));
     if let Some(prev) = &c.prev {
-        m.insert("prev".into(), Value::from(crate::encoding::b64_encode(prev)));
+        m.insert(
+            "prev".into(),
+            Value::from(crate::encoding::b64_encode(prev)),
+        );
     }
     m.insert("task".into(), Value::from(c.task.as_str()));
     m.insert("scope".into(), Value::from(c.scope.to_string()));
@@ -306,7 +414,10 @@ pub(crate) fn encode_chain_claims(c: &ChainClaims) -> Vec<u8> {
     }
     m.insert("max_depth".into(), Value::from(c.max_depth));
     if let Some(l) = &c.limits {
-        let lm: Map<String, Value> = l.iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
+        let lm: Map<String, Value> = l
+            .iter()
+            .map(|(k, v)| (k.to_owned(), Value::from(v)))
+            .collect();
         m.insert("limits".into(), Value::Object(lm));
     }
     if let Some(d) = &c.may_delegate_to {
@@ -325,5 +436,7 @@ pub(crate) fn id_set_value(s: &IdSet) -> Value {
 
 /// A fresh random `jti`: base64url of 16 random bytes.
 pub(crate) fn random_jti() -> Result<String> {
-    Ok(crate::encoding::b64_encode(&crate::crypto::random_bytes::<16>()?))
+    Ok(crate::encoding::b64_encode(&crate::crypto::random_bytes::<
+        16,
+    >()?))
 }

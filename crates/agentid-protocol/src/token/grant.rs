@@ -8,7 +8,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskIdentity, TrustDomain};
 use crate::jws::{sign_compact, TokenType};
 use crate::scope::{IdSet, Limits, Scope};
-use crate::token::claims::{check_principal, encode_chain_claims, random_jti, valid_jti, ChainClaims, Mode, MAX_DEPTH};
+use crate::token::claims::{
+    check_principal, encode_chain_claims, random_jti, valid_jti, ChainClaims, Mode, MAX_DEPTH,
+};
 use crate::token::MAX_TOKEN_LIFETIME;
 use crate::PublicKey;
 
@@ -28,7 +30,12 @@ impl GrantBuilder {
     ///
     /// Defaults: autonomous mode, `max_depth` 0 (sealed), no `aud`, `limits` or
     /// `may_delegate_to`; validity must be set with [`GrantBuilder::validity`].
-    pub fn new(issuer: &TrustDomain, holder: &TaskIdentity, holder_key: &PublicKey, scope: Scope) -> Self {
+    pub fn new(
+        issuer: &TrustDomain,
+        holder: &TaskIdentity,
+        holder_key: &PublicKey,
+        scope: Scope,
+    ) -> Self {
         Self {
             claims: ChainClaims {
                 iss: issuer.id(),
@@ -109,19 +116,34 @@ impl GrantBuilder {
             None => random_jti()?,
         };
         if !valid_jti(&c.jti) {
-            return Err(Error::new(ErrorCode::BadClaim, "`jti` must be 1..=128 characters of [A-Za-z0-9._-]"));
+            return Err(Error::new(
+                ErrorCode::BadClaim,
+                "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
+            ));
         }
         if c.max_depth > MAX_DEPTH {
-            return Err(Error::new(ErrorCode::BadClaim, "`max_depth` must be at most 8"));
+            return Err(Error::new(
+                ErrorCode::BadClaim,
+                "`max_depth` must be at most 8",
+            ));
         }
         if c.nbf > c.exp || c.iat >= c.exp {
-            return Err(Error::new(ErrorCode::BadValidity, "grant validity must satisfy iat < exp and nbf <= exp"));
+            return Err(Error::new(
+                ErrorCode::BadValidity,
+                "grant validity must satisfy iat < exp and nbf <= exp",
+            ));
         }
         if c.exp - c.iat > MAX_TOKEN_LIFETIME {
-            return Err(Error::new(ErrorCode::LifetimeExceeded, "a grant lives at most 24 hours"));
+            return Err(Error::new(
+                ErrorCode::LifetimeExceeded,
+                "a grant lives at most 24 hours",
+            ));
         }
         if c.sub.trust_domain() != c.iss.trust_domain() {
-            return Err(Error::new(ErrorCode::ForeignHolder, "the holder must be in the issuer's trust domain"));
+            return Err(Error::new(
+                ErrorCode::ForeignHolder,
+                "the holder must be in the issuer's trust domain",
+            ));
         }
         if let Some(p) = &c.principal {
             check_principal(p)?;
@@ -129,7 +151,13 @@ impl GrantBuilder {
         let payload = encode_chain_claims(c);
         let public = key.public_key();
         let kid = public.thumbprint();
-        let token = sign_compact(TokenType::Grant, key.algorithm(), Some(&kid), &payload, |input| key.sign(input))?;
+        let token = sign_compact(
+            TokenType::Grant,
+            key.algorithm(),
+            Some(&kid),
+            &payload,
+            |input| key.sign(input),
+        )?;
         Ok(Chain::from_grant(token))
     }
 }

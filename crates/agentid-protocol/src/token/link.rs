@@ -96,36 +96,60 @@ impl LinkBuilder {
             ));
         }
         if prev.sub == self.to {
-            return Err(Error::new(ErrorCode::SelfDelegation, "a link to oneself is not allowed"));
+            return Err(Error::new(
+                ErrorCode::SelfDelegation,
+                "a link to oneself is not allowed",
+            ));
         }
         if prev.max_depth == 0 || self.prev_chain.depth() >= usize::from(crate::token::MAX_DEPTH) {
-            return Err(Error::new(ErrorCode::DepthExceeded, "the chain is sealed (max_depth 0)"));
+            return Err(Error::new(
+                ErrorCode::DepthExceeded,
+                "the chain is sealed (max_depth 0)",
+            ));
         }
         let max_depth = self.max_depth.unwrap_or(prev.max_depth - 1);
         if max_depth > prev.max_depth - 1 {
-            return Err(Error::new(ErrorCode::DepthExceeded, "max_depth must decrease along the chain"));
+            return Err(Error::new(
+                ErrorCode::DepthExceeded,
+                "max_depth must decrease along the chain",
+            ));
         }
         if !prev.scope.covers(&self.scope) {
-            return Err(Error::new(ErrorCode::ScopeEscalation, "the scope is wider than the delegator's"));
+            return Err(Error::new(
+                ErrorCode::ScopeEscalation,
+                "the scope is wider than the delegator's",
+            ));
         }
         if self.to.task_id() != prev.task {
-            return Err(Error::new(ErrorCode::TaskMismatch, "the delegatee must belong to the chain's task"));
+            return Err(Error::new(
+                ErrorCode::TaskMismatch,
+                "the delegatee must belong to the chain's task",
+            ));
         }
         let (iat, nbf, exp) = self
             .validity
             .ok_or_else(|| Error::new(ErrorCode::BadValidity, "link validity must be set"))?;
         if exp > prev.exp {
-            return Err(Error::new(ErrorCode::ExpiryExtended, "a link cannot outlive the previous token"));
+            return Err(Error::new(
+                ErrorCode::ExpiryExtended,
+                "a link cannot outlive the previous token",
+            ));
         }
         if nbf > exp || iat >= exp {
-            return Err(Error::new(ErrorCode::BadValidity, "link validity must satisfy iat < exp and nbf <= exp"));
+            return Err(Error::new(
+                ErrorCode::BadValidity,
+                "link validity must satisfy iat < exp and nbf <= exp",
+            ));
         }
         let jti = match self.jti {
             Some(j) => j,
             None => random_jti()?,
         };
         if !valid_jti(&jti) {
-            return Err(Error::new(ErrorCode::BadClaim, "`jti` must be 1..=128 characters of [A-Za-z0-9._-]"));
+            return Err(Error::new(
+                ErrorCode::BadClaim,
+                "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
+            ));
         }
         let claims = ChainClaims {
             iss: prev.sub.as_spiffe_id().clone(),
@@ -146,7 +170,9 @@ impl LinkBuilder {
             jti,
         };
         let payload = encode_chain_claims(&claims);
-        let token = sign_compact(TokenType::Link, key.algorithm(), None, &payload, |input| key.sign(input))?;
+        let token = sign_compact(TokenType::Link, key.algorithm(), None, &payload, |input| {
+            key.sign(input)
+        })?;
         Ok(self.prev_chain.appended(&token))
     }
 }

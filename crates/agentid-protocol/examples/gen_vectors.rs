@@ -1,0 +1,2921 @@
+//! Writes the interoperability test vectors of `spec/vectors/`.
+//!
+//! ```text
+//! cargo run -p agentid-protocol --features danger-raw-signing --example gen_vectors -- spec/vectors
+//! ```
+//!
+//! Every case's `expected` value is written here by hand, from spec/PROTOCOL.md: this program
+//! never runs the verifier. Invalid tokens are signed properly with the right key (through the
+//! `danger` module), so that each failure comes from the check a case targets and not from a
+//! broken signature. The published test keys live in `keys.json`: created when absent, reused
+//! otherwise. Ed25519 signatures are deterministic; ES256 signatures are randomized, so a re-run
+//! changes the bytes of ES256 tokens but never a verdict.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use agentid_protocol::bundle::TrustBundle;
+use agentid_protocol::crypto::sha256;
+use agentid_protocol::danger::{sign_with_authority_key, sign_with_task_key};
+use agentid_protocol::revocation::RevocationListBuilder;
+use agentid_protocol::{
+    AgentId, Algorithm, AuthorityKey, ErrorCode, GrantBuilder, JwsSigner, LinkBuilder, PublicKey,
+    Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, TrustDomain,
+};
+
+const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+const TASK: &str = "kq7xm3vzb4df6hjn5p2rstuw5a";
+const OTHER_TASK: &str = "mz4nq7c2xw5vbk3dh6jr2tpa7e";
+const TD: &str = "example.org";
+const PTD: &str = "partner.example";
+const TD_ID: &str = "spiffe://example.org";
+const PTD_ID: &str = "spiffe://partner.example";
+const VERIFIER: &str = "spiffe://example.org/svc/files";
+const OTHER_SVC: &str = "spiffe://example.org/svc/search";
+const G_IAT: u64 = NOW - 600;
+const G_EXP: u64 = NOW + 3000;
+const L_IAT: u64 = NOW - 300;
+const L_EXP: u64 = NOW + 1800;
+
+// ------------------------------------------------------------------------------------------------
+// Keys
+// ------------------------------------------------------------------------------------------------
+
+/// Task keys: (name, trust domain, algorithm). `files` is the certificate key of the service
+/// `spiffe://example.org/svc/files` (the verifier of most cases, and a server in proof cases).
+const AGENTS: &[(&str, &str, Algorithm)] = &[
+    ("planner", TD, Algorithm::Es256),
+    ("researcher", TD, Algorithm::Ed25519),
+    ("coder", TD, Algorithm::Es256),
+    ("reviewer", TD, Algorithm::Ed25519),
+    ("tester", TD, Algorithm::Es256),
+    ("deployer", TD, Algorithm::Ed25519),
+    ("auditor", TD, Algorithm::Es256),
+    ("writer", TD, Algorithm::Ed25519),
+    ("summarizer", TD, Algorithm::Es256),
+    ("mallory", TD, Algorithm::Ed25519),
+    ("broker", PTD, Algorithm::Es256),
+    ("files", TD, Algorithm::Es256),
+];
+
+/// Authority keys: (name, use, algorithm).
+const AUTHORITIES: &[(&str, &str, Algorithm)] = &[
+    ("example.org/grant-es256", "agentid-grant", Algorithm::Es256),
+    (
+        "example.org/grant-ed25519",
+        "agentid-grant",
+        Algorithm::Ed25519,
+    ),
+    (
+        "example.org/revocation",
+        "agentid-revocation",
+        Algorithm::Ed25519,
+    ),
+    ("partner.example/grant", "agentid-grant", Algorithm::Ed25519),
+    (
+        "partner.example/revocation",
+        "agentid-revocation",
+        Algorithm::Ed25519,
+    ),
+    (
+        "untrusted/grant",
+        "agentid-grant (in no bundle)",
+        Algorithm::Es256,
+    ),
+];
+
+struct Keys {
+    auth: BTreeMap<String, AuthorityKey>,
+    task: BTreeMap<String, TaskKey>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+/// The private scalar of a PKCS#8 document (P-256: the ECPrivateKey octet string; Ed25519: the
+/// seed), for the private JWKs published next to the PKCS#8 documents.
+fn private_d(pkcs8: &[u8], alg: Algorithm) -> String {
+    let pattern: &[u8] = match alg {
+        Algorithm::Es256 => &[0x02, 0x01, 0x01, 0x04, 0x20],
+        Algorithm::Ed25519 => &[0x04, 0x22, 0x04, 0x20],
+    };
+    let at = pkcs8
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .expect("PKCS#8 layout")
+        + pattern.len();
+    b64(&pkcs8[at..at + 32])
+}
+
+fn key_entry(pkcs8: &[u8], public: &PublicKey, usage: &str) -> Value {
+    let mut private = public.to_jwk();
+    private["d"] = Value::from(private_d(pkcs8, public.algorithm()));
+    json!({
+        "use": usage,
+        "alg": public.algorithm().as_str(),
+        "pkcs8": b64(pkcs8),
+        "jwk": public.to_jwk(),
+        "thumbprint": public.thumbprint(),
+        "private_jwk": private,
+    })
+}
+
+fn load_or_create_keys(dir: &Path) -> Keys {
+    let path = dir.join("keys.json");
+    let stored: Option<Value> = std::fs::read(&path)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).expect("keys.json"));
+    let pkcs8 = |name: &str| -> Option<Vec<u8>> {
+        stored
+            .as_ref()
+            .and_then(|v| v["keys"][name]["pkcs8"].as_str())
+            .map(unb64)
+    };
+    let mut keys = Keys {
+        auth: BTreeMap::new(),
+        task: BTreeMap::new(),
+    };
+    let mut out = Map::new();
+    for (name, usage, alg) in AUTHORITIES {
+        let k = match pkcs8(name) {
+            Some(der) => AuthorityKey::from_pkcs8_der(&der).unwrap(),
+            None => AuthorityKey::generate(*alg).unwrap(),
+        };
+        assert_eq!(k.public_key().algorithm(), *alg, "{name}");
+        out.insert(
+            (*name).to_owned(),
+            key_entry(k.pkcs8_der(), k.public_key(), usage),
+        );
+        keys.auth.insert((*name).to_owned(), k);
+    }
+    for (name, _, alg) in AGENTS {
+        let key_name = format!("task/{name}");
+        let k = match pkcs8(&key_name) {
+            Some(der) => TaskKey::from_pkcs8_der(&der).unwrap(),
+            None => TaskKey::generate(*alg).unwrap(),
+        };
+        assert_eq!(k.algorithm(), *alg, "{name}");
+        let usage = format!("task key of {}", id(name));
+        out.insert(key_name, key_entry(k.pkcs8_der(), k.public_key(), &usage));
+        keys.task.insert((*name).to_owned(), k);
+    }
+    let doc = json!({
+        "description": "The published agentid TEST keys used by every vector file (never use them for anything else). \
+            Each key: `pkcs8` (base64url of the PKCS#8 DER private key), `jwk` (public JWK), `private_jwk` (with `d`), \
+            `thumbprint` (RFC 7638). Authority keys are named <trust domain>/<use>; `untrusted/grant` is in no bundle. \
+            Task keys are named task/<agent>; the task identity of agent A is spiffe://<td>/agent/A/task/kq7xm3vzb4df6hjn5p2rstuw5a, \
+            and task/files is the certificate key of spiffe://example.org/svc/files.",
+        "keys": out,
+        "cases": [],
+    });
+    write_json(&path, &doc);
+    keys
+}
+
+impl Keys {
+    fn a(&self, name: &str) -> &AuthorityKey {
+        &self.auth[name]
+    }
+    fn ges(&self) -> &AuthorityKey {
+        self.a("example.org/grant-es256")
+    }
+    fn ged(&self) -> &AuthorityKey {
+        self.a("example.org/grant-ed25519")
+    }
+    fn rev(&self) -> &AuthorityKey {
+        self.a("example.org/revocation")
+    }
+    fn pgrant(&self) -> &AuthorityKey {
+        self.a("partner.example/grant")
+    }
+    fn prev(&self) -> &AuthorityKey {
+        self.a("partner.example/revocation")
+    }
+    fn rogue(&self) -> &AuthorityKey {
+        self.a("untrusted/grant")
+    }
+    fn t(&self, name: &str) -> &TaskKey {
+        &self.task[name]
+    }
+    fn jwk(&self, name: &str) -> Value {
+        self.t(name).public_key().to_jwk()
+    }
+    fn thumb(&self, name: &str) -> String {
+        self.t(name).public_key().thumbprint()
+    }
+}
+
+/// The task identity (or, for `files`, the service ID) of a named holder.
+fn id(name: &str) -> String {
+    match name {
+        "files" => VERIFIER.to_owned(),
+        "broker" => format!("spiffe://{PTD}/agent/broker/task/{TASK}"),
+        _ => format!("spiffe://{TD}/agent/{name}/task/{TASK}"),
+    }
+}
+
+fn agent(name: &str) -> String {
+    format!("spiffe://{TD}/agent/{name}")
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tokens
+// ------------------------------------------------------------------------------------------------
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+fn grant_header(k: &AuthorityKey) -> Value {
+    json!({"alg": k.algorithm().as_str(), "typ": "agentid-grant+jwt", "kid": k.public_key().thumbprint()})
+}
+
+fn link_header(k: &TaskKey) -> Value {
+    json!({"alg": k.algorithm().as_str(), "typ": "agentid-link+jwt"})
+}
+
+fn proof_header(k: &TaskKey) -> Value {
+    json!({"alg": k.algorithm().as_str(), "typ": "agentid-proof+jwt"})
+}
+
+fn sign_a(k: &AuthorityKey, header: &Value, claims: &Value) -> String {
+    sign_with_authority_key(k, &to_vec(header), &to_vec(claims)).unwrap()
+}
+
+fn sign_t(k: &TaskKey, header: &Value, claims: &Value) -> String {
+    sign_with_task_key(k, &to_vec(header), &to_vec(claims)).unwrap()
+}
+
+/// A token from already-encoded parts, signed over exactly `header_b64.payload_b64`.
+fn sign_parts(k: &AuthorityKey, header_b64: &str, payload_b64: &str) -> String {
+    let input = format!("{header_b64}.{payload_b64}");
+    let sig = k.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(&sig))
+}
+
+fn payload_of(token: &str) -> Value {
+    serde_json::from_slice(&unb64(token.split('.').nth(1).unwrap())).unwrap()
+}
+
+fn prev_hash(token: &str) -> String {
+    b64(&sha256(token.as_bytes()))
+}
+
+fn grant_claims(k: &Keys, holder: &str, scope: &str) -> Value {
+    json!({
+        "ver": 1, "iss": TD_ID, "sub": id(holder), "cnf": {"jwk": k.jwk(holder)}, "task": TASK,
+        "scope": scope, "mode": "autonomous", "max_depth": 8,
+        "iat": G_IAT, "nbf": G_IAT, "exp": G_EXP, "jti": format!("g-{holder}"),
+    })
+}
+
+fn link_claims(k: &Keys, prev: &str, from: &str, to: &str, scope: &str) -> Value {
+    let prev_depth = payload_of(prev)["max_depth"].as_u64().unwrap_or(1);
+    json!({
+        "ver": 1, "iss": id(from), "sub": id(to), "cnf": {"jwk": k.jwk(to)}, "prev": prev_hash(prev),
+        "task": TASK, "scope": scope, "max_depth": prev_depth.saturating_sub(1),
+        "iat": L_IAT, "nbf": L_IAT, "exp": L_EXP, "jti": format!("l-{to}"),
+    })
+}
+
+/// A chain under construction: its tokens and the holder names.
+#[derive(Clone)]
+struct Ch {
+    tokens: Vec<String>,
+    holders: Vec<String>,
+}
+
+impl Ch {
+    /// A grant of example.org (ES256 grant key) to `holder`, claims adjusted by `f`.
+    fn grant(k: &Keys, holder: &str, scope: &str, f: impl FnOnce(&mut Value)) -> Self {
+        Self::grant_by(k.ges(), k, holder, scope, f)
+    }
+
+    fn grant_by(
+        signer: &AuthorityKey,
+        k: &Keys,
+        holder: &str,
+        scope: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Self {
+        let mut c = grant_claims(k, holder, scope);
+        f(&mut c);
+        Self::raw(sign_a(signer, &grant_header(signer), &c), holder)
+    }
+
+    fn raw(token: String, holder: &str) -> Self {
+        Self {
+            tokens: vec![token],
+            holders: vec![holder.to_owned()],
+        }
+    }
+
+    fn last(&self) -> &str {
+        self.tokens.last().unwrap()
+    }
+
+    fn holder(&self) -> &str {
+        self.holders.last().unwrap()
+    }
+
+    /// A link from the current holder to `to`, signed with the current holder's key.
+    fn link(&self, k: &Keys, to: &str, scope: &str, f: impl FnOnce(&mut Value)) -> Self {
+        let from = self.holder().to_owned();
+        self.link_signed(k, k.t(&from), &link_header(k.t(&from)), to, scope, f)
+    }
+
+    fn link_signed(
+        &self,
+        k: &Keys,
+        key: &TaskKey,
+        header: &Value,
+        to: &str,
+        scope: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Self {
+        let mut c = link_claims(k, self.last(), self.holder(), to, scope);
+        f(&mut c);
+        self.push(sign_t(key, header, &c), to)
+    }
+
+    fn push(&self, token: String, holder: &str) -> Self {
+        let mut n = self.clone();
+        n.tokens.push(token);
+        n.holders.push(holder.to_owned());
+        n
+    }
+
+    fn s(&self) -> String {
+        self.tokens.join("~")
+    }
+}
+
+/// planner (ES256) -> researcher (Ed25519) -> coder (ES256), grant scope `files:* tickets:*`.
+fn base3(k: &Keys) -> Ch {
+    Ch::grant(k, "planner", "files:* tickets:*", |_| {})
+        .link(
+            k,
+            "researcher",
+            "files:read files:write tickets:read",
+            |_| {},
+        )
+        .link(k, "coder", "files:read", |_| {})
+}
+
+/// planner -> researcher, grant scope `files:*`.
+fn base2(k: &Keys) -> Ch {
+    Ch::grant(k, "planner", "files:*", |_| {}).link(k, "researcher", "files:read", |_| {})
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inputs and expectations
+// ------------------------------------------------------------------------------------------------
+
+fn bundle_value(b: &TrustBundle) -> Value {
+    serde_json::from_str(&b.to_json()).unwrap()
+}
+
+fn td(s: &str) -> TrustDomain {
+    TrustDomain::parse(s).unwrap()
+}
+
+fn bundle_ex(k: &Keys) -> Value {
+    bundle_value(
+        &TrustBundle::new(td(TD), 1)
+            .with_refresh_hint(300)
+            .add_grant_key(k.ges().public_key().clone())
+            .add_grant_key(k.ged().public_key().clone())
+            .add_revocation_key(k.rev().public_key().clone()),
+    )
+}
+
+fn bundle_partner(k: &Keys) -> Value {
+    bundle_value(
+        &TrustBundle::new(td(PTD), 1)
+            .with_refresh_hint(300)
+            .add_grant_key(k.pgrant().public_key().clone())
+            .add_revocation_key(k.prev().public_key().clone()),
+    )
+}
+
+/// A fresh list of example.org (sequence `seq`), with entries added by `f`.
+fn list_ex(
+    k: &Keys,
+    seq: u64,
+    f: impl FnOnce(RevocationListBuilder) -> RevocationListBuilder,
+) -> String {
+    f(RevocationListBuilder::new(
+        &td(TD),
+        seq,
+        NOW - 60,
+        NOW + 540,
+    ))
+    .sign(k.rev())
+    .unwrap()
+}
+
+fn list_partner(k: &Keys) -> String {
+    RevocationListBuilder::new(&td(PTD), 1, NOW - 60, NOW + 540)
+        .sign(k.prev())
+        .unwrap()
+}
+
+/// The default input: example.org's bundle and an empty fresh list, `now` = NOW, skew 60, the
+/// verifier `spiffe://example.org/svc/files`, the named peer with its own key.
+fn input(k: &Keys, chain: Option<&Ch>, peer: &str) -> Value {
+    json!({
+        "chain": chain.map(Ch::s),
+        "bundles": { TD: bundle_ex(k) },
+        "revocation_lists": [list_ex(k, 1, |b| b)],
+        "now": NOW,
+        "skew": 60,
+        "peer": { "id": id(peer), "jwk": k.jwk(peer) },
+        "verifier_id": VERIFIER,
+        "requested_scope": null,
+        "authority_policy": null,
+        "enforced_limits": [],
+    })
+}
+
+/// The default input for a chain whose last holder is the peer.
+fn cin(k: &Keys, ch: &Ch) -> Value {
+    input(k, Some(ch), ch.holder())
+}
+
+/// Adds partner.example's bundle and list.
+fn with_partner(k: &Keys, mut inp: Value) -> Value {
+    inp["bundles"][PTD] = bundle_partner(k);
+    inp["revocation_lists"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from(list_partner(k)));
+    inp
+}
+
+fn err(code: &str, index: Option<usize>) -> Value {
+    assert!(ErrorCode::from_code(code).is_some(), "unknown code {code}");
+    json!({"valid": false, "error": code, "index": index})
+}
+
+/// A success written out member by member (spec/PROTOCOL.md section 11): example.org authority,
+/// autonomous, no principal, no limits unless changed by the caller. `holders` are the actor
+/// names in chain order; only the first and the last are attested (version 1).
+fn ok(
+    holders: &[&str],
+    scope: &str,
+    audience: &[&str],
+    nbf: u64,
+    exp: u64,
+    grant_jti: &str,
+) -> Value {
+    let last = holders.len() - 1;
+    let actors: Vec<Value> = holders
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"id": id(h), "attested": i == 0 || i == last}))
+        .collect();
+    json!({
+        "valid": true, "authority": TD_ID, "mode": "autonomous", "principal": null,
+        "holder": id(holders[last]), "task": TASK, "scope": scope, "audience": audience,
+        "limits": {}, "not_before": nbf, "expires": exp, "depth": last, "grant_jti": grant_jti,
+        "actors": actors,
+    })
+}
+
+struct Case {
+    id: String,
+    description: String,
+    input: Value,
+    expected: Value,
+}
+
+#[derive(Default)]
+struct File {
+    cases: Vec<Case>,
+}
+
+impl File {
+    fn add(&mut self, id: &str, description: &str, input: Value, expected: Value) {
+        self.cases.push(Case {
+            id: id.to_owned(),
+            description: description.to_owned(),
+            input,
+            expected,
+        });
+    }
+}
+
+fn write_json(path: &Path, v: &Value) {
+    let mut s = serde_json::to_string_pretty(v).unwrap();
+    s.push('\n');
+    std::fs::write(path, s).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------------
+// valid.json
+// ------------------------------------------------------------------------------------------------
+
+fn valid(k: &Keys) -> File {
+    let mut f = File::default();
+    let td_aud = [TD_ID];
+
+    let ch = Ch::grant(k, "planner", "files:read files:write", |_| {});
+    f.add(
+        "valid-depth0-es256",
+        "A bare grant (depth 0) signed with an ES256 authority key to an ES256 holder.",
+        cin(k, &ch),
+        ok(
+            &["planner"],
+            "files:read files:write",
+            &td_aud,
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
+
+    let ch = Ch::grant_by(k.ged(), k, "researcher", "files:read", |_| {});
+    f.add(
+        "valid-depth0-ed25519",
+        "A bare grant signed with an Ed25519 authority key (`alg: Ed25519`) to an Ed25519 holder.",
+        cin(k, &ch),
+        ok(
+            &["researcher"],
+            "files:read",
+            &td_aud,
+            G_IAT,
+            G_EXP,
+            "g-researcher",
+        ),
+    );
+
+    let mut h = grant_header(k.ged());
+    h["alg"] = json!("EdDSA");
+    let ch = Ch::raw(
+        sign_a(k.ged(), &h, &grant_claims(k, "researcher", "files:read")),
+        "researcher",
+    );
+    f.add(
+        "valid-alg-eddsa",
+        "`alg: EdDSA` is accepted with an Ed25519 key.",
+        cin(k, &ch),
+        ok(
+            &["researcher"],
+            "files:read",
+            &td_aud,
+            G_IAT,
+            G_EXP,
+            "g-researcher",
+        ),
+    );
+
+    let mut gh = grant_header(k.ges());
+    gh["typ"] = json!("Application/AGENTID-GRANT+JWT");
+    let g = Ch::raw(
+        sign_a(k.ges(), &gh, &grant_claims(k, "planner", "files:*")),
+        "planner",
+    );
+    let mut lh = link_header(k.t("planner"));
+    lh["typ"] = json!("application/agentid-link+jwt");
+    let ch = g.link_signed(k, k.t("planner"), &lh, "researcher", "files:read", |_| {});
+    f.add(
+        "valid-typ-case-insensitive",
+        "`typ` is compared case-insensitively after removing one leading `application/`.",
+        cin(k, &ch),
+        ok(
+            &["planner", "researcher"],
+            "files:read",
+            &td_aud,
+            L_IAT,
+            L_EXP,
+            "g-planner",
+        ),
+    );
+
+    let principal = json!({"format": "email", "email": "alice@example.com"});
+    let p2 = principal.clone();
+    let ch = Ch::grant(k, "planner", "files:* tickets:read", |c| {
+        c["aud"] = json!([VERIFIER, OTHER_SVC]);
+        c["mode"] = json!("on_behalf_of");
+        c["principal"] = p2;
+        c["limits"] = json!({"max_calls": 100, "max_bytes": 1_000_000});
+        c["may_delegate_to"] = json!([agent("researcher")]);
+    })
+    .link(k, "researcher", "files:read", |c| {
+        c["limits"] = json!({"max_calls": 10})
+    });
+    let mut inp = cin(k, &ch);
+    inp["enforced_limits"] = json!(["max_bytes", "max_calls"]);
+    let mut e = ok(
+        &["planner", "researcher"],
+        "files:read",
+        &[VERIFIER, OTHER_SVC],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    e["mode"] = json!("on_behalf_of");
+    e["principal"] = principal;
+    e["limits"] = json!({"max_bytes": 1_000_000, "max_calls": 10});
+    f.add("valid-depth1-mixed-keys-all-claims",
+        "ES256 grant holder delegates to an Ed25519 holder; the grant has aud, on_behalf_of with principal, limits and may_delegate_to; the link lowers one limit and inherits the rest.",
+        inp, e);
+
+    // Depth 2 with the typed builders.
+    let t = |n: &str| TaskIdentity::parse(&id(n)).unwrap();
+    let sc = |s: &str| Scope::parse(s).unwrap();
+    let g = GrantBuilder::new(
+        &td(TD),
+        &t("planner"),
+        k.t("planner").public_key(),
+        sc("repo:*"),
+    )
+    .max_depth(2)
+    .validity(G_IAT, G_IAT, G_EXP)
+    .jti("g-typed")
+    .sign(k.ges())
+    .unwrap();
+    let l1 = LinkBuilder::new(
+        &g,
+        &t("coder"),
+        k.t("coder").public_key(),
+        sc("repo:read repo:write"),
+    )
+    .validity(L_IAT, L_IAT, L_EXP)
+    .jti("l-typed-1")
+    .sign(k.t("planner"))
+    .unwrap();
+    let l2 = LinkBuilder::new(
+        &l1,
+        &t("tester"),
+        k.t("tester").public_key(),
+        sc("repo:read"),
+    )
+    .validity(L_IAT, L_IAT, L_EXP)
+    .jti("l-typed-2")
+    .sign(k.t("coder"))
+    .unwrap();
+    let mut inp = input(k, None, "tester");
+    inp["chain"] = json!(l2.as_str());
+    f.add(
+        "valid-depth2-es256-typed-builders",
+        "A depth-2 ES256 chain made by the typed builders (GrantBuilder, LinkBuilder).",
+        inp,
+        ok(
+            &["planner", "coder", "tester"],
+            "repo:read",
+            &td_aud,
+            L_IAT,
+            L_EXP,
+            "g-typed",
+        ),
+    );
+
+    let ch = Ch::grant_by(k.ged(), k, "researcher", "files:*", |_| {})
+        .link(k, "reviewer", "files:read files:write", |_| {})
+        .link(k, "deployer", "files:write", |_| {});
+    f.add(
+        "valid-depth2-ed25519",
+        "A depth-2 chain of Ed25519 keys only (authority and holders).",
+        cin(k, &ch),
+        ok(
+            &["researcher", "reviewer", "deployer"],
+            "files:write",
+            &td_aud,
+            L_IAT,
+            L_EXP,
+            "g-researcher",
+        ),
+    );
+
+    let ch = depth8(k);
+    f.add("valid-depth8", "The deepest chain: 8 links (9 holders alternating ES256 and Ed25519), narrowing at every step; only the first and last actors are attested.",
+        cin(k, &ch),
+        ok(&["planner", "researcher", "coder", "reviewer", "tester", "deployer", "auditor", "writer", "summarizer"],
+            "files:read", &td_aud, L_IAT, L_EXP, "g-planner"));
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["limits"] = json!({"max_calls": 50});
+    })
+    .link(k, "researcher", "files:read", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["limits"] = json!({"max_calls": 20, "max_bytes": 500});
+    });
+    let mut inp = cin(k, &ch);
+    inp["enforced_limits"] = json!(["max_bytes", "max_calls"]);
+    let mut e = ok(
+        &["planner", "researcher"],
+        "files:read",
+        &[VERIFIER],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    e["limits"] = json!({"max_bytes": 500, "max_calls": 20});
+    f.add("valid-link-narrows-aud-adds-limit", "A link narrows aud to the verifier, lowers one ceiling and adds a new one; effective limits are the name-wise minimum.", inp, e);
+
+    let ch = Ch::grant(k, "planner", "files:read", |c| {
+        c["may_delegate_to"] = json!([agent("researcher")])
+    });
+    f.add(
+        "valid-own-sub-not-constrained-by-own-list",
+        "A grant's own `sub` is not constrained by its own `may_delegate_to`.",
+        cin(k, &ch),
+        ok(
+            &["planner"],
+            "files:read",
+            &td_aud,
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["may_delegate_to"] = json!([TD_ID, PTD_ID]);
+    })
+    .link(k, "broker", "files:read", |_| {});
+    f.add("valid-cross-domain-delegatee",
+        "A grant that allows delegation to partner.example; its agent holds the chain, and both domains' revocation lists are present.",
+        with_partner(k, cin(k, &ch)), ok(&["planner", "broker"], "files:read", &[VERIFIER], L_IAT, L_EXP, "g-planner"));
+
+    let ch = Ch::grant_by(k.pgrant(), k, "broker", "tickets:read tickets:write", |c| {
+        c["iss"] = json!(PTD_ID);
+        c["aud"] = json!([VERIFIER]);
+    });
+    let mut inp = with_partner(k, cin(k, &ch));
+    inp["authority_policy"] = json!({TD: "*", PTD: "tickets:*"});
+    inp["requested_scope"] = json!("tickets:read");
+    let mut e = ok(
+        &["broker"],
+        "tickets:read tickets:write",
+        &[VERIFIER],
+        G_IAT,
+        G_EXP,
+        "g-broker",
+    );
+    e["authority"] = json!(PTD_ID);
+    f.add("valid-federated-authority-accepted",
+        "partner.example's authority is accepted by policy for `tickets:*`; a grant of it authorizes `tickets:read` here.", inp, e);
+
+    let ch = Ch::grant(k, "planner", "files:*", |_| {})
+        .link_signed(
+            k,
+            k.t("planner"),
+            &link_header(k.t("planner")),
+            "researcher",
+            "files:read",
+            |c| {
+                c["cnf"] = json!({"jwk": k.jwk("mallory")});
+            },
+        )
+        .link_signed(
+            k,
+            k.t("mallory"),
+            &link_header(k.t("mallory")),
+            "coder",
+            "files:read",
+            |_| {},
+        );
+    f.add("valid-unattested-intermediate",
+        "A delegator may name any intermediate with any key (here researcher's name with mallory's key): the chain verifies but that actor is not attested.",
+        cin(k, &ch), ok(&["planner", "researcher", "coder"], "files:read", &td_aud, L_IAT, L_EXP, "g-planner"));
+
+    f.add(
+        "valid-peer-without-chain",
+        "A peer without a chain passes the revocation checks of its trust domain.",
+        input(k, None, "coder"),
+        json!({"valid": true}),
+    );
+    f
+}
+
+fn depth8(k: &Keys) -> Ch {
+    let names = [
+        "researcher",
+        "coder",
+        "reviewer",
+        "tester",
+        "deployer",
+        "auditor",
+        "writer",
+        "summarizer",
+    ];
+    let scopes = [
+        "files:* tickets:read",
+        "files:*",
+        "files:read files:write",
+        "files:read",
+        "files:read",
+        "files:read",
+        "files:read",
+        "files:read",
+    ];
+    let mut ch = Ch::grant(k, "planner", "files:* tickets:*", |_| {});
+    for (n, s) in names.iter().zip(scopes) {
+        ch = ch.link(k, n, s, |_| {});
+    }
+    ch
+}
+
+// ------------------------------------------------------------------------------------------------
+// framing.json
+// ------------------------------------------------------------------------------------------------
+
+fn framing(k: &Keys) -> File {
+    let mut f = File::default();
+    let g = Ch::grant(k, "planner", "files:read", |_| {});
+    let with_chain = |s: String| {
+        let mut i = cin(k, &g);
+        i["chain"] = json!(s);
+        i
+    };
+    f.add(
+        "framing-empty-chain",
+        "An empty chain string has one empty part.",
+        with_chain(String::new()),
+        err("malformed", Some(0)),
+    );
+    f.add(
+        "framing-trailing-tilde",
+        "A trailing `~` (SD-JWT style) leaves an empty part 1.",
+        with_chain(format!("{}~", g.s())),
+        err("malformed", Some(1)),
+    );
+    f.add(
+        "framing-leading-tilde",
+        "A leading `~` leaves an empty part 0.",
+        with_chain(format!("~{}", g.s())),
+        err("malformed", Some(0)),
+    );
+    let parts: Vec<&str> = g.last().split('.').collect();
+    f.add(
+        "framing-two-parts",
+        "A token with no signature part.",
+        with_chain(format!("{}.{}", parts[0], parts[1])),
+        err("malformed", Some(0)),
+    );
+    f.add(
+        "framing-four-parts",
+        "A token with four parts.",
+        with_chain(format!("{}.AAAA", g.s())),
+        err("malformed", Some(0)),
+    );
+    f.add(
+        "framing-empty-signature",
+        "A token whose signature part is empty (as `alg: none` tokens are sent).",
+        with_chain(format!("{}.{}.", parts[0], parts[1])),
+        err("malformed", Some(0)),
+    );
+
+    let d8 = depth8(k);
+    let d9 = d8.link(k, "mallory", "files:read", |c| c["max_depth"] = json!(0));
+    f.add(
+        "framing-depth9",
+        "Ten tokens (depth 9), each properly signed: refused at framing, whatever max_depth says.",
+        cin(k, &d9),
+        err("depth_exceeded", None),
+    );
+
+    let big: Vec<String> = (0..45)
+        .map(|i| {
+            format!(
+                "r{i:02}:{}:{}:{}",
+                "a".repeat(60),
+                "b".repeat(60),
+                "c".repeat(60)
+            )
+        })
+        .collect();
+    let g_big = Ch::grant(k, "planner", &big.join(" "), |_| {});
+    assert!(g_big.last().len() > 8192);
+    f.add(
+        "framing-token-too-large",
+        "A properly signed grant of more than 8192 bytes (a huge scope).",
+        cin(k, &g_big),
+        err("token_too_large", Some(0)),
+    );
+
+    f.add(
+        "framing-chain-too-large",
+        "A chain string over 65536 bytes is refused before it is split.",
+        with_chain(format!("{}~{}", g.s(), "A".repeat(65536))),
+        err("chain_too_large", None),
+    );
+
+    // Custom base64url: signed over exactly the transmitted (bad) parts.
+    let h_b64 = b64(&to_vec(&grant_header(k.ges())));
+    let mut claims = grant_claims(k, "planner", "files:read");
+    let mut p_b64 = b64(&to_vec(&claims));
+    let mut n = 0;
+    while p_b64.len() % 4 == 0 {
+        n += 1;
+        claims["jti"] = json!(format!("g-planner-{n}"));
+        p_b64 = b64(&to_vec(&claims));
+    }
+    let mut padded = p_b64.clone();
+    while padded.len() % 4 != 0 {
+        padded.push('=');
+    }
+    f.add(
+        "framing-padded-payload",
+        "The payload part carries `=` padding (signed over the padded bytes).",
+        with_chain(sign_parts(k.ges(), &h_b64, &padded)),
+        err("bad_base64", Some(0)),
+    );
+    let mut spaced = p_b64.clone();
+    spaced.insert(40, '\n');
+    f.add(
+        "framing-whitespace-in-payload",
+        "The payload part contains a line break (signed over those bytes).",
+        with_chain(sign_parts(k.ges(), &h_b64, &spaced)),
+        err("bad_base64", Some(0)),
+    );
+    let mut std_alpha = h_b64.clone();
+    std_alpha.push_str("+/");
+    // A header part in the standard (not URL-safe) alphabet.
+    f.add(
+        "framing-standard-alphabet",
+        "A header part using the standard base64 alphabet (`+`, `/`).",
+        with_chain(sign_parts(k.ges(), &std_alpha, &p_b64)),
+        err("bad_base64", Some(0)),
+    );
+    // Non-canonical trailing bits in the signature (64 bytes: the last character carries 4 unused bits).
+    let tok = g.last().to_owned();
+    let (body, sig) = tok.rsplit_once('.').unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = sig.chars().last().unwrap();
+    let idx = alphabet.find(last).unwrap();
+    let bad_last = alphabet.chars().nth(idx | 1).unwrap();
+    let noncanon = format!("{body}.{}{bad_last}", &sig[..sig.len() - 1]);
+    f.add("framing-noncanonical-trailing-bits", "The signature part has non-zero unused trailing bits (decodes to the same bytes leniently).",
+        with_chain(noncanon), err("bad_base64", Some(0)));
+    let ch = base2(k);
+    let padded_link = format!("{}~{}==", ch.tokens[0], ch.tokens[1]);
+    let mut inp = cin(k, &ch);
+    inp["chain"] = json!(padded_link);
+    f.add(
+        "framing-padded-link-signature",
+        "The link's signature part is padded with `==`.",
+        inp,
+        err("bad_base64", Some(1)),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// headers.json
+// ------------------------------------------------------------------------------------------------
+
+fn grant_with_header(k: &Keys, header: &Value) -> Ch {
+    Ch::raw(
+        sign_a(k.ges(), header, &grant_claims(k, "planner", "files:read")),
+        "planner",
+    )
+}
+
+fn headers(k: &Keys) -> File {
+    let mut f = File::default();
+    let gh = grant_header(k.ges());
+    let mut hdr_case = |id: &str, desc: &str, change: &dyn Fn(&mut Value), code: &str| {
+        let mut h = gh.clone();
+        change(&mut h);
+        let ch = grant_with_header(k, &h);
+        f.add(id, desc, cin(k, &ch), err(code, Some(0)));
+    };
+    hdr_case(
+        "header-alg-none",
+        "`alg: none` (with a real signature part).",
+        &|h| h["alg"] = json!("none"),
+        "unsupported_alg",
+    );
+    hdr_case(
+        "header-alg-rs256",
+        "`alg: RS256`.",
+        &|h| h["alg"] = json!("RS256"),
+        "unsupported_alg",
+    );
+    hdr_case(
+        "header-alg-lowercase",
+        "`alg: es256`: algorithm names are case-sensitive.",
+        &|h| h["alg"] = json!("es256"),
+        "unsupported_alg",
+    );
+    hdr_case(
+        "header-alg-missing",
+        "No `alg`.",
+        &|h| {
+            h.as_object_mut().unwrap().remove("alg");
+        },
+        "unsupported_alg",
+    );
+    hdr_case(
+        "header-typ-missing",
+        "No `typ`.",
+        &|h| {
+            h.as_object_mut().unwrap().remove("typ");
+        },
+        "bad_typ",
+    );
+    hdr_case(
+        "header-typ-jwt",
+        "`typ: JWT` where a grant is expected.",
+        &|h| h["typ"] = json!("JWT"),
+        "bad_typ",
+    );
+    hdr_case(
+        "header-typ-double-prefix",
+        "`application/application/agentid-grant+jwt` does not match.",
+        &|h| h["typ"] = json!("application/application/agentid-grant+jwt"),
+        "bad_typ",
+    );
+    let rogue_jwk = k.rogue().public_key().to_jwk();
+    hdr_case(
+        "header-jwk",
+        "A `jwk` header member (a key taken from the token itself) is forbidden.",
+        &|h| h["jwk"] = rogue_jwk.clone(),
+        "bad_header",
+    );
+    hdr_case(
+        "header-crit",
+        "A `crit` header member is forbidden.",
+        &|h| h["crit"] = json!(["exp"]),
+        "bad_header",
+    );
+    hdr_case(
+        "header-jku",
+        "A `jku` header member is forbidden.",
+        &|h| h["jku"] = json!("https://attacker.example/keys"),
+        "bad_header",
+    );
+    hdr_case(
+        "header-grant-without-kid",
+        "A grant header without `kid`.",
+        &|h| {
+            h.as_object_mut().unwrap().remove("kid");
+        },
+        "bad_header",
+    );
+    hdr_case(
+        "header-kid-empty",
+        "A grant header with an empty `kid`.",
+        &|h| h["kid"] = json!(""),
+        "bad_header",
+    );
+
+    // HS256 keyed with the authority's public key (the classic confusion attack).
+    let claims = grant_claims(k, "planner", "files:read");
+    let mut h = gh.clone();
+    h["alg"] = json!("HS256");
+    let input = format!("{}.{}", b64(&to_vec(&h)), b64(&to_vec(&claims)));
+    let mac_key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        k.ges().public_key().raw_bytes(),
+    );
+    let tag = aws_lc_rs::hmac::sign(&mac_key, input.as_bytes());
+    let ch = Ch::raw(format!("{input}.{}", b64(tag.as_ref())), "planner");
+    f.add(
+        "header-alg-hs256",
+        "`alg: HS256` with an HMAC keyed by the authority's public key bytes.",
+        cin(k, &ch),
+        err("unsupported_alg", Some(0)),
+    );
+
+    let dup = format!(
+        r#"{{"alg":"ES256","typ":"agentid-grant+jwt","kid":"{}","alg":"none"}}"#,
+        k.ges().public_key().thumbprint()
+    );
+    let ch = Ch::raw(
+        sign_with_authority_key(k.ges(), dup.as_bytes(), &to_vec(&claims)).unwrap(),
+        "planner",
+    );
+    f.add(
+        "header-duplicate-member",
+        "A header with `alg` twice.",
+        cin(k, &ch),
+        err("bad_header", Some(0)),
+    );
+    let ch = Ch::raw(
+        sign_with_authority_key(k.ges(), br#"["ES256"]"#, &to_vec(&claims)).unwrap(),
+        "planner",
+    );
+    f.add(
+        "header-not-object",
+        "A header that is a JSON array.",
+        cin(k, &ch),
+        err("bad_header", Some(0)),
+    );
+
+    // Link headers.
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let mut lh = link_header(k.t("planner"));
+    lh["x5c"] = json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]);
+    let ch = g.link_signed(k, k.t("planner"), &lh, "researcher", "files:read", |_| {});
+    f.add(
+        "header-x5c-in-link",
+        "An `x5c` header member in a link.",
+        cin(k, &ch),
+        err("bad_header", Some(1)),
+    );
+    let mut lh = link_header(k.t("planner"));
+    lh["kid"] = json!(k.thumb("planner"));
+    let ch = g.link_signed(k, k.t("planner"), &lh, "researcher", "files:read", |_| {});
+    f.add(
+        "header-kid-in-link",
+        "A `kid` header member in a link (link keys come from the previous `cnf`).",
+        cin(k, &ch),
+        err("bad_header", Some(1)),
+    );
+
+    // typ confusion.
+    let other = Ch::grant_by(k.ged(), k, "researcher", "files:read", |_| {});
+    let ch = g.push(other.last().to_owned(), "researcher");
+    f.add(
+        "typ-grant-as-link",
+        "A (validly signed) grant presented in a link position.",
+        cin(k, &ch),
+        err("bad_typ", Some(1)),
+    );
+    let proof = sign_t(
+        k.t("planner"),
+        &proof_header(k.t("planner")),
+        &json!({
+            "sub": id("planner"), "aud": VERIFIER, "iat": NOW - 5, "exp": NOW + 25,
+            "jti": b64(&[7u8; 16]), "cb": b64(&sha256(b"agentid vector exporter client")),
+        }),
+    );
+    let ch = Ch::raw(proof, "planner");
+    f.add(
+        "typ-proof-as-grant",
+        "A hop proof presented as the grant.",
+        cin(k, &ch),
+        err("bad_typ", Some(0)),
+    );
+    let link_only = Ch::raw(base2(k).tokens[1].clone(), "researcher");
+    f.add(
+        "typ-link-as-grant",
+        "A link presented alone, in the grant position.",
+        cin(k, &link_only),
+        err("bad_typ", Some(0)),
+    );
+
+    // Phase order: phase 2 runs over every token before any signature is checked.
+    let tampered = base2(k);
+    let t0 = tampered.tokens[0].clone();
+    let (body, _) = t0.rsplit_once('.').unwrap();
+    let broken = format!("{body}.{}", b64(&[0u8; 64]));
+    let mut lh = link_header(k.t("planner"));
+    lh["typ"] = json!("agentid-proof+jwt");
+    let bad_link = g.link_signed(k, k.t("planner"), &lh, "researcher", "files:read", |_| {});
+    let mut inp = cin(k, &bad_link);
+    inp["chain"] = json!(format!("{broken}~{}", bad_link.tokens[1]));
+    f.add("phase-order-headers-before-signatures", "Token 0 has a bad signature and token 1 a bad `typ`: phase 2 (headers of every token) fails first.",
+        inp, err("bad_typ", Some(1)));
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// signatures.json
+// ------------------------------------------------------------------------------------------------
+
+fn signatures(k: &Keys) -> File {
+    let mut f = File::default();
+    let ch = Ch::grant_by(k.rogue(), k, "planner", "files:read", |_| {});
+    f.add(
+        "untrusted-authority",
+        "A grant signed by a key whose kid is in no bundle.",
+        cin(k, &ch),
+        err("untrusted_authority", Some(0)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["bundles"][PTD] = bundle_value(
+        &TrustBundle::new(td(PTD), 1)
+            .add_grant_key(k.ges().public_key().clone())
+            .add_revocation_key(k.prev().public_key().clone()),
+    );
+    inp["revocation_lists"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from(list_partner(k)));
+    inp["authority_policy"] = json!({TD: "*", PTD: "*"});
+    f.add(
+        "untrusted-authority-kid-in-two-bundles",
+        "The grant key's kid appears in two trust domains' bundles: ambiguous, so untrusted.",
+        inp,
+        err("untrusted_authority", Some(0)),
+    );
+
+    let ch = Ch::grant_by(k.pgrant(), k, "broker", "files:read", |c| {
+        c["iss"] = json!(PTD_ID);
+        c["aud"] = json!([VERIFIER]);
+    });
+    f.add("federated-authority-not-accepted",
+        "partner.example's bundle is held (federation) but its authority is not in the default policy: it cannot grant here.",
+        with_partner(k, cin(k, &ch)), err("authority_not_accepted", Some(0)));
+
+    let mut h = grant_header(k.ged());
+    h["alg"] = json!("ES256");
+    let ch = Ch::raw(
+        sign_a(k.ged(), &h, &grant_claims(k, "planner", "files:read")),
+        "planner",
+    );
+    f.add(
+        "alg-mismatch-grant",
+        "`alg: ES256` on a grant whose bundle key is Ed25519 (signed with that Ed25519 key).",
+        cin(k, &ch),
+        err("alg_mismatch", Some(0)),
+    );
+
+    let g = Ch::grant_by(k.ged(), k, "researcher", "files:*", |_| {});
+    let mut lh = link_header(k.t("researcher"));
+    lh["alg"] = json!("ES256");
+    let ch = g.link_signed(k, k.t("researcher"), &lh, "coder", "files:read", |_| {});
+    f.add(
+        "alg-mismatch-link",
+        "`alg: ES256` on a link signed with the previous holder's Ed25519 key.",
+        cin(k, &ch),
+        err("alg_mismatch", Some(1)),
+    );
+
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let ch = g.link_signed(
+        k,
+        k.t("coder"),
+        &link_header(k.t("coder")),
+        "researcher",
+        "files:read",
+        |_| {},
+    );
+    f.add(
+        "link-signed-by-wrong-key",
+        "A link signed by someone other than the previous holder (a P-256 key, as the holder's).",
+        cin(k, &ch),
+        err("bad_signature", Some(1)),
+    );
+
+    let signed = grant_claims(k, "planner", "files:read");
+    let tok = sign_a(k.ges(), &grant_header(k.ges()), &signed);
+    let mut parts: Vec<String> = tok.split('.').map(str::to_owned).collect();
+    parts[1] = b64(&to_vec(&grant_claims(k, "planner", "*")));
+    let ch = Ch::raw(parts.join("."), "planner");
+    f.add(
+        "tampered-payload",
+        "A grant whose payload was widened after signing.",
+        cin(k, &ch),
+        err("bad_signature", Some(0)),
+    );
+
+    let mut bad = grant_claims(k, "planner", "*");
+    bad["surprise"] = json!(true);
+    parts[1] = b64(&to_vec(&bad));
+    let ch = Ch::raw(parts.join("."), "planner");
+    f.add(
+        "claims-not-read-before-signature",
+        "A tampered grant that also has an unknown claim: the signature fails first.",
+        cin(k, &ch),
+        err("bad_signature", Some(0)),
+    );
+
+    let tok = sign_a(
+        k.ged(),
+        &grant_header(k.ged()),
+        &grant_claims(k, "researcher", "files:read"),
+    );
+    let (body, sig) = tok.rsplit_once('.').unwrap();
+    let mut sig = unb64(sig);
+    // S + L, little-endian (S < 2^253, so no overflow past 256 bits).
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for (i, l) in L.iter().enumerate() {
+        let s = u16::from(sig[32 + i]) + u16::from(*l) + carry;
+        sig[32 + i] = (s & 0xff) as u8;
+        carry = s >> 8;
+    }
+    let ch = Ch::raw(format!("{body}.{}", b64(&sig)), "researcher");
+    f.add(
+        "ed25519-s-not-reduced",
+        "An Ed25519 grant signature with S replaced by S + L (non-canonical, malleated).",
+        cin(k, &ch),
+        err("bad_signature", Some(0)),
+    );
+
+    let tok = sign_a(
+        k.ges(),
+        &grant_header(k.ges()),
+        &grant_claims(k, "planner", "files:read"),
+    );
+    let (body, sig) = tok.rsplit_once('.').unwrap();
+    let ch = Ch::raw(format!("{body}.{}", b64(&[0u8; 64])), "planner");
+    f.add(
+        "es256-zero-signature",
+        "An ES256 signature with r = s = 0 (CVE-2022-21449).",
+        cin(k, &ch),
+        err("bad_signature", Some(0)),
+    );
+    let short = &unb64(sig)[..63];
+    let ch = Ch::raw(format!("{body}.{}", b64(short)), "planner");
+    f.add(
+        "es256-short-signature",
+        "An ES256 signature of 63 bytes.",
+        cin(k, &ch),
+        err("bad_signature", Some(0)),
+    );
+
+    let b = Ch::grant(k, "planner", "files:*", |_| {})
+        .link(k, "coder", "files:read", |_| {})
+        .link(k, "tester", "files:read", |_| {});
+    let mut inp = cin(k, &b);
+    inp["chain"] = json!(format!("{}~{}~{}", b.tokens[0], b.tokens[2], b.tokens[1]));
+    inp["peer"] = json!({"id": id("coder"), "jwk": k.jwk("coder")});
+    f.add(
+        "reordered-links",
+        "Links 1 and 2 swapped (all P-256 keys): link 2 is not signed by the grant holder's key.",
+        inp,
+        err("bad_signature", Some(1)),
+    );
+    let b = base3(k);
+    let mut inp = cin(k, &b);
+    inp["chain"] = json!(format!("{}~{}~{}", b.tokens[0], b.tokens[2], b.tokens[1]));
+    inp["peer"] = json!({"id": id("researcher"), "jwk": k.jwk("researcher")});
+    f.add(
+        "reordered-links-mixed-keys",
+        "Links 1 and 2 swapped where link 2 is Ed25519-signed and the grant holder's key is P-256.",
+        inp,
+        err("alg_mismatch", Some(1)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:read", |c| c["iss"] = json!(PTD_ID));
+    f.add(
+        "issuer-mismatch",
+        "A grant claiming `iss` partner.example, signed by example.org's grant key.",
+        cin(k, &ch),
+        err("issuer_mismatch", Some(0)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    let kid = inp["bundles"][TD]["keys"][0]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    inp["bundles"][TD]["keys"][0]["kid"] =
+        json!(format!("{}A", &kid[..kid.len() - 1]).replace("AA", "AB"));
+    f.add(
+        "bundle-kid-not-thumbprint",
+        "A bundle whose grant key `kid` is not the key's RFC 7638 thumbprint is refused.",
+        inp,
+        err("bad_bundle", None),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// claims.json
+// ------------------------------------------------------------------------------------------------
+
+fn claims(k: &Keys) -> File {
+    let mut f = File::default();
+    let mut g = |id: &str, desc: &str, change: &dyn Fn(&mut Value), code: &str| {
+        let ch = Ch::grant(k, "planner", "files:read", |c| change(c));
+        f.add(id, desc, cin(k, &ch), err(code, Some(0)));
+    };
+    g(
+        "claim-unknown",
+        "A grant with an unknown claim.",
+        &|c| c["act"] = json!({"sub": "x"}),
+        "unknown_claim",
+    );
+    g(
+        "claim-fractional-time",
+        "`exp` written as a float (1767228600.0).",
+        &|c| c["exp"] = json!(G_EXP as f64),
+        "bad_claim",
+    );
+    g(
+        "claim-string-time",
+        "`exp` written as a string.",
+        &|c| c["exp"] = json!(G_EXP.to_string()),
+        "bad_claim",
+    );
+    g(
+        "claim-negative-time",
+        "`iat` negative.",
+        &|c| c["iat"] = json!(-1),
+        "bad_claim",
+    );
+    g(
+        "claim-ver-2",
+        "`ver: 2`.",
+        &|c| c["ver"] = json!(2),
+        "unsupported_version",
+    );
+    g(
+        "claim-ver-string",
+        "`ver: \"1\"`.",
+        &|c| c["ver"] = json!("1"),
+        "unsupported_version",
+    );
+    g(
+        "claim-ver-missing",
+        "No `ver`.",
+        &|c| {
+            c.as_object_mut().unwrap().remove("ver");
+        },
+        "missing_claim",
+    );
+    g(
+        "claim-jti-missing",
+        "No `jti`.",
+        &|c| {
+            c.as_object_mut().unwrap().remove("jti");
+        },
+        "missing_claim",
+    );
+    g(
+        "claim-jti-space",
+        "A `jti` with a space (outside 0x21..0x7E).",
+        &|c| c["jti"] = json!("g planner"),
+        "bad_claim",
+    );
+    let mut private = k.jwk("planner");
+    private["d"] = json!("3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    g(
+        "cnf-private-d",
+        "`cnf.jwk` with a private member `d`.",
+        &|c| c["cnf"]["jwk"] = private.clone(),
+        "bad_key",
+    );
+    let mut off = k.jwk("planner");
+    let mut y = unb64(off["y"].as_str().unwrap());
+    y[31] ^= 1;
+    off["y"] = json!(b64(&y));
+    g(
+        "cnf-p256-off-curve",
+        "`cnf.jwk` P-256 point not on the curve (y changed).",
+        &|c| c["cnf"]["jwk"] = off.clone(),
+        "bad_key",
+    );
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let small = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&identity), "alg": "Ed25519"});
+    g(
+        "cnf-ed25519-small-order",
+        "`cnf.jwk` Ed25519 key of small order (the identity point).",
+        &|c| c["cnf"]["jwk"] = small.clone(),
+        "bad_key",
+    );
+    let mut extra = k.jwk("planner");
+    extra["kid"] = json!("k1");
+    g(
+        "cnf-jwk-extra-member",
+        "`cnf.jwk` with an extra member `kid`.",
+        &|c| c["cnf"]["jwk"] = extra.clone(),
+        "bad_key",
+    );
+    let mut wrong_alg = k.jwk("researcher");
+    wrong_alg["alg"] = json!("ES256");
+    g(
+        "cnf-jwk-alg-mismatch",
+        "`cnf.jwk` of an Ed25519 key with `alg: ES256`.",
+        &|c| c["cnf"]["jwk"] = wrong_alg.clone(),
+        "bad_key",
+    );
+    let thumb = k.thumb("planner");
+    g(
+        "cnf-extra-member",
+        "`cnf` with a member besides `jwk`.",
+        &|c| c["cnf"]["jkt"] = json!(thumb.clone()),
+        "bad_key",
+    );
+    g(
+        "sub-uppercase-trust-domain",
+        "`sub` with an uppercase trust domain.",
+        &|c| c["sub"] = json!(format!("spiffe://Example.org/agent/planner/task/{TASK}")),
+        "bad_id",
+    );
+    g(
+        "sub-dot-dot-segment",
+        "`sub` with a `..` segment.",
+        &|c| c["sub"] = json!(format!("spiffe://example.org/agent/../task/{TASK}")),
+        "bad_id",
+    );
+    g(
+        "sub-percent-encoded",
+        "`sub` with percent-encoding.",
+        &|c| c["sub"] = json!(format!("spiffe://example.org/agent/pl%61nner/task/{TASK}")),
+        "bad_id",
+    );
+    g(
+        "sub-agent-id",
+        "`sub` is an agent ID, not a task identity.",
+        &|c| c["sub"] = json!(agent("planner")),
+        "bad_id",
+    );
+    g(
+        "task-invalid",
+        "`task` is not a valid segment.",
+        &|c| c["task"] = json!(".."),
+        "bad_id",
+    );
+    g(
+        "scope-double-space",
+        "`scope` with two spaces between tokens.",
+        &|c| c["scope"] = json!("files:read  files:write"),
+        "bad_scope",
+    );
+    g(
+        "scope-duplicate-token",
+        "`scope` with a duplicate token.",
+        &|c| c["scope"] = json!("files:read files:read"),
+        "bad_scope",
+    );
+    g(
+        "mode-unknown",
+        "`mode: delegated`.",
+        &|c| c["mode"] = json!("delegated"),
+        "bad_claim",
+    );
+    g(
+        "on-behalf-of-without-principal",
+        "`mode: on_behalf_of` without `principal`.",
+        &|c| c["mode"] = json!("on_behalf_of"),
+        "missing_claim",
+    );
+    g(
+        "principal-with-autonomous",
+        "`principal` with `mode: autonomous`.",
+        &|c| c["principal"] = json!({"format": "email", "email": "alice@example.com"}),
+        "bad_claim",
+    );
+    g(
+        "max-depth-9",
+        "`max_depth: 9`.",
+        &|c| c["max_depth"] = json!(9),
+        "bad_claim",
+    );
+    g(
+        "aud-empty",
+        "`aud: []`.",
+        &|c| c["aud"] = json!([]),
+        "bad_claim",
+    );
+    g(
+        "limits-negative",
+        "A negative limit.",
+        &|c| c["limits"] = json!({"max_calls": -1}),
+        "bad_claim",
+    );
+    g(
+        "json-too-deep",
+        "A claims set nested deeper than 8 levels.",
+        &|c| {
+            c["principal"] = json!({"format": "opaque", "id": "x", "n": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}});
+            c["mode"] = json!("on_behalf_of");
+        },
+        "bad_json",
+    );
+
+    // Raw payloads.
+    let raw_grant = |payload: &[u8]| {
+        Ch::raw(
+            sign_with_authority_key(k.ges(), &to_vec(&grant_header(k.ges())), payload).unwrap(),
+            "planner",
+        )
+    };
+    let base = serde_json::to_string(&grant_claims(k, "planner", "files:read")).unwrap();
+    let dup = base.replacen('{', r#"{"scope":"*","#, 1);
+    f.add(
+        "claim-duplicate-member",
+        "A claims set with `scope` twice (`*` first, then `files:read`).",
+        cin(k, &raw_grant(dup.as_bytes())),
+        err("bad_json", Some(0)),
+    );
+    let exp = base.replace(&format!("\"exp\":{G_EXP}"), "\"exp\":1.7672286e9");
+    assert_ne!(exp, base);
+    f.add(
+        "claim-exponent-time",
+        "`exp` written with an exponent.",
+        cin(k, &raw_grant(exp.as_bytes())),
+        err("bad_claim", Some(0)),
+    );
+    f.add(
+        "claim-malformed-json",
+        "A payload that is not JSON (truncated).",
+        cin(k, &raw_grant(&base.as_bytes()[..40])),
+        err("bad_json", Some(0)),
+    );
+    let mut latin = base.clone().into_bytes();
+    let at = latin.iter().position(|b| *b == b'f').unwrap();
+    latin[at] = 0xe9;
+    f.add(
+        "claim-invalid-utf8",
+        "A payload that is not UTF-8.",
+        cin(k, &raw_grant(&latin)),
+        err("bad_json", Some(0)),
+    );
+
+    // Links.
+    let g0 = Ch::grant(k, "planner", "files:*", |_| {});
+    let mut l = |id: &str, desc: &str, change: &dyn Fn(&mut Value), code: &str| {
+        let ch = g0.link(k, "researcher", "files:read", |c| change(c));
+        f.add(id, desc, cin(k, &ch), err(code, Some(1)));
+    };
+    l(
+        "link-x5c-claim",
+        "`x5c` in a link's claims (reserved for a later version).",
+        &|c| c["x5c"] = json!(["MIIB"]),
+        "unknown_claim",
+    );
+    l(
+        "link-mode",
+        "`mode` in a link.",
+        &|c| c["mode"] = json!("autonomous"),
+        "unknown_claim",
+    );
+    l(
+        "link-principal",
+        "`principal` in a link.",
+        &|c| c["principal"] = json!({"format": "email", "email": "mallory@example.com"}),
+        "unknown_claim",
+    );
+    l(
+        "link-prev-short",
+        "`prev` that does not decode to 32 bytes.",
+        &|c| c["prev"] = json!(b64(&[1u8; 31])),
+        "bad_claim",
+    );
+    l(
+        "link-missing-prev",
+        "A link without `prev`.",
+        &|c| {
+            c.as_object_mut().unwrap().remove("prev");
+        },
+        "missing_claim",
+    );
+    l(
+        "link-iss-trust-domain",
+        "A link whose `iss` is a trust-domain ID.",
+        &|c| c["iss"] = json!(TD_ID),
+        "bad_id",
+    );
+
+    let ch = g0.link(k, "files", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["verifier_id"] = json!(id("coder"));
+    f.add(
+        "service-holder-link",
+        "A link whose `sub` is a service ID: services never hold chains.",
+        inp,
+        err("service_holder", Some(1)),
+    );
+    let ch = Ch::grant(k, "files", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["verifier_id"] = json!(id("coder"));
+    f.add(
+        "service-holder-grant",
+        "A grant whose `sub` is a service ID.",
+        inp,
+        err("service_holder", Some(0)),
+    );
+    let ch = Ch::grant(k, "planner", "files:read", |c| {
+        c["jti"] = json!("g+planner/1=~")
+    });
+    f.add(
+        "claim-jti-printable",
+        "A `jti` of printable ASCII other than base64url characters is valid.",
+        cin(k, &ch),
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            G_IAT,
+            G_EXP,
+            "g+planner/1=~",
+        ),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// attenuation.json
+// ------------------------------------------------------------------------------------------------
+
+fn attenuation(k: &Keys) -> File {
+    let mut f = File::default();
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let mut l = |id: &str,
+                 desc: &str,
+                 to: &str,
+                 scope: &str,
+                 change: &dyn Fn(&mut Value),
+                 code: &str,
+                 limits: &[&str]| {
+        let ch = g.link(k, to, scope, |c| change(c));
+        let mut inp = cin(k, &ch);
+        inp["enforced_limits"] = json!(limits);
+        f.add(id, desc, inp, err(code, Some(1)));
+    };
+    l(
+        "broken-link",
+        "A link signed by the holder but naming another agent as `iss`.",
+        "researcher",
+        "files:read",
+        &|c| c["iss"] = json!(id("coder")),
+        "broken_link",
+        &[],
+    );
+    l(
+        "task-mismatch-link",
+        "A link of another task (claim and sub).",
+        "researcher",
+        "files:read",
+        &|c| {
+            c["task"] = json!(OTHER_TASK);
+            c["sub"] = json!(format!("spiffe://{TD}/agent/researcher/task/{OTHER_TASK}"));
+        },
+        "task_mismatch",
+        &[],
+    );
+    l(
+        "task-mismatch-link-sub",
+        "A link whose `sub` is of another task than its `task` claim.",
+        "researcher",
+        "files:read",
+        &|c| c["sub"] = json!(format!("spiffe://{TD}/agent/researcher/task/{OTHER_TASK}")),
+        "task_mismatch",
+        &[],
+    );
+    l(
+        "self-delegation",
+        "A link from the holder to itself.",
+        "planner",
+        "files:read",
+        &|_| {},
+        "self_delegation",
+        &[],
+    );
+    l(
+        "depth-not-decreasing",
+        "A link whose max_depth equals its predecessor's.",
+        "researcher",
+        "files:read",
+        &|c| c["max_depth"] = json!(8),
+        "depth_exceeded",
+        &[],
+    );
+    l(
+        "scope-escalation",
+        "A link adding a scope token its predecessor does not cover.",
+        "researcher",
+        "files:read tickets:read",
+        &|_| {},
+        "scope_escalation",
+        &[],
+    );
+    l(
+        "scope-escalation-parent",
+        "`files:*` does not cover `files`.",
+        "researcher",
+        "files",
+        &|_| {},
+        "scope_escalation",
+        &[],
+    );
+    l(
+        "scope-escalation-wildcard",
+        "A link widening to `*`.",
+        "researcher",
+        "*",
+        &|_| {},
+        "scope_escalation",
+        &[],
+    );
+    l(
+        "expiry-extended",
+        "A link outliving its predecessor by one second.",
+        "researcher",
+        "files:read",
+        &|c| c["exp"] = json!(G_EXP + 1),
+        "expiry_extended",
+        &[],
+    );
+    l(
+        "delegatee-other-domain-default",
+        "Without may_delegate_to, delegation stays in the authority's trust domain.",
+        "broker",
+        "files:read",
+        &|_| {},
+        "delegatee_denied",
+        &[],
+    );
+    l(
+        "unsupported-limit-link",
+        "A link introduces a limit name the verifier does not enforce.",
+        "researcher",
+        "files:read",
+        &|c| c["limits"] = json!({"max_tokens": 5}),
+        "unsupported_limit",
+        &["max_calls"],
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["max_depth"] = json!(0)).link(
+        k,
+        "researcher",
+        "files:read",
+        |c| c["max_depth"] = json!(0),
+    );
+    f.add(
+        "sealed-grant",
+        "A link after a grant with max_depth 0.",
+        cin(k, &ch),
+        err("depth_exceeded", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["max_depth"] = json!(2))
+        .link(k, "researcher", "files:read", |c| c["max_depth"] = json!(0))
+        .link(k, "coder", "files:read", |c| c["max_depth"] = json!(0));
+    f.add(
+        "depth-exhausted",
+        "A link after a link with max_depth 0.",
+        cin(k, &ch),
+        err("depth_exceeded", Some(2)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |_| {})
+        .link(k, "researcher", "files:read", |_| {})
+        .link(k, "coder", "files:*", |_| {});
+    f.add("scope-escalation-depth2", "Link 2 widens back to the grant's scope: covering is against the previous token, not the grant.", cin(k, &ch), err("scope_escalation", Some(2)));
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["aud"] = json!([VERIFIER])).link(
+        k,
+        "researcher",
+        "files:read",
+        |c| c["aud"] = json!([TD_ID]),
+    );
+    f.add(
+        "audience-escalation",
+        "A link widening aud from one service to the whole trust domain.",
+        cin(k, &ch),
+        err("audience_escalation", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |_| {}).link(k, "researcher", "files:read", |c| {
+        c["aud"] = json!([VERIFIER, PTD_ID])
+    });
+    f.add(
+        "audience-escalation-other-domain",
+        "A link adding another trust domain to the inherited aud.",
+        cin(k, &ch),
+        err("audience_escalation", Some(1)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["limits"] = json!({"max_calls": 10})
+    })
+    .link(k, "researcher", "files:read", |c| {
+        c["limits"] = json!({"max_calls": 11})
+    });
+    let mut inp = cin(k, &ch);
+    inp["enforced_limits"] = json!(["max_calls"]);
+    f.add(
+        "limit-escalation",
+        "A link raising a ceiling from 10 to 11.",
+        inp,
+        err("limit_escalation", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["limits"] = json!({"max_calls": 10})
+    });
+    f.add(
+        "unsupported-limit-grant",
+        "A grant carrying a limit the verifier does not enforce.",
+        cin(k, &ch),
+        err("unsupported_limit", Some(0)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["may_delegate_to"] = json!([agent("researcher")])
+    })
+    .link(k, "researcher", "files:read", |c| {
+        c["may_delegate_to"] = json!([TD_ID])
+    });
+    f.add(
+        "delegation-escalation",
+        "A link widening may_delegate_to from one agent to the whole domain.",
+        cin(k, &ch),
+        err("delegation_escalation", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["may_delegate_to"] = json!([agent("coder")])
+    })
+    .link(k, "researcher", "files:read", |_| {});
+    f.add(
+        "delegatee-denied",
+        "A link to an agent outside the grant's may_delegate_to.",
+        cin(k, &ch),
+        err("delegatee_denied", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |_| {})
+        .link(k, "researcher", "files:*", |c| {
+            c["may_delegate_to"] = json!([agent("reviewer")])
+        })
+        .link(k, "coder", "files:read", |_| {});
+    f.add(
+        "delegatee-denied-by-link-list",
+        "A link's may_delegate_to constrains the next link.",
+        cin(k, &ch),
+        err("delegatee_denied", Some(2)),
+    );
+
+    // Splicing: a link made on another grant to the same holder key.
+    let ga = Ch::grant(k, "planner", "files:read", |c| c["jti"] = json!("g-a"));
+    let gb = Ch::grant(k, "planner", "files:*", |c| c["jti"] = json!("g-b"));
+    let la = ga.link(k, "researcher", "files:read", |_| {});
+    let ch = gb.push(la.tokens[1].clone(), "researcher");
+    f.add(
+        "prev-mismatch-splice",
+        "A link cut from another chain (same holder key) spliced after a different grant.",
+        cin(k, &ch),
+        err("prev_mismatch", Some(1)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["task"] = json!(OTHER_TASK));
+    f.add(
+        "task-mismatch-grant",
+        "A grant whose `sub` is not of its `task`.",
+        cin(k, &ch),
+        err("task_mismatch", Some(0)),
+    );
+    let ch = Ch::grant(k, "broker", "files:*", |_| {});
+    f.add(
+        "foreign-holder",
+        "An example.org grant to a partner.example agent.",
+        with_partner(k, cin(k, &ch)),
+        err("foreign_holder", Some(0)),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// time.json
+// ------------------------------------------------------------------------------------------------
+
+fn time(k: &Keys) -> File {
+    let mut f = File::default();
+    let mut t = |id: &str,
+                 desc: &str,
+                 iat: u64,
+                 nbf: u64,
+                 exp: u64,
+                 skew: u64,
+                 expected: Option<(&str, Option<usize>)>| {
+        let ch = Ch::grant(k, "planner", "files:read", |c| {
+            c["iat"] = json!(iat);
+            c["nbf"] = json!(nbf);
+            c["exp"] = json!(exp);
+        });
+        let mut inp = cin(k, &ch);
+        inp["skew"] = json!(skew);
+        let e = match expected {
+            Some((code, i)) => err(code, i),
+            None => ok(&["planner"], "files:read", &[TD_ID], nbf, exp, "g-planner"),
+        };
+        f.add(id, desc, inp, e);
+    };
+    t(
+        "expired",
+        "A grant that expired an hour ago.",
+        NOW - 7200,
+        NOW - 7200,
+        NOW - 3600,
+        60,
+        Some(("expired", Some(0))),
+    );
+    t(
+        "expired-at-exp-plus-skew",
+        "now = exp + skew exactly: expired (the window is half-open).",
+        NOW - 3600,
+        NOW - 3600,
+        NOW - 60,
+        60,
+        Some(("expired", Some(0))),
+    );
+    t(
+        "valid-one-second-before-exp-plus-skew",
+        "now = exp + skew - 1: still valid.",
+        NOW - 3600,
+        NOW - 3600,
+        NOW - 59,
+        60,
+        None,
+    );
+    t(
+        "valid-at-nbf-minus-skew",
+        "now = nbf - skew exactly: valid.",
+        NOW,
+        NOW + 60,
+        NOW + 3600,
+        60,
+        None,
+    );
+    t(
+        "not-yet-valid",
+        "now = nbf - skew - 1: not yet valid.",
+        NOW,
+        NOW + 61,
+        NOW + 3600,
+        60,
+        Some(("not_yet_valid", Some(0))),
+    );
+    t(
+        "issued-in-future",
+        "iat = now + skew + 1.",
+        NOW + 61,
+        NOW,
+        NOW + 3600,
+        60,
+        Some(("issued_in_future", Some(0))),
+    );
+    t(
+        "valid-iat-at-now-plus-skew",
+        "iat = now + skew: valid.",
+        NOW + 60,
+        NOW,
+        NOW + 3600,
+        60,
+        None,
+    );
+    t(
+        "nbf-after-exp",
+        "nbf later than exp.",
+        NOW - 100,
+        NOW + 10,
+        NOW + 5,
+        60,
+        Some(("bad_validity", Some(0))),
+    );
+    t(
+        "lifetime-over-24h",
+        "A grant living 24 h + 1 s.",
+        NOW - 600,
+        NOW - 600,
+        NOW - 600 + 86_401,
+        60,
+        Some(("lifetime_exceeded", Some(0))),
+    );
+    t(
+        "valid-lifetime-24h",
+        "A grant living exactly 24 h.",
+        NOW - 600,
+        NOW - 600,
+        NOW - 600 + 86_400,
+        60,
+        None,
+    );
+    t(
+        "skew-zero-at-exp",
+        "skew 0 and now = exp: expired.",
+        NOW - 600,
+        NOW - 600,
+        NOW,
+        0,
+        Some(("expired", Some(0))),
+    );
+    t(
+        "valid-skew-120",
+        "skew 120 and now = exp + 119: valid.",
+        NOW - 3600,
+        NOW - 3600,
+        NOW - 119,
+        120,
+        None,
+    );
+    t(
+        "skew-121",
+        "A configured skew above 120 s is refused.",
+        G_IAT,
+        G_IAT,
+        G_EXP,
+        121,
+        Some(("bad_config", None)),
+    );
+
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let ch = g.link(k, "researcher", "files:read", |c| {
+        c["iat"] = json!(NOW - 400);
+        c["nbf"] = json!(NOW - 400);
+        c["exp"] = json!(NOW - 60);
+    });
+    f.add(
+        "link-expired",
+        "The grant is valid but the link has expired.",
+        cin(k, &ch),
+        err("expired", Some(1)),
+    );
+    let ch = g.link(k, "researcher", "files:read", |c| {
+        c["nbf"] = json!(NOW + 61)
+    });
+    f.add(
+        "link-not-yet-valid",
+        "The link is not yet valid.",
+        cin(k, &ch),
+        err("not_yet_valid", Some(1)),
+    );
+    let ch = g.link(k, "researcher", "files:read", |c| {
+        c["iat"] = json!(NOW - 90_000);
+        c["nbf"] = json!(NOW - 90_000);
+    });
+    f.add(
+        "valid-link-without-lifetime-cap",
+        "Links have no lifetime cap of their own (their exp never exceeds the grant's).",
+        cin(k, &ch),
+        ok(
+            &["planner", "researcher"],
+            "files:read",
+            &[TD_ID],
+            G_IAT,
+            L_EXP,
+            "g-planner",
+        ),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// revocation.json
+// ------------------------------------------------------------------------------------------------
+
+fn revocation(k: &Keys) -> File {
+    let mut f = File::default();
+    let b = base3(k);
+    let far = NOW + 3600;
+    let mut r = |id: &str,
+                 desc: &str,
+                 entries: &dyn Fn(RevocationListBuilder) -> RevocationListBuilder,
+                 expected: Value| {
+        let mut inp = cin(k, &b);
+        inp["revocation_lists"] = json!([list_ex(k, 1, entries)]);
+        f.add(id, desc, inp, expected);
+    };
+    let sid = |s: &str| SpiffeId::parse(s).unwrap();
+    let ok3 = ok(
+        &["planner", "researcher", "coder"],
+        "files:read",
+        &[TD_ID],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    r(
+        "revoked-grant-jti",
+        "The grant is revoked by jti (issuer: the authority).",
+        &|l| l.revoke_jti(&sid(TD_ID), "g-planner", far),
+        err("revoked", Some(0)),
+    );
+    r(
+        "revoked-link-jti",
+        "Link 1 is revoked by jti (issuer: the grant holder).",
+        &|l| l.revoke_jti(&sid(&id("planner")), "l-researcher", far),
+        err("revoked", Some(1)),
+    );
+    r("revoked-jti-other-issuer", "A jti entry only matches its own issuer: the same jti from another issuer does not revoke link 1.",
+        &|l| l.revoke_jti(&sid(&id("mallory")), "l-researcher", far), ok3.clone());
+    r(
+        "revoked-task",
+        "The task is revoked.",
+        &|l| l.revoke_task(&TaskId::parse(TASK).unwrap(), far),
+        err("revoked", Some(0)),
+    );
+    r(
+        "revoked-agent-intermediate",
+        "The intermediate holder's agent is revoked.",
+        &|l| l.revoke_agent(&AgentId::parse(&agent("researcher")).unwrap(), far),
+        err("revoked", Some(1)),
+    );
+    r(
+        "revoked-earlier-holder-key",
+        "The grant holder's key is revoked: every chain through it is cut.",
+        &|l| l.revoke_key(&k.thumb("planner"), far),
+        err("revoked", Some(0)),
+    );
+    r(
+        "revoked-holder-key",
+        "The last holder's (the peer's) key is revoked.",
+        &|l| l.revoke_key(&k.thumb("coder"), far),
+        err("revoked", Some(2)),
+    );
+    r(
+        "revoked-authority-grant-key",
+        "The authority's grant key itself is revoked in its domain's list.",
+        &|l| l.revoke_key(&k.ges().public_key().thumbprint(), far),
+        err("revoked", Some(0)),
+    );
+    r(
+        "revocation-entry-expired",
+        "An entry applies only while now < its exp: at exp it is ignored.",
+        &|l| l.revoke_agent(&AgentId::parse(&agent("researcher")).unwrap(), NOW),
+        ok3.clone(),
+    );
+
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([list_ex(k, 1, |l| l.revoke_key(&k.thumb("mallory"), far))]);
+    inp["peer"] = json!({"id": id("coder"), "jwk": k.jwk("mallory")});
+    f.add(
+        "revoked-peer-certificate-key",
+        "The TLS peer's certificate key is revoked (phase 6 runs before possession).",
+        inp,
+        err("revoked", None),
+    );
+
+    let stale = |next: u64| {
+        RevocationListBuilder::new(&td(TD), 1, next - 600, next)
+            .sign(k.rev())
+            .unwrap()
+    };
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([stale(NOW - 60)]);
+    f.add(
+        "revocation-stale",
+        "now = next_update + skew: the list is stale.",
+        inp,
+        err("revocation_stale", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([stale(NOW - 59)]);
+    f.add(
+        "valid-revocation-fresh-boundary",
+        "now = next_update + skew - 1: the list is still fresh.",
+        inp,
+        ok3.clone(),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([]);
+    f.add(
+        "revocation-missing",
+        "No list for example.org.",
+        inp,
+        err("revocation_missing", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([]);
+    inp["danger_accept_missing_or_stale_revocations"] = json!(true);
+    f.add(
+        "valid-danger-missing-list",
+        "With the danger setting, a missing list is treated as empty.",
+        inp,
+        ok3.clone(),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] =
+        json!([
+            RevocationListBuilder::new(&td(TD), 1, NOW - 1260, NOW - 660)
+                .revoke_task(&TaskId::parse(TASK).unwrap(), far)
+                .sign(k.rev())
+                .unwrap()
+        ]);
+    inp["danger_accept_missing_or_stale_revocations"] = json!(true);
+    f.add(
+        "danger-stale-list-still-applies",
+        "With the danger setting, a stale list is used as it is (and revokes).",
+        inp,
+        err("revoked", Some(0)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["may_delegate_to"] = json!([TD_ID, PTD_ID]);
+    })
+    .link(k, "broker", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["bundles"][PTD] = bundle_partner(k);
+    f.add(
+        "revocation-missing-partner",
+        "A holder of partner.example needs partner.example's list too.",
+        inp,
+        err("revocation_missing", None),
+    );
+
+    // Invalid lists.
+    let raw_list = |claims: Value| {
+        sign_a(
+            k.rev(),
+            &json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.rev().public_key().thumbprint()}),
+            &claims,
+        )
+    };
+    let unknown = raw_list(
+        json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540,
+        "entries": [{"serial": "7f3a", "exp": far}]}),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([unknown.clone()]);
+    f.add(
+        "revocation-unknown-entry-kind",
+        "A list with an entry of an unknown kind is invalid as a whole.",
+        inp,
+        err("bad_revocation_list", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([unknown]);
+    inp["danger_accept_missing_or_stale_revocations"] = json!(true);
+    f.add(
+        "revocation-invalid-list-despite-danger",
+        "An invalid list is an error even where missing lists are tolerated.",
+        inp,
+        err("bad_revocation_list", None),
+    );
+    let other = raw_list(
+        json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540,
+        "entries": [{"agent": format!("{PTD_ID}/agent/broker"), "exp": far}]}),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([other]);
+    f.add(
+        "revocation-entry-other-domain",
+        "An example.org list naming a partner.example agent is invalid.",
+        inp,
+        err("bad_revocation_list", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([RevocationListBuilder::new(&td(TD), 1, NOW - 60, NOW + 540)
+        .sign(k.ges())
+        .unwrap()]);
+    f.add(
+        "revocation-signed-by-grant-key",
+        "A list signed by a grant key (not an agentid-revocation key).",
+        inp,
+        err("bad_revocation_list", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([list_ex(k, 2, |l| l), list_ex(k, 1, |l| l)]);
+    f.add(
+        "revocation-sequence-rollback",
+        "A list with a lower seq than the one held is refused.",
+        inp,
+        err("sequence_rollback", None),
+    );
+
+    let mut inp = input(k, None, "coder");
+    inp["revocation_lists"] = json!([list_ex(k, 1, |l| l
+        .revoke_agent(&AgentId::parse(&agent("coder")).unwrap(), far))]);
+    f.add(
+        "revoked-peer-without-chain",
+        "A peer without a chain whose agent is revoked.",
+        inp,
+        err("revoked", None),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// possession_audience.json
+// ------------------------------------------------------------------------------------------------
+
+fn possession_audience(k: &Keys) -> File {
+    let mut f = File::default();
+    let b = base2(k);
+    let mut inp = cin(k, &b);
+    inp["peer"] = json!({"id": id("researcher"), "jwk": k.jwk("mallory")});
+    f.add(
+        "possession-mismatch",
+        "The TLS peer's key is not the last cnf key.",
+        inp,
+        err("possession_mismatch", Some(1)),
+    );
+    let mut inp = cin(k, &b);
+    inp["peer"] = json!({"id": id("planner"), "jwk": k.jwk("planner")});
+    f.add(
+        "possession-previous-holder",
+        "The previous holder presents the chain it delegated (bearer use).",
+        inp,
+        err("possession_mismatch", Some(1)),
+    );
+    let mut inp = cin(k, &b);
+    inp["peer"] = json!({"id": format!("spiffe://{TD}/agent/researcher/task/{OTHER_TASK}"), "jwk": k.jwk("researcher")});
+    f.add(
+        "holder-mismatch",
+        "The last sub is not the peer's URI SAN (same key, another task identity).",
+        inp,
+        err("holder_mismatch", Some(1)),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["aud"] = json!([OTHER_SVC]));
+    f.add(
+        "audience-mismatch-grant",
+        "The grant's aud names another service.",
+        cin(k, &ch),
+        err("audience_mismatch", None),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |_| {}).link(k, "researcher", "files:read", |c| {
+        c["aud"] = json!([OTHER_SVC])
+    });
+    f.add(
+        "audience-mismatch-link",
+        "A link narrows aud to another service.",
+        cin(k, &ch),
+        err("audience_mismatch", None),
+    );
+    let mut inp = cin(k, &Ch::grant(k, "planner", "files:*", |_| {}));
+    inp["verifier_id"] = json!("spiffe://partner.example/svc/files");
+    inp["authority_policy"] = json!({TD: "*"});
+    f.add(
+        "audience-mismatch-default-aud",
+        "Without aud a grant is for its own trust domain only.",
+        inp,
+        err("audience_mismatch", None),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([agent("reviewer")])
+    });
+    let mut inp = cin(k, &ch);
+    inp["verifier_id"] = json!(id("reviewer"));
+    f.add(
+        "valid-audience-agent-covers-task",
+        "An agent ID in aud covers that agent's task identities.",
+        inp,
+        ok(
+            &["planner"],
+            "files:*",
+            &[&agent("reviewer")],
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// authorization.json
+// ------------------------------------------------------------------------------------------------
+
+fn authorization(k: &Keys) -> File {
+    let mut f = File::default();
+    let ch = Ch::grant(k, "planner", "files:* tickets:*", |c| {
+        c["limits"] = json!({"max_calls": 10})
+    })
+    .link(k, "researcher", "files:read files:write tickets:*", |_| {});
+    let mut ok2 = ok(
+        &["planner", "researcher"],
+        "files:read files:write tickets:*",
+        &[TD_ID],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    ok2["limits"] = json!({"max_calls": 10});
+    let mut a =
+        |id: &str, desc: &str, scope: &str, policy: Value, amounts: Value, expected: Value| {
+            let mut inp = cin(k, &ch);
+            inp["enforced_limits"] = json!(["max_calls"]);
+            inp["requested_scope"] = json!(scope);
+            inp["authority_policy"] = policy;
+            if !amounts.is_null() {
+                inp["requested_amounts"] = amounts;
+            }
+            f.add(id, desc, inp, expected);
+        };
+    a(
+        "authorized",
+        "A requested scope covered by the chain.",
+        "files:read",
+        Value::Null,
+        Value::Null,
+        ok2.clone(),
+    );
+    a(
+        "authorized-pattern",
+        "`tickets:*` covers `tickets:open:42`.",
+        "tickets:open:42",
+        Value::Null,
+        Value::Null,
+        ok2.clone(),
+    );
+    a(
+        "scope-not-granted",
+        "A requested scope the chain does not cover.",
+        "files:delete",
+        Value::Null,
+        Value::Null,
+        err("scope_not_granted", None),
+    );
+    a(
+        "scope-not-granted-prefix",
+        "`tickets:*` does not cover `tickets`.",
+        "tickets",
+        Value::Null,
+        Value::Null,
+        err("scope_not_granted", None),
+    );
+    a(
+        "requested-scope-pattern",
+        "A requested scope may not contain `*`.",
+        "files:*",
+        Value::Null,
+        Value::Null,
+        err("bad_scope", None),
+    );
+    a(
+        "authority-scope-denied",
+        "The authority policy lets example.org grant only `files:read` here.",
+        "files:write",
+        json!({TD: "files:read"}),
+        Value::Null,
+        err("authority_scope_denied", None),
+    );
+    a(
+        "authority-scope-allowed",
+        "The same policy allows `files:read`.",
+        "files:read",
+        json!({TD: "files:read"}),
+        Value::Null,
+        ok2.clone(),
+    );
+    a(
+        "limit-exceeded",
+        "A requested amount above the effective ceiling.",
+        "files:read",
+        Value::Null,
+        json!({"max_calls": 11}),
+        err("limit_exceeded", None),
+    );
+    a(
+        "limit-at-ceiling",
+        "A requested amount equal to the ceiling.",
+        "files:read",
+        Value::Null,
+        json!({"max_calls": 10}),
+        ok2.clone(),
+    );
+    a(
+        "authority-not-in-policy",
+        "A policy without example.org: its grants are not accepted at all.",
+        "files:read",
+        json!({PTD: "*"}),
+        Value::Null,
+        err("authority_not_accepted", Some(0)),
+    );
+
+    let ch = Ch::grant_by(k.pgrant(), k, "broker", "tickets:* files:read", |c| {
+        c["iss"] = json!(PTD_ID);
+        c["aud"] = json!([VERIFIER]);
+    });
+    let mut inp = with_partner(k, cin(k, &ch));
+    inp["authority_policy"] = json!({TD: "*", PTD: "tickets:*"});
+    inp["requested_scope"] = json!("files:read");
+    f.add(
+        "federated-authority-scope-denied",
+        "partner.example granted `files:read`, but may grant only `tickets:*` here.",
+        inp,
+        err("authority_scope_denied", None),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// proofs.json
+// ------------------------------------------------------------------------------------------------
+
+fn exporter(label: &str) -> [u8; 32] {
+    sha256(format!("agentid vector exporter {label}").as_bytes())
+}
+
+fn proofs(k: &Keys) -> File {
+    let mut f = File::default();
+    let ec = exporter("client");
+    let es = exporter("server");
+    let jti = b64(&sha256(b"client proof jti")[..16]);
+    let client_claims = json!({"sub": id("coder"), "aud": VERIFIER, "iat": NOW - 5, "exp": NOW + 25, "jti": jti, "cb": b64(&ec)});
+    let client = |c: &Value| sign_t(k.t("coder"), &proof_header(k.t("coder")), c);
+    let pin = |compact: &str, role: &str, exp: &[u8; 32]| {
+        let mut i = input(k, None, "coder");
+        i["proof"] = json!({"compact": compact, "role": role, "exporter": b64(exp)});
+        i
+    };
+    let cp = client(&client_claims);
+    f.add(
+        "proof-client-valid",
+        "A client's hop proof without a chain.",
+        pin(&cp, "client", &ec),
+        json!({"valid": true, "proof_jti": jti}),
+    );
+
+    let mut c = |id: &str, desc: &str, change: &dyn Fn(&mut Value), code: &str| {
+        let mut claims = client_claims.clone();
+        change(&mut claims);
+        f.add(
+            id,
+            desc,
+            pin(&client(&claims), "client", &ec),
+            err(code, None),
+        );
+    };
+    c(
+        "proof-replayed-other-connection",
+        "A proof made for another connection (another exporter value).",
+        &|p| p["cb"] = json!(b64(&exporter("another connection"))),
+        "channel_binding_mismatch",
+    );
+    c(
+        "proof-wrong-role-context",
+        "A client proof whose cb was computed with the `server` context.",
+        &|p| p["cb"] = json!(b64(&es)),
+        "channel_binding_mismatch",
+    );
+    c(
+        "proof-wrong-aud",
+        "A proof addressed to another service.",
+        &|p| p["aud"] = json!(OTHER_SVC),
+        "audience_mismatch",
+    );
+    c(
+        "proof-wrong-sub",
+        "A proof naming another presenter.",
+        &|p| p["sub"] = json!(id("mallory")),
+        "holder_mismatch",
+    );
+    c(
+        "proof-cth-without-chain",
+        "`cth` present but no chain sent.",
+        &|p| p["cth"] = json!(b64(&sha256(b"some chain"))),
+        "chain_hash_mismatch",
+    );
+    c(
+        "proof-expired",
+        "now = exp + skew.",
+        &|p| {
+            p["iat"] = json!(NOW - 120);
+            p["exp"] = json!(NOW - 60);
+        },
+        "expired",
+    );
+    c(
+        "proof-lifetime-61",
+        "A proof living 61 seconds.",
+        &|p| {
+            p["iat"] = json!(NOW - 10);
+            p["exp"] = json!(NOW + 51);
+        },
+        "lifetime_exceeded",
+    );
+    c(
+        "proof-issued-in-future",
+        "iat = now + skew + 1.",
+        &|p| {
+            p["iat"] = json!(NOW + 61);
+            p["exp"] = json!(NOW + 90);
+        },
+        "issued_in_future",
+    );
+    c(
+        "proof-iat-equals-exp",
+        "iat = exp.",
+        &|p| p["exp"] = json!(NOW - 5),
+        "bad_validity",
+    );
+    c(
+        "proof-short-jti",
+        "A jti of 8 bytes.",
+        &|p| p["jti"] = json!(b64(&[9u8; 8])),
+        "bad_claim",
+    );
+    c(
+        "proof-unknown-claim",
+        "A proof with `nbf`.",
+        &|p| p["nbf"] = json!(NOW - 5),
+        "unknown_claim",
+    );
+    c(
+        "proof-rth-in-client-proof",
+        "A client proof carrying `rth`.",
+        &|p| p["rth"] = json!(b64(&[1u8; 32])),
+        "unknown_claim",
+    );
+    c(
+        "proof-missing-cb",
+        "A proof without cb.",
+        &|p| {
+            p.as_object_mut().unwrap().remove("cb");
+        },
+        "missing_claim",
+    );
+    c(
+        "proof-float-iat",
+        "A proof with a fractional iat.",
+        &|p| p["iat"] = json!((NOW - 5) as f64),
+        "bad_claim",
+    );
+
+    let mut hc = |id: &str, desc: &str, key: &TaskKey, header: Value, code: &str| {
+        let tok = sign_t(key, &header, &client_claims);
+        f.add(id, desc, pin(&tok, "client", &ec), err(code, None));
+    };
+    let mut h = proof_header(k.t("coder"));
+    h["kid"] = json!(k.thumb("coder"));
+    hc(
+        "proof-kid-header",
+        "A proof header with kid.",
+        k.t("coder"),
+        h,
+        "bad_header",
+    );
+    hc(
+        "proof-wrong-key",
+        "A proof signed by a key other than the presenter's certificate key.",
+        k.t("planner"),
+        proof_header(k.t("planner")),
+        "bad_signature",
+    );
+    let mut h = proof_header(k.t("coder"));
+    h["typ"] = json!("agentid-link+jwt");
+    hc(
+        "proof-typ-link",
+        "A link-typed token presented as a proof.",
+        k.t("coder"),
+        h,
+        "bad_typ",
+    );
+    let mut h = proof_header(k.t("coder"));
+    h["alg"] = json!("Ed25519");
+    hc(
+        "proof-alg-mismatch",
+        "`alg: Ed25519` with the presenter's P-256 key.",
+        k.t("coder"),
+        h,
+        "alg_mismatch",
+    );
+
+    // With a chain.
+    let b = base3(k);
+    let mut with_cth = client_claims.clone();
+    with_cth["cth"] = json!(b64(&sha256(b.s().as_bytes())));
+    let mut inp = cin(k, &b);
+    inp["proof"] = json!({"compact": client(&with_cth), "role": "client", "exporter": b64(&ec)});
+    let mut e = ok(
+        &["planner", "researcher", "coder"],
+        "files:read",
+        &[TD_ID],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    e["proof_jti"] = json!(jti);
+    f.add(
+        "proof-with-chain-valid",
+        "A client proof bound to the chain sent with it (cth).",
+        inp,
+        e,
+    );
+    let mut other_cth = client_claims.clone();
+    other_cth["cth"] = json!(b64(&sha256(base2(k).s().as_bytes())));
+    let mut inp = cin(k, &b);
+    inp["proof"] = json!({"compact": client(&other_cth), "role": "client", "exporter": b64(&ec)});
+    f.add(
+        "proof-cth-mismatch",
+        "A proof bound to another chain.",
+        inp,
+        err("chain_hash_mismatch", None),
+    );
+    let mut inp = cin(k, &b);
+    inp["proof"] = json!({"compact": cp.clone(), "role": "client", "exporter": b64(&ec)});
+    f.add(
+        "proof-cth-missing",
+        "A chain sent with a proof that has no cth.",
+        inp,
+        err("chain_hash_mismatch", None),
+    );
+
+    // Server proofs: the presenter is the server, the verifier the client (coder).
+    let server_claims = |presenter: &str, rth: &str| {
+        json!({"sub": id(presenter), "aud": id("coder"), "iat": NOW - 4, "exp": NOW + 26,
+            "jti": b64(&sha256(format!("server proof jti {presenter}").as_bytes())[..16]), "cb": b64(&es), "rth": rth})
+    };
+    let rth = b64(&sha256(cp.as_bytes()));
+    let spin = |presenter: &str, compact: &str, exp: &[u8; 32]| {
+        let mut i = input(k, None, presenter);
+        i["verifier_id"] = json!(id("coder"));
+        i["proof"] =
+            json!({"compact": compact, "role": "server", "exporter": b64(exp), "client_proof": cp});
+        i
+    };
+    for (presenter, name) in [("files", "es256-service"), ("researcher", "ed25519-agent")] {
+        let claims = server_claims(presenter, &rth);
+        let tok = sign_t(k.t(presenter), &proof_header(k.t(presenter)), &claims);
+        f.add(
+            &format!("proof-server-valid-{name}"),
+            "A server's hop proof answering the client proof (rth).",
+            spin(presenter, &tok, &es),
+            json!({"valid": true, "proof_jti": claims["jti"]}),
+        );
+    }
+    let tok = sign_t(
+        k.t("files"),
+        &proof_header(k.t("files")),
+        &server_claims("files", &b64(&sha256(b"another client proof"))),
+    );
+    f.add(
+        "proof-rth-mismatch",
+        "A server proof answering another client proof.",
+        spin("files", &tok, &es),
+        err("response_hash_mismatch", None),
+    );
+    let mut no_rth = server_claims("files", &rth);
+    no_rth.as_object_mut().unwrap().remove("rth");
+    let tok = sign_t(k.t("files"), &proof_header(k.t("files")), &no_rth);
+    f.add(
+        "proof-server-missing-rth",
+        "A server proof without rth.",
+        spin("files", &tok, &es),
+        err("missing_claim", None),
+    );
+    let mut inp = pin(&cp, "server", &es);
+    inp["proof"]["client_proof"] = json!(cp);
+    f.add(
+        "proof-client-proof-as-server",
+        "The client's own proof reflected as if it were the server's: role server requires rth.",
+        inp,
+        err("missing_claim", None),
+    );
+    let tok = sign_t(
+        k.t("files"),
+        &proof_header(k.t("files")),
+        &server_claims("files", &rth),
+    );
+    let mut i = input(k, None, "files");
+    i["verifier_id"] = json!(id("coder"));
+    i["proof"] = json!({"compact": tok, "role": "client", "exporter": b64(&ec)});
+    f.add(
+        "proof-server-proof-as-client",
+        "A server proof presented in the client role: rth is unknown there.",
+        i,
+        err("unknown_claim", None),
+    );
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// main
+// ------------------------------------------------------------------------------------------------
+
+fn main() {
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "spec/vectors".to_owned()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = load_or_create_keys(&dir);
+    let files: Vec<(&str, &str, File)> = vec![
+        ("valid.json", "Valid chains: depths 0, 1, 2 and 8, ES256, Ed25519 and mixed keys, with and without aud, principal, limits and may_delegate_to, federation, peers without a chain.", valid(&k)),
+        ("framing.json", "Phase 1: framing, size caps and strict base64url.", framing(&k)),
+        ("headers.json", "Phase 2: the protected header allow-list, typ and alg (including typ confusion).", headers(&k)),
+        ("signatures.json", "Phase 3 a/b: the verifying key (bundles, authority policy), alg/key agreement and signatures; bundle validity.", signatures(&k)),
+        ("claims.json", "Phase 3 c: claims decoding (I-JSON, ver, unknown and missing claims, types, keys, IDs, scopes).", claims(&k)),
+        ("attenuation.json", "Phase 4: linkage (prev, iss, task) and attenuation (depth, scope, aud, limits, may_delegate_to, exp).", attenuation(&k)),
+        ("time.json", "Phase 5: validity windows, skew boundaries (half-open [nbf - skew, exp + skew)) and lifetime caps.", time(&k)),
+        ("revocation.json", "Phase 6 and revocation lists: missing, stale and invalid lists, and revocation by jti, task, agent and key.", revocation(&k)),
+        ("possession_audience.json", "Phases 7 and 8: possession of the last cnf key, the holder's identity and the audience.", possession_audience(&k)),
+        ("authorization.json", "Per-request authorization: requested scope, authority policy and limit ceilings.", authorization(&k)),
+        ("proofs.json", "Hop proofs: channel binding, role, identities, chain and response hashes, time.", proofs(&k)),
+    ];
+    let mut total = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for (name, description, file) in files {
+        let cases: Vec<Value> = file
+            .cases
+            .into_iter()
+            .map(|c| {
+                assert!(ids.insert(c.id.clone()), "duplicate case id {}", c.id);
+                json!({"id": c.id, "description": c.description, "input": c.input, "expected": c.expected})
+            })
+            .collect();
+        println!("{name}: {} cases", cases.len());
+        total += cases.len();
+        write_json(
+            &dir.join(name),
+            &json!({"description": description, "cases": cases}),
+        );
+    }
+    println!("total: {total} cases");
+}

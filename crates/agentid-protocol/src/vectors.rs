@@ -1,0 +1,433 @@
+//! The reference runner of the test vectors in `spec/vectors/` (format: `spec/README.md`).
+//!
+//! Pure JSON in, JSON out, no IO and no clock: [`run_case`] takes a case's `input` object and
+//! returns what its `expected` object must be. Interop testers can diff their own runner's output
+//! against it, and the repository's vector test compares it with every committed vector.
+//!
+//! Order of a case (spec/README.md, "How to run a case"): the configuration (skew, own ID,
+//! authority policy, enforced limits, bundles, revocation lists), then the hop proof if any, then
+//! the chain (phases 1 to 8) or, without a chain, the peer's revocation checks, then
+//! authorization if a scope is requested. The first failure is the result.
+//!
+//! Input that does not follow the vector format at all (a missing member, a wrong JSON type, an
+//! unknown member) is reported as `{"valid": false, "error": "bad_config", "index": null}`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::bundle::{BundleSet, TrustBundle};
+use crate::encoding::b64_decode;
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::{PeerId, SpiffeId, TrustDomain};
+use crate::policy::{AuthorityPolicy, VerifierConfig};
+use crate::proof::{verify_proof, ProofContext, Role, EXPORTER_LEN};
+use crate::scope::{Limits, Scope};
+use crate::verify::{VerifiedChain, Verifier};
+use crate::PublicKey;
+
+/// The members a case `input` may have.
+const INPUT_MEMBERS: &[&str] = &[
+    "chain",
+    "bundles",
+    "revocation_lists",
+    "now",
+    "skew",
+    "peer",
+    "verifier_id",
+    "requested_scope",
+    "requested_amounts",
+    "authority_policy",
+    "enforced_limits",
+    "danger_accept_missing_or_stale_revocations",
+    "proof",
+];
+
+/// The members of `input.proof`.
+const PROOF_MEMBERS: &[&str] = &["compact", "role", "exporter", "client_proof"];
+
+/// Runs one vector case: `input` is the case's `input` object; the return value is the
+/// `expected` object the case must carry.
+///
+/// On success: `{"valid": true, ...the verification result (spec/PROTOCOL.md section 11)...}`,
+/// plus `proof_jti` when a hop proof was verified (a case without a chain has no result members).
+/// On failure: `{"valid": false, "error": CODE, "index": N | null}`.
+pub fn run_case(input: &Value) -> Value {
+    match run(input) {
+        Ok(v) => v,
+        Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
+    }
+}
+
+fn harness(detail: impl Into<String>) -> Error {
+    Error::new(
+        ErrorCode::BadConfig,
+        format!("vector input: {}", detail.into()),
+    )
+}
+
+fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a Value> {
+    m.get(name)
+        .ok_or_else(|| harness(format!("missing `{name}`")))
+}
+
+fn string<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
+    member(m, name)?
+        .as_str()
+        .ok_or_else(|| harness(format!("`{name}` must be a string")))
+}
+
+/// A member that is absent or `null` is `None`; otherwise it must be a string.
+fn opt_string<'a>(m: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(harness(format!("`{name}` must be a string or null"))),
+    }
+}
+
+fn integer(m: &Map<String, Value>, name: &str) -> Result<u64> {
+    member(m, name)?
+        .as_u64()
+        .ok_or_else(|| harness(format!("`{name}` must be a non-negative integer")))
+}
+
+fn object<'a>(v: &'a Value, name: &str) -> Result<&'a Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| harness(format!("`{name}` must be an object")))
+}
+
+fn only_members(m: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<()> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(harness(format!("unknown member `{k}` in {what}"))),
+        None => Ok(()),
+    }
+}
+
+/// The peer as the TLS layer reports it: its URI SAN and its certificate's public key.
+fn peer(input: &Map<String, Value>) -> Result<(SpiffeId, PublicKey)> {
+    let p = object(member(input, "peer")?, "peer")?;
+    only_members(p, &["id", "jwk"], "`peer`")?;
+    let id = SpiffeId::parse(string(p, "id")?)
+        .map_err(|e| harness(format!("peer id: {}", e.detail())))?;
+    let key = PublicKey::from_jwk(member(p, "jwk")?)
+        .map_err(|e| harness(format!("peer jwk: {}", e.detail())))?;
+    Ok((id, key))
+}
+
+/// Configuration processing (spec/PROTOCOL.md section 9, C1 to C3).
+fn config(input: &Map<String, Value>) -> Result<Verifier> {
+    // C1: skew, own ID, authority policy, enforced limits.
+    let skew = integer(input, "skew")?;
+    if skew > crate::policy::MAX_SKEW {
+        return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
+    }
+    let own = PeerId::parse(string(input, "verifier_id")?)
+        .map_err(|e| harness(format!("verifier_id: {}", e.detail())))?
+        .as_spiffe_id()
+        .clone();
+    let policy = match input.get("authority_policy") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let mut p = AuthorityPolicy::none();
+            for (td, patterns) in object(v, "authority_policy")? {
+                let td = TrustDomain::parse(td)
+                    .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
+                let patterns = patterns
+                    .as_str()
+                    .ok_or_else(|| harness("authority policy patterns must be strings"))?;
+                let patterns = Scope::parse(patterns)
+                    .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
+                p = p.allow(td, patterns);
+            }
+            Some(p)
+        }
+    };
+    let limits = match input.get("enforced_limits") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(names)) => names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| harness("enforced limit names are strings"))
+            })
+            .collect::<Result<Vec<String>>>()?,
+        Some(_) => return Err(harness("`enforced_limits` must be an array")),
+    };
+    for name in &limits {
+        Limits::new(BTreeMap::from([(name.clone(), 0)]))
+            .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
+    }
+    let danger = match input.get("danger_accept_missing_or_stale_revocations") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(harness(
+                "`danger_accept_missing_or_stale_revocations` must be a boolean",
+            ))
+        }
+    };
+    // C2: bundles, in the order given.
+    let mut bundles = BundleSet::new();
+    for (td, bundle) in object(member(input, "bundles")?, "bundles")? {
+        let td = TrustDomain::parse(td)
+            .map_err(|e| harness(format!("bundle trust domain: {}", e.detail())))?;
+        let bytes = serde_json::to_vec(bundle).map_err(|e| harness(e.to_string()))?;
+        bundles.insert(TrustBundle::parse(&td, &bytes)?)?;
+    }
+    let mut cfg = VerifierConfig::new(own, bundles)
+        .skew(skew)?
+        .enforce_limits(limits);
+    if let Some(p) = policy {
+        cfg = cfg.authority_policy(p);
+    }
+    if danger {
+        cfg = cfg.danger_accept_missing_or_stale_revocations();
+    }
+    // C3: revocation lists, in the order given.
+    match input.get("revocation_lists") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(lists)) => {
+            for l in lists {
+                let l = l
+                    .as_str()
+                    .ok_or_else(|| harness("revocation lists are compact strings"))?;
+                cfg.apply_revocation_list(l)?;
+            }
+        }
+        Some(_) => return Err(harness("`revocation_lists` must be an array")),
+    }
+    Verifier::new(cfg)
+}
+
+fn run(input: &Value) -> Result<Value> {
+    let input = object(input, "input")?;
+    only_members(input, INPUT_MEMBERS, "`input`")?;
+    let now = integer(input, "now")?;
+    let verifier = config(input)?;
+    let (peer_id, peer_key) = peer(input)?;
+    let chain = opt_string(input, "chain")?;
+
+    // The hop proof, if any.
+    let proof_jti = match input.get("proof") {
+        None | Some(Value::Null) => None,
+        Some(p) => {
+            let p = object(p, "proof")?;
+            only_members(p, PROOF_MEMBERS, "`proof`")?;
+            let role = match string(p, "role")? {
+                "client" => Role::Client,
+                "server" => Role::Server,
+                other => return Err(harness(format!("unknown role `{other}`"))),
+            };
+            let exporter: [u8; EXPORTER_LEN] = b64_decode(string(p, "exporter")?)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| harness("`exporter` must be base64url of 32 bytes"))?;
+            let ctx = ProofContext {
+                presenter_id: &peer_id,
+                presenter_key: &peer_key,
+                verifier_id: verifier.config().own_id(),
+                role,
+                exporter,
+                now,
+                skew: verifier.config().skew_seconds(),
+                chain,
+                client_proof: opt_string(p, "client_proof")?,
+            };
+            Some(verify_proof(string(p, "compact")?, &ctx)?.jti)
+        }
+    };
+
+    let mut out = Map::new();
+    out.insert("valid".into(), Value::Bool(true));
+    match chain {
+        Some(chain) => {
+            let verified = verifier.verify_chain(chain, &peer_id, &peer_key, now)?;
+            if let Some(requested) = opt_string(input, "requested_scope")? {
+                let requested = Scope::parse(requested)?;
+                let amounts = match input.get("requested_amounts") {
+                    None | Some(Value::Null) => BTreeMap::new(),
+                    Some(v) => object(v, "requested_amounts")?
+                        .iter()
+                        .map(|(k, v)| {
+                            v.as_u64()
+                                .map(|n| (k.clone(), n))
+                                .ok_or_else(|| harness("requested amounts are integers"))
+                        })
+                        .collect::<Result<BTreeMap<String, u64>>>()?,
+                };
+                verifier.authorize_with_limits(&verified, &requested, &amounts)?;
+            }
+            out.extend(result_members(&verified));
+        }
+        None => verifier.check_peer_revocation(&peer_id, &peer_key, now)?,
+    }
+    if let Some(jti) = proof_jti {
+        out.insert("proof_jti".into(), Value::from(jti));
+    }
+    Ok(Value::Object(out))
+}
+
+/// The verification result as the vectors spell it (spec/PROTOCOL.md section 11).
+fn result_members(v: &VerifiedChain) -> Map<String, Value> {
+    let limits: Map<String, Value> = v
+        .limits
+        .iter()
+        .map(|(k, n)| (k.to_owned(), Value::from(n)))
+        .collect();
+    let actors: Vec<Value> = v
+        .actors
+        .iter()
+        .map(|a| json!({ "id": a.id.as_str(), "attested": a.attested }))
+        .collect();
+    let audience: Vec<Value> = v
+        .audience
+        .ids()
+        .iter()
+        .map(|i| Value::from(i.as_str()))
+        .collect();
+    let mut m = Map::new();
+    m.insert("authority".into(), Value::from(v.authority.id().as_str()));
+    m.insert("mode".into(), Value::from(v.mode.as_str()));
+    m.insert(
+        "principal".into(),
+        v.principal.clone().unwrap_or(Value::Null),
+    );
+    m.insert("holder".into(), Value::from(v.holder.as_str()));
+    m.insert("task".into(), Value::from(v.task.as_str()));
+    m.insert("scope".into(), Value::from(v.scope.to_string()));
+    m.insert("audience".into(), Value::Array(audience));
+    m.insert("limits".into(), Value::Object(limits));
+    m.insert("not_before".into(), Value::from(v.not_before));
+    m.insert("expires".into(), Value::from(v.expires));
+    m.insert("depth".into(), Value::from(v.depth));
+    m.insert("grant_jti".into(), Value::from(v.grant_jti.as_str()));
+    m.insert("actors".into(), Value::Array(actors));
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::crypto::{AuthorityKey, TaskKey};
+    use crate::revocation::RevocationListBuilder;
+    use crate::scope::IdSet;
+    use crate::token::{GrantBuilder, LinkBuilder};
+    use crate::{Algorithm, TaskIdentity};
+
+    const NOW: u64 = 1_767_225_600;
+
+    struct Fixture {
+        input: Value,
+        holder_key: TaskKey,
+    }
+
+    fn fixture() -> Fixture {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let grant_key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let rev_key = AuthorityKey::generate(Algorithm::Ed25519).unwrap();
+        let a_key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let b_key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+        let a = TaskIdentity::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = TaskIdentity::parse("spiffe://example.org/agent/b/task/t1").unwrap();
+        let grant = GrantBuilder::new(
+            &td,
+            &a,
+            a_key.public_key(),
+            Scope::parse("files:*").unwrap(),
+        )
+        .max_depth(2)
+        .validity(NOW - 60, NOW - 60, NOW + 600)
+        .jti("g1")
+        .sign(&grant_key)
+        .unwrap();
+        let chain = LinkBuilder::new(
+            &grant,
+            &b,
+            b_key.public_key(),
+            Scope::parse("files:read").unwrap(),
+        )
+        .audience(
+            IdSet::single(SpiffeId::parse("spiffe://example.org/svc/files").unwrap()).unwrap(),
+        )
+        .validity(NOW - 30, NOW - 30, NOW + 300)
+        .jti("l1")
+        .sign(&a_key)
+        .unwrap();
+        let bundle = TrustBundle::new(td.clone(), 1)
+            .add_grant_key(grant_key.public_key().clone())
+            .add_revocation_key(rev_key.public_key().clone());
+        let list = RevocationListBuilder::new(&td, 1, NOW - 10, NOW + 590)
+            .sign(&rev_key)
+            .unwrap();
+        let input = json!({
+            "chain": chain.as_str(),
+            "bundles": { "example.org": serde_json::from_str::<Value>(&bundle.to_json()).unwrap() },
+            "revocation_lists": [list],
+            "now": NOW,
+            "skew": 60,
+            "peer": { "id": b.as_str(), "jwk": b_key.public_key().to_jwk() },
+            "verifier_id": "spiffe://example.org/svc/files",
+            "requested_scope": null,
+            "authority_policy": null,
+            "enforced_limits": [],
+        });
+        Fixture {
+            input,
+            holder_key: b_key,
+        }
+    }
+
+    #[test]
+    fn a_valid_chain_yields_the_result_members() {
+        let f = fixture();
+        let out = run_case(&f.input);
+        assert_eq!(out["valid"], json!(true), "{out}");
+        assert_eq!(out["scope"], json!("files:read"));
+        assert_eq!(out["depth"], json!(1));
+        assert_eq!(out["grant_jti"], json!("g1"));
+        assert_eq!(out["audience"], json!(["spiffe://example.org/svc/files"]));
+        assert_eq!(out["limits"], json!({}));
+        assert_eq!(out["not_before"], json!(NOW - 30));
+        assert_eq!(out["expires"], json!(NOW + 300));
+        assert_eq!(out["principal"], Value::Null);
+        assert_eq!(out["actors"][1]["attested"], json!(true));
+        assert!(f.holder_key.public_key().thumbprint().len() == 43);
+    }
+
+    #[test]
+    fn failures_carry_code_and_index() {
+        let mut f = fixture();
+        f.input["now"] = json!(NOW + 400);
+        assert_eq!(
+            run_case(&f.input),
+            json!({"valid": false, "error": "expired", "index": 1})
+        );
+        let mut f = fixture();
+        f.input["requested_scope"] = json!("files:write");
+        assert_eq!(
+            run_case(&f.input),
+            json!({"valid": false, "error": "scope_not_granted", "index": null})
+        );
+    }
+
+    #[test]
+    fn malformed_harness_input_is_bad_config() {
+        let bad = json!({"valid": false, "error": "bad_config", "index": null});
+        assert_eq!(run_case(&json!([])), bad);
+        for name in ["now", "peer", "verifier_id", "bundles", "skew"] {
+            let mut f = fixture();
+            f.input.as_object_mut().unwrap().remove(name);
+            assert_eq!(run_case(&f.input), bad, "without {name}");
+        }
+        let mut f = fixture();
+        f.input["surprise"] = json!(1);
+        assert_eq!(run_case(&f.input), bad);
+        let mut f = fixture();
+        f.input["skew"] = json!(121);
+        assert_eq!(run_case(&f.input), bad);
+    }
+}
