@@ -1,0 +1,347 @@
+//! Strict encodings shared by every token: base64url without padding and I-JSON (RFC 7493).
+//!
+//! Parser differentials are an attack surface (threat 8): two implementations that disagree on
+//! `"a":1,"a":2`, on padding or on trailing bits can be made to read different claims from the
+//! same signed bytes. Everything here accepts exactly one spelling of each value.
+
+use core::fmt;
+use std::collections::BTreeSet;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Encodes `bytes` as base64url without padding (RFC 7515 section 2).
+pub(crate) fn b64_encode(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes strict base64url: only `[A-Za-z0-9_-]`, no padding, no whitespace, a length that is
+/// not 1 mod 4, and canonical (zero) trailing bits. Any deviation is `BadBase64`.
+pub(crate) fn b64_decode(s: &str) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::new(ErrorCode::BadBase64, format!("base64url: {why}"));
+    if let Some(c) = s
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
+    {
+        return Err(bad(&format!(
+            "byte 0x{c:02x} outside the base64url alphabet"
+        )));
+    }
+    if s.len() % 4 == 1 {
+        return Err(bad("impossible length"));
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|e| bad(&e.to_string()))?;
+    // The engine already refuses non-zero trailing bits; re-encoding makes canonicity a property
+    // of this function rather than of a library setting.
+    if b64_encode(&bytes) != s {
+        return Err(bad("non-canonical encoding"));
+    }
+    Ok(bytes)
+}
+
+/// Maximum JSON nesting depth (the top-level object is depth 1; arrays count too).
+pub(crate) const MAX_JSON_DEPTH: usize = 8;
+
+/// The largest integer that every JSON implementation represents exactly (2^53 - 1).
+pub(crate) const MAX_SAFE_INT: u64 = (1 << 53) - 1;
+
+/// Parses `bytes` as an I-JSON object: UTF-8, valid JSON, an object at the top level, no
+/// duplicate member names at any depth (compared after unescaping), nesting at most
+/// [`MAX_JSON_DEPTH`], no lone surrogates, nothing but whitespace after the object. Any
+/// deviation is `BadJson`.
+pub(crate) fn parse_ijson_object(bytes: &[u8]) -> Result<Map<String, Value>> {
+    let bad = |why: String| Error::new(ErrorCode::BadJson, why);
+    let text = core::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictValue { depth: 0 }
+        .deserialize(&mut de)
+        .map_err(|e| bad(format!("not I-JSON: {e}")))?;
+    de.end().map_err(|e| bad(format!("trailing data: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(bad("top level is not an object".into())),
+    }
+}
+
+/// A JSON time: an integer (no sign, fraction or exponent) in `[0, 2^53 - 1]`.
+///
+/// `serde_json` keeps `1.0` and `1e3` as floats, so `as_u64` already refuses them.
+pub(crate) fn json_time(v: &Value) -> Option<u64> {
+    v.as_u64().filter(|t| *t <= MAX_SAFE_INT)
+}
+
+/// A `DeserializeSeed` that builds a [`Value`] while enforcing depth and unique member names.
+///
+/// `depth` is the depth of the container that holds the value being read (0 at the top).
+#[derive(Clone, Copy)]
+struct StrictValue {
+    depth: usize,
+}
+
+impl StrictValue {
+    fn enter<E: de::Error>(self) -> core::result::Result<Self, E> {
+        let depth = self.depth + 1;
+        if depth > MAX_JSON_DEPTH {
+            return Err(E::custom(format_args!(
+                "nesting deeper than {MAX_JSON_DEPTH}"
+            )));
+        }
+        Ok(Self { depth })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> core::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> core::result::Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> core::result::Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut out = Map::new();
+        let mut seen = BTreeSet::new();
+        // Keys arrive unescaped, so `"a"` and `"\u0061"` collide as they must.
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate member name {key:?}"
+                )));
+            }
+            let value = map.next_value_seed(inner)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn b64_round_trips_every_length() {
+        for len in 0..=70usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let s = b64_encode(&bytes);
+            assert!(!s.contains('='));
+            assert_eq!(b64_decode(&s).unwrap(), bytes, "len {len}");
+        }
+    }
+
+    #[test]
+    fn b64_decode_table() {
+        // (input, expected bytes or None for BadBase64)
+        let cases: &[(&str, Option<&[u8]>)] = &[
+            ("", Some(b"")),
+            ("Zg", Some(b"f")),
+            ("Zm8", Some(b"fo")),
+            ("Zm9v", Some(b"foo")),
+            ("-_8", Some(&[0xfb, 0xff])),
+            // padding in any amount
+            ("Zg==", None),
+            ("Zg=", None),
+            ("Zm8=", None),
+            ("=", None),
+            // the standard alphabet
+            ("+_8", None),
+            ("-/8", None),
+            // whitespace anywhere
+            (" Zm9v", None),
+            ("Zm9v ", None),
+            ("Zm\n9v", None),
+            ("Zm9v\t", None),
+            ("Zm9v\r\n", None),
+            // impossible lengths
+            ("Z", None),
+            ("Zm9vZ", None),
+            // non-canonical trailing bits: "Zg" is canonical, "Zh".."Zv" are not
+            ("Zh", None),
+            ("Zv", None),
+            ("Zm9", None),
+            ("Zm-", None),
+            // other bytes
+            ("Zm9v.", None),
+            ("Zm9\0", None),
+            ("Zm9é", None),
+        ];
+        for (input, want) in cases {
+            let got = b64_decode(input);
+            match want {
+                Some(bytes) => assert_eq!(got.unwrap(), *bytes, "{input:?}"),
+                None => assert_eq!(
+                    got.unwrap_err().code(),
+                    ErrorCode::BadBase64,
+                    "{input:?} must be rejected"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn ijson_accepts() {
+        let cases: &[(&str, Value)] = &[
+            ("{}", json!({})),
+            (" {\"a\":1} \n", json!({"a": 1})),
+            (r#"{"a":{"a":{"a":1}}}"#, json!({"a": {"a": {"a": 1}}})),
+            (
+                r#"{"a":[{"b":1},{"b":2}]}"#,
+                json!({"a": [{"b": 1}, {"b": 2}]}),
+            ),
+            (
+                r#"{"a":-1,"b":1.5,"c":null,"d":true,"e":"x"}"#,
+                json!({"a": -1, "b": 1.5, "c": null, "d": true, "e": "x"}),
+            ),
+            (r#"{"\ud83d\ude00":"é"}"#, json!({"😀": "é"})),
+            // depth exactly 8: object + 7 nested arrays
+            (r#"{"a":[[[[[[[1]]]]]]]}"#, json!({"a": [[[[[[[1]]]]]]]})),
+            (
+                r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":{}}}}}}}}"#,
+                json!({"a":{"b":{"c":{"d":{"e":{"f":{"g":{}}}}}}}}),
+            ),
+        ];
+        for (input, want) in cases {
+            let got =
+                parse_ijson_object(input.as_bytes()).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(Value::Object(got), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn ijson_rejects() {
+        let deep9 = r#"{"a":[[[[[[[[1]]]]]]]]}"#;
+        let deep9_obj = r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{}}}}}}}}}"#;
+        let very_deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("duplicate at top", br#"{"a":1,"a":1}"#.to_vec()),
+            (
+                "duplicate, different values",
+                br#"{"a":1,"b":2,"a":"x"}"#.to_vec(),
+            ),
+            ("duplicate nested", br#"{"x":{"a":1,"a":2}}"#.to_vec()),
+            ("duplicate in array", br#"{"x":[{"a":1,"a":2}]}"#.to_vec()),
+            ("duplicate via escape", br#"{"a":1,"\u0061":2}"#.to_vec()),
+            ("depth 9 arrays", deep9.as_bytes().to_vec()),
+            ("depth 9 objects", deep9_obj.as_bytes().to_vec()),
+            ("depth 100000", very_deep.into_bytes()),
+            ("invalid UTF-8 in string", b"{\"a\":\"\xff\"}".to_vec()),
+            ("overlong UTF-8", b"{\"a\":\"\xc0\xaf\"}".to_vec()),
+            ("lone surrogate", br#"{"a":"\ud800"}"#.to_vec()),
+            ("lone low surrogate in key", br#"{"\udc00":1}"#.to_vec()),
+            ("BOM", b"\xef\xbb\xbf{}".to_vec()),
+            ("top-level array", b"[]".to_vec()),
+            ("top-level string", br#""a""#.to_vec()),
+            ("top-level number", b"1".to_vec()),
+            ("empty", b"".to_vec()),
+            ("trailing object", b"{}{}".to_vec()),
+            ("trailing garbage", b"{} x".to_vec()),
+            ("trailing NUL", b"{}\0".to_vec()),
+            ("trailing comma", br#"{"a":1,}"#.to_vec()),
+            ("single quotes", b"{'a':1}".to_vec()),
+            ("comment", b"{/*x*/}".to_vec()),
+            ("NaN", br#"{"a":NaN}"#.to_vec()),
+            ("unterminated", br#"{"a":1"#.to_vec()),
+            ("control char in string", b"{\"a\":\"\x01\"}".to_vec()),
+        ];
+        for (name, input) in cases {
+            let err = parse_ijson_object(&input).expect_err(name);
+            assert_eq!(err.code(), ErrorCode::BadJson, "{name}");
+        }
+    }
+
+    #[test]
+    fn json_time_table() {
+        let cases: &[(Value, Option<u64>)] = &[
+            (json!(0), Some(0)),
+            (json!(1_700_000_000u64), Some(1_700_000_000)),
+            (json!(MAX_SAFE_INT), Some(MAX_SAFE_INT)),
+            (json!(MAX_SAFE_INT + 1), None),
+            (json!(u64::MAX), None),
+            (json!(-1), None),
+            (json!(1.0), None),
+            (json!(1.5), None),
+            (json!("1"), None),
+            (json!(null), None),
+            (json!(true), None),
+            (json!([1]), None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(json_time(v), *want, "{v}");
+        }
+    }
+
+    #[test]
+    fn json_time_from_text_rejects_float_spellings() {
+        for (text, want) in [
+            ("1", Some(1)),
+            ("1.0", None),
+            ("1e3", None),
+            ("1E3", None),
+            ("-0", None),
+            ("9007199254740991", Some(MAX_SAFE_INT)),
+            ("9007199254740992", None),
+        ] {
+            let obj = parse_ijson_object(format!("{{\"t\":{text}}}").as_bytes()).unwrap();
+            assert_eq!(json_time(&obj["t"]), want, "{text}");
+        }
+    }
+}

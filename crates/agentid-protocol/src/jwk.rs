@@ -1,0 +1,325 @@
+//! Strict JWKs (RFC 7517) for `cnf.jwk` and bundle entries, and RFC 7638 thumbprints.
+//!
+//! A `cnf.jwk` holds exactly `kty`, `crv`, `x`, [`y`], `alg`: a private member, an unknown
+//! member, a mismatched `alg` or an invalid point is `BadKey`. Keys are validated by the
+//! constructors of [`PublicKey`].
+
+use serde_json::{json, Map, Value};
+
+use crate::crypto::{sha256, PublicKey};
+use crate::encoding::{b64_decode, b64_encode};
+use crate::error::{Error, ErrorCode, Result};
+
+/// The members every agentid JWK may hold.
+const KEY_MEMBERS: [&str; 5] = ["kty", "crv", "x", "y", "alg"];
+/// Private-key members of any JWK type (RFC 7518 section 6): refused even if a caller allows them.
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+fn bad_key(detail: impl Into<String>) -> Error {
+    Error::new(ErrorCode::BadKey, detail)
+}
+
+fn str_member<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
+    match map.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(bad_key(format!("JWK member {name:?} is not a string"))),
+        None => Err(bad_key(format!("JWK member {name:?} is missing"))),
+    }
+}
+
+/// A 32-byte coordinate in strict base64url.
+fn coordinate(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
+    let bytes = b64_decode(str_member(map, name)?)
+        .map_err(|e| bad_key(format!("JWK member {name:?}: {}", e.detail())))?;
+    bytes.as_slice().try_into().map_err(|_| {
+        bad_key(format!(
+            "JWK member {name:?} must be 32 bytes, got {}",
+            bytes.len()
+        ))
+    })
+}
+
+impl PublicKey {
+    /// Parses a strict JWK (as in `cnf.jwk`): an object with exactly `kty`, `crv`, `x`, [`y`],
+    /// `alg`, either `EC`/`P-256`/`ES256` with 32-byte `x` and `y`, or `OKP`/`Ed25519` with
+    /// `alg` `Ed25519` (or `EdDSA`) and a 32-byte `x`. Anything else is `BadKey`.
+    pub fn from_jwk(v: &Value) -> Result<Self> {
+        let map = v
+            .as_object()
+            .ok_or_else(|| bad_key("JWK is not an object"))?;
+        Self::from_jwk_members(map, &[])
+    }
+
+    /// As [`PublicKey::from_jwk`], also allowing the member names in `extra_allowed` (e.g. a
+    /// bundle entry's `use`, `kid`, `x5c`), which the caller reads and checks itself. Private
+    /// members (`d`, ...) are refused whatever `extra_allowed` says.
+    pub fn from_jwk_members(map: &Map<String, Value>, extra_allowed: &[&str]) -> Result<Self> {
+        for name in map.keys() {
+            if PRIVATE_MEMBERS.contains(&name.as_str()) {
+                return Err(bad_key(format!("JWK holds private member {name:?}")));
+            }
+            if !KEY_MEMBERS.contains(&name.as_str()) && !extra_allowed.contains(&name.as_str()) {
+                return Err(bad_key(format!("JWK member {name:?} is not allowed")));
+            }
+        }
+        let kty = str_member(map, "kty")?;
+        let crv = str_member(map, "crv")?;
+        let alg = str_member(map, "alg")?;
+        match (kty, crv) {
+            ("EC", "P-256") => {
+                if alg != "ES256" {
+                    return Err(bad_key(format!("P-256 JWK with alg {alg:?}")));
+                }
+                let x = coordinate(map, "x")?;
+                let y = coordinate(map, "y")?;
+                let mut point = Vec::with_capacity(65);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                Self::from_p256_uncompressed(&point)
+            }
+            ("OKP", "Ed25519") => {
+                if alg != "Ed25519" && alg != "EdDSA" {
+                    return Err(bad_key(format!("Ed25519 JWK with alg {alg:?}")));
+                }
+                if map.contains_key("y") {
+                    return Err(bad_key("OKP JWK with a \"y\" member"));
+                }
+                Self::from_ed25519(&coordinate(map, "x")?)
+            }
+            _ => Err(bad_key(format!(
+                "unsupported JWK kty {kty:?} / crv {crv:?}"
+            ))),
+        }
+    }
+
+    /// The JWK of this key: `{"kty","crv","x",["y"],"alg"}` with `alg` `ES256` or `Ed25519`.
+    pub fn to_jwk(&self) -> Value {
+        match self.jwk_coordinates() {
+            (x, Some(y)) => json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}),
+            (x, None) => json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "Ed25519"}),
+        }
+    }
+
+    /// The RFC 7638 JWK thumbprint: base64url(SHA-256) of the required members (`crv`, `kty`,
+    /// `x`, [`y`]) in lexicographic order without whitespace. Revocation lists and bundle `kid`s
+    /// name keys by it.
+    pub fn thumbprint(&self) -> String {
+        b64_encode(&sha256(self.thumbprint_input().as_bytes()))
+    }
+
+    /// The canonical JSON hashed by [`PublicKey::thumbprint`]. base64url needs no escaping.
+    fn thumbprint_input(&self) -> String {
+        match self.jwk_coordinates() {
+            (x, Some(y)) => format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
+            (x, None) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+        }
+    }
+
+    /// base64url `x` and, for P-256, `y`.
+    fn jwk_coordinates(&self) -> (String, Option<String>) {
+        let raw = self.raw_bytes();
+        match raw.split_first() {
+            // P-256: 0x04 || x || y
+            Some((_, xy)) if raw.len() == 65 => {
+                let (x, y) = xy.split_at(32);
+                (b64_encode(x), Some(b64_encode(y)))
+            }
+            _ => (b64_encode(raw), None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+    use crate::crypto::Algorithm;
+
+    // RFC 7515 appendix A.3 (ES256 example key).
+    const EC_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const EC_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+    // RFC 8037 appendix A.2 (Ed25519 example key).
+    const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn ec() -> Value {
+        json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256"})
+    }
+    fn okp() -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "alg": "Ed25519"})
+    }
+    fn with(mut v: Value, name: &str, value: Value) -> Value {
+        v.as_object_mut().unwrap().insert(name.into(), value);
+        v
+    }
+    fn without(mut v: Value, name: &str) -> Value {
+        v.as_object_mut().unwrap().remove(name);
+        v
+    }
+
+    #[test]
+    fn thumbprint_ed25519_matches_rfc8037() {
+        // RFC 8037 appendix A.3 gives this thumbprint for the A.2 key.
+        let key = PublicKey::from_jwk(&okp()).unwrap();
+        assert_eq!(
+            key.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        assert_eq!(
+            key.thumbprint_input(),
+            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{ED_X}"}}"#)
+        );
+    }
+
+    #[test]
+    fn thumbprint_p256_matches_hand_built_canonical_json() {
+        let key = PublicKey::from_jwk(&ec()).unwrap();
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{EC_X}","y":"{EC_Y}"}}"#);
+        assert_eq!(key.thumbprint_input(), canonical);
+        // Independently computed: base64url(SHA-256(canonical)) with Python's hashlib.
+        assert_eq!(
+            key.thumbprint(),
+            "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U"
+        );
+    }
+
+    #[test]
+    fn thumbprint_ignores_alg_spelling_and_extra_members() {
+        let a = PublicKey::from_jwk(&okp()).unwrap();
+        let b = PublicKey::from_jwk(&with(okp(), "alg", json!("EdDSA"))).unwrap();
+        let c = PublicKey::from_jwk_members(
+            with(okp(), "kid", json!("k1")).as_object().unwrap(),
+            &["kid"],
+        )
+        .unwrap();
+        assert_eq!(a.thumbprint(), b.thumbprint());
+        assert_eq!(a.thumbprint(), c.thumbprint());
+    }
+
+    #[test]
+    fn to_jwk_round_trips() {
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            let key = crate::crypto::AuthorityKey::generate(alg)
+                .unwrap()
+                .public_key()
+                .clone();
+            let jwk = key.to_jwk();
+            assert_eq!(jwk["alg"], json!(alg.as_str()));
+            assert_eq!(PublicKey::from_jwk(&jwk).unwrap(), key);
+        }
+        assert_eq!(PublicKey::from_jwk(&ec()).unwrap().to_jwk(), ec());
+        assert_eq!(PublicKey::from_jwk(&okp()).unwrap().to_jwk(), okp());
+    }
+
+    #[test]
+    fn accepts() {
+        let cases = [
+            ("EC", ec(), Algorithm::Es256),
+            ("OKP Ed25519", okp(), Algorithm::Ed25519),
+            (
+                "OKP EdDSA",
+                with(okp(), "alg", json!("EdDSA")),
+                Algorithm::Ed25519,
+            ),
+        ];
+        for (name, jwk, alg) in cases {
+            let key = PublicKey::from_jwk(&jwk).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(key.algorithm(), alg, "{name}");
+        }
+    }
+
+    #[test]
+    fn rejects_with_bad_key() {
+        // A point not on the curve: the example x with y + 1 in its last byte.
+        let off_curve_y = {
+            let mut y = b64_decode(EC_Y).unwrap();
+            y[31] ^= 1;
+            b64_encode(&y)
+        };
+        // Ed25519 small-order point (the identity, y = 1) and a non-canonical y = p.
+        let identity = b64_encode(&{
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        });
+        let y_eq_p = b64_encode(&{
+            let mut b = [0xffu8; 32];
+            b[0] = 0xed;
+            b[31] = 0x7f;
+            b
+        });
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Value)> = vec![
+            ("not an object", json!([1])),
+            ("string", json!("jwk")),
+            ("EC private d", with(ec(), "d", json!("AAAA"))),
+            ("OKP private d", with(okp(), "d", json!(ED_X))),
+            ("kid not allowed", with(ec(), "kid", json!("x"))),
+            ("use not allowed", with(okp(), "use", json!("sig"))),
+            ("x5c not allowed", with(ec(), "x5c", json!([]))),
+            ("EC alg missing", without(ec(), "alg")),
+            ("OKP alg missing", without(okp(), "alg")),
+            ("kty missing", without(ec(), "kty")),
+            ("crv missing", without(ec(), "crv")),
+            ("x missing", without(ec(), "x")),
+            ("EC y missing", without(ec(), "y")),
+            ("OKP with y", with(okp(), "y", json!(ED_X))),
+            ("EC alg EdDSA", with(ec(), "alg", json!("EdDSA"))),
+            ("EC alg es256", with(ec(), "alg", json!("es256"))),
+            ("EC alg ES384", with(ec(), "alg", json!("ES384"))),
+            ("OKP alg ES256", with(okp(), "alg", json!("ES256"))),
+            ("OKP alg none", with(okp(), "alg", json!("none"))),
+            ("alg not a string", with(ec(), "alg", json!(1))),
+            ("EC crv Ed25519", with(ec(), "crv", json!("Ed25519"))),
+            ("EC crv P-384", with(ec(), "crv", json!("P-384"))),
+            ("OKP crv X25519", with(okp(), "crv", json!("X25519"))),
+            ("OKP crv P-256", with(okp(), "crv", json!("P-256"))),
+            ("kty RSA", with(ec(), "kty", json!("RSA"))),
+            ("kty oct", with(okp(), "kty", json!("oct"))),
+            ("kty lowercase", with(ec(), "kty", json!("ec"))),
+            ("x padded", with(okp(), "x", json!(format!("{ED_X}=")))),
+            ("y standard alphabet", with(ec(), "y", json!(EC_Y.replace('_', "/")))),
+            ("x standard alphabet", with(okp(), "x", json!(ED_X.replace('_', "/")))),
+            ("x 31 bytes", with(okp(), "x", json!(b64_encode(&[9u8; 31])))),
+            ("x 33 bytes", with(okp(), "x", json!(b64_encode(&[9u8; 33])))),
+            ("EC y 31 bytes", with(ec(), "y", json!(b64_encode(&[9u8; 31])))),
+            ("x not a string", with(ec(), "x", json!(5))),
+            ("EC off curve", with(ec(), "y", json!(off_curve_y))),
+            ("EC zero point", with(with(ec(), "x", json!(b64_encode(&[0; 32]))), "y", json!(b64_encode(&[0; 32])))),
+            ("OKP small order", with(okp(), "x", json!(identity))),
+            ("OKP y = p", with(okp(), "x", json!(y_eq_p))),
+        ];
+        for (name, jwk) in cases {
+            let err = PublicKey::from_jwk(&jwk).expect_err(name);
+            assert_eq!(err.code(), ErrorCode::BadKey, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn extra_members_only_when_allowed_and_never_private() {
+        let jwk = with(with(ec(), "kid", json!("k")), "use", json!("sig"));
+        let map = jwk.as_object().unwrap();
+        assert!(PublicKey::from_jwk_members(map, &["kid", "use"]).is_ok());
+        assert_eq!(
+            PublicKey::from_jwk_members(map, &["kid"])
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadKey
+        );
+        let private = with(okp(), "d", json!(ED_X));
+        for extra in [&["d"][..], &["d", "kid"][..]] {
+            assert_eq!(
+                PublicKey::from_jwk_members(private.as_object().unwrap(), extra)
+                    .unwrap_err()
+                    .code(),
+                ErrorCode::BadKey
+            );
+        }
+    }
+}

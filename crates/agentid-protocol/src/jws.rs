@@ -1,0 +1,713 @@
+//! JWS Compact framing (RFC 7515) with agentid's strict header profile.
+//!
+//! The protected header holds only `alg`, `typ` and, for grants and revocation lists, `kid`.
+//! Keys never come from the header (`jwk`, `jku`, `x5c`, ... are `BadHeader`, threat 6), and
+//! the signature is always checked over the exact transmitted bytes.
+
+use serde_json::Value;
+
+use crate::crypto::Algorithm;
+use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
+use crate::error::{Error, ErrorCode, Result};
+
+/// The `typ` of an agentid token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenType {
+    /// A grant signed by a trust domain's authority (`agentid-grant+jwt`).
+    Grant,
+    /// A delegation link signed by the previous holder (`agentid-link+jwt`).
+    Link,
+    /// A per-connection hop proof (`agentid-proof+jwt`).
+    Proof,
+    /// A signed revocation list (`agentid-revocations+jwt`).
+    Revocations,
+}
+
+impl TokenType {
+    /// The `typ` issuers write, e.g. `agentid-grant+jwt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "agentid-grant+jwt",
+            Self::Link => "agentid-link+jwt",
+            Self::Proof => "agentid-proof+jwt",
+            Self::Revocations => "agentid-revocations+jwt",
+        }
+    }
+
+    /// Whether a header's `typ` names this type: compared ASCII-case-insensitively after
+    /// removing one leading `application/` (itself matched case-insensitively), as RFC 7515
+    /// section 4.1.9 recommends.
+    pub fn matches(self, typ: &str) -> bool {
+        const PREFIX: &str = "application/";
+        let bare = match typ.get(..PREFIX.len()) {
+            Some(p) if p.eq_ignore_ascii_case(PREFIX) => typ.get(PREFIX.len()..).unwrap_or(""),
+            _ => typ,
+        };
+        bare.eq_ignore_ascii_case(self.as_str())
+    }
+
+    /// Whether the header may carry `kid` (the key is looked up in a bundle).
+    fn allows_kid(self) -> bool {
+        matches!(self, Self::Grant | Self::Revocations)
+    }
+}
+
+impl core::fmt::Display for TokenType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The largest token accepted or produced (8 KiB).
+pub(crate) const MAX_TOKEN_BYTES: usize = 8192;
+
+/// A JWS Compact token split into its parts; all borrow from `text`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RawToken<'a> {
+    /// The whole token.
+    pub text: &'a str,
+    /// The base64url protected header.
+    pub header_b64: &'a str,
+    /// The base64url payload.
+    pub payload_b64: &'a str,
+    /// The base64url signature.
+    pub signature_b64: &'a str,
+}
+
+impl<'a> RawToken<'a> {
+    /// The JWS signing input: the exact transmitted bytes `header "." payload`.
+    pub fn signing_input(&self) -> &'a [u8] {
+        // Everything before the last '.', i.e. before the signature.
+        self.text
+            .rsplit_once('.')
+            .map_or(self.text, |(input, _)| input)
+            .as_bytes()
+    }
+}
+
+/// Splits a JWS Compact token: at most [`MAX_TOKEN_BYTES`] (`TokenTooLarge`, checked first),
+/// exactly three non-empty parts (`Malformed`), each strict base64url (`BadBase64`).
+///
+/// All three parts are checked here so that framing rejects bad base64url before any
+/// cryptography runs, whichever part carries it.
+pub(crate) fn split(token: &str) -> Result<RawToken<'_>> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::new(
+            ErrorCode::TokenTooLarge,
+            format!("token of {} bytes exceeds {MAX_TOKEN_BYTES}", token.len()),
+        ));
+    }
+    let malformed = || Error::new(ErrorCode::Malformed, "a JWS has three non-empty parts");
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+        return Err(malformed());
+    }
+    for part in [header_b64, payload_b64, signature_b64] {
+        b64_decode(part)?;
+    }
+    Ok(RawToken {
+        text: token,
+        header_b64,
+        payload_b64,
+        signature_b64,
+    })
+}
+
+/// A validated protected header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    /// The token type (always the expected one).
+    pub typ: TokenType,
+    /// The key id, for grants and revocation lists.
+    pub kid: Option<String>,
+}
+
+/// Parses and checks the protected header, in this order: base64url (`BadBase64`); an I-JSON
+/// object (`BadHeader`); members only `alg`, `typ` and `kid` (`BadHeader`); `typ` present, a
+/// string, and `expected` (`BadTyp`); `alg` present and `ES256`, `Ed25519` or `EdDSA`
+/// (`UnsupportedAlg`); `kid` present, a non-empty string, for grants and revocation lists and
+/// absent otherwise (`BadHeader`).
+pub(crate) fn parse_header(raw: &RawToken<'_>, expected: TokenType) -> Result<Header> {
+    let bytes = b64_decode(raw.header_b64)?;
+    let map = parse_ijson_object(&bytes)
+        .map_err(|e| Error::new(ErrorCode::BadHeader, format!("header: {}", e.detail())))?;
+    for name in map.keys() {
+        // `kid` is checked last, so that a grant presented as a link fails `bad_typ`.
+        let allowed = matches!(name.as_str(), "alg" | "typ" | "kid");
+        if !allowed {
+            return Err(Error::new(
+                ErrorCode::BadHeader,
+                format!("header member {name:?} is not allowed in a {expected}"),
+            ));
+        }
+    }
+    match map.get("typ") {
+        Some(Value::String(typ)) if expected.matches(typ) => {}
+        Some(other) => {
+            return Err(Error::new(
+                ErrorCode::BadTyp,
+                format!("typ {other} where {expected} is expected"),
+            ))
+        }
+        None => {
+            return Err(Error::new(
+                ErrorCode::BadTyp,
+                format!("typ missing, {expected} expected"),
+            ))
+        }
+    }
+    let alg = match map.get("alg") {
+        Some(Value::String(alg)) => Algorithm::from_header(alg),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Error::new(
+            ErrorCode::UnsupportedAlg,
+            format!(
+                "alg {} is not ES256, Ed25519 or EdDSA",
+                map.get("alg").unwrap_or(&Value::Null)
+            ),
+        )
+    })?;
+    let kid = match map.get("kid") {
+        None if expected.allows_kid() => {
+            return Err(Error::new(
+                ErrorCode::BadHeader,
+                format!("a {expected} needs `kid`"),
+            ))
+        }
+        None => None,
+        Some(_) if !expected.allows_kid() => {
+            return Err(Error::new(
+                ErrorCode::BadHeader,
+                format!("a {expected} takes no `kid`"),
+            ))
+        }
+        Some(Value::String(kid)) if !kid.is_empty() => Some(kid.clone()),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorCode::BadHeader,
+                "kid must be a non-empty string",
+            ))
+        }
+    };
+    Ok(Header {
+        alg,
+        typ: expected,
+        kid,
+    })
+}
+
+/// Builds a JWS Compact token: header `{"alg":..,"typ":..[,"kid":..]}`, `claims_json` as the
+/// payload, and the signature from `sign` over the signing input.
+///
+/// Refuses to produce what a verifier would reject: `kid` missing or empty on a grant or
+/// revocation list, or present on a link or proof (`BadHeader`); claims that are not an I-JSON object (`BadJson`); a signature that is not 64
+/// bytes, e.g. a DER ECDSA signature from an HSM (`BadSignature`); a token over 8 KiB
+/// (`TokenTooLarge`).
+pub(crate) fn sign_compact(
+    typ: TokenType,
+    alg: Algorithm,
+    kid: Option<&str>,
+    claims_json: &[u8],
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+) -> Result<String> {
+    // Written by hand so the member order is fixed whatever serde_json's map type is.
+    let mut header_json = format!(r#"{{"alg":"{}","typ":"{}""#, alg.as_str(), typ.as_str());
+    match kid {
+        Some(kid) if typ.allows_kid() && !kid.is_empty() => {
+            header_json.push_str(r#","kid":"#);
+            header_json.push_str(&Value::from(kid).to_string()); // a JSON string, escaped
+        }
+        None if !typ.allows_kid() => {}
+        _ => {
+            return Err(Error::new(
+                ErrorCode::BadHeader,
+                format!(
+                    "a {typ} needs a non-empty kid if and only if it is a grant or revocation list"
+                ),
+            ))
+        }
+    }
+    header_json.push('}');
+    parse_ijson_object(claims_json)?;
+    let mut token = b64_encode(header_json.as_bytes());
+    token.push('.');
+    token.push_str(&b64_encode(claims_json));
+    let signature = sign(token.as_bytes())?;
+    if signature.len() != 64 {
+        return Err(Error::new(
+            ErrorCode::BadSignature,
+            format!(
+                "signer returned {} bytes, a JWS {alg} signature is 64",
+                signature.len()
+            ),
+        ));
+    }
+    token.push('.');
+    token.push_str(&b64_encode(&signature));
+    // Revocation lists are not chain tokens: their size is bounded by the list's own cap.
+    if typ != TokenType::Revocations && token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::new(
+            ErrorCode::TokenTooLarge,
+            format!("token of {} bytes exceeds {MAX_TOKEN_BYTES}", token.len()),
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+    use crate::crypto::{verify, AuthorityKey, JwsSigner, TaskKey};
+
+    const ALL: [TokenType; 4] = [
+        TokenType::Grant,
+        TokenType::Link,
+        TokenType::Proof,
+        TokenType::Revocations,
+    ];
+
+    /// A token with the given header JSON, an empty claims object and a zero signature.
+    fn token_with_header(header: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            b64_encode(header.as_bytes()),
+            b64_encode(b"{}"),
+            b64_encode(&[0; 64])
+        )
+    }
+
+    fn header_of(header: &str, expected: TokenType) -> Result<Header> {
+        let token = token_with_header(header);
+        parse_header(&split(&token).unwrap(), expected)
+    }
+
+    #[test]
+    fn typ_matching_table() {
+        let cases = [
+            (TokenType::Grant, "agentid-grant+jwt", true),
+            (TokenType::Grant, "AGENTID-GRANT+JWT", true),
+            (TokenType::Grant, "application/agentid-grant+jwt", true),
+            (TokenType::Grant, "Application/Agentid-Grant+JWT", true),
+            (TokenType::Grant, "APPLICATION/agentid-grant+jwt", true),
+            (TokenType::Link, "agentid-link+jwt", true),
+            (TokenType::Proof, "application/agentid-proof+jwt", true),
+            (TokenType::Revocations, "agentid-revocations+JWT", true),
+            (TokenType::Grant, "agentid-link+jwt", false),
+            (TokenType::Link, "agentid-grant+jwt", false),
+            (
+                TokenType::Grant,
+                "application/application/agentid-grant+jwt",
+                false,
+            ),
+            (TokenType::Grant, "application/", false),
+            (TokenType::Grant, "application", false),
+            (TokenType::Grant, "applicationagentid-grant+jwt", false),
+            (TokenType::Grant, "text/agentid-grant+jwt", false),
+            (TokenType::Grant, " agentid-grant+jwt", false),
+            (TokenType::Grant, "agentid-grant+jwt ", false),
+            (TokenType::Grant, "agentid-grant", false),
+            (TokenType::Grant, "JWT", false),
+            (TokenType::Grant, "", false),
+            // Unicode case folding must not apply: K (Kelvin sign) is not k.
+            (TokenType::Link, "agentid-lin\u{212a}+jwt", false),
+            // A multi-byte character straddling the prefix length must not panic.
+            (TokenType::Grant, "applicationé/agentid-grant+jwt", false),
+        ];
+        for (tt, typ, want) in cases {
+            assert_eq!(tt.matches(typ), want, "{tt} vs {typ:?}");
+        }
+        for tt in ALL {
+            assert!(tt.matches(tt.as_str()));
+            assert_eq!(tt.to_string(), tt.as_str());
+        }
+    }
+
+    #[test]
+    fn split_table() {
+        let good = token_with_header(r#"{"alg":"ES256","typ":"agentid-link+jwt"}"#);
+        let sig = b64_encode(&[1; 64]);
+        let max = format!("AA.{}.{sig}", "A".repeat(MAX_TOKEN_BYTES - 4 - sig.len()));
+        assert_eq!(max.len(), MAX_TOKEN_BYTES);
+        let over = format!(
+            "AA.{}.{sig}",
+            "A".repeat(MAX_TOKEN_BYTES - 4 - sig.len() + 1)
+        );
+        let over_malformed = "x".repeat(MAX_TOKEN_BYTES + 1);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, String, Option<ErrorCode>)> = vec![
+            ("good", good.clone(), None),
+            ("exactly 8 KiB", max, None),
+            ("one byte over", over, Some(ErrorCode::TokenTooLarge)),
+            ("size checked before framing", over_malformed, Some(ErrorCode::TokenTooLarge)),
+            ("empty", String::new(), Some(ErrorCode::Malformed)),
+            ("one part", "abc".into(), Some(ErrorCode::Malformed)),
+            ("two parts", "abc.def".into(), Some(ErrorCode::Malformed)),
+            ("four parts", format!("{good}.AAAA"), Some(ErrorCode::Malformed)),
+            ("five parts (JWE)", "a.b.c.d.e".into(), Some(ErrorCode::Malformed)),
+            ("empty header", ".AAAA.AAAA".into(), Some(ErrorCode::Malformed)),
+            ("empty payload", "AAAA..AAAA".into(), Some(ErrorCode::Malformed)),
+            ("empty signature (unsecured JWS)", "AAAA.AAAA.".into(), Some(ErrorCode::Malformed)),
+            ("only dots", "..".into(), Some(ErrorCode::Malformed)),
+            ("padded header", "AA==.AAAA.AAAA".into(), Some(ErrorCode::BadBase64)),
+            ("padded signature", "AAAA.AAAA.AA==".into(), Some(ErrorCode::BadBase64)),
+            ("space in payload", "AAAA.AA AA.AAAA".into(), Some(ErrorCode::BadBase64)),
+            ("newline at end", "AAAA.AAAA.AAAA\n".into(), Some(ErrorCode::BadBase64)),
+            ("standard alphabet", "AAAA.AA+/.AAAA".into(), Some(ErrorCode::BadBase64)),
+            ("non-canonical trailing bits", "AAAA.AB.AAAA".into(), Some(ErrorCode::BadBase64)),
+            ("impossible length", "AAAAA.AAAA.AAAA".into(), Some(ErrorCode::BadBase64)),
+            ("chain separator inside", "AAAA.AA~A.AAAA".into(), Some(ErrorCode::BadBase64)),
+        ];
+        for (name, token, want) in cases {
+            let got = split(&token);
+            match want {
+                None => {
+                    let raw = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(
+                        format!(
+                            "{}.{}.{}",
+                            raw.header_b64, raw.payload_b64, raw.signature_b64
+                        ),
+                        token
+                    );
+                    assert_eq!(
+                        raw.signing_input(),
+                        format!("{}.{}", raw.header_b64, raw.payload_b64).as_bytes()
+                    );
+                }
+                Some(code) => assert_eq!(got.unwrap_err().code(), code, "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_header_accepts() {
+        use Algorithm::{Ed25519, Es256};
+        let cases: Vec<(&str, TokenType, Algorithm, Option<&str>)> = vec![
+            (
+                r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":"k1"}"#,
+                TokenType::Grant,
+                Es256,
+                Some("k1"),
+            ),
+            (
+                r#"{"alg":"Ed25519","typ":"agentid-grant+jwt","kid":"k"}"#,
+                TokenType::Grant,
+                Ed25519,
+                Some("k"),
+            ),
+            (
+                r#"{"kid":"k","typ":"application/agentid-revocations+jwt","alg":"EdDSA"}"#,
+                TokenType::Revocations,
+                Ed25519,
+                Some("k"),
+            ),
+            (
+                r#"{"alg":"ES256","typ":"agentid-link+jwt"}"#,
+                TokenType::Link,
+                Es256,
+                None,
+            ),
+            (
+                r#"{"alg":"EdDSA","typ":"AGENTID-PROOF+JWT"}"#,
+                TokenType::Proof,
+                Ed25519,
+                None,
+            ),
+            (
+                " {\"typ\" : \"agentid-link+jwt\" ,\n \"alg\":\"Ed25519\"} ",
+                TokenType::Link,
+                Ed25519,
+                None,
+            ),
+            (
+                r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":"\u006b"}"#,
+                TokenType::Grant,
+                Es256,
+                Some("k"),
+            ),
+        ];
+        for (header, tt, alg, kid) in cases {
+            let h = header_of(header, tt).unwrap_or_else(|e| panic!("{header}: {e}"));
+            assert_eq!(
+                h,
+                Header {
+                    alg,
+                    typ: tt,
+                    kid: kid.map(String::from)
+                },
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_header_rejects() {
+        use ErrorCode::{BadHeader, BadJson, BadTyp, UnsupportedAlg};
+        let g = TokenType::Grant;
+        let l = TokenType::Link;
+        let p = TokenType::Proof;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, TokenType, ErrorCode)> = vec![
+            // members outside the allow-list (keys from the header, threat 6)
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","crit":["exp"]}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","jwk":{}}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","jku":"https://x"}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","x5u":"https://x"}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","x5c":[]}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","x5t#S256":"x"}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","b64":false}"#, l, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","cty":"JWT"}"#, l, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","zip":"DEF"}"#, l, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","enc":"A128GCM"}"#, l, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","Alg":"none"}"#, l, BadHeader),
+            // kid exactly where a bundle lookup uses it
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt"}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-revocations+jwt"}"#, TokenType::Revocations, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","kid":"k"}"#, l, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-proof+jwt","kid":"k"}"#, p, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":""}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":1}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":null}"#, g, BadHeader),
+            // not an I-JSON object
+            (r#"{"alg":"ES256","alg":"none","typ":"agentid-grant+jwt"}"#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","typ":"agentid-grant+jwt"}"#, g, BadHeader),
+            (r#"["alg","ES256"]"#, g, BadHeader),
+            (r#""ES256""#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt""#, g, BadHeader),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt"} x"#, g, BadHeader),
+            // typ
+            (r#"{"alg":"ES256"}"#, g, BadTyp),
+            (r#"{"alg":"ES256","typ":"JWT"}"#, g, BadTyp),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt"}"#, g, BadTyp),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt"}"#, l, BadTyp),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt"}"#, TokenType::Revocations, BadTyp),
+            (r#"{"alg":"ES256","typ":null}"#, l, BadTyp),
+            (r#"{"alg":"ES256","typ":["agentid-link+jwt"]}"#, l, BadTyp),
+            // alg (threat 6)
+            (r#"{"typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"none","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"None","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"HS256","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"RS256","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"es256","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"ES384","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":"","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":null,"typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            (r#"{"alg":["ES256"],"typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
+            // order of checks: members, then typ, then alg
+            (r#"{"alg":"none","typ":"JWT","jwk":{}}"#, l, BadHeader),
+            (r#"{"alg":"none","typ":"JWT"}"#, l, BadTyp),
+            (r#"{"alg":"none","typ":"agentid-grant+jwt","kid":""}"#, g, UnsupportedAlg),
+            (r#"{"alg":"none","typ":"agentid-grant+jwt"}"#, g, UnsupportedAlg),
+            (r#"{"alg":"none","typ":"agentid-link+jwt","kid":"k"}"#, l, UnsupportedAlg),
+            // a grant presented where a link is expected fails on typ, not on its kid
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":"k"}"#, l, BadTyp),
+        ];
+        for (header, tt, code) in cases {
+            let err = header_of(header, tt).expect_err(header);
+            assert_eq!(err.code(), code, "{header} as {tt}: {err}");
+        }
+        // Invalid UTF-8 in the header is a header error, not a JSON one.
+        let token = format!(
+            "{}.e30.{}",
+            b64_encode(b"{\"alg\":\"\xff\"}"),
+            b64_encode(&[0; 64])
+        );
+        let err = parse_header(&split(&token).unwrap(), l).unwrap_err();
+        assert_eq!(err.code(), BadHeader);
+        assert_ne!(err.code(), BadJson);
+    }
+
+    #[test]
+    fn parse_header_reports_bad_base64_when_built_by_hand() {
+        // `split` already refuses it; parse_header must not rely on that.
+        let raw = RawToken {
+            text: "A=.e30.AAAA",
+            header_b64: "A=",
+            payload_b64: "e30",
+            signature_b64: "AAAA",
+        };
+        assert_eq!(
+            parse_header(&raw, TokenType::Link).unwrap_err().code(),
+            ErrorCode::BadBase64
+        );
+    }
+
+    #[test]
+    fn sign_compact_round_trips() {
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            let task = TaskKey::generate(alg).unwrap();
+            let authority = AuthorityKey::generate(alg).unwrap();
+            let claims = br#"{"sub":"x","n":1}"#;
+            let task_sign = |m: &[u8]| task.sign(m);
+            let authority_sign = |m: &[u8]| authority.sign(m);
+            type Signer<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>>;
+            let cases: Vec<(
+                TokenType,
+                Option<&str>,
+                Signer<'_>,
+                &crate::crypto::PublicKey,
+            )> = vec![
+                (TokenType::Link, None, &task_sign, task.public_key()),
+                (TokenType::Proof, None, &task_sign, task.public_key()),
+                (
+                    TokenType::Grant,
+                    Some("kid-1"),
+                    &authority_sign,
+                    authority.public_key(),
+                ),
+                (
+                    TokenType::Revocations,
+                    Some("kid-2"),
+                    &authority_sign,
+                    authority.public_key(),
+                ),
+            ];
+            for (tt, kid, signer, key) in cases {
+                let token = sign_compact(tt, alg, kid, claims, signer).unwrap();
+                let raw = split(&token).unwrap();
+                let header = parse_header(&raw, tt).unwrap();
+                assert_eq!(
+                    header,
+                    Header {
+                        alg,
+                        typ: tt,
+                        kid: kid.map(String::from)
+                    }
+                );
+                assert_eq!(b64_decode(raw.payload_b64).unwrap(), claims);
+                let sig = b64_decode(raw.signature_b64).unwrap();
+                verify(key, header.alg, raw.signing_input(), &sig).unwrap();
+                let expected_header = match kid {
+                    Some(k) => format!(r#"{{"alg":"{alg}","typ":"{tt}","kid":"{k}"}}"#),
+                    None => format!(r#"{{"alg":"{alg}","typ":"{tt}"}}"#),
+                };
+                assert_eq!(
+                    b64_decode(raw.header_b64).unwrap(),
+                    expected_header.as_bytes()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sign_compact_escapes_kid() {
+        let kid = "a\"b\\c\u{1}";
+        let token = sign_compact(
+            TokenType::Grant,
+            Algorithm::Ed25519,
+            Some(kid),
+            b"{}",
+            |_| Ok(vec![7; 64]),
+        )
+        .unwrap();
+        let header = parse_header(&split(&token).unwrap(), TokenType::Grant).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(kid));
+    }
+
+    #[test]
+    fn sign_compact_refuses() {
+        let ok = |_: &[u8]| -> Result<Vec<u8>> { Ok(vec![1; 64]) };
+        let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_TOKEN_BYTES));
+        let just_fits = {
+            // header {"alg":"ES256","typ":"agentid-link+jwt"} is 40 bytes -> 54 base64url chars;
+            // the signature is 86; 2 dots leave 8192 - 142 = 8050 chars = 6037 bytes of claims
+            // (8050 is 2 mod 4: 6036 bytes give 8048, 6037 give 8050).
+            format!(r#"{{"x":"{}"}}"#, "a".repeat(6037 - 8))
+        };
+        type Case<'a> = (
+            &'a str,
+            TokenType,
+            Option<&'a str>,
+            Vec<u8>,
+            Box<dyn Fn(&[u8]) -> Result<Vec<u8>>>,
+            Option<ErrorCode>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case<'_>> = vec![
+            ("fits exactly", TokenType::Link, None, just_fits.clone().into_bytes(), Box::new(ok), None),
+            ("one byte too many", TokenType::Link, None, just_fits.replacen('a', "aa", 1).into_bytes(), Box::new(ok), Some(ErrorCode::TokenTooLarge)),
+            ("kid on a link", TokenType::Link, Some("k"), b"{}".to_vec(), Box::new(ok), Some(ErrorCode::BadHeader)),
+            ("kid on a proof", TokenType::Proof, Some("k"), b"{}".to_vec(), Box::new(ok), Some(ErrorCode::BadHeader)),
+            ("empty kid", TokenType::Grant, Some(""), b"{}".to_vec(), Box::new(ok), Some(ErrorCode::BadHeader)),
+            ("grant without kid", TokenType::Grant, None, b"{}".to_vec(), Box::new(ok), Some(ErrorCode::BadHeader)),
+            ("revocations without kid", TokenType::Revocations, None, b"{}".to_vec(), Box::new(ok), Some(ErrorCode::BadHeader)),
+            ("claims not an object", TokenType::Link, None, b"[]".to_vec(), Box::new(ok), Some(ErrorCode::BadJson)),
+            ("claims with duplicates", TokenType::Link, None, br#"{"a":1,"a":2}"#.to_vec(), Box::new(ok), Some(ErrorCode::BadJson)),
+            ("claims not UTF-8", TokenType::Link, None, b"{\"a\":\"\xff\"}".to_vec(), Box::new(ok), Some(ErrorCode::BadJson)),
+            ("huge claims", TokenType::Link, None, big.into_bytes(), Box::new(ok), Some(ErrorCode::TokenTooLarge)),
+            ("DER signature from an HSM", TokenType::Grant, Some("k"), b"{}".to_vec(), Box::new(|_: &[u8]| Ok(vec![0x30; 71])), Some(ErrorCode::BadSignature)),
+            ("empty signature", TokenType::Grant, Some("k"), b"{}".to_vec(), Box::new(|_: &[u8]| Ok(vec![])), Some(ErrorCode::BadSignature)),
+            ("signer error passed through", TokenType::Grant, Some("k"), b"{}".to_vec(), Box::new(|_: &[u8]| Err(Error::new(ErrorCode::BadConfig, "hsm down"))), Some(ErrorCode::BadConfig)),
+        ];
+        for (name, tt, kid, claims, signer, want) in cases {
+            let got = sign_compact(tt, Algorithm::Es256, kid, &claims, signer);
+            match want {
+                None => {
+                    let token = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(token.len(), MAX_TOKEN_BYTES, "{name}");
+                    split(&token).unwrap();
+                }
+                Some(code) => assert_eq!(got.unwrap_err().code(), code, "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn signing_input_is_the_transmitted_bytes() {
+        // A header that is valid JSON but not our canonical form is verified as sent.
+        let header = b64_encode(br#"{ "typ":"agentid-link+jwt", "alg":"Ed25519" }"#);
+        let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+        let input = format!("{header}.{}", b64_encode(b"{}"));
+        let sig = key.sign(input.as_bytes()).unwrap();
+        let token = format!("{input}.{}", b64_encode(&sig));
+        let raw = split(&token).unwrap();
+        assert_eq!(raw.signing_input(), input.as_bytes());
+        let h = parse_header(&raw, TokenType::Link).unwrap();
+        verify(
+            key.public_key(),
+            h.alg,
+            raw.signing_input(),
+            &b64_decode(raw.signature_b64).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_signer_trait_works_with_sign_compact() {
+        let authority = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let signer: &dyn JwsSigner = &authority;
+        let token = sign_compact(
+            TokenType::Grant,
+            signer.algorithm(),
+            Some("k"),
+            b"{}",
+            |m| signer.sign(m),
+        )
+        .unwrap();
+        let raw = split(&token).unwrap();
+        verify(
+            &signer.public_key(),
+            Algorithm::Es256,
+            raw.signing_input(),
+            &b64_decode(raw.signature_b64).unwrap(),
+        )
+        .unwrap();
+    }
+}
