@@ -90,14 +90,20 @@ impl TrustBundle {
     /// Adds a grant-signing key.
     #[must_use]
     pub fn add_grant_key(mut self, key: PublicKey) -> Self {
-        self.grant_keys.push(BundleKey { kid: key.thumbprint(), key });
+        self.grant_keys.push(BundleKey {
+            kid: key.thumbprint(),
+            key,
+        });
         self
     }
 
     /// Adds a revocation-list signing key.
     #[must_use]
     pub fn add_revocation_key(mut self, key: PublicKey) -> Self {
-        self.revocation_keys.push(BundleKey { kid: key.thumbprint(), key });
+        self.revocation_keys.push(BundleKey {
+            kid: key.thumbprint(),
+            key,
+        });
         self
     }
 
@@ -141,36 +147,49 @@ impl TrustBundle {
         if json.len() > MAX_BUNDLE_BYTES {
             return Err(bad("bundle larger than 1 MiB"));
         }
-        let map = parse_ijson_object(json).map_err(|e| bad(format!("bundle is not I-JSON: {}", e.detail())))?;
+        let map = parse_ijson_object(json)
+            .map_err(|e| bad(format!("bundle is not I-JSON: {}", e.detail())))?;
         let Some(Value::Array(keys)) = map.get("keys") else {
             return Err(bad("bundle must have a `keys` array"));
         };
         let sequence = match map.get("spiffe_sequence") {
             None => 0,
-            Some(v) => crate::encoding::json_time(v).ok_or_else(|| bad("`spiffe_sequence` must be an integer"))?,
+            Some(v) => crate::encoding::json_time(v)
+                .ok_or_else(|| bad("`spiffe_sequence` must be an integer"))?,
         };
         let refresh_hint = match map.get("spiffe_refresh_hint") {
             None => None,
-            Some(v) => Some(crate::encoding::json_time(v).ok_or_else(|| bad("`spiffe_refresh_hint` must be an integer"))?),
+            Some(v) => Some(
+                crate::encoding::json_time(v)
+                    .ok_or_else(|| bad("`spiffe_refresh_hint` must be an integer"))?,
+            ),
         };
         let mut b = TrustBundle::new(trust_domain.clone(), sequence);
         b.refresh_hint = refresh_hint;
         let mut kids = std::collections::HashSet::new();
         for entry in keys {
-            let Value::Object(e) = entry else { return Err(bad("bundle entries must be objects")) };
+            let Value::Object(e) = entry else {
+                return Err(bad("bundle entries must be objects"));
+            };
             match e.get("use").and_then(Value::as_str) {
                 Some(USE_X509_SVID) => b.x509_authorities.push(parse_x509_entry(e)?),
                 Some(u @ (USE_GRANT | USE_REVOCATION)) => {
                     let key = PublicKey::from_jwk_members(e, &["use", "kid"])
                         .map_err(|err| bad(format!("{u} key: {}", err.detail())))?;
-                    let kid = e.get("kid").and_then(Value::as_str).ok_or_else(|| bad(format!("{u} key without `kid`")))?;
+                    let kid = e
+                        .get("kid")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad(format!("{u} key without `kid`")))?;
                     if kid != key.thumbprint() {
                         return Err(bad(format!("{u} key `kid` is not its RFC 7638 thumbprint")));
                     }
                     if !kids.insert(kid.to_owned()) {
                         return Err(bad(format!("`kid` {kid} appears twice")));
                     }
-                    let bk = BundleKey { kid: kid.to_owned(), key };
+                    let bk = BundleKey {
+                        kid: kid.to_owned(),
+                        key,
+                    };
                     if u == USE_GRANT {
                         b.grant_keys.push(bk);
                     } else {
@@ -192,11 +211,16 @@ impl TrustBundle {
             e.insert("use".into(), Value::from(USE_X509_SVID));
             e.insert(
                 "x5c".into(),
-                Value::Array(vec![Value::from(base64::engine::general_purpose::STANDARD.encode(&a.der))]),
+                Value::Array(vec![Value::from(
+                    base64::engine::general_purpose::STANDARD.encode(&a.der),
+                )]),
             );
             keys.push(Value::Object(e));
         }
-        for (u, list) in [(USE_GRANT, &self.grant_keys), (USE_REVOCATION, &self.revocation_keys)] {
+        for (u, list) in [
+            (USE_GRANT, &self.grant_keys),
+            (USE_REVOCATION, &self.revocation_keys),
+        ] {
             for k in list {
                 let mut e = match k.key.to_jwk() {
                     Value::Object(m) => m,
@@ -218,7 +242,9 @@ impl TrustBundle {
 
     /// Whether the bundle trusts nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.x509_authorities.is_empty() && self.grant_keys.is_empty() && self.revocation_keys.is_empty()
+        self.x509_authorities.is_empty()
+            && self.grant_keys.is_empty()
+            && self.revocation_keys.is_empty()
     }
 }
 
@@ -227,7 +253,9 @@ fn parse_x509_entry(e: &Map<String, Value>) -> Result<X509Authority> {
         return Err(bad("x509-svid entry without `x5c`"));
     };
     let [Value::String(cert)] = x5c.as_slice() else {
-        return Err(bad("x509-svid entry must hold exactly one certificate in `x5c`"));
+        return Err(bad(
+            "x509-svid entry must hold exactly one certificate in `x5c`",
+        ));
     };
     let der = base64::engine::general_purpose::STANDARD
         .decode(cert)
@@ -263,7 +291,10 @@ impl BundleSet {
             if bundle.sequence < old.sequence {
                 return Err(Error::new(
                     ErrorCode::SequenceRollback,
-                    format!("bundle sequence {} is lower than the held {}", bundle.sequence, old.sequence),
+                    format!(
+                        "bundle sequence {} is lower than the held {}",
+                        bundle.sequence, old.sequence
+                    ),
                 ));
             }
         }

@@ -35,7 +35,10 @@ pub struct TokenCache {
 impl TokenCache {
     /// A cache holding at most `capacity` tokens (oldest evicted first).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, inner: Mutex::new(Inner::default()) }
+        Self {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     /// Number of cached tokens.

@@ -8,7 +8,11 @@ use crate::crypto::{JwsSigner, TaskKey};
 use crate::encoding::b64_encode;
 use crate::error::Result;
 
-fn compact(header: &[u8], payload: &[u8], sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>) -> Result<String> {
+fn compact(
+    header: &[u8],
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+) -> Result<String> {
     let mut token = b64_encode(header);
     token.push('.');
     token.push_str(&b64_encode(payload));
@@ -24,7 +28,11 @@ pub fn sign_with_task_key(key: &TaskKey, header: &[u8], payload: &[u8]) -> Resul
 }
 
 /// Signs `header` and `payload` (raw JSON bytes, not checked) with an authority key.
-pub fn sign_with_authority_key(key: &dyn JwsSigner, header: &[u8], payload: &[u8]) -> Result<String> {
+pub fn sign_with_authority_key(
+    key: &dyn JwsSigner,
+    header: &[u8],
+    payload: &[u8],
+) -> Result<String> {
     compact(header, payload, |input| key.sign(input))
 }
 

@@ -190,7 +190,11 @@ pub struct Error {
 impl Error {
     /// A new error with no token index.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, index: None, detail: detail.into() }
+        Self {
+            code,
+            index: None,
+            detail: detail.into(),
+        }
     }
 
     /// The same error, tied to token `index` (0 = grant).

@@ -104,7 +104,10 @@ impl VerifierConfig {
     /// Sets the clock skew (at most [`MAX_SKEW`]).
     pub fn skew(mut self, seconds: u64) -> Result<Self> {
         if seconds > MAX_SKEW {
-            return Err(Error::new(ErrorCode::BadConfig, "skew must be at most 120 seconds"));
+            return Err(Error::new(
+                ErrorCode::BadConfig,
+                "skew must be at most 120 seconds",
+            ));
         }
         self.skew = seconds;
         Ok(self)
@@ -138,12 +141,17 @@ impl VerifierConfig {
             if list.seq() < old.seq() {
                 return Err(Error::new(
                     ErrorCode::SequenceRollback,
-                    format!("revocation list seq {} is older than the held {}", list.seq(), old.seq()),
+                    format!(
+                        "revocation list seq {} is older than the held {}",
+                        list.seq(),
+                        old.seq()
+                    ),
                 ));
             }
         }
         let list = Arc::new(list);
-        self.revocations.insert(list.issuer().clone(), Arc::clone(&list));
+        self.revocations
+            .insert(list.issuer().clone(), Arc::clone(&list));
         Ok(list)
     }
 

@@ -11,7 +11,15 @@ use proptest::prelude::*;
 use serde_json::json;
 
 const NOW: u64 = 1_767_225_600;
-const POOL: &[&str] = &["repo:read", "repo:write", "issues:read", "issues:write", "ci:run", "docs:*", "deploy:staging"];
+const POOL: &[&str] = &[
+    "repo:read",
+    "repo:write",
+    "issues:read",
+    "issues:write",
+    "ci:run",
+    "docs:*",
+    "deploy:staging",
+];
 
 struct Fixture {
     td: TrustDomain,
@@ -42,15 +50,32 @@ fn fixture() -> Fixture {
                 .add_revocation_key(rev_key.public_key().clone()),
         )
         .unwrap();
-    let list = RevocationListBuilder::new(&td, 1, NOW, NOW + 600).sign(&rev_key).unwrap();
+    let list = RevocationListBuilder::new(&td, 1, NOW, NOW + 600)
+        .sign(&rev_key)
+        .unwrap();
     let mut cfg = VerifierConfig::new(server.clone(), bundles).enforce_limits(["calls", "cost"]);
     cfg.apply_revocation_list(&list).unwrap();
     let (from, to) = (mk("a"), mk("b"));
-    Fixture { td, grant_key, verifier: Verifier::new(cfg).unwrap(), from, to, server }
+    Fixture {
+        td,
+        grant_key,
+        verifier: Verifier::new(cfg).unwrap(),
+        from,
+        to,
+        server,
+    }
 }
 
 /// Signs a link from `f.from` to `f.to` after `grant` with arbitrary narrowing claims.
-fn raw_link(f: &Fixture, grant: &Chain, scope: &str, limits: serde_json::Value, exp: u64, depth: u8, aud: Option<Vec<String>>) -> String {
+fn raw_link(
+    f: &Fixture,
+    grant: &Chain,
+    scope: &str,
+    limits: serde_json::Value,
+    exp: u64,
+    depth: u8,
+    aud: Option<Vec<String>>,
+) -> String {
     let mut claims = json!({
         "ver": 1,
         "iss": f.from.0.as_str(),
@@ -73,7 +98,8 @@ fn raw_link(f: &Fixture, grant: &Chain, scope: &str, limits: serde_json::Value, 
         claims["aud"] = json!(aud);
     }
     let header = br#"{"alg":"Ed25519","typ":"agentid-link+jwt"}"#;
-    let link = sign_with_task_key(&f.from.1, header, &serde_json::to_vec(&claims).unwrap()).unwrap();
+    let link =
+        sign_with_task_key(&f.from.1, header, &serde_json::to_vec(&claims).unwrap()).unwrap();
     format!("{}~{}", grant.as_str(), link)
 }
 
@@ -89,7 +115,8 @@ fn grant(f: &Fixture, scope: &Scope, calls: u64, aud: &[String]) -> Chain {
 }
 
 fn verify(f: &Fixture, chain: &str) -> Result<VerifiedChain> {
-    f.verifier.verify_chain(chain, f.to.0.as_spiffe_id(), f.to.1.public_key(), NOW)
+    f.verifier
+        .verify_chain(chain, f.to.0.as_spiffe_id(), f.to.1.public_key(), NOW)
 }
 
 fn subset() -> impl Strategy<Value = Vec<usize>> {
