@@ -100,7 +100,7 @@ fn bad_key(detail: impl Into<String>) -> Error {
 
 /// A failure of the backend itself (RNG, key generation, signing): not caused by input.
 fn backend_error(what: &str) -> Error {
-    Error::new(ErrorCode::BadKey, format!("crypto backend failure: {what}"))
+    Error::new(ErrorCode::Internal, format!("crypto backend failure: {what}"))
 }
 
 /// p = 2^255 - 19, little-endian.

@@ -169,6 +169,9 @@ codes! {
     SequenceRollback => "sequence_rollback",
     /// A verifier configuration that is invalid (e.g. skew above 120 s).
     BadConfig => "bad_config",
+    /// A failure of the crypto backend itself (RNG, key generation, signing): never caused by
+    /// input.
+    Internal => "internal",
 }
 
 impl fmt::Display for ErrorCode {

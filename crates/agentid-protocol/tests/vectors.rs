@@ -17,12 +17,18 @@ use agentid_protocol::ErrorCode;
 use serde_json::Value;
 
 /// Codes that no vector is expected to produce, each with the reason.
-const NOT_IN_VECTORS: &[(&str, &str)] = &[(
-    "proof_replayed",
-    "a transport-level check (a proof `jti` already seen on the connection) that needs state across \
-     messages; every vector is one stateless verification, and replay onto another connection is \
-     covered by the channel_binding_mismatch vectors",
-)];
+const NOT_IN_VECTORS: &[(&str, &str)] = &[
+    (
+        "proof_replayed",
+        "a transport-level check (a proof `jti` already seen on the connection) that needs state across \
+         messages; every vector is one stateless verification, and replay onto another connection is \
+         covered by the channel_binding_mismatch vectors",
+    ),
+    (
+        "internal",
+        "a failure of the crypto backend itself (RNG, key generation), never caused by input",
+    ),
+];
 
 fn vectors_dir() -> PathBuf {
     std::env::var_os("AGENTID_VECTORS_DIR")
