@@ -1,3 +1,133 @@
-//! The agentid CLI.
+//! `agentid`: per-task mTLS identities and delegation chains for AI agents, from the command line.
+//!
+//! Data goes to stdout (`--format json` where it is data), logs to stderr (`-v`, or the
+//! `AGENTID_LOG` filter). On failure the exit status is non-zero and stderr holds one line:
+//! `agentid: <reason>`. Status 1: the command failed; 2: the command line is wrong; 3: a
+//! verification ran and said "invalid".
+//!
+//! Secrets never travel on the command line: keys are read from files (mode 0600).
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod bundle;
+mod ca;
+mod cert;
+mod chain;
+mod common;
+mod delegate;
+mod error;
+mod files;
+mod revoke;
+mod trust;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::error::{one_line, CliError, CliResult};
+
+/// Per-task mTLS identities and delegation chains for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "agentid", version, about, propagate_version = true)]
+struct Cli {
+    /// More logs on stderr (-v info, -vv debug). `AGENTID_LOG` takes a full filter.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Certificate authority setup.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Certificates: issue, renew, sign a CSR, inspect, verify.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Append a link to a chain, handing a narrower scope to the holder of a certificate.
+    Delegate(delegate::DelegateArgs),
+    /// Delegation chains.
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
+    /// Revoke a certificate's key, a task, an agent, a key or a grant.
+    Revoke(revoke::RevokeArgs),
+    /// Revocation lists.
+    #[command(subcommand)]
+    Revocations(revoke::RevocationsCommand),
+    /// Trust bundles.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        // Other crates' warnings (e.g. an issuance refusal) repeat the error this binary prints.
+        0 => "agentid_cli=warn,error",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("AGENTID_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: &Cli) -> CliResult {
+    match &cli.command {
+        Command::Ca(c) => ca::run(c),
+        Command::Cert(c) => cert::run(c),
+        Command::Delegate(a) => delegate::run(a),
+        Command::Chain(c) => chain::run(c),
+        Command::Revoke(a) => revoke::run_revoke(a),
+        Command::Revocations(c) => revoke::run_revocations(c),
+        Command::Bundle(c) => bundle::run(c),
+    }
+}
+
+/// A clap error as one line (help and version are printed as clap prints them).
+fn usage_error(e: &clap::Error) -> Option<CliError> {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return None;
+    }
+    let rendered = e.render().to_string();
+    let main = rendered.split("\n\nUsage:").next().unwrap_or_default();
+    let main = main.trim().strip_prefix("error:").unwrap_or(main).trim();
+    let mut msg = one_line(main);
+    if msg.is_empty() {
+        msg = "bad command line (see --help)".into();
+    }
+    Some(CliError::usage(format!("{msg} (see --help)")))
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line on stderr, never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("agentid: internal error: {}", one_line(&info.to_string()));
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => match usage_error(&e) {
+            None => {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            Some(err) => {
+                eprintln!("agentid: {err}");
+                return ExitCode::from(err.exit.code());
+            }
+        },
+    };
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("agentid: {err}");
+            ExitCode::from(err.exit.code())
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `agentid cert verify FILE --bundle FILE [--at TIME]`: the X509-SVID profile and the chain to
+//! the anchors of the certificate's own trust domain.
+//!
+//! The leaf profile is the transport crate's `check_leaf` (the code that checks TLS peers). The
+//! chain is validated here with rustls-webpki and the transport's crypto provider: the transport's
+//! `TrustStore::verify` asks webpki for the EKU as `required` on every certificate of the path,
+//! which rejects the CA's issuing certificate (it has no EKU), so it cannot be used yet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentid_transport::{check_leaf, CertUsage, SvidInfo};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::json;
+
+use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format, FormatArg};
+use crate::error::{CliError, CliResult};
+use crate::files;
+use crate::trust::{self, parse_bundle_arg, BundleArg};
+
+/// Arguments of `cert verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The certificate file (PEM: the leaf, then its intermediates).
+    pub file: PathBuf,
+    /// The trust bundle: SPIFFE JSON or PEM roots, as `FILE` (the certificate's own trust domain)
+    /// or `TD=FILE`. Repeatable, one per trust domain.
+    #[arg(long = "bundle", required = true, value_parser = parse_bundle_arg)]
+    pub bundles: Vec<BundleArg>,
+    /// Verify at this time instead of now: RFC 3339 or Unix seconds.
+    #[arg(long, value_parser = parse_time)]
+    pub at: Option<u64>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// A certificate that passed both roles' checks.
+pub struct Verified {
+    /// What the leaf says.
+    pub info: SvidInfo,
+    /// Roles it is valid for.
+    pub usages: Vec<&'static str>,
+}
+
+/// Verifies the PEM certificate file `cert` against `bundles` at `at`: the X509-SVID leaf
+/// profile (the transport crate's `check_leaf`, for each TLS role: agents' leaves serve both),
+/// then the chain to the anchors of the certificate's own trust domain. `Err` is the one-line
+/// reason it is not valid.
+pub fn verify_file(
+    cert: &Path,
+    bundles: &[BundleArg],
+    at: u64,
+) -> CliResult<Result<Verified, String>> {
+    let certs = files::read_certs(cert)?;
+    let Some((leaf, intermediates)) = certs.split_first() else {
+        return Err(CliError::failed(format!(
+            "{}: no certificate",
+            cert.display()
+        )));
+    };
+    let mut info = None;
+    for usage in [CertUsage::ClientAuth, CertUsage::ServerAuth] {
+        match check_leaf(leaf.as_ref(), usage) {
+            Ok(i) => info = Some(i),
+            Err(e) => return Ok(Err(format!("X509-SVID profile: {e}"))),
+        }
+    }
+    let Some(info) = info else {
+        return Err(CliError::failed("no leaf information"));
+    };
+    let td = info.id.trust_domain();
+    let mut anchors_der = Vec::new();
+    for (btd, path) in trust::assign(bundles, &td)? {
+        let ders = trust::x509_authorities(&btd, path)?;
+        if btd == td {
+            anchors_der.extend(ders);
+        }
+    }
+    if anchors_der.is_empty() {
+        return Ok(Err(format!(
+            "no X.509 authority for trust domain {} in the bundles",
+            td.as_str()
+        )));
+    }
+    if intermediates.len() > agentid_transport::svid::MAX_INTERMEDIATES {
+        return Ok(Err(format!(
+            "too many intermediate certificates ({})",
+            intermediates.len()
+        )));
+    }
+    let mut anchors = Vec::new();
+    for der in &anchors_der {
+        let der = CertificateDer::from(der.as_slice());
+        let a = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+            CliError::failed(format!("unusable CA certificate in the bundle: {e:?}"))
+        })?;
+        anchors.push(a.to_owned());
+    }
+    let ee = match webpki::EndEntityCert::try_from(leaf) {
+        Ok(ee) => ee,
+        Err(e) => return Ok(Err(format!("not a usable certificate: {e:?}"))),
+    };
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(at));
+    let algs = agentid_transport::provider::provider().signature_verification_algorithms;
+    let mut usages = Vec::new();
+    for (eku, name) in [
+        (EKU_CLIENT_AUTH, "clientAuth"),
+        (EKU_SERVER_AUTH, "serverAuth"),
+    ] {
+        // `required_if_present`: the leaf's EKU is already required by `check_leaf`; the
+        // issuing CA certificates carry no EKU, which `required` would reject.
+        let usage = webpki::KeyUsage::required_if_present(eku);
+        if let Err(e) =
+            ee.verify_for_usage(algs.all, &anchors, intermediates, now, usage, None, None)
+        {
+            let why = match e {
+                webpki::Error::CertExpired { .. } => "certificate expired".to_owned(),
+                webpki::Error::CertNotValidYet { .. } => "certificate not yet valid".to_owned(),
+                other => format!("chain validation failed: {other:?}"),
+            };
+            return Ok(Err(format!("{name}: {why}")));
+        }
+        usages.push(name);
+    }
+    Ok(Ok(Verified { info, usages }))
+}
+
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 1];
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 2];
+
+/// Runs `cert verify`.
+pub fn run(args: &VerifyArgs) -> CliResult {
+    let at = match args.at {
+        Some(t) => t,
+        None => now_unix()?,
+    };
+    match verify_file(&args.file, &args.bundles, at)? {
+        Ok(v) => {
+            let i = &v.info;
+            match args.format.format {
+                Format::Json => print_json(&json!({
+                    "valid": true,
+                    "identity": i.id.as_str(),
+                    "trust_domain": i.id.trust_domain().as_str(),
+                    "serial": super::inspect::normalize_serial(&i.serial),
+                    "jkt": i.public_key.thumbprint(),
+                    "not_before": i.not_before,
+                    "not_after": i.not_after,
+                    "usages": v.usages,
+                    "at": at,
+                })),
+                Format::Text => print_text(&format!(
+                    "valid: {} (serial {}, valid until {}, {})",
+                    i.id.as_str(),
+                    super::inspect::normalize_serial(&i.serial),
+                    rfc3339(i.not_after),
+                    v.usages.join(" + ")
+                )),
+            }
+        }
+        Err(reason) => {
+            if args.format.format == Format::Json {
+                print_json(&json!({ "valid": false, "error": reason, "at": at }))?;
+            }
+            Err(CliError::invalid(format!(
+                "{}: certificate invalid: {reason}",
+                args.file.display()
+            )))
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `agentid chain verify`: the reference chain verifier for interop testers.
+//!
+//! The command turns its arguments into the `input` of a spec vector case (`case_input` in the
+//! report) and runs the protocol crate's reference runner on it, so its `verdict` is exactly
+//! what a vector's `expected` would be: `{"valid":true, ...result...}` or
+//! `{"valid":false,"error":CODE,"index":N}` (`index` null when the failure is not tied to a
+//! token). The report adds every token's header and claims, decoded for display only (NOT
+//! verified: the verdict says what holds), the peer, the verifier and the time.
+
+use std::path::PathBuf;
+
+use agentid_protocol::vectors::run_case;
+use agentid_protocol::{SpiffeId, TrustDomain};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format};
+use crate::delegate::parse_scope;
+use crate::error::{CliError, CliResult, Context};
+use crate::files;
+use crate::trust::{self, parse_bundle_arg, BundleArg, BundleFile};
+
+/// `chain` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ChainCommand {
+    /// Verify a chain presented by a peer (phases 1-8) and print a per-token report.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `chain verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The chain file (grant and links joined with `~`).
+    pub chain_file: PathBuf,
+    /// SPIFFE bundle (JSON) of a trust domain, as `TD=FILE`; one bare `FILE` is the bundle of the
+    /// peer certificate's trust domain. Repeatable, one per trust domain.
+    #[arg(long = "bundle", required = true, value_parser = parse_bundle_arg)]
+    pub bundles: Vec<BundleArg>,
+    /// The TLS peer's certificate (PEM, leaf first): its URI SAN and key are the possession check.
+    #[arg(long)]
+    pub peer_cert: PathBuf,
+    /// The verifier's own ID (a task identity or service ID), for the audience check and the
+    /// default authority (default: `spiffe://<peer's trust domain>/svc/agentid-cli`).
+    #[arg(long)]
+    pub verifier: Option<String>,
+    /// Authorize this requested scope after verification (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Revocation lists (compact JWS), one per trust domain at least for every domain in the
+    /// chain and the peer's.
+    #[arg(long = "revocations")]
+    pub revocations: Vec<PathBuf>,
+    /// Another trust domain whose authority may grant here: `TD` (any scope) or `TD=PATTERNS`
+    /// (space-separated scope patterns). Default: the verifier's own trust domain only.
+    #[arg(long = "authority", value_name = "TD[=PATTERNS]")]
+    pub authorities: Vec<String>,
+    /// A limit name this verifier enforces (repeatable); chains with other limits fail.
+    #[arg(long = "enforce-limit")]
+    pub limits: Vec<String>,
+    /// Verify at this time instead of now: RFC 3339 or Unix seconds.
+    #[arg(long, value_parser = parse_time)]
+    pub at: Option<u64>,
+    /// Allowed clock skew in seconds (at most 120).
+    #[arg(long, default_value_t = 60)]
+    pub skew: u64,
+    /// DANGER: accept missing or stale revocation lists (never in production).
+    #[arg(long)]
+    pub danger_no_revocation: bool,
+    /// DANGER: do not validate the peer certificate's X.509 chain (for synthetic test peers);
+    /// its X509-SVID leaf profile is still checked.
+    #[arg(long)]
+    pub danger_unverified_peer_cert: bool,
+    /// Output format (`json` by default: this is the interop report).
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+/// Runs a `chain` subcommand.
+pub fn run(cmd: &ChainCommand) -> CliResult {
+    match cmd {
+        ChainCommand::Verify(a) => verify(a),
+    }
+}
+
+fn verify(args: &VerifyArgs) -> CliResult {
+    let at = match args.at {
+        Some(t) => t,
+        None => now_unix()?,
+    };
+    let chain = files::read_text(&args.chain_file)?;
+
+    // The peer: its identity and key from the certificate, checked against its trust domain.
+    let peer = if args.danger_unverified_peer_cert {
+        tracing::warn!("peer certificate chain not validated (--danger-unverified-peer-cert)");
+        let certs = files::read_certs(&args.peer_cert)?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| CliError::failed("no peer certificate"))?;
+        agentid_transport::check_leaf(leaf.as_ref(), agentid_transport::CertUsage::ClientAuth)
+            .map_err(|e| {
+                CliError::failed(format!(
+                    "{}: peer certificate invalid: {e}",
+                    args.peer_cert.display()
+                ))
+            })?
+    } else {
+        crate::cert::verify::verify_file(&args.peer_cert, &args.bundles, at)?
+            .map_err(|r| {
+                CliError::failed(format!(
+                    "{}: peer certificate invalid: {r}",
+                    args.peer_cert.display()
+                ))
+            })?
+            .info
+    };
+    let peer_td = peer.id.trust_domain();
+
+    let mut bundles = Map::new();
+    for (td, path) in trust::assign(&args.bundles, &peer_td)? {
+        match trust::read_bundle_file(path)? {
+            BundleFile::Spiffe(json) => {
+                // Parsed here for a clear error naming the file; the runner parses it again.
+                trust::parse_spiffe(&td, &json, path)?;
+                let v: Value = serde_json::from_slice(&json).context(format!("{}: not JSON", path.display()))?;
+                bundles.insert(td.as_str().to_owned(), v);
+            }
+            BundleFile::Pem(_) => {
+                return Err(CliError::failed(format!(
+                    "{}: chain verify needs a SPIFFE bundle (JSON, with grant and revocation keys), not PEM",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let verifier_id = match &args.verifier {
+        Some(v) => v.clone(),
+        None => format!("{}/svc/{DEFAULT_VERIFIER_SERVICE}", peer_td.id().as_str()),
+    };
+    let authority_policy = if args.authorities.is_empty() {
+        Value::Null
+    } else {
+        let own = SpiffeId::parse(&verifier_id)
+            .context(format!("bad --verifier {verifier_id:?}"))?
+            .trust_domain();
+        let mut p = Map::new();
+        p.insert(own.as_str().to_owned(), Value::from("*"));
+        for a in &args.authorities {
+            let (td, patterns) = a.split_once('=').unwrap_or((a.as_str(), "*"));
+            let td = TrustDomain::parse(td).context(format!("bad --authority {a:?}"))?;
+            p.insert(td.as_str().to_owned(), Value::from(patterns));
+        }
+        Value::Object(p)
+    };
+    let lists = args
+        .revocations
+        .iter()
+        .map(|p| files::read_text(p).map(Value::from))
+        .collect::<CliResult<Vec<_>>>()?;
+    let requested = if args.scopes.is_empty() {
+        Value::Null
+    } else {
+        Value::from(parse_scope(&args.scopes)?.to_string())
+    };
+    if args.danger_no_revocation {
+        tracing::warn!("missing or stale revocation lists accepted (--danger-no-revocation)");
+    }
+    // The case input of the spec's vectors: the verdict is the reference runner's own output.
+    let input = json!({
+        "chain": chain,
+        "bundles": bundles,
+        "revocation_lists": lists,
+        "now": at,
+        "skew": args.skew,
+        "peer": { "id": peer.id.as_str(), "jwk": peer.public_key.to_jwk() },
+        "verifier_id": verifier_id,
+        "requested_scope": requested,
+        "authority_policy": authority_policy,
+        "enforced_limits": args.limits,
+        "danger_accept_missing_or_stale_revocations": args.danger_no_revocation,
+    });
+    let verdict = run_case(&input);
+    let valid = verdict.get("valid") == Some(&Value::Bool(true));
+    let summary = summary(&verdict);
+    let report = json!({
+        "chain_file": args.chain_file.display().to_string(),
+        "tokens": decode_tokens(&chain),
+        "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": crate::cert::inspect::normalize_serial(&peer.serial) },
+        "verifier": verifier_id,
+        "at": at,
+        "verdict": verdict,
+        "case_input": input,
+    });
+    match args.format {
+        Format::Json => print_json(&report)?,
+        Format::Text => print_text(&summary)?,
+    }
+    if valid {
+        Ok(())
+    } else {
+        Err(CliError::invalid(format!("chain {summary}")))
+    }
+}
+
+/// The service name of the default verifier ID, `spiffe://<peer's trust domain>/svc/agentid-cli`.
+pub const DEFAULT_VERIFIER_SERVICE: &str = "agentid-cli";
+
+fn summary(verdict: &Value) -> String {
+    let s = |k: &str| {
+        verdict
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_owned()
+    };
+    if verdict.get("valid") == Some(&Value::Bool(true)) {
+        format!(
+            "valid: {} holds {:?} for task {} ({} link(s), {}, until {})",
+            s("holder"),
+            s("scope"),
+            s("task"),
+            verdict.get("depth").and_then(Value::as_u64).unwrap_or(0),
+            s("mode"),
+            verdict
+                .get("expires")
+                .and_then(Value::as_u64)
+                .map(rfc3339)
+                .unwrap_or_default()
+        )
+    } else {
+        match verdict.get("index").and_then(Value::as_u64) {
+            Some(i) => format!("invalid: {} at token {i}", s("error")),
+            None => format!("invalid: {}", s("error")),
+        }
+    }
+}
+
+/// Each token's header and claims, decoded for display only (never trusted).
+fn decode_tokens(chain: &str) -> Vec<Value> {
+    chain
+        .split('~')
+        .enumerate()
+        .take(agentid_protocol::chain::MAX_TOKENS + 1)
+        .map(|(i, tok)| {
+            let mut parts = tok.split('.');
+            let header = parts.next().map(decode_part).unwrap_or(Value::Null);
+            let claims = parts.next().map(decode_part).unwrap_or(Value::Null);
+            json!({ "index": i, "bytes": tok.len(), "header": header, "claims": claims })
+        })
+        .collect()
+}
+
+fn decode_part(b64: &str) -> Value {
+    let bytes = match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64) {
+        Ok(b) => b,
+        Err(_) => return json!({ "undecodable": "not base64url" }),
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => v,
+        Err(_) => json!({ "undecodable": "not JSON" }),
+    }
+}

@@ -1,0 +1,100 @@
+//! Pieces shared by the commands: output format, time arguments, key types.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentid_protocol::Algorithm;
+use serde_json::Value;
+
+use crate::error::{CliError, CliResult, Context};
+
+/// How a command prints its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// The `--format` flag of data-printing commands.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FormatArg {
+    /// Output format: `text` for people, `json` for programs (logs always go to stderr).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Task key type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256 (widest interoperability).
+    #[default]
+    P256,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl KeyType {
+    /// The JWS algorithm of keys of this type.
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            KeyType::P256 => Algorithm::Es256,
+            KeyType::Ed25519 => Algorithm::Ed25519,
+        }
+    }
+}
+
+/// Prints a JSON document on stdout.
+pub fn print_json(v: &Value) -> CliResult<()> {
+    let text = serde_json::to_string_pretty(v).context("cannot encode JSON")?;
+    crate::files::write_output(None, &text)
+}
+
+/// Prints text lines on stdout.
+pub fn print_text(text: &str) -> CliResult<()> {
+    crate::files::write_output(None, text)
+}
+
+/// Unix seconds of a system time.
+pub fn unix(t: SystemTime) -> CliResult<u64> {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| CliError::failed("the system clock is before 1970"))
+}
+
+/// The current time, in Unix seconds.
+pub fn now_unix() -> CliResult<u64> {
+    unix(SystemTime::now())
+}
+
+/// Parses a `--ttl` style duration (`30s`, `5m`, `1h30m`), at least one second.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
+    if d.as_secs() == 0 {
+        return Err("must be at least 1s".into());
+    }
+    Ok(Duration::from_secs(d.as_secs()))
+}
+
+/// Parses an `--at` time: RFC 3339 (`2026-01-02T03:04:05Z`) or Unix seconds.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().map_err(|e| format!("bad Unix time: {e}"));
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not RFC 3339 or Unix seconds: {e}"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| "times before 1970 are not supported".into())
+}
+
+/// RFC 3339 (UTC) form of Unix seconds, for display.
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}

@@ -1,0 +1,140 @@
+//! `agentid delegate`: the holder of a chain appends a link to the holder of a certificate.
+//!
+//! The delegatee's identity and key come from its certificate, after the certificate has been
+//! verified against the trust bundle: they are never typed by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentid_protocol::{Chain, IdSet, LinkBuilder, PeerId, Scope, SpiffeId, TaskKey};
+use serde_json::json;
+
+use crate::common::{now_unix, parse_duration, print_json, print_text, rfc3339, Format, FormatArg};
+use crate::error::{CliError, CliResult, Context};
+use crate::files;
+use crate::trust::{parse_bundle_arg, BundleArg};
+
+/// Arguments of `delegate`.
+#[derive(Debug, clap::Args)]
+pub struct DelegateArgs {
+    /// The chain this holder holds (`grant.jwt` or `chain.jwt`).
+    #[arg(long)]
+    pub chain: PathBuf,
+    /// This holder's task key (PKCS#8 PEM, mode 0600): the key the chain is bound to.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The delegatee's certificate (PEM); its URI SAN and public key are what the link binds.
+    #[arg(long)]
+    pub to_cert: PathBuf,
+    /// The trust bundle the delegatee's certificate must verify against (SPIFFE JSON or PEM),
+    /// as `FILE` or `TD=FILE`.
+    #[arg(long = "bundle", required = true, value_parser = parse_bundle_arg)]
+    pub bundles: Vec<BundleArg>,
+    /// Scope tokens handed over (repeatable; each covered by the chain's scope). Required: a
+    /// delegation never hands over everything implicitly.
+    #[arg(long = "scope", required = true)]
+    pub scopes: Vec<String>,
+    /// Lifetime of the link; capped at the chain's expiry.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// How many more links may follow (default: one less than the chain's).
+    #[arg(long)]
+    pub max_depth: Option<u8>,
+    /// Narrow the audience to these IDs (repeatable).
+    #[arg(long = "aud")]
+    pub audience: Vec<String>,
+    /// Also write the new chain to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Parses repeated `--scope` values (each may itself hold space-separated tokens).
+pub fn parse_scope(values: &[String]) -> CliResult<Scope> {
+    let joined = values
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Scope::parse(&joined).context(format!("bad --scope {joined:?}"))
+}
+
+/// Parses repeated `--aud` values into an ID set (`None` when there are none).
+pub fn parse_audience(values: &[String]) -> CliResult<Option<IdSet>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let ids = values
+        .iter()
+        .map(|s| SpiffeId::parse(s).context(format!("bad --aud {s:?}")))
+        .collect::<CliResult<Vec<_>>>()?;
+    Ok(Some(IdSet::new(ids).context("bad --aud")?))
+}
+
+/// Runs `delegate`.
+pub fn run(args: &DelegateArgs) -> CliResult {
+    let now = now_unix()?;
+    let text = files::read_text(&args.chain)?;
+    let chain =
+        Chain::parse_unverified(&text).context(format!("{}: not a chain", args.chain.display()))?;
+    let key = TaskKey::from_pkcs8_der(&files::read_private_key(&args.key)?)
+        .context(format!("{}: unusable task key", args.key.display()))?;
+
+    let verified =
+        crate::cert::verify::verify_file(&args.to_cert, &args.bundles, now)?.map_err(|reason| {
+            CliError::failed(format!(
+                "{}: delegatee certificate invalid: {reason}",
+                args.to_cert.display()
+            ))
+        })?;
+    let to = match &verified.info.id {
+        PeerId::Task(t) => t.clone(),
+        PeerId::Service(s) => {
+            return Err(CliError::failed(format!(
+                "{}: {} is a service, and services never hold chains",
+                args.to_cert.display(),
+                s.as_str()
+            )))
+        }
+    };
+    let scope = parse_scope(&args.scopes)?;
+    let chain_exp = chain
+        .expires_unverified()
+        .context(format!("{}: unreadable chain", args.chain.display()))?;
+    if chain_exp <= now {
+        return Err(CliError::failed(format!(
+            "{}: the chain expired at {}",
+            args.chain.display(),
+            rfc3339(chain_exp)
+        )));
+    }
+    let exp = now.saturating_add(args.ttl.as_secs()).min(chain_exp);
+    if exp < now.saturating_add(args.ttl.as_secs()) {
+        tracing::info!(exp, "link lifetime capped at the chain's expiry");
+    }
+    let mut b =
+        LinkBuilder::new(&chain, &to, &verified.info.public_key, scope).validity(now, now, exp);
+    if let Some(d) = args.max_depth {
+        b = b.max_depth(d);
+    }
+    if let Some(aud) = parse_audience(&args.audience)? {
+        b = b.audience(aud);
+    }
+    let new_chain = b.sign(&key).context("cannot delegate")?;
+    if let Some(out) = &args.out {
+        files::write_public(out, format!("{new_chain}\n").as_bytes())?;
+    }
+    tracing::info!(to = to.as_str(), depth = new_chain.depth(), "link signed");
+    match args.format.format {
+        Format::Text => print_text(new_chain.as_str()),
+        Format::Json => print_json(&json!({
+            "chain": new_chain.as_str(),
+            "depth": new_chain.depth(),
+            "to": to.as_str(),
+            "to_jkt": verified.info.public_key.thumbprint(),
+            "exp": exp,
+        })),
+    }
+}

@@ -1,0 +1,130 @@
+//! `agentid revoke` and `agentid revocations export`.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use agentid_ca::{RevocationRecord, RevokeTarget};
+use agentid_protocol::TrustDomain;
+use serde_json::json;
+
+use crate::cert::grant_opts::parse_task;
+use crate::cert::CaDirArg;
+use crate::common::{print_json, print_text, rfc3339, Format, FormatArg};
+use crate::error::{CliError, CliResult, Context};
+use crate::files;
+
+/// Arguments of `revoke`: exactly one target.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "task", "agent", "jkt", "jti"])))]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub ca: CaDirArg,
+    /// A certificate serial (hex; colons allowed): revokes its key, so the key can neither
+    /// connect nor sign links any more.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// A task id: every holder of the task.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// An agent name: every task identity of that agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// A key's RFC 7638 thumbprint (`agentid cert inspect` shows it as `jkt`).
+    #[arg(long)]
+    pub jkt: Option<String>,
+    /// A token `jti` (a grant of this CA).
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// The issuer of the `jti` (default: this CA's trust domain, i.e. a grant).
+    #[arg(long, requires = "jti")]
+    pub iss: Option<String>,
+    /// Why (recorded in the store and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `revocations` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RevocationsCommand {
+    /// Sign and print (or write) the next revocation list of the CA.
+    Export(ExportArgs),
+}
+
+/// Arguments of `revocations export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub ca: CaDirArg,
+    /// Write the list to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `revoke`.
+pub fn run_revoke(args: &RevokeArgs) -> CliResult {
+    let ca = args.ca.open()?;
+    let target = if let Some(s) = &args.serial {
+        RevokeTarget::Serial(s.clone())
+    } else if let Some(t) = &args.task {
+        RevokeTarget::Task(parse_task(t)?)
+    } else if let Some(a) = &args.agent {
+        RevokeTarget::Agent(a.clone())
+    } else if let Some(k) = &args.jkt {
+        RevokeTarget::Key(k.clone())
+    } else if let Some(j) = &args.jti {
+        if let Some(iss) = &args.iss {
+            let own = ca.trust_domain().id();
+            let given =
+                agentid_protocol::SpiffeId::parse(iss).context(format!("bad --iss {iss:?}"))?;
+            if given != own {
+                return Err(CliError::failed(format!(
+                    "--iss {iss}: this CA revokes only the jtis of its own grants (issuer {own}); to cut a link, revoke its holder's key (--jkt) or the task"
+                )));
+            }
+        }
+        RevokeTarget::GrantJti(j.clone())
+    } else {
+        return Err(CliError::usage(
+            "name what to revoke: --serial, --task, --agent, --jkt or --jti",
+        ));
+    };
+    let rec = ca.revoke(
+        &target,
+        args.reason.as_deref(),
+        "operator",
+        SystemTime::now(),
+    )?;
+    print_record(&rec, ca.trust_domain(), args.format.format)
+}
+
+fn print_record(rec: &RevocationRecord, td: &TrustDomain, format: Format) -> CliResult {
+    match format {
+        Format::Json => print_json(&json!({
+            "trust_domain": td.as_str(),
+            "kind": rec.kind.as_str(),
+            "value": rec.value,
+            "exp": rec.exp,
+            "revoked_at": rec.revoked_at,
+            "reason": rec.reason,
+        })),
+        Format::Text => print_text(&format!(
+            "revoked {} {} (entry kept until {}); run `agentid revocations export` to publish it",
+            rec.kind.as_str(),
+            rec.value,
+            rfc3339(rec.exp)
+        )),
+    }
+}
+
+/// Runs a `revocations` subcommand.
+pub fn run_revocations(cmd: &RevocationsCommand) -> CliResult {
+    match cmd {
+        RevocationsCommand::Export(a) => {
+            let ca = a.ca.open()?;
+            let list = ca.revocation_list(SystemTime::now())?;
+            files::write_output(a.out.as_deref(), &format!("{list}\n"))
+        }
+    }
+}

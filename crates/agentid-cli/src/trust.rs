@@ -1,0 +1,130 @@
+//! `--bundle` arguments: which trust domain a bundle file belongs to, and loading it.
+//!
+//! A bundle file is either a SPIFFE bundle (JSON, as written by `agentid bundle export`) or PEM
+//! root certificates. A SPIFFE bundle does not name its trust domain, so the command line does:
+//! `--bundle example.org=FILE` names it explicitly; a bare `--bundle FILE` (at most one per
+//! command) is the bundle of the trust domain of the certificate being checked (the peer's).
+//! No trust domain is ever guessed from keys or tokens.
+
+use std::path::{Path, PathBuf};
+
+use agentid_protocol::{TrustBundle, TrustDomain};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::error::{CliError, CliResult, Context};
+use crate::files;
+
+/// A `--bundle [TD=]FILE` argument.
+#[derive(Clone, Debug)]
+pub struct BundleArg {
+    /// The trust domain named on the command line, if any.
+    pub trust_domain: Option<TrustDomain>,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// Parses `TD=FILE` or `FILE`. The `TD=` prefix is recognised only when it is a valid trust
+/// domain name (write `./a=b` for a file whose name contains `=`).
+pub fn parse_bundle_arg(s: &str) -> Result<BundleArg, String> {
+    if s.is_empty() {
+        return Err("empty bundle argument".into());
+    }
+    if let Some((td, file)) = s.split_once('=') {
+        if let Ok(td) = TrustDomain::parse(td) {
+            if file.is_empty() {
+                return Err(format!("no file after `{}=`", td.as_str()));
+            }
+            return Ok(BundleArg {
+                trust_domain: Some(td),
+                path: PathBuf::from(file),
+            });
+        }
+    }
+    Ok(BundleArg {
+        trust_domain: None,
+        path: PathBuf::from(s),
+    })
+}
+
+/// The contents of one bundle file.
+pub enum BundleFile {
+    /// A SPIFFE bundle (JSON), not yet tied to a trust domain.
+    Spiffe(Vec<u8>),
+    /// PEM root certificates.
+    Pem(Vec<CertificateDer<'static>>),
+}
+
+/// Reads a bundle file, telling SPIFFE JSON from PEM by its first bytes.
+pub fn read_bundle_file(path: &Path) -> CliResult<BundleFile> {
+    let bytes = files::read(path)?;
+    let start = bytes.trim_ascii_start();
+    if start.starts_with(b"{") {
+        Ok(BundleFile::Spiffe(bytes))
+    } else if start.starts_with(b"-----BEGIN") {
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .context(format!("{}: bad PEM", path.display()))?;
+        if certs.is_empty() {
+            return Err(CliError::failed(format!(
+                "{}: no CERTIFICATE in the bundle",
+                path.display()
+            )));
+        }
+        Ok(BundleFile::Pem(certs))
+    } else {
+        Err(CliError::failed(format!(
+            "{}: neither a SPIFFE bundle (JSON) nor PEM certificates",
+            path.display()
+        )))
+    }
+}
+
+/// Parses a SPIFFE bundle for `td`.
+pub fn parse_spiffe(td: &TrustDomain, json: &[u8], path: &Path) -> CliResult<TrustBundle> {
+    TrustBundle::parse(td, json).context(format!("{}: invalid SPIFFE bundle", path.display()))
+}
+
+/// Assigns each `--bundle` argument its trust domain: explicit ones as written, the single bare
+/// one to `default_td`. Two bundles for one trust domain, or two bare ones, are refused.
+pub fn assign<'a>(
+    args: &'a [BundleArg],
+    default_td: &TrustDomain,
+) -> CliResult<Vec<(TrustDomain, &'a Path)>> {
+    let mut out: Vec<(TrustDomain, &Path)> = Vec::new();
+    let mut bare = 0usize;
+    for a in args {
+        let td = match &a.trust_domain {
+            Some(td) => td.clone(),
+            None => {
+                bare += 1;
+                if bare > 1 {
+                    return Err(CliError::usage(
+                        "only one --bundle may omit its trust domain; name the others as --bundle TD=FILE",
+                    ));
+                }
+                default_td.clone()
+            }
+        };
+        if out.iter().any(|(t, _)| *t == td) {
+            return Err(CliError::usage(format!(
+                "two bundles for trust domain {}: give one bundle per trust domain",
+                td.as_str()
+            )));
+        }
+        out.push((td, a.path.as_path()));
+    }
+    Ok(out)
+}
+
+/// The X.509 authorities (CA certificates, DER) of a bundle file read as `td`'s bundle.
+pub fn x509_authorities(td: &TrustDomain, path: &Path) -> CliResult<Vec<Vec<u8>>> {
+    Ok(match read_bundle_file(path)? {
+        BundleFile::Pem(certs) => certs.iter().map(|c| c.as_ref().to_vec()).collect(),
+        BundleFile::Spiffe(json) => parse_spiffe(td, &json, path)?
+            .x509_authorities()
+            .iter()
+            .map(|a| a.der.clone())
+            .collect(),
+    })
+}
