@@ -1,0 +1,182 @@
+//! `ca init`, the command-line conventions, `revoke`, `revocations export`, `bundle export`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use serde_json::Value;
+use support::{b64url_json, mode, Env};
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let env = Env::new();
+    env.fails("cert issue --ca ca", 2, "--agent");
+    env.fails("nonsense", 2, "nonsense");
+    env.fails("ca init --dir x", 2, "--trust-domain");
+    env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read --ttl soon",
+        2,
+        "--ttl",
+    );
+    env.fails("cert verify x.pem --bundle b.pem --at yesterday", 2, "--at");
+    env.fails("revoke --ca ca", 2, "required");
+    env.fails(
+        "revoke --ca ca --task a --agent b",
+        2,
+        "cannot be used with",
+    );
+    // Help is not an error.
+    env.ok("--help");
+    env.ok("cert issue --help");
+}
+
+#[test]
+fn ca_init_json_and_refusals() {
+    let env = Env::empty();
+    let v = env.json("ca init --trust-domain example.org --dir ca");
+    assert_eq!(v["trust_domain"], "example.org");
+    assert_eq!(v["key_type"], "p256");
+    assert_eq!(v["dir"], "ca");
+    assert!(v["policy"].as_str().unwrap().ends_with("policy.toml"));
+    for key in [
+        "root.key",
+        "intermediate.key",
+        "grant.key",
+        "revocation.key",
+    ] {
+        assert_eq!(mode(&env.path("ca").join(key)), 0o600, "{key}");
+    }
+    env.fails(
+        "ca init --trust-domain example.org --dir ca",
+        1,
+        "already exists",
+    );
+    env.fails(
+        "ca init --trust-domain Example.org --dir ca2",
+        1,
+        "--trust-domain",
+    );
+    // The policy written by `ca init` allows nothing.
+    env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read",
+        1,
+        "policy",
+    );
+    assert!(
+        !env.path("planner/key.pem").exists(),
+        "no key left behind after a refusal"
+    );
+    let text = env.ok("ca init --trust-domain example.org --dir ca3 --key-type ed25519");
+    assert!(
+        text.contains("ed25519") && text.contains("policy.toml"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_readable_ca_key_or_missing_ca_is_refused() {
+    let env = Env::new();
+    env.chmod("ca/intermediate.key", 0o644);
+    env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read",
+        1,
+        "chmod 600",
+    );
+    env.fails("bundle export --ca nowhere", 1, "no such CA directory");
+}
+
+#[test]
+fn revoke_each_target_kind() {
+    let env = Env::new();
+    let p = env.planner("p");
+    let (serial, task, jkt) = (
+        p["serial"].as_str().unwrap(),
+        p["task"].as_str().unwrap(),
+        p["jkt"].as_str().unwrap(),
+    );
+    let grant_jti = p["grant"]["jti"].as_str().unwrap();
+
+    let v = env.json(&format!("revoke --ca ca --serial {serial} --reason leaked"));
+    assert_eq!(v["kind"], "jkt");
+    assert_eq!(v["value"], p["jkt"], "a serial revokes its key");
+    assert_eq!(v["reason"], "leaked");
+    assert_eq!(v["trust_domain"], "example.org");
+    assert!(v["exp"].as_u64().unwrap() > v["revoked_at"].as_u64().unwrap());
+    assert_eq!(
+        env.json(&format!("revoke --ca ca --task {task}"))["kind"],
+        "task"
+    );
+    assert_eq!(
+        env.json("revoke --ca ca --agent summarizer")["kind"],
+        "agent"
+    );
+    assert_eq!(
+        env.json(&format!("revoke --ca ca --jkt {jkt}"))["kind"],
+        "jkt"
+    );
+    let v = env.json(&format!(
+        "revoke --ca ca --jti {grant_jti} --iss spiffe://example.org"
+    ));
+    assert_eq!(v["kind"], "jti");
+    assert!(env
+        .ok("revoke --ca ca --agent planner")
+        .starts_with("revoked agent planner"));
+
+    env.fails("revoke --ca ca --serial abcdef", 1, "abcdef");
+    env.fails("revoke --ca ca --jti nope", 1, "nope");
+    env.fails("revoke --ca ca --jkt short", 1, "thumbprint");
+    env.fails(
+        &format!("revoke --ca ca --jti {grant_jti} --iss spiffe://example.org/agent/x/task/y"),
+        1,
+        "--iss",
+    );
+    // A revoked agent gets nothing more.
+    env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read --out-dir again",
+        1,
+        "revoked",
+    );
+
+    // The list: a compact JWS of the CA's trust domain, listing the entries, sequenced.
+    let list = env.ok("revocations export --ca ca");
+    let parts: Vec<&str> = list.trim().split('.').collect();
+    assert_eq!(parts.len(), 3);
+    assert_eq!(b64url_json(parts[0])["typ"], "agentid-revocations+jwt");
+    let first = b64url_json(parts[1]);
+    assert_eq!(first["iss"], "spiffe://example.org");
+    assert!(first["entries"].as_array().unwrap().len() >= 4, "{first}");
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let second = b64url_json(env.read("rev.jwt").trim().split('.').nth(1).unwrap());
+    assert!(
+        second["seq"].as_u64().unwrap() > first["seq"].as_u64().unwrap(),
+        "sequenced"
+    );
+}
+
+#[test]
+fn bundle_export_formats() {
+    let env = Env::new();
+    let spiffe: Value = serde_json::from_str(&env.ok("bundle export --ca ca")).unwrap();
+    let keys = spiffe["keys"].as_array().unwrap();
+    let uses: Vec<&str> = keys.iter().map(|k| k["use"].as_str().unwrap()).collect();
+    assert_eq!(uses, ["x509-svid", "agentid-grant", "agentid-revocation"]);
+    for k in &keys[1..] {
+        assert!(k["kid"].is_string() && k["alg"] == "ES256", "{k}");
+    }
+    assert_ne!(
+        keys[1]["kid"], keys[2]["kid"],
+        "distinct grant and revocation keys"
+    );
+    assert!(spiffe["spiffe_sequence"].is_u64());
+    let pem = env.ok("bundle export --ca ca --format pem");
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 1);
+    env.ok("bundle export --ca ca --out b.json");
+    assert_eq!(
+        serde_json::from_str::<Value>(&env.read("b.json")).unwrap(),
+        spiffe
+    );
+    env.fails("bundle export --ca ca --format der", 2, "der");
+
+    let ed = Env::with_key_type("ed25519");
+    let spiffe: Value = serde_json::from_str(&ed.ok("bundle export --ca ca")).unwrap();
+    assert_eq!(spiffe["keys"][1]["alg"], "Ed25519");
+}

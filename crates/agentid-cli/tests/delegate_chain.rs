@@ -1,0 +1,261 @@
+//! `delegate` and `chain verify`, and the end-to-end flow: ca init -> issue -> child ->
+//! delegate -> verify (valid) -> revoke the child's key -> export -> verify (`revoked`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use serde_json::json;
+use support::{claims, Env};
+
+const DELEGATE: &str =
+    "delegate --chain p/grant.jwt --key p/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
+
+#[test]
+fn delegate_binds_the_certificate_holder() {
+    let env = Env::new();
+    env.planner("p");
+    let child = env.child("p", "c");
+    let v = env.json(&format!(
+        "{DELEGATE} --scope tickets:read --ttl 1m --out c/chain.jwt"
+    ));
+    assert_eq!(v["depth"], 1);
+    assert_eq!(v["to"], child["identity"]);
+    assert_eq!(v["to_jkt"], child["jkt"]);
+    let chain = v["chain"].as_str().unwrap();
+    assert_eq!(env.read("c/chain.jwt").trim(), chain);
+    let link = claims(chain, 1);
+    assert_eq!(link["sub"], child["identity"]);
+    assert_eq!(link["scope"], "tickets:read");
+    assert_eq!(link["max_depth"], 1);
+    assert_eq!(v["exp"], link["exp"]);
+    assert!(link["exp"].as_u64().unwrap() - link["iat"].as_u64().unwrap() <= 60);
+    assert_eq!(link["cnf"]["jwk"]["kty"], "EC");
+    // Text: the chain alone on stdout; a PEM bundle works too.
+    let text = env.ok("delegate --chain p/grant.jwt --key p/key.pem --to-cert c/cert.pem --bundle p/bundle.pem --scope tickets:comment");
+    assert_eq!(text.trim().split('~').count(), 2);
+}
+
+#[test]
+fn delegate_refusals() {
+    let env = Env::new();
+    env.planner("p");
+    env.child("p", "c");
+    env.fails(&format!("{DELEGATE} --scope tickets:*"), 1, "scope");
+    env.fails(
+        &format!("{DELEGATE} --scope tickets:write"),
+        1,
+        "scope_escalation",
+    );
+    env.fails(
+        &format!("{DELEGATE} --scope tickets:read --max-depth 5"),
+        1,
+        "depth",
+    );
+    env.fails(DELEGATE, 2, "--scope");
+    env.fails(&format!("{DELEGATE} --scope not-valid!"), 1, "--scope");
+    let other_key =
+        "delegate --chain p/grant.jwt --key c/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
+    env.fails(
+        &format!("{other_key} --scope tickets:read"),
+        1,
+        "possession_mismatch",
+    );
+    let to_self =
+        "delegate --chain p/grant.jwt --key p/key.pem --to-cert p/cert.pem --bundle p/bundle.json";
+    env.fails(
+        &format!("{to_self} --scope tickets:read"),
+        1,
+        "self_delegation",
+    );
+    // A certificate from another CA does not verify against our bundle.
+    let other = Env::new();
+    other.planner("x");
+    let foreign = other.path("x/cert.pem");
+    env.fails(
+        &format!("delegate --chain p/grant.jwt --key p/key.pem --to-cert {} --bundle p/bundle.json --scope tickets:read", foreign.display()),
+        1,
+        "delegatee certificate invalid",
+    );
+    // Services never hold chains.
+    env.ok("cert issue --ca ca --service search --out-dir svc");
+    let to_svc = "delegate --chain p/grant.jwt --key p/key.pem --to-cert svc/cert.pem --bundle p/bundle.json";
+    env.fails(
+        &format!("{to_svc} --scope tickets:read"),
+        1,
+        "services never hold chains",
+    );
+    // A sealed chain (max_depth 0) takes no link.
+    env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir sealed");
+    let sealed = "delegate --chain sealed/grant.jwt --key sealed/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
+    env.fails(
+        &format!("{sealed} --scope tickets:read"),
+        1,
+        "depth_exceeded",
+    );
+    // A key that others can read is refused.
+    env.chmod("p/key.pem", 0o644);
+    env.fails(&format!("{DELEGATE} --scope tickets:read"), 1, "chmod 600");
+}
+
+#[test]
+fn end_to_end_issue_delegate_verify_revoke() {
+    let env = Env::new();
+    let parent = env.planner("p");
+    let child = env.child("p", "c");
+    env.ok(&format!(
+        "{DELEGATE} --scope tickets:read --out c/chain.jwt"
+    ));
+    env.ok("revocations export --ca ca --out rev1.jwt");
+    let base = "c/chain.jwt --bundle c/bundle.json --peer-cert c/cert.pem";
+
+    // Valid with the list.
+    let r = env.verdict(&format!("{base} --revocations rev1.jwt"), 0);
+    let v = &r["verdict"];
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["holder"], child["identity"]);
+    assert_eq!(v["task"], parent["task"]);
+    assert_eq!(v["scope"], "tickets:read");
+    assert_eq!(v["depth"], 1);
+    assert_eq!(v["mode"], "autonomous");
+    assert_eq!(v["authority"], "spiffe://example.org");
+    assert_eq!(v["grant_jti"], parent["grant"]["jti"]);
+    assert_eq!(
+        v["actors"][0],
+        json!({"id": parent["identity"], "attested": true})
+    );
+    assert_eq!(v["actors"][1]["id"], child["identity"]);
+    // The report around the verdict.
+    assert_eq!(r["peer"]["id"], child["identity"]);
+    assert_eq!(r["peer"]["jkt"], child["jkt"]);
+    assert_eq!(r["peer"]["serial"], child["serial"]);
+    assert_eq!(r["verifier"], "spiffe://example.org/svc/agentid-cli");
+    assert_eq!(r["tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(r["tokens"][0]["header"]["typ"], "agentid-grant+jwt");
+    assert_eq!(r["tokens"][1]["header"]["typ"], "agentid-link+jwt");
+    assert_eq!(r["tokens"][1]["claims"]["sub"], child["identity"]);
+    // The case input replays to the same verdict with the reference runner.
+    assert_eq!(agentid_protocol::vectors::run_case(&r["case_input"]), *v);
+
+    // Authorization of a requested scope.
+    assert_eq!(
+        env.verdict(
+            &format!("{base} --revocations rev1.jwt --scope tickets:read"),
+            0
+        )["verdict"]["valid"],
+        true
+    );
+    let r = env.verdict(
+        &format!("{base} --revocations rev1.jwt --scope tickets:comment"),
+        3,
+    );
+    assert_eq!(
+        r["verdict"],
+        json!({"valid": false, "error": "scope_not_granted", "index": null})
+    );
+
+    // Fails closed without revocation lists, unless told otherwise.
+    assert_eq!(
+        env.verdict(base, 3)["verdict"]["error"],
+        "revocation_missing"
+    );
+    assert_eq!(
+        env.verdict(&format!("{base} --danger-no-revocation"), 0)["verdict"]["valid"],
+        true
+    );
+
+    // The parent presenting the child's chain.
+    let r = env.verdict(
+        "c/chain.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev1.jwt",
+        3,
+    );
+    assert_eq!(
+        r["verdict"],
+        json!({"valid": false, "error": "possession_mismatch", "index": 1})
+    );
+
+    // Revoke the child's key: the new list makes the chain `revoked` at the child's link.
+    env.ok(&format!(
+        "revoke --ca ca --serial {}",
+        child["serial"].as_str().unwrap()
+    ));
+    env.ok("revocations export --ca ca --out rev2.jwt");
+    let r = env.verdict(&format!("{base} --revocations rev2.jwt"), 3);
+    assert_eq!(
+        r["verdict"],
+        json!({"valid": false, "error": "revoked", "index": 1})
+    );
+    let (out, _) = env.fails(
+        &format!("chain verify {base} --revocations rev2.jwt --format text"),
+        3,
+        "revoked at token 1",
+    );
+    assert_eq!(out.trim(), "invalid: revoked at token 1");
+    // An older list after a newer one is refused.
+    let r = env.verdict(
+        &format!("{base} --revocations rev2.jwt --revocations rev1.jwt"),
+        3,
+    );
+    assert_eq!(r["verdict"]["valid"], false);
+}
+
+#[test]
+fn chain_verify_time_audience_and_malformed_input() {
+    let env = Env::new();
+    let parent = env.json(
+        "cert issue --ca ca --agent planner --scope tickets:read --aud spiffe://example.org/svc/search --out-dir p",
+    );
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let base = "p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt";
+    let search = "--verifier spiffe://example.org/svc/search";
+
+    // The audience names the search service: valid there, not at the default verifier.
+    assert_eq!(
+        env.verdict(&format!("{base} {search}"), 0)["verdict"]["valid"],
+        true
+    );
+    assert_eq!(
+        env.verdict(base, 3)["verdict"]["error"],
+        "audience_mismatch"
+    );
+    // After the grant's expiry (peer certificate chain not checked, it has expired too).
+    let late = parent["grant"]["exp"].as_u64().unwrap() + 3600;
+    let danger = "--danger-unverified-peer-cert --danger-no-revocation";
+    let r = env.verdict(&format!("{base} {search} --at {late} {danger}"), 3);
+    assert_eq!(
+        r["verdict"],
+        json!({"valid": false, "error": "expired", "index": 0})
+    );
+    env.fails(
+        &format!("chain verify {base} --at {late}"),
+        1,
+        "peer certificate invalid",
+    );
+    // A broken chain is a verdict, not a crash.
+    std::fs::write(env.path("bad.jwt"), "not-a-chain").unwrap();
+    let r = env.verdict(
+        "bad.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt",
+        3,
+    );
+    assert_eq!(r["verdict"]["valid"], false);
+    assert!(r["verdict"]["error"].is_string());
+    // Bundles: PEM is not enough here, two bare bundles are ambiguous, skew is capped.
+    env.fails(
+        "chain verify p/grant.jwt --bundle p/bundle.pem --peer-cert p/cert.pem",
+        1,
+        "needs a SPIFFE bundle",
+    );
+    env.fails(
+        "chain verify p/grant.jwt --bundle p/bundle.json --bundle p/bundle.json --peer-cert p/cert.pem",
+        2,
+        "only one --bundle may omit its trust domain",
+    );
+    assert_eq!(
+        env.verdict(&format!("{base} {search} --skew 500"), 3)["verdict"]["error"],
+        "bad_config"
+    );
+    env.fails(
+        "chain verify p/grant.jwt --bundle other.org=p/bundle.json --peer-cert p/cert.pem",
+        1,
+        "no X.509 authority",
+    );
+}

@@ -1,0 +1,136 @@
+//! `cert inspect` and `cert verify`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use serde_json::json;
+use support::Env;
+
+#[test]
+fn inspect_shows_the_profile() {
+    let env = Env::new();
+    let issued = env.planner("p");
+    let v = env.json("cert inspect p/cert.pem");
+    assert_eq!(v["identity"], issued["identity"]);
+    assert_eq!(v["kind"], "task");
+    assert_eq!(v["agent"], "planner");
+    assert_eq!(v["task"], issued["task"]);
+    assert_eq!(v["serial"], issued["serial"], "the CA's serial form");
+    assert_eq!(v["subject"], "");
+    assert!(v["issuer"]
+        .as_str()
+        .unwrap()
+        .contains("issuing CA example.org"));
+    assert_eq!(v["not_before"], issued["not_before"]);
+    assert_eq!(v["not_after"], issued["not_after"]);
+    assert!(v["not_after_rfc3339"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(v["key_type"], "P-256");
+    assert_eq!(v["jkt"], issued["jkt"]);
+    assert_eq!(
+        v["san"],
+        json!([format!("URI:{}", issued["identity"].as_str().unwrap())])
+    );
+    assert_eq!(v["is_ca"], false);
+    assert_eq!(v["key_usage"], json!(["digitalSignature"]));
+    assert_eq!(v["extended_key_usage"], json!(["serverAuth", "clientAuth"]));
+    assert_eq!(v["certificates_in_file"], 2);
+    // The root: a CA certificate without SAN.
+    let root = env.json("cert inspect p/bundle.pem");
+    assert_eq!(root["is_ca"], true);
+    assert_eq!(root["kind"], "none");
+    assert_eq!(root["identity"], serde_json::Value::Null);
+
+    let text = env.ok("cert inspect p/cert.pem");
+    assert!(
+        text.contains("Kind:           task") && text.contains("Key usage:      digitalSignature"),
+        "{text}"
+    );
+    std::fs::write(env.path("junk.pem"), "not pem").unwrap();
+    env.fails("cert inspect junk.pem", 1, "no CERTIFICATE");
+    env.fails("cert inspect absent.pem", 1, "cannot read absent.pem");
+}
+
+#[test]
+fn verify_checks_profile_chain_time_and_trust_domain() {
+    let env = Env::new();
+    let issued = env.planner("p");
+    for bundle in ["p/bundle.pem", "p/bundle.json", "example.org=p/bundle.json"] {
+        let v = env.json(&format!("cert verify p/cert.pem --bundle {bundle}"));
+        assert_eq!(v["valid"], true, "{bundle}");
+        assert_eq!(v["identity"], issued["identity"]);
+        assert_eq!(v["trust_domain"], "example.org");
+        assert_eq!(v["serial"], issued["serial"]);
+        assert_eq!(v["jkt"], issued["jkt"]);
+        assert_eq!(v["usages"], json!(["clientAuth", "serverAuth"]));
+    }
+    assert!(env
+        .ok("cert verify p/cert.pem --bundle p/bundle.pem")
+        .starts_with("valid: spiffe://"));
+
+    // Time: one second past notAfter (Unix seconds), far later (RFC 3339), and before notBefore.
+    let late = issued["not_after"].as_u64().unwrap() + 1;
+    let (out, _) = env.fails(
+        &format!("cert verify p/cert.pem --bundle p/bundle.pem --at {late} --format json"),
+        3,
+        "expired",
+    );
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["valid"], false);
+    assert!(out["error"].as_str().unwrap().contains("expired"));
+    let at_end = issued["not_after"].as_u64().unwrap() - 1;
+    assert_eq!(
+        env.json(&format!(
+            "cert verify p/cert.pem --bundle p/bundle.pem --at {at_end}"
+        ))["valid"],
+        true
+    );
+    env.fails(
+        "cert verify p/cert.pem --bundle p/bundle.pem --at 2099-01-01T00:00:00Z",
+        3,
+        "expired",
+    );
+    env.fails(
+        "cert verify p/cert.pem --bundle p/bundle.pem --at 1000000000",
+        3,
+        "not yet valid",
+    );
+
+    // Another CA's roots; a bundle named for another trust domain; a CA certificate as a leaf.
+    let other = Env::new();
+    other.planner("p");
+    let foreign = other.path("p/bundle.pem");
+    env.fails(
+        &format!("cert verify p/cert.pem --bundle {}", foreign.display()),
+        3,
+        "chain validation failed",
+    );
+    env.fails(
+        "cert verify p/cert.pem --bundle other.org=p/bundle.json",
+        3,
+        "no X.509 authority for trust domain example.org",
+    );
+    env.fails(
+        "cert verify p/bundle.pem --bundle p/bundle.pem",
+        3,
+        "X509-SVID profile",
+    );
+    env.fails(
+        "cert verify p/cert.pem --bundle p/grant.jwt",
+        1,
+        "neither a SPIFFE bundle",
+    );
+    env.fails("cert verify p/cert.pem --bundle example.org=", 2, "no file");
+}
+
+#[test]
+fn verify_ed25519_hierarchy() {
+    let env = Env::with_key_type("ed25519");
+    env.json(
+        "cert issue --ca ca --agent planner --scope tickets:read --key-type ed25519 --out-dir p",
+    );
+    assert_eq!(
+        env.json("cert verify p/cert.pem --bundle p/bundle.json")["valid"],
+        true
+    );
+    assert_eq!(env.json("cert inspect p/cert.pem")["key_type"], "Ed25519");
+}
