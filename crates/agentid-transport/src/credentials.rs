@@ -29,16 +29,25 @@ impl Credential {
     /// Checks the leaf against the X509-SVID rules (both EKUs, as issued leaves have) and that it
     /// certifies `key`.
     pub fn new(cert_chain: Vec<CertificateDer<'static>>, key: TaskKey) -> Result<Self> {
-        let leaf = cert_chain.first().ok_or(Error::Certificate(CertError::Missing))?;
+        let leaf = cert_chain
+            .first()
+            .ok_or(Error::Certificate(CertError::Missing))?;
         let info = check_leaf(leaf.as_ref(), CertUsage::ClientAuth)?;
         check_leaf(leaf.as_ref(), CertUsage::ServerAuth)?;
         if info.public_key != *key.public_key() {
-            return Err(Error::Config("certificate does not certify the task key".into()));
+            return Err(Error::Config(
+                "certificate does not certify the task key".into(),
+            ));
         }
         let signing = provider::load_signing_key(key.pkcs8_der())?;
         let certified = CertifiedKey::new(cert_chain, signing);
         certified.keys_match().map_err(Error::Tls)?;
-        Ok(Self { certified: Arc::new(certified), key: Arc::new(key), info, chain: None })
+        Ok(Self {
+            certified: Arc::new(certified),
+            key: Arc::new(key),
+            info,
+            chain: None,
+        })
     }
 
     /// Attaches the delegation chain presented in the session hello (or accept).
@@ -117,13 +126,19 @@ pub struct MemoryCredentials {
 impl MemoryCredentials {
     /// A source holding `credential`.
     pub fn new(credential: Credential) -> Self {
-        Self { current: ArcSwapOption::from_pointee(credential) }
+        Self {
+            current: ArcSwapOption::from_pointee(credential),
+        }
     }
 
     /// Publishes a new credential for new handshakes; live sessions are unaffected. The
     /// credential was validated by [`Credential::new`]; when `trust` is given its chain is
     /// validated at `now` too, and nothing is published on failure.
-    pub fn rotate(&self, credential: Credential, trust: Option<(&TrustStore, UnixTime)>) -> Result<()> {
+    pub fn rotate(
+        &self,
+        credential: Credential,
+        trust: Option<(&TrustStore, UnixTime)>,
+    ) -> Result<()> {
         if let Some((store, now)) = trust {
             credential.verify_with(store, now)?;
         }

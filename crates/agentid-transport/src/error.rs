@@ -140,9 +140,6 @@ pub enum Error {
     /// A revocation list applied to a live session covers the peer or its chain.
     #[error("revoked: {0}")]
     Revoked(String),
-    /// A hop proof was presented twice on one connection.
-    #[error("hop proof replayed")]
-    ProofReplayed,
     /// A connection or handshake cap is reached.
     #[error("connection limit reached")]
     Busy,
@@ -182,7 +179,6 @@ impl Error {
             Error::HandshakeRefused(_) => "handshake_refused",
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",
-            Error::ProofReplayed => "proof_replayed",
             Error::Busy => "busy",
             Error::NoCredential => "no_credential",
             Error::Config(_) => "bad_config",

@@ -95,7 +95,9 @@ fn parse_header(header: [u8; HEADER_LEN]) -> Result<(usize, FrameType), FrameErr
 /// Takes one complete frame from the front of `src`, if there is one. Errors on an oversized
 /// length or an unknown type as soon as the header is there.
 pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-    let Some(header) = src.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(header) = src.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let mut h = [0u8; HEADER_LEN];
     h.copy_from_slice(header);
     let (len, ty) = parse_header(h)?;
@@ -116,7 +118,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
         let rest = header.get_mut(filled..).unwrap_or_default();
         let n = r.read(rest).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated.into()) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated.into())
+            };
         }
         filled += n;
     }
@@ -126,11 +132,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
         std::io::ErrorKind::UnexpectedEof => Error::Frame(FrameError::Truncated),
         _ => Error::Io(e),
     })?;
-    Ok(Some(Frame { ty, body: Bytes::from(body) }))
+    Ok(Some(Frame {
+        ty,
+        body: Bytes::from(body),
+    }))
 }
 
 /// Writes one frame and flushes.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, ty: FrameType, body: &[u8]) -> Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    ty: FrameType,
+    body: &[u8],
+) -> Result<()> {
     let mut buf = BytesMut::new();
     encode(ty, body, &mut buf)?;
     w.write_all(&buf).await?;
@@ -138,12 +151,21 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, ty: FrameType, body: 
     Ok(())
 }
 
+/// An optional member that, when present, is a string (`null` is refused, not read as absent).
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// The hello body: the client's chain (optional) and hop proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// The delegation chain (`~`-joined), if the client presents one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub chain: Option<String>,
     /// The client's hop proof.
     pub proof: String,
@@ -156,7 +178,11 @@ pub struct Accept {
     /// The server's hop proof.
     pub proof: String,
     /// The server's delegation chain, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub chain: Option<String>,
 }
 
@@ -177,18 +203,24 @@ pub struct Reauth {
     /// The renewed certificate chain, leaf first, each DER certificate in base64url (no padding).
     pub certs: Vec<String>,
     /// A new delegation chain, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub chain: Option<String>,
     /// A hop proof bound to this connection, made with the (unchanged) key.
     pub proof: String,
 }
 
-/// Parses a control frame body: a JSON object of exactly the expected members (duplicate and
-/// unknown members rejected), nothing after it.
+/// Parses a control frame body in two steps: first as I-JSON ([`agentid_protocol::ijson`]: UTF-8,
+/// one object, no duplicate member names at any depth, nesting at most 8, nothing after it), then
+/// into the strict struct (exactly the expected members, each of the expected type).
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    // Derived structs reject duplicate and unknown members; every member is a string or an array
-    // of strings, so nesting is bounded by the types. Trailing bytes are an error in from_slice.
-    serde_json::from_slice(body).map_err(|e| FrameError::BadBody(e.to_string()))
+    let object = agentid_protocol::ijson::parse_object(body)
+        .map_err(|e| FrameError::BadBody(e.to_string()))?;
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| FrameError::BadBody(e.to_string()))
 }
 
 /// Serializes a control frame body.
@@ -197,7 +229,12 @@ pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 
@@ -223,7 +260,10 @@ mod tests {
         assert_eq!(decode(&mut at_cap).unwrap(), None);
         let mut over = BytesMut::from(&((MAX_FRAME_BODY as u32) + 1).to_be_bytes()[..]);
         over.extend_from_slice(&[0x10]);
-        assert_eq!(decode(&mut over), Err(FrameError::TooLarge(MAX_FRAME_BODY as u64 + 1)));
+        assert_eq!(
+            decode(&mut over),
+            Err(FrameError::TooLarge(MAX_FRAME_BODY as u64 + 1))
+        );
         let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x10][..]);
         assert!(matches!(decode(&mut huge), Err(FrameError::TooLarge(_))));
         let mut unknown = BytesMut::from(&[0, 0, 0, 0, 0x06][..]);
@@ -236,24 +276,64 @@ mod tests {
     fn control_bodies_are_strict() {
         let ok: Hello = parse_body(br#"{"proof":"p"}"#).unwrap();
         assert_eq!(ok.chain, None);
+        let ok: Hello = parse_body(br#"{"chain":"c","proof":"p"}"#).unwrap();
+        assert_eq!(ok.chain.as_deref(), Some("c"));
+        // Refused by the I-JSON step (the message carries the protocol's `bad_json` code).
         for bad in [
             &br#"{"proof":"p","proof":"q"}"#[..],
-            br#"{"proof":"p","extra":1}"#,
+            br#"{"proof":"p","\u0070roof":"q"}"#,
+            br#"{"proof":"p","x":{"a":1,"a":2}}"#,
+            br#"{"proof":"p","x":[{"a":1,"a":2}]}"#,
+            br#"{"proof":"p","x":[[[[[[[[[1]]]]]]]]]}"#,
             br#"{"proof":"p"} trailing"#,
-            br#"{"chain":"c"}"#,
+            br#"{"proof":"p"}{}"#,
             br#"["proof"]"#,
+            br#""proof""#,
             b"\xff",
+            b"",
         ] {
-            assert!(parse_body::<Hello>(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            match parse_body::<Hello>(bad) {
+                Err(FrameError::BadBody(m)) => {
+                    assert!(
+                        m.starts_with("bad_json"),
+                        "{:?}: {m}",
+                        String::from_utf8_lossy(bad)
+                    );
+                }
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
         }
+        // Well-formed I-JSON, refused by the strict struct: members and types.
+        for bad in [
+            &br#"{"proof":"p","extra":1}"#[..],
+            br#"{"chain":"c"}"#,
+            br#"{"proof":1}"#,
+            br#"{"proof":"p","chain":null}"#,
+            br#"{"proof":"p","chain":["c"]}"#,
+            br#"{}"#,
+        ] {
+            match parse_body::<Hello>(bad) {
+                Err(FrameError::BadBody(m)) => assert!(!m.starts_with("bad_json"), "{m}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+        assert!(parse_body::<Reauth>(br#"{"certs":"x","proof":"p"}"#).is_err());
+        assert!(parse_body::<Reauth>(br#"{"certs":["x",1],"proof":"p"}"#).is_err());
+        assert!(parse_body::<Reason>(br#"{"code":"normal"}"#).is_err());
     }
 
     #[tokio::test]
     async fn truncated_stream() {
         let mut r: &[u8] = &[0, 0, 0, 4, 0x10, 1, 2];
-        assert!(matches!(read_frame(&mut r).await, Err(Error::Frame(FrameError::Truncated))));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(Error::Frame(FrameError::Truncated))
+        ));
         let mut r: &[u8] = &[0, 0];
-        assert!(matches!(read_frame(&mut r).await, Err(Error::Frame(FrameError::Truncated))));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(Error::Frame(FrameError::Truncated))
+        ));
         let mut r: &[u8] = &[];
         assert!(read_frame(&mut r).await.unwrap().is_none());
     }

@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{
-    verify_proof, ErrorCode, ProofBuilder, ProofContext, Role, SpiffeId, VerifiedChain, EXPORTER_LABEL,
+    verify_proof, Chain, ErrorCode, ProofBuilder, ProofContext, Role, VerifiedChain, EXPORTER_LABEL,
 };
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::server::NoServerSessionStorage;
@@ -26,7 +24,9 @@ use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
 use crate::policy::PeerPolicy;
 use crate::provider::{self, ALPN};
-use crate::session::{now_unix, AuthenticatedPeer, Receipts, Session, SessionParts, PROOF_LIFETIME};
+use crate::session::{
+    now_unix, AuthenticatedPeer, Receipts, Session, SessionParts, PROOF_LIFETIME,
+};
 use crate::svid::{check_leaf, CertUsage, SvidInfo};
 use crate::verification::PeerVerification;
 use crate::verifier::{from_tls_error, SpiffeClientCertVerifier, SpiffeServerCertVerifier};
@@ -79,7 +79,8 @@ fn after_tls<D>(conn: &ConnectionCommon<D>, usage: CertUsage) -> Result<AfterTls
     // The verifier already validated chain, leaf rules and policy; parse again for the values.
     let peer = check_leaf(leaf.as_ref(), usage)?;
     let exporter = |ctx: &[u8]| {
-        conn.export_keying_material([0u8; 32], EXPORTER_LABEL, Some(ctx)).map_err(Error::Tls)
+        conn.export_keying_material([0u8; 32], EXPORTER_LABEL, Some(ctx))
+            .map_err(Error::Tls)
     };
     Ok(AfterTls {
         peer,
@@ -103,7 +104,12 @@ fn verify_peer_authority(
 ) -> Result<Option<VerifiedChain>> {
     let v = verification.verifier();
     match chain {
-        Some(c) => Ok(Some(v.verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)?)),
+        Some(c) => Ok(Some(v.verify_chain(
+            c,
+            peer.id.as_spiffe_id(),
+            &peer.public_key,
+            now,
+        )?)),
         None => {
             v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)?;
             Ok(None)
@@ -145,13 +151,17 @@ pub struct AgentServer {
 
 impl std::fmt::Debug for AgentServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentServer").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("AgentServer")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentClient").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("AgentClient")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,7 +183,12 @@ impl AgentServer {
         verification: Arc<PeerVerification>,
         policy: PeerPolicy,
     ) -> AgentServerBuilder {
-        AgentServerBuilder { credentials, verification, policy, limits: ConnectionLimits::default() }
+        AgentServerBuilder {
+            credentials,
+            verification,
+            policy,
+            limits: ConnectionLimits::default(),
+        }
     }
 
     /// Accepts one connection: TLS handshake (timeout), then the hello (timeout), verification
@@ -182,8 +197,16 @@ impl AgentServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let conn_permit = self.connections.clone().try_acquire_owned().map_err(|_| Error::Busy)?;
-        let hs_permit = self.handshakes.clone().try_acquire_owned().map_err(|_| Error::Busy)?;
+        let conn_permit = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy)?;
+        let hs_permit = self
+            .handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy)?;
         let span = tracing::info_span!(
             "agentid.handshake",
             role = "server",
@@ -221,10 +244,13 @@ impl AgentServer {
             return Err(FrameError::Unexpected(first.ty.name()).into());
         }
         let verified = self.verify_hello(&first.body, &after, &local);
-        let (hello, chain) = match verified {
+        let (hello, client_jti, chain) = match verified {
             Ok(v) => v,
             Err(e) => {
-                let reject = Reason { code: e.reason().to_owned(), message: e.to_string() };
+                let reject = Reason {
+                    code: e.reason().to_owned(),
+                    message: e.to_string(),
+                };
                 if let Ok(body) = body_bytes(&reject) {
                     let _ = frame::write_frame(&mut tls, FrameType::Reject, &body).await;
                 }
@@ -246,11 +272,15 @@ impl AgentServer {
             builder = builder.chain(c);
         }
         let server_proof = builder.sign(local.task_key())?;
-        let accept = Accept { proof: server_proof.clone(), chain: local.chain().map(str::to_owned) };
+        let accept = Accept {
+            proof: server_proof.clone(),
+            chain: local.chain().map(str::to_owned),
+        };
         frame::write_frame(&mut tls, FrameType::Accept, &body_bytes(&accept)?).await?;
 
-        let deadline = chain.as_ref().map_or(after.peer.not_after, |c| c.expires.min(after.peer.not_after));
-        let client_jti = hello_jti(&hello.proof);
+        let deadline = chain.as_ref().map_or(after.peer.not_after, |c| {
+            c.expires.min(after.peer.not_after)
+        });
         Ok(SessionParts {
             changes: self.verification.subscribe(),
             io: TlsStream::Server(tls),
@@ -262,7 +292,11 @@ impl AgentServer {
                 cert_not_after: after.peer.not_after,
                 chain,
                 deadline,
-                receipts: Receipts { client_proof: hello.proof, server_proof, reauth_proofs: Vec::new() },
+                receipts: Receipts {
+                    client_proof: hello.proof,
+                    server_proof,
+                    reauth_proofs: Vec::new(),
+                },
             },
             peer_chain: hello.chain,
             local,
@@ -270,7 +304,7 @@ impl AgentServer {
             exporter_client: after.exporter_client,
             exporter_server: after.exporter_server,
             permit: None,
-            jtis: client_jti.into_iter().collect(),
+            jtis: vec![client_jti],
         })
     }
 
@@ -279,11 +313,11 @@ impl AgentServer {
         body: &[u8],
         after: &AfterTls,
         local: &Credential,
-    ) -> Result<(Hello, Option<VerifiedChain>)> {
+    ) -> Result<(Hello, String, Option<VerifiedChain>)> {
         let hello: Hello = parse_body(body)?;
         let now = now_unix();
         let v = self.verification.verifier();
-        verify_proof(
+        let proof = verify_proof(
             &hello.proof,
             &ProofContext {
                 presenter_id: after.peer.id.as_spiffe_id(),
@@ -297,17 +331,11 @@ impl AgentServer {
                 client_proof: None,
             },
         )?;
-        let chain = verify_peer_authority(&self.verification, &after.peer, hello.chain.as_deref(), now)?;
-        Ok((hello, chain))
+        let chain =
+            verify_peer_authority(&self.verification, &after.peer, hello.chain.as_deref(), now)?;
+        // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
+        Ok((hello, proof.jti, chain))
     }
-}
-
-/// The `jti` of a proof we already verified (for reauth replay detection).
-fn hello_jti(proof: &str) -> Option<String> {
-    let payload = proof.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("jti")?.as_str().map(str::to_owned)
 }
 
 impl AgentServerBuilder {
@@ -449,17 +477,24 @@ impl AgentClient {
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // The server is authorized by its URI SAN; this name is never checked (and SNI is off).
-        let name = ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
-        let mut tls = timeout(self.limits.handshake_timeout, self.connector.connect(name, io))
-            .await
-            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
-            .map_err(map_tls_io)?;
+        let name =
+            ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
+        let mut tls = timeout(
+            self.limits.handshake_timeout,
+            self.connector.connect(name, io),
+        )
+        .await
+        .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
+        .map_err(map_tls_io)?;
         let after = after_tls(tls.get_ref().1, CertUsage::ServerAuth)?;
         record_peer(span, &after.peer);
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
         if let (true, Some(chain)) = (self.require_audience, local.chain()) {
-            if !chain_audience_covers(chain, after.peer.id.as_spiffe_id()) {
+            // Our own chain, read without verification (we are its presenter): a chain that does
+            // not even frame, or whose effective audience misses the server, is never sent.
+            let audience = Chain::parse_unverified(chain)?.audience_unverified()?;
+            if !audience.covers_id(after.peer.id.as_spiffe_id()) {
                 return Err(Error::Protocol(agentid_protocol::Error::new(
                     ErrorCode::AudienceMismatch,
                     format!("server {} is not in the chain's audience", after.peer.id),
@@ -480,7 +515,10 @@ impl AgentClient {
             builder = builder.chain(c);
         }
         let client_proof = builder.sign(local.task_key())?;
-        let hello = Hello { chain: local.chain().map(str::to_owned), proof: client_proof.clone() };
+        let hello = Hello {
+            chain: local.chain().map(str::to_owned),
+            proof: client_proof.clone(),
+        };
         frame::write_frame(&mut tls, FrameType::Hello, &body_bytes(&hello)?)
             .await
             .map_err(map_frame_tls)?;
@@ -494,14 +532,17 @@ impl AgentClient {
             FrameType::Accept => parse_body(&first.body)?,
             FrameType::Reject => {
                 let r: Reason = parse_body(&first.body)?;
-                return Err(Error::Rejected { code: r.code, message: r.message });
+                return Err(Error::Rejected {
+                    code: r.code,
+                    message: r.message,
+                });
             }
             other => return Err(FrameError::Unexpected(other.name()).into()),
         };
 
         let now = now_unix();
         let v = self.verification.verifier();
-        verify_proof(
+        let server_proof = verify_proof(
             &accept.proof,
             &ProofContext {
                 presenter_id: after.peer.id.as_spiffe_id(),
@@ -515,9 +556,15 @@ impl AgentClient {
                 client_proof: Some(&client_proof),
             },
         )?;
-        let chain = verify_peer_authority(&self.verification, &after.peer, accept.chain.as_deref(), now)?;
-        let deadline = chain.as_ref().map_or(after.peer.not_after, |c| c.expires.min(after.peer.not_after));
-        let server_jti = hello_jti(&accept.proof);
+        let chain = verify_peer_authority(
+            &self.verification,
+            &after.peer,
+            accept.chain.as_deref(),
+            now,
+        )?;
+        let deadline = chain.as_ref().map_or(after.peer.not_after, |c| {
+            c.expires.min(after.peer.not_after)
+        });
         Ok(SessionParts {
             changes: self.verification.subscribe(),
             io: TlsStream::Client(tls),
@@ -529,7 +576,11 @@ impl AgentClient {
                 cert_not_after: after.peer.not_after,
                 chain,
                 deadline,
-                receipts: Receipts { client_proof, server_proof: accept.proof, reauth_proofs: Vec::new() },
+                receipts: Receipts {
+                    client_proof,
+                    server_proof: accept.proof,
+                    reauth_proofs: Vec::new(),
+                },
             },
             peer_chain: accept.chain,
             local,
@@ -537,7 +588,7 @@ impl AgentClient {
             exporter_client: after.exporter_client,
             exporter_server: after.exporter_server,
             permit: None,
-            jtis: server_jti.into_iter().collect(),
+            jtis: vec![server_proof.jti],
         })
     }
 }
@@ -548,32 +599,5 @@ fn map_frame_tls(e: Error) -> Error {
     match e {
         Error::Io(io) => map_tls_io(io),
         other => other,
-    }
-}
-
-/// Whether the effective audience of our own (unverified) chain covers `server`: the `aud` of
-/// the last token that has one, else the grant's trust domain.
-fn chain_audience_covers(chain: &str, server: &SpiffeId) -> bool {
-    let mut effective: Option<Vec<SpiffeId>> = None;
-    let mut grant_domain: Option<SpiffeId> = None;
-    for (i, token) in chain.split('~').enumerate() {
-        let Some(claims) = token
-            .split('.')
-            .nth(1)
-            .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        else {
-            return false;
-        };
-        if i == 0 {
-            grant_domain = claims.get("iss").and_then(|v| v.as_str()).and_then(|s| SpiffeId::parse(s).ok());
-        }
-        if let Some(aud) = claims.get("aud").and_then(|v| v.as_array()) {
-            effective = Some(aud.iter().filter_map(|v| v.as_str()).filter_map(|s| SpiffeId::parse(s).ok()).collect());
-        }
-    }
-    match effective {
-        Some(ids) => ids.iter().any(|e| e.covers(server)),
-        None => grant_domain.is_some_and(|td| td.covers(server)),
     }
 }

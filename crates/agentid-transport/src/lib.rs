@@ -31,8 +31,10 @@ pub mod verifier;
 
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
 pub use error::{CertError, Error, FrameError, Result, TimeoutKind};
+pub use handshake::{
+    AgentClient, AgentClientBuilder, AgentServer, AgentServerBuilder, ConnectionLimits,
+};
 pub use policy::PeerPolicy;
-pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore};
-pub use handshake::{AgentClient, AgentClientBuilder, AgentServer, AgentServerBuilder, ConnectionLimits};
 pub use session::{AuthenticatedPeer, Receipts, Session};
+pub use svid::{check_leaf, serial_hex, CertUsage, SvidInfo, TrustStore};
 pub use verification::PeerVerification;

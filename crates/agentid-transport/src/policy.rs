@@ -75,12 +75,16 @@ pub struct PeerPolicy {
 impl PeerPolicy {
     /// Task identities of any agent of trust domain `td`.
     pub fn agents_in(td: TrustDomain) -> Self {
-        Self { rule: Rule::AgentsIn(td) }
+        Self {
+            rule: Rule::AgentsIn(td),
+        }
     }
 
     /// Task identities of one agent (any of its tasks).
     pub fn agent(agent: AgentId) -> Self {
-        Self { rule: Rule::Agent(agent) }
+        Self {
+            rule: Rule::Agent(agent),
+        }
     }
 
     /// Any of the given agents.
@@ -90,12 +94,16 @@ impl PeerPolicy {
 
     /// Service IDs of trust domain `td`.
     pub fn services_in(td: TrustDomain) -> Self {
-        Self { rule: Rule::ServicesIn(td) }
+        Self {
+            rule: Rule::ServicesIn(td),
+        }
     }
 
     /// One service.
     pub fn service(service: ServiceId) -> Self {
-        Self { rule: Rule::Service(service) }
+        Self {
+            rule: Rule::Service(service),
+        }
     }
 
     /// Any of the given services.
@@ -105,17 +113,26 @@ impl PeerPolicy {
 
     /// Any task identity or service ID of trust domain `td`.
     pub fn trust_domain(td: TrustDomain) -> Self {
-        Self { rule: Rule::TrustDomain(td) }
+        Self {
+            rule: Rule::TrustDomain(td),
+        }
     }
 
     /// Exactly this peer identity.
     pub fn exact(peer: PeerId) -> Self {
-        Self { rule: Rule::Exact(peer) }
+        Self {
+            rule: Rule::Exact(peer),
+        }
     }
 
     /// A closure; `name` appears in logs and `Debug`.
-    pub fn from_fn(name: &'static str, f: impl Fn(&PeerId) -> bool + Send + Sync + 'static) -> Self {
-        Self { rule: Rule::Fn(name, Arc::new(f)) }
+    pub fn from_fn(
+        name: &'static str,
+        f: impl Fn(&PeerId) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            rule: Rule::Fn(name, Arc::new(f)),
+        }
     }
 
     /// Admits every peer whose certificate chains to the anchors of its own trust domain.
@@ -127,7 +144,9 @@ impl PeerPolicy {
     /// A peer admitted by `self` or by `other`.
     #[must_use]
     pub fn or(self, other: PeerPolicy) -> Self {
-        Self { rule: Rule::Or(Box::new(self.rule), Box::new(other.rule)) }
+        Self {
+            rule: Rule::Or(Box::new(self.rule), Box::new(other.rule)),
+        }
     }
 
     /// Whether `peer` is admitted.

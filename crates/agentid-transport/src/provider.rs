@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 pub const ALPN: &[u8] = b"agentid/1";
 
 /// TLS 1.3 only: agentid never negotiates TLS 1.2.
-pub(crate) static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13];
 
 /// The crypto provider every agentid TLS object uses: aws-lc-rs, rustls's own default.
 ///
@@ -47,9 +48,10 @@ pub(crate) fn client_config_builder(
 }
 
 /// Loads a PKCS#8 private key for the TLS stack.
-pub(crate) fn load_signing_key(
-    pkcs8_der: &[u8],
-) -> Result<Arc<dyn rustls::sign::SigningKey>> {
+pub(crate) fn load_signing_key(pkcs8_der: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>> {
     let der = rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8_der.to_vec().into());
-    provider().key_provider.load_private_key(der).map_err(Error::Tls)
+    provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(Error::Tls)
 }

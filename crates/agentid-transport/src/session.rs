@@ -5,7 +5,10 @@
 //! messages. While it is read or written it enforces continuous verification: at the deadline
 //! (peer certificate `notAfter`, chain `exp`) it ends with `credential_expired` unless a
 //! `reauth` frame moved it; a revocation list applied to the shared [`PeerVerification`] that
-//! covers the peer or any token of its chain ends it at once with `revoked`.
+//! covers the peer or any token of its chain ends it at once with `revoked`; and when a
+//! revocation list the session's authority depends on goes stale (`next_update + skew`) without
+//! a fresh one, it ends with `revocation_stale` (fail closed), unless the verifier's `danger_`
+//! setting tolerates stale lists.
 
 use std::fmt;
 use std::future::Future;
@@ -17,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentid_protocol::{
     verify_proof, ErrorCode, PeerId, ProofBuilder, ProofContext, PublicKey, Role, Scope, TaskId,
-    VerifiedChain,
+    TrustDomain, VerifiedChain,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -30,7 +33,9 @@ use tokio_rustls::TlsStream;
 
 use crate::credentials::Credential;
 use crate::error::{CertError, Error, FrameError, Result};
-use crate::frame::{self, body_bytes, parse_body, FrameType, Reason, Reauth, HEADER_LEN, MAX_FRAME_BODY};
+use crate::frame::{
+    self, body_bytes, parse_body, FrameType, Reason, Reauth, HEADER_LEN, MAX_FRAME_BODY,
+};
 use crate::svid::{CertUsage, MAX_INTERMEDIATES};
 use crate::verification::PeerVerification;
 
@@ -74,7 +79,9 @@ pub struct Receipts {
 impl fmt::Debug for Receipts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Proofs are signed tokens: never logged.
-        f.debug_struct("Receipts").field("reauths", &self.reauth_proofs.len()).finish_non_exhaustive()
+        f.debug_struct("Receipts")
+            .field("reauths", &self.reauth_proofs.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +92,8 @@ pub struct AuthenticatedPeer {
     pub id: PeerId,
     /// The peer certificate's public key.
     pub public_key: PublicKey,
-    /// The peer certificate's serial (lowercase hex).
+    /// The peer certificate's serial: lowercase hex without leading zero bytes, as the CA
+    /// reports it ([`crate::svid::serial_hex`]).
     pub cert_serial: String,
     /// The peer certificate's `notAfter` (Unix seconds).
     pub cert_not_after: u64,
@@ -112,6 +120,9 @@ impl AuthenticatedPeer {
 enum Ended {
     Expired,
     Revoked(String),
+    /// The session's authority can no longer be re-checked: a needed revocation list went stale
+    /// (or disappeared).
+    Unverifiable(agentid_protocol::Error),
     PeerClosed(String, String),
     Failed(String, String),
     LocalClosed,
@@ -122,9 +133,19 @@ impl Ended {
         match self {
             Ended::Expired => Error::CredentialExpired,
             Ended::Revoked(r) => Error::Revoked(r.clone()),
-            Ended::PeerClosed(code, message) => Error::Closed { code: code.clone(), message: message.clone() },
-            Ended::Failed(code, message) => Error::Closed { code: code.clone(), message: message.clone() },
-            Ended::LocalClosed => Error::Closed { code: CLOSE_NORMAL.into(), message: "closed locally".into() },
+            Ended::Unverifiable(e) => Error::Protocol(e.clone()),
+            Ended::PeerClosed(code, message) => Error::Closed {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Ended::Failed(code, message) => Error::Closed {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Ended::LocalClosed => Error::Closed {
+                code: CLOSE_NORMAL.into(),
+                message: "closed locally".into(),
+            },
         }
     }
 }
@@ -171,6 +192,12 @@ pub struct Session<IO> {
     pending: Bytes,
     deadline: Pin<Box<Sleep>>,
     changes: ChangeFuture,
+    /// The verification state's version, to notice an update the session has not re-checked yet.
+    applied: watch::Receiver<u64>,
+    checked: u64,
+    /// When a revocation list the session depends on goes stale (None: tolerated or none held).
+    stale_at: Option<u64>,
+    stale_timer: Pin<Box<Sleep>>,
     jtis: Vec<String>,
     ended: Option<Ended>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -193,6 +220,10 @@ where
 {
     pub(crate) fn new(parts: SessionParts<IO>) -> Self {
         let deadline = Box::pin(tokio::time::sleep_until(instant_for(parts.peer.deadline)));
+        let applied = parts.changes.clone();
+        let checked = *applied.borrow();
+        let stale_at = stale_at(&parts.verification, &parts.peer);
+        let stale_timer = Box::pin(tokio::time::sleep_until(stale_instant(stale_at)));
         Self {
             io: parts.io,
             role: parts.role,
@@ -207,6 +238,10 @@ where
             pending: Bytes::new(),
             deadline,
             changes: watch_changes(parts.changes),
+            applied,
+            checked,
+            stale_at,
+            stale_timer,
             jtis: parts.jtis,
             ended: None,
             _permit: parts.permit,
@@ -229,11 +264,20 @@ where
         if let Some(e) = &self.ended {
             return Err(e.error());
         }
-        if now_unix() >= self.peer.deadline {
+        let now = now_unix();
+        if now >= self.peer.deadline {
             return Err(Error::CredentialExpired);
         }
+        // A revocation list applied (or a held list gone stale) since the session last re-checked
+        // is honoured here too, even if the session has not been polled since.
+        if *self.applied.borrow() != self.checked || self.stale_at.is_some_and(|t| now >= t) {
+            self.recheck_revocation().map_err(|ended| ended.error())?;
+        }
         let chain = self.peer.chain.as_ref().ok_or_else(|| {
-            Error::Protocol(agentid_protocol::Error::new(ErrorCode::ScopeNotGranted, "the peer presented no chain"))
+            Error::Protocol(agentid_protocol::Error::new(
+                ErrorCode::ScopeNotGranted,
+                "the peer presented no chain",
+            ))
         })?;
         let result = self.verification.verifier().authorize(chain, requested);
         tracing::debug!(
@@ -264,7 +308,9 @@ where
     /// session started with), its chain if any, and a proof bound to this connection. Also use
     /// the renewed credential for later reauths.
     pub async fn reauth(&mut self, renewed: Arc<Credential>) -> Result<()> {
-        if renewed.identity() != self.local.identity() || renewed.info().public_key != self.local.info().public_key {
+        if renewed.identity() != self.local.identity()
+            || renewed.info().public_key != self.local.info().public_key
+        {
             return Err(CertError::IdentityChanged.into());
         }
         let now = now_unix();
@@ -288,7 +334,11 @@ where
         }
         let proof = builder.sign(renewed.task_key())?;
         let body = Reauth {
-            certs: renewed.cert_chain().iter().map(|c| URL_SAFE_NO_PAD.encode(c.as_ref())).collect(),
+            certs: renewed
+                .cert_chain()
+                .iter()
+                .map(|c| URL_SAFE_NO_PAD.encode(c.as_ref()))
+                .collect(),
             chain: renewed.chain().map(str::to_owned),
             proof,
         };
@@ -302,7 +352,10 @@ where
     /// Ends the session with a close frame carrying `code` and `message`, then shuts TLS down.
     pub async fn close(mut self, code: &str, message: &str) -> Result<()> {
         if self.ended.is_none() {
-            let body = body_bytes(&Reason { code: code.into(), message: message.into() })?;
+            let body = body_bytes(&Reason {
+                code: code.into(),
+                message: message.into(),
+            })?;
             self.write_frame(FrameType::Close, &body).await?;
             self.ended = Some(Ended::LocalClosed);
         }
@@ -314,7 +367,9 @@ where
             return Err(e.error());
         }
         frame::encode(ty, body, &mut self.wbuf)?;
-        std::future::poll_fn(|cx| self.poll_drain(cx)).await.map_err(Error::Io)?;
+        std::future::poll_fn(|cx| self.poll_drain(cx))
+            .await
+            .map_err(Error::Io)?;
         self.io.flush().await.map_err(Error::Io)
     }
 
@@ -332,13 +387,20 @@ where
     /// Ends the session with `ended`: a best-effort close frame, then every later call fails.
     fn end(&mut self, cx: &mut Context<'_>, ended: Ended) -> Error {
         let (code, message) = match &ended {
-            Ended::Expired => ("credential_expired".to_owned(), "the peer credential expired".to_owned()),
+            Ended::Expired => (
+                "credential_expired".to_owned(),
+                "the peer credential expired".to_owned(),
+            ),
             Ended::Revoked(r) => ("revoked".to_owned(), r.clone()),
+            Ended::Unverifiable(e) => (e.code().as_str().to_owned(), e.to_string()),
             Ended::Failed(c, m) => (c.clone(), m.clone()),
             Ended::PeerClosed(..) | Ended::LocalClosed => (String::new(), String::new()),
         };
         if !code.is_empty() {
-            if let Ok(body) = body_bytes(&Reason { code: code.clone(), message }) {
+            if let Ok(body) = body_bytes(&Reason {
+                code: code.clone(),
+                message,
+            }) {
                 let _ = frame::encode(FrameType::Close, &body, &mut self.wbuf);
                 let _ = self.poll_drain(cx);
                 let _ = Pin::new(&mut self.io).poll_flush(cx);
@@ -350,14 +412,16 @@ where
         e
     }
 
+    /// Ends the session because of `e` (a close frame with `e`'s reason goes to the peer) and
+    /// returns `e` itself; later calls get the recorded reason.
     fn fail(&mut self, cx: &mut Context<'_>, e: Error) -> Error {
-        let reason = e.reason().to_owned();
-        let ended = match e {
+        let ended = match &e {
             Error::CredentialExpired => Ended::Expired,
-            Error::Revoked(r) => Ended::Revoked(r),
-            other => Ended::Failed(reason, other.to_string()),
+            Error::Revoked(r) => Ended::Revoked(r.clone()),
+            other => Ended::Failed(other.reason().to_owned(), other.to_string()),
         };
-        self.end(cx, ended)
+        let _ = self.end(cx, ended);
+        e
     }
 
     /// Deadline and revocation: `Some(error)` when the session must end now.
@@ -368,29 +432,62 @@ where
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Some(self.end(cx, Ended::Expired));
         }
+        let mut recheck = false;
         while let Poll::Ready(rx) = self.changes.as_mut().poll(cx) {
             self.changes = watch_changes(rx);
-            if let Err(reason) = self.recheck_revocation() {
-                return Some(self.end(cx, Ended::Revoked(reason)));
+            recheck = true;
+        }
+        if self.stale_timer.as_mut().poll(cx).is_ready() {
+            recheck = true;
+        }
+        if recheck {
+            // Read the version first: an update landing during the re-check is seen next time.
+            let version = *self.applied.borrow_and_update();
+            if let Err(ended) = self.recheck_revocation() {
+                return Some(self.end(cx, ended));
             }
+            self.checked = version;
+            self.reset_stale_timer();
+            // Register the fresh timer with this task's waker.
+            let _ = self.stale_timer.as_mut().poll(cx);
         }
         None
     }
 
-    /// Re-checks the peer and its chain against the current revocation lists. Only a revocation
-    /// ends the session here; a stale or missing list is the handshake's concern.
-    fn recheck_revocation(&self) -> Result<(), String> {
+    /// Re-checks the peer and its chain against the current revocation lists (on every update of
+    /// the verification state, and when a held list goes stale). A revocation ends the session
+    /// with `revoked`; a needed list that is stale or missing ends it with `revocation_stale` or
+    /// `revocation_missing` (fail closed: the session's authority can no longer be re-checked),
+    /// unless the verifier tolerates those. Other failures (expiry) are the deadline's concern.
+    fn recheck_revocation(&self) -> Result<(), Ended> {
         let v = self.verification.verifier();
         let now = now_unix();
         let id = self.peer.id.as_spiffe_id();
         let result = match &self.peer_chain {
-            Some(chain) => v.verify_chain(chain, id, &self.peer.public_key, now).map(|_| ()),
+            Some(chain) => v
+                .verify_chain(chain, id, &self.peer.public_key, now)
+                .map(|_| ()),
             None => v.check_peer_revocation(id, &self.peer.public_key, now),
         };
         match result {
-            Err(e) if e.code() == ErrorCode::Revoked => Err(e.to_string()),
+            Err(e) if e.code() == ErrorCode::Revoked => Err(Ended::Revoked(e.to_string())),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    ErrorCode::RevocationStale | ErrorCode::RevocationMissing
+                ) =>
+            {
+                Err(Ended::Unverifiable(e))
+            }
             _ => Ok(()),
         }
+    }
+
+    fn reset_stale_timer(&mut self) {
+        self.stale_at = stale_at(&self.verification, &self.peer);
+        // Never in the past: a list that is stale now was just re-checked (and tolerated).
+        let at = self.stale_at.map(|t| t.max(now_unix().saturating_add(1)));
+        self.stale_timer.as_mut().reset(stale_instant(at));
     }
 
     fn poll_next_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
@@ -427,13 +524,17 @@ where
                 Ok(None) => {
                     // Read at most what the current frame still needs (bounded memory).
                     let need = match self.rbuf.get(..4) {
-                        Some(&[a, b, c, d]) => HEADER_LEN + u32::from_be_bytes([a, b, c, d]) as usize,
+                        Some(&[a, b, c, d]) => {
+                            HEADER_LEN + u32::from_be_bytes([a, b, c, d]) as usize
+                        }
                         _ => HEADER_LEN,
                     };
                     let want = need.saturating_sub(self.rbuf.len()).clamp(1, 16 * 1024);
                     let mut tmp = [0u8; 16 * 1024];
                     let Some(slot) = tmp.get_mut(..want) else {
-                        return Poll::Ready(Err(self.fail(cx, FrameError::TooLarge(need as u64).into())));
+                        return Poll::Ready(Err(
+                            self.fail(cx, FrameError::TooLarge(need as u64).into())
+                        ));
                     };
                     let mut rb = ReadBuf::new(slot);
                     match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
@@ -447,7 +548,10 @@ where
                             if rb.filled().is_empty() {
                                 if self.rbuf.is_empty() {
                                     // End of stream at a frame boundary, without a close frame.
-                                    self.ended = Some(Ended::PeerClosed("eof".into(), "connection closed".into()));
+                                    self.ended = Some(Ended::PeerClosed(
+                                        "eof".into(),
+                                        "connection closed".into(),
+                                    ));
                                     return Poll::Ready(Ok(None));
                                 }
                                 let e = Error::Frame(FrameError::Truncated);
@@ -485,7 +589,10 @@ where
             Role::Server => (Role::Client, CertUsage::ClientAuth, self.exporter_client),
             Role::Client => (Role::Server, CertUsage::ServerAuth, self.exporter_server),
         };
-        let info = self.verification.trust_store().verify(leaf, rest, unix_time(now), usage)?;
+        let info = self
+            .verification
+            .trust_store()
+            .verify(leaf, rest, unix_time(now), usage)?;
         if info.id != self.peer.id || info.public_key != self.peer.public_key {
             return Err(CertError::IdentityChanged.into());
         }
@@ -509,17 +616,24 @@ where
             },
         )?;
         if self.jtis.contains(&proof.jti) {
-            return Err(Error::ProofReplayed);
+            return Err(Error::Protocol(agentid_protocol::Error::new(
+                ErrorCode::ProofReplayed,
+                "a proof already presented on this connection",
+            )));
         }
         let chain_str = r.chain.or_else(|| self.peer_chain.clone());
         let chain = match &chain_str {
-            Some(c) => Some(v.verify_chain(c, self.peer.id.as_spiffe_id(), &self.peer.public_key, now)?),
+            Some(c) => {
+                Some(v.verify_chain(c, self.peer.id.as_spiffe_id(), &self.peer.public_key, now)?)
+            }
             None => {
                 v.check_peer_revocation(self.peer.id.as_spiffe_id(), &self.peer.public_key, now)?;
                 None
             }
         };
-        let deadline = chain.as_ref().map_or(info.not_after, |c| c.expires.min(info.not_after));
+        let deadline = chain
+            .as_ref()
+            .map_or(info.not_after, |c| c.expires.min(info.not_after));
         if deadline <= now {
             return Err(Error::CredentialExpired);
         }
@@ -538,8 +652,37 @@ where
         self.peer_chain = chain_str;
         self.peer.deadline = deadline;
         self.deadline.as_mut().reset(instant_for(deadline));
+        // The chain may have changed, and with it the trust domains whose lists it needs.
+        self.reset_stale_timer();
         Ok(())
     }
+}
+
+/// The earliest time (`next_update + skew`) at which a revocation list the peer's authority
+/// depends on goes stale: the lists of the peer's trust domain and, with a chain, of its
+/// authority and of every holder along it (the domains phase 6 consults). `None` when stale lists
+/// are tolerated (`danger_` setting) or no such list is held.
+fn stale_at(verification: &PeerVerification, peer: &AuthenticatedPeer) -> Option<u64> {
+    let v = verification.verifier();
+    let config = v.config();
+    if config.revocation_optional() {
+        return None;
+    }
+    let mut domains: Vec<TrustDomain> = vec![peer.id.trust_domain()];
+    if let Some(chain) = &peer.chain {
+        domains.push(chain.authority.clone());
+        domains.extend(chain.actors.iter().map(|a| a.id.trust_domain()));
+    }
+    domains
+        .iter()
+        .filter_map(|td| config.revocation_list(td))
+        .map(|l| l.next_update().saturating_add(config.skew_seconds()))
+        .min()
+}
+
+fn stale_instant(at: Option<u64>) -> Instant {
+    // No list to watch: a far deadline (instant_for caps it at a year).
+    instant_for(at.unwrap_or(u64::MAX))
 }
 
 /// Recovers the crate error carried inside an `io::Error` from the stream adapter.
@@ -559,7 +702,11 @@ impl<IO> AsyncRead for Session<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending.is_empty() {
             match ready!(this.poll_next_data(cx)) {
@@ -579,7 +726,11 @@ impl<IO> AsyncWrite for Session<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Some(e) = this.poll_kill(cx) {
             return Poll::Ready(Err(io::Error::other(e)));
@@ -587,7 +738,8 @@ where
         ready!(this.poll_drain(cx))?;
         let n = buf.len().min(MAX_FRAME_BODY);
         let chunk = buf.get(..n).unwrap_or_default();
-        frame::encode(FrameType::Data, chunk, &mut this.wbuf).map_err(|e| io::Error::other(Error::Frame(e)))?;
+        frame::encode(FrameType::Data, chunk, &mut this.wbuf)
+            .map_err(|e| io::Error::other(Error::Frame(e)))?;
         // Best effort now; poll_flush finishes the job.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
@@ -604,9 +756,13 @@ where
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.ended.is_none() {
-            let body = body_bytes(&Reason { code: CLOSE_NORMAL.into(), message: String::new() })
+            let body = body_bytes(&Reason {
+                code: CLOSE_NORMAL.into(),
+                message: String::new(),
+            })
+            .map_err(|e| io::Error::other(Error::Frame(e)))?;
+            frame::encode(FrameType::Close, &body, &mut this.wbuf)
                 .map_err(|e| io::Error::other(Error::Frame(e)))?;
-            frame::encode(FrameType::Close, &body, &mut this.wbuf).map_err(|e| io::Error::other(Error::Frame(e)))?;
             this.ended = Some(Ended::LocalClosed);
         }
         ready!(this.poll_drain(cx))?;

@@ -60,7 +60,8 @@ pub struct SvidInfo {
     pub not_before: u64,
     /// `notAfter`, Unix seconds.
     pub not_after: u64,
-    /// The serial number, lowercase hex.
+    /// The serial number: lowercase hex without leading zero bytes, the CA's form
+    /// ([`serial_hex`]).
     pub serial: String,
 }
 
@@ -128,8 +129,14 @@ pub fn check_leaf(der: &[u8], usage: CertUsage) -> Result<SvidInfo, CertError> {
     // EKU of the role, required (not only "if present").
     let eku = cert.extended_key_usage().map_err(ext_err)?;
     let (ok, name) = match usage {
-        CertUsage::ClientAuth => (eku.as_ref().is_some_and(|e| e.value.client_auth), "clientAuth"),
-        CertUsage::ServerAuth => (eku.as_ref().is_some_and(|e| e.value.server_auth), "serverAuth"),
+        CertUsage::ClientAuth => (
+            eku.as_ref().is_some_and(|e| e.value.client_auth),
+            "clientAuth",
+        ),
+        CertUsage::ServerAuth => (
+            eku.as_ref().is_some_and(|e| e.value.server_auth),
+            "serverAuth",
+        ),
     };
     if !ok {
         return Err(CertError::EkuMissing(name));
@@ -143,14 +150,26 @@ pub fn check_leaf(der: &[u8], usage: CertUsage) -> Result<SvidInfo, CertError> {
         public_key,
         not_before: u64::try_from(validity.not_before.timestamp()).unwrap_or(0),
         not_after: u64::try_from(validity.not_after.timestamp()).unwrap_or(0),
-        serial: hex(cert.raw_serial()),
+        serial: serial_hex(cert.raw_serial()),
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A certificate serial as the CA writes it: lowercase hex of the DER INTEGER's content bytes
+/// without leading zero bytes (the `00` sign byte DER adds before a high bit is dropped), so that
+/// transport logs, [`SvidInfo::serial`] and the CA's issuance and audit records join on it. A
+/// serial of zero (never issued) is `00`.
+pub fn serial_hex(der_integer: &[u8]) -> String {
     use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
+    let start = der_integer
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der_integer.len());
+    let digits = der_integer.get(start..).unwrap_or_default();
+    if digits.is_empty() {
+        return "00".to_owned();
+    }
+    let mut s = String::with_capacity(digits.len() * 2);
+    for b in digits {
         let _ = write!(s, "{b:02x}");
     }
     s
@@ -170,7 +189,11 @@ impl TrustStore {
     }
 
     /// Adds a CA certificate (DER) as an X.509 authority of `trust_domain`.
-    pub fn add_authority(&mut self, trust_domain: &TrustDomain, ca_der: &[u8]) -> Result<(), CertError> {
+    pub fn add_authority(
+        &mut self,
+        trust_domain: &TrustDomain,
+        ca_der: &[u8],
+    ) -> Result<(), CertError> {
         let der = CertificateDer::from(ca_der);
         let anchor = webpki::anchor_from_trusted_cert(&der)
             .map_err(|e| CertError::Malformed(format!("{e:?}")))?
@@ -183,7 +206,11 @@ impl TrustStore {
     }
 
     /// Builder form of [`TrustStore::add_authority`].
-    pub fn with_authority(mut self, trust_domain: &TrustDomain, ca_der: &[u8]) -> Result<Self, CertError> {
+    pub fn with_authority(
+        mut self,
+        trust_domain: &TrustDomain,
+        ca_der: &[u8],
+    ) -> Result<Self, CertError> {
         self.add_authority(trust_domain, ca_der)?;
         Ok(self)
     }
@@ -215,13 +242,41 @@ impl TrustStore {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| CertError::Malformed(format!("{e:?}")))?;
         let algs = provider::verification_algorithms();
-        ee.verify_for_usage(algs.all, anchors, intermediates, now, usage.webpki(), None, None)
-            .map_err(|e| match e {
-                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                    CertError::Expired
-                }
-                other => CertError::Chain(format!("{other:?}")),
-            })?;
+        ee.verify_for_usage(
+            algs.all,
+            anchors,
+            intermediates,
+            now,
+            usage.webpki(),
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                CertError::Expired
+            }
+            other => CertError::Chain(format!("{other:?}")),
+        })?;
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serial_hex;
+
+    #[test]
+    fn serials_are_written_in_the_ca_form() {
+        for (der, hex) in [
+            (&[0x00, 0xdc, 0x60, 0x07][..], "dc6007"),
+            (&[0x00, 0x00, 0x80][..], "80"),
+            (&[0x7f, 0x00][..], "7f00"),
+            (&[0x0a, 0x01][..], "0a01"),
+            (&[0x01][..], "01"),
+            (&[0x00][..], "00"),
+            (&[][..], "00"),
+        ] {
+            assert_eq!(serial_hex(der), hex, "{der:02x?}");
+        }
     }
 }

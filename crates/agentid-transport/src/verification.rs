@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use agentid_protocol::{BundleSet, TrustBundle, Verifier, VerifierConfig};
+use agentid_protocol::{BundleSet, TokenCache, TrustBundle, Verifier, VerifierConfig};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
@@ -35,8 +35,19 @@ impl PeerVerification {
     /// State for `config`: the X.509 anchors come from the `x509-svid` entries of its bundles,
     /// one set per trust domain.
     pub fn new(config: VerifierConfig) -> Result<Arc<Self>> {
-        let trust = trust_store_from(config.bundles())?;
-        let verifier = Verifier::new(config)?;
+        Self::from_verifier(Verifier::new(config)?)
+    }
+
+    /// As [`PeerVerification::new`], with a cache of verified tokens shared by every handshake
+    /// (see [`TokenCache`]): a chain presented again on a new connection skips the signature
+    /// checks and claim decoding of the tokens already verified; time, revocation, possession,
+    /// audience and scope are still evaluated on every use.
+    pub fn with_token_cache(config: VerifierConfig, cache: Arc<TokenCache>) -> Result<Arc<Self>> {
+        Self::from_verifier(Verifier::new(config)?.with_cache(cache))
+    }
+
+    fn from_verifier(verifier: Verifier) -> Result<Arc<Self>> {
+        let trust = trust_store_from(verifier.config().bundles())?;
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Self {
             verifier: ArcSwap::from_pointee(verifier),
@@ -65,7 +76,10 @@ impl PeerVerification {
     }
 
     fn update(&self, f: impl FnOnce(&mut Verifier) -> Result<()>) -> Result<()> {
-        let _guard = self.write.lock().map_err(|_| Error::Config("poisoned lock".into()))?;
+        let _guard = self
+            .write
+            .lock()
+            .map_err(|_| Error::Config("poisoned lock".into()))?;
         let mut next = Verifier::clone(&self.verifier.load());
         f(&mut next)?;
         let trust = trust_store_from(next.config().bundles())?;

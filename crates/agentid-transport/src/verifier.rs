@@ -95,7 +95,13 @@ pub struct SpiffeClientCertVerifier {
 impl SpiffeClientCertVerifier {
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
-        Self { inner: PeerVerifier { trust, policy, algs: provider::verification_algorithms() } }
+        Self {
+            inner: PeerVerifier {
+                trust,
+                policy,
+                algs: provider::verification_algorithms(),
+            },
+        }
     }
 }
 
@@ -129,7 +135,9 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig))
+        Err(rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -156,7 +164,13 @@ pub struct SpiffeServerCertVerifier {
 impl SpiffeServerCertVerifier {
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
-        Self { inner: PeerVerifier { trust, policy, algs: provider::verification_algorithms() } }
+        Self {
+            inner: PeerVerifier {
+                trust,
+                policy,
+                algs: provider::verification_algorithms(),
+            },
+        }
     }
 }
 
@@ -180,7 +194,9 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig))
+        Err(rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ))
     }
 
     fn verify_tls13_signature(

@@ -1,13 +1,19 @@
 //! Table-driven mTLS tests of agentid-transport: certificates, policies, chains, limits,
 //! resumption, rotation, continuous verification.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid_protocol::{ErrorCode, Scope, TrustDomain};
+use agentid_protocol::{ErrorCode, RevocationListBuilder, Scope, TaskKey, TrustDomain};
 use agentid_transport::frame::{self, FrameType, Hello};
 use agentid_transport::{CertError, Error, FrameError, MemoryCredentials, PeerPolicy, TimeoutKind};
 use support::*;
@@ -32,38 +38,196 @@ enum Expect {
 async fn client_certificate_table() {
     let a = Domain::new("example.org");
     let b = Domain::new("other.org");
-    let future = LeafOpts { not_before: Some(60), not_after: Some(300), ..Default::default() };
-    let expired = LeafOpts { not_before: Some(-600), not_after: Some(-120), ..Default::default() };
-    let ca = LeafOpts { ca: true, ..Default::default() };
-    let kcs = LeafOpts { key_cert_sign: true, ..Default::default() };
-    let two = LeafOpts { extra_uri: Some("spiffe://example.org/agent/x/task/y".into()), ..Default::default() };
-    let dns = LeafOpts { dns_only: true, ..Default::default() };
-    let no_eku = LeafOpts { no_eku: true, ..Default::default() };
+    let future = LeafOpts {
+        not_before: Some(60),
+        not_after: Some(300),
+        ..Default::default()
+    };
+    let expired = LeafOpts {
+        not_before: Some(-600),
+        not_after: Some(-120),
+        ..Default::default()
+    };
+    let ca = LeafOpts {
+        ca: true,
+        ..Default::default()
+    };
+    let kcs = LeafOpts {
+        key_cert_sign: true,
+        ..Default::default()
+    };
+    let two = LeafOpts {
+        extra_uri: Some("spiffe://example.org/agent/x/task/y".into()),
+        ..Default::default()
+    };
+    let dns = LeafOpts {
+        dns_only: true,
+        ..Default::default()
+    };
+    let no_eku = LeafOpts {
+        no_eku: true,
+        ..Default::default()
+    };
     let ok = LeafOpts::default();
     // (name, issuing CA, URI SAN, options, server trusts B too, server policy, expectation)
     #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, &Ca, &str, &LeafOpts, bool, PeerPolicy, Expect)> = vec![
-        ("valid pair", &a.ca, CLIENT, &ok, false, PeerPolicy::agents_in(td("example.org")), Expect::Ok),
-        ("service peer admitted", &a.ca, "spiffe://example.org/svc/tool", &ok, false, PeerPolicy::services_in(td("example.org")), Expect::Ok),
-        ("other trust domain, no anchors", &b.ca, "spiffe://other.org/agent/c/task/t", &ok, false, PeerPolicy::danger_any(), Expect::Cert(|e| matches!(e, CertError::UnknownTrustDomain(_)))),
-        ("our ID on another domain's CA", &b.ca, CLIENT, &ok, true, PeerPolicy::danger_any(), Expect::Cert(|e| matches!(e, CertError::Chain(_)))),
-        ("federated peer allowed by policy", &b.ca, "spiffe://other.org/agent/c/task/t", &ok, true, PeerPolicy::agents_in(td("other.org")), Expect::Ok),
-        ("federated peer, policy for own domain", &b.ca, "spiffe://other.org/agent/c/task/t", &ok, true, PeerPolicy::agents_in(td("example.org")), Expect::Policy),
-        ("expired", &a.ca, CLIENT, &expired, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::Expired)),
-        ("not yet valid", &a.ca, CLIENT, &future, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::Expired)),
-        ("CA certificate as leaf", &a.ca, CLIENT, &ca, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::CaAsLeaf)),
-        ("leaf with keyCertSign", &a.ca, CLIENT, &kcs, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::ForbiddenKeyUsage)),
-        ("two URI SANs", &a.ca, CLIENT, &two, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::UriSanCount(2))),
-        ("no URI SAN", &a.ca, CLIENT, &dns, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::UriSanCount(0))),
-        ("no EKU", &a.ca, CLIENT, &no_eku, false, PeerPolicy::danger_any(), Expect::Cert(|e| matches!(e, CertError::EkuMissing(_)))),
-        ("agent ID, not a task identity", &a.ca, "spiffe://example.org/agent/client", &ok, false, PeerPolicy::danger_any(), Expect::Cert(|e| matches!(e, CertError::BadId(_)))),
-        ("non-spiffe URI", &a.ca, "https://example.org/agent/client/task/t2", &ok, false, PeerPolicy::danger_any(), Expect::Cert(|e| *e == CertError::NotSpiffe)),
-        ("policy deny", &a.ca, CLIENT, &ok, false, PeerPolicy::agent(agentid_protocol::AgentId::new(&td("example.org"), "someone").unwrap()), Expect::Policy),
+        (
+            "valid pair",
+            &a.ca,
+            CLIENT,
+            &ok,
+            false,
+            PeerPolicy::agents_in(td("example.org")),
+            Expect::Ok,
+        ),
+        (
+            "service peer admitted",
+            &a.ca,
+            "spiffe://example.org/svc/tool",
+            &ok,
+            false,
+            PeerPolicy::services_in(td("example.org")),
+            Expect::Ok,
+        ),
+        (
+            "other trust domain, no anchors",
+            &b.ca,
+            "spiffe://other.org/agent/c/task/t",
+            &ok,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| matches!(e, CertError::UnknownTrustDomain(_))),
+        ),
+        (
+            "our ID on another domain's CA",
+            &b.ca,
+            CLIENT,
+            &ok,
+            true,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| matches!(e, CertError::Chain(_))),
+        ),
+        (
+            "federated peer allowed by policy",
+            &b.ca,
+            "spiffe://other.org/agent/c/task/t",
+            &ok,
+            true,
+            PeerPolicy::agents_in(td("other.org")),
+            Expect::Ok,
+        ),
+        (
+            "federated peer, policy for own domain",
+            &b.ca,
+            "spiffe://other.org/agent/c/task/t",
+            &ok,
+            true,
+            PeerPolicy::agents_in(td("example.org")),
+            Expect::Policy,
+        ),
+        (
+            "expired",
+            &a.ca,
+            CLIENT,
+            &expired,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::Expired),
+        ),
+        (
+            "not yet valid",
+            &a.ca,
+            CLIENT,
+            &future,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::Expired),
+        ),
+        (
+            "CA certificate as leaf",
+            &a.ca,
+            CLIENT,
+            &ca,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::CaAsLeaf),
+        ),
+        (
+            "leaf with keyCertSign",
+            &a.ca,
+            CLIENT,
+            &kcs,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::ForbiddenKeyUsage),
+        ),
+        (
+            "two URI SANs",
+            &a.ca,
+            CLIENT,
+            &two,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::UriSanCount(2)),
+        ),
+        (
+            "no URI SAN",
+            &a.ca,
+            CLIENT,
+            &dns,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::UriSanCount(0)),
+        ),
+        (
+            "no EKU",
+            &a.ca,
+            CLIENT,
+            &no_eku,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| matches!(e, CertError::EkuMissing(_))),
+        ),
+        (
+            "agent ID, not a task identity",
+            &a.ca,
+            "spiffe://example.org/agent/client",
+            &ok,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| matches!(e, CertError::BadId(_))),
+        ),
+        (
+            "non-spiffe URI",
+            &a.ca,
+            "https://example.org/agent/client/task/t2",
+            &ok,
+            false,
+            PeerPolicy::danger_any(),
+            Expect::Cert(|e| *e == CertError::NotSpiffe),
+        ),
+        (
+            "policy deny",
+            &a.ca,
+            CLIENT,
+            &ok,
+            false,
+            PeerPolicy::agent(
+                agentid_protocol::AgentId::new(&td("example.org"), "someone").unwrap(),
+            ),
+            Expect::Policy,
+        ),
     ];
     for (name, issuer, uri, opts, federate, policy, expect) in cases {
         let domains: Vec<&Domain> = if federate { vec![&a, &b] } else { vec![&a] };
         let v = verification(SERVER, &domains, false);
-        let creds = Arc::new(MemoryCredentials::new(credential(&a.ca, SERVER, key(), &LeafOpts::default())));
+        let creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
         let (addr, h) = serve(server(creds, v.clone(), policy), 1).await;
         let ck = key();
         let cert = leaf(issuer, uri, &ck, opts);
@@ -76,7 +240,12 @@ async fn client_certificate_table() {
             let mut b = [0u8; 1];
             let _ = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut b)).await;
         }
-        let result = tokio::time::timeout(T, h).await.unwrap().unwrap().pop().unwrap();
+        let result = tokio::time::timeout(T, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
         match (&expect, &result) {
             // TLS passed: the server then waits for a hello that never comes.
             (Expect::Ok, Err(Error::Timeout(TimeoutKind::FirstFrame))) => {}
@@ -91,12 +260,31 @@ async fn client_certificate_table() {
 async fn server_certificate_table() {
     let a = Domain::new("example.org");
     let cases: Vec<(&str, LeafOpts, Box<dyn Fn(&Error) -> bool>)> = vec![
-        ("expired server", LeafOpts { not_before: Some(-600), not_after: Some(-120), ..Default::default() },
-            Box::new(|e| matches!(e, Error::Certificate(CertError::Expired)))),
-        ("CA as server leaf", LeafOpts { ca: true, ..Default::default() },
-            Box::new(|e| matches!(e, Error::Certificate(CertError::CaAsLeaf)))),
-        ("keyCertSign server leaf", LeafOpts { key_cert_sign: true, ..Default::default() },
-            Box::new(|e| matches!(e, Error::Certificate(CertError::ForbiddenKeyUsage)))),
+        (
+            "expired server",
+            LeafOpts {
+                not_before: Some(-600),
+                not_after: Some(-120),
+                ..Default::default()
+            },
+            Box::new(|e| matches!(e, Error::Certificate(CertError::Expired))),
+        ),
+        (
+            "CA as server leaf",
+            LeafOpts {
+                ca: true,
+                ..Default::default()
+            },
+            Box::new(|e| matches!(e, Error::Certificate(CertError::CaAsLeaf))),
+        ),
+        (
+            "keyCertSign server leaf",
+            LeafOpts {
+                key_cert_sign: true,
+                ..Default::default()
+            },
+            Box::new(|e| matches!(e, Error::Certificate(CertError::ForbiddenKeyUsage))),
+        ),
     ];
     for (name, opts, check) in cases {
         let v = verification(SERVER, &[&a], false);
@@ -109,7 +297,12 @@ async fn server_certificate_table() {
             let _ = tokio::time::timeout(T, tokio_rustls::TlsAcceptor::from(cfg).accept(tcp)).await;
         });
         let cv = verification(CLIENT, &[&a], false);
-        let creds = Arc::new(MemoryCredentials::new(credential(&a.ca, CLIENT, key(), &LeafOpts::default())));
+        let creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            CLIENT,
+            key(),
+            &LeafOpts::default(),
+        )));
         let c = client(creds, cv, PeerPolicy::danger_any());
         let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
         match &r {
@@ -141,7 +334,12 @@ fn pair(scope: Option<&str>, client_opts: LeafOpts, strict: bool) -> Pair {
         cred = cred.with_chain(c.as_str());
     }
     Pair {
-        server_creds: Arc::new(MemoryCredentials::new(credential(&a.ca, SERVER, key(), &LeafOpts::default()))),
+        server_creds: Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        ))),
         client_creds: Arc::new(MemoryCredentials::new(cred)),
         client_key_pub,
         sv: verification(SERVER, &[&a], strict),
@@ -153,21 +351,49 @@ fn pair(scope: Option<&str>, client_opts: LeafOpts, strict: bool) -> Pair {
 #[tokio::test]
 async fn chain_presented_and_authorized_per_request() {
     let p = pair(Some("files:read files:list"), LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::agents_in(td("example.org"))), 1).await;
-    let c = client(p.client_creds.clone(), p.cv.clone(), PeerPolicy::exact(peer(SERVER)));
-    let mut cs = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::agents_in(td("example.org")),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::exact(peer(SERVER)),
+    );
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let mut ss = h.await.unwrap().pop().unwrap().unwrap();
     assert_eq!(ss.peer().id, peer(CLIENT));
     assert_eq!(cs.peer().id, peer(SERVER));
     assert!(ss.peer().chain.is_some());
-    assert_eq!(ss.peer().receipts.client_proof, cs.peer().receipts.client_proof);
-    assert_eq!(ss.peer().receipts.server_proof, cs.peer().receipts.server_proof);
+    assert_eq!(
+        ss.peer().receipts.client_proof,
+        cs.peer().receipts.client_proof
+    );
+    assert_eq!(
+        ss.peer().receipts.server_proof,
+        cs.peer().receipts.server_proof
+    );
     assert!(ss.peer().deadline <= ss.peer().cert_not_after);
     ss.authorize(&Scope::parse("files:read").unwrap()).unwrap();
-    let denied = ss.authorize(&Scope::parse("files:write").unwrap()).unwrap_err();
+    let denied = ss
+        .authorize(&Scope::parse("files:write").unwrap())
+        .unwrap_err();
     assert_eq!(denied.protocol_code(), Some(ErrorCode::ScopeNotGranted));
     // The server has no chain: the client cannot authorize anything on it.
-    assert_eq!(cs.authorize(&Scope::parse("files:read").unwrap()).unwrap_err().protocol_code(), Some(ErrorCode::ScopeNotGranted));
+    assert_eq!(
+        cs.authorize(&Scope::parse("files:read").unwrap())
+            .unwrap_err()
+            .protocol_code(),
+        Some(ErrorCode::ScopeNotGranted)
+    );
 
     // Data both ways, as frames and as a byte stream.
     cs.send(b"ping").await.unwrap();
@@ -175,17 +401,36 @@ async fn chain_presented_and_authorized_per_request() {
     ss.write_all(b"pong").await.unwrap();
     ss.flush().await.unwrap();
     let mut buf = [0u8; 4];
-    tokio::time::timeout(T, cs.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(T, cs.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"pong");
     cs.close("normal", "bye").await.unwrap();
-    assert!(tokio::time::timeout(T, ss.recv()).await.unwrap().unwrap().is_none());
+    assert!(tokio::time::timeout(T, ss.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
 async fn client_policy_refuses_the_server() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
-    let c = client(p.client_creds.clone(), p.cv.clone(), PeerPolicy::services_in(td("example.org")));
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::services_in(td("example.org")),
+    );
     let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
     assert!(matches!(r, Err(Error::PolicyDenied(_))), "{r:?}");
     assert!(h.await.unwrap().pop().unwrap().is_err());
@@ -194,14 +439,25 @@ async fn client_policy_refuses_the_server() {
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
     let cfg = raw_client_config(&p.cv, None, false);
     if let Ok(mut tls) = raw_connect(cfg, addr).await {
         let mut b = [0u8; 1];
         let _ = tokio::time::timeout(T, tls.read(&mut b)).await;
     }
     let r = h.await.unwrap().pop().unwrap();
-    assert!(matches!(r, Err(Error::Tls(rustls::Error::NoCertificatesPresented))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Tls(rustls::Error::NoCertificatesPresented))),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
@@ -214,7 +470,15 @@ async fn chain_possession_mismatch_is_rejected() {
     let creds = Arc::new(MemoryCredentials::new(
         credential(&p.a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
     ));
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
     let c = client(creds, p.cv.clone(), PeerPolicy::danger_any());
     let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
     match r {
@@ -222,7 +486,10 @@ async fn chain_possession_mismatch_is_rejected() {
         other => panic!("{other:?}"),
     }
     let s = h.await.unwrap().pop().unwrap();
-    assert_eq!(s.unwrap_err().protocol_code(), Some(ErrorCode::PossessionMismatch));
+    assert_eq!(
+        s.unwrap_err().protocol_code(),
+        Some(ErrorCode::PossessionMismatch)
+    );
 }
 
 #[tokio::test]
@@ -234,60 +501,117 @@ async fn hop_proof_replayed_on_another_connection_is_rejected() {
     let creds = Arc::new(MemoryCredentials::new(
         agentid_transport::Credential::new(vec![cert.clone()], ck).unwrap(),
     ));
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 2).await;
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        2,
+    )
+    .await;
     let c = client(creds, p.cv.clone(), PeerPolicy::danger_any());
-    let first = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let first = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let stolen = first.peer().receipts.client_proof.clone();
     // Second connection, same certificate and key, replaying the first connection's proof.
     let cfg = raw_client_config(&p.cv, Some((cert, &ck2)), false);
     let mut tls = raw_connect(cfg, addr).await.unwrap();
-    let hello = frame::body_bytes(&Hello { chain: None, proof: stolen }).unwrap();
-    frame::write_frame(&mut tls, FrameType::Hello, &hello).await.unwrap();
-    let reply = tokio::time::timeout(T, frame::read_frame(&mut tls)).await.unwrap().unwrap().unwrap();
+    let hello = frame::body_bytes(&Hello {
+        chain: None,
+        proof: stolen,
+    })
+    .unwrap();
+    frame::write_frame(&mut tls, FrameType::Hello, &hello)
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(T, frame::read_frame(&mut tls))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(reply.ty, FrameType::Reject);
     let results = h.await.unwrap();
     assert!(results[0].is_ok());
-    assert_eq!(results[1].as_ref().unwrap_err().protocol_code(), Some(ErrorCode::ChannelBindingMismatch));
+    assert_eq!(
+        results[1].as_ref().unwrap_err().protocol_code(),
+        Some(ErrorCode::ChannelBindingMismatch)
+    );
 }
 
 #[tokio::test]
 async fn malformed_first_frames_end_the_handshake() {
     let cases: Vec<(&str, Vec<u8>, fn(&Error) -> bool)> = vec![
-        ("oversized length", {
-            let mut v = ((frame::MAX_FRAME_BODY as u32) + 1).to_be_bytes().to_vec();
-            v.push(1);
-            v
-        }, |e| matches!(e, Error::Frame(FrameError::TooLarge(_)))),
-        ("unknown type", vec![0, 0, 0, 0, 0x7f], |e| matches!(e, Error::Frame(FrameError::UnknownType(0x7f)))),
-        ("truncated", vec![0, 0, 0, 10, 1, b'{'], |e| matches!(e, Error::Frame(FrameError::Truncated))),
-        ("data before hello", vec![0, 0, 0, 1, 0x10, 0], |e| matches!(e, Error::Frame(FrameError::Unexpected(_)))),
-        ("duplicate member", {
-            let body = br#"{"proof":"a","proof":"b"}"#;
-            let mut v = (body.len() as u32).to_be_bytes().to_vec();
-            v.push(1);
-            v.extend_from_slice(body);
-            v
-        }, |e| matches!(e, Error::Frame(FrameError::BadBody(_)))),
-        ("unknown member", {
-            let body = br#"{"proof":"a","x":1}"#;
-            let mut v = (body.len() as u32).to_be_bytes().to_vec();
-            v.push(1);
-            v.extend_from_slice(body);
-            v
-        }, |e| matches!(e, Error::Frame(FrameError::BadBody(_)))),
+        (
+            "oversized length",
+            {
+                let mut v = ((frame::MAX_FRAME_BODY as u32) + 1).to_be_bytes().to_vec();
+                v.push(1);
+                v
+            },
+            |e| matches!(e, Error::Frame(FrameError::TooLarge(_))),
+        ),
+        ("unknown type", vec![0, 0, 0, 0, 0x7f], |e| {
+            matches!(e, Error::Frame(FrameError::UnknownType(0x7f)))
+        }),
+        ("truncated", vec![0, 0, 0, 10, 1, b'{'], |e| {
+            matches!(e, Error::Frame(FrameError::Truncated))
+        }),
+        ("data before hello", vec![0, 0, 0, 1, 0x10, 0], |e| {
+            matches!(e, Error::Frame(FrameError::Unexpected(_)))
+        }),
+        (
+            "duplicate member",
+            {
+                let body = br#"{"proof":"a","proof":"b"}"#;
+                let mut v = (body.len() as u32).to_be_bytes().to_vec();
+                v.push(1);
+                v.extend_from_slice(body);
+                v
+            },
+            |e| matches!(e, Error::Frame(FrameError::BadBody(_))),
+        ),
+        (
+            "unknown member",
+            {
+                let body = br#"{"proof":"a","x":1}"#;
+                let mut v = (body.len() as u32).to_be_bytes().to_vec();
+                v.push(1);
+                v.extend_from_slice(body);
+                v
+            },
+            |e| matches!(e, Error::Frame(FrameError::BadBody(_))),
+        ),
     ];
     for (name, bytes, check) in cases {
         let p = pair(None, LeafOpts::default(), false);
-        let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
+        let (addr, h) = serve(
+            server(
+                p.server_creds.clone(),
+                p.sv.clone(),
+                PeerPolicy::danger_any(),
+            ),
+            1,
+        )
+        .await;
         let ck = key();
         let cert = leaf(&p.a.ca, CLIENT, &ck, &LeafOpts::default());
-        let mut tls = raw_connect(raw_client_config(&p.cv, Some((cert, &ck)), false), addr).await.unwrap();
+        let mut tls = raw_connect(raw_client_config(&p.cv, Some((cert, &ck)), false), addr)
+            .await
+            .unwrap();
         tls.write_all(&bytes).await.unwrap();
         tls.flush().await.unwrap();
         if name == "truncated" {
             tls.shutdown().await.unwrap();
         }
-        let r = tokio::time::timeout(T, h).await.unwrap().unwrap().pop().unwrap();
+        let r = tokio::time::timeout(T, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
         match &r {
             Err(e) if check(e) => {}
             other => panic!("case `{name}`: got {other:?}"),
@@ -298,15 +622,19 @@ async fn malformed_first_frames_end_the_handshake() {
 #[tokio::test]
 async fn a_stalled_handshake_times_out_and_caps_apply() {
     let p = pair(None, LeafOpts::default(), false);
-    let srv = agentid_transport::AgentServer::builder(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any())
-        .limits(agentid_transport::ConnectionLimits {
-            handshake_timeout: Duration::from_millis(500),
-            first_frame_timeout: Duration::from_millis(500),
-            max_connections: 1,
-            max_handshakes: 1,
-        })
-        .build()
-        .unwrap();
+    let srv = agentid_transport::AgentServer::builder(
+        p.server_creds.clone(),
+        p.sv.clone(),
+        PeerPolicy::danger_any(),
+    )
+    .limits(agentid_transport::ConnectionLimits {
+        handshake_timeout: Duration::from_millis(500),
+        first_frame_timeout: Duration::from_millis(500),
+        max_connections: 1,
+        max_handshakes: 1,
+    })
+    .build()
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // A client that sends one byte of a ClientHello and stalls.
@@ -322,14 +650,25 @@ async fn a_stalled_handshake_times_out_and_caps_apply() {
     assert!(matches!(srv.accept(tcp2).await, Err(Error::Busy)));
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(T, first).await.unwrap().unwrap();
-    assert!(matches!(r, Err(Error::Timeout(TimeoutKind::Handshake))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Timeout(TimeoutKind::Handshake))),
+        "{r:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
 async fn tls_resumption_is_impossible() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 2).await;
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        2,
+    )
+    .await;
     let ck = key();
     let cert = leaf(&p.a.ca, CLIENT, &ck, &LeafOpts::default());
     // A client that WANTS to resume (in-memory session cache on).
@@ -339,7 +678,10 @@ async fn tls_resumption_is_impossible() {
         // Give the server a chance to send tickets, if it did.
         let mut b = [0u8; 1];
         let _ = tokio::time::timeout(Duration::from_millis(300), tls.read(&mut b)).await;
-        assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
         drop(tls);
     }
     let _ = h.await.unwrap();
@@ -348,9 +690,24 @@ async fn tls_resumption_is_impossible() {
 #[tokio::test]
 async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 2).await;
-    let c = client(p.client_creds.clone(), p.cv.clone(), PeerPolicy::danger_any());
-    let mut s1 = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        2,
+    )
+    .await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let mut s1 = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let old_serial = s1.peer().cert_serial.clone();
     // Rotate the server credential (validated against the trust store before publishing).
     let renewed = credential(&p.a.ca, SERVER, key(), &LeafOpts::default());
@@ -362,9 +719,15 @@ async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate
     // A credential that fails our checks is never published.
     let other = Domain::new("example.org");
     let foreign = credential(&other.ca, SERVER, key(), &LeafOpts::default());
-    assert!(p.server_creds.rotate(foreign, Some((&trust, rustls::pki_types::UnixTime::now()))).is_err());
+    assert!(p
+        .server_creds
+        .rotate(foreign, Some((&trust, rustls::pki_types::UnixTime::now())))
+        .is_err());
 
-    let s2 = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let s2 = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s2.peer().cert_serial, new_serial);
     assert_ne!(old_serial, new_serial);
     let mut servers = h.await.unwrap();
@@ -375,13 +738,37 @@ async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate
 
 #[tokio::test]
 async fn a_session_ends_at_peer_certificate_expiry() {
-    let p = pair(None, LeafOpts { not_after: Some(2), ..Default::default() }, false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
-    let c = client(p.client_creds.clone(), p.cv.clone(), PeerPolicy::danger_any());
-    let mut cs = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let p = pair(
+        None,
+        LeafOpts {
+            not_after: Some(2),
+            ..Default::default()
+        },
+        false,
+    );
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let mut ss = h.await.unwrap().pop().unwrap().unwrap();
     assert!(ss.peer().deadline <= now() + 3);
-    let r = tokio::time::timeout(Duration::from_secs(6), ss.recv()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(6), ss.recv())
+        .await
+        .unwrap();
     assert!(matches!(r, Err(Error::CredentialExpired)), "{r:?}");
     // The client learns why.
     let r = tokio::time::timeout(T, cs.recv()).await.unwrap();
@@ -396,14 +783,30 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
     let a = Domain::new("example.org");
     let ck = key();
     let ck_der = ck.pkcs8_der().to_vec();
-    let short = credential(&a.ca, CLIENT, ck, &LeafOpts { not_after: Some(2), ..Default::default() });
+    let short = credential(
+        &a.ca,
+        CLIENT,
+        ck,
+        &LeafOpts {
+            not_after: Some(2),
+            ..Default::default()
+        },
+    );
     let client_creds = Arc::new(MemoryCredentials::new(short));
-    let server_creds = Arc::new(MemoryCredentials::new(credential(&a.ca, SERVER, key(), &LeafOpts::default())));
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
     let sv = verification(SERVER, &[&a], false);
     let cv = verification(CLIENT, &[&a], false);
     let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
     let c = client(client_creds, cv, PeerPolicy::danger_any());
-    let mut cs = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let mut ss = h.await.unwrap().pop().unwrap().unwrap();
     let first_deadline = ss.peer().deadline;
 
@@ -412,7 +815,10 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
     let renewed = Arc::new(credential(&a.ca, CLIENT, same_key, &LeafOpts::default()));
     // A different key is refused before sending.
     let other = Arc::new(credential(&a.ca, CLIENT, key(), &LeafOpts::default()));
-    assert!(matches!(cs.reauth(other).await, Err(Error::Certificate(CertError::IdentityChanged))));
+    assert!(matches!(
+        cs.reauth(other).await,
+        Err(Error::Certificate(CertError::IdentityChanged))
+    ));
     cs.reauth(renewed).await.unwrap();
     cs.send(b"after reauth").await.unwrap();
     assert_eq!(&ss.recv().await.unwrap().unwrap()[..], b"after reauth");
@@ -421,33 +827,888 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
     // Past the first certificate's expiry, the session is alive.
     tokio::time::sleep(Duration::from_secs(4)).await;
     cs.send(b"still alive").await.unwrap();
-    assert_eq!(&tokio::time::timeout(T, ss.recv()).await.unwrap().unwrap().unwrap()[..], b"still alive");
+    assert_eq!(
+        &tokio::time::timeout(T, ss.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()[..],
+        b"still alive"
+    );
 }
 
 #[tokio::test]
 async fn a_revocation_list_ends_a_live_session() {
     let p = pair(Some("files:read"), LeafOpts::default(), false);
-    let (addr, h) = serve(server(p.server_creds.clone(), p.sv.clone(), PeerPolicy::danger_any()), 1).await;
-    let c = client(p.client_creds.clone(), p.cv.clone(), PeerPolicy::danger_any());
-    let mut cs = tokio::time::timeout(T, c.connect(addr)).await.unwrap().unwrap();
+    let (addr, h) = serve(
+        server(
+            p.server_creds.clone(),
+            p.sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let mut ss = h.await.unwrap().pop().unwrap().unwrap();
     cs.send(b"x").await.unwrap();
     assert!(ss.recv().await.unwrap().is_some());
     // Unrelated list: the session survives.
     let unrelated = p.a.revocation_list(1, |b| {
-        b.revoke_agent(&agentid_protocol::AgentId::new(&p.a.td, "someone").unwrap(), now() + 600)
+        b.revoke_agent(
+            &agentid_protocol::AgentId::new(&p.a.td, "someone").unwrap(),
+            now() + 600,
+        )
     });
     p.sv.apply_revocation_list(&unrelated).unwrap();
     cs.send(b"y").await.unwrap();
-    assert_eq!(&tokio::time::timeout(T, ss.recv()).await.unwrap().unwrap().unwrap()[..], b"y");
+    assert_eq!(
+        &tokio::time::timeout(T, ss.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()[..],
+        b"y"
+    );
     // The client's key is revoked: the server's session ends at once, with the reason.
-    let list = p.a.revocation_list(2, |b| b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600));
+    let list = p.a.revocation_list(2, |b| {
+        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+    });
     p.sv.apply_revocation_list(&list).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(2), ss.recv()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(2), ss.recv())
+        .await
+        .unwrap();
     assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
     let r = tokio::time::timeout(T, cs.recv()).await.unwrap();
     match r {
         Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn serials_are_reported_in_the_ca_form() {
+    // A serial with its high bit set: DER prepends a 0x00 sign byte, which the CA does not write.
+    let a = Domain::new("example.org");
+    let serial = vec![
+        0xdc, 0x60, 0x07, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+        0xdd,
+    ];
+    let expected = "dc6007112233445566778899aabbccdd";
+    let opts = LeafOpts {
+        serial: Some(serial.clone()),
+        ..Default::default()
+    };
+    let ck = key();
+    let cert = leaf(&a.ca, CLIENT, &ck, &opts);
+    let mut der_int = vec![0x02, 0x11, 0x00];
+    der_int.extend_from_slice(&serial);
+    assert!(
+        cert.windows(der_int.len()).any(|w| w == der_int),
+        "the DER serial carries the 00 sign byte"
+    );
+    let sk = key();
+    let scert = leaf(&a.ca, SERVER, &sk, &opts);
+    let client_cred = agentid_transport::Credential::new(vec![cert], ck).unwrap();
+    assert_eq!(client_cred.info().serial, expected);
+    let server_creds = Arc::new(MemoryCredentials::new(
+        agentid_transport::Credential::new(vec![scert], sk).unwrap(),
+    ));
+    let (addr, h) = serve(
+        server(
+            server_creds,
+            verification(SERVER, &[&a], false),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        Arc::new(MemoryCredentials::new(client_cred)),
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    let cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let ss = h.await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(ss.peer().cert_serial, expected, "server side");
+    assert_eq!(cs.peer().cert_serial, expected, "client side");
+}
+
+/// What the receiving side of a `reauth` frame must do with it.
+#[derive(Debug)]
+enum ReauthExpect {
+    Accepted,
+    Refused {
+        reason: &'static str,
+        local: fn(&Error) -> bool,
+    },
+}
+
+#[tokio::test]
+async fn the_receiving_side_checks_every_reauth() {
+    // The library's `Session::reauth` refuses to send most of these; a raw client sends them, so
+    // the test proves the RECEIVING side (the server session) refuses them.
+    type Build = Box<dyn Fn(&Domain, &Domain, &TaskKey, &RawAgent) -> Vec<u8>>;
+    let renewed = |a: &Domain, k: &TaskKey, uri: &str, o: &LeafOpts| leaf(&a.ca, uri, k, o);
+    let cases: Vec<(&str, Build, ReauthExpect)> = vec![
+        (
+            "renewed, same SAN and key",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Accepted,
+        ),
+        (
+            "different key, same SAN, proof by the new key",
+            Box::new(move |a, _, _, r| {
+                let other = key();
+                RawAgent::reauth_body(
+                    &[renewed(a, &other, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(&other, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "different key, same SAN, proof by the old key",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, &key(), CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "same key, another identity",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(
+                        a,
+                        k,
+                        "spiffe://example.org/agent/mallory/task/t2",
+                        &LeafOpts::default(),
+                    )],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "same SAN and key, issued by a foreign CA",
+            Box::new(move |_, b, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(b, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Chain(_))),
+            },
+        ),
+        (
+            "same SAN and key, expired",
+            Box::new(move |a, _, k, r| {
+                let o = LeafOpts {
+                    not_before: Some(-600),
+                    not_after: Some(-120),
+                    ..Default::default()
+                };
+                RawAgent::reauth_body(&[renewed(a, k, CLIENT, &o)], None, r.proof(k, None, None))
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Expired)),
+            },
+        ),
+        (
+            "no certificate",
+            Box::new(move |_, _, k, r| RawAgent::reauth_body(&[], None, r.proof(k, None, None))),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Missing)),
+            },
+        ),
+        (
+            "the hello proof replayed",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.hello_proof.clone(),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "proof_replayed",
+                local: |e| e.protocol_code() == Some(ErrorCode::ProofReplayed),
+            },
+        ),
+        (
+            "proof bound to another connection",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, Some([7u8; 32])),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "channel_binding_mismatch",
+                local: |e| e.protocol_code() == Some(ErrorCode::ChannelBindingMismatch),
+            },
+        ),
+    ];
+    for (name, build, expect) in cases {
+        let a = Domain::new("example.org");
+        let b = Domain::new("example.org");
+        let sv = verification(SERVER, &[&a], false);
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let (addr, h) = serve(
+            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+            1,
+        )
+        .await;
+        let ck = key();
+        let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+        let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
+        assert_eq!(
+            raw.read().await.unwrap().ty,
+            FrameType::Accept,
+            "case `{name}`"
+        );
+        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let first_serial = ss.peer().cert_serial.clone();
+        let body = build(&a, &b, &ck, &raw);
+        raw.write(FrameType::Reauth, &body).await;
+        raw.write(FrameType::Data, b"after").await;
+        let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+        match (&expect, r) {
+            (ReauthExpect::Accepted, Ok(Some(d))) => {
+                assert_eq!(&d[..], b"after");
+                assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1, "case `{name}`");
+                assert_ne!(ss.peer().cert_serial, first_serial, "case `{name}`");
+            }
+            (ReauthExpect::Refused { reason, local }, Err(e)) => {
+                assert!(local(&e), "case `{name}`: local error {e:?}");
+                assert_eq!(e.reason(), *reason, "case `{name}`");
+                // The sender learns why, in a close frame; the session is over on both sides.
+                let f = raw.read().await.unwrap();
+                assert_eq!(f.ty, FrameType::Close, "case `{name}`");
+                let close: frame::Reason = frame::parse_body(&f.body).unwrap();
+                assert_eq!(close.code, *reason, "case `{name}`");
+                assert!(
+                    ss.recv().await.is_err(),
+                    "case `{name}`: the session must stay ended"
+                );
+                assert_eq!(ss.peer().cert_serial, first_serial, "case `{name}`");
+                assert!(ss.peer().receipts.reauth_proofs.is_empty(), "case `{name}`");
+            }
+            (_, other) => panic!("case `{name}`: expected {expect:?}, got {other:?}"),
+        }
+    }
+}
+
+/// A chain client → server through earlier holders: `planner` (grant holder), optionally `mid`,
+/// then the client. Returns the chain and the keys of every holder (grant holder first).
+fn delegated_chain(a: &Domain, depth: usize) -> (agentid_protocol::Chain, Vec<TaskKey>) {
+    let mut keys = vec![key()];
+    let planner = a.task("planner", "t2");
+    let mut chain = a.grant(&planner, &keys[0], "files:read files:write");
+    if depth == 2 {
+        let k = key();
+        chain = delegate(
+            &chain,
+            &keys[0],
+            &a.task("mid", "t2"),
+            &k,
+            "files:read files:write",
+            None,
+        );
+        keys.push(k);
+    }
+    let ck = key();
+    chain = delegate(
+        &chain,
+        keys.last().unwrap(),
+        &a.task("client", "t2"),
+        &ck,
+        "files:read",
+        None,
+    );
+    keys.push(ck);
+    (chain, keys)
+}
+
+#[tokio::test]
+async fn revoking_an_earlier_holder_ends_sessions_whose_chain_passes_through_it() {
+    type Revoke = fn(
+        &Domain,
+        &[TaskKey],
+        &agentid_protocol::Chain,
+        RevocationListBuilder,
+    ) -> RevocationListBuilder;
+    // (name, chain depth, what the list revokes, whether the session must end)
+    let cases: Vec<(&str, usize, Revoke, bool)> = vec![
+        (
+            "depth 1: the delegator's key",
+            1,
+            |_, k, _, b| b.revoke_key(&k[0].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the grant holder's key",
+            2,
+            |_, k, _, b| b.revoke_key(&k[0].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the middle holder's key",
+            2,
+            |_, k, _, b| b.revoke_key(&k[1].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the middle holder's agent",
+            2,
+            |a, _, _, b| {
+                b.revoke_agent(
+                    &agentid_protocol::AgentId::new(&a.td, "mid").unwrap(),
+                    now() + 600,
+                )
+            },
+            true,
+        ),
+        (
+            "depth 2: an unrelated key",
+            2,
+            |_, _, _, b| b.revoke_key(&key().public_key().thumbprint(), now() + 600),
+            false,
+        ),
+    ];
+    for (name, depth, revoke, ends) in cases {
+        let a = Domain::new("example.org");
+        let (chain, keys) = delegated_chain(&a, depth);
+        let ck = TaskKey::from_pkcs8_der(keys.last().unwrap().pkcs8_der()).unwrap();
+        let client_creds = Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        ));
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let sv = verification(SERVER, &[&a], false);
+        let (addr, h) = serve(
+            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+            1,
+        )
+        .await;
+        let c = client(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        );
+        let mut cs = tokio::time::timeout(T, c.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(
+            ss.peer().chain.as_ref().unwrap().depth,
+            depth,
+            "case `{name}`"
+        );
+        ss.authorize(&Scope::parse("files:read").unwrap()).unwrap();
+
+        let list = a.revocation_list(1, |b| revoke(&a, &keys, &chain, b));
+        sv.apply_revocation_list(&list).unwrap();
+        // Per-request authorization sees the list at once, even before the session is polled.
+        let auth = ss.authorize(&Scope::parse("files:read").unwrap());
+        cs.send(b"after the list").await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), ss.recv())
+            .await
+            .unwrap();
+        if ends {
+            assert!(
+                matches!(auth, Err(Error::Revoked(_))),
+                "case `{name}`: authorize gave {auth:?}"
+            );
+            assert!(matches!(r, Err(Error::Revoked(_))), "case `{name}`: {r:?}");
+            match tokio::time::timeout(T, cs.recv()).await.unwrap() {
+                Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked", "case `{name}`"),
+                other => panic!("case `{name}`: {other:?}"),
+            }
+        } else {
+            assert!(auth.is_ok(), "case `{name}`: {auth:?}");
+            assert_eq!(&r.unwrap().unwrap()[..], b"after the list", "case `{name}`");
+        }
+    }
+}
+
+#[tokio::test]
+async fn require_server_in_audience() {
+    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
+    #[derive(Debug)]
+    enum Want {
+        Ok,
+        /// The client refuses before sending its chain: the server never sees a hello.
+        ClientRefuses,
+        /// The client sends; the server's phase 8 refuses.
+        ServerRejects,
+    }
+    // (name, grant aud, narrowing link aud, require flag, expectation)
+    let cases: Vec<(&str, Option<&[&str]>, Option<&[&str]>, bool, Want)> = vec![
+        (
+            "aud excludes the server, required",
+            Some(&[OTHER]),
+            None,
+            true,
+            Want::ClientRefuses,
+        ),
+        (
+            "aud excludes the server, not required",
+            Some(&[OTHER]),
+            None,
+            false,
+            Want::ServerRejects,
+        ),
+        (
+            "aud names the server, required",
+            Some(&[OTHER, SERVER]),
+            None,
+            true,
+            Want::Ok,
+        ),
+        (
+            "aud names the server's agent, required",
+            Some(&["spiffe://example.org/agent/server"]),
+            None,
+            true,
+            Want::Ok,
+        ),
+        (
+            "no aud (the grant's trust domain), required",
+            None,
+            None,
+            true,
+            Want::Ok,
+        ),
+        (
+            "a link narrows aud away from the server, required",
+            Some(&[OTHER, SERVER]),
+            Some(&[OTHER]),
+            true,
+            Want::ClientRefuses,
+        ),
+        (
+            "a link keeps the server, required",
+            Some(&[OTHER, SERVER]),
+            Some(&[SERVER]),
+            true,
+            Want::Ok,
+        ),
+    ];
+    for (name, grant_aud, link_aud, required, want) in cases {
+        let a = Domain::new("example.org");
+        let ck = key();
+        let chain = match link_aud {
+            None => a.grant_aud(&a.task("client", "t2"), &ck, "files:read", grant_aud),
+            Some(aud) => {
+                let pk = key();
+                let g = a.grant_aud(&a.task("planner", "t2"), &pk, "files:read", grant_aud);
+                delegate(
+                    &g,
+                    &pk,
+                    &a.task("client", "t2"),
+                    &ck,
+                    "files:read",
+                    Some(aud),
+                )
+            }
+        };
+        let client_creds = Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        ));
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let (addr, h) = serve(
+            server(
+                server_creds,
+                verification(SERVER, &[&a], false),
+                PeerPolicy::danger_any(),
+            ),
+            1,
+        )
+        .await;
+        let mut b = agentid_transport::AgentClient::builder(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        )
+        .limits(limits());
+        if required {
+            b = b.require_server_in_audience();
+        }
+        let r = tokio::time::timeout(T, b.build().unwrap().connect(addr))
+            .await
+            .unwrap();
+        let s = tokio::time::timeout(T, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
+        match (&want, &r, &s) {
+            (Want::Ok, Ok(cs), Ok(ss)) => {
+                assert_eq!(cs.peer().id, peer(SERVER));
+                assert!(ss.peer().chain.is_some());
+            }
+            (Want::ClientRefuses, Err(Error::Protocol(e)), Err(se))
+                if e.code() == ErrorCode::AudienceMismatch
+                    && matches!(se, Error::Frame(FrameError::Truncated) | Error::Io(_)) => {}
+            (Want::ServerRejects, Err(Error::Rejected { code, .. }), Err(se))
+                if code == "audience_mismatch"
+                    && se.protocol_code() == Some(ErrorCode::AudienceMismatch) => {}
+            _ => panic!("case `{name}`: expected {want:?}, got client {r:?}, server {s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
+    #[derive(Debug, Clone, Copy)]
+    enum Case {
+        /// The list goes stale: fail closed, `revocation_stale`.
+        Stale,
+        /// A fresh list arrives before: the session lives on.
+        Refreshed,
+        /// Stale lists tolerated (`danger_` setting): the session lives on.
+        Danger,
+    }
+    let run = |case: Case| async move {
+        let a = Domain::new("example.org");
+        let p_chain_key = key();
+        let chain = a.grant(&a.task("client", "t2"), &p_chain_key, "files:read");
+        let client_creds = Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, p_chain_key, &LeafOpts::default()).with_chain(chain.as_str()),
+        ));
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let sv = verification_with(SERVER, &[&a], |c| {
+            let c = c.skew(0).unwrap();
+            if matches!(case, Case::Danger) {
+                c.danger_accept_missing_or_stale_revocations()
+            } else {
+                c
+            }
+        });
+        // The held list is fresh for 2 more seconds (skew 0).
+        sv.apply_revocation_list(&a.revocation_list_until(1, now() + 2, |b| b))
+            .unwrap();
+        let (addr, h) = serve(
+            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+            1,
+        )
+        .await;
+        let c = client(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        );
+        let mut cs = tokio::time::timeout(T, c.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let read = Scope::parse("files:read").unwrap();
+        ss.authorize(&read).unwrap();
+        if matches!(case, Case::Refreshed) {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            sv.apply_revocation_list(&a.revocation_list_until(2, now() + 600, |b| b))
+                .unwrap();
+        }
+        // Past next_update + skew, without polling the session: authorize already refuses.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let auth = ss.authorize(&read);
+        cs.send(b"late").await.unwrap();
+        let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+        match case {
+            Case::Stale => {
+                let auth = auth.unwrap_err();
+                assert_eq!(
+                    auth.protocol_code(),
+                    Some(ErrorCode::RevocationStale),
+                    "{auth:?}"
+                );
+                let e = r.unwrap_err();
+                assert_eq!(e.protocol_code(), Some(ErrorCode::RevocationStale), "{e:?}");
+                match tokio::time::timeout(T, cs.recv()).await.unwrap() {
+                    Err(Error::Closed { code, .. }) => assert_eq!(code, "revocation_stale"),
+                    other => panic!("{other:?}"),
+                }
+            }
+            Case::Refreshed | Case::Danger => {
+                auth.unwrap_or_else(|e| panic!("{case:?}: {e:?}"));
+                assert_eq!(&r.unwrap().unwrap()[..], b"late", "{case:?}");
+            }
+        }
+    };
+    // The three cases wait on the clock: run them side by side.
+    tokio::join!(run(Case::Stale), run(Case::Refreshed), run(Case::Danger));
+}
+
+/// One session, frame by frame, as spec/PROTOCOL.md section 16 shows it (run with
+/// `--nocapture` to print it; tokens are elided). The client is hand-driven so that every frame
+/// it sends and receives is visible; the server is the library's.
+#[tokio::test]
+async fn transcript_of_one_session() {
+    let a = Domain::new("example.org");
+    // The client holds a depth-1 chain (planner -> client); the server holds a grant of its own.
+    let pk = key();
+    let ck = key();
+    let grant = a.grant_aud(
+        &a.task("planner", "t2"),
+        &pk,
+        "files:read files:write",
+        Some(&["spiffe://example.org/agent/server"]),
+    );
+    let chain = delegate(
+        &grant,
+        &pk,
+        &a.task("client", "t2"),
+        &ck,
+        "files:read",
+        None,
+    );
+    let sk = key();
+    let server_grant = a.grant(&a.task("server", "t1"), &sk, "notes:write");
+    let server_creds = Arc::new(MemoryCredentials::new(
+        agentid_transport::Credential::new(
+            vec![leaf(&a.ca, SERVER, &sk, &LeafOpts::default())],
+            sk,
+        )
+        .unwrap()
+        .with_chain(server_grant.as_str()),
+    ));
+    let sv = verification(SERVER, &[&a], false);
+    let (addr, h) = serve(
+        server(
+            server_creds,
+            sv.clone(),
+            PeerPolicy::agents_in(td("example.org")),
+        ),
+        1,
+    )
+    .await;
+
+    let mut names: Vec<(String, &str)> = Vec::new();
+    for (i, t) in chain.tokens().enumerate() {
+        names.push((t.to_owned(), if i == 0 { "<grant>" } else { "<link>" }));
+    }
+    names.push((server_grant.as_str().to_owned(), "<grant>"));
+    let mut lines = Vec::new();
+    let mut log =
+        |dir: &str, ty: FrameType, body: &[u8], names: &[(String, &str)]| -> serde_json::Value {
+            let mut text = String::from_utf8(body.to_vec()).unwrap();
+            let shown = if ty == FrameType::Data {
+                format!("{text:?} (raw bytes)")
+            } else {
+                let v = agentid_protocol::ijson::parse_object(body).unwrap();
+                for (tok, name) in names {
+                    text = text.replace(tok.as_str(), name);
+                }
+                // Proofs and certificates are the remaining long strings.
+                for member in ["proof"] {
+                    if let Some(p) = v.get(member).and_then(|p| p.as_str()) {
+                        text = text.replace(p, "<proof>");
+                    }
+                }
+                if let Some(certs) = v.get("certs").and_then(|c| c.as_array()) {
+                    for c in certs {
+                        text = text.replace(c.as_str().unwrap(), "<cert>");
+                    }
+                }
+                text
+            };
+            let mut header = bytes::BytesMut::new();
+            frame::encode(ty, body, &mut header).unwrap();
+            let header: Vec<String> = header[..frame::HEADER_LEN]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            lines.push(format!(
+                "{dir} [{}] {:<6} length {:>4}  {shown}",
+                header.join(" "),
+                ty.name(),
+                body.len()
+            ));
+            if ty == FrameType::Data {
+                serde_json::Value::Null
+            } else {
+                serde_json::Value::Object(agentid_protocol::ijson::parse_object(body).unwrap())
+            }
+        };
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+
+    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, Some(chain.as_str())).await;
+    let hello = frame::body_bytes(&Hello {
+        chain: Some(chain.as_str().to_owned()),
+        proof: raw.hello_proof.clone(),
+    })
+    .unwrap();
+    let v = log("C->S", FrameType::Hello, &hello, &names);
+    assert_eq!(keys(&v), ["chain", "proof"]);
+
+    let accept = raw.read().await.unwrap();
+    assert_eq!(accept.ty, FrameType::Accept);
+    let v = log("S->C", accept.ty, &accept.body, &names);
+    assert_eq!(keys(&v), ["chain", "proof"]);
+    // The server's proof, checked as section 12 says (role server, rth over the hello proof).
+    let server_exporter = raw
+        .tls
+        .get_ref()
+        .1
+        .export_keying_material(
+            [0u8; 32],
+            agentid_protocol::EXPORTER_LABEL,
+            Some(agentid_protocol::Role::Server.exporter_context()),
+        )
+        .unwrap();
+    let accept_body: frame::Accept = frame::parse_body(&accept.body).unwrap();
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let server_pub = {
+        let der = raw.tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        agentid_transport::check_leaf(&der, agentid_transport::CertUsage::ServerAuth)
+            .unwrap()
+            .public_key
+    };
+    agentid_protocol::verify_proof(
+        &accept_body.proof,
+        &agentid_protocol::ProofContext {
+            presenter_id: &raw.server,
+            presenter_key: &server_pub,
+            verifier_id: &raw.id,
+            role: agentid_protocol::Role::Server,
+            exporter: server_exporter,
+            now: now(),
+            skew: 60,
+            chain: accept_body.chain.as_deref(),
+            client_proof: Some(&raw.hello_proof),
+        },
+    )
+    .unwrap();
+    assert_eq!(ss.peer().chain.as_ref().unwrap().depth, 1);
+
+    raw.write(FrameType::Data, b"ping").await;
+    log("C->S", FrameType::Data, b"ping", &names);
+    assert_eq!(&ss.recv().await.unwrap().unwrap()[..], b"ping");
+    ss.send(b"pong").await.unwrap();
+    let pong = raw.read().await.unwrap();
+    assert_eq!((pong.ty, &pong.body[..]), (FrameType::Data, &b"pong"[..]));
+    log("S->C", pong.ty, &pong.body, &names);
+
+    // Reauth: a renewed certificate (same SAN and key), no new chain, a fresh proof.
+    let renewed = leaf(
+        &a.ca,
+        CLIENT,
+        &ck,
+        &LeafOpts {
+            not_after: Some(600),
+            ..Default::default()
+        },
+    );
+    let reauth = RawAgent::reauth_body(&[renewed], None, raw.proof(&ck, None, None));
+    raw.write(FrameType::Reauth, &reauth).await;
+    let v = log("C->S", FrameType::Reauth, &reauth, &names);
+    assert_eq!(keys(&v), ["certs", "proof"]);
+    raw.write(FrameType::Data, b"after reauth").await;
+    log("C->S", FrameType::Data, b"after reauth", &names);
+    assert_eq!(&ss.recv().await.unwrap().unwrap()[..], b"after reauth");
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
+
+    ss.close("normal", "done").await.unwrap();
+    let close = raw.read().await.unwrap();
+    assert_eq!(close.ty, FrameType::Close);
+    let v = log("S->C", close.ty, &close.body, &names);
+    assert_eq!(keys(&v), ["code", "message"]);
+    assert!(
+        raw.read().await.is_none(),
+        "TLS close_notify after the close frame"
+    );
+
+    // A refused hello on a second connection: the chain is not bound to this certificate's key.
+    let (addr, h) = serve(
+        server(
+            Arc::new(MemoryCredentials::new(credential(
+                &a.ca,
+                SERVER,
+                key(),
+                &LeafOpts::default(),
+            ))),
+            sv.clone(),
+            PeerPolicy::agents_in(td("example.org")),
+        ),
+        1,
+    )
+    .await;
+    let other = key();
+    let cert = leaf(&a.ca, CLIENT, &other, &LeafOpts::default());
+    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &other, Some(chain.as_str())).await;
+    let hello = frame::body_bytes(&Hello {
+        chain: Some(chain.as_str().to_owned()),
+        proof: raw.hello_proof.clone(),
+    })
+    .unwrap();
+    log("C->S", FrameType::Hello, &hello, &names);
+    let reject = raw.read().await.unwrap();
+    assert_eq!(reject.ty, FrameType::Reject);
+    let v = log("S->C", reject.ty, &reject.body, &names);
+    assert_eq!(keys(&v), ["code", "message"]);
+    assert_eq!(v["code"], "possession_mismatch");
+    assert!(h.await.unwrap().pop().unwrap().is_err());
+    println!("{}", lines.join("\n"));
 }

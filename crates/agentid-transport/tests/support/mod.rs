@@ -1,14 +1,21 @@
 //! Test PKI and helpers: certificates made with rcgen to the X509-SVID profile (one critical URI
 //! SAN, empty subject, cA=false, keyUsage digitalSignature, both EKUs), plus the "bad" variants.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    dead_code
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{
-    Algorithm, AuthorityKey, BundleSet, Chain, GrantBuilder, PeerId, RevocationListBuilder, Scope,
-    SpiffeId, TaskIdentity, TaskKey, TrustBundle, TrustDomain, VerifierConfig,
+    Algorithm, AuthorityKey, BundleSet, Chain, GrantBuilder, IdSet, LinkBuilder, PeerId,
+    ProofBuilder, RevocationListBuilder, Role, Scope, SpiffeId, TaskIdentity, TaskKey, TrustBundle,
+    TrustDomain, VerifierConfig, EXPORTER_LABEL,
 };
 use agentid_transport::{
     AgentClient, AgentServer, ConnectionLimits, Credential, MemoryCredentials, PeerPolicy,
@@ -68,7 +75,11 @@ impl Ca {
         let kp = rcgen_key(&key);
         let cert = p.self_signed(&kp).unwrap();
         let der = cert.der().clone();
-        Self { key, issuer: Issuer::new(p, kp), der }
+        Self {
+            key,
+            issuer: Issuer::new(p, kp),
+            der,
+        }
     }
 }
 
@@ -83,6 +94,8 @@ pub struct LeafOpts {
     pub extra_uri: Option<String>,
     pub no_eku: bool,
     pub dns_only: bool,
+    /// The serial's bytes (default: 16 random bytes, high bit clear).
+    pub serial: Option<Vec<u8>>,
 }
 
 pub fn leaf(ca: &Ca, uri: &str, key: &TaskKey, o: &LeafOpts) -> CertificateDer<'static> {
@@ -94,22 +107,33 @@ pub fn leaf(ca: &Ca, uri: &str, key: &TaskKey, o: &LeafOpts) -> CertificateDer<'
         p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
     }
     if let Some(u) = &o.extra_uri {
-        p.subject_alt_names.push(SanType::URI(u.as_str().try_into().unwrap()));
+        p.subject_alt_names
+            .push(SanType::URI(u.as_str().try_into().unwrap()));
     }
-    p.is_ca = if o.ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+    p.is_ca = if o.ca {
+        IsCa::Ca(BasicConstraints::Unconstrained)
+    } else {
+        IsCa::ExplicitNoCa
+    };
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if o.key_cert_sign {
         p.key_usages.push(KeyUsagePurpose::KeyCertSign);
     }
     if !o.no_eku {
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
     }
     let n = time::OffsetDateTime::now_utc();
     p.not_before = n + time::Duration::seconds(o.not_before.unwrap_or(-60));
     p.not_after = n + time::Duration::seconds(o.not_after.unwrap_or(300));
-    p.serial_number = Some(serial());
+    p.serial_number = Some(o.serial.clone().map_or_else(serial, SerialNumber::from));
     p.use_authority_key_identifier_extension = true;
-    p.signed_by(&rcgen_key(key), &ca.issuer).unwrap().der().clone()
+    p.signed_by(&rcgen_key(key), &ca.issuer)
+        .unwrap()
+        .der()
+        .clone()
 }
 
 /// A trust domain with its CA and authority keys.
@@ -143,16 +167,213 @@ impl Domain {
 
     pub fn grant(&self, holder: &TaskIdentity, key: &TaskKey, scope: &str) -> Chain {
         let n = now();
-        GrantBuilder::new(&self.td, holder, key.public_key(), Scope::parse(scope).unwrap())
-            .max_depth(2)
-            .validity(n - 5, n - 5, n + 600)
-            .sign(&self.grant_key)
+        GrantBuilder::new(
+            &self.td,
+            holder,
+            key.public_key(),
+            Scope::parse(scope).unwrap(),
+        )
+        .max_depth(2)
+        .validity(n - 5, n - 5, n + 600)
+        .sign(&self.grant_key)
+        .unwrap()
+    }
+
+    /// A grant with an explicit audience (or none: the grant's trust domain).
+    pub fn grant_aud(
+        &self,
+        holder: &TaskIdentity,
+        key: &TaskKey,
+        scope: &str,
+        aud: Option<&[&str]>,
+    ) -> Chain {
+        let n = now();
+        let mut b = GrantBuilder::new(
+            &self.td,
+            holder,
+            key.public_key(),
+            Scope::parse(scope).unwrap(),
+        )
+        .max_depth(2)
+        .validity(n - 5, n - 5, n + 600);
+        if let Some(aud) = aud {
+            b = b.audience(id_set(aud));
+        }
+        b.sign(&self.grant_key).unwrap()
+    }
+
+    pub fn revocation_list(
+        &self,
+        seq: u64,
+        f: impl FnOnce(RevocationListBuilder) -> RevocationListBuilder,
+    ) -> String {
+        self.revocation_list_until(seq, now() + 600, f)
+    }
+
+    /// A signed list of this domain with `next_update` given.
+    pub fn revocation_list_until(
+        &self,
+        seq: u64,
+        next_update: u64,
+        f: impl FnOnce(RevocationListBuilder) -> RevocationListBuilder,
+    ) -> String {
+        f(RevocationListBuilder::new(
+            &self.td,
+            seq,
+            now(),
+            next_update,
+        ))
+        .sign(&self.rev_key)
+        .unwrap()
+    }
+}
+
+pub fn id_set(ids: &[&str]) -> IdSet {
+    IdSet::new(ids.iter().map(|s| SpiffeId::parse(s).unwrap()).collect()).unwrap()
+}
+
+/// Extends `prev` (held with `holder_key`) by a link to `to` (key `to_key`) for `scope`.
+pub fn delegate(
+    prev: &Chain,
+    holder_key: &TaskKey,
+    to: &TaskIdentity,
+    to_key: &TaskKey,
+    scope: &str,
+    aud: Option<&[&str]>,
+) -> Chain {
+    let n = now();
+    let mut b = LinkBuilder::new(prev, to, to_key.public_key(), Scope::parse(scope).unwrap())
+        .validity(n - 5, n - 5, n + 500);
+    if let Some(aud) = aud {
+        b = b.audience(id_set(aud));
+    }
+    b.sign(holder_key).unwrap()
+}
+
+/// Verification state from an explicit configuration of `own` trusting `domains`.
+pub fn verification_with(
+    own: &str,
+    domains: &[&Domain],
+    f: impl FnOnce(VerifierConfig) -> VerifierConfig,
+) -> Arc<PeerVerification> {
+    let mut bundles = BundleSet::new();
+    for d in domains {
+        bundles.insert(d.bundle()).unwrap();
+    }
+    PeerVerification::new(f(VerifierConfig::new(
+        SpiffeId::parse(own).unwrap(),
+        bundles,
+    )))
+    .unwrap()
+}
+
+/// A client speaking the agentid exchange by hand over a raw TLS connection (our server
+/// verifier), so tests can send frames the library would refuse to send.
+pub struct RawAgent {
+    pub tls: tokio_rustls::client::TlsStream<TcpStream>,
+    pub id: SpiffeId,
+    pub server: SpiffeId,
+    /// This connection's exporter value for the client role (what a client proof binds).
+    pub exporter: [u8; 32],
+    /// The client proof sent in hello.
+    pub hello_proof: String,
+}
+
+impl RawAgent {
+    /// TLS with `cert` and `key`, then a valid hello (with `chain` if given). Returns after
+    /// writing the hello, without reading the answer.
+    pub async fn hello(
+        v: &PeerVerification,
+        addr: SocketAddr,
+        id: &str,
+        cert: CertificateDer<'static>,
+        key: &TaskKey,
+        chain: Option<&str>,
+    ) -> Self {
+        let tls = raw_connect(raw_client_config(v, Some((cert, key)), false), addr)
+            .await
+            .unwrap();
+        let conn = tls.get_ref().1;
+        let exporter = conn
+            .export_keying_material(
+                [0u8; 32],
+                EXPORTER_LABEL,
+                Some(Role::Client.exporter_context()),
+            )
+            .unwrap();
+        let server_cert = conn.peer_certificates().unwrap()[0].clone();
+        let server =
+            agentid_transport::check_leaf(&server_cert, agentid_transport::CertUsage::ServerAuth)
+                .unwrap()
+                .id
+                .as_spiffe_id()
+                .clone();
+        let mut agent = Self {
+            tls,
+            id: SpiffeId::parse(id).unwrap(),
+            server,
+            exporter,
+            hello_proof: String::new(),
+        };
+        agent.hello_proof = agent.proof(key, chain, None);
+        let body = agentid_transport::frame::body_bytes(&agentid_transport::frame::Hello {
+            chain: chain.map(str::to_owned),
+            proof: agent.hello_proof.clone(),
+        })
+        .unwrap();
+        agent
+            .write(agentid_transport::frame::FrameType::Hello, &body)
+            .await;
+        agent
+    }
+
+    /// A client-role proof for this connection (or for `exporter` when given), signed by `key`.
+    pub fn proof(&self, key: &TaskKey, chain: Option<&str>, exporter: Option<[u8; 32]>) -> String {
+        let n = now();
+        let mut b = ProofBuilder::new(
+            &self.id,
+            &self.server,
+            Role::Client,
+            exporter.unwrap_or(self.exporter),
+            n,
+            n + 60,
+        );
+        if let Some(c) = chain {
+            b = b.chain(c);
+        }
+        b.sign(key).unwrap()
+    }
+
+    pub async fn write(&mut self, ty: agentid_transport::frame::FrameType, body: &[u8]) {
+        agentid_transport::frame::write_frame(&mut self.tls, ty, body)
+            .await
+            .unwrap();
+    }
+
+    pub async fn read(&mut self) -> Option<agentid_transport::frame::Frame> {
+        tokio::time::timeout(T, agentid_transport::frame::read_frame(&mut self.tls))
+            .await
+            .unwrap()
             .unwrap()
     }
 
-    pub fn revocation_list(&self, seq: u64, f: impl FnOnce(RevocationListBuilder) -> RevocationListBuilder) -> String {
-        let n = now();
-        f(RevocationListBuilder::new(&self.td, seq, n, n + 600)).sign(&self.rev_key).unwrap()
+    /// A reauth body: `certs` (DER, leaf first), optional chain, `proof`.
+    pub fn reauth_body(
+        certs: &[CertificateDer<'_>],
+        chain: Option<&str>,
+        proof: String,
+    ) -> Vec<u8> {
+        use base64::Engine as _;
+        let certs = certs
+            .iter()
+            .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.as_ref()))
+            .collect();
+        agentid_transport::frame::body_bytes(&agentid_transport::frame::Reauth {
+            certs,
+            chain: chain.map(str::to_owned),
+            proof,
+        })
+        .unwrap()
     }
 }
 
@@ -191,12 +412,26 @@ pub fn limits() -> ConnectionLimits {
     }
 }
 
-pub fn server(creds: Arc<MemoryCredentials>, v: Arc<PeerVerification>, policy: PeerPolicy) -> AgentServer {
-    AgentServer::builder(creds, v, policy).limits(limits()).build().unwrap()
+pub fn server(
+    creds: Arc<MemoryCredentials>,
+    v: Arc<PeerVerification>,
+    policy: PeerPolicy,
+) -> AgentServer {
+    AgentServer::builder(creds, v, policy)
+        .limits(limits())
+        .build()
+        .unwrap()
 }
 
-pub fn client(creds: Arc<MemoryCredentials>, v: Arc<PeerVerification>, policy: PeerPolicy) -> AgentClient {
-    AgentClient::builder(creds, v, policy).limits(limits()).build().unwrap()
+pub fn client(
+    creds: Arc<MemoryCredentials>,
+    v: Arc<PeerVerification>,
+    policy: PeerPolicy,
+) -> AgentClient {
+    AgentClient::builder(creds, v, policy)
+        .limits(limits())
+        .build()
+        .unwrap()
 }
 
 pub type ServerResult = agentid_transport::Result<Session<TcpStream>>;
@@ -208,7 +443,10 @@ pub async fn serve(server: AgentServer, n: usize) -> (SocketAddr, JoinHandle<Vec
     let h = tokio::spawn(async move {
         let mut out = Vec::new();
         for _ in 0..n {
-            let (tcp, _) = tokio::time::timeout(T, listener.accept()).await.unwrap().unwrap();
+            let (tcp, _) = tokio::time::timeout(T, listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
             out.push(server.accept(tcp).await);
         }
         out
@@ -261,18 +499,26 @@ pub async fn raw_connect(
 }
 
 /// A raw rustls server (our client verifier, any server certificate).
-pub fn raw_server_config(v: &PeerVerification, cert: CertificateDer<'static>, key: &TaskKey) -> Arc<rustls::ServerConfig> {
+pub fn raw_server_config(
+    v: &PeerVerification,
+    cert: CertificateDer<'static>,
+    key: &TaskKey,
+) -> Arc<rustls::ServerConfig> {
     use agentid_transport::verifier::SpiffeClientCertVerifier;
     let verifier = SpiffeClientCertVerifier::new(
         Arc::new(arc_swap::ArcSwap::new(v.trust_store())),
         PeerPolicy::danger_any(),
     );
-    let mut c = rustls::ServerConfig::builder_with_provider(agentid_transport::provider::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(vec![cert], rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()))
-        .unwrap();
+    let mut c =
+        rustls::ServerConfig::builder_with_provider(agentid_transport::provider::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(
+                vec![cert],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+            )
+            .unwrap();
     c.alpn_protocols = vec![agentid_transport::provider::ALPN.to_vec()];
     Arc::new(c)
 }
