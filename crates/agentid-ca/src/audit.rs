@@ -44,7 +44,9 @@ pub struct AuditLog {
 impl AuditLog {
     /// An audit log appending to `path` (created 0600 if missing).
     pub fn file(path: &Path) -> Self {
-        AuditLog { path: Some(path.to_path_buf()) }
+        AuditLog {
+            path: Some(path.to_path_buf()),
+        }
     }
 
     /// A log that only emits `tracing` events.
@@ -67,7 +69,9 @@ impl AuditLog {
             reason = ev.reason.as_deref().unwrap_or(""),
             "audit"
         );
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let mut line = serde_json::to_vec(ev).map_err(|e| CaError::Store(e.to_string()))?;
         line.push(b'\n');
         let mut f = OpenOptions::new()

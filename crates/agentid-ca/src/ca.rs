@@ -16,9 +16,12 @@ use crate::error::{CaError, Result};
 use crate::hierarchy::check_signer_matches;
 use crate::material::{self, files, join};
 use crate::policy::Policy;
+use crate::policy::MAX_GRANT_LIFETIME_SECS;
 use crate::profile::cert_not_after;
 use crate::signer::{FileX509Signer, X509Signer};
-use crate::store::{BootstrapRecord, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store};
+use crate::store::{
+    BootstrapRecord, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
+};
 use crate::util;
 
 /// Refresh hint published in the trust bundle, seconds.
@@ -88,6 +91,14 @@ pub enum RevokeTarget {
     Key(String),
     /// A grant by `jti`.
     GrantJti(String),
+    /// A link by issuer (the delegating task identity of this trust domain) and `jti`. The CA
+    /// does not see links, so the entry lives for the longest token lifetime (24 h) plus skew.
+    LinkJti {
+        /// The link's `iss`.
+        iss: TaskIdentity,
+        /// The link's `jti`.
+        jti: String,
+    },
 }
 
 /// A fresh single-use bootstrap token. Only its SHA-256 is stored; hand `token` to the agent
@@ -225,7 +236,9 @@ impl CertificateAuthority {
     }
 
     pub(crate) fn store(&self) -> Result<MutexGuard<'_, Box<dyn Store>>> {
-        self.store.lock().map_err(|_| CaError::Store("store mutex poisoned".into()))
+        self.store
+            .lock()
+            .map_err(|_| CaError::Store("store mutex poisoned".into()))
     }
 
     /// Every issuance recorded, oldest first.
@@ -266,7 +279,9 @@ impl CertificateAuthority {
             identity.as_str(),
         )?;
         if ttl.is_zero() {
-            return Err(CaError::InvalidRequest("bootstrap token TTL must be positive".into()));
+            return Err(CaError::InvalidRequest(
+                "bootstrap token TTL must be positive".into(),
+            ));
         }
         let token = util::b64url(&util::random::<32>()?);
         let expires = now_s.saturating_add(ttl.as_secs());
@@ -285,7 +300,11 @@ impl CertificateAuthority {
             outcome: "ok".into(),
             ..AuditEvent::default()
         });
-        Ok(BootstrapToken { token, identity, expires })
+        Ok(BootstrapToken {
+            token,
+            identity,
+            expires,
+        })
     }
 
     /// Revokes a certificate (by its key), task, agent, key or grant. The entry's `exp` is when
@@ -314,10 +333,14 @@ impl CertificateAuthority {
                 _ => None,
             },
             jti: match target {
-                RevokeTarget::GrantJti(j) => Some(j.clone()),
+                RevokeTarget::GrantJti(j) | RevokeTarget::LinkJti { jti: j, .. } => Some(j.clone()),
                 _ => None,
             },
-            outcome: if res.is_ok() { "ok".into() } else { "error".into() },
+            outcome: if res.is_ok() {
+                "ok".into()
+            } else {
+                "error".into()
+            },
             reason: match &res {
                 Ok(_) => reason.map(str::to_string),
                 Err(e) => Some(e.to_string()),
@@ -338,14 +361,22 @@ impl CertificateAuthority {
         let (kind, value) = match target {
             RevokeTarget::Serial(serial) => {
                 let serial = normalize_serial(serial);
-                let rec = store
-                    .issuance(&serial)?
-                    .ok_or(CaError::NotFound { kind: "serial", value: serial.clone() })?;
+                let rec = store.issuance(&serial)?.ok_or(CaError::NotFound {
+                    kind: "serial",
+                    value: serial.clone(),
+                })?;
                 (RevocationKind::Jkt, rec.jkt)
             }
             RevokeTarget::Task(task) => {
-                if store.task(task.as_str())?.is_none() && store.latest_expiry(RevocationKind::Task, task.as_str())?.is_none() {
-                    return Err(CaError::NotFound { kind: "task", value: task.as_str().into() });
+                if store.task(task.as_str())?.is_none()
+                    && store
+                        .latest_expiry(RevocationKind::Task, task.as_str())?
+                        .is_none()
+                {
+                    return Err(CaError::NotFound {
+                        kind: "task",
+                        value: task.as_str().into(),
+                    });
                 }
                 (RevocationKind::Task, task.as_str().to_string())
             }
@@ -356,21 +387,44 @@ impl CertificateAuthority {
             }
             RevokeTarget::Key(jkt) => {
                 let valid = jkt.len() == 43
-                    && jkt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    && jkt
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                 if !valid {
-                    return Err(CaError::InvalidRequest(format!("{jkt:?} is not an RFC 7638 thumbprint")));
+                    return Err(CaError::InvalidRequest(format!(
+                        "{jkt:?} is not an RFC 7638 thumbprint"
+                    )));
                 }
                 (RevocationKind::Jkt, jkt.clone())
             }
             RevokeTarget::GrantJti(jti) => {
                 if store.task_by_jti(jti)?.is_none() {
-                    return Err(CaError::NotFound { kind: "jti", value: jti.clone() });
+                    return Err(CaError::NotFound {
+                        kind: "jti",
+                        value: jti.clone(),
+                    });
                 }
                 (RevocationKind::Jti, jti.clone())
             }
+            RevokeTarget::LinkJti { iss, jti } => {
+                self.check_td(iss.as_spiffe_id())?;
+                let valid = (1..=256).contains(&jti.len())
+                    && jti.bytes().all(|b| (0x21..=0x7e).contains(&b));
+                if !valid {
+                    return Err(CaError::InvalidRequest(format!(
+                        "{jti:?} is not a token jti"
+                    )));
+                }
+                (RevocationKind::LinkJti, format!("{} {jti}", iss.as_str()))
+            }
         };
         let skew = self.config.skew_secs;
-        let latest = store.latest_expiry(kind, &value)?.unwrap_or(now);
+        let latest = match kind {
+            // Links are not recorded here: keep the entry as long as any link can live.
+            RevocationKind::LinkJti => Some(now.saturating_add(MAX_GRANT_LIFETIME_SECS)),
+            _ => store.latest_expiry(kind, &value)?,
+        }
+        .unwrap_or(now);
         let rec = RevocationRecord {
             kind,
             value,
@@ -403,10 +457,19 @@ impl CertificateAuthority {
             b = match e.kind {
                 RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
                 RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
-                RevocationKind::Agent => {
-                    b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp)
-                }
+                RevocationKind::Agent => b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp),
                 RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
+                RevocationKind::LinkJti => match e.value.split_once(' ') {
+                    Some((iss, jti)) => {
+                        b.revoke_jti(&agentid_protocol::SpiffeId::parse(iss)?, jti, e.exp)
+                    }
+                    None => {
+                        return Err(CaError::Store(format!(
+                            "malformed link_jti entry {:?}",
+                            e.value
+                        )))
+                    }
+                },
             };
         }
         let list = b.sign(self.revocation_signer.as_ref())?;
@@ -430,7 +493,11 @@ impl CertificateAuthority {
 
 /// Serials are compared as lowercase hex without separators or leading `00`.
 pub(crate) fn normalize_serial(s: &str) -> String {
-    let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     let trimmed = hex.trim_start_matches("00");
     trimmed.to_string()
 }

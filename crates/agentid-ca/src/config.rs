@@ -57,7 +57,10 @@ impl CaConfig {
             return Err(CaError::material(path, "skew_secs must be at most 120"));
         }
         if cfg.revocation_next_update_secs == 0 {
-            return Err(CaError::material(path, "revocation_next_update_secs must be positive"));
+            return Err(CaError::material(
+                path,
+                "revocation_next_update_secs must be positive",
+            ));
         }
         Ok(cfg)
     }

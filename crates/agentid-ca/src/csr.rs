@@ -13,9 +13,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519,
-};
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
 use x509_parser::prelude::FromDer;
 
 use crate::error::{CaError, Result};
@@ -35,7 +33,10 @@ impl RequestedKey {
     pub fn from_spki_der(spki_der: &[u8]) -> Result<Self> {
         let public_key = PublicKey::from_spki_der(spki_der)
             .map_err(|e| CaError::CsrUnsupportedKey(e.to_string()))?;
-        Ok(RequestedKey { public_key, spki_der: spki_der.to_vec() })
+        Ok(RequestedKey {
+            public_key,
+            spki_der: spki_der.to_vec(),
+        })
     }
 
     /// The key's RFC 7638 thumbprint.
@@ -63,7 +64,9 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
     let (rest, req) = X509CertificationRequest::from_der(der)
         .map_err(|e| CaError::CsrMalformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CaError::CsrMalformed("trailing bytes after the request".into()));
+        return Err(CaError::CsrMalformed(
+            "trailing bytes after the request".into(),
+        ));
     }
     let info = &req.certification_request_info;
     let spki = &info.subject_pki;
@@ -71,11 +74,17 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
     // 1. The key type, before anything else about the request.
     let alg = &spki.algorithm.algorithm;
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
         if curve.as_ref() != Some(&OID_EC_P256) {
             return Err(CaError::CsrUnsupportedKey(format!(
                 "EC key on curve {}",
-                curve.map(|c| c.to_id_string()).unwrap_or_else(|| "(none)".into())
+                curve
+                    .map(|c| c.to_id_string())
+                    .unwrap_or_else(|| "(none)".into())
             )));
         }
     } else if *alg != OID_SIG_ED25519 {
@@ -90,7 +99,8 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
     let key = RequestedKey::from_spki_der(spki.raw)?;
 
     // 2. Proof of possession.
-    req.verify_signature().map_err(|_| CaError::CsrBadSignature)?;
+    req.verify_signature()
+        .map_err(|_| CaError::CsrBadSignature)?;
 
     // 3. What it asks for.
     for attr in info.iter_attributes() {
@@ -133,9 +143,13 @@ fn check_requested_extension(
         }
         ParsedExtension::SubjectAlternativeName(san) => {
             let requested: Vec<String> = san.general_names.iter().map(general_name_str).collect();
-            let ok = matches!(san.general_names.as_slice(), [GeneralName::URI(u)] if *u == expected_uri);
+            let ok =
+                matches!(san.general_names.as_slice(), [GeneralName::URI(u)] if *u == expected_uri);
             if !ok {
-                return Err(CaError::CsrSanMismatch { requested, expected: expected_uri.to_string() });
+                return Err(CaError::CsrSanMismatch {
+                    requested,
+                    expected: expected_uri.to_string(),
+                });
             }
         }
         ParsedExtension::KeyUsage(ku) => {

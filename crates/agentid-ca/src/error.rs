@@ -163,7 +163,9 @@ pub enum CaError {
     #[error("bootstrap token rejected: {0}")]
     BootstrapToken(&'static str),
     /// A child certificate would outlive its parent's chain (or the parent's chain has expired).
-    #[error("child certificate would end at {requested} but the parent's chain ends at {parent_exp}")]
+    #[error(
+        "child certificate would end at {requested} but the parent's chain ends at {parent_exp}"
+    )]
     OutlivesParent {
         /// The requested notAfter (Unix seconds).
         requested: u64,
@@ -185,15 +187,24 @@ pub enum CaError {
 
 impl CaError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CaError::Io { path: path.into(), source }
+        CaError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn material(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        CaError::BadMaterial { path: path.into(), reason: reason.into() }
+        CaError::BadMaterial {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn policy(rule: impl Into<String>, message: impl Into<String>) -> Self {
-        CaError::Policy { rule: rule.into(), message: message.into() }
+        CaError::Policy {
+            rule: rule.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -97,7 +97,9 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
     let td = opts.trust_domain.as_str();
     let not_before = now_s.saturating_sub(config.skew_secs);
     let root_end = now_s.saturating_add(opts.root_validity.as_secs());
-    let int_end = now_s.saturating_add(opts.intermediate_validity.as_secs()).min(root_end);
+    let int_end = now_s
+        .saturating_add(opts.intermediate_validity.as_secs())
+        .min(root_end);
 
     let root_key = FileX509Signer::generate(opts.key_type)?;
     let mut root_params = ca_params(&format!("agentid root CA {td}"), not_before, root_end, None)?;
@@ -107,8 +109,12 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         .map_err(|e| CaError::CertificateGeneration(e.to_string()))?;
 
     let int_key = FileX509Signer::generate(opts.key_type)?;
-    let mut int_params =
-        ca_params(&format!("agentid issuing CA {td}"), not_before, int_end, Some(0))?;
+    let mut int_params = ca_params(
+        &format!("agentid issuing CA {td}"),
+        not_before,
+        int_end,
+        Some(0),
+    )?;
     int_params.use_authority_key_identifier_extension = true;
     let root_issuer = Issuer::new(root_params, RcgenSigner::new(&root_key));
     let int_cert = int_params
@@ -122,8 +128,14 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
     material::write_private_key(&join(dir, files::ROOT_KEY), root_key.pkcs8_der())?;
     material::write_private_key(&join(dir, files::INTERMEDIATE_KEY), int_key.pkcs8_der())?;
     material::write_private_key(&join(dir, files::GRANT_KEY), grant_key.pkcs8_der())?;
-    material::write_private_key(&join(dir, files::REVOCATION_KEY), revocation_key.pkcs8_der())?;
-    material::write_public_file(&join(dir, files::ROOT_CERT), material::cert_pem(root_cert.der()).as_bytes())?;
+    material::write_private_key(
+        &join(dir, files::REVOCATION_KEY),
+        revocation_key.pkcs8_der(),
+    )?;
+    material::write_public_file(
+        &join(dir, files::ROOT_CERT),
+        material::cert_pem(root_cert.der()).as_bytes(),
+    )?;
     material::write_public_file(
         &join(dir, files::INTERMEDIATE_CERT),
         material::cert_pem(int_cert.der()).as_bytes(),
@@ -167,7 +179,12 @@ pub(crate) fn check_signer_matches(signer: &dyn X509Signer, intermediate_der: &[
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(intermediate_der)
         .map_err(|e| CaError::CertificateGeneration(format!("intermediate: {e}")))?;
-    let spki_key: &[u8] = cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref();
+    let spki_key: &[u8] = cert
+        .tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref();
     if spki_key != signer.public_key_raw().as_slice() {
         return Err(CaError::IssuerKeyMismatch);
     }

@@ -96,7 +96,12 @@ pub struct OpenTaskRequest {
 
 impl OpenTaskRequest {
     /// A request with defaults for everything but agent, key, requester and scope.
-    pub fn new(agent: impl Into<String>, key: KeySource, requester: TaskRequester, scope: Scope) -> Self {
+    pub fn new(
+        agent: impl Into<String>,
+        key: KeySource,
+        requester: TaskRequester,
+        scope: Scope,
+    ) -> Self {
         OpenTaskRequest {
             agent: agent.into(),
             task: None,
@@ -214,7 +219,7 @@ fn secs(d: Duration) -> Result<u64> {
 }
 
 impl CertificateAuthority {
-    fn check_td(&self, id: &agentid_protocol::SpiffeId) -> Result<()> {
+    pub(crate) fn check_td(&self, id: &agentid_protocol::SpiffeId) -> Result<()> {
         if id.trust_domain() != self.config.trust_domain {
             return Err(CaError::WrongTrustDomain {
                 identity: id.as_str().to_string(),
@@ -227,7 +232,14 @@ impl CertificateAuthority {
     /// notBefore/notAfter for a request: `not_after = min(now + ttl, cap, intermediate notAfter)`.
     /// An explicit TTL that `cap` (the requester's authority) cannot honour is refused; a
     /// defaulted TTL is shortened.
-    fn validity(&self, now: u64, ttl: Option<Duration>, max_ttl: u64, cap: u64, rule: &str) -> Result<(u64, u64)> {
+    fn validity(
+        &self,
+        now: u64,
+        ttl: Option<Duration>,
+        max_ttl: u64,
+        cap: u64,
+        rule: &str,
+    ) -> Result<(u64, u64)> {
         let skew = self.config.skew_secs;
         let requested = match ttl {
             Some(d) => {
@@ -244,14 +256,22 @@ impl CertificateAuthority {
         };
         let want = now.saturating_add(requested);
         if cap <= now {
-            return Err(CaError::OutlivesParent { requested: want, parent_exp: cap });
+            return Err(CaError::OutlivesParent {
+                requested: want,
+                parent_exp: cap,
+            });
         }
         if ttl.is_some() && want > cap {
-            return Err(CaError::OutlivesParent { requested: want, parent_exp: cap });
+            return Err(CaError::OutlivesParent {
+                requested: want,
+                parent_exp: cap,
+            });
         }
         let not_after = want.min(cap).min(self.intermediate_not_after);
         if not_after <= now {
-            return Err(CaError::InvalidRequest("the issuing CA certificate has expired".into()));
+            return Err(CaError::InvalidRequest(
+                "the issuing CA certificate has expired".into(),
+            ));
         }
         Ok((now.saturating_sub(skew), not_after))
     }
@@ -261,11 +281,25 @@ impl CertificateAuthority {
         uri: &str,
         key: &RequestedKey,
         validity: (u64, u64),
-        commit: impl FnOnce(&LeafCertificate) -> Result<(IssuanceRecord, IdentityRecord, Binding, Option<TaskRecord>, Option<BootstrapRecord>, Vec<(RevocationKind, String)>)>,
+        commit: impl FnOnce(
+            &LeafCertificate,
+        ) -> Result<(
+            IssuanceRecord,
+            IdentityRecord,
+            Binding,
+            Option<TaskRecord>,
+            Option<BootstrapRecord>,
+            Vec<(RevocationKind, String)>,
+        )>,
         now: u64,
     ) -> Result<LeafCertificate> {
         let leaf = sign_leaf(
-            &LeafSpec { uri, spki_der: &key.spki_der, not_before: validity.0, not_after: validity.1 },
+            &LeafSpec {
+                uri,
+                spki_der: &key.spki_der,
+                not_before: validity.0,
+                not_after: validity.1,
+            },
             &self.intermediate_der,
             self.issuer.as_ref(),
         )?;
@@ -282,7 +316,15 @@ impl CertificateAuthority {
         Ok(leaf)
     }
 
-    fn audit_issue(&self, kind: IssuanceKind, now: u64, actor: &str, subject: &str, task: Option<&str>, res: &core::result::Result<(String, Option<String>), String>) {
+    fn audit_issue(
+        &self,
+        kind: IssuanceKind,
+        now: u64,
+        actor: &str,
+        subject: &str,
+        task: Option<&str>,
+        res: &core::result::Result<(String, Option<String>), String>,
+    ) {
         let (serial, jti) = match res {
             Ok((s, j)) => (Some(s.clone()), j.clone()),
             Err(_) => (None, None),
@@ -295,7 +337,11 @@ impl CertificateAuthority {
             task: task.map(str::to_string),
             serial,
             jti,
-            outcome: if res.is_ok() { "ok".into() } else { "denied".into() },
+            outcome: if res.is_ok() {
+                "ok".into()
+            } else {
+                "denied".into()
+            },
             reason: res.as_ref().err().cloned(),
         });
         match res {
@@ -315,22 +361,46 @@ impl CertificateAuthority {
         let task = match (&req.task, &req.requester) {
             (Some(t), _) => Ok(t.clone()),
             // A bootstrap token is bound to its task: the requester must name it.
-            (None, TaskRequester::Bootstrap(_)) => {
-                Err(CaError::BootstrapToken("the request must name the task the token is bound to"))
-            }
+            (None, TaskRequester::Bootstrap(_)) => Err(CaError::BootstrapToken(
+                "the request must name the task the token is bound to",
+            )),
             (None, TaskRequester::Operator) => TaskId::generate().map_err(CaError::from),
         };
         let subject = match &task {
-            Ok(t) => format!("spiffe://{}/agent/{}/task/{}", self.config.trust_domain.as_str(), req.agent, t.as_str()),
-            Err(_) => format!("spiffe://{}/agent/{}", self.config.trust_domain.as_str(), req.agent),
+            Ok(t) => format!(
+                "spiffe://{}/agent/{}/task/{}",
+                self.config.trust_domain.as_str(),
+                req.agent,
+                t.as_str()
+            ),
+            Err(_) => format!(
+                "spiffe://{}/agent/{}",
+                self.config.trust_domain.as_str(),
+                req.agent
+            ),
         };
         let res = task.and_then(|t| self.open_task_inner(req, t, now_s));
-        let summary = res.as_ref().map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone()))).map_err(|e| e.to_string());
-        self.audit_issue(IssuanceKind::Task, now_s, actor, &subject, req.task.as_ref().map(TaskId::as_str), &summary);
+        let summary = res
+            .as_ref()
+            .map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone())))
+            .map_err(|e| e.to_string());
+        self.audit_issue(
+            IssuanceKind::Task,
+            now_s,
+            actor,
+            &subject,
+            req.task.as_ref().map(TaskId::as_str),
+            &summary,
+        );
         res
     }
 
-    fn open_task_inner(&self, req: &OpenTaskRequest, task: TaskId, now: u64) -> Result<TaskCredentials> {
+    fn open_task_inner(
+        &self,
+        req: &OpenTaskRequest,
+        task: TaskId,
+        now: u64,
+    ) -> Result<TaskCredentials> {
         let td = &self.config.trust_domain;
         let agent = AgentId::new(td, &req.agent)?;
         let identity = TaskIdentity::new(&agent, &task)?;
@@ -340,7 +410,8 @@ impl CertificateAuthority {
             TaskRequester::Operator => (RequesterKind::Operator, "operator"),
             TaskRequester::Bootstrap(_) => (RequesterKind::Bootstrap, "bootstrap token"),
         };
-        self.policy.check_agent_requester(name, &kind, who, identity.as_str())?;
+        self.policy
+            .check_agent_requester(name, &kind, who, identity.as_str())?;
         let bootstrap = match &req.requester {
             TaskRequester::Operator => None,
             TaskRequester::Bootstrap(token) => {
@@ -369,7 +440,10 @@ impl CertificateAuthority {
         if max_depth > rule.max_depth {
             return Err(CaError::policy(
                 format!("agents.{name}.max_depth"),
-                format!("agent {name:?} may not hold max_depth {max_depth} (max {})", rule.max_depth),
+                format!(
+                    "agent {name:?} may not hold max_depth {max_depth} (max {})",
+                    rule.max_depth
+                ),
             ));
         }
         if let Some(aud) = &req.audience {
@@ -402,7 +476,10 @@ impl CertificateAuthority {
         let limits = match (&req.limits, &rule.limits) {
             (Some(l), Some(ceil)) => {
                 l.narrows(ceil).map_err(|n| {
-                    CaError::policy(format!("agents.{name}.limits"), format!("limit {n:?} above the ceiling"))
+                    CaError::policy(
+                        format!("agents.{name}.limits"),
+                        format!("limit {n:?} above the ceiling"),
+                    )
                 })?;
                 // Names the policy caps but the request omits keep the policy's ceiling.
                 Some(ceil.merge_min(l))
@@ -418,14 +495,23 @@ impl CertificateAuthority {
         if task_ttl > rule.max_task_ttl {
             return Err(CaError::policy(
                 format!("agents.{name}.max_task_ttl"),
-                format!("agent {name:?} may not hold a task for {task_ttl}s (max {}s)", rule.max_task_ttl),
+                format!(
+                    "agent {name:?} may not hold a task for {task_ttl}s (max {}s)",
+                    rule.max_task_ttl
+                ),
             ));
         }
         let grant_exp = now.saturating_add(task_ttl);
         if let Some(d) = req.ttl {
             self.policy.check_agent_ttl(name, secs(d)?)?;
         }
-        let validity = self.validity(now, req.ttl, rule.max_ttl, grant_exp, &format!("agents.{name}.max_ttl"))?;
+        let validity = self.validity(
+            now,
+            req.ttl,
+            rule.max_ttl,
+            grant_exp,
+            &format!("agents.{name}.max_ttl"),
+        )?;
 
         let uri = identity.as_str().to_string();
         let key = req.key.resolve(&uri)?;
@@ -523,8 +609,18 @@ impl CertificateAuthority {
             task.as_str()
         );
         let res = self.issue_child_inner(req, now_s);
-        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
-        self.audit_issue(IssuanceKind::Child, now_s, req.parent.as_str(), &subject, Some(task.as_str()), &summary);
+        let summary = res
+            .as_ref()
+            .map(|c| (c.leaf.serial.clone(), None))
+            .map_err(|e| e.to_string());
+        self.audit_issue(
+            IssuanceKind::Child,
+            now_s,
+            req.parent.as_str(),
+            &subject,
+            Some(task.as_str()),
+            &summary,
+        );
         res
     }
 
@@ -535,7 +631,9 @@ impl CertificateAuthority {
         let agent = AgentId::new(td, &req.agent)?;
         let identity = TaskIdentity::new(&agent, &task)?;
         if identity == req.parent {
-            return Err(CaError::InvalidRequest("a parent cannot request a child with its own identity".into()));
+            return Err(CaError::InvalidRequest(
+                "a parent cannot request a child with its own identity".into(),
+            ));
         }
         let name = agent.name();
         let rule = self.policy.agent(name)?;
@@ -572,7 +670,13 @@ impl CertificateAuthority {
         if cap <= now {
             return Err(CaError::ParentNotActive(req.parent.as_str().to_string()));
         }
-        let validity = self.validity(now, req.ttl, rule.max_ttl, cap, &format!("agents.{name}.max_ttl"))?;
+        let validity = self.validity(
+            now,
+            req.ttl,
+            rule.max_ttl,
+            cap,
+            &format!("agents.{name}.max_ttl"),
+        )?;
         let uri = identity.as_str().to_string();
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
@@ -627,12 +731,30 @@ impl CertificateAuthority {
 
     /// Issues a service certificate (operator only), without a grant. A service may rotate its
     /// key; every key it ever used stays bound to it.
-    pub fn issue_service(&self, req: &ServiceRequest, now: SystemTime) -> Result<IssuedCertificate> {
+    pub fn issue_service(
+        &self,
+        req: &ServiceRequest,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate> {
         let now_s = util::unix(now)?;
-        let subject = format!("spiffe://{}/svc/{}", self.config.trust_domain.as_str(), req.service);
+        let subject = format!(
+            "spiffe://{}/svc/{}",
+            self.config.trust_domain.as_str(),
+            req.service
+        );
         let res = self.issue_service_inner(req, now_s);
-        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
-        self.audit_issue(IssuanceKind::Service, now_s, "operator", &subject, None, &summary);
+        let summary = res
+            .as_ref()
+            .map(|c| (c.leaf.serial.clone(), None))
+            .map_err(|e| e.to_string());
+        self.audit_issue(
+            IssuanceKind::Service,
+            now_s,
+            "operator",
+            &subject,
+            None,
+            &summary,
+        );
         res
     }
 
@@ -640,8 +762,19 @@ impl CertificateAuthority {
         let svc = ServiceId::new(&self.config.trust_domain, &req.service)?;
         let name = svc.name();
         let rule = self.policy.service(name)?;
-        self.policy.check_service_requester(name, &RequesterKind::Operator, "operator", svc.as_str())?;
-        let validity = self.validity(now, req.ttl, rule.max_ttl, u64::MAX, &format!("services.{name}.max_ttl"))?;
+        self.policy.check_service_requester(
+            name,
+            &RequesterKind::Operator,
+            "operator",
+            svc.as_str(),
+        )?;
+        let validity = self.validity(
+            now,
+            req.ttl,
+            rule.max_ttl,
+            u64::MAX,
+            &format!("services.{name}.max_ttl"),
+        )?;
         let uri = svc.as_str().to_string();
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
@@ -701,8 +834,18 @@ impl CertificateAuthority {
             PeerId::Service(_) => None,
         };
         let res = self.renew_inner(req, &actor, now_s);
-        let summary = res.as_ref().map(|c| (c.leaf.serial.clone(), None)).map_err(|e| e.to_string());
-        self.audit_issue(IssuanceKind::Renewal, now_s, &actor, req.identity.as_str(), task.as_deref(), &summary);
+        let summary = res
+            .as_ref()
+            .map(|c| (c.leaf.serial.clone(), None))
+            .map_err(|e| e.to_string());
+        self.audit_issue(
+            IssuanceKind::Renewal,
+            now_s,
+            &actor,
+            req.identity.as_str(),
+            task.as_deref(),
+            &summary,
+        );
         res
     }
 
@@ -716,7 +859,11 @@ impl CertificateAuthority {
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
         if jkt != bound.jkt {
-            return Err(CaError::KeyMismatch { identity: uri, bound: bound.jkt, requested: jkt });
+            return Err(CaError::KeyMismatch {
+                identity: uri,
+                bound: bound.jkt,
+                requested: jkt,
+            });
         }
         let (max_ttl, cap, rule, agent, task, mut refuse) = match &req.identity {
             PeerId::Task(t) => {
@@ -735,12 +882,22 @@ impl CertificateAuthority {
                     format!("agents.{name}.max_ttl"),
                     Some(name.clone()),
                     Some(task.as_str().to_string()),
-                    vec![(RevocationKind::Agent, name), (RevocationKind::Task, task.as_str().to_string())],
+                    vec![
+                        (RevocationKind::Agent, name),
+                        (RevocationKind::Task, task.as_str().to_string()),
+                    ],
                 )
             }
             PeerId::Service(s) => {
                 let rule = self.policy.service(s.name())?;
-                (rule.max_ttl, u64::MAX, format!("services.{}.max_ttl", s.name()), None, None, Vec::new())
+                (
+                    rule.max_ttl,
+                    u64::MAX,
+                    format!("services.{}.max_ttl", s.name()),
+                    None,
+                    None,
+                    Vec::new(),
+                )
             }
         };
         refuse.push((RevocationKind::Jkt, jkt.clone()));
@@ -771,7 +928,11 @@ impl CertificateAuthority {
                         agent: agent.clone(),
                         task: task.clone(),
                         // Services: the cap follows the newest certificate; tasks keep theirs.
-                        cap: if task.is_some() { bound.cap } else { leaf.not_after },
+                        cap: if task.is_some() {
+                            bound.cap
+                        } else {
+                            leaf.not_after
+                        },
                     },
                     Binding::SameKey,
                     None,
@@ -795,21 +956,24 @@ impl CertificateAuthority {
     }
 }
 
-
 /// Parses an operator-asserted principal written `FORMAT:VALUE` into an RFC 9493 subject
 /// identifier: `email:alice@example.com` -> `{"format":"email","email":"alice@example.com"}`;
 /// also `uri:...` and `opaque:...`.
 pub fn parse_principal(s: &str) -> Result<serde_json::Value> {
-    let (format, value) = s
-        .split_once(':')
-        .ok_or_else(|| CaError::InvalidRequest(format!("principal {s:?}: expected FORMAT:VALUE")))?;
+    let (format, value) = s.split_once(':').ok_or_else(|| {
+        CaError::InvalidRequest(format!("principal {s:?}: expected FORMAT:VALUE"))
+    })?;
     if value.is_empty() {
-        return Err(CaError::InvalidRequest(format!("principal {s:?}: empty value")));
+        return Err(CaError::InvalidRequest(format!(
+            "principal {s:?}: empty value"
+        )));
     }
     let member = match format {
         "email" => {
             if !value.contains('@') {
-                return Err(CaError::InvalidRequest(format!("principal {s:?}: not an email address")));
+                return Err(CaError::InvalidRequest(format!(
+                    "principal {s:?}: not an email address"
+                )));
             }
             "email"
         }

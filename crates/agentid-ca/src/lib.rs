@@ -41,16 +41,20 @@ pub mod store;
 mod util;
 
 pub use audit::{AuditEvent, AuditLog};
-pub use ca::{BootstrapToken, CaParts, CertificateAuthority, RevokeTarget, BUNDLE_REFRESH_HINT_SECS};
+pub use ca::{
+    BootstrapToken, CaParts, CertificateAuthority, RevokeTarget, BUNDLE_REFRESH_HINT_SECS,
+};
 pub use config::CaConfig;
 pub use csr::{parse_csr, RequestedKey};
 pub use error::{CaError, Result};
 pub use hierarchy::{init_ca, InitOptions};
 pub use issue::{
-    parse_principal, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest, RenewRequest, RenewRequester,
-    ServiceRequest, TaskCredentials, TaskRequester,
+    parse_principal, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest, RenewRequest,
+    RenewRequester, ServiceRequest, TaskCredentials, TaskRequester,
 };
 pub use policy::Policy;
 pub use profile::LeafCertificate;
 pub use signer::{FileX509Signer, KeyType, X509Signer};
-pub use store::{IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store};
+pub use store::{
+    IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
+};

@@ -54,7 +54,9 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                CaError::AlreadyInitialized { path: path.to_path_buf() }
+                CaError::AlreadyInitialized {
+                    path: path.to_path_buf(),
+                }
             } else {
                 CaError::io(path, e)
             }
@@ -75,7 +77,10 @@ pub fn read_private_key(path: &Path) -> Result<Vec<u8>> {
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(CaError::InsecureKeyFile { path: path.to_path_buf(), mode });
+        return Err(CaError::InsecureKeyFile {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(|e| CaError::io(path, e))?;
@@ -102,7 +107,9 @@ pub(crate) fn read_one_certificate(path: &Path) -> Result<CertificateDer<'static
     if certs.len() != 1 {
         return Err(CaError::material(path, "expected exactly one certificate"));
     }
-    certs.pop().ok_or_else(|| CaError::material(path, "no certificate"))
+    certs
+        .pop()
+        .ok_or_else(|| CaError::material(path, "no certificate"))
 }
 
 /// PEM-encodes DER bytes with 64-column base64 lines.

@@ -179,7 +179,10 @@ impl Policy {
                 &format!("{base}.max_task_ttl"),
             )?;
             if max_task_ttl > MAX_GRANT_LIFETIME_SECS {
-                return Err(CaError::policy(format!("{base}.max_task_ttl"), "at most 24h"));
+                return Err(CaError::policy(
+                    format!("{base}.max_task_ttl"),
+                    "at most 24h",
+                ));
             }
             let max_depth = a.max_depth.unwrap_or(0);
             if max_depth > MAX_DEPTH {
@@ -192,13 +195,18 @@ impl Policy {
                 .collect::<Result<Vec<_>>>()?;
             let idset = |v: Option<Vec<SpiffeId>>, rule: &str| -> Result<Option<IdSet>> {
                 v.map(|ids| {
-                    IdSet::new(ids).map_err(|e| CaError::policy(format!("{base}.{rule}"), e.to_string()))
+                    IdSet::new(ids)
+                        .map_err(|e| CaError::policy(format!("{base}.{rule}"), e.to_string()))
                 })
                 .transpose()
             };
             let rule = AgentRule {
                 scopes,
-                max_ttl: duration(a.max_ttl.as_deref(), default_max_ttl, &format!("{base}.max_ttl"))?,
+                max_ttl: duration(
+                    a.max_ttl.as_deref(),
+                    default_max_ttl,
+                    &format!("{base}.max_ttl"),
+                )?,
                 max_task_ttl,
                 max_depth,
                 requesters,
@@ -231,25 +239,40 @@ impl Policy {
             services.insert(
                 name,
                 ServiceRule {
-                    max_ttl: duration(s.max_ttl.as_deref(), default_max_ttl, &format!("{base}.max_ttl"))?,
+                    max_ttl: duration(
+                        s.max_ttl.as_deref(),
+                        default_max_ttl,
+                        &format!("{base}.max_ttl"),
+                    )?,
                     requesters,
                 },
             );
         }
-        Ok(Policy { default_ttl, default_task_ttl, agents, services })
+        Ok(Policy {
+            default_ttl,
+            default_task_ttl,
+            agents,
+            services,
+        })
     }
 
     /// The rule for an agent name, or the refusal naming the missing rule.
     pub fn agent(&self, name: &str) -> Result<&AgentRule> {
         self.agents.get(name).ok_or_else(|| {
-            CaError::policy(format!("agents.{name}"), format!("no rule for agent {name:?}"))
+            CaError::policy(
+                format!("agents.{name}"),
+                format!("no rule for agent {name:?}"),
+            )
         })
     }
 
     /// The rule for a service name.
     pub fn service(&self, name: &str) -> Result<&ServiceRule> {
         self.services.get(name).ok_or_else(|| {
-            CaError::policy(format!("services.{name}"), format!("no rule for service {name:?}"))
+            CaError::policy(
+                format!("services.{name}"),
+                format!("no rule for service {name:?}"),
+            )
         })
     }
 
@@ -259,7 +282,10 @@ impl Policy {
         if ttl > rule.max_ttl {
             return Err(CaError::policy(
                 format!("agents.{name}.max_ttl"),
-                format!("agent {name:?} may not hold a certificate for {ttl}s (max {}s)", rule.max_ttl),
+                format!(
+                    "agent {name:?} may not hold a certificate for {ttl}s (max {}s)",
+                    rule.max_ttl
+                ),
             ));
         }
         Ok(())
@@ -273,7 +299,10 @@ impl Policy {
             if t.is_wildcard() {
                 return Err(CaError::policy(
                     r,
-                    format!("requested scope {:?} contains a wildcard; request concrete scopes", t.as_str()),
+                    format!(
+                        "requested scope {:?} contains a wildcard; request concrete scopes",
+                        t.as_str()
+                    ),
                 ));
             }
             if !rule.scopes.iter().any(|p| p.covers(t)) {
@@ -287,7 +316,13 @@ impl Policy {
     }
 
     /// Whether `requester` is listed for the agent.
-    pub(crate) fn check_agent_requester(&self, name: &str, requester: &RequesterKind, who: &str, subject: &str) -> Result<()> {
+    pub(crate) fn check_agent_requester(
+        &self,
+        name: &str,
+        requester: &RequesterKind,
+        who: &str,
+        subject: &str,
+    ) -> Result<()> {
         let rule = self.agent(name)?;
         if rule.requesters.contains(requester) {
             Ok(())
@@ -301,7 +336,13 @@ impl Policy {
     }
 
     /// Whether `requester` is listed for the service.
-    pub(crate) fn check_service_requester(&self, name: &str, requester: &RequesterKind, who: &str, subject: &str) -> Result<()> {
+    pub(crate) fn check_service_requester(
+        &self,
+        name: &str,
+        requester: &RequesterKind,
+        who: &str,
+        subject: &str,
+    ) -> Result<()> {
         let rule = self.service(name)?;
         if rule.requesters.contains(requester) {
             Ok(())

@@ -39,18 +39,23 @@ pub(crate) fn sign_leaf(
     signer: &dyn X509Signer,
 ) -> Result<LeafCertificate> {
     if spec.not_after <= spec.not_before {
-        return Err(CaError::InvalidRequest("certificate would have an empty validity".into()));
+        return Err(CaError::InvalidRequest(
+            "certificate would have an empty validity".into(),
+        ));
     }
     let serial = util::random_serial()?;
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    p.subject_alt_names = vec![SanType::URI(
-        spec.uri.try_into().map_err(|e: rcgen::Error| CaError::CertificateGeneration(e.to_string()))?,
-    )];
+    p.subject_alt_names =
+        vec![SanType::URI(spec.uri.try_into().map_err(
+            |e: rcgen::Error| CaError::CertificateGeneration(e.to_string()),
+        )?)];
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.serial_number = Some(SerialNumber::from_slice(&serial));
     p.not_before = util::datetime(spec.not_before)?;
     p.not_after = util::datetime(spec.not_after)?;

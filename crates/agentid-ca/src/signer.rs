@@ -55,7 +55,9 @@ impl core::str::FromStr for KeyType {
         match s {
             "p256" | "P-256" | "ecdsa-p256" => Ok(KeyType::P256),
             "ed25519" | "Ed25519" => Ok(KeyType::Ed25519),
-            other => Err(CaError::InvalidRequest(format!("unknown key type {other:?} (p256 or ed25519)"))),
+            other => Err(CaError::InvalidRequest(format!(
+                "unknown key type {other:?} (p256 or ed25519)"
+            ))),
         }
     }
 }
@@ -82,7 +84,9 @@ pub struct FileX509Signer {
 
 impl fmt::Debug for FileX509Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileX509Signer").field("key_type", &self.key_type).finish_non_exhaustive()
+        f.debug_struct("FileX509Signer")
+            .field("key_type", &self.key_type)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +137,11 @@ pub(crate) struct RcgenSigner<'a> {
 
 impl<'a> RcgenSigner<'a> {
     pub(crate) fn new(signer: &'a dyn X509Signer) -> Self {
-        RcgenSigner { public: signer.public_key_raw(), alg: signer.key_type().rcgen_alg(), signer }
+        RcgenSigner {
+            public: signer.public_key_raw(),
+            alg: signer.key_type().rcgen_alg(),
+            signer,
+        }
     }
 }
 
@@ -150,6 +158,8 @@ impl SigningKey for RcgenSigner<'_> {
     fn sign(&self, msg: &[u8]) -> core::result::Result<Vec<u8>, rcgen::Error> {
         // rcgen's error type has no variant for a remote failure; `RemoteKeyError` is the one
         // meant for it.
-        self.signer.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
+        self.signer
+            .sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }

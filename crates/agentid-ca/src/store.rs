@@ -114,6 +114,8 @@ pub enum RevocationKind {
     Agent,
     /// A key thumbprint.
     Jkt,
+    /// A link `jti`, scoped by its issuer: the value is `"<issuer task identity> <jti>"`.
+    LinkJti,
 }
 
 impl RevocationKind {
@@ -124,6 +126,7 @@ impl RevocationKind {
             RevocationKind::Task => "task",
             RevocationKind::Agent => "agent",
             RevocationKind::Jkt => "jkt",
+            RevocationKind::LinkJti => "link_jti",
         }
     }
     fn parse(s: &str) -> Result<Self> {
@@ -132,6 +135,7 @@ impl RevocationKind {
             "task" => RevocationKind::Task,
             "agent" => RevocationKind::Agent,
             "jkt" => RevocationKind::Jkt,
+            "link_jti" => RevocationKind::LinkJti,
             other => return Err(CaError::Store(format!("unknown revocation kind {other:?}"))),
         })
     }
@@ -282,7 +286,8 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
+        let conn = Connection::open(path)
+            .map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -321,7 +326,9 @@ const ISSUANCE_COLS: &str = "serial, identity, kind, agent, task, not_before, no
 
 impl Store for SqliteStore {
     fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // 1. Revocations.
         for (kind, value) in c.refuse_if_revoked {
             let hit: Option<String> = tx
@@ -332,17 +339,27 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if hit.is_some() {
-                return Err(CaError::Revoked { kind: kind.as_str(), value: value.clone() });
+                return Err(CaError::Revoked {
+                    kind: kind.as_str(),
+                    value: value.clone(),
+                });
             }
         }
         let id = c.identity;
         // 2. One key, one identity: a key once bound stays with its identity forever.
         let owner: Option<String> = tx
-            .query_row("SELECT identity FROM keys WHERE jkt = ?1", params![id.jkt], |r| r.get(0))
+            .query_row(
+                "SELECT identity FROM keys WHERE jkt = ?1",
+                params![id.jkt],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(owner) = &owner {
             if owner != &id.identity {
-                return Err(CaError::KeyInUse { jkt: id.jkt.clone(), bound_to: owner.clone() });
+                return Err(CaError::KeyInUse {
+                    jkt: id.jkt.clone(),
+                    bound_to: owner.clone(),
+                });
             }
         }
         let bound: Option<(String, i64)> = tx
@@ -365,14 +382,20 @@ impl Store for SqliteStore {
             _ => {}
         }
         if owner.is_none() {
-            tx.execute("INSERT INTO keys (jkt, identity) VALUES (?1, ?2)", params![id.jkt, id.identity])
-                .map_err(|e| {
-                    if is_constraint(&e) {
-                        CaError::KeyInUse { jkt: id.jkt.clone(), bound_to: "another identity".into() }
-                    } else {
-                        e.into()
+            tx.execute(
+                "INSERT INTO keys (jkt, identity) VALUES (?1, ?2)",
+                params![id.jkt, id.identity],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    CaError::KeyInUse {
+                        jkt: id.jkt.clone(),
+                        bound_to: "another identity".into(),
                     }
-                })?;
+                } else {
+                    e.into()
+                }
+            })?;
         }
         match bound {
             None => {
@@ -409,7 +432,9 @@ impl Store for SqliteStore {
                 params![b.hash, b.agent, b.task, to_i64(c.now)?, to_i64(c.now)?],
             )?;
             if n != 1 {
-                return Err(CaError::BootstrapToken("unknown, already used, expired, or bound to another agent or task"));
+                return Err(CaError::BootstrapToken(
+                    "unknown, already used, expired, or bound to another agent or task",
+                ));
             }
         }
         // 4. The certificate itself.
@@ -457,7 +482,11 @@ impl Store for SqliteStore {
     fn key_owner(&self, jkt: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT identity FROM keys WHERE jkt = ?1", params![jkt], |r| r.get(0))
+            .query_row(
+                "SELECT identity FROM keys WHERE jkt = ?1",
+                params![jkt],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -474,9 +503,9 @@ impl Store for SqliteStore {
     }
 
     fn issuances(&self) -> Result<Vec<IssuanceRecord>> {
-        let mut st = self
-            .conn
-            .prepare(&format!("SELECT {ISSUANCE_COLS} FROM issuances ORDER BY rowid"))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {ISSUANCE_COLS} FROM issuances ORDER BY rowid"
+        ))?;
         let rows = st.query_map([], Self::row_issuance)?;
         rows.map(|r| Self::fix_kind(r?)).collect()
     }
@@ -521,8 +550,12 @@ impl Store for SqliteStore {
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
             ),
+            // Links are never recorded by the CA: nothing bounds them here.
+            RevocationKind::LinkJti => return Ok(None),
         };
-        let a: Option<i64> = self.conn.query_row(cert_sql, params![value], |r| r.get(0))?;
+        let a: Option<i64> = self
+            .conn
+            .query_row(cert_sql, params![value], |r| r.get(0))?;
         let b: Option<i64> = self.conn.query_row(cap_sql, params![value], |r| r.get(0))?;
         let m = match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -23,7 +23,9 @@ pub(crate) fn datetime(secs: u64) -> Result<::time::OffsetDateTime> {
 
 pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     let mut buf = [0u8; N];
-    SystemRandom::new().fill(&mut buf).map_err(|_| CaError::Random)?;
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| CaError::Random)?;
     Ok(buf)
 }
 

@@ -1,6 +1,12 @@
 //! Serial uniqueness and durability: exactly one store record per certificate returned, also
 //! when the issuing process is killed mid-run.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 mod common;
 
@@ -17,7 +23,12 @@ const CHILD_ENV: &str = "AGENTID_CA_TEST_CRASH_DIR";
 
 fn one_issuance(ca: &CertificateAuthority) -> String {
     let (_k, src): (_, KeySource) = spki_key(Algorithm::Es256);
-    let req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    let req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
     ca.open_task(&req, now()).unwrap().certificate.leaf.serial
 }
 
@@ -34,14 +45,18 @@ fn thousand_issuances_thousand_distinct_serials() {
     let stored: HashSet<String> = recs.iter().map(|r| r.serial.clone()).collect();
     assert_eq!(stored, serials);
     // Serials are 128-bit: 32 hex digits, top bit set.
-    assert!(serials.iter().all(|s| s.len() == 32 && u8::from_str_radix(&s[..2], 16).unwrap() >= 0x80));
+    assert!(serials
+        .iter()
+        .all(|s| s.len() == 32 && u8::from_str_radix(&s[..2], 16).unwrap() >= 0x80));
 }
 
 /// Child mode: issue in a loop, printing each serial only after `open_task` returned.
 /// Does nothing unless started by `killed_mid_run_store_matches_returned_certificates`.
 #[test]
 fn crash_child_issue_forever() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     let ca = CertificateAuthority::open(std::path::Path::new(&dir)).unwrap();
     let stdout = std::io::stdout();
     loop {
@@ -57,7 +72,12 @@ fn killed_mid_run_store_matches_returned_certificates() {
     let dir = make_ca_dir(KeyType::P256);
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "crash_child_issue_forever", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_issue_forever",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -79,7 +99,7 @@ fn killed_mid_run_store_matches_returned_certificates() {
         }
     }
     child.kill().unwrap(); // SIGKILL on Unix
-    // Serials already written to the pipe before the kill still count as returned.
+                           // Serials already written to the pipe before the kill still count as returned.
     for l in reader.lines() {
         let Ok(l) = l else { break };
         if let Some(s) = l.trim().strip_prefix("SERIAL ") {
@@ -88,7 +108,11 @@ fn killed_mid_run_store_matches_returned_certificates() {
     }
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child must have been killed");
-    assert!(printed.len() >= 50, "child issued too little before the kill: {}", printed.len());
+    assert!(
+        printed.len() >= 50,
+        "child issued too little before the kill: {}",
+        printed.len()
+    );
 
     let ca = CertificateAuthority::open(dir.path()).unwrap();
     let recs = ca.issuances().unwrap();
@@ -98,9 +122,15 @@ fn killed_mid_run_store_matches_returned_certificates() {
     let printed_set: HashSet<&String> = printed.iter().collect();
     assert_eq!(printed_set.len(), printed.len(), "distinct serials");
     for s in &printed {
-        assert!(stored_set.contains(s), "returned certificate {s} missing from the store");
+        assert!(
+            stored_set.contains(s),
+            "returned certificate {s} missing from the store"
+        );
     }
     // At most one certificate may have been committed but not yet returned when the kill hit.
     let unreturned = stored.iter().filter(|s| !printed_set.contains(s)).count();
-    assert!(unreturned <= 1, "{unreturned} records without a returned certificate");
+    assert!(
+        unreturned <= 1,
+        "{unreturned} records without a returned certificate"
+    );
 }

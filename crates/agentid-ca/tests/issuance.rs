@@ -1,5 +1,11 @@
 //! Issuance flows and refusals: each refusal has its own error.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 mod common;
 
@@ -23,7 +29,12 @@ fn scope(s: &str) -> Scope {
 
 fn planner_task(t: &TestCa) -> (agentid_protocol::TaskKey, agentid_ca::TaskCredentials) {
     let (k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.max_depth = Some(1);
     (k, t.ca.open_task(&req, now()).unwrap())
 }
@@ -35,7 +46,12 @@ fn task_uri(agent: &str, task: &str) -> String {
 // ---------------------------------------------------------------- CSR refusals (threat 20)
 
 fn csr_request(csr: Vec<u8>, task: &str) -> OpenTaskRequest {
-    let mut req = OpenTaskRequest::new("planner", KeySource::Csr(csr), TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        KeySource::Csr(csr),
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.task = Some(TaskId::parse(task).unwrap());
     req
 }
@@ -62,7 +78,9 @@ fn csr_with_only_the_identity_is_accepted() {
 #[test]
 fn csr_asking_for_ca_true_is_refused() {
     let t = test_ca(KeyType::P256);
-    let csr = csr_with(&p256_keypair(), &[], |p| p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+    let csr = csr_with(&p256_keypair(), &[], |p| {
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    });
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
     assert!(matches!(e, CaError::CsrRequestsCa), "{e}");
     assert!(e.to_string().contains("CA:TRUE"));
@@ -75,7 +93,10 @@ fn csr_with_two_uri_sans_is_refused() {
     let other = task_uri("payments", "t1");
     let csr = csr_with(&p256_keypair(), &[uri(&me), uri(&other)], |_| {});
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
-    assert!(matches!(&e, CaError::CsrSanMismatch { requested, .. } if requested.len() == 2), "{e}");
+    assert!(
+        matches!(&e, CaError::CsrSanMismatch { requested, .. } if requested.len() == 2),
+        "{e}"
+    );
     // One URI, but not the identity being issued.
     let csr = csr_with(&p256_keypair(), &[uri(&other)], |_| {});
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
@@ -86,10 +107,24 @@ fn csr_with_two_uri_sans_is_refused() {
 fn csr_with_a_dns_san_is_refused() {
     let t = test_ca(KeyType::P256);
     let me = task_uri("planner", "t1");
-    let csr = csr_with(&p256_keypair(), &[uri(&me), SanType::DnsName("bank.example".try_into().unwrap())], |_| {});
+    let csr = csr_with(
+        &p256_keypair(),
+        &[
+            uri(&me),
+            SanType::DnsName("bank.example".try_into().unwrap()),
+        ],
+        |_| {},
+    );
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
-    assert!(matches!(&e, CaError::CsrSanMismatch { requested, .. } if requested.iter().any(|r| r == "DNS:bank.example")), "{e}");
-    let csr = csr_with(&p256_keypair(), &[SanType::DnsName("bank.example".try_into().unwrap())], |_| {});
+    assert!(
+        matches!(&e, CaError::CsrSanMismatch { requested, .. } if requested.iter().any(|r| r == "DNS:bank.example")),
+        "{e}"
+    );
+    let csr = csr_with(
+        &p256_keypair(),
+        &[SanType::DnsName("bank.example".try_into().unwrap())],
+        |_| {},
+    );
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
     assert!(matches!(e, CaError::CsrSanMismatch { .. }), "{e}");
 }
@@ -98,7 +133,10 @@ fn csr_with_a_dns_san_is_refused() {
 fn csr_with_extra_key_usage_is_refused() {
     let t = test_ca(KeyType::P256);
     let csr = csr_with(&p256_keypair(), &[], |p| {
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ];
     });
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
     assert!(matches!(e, CaError::CsrKeyUsage(_)), "{e}");
@@ -112,7 +150,10 @@ fn csr_with_extra_key_usage_is_refused() {
 #[test]
 fn csr_with_a_bad_signature_is_refused() {
     let t = test_ca(KeyType::P256);
-    for kp in [p256_keypair(), rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()] {
+    for kp in [
+        p256_keypair(),
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+    ] {
         let mut csr = csr_with(&kp, &[], |_| {});
         // The signature is the last bytes of the DER: flip one bit inside it.
         let n = csr.len();
@@ -125,10 +166,14 @@ fn csr_with_a_bad_signature_is_refused() {
 #[test]
 fn csr_with_an_rsa_key_is_refused() {
     let t = test_ca(KeyType::P256);
-    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
     let csr = csr_with(&rsa, &[], |_| {});
     let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
-    assert!(matches!(&e, CaError::CsrUnsupportedKey(k) if k == "RSA"), "{e}");
+    assert!(
+        matches!(&e, CaError::CsrUnsupportedKey(k) if k == "RSA"),
+        "{e}"
+    );
     // P-384 too.
     let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let csr = csr_with(&p384, &[], |_| {});
@@ -139,7 +184,9 @@ fn csr_with_an_rsa_key_is_refused() {
 #[test]
 fn garbage_csr_is_malformed() {
     let t = test_ca(KeyType::P256);
-    let e = t.ca.open_task(&csr_request(b"not a csr".to_vec(), "t1"), now()).unwrap_err();
+    let e =
+        t.ca.open_task(&csr_request(b"not a csr".to_vec(), "t1"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::CsrMalformed(_)), "{e}");
     let mut csr = csr_with(&p256_keypair(), &[], |_| {});
     csr.push(0);
@@ -154,18 +201,42 @@ fn key_already_used_by_another_identity_is_refused() {
     let t = test_ca(KeyType::P256);
     let k = agentid_protocol::TaskKey::generate(Algorithm::Es256).unwrap();
     let spki = k.public_key().to_spki_der();
-    t.ca.open_task(&OpenTaskRequest::new("planner", KeySource::Spki(spki.clone()), TaskRequester::Operator, scope("tickets:read")), now())
-        .unwrap();
+    t.ca.open_task(
+        &OpenTaskRequest::new(
+            "planner",
+            KeySource::Spki(spki.clone()),
+            TaskRequester::Operator,
+            scope("tickets:read"),
+        ),
+        now(),
+    )
+    .unwrap();
     // Same key, another task of the same agent.
-    let e = t
-        .ca
-        .open_task(&OpenTaskRequest::new("planner", KeySource::Spki(spki.clone()), TaskRequester::Operator, scope("tickets:read")), now())
+    let e =
+        t.ca.open_task(
+            &OpenTaskRequest::new(
+                "planner",
+                KeySource::Spki(spki.clone()),
+                TaskRequester::Operator,
+                scope("tickets:read"),
+            ),
+            now(),
+        )
         .unwrap_err();
-    assert!(matches!(&e, CaError::KeyInUse { jkt, .. } if *jkt == k.public_key().thumbprint()), "{e}");
+    assert!(
+        matches!(&e, CaError::KeyInUse { jkt, .. } if *jkt == k.public_key().thumbprint()),
+        "{e}"
+    );
     // Same key for a service.
-    let e = t
-        .ca
-        .issue_service(&ServiceRequest { service: "search".into(), key: KeySource::Spki(spki), ttl: None }, now())
+    let e =
+        t.ca.issue_service(
+            &ServiceRequest {
+                service: "search".into(),
+                key: KeySource::Spki(spki),
+                ttl: None,
+            },
+            now(),
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::KeyInUse { .. }), "{e}");
     // Nothing was recorded for the refusals.
@@ -175,14 +246,24 @@ fn key_already_used_by_another_identity_is_refused() {
 #[test]
 fn a_task_is_opened_once() {
     let t = test_ca(KeyType::P256);
-    let mut req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.task = Some(TaskId::parse("fixed").unwrap());
     t.ca.open_task(&req, now()).unwrap();
     req.key = spki_key(Algorithm::Es256).1;
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(matches!(e, CaError::IdentityExists(_)), "{e}");
     // Another agent cannot open the same task id either (the task has one root holder).
-    let mut req2 = OpenTaskRequest::new("worker", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let mut req2 = OpenTaskRequest::new(
+        "worker",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req2.task = Some(TaskId::parse("fixed").unwrap());
     let e = t.ca.open_task(&req2, now()).unwrap_err();
     assert!(matches!(e, CaError::IdentityExists(_)), "{e}");
@@ -194,31 +275,59 @@ fn renewal_keeps_the_key_and_refuses_another() {
     let (k, creds) = planner_task(&t);
     let id = PeerId::Task(creds.identity.clone());
     let later = now() + Duration::from_secs(120);
-    let renewed = t
-        .ca
-        .renew(&RenewRequest { identity: id.clone(), key: KeySource::Spki(k.public_key().to_spki_der()), requester: RenewRequester::Holder, ttl: None }, later)
+    let renewed =
+        t.ca.renew(
+            &RenewRequest {
+                identity: id.clone(),
+                key: KeySource::Spki(k.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            later,
+        )
         .unwrap();
     assert_ne!(renewed.serial(), creds.certificate.serial());
     assert_eq!(renewed.jkt, creds.certificate.jkt);
     assert_eq!(renewed.leaf.not_after, unix(later) + 300);
     // Another key for the same identity.
-    let e = t
-        .ca
-        .renew(&RenewRequest { identity: id.clone(), key: spki_key(Algorithm::Es256).1, requester: RenewRequester::Holder, ttl: None }, later)
+    let e =
+        t.ca.renew(
+            &RenewRequest {
+                identity: id.clone(),
+                key: spki_key(Algorithm::Es256).1,
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            later,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::KeyMismatch { .. }), "{e}");
     // Unknown identity.
     let ghost = PeerId::parse(&task_uri("planner", "ghost")).unwrap();
-    let e = t
-        .ca
-        .renew(&RenewRequest { identity: ghost, key: KeySource::Spki(k.public_key().to_spki_der()), requester: RenewRequester::Holder, ttl: None }, later)
+    let e =
+        t.ca.renew(
+            &RenewRequest {
+                identity: ghost,
+                key: KeySource::Spki(k.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            later,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::UnknownIdentity(_)), "{e}");
     // Renewal never outlives the task's grant.
     let near_end = now() + Duration::from_secs(3600 - 100);
-    let r = t
-        .ca
-        .renew(&RenewRequest { identity: id, key: KeySource::Spki(k.public_key().to_spki_der()), requester: RenewRequester::Holder, ttl: None }, near_end)
+    let r =
+        t.ca.renew(
+            &RenewRequest {
+                identity: id,
+                key: KeySource::Spki(k.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            near_end,
+        )
         .unwrap();
     assert_eq!(r.leaf.not_after, creds.grant_exp);
 }
@@ -228,80 +337,185 @@ fn renewal_keeps_the_key_and_refuses_another() {
 #[test]
 fn ttl_above_policy_is_refused() {
     let t = test_ca(KeyType::P256);
-    let mut req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.ttl = Some(minutes(11));
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_ttl"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_ttl"),
+        "{e}"
+    );
     req.ttl = Some(minutes(10));
     t.ca.open_task(&req, now()).unwrap();
     // Task lifetime above policy.
-    let mut req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.task_ttl = Some(Duration::from_secs(9 * 3600));
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_task_ttl"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_task_ttl"),
+        "{e}"
+    );
     // Services too.
-    let e = t
-        .ca
-        .issue_service(&ServiceRequest { service: "search".into(), key: spki_key(Algorithm::Es256).1, ttl: Some(Duration::from_secs(7200)) }, now())
+    let e =
+        t.ca.issue_service(
+            &ServiceRequest {
+                service: "search".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: Some(Duration::from_secs(7200)),
+            },
+            now(),
+        )
         .unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "services.search.max_ttl"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "services.search.max_ttl"),
+        "{e}"
+    );
 }
 
 #[test]
 fn scope_outside_policy_is_refused() {
     let t = test_ca(KeyType::P256);
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read payments:write"));
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read payments:write"),
+    );
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert_eq!(
         e.to_string(),
         r#"policy: agent "planner" may not hold scope "payments:write" (rule agents.planner.scopes)"#
     );
     // `tickets:*` covers tickets:read:all but not `tickets` itself.
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets"));
-    assert!(matches!(t.ca.open_task(&req, now()).unwrap_err(), CaError::Policy { .. }));
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read:all search:query"));
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets"),
+    );
+    assert!(matches!(
+        t.ca.open_task(&req, now()).unwrap_err(),
+        CaError::Policy { .. }
+    ));
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read:all search:query"),
+    );
     t.ca.open_task(&req, now()).unwrap();
     // Wildcards are never granted by request.
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:*"));
-    assert!(matches!(t.ca.open_task(&req, now()).unwrap_err(), CaError::Policy { .. }));
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:*"),
+    );
+    assert!(matches!(
+        t.ca.open_task(&req, now()).unwrap_err(),
+        CaError::Policy { .. }
+    ));
     // max_depth above policy.
-    let mut req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.max_depth = Some(3);
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_depth"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_depth"),
+        "{e}"
+    );
     // Audience outside the trust domain (no audiences rule).
-    let mut req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
-    req.audience = Some(IdSet::new(vec![SpiffeId::parse("spiffe://other.org/svc/x").unwrap()]).unwrap());
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
+    req.audience =
+        Some(IdSet::new(vec![SpiffeId::parse("spiffe://other.org/svc/x").unwrap()]).unwrap());
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.audiences"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.audiences"),
+        "{e}"
+    );
     // An agent without a rule.
-    let req = OpenTaskRequest::new("nobody", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let req = OpenTaskRequest::new(
+        "nobody",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Policy { rule, .. } if rule == "agents.nobody"), "{e}");
+    assert!(
+        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.nobody"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unauthorized_requester_is_refused() {
     let t = test_ca(KeyType::P256);
     // summarizer may only be requested by a planner parent, not by the operator.
-    let req = OpenTaskRequest::new("summarizer", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let req = OpenTaskRequest::new(
+        "summarizer",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.summarizer.requesters"), "{e}");
+    assert!(
+        matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.summarizer.requesters"),
+        "{e}"
+    );
     // worker may not be requested by a planner parent.
     let (_k, creds) = planner_task(&t);
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: None, agent: "worker".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, now())
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: None,
+                agent: "worker".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            now(),
+        )
         .unwrap_err();
-    assert!(matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.worker.requesters"), "{e}");
+    assert!(
+        matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.worker.requesters"),
+        "{e}"
+    );
     // worker may not get a bootstrap token.
-    let e = t.ca.create_bootstrap_token("worker", None, minutes(5), now()).unwrap_err();
+    let e =
+        t.ca.create_bootstrap_token("worker", None, minutes(5), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::Unauthorized { .. }), "{e}");
     // A parent the CA never issued.
     let ghost = TaskIdentity::parse(&task_uri("planner", "ghost")).unwrap();
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: ghost, parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, now())
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: ghost,
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            now(),
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
 }
@@ -310,9 +524,17 @@ fn unauthorized_requester_is_refused() {
 fn wrong_trust_domain_parent_is_refused() {
     let t = test_ca(KeyType::P256);
     let other = TaskIdentity::parse("spiffe://other.org/agent/planner/task/t1").unwrap();
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: other, parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, now())
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: other,
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            now(),
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::WrongTrustDomain { .. }), "{e}");
 }
@@ -323,35 +545,78 @@ fn wrong_trust_domain_parent_is_refused() {
 fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let t = test_ca(KeyType::P256);
     let (_k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, scope("tickets:read"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     req.task_ttl = Some(minutes(8));
     let n = now();
     let creds = t.ca.open_task(&req, n).unwrap();
     // 5 minutes later, the parent's chain has 3 minutes left: a defaulted TTL is shortened.
     let later = n + minutes(5);
-    let child = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: Some(creds.grant.clone()), agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, later)
+    let child =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: Some(creds.grant.clone()),
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            later,
+        )
         .unwrap();
     assert_eq!(child.leaf.not_after, creds.grant_exp);
-    assert_eq!(child.identity.as_str(), task_uri("summarizer", creds.identity.task_id().as_str()));
+    assert_eq!(
+        child.identity.as_str(),
+        task_uri("summarizer", creds.identity.task_id().as_str())
+    );
     // An explicit TTL beyond the parent's chain is refused.
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: Some(minutes(4)) }, later)
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: Some(minutes(4)),
+            },
+            later,
+        )
         .unwrap_err();
-    assert!(matches!(e, CaError::OutlivesParent { parent_exp, .. } if parent_exp == creds.grant_exp), "{e}");
+    assert!(
+        matches!(e, CaError::OutlivesParent { parent_exp, .. } if parent_exp == creds.grant_exp),
+        "{e}"
+    );
     // After the chain's end, nothing.
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, n + minutes(9))
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            n + minutes(9),
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
     // A chain of another holder is refused.
     let (_k2, other) = planner_task(&t);
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: Some(other.grant.clone()), agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, later)
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: Some(other.grant.clone()),
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            later,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::InvalidRequest(_)), "{e}");
     let rec = t.ca.find_serial(child.serial()).unwrap().unwrap();
@@ -365,34 +630,59 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
 #[test]
 fn bootstrap_token_is_single_use_and_bound() {
     let t = test_ca(KeyType::P256);
-    let tok = t.ca.create_bootstrap_token("planner", None, minutes(10), now()).unwrap();
+    let tok =
+        t.ca.create_bootstrap_token("planner", None, minutes(10), now())
+            .unwrap();
     let task = tok.identity.task_id();
     let mk = |agent: &str, task: &TaskId, token: &str| {
-        let mut r = OpenTaskRequest::new(agent, spki_key(Algorithm::Es256).1, TaskRequester::Bootstrap(token.into()), scope("tickets:read"));
+        let mut r = OpenTaskRequest::new(
+            agent,
+            spki_key(Algorithm::Es256).1,
+            TaskRequester::Bootstrap(token.into()),
+            scope("tickets:read"),
+        );
         r.task = Some(task.clone());
         r
     };
     // Wrong task.
-    let e = t.ca.open_task(&mk("planner", &TaskId::parse("other").unwrap(), &tok.token), now()).unwrap_err();
+    let e =
+        t.ca.open_task(
+            &mk("planner", &TaskId::parse("other").unwrap(), &tok.token),
+            now(),
+        )
+        .unwrap_err();
     assert!(matches!(e, CaError::BootstrapToken(_)), "{e}");
     // Wrong token.
-    let e = t.ca.open_task(&mk("planner", &task, "nope"), now()).unwrap_err();
+    let e =
+        t.ca.open_task(&mk("planner", &task, "nope"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::BootstrapToken(_)), "{e}");
     // A principal cannot be asserted with a token.
     let mut r = mk("planner", &task, &tok.token);
     r.principal = Some(serde_json::json!({"format":"email","email":"alice@example.com"}));
-    assert!(matches!(t.ca.open_task(&r, now()).unwrap_err(), CaError::InvalidRequest(_)));
+    assert!(matches!(
+        t.ca.open_task(&r, now()).unwrap_err(),
+        CaError::InvalidRequest(_)
+    ));
     // Expired.
-    let e = t.ca.open_task(&mk("planner", &task, &tok.token), now() + minutes(11)).unwrap_err();
+    let e =
+        t.ca.open_task(&mk("planner", &task, &tok.token), now() + minutes(11))
+            .unwrap_err();
     assert!(matches!(e, CaError::BootstrapToken("expired")), "{e}");
     // Right: once.
-    let creds = t.ca.open_task(&mk("planner", &task, &tok.token), now()).unwrap();
+    let creds =
+        t.ca.open_task(&mk("planner", &task, &tok.token), now())
+            .unwrap();
     assert_eq!(creds.identity, tok.identity);
-    let e = t.ca.open_task(&mk("planner", &task, &tok.token), now()).unwrap_err();
+    let e =
+        t.ca.open_task(&mk("planner", &task, &tok.token), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::BootstrapToken(_)), "{e}");
     // The token is stored hashed only.
     let db = std::fs::read(t.path().join("ca.db")).unwrap();
-    assert!(!db.windows(tok.token.len()).any(|w| w == tok.token.as_bytes()));
+    assert!(!db
+        .windows(tok.token.len())
+        .any(|w| w == tok.token.as_bytes()));
     let audit = std::fs::read_to_string(t.path().join("audit.jsonl")).unwrap();
     assert!(!audit.contains(&tok.token));
 }
@@ -403,7 +693,12 @@ fn bootstrap_token_is_single_use_and_bound() {
 fn grant_is_bound_to_the_leaf_key_and_verifies() {
     let t = test_ca(KeyType::P256);
     let (k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, scope("tickets:read search:query"));
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        scope("tickets:read search:query"),
+    );
     req.principal = Some(serde_json::json!({"format":"email","email":"alice@example.com"}));
     req.max_depth = Some(2);
     req.limits = Some(Limits::new([("calls".to_string(), 5u64)].into_iter().collect()).unwrap());
@@ -412,12 +707,24 @@ fn grant_is_bound_to_the_leaf_key_and_verifies() {
     let mut bundles = BundleSet::new();
     bundles.insert(t.ca.trust_bundle().unwrap()).unwrap();
     let json = t.ca.trust_bundle().unwrap().to_json();
-    assert!(json.contains("agentid-grant") && json.contains("agentid-revocation") && json.contains("x509-svid"));
+    assert!(
+        json.contains("agentid-grant")
+            && json.contains("agentid-revocation")
+            && json.contains("x509-svid")
+    );
     let me = SpiffeId::parse(&format!("spiffe://{TD}/svc/search")).unwrap();
     let mut cfg = VerifierConfig::new(me, bundles.clone()).enforce_limits(["calls"]);
-    cfg.apply_revocation_list(&t.ca.revocation_list(n).unwrap()).unwrap();
+    cfg.apply_revocation_list(&t.ca.revocation_list(n).unwrap())
+        .unwrap();
     let v = Verifier::new(cfg).unwrap();
-    let vc = v.verify_chain(creds.grant.as_str(), creds.identity.as_spiffe_id(), k.public_key(), unix(n)).unwrap();
+    let vc = v
+        .verify_chain(
+            creds.grant.as_str(),
+            creds.identity.as_spiffe_id(),
+            k.public_key(),
+            unix(n),
+        )
+        .unwrap();
     assert_eq!(vc.holder, creds.identity);
     assert_eq!(vc.scope, scope("tickets:read search:query"));
     assert_eq!(vc.grant_jti, creds.grant_jti);
@@ -425,7 +732,14 @@ fn grant_is_bound_to_the_leaf_key_and_verifies() {
     assert_eq!(vc.mode, agentid_protocol::Mode::OnBehalfOf);
     // The grant is bound to the certificate's key: another key fails possession.
     let other = agentid_protocol::TaskKey::generate(Algorithm::Es256).unwrap();
-    assert!(v.verify_chain(creds.grant.as_str(), creds.identity.as_spiffe_id(), other.public_key(), unix(n)).is_err());
+    assert!(v
+        .verify_chain(
+            creds.grant.as_str(),
+            creds.identity.as_spiffe_id(),
+            other.public_key(),
+            unix(n)
+        )
+        .is_err());
     let _ = Chain::parse_unverified(creds.grant.as_str()).unwrap();
 }
 
@@ -434,33 +748,94 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     let t = test_ca(KeyType::P256);
     let (k, creds) = planner_task(&t);
     let n = now();
-    let rec = t.ca.revoke(&RevokeTarget::Agent("planner".into()), Some("compromised"), "operator", n).unwrap();
-    assert_eq!(rec.exp, creds.grant_exp + 60, "entry lives until everything it covers expired, plus skew");
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
+    let rec =
+        t.ca.revoke(
+            &RevokeTarget::Agent("planner".into()),
+            Some("compromised"),
+            "operator",
+            n,
+        )
+        .unwrap();
+    assert_eq!(
+        rec.exp,
+        creds.grant_exp + 60,
+        "entry lives until everything it covers expired, plus skew"
+    );
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
     let e = t.ca.open_task(&req, n).unwrap_err();
-    assert!(matches!(&e, CaError::Revoked { kind: "agent", value } if value == "planner"), "{e}");
-    let e = t
-        .ca
-        .renew(&RenewRequest { identity: PeerId::Task(creds.identity.clone()), key: KeySource::Spki(k.public_key().to_spki_der()), requester: RenewRequester::Holder, ttl: None }, n)
+    assert!(
+        matches!(&e, CaError::Revoked { kind: "agent", value } if value == "planner"),
+        "{e}"
+    );
+    let e =
+        t.ca.renew(
+            &RenewRequest {
+                identity: PeerId::Task(creds.identity.clone()),
+                key: KeySource::Spki(k.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            n,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
     // A child of a revoked parent agent.
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, n)
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            n,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
 
     // Revoking a service certificate by serial revokes its key.
     let svc_key = spki_key(Algorithm::Es256);
-    let svc = t.ca.issue_service(&ServiceRequest { service: "search".into(), key: svc_key.1.clone(), ttl: None }, n).unwrap();
-    let r = t.ca.revoke(&RevokeTarget::Serial(svc.serial().to_uppercase()), None, "operator", n).unwrap();
+    let svc =
+        t.ca.issue_service(
+            &ServiceRequest {
+                service: "search".into(),
+                key: svc_key.1.clone(),
+                ttl: None,
+            },
+            n,
+        )
+        .unwrap();
+    let r =
+        t.ca.revoke(
+            &RevokeTarget::Serial(svc.serial().to_uppercase()),
+            None,
+            "operator",
+            n,
+        )
+        .unwrap();
     assert_eq!(r.kind, agentid_ca::RevocationKind::Jkt);
     assert_eq!(r.value, svc_key.0.public_key().thumbprint());
-    let e = t.ca.issue_service(&ServiceRequest { service: "search".into(), key: svc_key.1, ttl: None }, n).unwrap_err();
+    let e =
+        t.ca.issue_service(
+            &ServiceRequest {
+                service: "search".into(),
+                key: svc_key.1,
+                ttl: None,
+            },
+            n,
+        )
+        .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "jkt", .. }), "{e}");
     // Unknown serial.
-    let e = t.ca.revoke(&RevokeTarget::Serial("abcdef".into()), None, "operator", n).unwrap_err();
+    let e =
+        t.ca.revoke(&RevokeTarget::Serial("abcdef".into()), None, "operator", n)
+            .unwrap_err();
     assert!(matches!(e, CaError::NotFound { kind: "serial", .. }), "{e}");
 
     // The list carries both entries, is signed by the revocation key and sequenced.
@@ -477,8 +852,16 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     let l3 = RevocationList::verify(&t.ca.revocation_list(late).unwrap(), &bundles).unwrap();
     assert_eq!(l3.len(), 0);
     // ...but the CA still refuses the revoked agent.
-    let req = OpenTaskRequest::new("planner", spki_key(Algorithm::Es256).1, TaskRequester::Operator, scope("tickets:read"));
-    assert!(matches!(t.ca.open_task(&req, late).unwrap_err(), CaError::Revoked { .. }));
+    let req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        scope("tickets:read"),
+    );
+    assert!(matches!(
+        t.ca.open_task(&req, late).unwrap_err(),
+        CaError::Revoked { .. }
+    ));
 }
 
 #[test]
@@ -486,27 +869,76 @@ fn revoke_task_and_jti() {
     let t = test_ca(KeyType::P256);
     let (_k, creds) = planner_task(&t);
     let n = now();
-    t.ca.revoke(&RevokeTarget::Task(creds.identity.task_id()), None, "operator", n).unwrap();
-    let e = t
-        .ca
-        .issue_child(&ChildRequest { parent: creds.identity.clone(), parent_chain: None, agent: "summarizer".into(), key: spki_key(Algorithm::Es256).1, ttl: None }, n)
+    t.ca.revoke(
+        &RevokeTarget::Task(creds.identity.task_id()),
+        None,
+        "operator",
+        n,
+    )
+    .unwrap();
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                parent: creds.identity.clone(),
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: spki_key(Algorithm::Es256).1,
+                ttl: None,
+            },
+            n,
+        )
         .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "task", .. }), "{e}");
-    let r = t.ca.revoke(&RevokeTarget::GrantJti(creds.grant_jti.clone()), None, "operator", n).unwrap();
+    let r =
+        t.ca.revoke(
+            &RevokeTarget::GrantJti(creds.grant_jti.clone()),
+            None,
+            "operator",
+            n,
+        )
+        .unwrap();
     assert_eq!(r.exp, creds.grant_exp + 60);
-    assert!(matches!(t.ca.revoke(&RevokeTarget::GrantJti("nope".into()), None, "operator", n).unwrap_err(), CaError::NotFound { .. }));
-    assert!(matches!(t.ca.revoke(&RevokeTarget::Task(TaskId::parse("nope").unwrap()), None, "operator", n).unwrap_err(), CaError::NotFound { .. }));
-    assert!(matches!(t.ca.revoke(&RevokeTarget::Key("short".into()), None, "operator", n).unwrap_err(), CaError::InvalidRequest(_)));
+    assert!(matches!(
+        t.ca.revoke(&RevokeTarget::GrantJti("nope".into()), None, "operator", n)
+            .unwrap_err(),
+        CaError::NotFound { .. }
+    ));
+    assert!(matches!(
+        t.ca.revoke(
+            &RevokeTarget::Task(TaskId::parse("nope").unwrap()),
+            None,
+            "operator",
+            n
+        )
+        .unwrap_err(),
+        CaError::NotFound { .. }
+    ));
+    assert!(matches!(
+        t.ca.revoke(&RevokeTarget::Key("short".into()), None, "operator", n)
+            .unwrap_err(),
+        CaError::InvalidRequest(_)
+    ));
     let audit = std::fs::read_to_string(t.path().join("audit.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     for l in &lines {
-        for k in ["ts", "kind", "actor", "subject", "task", "serial", "jti", "outcome", "reason"] {
+        for k in [
+            "ts", "kind", "actor", "subject", "task", "serial", "jti", "outcome", "reason",
+        ] {
             assert!(l.get(k).is_some(), "audit line lacks {k}: {l}");
         }
     }
-    assert!(lines.iter().any(|l| l["kind"] == "revoke" && l["outcome"] == "ok"));
-    assert!(lines.iter().any(|l| l["kind"] == "issue.child" && l["outcome"] == "denied"));
-    assert!(lines.iter().any(|l| l["kind"] == "issue.task" && l["serial"] == creds.certificate.serial()));
+    assert!(lines
+        .iter()
+        .any(|l| l["kind"] == "revoke" && l["outcome"] == "ok"));
+    assert!(lines
+        .iter()
+        .any(|l| l["kind"] == "issue.child" && l["outcome"] == "denied"));
+    assert!(lines
+        .iter()
+        .any(|l| l["kind"] == "issue.task" && l["serial"] == creds.certificate.serial()));
 }
 
 // ---------------------------------------------------------------- key files
@@ -514,8 +946,17 @@ fn revoke_task_and_jti() {
 #[test]
 fn key_files_readable_by_others_are_refused() {
     let dir = make_ca_dir(KeyType::P256);
-    for name in ["root.key", "intermediate.key", "grant.key", "revocation.key"] {
-        let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+    for name in [
+        "root.key",
+        "intermediate.key",
+        "grant.key",
+        "revocation.key",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{name} created 0600");
     }
     CertificateAuthority::open(dir.path()).unwrap();
@@ -523,10 +964,16 @@ fn key_files_readable_by_others_are_refused() {
         let p = dir.path().join(name);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = CertificateAuthority::open(dir.path()).unwrap_err();
-        assert!(matches!(&e, CaError::InsecureKeyFile { path, mode: 0o644 } if *path == p), "{e}");
+        assert!(
+            matches!(&e, CaError::InsecureKeyFile { path, mode: 0o644 } if *path == p),
+            "{e}"
+        );
         assert!(e.to_string().contains(name));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(CertificateAuthority::open(dir.path()).unwrap_err(), CaError::InsecureKeyFile { .. }));
+        assert!(matches!(
+            CertificateAuthority::open(dir.path()).unwrap_err(),
+            CaError::InsecureKeyFile { .. }
+        ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     CertificateAuthority::open(dir.path()).unwrap();
@@ -541,9 +988,20 @@ fn init_refuses_to_overwrite_and_checks_the_issuing_key() {
     // Swap in another CA's intermediate key: refused at open.
     let other = make_ca_dir(KeyType::P256);
     std::fs::remove_file(dir.path().join("intermediate.key")).unwrap();
-    std::fs::copy(other.path().join("intermediate.key"), dir.path().join("intermediate.key")).unwrap();
-    std::fs::set_permissions(dir.path().join("intermediate.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert!(matches!(CertificateAuthority::open(dir.path()).unwrap_err(), CaError::IssuerKeyMismatch));
+    std::fs::copy(
+        other.path().join("intermediate.key"),
+        dir.path().join("intermediate.key"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path().join("intermediate.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert!(matches!(
+        CertificateAuthority::open(dir.path()).unwrap_err(),
+        CaError::IssuerKeyMismatch
+    ));
 }
 
 #[test]
@@ -558,7 +1016,8 @@ fn policy_errors_name_the_rule() {
     assert!(e.to_string().contains("agents.a.max_depth"), "{e}");
     let e = agentid_ca::Policy::from_toml("[agents.a]\nunknown = 1\n").unwrap_err();
     assert!(matches!(e, CaError::Policy { .. }), "{e}");
-    let e = agentid_ca::Policy::from_toml("[services.s]\nrequesters = [\"bootstrap\"]\n").unwrap_err();
+    let e =
+        agentid_ca::Policy::from_toml("[services.s]\nrequesters = [\"bootstrap\"]\n").unwrap_err();
     assert!(e.to_string().contains("services.s.requesters"), "{e}");
     agentid_ca::Policy::from_toml(agentid_ca::hierarchy::DEFAULT_POLICY).unwrap();
 }

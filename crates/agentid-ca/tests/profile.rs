@@ -1,6 +1,12 @@
 //! Issued certificates checked against the X509-SVID profile by our parser, by webpki (through
 //! rustls) and by OpenSSL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 mod common;
 
@@ -15,7 +21,12 @@ use x509_parser::prelude::FromDer;
 
 fn open_task(t: &TestCa, alg: Algorithm) -> agentid_ca::TaskCredentials {
     let (_k, src) = spki_key(alg);
-    let req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    let req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
     t.ca.open_task(&req, now()).unwrap()
 }
 
@@ -56,7 +67,8 @@ fn check_profile(der: &[u8], expected_uri: &str, intermediate_der: &[u8]) {
                 assert!(!eku.any && !eku.code_signing && eku.other.is_empty());
             }
             ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                let (_, int) = x509_parser::certificate::X509Certificate::from_der(intermediate_der).unwrap();
+                let (_, int) =
+                    x509_parser::certificate::X509Certificate::from_der(intermediate_der).unwrap();
                 let ski = int
                     .extensions()
                     .iter()
@@ -71,7 +83,11 @@ fn check_profile(der: &[u8], expected_uri: &str, intermediate_der: &[u8]) {
             other => panic!("unexpected extension {other:?}"),
         }
     }
-    assert_eq!(san_critical, Some(true), "SAN present and critical (empty subject)");
+    assert_eq!(
+        san_critical,
+        Some(true),
+        "SAN present and critical (empty subject)"
+    );
     assert!(cert.key_usage().unwrap().is_some());
     assert!(cert.extended_key_usage().unwrap().is_some());
     assert!(cert.basic_constraints().unwrap().is_some());
@@ -88,15 +104,26 @@ fn leaf_profile_p256_and_ed25519() {
     ] {
         let t = test_ca(ca_type);
         let creds = open_task(&t, leaf_alg);
-        check_profile(&creds.certificate.leaf.der, creds.identity.as_str(), t.ca.intermediate_der());
-        let svc = t
-            .ca
-            .issue_service(
-                &ServiceRequest { service: "search".into(), key: spki_key(leaf_alg).1, ttl: None },
+        check_profile(
+            &creds.certificate.leaf.der,
+            creds.identity.as_str(),
+            t.ca.intermediate_der(),
+        );
+        let svc =
+            t.ca.issue_service(
+                &ServiceRequest {
+                    service: "search".into(),
+                    key: spki_key(leaf_alg).1,
+                    ttl: None,
+                },
                 now(),
             )
             .unwrap();
-        check_profile(&svc.leaf.der, &format!("spiffe://{TD}/svc/search"), t.ca.intermediate_der());
+        check_profile(
+            &svc.leaf.der,
+            &format!("spiffe://{TD}/svc/search"),
+            t.ca.intermediate_der(),
+        );
     }
 }
 
@@ -105,19 +132,33 @@ fn validity_is_backdated_and_capped() {
     let t = test_ca(KeyType::P256);
     let n = now();
     let (_k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
     req.task_ttl = Some(minutes(3)); // shorter than the default 5-minute certificate
     let creds = t.ca.open_task(&req, n).unwrap();
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&creds.certificate.leaf.der).unwrap();
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&creds.certificate.leaf.der).unwrap();
     let nb = cert.validity().not_before.timestamp() as u64;
     let na = cert.validity().not_after.timestamp() as u64;
     assert_eq!(nb, unix(n) - 60, "notBefore back-dated by the skew");
-    assert_eq!(na, creds.grant_exp, "a defaulted TTL is capped by the task's grant");
+    assert_eq!(
+        na, creds.grant_exp,
+        "a defaulted TTL is capped by the task's grant"
+    );
     assert_eq!(na, unix(n) + 180);
 
     // Default TTL 5 minutes.
     let (_k, src) = spki_key(Algorithm::Es256);
-    let req = OpenTaskRequest::new("planner", src, TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    let req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
     let creds = t.ca.open_task(&req, n).unwrap();
     assert_eq!(creds.certificate.leaf.not_after, unix(n) + 300);
 }
@@ -126,22 +167,33 @@ fn validity_is_backdated_and_capped() {
 fn ca_hierarchy_profile() {
     let t = test_ca(KeyType::P256);
     let (_, root) = x509_parser::certificate::X509Certificate::from_der(t.ca.root_der()).unwrap();
-    let (_, int) = x509_parser::certificate::X509Certificate::from_der(t.ca.intermediate_der()).unwrap();
+    let (_, int) =
+        x509_parser::certificate::X509Certificate::from_der(t.ca.intermediate_der()).unwrap();
     let rbc = root.basic_constraints().unwrap().unwrap();
     assert!(rbc.critical && rbc.value.ca);
     let ibc = int.basic_constraints().unwrap().unwrap();
     assert!(ibc.critical && ibc.value.ca);
     assert_eq!(ibc.value.path_len_constraint, Some(0));
     let iku = int.key_usage().unwrap().unwrap();
-    assert!(iku.critical && iku.value.key_cert_sign() && iku.value.crl_sign() && !iku.value.digital_signature());
-    assert!(int.name_constraints().unwrap().is_none() && root.name_constraints().unwrap().is_none());
+    assert!(
+        iku.critical
+            && iku.value.key_cert_sign()
+            && iku.value.crl_sign()
+            && !iku.value.digital_signature()
+    );
+    assert!(
+        int.name_constraints().unwrap().is_none() && root.name_constraints().unwrap().is_none()
+    );
     assert_eq!(int.issuer(), root.subject());
     assert_ne!(root.raw_serial(), int.raw_serial());
     let days = |c: &x509_parser::certificate::X509Certificate<'_>| {
         (c.validity().not_after.timestamp() - c.validity().not_before.timestamp()) / 86_400
     };
     assert!(days(&root) >= 3649 && days(&root) <= 3651, "root ~10 years");
-    assert!(days(&int) >= 364 && days(&int) <= 366, "intermediate ~1 year");
+    assert!(
+        days(&int) >= 364 && days(&int) <= 366,
+        "intermediate ~1 year"
+    );
     assert!(root.verify_signature(None).is_ok());
     assert!(int.verify_signature(Some(root.public_key())).is_ok());
 }
@@ -153,20 +205,29 @@ fn webpki_accepts_leaves_through_rustls() {
         let creds = open_task(&t, Algorithm::Es256);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(t.ca.root_der().to_vec())).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
+        roots
+            .add(CertificateDer::from(t.ca.root_der().to_vec()))
             .unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
         let leaf = CertificateDer::from(creds.certificate.leaf.der.clone());
         let int = CertificateDer::from(t.ca.intermediate_der().to_vec());
         verifier
             .verify_client_cert(&leaf, std::slice::from_ref(&int), UnixTime::now())
             .expect("webpki accepts the chain");
         // Without the intermediate the chain does not build.
-        assert!(verifier.verify_client_cert(&leaf, &[], UnixTime::now()).is_err());
+        assert!(verifier
+            .verify_client_cert(&leaf, &[], UnixTime::now())
+            .is_err());
         // After notAfter it is refused.
-        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(creds.certificate.leaf.not_after + 1));
-        assert!(verifier.verify_client_cert(&leaf, std::slice::from_ref(&int), later).is_err());
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            creds.certificate.leaf.not_after + 1,
+        ));
+        assert!(verifier
+            .verify_client_cert(&leaf, std::slice::from_ref(&int), later)
+            .is_err());
     }
 }
 
@@ -179,7 +240,12 @@ fn openssl_verifies_chain_and_profile() {
         let t = test_ca(ca_type);
         let creds = open_task(&t, Algorithm::Es256);
         let work = tempfile::tempdir().unwrap();
-        let leaf = write_pem(work.path(), "leaf.pem", "CERTIFICATE", &creds.certificate.leaf.der);
+        let leaf = write_pem(
+            work.path(),
+            "leaf.pem",
+            "CERTIFICATE",
+            &creds.certificate.leaf.der,
+        );
         let root = t.path().join("root.pem");
         let int = t.path().join("intermediate.pem");
         for purpose in ["sslclient", "sslserver"] {
@@ -197,19 +263,45 @@ fn openssl_verifies_chain_and_profile() {
             assert!(out.contains(": OK"), "{out}");
         }
         // Without the intermediate, OpenSSL cannot build the chain.
-        let (ok, _) = openssl(&["verify", "-CAfile", root.to_str().unwrap(), leaf.to_str().unwrap()]);
+        let (ok, _) = openssl(&[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ]);
         assert!(!ok);
 
         let (ok, text) = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-text"]);
         assert!(ok, "{text}");
         let compact: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(compact.contains("X509v3 Subject Alternative Name: critical"), "{text}");
-        assert!(compact.contains(&format!("URI:{}", creds.identity.as_str())), "{text}");
-        assert!(compact.contains("X509v3 Basic Constraints: critical CA:FALSE"), "{text}");
-        assert!(compact.contains("X509v3 Key Usage: critical Digital Signature X509v3"), "{text}");
-        assert!(compact.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
-        assert!(compact.contains("X509v3 Authority Key Identifier"), "{text}");
-        assert!(compact.contains("Subject: Subject Public Key Info"), "subject not empty: {text}");
+        assert!(
+            compact.contains("X509v3 Subject Alternative Name: critical"),
+            "{text}"
+        );
+        assert!(
+            compact.contains(&format!("URI:{}", creds.identity.as_str())),
+            "{text}"
+        );
+        assert!(
+            compact.contains("X509v3 Basic Constraints: critical CA:FALSE"),
+            "{text}"
+        );
+        assert!(
+            compact.contains("X509v3 Key Usage: critical Digital Signature X509v3"),
+            "{text}"
+        );
+        assert!(
+            compact.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+            "{text}"
+        );
+        assert!(
+            compact.contains("X509v3 Authority Key Identifier"),
+            "{text}"
+        );
+        assert!(
+            compact.contains("Subject: Subject Public Key Info"),
+            "subject not empty: {text}"
+        );
         assert!(!compact.contains("DNS:"));
 
         let (ok, text) = openssl(&["x509", "-in", int.to_str().unwrap(), "-noout", "-text"]);
@@ -229,19 +321,50 @@ fn openssl_csr_is_accepted_and_only_its_key_taken() {
     let work = tempfile::tempdir().unwrap();
     let key = work.path().join("k.pem");
     let csr = work.path().join("req.pem");
-    let (ok, out) = openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key.to_str().unwrap()]);
+    let (ok, out) = openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}");
     // A typical OpenSSL CSR: a subject, which the CA ignores (the leaf subject stays empty).
-    let (ok, out) = openssl(&["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=evil/O=ca", "-out", csr.to_str().unwrap()]);
+    let (ok, out) = openssl(&[
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        "/CN=evil/O=ca",
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}");
     let pem = std::fs::read(&csr).unwrap();
-    let req = OpenTaskRequest::new("planner", KeySource::Csr(pem), TaskRequester::Operator, Scope::parse("tickets:read").unwrap());
+    let req = OpenTaskRequest::new(
+        "planner",
+        KeySource::Csr(pem),
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
     let creds = t.ca.open_task(&req, now()).unwrap();
-    check_profile(&creds.certificate.leaf.der, creds.identity.as_str(), t.ca.intermediate_der());
+    check_profile(
+        &creds.certificate.leaf.der,
+        creds.identity.as_str(),
+        t.ca.intermediate_der(),
+    );
     // The leaf certifies the CSR's key.
     let (ok, pubkey_csr) = openssl(&["req", "-in", csr.to_str().unwrap(), "-noout", "-pubkey"]);
     assert!(ok);
-    let leaf = write_pem(work.path(), "leaf.pem", "CERTIFICATE", &creds.certificate.leaf.der);
+    let leaf = write_pem(
+        work.path(),
+        "leaf.pem",
+        "CERTIFICATE",
+        &creds.certificate.leaf.der,
+    );
     let (ok, pubkey_leaf) = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"]);
     assert!(ok);
     assert_eq!(pubkey_csr, pubkey_leaf);
@@ -252,7 +375,8 @@ fn rcgen_marks_the_san_critical_when_the_subject_is_empty() {
     // Pins the rcgen behaviour the profile relies on.
     let t = test_ca(KeyType::P256);
     let creds = open_task(&t, Algorithm::Ed25519);
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&creds.certificate.leaf.der).unwrap();
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&creds.certificate.leaf.der).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap();
     assert!(san.critical);
 }

@@ -32,10 +32,11 @@ pub struct RevokeArgs {
     /// A key's RFC 7638 thumbprint (`agentid cert inspect` shows it as `jkt`).
     #[arg(long)]
     pub jkt: Option<String>,
-    /// A token `jti` (a grant of this CA).
+    /// A token `jti`: a grant of this CA, or with `--iss TASK_IDENTITY` a link it signed.
     #[arg(long)]
     pub jti: Option<String>,
-    /// The issuer of the `jti` (default: this CA's trust domain, i.e. a grant).
+    /// The issuer of the `jti`: this CA's trust domain (a grant, the default) or the task identity
+    /// that signed a link.
     #[arg(long, requires = "jti")]
     pub iss: Option<String>,
     /// Why (recorded in the store and the audit log).
@@ -74,17 +75,21 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
     } else if let Some(k) = &args.jkt {
         RevokeTarget::Key(k.clone())
     } else if let Some(j) = &args.jti {
-        if let Some(iss) = &args.iss {
-            let own = ca.trust_domain().id();
-            let given =
-                agentid_protocol::SpiffeId::parse(iss).context(format!("bad --iss {iss:?}"))?;
-            if given != own {
-                return Err(CliError::failed(format!(
-                    "--iss {iss}: this CA revokes only the jtis of its own grants (issuer {own}); to cut a link, revoke its holder's key (--jkt) or the task"
-                )));
+        let own = ca.trust_domain().id();
+        match &args.iss {
+            // A grant of this CA (its issuer is the trust domain).
+            None => RevokeTarget::GrantJti(j.clone()),
+            Some(iss) if agentid_protocol::SpiffeId::parse(iss).ok().as_ref() == Some(&own) => {
+                RevokeTarget::GrantJti(j.clone())
             }
+            // A link, scoped by the task identity that signed it.
+            Some(iss) => RevokeTarget::LinkJti {
+                iss: agentid_protocol::TaskIdentity::parse(iss).context(format!(
+                    "bad --iss {iss:?}: a grant's issuer is {own}, a link's is a task identity"
+                ))?,
+                jti: j.clone(),
+            },
         }
-        RevokeTarget::GrantJti(j.clone())
     } else {
         return Err(CliError::usage(
             "name what to revoke: --serial, --task, --agent, --jkt or --jti",

@@ -124,8 +124,16 @@ fn revoke_each_target_kind() {
     env.fails("revoke --ca ca --serial abcdef", 1, "abcdef");
     env.fails("revoke --ca ca --jti nope", 1, "nope");
     env.fails("revoke --ca ca --jkt short", 1, "thumbprint");
+    // A link's jti is scoped by the task identity that signed it.
+    let v = env.json("revoke --ca ca --jti link-1 --iss spiffe://example.org/agent/x/task/y");
+    assert_eq!(v["kind"], "link_jti");
     env.fails(
-        &format!("revoke --ca ca --jti {grant_jti} --iss spiffe://example.org/agent/x/task/y"),
+        "revoke --ca ca --jti link-1 --iss spiffe://other.example/agent/x/task/y",
+        1,
+        "other.example",
+    );
+    env.fails(
+        "revoke --ca ca --jti link-1 --iss spiffe://example.org/svc/x",
         1,
         "--iss",
     );
@@ -144,6 +152,14 @@ fn revoke_each_target_kind() {
     let first = b64url_json(parts[1]);
     assert_eq!(first["iss"], "spiffe://example.org");
     assert!(first["entries"].as_array().unwrap().len() >= 4, "{first}");
+    assert!(
+        first["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["jti"] == "link-1" && e["iss"] == "spiffe://example.org/agent/x/task/y"),
+        "the link jti is listed with its issuer: {first}"
+    );
     env.ok("revocations export --ca ca --out rev.jwt");
     let second = b64url_json(env.read("rev.jwt").trim().split('.').nth(1).unwrap());
     assert!(

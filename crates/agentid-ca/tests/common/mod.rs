@@ -1,5 +1,12 @@
 //! Shared test helpers: a CA in a temp dir with a test policy, keys, CSRs, OpenSSL.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,7 +87,11 @@ pub fn spki_key(alg: Algorithm) -> (TaskKey, KeySource) {
 }
 
 /// A CSR made by rcgen with the given SANs and tweaks.
-pub fn csr_with(key: &KeyPair, sans: &[SanType], tweak: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+pub fn csr_with(
+    key: &KeyPair,
+    sans: &[SanType],
+    tweak: impl FnOnce(&mut CertificateParams),
+) -> Vec<u8> {
     let mut p = CertificateParams::default();
     p.subject_alt_names = sans.to_vec();
     tweak(&mut p);
@@ -97,7 +108,11 @@ pub fn p256_keypair() -> KeyPair {
 
 /// `Some(())` when `openssl` runs; without it the test FAILS under `CI` and is skipped otherwise.
 pub fn openssl_available() -> Option<()> {
-    let ok = Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("openssl")
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if ok {
         return Some(());
     }
@@ -109,7 +124,10 @@ pub fn openssl_available() -> Option<()> {
 }
 
 pub fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
