@@ -1,16 +1,15 @@
 //! `agentid cert verify FILE --bundle FILE [--at TIME]`: the X509-SVID profile and the chain to
 //! the anchors of the certificate's own trust domain.
 //!
-//! The leaf profile is the transport crate's `check_leaf` (the code that checks TLS peers). The
-//! chain is validated here with rustls-webpki and the transport's crypto provider: the transport's
-//! `TrustStore::verify` asks webpki for the EKU as `required` on every certificate of the path,
-//! which rejects the CA's issuing certificate (it has no EKU), so it cannot be used yet.
+//! Both checks are the transport crate's own (`TrustStore::verify`: the X509-SVID leaf rules,
+//! then the chain to the anchors of the certificate's own trust domain), the code that checks TLS
+//! peers, run once for each TLS role since agents' leaves serve both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentid_transport::{check_leaf, CertUsage, SvidInfo};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use agentid_transport::{check_leaf, CertUsage, SvidInfo, TrustStore};
+use rustls_pki_types::UnixTime;
 use serde_json::json;
 
 use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format, FormatArg};
@@ -82,51 +81,25 @@ pub fn verify_file(
             td.as_str()
         )));
     }
-    if intermediates.len() > agentid_transport::svid::MAX_INTERMEDIATES {
-        return Ok(Err(format!(
-            "too many intermediate certificates ({})",
-            intermediates.len()
-        )));
-    }
-    let mut anchors = Vec::new();
+    let mut store = TrustStore::new();
     for der in &anchors_der {
-        let der = CertificateDer::from(der.as_slice());
-        let a = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
-            CliError::failed(format!("unusable CA certificate in the bundle: {e:?}"))
-        })?;
-        anchors.push(a.to_owned());
+        store
+            .add_authority(&td, der)
+            .map_err(|e| CliError::failed(format!("unusable CA certificate in the bundle: {e}")))?;
     }
-    let ee = match webpki::EndEntityCert::try_from(leaf) {
-        Ok(ee) => ee,
-        Err(e) => return Ok(Err(format!("not a usable certificate: {e:?}"))),
-    };
     let now = UnixTime::since_unix_epoch(Duration::from_secs(at));
-    let algs = agentid_transport::provider::provider().signature_verification_algorithms;
     let mut usages = Vec::new();
-    for (eku, name) in [
-        (EKU_CLIENT_AUTH, "clientAuth"),
-        (EKU_SERVER_AUTH, "serverAuth"),
+    for (usage, name) in [
+        (CertUsage::ClientAuth, "clientAuth"),
+        (CertUsage::ServerAuth, "serverAuth"),
     ] {
-        // `required_if_present`: the leaf's EKU is already required by `check_leaf`; the
-        // issuing CA certificates carry no EKU, which `required` would reject.
-        let usage = webpki::KeyUsage::required_if_present(eku);
-        if let Err(e) =
-            ee.verify_for_usage(algs.all, &anchors, intermediates, now, usage, None, None)
-        {
-            let why = match e {
-                webpki::Error::CertExpired { .. } => "certificate expired".to_owned(),
-                webpki::Error::CertNotValidYet { .. } => "certificate not yet valid".to_owned(),
-                other => format!("chain validation failed: {other:?}"),
-            };
-            return Ok(Err(format!("{name}: {why}")));
+        if let Err(e) = store.verify(leaf, intermediates, now, usage) {
+            return Ok(Err(format!("{name}: {e}")));
         }
         usages.push(name);
     }
     Ok(Ok(Verified { info, usages }))
 }
-
-const EKU_SERVER_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 1];
-const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 2];
 
 /// Runs `cert verify`.
 pub fn run(args: &VerifyArgs) -> CliResult {
