@@ -236,24 +236,21 @@ impl AgentServer {
         record_peer(span, &after.peer);
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
-        let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
-            .await
-            .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))??
-            .ok_or(FrameError::Truncated)?;
-        if first.ty != FrameType::Hello {
-            return Err(FrameError::Unexpected(first.ty.name()).into());
+        let verified = async {
+            let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
+                .await
+                .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))??
+                .ok_or(FrameError::Truncated)?;
+            if first.ty != FrameType::Hello {
+                return Err(FrameError::Unexpected(first.ty.name()).into());
+            }
+            self.verify_hello(&first.body, &after, &local)
         }
-        let verified = self.verify_hello(&first.body, &after, &local);
+        .await;
         let (hello, client_jti, chain) = match verified {
             Ok(v) => v,
             Err(e) => {
-                let reject = Reason {
-                    code: e.reason().to_owned(),
-                    message: e.to_string(),
-                };
-                if let Ok(body) = body_bytes(&reject) {
-                    let _ = frame::write_frame(&mut tls, FrameType::Reject, &body).await;
-                }
+                tell_peer(&mut tls, FrameType::Reject, &e).await;
                 return Err(e);
             }
         };
@@ -523,45 +520,56 @@ impl AgentClient {
             .await
             .map_err(map_frame_tls)?;
 
-        let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
-            .await
-            .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))?
-            .map_err(map_frame_tls)?
-            .ok_or(FrameError::Truncated)?;
-        let accept: Accept = match first.ty {
-            FrameType::Accept => parse_body(&first.body)?,
-            FrameType::Reject => {
-                let r: Reason = parse_body(&first.body)?;
-                return Err(Error::Rejected {
-                    code: r.code,
-                    message: r.message,
-                });
-            }
-            other => return Err(FrameError::Unexpected(other.name()).into()),
-        };
-
-        let now = now_unix();
-        let v = self.verification.verifier();
-        let server_proof = verify_proof(
-            &accept.proof,
-            &ProofContext {
-                presenter_id: after.peer.id.as_spiffe_id(),
-                presenter_key: &after.peer.public_key,
-                verifier_id: local.identity().as_spiffe_id(),
-                role: Role::Server,
-                exporter: after.exporter_server,
+        let verified = async {
+            let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
+                .await
+                .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))?
+                .map_err(map_frame_tls)?
+                .ok_or(FrameError::Truncated)?;
+            let accept: Accept = match first.ty {
+                FrameType::Accept => parse_body(&first.body)?,
+                FrameType::Reject => {
+                    let r: Reason = parse_body(&first.body)?;
+                    return Err(Error::Rejected {
+                        code: r.code,
+                        message: r.message,
+                    });
+                }
+                other => return Err(FrameError::Unexpected(other.name()).into()),
+            };
+            let now = now_unix();
+            let v = self.verification.verifier();
+            let server_proof = verify_proof(
+                &accept.proof,
+                &ProofContext {
+                    presenter_id: after.peer.id.as_spiffe_id(),
+                    presenter_key: &after.peer.public_key,
+                    verifier_id: local.identity().as_spiffe_id(),
+                    role: Role::Server,
+                    exporter: after.exporter_server,
+                    now,
+                    skew: v.config().skew_seconds(),
+                    chain: accept.chain.as_deref(),
+                    client_proof: Some(&client_proof),
+                },
+            )?;
+            let chain = verify_peer_authority(
+                &self.verification,
+                &after.peer,
+                accept.chain.as_deref(),
                 now,
-                skew: v.config().skew_seconds(),
-                chain: accept.chain.as_deref(),
-                client_proof: Some(&client_proof),
-            },
-        )?;
-        let chain = verify_peer_authority(
-            &self.verification,
-            &after.peer,
-            accept.chain.as_deref(),
-            now,
-        )?;
+            )?;
+            Ok((accept, server_proof, chain))
+        }
+        .await;
+        let (accept, server_proof, chain) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                // The server already holds a session: tell it why the client walks away.
+                tell_peer(&mut tls, FrameType::Close, &e).await;
+                return Err(e);
+            }
+        };
         let deadline = chain.as_ref().map_or(after.peer.not_after, |c| {
             c.expires.min(after.peer.not_after)
         });
@@ -590,6 +598,28 @@ impl AgentClient {
             permit: None,
             jtis: vec![server_proof.jti],
         })
+    }
+}
+
+/// Best effort: a reject (server) or close (client) frame with the reason of `e`, when the
+/// failure is the peer's input (a frame or a verification), not a dead or silent connection.
+async fn tell_peer<S: AsyncWrite + Unpin>(io: &mut S, ty: FrameType, e: &Error) {
+    if matches!(
+        e,
+        Error::Io(_)
+            | Error::Tls(_)
+            | Error::Timeout(_)
+            | Error::Rejected { .. }
+            | Error::Frame(FrameError::Truncated)
+    ) {
+        return;
+    }
+    let reason = Reason {
+        code: e.reason().to_owned(),
+        message: e.to_string(),
+    };
+    if let Ok(body) = body_bytes(&reason) {
+        let _ = frame::write_frame(io, ty, &body).await;
     }
 }
 

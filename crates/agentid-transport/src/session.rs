@@ -498,6 +498,8 @@ where
             match frame::decode(&mut self.rbuf) {
                 Err(e) => return Poll::Ready(Err(self.fail(cx, e.into()))),
                 Ok(Some(f)) => match f.ty {
+                    // An empty data frame carries nothing (and must not read as end of stream).
+                    FrameType::Data if f.body.is_empty() => {}
                     FrameType::Data => return Poll::Ready(Ok(Some(f.body))),
                     FrameType::Reauth => {
                         if let Err(e) = self.handle_reauth(&f.body) {
@@ -734,6 +736,9 @@ where
         let this = self.get_mut();
         if let Some(e) = this.poll_kill(cx) {
             return Poll::Ready(Err(io::Error::other(e)));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
         ready!(this.poll_drain(cx))?;
         let n = buf.len().min(MAX_FRAME_BODY);

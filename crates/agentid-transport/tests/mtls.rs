@@ -616,6 +616,24 @@ async fn malformed_first_frames_end_the_handshake() {
             Err(e) if check(e) => {}
             other => panic!("case `{name}`: got {other:?}"),
         }
+        // The client learns the reason in a reject frame (none when the input just stopped).
+        let want = match name {
+            "oversized length" => Some("frame_too_large"),
+            "unknown type" => Some("unknown_frame_type"),
+            "truncated" => None,
+            _ => Some("bad_frame"),
+        };
+        let reply = tokio::time::timeout(T, frame::read_frame(&mut tls))
+            .await
+            .unwrap();
+        match (want, reply) {
+            (Some(code), Ok(Some(f))) if f.ty == FrameType::Reject => {
+                let reason: frame::Reason = frame::parse_body(&f.body).unwrap();
+                assert_eq!(reason.code, code, "case `{name}`");
+            }
+            (None, Ok(None) | Err(_)) => {}
+            (_, other) => panic!("case `{name}`: reply {other:?}"),
+        }
     }
 }
 
@@ -1711,4 +1729,117 @@ async fn transcript_of_one_session() {
     assert_eq!(v["code"], "possession_mismatch");
     assert!(h.await.unwrap().pop().unwrap().is_err());
     println!("{}", lines.join("\n"));
+}
+
+#[tokio::test]
+async fn empty_data_frames_are_not_end_of_stream() {
+    let a = Domain::new("example.org");
+    let sv = verification(SERVER, &[&a], false);
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
+    let (addr, h) = serve(
+        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+        1,
+    )
+    .await;
+    let ck = key();
+    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
+    assert_eq!(raw.read().await.unwrap().ty, FrameType::Accept);
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    raw.write(FrameType::Data, b"").await;
+    raw.write(FrameType::Data, b"x").await;
+    raw.write(FrameType::Data, b"").await;
+    raw.write(FrameType::Data, b"y").await;
+    // As a byte stream: an empty frame must not read as end of stream (a 0-byte read).
+    let mut b = [0u8; 8];
+    let n = tokio::time::timeout(T, ss.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b[..n], b"x");
+    // As messages: empty frames are skipped.
+    assert_eq!(&ss.recv().await.unwrap().unwrap()[..], b"y");
+    // Writing nothing sends no frame.
+    assert_eq!(ss.write(b"").await.unwrap(), 0);
+    ss.send(b"z").await.unwrap();
+    let f = raw.read().await.unwrap();
+    assert_eq!((f.ty, &f.body[..]), (FrameType::Data, &b"z"[..]));
+}
+
+#[tokio::test]
+async fn the_client_tells_the_server_why_it_refuses_the_accept() {
+    // A hand-driven server answers the library client's hello; the client must refuse and say
+    // why in a close frame (the real server already holds a session at that point).
+    let cases: Vec<(&str, FrameType, Vec<u8>, fn(&Error) -> bool, &str)> = vec![
+        (
+            "proof that is not a JWS",
+            FrameType::Accept,
+            br#"{"proof":"a.b"}"#.to_vec(),
+            |e| e.protocol_code() == Some(ErrorCode::Malformed),
+            "malformed",
+        ),
+        (
+            "accept body with a duplicate member",
+            FrameType::Accept,
+            br#"{"proof":"a","proof":"b"}"#.to_vec(),
+            |e| matches!(e, Error::Frame(FrameError::BadBody(_))),
+            "bad_frame",
+        ),
+        (
+            "data instead of accept",
+            FrameType::Data,
+            b"hi".to_vec(),
+            |e| matches!(e, Error::Frame(FrameError::Unexpected(_))),
+            "bad_frame",
+        ),
+    ];
+    for (name, ty, body, check, code) in cases {
+        let a = Domain::new("example.org");
+        let v = verification(SERVER, &[&a], false);
+        let sk = key();
+        let cfg = raw_server_config(&v, leaf(&a.ca, SERVER, &sk, &LeafOpts::default()), &sk);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(tcp)
+                .await
+                .unwrap();
+            let hello = frame::read_frame(&mut tls).await.unwrap().unwrap();
+            assert_eq!(hello.ty, FrameType::Hello);
+            frame::write_frame(&mut tls, ty, &body).await.unwrap();
+            tokio::time::timeout(T, frame::read_frame(&mut tls))
+                .await
+                .unwrap()
+        });
+        let creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            CLIENT,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let c = client(
+            creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        );
+        let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
+        match &r {
+            Err(e) if check(e) => {}
+            other => panic!("case `{name}`: {other:?}"),
+        }
+        match h.await.unwrap() {
+            Ok(Some(f)) if f.ty == FrameType::Close => {
+                let reason: frame::Reason = frame::parse_body(&f.body).unwrap();
+                assert_eq!(reason.code, code, "case `{name}`");
+            }
+            other => panic!("case `{name}`: server read {other:?}"),
+        }
+    }
 }
