@@ -570,7 +570,7 @@ where
 
     fn handle_reauth(&mut self, body: &[u8]) -> Result<()> {
         let r: Reauth = parse_body(body)?;
-        if self.jtis.len() >= MAX_REAUTHS + 2 {
+        if self.jtis.len() > MAX_REAUTHS {
             return Err(Error::Frame(FrameError::Unexpected("reauth (too many)")));
         }
         if r.certs.is_empty() {
