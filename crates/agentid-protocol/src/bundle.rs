@@ -260,8 +260,11 @@ fn parse_x509_entry(e: &Map<String, Value>) -> Result<X509Authority> {
     let der = base64::engine::general_purpose::STANDARD
         .decode(cert)
         .map_err(|_| bad("`x5c` is not standard base64"))?;
-    if der.is_empty() {
-        return Err(bad("empty certificate in `x5c`"));
+    // The certificate itself is parsed by the X.509 layer (the transport's trust store); here it
+    // must at least be one DER SEQUENCE opening with the tbsCertificate SEQUENCE, so that junk
+    // never sits in a bundle that "loaded".
+    if !looks_like_certificate(&der) {
+        return Err(bad("`x5c` does not hold one DER certificate"));
     }
     if !matches!(e.get("kty"), Some(Value::String(_))) {
         return Err(bad("x509-svid entry without `kty`"));
@@ -270,6 +273,21 @@ fn parse_x509_entry(e: &Map<String, Value>) -> Result<X509Authority> {
     jwk.remove("use");
     jwk.remove("x5c");
     Ok(X509Authority { der, jwk })
+}
+
+/// One DER SEQUENCE whose content opens with another SEQUENCE (the tbsCertificate).
+fn looks_like_certificate(der: &[u8]) -> bool {
+    if !crate::crypto::is_one_der_sequence(der) {
+        return false;
+    }
+    // Skip the outer tag and its length octets (short form, or long form 0x81/0x82).
+    let header = match der.get(1) {
+        Some(0x81) => 3,
+        Some(0x82) => 4,
+        Some(_) => 2,
+        None => return false,
+    };
+    der.get(header) == Some(&0x30)
 }
 
 /// The bundles a verifier holds, one per trust domain, never merged.

@@ -100,7 +100,10 @@ fn bad_key(detail: impl Into<String>) -> Error {
 
 /// A failure of the backend itself (RNG, key generation, signing): not caused by input.
 fn backend_error(what: &str) -> Error {
-    Error::new(ErrorCode::Internal, format!("crypto backend failure: {what}"))
+    Error::new(
+        ErrorCode::Internal,
+        format!("crypto backend failure: {what}"),
+    )
 }
 
 /// p = 2^255 - 19, little-endian.
@@ -287,7 +290,7 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 }
 
 /// Whether `der` is exactly one DER SEQUENCE (tag, definite length, nothing after it).
-fn is_one_der_sequence(der: &[u8]) -> bool {
+pub(crate) fn is_one_der_sequence(der: &[u8]) -> bool {
     let Some((&0x30, rest)) = der.split_first() else {
         return false;
     };

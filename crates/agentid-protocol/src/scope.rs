@@ -320,7 +320,7 @@ impl From<IdSet> for Vec<SpiffeId> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Limits(BTreeMap<String, u64>);
 
-fn check_limit_name(name: &str) -> Result<()> {
+pub(crate) fn check_limit_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_LIMIT_NAME_BYTES {
         return Err(bad_claim(format!(
             "limit names have 1..={MAX_LIMIT_NAME_BYTES} bytes"

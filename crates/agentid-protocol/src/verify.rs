@@ -90,6 +90,20 @@ impl Verifier {
         if config.skew > MAX_SKEW {
             return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
         }
+        if !matches!(config.own_id.kind(), IdKind::Task | IdKind::Service) {
+            return Err(Error::new(
+                ErrorCode::BadConfig,
+                "a verifier's own ID is a task identity or a service ID",
+            ));
+        }
+        for name in &config.enforced_limits {
+            crate::scope::check_limit_name(name).map_err(|e| {
+                Error::new(
+                    ErrorCode::BadConfig,
+                    format!("enforced limit: {}", e.detail()),
+                )
+            })?;
+        }
         Ok(Self {
             config,
             cache: None,

@@ -736,3 +736,43 @@ fn the_token_cache_skips_only_signatures_and_claims() {
     v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
     assert_eq!(small.len(), 2);
 }
+
+#[test]
+fn verifier_configuration_is_checked() {
+    let w = world(Algorithm::Es256);
+    let code = |cfg: VerifierConfig| Verifier::new(cfg).unwrap_err().code();
+    // A verifier is a task or a service, never a whole trust domain or an agent.
+    for own in ["spiffe://example.org", "spiffe://example.org/agent/planner"] {
+        let cfg = VerifierConfig::new(SpiffeId::parse(own).unwrap(), BundleSet::new());
+        assert_eq!(code(cfg), ErrorCode::BadConfig, "{own}");
+    }
+    let cfg = VerifierConfig::new(w.server.clone(), BundleSet::new()).enforce_limits(["Bad Name"]);
+    assert_eq!(code(cfg), ErrorCode::BadConfig);
+    assert_eq!(
+        VerifierConfig::new(w.server.clone(), BundleSet::new())
+            .skew(121)
+            .unwrap_err()
+            .code(),
+        ErrorCode::BadConfig
+    );
+}
+
+#[test]
+fn a_bundle_authority_must_be_one_der_certificate() {
+    let w = world(Algorithm::Es256);
+    let mut json: serde_json::Value = serde_json::from_str(&w.org.bundle().to_json()).unwrap();
+    let jwk = w.org.grant_key.public_key().to_jwk();
+    let mut entry = jwk.as_object().unwrap().clone();
+    entry.remove("alg");
+    entry.insert("use".into(), "x509-svid".into());
+    for junk in ["AAAA", "MAA=", "MAMBAgM="] {
+        entry.insert("x5c".into(), serde_json::json!([junk]));
+        json["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::Value::Object(entry.clone()));
+        let e = TrustBundle::parse(&w.org.td, json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadBundle, "{junk}");
+        json["keys"].as_array_mut().unwrap().pop();
+    }
+}
