@@ -45,7 +45,10 @@ requesters = ["operator"]
 "#;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn say(who: &str, what: impl AsRef<str>) {
@@ -70,7 +73,13 @@ async fn main() -> Result<()> {
     init_ca(dir.path(), &InitOptions::new(td.clone()), SystemTime::now())?;
     let mut ca = CertificateAuthority::open(dir.path())?;
     ca.set_policy(Policy::from_toml(POLICY)?);
-    say("ca", format!("initialised for trust domain {td} in {}", dir.path().display()));
+    say(
+        "ca",
+        format!(
+            "initialised for trust domain {td} in {}",
+            dir.path().display()
+        ),
+    );
 
     // 2. The planner's task: a per-task certificate from its own key, and the root grant.
     let planner_key = TaskKey::generate(Algorithm::Es256)?;
@@ -108,14 +117,32 @@ async fn main() -> Result<()> {
         agentid::protocol::PeerId::Task(t) => t.clone(),
         other => bail!("the CA issued {other} for a child agent"),
     };
-    say("ca", format!("issued {} (serial {}) without a grant", coder_id, coder_cert.serial()));
+    say(
+        "ca",
+        format!(
+            "issued {} (serial {}) without a grant",
+            coder_id,
+            coder_cert.serial()
+        ),
+    );
 
     // ...whose authority comes only from the link the planner signs: read-only.
     let t = now();
-    let chain = LinkBuilder::new(&planner.grant, &coder_id, coder_key.public_key(), Scope::parse("repo:read")?)
-        .validity(t, t, planner.grant_exp.min(t + 600))
-        .sign(&planner_key)?;
-    say("planner", format!("delegated \"repo:read\" to {coder_id} (chain depth {})", chain.depth()));
+    let chain = LinkBuilder::new(
+        &planner.grant,
+        &coder_id,
+        coder_key.public_key(),
+        Scope::parse("repo:read")?,
+    )
+    .validity(t, t, planner.grant_exp.min(t + 600))
+    .sign(&planner_key)?;
+    say(
+        "planner",
+        format!(
+            "delegated \"repo:read\" to {coder_id} (chain depth {})",
+            chain.depth()
+        ),
+    );
 
     // 4. The server agent: the librarian, with its own task.
     let librarian_key = TaskKey::generate(Algorithm::Es256)?;
@@ -128,7 +155,14 @@ async fn main() -> Result<()> {
         ),
         SystemTime::now(),
     )?;
-    say("ca", format!("opened task for {} (serial {})", librarian.identity, librarian.certificate.serial()));
+    say(
+        "ca",
+        format!(
+            "opened task for {} (serial {})",
+            librarian.identity,
+            librarian.certificate.serial()
+        ),
+    );
 
     // Both sides trust the CA's bundle and apply its current revocation list (fail closed).
     let bundle = ca.trust_bundle()?;
@@ -142,14 +176,20 @@ async fn main() -> Result<()> {
     };
 
     let server = AgentServer::builder(
-        Arc::new(MemoryCredentials::new(credential(&librarian.certificate, librarian_key)?)),
+        Arc::new(MemoryCredentials::new(credential(
+            &librarian.certificate,
+            librarian_key,
+        )?)),
         verification(librarian.identity.as_spiffe_id())?,
         PeerPolicy::agents_in(td.clone()),
     )
     .build()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
-    say("librarian", format!("listening on {addr} (mTLS 1.3, ALPN agentid/1), admitting agents of {td}"));
+    say(
+        "librarian",
+        format!("listening on {addr} (mTLS 1.3, ALPN agentid/1), admitting agents of {td}"),
+    );
 
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
@@ -162,16 +202,25 @@ async fn main() -> Result<()> {
                 peer.id,
                 peer.cert_serial,
                 peer.chain.as_ref().map(|c| c.depth).unwrap_or(0),
-                peer.chain.as_ref().map(|c| c.scope.to_string()).unwrap_or_default()
+                peer.chain
+                    .as_ref()
+                    .map(|c| c.scope.to_string())
+                    .unwrap_or_default()
             ),
         );
         let mut answered = 0;
         while let Some(request) = session.recv().await? {
             let wanted = String::from_utf8_lossy(&request).to_string();
             // Authorization is per request, against the verified chain.
-            let reply = match Scope::parse(&wanted).map_err(agentid::transport::Error::from).and_then(|s| session.authorize(&s)) {
+            let reply = match Scope::parse(&wanted)
+                .map_err(agentid::transport::Error::from)
+                .and_then(|s| session.authorize(&s))
+            {
                 Ok(()) => format!("ok: {wanted} granted"),
-                Err(e) => format!("denied: {}", e.protocol_code().map(|c| c.as_str()).unwrap_or("error")),
+                Err(e) => format!(
+                    "denied: {}",
+                    e.protocol_code().map(|c| c.as_str()).unwrap_or("error")
+                ),
             };
             say("librarian", format!("request \"{wanted}\" -> {reply}"));
             session.send(reply.as_bytes()).await?;
@@ -182,7 +231,9 @@ async fn main() -> Result<()> {
 
     // 5. The coder connects, presenting its chain, and makes two requests.
     let client = AgentClient::builder(
-        Arc::new(MemoryCredentials::new(credential(&coder_cert, coder_key)?.with_chain(chain.as_str()))),
+        Arc::new(MemoryCredentials::new(
+            credential(&coder_cert, coder_key)?.with_chain(chain.as_str()),
+        )),
         verification(coder_id.as_spiffe_id())?,
         PeerPolicy::agent(librarian.identity.agent()),
     )
@@ -190,7 +241,13 @@ async fn main() -> Result<()> {
     let mut session = tokio::time::timeout(Duration::from_secs(10), client.connect(addr))
         .await
         .context("handshake timed out")??;
-    say("coder", format!("connected to {} and accepted (server proof received)", session.peer().id));
+    say(
+        "coder",
+        format!(
+            "connected to {} and accepted (server proof received)",
+            session.peer().id
+        ),
+    );
 
     for (wanted, expect_ok) in [("repo:read", true), ("repo:write", false)] {
         session.send(wanted.as_bytes()).await?;
@@ -222,4 +279,3 @@ async fn main() -> Result<()> {
         bail!("{} expected outcome(s) did not happen", failures.len())
     }
 }
-

@@ -1,0 +1,294 @@
+//! Loading the credential directory that `agentid cert issue --out-dir DIR` writes, for agents
+//! that run as their own processes (see `examples/agent_server.rs` and `examples/agent_client.rs`).
+//!
+//! A directory holds:
+//!
+//! | file | contents |
+//! |---|---|
+//! | `cert.pem` | the leaf, then the issuing intermediate (PEM) |
+//! | `key.pem` | the task key, PKCS#8 PEM, mode 0600 (refused when group or others can access it) |
+//! | `bundle.json` | the SPIFFE bundle of the certificate's trust domain |
+//! | `chain.jwt` | optional: the delegation chain (what `agentid delegate --out` writes) |
+//! | `grant.jwt` | optional: the root grant (used when there is no `chain.jwt`) |
+//!
+//! Loading checks everything it can before a single connection is made: the leaf is a valid
+//! X509-SVID that certifies the key, the certificate chain validates against the bundle's
+//! anchors now, and the delegation chain (if any) is held by this certificate's identity. What
+//! it does not do is verify the delegation chain's signatures: that is the peer's job.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentid_protocol::{BundleSet, Chain, PeerId, TaskKey, TrustBundle, VerifierConfig};
+use agentid_transport::{check_leaf, CertUsage, Credential, TrustStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+
+/// The largest file read from a credential directory (certificates, bundles, chains, lists).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The certificate file of a credential directory.
+pub const CERT_FILE: &str = "cert.pem";
+/// The private key file of a credential directory.
+pub const KEY_FILE: &str = "key.pem";
+/// The trust bundle file of a credential directory.
+pub const BUNDLE_FILE: &str = "bundle.json";
+/// The delegation chain file (preferred over [`GRANT_FILE`]).
+pub const CHAIN_FILE: &str = "chain.jwt";
+/// The root grant file.
+pub const GRANT_FILE: &str = "grant.jwt";
+
+/// Why a credential directory or file could not be loaded. Every variant names the file.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but its contents are unusable.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> FilesError {
+    FilesError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> FilesError {
+    FilesError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_bounded(mut f: File, path: &Path) -> Result<Vec<u8>, FilesError> {
+    let mut buf = Vec::new();
+    (&mut f)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_error(path, e))?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(path, "larger than 1 MiB"));
+    }
+    Ok(buf)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, FilesError> {
+    let f = File::open(path).map_err(|e| io_error(path, e))?;
+    read_bounded(f, path)
+}
+
+/// Reads a text file holding one compact token or chain (a revocation list, `chain.jwt`,
+/// `grant.jwt`), with surrounding whitespace removed.
+pub fn read_token_file(path: &Path) -> Result<String, FilesError> {
+    let bytes = read_file(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid(path, "not UTF-8 text"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(path, "empty file"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Reads a task key (PKCS#8 PEM). On Unix, a file that group or others can access is refused:
+/// a task key stays with its holder.
+fn read_task_key(path: &Path) -> Result<TaskKey, FilesError> {
+    let f = File::open(path).map_err(|e| io_error(path, e))?;
+    // The mode is taken from the open handle: the file checked is the file read.
+    let meta = f.metadata().map_err(|e| io_error(path, e))?;
+    if !meta.is_file() {
+        return Err(invalid(path, "not a regular file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                path,
+                format!("mode {mode:03o}: a task key must not be accessible to group or others (chmod 600)"),
+            ));
+        }
+    }
+    let pem = read_bounded(f, path)?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|e| invalid(path, format!("not a PKCS#8 PEM private key: {e}")))?;
+    TaskKey::from_pkcs8_der(der.secret_pkcs8_der())
+        .map_err(|e| invalid(path, format!("unusable task key: {e}")))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
+    let pem = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(path, "no CERTIFICATE in the file"));
+    }
+    Ok(certs)
+}
+
+/// A loaded credential directory.
+pub struct CredentialDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The identity of the certificate's URI SAN.
+    pub identity: PeerId,
+    /// The certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's serial (lowercase hex).
+    pub serial: String,
+    /// The leaf's `notAfter`, Unix seconds.
+    pub not_after: u64,
+    /// The SPIFFE bundle of the certificate's trust domain.
+    pub bundle: TrustBundle,
+    /// The delegation chain (from `chain.jwt`, else `grant.jwt`), if the directory holds one.
+    pub chain: Option<Chain>,
+    /// The file the chain came from.
+    pub chain_file: Option<PathBuf>,
+    key: TaskKey,
+}
+
+impl std::fmt::Debug for CredentialDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key, never the chain's tokens.
+        f.debug_struct("CredentialDir")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity.to_string())
+            .field("serial", &self.serial)
+            .field("chain_file", &self.chain_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialDir {
+    /// Loads and checks `dir` at the current time.
+    pub fn load(dir: &Path) -> Result<Self, FilesError> {
+        Self::load_at(dir, SystemTime::now())
+    }
+
+    /// Loads and checks `dir`; the certificate chain must validate against the bundle at `now`.
+    pub fn load_at(dir: &Path, now: SystemTime) -> Result<Self, FilesError> {
+        let cert_path = dir.join(CERT_FILE);
+        let cert_chain = read_certs(&cert_path)?;
+        let (leaf, intermediates) = cert_chain
+            .split_first()
+            .ok_or_else(|| invalid(&cert_path, "no certificate"))?;
+        let info =
+            check_leaf(leaf.as_ref(), CertUsage::ClientAuth).map_err(|e| invalid(&cert_path, e))?;
+        let td = info.id.trust_domain();
+
+        let key_path = dir.join(KEY_FILE);
+        let key = read_task_key(&key_path)?;
+        if key.public_key() != &info.public_key {
+            return Err(invalid(
+                &key_path,
+                format!("does not hold the key certified by {}", cert_path.display()),
+            ));
+        }
+
+        let bundle_path = dir.join(BUNDLE_FILE);
+        let bundle = TrustBundle::parse(&td, &read_file(&bundle_path)?)
+            .map_err(|e| invalid(&bundle_path, format!("not a SPIFFE bundle of {td}: {e}")))?;
+        let mut trust = TrustStore::new();
+        for authority in bundle.x509_authorities() {
+            trust
+                .add_authority(&td, &authority.der)
+                .map_err(|e| invalid(&bundle_path, e))?;
+        }
+        let now_unix =
+            UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
+        for usage in [CertUsage::ClientAuth, CertUsage::ServerAuth] {
+            trust
+                .verify(leaf, intermediates, now_unix, usage)
+                .map_err(|e| {
+                    invalid(
+                        &cert_path,
+                        format!("does not validate against {}: {e}", bundle_path.display()),
+                    )
+                })?;
+        }
+
+        let mut chain = None;
+        let mut chain_file = None;
+        for name in [CHAIN_FILE, GRANT_FILE] {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let text = read_token_file(&path)?;
+            let parsed = Chain::parse_unverified(&text)
+                .map_err(|e| invalid(&path, format!("not a chain: {e}")))?;
+            let holder = parsed
+                .holder_unverified()
+                .map_err(|e| invalid(&path, format!("no holder: {e}")))?;
+            if holder.as_spiffe_id() != info.id.as_spiffe_id() {
+                return Err(invalid(
+                    &path,
+                    format!("is held by {holder}, not by this certificate's {}", info.id),
+                ));
+            }
+            chain = Some(parsed);
+            chain_file = Some(path);
+            break;
+        }
+
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            identity: info.id,
+            cert_chain,
+            serial: info.serial,
+            not_after: info.not_after,
+            bundle,
+            chain,
+            chain_file,
+            key,
+        })
+    }
+
+    /// A transport credential (certificate chain and task key) without a delegation chain.
+    pub fn credential(&self) -> Result<Credential, FilesError> {
+        let key = TaskKey::from_pkcs8_der(self.key.pkcs8_der())
+            .map_err(|e| invalid(&self.dir.join(KEY_FILE), format!("unusable task key: {e}")))?;
+        Credential::new(self.cert_chain.clone(), key)
+            .map_err(|e| invalid(&self.dir.join(CERT_FILE), e))
+    }
+
+    /// A transport credential that presents the directory's delegation chain, if it has one.
+    pub fn credential_with_chain(&self) -> Result<Credential, FilesError> {
+        let credential = self.credential()?;
+        Ok(match &self.chain {
+            Some(chain) => credential.with_chain(chain.as_str()),
+            None => credential,
+        })
+    }
+
+    /// A verifier configuration for this identity that trusts the directory's bundle (and only
+    /// it). Revocation lists are required by default: apply one, or opt out explicitly with
+    /// [`VerifierConfig::danger_accept_missing_or_stale_revocations`].
+    pub fn verifier_config(&self) -> Result<VerifierConfig, FilesError> {
+        let mut bundles = BundleSet::new();
+        bundles
+            .insert(self.bundle.clone())
+            .map_err(|e| invalid(&self.dir.join(BUNDLE_FILE), e))?;
+        Ok(VerifierConfig::new(
+            self.identity.as_spiffe_id().clone(),
+            bundles,
+        ))
+    }
+}

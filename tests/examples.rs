@@ -1,0 +1,393 @@
+//! The example binaries, run as processes: `agent_pair`, and `agent_server --once` with
+//! `agent_client` on credential directories written exactly as `agentid cert issue` and
+//! `agentid delegate --out` write them (made here with the CA library).
+//!
+//! `cargo test` builds the examples before it runs the tests; they are found next to this test
+//! binary (`target/<profile>/examples/`), so `CARGO_TARGET_DIR` and profiles work.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use agentid::ca::RevokeTarget;
+use support::*;
+
+/// How long any example process may run.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn example(name: &str) -> PathBuf {
+    // This test runs from target/<profile>/deps/; examples live in target/<profile>/examples/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole package's tests (`cargo test -p agentid`), which build the examples",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose output is collected by reader threads; killed when dropped.
+struct Proc {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+fn collect(
+    r: impl Read + Send + 'static,
+    lines: Option<mpsc::Sender<String>>,
+) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &lines {
+                let _ = tx.send(line.clone());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    })
+}
+
+impl Proc {
+    fn spawn(program: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = collect(child.stdout.take().unwrap(), Some(tx));
+        let stderr = collect(child.stderr.take().unwrap(), None);
+        Proc {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            lines,
+        }
+    }
+
+    /// Waits for a stdout line containing `needle` (bounded) and returns it.
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no stdout line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the exit (bounded: killed after `timeout`, giving `None`), then the output.
+    fn finish(mut self, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Output is complete once the process is gone.
+        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
+        (status, join(self.stdout.take()), join(self.stderr.take()))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn agent_pair_runs_the_main_job() {
+    let (status, out, err) = Proc::spawn(&example("agent_pair"), &[]).finish(PROCESS_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent_pair failed: {status:?}\n{out}\n{err}"
+    );
+    for expected in [
+        "initialised for trust domain example.org",
+        "without a grant",
+        "delegated \"repo:read\" to spiffe://example.org/agent/coder/task/",
+        "effective scope \"repo:read\"",
+        "\"repo:read\" -> ok: repo:read granted",
+        "\"repo:write\" -> denied: scope_not_granted",
+        "all expected outcomes happened",
+    ] {
+        assert!(
+            out.contains(expected),
+            "agent_pair printed no {expected:?}:\n{out}"
+        );
+    }
+}
+
+/// What one server/client run must show.
+struct Case<'a> {
+    name: &'a str,
+    /// The client's credential directory.
+    client_dir: &'a Path,
+    /// The server's options besides `--dir`, `--listen` and `--once`.
+    server_args: Vec<&'a str>,
+    /// The client's options besides `--dir` and `--connect`.
+    client_args: Vec<&'a str>,
+    /// The client's exit status: success or not.
+    client_ok: bool,
+    /// Lines the client prints on stdout.
+    client_says: Vec<&'a str>,
+    /// The server's exit status (`--once`): success or not; `None`: it never got a
+    /// connection (it is killed).
+    server_ok: Option<bool>,
+    /// Lines the server prints on stdout.
+    server_says: Vec<&'a str>,
+    /// Whether the server warns that revocation checking is disabled.
+    server_warns: bool,
+}
+
+#[test]
+fn agent_server_and_agent_client_as_two_processes() {
+    let server_bin = example("agent_server");
+    let client_bin = example("agent_client");
+    let a = TestCa::new("example.org");
+    let librarian = a.open_task("librarian", "repo:serve", 0, None);
+    let planner = a.open_task("planner", "repo:read repo:write", 1, None);
+    let mut coder = a.child(&planner, "coder");
+    planner.delegate(&mut coder, "repo:read");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let bundle = a.bundle();
+    librarian.write_dir(&dir("librarian"), &bundle);
+    planner.write_dir(&dir("planner"), &bundle);
+    coder.write_dir(&dir("coder"), &bundle);
+    // A copy of the coder whose key file others can read: refused before any connection.
+    coder.write_dir(&dir("coder-open-key"), &bundle);
+    let open_key = dir("coder-open-key/key.pem");
+    let mut perms = std::fs::metadata(&open_key).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&open_key, perms).unwrap();
+
+    // The CA's list now, and after revoking the coder's agent name.
+    let rev = dir("revocations.jwt");
+    std::fs::write(&rev, a.revocations()).unwrap();
+    a.ca.revoke(
+        &RevokeTarget::Agent("coder".into()),
+        None,
+        "operator",
+        SystemTime::now(),
+    )
+    .unwrap();
+    let rev_coder = dir("revocations-coder-revoked.jwt");
+    std::fs::write(&rev_coder, a.revocations()).unwrap();
+    let rev = rev.to_str().unwrap();
+    let rev_coder = rev_coder.to_str().unwrap();
+
+    let librarian_dir = dir("librarian");
+    let librarian_dir = librarian_dir.to_str().unwrap();
+    let coder_dir = dir("coder");
+    let planner_dir = dir("planner");
+    let open_key_dir = dir("coder-open-key");
+    let read_write = vec![
+        "--revocations",
+        rev,
+        "--scope",
+        "repo:read",
+        "--scope",
+        "repo:write",
+    ];
+    let cases = vec![
+        Case {
+            name: "child with a link (chain.jwt), revocation lists on both sides",
+            client_dir: &coder_dir,
+            server_args: vec!["--revocations", rev],
+            client_args: read_write.clone(),
+            client_ok: true,
+            client_says: vec![
+                "presenting",
+                "chain depth 1",
+                "request \"repo:read\" -> granted",
+                "request \"repo:write\" -> refused (scope_not_granted)",
+            ],
+            server_ok: Some(true),
+            server_says: vec![
+                "effective scope \"repo:read\"",
+                "request \"repo:write\" -> refused scope_not_granted",
+            ],
+            server_warns: false,
+        },
+        Case {
+            name: "grant holder (grant.jwt, no chain.jwt)",
+            client_dir: &planner_dir,
+            server_args: vec!["--revocations", rev],
+            client_args: read_write.clone(),
+            client_ok: true,
+            client_says: vec![
+                "request \"repo:read\" -> granted",
+                "request \"repo:write\" -> granted",
+            ],
+            server_ok: Some(true),
+            server_says: vec!["chain depth 0"],
+            server_warns: false,
+        },
+        Case {
+            name: "no --revocations: the server warns and runs",
+            client_dir: &coder_dir,
+            server_args: vec![],
+            client_args: read_write.clone(),
+            client_ok: true,
+            client_says: vec!["request \"repo:read\" -> granted"],
+            server_ok: Some(true),
+            server_says: vec!["request \"repo:read\" -> granted"],
+            server_warns: true,
+        },
+        Case {
+            name: "--allow names the client",
+            client_dir: &coder_dir,
+            server_args: vec![
+                "--revocations",
+                rev,
+                "--allow",
+                "planner",
+                "--allow",
+                "coder",
+            ],
+            client_args: read_write.clone(),
+            client_ok: true,
+            client_says: vec!["request \"repo:read\" -> granted"],
+            server_ok: Some(true),
+            server_says: vec![
+                "admitting spiffe://example.org/agent/planner, spiffe://example.org/agent/coder",
+            ],
+            server_warns: false,
+        },
+        Case {
+            name: "--allow does not name the client",
+            client_dir: &coder_dir,
+            server_args: vec!["--revocations", rev, "--allow", "planner"],
+            client_args: read_write.clone(),
+            client_ok: false,
+            client_says: vec!["refused"],
+            server_ok: Some(false),
+            server_says: vec!["policy_denied"],
+            server_warns: false,
+        },
+        Case {
+            name: "the CA's newer list revokes the client's agent",
+            client_dir: &coder_dir,
+            server_args: vec!["--revocations", rev_coder],
+            client_args: read_write.clone(),
+            client_ok: false,
+            client_says: vec!["refused: revoked"],
+            server_ok: Some(false),
+            server_says: vec!["revoked"],
+            server_warns: false,
+        },
+        Case {
+            name: "a key file others can read is refused before connecting",
+            client_dir: &open_key_dir,
+            server_args: vec!["--revocations", rev],
+            client_args: read_write.clone(),
+            client_ok: false,
+            client_says: vec![],
+            server_ok: None,
+            server_says: vec![],
+            server_warns: false,
+        },
+    ];
+
+    for case in cases {
+        let name = case.name;
+        let mut server_args = vec!["--dir", librarian_dir, "--listen", "127.0.0.1:0", "--once"];
+        server_args.extend(case.server_args.iter().copied());
+        let server = Proc::spawn(&server_bin, &server_args);
+        let listening = server.line_with("listening on ");
+        let addr = listening.rsplit(' ').next().unwrap().to_owned();
+
+        let mut client_args = vec![
+            "--dir",
+            case.client_dir.to_str().unwrap(),
+            "--connect",
+            &addr,
+        ];
+        client_args.extend(case.client_args.iter().copied());
+        let (client_status, client_out, client_err) =
+            Proc::spawn(&client_bin, &client_args).finish(PROCESS_TIMEOUT);
+        let wait = if case.server_ok.is_some() {
+            PROCESS_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        let (server_status, server_out, server_err) = server.finish(wait);
+        let transcript = format!(
+            "--- client {client_status:?}\n{client_out}{client_err}--- server {server_status:?}\n{server_out}{server_err}"
+        );
+
+        assert_eq!(
+            client_status.map(|s| s.success()),
+            Some(case.client_ok),
+            "{name}: client status\n{transcript}"
+        );
+        for line in &case.client_says {
+            assert!(
+                client_out.contains(line),
+                "{name}: the client printed no {line:?}\n{transcript}"
+            );
+        }
+        match case.server_ok {
+            Some(ok) => assert_eq!(
+                server_status.map(|s| s.success()),
+                Some(ok),
+                "{name}: server status\n{transcript}"
+            ),
+            None => assert!(
+                server_status.is_none(),
+                "{name}: the server exited\n{transcript}"
+            ),
+        }
+        for line in &case.server_says {
+            assert!(
+                server_out.contains(line),
+                "{name}: the server printed no {line:?}\n{transcript}"
+            );
+        }
+        assert_eq!(
+            server_err.contains("revocation checking is DISABLED"),
+            case.server_warns,
+            "{name}: the revocation warning\n{transcript}"
+        );
+        if !case.client_ok && case.server_ok.is_none() {
+            assert!(
+                client_err.contains("chmod 600"),
+                "{name}: the client's reason\n{transcript}"
+            );
+        }
+    }
+}

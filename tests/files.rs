@@ -1,0 +1,193 @@
+//! `agentid::files::CredentialDir`: what it loads from a credential directory written as
+//! `agentid cert issue` writes it, and each thing it refuses before any connection is made.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use agentid::files::{CredentialDir, FilesError};
+use support::*;
+
+/// Expected outcome of loading a directory.
+#[derive(Debug)]
+enum Expect {
+    /// Loaded; the chain came from this file (or there is none) with this depth.
+    Loaded(Option<(&'static str, usize)>),
+    /// Refused, naming this file, with this text in the reason.
+    Invalid(&'static str, &'static str),
+    /// A file is missing.
+    Missing(&'static str),
+}
+
+#[test]
+fn credential_directory_table() {
+    let a = TestCa::new("example.org");
+    let impostor = TestCa::new("example.org");
+    let planner = a.open_task("planner", "repo:read repo:write", 1, None);
+    let mut coder = a.child(&planner, "coder");
+    planner.delegate(&mut coder, "repo:read");
+    let search = a.service("search");
+    let auditor = a.open_task("auditor", "repo:read", 0, None);
+    let bundle = a.bundle();
+    let tmp = tempfile::tempdir().unwrap();
+
+    type Setup<'a> = Box<dyn Fn(&Path) + 'a>;
+    // (name, how the directory is made, expectation)
+    let cases: Vec<(&str, Setup, Expect)> = vec![
+        (
+            "grant holder: grant.jwt",
+            Box::new(|d| planner.write_dir(d, &bundle)),
+            Expect::Loaded(Some(("grant.jwt", 0))),
+        ),
+        (
+            "delegatee: chain.jwt",
+            Box::new(|d| coder.write_dir(d, &bundle)),
+            Expect::Loaded(Some(("chain.jwt", 1))),
+        ),
+        (
+            "chain.jwt preferred over grant.jwt",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::write(
+                    d.join("grant.jwt"),
+                    planner.chain.as_ref().unwrap().as_str(),
+                )
+                .unwrap();
+            }),
+            Expect::Loaded(Some(("chain.jwt", 1))),
+        ),
+        (
+            "service: no chain",
+            Box::new(|d| search.write_dir(d, &bundle)),
+            Expect::Loaded(None),
+        ),
+        (
+            "key of another agent",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::remove_file(d.join("key.pem")).unwrap();
+                auditor
+                    .presenting(None)
+                    .write_dir(&d.join("other"), &bundle);
+                std::fs::rename(d.join("other/key.pem"), d.join("key.pem")).unwrap();
+            }),
+            Expect::Invalid("key.pem", "does not hold the key certified"),
+        ),
+        (
+            "key readable by others",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(d.join("key.pem"), std::fs::Permissions::from_mode(0o640))
+                    .unwrap();
+            }),
+            Expect::Invalid("key.pem", "chmod 600"),
+        ),
+        (
+            "bundle of another CA for the same trust domain",
+            Box::new(|d| coder.write_dir(d, &impostor.bundle())),
+            Expect::Invalid("cert.pem", "does not validate"),
+        ),
+        (
+            "chain held by another identity",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::write(
+                    d.join("chain.jwt"),
+                    planner.chain.as_ref().unwrap().as_str(),
+                )
+                .unwrap();
+            }),
+            Expect::Invalid("chain.jwt", "is held by"),
+        ),
+        (
+            "chain that is not a chain",
+            Box::new(|d| {
+                planner.write_dir(d, &bundle);
+                std::fs::write(d.join("grant.jwt"), "not.a~~chain").unwrap();
+            }),
+            Expect::Invalid("grant.jwt", "not a chain"),
+        ),
+        (
+            "bundle that is not a bundle",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::write(d.join("bundle.json"), "{\"keys\": 1}").unwrap();
+            }),
+            Expect::Invalid("bundle.json", "not a SPIFFE bundle"),
+        ),
+        (
+            "certificate file without a certificate",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::write(d.join("cert.pem"), "nothing here\n").unwrap();
+            }),
+            Expect::Invalid("cert.pem", "no CERTIFICATE"),
+        ),
+        (
+            "no key",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                std::fs::remove_file(d.join("key.pem")).unwrap();
+            }),
+            Expect::Missing("key.pem"),
+        ),
+    ];
+    for (i, (name, setup, expect)) in cases.into_iter().enumerate() {
+        let dir = tmp.path().join(i.to_string());
+        setup(&dir);
+        let loaded = CredentialDir::load(&dir);
+        match (&expect, &loaded) {
+            (Expect::Loaded(chain), Ok(d)) => {
+                let got = d
+                    .chain_file
+                    .as_ref()
+                    .map(|f| f.file_name().unwrap().to_str().unwrap().to_owned());
+                assert_eq!(got.as_deref(), chain.map(|c| c.0), "{name}");
+                assert_eq!(
+                    d.chain.as_ref().map(|c| c.depth()),
+                    chain.map(|c| c.1),
+                    "{name}"
+                );
+                // The transport accepts what was loaded, with and without the chain.
+                let c = d.credential_with_chain().unwrap();
+                assert_eq!(c.identity(), &d.identity, "{name}");
+                assert_eq!(c.chain().is_some(), chain.is_some(), "{name}");
+                assert!(d.credential().unwrap().chain().is_none(), "{name}");
+            }
+            (Expect::Invalid(file, reason), Err(FilesError::Invalid { path, reason: got })) => {
+                assert!(path.ends_with(file), "{name}: blamed {}", path.display());
+                assert!(got.contains(reason), "{name}: reason {got:?}");
+            }
+            (Expect::Missing(file), Err(FilesError::Io { path, .. })) => {
+                assert!(path.ends_with(file), "{name}")
+            }
+            (_, other) => panic!("{name}: expected {expect:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_expired_certificate_is_refused_at_load_time() {
+    let a = TestCa::new("example.org");
+    let planner = a.open_task("planner", "repo:read", 0, Some(Duration::from_secs(2)));
+    let tmp = tempfile::tempdir().unwrap();
+    planner.write_dir(tmp.path(), &a.bundle());
+    assert!(CredentialDir::load(tmp.path()).is_ok());
+    // The same files, an hour later (time is a parameter: no waiting).
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    match CredentialDir::load_at(tmp.path(), later) {
+        Err(FilesError::Invalid { path, reason }) => {
+            assert!(path.ends_with("cert.pem"), "{}", path.display());
+            assert!(reason.contains("expired"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
