@@ -447,6 +447,8 @@ async fn ca_revocations_end_live_sessions_and_refuse_the_next_handshake() {
             None,
         ),
     ];
+    // Every case runs; the failures are reported together.
+    let mut failures = Vec::new();
     for (name, target, expect) in cases {
         let a = TestCa::new("example.org");
         let librarian = a.open_task("librarian", "repo:serve", 0, None);
@@ -484,56 +486,70 @@ async fn ca_revocations_end_live_sessions_and_refuse_the_next_handshake() {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         sv.apply_revocation_list(&a.revocations()).unwrap();
 
-        match expect {
-            Some(index) => {
-                // The live session ends at once (no traffic needed), with the reason...
-                let r = tokio::time::timeout(Duration::from_secs(2), ss.recv()).await;
-                match r {
-                    Ok(Err(Error::Revoked(reason))) => {
-                        assert!(reason.contains(index), "{name}: reason {reason:?}")
+        let outcome: Result<(), String> = async {
+            match expect {
+                Some(index) => {
+                    // The live session ends at once (no traffic needed), with the reason...
+                    match tokio::time::timeout(Duration::from_secs(2), ss.recv()).await {
+                        Ok(Err(Error::Revoked(reason))) if reason.contains(index) => {}
+                        other => {
+                            return Err(format!(
+                                "the live session was not ended as expected: {other:?}"
+                            ))
+                        }
                     }
-                    other => panic!("{name}: the live session was not ended: {other:?}"),
-                }
-                assert!(
-                    matches!(ss.authorize(&scope("repo:read")), Err(Error::Revoked(_))),
-                    "{name}"
-                );
-                // ...which the client learns from the close frame.
-                match tokio::time::timeout(T, cs.recv()).await.unwrap() {
-                    Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked", "{name}"),
-                    other => panic!("{name}: client: {other:?}"),
-                }
-                // The next handshake is refused with the same code.
-                let again = connect(&c, addr).await;
-                match (&again, next(&mut accepted).await) {
-                    (Err(Error::Rejected { code, .. }), Err(e)) => {
-                        assert_eq!(code, "revoked", "{name}");
-                        assert_eq!(e.protocol_code(), Some(ErrorCode::Revoked), "{name}: {e}");
+                    if !matches!(ss.authorize(&scope("repo:read")), Err(Error::Revoked(_))) {
+                        return Err("authorize still works on the ended session".into());
                     }
-                    (other, server) => panic!(
-                        "{name}: reconnect: {other:?} / {:?}",
-                        server.map(|s| s.peer().id.clone())
-                    ),
+                    // ...which the client learns from the close frame.
+                    match tokio::time::timeout(T, cs.recv()).await {
+                        Ok(Err(Error::Closed { code, .. })) if code == "revoked" => {}
+                        other => return Err(format!("client: {other:?}")),
+                    }
+                    // The next handshake is refused with the same code.
+                    let again = connect(&c, addr).await;
+                    match (&again, next(&mut accepted).await) {
+                        (Err(Error::Rejected { code, .. }), Err(e))
+                            if code == "revoked"
+                                && e.protocol_code() == Some(ErrorCode::Revoked) => {}
+                        (other, server) => {
+                            return Err(format!(
+                                "reconnect: {other:?} / {:?}",
+                                server.map(|s| s.peer().id.clone())
+                            ))
+                        }
+                    }
+                }
+                None => {
+                    // Unaffected: the live session carries on and a new handshake succeeds.
+                    cs.send(b"still here")
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
+                    match tokio::time::timeout(T, ss.recv()).await {
+                        Ok(Ok(Some(got))) if &got[..] == b"still here" => {}
+                        other => return Err(format!("the live session ended: {other:?}")),
+                    }
+                    ss.authorize(&scope("repo:read"))
+                        .map_err(|e| format!("authorize: {e}"))?;
+                    connect(&c, addr)
+                        .await
+                        .map_err(|e| format!("reconnect: {e}"))?;
+                    next(&mut accepted)
+                        .await
+                        .map_err(|e| format!("reconnect, server: {e}"))?;
                 }
             }
-            None => {
-                // Unaffected: the live session carries on and a new handshake succeeds.
-                assert_eq!(
-                    roundtrip(&mut cs, &mut ss, b"still here").await,
-                    b"still here",
-                    "{name}"
-                );
-                assert!(ss.authorize(&scope("repo:read")).is_ok(), "{name}");
-                let mut cs2 = connect(&c, addr)
-                    .await
-                    .unwrap_or_else(|e| panic!("{name}: reconnect: {e}"));
-                let mut ss2 = next(&mut accepted).await.unwrap();
-                assert_eq!(
-                    roundtrip(&mut cs2, &mut ss2, b"again").await,
-                    b"again",
-                    "{name}"
-                );
-            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failures.push(format!("{name}: {e}"));
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
