@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::encoding::b64_decode;
+use crate::encoding::b64_decode_checked;
 use crate::error::{Error, ErrorCode, Result};
 use crate::jws::{self, RawToken};
 use crate::token::claims::{decode_chain_claims_map, ChainClaims, MAX_DEPTH};
@@ -44,8 +44,9 @@ pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
     let mut out = Vec::with_capacity(parts.len());
     for (i, part) in parts.into_iter().enumerate() {
         let raw = jws::split(part).map_err(|e| e.at(i))?;
-        let payload = b64_decode(raw.payload_b64).map_err(|e| e.at(i))?;
-        let signature = b64_decode(raw.signature_b64).map_err(|e| e.at(i))?;
+        // `split` validated all three parts; the two read here are decoded once.
+        let payload = b64_decode_checked(raw.payload_b64).map_err(|e| e.at(i))?;
+        let signature = b64_decode_checked(raw.signature_b64).map_err(|e| e.at(i))?;
         out.push(FramedToken {
             raw,
             payload,

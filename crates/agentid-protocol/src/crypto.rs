@@ -17,6 +17,7 @@ compile_error!(
 );
 
 use core::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
@@ -85,8 +86,40 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ///
 /// Equality is equality of the raw bytes (the 65-byte uncompressed point or the 32-byte key),
 /// which is how chains compare a `cnf` key with a certificate's key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicKey(KeyBytes);
+#[derive(Clone)]
+pub struct PublicKey {
+    bytes: KeyBytes,
+    /// The P-256 key as the backend parsed it when the point was validated, kept so that every
+    /// signature check with this key reuses it instead of parsing the point again (cheap to
+    /// clone). Not part of the key's identity: equality, order and hash are those of `bytes`.
+    parsed: Option<Arc<ParsedPublicKey>>,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl core::hash::Hash for PublicKey {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum KeyBytes {
@@ -125,6 +158,18 @@ fn ed25519_y_is_canonical(bytes: &[u8; 32]) -> bool {
     false // y == p
 }
 
+/// Whether the Ed25519 encoding `bytes` (y reduced, sign bit ignored) has x = 0, that is
+/// y = 1 or y = p - 1 (the solutions of y^2 = 1 on the curve).
+fn ed25519_x_is_zero(bytes: &[u8; 32]) -> bool {
+    let mut y = *bytes;
+    y[31] &= 0x7f;
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut p_minus_one = ED25519_P_LE;
+    p_minus_one[0] -= 1;
+    y == one || y == p_minus_one
+}
+
 impl PublicKey {
     /// A P-256 key from its 65-byte uncompressed SEC1 encoding (`0x04 || x || y`).
     ///
@@ -140,9 +185,12 @@ impl PublicKey {
             return Err(bad_key("P-256 key is not an uncompressed point"));
         }
         // aws-lc decodes the point and checks that it lies on the curve with coordinates < p.
-        ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+        let parsed = ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
             .map_err(|e| bad_key(format!("P-256 point rejected: {e}")))?;
-        Ok(Self(KeyBytes::P256(point)))
+        Ok(Self {
+            bytes: KeyBytes::P256(point),
+            parsed: Some(Arc::new(parsed)),
+        })
     }
 
     /// An Ed25519 key from its 32-byte encoding.
@@ -163,14 +211,19 @@ impl PublicKey {
         let point = CompressedEdwardsY(key)
             .decompress()
             .ok_or_else(|| bad_key("Ed25519 key: not a curve point"))?;
-        // dalek accepts -0 (x = 0 with the sign bit set); the re-encoding exposes it.
-        if point.compress().to_bytes() != key {
+        // dalek accepts -0 (x = 0 with the sign bit set). With y already reduced, that is the
+        // only encoding whose re-encoding differs, and x = 0 only for y = 1 or y = p - 1: test
+        // those directly instead of re-encoding (which costs a field inversion).
+        if key[31] & 0x80 != 0 && ed25519_x_is_zero(&key) {
             return Err(bad_key("Ed25519 key: non-canonical encoding"));
         }
         if point.is_small_order() {
             return Err(bad_key("Ed25519 key: small-order point"));
         }
-        Ok(Self(KeyBytes::Ed25519(key)))
+        Ok(Self {
+            bytes: KeyBytes::Ed25519(key),
+            parsed: None,
+        })
     }
 
     /// Parses a DER SubjectPublicKeyInfo: id-ecPublicKey with prime256v1 and an uncompressed
@@ -190,7 +243,7 @@ impl PublicKey {
 
     /// The DER SubjectPublicKeyInfo of this key.
     pub fn to_spki_der(&self) -> Vec<u8> {
-        let prefix: &[u8] = match self.0 {
+        let prefix: &[u8] = match self.bytes {
             KeyBytes::P256(_) => &P256_SPKI_PREFIX,
             KeyBytes::Ed25519(_) => &ED25519_SPKI_PREFIX,
         };
@@ -202,7 +255,7 @@ impl PublicKey {
 
     /// The key's algorithm.
     pub fn algorithm(&self) -> Algorithm {
-        match self.0 {
+        match self.bytes {
             KeyBytes::P256(_) => Algorithm::Es256,
             KeyBytes::Ed25519(_) => Algorithm::Ed25519,
         }
@@ -210,7 +263,7 @@ impl PublicKey {
 
     /// The raw key: the 65-byte uncompressed point or the 32-byte Ed25519 key.
     pub fn raw_bytes(&self) -> &[u8] {
-        match &self.0 {
+        match &self.bytes {
             KeyBytes::P256(b) => b,
             KeyBytes::Ed25519(b) => b,
         }
@@ -255,11 +308,12 @@ pub(crate) fn verify(key: &PublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) ->
             ),
         ));
     }
-    let result = match &key.0 {
-        KeyBytes::P256(point) => {
+    let result = match (&key.bytes, &key.parsed) {
+        (KeyBytes::P256(_), Some(parsed)) => parsed.verify_sig(msg, sig),
+        (KeyBytes::P256(point), None) => {
             UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(msg, sig)
         }
-        KeyBytes::Ed25519(k) => UnparsedPublicKey::new(&ED25519, k).verify(msg, sig),
+        (KeyBytes::Ed25519(k), _) => UnparsedPublicKey::new(&ED25519, k).verify(msg, sig),
     };
     result.map_err(|_| {
         Error::new(
@@ -496,6 +550,61 @@ mod tests {
     )]
 
     use super::*;
+
+    /// The previous rule (re-encode and compare) and the direct test of x = 0 agree on every
+    /// candidate: all keys near the special y values, with and without the sign bit, and a
+    /// stream of pseudo-random encodings.
+    #[test]
+    fn ed25519_canonical_check_matches_reencoding() {
+        let old_rule = |key: &[u8; 32]| -> core::result::Result<(), &'static str> {
+            if !ed25519_y_is_canonical(key) {
+                return Err("y");
+            }
+            let point = CompressedEdwardsY(*key).decompress().ok_or("decompress")?;
+            if point.compress().to_bytes() != *key {
+                return Err("non-canonical");
+            }
+            if point.is_small_order() {
+                return Err("small-order");
+            }
+            Ok(())
+        };
+        let new_rule = |key: &[u8; 32]| match PublicKey::from_ed25519(key) {
+            Ok(_) => Ok(()),
+            Err(e) if e.detail().contains("reduced") => Err("y"),
+            Err(e) if e.detail().contains("not a curve point") => Err("decompress"),
+            Err(e) if e.detail().contains("non-canonical") => Err("non-canonical"),
+            Err(e) if e.detail().contains("small-order") => Err("small-order"),
+            Err(e) => panic!("unexpected {e}"),
+        };
+        let mut candidates: Vec<[u8; 32]> = Vec::new();
+        for base in [[0u8; 32], ED25519_P_LE] {
+            for delta in 0u8..4 {
+                for sign in [0u8, 0x80] {
+                    let mut k = base;
+                    k[0] = k[0]
+                        .wrapping_add(delta)
+                        .wrapping_sub(if base[0] == 0 { 0 } else { 2 });
+                    k[31] = (k[31] & 0x7f) | sign;
+                    candidates.push(k);
+                }
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut k = [0u8; 32];
+            for b in k.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            candidates.push(k);
+        }
+        for k in &candidates {
+            assert_eq!(old_rule(k), new_rule(k), "{k:02x?}");
+        }
+    }
     use crate::encoding::{b64_decode, b64_encode};
 
     fn hex(s: &str) -> Vec<u8> {

@@ -5,7 +5,6 @@
 //! same signed bytes. Everything here accepts exactly one spelling of each value.
 
 use core::fmt;
-use std::collections::BTreeSet;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -19,28 +18,62 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes strict base64url: only `[A-Za-z0-9_-]`, no padding, no whitespace, a length that is
-/// not 1 mod 4, and canonical (zero) trailing bits. Any deviation is `BadBase64`.
-pub(crate) fn b64_decode(s: &str) -> Result<Vec<u8>> {
+/// Checks strict base64url without decoding: only `[A-Za-z0-9_-]`, no padding, no whitespace,
+/// a length that is not 1 mod 4, and canonical (zero) trailing bits. Any deviation is
+/// `BadBase64`. Exactly the strings [`b64_decode`] accepts, with no allocation.
+pub(crate) fn b64_check(s: &str) -> Result<()> {
     let bad = |why: &str| Error::new(ErrorCode::BadBase64, format!("base64url: {why}"));
     if let Some(c) = s
         .bytes()
-        .find(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
+        .find(|b| !matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'))
     {
         return Err(bad(&format!(
             "byte 0x{c:02x} outside the base64url alphabet"
         )));
     }
-    if s.len() % 4 == 1 {
-        return Err(bad("impossible length"));
+    // The bits of the last character that carry no data must be zero: with 2 characters in the
+    // last quantum it holds 4 data bits (2 unused), with 3 it holds 2 (4 unused).
+    let unused_mask = match s.len() % 4 {
+        0 => 0,
+        1 => return Err(bad("impossible length")),
+        2 => 0b1111,
+        _ => 0b0011,
+    };
+    if let Some(&last) = s.as_bytes().last() {
+        if b64_value(last) & unused_mask != 0 {
+            return Err(bad("non-canonical encoding"));
+        }
     }
-    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|e| bad(&e.to_string()))?;
-    // The engine already refuses non-zero trailing bits; re-encoding makes canonicity a property
-    // of this function rather than of a library setting.
-    if b64_encode(&bytes) != s {
-        return Err(bad("non-canonical encoding"));
+    Ok(())
+}
+
+/// Decodes a part that [`b64_check`] has already accepted (the framing of a chain validates
+/// every part first, then decodes the ones it reads exactly once).
+pub(crate) fn b64_decode_checked(s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error::new(ErrorCode::BadBase64, format!("base64url: {e}")))
+}
+
+/// The 6-bit value of a base64url character (already checked to be in the alphabet).
+fn b64_value(c: u8) -> u8 {
+    match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        _ => 63,
     }
-    Ok(bytes)
+}
+
+/// Decodes strict base64url: only `[A-Za-z0-9_-]`, no padding, no whitespace, a length that is
+/// not 1 mod 4, and canonical (zero) trailing bits. Any deviation is `BadBase64`.
+pub(crate) fn b64_decode(s: &str) -> Result<Vec<u8>> {
+    // Canonicity is checked here, explicitly, rather than left to a library setting.
+    b64_check(s)?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error::new(ErrorCode::BadBase64, format!("base64url: {e}")))
 }
 
 /// Maximum JSON nesting depth (the top-level object is depth 1; arrays count too).
@@ -151,10 +184,10 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> core::result::Result<Value, A::Error> {
         let inner = self.enter()?;
         let mut out = Map::new();
-        let mut seen = BTreeSet::new();
-        // Keys arrive unescaped, so `"a"` and `"\u0061"` collide as they must.
+        // Keys arrive unescaped, so `"a"` and `"\u0061"` collide as they must. The map itself
+        // detects a duplicate, before its value is read.
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate member name {key:?}"
                 )));
@@ -185,6 +218,28 @@ mod tests {
             let s = b64_encode(&bytes);
             assert!(!s.contains('='));
             assert_eq!(b64_decode(&s).unwrap(), bytes, "len {len}");
+        }
+    }
+
+    #[test]
+    fn b64_check_accepts_exactly_the_canonical_encodings() {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        // Every string of 2 and 3 characters: the last quantum decides canonicity.
+        for &a in ALPHABET {
+            for &b in ALPHABET {
+                let two = String::from_utf8(vec![a, b]).unwrap();
+                let canonical = |s: &str| {
+                    URL_SAFE_NO_PAD
+                        .decode(s)
+                        .map(|d| b64_encode(&d) == s)
+                        .unwrap_or(false)
+                };
+                assert_eq!(b64_check(&two).is_ok(), canonical(&two), "{two}");
+                for &c in ALPHABET {
+                    let three = String::from_utf8(vec![a, b, c]).unwrap();
+                    assert_eq!(b64_check(&three).is_ok(), canonical(&three), "{three}");
+                }
+            }
         }
     }
 

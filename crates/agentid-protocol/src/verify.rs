@@ -525,10 +525,18 @@ impl Verifier {
                 domains.push(d);
             }
         }
-        // 6.2 Every token.
+        // 6.2 Every token. Each lookup whose answer an earlier one already gave is skipped,
+        // which keeps the order and the outcome of the checks (same lists, same `now`):
+        // - every token names the grant's task (phase 4): the task is looked up once;
+        // - for i >= 1, `iss` is the previous `sub` (phase 4) and the signing key is the previous
+        //   `cnf`, both already found clean at token i-1 in the same domain's list;
+        // - each `cnf` thumbprint is computed once.
         let revoked =
             |i: usize, what: &str| Err(Error::new(ErrorCode::Revoked, what.to_owned()).at(i));
         let task_list = self.list_for(authority, now, None)?;
+        let task_revoked = checked
+            .first()
+            .is_some_and(|c| task_list.is_some_and(|l| l.has_task(&c.claims.task, now)));
         for (i, c) in checked.iter().enumerate() {
             let t = &c.claims;
             let iss_td = t.iss.trust_domain();
@@ -538,10 +546,10 @@ impl Verifier {
             if iss_list.is_some_and(|l| l.has_jti(&t.iss, &t.jti, now)) {
                 return revoked(i, "token revoked by `jti`");
             }
-            if task_list.is_some_and(|l| l.has_task(&t.task, now)) {
+            if task_revoked {
                 return revoked(i, "task revoked");
             }
-            if t.iss.kind() == IdKind::Task {
+            if i == 0 && t.iss.kind() == IdKind::Task {
                 if let Ok(agent) = AgentId::parse(&agent_of(&t.iss)) {
                     if iss_list.is_some_and(|l| l.has_agent(&agent, now)) {
                         return revoked(i, "issuing agent revoked");
@@ -554,14 +562,21 @@ impl Verifier {
             if sub_list.is_some_and(|l| l.has_key(&t.cnf.thumbprint(), now)) {
                 return revoked(i, "holder key revoked");
             }
-            if iss_list.is_some_and(|l| l.has_key(&c.signing_key.thumbprint(), now)) {
+            if i == 0 && iss_list.is_some_and(|l| l.has_key(&c.signing_key.thumbprint(), now)) {
                 return revoked(i, "signing key revoked");
             }
         }
-        // 6.3 The peer: its certificate's key, then its agent and its task.
-        if self
-            .list_for(&peer_td, now, None)?
-            .is_some_and(|l| l.covers_peer_at(peer_id, peer_key, now))
+        // 6.3 The peer: its certificate's key, then its agent and its task. When the peer is the
+        // last holder with the last `cnf` key (what phase 7 then requires) in the authority's
+        // domain, all three were just found clean in the same list.
+        let is_last_holder = peer_td == *authority
+            && checked.last().is_some_and(|l| {
+                l.claims.cnf == *peer_key && l.claims.sub.as_spiffe_id() == peer_id
+            });
+        if !is_last_holder
+            && self
+                .list_for(&peer_td, now, None)?
+                .is_some_and(|l| l.covers_peer_at(peer_id, peer_key, now))
         {
             return Err(Error::new(
                 ErrorCode::Revoked,
