@@ -419,3 +419,169 @@ fn agent_server_and_agent_client_as_two_processes() {
         failures.join("\n")
     );
 }
+
+/// The `agentid` CLI binary, built by `cargo test --workspace` (the README's test command).
+fn cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join("agentid");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`, which builds the agentid binary",
+        path.display()
+    );
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/agentid-cli/src");
+    let mut dirs = vec![src];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let changed = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+                assert!(
+                    changed <= built,
+                    "{} is older than {}: rebuild it",
+                    path.display(),
+                    p.display()
+                );
+            }
+        }
+    }
+    path
+}
+
+/// Runs `agentid ARGS` in `dir`, bounded, and returns stdout; panics with stderr on failure.
+fn agentid(dir: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(cli())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap(), None);
+    let err = collect(child.stderr.take().unwrap(), None);
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("agentid {args:?} timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "agentid {args:?} failed: {err}");
+    out
+}
+
+/// The README's "Two terminals" flow, command for command, with the real `agentid` binary: the
+/// files the CLI writes are what the example agents read.
+#[test]
+fn the_readme_two_terminal_flow_with_the_agentid_cli() {
+    let server_bin = example("agent_server");
+    let client_bin = example("agent_client");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    agentid(
+        d,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--dir",
+            "demo/ca",
+        ],
+    );
+    std::fs::write(
+        d.join("demo/ca/policy.toml"),
+        "[agents.planner]\nscopes = [\"repo:read\", \"repo:write\", \"issues:*\"]\nmax_depth = 2\n\
+         requesters = [\"operator\"]\n\n[agents.coder]\nrequesters = [\"parent:planner\"]\n\n\
+         [agents.librarian]\nscopes = [\"repo:serve\"]\nrequesters = [\"operator\"]\n",
+    )
+    .unwrap();
+    for args in [
+        "cert issue --ca demo/ca --agent librarian --scope repo:serve --out-dir demo/librarian",
+        "cert issue --ca demo/ca --agent planner --scope repo:read --scope repo:write --max-depth 1 --out-dir demo/planner",
+        "cert issue --ca demo/ca --agent coder --parent demo/planner --out-dir demo/coder",
+        "delegate --chain demo/planner/grant.jwt --key demo/planner/key.pem --to-cert demo/coder/cert.pem \
+         --bundle demo/coder/bundle.json --scope repo:read --ttl 10m --out demo/coder/chain.jwt",
+        "revocations export --ca demo/ca --out demo/revocations.jwt",
+    ] {
+        agentid(d, &args.split_whitespace().collect::<Vec<_>>());
+    }
+    let path = |p: &str| d.join(p).to_str().unwrap().to_owned();
+    let (lib, coder, rev) = (
+        path("demo/librarian"),
+        path("demo/coder"),
+        path("demo/revocations.jwt"),
+    );
+
+    let run = |rev: &str| {
+        let server = Proc::spawn(
+            &server_bin,
+            &[
+                "--dir",
+                &lib,
+                "--listen",
+                "127.0.0.1:0",
+                "--once",
+                "--revocations",
+                rev,
+            ],
+        );
+        let addr = server
+            .line_with("listening on ")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned();
+        let client = Proc::spawn(
+            &client_bin,
+            &[
+                "--dir",
+                &coder,
+                "--connect",
+                &addr,
+                "--revocations",
+                rev,
+                "--scope",
+                "repo:read",
+                "--scope",
+                "repo:write",
+            ],
+        );
+        let (status, out, err) = client.finish(PROCESS_TIMEOUT);
+        drop(server.finish(PROCESS_TIMEOUT));
+        (status.map(|s| s.success()), format!("{out}{err}"))
+    };
+    let (ok, out) = run(&rev);
+    assert_eq!(ok, Some(true), "{out}");
+    assert!(out.contains("request \"repo:read\" -> granted"), "{out}");
+    assert!(
+        out.contains("request \"repo:write\" -> refused (scope_not_granted)"),
+        "{out}"
+    );
+
+    // Revoke the coder's agent with the CLI: its next connection is refused.
+    agentid(d, &["revoke", "--ca", "demo/ca", "--agent", "coder"]);
+    agentid(
+        d,
+        &[
+            "revocations",
+            "export",
+            "--ca",
+            "demo/ca",
+            "--out",
+            "demo/revocations.jwt",
+        ],
+    );
+    let (ok, out) = run(&rev);
+    assert_eq!(ok, Some(false), "{out}");
+    assert!(out.contains("revoked"), "{out}");
+}
