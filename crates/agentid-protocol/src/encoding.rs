@@ -111,11 +111,16 @@ pub(crate) fn json_time(v: &Value) -> Option<u64> {
 ///
 /// `depth` is the depth of the container that holds the value being read (0 at the top).
 #[derive(Clone, Copy)]
-struct StrictValue {
+pub(crate) struct StrictValue {
     depth: usize,
 }
 
 impl StrictValue {
+    /// A seed for a value held by a container at `depth` (1 for a member of the top object).
+    pub(crate) fn at_depth(depth: usize) -> Self {
+        Self { depth }
+    }
+
     fn enter<E: de::Error>(self) -> core::result::Result<Self, E> {
         let depth = self.depth + 1;
         if depth > MAX_JSON_DEPTH {
