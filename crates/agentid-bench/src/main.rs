@@ -1,0 +1,165 @@
+//! # agentid-bench
+//!
+//! The cost of agent authentication, measured against its physical limits and against the peers a
+//! user would pick instead, side by side in one process and one run.
+//!
+//! ```sh
+//! cargo run --release -p agentid-bench -- --quick   # under a minute on 2 cores
+//! cargo run --release -p agentid-bench              # the full run (a few minutes)
+//! cargo run --release -p agentid-bench -- --only 2,4
+//! ```
+//!
+//! Every figure prints one line, `name: value unit  (ratio to its baseline ...)`, and every
+//! baseline is measured in the same run. See BENCHMARKS.md at the repository root.
+#![forbid(unsafe_code)]
+
+mod ca;
+mod chains;
+mod fixtures;
+mod harness;
+mod net;
+mod peers;
+mod report;
+mod revocation;
+mod session;
+mod sigops;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use agentid_protocol::Algorithm;
+
+use crate::fixtures::Res;
+use crate::harness::Budget;
+use crate::report::Report;
+
+const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-8)";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("agentid-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--memory-client") {
+        return memory_client(&args);
+    }
+    if args.first().map(String::as_str) == Some("--revocation-child") {
+        let path = args.get(1).ok_or("--revocation-child FILE")?;
+        return revocation::child(std::path::Path::new(path));
+    }
+    if args.first().map(String::as_str) == Some("--profile-chain") {
+        return profile_chain(&args);
+    }
+    let mut quick = false;
+    let mut only: BTreeSet<u32> = (1..=8).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => {
+                let list = it.next().ok_or(USAGE)?;
+                only = list
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>())
+                    .collect::<Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?}; {USAGE}").into()),
+        }
+    }
+    let started = Instant::now();
+    let budget = Budget::new(quick);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# agentid-bench {} mode, {} CPUs, load average {}",
+        if quick { "quick" } else { "full" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut report = Report::default();
+    let pki = fixtures::Pki::new()?;
+    let ops = sigops::measure(budget)?;
+    if only.contains(&1) || only.contains(&3) {
+        session::run(&pki, &ops, budget, &mut report)?;
+    }
+    if only.contains(&2) || only.contains(&4) {
+        let es = chains::Synth::new(Algorithm::Es256)?;
+        let ed = chains::Synth::new(Algorithm::Ed25519)?;
+        if only.contains(&2) {
+            chains::run(&[&es, &ed], budget, &mut report)?;
+        }
+        if only.contains(&4) {
+            peers::run(&es, &ed, budget, &mut report)?;
+        }
+    }
+    if only.contains(&5) {
+        ca::run(&pki, &ops, quick, &mut report)?;
+    }
+    if only.contains(&6) {
+        net::throughput(&pki, quick, &mut report)?;
+    }
+    if only.contains(&7) {
+        net::memory(&pki, quick, &mut report)?;
+    }
+    if only.contains(&8) {
+        revocation::run(quick, budget, &mut report)?;
+    }
+    report.summary();
+    println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `--memory-client DIR ADDR COUNT raw|agentid`: the child process of figure 7.
+fn memory_client(args: &[String]) -> Res<()> {
+    let [_, dir, addr, count, mode] = args else {
+        return Err("--memory-client DIR ADDR COUNT raw|agentid".into());
+    };
+    let mode = match mode.as_str() {
+        "raw" => net::Mode::Raw,
+        _ => net::Mode::Agentid,
+    };
+    net::memory_client(
+        std::path::Path::new(dir),
+        addr.parse()?,
+        count.parse()?,
+        mode,
+    )
+}
+
+/// `--profile-chain es256|eddsa DEPTH ITERATIONS [cached]`: verifies one chain in a loop, for
+/// `valgrind --tool=callgrind` (instruction counts are reproducible on a busy machine).
+fn profile_chain(args: &[String]) -> Res<()> {
+    let alg = match args.get(1).map(String::as_str) {
+        Some("eddsa") => Algorithm::Ed25519,
+        _ => Algorithm::Es256,
+    };
+    let depth: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let mut fam = chains::Synth::new(alg)?;
+    if args.get(4).map(String::as_str) == Some("cached") {
+        fam.verifier = fam
+            .verifier
+            .clone()
+            .with_cache(std::sync::Arc::new(agentid_protocol::TokenCache::new(64)));
+    }
+    let scope = agentid_protocol::Scope::parse("repo:read")?;
+    let t = fixtures::now();
+    let mut ok = 0usize;
+    for _ in 0..n {
+        ok += usize::from(fam.verify(depth, &scope, t));
+    }
+    println!("{ok} of {n} verified");
+    Ok(())
+}

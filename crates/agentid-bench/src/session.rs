@@ -1,0 +1,146 @@
+//! Figures 1 and 3: session establishment in memory (a `tokio::io::duplex` pair, no sockets),
+//! both ends on one thread, so a figure is the CPU cost of one session for both sides.
+
+use std::sync::Arc;
+
+use agentid_protocol::TokenCache;
+use tokio::runtime::Runtime;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::fixtures::{server_name, Pki, Res};
+use crate::harness::{compare, Budget, Check};
+use crate::report::{Report, Target};
+use crate::sigops::SigOps;
+
+const DUPLEX_BUF: usize = 64 * 1024;
+
+fn runtime() -> Res<Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// One raw tokio-rustls mTLS handshake over a duplex pair.
+fn raw_once(rt: &Runtime, acceptor: &TlsAcceptor, connector: &TlsConnector, ok: &Check) {
+    rt.block_on(async {
+        let (a, b) = tokio::io::duplex(DUPLEX_BUF);
+        let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(server_name(), b));
+        ok.and(s.is_ok() && c.is_ok());
+    });
+}
+
+/// One agentid session (TLS, verifiers, hello with chain and proof, accept with proof).
+fn agentid_once(
+    rt: &Runtime,
+    server: &agentid_transport::AgentServer,
+    client: &agentid_transport::AgentClient,
+    ok: &Check,
+) {
+    rt.block_on(async {
+        let (a, b) = tokio::io::duplex(DUPLEX_BUF);
+        let (s, c) = tokio::join!(server.accept(a), client.connect_with(b));
+        ok.and(s.is_ok() && c.is_ok());
+    });
+}
+
+/// Figure 1 (depths 0, 2, 8) and figure 3 (a repeated depth-8 chain with the token cache).
+pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<()> {
+    let rt = runtime()?;
+    let acceptor = TlsAcceptor::from(pki.raw_server_config()?);
+    let connector = TlsConnector::from(pki.raw_client_config(0)?);
+    let server = pki.agentid_server(None)?;
+    let cache = Arc::new(TokenCache::new(4096));
+    let cached_server = pki.agentid_server(Some(cache.clone()))?;
+    let clients = [
+        pki.agentid_client(0)?,
+        pki.agentid_client(2)?,
+        pki.agentid_client(8)?,
+    ];
+
+    let ok = Check::new();
+    let [c0, c2, c8] = &clients;
+    // The cache is filled by the warm-up and then holds all nine tokens of the depth-8 chain.
+    let r = compare(
+        budget,
+        &mut [
+            &mut || raw_once(&rt, &acceptor, &connector, &ok),
+            &mut || agentid_once(&rt, &server, c0, &ok),
+            &mut || agentid_once(&rt, &server, c2, &ok),
+            &mut || agentid_once(&rt, &server, c8, &ok),
+            &mut || agentid_once(&rt, &cached_server, c8, &ok),
+        ],
+    );
+    if !ok.get() {
+        return Err("a handshake failed during figure 1".into());
+    }
+    let get = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    let raw = get(0);
+    report.section("1. session establishment in memory (duplex pair, both ends on one thread)");
+    report.baseline("fig1.raw_rustls_mtls_handshake", raw, "handshake");
+    report.baseline("fig1.raw_sig.p256_sign", ops.p256_sign, "op");
+    report.baseline("fig1.raw_sig.p256_verify", ops.p256_verify, "op");
+    report.baseline("fig1.raw_sig.ed25519_sign", ops.ed_sign, "op");
+    report.baseline("fig1.raw_sig.ed25519_verify", ops.ed_verify, "op");
+    // Two hop proofs signed and verified, plus one verification per chain token.
+    let required =
+        |depth: usize| 2.0 * ops.p256_sign + (2.0 + depth as f64 + 1.0) * ops.p256_verify;
+    for (i, depth) in [(1, 0usize), (2, 2), (3, 8)] {
+        let ours = get(i);
+        let base = raw + required(depth);
+        report.time(
+            &format!("fig1.agentid_session.depth{depth}"),
+            ours,
+            "session",
+            ours / base,
+            &format!(
+                "raw handshake + 2 sign + {} verify = {:.0} us",
+                depth + 3,
+                base / 1000.0
+            ),
+            Target::AtMost(1.10),
+        );
+    }
+    for (i, depth) in [(1, 0usize), (2, 2), (3, 8)] {
+        let over = get(i) - raw - required(depth);
+        report.time(
+            &format!("fig1.agentid_overhead_beyond_crypto.depth{depth}"),
+            over.max(0.0),
+            "session",
+            over / raw,
+            "raw handshake",
+            Target::None,
+        );
+    }
+
+    report.section("3. verified-token cache: a repeated depth-8 chain on a new connection");
+    let cached = get(4);
+    let base = raw + 2.0 * ops.p256_sign + 2.0 * ops.p256_verify;
+    report.time(
+        "fig3.agentid_session.depth8_cached",
+        cached,
+        "session",
+        cached / base,
+        &format!(
+            "raw handshake + 2 proofs' sign+verify = {:.0} us",
+            base / 1000.0
+        ),
+        Target::AtMost(1.10),
+    );
+    report.time(
+        "fig3.agentid_session.depth8_uncached",
+        get(3),
+        "session",
+        get(3) / cached,
+        "cached",
+        Target::None,
+    );
+    report.line(
+        "fig3.cache_entries",
+        cache.len() as f64,
+        "tokens",
+        1.0,
+        "after the run",
+        Target::None,
+    );
+    Ok(())
+}
