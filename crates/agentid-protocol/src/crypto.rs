@@ -1,5 +1,6 @@
 //! Keys and signatures: the only module of this crate that touches the signature backend
-//! (aws-lc-rs) and curve25519-dalek, so a port to another backend stays local.
+//! (aws-lc-rs), so a port to another backend stays local (the Ed25519 point checks are plain
+//! field arithmetic in `ed25519_check`, tested against curve25519-dalek).
 //!
 //! * **ES256**: ECDSA P-256 with SHA-256, signatures as the 64-byte fixed `r || s` (JWS, P1363).
 //!   Public keys are 65-byte uncompressed points, validated on the curve; compressed points are
@@ -19,15 +20,14 @@ compile_error!(
 use core::fmt;
 use std::sync::Arc;
 
+use crate::ed25519_check;
+use crate::error::{Error, ErrorCode, Result};
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ParsedPublicKey, UnparsedPublicKey,
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519,
 };
-use curve25519_dalek::edwards::CompressedEdwardsY;
-
-use crate::error::{Error, ErrorCode, Result};
 
 /// A JWS signature algorithm supported by agentid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,16 +208,18 @@ impl PublicKey {
         if !ed25519_y_is_canonical(&key) {
             return Err(bad_key("Ed25519 key: y is not reduced modulo p"));
         }
-        let point = CompressedEdwardsY(key)
-            .decompress()
-            .ok_or_else(|| bad_key("Ed25519 key: not a curve point"))?;
-        // dalek accepts -0 (x = 0 with the sign bit set). With y already reduced, that is the
+        // Whether the point decompresses, from its quadratic character alone (the point itself
+        // is never needed here: aws-lc decodes it again for each signature check).
+        if !ed25519_check::decompresses(&key) {
+            return Err(bad_key("Ed25519 key: not a curve point"));
+        }
+        // -0 (x = 0 with the sign bit set) decompresses too. With y already reduced, that is the
         // only encoding whose re-encoding differs, and x = 0 only for y = 1 or y = p - 1: test
         // those directly instead of re-encoding (which costs a field inversion).
         if key[31] & 0x80 != 0 && ed25519_x_is_zero(&key) {
             return Err(bad_key("Ed25519 key: non-canonical encoding"));
         }
-        if point.is_small_order() {
+        if ed25519_check::is_small_order(&key) {
             return Err(bad_key("Ed25519 key: small-order point"));
         }
         Ok(Self {
@@ -550,6 +552,7 @@ mod tests {
     )]
 
     use super::*;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
 
     /// The previous rule (re-encode and compare) and the direct test of x = 0 agree on every
     /// candidate: all keys near the special y values, with and without the sign bit, and a
