@@ -27,7 +27,7 @@ use crate::provider::{self, ALPN};
 use crate::session::{
     now_unix, AuthenticatedPeer, Receipts, Session, SessionParts, PROOF_LIFETIME,
 };
-use crate::svid::{check_leaf, CertUsage, SvidInfo};
+use crate::svid::{CertUsage, SvidInfo};
 use crate::verification::PeerVerification;
 use crate::verifier::{from_tls_error, SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 
@@ -63,7 +63,11 @@ struct AfterTls {
     exporter_server: [u8; 32],
 }
 
-fn after_tls<D>(conn: &ConnectionCommon<D>, usage: CertUsage) -> Result<AfterTls> {
+fn after_tls<D>(
+    conn: &ConnectionCommon<D>,
+    usage: CertUsage,
+    verification: &PeerVerification,
+) -> Result<AfterTls> {
     // Only full handshakes: a resumed session would skip our certificate verifier.
     match conn.handshake_kind() {
         Some(HandshakeKind::Full) | Some(HandshakeKind::FullWithHelloRetryRequest) => {}
@@ -76,8 +80,11 @@ fn after_tls<D>(conn: &ConnectionCommon<D>, usage: CertUsage) -> Result<AfterTls
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or(Error::HandshakeRefused("no peer certificate"))?;
-    // The verifier already validated chain, leaf rules and policy; parse again for the values.
-    let peer = check_leaf(leaf.as_ref(), usage)?;
+    // The verifier already validated chain, leaf rules and policy; take the values it read (a
+    // fresh parse if they are no longer remembered).
+    let peer = verification
+        .trust_store()
+        .verified_leaf(leaf.as_ref(), usage)?;
     let exporter = |ctx: &[u8]| {
         conn.export_keying_material([0u8; 32], EXPORTER_LABEL, Some(ctx))
             .map_err(Error::Tls)
@@ -232,7 +239,7 @@ impl AgentServer {
             .await
             .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
             .map_err(map_tls_io)?;
-        let after = after_tls(tls.get_ref().1, CertUsage::ClientAuth)?;
+        let after = after_tls(tls.get_ref().1, CertUsage::ClientAuth, &self.verification)?;
         record_peer(span, &after.peer);
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
@@ -483,7 +490,7 @@ impl AgentClient {
         .await
         .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
         .map_err(map_tls_io)?;
-        let after = after_tls(tls.get_ref().1, CertUsage::ServerAuth)?;
+        let after = after_tls(tls.get_ref().1, CertUsage::ServerAuth, &self.verification)?;
         record_peer(span, &after.peer);
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 

@@ -9,7 +9,8 @@
 //! 2. [`TrustStore::verify`]: the leaf rules, then chain validation through webpki against the
 //!    anchors of the peer's **own** trust domain only, at a time given as a parameter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use agentid_protocol::{PeerId, PublicKey, TrustDomain};
 use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -175,11 +176,69 @@ pub fn serial_hex(der_integer: &[u8]) -> String {
     s
 }
 
+/// At most this many validated leaves are remembered per usage (then the memory is cleared).
+const LEAF_CACHE_ENTRIES: usize = 256;
+
+/// What [`check_leaf`] said about leaves whose chain [`TrustStore::verify`] then validated, keyed
+/// by the exact DER bytes and the usage. `check_leaf` is a pure function of those two, so a hit
+/// gives the same answer as parsing again; it saves the x509 parse that the rustls verifier and
+/// the post-handshake step would each repeat for every connection of the same certificate. Only
+/// leaves that passed chain validation are inserted (an unauthenticated peer cannot fill it);
+/// the time-dependent checks (validity, chain) are never cached.
+#[derive(Default)]
+struct LeafCache {
+    by_usage: Mutex<[HashMap<Box<[u8]>, SvidInfo>; 2]>,
+}
+
+impl LeafCache {
+    fn slot(usage: CertUsage) -> usize {
+        match usage {
+            CertUsage::ClientAuth => 0,
+            CertUsage::ServerAuth => 1,
+        }
+    }
+
+    fn get(&self, der: &[u8], usage: CertUsage) -> Option<SvidInfo> {
+        let maps = self.by_usage.lock().ok()?;
+        maps.get(Self::slot(usage))?.get(der).cloned()
+    }
+
+    fn insert(&self, der: &[u8], usage: CertUsage, info: &SvidInfo) {
+        let Ok(mut maps) = self.by_usage.lock() else {
+            return;
+        };
+        let Some(map) = maps.get_mut(Self::slot(usage)) else {
+            return;
+        };
+        if map.len() >= LEAF_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(der.into(), info.clone());
+    }
+
+    fn len(&self) -> usize {
+        self.by_usage
+            .lock()
+            .map(|m| m.iter().map(HashMap::len).sum())
+            .unwrap_or(0)
+    }
+}
+
 /// X.509 trust anchors, kept per trust domain and never merged: a peer is validated only against
 /// the anchors of the trust domain its URI SAN names.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TrustStore {
     anchors: BTreeMap<String, Vec<TrustAnchor<'static>>>,
+    leaves: Arc<LeafCache>,
+}
+
+impl std::fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("anchors", &self.anchors)
+            .field("validated_leaves", &self.leaves.len())
+            .finish()
+    }
 }
 
 impl TrustStore {
@@ -229,7 +288,12 @@ impl TrustStore {
         now: UnixTime,
         usage: CertUsage,
     ) -> Result<SvidInfo, CertError> {
-        let info = check_leaf(end_entity.as_ref(), usage)?;
+        let cached = self.leaves.get(end_entity.as_ref(), usage);
+        let hit = cached.is_some();
+        let info = match cached {
+            Some(info) => info,
+            None => check_leaf(end_entity.as_ref(), usage)?,
+        };
         if intermediates.len() > MAX_INTERMEDIATES {
             return Err(CertError::TooManyIntermediates(intermediates.len()));
         }
@@ -257,7 +321,23 @@ impl TrustStore {
             }
             other => CertError::Chain(format!("{other:?}")),
         })?;
+        if !hit {
+            self.leaves.insert(end_entity.as_ref(), usage, &info);
+        }
         Ok(info)
+    }
+
+    /// [`check_leaf`] for a leaf that [`TrustStore::verify`] validated earlier (the rustls
+    /// verifier of this handshake): its remembered answer, else a fresh parse.
+    pub(crate) fn verified_leaf(
+        &self,
+        der: &[u8],
+        usage: CertUsage,
+    ) -> Result<SvidInfo, CertError> {
+        match self.leaves.get(der, usage) {
+            Some(info) => Ok(info),
+            None => check_leaf(der, usage),
+        }
     }
 }
 
