@@ -54,6 +54,9 @@ fn run() -> Res<()> {
     if args.first().map(String::as_str) == Some("--profile-chain") {
         return profile_chain(&args);
     }
+    if args.first().map(String::as_str) == Some("--profile-session") {
+        return session::profile(&args);
+    }
     let mut quick = false;
     let mut only: BTreeSet<u32> = (1..=8).collect();
     let mut it = args.iter();

@@ -144,3 +144,44 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
     );
     Ok(())
 }
+
+/// `--profile-session agentid|raw|cached N [DEPTH]`: N in-memory sessions (agentid at `DEPTH`,
+/// default 0; `cached`: the depth-8 chain against a server with a token cache) or N raw
+/// handshakes, for `valgrind --tool=callgrind` (instruction counts are reproducible when wall
+/// time is not). The fixtures (CA, chains) are built before the loop.
+pub fn profile(args: &[String]) -> Res<()> {
+    let mode = args.get(1).map(String::as_str).unwrap_or("agentid");
+    let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
+    let depth: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(0);
+    let pki = Pki::new()?;
+    let rt = runtime()?;
+    let ok = Check::new();
+    match mode {
+        "raw" => {
+            let acceptor = TlsAcceptor::from(pki.raw_server_config()?);
+            let connector = TlsConnector::from(pki.raw_client_config(0)?);
+            for _ in 0..n {
+                raw_once(&rt, &acceptor, &connector, &ok);
+            }
+        }
+        "cached" => {
+            let server = pki.agentid_server(Some(Arc::new(TokenCache::new(4096))))?;
+            let client = pki.agentid_client(8)?;
+            for _ in 0..n {
+                agentid_once(&rt, &server, &client, &ok);
+            }
+        }
+        _ => {
+            let server = pki.agentid_server(None)?;
+            let client = pki.agentid_client(depth)?;
+            for _ in 0..n {
+                agentid_once(&rt, &server, &client, &ok);
+            }
+        }
+    }
+    if !ok.get() {
+        return Err("a handshake failed".into());
+    }
+    println!("{n} {mode} sessions");
+    Ok(())
+}
