@@ -255,7 +255,8 @@ CREATE TABLE IF NOT EXISTS issuances (
   serial TEXT PRIMARY KEY, identity TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT, task TEXT,
   not_before INTEGER NOT NULL, not_after INTEGER NOT NULL, requester TEXT NOT NULL,
   jkt TEXT NOT NULL, issued_at INTEGER NOT NULL, grant_jti TEXT UNIQUE);
-CREATE INDEX IF NOT EXISTS issuances_identity ON issuances(identity);
+-- No query looks issuances up by identity (identities are keyed by their own table).
+DROP INDEX IF EXISTS issuances_identity;
 CREATE INDEX IF NOT EXISTS issuances_agent ON issuances(agent);
 CREATE INDEX IF NOT EXISTS issuances_task ON issuances(task);
 CREATE INDEX IF NOT EXISTS issuances_jkt ON issuances(jkt);
@@ -289,6 +290,7 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -322,70 +324,84 @@ impl SqliteStore {
     }
 }
 
-const ISSUANCE_COLS: &str = "serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti";
+/// The revocation lookup for `n` (kind, value) pairs, one statement.
+fn revocation_sql(n: usize) -> String {
+    let mut sql = String::from("SELECT kind, value FROM revocations WHERE ");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push_str(&format!(
+            "(kind = ?{} AND value = ?{})",
+            2 * i + 1,
+            2 * i + 2
+        ));
+    }
+    sql
+}
 
-impl Store for SqliteStore {
-    fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // 1. Revocations.
-        for (kind, value) in c.refuse_if_revoked {
-            let hit: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM revocations WHERE kind = ?1 AND value = ?2",
-                    params![kind.as_str(), value],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if hit.is_some() {
-                return Err(CaError::Revoked {
-                    kind: kind.as_str(),
-                    value: value.clone(),
-                });
+/// Checks and records one issuance inside the caller's transaction (or savepoint): revocations
+/// (one statement), the key binding (one statement), then the writes.
+fn apply_issuance(conn: &Connection, c: &IssuanceCommit<'_>) -> Result<()> {
+    // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
+    if !c.refuse_if_revoked.is_empty() {
+        let mut st = conn.prepare_cached(&revocation_sql(c.refuse_if_revoked.len()))?;
+        let args = rusqlite::params_from_iter(
+            c.refuse_if_revoked
+                .iter()
+                .flat_map(|(k, v)| [k.as_str(), v.as_str()]),
+        );
+        let hits = st
+            .query_map(args, |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !hits.is_empty() {
+            for (kind, value) in c.refuse_if_revoked {
+                if hits.iter().any(|(k, v)| k == kind.as_str() && v == value) {
+                    return Err(CaError::Revoked {
+                        kind: kind.as_str(),
+                        value: value.clone(),
+                    });
+                }
             }
         }
-        let id = c.identity;
-        // 2. One key, one identity: a key once bound stays with its identity forever.
-        let owner: Option<String> = tx
-            .query_row(
-                "SELECT identity FROM keys WHERE jkt = ?1",
-                params![id.jkt],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(owner) = &owner {
-            if owner != &id.identity {
-                return Err(CaError::KeyInUse {
-                    jkt: id.jkt.clone(),
-                    bound_to: owner.clone(),
-                });
-            }
+    }
+    let id = c.identity;
+    // 2. One key, one identity: a key once bound stays with its identity forever.
+    let (owner, bound): (Option<String>, Option<(String, i64)>) = conn
+        .prepare_cached(
+            "SELECT (SELECT identity FROM keys WHERE jkt = ?1), i.jkt, i.cap
+             FROM (SELECT 1) LEFT JOIN identities i ON i.identity = ?2",
+        )?
+        .query_row(params![id.jkt, id.identity], |r| {
+            let jkt: Option<String> = r.get(1)?;
+            let cap: Option<i64> = r.get(2)?;
+            Ok((r.get(0)?, jkt.zip(cap)))
+        })?;
+    if let Some(owner) = &owner {
+        if owner != &id.identity {
+            return Err(CaError::KeyInUse {
+                jkt: id.jkt.clone(),
+                bound_to: owner.clone(),
+            });
         }
-        let bound: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT jkt, cap FROM identities WHERE identity = ?1",
-                params![id.identity],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match (&bound, c.binding) {
-            (Some(_), Binding::Fresh) => return Err(CaError::IdentityExists(id.identity.clone())),
-            (None, Binding::SameKey) => return Err(CaError::UnknownIdentity(id.identity.clone())),
-            (Some((jkt, _)), Binding::SameKey | Binding::FreshOrSameKey) if *jkt != id.jkt => {
-                return Err(CaError::KeyMismatch {
-                    identity: id.identity.clone(),
-                    bound: jkt.clone(),
-                    requested: id.jkt.clone(),
-                })
-            }
-            _ => {}
+    }
+    match (&bound, c.binding) {
+        (Some(_), Binding::Fresh) => return Err(CaError::IdentityExists(id.identity.clone())),
+        (None, Binding::SameKey) => return Err(CaError::UnknownIdentity(id.identity.clone())),
+        (Some((jkt, _)), Binding::SameKey | Binding::FreshOrSameKey) if *jkt != id.jkt => {
+            return Err(CaError::KeyMismatch {
+                identity: id.identity.clone(),
+                bound: jkt.clone(),
+                requested: id.jkt.clone(),
+            })
         }
-        if owner.is_none() {
-            tx.execute(
-                "INSERT INTO keys (jkt, identity) VALUES (?1, ?2)",
-                params![id.jkt, id.identity],
-            )
+        _ => {}
+    }
+    if owner.is_none() {
+        conn.prepare_cached("INSERT INTO keys (jkt, identity) VALUES (?1, ?2)")?
+            .execute(params![id.jkt, id.identity])
             .map_err(|e| {
                 if is_constraint(&e) {
                     CaError::KeyInUse {
@@ -396,65 +412,74 @@ impl Store for SqliteStore {
                     e.into()
                 }
             })?;
-        }
-        match bound {
-            None => {
-                tx.execute(
-                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id.identity, id.jkt, id.spki, id.agent, id.task, to_i64(id.cap)?],
-                )?;
+    }
+    // A new binding, or the same/rebound key with its cap raised (never lowered).
+    conn.prepare_cached(
+        "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (identity) DO UPDATE SET jkt = excluded.jkt, spki = excluded.spki,
+           cap = MAX(cap, excluded.cap)",
+    )?
+    .execute(params![id.identity, id.jkt, id.spki, id.agent, id.task, to_i64(id.cap)?])?;
+    // 3. The task and its bootstrap token.
+    if let Some(t) = c.task {
+        conn.prepare_cached(
+            "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            t.task,
+            t.holder,
+            t.grant_jti,
+            to_i64(t.exp)?,
+            to_i64(t.created)?
+        ])
+        .map_err(|e| {
+            if is_constraint(&e) {
+                CaError::IdentityExists(format!("task {}", t.task))
+            } else {
+                e.into()
             }
-            Some((_, cap)) => {
-                let cap = cap.max(to_i64(id.cap)?);
-                tx.execute(
-                    "UPDATE identities SET jkt = ?2, spki = ?3, cap = ?4 WHERE identity = ?1",
-                    params![id.identity, id.jkt, id.spki, cap],
-                )?;
-            }
+        })?;
+    }
+    if let Some(b) = c.bootstrap {
+        let n = conn
+            .prepare_cached(
+                "UPDATE bootstrap_tokens SET used_at = ?4 WHERE hash = ?1 AND agent = ?2 AND task = ?3 AND expires > ?4 AND used_at IS NULL",
+            )?
+            .execute(params![b.hash, b.agent, b.task, to_i64(c.now)?])?;
+        if n != 1 {
+            return Err(CaError::BootstrapToken(
+                "unknown, already used, expired, or bound to another agent or task",
+            ));
         }
-        // 3. The task and its bootstrap token.
-        if let Some(t) = c.task {
-            tx.execute(
-                "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.task, t.holder, t.grant_jti, to_i64(t.exp)?, to_i64(t.created)?],
-            )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    CaError::IdentityExists(format!("task {}", t.task))
-                } else {
-                    e.into()
-                }
-            })?;
-        }
-        if let Some(b) = c.bootstrap {
-            let n = tx.execute(
-                "UPDATE bootstrap_tokens SET used_at = ?5 WHERE hash = ?1 AND agent = ?2 AND task = ?3 AND expires > ?4 AND used_at IS NULL",
-                params![b.hash, b.agent, b.task, to_i64(c.now)?, to_i64(c.now)?],
-            )?;
-            if n != 1 {
-                return Err(CaError::BootstrapToken(
-                    "unknown, already used, expired, or bound to another agent or task",
-                ));
-            }
-        }
-        // 4. The certificate itself.
-        let r = c.record;
-        tx.execute(
-            &format!("INSERT INTO issuances ({ISSUANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![
-                r.serial,
-                r.identity,
-                r.kind.as_str(),
-                r.agent,
-                r.task,
-                to_i64(r.not_before)?,
-                to_i64(r.not_after)?,
-                r.requester,
-                r.jkt,
-                to_i64(r.issued_at)?,
-                r.grant_jti
-            ],
-        )?;
+    }
+    // 4. The certificate itself.
+    let r = c.record;
+    conn.prepare_cached(INSERT_ISSUANCE)?.execute(params![
+        r.serial,
+        r.identity,
+        r.kind.as_str(),
+        r.agent,
+        r.task,
+        to_i64(r.not_before)?,
+        to_i64(r.not_after)?,
+        r.requester,
+        r.jkt,
+        to_i64(r.issued_at)?,
+        r.grant_jti
+    ])?;
+    Ok(())
+}
+
+const INSERT_ISSUANCE: &str = "INSERT INTO issuances (serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const ISSUANCE_COLS: &str = "serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti";
+
+impl Store for SqliteStore {
+    fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_issuance(&tx, c)?;
         tx.commit()?;
         Ok(())
     }
@@ -462,48 +487,43 @@ impl Store for SqliteStore {
     fn identity(&self, identity: &str) -> Result<Option<IdentityRecord>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT identity, jkt, spki, agent, task, cap FROM identities WHERE identity = ?1",
-                params![identity],
-                |r| {
-                    Ok(IdentityRecord {
-                        identity: r.get(0)?,
-                        jkt: r.get(1)?,
-                        spki: r.get(2)?,
-                        agent: r.get(3)?,
-                        task: r.get(4)?,
-                        cap: to_u64(r.get(5)?)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![identity], |r| {
+                Ok(IdentityRecord {
+                    identity: r.get(0)?,
+                    jkt: r.get(1)?,
+                    spki: r.get(2)?,
+                    agent: r.get(3)?,
+                    task: r.get(4)?,
+                    cap: to_u64(r.get(5)?)?,
+                })
+            })
             .optional()?)
     }
 
     fn key_owner(&self, jkt: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT identity FROM keys WHERE jkt = ?1",
-                params![jkt],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT identity FROM keys WHERE jkt = ?1")?
+            .query_row(params![jkt], |r| r.get(0))
             .optional()?)
     }
 
     fn issuance(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
         self.conn
-            .query_row(
-                &format!("SELECT {ISSUANCE_COLS} FROM issuances WHERE serial = ?1"),
-                params![serial],
-                Self::row_issuance,
-            )
+            .prepare_cached(&format!(
+                "SELECT {ISSUANCE_COLS} FROM issuances WHERE serial = ?1"
+            ))?
+            .query_row(params![serial], Self::row_issuance)
             .optional()?
             .map(Self::fix_kind)
             .transpose()
     }
 
     fn issuances(&self) -> Result<Vec<IssuanceRecord>> {
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT {ISSUANCE_COLS} FROM issuances ORDER BY rowid"
         ))?;
         let rows = st.query_map([], Self::row_issuance)?;
@@ -513,22 +533,20 @@ impl Store for SqliteStore {
     fn task(&self, task: &str) -> Result<Option<TaskRecord>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE task = ?1",
-                params![task],
-                row_task,
-            )
+            )?
+            .query_row(params![task], row_task)
             .optional()?)
     }
 
     fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE grant_jti = ?1",
-                params![jti],
-                row_task,
-            )
+            )?
+            .query_row(params![jti], row_task)
             .optional()?)
     }
 
@@ -555,8 +573,12 @@ impl Store for SqliteStore {
         };
         let a: Option<i64> = self
             .conn
-            .query_row(cert_sql, params![value], |r| r.get(0))?;
-        let b: Option<i64> = self.conn.query_row(cap_sql, params![value], |r| r.get(0))?;
+            .prepare_cached(cert_sql)?
+            .query_row(params![value], |r| r.get(0))?;
+        let b: Option<i64> = self
+            .conn
+            .prepare_cached(cap_sql)?
+            .query_row(params![value], |r| r.get(0))?;
         let m = match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (x, None) | (None, x) => x,
@@ -565,16 +587,14 @@ impl Store for SqliteStore {
     }
 
     fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)",
-            params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
+        self.conn.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)")?.execute(params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
         )?;
         Ok(())
     }
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT kind, value, exp, revoked_at, reason, requester FROM revocations ORDER BY rowid",
         )?;
         let rows = st.query_map([], |r| {
@@ -599,28 +619,28 @@ impl Store for SqliteStore {
     }
 
     fn next_revocation_seq(&mut self) -> Result<u64> {
-        let v: i64 = self.conn.query_row(
-            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
-            [],
-            |r| r.get(0),
-        )?;
+        let v: i64 = self
+            .conn
+            .prepare_cached(
+                "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+            )?
+            .query_row([], |r| r.get(0))?;
         Ok(to_u64(v)?)
     }
 
     fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
-            params![b.hash, b.agent, b.task, to_i64(b.expires)?],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![b.hash, b.agent, b.task, to_i64(b.expires)?])?;
         Ok(())
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT hash, agent, task, expires FROM bootstrap_tokens WHERE hash = ?1 AND used_at IS NULL",
-                params![hash],
+            .prepare_cached("SELECT hash, agent, task, expires FROM bootstrap_tokens WHERE hash = ?1 AND used_at IS NULL")?.query_row(params![hash],
                 |r| {
                     Ok(BootstrapRecord {
                         hash: r.get(0)?,
