@@ -23,10 +23,7 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
 /// `BadBase64`. Exactly the strings [`b64_decode`] accepts, with no allocation.
 pub(crate) fn b64_check(s: &str) -> Result<()> {
     let bad = |why: &str| Error::new(ErrorCode::BadBase64, format!("base64url: {why}"));
-    if let Some(c) = s
-        .bytes()
-        .find(|b| !matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'))
-    {
+    if let Some(c) = s.bytes().find(|&b| b64_value_of(b).is_none()) {
         return Err(bad(&format!(
             "byte 0x{c:02x} outside the base64url alphabet"
         )));
@@ -57,12 +54,37 @@ pub(crate) fn b64_decode_checked(s: &str) -> Result<Vec<u8>> {
 
 /// The 6-bit value of a base64url character (already checked to be in the alphabet).
 fn b64_value(c: u8) -> u8 {
-    match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        _ => 63,
+    b64_value_of(c).unwrap_or(0)
+}
+
+/// Marks a byte outside the base64url alphabet in [`B64_VALUES`].
+const B64_INVALID: u8 = 0xff;
+
+/// The 6-bit value of every byte in the base64url alphabet, [`B64_INVALID`] for the others: one
+/// load per byte of a token (tokens are checked whole, about a kilobyte each).
+// Evaluated at compile time: an index out of bounds would fail the build, not panic.
+#[allow(clippy::indexing_slicing)]
+static B64_VALUES: [u8; 256] = {
+    let mut t = [B64_INVALID; 256];
+    let mut i = 0u8;
+    while i < 26 {
+        t[(b'A' + i) as usize] = i;
+        t[(b'a' + i) as usize] = i + 26;
+        if i < 10 {
+            t[(b'0' + i) as usize] = i + 52;
+        }
+        i += 1;
+    }
+    t[b'-' as usize] = 62;
+    t[b'_' as usize] = 63;
+    t
+};
+
+/// The 6-bit value of `c`, or `None` outside the base64url alphabet.
+fn b64_value_of(c: u8) -> Option<u8> {
+    match B64_VALUES.get(usize::from(c)) {
+        Some(&v) if v != B64_INVALID => Some(v),
+        _ => None,
     }
 }
 
