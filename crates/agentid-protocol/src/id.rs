@@ -95,7 +95,20 @@ fn check_segment(seg: &str) -> Result<()> {
 #[serde(try_from = "String", into = "String")]
 pub struct TrustDomain(String);
 
+/// Maps keyed by trust domain can be searched by name (an ID's `trust_domain_str`) without
+/// allocating; hashing and ordering are those of the name.
+impl core::borrow::Borrow<str> for TrustDomain {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TrustDomain {
+    /// Wraps a name taken from an already parsed ID (no checks).
+    pub(crate) fn from_canonical(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+
     /// Parses a bare trust domain name (`BadId` on any violation).
     pub fn parse(s: &str) -> Result<Self> {
         check_trust_domain(s)?;
@@ -367,7 +380,20 @@ impl TaskIdentity {
 
     /// The bare task id.
     pub fn task_id(&self) -> TaskId {
-        TaskId(self.0.segment(3).to_owned())
+        TaskId(self.task_id_str().to_owned())
+    }
+
+    /// The bare task id, borrowed (the last segment).
+    pub(crate) fn task_id_str(&self) -> &str {
+        self.0.segment(3)
+    }
+
+    /// The agent's SPIFFE ID, borrowed: the canonical string is `<agent>/task/<id>`, so the
+    /// agent is its prefix (the same string [`TaskIdentity::agent`] builds).
+    pub(crate) fn agent_str(&self) -> &str {
+        let s = self.as_str();
+        let tail = TASK.len() + 2 + self.task_id_str().len();
+        s.get(..s.len().saturating_sub(tail)).unwrap_or_default()
     }
 
     /// The trust domain.
@@ -569,6 +595,22 @@ mod tests {
 
     fn id(s: &str) -> SpiffeId {
         SpiffeId::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn borrowed_agent_and_task_match_the_owned_ones() {
+        for s in [
+            "spiffe://example.org/agent/a/task/t",
+            "spiffe://a.b-c.example/agent/reviewer.1/task/T_x-9",
+            "spiffe://x/agent/task/task/agent",
+        ] {
+            let t = TaskIdentity::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(t.agent_str(), t.agent().as_str(), "{s}");
+            assert_eq!(t.task_id_str(), t.task_id().as_str(), "{s}");
+            let owned = t.trust_domain();
+            let td: &str = core::borrow::Borrow::borrow(&owned);
+            assert_eq!(td, t.as_spiffe_id().trust_domain_str(), "{s}");
+        }
     }
 
     fn rejects<T: fmt::Debug>(r: Result<T>, input: &str) {

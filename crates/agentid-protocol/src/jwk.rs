@@ -4,6 +4,8 @@
 //! member, a mismatched `alg` or an invalid point is `BadKey`. Keys are validated by the
 //! constructors of [`PublicKey`].
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::crypto::{sha256, PublicKey};
@@ -105,10 +107,44 @@ impl PublicKey {
     /// `x`, [`y`]) in lexicographic order without whitespace. Revocation lists and bundle `kid`s
     /// name keys by it.
     pub fn thumbprint(&self) -> String {
-        b64_encode(&sha256(self.thumbprint_input().as_bytes()))
+        // The canonical JSON is at most 117 bytes: built on the stack, no allocation but the
+        // result's.
+        let mut buf = [0u8; 128];
+        let raw = self.raw_bytes();
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(dst) = buf.get_mut(len..len + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+            len += bytes.len();
+        };
+        let mut b64 = [0u8; 43];
+        let mut coord = |c: &[u8]| -> [u8; 43] {
+            let n = URL_SAFE_NO_PAD.encode_slice(c, &mut b64).unwrap_or(0);
+            debug_assert_eq!(n, 43);
+            b64
+        };
+        match raw.split_first() {
+            // P-256: 0x04 || x || y
+            Some((_, xy)) if raw.len() == 65 => {
+                let (x, y) = xy.split_at(32);
+                put(br#"{"crv":"P-256","kty":"EC","x":""#);
+                put(&coord(x));
+                put(br#"","y":""#);
+                put(&coord(y));
+                put(br#""}"#);
+            }
+            _ => {
+                put(br#"{"crv":"Ed25519","kty":"OKP","x":""#);
+                put(&coord(raw));
+                put(br#""}"#);
+            }
+        }
+        b64_encode(&sha256(buf.get(..len).unwrap_or_default()))
     }
 
     /// The canonical JSON hashed by [`PublicKey::thumbprint`]. base64url needs no escaping.
+    #[cfg(test)]
     fn thumbprint_input(&self) -> String {
         match self.jwk_coordinates() {
             (x, Some(y)) => format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
@@ -187,6 +223,22 @@ mod tests {
             key.thumbprint(),
             "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U"
         );
+    }
+
+    #[test]
+    fn thumbprint_is_the_hash_of_the_canonical_json() {
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            for _ in 0..20 {
+                let key = crate::crypto::AuthorityKey::generate(alg)
+                    .unwrap()
+                    .public_key()
+                    .clone();
+                assert_eq!(
+                    key.thumbprint(),
+                    b64_encode(&sha256(key.thumbprint_input().as_bytes()))
+                );
+            }
+        }
     }
 
     #[test]

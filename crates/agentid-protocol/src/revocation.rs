@@ -58,12 +58,27 @@ pub struct RevocationEntry {
 }
 
 fn digest(kind: u8, a: &str, b: &str) -> [u8; 16] {
-    let mut buf = Vec::with_capacity(2 + a.len() + b.len());
-    buf.push(kind);
-    buf.extend_from_slice(a.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(b.as_bytes());
-    let h = sha256(&buf);
+    // Short inputs (the common case) are assembled on the stack.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let len = 2 + a.len() + b.len();
+    let buf: &mut [u8] = match stack.get_mut(..len) {
+        Some(b) => b,
+        None => {
+            heap.resize(len, 0);
+            &mut heap
+        }
+    };
+    let (head, rest) = buf.split_at_mut(1 + a.len());
+    if let Some((k, a_out)) = head.split_first_mut() {
+        *k = kind;
+        a_out.copy_from_slice(a.as_bytes());
+    }
+    if let Some((zero, b_out)) = rest.split_first_mut() {
+        *zero = 0;
+        b_out.copy_from_slice(b.as_bytes());
+    }
+    let h = sha256(buf);
     let mut out = [0u8; 16];
     out.copy_from_slice(h.get(..16).unwrap_or(&[0u8; 16]));
     out
@@ -237,7 +252,12 @@ impl RevocationList {
     }
 
     pub(crate) fn has_agent(&self, agent: &AgentId, now: u64) -> bool {
-        self.hit(&digest(K_AGENT, agent.as_str(), ""), now)
+        self.has_agent_str(agent.as_str(), now)
+    }
+
+    /// [`RevocationList::has_agent`] for an agent ID given as its canonical string.
+    pub(crate) fn has_agent_str(&self, agent: &str, now: u64) -> bool {
+        self.hit(&digest(K_AGENT, agent, ""), now)
     }
 
     pub(crate) fn has_key(&self, jkt: &str, now: u64) -> bool {

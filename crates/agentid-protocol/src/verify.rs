@@ -309,13 +309,13 @@ impl Verifier {
             let err = |code: ErrorCode, d: &str| Error::new(code, d).at(i);
             match &mut eff {
                 None => {
-                    if t.sub.trust_domain() != *authority {
+                    if t.sub.as_spiffe_id().trust_domain_str() != authority.as_str() {
                         return Err(err(
                             ErrorCode::ForeignHolder,
                             "grant holder outside the authority's trust domain",
                         ));
                     }
-                    if t.sub.task_id() != t.task {
+                    if t.sub.task_id_str() != t.task.as_str() {
                         return Err(err(
                             ErrorCode::TaskMismatch,
                             "grant `sub` is not of the grant's task",
@@ -354,7 +354,7 @@ impl Verifier {
                             "link `iss` is not the previous `sub`",
                         ));
                     }
-                    if t.task != e.task || t.sub.task_id() != e.task {
+                    if t.task != e.task || t.sub.task_id_str() != e.task.as_str() {
                         return Err(err(
                             ErrorCode::TaskMismatch,
                             "link is not of the grant's task",
@@ -503,6 +503,15 @@ impl Verifier {
         }
     }
 
+    /// [`Verifier::list_for`] for a trust domain given as its name (an ID's `trust_domain_str`),
+    /// not tied to a token; the owned name is built only for an error.
+    fn list_for_str(&self, td: &str, now: u64) -> Result<Option<&RevocationList>> {
+        match self.config.revocations.get(td) {
+            Some(l) if !l.is_stale(now, self.config.skew) => Ok(Some(l)),
+            _ => self.list_for(&TrustDomain::from_canonical(td), now, None),
+        }
+    }
+
     fn phase6(
         &self,
         checked: &[Checked],
@@ -513,15 +522,20 @@ impl Verifier {
     ) -> Result<()> {
         // 6.1 The lists themselves: every distinct trust domain in order of first appearance
         // (iss_0, sub_0, iss_1, sub_1, ..., then the peer's); failures are not tied to a token.
-        let peer_td = peer_id.trust_domain();
-        let mut domains: Vec<TrustDomain> = Vec::new();
+        let peer_td = peer_id.trust_domain_str();
+        let mut domains: Vec<&str> = Vec::new();
         let all = checked
             .iter()
-            .flat_map(|c| [c.claims.iss.trust_domain(), c.claims.sub.trust_domain()])
-            .chain(core::iter::once(peer_td.clone()));
+            .flat_map(|c| {
+                [
+                    c.claims.iss.trust_domain_str(),
+                    c.claims.sub.as_spiffe_id().trust_domain_str(),
+                ]
+            })
+            .chain(core::iter::once(peer_td));
         for d in all {
             if !domains.contains(&d) {
-                self.list_for(&d, now, None)?;
+                self.list_for_str(d, now)?;
                 domains.push(d);
             }
         }
@@ -539,10 +553,8 @@ impl Verifier {
             .is_some_and(|c| task_list.is_some_and(|l| l.has_task(&c.claims.task, now)));
         for (i, c) in checked.iter().enumerate() {
             let t = &c.claims;
-            let iss_td = t.iss.trust_domain();
-            let sub_td = t.sub.trust_domain();
-            let iss_list = self.list_for(&iss_td, now, None)?;
-            let sub_list = self.list_for(&sub_td, now, None)?;
+            let iss_list = self.list_for_str(t.iss.trust_domain_str(), now)?;
+            let sub_list = self.list_for_str(t.sub.as_spiffe_id().trust_domain_str(), now)?;
             if iss_list.is_some_and(|l| l.has_jti(&t.iss, &t.jti, now)) {
                 return revoked(i, "token revoked by `jti`");
             }
@@ -556,7 +568,7 @@ impl Verifier {
                     }
                 }
             }
-            if sub_list.is_some_and(|l| l.has_agent(&t.sub.agent(), now)) {
+            if sub_list.is_some_and(|l| l.has_agent_str(t.sub.agent_str(), now)) {
                 return revoked(i, "holder agent revoked");
             }
             if sub_list.is_some_and(|l| l.has_key(&t.cnf.thumbprint(), now)) {
@@ -569,13 +581,13 @@ impl Verifier {
         // 6.3 The peer: its certificate's key, then its agent and its task. When the peer is the
         // last holder with the last `cnf` key (what phase 7 then requires) in the authority's
         // domain, all three were just found clean in the same list.
-        let is_last_holder = peer_td == *authority
+        let is_last_holder = peer_td == authority.as_str()
             && checked.last().is_some_and(|l| {
                 l.claims.cnf == *peer_key && l.claims.sub.as_spiffe_id() == peer_id
             });
         if !is_last_holder
             && self
-                .list_for(&peer_td, now, None)?
+                .list_for_str(peer_td, now)?
                 .is_some_and(|l| l.covers_peer_at(peer_id, peer_key, now))
         {
             return Err(Error::new(
