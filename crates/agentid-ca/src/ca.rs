@@ -2,7 +2,7 @@
 //! Issuance itself is in [`crate::issue`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
@@ -20,7 +20,8 @@ use crate::policy::MAX_GRANT_LIFETIME_SECS;
 use crate::profile::cert_not_after;
 use crate::signer::{FileX509Signer, X509Signer};
 use crate::store::{
-    BootstrapRecord, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
+    BootstrapRecord, IssuanceCommitter, IssuanceRecord, RevocationKind, RevocationRecord,
+    SqliteStore, Store,
 };
 use crate::util;
 
@@ -52,7 +53,9 @@ pub struct CaParts {
 /// A certificate authority for one trust domain.
 ///
 /// All methods take `&self`; the store is behind a mutex, so one `CertificateAuthority` can
-/// serve concurrent requests. Every method that decides something takes `now` so that tests
+/// serve concurrent requests. Issuances are committed through the store's
+/// [`IssuanceCommitter`] when it has one (the SQLite store does), outside that mutex, so
+/// concurrent issuers share durable commits. Every method that decides something takes `now` so that tests
 /// (and replays) pin the clock.
 pub struct CertificateAuthority {
     pub(crate) dir: Option<PathBuf>,
@@ -65,6 +68,8 @@ pub struct CertificateAuthority {
     pub(crate) grant_signer: Box<dyn JwsSigner>,
     pub(crate) revocation_signer: Box<dyn JwsSigner>,
     pub(crate) store: Mutex<Box<dyn Store>>,
+    /// The store's lock-free issuance path (group commit), when it has one.
+    pub(crate) committer: Option<Arc<dyn IssuanceCommitter>>,
     pub(crate) audit: AuditLog,
 }
 
@@ -171,6 +176,7 @@ impl CertificateAuthority {
             ));
         }
         let intermediate_not_after = cert_not_after(&p.intermediate_der)?;
+        let committer = p.store.issuance_committer();
         Ok(CertificateAuthority {
             dir: None,
             config: p.config,
@@ -182,6 +188,7 @@ impl CertificateAuthority {
             grant_signer: p.grant_signer,
             revocation_signer: p.revocation_signer,
             store: Mutex::new(p.store),
+            committer,
             audit: p.audit,
         })
     }

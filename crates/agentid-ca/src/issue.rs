@@ -304,7 +304,7 @@ impl CertificateAuthority {
             self.issuer.as_ref(),
         )?;
         let (record, identity, binding, task, bootstrap, refuse) = commit(&leaf)?;
-        self.store()?.commit_issuance(&IssuanceCommit {
+        let c = IssuanceCommit {
             record: &record,
             identity: &identity,
             binding,
@@ -312,7 +312,13 @@ impl CertificateAuthority {
             bootstrap: bootstrap.as_ref(),
             refuse_if_revoked: &refuse,
             now,
-        })?;
+        };
+        // Durable before the certificate is returned; without the store's lock when the store
+        // commits on its own (group commit).
+        match &self.committer {
+            Some(committer) => committer.commit_issuance(&c)?,
+            None => self.store()?.commit_issuance(&c)?,
+        }
         Ok(leaf)
     }
 

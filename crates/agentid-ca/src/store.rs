@@ -5,8 +5,11 @@
 //! exactly one record per certificate returned, also across crashes.
 
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{CaError, Result};
 
@@ -203,8 +206,21 @@ pub struct IssuanceCommit<'a> {
     pub now: u64,
 }
 
+/// Commits issuances without the store's lock, so that concurrent issuers can share one
+/// durable commit (group commit). Same contract as [`Store::commit_issuance`]: returns only once
+/// the record is durable, and refuses exactly what it would refuse.
+pub trait IssuanceCommitter: Send + Sync {
+    /// See [`Store::commit_issuance`].
+    fn commit_issuance(&self, c: &IssuanceCommit<'_>) -> Result<()>;
+}
+
 /// Storage of issuances, bindings, tasks, revocations and bootstrap tokens.
 pub trait Store: Send {
+    /// A committer the CA may call without holding the store's lock (for group commit); `None`
+    /// (the default) means issuances go through [`Store::commit_issuance`] under the lock.
+    fn issuance_committer(&self) -> Option<Arc<dyn IssuanceCommitter>> {
+        None
+    }
     /// Atomically checks revocations, the key binding and the bootstrap token, then records the
     /// issuance. Returns only once the record is durable.
     fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()>;
@@ -235,8 +251,12 @@ pub trait Store: Send {
 }
 
 /// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
+///
+/// Issuances are committed by a dedicated writer thread that owns its own connection (see
+/// [`GroupCommitter`]); lookups and the other writes use the store's connection.
 pub struct SqliteStore {
     conn: Connection,
+    writer: Arc<GroupCommitter>,
 }
 
 impl core::fmt::Debug for SqliteStore {
@@ -285,8 +305,15 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 impl SqliteStore {
-    /// Opens (creating on first use) the database file.
+    /// Opens (creating on first use) the database file, and starts its issuance writer.
     pub fn open(path: &Path) -> Result<Self> {
+        let conn = Self::connect(path)?;
+        conn.execute_batch(SCHEMA)?;
+        let writer = Arc::new(GroupCommitter::start(Self::connect(path)?)?);
+        Ok(SqliteStore { conn, writer })
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path)
             .map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -294,8 +321,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn })
+        Ok(conn)
     }
 
     fn row_issuance(row: &rusqlite::Row<'_>) -> rusqlite::Result<(IssuanceRecord, String)> {
@@ -475,13 +501,12 @@ const INSERT_ISSUANCE: &str = "INSERT INTO issuances (serial, identity, kind, ag
 const ISSUANCE_COLS: &str = "serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti";
 
 impl Store for SqliteStore {
+    fn issuance_committer(&self) -> Option<Arc<dyn IssuanceCommitter>> {
+        Some(self.writer.clone())
+    }
+
     fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        apply_issuance(&tx, c)?;
-        tx.commit()?;
-        Ok(())
+        self.writer.commit_issuance(c)
     }
 
     fn identity(&self, identity: &str) -> Result<Option<IdentityRecord>> {
@@ -654,6 +679,180 @@ impl Store for SqliteStore {
     }
 }
 
+/// Most issuances committed in one transaction.
+pub const MAX_GROUP_COMMIT: usize = 64;
+
+/// An issuance as sent to the writer thread.
+struct OwnedCommit {
+    record: IssuanceRecord,
+    identity: IdentityRecord,
+    binding: Binding,
+    task: Option<TaskRecord>,
+    bootstrap: Option<BootstrapRecord>,
+    refuse_if_revoked: Vec<(RevocationKind, String)>,
+    now: u64,
+}
+
+impl OwnedCommit {
+    fn new(c: &IssuanceCommit<'_>) -> Self {
+        OwnedCommit {
+            record: c.record.clone(),
+            identity: c.identity.clone(),
+            binding: c.binding,
+            task: c.task.cloned(),
+            bootstrap: c.bootstrap.cloned(),
+            refuse_if_revoked: c.refuse_if_revoked.to_vec(),
+            now: c.now,
+        }
+    }
+    fn as_commit(&self) -> IssuanceCommit<'_> {
+        IssuanceCommit {
+            record: &self.record,
+            identity: &self.identity,
+            binding: self.binding,
+            task: self.task.as_ref(),
+            bootstrap: self.bootstrap.as_ref(),
+            refuse_if_revoked: &self.refuse_if_revoked,
+            now: self.now,
+        }
+    }
+}
+
+struct Job {
+    commit: OwnedCommit,
+    reply: SyncSender<Result<()>>,
+}
+
+/// Group commit for the SQLite store: one writer thread owns a connection; callers send it
+/// their issuance and wait. The writer takes every request pending (up to
+/// [`MAX_GROUP_COMMIT`], never waiting for more), runs them in order in ONE `BEGIN IMMEDIATE`
+/// transaction, each in its own savepoint (so a refused request is rolled back alone and the
+/// next one sees the state left by those before it: two requests racing for one key in the same
+/// batch get one binding and one `KeyInUse`), commits with `synchronous=FULL` (one fsync for the
+/// batch), and only then answers each caller. A failed commit fails every request of the batch.
+pub struct GroupCommitter {
+    tx: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl core::fmt::Debug for GroupCommitter {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupCommitter").finish_non_exhaustive()
+    }
+}
+
+impl GroupCommitter {
+    fn start(conn: Connection) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("agentid-ca-store-writer".into())
+            .spawn(move || writer_loop(&conn, &rx))
+            .map_err(|e| CaError::Store(format!("starting the store writer: {e}")))?;
+        Ok(GroupCommitter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl IssuanceCommitter for GroupCommitter {
+    fn commit_issuance(&self, c: &IssuanceCommit<'_>) -> Result<()> {
+        let stopped = || CaError::Store("the store writer has stopped".into());
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            commit: OwnedCommit::new(c),
+            reply,
+        };
+        {
+            let guard = self.tx.lock().map_err(|_| stopped())?;
+            guard
+                .as_ref()
+                .ok_or_else(stopped)?
+                .send(job)
+                .map_err(|_| stopped())?;
+        }
+        answer.recv().map_err(|_| stopped())?
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has answered everything sent.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn writer_loop(conn: &Connection, rx: &Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP_COMMIT);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(conn, &batch);
+        for (job, res) in batch.drain(..).zip(results) {
+            // A caller that went away no longer needs its answer.
+            let _ = job.reply.send(res);
+        }
+    }
+}
+
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// One transaction for the batch, one savepoint per request; per-request results, all errors
+/// when the transaction itself fails (nothing of it is durable then).
+fn run_batch(conn: &Connection, batch: &[Job]) -> Vec<Result<()>> {
+    let fail_all = |e: &dyn core::fmt::Display| -> Vec<Result<()>> {
+        batch
+            .iter()
+            .map(|_| Err(CaError::Store(format!("issuance not committed: {e}"))))
+            .collect()
+    };
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+        return fail_all(&e);
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let step = exec_cached(conn, "SAVEPOINT issuance").map_err(CaError::from);
+        let res = step.and_then(|()| apply_issuance(conn, &job.commit.as_commit()));
+        let undo = match &res {
+            Ok(()) => exec_cached(conn, "RELEASE issuance"),
+            Err(_) if conn.is_autocommit() => Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("transaction rolled back".into()),
+            )),
+            Err(_) => exec_cached(conn, "ROLLBACK TO issuance")
+                .and_then(|()| exec_cached(conn, "RELEASE issuance")),
+        };
+        if let Err(e) = undo {
+            if !conn.is_autocommit() {
+                let _ = exec_cached(conn, "ROLLBACK");
+            }
+            return fail_all(&e);
+        }
+        results.push(res);
+    }
+    if let Err(e) = exec_cached(conn, "COMMIT") {
+        if !conn.is_autocommit() {
+            let _ = exec_cached(conn, "ROLLBACK");
+        }
+        return fail_all(&e);
+    }
+    results
+}
+
 fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     Ok(TaskRecord {
         task: r.get(0)?,
@@ -662,4 +861,143 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         exp: to_u64(r.get(3)?)?,
         created: to_u64(r.get(4)?)?,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn commit(n: usize, jkt: &str, binding: Binding) -> OwnedCommit {
+        let task = format!("task{n}");
+        let identity = format!("spiffe://example.org/agent/worker/task/{task}");
+        OwnedCommit {
+            record: IssuanceRecord {
+                serial: format!("{n:032x}"),
+                identity: identity.clone(),
+                kind: IssuanceKind::Task,
+                agent: Some("worker".into()),
+                task: Some(task.clone()),
+                not_before: 1,
+                not_after: 100,
+                requester: "operator".into(),
+                jkt: jkt.into(),
+                issued_at: 1,
+                grant_jti: Some(format!("jti{n}")),
+            },
+            identity: IdentityRecord {
+                identity: identity.clone(),
+                jkt: jkt.into(),
+                spki: vec![1, 2, 3],
+                agent: Some("worker".into()),
+                task: Some(task.clone()),
+                cap: 100,
+            },
+            binding,
+            task: Some(TaskRecord {
+                task: task.clone(),
+                holder: identity,
+                grant_jti: format!("jti{n}"),
+                exp: 100,
+                created: 1,
+            }),
+            bootstrap: None,
+            refuse_if_revoked: vec![
+                (RevocationKind::Agent, "worker".into()),
+                (RevocationKind::Task, task),
+                (RevocationKind::Jkt, jkt.into()),
+            ],
+            now: 1,
+        }
+    }
+
+    fn batch(conn: &Connection, commits: Vec<OwnedCommit>) -> Vec<Result<()>> {
+        let jobs: Vec<Job> = commits
+            .into_iter()
+            .map(|commit| Job {
+                commit,
+                reply: mpsc::sync_channel(1).0,
+            })
+            .collect();
+        run_batch(conn, &jobs)
+    }
+
+    /// Requests in one batch are checked in order against what the earlier ones wrote; a
+    /// refused one is rolled back alone.
+    #[test]
+    fn one_batch_key_race_and_refusals_are_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO revocations (kind, value, exp, revoked_at, requester) VALUES ('task', 'task3', 100, 1, 'op')",
+                [],
+            )
+            .unwrap();
+        let writer = SqliteStore::connect(&path).unwrap();
+        let res = batch(
+            &writer,
+            vec![
+                commit(1, "key-a", Binding::Fresh),
+                // Same key, another identity, same batch: refused.
+                commit(2, "key-a", Binding::Fresh),
+                // Revoked task: refused, after having nothing to undo.
+                commit(3, "key-c", Binding::Fresh),
+                // Same identity as request 1 again: refused (Fresh), after the earlier writes.
+                commit(1, "key-a", Binding::Fresh),
+                commit(4, "key-d", Binding::Fresh),
+            ],
+        );
+        assert!(res[0].is_ok(), "{:?}", res[0]);
+        assert!(
+            matches!(&res[1], Err(CaError::KeyInUse { bound_to, .. }) if bound_to.ends_with("task1")),
+            "{:?}",
+            res[1]
+        );
+        assert!(
+            matches!(&res[2], Err(CaError::Revoked { kind: "task", .. })),
+            "{:?}",
+            res[2]
+        );
+        assert!(
+            matches!(&res[3], Err(CaError::IdentityExists(_))),
+            "{:?}",
+            res[3]
+        );
+        assert!(res[4].is_ok(), "{:?}", res[4]);
+        let serials: Vec<String> = store
+            .issuances()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
+        assert_eq!(serials, vec![format!("{:032x}", 1), format!("{:032x}", 4)]);
+        assert!(
+            store.task("task2").unwrap().is_none(),
+            "refused request left a task"
+        );
+        assert!(store
+            .identity("spiffe://example.org/agent/worker/task/task2")
+            .unwrap()
+            .is_none());
+        assert!(store.key_owner("key-c").unwrap().is_none());
+        assert_eq!(
+            store.key_owner("key-a").unwrap().as_deref(),
+            Some("spiffe://example.org/agent/worker/task/task1")
+        );
+    }
+
+    /// The store's own `commit_issuance` goes through the writer and is visible at once.
+    #[test]
+    fn commit_through_writer_is_visible_to_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let c = commit(7, "key-7", Binding::Fresh);
+        store.commit_issuance(&c.as_commit()).unwrap();
+        assert!(store.issuance(&format!("{:032x}", 7)).unwrap().is_some());
+        let again = store.commit_issuance(&commit(8, "key-7", Binding::Fresh).as_commit());
+        assert!(matches!(again, Err(CaError::KeyInUse { .. })), "{again:?}");
+    }
 }

@@ -134,3 +134,81 @@ fn killed_mid_run_store_matches_returned_certificates() {
         "{unreturned} records without a returned certificate"
     );
 }
+
+/// Group commit under concurrency: every certificate returned has exactly one record, serials
+/// are distinct, and nothing else is recorded.
+#[test]
+fn concurrent_issuers_one_record_per_returned_certificate() {
+    let t = test_ca(KeyType::P256);
+    let (threads, per_thread) = (6, 40);
+    let serials: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..per_thread)
+                        .map(|_| one_issuance(&t.ca))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(serials.len(), threads * per_thread);
+    let returned: HashSet<&String> = serials.iter().collect();
+    assert_eq!(returned.len(), serials.len(), "distinct serials");
+    let recs = t.ca.issuances().unwrap();
+    assert_eq!(recs.len(), serials.len(), "one record per certificate");
+    let stored: HashSet<&String> = recs.iter().map(|r| &r.serial).collect();
+    assert_eq!(stored, returned);
+    // And they survive reopening the store.
+    let dir = t.dir;
+    drop(t.ca);
+    let again = CertificateAuthority::open(dir.path()).unwrap();
+    assert_eq!(again.issuances().unwrap().len(), serials.len());
+}
+
+/// Many issuers racing to bind one key to different identities (tasks): exactly one wins, the
+/// others are refused with `KeyInUse`, also when their requests share a commit batch.
+#[test]
+fn concurrent_issuers_racing_for_one_key_get_one_binding() {
+    let t = test_ca(KeyType::P256);
+    let (_k, src) = spki_key(Algorithm::Es256);
+    let threads = 8;
+    let barrier = std::sync::Barrier::new(threads);
+    let results: Vec<Result<String, agentid_ca::CaError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let src = src.clone();
+                let barrier = &barrier;
+                let ca = &t.ca;
+                s.spawn(move || {
+                    let req = OpenTaskRequest::new(
+                        "planner",
+                        src,
+                        TaskRequester::Operator,
+                        Scope::parse("tickets:read").unwrap(),
+                    );
+                    barrier.wait();
+                    ca.open_task(&req, now()).map(|c| c.certificate.leaf.serial)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one binding: {results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, agentid_ca::CaError::KeyInUse { .. }),
+                "refused for the wrong reason: {e}"
+            );
+        }
+    }
+    let recs = t.ca.issuances().unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(&recs[0].serial, won[0]);
+}
