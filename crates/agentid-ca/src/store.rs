@@ -5,9 +5,8 @@
 //! exactly one record per certificate returned, also across crashes.
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -252,7 +251,7 @@ pub trait Store: Send {
 
 /// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
 ///
-/// Issuances are committed by a dedicated writer thread that owns its own connection (see
+/// Issuances are committed through a second connection with group commit (see
 /// [`GroupCommitter`]); lookups and the other writes use the store's connection.
 pub struct SqliteStore {
     conn: Connection,
@@ -305,7 +304,7 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 impl SqliteStore {
-    /// Opens (creating on first use) the database file, and starts its issuance writer.
+    /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Self::connect(path)?;
         conn.execute_batch(SCHEMA)?;
@@ -682,7 +681,7 @@ impl Store for SqliteStore {
 /// Most issuances committed in one transaction.
 pub const MAX_GROUP_COMMIT: usize = 64;
 
-/// An issuance as sent to the writer thread.
+/// An issuance as queued for the group commit.
 struct OwnedCommit {
     record: IssuanceRecord,
     identity: IdentityRecord,
@@ -723,16 +722,18 @@ struct Job {
     reply: SyncSender<Result<()>>,
 }
 
-/// Group commit for the SQLite store: one writer thread owns a connection; callers send it
-/// their issuance and wait. The writer takes every request pending (up to
-/// [`MAX_GROUP_COMMIT`], never waiting for more), runs them in order in ONE `BEGIN IMMEDIATE`
-/// transaction, each in its own savepoint (so a refused request is rolled back alone and the
-/// next one sees the state left by those before it: two requests racing for one key in the same
-/// batch get one binding and one `KeyInUse`), commits with `synchronous=FULL` (one fsync for the
-/// batch), and only then answers each caller. A failed commit fails every request of the batch.
+/// Group commit for the SQLite store, leader/follower style (no extra thread, so a lone issuer
+/// pays no hand-off): a caller queues its issuance, then takes the writer connection; whoever
+/// holds it takes every request pending (up to [`MAX_GROUP_COMMIT`], never waiting for more),
+/// runs them in order in ONE `BEGIN IMMEDIATE` transaction, each in its own savepoint (so a
+/// refused request is rolled back alone and the next one sees what the earlier ones wrote: two
+/// requests racing for one key in the same batch get one binding and one `KeyInUse`), commits
+/// with `synchronous=FULL` (one fsync for the batch), and only then answers each caller. A caller
+/// whose request was committed by another one's batch returns that answer. A failed commit
+/// fails every request of the batch.
 pub struct GroupCommitter {
-    tx: Mutex<Option<Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    pending: Mutex<Vec<Job>>,
+    writer: Mutex<Connection>,
 }
 
 impl core::fmt::Debug for GroupCommitter {
@@ -743,66 +744,42 @@ impl core::fmt::Debug for GroupCommitter {
 
 impl GroupCommitter {
     fn start(conn: Connection) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("agentid-ca-store-writer".into())
-            .spawn(move || writer_loop(&conn, &rx))
-            .map_err(|e| CaError::Store(format!("starting the store writer: {e}")))?;
         Ok(GroupCommitter {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            pending: Mutex::new(Vec::new()),
+            writer: Mutex::new(conn),
         })
     }
 }
 
 impl IssuanceCommitter for GroupCommitter {
     fn commit_issuance(&self, c: &IssuanceCommit<'_>) -> Result<()> {
-        let stopped = || CaError::Store("the store writer has stopped".into());
+        let poisoned = || CaError::Store("store writer lock poisoned".into());
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
+        self.pending.lock().map_err(|_| poisoned())?.push(Job {
             commit: OwnedCommit::new(c),
             reply,
-        };
-        {
-            let guard = self.tx.lock().map_err(|_| stopped())?;
-            guard
-                .as_ref()
-                .ok_or_else(stopped)?
-                .send(job)
-                .map_err(|_| stopped())?;
-        }
-        answer.recv().map_err(|_| stopped())?
-    }
-}
-
-impl Drop for GroupCommitter {
-    fn drop(&mut self) {
-        // Closing the channel ends the writer once it has answered everything sent.
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        if let Ok(mut t) = self.thread.lock() {
-            if let Some(t) = t.take() {
-                let _ = t.join();
+        });
+        loop {
+            // Batches are taken only under the writer lock and answered before it is released,
+            // so once we hold it our request is either answered or still pending.
+            let conn = self.writer.lock().map_err(|_| poisoned())?;
+            if let Ok(res) = answer.try_recv() {
+                return res;
             }
-        }
-    }
-}
-
-fn writer_loop(conn: &Connection, rx: &Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP_COMMIT);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_GROUP_COMMIT {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            let batch: Vec<Job> = {
+                let mut q = self.pending.lock().map_err(|_| poisoned())?;
+                let n = q.len().min(MAX_GROUP_COMMIT);
+                q.drain(..n).collect()
+            };
+            let results = run_batch(&conn, &batch);
+            for (job, res) in batch.into_iter().zip(results) {
+                // A caller that went away no longer needs its answer.
+                let _ = job.reply.send(res);
             }
-        }
-        let results = run_batch(conn, &batch);
-        for (job, res) in batch.drain(..).zip(results) {
-            // A caller that went away no longer needs its answer.
-            let _ = job.reply.send(res);
+            drop(conn);
+            if let Ok(res) = answer.try_recv() {
+                return res;
+            }
         }
     }
 }
