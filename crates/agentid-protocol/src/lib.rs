@@ -60,10 +60,7 @@ pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
 pub use chain::Chain;
 pub use policy::{AuthorityPolicy, VerifierConfig};
-pub use proof::{
-    proof_jti_unverified, verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof,
-    EXPORTER_LABEL,
-};
+pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
 pub use revocation::{RevocationList, RevocationListBuilder};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
 pub use verify::{Actor, VerifiedChain, Verifier};

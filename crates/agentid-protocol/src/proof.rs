@@ -142,14 +142,6 @@ impl ProofBuilder {
     }
 }
 
-/// The `jti` of a proof, read WITHOUT verifying it: for the presenter's own proofs (replay
-/// bookkeeping). A peer's proof is read with [`verify_proof`].
-pub fn proof_jti_unverified(proof: &str) -> Result<String> {
-    let raw = jws::split(proof)?;
-    let map = parse_ijson_object(&b64_decode(raw.payload_b64)?)?;
-    Ok(get_str(&map, "jti")?.to_owned())
-}
-
 /// What a proof verifier knows about the connection: nothing here comes from the proof itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ProofContext<'a> {
