@@ -22,6 +22,8 @@ pub mod credentials;
 pub mod error;
 pub mod frame;
 mod handshake;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod policy;
 pub mod provider;
 pub mod session;
