@@ -62,6 +62,7 @@ pub struct HttpClientBuilder {
     connect_timeout: Duration,
     close_margin: Duration,
     check_audience: bool,
+    http1_only: bool,
 }
 
 impl std::fmt::Debug for HttpClientBuilder {
@@ -94,9 +95,18 @@ impl HttpClientBuilder {
         self
     }
 
+    /// Offers only ALPN `http/1.1` (default: `h2`, then `http/1.1`).
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
+        self
+    }
+
     /// Builds the client (see [`client_config`] for the TLS settings).
     pub fn build(self) -> Result<HttpClient> {
-        let config = client_config(self.credentials.clone(), &self.verification, self.policy)?;
+        let mut config = client_config(self.credentials.clone(), &self.verification, self.policy)?;
+        if self.http1_only {
+            config.alpn_protocols = vec![super::tls::ALPN_HTTP11.to_vec()];
+        }
         Ok(HttpClient {
             connector: TlsConnector::from(Arc::new(config)),
             credentials: self.credentials,
@@ -158,6 +168,7 @@ impl HttpClient {
             connect_timeout: Duration::from_secs(10),
             close_margin: Duration::from_secs(5),
             check_audience: true,
+            http1_only: false,
         }
     }
 
