@@ -430,7 +430,7 @@ mod tests {
 
 #[cfg(test)]
 mod number_range_tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
