@@ -58,7 +58,8 @@ codes! {
     UnsupportedAlg => "unsupported_alg",
 
     // ---- Phase 3: keys, signatures, claims ----
-    /// No bundle (or more than one) holds an `agentid-grant` key with the grant's `kid`.
+    /// No bundle holds an `agentid-grant` key with the grant's `kid` (the own trust domain's
+    /// bundle is searched first; spec/PROTOCOL.md section 10, step 3.a.1).
     UntrustedAuthority => "untrusted_authority",
     /// The trust domain holding the grant key is not an accepted authority at this verifier.
     AuthorityNotAccepted => "authority_not_accepted",
@@ -176,7 +177,9 @@ codes! {
     PeerDenied => "peer_denied",
 
     // ---- Trust bundles and configuration ----
-    /// A trust bundle that does not parse or breaks the bundle rules.
+    /// A trust bundle that does not parse or breaks the bundle rules, including a bundle of another
+    /// trust domain that repeats a key `kid` already held for a different domain
+    /// (spec/PROTOCOL.md section 8, "Keys across bundles").
     BadBundle => "bad_bundle",
     /// A bundle or revocation list with a lower sequence than the one held.
     SequenceRollback => "sequence_rollback",
