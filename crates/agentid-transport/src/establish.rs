@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use agentid_protocol::{Role, VerifiedChain, EXPORTER_LABEL};
+use rustls::pki_types::CertificateDer;
 use rustls::{ConnectionCommon, HandshakeKind};
 use tokio::io::AsyncWrite;
 use tokio_rustls::TlsStream;
@@ -20,6 +21,8 @@ use crate::trust_state::PeerVerification;
 
 /// Everything rustls tells us after the handshake that the exchange needs.
 pub(crate) struct AfterTls {
+    /// The peer's certificate chain, leaf first (re-validated when the trust bundles change).
+    pub(crate) certs: Vec<CertificateDer<'static>>,
     pub(crate) peer: SvidInfo,
     pub(crate) exporter_client: [u8; 32],
     pub(crate) exporter_server: [u8; 32],
@@ -38,9 +41,11 @@ pub(crate) fn after_tls<D>(
     if conn.alpn_protocol() != Some(ALPN) {
         return Err(Error::HandshakeRefused("ALPN agentid/1 not negotiated"));
     }
-    let leaf = conn
+    let certs = conn
         .peer_certificates()
-        .and_then(|c| c.first())
+        .ok_or(Error::HandshakeRefused("no peer certificate"))?;
+    let leaf = certs
+        .first()
         .ok_or(Error::HandshakeRefused("no peer certificate"))?;
     // The verifier already validated chain, leaf rules and policy; take the values it read (a
     // fresh parse if they are no longer remembered).
@@ -52,6 +57,7 @@ pub(crate) fn after_tls<D>(
             .map_err(Error::Tls)
     };
     Ok(AfterTls {
+        certs: certs.iter().map(|c| c.clone().into_owned()).collect(),
         peer,
         exporter_client: exporter(Role::Client.exporter_context())?,
         exporter_server: exporter(Role::Server.exporter_context())?,
@@ -110,6 +116,7 @@ impl<IO> Established<IO> {
         let deadline = deadline(peer.not_after, self.chain.as_deref());
         SessionParts {
             changes: self.verification.subscribe(),
+            peer_certs: self.after.certs,
             io: self.io,
             role: self.role,
             peer: AuthenticatedPeer {

@@ -47,6 +47,7 @@ where
             ),
             Ended::Revoked(r) => ("revoked".to_owned(), r.clone()),
             Ended::Unverifiable(e) => (e.code().as_str().to_owned(), e.to_string()),
+            Ended::Untrusted(e) => ("bad_certificate".to_owned(), e.to_string()),
             Ended::Failed(c, m) => (c.clone(), m.clone()),
             Ended::PeerClosed(..) | Ended::LocalClosed => (String::new(), String::new()),
         };

@@ -18,15 +18,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentid_protocol::{ErrorCode, PeerId, PublicKey, Role, Scope, TaskId, VerifiedChain};
 use bytes::{Bytes, BytesMut};
-use rustls::pki_types::UnixTime;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsStream;
 
 use crate::credentials::Credential;
-use crate::error::{Error, Result};
+use crate::error::{CertError, Error, Result};
 use crate::frame::{body_bytes, FrameType, Reason};
+use crate::svid::TrustStore;
 use crate::trust_state::PeerVerification;
 
 mod io;
@@ -160,6 +161,8 @@ enum Ended {
     /// The session's authority can no longer be re-checked: a needed revocation list went stale
     /// (or disappeared).
     Unverifiable(agentid_protocol::Error),
+    /// After a bundle change, the peer's certificate no longer validates.
+    Untrusted(CertError),
     PeerClosed(String, String),
     Failed(String, String),
     LocalClosed,
@@ -171,6 +174,7 @@ impl Ended {
             Ended::Expired => Error::CredentialExpired,
             Ended::Revoked(r) => Error::Revoked(r.clone()),
             Ended::Unverifiable(e) => Error::Protocol(e.clone()),
+            Ended::Untrusted(e) => Error::Certificate(e.clone()),
             Ended::PeerClosed(code, message) => Error::Closed {
                 code: code.clone(),
                 message: message.clone(),
@@ -189,6 +193,7 @@ impl Ended {
 
 /// What the handshake hands to a new session.
 pub(crate) struct SessionParts<IO> {
+    pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
     pub role: Role,
     pub peer: AuthenticatedPeer,
@@ -222,6 +227,10 @@ pub struct Session<IO> {
     stale_at: Option<u64>,
     stale_timer: Pin<Box<Sleep>>,
     jtis: Vec<String>,
+    /// The peer's current certificate chain (the handshake's, or the last reauth's), and the
+    /// trust store it was last validated against: a bundle change re-validates it.
+    peer_certs: Vec<CertificateDer<'static>>,
+    trust_checked: Arc<TrustStore>,
     ended: Option<Ended>,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -246,6 +255,7 @@ where
         let applied = parts.changes.clone();
         let checked = *applied.borrow();
         let stale_at = stale_at(&parts.verification, &parts.peer);
+        let trust_checked = parts.verification.trust_store();
         let stale_timer = Box::pin(tokio::time::sleep_until(stale_instant(stale_at)));
         Self {
             io: parts.io,
@@ -265,6 +275,8 @@ where
             stale_at,
             stale_timer,
             jtis: parts.jtis,
+            peer_certs: parts.peer_certs,
+            trust_checked,
             ended: None,
             _permit: parts.permit,
         }
@@ -293,7 +305,7 @@ where
         // A revocation list applied (or a held list gone stale) since the session last re-checked
         // is honoured here too, even if the session has not been polled since.
         if *self.applied.borrow() != self.checked || self.stale_at.is_some_and(|t| now >= t) {
-            self.recheck_revocation().map_err(|ended| ended.error())?;
+            self.recheck().map_err(|ended| ended.error())?;
         }
         let chain = self.peer.chain.as_ref().ok_or_else(|| {
             Error::Protocol(agentid_protocol::Error::new(

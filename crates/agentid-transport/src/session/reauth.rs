@@ -85,10 +85,8 @@ where
             Role::Server => (Role::Client, CertUsage::ClientAuth, self.exporter_client),
             Role::Client => (Role::Server, CertUsage::ServerAuth, self.exporter_server),
         };
-        let info = self
-            .verification
-            .trust_store()
-            .verify(leaf, rest, unix_time(now), usage)?;
+        let trust = self.verification.trust_store();
+        let info = trust.verify(leaf, rest, unix_time(now), usage)?;
         if info.id != self.peer.id || info.public_key != self.peer.public_key {
             return Err(CertError::IdentityChanged.into());
         }
@@ -148,6 +146,8 @@ where
         self.jtis.push(proof.jti);
         self.peer.receipts.reauth_proofs.push(proof.compact);
         self.peer.cert_serial = info.serial;
+        self.peer_certs = ders.iter().map(|c| c.clone().into_owned()).collect();
+        self.trust_checked = trust;
         self.peer.cert_not_after = info.not_after;
         self.peer.chain = chain;
         self.peer.deadline = deadline;

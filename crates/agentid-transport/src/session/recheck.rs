@@ -3,15 +3,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use agentid_protocol::{ErrorCode, TrustDomain};
+use agentid_protocol::{ErrorCode, Role, TrustDomain};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{instant_for, now_unix, AuthenticatedPeer, Ended, Session};
-use crate::error::Error;
+use super::{instant_for, now_unix, unix_time, AuthenticatedPeer, Ended, Session};
+use crate::error::{CertError, Error};
+use crate::svid::CertUsage;
 use crate::trust_state::PeerVerification;
 
 pub(super) type ChangeFuture = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
@@ -49,10 +51,11 @@ where
         if recheck {
             // Read the version first: an update landing during the re-check is seen next time.
             let version = *self.applied.borrow_and_update();
-            if let Err(ended) = self.recheck_revocation() {
+            if let Err(ended) = self.recheck() {
                 return Some(self.end(cx, ended));
             }
             self.checked = version;
+            self.trust_checked = self.verification.trust_store();
             self.reset_stale_timer();
             // Register the fresh timer with this task's waker.
             let _ = self.stale_timer.as_mut().poll(cx);
@@ -60,14 +63,30 @@ where
         None
     }
 
-    /// Re-checks the peer and its chain against the current revocation lists (on every update of
-    /// the verification state, and when a held list goes stale). A revocation ends the session
-    /// with `revoked`; a needed list that is stale or missing ends it with `revocation_stale` or
-    /// `revocation_missing` (fail closed: the session's authority can no longer be re-checked),
-    /// unless the verifier tolerates those. Other failures (expiry) are the deadline's concern.
-    pub(super) fn recheck_revocation(&self) -> Result<(), Ended> {
-        let v = self.verification.verifier();
+    /// Re-checks the session against the current verification state (on every update of it,
+    /// and when a held revocation list goes stale), and fails closed (spec/PROTOCOL.md 16.4):
+    ///
+    /// * after a bundle change, the peer's certificate chain is validated again against the new
+    ///   anchors (an `x509-svid` authority removed from the bundle ends the sessions it
+    ///   certified);
+    /// * the peer's chain is verified again in full, or, for a chain-less peer, its revocation
+    ///   is checked. A revocation ends the session with `revoked`; any other failure (a grant key
+    ///   rotated out of the bundle, a stale or missing revocation list, ...) ends it with that
+    ///   failure's code, since the session's authority can no longer be re-checked. The one
+    ///   failure that does not end it here is expiry (`expired`, an expired certificate): the
+    ///   session deadline, which is never later, already handles it.
+    pub(super) fn recheck(&self) -> Result<(), Ended> {
         let now = now_unix();
+        let trust = self.verification.trust_store();
+        if !Arc::ptr_eq(&trust, &self.trust_checked) {
+            if let Some((leaf, rest)) = self.peer_certs.split_first() {
+                match trust.verify(leaf, rest, unix_time(now), self.peer_usage()) {
+                    Ok(_) | Err(CertError::Expired) => {}
+                    Err(e) => return Err(Ended::Untrusted(e)),
+                }
+            }
+        }
+        let v = self.verification.verifier();
         let id = self.peer.id.as_spiffe_id();
         let result = match &self.peer.chain {
             Some(chain) => v
@@ -76,16 +95,18 @@ where
             None => v.check_peer_revocation(id, &self.peer.public_key, now),
         };
         match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == ErrorCode::Expired => Ok(()),
             Err(e) if e.code() == ErrorCode::Revoked => Err(Ended::Revoked(e.to_string())),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    ErrorCode::RevocationStale | ErrorCode::RevocationMissing
-                ) =>
-            {
-                Err(Ended::Unverifiable(e))
-            }
-            _ => Ok(()),
+            Err(e) => Err(Ended::Unverifiable(e)),
+        }
+    }
+
+    /// The usage the peer's certificate was validated for.
+    pub(super) fn peer_usage(&self) -> CertUsage {
+        match self.role {
+            Role::Server => CertUsage::ClientAuth,
+            Role::Client => CertUsage::ServerAuth,
         }
     }
 
