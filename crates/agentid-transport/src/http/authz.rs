@@ -13,9 +13,9 @@ use http::{HeaderValue, Method, Request, Response, Uri};
 
 use super::refusal::{Refusal, PEER_DENIED};
 use super::server::{ConnShared, Verified};
-use crate::policy::PeerPolicy;
 use crate::session::now_unix;
 use crate::svid::SvidInfo;
+use crate::PeerPolicy;
 
 /// The request header whose value becomes a decision's correlation ID.
 pub const CORRELATION_HEADER: &str = "x-request-id";

@@ -27,9 +27,9 @@ use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
 use super::tls::{client_config, client_peer, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, Result, TimeoutKind};
-use crate::policy::PeerPolicy;
 use crate::session::{now_unix, PROOF_LIFETIME};
-use crate::verification::PeerVerification;
+use crate::PeerPolicy;
+use crate::PeerVerification;
 
 /// The response type of [`HttpClientConnection::send`].
 pub type HttpResponse = Response<Incoming>;

@@ -10,11 +10,11 @@ use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 /// `proof_missing`: `agentid-chain` without `agentid-proof`.
-pub const PROOF_MISSING: &str = "proof_missing";
+pub const PROOF_MISSING: &str = ErrorCode::ProofMissing.as_str();
 /// `presentation_changed`: a presentation that differs from the first one on the connection.
-pub const PRESENTATION_CHANGED: &str = "presentation_changed";
+pub const PRESENTATION_CHANGED: &str = ErrorCode::PresentationChanged.as_str();
 /// `peer_denied`: the peer identity is not admitted on this route.
-pub const PEER_DENIED: &str = "peer_denied";
+pub const PEER_DENIED: &str = ErrorCode::PeerDenied.as_str();
 /// `credential_expired`: the connection's deadline passed.
 pub const CREDENTIAL_EXPIRED: &str = "credential_expired";
 /// `busy`: the presentation could not be settled in time; retry.

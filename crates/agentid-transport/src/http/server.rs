@@ -33,9 +33,9 @@ use super::refusal::{Refusal, CREDENTIAL_EXPIRED};
 use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
-use crate::policy::PeerPolicy;
 use crate::session::{now_unix, PROOF_LIFETIME};
-use crate::verification::PeerVerification;
+use crate::PeerPolicy;
+use crate::PeerVerification;
 
 /// Timeouts, caps and the close margin of an HTTP server.
 #[derive(Clone, Debug)]

@@ -11,11 +11,11 @@ use rustls::{ClientConfig, ConnectionCommon, HandshakeKind, ServerConfig};
 
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, Result};
-use crate::policy::PeerPolicy;
 use crate::provider;
 use crate::svid::{CertUsage, SvidInfo};
-use crate::verification::PeerVerification;
-use crate::verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
+use crate::PeerPolicy;
+use crate::PeerVerification;
+use crate::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 
 /// ALPN of HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
