@@ -504,13 +504,17 @@ async fn a_different_presentation_fails_the_connection() {
                 Some("Agentid error=\"presentation_changed\"".into())
             )
         );
-        // Later requests get the stored code, or find the connection closed.
-        match raw.send("/scope", &[]).await {
-            Ok(r) => assert_eq!(status_code(r).await.1, "presentation_changed"),
-            Err(e) => assert!(
-                e.is_closed() || e.is_canceled() || e.to_string().contains("clos"),
-                "{e}"
-            ),
+        // Later requests, even malformed ones, get the stored code, or find the connection
+        // closed.
+        let bad: &[(&str, &str)] = &[("agentid-proof", "x"), ("agentid-proof", "y")];
+        for headers in [&[][..], bad] {
+            match raw.send("/scope", headers).await {
+                Ok(r) => assert_eq!(status_code(r).await.1, "presentation_changed"),
+                Err(e) => assert!(
+                    e.is_closed() || e.is_canceled() || e.to_string().contains("clos"),
+                    "{e}"
+                ),
+            }
         }
     }
 }
@@ -733,4 +737,76 @@ async fn server_tls_config_has_no_resumption_and_offers_h2_and_http11() {
         ccfg.alpn_protocols,
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     );
+}
+
+/// reqwest set up as the `http` module documents (our rustls config, no provider of its own):
+/// identity-only calls pass peer routes and never scope routes.
+#[tokio::test]
+async fn reqwest_with_the_preconfigured_config_is_identity_only() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let tls = http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("files.example.org", addr)
+        .timeout(T)
+        .build()
+        .unwrap();
+    let base = format!("https://files.example.org:{}", addr.port());
+    let r = client.get(format!("{base}/peer")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), format!("{CLIENT} chain="));
+    let r = client.get(format!("{base}/scope")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().await.unwrap()), "scope_not_granted");
+    // A chain copied into a header without the proof that binds it is refused.
+    let r = client
+        .get(format!("{base}/peer"))
+        .header("agentid-chain", "a.b.c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Agentid error=\"proof_missing\""
+    );
+}
+
+/// At the deadline (here the client certificate's `notAfter`, 3 s away) a streaming response is
+/// cut and the connection refuses further requests.
+#[tokio::test]
+async fn at_the_deadline_streaming_bodies_are_cut() {
+    let w = World::new(false);
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            close_margin: Duration::from_secs(1),
+            ..options()
+        },
+    )
+    .await;
+    let short = LeafOpts {
+        not_after: Some(3),
+        ..LeafOpts::default()
+    };
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &short);
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    let r = raw.send("/stream", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut streaming = r.into_body();
+    let first = tokio::time::timeout(T, streaming.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // Bounded wait: the cut comes at the deadline, well within T.
+    let next = tokio::time::timeout(T, streaming.frame()).await.unwrap();
+    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    if let Ok(r) = raw.send("/peer", &[]).await {
+        assert_eq!(status_code(r).await.1, "credential_expired");
+    }
 }

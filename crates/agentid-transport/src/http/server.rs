@@ -363,7 +363,13 @@ impl<S> ConnService<S> {
     fn first_pass(&self, req: &Request<Incoming>) -> (bool, Step) {
         let presentation = match parse_presentation(req.headers()) {
             Ok(p) => p,
-            Err(r) => return (false, Step::Refuse(r, false)),
+            // A failed connection answers every request with its stored code, even a malformed one.
+            Err(r) => {
+                return match self.conn.machine().failure() {
+                    Some(stored) => (false, Step::Refuse(stored.clone(), true)),
+                    None => (false, Step::Refuse(r, false)),
+                }
+            }
         };
         let had_proof = presentation.is_some();
         let dispatch = self.conn.machine().dispatch(presentation.as_ref());
@@ -605,8 +611,9 @@ impl HttpServer {
         })
     }
 
-    /// Accepts connections from `listener` until it fails, serving each with a clone of
-    /// `service` on its own task. Handshake failures are logged and dropped.
+    /// Accepts connections from `listener` forever, serving each with a clone of `service` on its
+    /// own task. Handshake failures are logged and dropped; accept errors (such as running out of
+    /// file descriptors) are logged and retried after a short back-off.
     pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<()>
     where
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -619,7 +626,15 @@ impl HttpServer {
         B::Error: Into<BoxError>,
     {
         loop {
-            let (tcp, addr) = listener.accept().await?;
+            let (tcp, addr) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "agentid http: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tracing::debug!(%addr, "agentid http: connection cap reached");
                 continue;
