@@ -810,3 +810,38 @@ async fn at_the_deadline_streaming_bodies_are_cut() {
         assert_eq!(status_code(r).await.1, "credential_expired");
     }
 }
+
+/// A bundle change that removes the anchor of the peer's certificate ends its connections
+/// (`bad_certificate`), as it ends framed sessions.
+#[tokio::test]
+async fn a_bundle_change_revalidates_the_peer_certificate() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, false).await;
+    let r = raw.send("/peer", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
+    // The domain's x509 authority replaced by another CA (a higher sequence).
+    let other = Ca::new("example.org");
+    let bundle = agentid_protocol::TrustBundle::new(w.a.td.clone(), 2)
+        .add_x509_authority(other.der.to_vec(), other.key.public_key())
+        .add_grant_key(w.a.grant_key.public_key().clone())
+        .add_revocation_key(w.a.rev_key.public_key().clone());
+    w.sv.update_bundle(bundle).unwrap();
+    // The connection's watcher may close the idle connection before the request is read.
+    match raw.send("/peer", &[]).await {
+        Ok(r) => assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "bad_certificate".into(),
+                Some("Agentid error=\"bad_certificate\"".into())
+            )
+        ),
+        Err(e) => assert!(
+            e.is_incomplete_message() || e.is_closed() || e.is_canceled(),
+            "{e}"
+        ),
+    }
+}

@@ -60,7 +60,8 @@ pub use presentation::{
     SERVER_HEADER_LIST_LIMIT,
 };
 pub use refusal::{
-    Refusal, BUSY, CREDENTIAL_EXPIRED, INTERNAL, PEER_DENIED, PRESENTATION_CHANGED, PROOF_MISSING,
+    Refusal, BAD_CERTIFICATE, BUSY, CREDENTIAL_EXPIRED, INTERNAL, PEER_DENIED,
+    PRESENTATION_CHANGED, PROOF_MISSING,
 };
 pub use server::{HttpConnection, HttpOptions, HttpServer, HttpServerBuilder};
 pub use tls::{

@@ -17,6 +17,8 @@ pub const PRESENTATION_CHANGED: &str = ErrorCode::PresentationChanged.as_str();
 pub const PEER_DENIED: &str = ErrorCode::PeerDenied.as_str();
 /// `credential_expired`: the connection's deadline passed.
 pub const CREDENTIAL_EXPIRED: &str = "credential_expired";
+/// `bad_certificate`: the peer's certificate no longer validates (a bundle changed).
+pub const BAD_CERTIFICATE: &str = "bad_certificate";
 /// `busy`: the presentation could not be settled in time; retry.
 pub const BUSY: &str = "busy";
 /// `internal`: a local failure (never caused by the request).

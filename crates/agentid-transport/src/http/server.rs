@@ -29,13 +29,15 @@ use super::presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
     SERVER_HEADER_LIST_LIMIT,
 };
-use super::refusal::{Refusal, CREDENTIAL_EXPIRED};
+use super::refusal::{Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
 use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::session::{now_unix, PROOF_LIFETIME};
 use crate::PeerPolicy;
 use crate::PeerVerification;
+use crate::{CertError, CertUsage, TrustStore};
+use rustls::pki_types::CertificateDer;
 
 /// Timeouts, caps and the close margin of an HTTP server.
 #[derive(Clone, Debug)]
@@ -99,6 +101,9 @@ pub(crate) struct ConnShared {
     settled: Notify,
     ended: OnceLock<Refusal>,
     checked_epoch: AtomicU64,
+    /// The trust store the peer's certificate was last validated against.
+    trust_seen: Mutex<Arc<TrustStore>>,
+    peer_certs: Vec<CertificateDer<'static>>,
     deadline: AtomicU64,
     closing: AtomicBool,
     wake: Notify,
@@ -106,9 +111,15 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    fn new(server: Arc<ServerShared>, peer: TlsPeer) -> Arc<Self> {
+    fn new(
+        server: Arc<ServerShared>,
+        peer: TlsPeer,
+        peer_certs: Vec<CertificateDer<'static>>,
+    ) -> Arc<Self> {
         let epoch = server.verification.epoch();
         let conn = Arc::new(Self {
+            trust_seen: Mutex::new(server.verification.trust_store()),
+            peer_certs,
             deadline: AtomicU64::new(peer.info.not_after),
             server,
             peer,
@@ -298,15 +309,38 @@ impl ConnShared {
         Ok(())
     }
 
-    /// Re-checks the peer and its verified chain against the current revocation lists.
+    /// Re-checks the connection against the current verification state and fails closed, as a
+    /// framed session does (spec/PROTOCOL.md 16.4, 22.5): after a bundle change the peer's
+    /// certificate chain is validated again (`bad_certificate`); the verified chain is verified
+    /// again in full, or a chain-less peer's revocation is checked; any failure but expiry (which
+    /// the deadline handles) ends the connection with its code.
     fn recheck(&self, epoch: u64) -> Result<(), Refusal> {
+        let now = now_unix();
+        let trust = self.server.verification.trust_store();
+        let trust_changed = {
+            let seen = self.trust_seen.lock().unwrap_or_else(|e| e.into_inner());
+            !Arc::ptr_eq(&trust, &seen)
+        };
+        if trust_changed {
+            if let Some((leaf, rest)) = self.peer_certs.split_first() {
+                let at = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now));
+                match trust.verify(leaf, rest, at, CertUsage::ClientAuth) {
+                    Ok(_) | Err(CertError::Expired) => {}
+                    Err(e) => {
+                        return Err(self.end(Refusal::unauthenticated(
+                            BAD_CERTIFICATE,
+                            format!("peer certificate no longer trusted: {e}"),
+                        )))
+                    }
+                }
+            }
+        }
         let chain = self
             .machine()
             .verified()
             .and_then(|v| v.chain_header.clone());
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
-        let now = now_unix();
         let result = match &chain {
             Some(c) => v
                 .verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)
@@ -314,15 +348,9 @@ impl ConnShared {
             None => v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now),
         };
         match result {
-            Err(e)
-                if matches!(
-                    e.code(),
-                    ErrorCode::Revoked | ErrorCode::RevocationStale | ErrorCode::RevocationMissing
-                ) =>
-            {
-                Err(self.end(Refusal::from_protocol(&e)))
-            }
+            Err(e) if e.code() != ErrorCode::Expired => Err(self.end(Refusal::from_protocol(&e))),
             _ => {
+                *self.trust_seen.lock().unwrap_or_else(|e| e.into_inner()) = trust;
                 self.checked_epoch.store(epoch, Ordering::Release);
                 Ok(())
             }
@@ -603,7 +631,13 @@ impl HttpServer {
         .map_err(|_| Error::Timeout(crate::error::TimeoutKind::Handshake))?
         .map_err(Error::Io)?;
         let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
-        let conn = ConnShared::new(self.shared.clone(), peer);
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let conn = ConnShared::new(self.shared.clone(), peer, certs);
         Ok(HttpConnection {
             tls,
             conn,
