@@ -61,10 +61,31 @@ pub enum CertError {
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutKind {
+    /// The complete ClientHello did not arrive in time (server side).
+    ClientHello,
     /// The TLS handshake did not finish in time.
     Handshake,
     /// The first (hello or accept) frame did not arrive in time.
     FirstFrame,
+}
+
+/// Which cap refused a connection ([`Error::Busy`]).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BusyKind {
+    /// The pool of unauthenticated handshakes was full, or this source address had its
+    /// maximum pending: a newer handshake took this one's slot.
+    #[error("handshake dropped for a newer one (handshake cap)")]
+    Handshakes,
+    /// The server holds its maximum of sessions.
+    #[error("session cap reached")]
+    Connections,
+    /// The peer's agent (all its tasks and children) holds its maximum of sessions.
+    #[error("per-agent session cap reached")]
+    AgentSessions,
+    /// The peer's task holds its maximum of sessions.
+    #[error("per-task session cap reached")]
+    TaskSessions,
 }
 
 /// Why a frame was refused.
@@ -140,9 +161,9 @@ pub enum Error {
     /// A revocation list applied to a live session covers the peer or its chain.
     #[error("revoked: {0}")]
     Revoked(String),
-    /// A connection or handshake cap is reached.
-    #[error("connection limit reached")]
-    Busy,
+    /// A cap refused the connection; the kind says which.
+    #[error("busy: {0}")]
+    Busy(BusyKind),
     /// No local credential is available.
     #[error("no local credential")]
     NoCredential,
@@ -174,12 +195,13 @@ impl Error {
             Error::Frame(FrameError::TooLarge(_)) => "frame_too_large",
             Error::Frame(FrameError::UnknownType(_)) => "unknown_frame_type",
             Error::Frame(_) => "bad_frame",
+            Error::Timeout(TimeoutKind::ClientHello) => "client_hello_timeout",
             Error::Timeout(TimeoutKind::Handshake) => "handshake_timeout",
             Error::Timeout(TimeoutKind::FirstFrame) => "first_frame_timeout",
             Error::HandshakeRefused(_) => "handshake_refused",
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",
-            Error::Busy => "busy",
+            Error::Busy(_) => "busy",
             Error::NoCredential => "no_credential",
             Error::Config(_) => "bad_config",
         }

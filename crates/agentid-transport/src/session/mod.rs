@@ -20,10 +20,11 @@ use agentid_protocol::{ErrorCode, PeerId, PublicKey, Role, Scope, TaskId, Verifi
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsStream;
 
+use crate::admission::SessionPermit;
 use crate::credentials::Credential;
 use crate::error::{CertError, Error, Result};
 use crate::frame::{body_bytes, FrameType, Reason};
@@ -202,7 +203,7 @@ pub(crate) struct SessionParts<IO> {
     pub exporter_client: [u8; 32],
     pub exporter_server: [u8; 32],
     pub changes: watch::Receiver<u64>,
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<SessionPermit>,
     pub jtis: Vec<String>,
 }
 
@@ -232,7 +233,7 @@ pub struct Session<IO> {
     peer_certs: Vec<CertificateDer<'static>>,
     trust_checked: Arc<TrustStore>,
     ended: Option<Ended>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<SessionPermit>,
 }
 
 impl<IO> fmt::Debug for Session<IO> {
