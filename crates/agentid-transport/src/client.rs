@@ -137,7 +137,7 @@ impl AgentClient {
         );
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
-        Ok(Session::new(result?.into_parts()))
+        Ok(Session::new(result?.into_parts(self.limits.idle_timeout)))
     }
 
     async fn connect_inner<IO>(&self, io: IO, span: &tracing::Span) -> Result<Established<IO>>

@@ -162,6 +162,10 @@ pub enum Error {
     /// reauth.
     #[error("credential expired")]
     CredentialExpired,
+    /// Nothing was sent either way for the idle timeout while this side waited for the peer
+    /// ([`crate::ConnectionLimits::idle_timeout`]).
+    #[error("session idle")]
+    Idle,
     /// A revocation list applied to a live session covers the peer or its chain.
     #[error("revoked: {0}")]
     Revoked(String),
@@ -206,6 +210,7 @@ impl Error {
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",
             Error::Busy(_) => "busy",
+            Error::Idle => "idle",
             Error::NoCredential => "no_credential",
             Error::Config(_) => "bad_config",
         }

@@ -3,6 +3,7 @@
 //! best-effort refusal frame.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentid_protocol::{Role, VerifiedChain, EXPORTER_LABEL};
 use rustls::pki_types::CertificateDer;
@@ -111,12 +112,13 @@ pub(crate) struct Established<IO> {
 }
 
 impl<IO> Established<IO> {
-    pub(crate) fn into_parts(self) -> SessionParts<IO> {
+    pub(crate) fn into_parts(self, idle_timeout: Option<Duration>) -> SessionParts<IO> {
         let peer = self.after.peer;
         let deadline = deadline(peer.not_after, self.chain.as_deref());
         SessionParts {
             changes: self.verification.subscribe(),
             peer_certs: self.after.certs,
+            idle_timeout,
             io: self.io,
             role: self.role,
             peer: AuthenticatedPeer {

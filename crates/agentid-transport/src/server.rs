@@ -109,7 +109,7 @@ impl AgentServer {
             .await;
         record_outcome(&span, &result);
         let (established, permit) = result?;
-        let mut parts = established.into_parts();
+        let mut parts = established.into_parts(self.admission.limits().idle_timeout);
         parts.permit = Some(permit);
         Ok(Session::new(parts))
     }

@@ -164,6 +164,8 @@ enum Ended {
     Unverifiable(agentid_protocol::Error),
     /// After a bundle change, the peer's certificate no longer validates.
     Untrusted(CertError),
+    /// Nothing was sent either way for the idle timeout while this side waited for the peer.
+    Idle,
     PeerClosed(String, String),
     Failed(String, String),
     LocalClosed,
@@ -173,6 +175,7 @@ impl Ended {
     fn error(&self) -> Error {
         match self {
             Ended::Expired => Error::CredentialExpired,
+            Ended::Idle => Error::Idle,
             Ended::Revoked(r) => Error::Revoked(r.clone()),
             Ended::Unverifiable(e) => Error::Protocol(e.clone()),
             Ended::Untrusted(e) => Error::Certificate(e.clone()),
@@ -194,6 +197,7 @@ impl Ended {
 
 /// What the handshake hands to a new session.
 pub(crate) struct SessionParts<IO> {
+    pub idle_timeout: Option<Duration>,
     pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
     pub role: Role,
@@ -220,6 +224,12 @@ pub struct Session<IO> {
     wbuf: BytesMut,
     pending: Bytes,
     deadline: Pin<Box<Sleep>>,
+    /// Ends the session when neither side has sent anything for this long while this side
+    /// waits for the peer (see [`crate::ConnectionLimits::idle_timeout`]).
+    idle_timeout: Option<Duration>,
+    /// The last frame received or data written; the timer is moved lazily when it fires.
+    last_activity: Instant,
+    idle_timer: Pin<Box<Sleep>>,
     changes: ChangeFuture,
     /// The verification state's version, to notice an update the session has not re-checked yet.
     applied: watch::Receiver<u64>,
@@ -233,7 +243,8 @@ pub struct Session<IO> {
     peer_certs: Vec<CertificateDer<'static>>,
     trust_checked: Arc<TrustStore>,
     ended: Option<Ended>,
-    _permit: Option<SessionPermit>,
+    /// The session slot at the server; released as soon as the session ends.
+    permit: Option<SessionPermit>,
 }
 
 impl<IO> fmt::Debug for Session<IO> {
@@ -253,6 +264,12 @@ where
 {
     pub(crate) fn new(parts: SessionParts<IO>) -> Self {
         let deadline = Box::pin(tokio::time::sleep_until(instant_for(parts.peer.deadline)));
+        let last_activity = Instant::now();
+        let idle_timer = Box::pin(tokio::time::sleep_until(
+            parts
+                .idle_timeout
+                .map_or_else(|| instant_for(u64::MAX), |d| last_activity + d),
+        ));
         let applied = parts.changes.clone();
         let checked = *applied.borrow();
         let stale_at = stale_at(&parts.verification, &parts.peer);
@@ -270,6 +287,9 @@ where
             wbuf: BytesMut::new(),
             pending: Bytes::new(),
             deadline,
+            idle_timeout: parts.idle_timeout,
+            last_activity,
+            idle_timer,
             changes: watch_changes(parts.changes),
             applied,
             checked,
@@ -279,8 +299,15 @@ where
             peer_certs: parts.peer_certs,
             trust_checked,
             ended: None,
-            _permit: parts.permit,
+            permit: parts.permit,
         }
+    }
+
+    /// Records why the session ended (every later call answers with it) and gives its slot
+    /// back to the server's caps.
+    fn set_ended(&mut self, ended: Ended) {
+        self.ended = Some(ended);
+        self.permit = None;
     }
 
     /// The authenticated peer.
@@ -347,7 +374,7 @@ where
                 message: message.into(),
             })?;
             self.write_frame(FrameType::Close, &body).await?;
-            self.ended = Some(Ended::LocalClosed);
+            self.set_ended(Ended::LocalClosed);
         }
         self.io.shutdown().await.map_err(Error::Io)
     }
