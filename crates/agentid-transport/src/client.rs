@@ -114,6 +114,7 @@ impl AgentClient {
 
     /// Connects over TCP to `addr` and runs the handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Session<TcpStream>> {
+        self.credentials.current().ok_or(Error::NoCredential)?;
         let tcp = timeout(self.limits.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
@@ -145,6 +146,9 @@ impl AgentClient {
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // The server is authorized by its URI SAN; this name is never checked (and SNI is off).
+        // No credential to present (none, or past its notAfter): a local `no_credential`, not
+        // a handshake the server refuses.
+        self.credentials.current().ok_or(Error::NoCredential)?;
         let name =
             ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
         let mut tls = timeout(
@@ -248,6 +252,7 @@ impl AgentClient {
                 reauth_proofs: Vec::new(),
             },
             local,
+            credentials: self.credentials.clone(),
             verification: self.verification.clone(),
             peer_proof_jti: server_proof.jti,
         })

@@ -11,7 +11,7 @@ use rustls::{ConnectionCommon, HandshakeKind};
 use tokio::io::AsyncWrite;
 use tokio_rustls::TlsStream;
 
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::frame::{self, body_bytes, FrameType, Reason};
 use crate::provider::ALPN;
@@ -106,6 +106,7 @@ pub(crate) struct Established<IO> {
     pub(crate) chain: Option<PeerChain>,
     pub(crate) receipts: Receipts,
     pub(crate) local: Arc<Credential>,
+    pub(crate) credentials: Arc<dyn CredentialSource>,
     pub(crate) verification: Arc<PeerVerification>,
     /// The `jti` of the peer's verified proof: a later reauth may not reuse it.
     pub(crate) peer_proof_jti: String,
@@ -131,6 +132,7 @@ impl<IO> Established<IO> {
                 receipts: self.receipts,
             },
             local: self.local,
+            credentials: self.credentials,
             verification: self.verification,
             exporter_client: self.after.exporter_client,
             exporter_server: self.after.exporter_server,

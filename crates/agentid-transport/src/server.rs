@@ -135,6 +135,9 @@ impl AgentServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        // No credential to present (none, or past its notAfter): refuse locally before TLS,
+        // rather than fail the peer's handshake.
+        self.credentials.current().ok_or(Error::NoCredential)?;
         let mut tls = self
             .admission
             .tls_accept(io, source, self.config.clone())
@@ -201,6 +204,7 @@ impl AgentServer {
                 reauth_proofs: Vec::new(),
             },
             local,
+            credentials: self.credentials.clone(),
             verification: self.verification.clone(),
             peer_proof_jti: client_jti,
         };

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsStream;
 
 use crate::admission::SessionPermit;
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result};
 use crate::frame::{body_bytes, FrameType, Reason};
 use crate::svid::TrustStore;
@@ -197,6 +197,7 @@ impl Ended {
 
 /// What the handshake hands to a new session.
 pub(crate) struct SessionParts<IO> {
+    pub credentials: Arc<dyn CredentialSource>,
     pub idle_timeout: Option<Duration>,
     pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
@@ -217,6 +218,9 @@ pub struct Session<IO> {
     role: Role,
     peer: AuthenticatedPeer,
     local: Arc<Credential>,
+    /// Where renewals of `local` come from (sent to the peer as `reauth`).
+    credentials: Arc<dyn CredentialSource>,
+    renewals: Option<ChangeFuture>,
     verification: Arc<PeerVerification>,
     exporter_client: [u8; 32],
     exporter_server: [u8; 32],
@@ -280,6 +284,8 @@ where
             role: parts.role,
             peer: parts.peer,
             local: parts.local,
+            renewals: parts.credentials.subscribe().map(watch_changes),
+            credentials: parts.credentials,
             verification: parts.verification,
             exporter_client: parts.exporter_client,
             exporter_server: parts.exporter_server,
