@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
-    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
+    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, refuse_expired, tell_peer,
     verify_peer_authority, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
@@ -230,6 +230,7 @@ impl AgentClient {
             )?;
             let chain =
                 verify_peer_authority(&self.verification, &after.peer, accept.chain.clone(), now)?;
+            refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
             Ok((accept, server_proof, chain))
         }
         .await;

@@ -217,5 +217,38 @@ impl Error {
     }
 }
 
+/// The message sent to a peer with a reason code in a reject or close frame: a fixed text for
+/// the code, never the local detail of the failure (which trust domains are accepted, which
+/// limits are enforced, which revocation list is missing, a token index). The detail goes to
+/// the local log.
+pub(crate) fn peer_message(code: &str) -> &'static str {
+    match code {
+        "busy" => "busy",
+        "idle" => "the session was idle",
+        "credential_expired" => "the credential expired",
+        "revoked" => "revoked",
+        "bad_certificate" => "certificate refused",
+        "policy_denied" => "peer denied by policy",
+        "frame_too_large" | "unknown_frame_type" | "bad_frame" => "frame refused",
+        "no_credential" => "no credential",
+        "normal" => "closed",
+        _ if ErrorCode::from_code(code).is_some() => "presentation refused",
+        _ => "refused",
+    }
+}
+
+impl Error {
+    /// What the peer is told of this error: its [`Error::reason`] and a fixed message (see
+    /// [`peer_message`]); which cap refused a busy peer is not configuration detail and is said.
+    pub(crate) fn for_peer(&self) -> (String, String) {
+        let code = self.reason().to_owned();
+        let message = match self {
+            Error::Busy(kind) => format!("busy: {kind}"),
+            _ => peer_message(&code).to_owned(),
+        };
+        (code, message)
+    }
+}
+
 /// Shorthand for the crate's results.
 pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -98,6 +98,22 @@ pub(crate) fn deadline(not_after: u64, chain: Option<&VerifiedChain>) -> u64 {
     chain.map_or(not_after, |c| c.expires.min(not_after))
 }
 
+/// Refuses a presentation whose session would already be over. Verification accepts a chain
+/// until `exp + skew` (clocks differ), but a session ends at the chain's `exp` itself (the
+/// deadline has no skew: a live session must not outlast its authority). A chain inside that
+/// window would give a session that fails its first request; it is refused at the handshake
+/// with `credential_expired` instead.
+pub(crate) fn refuse_expired(
+    not_after: u64,
+    chain: Option<&VerifiedChain>,
+    now: u64,
+) -> Result<()> {
+    if deadline(not_after, chain) <= now {
+        return Err(Error::CredentialExpired);
+    }
+    Ok(())
+}
+
 /// What both sides hand to [`crate::session::Session::new`] once the exchange succeeded.
 pub(crate) struct Established<IO> {
     pub(crate) io: TlsStream<IO>,
@@ -176,10 +192,9 @@ pub(crate) async fn tell_peer<S: AsyncWrite + Unpin>(io: &mut S, ty: FrameType, 
     ) {
         return;
     }
-    let reason = Reason {
-        code: e.reason().to_owned(),
-        message: e.to_string(),
-    };
+    // The code and a fixed message; the detail stays in the local log (the caller logs `e`).
+    let (code, message) = e.for_peer();
+    let reason = Reason { code, message };
     if let Ok(body) = body_bytes(&reason) {
         let _ = frame::write_frame(io, ty, &body).await;
     }

@@ -18,7 +18,8 @@ use crate::admission::{Admission, SessionPermit};
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
-    after_tls, record_outcome, record_peer, tell_peer, verify_peer_authority, AfterTls, Established,
+    after_tls, record_outcome, record_peer, refuse_expired, tell_peer, verify_peer_authority,
+    AfterTls, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
 use crate::limits::ConnectionLimits;
@@ -235,6 +236,7 @@ impl AgentServer {
             },
         )?;
         let chain = verify_peer_authority(&self.verification, &after.peer, hello.chain, now)?;
+        refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
         // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
         Ok((hello.proof, proof.jti, chain))
     }

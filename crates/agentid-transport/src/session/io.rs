@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::{Ended, Session, CLOSE_NORMAL};
-use crate::error::{Error, FrameError, Result};
+use crate::error::{peer_message, Error, FrameError, Result};
 use crate::frame::{self, body_bytes, parse_body, FrameType, Reason, HEADER_LEN, MAX_FRAME_BODY};
 
 impl<IO> Session<IO>
@@ -42,22 +42,22 @@ where
 
     /// Ends the session with `ended`: a best-effort close frame, then every later call fails.
     pub(super) fn end(&mut self, cx: &mut Context<'_>, ended: Ended) -> Error {
-        let (code, message) = match &ended {
-            Ended::Expired => (
-                "credential_expired".to_owned(),
-                "the peer credential expired".to_owned(),
-            ),
-            Ended::Idle => ("idle".to_owned(), "the session was idle".to_owned()),
-            Ended::Revoked(r) => ("revoked".to_owned(), r.clone()),
-            Ended::Unverifiable(e) => (e.code().as_str().to_owned(), e.to_string()),
-            Ended::Untrusted(e) => ("bad_certificate".to_owned(), e.to_string()),
-            Ended::Failed(c, m) => (c.clone(), m.clone()),
-            Ended::PeerClosed(..) | Ended::LocalClosed => (String::new(), String::new()),
+        let code = match &ended {
+            Ended::Expired => "credential_expired".to_owned(),
+            Ended::Idle => "idle".to_owned(),
+            Ended::Revoked(_) => "revoked".to_owned(),
+            Ended::Unverifiable(e) => e.code().as_str().to_owned(),
+            Ended::Untrusted(_) => "bad_certificate".to_owned(),
+            Ended::Failed(c, _) => c.clone(),
+            Ended::PeerClosed(..) | Ended::LocalClosed => String::new(),
         };
         if !code.is_empty() {
+            // The peer gets the code and a fixed message; the detail is logged here.
+            let detail = ended.error();
+            tracing::info!(peer.id = %self.peer.id, reason = %code, error = %detail, "ending session");
             if let Ok(body) = body_bytes(&Reason {
                 code: code.clone(),
-                message,
+                message: peer_message(&code).to_owned(),
             }) {
                 let _ = frame::encode(FrameType::Close, &body, &mut self.wbuf);
                 let _ = self.poll_drain(cx);
