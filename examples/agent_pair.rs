@@ -19,7 +19,8 @@ use agentid::protocol::{
     Algorithm, BundleSet, ErrorCode, LinkBuilder, Scope, TaskKey, TrustDomain, VerifierConfig,
 };
 use agentid::transport::{
-    AgentClient, AgentServer, Credential, MemoryCredentials, PeerPolicy, PeerVerification,
+    accept_tcp, AgentClient, AgentServer, Credential, MemoryCredentials, PeerPolicy,
+    PeerVerification,
 };
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::CertificateDer;
@@ -192,8 +193,9 @@ async fn main() -> Result<()> {
     );
 
     let server_task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await?;
-        let mut session = server.accept(tcp).await?;
+        // Accept errors (EMFILE) are logged and backed off, never fatal.
+        let (tcp, from) = accept_tcp(&listener).await;
+        let mut session = server.accept_from(tcp, Some(from)).await?;
         let peer = session.peer().clone();
         say(
             "librarian",

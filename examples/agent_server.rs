@@ -58,7 +58,9 @@ use std::time::Duration;
 
 use agentid::files::{read_token_file, CredentialDir};
 use agentid::protocol::{AgentId, Scope};
-use agentid::transport::{AgentServer, MemoryCredentials, PeerPolicy, PeerVerification, Session};
+use agentid::transport::{
+    accept_tcp, AgentServer, MemoryCredentials, PeerPolicy, PeerVerification, Session,
+};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::net::{TcpListener, TcpStream};
@@ -174,12 +176,14 @@ async fn run(args: Args) -> Result<()> {
     ));
     say(format!("mTLS 1.3, ALPN agentid/1, admitting {admitted}"));
 
+    // accept_tcp logs and backs off on accept errors (EMFILE when out of file descriptors):
+    // a busy server slows down instead of exiting.
     if args.once {
-        let (tcp, from) = listener.accept().await?;
+        let (tcp, from) = accept_tcp(&listener).await;
         return serve(&server, tcp, from).await;
     }
     loop {
-        let (tcp, from) = listener.accept().await?;
+        let (tcp, from) = accept_tcp(&listener).await;
         let server = server.clone();
         tokio::spawn(async move {
             // Outcomes are already on stdout and in the log.
@@ -190,7 +194,7 @@ async fn run(args: Args) -> Result<()> {
 
 /// One connection: the handshake, then one reply per request until the client closes.
 async fn serve(server: &AgentServer, tcp: TcpStream, from: SocketAddr) -> Result<()> {
-    let mut session = match server.accept(tcp).await {
+    let mut session = match server.accept_from(tcp, Some(from)).await {
         Ok(s) => s,
         Err(e) => {
             say(format!("refused {from}: {}: {e}", e.reason()));

@@ -236,6 +236,10 @@ impl Pki {
             max_handshakes: 1024,
             handshake_timeout: Duration::from_secs(20),
             first_frame_timeout: Duration::from_secs(20),
+            // The memory figure opens every session from the same few agents.
+            max_sessions_per_agent: 50_000,
+            max_sessions_per_task: 50_000,
+            ..ConnectionLimits::default()
         };
         Ok(AgentServer::builder(
             Arc::new(MemoryCredentials::new(self.credential(&self.server, None)?)),

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
-    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
+    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, refuse_expired, tell_peer,
     verify_peer_authority, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
@@ -114,6 +114,7 @@ impl AgentClient {
 
     /// Connects over TCP to `addr` and runs the handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Session<TcpStream>> {
+        self.credentials.current().ok_or(Error::NoCredential)?;
         let tcp = timeout(self.limits.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
@@ -137,7 +138,7 @@ impl AgentClient {
         );
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
-        Ok(Session::new(result?.into_parts()))
+        Ok(Session::new(result?.into_parts(self.limits.idle_timeout)))
     }
 
     async fn connect_inner<IO>(&self, io: IO, span: &tracing::Span) -> Result<Established<IO>>
@@ -145,6 +146,9 @@ impl AgentClient {
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // The server is authorized by its URI SAN; this name is never checked (and SNI is off).
+        // No credential to present (none, or past its notAfter): a local `no_credential`, not
+        // a handshake the server refuses.
+        self.credentials.current().ok_or(Error::NoCredential)?;
         let name =
             ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
         let mut tls = timeout(
@@ -226,6 +230,7 @@ impl AgentClient {
             )?;
             let chain =
                 verify_peer_authority(&self.verification, &after.peer, accept.chain.clone(), now)?;
+            refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
             Ok((accept, server_proof, chain))
         }
         .await;
@@ -248,6 +253,7 @@ impl AgentClient {
                 reauth_proofs: Vec::new(),
             },
             local,
+            credentials: self.credentials.clone(),
             verification: self.verification.clone(),
             peer_proof_jti: server_proof.jti,
         })

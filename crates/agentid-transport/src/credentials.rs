@@ -1,5 +1,9 @@
 //! Local credentials and rotation: a [`CredentialSource`] is read on every new handshake, so
 //! swapping the credential never drops live sessions and new handshakes use the new certificate.
+//! A renewal (same identity, same key: [`Credential::renewed`]) is also sent by live framed
+//! sessions to their peers as a `reauth` ([`CredentialSource::subscribe`]). A source yields no
+//! credential once its certificate is past `notAfter`: a handshake then fails locally with
+//! `no_credential` instead of presenting an expired certificate.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
+use tokio::sync::watch;
 
 use crate::error::{CertError, Error, Result};
 use crate::provider;
@@ -29,6 +34,15 @@ impl Credential {
     /// Checks the leaf against the X509-SVID rules (both EKUs, as issued leaves have) and that it
     /// certifies `key`.
     pub fn new(cert_chain: Vec<CertificateDer<'static>>, key: TaskKey) -> Result<Self> {
+        Self::with_shared_key(cert_chain, Arc::new(key))
+    }
+
+    /// As [`Credential::new`], with a key shared with its other users (the enroller that renews
+    /// it, the next credential of the same task).
+    pub fn with_shared_key(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: Arc<TaskKey>,
+    ) -> Result<Self> {
         let leaf = cert_chain
             .first()
             .ok_or(Error::Certificate(CertError::Missing))?;
@@ -44,10 +58,38 @@ impl Credential {
         certified.keys_match().map_err(Error::Tls)?;
         Ok(Self {
             certified: Arc::new(certified),
-            key: Arc::new(key),
+            key,
             info,
             chain: None,
         })
+    }
+
+    /// This credential renewed with `cert_chain` (leaf first): a certificate for the same
+    /// identity (URI SAN) and the same key, with the same task key and delegation chain. A
+    /// different identity or key is [`CertError::IdentityChanged`]: that is a new credential,
+    /// not a renewal.
+    pub fn renewed(&self, cert_chain: Vec<CertificateDer<'static>>) -> Result<Self> {
+        let renewed = Self::with_shared_key(cert_chain, self.key.clone())?;
+        if renewed.info.id != self.info.id || renewed.info.public_key != self.info.public_key {
+            return Err(CertError::IdentityChanged.into());
+        }
+        Ok(Self {
+            chain: self.chain.clone(),
+            ..renewed
+        })
+    }
+
+    /// Whether `other` is a renewal of this credential: same identity and key, another
+    /// certificate.
+    pub fn is_renewal(&self, other: &Credential) -> bool {
+        other.info.id == self.info.id
+            && other.info.public_key == self.info.public_key
+            && other.certified.cert != self.certified.cert
+    }
+
+    /// The task key, shared.
+    pub fn shared_key(&self) -> Arc<TaskKey> {
+        self.key.clone()
     }
 
     /// Attaches the delegation chain presented in the session hello (or accept).
@@ -113,14 +155,32 @@ impl fmt::Debug for Credential {
 
 /// Where a client or server finds its current credential. Read on every new handshake.
 pub trait CredentialSource: Send + Sync + fmt::Debug {
-    /// The credential to present now, if any.
+    /// The credential to present now, if any. A source must not yield a credential whose
+    /// certificate is past its `notAfter`.
     fn current(&self) -> Option<Arc<Credential>>;
+
+    /// A signal that [`CredentialSource::current`] changed (the value is a change counter), for
+    /// live framed sessions, which send a renewal to their peer as a `reauth`. `None` (the
+    /// default) for a source that never signals.
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// An in-memory credential source that can be swapped at run time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryCredentials {
     current: ArcSwapOption<Credential>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for MemoryCredentials {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            changes: watch::channel(0).0,
+        }
+    }
 }
 
 impl MemoryCredentials {
@@ -128,6 +188,7 @@ impl MemoryCredentials {
     pub fn new(credential: Credential) -> Self {
         Self {
             current: ArcSwapOption::from_pointee(credential),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -143,13 +204,20 @@ impl MemoryCredentials {
             "credential rotated"
         );
         self.current.store(Some(Arc::new(credential)));
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())
     }
 }
 
 impl CredentialSource for MemoryCredentials {
     fn current(&self) -> Option<Arc<Credential>> {
-        self.current.load_full()
+        self.current
+            .load_full()
+            .filter(|c| crate::session::now_unix() < c.info.not_after)
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 }
 

@@ -65,10 +65,31 @@ pub enum CertError {
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutKind {
+    /// The complete ClientHello did not arrive in time (server side).
+    ClientHello,
     /// The TLS handshake did not finish in time.
     Handshake,
     /// The first (hello or accept) frame did not arrive in time.
     FirstFrame,
+}
+
+/// Which cap refused a connection ([`Error::Busy`]).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BusyKind {
+    /// The pool of unauthenticated handshakes was full, or this source address had its
+    /// maximum pending: a newer handshake took this one's slot.
+    #[error("handshake dropped for a newer one (handshake cap)")]
+    Handshakes,
+    /// The server holds its maximum of sessions.
+    #[error("session cap reached")]
+    Connections,
+    /// The peer's agent (all its tasks and children) holds its maximum of sessions.
+    #[error("per-agent session cap reached")]
+    AgentSessions,
+    /// The peer's task holds its maximum of sessions.
+    #[error("per-task session cap reached")]
+    TaskSessions,
 }
 
 /// Why a frame was refused.
@@ -141,12 +162,16 @@ pub enum Error {
     /// reauth.
     #[error("credential expired")]
     CredentialExpired,
+    /// Nothing was sent either way for the idle timeout while this side waited for the peer
+    /// ([`crate::ConnectionLimits::idle_timeout`]).
+    #[error("session idle")]
+    Idle,
     /// A revocation list applied to a live session covers the peer or its chain.
     #[error("revoked: {0}")]
     Revoked(String),
-    /// A connection or handshake cap is reached.
-    #[error("connection limit reached")]
-    Busy,
+    /// A cap refused the connection; the kind says which.
+    #[error("busy: {0}")]
+    Busy(BusyKind),
     /// No local credential is available.
     #[error("no local credential")]
     NoCredential,
@@ -178,15 +203,50 @@ impl Error {
             Error::Frame(FrameError::TooLarge(_)) => "frame_too_large",
             Error::Frame(FrameError::UnknownType(_)) => "unknown_frame_type",
             Error::Frame(_) => "bad_frame",
+            Error::Timeout(TimeoutKind::ClientHello) => "client_hello_timeout",
             Error::Timeout(TimeoutKind::Handshake) => "handshake_timeout",
             Error::Timeout(TimeoutKind::FirstFrame) => "first_frame_timeout",
             Error::HandshakeRefused(_) => "handshake_refused",
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",
-            Error::Busy => "busy",
+            Error::Busy(_) => "busy",
+            Error::Idle => "idle",
             Error::NoCredential => "no_credential",
             Error::Config(_) => "bad_config",
         }
+    }
+}
+
+/// The message sent to a peer with a reason code in a reject or close frame: a fixed text for
+/// the code, never the local detail of the failure (which trust domains are accepted, which
+/// limits are enforced, which revocation list is missing, a token index). The detail goes to
+/// the local log.
+pub(crate) fn peer_message(code: &str) -> &'static str {
+    match code {
+        "busy" => "busy",
+        "idle" => "the session was idle",
+        "credential_expired" => "the credential expired",
+        "revoked" => "revoked",
+        "bad_certificate" => "certificate refused",
+        "policy_denied" => "peer denied by policy",
+        "frame_too_large" | "unknown_frame_type" | "bad_frame" => "frame refused",
+        "no_credential" => "no credential",
+        "normal" => "closed",
+        _ if ErrorCode::from_code(code).is_some() => "presentation refused",
+        _ => "refused",
+    }
+}
+
+impl Error {
+    /// What the peer is told of this error: its [`Error::reason`] and a fixed message (see
+    /// [`peer_message`]); which cap refused a busy peer is not configuration detail and is said.
+    pub(crate) fn for_peer(&self) -> (String, String) {
+        let code = self.reason().to_owned();
+        let message = match self {
+            Error::Busy(kind) => format!("busy: {kind}"),
+            _ => peer_message(&code).to_owned(),
+        };
+        (code, message)
     }
 }
 

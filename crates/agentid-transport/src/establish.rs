@@ -3,6 +3,7 @@
 //! best-effort refusal frame.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentid_protocol::{Role, VerifiedChain, EXPORTER_LABEL};
 use rustls::pki_types::CertificateDer;
@@ -10,7 +11,7 @@ use rustls::{ConnectionCommon, HandshakeKind};
 use tokio::io::AsyncWrite;
 use tokio_rustls::TlsStream;
 
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::frame::{self, body_bytes, FrameType, Reason};
 use crate::provider::ALPN;
@@ -97,6 +98,22 @@ pub(crate) fn deadline(not_after: u64, chain: Option<&VerifiedChain>) -> u64 {
     chain.map_or(not_after, |c| c.expires.min(not_after))
 }
 
+/// Refuses a presentation whose session would already be over. Verification accepts a chain
+/// until `exp + skew` (clocks differ), but a session ends at the chain's `exp` itself (the
+/// deadline has no skew: a live session must not outlast its authority). A chain inside that
+/// window would give a session that fails its first request; it is refused at the handshake
+/// with `credential_expired` instead.
+pub(crate) fn refuse_expired(
+    not_after: u64,
+    chain: Option<&VerifiedChain>,
+    now: u64,
+) -> Result<()> {
+    if deadline(not_after, chain) <= now {
+        return Err(Error::CredentialExpired);
+    }
+    Ok(())
+}
+
 /// What both sides hand to [`crate::session::Session::new`] once the exchange succeeded.
 pub(crate) struct Established<IO> {
     pub(crate) io: TlsStream<IO>,
@@ -105,18 +122,20 @@ pub(crate) struct Established<IO> {
     pub(crate) chain: Option<PeerChain>,
     pub(crate) receipts: Receipts,
     pub(crate) local: Arc<Credential>,
+    pub(crate) credentials: Arc<dyn CredentialSource>,
     pub(crate) verification: Arc<PeerVerification>,
     /// The `jti` of the peer's verified proof: a later reauth may not reuse it.
     pub(crate) peer_proof_jti: String,
 }
 
 impl<IO> Established<IO> {
-    pub(crate) fn into_parts(self) -> SessionParts<IO> {
+    pub(crate) fn into_parts(self, idle_timeout: Option<Duration>) -> SessionParts<IO> {
         let peer = self.after.peer;
         let deadline = deadline(peer.not_after, self.chain.as_deref());
         SessionParts {
             changes: self.verification.subscribe(),
             peer_certs: self.after.certs,
+            idle_timeout,
             io: self.io,
             role: self.role,
             peer: AuthenticatedPeer {
@@ -129,6 +148,7 @@ impl<IO> Established<IO> {
                 receipts: self.receipts,
             },
             local: self.local,
+            credentials: self.credentials,
             verification: self.verification,
             exporter_client: self.after.exporter_client,
             exporter_server: self.after.exporter_server,
@@ -172,10 +192,9 @@ pub(crate) async fn tell_peer<S: AsyncWrite + Unpin>(io: &mut S, ty: FrameType, 
     ) {
         return;
     }
-    let reason = Reason {
-        code: e.reason().to_owned(),
-        message: e.to_string(),
-    };
+    // The code and a fixed message; the detail stays in the local log (the caller logs `e`).
+    let (code, message) = e.for_peer();
+    let reason = Reason { code, message };
     if let Ok(body) = body_bytes(&reason) {
         let _ = frame::write_frame(io, ty, &body).await;
     }

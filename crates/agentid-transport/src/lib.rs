@@ -13,8 +13,11 @@
 //!   ([`check_leaf`]), then a [`PeerPolicy`]. A client or server cannot be built without a
 //!   policy; the only permissive one is [`PeerPolicy::danger_any`].
 //! * **Rotation**: a [`CredentialSource`] is read on every handshake; live sessions stay up.
-//! * **Limits**: handshake and first-frame timeouts, a frame size cap checked before
-//!   allocating, caps on concurrent connections and handshakes.
+//! * **Availability** ([`ConnectionLimits`], [`Admission`]): a deadline for the ClientHello and
+//!   the handshake, a pool of unauthenticated handshakes in which the oldest gives way to the
+//!   newest and one source address holds only a few, session caps per server, per agent name
+//!   and per task, a first-frame timeout, an idle timeout, and a frame size cap checked before
+//!   allocating. Accept loops back off on accept errors (`EMFILE`) and never exit on them.
 //! * Keys and tokens are never logged.
 //!
 //! ## Layout
@@ -25,6 +28,7 @@
 //! state (bundles, revocation lists) that both sides and every live session share.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod client;
 mod credentials;
 mod error;
@@ -33,6 +37,7 @@ mod frame;
 #[cfg(feature = "http")]
 pub mod http;
 mod limits;
+mod listener;
 mod peer_policy;
 pub mod provider;
 mod rustls_verifier;
@@ -44,11 +49,13 @@ mod trust_state;
 #[doc(hidden)]
 pub mod internal;
 
+pub use admission::{accept_tcp, Admission, SessionPermit};
 pub use client::{AgentClient, AgentClientBuilder};
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
-pub use error::{CertError, Error, FrameError, Result, TimeoutKind};
+pub use error::{BusyKind, CertError, Error, FrameError, Result, TimeoutKind};
 pub use frame::MAX_FRAME_BODY;
 pub use limits::ConnectionLimits;
+pub use listener::AgentListener;
 pub use peer_policy::PeerPolicy;
 pub use rustls_verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 pub use server::{AgentServer, AgentServerBuilder};

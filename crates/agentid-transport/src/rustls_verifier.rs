@@ -17,6 +17,7 @@ use crate::error::{CertError, Error};
 use crate::peer_policy::PeerPolicy;
 use crate::provider;
 use crate::svid::{CertUsage, SvidInfo, TrustStore};
+use crate::trust_state::PeerVerification;
 
 /// The shared part of both verifiers.
 #[derive(Debug)]
@@ -93,6 +94,12 @@ pub struct SpiffeClientCertVerifier {
 }
 
 impl SpiffeClientCertVerifier {
+    /// A verifier over the live X.509 anchors of `verification` (bundle updates apply to the
+    /// next handshake) and `policy`: what a rustls config of another stack (HTTP) needs.
+    pub fn from_verification(verification: &PeerVerification, policy: PeerPolicy) -> Self {
+        Self::new(verification.trust_handle(), policy)
+    }
+
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
         Self {
@@ -162,6 +169,12 @@ pub struct SpiffeServerCertVerifier {
 }
 
 impl SpiffeServerCertVerifier {
+    /// A verifier over the live X.509 anchors of `verification` (bundle updates apply to the
+    /// next handshake) and `policy`: what a rustls config of another stack (HTTP) needs.
+    pub fn from_verification(verification: &PeerVerification, policy: PeerPolicy) -> Self {
+        Self::new(verification.trust_handle(), policy)
+    }
+
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
         Self {

@@ -1,25 +1,29 @@
 //! The server side: TLS 1.3 with mandatory client certificates, then the hello, its
 //! verification, and accept or reject.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use agentid_protocol::{verify_proof, ProofBuilder, ProofContext, Role};
 use rustls::server::NoServerSessionStorage;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 use tokio::time::timeout;
-use tokio_rustls::{TlsAcceptor, TlsStream};
+use tokio_rustls::TlsStream;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
+use crate::admission::{Admission, SessionPermit};
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
-    after_tls, map_tls_io, record_outcome, record_peer, tell_peer, verify_peer_authority, AfterTls,
-    Established,
+    after_tls, record_outcome, record_peer, refuse_expired, tell_peer, verify_peer_authority,
+    AfterTls, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
 use crate::limits::ConnectionLimits;
+use crate::listener::AgentListener;
 use crate::peer_policy::PeerPolicy;
 use crate::provider::{self, ALPN};
 use crate::rustls_verifier::SpiffeClientCertVerifier;
@@ -31,18 +35,16 @@ use crate::TimeoutKind;
 /// An agentid server. Build it with [`AgentServer::builder`]; a peer policy is required.
 #[derive(Clone)]
 pub struct AgentServer {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     credentials: Arc<dyn CredentialSource>,
     verification: Arc<PeerVerification>,
-    limits: ConnectionLimits,
-    connections: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for AgentServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentServer")
-            .field("limits", &self.limits)
+            .field("limits", self.admission.limits())
             .finish_non_exhaustive()
     }
 }
@@ -73,22 +75,25 @@ impl AgentServer {
         }
     }
 
-    /// Accepts one connection: TLS handshake (timeout), then the hello (timeout), verification
-    /// and accept or reject. Fails fast with [`Error::Busy`] at the connection or handshake cap.
+    /// Accepts one connection from an unknown source: as [`AgentServer::accept_from`] without
+    /// the per-source cap.
     pub async fn accept<IO>(&self, io: IO) -> Result<Session<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let conn_permit = self
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy)?;
-        let hs_permit = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy)?;
+        self.accept_from(io, None).await
+    }
+
+    /// Accepts one connection from `source`: the TLS handshake under the handshake rules of
+    /// [`ConnectionLimits`] (ClientHello deadline, a slot in the pool of unauthenticated
+    /// handshakes that a newer one may take over, the per-source cap), then a session slot for
+    /// the authenticated peer (total, per agent, per task: [`Error::Busy`] at once, told to the
+    /// peer in a reject frame), then the hello (first-frame timeout), its verification, and
+    /// accept or reject.
+    pub async fn accept_from<IO>(&self, io: IO, source: Option<SocketAddr>) -> Result<Session<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let span = tracing::info_span!(
             "agentid.handshake",
             role = "server",
@@ -98,28 +103,60 @@ impl AgentServer {
             outcome = Empty,
             reason = Empty
         );
-        let result = self.accept_inner(io, &span).instrument(span.clone()).await;
+        let ip = source.map(|s| s.ip());
+        let result = self
+            .accept_inner(io, ip, &span)
+            .instrument(span.clone())
+            .await;
         record_outcome(&span, &result);
-        drop(hs_permit);
-        let mut parts = result?.into_parts();
-        parts.permit = Some(conn_permit);
+        let (established, permit) = result?;
+        let mut parts = established.into_parts(self.admission.limits().idle_timeout);
+        parts.permit = Some(permit);
         Ok(Session::new(parts))
     }
 
-    async fn accept_inner<IO>(&self, io: IO, span: &tracing::Span) -> Result<Established<IO>>
+    /// Serves `listener`: accepts connections (accept errors are logged and backed off, never
+    /// fatal), runs each handshake in its own task with the source address, and yields the
+    /// established sessions. Failed handshakes are logged and dropped.
+    pub fn listen(&self, listener: TcpListener) -> AgentListener {
+        AgentListener::new(self.clone(), listener)
+    }
+
+    /// The admission state (caps and counts) of this server.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    async fn accept_inner<IO>(
+        &self,
+        io: IO,
+        source: Option<IpAddr>,
+        span: &tracing::Span,
+    ) -> Result<(Established<IO>, SessionPermit)>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut tls = timeout(self.limits.handshake_timeout, self.acceptor.accept(io))
-            .await
-            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
-            .map_err(map_tls_io)?;
+        // No credential to present (none, or past its notAfter): refuse locally before TLS,
+        // rather than fail the peer's handshake.
+        self.credentials.current().ok_or(Error::NoCredential)?;
+        let mut tls = self
+            .admission
+            .tls_accept(io, source, self.config.clone())
+            .await?;
         let after = after_tls(tls.get_ref().1, CertUsage::ClientAuth, &self.verification)?;
         record_peer(span, &after.peer);
+        let permit = match self.admission.admit(&after.peer.id) {
+            Ok(p) => p,
+            Err(e) => {
+                tell_peer(&mut tls, FrameType::Reject, &e).await;
+                return Err(e);
+            }
+        };
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
+        let limits = self.admission.limits();
 
         let verified = async {
-            let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
+            let first = timeout(limits.first_frame_timeout, frame::read_frame(&mut tls))
                 .await
                 .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))??
                 .ok_or(FrameError::Truncated)?;
@@ -157,7 +194,7 @@ impl AgentServer {
         };
         frame::write_frame(&mut tls, FrameType::Accept, &body_bytes(&accept)?).await?;
 
-        Ok(Established {
+        let established = Established {
             io: TlsStream::Server(tls),
             role: Role::Server,
             after,
@@ -168,9 +205,11 @@ impl AgentServer {
                 reauth_proofs: Vec::new(),
             },
             local,
+            credentials: self.credentials.clone(),
             verification: self.verification.clone(),
             peer_proof_jti: client_jti,
-        })
+        };
+        Ok((established, permit))
     }
 
     fn verify_hello(
@@ -197,6 +236,7 @@ impl AgentServer {
             },
         )?;
         let chain = verify_peer_authority(&self.verification, &after.peer, hello.chain, now)?;
+        refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
         // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
         Ok((hello.proof, proof.jti, chain))
     }
@@ -212,9 +252,7 @@ impl AgentServerBuilder {
     /// Builds the server: TLS 1.3 only, ALPN `agentid/1`, our client-certificate verifier
     /// (mandatory client certificates), no session cache, no tickets, no 0-RTT.
     pub fn build(self) -> Result<AgentServer> {
-        if self.limits.max_connections == 0 || self.limits.max_handshakes == 0 {
-            return Err(Error::Config("connection caps must be at least 1".into()));
-        }
+        let admission = Admission::new(self.limits)?;
         let verifier = SpiffeClientCertVerifier::new(self.verification.trust_handle(), self.policy);
         let mut config = provider::server_config_builder()?
             .with_client_cert_verifier(Arc::new(verifier))
@@ -224,12 +262,10 @@ impl AgentServerBuilder {
         config.send_tls13_tickets = 0;
         config.max_early_data_size = 0;
         Ok(AgentServer {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             credentials: self.credentials,
             verification: self.verification,
-            connections: Arc::new(Semaphore::new(self.limits.max_connections)),
-            handshakes: Arc::new(Semaphore::new(self.limits.max_handshakes)),
-            limits: self.limits,
+            admission,
         })
     }
 }

@@ -639,7 +639,7 @@ async fn malformed_first_frames_end_the_handshake() {
 }
 
 #[tokio::test]
-async fn a_stalled_handshake_times_out_and_caps_apply() {
+async fn a_stalled_handshake_gives_way_to_a_newer_one_and_times_out() {
     let p = pair(None, LeafOpts::default(), false);
     let srv = agentid_transport::AgentServer::builder(
         p.server_creds.clone(),
@@ -647,10 +647,11 @@ async fn a_stalled_handshake_times_out_and_caps_apply() {
         PeerPolicy::danger_any(),
     )
     .limits(agentid_transport::ConnectionLimits {
-        handshake_timeout: Duration::from_millis(500),
+        handshake_timeout: Duration::from_millis(800),
+        client_hello_timeout: Duration::from_millis(400),
         first_frame_timeout: Duration::from_millis(500),
-        max_connections: 1,
         max_handshakes: 1,
+        ..Default::default()
     })
     .build()
     .unwrap();
@@ -662,18 +663,26 @@ async fn a_stalled_handshake_times_out_and_caps_apply() {
     let (tcp1, _) = listener.accept().await.unwrap();
     let srv2 = srv.clone();
     let first = tokio::spawn(async move { srv2.accept(tcp1).await });
-    // While it stalls, the cap refuses a second connection at once.
-    let _other = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (tcp2, _) = listener.accept().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(matches!(srv.accept(tcp2).await, Err(Error::Busy)));
-    let started = std::time::Instant::now();
+    // The pool of unauthenticated handshakes is full: a newer connection takes the oldest's
+    // slot (never the other way round).
+    let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
+    other.write_all(&[0x16]).await.unwrap();
+    let (tcp2, _) = listener.accept().await.unwrap();
+    let srv3 = srv.clone();
+    let second = tokio::spawn(async move { srv3.accept(tcp2).await });
     let r = tokio::time::timeout(T, first).await.unwrap().unwrap();
     assert!(
-        matches!(r, Err(Error::Timeout(TimeoutKind::Handshake))),
+        matches!(r, Err(Error::Busy(agentid_transport::BusyKind::Handshakes))),
         "{r:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The newer one stalls too: it ends at the ClientHello deadline.
+    let r = tokio::time::timeout(T, second).await.unwrap().unwrap();
+    assert!(
+        matches!(r, Err(Error::Timeout(TimeoutKind::ClientHello))),
+        "{r:?}"
+    );
+    assert_eq!(srv.admission().pending_handshakes(), 0);
 }
 
 #[tokio::test]

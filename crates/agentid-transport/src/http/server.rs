@@ -19,9 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_rustls::TlsAcceptor;
 
 use super::authz::{Authorizer, DecisionSink, TracingSink};
 use super::body::{BoxError, ResponseBody};
@@ -31,8 +30,10 @@ use super::presentation::{
 };
 use super::refusal::{Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
 use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
+use crate::admission::{accept_tcp, Admission, SessionPermit};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
+use crate::limits::ConnectionLimits;
 use crate::session::{now_unix, PROOF_LIFETIME};
 use crate::PeerPolicy;
 use crate::PeerVerification;
@@ -54,9 +55,12 @@ pub struct HttpOptions {
     pub close_margin: Duration,
     /// After a cut, in-flight streams get this long before the connection is dropped.
     pub cut_grace: Duration,
-    /// Concurrent connections (including those in handshake).
+    /// Concurrent authenticated connections, as [`crate::ConnectionLimits::max_connections`]
+    /// (the same default, below the process's file limit).
     pub max_connections: usize,
-    /// Concurrent TLS handshakes.
+    /// Concurrent unauthenticated TLS handshakes, as [`crate::ConnectionLimits::max_handshakes`]:
+    /// when full, the oldest gives way to the newest; the ClientHello deadline, the per-source
+    /// cap and the per-agent and per-task caps are those of [`crate::ConnectionLimits`].
     pub max_handshakes: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
@@ -70,8 +74,8 @@ impl Default for HttpOptions {
             pending_timeout: Duration::from_secs(10),
             close_margin: Duration::from_secs(5),
             cut_grace: Duration::from_secs(1),
-            max_connections: 1024,
-            max_handshakes: 64,
+            max_connections: ConnectionLimits::default().max_connections,
+            max_handshakes: ConnectionLimits::default().max_handshakes,
             max_concurrent_streams: 100,
         }
     }
@@ -489,11 +493,9 @@ fn instant_at(unix: u64) -> Instant {
 /// An agentid HTTP server. Build it with [`HttpServer::builder`]; a peer policy is required.
 #[derive(Clone)]
 pub struct HttpServer {
-    acceptor: TlsAcceptor,
     config: Arc<rustls::ServerConfig>,
     shared: Arc<ServerShared>,
-    connections: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -547,11 +549,20 @@ impl HttpServerBuilder {
             &self.verification,
             self.policy,
         )?);
+        let defaults = ConnectionLimits::default();
+        let admission = Admission::new(ConnectionLimits {
+            handshake_timeout: o.handshake_timeout,
+            max_connections: o.max_connections,
+            max_handshakes: o.max_handshakes,
+            max_sessions_per_agent: (o.max_connections / 4).max(1),
+            max_sessions_per_task: (o.max_connections / 16).max(1),
+            // HTTP has its own read timeouts (header_read_timeout) and hyper's keep-alive.
+            idle_timeout: None,
+            ..defaults
+        })?;
         Ok(HttpServer {
-            acceptor: TlsAcceptor::from(config.clone()),
             config,
-            connections: Arc::new(Semaphore::new(o.max_connections)),
-            handshakes: Arc::new(Semaphore::new(o.max_handshakes)),
+            admission,
             shared: Arc::new(ServerShared {
                 credentials: self.credentials,
                 verification: self.verification,
@@ -566,7 +577,7 @@ impl HttpServerBuilder {
 pub struct HttpConnection<IO> {
     tls: tokio_rustls::server::TlsStream<IO>,
     conn: Arc<ConnShared>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _permit: Option<SessionPermit>,
 }
 
 impl<IO> std::fmt::Debug for HttpConnection<IO> {
@@ -604,32 +615,24 @@ impl HttpServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let permit = self
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy)?;
-        let mut conn = self.handshake(io).await?;
-        conn._permit = Some(permit);
-        Ok(conn)
+        self.accept_from(io, None).await
     }
 
-    async fn handshake<IO>(&self, io: IO) -> Result<HttpConnection<IO>>
+    /// As [`HttpServer::accept`], for a peer at `source`: the TLS handshake under the
+    /// handshake rules of [`crate::ConnectionLimits`] ([`Admission::tls_accept`]), then a
+    /// connection slot for the authenticated peer (total, per agent, per task).
+    pub async fn accept_from<IO>(
+        &self,
+        io: IO,
+        source: Option<SocketAddr>,
+    ) -> Result<HttpConnection<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _hs = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy)?;
-        let tls = timeout(
-            self.shared.options.handshake_timeout,
-            self.acceptor.accept(io),
-        )
-        .await
-        .map_err(|_| Error::Timeout(crate::error::TimeoutKind::Handshake))?
-        .map_err(Error::Io)?;
+        let tls = self
+            .admission
+            .tls_accept(io, source.map(|s| s.ip()), self.config.clone())
+            .await?;
         let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
         let certs = tls
             .get_ref()
@@ -637,17 +640,23 @@ impl HttpServer {
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
+        let permit = self.admission.admit(&peer.info.id)?;
         let conn = ConnShared::new(self.shared.clone(), peer, certs);
         Ok(HttpConnection {
             tls,
             conn,
-            _permit: None,
+            _permit: Some(permit),
         })
     }
 
-    /// Accepts connections from `listener` forever, serving each with a clone of `service` on its
-    /// own task. Handshake failures are logged and dropped; accept errors (such as running out of
-    /// file descriptors) are logged and retried after a short back-off.
+    /// The admission state (caps and counts) of this server.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Accepts connections from `listener` forever, serving each with a clone of
+    /// `service` on its own task. Handshake failures are logged and dropped; accept errors (such as running
+    /// out of file descriptors) are logged and backed off.
     pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<()>
     where
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -660,28 +669,13 @@ impl HttpServer {
         B::Error: Into<BoxError>,
     {
         loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "agentid http: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::debug!(%addr, "agentid http: connection cap reached");
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
+            // Accept errors (EMFILE) are logged and backed off, never fatal.
+            let (tcp, addr) = accept_tcp(&listener).await;
             let server = self.clone();
             let service = service.clone();
             tokio::spawn(async move {
-                match server.handshake(tcp).await {
-                    Ok(mut conn) => {
-                        conn._permit = Some(permit);
-                        conn.serve(service).await;
-                    }
+                match server.accept_from(tcp, Some(addr)).await {
+                    Ok(conn) => conn.serve(service).await,
                     Err(e) => log_handshake_failure(addr, &e),
                 }
             });

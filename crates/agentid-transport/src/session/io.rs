@@ -1,15 +1,17 @@
 //! The framed byte stream under a session: frame reading and writing, the `AsyncRead` /
 //! `AsyncWrite` adapter, and how a session ends.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 use super::{Ended, Session, CLOSE_NORMAL};
-use crate::error::{Error, FrameError, Result};
+use crate::error::{peer_message, Error, FrameError, Result};
 use crate::frame::{self, body_bytes, parse_body, FrameType, Reason, HEADER_LEN, MAX_FRAME_BODY};
 
 impl<IO> Session<IO>
@@ -40,21 +42,22 @@ where
 
     /// Ends the session with `ended`: a best-effort close frame, then every later call fails.
     pub(super) fn end(&mut self, cx: &mut Context<'_>, ended: Ended) -> Error {
-        let (code, message) = match &ended {
-            Ended::Expired => (
-                "credential_expired".to_owned(),
-                "the peer credential expired".to_owned(),
-            ),
-            Ended::Revoked(r) => ("revoked".to_owned(), r.clone()),
-            Ended::Unverifiable(e) => (e.code().as_str().to_owned(), e.to_string()),
-            Ended::Untrusted(e) => ("bad_certificate".to_owned(), e.to_string()),
-            Ended::Failed(c, m) => (c.clone(), m.clone()),
-            Ended::PeerClosed(..) | Ended::LocalClosed => (String::new(), String::new()),
+        let code = match &ended {
+            Ended::Expired => "credential_expired".to_owned(),
+            Ended::Idle => "idle".to_owned(),
+            Ended::Revoked(_) => "revoked".to_owned(),
+            Ended::Unverifiable(e) => e.code().as_str().to_owned(),
+            Ended::Untrusted(_) => "bad_certificate".to_owned(),
+            Ended::Failed(c, _) => c.clone(),
+            Ended::PeerClosed(..) | Ended::LocalClosed => String::new(),
         };
         if !code.is_empty() {
+            // The peer gets the code and a fixed message; the detail is logged here.
+            let detail = ended.error();
+            tracing::info!(peer.id = %self.peer.id, reason = %code, error = %detail, "ending session");
             if let Ok(body) = body_bytes(&Reason {
                 code: code.clone(),
-                message,
+                message: peer_message(&code).to_owned(),
             }) {
                 let _ = frame::encode(FrameType::Close, &body, &mut self.wbuf);
                 let _ = self.poll_drain(cx);
@@ -63,7 +66,7 @@ where
             tracing::info!(peer.id = %self.peer.id, outcome = "ended", reason = %code, "session ended");
         }
         let e = ended.error();
-        self.ended = Some(ended);
+        self.set_ended(ended);
         e
     }
 
@@ -77,6 +80,26 @@ where
         };
         let _ = self.end(cx, ended);
         e
+    }
+
+    /// Whether the idle timeout has passed since the last activity (registering the timer with
+    /// `cx` otherwise). Activity only records an instant; the timer moves when it fires.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle_timeout else {
+            return false;
+        };
+        // Bounded: each round either ends the session or moves the timer into the future.
+        for _ in 0..2 {
+            if self.idle_timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_activity + idle;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.idle_timer.as_mut().reset(due);
+        }
+        false
     }
 
     pub(super) fn poll_next_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
@@ -104,7 +127,7 @@ where
                         let normal = reason.code == CLOSE_NORMAL;
                         let ended = Ended::PeerClosed(reason.code, reason.message);
                         let e = ended.error();
-                        self.ended = Some(ended);
+                        self.set_ended(ended);
                         return Poll::Ready(if normal { Ok(None) } else { Err(e) });
                     }
                     other => {
@@ -129,27 +152,33 @@ where
                     };
                     let mut rb = ReadBuf::new(slot);
                     match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            if self.poll_idle(cx) {
+                                return Poll::Ready(Err(self.end(cx, Ended::Idle)));
+                            }
+                            return Poll::Pending;
+                        }
                         Poll::Ready(Err(e)) => {
                             let e = Error::Io(e);
-                            self.ended = Some(Ended::Failed("io".into(), e.to_string()));
+                            self.set_ended(Ended::Failed("io".into(), e.to_string()));
                             return Poll::Ready(Err(e));
                         }
                         Poll::Ready(Ok(())) => {
                             if rb.filled().is_empty() {
                                 if self.rbuf.is_empty() {
                                     // End of stream at a frame boundary, without a close frame.
-                                    self.ended = Some(Ended::PeerClosed(
+                                    self.set_ended(Ended::PeerClosed(
                                         "eof".into(),
                                         "connection closed".into(),
                                     ));
                                     return Poll::Ready(Ok(None));
                                 }
                                 let e = Error::Frame(FrameError::Truncated);
-                                self.ended = Some(Ended::Failed("bad_frame".into(), e.to_string()));
+                                self.set_ended(Ended::Failed("bad_frame".into(), e.to_string()));
                                 return Poll::Ready(Err(e));
                             }
                             self.rbuf.extend_from_slice(rb.filled());
+                            self.last_activity = Instant::now();
                         }
                     }
                 }
@@ -216,6 +245,8 @@ where
         let chunk = buf.get(..n).unwrap_or_default();
         frame::encode(FrameType::Data, chunk, &mut this.wbuf)
             .map_err(|e| io::Error::other(Error::Frame(e)))?;
+        // A session that is producing data is not idle.
+        this.last_activity = Instant::now();
         // Best effort now; poll_flush finishes the job.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
@@ -239,7 +270,7 @@ where
             .map_err(|e| io::Error::other(Error::Frame(e)))?;
             frame::encode(FrameType::Close, &body, &mut this.wbuf)
                 .map_err(|e| io::Error::other(Error::Frame(e)))?;
-            this.ended = Some(Ended::LocalClosed);
+            this.set_ended(Ended::LocalClosed);
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

@@ -20,11 +20,12 @@ use agentid_protocol::{ErrorCode, PeerId, PublicKey, Role, Scope, TaskId, Verifi
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsStream;
 
-use crate::credentials::Credential;
+use crate::admission::SessionPermit;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result};
 use crate::frame::{body_bytes, FrameType, Reason};
 use crate::svid::TrustStore;
@@ -163,6 +164,8 @@ enum Ended {
     Unverifiable(agentid_protocol::Error),
     /// After a bundle change, the peer's certificate no longer validates.
     Untrusted(CertError),
+    /// Nothing was sent either way for the idle timeout while this side waited for the peer.
+    Idle,
     PeerClosed(String, String),
     Failed(String, String),
     LocalClosed,
@@ -172,6 +175,7 @@ impl Ended {
     fn error(&self) -> Error {
         match self {
             Ended::Expired => Error::CredentialExpired,
+            Ended::Idle => Error::Idle,
             Ended::Revoked(r) => Error::Revoked(r.clone()),
             Ended::Unverifiable(e) => Error::Protocol(e.clone()),
             Ended::Untrusted(e) => Error::Certificate(e.clone()),
@@ -193,6 +197,8 @@ impl Ended {
 
 /// What the handshake hands to a new session.
 pub(crate) struct SessionParts<IO> {
+    pub credentials: Arc<dyn CredentialSource>,
+    pub idle_timeout: Option<Duration>,
     pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
     pub role: Role,
@@ -202,7 +208,7 @@ pub(crate) struct SessionParts<IO> {
     pub exporter_client: [u8; 32],
     pub exporter_server: [u8; 32],
     pub changes: watch::Receiver<u64>,
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<SessionPermit>,
     pub jtis: Vec<String>,
 }
 
@@ -212,6 +218,9 @@ pub struct Session<IO> {
     role: Role,
     peer: AuthenticatedPeer,
     local: Arc<Credential>,
+    /// Where renewals of `local` come from (sent to the peer as `reauth`).
+    credentials: Arc<dyn CredentialSource>,
+    renewals: Option<ChangeFuture>,
     verification: Arc<PeerVerification>,
     exporter_client: [u8; 32],
     exporter_server: [u8; 32],
@@ -219,6 +228,12 @@ pub struct Session<IO> {
     wbuf: BytesMut,
     pending: Bytes,
     deadline: Pin<Box<Sleep>>,
+    /// Ends the session when neither side has sent anything for this long while this side
+    /// waits for the peer (see [`crate::ConnectionLimits::idle_timeout`]).
+    idle_timeout: Option<Duration>,
+    /// The last frame received or data written; the timer is moved lazily when it fires.
+    last_activity: Instant,
+    idle_timer: Pin<Box<Sleep>>,
     changes: ChangeFuture,
     /// The verification state's version, to notice an update the session has not re-checked yet.
     applied: watch::Receiver<u64>,
@@ -232,7 +247,8 @@ pub struct Session<IO> {
     peer_certs: Vec<CertificateDer<'static>>,
     trust_checked: Arc<TrustStore>,
     ended: Option<Ended>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The session slot at the server; released as soon as the session ends.
+    permit: Option<SessionPermit>,
 }
 
 impl<IO> fmt::Debug for Session<IO> {
@@ -252,6 +268,12 @@ where
 {
     pub(crate) fn new(parts: SessionParts<IO>) -> Self {
         let deadline = Box::pin(tokio::time::sleep_until(instant_for(parts.peer.deadline)));
+        let last_activity = Instant::now();
+        let idle_timer = Box::pin(tokio::time::sleep_until(
+            parts
+                .idle_timeout
+                .map_or_else(|| instant_for(u64::MAX), |d| last_activity + d),
+        ));
         let applied = parts.changes.clone();
         let checked = *applied.borrow();
         let stale_at = stale_at(&parts.verification, &parts.peer);
@@ -262,6 +284,8 @@ where
             role: parts.role,
             peer: parts.peer,
             local: parts.local,
+            renewals: parts.credentials.subscribe().map(watch_changes),
+            credentials: parts.credentials,
             verification: parts.verification,
             exporter_client: parts.exporter_client,
             exporter_server: parts.exporter_server,
@@ -269,6 +293,9 @@ where
             wbuf: BytesMut::new(),
             pending: Bytes::new(),
             deadline,
+            idle_timeout: parts.idle_timeout,
+            last_activity,
+            idle_timer,
             changes: watch_changes(parts.changes),
             applied,
             checked,
@@ -278,8 +305,15 @@ where
             peer_certs: parts.peer_certs,
             trust_checked,
             ended: None,
-            _permit: parts.permit,
+            permit: parts.permit,
         }
+    }
+
+    /// Records why the session ended (every later call answers with it) and gives its slot
+    /// back to the server's caps.
+    fn set_ended(&mut self, ended: Ended) {
+        self.ended = Some(ended);
+        self.permit = None;
     }
 
     /// The authenticated peer.
@@ -346,7 +380,7 @@ where
                 message: message.into(),
             })?;
             self.write_frame(FrameType::Close, &body).await?;
-            self.ended = Some(Ended::LocalClosed);
+            self.set_ended(Ended::LocalClosed);
         }
         self.io.shutdown().await.map_err(Error::Io)
     }

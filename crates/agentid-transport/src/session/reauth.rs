@@ -1,17 +1,22 @@
 //! `reauth`: sending a renewed credential on a live session, and checking the peer's.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use agentid_protocol::{verify_proof, ErrorCode, ProofBuilder, ProofContext, Role};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{instant_for, now_unix, unix_time, PeerChain, Session, MAX_REAUTHS, PROOF_LIFETIME};
+use super::{
+    instant_for, now_unix, unix_time, watch_changes, PeerChain, Session, MAX_REAUTHS,
+    PROOF_LIFETIME,
+};
 use crate::credentials::Credential;
 use crate::error::{CertError, Error, FrameError, Result};
-use crate::frame::{body_bytes, parse_body, FrameType, Reauth};
+use crate::frame::{self, body_bytes, parse_body, FrameType, Reauth};
 use crate::svid::{CertUsage, MAX_INTERMEDIATES};
 
 impl<IO> Session<IO>
@@ -20,8 +25,23 @@ where
 {
     /// Sends a `reauth` frame with `renewed` (same identity and key as the credential this
     /// session started with), its chain if any, and a proof bound to this connection. Also use
-    /// the renewed credential for later reauths.
+    /// the renewed credential for later reauths. A session whose credential source signals
+    /// changes ([`crate::CredentialSource::subscribe`]) does this on its own when its credential
+    /// is renewed.
     pub async fn reauth(&mut self, renewed: Arc<Credential>) -> Result<()> {
+        if let Some(e) = &self.ended {
+            return Err(e.error());
+        }
+        self.queue_reauth(renewed)?;
+        std::future::poll_fn(|cx| self.poll_drain(cx))
+            .await
+            .map_err(Error::Io)?;
+        self.io.flush().await.map_err(Error::Io)
+    }
+
+    /// Encodes a `reauth` frame for `renewed` into the write buffer (sent with the next write,
+    /// flush or drain) and makes `renewed` the session's credential.
+    pub(super) fn queue_reauth(&mut self, renewed: Arc<Credential>) -> Result<()> {
         if renewed.identity() != self.local.identity()
             || renewed.info().public_key != self.local.info().public_key
         {
@@ -57,11 +77,40 @@ where
             proof,
         };
         let bytes = body_bytes(&body)?;
-        self.write_frame(FrameType::Reauth, &bytes).await?;
+        frame::encode(FrameType::Reauth, &bytes, &mut self.wbuf)?;
         tracing::info!(cert.serial = %renewed.info().serial, "reauth sent");
         self.local = renewed;
         Ok(())
     }
+
+    /// When the credential source signalled a change: a renewal of this session's credential
+    /// is queued as a `reauth` (and drained as far as the connection takes it now). Another
+    /// credential (a new identity or key) is for new handshakes only.
+    pub(super) fn poll_renewal(&mut self, cx: &mut Context<'_>) {
+        let Some(changes) = self.renewals.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        while let Poll::Ready(rx) = changes.as_mut().poll(cx) {
+            *changes = watch_changes(rx);
+            changed = true;
+        }
+        if changed {
+            if let Some(current) = self.credentials.current() {
+                if self.local.is_renewal(&current) {
+                    if let Err(e) = self.queue_reauth(current) {
+                        tracing::warn!(reason = e.reason(), error = %e, "reauth not sent");
+                    }
+                }
+            }
+        }
+        if !self.wbuf.is_empty() {
+            if let Poll::Ready(Ok(())) = self.poll_drain(cx) {
+                let _ = Pin::new(&mut self.io).poll_flush(cx);
+            }
+        }
+    }
+
     pub(super) fn handle_reauth(&mut self, body: &[u8]) -> Result<()> {
         let r: Reauth = parse_body(body)?;
         if self.jtis.len() > MAX_REAUTHS {

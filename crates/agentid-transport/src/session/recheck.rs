@@ -40,6 +40,7 @@ where
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Some(self.end(cx, Ended::Expired));
         }
+        self.poll_renewal(cx);
         let mut recheck = false;
         while let Poll::Ready(rx) = self.changes.as_mut().poll(cx) {
             self.changes = watch_changes(rx);

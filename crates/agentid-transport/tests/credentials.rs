@@ -1,0 +1,167 @@
+//! Credentials in the library: renewal (same identity, same key), change signals, framed
+//! sessions that send `reauth` on their own, and no credential past `notAfter`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::sync::Arc;
+
+use agentid_transport::{CertError, CredentialSource, Error, MemoryCredentials, PeerPolicy};
+use support::*;
+
+const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
+const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
+
+#[test]
+fn renewed_requires_the_same_identity_and_key() {
+    let a = Domain::new("example.org");
+    let k = key();
+    let pk = k.public_key().clone();
+    let cred = credential(&a.ca, CLIENT, k, &LeafOpts::default()).with_chain("chain-kept");
+    // Same SAN, same key, a new certificate: a renewal that keeps the key and the chain.
+    let renewed_cert = leaf(&a.ca, CLIENT, &cred.shared_key(), &LeafOpts::default());
+    let renewed = cred.renewed(vec![renewed_cert]).unwrap();
+    assert_eq!(renewed.identity(), cred.identity());
+    assert_eq!(renewed.info().public_key, pk);
+    assert_ne!(renewed.info().serial, cred.info().serial);
+    assert_eq!(renewed.chain(), Some("chain-kept"));
+    assert!(Arc::ptr_eq(&renewed.shared_key(), &cred.shared_key()));
+    assert!(cred.is_renewal(&renewed));
+    // Another key for the same SAN: not a renewal (the leaf does not certify our key).
+    let other_key = leaf(&a.ca, CLIENT, &key(), &LeafOpts::default());
+    assert!(cred.renewed(vec![other_key]).is_err());
+    // Our key under another SAN: not a renewal.
+    let other_san = leaf(
+        &a.ca,
+        "spiffe://example.org/agent/client/task/other",
+        &cred.shared_key(),
+        &LeafOpts::default(),
+    );
+    assert!(matches!(
+        cred.renewed(vec![other_san]),
+        Err(Error::Certificate(CertError::IdentityChanged))
+    ));
+}
+
+#[tokio::test]
+async fn rotation_signals_subscribers() {
+    let a = Domain::new("example.org");
+    let cred = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
+    let renewed = cred
+        .renewed(vec![leaf(
+            &a.ca,
+            CLIENT,
+            &cred.shared_key(),
+            &LeafOpts::default(),
+        )])
+        .unwrap();
+    let source = MemoryCredentials::new(cred);
+    let mut rx = source.subscribe().unwrap();
+    let trust = verification(SERVER, &[&a], false).trust_store();
+    source.rotate(renewed, &trust).unwrap();
+    tokio::time::timeout(T, rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_credential_past_not_after_is_not_presented() {
+    let a = Domain::new("example.org");
+    let expired = credential(
+        &a.ca,
+        CLIENT,
+        key(),
+        &LeafOpts {
+            not_before: Some(-600),
+            not_after: Some(-1),
+            ..LeafOpts::default()
+        },
+    );
+    let source = Arc::new(MemoryCredentials::new(expired));
+    assert!(source.current().is_none());
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
+    let sv = verification(SERVER, &[&a], false);
+    let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+    let c = client(
+        source,
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    // A local refusal, before any byte goes out.
+    let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
+    assert!(matches!(r, Err(Error::NoCredential)), "{r:?}");
+    h.abort();
+}
+
+#[tokio::test]
+async fn a_framed_session_sends_reauth_when_its_credential_renews() {
+    let a = Domain::new("example.org");
+    let cred = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
+    let old_serial = cred.info().serial.clone();
+    let client_creds = Arc::new(MemoryCredentials::new(cred));
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+    let c = client(client_creds.clone(), cv.clone(), PeerPolicy::danger_any());
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(ss.peer().cert_serial, old_serial);
+    let old_deadline = ss.peer().deadline;
+
+    // The client's credential is renewed: a certificate that lives longer, same key.
+    let current = client_creds.current().unwrap();
+    let longer = LeafOpts {
+        not_after: Some(900),
+        ..LeafOpts::default()
+    };
+    let renewed = current
+        .renewed(vec![leaf(&a.ca, CLIENT, &current.shared_key(), &longer)])
+        .unwrap();
+    let new_serial = renewed.info().serial.clone();
+    client_creds.rotate(renewed, &cv.trust_store()).unwrap();
+
+    // No explicit reauth call: the session sends it with its next traffic.
+    cs.send(b"after renewal").await.unwrap();
+    let got = tokio::time::timeout(T, ss.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"after renewal");
+    assert_eq!(ss.peer().cert_serial, new_serial);
+    assert!(ss.peer().deadline > old_deadline);
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
+
+    // Rotating to another key is not a renewal: nothing is sent on the live session.
+    let other = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
+    client_creds.rotate(other, &cv.trust_store()).unwrap();
+    cs.send(b"again").await.unwrap();
+    let got = tokio::time::timeout(T, ss.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"again");
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
+    assert_eq!(ss.peer().cert_serial, new_serial);
+}
