@@ -265,22 +265,16 @@ impl Agent {
     /// intermediate), `key.pem` (PKCS#8, 0600), `bundle.json`, and the chain as `chain.jwt`
     /// (delegated) or `grant.jwt` (a bare grant).
     pub fn write_dir(&self, dir: &Path, bundle: &TrustBundle) {
-        use std::os::unix::fs::OpenOptionsExt;
+        use agentid::files::{BUNDLE_FILE, CERT_FILE, CHAIN_FILE, GRANT_FILE, KEY_FILE};
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), self.cert.chain_pem()).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join("key.pem"))
-            .unwrap();
-        std::io::Write::write_all(&mut f, pem("PRIVATE KEY", &self.key_der).as_bytes()).unwrap();
-        std::fs::write(dir.join("bundle.json"), bundle.to_json()).unwrap();
+        std::fs::write(dir.join(CERT_FILE), self.cert.chain_pem()).unwrap();
+        agentid::fs::write_private_key(&dir.join(KEY_FILE), &self.key_der).unwrap();
+        std::fs::write(dir.join(BUNDLE_FILE), bundle.to_json()).unwrap();
         if let Some(chain) = &self.chain {
             let name = if chain.depth() == 0 {
-                "grant.jwt"
+                GRANT_FILE
             } else {
-                "chain.jwt"
+                CHAIN_FILE
             };
             std::fs::write(dir.join(name), format!("{}\n", chain.as_str())).unwrap();
         }
