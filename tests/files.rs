@@ -1,11 +1,6 @@
 //! `agentid::files::CredentialDir`: what it loads from a credential directory written as
 //! `agentid cert issue` writes it, and each thing it refuses before any connection is made.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -6,12 +6,7 @@
 //! TLS handshake.
 //!
 //! Without the `openssl` binary the test fails when `CI` is set, and prints SKIP otherwise.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

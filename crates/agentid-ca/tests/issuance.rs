@@ -1,11 +1,6 @@
 //! Issuance flows and refusals: each refusal has its own error.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

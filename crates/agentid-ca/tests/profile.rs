@@ -1,12 +1,7 @@
 //! Issued certificates checked against the X509-SVID profile by our parser, by webpki (through
 //! rustls) and by OpenSSL.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! `ca init`, the command-line conventions, `revoke`, `revocations export`, `bundle export`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg(test)]
 
 mod support;
 

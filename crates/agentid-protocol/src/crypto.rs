@@ -544,13 +544,6 @@ impl fmt::Debug for AuthorityKey {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use curve25519_dalek::edwards::CompressedEdwardsY;
 

@@ -228,13 +228,6 @@ impl<'de> Visitor<'de> for StrictValue {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use serde_json::json;
 
@@ -430,8 +423,6 @@ mod tests {
 
 #[cfg(test)]
 mod number_range_tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-
     use super::*;
 
     /// spec/PROTOCOL.md section 3.2: a number is too large for an IEEE 754 double exactly when

@@ -588,13 +588,7 @@ impl From<ServiceId> for PeerId {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::type_complexity
-)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

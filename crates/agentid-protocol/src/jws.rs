@@ -266,13 +266,6 @@ pub(crate) fn sign_compact(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use crate::crypto::{verify, AuthorityKey, JwsSigner, TaskKey};
 

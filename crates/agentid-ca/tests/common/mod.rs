@@ -1,13 +1,6 @@
 //! The CA tests' helpers: a CA in a temp dir with a test policy, keys, CSRs, OpenSSL (what is
 //! not specific to the CA comes from `agentid-test-support`).
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![allow(dead_code, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

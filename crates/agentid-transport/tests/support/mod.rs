@@ -1,12 +1,6 @@
 //! Test PKI and helpers: certificates made with rcgen to the X509-SVID profile (one critical URI
 //! SAN, empty subject, cA=false, keyUsage digitalSignature, both EKUs), plus the "bad" variants.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    dead_code
-)]
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
