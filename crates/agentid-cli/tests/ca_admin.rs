@@ -257,12 +257,12 @@ fn out_never_replaces_what_is_not_a_regular_file() {
 
     // Links at predictable temporary names: not followed (the pid-based name the CLI once used
     // is covered by agentid-fs's own tests, which know their pid).
-    std::fs::create_dir(env.path("shared")).unwrap();
-    symlink(env.path("victim.txt"), env.path("shared/.rev.jwt.tmp")).unwrap();
-    symlink(env.path("victim.txt"), env.path("shared/rev.jwt.tmp")).unwrap();
-    env.ok("revocations export --ca ca --out shared/rev.jwt");
+    std::fs::create_dir(env.path("outdir")).unwrap();
+    symlink(env.path("victim.txt"), env.path("outdir/.rev.jwt.tmp")).unwrap();
+    symlink(env.path("victim.txt"), env.path("outdir/rev.jwt.tmp")).unwrap();
+    env.ok("revocations export --ca ca --out outdir/rev.jwt");
     assert_eq!(env.read("victim.txt"), "precious");
-    assert!(std::fs::symlink_metadata(env.path("shared/rev.jwt"))
+    assert!(std::fs::symlink_metadata(env.path("outdir/rev.jwt"))
         .unwrap()
         .file_type()
         .is_file());

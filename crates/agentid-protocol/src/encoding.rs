@@ -1,6 +1,6 @@
 //! Strict encodings shared by every token: base64url without padding and I-JSON (RFC 7493).
 //!
-//! Parser differentials are an attack surface (threat 8): two implementations that disagree on
+//! Parser differentials are an attack surface (spec/PROTOCOL.md section 19): two implementations that disagree on
 //! `"a":1,"a":2`, on padding or on trailing bits can be made to read different claims from the
 //! same signed bytes. Everything here accepts exactly one spelling of each value.
 

@@ -1,6 +1,6 @@
 //! Property tests for attenuation: any narrowing of a scope, an ID set or limits is accepted as
 //! covered, any widening is not; and the covering relations agree with an independent model
-//! written straight from design.md.
+//! written straight from spec/PROTOCOL.md section 7.
 #![cfg(test)]
 #![allow(missing_docs)]
 

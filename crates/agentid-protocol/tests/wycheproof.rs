@@ -1,4 +1,5 @@
-//! Project Wycheproof vectors against agentid's signature verification (threat 7).
+//! Project Wycheproof vectors against agentid's signature verification ("Signature edge
+//! cases" in spec/PROTOCOL.md section 19).
 //!
 //! ECDSA P-256/SHA-256 in P1363 form (the JWS ES256 encoding) and Ed25519. Every `valid` case
 //! must verify; every `invalid` case must be rejected, either at key parsing or at
