@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::Path;
 
 use agentid_fs::{FileKind, FsError, MAX_FILE_BYTES};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::error::{CliError, CliResult, Context};
@@ -36,17 +35,7 @@ pub fn read_text(path: &Path) -> CliResult<String> {
 
 /// Reads every certificate of a PEM file (at least one), leaf first as written.
 pub fn read_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
-    let buf = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&buf)
-        .collect::<Result<Vec<_>, _>>()
-        .context(format!("{}: bad PEM", path.display()))?;
-    if certs.is_empty() {
-        return Err(CliError::failed(format!(
-            "{}: no CERTIFICATE in the file",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    Ok(agentid::files::read_certs(path)?)
 }
 
 /// Reads a PKCS#8 PEM private key, refusing a file that group or others can access: a task key
