@@ -8,33 +8,39 @@
 //! | `cert.pem` | the leaf, then the issuing intermediate (PEM) |
 //! | `key.pem` | the task key, PKCS#8 PEM, mode 0600 (refused when group or others can access it) |
 //! | `bundle.json` | the SPIFFE bundle of the certificate's trust domain |
+//! | `bundle.pem` | the same trust anchors as PEM, for tools such as OpenSSL (not read here) |
 //! | `chain.jwt` | optional: the delegation chain (what `agentid delegate --out` writes) |
 //! | `grant.jwt` | optional: the root grant (used when there is no `chain.jwt`) |
+//!
+//! This module is the one home of that layout: the file names below, the 0600 rule for the key
+//! (through `agentid_fs`, which also does every read and write), and loading. The CLI writes and
+//! reads directories with it; agents load them with [`CredentialDir`].
 //!
 //! Loading checks everything it can before a single connection is made: the leaf is a valid
 //! X509-SVID that certifies the key, the certificate chain validates against the bundle's
 //! anchors now, and the delegation chain (if any) is held by this certificate's identity. What
 //! it does not do is verify the delegation chain's signatures: that is the peer's job.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use agentid_fs::FsError;
 use agentid_protocol::{BundleSet, Chain, PeerId, TaskKey, TrustBundle, VerifierConfig};
-use agentid_transport::{check_leaf, CertUsage, Credential, TrustStore};
+use agentid_transport::{check_leaf, CertUsage, Credential, SvidInfo, TrustStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 /// The largest file read from a credential directory (certificates, bundles, chains, lists).
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+pub const MAX_FILE_BYTES: u64 = agentid_fs::MAX_FILE_BYTES;
 
-/// The certificate file of a credential directory.
+/// The certificate file of a credential directory: the leaf, then the issuing intermediate.
 pub const CERT_FILE: &str = "cert.pem";
-/// The private key file of a credential directory.
+/// The private key file of a credential directory (PKCS#8 PEM, mode 0600).
 pub const KEY_FILE: &str = "key.pem";
-/// The trust bundle file of a credential directory.
+/// The trust bundle file of a credential directory (SPIFFE bundle JSON).
 pub const BUNDLE_FILE: &str = "bundle.json";
+/// The trust anchors as PEM, for tools such as OpenSSL.
+pub const BUNDLE_PEM_FILE: &str = "bundle.pem";
 /// The delegation chain file (preferred over [`GRANT_FILE`]).
 pub const CHAIN_FILE: &str = "chain.jwt";
 /// The root grant file.
@@ -62,6 +68,23 @@ pub enum FilesError {
     },
 }
 
+impl From<FsError> for FilesError {
+    fn from(e: FsError) -> Self {
+        let path = e.path().to_path_buf();
+        let reason = match e {
+            FsError::Io { path, source } => return FilesError::Io { path, source },
+            FsError::TooLarge { .. } => "larger than 1 MiB".to_owned(),
+            FsError::InsecureMode { mode, .. } => format!(
+                "mode {mode:03o}: a task key must not be accessible to group or others (chmod 600)"
+            ),
+            FsError::NotRegular { kind, .. } => format!("{kind}, not a regular file"),
+            FsError::BadKey { reason, .. } => format!("not a PKCS#8 PEM private key: {reason}"),
+            e => e.to_string(),
+        };
+        FilesError::Invalid { path, reason }
+    }
+}
+
 fn invalid(path: &Path, reason: impl std::fmt::Display) -> FilesError {
     FilesError::Invalid {
         path: path.to_path_buf(),
@@ -69,28 +92,8 @@ fn invalid(path: &Path, reason: impl std::fmt::Display) -> FilesError {
     }
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> FilesError {
-    FilesError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn read_bounded(mut f: File, path: &Path) -> Result<Vec<u8>, FilesError> {
-    let mut buf = Vec::new();
-    (&mut f)
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| io_error(path, e))?;
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(invalid(path, "larger than 1 MiB"));
-    }
-    Ok(buf)
-}
-
 fn read_file(path: &Path) -> Result<Vec<u8>, FilesError> {
-    let f = File::open(path).map_err(|e| io_error(path, e))?;
-    read_bounded(f, path)
+    Ok(agentid_fs::read_bounded(path, MAX_FILE_BYTES)?)
 }
 
 /// Reads a text file holding one compact token or chain (a revocation list, `chain.jwt`,
@@ -105,34 +108,15 @@ pub fn read_token_file(path: &Path) -> Result<String, FilesError> {
     Ok(text.to_owned())
 }
 
-/// Reads a task key (PKCS#8 PEM). On Unix, a file that group or others can access is refused:
-/// a task key stays with its holder.
-fn read_task_key(path: &Path) -> Result<TaskKey, FilesError> {
-    let f = File::open(path).map_err(|e| io_error(path, e))?;
-    // The mode is taken from the open handle: the file checked is the file read.
-    let meta = f.metadata().map_err(|e| io_error(path, e))?;
-    if !meta.is_file() {
-        return Err(invalid(path, "not a regular file"));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(invalid(
-                path,
-                format!("mode {mode:03o}: a task key must not be accessible to group or others (chmod 600)"),
-            ));
-        }
-    }
-    let pem = read_bounded(f, path)?;
-    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
-        .map_err(|e| invalid(path, format!("not a PKCS#8 PEM private key: {e}")))?;
-    TaskKey::from_pkcs8_der(der.secret_pkcs8_der())
-        .map_err(|e| invalid(path, format!("unusable task key: {e}")))
+/// Reads a task key (PKCS#8 PEM), refusing a file that group or others can access: a task key
+/// stays with its holder.
+pub fn read_task_key(path: &Path) -> Result<TaskKey, FilesError> {
+    let der = agentid_fs::read_private_key(path)?;
+    TaskKey::from_pkcs8_der(&der).map_err(|e| invalid(path, format!("unusable task key: {e}")))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
+/// Reads every certificate of a PEM file (at least one), in file order.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
     let pem = read_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -141,6 +125,78 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
         return Err(invalid(path, "no CERTIFICATE in the file"));
     }
     Ok(certs)
+}
+
+/// The certificate and the key of a credential directory, checked to belong together: the
+/// leaf is an X509-SVID (client and server usage are both checked by [`CredentialDir::load`];
+/// this checks the client profile) and the key is the one it certifies. Neither the time nor
+/// the issuer is checked: renewing an expired certificate starts here.
+pub struct Holder {
+    /// What the leaf says: identity, key, validity, serial.
+    pub leaf: SvidInfo,
+    /// The certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    key: TaskKey,
+}
+
+impl std::fmt::Debug for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Holder")
+            .field("identity", &self.leaf.id.to_string())
+            .field("serial", &self.leaf.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Holder {
+    /// Loads `DIR/cert.pem` and `DIR/key.pem` and checks that the key is the certified one.
+    pub fn load(dir: &Path) -> Result<Self, FilesError> {
+        let cert_path = dir.join(CERT_FILE);
+        let cert_chain = read_certs(&cert_path)?;
+        let leaf = cert_chain
+            .first()
+            .ok_or_else(|| invalid(&cert_path, "no certificate"))?;
+        let leaf =
+            check_leaf(leaf.as_ref(), CertUsage::ClientAuth).map_err(|e| invalid(&cert_path, e))?;
+        let key_path = dir.join(KEY_FILE);
+        let key = read_task_key(&key_path)?;
+        if key.public_key() != &leaf.public_key {
+            return Err(invalid(
+                &key_path,
+                format!(
+                    "does not hold the key certified by {} (the key does not match the certificate)",
+                    cert_path.display()
+                ),
+            ));
+        }
+        Ok(Self {
+            leaf,
+            cert_chain,
+            key,
+        })
+    }
+
+    /// The task key.
+    pub fn key(&self) -> &TaskKey {
+        &self.key
+    }
+}
+
+/// Reads the delegation chain of a directory, without verifying it: `chain.jwt`, else
+/// `grant.jwt`, else none. Returns the file it came from.
+pub fn read_chain(dir: &Path) -> Result<Option<(PathBuf, Chain)>, FilesError> {
+    for name in [CHAIN_FILE, GRANT_FILE] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let text = read_token_file(&path)?;
+        let chain = Chain::parse_unverified(&text)
+            .map_err(|e| invalid(&path, format!("not a chain: {e}")))?;
+        return Ok(Some((path, chain)));
+    }
+    Ok(None)
 }
 
 /// A loaded credential directory.
@@ -184,23 +240,16 @@ impl CredentialDir {
 
     /// Loads and checks `dir`; the certificate chain must validate against the bundle at `now`.
     pub fn load_at(dir: &Path, now: SystemTime) -> Result<Self, FilesError> {
+        let Holder {
+            leaf: info,
+            cert_chain,
+            key,
+        } = Holder::load(dir)?;
         let cert_path = dir.join(CERT_FILE);
-        let cert_chain = read_certs(&cert_path)?;
         let (leaf, intermediates) = cert_chain
             .split_first()
             .ok_or_else(|| invalid(&cert_path, "no certificate"))?;
-        let info =
-            check_leaf(leaf.as_ref(), CertUsage::ClientAuth).map_err(|e| invalid(&cert_path, e))?;
         let td = info.id.trust_domain();
-
-        let key_path = dir.join(KEY_FILE);
-        let key = read_task_key(&key_path)?;
-        if key.public_key() != &info.public_key {
-            return Err(invalid(
-                &key_path,
-                format!("does not hold the key certified by {}", cert_path.display()),
-            ));
-        }
 
         let bundle_path = dir.join(BUNDLE_FILE);
         let bundle = TrustBundle::parse(&td, &read_file(&bundle_path)?)
@@ -224,29 +273,21 @@ impl CredentialDir {
                 })?;
         }
 
-        let mut chain = None;
-        let mut chain_file = None;
-        for name in [CHAIN_FILE, GRANT_FILE] {
-            let path = dir.join(name);
-            if !path.exists() {
-                continue;
+        let (chain_file, chain) = match read_chain(dir)? {
+            Some((path, chain)) => {
+                let holder = chain
+                    .holder_unverified()
+                    .map_err(|e| invalid(&path, format!("no holder: {e}")))?;
+                if holder.as_spiffe_id() != info.id.as_spiffe_id() {
+                    return Err(invalid(
+                        &path,
+                        format!("is held by {holder}, not by this certificate's {}", info.id),
+                    ));
+                }
+                (Some(path), Some(chain))
             }
-            let text = read_token_file(&path)?;
-            let parsed = Chain::parse_unverified(&text)
-                .map_err(|e| invalid(&path, format!("not a chain: {e}")))?;
-            let holder = parsed
-                .holder_unverified()
-                .map_err(|e| invalid(&path, format!("no holder: {e}")))?;
-            if holder.as_spiffe_id() != info.id.as_spiffe_id() {
-                return Err(invalid(
-                    &path,
-                    format!("is held by {holder}, not by this certificate's {}", info.id),
-                ));
-            }
-            chain = Some(parsed);
-            chain_file = Some(path);
-            break;
-        }
+            None => (None, None),
+        };
 
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -4,12 +4,7 @@
 //!
 //! `cargo test` builds the examples before it runs the tests; they are found next to this test
 //! binary (`target/<profile>/examples/`), so `CARGO_TARGET_DIR` and profiles work.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

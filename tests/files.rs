@@ -1,11 +1,6 @@
 //! `agentid::files::CredentialDir`: what it loads from a credential directory written as
 //! `agentid cert issue` writes it, and each thing it refuses before any connection is made.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -190,4 +185,66 @@ fn an_expired_certificate_is_refused_at_load_time() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// `Holder::load` (what `agentid cert renew` and `cert issue --parent` start from) checks that
+/// the key is the certified one and the key file is private; it reads no bundle and takes no
+/// time (renewing an expired certificate starts here). `read_chain` prefers `chain.jwt` to
+/// `grant.jwt`.
+#[test]
+fn holder_and_chain_without_time_or_bundle() {
+    use agentid::files::{read_chain, Holder, BUNDLE_FILE, CHAIN_FILE, GRANT_FILE, KEY_FILE};
+    use std::os::unix::fs::PermissionsExt;
+
+    let a = TestCa::new("example.org");
+    let planner = a.open_task("planner", "repo:read", 1, None);
+    let mut coder = a.child(&planner, "coder");
+    planner.delegate(&mut coder, "repo:read");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let p = tmp.path().join("planner");
+    planner.write_dir(&p, &a.bundle());
+    std::fs::remove_file(p.join(BUNDLE_FILE)).unwrap();
+    let holder = Holder::load(&p).unwrap();
+    assert_eq!(holder.leaf.id, planner.id);
+    assert_eq!(holder.key().public_key(), &holder.leaf.public_key);
+    let (file, chain) = read_chain(&p).unwrap().unwrap();
+    assert!(file.ends_with(GRANT_FILE));
+    assert_eq!(chain.depth(), 0);
+
+    let c = tmp.path().join("coder");
+    coder.write_dir(&c, &a.bundle());
+    std::fs::write(c.join(GRANT_FILE), planner.chain.as_ref().unwrap().as_str()).unwrap();
+    let (file, chain) = read_chain(&c).unwrap().unwrap();
+    assert!(file.ends_with(CHAIN_FILE));
+    assert_eq!(chain.depth(), 1);
+
+    // The same key file made readable by the group: refused, naming the file and the fix.
+    std::fs::set_permissions(p.join(KEY_FILE), std::fs::Permissions::from_mode(0o640)).unwrap();
+    match Holder::load(&p) {
+        Err(FilesError::Invalid { path, reason }) => {
+            assert!(path.ends_with(KEY_FILE), "{}", path.display());
+            assert!(reason.contains("chmod 600"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another holder's key: refused.
+    std::fs::remove_file(p.join(KEY_FILE)).unwrap();
+    std::fs::copy(c.join(KEY_FILE), p.join(KEY_FILE)).unwrap();
+    std::fs::set_permissions(p.join(KEY_FILE), std::fs::Permissions::from_mode(0o600)).unwrap();
+    match Holder::load(&p) {
+        Err(FilesError::Invalid { path, reason }) => {
+            assert!(path.ends_with(KEY_FILE), "{}", path.display());
+            assert!(
+                reason.contains("does not hold the key certified"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // No directory at all: an I/O error naming the certificate.
+    assert!(matches!(
+        Holder::load(&tmp.path().join("absent")),
+        Err(FilesError::Io { .. })
+    ));
 }

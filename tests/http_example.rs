@@ -2,12 +2,7 @@
 //! agentid HTTP client with a delegated chain; curl with the same certificate (`--resolve` to
 //! the DNS name policy gave the service certificate) allowed on the identity route and refused
 //! on the scope route; curl with a foreign certificate refused outright.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,12 +6,7 @@
 //! TLS handshake.
 //!
 //! Without the `openssl` binary the test fails when `CI` is set, and prints SKIP otherwise.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -24,23 +19,6 @@ use agentid::transport::{
     AgentServer, CertError, ConnectionLimits, Error, MemoryCredentials, PeerPolicy, TimeoutKind,
 };
 use support::*;
-
-fn openssl_available() -> bool {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required in CI (install it: apt-get install openssl)"
-        );
-        eprintln!("SKIP: the openssl binary is not installed");
-    }
-    ok
-}
 
 /// The files `s_client` reads for one client identity.
 struct ClientFiles {
@@ -138,7 +116,7 @@ enum Expect {
 
 #[tokio::test]
 async fn openssl_s_client_against_our_server() {
-    if !openssl_available() {
+    if !agentid_test_support::openssl::available() {
         return;
     }
     let a = TestCa::new("example.org");

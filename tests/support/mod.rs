@@ -4,30 +4,28 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use agentid_test_support::net::*;
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use agentid_test_support::{now, pem, scope, td, T};
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use agentid::ca::{
     init_ca, CertificateAuthority, ChildRequest, InitOptions, IssuedCertificate, KeySource,
     OpenTaskRequest, Policy, RenewRequest, RenewRequester, ServiceRequest, TaskRequester,
 };
 use agentid::protocol::{
-    Algorithm, BundleSet, Chain, LinkBuilder, PeerId, Scope, TaskIdentity, TaskKey, TrustBundle,
+    Algorithm, BundleSet, Chain, LinkBuilder, PeerId, TaskIdentity, TaskKey, TrustBundle,
     TrustDomain, VerifierConfig,
 };
 use agentid::transport::{
     AgentClient, AgentServer, ConnectionLimits, Credential, MemoryCredentials, PeerPolicy,
-    PeerVerification, Session,
+    PeerVerification,
 };
-use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-
-/// The bound on every single await of the tests.
-pub const T: Duration = Duration::from_secs(10);
 
 /// The issuance policy of the test CAs.
 pub const POLICY: &str = r#"
@@ -54,21 +52,6 @@ requesters = ["operator"]
 [services.search]
 requesters = ["operator"]
 "#;
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-pub fn td(s: &str) -> TrustDomain {
-    TrustDomain::parse(s).unwrap()
-}
-
-pub fn scope(s: &str) -> Scope {
-    Scope::parse(s).unwrap()
-}
 
 /// A real CA in a temporary directory.
 pub struct TestCa {
@@ -265,38 +248,20 @@ impl Agent {
     /// intermediate), `key.pem` (PKCS#8, 0600), `bundle.json`, and the chain as `chain.jwt`
     /// (delegated) or `grant.jwt` (a bare grant).
     pub fn write_dir(&self, dir: &Path, bundle: &TrustBundle) {
-        use std::os::unix::fs::OpenOptionsExt;
+        use agentid::files::{BUNDLE_FILE, CERT_FILE, CHAIN_FILE, GRANT_FILE, KEY_FILE};
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), self.cert.chain_pem()).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join("key.pem"))
-            .unwrap();
-        std::io::Write::write_all(&mut f, pem("PRIVATE KEY", &self.key_der).as_bytes()).unwrap();
-        std::fs::write(dir.join("bundle.json"), bundle.to_json()).unwrap();
+        std::fs::write(dir.join(CERT_FILE), self.cert.chain_pem()).unwrap();
+        agentid::fs::write_private_key(&dir.join(KEY_FILE), &self.key_der).unwrap();
+        std::fs::write(dir.join(BUNDLE_FILE), bundle.to_json()).unwrap();
         if let Some(chain) = &self.chain {
             let name = if chain.depth() == 0 {
-                "grant.jwt"
+                GRANT_FILE
             } else {
-                "chain.jwt"
+                CHAIN_FILE
             };
             std::fs::write(dir.join(name), format!("{}\n", chain.as_str())).unwrap();
         }
     }
-}
-
-/// PEM with 64-column lines.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// Verification state for `own` trusting `bundles`; with `revocations` the lists are applied
@@ -349,88 +314,4 @@ pub fn client(agent: &Agent, v: Arc<PeerVerification>, policy: PeerPolicy) -> Ag
     .limits(limits())
     .build()
     .unwrap()
-}
-
-pub type ServerResult = agentid::transport::Result<Session<TcpStream>>;
-
-/// Binds 127.0.0.1:0 and accepts `n` connections with `server`, one after the other.
-pub async fn serve(server: AgentServer, n: usize) -> (SocketAddr, JoinHandle<Vec<ServerResult>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let h = tokio::spawn(async move {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            let (tcp, _) = tokio::time::timeout(T, listener.accept())
-                .await
-                .unwrap()
-                .unwrap();
-            out.push(server.accept(tcp).await);
-        }
-        out
-    });
-    (addr, h)
-}
-
-/// Binds 127.0.0.1:0 and accepts connections until the returned receiver is dropped, handing
-/// each server-side result over as it comes.
-pub async fn serve_each(
-    server: AgentServer,
-) -> (SocketAddr, tokio::sync::mpsc::Receiver<ServerResult>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if tx.send(server.accept(tcp).await).await.is_err() {
-                break;
-            }
-        }
-    });
-    (addr, rx)
-}
-
-/// The next server-side result of [`serve_each`] (bounded).
-pub async fn next(rx: &mut tokio::sync::mpsc::Receiver<ServerResult>) -> ServerResult {
-    tokio::time::timeout(T, rx.recv())
-        .await
-        .expect("accept timed out")
-        .expect("server gone")
-}
-
-/// Connects `client` to `addr` (bounded).
-pub async fn connect(
-    client: &AgentClient,
-    addr: SocketAddr,
-) -> agentid::transport::Result<Session<TcpStream>> {
-    tokio::time::timeout(T, client.connect(addr))
-        .await
-        .expect("connect timed out")
-}
-
-/// The server side of one connection (bounded).
-pub async fn accepted(h: JoinHandle<Vec<ServerResult>>) -> ServerResult {
-    tokio::time::timeout(T, h)
-        .await
-        .expect("accept timed out")
-        .unwrap()
-        .pop()
-        .unwrap()
-}
-
-/// Sends `data` on `from` and returns what `to` receives (bounded).
-pub async fn roundtrip(
-    from: &mut Session<TcpStream>,
-    to: &mut Session<TcpStream>,
-    data: &[u8],
-) -> Vec<u8> {
-    tokio::time::timeout(T, from.send(data))
-        .await
-        .expect("send timed out")
-        .unwrap();
-    tokio::time::timeout(T, to.recv())
-        .await
-        .expect("recv timed out")
-        .unwrap()
-        .expect("peer closed")
-        .to_vec()
 }

@@ -3,7 +3,8 @@
 //! Whatever else a CSR asks for (a CA flag, names, key usages) is never copied: the leaf is
 //! built from the CA's own profile. Requests that ask for more than the profile gives are
 //! refused with their own error, so that a requester learns its CSR is wrong instead of
-//! receiving a certificate that differs from what it asked for (threat 20, CSR smuggling).
+//! receiving a certificate that differs from what it asked for ("CSR
+//! smuggling" in spec/PROTOCOL.md section 19).
 
 use std::collections::HashSet;
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::error::{CaError, Result};
 
-/// Longest grant lifetime allowed by the protocol (design.md: grant `exp - iat` <= 24 h).
+/// Longest grant lifetime allowed by the protocol (spec/PROTOCOL.md section 6.1: grant
+/// `exp - iat` <= 86400 s, 24 h).
 pub const MAX_GRANT_LIFETIME_SECS: u64 = 24 * 3600;
 /// Deepest chain allowed by the protocol.
 pub const MAX_DEPTH: u8 = 8;

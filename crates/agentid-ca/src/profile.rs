@@ -1,4 +1,4 @@
-//! The X509-SVID leaf profile of design.md.
+//! The X509-SVID leaf profile of spec/PROTOCOL.md section 15.
 
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose,

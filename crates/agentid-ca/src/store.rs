@@ -841,7 +841,6 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,12 +1,7 @@
 //! Serial uniqueness and durability: exactly one store record per certificate returned, also
 //! when the issuing process is killed mid-run.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

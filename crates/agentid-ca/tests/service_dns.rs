@@ -1,11 +1,6 @@
 //! Service certificates carry the DNS names policy lists for them (`[services.NAME] dns`), and
 //! nothing else: no wildcards, no IP addresses, a name belongs to one service.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod common;
 

@@ -84,6 +84,23 @@ impl From<agentid_ca::CaError> for CliError {
     }
 }
 
+impl From<agentid::files::FilesError> for CliError {
+    fn from(e: agentid::files::FilesError) -> Self {
+        match e {
+            agentid::files::FilesError::Io { path, source } => {
+                CliError::failed(format!("cannot read {}: {source}", path.display()))
+            }
+            e => CliError::failed(e.to_string()),
+        }
+    }
+}
+
+impl From<agentid_fs::FsError> for CliError {
+    fn from(e: agentid_fs::FsError) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
 impl From<agentid_protocol::Error> for CliError {
     fn from(e: agentid_protocol::Error) -> Self {
         CliError::failed(e.to_string())

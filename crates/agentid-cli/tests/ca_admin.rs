@@ -1,5 +1,5 @@
 //! `ca init`, the command-line conventions, `revoke`, `revocations export`, `bundle export`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg(test)]
 
 mod support;
 
@@ -201,4 +201,69 @@ fn bundle_export_formats() {
     let ed = Env::with_key_type("ed25519");
     let spiffe: Value = serde_json::from_str(&ed.ok("bundle export --ca ca")).unwrap();
     assert_eq!(spiffe["keys"][1]["alg"], "Ed25519");
+}
+
+/// `--out` naming something that is not a regular file is written in place (a FIFO, as
+/// `/dev/null` would be) or refused (a symbolic link, as `/dev/stdout` is), never replaced; a
+/// link planted at the name the CLI once used for its temporary file is not followed.
+#[test]
+fn out_never_replaces_what_is_not_a_regular_file() {
+    use std::io::Read;
+    use std::os::unix::fs::{symlink, FileTypeExt};
+
+    let env = Env::new();
+    // A FIFO (made inside the test directory): written in place.
+    let fifo = env.path("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut got = String::new();
+            std::fs::File::open(&fifo)
+                .unwrap()
+                .read_to_string(&mut got)
+                .unwrap();
+            got
+        })
+    };
+    env.ok("revocations export --ca ca --out pipe");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO was replaced"
+    );
+    let list = reader.join().unwrap();
+    assert_eq!(list.trim().split('.').count(), 3, "{list:?}");
+
+    // A symbolic link (to a file of the test directory): refused, its target untouched.
+    std::fs::write(env.path("victim.txt"), "precious").unwrap();
+    symlink(env.path("victim.txt"), env.path("linked.json")).unwrap();
+    env.fails(
+        "bundle export --ca ca --out linked.json",
+        1,
+        "is a symbolic link",
+    );
+    assert_eq!(env.read("victim.txt"), "precious");
+    assert!(std::fs::symlink_metadata(env.path("linked.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // Links at predictable temporary names: not followed (the pid-based name the CLI once used
+    // is covered by agentid-fs's own tests, which know their pid).
+    std::fs::create_dir(env.path("outdir")).unwrap();
+    symlink(env.path("victim.txt"), env.path("outdir/.rev.jwt.tmp")).unwrap();
+    symlink(env.path("victim.txt"), env.path("outdir/rev.jwt.tmp")).unwrap();
+    env.ok("revocations export --ca ca --out outdir/rev.jwt");
+    assert_eq!(env.read("victim.txt"), "precious");
+    assert!(std::fs::symlink_metadata(env.path("outdir/rev.jwt"))
+        .unwrap()
+        .file_type()
+        .is_file());
 }

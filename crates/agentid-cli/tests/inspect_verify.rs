@@ -1,5 +1,5 @@
 //! `cert inspect` and `cert verify`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg(test)]
 
 mod support;
 

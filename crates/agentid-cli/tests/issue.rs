@@ -1,5 +1,5 @@
 //! `cert issue` (agent, child, service), `cert renew` and `cert sign` (OpenSSL CSR).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg(test)]
 
 mod support;
 

@@ -437,8 +437,6 @@ impl TrustBundle {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use super::*;
     use crate::crypto::AuthorityKey;
     use crate::Algorithm;

@@ -7,7 +7,8 @@
 //!   refused.
 //! * **Ed25519**: RFC 8032 (cofactorless, `S < L` enforced by aws-lc). Because aws-lc-rs accepts
 //!   any 32 bytes as an Ed25519 public key, this module checks canonical encoding, decompression
-//!   and small order itself (threat 7).
+//!   and small order itself (spec/PROTOCOL.md section 5.1; "Signature edge cases" in
+//!   section 19).
 //!
 //! Private task keys have no public signing method: only the typed token builders of this crate
 //! sign with them. Authority keys sign through [`JwsSigner`], which an HSM or KMS can implement.
@@ -544,13 +545,6 @@ impl fmt::Debug for AuthorityKey {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use curve25519_dalek::edwards::CompressedEdwardsY;
 

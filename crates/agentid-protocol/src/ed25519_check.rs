@@ -211,13 +211,6 @@ pub(crate) fn is_small_order(key: &[u8; 32]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
     use curve25519_dalek::edwards::CompressedEdwardsY;

@@ -1,6 +1,6 @@
 //! Strict encodings shared by every token: base64url without padding and I-JSON (RFC 7493).
 //!
-//! Parser differentials are an attack surface (threat 8): two implementations that disagree on
+//! Parser differentials are an attack surface (spec/PROTOCOL.md section 19): two implementations that disagree on
 //! `"a":1,"a":2`, on padding or on trailing bits can be made to read different claims from the
 //! same signed bytes. Everything here accepts exactly one spelling of each value.
 
@@ -228,13 +228,6 @@ impl<'de> Visitor<'de> for StrictValue {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use serde_json::json;
 
@@ -430,8 +423,6 @@ mod tests {
 
 #[cfg(test)]
 mod number_range_tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-
     use super::*;
 
     /// spec/PROTOCOL.md section 3.2: a number is too large for an IEEE 754 double exactly when

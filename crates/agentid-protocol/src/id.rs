@@ -164,7 +164,8 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
-    /// Parses a SPIFFE ID, applying every rule of design.md "Identity" (`BadId` on any violation).
+    /// Parses a SPIFFE ID, applying every rule of spec/PROTOCOL.md section 2.1 (`BadId` on any
+    /// violation).
     pub fn parse(s: &str) -> Result<Self> {
         if s.len() > MAX_ID_BYTES {
             return Err(bad_id(format!("longer than {MAX_ID_BYTES} bytes")));
@@ -588,13 +589,7 @@ impl From<ServiceId> for PeerId {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::type_complexity
-)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

@@ -42,7 +42,7 @@ fn coordinate(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
 }
 
 impl PublicKey {
-    /// Parses a strict JWK (as in `cnf.jwk`): an object with exactly `kty`, `crv`, `x`, [`y`],
+    /// Parses a strict JWK (as in `cnf.jwk`): an object with exactly `kty`, `crv`, `x`, \[`y`\],
     /// `alg`, either `EC`/`P-256`/`ES256` with 32-byte `x` and `y`, or `OKP`/`Ed25519` with
     /// `alg` `Ed25519` (or `EdDSA`) and a 32-byte `x`. Anything else is `BadKey`.
     pub fn from_jwk(v: &Value) -> Result<Self> {
@@ -104,7 +104,7 @@ impl PublicKey {
     }
 
     /// The RFC 7638 JWK thumbprint: base64url(SHA-256) of the required members (`crv`, `kty`,
-    /// `x`, [`y`]) in lexicographic order without whitespace. Revocation lists and bundle `kid`s
+    /// `x`, \[`y`\]) in lexicographic order without whitespace. Revocation lists and bundle `kid`s
     /// name keys by it.
     pub fn thumbprint(&self) -> String {
         // The canonical JSON is at most 117 bytes: built on the stack, no allocation but the
@@ -168,13 +168,6 @@ impl PublicKey {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use crate::crypto::Algorithm;
 

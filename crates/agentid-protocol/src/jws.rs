@@ -1,8 +1,9 @@
 //! JWS Compact framing (RFC 7515) with agentid's strict header profile.
 //!
 //! The protected header holds only `alg`, `typ` and, for grants and revocation lists, `kid`.
-//! Keys never come from the header (`jwk`, `jku`, `x5c`, ... are `BadHeader`, threat 6), and
-//! the signature is always checked over the exact transmitted bytes.
+//! Keys never come from the header (`jwk`, `jku`, `x5c`, ... are `BadHeader`: spec/PROTOCOL.md
+//! section 4.2, and "Algorithm confusion" in section 19), and the signature is always checked
+//! over the exact transmitted bytes.
 
 use serde_json::Value;
 
@@ -266,13 +267,6 @@ pub(crate) fn sign_compact(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )]
-
     use super::*;
     use crate::crypto::{verify, AuthorityKey, JwsSigner, TaskKey};
 
@@ -465,7 +459,7 @@ mod tests {
         let p = TokenType::Proof;
         #[rustfmt::skip]
         let cases: Vec<(&str, TokenType, ErrorCode)> = vec![
-            // members outside the allow-list (keys from the header, threat 6)
+            // members outside the allow-list (keys from the header, spec 4.2)
             (r#"{"alg":"ES256","typ":"agentid-grant+jwt","crit":["exp"]}"#, g, BadHeader),
             (r#"{"alg":"ES256","typ":"agentid-grant+jwt","jwk":{}}"#, g, BadHeader),
             (r#"{"alg":"ES256","typ":"agentid-grant+jwt","jku":"https://x"}"#, g, BadHeader),
@@ -500,7 +494,7 @@ mod tests {
             (r#"{"alg":"ES256","typ":"agentid-grant+jwt"}"#, TokenType::Revocations, BadTyp),
             (r#"{"alg":"ES256","typ":null}"#, l, BadTyp),
             (r#"{"alg":"ES256","typ":["agentid-link+jwt"]}"#, l, BadTyp),
-            // alg (threat 6)
+            // alg (spec 4.3)
             (r#"{"typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
             (r#"{"alg":"none","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),
             (r#"{"alg":"None","typ":"agentid-link+jwt"}"#, l, UnsupportedAlg),

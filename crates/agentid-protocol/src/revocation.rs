@@ -536,8 +536,6 @@ impl RevocationListBuilder {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
     use super::*;
     use crate::{Algorithm, AuthorityKey, TrustBundle};
 

@@ -454,13 +454,7 @@ impl<'de> Deserialize<'de> for Limits {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::type_complexity
-)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

@@ -410,8 +410,6 @@ fn result_members(v: &VerifiedChain) -> Map<String, Value> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
-
     use super::*;
     use crate::crypto::{AuthorityKey, TaskKey};
     use crate::revocation::RevocationListBuilder;

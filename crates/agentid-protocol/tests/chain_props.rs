@@ -1,8 +1,8 @@
 //! Property tests over whole chains: any narrowing of a link verifies, any widening fails with
 //! the code of the widened dimension. Widened links are signed raw (no builder would sign them),
 //! so this file needs the `danger-raw-signing` feature; `.ci/run` runs it.
+#![cfg(test)]
 #![cfg(feature = "danger-raw-signing")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use agentid_protocol::crypto::sha256;
 use agentid_protocol::danger::{base64url, sign_with_task_key};

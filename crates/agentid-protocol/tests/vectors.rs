@@ -2,12 +2,7 @@
 //! (`agentid_protocol::vectors::run_case`): every disagreement is collected and reported.
 //!
 //! The directory is `AGENTID_VECTORS_DIR` if set, else `<crate>/../../spec/vectors`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -229,12 +229,6 @@ pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -1,12 +1,7 @@
 //! The HTTP binding end to end (spec/PROTOCOL.md section 22): an axum service behind
 //! `HttpServer`, the agentid `HttpClient`, and raw hyper clients that send what the library
 //! would refuse to send.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

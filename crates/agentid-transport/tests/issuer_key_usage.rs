@@ -2,12 +2,7 @@
 //! cannot issue the peer's certificate (rustls-webpki 0.103 does not check it; agentid does, in
 //! `TrustStore::verify`, which the handshake in both directions, `reauth` and
 //! `agentid cert verify` all use).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,12 +1,7 @@
 //! Table-driven mTLS tests of agentid-transport: certificates, policies, chains, limits,
 //! resumption, rotation, continuous verification.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::type_complexity
-)]
+#![cfg(test)]
+#![allow(clippy::type_complexity)]
 
 mod support;
 

@@ -1,15 +1,8 @@
-//! Shared test helpers: a CA in a temp dir with a test policy, keys, CSRs, OpenSSL.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+//! The CA tests' helpers: a CA in a temp dir with a test policy, keys, CSRs, OpenSSL (what is
+//! not specific to the CA comes from `agentid-test-support`).
+#![allow(dead_code, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentid_ca::{init_ca, CertificateAuthority, InitOptions, KeySource, KeyType};
@@ -106,28 +99,9 @@ pub fn p256_keypair() -> KeyPair {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
 }
 
-/// `Some(())` when `openssl` runs; without it the test FAILS under `CI` and is skipped otherwise.
-pub fn openssl_available() -> Option<()> {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(());
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("openssl is required in CI (apt-get install openssl)");
-    }
-    eprintln!("SKIP: openssl not installed");
-    None
-}
-
+/// Runs `openssl ARGS` in the current directory: whether it succeeded, and stdout then stderr.
 pub fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
+    let out = agentid_test_support::openssl::run(None, args);
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -135,7 +109,7 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
 
 pub fn write_pem(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, agentid_ca::material::pem_encode(label, der)).unwrap();
+    std::fs::write(&p, agentid_test_support::pem(label, der)).unwrap();
     p
 }
 

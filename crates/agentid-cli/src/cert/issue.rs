@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use agentid::files::{read_chain, Holder, GRANT_FILE, KEY_FILE};
 use agentid_ca::{
     CertificateAuthority, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest,
     ServiceRequest, TaskCredentials, TaskRequester,
@@ -201,7 +202,7 @@ fn with_new_key(
     issue: impl FnOnce(KeySource) -> CliResult<IssuedCertificate>,
 ) -> CliResult<IssuedCertificate> {
     files::ensure_dir(out)?;
-    let key_path = out.join("key.pem");
+    let key_path = out.join(KEY_FILE);
     let key = TaskKey::generate(alg)?;
     let csr = make_csr(&key, uri)?;
     files::write_new_private_key(&key_path, key.pkcs8_der())?;
@@ -224,44 +225,14 @@ struct Parent {
 /// (the key file must match the certificate), and reads its chain (only ever used to shorten the
 /// child's certificate).
 fn load_parent(dir: &Path) -> CliResult<Parent> {
-    let certs = files::read_certs(&dir.join("cert.pem"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| CliError::failed("no parent certificate"))?;
-    let info =
-        agentid_transport::check_leaf(leaf.as_ref(), agentid_transport::CertUsage::ClientAuth)
-            .map_err(|e| {
-                CliError::failed(format!(
-                    "{}: parent certificate invalid: {e}",
-                    dir.join("cert.pem").display()
-                ))
-            })?;
-    let PeerId::Task(identity) = info.id else {
+    let holder = Holder::load(dir)?;
+    let PeerId::Task(identity) = holder.leaf.id else {
         return Err(CliError::failed(format!(
             "{}: the parent must be an agent's task identity, not a service",
             dir.display()
         )));
     };
-    let key_path = dir.join("key.pem");
-    let key = TaskKey::from_pkcs8_der(&files::read_private_key(&key_path)?)
-        .context(format!("{}: unusable key", key_path.display()))?;
-    if key.public_key() != &info.public_key {
-        return Err(CliError::failed(format!(
-            "{}: the key does not match the parent's certificate",
-            key_path.display()
-        )));
-    }
-    let mut chain = None;
-    for name in ["chain.jwt", "grant.jwt"] {
-        let p = dir.join(name);
-        if p.exists() {
-            let text = files::read_text(&p)?;
-            chain = Some(
-                Chain::parse_unverified(&text).context(format!("{}: not a chain", p.display()))?,
-            );
-            break;
-        }
-    }
+    let chain = read_chain(dir)?.map(|(_, chain)| chain);
     Ok(Parent { identity, chain })
 }
 
@@ -273,12 +244,12 @@ fn finish(
     format: Format,
 ) -> CliResult {
     let mut written = Written::default();
-    if out.join("key.pem").exists() {
-        written.0.push(out.join("key.pem"));
+    if out.join(KEY_FILE).exists() {
+        written.0.push(out.join(KEY_FILE));
     }
     write_cert_and_bundles(ca, cert, out, &mut written)?;
     if let Some(c) = creds {
-        written.public(out.join("grant.jwt"), format!("{}\n", c.grant).as_bytes())?;
+        written.public(out.join(GRANT_FILE), format!("{}\n", c.grant).as_bytes())?;
     }
     let task = match &cert.identity {
         PeerId::Task(t) => Value::from(t.task_id().as_str()),

@@ -9,6 +9,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentid::files::{BUNDLE_FILE, BUNDLE_PEM_FILE, CERT_FILE};
 use agentid_ca::{CertificateAuthority, IssuedCertificate};
 use agentid_protocol::TaskKey;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
@@ -118,10 +119,10 @@ pub fn write_cert_and_bundles(
     out: &Path,
     written: &mut Written,
 ) -> CliResult<()> {
-    written.public(out.join("cert.pem"), cert.chain_pem().as_bytes())?;
-    written.public(out.join("bundle.pem"), ca.bundle_pem().as_bytes())?;
+    written.public(out.join(CERT_FILE), cert.chain_pem().as_bytes())?;
+    written.public(out.join(BUNDLE_PEM_FILE), ca.bundle_pem().as_bytes())?;
     let bundle = ca.trust_bundle()?.to_json();
-    written.public(out.join("bundle.json"), format!("{bundle}\n").as_bytes())?;
+    written.public(out.join(BUNDLE_FILE), format!("{bundle}\n").as_bytes())?;
     Ok(())
 }
 

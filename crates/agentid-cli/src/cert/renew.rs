@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use agentid::files::{Holder, CERT_FILE};
 use agentid_ca::{KeySource, RenewRequest, RenewRequester};
-use agentid_protocol::TaskKey;
-use agentid_transport::{check_leaf, CertUsage};
 
 use super::{cert_json, cert_text, make_csr, CaDirArg, TtlArg};
 use crate::common::{print_json, print_text, Format, FormatArg};
-use crate::error::{CliError, CliResult, Context};
+use crate::error::CliResult;
 use crate::files;
 
 /// Arguments of `cert renew`.
@@ -29,38 +28,19 @@ pub struct RenewArgs {
 
 /// Runs `cert renew`.
 pub fn run(args: &RenewArgs) -> CliResult {
-    let cert_path = args.dir.join("cert.pem");
-    let key_path = args.dir.join("key.pem");
-    let certs = files::read_certs(&cert_path)?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| CliError::failed("no certificate"))?;
-    // The identity comes from the current certificate (expired or not: renewal is for that).
-    let info = check_leaf(leaf.as_ref(), CertUsage::ClientAuth).map_err(|e| {
-        CliError::failed(format!(
-            "{}: not an agentid certificate: {e}",
-            cert_path.display()
-        ))
-    })?;
-    let key = TaskKey::from_pkcs8_der(&files::read_private_key(&key_path)?)
-        .context(format!("{}: unusable key", key_path.display()))?;
-    if key.public_key() != &info.public_key {
-        return Err(CliError::failed(format!(
-            "{}: the key does not match {}",
-            key_path.display(),
-            cert_path.display()
-        )));
-    }
+    // The identity comes from the current certificate (expired or not: renewal is for that),
+    // and the key must be the one it certifies.
+    let holder = Holder::load(&args.dir)?;
     let ca = args.ca.open()?;
-    let csr = make_csr(&key, info.id.as_str())?;
+    let csr = make_csr(holder.key(), holder.leaf.id.as_str())?;
     let req = RenewRequest {
-        identity: info.id.clone(),
+        identity: holder.leaf.id.clone(),
         key: KeySource::Csr(csr),
         requester: RenewRequester::Operator,
         ttl: args.ttl.ttl,
     };
     let cert = ca.renew(&req, SystemTime::now())?;
-    files::write_public(&cert_path, cert.chain_pem().as_bytes())?;
+    files::write_public(&args.dir.join(CERT_FILE), cert.chain_pem().as_bytes())?;
     match args.format.format {
         Format::Json => print_json(&cert_json(&cert)),
         Format::Text => print_text(&cert_text(&cert)),

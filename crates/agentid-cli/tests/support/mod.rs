@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -203,36 +202,10 @@ pub fn claims(chain: &str, index: usize) -> Value {
     b64url_json(token.split('.').nth(1).unwrap())
 }
 
-/// Whether `openssl` can be run: a failure under CI (env `CI` set), a printed SKIP elsewhere.
-pub fn have_openssl() -> bool {
-    let ok = StdCommand::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required under CI"
-        );
-        eprintln!("SKIP: openssl not found");
-    }
-    ok
-}
-
-/// Runs openssl in `dir`; it must succeed. Returns stdout.
-pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = StdCommand::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use agentid_test_support::openssl::available as have_openssl;
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use agentid_test_support::openssl::run_ok as openssl;
 
 /// `NAME.key` and `NAME.csr` in `dir`: a P-256 key and its CSR made by OpenSSL, with `extra`
 /// request options.

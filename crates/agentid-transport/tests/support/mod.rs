@@ -1,12 +1,6 @@
 //! Test PKI and helpers: certificates made with rcgen to the X509-SVID profile (one critical URI
 //! SAN, empty subject, cA=false, keyUsage digitalSignature, both EKUs), plus the "bad" variants.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    dead_code
-)]
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,15 +13,14 @@ use agentid_protocol::{
 };
 use agentid_transport::{
     AgentClient, AgentServer, ConnectionLimits, Credential, MemoryCredentials, PeerPolicy,
-    PeerVerification, Session,
+    PeerVerification,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 /// The control-frame bodies as spec/PROTOCOL.md section 16 writes them, defined here rather
 /// than borrowed from the crate, so that tests speak the wire format the way another
@@ -72,14 +65,9 @@ pub mod wire {
     }
 }
 
-pub const T: Duration = Duration::from_secs(10);
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use agentid_test_support::net::*;
+pub use agentid_test_support::{now, T};
 
 fn rcgen_key(k: &TaskKey) -> KeyPair {
     KeyPair::from_pkcs8_der_and_sign_algo(
@@ -473,26 +461,6 @@ pub fn client(
         .limits(limits())
         .build()
         .unwrap()
-}
-
-pub type ServerResult = agentid_transport::Result<Session<TcpStream>>;
-
-/// Binds 127.0.0.1:0 and accepts `n` connections with `server`, one task each.
-pub async fn serve(server: AgentServer, n: usize) -> (SocketAddr, JoinHandle<Vec<ServerResult>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let h = tokio::spawn(async move {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            let (tcp, _) = tokio::time::timeout(T, listener.accept())
-                .await
-                .unwrap()
-                .unwrap();
-            out.push(server.accept(tcp).await);
-        }
-        out
-    });
-    (addr, h)
 }
 
 /// A raw rustls client (our server verifier, any client certificate) for presenting

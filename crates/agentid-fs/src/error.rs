@@ -1,0 +1,152 @@
+//! The error type: every variant names the file.
+
+use std::fmt;
+use std::fs::FileType;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+/// What kind of directory entry a path names (without following a final symbolic link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A FIFO (named pipe).
+    Fifo,
+    /// A character device (`/dev/null`, a terminal).
+    CharDevice,
+    /// A block device (a disk).
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
+    /// Anything else.
+    Other,
+}
+
+impl FileKind {
+    /// The kind of `file_type`.
+    pub fn of(file_type: FileType) -> Self {
+        if file_type.is_file() {
+            Self::Regular
+        } else if file_type.is_dir() {
+            Self::Directory
+        } else if file_type.is_symlink() {
+            Self::Symlink
+        } else if file_type.is_fifo() {
+            Self::Fifo
+        } else if file_type.is_char_device() {
+            Self::CharDevice
+        } else if file_type.is_block_device() {
+            Self::BlockDevice
+        } else if file_type.is_socket() {
+            Self::Socket
+        } else {
+            Self::Other
+        }
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Regular => "a regular file",
+            Self::Directory => "a directory",
+            Self::Symlink => "a symbolic link",
+            Self::Fifo => "a FIFO",
+            Self::CharDevice => "a character device",
+            Self::BlockDevice => "a block device",
+            Self::Socket => "a socket",
+            Self::Other => "not a regular file",
+        })
+    }
+}
+
+/// Why a file could not be read or written.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The operating system refused or failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is larger than the reader accepts.
+    #[error("{}: larger than {limit} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// A file that must be created new already exists (possibly as a link planted there).
+    #[error("{} already exists: refusing to overwrite it", path.display())]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The destination is something that is neither replaced nor written through: a symbolic
+    /// link, a directory, a block device or a socket.
+    #[error("{} is {kind}: refusing to replace it or to write through it", path.display())]
+    NotWritable {
+        /// The destination.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+    },
+    /// A secret is not a regular file.
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+    },
+    /// A secret can be accessed by group or others.
+    #[error(
+        "{} has mode {mode:03o}: a private key must not be accessible to group or others (chmod 600)",
+        path.display()
+    )]
+    InsecureMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file was read but is not a PKCS#8 PEM private key.
+    #[error("{}: not a PKCS#8 PEM private key: {reason}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FsError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::AlreadyExists { path }
+            | Self::NotWritable { path, .. }
+            | Self::NotRegular { path, .. }
+            | Self::InsecureMode { path, .. }
+            | Self::BadKey { path, .. } => path,
+        }
+    }
+
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The one place where agentid reads and writes files: the CA directory, the credential
+//! directories the CLI writes, and the CLI's `--out` files.
+//!
+//! # Security model
+//!
+//! - **Writes never follow a planted link.** A file is written to a temporary file created
+//!   exclusively (`O_CREAT | O_EXCL`, so a symbolic link or anything else already at that name
+//!   makes the creation fail) under a random name in the destination's directory, made durable,
+//!   then renamed over the destination. Readers see the old or the new contents, never a mix.
+//! - **What is not a regular file is never replaced.** A destination that is a FIFO or a
+//!   character device (`/dev/null`, a terminal) is written in place, the way a shell redirection
+//!   would; a symbolic link (including `/dev/stdout`), a directory, a block device or a socket is
+//!   refused. Renaming over any of them would replace a system file when run as root.
+//! - **Secrets are 0600 from creation on and never overwritten.** [`create_secret`] writes a
+//!   temporary file that is 0600 from its creation and links it to its name only if that name
+//!   is free.
+//! - **Secrets are refused when group or others can access them.** [`read_secret`] checks the
+//!   mode of the handle it reads (the file checked is the file read) and does not block on a
+//!   FIFO planted where a key should be.
+//! - **Reads are bounded.** Every read refuses more than a caller-given limit
+//!   ([`MAX_FILE_BYTES`] for all of agentid's files).
+//!
+//! Unix only: modes and file kinds are Unix notions.
+#![forbid(unsafe_code)]
+#![cfg(unix)]
+
+mod error;
+mod pem;
+mod read;
+mod write;
+
+pub use error::{FileKind, FsError};
+pub use pem::{pem_encode, read_private_key, write_private_key};
+pub use read::{read_bounded, read_secret, MAX_FILE_BYTES};
+pub use write::{create_public, create_secret, ensure_dir, write_public, Outcome};

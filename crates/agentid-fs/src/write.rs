@@ -1,0 +1,170 @@
+//! Writes: through an exclusively created temporary file with a random name in the
+//! destination's directory, or in place for a FIFO or a character device; never through a
+//! symbolic link, never replacing what is not a regular file.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{FileKind, FsError};
+
+/// Mode of public files (certificates, bundles, chains, configuration), before the umask.
+const PUBLIC_MODE: u32 = 0o644;
+/// Mode of secret files (private keys).
+const SECRET_MODE: u32 = 0o600;
+
+/// What [`write_public`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Nothing was at the path; a new file was created.
+    Created,
+    /// A regular file was at the path; it was replaced atomically.
+    Replaced,
+    /// A FIFO or a character device was at the path; the contents were written to it.
+    WrittenInPlace,
+}
+
+/// Writes a public file (certificate, bundle, chain, list) with mode 0644.
+///
+/// - Nothing at `path`, or a regular file: the contents go to a temporary file created
+///   exclusively under a random name in the same directory, reach the disk, and the temporary
+///   file is renamed over `path` (then the directory is synced). Readers see the old or the new
+///   file, never a mix; a link planted at any temporary name is never followed.
+/// - A FIFO or a character device (`/dev/null`, a terminal): written in place, never replaced.
+/// - A symbolic link (`/dev/stdout` is one), a directory, a block device, a socket: refused
+///   with [`FsError::NotWritable`]; nothing is written.
+pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            replace_atomically(path, contents, PUBLIC_MODE, true)?;
+            Ok(Outcome::Created)
+        }
+        Err(e) => Err(FsError::io(path, e)),
+        Ok(meta) => match FileKind::of(meta.file_type()) {
+            FileKind::Regular => {
+                replace_atomically(path, contents, PUBLIC_MODE, true)?;
+                Ok(Outcome::Replaced)
+            }
+            FileKind::Fifo | FileKind::CharDevice => {
+                write_in_place(path, contents)?;
+                Ok(Outcome::WrittenInPlace)
+            }
+            kind => Err(FsError::NotWritable {
+                path: path.to_path_buf(),
+                kind,
+            }),
+        },
+    }
+}
+
+/// Creates a new public file with mode 0644, atomically, refusing with
+/// [`FsError::AlreadyExists`] when anything (a file, a link, a directory) is at `path`.
+pub fn create_public(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    replace_atomically(path, contents, PUBLIC_MODE, false)
+}
+
+/// Creates a new secret file (a private key): the temporary file is mode 0600 from its
+/// creation, and it takes its name only if nothing (a file, a link, a directory) is at `path`
+/// ([`FsError::AlreadyExists`] otherwise). A key is never overwritten, and never seen half
+/// written.
+pub fn create_secret(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    replace_atomically(path, contents, SECRET_MODE, false)
+}
+
+/// Creates `dir` and its missing parents with mode 0700; an existing directory is left as is.
+pub fn ensure_dir(dir: &Path) -> Result<(), FsError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| FsError::io(dir, e))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `contents` to a new temporary file in `path`'s directory and renames it to `path`
+/// (`overwrite`) or links it there only if the name is free (`!overwrite`).
+fn replace_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    overwrite: bool,
+) -> Result<(), FsError> {
+    let dir = parent_dir(path);
+    let name = path.file_name().ok_or_else(|| FsError::NotWritable {
+        path: path.to_path_buf(),
+        kind: FileKind::Directory,
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    // `tempfile` opens with O_CREAT | O_EXCL under a random name and retries on collision: a
+    // link planted at a guessed name makes that attempt fail, it is never followed.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(&dir)
+        .map_err(|e| FsError::io(path, e))?;
+    tmp.write_all(contents).map_err(|e| FsError::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| FsError::io(path, e))?;
+    // On error the temporary file is dropped, which removes it.
+    let persisted = if overwrite {
+        tmp.persist(path).map(drop)
+    } else {
+        tmp.persist_noclobber(path).map(drop)
+    };
+    if let Err(e) = persisted {
+        return Err(if e.error.kind() == ErrorKind::AlreadyExists {
+            FsError::AlreadyExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            FsError::io(path, e.error)
+        });
+    }
+    // The rename is durable once the directory is.
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::io(&dir, e))
+}
+
+/// Writes to a FIFO or a character device without creating, truncating or replacing it, and
+/// without following a link swapped in since it was looked at.
+fn write_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                FsError::NotWritable {
+                    path: path.to_path_buf(),
+                    kind: FileKind::Symlink,
+                }
+            } else {
+                FsError::io(path, e)
+            }
+        })?;
+    let kind = FileKind::of(f.metadata().map_err(|e| FsError::io(path, e))?.file_type());
+    if !matches!(kind, FileKind::Fifo | FileKind::CharDevice) {
+        // Swapped since it was looked at: write nothing.
+        return Err(FsError::NotWritable {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    f.write_all(contents)
+        .and_then(|()| f.flush())
+        .map_err(|e| FsError::io(path, e))
+}

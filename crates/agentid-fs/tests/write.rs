@@ -1,0 +1,318 @@
+//! Writes never follow a planted link and never replace what is not a regular file; secrets are
+//! 0600 and never overwritten; reads are bounded and refuse shared secrets.
+//!
+//! Everything happens inside a temporary directory: the "devices" here are FIFOs made with
+//! `mkfifo`, the "victims" are files of the same directory.
+#![cfg(test)]
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+
+use agentid_fs::{
+    create_public, create_secret, read_bounded, read_private_key, read_secret, write_private_key,
+    write_public, FileKind, FsError, Outcome,
+};
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The directory's entries other than `keep`: a write leaves no temporary file behind.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn creates_then_replaces_a_regular_file_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chain.jwt");
+    assert_eq!(write_public(&out, b"one").unwrap(), Outcome::Created);
+    assert_eq!(fs::read(&out).unwrap(), b"one");
+    assert_eq!(mode(&out) & 0o600, 0o600);
+    assert_eq!(mode(&out) & 0o022, 0, "never group or world writable");
+    assert_eq!(write_public(&out, b"two").unwrap(), Outcome::Replaced);
+    assert_eq!(fs::read(&out).unwrap(), b"two");
+    assert_eq!(leftovers(dir.path(), &["chain.jwt"]), Vec::<String>::new());
+}
+
+#[test]
+fn a_link_planted_at_the_destination_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    let out = dir.path().join("chain.jwt");
+    symlink(&victim, &out).unwrap();
+
+    let e = write_public(&out, b"public chain").unwrap_err();
+    assert!(
+        matches!(&e, FsError::NotWritable { kind: FileKind::Symlink, path } if *path == out),
+        "{e}"
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
+    assert_eq!(
+        leftovers(dir.path(), &["chain.jwt", "victim.txt"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn links_planted_at_predictable_temporary_names_are_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    let out = dir.path().join("chain.jwt");
+    // The names an attacker can predict: the pid-based name agentid once used, and plain ones.
+    let planted = [
+        format!(".chain.jwt.tmp-{}", std::process::id()),
+        ".chain.jwt.tmp".to_owned(),
+        "chain.jwt.tmp".to_owned(),
+        "chain.jwt~".to_owned(),
+    ];
+    for name in &planted {
+        symlink(&victim, dir.path().join(name)).unwrap();
+    }
+
+    assert_eq!(
+        write_public(&out, b"public chain").unwrap(),
+        Outcome::Created
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    let meta = fs::symlink_metadata(&out).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the output is a new regular file"
+    );
+    assert_eq!(fs::read(&out).unwrap(), b"public chain");
+    for name in &planted {
+        let p = dir.path().join(name);
+        assert!(fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+    }
+
+    // The same for a secret.
+    let key = dir.path().join("key.pem");
+    symlink(
+        &victim,
+        dir.path()
+            .join(format!(".key.pem.tmp-{}", std::process::id())),
+    )
+    .unwrap();
+    create_secret(&key, b"secret").unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::read(&key).unwrap(), b"secret");
+}
+
+#[test]
+fn a_fifo_is_written_in_place_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out");
+    mkfifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        thread::spawn(move || {
+            let mut got = Vec::new();
+            fs::File::open(&fifo)
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            got
+        })
+    };
+    let outcome = write_public(&fifo, b"revocation list\n");
+    // Checked before joining: had the FIFO been replaced, the reader would wait for ever.
+    assert!(
+        fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(outcome.unwrap(), Outcome::WrittenInPlace);
+    assert_eq!(reader.join().unwrap(), b"revocation list\n");
+    assert_eq!(leftovers(dir.path(), &["out"]), Vec::<String>::new());
+}
+
+#[test]
+fn a_link_to_a_fifo_like_dev_stdout_is_refused_and_neither_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    mkfifo(&fifo);
+    let stdout = dir.path().join("stdout");
+    symlink(&fifo, &stdout).unwrap();
+
+    let e = write_public(&stdout, b"data").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FsError::NotWritable {
+                kind: FileKind::Symlink,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(fs::symlink_metadata(&stdout)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let e = write_public(&sub, b"data").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FsError::NotWritable {
+                kind: FileKind::Directory,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(sub.is_dir());
+}
+
+#[test]
+fn secrets_are_0600_and_nothing_at_their_name_is_ever_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    create_secret(&key, b"k1").unwrap();
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(read_secret(&key, 1024).unwrap(), b"k1");
+
+    let e = create_secret(&key, b"k2").unwrap_err();
+    assert!(matches!(e, FsError::AlreadyExists { .. }), "{e}");
+    assert_eq!(fs::read(&key).unwrap(), b"k1");
+
+    // A link planted at the key's name: refused, its target untouched (even a dangling one is
+    // not created).
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    let planted = dir.path().join("planted.pem");
+    symlink(&victim, &planted).unwrap();
+    assert!(matches!(
+        create_secret(&planted, b"k3").unwrap_err(),
+        FsError::AlreadyExists { .. }
+    ));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    let dangling_target = dir.path().join("created-through-link");
+    let dangling = dir.path().join("dangling.pem");
+    symlink(&dangling_target, &dangling).unwrap();
+    assert!(matches!(
+        create_secret(&dangling, b"k4").unwrap_err(),
+        FsError::AlreadyExists { .. }
+    ));
+    assert!(!dangling_target.exists());
+
+    // The same for a new public file.
+    let cfg = dir.path().join("config.toml");
+    create_public(&cfg, b"a").unwrap();
+    assert!(matches!(
+        create_public(&cfg, b"b").unwrap_err(),
+        FsError::AlreadyExists { .. }
+    ));
+    assert_eq!(fs::read(&cfg).unwrap(), b"a");
+    assert_eq!(
+        leftovers(
+            dir.path(),
+            &[
+                "key.pem",
+                "victim.txt",
+                "planted.pem",
+                "dangling.pem",
+                "config.toml"
+            ]
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_secret_that_group_or_others_can_access_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    create_secret(&key, b"k").unwrap();
+    for m in [0o640, 0o604, 0o644, 0o660, 0o601, 0o610] {
+        fs::set_permissions(&key, fs::Permissions::from_mode(m)).unwrap();
+        let e = read_secret(&key, 1024).unwrap_err();
+        assert!(
+            matches!(e, FsError::InsecureMode { mode, .. } if mode == m),
+            "{m:o}: {e}"
+        );
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+    }
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+    assert_eq!(read_secret(&key, 1024).unwrap(), b"k");
+}
+
+#[test]
+fn a_fifo_where_a_key_should_be_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    mkfifo(&key);
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let e = read_secret(&key, 1024).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FsError::NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn reads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big");
+    fs::write(&f, vec![b'a'; 1025]).unwrap();
+    assert!(matches!(
+        read_bounded(&f, 1024).unwrap_err(),
+        FsError::TooLarge { limit: 1024, .. }
+    ));
+    assert_eq!(read_bounded(&f, 1025).unwrap().len(), 1025);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(matches!(
+        read_secret(&f, 1024).unwrap_err(),
+        FsError::TooLarge { .. }
+    ));
+}
+
+#[test]
+fn private_keys_round_trip_as_pkcs8_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    // Any bytes: PEM framing does not parse the PKCS#8 structure.
+    let der = [0x30u8, 0x03, 0x02, 0x01, 0x00];
+    write_private_key(&key, &der).unwrap();
+    assert_eq!(mode(&key), 0o600);
+    assert!(fs::read_to_string(&key)
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert_eq!(read_private_key(&key).unwrap(), der);
+
+    let not_pem = dir.path().join("not.pem");
+    create_secret(&not_pem, b"hello").unwrap();
+    assert!(matches!(
+        read_private_key(&not_pem).unwrap_err(),
+        FsError::BadKey { .. }
+    ));
+}
