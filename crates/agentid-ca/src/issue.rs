@@ -330,12 +330,12 @@ impl CertificateAuthority {
         subject: &str,
         task: Option<&str>,
         res: &core::result::Result<(String, Option<String>), String>,
-    ) {
+    ) -> Result<()> {
         let (serial, jti) = match res {
             Ok((s, j)) => (Some(s.clone()), j.clone()),
             Err(_) => (None, None),
         };
-        self.audit_event(AuditEvent {
+        let audit = self.audit_event(AuditEvent {
             ts: now,
             kind: format!("issue.{}", kind.as_str()),
             actor: actor.to_string(),
@@ -354,6 +354,7 @@ impl CertificateAuthority {
             Ok(_) => tracing::info!(kind = kind.as_str(), subject, "certificate issued"),
             Err(e) => tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused"),
         }
+        audit
     }
 
     /// Opens a task for its root holder: the certificate and the grant, recorded before they
@@ -390,7 +391,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone())))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Task,
             now_s,
             actor,
@@ -398,7 +399,7 @@ impl CertificateAuthority {
             req.task.as_ref().map(TaskId::as_str),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn open_task_inner(
@@ -619,7 +620,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Child,
             now_s,
             req.parent.as_str(),
@@ -627,7 +628,7 @@ impl CertificateAuthority {
             Some(task.as_str()),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
@@ -753,7 +754,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Service,
             now_s,
             "operator",
@@ -761,7 +762,7 @@ impl CertificateAuthority {
             None,
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn issue_service_inner(&self, req: &ServiceRequest, now: u64) -> Result<IssuedCertificate> {
@@ -844,7 +845,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Renewal,
             now_s,
             &actor,
@@ -852,7 +853,7 @@ impl CertificateAuthority {
             task.as_deref(),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn renew_inner(&self, req: &RenewRequest, actor: &str, now: u64) -> Result<IssuedCertificate> {
