@@ -14,7 +14,7 @@ mod support;
 use std::sync::Arc;
 
 use agentid_protocol::{Algorithm, TaskKey};
-use agentid_transport::frame::{self, FrameType};
+use agentid_transport::internal::FrameType;
 use agentid_transport::{
     CertError, CertUsage, Credential, Error, MemoryCredentials, PeerPolicy, TrustStore,
 };
@@ -247,7 +247,7 @@ async fn reauth_refuses_a_certificate_issued_by_a_ca_without_key_cert_sign() {
     }
     let f = raw.read().await.unwrap();
     assert_eq!(f.ty, FrameType::Close);
-    let close: frame::Reason = frame::parse_body(&f.body).unwrap();
+    let close: wire::Reason = wire::parse(&f.body);
     assert_eq!(close.code, "bad_certificate");
     assert!(ss.peer().receipts.reauth_proofs.is_empty());
 }
