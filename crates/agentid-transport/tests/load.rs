@@ -371,7 +371,10 @@ fn sessions_survive_rotation_and_revocation_under_load() {
         // list (revoking the victim in round 1, unrelated agents later) is applied.
         child.send(&format!("PING {round}"));
         server_creds
-            .rotate(credential(&a.ca, SERVER, key(), &long_leaf()), None)
+            .rotate(
+                credential(&a.ca, SERVER, key(), &long_leaf()),
+                &sv.trust_store(),
+            )
             .unwrap();
         seq += 1;
         let list = a.revocation_list(seq, |b| {
@@ -470,6 +473,7 @@ type Report = Result<bool, String>; // Ok(serial matched)
 struct Ident {
     client: AgentClient,
     creds: Arc<MemoryCredentials>,
+    verification: Arc<PeerVerification>,
     /// The serial of the certificate new sessions present.
     serial: Mutex<String>,
 }
@@ -627,9 +631,10 @@ fn load_client_child() {
         let cred = read_credential(&dir, i, 0, &key);
         let serial = Mutex::new(cred.info().serial.clone());
         let creds = Arc::new(MemoryCredentials::new(cred));
+        let verification = client_verification(&dir, &client_id(i));
         let client = AgentClient::builder(
             creds.clone(),
-            client_verification(&dir, &client_id(i)),
+            verification.clone(),
             PeerPolicy::exact(peer(SERVER)),
         )
         .limits(load_limits(sessions))
@@ -639,6 +644,7 @@ fn load_client_child() {
         idents.push(Ident {
             client,
             creds,
+            verification,
             serial,
         });
     }
@@ -708,7 +714,10 @@ fn load_client_child() {
                 for (i, ident) in idents.iter().enumerate() {
                     let cred = read_credential(&dir, i, arg, &keys[i]);
                     *ident.serial.lock().unwrap() = cred.info().serial.clone();
-                    ident.creds.rotate(cred, None).unwrap();
+                    ident
+                        .creds
+                        .rotate(cred, &ident.verification.trust_store())
+                        .unwrap();
                 }
                 cmd_tx.send(Cmd::Reauth(arg)).unwrap();
                 let (ok, fail, _) = collect(&mut rep_rx, live);
