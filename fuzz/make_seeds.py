@@ -5,7 +5,7 @@ the `openssl` command. Run from the repository root: python3 fuzz/make_seeds.py
 
 The committed corpus is what this wrote once; re-running rewrites the files whose content does
 not depend on randomness (CSRs, certificates and ES256 signatures do)."""
-import base64, json, os, struct, subprocess, tempfile, glob
+import base64, json, os, shutil, struct, subprocess, tempfile, glob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "fuzz", "corpus")
@@ -181,4 +181,5 @@ special = [le(0), le(1), le(p - 1), le(p), le(p + 1), bytes([0xff] * 32), le(1)[
 put("ed25519_diff", "published-keys", b"".join(eds))
 put("ed25519_diff", "small-order-and-edges", b"".join(special[:8]))
 put("ed25519_diff", "mixed", special[7] + eds[0] + special[8] + eds[-1])
+shutil.rmtree(tmp)
 print("corpus written to", CORPUS)
