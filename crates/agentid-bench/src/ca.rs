@@ -98,9 +98,9 @@ impl Store for MemStore {
     fn revocations(&self) -> CaResult<Vec<RevocationRecord>> {
         Ok(self.revocations.values().cloned().collect())
     }
-    fn next_revocation_seq(&mut self) -> CaResult<u64> {
+    fn next_revocation_snapshot(&mut self) -> CaResult<(u64, Vec<RevocationRecord>)> {
         self.seq += 1;
-        Ok(self.seq)
+        Ok((self.seq, self.revocations.values().cloned().collect()))
     }
     fn add_bootstrap(&mut self, _b: &BootstrapRecord) -> CaResult<()> {
         Ok(())

@@ -56,6 +56,15 @@ impl AuditLog {
 
     /// Records an event. The line is written with one `write` call in append mode, so
     /// concurrent writers do not interleave lines.
+    ///
+    /// A failed write is an error, and the CA fails the operation it records
+    /// ([`CaError::AuditWrite`]) instead of handing out its result. The record is written after
+    /// the store's commit, so when it fails the store already holds: the issuance (a
+    /// certificate that was never returned; its identity's key binding and task stay recorded),
+    /// the revocation (kept: dropping a revocation because its log line failed would fail
+    /// open), the revocation list's consumed sequence number (the list is not returned), or the
+    /// bootstrap token's hash (the token itself is not returned). Lines are not fsynced: after
+    /// a crash the store is the record of issuance, and the last lines may be missing.
     pub fn record(&self, ev: &AuditEvent) -> Result<()> {
         tracing::info!(
             target: "agentid::audit",

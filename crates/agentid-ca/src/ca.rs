@@ -306,7 +306,7 @@ impl CertificateAuthority {
             task: Some(task.as_str().into()),
             outcome: "ok".into(),
             ..AuditEvent::default()
-        });
+        })?;
         Ok(BootstrapToken {
             token,
             identity,
@@ -330,7 +330,7 @@ impl CertificateAuthority {
             Ok(r) => (r.kind.as_str().to_string(), r.value.clone()),
             Err(_) => ("?".to_string(), format!("{target:?}")),
         };
-        self.audit_event(AuditEvent {
+        let audit = self.audit_event(AuditEvent {
             ts: now_s,
             kind: "revoke".into(),
             actor: actor.into(),
@@ -354,7 +354,7 @@ impl CertificateAuthority {
             },
             ..AuditEvent::default()
         });
-        res
+        Self::audited(res, audit)
     }
 
     fn revoke_inner(
@@ -451,11 +451,7 @@ impl CertificateAuthority {
     pub fn revocation_list(&self, now: SystemTime) -> Result<String> {
         let now_s = util::unix(now)?;
         let td = self.config.trust_domain.clone();
-        let (seq, entries) = {
-            let mut store = self.store()?;
-            let entries = store.revocations()?;
-            (store.next_revocation_seq()?, entries)
-        };
+        let (seq, entries) = self.store()?.next_revocation_snapshot()?;
         let next_update = now_s.saturating_add(self.config.revocation_next_update_secs);
         let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
         let mut n = 0usize;
@@ -487,13 +483,27 @@ impl CertificateAuthority {
             outcome: "ok".into(),
             reason: Some(format!("seq {seq}, {n} entries")),
             ..AuditEvent::default()
-        });
+        })?;
         Ok(list)
     }
 
-    pub(crate) fn audit_event(&self, ev: AuditEvent) {
-        if let Err(e) = self.audit.record(&ev) {
-            tracing::error!(error = %e, "audit log write failed");
+    /// Records `ev`; a failed write is an error ([`CaError::AuditWrite`]), so that an operation
+    /// whose record is missing does not hand out its result.
+    pub(crate) fn audit_event(&self, ev: AuditEvent) -> Result<()> {
+        self.audit.record(&ev).map_err(|e| {
+            tracing::error!(error = %e, kind = %ev.kind, "audit log write failed");
+            CaError::AuditWrite(e.to_string())
+        })
+    }
+
+    /// The result of an audited operation: `res` when its record was written; the audit error
+    /// when the operation succeeded but its record was not; the operation's own error (the
+    /// audit failure only logged) when it failed anyway.
+    pub(crate) fn audited<T>(res: Result<T>, audit: Result<()>) -> Result<T> {
+        match (res, audit) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(a)) => Err(a),
+            (Err(e), _) => Err(e),
         }
     }
 }

@@ -183,6 +183,13 @@ pub enum CaError {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+
+    // ---- Audit ----
+    /// The audit record of an operation that succeeded could not be written, so its result is
+    /// not handed out (no record, no certificate). What the store already committed stays
+    /// committed: see [`crate::AuditLog::record`].
+    #[error("audit log write failed, result withheld: {0}")]
+    AuditWrite(String),
 }
 
 impl CaError {

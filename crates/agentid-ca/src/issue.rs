@@ -333,12 +333,12 @@ impl CertificateAuthority {
         subject: &str,
         task: Option<&str>,
         res: &core::result::Result<(String, Option<String>), String>,
-    ) {
+    ) -> Result<()> {
         let (serial, jti) = match res {
             Ok((s, j)) => (Some(s.clone()), j.clone()),
             Err(_) => (None, None),
         };
-        self.audit_event(AuditEvent {
+        let audit = self.audit_event(AuditEvent {
             ts: now,
             kind: format!("issue.{}", kind.as_str()),
             actor: actor.to_string(),
@@ -357,6 +357,7 @@ impl CertificateAuthority {
             Ok(_) => tracing::info!(kind = kind.as_str(), subject, "certificate issued"),
             Err(e) => tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused"),
         }
+        audit
     }
 
     /// Opens a task for its root holder: the certificate and the grant, recorded before they
@@ -393,7 +394,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone())))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Task,
             now_s,
             actor,
@@ -401,7 +402,7 @@ impl CertificateAuthority {
             req.task.as_ref().map(TaskId::as_str),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn open_task_inner(
@@ -623,7 +624,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Child,
             now_s,
             req.parent.as_str(),
@@ -631,7 +632,7 @@ impl CertificateAuthority {
             Some(task.as_str()),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
@@ -758,7 +759,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Service,
             now_s,
             "operator",
@@ -766,7 +767,7 @@ impl CertificateAuthority {
             None,
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn issue_service_inner(&self, req: &ServiceRequest, now: u64) -> Result<IssuedCertificate> {
@@ -850,7 +851,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        self.audit_issue(
+        let audit = self.audit_issue(
             IssuanceKind::Renewal,
             now_s,
             &actor,
@@ -858,7 +859,7 @@ impl CertificateAuthority {
             task.as_deref(),
             &summary,
         );
-        res
+        Self::audited(res, audit)
     }
 
     fn renew_inner(&self, req: &RenewRequest, actor: &str, now: u64) -> Result<IssuedCertificate> {

@@ -241,8 +241,10 @@ pub trait Store: Send {
     fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()>;
     /// Every revocation.
     fn revocations(&self) -> Result<Vec<RevocationRecord>>;
-    /// Increments and returns the revocation list sequence number.
-    fn next_revocation_seq(&mut self) -> Result<u64>;
+    /// Increments the revocation list sequence number and reads every revocation, atomically:
+    /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
+    /// that a list with a lower one had, also with several CA processes on one store).
+    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)>;
     /// Stores a bootstrap token's hash.
     fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()>;
     /// A bootstrap token by hash, if unused.
@@ -618,38 +620,25 @@ impl Store for SqliteStore {
     }
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT kind, value, exp, revoked_at, reason, requester FROM revocations ORDER BY rowid",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                RevocationRecord {
-                    kind: RevocationKind::Jti,
-                    value: r.get(1)?,
-                    exp: to_u64(r.get(2)?)?,
-                    revoked_at: to_u64(r.get(3)?)?,
-                    reason: r.get(4)?,
-                    requester: r.get(5)?,
-                },
-            ))
-        })?;
-        rows.map(|row| {
-            let (kind, mut rec) = row?;
-            rec.kind = RevocationKind::parse(&kind)?;
-            Ok(rec)
-        })
-        .collect()
+        read_revocations(&self.conn)
     }
 
-    fn next_revocation_seq(&mut self) -> Result<u64> {
-        let v: i64 = self
+    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
+        // One IMMEDIATE transaction: the write lock is taken before the sequence is bumped and
+        // held while the entries are read, so no revocation can commit between the two. A list
+        // with a higher `seq` therefore never lacks an entry that a lower one had, also with
+        // several CA processes on one database.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let v: i64 = tx
             .prepare_cached(
                 "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
             )?
             .query_row([], |r| r.get(0))?;
-        Ok(to_u64(v)?)
+        let entries = read_revocations(&tx)?;
+        tx.commit()?;
+        Ok((to_u64(v)?, entries))
     }
 
     fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()> {
@@ -676,6 +665,32 @@ impl Store for SqliteStore {
             )
             .optional()?)
     }
+}
+
+/// Every revocation, in insertion order.
+fn read_revocations(conn: &Connection) -> Result<Vec<RevocationRecord>> {
+    let mut st = conn.prepare_cached(
+        "SELECT kind, value, exp, revoked_at, reason, requester FROM revocations ORDER BY rowid",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            RevocationRecord {
+                kind: RevocationKind::Jti,
+                value: r.get(1)?,
+                exp: to_u64(r.get(2)?)?,
+                revoked_at: to_u64(r.get(3)?)?,
+                reason: r.get(4)?,
+                requester: r.get(5)?,
+            },
+        ))
+    })?;
+    rows.map(|row| {
+        let (kind, mut rec) = row?;
+        rec.kind = RevocationKind::parse(&kind)?;
+        Ok(rec)
+    })
+    .collect()
 }
 
 /// Most issuances committed in one transaction.

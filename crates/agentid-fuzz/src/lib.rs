@@ -1,0 +1,510 @@
+//! Fuzz harnesses of agentid, one function per target.
+//!
+//! The cargo-fuzz targets in `fuzz/fuzz_targets/` (nightly, libFuzzer) are one-line wrappers
+//! around these functions, and `tests/corpus_replay.rs` runs every committed input of
+//! `fuzz/corpus/<target>/` through the same functions on the stable toolchain, so the corpus
+//! keeps guarding the decoders in every `cargo test --workspace`.
+//!
+//! A harness returns normally for any input that is refused or accepted as the specification
+//! says; it panics only when an invariant breaks (a decoder panics, an accepted chain does not
+//! end at the peer, a re-encoded frame differs, the Ed25519 key check disagrees with
+//! curve25519-dalek). Set-up (the published test keys and vector inputs of `spec/vectors/`)
+//! happens once per process.
+//!
+//! The re-signing targets ([`chain_signed`], [`revocation_list`]) sign fuzzed header and
+//! payload bytes with the published test keys of `spec/vectors/keys.json` through the public
+//! [`JwsSigner`] interface of [`AuthorityKey`] (a key loaded from PKCS#8 signs any bytes), so
+//! mutations of the claims get past the signature check and reach the later phases. They do
+//! not use the protocol crate's `danger-raw-signing` feature: enabling it here would compile
+//! the danger module into every binary of a workspace build (Cargo unifies features).
+#![forbid(unsafe_code)]
+// A harness reports a broken invariant by panicking (that is what the fuzzer detects); set-up
+// reads fixed files of the repository. `serde_json::Value` is indexed by member name only:
+// reading a missing member gives `Null`, and members are written only into the vector inputs,
+// which are objects.
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use agentid_protocol::bundle::{BundleSet, TrustBundle};
+use agentid_protocol::crypto::sha256;
+use agentid_protocol::{
+    verify_proof, AuthorityKey, Chain, JwsSigner, ProofContext, PublicKey, RevocationList, Role,
+    Scope, SpiffeId, TrustDomain,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// Every target: its name (the directory of its corpus, the cargo-fuzz binary) and harness.
+pub const TARGETS: &[(&str, Harness)] = &[
+    ("chain_decode", chain_decode),
+    ("chain_signed", chain_signed),
+    ("frame", frame),
+    ("hello_reauth", hello_reauth),
+    ("trust_bundle", trust_bundle),
+    ("revocation_list", revocation_list),
+    ("csr", csr),
+    ("policy", policy),
+    ("ed25519_diff", ed25519_diff),
+];
+
+/// A harness: one fuzz input in, what became of it out.
+pub type Harness = fn(&[u8]) -> Outcome;
+
+/// What a harness made of one input (the replay test checks that the seeds reach acceptance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The input was accepted by the decoder or verifier under test.
+    Accepted,
+    /// The input was refused.
+    Refused,
+}
+
+impl Outcome {
+    fn from_ok(ok: bool) -> Self {
+        if ok {
+            Outcome::Accepted
+        } else {
+            Outcome::Refused
+        }
+    }
+}
+
+const KEYS_JSON: &str = include_str!("../../../spec/vectors/keys.json");
+const VALID_JSON: &str = include_str!("../../../spec/vectors/valid.json");
+
+/// The task identity of the published planner test key, and the verifier of the vectors.
+const PLANNER: &str = "spiffe://example.org/agent/planner/task/kq7xm3vzb4df6hjn5p2rstuw5a";
+const VERIFIER: &str = "spiffe://example.org/svc/files";
+
+struct TestKey {
+    signer: AuthorityKey,
+    jwk: Value,
+    thumbprint: String,
+}
+
+struct Fixtures {
+    /// Authority keys by name (`example.org/grant-es256`, ...).
+    authorities: BTreeMap<String, TestKey>,
+    /// Task keys by agent name.
+    tasks: BTreeMap<String, TestKey>,
+    /// The inputs of the valid vectors: complete configurations to verify a chain in.
+    templates: Vec<Value>,
+    bundles: BundleSet,
+    now: u64,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let keys: Value = serde_json::from_str(KEYS_JSON).expect("keys.json");
+        let mut authorities = BTreeMap::new();
+        let mut tasks = BTreeMap::new();
+        for (name, k) in keys["keys"].as_object().expect("keys") {
+            let pkcs8 = URL_SAFE_NO_PAD
+                .decode(k["pkcs8"].as_str().expect("pkcs8"))
+                .expect("pkcs8 base64url");
+            let key = TestKey {
+                signer: AuthorityKey::from_pkcs8_der(&pkcs8).expect("test key"),
+                jwk: k["jwk"].clone(),
+                thumbprint: k["thumbprint"].as_str().expect("thumbprint").to_owned(),
+            };
+            match name.strip_prefix("task/") {
+                Some(agent) => tasks.insert(agent.to_owned(), key),
+                None => authorities.insert(name.clone(), key),
+            };
+        }
+        let valid: Value = serde_json::from_str(VALID_JSON).expect("valid.json");
+        let templates: Vec<Value> = valid["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|c| c["input"].clone())
+            .collect();
+        let first = templates.first().expect("a valid vector");
+        let now = first["now"].as_u64().expect("now");
+        let mut bundles = BundleSet::new();
+        for t in &templates {
+            for (td, b) in t["bundles"].as_object().expect("bundles") {
+                let td = TrustDomain::parse(td).expect("trust domain");
+                let bundle = TrustBundle::parse(&td, b.to_string().as_bytes()).expect("bundle");
+                // The same bundle appears in many vectors: keep the first.
+                let _ = bundles.insert(bundle);
+            }
+        }
+        Fixtures {
+            authorities,
+            tasks,
+            templates,
+            bundles,
+            now,
+        }
+    })
+}
+
+fn key_for_jwk<'a>(keys: impl Iterator<Item = &'a TestKey>, jwk: &Value) -> Option<&'a TestKey> {
+    let same = |a: &Value, b: &Value, m: &str| a.get(m) == b.get(m);
+    keys.into_iter()
+        .find(|k| same(&k.jwk, jwk, "x") && same(&k.jwk, jwk, "y") && same(&k.jwk, jwk, "crv"))
+}
+
+fn compact(header: &[u8], payload: &[u8], key: &TestKey) -> String {
+    let mut token = b64(header);
+    token.push('.');
+    token.push_str(&b64(payload));
+    // A test key signs any bytes; a failure here would be the backend's, not the input's.
+    let sig = key.signer.sign(token.as_bytes()).expect("test key signs");
+    token.push('.');
+    token.push_str(&b64(&sig));
+    token
+}
+
+/// Splits `rest` on NUL bytes (JSON text never holds a raw NUL) into (header, payload) pairs.
+fn pairs(rest: &[u8], max: usize) -> Vec<(&[u8], &[u8])> {
+    let parts: Vec<&[u8]> = rest.split(|b| *b == 0).collect();
+    parts
+        .chunks_exact(2)
+        .take(max)
+        .filter_map(|c| match c {
+            [h, p] => Some((*h, *p)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Text inputs: chains, tokens, IDs, scopes, JWKs and whole vector inputs, through the
+/// unverified readers, the I-JSON parser and the reference vector runner (phases 1-8 against the
+/// configuration of the first valid vector).
+pub fn chain_decode(data: &[u8]) -> Outcome {
+    let f = fixtures();
+    let _ = agentid_protocol::ijson::parse_object(data);
+    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+        let _ = PublicKey::from_jwk(&v);
+        if v.is_object() {
+            let _ = agentid_protocol::vectors::run_case(&v);
+        }
+    }
+    let Ok(s) = std::str::from_utf8(data) else {
+        return Outcome::Refused;
+    };
+    let _ = Scope::parse(s);
+    let _ = SpiffeId::parse(s);
+    if let Ok(c) = Chain::parse_unverified(s) {
+        assert!(c.depth() <= 8, "a parsed chain has at most 8 links");
+        assert_eq!(c.tokens().count(), c.depth() + 1);
+        let _ = c.holder_unverified();
+        let _ = c.audience_unverified();
+        let _ = c.expires_unverified();
+    }
+    let mut input = f.templates.first().expect("template").clone();
+    input["chain"] = json!(s);
+    let out = agentid_protocol::vectors::run_case(&input);
+    check_verdict(&input, &out)
+}
+
+/// The invariants of any verdict of the reference runner on a chain.
+fn check_verdict(input: &Value, out: &Value) -> Outcome {
+    match out["valid"].as_bool() {
+        Some(true) => {
+            let depth = out["depth"].as_u64().expect("depth");
+            assert!(depth <= 8, "accepted depth {depth}");
+            assert_eq!(
+                out["holder"], input["peer"]["id"],
+                "an accepted chain ends at the TLS peer"
+            );
+            Outcome::Accepted
+        }
+        Some(false) => {
+            assert!(out["error"].is_string(), "a refusal carries a code: {out}");
+            Outcome::Refused
+        }
+        None => panic!("no verdict: {out}"),
+    }
+}
+
+/// Structured chains, re-signed: byte 0 holds flags (bit 0: recompute each link's `prev` from
+/// the previous token; bit 1: take the peer from the last token's `sub` and `cnf`; bits 3-7: the
+/// valid vector whose configuration is used), then up to nine `header NUL payload` pairs
+/// separated by NUL. Token 0 is signed with the authority key whose thumbprint is its `kid`
+/// (else the Ed25519 grant key), link i with the test key bound by token i-1's `cnf` (else the
+/// planner's), so mutations reach linkage, attenuation, time, revocation, possession and
+/// audience (phases 4-8) and authorization.
+pub fn chain_signed(data: &[u8]) -> Outcome {
+    let f = fixtures();
+    let Some((&flags, rest)) = data.split_first() else {
+        return Outcome::Refused;
+    };
+    let fix_prev = flags & 1 != 0;
+    let peer_from_chain = flags & 2 != 0;
+    let template = f
+        .templates
+        .get(usize::from(flags >> 3) % f.templates.len())
+        .expect("template");
+    let pairs = pairs(rest, 9);
+    if pairs.is_empty() {
+        return Outcome::Refused;
+    }
+    let mut tokens: Vec<String> = Vec::with_capacity(pairs.len());
+    let mut last_claims = Value::Null;
+    for (i, (header, payload)) in pairs.iter().enumerate() {
+        let mut claims = serde_json::from_slice::<Value>(payload).unwrap_or(Value::Null);
+        let mut payload = payload.to_vec();
+        if let (true, Some(prev_token), Some(obj)) =
+            (fix_prev, tokens.last(), claims.as_object_mut())
+        {
+            if obj.contains_key("prev") {
+                obj.insert("prev".into(), json!(b64(&sha256(prev_token.as_bytes()))));
+                payload = serde_json::to_vec(&claims).expect("re-encode");
+            }
+        }
+        let key = if i == 0 {
+            let kid = serde_json::from_slice::<Value>(header)
+                .ok()
+                .and_then(|h| h["kid"].as_str().map(str::to_owned));
+            f.authorities
+                .values()
+                .find(|k| Some(k.thumbprint.as_str()) == kid.as_deref())
+                .or_else(|| f.authorities.get("example.org/grant-ed25519"))
+        } else {
+            key_for_jwk(f.tasks.values(), &last_claims["cnf"]["jwk"])
+                .or_else(|| f.tasks.get("planner"))
+        };
+        let key = key.expect("fixture key");
+        tokens.push(compact(header, &payload, key));
+        last_claims = claims;
+    }
+    let mut input = template.clone();
+    input["chain"] = json!(tokens.join("~"));
+    if peer_from_chain {
+        if let (Some(sub), Some(jwk)) = (
+            last_claims["sub"].as_str(),
+            last_claims["cnf"]["jwk"].as_object(),
+        ) {
+            input["peer"] = json!({ "id": sub, "jwk": jwk });
+        }
+    }
+    let out = agentid_protocol::vectors::run_case(&input);
+    if out["error"] == "bad_config" {
+        // The fuzzer made the peer unusable as configuration: nothing was verified.
+        return Outcome::Refused;
+    }
+    check_verdict(&input, &out)
+}
+
+/// Transport frames: the streaming decoder over arbitrary bytes (up to 64 frames), every
+/// control body through its strict parser, and the encode/decode round trip.
+pub fn frame(data: &[u8]) -> Outcome {
+    use agentid_transport::internal as fr;
+    let mut buf = bytes::BytesMut::from(data);
+    let mut any = false;
+    for _ in 0..64 {
+        match fr::decode(&mut buf) {
+            Ok(Some(frame)) => {
+                any = true;
+                assert!(frame.body.len() <= agentid_transport::MAX_FRAME_BODY);
+                let mut again = bytes::BytesMut::new();
+                fr::encode(frame.ty, &frame.body, &mut again).expect("a decoded frame encodes");
+                let back = fr::decode(&mut again)
+                    .expect("round trip")
+                    .expect("whole frame");
+                assert_eq!(back, frame, "frame round trip");
+                assert!(again.is_empty());
+                let _ = fr::parse_control_body(frame.ty, &frame.body);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Outcome::from_ok(any)
+}
+
+/// Control bodies as a server meets them: the body as hello, accept, reason and reauth; a
+/// hello's proof verified in a fixed connection context (as the client's, against the
+/// planner's key) and its chain through [`chain_decode`]; a reauth's certificates decoded and
+/// checked as X509-SVIDs and against a trust store.
+pub fn hello_reauth(data: &[u8]) -> Outcome {
+    use agentid_transport::internal::{parse_control_body, FrameType};
+    let f = fixtures();
+    let mut ok = false;
+    if let Some(Ok(h)) = parse_control_body(FrameType::Hello, data) {
+        ok = true;
+        let planner = f.tasks.get("planner").expect("planner");
+        let key = PublicKey::from_jwk(&planner.jwk).expect("planner key");
+        let presenter = SpiffeId::parse(PLANNER).expect("id");
+        let verifier = SpiffeId::parse(VERIFIER).expect("id");
+        let ctx = ProofContext {
+            presenter_id: &presenter,
+            presenter_key: &key,
+            verifier_id: &verifier,
+            role: Role::Client,
+            exporter: [7u8; 32],
+            now: f.now,
+            skew: 60,
+            chain: h.chain.as_deref(),
+            client_proof: None,
+        };
+        let _ = verify_proof(h.proof.as_deref().unwrap_or_default(), &ctx);
+        if let Some(c) = &h.chain {
+            chain_decode(c.as_bytes());
+        }
+    }
+    if let Some(Ok(a)) = parse_control_body(FrameType::Accept, data) {
+        ok = true;
+        if let Some(c) = &a.chain {
+            let _ = Chain::parse_unverified(c);
+        }
+    }
+    if let Some(Ok(_)) = parse_control_body(FrameType::Close, data) {
+        ok = true;
+    }
+    if let Some(Ok(r)) = parse_control_body(FrameType::Reauth, data) {
+        ok = true;
+        reauth_certs(&r.certs);
+    }
+    Outcome::from_ok(ok)
+}
+
+fn reauth_certs(certs: &[String]) {
+    use agentid_transport::{check_leaf, CertUsage, TrustStore};
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let ders: Vec<CertificateDer<'static>> = certs
+        .iter()
+        .take(8)
+        .filter_map(|c| URL_SAFE_NO_PAD.decode(c).ok())
+        .map(CertificateDer::from)
+        .collect();
+    let Some((leaf, rest)) = ders.split_first() else {
+        return;
+    };
+    for usage in [CertUsage::ClientAuth, CertUsage::ServerAuth] {
+        let _ = check_leaf(leaf, usage);
+    }
+    // A store whose anchor is the first intermediate (if it parses as one): exercises path
+    // building and the issuer key-usage check on fuzzed certificates.
+    let mut store = TrustStore::new();
+    if let (Some(anchor), Ok(td)) = (rest.first(), TrustDomain::parse("example.org")) {
+        let _ = store.add_authority(&td, anchor);
+    }
+    let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(fixtures().now));
+    let _ = store.verify(leaf, rest, now, CertUsage::ClientAuth);
+}
+
+/// SPIFFE trust bundles (JWK Set with agentid uses), for two trust domains; an accepted bundle
+/// goes into a bundle set next to the vectors' own.
+pub fn trust_bundle(data: &[u8]) -> Outcome {
+    let mut ok = false;
+    for td in ["example.org", "partner.example"] {
+        let td = TrustDomain::parse(td).expect("td");
+        if let Ok(b) = TrustBundle::parse(&td, data) {
+            ok = true;
+            let mut set = fixtures().bundles.clone();
+            let _ = set.insert(b);
+        }
+    }
+    Outcome::from_ok(ok)
+}
+
+/// Revocation lists. Byte 0: bit 0 set means the rest is `header NUL payload`, re-signed with
+/// the revocation key named by the header's `kid` (else example.org's); clear means the rest is
+/// a compact list as is. The list is verified against the vectors' bundles, queried, and then
+/// used as the only list of the first valid vector (phase 6).
+pub fn revocation_list(data: &[u8]) -> Outcome {
+    let f = fixtures();
+    let Some((&flags, rest)) = data.split_first() else {
+        return Outcome::Refused;
+    };
+    let compact_list = if flags & 1 != 0 {
+        let Some(&(header, payload)) = pairs(rest, 1).first() else {
+            return Outcome::Refused;
+        };
+        let kid = serde_json::from_slice::<Value>(header)
+            .ok()
+            .and_then(|h| h["kid"].as_str().map(str::to_owned));
+        let key = f
+            .authorities
+            .values()
+            .find(|k| Some(k.thumbprint.as_str()) == kid.as_deref())
+            .or_else(|| f.authorities.get("example.org/revocation"))
+            .expect("revocation key");
+        compact(header, payload, key)
+    } else {
+        match std::str::from_utf8(rest) {
+            Ok(s) => s.to_owned(),
+            Err(_) => return Outcome::Refused,
+        }
+    };
+    let verified = RevocationList::verify(&compact_list, &f.bundles);
+    if let Ok(list) = &verified {
+        assert!(list.next_update() >= list.iat(), "next_update before iat");
+        let _ = list.is_stale(f.now, 60);
+        let _ = list.len();
+        let planner = f.tasks.get("planner").expect("planner");
+        let key = PublicKey::from_jwk(&planner.jwk).expect("planner key");
+        let id = SpiffeId::parse(PLANNER).expect("id");
+        let _ = list.covers_peer_at(&id, &key, f.now);
+    }
+    let mut input = f.templates.first().expect("template").clone();
+    input["revocation_lists"] = json!([compact_list]);
+    let out = agentid_protocol::vectors::run_case(&input);
+    check_verdict(&input, &out);
+    Outcome::from_ok(verified.is_ok())
+}
+
+/// PKCS#10 requests as the CA reads them (DER or PEM), for a fixed identity.
+pub fn csr(data: &[u8]) -> Outcome {
+    const URI: &str = "spiffe://example.org/agent/planner/task/t1";
+    match agentid_ca::parse_csr(data, URI) {
+        Ok(k) => {
+            assert_eq!(k.thumbprint().len(), 43, "RFC 7638 thumbprint");
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// The CA's issuance policy file (TOML), with a lookup of the first agent and service rule.
+pub fn policy(data: &[u8]) -> Outcome {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Outcome::Refused;
+    };
+    match agentid_ca::Policy::from_toml(text) {
+        Ok(p) => {
+            let _ = p.agent("planner");
+            let _ = p.service("search");
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// The hand-written Ed25519 public-key check (canonical y, decompression by quadratic
+/// character, `-0`, small order) against curve25519-dalek, for up to 8 keys of 32 bytes per
+/// input: both must accept exactly the same encodings.
+pub fn ed25519_diff(data: &[u8]) -> Outcome {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    let mut any = false;
+    for chunk in data.chunks_exact(32).take(8) {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(chunk);
+        let ours = PublicKey::from_ed25519(&key).is_ok();
+        let dalek = CompressedEdwardsY(key)
+            .decompress()
+            .is_some_and(|p| p.compress().to_bytes() == key && !p.is_small_order());
+        assert_eq!(
+            ours, dalek,
+            "Ed25519 key check disagrees with curve25519-dalek on {key:02x?}"
+        );
+        any |= ours;
+    }
+    Outcome::from_ok(any)
+}
