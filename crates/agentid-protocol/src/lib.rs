@@ -34,6 +34,7 @@ pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity,
 pub use jws::TokenType;
 pub use scope::{IdSet, Limits, Scope, ScopeToken};
 
+mod attenuation;
 pub mod bundle;
 pub mod cache;
 pub mod chain;
