@@ -142,8 +142,6 @@ fn end_to_end_issue_delegate_verify_revoke() {
     assert_eq!(r["tokens"][0]["header"]["typ"], "agentid-grant+jwt");
     assert_eq!(r["tokens"][1]["header"]["typ"], "agentid-link+jwt");
     assert_eq!(r["tokens"][1]["claims"]["sub"], child["identity"]);
-    // The case input replays to the same verdict with the reference runner.
-    assert_eq!(agentid_protocol::vectors::run_case(&r["case_input"]), *v);
 
     // Authorization of a requested scope.
     assert_eq!(

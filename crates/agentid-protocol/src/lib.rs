@@ -41,6 +41,7 @@ pub mod chain;
 #[cfg(feature = "danger-raw-signing")]
 pub mod danger;
 pub mod policy;
+mod presentation;
 pub mod proof;
 pub mod revocation;
 pub mod token;
@@ -61,6 +62,7 @@ pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
 pub use chain::Chain;
 pub use policy::{AuthorityPolicy, VerifierConfig};
+pub use presentation::{Presentation, PresentationContext, VerifiedPresentation};
 pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
 pub use revocation::{RevocationList, RevocationListBuilder};
 pub use token::{GrantBuilder, LinkBuilder, Mode};

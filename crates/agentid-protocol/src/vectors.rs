@@ -21,7 +21,8 @@ use crate::encoding::b64_decode;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId, TrustDomain};
 use crate::policy::{AuthorityPolicy, VerifierConfig};
-use crate::proof::{verify_proof, ProofContext, Role, EXPORTER_LEN};
+use crate::presentation::{Presentation, PresentationContext};
+use crate::proof::{Role, EXPORTER_LEN};
 use crate::scope::{Limits, Scope};
 use crate::verify::{VerifiedChain, Verifier};
 use crate::PublicKey;
@@ -209,9 +210,10 @@ fn run(input: &Value) -> Result<Value> {
     let (peer_id, peer_key) = peer(input)?;
     let chain = opt_string(input, "chain")?;
 
-    // The hop proof, if any.
-    let proof_jti = match input.get("proof") {
-        None | Some(Value::Null) => None,
+    // The presentation (spec/PROTOCOL.md section 16.3): the hop proof if any, then the chain
+    // or, without one, the peer's revocation checks; then authorization if a scope is requested.
+    let (proof_jti, verified) = match input.get("proof") {
+        None | Some(Value::Null) => (None, verifier.verify_peer(chain, &peer_id, &peer_key, now)?),
         Some(p) => {
             let p = object(p, "proof")?;
             only_members(p, PROOF_MEMBERS, "`proof`")?;
@@ -224,44 +226,46 @@ fn run(input: &Value) -> Result<Value> {
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| harness("`exporter` must be base64url of 32 bytes"))?;
-            let ctx = ProofContext {
-                presenter_id: &peer_id,
+            let presentation = Presentation {
+                proof: string(p, "compact")?,
+                chain,
+            };
+            let ctx = PresentationContext {
+                presenter: &peer_id,
                 presenter_key: &peer_key,
+                presenter_not_after: u64::MAX,
                 verifier_id: verifier.config().own_id(),
                 role,
                 exporter,
-                now,
-                skew: verifier.config().skew_seconds(),
-                chain,
                 client_proof: opt_string(p, "client_proof")?,
+                accepted_jtis: &[],
+                held_chain: None,
+                now,
             };
-            Some(verify_proof(string(p, "compact")?, &ctx)?.jti)
+            let v = verifier.verify_presentation(&presentation, &ctx)?;
+            (Some(v.proof.jti), v.chain)
         }
     };
 
     let mut out = Map::new();
     out.insert("valid".into(), Value::Bool(true));
-    match chain {
-        Some(chain) => {
-            let verified = verifier.verify_chain(chain, &peer_id, &peer_key, now)?;
-            if let Some(requested) = opt_string(input, "requested_scope")? {
-                let requested = Scope::parse(requested)?;
-                let amounts = match input.get("requested_amounts") {
-                    None | Some(Value::Null) => BTreeMap::new(),
-                    Some(v) => object(v, "requested_amounts")?
-                        .iter()
-                        .map(|(k, v)| {
-                            v.as_u64()
-                                .map(|n| (k.clone(), n))
-                                .ok_or_else(|| harness("requested amounts are integers"))
-                        })
-                        .collect::<Result<BTreeMap<String, u64>>>()?,
-                };
-                verifier.authorize_with_limits(&verified, &requested, &amounts)?;
-            }
-            out.extend(result_members(&verified));
+    if let Some(verified) = verified {
+        if let Some(requested) = opt_string(input, "requested_scope")? {
+            let requested = Scope::parse(requested)?;
+            let amounts = match input.get("requested_amounts") {
+                None | Some(Value::Null) => BTreeMap::new(),
+                Some(v) => object(v, "requested_amounts")?
+                    .iter()
+                    .map(|(k, v)| {
+                        v.as_u64()
+                            .map(|n| (k.clone(), n))
+                            .ok_or_else(|| harness("requested amounts are integers"))
+                    })
+                    .collect::<Result<BTreeMap<String, u64>>>()?,
+            };
+            verifier.authorize_with_limits(&verified, &requested, &amounts)?;
         }
-        None => verifier.check_peer_revocation(&peer_id, &peer_key, now)?,
+        out.extend(result_members(&verified));
     }
     if let Some(jti) = proof_jti {
         out.insert("proof_jti".into(), Value::from(jti));
@@ -271,40 +275,7 @@ fn run(input: &Value) -> Result<Value> {
 
 /// The verification result as the vectors spell it (spec/PROTOCOL.md section 11).
 fn result_members(v: &VerifiedChain) -> Map<String, Value> {
-    let limits: Map<String, Value> = v
-        .limits
-        .iter()
-        .map(|(k, n)| (k.to_owned(), Value::from(n)))
-        .collect();
-    let actors: Vec<Value> = v
-        .actors
-        .iter()
-        .map(|a| json!({ "id": a.id.as_str(), "attested": a.attested }))
-        .collect();
-    let audience: Vec<Value> = v
-        .audience
-        .ids()
-        .iter()
-        .map(|i| Value::from(i.as_str()))
-        .collect();
-    let mut m = Map::new();
-    m.insert("authority".into(), Value::from(v.authority.id().as_str()));
-    m.insert("mode".into(), Value::from(v.mode.as_str()));
-    m.insert(
-        "principal".into(),
-        v.principal.clone().unwrap_or(Value::Null),
-    );
-    m.insert("holder".into(), Value::from(v.holder.as_str()));
-    m.insert("task".into(), Value::from(v.task.as_str()));
-    m.insert("scope".into(), Value::from(v.scope.to_string()));
-    m.insert("audience".into(), Value::Array(audience));
-    m.insert("limits".into(), Value::Object(limits));
-    m.insert("not_before".into(), Value::from(v.not_before));
-    m.insert("expires".into(), Value::from(v.expires));
-    m.insert("depth".into(), Value::from(v.depth));
-    m.insert("grant_jti".into(), Value::from(v.grant_jti.as_str()));
-    m.insert("actors".into(), Value::Array(actors));
-    m
+    v.to_json()
 }
 
 #[cfg(test)]

@@ -68,6 +68,50 @@ pub struct VerifiedChain {
     pub jtis: Vec<String>,
 }
 
+impl VerifiedChain {
+    /// The verification result as spec/PROTOCOL.md section 11 writes it in JSON (the members
+    /// of a valid vector's `expected`, without `valid`).
+    pub fn to_json(&self) -> serde_json::Map<String, Value> {
+        let limits: serde_json::Map<String, Value> = self
+            .limits
+            .iter()
+            .map(|(k, n)| (k.to_owned(), Value::from(n)))
+            .collect();
+        let actors: Vec<Value> = self
+            .actors
+            .iter()
+            .map(|a| serde_json::json!({ "id": a.id.as_str(), "attested": a.attested }))
+            .collect();
+        let audience: Vec<Value> = self
+            .audience
+            .ids()
+            .iter()
+            .map(|i| Value::from(i.as_str()))
+            .collect();
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "authority".into(),
+            Value::from(self.authority.id().as_str()),
+        );
+        m.insert("mode".into(), Value::from(self.mode.as_str()));
+        m.insert(
+            "principal".into(),
+            self.principal.clone().unwrap_or(Value::Null),
+        );
+        m.insert("holder".into(), Value::from(self.holder.as_str()));
+        m.insert("task".into(), Value::from(self.task.as_str()));
+        m.insert("scope".into(), Value::from(self.scope.to_string()));
+        m.insert("audience".into(), Value::Array(audience));
+        m.insert("limits".into(), Value::Object(limits));
+        m.insert("not_before".into(), Value::from(self.not_before));
+        m.insert("expires".into(), Value::from(self.expires));
+        m.insert("depth".into(), Value::from(self.depth));
+        m.insert("grant_jti".into(), Value::from(self.grant_jti.as_str()));
+        m.insert("actors".into(), Value::Array(actors));
+        m
+    }
+}
+
 /// Verifies chains against one configuration.
 #[derive(Clone, Debug)]
 pub struct Verifier {
@@ -417,6 +461,27 @@ impl Verifier {
         self.authorize_with_limits(verified, requested, &BTreeMap::new())
     }
 
+    /// Authorizes one request of a peer (spec/PROTOCOL.md section 13) whose presentation
+    /// carried `chain` (`None`: a peer without a chain, which holds no authority: rule A1, then
+    /// `scope_not_granted`).
+    pub fn authorize_peer(
+        &self,
+        chain: Option<&VerifiedChain>,
+        requested: &Scope,
+        amounts: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        match chain {
+            Some(c) => self.authorize_with_limits(c, requested, amounts),
+            None => {
+                requested_scope_is_concrete(requested)?;
+                Err(Error::new(
+                    ErrorCode::ScopeNotGranted,
+                    "a peer without a chain holds no authority",
+                ))
+            }
+        }
+    }
+
     /// As [`Verifier::authorize`], also checking requested amounts against the effective limit
     /// ceilings (`limit_exceeded`); a requested name the verifier does not enforce is refused.
     pub fn authorize_with_limits(
@@ -425,18 +490,15 @@ impl Verifier {
         requested: &Scope,
         amounts: &BTreeMap<String, u64>,
     ) -> Result<()> {
-        if !requested.is_concrete() {
-            return Err(Error::new(
-                ErrorCode::BadScope,
-                "a requested scope contains no `*`",
-            ));
-        }
+        requested_scope_is_concrete(requested)?;
+        // Rule A2: the chain's effective scope covers the request.
         if !verified.scope.covers(requested) {
             return Err(Error::new(
                 ErrorCode::ScopeNotGranted,
                 format!("scope `{requested}` not granted by the chain"),
             ));
         }
+        // Rule A3: the authority policy lets the chain's authority grant it here.
         if !self
             .config
             .authority
@@ -447,6 +509,7 @@ impl Verifier {
                 format!("{} may not grant `{requested}` here", verified.authority),
             ));
         }
+        // Rule A4: each requested amount, in name order.
         for (name, amount) in amounts {
             if !self.config.enforced_limits.contains(name) {
                 return Err(Error::new(
@@ -654,4 +717,16 @@ fn result(checked: Checked, effective: Effective) -> VerifiedChain {
         grant_jti: grant.jti.clone(),
         jtis,
     }
+}
+
+/// Rule A1 (spec/PROTOCOL.md section 13): a requested scope contains no `*` (its syntax was
+/// checked when it was parsed), else `bad_scope`.
+fn requested_scope_is_concrete(requested: &Scope) -> Result<()> {
+    if !requested.is_concrete() {
+        return Err(Error::new(
+            ErrorCode::BadScope,
+            "a requested scope contains no `*`",
+        ));
+    }
+    Ok(())
 }
