@@ -291,7 +291,7 @@ async fn watch_certificate(
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 let trust = verification.trust_store();
-                Ok(credentials.rotate(c, Some((&trust, rustls::pki_types::UnixTime::now())))?)
+                Ok(credentials.rotate(c, &trust)?)
             });
         match rotated {
             Ok(()) => say(format!(

@@ -1205,23 +1205,65 @@ fn signatures(k: &Keys) -> File {
         err("untrusted_authority", Some(0)),
     );
 
+    // Keys across bundles (PROTOCOL.md section 8): a kid belongs to one trust domain; the
+    // verifier's own domain is loaded first and always wins, so a federated bundle that repeats
+    // one of our keys is refused instead of making our grants or lists ambiguous.
     let ch = Ch::grant(k, "planner", "files:read", |_| {});
-    let mut inp = cin(k, &ch);
-    inp["bundles"][PTD] = bundle_value(
-        &TrustBundle::new(td(PTD), 1)
-            .add_grant_key(k.ges().public_key().clone())
-            .add_revocation_key(k.prev().public_key().clone()),
-    );
-    inp["revocation_lists"]
-        .as_array_mut()
-        .unwrap()
-        .push(Value::from(list_partner(k)));
-    inp["authority_policy"] = json!({TD: "*", PTD: "*"});
+    let foreign = |name: &str, b: TrustBundle| {
+        let mut inp = cin(k, &ch);
+        inp["bundles"][name] = bundle_value(&b);
+        inp["authority_policy"] = json!({TD: "*", name: "*"});
+        inp
+    };
     f.add(
-        "untrusted-authority-kid-in-two-bundles",
-        "The grant key's kid appears in two trust domains' bundles: ambiguous, so untrusted.",
+        "bundle-foreign-repeats-own-grant-key",
+        "partner.example's bundle lists example.org's grant key (copied: it is public): the partner's bundle is refused, never our grants.",
+        foreign(
+            PTD,
+            TrustBundle::new(td(PTD), 1)
+                .add_grant_key(k.ges().public_key().clone())
+                .add_revocation_key(k.prev().public_key().clone()),
+        ),
+        err("bad_bundle", None),
+    );
+    f.add(
+        "bundle-foreign-repeats-own-revocation-key",
+        "partner.example's bundle lists example.org's revocation key (as its own revocation key): refused.",
+        foreign(
+            PTD,
+            TrustBundle::new(td(PTD), 1)
+                .add_grant_key(k.pgrant().public_key().clone())
+                .add_revocation_key(k.rev().public_key().clone()),
+        ),
+        err("bad_bundle", None),
+    );
+    f.add(
+        "bundle-foreign-repeats-own-key-under-other-use",
+        "partner.example's bundle lists example.org's revocation key as a grant key: a kid belongs to one domain whatever its use.",
+        foreign(
+            PTD,
+            TrustBundle::new(td(PTD), 1).add_grant_key(k.rev().public_key().clone()),
+        ),
+        err("bad_bundle", None),
+    );
+    f.add(
+        "bundle-foreign-sorted-first-repeats-own-grant-key",
+        "A bundle whose name sorts before example.org repeats our grant key: the own domain's bundle is loaded first, so the copy is refused.",
+        foreign(
+            "aaa.example",
+            TrustBundle::new(td("aaa.example"), 1).add_grant_key(k.ges().public_key().clone()),
+        ),
+        err("bad_bundle", None),
+    );
+    let mut inp = with_partner(k, cin(k, &ch));
+    inp["bundles"]["zzz.example"] = bundle_value(
+        &TrustBundle::new(td("zzz.example"), 1).add_grant_key(k.pgrant().public_key().clone()),
+    );
+    f.add(
+        "bundle-two-foreign-domains-share-a-key",
+        "zzz.example repeats partner.example's grant key; partner.example was loaded first (byte order), so zzz.example's bundle is refused.",
         inp,
-        err("untrusted_authority", Some(0)),
+        err("bad_bundle", None),
     );
 
     let ch = Ch::grant_by(k.pgrant(), k, "broker", "files:read", |c| {
@@ -1634,6 +1676,107 @@ fn claims(k: &Keys) -> File {
         "A payload that is not UTF-8.",
         cin(k, &raw_grant(&latin)),
         err("bad_json", Some(0)),
+    );
+
+    // Number range (PROTOCOL.md section 3.2): a number is rejected by the parser exactly when it
+    // rounds to infinity; one that rounds to DBL_MAX is valid JSON but not an integer.
+    let dbl_max = base.replace(
+        &format!("\"iat\":{G_IAT}"),
+        "\"iat\":1.7976931348623158e308",
+    );
+    assert_ne!(dbl_max, base);
+    f.add(
+        "claim-time-rounds-to-dbl-max",
+        "`iat` = 1.7976931348623158e308, above DBL_MAX but rounding to it: valid JSON, not an integer.",
+        cin(k, &raw_grant(dbl_max.as_bytes())),
+        err("bad_claim", Some(0)),
+    );
+    let inf = base.replace(
+        &format!("\"iat\":{G_IAT}"),
+        "\"iat\":1.7976931348623159e308",
+    );
+    f.add(
+        "claim-time-rounds-to-infinity",
+        "`iat` = 1.7976931348623159e308, which rounds to infinity: the claims set is not I-JSON.",
+        cin(k, &raw_grant(inf.as_bytes())),
+        err("bad_json", Some(0)),
+    );
+
+    // Noncharacters (PROTOCOL.md section 3.2) are ordinary characters, raw or escaped.
+    let mut e = ok(
+        &["planner"],
+        "files:read",
+        &[TD_ID],
+        G_IAT,
+        G_EXP,
+        "g-planner",
+    );
+    e["mode"] = json!("on_behalf_of");
+    e["principal"] = json!({"format": "opaque", "id": "u\u{FFFF}\u{FDD0}\u{10FFFE}"});
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["mode"] = json!("on_behalf_of");
+        c["principal"] = json!({"format": "opaque", "id": "u\u{FFFF}\u{FDD0}\u{10FFFE}"});
+    });
+    f.add(
+        "principal-noncharacters-raw",
+        "A principal holding the noncharacters U+FFFF, U+FDD0 and U+10FFFE as raw UTF-8: accepted.",
+        cin(k, &g),
+        e.clone(),
+    );
+    let mut c = grant_claims(k, "planner", "files:read");
+    c["mode"] = json!("on_behalf_of");
+    c["principal"] = json!({"format": "opaque", "id": "NONCHARACTERS"});
+    let escaped = serde_json::to_string(&c)
+        .unwrap()
+        .replace("NONCHARACTERS", r"u\uffff\ufdd0\udbff\udffe");
+    f.add(
+        "principal-noncharacters-escaped",
+        "The same principal with the noncharacters written as \\u escapes (U+10FFFE as a surrogate pair): accepted.",
+        cin(k, &raw_grant(escaped.as_bytes())),
+        e,
+    );
+
+    // The principal's conditional requirement is checked at its slot (after mode, before
+    // max_depth), not with the unconditional ones (PROTOCOL.md section 10, 3.c.4 and 3.c.5).
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["mode"] = json!("on_behalf_of");
+        c["max_depth"] = json!(9);
+    });
+    f.add(
+        "on-behalf-of-without-principal-before-max-depth",
+        "`on_behalf_of` without principal and an invalid max_depth: principal's slot comes first.",
+        cin(k, &g),
+        err("missing_claim", Some(0)),
+    );
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["mode"] = json!("on_behalf_of");
+        c["aud"] = json!(["spiffe://example.org/x/y/z"]);
+    });
+    f.add(
+        "on-behalf-of-without-principal-after-aud",
+        "`on_behalf_of` without principal and an aud entry of kind \"other\": aud's slot comes first.",
+        cin(k, &g),
+        err("bad_id", Some(0)),
+    );
+
+    // Trust domain names `.` and `..` are invalid (PROTOCOL.md section 2.1).
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["sub"] = json!(format!("spiffe://../agent/planner/task/{TASK}"));
+    });
+    f.add(
+        "sub-trust-domain-dotdot",
+        "A holder in the trust domain `..`: not a valid SPIFFE ID.",
+        cin(k, &g),
+        err("bad_id", Some(0)),
+    );
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["aud"] = json!(["spiffe://."]);
+    });
+    f.add(
+        "aud-trust-domain-dot",
+        "An audience naming the trust domain `.`: not a valid SPIFFE ID.",
+        cin(k, &g),
+        err("bad_id", Some(0)),
     );
 
     // Links.
@@ -2384,6 +2527,47 @@ fn revocation(k: &Keys) -> File {
         inp,
         err("revoked", None),
     );
+    // Entry expiry has no skew (PROTOCOL.md section 6.5): an entry applies while now < exp.
+    for (id, desc, exp, expected) in [
+        (
+            "revocation-entry-exp-equals-now",
+            "A key entry for the holder with exp = now: no longer applies (issuers add the skew to exp).",
+            NOW,
+            ok3.clone(),
+        ),
+        (
+            "revocation-entry-exp-now-plus-1",
+            "The same entry with exp = now + 1: still applies.",
+            NOW + 1,
+            err("revoked", Some(2)),
+        ),
+    ] {
+        let mut inp = cin(k, &b);
+        inp["revocation_lists"] = json!([list_ex(k, 1, |l| l.revoke_key(&k.thumb("coder"), exp))]);
+        f.add(id, desc, inp, expected);
+    }
+    // An equal seq replaces the held list (PROTOCOL.md section 14.1, R8): issuers never sign two
+    // different lists with one seq, so this only re-applies the same publication; the vectors pin
+    // what a verifier does anyway.
+    let revoking = list_ex(k, 2, |l| l.revoke_key(&k.thumb("coder"), far));
+    let empty = list_ex(k, 2, |l| l);
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([revoking, empty]);
+    f.add(
+        "revocation-equal-seq-replaces",
+        "Two lists with seq 2, the second without the entry: the second replaces the first.",
+        inp,
+        ok3.clone(),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([empty, revoking]);
+    f.add(
+        "revocation-equal-seq-replaces-reversed",
+        "The same two lists in the other order: the list applied last holds.",
+        inp,
+        err("revoked", Some(2)),
+    );
+
     f
 }
 
@@ -2590,6 +2774,25 @@ fn authorization(k: &Keys) -> File {
         inp,
         err("authority_scope_denied", None),
     );
+    // A peer without a chain holds no authority (PROTOCOL.md section 13).
+    let mut inp = input(k, None, "coder");
+    inp["requested_scope"] = json!("files:read");
+    f.add(
+        "chainless-peer-requests-scope",
+        "An authenticated peer without a chain asks for files:read: it holds no authority.",
+        inp,
+        err("scope_not_granted", None),
+    );
+    let mut inp = input(k, None, "files");
+    inp["verifier_id"] = json!(id("coder"));
+    inp["requested_scope"] = json!("files:*");
+    f.add(
+        "chainless-peer-requests-wildcard",
+        "A peer without a chain asks for a wildcard scope: A1 (bad_scope) still runs first.",
+        inp,
+        err("bad_scope", None),
+    );
+
     f
 }
 
@@ -2871,6 +3074,309 @@ fn proofs(k: &Keys) -> File {
         i,
         err("unknown_claim", None),
     );
+    // P4: `sub` is checked completely (type, syntax, kind) before `aud`.
+    let mut claims = client_claims.clone();
+    claims["sub"] = json!(agent("coder"));
+    claims["aud"] = json!(42);
+    f.add(
+        "proof-sub-bad-kind-before-aud-type",
+        "`sub` an agent ID (bad_id) and `aud` a number (bad_claim): sub is checked first.",
+        pin(&client(&claims), "client", &ec),
+        err("bad_id", None),
+    );
+    let mut claims = client_claims.clone();
+    claims["sub"] = json!(42);
+    claims["aud"] = json!("SPIFFE://example.org/svc/files");
+    f.add(
+        "proof-sub-type-before-aud-id",
+        "`sub` a number (bad_claim) and `aud` an invalid ID (bad_id): sub is checked first.",
+        pin(&client(&claims), "client", &ec),
+        err("bad_claim", None),
+    );
+    // P10: a server proof verified without the client proof is a caller error, at P10.
+    let claims = server_claims("files", &rth);
+    let tok = sign_t(k.t("files"), &proof_header(k.t("files")), &claims);
+    let mut inp = spin("files", &tok, &es);
+    inp["proof"]["client_proof"] = Value::Null;
+    f.add(
+        "proof-server-without-client-proof",
+        "A valid server proof verified without the client proof: bad_config at P10.",
+        inp,
+        err("bad_config", None),
+    );
+    let mut inp = spin("files", &tok, &exporter("another connection"));
+    inp["proof"]["client_proof"] = Value::Null;
+    f.add(
+        "proof-server-without-client-proof-wrong-cb",
+        "The same without the client proof, on another connection: P8 fails before P10.",
+        inp,
+        err("channel_binding_mismatch", None),
+    );
+    // The vector format: `client_proof` only with role server.
+    let mut inp = pin(&cp, "client", &ec);
+    inp["proof"]["client_proof"] = json!(cp);
+    f.add(
+        "proof-client-role-with-client-proof",
+        "A client-role proof input carrying `client_proof`: not the vector format.",
+        inp,
+        err("bad_config", None),
+    );
+    let mut inp = pin(&cp, "client", &ec);
+    inp["proof"]["client_proof"] = Value::Null;
+    f.add(
+        "proof-client-role-client-proof-null",
+        "A client-role proof input with `client_proof: null` (allowed).",
+        inp,
+        json!({"valid": true, "proof_jti": jti}),
+    );
+
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// inputs.json
+// ------------------------------------------------------------------------------------------------
+
+/// The vector input format (spec/README.md) and configuration processing (PROTOCOL.md
+/// section 9): integer ranges, the order of format, bundle and list errors, peers, policies.
+fn inputs(k: &Keys) -> File {
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    let mut f = File::default();
+    let g = Ch::grant(k, "planner", "files:read", |_| {});
+    let ok1 = ok(
+        &["planner"],
+        "files:read",
+        &[TD_ID],
+        G_IAT,
+        G_EXP,
+        "g-planner",
+    );
+    let mut c = |id: &str, desc: &str, change: &dyn Fn(&mut Value), expected: Value| {
+        let mut inp = cin(k, &g);
+        change(&mut inp);
+        f.add(id, desc, inp, expected);
+    };
+    // Integers of section 3.3: now, skew, requested amounts.
+    c(
+        "input-now-max-safe-integer",
+        "now = 2^53 - 1 is an integer (and every token has expired by then).",
+        &|i| i["now"] = json!(MAX_SAFE),
+        err("expired", Some(0)),
+    );
+    c(
+        "input-now-above-max-safe-integer",
+        "now = 2^53: not an integer of section 3.3.",
+        &|i| i["now"] = json!(MAX_SAFE + 1),
+        err("bad_config", None),
+    );
+    c(
+        "input-now-negative",
+        "now = -1.",
+        &|i| i["now"] = json!(-1),
+        err("bad_config", None),
+    );
+    c(
+        "input-now-fraction",
+        "now written as 1767225600.0.",
+        &|i| i["now"] = json!(NOW as f64),
+        err("bad_config", None),
+    );
+    c(
+        "input-skew-negative",
+        "skew = -5: not an integer of section 3.3 (it would shrink every window).",
+        &|i| i["skew"] = json!(-5),
+        err("bad_config", None),
+    );
+    c(
+        "input-skew-120",
+        "skew = 120, the largest allowed.",
+        &|i| i["skew"] = json!(120),
+        ok1.clone(),
+    );
+    let with_amount = |i: &mut Value, amount: Value| {
+        i["enforced_limits"] = json!(["max_calls"]);
+        i["requested_scope"] = json!("files:read");
+        i["requested_amounts"] = json!({ "max_calls": amount });
+    };
+    c(
+        "input-amount-max-safe-integer",
+        "A requested amount of 2^53 - 1 for an enforced limit the chain does not constrain.",
+        &|i| with_amount(i, json!(MAX_SAFE)),
+        ok1.clone(),
+    );
+    c(
+        "input-amount-above-max-safe-integer",
+        "A requested amount of 2^53.",
+        &|i| with_amount(i, json!(MAX_SAFE + 1)),
+        err("bad_config", None),
+    );
+    c(
+        "input-amount-negative",
+        "A requested amount of -1.",
+        &|i| with_amount(i, json!(-1)),
+        err("bad_config", None),
+    );
+    c(
+        "input-amount-fraction",
+        "A requested amount of 1.5.",
+        &|i| with_amount(i, json!(1.5)),
+        err("bad_config", None),
+    );
+    // requested_amounts without a requested scope: not used (no authorization runs), but its
+    // format is still checked.
+    c(
+        "input-amounts-without-scope-ignored",
+        "requested_amounts for a limit nobody enforces, with requested_scope null: not used.",
+        &|i| i["requested_amounts"] = json!({"max_calls": 5}),
+        ok1.clone(),
+    );
+    c(
+        "input-amounts-null",
+        "requested_amounts null with a requested scope: no amounts.",
+        &|i| {
+            i["requested_scope"] = json!("files:read");
+            i["requested_amounts"] = Value::Null;
+        },
+        ok1.clone(),
+    );
+    c(
+        "input-amounts-malformed-without-scope",
+        "requested_amounts with a string amount, requested_scope null: still a format error.",
+        &|i| i["requested_amounts"] = json!({"max_calls": "5"}),
+        err("bad_config", None),
+    );
+    // Bundles given as JSON values.
+    c(
+        "bundle-string",
+        "A bundle given as a JSON string: not a bundle (section 8: a top-level object).",
+        &|i| i["bundles"][TD] = json!(serde_json::to_string(&bundle_ex(k)).unwrap()),
+        err("bad_bundle", None),
+    );
+    c(
+        "bundle-array",
+        "A bundle given as a JSON array.",
+        &|i| i["bundles"][TD] = json!([]),
+        err("bad_bundle", None),
+    );
+    c(
+        "bundle-name-invalid",
+        "A bundle keyed by `Example.org` (uppercase): the name binds the bundle to a trust domain, so bad_config.",
+        &|i| i["bundles"]["Example.org"] = bundle_ex(k),
+        err("bad_config", None),
+    );
+    c(
+        "bundle-name-invalid-beats-bad-bundle",
+        "example.org's bundle is an array and another bundle is keyed `zzz.example:443`: the format is checked first.",
+        &|i| {
+            i["bundles"][TD] = json!([]);
+            i["bundles"]["zzz.example:443"] = bundle_partner(k);
+        },
+        err("bad_config", None),
+    );
+    let nested = |arrays: usize| {
+        let mut v = json!(0);
+        for _ in 0..arrays {
+            v = json!([v]);
+        }
+        v
+    };
+    c(
+        "bundle-depth-8",
+        "A bundle whose ignored jwt-svid entry nests arrays down to depth 8 (the bundle object is depth 1).",
+        &|i| {
+            i["bundles"][TD]["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"use": "jwt-svid", "kty": "EC", "x": nested(5)}));
+        },
+        ok1.clone(),
+    );
+    c(
+        "bundle-depth-9",
+        "The same entry nesting one array deeper (depth 9): not I-JSON.",
+        &|i| {
+            i["bundles"][TD]["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"use": "jwt-svid", "kty": "EC", "x": nested(6)}));
+        },
+        err("bad_bundle", None),
+    );
+    // Order: format, then C1, C2, C3.
+    c(
+        "input-peer-invalid-beats-bad-bundle",
+        "An agent-ID peer (not the format) and a bundle that is an array: the format is checked first.",
+        &|i| {
+            i["bundles"][TD] = json!([]);
+            i["peer"]["id"] = json!(agent("planner"));
+        },
+        err("bad_config", None),
+    );
+    c(
+        "input-skew-beats-bad-bundle",
+        "skew 121 (C1) and a bundle that is an array (C2).",
+        &|i| {
+            i["bundles"][TD] = json!([]);
+            i["skew"] = json!(121);
+        },
+        err("bad_config", None),
+    );
+    c(
+        "input-bad-bundle-beats-bad-list",
+        "A bundle that is an array (C2) and a revocation list that is not a token (C3).",
+        &|i| {
+            i["bundles"][TD] = json!([]);
+            i["revocation_lists"] = json!(["not a token"]);
+        },
+        err("bad_bundle", None),
+    );
+    c(
+        "input-bad-list-beats-chain",
+        "A revocation list that is not a token (C3) and a chain that is not a chain.",
+        &|i| {
+            i["revocation_lists"] = json!(["not a token"]);
+            i["chain"] = json!("~");
+        },
+        err("bad_revocation_list", None),
+    );
+    // The peer: a task identity or service ID with a JWK of section 5.1 (alg included).
+    c(
+        "peer-jwk-without-alg",
+        "The peer's JWK without `alg`: section 5.1 requires it, even for a certificate key.",
+        &|i| {
+            i["peer"]["jwk"].as_object_mut().unwrap().remove("alg");
+        },
+        err("bad_config", None),
+    );
+    let mut p = |id: &str, desc: &str, peer: &str| {
+        let mut inp = input(k, None, "planner");
+        inp["peer"]["id"] = json!(peer);
+        f.add(id, desc, inp, err("bad_config", None));
+    };
+    p(
+        "peer-agent-id",
+        "A peer without a chain whose ID is an agent ID: no X509-SVID carries one (section 15.2).",
+        &agent("planner"),
+    );
+    p(
+        "peer-other-kind",
+        "A peer whose ID is of kind \"other\".",
+        "spiffe://example.org/workload/x",
+    );
+    p(
+        "peer-trust-domain-dotdot",
+        "A peer in the trust domain `..`: not a valid SPIFFE ID.",
+        &format!("spiffe://../agent/planner/task/{TASK}"),
+    );
+    // authority_policy {}: no accepted authority.
+    let mut inp = cin(k, &g);
+    inp["authority_policy"] = json!({});
+    f.add(
+        "authority-policy-empty",
+        "authority_policy {} accepts no authority at all (absent or null is the default).",
+        inp,
+        err("authority_not_accepted", Some(0)),
+    );
     f
 }
 
@@ -2890,7 +3396,7 @@ fn main() {
         ("valid.json", "Valid chains: depths 0, 1, 2 and 8, ES256, Ed25519 and mixed keys, with and without aud, principal, limits and may_delegate_to, federation, peers without a chain.", valid(&k)),
         ("framing.json", "Phase 1: framing, size caps and strict base64url.", framing(&k)),
         ("headers.json", "Phase 2: the protected header allow-list, typ and alg (including typ confusion).", headers(&k)),
-        ("signatures.json", "Phase 3 a/b: the verifying key (bundles, authority policy), alg/key agreement and signatures; bundle validity.", signatures(&k)),
+        ("signatures.json", "Phase 3 a/b: the verifying key (bundles, authority policy), alg/key agreement and signatures; bundle validity and keys across bundles.", signatures(&k)),
         ("claims.json", "Phase 3 c: claims decoding (I-JSON, ver, unknown and missing claims, types, keys, IDs, scopes).", claims(&k)),
         ("attenuation.json", "Phase 4: linkage (prev, iss, task) and attenuation (depth, scope, aud, limits, may_delegate_to, exp).", attenuation(&k)),
         ("time.json", "Phase 5: validity windows, skew boundaries (half-open [nbf - skew, exp + skew)) and lifetime caps.", time(&k)),
@@ -2898,6 +3404,7 @@ fn main() {
         ("possession_audience.json", "Phases 7 and 8: possession of the last cnf key, the holder's identity and the audience.", possession_audience(&k)),
         ("authorization.json", "Per-request authorization: requested scope, authority policy and limit ceilings.", authorization(&k)),
         ("proofs.json", "Hop proofs: channel binding, role, identities, chain and response hashes, time.", proofs(&k)),
+        ("inputs.json", "The vector input format and configuration processing: integer ranges, bundles given as JSON values, the order of format, configuration, bundle and list errors, peers, authority policies.", inputs(&k)),
     ];
     let mut total = 0;
     let mut ids = std::collections::BTreeSet::new();

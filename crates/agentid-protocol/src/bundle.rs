@@ -291,19 +291,51 @@ fn looks_like_certificate(der: &[u8]) -> bool {
 }
 
 /// The bundles a verifier holds, one per trust domain, never merged.
+///
+/// A key thumbprint (`kid`) of an `agentid-grant` or `agentid-revocation` entry belongs to one
+/// trust domain only (spec/PROTOCOL.md section 8, "Keys across bundles"): a bundle of another
+/// domain that repeats a `kid` already held for a different domain is refused (`bad_bundle`),
+/// so that no partner can make our grants or lists ambiguous by publishing our public keys. The
+/// verifier's own trust domain ([`BundleSet::for_trust_domain`]) always wins: its bundle is never
+/// refused for that reason, and a `kid` it holds names its key whatever other bundles hold.
 #[derive(Clone, Debug, Default)]
 pub struct BundleSet {
+    own: Option<TrustDomain>,
     bundles: HashMap<TrustDomain, TrustBundle>,
 }
 
 impl BundleSet {
-    /// No bundles: trusts nothing.
+    /// No bundles: trusts nothing. The verifier's own trust domain is not known yet: declare it
+    /// with [`BundleSet::set_own_trust_domain`] before inserting bundles (or build the set with
+    /// [`BundleSet::for_trust_domain`]); until then every bundle is treated as another domain's
+    /// (the first to hold a `kid` keeps it).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds or replaces a trust domain's bundle. A lower `spiffe_sequence` than the one held is
-    /// refused (`sequence_rollback`).
+    /// No bundles, for a verifier whose own trust domain is `own`.
+    pub fn for_trust_domain(own: TrustDomain) -> Self {
+        Self {
+            own: Some(own),
+            bundles: HashMap::new(),
+        }
+    }
+
+    /// Declares the verifier's own trust domain. Bundles already held stay; from now on the own
+    /// domain's bundle wins every `kid` conflict.
+    pub fn set_own_trust_domain(&mut self, own: TrustDomain) {
+        self.own = Some(own);
+    }
+
+    /// The verifier's own trust domain, if declared.
+    pub fn own_trust_domain(&self) -> Option<&TrustDomain> {
+        self.own.as_ref()
+    }
+
+    /// Adds or replaces a trust domain's bundle. Refused, and the held bundle of that domain
+    /// kept: a lower `spiffe_sequence` than the one held (`sequence_rollback`); for a domain other
+    /// than the verifier's own, an `agentid-grant` or `agentid-revocation` `kid` that a bundle of
+    /// another trust domain already holds (`bad_bundle`).
     pub fn insert(&mut self, bundle: TrustBundle) -> Result<()> {
         if let Some(old) = self.bundles.get(bundle.trust_domain()) {
             if bundle.sequence < old.sequence {
@@ -316,8 +348,33 @@ impl BundleSet {
                 ));
             }
         }
+        if self.own.as_ref() != Some(bundle.trust_domain()) {
+            if let Some((kid, holder)) = self.kid_held_elsewhere(&bundle) {
+                return Err(bad(format!(
+                    "the bundle of {} lists key `{kid}`, which the bundle of {holder} already holds",
+                    bundle.trust_domain()
+                )));
+            }
+        }
         self.bundles.insert(bundle.trust_domain.clone(), bundle);
         Ok(())
+    }
+
+    /// The first `kid` of `bundle` (grant or revocation key) that a bundle of another trust
+    /// domain holds, with that domain.
+    fn kid_held_elsewhere(&self, bundle: &TrustBundle) -> Option<(String, TrustDomain)> {
+        let kids = bundle.grant_keys.iter().chain(&bundle.revocation_keys);
+        for k in kids {
+            for other in self.bundles.values() {
+                if other.trust_domain == bundle.trust_domain {
+                    continue;
+                }
+                if other.agentid_keys().any(|o| o.kid == k.kid) {
+                    return Some((k.kid.clone(), other.trust_domain.clone()));
+                }
+            }
+        }
+        None
     }
 
     /// The bundle of `td`, if held.
@@ -330,11 +387,35 @@ impl BundleSet {
         self.bundles.values()
     }
 
-    /// Finds the grant key with `kid` across all bundles: exactly one match or `None`.
+    /// Finds the grant key with `kid` (spec/PROTOCOL.md section 10, step 3.a.1): in the own
+    /// domain's bundle first; otherwise the one other bundle that holds it (`None` when none
+    /// does, or when more than one does, which [`BundleSet::insert`] never lets happen).
     pub(crate) fn find_grant_key(&self, kid: &str) -> Option<(&TrustDomain, &PublicKey)> {
+        self.find_key(kid, |b| &b.grant_keys)
+    }
+
+    /// Finds the revocation key with `kid` (spec/PROTOCOL.md section 14.1, R3), by the rule of
+    /// [`BundleSet::find_grant_key`].
+    pub(crate) fn find_revocation_key(&self, kid: &str) -> Option<(&TrustDomain, &PublicKey)> {
+        self.find_key(kid, |b| &b.revocation_keys)
+    }
+
+    fn find_key<'a>(
+        &'a self,
+        kid: &str,
+        keys: impl Fn(&'a TrustBundle) -> &'a [BundleKey],
+    ) -> Option<(&'a TrustDomain, &'a PublicKey)> {
+        if let Some(own) = self.own.as_ref().and_then(|td| self.bundles.get(td)) {
+            if let Some(k) = keys(own).iter().find(|k| k.kid == kid) {
+                return Some((&own.trust_domain, &k.key));
+            }
+        }
         let mut found = None;
         for b in self.bundles.values() {
-            for k in &b.grant_keys {
+            if self.own.as_ref() == Some(&b.trust_domain) {
+                continue;
+            }
+            for k in keys(b) {
                 if k.kid == kid {
                     if found.is_some() {
                         return None;
@@ -344,5 +425,136 @@ impl BundleSet {
             }
         }
         found
+    }
+}
+
+impl TrustBundle {
+    /// Every `agentid-grant` and `agentid-revocation` key.
+    fn agentid_keys(&self) -> impl Iterator<Item = &BundleKey> {
+        self.grant_keys.iter().chain(&self.revocation_keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::crypto::AuthorityKey;
+    use crate::Algorithm;
+
+    fn td(s: &str) -> TrustDomain {
+        TrustDomain::parse(s).unwrap()
+    }
+
+    fn key() -> PublicKey {
+        AuthorityKey::generate(Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .clone()
+    }
+
+    #[test]
+    fn a_foreign_bundle_repeating_our_grant_key_is_refused_and_ours_still_resolves() {
+        let ours = key();
+        let mut set = BundleSet::for_trust_domain(td("example.org"));
+        set.insert(TrustBundle::new(td("example.org"), 1).add_grant_key(ours.clone()))
+            .unwrap();
+        let e = set
+            .insert(TrustBundle::new(td("partner.example"), 1).add_grant_key(ours.clone()))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadBundle);
+        assert!(set.get(&td("partner.example")).is_none());
+        let (d, k) = set.find_grant_key(&ours.thumbprint()).unwrap();
+        assert_eq!((d, k), (&td("example.org"), &ours));
+    }
+
+    #[test]
+    fn a_foreign_bundle_repeating_our_revocation_key_under_another_use_is_refused() {
+        let ours = key();
+        let mut set = BundleSet::for_trust_domain(td("example.org"));
+        set.insert(TrustBundle::new(td("example.org"), 1).add_revocation_key(ours.clone()))
+            .unwrap();
+        let e = set
+            .insert(TrustBundle::new(td("partner.example"), 1).add_grant_key(ours.clone()))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadBundle);
+        assert!(set.find_grant_key(&ours.thumbprint()).is_none());
+        assert_eq!(
+            set.find_revocation_key(&ours.thumbprint()).unwrap().0,
+            &td("example.org")
+        );
+    }
+
+    #[test]
+    fn a_refused_update_keeps_the_held_bundle_of_that_domain() {
+        let ours = key();
+        let theirs = key();
+        let mut set = BundleSet::for_trust_domain(td("example.org"));
+        set.insert(TrustBundle::new(td("example.org"), 1).add_grant_key(ours.clone()))
+            .unwrap();
+        set.insert(TrustBundle::new(td("partner.example"), 1).add_grant_key(theirs.clone()))
+            .unwrap();
+        let bad_update = TrustBundle::new(td("partner.example"), 2)
+            .add_grant_key(theirs.clone())
+            .add_grant_key(ours.clone());
+        assert_eq!(
+            set.insert(bad_update).unwrap_err().code(),
+            ErrorCode::BadBundle
+        );
+        assert_eq!(set.get(&td("partner.example")).unwrap().sequence(), 1);
+        assert_eq!(
+            set.find_grant_key(&theirs.thumbprint()).unwrap().0,
+            &td("partner.example")
+        );
+    }
+
+    #[test]
+    fn the_own_domain_always_wins_even_when_loaded_after_a_copy() {
+        // A partner's bundle that already lists a key we only publish later: our bundle is
+        // accepted, and the kid names our key.
+        let ours = key();
+        let mut set = BundleSet::for_trust_domain(td("example.org"));
+        set.insert(TrustBundle::new(td("partner.example"), 1).add_grant_key(ours.clone()))
+            .unwrap();
+        set.insert(TrustBundle::new(td("example.org"), 1).add_grant_key(ours.clone()))
+            .unwrap();
+        assert_eq!(
+            set.find_grant_key(&ours.thumbprint()).unwrap().0,
+            &td("example.org")
+        );
+    }
+
+    #[test]
+    fn between_other_domains_the_first_binding_wins() {
+        let shared = key();
+        let mut set = BundleSet::for_trust_domain(td("example.org"));
+        set.insert(TrustBundle::new(td("a.example"), 1).add_grant_key(shared.clone()))
+            .unwrap();
+        let e = set
+            .insert(TrustBundle::new(td("b.example"), 1).add_revocation_key(shared.clone()))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadBundle);
+        assert_eq!(
+            set.find_grant_key(&shared.thumbprint()).unwrap().0,
+            &td("a.example")
+        );
+        // A domain may of course re-publish its own keys.
+        set.insert(TrustBundle::new(td("a.example"), 2).add_grant_key(shared.clone()))
+            .unwrap();
+    }
+
+    #[test]
+    fn without_a_declared_own_domain_the_first_binding_wins_for_everyone() {
+        let k = key();
+        let mut set = BundleSet::new();
+        set.insert(TrustBundle::new(td("partner.example"), 1).add_grant_key(k.clone()))
+            .unwrap();
+        assert_eq!(
+            set.insert(TrustBundle::new(td("example.org"), 1).add_grant_key(k.clone()))
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadBundle
+        );
     }
 }

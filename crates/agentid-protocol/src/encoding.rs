@@ -427,3 +427,68 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod number_range_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// spec/PROTOCOL.md section 3.2: a number is too large for an IEEE 754 double exactly when
+    /// it rounds to infinity under round-to-nearest-even, i.e. when its magnitude is at least
+    /// 2^1024 - 2^970 (DBL_MAX plus half an ulp). Such a text is rejected as a whole; anything
+    /// below is valid JSON (and then not an integer of section 3.3).
+    #[test]
+    fn numbers_overflow_exactly_when_they_round_to_infinity() {
+        let int_1e308 = format!("1{}", "0".repeat(308));
+        let int_1e309 = format!("1{}", "0".repeat(309));
+        // 2^1024 - 2^970 (the exact tie: rounds to even, i.e. to infinity) and one below it.
+        let tie = "179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792";
+        let below_tie = "179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497791";
+        let accepted = [
+            "1e308",
+            "1.7976931348623157e308",
+            // Above DBL_MAX but below DBL_MAX + half an ulp: rounds down to DBL_MAX.
+            "1.7976931348623158e308",
+            "-1.7976931348623158e308",
+            int_1e308.as_str(),
+            below_tie,
+            "1e-400",
+        ];
+        for text in accepted {
+            let obj = parse_ijson_object(format!("{{\"n\":{text}}}").as_bytes());
+            assert!(obj.is_ok(), "{text} must parse");
+            assert_eq!(json_time(&obj.unwrap()["n"]), None, "{text}");
+        }
+        let rejected = [
+            // Above DBL_MAX + half an ulp (1.797693134862315807937...e308).
+            "1.7976931348623159e308",
+            "1.8e308",
+            "-1.8e308",
+            "1e309",
+            "1e400",
+            int_1e309.as_str(),
+            tie,
+        ];
+        for text in rejected {
+            let err = parse_ijson_object(format!("{{\"n\":{text}}}").as_bytes()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadJson, "{text}");
+        }
+    }
+
+    /// spec/PROTOCOL.md section 3.2: noncharacters (U+FDD0..U+FDEF and the last two code points
+    /// of every plane), raw or escaped, are ordinary characters in this profile.
+    #[test]
+    fn noncharacters_are_accepted_raw_and_escaped() {
+        for text in [
+            "{\"s\":\"\u{FFFF}\"}",
+            "{\"s\":\"\u{FDD0}\"}",
+            "{\"s\":\"\u{10FFFE}\"}",
+            r#"{"s":"\uffff"}"#,
+            r#"{"s":"\ufdd0"}"#,
+            r#"{"s":"\udbff\udfff"}"#,
+        ] {
+            assert!(parse_ijson_object(text.as_bytes()).is_ok(), "{text}");
+        }
+    }
+}

@@ -41,7 +41,8 @@ codes! {
     Malformed => "malformed",
     /// A token exceeds 8 KiB.
     TokenTooLarge => "token_too_large",
-    /// A chain exceeds 64 KiB.
+    /// A chain exceeds 64 KiB (or, in the HTTP binding, an `agentid-chain` header exceeds
+    /// 16384 bytes: spec/PROTOCOL.md section 17).
     ChainTooLarge => "chain_too_large",
     /// A chain has more than 8 links (9 tokens), or a link's `max_depth` does not allow it.
     DepthExceeded => "depth_exceeded",
@@ -57,7 +58,8 @@ codes! {
     UnsupportedAlg => "unsupported_alg",
 
     // ---- Phase 3: keys, signatures, claims ----
-    /// No bundle (or more than one) holds an `agentid-grant` key with the grant's `kid`.
+    /// No bundle holds an `agentid-grant` key with the grant's `kid` (the own trust domain's
+    /// bundle is searched first; spec/PROTOCOL.md section 10, step 3.a.1).
     UntrustedAuthority => "untrusted_authority",
     /// The trust domain holding the grant key is not an accepted authority at this verifier.
     AuthorityNotAccepted => "authority_not_accepted",
@@ -154,6 +156,14 @@ codes! {
     /// A proof whose `jti` was already seen on this connection (transport-level replay).
     ProofReplayed => "proof_replayed",
 
+    // ---- HTTP binding (reserved: spec/PROTOCOL.md section 17; never produced by a vector) ----
+    /// An HTTP request carried an `agentid-chain` header without an `agentid-proof` header.
+    ProofMissing => "proof_missing",
+    /// An HTTP request on a connection whose presentation was already verified (or is being
+    /// verified) carried a different presentation (other `agentid-chain` or `agentid-proof`
+    /// bytes); the connection fails with this code.
+    PresentationChanged => "presentation_changed",
+
     // ---- Authorization (per request) ----
     /// The requested scope is not covered by the chain's effective scope.
     ScopeNotGranted => "scope_not_granted",
@@ -161,9 +171,15 @@ codes! {
     AuthorityScopeDenied => "authority_scope_denied",
     /// A requested amount is above an enforced limit.
     LimitExceeded => "limit_exceeded",
+    /// The peer's identity is authenticated but not admitted by the peer policy of this
+    /// resource (identity-only authorization, e.g. an HTTP route guarded by a peer policy).
+    /// Reserved: spec/PROTOCOL.md section 17; never produced by a vector.
+    PeerDenied => "peer_denied",
 
     // ---- Trust bundles and configuration ----
-    /// A trust bundle that does not parse or breaks the bundle rules.
+    /// A trust bundle that does not parse or breaks the bundle rules, including a bundle of another
+    /// trust domain that repeats a key `kid` already held for a different domain
+    /// (spec/PROTOCOL.md section 8, "Keys across bundles").
     BadBundle => "bad_bundle",
     /// A bundle or revocation list with a lower sequence than the one held.
     SequenceRollback => "sequence_rollback",

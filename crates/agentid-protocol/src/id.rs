@@ -3,9 +3,11 @@
 //! Every type here can only hold a valid, canonical value: it is built by parsing (or by a
 //! constructor that re-parses what it builds), and compared parsed, never by string prefix.
 //!
-//! The rules (design.md, "Identity"):
+//! The rules (spec/PROTOCOL.md section 2.1):
 //! * scheme exactly `spiffe://` (lowercase: IDs in tokens and certificates are canonical);
-//! * trust domain of 1..=255 bytes of `[a-z0-9._-]` (so no userinfo, port, upper case, ...);
+//! * trust domain of 1..=255 bytes of `[a-z0-9._-]` (so no userinfo, port, upper case, ...),
+//!   and neither `.` nor `..` (names that a file path or URL built from a trust domain would
+//!   read as "this" or "parent" directory);
 //! * path segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`, no trailing `/`
 //!   (so no percent-encoding, query or fragment);
 //! * at most 2048 bytes in all.
@@ -62,6 +64,9 @@ fn check_trust_domain(td: &str) -> Result<()> {
         return Err(bad_id(format!(
             "trust domain byte 0x{b:02x} outside [a-z0-9._-]"
         )));
+    }
+    if td == "." || td == ".." {
+        return Err(bad_id("trust domain `.` or `..`"));
     }
     Ok(())
 }
@@ -734,6 +739,20 @@ mod tests {
                 Err(e) => assert_eq!(e.code(), ErrorCode::BadId, "{why}: {e}"),
             }
             assert!(s.parse::<SpiffeId>().is_err(), "{why}");
+        }
+    }
+
+    #[test]
+    fn trust_domains_dot_and_dotdot_are_invalid_but_other_dot_names_are_not() {
+        for td in [".", ".."] {
+            rejects(TrustDomain::parse(td), td);
+            let s = format!("spiffe://{td}");
+            rejects(SpiffeId::parse(&s), &s);
+            let s = format!("spiffe://{td}/agent/a/task/t");
+            rejects(SpiffeId::parse(&s), &s);
+        }
+        for td in ["...", "-", "_", ".a", "a..b", "a."] {
+            assert_eq!(TrustDomain::parse(td).unwrap().as_str(), td);
         }
     }
 

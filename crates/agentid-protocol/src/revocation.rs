@@ -130,18 +130,10 @@ impl RevocationList {
             .kid
             .as_deref()
             .ok_or_else(|| bad("revocation list without `kid`"))?;
-        let mut found = None;
-        for b in bundles.iter() {
-            for k in b.revocation_keys() {
-                if k.kid == kid {
-                    if found.is_some() {
-                        return Err(bad("revocation key `kid` found in more than one bundle"));
-                    }
-                    found = Some((b.trust_domain().clone(), k.key.clone()));
-                }
-            }
-        }
-        let (domain, key) = found.ok_or_else(|| bad("revocation list signed by an unknown key"))?;
+        let (domain, key) = bundles
+            .find_revocation_key(kid)
+            .map(|(d, k)| (d.clone(), k.clone()))
+            .ok_or_else(|| bad("revocation list signed by a key that no bundle holds"))?;
         let sig = b64_decode(s).map_err(|e| bad(e.to_string()))?;
         verify(&key, header.alg, raw.signing_input(), &sig).map_err(|e| bad(e.to_string()))?;
         let payload = b64_decode(p).map_err(|e| bad(e.to_string()))?;

@@ -4,27 +4,27 @@
 //! returns what its `expected` object must be. Interop testers can diff their own runner's output
 //! against it, and the repository's vector test compares it with every committed vector.
 //!
-//! Order of a case (spec/README.md, "How to run a case"): the configuration (skew, own ID,
-//! authority policy, enforced limits, bundles, revocation lists), then the hop proof if any, then
-//! the chain (phases 1 to 8) or, without a chain, the peer's revocation checks, then
-//! authorization if a scope is requested. The first failure is the result.
-//!
-//! Input that does not follow the vector format at all (a missing member, a wrong JSON type, an
-//! unknown member) is reported as `{"valid": false, "error": "bad_config", "index": null}`.
+//! Order of a case (spec/README.md, "How to run a case"): first the whole input is read and its
+//! format checked (any deviation is `bad_config`); then the configuration (C1 to C3 of
+//! spec/PROTOCOL.md section 9: the verifier's own trust domain's bundle first, then the others in
+//! byte order of their names; then the revocation lists); then the hop proof if any; then the
+//! chain (phases 1 to 8) or, without a chain, the peer's revocation checks; then authorization if
+//! a scope is requested (a peer without a chain holds no authority). The first failure is the
+//! result.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
 use crate::bundle::{BundleSet, TrustBundle};
-use crate::encoding::b64_decode;
+use crate::encoding::{b64_decode, json_time};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId, TrustDomain};
 use crate::policy::{AuthorityPolicy, VerifierConfig};
 use crate::presentation::{Presentation, PresentationContext};
 use crate::proof::{Role, EXPORTER_LEN};
 use crate::scope::{Limits, Scope};
-use crate::verify::{VerifiedChain, Verifier};
+use crate::verify::Verifier;
 use crate::PublicKey;
 
 /// The members a case `input` may have.
@@ -54,7 +54,7 @@ const PROOF_MEMBERS: &[&str] = &["compact", "role", "exporter", "client_proof"];
 /// plus `proof_jti` when a hop proof was verified (a case without a chain has no result members).
 /// On failure: `{"valid": false, "error": CODE, "index": N | null}`.
 pub fn run_case(input: &Value) -> Value {
-    match run(input) {
+    match CaseInput::read(input).and_then(|c| c.run()) {
         Ok(v) => v,
         Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
     }
@@ -87,15 +87,22 @@ fn opt_string<'a>(m: &'a Map<String, Value>, name: &str) -> Result<Option<&'a st
     }
 }
 
-fn integer(m: &Map<String, Value>, name: &str) -> Result<u64> {
-    member(m, name)?
-        .as_u64()
-        .ok_or_else(|| harness(format!("`{name}` must be a non-negative integer")))
+/// An integer of spec/PROTOCOL.md section 3.3: no sign, fraction or exponent, at most 2^53 - 1.
+fn integer(v: &Value, name: &str) -> Result<u64> {
+    json_time(v).ok_or_else(|| harness(format!("`{name}` must be an integer in [0, 2^53 - 1]")))
 }
 
 fn object<'a>(v: &'a Value, name: &str) -> Result<&'a Map<String, Value>> {
     v.as_object()
         .ok_or_else(|| harness(format!("`{name}` must be an object")))
+}
+
+/// A member that is absent or `null` is `None`; otherwise it must be an object.
+fn opt_object<'a>(m: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => object(v, name).map(Some),
+    }
 }
 
 fn only_members(m: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<()> {
@@ -105,177 +112,244 @@ fn only_members(m: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<
     }
 }
 
-/// The peer as the TLS layer reports it: its URI SAN and its certificate's public key.
-fn peer(input: &Map<String, Value>) -> Result<(SpiffeId, PublicKey)> {
-    let p = object(member(input, "peer")?, "peer")?;
-    only_members(p, &["id", "jwk"], "`peer`")?;
-    let id = SpiffeId::parse(string(p, "id")?)
-        .map_err(|e| harness(format!("peer id: {}", e.detail())))?;
-    let key = PublicKey::from_jwk(member(p, "jwk")?)
-        .map_err(|e| harness(format!("peer jwk: {}", e.detail())))?;
-    Ok((id, key))
+/// `input.proof`, read.
+struct ProofInput<'a> {
+    compact: &'a str,
+    role: Role,
+    exporter: [u8; EXPORTER_LEN],
+    client_proof: Option<&'a str>,
 }
 
-/// Configuration processing (spec/PROTOCOL.md section 9, C1 to C3).
-fn config(input: &Map<String, Value>) -> Result<Verifier> {
-    // C1: skew, own ID, authority policy, enforced limits.
-    let skew = integer(input, "skew")?;
-    if skew > crate::policy::MAX_SKEW {
-        return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
-    }
-    let own = PeerId::parse(string(input, "verifier_id")?)
-        .map_err(|e| harness(format!("verifier_id: {}", e.detail())))?
-        .as_spiffe_id()
-        .clone();
-    let policy = match input.get("authority_policy") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let mut p = AuthorityPolicy::none();
-            for (td, patterns) in object(v, "authority_policy")? {
-                let td = TrustDomain::parse(td)
-                    .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
-                let patterns = patterns
-                    .as_str()
-                    .ok_or_else(|| harness("authority policy patterns must be strings"))?;
-                let patterns = Scope::parse(patterns)
-                    .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
-                p = p.allow(td, patterns);
-            }
-            Some(p)
-        }
-    };
-    let limits = match input.get("enforced_limits") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(names)) => names
-            .iter()
-            .map(|n| {
-                n.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| harness("enforced limit names are strings"))
-            })
-            .collect::<Result<Vec<String>>>()?,
-        Some(_) => return Err(harness("`enforced_limits` must be an array")),
-    };
-    for name in &limits {
-        Limits::new(BTreeMap::from([(name.clone(), 0)]))
-            .map_err(|e| Error::new(ErrorCode::BadConfig, e.detail().to_owned()))?;
-    }
-    let danger = match input.get("danger_accept_missing_or_stale_revocations") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(harness(
-                "`danger_accept_missing_or_stale_revocations` must be a boolean",
-            ))
-        }
-    };
-    // C2: bundles, in the order given.
-    let mut bundles = BundleSet::new();
-    for (td, bundle) in object(member(input, "bundles")?, "bundles")? {
-        let td = TrustDomain::parse(td)
-            .map_err(|e| harness(format!("bundle trust domain: {}", e.detail())))?;
-        let bytes = serde_json::to_vec(bundle).map_err(|e| harness(e.to_string()))?;
-        bundles.insert(TrustBundle::parse(&td, &bytes)?)?;
-    }
-    let mut cfg = VerifierConfig::new(own, bundles)
-        .skew(skew)?
-        .enforce_limits(limits);
-    if let Some(p) = policy {
-        cfg = cfg.authority_policy(p);
-    }
-    if danger {
-        cfg = cfg.danger_accept_missing_or_stale_revocations();
-    }
-    // C3: revocation lists, in the order given.
-    match input.get("revocation_lists") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(lists)) => {
-            for l in lists {
-                let l = l
-                    .as_str()
-                    .ok_or_else(|| harness("revocation lists are compact strings"))?;
-                cfg.apply_revocation_list(l)?;
-            }
-        }
-        Some(_) => return Err(harness("`revocation_lists` must be an array")),
-    }
-    Verifier::new(cfg)
+/// A case `input`, read and checked against the vector format (spec/README.md). Everything
+/// here that does not follow the format is `bad_config`, before any configuration is built.
+struct CaseInput<'a> {
+    chain: Option<&'a str>,
+    /// Bundles in loading order: the verifier's own trust domain first, then the others in byte
+    /// order of their names. Each bundle is any JSON value: its content is checked by C2.
+    bundles: Vec<(TrustDomain, &'a Value)>,
+    revocation_lists: Vec<&'a str>,
+    now: u64,
+    skew: u64,
+    peer_id: PeerId,
+    peer_key: PublicKey,
+    verifier_id: SpiffeId,
+    requested_scope: Option<&'a str>,
+    requested_amounts: BTreeMap<String, u64>,
+    authority_policy: Option<AuthorityPolicy>,
+    enforced_limits: Vec<String>,
+    danger: bool,
+    proof: Option<ProofInput<'a>>,
 }
 
-fn run(input: &Value) -> Result<Value> {
-    let input = object(input, "input")?;
-    only_members(input, INPUT_MEMBERS, "`input`")?;
-    let now = integer(input, "now")?;
-    let verifier = config(input)?;
-    let (peer_id, peer_key) = peer(input)?;
-    let chain = opt_string(input, "chain")?;
-
-    // The presentation (spec/PROTOCOL.md section 16.3): the hop proof if any, then the chain
-    // or, without one, the peer's revocation checks; then authorization if a scope is requested.
-    let (proof_jti, verified) = match input.get("proof") {
-        None | Some(Value::Null) => (None, verifier.verify_peer(chain, &peer_id, &peer_key, now)?),
-        Some(p) => {
-            let p = object(p, "proof")?;
-            only_members(p, PROOF_MEMBERS, "`proof`")?;
-            let role = match string(p, "role")? {
-                "client" => Role::Client,
-                "server" => Role::Server,
-                other => return Err(harness(format!("unknown role `{other}`"))),
-            };
-            let exporter: [u8; EXPORTER_LEN] = b64_decode(string(p, "exporter")?)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| harness("`exporter` must be base64url of 32 bytes"))?;
-            let presentation = Presentation {
-                proof: string(p, "compact")?,
-                chain,
-            };
-            let ctx = PresentationContext {
-                presenter: &peer_id,
-                presenter_key: &peer_key,
-                presenter_not_after: u64::MAX,
-                verifier_id: verifier.config().own_id(),
-                role,
-                exporter,
-                client_proof: opt_string(p, "client_proof")?,
-                accepted_jtis: &[],
-                held_chain: None,
-                now,
-            };
-            let v = verifier.verify_presentation(&presentation, &ctx)?;
-            (Some(v.proof.jti), v.chain)
+impl<'a> CaseInput<'a> {
+    fn read(input: &'a Value) -> Result<Self> {
+        let input = object(input, "input")?;
+        only_members(input, INPUT_MEMBERS, "`input`")?;
+        let chain = opt_string(input, "chain")?;
+        let now = integer(member(input, "now")?, "now")?;
+        // C1 (spec/PROTOCOL.md section 9): skew, own ID, authority policy, enforced limits.
+        let skew = integer(member(input, "skew")?, "skew")?;
+        if skew > crate::policy::MAX_SKEW {
+            return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
         }
-    };
+        let verifier_id = PeerId::parse(string(input, "verifier_id")?)
+            .map_err(|e| harness(format!("verifier_id: {}", e.detail())))?
+            .as_spiffe_id()
+            .clone();
+        let authority_policy = match opt_object(input, "authority_policy")? {
+            None => None,
+            Some(m) => {
+                let mut p = AuthorityPolicy::none();
+                for (td, patterns) in m {
+                    let td = TrustDomain::parse(td)
+                        .map_err(|e| harness(format!("authority policy: {}", e.detail())))?;
+                    let patterns = patterns
+                        .as_str()
+                        .ok_or_else(|| harness("authority policy patterns must be strings"))?;
+                    let patterns = Scope::parse(patterns)
+                        .map_err(|e| harness(format!("authority policy: {}", e.detail())))?;
+                    p = p.allow(td, patterns);
+                }
+                Some(p)
+            }
+        };
+        let enforced_limits = match input.get("enforced_limits") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(names)) => names
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| harness("enforced limit names are strings"))
+                })
+                .collect::<Result<Vec<String>>>()?,
+            Some(_) => return Err(harness("`enforced_limits` must be an array")),
+        };
+        for name in &enforced_limits {
+            Limits::new(BTreeMap::from([(name.clone(), 0)]))
+                .map_err(|e| harness(format!("enforced limit: {}", e.detail())))?;
+        }
+        let danger = match input.get("danger_accept_missing_or_stale_revocations") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(harness(
+                    "`danger_accept_missing_or_stale_revocations` must be a boolean",
+                ))
+            }
+        };
+        // Bundles: names are part of the format (a name binds a bundle to its trust domain);
+        // the values are checked by C2.
+        let own = verifier_id.trust_domain();
+        let mut bundles = Vec::new();
+        for (td, bundle) in object(member(input, "bundles")?, "bundles")? {
+            let td = TrustDomain::parse(td)
+                .map_err(|e| harness(format!("bundle trust domain: {}", e.detail())))?;
+            bundles.push((td, bundle));
+        }
+        // The own trust domain first (spec/PROTOCOL.md section 9, C2), then byte order of the
+        // names (serde_json's map is ordered by name); the sort is stable.
+        bundles.sort_by_key(|(td, _)| *td != own);
+        let revocation_lists = match input.get("revocation_lists") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(lists)) => lists
+                .iter()
+                .map(|l| {
+                    l.as_str()
+                        .ok_or_else(|| harness("revocation lists are compact strings"))
+                })
+                .collect::<Result<Vec<&str>>>()?,
+            Some(_) => return Err(harness("`revocation_lists` must be an array")),
+        };
+        // The peer as the TLS layer reports it: the URI SAN of a certificate that passed
+        // spec/PROTOCOL.md section 15.2 (so a task identity or a service ID), and its key.
+        let p = object(member(input, "peer")?, "peer")?;
+        only_members(p, &["id", "jwk"], "`peer`")?;
+        let peer_id = PeerId::parse(string(p, "id")?)
+            .map_err(|e| harness(format!("peer id: {}", e.detail())))?;
+        let peer_key = PublicKey::from_jwk(member(p, "jwk")?)
+            .map_err(|e| harness(format!("peer jwk: {}", e.detail())))?;
+        let requested_scope = opt_string(input, "requested_scope")?;
+        let requested_amounts = match opt_object(input, "requested_amounts")? {
+            None => BTreeMap::new(),
+            Some(m) => m
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), integer(v, "requested_amounts")?)))
+                .collect::<Result<BTreeMap<String, u64>>>()?,
+        };
+        let proof = match opt_object(input, "proof")? {
+            None => None,
+            Some(p) => {
+                only_members(p, PROOF_MEMBERS, "`proof`")?;
+                let role = match string(p, "role")? {
+                    "client" => Role::Client,
+                    "server" => Role::Server,
+                    other => return Err(harness(format!("unknown role `{other}`"))),
+                };
+                let exporter: [u8; EXPORTER_LEN] = b64_decode(string(p, "exporter")?)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| harness("`exporter` must be base64url of 32 bytes"))?;
+                let client_proof = opt_string(p, "client_proof")?;
+                if role == Role::Client && client_proof.is_some() {
+                    return Err(harness("`client_proof` is for role \"server\" only"));
+                }
+                Some(ProofInput {
+                    compact: string(p, "compact")?,
+                    role,
+                    exporter,
+                    client_proof,
+                })
+            }
+        };
+        Ok(Self {
+            chain,
+            bundles,
+            revocation_lists,
+            now,
+            skew,
+            peer_id,
+            peer_key,
+            verifier_id,
+            requested_scope,
+            requested_amounts,
+            authority_policy,
+            enforced_limits,
+            danger,
+            proof,
+        })
+    }
 
-    let mut out = Map::new();
-    out.insert("valid".into(), Value::Bool(true));
-    if let Some(verified) = verified {
-        if let Some(requested) = opt_string(input, "requested_scope")? {
+    /// Configuration processing, C2 and C3 (C1 was checked while reading).
+    fn config(&self) -> Result<Verifier> {
+        let mut bundles = BundleSet::for_trust_domain(self.verifier_id.trust_domain());
+        for (td, bundle) in &self.bundles {
+            let bytes = serde_json::to_vec(bundle).map_err(|e| harness(e.to_string()))?;
+            bundles.insert(TrustBundle::parse(td, &bytes)?)?;
+        }
+        let mut cfg = VerifierConfig::new(self.verifier_id.clone(), bundles)
+            .skew(self.skew)?
+            .enforce_limits(self.enforced_limits.iter().cloned());
+        if let Some(p) = &self.authority_policy {
+            cfg = cfg.authority_policy(p.clone());
+        }
+        if self.danger {
+            cfg = cfg.danger_accept_missing_or_stale_revocations();
+        }
+        for l in &self.revocation_lists {
+            cfg.apply_revocation_list(l)?;
+        }
+        Verifier::new(cfg)
+    }
+
+    fn run(&self) -> Result<Value> {
+        let verifier = self.config()?;
+        let peer_id = self.peer_id.as_spiffe_id();
+
+        // The presentation (spec/PROTOCOL.md section 16.3): the hop proof if any, then the
+        // chain or, without one, the peer's revocation checks.
+        let (proof_jti, verified) = match &self.proof {
+            None => (
+                None,
+                verifier.verify_peer(self.chain, peer_id, &self.peer_key, self.now)?,
+            ),
+            Some(p) => {
+                let presentation = Presentation {
+                    proof: p.compact,
+                    chain: self.chain,
+                };
+                let ctx = PresentationContext {
+                    presenter: peer_id,
+                    presenter_key: &self.peer_key,
+                    presenter_not_after: u64::MAX,
+                    verifier_id: verifier.config().own_id(),
+                    role: p.role,
+                    exporter: p.exporter,
+                    client_proof: p.client_proof,
+                    accepted_jtis: &[],
+                    held_chain: None,
+                    now: self.now,
+                };
+                let v = verifier.verify_presentation(&presentation, &ctx)?;
+                (Some(v.proof.jti), v.chain)
+            }
+        };
+        // Then authorization, if a scope is requested (a peer without a chain holds none).
+        if let Some(requested) = self.requested_scope {
             let requested = Scope::parse(requested)?;
-            let amounts = match input.get("requested_amounts") {
-                None | Some(Value::Null) => BTreeMap::new(),
-                Some(v) => object(v, "requested_amounts")?
-                    .iter()
-                    .map(|(k, v)| {
-                        v.as_u64()
-                            .map(|n| (k.clone(), n))
-                            .ok_or_else(|| harness("requested amounts are integers"))
-                    })
-                    .collect::<Result<BTreeMap<String, u64>>>()?,
-            };
-            verifier.authorize_with_limits(&verified, &requested, &amounts)?;
+            verifier.authorize_peer(verified.as_ref(), &requested, &self.requested_amounts)?;
         }
-        out.extend(result_members(&verified));
-    }
-    if let Some(jti) = proof_jti {
-        out.insert("proof_jti".into(), Value::from(jti));
-    }
-    Ok(Value::Object(out))
-}
 
-/// The verification result as the vectors spell it (spec/PROTOCOL.md section 11).
-fn result_members(v: &VerifiedChain) -> Map<String, Value> {
-    v.to_json()
+        let mut out = Map::new();
+        out.insert("valid".into(), Value::Bool(true));
+        if let Some(verified) = &verified {
+            out.extend(verified.to_json());
+        }
+        if let Some(jti) = proof_jti {
+            out.insert("proof_jti".into(), Value::from(jti));
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,21 @@ const NOT_IN_VECTORS: &[(&str, &str)] = &[
          covered by the channel_binding_mismatch vectors",
     ),
     (
+        "proof_missing",
+        "an HTTP-binding code (spec/PROTOCOL.md section 17): a request with an `agentid-chain` header \
+         and no `agentid-proof` header; a vector is not an HTTP request",
+    ),
+    (
+        "presentation_changed",
+        "an HTTP-binding code: a request whose presentation differs from the one already verified on \
+         its connection; needs state across requests, and every vector is one stateless verification",
+    ),
+    (
+        "peer_denied",
+        "identity-only authorization by a local peer policy (an HTTP route or tower layer); peer \
+         policies are local configuration that the vector format does not carry",
+    ),
+    (
         "internal",
         "a failure of the crypto backend itself (RNG, key generation), never caused by input",
     ),

@@ -131,17 +131,12 @@ impl MemoryCredentials {
         }
     }
 
-    /// Publishes a new credential for new handshakes; live sessions are unaffected. The
-    /// credential was validated by [`Credential::new`]; when `trust` is given its chain is
-    /// validated at `now` too, and nothing is published on failure.
-    pub fn rotate(
-        &self,
-        credential: Credential,
-        trust: Option<(&TrustStore, UnixTime)>,
-    ) -> Result<()> {
-        if let Some((store, now)) = trust {
-            credential.verify_with(store, now)?;
-        }
+    /// Publishes a new credential for new handshakes; live sessions are unaffected. Every
+    /// rotation is validated: the credential passed [`Credential::new`], and its certificate
+    /// chain must validate against `trust` now, for both roles (what a peer will check);
+    /// nothing is published on failure.
+    pub fn rotate(&self, credential: Credential, trust: &TrustStore) -> Result<()> {
+        credential.verify_with(trust, UnixTime::now())?;
         tracing::info!(
             agent.id = %credential.identity(),
             cert.serial = %credential.info().serial,

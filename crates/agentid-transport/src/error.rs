@@ -49,6 +49,10 @@ pub enum CertError {
     /// EKU) failed.
     #[error("chain validation failed: {0}")]
     Chain(String),
+    /// An intermediate CA certificate of the path carries a keyUsage extension without
+    /// `keyCertSign` (RFC 5280 section 6.1.4 (n)).
+    #[error("issuing CA certificate lacks keyUsage keyCertSign")]
+    IssuerKeyUsage,
     /// The certificate is outside its validity period.
     #[error("certificate expired or not yet valid")]
     Expired,

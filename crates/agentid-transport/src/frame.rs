@@ -159,64 +159,64 @@ fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 /// The hello body: the client's chain (optional) and hop proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Hello {
+pub(crate) struct Hello {
     /// The delegation chain (`~`-joined), if the client presents one.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present_string"
     )]
-    pub chain: Option<String>,
+    pub(crate) chain: Option<String>,
     /// The client's hop proof.
-    pub proof: String,
+    pub(crate) proof: String,
 }
 
 /// The accept body: the server's hop proof (with `rth`) and chain (optional).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Accept {
+pub(crate) struct Accept {
     /// The server's hop proof.
-    pub proof: String,
+    pub(crate) proof: String,
     /// The server's delegation chain, if it has one.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present_string"
     )]
-    pub chain: Option<String>,
+    pub(crate) chain: Option<String>,
 }
 
 /// The reject and close bodies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Reason {
+pub(crate) struct Reason {
     /// A stable code (a protocol error code or a transport reason).
-    pub code: String,
+    pub(crate) code: String,
     /// A human-readable message (never contains tokens or keys).
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// The reauth body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Reauth {
+pub(crate) struct Reauth {
     /// The renewed certificate chain, leaf first, each DER certificate in base64url (no padding).
-    pub certs: Vec<String>,
+    pub(crate) certs: Vec<String>,
     /// A new delegation chain, if any.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present_string"
     )]
-    pub chain: Option<String>,
+    pub(crate) chain: Option<String>,
     /// A hop proof bound to this connection, made with the (unchanged) key.
-    pub proof: String,
+    pub(crate) proof: String,
 }
 
 /// Parses a control frame body in two steps: first as I-JSON ([`agentid_protocol::ijson`]: UTF-8,
 /// one object, no duplicate member names at any depth, nesting at most 8, nothing after it), then
 /// into the strict struct (exactly the expected members, each of the expected type).
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let object = agentid_protocol::ijson::parse_object(body)
         .map_err(|e| FrameError::BadBody(e.to_string()))?;
     serde_json::from_value(serde_json::Value::Object(object))

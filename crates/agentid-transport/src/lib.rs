@@ -10,31 +10,48 @@
 //!   non-full handshake is refused after the fact as well.
 //! * **Certificates**: our own rustls verifiers validate the peer's chain against the anchors of
 //!   the trust domain its URI SAN names (never another domain's), then the X509-SVID leaf rules
-//!   ([`svid`]), then a [`PeerPolicy`]. A client or server cannot be built without a policy; the
-//!   only permissive one is [`PeerPolicy::danger_any`].
+//!   ([`check_leaf`]), then a [`PeerPolicy`]. A client or server cannot be built without a
+//!   policy; the only permissive one is [`PeerPolicy::danger_any`].
 //! * **Rotation**: a [`CredentialSource`] is read on every handshake; live sessions stay up.
 //! * **Limits**: handshake and first-frame timeouts, a frame size cap checked before
 //!   allocating, caps on concurrent connections and handshakes.
 //! * Keys and tokens are never logged.
+//!
+//! ## Layout
+//!
+//! [`AgentClient`] (client side) and [`AgentServer`] (server side) run the TLS handshake and the
+//! hello / accept exchange and hand over a [`Session`]: the authenticated peer, its deadline and
+//! continuous verification, and the framed byte stream. [`PeerVerification`] is the live trust
+//! state (bundles, revocation lists) that both sides and every live session share.
 #![forbid(unsafe_code)]
 
-pub mod credentials;
-pub mod error;
-pub mod frame;
-mod handshake;
-pub mod policy;
+mod client;
+mod credentials;
+mod error;
+mod establish;
+mod frame;
+mod limits;
+mod peer_policy;
 pub mod provider;
-pub mod session;
-pub mod svid;
-pub mod verification;
-pub mod verifier;
+mod rustls_verifier;
+mod server;
+mod session;
+mod svid;
+mod trust_state;
 
+#[doc(hidden)]
+pub mod internal;
+
+pub use client::{AgentClient, AgentClientBuilder};
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
 pub use error::{CertError, Error, FrameError, Result, TimeoutKind};
-pub use handshake::{
-    AgentClient, AgentClientBuilder, AgentServer, AgentServerBuilder, ConnectionLimits,
+pub use frame::MAX_FRAME_BODY;
+pub use limits::ConnectionLimits;
+pub use peer_policy::PeerPolicy;
+pub use rustls_verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
+pub use server::{AgentServer, AgentServerBuilder};
+pub use session::{AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS};
+pub use svid::{
+    check_leaf, serial_hex, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES,
 };
-pub use policy::PeerPolicy;
-pub use session::{AuthenticatedPeer, Receipts, Session};
-pub use svid::{check_leaf, serial_hex, CertUsage, SvidInfo, TrustStore};
-pub use verification::PeerVerification;
+pub use trust_state::PeerVerification;

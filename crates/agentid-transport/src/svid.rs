@@ -7,7 +7,9 @@
 //!    `digitalSignature` without `keyCertSign`/`cRLSign`, the EKU of the role, no duplicated
 //!    extension), giving back the peer identity, its public key and validity.
 //! 2. [`TrustStore::verify`]: the leaf rules, then chain validation through webpki against the
-//!    anchors of the peer's **own** trust domain only, at a time given as a parameter.
+//!    anchors of the peer's **own** trust domain only, at a time given as a parameter, then the
+//!    key usage of every intermediate of the validated path (`keyCertSign` when keyUsage is
+//!    present, RFC 5280 section 6.1.4 (n), which webpki does not check).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -153,6 +155,25 @@ pub fn check_leaf(der: &[u8], usage: CertUsage) -> Result<SvidInfo, CertError> {
         not_after: u64::try_from(validity.not_after.timestamp()).unwrap_or(0),
         serial: serial_hex(cert.raw_serial()),
     })
+}
+
+/// RFC 5280 section 6.1.4 (n): an intermediate CA certificate of a validated path that carries a
+/// keyUsage extension must assert `keyCertSign` (no keyUsage at all is allowed). rustls-webpki
+/// 0.103 checks basicConstraints and path length but not an issuer's key usage, so a CA
+/// certificate restricted to, say, `digitalSignature` would otherwise still issue leaves that we
+/// accept. Trust anchors are configuration and are not checked.
+fn check_issuer_key_usage(der: &[u8]) -> Result<(), CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    match cert.key_usage() {
+        Ok(None) => Ok(()),
+        Ok(Some(ku)) if ku.value.key_cert_sign() => Ok(()),
+        Ok(Some(_)) => Err(CertError::IssuerKeyUsage),
+        Err(x509_parser::error::X509Error::DuplicateExtensions) => {
+            Err(CertError::DuplicateExtension)
+        }
+        Err(e) => Err(CertError::Malformed(e.to_string())),
+    }
 }
 
 /// A certificate serial as the CA writes it: lowercase hex of the DER INTEGER's content bytes
@@ -306,21 +327,25 @@ impl TrustStore {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| CertError::Malformed(format!("{e:?}")))?;
         let algs = provider::verification_algorithms();
-        ee.verify_for_usage(
-            algs.all,
-            anchors,
-            intermediates,
-            now,
-            usage.webpki(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                CertError::Expired
-            }
-            other => CertError::Chain(format!("{other:?}")),
-        })?;
+        let path = ee
+            .verify_for_usage(
+                algs.all,
+                anchors,
+                intermediates,
+                now,
+                usage.webpki(),
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    CertError::Expired
+                }
+                other => CertError::Chain(format!("{other:?}")),
+            })?;
+        for issuer in path.intermediate_certificates() {
+            check_issuer_key_usage(issuer.der().as_ref())?;
+        }
         if !hit {
             self.leaves.insert(end_entity.as_ref(), usage, &info);
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, RevocationListBuilder, Scope, TaskKey, TrustDomain};
-use agentid_transport::frame::{self, FrameType, Hello};
+use agentid_transport::internal::{self as frame, FrameType};
 use agentid_transport::{CertError, Error, FrameError, MemoryCredentials, PeerPolicy, TimeoutKind};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -519,11 +519,10 @@ async fn hop_proof_replayed_on_another_connection_is_rejected() {
     // Second connection, same certificate and key, replaying the first connection's proof.
     let cfg = raw_client_config(&p.cv, Some((cert, &ck2)), false);
     let mut tls = raw_connect(cfg, addr).await.unwrap();
-    let hello = frame::body_bytes(&Hello {
+    let hello = wire::body(&wire::Hello {
         chain: None,
         proof: stolen,
-    })
-    .unwrap();
+    });
     frame::write_frame(&mut tls, FrameType::Hello, &hello)
         .await
         .unwrap();
@@ -547,7 +546,9 @@ async fn malformed_first_frames_end_the_handshake() {
         (
             "oversized length",
             {
-                let mut v = ((frame::MAX_FRAME_BODY as u32) + 1).to_be_bytes().to_vec();
+                let mut v = ((agentid_transport::MAX_FRAME_BODY as u32) + 1)
+                    .to_be_bytes()
+                    .to_vec();
                 v.push(1);
                 v
             },
@@ -628,7 +629,7 @@ async fn malformed_first_frames_end_the_handshake() {
             .unwrap();
         match (want, reply) {
             (Some(code), Ok(Some(f))) if f.ty == FrameType::Reject => {
-                let reason: frame::Reason = frame::parse_body(&f.body).unwrap();
+                let reason: wire::Reason = wire::parse(&f.body);
                 assert_eq!(reason.code, code, "case `{name}`");
             }
             (None, Ok(None) | Err(_)) => {}
@@ -731,16 +732,11 @@ async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate
     let renewed = credential(&p.a.ca, SERVER, key(), &LeafOpts::default());
     let new_serial = renewed.info().serial.clone();
     let trust = p.sv.trust_store();
-    p.server_creds
-        .rotate(renewed, Some((&trust, rustls::pki_types::UnixTime::now())))
-        .unwrap();
+    p.server_creds.rotate(renewed, &trust).unwrap();
     // A credential that fails our checks is never published.
     let other = Domain::new("example.org");
     let foreign = credential(&other.ca, SERVER, key(), &LeafOpts::default());
-    assert!(p
-        .server_creds
-        .rotate(foreign, Some((&trust, rustls::pki_types::UnixTime::now())))
-        .is_err());
+    assert!(p.server_creds.rotate(foreign, &trust).is_err());
 
     let s2 = tokio::time::timeout(T, c.connect(addr))
         .await
@@ -1146,7 +1142,7 @@ async fn the_receiving_side_checks_every_reauth() {
                 // The sender learns why, in a close frame; the session is over on both sides.
                 let f = raw.read().await.unwrap();
                 assert_eq!(f.ty, FrameType::Close, "case `{name}`");
-                let close: frame::Reason = frame::parse_body(&f.body).unwrap();
+                let close: wire::Reason = wire::parse(&f.body);
                 assert_eq!(close.code, *reason, "case `{name}`");
                 assert!(
                     ss.recv().await.is_err(),
@@ -1613,11 +1609,10 @@ async fn transcript_of_one_session() {
 
     let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
     let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, Some(chain.as_str())).await;
-    let hello = frame::body_bytes(&Hello {
+    let hello = wire::body(&wire::Hello {
         chain: Some(chain.as_str().to_owned()),
         proof: raw.hello_proof.clone(),
-    })
-    .unwrap();
+    });
     let v = log("C->S", FrameType::Hello, &hello, &names);
     assert_eq!(keys(&v), ["chain", "proof"]);
 
@@ -1636,7 +1631,7 @@ async fn transcript_of_one_session() {
             Some(agentid_protocol::Role::Server.exporter_context()),
         )
         .unwrap();
-    let accept_body: frame::Accept = frame::parse_body(&accept.body).unwrap();
+    let accept_body: wire::Accept = wire::parse(&accept.body);
     let mut ss = h.await.unwrap().pop().unwrap().unwrap();
     let server_pub = {
         let der = raw.tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -1716,11 +1711,10 @@ async fn transcript_of_one_session() {
     let other = key();
     let cert = leaf(&a.ca, CLIENT, &other, &LeafOpts::default());
     let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &other, Some(chain.as_str())).await;
-    let hello = frame::body_bytes(&Hello {
+    let hello = wire::body(&wire::Hello {
         chain: Some(chain.as_str().to_owned()),
         proof: raw.hello_proof.clone(),
-    })
-    .unwrap();
+    });
     log("C->S", FrameType::Hello, &hello, &names);
     let reject = raw.read().await.unwrap();
     assert_eq!(reject.ty, FrameType::Reject);
@@ -1836,7 +1830,7 @@ async fn the_client_tells_the_server_why_it_refuses_the_accept() {
         }
         match h.await.unwrap() {
             Ok(Some(f)) if f.ty == FrameType::Close => {
-                let reason: frame::Reason = frame::parse_body(&f.body).unwrap();
+                let reason: wire::Reason = wire::parse(&f.body);
                 assert_eq!(reason.code, code, "case `{name}`");
             }
             other => panic!("case `{name}`: server read {other:?}"),

@@ -29,6 +29,49 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+/// The control-frame bodies as spec/PROTOCOL.md section 16 writes them, defined here rather
+/// than borrowed from the crate, so that tests speak the wire format the way another
+/// implementation would.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Hello {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub chain: Option<String>,
+        pub proof: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Accept {
+        pub proof: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub chain: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Reason {
+        pub code: String,
+        pub message: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Reauth {
+        pub certs: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub chain: Option<String>,
+        pub proof: String,
+    }
+
+    pub fn body<T: Serialize>(t: &T) -> Vec<u8> {
+        serde_json::to_vec(t).unwrap()
+    }
+
+    pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+        serde_json::from_slice(b).unwrap()
+    }
+}
+
 pub const T: Duration = Duration::from_secs(10);
 
 pub fn now() -> u64 {
@@ -316,13 +359,12 @@ impl RawAgent {
             hello_proof: String::new(),
         };
         agent.hello_proof = agent.proof(key, chain, None);
-        let body = agentid_transport::frame::body_bytes(&agentid_transport::frame::Hello {
+        let body = wire::body(&wire::Hello {
             chain: chain.map(str::to_owned),
             proof: agent.hello_proof.clone(),
-        })
-        .unwrap();
+        });
         agent
-            .write(agentid_transport::frame::FrameType::Hello, &body)
+            .write(agentid_transport::internal::FrameType::Hello, &body)
             .await;
         agent
     }
@@ -344,14 +386,14 @@ impl RawAgent {
         b.sign(key).unwrap()
     }
 
-    pub async fn write(&mut self, ty: agentid_transport::frame::FrameType, body: &[u8]) {
-        agentid_transport::frame::write_frame(&mut self.tls, ty, body)
+    pub async fn write(&mut self, ty: agentid_transport::internal::FrameType, body: &[u8]) {
+        agentid_transport::internal::write_frame(&mut self.tls, ty, body)
             .await
             .unwrap();
     }
 
-    pub async fn read(&mut self) -> Option<agentid_transport::frame::Frame> {
-        tokio::time::timeout(T, agentid_transport::frame::read_frame(&mut self.tls))
+    pub async fn read(&mut self) -> Option<agentid_transport::internal::Frame> {
+        tokio::time::timeout(T, agentid_transport::internal::read_frame(&mut self.tls))
             .await
             .unwrap()
             .unwrap()
@@ -368,12 +410,11 @@ impl RawAgent {
             .iter()
             .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.as_ref()))
             .collect();
-        agentid_transport::frame::body_bytes(&agentid_transport::frame::Reauth {
+        wire::body(&wire::Reauth {
             certs,
             chain: chain.map(str::to_owned),
             proof,
         })
-        .unwrap()
     }
 }
 
@@ -461,7 +502,7 @@ pub fn raw_client_config(
     cert: Option<(CertificateDer<'static>, &TaskKey)>,
     resumption: bool,
 ) -> Arc<rustls::ClientConfig> {
-    use agentid_transport::verifier::SpiffeServerCertVerifier;
+    use agentid_transport::SpiffeServerCertVerifier;
     let verifier = SpiffeServerCertVerifier::new(
         Arc::new(arc_swap::ArcSwap::new(v.trust_store())),
         PeerPolicy::danger_any(),
@@ -504,7 +545,7 @@ pub fn raw_server_config(
     cert: CertificateDer<'static>,
     key: &TaskKey,
 ) -> Arc<rustls::ServerConfig> {
-    use agentid_transport::verifier::SpiffeClientCertVerifier;
+    use agentid_transport::SpiffeClientCertVerifier;
     let verifier = SpiffeClientCertVerifier::new(
         Arc::new(arc_swap::ArcSwap::new(v.trust_store())),
         PeerPolicy::danger_any(),

@@ -14,7 +14,7 @@ use rustls::{
 };
 
 use crate::error::{CertError, Error};
-use crate::policy::PeerPolicy;
+use crate::peer_policy::PeerPolicy;
 use crate::provider;
 use crate::svid::{CertUsage, SvidInfo, TrustStore};
 

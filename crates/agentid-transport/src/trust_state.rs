@@ -75,15 +75,24 @@ impl PeerVerification {
         self.changes.subscribe()
     }
 
-    fn update(&self, f: impl FnOnce(&mut Verifier) -> Result<()>) -> Result<()> {
+    /// Applies `f` to a copy of the verifier and publishes it. The X.509 anchors (and the
+    /// leaves they remember) are rebuilt only when the bundles changed: live sessions re-validate
+    /// their peer's certificate exactly when the trust store is a new one.
+    fn update(
+        &self,
+        bundles_changed: bool,
+        f: impl FnOnce(&mut Verifier) -> Result<()>,
+    ) -> Result<()> {
         let _guard = self
             .write
             .lock()
             .map_err(|_| Error::Config("poisoned lock".into()))?;
         let mut next = Verifier::clone(&self.verifier.load());
         f(&mut next)?;
-        let trust = trust_store_from(next.config().bundles())?;
-        self.trust.store(Arc::new(trust));
+        if bundles_changed {
+            let trust = trust_store_from(next.config().bundles())?;
+            self.trust.store(Arc::new(trust));
+        }
         self.verifier.store(Arc::new(next));
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())
@@ -92,7 +101,7 @@ impl PeerVerification {
     /// Verifies and applies a signed revocation list (an older `seq` is refused). Live sessions
     /// re-check their peer and chain and end at once if covered.
     pub fn apply_revocation_list(&self, compact: &str) -> Result<()> {
-        self.update(|v| {
+        self.update(false, |v| {
             let list = v.config_mut().apply_revocation_list(compact)?;
             tracing::info!(trust_domain = %list.issuer(), seq = list.seq(), entries = list.len(), "revocation list applied");
             Ok(())
@@ -102,6 +111,6 @@ impl PeerVerification {
     /// Adds or replaces a trust bundle (a lower sequence is refused); new handshakes use its
     /// anchors and keys.
     pub fn update_bundle(&self, bundle: TrustBundle) -> Result<()> {
-        self.update(|v| Ok(v.config_mut().insert_bundle(bundle)?))
+        self.update(true, |v| Ok(v.config_mut().insert_bundle(bundle)?))
     }
 }

@@ -1,0 +1,255 @@
+//! The client side: TLS 1.3 with our server-certificate verifier, then the hello and the
+//! server's accept (or reject), verified.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agentid_protocol::{verify_proof, Chain, ErrorCode, ProofBuilder, ProofContext, Role};
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::{TlsConnector, TlsStream};
+use tracing::field::Empty;
+use tracing::Instrument as _;
+
+use crate::credentials::{CredentialResolver, CredentialSource};
+use crate::error::{Error, FrameError, Result, TimeoutKind};
+use crate::establish::{
+    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
+    verify_peer_authority, Established,
+};
+use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
+use crate::limits::ConnectionLimits;
+use crate::peer_policy::PeerPolicy;
+use crate::provider;
+use crate::provider::ALPN;
+use crate::rustls_verifier::SpiffeServerCertVerifier;
+use crate::session::{now_unix, Receipts, Session, PROOF_LIFETIME};
+use crate::svid::CertUsage;
+use crate::trust_state::PeerVerification;
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An agentid client. Build it with [`AgentClient::builder`]; a peer policy is required.
+#[derive(Clone)]
+pub struct AgentClient {
+    connector: TlsConnector,
+    credentials: Arc<dyn CredentialSource>,
+    verification: Arc<PeerVerification>,
+    limits: ConnectionLimits,
+    require_audience: bool,
+}
+
+/// Builds an [`AgentClient`].
+#[derive(Debug)]
+#[must_use]
+pub struct AgentClientBuilder {
+    credentials: Arc<dyn CredentialSource>,
+    verification: Arc<PeerVerification>,
+    policy: PeerPolicy,
+    limits: ConnectionLimits,
+    require_audience: bool,
+}
+
+impl AgentClientBuilder {
+    /// Overrides the timeouts (the caps are server-side).
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Refuses (before sending the chain) a server that the client's own chain's effective
+    /// audience does not cover.
+    pub fn require_server_in_audience(mut self) -> Self {
+        self.require_audience = true;
+        self
+    }
+
+    /// Builds the client: TLS 1.3 only, ALPN `agentid/1`, our server-certificate verifier, no
+    /// resumption, no 0-RTT, no SNI.
+    pub fn build(self) -> Result<AgentClient> {
+        let verifier = SpiffeServerCertVerifier::new(self.verification.trust_handle(), self.policy);
+        let mut config = provider::client_config_builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(CredentialResolver(self.credentials.clone())));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = Resumption::disabled();
+        config.enable_early_data = false;
+        config.enable_sni = false;
+        Ok(AgentClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            credentials: self.credentials,
+            verification: self.verification,
+            limits: self.limits,
+            require_audience: self.require_audience,
+        })
+    }
+}
+
+impl AgentClient {
+    /// A client presenting `credentials`, verifying servers with `verification`, admitting
+    /// those `policy` allows.
+    pub fn builder(
+        credentials: Arc<dyn CredentialSource>,
+        verification: Arc<PeerVerification>,
+        policy: PeerPolicy,
+    ) -> AgentClientBuilder {
+        AgentClientBuilder {
+            credentials,
+            verification,
+            policy,
+            limits: ConnectionLimits::default(),
+            require_audience: false,
+        }
+    }
+
+    /// Connects over TCP to `addr` and runs the handshake.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Session<TcpStream>> {
+        let tcp = timeout(self.limits.handshake_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
+        tcp.set_nodelay(true)?;
+        self.connect_with(tcp).await
+    }
+
+    /// Runs the handshake over an established byte stream.
+    pub async fn connect_with<IO>(&self, io: IO) -> Result<Session<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let span = tracing::info_span!(
+            "agentid.handshake",
+            role = "client",
+            peer.id = Empty,
+            task.id = Empty,
+            cert.serial = Empty,
+            outcome = Empty,
+            reason = Empty
+        );
+        let result = self.connect_inner(io, &span).instrument(span.clone()).await;
+        record_outcome(&span, &result);
+        Ok(Session::new(result?.into_parts()))
+    }
+
+    async fn connect_inner<IO>(&self, io: IO, span: &tracing::Span) -> Result<Established<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        // The server is authorized by its URI SAN; this name is never checked (and SNI is off).
+        let name =
+            ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
+        let mut tls = timeout(
+            self.limits.handshake_timeout,
+            self.connector.connect(name, io),
+        )
+        .await
+        .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
+        .map_err(map_tls_io)?;
+        let after = after_tls(tls.get_ref().1, CertUsage::ServerAuth, &self.verification)?;
+        record_peer(span, &after.peer);
+        let local = self.credentials.current().ok_or(Error::NoCredential)?;
+
+        if let (true, Some(chain)) = (self.require_audience, local.chain()) {
+            // Our own chain, read without verification (we are its presenter): a chain that does
+            // not even frame, or whose effective audience misses the server, is never sent.
+            let audience = Chain::parse_unverified(chain)?.audience_unverified()?;
+            if !audience.covers_id(after.peer.id.as_spiffe_id()) {
+                return Err(Error::Protocol(agentid_protocol::Error::new(
+                    ErrorCode::AudienceMismatch,
+                    format!("server {} is not in the chain's audience", after.peer.id),
+                )));
+            }
+        }
+
+        let now = now_unix();
+        let mut builder = ProofBuilder::new(
+            local.identity().as_spiffe_id(),
+            after.peer.id.as_spiffe_id(),
+            Role::Client,
+            after.exporter_client,
+            now,
+            now + PROOF_LIFETIME,
+        );
+        if let Some(c) = local.chain() {
+            builder = builder.chain(c);
+        }
+        let client_proof = builder.sign(local.task_key())?;
+        let hello = Hello {
+            chain: local.chain().map(str::to_owned),
+            proof: client_proof.clone(),
+        };
+        frame::write_frame(&mut tls, FrameType::Hello, &body_bytes(&hello)?)
+            .await
+            .map_err(map_frame_tls)?;
+
+        let verified = async {
+            let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
+                .await
+                .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))?
+                .map_err(map_frame_tls)?
+                .ok_or(FrameError::Truncated)?;
+            let accept: Accept = match first.ty {
+                FrameType::Accept => parse_body(&first.body)?,
+                FrameType::Reject => {
+                    let r: Reason = parse_body(&first.body)?;
+                    return Err(Error::Rejected {
+                        code: r.code,
+                        message: r.message,
+                    });
+                }
+                other => return Err(FrameError::Unexpected(other.name()).into()),
+            };
+            let now = now_unix();
+            let v = self.verification.verifier();
+            let server_proof = verify_proof(
+                &accept.proof,
+                &ProofContext {
+                    presenter_id: after.peer.id.as_spiffe_id(),
+                    presenter_key: &after.peer.public_key,
+                    verifier_id: local.identity().as_spiffe_id(),
+                    role: Role::Server,
+                    exporter: after.exporter_server,
+                    now,
+                    skew: v.config().skew_seconds(),
+                    chain: accept.chain.as_deref(),
+                    client_proof: Some(&client_proof),
+                },
+            )?;
+            let chain =
+                verify_peer_authority(&self.verification, &after.peer, accept.chain.clone(), now)?;
+            Ok((accept, server_proof, chain))
+        }
+        .await;
+        let (accept, server_proof, chain) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                // The server already holds a session: tell it why the client walks away.
+                tell_peer(&mut tls, FrameType::Close, &e).await;
+                return Err(e);
+            }
+        };
+        Ok(Established {
+            io: TlsStream::Client(tls),
+            role: Role::Client,
+            after,
+            chain,
+            receipts: Receipts {
+                client_proof,
+                server_proof: accept.proof,
+                reauth_proofs: Vec::new(),
+            },
+            local,
+            verification: self.verification.clone(),
+            peer_proof_jti: server_proof.jti,
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! An authenticated session: the peer, its deadline, and the framed byte stream.
+//!
+//! A [`Session`] implements `AsyncRead + AsyncWrite` (data frames carry the bytes, so HTTP,
+//! gRPC or JSON-RPC can run on top) and offers [`Session::send`] / [`Session::recv`] for whole
+//! messages. While it is read or written it enforces continuous verification: at the deadline
+//! (peer certificate `notAfter`, chain `exp`) it ends with `credential_expired` unless a
+//! `reauth` frame moved it; a revocation list applied to the shared [`PeerVerification`] that
+//! covers the peer or any token of its chain ends it at once with `revoked`; and when a
+//! revocation list the session's authority depends on goes stale (`next_update + skew`) without
+//! a fresh one, it ends with `revocation_stale` (fail closed), unless the verifier's `danger_`
+//! setting tolerates stale lists.
+
+use std::fmt;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentid_protocol::{ErrorCode, PeerId, PublicKey, Role, Scope, TaskId, VerifiedChain};
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsStream;
+
+use crate::credentials::Credential;
+use crate::error::{CertError, Error, Result};
+use crate::frame::{body_bytes, FrameType, Reason};
+use crate::svid::TrustStore;
+use crate::trust_state::PeerVerification;
+
+mod io;
+mod reauth;
+mod recheck;
+
+use io::from_io;
+use recheck::{stale_at, stale_instant, watch_changes, ChangeFuture};
+
+/// The most `reauth` frames one session accepts (each leaves a receipt).
+pub const MAX_REAUTHS: usize = 1024;
+
+/// The close code of an orderly end.
+pub const CLOSE_NORMAL: &str = "normal";
+
+/// Lifetime of the hop proofs this crate signs (the protocol caps it at 60 s).
+pub(crate) const PROOF_LIFETIME: u64 = 60;
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn unix_time(secs: u64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(secs))
+}
+
+fn instant_for(deadline: u64) -> Instant {
+    let left = deadline.saturating_sub(now_unix());
+    // Cap far deadlines (a chain-less service certificate may live long): a year is plenty.
+    Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600))
+}
+
+/// The signed two-party receipts of a session: both hop proofs (and those of later reauths).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Receipts {
+    /// The client's hop proof (compact JWS).
+    pub client_proof: String,
+    /// The server's hop proof (compact JWS, with `rth` over the client proof).
+    pub server_proof: String,
+    /// Proofs of accepted `reauth` frames, oldest first.
+    pub reauth_proofs: Vec<String>,
+}
+
+impl fmt::Debug for Receipts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Proofs are signed tokens: never logged.
+        f.debug_struct("Receipts")
+            .field("reauths", &self.reauth_proofs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The authenticated peer of a session.
+#[derive(Clone, Debug)]
+pub struct AuthenticatedPeer {
+    /// The peer's identity (its certificate's URI SAN).
+    pub id: PeerId,
+    /// The peer certificate's public key.
+    pub public_key: PublicKey,
+    /// The peer certificate's serial: lowercase hex without leading zero bytes, as the CA
+    /// reports it ([`crate::svid::serial_hex`]).
+    pub cert_serial: String,
+    /// The peer certificate's `notAfter` (Unix seconds).
+    pub cert_not_after: u64,
+    /// The peer's verified delegation chain, if it presented one.
+    pub chain: Option<PeerChain>,
+    /// The session deadline: min(certificate `notAfter`, chain `exp`), Unix seconds.
+    pub deadline: u64,
+    /// Both hop proofs.
+    pub receipts: Receipts,
+}
+
+impl AuthenticatedPeer {
+    /// The peer's task id, when it is an agent task.
+    pub fn task(&self) -> Option<TaskId> {
+        match &self.id {
+            PeerId::Task(t) => Some(t.task_id()),
+            PeerId::Service(_) => None,
+        }
+    }
+}
+
+/// A peer's delegation chain as verified, together with the exact string it presented: kept
+/// once, so that the verified result and the bytes it was verified from cannot drift apart (a
+/// re-check verifies the same bytes again). Dereferences to the [`VerifiedChain`].
+#[derive(Clone)]
+pub struct PeerChain {
+    verified: VerifiedChain,
+    compact: String,
+}
+
+impl PeerChain {
+    pub(crate) fn new(verified: VerifiedChain, compact: String) -> Self {
+        Self { verified, compact }
+    }
+
+    /// The verified chain.
+    pub fn verified(&self) -> &VerifiedChain {
+        &self.verified
+    }
+
+    /// The chain exactly as the peer presented it (compact tokens joined with `~`).
+    pub fn compact(&self) -> &str {
+        &self.compact
+    }
+}
+
+impl Deref for PeerChain {
+    type Target = VerifiedChain;
+
+    fn deref(&self) -> &VerifiedChain {
+        &self.verified
+    }
+}
+
+impl fmt::Debug for PeerChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The verified claims only: tokens are never logged.
+        fmt::Debug::fmt(&self.verified, f)
+    }
+}
+
+/// Why a session ended (kept to answer every later call the same way).
+#[derive(Clone, Debug)]
+enum Ended {
+    Expired,
+    Revoked(String),
+    /// The session's authority can no longer be re-checked: a needed revocation list went stale
+    /// (or disappeared).
+    Unverifiable(agentid_protocol::Error),
+    /// After a bundle change, the peer's certificate no longer validates.
+    Untrusted(CertError),
+    PeerClosed(String, String),
+    Failed(String, String),
+    LocalClosed,
+}
+
+impl Ended {
+    fn error(&self) -> Error {
+        match self {
+            Ended::Expired => Error::CredentialExpired,
+            Ended::Revoked(r) => Error::Revoked(r.clone()),
+            Ended::Unverifiable(e) => Error::Protocol(e.clone()),
+            Ended::Untrusted(e) => Error::Certificate(e.clone()),
+            Ended::PeerClosed(code, message) => Error::Closed {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Ended::Failed(code, message) => Error::Closed {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Ended::LocalClosed => Error::Closed {
+                code: CLOSE_NORMAL.into(),
+                message: "closed locally".into(),
+            },
+        }
+    }
+}
+
+/// What the handshake hands to a new session.
+pub(crate) struct SessionParts<IO> {
+    pub peer_certs: Vec<CertificateDer<'static>>,
+    pub io: TlsStream<IO>,
+    pub role: Role,
+    pub peer: AuthenticatedPeer,
+    pub local: Arc<Credential>,
+    pub verification: Arc<PeerVerification>,
+    pub exporter_client: [u8; 32],
+    pub exporter_server: [u8; 32],
+    pub changes: watch::Receiver<u64>,
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub jtis: Vec<String>,
+}
+
+/// An authenticated agentid session over TLS.
+pub struct Session<IO> {
+    io: TlsStream<IO>,
+    role: Role,
+    peer: AuthenticatedPeer,
+    local: Arc<Credential>,
+    verification: Arc<PeerVerification>,
+    exporter_client: [u8; 32],
+    exporter_server: [u8; 32],
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    pending: Bytes,
+    deadline: Pin<Box<Sleep>>,
+    changes: ChangeFuture,
+    /// The verification state's version, to notice an update the session has not re-checked yet.
+    applied: watch::Receiver<u64>,
+    checked: u64,
+    /// When a revocation list the session depends on goes stale (None: tolerated or none held).
+    stale_at: Option<u64>,
+    stale_timer: Pin<Box<Sleep>>,
+    jtis: Vec<String>,
+    /// The peer's current certificate chain (the handshake's, or the last reauth's), and the
+    /// trust store it was last validated against: a bundle change re-validates it.
+    peer_certs: Vec<CertificateDer<'static>>,
+    trust_checked: Arc<TrustStore>,
+    ended: Option<Ended>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<IO> fmt::Debug for Session<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("peer", &self.peer.id.to_string())
+            .field("deadline", &self.peer.deadline)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> Session<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    pub(crate) fn new(parts: SessionParts<IO>) -> Self {
+        let deadline = Box::pin(tokio::time::sleep_until(instant_for(parts.peer.deadline)));
+        let applied = parts.changes.clone();
+        let checked = *applied.borrow();
+        let stale_at = stale_at(&parts.verification, &parts.peer);
+        let trust_checked = parts.verification.trust_store();
+        let stale_timer = Box::pin(tokio::time::sleep_until(stale_instant(stale_at)));
+        Self {
+            io: parts.io,
+            role: parts.role,
+            peer: parts.peer,
+            local: parts.local,
+            verification: parts.verification,
+            exporter_client: parts.exporter_client,
+            exporter_server: parts.exporter_server,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            pending: Bytes::new(),
+            deadline,
+            changes: watch_changes(parts.changes),
+            applied,
+            checked,
+            stale_at,
+            stale_timer,
+            jtis: parts.jtis,
+            peer_certs: parts.peer_certs,
+            trust_checked,
+            ended: None,
+            _permit: parts.permit,
+        }
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> &AuthenticatedPeer {
+        &self.peer
+    }
+
+    /// This side's role (TLS client or server).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Authorizes one request for `requested` under the peer's verified chain: call it per
+    /// request, not once per connection. A peer without a chain holds no authority.
+    pub fn authorize(&self, requested: &Scope) -> Result<()> {
+        if let Some(e) = &self.ended {
+            return Err(e.error());
+        }
+        let now = now_unix();
+        if now >= self.peer.deadline {
+            return Err(Error::CredentialExpired);
+        }
+        // A revocation list applied (or a held list gone stale) since the session last re-checked
+        // is honoured here too, even if the session has not been polled since.
+        if *self.applied.borrow() != self.checked || self.stale_at.is_some_and(|t| now >= t) {
+            self.recheck().map_err(|ended| ended.error())?;
+        }
+        let chain = self.peer.chain.as_ref().ok_or_else(|| {
+            Error::Protocol(agentid_protocol::Error::new(
+                ErrorCode::ScopeNotGranted,
+                "the peer presented no chain",
+            ))
+        })?;
+        let result = self.verification.verifier().authorize(chain, requested);
+        tracing::debug!(
+            peer.id = %self.peer.id,
+            scope = %requested,
+            outcome = if result.is_ok() { "granted" } else { "denied" },
+            reason = result.as_ref().err().map(|e| e.code().as_str()).unwrap_or(""),
+            "authorize"
+        );
+        Ok(result?)
+    }
+
+    /// Sends `data` as one or more data frames and flushes.
+    pub async fn send(&mut self, data: &[u8]) -> Result<()> {
+        self.write_all(data).await.map_err(from_io)?;
+        self.flush().await.map_err(from_io)
+    }
+
+    /// Receives the next data frame's body; `Ok(None)` when the peer closed normally.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        std::future::poll_fn(|cx| self.poll_next_data(cx)).await
+    }
+
+    /// Ends the session with a close frame carrying `code` and `message`, then shuts TLS down.
+    pub async fn close(mut self, code: &str, message: &str) -> Result<()> {
+        if self.ended.is_none() {
+            let body = body_bytes(&Reason {
+                code: code.into(),
+                message: message.into(),
+            })?;
+            self.write_frame(FrameType::Close, &body).await?;
+            self.ended = Some(Ended::LocalClosed);
+        }
+        self.io.shutdown().await.map_err(Error::Io)
+    }
+}

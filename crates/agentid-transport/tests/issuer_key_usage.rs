@@ -1,0 +1,253 @@
+//! RFC 5280 section 6.1.4 (n): an intermediate CA whose keyUsage extension lacks `keyCertSign`
+//! cannot issue the peer's certificate (rustls-webpki 0.103 does not check it; agentid does, in
+//! `TrustStore::verify`, which the handshake in both directions, `reauth` and
+//! `agentid cert verify` all use).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::sync::Arc;
+
+use agentid_protocol::{Algorithm, TaskKey};
+use agentid_transport::internal::FrameType;
+use agentid_transport::{
+    CertError, CertUsage, Credential, Error, MemoryCredentials, PeerPolicy, TrustStore,
+};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+use support::*;
+
+const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
+const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
+
+/// How the issuing (intermediate) CA's keyUsage extension looks.
+#[derive(Clone, Copy, Debug)]
+enum IssuerKu {
+    /// `keyCertSign` and `cRLSign`: the profile.
+    CertSign,
+    /// No keyUsage extension at all: allowed by RFC 5280.
+    Absent,
+    /// `digitalSignature` only: may not sign certificates.
+    DigitalSignatureOnly,
+    /// `cRLSign` only: may sign revocation lists, not certificates.
+    CrlSignOnly,
+}
+
+/// An intermediate CA (cA = true, pathLen 0) under `root` with the given keyUsage.
+fn intermediate(root: &Ca, ku: IssuerKu) -> Ca {
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let mut p = CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, format!("issuing CA {ku:?}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = match ku {
+        IssuerKu::CertSign => vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+        IssuerKu::Absent => vec![],
+        IssuerKu::DigitalSignatureOnly => vec![KeyUsagePurpose::DigitalSignature],
+        IssuerKu::CrlSignOnly => vec![KeyUsagePurpose::CrlSign],
+    };
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    p.serial_number = Some(rcgen::SerialNumber::from(vec![0x11, 0x22, ku as u8 + 1]));
+    p.use_authority_key_identifier_extension = true;
+    let kp = KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()),
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    )
+    .unwrap();
+    let der = p.signed_by(&kp, &root.issuer).unwrap().der().clone();
+    Ca {
+        key,
+        issuer: Issuer::new(p, kp),
+        der,
+    }
+}
+
+/// `id`'s leaf issued by `inter`, as a credential presenting [leaf, intermediate].
+fn credential_via(inter: &Ca, id: &str) -> Credential {
+    let k = key();
+    let cert = leaf(inter, id, &k, &LeafOpts::default());
+    Credential::new(vec![cert, inter.der.clone()], k).unwrap()
+}
+
+fn now_unix() -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(now()))
+}
+
+fn expect_issuer_ku(e: &Error) -> bool {
+    matches!(e, Error::Certificate(CertError::IssuerKeyUsage))
+}
+
+/// The trust store alone (what `reauth`, credential rotation and `agentid cert verify` call).
+#[test]
+fn trust_store_checks_the_issuers_key_usage() {
+    let a = Domain::new("example.org");
+    let store = TrustStore::new()
+        .with_authority(&a.td, a.ca.der.as_ref())
+        .unwrap();
+    for (ku, accepted) in [
+        (IssuerKu::CertSign, true),
+        (IssuerKu::Absent, true),
+        (IssuerKu::DigitalSignatureOnly, false),
+        (IssuerKu::CrlSignOnly, false),
+    ] {
+        let inter = intermediate(&a.ca, ku);
+        let k = key();
+        let cert = leaf(&inter, CLIENT, &k, &LeafOpts::default());
+        for usage in [CertUsage::ClientAuth, CertUsage::ServerAuth] {
+            let r = store.verify(&cert, std::slice::from_ref(&inter.der), now_unix(), usage);
+            if accepted {
+                assert_eq!(r.unwrap().id, peer(CLIENT), "{ku:?} {usage:?}");
+            } else {
+                assert_eq!(r, Err(CertError::IssuerKeyUsage), "{ku:?} {usage:?}");
+            }
+        }
+        // The leaf itself is profile-conforming either way: only the path is at fault.
+        agentid_transport::check_leaf(&cert, CertUsage::ClientAuth).unwrap();
+        // The same certificate again (the validated-leaf memory must not skip the issuer check).
+        let again = store.verify(
+            &cert,
+            std::slice::from_ref(&inter.der),
+            now_unix(),
+            CertUsage::ClientAuth,
+        );
+        assert_eq!(again.is_ok(), accepted, "{ku:?} again");
+    }
+}
+
+/// The server refuses a client whose certificate was issued by a CA without keyCertSign; the
+/// same set-up with a conforming intermediate connects.
+#[tokio::test]
+async fn handshake_refuses_a_client_issued_by_a_ca_without_key_cert_sign() {
+    for (ku, accepted) in [
+        (IssuerKu::CertSign, true),
+        (IssuerKu::DigitalSignatureOnly, false),
+    ] {
+        let a = Domain::new("example.org");
+        let inter = intermediate(&a.ca, ku);
+        let sv = verification(SERVER, &[&a], false);
+        let cv = verification(CLIENT, &[&a], false);
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+        let c = client(
+            Arc::new(MemoryCredentials::new(credential_via(&inter, CLIENT))),
+            cv,
+            PeerPolicy::danger_any(),
+        );
+        let cr = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
+        let sr = tokio::time::timeout(T, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
+        if accepted {
+            let ss = sr.unwrap();
+            assert_eq!(ss.peer().id, peer(CLIENT));
+            cr.unwrap();
+        } else {
+            match sr {
+                Err(e) if expect_issuer_ku(&e) => {}
+                other => panic!("{ku:?}: server should refuse the client, got {other:?}"),
+            }
+            assert!(cr.is_err(), "{ku:?}: the client must not get a session");
+        }
+    }
+}
+
+/// The client refuses a server whose certificate was issued by a CA without keyCertSign.
+#[tokio::test]
+async fn handshake_refuses_a_server_issued_by_a_ca_without_key_cert_sign() {
+    for (ku, accepted) in [
+        (IssuerKu::CertSign, true),
+        (IssuerKu::DigitalSignatureOnly, false),
+    ] {
+        let a = Domain::new("example.org");
+        let inter = intermediate(&a.ca, ku);
+        let sv = verification(SERVER, &[&a], false);
+        let cv = verification(CLIENT, &[&a], false);
+        let server_creds = Arc::new(MemoryCredentials::new(credential_via(&inter, SERVER)));
+        let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+        let c = client(
+            Arc::new(MemoryCredentials::new(credential(
+                &a.ca,
+                CLIENT,
+                key(),
+                &LeafOpts::default(),
+            ))),
+            cv,
+            PeerPolicy::danger_any(),
+        );
+        let cr = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
+        let sr = tokio::time::timeout(T, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .pop()
+            .unwrap();
+        if accepted {
+            assert_eq!(cr.unwrap().peer().id, peer(SERVER));
+            sr.unwrap();
+        } else {
+            match cr {
+                Err(e) if expect_issuer_ku(&e) => {}
+                other => panic!("{ku:?}: client should refuse the server, got {other:?}"),
+            }
+            assert!(sr.is_err(), "{ku:?}: the server must not get a session");
+        }
+    }
+}
+
+/// A `reauth` presenting the same SAN and key, but issued through a CA without keyCertSign, ends
+/// the session with `bad_certificate`.
+#[tokio::test]
+async fn reauth_refuses_a_certificate_issued_by_a_ca_without_key_cert_sign() {
+    let a = Domain::new("example.org");
+    let sv = verification(SERVER, &[&a], false);
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
+    let (addr, h) = serve(
+        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+        1,
+    )
+    .await;
+    let ck = key();
+    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
+    assert_eq!(raw.read().await.unwrap().ty, FrameType::Accept);
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+
+    let bad = intermediate(&a.ca, IssuerKu::DigitalSignatureOnly);
+    let renewed: Vec<CertificateDer<'static>> = vec![
+        leaf(&bad, CLIENT, &ck, &LeafOpts::default()),
+        bad.der.clone(),
+    ];
+    let body = RawAgent::reauth_body(&renewed, None, raw.proof(&ck, None, None));
+    raw.write(FrameType::Reauth, &body).await;
+    raw.write(FrameType::Data, b"after").await;
+    let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    match r {
+        Err(e) if expect_issuer_ku(&e) => assert_eq!(e.reason(), "bad_certificate"),
+        other => panic!("reauth through a non-signing CA: got {other:?}"),
+    }
+    let f = raw.read().await.unwrap();
+    assert_eq!(f.ty, FrameType::Close);
+    let close: wire::Reason = wire::parse(&f.body);
+    assert_eq!(close.code, "bad_certificate");
+    assert!(ss.peer().receipts.reauth_proofs.is_empty());
+}

@@ -1,0 +1,136 @@
+//! A live session's re-check fails closed (spec/PROTOCOL.md 16.4): any failure other than the
+//! expiry that the deadline already handles ends the session.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_protocol::{ErrorCode, Scope, TrustBundle};
+use agentid_transport::{Error, MemoryCredentials, PeerPolicy, Session};
+use support::*;
+use tokio::net::TcpStream;
+
+const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
+const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
+
+struct Live {
+    a: Domain,
+    sv: Arc<agentid_transport::PeerVerification>,
+    client: Session<TcpStream>,
+    server: Session<TcpStream>,
+}
+
+/// A session whose client presents a grant for `read` (revocation lists optional).
+async fn live() -> Live {
+    let a = Domain::new("example.org");
+    let ck = key();
+    let chain = a.grant(&a.task("client", "t2"), &ck, "read");
+    let client_creds = Arc::new(MemoryCredentials::new(
+        credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+    ));
+    let server_creds = Arc::new(MemoryCredentials::new(credential(
+        &a.ca,
+        SERVER,
+        key(),
+        &LeafOpts::default(),
+    )));
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let (addr, h) = serve(
+        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+        1,
+    )
+    .await;
+    let c = client(client_creds, cv, PeerPolicy::danger_any());
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    cs.send(b"x").await.unwrap();
+    assert!(ss.recv().await.unwrap().is_some());
+    ss.authorize(&Scope::parse("read").unwrap()).unwrap();
+    Live {
+        a,
+        sv,
+        client: cs,
+        server: ss,
+    }
+}
+
+/// The server's session must end with `code`, and tell the client so.
+async fn ends_with(mut l: Live, code: &str) {
+    let _ = l.client.send(b"after").await;
+    let r = tokio::time::timeout(Duration::from_secs(5), l.server.recv())
+        .await
+        .expect("the session must end, not wait");
+    match &r {
+        Err(e) => assert_eq!(e.reason(), code, "{e:?}"),
+        Ok(v) => panic!("session kept after the change: {v:?}"),
+    }
+    // Every later call gets the same answer.
+    let again = l.server.authorize(&Scope::parse("read").unwrap());
+    assert_eq!(again.unwrap_err().reason(), code);
+    let r = tokio::time::timeout(T, l.client.recv()).await.unwrap();
+    match r {
+        Err(Error::Closed { code: c, .. }) => assert_eq!(c, code),
+        other => panic!("client saw {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_grant_key_out_of_the_bundle_ends_the_session() {
+    let l = live().await;
+    // The authority rotates its grant key (after a compromise): the bundle no longer holds the
+    // key that signed the session's grant.
+    let rotated = TrustBundle::new(l.a.td.clone(), 2)
+        .add_x509_authority(l.a.ca.der.to_vec(), l.a.ca.key.public_key())
+        .add_grant_key(
+            agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256)
+                .unwrap()
+                .public_key()
+                .clone(),
+        )
+        .add_revocation_key(l.a.rev_key.public_key().clone());
+    l.sv.update_bundle(rotated).unwrap();
+    ends_with(l, ErrorCode::UntrustedAuthority.as_str()).await;
+}
+
+#[tokio::test]
+async fn removing_the_x509_authority_ends_the_session() {
+    let l = live().await;
+    // The CA certificate that issued the client's certificate leaves the bundle (another CA
+    // replaces it); the grant key stays.
+    let other = Ca::new("example.org");
+    let rotated = TrustBundle::new(l.a.td.clone(), 2)
+        .add_x509_authority(other.der.to_vec(), other.key.public_key())
+        .add_grant_key(l.a.grant_key.public_key().clone())
+        .add_revocation_key(l.a.rev_key.public_key().clone());
+    l.sv.update_bundle(rotated).unwrap();
+    ends_with(l, "bad_certificate").await;
+}
+
+#[tokio::test]
+async fn a_bundle_update_that_keeps_the_keys_keeps_the_session() {
+    let mut l = live().await;
+    let same = TrustBundle::new(l.a.td.clone(), 2)
+        .add_x509_authority(l.a.ca.der.to_vec(), l.a.ca.key.public_key())
+        .add_grant_key(l.a.grant_key.public_key().clone())
+        .add_revocation_key(l.a.rev_key.public_key().clone());
+    l.sv.update_bundle(same).unwrap();
+    l.client.send(b"still").await.unwrap();
+    let got = tokio::time::timeout(T, l.server.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"still");
+    l.server.authorize(&Scope::parse("read").unwrap()).unwrap();
+}
