@@ -11,11 +11,12 @@
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
-    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, ServiceId, TaskId, TaskIdentity,
+    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, Serial, ServiceId, TaskId,
+    TaskIdentity,
 };
 
 use crate::audit::AuditEvent;
-use crate::ca::{normalize_serial, token_hash, CertificateAuthority};
+use crate::ca::{token_hash, CertificateAuthority};
 use crate::csr::{parse_csr, RequestedKey};
 use crate::error::{CaError, Result};
 use crate::material;
@@ -956,9 +957,10 @@ impl CertificateAuthority {
         })
     }
 
-    /// Looks up the issuance record of a serial (any formatting: colons, upper case, `00`).
-    pub fn find_serial(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
-        self.store()?.issuance(&normalize_serial(serial))
+    /// Looks up the issuance record of a serial (parsed from any formatting: colons, upper case,
+    /// leading `00`).
+    pub fn find_serial(&self, serial: &Serial) -> Result<Option<IssuanceRecord>> {
+        self.store()?.issuance(serial.as_str())
     }
 }
 

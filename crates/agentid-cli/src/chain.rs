@@ -168,7 +168,7 @@ fn verify(args: &VerifyArgs) -> CliResult {
     let report = json!({
         "chain_file": args.chain_file.display().to_string(),
         "tokens": tokens,
-        "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": crate::cert::inspect::normalize_serial(&peer.serial) },
+        "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": peer.serial },
         "verifier": verifier_id,
         "at": at,
         "verdict": verdict,

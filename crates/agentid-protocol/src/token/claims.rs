@@ -163,10 +163,9 @@ pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]>
         .map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
 }
 
-/// `jti` of grants, links and revocation entries: 1..=256 bytes, each in 0x21..=0x7E (printable
-/// ASCII without space; spec/PROTOCOL.md section 6.1).
+/// `jti` of grants, links and revocation entries: the rule of [`crate::Jti`].
 pub(crate) fn valid_jti(s: &str) -> bool {
-    (1..=256).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    crate::refs::Jti::is_valid(s)
 }
 
 fn get_id_set(map: &Map<String, Value>, name: &str) -> Result<Option<IdSet>> {
