@@ -263,7 +263,7 @@ impl CredentialDir {
 
     /// A transport credential (certificate chain and task key) without a delegation chain.
     pub fn credential(&self) -> Result<Credential, FilesError> {
-        let key = TaskKey::from_pkcs8_der(self.key.pkcs8_der())
+        let key = TaskKey::from_pkcs8_der(self.key.danger_pkcs8_der())
             .map_err(|e| invalid(&self.dir.join(KEY_FILE), format!("unusable task key: {e}")))?;
         Credential::new(self.cert_chain.clone(), key)
             .map_err(|e| invalid(&self.dir.join(CERT_FILE), e))

@@ -118,7 +118,7 @@ impl TestCa {
         Agent {
             id: PeerId::Task(task.identity.clone()),
             cert: task.certificate,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: Some(task.grant),
             grant_jti: Some(task.grant_jti),
         }
@@ -143,7 +143,7 @@ impl TestCa {
         Agent {
             id: cert.identity.clone(),
             cert,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: None,
             grant_jti: None,
         }
@@ -166,7 +166,7 @@ impl TestCa {
         Agent {
             id: cert.identity.clone(),
             cert,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: None,
             grant_jti: None,
         }
