@@ -234,9 +234,10 @@ impl CredentialDir {
             let text = read_token_file(&path)?;
             let parsed = Chain::parse_unverified(&text)
                 .map_err(|e| invalid(&path, format!("not a chain: {e}")))?;
-            let holder = parsed
-                .holder_unverified()
+            let read = parsed
+                .read_unverified()
                 .map_err(|e| invalid(&path, format!("no holder: {e}")))?;
+            let holder = read.holder();
             if holder.as_spiffe_id() != info.id.as_spiffe_id() {
                 return Err(invalid(
                     &path,

@@ -248,7 +248,7 @@ impl Agent {
     pub fn delegate(&self, to: &mut Agent, link_scope: &str) {
         let from = self.chain.as_ref().expect("the delegator holds a chain");
         let t = now();
-        let exp = from.expires_unverified().unwrap().min(t + 600);
+        let exp = from.read_unverified().unwrap().expires().min(t + 600);
         let chain = LinkBuilder::new(
             from,
             &to.task_identity(),

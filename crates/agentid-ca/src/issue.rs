@@ -665,14 +665,15 @@ impl CertificateAuthority {
         let mut cap = parent_rec.cap.min(task_rec.exp);
         if let Some(chain) = &req.parent_chain {
             // Only ever shortens: safe to read unverified.
-            let holder = chain.holder_unverified()?;
-            if holder != req.parent {
+            let read = chain.read_unverified()?;
+            let holder = read.holder();
+            if *holder != req.parent {
                 return Err(CaError::InvalidRequest(format!(
                     "the parent chain's holder is {holder}, not {}",
                     req.parent
                 )));
             }
-            cap = cap.min(chain.expires_unverified()?);
+            cap = cap.min(read.expires());
         }
         if cap <= now {
             return Err(CaError::ParentNotActive(req.parent.as_str().to_string()));

@@ -135,8 +135,9 @@ pub fn run(args: &DelegateArgs) -> CliResult {
     };
     let scope = parse_scope(&args.scopes)?;
     let chain_exp = chain
-        .expires_unverified()
-        .context(format!("{}: unreadable chain", args.chain.display()))?;
+        .read_unverified()
+        .context(format!("{}: unreadable chain", args.chain.display()))?
+        .expires();
     if chain_exp <= now {
         return Err(CliError::failed(format!(
             "{}: the chain expired at {}",

@@ -146,22 +146,6 @@ impl Chain {
             links,
         })
     }
-
-    /// The holder named by the last token (unverified).
-    pub fn holder_unverified(&self) -> Result<crate::TaskIdentity> {
-        Ok(self.read_unverified()?.holder().clone())
-    }
-
-    /// The effective audience of the chain (unverified): the last `aud` along it, or the grant
-    /// issuer's trust domain. For a presenter deciding whether to send its chain to a peer.
-    pub fn audience_unverified(&self) -> Result<crate::IdSet> {
-        self.read_unverified()?.audience()
-    }
-
-    /// The `exp` of the last token (unverified): no link may outlive it.
-    pub fn expires_unverified(&self) -> Result<u64> {
-        Ok(self.read_unverified()?.expires())
-    }
 }
 
 /// A chain's claims read WITHOUT verifying any signature, attenuation or time.

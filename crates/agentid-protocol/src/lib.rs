@@ -61,7 +61,7 @@ pub mod ijson {
 
 pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
-pub use chain::Chain;
+pub use chain::{Chain, UnverifiedChain};
 pub use policy::{AuthorityPolicy, VerifierConfig};
 pub use presentation::{Presentation, PresentationContext, VerifiedPresentation};
 pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
