@@ -1075,3 +1075,35 @@ fn a_revoked_thumbprint_is_always_publishable() {
         ))
     );
 }
+
+/// `TaskKey::csr` (the protocol crate's hand-written PKCS#10) is accepted by the CA's CSR intake,
+/// for both key types, and the certificate binds the task key.
+#[test]
+fn a_task_key_csr_is_issued() {
+    for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+        let t = test_ca(KeyType::P256);
+        let key = TaskKey::generate(alg).unwrap();
+        let task = TaskId::parse("csr-task").unwrap();
+        let identity = task_uri("planner", task.as_str());
+        let csr = key.csr(&SpiffeId::parse(&identity).unwrap()).unwrap();
+        // The CSR intake alone: signature verified, the key taken.
+        let requested = agentid_ca::parse_csr(&csr, &identity).unwrap();
+        assert_eq!(&requested.public_key, key.public_key());
+        // A CSR for another identity is refused.
+        assert!(agentid_ca::parse_csr(&csr, &task_uri("planner", "other")).is_err());
+        let mut req = OpenTaskRequest::new(
+            "planner",
+            agentid_ca::KeySource::Csr(csr),
+            TaskRequester::Operator,
+            scope("tickets:read"),
+        );
+        req.task = Some(task);
+        let creds = t.ca.open_task(&req, now()).unwrap();
+        assert_eq!(creds.identity.as_str(), identity);
+        let rec =
+            t.ca.find_serial(&creds.certificate.serial().parse().unwrap())
+                .unwrap()
+                .unwrap();
+        assert_eq!(rec.jkt, key.public_key().thumbprint(), "{alg:?}");
+    }
+}

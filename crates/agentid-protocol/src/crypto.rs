@@ -481,6 +481,14 @@ impl TaskKey {
     }
 }
 
+// A task key is shared as `Arc<TaskKey>` (the TLS certificate resolver, the session that signs
+// reauth proofs, the link builder): it must stay `Send + Sync`.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<TaskKey>();
+    shareable::<std::sync::Arc<TaskKey>>();
+};
+
 impl fmt::Debug for TaskKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt_debug("TaskKey", f)

@@ -23,6 +23,7 @@ pub mod id;
 pub mod scope;
 
 pub mod crypto;
+mod csr;
 mod ed25519_check;
 mod encoding;
 mod jwk;
