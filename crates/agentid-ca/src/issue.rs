@@ -277,9 +277,11 @@ impl CertificateAuthority {
         Ok((now.saturating_sub(skew), not_after))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign_and_commit(
         &self,
         uri: &str,
+        dns: &[String],
         key: &RequestedKey,
         validity: (u64, u64),
         commit: impl FnOnce(
@@ -297,6 +299,7 @@ impl CertificateAuthority {
         let leaf = sign_leaf(
             &LeafSpec {
                 uri,
+                dns,
                 spki_der: &key.spki_der,
                 not_before: validity.0,
                 not_after: validity.1,
@@ -546,6 +549,7 @@ impl CertificateAuthority {
 
         let leaf = self.sign_and_commit(
             &uri,
+            &[],
             &key,
             validity,
             |leaf| {
@@ -690,6 +694,7 @@ impl CertificateAuthority {
         let jkt = key.thumbprint();
         let leaf = self.sign_and_commit(
             &uri,
+            &[],
             &key,
             validity,
             |leaf| {
@@ -788,6 +793,7 @@ impl CertificateAuthority {
         let jkt = key.thumbprint();
         let leaf = self.sign_and_commit(
             &uri,
+            &rule.dns,
             &key,
             validity,
             |leaf| {
@@ -873,7 +879,7 @@ impl CertificateAuthority {
                 requested: jkt,
             });
         }
-        let (max_ttl, cap, rule, agent, task, mut refuse) = match &req.identity {
+        let (max_ttl, cap, rule, agent, task, mut refuse, dns) = match &req.identity {
             PeerId::Task(t) => {
                 let agent = t.agent();
                 let name = agent.name().to_string();
@@ -894,6 +900,7 @@ impl CertificateAuthority {
                         (RevocationKind::Agent, name),
                         (RevocationKind::Task, task.as_str().to_string()),
                     ],
+                    Vec::new(),
                 )
             }
             PeerId::Service(s) => {
@@ -905,6 +912,7 @@ impl CertificateAuthority {
                     None,
                     None,
                     Vec::new(),
+                    rule.dns.clone(),
                 )
             }
         };
@@ -912,6 +920,7 @@ impl CertificateAuthority {
         let validity = self.validity(now, req.ttl, max_ttl, cap, &rule)?;
         let leaf = self.sign_and_commit(
             &uri,
+            &dns,
             &key,
             validity,
             |leaf| {

@@ -71,6 +71,9 @@ pub struct ServiceRule {
     pub max_ttl: u64,
     /// Who may request its certificates (the operator only, for now).
     pub requesters: Vec<RequesterKind>,
+    /// DNS names its certificates carry besides the URI SAN, exactly as listed (no wildcards;
+    /// a name belongs to one service).
+    pub dns: Vec<String>,
 }
 
 /// The parsed, validated policy.
@@ -114,6 +117,41 @@ struct RawService {
     max_ttl: Option<String>,
     #[serde(default)]
     requesters: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+}
+
+/// A DNS name as a service certificate may carry it: lowercase LDH labels of 1..63 bytes joined
+/// by single dots, at most 253 bytes, no wildcard, no trailing dot, not all-numeric (no IP
+/// addresses: certificates carry no IP SANs).
+pub(crate) fn check_dns_name(name: &str) -> core::result::Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("a DNS name has 1 to 253 bytes");
+    }
+    if name.contains('*') {
+        return Err("no wildcards");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("labels have 1 to 63 bytes (no empty label, no trailing dot)");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err("labels are lowercase letters, digits and '-'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label neither starts nor ends with '-'");
+        }
+    }
+    if name
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("an IP address is not a DNS name");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -223,8 +261,19 @@ impl Policy {
             agents.insert(name, rule);
         }
         let mut services = BTreeMap::new();
+        let mut dns_owner: BTreeMap<String, String> = BTreeMap::new();
         for (name, s) in raw.services {
             let base = format!("services.{name}");
+            for d in &s.dns {
+                check_dns_name(d)
+                    .map_err(|e| CaError::policy(format!("{base}.dns"), format!("{d:?}: {e}")))?;
+                if let Some(other) = dns_owner.insert(d.clone(), name.clone()) {
+                    return Err(CaError::policy(
+                        format!("{base}.dns"),
+                        format!("{d:?} is already a name of service {other:?}"),
+                    ));
+                }
+            }
             let requesters = s
                 .requesters
                 .iter()
@@ -245,6 +294,7 @@ impl Policy {
                         &format!("{base}.max_ttl"),
                     )?,
                     requesters,
+                    dns: s.dns,
                 },
             );
         }

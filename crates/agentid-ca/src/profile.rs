@@ -25,12 +25,15 @@ pub struct LeafCertificate {
 /// Everything the profile needs; `not_after` has already been capped by the caller.
 pub(crate) struct LeafSpec<'a> {
     pub uri: &'a str,
+    /// DNS SANs (service certificates only, as policy lists them).
+    pub dns: &'a [String],
     pub spki_der: &'a [u8],
     pub not_before: u64,
     pub not_after: u64,
 }
 
-/// Builds and signs a leaf: exactly one URI SAN (critical, since the subject is empty),
+/// Builds and signs a leaf: exactly one URI SAN (critical, since the subject is empty; service
+/// certificates add the DNS names policy lists for them),
 /// `cA=false` (basicConstraints present and critical), keyUsage digitalSignature (critical),
 /// EKU serverAuth+clientAuth, random 128-bit serial, AKI. Only the SPKI is taken from the request.
 pub(crate) fn sign_leaf(
@@ -50,6 +53,13 @@ pub(crate) fn sign_leaf(
         vec![SanType::URI(spec.uri.try_into().map_err(
             |e: rcgen::Error| CaError::CertificateGeneration(e.to_string()),
         )?)];
+    for name in spec.dns {
+        p.subject_alt_names.push(SanType::DnsName(
+            name.as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::CertificateGeneration(e.to_string()))?,
+        ));
+    }
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![

@@ -29,11 +29,12 @@ pub struct RevokeArgs {
     /// An agent name: every task identity of that agent.
     #[arg(long)]
     pub agent: Option<String>,
-    /// A key's RFC 7638 thumbprint (`agentid cert inspect` shows it as `jkt`).
-    #[arg(long)]
+    /// A key's RFC 7638 thumbprint (`agentid cert inspect` shows it as `jkt`). base64url may
+    /// start with `-`, so such a value is taken as the value, not as a flag.
+    #[arg(long, allow_hyphen_values = true)]
     pub jkt: Option<String>,
     /// A token `jti`: a grant of this CA, or with `--iss TASK_IDENTITY` a link it signed.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub jti: Option<String>,
     /// The issuer of the `jti`: this CA's trust domain (a grant, the default) or the task identity
     /// that signed a link.

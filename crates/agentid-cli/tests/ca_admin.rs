@@ -123,6 +123,12 @@ fn revoke_each_target_kind() {
 
     env.fails("revoke --ca ca --serial abcdef", 1, "abcdef");
     env.fails("revoke --ca ca --jti nope", 1, "nope");
+    // base64url values may start with `-`: taken as the value, never as an unknown flag.
+    env.fails(
+        "revoke --ca ca --jti -AAAAAAAAAAAAAAAAAAAAA --iss spiffe://example.org",
+        1,
+        "unknown jti -AAAAAAAAAAAAAAAAAAAAA",
+    );
     env.fails("revoke --ca ca --jkt short", 1, "thumbprint");
     // A link's jti is scoped by the task identity that signed it.
     let v = env.json("revoke --ca ca --jti link-1 --iss spiffe://example.org/agent/x/task/y");

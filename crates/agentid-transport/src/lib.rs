@@ -30,6 +30,8 @@ mod credentials;
 mod error;
 mod establish;
 mod frame;
+#[cfg(feature = "http")]
+pub mod http;
 mod limits;
 mod peer_policy;
 pub mod provider;

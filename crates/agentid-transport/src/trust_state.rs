@@ -3,6 +3,7 @@
 //! from the bundles, and a change signal that live sessions watch, so that a revocation list
 //! applied here ends the sessions it covers at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentid_protocol::{BundleSet, TokenCache, TrustBundle, Verifier, VerifierConfig};
@@ -18,6 +19,8 @@ pub struct PeerVerification {
     verifier: ArcSwap<Verifier>,
     trust: Arc<ArcSwap<TrustStore>>,
     changes: watch::Sender<u64>,
+    /// Bumped by every update, after it is visible: per-request checks compare it (one load).
+    epoch: AtomicU64,
     write: Mutex<()>,
 }
 
@@ -53,6 +56,7 @@ impl PeerVerification {
             verifier: ArcSwap::from_pointee(verifier),
             trust: Arc::new(ArcSwap::from_pointee(trust)),
             changes,
+            epoch: AtomicU64::new(0),
             write: Mutex::new(()),
         }))
     }
@@ -69,6 +73,12 @@ impl PeerVerification {
 
     pub(crate) fn trust_handle(&self) -> Arc<ArcSwap<TrustStore>> {
         self.trust.clone()
+    }
+
+    /// The number of updates applied so far (one atomic load): a per-request check that finds it
+    /// unchanged since its last full re-check needs no other work.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -94,6 +104,7 @@ impl PeerVerification {
             self.trust.store(Arc::new(trust));
         }
         self.verifier.store(Arc::new(next));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())
     }

@@ -1,0 +1,344 @@
+//! Per-request authorization: the [`Authorizer`] every request served by an agentid HTTP
+//! server carries, the decision sink, and the [`RequireScope`] / [`RequirePeer`] tower layers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use agentid_protocol::{PeerId, Scope, VerifiedChain};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Uri};
+
+use super::refusal::{Refusal, PEER_DENIED};
+use super::server::{ConnShared, Verified};
+use crate::session::now_unix;
+use crate::svid::SvidInfo;
+use crate::PeerPolicy;
+
+/// The request header whose value becomes a decision's correlation ID.
+pub const CORRELATION_HEADER: &str = "x-request-id";
+
+/// One authorization decision.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    /// The peer (its certificate's URI SAN).
+    pub peer: &'a PeerId,
+    /// The chain's principal (RFC 9493 subject identifier), for `on_behalf_of` chains.
+    pub principal: Option<&'a serde_json::Value>,
+    /// What was asked for: the scope, or `peer` for a peer-policy check.
+    pub resource: &'a str,
+    /// The request: method and path.
+    pub action: String,
+    /// Granted or denied.
+    pub granted: bool,
+    /// The refusal code when denied.
+    pub code: Option<&'static str>,
+    /// Unix seconds.
+    pub time: u64,
+    /// The request's `x-request-id`, when it carried one.
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Receives every authorization decision.
+pub trait DecisionSink: Send + Sync + 'static {
+    /// Records one decision (called on the request path: keep it cheap).
+    fn record(&self, decision: &Decision<'_>);
+}
+
+/// The default sink: `tracing` events with target `agentid::decision`, denials at INFO, grants
+/// at DEBUG.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingSink;
+
+impl DecisionSink for TracingSink {
+    fn record(&self, d: &Decision<'_>) {
+        if d.granted {
+            tracing::debug!(target: "agentid::decision", { peer.id = %d.peer, resource = d.resource, action = %d.action, decision = "granted", time = d.time, correlation_id = d.correlation_id }, "authorization");
+        } else {
+            tracing::info!(target: "agentid::decision", { peer.id = %d.peer, resource = d.resource, action = %d.action, decision = "denied", reason = d.code.unwrap_or(""), time = d.time, correlation_id = d.correlation_id }, "authorization");
+        }
+    }
+}
+
+/// The per-request handle: who the peer is, its verified chain, and authorization checks that
+/// first re-check the connection (deadline, revocation epoch) and then the scope and limits.
+/// Found in every request's extensions (and as an axum extractor with the `axum` feature).
+#[derive(Clone)]
+pub struct Authorizer {
+    conn: Arc<ConnShared>,
+    verified: Option<Arc<Verified>>,
+    method: Method,
+    uri: Uri,
+    correlation: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("peer", &self.peer_id().to_string())
+            .field("chain", &self.verified.as_ref().map(|v| v.chain.is_some()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    pub(crate) fn new<B>(
+        conn: Arc<ConnShared>,
+        verified: Option<Arc<Verified>>,
+        req: &Request<B>,
+    ) -> Self {
+        Self {
+            conn,
+            verified,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            correlation: req.headers().get(CORRELATION_HEADER).cloned(),
+        }
+    }
+
+    /// The peer's certificate: identity, key, serial, validity.
+    pub fn peer(&self) -> &SvidInfo {
+        &self.conn.peer.info
+    }
+
+    /// The peer's identity.
+    pub fn peer_id(&self) -> &PeerId {
+        &self.conn.peer.info.id
+    }
+
+    /// The peer's verified delegation chain, when it presented one.
+    pub fn chain(&self) -> Option<&VerifiedChain> {
+        self.verified.as_ref().and_then(|v| v.chain.as_ref())
+    }
+
+    /// Whether the request came under a verified presentation (with or without a chain).
+    pub fn presented(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    /// The receipts of the verified presentation: the client's and the server's hop proofs.
+    pub fn receipts(&self) -> Option<(&str, &str)> {
+        self.verified.as_ref().map(|v| {
+            (
+                v.client_proof.as_str(),
+                v.server_proof.to_str().unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The connection's deadline (Unix seconds).
+    pub fn deadline(&self) -> u64 {
+        self.conn.deadline()
+    }
+
+    /// Authorizes `requested` under the peer's verified chain (a peer without a chain holds no
+    /// authority: 403 `scope_not_granted`).
+    pub fn authorize(&self, requested: &Scope) -> Result<(), Refusal> {
+        self.authorize_with_limits(requested, &BTreeMap::new())
+    }
+
+    /// As [`Authorizer::authorize`], also checking requested amounts against the chain's
+    /// effective limit ceilings (`limit_exceeded`).
+    pub fn authorize_with_limits(
+        &self,
+        requested: &Scope,
+        amounts: &BTreeMap<String, u64>,
+    ) -> Result<(), Refusal> {
+        let result = self.conn.live().and_then(|()| {
+            let chain = self.chain().ok_or_else(|| {
+                Refusal::forbidden(
+                    agentid_protocol::ErrorCode::ScopeNotGranted.as_str(),
+                    "the peer presented no chain",
+                )
+            })?;
+            self.conn
+                .server
+                .verification
+                .verifier()
+                .authorize_with_limits(chain, requested, amounts)
+                .map_err(|e| Refusal::forbidden(e.code().as_str(), e.to_string()))
+        });
+        self.record(&requested.to_string(), &result);
+        result
+    }
+
+    /// Checks the peer's identity against `policy` (403 `peer_denied`), after the connection
+    /// checks. No chain is needed.
+    pub fn check_peer(&self, policy: &PeerPolicy) -> Result<(), Refusal> {
+        let result = self.conn.live().and_then(|()| {
+            if policy.allows(self.peer_id()) {
+                Ok(())
+            } else {
+                Err(Refusal::forbidden(
+                    PEER_DENIED,
+                    format!("{} is not admitted by {policy:?}", self.peer_id()),
+                ))
+            }
+        });
+        self.record("peer", &result);
+        result
+    }
+
+    fn record(&self, resource: &str, result: &Result<(), Refusal>) {
+        let sink = &self.conn.server.sink;
+        sink.record(&Decision {
+            peer: self.peer_id(),
+            principal: self.chain().and_then(|c| c.principal.as_ref()),
+            resource,
+            action: format!("{} {}", self.method, self.uri.path()),
+            granted: result.is_ok(),
+            code: result.as_ref().err().map(Refusal::code),
+            time: now_unix(),
+            correlation_id: self.correlation.as_ref().and_then(|v| v.to_str().ok()),
+        });
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Authorizer {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Authorizer>()
+            .cloned()
+            .ok_or_else(|| Refusal::internal("not served by an agentid HTTP server"))
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn check_then_call<S, B, RB>(
+    inner: &mut S,
+    req: Request<B>,
+    check: impl FnOnce(&Authorizer) -> Result<(), Refusal>,
+) -> BoxFuture<Result<Response<RB>, S::Error>>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: From<Bytes> + Send + 'static,
+{
+    let verdict = match req.extensions().get::<Authorizer>() {
+        Some(a) => check(a),
+        None => Err(Refusal::internal("not served by an agentid HTTP server")),
+    };
+    match verdict {
+        Ok(()) => Box::pin(inner.call(req)),
+        Err(r) => Box::pin(std::future::ready(Ok(r.to_response()))),
+    }
+}
+
+/// A tower layer that admits a request only when the peer's verified chain grants `scope`
+/// (403 `scope_not_granted` for a peer without a chain).
+#[derive(Clone, Debug)]
+pub struct RequireScope {
+    scope: Arc<Scope>,
+}
+
+impl RequireScope {
+    /// Requires `scope` (concrete tokens, no `*`).
+    pub fn new(scope: Scope) -> Self {
+        Self {
+            scope: Arc::new(scope),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequireScope {
+    type Service = RequireScopeService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireScopeService {
+            inner,
+            scope: self.scope.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireScope`].
+#[derive(Clone, Debug)]
+pub struct RequireScopeService<S> {
+    inner: S,
+    scope: Arc<Scope>,
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for RequireScopeService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: From<Bytes> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let scope = self.scope.clone();
+        check_then_call(&mut self.inner, req, |a| a.authorize(&scope))
+    }
+}
+
+/// A tower layer that admits a request only when the peer's identity satisfies a
+/// [`PeerPolicy`] (403 `peer_denied`); no chain is needed.
+#[derive(Clone, Debug)]
+pub struct RequirePeer {
+    policy: Arc<PeerPolicy>,
+}
+
+impl RequirePeer {
+    /// Requires `policy`.
+    pub fn new(policy: PeerPolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequirePeer {
+    type Service = RequirePeerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequirePeerService {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service of [`RequirePeer`].
+#[derive(Clone, Debug)]
+pub struct RequirePeerService<S> {
+    inner: S,
+    policy: Arc<PeerPolicy>,
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for RequirePeerService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: From<Bytes> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let policy = self.policy.clone();
+        check_then_call(&mut self.inner, req, |a| a.check_peer(&policy))
+    }
+}

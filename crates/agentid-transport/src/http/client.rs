@@ -1,0 +1,420 @@
+//! The agentid HTTP client: one hyper connection (h1 or h2 by ALPN) per TLS connection. It
+//! sends `agentid-chain` and `agentid-proof` on every request until it has verified the server's
+//! proof from a response, then omits them; it refuses a server its chain's audience does not
+//! cover before sending the chain; it never follows redirects (a chain is bound to one
+//! connection and never leaves it); and it keeps no connection past its own or the server's
+//! certificate `notAfter` minus a margin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_protocol::{
+    verify_proof, Chain, ErrorCode, ProofBuilder, ProofContext, Role, VerifiedChain,
+};
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_rustls::TlsConnector;
+
+use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
+use super::tls::{client_config, client_peer, HttpVersion, TlsPeer};
+use crate::credentials::{Credential, CredentialSource};
+use crate::error::{Error, Result, TimeoutKind};
+use crate::session::{now_unix, PROOF_LIFETIME};
+use crate::PeerPolicy;
+use crate::PeerVerification;
+
+/// The response type of [`HttpClientConnection::send`].
+pub type HttpResponse = Response<Incoming>;
+
+/// An agentid HTTP client. Build it with [`HttpClient::builder`]; a peer policy is required.
+#[derive(Clone)]
+pub struct HttpClient {
+    connector: TlsConnector,
+    credentials: Arc<dyn CredentialSource>,
+    verification: Arc<PeerVerification>,
+    connect_timeout: Duration,
+    close_margin: Duration,
+    check_audience: bool,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("close_margin", &self.close_margin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`HttpClient`].
+#[must_use]
+pub struct HttpClientBuilder {
+    credentials: Arc<dyn CredentialSource>,
+    verification: Arc<PeerVerification>,
+    policy: PeerPolicy,
+    connect_timeout: Duration,
+    close_margin: Duration,
+    check_audience: bool,
+    http1_only: bool,
+}
+
+impl std::fmt::Debug for HttpClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClientBuilder")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClientBuilder {
+    /// TCP connect plus TLS handshake must finish within this time (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// A connection is dropped this long before the earlier of both certificates' `notAfter`
+    /// and the own chain's `exp` (default 5 s).
+    pub fn close_margin(mut self, t: Duration) -> Self {
+        self.close_margin = t;
+        self
+    }
+
+    /// Sends the chain even to a server its effective audience does not cover (the server
+    /// will refuse it with `audience_mismatch`). Dangerous: the chain leaves for a server it was
+    /// not meant for.
+    pub fn danger_skip_audience_check(mut self) -> Self {
+        self.check_audience = false;
+        self
+    }
+
+    /// Offers only ALPN `http/1.1` (default: `h2`, then `http/1.1`).
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
+        self
+    }
+
+    /// Builds the client (see [`client_config`] for the TLS settings).
+    pub fn build(self) -> Result<HttpClient> {
+        let mut config = client_config(self.credentials.clone(), &self.verification, self.policy)?;
+        if self.http1_only {
+            config.alpn_protocols = vec![super::tls::ALPN_HTTP11.to_vec()];
+        }
+        Ok(HttpClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            credentials: self.credentials,
+            verification: self.verification,
+            connect_timeout: self.connect_timeout,
+            close_margin: self.close_margin,
+            check_audience: self.check_audience,
+        })
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// One connection to an agentid HTTP server.
+pub struct HttpClientConnection {
+    sender: Sender,
+    peer: TlsPeer,
+    authority: String,
+    local: Arc<Credential>,
+    verification: Arc<PeerVerification>,
+    client_proof: String,
+    chain_header: Option<HeaderValue>,
+    proof_header: HeaderValue,
+    server: Option<ServerPresentation>,
+    close_at: Instant,
+}
+
+/// The server's verified presentation.
+#[derive(Clone, Debug)]
+struct ServerPresentation {
+    proof: String,
+    chain: Option<VerifiedChain>,
+}
+
+impl std::fmt::Debug for HttpClientConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClientConnection")
+            .field("peer", &self.peer)
+            .field("server_verified", &self.server.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// A client presenting `credentials` (and their chain), verifying servers with
+    /// `verification`, admitting those `policy` allows.
+    pub fn builder(
+        credentials: Arc<dyn CredentialSource>,
+        verification: Arc<PeerVerification>,
+        policy: PeerPolicy,
+    ) -> HttpClientBuilder {
+        HttpClientBuilder {
+            credentials,
+            verification,
+            policy,
+            connect_timeout: Duration::from_secs(10),
+            close_margin: Duration::from_secs(5),
+            check_audience: true,
+            http1_only: false,
+        }
+    }
+
+    /// Connects to `addr`; `authority` is the `Host` (h1) or `:authority` (h2) of requests.
+    pub async fn connect(&self, addr: SocketAddr, authority: &str) -> Result<HttpClientConnection> {
+        timeout(self.connect_timeout, self.connect_inner(addr, authority))
+            .await
+            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
+    }
+
+    async fn connect_inner(
+        &self,
+        addr: SocketAddr,
+        authority: &str,
+    ) -> Result<HttpClientConnection> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let local = self.credentials.current().ok_or(Error::NoCredential)?;
+        let name = rustls::pki_types::ServerName::try_from("agentid.invalid")
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let tls = self.connector.connect(name, tcp).await?;
+        let peer = client_peer(tls.get_ref().1, &self.verification)?;
+
+        if let (true, Some(chain)) = (self.check_audience, local.chain()) {
+            let audience = Chain::parse_unverified(chain)?.audience_unverified()?;
+            if !audience.covers_id(peer.info.id.as_spiffe_id()) {
+                return Err(Error::Protocol(agentid_protocol::Error::new(
+                    ErrorCode::AudienceMismatch,
+                    format!("server {} is not in the chain's audience", peer.info.id),
+                )));
+            }
+        }
+        let now = now_unix();
+        let mut builder = ProofBuilder::new(
+            local.identity().as_spiffe_id(),
+            peer.info.id.as_spiffe_id(),
+            Role::Client,
+            peer.exporter_client,
+            now,
+            now + PROOF_LIFETIME,
+        );
+        if let Some(c) = local.chain() {
+            builder = builder.chain(c);
+        }
+        let client_proof = builder.sign(local.task_key())?;
+        let proof_header = HeaderValue::from_str(&client_proof)
+            .map_err(|_| Error::Config("proof is not a header value".into()))?;
+        let chain_header = local
+            .chain()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| Error::Config("chain is not a header value".into()))?;
+
+        // Nothing past the earlier certificate `notAfter` (or own chain `exp`) minus the margin.
+        let mut until = peer.info.not_after.min(local.info().not_after);
+        if let Some(c) = local.chain() {
+            if let Ok(exp) = Chain::parse_unverified(c).and_then(|c| c.expires_unverified()) {
+                until = until.min(exp);
+            }
+        }
+        let left = until
+            .saturating_sub(now)
+            .saturating_sub(self.close_margin.as_secs());
+        let close_at = Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600));
+
+        let io = TokioIo::new(tls);
+        let sender = match peer.version {
+            HttpVersion::H2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(hyper_err)?;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = conn => {}
+                        () = sleep_until(close_at) => {}
+                    }
+                });
+                Sender::H2(sender)
+            }
+            HttpVersion::Http11 => {
+                let (sender, conn) = http1::handshake(io).await.map_err(hyper_err)?;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = conn => {}
+                        () = sleep_until(close_at) => {}
+                    }
+                });
+                Sender::H1(sender)
+            }
+        };
+        Ok(HttpClientConnection {
+            sender,
+            peer,
+            authority: authority.to_owned(),
+            local,
+            verification: self.verification.clone(),
+            client_proof,
+            chain_header,
+            proof_header,
+            server: None,
+            close_at,
+        })
+    }
+}
+
+fn hyper_err(e: hyper::Error) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
+impl HttpClientConnection {
+    /// The verified server.
+    pub fn peer(&self) -> &TlsPeer {
+        &self.peer
+    }
+
+    /// The server's verified hop proof (the receipt), once a response carried it.
+    pub fn server_proof(&self) -> Option<&str> {
+        self.server.as_ref().map(|s| s.proof.as_str())
+    }
+
+    /// The server's verified chain, if it presented one.
+    pub fn server_chain(&self) -> Option<&VerifiedChain> {
+        self.server.as_ref().and_then(|s| s.chain.as_ref())
+    }
+
+    /// The hop proof this connection presents (the client's receipt).
+    pub fn client_proof(&self) -> &str {
+        &self.client_proof
+    }
+
+    /// Whether the connection can still carry a request (not past its margin, not closed).
+    pub fn is_usable(&self) -> bool {
+        Instant::now() < self.close_at
+            && match &self.sender {
+                Sender::H1(s) => !s.is_closed(),
+                Sender::H2(s) => !s.is_closed(),
+            }
+    }
+
+    /// Sends one request. `req`'s URI gives the path and query (its scheme and authority are
+    /// replaced by this connection's). Until the server's proof is verified the request carries
+    /// the presentation; a success response to it without a valid server proof is an error.
+    /// Redirects are returned, never followed.
+    pub async fn send(&mut self, req: Request<Bytes>) -> Result<HttpResponse> {
+        if Instant::now() >= self.close_at {
+            return Err(Error::CredentialExpired);
+        }
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let presenting = self.server.is_none();
+        parts.headers.remove(CHAIN_HEADER);
+        parts.headers.remove(PROOF_HEADER);
+        if presenting {
+            parts
+                .headers
+                .insert(PROOF_HEADER, self.proof_header.clone());
+            if let Some(c) = &self.chain_header {
+                parts.headers.insert(CHAIN_HEADER, c.clone());
+            }
+        }
+        let req = match &self.sender {
+            Sender::H2(_) => {
+                parts.uri = Uri::try_from(format!("https://{}{path}", self.authority))
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                parts.version = http::Version::HTTP_2;
+                Request::from_parts(parts, Full::new(body))
+            }
+            Sender::H1(_) => {
+                parts.uri = Uri::try_from(path).map_err(|e| Error::Config(e.to_string()))?;
+                parts.version = http::Version::HTTP_11;
+                let host = HeaderValue::from_str(&self.authority)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                parts.headers.insert(HOST, host);
+                Request::from_parts(parts, Full::new(body))
+            }
+        };
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.map_err(hyper_err)?;
+                s.send_request(req).await.map_err(hyper_err)?
+            }
+            Sender::H2(s) => {
+                s.ready().await.map_err(hyper_err)?;
+                s.send_request(req).await.map_err(hyper_err)?
+            }
+        };
+        if presenting {
+            self.check_server(&resp)?;
+        }
+        Ok(resp)
+    }
+
+    /// Verifies the server's proof on a response to a presenting request.
+    fn check_server(&mut self, resp: &HttpResponse) -> Result<()> {
+        let proof = match resp.headers().get(PROOF_HEADER) {
+            Some(p) => p
+                .to_str()
+                .map_err(|_| Error::HandshakeRefused("server proof is not ASCII"))?,
+            None if resp.status().is_success() || resp.status().is_redirection() => {
+                return Err(Error::HandshakeRefused(
+                    "the server answered a presentation without its proof",
+                ))
+            }
+            // A refusal carries no proof: the caller sees the status and code.
+            None => return Ok(()),
+        };
+        let chain = resp
+            .headers()
+            .get(CHAIN_HEADER)
+            .map(|c| {
+                c.to_str()
+                    .map_err(|_| Error::HandshakeRefused("server chain is not ASCII"))
+            })
+            .transpose()?;
+        let now = now_unix();
+        let v = self.verification.verifier();
+        let peer = &self.peer.info;
+        verify_proof(
+            proof,
+            &ProofContext {
+                presenter_id: peer.id.as_spiffe_id(),
+                presenter_key: &peer.public_key,
+                verifier_id: self.local.identity().as_spiffe_id(),
+                role: Role::Server,
+                exporter: self.peer.exporter_server,
+                now,
+                skew: v.config().skew_seconds(),
+                chain,
+                client_proof: Some(&self.client_proof),
+            },
+        )?;
+        let chain = match chain {
+            Some(c) => Some(v.verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)?),
+            None => {
+                v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)?;
+                None
+            }
+        };
+        self.server = Some(ServerPresentation {
+            proof: proof.to_owned(),
+            chain,
+        });
+        Ok(())
+    }
+}

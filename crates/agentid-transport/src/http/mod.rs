@@ -1,0 +1,69 @@
+//! The HTTP binding (spec/PROTOCOL.md section 22), behind the `http` feature.
+//!
+//! * **TLS for any stack**: [`server_config`] / [`client_config`] return rustls configurations
+//!   with agentid's verifiers, a required [`PeerPolicy`](crate::PeerPolicy), rotation through a
+//!   [`CredentialSource`](crate::CredentialSource), no resumption, ALPN `h2` and `http/1.1`;
+//!   [`server_peer`] / [`client_peer`] read the verified peer from a connection.
+//! * **Chains over HTTP**: [`HttpServer`] runs hyper (h1 or h2 by ALPN) behind an outermost
+//!   per-connection service holding the presentation state ([`PresentationMachine`]):
+//!   `agentid-chain` and `agentid-proof` are verified once per connection, bound to its TLS
+//!   exporter, and every response to a request with a proof carries the server's proof.
+//! * **Per request**: each request carries an [`Authorizer`] (an axum extractor with the `axum`
+//!   feature) whose checks compare the verification epoch (one atomic load) before the scope and
+//!   limits; [`RequireScope`] and [`RequirePeer`] are tower layers over it; decisions go to a
+//!   [`DecisionSink`] ([`TracingSink`] by default: denials at INFO, grants at DEBUG).
+//! * **Deadlines**: graceful close (h1 `Connection: close`, h2 GOAWAY) at the deadline minus a
+//!   margin and at once on revocation; streaming bodies are cut at the deadline or on revocation.
+//! * **Client**: [`HttpClient`] presents the chain and checks the server's proof and audience.
+//!
+//! ## reqwest for identity-only calls
+//!
+//! reqwest can call an agentid HTTP service with the peer's certificate only (no chain, so no
+//! delegated authority: routes behind [`RequirePeer`] only). Give it our configuration, and
+//! build reqwest without a rustls provider of its own, so that aws-lc-rs stays the only one:
+//!
+//! ```toml
+//! reqwest = { version = "0.12", default-features = false, features = ["rustls-tls-manual-roots-no-provider"] }
+//! ```
+//!
+//! ```ignore
+//! let tls = agentid_transport::http::client_config(credentials, &verification, policy)?;
+//! let client = reqwest::Client::builder()
+//!     .use_preconfigured_tls(tls)
+//!     // Service certificates carry DNS names listed by policy; no IP SANs.
+//!     .resolve("files.example.org", addr)
+//!     .build()?;
+//! let body = client.get("https://files.example.org/peer").send().await?.text().await?;
+//! ```
+//!
+//! reqwest pools connections beyond the certificate's lifetime; with per-task certificates
+//! set `pool_idle_timeout` below the certificate lifetime. It never sends agentid headers: for
+//! chains use [`HttpClient`].
+
+mod authz;
+mod body;
+mod client;
+mod presentation;
+mod refusal;
+mod server;
+mod tls;
+
+pub use authz::{
+    Authorizer, Decision, DecisionSink, RequirePeer, RequirePeerService, RequireScope,
+    RequireScopeService, TracingSink, CORRELATION_HEADER,
+};
+pub use body::{BodyCut, BoxError, ResponseBody};
+pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
+pub use presentation::{
+    parse_presentation, Dispatch, Presentation, PresentationMachine, PresentationState,
+    CHAIN_HEADER, MAX_HTTP_CHAIN_BYTES, MAX_HTTP_PROOF_BYTES, PROOF_HEADER,
+    SERVER_HEADER_LIST_LIMIT,
+};
+pub use refusal::{
+    Refusal, BUSY, CREDENTIAL_EXPIRED, INTERNAL, PEER_DENIED, PRESENTATION_CHANGED, PROOF_MISSING,
+};
+pub use server::{HttpConnection, HttpOptions, HttpServer, HttpServerBuilder};
+pub use tls::{
+    client_config, client_peer, server_config, server_peer, HttpVersion, TlsPeer, ALPN_H2,
+    ALPN_HTTP11,
+};

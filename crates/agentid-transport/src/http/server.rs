@@ -1,0 +1,735 @@
+//! The agentid HTTP server: TLS accept with agentid's verifiers, then hyper (h1 or h2 by ALPN)
+//! behind an outermost per-connection service that runs the presentation state machine, the
+//! per-request deadline and revocation checks, and hands the handler an [`Authorizer`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use agentid_protocol::{verify_proof, ErrorCode, ProofBuilder, ProofContext, Role, VerifiedChain};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_rustls::TlsAcceptor;
+
+use super::authz::{Authorizer, DecisionSink, TracingSink};
+use super::body::{BoxError, ResponseBody};
+use super::presentation::{
+    parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
+    SERVER_HEADER_LIST_LIMIT,
+};
+use super::refusal::{Refusal, CREDENTIAL_EXPIRED};
+use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
+use crate::credentials::CredentialSource;
+use crate::error::{Error, Result};
+use crate::session::{now_unix, PROOF_LIFETIME};
+use crate::PeerPolicy;
+use crate::PeerVerification;
+
+/// Timeouts, caps and the close margin of an HTTP server.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// The TLS handshake must finish within this time.
+    pub handshake_timeout: Duration,
+    /// An HTTP/1 request head must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// A request waiting for a pending presentation gets 503 `busy` after this time.
+    pub pending_timeout: Duration,
+    /// The graceful close starts this long before the connection's deadline (min of the peer
+    /// certificate's `notAfter` and its chain's `exp`); at the deadline itself streaming bodies
+    /// are cut.
+    pub close_margin: Duration,
+    /// After a cut, in-flight streams get this long before the connection is dropped.
+    pub cut_grace: Duration,
+    /// Concurrent connections (including those in handshake).
+    pub max_connections: usize,
+    /// Concurrent TLS handshakes.
+    pub max_handshakes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            pending_timeout: Duration::from_secs(10),
+            close_margin: Duration::from_secs(5),
+            cut_grace: Duration::from_secs(1),
+            max_connections: 1024,
+            max_handshakes: 64,
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+pub(crate) struct ServerShared {
+    pub(crate) credentials: Arc<dyn CredentialSource>,
+    pub(crate) verification: Arc<PeerVerification>,
+    pub(crate) options: HttpOptions,
+    pub(crate) sink: Arc<dyn DecisionSink>,
+}
+
+/// What a verified presentation leaves on the connection.
+pub(crate) struct Verified {
+    pub(crate) chain: Option<VerifiedChain>,
+    pub(crate) chain_header: Option<String>,
+    pub(crate) client_proof: String,
+    pub(crate) server_proof: HeaderValue,
+    pub(crate) server_chain: Option<HeaderValue>,
+}
+
+/// The state of one accepted connection.
+pub(crate) struct ConnShared {
+    pub(crate) server: Arc<ServerShared>,
+    pub(crate) peer: TlsPeer,
+    machine: Mutex<PresentationMachine<Verified>>,
+    settled: Notify,
+    ended: OnceLock<Refusal>,
+    checked_epoch: AtomicU64,
+    deadline: AtomicU64,
+    closing: AtomicBool,
+    wake: Notify,
+    cut: watch::Sender<bool>,
+}
+
+impl ConnShared {
+    fn new(server: Arc<ServerShared>, peer: TlsPeer) -> Arc<Self> {
+        let epoch = server.verification.epoch();
+        let conn = Arc::new(Self {
+            deadline: AtomicU64::new(peer.info.not_after),
+            server,
+            peer,
+            machine: Mutex::new(PresentationMachine::new()),
+            settled: Notify::new(),
+            ended: OnceLock::new(),
+            checked_epoch: AtomicU64::new(epoch),
+            closing: AtomicBool::new(false),
+            wake: Notify::new(),
+            cut: watch::channel(false).0,
+        });
+        // The peer itself (key, agent, task) against the lists held now.
+        let v = conn.server.verification.verifier();
+        if let Err(e) = v.check_peer_revocation(
+            conn.peer.info.id.as_spiffe_id(),
+            &conn.peer.info.public_key,
+            now_unix(),
+        ) {
+            conn.end(Refusal::from_protocol(&e));
+        }
+        conn
+    }
+
+    fn machine(&self) -> MutexGuard<'_, PresentationMachine<Verified>> {
+        // The machine holds no invariant a panicking holder could break half-way.
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Acquire)
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY).
+    fn start_close(&self) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Ends the connection's authority: every later request gets `r`, streaming bodies are cut
+    /// and the connection closes.
+    fn end(&self, r: Refusal) -> Refusal {
+        let r = self.ended.get_or_init(|| r).clone();
+        self.machine().fail(r.clone());
+        self.settled.notify_waiters();
+        self.cut.send_replace(true);
+        self.start_close();
+        tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), detail = r.detail(), "agentid http connection ended");
+        r
+    }
+
+    /// Verifies a presentation (spec/PROTOCOL.md 22.4): the proof (role client, this
+    /// connection's exporter, `cth` over the header's chain), then the chain or the peer's own
+    /// revocation status; then signs the server's proof.
+    fn verify(&self, p: &Presentation) -> Result<Verified, Refusal> {
+        let now = now_unix();
+        let local = self
+            .server
+            .credentials
+            .current()
+            .ok_or_else(|| Refusal::busy("no local credential"))?;
+        let v = self.server.verification.verifier();
+        let peer = &self.peer.info;
+        verify_proof(
+            &p.proof,
+            &ProofContext {
+                presenter_id: peer.id.as_spiffe_id(),
+                presenter_key: &peer.public_key,
+                verifier_id: local.identity().as_spiffe_id(),
+                role: Role::Client,
+                exporter: self.peer.exporter_client,
+                now,
+                skew: v.config().skew_seconds(),
+                chain: p.chain.as_deref(),
+                client_proof: None,
+            },
+        )
+        .map_err(|e| Refusal::from_protocol(&e))?;
+        let chain = match &p.chain {
+            Some(c) => Some(
+                v.verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)
+                    .map_err(|e| Refusal::from_protocol(&e))?,
+            ),
+            None => {
+                v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)
+                    .map_err(|e| Refusal::from_protocol(&e))?;
+                None
+            }
+        };
+        let mut builder = ProofBuilder::new(
+            local.identity().as_spiffe_id(),
+            peer.id.as_spiffe_id(),
+            Role::Server,
+            self.peer.exporter_server,
+            now,
+            now + PROOF_LIFETIME,
+        )
+        .responding_to(&p.proof);
+        if let Some(c) = local.chain() {
+            builder = builder.chain(c);
+        }
+        let server_proof = builder
+            .sign(local.task_key())
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        let server_proof = HeaderValue::from_str(&server_proof)
+            .map_err(|_| Refusal::internal("proof is not a header value"))?;
+        let server_chain = local
+            .chain()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| Refusal::internal("chain is not a header value"))?;
+        Ok(Verified {
+            chain,
+            chain_header: p.chain.clone(),
+            client_proof: p.proof.clone(),
+            server_proof,
+            server_chain,
+        })
+    }
+
+    /// Verifies the presentation this request moved to `Pending`, and settles it.
+    fn settle(&self, p: &Presentation) -> Result<Arc<Verified>, Refusal> {
+        let result = self.verify(p);
+        let settled = self.machine().complete(result);
+        self.settled.notify_waiters();
+        match &settled {
+            Ok(v) => {
+                if let Some(c) = &v.chain {
+                    self.deadline.fetch_min(c.expires, Ordering::AcqRel);
+                    self.wake.notify_one();
+                }
+                tracing::debug!(peer.id = %self.peer.info.id, chain = v.chain.is_some(), "agentid presentation verified");
+            }
+            Err(r) => {
+                tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), detail = r.detail(), "agentid presentation refused");
+                self.start_close();
+            }
+        }
+        settled
+    }
+
+    /// A request without a settled presentation waits here for the pending one.
+    async fn wait(&self, p: Option<&Presentation>) -> Result<Option<Arc<Verified>>, Refusal> {
+        let until = Instant::now() + self.server.options.pending_timeout;
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.machine().dispatch(p) {
+                Dispatch::Wait => {}
+                Dispatch::Hit(v) => return Ok(Some(v)),
+                Dispatch::IdentityOnly => return Ok(None),
+                Dispatch::Refuse(r) => return Err(r),
+                Dispatch::Verify => {
+                    return Err(Refusal::internal("presentation restarted while waiting"))
+                }
+            }
+            if timeout(until.saturating_duration_since(Instant::now()), notified)
+                .await
+                .is_err()
+            {
+                return Err(Refusal::busy("presentation still pending"));
+            }
+        }
+    }
+
+    /// Per request, after the presentation: the deadline, then the revocation epoch (one atomic
+    /// load; the full re-check only when the verification state changed).
+    pub(crate) fn live(&self) -> Result<(), Refusal> {
+        if let Some(r) = self.ended.get() {
+            return Err(r.clone());
+        }
+        if now_unix() >= self.deadline() {
+            return Err(self.end(Refusal::unauthenticated(
+                CREDENTIAL_EXPIRED,
+                "the connection's deadline passed",
+            )));
+        }
+        let epoch = self.server.verification.epoch();
+        if epoch != self.checked_epoch.load(Ordering::Acquire) {
+            self.recheck(epoch)?;
+        }
+        Ok(())
+    }
+
+    /// Re-checks the peer and its verified chain against the current revocation lists.
+    fn recheck(&self, epoch: u64) -> Result<(), Refusal> {
+        let chain = self
+            .machine()
+            .verified()
+            .and_then(|v| v.chain_header.clone());
+        let v = self.server.verification.verifier();
+        let peer = &self.peer.info;
+        let now = now_unix();
+        let result = match &chain {
+            Some(c) => v
+                .verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)
+                .map(|_| ()),
+            None => v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now),
+        };
+        match result {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    ErrorCode::Revoked | ErrorCode::RevocationStale | ErrorCode::RevocationMissing
+                ) =>
+            {
+                Err(self.end(Refusal::from_protocol(&e)))
+            }
+            _ => {
+                self.checked_epoch.store(epoch, Ordering::Release);
+                Ok(())
+            }
+        }
+    }
+
+    fn refuse(&self, r: &Refusal, h1: bool, connection_level: bool) -> Response<ResponseBody> {
+        let mut resp: Response<ResponseBody> = r.to_response();
+        if connection_level {
+            self.start_close();
+        }
+        if h1 && self.closing() {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        tracing::debug!(peer.id = %self.peer.info.id, reason = r.code(), status = r.status().as_u16(), detail = r.detail(), "agentid http request refused");
+        resp
+    }
+}
+
+/// What the synchronous part of dispatch decided.
+enum Step {
+    Ready(Option<Arc<Verified>>),
+    Wait(Option<Presentation>),
+    Refuse(Refusal, bool),
+}
+
+/// The outermost per-connection service.
+struct ConnService<S> {
+    inner: S,
+    conn: Arc<ConnShared>,
+}
+
+impl<S> ConnService<S> {
+    /// Runs synchronously when hyper dispatches the request, so that on h2 the stream that
+    /// carries the first presentation moves the state to `Pending` before any later stream is
+    /// looked at.
+    fn first_pass(&self, req: &Request<Incoming>) -> (bool, Step) {
+        let presentation = match parse_presentation(req.headers()) {
+            Ok(p) => p,
+            Err(r) => return (false, Step::Refuse(r, false)),
+        };
+        let had_proof = presentation.is_some();
+        let dispatch = self.conn.machine().dispatch(presentation.as_ref());
+        let step = match dispatch {
+            Dispatch::IdentityOnly => Step::Ready(None),
+            Dispatch::Hit(v) => Step::Ready(Some(v)),
+            Dispatch::Wait => Step::Wait(presentation),
+            Dispatch::Refuse(r) => Step::Refuse(r, true),
+            Dispatch::Verify => match presentation.as_ref().map(|p| self.conn.settle(p)) {
+                Some(Ok(v)) => Step::Ready(Some(v)),
+                Some(Err(r)) => Step::Refuse(r, true),
+                None => Step::Refuse(Refusal::internal("verify without presentation"), true),
+            },
+        };
+        (had_proof, step)
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<
+        Box<dyn Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send>,
+    >;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let conn = self.conn.clone();
+        let mut inner = self.inner.clone();
+        let h1 = req.version() < Version::HTTP_2;
+        let (had_proof, step) = self.first_pass(&req);
+        Box::pin(async move {
+            let verified = match step {
+                Step::Ready(v) => v,
+                Step::Refuse(r, connection_level) => {
+                    return Ok(conn.refuse(&r, h1, connection_level))
+                }
+                Step::Wait(p) => match conn.wait(p.as_ref()).await {
+                    Ok(v) => v,
+                    Err(r) => return Ok(conn.refuse(&r, h1, true)),
+                },
+            };
+            if let Err(r) = conn.live() {
+                return Ok(conn.refuse(&r, h1, true));
+            }
+            let authorizer = Authorizer::new(conn.clone(), verified.clone(), &req);
+            req.extensions_mut().insert(authorizer);
+            let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                Ok(()) => inner.call(req).await,
+                Err(e) => Err(e),
+            };
+            let mut resp = match result {
+                Ok(r) => r.map(|b| ResponseBody::new(b, Some(conn.cut.subscribe()))),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(error = %e, "agentid http: inner service failed");
+                    Refusal::internal("inner service failed").to_response()
+                }
+            };
+            if had_proof {
+                if let Some(v) = &verified {
+                    resp.headers_mut()
+                        .insert(PROOF_HEADER, v.server_proof.clone());
+                    if let Some(c) = &v.server_chain {
+                        resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+                    }
+                }
+            }
+            if h1 && conn.closing() {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
+    }
+}
+
+fn instant_at(unix: u64) -> Instant {
+    let left = unix.saturating_sub(now_unix());
+    Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600))
+}
+
+/// An agentid HTTP server. Build it with [`HttpServer::builder`]; a peer policy is required.
+#[derive(Clone)]
+pub struct HttpServer {
+    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
+    shared: Arc<ServerShared>,
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`HttpServer`].
+#[must_use]
+pub struct HttpServerBuilder {
+    credentials: Arc<dyn CredentialSource>,
+    verification: Arc<PeerVerification>,
+    policy: PeerPolicy,
+    options: HttpOptions,
+    sink: Arc<dyn DecisionSink>,
+}
+
+impl std::fmt::Debug for HttpServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServerBuilder")
+            .field("policy", &self.policy)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpServerBuilder {
+    /// Overrides timeouts, caps and the close margin.
+    pub fn options(mut self, options: HttpOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Where authorization decisions go (default: [`TracingSink`]).
+    pub fn decision_sink(mut self, sink: Arc<dyn DecisionSink>) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Builds the server (see [`server_config`] for the TLS settings).
+    pub fn build(self) -> Result<HttpServer> {
+        let o = &self.options;
+        if o.max_connections == 0 || o.max_handshakes == 0 || o.max_concurrent_streams == 0 {
+            return Err(Error::Config("HTTP caps must be at least 1".into()));
+        }
+        let config = Arc::new(server_config(
+            self.credentials.clone(),
+            &self.verification,
+            self.policy,
+        )?);
+        Ok(HttpServer {
+            acceptor: TlsAcceptor::from(config.clone()),
+            config,
+            connections: Arc::new(Semaphore::new(o.max_connections)),
+            handshakes: Arc::new(Semaphore::new(o.max_handshakes)),
+            shared: Arc::new(ServerShared {
+                credentials: self.credentials,
+                verification: self.verification,
+                options: self.options,
+                sink: self.sink,
+            }),
+        })
+    }
+}
+
+/// One accepted TLS connection, before HTTP runs on it.
+pub struct HttpConnection<IO> {
+    tls: tokio_rustls::server::TlsStream<IO>,
+    conn: Arc<ConnShared>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<IO> std::fmt::Debug for HttpConnection<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConnection")
+            .field("peer", &self.conn.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpServer {
+    /// A server presenting `credentials`, verifying clients with `verification`, admitting those
+    /// `policy` allows.
+    pub fn builder(
+        credentials: Arc<dyn CredentialSource>,
+        verification: Arc<PeerVerification>,
+        policy: PeerPolicy,
+    ) -> HttpServerBuilder {
+        HttpServerBuilder {
+            credentials,
+            verification,
+            policy,
+            options: HttpOptions::default(),
+            sink: Arc::new(TracingSink),
+        }
+    }
+
+    /// The rustls configuration this server accepts with (for other stacks).
+    pub fn tls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
+
+    /// The TLS handshake (timeout, caps); the peer is verified and readable on the result.
+    pub async fn accept<IO>(&self, io: IO) -> Result<HttpConnection<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let permit = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy)?;
+        let mut conn = self.handshake(io).await?;
+        conn._permit = Some(permit);
+        Ok(conn)
+    }
+
+    async fn handshake<IO>(&self, io: IO) -> Result<HttpConnection<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let _hs = self
+            .handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy)?;
+        let tls = timeout(
+            self.shared.options.handshake_timeout,
+            self.acceptor.accept(io),
+        )
+        .await
+        .map_err(|_| Error::Timeout(crate::error::TimeoutKind::Handshake))?
+        .map_err(Error::Io)?;
+        let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
+        let conn = ConnShared::new(self.shared.clone(), peer);
+        Ok(HttpConnection {
+            tls,
+            conn,
+            _permit: None,
+        })
+    }
+
+    /// Accepts connections from `listener` until it fails, serving each with a clone of
+    /// `service` on its own task. Handshake failures are logged and dropped.
+    pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<()>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            let (tcp, addr) = listener.accept().await?;
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "agentid http: connection cap reached");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let server = self.clone();
+            let service = service.clone();
+            tokio::spawn(async move {
+                match server.handshake(tcp).await {
+                    Ok(mut conn) => {
+                        conn._permit = Some(permit);
+                        conn.serve(service).await;
+                    }
+                    Err(e) => log_handshake_failure(addr, &e),
+                }
+            });
+        }
+    }
+}
+
+fn log_handshake_failure(addr: SocketAddr, e: &Error) {
+    tracing::debug!(%addr, reason = e.reason(), error = %e, "agentid http: handshake failed");
+}
+
+impl<IO> HttpConnection<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// The verified TLS peer.
+    pub fn peer(&self) -> &TlsPeer {
+        &self.conn.peer
+    }
+
+    /// Serves HTTP on this connection until it ends: graceful close at the deadline minus the
+    /// margin, at once on revocation (streaming bodies cut), and after a failed presentation.
+    pub async fn serve<S, B>(self, service: S)
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let conn = self.conn;
+        let opts = conn.server.options.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(SERVER_HEADER_LIST_LIMIT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(SERVER_HEADER_LIST_LIMIT as u32)
+            .max_concurrent_streams(opts.max_concurrent_streams);
+        let builder = match conn.peer.version {
+            HttpVersion::H2 => builder.http2_only(),
+            HttpVersion::Http11 => builder.http1_only(),
+        };
+        let service = ConnService {
+            inner: service,
+            conn: conn.clone(),
+        };
+        let connection = builder.serve_connection(TokioIo::new(self.tls), service);
+        tokio::pin!(connection);
+        let mut changes = conn.server.verification.subscribe();
+        let mut watching = true;
+        let mut shutdown_sent = false;
+        let mut drop_at: Option<Instant> = None;
+        let margin = opts.close_margin.as_secs();
+        loop {
+            if drop_at.is_none() && conn.ended.get().is_some() {
+                drop_at = Some(Instant::now() + opts.cut_grace);
+            }
+            if conn.closing() && !shutdown_sent {
+                connection.as_mut().graceful_shutdown();
+                shutdown_sent = true;
+            }
+            let deadline = conn.deadline();
+            let close_at = instant_at(deadline.saturating_sub(margin));
+            let hard_at = instant_at(deadline);
+            tokio::select! {
+                r = connection.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "agentid http: connection ended with an error");
+                    }
+                    break;
+                }
+                () = conn.wake.notified() => {}
+                () = sleep_until(close_at), if !shutdown_sent => conn.start_close(),
+                () = sleep_until(hard_at), if drop_at.is_none() => {
+                    conn.end(Refusal::unauthenticated(CREDENTIAL_EXPIRED, "the connection's deadline passed"));
+                    drop_at = Some(Instant::now() + opts.cut_grace);
+                }
+                r = changes.changed(), if watching => {
+                    if r.is_err() {
+                        watching = false;
+                    } else {
+                        let epoch = conn.server.verification.epoch();
+                        if conn.recheck(epoch).is_err() {
+                            drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+                        }
+                    }
+                }
+                () = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => break,
+            }
+        }
+    }
+}

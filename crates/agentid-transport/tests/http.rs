@@ -1,0 +1,736 @@
+//! The HTTP binding end to end (spec/PROTOCOL.md section 22): an axum service behind
+//! `HttpServer`, the agentid `HttpClient`, and raw hyper clients that send what the library
+//! would refuse to send.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentid_protocol::{ProofBuilder, Role, Scope, SpiffeId, TaskKey};
+use agentid_transport::http::{
+    self, Authorizer, Decision, DecisionSink, HttpClient, HttpOptions, HttpServer, RequirePeer,
+    RequireScope,
+};
+use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+
+const SERVER: &str = "spiffe://example.org/svc/files";
+const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
+const OTHER: &str = "spiffe://example.org/agent/other/task/t9";
+
+fn copy(k: &TaskKey) -> TaskKey {
+    TaskKey::from_pkcs8_der(k.pkcs8_der()).unwrap()
+}
+
+/// Everything a test needs: one trust domain, a service, a client with (optionally) a chain.
+struct World {
+    a: Domain,
+    server_creds: Arc<MemoryCredentials>,
+    sv: Arc<PeerVerification>,
+    cv: Arc<PeerVerification>,
+}
+
+impl World {
+    fn new(strict: bool) -> Self {
+        let a = Domain::new("example.org");
+        let sv = verification(SERVER, &[&a], strict);
+        let cv = verification(CLIENT, &[&a], strict);
+        let server_creds = Arc::new(MemoryCredentials::new(credential(
+            &a.ca,
+            SERVER,
+            key(),
+            &LeafOpts::default(),
+        )));
+        Self {
+            a,
+            server_creds,
+            sv,
+            cv,
+        }
+    }
+
+    /// A client credential for `id` with a fresh key and, if `scope` is given, a grant.
+    fn client(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+        o: &LeafOpts,
+    ) -> (Arc<MemoryCredentials>, TaskKey, Option<String>) {
+        let k = key();
+        let holder = agentid_protocol::TaskIdentity::parse(id).unwrap();
+        let chain = scope.map(|s| self.a.grant(&holder, &k, s).as_str().to_owned());
+        let mut cred = credential(&self.a.ca, id, copy(&k), o);
+        if let Some(c) = &chain {
+            cred = cred.with_chain(c.clone());
+        }
+        (Arc::new(MemoryCredentials::new(cred)), k, chain)
+    }
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, bool, Option<&'static str>)>>);
+
+impl DecisionSink for Recorder {
+    fn record(&self, d: &Decision<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.resource.to_owned(), d.granted, d.code));
+    }
+}
+
+async fn whoami(a: Authorizer) -> String {
+    format!(
+        "{} chain={}",
+        a.peer_id(),
+        a.chain().map(|c| c.scope.to_string()).unwrap_or_default()
+    )
+}
+
+async fn stream() -> axum::response::Response {
+    // One chunk now, then nothing until the connection cuts the body.
+    axum::response::Response::new(axum::body::Body::new(FirstThenPending(Some(
+        Bytes::from_static(b"first"),
+    ))))
+}
+
+/// A body that yields one frame and then waits forever.
+struct FirstThenPending(Option<Bytes>);
+
+impl hyper::body::Body for FirstThenPending {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/scope",
+            get(whoami).layer(RequireScope::new(Scope::parse("files:read").unwrap())),
+        )
+        .route(
+            "/peer",
+            get(whoami).layer(RequirePeer::new(PeerPolicy::agent(
+                agentid_protocol::AgentId::parse("spiffe://example.org/agent/client").unwrap(),
+            ))),
+        )
+        .route("/whoami", get(whoami))
+        .route("/stream", get(stream))
+}
+
+fn options() -> HttpOptions {
+    HttpOptions {
+        handshake_timeout: Duration::from_secs(2),
+        pending_timeout: Duration::from_secs(2),
+        ..HttpOptions::default()
+    }
+}
+
+async fn start(w: &World, sink: Option<Arc<dyn DecisionSink>>, o: HttpOptions) -> SocketAddr {
+    let mut b = HttpServer::builder(
+        w.server_creds.clone(),
+        w.sv.clone(),
+        PeerPolicy::trust_domain(w.a.td.clone()),
+    )
+    .options(o);
+    if let Some(s) = sink {
+        b = b.decision_sink(s);
+    }
+    let server = b.build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app()).await });
+    addr
+}
+
+fn client(w: &World, creds: Arc<MemoryCredentials>, h1: bool) -> HttpClient {
+    let mut b = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+        .connect_timeout(T);
+    if h1 {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+fn get_req(path: &str) -> ::http::Request<Bytes> {
+    ::http::Request::get(path).body(Bytes::new()).unwrap()
+}
+
+async fn body(resp: ::http::Response<hyper::body::Incoming>) -> String {
+    let b = tokio::time::timeout(T, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+fn code_of(s: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap();
+    v["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn agentid_client_presents_a_chain_over_h1_and_h2() {
+    for h1 in [true, false] {
+        let w = World::new(false);
+        let recorder = Arc::new(Recorder::default());
+        let addr = start(&w, Some(recorder.clone()), options()).await;
+        let (creds, _k, _) = w.client(CLIENT, Some("files:read files:list"), &LeafOpts::default());
+        let c = client(&w, creds, h1);
+        let mut conn = c.connect(addr, "files.example.org").await.unwrap();
+        assert_eq!(conn.peer().info.id, peer(SERVER));
+        assert_eq!(
+            conn.peer().version,
+            if h1 {
+                http::HttpVersion::Http11
+            } else {
+                http::HttpVersion::H2
+            }
+        );
+
+        let resp = conn.send(get_req("/scope")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().contains_key("agentid-proof"));
+        assert_eq!(
+            body(resp).await,
+            format!("{CLIENT} chain=files:read files:list")
+        );
+        assert!(
+            conn.server_proof().is_some(),
+            "the client verified the server proof"
+        );
+
+        // Later requests omit the headers and still run under the verified chain.
+        for _ in 0..3 {
+            let resp = conn.send(get_req("/scope")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert!(!resp.headers().contains_key("agentid-proof"));
+            body(resp).await;
+        }
+        let resp = conn.send(get_req("/peer")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        body(resp).await;
+        let d = recorder.0.lock().unwrap().clone();
+        assert_eq!(d.len(), 5);
+        assert!(d.iter().all(|(_, granted, _)| *granted));
+        assert_eq!(d[0].0, "files:read");
+        assert_eq!(d[4].0, "peer");
+    }
+}
+
+#[tokio::test]
+async fn identity_only_peers_pass_peer_routes_and_fail_scope_routes() {
+    let w = World::new(false);
+    let recorder = Arc::new(Recorder::default());
+    let addr = start(&w, Some(recorder.clone()), options()).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut conn = client(&w, creds, false)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    // The client presents a proof without a chain.
+    let resp = conn.send(get_req("/peer")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body(resp).await, format!("{CLIENT} chain="));
+    let resp = conn.send(get_req("/scope")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(code_of(&body(resp).await), "scope_not_granted");
+
+    // Another agent of the trust domain passes TLS but not the peer route.
+    let (creds, _k, _) = w.client(OTHER, Some("files:read"), &LeafOpts::default());
+    let mut conn = client(&w, creds, true)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    let resp = conn.send(get_req("/peer")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(code_of(&body(resp).await), "peer_denied");
+    let resp = conn.send(get_req("/scope")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body(resp).await;
+    let d = recorder.0.lock().unwrap().clone();
+    assert_eq!(
+        d.iter().map(|(_, g, c)| (*g, *c)).collect::<Vec<_>>(),
+        vec![
+            (true, None),
+            (false, Some("scope_not_granted")),
+            (false, Some("peer_denied")),
+            (true, None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_certificate_is_refused_in_the_handshake() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let foreign = Domain::new("example.org");
+    let cred = credential(&foreign.ca, CLIENT, key(), &LeafOpts::default());
+    let c = client(&w, Arc::new(MemoryCredentials::new(cred)), false);
+    // TLS 1.3: the refusal surfaces at the handshake or on the first request.
+    let result = async {
+        let mut conn = c.connect(addr, "files").await?;
+        conn.send(get_req("/peer")).await
+    }
+    .await;
+    assert!(result.is_err(), "{result:?}");
+}
+
+/// A raw hyper connection over our TLS client configuration: any headers.
+struct Raw {
+    h1: Option<http1::SendRequest<Full<Bytes>>>,
+    h2: Option<http2::SendRequest<Full<Bytes>>>,
+    exporter: [u8; 32],
+}
+
+impl Raw {
+    async fn connect(w: &World, creds: Arc<MemoryCredentials>, addr: SocketAddr, h2: bool) -> Self {
+        let mut config =
+            http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+        config.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                rustls::pki_types::ServerName::try_from("files").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let p = http::client_peer(tls.get_ref().1, &w.cv).unwrap();
+        let io = TokioIo::new(tls);
+        let mut raw = Raw {
+            h1: None,
+            h2: None,
+            exporter: p.exporter(Role::Client),
+        };
+        if h2 {
+            let (s, c) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(c);
+            raw.h2 = Some(s);
+        } else {
+            let (s, c) = http1::handshake(io).await.unwrap();
+            tokio::spawn(c);
+            raw.h1 = Some(s);
+        }
+        raw
+    }
+
+    fn proof(&self, key: &TaskKey, chain: Option<&str>) -> String {
+        proof_for(self.exporter, key, chain)
+    }
+
+    async fn send(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> hyper::Result<::http::Response<hyper::body::Incoming>> {
+        let mut b = ::http::Request::get(if self.h2.is_some() {
+            format!("https://files{path}")
+        } else {
+            path.to_owned()
+        });
+        if self.h1.is_some() {
+            b = b.header("host", "files");
+        }
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        if let Some(s) = &mut self.h1 {
+            s.ready().await?;
+            tokio::time::timeout(T, s.send_request(req)).await.unwrap()
+        } else {
+            let s = self.h2.as_mut().unwrap();
+            s.ready().await?;
+            tokio::time::timeout(T, s.send_request(req)).await.unwrap()
+        }
+    }
+}
+
+fn proof_for(exporter: [u8; 32], key: &TaskKey, chain: Option<&str>) -> String {
+    let n = now();
+    let mut b = ProofBuilder::new(
+        &SpiffeId::parse(CLIENT).unwrap(),
+        &SpiffeId::parse(SERVER).unwrap(),
+        Role::Client,
+        exporter,
+        n,
+        n + 60,
+    );
+    if let Some(c) = chain {
+        b = b.chain(c);
+    }
+    b.sign(key).unwrap()
+}
+
+async fn status_code(
+    resp: ::http::Response<hyper::body::Incoming>,
+) -> (u16, String, Option<String>) {
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let code = code_of(&body(resp).await);
+    (status, code, challenge)
+}
+
+#[tokio::test]
+async fn bad_headers_get_their_codes_and_statuses() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    for h2 in [false, true] {
+        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
+        let proof = raw.proof(&k, Some(&chain));
+        // Duplicated headers.
+        let r = raw
+            .send(
+                "/whoami",
+                &[("agentid-proof", &proof), ("agentid-proof", &proof)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
+        // A comma-joined value.
+        let joined = format!("{proof},{proof}");
+        let r = raw
+            .send("/whoami", &[("agentid-proof", &joined)])
+            .await
+            .unwrap();
+        assert_eq!(status_code(r).await.1, "bad_header");
+        // An oversized chain: ours, before hyper's own limit.
+        let big = "a".repeat(16385);
+        let r = raw
+            .send(
+                "/whoami",
+                &[("agentid-chain", &big), ("agentid-proof", &proof)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status_code(r).await, (431, "chain_too_large".into(), None));
+        // A chain without a proof.
+        let r = raw
+            .send("/whoami", &[("agentid-chain", &chain)])
+            .await
+            .unwrap();
+        assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "proof_missing".into(),
+                Some("Agentid error=\"proof_missing\"".into())
+            )
+        );
+        // None of these moved the connection: the real presentation still works.
+        let r = raw
+            .send(
+                "/scope",
+                &[("agentid-chain", &chain), ("agentid-proof", &proof)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "h2={h2}");
+        assert!(r.headers().contains_key("agentid-proof"));
+        body(r).await;
+    }
+}
+
+#[tokio::test]
+async fn a_different_presentation_fails_the_connection() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    for h2 in [false, true] {
+        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
+        let proof = raw.proof(&k, Some(&chain));
+        let r = raw
+            .send(
+                "/scope",
+                &[("agentid-chain", &chain), ("agentid-proof", &proof)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        body(r).await;
+        // A fresh proof is a different presentation.
+        let other = raw.proof(&k, Some(&chain));
+        let r = raw
+            .send(
+                "/scope",
+                &[("agentid-chain", &chain), ("agentid-proof", &other)],
+            )
+            .await
+            .unwrap();
+        if !h2 {
+            assert_eq!(r.headers().get("connection").unwrap(), "close");
+        }
+        assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "presentation_changed".into(),
+                Some("Agentid error=\"presentation_changed\"".into())
+            )
+        );
+        // Later requests get the stored code, or find the connection closed.
+        match raw.send("/scope", &[]).await {
+            Ok(r) => assert_eq!(status_code(r).await.1, "presentation_changed"),
+            Err(e) => assert!(
+                e.is_closed() || e.is_canceled() || e.to_string().contains("clos"),
+                "{e}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn proofs_bound_to_another_connection_are_refused() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    let mut first = Raw::connect(&w, creds.clone(), addr, true).await;
+    let proof = first.proof(&k, Some(&chain));
+    let r = first
+        .send(
+            "/scope",
+            &[("agentid-chain", &chain), ("agentid-proof", &proof)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
+    // The same proof replayed on a second connection.
+    let mut second = Raw::connect(&w, creds.clone(), addr, false).await;
+    let r = second
+        .send(
+            "/scope",
+            &[("agentid-chain", &chain), ("agentid-proof", &proof)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_code(r).await.1, "channel_binding_mismatch");
+    // A proof made for another connection's exporter (never used there).
+    let mut third = Raw::connect(&w, creds.clone(), addr, true).await;
+    let foreign = proof_for([7u8; 32], &k, Some(&chain));
+    let r = third
+        .send(
+            "/scope",
+            &[("agentid-chain", &chain), ("agentid-proof", &foreign)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status_code(r).await,
+        (
+            401,
+            "channel_binding_mismatch".into(),
+            Some("Agentid error=\"channel_binding_mismatch\"".into())
+        )
+    );
+    // A proof whose `cth` does not match the chain sent.
+    let mut fourth = Raw::connect(&w, creds.clone(), addr, false).await;
+    let no_cth = fourth.proof(&k, None);
+    let r = fourth
+        .send(
+            "/scope",
+            &[("agentid-chain", &chain), ("agentid-proof", &no_cth)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_code(r).await.1, "chain_hash_mismatch");
+}
+
+#[tokio::test]
+async fn h2_streams_racing_the_first_presentation_wait_for_it() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    let raw = Raw::connect(&w, creds, addr, true).await;
+    let proof = raw.proof(&k, Some(&chain));
+    let mut sender = raw.h2.clone().unwrap();
+    sender.ready().await.unwrap();
+    let mk = |with: bool| {
+        let mut b = ::http::Request::get("https://files/scope");
+        if with {
+            b = b
+                .header("agentid-chain", &chain)
+                .header("agentid-proof", &proof);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    // The presenting stream is opened first; the others race it without headers.
+    let mut futs = vec![sender.send_request(mk(true))];
+    for _ in 0..8 {
+        futs.push(sender.send_request(mk(false)));
+    }
+    for (i, f) in futs.into_iter().enumerate() {
+        let r = tokio::time::timeout(T, f).await.unwrap().unwrap();
+        assert_eq!(r.status(), 200, "stream {i}");
+        assert_eq!(r.headers().contains_key("agentid-proof"), i == 0);
+        body(r).await;
+    }
+}
+
+#[tokio::test]
+async fn revocation_ends_the_connection_and_cuts_streams() {
+    let w = World::new(true);
+    let empty = w.a.revocation_list(1, |b| b);
+    w.sv.apply_revocation_list(&empty).unwrap();
+    w.cv.apply_revocation_list(&empty).unwrap();
+    let addr = start(&w, None, options()).await;
+    let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = client(&w, creds, false)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    let r = conn.send(get_req("/scope")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
+    // A streaming response in flight.
+    let mut streaming = conn.send(get_req("/stream")).await.unwrap().into_body();
+    let first = tokio::time::timeout(T, streaming.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+
+    let jkt = k.public_key().thumbprint();
+    let _ = &k;
+    let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+    w.sv.apply_revocation_list(&list).unwrap();
+    // The stream is cut (an error or its end), never left hanging.
+    let next = tokio::time::timeout(T, streaming.frame()).await.unwrap();
+    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    // New requests on that connection are refused (or find it closed).
+    if let Ok(r) = conn.send(get_req("/scope")).await {
+        assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "revoked".into(),
+                Some("Agentid error=\"revoked\"".into())
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
+    let w = World::new(false);
+    // The server's close margin is longer than the client certificate's remaining life.
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            close_margin: Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds.clone(), addr, false).await;
+    match raw.send("/peer", &[]).await {
+        Ok(r) => {
+            assert_eq!(r.headers().get("connection").unwrap(), "close");
+            assert_eq!(r.status(), 200);
+            body(r).await;
+        }
+        // The graceful close may win the race against the first request head.
+        Err(e) => assert!(
+            e.is_closed() || e.is_canceled() || e.is_incomplete_message(),
+            "{e}"
+        ),
+    }
+    // The agentid client keeps no connection past its margin.
+    let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+        .close_margin(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut conn = c.connect(addr, "files").await.unwrap();
+    assert!(!conn.is_usable());
+    assert!(matches!(
+        conn.send(get_req("/peer")).await,
+        Err(agentid_transport::Error::CredentialExpired)
+    ));
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_outside_its_chains_audience() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let k = key();
+    let holder = agentid_protocol::TaskIdentity::parse(CLIENT).unwrap();
+    let chain = w.a.grant_aud(
+        &holder,
+        &k,
+        "files:read",
+        Some(&["spiffe://example.org/svc/other"]),
+    );
+    let cred = credential(&w.a.ca, CLIENT, k, &LeafOpts::default()).with_chain(chain.as_str());
+    let c = client(&w, Arc::new(MemoryCredentials::new(cred)), false);
+    let e = c.connect(addr, "files").await.unwrap_err();
+    assert_eq!(
+        e.protocol_code(),
+        Some(agentid_protocol::ErrorCode::AudienceMismatch)
+    );
+}
+
+#[tokio::test]
+async fn server_tls_config_has_no_resumption_and_offers_h2_and_http11() {
+    let w = World::new(false);
+    let cfg = http::server_config(
+        w.server_creds.clone(),
+        &w.sv,
+        PeerPolicy::trust_domain(w.a.td.clone()),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    assert_eq!(cfg.send_tls13_tickets, 0);
+    assert!(!cfg.session_storage.can_cache());
+    assert_eq!(cfg.max_early_data_size, 0);
+    let (creds, _, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let ccfg = http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+    assert!(!ccfg.enable_early_data);
+    assert_eq!(
+        ccfg.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+}
