@@ -275,9 +275,10 @@ impl CredentialDir {
 
         let (chain_file, chain) = match read_chain(dir)? {
             Some((path, chain)) => {
-                let holder = chain
-                    .holder_unverified()
+                let read = chain
+                    .read_unverified()
                     .map_err(|e| invalid(&path, format!("no holder: {e}")))?;
+                let holder = read.holder();
                 if holder.as_spiffe_id() != info.id.as_spiffe_id() {
                     return Err(invalid(
                         &path,
@@ -304,7 +305,7 @@ impl CredentialDir {
 
     /// A transport credential (certificate chain and task key) without a delegation chain.
     pub fn credential(&self) -> Result<Credential, FilesError> {
-        let key = TaskKey::from_pkcs8_der(self.key.pkcs8_der())
+        let key = TaskKey::from_pkcs8_der(self.key.danger_pkcs8_der())
             .map_err(|e| invalid(&self.dir.join(KEY_FILE), format!("unusable task key: {e}")))?;
         Credential::new(self.cert_chain.clone(), key)
             .map_err(|e| invalid(&self.dir.join(CERT_FILE), e))

@@ -393,7 +393,7 @@ async fn ca_revocations_end_live_sessions_and_refuse_the_next_handshake() {
     let cases: Vec<(&str, Target, Option<&str>)> = vec![
         (
             "the coder's certificate, by serial",
-            |_, c, _| RevokeTarget::Serial(c.cert.serial().to_owned()),
+            |_, c, _| RevokeTarget::Serial(c.cert.serial().parse().unwrap()),
             Some("(token 1)"),
         ),
         (
@@ -403,17 +403,17 @@ async fn ca_revocations_end_live_sessions_and_refuse_the_next_handshake() {
         ),
         (
             "the coder's key, by thumbprint",
-            |_, c, _| RevokeTarget::Key(c.cert.jkt.clone()),
+            |_, c, _| RevokeTarget::Key(c.cert.jkt.parse().unwrap()),
             Some("(token 1)"),
         ),
         (
             "the earlier holder's key (the planner's)",
-            |p, _, _| RevokeTarget::Key(p.cert.jkt.clone()),
+            |p, _, _| RevokeTarget::Key(p.cert.jkt.parse().unwrap()),
             Some("(token 0)"),
         ),
         (
             "the earlier holder's certificate, by serial",
-            |p, _, _| RevokeTarget::Serial(p.cert.serial().to_owned()),
+            |p, _, _| RevokeTarget::Serial(p.cert.serial().parse().unwrap()),
             Some("(token 0)"),
         ),
         (
@@ -428,12 +428,12 @@ async fn ca_revocations_end_live_sessions_and_refuse_the_next_handshake() {
         ),
         (
             "the grant, by jti",
-            |p, _, _| RevokeTarget::GrantJti(p.grant_jti.clone().unwrap()),
+            |p, _, _| RevokeTarget::GrantJti(p.grant_jti.clone().unwrap().parse().unwrap()),
             Some("(token 0)"),
         ),
         (
             "an unrelated agent's certificate",
-            |_, _, u| RevokeTarget::Serial(u.cert.serial().to_owned()),
+            |_, _, u| RevokeTarget::Serial(u.cert.serial().parse().unwrap()),
             None,
         ),
         (

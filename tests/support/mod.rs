@@ -101,7 +101,7 @@ impl TestCa {
         Agent {
             id: PeerId::Task(task.identity.clone()),
             cert: task.certificate,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: Some(task.grant),
             grant_jti: Some(task.grant_jti),
         }
@@ -126,7 +126,7 @@ impl TestCa {
         Agent {
             id: cert.identity.clone(),
             cert,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: None,
             grant_jti: None,
         }
@@ -149,7 +149,7 @@ impl TestCa {
         Agent {
             id: cert.identity.clone(),
             cert,
-            key_der: key.pkcs8_der().to_vec(),
+            key_der: key.danger_pkcs8_der().to_vec(),
             chain: None,
             grant_jti: None,
         }
@@ -231,7 +231,7 @@ impl Agent {
     pub fn delegate(&self, to: &mut Agent, link_scope: &str) {
         let from = self.chain.as_ref().expect("the delegator holds a chain");
         let t = now();
-        let exp = from.expires_unverified().unwrap().min(t + 600);
+        let exp = from.read_unverified().unwrap().expires().min(t + 600);
         let chain = LinkBuilder::new(
             from,
             &to.task_identity(),

@@ -71,7 +71,7 @@ pub struct Holder {
 impl Holder {
     /// A copy of the task key (the key is not `Clone` on purpose; PKCS#8 round trip).
     pub fn key_copy(&self) -> Res<TaskKey> {
-        Ok(TaskKey::from_pkcs8_der(self.key.pkcs8_der())?)
+        Ok(TaskKey::from_pkcs8_der(self.key.danger_pkcs8_der())?)
     }
 }
 
@@ -269,7 +269,7 @@ impl Pki {
     }
 
     fn key_der(h: &Holder) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(h.key.pkcs8_der().to_vec().into())
+        PrivateKeyDer::Pkcs8(h.key.danger_pkcs8_der().to_vec().into())
     }
 
     /// Raw rustls server: the same certificates, provider (aws-lc-rs, X25519MLKEM768 preferred),

@@ -402,7 +402,7 @@ fn write_material(pki: &Pki, dir: &Path) -> Res<()> {
         leaf_der: h.leaf_der.clone(),
         intermediate_der: pki.intermediate_der.clone(),
         root_der: pki.root_der.clone(),
-        key_pkcs8: h.key.pkcs8_der().to_vec(),
+        key_pkcs8: h.key.danger_pkcs8_der().to_vec(),
         identity: h.id.as_str().to_owned(),
         chain: pki
             .chains

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
-    AgentId, AuthorityKey, JwsSigner, PublicKey, RevocationListBuilder, TaskId, TaskIdentity,
-    TrustBundle, TrustDomain,
+    AgentId, AuthorityKey, Jkt, Jti, JwsSigner, PublicKey, RevocationListBuilder, Serial, TaskId,
+    TaskIdentity, TrustBundle, TrustDomain,
 };
 
 use crate::audit::{AuditEvent, AuditLog};
@@ -85,24 +85,24 @@ impl core::fmt::Debug for CertificateAuthority {
 /// What to revoke.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RevokeTarget {
-    /// A certificate by serial (hex): revokes its key's thumbprint, since a task key belongs to
-    /// one identity.
-    Serial(String),
+    /// A certificate by serial: revokes its key's thumbprint, since a task key belongs to one
+    /// identity.
+    Serial(Serial),
     /// Every holder of a task.
     Task(TaskId),
     /// An agent name: every task identity of that agent.
     Agent(String),
     /// A key by RFC 7638 thumbprint.
-    Key(String),
+    Key(Jkt),
     /// A grant by `jti`.
-    GrantJti(String),
+    GrantJti(Jti),
     /// A link by issuer (the delegating task identity of this trust domain) and `jti`. The CA
     /// does not see links, so the entry lives for the longest token lifetime (24 h) plus skew.
     LinkJti {
         /// The link's `iss`.
         iss: TaskIdentity,
         /// The link's `jti`.
-        jti: String,
+        jti: Jti,
     },
 }
 
@@ -336,11 +336,13 @@ impl CertificateAuthority {
             actor: actor.into(),
             subject: Some(format!("{kind}:{value}")),
             serial: match target {
-                RevokeTarget::Serial(s) => Some(s.clone()),
+                RevokeTarget::Serial(s) => Some(s.to_string()),
                 _ => None,
             },
             jti: match target {
-                RevokeTarget::GrantJti(j) | RevokeTarget::LinkJti { jti: j, .. } => Some(j.clone()),
+                RevokeTarget::GrantJti(j) | RevokeTarget::LinkJti { jti: j, .. } => {
+                    Some(j.to_string())
+                }
                 _ => None,
             },
             outcome: if res.is_ok() {
@@ -367,10 +369,9 @@ impl CertificateAuthority {
         let mut store = self.store()?;
         let (kind, value) = match target {
             RevokeTarget::Serial(serial) => {
-                let serial = normalize_serial(serial);
-                let rec = store.issuance(&serial)?.ok_or(CaError::NotFound {
+                let rec = store.issuance(serial.as_str())?.ok_or(CaError::NotFound {
                     kind: "serial",
-                    value: serial.clone(),
+                    value: serial.to_string(),
                 })?;
                 (RevocationKind::Jkt, rec.jkt)
             }
@@ -392,36 +393,19 @@ impl CertificateAuthority {
                 AgentId::new(&self.config.trust_domain, name)?;
                 (RevocationKind::Agent, name.clone())
             }
-            RevokeTarget::Key(jkt) => {
-                let valid = jkt.len() == 43
-                    && jkt
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !valid {
-                    return Err(CaError::InvalidRequest(format!(
-                        "{jkt:?} is not an RFC 7638 thumbprint"
-                    )));
-                }
-                (RevocationKind::Jkt, jkt.clone())
-            }
+            // The thumbprint and `jti` types hold only what the protocol accepts in a list entry.
+            RevokeTarget::Key(jkt) => (RevocationKind::Jkt, jkt.to_string()),
             RevokeTarget::GrantJti(jti) => {
-                if store.task_by_jti(jti)?.is_none() {
+                if store.task_by_jti(jti.as_str())?.is_none() {
                     return Err(CaError::NotFound {
                         kind: "jti",
-                        value: jti.clone(),
+                        value: jti.to_string(),
                     });
                 }
-                (RevocationKind::Jti, jti.clone())
+                (RevocationKind::Jti, jti.to_string())
             }
             RevokeTarget::LinkJti { iss, jti } => {
                 self.check_td(iss.as_spiffe_id())?;
-                let valid = (1..=256).contains(&jti.len())
-                    && jti.bytes().all(|b| (0x21..=0x7e).contains(&b));
-                if !valid {
-                    return Err(CaError::InvalidRequest(format!(
-                        "{jti:?} is not a token jti"
-                    )));
-                }
                 (RevocationKind::LinkJti, format!("{} {jti}", iss.as_str()))
             }
         };
@@ -506,15 +490,4 @@ impl CertificateAuthority {
             (Err(e), _) => Err(e),
         }
     }
-}
-
-/// Serials are compared as lowercase hex without separators or leading `00`.
-pub(crate) fn normalize_serial(s: &str) -> String {
-    let hex: String = s
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    let trimmed = hex.trim_start_matches("00");
-    trimmed.to_string()
 }

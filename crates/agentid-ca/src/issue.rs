@@ -11,11 +11,12 @@
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
-    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, ServiceId, TaskId, TaskIdentity,
+    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, Serial, ServiceId, TaskId,
+    TaskIdentity,
 };
 
 use crate::audit::AuditEvent;
-use crate::ca::{normalize_serial, token_hash, CertificateAuthority};
+use crate::ca::{token_hash, CertificateAuthority};
 use crate::csr::{parse_csr, RequestedKey};
 use crate::error::{CaError, Result};
 use crate::material;
@@ -669,14 +670,15 @@ impl CertificateAuthority {
         let mut cap = parent_rec.cap.min(task_rec.exp);
         if let Some(chain) = &req.parent_chain {
             // Only ever shortens: safe to read unverified.
-            let holder = chain.holder_unverified()?;
-            if holder != req.parent {
+            let read = chain.read_unverified()?;
+            let holder = read.holder();
+            if *holder != req.parent {
                 return Err(CaError::InvalidRequest(format!(
                     "the parent chain's holder is {holder}, not {}",
                     req.parent
                 )));
             }
-            cap = cap.min(chain.expires_unverified()?);
+            cap = cap.min(read.expires());
         }
         if cap <= now {
             return Err(CaError::ParentNotActive(req.parent.as_str().to_string()));
@@ -966,9 +968,10 @@ impl CertificateAuthority {
         })
     }
 
-    /// Looks up the issuance record of a serial (any formatting: colons, upper case, `00`).
-    pub fn find_serial(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
-        self.store()?.issuance(&normalize_serial(serial))
+    /// Looks up the issuance record of a serial (parsed from any formatting: colons, upper case,
+    /// leading `00`).
+    pub fn find_serial(&self, serial: &Serial) -> Result<Option<IssuanceRecord>> {
+        self.store()?.issuance(serial.as_str())
     }
 }
 

@@ -1,22 +1,23 @@
 //! `agentid chain verify`: the reference chain verifier for interop testers.
 //!
-//! The command turns its arguments into the `input` of a spec vector case (`case_input` in the
-//! report) and runs the protocol crate's reference runner on it, so its `verdict` is exactly
-//! what a vector's `expected` would be: `{"valid":true, ...result...}` or
-//! `{"valid":false,"error":CODE,"index":N}` (`index` null when the failure is not tied to a
-//! token). The report adds every token's header and claims, decoded for display only (NOT
+//! The command builds a verifier from its arguments and verifies the chain with the protocol
+//! crate's API, so its `verdict` is what a spec vector's `expected` would be for the same input:
+//! `{"valid":true, ...result...}` or `{"valid":false,"error":CODE,"index":N}` (`index` null when
+//! the failure is not tied to a token). The report adds every token's header and claims, decoded for display only (NOT
 //! verified: the verdict says what holds), the peer, the verifier and the time.
 
 use std::path::PathBuf;
 
-use agentid_protocol::vectors::run_case;
-use agentid_protocol::{SpiffeId, TrustDomain};
+use agentid_protocol::{
+    AuthorityPolicy, BundleSet, ErrorCode, PeerId, Scope, TrustBundle, TrustDomain, VerifiedChain,
+    Verifier, VerifierConfig,
+};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format};
 use crate::delegate::parse_scope;
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{CliError, CliResult};
 use crate::files;
 use crate::trust::{self, parse_bundle_arg, BundleArg, BundleFile};
 
@@ -115,15 +116,10 @@ fn verify(args: &VerifyArgs) -> CliResult {
     };
     let peer_td = peer.id.trust_domain();
 
-    let mut bundles = Map::new();
+    let mut bundles = Vec::new();
     for (td, path) in trust::assign(&args.bundles, &peer_td)? {
         match trust::read_bundle_file(path)? {
-            BundleFile::Spiffe(json) => {
-                // Parsed here for a clear error naming the file; the runner parses it again.
-                trust::parse_spiffe(&td, &json, path)?;
-                let v: Value = serde_json::from_slice(&json).context(format!("{}: not JSON", path.display()))?;
-                bundles.insert(td.as_str().to_owned(), v);
-            }
+            BundleFile::Spiffe(json) => bundles.push(trust::parse_spiffe(&td, &json, path)?),
             BundleFile::Pem(_) => {
                 return Err(CliError::failed(format!(
                     "{}: chain verify needs a SPIFFE bundle (JSON, with grant and revocation keys), not PEM",
@@ -136,59 +132,46 @@ fn verify(args: &VerifyArgs) -> CliResult {
         Some(v) => v.clone(),
         None => format!("{}/svc/{DEFAULT_VERIFIER_SERVICE}", peer_td.id().as_str()),
     };
-    let authority_policy = if args.authorities.is_empty() {
-        Value::Null
-    } else {
-        let own = SpiffeId::parse(&verifier_id)
-            .context(format!("bad --verifier {verifier_id:?}"))?
-            .trust_domain();
-        let mut p = Map::new();
-        p.insert(own.as_str().to_owned(), Value::from("*"));
-        for a in &args.authorities {
-            let (td, patterns) = a.split_once('=').unwrap_or((a.as_str(), "*"));
-            let td = TrustDomain::parse(td).context(format!("bad --authority {a:?}"))?;
-            p.insert(td.as_str().to_owned(), Value::from(patterns));
-        }
-        Value::Object(p)
-    };
     let lists = args
         .revocations
         .iter()
-        .map(|p| files::read_text(p).map(Value::from))
+        .map(|p| files::read_text(p))
         .collect::<CliResult<Vec<_>>>()?;
     let requested = if args.scopes.is_empty() {
-        Value::Null
+        None
     } else {
-        Value::from(parse_scope(&args.scopes)?.to_string())
+        Some(parse_scope(&args.scopes)?)
     };
     if args.danger_no_revocation {
         tracing::warn!("missing or stale revocation lists accepted (--danger-no-revocation)");
     }
-    // The case input of the spec's vectors: the verdict is the reference runner's own output.
-    let input = json!({
-        "chain": chain,
-        "bundles": bundles,
-        "revocation_lists": lists,
-        "now": at,
-        "skew": args.skew,
-        "peer": { "id": peer.id.as_str(), "jwk": peer.public_key.to_jwk() },
-        "verifier_id": verifier_id,
-        "requested_scope": requested,
-        "authority_policy": authority_policy,
-        "enforced_limits": args.limits,
-        "danger_accept_missing_or_stale_revocations": args.danger_no_revocation,
-    });
-    let verdict = run_case(&input);
+    // The protocol's own API: configuration (spec/PROTOCOL.md section 9), the peer's authority
+    // (section 10), authorization (section 13). Any failure of these is the verdict.
+    let tokens = decode_tokens(&chain);
+    let inputs = Inputs {
+        chain,
+        bundles,
+        lists,
+        requested,
+    };
+    let verdict = match verify_at(args, inputs, &verifier_id, &peer, at) {
+        Ok(verified) => {
+            let mut v = Map::new();
+            v.insert("valid".into(), Value::Bool(true));
+            v.extend(verified.to_json());
+            Value::Object(v)
+        }
+        Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
+    };
     let valid = verdict.get("valid") == Some(&Value::Bool(true));
     let summary = summary(&verdict);
     let report = json!({
         "chain_file": args.chain_file.display().to_string(),
-        "tokens": decode_tokens(&chain),
-        "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": crate::cert::inspect::normalize_serial(&peer.serial) },
+        "tokens": tokens,
+        "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": peer.serial },
         "verifier": verifier_id,
         "at": at,
         "verdict": verdict,
-        "case_input": input,
     });
     match args.format {
         Format::Json => print_json(&report)?,
@@ -203,6 +186,73 @@ fn verify(args: &VerifyArgs) -> CliResult {
 
 /// The service name of the default verifier ID, `spiffe://<peer's trust domain>/svc/agentid-cli`.
 pub const DEFAULT_VERIFIER_SERVICE: &str = "agentid-cli";
+
+/// What `chain verify` read from its files and arguments.
+struct Inputs {
+    chain: String,
+    bundles: Vec<TrustBundle>,
+    lists: Vec<String>,
+    requested: Option<Scope>,
+}
+
+/// Builds the verifier (section 9: skew, own ID, authority policy, enforced limits, bundles,
+/// revocation lists, in that order) and verifies the peer's chain at `at`, then authorizes
+/// `requested` if given.
+fn verify_at(
+    args: &VerifyArgs,
+    inputs: Inputs,
+    verifier_id: &str,
+    peer: &agentid_transport::SvidInfo,
+    at: u64,
+) -> agentid_protocol::Result<VerifiedChain> {
+    let Inputs {
+        chain,
+        bundles,
+        lists,
+        requested,
+    } = inputs;
+    let bad_config = |what: &str, e: agentid_protocol::Error| {
+        agentid_protocol::Error::new(ErrorCode::BadConfig, format!("{what}: {}", e.detail()))
+    };
+    let own = PeerId::parse(verifier_id)
+        .map_err(|e| bad_config("--verifier", e))?
+        .as_spiffe_id()
+        .clone();
+    let mut policy = AuthorityPolicy::own_domain(&own.trust_domain());
+    for a in &args.authorities {
+        policy = match a.split_once('=') {
+            None => {
+                policy.allow_any(TrustDomain::parse(a).map_err(|e| bad_config("--authority", e))?)
+            }
+            Some((td, patterns)) => policy.allow(
+                TrustDomain::parse(td).map_err(|e| bad_config("--authority", e))?,
+                Scope::parse(patterns).map_err(|e| bad_config("--authority", e))?,
+            ),
+        };
+    }
+    let mut set = BundleSet::new();
+    for b in bundles {
+        set.insert(b)?;
+    }
+    let mut config = VerifierConfig::new(own, set)
+        .skew(args.skew)?
+        .authority_policy(policy)
+        .enforce_limits(args.limits.iter().cloned());
+    if args.danger_no_revocation {
+        config = config.danger_accept_missing_or_stale_revocations();
+    }
+    for l in &lists {
+        config.apply_revocation_list(l)?;
+    }
+    let verifier = Verifier::new(config)?;
+    let verified = verifier
+        .verify_peer(Some(&chain), peer.id.as_spiffe_id(), &peer.public_key, at)?
+        .ok_or_else(|| agentid_protocol::Error::new(ErrorCode::Internal, "a chain was given"))?;
+    if let Some(requested) = &requested {
+        verifier.authorize(&verified, requested)?;
+    }
+    Ok(verified)
+}
 
 fn summary(verdict: &Value) -> String {
     let s = |k: &str| {

@@ -3,10 +3,11 @@
 //! The delegatee's identity and key come from its certificate, after the certificate has been
 //! verified against the trust bundle: they are never typed by hand.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentid_protocol::{Chain, IdSet, LinkBuilder, PeerId, Scope, SpiffeId, TaskKey};
+use agentid_protocol::{Chain, IdSet, Limits, LinkBuilder, PeerId, Scope, SpiffeId, TaskKey};
 use serde_json::json;
 
 use crate::common::{now_unix, parse_duration, print_json, print_text, rfc3339, Format, FormatArg};
@@ -40,9 +41,15 @@ pub struct DelegateArgs {
     /// How many more links may follow (default: one less than the chain's).
     #[arg(long)]
     pub max_depth: Option<u8>,
-    /// Narrow the audience to these IDs (repeatable).
+    /// Narrow the audience to these IDs (repeatable; covered by the chain's audience).
     #[arg(long = "aud")]
     pub audience: Vec<String>,
+    /// Lower a limit ceiling, or add one: `NAME=N` (repeatable; at most the chain's ceiling).
+    #[arg(long = "limit", value_name = "NAME=N")]
+    pub limits: Vec<String>,
+    /// Narrow whom later links may delegate to (repeatable IDs; covered by the chain's list).
+    #[arg(long = "may-delegate-to", value_name = "ID")]
+    pub may_delegate_to: Vec<String>,
     /// Also write the new chain to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -63,14 +70,41 @@ pub fn parse_scope(values: &[String]) -> CliResult<Scope> {
 
 /// Parses repeated `--aud` values into an ID set (`None` when there are none).
 pub fn parse_audience(values: &[String]) -> CliResult<Option<IdSet>> {
+    parse_id_set(values, "--aud")
+}
+
+/// Parses repeated ID values of option `flag` into an ID set (`None` when there are none).
+pub fn parse_id_set(values: &[String], flag: &str) -> CliResult<Option<IdSet>> {
     if values.is_empty() {
         return Ok(None);
     }
     let ids = values
         .iter()
-        .map(|s| SpiffeId::parse(s).context(format!("bad --aud {s:?}")))
+        .map(|s| SpiffeId::parse(s).context(format!("bad {flag} {s:?}")))
         .collect::<CliResult<Vec<_>>>()?;
-    Ok(Some(IdSet::new(ids).context("bad --aud")?))
+    Ok(Some(IdSet::new(ids).context(format!("bad {flag}"))?))
+}
+
+/// Parses repeated `--limit NAME=N` values (`None` when there are none).
+pub fn parse_limits(values: &[String]) -> CliResult<Option<Limits>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut m = BTreeMap::new();
+    for l in values {
+        let (name, n) = l
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("bad --limit {l:?}: expected NAME=N")))?;
+        let n: u64 = n.parse().map_err(|_| {
+            CliError::usage(format!(
+                "bad --limit {l:?}: N must be a non-negative integer"
+            ))
+        })?;
+        if m.insert(name.to_owned(), n).is_some() {
+            return Err(CliError::usage(format!("--limit {name} given twice")));
+        }
+    }
+    Ok(Some(Limits::new(m).context("bad --limit")?))
 }
 
 /// Runs `delegate`.
@@ -101,8 +135,9 @@ pub fn run(args: &DelegateArgs) -> CliResult {
     };
     let scope = parse_scope(&args.scopes)?;
     let chain_exp = chain
-        .expires_unverified()
-        .context(format!("{}: unreadable chain", args.chain.display()))?;
+        .read_unverified()
+        .context(format!("{}: unreadable chain", args.chain.display()))?
+        .expires();
     if chain_exp <= now {
         return Err(CliError::failed(format!(
             "{}: the chain expired at {}",
@@ -121,6 +156,12 @@ pub fn run(args: &DelegateArgs) -> CliResult {
     }
     if let Some(aud) = parse_audience(&args.audience)? {
         b = b.audience(aud);
+    }
+    if let Some(limits) = parse_limits(&args.limits)? {
+        b = b.limits(limits);
+    }
+    if let Some(ids) = parse_id_set(&args.may_delegate_to, "--may-delegate-to")? {
+        b = b.may_delegate_to(ids);
     }
     let new_chain = b.sign(&key).context("cannot delegate")?;
     if let Some(out) = &args.out {

@@ -68,15 +68,16 @@ pub struct ExportArgs {
 pub fn run_revoke(args: &RevokeArgs) -> CliResult {
     let ca = args.ca.open()?;
     let target = if let Some(s) = &args.serial {
-        RevokeTarget::Serial(s.clone())
+        RevokeTarget::Serial(s.parse().context(format!("bad --serial {s:?}"))?)
     } else if let Some(t) = &args.task {
         RevokeTarget::Task(parse_task(t)?)
     } else if let Some(a) = &args.agent {
         RevokeTarget::Agent(a.clone())
     } else if let Some(k) = &args.jkt {
-        RevokeTarget::Key(k.clone())
+        RevokeTarget::Key(k.parse().context(format!("bad --jkt {k:?}"))?)
     } else if let Some(j) = &args.jti {
         let own = ca.trust_domain().id();
+        let j: agentid_protocol::Jti = j.parse().context(format!("bad --jti {j:?}"))?;
         match &args.iss {
             // A grant of this CA (its issuer is the trust domain).
             None => RevokeTarget::GrantJti(j.clone()),

@@ -84,13 +84,22 @@ fn delegate_refusals() {
         1,
         "services never hold chains",
     );
-    // A sealed chain (max_depth 0) takes no link.
+    // A sealed chain (max_depth 0) takes no link, even to a holder of its own task.
     env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir sealed");
-    let sealed = "delegate --chain sealed/grant.jwt --key sealed/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
+    env.child("sealed", "sc");
+    let sealed = "delegate --chain sealed/grant.jwt --key sealed/key.pem --to-cert sc/cert.pem --bundle p/bundle.json";
     env.fails(
         &format!("{sealed} --scope tickets:read"),
         1,
         "depth_exceeded",
+    );
+    // A delegatee of another task fails first on the task, in the verifier's order (rule 4.3
+    // before 4.5).
+    let other_task = "delegate --chain sealed/grant.jwt --key sealed/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
+    env.fails(
+        &format!("{other_task} --scope tickets:read"),
+        1,
+        "task_mismatch",
     );
     // A key that others can read is refused.
     env.chmod("p/key.pem", 0o644);
@@ -133,8 +142,6 @@ fn end_to_end_issue_delegate_verify_revoke() {
     assert_eq!(r["tokens"][0]["header"]["typ"], "agentid-grant+jwt");
     assert_eq!(r["tokens"][1]["header"]["typ"], "agentid-link+jwt");
     assert_eq!(r["tokens"][1]["claims"]["sub"], child["identity"]);
-    // The case input replays to the same verdict with the reference runner.
-    assert_eq!(agentid_protocol::vectors::run_case(&r["case_input"]), *v);
 
     // Authorization of a requested scope.
     assert_eq!(
@@ -257,5 +264,84 @@ fn chain_verify_time_audience_and_malformed_input() {
         "chain verify p/grant.jwt --bundle other.org=p/bundle.json --peer-cert p/cert.pem",
         1,
         "no X.509 authority",
+    );
+}
+
+/// Each widening case of spec/vectors/attenuation.json that `agentid delegate` can be asked for:
+/// the command refuses it, with the code the verifier gives that vector, and writes nothing.
+/// (`expiry_extended` cannot be asked for: `--ttl` is capped at the chain's expiry.)
+#[test]
+fn delegate_refuses_every_widening_with_the_verifiers_code() {
+    let env = Env::new();
+    let policy = format!(
+        "{}\n[agents.reviewer]\nscopes = [\"tickets:*\"]\nrequesters = [\"parent:planner\"]\n",
+        support::POLICY
+    );
+    std::fs::write(env.path("ca/policy.toml"), policy).unwrap();
+    env.json(
+        "cert issue --ca ca --agent planner --scope tickets:read --max-depth 2 \
+         --aud spiffe://example.org/svc/search --limit requests=10 \
+         --may-delegate-to spiffe://example.org/agent/summarizer --out-dir p",
+    );
+    env.child("p", "c");
+    env.json("cert issue --ca ca --agent reviewer --parent p --out-dir r");
+    let cases = [
+        (
+            "--scope tickets:write",
+            "scope_escalation",
+        ),
+        ("--scope *", "scope_escalation"),
+        (
+            "--scope tickets:read --aud spiffe://example.org",
+            "audience_escalation",
+        ),
+        (
+            "--scope tickets:read --aud spiffe://example.org/svc/search --aud spiffe://partner.example",
+            "audience_escalation",
+        ),
+        (
+            "--scope tickets:read --limit requests=11",
+            "limit_escalation",
+        ),
+        (
+            "--scope tickets:read --may-delegate-to spiffe://example.org",
+            "delegation_escalation",
+        ),
+        ("--scope tickets:read --max-depth 2", "depth_exceeded"),
+    ];
+    for (args, code) in cases {
+        env.fails(&format!("{DELEGATE} {args} --out c/chain.jwt"), 1, code);
+        assert!(!env.path("c/chain.jwt").exists(), "{args}: nothing written");
+    }
+    // A delegatee outside the grant's may_delegate_to.
+    env.fails(
+        "delegate --chain p/grant.jwt --key p/key.pem --to-cert r/cert.pem --bundle p/bundle.json --scope tickets:read",
+        1,
+        "delegatee_denied",
+    );
+    // To oneself.
+    env.fails(
+        "delegate --chain p/grant.jwt --key p/key.pem --to-cert p/cert.pem --bundle p/bundle.json --scope tickets:read",
+        1,
+        "self_delegation",
+    );
+    // Narrowing is accepted, and what is signed verifies.
+    let v = env.json(&format!(
+        "{DELEGATE} --scope tickets:read --limit requests=5 --aud spiffe://example.org/svc/search --max-depth 1 --out c/chain.jwt"
+    ));
+    let link = claims(v["chain"].as_str().unwrap(), 1);
+    assert_eq!(link["limits"], json!({"requests": 5}));
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let r = env.verdict(
+        "c/chain.jwt --bundle c/bundle.json --peer-cert c/cert.pem --revocations rev.jwt \
+         --verifier spiffe://example.org/svc/search --enforce-limit requests",
+        0,
+    );
+    assert_eq!(r["verdict"]["limits"], json!({"requests": 5}));
+    // The holder of that link cannot widen the list it inherited either.
+    env.fails(
+        "delegate --chain c/chain.jwt --key c/key.pem --to-cert r/cert.pem --bundle p/bundle.json --scope tickets:read",
+        1,
+        "delegatee_denied",
     );
 }

@@ -172,7 +172,10 @@ fn load_or_create_keys(dir: &Path) -> Keys {
         };
         assert_eq!(k.algorithm(), *alg, "{name}");
         let usage = format!("task key of {}", id(name));
-        out.insert(key_name, key_entry(k.pkcs8_der(), k.public_key(), &usage));
+        out.insert(
+            key_name,
+            key_entry(k.danger_pkcs8_der(), k.public_key(), &usage),
+        );
         keys.task.insert((*name).to_owned(), k);
     }
     let doc = json!({

@@ -8,20 +8,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::token::claims::ChainClaims;
+use crate::token::claims::{GrantClaims, LinkClaims};
 
 /// The key of a cache entry.
 pub(crate) type CacheKey = ([u8; 32], String);
 
-/// What a hit gives back: everything phases 2 and 3 established for the token.
-#[derive(Debug)]
-pub(crate) struct CachedToken {
-    pub claims: ChainClaims,
+/// What a hit gives back: everything phases 2 and 3 established for the token. A grant's bytes
+/// never pass phase 2 as a link (nor the reverse), so a hit of the other kind is a miss.
+#[derive(Clone, Debug)]
+pub(crate) enum CachedToken {
+    Grant(Arc<GrantClaims>),
+    Link(Arc<LinkClaims>),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<CacheKey, Arc<CachedToken>>,
+    map: HashMap<CacheKey, CachedToken>,
     order: VecDeque<CacheKey>,
 }
 
@@ -59,12 +61,12 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<CachedToken>> {
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<CachedToken> {
         // A poisoned lock only means another thread panicked mid-insert: treat it as a miss.
         self.inner.lock().ok()?.map.get(key).cloned()
     }
 
-    pub(crate) fn insert(&self, key: CacheKey, value: Arc<CachedToken>) {
+    pub(crate) fn insert(&self, key: CacheKey, value: CachedToken) {
         if self.capacity == 0 {
             return;
         }

@@ -2,10 +2,11 @@
 
 use core::fmt;
 
+use crate::attenuation::{attenuate, Effective, EnforcedLimits};
 use crate::encoding::b64_decode_checked;
 use crate::error::{Error, ErrorCode, Result};
 use crate::jws::{self, RawToken};
-use crate::token::claims::{decode_chain_claims_map, ChainClaims, MAX_DEPTH};
+use crate::token::claims::{decode_grant, decode_link, GrantClaims, LinkClaims, MAX_DEPTH};
 
 /// Maximum size of a chain string in bytes.
 pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
@@ -21,39 +22,63 @@ pub(crate) struct FramedToken<'a> {
     pub signature: Vec<u8>,
 }
 
-/// Phase 1: framing. Splits on `~`, enforces the caps and decodes every part.
-pub(crate) fn frame(chain: &str) -> Result<Vec<FramedToken<'_>>> {
+/// A chain after phase 1: a grant and zero to eight links. There is no empty chain.
+#[derive(Debug)]
+pub(crate) struct Framed<'a> {
+    pub grant: FramedToken<'a>,
+    pub links: Vec<FramedToken<'a>>,
+}
+
+impl Framed<'_> {
+    /// Number of tokens (grant included).
+    pub fn len(&self) -> usize {
+        1 + self.links.len()
+    }
+}
+
+/// Rule 1.4 (spec/PROTOCOL.md section 10, phase 1): one token's cap, three parts and strict
+/// base64url (rules 1.4.1 to 1.4.3, in `jws::split`); the index is the caller's.
+fn frame_token(part: &str) -> Result<FramedToken<'_>> {
+    let raw = jws::split(part)?;
+    // `split` validated all three parts; the two read here are decoded once.
+    let payload = b64_decode_checked(raw.payload_b64)?;
+    let signature = b64_decode_checked(raw.signature_b64)?;
+    Ok(FramedToken {
+        raw,
+        payload,
+        signature,
+    })
+}
+
+/// Phase 1 (spec/PROTOCOL.md section 10): framing, rules 1.1 to 1.4 in order.
+pub(crate) fn frame(chain: &str) -> Result<Framed<'_>> {
+    // Rule 1.1: the chain cap.
     if chain.len() > MAX_CHAIN_BYTES {
         return Err(Error::new(
             ErrorCode::ChainTooLarge,
             format!("chain of {} bytes exceeds 64 KiB", chain.len()),
         ));
     }
-    // 1.2 No empty part (the index of the first one), 1.3 then at most 9 tokens (chain-level).
+    // Rule 1.2: no empty part (the index of the first one).
     let parts: Vec<&str> = chain.split('~').collect();
     if let Some(i) = parts.iter().position(|p| p.is_empty()) {
         return Err(Error::new(ErrorCode::Malformed, "empty chain part").at(i));
     }
+    // Rule 1.3: at most 9 tokens (chain-level).
     if parts.len() > MAX_TOKENS {
         return Err(Error::new(
             ErrorCode::DepthExceeded,
             "a chain holds at most 8 links",
         ));
     }
-    // 1.4 Each token: size cap, three parts, strict base64url.
-    let mut out = Vec::with_capacity(parts.len());
-    for (i, part) in parts.into_iter().enumerate() {
-        let raw = jws::split(part).map_err(|e| e.at(i))?;
-        // `split` validated all three parts; the two read here are decoded once.
-        let payload = b64_decode_checked(raw.payload_b64).map_err(|e| e.at(i))?;
-        let signature = b64_decode_checked(raw.signature_b64).map_err(|e| e.at(i))?;
-        out.push(FramedToken {
-            raw,
-            payload,
-            signature,
-        });
-    }
-    Ok(out)
+    // Rule 1.4: each token. `split` always yields a first part, so the grant exists.
+    let mut parts = parts.into_iter();
+    let grant = frame_token(parts.next().unwrap_or_default()).map_err(|e| e.at(0))?;
+    let links = parts
+        .enumerate()
+        .map(|(i, part)| frame_token(part).map_err(|e| e.at(i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Framed { grant, links })
 }
 
 /// A delegation chain as transmitted: the grant, then zero to eight links, joined with `~`.
@@ -90,11 +115,6 @@ impl Chain {
         self.text.split('~')
     }
 
-    /// The last token's compact bytes.
-    pub(crate) fn last_token(&self) -> &str {
-        self.text.rsplit('~').next().unwrap_or_default()
-    }
-
     pub(crate) fn appended(&self, token: &str) -> Self {
         Self {
             text: format!("{}~{}", self.text, token),
@@ -109,47 +129,82 @@ impl Chain {
         }
     }
 
-    /// Reads the last token's claims WITHOUT verifying any signature: for builders and display.
-    pub(crate) fn last_claims_unverified(&self) -> Result<ChainClaims> {
+    /// Decodes every token's claims WITHOUT verifying any signature: for a presenter reading
+    /// its own chain (builders, display, choosing a peer). Never a basis for trusting the chain.
+    pub fn read_unverified(&self) -> Result<UnverifiedChain> {
         let framed = frame(&self.text)?;
-        let last = framed
-            .last()
-            .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
-        let map = crate::encoding::parse_ijson_object(&last.payload)?;
-        decode_chain_claims_map(&map, framed.len() == 1)
+        let grant = decode_grant(&framed.grant.payload).map_err(|e| e.at(0))?;
+        let links = framed
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, t)| decode_link(&t.payload).map_err(|e| e.at(i + 1)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnverifiedChain {
+            tokens: self.text.split('~').map(str::to_owned).collect(),
+            grant,
+            links,
+        })
+    }
+}
+
+/// A chain's claims read WITHOUT verifying any signature, attenuation or time.
+///
+/// For the presenter of its own chain: what it holds, until when, for which audience. A verifier
+/// never reads a chain this way: it uses [`crate::Verifier::verify_chain`].
+#[derive(Clone, Debug)]
+pub struct UnverifiedChain {
+    /// Every token's compact bytes, grant first.
+    tokens: Vec<String>,
+    pub(crate) grant: GrantClaims,
+    pub(crate) links: Vec<LinkClaims>,
+}
+
+impl UnverifiedChain {
+    /// The holder named by the last token.
+    pub fn holder(&self) -> &crate::TaskIdentity {
+        self.links.last().map_or(&self.grant.sub, |l| &l.sub)
     }
 
-    /// The holder named by the last token (unverified).
-    pub fn holder_unverified(&self) -> Result<crate::TaskIdentity> {
-        Ok(self.last_claims_unverified()?.sub)
+    /// The key the last token binds (the holder's `cnf`).
+    pub fn holder_key(&self) -> &crate::PublicKey {
+        self.links.last().map_or(&self.grant.cnf, |l| &l.cnf)
     }
 
-    /// The effective audience of the chain (unverified): the last `aud` along it, or the grant
-    /// issuer's trust domain. For a presenter deciding whether to send its chain to a peer.
-    pub fn audience_unverified(&self) -> Result<crate::IdSet> {
-        let framed = frame(&self.text)?;
-        let mut aud = None;
-        let mut authority = None;
-        for (i, t) in framed.iter().enumerate() {
-            let map = crate::encoding::parse_ijson_object(&t.payload).map_err(|e| e.at(i))?;
-            let claims = decode_chain_claims_map(&map, i == 0).map_err(|e| e.at(i))?;
-            if i == 0 {
-                authority = Some(claims.iss.clone());
-            }
-            if let Some(a) = claims.aud {
-                aud = Some(a);
-            }
+    /// The effective audience (section 7.2): the last `aud` along the chain, or the grant
+    /// issuer's trust domain.
+    pub fn audience(&self) -> Result<crate::IdSet> {
+        match self.links.iter().rev().find_map(|l| l.aud.as_ref()) {
+            Some(a) => Ok(a.clone()),
+            None => match &self.grant.aud {
+                Some(a) => Ok(a.clone()),
+                None => crate::IdSet::single(self.grant.iss.id()),
+            },
         }
-        match (aud, authority) {
-            (Some(a), _) => Ok(a),
-            (None, Some(td)) => crate::IdSet::new(vec![td]),
-            (None, None) => Err(Error::new(ErrorCode::Malformed, "empty chain")),
-        }
     }
 
-    /// The `exp` of the last token (unverified): no link may outlive it.
-    pub fn expires_unverified(&self) -> Result<u64> {
-        Ok(self.last_claims_unverified()?.exp)
+    /// The `exp` of the last token: no link may outlive it.
+    pub fn expires(&self) -> u64 {
+        self.links.last().map_or(self.grant.exp, |l| l.exp)
+    }
+
+    /// Number of links.
+    pub fn depth(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The effective values after the last token, replayed through the verifier's own rules
+    /// (4.0.1 to 4.0.3, then [`crate::attenuation::attenuate`] for each link) without checking
+    /// signatures, time or any verifier's enforced limit names.
+    pub(crate) fn effective(&self) -> Result<Effective> {
+        let mut tokens = self.tokens.iter();
+        let grant_token = tokens.next().map(String::as_str).unwrap_or_default();
+        let mut eff = Effective::from_grant(&self.grant, grant_token, EnforcedLimits::Unknown)
+            .map_err(|e| e.at(0))?;
+        for (j, (link, token)) in self.links.iter().zip(tokens).enumerate() {
+            eff = attenuate(eff, link, token, EnforcedLimits::Unknown).map_err(|e| e.at(j + 1))?;
+        }
+        Ok(eff)
     }
 }
 

@@ -467,9 +467,12 @@ impl TaskKey {
         self.0.public.algorithm()
     }
 
-    /// The PKCS#8 DER of the private key, for the TLS stack (the certificate's key) and for
-    /// writing `key.pem`. Treat it as secret.
-    pub fn pkcs8_der(&self) -> &[u8] {
+    /// DANGER: the PKCS#8 DER of the private key, the one way the task key leaves this crate:
+    /// for the TLS stack (the certificate's key) and for writing `key.pem` with mode 0600.
+    /// Whoever holds these bytes can sign anything as this task; never log them, never hand
+    /// them to application code or a model tool. To ask a CA for a certificate, use
+    /// [`TaskKey::csr`], which does not expose the key.
+    pub fn danger_pkcs8_der(&self) -> &[u8] {
         &self.0.pkcs8
     }
 
@@ -478,6 +481,14 @@ impl TaskKey {
         self.0.sign(msg)
     }
 }
+
+// A task key is shared as `Arc<TaskKey>` (the TLS certificate resolver, the session that signs
+// reauth proofs, the link builder): it must stay `Send + Sync`.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<TaskKey>();
+    shareable::<std::sync::Arc<TaskKey>>();
+};
 
 impl fmt::Debug for TaskKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -995,7 +1006,7 @@ mod tests {
                 ErrorCode::BadSignature
             );
             // Reloading the PKCS#8 gives the same key.
-            let again = TaskKey::from_pkcs8_der(task.pkcs8_der()).unwrap();
+            let again = TaskKey::from_pkcs8_der(task.danger_pkcs8_der()).unwrap();
             assert_eq!(again.public_key(), task.public_key());
             verify(task.public_key(), alg, b"m", &again.sign(b"m").unwrap()).unwrap();
 
@@ -1066,7 +1077,11 @@ mod tests {
                     let task = task.unwrap_or_else(|e| panic!("{name}: {e}"));
                     let authority = authority.unwrap_or_else(|e| panic!("{name}: {e}"));
                     assert_eq!(task.algorithm(), alg, "{name}");
-                    assert_eq!(task.pkcs8_der(), der.as_slice(), "{name} keeps the DER");
+                    assert_eq!(
+                        task.danger_pkcs8_der(),
+                        der.as_slice(),
+                        "{name} keeps the DER"
+                    );
                     assert_eq!(authority.public_key(), task.public_key());
                     if !spki.is_empty() {
                         assert_eq!(task.public_key().to_spki_der(), spki, "{name}");

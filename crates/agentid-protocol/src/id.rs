@@ -109,11 +109,6 @@ impl core::borrow::Borrow<str> for TrustDomain {
 }
 
 impl TrustDomain {
-    /// Wraps a name taken from an already parsed ID (no checks).
-    pub(crate) fn from_canonical(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-
     /// Parses a bare trust domain name (`BadId` on any violation).
     pub fn parse(s: &str) -> Result<Self> {
         check_trust_domain(s)?;

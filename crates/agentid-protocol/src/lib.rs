@@ -23,6 +23,7 @@ pub mod id;
 pub mod scope;
 
 pub mod crypto;
+mod csr;
 mod ed25519_check;
 mod encoding;
 mod jwk;
@@ -34,13 +35,16 @@ pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity,
 pub use jws::TokenType;
 pub use scope::{IdSet, Limits, Scope, ScopeToken};
 
+mod attenuation;
 pub mod bundle;
 pub mod cache;
 pub mod chain;
 #[cfg(feature = "danger-raw-signing")]
 pub mod danger;
 pub mod policy;
+mod presentation;
 pub mod proof;
+mod refs;
 pub mod revocation;
 pub mod token;
 pub mod vectors;
@@ -58,9 +62,11 @@ pub mod ijson {
 
 pub use bundle::{BundleSet, TrustBundle};
 pub use cache::TokenCache;
-pub use chain::Chain;
+pub use chain::{Chain, UnverifiedChain};
 pub use policy::{AuthorityPolicy, VerifierConfig};
+pub use presentation::{Presentation, PresentationContext, VerifiedPresentation};
 pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
+pub use refs::{Jkt, Jti, Serial};
 pub use revocation::{RevocationList, RevocationListBuilder};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
 pub use verify::{Actor, VerifiedChain, Verifier};

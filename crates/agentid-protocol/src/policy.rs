@@ -81,7 +81,12 @@ impl VerifierConfig {
     /// A configuration for the verifier `own_id` trusting `bundles`. Defaults: the verifier's own
     /// trust domain is the only accepted authority (any scope), skew 60 s, no enforced limits,
     /// revocation lists required.
-    pub fn new(own_id: SpiffeId, bundles: BundleSet) -> Self {
+    ///
+    /// The bundle set is told the verifier's own trust domain (spec/PROTOCOL.md section 8, "Keys
+    /// across bundles"): its bundle wins every `kid` conflict, and a later bundle of another
+    /// domain that repeats one of its keys is refused.
+    pub fn new(own_id: SpiffeId, mut bundles: BundleSet) -> Self {
+        bundles.set_own_trust_domain(own_id.trust_domain());
         let authority = AuthorityPolicy::own_domain(&own_id.trust_domain());
         Self {
             own_id,

@@ -379,7 +379,7 @@ fn entry_digest(t: &RevocationTarget) -> [u8; 16] {
 }
 
 fn valid_jkt(s: &str) -> bool {
-    s.len() == 43 && b64_decode(s).map(|b| b.len() == 32).unwrap_or(false)
+    crate::refs::Jkt::parse(s).is_ok()
 }
 
 fn parse_entry(e: &Value, domain: &TrustDomain) -> Result<RevocationEntry> {

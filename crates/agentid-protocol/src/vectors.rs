@@ -21,9 +21,10 @@ use crate::encoding::{b64_decode, json_time};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId, TrustDomain};
 use crate::policy::{AuthorityPolicy, VerifierConfig};
-use crate::proof::{verify_proof, ProofContext, Role, EXPORTER_LEN};
+use crate::presentation::{Presentation, PresentationContext};
+use crate::proof::{Role, EXPORTER_LEN};
 use crate::scope::{Limits, Scope};
-use crate::verify::{VerifiedChain, Verifier};
+use crate::verify::Verifier;
 use crate::PublicKey;
 
 /// The members a case `input` may have.
@@ -305,107 +306,50 @@ impl<'a> CaseInput<'a> {
         let verifier = self.config()?;
         let peer_id = self.peer_id.as_spiffe_id();
 
-        // The hop proof, if any.
-        let proof_jti = match &self.proof {
-            None => None,
+        // The presentation (spec/PROTOCOL.md section 16.3): the hop proof if any, then the
+        // chain or, without one, the peer's revocation checks.
+        let (proof_jti, verified) = match &self.proof {
+            None => (
+                None,
+                verifier.verify_peer(self.chain, peer_id, &self.peer_key, self.now)?,
+            ),
             Some(p) => {
-                let ctx = ProofContext {
-                    presenter_id: peer_id,
+                let presentation = Presentation {
+                    proof: p.compact,
+                    chain: self.chain,
+                };
+                let ctx = PresentationContext {
+                    presenter: peer_id,
                     presenter_key: &self.peer_key,
+                    presenter_not_after: u64::MAX,
                     verifier_id: verifier.config().own_id(),
                     role: p.role,
                     exporter: p.exporter,
-                    now: self.now,
-                    skew: verifier.config().skew_seconds(),
-                    chain: self.chain,
                     client_proof: p.client_proof,
+                    accepted_jtis: &[],
+                    held_chain: None,
+                    now: self.now,
                 };
-                Some(verify_proof(p.compact, &ctx)?.jti)
+                let v = verifier.verify_presentation(&presentation, &ctx)?;
+                (Some(v.proof.jti), v.chain)
             }
         };
+        // Then authorization, if a scope is requested (a peer without a chain holds none).
+        if let Some(requested) = self.requested_scope {
+            let requested = Scope::parse(requested)?;
+            verifier.authorize_peer(verified.as_ref(), &requested, &self.requested_amounts)?;
+        }
 
         let mut out = Map::new();
         out.insert("valid".into(), Value::Bool(true));
-        match self.chain {
-            Some(chain) => {
-                let verified = verifier.verify_chain(chain, peer_id, &self.peer_key, self.now)?;
-                if let Some(requested) = self.requested_scope {
-                    let requested = Scope::parse(requested)?;
-                    verifier.authorize_with_limits(
-                        &verified,
-                        &requested,
-                        &self.requested_amounts,
-                    )?;
-                }
-                out.extend(result_members(&verified));
-            }
-            None => {
-                verifier.check_peer_revocation(peer_id, &self.peer_key, self.now)?;
-                if let Some(requested) = self.requested_scope {
-                    // A peer without a chain holds no authority (spec/PROTOCOL.md section 13):
-                    // A1 still checks the request, then nothing covers it.
-                    requested_scope_syntax(requested)?;
-                    return Err(Error::new(
-                        ErrorCode::ScopeNotGranted,
-                        "the peer presented no chain: it holds no authority",
-                    ));
-                }
-            }
+        if let Some(verified) = &verified {
+            out.extend(verified.to_json());
         }
         if let Some(jti) = proof_jti {
             out.insert("proof_jti".into(), Value::from(jti));
         }
         Ok(Value::Object(out))
     }
-}
-
-/// Step A1 of spec/PROTOCOL.md section 13: a scope set with no `*` (`bad_scope`).
-fn requested_scope_syntax(requested: &str) -> Result<()> {
-    if !Scope::parse(requested)?.is_concrete() {
-        return Err(Error::new(
-            ErrorCode::BadScope,
-            "a requested scope contains no `*`",
-        ));
-    }
-    Ok(())
-}
-
-/// The verification result as the vectors spell it (spec/PROTOCOL.md section 11).
-fn result_members(v: &VerifiedChain) -> Map<String, Value> {
-    let limits: Map<String, Value> = v
-        .limits
-        .iter()
-        .map(|(k, n)| (k.to_owned(), Value::from(n)))
-        .collect();
-    let actors: Vec<Value> = v
-        .actors
-        .iter()
-        .map(|a| json!({ "id": a.id.as_str(), "attested": a.attested }))
-        .collect();
-    let audience: Vec<Value> = v
-        .audience
-        .ids()
-        .iter()
-        .map(|i| Value::from(i.as_str()))
-        .collect();
-    let mut m = Map::new();
-    m.insert("authority".into(), Value::from(v.authority.id().as_str()));
-    m.insert("mode".into(), Value::from(v.mode.as_str()));
-    m.insert(
-        "principal".into(),
-        v.principal.clone().unwrap_or(Value::Null),
-    );
-    m.insert("holder".into(), Value::from(v.holder.as_str()));
-    m.insert("task".into(), Value::from(v.task.as_str()));
-    m.insert("scope".into(), Value::from(v.scope.to_string()));
-    m.insert("audience".into(), Value::Array(audience));
-    m.insert("limits".into(), Value::Object(limits));
-    m.insert("not_before".into(), Value::from(v.not_before));
-    m.insert("expires".into(), Value::from(v.expires));
-    m.insert("depth".into(), Value::from(v.depth));
-    m.insert("grant_jti".into(), Value::from(v.grant_jti.as_str()));
-    m.insert("actors".into(), Value::Array(actors));
-    m
 }
 
 #[cfg(test)]

@@ -1,21 +1,26 @@
-//! The chain verifier: the eight phases of spec/PROTOCOL.md, in order, and per-request
-//! authorization.
+//! The chain verifier: the eight phases of spec/PROTOCOL.md section 10, in order, and per-request
+//! authorization (section 13).
+//!
+//! Every numbered rule of section 10 has one home, named in its doc comment as "Rule N.M":
+//! phase 1 in `chain::frame`, phase 2 in `jws::parse_header`, the claims of step 3.c in
+//! `token::claims`, phase 4 in `attenuation`, and phases 3 and 5 to 8 here, in spec order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::attenuation::{attenuate, Effective, EnforcedLimits};
 use crate::cache::{CachedToken, TokenCache};
-use crate::chain::{frame, FramedToken};
+use crate::chain::{frame, Framed, FramedToken};
 use crate::crypto::{sha256, verify};
 use crate::error::{Error, ErrorCode, Result};
-use crate::id::{AgentId, IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
+use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
 use crate::policy::{VerifierConfig, MAX_SKEW};
 use crate::revocation::RevocationList;
 use crate::scope::{IdSet, Limits, Scope};
-use crate::token::claims::{decode_chain_claims, Mode};
+use crate::token::claims::{decode_grant, decode_link, GrantClaims, LinkClaims, Mode, TokenClaims};
 use crate::token::MAX_TOKEN_LIFETIME;
 use crate::PublicKey;
 
@@ -63,6 +68,50 @@ pub struct VerifiedChain {
     pub jtis: Vec<String>,
 }
 
+impl VerifiedChain {
+    /// The verification result as spec/PROTOCOL.md section 11 writes it in JSON (the members
+    /// of a valid vector's `expected`, without `valid`).
+    pub fn to_json(&self) -> serde_json::Map<String, Value> {
+        let limits: serde_json::Map<String, Value> = self
+            .limits
+            .iter()
+            .map(|(k, n)| (k.to_owned(), Value::from(n)))
+            .collect();
+        let actors: Vec<Value> = self
+            .actors
+            .iter()
+            .map(|a| serde_json::json!({ "id": a.id.as_str(), "attested": a.attested }))
+            .collect();
+        let audience: Vec<Value> = self
+            .audience
+            .ids()
+            .iter()
+            .map(|i| Value::from(i.as_str()))
+            .collect();
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "authority".into(),
+            Value::from(self.authority.id().as_str()),
+        );
+        m.insert("mode".into(), Value::from(self.mode.as_str()));
+        m.insert(
+            "principal".into(),
+            self.principal.clone().unwrap_or(Value::Null),
+        );
+        m.insert("holder".into(), Value::from(self.holder.as_str()));
+        m.insert("task".into(), Value::from(self.task.as_str()));
+        m.insert("scope".into(), Value::from(self.scope.to_string()));
+        m.insert("audience".into(), Value::Array(audience));
+        m.insert("limits".into(), Value::Object(limits));
+        m.insert("not_before".into(), Value::from(self.not_before));
+        m.insert("expires".into(), Value::from(self.expires));
+        m.insert("depth".into(), Value::from(self.depth));
+        m.insert("grant_jti".into(), Value::from(self.grant_jti.as_str()));
+        m.insert("actors".into(), Value::Array(actors));
+        m
+    }
+}
+
 /// Verifies chains against one configuration.
 #[derive(Clone, Debug)]
 pub struct Verifier {
@@ -70,18 +119,41 @@ pub struct Verifier {
     cache: Option<Arc<TokenCache>>,
 }
 
-/// Token state carried from phase 3 to the later phases.
+/// A chain after phase 3: every token's signature verified and claims decoded.
 struct Checked {
-    token: Arc<CachedToken>,
-    /// The key that verified the token's signature.
-    signing_key: PublicKey,
+    /// The authority (rule 3.a.1), equal to the grant's `iss` (rule 3.c.6).
+    authority: TrustDomain,
+    /// The authority's trust-domain ID (the grant's `iss` as an ID).
+    authority_id: SpiffeId,
+    grant: Arc<GrantClaims>,
+    /// The key that verified the grant (rule 6.2.6).
+    grant_key: PublicKey,
+    links: Vec<Arc<LinkClaims>>,
 }
 
-impl std::ops::Deref for Checked {
-    type Target = CachedToken;
-    fn deref(&self) -> &CachedToken {
-        &self.token
+impl Checked {
+    /// Tokens `0..=n` as their common claims.
+    fn tokens(&self) -> impl Iterator<Item = &dyn TokenClaims> {
+        core::iter::once(&*self.grant as &dyn TokenClaims)
+            .chain(self.links.iter().map(|l| &**l as &dyn TokenClaims))
     }
+
+    /// Token `n`.
+    fn last(&self) -> &dyn TokenClaims {
+        match self.links.last() {
+            Some(l) => &**l,
+            None => &*self.grant,
+        }
+    }
+
+    /// `n`, the number of links.
+    fn depth(&self) -> usize {
+        self.links.len()
+    }
+}
+
+fn revoked(detail: &str) -> Error {
+    Error::new(ErrorCode::Revoked, detail.to_owned())
 }
 
 impl Verifier {
@@ -127,7 +199,8 @@ impl Verifier {
         &mut self.config
     }
 
-    /// Verifies `chain` presented by the TLS peer `peer_id` holding `peer_key`, at `now`.
+    /// Verifies `chain` presented by the TLS peer `peer_id` holding `peer_key`, at `now`
+    /// (spec/PROTOCOL.md section 10).
     ///
     /// Runs phases 1 to 8; the first failure ends verification with one error carrying a stable
     /// code and the index of the offending token.
@@ -138,487 +211,275 @@ impl Verifier {
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<VerifiedChain> {
-        // Phase 1: framing.
         let framed = frame(chain)?;
-        // Phase 2: headers.
-        let headers = framed
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let expected = if i == 0 {
-                    TokenType::Grant
-                } else {
-                    TokenType::Link
-                };
-                parse_header(&t.raw, expected).map_err(|e| e.at(i))
-            })
-            .collect::<Result<Vec<Header>>>()?;
-        // Phase 3: keys, signatures, claims, token by token.
+        let headers = phase2(&framed)?;
         let checked = self.phase3(&framed, headers)?;
-        let authority = checked
-            .first()
-            .map(|c| c.claims.iss.trust_domain())
-            .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
-        // Phase 4: linkage and attenuation.
-        let eff = self.phase4(&framed, &checked, &authority)?;
-        // Phase 5: time.
+        let effective = self.phase4(&framed, &checked)?;
         self.phase5(&checked, now)?;
-        // Phase 6: revocation.
-        self.phase6(&checked, &authority, peer_id, peer_key, now)?;
-        // Phase 7: possession.
-        let last_index = checked.len() - 1;
-        let last = checked
-            .last()
-            .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?;
-        if last.claims.cnf != *peer_key {
-            return Err(Error::new(
-                ErrorCode::PossessionMismatch,
-                "the last `cnf` key is not the peer's certificate key",
-            )
-            .at(last_index));
+        self.phase6(&checked, peer_id, peer_key, now)?;
+        phase7(&checked, peer_id, peer_key)?;
+        self.phase8(&effective)?;
+        Ok(result(checked, effective))
+    }
+
+    /// Phase 3: keys, signatures and claims, token by token (rules 3.a to 3.c); token `i + 1` is
+    /// not touched before token `i` passed 3.c.
+    fn phase3(&self, framed: &Framed<'_>, headers: Headers) -> Result<Checked> {
+        let (authority, grant_key) = self.grant_key(&headers.grant)?;
+        let grant = match self.cached(&framed.grant, &grant_key) {
+            Some(CachedToken::Grant(g)) => g,
+            _ => {
+                signature(&framed.grant, &headers.grant, &grant_key).map_err(|e| e.at(0))?;
+                let g = Arc::new(decode_grant(&framed.grant.payload).map_err(|e| e.at(0))?);
+                self.remember(
+                    &framed.grant,
+                    &grant_key,
+                    CachedToken::Grant(Arc::clone(&g)),
+                );
+                g
+            }
+        };
+        issuer_is_authority(&grant, &authority)?;
+        let mut links: Vec<Arc<LinkClaims>> = Vec::with_capacity(framed.links.len());
+        for (j, (t, h)) in framed.links.iter().zip(&headers.links).enumerate() {
+            let i = j + 1;
+            // Rule 3.a.3: the key is the previous token's `cnf`.
+            let key = links.last().map_or(&grant.cnf, |l| &l.cnf).clone();
+            let link = match self.cached(t, &key) {
+                Some(CachedToken::Link(l)) => l,
+                _ => {
+                    signature(t, h, &key).map_err(|e| e.at(i))?;
+                    let l = Arc::new(decode_link(&t.payload).map_err(|e| e.at(i))?);
+                    self.remember(t, &key, CachedToken::Link(Arc::clone(&l)));
+                    l
+                }
+            };
+            links.push(link);
         }
-        if last.claims.sub.as_spiffe_id() != peer_id {
-            return Err(Error::new(
-                ErrorCode::HolderMismatch,
-                "the last `sub` is not the peer's URI SAN",
-            )
-            .at(last_index));
-        }
-        // Phase 8: audience.
-        if !eff.aud.covers_id(&self.config.own_id) {
-            return Err(Error::new(
-                ErrorCode::AudienceMismatch,
-                "this verifier is not in the chain's audience",
-            ));
-        }
-        let grant = &checked
-            .first()
-            .ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))?
-            .claims;
-        let actors = checked
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Actor {
-                id: c.claims.sub.clone(),
-                attested: i == 0 || i == last_index,
-            })
-            .collect();
-        Ok(VerifiedChain {
+        Ok(Checked {
+            authority_id: authority.id(),
             authority,
-            mode: grant.mode.unwrap_or(Mode::Autonomous),
-            principal: grant.principal.clone(),
-            holder: last.claims.sub.clone(),
-            task: grant.task.clone(),
-            scope: last.claims.scope.clone(),
-            audience: eff.aud,
-            limits: eff.limits,
-            not_before: checked
-                .iter()
-                .map(|c| c.claims.nbf)
-                .max()
-                .unwrap_or_default(),
-            expires: checked
-                .iter()
-                .map(|c| c.claims.exp)
-                .min()
-                .unwrap_or_default(),
-            actors,
-            depth: last_index,
-            grant_jti: grant.jti.clone(),
-            jtis: checked.iter().map(|c| c.claims.jti.clone()).collect(),
+            grant,
+            grant_key,
+            links,
         })
     }
 
-    fn phase3(&self, framed: &[FramedToken<'_>], headers: Vec<Header>) -> Result<Vec<Checked>> {
-        let mut out: Vec<Checked> = Vec::with_capacity(framed.len());
-        for (i, (t, h)) in framed.iter().zip(headers).enumerate() {
-            // (a) The key: never from the token itself.
-            let (key, domain) = match out.last() {
-                None => {
-                    let kid = h.kid.as_deref().ok_or_else(|| {
-                        Error::new(ErrorCode::BadHeader, "a grant needs `kid`").at(i)
-                    })?;
-                    let (td, key) = self.config.bundles.find_grant_key(kid).ok_or_else(|| {
-                        Error::new(
-                            ErrorCode::UntrustedAuthority,
-                            "no single trusted bundle holds the grant key",
-                        )
-                        .at(i)
-                    })?;
-                    if !self.config.authority.accepts(td) {
-                        return Err(Error::new(
-                            ErrorCode::AuthorityNotAccepted,
-                            format!("{td} is not an accepted authority here"),
-                        )
-                        .at(i));
-                    }
-                    (key.clone(), Some(td.clone()))
-                }
-                Some(prev) => (prev.claims.cnf.clone(), None),
-            };
-            // A cache hit stands for (b) and (c): the same bytes verified under the same key.
-            let cache_key = self
-                .cache
-                .as_ref()
-                .map(|_| (sha256(t.raw.text.as_bytes()), key.thumbprint()));
-            let hit = match (&self.cache, &cache_key) {
-                (Some(c), Some(k)) => c.get(k),
-                _ => None,
-            };
-            let token = match hit {
-                Some(tok) => tok,
-                None => {
-                    // (b) The signature over the exact transmitted bytes.
-                    verify(&key, h.alg, t.raw.signing_input(), &t.signature)
-                        .map_err(|e| e.at(i))?;
-                    // (c) Only now the claims.
-                    let claims = decode_chain_claims(&t.payload, i == 0).map_err(|e| e.at(i))?;
-                    Arc::new(CachedToken { claims })
-                }
-            };
-            let claims = &token.claims;
-            if let Some(td) = domain {
-                if claims.iss != td.id() {
-                    return Err(Error::new(
-                        ErrorCode::IssuerMismatch,
-                        "grant `iss` is not the trust domain whose bundle holds its key",
-                    )
-                    .at(i));
-                }
-            }
-            if let (Some(c), Some(k)) = (&self.cache, cache_key) {
-                c.insert(k, Arc::clone(&token));
-            }
-            out.push(Checked {
-                token,
-                signing_key: key,
-            });
+    /// Rules 3.a.1 and 3.a.2: the grant key by `kid` among the `agentid-grant` keys of all
+    /// bundles (found in exactly one), and its trust domain an accepted authority.
+    fn grant_key(&self, header: &Header) -> Result<(TrustDomain, PublicKey)> {
+        let at0 = |e: Error| e.at(0);
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| at0(Error::new(ErrorCode::BadHeader, "a grant needs `kid`")))?;
+        // Rule 3.a.1.
+        let (td, key) = self.config.bundles.find_grant_key(kid).ok_or_else(|| {
+            at0(Error::new(
+                ErrorCode::UntrustedAuthority,
+                "no single trusted bundle holds the grant key",
+            ))
+        })?;
+        // Rule 3.a.2.
+        if !self.config.authority.accepts(td) {
+            return Err(at0(Error::new(
+                ErrorCode::AuthorityNotAccepted,
+                format!("{td} is not an accepted authority here"),
+            )));
         }
-        Ok(out)
+        Ok((td.clone(), key.clone()))
     }
 
-    fn phase4(
-        &self,
-        framed: &[FramedToken<'_>],
-        checked: &[Checked],
-        authority: &TrustDomain,
-    ) -> Result<Effective> {
-        let mut eff: Option<Effective> = None;
-        for (i, c) in checked.iter().enumerate() {
-            let t = &c.claims;
-            let err = |code: ErrorCode, d: &str| Error::new(code, d).at(i);
-            match &mut eff {
-                None => {
-                    if t.sub.as_spiffe_id().trust_domain_str() != authority.as_str() {
-                        return Err(err(
-                            ErrorCode::ForeignHolder,
-                            "grant holder outside the authority's trust domain",
-                        ));
-                    }
-                    if t.sub.task_id_str() != t.task.as_str() {
-                        return Err(err(
-                            ErrorCode::TaskMismatch,
-                            "grant `sub` is not of the grant's task",
-                        ));
-                    }
-                    self.check_limit_names(t.limits.as_ref())
-                        .map_err(|e| e.at(i))?;
-                    eff = Some(Effective {
-                        task: t.task.clone(),
-                        sub: t.sub.clone(),
-                        max_depth: t.max_depth,
-                        scope: t.scope.clone(),
-                        aud: match &t.aud {
-                            Some(a) => a.clone(),
-                            None => IdSet::new(vec![authority.id()]).map_err(|e| e.at(i))?,
-                        },
-                        limits: t.limits.clone().unwrap_or_default(),
-                        may_delegate_to: match &t.may_delegate_to {
-                            Some(d) => d.clone(),
-                            None => IdSet::new(vec![authority.id()]).map_err(|e| e.at(i))?,
-                        },
-                        exp: t.exp,
-                    });
-                }
-                Some(e) => {
-                    let prev_token = framed.get(i - 1).map(|f| f.raw.text).unwrap_or_default();
-                    if t.prev != Some(sha256(prev_token.as_bytes())) {
-                        return Err(err(
-                            ErrorCode::PrevMismatch,
-                            "`prev` is not the hash of the previous token",
-                        ));
-                    }
-                    if t.iss != *e.sub.as_spiffe_id() {
-                        return Err(err(
-                            ErrorCode::BrokenLink,
-                            "link `iss` is not the previous `sub`",
-                        ));
-                    }
-                    if t.task != e.task || t.sub.task_id_str() != e.task.as_str() {
-                        return Err(err(
-                            ErrorCode::TaskMismatch,
-                            "link is not of the grant's task",
-                        ));
-                    }
-                    if t.sub == e.sub {
-                        return Err(err(
-                            ErrorCode::SelfDelegation,
-                            "a link to oneself is not allowed in version 1",
-                        ));
-                    }
-                    if e.max_depth == 0 || t.max_depth > e.max_depth - 1 {
-                        return Err(err(
-                            ErrorCode::DepthExceeded,
-                            "`max_depth` must decrease and the previous must allow a link",
-                        ));
-                    }
-                    if !e.scope.covers(&t.scope) {
-                        return Err(err(
-                            ErrorCode::ScopeEscalation,
-                            "link scope not covered by the previous scope",
-                        ));
-                    }
-                    if let Some(a) = &t.aud {
-                        if !e.aud.covers(a) {
-                            return Err(err(
-                                ErrorCode::AudienceEscalation,
-                                "link `aud` not covered by the effective audience",
-                            ));
-                        }
-                    }
-                    if let Some(l) = &t.limits {
-                        self.check_limit_names(Some(l)).map_err(|x| x.at(i))?;
-                        if let Err(name) = l.narrows(&e.limits) {
-                            return Err(err(
-                                ErrorCode::LimitEscalation,
-                                &format!("limit `{name}` raised above its ceiling"),
-                            ));
-                        }
-                    }
-                    if let Some(d) = &t.may_delegate_to {
-                        if !e.may_delegate_to.covers(d) {
-                            return Err(err(
-                                ErrorCode::DelegationEscalation,
-                                "`may_delegate_to` widened",
-                            ));
-                        }
-                    }
-                    if !e.may_delegate_to.covers_id(t.sub.as_spiffe_id()) {
-                        return Err(err(
-                            ErrorCode::DelegateeDenied,
-                            "delegatee not allowed by `may_delegate_to`",
-                        ));
-                    }
-                    if t.exp > e.exp {
-                        return Err(err(
-                            ErrorCode::ExpiryExtended,
-                            "link `exp` later than the previous `exp`",
-                        ));
-                    }
-                    // Narrow the effective values for the next link.
-                    e.sub = t.sub.clone();
-                    e.max_depth = t.max_depth;
-                    e.scope = t.scope.clone();
-                    if let Some(a) = &t.aud {
-                        e.aud = a.clone();
-                    }
-                    if let Some(l) = &t.limits {
-                        e.limits = e.limits.merge_min(l);
-                    }
-                    if let Some(d) = &t.may_delegate_to {
-                        e.may_delegate_to = d.clone();
-                    }
-                    e.exp = t.exp;
-                }
-            }
-        }
-        eff.ok_or_else(|| Error::new(ErrorCode::Malformed, "empty chain"))
+    /// Section 10, "Caching": a hit stands for 3.b and 3.c (the same bytes verified under the
+    /// same key); everything else runs on every use.
+    fn cached(&self, t: &FramedToken<'_>, key: &PublicKey) -> Option<CachedToken> {
+        let cache = self.cache.as_ref()?;
+        cache.get(&(sha256(t.raw.text.as_bytes()), key.thumbprint()))
     }
 
-    fn check_limit_names(&self, limits: Option<&Limits>) -> Result<()> {
-        if let Some(l) = limits {
-            for (name, _) in l.iter() {
-                if !self.config.enforced_limits.contains(name) {
-                    return Err(Error::new(
-                        ErrorCode::UnsupportedLimit,
-                        format!("limit `{name}` is not enforced by this verifier"),
-                    ));
-                }
-            }
+    fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, value: CachedToken) {
+        if let Some(cache) = &self.cache {
+            cache.insert((sha256(t.raw.text.as_bytes()), key.thumbprint()), value);
         }
-        Ok(())
     }
 
-    fn phase5(&self, checked: &[Checked], now: u64) -> Result<()> {
+    /// Phase 4: linkage and attenuation. The grant's rules (4.0.1 to 4.0.3) set the effective
+    /// values, then [`attenuate`] (rules 4.1 to 4.11) narrows them link by link.
+    fn phase4(&self, framed: &Framed<'_>, checked: &Checked) -> Result<Effective> {
+        let enforced = EnforcedLimits::Names(&self.config.enforced_limits);
+        let mut eff = Effective::from_grant(&checked.grant, framed.grant.raw.text, enforced)
+            .map_err(|e| e.at(0))?;
+        for (j, (link, t)) in checked.links.iter().zip(&framed.links).enumerate() {
+            eff = attenuate(eff, link, t.raw.text, enforced).map_err(|e| e.at(j + 1))?;
+        }
+        Ok(eff)
+    }
+
+    /// Phase 5: time, rules 5.1 to 5.5 for each token in order.
+    fn phase5(&self, checked: &Checked, now: u64) -> Result<()> {
         let skew = self.config.skew;
-        for (i, c) in checked.iter().enumerate() {
-            let t = &c.claims;
-            if t.nbf > t.exp {
-                return Err(Error::new(ErrorCode::BadValidity, "`nbf` after `exp`").at(i));
-            }
-            // Only the grant has a lifetime cap: a link's `exp` never exceeds the grant's.
-            if i == 0 && t.exp.saturating_sub(t.iat) > MAX_TOKEN_LIFETIME {
-                return Err(Error::new(
-                    ErrorCode::LifetimeExceeded,
-                    "grant lifetime above 24 hours",
-                )
-                .at(i));
-            }
-            if t.iat > now.saturating_add(skew) {
-                return Err(Error::new(ErrorCode::IssuedInFuture, "`iat` in the future").at(i));
-            }
-            if now.saturating_add(skew) < t.nbf {
-                return Err(Error::new(ErrorCode::NotYetValid, "token not yet valid").at(i));
-            }
-            if now >= t.exp.saturating_add(skew) {
-                return Err(Error::new(ErrorCode::Expired, "token expired").at(i));
-            }
+        for (i, t) in checked.tokens().enumerate() {
+            let (iat, nbf, exp) = t.times();
+            let check = || -> Result<()> {
+                nbf_not_after_exp(nbf, exp)?;
+                if i == 0 {
+                    grant_lifetime(iat, exp)?;
+                }
+                not_issued_in_future(iat, now, skew)?;
+                already_valid(nbf, now, skew)?;
+                not_expired(exp, now, skew)
+            };
+            check().map_err(|e| e.at(i))?;
         }
         Ok(())
     }
 
-    /// The list of `td`: `Ok(None)` only where missing or stale lists are tolerated.
-    fn list_for(
-        &self,
-        td: &TrustDomain,
-        now: u64,
-        index: Option<usize>,
-    ) -> Result<Option<&RevocationList>> {
-        let at = |e: Error| match index {
-            Some(i) => e.at(i),
-            None => e,
-        };
-        match self.config.revocations.get(td) {
-            Some(l) if !l.is_stale(now, self.config.skew) => Ok(Some(l)),
-            Some(l) if self.config.danger_revocation_optional => Ok(Some(l)),
-            Some(_) => Err(at(Error::new(
-                ErrorCode::RevocationStale,
-                format!("the revocation list of {td} is stale"),
-            ))),
+    /// Rule 6.1 for one trust domain `td`: a list is held (6.1.1, `revocation_missing`) and is
+    /// not stale (6.1.2, `revocation_stale`). `Ok(None)` only where missing or stale lists are
+    /// tolerated (a `danger_` setting), where a stale list is still used.
+    fn list(&self, td: &str, now: u64) -> Result<Option<&RevocationList>> {
+        let list = self.config.revocations.get(td).map(|l| &**l);
+        match list {
+            // Rule 6.1.2.
+            Some(l)
+                if l.is_stale(now, self.config.skew) && !self.config.danger_revocation_optional =>
+            {
+                Err(Error::new(
+                    ErrorCode::RevocationStale,
+                    format!("the revocation list of {td} is stale"),
+                ))
+            }
+            Some(l) => Ok(Some(l)),
+            // Rule 6.1.1.
             None if self.config.danger_revocation_optional => Ok(None),
-            None => Err(at(Error::new(
+            None => Err(Error::new(
                 ErrorCode::RevocationMissing,
                 format!("no revocation list for {td}"),
-            ))),
+            )),
         }
     }
 
-    /// [`Verifier::list_for`] for a trust domain given as its name (an ID's `trust_domain_str`),
-    /// not tied to a token; the owned name is built only for an error.
-    fn list_for_str(&self, td: &str, now: u64) -> Result<Option<&RevocationList>> {
-        match self.config.revocations.get(td) {
-            Some(l) if !l.is_stale(now, self.config.skew) => Ok(Some(l)),
-            _ => self.list_for(&TrustDomain::from_canonical(td), now, None),
-        }
-    }
-
+    /// Phase 6: revocation. Rule 6.1 (the lists), 6.2 (every token), 6.3 (the peer).
     fn phase6(
         &self,
-        checked: &[Checked],
-        authority: &TrustDomain,
+        checked: &Checked,
         peer_id: &SpiffeId,
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<()> {
-        // 6.1 The lists themselves: every distinct trust domain in order of first appearance
-        // (iss_0, sub_0, iss_1, sub_1, ..., then the peer's); failures are not tied to a token.
-        let peer_td = peer_id.trust_domain_str();
-        let mut domains: Vec<&str> = Vec::new();
+        // Rule 6.1: every distinct trust domain in order of first appearance
+        // (iss_0, sub_0, iss_1, sub_1, ..., then the peer's); failures carry no index.
+        let mut domains: Vec<&str> = Vec::with_capacity(4);
         let all = checked
-            .iter()
-            .flat_map(|c| {
-                [
-                    c.claims.iss.trust_domain_str(),
-                    c.claims.sub.as_spiffe_id().trust_domain_str(),
-                ]
-            })
-            .chain(core::iter::once(peer_td));
+            .tokens()
+            .flat_map(|t| [t.iss_td(), t.sub().as_spiffe_id().trust_domain_str()])
+            .chain(core::iter::once(peer_id.trust_domain_str()));
         for d in all {
             if !domains.contains(&d) {
-                self.list_for_str(d, now)?;
+                self.list(d, now)?;
                 domains.push(d);
             }
         }
-        // 6.2 Every token. Each lookup whose answer an earlier one already gave is skipped,
-        // which keeps the order and the outcome of the checks (same lists, same `now`):
-        // - every token names the grant's task (phase 4): the task is looked up once;
-        // - for i >= 1, `iss` is the previous `sub` (phase 4) and the signing key is the previous
-        //   `cnf`, both already found clean at token i-1 in the same domain's list;
-        // - each `cnf` thumbprint is computed once.
-        let revoked =
-            |i: usize, what: &str| Err(Error::new(ErrorCode::Revoked, what.to_owned()).at(i));
-        let task_list = self.list_for(authority, now, None)?;
-        let task_revoked = checked
-            .first()
-            .is_some_and(|c| task_list.is_some_and(|l| l.has_task(&c.claims.task, now)));
-        for (i, c) in checked.iter().enumerate() {
-            let t = &c.claims;
-            let iss_list = self.list_for_str(t.iss.trust_domain_str(), now)?;
-            let sub_list = self.list_for_str(t.sub.as_spiffe_id().trust_domain_str(), now)?;
-            if iss_list.is_some_and(|l| l.has_jti(&t.iss, &t.jti, now)) {
-                return revoked(i, "token revoked by `jti`");
+        // Rule 6.2: every token, at its index.
+        let authority_list = self.list(checked.authority.as_str(), now)?;
+        let task_revoked = task_revoked(authority_list, &checked.grant.task, now);
+        let mut signing_jkt = checked.grant_key.thumbprint();
+        let mut cnf_jkt = String::new();
+        for (i, t) in checked.tokens().enumerate() {
+            let iss_list = self.list(t.iss_td(), now)?;
+            let sub_list = self.list(t.sub().as_spiffe_id().trust_domain_str(), now)?;
+            let (iss_id, iss_holder) = match i.checked_sub(1).and_then(|j| checked.links.get(j)) {
+                None => (&checked.authority_id, None),
+                Some(l) => (l.iss.as_spiffe_id(), Some(&l.iss)),
+            };
+            if i > 0 {
+                // The key that verified link i is the `cnf` of token i - 1.
+                signing_jkt = core::mem::take(&mut cnf_jkt);
             }
-            if task_revoked {
-                return revoked(i, "task revoked");
-            }
-            if i == 0 && t.iss.kind() == IdKind::Task {
-                if let Ok(agent) = AgentId::parse(&agent_of(&t.iss)) {
-                    if iss_list.is_some_and(|l| l.has_agent(&agent, now)) {
-                        return revoked(i, "issuing agent revoked");
-                    }
-                }
-            }
-            if sub_list.is_some_and(|l| l.has_agent_str(t.sub.agent_str(), now)) {
-                return revoked(i, "holder agent revoked");
-            }
-            if sub_list.is_some_and(|l| l.has_key(&t.cnf.thumbprint(), now)) {
-                return revoked(i, "holder key revoked");
-            }
-            if i == 0 && iss_list.is_some_and(|l| l.has_key(&c.signing_key.thumbprint(), now)) {
-                return revoked(i, "signing key revoked");
+            cnf_jkt = t.cnf().thumbprint();
+            let fired = if jti_revoked(iss_list, iss_id, t.jti(), now) {
+                Some("token revoked by `jti`")
+            } else if task_revoked {
+                Some("task revoked")
+            } else if issuing_agent_revoked(iss_list, iss_holder, now) {
+                Some("issuing agent revoked")
+            } else if holder_agent_revoked(sub_list, t.sub(), now) {
+                Some("holder agent revoked")
+            } else if key_revoked(sub_list, &cnf_jkt, now) {
+                Some("holder key revoked")
+            } else if key_revoked(iss_list, &signing_jkt, now) {
+                Some("signing key revoked")
+            } else {
+                None
+            };
+            if let Some(what) = fired {
+                return Err(revoked(what).at(i));
             }
         }
-        // 6.3 The peer: its certificate's key, then its agent and its task. When the peer is the
-        // last holder with the last `cnf` key (what phase 7 then requires) in the authority's
-        // domain, all three were just found clean in the same list.
-        let is_last_holder = peer_td == authority.as_str()
-            && checked.last().is_some_and(|l| {
-                l.claims.cnf == *peer_key && l.claims.sub.as_spiffe_id() == peer_id
-            });
-        if !is_last_holder
-            && self
-                .list_for_str(peer_td, now)?
-                .is_some_and(|l| l.covers_peer_at(peer_id, peer_key, now))
-        {
-            return Err(Error::new(
-                ErrorCode::Revoked,
-                "peer revoked (certificate key, agent or task)",
-            ));
+        // Rule 6.3: the peer (the last `cnf` thumbprint is reused when it is the peer's key).
+        let peer_jkt = if checked.last().cnf() == peer_key {
+            cnf_jkt
+        } else {
+            peer_key.thumbprint()
+        };
+        let peer_list = self.list(peer_id.trust_domain_str(), now)?;
+        if peer_revoked(peer_list, peer_id, &peer_jkt, now) {
+            return Err(revoked("peer revoked (certificate key, agent or task)"));
         }
         Ok(())
     }
 
-    /// Checks a peer that presents no chain (or a service) against its domain's revocation list:
-    /// its key, its agent and its task.
+    /// Section 10, "Verifying a peer without a chain": rule 6.1 over the peer's trust domain
+    /// only, then rule 6.3 (its certificate key, its agent, its task).
     pub fn check_peer_revocation(
         &self,
         peer_id: &SpiffeId,
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<()> {
-        match self.list_for(&peer_id.trust_domain(), now, None)? {
-            Some(l) if l.covers_peer_at(peer_id, peer_key, now) => Err(Error::new(
-                ErrorCode::Revoked,
-                format!("peer {peer_id} is revoked"),
-            )),
-            _ => Ok(()),
+        let list = self.list(peer_id.trust_domain_str(), now)?;
+        if peer_revoked(list, peer_id, &peer_key.thumbprint(), now) {
+            return Err(revoked(&format!("peer {peer_id} is revoked")));
         }
+        Ok(())
+    }
+
+    /// Phase 8, rule 8.1: the final effective audience covers the verifier's own ID.
+    fn phase8(&self, effective: &Effective) -> Result<()> {
+        if !effective.aud.covers_id(&self.config.own_id) {
+            return Err(Error::new(
+                ErrorCode::AudienceMismatch,
+                "this verifier is not in the chain's audience",
+            ));
+        }
+        Ok(())
     }
 
     /// Authorizes one request for `requested` (concrete scope tokens, no `*`) under a verified
     /// chain: covered by the effective scope, and the chain's authority may grant it here.
     pub fn authorize(&self, verified: &VerifiedChain, requested: &Scope) -> Result<()> {
         self.authorize_with_limits(verified, requested, &BTreeMap::new())
+    }
+
+    /// Authorizes one request of a peer (spec/PROTOCOL.md section 13) whose presentation
+    /// carried `chain` (`None`: a peer without a chain, which holds no authority: rule A1, then
+    /// `scope_not_granted`).
+    pub fn authorize_peer(
+        &self,
+        chain: Option<&VerifiedChain>,
+        requested: &Scope,
+        amounts: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        match chain {
+            Some(c) => self.authorize_with_limits(c, requested, amounts),
+            None => {
+                requested_scope_is_concrete(requested)?;
+                Err(Error::new(
+                    ErrorCode::ScopeNotGranted,
+                    "a peer without a chain holds no authority",
+                ))
+            }
+        }
     }
 
     /// As [`Verifier::authorize`], also checking requested amounts against the effective limit
@@ -629,18 +490,15 @@ impl Verifier {
         requested: &Scope,
         amounts: &BTreeMap<String, u64>,
     ) -> Result<()> {
-        if !requested.is_concrete() {
-            return Err(Error::new(
-                ErrorCode::BadScope,
-                "a requested scope contains no `*`",
-            ));
-        }
+        requested_scope_is_concrete(requested)?;
+        // Rule A2: the chain's effective scope covers the request.
         if !verified.scope.covers(requested) {
             return Err(Error::new(
                 ErrorCode::ScopeNotGranted,
                 format!("scope `{requested}` not granted by the chain"),
             ));
         }
+        // Rule A3: the authority policy lets the chain's authority grant it here.
         if !self
             .config
             .authority
@@ -651,6 +509,7 @@ impl Verifier {
                 format!("{} may not grant `{requested}` here", verified.authority),
             ));
         }
+        // Rule A4: each requested amount, in name order.
         for (name, amount) in amounts {
             if !self.config.enforced_limits.contains(name) {
                 return Err(Error::new(
@@ -671,21 +530,203 @@ impl Verifier {
     }
 }
 
-/// The effective values along a chain during phase 4.
-struct Effective {
-    task: TaskId,
-    sub: TaskIdentity,
-    max_depth: u8,
-    scope: Scope,
-    aud: IdSet,
-    limits: Limits,
-    may_delegate_to: IdSet,
-    exp: u64,
+/// The protected headers after phase 2.
+struct Headers {
+    grant: Header,
+    links: Vec<Header>,
 }
 
-fn agent_of(task_identity: &SpiffeId) -> String {
-    match crate::id::PeerId::parse(task_identity.as_str()) {
-        Ok(crate::id::PeerId::Task(t)) => t.agent().as_str().to_owned(),
-        _ => String::new(),
+/// Phase 2: headers, rules 2.1 to 2.5 (in `jws::parse_header`); the expected kind is grant for
+/// token 0 and link after it.
+fn phase2(framed: &Framed<'_>) -> Result<Headers> {
+    let grant = parse_header(&framed.grant.raw, TokenType::Grant).map_err(|e| e.at(0))?;
+    let links = framed
+        .links
+        .iter()
+        .enumerate()
+        .map(|(j, t)| parse_header(&t.raw, TokenType::Link).map_err(|e| e.at(j + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Headers { grant, links })
+}
+
+/// Rules 3.b.1 and 3.b.2: `alg` matches the key, and the signature verifies over the exact
+/// transmitted signing input.
+fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey) -> Result<()> {
+    verify(key, h.alg, t.raw.signing_input(), &t.signature)
+}
+
+/// Rule 3.c.6: the grant's `iss` is the trust domain whose bundle held its key.
+fn issuer_is_authority(grant: &GrantClaims, authority: &TrustDomain) -> Result<()> {
+    if grant.iss != *authority {
+        return Err(Error::new(
+            ErrorCode::IssuerMismatch,
+            "grant `iss` is not the trust domain whose bundle holds its key",
+        )
+        .at(0));
     }
+    Ok(())
+}
+
+/// Rule 5.1: `nbf <= exp`, else `bad_validity`.
+pub(crate) fn nbf_not_after_exp(nbf: u64, exp: u64) -> Result<()> {
+    if nbf > exp {
+        return Err(Error::new(ErrorCode::BadValidity, "`nbf` after `exp`"));
+    }
+    Ok(())
+}
+
+/// Rule 5.2 (grant only): `exp - iat <= 86400`, else `lifetime_exceeded`. Links have no cap of
+/// their own: their `exp` never exceeds the grant's.
+pub(crate) fn grant_lifetime(iat: u64, exp: u64) -> Result<()> {
+    if exp.saturating_sub(iat) > MAX_TOKEN_LIFETIME {
+        return Err(Error::new(
+            ErrorCode::LifetimeExceeded,
+            "grant lifetime above 24 hours",
+        ));
+    }
+    Ok(())
+}
+
+/// Rule 5.3: `iat <= now + skew`, else `issued_in_future`.
+fn not_issued_in_future(iat: u64, now: u64, skew: u64) -> Result<()> {
+    if iat > now.saturating_add(skew) {
+        return Err(Error::new(ErrorCode::IssuedInFuture, "`iat` in the future"));
+    }
+    Ok(())
+}
+
+/// Rule 5.4: `now + skew >= nbf`, else `not_yet_valid`.
+fn already_valid(nbf: u64, now: u64, skew: u64) -> Result<()> {
+    if now.saturating_add(skew) < nbf {
+        return Err(Error::new(ErrorCode::NotYetValid, "token not yet valid"));
+    }
+    Ok(())
+}
+
+/// Rule 5.5: `now < exp + skew`, else `expired`.
+fn not_expired(exp: u64, now: u64, skew: u64) -> Result<()> {
+    if now >= exp.saturating_add(skew) {
+        return Err(Error::new(ErrorCode::Expired, "token expired"));
+    }
+    Ok(())
+}
+
+/// Rule 6.2.1: `L(td(iss_i))` has the token entry `{jti, iss}`.
+fn jti_revoked(iss_list: Option<&RevocationList>, iss: &SpiffeId, jti: &str, now: u64) -> bool {
+    iss_list.is_some_and(|l| l.has_jti(iss, jti, now))
+}
+
+/// Rule 6.2.2: `L(A)` has the task entry for the grant's task (only the authority's list can
+/// revoke a task of its chains).
+fn task_revoked(authority_list: Option<&RevocationList>, task: &TaskId, now: u64) -> bool {
+    authority_list.is_some_and(|l| l.has_task(task, now))
+}
+
+/// Rule 6.2.3: `iss_i` is a task identity (every link's; never the grant's, a trust-domain ID)
+/// and `L(td(iss_i))` has the agent entry for its agent.
+fn issuing_agent_revoked(
+    iss_list: Option<&RevocationList>,
+    iss: Option<&TaskIdentity>,
+    now: u64,
+) -> bool {
+    match (iss_list, iss) {
+        (Some(l), Some(iss)) => l.has_agent_str(iss.agent_str(), now),
+        _ => false,
+    }
+}
+
+/// Rule 6.2.4: `L(td(sub_i))` has the agent entry for the agent of `sub_i`.
+fn holder_agent_revoked(sub_list: Option<&RevocationList>, sub: &TaskIdentity, now: u64) -> bool {
+    sub_list.is_some_and(|l| l.has_agent_str(sub.agent_str(), now))
+}
+
+/// Rules 6.2.5 and 6.2.6, and 6.3.1: the list has the key entry `{jkt}` (6.2.5: the thumbprint
+/// of token i's `cnf` in `L(td(sub_i))`; 6.2.6: of the key that verified token i in
+/// `L(td(iss_i))`; 6.3.1: of the peer key in `L(td(peer))`).
+fn key_revoked(list: Option<&RevocationList>, jkt: &str, now: u64) -> bool {
+    list.is_some_and(|l| l.has_key(jkt, now))
+}
+
+/// Rule 6.3, in `L(td(peer))`: the key entry of the peer key (6.3.1), then, for a task
+/// identity, the agent entry of its agent (6.3.2) and the task entry of its task (6.3.3).
+fn peer_revoked(list: Option<&RevocationList>, peer: &SpiffeId, peer_jkt: &str, now: u64) -> bool {
+    let Some(l) = list else { return false };
+    if key_revoked(Some(l), peer_jkt, now) {
+        return true;
+    }
+    match TaskIdentity::parse(peer.as_str()) {
+        Ok(t) => l.has_agent_str(t.agent_str(), now) || l.has_task(&t.task_id(), now),
+        Err(_) => false,
+    }
+}
+
+/// Phase 7: possession. Rule 7.1: the last `cnf` is the peer key (`possession_mismatch`);
+/// rule 7.2: the last `sub` is the peer ID (`holder_mismatch`); both at index `n`.
+fn phase7(checked: &Checked, peer_id: &SpiffeId, peer_key: &PublicKey) -> Result<()> {
+    let n = checked.depth();
+    let last = checked.last();
+    if last.cnf() != peer_key {
+        return Err(Error::new(
+            ErrorCode::PossessionMismatch,
+            "the last `cnf` key is not the peer's certificate key",
+        )
+        .at(n));
+    }
+    if last.sub().as_spiffe_id() != peer_id {
+        return Err(Error::new(
+            ErrorCode::HolderMismatch,
+            "the last `sub` is not the peer's URI SAN",
+        )
+        .at(n));
+    }
+    Ok(())
+}
+
+/// The verification result (section 11).
+fn result(checked: Checked, effective: Effective) -> VerifiedChain {
+    let n = checked.depth();
+    let actors = checked
+        .tokens()
+        .enumerate()
+        .map(|(i, t)| Actor {
+            id: t.sub().clone(),
+            attested: i == 0 || i == n,
+        })
+        .collect();
+    let not_before = checked
+        .tokens()
+        .map(|t| t.times().1)
+        .max()
+        .unwrap_or_default();
+    let jtis = checked.tokens().map(|t| t.jti().to_owned()).collect();
+    let grant = &checked.grant;
+    VerifiedChain {
+        authority: checked.authority.clone(),
+        mode: grant.mode,
+        principal: grant.principal.clone(),
+        holder: effective.holder,
+        task: grant.task.clone(),
+        scope: effective.scope,
+        audience: effective.aud,
+        limits: effective.limits,
+        not_before,
+        // `exp` never grows along a verified chain (rule 4.11): the last is the earliest.
+        expires: effective.exp,
+        actors,
+        depth: n,
+        grant_jti: grant.jti.clone(),
+        jtis,
+    }
+}
+
+/// Rule A1 (spec/PROTOCOL.md section 13): a requested scope contains no `*` (its syntax was
+/// checked when it was parsed), else `bad_scope`.
+fn requested_scope_is_concrete(requested: &Scope) -> Result<()> {
+    if !requested.is_concrete() {
+        return Err(Error::new(
+            ErrorCode::BadScope,
+            "a requested scope contains no `*`",
+        ));
+    }
+    Ok(())
 }

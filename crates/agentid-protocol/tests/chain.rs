@@ -469,6 +469,171 @@ fn builders_refuse_what_verifiers_refuse() {
     assert_eq!(code(r), ErrorCode::DepthExceeded);
 }
 
+/// Every widening case of spec/vectors/attenuation.json that a builder could be asked to sign:
+/// `LinkBuilder::sign` refuses it with the code the verifier gives that vector.
+#[test]
+fn builder_refuses_every_widening_with_the_verifiers_code() {
+    let w = world(Algorithm::Es256);
+    let partner = TrustDomain::parse("partner.example").unwrap();
+    let outsider = agent(&partner, "outsider", &w.task, Algorithm::Es256);
+    let limits = |n: u64| Limits::new([("requests".to_owned(), n)].into_iter().collect()).unwrap();
+    let ids =
+        |v: &[&str]| IdSet::new(v.iter().map(|s| SpiffeId::parse(s).unwrap()).collect()).unwrap();
+    let coder_agent = w.coder.id.agent();
+    let g = GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope("files:* repo:read"),
+    )
+    .audience(IdSet::single(w.server.clone()).unwrap())
+    .limits(limits(10))
+    .max_depth(3)
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap();
+    let base = |to: &Agent| {
+        LinkBuilder::new(&g, &to.id, to.key.public_key(), scope("files:read")).validity(
+            NOW,
+            NOW,
+            NOW + 600,
+        )
+    };
+    let code = |r: Result<Chain>| r.map(|_| ()).unwrap_err().code();
+    let cases: Vec<(&str, Result<Chain>, ErrorCode)> = vec![
+        (
+            "aud widened to the whole trust domain",
+            base(&w.coder)
+                .audience(ids(&["spiffe://example.org"]))
+                .sign(&w.planner.key),
+            ErrorCode::AudienceEscalation,
+        ),
+        (
+            "aud adding another trust domain",
+            base(&w.coder)
+                .audience(ids(&[w.server.as_str(), "spiffe://partner.example"]))
+                .sign(&w.planner.key),
+            ErrorCode::AudienceEscalation,
+        ),
+        (
+            "limit raised from 10 to 11",
+            base(&w.coder).limits(limits(11)).sign(&w.planner.key),
+            ErrorCode::LimitEscalation,
+        ),
+        (
+            "delegatee outside the default may_delegate_to (the authority's domain)",
+            base(&outsider).sign(&w.planner.key),
+            ErrorCode::DelegateeDenied,
+        ),
+        (
+            "self-delegation",
+            base(&w.planner).sign(&w.planner.key),
+            ErrorCode::SelfDelegation,
+        ),
+        (
+            "max_depth equal to the predecessor's",
+            base(&w.coder).max_depth(3).sign(&w.planner.key),
+            ErrorCode::DepthExceeded,
+        ),
+        (
+            "scope token not covered",
+            LinkBuilder::new(
+                &g,
+                &w.coder.id,
+                w.coder.key.public_key(),
+                scope("repo:write"),
+            )
+            .validity(NOW, NOW, NOW + 600)
+            .sign(&w.planner.key),
+            ErrorCode::ScopeEscalation,
+        ),
+        (
+            "`files:*` does not cover `files`",
+            LinkBuilder::new(&g, &w.coder.id, w.coder.key.public_key(), scope("files"))
+                .validity(NOW, NOW, NOW + 600)
+                .sign(&w.planner.key),
+            ErrorCode::ScopeEscalation,
+        ),
+        (
+            "scope widened to `*`",
+            LinkBuilder::new(&g, &w.coder.id, w.coder.key.public_key(), scope("*"))
+                .validity(NOW, NOW, NOW + 600)
+                .sign(&w.planner.key),
+            ErrorCode::ScopeEscalation,
+        ),
+        (
+            "exp one second past the predecessor's",
+            base(&w.coder)
+                .validity(NOW, NOW, NOW + 3601)
+                .sign(&w.planner.key),
+            ErrorCode::ExpiryExtended,
+        ),
+        (
+            "nbf after exp",
+            base(&w.coder)
+                .validity(NOW, NOW + 601, NOW + 600)
+                .sign(&w.planner.key),
+            ErrorCode::BadValidity,
+        ),
+    ];
+    for (name, result, expected) in cases {
+        assert_eq!(code(result), expected, "{name}");
+    }
+
+    // may_delegate_to narrowed to one agent constrains the next link, and cannot be widened back.
+    let c1 = base(&w.coder)
+        .may_delegate_to(IdSet::single(coder_agent.as_spiffe_id().clone()).unwrap())
+        .max_depth(2)
+        .sign(&w.planner.key)
+        .unwrap();
+    let next = |to: &Agent| {
+        LinkBuilder::new(&c1, &to.id, to.key.public_key(), scope("files:read")).validity(
+            NOW,
+            NOW,
+            NOW + 300,
+        )
+    };
+    assert_eq!(
+        code(next(&w.tester).sign(&w.coder.key)),
+        ErrorCode::DelegateeDenied,
+        "a link's may_delegate_to constrains the next link"
+    );
+    let coder2 = Agent {
+        id: TaskIdentity::new(&coder_agent, &TaskId::parse("other").unwrap()).unwrap(),
+        key: TaskKey::generate(Algorithm::Es256).unwrap(),
+    };
+    assert_eq!(
+        code(next(&coder2).sign(&w.coder.key)),
+        ErrorCode::TaskMismatch,
+        "a delegatee of another task"
+    );
+    assert_eq!(
+        code(
+            next(&w.tester)
+                .may_delegate_to(ids(&["spiffe://example.org"]))
+                .sign(&w.coder.key)
+        ),
+        ErrorCode::DelegationEscalation,
+        "may_delegate_to widened from one agent to the whole domain"
+    );
+
+    // What the builder signs, the verifier accepts.
+    let ok = base(&w.coder)
+        .audience(IdSet::single(w.server.clone()).unwrap())
+        .limits(limits(10))
+        .max_depth(2)
+        .sign(&w.planner.key)
+        .unwrap();
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    v.verify_chain(
+        ok.as_str(),
+        w.coder.id.as_spiffe_id(),
+        w.coder.key.public_key(),
+        NOW,
+    )
+    .unwrap();
+}
+
 #[test]
 fn limits_are_ceilings_and_must_be_enforced() {
     let w = world(Algorithm::Es256);

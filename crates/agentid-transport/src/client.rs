@@ -165,7 +165,9 @@ impl AgentClient {
         if let (true, Some(chain)) = (self.require_audience, local.chain()) {
             // Our own chain, read without verification (we are its presenter): a chain that does
             // not even frame, or whose effective audience misses the server, is never sent.
-            let audience = Chain::parse_unverified(chain)?.audience_unverified()?;
+            let audience = Chain::parse_unverified(chain)?
+                .read_unverified()?
+                .audience()?;
             if !audience.covers_id(after.peer.id.as_spiffe_id()) {
                 return Err(Error::Protocol(agentid_protocol::Error::new(
                     ErrorCode::AudienceMismatch,

@@ -53,7 +53,7 @@ impl Credential {
                 "certificate does not certify the task key".into(),
             ));
         }
-        let signing = provider::load_signing_key(key.pkcs8_der())?;
+        let signing = provider::load_signing_key(key.danger_pkcs8_der())?;
         let certified = CertifiedKey::new(cert_chain, signing);
         certified.keys_match().map_err(Error::Tls)?;
         Ok(Self {

@@ -176,25 +176,13 @@ fn check_issuer_key_usage(der: &[u8]) -> Result<(), CertError> {
     }
 }
 
-/// A certificate serial as the CA writes it: lowercase hex of the DER INTEGER's content bytes
-/// without leading zero bytes (the `00` sign byte DER adds before a high bit is dropped), so that
+/// A certificate serial in its canonical form ([`agentid_protocol::Serial`]): lowercase hex of
+/// the DER INTEGER's content bytes without leading zero bytes (the `00` sign byte DER adds
+/// before a high bit is dropped), so that
 /// transport logs, [`SvidInfo::serial`] and the CA's issuance and audit records join on it. A
 /// serial of zero (never issued) is `00`.
 pub fn serial_hex(der_integer: &[u8]) -> String {
-    use std::fmt::Write;
-    let start = der_integer
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(der_integer.len());
-    let digits = der_integer.get(start..).unwrap_or_default();
-    if digits.is_empty() {
-        return "00".to_owned();
-    }
-    let mut s = String::with_capacity(digits.len() * 2);
-    for b in digits {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    agentid_protocol::Serial::from_der_integer(der_integer).to_string()
 }
 
 /// At most this many validated leaves are remembered per usage (then the memory is cleared).

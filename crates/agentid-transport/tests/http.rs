@@ -29,7 +29,7 @@ const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
 const OTHER: &str = "spiffe://example.org/agent/other/task/t9";
 
 fn copy(k: &TaskKey) -> TaskKey {
-    TaskKey::from_pkcs8_der(k.pkcs8_der()).unwrap()
+    TaskKey::from_pkcs8_der(k.danger_pkcs8_der()).unwrap()
 }
 
 /// Everything a test needs: one trust domain, a service, a client with (optionally) a chain.

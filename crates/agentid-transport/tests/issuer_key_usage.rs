@@ -52,7 +52,7 @@ fn intermediate(root: &Ca, ku: IssuerKu) -> Ca {
     p.serial_number = Some(rcgen::SerialNumber::from(vec![0x11, 0x22, ku as u8 + 1]));
     p.use_authority_key_identifier_extension = true;
     let kp = KeyPair::from_pkcs8_der_and_sign_algo(
-        &PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()),
+        &PrivatePkcs8KeyDer::from(key.danger_pkcs8_der().to_vec()),
         &rcgen::PKCS_ECDSA_P256_SHA256,
     )
     .unwrap();

@@ -491,7 +491,7 @@ async fn chain_possession_mismatch_is_rejected() {
 async fn hop_proof_replayed_on_another_connection_is_rejected() {
     let p = pair(None, LeafOpts::default(), false);
     let ck = key();
-    let ck2 = agentid_protocol::TaskKey::from_pkcs8_der(ck.pkcs8_der()).unwrap();
+    let ck2 = agentid_protocol::TaskKey::from_pkcs8_der(ck.danger_pkcs8_der()).unwrap();
     let cert = leaf(&p.a.ca, CLIENT, &ck, &LeafOpts::default());
     let creds = Arc::new(MemoryCredentials::new(
         agentid_transport::Credential::new(vec![cert.clone()], ck).unwrap(),
@@ -800,7 +800,7 @@ async fn a_session_ends_at_peer_certificate_expiry() {
 async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
     let a = Domain::new("example.org");
     let ck = key();
-    let ck_der = ck.pkcs8_der().to_vec();
+    let ck_der = ck.danger_pkcs8_der().to_vec();
     let short = credential(
         &a.ca,
         CLIENT,
@@ -1240,7 +1240,7 @@ async fn revoking_an_earlier_holder_ends_sessions_whose_chain_passes_through_it(
     for (name, depth, revoke, ends) in cases {
         let a = Domain::new("example.org");
         let (chain, keys) = delegated_chain(&a, depth);
-        let ck = TaskKey::from_pkcs8_der(keys.last().unwrap().pkcs8_der()).unwrap();
+        let ck = TaskKey::from_pkcs8_der(keys.last().unwrap().danger_pkcs8_der()).unwrap();
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
         ));

@@ -1,14 +1,13 @@
 //! The grant options of `cert issue` and `cert sign`: what the operator asks the CA to grant.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentid_ca::OpenTaskRequest;
-use agentid_protocol::{IdSet, Limits, SpiffeId, TaskId};
+use agentid_protocol::TaskId;
 use serde_json::{json, Value};
 
 use crate::common::parse_duration;
-use crate::delegate::{parse_audience, parse_scope};
+use crate::delegate::{parse_audience, parse_id_set, parse_limits, parse_scope};
 use crate::error::{CliError, CliResult, Context};
 
 /// What the task's grant carries.
@@ -57,31 +56,8 @@ impl GrantOpts {
         req.principal = self.principal.as_deref().map(parse_principal).transpose()?;
         req.max_depth = self.max_depth;
         req.task_ttl = self.task_ttl;
-        if !self.limits.is_empty() {
-            let mut m = BTreeMap::new();
-            for l in &self.limits {
-                let (name, n) = l.split_once('=').ok_or_else(|| {
-                    CliError::usage(format!("bad --limit {l:?}: expected NAME=N"))
-                })?;
-                let n: u64 = n.parse().map_err(|_| {
-                    CliError::usage(format!(
-                        "bad --limit {l:?}: N must be a non-negative integer"
-                    ))
-                })?;
-                if m.insert(name.to_owned(), n).is_some() {
-                    return Err(CliError::usage(format!("--limit {name} given twice")));
-                }
-            }
-            req.limits = Some(Limits::new(m).context("bad --limit")?);
-        }
-        if !self.may_delegate_to.is_empty() {
-            let ids = self
-                .may_delegate_to
-                .iter()
-                .map(|s| SpiffeId::parse(s).context(format!("bad --may-delegate-to {s:?}")))
-                .collect::<CliResult<Vec<_>>>()?;
-            req.may_delegate_to = Some(IdSet::new(ids).context("bad --may-delegate-to")?);
-        }
+        req.limits = parse_limits(&self.limits)?;
+        req.may_delegate_to = parse_id_set(&self.may_delegate_to, "--may-delegate-to")?;
         Ok(())
     }
 

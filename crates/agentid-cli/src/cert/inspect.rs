@@ -153,7 +153,7 @@ pub fn describe(der: &[u8]) -> Result<Value, String> {
         "kind": kind,
         "agent": agent,
         "task": task,
-        "serial": normalize_serial(&hex(tbs.raw_serial())),
+        "serial": agentid_protocol::Serial::from_der_integer(tbs.raw_serial()).to_string(),
         "subject": tbs.subject.to_string(),
         "issuer": tbs.issuer.to_string(),
         "not_before": nb,
@@ -207,16 +207,6 @@ fn text(info: &Value) -> String {
         list("key_usage"),
         list("extended_key_usage"),
     )
-}
-
-/// A serial as the CA records it: lowercase hex without the leading `00` that DER adds to keep
-/// the integer positive.
-pub fn normalize_serial(hex: &str) -> String {
-    let mut s = hex.to_ascii_lowercase();
-    while s.len() > 2 && s.starts_with("00") {
-        s.drain(..2);
-    }
-    s
 }
 
 /// Lowercase hex.

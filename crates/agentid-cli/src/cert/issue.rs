@@ -205,7 +205,7 @@ fn with_new_key(
     let key_path = out.join(KEY_FILE);
     let key = TaskKey::generate(alg)?;
     let csr = make_csr(&key, uri)?;
-    files::write_new_private_key(&key_path, key.pkcs8_der())?;
+    files::write_new_private_key(&key_path, key.danger_pkcs8_der())?;
     match issue(KeySource::Csr(csr)) {
         Ok(c) => Ok(c),
         Err(e) => {

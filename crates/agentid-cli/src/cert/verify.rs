@@ -115,7 +115,7 @@ pub fn run(args: &VerifyArgs) -> CliResult {
                     "valid": true,
                     "identity": i.id.as_str(),
                     "trust_domain": i.id.trust_domain().as_str(),
-                    "serial": super::inspect::normalize_serial(&i.serial),
+                    "serial": i.serial.clone(),
                     "jkt": i.public_key.thumbprint(),
                     "not_before": i.not_before,
                     "not_after": i.not_after,
@@ -125,7 +125,7 @@ pub fn run(args: &VerifyArgs) -> CliResult {
                 Format::Text => print_text(&format!(
                     "valid: {} (serial {}, valid until {}, {})",
                     i.id.as_str(),
-                    super::inspect::normalize_serial(&i.serial),
+                    i.serial.clone(),
                     rfc3339(i.not_after),
                     v.usages.join(" + ")
                 )),

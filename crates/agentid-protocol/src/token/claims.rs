@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::encoding::{b64_decode, json_time, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
-use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity};
+use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::scope::{IdSet, Limits, Scope};
 use crate::PublicKey;
 
@@ -100,27 +100,6 @@ pub(crate) const LINK_REQUIRED: &[&str] = &[
     "jti",
 ];
 
-/// The decoded claims of a grant (`prev` absent) or a link (`mode`/`principal` absent).
-#[derive(Clone, Debug)]
-pub(crate) struct ChainClaims {
-    pub iss: SpiffeId,
-    pub sub: TaskIdentity,
-    pub cnf: PublicKey,
-    pub prev: Option<[u8; 32]>,
-    pub task: TaskId,
-    pub scope: Scope,
-    pub aud: Option<IdSet>,
-    pub mode: Option<Mode>,
-    pub principal: Option<Value>,
-    pub max_depth: u8,
-    pub limits: Option<Limits>,
-    pub may_delegate_to: Option<IdSet>,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
-    pub jti: String,
-}
-
 fn bad(detail: impl Into<String>) -> Error {
     Error::new(ErrorCode::BadClaim, detail)
 }
@@ -184,10 +163,9 @@ pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]>
         .map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
 }
 
-/// `jti` of grants, links and revocation entries: 1..=256 bytes, each in 0x21..=0x7E (printable
-/// ASCII without space; spec/PROTOCOL.md section 6.1).
+/// `jti` of grants, links and revocation entries: the rule of [`crate::Jti`].
 pub(crate) fn valid_jti(s: &str) -> bool {
-    (1..=256).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    crate::refs::Jti::is_valid(s)
 }
 
 fn get_id_set(map: &Map<String, Value>, name: &str) -> Result<Option<IdSet>> {
@@ -274,77 +252,182 @@ pub(crate) fn check_principal(v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Decodes the claims of a grant (`is_grant`) or a link. Runs only after the signature verified.
-pub(crate) fn decode_chain_claims(payload: &[u8], is_grant: bool) -> Result<ChainClaims> {
-    let map = parse_ijson_object(payload)?;
-    decode_chain_claims_map(&map, is_grant)
+/// The claims of a grant (spec/PROTOCOL.md section 6.1), decoded and validated (step 3.c).
+#[derive(Clone, Debug)]
+pub(crate) struct GrantClaims {
+    /// The authority: `iss` is the trust-domain ID `spiffe://<td>`.
+    pub iss: TrustDomain,
+    pub sub: TaskIdentity,
+    pub cnf: PublicKey,
+    pub task: TaskId,
+    pub scope: Scope,
+    pub aud: Option<IdSet>,
+    pub mode: Mode,
+    /// Present exactly with [`Mode::OnBehalfOf`].
+    pub principal: Option<Value>,
+    pub max_depth: u8,
+    pub limits: Option<Limits>,
+    pub may_delegate_to: Option<IdSet>,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub jti: String,
 }
 
-pub(crate) fn decode_chain_claims_map(
-    map: &Map<String, Value>,
-    is_grant: bool,
-) -> Result<ChainClaims> {
-    let (allowed, required) = if is_grant {
-        (GRANT_CLAIMS, GRANT_REQUIRED)
-    } else {
-        (LINK_CLAIMS, LINK_REQUIRED)
-    };
-    check_members(map, allowed, required)?;
+/// The claims of a link (spec/PROTOCOL.md section 6.2), decoded and validated (step 3.c).
+#[derive(Clone, Debug)]
+pub(crate) struct LinkClaims {
+    /// The delegator: the previous holder's task identity.
+    pub iss: TaskIdentity,
+    pub sub: TaskIdentity,
+    pub cnf: PublicKey,
+    /// SHA-256 of the previous token's compact bytes.
+    pub prev: [u8; 32],
+    pub task: TaskId,
+    pub scope: Scope,
+    pub aud: Option<IdSet>,
+    pub max_depth: u8,
+    pub limits: Option<Limits>,
+    pub may_delegate_to: Option<IdSet>,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub jti: String,
+}
 
-    let iss_str = get_str(map, "iss")?;
-    let iss = SpiffeId::parse(iss_str)?;
-    if is_grant && iss.kind() != IdKind::TrustDomain {
+/// What every token of a chain has, whatever its kind: read by phases 5 to 7.
+pub(crate) trait TokenClaims {
+    /// `iss` as a SPIFFE ID (a trust-domain ID for the grant, a task identity for links).
+    fn iss_td(&self) -> &str;
+    /// The holder.
+    fn sub(&self) -> &TaskIdentity;
+    /// The holder's key.
+    fn cnf(&self) -> &PublicKey;
+    /// `iat`, `nbf`, `exp`.
+    fn times(&self) -> (u64, u64, u64);
+    /// The token's `jti`.
+    fn jti(&self) -> &str;
+}
+
+impl TokenClaims for GrantClaims {
+    fn iss_td(&self) -> &str {
+        self.iss.as_str()
+    }
+    fn sub(&self) -> &TaskIdentity {
+        &self.sub
+    }
+    fn cnf(&self) -> &PublicKey {
+        &self.cnf
+    }
+    fn times(&self) -> (u64, u64, u64) {
+        (self.iat, self.nbf, self.exp)
+    }
+    fn jti(&self) -> &str {
+        &self.jti
+    }
+}
+
+impl TokenClaims for LinkClaims {
+    fn iss_td(&self) -> &str {
+        self.iss.as_spiffe_id().trust_domain_str()
+    }
+    fn sub(&self) -> &TaskIdentity {
+        &self.sub
+    }
+    fn cnf(&self) -> &PublicKey {
+        &self.cnf
+    }
+    fn times(&self) -> (u64, u64, u64) {
+        (self.iat, self.nbf, self.exp)
+    }
+    fn jti(&self) -> &str {
+        &self.jti
+    }
+}
+
+// ---- Step 3.c.5: each claim, in the order of the claim tables of sections 6.1 and 6.2 ----
+
+/// Step 3.c.5, grant `iss`: a SPIFFE ID (`bad_id`) that is a trust-domain ID (`bad_id`).
+fn grant_iss(map: &Map<String, Value>) -> Result<TrustDomain> {
+    let iss = SpiffeId::parse(get_str(map, "iss")?)?;
+    if iss.kind() != IdKind::TrustDomain {
         return Err(Error::new(
             ErrorCode::BadId,
             "a grant's `iss` must be a trust-domain ID",
         ));
     }
-    if !is_grant && iss.kind() != IdKind::Task {
+    Ok(iss.trust_domain())
+}
+
+/// Step 3.c.5, link `iss`: a SPIFFE ID (`bad_id`) that is a task identity (`bad_id`, a service
+/// ID included).
+fn link_iss(map: &Map<String, Value>) -> Result<TaskIdentity> {
+    let iss = SpiffeId::parse(get_str(map, "iss")?)?;
+    if iss.kind() != IdKind::Task {
         return Err(Error::new(
             ErrorCode::BadId,
             "a link's `iss` must be a task identity",
         ));
     }
-    let sub = parse_holder(get_str(map, "sub")?)?;
-    let cnf = parse_cnf(map.get("cnf").ok_or_else(|| bad("missing `cnf`"))?)?;
-    let prev = if is_grant {
-        None
-    } else {
-        Some(get_hash(map, "prev")?)
+    TaskIdentity::parse(iss.as_str())
+}
+
+/// Step 3.c.5, `sub`: a task identity (a service ID fails `service_holder`).
+fn sub(map: &Map<String, Value>) -> Result<TaskIdentity> {
+    parse_holder(get_str(map, "sub")?)
+}
+
+/// Step 3.c.5, `cnf`: exactly `{"jwk": key}` with a key of section 5.1.
+fn cnf(map: &Map<String, Value>) -> Result<PublicKey> {
+    parse_cnf(map.get("cnf").ok_or_else(|| bad("missing `cnf`"))?)
+}
+
+/// Step 3.c.5, `task`: a task id (section 2.3).
+fn task(map: &Map<String, Value>) -> Result<TaskId> {
+    TaskId::parse(get_str(map, "task")?)
+}
+
+/// Step 3.c.5, `scope`: a scope set (section 7.1).
+fn scope(map: &Map<String, Value>) -> Result<Scope> {
+    Scope::parse(get_str(map, "scope")?)
+}
+
+/// Step 3.c.5, grant `mode` then `principal` (section 6.1.1).
+fn mode_and_principal(map: &Map<String, Value>) -> Result<(Mode, Option<Value>)> {
+    let mode = match get_str(map, "mode")? {
+        "autonomous" => Mode::Autonomous,
+        "on_behalf_of" => Mode::OnBehalfOf,
+        other => return Err(bad(format!("unknown mode `{other}`"))),
     };
-    let task = TaskId::parse(get_str(map, "task")?)?;
-    let scope = Scope::parse(get_str(map, "scope")?)?;
-    let aud = get_id_set(map, "aud")?;
-    let (mode, principal) = if is_grant {
-        let mode = match get_str(map, "mode")? {
-            "autonomous" => Mode::Autonomous,
-            "on_behalf_of" => Mode::OnBehalfOf,
-            other => return Err(bad(format!("unknown mode `{other}`"))),
-        };
-        let principal = map.get("principal").cloned();
-        match (mode, &principal) {
-            (Mode::OnBehalfOf, None) => {
-                return Err(Error::new(
-                    ErrorCode::MissingClaim,
-                    "`principal` is required with `on_behalf_of`",
-                ))
-            }
-            (Mode::Autonomous, Some(_)) => {
-                return Err(bad("`principal` is only allowed with `on_behalf_of`"))
-            }
-            (_, Some(p)) => check_principal(p)?,
-            (Mode::Autonomous, None) => {}
+    let principal = map.get("principal").cloned();
+    match (mode, &principal) {
+        (Mode::OnBehalfOf, None) => {
+            return Err(Error::new(
+                ErrorCode::MissingClaim,
+                "`principal` is required with `on_behalf_of`",
+            ))
         }
-        (Some(mode), principal)
-    } else {
-        (None, None)
-    };
-    let max_depth = match map.get("max_depth").and_then(json_time) {
-        Some(d) if d <= u64::from(MAX_DEPTH) => d as u8,
-        _ => return Err(bad("`max_depth` must be an integer in 0..=8")),
-    };
-    let limits = match map.get("limits") {
-        None => None,
+        (Mode::Autonomous, Some(_)) => {
+            return Err(bad("`principal` is only allowed with `on_behalf_of`"))
+        }
+        (_, Some(p)) => check_principal(p)?,
+        (Mode::Autonomous, None) => {}
+    }
+    Ok((mode, principal))
+}
+
+/// Step 3.c.5, `max_depth`: an integer in 0..=8.
+fn max_depth(map: &Map<String, Value>) -> Result<u8> {
+    match map.get("max_depth").and_then(json_time) {
+        Some(d) if d <= u64::from(MAX_DEPTH) => Ok(d as u8),
+        _ => Err(bad("`max_depth` must be an integer in 0..=8")),
+    }
+}
+
+/// Step 3.c.5, `limits`: section 7.3.
+fn limits(map: &Map<String, Value>) -> Result<Option<Limits>> {
+    match map.get("limits") {
+        None => Ok(None),
         Some(Value::Object(m)) => {
             let mut out = std::collections::BTreeMap::new();
             for (k, v) in m {
@@ -352,25 +435,50 @@ pub(crate) fn decode_chain_claims_map(
                     .ok_or_else(|| bad(format!("limit `{k}` must be an integer in [0, 2^53-1]")))?;
                 out.insert(k.clone(), n);
             }
-            Some(Limits::new(out)?)
+            Limits::new(out).map(Some)
         }
-        Some(_) => return Err(bad("`limits` must be an object")),
-    };
-    let may_delegate_to = get_id_set(map, "may_delegate_to")?;
-    let iat = get_time(map, "iat")?;
-    let nbf = get_time(map, "nbf")?;
-    let exp = get_time(map, "exp")?;
+        Some(_) => Err(bad("`limits` must be an object")),
+    }
+}
+
+/// Step 3.c.5, `jti`: 1..=256 bytes, each in 0x21..=0x7E.
+fn jti(map: &Map<String, Value>) -> Result<String> {
     let jti = get_str(map, "jti")?;
     if !valid_jti(jti) {
         return Err(bad(
             "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
         ));
     }
-    Ok(ChainClaims {
+    Ok(jti.to_owned())
+}
+
+/// Steps 3.c.1 to 3.c.5 for a grant: I-JSON, `ver`, unknown and missing claims, then each claim
+/// in the order of the table of section 6.1. Runs only after the signature verified.
+pub(crate) fn decode_grant(payload: &[u8]) -> Result<GrantClaims> {
+    let map = parse_ijson_object(payload)?;
+    decode_grant_map(&map)
+}
+
+pub(crate) fn decode_grant_map(map: &Map<String, Value>) -> Result<GrantClaims> {
+    check_members(map, GRANT_CLAIMS, GRANT_REQUIRED)?;
+    let iss = grant_iss(map)?;
+    let sub = sub(map)?;
+    let cnf = cnf(map)?;
+    let task = task(map)?;
+    let scope = scope(map)?;
+    let aud = get_id_set(map, "aud")?;
+    let (mode, principal) = mode_and_principal(map)?;
+    let max_depth = max_depth(map)?;
+    let limits = limits(map)?;
+    let may_delegate_to = get_id_set(map, "may_delegate_to")?;
+    let iat = get_time(map, "iat")?;
+    let nbf = get_time(map, "nbf")?;
+    let exp = get_time(map, "exp")?;
+    let jti = jti(map)?;
+    Ok(GrantClaims {
         iss,
         sub,
         cnf,
-        prev,
         task,
         scope,
         aud,
@@ -382,52 +490,134 @@ pub(crate) fn decode_chain_claims_map(
         iat,
         nbf,
         exp,
-        jti: jti.to_owned(),
+        jti,
     })
 }
 
-/// Serializes claims for signing (the builders' side).
-pub(crate) fn encode_chain_claims(c: &ChainClaims) -> Vec<u8> {
-    let mut m = Map::new();
+/// Steps 3.c.1 to 3.c.5 for a link: I-JSON, `ver`, unknown and missing claims, then each claim
+/// in the order of the table of section 6.2. Runs only after the signature verified.
+pub(crate) fn decode_link(payload: &[u8]) -> Result<LinkClaims> {
+    let map = parse_ijson_object(payload)?;
+    decode_link_map(&map)
+}
+
+pub(crate) fn decode_link_map(map: &Map<String, Value>) -> Result<LinkClaims> {
+    check_members(map, LINK_CLAIMS, LINK_REQUIRED)?;
+    let iss = link_iss(map)?;
+    let sub = sub(map)?;
+    let cnf = cnf(map)?;
+    let prev = get_hash(map, "prev")?;
+    let task = task(map)?;
+    let scope = scope(map)?;
+    let aud = get_id_set(map, "aud")?;
+    let max_depth = max_depth(map)?;
+    let limits = limits(map)?;
+    let may_delegate_to = get_id_set(map, "may_delegate_to")?;
+    let iat = get_time(map, "iat")?;
+    let nbf = get_time(map, "nbf")?;
+    let exp = get_time(map, "exp")?;
+    let jti = jti(map)?;
+    Ok(LinkClaims {
+        iss,
+        sub,
+        cnf,
+        prev,
+        task,
+        scope,
+        aud,
+        max_depth,
+        limits,
+        may_delegate_to,
+        iat,
+        nbf,
+        exp,
+        jti,
+    })
+}
+
+/// The members every grant and link writes in the same way.
+fn encode_common(
+    m: &mut Map<String, Value>,
+    sub: &TaskIdentity,
+    cnf: &PublicKey,
+    task: &TaskId,
+    scope: &Scope,
+    aud: Option<&IdSet>,
+) {
     m.insert("ver".into(), Value::from(VERSION));
-    m.insert("iss".into(), Value::from(c.iss.as_str()));
-    m.insert("sub".into(), Value::from(c.sub.as_str()));
-    let mut cnf = Map::new();
-    cnf.insert("jwk".into(), c.cnf.to_jwk());
-    m.insert("cnf".into(), Value::Object(cnf));
-    if let Some(prev) = &c.prev {
-        m.insert(
-            "prev".into(),
-            Value::from(crate::encoding::b64_encode(prev)),
-        );
-    }
-    m.insert("task".into(), Value::from(c.task.as_str()));
-    m.insert("scope".into(), Value::from(c.scope.to_string()));
-    if let Some(aud) = &c.aud {
+    m.insert("sub".into(), Value::from(sub.as_str()));
+    let mut c = Map::new();
+    c.insert("jwk".into(), cnf.to_jwk());
+    m.insert("cnf".into(), Value::Object(c));
+    m.insert("task".into(), Value::from(task.as_str()));
+    m.insert("scope".into(), Value::from(scope.to_string()));
+    if let Some(aud) = aud {
         m.insert("aud".into(), id_set_value(aud));
     }
-    if let Some(mode) = c.mode {
-        m.insert("mode".into(), Value::from(mode.as_str()));
-    }
-    if let Some(p) = &c.principal {
-        m.insert("principal".into(), p.clone());
-    }
-    m.insert("max_depth".into(), Value::from(c.max_depth));
-    if let Some(l) = &c.limits {
+}
+
+fn encode_tail(
+    m: &mut Map<String, Value>,
+    max_depth: u8,
+    limits: Option<&Limits>,
+    may_delegate_to: Option<&IdSet>,
+    (iat, nbf, exp): (u64, u64, u64),
+    jti: &str,
+) -> Result<Vec<u8>> {
+    m.insert("max_depth".into(), Value::from(max_depth));
+    if let Some(l) = limits {
         let lm: Map<String, Value> = l
             .iter()
             .map(|(k, v)| (k.to_owned(), Value::from(v)))
             .collect();
         m.insert("limits".into(), Value::Object(lm));
     }
-    if let Some(d) = &c.may_delegate_to {
+    if let Some(d) = may_delegate_to {
         m.insert("may_delegate_to".into(), id_set_value(d));
     }
-    m.insert("iat".into(), Value::from(c.iat));
-    m.insert("nbf".into(), Value::from(c.nbf));
-    m.insert("exp".into(), Value::from(c.exp));
-    m.insert("jti".into(), Value::from(c.jti.as_str()));
-    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    m.insert("iat".into(), Value::from(iat));
+    m.insert("nbf".into(), Value::from(nbf));
+    m.insert("exp".into(), Value::from(exp));
+    m.insert("jti".into(), Value::from(jti));
+    serde_json::to_vec(&*m).map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// Serializes a grant's claims for signing.
+pub(crate) fn encode_grant(c: &GrantClaims) -> Result<Vec<u8>> {
+    let mut m = Map::new();
+    m.insert("iss".into(), Value::from(c.iss.id().as_str()));
+    encode_common(&mut m, &c.sub, &c.cnf, &c.task, &c.scope, c.aud.as_ref());
+    m.insert("mode".into(), Value::from(c.mode.as_str()));
+    if let Some(p) = &c.principal {
+        m.insert("principal".into(), p.clone());
+    }
+    encode_tail(
+        &mut m,
+        c.max_depth,
+        c.limits.as_ref(),
+        c.may_delegate_to.as_ref(),
+        c.times(),
+        &c.jti,
+    )
+}
+
+/// Serializes a link's claims for signing.
+pub(crate) fn encode_link(c: &LinkClaims) -> Result<Vec<u8>> {
+    let mut m = Map::new();
+    m.insert("iss".into(), Value::from(c.iss.as_str()));
+    encode_common(&mut m, &c.sub, &c.cnf, &c.task, &c.scope, c.aud.as_ref());
+    m.insert(
+        "prev".into(),
+        Value::from(crate::encoding::b64_encode(&c.prev)),
+    );
+    encode_tail(
+        &mut m,
+        c.max_depth,
+        c.limits.as_ref(),
+        c.may_delegate_to.as_ref(),
+        c.times(),
+        &c.jti,
+    )
 }
 
 pub(crate) fn id_set_value(s: &IdSet) -> Value {

@@ -1,20 +1,22 @@
 //! The link builder: a holder hands a narrower slice of its rights to the next agent.
 
+use crate::attenuation::{attenuate, EnforcedLimits};
 use crate::chain::Chain;
-use crate::crypto::{sha256, TaskKey};
+use crate::crypto::TaskKey;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
 use crate::jws::{sign_compact, TokenType};
 use crate::scope::{IdSet, Limits, Scope};
-use crate::token::claims::{encode_chain_claims, random_jti, valid_jti, ChainClaims};
+use crate::token::claims::{encode_link, random_jti, valid_jti, LinkClaims};
+use crate::verify::nbf_not_after_exp;
 use crate::PublicKey;
 
 /// Builds and signs a link (`agentid-link+jwt`) appended to a chain the signer holds.
 ///
 /// The scope is always explicit: a delegation never silently hands over everything the
-/// delegator holds. The builder refuses what a verifier would refuse (a wider scope, a longer
-/// life, more depth, a delegatee outside `may_delegate_to`, self-delegation, a key that is not
-/// the current holder's).
+/// delegator holds. [`LinkBuilder::sign`] refuses, with the verifier's own code, every link a
+/// verifier would refuse in phase 4: a wider scope, `aud`, limit or `may_delegate_to`, a
+/// delegatee outside `may_delegate_to`, more depth, a longer life, self-delegation.
 #[derive(Debug)]
 #[must_use]
 pub struct LinkBuilder {
@@ -87,60 +89,27 @@ impl LinkBuilder {
     }
 
     /// Signs the link with the current holder's task key and returns the extended chain.
+    ///
+    /// Refuses, with the code a verifier would give, every link that a verifier would reject
+    /// in phase 4 ([`attenuate`]: `prev`, task, self-delegation, depth, scope, `aud`, limits,
+    /// `may_delegate_to`, the delegatee, `exp`) or in rule 5.1 (`nbf` after `exp`); also a key
+    /// that is not the one the chain is bound to (`possession_mismatch`) and `iat >= exp`. The
+    /// chain held is read without verifying its signatures: it is the signer's own, and its
+    /// effective values are replayed through the same rules. Limit names are not checked
+    /// against any verifier's enforced set (rule 4.8's first half), which the builder cannot
+    /// know.
     pub fn sign(self, key: &TaskKey) -> Result<Chain> {
-        let prev = self.prev_chain.last_claims_unverified()?;
-        if key.public_key() != &prev.cnf {
+        let held = self.prev_chain.read_unverified()?;
+        if key.public_key() != held.holder_key() {
             return Err(Error::new(
                 ErrorCode::PossessionMismatch,
                 "the signing key is not the key the chain is bound to",
             ));
         }
-        if prev.sub == self.to {
-            return Err(Error::new(
-                ErrorCode::SelfDelegation,
-                "a link to oneself is not allowed",
-            ));
-        }
-        if prev.max_depth == 0 || self.prev_chain.depth() >= usize::from(crate::token::MAX_DEPTH) {
-            return Err(Error::new(
-                ErrorCode::DepthExceeded,
-                "the chain is sealed (max_depth 0)",
-            ));
-        }
-        let max_depth = self.max_depth.unwrap_or(prev.max_depth - 1);
-        if max_depth > prev.max_depth - 1 {
-            return Err(Error::new(
-                ErrorCode::DepthExceeded,
-                "max_depth must decrease along the chain",
-            ));
-        }
-        if !prev.scope.covers(&self.scope) {
-            return Err(Error::new(
-                ErrorCode::ScopeEscalation,
-                "the scope is wider than the delegator's",
-            ));
-        }
-        if self.to.task_id() != prev.task {
-            return Err(Error::new(
-                ErrorCode::TaskMismatch,
-                "the delegatee must belong to the chain's task",
-            ));
-        }
+        let effective = held.effective()?;
         let (iat, nbf, exp) = self
             .validity
             .ok_or_else(|| Error::new(ErrorCode::BadValidity, "link validity must be set"))?;
-        if exp > prev.exp {
-            return Err(Error::new(
-                ErrorCode::ExpiryExtended,
-                "a link cannot outlive the previous token",
-            ));
-        }
-        if nbf > exp || iat >= exp {
-            return Err(Error::new(
-                ErrorCode::BadValidity,
-                "link validity must satisfy iat < exp and nbf <= exp",
-            ));
-        }
         let jti = match self.jti {
             Some(j) => j,
             None => random_jti()?,
@@ -151,17 +120,18 @@ impl LinkBuilder {
                 "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
             ));
         }
-        let claims = ChainClaims {
-            iss: prev.sub.as_spiffe_id().clone(),
+        let claims = LinkClaims {
+            iss: effective.holder.clone(),
             sub: self.to,
             cnf: self.to_key,
-            prev: Some(sha256(self.prev_chain.last_token().as_bytes())),
-            task: prev.task,
+            prev: effective.token_hash,
+            task: effective.task.clone(),
             scope: self.scope,
             aud: self.aud,
-            mode: None,
-            principal: None,
-            max_depth,
+            // Default: one less than the previous (rule 4.5 refuses a sealed previous token).
+            max_depth: self
+                .max_depth
+                .unwrap_or(effective.max_depth.saturating_sub(1)),
             limits: self.limits,
             may_delegate_to: self.may_delegate_to,
             iat,
@@ -169,7 +139,17 @@ impl LinkBuilder {
             exp,
             jti,
         };
-        let payload = encode_chain_claims(&claims);
+        // Phase 4 exactly as a verifier runs it on this link (the link's own hash is not
+        // needed: nothing follows it here).
+        attenuate(effective, &claims, "", EnforcedLimits::Unknown)?;
+        nbf_not_after_exp(nbf, exp)?;
+        if iat >= exp {
+            return Err(Error::new(
+                ErrorCode::BadValidity,
+                "link validity must satisfy iat < exp",
+            ));
+        }
+        let payload = encode_link(&claims)?;
         let token = sign_compact(TokenType::Link, key.algorithm(), None, &payload, |input| {
             key.sign(input)
         })?;

@@ -193,7 +193,9 @@ impl HttpClient {
         let peer = client_peer(tls.get_ref().1, &self.verification)?;
 
         if let (true, Some(chain)) = (self.check_audience, local.chain()) {
-            let audience = Chain::parse_unverified(chain)?.audience_unverified()?;
+            let audience = Chain::parse_unverified(chain)?
+                .read_unverified()?
+                .audience()?;
             if !audience.covers_id(peer.info.id.as_spiffe_id()) {
                 return Err(Error::Protocol(agentid_protocol::Error::new(
                     ErrorCode::AudienceMismatch,
@@ -225,7 +227,9 @@ impl HttpClient {
         // Nothing past the earlier certificate `notAfter` (or own chain `exp`) minus the margin.
         let mut until = peer.info.not_after.min(local.info().not_after);
         if let Some(c) = local.chain() {
-            if let Ok(exp) = Chain::parse_unverified(c).and_then(|c| c.expires_unverified()) {
+            if let Ok(exp) =
+                Chain::parse_unverified(c).and_then(|c| c.read_unverified().map(|r| r.expires()))
+            {
                 until = until.min(exp);
             }
         }

@@ -71,7 +71,7 @@ pub use agentid_test_support::{now, T};
 
 fn rcgen_key(k: &TaskKey) -> KeyPair {
     KeyPair::from_pkcs8_der_and_sign_algo(
-        &PrivatePkcs8KeyDer::from(k.pkcs8_der().to_vec()),
+        &PrivatePkcs8KeyDer::from(k.danger_pkcs8_der().to_vec()),
         &PKCS_ECDSA_P256_SHA256,
     )
     .unwrap()
@@ -484,7 +484,7 @@ pub fn raw_client_config(
         Some((cert, key)) => b
             .with_client_auth_cert(
                 vec![cert],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.danger_pkcs8_der().to_vec().into()),
             )
             .unwrap(),
         None => b.with_no_client_auth(),
@@ -525,7 +525,7 @@ pub fn raw_server_config(
             .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(
                 vec![cert],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.danger_pkcs8_der().to_vec().into()),
             )
             .unwrap();
     c.alpn_protocols = vec![agentid_transport::provider::ALPN.to_vec()];

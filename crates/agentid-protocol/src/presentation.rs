@@ -1,0 +1,351 @@
+//! Verifying a presentation: what a transport does with a hello, an accept or a reauth
+//! (spec/PROTOCOL.md sections 16.3 and 16.4).
+//!
+//! A presentation is a hop proof and, optionally, a chain, received on one TLS connection from a
+//! peer whose certificate TLS already verified. [`Verifier::verify_presentation`] runs, in the
+//! spec's order: the proof (section 12), the replay check of a later proof on the same
+//! connection, then the chain (section 10) or, without one, the peer's revocation checks
+//! ("Verifying a peer without a chain"), and computes the session deadline. Every transport
+//! (the framed server and client, reauth, an HTTP binding) calls this one function.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::SpiffeId;
+use crate::proof::{verify_proof, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
+use crate::verify::{VerifiedChain, Verifier};
+use crate::PublicKey;
+
+/// What was received: the hop proof and the chain sent with it, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct Presentation<'a> {
+    /// The compact hop proof.
+    pub proof: &'a str,
+    /// The chain sent with the proof (what its `cth` binds), if any.
+    pub chain: Option<&'a str>,
+}
+
+/// What the verifying side knows about the connection and the presenter; nothing here comes
+/// from the presentation itself.
+#[derive(Clone, Copy, Debug)]
+pub struct PresentationContext<'a> {
+    /// The presenter's URI SAN, from its verified certificate.
+    pub presenter: &'a SpiffeId,
+    /// The presenter's certificate public key.
+    pub presenter_key: &'a PublicKey,
+    /// The presenter's certificate `notAfter`, Unix seconds (for the deadline).
+    pub presenter_not_after: u64,
+    /// The verifier's own URI SAN (the proof's `aud`): normally the verifier configuration's
+    /// own ID.
+    pub verifier_id: &'a SpiffeId,
+    /// The presenter's role in the TLS connection.
+    pub role: Role,
+    /// The verifier's own exporter value for the presenter's role.
+    pub exporter: [u8; EXPORTER_LEN],
+    /// For a server proof: the client proof it answers (`rth`).
+    pub client_proof: Option<&'a str>,
+    /// The `jti`s of every proof already accepted on this connection (empty for the first):
+    /// a proof that reuses one fails `proof_replayed` before any chain is looked at.
+    pub accepted_jtis: &'a [String],
+    /// For a reauth without a chain: the chain the session holds, verified again instead
+    /// (spec section 16.4, reauth step 7). `None` for a hello or an accept.
+    pub held_chain: Option<&'a str>,
+    /// Current time, Unix seconds.
+    pub now: u64,
+}
+
+/// A verified presentation.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct VerifiedPresentation {
+    /// The verified hop proof: the session's receipt.
+    pub proof: VerifiedProof,
+    /// The verified chain (the one sent, or the held one for a reauth without a chain); `None`
+    /// for a chain-less peer, which holds no authority.
+    pub chain: Option<VerifiedChain>,
+    /// The session deadline: `min(presenter certificate notAfter, chain expires)`, or the
+    /// certificate's `notAfter` without a chain (section 16.3, server step 8).
+    pub deadline: u64,
+}
+
+impl Verifier {
+    /// Verifies a presentation (spec/PROTOCOL.md section 16.3, server step 6 and client step
+    /// 6; section 16.4, reauth steps 5 to 7), in this order; the first failure is the result:
+    ///
+    /// 1. the hop proof (section 12) with the context's presenter, verifier, role, exporter and
+    ///    client proof, and this verifier's skew;
+    /// 2. its `jti` is not one of `accepted_jtis`, else `proof_replayed`;
+    /// 3. the chain sent, else the held chain, through [`Verifier::verify_peer`];
+    ///
+    /// then the deadline (section 16.3, server step 8). A reauth's transport also requires
+    /// the deadline to be in the future (section 16.4, reauth step 8, `credential_expired`).
+    pub fn verify_presentation(
+        &self,
+        presentation: &Presentation<'_>,
+        ctx: &PresentationContext<'_>,
+    ) -> Result<VerifiedPresentation> {
+        let proof = verify_proof(
+            presentation.proof,
+            &ProofContext {
+                presenter_id: ctx.presenter,
+                presenter_key: ctx.presenter_key,
+                verifier_id: ctx.verifier_id,
+                role: ctx.role,
+                exporter: ctx.exporter,
+                now: ctx.now,
+                skew: self.config().skew_seconds(),
+                chain: presentation.chain,
+                client_proof: ctx.client_proof,
+            },
+        )?;
+        if ctx.accepted_jtis.contains(&proof.jti) {
+            return Err(Error::new(
+                ErrorCode::ProofReplayed,
+                "a proof already accepted on this connection",
+            ));
+        }
+        let chain = self.verify_peer(
+            presentation.chain.or(ctx.held_chain),
+            ctx.presenter,
+            ctx.presenter_key,
+            ctx.now,
+        )?;
+        let deadline = chain.as_ref().map_or(ctx.presenter_not_after, |c| {
+            c.expires.min(ctx.presenter_not_after)
+        });
+        Ok(VerifiedPresentation {
+            proof,
+            chain,
+            deadline,
+        })
+    }
+
+    /// The peer's authority (spec/PROTOCOL.md section 16.3, server step 6, after the proof):
+    /// with a chain, the chain (section 10, phases 1 to 8, possession against `peer_key`);
+    /// without, the checks of "Verifying a peer without a chain" (section 10). `Ok(None)` is an
+    /// authenticated peer with no authority.
+    pub fn verify_peer(
+        &self,
+        chain: Option<&str>,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+    ) -> Result<Option<VerifiedChain>> {
+        match chain {
+            Some(c) => self.verify_chain(c, peer_id, peer_key, now).map(Some),
+            None => self
+                .check_peer_revocation(peer_id, peer_key, now)
+                .map(|()| None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::bundle::{BundleSet, TrustBundle};
+    use crate::crypto::{AuthorityKey, TaskKey};
+    use crate::policy::VerifierConfig;
+    use crate::proof::ProofBuilder;
+    use crate::revocation::RevocationListBuilder;
+    use crate::scope::Scope;
+    use crate::token::GrantBuilder;
+    use crate::{Algorithm, Chain, TaskIdentity, TrustDomain};
+
+    const NOW: u64 = 1_767_225_600;
+    const EXPORTER: [u8; 32] = [7; 32];
+
+    struct Fixture {
+        verifier: Verifier,
+        holder: TaskIdentity,
+        key: TaskKey,
+        chain: Chain,
+        server: SpiffeId,
+    }
+
+    fn fixture(revoke_holder_key: bool) -> Fixture {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let grant_key = AuthorityKey::generate(Algorithm::Ed25519).unwrap();
+        let rev_key = AuthorityKey::generate(Algorithm::Ed25519).unwrap();
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let holder = TaskIdentity::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let chain = GrantBuilder::new(&td, &holder, key.public_key(), Scope::parse("x:*").unwrap())
+            .validity(NOW - 60, NOW - 60, NOW + 600)
+            .sign(&grant_key)
+            .unwrap();
+        let mut bundles = BundleSet::new();
+        bundles
+            .insert(
+                TrustBundle::new(td.clone(), 1)
+                    .add_grant_key(grant_key.public_key().clone())
+                    .add_revocation_key(rev_key.public_key().clone()),
+            )
+            .unwrap();
+        let mut list = RevocationListBuilder::new(&td, 1, NOW - 10, NOW + 590);
+        if revoke_holder_key {
+            list = list.revoke_key(&key.public_key().thumbprint(), NOW + 600);
+        }
+        let server = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        let mut cfg = VerifierConfig::new(server.clone(), bundles);
+        cfg.apply_revocation_list(&list.sign(&rev_key).unwrap())
+            .unwrap();
+        Fixture {
+            verifier: Verifier::new(cfg).unwrap(),
+            holder,
+            key,
+            chain,
+            server,
+        }
+    }
+
+    fn proof(f: &Fixture, chain: Option<&str>) -> String {
+        let mut b = ProofBuilder::new(
+            f.holder.as_spiffe_id(),
+            &f.server,
+            Role::Client,
+            EXPORTER,
+            NOW,
+            NOW + 60,
+        );
+        if let Some(c) = chain {
+            b = b.chain(c);
+        }
+        b.sign(&f.key).unwrap()
+    }
+
+    fn ctx<'a>(
+        f: &'a Fixture,
+        accepted: &'a [String],
+        held: Option<&'a str>,
+    ) -> PresentationContext<'a> {
+        PresentationContext {
+            presenter: f.holder.as_spiffe_id(),
+            presenter_key: f.key.public_key(),
+            presenter_not_after: NOW + 300,
+            verifier_id: &f.server,
+            role: Role::Client,
+            exporter: EXPORTER,
+            client_proof: None,
+            accepted_jtis: accepted,
+            held_chain: held,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn a_chain_gives_authority_and_the_earlier_deadline() {
+        let f = fixture(false);
+        let p = proof(&f, Some(f.chain.as_str()));
+        let v = f
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p,
+                    chain: Some(f.chain.as_str()),
+                },
+                &ctx(&f, &[], None),
+            )
+            .unwrap();
+        assert_eq!(v.chain.unwrap().holder, f.holder);
+        assert_eq!(
+            v.deadline,
+            NOW + 300,
+            "the certificate ends before the chain"
+        );
+        assert_eq!(v.proof.compact, p);
+    }
+
+    #[test]
+    fn a_chainless_peer_has_no_authority_and_the_certificate_deadline() {
+        let f = fixture(false);
+        let p = proof(&f, None);
+        let v = f
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p,
+                    chain: None,
+                },
+                &ctx(&f, &[], None),
+            )
+            .unwrap();
+        assert!(v.chain.is_none());
+        assert_eq!(v.deadline, NOW + 300);
+    }
+
+    #[test]
+    fn a_reauth_without_a_chain_re_verifies_the_held_one() {
+        let f = fixture(false);
+        let p = proof(&f, None);
+        let v = f
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p,
+                    chain: None,
+                },
+                &ctx(&f, &[], Some(f.chain.as_str())),
+            )
+            .unwrap();
+        assert!(v.chain.is_some());
+    }
+
+    #[test]
+    fn the_proof_comes_first_then_replay_then_the_chain_or_peer() {
+        // A revoked peer key: the chain fails `revoked` once the proof passed.
+        let f = fixture(true);
+        let p = proof(&f, None);
+        let pres = Presentation {
+            proof: &p,
+            chain: None,
+        };
+        let e = f
+            .verifier
+            .verify_presentation(&pres, &ctx(&f, &[], None))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Revoked);
+        let e = f
+            .verifier
+            .verify_presentation(&pres, &ctx(&f, &[], Some(f.chain.as_str())))
+            .unwrap_err();
+        assert_eq!((e.code(), e.index()), (ErrorCode::Revoked, Some(0)));
+        // A replayed proof fails before the chain is looked at.
+        let ok = fixture(false);
+        let p3 = proof(&ok, None);
+        let first = ok
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p3,
+                    chain: None,
+                },
+                &ctx(&ok, &[], None),
+            )
+            .unwrap();
+        let accepted = [first.proof.jti.clone()];
+        let e = ok
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p3,
+                    chain: None,
+                },
+                &ctx(&ok, &accepted, Some("not a chain")),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ProofReplayed);
+        // A proof bound to another chain fails as a proof (`chain_hash_mismatch`), before the
+        // chain's own failure.
+        let e = ok
+            .verifier
+            .verify_presentation(
+                &Presentation {
+                    proof: &p3,
+                    chain: Some("x~"),
+                },
+                &ctx(&ok, &[], None),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ChainHashMismatch);
+    }
+}
