@@ -34,6 +34,7 @@ pub mod error;
 pub mod hierarchy;
 mod issue;
 pub mod material;
+pub mod migrate;
 pub mod policy;
 pub mod profile;
 pub mod signer;

@@ -264,6 +264,7 @@ impl core::fmt::Debug for SqliteStore {
     }
 }
 
+/// The version 0 schema (see [`crate::migrate`]); later versions are migrations.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
   identity TEXT PRIMARY KEY, jkt TEXT NOT NULL, spki BLOB NOT NULL,
@@ -306,8 +307,8 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Self::connect(path)?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = Self::connect(path)?;
+        crate::migrate::migrate(&mut conn, SCHEMA)?;
         let writer = Arc::new(GroupCommitter::start(Self::connect(path)?)?);
         Ok(SqliteStore { conn, writer })
     }
