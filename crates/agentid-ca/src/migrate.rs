@@ -125,6 +125,7 @@ fn newer(found: u32, known: u32) -> CaError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
