@@ -37,6 +37,8 @@ pub mod material;
 pub mod migrate;
 pub mod policy;
 pub mod profile;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod signer;
 pub mod store;
 mod util;
