@@ -275,7 +275,11 @@ impl From<CaError> for Refused {
         if code == ErrorCode::Internal || code == ErrorCode::StoreUnavailable {
             tracing::warn!(error = %e, "agentid ca serve: operation failed");
             // Never a path or a key detail on the wire.
-            return Refused::new(code, "the CA could not complete the operation", "retry later");
+            return Refused::new(
+                code,
+                "the CA could not complete the operation",
+                "retry later",
+            );
         }
         Refused::new(code, e.to_string(), "")
     }
@@ -412,7 +416,13 @@ fn not_modified(seq: u64) -> Response {
 
 /// `after` and `wait` from the query; `If-None-Match` as `after`.
 fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
-    let bad = |m: &str| Refused::new(ErrorCode::BadRequest, m.to_owned(), "see spec/CA-API.md 3.4");
+    let bad = |m: &str| {
+        Refused::new(
+            ErrorCode::BadRequest,
+            m.to_owned(),
+            "see spec/CA-API.md 3.4",
+        )
+    };
     let mut after = None;
     let mut wait = 0;
     for pair in req.uri().query().unwrap_or("").split('&') {
@@ -431,7 +441,10 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
     if after.is_none() {
         if let Some(v) = req.headers().get(header::IF_NONE_MATCH) {
             let t = v.to_str().unwrap_or("").trim().trim_matches('"');
-            after = Some(t.parse().map_err(|_| bad("If-None-Match is a quoted seq"))?);
+            after = Some(
+                t.parse()
+                    .map_err(|_| bad("If-None-Match is a quoted seq"))?,
+            );
         }
     }
     Ok((after, wait))
@@ -530,9 +543,8 @@ pub(crate) fn certificate(
     c: &crate::IssuedCertificate,
     grant: Option<String>,
 ) -> agentid_api::CertificateResponse {
-    let b64 = |d: &[u8]| {
-        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
-    };
+    let b64 =
+        |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d);
     agentid_api::CertificateResponse {
         identity: c.identity.as_str().to_owned(),
         serial: c.leaf.serial.clone(),

@@ -1,0 +1,272 @@
+//! The CA service (`spec/CA-API.md`) on 127.0.0.1 with real mTLS: health, bundle, renewal,
+//! revocation and the revocation feed's long-poll, and the refusals' codes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_api::{CertificateResponse, RevocationsResponse};
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{CertificateAuthority, KeySource, KeyType, OpenTaskRequest, TaskRequester};
+use agentid_protocol::{
+    Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, TrustDomain, VerifierConfig,
+};
+use agentid_transport::http::{HttpClient, HttpClientConnection};
+use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rustls_pki_types::CertificateDer;
+
+const T: Duration = Duration::from_secs(20);
+const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
+
+struct World {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+async fn start() -> World {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { service.serve(listener).await });
+    World { dir, addr }
+}
+
+impl World {
+    /// A second handle on the same CA directory (reads the store the service writes).
+    fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::open(self.dir.path()).unwrap()
+    }
+
+    /// Opens a task for `agent` as the operator; returns its key and certificate chain.
+    fn task(&self, agent: &str) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let req = OpenTaskRequest::new(
+            agent,
+            KeySource::Spki(key.public_key().to_spki_der()),
+            TaskRequester::Operator,
+            Scope::parse("tickets:read").unwrap(),
+        );
+        let c = self.ca().open_task(&req, common::now()).unwrap();
+        let chain = vec![
+            CertificateDer::from(c.certificate.leaf.der.clone()),
+            CertificateDer::from(c.certificate.intermediate_der.clone()),
+        ];
+        (key, chain, c.identity.as_str().to_owned())
+    }
+
+    async fn connect(&self, agent: &str) -> (HttpClientConnection, String, String) {
+        let (key, chain, id) = self.task(agent);
+        let serial = self
+            .ca()
+            .issuances()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.identity == id)
+            .unwrap()
+            .serial;
+        let mut bundles = BundleSet::new();
+        bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
+        let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
+            .danger_accept_missing_or_stale_revocations();
+        let v = PeerVerification::new(cfg).unwrap();
+        let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
+        let client =
+            HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
+                .connect_timeout(T)
+                .build()
+                .unwrap();
+        let conn = client.connect(self.addr, "ca.example.org").await.unwrap();
+        (conn, id, serial)
+    }
+}
+
+async fn call(
+    c: &mut HttpClientConnection,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_owned()))
+        .unwrap();
+    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let b = tokio::time::timeout(T, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8(b.to_vec()).unwrap())
+}
+
+/// The refusal's code, after checking the body is exactly `{code, message, hint}`.
+fn code_of(body: &str) -> String {
+    let e: agentid_api::ApiError = serde_json::from_str(body).unwrap();
+    assert!(!e.message.is_empty());
+    e.code.as_str().to_owned()
+}
+
+fn list_payload(list: &str) -> serde_json::Value {
+    let p = list.split('.').nth(1).unwrap();
+    let b = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).unwrap();
+    serde_json::from_slice(&b).unwrap()
+}
+
+#[tokio::test]
+async fn health_bundle_and_refusals_of_malformed_requests() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("planner").await;
+
+    let (s, _, b) = call(&mut c, "GET", "/healthz", "").await;
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"ok"}"#));
+
+    let (s, _, b) = call(&mut c, "GET", "/v1/bundle", "").await;
+    assert_eq!(s, 200);
+    let bundle = agentid_protocol::TrustBundle::parse(
+        &TrustDomain::parse("example.org").unwrap(),
+        b.as_bytes(),
+    )
+    .unwrap();
+    assert!(!bundle.x509_authorities().is_empty());
+    assert!(bundle.grant_keys().is_empty() && bundle.revocation_keys().is_empty());
+
+    let (s, _, b) = call(&mut c, "GET", "/v1/nothing", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (404, "not_found"));
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", "{not json").await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"));
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", r#"{"key":"x"}"#).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"));
+    let big = format!(
+        r#"{{"identity":"{}"}}"#,
+        "a".repeat(agentid_api::MAX_BODY_BYTES)
+    );
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", &big).await;
+    assert_eq!((s, code_of(&b).as_str()), (413, "body_too_large"));
+    let (s, _, b) = call(&mut c, "GET", "/v1/revocations?after=0&wait=31", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"));
+    let (s, _, b) = call(&mut c, "GET", "/v1/revocations?after=x", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"));
+}
+
+#[tokio::test]
+async fn renewal_keeps_the_key_and_the_identity() {
+    let w = start().await;
+    let (mut c, id, old_serial) = w.connect("planner").await;
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", "{}").await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(r.identity, id);
+    assert_ne!(r.serial, old_serial);
+    assert_eq!(r.certs.len(), 2);
+    let ca = w.ca();
+    let old = ca.issuance(&old_serial).unwrap().unwrap();
+    let new = ca.issuance(&r.serial).unwrap().unwrap();
+    assert_eq!(new.identity, id);
+    assert_eq!(new.jkt, old.jkt, "renewal certifies the same key");
+    // Naming itself is allowed too.
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/renew",
+        &format!(r#"{{"identity":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test]
+async fn renewal_naming_another_identity_is_refused_and_issues_nothing() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("planner").await;
+    let (_, _, other) = w.task("worker");
+    let before = w.ca().issuances().unwrap().len();
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/renew",
+        &format!(r#"{{"identity":"{other}"}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"));
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn revoking_the_own_task_publishes_a_list_that_wakes_a_long_poll() {
+    let w = start().await;
+    let (mut c, id, _) = w.connect("planner").await;
+    let (mut watcher, _, _) = w.connect("worker").await;
+    let task = id.rsplit('/').next().unwrap().to_owned();
+
+    let (s, h, b) = call(&mut watcher, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200);
+    let first: RevocationsResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(h["etag"], format!("\"{}\"", first.seq).as_str());
+    // Nothing newer: 304 at once without wait, and with If-None-Match.
+    let (s, _, _) = call(
+        &mut watcher,
+        "GET",
+        &format!("/v1/revocations?after={}", first.seq),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304);
+
+    let path = format!("/v1/revocations?after={}&wait=25", first.seq);
+    let poll = tokio::spawn(async move { call(&mut watcher, "GET", &path, "").await });
+
+    // Another holder's task is not the caller's to revoke.
+    let (_, _, other) = w.task("worker");
+    let other_task = other.rsplit('/').next().unwrap().to_owned();
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/revoke",
+        &format!(r#"{{"task":"{other_task}"}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"));
+
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/revoke",
+        &format!(r#"{{"task":"{task}","reason":"done"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    let (s, h, b) = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    assert_eq!(s, 200, "{b}");
+    let next: RevocationsResponse = serde_json::from_str(&b).unwrap();
+    assert!(next.seq > first.seq);
+    assert_eq!(h["etag"], format!("\"{}\"", next.seq).as_str());
+    let payload = list_payload(&next.list);
+    assert!(payload.to_string().contains(&task), "{payload}");
+
+    // The revoked holder's connection is re-checked per request: no renewal.
+    let before = w.ca().issuances().unwrap().len();
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", "{}").await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "revoked"));
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
