@@ -41,6 +41,7 @@ pub mod profile;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod token;
 mod util;
 
 pub use audit::{AuditEvent, AuditLog};
@@ -61,3 +62,4 @@ pub use signer::{FileX509Signer, KeyType, X509Signer};
 pub use store::{
     IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
 };
+pub use token::{BootstrapState, EnrollError, TokenBinding};

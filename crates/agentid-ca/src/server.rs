@@ -1,7 +1,8 @@
 //! The CA as a network service (`spec/CA-API.md`): axum routes over agentid's mTLS HTTP server.
 //!
 //! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/revocations` (with `ETag` and the
-//! `after`/`wait` long-poll), `POST /v1/renew` and `POST /v1/revoke`. CA operations are
+//! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/renew` and
+//! `POST /v1/revoke`. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
 //! request that finds the pool full is refused `503 unavailable` with `Retry-After`.
 //!
@@ -168,6 +169,7 @@ impl CaService {
             .route(agentid_api::routes::HEALTHZ, get(healthz))
             .route(agentid_api::routes::BUNDLE, get(bundle))
             .route(agentid_api::routes::REVOCATIONS, get(revocations))
+            .route(agentid_api::routes::ENROLL, post(enroll))
             .route(agentid_api::routes::RENEW, post(renew))
             .route(agentid_api::routes::REVOKE, post(revoke))
             .fallback(not_found)
@@ -499,6 +501,66 @@ async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
     }
 }
 
+async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let body: agentid_api::EnrollRequest = match read_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(csr) =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &body.csr)
+    else {
+        return Refused::new(
+            ErrorCode::BadCsr,
+            "the CSR is not base64url",
+            "unpadded base64url DER",
+        )
+        .into_response();
+    };
+    let Ok(_permit) = s.ops.clone().try_acquire_owned() else {
+        return Refused::new(
+            ErrorCode::Unavailable,
+            "the CA is at its concurrency bound",
+            "retry after Retry-After",
+        )
+        .into_response();
+    };
+    let ca = s.ca.clone();
+    let token = body.token;
+    let res = tokio::task::spawn_blocking(move || ca.enroll(&token, csr, SystemTime::now())).await;
+    use crate::token::EnrollError;
+    match res {
+        Ok(Ok(c)) => json(
+            StatusCode::OK,
+            &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
+        ),
+        Ok(Err(EnrollError::TokenInvalid)) => Refused::new(
+            ErrorCode::TokenInvalid,
+            "the bootstrap token is not recognised",
+            "check the token file, or ask for a new token",
+        )
+        .into_response(),
+        Ok(Err(EnrollError::TokenUsed)) => Refused::new(
+            ErrorCode::TokenUsed,
+            "the bootstrap token was already redeemed; nothing was issued",
+            "ask for a new token",
+        )
+        .into_response(),
+        Ok(Err(EnrollError::TokenExpired)) => Refused::new(
+            ErrorCode::TokenExpired,
+            "the bootstrap token has expired",
+            "ask for a new token",
+        )
+        .into_response(),
+        Ok(Err(EnrollError::Ca(e))) => Refused::from(e).into_response(),
+        Err(_) => Refused::new(
+            ErrorCode::Internal,
+            "the CA operation did not complete",
+            "retry later",
+        )
+        .into_response(),
+    }
+}
+
 async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
     let body: ApiRenew = match read_json(req).await {
         Ok(b) => b,
@@ -594,7 +656,6 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
         }
     };
     let actor = a.peer_id().as_str().to_owned();
-    // The caller itself must not be revoked: revoking its own task is allowed once.
     let reason = body.reason.clone();
     let res = run(&s, move |ca| {
         ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())
@@ -620,7 +681,7 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
 /// Publishes a new list (one publisher at a time) and wakes the long-poll waiters.
 async fn publish(s: &Shared) -> Result<(), Refused> {
     let _one = s.publishing.lock().await;
-    let p = run(s, |ca| publish_now(ca)).await?;
+    let p = run(s, publish_now).await?;
     s.latest.send_replace(Some(Arc::new(p)));
     Ok(())
 }

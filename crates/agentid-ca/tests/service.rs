@@ -270,3 +270,105 @@ async fn revoking_the_own_task_publishes_a_list_that_wakes_a_long_poll() {
     assert_eq!((s, code_of(&b).as_str()), (403, "revoked"));
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 }
+
+fn b64(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+}
+
+fn bound_token(w: &World, task: &str) -> String {
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        max_depth: Some(1),
+        ..Default::default()
+    };
+    w.ca()
+        .create_bound_token(
+            "planner",
+            Some(agentid_protocol::TaskId::parse(task).unwrap()),
+            &binding,
+            Duration::from_secs(600),
+            common::now(),
+        )
+        .unwrap()
+        .token
+}
+
+#[tokio::test]
+async fn enrollment_with_a_token_issues_once_and_a_second_use_is_refused() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("worker").await;
+    let token = bound_token(&w, "enrolled-1");
+    let key = common::p256_keypair();
+    let csr = b64(&common::csr_with(&key, &[], |_| {}));
+
+    // A malformed CSR is refused and leaves the token redeemable.
+    let body = format!(r#"{{"token":"{token}","csr":"{}"}}"#, b64(b"not a csr"));
+    let (s, _, b) = call(&mut c, "POST", "/v1/enroll", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"));
+    let (s, _, b) = call(&mut c, "POST", "/v1/enroll", r#"{"token":"x","csr":"%%"}"#).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"));
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/enroll",
+        &format!(r#"{{"token":"nope","csr":"{csr}"}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (401, "token_invalid"));
+
+    let body = format!(r#"{{"token":"{token}","csr":"{csr}"}}"#);
+    let (s, _, b) = call(&mut c, "POST", "/v1/enroll", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        r.identity,
+        "spiffe://example.org/agent/planner/task/enrolled-1"
+    );
+    let grant = r.grant.expect("a task's root holder gets its grant");
+    assert_eq!(grant.split('.').count(), 3);
+    let rec = w.ca().issuance(&r.serial).unwrap().unwrap();
+    assert_eq!(rec.requester, "bootstrap token");
+
+    // Second use: refused with its code, nothing more issued.
+    let before = w.ca().issuances().unwrap().len();
+    let key2 = common::p256_keypair();
+    let csr2 = b64(&common::csr_with(&key2, &[], |_| {}));
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/enroll",
+        &format!(r#"{{"token":"{token}","csr":"{csr2}"}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "token_used"));
+    let (s, _, b) = call(&mut c, "POST", "/v1/enroll", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "token_used"));
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_and_issues_nothing() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("worker").await;
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let past = common::now() - Duration::from_secs(3600);
+    let token = w
+        .ca()
+        .create_bound_token("planner", None, &binding, Duration::from_secs(60), past)
+        .unwrap()
+        .token;
+    let before = w.ca().issuances().unwrap().len();
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+    let (s, _, b) = call(
+        &mut c,
+        "POST",
+        "/v1/enroll",
+        &format!(r#"{{"token":"{token}","csr":"{csr}"}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (401, "token_expired"));
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
