@@ -1,7 +1,7 @@
 //! The CA as a network service (`spec/CA-API.md`): axum routes over agentid's mTLS HTTP server.
 //!
 //! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/revocations` (with `ETag` and the
-//! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/renew` and
+//! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
 //! `POST /v1/revoke`. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
 //! request that finds the pool full is refused `503 unavailable` with `Retry-After`.
@@ -170,6 +170,7 @@ impl CaService {
             .route(agentid_api::routes::BUNDLE, get(bundle))
             .route(agentid_api::routes::REVOCATIONS, get(revocations))
             .route(agentid_api::routes::ENROLL, post(enroll))
+            .route(agentid_api::routes::CHILDREN, post(children))
             .route(agentid_api::routes::RENEW, post(renew))
             .route(agentid_api::routes::REVOKE, post(revoke))
             .fallback(not_found)
@@ -559,6 +560,111 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
         )
         .into_response(),
     }
+}
+
+async fn children(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let body: agentid_api::ChildRequest = match read_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = check_caller_valid(&a) {
+        return r.into_response();
+    }
+    let PeerId::Task(parent) = a.peer_id().clone() else {
+        return Refused::new(
+            ErrorCode::NotPermitted,
+            "only a task certificate may ask for children",
+            "services open tasks with POST /v1/tasks",
+        )
+        .into_response();
+    };
+    let Ok(csr) =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &body.csr)
+    else {
+        return Refused::new(
+            ErrorCode::BadCsr,
+            "the CSR is not base64url",
+            "unpadded base64url DER",
+        )
+        .into_response();
+    };
+    let parent_chain = match body
+        .parent_chain
+        .as_deref()
+        .map(agentid_protocol::Chain::parse_unverified)
+    {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            return Refused::new(ErrorCode::BadRequest, format!("parent_chain: {e}"), "")
+                .into_response()
+        }
+    };
+    // The parent's own key must still be the one bound to it and not revoked: the CA checks
+    // its store's binding; here the connection's key must be that binding's.
+    let spki = a.peer().public_key.to_spki_der();
+    let req = crate::ChildRequest {
+        parent,
+        parent_chain,
+        agent: body.agent,
+        key: KeySource::Csr(csr),
+        ttl: body.ttl_secs.map(Duration::from_secs),
+    };
+    let res = run(&s, move |ca| {
+        check_holder_key(ca, &req.parent, &spki)?;
+        ca.issue_child(&req, SystemTime::now())
+    })
+    .await;
+    match res {
+        Ok(c) => json(StatusCode::OK, &certificate(&c, None)),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The connection's key must be the key the store binds to `identity`, and neither it nor the
+/// identity's agent or task may be revoked.
+fn check_holder_key(
+    ca: &CertificateAuthority,
+    identity: &TaskIdentity,
+    spki: &[u8],
+) -> Result<(), CaError> {
+    let key = crate::csr::RequestedKey::from_spki_der(spki)?;
+    let jkt = key.thumbprint();
+    let store = ca.store()?;
+    let bound = store
+        .identity(identity.as_str())?
+        .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_owned()))?;
+    if bound.jkt != jkt {
+        return Err(CaError::KeyMismatch {
+            identity: identity.as_str().to_owned(),
+            bound: bound.jkt,
+            requested: jkt,
+        });
+    }
+    let now = unix_now();
+    let agent = identity.agent();
+    let task = identity.task_id();
+    let grant_jti = store.task(task.as_str())?.map(|t| t.grant_jti);
+    for r in store.revocations()? {
+        if r.exp <= now {
+            continue;
+        }
+        let hit = match r.kind {
+            crate::RevocationKind::Jkt => r.value == jkt,
+            crate::RevocationKind::Task => r.value == task.as_str(),
+            crate::RevocationKind::Agent => r.value == agent.name(),
+            crate::RevocationKind::Jti => grant_jti.as_deref() == Some(r.value.as_str()),
+            // The CA does not see links; a revoked link ends the chain at verifiers.
+            crate::RevocationKind::LinkJti => false,
+        };
+        if hit {
+            return Err(CaError::Revoked {
+                kind: r.kind.as_str(),
+                value: r.value,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {

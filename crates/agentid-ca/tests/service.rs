@@ -55,13 +55,23 @@ impl World {
 
     /// Opens a task for `agent` as the operator; returns its key and certificate chain.
     fn task(&self, agent: &str) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
+        self.task_for(agent, None)
+    }
+
+    /// As [`World::task`], with the grant's lifetime.
+    fn task_for(
+        &self,
+        agent: &str,
+        task_ttl: Option<Duration>,
+    ) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let req = OpenTaskRequest::new(
+        let mut req = OpenTaskRequest::new(
             agent,
             KeySource::Spki(key.public_key().to_spki_der()),
             TaskRequester::Operator,
             Scope::parse("tickets:read").unwrap(),
         );
+        req.task_ttl = task_ttl;
         let c = self.ca().open_task(&req, common::now()).unwrap();
         let chain = vec![
             CertificateDer::from(c.certificate.leaf.der.clone()),
@@ -71,7 +81,15 @@ impl World {
     }
 
     async fn connect(&self, agent: &str) -> (HttpClientConnection, String, String) {
-        let (key, chain, id) = self.task(agent);
+        self.connect_for(agent, None).await
+    }
+
+    async fn connect_for(
+        &self,
+        agent: &str,
+        task_ttl: Option<Duration>,
+    ) -> (HttpClientConnection, String, String) {
+        let (key, chain, id) = self.task_for(agent, task_ttl);
         let serial = self
             .ca()
             .issuances()
@@ -371,4 +389,55 @@ async fn an_expired_token_is_refused_and_issues_nothing() {
     .await;
     assert_eq!((s, code_of(&b).as_str()), (401, "token_expired"));
     assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_parent_gets_a_child_capped_by_its_task() {
+    let w = start().await;
+    // The task (the parent's grant) ends in 2 minutes: a child may not outlive it.
+    let (mut c, parent, parent_serial) = w
+        .connect_for("planner", Some(Duration::from_secs(120)))
+        .await;
+    let task = parent.rsplit('/').next().unwrap().to_owned();
+    let parent_rec = w.ca().issuance(&parent_serial).unwrap().unwrap();
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+
+    // Longer than the parent's task: refused, nothing issued.
+    let before = w.ca().issuances().unwrap().len();
+    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}","ttl_secs":600}}"#);
+    let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "cap_reached"), "{b}");
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+
+    // An agent the parent's rule does not cover: refused by policy.
+    let body = format!(r#"{{"agent":"worker","csr":"{csr}"}}"#);
+    let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+
+    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        r.identity,
+        format!("spiffe://example.org/agent/summarizer/task/{task}")
+    );
+    assert!(r.grant.is_none(), "a child has no grant");
+    assert!(r.not_after <= parent_rec.not_after);
+    let issued = w.ca().issuances().unwrap().len(); // the child is recorded
+    assert_eq!(issued, before + 1);
+    assert_eq!(
+        w.ca().issuance(&r.serial).unwrap().unwrap().requester,
+        parent
+    );
+}
+
+#[tokio::test]
+async fn a_worker_is_not_a_parent_of_summarizers() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("worker").await;
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
 }
