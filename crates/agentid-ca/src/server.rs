@@ -47,8 +47,8 @@ pub struct ServiceOptions {
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
-    /// Lifetime of the service's own certificate.
-    pub service_ttl: Duration,
+    /// Lifetime of the service's own certificate (default: the policy's default TTL).
+    pub service_ttl: Option<Duration>,
     /// Options of the mTLS listener.
     pub http: HttpOptions,
 }
@@ -58,7 +58,7 @@ impl Default for ServiceOptions {
         ServiceOptions {
             max_operations: 16,
             max_waiters: 1024,
-            service_ttl: Duration::from_secs(3600),
+            service_ttl: None,
             http: HttpOptions::default(),
         }
     }
@@ -84,6 +84,18 @@ struct Shared {
 pub struct CaService {
     shared: Arc<Shared>,
     server: HttpServer,
+    own: OwnCertificate,
+}
+
+/// The service's own certificate, re-issued (same key) at half its lifetime.
+struct OwnCertificate {
+    identity: PeerId,
+    key_pkcs8: Vec<u8>,
+    ttl: Option<Duration>,
+    not_after: u64,
+    issued_at: u64,
+    credentials: Arc<MemoryCredentials>,
+    verification: Arc<PeerVerification>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -122,7 +134,7 @@ impl CaService {
             &ServiceRequest {
                 service: SERVICE_NAME.into(),
                 key: KeySource::Spki(key.public_key().to_spki_der()),
-                ttl: Some(options.service_ttl),
+                ttl: options.service_ttl,
             },
             now,
         )?;
@@ -130,7 +142,9 @@ impl CaService {
             CertificateDer::from(issued.leaf.der.clone()),
             CertificateDer::from(issued.intermediate_der.clone()),
         ];
+        let key_pkcs8 = key.pkcs8_der().to_vec();
         let credential = Credential::new(chain, key)?;
+        let credentials = Arc::new(MemoryCredentials::new(credential));
         let mut bundles = BundleSet::new();
         bundles
             .insert(ca.trust_bundle()?)
@@ -142,12 +156,21 @@ impl CaService {
         let config = VerifierConfig::new(own, bundles).danger_accept_missing_or_stale_revocations();
         let verification = PeerVerification::new(config)?;
         let server = HttpServer::builder(
-            Arc::new(MemoryCredentials::new(credential)),
-            verification,
+            credentials.clone(),
+            verification.clone(),
             PeerPolicy::trust_domain(td),
         )
         .options(options.http.clone())
         .build()?;
+        let own = OwnCertificate {
+            identity: PeerId::parse(issued.identity.as_str()).map_err(CaError::from)?,
+            key_pkcs8,
+            ttl: options.service_ttl,
+            not_after: issued.leaf.not_after,
+            issued_at: crate::util::unix(now)?,
+            credentials,
+            verification,
+        };
         let ca = Arc::new(ca);
         let first = publish_now(&ca)?;
         let (latest, _) = watch::channel(Some(Arc::new(first)));
@@ -160,6 +183,7 @@ impl CaService {
                 publishing: tokio::sync::Mutex::new(()),
             }),
             server,
+            own,
         })
     }
 
@@ -177,10 +201,56 @@ impl CaService {
             .with_state(self.shared.clone())
     }
 
-    /// Serves the mTLS listener until it fails.
+    /// Serves the mTLS listener until it fails, re-issuing the service's own certificate (same
+    /// key) at half its lifetime.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> Result<(), ServeError> {
-        self.server.serve(listener, self.router()).await?;
+        tokio::select! {
+            r = self.server.serve(listener, self.router()) => r?,
+            () = self.keep_own_certificate() => {}
+        }
         Ok(())
+    }
+
+    /// Never returns: renews the service's certificate at half its lifetime, retrying every
+    /// few seconds on failure (the old certificate serves until then).
+    async fn keep_own_certificate(&self) {
+        let own = &self.own;
+        let (mut not_after, mut issued_at) = (own.not_after, own.issued_at);
+        loop {
+            let renew_at = issued_at + not_after.saturating_sub(issued_at) / 2;
+            let wait = renew_at.saturating_sub(unix_now());
+            tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+            match self.renew_own().await {
+                Ok((na, at)) => (not_after, issued_at) = (na, at),
+                Err(e) => {
+                    tracing::warn!(error = %e, "agentid ca serve: cannot renew the service certificate");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+
+    async fn renew_own(&self) -> Result<(u64, u64), ServeError> {
+        let own = &self.own;
+        let key = TaskKey::from_pkcs8_der(&own.key_pkcs8).map_err(CaError::from)?;
+        let req = RenewRequest {
+            identity: own.identity.clone(),
+            key: KeySource::Spki(key.public_key().to_spki_der()),
+            requester: RenewRequester::Operator,
+            ttl: own.ttl,
+        };
+        let ca = self.shared.ca.clone();
+        let issued = tokio::task::spawn_blocking(move || ca.renew(&req, SystemTime::now()))
+            .await
+            .map_err(|e| CaError::Store(e.to_string()))??;
+        let chain = vec![
+            CertificateDer::from(issued.leaf.der.clone()),
+            CertificateDer::from(issued.intermediate_der.clone()),
+        ];
+        let credential = Credential::new(chain, key)?;
+        own.credentials
+            .rotate(credential, &own.verification.trust_store())?;
+        Ok((issued.leaf.not_after, unix_now()))
     }
 
     /// Binds `addr` and serves it.

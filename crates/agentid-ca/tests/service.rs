@@ -35,12 +35,16 @@ struct World {
 }
 
 async fn start() -> World {
+    start_with(ServiceOptions::default()).await
+}
+
+async fn start_with(options: ServiceOptions) -> World {
     let dir = common::make_ca_dir(KeyType::P256);
     let mut policy = common::POLICY.to_owned();
     policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { service.serve(listener).await });
@@ -440,4 +444,31 @@ async fn a_worker_is_not_a_parent_of_summarizers() {
     let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
     let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
     assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+}
+
+#[tokio::test]
+async fn the_service_certificate_is_renewed_before_it_expires() {
+    let w = start_with(ServiceOptions {
+        service_ttl: Some(Duration::from_secs(8)),
+        ..ServiceOptions::default()
+    })
+    .await;
+    let first = w.connect("planner").await.0;
+    let first_serial = first.peer().info.serial.clone();
+    // Past the first certificate's notAfter, a new connection still completes its handshake
+    // (the client verifies the server's validity) and sees a renewed certificate.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (mut c, _, _) = w.connect("planner").await;
+    assert_ne!(c.peer().info.serial, first_serial);
+    assert!(c.peer().info.not_after > first.peer().info.not_after);
+    let (s, _, _) = call(&mut c, "GET", "/healthz", "").await;
+    assert_eq!(s, 200);
+    let renewals = w
+        .ca()
+        .issuances()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.identity == CA_ID)
+        .count();
+    assert!(renewals >= 2, "{renewals}");
 }
