@@ -1,6 +1,11 @@
 //! `ca serve`: starts on 127.0.0.1, prints its address, accepts TLS; refuses to start without
 //! the `[services.agentid-ca]` rule its own certificate needs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod support;
 
