@@ -35,10 +35,14 @@ pub mod error;
 pub mod hierarchy;
 mod issue;
 pub mod material;
+pub mod migrate;
 pub mod policy;
 pub mod profile;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod signer;
 pub mod store;
+pub mod token;
 mod util;
 
 pub use audit::{AuditEvent, AuditLog};
@@ -59,3 +63,4 @@ pub use signer::{FileX509Signer, KeyType, X509Signer};
 pub use store::{
     IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
 };
+pub use token::{BootstrapState, EnrollError, TokenBinding};

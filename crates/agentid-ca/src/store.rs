@@ -249,6 +249,23 @@ pub trait Store: Send {
     fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()>;
     /// A bootstrap token by hash, if unused.
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>>;
+    /// A bootstrap token by hash, used or not, with what it binds (schema version 1). The
+    /// default knows only unused tokens and no bindings.
+    fn bootstrap_state(&self, hash: &str) -> Result<Option<crate::token::BootstrapState>> {
+        Ok(self
+            .bootstrap(hash)?
+            .map(|record| crate::token::BootstrapState {
+                record,
+                used_at: None,
+                binding: None,
+            }))
+    }
+    /// Records what an unused token binds, as JSON (schema version 1).
+    fn set_bootstrap_binding(&mut self, _hash: &str, _binding: &str) -> Result<()> {
+        Err(CaError::Store(
+            "this store does not keep bootstrap token bindings".into(),
+        ))
+    }
 }
 
 /// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
@@ -266,6 +283,7 @@ impl core::fmt::Debug for SqliteStore {
     }
 }
 
+/// The version 0 schema (see [`crate::migrate`]); later versions are migrations.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
   identity TEXT PRIMARY KEY, jkt TEXT NOT NULL, spki BLOB NOT NULL,
@@ -308,8 +326,8 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Self::connect(path)?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = Self::connect(path)?;
+        crate::migrate::migrate(&mut conn, SCHEMA)?;
         let writer = Arc::new(GroupCommitter::start(Self::connect(path)?)?);
         Ok(SqliteStore { conn, writer })
     }
@@ -664,6 +682,39 @@ impl Store for SqliteStore {
                 },
             )
             .optional()?)
+    }
+
+    fn bootstrap_state(&self, hash: &str) -> Result<Option<crate::token::BootstrapState>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT hash, agent, task, expires, used_at, binding FROM bootstrap_tokens WHERE hash = ?1",
+            )?
+            .query_row(params![hash], |r| {
+                let used: Option<i64> = r.get(4)?;
+                Ok(crate::token::BootstrapState {
+                    record: BootstrapRecord {
+                        hash: r.get(0)?,
+                        agent: r.get(1)?,
+                        task: r.get(2)?,
+                        expires: to_u64(r.get(3)?)?,
+                    },
+                    used_at: used.map(to_u64).transpose()?,
+                    binding: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE bootstrap_tokens SET binding = ?2 WHERE hash = ?1 AND used_at IS NULL",
+            params![hash, binding],
+        )?;
+        if n != 1 {
+            return Err(CaError::Store("no unused bootstrap token to bind".into()));
+        }
+        Ok(())
     }
 }
 

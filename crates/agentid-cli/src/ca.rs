@@ -1,4 +1,4 @@
-//! `agentid ca init`: a new CA directory.
+//! `agentid ca init`: a new CA directory. `agentid ca serve`: the CA as a network service.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -16,6 +16,22 @@ pub enum CaCommand {
     /// Create a CA: root and issuing certificates, grant and revocation keys, a deny-all
     /// `policy.toml`, the store and the audit log.
     Init(InitArgs),
+    /// Serve the CA API (spec/CA-API.md) over mutual TLS: its certificate is
+    /// `spiffe://TD/svc/agentid-ca`, so `policy.toml` needs a `[services.agentid-ca]` rule with
+    /// `requesters = ["operator"]`. Runs until interrupted.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `ca serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The CA directory made by `agentid ca init` (whoever can read it is the operator).
+    #[arg(long = "ca", value_name = "DIR")]
+    pub ca: PathBuf,
+    /// The mutual-TLS listener (every route), e.g. `127.0.0.1:8443` (port 0: any free port;
+    /// the bound address is printed on stdout).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Arguments of `ca init`.
@@ -39,6 +55,7 @@ pub struct InitArgs {
 pub fn run(cmd: &CaCommand) -> CliResult {
     match cmd {
         CaCommand::Init(a) => init(a),
+        CaCommand::Serve(a) => serve(a),
     }
 }
 
@@ -67,4 +84,28 @@ fn init(args: &InitArgs) -> CliResult {
             policy.display()
         )),
     }
+}
+
+fn serve(args: &ServeArgs) -> CliResult {
+    let ca = agentid_ca::CertificateAuthority::open(&args.ca)
+        .context(format!("cannot open the CA in {}", args.ca.display()))?;
+    let service = agentid_ca::server::CaService::new(ca, Default::default())
+        .context("cannot start the CA service (does policy.toml have [services.agentid-ca] with requesters = [\"operator\"]?)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .context(format!("cannot listen on {}", args.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the listener's address")?;
+        print_text(&format!("listening on {addr}\n"))?;
+        service
+            .serve(listener)
+            .await
+            .context("the CA service stopped")
+    })
 }

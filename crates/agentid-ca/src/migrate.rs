@@ -1,0 +1,213 @@
+//! Schema versions of the SQLite store and the migrations between them.
+//!
+//! The version lives in SQLite's `PRAGMA user_version` (a field of the database header, written
+//! in the same transaction as the schema change it records).
+//!
+//! * **Version 0** is the schema of the first releases, which had no version: every table created
+//!   with `CREATE TABLE IF NOT EXISTS` and `user_version` left at 0. A database with version 0 (a
+//!   new file, or one made by those releases) is brought to the version 0 schema idempotently, so
+//!   both cases take the same path.
+//! * **Version N > 0** is reached by applying [`MIGRATIONS`] in order, each in its own
+//!   `BEGIN IMMEDIATE` transaction that re-reads the version first (two processes opening the same
+//!   database migrate it once) and sets the new version last.
+//! * A database whose version is newer than [`SCHEMA_VERSION`] is refused: this code does not know
+//!   what the newer tables mean, and writing to them could break the invariants they keep.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{CaError, Result};
+
+/// The schema version this code reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One migration: the SQL that takes a database from `version - 1` to `version`.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// The version the database has after this migration.
+    pub version: u32,
+    /// What it changes, for logs and errors.
+    pub description: &'static str,
+    /// The statements, run in one transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration after version 0, in order; `MIGRATIONS[i].version == i + 1`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "CA service: published revocation lists, token bindings",
+    sql: "
+-- One row per publication of the revocation list (CA-API.md, GET /v1/revocations): `seq` is the
+-- list's sequence number, `compact` the signed list exactly as served.
+CREATE TABLE published_lists (
+  seq INTEGER PRIMARY KEY, compact TEXT NOT NULL, published_at INTEGER NOT NULL,
+  next_update INTEGER NOT NULL);
+-- What a bootstrap token binds beyond agent and task (scope, audience, depth, TTLs, principal),
+-- as JSON; NULL for tokens made before version 1, which bind only agent and task.
+ALTER TABLE bootstrap_tokens ADD COLUMN binding TEXT;
+-- Who created the token (`operator` or `svc:NAME`).
+ALTER TABLE bootstrap_tokens ADD COLUMN creator TEXT;
+",
+}];
+
+/// Reads the schema version.
+pub fn schema_version(conn: &Connection) -> Result<u32> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    u32::try_from(v).map_err(|_| CaError::Store(format!("schema version {v} is not valid")))
+}
+
+fn set_version(conn: &Connection, v: u32) -> Result<()> {
+    // PRAGMA takes no bound parameters; `v` is an integer we produced.
+    conn.execute_batch(&format!("PRAGMA user_version = {v}"))?;
+    Ok(())
+}
+
+/// Brings the database to [`SCHEMA_VERSION`]: the version 0 schema `v0` first if the database is
+/// at version 0, then every later migration. Returns the version the database had before.
+///
+/// Refuses (without writing) a database whose version is newer than this code's.
+pub fn migrate(conn: &mut Connection, v0: &str) -> Result<u32> {
+    migrate_with(conn, v0, MIGRATIONS, SCHEMA_VERSION)
+}
+
+fn migrate_with(
+    conn: &mut Connection,
+    v0: &str,
+    migrations: &[Migration],
+    target: u32,
+) -> Result<u32> {
+    let before = schema_version(conn)?;
+    if before > target {
+        return Err(newer(before, target));
+    }
+    if before == 0 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if schema_version(&tx)? == 0 {
+            tx.execute_batch(v0)?;
+        }
+        tx.commit()?;
+    }
+    for m in migrations {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = schema_version(&tx)?;
+        if current > target {
+            return Err(newer(current, target));
+        }
+        if current + 1 == m.version {
+            tx.execute_batch(m.sql).map_err(|e| {
+                CaError::Store(format!(
+                    "schema migration to version {} ({}) failed: {e}",
+                    m.version, m.description
+                ))
+            })?;
+            set_version(&tx, m.version)?;
+            tx.commit()?;
+            tracing::info!(
+                version = m.version,
+                what = m.description,
+                "store schema migrated"
+            );
+        }
+    }
+    let after = schema_version(conn)?;
+    if after != target {
+        return Err(CaError::Store(format!(
+            "schema version {after} after migration, expected {target}"
+        )));
+    }
+    Ok(before)
+}
+
+fn newer(found: u32, known: u32) -> CaError {
+    CaError::Store(format!(
+        "the database has schema version {found}, newer than this agentid knows ({known}): \
+         use a newer agentid with this CA directory"
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const V0: &str = "CREATE TABLE IF NOT EXISTS t (a INTEGER);";
+
+    fn mem() -> Connection {
+        Connection::open_in_memory().unwrap()
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "{}", m.description);
+        }
+        assert_eq!(
+            MIGRATIONS.last().map(|m| m.version).unwrap_or(0),
+            SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn a_new_database_gets_every_migration() {
+        let mut c = mem();
+        let ms = [
+            Migration {
+                version: 1,
+                description: "u",
+                sql: "CREATE TABLE u (b INTEGER);",
+            },
+            Migration {
+                version: 2,
+                description: "w",
+                sql: "ALTER TABLE u ADD COLUMN c TEXT;",
+            },
+        ];
+        assert_eq!(migrate_with(&mut c, V0, &ms, 2).unwrap(), 0);
+        assert_eq!(schema_version(&c).unwrap(), 2);
+        c.execute("INSERT INTO t (a) VALUES (1)", []).unwrap();
+        c.execute("INSERT INTO u (b, c) VALUES (1, 'x')", [])
+            .unwrap();
+        // Running again changes nothing.
+        assert_eq!(migrate_with(&mut c, V0, &ms, 2).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_untouched() {
+        let mut c = mem();
+        set_version(&c, 7).unwrap();
+        let err = migrate_with(&mut c, V0, MIGRATIONS, 1).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(schema_version(&c).unwrap(), 7);
+        let tables: i64 = c
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_previous_version() {
+        let mut c = mem();
+        let ms = [
+            Migration {
+                version: 1,
+                description: "ok",
+                sql: "CREATE TABLE u (b INTEGER);",
+            },
+            Migration {
+                version: 2,
+                description: "bad",
+                sql: "CREATE TABLE v (x INTEGER); ALTER TABLE nope ADD COLUMN c TEXT;",
+            },
+        ];
+        assert!(migrate_with(&mut c, V0, &ms, 2).is_err());
+        assert_eq!(schema_version(&c).unwrap(), 1);
+        // The failed migration's first statement was rolled back with it.
+        let v: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'v'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, 0);
+    }
+}

@@ -1,0 +1,154 @@
+//! Bootstrap tokens that bind what the task will hold, and enrollment with them
+//! (`spec/CA-API.md` 3.5): the request carries only the token and a CSR; agent, task, scope,
+//! audience, depth and lifetimes all come from what the token binds.
+
+use std::time::{Duration, SystemTime};
+
+use agentid_protocol::{IdSet, Scope, TaskId};
+use serde::{Deserialize, Serialize};
+
+use crate::ca::token_hash;
+use crate::error::{CaError, Result};
+use crate::issue::{KeySource, OpenTaskRequest, TaskCredentials, TaskRequester};
+use crate::store::BootstrapRecord;
+use crate::{BootstrapToken, CertificateAuthority};
+
+/// A stored bootstrap token, used or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapState {
+    /// Agent, task and expiry.
+    pub record: BootstrapRecord,
+    /// When it was redeemed, Unix seconds.
+    pub used_at: Option<u64>,
+    /// What it binds (JSON of [`TokenBinding`]); `None` for tokens made before schema version 1.
+    pub binding: Option<String>,
+}
+
+/// What a bootstrap token binds beyond agent and task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBinding {
+    /// The grant's scope (space-separated scope tokens).
+    pub scope: String,
+    /// The grant's audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+    /// The grant's `max_depth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u8>,
+    /// Certificate lifetime, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Grant lifetime, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_ttl_secs: Option<u64>,
+}
+
+/// Why an enrollment was refused before or instead of an issuance.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Unknown or malformed token, or one that binds nothing.
+    #[error("bootstrap token not recognised")]
+    TokenInvalid,
+    /// Already redeemed: nothing was issued.
+    #[error("bootstrap token already redeemed")]
+    TokenUsed,
+    /// Past its expiry.
+    #[error("bootstrap token expired")]
+    TokenExpired,
+    /// The CA refused the issuance.
+    #[error("{0}")]
+    Ca(#[from] CaError),
+}
+
+impl CertificateAuthority {
+    /// Creates a single-use bootstrap token for `agent`'s task `task` (generated when `None`),
+    /// binding what the task will hold. The binding is checked against policy now (scope,
+    /// depth) and again at enrollment.
+    pub fn create_bound_token(
+        &self,
+        agent: &str,
+        task: Option<TaskId>,
+        binding: &TokenBinding,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<BootstrapToken> {
+        let scope = Scope::parse(&binding.scope)?;
+        self.policy().check_scope(agent, &scope)?;
+        if let Some(aud) = &binding.audience {
+            parse_audience(aud)?;
+        }
+        let json =
+            serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
+        let token = self.create_bootstrap_token(agent, task, ttl, now)?;
+        self.store()?
+            .set_bootstrap_binding(&token_hash(&token.token), &json)?;
+        Ok(token)
+    }
+
+    /// Redeems a bootstrap token for a task's first certificate and grant, the key taken from
+    /// `csr` and everything else from what the token binds. A refused enrollment issues
+    /// nothing; a token refused for any reason but [`EnrollError::TokenUsed`] stays redeemable.
+    pub fn enroll(
+        &self,
+        token: &str,
+        csr: Vec<u8>,
+        now: SystemTime,
+    ) -> std::result::Result<TaskCredentials, EnrollError> {
+        let hash = token_hash(token);
+        let state = self
+            .store()?
+            .bootstrap_state(&hash)?
+            .ok_or(EnrollError::TokenInvalid)?;
+        if state.used_at.is_some() {
+            return Err(EnrollError::TokenUsed);
+        }
+        let now_s = crate::util::unix(now)?;
+        if state.record.expires <= now_s {
+            return Err(EnrollError::TokenExpired);
+        }
+        let binding: TokenBinding = state
+            .binding
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .ok_or(EnrollError::TokenInvalid)?;
+        let mut req = OpenTaskRequest::new(
+            state.record.agent.clone(),
+            KeySource::Csr(csr),
+            TaskRequester::Bootstrap(token.to_owned()),
+            Scope::parse(&binding.scope).map_err(CaError::from)?,
+        );
+        req.task = Some(TaskId::parse(&state.record.task).map_err(CaError::from)?);
+        req.ttl = binding.ttl_secs.map(Duration::from_secs);
+        req.task_ttl = binding.task_ttl_secs.map(Duration::from_secs);
+        req.max_depth = binding.max_depth;
+        req.audience = binding
+            .audience
+            .as_deref()
+            .map(parse_audience)
+            .transpose()?;
+        match self.open_task(&req, now) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // A concurrent redemption may have consumed the token in the meantime.
+                let used = self
+                    .store()
+                    .ok()
+                    .and_then(|s| s.bootstrap_state(&hash).ok().flatten())
+                    .is_some_and(|s| s.used_at.is_some());
+                if used && matches!(e, CaError::BootstrapToken(_)) {
+                    return Err(EnrollError::TokenUsed);
+                }
+                Err(EnrollError::Ca(e))
+            }
+        }
+    }
+}
+
+fn parse_audience(aud: &[String]) -> Result<IdSet> {
+    let ids = aud
+        .iter()
+        .map(|s| agentid_protocol::SpiffeId::parse(s))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(IdSet::new(ids)?)
+}
