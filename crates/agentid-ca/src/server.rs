@@ -142,7 +142,8 @@ impl CaService {
             CertificateDer::from(issued.leaf.der.clone()),
             CertificateDer::from(issued.intermediate_der.clone()),
         ];
-        let key_pkcs8 = key.pkcs8_der().to_vec();
+        // The service key never leaves this process: kept to re-issue its certificate for the same key.
+        let key_pkcs8 = key.danger_pkcs8_der().to_vec();
         let credential = Credential::new(chain, key)?;
         let credentials = Arc::new(MemoryCredentials::new(credential));
         let mut bundles = BundleSet::new();

@@ -60,7 +60,7 @@ fn a_version_0_database_migrates_and_keeps_its_issuances() {
     assert_eq!(revs[0].kind, RevocationKind::Jkt);
     assert_eq!(revs[0].value, "-VI2DBJnc-4seUg9yaMk6_C4S__r8-54zSHs3AnCHyM");
     // The counter continues from where the old code left it.
-    assert_eq!(store.next_revocation_seq().unwrap(), 2);
+    assert_eq!(store.next_revocation_snapshot().unwrap().0, 2);
     drop(store);
 
     let conn = rusqlite::Connection::open(&db).unwrap();
