@@ -91,7 +91,7 @@ impl LinkBuilder {
     /// Signs the link with the current holder's task key and returns the extended chain.
     ///
     /// Refuses, with the code a verifier would give, every link that a verifier would reject
-    /// in phase 4 ([`attenuate`]: `prev`, task, self-delegation, depth, scope, `aud`, limits,
+    /// in phase 4 (the one attenuation function: `prev`, task, self-delegation, depth, scope, `aud`, limits,
     /// `may_delegate_to`, the delegatee, `exp`) or in rule 5.1 (`nbf` after `exp`); also a key
     /// that is not the one the chain is bound to (`possession_mismatch`) and `iat >= exp`. The
     /// chain held is read without verifying its signatures: it is the signer's own, and its
