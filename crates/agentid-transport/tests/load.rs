@@ -79,6 +79,13 @@ fn load_limits(sessions: usize) -> ConnectionLimits {
         first_frame_timeout: Duration::from_secs(60),
         max_connections: sessions + 256,
         max_handshakes: 512,
+        // Each agent name holds `sessions / identities` sessions here; the caps stay the
+        // defaults' meaning (a share of the server) without refusing the load itself.
+        max_sessions_per_agent: sessions,
+        max_sessions_per_task: sessions,
+        // Sessions wait minutes between pings in the full run (opening 10,000 sessions on a
+        // busy machine): not what an idle timeout is for.
+        idle_timeout: Some(Duration::from_secs(1800)),
         ..ConnectionLimits::default()
     }
 }
