@@ -163,7 +163,7 @@ async fn serve_forever(listener: TcpListener, server: Arc<AgentServer>, stats: A
 fn write_credential(dir: &Path, name: &str, cert: &CertificateDer<'_>, key: Option<&TaskKey>) {
     std::fs::write(dir.join(format!("{name}.der")), cert.as_ref()).unwrap();
     if let Some(k) = key {
-        std::fs::write(dir.join(format!("{name}.key")), k.pkcs8_der()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), k.danger_pkcs8_der()).unwrap();
     }
 }
 
@@ -480,7 +480,7 @@ struct Ident {
 
 fn read_credential(dir: &Path, i: usize, round: usize, key: &TaskKey) -> Credential {
     let cert = std::fs::read(dir.join(format!("c{i}-r{round}.der"))).unwrap();
-    let key = TaskKey::from_pkcs8_der(key.pkcs8_der()).unwrap();
+    let key = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
     Credential::new(vec![CertificateDer::from(cert)], key).unwrap()
 }
 
