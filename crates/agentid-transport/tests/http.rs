@@ -135,6 +135,33 @@ fn app() -> Router {
         )
         .route("/whoami", get(whoami))
         .route("/stream", get(stream))
+        .route("/slow", get(slow))
+        .route("/past_deadline", get(past_deadline))
+}
+
+/// A handler slower than half the server's proof lifetime in the tests that use it; its body is
+/// the Unix second at which it finished.
+async fn slow() -> String {
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    now().to_string()
+}
+
+/// A handler that finishes one second after the connection's deadline.
+async fn past_deadline(a: Authorizer) -> String {
+    let left = (a.deadline() + 1).saturating_sub(now());
+    tokio::time::sleep(Duration::from_secs(left.min(20))).await;
+    "finished".to_owned()
+}
+
+/// The `iat` claim of a compact hop proof.
+fn iat_of(proof: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = proof.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["iat"].as_u64().unwrap()
 }
 
 fn options() -> HttpOptions {
@@ -304,6 +331,24 @@ struct Raw {
 }
 
 impl Raw {
+    /// Whether the server closed the connection (h1: the connection task ended; h2: GOAWAY and
+    /// close), polled for at most `T`.
+    async fn closed_within_t(&self) -> bool {
+        let until = tokio::time::Instant::now() + T;
+        while tokio::time::Instant::now() < until {
+            let closed = match (&self.h1, &self.h2) {
+                (Some(s), _) => s.is_closed(),
+                (_, Some(s)) => s.is_closed(),
+                _ => true,
+            };
+            if closed {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     async fn connect(w: &World, creds: Arc<MemoryCredentials>, addr: SocketAddr, h2: bool) -> Self {
         let mut config =
             http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
@@ -414,6 +459,25 @@ async fn bad_headers_get_their_codes_and_statuses() {
                 "/whoami",
                 &[("agentid-proof", &proof), ("agentid-proof", &proof)],
             )
+            .await
+            .unwrap();
+        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
+        let r = raw
+            .send(
+                "/whoami",
+                &[
+                    ("agentid-chain", &chain),
+                    ("agentid-chain", &chain),
+                    ("agentid-proof", &proof),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
+        // An oversized proof.
+        let big_proof = "a".repeat(8193);
+        let r = raw
+            .send("/whoami", &[("agentid-proof", &big_proof)])
             .await
             .unwrap();
         assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
@@ -531,7 +595,9 @@ async fn proofs_bound_to_another_connection_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 200);
     body(r).await;
-    // The same proof replayed on a second connection.
+    // The same proof replayed on a second connection: refused, and that connection is failed
+    // (HTTP/1.1: `Connection: close`; every later request gets the stored code or finds the
+    // connection closed).
     let mut second = Raw::connect(&w, creds.clone(), addr, false).await;
     let r = second
         .send(
@@ -540,7 +606,27 @@ async fn proofs_bound_to_another_connection_are_refused() {
         )
         .await
         .unwrap();
-    assert_eq!(status_code(r).await.1, "channel_binding_mismatch");
+    assert_eq!(r.headers().get("connection").unwrap(), "close");
+    assert_eq!(
+        status_code(r).await,
+        (
+            401,
+            "channel_binding_mismatch".into(),
+            Some("Agentid error=\"channel_binding_mismatch\"".into())
+        )
+    );
+    match second.send("/peer", &[]).await {
+        Ok(r) => assert_eq!(status_code(r).await.1, "channel_binding_mismatch"),
+        Err(e) => assert!(
+            e.is_closed() || e.is_canceled() || e.is_incomplete_message(),
+            "{e}"
+        ),
+    }
+    assert!(second.closed_within_t().await);
+    // The connection the proof was made for is unaffected.
+    let r = first.send("/scope", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
     // A proof made for another connection's exporter (never used there).
     let mut third = Raw::connect(&w, creds.clone(), addr, true).await;
     let foreign = proof_for([7u8; 32], &k, Some(&chain));
@@ -559,6 +645,30 @@ async fn proofs_bound_to_another_connection_are_refused() {
             Some("Agentid error=\"channel_binding_mismatch\"".into())
         )
     );
+    // HTTP/2: the failed connection answers later streams with the stored code (even one with
+    // this connection's valid presentation), then goes away.
+    let valid = third.proof(&k, Some(&chain));
+    match third
+        .send(
+            "/scope",
+            &[("agentid-chain", &chain), ("agentid-proof", &valid)],
+        )
+        .await
+    {
+        Ok(r) => assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "channel_binding_mismatch".into(),
+                Some("Agentid error=\"channel_binding_mismatch\"".into())
+            )
+        ),
+        Err(e) => assert!(
+            e.is_closed() || e.is_canceled() || e.to_string().contains("refused"),
+            "{e}"
+        ),
+    }
+    assert!(third.closed_within_t().await);
     // A proof whose `cth` does not match the chain sent.
     let mut fourth = Raw::connect(&w, creds.clone(), addr, false).await;
     let no_cth = fourth.proof(&k, None);
@@ -838,5 +948,250 @@ async fn a_bundle_change_revalidates_the_peer_certificate() {
             e.is_incomplete_message() || e.is_closed() || e.is_canceled(),
             "{e}"
         ),
+    }
+}
+
+/// An idle connection is closed by the server on HTTP/1.1 and HTTP/2 (`idle_timeout`), while a
+/// connection with a response still streaming is not.
+#[tokio::test]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let w = World::new(false);
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            idle_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    )
+    .await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    for h2 in [false, true] {
+        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
+        let r = raw.send("/peer", &[]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        body(r).await;
+        assert!(raw.closed_within_t().await, "h2={h2}: idle connection kept");
+    }
+    // A streaming response keeps the HTTP/2 connection in use past the idle timeout.
+    let mut raw = Raw::connect(&w, creds.clone(), addr, true).await;
+    let r = raw.send("/stream", &[]).await.unwrap();
+    let mut streaming = r.into_body();
+    let first = tokio::time::timeout(T, streaming.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = raw.send("/peer", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
+    drop(streaming);
+}
+
+/// HTTP/1.1 keep-alive: hyper's header read timeout also runs while the connection waits for
+/// the next request head, so an idle HTTP/1.1 connection closes after it even when the idle
+/// timeout is longer.
+#[tokio::test]
+async fn an_idle_h1_keep_alive_connection_closes_after_the_header_read_timeout() {
+    let w = World::new(false);
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, false).await;
+    let r = raw.send("/peer", &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    body(r).await;
+    assert!(raw.closed_within_t().await);
+}
+
+/// A first response slower than half the server's proof lifetime carries a proof signed when
+/// the response left, not the one signed at verification; the agentid client (no clock skew
+/// allowed) accepts it.
+#[tokio::test]
+async fn a_slow_first_response_carries_a_fresh_server_proof() {
+    let mut w = World::new(false);
+    w.cv = verification_with(CLIENT, &[&w.a], |c| {
+        c.skew(0)
+            .unwrap()
+            .danger_accept_missing_or_stale_revocations()
+    });
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            proof_lifetime: Duration::from_secs(2),
+            ..options()
+        },
+    )
+    .await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    for h1 in [true, false] {
+        let mut conn = client(&w, creds.clone(), h1)
+            .connect(addr, "files")
+            .await
+            .unwrap();
+        let resp = conn.send(get_req("/slow")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let proof = resp.headers()["agentid-proof"].to_str().unwrap().to_owned();
+        let finished: u64 = body(resp).await.parse().unwrap();
+        assert!(iat_of(&proof) >= finished, "h1={h1}: a stale server proof");
+        assert_eq!(conn.server_proof(), Some(proof.as_str()));
+    }
+}
+
+/// The agentid client signs a fresh proof when its connection's first request comes after half
+/// the proof's lifetime (the server allows no clock skew here, so a stale one would fail).
+#[tokio::test]
+async fn a_first_request_sent_late_presents_a_fresh_client_proof() {
+    let mut w = World::new(false);
+    w.sv = verification_with(SERVER, &[&w.a], |c| {
+        c.skew(0)
+            .unwrap()
+            .danger_accept_missing_or_stale_revocations()
+    });
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+        .proof_lifetime(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut conn = c.connect(addr, "files").await.unwrap();
+    let signed_at_connect = conn.client_proof().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let sent_after = now();
+    let resp = conn.send(get_req("/scope")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body(resp).await;
+    assert_ne!(conn.client_proof(), signed_at_connect);
+    assert!(iat_of(conn.client_proof()) >= sent_after);
+    // Once presented, the bytes stay: later requests are served under the same presentation.
+    let presented = conn.client_proof().to_owned();
+    let resp = conn.send(get_req("/scope")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(conn.client_proof(), presented);
+}
+
+/// A request whose handler is still running when the connection's deadline passes gets
+/// `credential_expired`, not the handler's response: the deadline holds for the moment the
+/// response leaves.
+#[tokio::test]
+async fn a_response_finished_after_the_deadline_is_refused() {
+    let w = World::new(false);
+    let addr = start(
+        &w,
+        None,
+        HttpOptions {
+            close_margin: Duration::from_secs(1),
+            // Long enough that the connection is still there when the handler finishes.
+            cut_grace: Duration::from_secs(20),
+            ..options()
+        },
+    )
+    .await;
+    let short = LeafOpts {
+        not_after: Some(3),
+        ..LeafOpts::default()
+    };
+    for h2 in [false, true] {
+        // A certificate per round: each has 3 s left when its connection starts.
+        let (creds, _k, _) = w.client(CLIENT, None, &short);
+        let mut raw = Raw::connect(&w, creds, addr, h2).await;
+        let req = raw.send("/past_deadline", &[]);
+        let r = tokio::time::timeout(Duration::from_secs(30), req)
+            .await
+            .unwrap()
+            .unwrap();
+        if !h2 {
+            assert_eq!(r.headers().get("connection").unwrap(), "close");
+        }
+        assert_eq!(
+            status_code(r).await,
+            (
+                401,
+                "credential_expired".into(),
+                Some("Agentid error=\"credential_expired\"".into())
+            ),
+            "h2={h2}"
+        );
+    }
+}
+
+/// HTTP/2 streams racing a first presentation that fails: the presenting stream gets the
+/// verification's code, every racing stream the stored code (or is refused by the GOAWAY),
+/// and no stream is served.
+#[tokio::test]
+async fn h2_streams_racing_a_failing_presentation_get_its_code() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    let raw = Raw::connect(&w, creds, addr, true).await;
+    // Bound to another connection's exporter.
+    let proof = proof_for([9u8; 32], &k, Some(&chain));
+    let mut sender = raw.h2.clone().unwrap();
+    sender.ready().await.unwrap();
+    let mk = |with: bool| {
+        let mut b = ::http::Request::get("https://files/scope");
+        if with {
+            b = b
+                .header("agentid-chain", &chain)
+                .header("agentid-proof", &proof);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let mut futs = vec![sender.send_request(mk(true))];
+    for i in 0..8 {
+        futs.push(sender.send_request(mk(i % 2 == 0)));
+    }
+    for (i, f) in futs.into_iter().enumerate() {
+        match tokio::time::timeout(T, f).await.unwrap() {
+            Ok(r) => assert_eq!(
+                status_code(r).await,
+                (
+                    401,
+                    "channel_binding_mismatch".into(),
+                    Some("Agentid error=\"channel_binding_mismatch\"".into())
+                ),
+                "stream {i}"
+            ),
+            // Streams the server had not yet received when it sent GOAWAY.
+            Err(e) => assert!(i > 0, "the presenting stream failed: {e}"),
+        }
+    }
+    assert!(raw.closed_within_t().await);
+}
+
+/// A header list over the server's HTTP limit (32 KiB) is refused by hyper itself before any
+/// agentid check: HTTP/1.1 gets a bare 431 and the connection closes; HTTP/2 gets 431 or a
+/// reset stream. The server keeps serving new connections.
+#[tokio::test]
+async fn a_header_list_over_the_http_limit_is_refused_and_nothing_breaks() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let huge = "a".repeat(40 * 1024);
+    for h2 in [false, true] {
+        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
+        match raw.send("/peer", &[("x-filler", &huge)]).await {
+            Ok(r) => assert_eq!(r.status(), 431, "h2={h2}"),
+            Err(e) => assert!(h2, "HTTP/1.1 must answer 431: {e}"),
+        }
+        if !h2 {
+            assert!(raw.closed_within_t().await);
+        }
+        let mut fresh = Raw::connect(&w, creds.clone(), addr, h2).await;
+        let r = fresh.send("/peer", &[]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        body(r).await;
     }
 }

@@ -1,5 +1,6 @@
 //! Per-request authorization: the [`Authorizer`] every request served by an agentid HTTP
-//! server carries, the decision sink, and the [`RequireScope`] / [`RequirePeer`] tower layers.
+//! server carries, the decision sink, and the [`Require`] tower layer ([`RequireScope`],
+//! [`RequirePeer`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -214,119 +215,113 @@ impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Authorizer {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-fn check_then_call<S, B, RB>(
-    inner: &mut S,
-    req: Request<B>,
-    check: impl FnOnce(&Authorizer) -> Result<(), Refusal>,
-) -> BoxFuture<Result<Response<RB>, S::Error>>
-where
-    S: tower_service::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: From<Bytes> + Send + 'static,
-{
-    let verdict = match req.extensions().get::<Authorizer>() {
-        Some(a) => check(a),
-        None => Err(Refusal::internal("not served by an agentid HTTP server")),
-    };
-    match verdict {
-        Ok(()) => Box::pin(inner.call(req)),
-        Err(r) => Box::pin(std::future::ready(Ok(r.to_response()))),
+/// What a [`Require`] layer checks on each request, through the request's [`Authorizer`]
+/// (so the connection checks of the deadline and revocation epoch run first, and the decision
+/// goes to the sink).
+pub trait Requirement: Send + Sync + 'static {
+    /// Admits the request, or refuses it with the refusal its response carries.
+    fn check(&self, authorizer: &Authorizer) -> Result<(), Refusal>;
+}
+
+/// A scope: the peer's verified chain must grant it ([`Authorizer::authorize`]; a peer without
+/// a chain gets 403 `scope_not_granted`).
+impl Requirement for Scope {
+    fn check(&self, authorizer: &Authorizer) -> Result<(), Refusal> {
+        authorizer.authorize(self)
     }
 }
 
-/// A tower layer that admits a request only when the peer's verified chain grants `scope`
-/// (403 `scope_not_granted` for a peer without a chain).
-#[derive(Clone, Debug)]
-pub struct RequireScope {
-    scope: Arc<Scope>,
-}
-
-impl RequireScope {
-    /// Requires `scope` (concrete tokens, no `*`).
-    pub fn new(scope: Scope) -> Self {
-        Self {
-            scope: Arc::new(scope),
-        }
+/// A peer policy: the peer's identity must satisfy it ([`Authorizer::check_peer`], 403
+/// `peer_denied`); no chain is needed.
+impl Requirement for PeerPolicy {
+    fn check(&self, authorizer: &Authorizer) -> Result<(), Refusal> {
+        authorizer.check_peer(self)
     }
 }
 
-impl<S> tower_layer::Layer<S> for RequireScope {
-    type Service = RequireScopeService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireScopeService {
-            inner,
-            scope: self.scope.clone(),
-        }
-    }
+/// A tower layer that admits a request only when its [`Requirement`] holds; otherwise the
+/// response is the requirement's refusal and the inner service is not called. Requests not
+/// served by an agentid HTTP server (no [`Authorizer`]) get 500 `internal`.
+pub struct Require<R> {
+    requirement: Arc<R>,
 }
+
+/// Requires a scope under the peer's verified chain: `RequireScope::new(scope)` (concrete
+/// tokens, no `*`).
+pub type RequireScope = Require<Scope>;
+
+/// Requires the peer's identity to satisfy a [`PeerPolicy`]: `RequirePeer::new(policy)`.
+pub type RequirePeer = Require<PeerPolicy>;
 
 /// The service of [`RequireScope`].
-#[derive(Clone, Debug)]
-pub struct RequireScopeService<S> {
-    inner: S,
-    scope: Arc<Scope>,
-}
-
-impl<S, B, RB> tower_service::Service<Request<B>> for RequireScopeService<S>
-where
-    S: tower_service::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: From<Bytes> + Send + 'static,
-{
-    type Response = Response<RB>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let scope = self.scope.clone();
-        check_then_call(&mut self.inner, req, |a| a.authorize(&scope))
-    }
-}
-
-/// A tower layer that admits a request only when the peer's identity satisfies a
-/// [`PeerPolicy`] (403 `peer_denied`); no chain is needed.
-#[derive(Clone, Debug)]
-pub struct RequirePeer {
-    policy: Arc<PeerPolicy>,
-}
-
-impl RequirePeer {
-    /// Requires `policy`.
-    pub fn new(policy: PeerPolicy) -> Self {
-        Self {
-            policy: Arc::new(policy),
-        }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for RequirePeer {
-    type Service = RequirePeerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RequirePeerService {
-            inner,
-            policy: self.policy.clone(),
-        }
-    }
-}
+pub type RequireScopeService<S> = RequireService<S, Scope>;
 
 /// The service of [`RequirePeer`].
-#[derive(Clone, Debug)]
-pub struct RequirePeerService<S> {
-    inner: S,
-    policy: Arc<PeerPolicy>,
+pub type RequirePeerService<S> = RequireService<S, PeerPolicy>;
+
+impl<R: Requirement> Require<R> {
+    /// Requires `requirement` on every request.
+    pub fn new(requirement: R) -> Self {
+        Self {
+            requirement: Arc::new(requirement),
+        }
+    }
 }
 
-impl<S, B, RB> tower_service::Service<Request<B>> for RequirePeerService<S>
+impl<R> Clone for Require<R> {
+    fn clone(&self) -> Self {
+        Self {
+            requirement: self.requirement.clone(),
+        }
+    }
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for Require<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Require").field(&self.requirement).finish()
+    }
+}
+
+impl<S, R> tower_layer::Layer<S> for Require<R> {
+    type Service = RequireService<S, R>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireService {
+            inner,
+            requirement: self.requirement.clone(),
+        }
+    }
+}
+
+/// The service of [`Require`].
+pub struct RequireService<S, R> {
+    inner: S,
+    requirement: Arc<R>,
+}
+
+impl<S: Clone, R> Clone for RequireService<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            requirement: self.requirement.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, R: std::fmt::Debug> std::fmt::Debug for RequireService<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireService")
+            .field("inner", &self.inner)
+            .field("requirement", &self.requirement)
+            .finish()
+    }
+}
+
+impl<S, R, B, RB> tower_service::Service<Request<B>> for RequireService<S, R>
 where
     S: tower_service::Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    R: Requirement,
     RB: From<Bytes> + Send + 'static,
 {
     type Response = Response<RB>;
@@ -338,7 +333,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let policy = self.policy.clone();
-        check_then_call(&mut self.inner, req, |a| a.check_peer(&policy))
+        let verdict = match req.extensions().get::<Authorizer>() {
+            Some(a) => self.requirement.check(a),
+            None => Err(Refusal::internal("not served by an agentid HTTP server")),
+        };
+        match verdict {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(r) => Box::pin(std::future::ready(Ok(r.to_response()))),
+        }
     }
 }

@@ -25,6 +25,8 @@ type Cut = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     cut: Option<Cut>,
+    /// Held until the body is dropped (the request counts as in flight while it streams).
+    held: Option<Box<dyn Send>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -51,7 +53,14 @@ impl ResponseBody {
         Self {
             inner: body.map_err(Into::into).boxed_unsync(),
             cut: cut.map(cut_signal),
+            held: None,
         }
+    }
+
+    /// Keeps `value` alive as long as this body.
+    pub(crate) fn holding(mut self, value: impl Send + 'static) -> Self {
+        self.held = Some(Box::new(value));
+        self
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {

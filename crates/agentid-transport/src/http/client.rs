@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{
-    verify_proof, Chain, ErrorCode, ProofBuilder, ProofContext, Role, VerifiedChain,
+    Chain, ErrorCode, Presentation, PresentationContext, ProofBuilder, Role, VerifiedChain,
 };
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -19,6 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::TlsConnector;
@@ -43,6 +44,7 @@ pub struct HttpClient {
     connect_timeout: Duration,
     close_margin: Duration,
     check_audience: bool,
+    proof_lifetime: Duration,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -63,6 +65,7 @@ pub struct HttpClientBuilder {
     close_margin: Duration,
     check_audience: bool,
     http1_only: bool,
+    proof_lifetime: Duration,
 }
 
 impl std::fmt::Debug for HttpClientBuilder {
@@ -95,6 +98,13 @@ impl HttpClientBuilder {
         self
     }
 
+    /// The lifetime of the client's hop proofs (default 60 s, at least 1 s). A connection whose
+    /// first request comes when its proof has less than half of this left signs a fresh one.
+    pub fn proof_lifetime(mut self, t: Duration) -> Self {
+        self.proof_lifetime = t;
+        self
+    }
+
     /// Offers only ALPN `http/1.1` (default: `h2`, then `http/1.1`).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
@@ -114,6 +124,7 @@ impl HttpClientBuilder {
             connect_timeout: self.connect_timeout,
             close_margin: self.close_margin,
             check_audience: self.check_audience,
+            proof_lifetime: self.proof_lifetime,
         })
     }
 }
@@ -133,6 +144,12 @@ pub struct HttpClientConnection {
     client_proof: String,
     chain_header: Option<HeaderValue>,
     proof_header: HeaderValue,
+    /// The `exp` of `client_proof`.
+    proof_exp: u64,
+    proof_lifetime: u64,
+    /// Whether a request carrying the presentation was sent (from then on its bytes are
+    /// fixed: a different one would fail the connection).
+    presented: bool,
     server: Option<ServerPresentation>,
     close_at: Instant,
 }
@@ -169,6 +186,7 @@ impl HttpClient {
             close_margin: Duration::from_secs(5),
             check_audience: true,
             http1_only: false,
+            proof_lifetime: Duration::from_secs(PROOF_LIFETIME),
         }
     }
 
@@ -186,6 +204,26 @@ impl HttpClient {
     ) -> Result<HttpClientConnection> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
+        self.handshake(tcp, authority).await
+    }
+
+    /// As [`HttpClient::connect`], over an established byte stream (a TCP stream set up by the
+    /// caller, a Unix socket, an in-memory pipe): the TLS handshake, the peer and audience
+    /// checks, then HTTP, all within the connect timeout.
+    pub async fn connect_with<IO>(&self, io: IO, authority: &str) -> Result<HttpClientConnection>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        timeout(self.connect_timeout, self.handshake(io, authority))
+            .await
+            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
+    }
+
+    async fn handshake<IO>(&self, io: IO, authority: &str) -> Result<HttpClientConnection>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let tcp = io;
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
         let name = rustls::pki_types::ServerName::try_from("agentid.invalid")
             .map_err(|e| Error::Config(e.to_string()))?;
@@ -204,20 +242,9 @@ impl HttpClient {
             }
         }
         let now = now_unix();
-        let mut builder = ProofBuilder::new(
-            local.identity().as_spiffe_id(),
-            peer.info.id.as_spiffe_id(),
-            Role::Client,
-            peer.exporter_client,
-            now,
-            now + PROOF_LIFETIME,
-        );
-        if let Some(c) = local.chain() {
-            builder = builder.chain(c);
-        }
-        let client_proof = builder.sign(local.task_key())?;
-        let proof_header = HeaderValue::from_str(&client_proof)
-            .map_err(|_| Error::Config("proof is not a header value".into()))?;
+        let proof_lifetime = self.proof_lifetime.as_secs().max(1);
+        let (client_proof, proof_header, proof_exp) =
+            sign_client_proof(&local, &peer, now, proof_lifetime)?;
         let chain_header = local
             .chain()
             .map(HeaderValue::from_str)
@@ -272,10 +299,38 @@ impl HttpClient {
             client_proof,
             chain_header,
             proof_header,
+            proof_exp,
+            proof_lifetime,
+            presented: false,
             server: None,
             close_at,
         })
     }
+}
+
+/// Signs this side's hop proof for the connection to `peer` (spec/PROTOCOL.md 22.4 step 1).
+fn sign_client_proof(
+    local: &Credential,
+    peer: &TlsPeer,
+    now: u64,
+    lifetime: u64,
+) -> Result<(String, HeaderValue, u64)> {
+    let exp = now + lifetime;
+    let mut builder = ProofBuilder::new(
+        local.identity().as_spiffe_id(),
+        peer.info.id.as_spiffe_id(),
+        Role::Client,
+        peer.exporter_client,
+        now,
+        exp,
+    );
+    if let Some(c) = local.chain() {
+        builder = builder.chain(c);
+    }
+    let proof = builder.sign(local.task_key())?;
+    let header = HeaderValue::from_str(&proof)
+        .map_err(|_| Error::Config("proof is not a header value".into()))?;
+    Ok((proof, header, exp))
 }
 
 fn hyper_err(e: hyper::Error) -> Error {
@@ -327,6 +382,20 @@ impl HttpClientConnection {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let presenting = self.server.is_none();
+        if presenting && !self.presented {
+            // Not sent yet: a proof signed at connect time may have grown stale while the
+            // connection waited for its first request. Sign a fresh one when less than half
+            // its lifetime is left.
+            let now = now_unix();
+            if now.saturating_add(self.proof_lifetime.div_ceil(2)) >= self.proof_exp {
+                let (proof, header, exp) =
+                    sign_client_proof(&self.local, &self.peer, now, self.proof_lifetime)?;
+                self.client_proof = proof;
+                self.proof_header = header;
+                self.proof_exp = exp;
+            }
+            self.presented = true;
+        }
         parts.headers.remove(CHAIN_HEADER);
         parts.headers.remove(PROOF_HEADER);
         if presenting {
@@ -391,33 +460,25 @@ impl HttpClientConnection {
                     .map_err(|_| Error::HandshakeRefused("server chain is not ASCII"))
             })
             .transpose()?;
-        let now = now_unix();
-        let v = self.verification.verifier();
         let peer = &self.peer.info;
-        verify_proof(
-            proof,
-            &ProofContext {
-                presenter_id: peer.id.as_spiffe_id(),
+        let verified = self.verification.verifier().verify_presentation(
+            &Presentation { proof, chain },
+            &PresentationContext {
+                presenter: peer.id.as_spiffe_id(),
                 presenter_key: &peer.public_key,
+                presenter_not_after: peer.not_after,
                 verifier_id: self.local.identity().as_spiffe_id(),
                 role: Role::Server,
                 exporter: self.peer.exporter_server,
-                now,
-                skew: v.config().skew_seconds(),
-                chain,
                 client_proof: Some(&self.client_proof),
+                accepted_jtis: &[],
+                held_chain: None,
+                now: now_unix(),
             },
         )?;
-        let chain = match chain {
-            Some(c) => Some(v.verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)?),
-            None => {
-                v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)?;
-                None
-            }
-        };
         self.server = Some(ServerPresentation {
             proof: proof.to_owned(),
-            chain,
+            chain: verified.chain,
         });
         Ok(())
     }

@@ -10,10 +10,15 @@
 //!   exporter, and every response to a request with a proof carries the server's proof.
 //! * **Per request**: each request carries an [`Authorizer`] (an axum extractor with the `axum`
 //!   feature) whose checks compare the verification epoch (one atomic load) before the scope and
-//!   limits; [`RequireScope`] and [`RequirePeer`] are tower layers over it; decisions go to a
+//!   limits; the tower layer [`Require`] ([`RequireScope`], [`RequirePeer`], or any
+//!   [`Requirement`]) runs over it; decisions go to a
 //!   [`DecisionSink`] ([`TracingSink`] by default: denials at INFO, grants at DEBUG).
 //! * **Deadlines**: graceful close (h1 `Connection: close`, h2 GOAWAY) at the deadline minus a
-//!   margin and at once on revocation; streaming bodies are cut at the deadline or on revocation.
+//!   margin and at once on revocation; streaming bodies are cut at the deadline or on revocation;
+//!   a response whose handler finished past the deadline is refused; server and client proofs
+//!   are signed again when half their lifetime is gone before they are sent. Idle connections
+//!   close after [`HttpOptions::idle_timeout`] (30 s by default; an HTTP/1.1 keep-alive
+//!   connection also after [`HttpOptions::header_read_timeout`], 10 s by default).
 //! * **Client**: [`HttpClient`] presents the chain and checks the server's proof and audience.
 //!
 //! ## reqwest for identity-only calls
@@ -49,8 +54,8 @@ mod server;
 mod tls;
 
 pub use authz::{
-    Authorizer, Decision, DecisionSink, RequirePeer, RequirePeerService, RequireScope,
-    RequireScopeService, TracingSink, CORRELATION_HEADER,
+    Authorizer, Decision, DecisionSink, Require, RequirePeer, RequirePeerService, RequireScope,
+    RequireScopeService, RequireService, Requirement, TracingSink, CORRELATION_HEADER,
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};

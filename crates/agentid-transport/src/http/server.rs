@@ -5,18 +5,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use agentid_protocol::{verify_proof, ErrorCode, ProofBuilder, ProofContext, Role, VerifiedChain};
+use agentid_protocol::{ErrorCode, PresentationContext, ProofBuilder, Role, VerifiedChain};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -45,7 +45,9 @@ use rustls::pki_types::CertificateDer;
 pub struct HttpOptions {
     /// The TLS handshake must finish within this time.
     pub handshake_timeout: Duration,
-    /// An HTTP/1 request head must arrive within this time.
+    /// An HTTP/1 request head must arrive within this time, counted from when the connection
+    /// is ready for it: on a keep-alive connection this is also the longest wait for the next
+    /// request (10 s by default).
     pub header_read_timeout: Duration,
     /// A request waiting for a pending presentation gets 503 `busy` after this time.
     pub pending_timeout: Duration,
@@ -64,6 +66,15 @@ pub struct HttpOptions {
     pub max_handshakes: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight (and no response body still streaming) for this
+    /// long is closed gracefully, on HTTP/1.1 and HTTP/2 alike. On HTTP/1.1,
+    /// `header_read_timeout` also runs while a keep-alive connection waits for its next request
+    /// head, so an idle HTTP/1.1 connection closes after the shorter of the two.
+    pub idle_timeout: Duration,
+    /// The lifetime of the server's hop proofs. A response carries the proof signed at
+    /// verification while it has at least half of this left; after that (a slow first
+    /// response, a client that keeps presenting) a fresh proof is signed for the response.
+    pub proof_lifetime: Duration,
 }
 
 impl Default for HttpOptions {
@@ -77,6 +88,8 @@ impl Default for HttpOptions {
             max_connections: ConnectionLimits::default().max_connections,
             max_handshakes: ConnectionLimits::default().max_handshakes,
             max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(30),
+            proof_lifetime: Duration::from_secs(PROOF_LIFETIME),
         }
     }
 }
@@ -91,9 +104,16 @@ pub(crate) struct ServerShared {
 /// What a verified presentation leaves on the connection.
 pub(crate) struct Verified {
     pub(crate) chain: Option<VerifiedChain>,
+    /// The presentation's deadline (the peer certificate's `notAfter`, or with a chain the
+    /// earlier of it and the chain's `exp`).
+    pub(crate) deadline: u64,
     pub(crate) chain_header: Option<String>,
     pub(crate) client_proof: String,
+    /// The server proof signed at verification (the receipt).
     pub(crate) server_proof: HeaderValue,
+    /// The proof responses carry now, and its `exp`: the receipt until it is half-way to
+    /// expiry, then a fresh one.
+    current_proof: Mutex<(HeaderValue, u64)>,
     pub(crate) server_chain: Option<HeaderValue>,
 }
 
@@ -112,6 +132,29 @@ pub(crate) struct ConnShared {
     closing: AtomicBool,
     wake: Notify,
     cut: watch::Sender<bool>,
+    /// Requests in flight (a response body still streaming counts).
+    in_flight: AtomicUsize,
+    /// When the last request started or ended, in milliseconds since `born`.
+    last_active_ms: AtomicU64,
+    born: Instant,
+}
+
+/// Counts one request as in flight until dropped (with its response body, when it has one).
+pub(crate) struct Active(Arc<ConnShared>);
+
+impl Active {
+    fn new(conn: &Arc<ConnShared>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.touch();
+        Self(conn.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ConnShared {
@@ -134,6 +177,9 @@ impl ConnShared {
             closing: AtomicBool::new(false),
             wake: Notify::new(),
             cut: watch::channel(false).0,
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            born: Instant::now(),
         });
         // The peer itself (key, agent, task) against the lists held now.
         let v = conn.server.verification.verifier();
@@ -154,6 +200,20 @@ impl ConnShared {
 
     pub(crate) fn deadline(&self) -> u64 {
         self.deadline.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// When the connection becomes idle for `idle`: `None` while a request is in flight.
+    fn idle_at(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+        Some(self.born + last + idle)
     }
 
     fn closing(&self) -> bool {
@@ -191,61 +251,89 @@ impl ConnShared {
             .ok_or_else(|| Refusal::busy("no local credential"))?;
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
-        verify_proof(
-            &p.proof,
-            &ProofContext {
-                presenter_id: peer.id.as_spiffe_id(),
-                presenter_key: &peer.public_key,
-                verifier_id: local.identity().as_spiffe_id(),
-                role: Role::Client,
-                exporter: self.peer.exporter_client,
-                now,
-                skew: v.config().skew_seconds(),
-                chain: p.chain.as_deref(),
-                client_proof: None,
-            },
-        )
-        .map_err(|e| Refusal::from_protocol(&e))?;
-        let chain = match &p.chain {
-            Some(c) => Some(
-                v.verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)
-                    .map_err(|e| Refusal::from_protocol(&e))?,
-            ),
-            None => {
-                v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)
-                    .map_err(|e| Refusal::from_protocol(&e))?;
-                None
-            }
-        };
-        let mut builder = ProofBuilder::new(
-            local.identity().as_spiffe_id(),
-            peer.id.as_spiffe_id(),
-            Role::Server,
-            self.peer.exporter_server,
-            now,
-            now + PROOF_LIFETIME,
-        )
-        .responding_to(&p.proof);
-        if let Some(c) = local.chain() {
-            builder = builder.chain(c);
-        }
-        let server_proof = builder
-            .sign(local.task_key())
-            .map_err(|e| Refusal::internal(e.to_string()))?;
-        let server_proof = HeaderValue::from_str(&server_proof)
-            .map_err(|_| Refusal::internal("proof is not a header value"))?;
+        let verified = v
+            .verify_presentation(
+                &agentid_protocol::Presentation {
+                    proof: &p.proof,
+                    chain: p.chain.as_deref(),
+                },
+                &PresentationContext {
+                    presenter: peer.id.as_spiffe_id(),
+                    presenter_key: &peer.public_key,
+                    presenter_not_after: peer.not_after,
+                    verifier_id: local.identity().as_spiffe_id(),
+                    role: Role::Client,
+                    exporter: self.peer.exporter_client,
+                    client_proof: None,
+                    // One presentation per connection: nothing accepted before it.
+                    accepted_jtis: &[],
+                    held_chain: None,
+                    now,
+                },
+            )
+            .map_err(|e| Refusal::from_protocol(&e))?;
+        let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
         let server_chain = local
             .chain()
             .map(HeaderValue::from_str)
             .transpose()
             .map_err(|_| Refusal::internal("chain is not a header value"))?;
         Ok(Verified {
-            chain,
+            chain: verified.chain,
+            deadline: verified.deadline,
             chain_header: p.chain.clone(),
             client_proof: p.proof.clone(),
+            current_proof: Mutex::new((server_proof.clone(), exp)),
             server_proof,
             server_chain,
         })
+    }
+
+    /// Signs the server's proof answering `client_proof` (spec/PROTOCOL.md 22.4 step 3).
+    fn sign_server_proof(
+        &self,
+        local: &crate::credentials::Credential,
+        client_proof: &str,
+        now: u64,
+    ) -> Result<(HeaderValue, u64), Refusal> {
+        let exp = now + self.server.options.proof_lifetime.as_secs().max(1);
+        let mut builder = ProofBuilder::new(
+            local.identity().as_spiffe_id(),
+            self.peer.info.id.as_spiffe_id(),
+            Role::Server,
+            self.peer.exporter_server,
+            now,
+            exp,
+        )
+        .responding_to(client_proof);
+        if let Some(c) = local.chain() {
+            builder = builder.chain(c);
+        }
+        let proof = builder
+            .sign(local.task_key())
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        let proof = HeaderValue::from_str(&proof)
+            .map_err(|_| Refusal::internal("proof is not a header value"))?;
+        Ok((proof, exp))
+    }
+
+    /// The server proof a response carries: the current one while it has at least half its
+    /// lifetime left, else a fresh one (spec/PROTOCOL.md 22.4 step 3), so that a slow response
+    /// never carries a stale proof.
+    fn fresh_proof(&self, v: &Verified) -> Result<HeaderValue, Refusal> {
+        let now = now_unix();
+        let half = self.server.options.proof_lifetime.as_secs().div_ceil(2);
+        let mut current = v.current_proof.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_add(half) < current.1 {
+            return Ok(current.0.clone());
+        }
+        let local = self
+            .server
+            .credentials
+            .current()
+            .ok_or_else(|| Refusal::busy("no local credential"))?;
+        *current = self.sign_server_proof(&local, &v.client_proof, now)?;
+        Ok(current.0.clone())
     }
 
     /// Verifies the presentation this request moved to `Pending`, and settles it.
@@ -255,8 +343,7 @@ impl ConnShared {
         self.settled.notify_waiters();
         match &settled {
             Ok(v) => {
-                if let Some(c) = &v.chain {
-                    self.deadline.fetch_min(c.expires, Ordering::AcqRel);
+                if v.deadline < self.deadline.fetch_min(v.deadline, Ordering::AcqRel) {
                     self.wake.notify_one();
                 }
                 tracing::debug!(peer.id = %self.peer.info.id, chain = v.chain.is_some(), "agentid presentation verified");
@@ -345,12 +432,12 @@ impl ConnShared {
             .and_then(|v| v.chain_header.clone());
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
-        let result = match &chain {
-            Some(c) => v
-                .verify_chain(c, peer.id.as_spiffe_id(), &peer.public_key, now)
-                .map(|_| ()),
-            None => v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now),
-        };
+        let result = v.verify_peer(
+            chain.as_deref(),
+            peer.id.as_spiffe_id(),
+            &peer.public_key,
+            now,
+        );
         match result {
             Err(e) if e.code() != ErrorCode::Expired => Err(self.end(Refusal::from_protocol(&e))),
             _ => {
@@ -439,6 +526,7 @@ where
         let mut inner = self.inner.clone();
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step) = self.first_pass(&req);
+        let active = Active::new(&self.conn);
         Box::pin(async move {
             let verified = match step {
                 Step::Ready(v) => v,
@@ -459,8 +547,15 @@ where
                 Ok(()) => inner.call(req).await,
                 Err(e) => Err(e),
             };
+            // The handler may have been slow: the deadline and revocation rules hold for the
+            // moment the response leaves, not only for the moment the request arrived.
+            if let Err(r) = conn.live() {
+                return Ok(conn.refuse(&r, h1, true));
+            }
             let mut resp = match result {
-                Ok(r) => r.map(|b| ResponseBody::new(b, Some(conn.cut.subscribe()))),
+                Ok(r) => {
+                    r.map(|b| ResponseBody::new(b, Some(conn.cut.subscribe())).holding(active))
+                }
                 Err(e) => {
                     let e: BoxError = e.into();
                     tracing::warn!(error = %e, "agentid http: inner service failed");
@@ -469,8 +564,11 @@ where
             };
             if had_proof {
                 if let Some(v) = &verified {
-                    resp.headers_mut()
-                        .insert(PROOF_HEADER, v.server_proof.clone());
+                    let proof = match conn.fresh_proof(v) {
+                        Ok(p) => p,
+                        Err(r) => return Ok(conn.refuse(&r, h1, false)),
+                    };
+                    resp.headers_mut().insert(PROOF_HEADER, proof);
                     if let Some(c) = &v.server_chain {
                         resp.headers_mut().insert(CHAIN_HEADER, c.clone());
                     }
@@ -543,6 +641,11 @@ impl HttpServerBuilder {
         let o = &self.options;
         if o.max_connections == 0 || o.max_handshakes == 0 || o.max_concurrent_streams == 0 {
             return Err(Error::Config("HTTP caps must be at least 1".into()));
+        }
+        if o.idle_timeout.is_zero() || o.proof_lifetime.as_secs() == 0 {
+            return Err(Error::Config(
+                "HTTP idle timeout and proof lifetime must be positive".into(),
+            ));
         }
         let config = Arc::new(server_config(
             self.credentials.clone(),
@@ -711,68 +814,95 @@ where
     {
         let conn = self.conn;
         let opts = conn.server.options.clone();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout)
-            .max_buf_size(SERVER_HEADER_LIST_LIMIT);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(SERVER_HEADER_LIST_LIMIT as u32)
-            .max_concurrent_streams(opts.max_concurrent_streams);
-        let builder = match conn.peer.version {
-            HttpVersion::H2 => builder.http2_only(),
-            HttpVersion::Http11 => builder.http1_only(),
-        };
         let service = ConnService {
             inner: service,
             conn: conn.clone(),
         };
-        let connection = builder.serve_connection(TokioIo::new(self.tls), service);
-        tokio::pin!(connection);
-        let mut changes = conn.server.verification.subscribe();
-        let mut watching = true;
-        let mut shutdown_sent = false;
-        let mut drop_at: Option<Instant> = None;
-        let margin = opts.close_margin.as_secs();
-        loop {
-            if drop_at.is_none() && conn.ended.get().is_some() {
+        let io = TokioIo::new(self.tls);
+        // One protocol per connection, chosen by ALPN: each builder's own limits apply exactly
+        // (HTTP/1.1's header size limit is not reachable through hyper-util's auto builder).
+        match conn.peer.version {
+            HttpVersion::H2 => {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(SERVER_HEADER_LIST_LIMIT as u32)
+                    .max_concurrent_streams(opts.max_concurrent_streams)
+                    .serve_connection(io, service);
+                drive(conn, opts, connection, |c| c.graceful_shutdown()).await;
+            }
+            HttpVersion::Http11 => {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(opts.header_read_timeout)
+                    .max_buf_size(SERVER_HEADER_LIST_LIMIT)
+                    .max_header_size(SERVER_HEADER_LIST_LIMIT)
+                    .serve_connection(io, service);
+                drive(conn, opts, connection, |c| c.graceful_shutdown()).await;
+            }
+        }
+    }
+}
+
+/// Runs one connection until it ends: graceful close at the deadline minus the margin, when
+/// idle, at once on revocation (streaming bodies cut), and after a failed presentation.
+async fn drive<C>(
+    conn: Arc<ConnShared>,
+    opts: HttpOptions,
+    connection: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(connection);
+    let mut changes = conn.server.verification.subscribe();
+    let mut watching = true;
+    let mut shutdown_sent = false;
+    let mut drop_at: Option<Instant> = None;
+    let margin = opts.close_margin.as_secs();
+    loop {
+        if drop_at.is_none() && conn.ended.get().is_some() {
+            drop_at = Some(Instant::now() + opts.cut_grace);
+        }
+        if conn.closing() && !shutdown_sent {
+            graceful_shutdown(connection.as_mut());
+            shutdown_sent = true;
+        }
+        let deadline = conn.deadline();
+        let close_at = instant_at(deadline.saturating_sub(margin));
+        let hard_at = instant_at(deadline);
+        // Re-armed on every pass: a request since the last pass moves it, one in flight
+        // suspends it (checked again when it fires).
+        let idle_at = conn.idle_at(opts.idle_timeout);
+        tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "agentid http: connection ended with an error");
+                }
+                break;
+            }
+            () = conn.wake.notified() => {}
+            () = sleep_until(close_at), if !shutdown_sent => conn.start_close(),
+            () = sleep_until(idle_at.unwrap_or_else(|| Instant::now() + opts.idle_timeout)), if !shutdown_sent => {
+                if conn.idle_at(opts.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
+                    conn.start_close();
+                }
+            }
+            () = sleep_until(hard_at), if drop_at.is_none() => {
+                conn.end(Refusal::unauthenticated(CREDENTIAL_EXPIRED, "the connection's deadline passed"));
                 drop_at = Some(Instant::now() + opts.cut_grace);
             }
-            if conn.closing() && !shutdown_sent {
-                connection.as_mut().graceful_shutdown();
-                shutdown_sent = true;
-            }
-            let deadline = conn.deadline();
-            let close_at = instant_at(deadline.saturating_sub(margin));
-            let hard_at = instant_at(deadline);
-            tokio::select! {
-                r = connection.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "agentid http: connection ended with an error");
-                    }
-                    break;
-                }
-                () = conn.wake.notified() => {}
-                () = sleep_until(close_at), if !shutdown_sent => conn.start_close(),
-                () = sleep_until(hard_at), if drop_at.is_none() => {
-                    conn.end(Refusal::unauthenticated(CREDENTIAL_EXPIRED, "the connection's deadline passed"));
-                    drop_at = Some(Instant::now() + opts.cut_grace);
-                }
-                r = changes.changed(), if watching => {
-                    if r.is_err() {
-                        watching = false;
-                    } else {
-                        let epoch = conn.server.verification.epoch();
-                        if conn.recheck(epoch).is_err() {
-                            drop_at.get_or_insert(Instant::now() + opts.cut_grace);
-                        }
+            r = changes.changed(), if watching => {
+                if r.is_err() {
+                    watching = false;
+                } else {
+                    let epoch = conn.server.verification.epoch();
+                    if conn.recheck(epoch).is_err() {
+                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
                     }
                 }
-                () = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => break,
             }
+            () = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => break,
         }
     }
 }
