@@ -216,7 +216,8 @@ impl Pki {
         })
     }
 
-    fn credential(&self, h: &Holder, chain: Option<&Chain>) -> Res<Credential> {
+    /// The credential of `h` (its leaf and the issuing certificate), with `chain` if given.
+    pub fn credential(&self, h: &Holder, chain: Option<&Chain>) -> Res<Credential> {
         let certs = vec![
             CertificateDer::from(h.leaf_der.clone()),
             CertificateDer::from(self.intermediate_der.clone()),

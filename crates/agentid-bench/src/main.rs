@@ -17,6 +17,7 @@ mod ca;
 mod chains;
 mod fixtures;
 mod harness;
+mod http;
 mod net;
 mod peers;
 mod report;
@@ -33,7 +34,7 @@ use crate::fixtures::Res;
 use crate::harness::Budget;
 use crate::report::Report;
 
-const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-8)";
+const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-11)";
 
 fn main() {
     if let Err(e) = run() {
@@ -54,11 +55,14 @@ fn run() -> Res<()> {
     if args.first().map(String::as_str) == Some("--profile-chain") {
         return profile_chain(&args);
     }
+    if args.first().map(String::as_str) == Some("--profile-http") {
+        return http::profile(&args);
+    }
     if args.first().map(String::as_str) == Some("--profile-session") {
         return session::profile(&args);
     }
     let mut quick = false;
-    let mut only: BTreeSet<u32> = (1..=8).collect();
+    let mut only: BTreeSet<u32> = (1..=11).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -118,6 +122,9 @@ fn run() -> Res<()> {
     }
     if only.contains(&8) {
         revocation::run(quick, budget, &mut report)?;
+    }
+    if [9, 10, 11].iter().any(|f| only.contains(f)) {
+        http::run(&pki, &ops, budget, &only, &mut report)?;
     }
     report.summary();
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());

@@ -21,7 +21,7 @@ fn runtime() -> Res<Runtime> {
 }
 
 /// One raw tokio-rustls mTLS handshake over a duplex pair.
-fn raw_once(rt: &Runtime, acceptor: &TlsAcceptor, connector: &TlsConnector, ok: &Check) {
+pub(crate) fn raw_once(rt: &Runtime, acceptor: &TlsAcceptor, connector: &TlsConnector, ok: &Check) {
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(DUPLEX_BUF);
         let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(server_name(), b));

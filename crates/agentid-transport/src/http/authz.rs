@@ -147,7 +147,8 @@ impl Authorizer {
         requested: &Scope,
         amounts: &BTreeMap<String, u64>,
     ) -> Result<(), Refusal> {
-        let result = self.conn.live().and_then(|()| {
+        let now = now_unix();
+        let result = self.conn.live_at(now).and_then(|()| {
             let chain = self.chain().ok_or_else(|| {
                 Refusal::forbidden(
                     agentid_protocol::ErrorCode::ScopeNotGranted.as_str(),
@@ -161,14 +162,15 @@ impl Authorizer {
                 .authorize_with_limits(chain, requested, amounts)
                 .map_err(|e| Refusal::forbidden(e.code().as_str(), e.to_string()))
         });
-        self.record(&requested.to_string(), &result);
+        self.record(&requested.to_string(), &result, now);
         result
     }
 
     /// Checks the peer's identity against `policy` (403 `peer_denied`), after the connection
     /// checks. No chain is needed.
     pub fn check_peer(&self, policy: &PeerPolicy) -> Result<(), Refusal> {
-        let result = self.conn.live().and_then(|()| {
+        let now = now_unix();
+        let result = self.conn.live_at(now).and_then(|()| {
             if policy.allows(self.peer_id()) {
                 Ok(())
             } else {
@@ -178,11 +180,11 @@ impl Authorizer {
                 ))
             }
         });
-        self.record("peer", &result);
+        self.record("peer", &result, now);
         result
     }
 
-    fn record(&self, resource: &str, result: &Result<(), Refusal>) {
+    fn record(&self, resource: &str, result: &Result<(), Refusal>, now: u64) {
         let sink = &self.conn.server.sink;
         sink.record(&Decision {
             peer: self.peer_id(),
@@ -191,7 +193,7 @@ impl Authorizer {
             action: format!("{} {}", self.method, self.uri.path()),
             granted: result.is_ok(),
             code: result.as_ref().err().map(Refusal::code),
-            time: now_unix(),
+            time: now,
             correlation_id: self.correlation.as_ref().and_then(|v| v.to_str().ok()),
         });
     }

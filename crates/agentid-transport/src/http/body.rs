@@ -24,6 +24,9 @@ type Cut = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The response body of an agentid HTTP server.
 pub struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
+    /// The connection's cut signal, read on every poll.
+    cut_rx: Option<watch::Receiver<bool>>,
+    /// Waits for the cut; made only when the body first has nothing to send (streaming).
     cut: Option<Cut>,
     /// Held until the body is dropped (the request counts as in flight while it streams).
     held: Option<Box<dyn Send>>,
@@ -52,7 +55,8 @@ impl ResponseBody {
     {
         Self {
             inner: body.map_err(Into::into).boxed_unsync(),
-            cut: cut.map(cut_signal),
+            cut_rx: cut,
+            cut: None,
             held: None,
         }
     }
@@ -74,6 +78,17 @@ impl From<Bytes> for ResponseBody {
     }
 }
 
+impl ResponseBody {
+    fn cut_now(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.cut = None;
+        self.cut_rx = None;
+        self.inner = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Poll::Ready(Some(Err(Box::new(BodyCut))))
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -82,16 +97,27 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(cut) = self.cut.as_mut() {
-            if cut.as_mut().poll(cx).is_ready() {
-                self.cut = None;
-                self.inner = Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed_unsync();
-                return Poll::Ready(Some(Err(Box::new(BodyCut))));
-            }
+        if self.cut_rx.as_ref().is_some_and(|rx| *rx.borrow()) {
+            return self.cut_now();
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                // Streaming: wake on the cut as well as on the next frame.
+                if self.cut.is_none() {
+                    self.cut = self.cut_rx.clone().map(cut_signal);
+                }
+                let cut = self
+                    .cut
+                    .as_mut()
+                    .is_some_and(|cut| cut.as_mut().poll(cx).is_ready());
+                if cut {
+                    self.cut_now()
+                } else {
+                    Poll::Pending
+                }
+            }
+            ready => ready,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,6 +14,7 @@ use agentid_protocol::{
 };
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -138,7 +139,9 @@ enum Sender {
 pub struct HttpClientConnection {
     sender: Sender,
     peer: TlsPeer,
-    authority: String,
+    authority: Authority,
+    /// `authority` as the HTTP/1.1 `Host` value.
+    host: HeaderValue,
     local: Arc<Credential>,
     verification: Arc<PeerVerification>,
     client_proof: String,
@@ -224,6 +227,8 @@ impl HttpClient {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let tcp = io;
+        let host = HeaderValue::from_str(authority).map_err(|e| Error::Config(e.to_string()))?;
+        let authority = Authority::try_from(authority).map_err(|e| Error::Config(e.to_string()))?;
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
         let name = rustls::pki_types::ServerName::try_from("agentid.invalid")
             .map_err(|e| Error::Config(e.to_string()))?;
@@ -293,7 +298,8 @@ impl HttpClient {
         Ok(HttpClientConnection {
             sender,
             peer,
-            authority: authority.to_owned(),
+            authority,
+            host,
             local,
             verification: self.verification.clone(),
             client_proof,
@@ -379,8 +385,8 @@ impl HttpClientConnection {
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let presenting = self.server.is_none();
         if presenting && !self.presented {
             // Not sent yet: a proof signed at connect time may have grown stale while the
@@ -408,17 +414,19 @@ impl HttpClientConnection {
         }
         let req = match &self.sender {
             Sender::H2(_) => {
-                parts.uri = Uri::try_from(format!("https://{}{path}", self.authority))
+                parts.uri = Uri::builder()
+                    .scheme(Scheme::HTTPS)
+                    .authority(self.authority.clone())
+                    .path_and_query(path)
+                    .build()
                     .map_err(|e| Error::Config(e.to_string()))?;
                 parts.version = http::Version::HTTP_2;
                 Request::from_parts(parts, Full::new(body))
             }
             Sender::H1(_) => {
-                parts.uri = Uri::try_from(path).map_err(|e| Error::Config(e.to_string()))?;
+                parts.uri = Uri::from(path);
                 parts.version = http::Version::HTTP_11;
-                let host = HeaderValue::from_str(&self.authority)
-                    .map_err(|e| Error::Config(e.to_string()))?;
-                parts.headers.insert(HOST, host);
+                parts.headers.insert(HOST, self.host.clone());
                 Request::from_parts(parts, Full::new(body))
             }
         };

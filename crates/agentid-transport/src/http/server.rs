@@ -144,8 +144,8 @@ pub(crate) struct Active(Arc<ConnShared>);
 
 impl Active {
     fn new(conn: &Arc<ConnShared>) -> Self {
+        // While it is in flight the idle timer is suspended; the end of the request re-arms it.
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        conn.touch();
         Self(conn.clone())
     }
 }
@@ -384,10 +384,15 @@ impl ConnShared {
     /// Per request, after the presentation: the deadline, then the revocation epoch (one atomic
     /// load; the full re-check only when the verification state changed).
     pub(crate) fn live(&self) -> Result<(), Refusal> {
+        self.live_at(now_unix())
+    }
+
+    /// As [`ConnShared::live`], at `now` (Unix seconds, read by the caller).
+    pub(crate) fn live_at(&self, now: u64) -> Result<(), Refusal> {
         if let Some(r) = self.ended.get() {
             return Err(r.clone());
         }
-        if now_unix() >= self.deadline() {
+        if now >= self.deadline() {
             return Err(self.end(Refusal::unauthenticated(
                 CREDENTIAL_EXPIRED,
                 "the connection's deadline passed",
