@@ -6,11 +6,11 @@
 //! certificate `notAfter` minus a margin.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentid_protocol::{
-    Chain, ErrorCode, Presentation, PresentationContext, ProofBuilder, Role, VerifiedChain,
+    Chain, ErrorCode, IdSet, Presentation, PresentationContext, ProofBuilder, Role, VerifiedChain,
 };
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -46,6 +46,7 @@ pub struct HttpClient {
     close_margin: Duration,
     check_audience: bool,
     proof_lifetime: Duration,
+    chain_info: Arc<Mutex<Option<Arc<ChainInfo>>>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -126,6 +127,7 @@ impl HttpClientBuilder {
             close_margin: self.close_margin,
             check_audience: self.check_audience,
             proof_lifetime: self.proof_lifetime,
+            chain_info: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -235,10 +237,9 @@ impl HttpClient {
         let tls = self.connector.connect(name, tcp).await?;
         let peer = client_peer(tls.get_ref().1, &self.verification)?;
 
-        if let (true, Some(chain)) = (self.check_audience, local.chain()) {
-            let audience = Chain::parse_unverified(chain)?
-                .read_unverified()?
-                .audience()?;
+        // The own chain's audience and `exp`, read once per chain (not per connection).
+        let chain_info = local.chain().map(|c| self.chain_info(c)).transpose()?;
+        if let (true, Some((_, audience, _))) = (self.check_audience, chain_info.as_deref()) {
             if !audience.covers_id(peer.info.id.as_spiffe_id()) {
                 return Err(Error::Protocol(agentid_protocol::Error::new(
                     ErrorCode::AudienceMismatch,
@@ -258,12 +259,8 @@ impl HttpClient {
 
         // Nothing past the earlier certificate `notAfter` (or own chain `exp`) minus the margin.
         let mut until = peer.info.not_after.min(local.info().not_after);
-        if let Some(c) = local.chain() {
-            if let Ok(exp) =
-                Chain::parse_unverified(c).and_then(|c| c.read_unverified().map(|r| r.expires()))
-            {
-                until = until.min(exp);
-            }
+        if let Some((_, _, exp)) = chain_info.as_deref() {
+            until = until.min(*exp);
         }
         let left = until
             .saturating_sub(now)
@@ -337,6 +334,23 @@ fn sign_client_proof(
     let header = HeaderValue::from_str(&proof)
         .map_err(|_| Error::Config("proof is not a header value".into()))?;
     Ok((proof, header, exp))
+}
+
+/// The own chain, its effective audience and its `exp`.
+type ChainInfo = (String, IdSet, u64);
+
+impl HttpClient {
+    /// The audience and `exp` of `chain`, from the cache when it is the chain read last time.
+    fn chain_info(&self, chain: &str) -> Result<Arc<ChainInfo>> {
+        let mut cached = self.chain_info.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = cached.as_ref().filter(|i| i.0 == chain) {
+            return Ok(info.clone());
+        }
+        let read = Chain::parse_unverified(chain)?.read_unverified()?;
+        let info = Arc::new((chain.to_owned(), read.audience()?, read.expires()));
+        *cached = Some(info.clone());
+        Ok(info)
+    }
 }
 
 fn hyper_err(e: hyper::Error) -> Error {
