@@ -85,7 +85,7 @@ impl DecisionSink for Recorder {
         self.0
             .lock()
             .unwrap()
-            .push((d.resource.to_owned(), d.granted, d.code));
+            .push((d.resource.to_string(), d.granted, d.code));
     }
 }
 

@@ -28,10 +28,12 @@ pub struct Decision<'a> {
     pub peer: &'a PeerId,
     /// The chain's principal (RFC 9493 subject identifier), for `on_behalf_of` chains.
     pub principal: Option<&'a serde_json::Value>,
-    /// What was asked for: the scope, or `peer` for a peer-policy check.
-    pub resource: &'a str,
-    /// The request: method and path.
-    pub action: String,
+    /// What was asked for: a scope, or the peer-policy check.
+    pub resource: Resource<'a>,
+    /// The request's method (with `path`, the action).
+    pub method: &'a Method,
+    /// The request's path.
+    pub path: &'a str,
     /// Granted or denied.
     pub granted: bool,
     /// The refusal code when denied.
@@ -42,7 +44,26 @@ pub struct Decision<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
-/// Receives every authorization decision.
+/// What a decision was about. Displays as the scope, or `peer`.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Resource<'a> {
+    /// A scope asked for under the peer's chain.
+    Scope(&'a Scope),
+    /// The peer's identity against a peer policy.
+    Peer,
+}
+
+impl std::fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resource::Scope(s) => s.fmt(f),
+            Resource::Peer => f.write_str("peer"),
+        }
+    }
+}
+
+/// Receives every authorization decision (nothing is formatted before a sink asks for it).
 pub trait DecisionSink: Send + Sync + 'static {
     /// Records one decision (called on the request path: keep it cheap).
     fn record(&self, decision: &Decision<'_>);
@@ -56,9 +77,9 @@ pub struct TracingSink;
 impl DecisionSink for TracingSink {
     fn record(&self, d: &Decision<'_>) {
         if d.granted {
-            tracing::debug!(target: "agentid::decision", { peer.id = %d.peer, resource = d.resource, action = %d.action, decision = "granted", time = d.time, correlation_id = d.correlation_id }, "authorization");
+            tracing::debug!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, d.path), decision = "granted", time = d.time, correlation_id = d.correlation_id }, "authorization");
         } else {
-            tracing::info!(target: "agentid::decision", { peer.id = %d.peer, resource = d.resource, action = %d.action, decision = "denied", reason = d.code.unwrap_or(""), time = d.time, correlation_id = d.correlation_id }, "authorization");
+            tracing::info!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, d.path), decision = "denied", reason = d.code.unwrap_or(""), time = d.time, correlation_id = d.correlation_id }, "authorization");
         }
     }
 }
@@ -162,7 +183,7 @@ impl Authorizer {
                 .authorize_with_limits(chain, requested, amounts)
                 .map_err(|e| Refusal::forbidden(e.code().as_str(), e.to_string()))
         });
-        self.record(&requested.to_string(), &result, now);
+        self.record(Resource::Scope(requested), &result, now);
         result
     }
 
@@ -180,17 +201,18 @@ impl Authorizer {
                 ))
             }
         });
-        self.record("peer", &result, now);
+        self.record(Resource::Peer, &result, now);
         result
     }
 
-    fn record(&self, resource: &str, result: &Result<(), Refusal>, now: u64) {
+    fn record(&self, resource: Resource<'_>, result: &Result<(), Refusal>, now: u64) {
         let sink = &self.conn.server.sink;
         sink.record(&Decision {
             peer: self.peer_id(),
             principal: self.chain().and_then(|c| c.principal.as_ref()),
             resource,
-            action: format!("{} {}", self.method, self.uri.path()),
+            method: &self.method,
+            path: self.uri.path(),
             granted: result.is_ok(),
             code: result.as_ref().err().map(Refusal::code),
             time: now,

@@ -11,6 +11,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use tokio::sync::watch;
 
+use super::server::Active;
+
 /// The error type of bodies in this module.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,7 +31,7 @@ pub struct ResponseBody {
     /// Waits for the cut; made only when the body first has nothing to send (streaming).
     cut: Option<Cut>,
     /// Held until the body is dropped (the request counts as in flight while it streams).
-    held: Option<Box<dyn Send>>,
+    held: Option<Active>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -61,9 +63,9 @@ impl ResponseBody {
         }
     }
 
-    /// Keeps `value` alive as long as this body.
-    pub(crate) fn holding(mut self, value: impl Send + 'static) -> Self {
-        self.held = Some(Box::new(value));
+    /// Keeps the request's in-flight guard alive as long as this body.
+    pub(crate) fn holding(mut self, active: Active) -> Self {
+        self.held = Some(active);
         self
     }
 

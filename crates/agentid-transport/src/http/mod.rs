@@ -55,7 +55,7 @@ mod tls;
 
 pub use authz::{
     Authorizer, Decision, DecisionSink, Require, RequirePeer, RequirePeerService, RequireScope,
-    RequireScopeService, RequireService, Requirement, TracingSink, CORRELATION_HEADER,
+    RequireScopeService, RequireService, Requirement, Resource, TracingSink, CORRELATION_HEADER,
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
