@@ -270,8 +270,9 @@ pub trait Store: Send {
 
 /// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
 ///
-/// Issuances are committed through a second connection with group commit (see
-/// [`GroupCommitter`]); lookups and the other writes use the store's connection.
+/// Issuances are committed through a second connection with group commit (concurrent
+/// issuances share one transaction and one fsync); lookups and the other writes use the
+/// store's connection.
 pub struct SqliteStore {
     conn: Connection,
     writer: Arc<GroupCommitter>,
@@ -745,7 +746,7 @@ fn read_revocations(conn: &Connection) -> Result<Vec<RevocationRecord>> {
 }
 
 /// Most issuances committed in one transaction.
-pub const MAX_GROUP_COMMIT: usize = 64;
+pub(crate) const MAX_GROUP_COMMIT: usize = 64;
 
 /// An issuance as queued for the group commit.
 struct OwnedCommit {
@@ -797,7 +798,7 @@ struct Job {
 /// with `synchronous=FULL` (one fsync for the batch), and only then answers each caller. A caller
 /// whose request was committed by another one's batch returns that answer. A failed commit
 /// fails every request of the batch.
-pub struct GroupCommitter {
+pub(crate) struct GroupCommitter {
     pending: Mutex<Vec<Job>>,
     writer: Mutex<Connection>,
 }

@@ -1064,11 +1064,7 @@ fn a_revoked_thumbprint_is_always_publishable() {
     let mut bundles = BundleSet::new();
     bundles.insert(t.ca.trust_bundle().unwrap()).unwrap();
     let list = RevocationList::verify(&t.ca.revocation_list(n).unwrap(), &bundles).unwrap();
-    assert!(
-        list.contains(&agentid_protocol::revocation::RevocationTarget::Key(
-            good.to_string()
-        ))
-    );
+    assert!(list.contains(&agentid_protocol::RevocationTarget::Key(good.to_string())));
 }
 
 /// `TaskKey::csr` (the protocol crate's hand-written PKCS#10) is accepted by the CA's CSR intake,

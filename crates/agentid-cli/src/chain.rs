@@ -289,7 +289,7 @@ fn decode_tokens(chain: &str) -> Vec<Value> {
     chain
         .split('~')
         .enumerate()
-        .take(agentid_protocol::chain::MAX_TOKENS + 1)
+        .take(agentid_protocol::caps::MAX_TOKENS + 1)
         .map(|(i, tok)| {
             let mut parts = tok.split('.');
             let header = parts.next().map(decode_part).unwrap_or(Value::Null);

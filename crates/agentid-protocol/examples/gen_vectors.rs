@@ -25,13 +25,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use agentid_protocol::bundle::TrustBundle;
-use agentid_protocol::crypto::sha256;
-use agentid_protocol::danger::{sign_with_authority_key, sign_with_task_key};
-use agentid_protocol::revocation::RevocationListBuilder;
+use agentid_protocol::danger::{sha256, sign_with_authority_key, sign_with_task_key};
 use agentid_protocol::{
     AgentId, Algorithm, AuthorityKey, ErrorCode, GrantBuilder, JwsSigner, LinkBuilder, PublicKey,
-    Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, TrustDomain,
+    RevocationListBuilder, Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, TrustBundle,
+    TrustDomain,
 };
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z

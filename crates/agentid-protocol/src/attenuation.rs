@@ -8,10 +8,12 @@
 
 use std::collections::BTreeSet;
 
+use crate::audience::IdSet;
 use crate::crypto::sha256;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskId, TaskIdentity};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::token::claims::{GrantClaims, LinkClaims};
 
 /// The effective values after a token (spec/PROTOCOL.md section 10, phase 4 "running state"):

@@ -180,7 +180,7 @@ pub struct VerifiedProof {
 
 /// Verifies a hop proof. The order of checks is fixed by spec/PROTOCOL.md ("Hop proofs").
 pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof> {
-    if ctx.skew > crate::policy::MAX_SKEW {
+    if ctx.skew > crate::config::MAX_SKEW {
         return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
     }
     // P1. Framing.

@@ -14,6 +14,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
+use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
@@ -21,7 +22,6 @@ use crate::establish::{
     Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
-use crate::limits::ConnectionLimits;
 use crate::peer_policy::PeerPolicy;
 use crate::provider;
 use crate::provider::ALPN;

@@ -30,13 +30,13 @@
 
 mod admission;
 mod client;
+mod connection_limits;
 mod credentials;
 mod error;
 mod establish;
 mod frame;
 #[cfg(feature = "http")]
 pub mod http;
-mod limits;
 mod listener;
 mod peer_policy;
 pub mod provider;
@@ -51,16 +51,14 @@ pub mod internal;
 
 pub use admission::{accept_tcp, Admission, SessionPermit};
 pub use client::{AgentClient, AgentClientBuilder};
+pub use connection_limits::ConnectionLimits;
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
 pub use error::{BusyKind, CertError, Error, FrameError, Result, TimeoutKind};
 pub use frame::MAX_FRAME_BODY;
-pub use limits::ConnectionLimits;
 pub use listener::AgentListener;
 pub use peer_policy::PeerPolicy;
 pub use rustls_verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 pub use server::{AgentServer, AgentServerBuilder};
 pub use session::{AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS};
-pub use svid::{
-    check_leaf, serial_hex, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES,
-};
+pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES};
 pub use trust_state::PeerVerification;

@@ -15,6 +15,7 @@ use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use crate::admission::{Admission, SessionPermit};
+use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
@@ -22,7 +23,6 @@ use crate::establish::{
     PeerPresented,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
-use crate::limits::ConnectionLimits;
 use crate::listener::AgentListener;
 use crate::peer_policy::PeerPolicy;
 use crate::provider::{self, ALPN};

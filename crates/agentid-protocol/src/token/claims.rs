@@ -5,10 +5,12 @@
 
 use serde_json::{Map, Value};
 
+use crate::audience::IdSet;
 use crate::encoding::{b64_decode, json_time, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::PublicKey;
 
 /// Whether the grant's holder acts on its own or for a principal.

@@ -3,16 +3,18 @@
 use serde_json::Value;
 
 use crate::attenuation::{grant_rules, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::chain::Chain;
 use crate::crypto::JwsSigner;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskIdentity, TrustDomain};
 use crate::jws::{sign_compact, TokenType};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::token::claims::{
     check_principal, encode_grant, random_jti, valid_jti, GrantClaims, Mode, MAX_DEPTH,
 };
-use crate::verify::{grant_lifetime, nbf_not_after_exp};
+use crate::verifier::{grant_lifetime, nbf_not_after_exp};
 use crate::PublicKey;
 
 /// Builds and signs a grant (`agentid-grant+jwt`).

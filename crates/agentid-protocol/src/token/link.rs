@@ -1,14 +1,16 @@
 //! The link builder: a holder hands a narrower slice of its rights to the next agent.
 
 use crate::attenuation::{attenuate, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::chain::Chain;
 use crate::crypto::TaskKey;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
 use crate::jws::{sign_compact, TokenType};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::token::claims::{encode_link, random_jti, valid_jti, LinkClaims};
-use crate::verify::nbf_not_after_exp;
+use crate::verifier::nbf_not_after_exp;
 use crate::PublicKey;
 
 /// Builds and signs a link (`agentid-link+jwt`) appended to a chain the signer holds.

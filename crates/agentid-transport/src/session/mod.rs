@@ -92,7 +92,7 @@ pub struct AuthenticatedPeer {
     /// The peer certificate's public key.
     pub public_key: PublicKey,
     /// The peer certificate's serial: lowercase hex without leading zero bytes, as the CA
-    /// reports it ([`crate::svid::serial_hex`]).
+    /// reports it ([`agentid_protocol::Serial`]).
     pub cert_serial: String,
     /// The peer certificate's `notAfter` (Unix seconds).
     pub cert_not_after: u64,

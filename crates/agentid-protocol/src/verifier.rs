@@ -11,15 +11,17 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::attenuation::{attenuate, Effective, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::cache::{CachedToken, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
+use crate::config::{VerifierConfig, MAX_SKEW};
 use crate::crypto::{sha256, verify};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
-use crate::policy::{VerifierConfig, MAX_SKEW};
+use crate::limits::Limits;
 use crate::revocation::RevocationList;
-use crate::scope::{IdSet, Limits, Scope};
+use crate::scope::Scope;
 use crate::token::claims::{decode_grant, decode_link, GrantClaims, LinkClaims, Mode, TokenClaims};
 use crate::token::MAX_TOKEN_LIFETIME;
 use crate::PublicKey;
@@ -169,7 +171,7 @@ impl Verifier {
             ));
         }
         for name in &config.enforced_limits {
-            crate::scope::check_limit_name(name).map_err(|e| {
+            crate::limits::check_limit_name(name).map_err(|e| {
                 Error::new(
                     ErrorCode::BadConfig,
                     format!("enforced limit: {}", e.detail()),
