@@ -389,6 +389,13 @@ async fn chain_presented_and_authorized_per_request() {
             .protocol_code(),
         Some(ErrorCode::ScopeNotGranted)
     );
+    // As for a peer with a chain, a request for `*` fails A1 first (spec section 13).
+    assert_eq!(
+        cs.authorize(&Scope::parse("files:*").unwrap())
+            .unwrap_err()
+            .protocol_code(),
+        Some(ErrorCode::BadScope)
+    );
 
     // Data both ways, as frames and as a byte stream.
     cs.send(b"ping").await.unwrap();
