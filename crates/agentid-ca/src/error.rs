@@ -187,7 +187,7 @@ pub enum CaError {
     // ---- Audit ----
     /// The audit record of an operation that succeeded could not be written, so its result is
     /// not handed out (no record, no certificate). What the store already committed stays
-    /// committed: see [`crate::AuditLog::record`].
+    /// committed.
     #[error("audit log write failed, result withheld: {0}")]
     AuditWrite(String),
 }

@@ -70,7 +70,8 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 "#;
 
 /// Creates a CA in `dir`: root and intermediate certificates and keys, grant and revocation
-/// keys, `config.toml`, a deny-all `policy.toml`, the store and the audit log.
+/// keys, the audit checkpoint key, `config.toml`, a deny-all `policy.toml` and the store (which
+/// holds the audit chain).
 ///
 /// Refuses to touch a directory that already holds any of these files. Private keys are
 /// created with mode 0600.
@@ -85,6 +86,8 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         files::INTERMEDIATE_KEY,
         files::GRANT_KEY,
         files::REVOCATION_KEY,
+        files::AUDIT_KEY,
+        files::AUDIT_PUB,
         files::CONFIG,
         files::DB,
     ] {
@@ -141,6 +144,7 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         material::cert_pem(int_cert.der()).as_bytes(),
     )?;
     material::write_public_file(&join(dir, files::CONFIG), config.to_toml()?.as_bytes())?;
+    crate::ca::load_or_create_audit_key(dir, alg)?;
     let policy_path = join(dir, files::POLICY);
     if !policy_path.exists() {
         material::write_public_file(&policy_path, DEFAULT_POLICY.as_bytes())?;
