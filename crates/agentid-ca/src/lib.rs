@@ -40,6 +40,8 @@ pub mod migrate;
 pub mod policy;
 pub mod profile;
 #[cfg(feature = "server")]
+pub mod publication;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -34,10 +34,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::CaError;
 use crate::issue::{KeySource, RenewRequester, ServiceRequest};
+use crate::publication::Publisher;
+use crate::store::PublishedList;
 use crate::{CertificateAuthority, RenewRequest, RevokeTarget};
 
 /// Bounds of the service.
@@ -64,20 +66,12 @@ impl Default for ServiceOptions {
     }
 }
 
-/// The latest published revocation list.
-#[derive(Clone, Debug)]
-struct Published {
-    seq: u64,
-    list: String,
-}
-
 struct Shared {
     ca: Arc<CertificateAuthority>,
     ops: Arc<Semaphore>,
     waiters: Arc<Semaphore>,
-    latest: watch::Sender<Option<Arc<Published>>>,
-    /// One publisher at a time.
-    publishing: tokio::sync::Mutex<()>,
+    /// Publishes revocation lists and serves the latest stored one.
+    publisher: Arc<Publisher>,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -173,15 +167,13 @@ impl CaService {
             verification,
         };
         let ca = Arc::new(ca);
-        let first = publish_now(&ca)?;
-        let (latest, _) = watch::channel(Some(Arc::new(first)));
+        let publisher = Publisher::new(ca.clone())?;
         Ok(CaService {
             shared: Arc::new(Shared {
                 ca,
                 ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
                 waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
-                latest,
-                publishing: tokio::sync::Mutex::new(()),
+                publisher,
             }),
             server,
             own,
@@ -208,6 +200,7 @@ impl CaService {
         tokio::select! {
             r = self.server.serve(listener, self.router()) => r?,
             () = self.keep_own_certificate() => {}
+            () = self.shared.publisher.clone().run() => {}
         }
         Ok(())
     }
@@ -259,21 +252,6 @@ impl CaService {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         self.serve(listener).await
     }
-}
-
-/// Signs the next revocation list and reads its `seq` back from the payload this CA produced.
-fn publish_now(ca: &CertificateAuthority) -> Result<Published, CaError> {
-    let list = ca.revocation_list(SystemTime::now())?;
-    let seq = list
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-        .ok_or_else(|| CaError::Store("revocation list without seq".into()))?;
-    Ok(Published { seq, list })
 }
 
 // ---- Responses ----
@@ -466,12 +444,12 @@ async fn bundle(State(s): State<Arc<Shared>>) -> Response {
     json(StatusCode::OK, &v)
 }
 
-fn list_response(p: &Published) -> Response {
+fn list_response(p: &PublishedList) -> Response {
     let mut r = json(
         StatusCode::OK,
         &RevocationsResponse {
             seq: p.seq,
-            list: p.list.clone(),
+            list: p.compact.clone(),
         },
     );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", p.seq)) {
@@ -529,7 +507,7 @@ async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let mut rx = s.latest.subscribe();
+    let mut rx = s.publisher.subscribe();
     let current = rx.borrow_and_update().clone();
     let Some(current) = current else {
         return Refused::new(ErrorCode::NotFound, "no list published yet", "retry later")
@@ -835,15 +813,22 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     let actor = a.peer_id().as_str().to_owned();
     let reason = body.reason.clone();
     let res = run(&s, move |ca| {
-        ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())
+        let rec = ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())?;
+        Ok((rec, ca.revocation_epoch()?))
     })
     .await;
-    let rec = match res {
+    let (rec, epoch) = match res {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = publish(&s).await {
-        return r.into_response();
+    // Answered once a list holding the revocation is served (published within ~200 ms).
+    s.publisher.revoked();
+    if let Err(e) = s
+        .publisher
+        .published_at_epoch(epoch, Duration::from_secs(10))
+        .await
+    {
+        return Refused::from(e).into_response();
     }
     json(
         StatusCode::OK,
@@ -853,12 +838,4 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
             exp: rec.exp,
         },
     )
-}
-
-/// Publishes a new list (one publisher at a time) and wakes the long-poll waiters.
-async fn publish(s: &Shared) -> Result<(), Refused> {
-    let _one = s.publishing.lock().await;
-    let p = run(s, publish_now).await?;
-    s.latest.send_replace(Some(Arc::new(p)));
-    Ok(())
 }
