@@ -112,6 +112,12 @@ pub enum RevokeTarget {
         /// The link's `jti`.
         jti: Jti,
     },
+    /// A principal (an RFC 9493 subject identifier, as the CA recorded it when opening tasks):
+    /// a CA-side expansion, not a list entry kind. Every task of that principal whose grant has
+    /// not expired is revoked as a `task` entry, in one transaction with the principal's own
+    /// entry, which refuses new tasks for it for [`MAX_GRANT_LIFETIME_SECS`] (or as long as its
+    /// latest task, if longer) and is never published: the principal never leaves the CA.
+    Principal(serde_json::Value),
 }
 
 /// A fresh single-use bootstrap token. Only its SHA-256 is stored; hand `token` to the agent
@@ -396,6 +402,9 @@ impl CertificateAuthority {
         actor: &str,
         now: u64,
     ) -> Result<RevocationRecord> {
+        if let RevokeTarget::Principal(p) = target {
+            return self.revoke_principal(p, reason, actor, now);
+        }
         let mut store = self.store()?;
         let (kind, value) = match target {
             RevokeTarget::Serial(serial) => {
@@ -437,6 +446,9 @@ impl CertificateAuthority {
             RevokeTarget::LinkJti { iss, jti } => {
                 self.check_td(iss.as_spiffe_id())?;
                 (RevocationKind::LinkJti, format!("{} {jti}", iss.as_str()))
+            }
+            RevokeTarget::Principal(_) => {
+                return Err(CaError::InvalidRequest("principal revocation".into()))
             }
         };
         let skew = self.config.skew_secs;
@@ -480,6 +492,55 @@ impl CertificateAuthority {
         Ok(rec)
     }
 
+    /// See [`RevokeTarget::Principal`]. Returns the principal's own (unpublished) entry.
+    fn revoke_principal(
+        &self,
+        principal: &serde_json::Value,
+        reason: Option<&str>,
+        actor: &str,
+        now: u64,
+    ) -> Result<RevocationRecord> {
+        let value = crate::store::canonical_principal(principal)?;
+        let mut store = self.store()?;
+        let latest = store
+            .latest_expiry(RevocationKind::Principal, &value)?
+            .unwrap_or(now)
+            .max(now.saturating_add(MAX_GRANT_LIFETIME_SECS));
+        let rec = RevocationRecord {
+            kind: RevocationKind::Principal,
+            value,
+            exp: latest.saturating_add(self.config.skew_secs),
+            revoked_at: now,
+            reason: reason.map(str::to_string),
+            requester: actor.to_string(),
+        };
+        let mut recorded = None;
+        let tasks = store.revoke_principal(&rec, self.config.skew_secs, &mut |tasks| {
+            let ev = AuditEvent {
+                ts: now,
+                kind: "revoke".into(),
+                actor: actor.into(),
+                subject: Some(format!("principal:{}", rec.value)),
+                outcome: "ok".into(),
+                reason: Some(format!(
+                    "{}expanded to {} task(s): {}",
+                    reason.map(|r| format!("{r}; ")).unwrap_or_default(),
+                    tasks.len(),
+                    tasks.join(" ")
+                )),
+                ..AuditEvent::default()
+            };
+            recorded = Some(ev.clone());
+            ev
+        })?;
+        drop(store);
+        if let Some(ev) = &recorded {
+            self.audit.record(ev);
+        }
+        tracing::info!(tasks = tasks.len(), "principal revoked");
+        Ok(rec)
+    }
+
     /// Publishes the next signed revocation list and returns it: `seq` incremented in the
     /// store, `iat = now`, `next_update = now + revocation_next_update_secs`; entries whose `exp`
     /// has passed are pruned. See [`CertificateAuthority::publish_revocations`].
@@ -498,13 +559,18 @@ impl CertificateAuthority {
         let mut make = |seq: u64, entries: &[RevocationRecord]| -> Result<Publication> {
             let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
             let mut n = 0usize;
-            for e in entries.iter().filter(|e| e.exp > now_s) {
+            // Principal entries stay at the CA: their tasks are listed instead.
+            let published = entries
+                .iter()
+                .filter(|e| e.exp > now_s && e.kind != RevocationKind::Principal);
+            for e in published {
                 n += 1;
                 b = match e.kind {
                     RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
                     RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
                     RevocationKind::Agent => b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp),
                     RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
+                    RevocationKind::Principal => b,
                     RevocationKind::LinkJti => match e.value.split_once(' ') {
                         Some((iss, jti)) => {
                             b.revoke_jti(&agentid_protocol::SpiffeId::parse(iss)?, jti, e.exp)

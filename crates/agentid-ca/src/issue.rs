@@ -558,6 +558,20 @@ impl CertificateAuthority {
             g = g.may_delegate_to(m);
         }
         let grant = g.sign(self.grant_signer.as_ref())?;
+        let principal = req
+            .principal
+            .as_ref()
+            .map(crate::store::canonical_principal)
+            .transpose()?;
+        let mut refuse = vec![
+            (RevocationKind::Agent, name.to_string()),
+            (RevocationKind::Task, task.as_str().to_string()),
+            (RevocationKind::Jkt, jkt.clone()),
+        ];
+        // No new task for a revoked principal while its revocation lasts.
+        if let Some(p) = &principal {
+            refuse.push((RevocationKind::Principal, p.clone()));
+        }
 
         let leaf = self.sign_and_commit(
             &uri,
@@ -594,13 +608,10 @@ impl CertificateAuthority {
                         grant_jti: jti.clone(),
                         exp: grant_exp,
                         created: now,
+                        principal: principal.clone(),
                     }),
                     bootstrap,
-                    vec![
-                        (RevocationKind::Agent, name.to_string()),
-                        (RevocationKind::Task, task.as_str().to_string()),
-                        (RevocationKind::Jkt, jkt.clone()),
-                    ],
+                    refuse,
                 ))
             },
             now,

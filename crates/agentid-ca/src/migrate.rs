@@ -70,6 +70,10 @@ INSERT OR REPLACE INTO meta (key, value)
 -- with the value its last list saw.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_epoch', 0);
 ALTER TABLE published_lists ADD COLUMN revocation_epoch INTEGER NOT NULL DEFAULT 0;
+-- The principal a task acts for (canonical JSON), so that revoking a principal can find its
+-- tasks; NULL for tasks opened before version 2 or without a principal.
+ALTER TABLE tasks ADD COLUMN principal TEXT;
+CREATE INDEX tasks_principal ON tasks(principal);
 ",
     },
 ];

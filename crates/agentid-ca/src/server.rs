@@ -705,6 +705,8 @@ fn check_holder_key(
             crate::RevocationKind::Jti => grant_jti.as_deref() == Some(r.value.as_str()),
             // The CA does not see links; a revoked link ends the chain at verifiers.
             crate::RevocationKind::LinkJti => false,
+            // Expanded into `task` entries when revoked.
+            crate::RevocationKind::Principal => false,
         };
         if hit {
             return Err(CaError::Revoked {

@@ -104,6 +104,14 @@ pub struct TaskRecord {
     pub exp: u64,
     /// When it was opened, Unix seconds.
     pub created: u64,
+    /// The principal the task acts for, as canonical JSON (see [`canonical_principal`]).
+    pub principal: Option<String>,
+}
+
+/// The canonical form of an RFC 9493 principal as the store keeps it: its JSON with object keys
+/// sorted, no whitespace.
+pub fn canonical_principal(p: &serde_json::Value) -> Result<String> {
+    serde_json::to_string(p).map_err(|e| CaError::InvalidRequest(format!("principal: {e}")))
 }
 
 /// What a revocation entry targets.
@@ -119,6 +127,10 @@ pub enum RevocationKind {
     Jkt,
     /// A link `jti`, scoped by its issuer: the value is `"<issuer task identity> <jti>"`.
     LinkJti,
+    /// A principal (canonical JSON): kept at the CA only, never published. Revoking a
+    /// principal revokes each of its live tasks as a `task` entry and refuses new tasks for it
+    /// while this entry lasts.
+    Principal,
 }
 
 impl RevocationKind {
@@ -130,6 +142,7 @@ impl RevocationKind {
             RevocationKind::Agent => "agent",
             RevocationKind::Jkt => "jkt",
             RevocationKind::LinkJti => "link_jti",
+            RevocationKind::Principal => "principal",
         }
     }
     fn parse(s: &str) -> Result<Self> {
@@ -139,6 +152,7 @@ impl RevocationKind {
             "agent" => RevocationKind::Agent,
             "jkt" => RevocationKind::Jkt,
             "link_jti" => RevocationKind::LinkJti,
+            "principal" => RevocationKind::Principal,
             other => return Err(CaError::Store(format!("unknown revocation kind {other:?}"))),
         })
     }
@@ -343,6 +357,19 @@ pub trait Store: Send {
     /// The revocation epoch: bumped by every transaction that adds or widens a revocation.
     fn revocation_epoch(&self) -> Result<u64> {
         Ok(0)
+    }
+    /// Revokes a principal in one transaction: its own entry `p` (kind
+    /// [`RevocationKind::Principal`]) and a `task` entry for each task of that principal whose
+    /// grant has not expired at `p.revoked_at` (each lasting until everything in the task has
+    /// expired, plus `skew`), with the audit record `audit(tasks)` naming the expansion.
+    /// Returns the task entries.
+    fn revoke_principal(
+        &mut self,
+        _p: &RevocationRecord,
+        _skew: u64,
+        _audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+    ) -> Result<Vec<RevocationRecord>> {
+        Err(CaError::Store("this store cannot revoke principals".into()))
     }
 }
 
@@ -573,14 +600,15 @@ fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Re
     // 3. The task and its bootstrap token.
     if let Some(t) = c.task {
         conn.prepare_cached(
-            "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             t.task,
             t.holder,
             t.grant_jti,
             to_i64(t.exp)?,
-            to_i64(t.created)?
+            to_i64(t.created)?,
+            t.principal
         ])
         .map_err(|e| {
             if is_constraint(&e) {
@@ -707,7 +735,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE task = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE task = ?1",
             )?
             .query_row(params![task], row_task)
             .optional()?)
@@ -717,7 +745,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE grant_jti = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE grant_jti = ?1",
             )?
             .query_row(params![jti], row_task)
             .optional()?)
@@ -740,6 +768,10 @@ impl Store for SqliteStore {
             RevocationKind::Jti => (
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
+            ),
+            RevocationKind::Principal => (
+                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
+                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
             ),
             // Links are never recorded by the CA: nothing bounds them here.
             RevocationKind::LinkJti => return Ok(None),
@@ -1003,6 +1035,64 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn revoke_principal(
+        &mut self,
+        p: &RevocationRecord,
+        skew: u64,
+        audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+    ) -> Result<Vec<RevocationRecord>> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        let now = to_i64(p.revoked_at)?;
+        let tasks: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT t.task, MAX(t.exp,
+                   COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
+                   COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
+                 FROM tasks t WHERE t.principal = ?1 AND t.exp > ?2 ORDER BY t.rowid",
+            )?
+            .query_map(params![p.value, now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(tasks.len());
+        let insert = "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)";
+        for (task, latest) in tasks {
+            let rec = RevocationRecord {
+                kind: RevocationKind::Task,
+                value: task,
+                exp: to_u64(latest.max(now))?.saturating_add(skew),
+                revoked_at: p.revoked_at,
+                reason: p.reason.clone(),
+                requester: p.requester.clone(),
+            };
+            tx.prepare_cached(insert)?.execute(params![
+                rec.kind.as_str(),
+                rec.value,
+                to_i64(rec.exp)?,
+                now,
+                rec.reason,
+                rec.requester
+            ])?;
+            out.push(rec);
+        }
+        tx.prepare_cached(insert)?.execute(params![
+            p.kind.as_str(),
+            p.value,
+            to_i64(p.exp)?,
+            now,
+            p.reason,
+            p.requester
+        ])?;
+        exec_cached(
+            &tx,
+            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+        )?;
+        let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
+        append_audit_tx(&tx, &writer, &audit(&names))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     fn revocation_epoch(&self) -> Result<u64> {
         let v: i64 = self
             .conn
@@ -1202,6 +1292,7 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         grant_jti: r.get(2)?,
         exp: to_u64(r.get(3)?)?,
         created: to_u64(r.get(4)?)?,
+        principal: r.get(5)?,
     })
 }
 
@@ -1241,6 +1332,7 @@ mod tests {
                 grant_jti: format!("jti{n}"),
                 exp: 100,
                 created: 1,
+                principal: None,
             }),
             bootstrap: None,
             refuse_if_revoked: vec![
