@@ -28,6 +28,7 @@
 //! * Time is a parameter (`now: SystemTime`) of every decision.
 #![forbid(unsafe_code)]
 
+pub mod agentid_bundle;
 pub mod audit;
 mod ca;
 pub mod config;

@@ -32,6 +32,13 @@ pub mod files {
     pub const AUDIT_KEY: &str = "audit.key";
     /// Its public key (SPKI PEM), what `agentid audit verify` checks checkpoints with.
     pub const AUDIT_PUB: &str = "audit.pub";
+    /// The bundle-signing key (PKCS#8 PEM): signs the agentid bundle. Keep it offline with the
+    /// root key; the CA service never needs it.
+    pub const BUNDLE_SIGNING_KEY: &str = "bundle-signing.key";
+    /// Its public key (SPKI PEM), which watchers pin to accept grant and revocation keys.
+    pub const BUNDLE_SIGNING_PUB: &str = "bundle-signing.pub";
+    /// The signed agentid bundle the service serves (`GET /v1/bundle/agentid`).
+    pub const AGENTID_BUNDLE: &str = "agentid-bundle.jws";
 }
 
 /// Writes a new private key file with mode 0600 from creation on (never chmod after the fact);

@@ -1,6 +1,6 @@
 //! The CA as a network service (`spec/CA-API.md`): axum routes over agentid's mTLS HTTP server.
 //!
-//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/revocations` (with `ETag` and the
+//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/bundle/agentid`, `GET /v1/revocations` (with `ETag` and the
 //! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
 //! `POST /v1/revoke`. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
@@ -185,6 +185,7 @@ impl CaService {
         Router::new()
             .route(agentid_api::routes::HEALTHZ, get(healthz))
             .route(agentid_api::routes::BUNDLE, get(bundle))
+            .route(agentid_api::routes::BUNDLE_AGENTID, get(bundle_agentid))
             .route(agentid_api::routes::REVOCATIONS, get(revocations))
             .route(agentid_api::routes::ENROLL, post(enroll))
             .route(agentid_api::routes::CHILDREN, post(children))
@@ -442,6 +443,28 @@ async fn bundle(State(s): State<Arc<Shared>>) -> Response {
         keys.retain(|k| k.get("use").and_then(serde_json::Value::as_str) == Some("x509-svid"));
     }
     json(StatusCode::OK, &v)
+}
+
+/// The signed agentid bundle, as the operator signed it offline (read per request, so a
+/// re-signed bundle is served without a restart).
+async fn bundle_agentid(State(s): State<Arc<Shared>>) -> Response {
+    match run(&s, |ca| ca.signed_agentid_bundle()).await {
+        Ok(Some(jws)) => {
+            let mut r = Response::new(Body::from(jws));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jose"),
+            );
+            r
+        }
+        Ok(None) => Refused::new(
+            ErrorCode::NotFound,
+            "this CA has no signed agentid bundle",
+            "the operator signs one with the offline bundle-signing key",
+        )
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 fn list_response(p: &PublishedList) -> Response {

@@ -252,3 +252,36 @@ async fn revoke_to_long_poll_wake_up_latency() {
         samples.last().unwrap().as_secs_f64() * 1e3,
     );
 }
+
+/// `GET /v1/bundle/agentid`: the bundle the operator signed offline, served without the
+/// bundle-signing key on the service's host; a document this key did not sign is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signed_agentid_bundle_is_served_without_its_key() {
+    use agentid_ca::agentid_bundle;
+    let dir = ca_dir();
+    let pubkey = agentid_bundle::public_key(dir.path()).unwrap();
+    // Offline: the key leaves the service's directory.
+    std::fs::remove_file(dir.path().join("bundle-signing.key")).unwrap();
+    let addr = replica(dir.path()).await;
+    let (mut c, _) = connect(dir.path(), addr, "worker").await;
+
+    let (s, jws) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_eq!(s, 200, "{jws}");
+    let td = agentid_protocol::TrustDomain::parse(common::TD).unwrap();
+    let (_, bundle) = agentid_bundle::verify(&jws, &pubkey, &td).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let current = ca.trust_bundle().unwrap();
+    assert_eq!(bundle.grant_keys(), current.grant_keys());
+    assert_eq!(bundle.revocation_keys(), current.revocation_keys());
+
+    // A document signed by another key (say, the stolen TLS key's owner) is refused.
+    let mallory = agentid_protocol::AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let forged = agentid_bundle::sign(&mallory, &current, common::unix(common::now())).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), &forged).unwrap();
+    let (s, _) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_ne!(s, 200);
+    // None at all: 404.
+    std::fs::remove_file(dir.path().join("agentid-bundle.jws")).unwrap();
+    let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_eq!(s, 404, "{body}");
+}
