@@ -160,6 +160,57 @@ impl Publisher {
     }
 }
 
+/// Long-poll requests held per caller (`spec/CA-API.md` 3.4); the total is bounded apart.
+#[derive(Debug)]
+pub struct CallerWaiters {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One held long-poll request of a caller; released on drop.
+#[derive(Debug)]
+pub struct CallerSlot {
+    waiters: Arc<CallerWaiters>,
+    caller: String,
+}
+
+impl CallerWaiters {
+    /// At most `max` (at least 1) held requests per caller.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(CallerWaiters {
+            max: max.max(1),
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// A slot for `caller`, or `None` when it already holds the maximum.
+    pub fn try_acquire(self: &Arc<Self>, caller: &str) -> Option<CallerSlot> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(caller.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            waiters: self.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.waiters.held.lock() {
+            if let Some(n) = held.get_mut(&self.caller) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.caller);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +232,16 @@ mod tests {
         assert!(!due(Some(&l), 3, 1299));
         assert!(due(Some(&l), 3, 1300));
         assert!(due(Some(&l), 4, 1001));
+    }
+
+    #[test]
+    fn caller_slots_are_bounded_per_caller_and_released_on_drop() {
+        let w = CallerWaiters::new(2);
+        let a1 = w.try_acquire("a").unwrap();
+        let _a2 = w.try_acquire("a").unwrap();
+        assert!(w.try_acquire("a").is_none());
+        let _b = w.try_acquire("b").unwrap();
+        drop(a1);
+        assert!(w.try_acquire("a").is_some());
     }
 }

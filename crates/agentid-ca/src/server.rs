@@ -49,6 +49,8 @@ pub struct ServiceOptions {
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
+    /// Requests held by the revocation long-poll, per caller identity.
+    pub max_waiters_per_caller: usize,
     /// Lifetime of the service's own certificate (default: the policy's default TTL).
     pub service_ttl: Option<Duration>,
     /// Options of the mTLS listener.
@@ -60,6 +62,7 @@ impl Default for ServiceOptions {
         ServiceOptions {
             max_operations: 16,
             max_waiters: 1024,
+            max_waiters_per_caller: 4,
             service_ttl: None,
             http: HttpOptions::default(),
         }
@@ -72,6 +75,8 @@ struct Shared {
     waiters: Arc<Semaphore>,
     /// Publishes revocation lists and serves the latest stored one.
     publisher: Arc<Publisher>,
+    /// Long-poll requests held per caller.
+    caller_waiters: Arc<crate::publication::CallerWaiters>,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -174,6 +179,9 @@ impl CaService {
                 ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
                 waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
                 publisher,
+                caller_waiters: crate::publication::CallerWaiters::new(
+                    options.max_waiters_per_caller,
+                ),
             }),
             server,
             own,
@@ -525,7 +533,7 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
     Ok((after, wait))
 }
 
-async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
+async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
     let (after, wait) = match poll_params(&req) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
@@ -545,6 +553,14 @@ async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if wait == 0 {
         return not_modified(current.seq);
     }
+    let Some(_mine) = s.caller_waiters.try_acquire(a.peer_id().as_str()) else {
+        return Refused::new(
+            ErrorCode::RateLimited,
+            "this caller already holds its share of waiting requests",
+            "retry after Retry-After",
+        )
+        .into_response();
+    };
     let Ok(_w) = s.waiters.clone().try_acquire_owned() else {
         return Refused::new(
             ErrorCode::RateLimited,

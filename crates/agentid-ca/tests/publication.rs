@@ -44,8 +44,12 @@ fn ca_dir() -> tempfile::TempDir {
 
 /// Starts a service (a replica) on `dir`.
 async fn replica(dir: &std::path::Path) -> SocketAddr {
+    replica_with(dir, ServiceOptions::default()).await
+}
+
+async fn replica_with(dir: &std::path::Path, options: ServiceOptions) -> SocketAddr {
     let ca = CertificateAuthority::open(dir).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { service.serve(listener).await });
@@ -59,6 +63,12 @@ async fn connect(
     addr: SocketAddr,
     agent: &str,
 ) -> (HttpClientConnection, String) {
+    let (client, task) = client(dir, agent);
+    (client.connect(addr, "ca.example.org").await.unwrap(), task)
+}
+
+/// A client holding a new task of `agent`, and the task id.
+fn client(dir: &std::path::Path, agent: &str) -> (HttpClient, String) {
     let ca = CertificateAuthority::open(dir).unwrap();
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let req = OpenTaskRequest::new(
@@ -83,8 +93,7 @@ async fn connect(
         .connect_timeout(T)
         .build()
         .unwrap();
-    let conn = client.connect(addr, "ca.example.org").await.unwrap();
-    (conn, id.rsplit('/').next().unwrap().to_owned())
+    (client, id.rsplit('/').next().unwrap().to_owned())
 }
 
 async fn call(c: &mut HttpClientConnection, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -284,4 +293,64 @@ async fn the_signed_agentid_bundle_is_served_without_its_key() {
     std::fs::remove_file(dir.path().join("agentid-bundle.jws")).unwrap();
     let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
     assert_eq!(s, 404, "{body}");
+}
+
+/// Held long-poll requests are bounded per caller: past the bound, `429 rate_limited`; other
+/// callers still wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_are_bounded_per_caller() {
+    let dir = ca_dir();
+    let addr = replica_with(
+        dir.path(),
+        ServiceOptions {
+            max_waiters_per_caller: 1,
+            ..ServiceOptions::default()
+        },
+    )
+    .await;
+    let (same, _) = client(dir.path(), "worker");
+    let mut first = same.connect(addr, "ca.example.org").await.unwrap();
+    let mut second = same.connect(addr, "ca.example.org").await.unwrap();
+    let current = latest(&mut first).await;
+    let long = format!("/v1/revocations?after={}&wait=25", current.seq);
+    let short = format!("/v1/revocations?after={}&wait=1", current.seq);
+    let hold = |mut c: HttpClientConnection, path: String| {
+        tokio::spawn(async move {
+            let r = call(&mut c, "GET", &path, "").await;
+            (r, c)
+        })
+    };
+    let mut held = hold(first, long.clone());
+    // Bounded: until the first connection's request is the one held and the second's is
+    // refused. (Whichever arrives first holds the caller's one slot; a 1-second wait on the
+    // second connection frees it again, and a refused first request is sent again.)
+    let deadline = Instant::now() + T;
+    loop {
+        let (s, body) = call(&mut second, "GET", &short, "").await;
+        if s == 429 {
+            assert!(body.contains("rate_limited"), "{body}");
+            break;
+        }
+        assert_eq!(s, 304, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the second request was never refused"
+        );
+        if held.is_finished() {
+            let ((s, body), c) = held.await.unwrap();
+            assert_eq!(s, 429, "{body}");
+            held = hold(c, long.clone());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut other, _) = connect(dir.path(), addr, "planner").await;
+    let (s, _) = call(
+        &mut other,
+        "GET",
+        &format!("/v1/revocations?after={}&wait=1", current.seq),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304);
+    held.abort();
 }
