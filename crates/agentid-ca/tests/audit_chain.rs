@@ -372,3 +372,40 @@ fn an_upgraded_store_verifies_and_chains_from_the_upgrade() {
     let report = audit::verify_dir(&dir).unwrap().unwrap();
     assert_eq!(report.issuances, 1);
 }
+
+/// Replicas each keep their own chain on a shared store; both verify, and a break in one is
+/// named with its writer.
+#[test]
+fn each_writer_has_its_own_chain() {
+    use agentid_ca::{SqliteStore, Store};
+    let t = busy_ca();
+    let mut b = SqliteStore::open_as(&t.path().join("ca.db"), "replica-b").unwrap();
+    for i in 0..3 {
+        b.append_audit(&agentid_ca::AuditEvent {
+            ts: unix(now()),
+            kind: "revoke".into(),
+            actor: "operator".into(),
+            outcome: "error".into(),
+            reason: Some(format!("attempt {i}")),
+            ..Default::default()
+        })
+        .unwrap();
+        t.ca.open_task(&planner(), now()).unwrap();
+    }
+    let report = audit::verify_dir(t.path()).unwrap().unwrap();
+    let chains: Vec<(&str, u64)> = report
+        .chains
+        .iter()
+        .map(|c| (c.writer.as_str(), c.records))
+        .collect();
+    assert_eq!(chains, vec![(audit::DEFAULT_WRITER, 11), ("replica-b", 3)]);
+
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET body = replace(body, 'attempt 1', 'attempt 9') WHERE writer = 'replica-b' AND seq = 2",
+            [],
+        )
+        .unwrap();
+    let (writer, seq, _) = record_break(t.path());
+    assert_eq!((writer.as_str(), seq), ("replica-b", 2));
+}
