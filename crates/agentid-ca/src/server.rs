@@ -1,7 +1,8 @@
 //! The CA as a network service (`spec/CA-API.md`): axum routes over agentid's mTLS HTTP server.
 //!
-//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/bundle/agentid`, `GET /v1/revocations` (with `ETag` and the
-//! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
+//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/bundle/agentid`, `GET /v1/revocations`
+//! (with `ETag` and the `after`/`wait` long-poll, lists published by [`Publisher`]),
+//! `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
 //! `POST /v1/revoke`. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
 //! request that finds the pool full is refused `503 unavailable` with `Retry-After`.
@@ -186,6 +187,13 @@ impl CaService {
             server,
             own,
         })
+    }
+
+    /// The revocation list publisher. [`CaService::serve`] runs it; whoever serves
+    /// [`CaService::router`] by other means must run [`Publisher::run`] too, or revocations are
+    /// not published (and `POST /v1/revoke` answers `503` after waiting for its list).
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.shared.publisher.clone()
     }
 
     /// The routes of the mTLS listener.
