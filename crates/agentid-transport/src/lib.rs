@@ -34,6 +34,8 @@ mod credentials;
 mod error;
 mod establish;
 mod frame;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod limits;
