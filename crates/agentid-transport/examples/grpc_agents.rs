@@ -15,7 +15,7 @@
 //! next call is refused. Stdout carries the transcript; the exit status says whether every
 //! step went as described.
 
-mod demo;
+pub mod demo;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -219,7 +219,8 @@ fn show(status: &Status) -> String {
     format!("{:?} {}", status.code(), status.message())
 }
 
-async fn run() -> Result<()> {
+/// The whole demo; an error says which step did not go as described.
+pub async fn run() -> Result<()> {
     let domain = demo::Domain::new("example.org")?;
     let td = TrustDomain::parse("example.org")?;
 

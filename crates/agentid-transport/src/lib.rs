@@ -28,6 +28,8 @@
 //! state (bundles, revocation lists) that both sides and every live session share.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "a2a")]
+pub mod a2a;
 mod admission;
 mod client;
 mod credentials;

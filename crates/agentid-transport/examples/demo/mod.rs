@@ -50,6 +50,7 @@ fn serial() -> Result<SerialNumber> {
 
 /// One trust domain: its root certificate and key, grant key and revocation key.
 pub struct Domain {
+    /// The trust domain.
     pub td: TrustDomain,
     root_key: TaskKey,
     root: CertificateDer<'static>,
