@@ -42,6 +42,8 @@ pub mod grpc;
 pub mod http;
 mod limits;
 mod listener;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 mod peer_policy;
 pub mod provider;
 mod rustls_verifier;
