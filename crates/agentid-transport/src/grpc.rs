@@ -10,7 +10,9 @@
 //!   [`MethodScopes`], which refuses each call whose method's scope the caller's verified chain
 //!   does not grant. The agentid server runs the presentation, the per-request revocation
 //!   check, the GOAWAY at the connection's deadline and on revocation, and cuts streaming
-//!   responses, exactly as for any other HTTP service.
+//!   responses, exactly as for any other HTTP service. (tonic's own `serve_with_incoming` over
+//!   agentid's TLS streams would work too, but then tonic drives hyper and none of these
+//!   per-connection duties would run.)
 //! * **Client**: [`GrpcChannel`] is a `tower` service for `tonic::client::Grpc::new`: each call
 //!   goes over an agentid [`HttpClientConnection`], which presents the caller's chain and checks
 //!   the server's proof and audience; the channel reconnects when a connection nears its
