@@ -28,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use agentid_protocol::{PeerId, Scope};
 use bytes::{Bytes, BytesMut};
@@ -90,16 +91,16 @@ fn forbidden(r: &Refusal) -> rmcp::ErrorData {
     )
 }
 
-/// Sessions and the peers that own them.
+/// Sessions, the peers that own them and when each was last used.
 #[derive(Default)]
 struct Bindings {
-    owner: HashMap<String, PeerId>,
+    owner: HashMap<String, (PeerId, Instant)>,
     by_peer: HashMap<PeerId, VecDeque<String>>,
 }
 
 impl Bindings {
     fn remove(&mut self, session: &str) {
-        if let Some(peer) = self.owner.remove(session) {
+        if let Some((peer, _)) = self.owner.remove(session) {
             if let Some(q) = self.by_peer.get_mut(&peer) {
                 q.retain(|s| s != session);
                 if q.is_empty() {
@@ -108,21 +109,37 @@ impl Bindings {
             }
         }
     }
+
+    /// Forgets the sessions idle for `idle` or longer.
+    fn purge(&mut self, now: Instant, idle: Duration) {
+        let stale: Vec<String> = self
+            .owner
+            .iter()
+            .filter(|(_, (_, used))| now.saturating_duration_since(*used) >= idle)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in stale {
+            self.remove(&s);
+        }
+    }
 }
 
 /// A tower layer that binds each MCP session to the peer that initialized it (see the module
 /// documentation). Put it directly around rmcp's `StreamableHttpService`, behind an agentid
 /// [`HttpServer`](crate::http::HttpServer).
 ///
-/// Bindings live in memory as long as rmcp's `LocalSessionManager` sessions do; a peer holds
-/// at most [`McpSessions::max_sessions_per_peer`] of them (its oldest is forgotten, and so
-/// refused, when it opens one more), the server at most [`McpSessions::max_sessions`] (then
-/// `initialize` gets 503 `busy`). A `DELETE` by the owner ends the binding.
+/// Bindings live in memory: a binding unused for [`McpSessions::idle_timeout`] (default 6
+/// minutes, above the 5-minute keep-alive of rmcp's `LocalSessionManager`: keep it at least
+/// that session keep-alive) is forgotten, and its session refused from then on; a peer holds
+/// at most [`McpSessions::max_sessions_per_peer`] of them (its oldest is forgotten when it opens
+/// one more), the server at most [`McpSessions::max_sessions`] (then `initialize` gets 503
+/// `busy`). A `DELETE` by the owner ends the binding.
 #[derive(Clone)]
 pub struct McpSessions {
     bindings: Arc<Mutex<Bindings>>,
     max_sessions: usize,
     max_per_peer: usize,
+    idle: Duration,
 }
 
 impl std::fmt::Debug for McpSessions {
@@ -130,6 +147,7 @@ impl std::fmt::Debug for McpSessions {
         f.debug_struct("McpSessions")
             .field("max_sessions", &self.max_sessions)
             .field("max_per_peer", &self.max_per_peer)
+            .field("idle", &self.idle)
             .finish_non_exhaustive()
     }
 }
@@ -141,13 +159,22 @@ impl Default for McpSessions {
 }
 
 impl McpSessions {
-    /// At most 10,000 sessions, 16 per peer.
+    /// At most 10,000 sessions, 16 per peer, each forgotten after 6 idle minutes.
     pub fn new() -> Self {
         Self {
             bindings: Arc::default(),
             max_sessions: 10_000,
             max_per_peer: 16,
+            idle: Duration::from_secs(360),
         }
+    }
+
+    /// Sets how long an unused binding is kept (at least the session keep-alive of the rmcp
+    /// session manager behind this layer).
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Sets the most sessions the server binds at once.
@@ -166,7 +193,12 @@ impl McpSessions {
 
     /// The peer a session is bound to.
     pub fn owner(&self, session: &str) -> Option<PeerId> {
-        self.lock().owner.get(session).cloned()
+        let idle = self.idle;
+        self.lock()
+            .owner
+            .get(session)
+            .filter(|(_, used)| used.elapsed() < idle)
+            .map(|(p, _)| p.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bindings> {
@@ -175,8 +207,12 @@ impl McpSessions {
 
     /// Before the request: a session id must be bound to this very peer.
     fn admit(&self, peer: &PeerId, session: Option<&HeaderValue>) -> Result<(), Refusal> {
+        let now = Instant::now();
         let Some(session) = session else {
-            let b = self.lock();
+            let mut b = self.lock();
+            if b.owner.len() >= self.max_sessions {
+                b.purge(now, self.idle);
+            }
             if b.owner.len() >= self.max_sessions {
                 return Err(Refusal::busy("MCP session table full"));
             }
@@ -185,9 +221,19 @@ impl McpSessions {
         let session = session
             .to_str()
             .map_err(|_| Refusal::bad_header("mcp-session-id is not ASCII"))?;
-        match self.lock().owner.get(session) {
-            Some(owner) if owner == peer => Ok(()),
-            Some(owner) => {
+        let mut b = self.lock();
+        if b.owner
+            .get(session)
+            .is_some_and(|(_, used)| now.saturating_duration_since(*used) >= self.idle)
+        {
+            b.remove(session);
+        }
+        match b.owner.get_mut(session) {
+            Some((owner, used)) if owner == peer => {
+                *used = now;
+                Ok(())
+            }
+            Some((owner, _)) => {
                 tracing::info!(peer.id = %peer, session.owner = %owner, "agentid mcp: session id of another peer refused");
                 Err(Refusal::forbidden(
                     PEER_DENIED,
@@ -228,7 +274,7 @@ impl McpSessions {
         };
         let mut b = self.lock();
         match b.owner.get(&session) {
-            Some(owner) if owner != peer => {
+            Some((owner, _)) if owner != peer => {
                 // A session id handed out twice: never to a second peer.
                 drop(b);
                 tracing::warn!(peer.id = %peer, "agentid mcp: session id already bound to another peer");
@@ -246,7 +292,7 @@ impl McpSessions {
         } else {
             None
         };
-        b.owner.insert(session, peer.clone());
+        b.owner.insert(session, (peer.clone(), Instant::now()));
         if let Some(old) = evicted {
             b.owner.remove(&old);
         }

@@ -259,3 +259,26 @@ async fn a_peer_holds_a_bounded_number_of_sessions_and_the_server_too() {
         other => panic!("{:?}", other.map(|c| c.session_id().map(str::to_owned))),
     }
 }
+
+#[tokio::test]
+async fn an_idle_binding_is_forgotten_and_frees_its_place() {
+    // Idle timeout zero: every binding is stale as soon as it is made (no clock games).
+    let w = World::start(
+        McpSessions::new()
+            .idle_timeout(Duration::ZERO)
+            .max_sessions(1),
+    )
+    .await;
+    // The session given by `initialize` is already forgotten when the client confirms it.
+    http_refusal(
+        w.mcp(CODER, "repo:read").await.map(|_| json!(null)),
+        403,
+        "peer_denied",
+    );
+    // The full table was purged of the stale binding: the next initialize is not `busy`.
+    http_refusal(
+        w.mcp(OTHER, "repo:read").await.map(|_| json!(null)),
+        403,
+        "peer_denied",
+    );
+}
