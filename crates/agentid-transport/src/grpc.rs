@@ -50,7 +50,13 @@ use hyper::body::Incoming;
 use tonic::{Code, Status};
 
 use crate::error::Error;
+
+// The versions the channel and the layer are built with: messages derived with this `prost`
+// and encoded with this `tonic_prost` codec fit them.
 use crate::http::{Authorizer, BoxError, HttpClient, HttpClientConnection, Refusal};
+pub use prost;
+pub use tonic;
+pub use tonic_prost;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
