@@ -27,6 +27,7 @@ const CALLER: &str = "spiffe://example.org/agent/caller/task/t1";
 const ECHO: &str = "/test.Echo/Say";
 const SHOUT: &str = "/test.Echo/Shout";
 const UNDECLARED: &str = "/test.Echo/Whisper";
+const COUNT: &str = "/test.Echo/Count";
 const T: Duration = Duration::from_secs(10);
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -62,7 +63,40 @@ impl tower_service::Service<tonic::Request<Text>> for Say {
     }
 }
 
-/// Every method path answers with `Say` (the scope layer decides which are reachable).
+/// A server-streaming method: a message every 20 ms, at most 500.
+#[derive(Clone)]
+struct Count;
+
+impl tower_service::Service<tonic::Request<Text>> for Count {
+    type Response = tonic::Response<tokio_stream::wrappers::ReceiverStream<Result<Text, Status>>>;
+    type Error = Status;
+    type Future = BoxFuture<Result<Self::Response, Status>>;
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _req: tonic::Request<Text>) -> Self::Future {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for i in 0..500u32 {
+                let msg = Text {
+                    text: i.to_string(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Box::pin(async move {
+            Ok(tonic::Response::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+        })
+    }
+}
+
+/// `Count` streams; every other path answers with `Say` (the scope layer decides which are
+/// reachable).
 #[derive(Clone)]
 struct EchoServer;
 
@@ -80,7 +114,11 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<Text, Text>::default());
-            Ok(grpc.unary(Say, req).await)
+            if req.uri().path() == COUNT {
+                Ok(grpc.server_streaming(Count, req).await)
+            } else {
+                Ok(grpc.unary(Say, req).await)
+            }
         })
     }
 }
@@ -107,7 +145,8 @@ impl World {
         .unwrap();
         let scopes = MethodScopes::new()
             .method(ECHO, Scope::parse("echo:say").unwrap())
-            .method(SHOUT, Scope::parse("echo:shout").unwrap());
+            .method(SHOUT, Scope::parse("echo:shout").unwrap())
+            .method(COUNT, Scope::parse("echo:say").unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = tower_layer::Layer::layer(&scopes, EchoServer);
@@ -245,6 +284,39 @@ async fn a_call_after_revocation_is_refused_on_the_live_and_on_a_new_connection(
             ),
         }
     }
+}
+
+#[tokio::test]
+async fn revocation_cuts_a_server_stream_in_flight() {
+    let w = World::start().await;
+    let mut grpc = w.grpc(w.domain.task(CALLER, "echo:say").unwrap(), "echo");
+    grpc.ready().await.unwrap();
+    let mut stream = grpc
+        .server_streaming(
+            tonic::Request::new(Text { text: "go".into() }),
+            PathAndQuery::from_static(COUNT),
+            ProstCodec::<Text, Text>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(T, stream.message()).await.unwrap();
+    assert_eq!(first.unwrap().unwrap().text, "0");
+    w.server_verification
+        .apply_revocation_list(&w.domain.revocation_list(&[CALLER]).unwrap())
+        .unwrap();
+    // The stream ends in an error, not in a normal end (at most what was in flight arrives).
+    let end = tokio::time::timeout(T, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream is cut");
+    assert!(end.is_err(), "the stream ended normally: {end:?}");
 }
 
 #[tokio::test]
