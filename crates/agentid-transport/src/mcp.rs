@@ -341,6 +341,16 @@ where
             let r = Refusal::internal("not served by an agentid HTTP server");
             return Box::pin(std::future::ready(Ok(r.to_response())));
         };
+        if req
+            .headers()
+            .get_all(SESSION_HEADER)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let r = Refusal::bad_header("more than one mcp-session-id");
+            return Box::pin(std::future::ready(Ok(r.to_response())));
+        }
         let sent = req.headers().get(SESSION_HEADER).cloned();
         if let Err(r) = self.sessions.admit(&peer, sent.as_ref()) {
             return Box::pin(std::future::ready(Ok(r.to_response())));

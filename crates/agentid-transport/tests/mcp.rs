@@ -282,3 +282,28 @@ async fn an_idle_binding_is_forgotten_and_frees_its_place() {
         "peer_denied",
     );
 }
+
+#[tokio::test]
+async fn two_session_headers_are_refused_before_the_mcp_service() {
+    let w = World::start(McpSessions::new()).await;
+    let coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let mine = coder.session_id().unwrap().to_owned();
+    let other = w.mcp(OTHER, "repo:read").await.unwrap();
+    let theirs = other.session_id().unwrap().to_owned();
+    let http = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
+    let mut conn = http.connect(w.addr, HOST).await.unwrap();
+    // Whichever header a later layer would read, the request never gets there.
+    for (a, b) in [(&mine, &theirs), (&theirs, &mine)] {
+        let req = http::Request::post("/mcp")
+            .header(SESSION_HEADER, a.as_str())
+            .header(SESSION_HEADER, b.as_str())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+            ))
+            .unwrap();
+        let resp = conn.send(req).await.unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+}
