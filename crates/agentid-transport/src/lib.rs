@@ -26,8 +26,16 @@
 //! hello / accept exchange and hand over a [`Session`]: the authenticated peer, its deadline and
 //! continuous verification, and the framed byte stream. [`PeerVerification`] is the live trust
 //! state (bundles, revocation lists) that both sides and every live session share.
+//!
+//! With features: `http` (features `http`, `axum`) binds the same credentials to HTTP/1.1 and HTTP/2;
+//! on it, `grpc` (`tonic`: tonic services with a scope per method, a tonic client on the agentid
+//! client), `a2a` (`a2a`: A2A agent cards with the agentid identity extension, checked against
+//! the client's configuration) and `mcp` (`mcp`: rmcp streamable HTTP with sessions bound to
+//! their peer and a scope per tool).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "a2a")]
+pub mod a2a;
 mod admission;
 mod client;
 mod connection_limits;
@@ -35,9 +43,13 @@ mod credentials;
 mod error;
 mod establish;
 mod frame;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod listener;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 mod peer_policy;
 pub mod provider;
 mod rustls_verifier;
