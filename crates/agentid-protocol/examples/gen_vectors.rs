@@ -926,13 +926,13 @@ fn framing(k: &Keys) -> File {
     let mut claims = grant_claims(k, "planner", "files:read");
     let mut p_b64 = b64(&to_vec(&claims));
     let mut n = 0;
-    while p_b64.len() % 4 == 0 {
+    while p_b64.len().is_multiple_of(4) {
         n += 1;
         claims["jti"] = json!(format!("g-planner-{n}"));
         p_b64 = b64(&to_vec(&claims));
     }
     let mut padded = p_b64.clone();
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push('=');
     }
     f.add(
