@@ -14,9 +14,6 @@ use agentid_transport::{CertError, Error, FrameError, MemoryCredentials, PeerPol
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 fn td(s: &str) -> TrustDomain {
     TrustDomain::parse(s).unwrap()
 }
@@ -217,12 +214,7 @@ async fn client_certificate_table() {
     for (name, issuer, uri, opts, federate, policy, expect) in cases {
         let domains: Vec<&Domain> = if federate { vec![&a, &b] } else { vec![&a] };
         let v = verification(SERVER, &domains, false);
-        let creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let creds = credentials(&a.ca, SERVER);
         let (addr, h) = serve(server(creds, v.clone(), policy), 1).await;
         let ck = key();
         let cert = leaf(issuer, uri, &ck, opts);
@@ -292,12 +284,7 @@ async fn server_certificate_table() {
             let _ = tokio::time::timeout(T, tokio_rustls::TlsAcceptor::from(cfg).accept(tcp)).await;
         });
         let cv = verification(CLIENT, &[&a], false);
-        let creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            CLIENT,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let creds = credentials(&a.ca, CLIENT);
         let c = client(creds, cv, PeerPolicy::danger_any());
         let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
         match &r {
@@ -308,63 +295,15 @@ async fn server_certificate_table() {
     }
 }
 
-struct Pair {
-    a: Domain,
-    server_creds: Arc<MemoryCredentials>,
-    client_creds: Arc<MemoryCredentials>,
-    client_key_pub: agentid_protocol::PublicKey,
-    sv: Arc<agentid_transport::PeerVerification>,
-    cv: Arc<agentid_transport::PeerVerification>,
-}
-
-/// A server and a client of example.org; the client holds a grant for `scope` unless `None`.
-fn pair(scope: Option<&str>, client_opts: LeafOpts, strict: bool) -> Pair {
-    let a = Domain::new("example.org");
-    let ck = key();
-    let client_key_pub = ck.public_key().clone();
-    let holder = a.task("client", "t2");
-    let chain = scope.map(|s| a.grant(&holder, &ck, s));
-    let mut cred = credential(&a.ca, CLIENT, ck, &client_opts);
-    if let Some(c) = chain {
-        cred = cred.with_chain(c.as_str());
-    }
-    Pair {
-        server_creds: Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        ))),
-        client_creds: Arc::new(MemoryCredentials::new(cred)),
-        client_key_pub,
-        sv: verification(SERVER, &[&a], strict),
-        cv: verification(CLIENT, &[&a], strict),
-        a,
-    }
-}
-
 #[tokio::test]
 async fn chain_presented_and_authorized_per_request() {
     let p = pair(Some("files:read files:list"), LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
+    let (mut cs, mut ss) = p
+        .connect(
             PeerPolicy::agents_in(td("example.org")),
-        ),
-        1,
-    )
-    .await;
-    let c = client(
-        p.client_creds.clone(),
-        p.cv.clone(),
-        PeerPolicy::exact(peer(SERVER)),
-    );
-    let mut cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+            PeerPolicy::exact(peer(SERVER)),
+        )
+        .await;
     assert_eq!(ss.peer().id, peer(CLIENT));
     assert_eq!(cs.peer().id, peer(SERVER));
     assert!(ss.peer().chain.is_some());
@@ -419,15 +358,7 @@ async fn chain_presented_and_authorized_per_request() {
 #[tokio::test]
 async fn client_policy_refuses_the_server() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        1,
-    )
-    .await;
+    let (addr, h) = p.serve(1).await;
     let c = client(
         p.client_creds.clone(),
         p.cv.clone(),
@@ -441,15 +372,7 @@ async fn client_policy_refuses_the_server() {
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        1,
-    )
-    .await;
+    let (addr, h) = p.serve(1).await;
     let cfg = raw_client_config(&p.cv, None, false);
     if let Ok(mut tls) = raw_connect(cfg, addr).await {
         let mut b = [0u8; 1];
@@ -472,15 +395,7 @@ async fn chain_possession_mismatch_is_rejected() {
     let creds = Arc::new(MemoryCredentials::new(
         credential(&p.a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
     ));
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        1,
-    )
-    .await;
+    let (addr, h) = p.serve(1).await;
     let c = client(creds, p.cv.clone(), PeerPolicy::danger_any());
     let r = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
     match r {
@@ -503,15 +418,7 @@ async fn hop_proof_replayed_on_another_connection_is_rejected() {
     let creds = Arc::new(MemoryCredentials::new(
         agentid_transport::Credential::new(vec![cert.clone()], ck).unwrap(),
     ));
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        2,
-    )
-    .await;
+    let (addr, h) = p.serve(2).await;
     let c = client(creds, p.cv.clone(), PeerPolicy::danger_any());
     let first = tokio::time::timeout(T, c.connect(addr))
         .await
@@ -590,15 +497,7 @@ async fn malformed_first_frames_end_the_handshake() {
     ];
     for (name, bytes, check) in cases {
         let p = pair(None, LeafOpts::default(), false);
-        let (addr, h) = serve(
-            server(
-                p.server_creds.clone(),
-                p.sv.clone(),
-                PeerPolicy::danger_any(),
-            ),
-            1,
-        )
-        .await;
+        let (addr, h) = p.serve(1).await;
         let ck = key();
         let cert = leaf(&p.a.ca, CLIENT, &ck, &LeafOpts::default());
         let mut tls = raw_connect(raw_client_config(&p.cv, Some((cert, &ck)), false), addr)
@@ -690,15 +589,7 @@ async fn a_stalled_handshake_gives_way_to_a_newer_one_and_times_out() {
 #[tokio::test]
 async fn tls_resumption_is_impossible() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        2,
-    )
-    .await;
+    let (addr, h) = p.serve(2).await;
     let ck = key();
     let cert = leaf(&p.a.ca, CLIENT, &ck, &LeafOpts::default());
     // A client that WANTS to resume (in-memory session cache on).
@@ -720,15 +611,7 @@ async fn tls_resumption_is_impossible() {
 #[tokio::test]
 async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate() {
     let p = pair(None, LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        2,
-    )
-    .await;
+    let (addr, h) = p.serve(2).await;
     let c = client(
         p.client_creds.clone(),
         p.cv.clone(),
@@ -771,25 +654,9 @@ async fn a_session_ends_at_peer_certificate_expiry() {
         },
         false,
     );
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        1,
-    )
-    .await;
-    let c = client(
-        p.client_creds.clone(),
-        p.cv.clone(),
-        PeerPolicy::danger_any(),
-    );
-    let mut cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
     assert!(ss.peer().deadline <= now() + 3);
     let r = tokio::time::timeout(Duration::from_secs(6), ss.recv())
         .await
@@ -818,12 +685,7 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
         },
     );
     let client_creds = Arc::new(MemoryCredentials::new(short));
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], false);
     let cv = verification(CLIENT, &[&a], false);
     let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
@@ -865,25 +727,9 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
 #[tokio::test]
 async fn a_revocation_list_ends_a_live_session() {
     let p = pair(Some("files:read"), LeafOpts::default(), false);
-    let (addr, h) = serve(
-        server(
-            p.server_creds.clone(),
-            p.sv.clone(),
-            PeerPolicy::danger_any(),
-        ),
-        1,
-    )
-    .await;
-    let c = client(
-        p.client_creds.clone(),
-        p.cv.clone(),
-        PeerPolicy::danger_any(),
-    );
-    let mut cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
     cs.send(b"x").await.unwrap();
     assert!(ss.recv().await.unwrap().is_some());
     // Unrelated list: the session survives.
@@ -1115,27 +961,12 @@ async fn the_receiving_side_checks_every_reauth() {
     for (name, build, expect) in cases {
         let a = Domain::new("example.org");
         let b = Domain::new("example.org");
-        let sv = verification(SERVER, &[&a], false);
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
-        let (addr, h) = serve(
-            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-            1,
-        )
-        .await;
-        let ck = key();
-        let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
-        let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
-        assert_eq!(
-            raw.read().await.unwrap().ty,
-            FrameType::Accept,
-            "case `{name}`"
-        );
-        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let RawSession {
+            mut raw,
+            key: ck,
+            server: mut ss,
+            ..
+        } = raw_session(&a).await;
         let first_serial = ss.peer().cert_serial.clone();
         let body = build(&a, &b, &ck, &raw);
         raw.write(FrameType::Reauth, &body).await;
@@ -1251,12 +1082,7 @@ async fn revoking_an_earlier_holder_ends_sessions_whose_chain_passes_through_it(
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
         ));
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         let sv = verification(SERVER, &[&a], false);
         let (addr, h) = serve(
             server(server_creds, sv.clone(), PeerPolicy::danger_any()),
@@ -1389,12 +1215,7 @@ async fn require_server_in_audience() {
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
         ));
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         let (addr, h) = serve(
             server(
                 server_creds,
@@ -1456,12 +1277,7 @@ async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, p_chain_key, &LeafOpts::default()).with_chain(chain.as_str()),
         ));
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         let sv = verification_with(SERVER, &[&a], |c| {
             let c = c.skew(0).unwrap();
             if matches!(case, Case::Danger) {
@@ -1707,12 +1523,7 @@ async fn transcript_of_one_session() {
     // A refused hello on a second connection: the chain is not bound to this certificate's key.
     let (addr, h) = serve(
         server(
-            Arc::new(MemoryCredentials::new(credential(
-                &a.ca,
-                SERVER,
-                key(),
-                &LeafOpts::default(),
-            ))),
+            credentials(&a.ca, SERVER),
             sv.clone(),
             PeerPolicy::agents_in(td("example.org")),
         ),
@@ -1739,23 +1550,11 @@ async fn transcript_of_one_session() {
 #[tokio::test]
 async fn empty_data_frames_are_not_end_of_stream() {
     let a = Domain::new("example.org");
-    let sv = verification(SERVER, &[&a], false);
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
-    let (addr, h) = serve(
-        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-        1,
-    )
-    .await;
-    let ck = key();
-    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
-    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
-    assert_eq!(raw.read().await.unwrap().ty, FrameType::Accept);
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let RawSession {
+        mut raw,
+        server: mut ss,
+        ..
+    } = raw_session(&a).await;
     raw.write(FrameType::Data, b"").await;
     raw.write(FrameType::Data, b"x").await;
     raw.write(FrameType::Data, b"").await;
@@ -1823,12 +1622,7 @@ async fn the_client_tells_the_server_why_it_refuses_the_accept() {
                 .await
                 .unwrap()
         });
-        let creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            CLIENT,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let creds = credentials(&a.ca, CLIENT);
         let c = client(
             creds,
             verification(CLIENT, &[&a], false),
