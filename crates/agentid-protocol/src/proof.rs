@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::chain::MAX_CHAIN_BYTES;
-use crate::crypto::{sha256, verify, TaskKey};
+use crate::crypto::{sha256, token_hash, verify, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
@@ -104,7 +104,7 @@ impl ProofBuilder {
             ));
         }
         let rth = match (self.role, &self.client_proof) {
-            (Role::Server, Some(p)) => Some(b64_encode(&sha256(p.as_bytes()))),
+            (Role::Server, Some(p)) => Some(token_hash(p)),
             (Role::Server, None) => {
                 return Err(Error::new(
                     ErrorCode::MissingClaim,
@@ -130,7 +130,7 @@ impl ProofBuilder {
         );
         m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
         if let Some(c) = &self.chain {
-            m.insert("cth".into(), Value::from(b64_encode(&sha256(c.as_bytes()))));
+            m.insert("cth".into(), Value::from(token_hash(c)));
         }
         if let Some(r) = rth {
             m.insert("rth".into(), Value::from(r));

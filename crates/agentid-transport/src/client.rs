@@ -11,15 +11,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{TlsConnector, TlsStream};
-use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
-    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer, verify_presented,
-    Established,
+    after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
+    verify_presented, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
 use crate::peer_policy::PeerPolicy;
@@ -127,15 +126,7 @@ impl AgentClient {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = tracing::info_span!(
-            "agentid.handshake",
-            role = "client",
-            peer.id = Empty,
-            task.id = Empty,
-            cert.serial = Empty,
-            outcome = Empty,
-            reason = Empty
-        );
+        let span = handshake_span(Role::Client);
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
         Ok(Session::new(result?.into_parts(self.limits.idle_timeout)))

@@ -161,6 +161,23 @@ impl<IO> Established<IO> {
     }
 }
 
+/// The span of one handshake; [`record_peer`] and [`record_outcome`] fill in its fields.
+pub(crate) fn handshake_span(role: Role) -> tracing::Span {
+    let role = match role {
+        Role::Client => "client",
+        Role::Server => "server",
+    };
+    tracing::info_span!(
+        "agentid.handshake",
+        role,
+        peer.id = tracing::field::Empty,
+        task.id = tracing::field::Empty,
+        cert.serial = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty
+    )
+}
+
 pub(crate) fn record_outcome<T>(span: &tracing::Span, result: &Result<T>) {
     match result {
         Ok(_) => {

@@ -11,7 +11,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 use tokio_rustls::TlsStream;
-use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use crate::admission::{Admission, SessionPermit};
@@ -19,8 +18,8 @@ use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
-    after_tls, record_outcome, record_peer, tell_peer, verify_presented, AfterTls, Established,
-    PeerPresented,
+    after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented, AfterTls,
+    Established, PeerPresented,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
 use crate::listener::AgentListener;
@@ -94,15 +93,7 @@ impl AgentServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = tracing::info_span!(
-            "agentid.handshake",
-            role = "server",
-            peer.id = Empty,
-            task.id = Empty,
-            cert.serial = Empty,
-            outcome = Empty,
-            reason = Empty
-        );
+        let span = handshake_span(Role::Server);
         let ip = source.map(|s| s.ip());
         let result = self
             .accept_inner(io, ip, &span)

@@ -12,7 +12,8 @@ use crate::jws::{sign_compact, TokenType};
 use crate::limits::Limits;
 use crate::scope::Scope;
 use crate::token::claims::{
-    check_principal, encode_grant, random_jti, valid_jti, GrantClaims, Mode, MAX_DEPTH,
+    check_principal, encode_grant, random_jti, valid_jti, GrantClaims, Mode, SharedClaims,
+    MAX_DEPTH,
 };
 use crate::verifier::{grant_lifetime, nbf_not_after_exp};
 use crate::PublicKey;
@@ -42,20 +43,22 @@ impl GrantBuilder {
         Self {
             claims: GrantClaims {
                 iss: issuer.clone(),
-                sub: holder.clone(),
-                cnf: holder_key.clone(),
-                task: holder.task_id(),
-                scope,
-                aud: None,
                 mode: Mode::Autonomous,
                 principal: None,
-                max_depth: 0,
-                limits: None,
-                may_delegate_to: None,
-                iat: 0,
-                nbf: 0,
-                exp: 0,
-                jti: String::new(),
+                shared: SharedClaims {
+                    sub: holder.clone(),
+                    cnf: holder_key.clone(),
+                    task: holder.task_id(),
+                    scope,
+                    aud: None,
+                    max_depth: 0,
+                    limits: None,
+                    may_delegate_to: None,
+                    iat: 0,
+                    nbf: 0,
+                    exp: 0,
+                    jti: String::new(),
+                },
             },
             jti: None,
         }
