@@ -90,7 +90,11 @@ impl Store for MemStore {
     fn latest_expiry(&self, _kind: RevocationKind, _value: &str) -> CaResult<Option<u64>> {
         Ok(None)
     }
-    fn add_revocation(&mut self, r: &RevocationRecord) -> CaResult<()> {
+    fn add_revocation(
+        &mut self,
+        r: &RevocationRecord,
+        _audit: &agentid_ca::AuditEvent,
+    ) -> CaResult<()> {
         self.revocations
             .insert((r.kind, r.value.clone()), r.clone());
         Ok(())
@@ -102,7 +106,11 @@ impl Store for MemStore {
         self.seq += 1;
         Ok((self.seq, self.revocations.values().cloned().collect()))
     }
-    fn add_bootstrap(&mut self, _b: &BootstrapRecord) -> CaResult<()> {
+    fn add_bootstrap(
+        &mut self,
+        _b: &BootstrapRecord,
+        _audit: &agentid_ca::AuditEvent,
+    ) -> CaResult<()> {
         Ok(())
     }
     fn bootstrap(&self, _hash: &str) -> CaResult<Option<BootstrapRecord>> {
@@ -132,6 +140,7 @@ fn ca_with(dir: &Path, store: Box<dyn Store>, audit: AuditLog) -> Res<Certificat
         revocation_signer: Box::new(AuthorityKey::from_pkcs8_der(&key(files::REVOCATION_KEY)?)?),
         store,
         audit,
+        audit_signer: None,
     })?)
 }
 

@@ -6,10 +6,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use agentid_protocol::revocation::RevocationTarget;
 use agentid_protocol::{
     AgentId, Algorithm, AuthorityKey, BundleSet, JwsSigner, RevocationList, RevocationListBuilder,
-    SpiffeId, TaskId, TrustBundle, TrustDomain,
+    RevocationTarget, SpiffeId, TaskId, TrustBundle, TrustDomain,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -1,23 +1,57 @@
-//! Audit events as JSON lines (`audit.jsonl`), mirrored as `tracing` events.
+//! The audit chain: every issuance, revocation, token creation, list publication and audited
+//! refusal is a record in the CA's store, written in the same transaction as the change it
+//! records (no record, no certificate).
 //!
-//! Fields: `ts, kind, actor, subject, task, serial, jti, outcome, reason`. Never keys, tokens,
-//! CSRs or certificates.
+//! * **One hash chain per writer.** Each record carries its writer (a CA replica), its sequence
+//!   number in that writer's chain (1, 2, 3, ...) and the hash of the writer's previous record
+//!   ([`GENESIS`] for the first). Its own hash is SHA-256 over a domain-separation label and the
+//!   record's exact stored JSON ([`record_hash`]). Replicas never wait on each other's chain head.
+//! * **Signed checkpoints.** Every [`CHECKPOINT_EVERY`] records, or when the head has moved and
+//!   the last checkpoint is older than [`CHECKPOINT_INTERVAL_SECS`], the CA signs the chain head
+//!   (writer, sequence, hash) with its dedicated audit key (`audit.key`, public half `audit.pub`):
+//!   a JWS of type [`CHECKPOINT_TYP`]. Whoever can write the database but does not hold the audit
+//!   key cannot rewrite the chain up to a checkpoint without [`verify`] noticing.
+//! * [`verify`] recomputes every chain and checks every checkpoint's signature and head, and
+//!   that every certificate the store records as issued has its audit record.
+//!
+//! Refusals before a valid token or identity is known are not written here (they go to `tracing`
+//! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
+//! or certificates. Every record is mirrored as a `tracing` event (target `agentid::audit`).
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
 
-use serde::Serialize;
+use agentid_protocol::{Algorithm, PublicKey};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{CaError, Result};
+use crate::util;
 
-/// One audit event.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+/// The `prev` of a writer's first record: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The JWS `typ` of a signed checkpoint.
+pub const CHECKPOINT_TYP: &str = "agentid-audit-checkpoint+jwt";
+
+/// A checkpoint is signed at least every this many records of a writer.
+pub const CHECKPOINT_EVERY: u64 = 64;
+
+/// A chain head that moved is checkpointed once the last checkpoint is this old, seconds.
+pub const CHECKPOINT_INTERVAL_SECS: u64 = 60;
+
+/// The writer id of a store unless configured otherwise.
+pub const DEFAULT_WRITER: &str = "main";
+
+/// Domain separation of record hashes.
+const RECORD_HASH_LABEL: &[u8] = b"agentid-audit-record-v1\n";
+
+/// One audit event: what happened, as the store's audit record carries it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEvent {
     /// Unix seconds.
     pub ts: u64,
-    /// `issue.task`, `issue.child`, `issue.service`, `issue.renewal`, `revoke`, `revocations`, `bootstrap`.
+    /// `issue.task`, `issue.child`, `issue.service`, `issue.renewal`, `revoke`,
+    /// `revocations.publish`, `bootstrap.create`.
     pub kind: String,
     /// Who asked.
     pub actor: String,
@@ -29,43 +63,360 @@ pub struct AuditEvent {
     pub serial: Option<String>,
     /// Grant `jti`.
     pub jti: Option<String>,
-    /// `ok` or `denied` or `error`.
+    /// `ok`, `denied` or `error`.
     pub outcome: String,
-    /// Why it was denied, or what was revoked.
+    /// Why it was denied, or what was revoked or published.
     pub reason: Option<String>,
 }
 
-/// Appends events to a JSON-lines file.
-#[derive(Debug, Clone)]
+/// A record's stored JSON: the chain fields, then the event.
+// No `deny_unknown_fields` here: serde does not support it with `flatten`. The hash covers the
+// exact stored text, whatever it holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordBody {
+    /// The writer whose chain holds the record.
+    pub writer: String,
+    /// Its number in that chain, from 1.
+    pub seq: u64,
+    /// The hash of the writer's previous record ([`GENESIS`] for the first).
+    pub prev: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// One audit record as stored: `body` is the exact JSON whose hash is `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The writer column.
+    pub writer: String,
+    /// The sequence column.
+    pub seq: u64,
+    /// The `ts` column (indexed, for `--since`).
+    pub ts: u64,
+    /// The record's JSON ([`RecordBody`]).
+    pub body: String,
+    /// Hex SHA-256 of the record ([`record_hash`]).
+    pub hash: String,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// The writer column.
+    pub writer: String,
+    /// The sequence column: the number of the chain's head record it signs.
+    pub seq: u64,
+    /// The head record's hash.
+    pub head: String,
+    /// When it was signed, Unix seconds.
+    pub iat: u64,
+    /// The compact JWS ([`CHECKPOINT_TYP`]) over [`CheckpointClaims`].
+    pub jws: String,
+}
+
+/// What a checkpoint signs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointClaims {
+    /// The trust domain's SPIFFE ID (`spiffe://<td>`).
+    pub iss: String,
+    /// The writer.
+    pub writer: String,
+    /// The head's sequence number (= the number of records in the chain).
+    pub seq: u64,
+    /// The head's hash.
+    pub head: String,
+    /// When it was signed, Unix seconds.
+    pub iat: u64,
+}
+
+/// The JSON stored for a record.
+pub fn record_body(writer: &str, seq: u64, prev: &str, event: &AuditEvent) -> Result<String> {
+    serde_json::to_string(&RecordBody {
+        writer: writer.to_owned(),
+        seq,
+        prev: prev.to_owned(),
+        event: event.clone(),
+    })
+    .map_err(|e| CaError::Store(format!("audit record: {e}")))
+}
+
+/// Hex SHA-256 of `"agentid-audit-record-v1\n" || body`.
+pub fn record_hash(body: &str) -> String {
+    let mut input = Vec::with_capacity(RECORD_HASH_LABEL.len() + body.len());
+    input.extend_from_slice(RECORD_HASH_LABEL);
+    input.extend_from_slice(body.as_bytes());
+    util::hex(&util::sha256(&input))
+}
+
+/// Signs a checkpoint over `claims` with the audit key.
+pub fn sign_checkpoint(
+    signer: &dyn agentid_protocol::JwsSigner,
+    claims: &CheckpointClaims,
+) -> Result<String> {
+    let header = serde_json::json!({"alg": signer.algorithm().as_str(), "typ": CHECKPOINT_TYP});
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let payload =
+        serde_json::to_vec(claims).map_err(|e| CaError::Store(format!("checkpoint: {e}")))?;
+    let input = format!("{}.{}", enc(header.to_string().as_bytes()), enc(&payload));
+    let sig = signer.sign(input.as_bytes())?;
+    Ok(format!("{input}.{}", enc(&sig)))
+}
+
+/// Checks a checkpoint's signature with the audit public key and returns its claims.
+pub fn verify_checkpoint(
+    jws: &str,
+    key: &PublicKey,
+) -> core::result::Result<CheckpointClaims, String> {
+    let dec = |v: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v)
+            .map_err(|_| "not base64url".to_owned())
+    };
+    let mut parts = jws.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a compact JWS".into());
+    };
+    let header: serde_json::Value =
+        serde_json::from_slice(&dec(h)?).map_err(|_| "header is not JSON".to_owned())?;
+    let alg = header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .and_then(Algorithm::from_header)
+        .ok_or("unknown alg")?;
+    if alg != key.algorithm() {
+        return Err("alg is not the audit key's".into());
+    }
+    if header.get("typ").and_then(serde_json::Value::as_str) != Some(CHECKPOINT_TYP) {
+        return Err(format!("typ is not {CHECKPOINT_TYP}"));
+    }
+    let input_len = h.len() + 1 + p.len();
+    let input = jws.get(..input_len).ok_or("not a compact JWS")?;
+    key.verify_signature(alg, input.as_bytes(), &dec(s)?)
+        .map_err(|_| "the signature does not verify with the audit key".to_owned())?;
+    serde_json::from_slice(&dec(p)?).map_err(|e| format!("claims: {e}"))
+}
+
+/// Everything [`verify`] reads, taken from the store in one read transaction.
+#[derive(Clone, Debug, Default)]
+pub struct AuditSnapshot {
+    /// Every record, by writer then sequence.
+    pub records: Vec<AuditRecord>,
+    /// Every checkpoint, by writer then sequence.
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// Serials of the certificates issued since the store has kept an audit chain (schema
+    /// version 2); each must have an `ok` issuance record.
+    pub audited_serials: Vec<String>,
+}
+
+/// Where and how the audit trail is broken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuditBreak {
+    /// A record is missing, edited, moved or does not link to its predecessor.
+    #[error("audit chain {writer:?}, record {seq}: {reason}")]
+    Record {
+        /// The chain.
+        writer: String,
+        /// The record number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint is forged, or the chain no longer matches what it signed.
+    #[error("audit chain {writer:?}, checkpoint at record {seq}: {reason}")]
+    Checkpoint {
+        /// The chain.
+        writer: String,
+        /// The record number the checkpoint names.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate the store records as issued has no audit record.
+    #[error("issuance {serial} has no audit record")]
+    MissingIssuance {
+        /// Its serial.
+        serial: String,
+    },
+}
+
+/// One chain's state after verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainSummary {
+    /// The writer.
+    pub writer: String,
+    /// Records in the chain.
+    pub records: u64,
+    /// The head's hash.
+    pub head: String,
+    /// The last signed checkpoint's record number (0: none).
+    pub checkpointed: u64,
+}
+
+/// The result of a successful [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Every chain.
+    pub chains: Vec<ChainSummary>,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    /// Issuances matched to their records.
+    pub issuances: u64,
+}
+
+/// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
+/// and that each of `audited_serials` has an `ok` issuance record. Returns the first break, in
+/// chain order, naming its record.
+pub fn verify(
+    snap: &AuditSnapshot,
+    key: &PublicKey,
+    iss: &str,
+) -> core::result::Result<VerifyReport, AuditBreak> {
+    // writer -> (records seen, head hash, hashes by seq)
+    let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
+    let mut issued: HashSet<String> = HashSet::new();
+    for r in &snap.records {
+        let entry = chains
+            .entry(r.writer.as_str())
+            .or_insert_with(|| (0, GENESIS.to_owned(), Vec::new()));
+        let expected = entry.0 + 1;
+        let bad = |reason: String| AuditBreak::Record {
+            writer: r.writer.clone(),
+            seq: expected,
+            reason,
+        };
+        if r.seq != expected {
+            return Err(bad(if r.seq > expected {
+                format!("missing (the next record stored is {})", r.seq)
+            } else {
+                format!("stored twice or out of order (found record {})", r.seq)
+            }));
+        }
+        let body: RecordBody =
+            serde_json::from_str(&r.body).map_err(|e| bad(format!("not an audit record: {e}")))?;
+        if body.writer != r.writer || body.seq != r.seq {
+            return Err(bad(format!(
+                "moved: its content is record {} of chain {:?}",
+                body.seq, body.writer
+            )));
+        }
+        if body.event.ts != r.ts {
+            return Err(bad("its ts column differs from its content".into()));
+        }
+        if record_hash(&r.body) != r.hash {
+            return Err(bad(
+                "edited: its content does not hash to its stored hash".into()
+            ));
+        }
+        if body.prev != entry.1 {
+            return Err(bad("does not link to the previous record's hash".into()));
+        }
+        if body.event.kind.starts_with("issue.") && body.event.outcome == "ok" {
+            if let Some(s) = &body.event.serial {
+                issued.insert(s.clone());
+            }
+        }
+        entry.0 = expected;
+        entry.1 = r.hash.clone();
+        entry.2.push(r.hash.clone());
+    }
+    let mut checkpointed: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &snap.checkpoints {
+        let bad = |reason: String| AuditBreak::Checkpoint {
+            writer: c.writer.clone(),
+            seq: c.seq,
+            reason,
+        };
+        let claims = verify_checkpoint(&c.jws, key).map_err(&bad)?;
+        if claims.iss != iss {
+            return Err(bad(format!("signed for {:?}, not {iss:?}", claims.iss)));
+        }
+        if claims.writer != c.writer || claims.seq != c.seq || claims.head != c.head {
+            return Err(bad("its columns differ from what it signs".into()));
+        }
+        let hashes = chains.get(c.writer.as_str()).map(|e| &e.2);
+        let at = usize::try_from(c.seq)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| hashes.and_then(|h| h.get(i)));
+        match at {
+            None => {
+                return Err(bad(format!(
+                    "the chain has {} records: records were removed after it",
+                    hashes.map_or(0, Vec::len)
+                )))
+            }
+            Some(h) if *h != claims.head => {
+                return Err(bad(
+                    "the chain's record there is not the one it signed".into()
+                ))
+            }
+            Some(_) => {}
+        }
+        let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
+        *e = (*e).max(c.seq);
+    }
+    for s in &snap.audited_serials {
+        if !issued.contains(s) {
+            return Err(AuditBreak::MissingIssuance { serial: s.clone() });
+        }
+    }
+    Ok(VerifyReport {
+        chains: chains
+            .into_iter()
+            .map(|(w, (n, head, _))| ChainSummary {
+                writer: w.to_owned(),
+                records: n,
+                head,
+                checkpointed: checkpointed.get(w).copied().unwrap_or(0),
+            })
+            .collect(),
+        checkpoints: snap.checkpoints.len() as u64,
+        issuances: snap.audited_serials.len() as u64,
+    })
+}
+
+/// One line of `agentid audit export`: a record (its stored JSON with its hash) or a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExportLine {
+    /// An audit record.
+    Record {
+        /// The record's content.
+        #[serde(flatten)]
+        body: Box<RecordBody>,
+        /// Its hash.
+        hash: String,
+    },
+    /// A signed checkpoint.
+    Checkpoint {
+        /// The chain.
+        writer: String,
+        /// The record number it signs.
+        seq: u64,
+        /// The compact JWS.
+        jws: String,
+    },
+}
+
+/// Mirrors audit records as `tracing` events (target `agentid::audit`). The record itself is
+/// the store's; this is for logs.
+#[derive(Debug, Clone, Default)]
 pub struct AuditLog {
-    path: Option<PathBuf>,
+    _private: (),
 }
 
 impl AuditLog {
-    /// An audit log appending to `path` (created 0600 if missing).
-    pub fn file(path: &Path) -> Self {
-        AuditLog {
-            path: Some(path.to_path_buf()),
-        }
-    }
-
-    /// A log that only emits `tracing` events.
+    /// A mirror that emits `tracing` events.
     pub fn tracing_only() -> Self {
-        AuditLog { path: None }
+        AuditLog { _private: () }
     }
 
-    /// Records an event. The line is written with one `write` call in append mode, so
-    /// concurrent writers do not interleave lines.
-    ///
-    /// A failed write is an error, and the CA fails the operation it records
-    /// ([`CaError::AuditWrite`]) instead of handing out its result. The record is written after
-    /// the store's commit, so when it fails the store already holds: the issuance (a
-    /// certificate that was never returned; its identity's key binding and task stay recorded),
-    /// the revocation (kept: dropping a revocation because its log line failed would fail
-    /// open), the revocation list's consumed sequence number (the list is not returned), or the
-    /// bootstrap token's hash (the token itself is not returned). Lines are not fsynced: after
-    /// a crash the store is the record of issuance, and the last lines may be missing.
-    pub fn record(&self, ev: &AuditEvent) -> Result<()> {
+    /// Emits `ev` as a `tracing` event.
+    pub fn record(&self, ev: &AuditEvent) {
         tracing::info!(
             target: "agentid::audit",
             kind = %ev.kind,
@@ -78,18 +429,65 @@ impl AuditLog {
             reason = ev.reason.as_deref().unwrap_or(""),
             "audit"
         );
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let mut line = serde_json::to_vec(ev).map_err(|e| CaError::Store(e.to_string()))?;
-        line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| CaError::io(path, e))?;
-        f.write_all(&line).map_err(|e| CaError::io(path, e))?;
-        Ok(())
     }
+}
+
+/// The audit public key of a CA directory (`audit.pub`).
+pub fn audit_public_key(dir: &std::path::Path) -> Result<PublicKey> {
+    let path = dir.join(crate::material::files::AUDIT_PUB);
+    let spki = crate::material::read_public_key(&path)?;
+    PublicKey::from_spki_der(&spki).map_err(|e| CaError::material(&path, e.to_string()))
+}
+
+/// Verifies the audit trail of the CA directory `dir` (its store, `audit.pub` and trust
+/// domain) without loading any private key. The outer error is a failure to read; the inner
+/// one is the first break found.
+pub fn verify_dir(dir: &std::path::Path) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
+    use crate::store::Store as _;
+    let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
+    let key = audit_public_key(dir)?;
+    let store = crate::SqliteStore::open(&dir.join(crate::material::files::DB))?;
+    let snap = store.audit_snapshot(None)?;
+    Ok(verify(&snap, &key, config.trust_domain.id().as_str()))
+}
+
+/// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): the records with
+/// `ts >= since` (every record when `None`), by writer and sequence, then every checkpoint.
+pub fn export_dir(
+    dir: &std::path::Path,
+    since: Option<u64>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
+    use crate::store::Store as _;
+    let store = crate::SqliteStore::open(&dir.join(crate::material::files::DB))?;
+    let snap = store.audit_snapshot(since)?;
+    let mut n = 0u64;
+    let io = |e: std::io::Error| CaError::Store(format!("audit export: {e}"));
+    for r in &snap.records {
+        let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
+            CaError::Store(format!(
+                "audit record {} of {:?} is not a record: {e}",
+                r.seq, r.writer
+            ))
+        })?;
+        let line = ExportLine::Record {
+            body: Box::new(body),
+            hash: r.hash.clone(),
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
+        out.write_all(b"\n").map_err(io)?;
+        n += 1;
+    }
+    for c in &snap.checkpoints {
+        let line = ExportLine::Checkpoint {
+            writer: c.writer.clone(),
+            seq: c.seq,
+            jws: c.jws.clone(),
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
+        out.write_all(b"\n").map_err(io)?;
+        n += 1;
+    }
+    out.flush().map_err(io)?;
+    Ok(n)
 }

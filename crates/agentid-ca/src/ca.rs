@@ -2,6 +2,7 @@
 //! Issuance itself is in [`crate::issue`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +11,7 @@ use agentid_protocol::{
     TaskIdentity, TrustBundle, TrustDomain,
 };
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{AuditEvent, AuditLog, CheckpointClaims, CheckpointRecord};
 use crate::config::CaConfig;
 use crate::error::{CaError, Result};
 use crate::hierarchy::check_signer_matches;
@@ -20,8 +21,8 @@ use crate::policy::MAX_GRANT_LIFETIME_SECS;
 use crate::profile::cert_not_after;
 use crate::signer::{FileX509Signer, X509Signer};
 use crate::store::{
-    BootstrapRecord, IssuanceCommitter, IssuanceRecord, RevocationKind, RevocationRecord,
-    SqliteStore, Store,
+    BootstrapRecord, IssuanceCommitter, IssuanceRecord, Publication, PublishedList, RevocationKind,
+    RevocationRecord, SqliteStore, Store,
 };
 use crate::util;
 
@@ -44,10 +45,12 @@ pub struct CaParts {
     pub grant_signer: Box<dyn JwsSigner>,
     /// The revocation-list signing key.
     pub revocation_signer: Box<dyn JwsSigner>,
-    /// The store.
+    /// The store (it holds the audit chain).
     pub store: Box<dyn Store>,
-    /// The audit log.
+    /// The `tracing` mirror of audit records.
     pub audit: AuditLog,
+    /// The audit key that signs checkpoints of the store's audit chain; `None`: no checkpoints.
+    pub audit_signer: Option<Box<dyn JwsSigner>>,
 }
 
 /// A certificate authority for one trust domain.
@@ -71,6 +74,11 @@ pub struct CertificateAuthority {
     /// The store's lock-free issuance path (group commit), when it has one.
     pub(crate) committer: Option<Arc<dyn IssuanceCommitter>>,
     pub(crate) audit: AuditLog,
+    pub(crate) audit_signer: Option<Box<dyn JwsSigner>>,
+    /// Audited operations since the last checkpoint check.
+    audit_pending: AtomicU64,
+    /// When the checkpoint state was last checked, Unix seconds.
+    audit_checked_at: AtomicU64,
 }
 
 impl core::fmt::Debug for CertificateAuthority {
@@ -104,6 +112,12 @@ pub enum RevokeTarget {
         /// The link's `jti`.
         jti: Jti,
     },
+    /// A principal (an RFC 9493 subject identifier, as the CA recorded it when opening tasks):
+    /// a CA-side expansion, not a list entry kind. Every task of that principal whose grant has
+    /// not expired is revoked as a `task` entry, in one transaction with the principal's own
+    /// entry, which refuses new tasks for it for [`MAX_GRANT_LIFETIME_SECS`] (or as long as its
+    /// latest task, if longer) and is never published: the principal never leaves the CA.
+    Principal(serde_json::Value),
 }
 
 /// A fresh single-use bootstrap token. Only its SHA-256 is stored; hand `token` to the agent
@@ -131,6 +145,36 @@ pub(crate) fn token_hash(token: &str) -> String {
     util::hex(&util::sha256(token.as_bytes()))
 }
 
+/// The audit key of `dir` (`audit.key`, its public half in `audit.pub`). A CA directory made
+/// before the audit chain gets one on first open.
+pub(crate) fn load_or_create_audit_key(
+    dir: &Path,
+    alg: agentid_protocol::Algorithm,
+) -> Result<AuthorityKey> {
+    let key_path = join(dir, files::AUDIT_KEY);
+    let pub_path = join(dir, files::AUDIT_PUB);
+    let key = if key_path.exists() {
+        load_authority_key(&key_path)?
+    } else {
+        let key = AuthorityKey::generate(alg)?;
+        material::write_private_key(&key_path, key.pkcs8_der())?;
+        tracing::info!(path = %key_path.display(), "created the audit checkpoint key");
+        key
+    };
+    let spki = JwsSigner::public_key(&key).to_spki_der();
+    if pub_path.exists() {
+        if material::read_public_key(&pub_path)? != spki {
+            return Err(CaError::material(
+                &pub_path,
+                "is not the public key of audit.key",
+            ));
+        }
+    } else {
+        material::write_public_file(&pub_path, material::public_key_pem(&spki).as_bytes())?;
+    }
+    Ok(key)
+}
+
 fn load_authority_key(path: &Path) -> Result<AuthorityKey> {
     let der = material::read_private_key(path)?;
     AuthorityKey::from_pkcs8_der(&der).map_err(|e| CaError::material(path, e.to_string()))
@@ -151,6 +195,7 @@ impl CertificateAuthority {
             .map_err(|e| CaError::material(&int_key_path, e.to_string()))?;
         let grant = load_authority_key(&join(dir, files::GRANT_KEY))?;
         let revocation = load_authority_key(&join(dir, files::REVOCATION_KEY))?;
+        let audit_key = load_or_create_audit_key(dir, config.key_type.algorithm())?;
         let store = SqliteStore::open(&join(dir, files::DB))?;
         let mut ca = Self::from_parts(CaParts {
             config,
@@ -161,7 +206,8 @@ impl CertificateAuthority {
             grant_signer: Box::new(grant),
             revocation_signer: Box::new(revocation),
             store: Box::new(store),
-            audit: AuditLog::file(&join(dir, files::AUDIT)),
+            audit: AuditLog::tracing_only(),
+            audit_signer: Some(Box::new(audit_key)),
         })?;
         ca.dir = Some(dir.to_path_buf());
         Ok(ca)
@@ -190,6 +236,9 @@ impl CertificateAuthority {
             store: Mutex::new(p.store),
             committer,
             audit: p.audit,
+            audit_signer: p.audit_signer,
+            audit_pending: AtomicU64::new(0),
+            audit_checked_at: AtomicU64::new(0),
         })
     }
 
@@ -292,13 +341,7 @@ impl CertificateAuthority {
         }
         let token = util::b64url(&util::random::<32>()?);
         let expires = now_s.saturating_add(ttl.as_secs());
-        self.store()?.add_bootstrap(&BootstrapRecord {
-            hash: token_hash(&token),
-            agent: agent.to_string(),
-            task: task.as_str().to_string(),
-            expires,
-        })?;
-        self.audit_event(AuditEvent {
+        let ev = AuditEvent {
             ts: now_s,
             kind: "bootstrap.create".into(),
             actor: "operator".into(),
@@ -306,7 +349,18 @@ impl CertificateAuthority {
             task: Some(task.as_str().into()),
             outcome: "ok".into(),
             ..AuditEvent::default()
-        })?;
+        };
+        self.store()?.add_bootstrap(
+            &BootstrapRecord {
+                hash: token_hash(&token),
+                agent: agent.to_string(),
+                task: task.as_str().to_string(),
+                expires,
+            },
+            &ev,
+        )?;
+        self.audit.record(&ev);
+        self.after_audit(now_s);
         Ok(BootstrapToken {
             token,
             identity,
@@ -326,37 +380,19 @@ impl CertificateAuthority {
     ) -> Result<RevocationRecord> {
         let now_s = util::unix(now)?;
         let res = self.revoke_inner(target, reason, actor, now_s);
-        let (kind, value) = match &res {
-            Ok(r) => (r.kind.as_str().to_string(), r.value.clone()),
-            Err(_) => ("?".to_string(), format!("{target:?}")),
-        };
-        let audit = self.audit_event(AuditEvent {
-            ts: now_s,
-            kind: "revoke".into(),
-            actor: actor.into(),
-            subject: Some(format!("{kind}:{value}")),
-            serial: match target {
-                RevokeTarget::Serial(s) => Some(s.to_string()),
-                _ => None,
-            },
-            jti: match target {
-                RevokeTarget::GrantJti(j) | RevokeTarget::LinkJti { jti: j, .. } => {
-                    Some(j.to_string())
-                }
-                _ => None,
-            },
-            outcome: if res.is_ok() {
-                "ok".into()
-            } else {
-                "error".into()
-            },
-            reason: match &res {
-                Ok(_) => reason.map(str::to_string),
-                Err(e) => Some(e.to_string()),
-            },
-            ..AuditEvent::default()
-        });
-        Self::audited(res, audit)
+        match &res {
+            Ok(_) => self.after_audit(now_s),
+            Err(e) => self.record_refusal(AuditEvent {
+                ts: now_s,
+                kind: "revoke".into(),
+                actor: actor.into(),
+                subject: Some(format!("{target:?}")),
+                outcome: "error".into(),
+                reason: Some(e.to_string()),
+                ..AuditEvent::default()
+            }),
+        }
+        res
     }
 
     fn revoke_inner(
@@ -366,6 +402,9 @@ impl CertificateAuthority {
         actor: &str,
         now: u64,
     ) -> Result<RevocationRecord> {
+        if let RevokeTarget::Principal(p) = target {
+            return self.revoke_principal(p, reason, actor, now);
+        }
         let mut store = self.store()?;
         let (kind, value) = match target {
             RevokeTarget::Serial(serial) => {
@@ -408,6 +447,9 @@ impl CertificateAuthority {
                 self.check_td(iss.as_spiffe_id())?;
                 (RevocationKind::LinkJti, format!("{} {jti}", iss.as_str()))
             }
+            RevokeTarget::Principal(_) => {
+                return Err(CaError::InvalidRequest("principal revocation".into()))
+            }
         };
         let skew = self.config.skew_secs;
         let latest = match kind {
@@ -424,70 +466,225 @@ impl CertificateAuthority {
             reason: reason.map(str::to_string),
             requester: actor.to_string(),
         };
-        store.add_revocation(&rec)?;
+        let ev = AuditEvent {
+            ts: now,
+            kind: "revoke".into(),
+            actor: actor.into(),
+            subject: Some(format!("{}:{}", rec.kind.as_str(), rec.value)),
+            serial: match target {
+                RevokeTarget::Serial(s) => Some(s.to_string()),
+                _ => None,
+            },
+            jti: match target {
+                RevokeTarget::GrantJti(j) | RevokeTarget::LinkJti { jti: j, .. } => {
+                    Some(j.to_string())
+                }
+                _ => None,
+            },
+            outcome: "ok".into(),
+            reason: reason.map(str::to_string),
+            ..AuditEvent::default()
+        };
+        store.add_revocation(&rec, &ev)?;
+        drop(store);
+        self.audit.record(&ev);
         tracing::info!(kind = rec.kind.as_str(), value = %rec.value, "revoked");
         Ok(rec)
     }
 
-    /// Produces the next signed revocation list: `seq` incremented in the store, `iat = now`,
-    /// `next_update = now + revocation_next_update_secs`; entries whose `exp` has passed are
-    /// pruned.
+    /// See [`RevokeTarget::Principal`]. Returns the principal's own (unpublished) entry.
+    fn revoke_principal(
+        &self,
+        principal: &serde_json::Value,
+        reason: Option<&str>,
+        actor: &str,
+        now: u64,
+    ) -> Result<RevocationRecord> {
+        let value = crate::store::canonical_principal(principal)?;
+        let mut store = self.store()?;
+        let latest = store
+            .latest_expiry(RevocationKind::Principal, &value)?
+            .unwrap_or(now)
+            .max(now.saturating_add(MAX_GRANT_LIFETIME_SECS));
+        let rec = RevocationRecord {
+            kind: RevocationKind::Principal,
+            value,
+            exp: latest.saturating_add(self.config.skew_secs),
+            revoked_at: now,
+            reason: reason.map(str::to_string),
+            requester: actor.to_string(),
+        };
+        let mut recorded = None;
+        let tasks = store.revoke_principal(&rec, self.config.skew_secs, &mut |tasks| {
+            let ev = AuditEvent {
+                ts: now,
+                kind: "revoke".into(),
+                actor: actor.into(),
+                subject: Some(format!("principal:{}", rec.value)),
+                outcome: "ok".into(),
+                reason: Some(format!(
+                    "{}expanded to {} task(s): {}",
+                    reason.map(|r| format!("{r}; ")).unwrap_or_default(),
+                    tasks.len(),
+                    tasks.join(" ")
+                )),
+                ..AuditEvent::default()
+            };
+            recorded = Some(ev.clone());
+            ev
+        })?;
+        drop(store);
+        if let Some(ev) = &recorded {
+            self.audit.record(ev);
+        }
+        tracing::info!(tasks = tasks.len(), "principal revoked");
+        Ok(rec)
+    }
+
+    /// Publishes the next signed revocation list and returns it: `seq` incremented in the
+    /// store, `iat = now`, `next_update = now + revocation_next_update_secs`; entries whose `exp`
+    /// has passed are pruned. See [`CertificateAuthority::publish_revocations`].
     pub fn revocation_list(&self, now: SystemTime) -> Result<String> {
+        Ok(self.publish_revocations(now)?.compact)
+    }
+
+    /// Publishes the next revocation list: one store transaction takes the next `seq`, reads
+    /// the entries, signs, stores the list (every replica serves it from there) and its audit
+    /// record.
+    pub fn publish_revocations(&self, now: SystemTime) -> Result<PublishedList> {
         let now_s = util::unix(now)?;
         let td = self.config.trust_domain.clone();
-        let (seq, entries) = self.store()?.next_revocation_snapshot()?;
         let next_update = now_s.saturating_add(self.config.revocation_next_update_secs);
-        let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
-        let mut n = 0usize;
-        for e in entries.iter().filter(|e| e.exp > now_s) {
-            n += 1;
-            b = match e.kind {
-                RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
-                RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
-                RevocationKind::Agent => b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp),
-                RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
-                RevocationKind::LinkJti => match e.value.split_once(' ') {
-                    Some((iss, jti)) => {
-                        b.revoke_jti(&agentid_protocol::SpiffeId::parse(iss)?, jti, e.exp)
-                    }
-                    None => {
-                        return Err(CaError::Store(format!(
-                            "malformed link_jti entry {:?}",
-                            e.value
-                        )))
-                    }
+        let signer = self.revocation_signer.as_ref();
+        let mut make = |seq: u64, entries: &[RevocationRecord]| -> Result<Publication> {
+            let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
+            let mut n = 0usize;
+            // Principal entries stay at the CA: their tasks are listed instead.
+            let published = entries
+                .iter()
+                .filter(|e| e.exp > now_s && e.kind != RevocationKind::Principal);
+            for e in published {
+                n += 1;
+                b = match e.kind {
+                    RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
+                    RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
+                    RevocationKind::Agent => b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp),
+                    RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
+                    RevocationKind::Principal => b,
+                    RevocationKind::LinkJti => match e.value.split_once(' ') {
+                        Some((iss, jti)) => {
+                            b.revoke_jti(&agentid_protocol::SpiffeId::parse(iss)?, jti, e.exp)
+                        }
+                        None => {
+                            return Err(CaError::Store(format!(
+                                "malformed link_jti entry {:?}",
+                                e.value
+                            )))
+                        }
+                    },
+                };
+            }
+            Ok(Publication {
+                compact: b.sign(signer)?,
+                published_at: now_s,
+                next_update,
+                audit: AuditEvent {
+                    ts: now_s,
+                    kind: "revocations.publish".into(),
+                    actor: "ca".into(),
+                    outcome: "ok".into(),
+                    reason: Some(format!("seq {seq}, {n} entries")),
+                    ..AuditEvent::default()
                 },
-            };
+            })
+        };
+        let published = self.store()?.publish_revocations(&mut make)?;
+        self.after_audit(now_s);
+        Ok(published)
+    }
+
+    /// The latest published revocation list, from the store.
+    pub fn latest_published(&self) -> Result<Option<PublishedList>> {
+        self.store()?.latest_published()
+    }
+
+    /// The store's revocation epoch (see [`Store::revocation_epoch`]).
+    pub fn revocation_epoch(&self) -> Result<u64> {
+        self.store()?.revocation_epoch()
+    }
+
+    /// Signs a checkpoint of this CA's audit chain head with the audit key when one is due
+    /// (the head moved [`crate::audit::CHECKPOINT_EVERY`] records since the last checkpoint,
+    /// or the last one is [`crate::audit::CHECKPOINT_INTERVAL_SECS`] old), or whenever the head
+    /// moved if `force`. Returns the checkpointed record number.
+    pub fn checkpoint_audit(&self, now: SystemTime, force: bool) -> Result<Option<u64>> {
+        let Some(signer) = self.audit_signer.as_deref() else {
+            return Ok(None);
+        };
+        let now_s = util::unix(now)?;
+        let mut store = self.store()?;
+        let st = store.checkpoint_state()?;
+        let Some((seq, head)) = st.head else {
+            return Ok(None);
+        };
+        let (last_seq, last_iat) = st.last.unwrap_or((0, 0));
+        let due = seq.saturating_sub(last_seq) >= crate::audit::CHECKPOINT_EVERY
+            || now_s >= last_iat.saturating_add(crate::audit::CHECKPOINT_INTERVAL_SECS);
+        if seq <= last_seq || !(due || force) {
+            return Ok(None);
         }
-        let list = b.sign(self.revocation_signer.as_ref())?;
-        self.audit_event(AuditEvent {
-            ts: now_s,
-            kind: "revocations".into(),
-            actor: "ca".into(),
-            outcome: "ok".into(),
-            reason: Some(format!("seq {seq}, {n} entries")),
-            ..AuditEvent::default()
+        let claims = CheckpointClaims {
+            iss: self.config.trust_domain.id().as_str().to_owned(),
+            writer: st.writer.clone(),
+            seq,
+            head: head.clone(),
+            iat: now_s,
+        };
+        let jws = crate::audit::sign_checkpoint(signer, &claims)?;
+        store.add_checkpoint(&CheckpointRecord {
+            writer: st.writer,
+            seq,
+            head,
+            iat: now_s,
+            jws,
         })?;
-        Ok(list)
+        Ok(Some(seq))
     }
 
-    /// Records `ev`; a failed write is an error ([`CaError::AuditWrite`]), so that an operation
-    /// whose record is missing does not hand out its result.
-    pub(crate) fn audit_event(&self, ev: AuditEvent) -> Result<()> {
-        self.audit.record(&ev).map_err(|e| {
-            tracing::error!(error = %e, kind = %ev.kind, "audit log write failed");
-            CaError::AuditWrite(e.to_string())
-        })
-    }
-
-    /// The result of an audited operation: `res` when its record was written; the audit error
-    /// when the operation succeeded but its record was not; the operation's own error (the
-    /// audit failure only logged) when it failed anyway.
-    pub(crate) fn audited<T>(res: Result<T>, audit: Result<()>) -> Result<T> {
-        match (res, audit) {
-            (Ok(v), Ok(())) => Ok(v),
-            (Ok(_), Err(a)) => Err(a),
-            (Err(e), _) => Err(e),
+    /// After an audited change: checks (cheaply, by counting) whether a checkpoint may be due.
+    /// A failed checkpoint is logged; the change and its record are already durable.
+    pub(crate) fn after_audit(&self, now: u64) {
+        let pending = self.audit_pending.fetch_add(1, Ordering::Relaxed) + 1;
+        let checked = self.audit_checked_at.load(Ordering::Relaxed);
+        if pending < crate::audit::CHECKPOINT_EVERY
+            && now < checked.saturating_add(crate::audit::CHECKPOINT_INTERVAL_SECS)
+        {
+            return;
         }
+        self.audit_pending.store(0, Ordering::Relaxed);
+        self.audit_checked_at.store(now, Ordering::Relaxed);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(now);
+        if let Err(e) = self.checkpoint_audit(at, false) {
+            tracing::warn!(error = %e, "audit checkpoint failed");
+        }
+    }
+
+    /// Records a refusal on its own (nothing else changed). A failure is logged: the refusal
+    /// stands either way.
+    pub(crate) fn record_refusal(&self, ev: AuditEvent) {
+        self.audit.record(&ev);
+        let res = self.store().and_then(|mut s| s.append_audit(&ev));
+        match res {
+            Ok(()) => self.after_audit(ev.ts),
+            Err(e) => {
+                tracing::error!(error = %e, kind = %ev.kind, "audit record of a refusal not written")
+            }
+        }
+    }
+
+    /// Every audit record (with `ts >= since`), checkpoint and audited serial, for
+    /// [`crate::audit::verify`] and export.
+    pub fn audit_snapshot(&self, since: Option<u64>) -> Result<crate::audit::AuditSnapshot> {
+        self.store()?.audit_snapshot(since)
     }
 }

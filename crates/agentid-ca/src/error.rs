@@ -185,9 +185,10 @@ pub enum CaError {
     Store(String),
 
     // ---- Audit ----
-    /// The audit record of an operation that succeeded could not be written, so its result is
-    /// not handed out (no record, no certificate). What the store already committed stays
-    /// committed: see [`crate::AuditLog::record`].
+    /// The audit record of an operation could not be written, so its result is not handed out
+    /// (no record, no certificate). The SQLite store writes records in the operation's own
+    /// transaction, so there a failed record is a failed (rolled back) store operation instead;
+    /// this variant is for stores that keep their audit trail elsewhere.
     #[error("audit log write failed, result withheld: {0}")]
     AuditWrite(String),
 }

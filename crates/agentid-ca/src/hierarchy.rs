@@ -70,7 +70,8 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 "#;
 
 /// Creates a CA in `dir`: root and intermediate certificates and keys, grant and revocation
-/// keys, `config.toml`, a deny-all `policy.toml`, the store and the audit log.
+/// keys, the audit checkpoint key, `config.toml`, a deny-all `policy.toml` and the store (which
+/// holds the audit chain).
 ///
 /// Refuses to touch a directory that already holds any of these files. Private keys are
 /// created with mode 0600.
@@ -85,6 +86,11 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         files::INTERMEDIATE_KEY,
         files::GRANT_KEY,
         files::REVOCATION_KEY,
+        files::AUDIT_KEY,
+        files::AUDIT_PUB,
+        files::BUNDLE_SIGNING_KEY,
+        files::BUNDLE_SIGNING_PUB,
+        files::AGENTID_BUNDLE,
         files::CONFIG,
         files::DB,
     ] {
@@ -141,12 +147,27 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         material::cert_pem(int_cert.der()).as_bytes(),
     )?;
     material::write_public_file(&join(dir, files::CONFIG), config.to_toml()?.as_bytes())?;
+    crate::ca::load_or_create_audit_key(dir, alg)?;
+    let bundle_key = AuthorityKey::generate(alg)?;
+    material::write_private_key(
+        &join(dir, files::BUNDLE_SIGNING_KEY),
+        bundle_key.pkcs8_der(),
+    )?;
+    material::write_public_file(
+        &join(dir, files::BUNDLE_SIGNING_PUB),
+        material::public_key_pem(
+            &agentid_protocol::JwsSigner::public_key(&bundle_key).to_spki_der(),
+        )
+        .as_bytes(),
+    )?;
     let policy_path = join(dir, files::POLICY);
     if !policy_path.exists() {
         material::write_public_file(&policy_path, DEFAULT_POLICY.as_bytes())?;
     }
-    // Create the store now so that a broken directory fails at init, not at first issuance.
-    crate::store::SqliteStore::open(&join(dir, files::DB))?;
+    // Create the store now so that a broken directory fails at init, not at first issuance;
+    // sign the first agentid bundle while the offline key is here.
+    let ca = crate::CertificateAuthority::open(dir)?;
+    crate::agentid_bundle::sign_dir(&ca, dir, now_s)?;
     tracing::info!(trust_domain = td, key_type = %opts.key_type, dir = %dir.display(), "CA initialized");
     Ok(config)
 }

@@ -308,6 +308,18 @@ impl CertificateAuthority {
             self.issuer.as_ref(),
         )?;
         let (record, identity, binding, task, bootstrap, refuse) = commit(&leaf)?;
+        // The issuance's audit record, committed with it.
+        let audit = AuditEvent {
+            ts: now,
+            kind: format!("issue.{}", record.kind.as_str()),
+            actor: record.requester.clone(),
+            subject: Some(record.identity.clone()),
+            task: record.task.clone(),
+            serial: Some(record.serial.clone()),
+            jti: record.grant_jti.clone(),
+            outcome: "ok".into(),
+            reason: None,
+        };
         let c = IssuanceCommit {
             record: &record,
             identity: &identity,
@@ -315,6 +327,7 @@ impl CertificateAuthority {
             task: task.as_ref(),
             bootstrap: bootstrap.as_ref(),
             refuse_if_revoked: &refuse,
+            audit: &audit,
             now,
         };
         // Durable before the certificate is returned; without the store's lock when the store
@@ -323,9 +336,12 @@ impl CertificateAuthority {
             Some(committer) => committer.commit_issuance(&c)?,
             None => self.store()?.commit_issuance(&c)?,
         }
+        self.audit.record(&audit);
         Ok(leaf)
     }
 
+    /// After an issuance: a success was recorded with it (a checkpoint may be due); a refusal
+    /// is recorded now, on its own (nothing was issued).
     fn audit_issue(
         &self,
         kind: IssuanceKind,
@@ -334,31 +350,26 @@ impl CertificateAuthority {
         subject: &str,
         task: Option<&str>,
         res: &core::result::Result<(String, Option<String>), String>,
-    ) -> Result<()> {
-        let (serial, jti) = match res {
-            Ok((s, j)) => (Some(s.clone()), j.clone()),
-            Err(_) => (None, None),
-        };
-        let audit = self.audit_event(AuditEvent {
-            ts: now,
-            kind: format!("issue.{}", kind.as_str()),
-            actor: actor.to_string(),
-            subject: Some(subject.to_string()),
-            task: task.map(str::to_string),
-            serial,
-            jti,
-            outcome: if res.is_ok() {
-                "ok".into()
-            } else {
-                "denied".into()
-            },
-            reason: res.as_ref().err().cloned(),
-        });
+    ) {
         match res {
-            Ok(_) => tracing::info!(kind = kind.as_str(), subject, "certificate issued"),
-            Err(e) => tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused"),
+            Ok(_) => {
+                tracing::info!(kind = kind.as_str(), subject, "certificate issued");
+                self.after_audit(now);
+            }
+            Err(e) => {
+                tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused");
+                self.record_refusal(AuditEvent {
+                    ts: now,
+                    kind: format!("issue.{}", kind.as_str()),
+                    actor: actor.to_string(),
+                    subject: Some(subject.to_string()),
+                    task: task.map(str::to_string),
+                    outcome: "denied".into(),
+                    reason: Some(e.clone()),
+                    ..AuditEvent::default()
+                });
+            }
         }
-        audit
     }
 
     /// Opens a task for its root holder: the certificate and the grant, recorded before they
@@ -395,7 +406,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.certificate.leaf.serial.clone(), Some(c.grant_jti.clone())))
             .map_err(|e| e.to_string());
-        let audit = self.audit_issue(
+        self.audit_issue(
             IssuanceKind::Task,
             now_s,
             actor,
@@ -403,7 +414,7 @@ impl CertificateAuthority {
             req.task.as_ref().map(TaskId::as_str),
             &summary,
         );
-        Self::audited(res, audit)
+        res
     }
 
     fn open_task_inner(
@@ -547,6 +558,20 @@ impl CertificateAuthority {
             g = g.may_delegate_to(m);
         }
         let grant = g.sign(self.grant_signer.as_ref())?;
+        let principal = req
+            .principal
+            .as_ref()
+            .map(crate::store::canonical_principal)
+            .transpose()?;
+        let mut refuse = vec![
+            (RevocationKind::Agent, name.to_string()),
+            (RevocationKind::Task, task.as_str().to_string()),
+            (RevocationKind::Jkt, jkt.clone()),
+        ];
+        // No new task for a revoked principal while its revocation lasts.
+        if let Some(p) = &principal {
+            refuse.push((RevocationKind::Principal, p.clone()));
+        }
 
         let leaf = self.sign_and_commit(
             &uri,
@@ -583,13 +608,10 @@ impl CertificateAuthority {
                         grant_jti: jti.clone(),
                         exp: grant_exp,
                         created: now,
+                        principal: principal.clone(),
                     }),
                     bootstrap,
-                    vec![
-                        (RevocationKind::Agent, name.to_string()),
-                        (RevocationKind::Task, task.as_str().to_string()),
-                        (RevocationKind::Jkt, jkt.clone()),
-                    ],
+                    refuse,
                 ))
             },
             now,
@@ -625,7 +647,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        let audit = self.audit_issue(
+        self.audit_issue(
             IssuanceKind::Child,
             now_s,
             req.parent.as_str(),
@@ -633,7 +655,7 @@ impl CertificateAuthority {
             Some(task.as_str()),
             &summary,
         );
-        Self::audited(res, audit)
+        res
     }
 
     fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
@@ -761,7 +783,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        let audit = self.audit_issue(
+        self.audit_issue(
             IssuanceKind::Service,
             now_s,
             "operator",
@@ -769,7 +791,7 @@ impl CertificateAuthority {
             None,
             &summary,
         );
-        Self::audited(res, audit)
+        res
     }
 
     fn issue_service_inner(&self, req: &ServiceRequest, now: u64) -> Result<IssuedCertificate> {
@@ -853,7 +875,7 @@ impl CertificateAuthority {
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
-        let audit = self.audit_issue(
+        self.audit_issue(
             IssuanceKind::Renewal,
             now_s,
             &actor,
@@ -861,7 +883,7 @@ impl CertificateAuthority {
             task.as_deref(),
             &summary,
         );
-        Self::audited(res, audit)
+        res
     }
 
     fn renew_inner(&self, req: &RenewRequest, actor: &str, now: u64) -> Result<IssuedCertificate> {

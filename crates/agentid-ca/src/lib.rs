@@ -17,8 +17,9 @@
 //! * **One key per identity.** A task identity keeps its key for its life; a key once bound to
 //!   an identity is refused for any other (enforced by the store's primary key too).
 //! * **Recorded before returned.** Every certificate is committed to the store (SQLite, WAL,
-//!   `synchronous=FULL`) before it is handed out; every decision goes to the audit log, and an
-//!   operation whose audit record cannot be written fails without handing out its result.
+//!   `synchronous=FULL`) before it is handed out, with its audit record in the same transaction
+//!   (no record, no certificate): one hash chain per writer, with checkpoints signed by the
+//!   audit key ([`audit`]).
 //! * **Policy decides.** Nothing is issued unless `policy.toml` allows it, and a refusal names
 //!   the rule. Revoked agents, tasks and keys get nothing more.
 //! * Private key files are created 0600 and refused when group or world can read them. The
@@ -27,6 +28,7 @@
 //! * Time is a parameter (`now: SystemTime`) of every decision.
 #![forbid(unsafe_code)]
 
+pub mod agentid_bundle;
 pub mod audit;
 mod ca;
 pub mod config;
@@ -38,6 +40,8 @@ pub mod material;
 pub mod migrate;
 pub mod policy;
 pub mod profile;
+#[cfg(feature = "server")]
+pub mod publication;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod signer;
@@ -60,6 +64,7 @@ pub use issue::{
 pub use policy::Policy;
 pub use profile::LeafCertificate;
 pub use signer::{FileX509Signer, KeyType, X509Signer};
+pub use store::PublishedList;
 pub use store::{
     IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
 };

@@ -28,8 +28,17 @@ pub mod files {
     pub const POLICY: &str = "policy.toml";
     /// The SQLite store.
     pub const DB: &str = "ca.db";
-    /// The audit log (JSON lines).
-    pub const AUDIT: &str = "audit.jsonl";
+    /// The key that signs checkpoints of the store's audit chain (PKCS#8 PEM).
+    pub const AUDIT_KEY: &str = "audit.key";
+    /// Its public key (SPKI PEM), what `agentid audit verify` checks checkpoints with.
+    pub const AUDIT_PUB: &str = "audit.pub";
+    /// The bundle-signing key (PKCS#8 PEM): signs the agentid bundle. Keep it offline with the
+    /// root key; the CA service never needs it.
+    pub const BUNDLE_SIGNING_KEY: &str = "bundle-signing.key";
+    /// Its public key (SPKI PEM), which watchers pin to accept grant and revocation keys.
+    pub const BUNDLE_SIGNING_PUB: &str = "bundle-signing.pub";
+    /// The signed agentid bundle the service serves (`GET /v1/bundle/agentid`).
+    pub const AGENTID_BUNDLE: &str = "agentid-bundle.jws";
 }
 
 /// Writes a new private key file with mode 0600 from creation on (never chmod after the fact);
@@ -97,4 +106,18 @@ pub fn cert_pem(der: &[u8]) -> String {
 
 pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// PEM of a SubjectPublicKeyInfo (`PUBLIC KEY`).
+pub fn public_key_pem(spki_der: &[u8]) -> String {
+    pem_encode("PUBLIC KEY", spki_der)
+}
+
+/// Reads one `PUBLIC KEY` (SubjectPublicKeyInfo) PEM file and returns its DER.
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>> {
+    use rustls_pki_types::SubjectPublicKeyInfoDer;
+    let buf = agentid_fs::read_bounded(path, MAX_FILE_BYTES).map_err(fs_error)?;
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(&buf)
+        .map_err(|e| CaError::material(path, format!("not a PUBLIC KEY PEM: {e}")))?;
+    Ok(spki.as_ref().to_vec())
 }

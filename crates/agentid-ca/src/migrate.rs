@@ -18,7 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -32,10 +32,11 @@ pub struct Migration {
 }
 
 /// Every migration after version 0, in order; `MIGRATIONS[i].version == i + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "CA service: published revocation lists, token bindings",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "CA service: published revocation lists, token bindings",
+        sql: "
 -- One row per publication of the revocation list (CA-API.md, GET /v1/revocations): `seq` is the
 -- list's sequence number, `compact` the signed list exactly as served.
 CREATE TABLE published_lists (
@@ -47,7 +48,35 @@ ALTER TABLE bootstrap_tokens ADD COLUMN binding TEXT;
 -- Who created the token (`operator` or `svc:NAME`).
 ALTER TABLE bootstrap_tokens ADD COLUMN creator TEXT;
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "audit chain per writer with signed checkpoints",
+        sql: "
+-- One hash chain per writer (crate::audit): `body` is the record's exact JSON, `hash` its
+-- SHA-256; written in the transaction of the change it records.
+CREATE TABLE audit_records (
+  writer TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, body TEXT NOT NULL,
+  hash TEXT NOT NULL, PRIMARY KEY (writer, seq));
+CREATE INDEX audit_records_ts ON audit_records(ts);
+-- Chain heads signed with the audit key.
+CREATE TABLE audit_checkpoints (
+  writer TEXT NOT NULL, seq INTEGER NOT NULL, head TEXT NOT NULL, iat INTEGER NOT NULL,
+  jws TEXT NOT NULL, PRIMARY KEY (writer, seq));
+-- Issuances up to this rowid predate the chain and have no record.
+INSERT OR REPLACE INTO meta (key, value)
+  SELECT 'audit_issuances_from', COALESCE(MAX(rowid), 0) FROM issuances;
+-- Bumped in every transaction that adds or widens a revocation: the publisher compares it
+-- with the value its last list saw.
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_epoch', 0);
+ALTER TABLE published_lists ADD COLUMN revocation_epoch INTEGER NOT NULL DEFAULT 0;
+-- The principal a task acts for (canonical JSON), so that revoking a principal can find its
+-- tasks; NULL for tasks opened before version 2 or without a principal.
+ALTER TABLE tasks ADD COLUMN principal TEXT;
+CREATE INDEX tasks_principal ON tasks(principal);
+",
+    },
+];
 
 /// Reads the schema version.
 pub fn schema_version(conn: &Connection) -> Result<u32> {

@@ -1,7 +1,8 @@
 //! The CA as a network service (`spec/CA-API.md`): axum routes over agentid's mTLS HTTP server.
 //!
-//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/revocations` (with `ETag` and the
-//! `after`/`wait` long-poll), `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
+//! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/bundle/agentid`, `GET /v1/revocations`
+//! (with `ETag` and the `after`/`wait` long-poll, lists published by [`Publisher`]),
+//! `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
 //! `POST /v1/revoke`. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
 //! request that finds the pool full is refused `503 unavailable` with `Retry-After`.
@@ -34,10 +35,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::CaError;
 use crate::issue::{KeySource, RenewRequester, ServiceRequest};
+use crate::publication::Publisher;
+use crate::store::PublishedList;
 use crate::{CertificateAuthority, RenewRequest, RevokeTarget};
 
 /// Bounds of the service.
@@ -47,6 +50,8 @@ pub struct ServiceOptions {
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
+    /// Requests held by the revocation long-poll, per caller identity.
+    pub max_waiters_per_caller: usize,
     /// Lifetime of the service's own certificate (default: the policy's default TTL).
     pub service_ttl: Option<Duration>,
     /// Options of the mTLS listener.
@@ -58,26 +63,21 @@ impl Default for ServiceOptions {
         ServiceOptions {
             max_operations: 16,
             max_waiters: 1024,
+            max_waiters_per_caller: 4,
             service_ttl: None,
             http: HttpOptions::default(),
         }
     }
 }
 
-/// The latest published revocation list.
-#[derive(Clone, Debug)]
-struct Published {
-    seq: u64,
-    list: String,
-}
-
 struct Shared {
     ca: Arc<CertificateAuthority>,
     ops: Arc<Semaphore>,
     waiters: Arc<Semaphore>,
-    latest: watch::Sender<Option<Arc<Published>>>,
-    /// One publisher at a time.
-    publishing: tokio::sync::Mutex<()>,
+    /// Publishes revocation lists and serves the latest stored one.
+    publisher: Arc<Publisher>,
+    /// Long-poll requests held per caller.
+    caller_waiters: Arc<crate::publication::CallerWaiters>,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -173,19 +173,27 @@ impl CaService {
             verification,
         };
         let ca = Arc::new(ca);
-        let first = publish_now(&ca)?;
-        let (latest, _) = watch::channel(Some(Arc::new(first)));
+        let publisher = Publisher::new(ca.clone())?;
         Ok(CaService {
             shared: Arc::new(Shared {
                 ca,
                 ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
                 waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
-                latest,
-                publishing: tokio::sync::Mutex::new(()),
+                publisher,
+                caller_waiters: crate::publication::CallerWaiters::new(
+                    options.max_waiters_per_caller,
+                ),
             }),
             server,
             own,
         })
+    }
+
+    /// The revocation list publisher. [`CaService::serve`] runs it; whoever serves
+    /// [`CaService::router`] by other means must run [`Publisher::run`] too, or revocations are
+    /// not published (and `POST /v1/revoke` answers `503` after waiting for its list).
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.shared.publisher.clone()
     }
 
     /// The routes of the mTLS listener.
@@ -193,6 +201,7 @@ impl CaService {
         Router::new()
             .route(agentid_api::routes::HEALTHZ, get(healthz))
             .route(agentid_api::routes::BUNDLE, get(bundle))
+            .route(agentid_api::routes::BUNDLE_AGENTID, get(bundle_agentid))
             .route(agentid_api::routes::REVOCATIONS, get(revocations))
             .route(agentid_api::routes::ENROLL, post(enroll))
             .route(agentid_api::routes::CHILDREN, post(children))
@@ -208,6 +217,7 @@ impl CaService {
         tokio::select! {
             r = self.server.serve(listener, self.router()) => r?,
             () = self.keep_own_certificate() => {}
+            () = self.shared.publisher.clone().run() => {}
         }
         Ok(())
     }
@@ -259,21 +269,6 @@ impl CaService {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         self.serve(listener).await
     }
-}
-
-/// Signs the next revocation list and reads its `seq` back from the payload this CA produced.
-fn publish_now(ca: &CertificateAuthority) -> Result<Published, CaError> {
-    let list = ca.revocation_list(SystemTime::now())?;
-    let seq = list
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-        .ok_or_else(|| CaError::Store("revocation list without seq".into()))?;
-    Ok(Published { seq, list })
 }
 
 // ---- Responses ----
@@ -466,12 +461,34 @@ async fn bundle(State(s): State<Arc<Shared>>) -> Response {
     json(StatusCode::OK, &v)
 }
 
-fn list_response(p: &Published) -> Response {
+/// The signed agentid bundle, as the operator signed it offline (read per request, so a
+/// re-signed bundle is served without a restart).
+async fn bundle_agentid(State(s): State<Arc<Shared>>) -> Response {
+    match run(&s, |ca| ca.signed_agentid_bundle()).await {
+        Ok(Some(jws)) => {
+            let mut r = Response::new(Body::from(jws));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jose"),
+            );
+            r
+        }
+        Ok(None) => Refused::new(
+            ErrorCode::NotFound,
+            "this CA has no signed agentid bundle",
+            "the operator signs one with the offline bundle-signing key",
+        )
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn list_response(p: &PublishedList) -> Response {
     let mut r = json(
         StatusCode::OK,
         &RevocationsResponse {
             seq: p.seq,
-            list: p.list.clone(),
+            list: p.compact.clone(),
         },
     );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", p.seq)) {
@@ -524,12 +541,12 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
     Ok((after, wait))
 }
 
-async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
+async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
     let (after, wait) = match poll_params(&req) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let mut rx = s.latest.subscribe();
+    let mut rx = s.publisher.subscribe();
     let current = rx.borrow_and_update().clone();
     let Some(current) = current else {
         return Refused::new(ErrorCode::NotFound, "no list published yet", "retry later")
@@ -544,6 +561,14 @@ async fn revocations(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if wait == 0 {
         return not_modified(current.seq);
     }
+    let Some(_mine) = s.caller_waiters.try_acquire(a.peer_id().as_str()) else {
+        return Refused::new(
+            ErrorCode::RateLimited,
+            "this caller already holds its share of waiting requests",
+            "retry after Retry-After",
+        )
+        .into_response();
+    };
     let Ok(_w) = s.waiters.clone().try_acquire_owned() else {
         return Refused::new(
             ErrorCode::RateLimited,
@@ -727,6 +752,8 @@ fn check_holder_key(
             crate::RevocationKind::Jti => grant_jti.as_deref() == Some(r.value.as_str()),
             // The CA does not see links; a revoked link ends the chain at verifiers.
             crate::RevocationKind::LinkJti => false,
+            // Expanded into `task` entries when revoked.
+            crate::RevocationKind::Principal => false,
         };
         if hit {
             return Err(CaError::Revoked {
@@ -835,15 +862,22 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     let actor = a.peer_id().as_str().to_owned();
     let reason = body.reason.clone();
     let res = run(&s, move |ca| {
-        ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())
+        let rec = ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())?;
+        Ok((rec, ca.revocation_epoch()?))
     })
     .await;
-    let rec = match res {
+    let (rec, epoch) = match res {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = publish(&s).await {
-        return r.into_response();
+    // Answered once a list holding the revocation is served (published within ~200 ms).
+    s.publisher.revoked();
+    if let Err(e) = s
+        .publisher
+        .published_at_epoch(epoch, Duration::from_secs(10))
+        .await
+    {
+        return Refused::from(e).into_response();
     }
     json(
         StatusCode::OK,
@@ -853,12 +887,4 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
             exp: rec.exp,
         },
     )
-}
-
-/// Publishes a new list (one publisher at a time) and wakes the long-poll waiters.
-async fn publish(s: &Shared) -> Result<(), Refused> {
-    let _one = s.publishing.lock().await;
-    let p = run(s, publish_now).await?;
-    s.latest.send_replace(Some(Arc::new(p)));
-    Ok(())
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
 use crate::error::{CaError, Result};
 
 /// What an issuance was.
@@ -103,6 +104,14 @@ pub struct TaskRecord {
     pub exp: u64,
     /// When it was opened, Unix seconds.
     pub created: u64,
+    /// The principal the task acts for, as canonical JSON (see [`canonical_principal`]).
+    pub principal: Option<String>,
+}
+
+/// The canonical form of an RFC 9493 principal as the store keeps it: its JSON with object keys
+/// sorted, no whitespace.
+pub fn canonical_principal(p: &serde_json::Value) -> Result<String> {
+    serde_json::to_string(p).map_err(|e| CaError::InvalidRequest(format!("principal: {e}")))
 }
 
 /// What a revocation entry targets.
@@ -118,6 +127,10 @@ pub enum RevocationKind {
     Jkt,
     /// A link `jti`, scoped by its issuer: the value is `"<issuer task identity> <jti>"`.
     LinkJti,
+    /// A principal (canonical JSON): kept at the CA only, never published. Revoking a
+    /// principal revokes each of its live tasks as a `task` entry and refuses new tasks for it
+    /// while this entry lasts.
+    Principal,
 }
 
 impl RevocationKind {
@@ -129,6 +142,7 @@ impl RevocationKind {
             RevocationKind::Agent => "agent",
             RevocationKind::Jkt => "jkt",
             RevocationKind::LinkJti => "link_jti",
+            RevocationKind::Principal => "principal",
         }
     }
     fn parse(s: &str) -> Result<Self> {
@@ -138,6 +152,7 @@ impl RevocationKind {
             "agent" => RevocationKind::Agent,
             "jkt" => RevocationKind::Jkt,
             "link_jti" => RevocationKind::LinkJti,
+            "principal" => RevocationKind::Principal,
             other => return Err(CaError::Store(format!("unknown revocation kind {other:?}"))),
         })
     }
@@ -201,8 +216,51 @@ pub struct IssuanceCommit<'a> {
     pub bootstrap: Option<&'a BootstrapRecord>,
     /// Revocation entries that refuse this issuance when present.
     pub refuse_if_revoked: &'a [(RevocationKind, String)],
+    /// The issuance's audit record, appended to the writer's chain in the same transaction.
+    pub audit: &'a AuditEvent,
     /// Now, Unix seconds.
     pub now: u64,
+}
+
+/// A published revocation list as stored (one row per `seq`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedList {
+    /// The list's `seq`.
+    pub seq: u64,
+    /// The signed list, exactly as served.
+    pub compact: String,
+    /// Its `iat`, Unix seconds.
+    pub published_at: u64,
+    /// Its `next_update`, Unix seconds.
+    pub next_update: u64,
+    /// The store's revocation epoch the list was made at: a higher current epoch means a
+    /// revocation committed since.
+    pub revocation_epoch: u64,
+}
+
+/// What a publication signs and stores, made inside the store's transaction from the next
+/// `seq` and the current entries.
+#[derive(Clone, Debug)]
+pub struct Publication {
+    /// The signed list.
+    pub compact: String,
+    /// Its `iat`.
+    pub published_at: u64,
+    /// Its `next_update`.
+    pub next_update: u64,
+    /// The publication's audit record.
+    pub audit: AuditEvent,
+}
+
+/// The latest chain head of a writer and its last checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointState {
+    /// The writer id of this store's chain.
+    pub writer: String,
+    /// `(seq, hash)` of the head record.
+    pub head: Option<(u64, String)>,
+    /// `(seq, iat)` of the last checkpoint.
+    pub last: Option<(u64, u64)>,
 }
 
 /// Commits issuances without the store's lock, so that concurrent issuers can share one
@@ -237,16 +295,16 @@ pub trait Store: Send {
     fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>>;
     /// Latest notAfter or cap among the identities matching the filter (agent name, task, key).
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>>;
-    /// Records (or widens) a revocation.
-    fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()>;
+    /// Records (or widens) a revocation, with its audit record, in one transaction.
+    fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()>;
     /// Every revocation.
     fn revocations(&self) -> Result<Vec<RevocationRecord>>;
     /// Increments the revocation list sequence number and reads every revocation, atomically:
     /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
     /// that a list with a lower one had, also with several CA processes on one store).
     fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)>;
-    /// Stores a bootstrap token's hash.
-    fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()>;
+    /// Stores a bootstrap token's hash, with its audit record, in one transaction.
+    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()>;
     /// A bootstrap token by hash, if unused.
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>>;
     /// A bootstrap token by hash, used or not, with what it binds (schema version 1). The
@@ -266,15 +324,64 @@ pub trait Store: Send {
             "this store does not keep bootstrap token bindings".into(),
         ))
     }
+    /// Appends a record that goes with no other change (a refusal) to the writer's chain.
+    fn append_audit(&mut self, _ev: &AuditEvent) -> Result<()> {
+        Err(CaError::Store("this store keeps no audit chain".into()))
+    }
+    /// The writer's chain head and last checkpoint.
+    fn checkpoint_state(&self) -> Result<CheckpointState> {
+        Ok(CheckpointState::default())
+    }
+    /// Stores a signed checkpoint (a second one for the same record is ignored).
+    fn add_checkpoint(&mut self, _cp: &CheckpointRecord) -> Result<()> {
+        Err(CaError::Store("this store keeps no audit chain".into()))
+    }
+    /// Every record (with `ts >= since` when given), every checkpoint and the serials that
+    /// must have a record, read in one transaction.
+    fn audit_snapshot(&self, _since: Option<u64>) -> Result<AuditSnapshot> {
+        Err(CaError::Store("this store keeps no audit chain".into()))
+    }
+    /// Publishes the next revocation list in one transaction: takes the next `seq`, reads the
+    /// entries, lets `make` sign them, stores the list and its audit record. A list with a
+    /// higher `seq` therefore never lacks an entry a lower one had.
+    fn publish_revocations(
+        &mut self,
+        _make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+    ) -> Result<PublishedList> {
+        Err(CaError::Store("this store does not publish lists".into()))
+    }
+    /// The latest published list.
+    fn latest_published(&self) -> Result<Option<PublishedList>> {
+        Ok(None)
+    }
+    /// The revocation epoch: bumped by every transaction that adds or widens a revocation.
+    fn revocation_epoch(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Revokes a principal in one transaction: its own entry `p` (kind
+    /// [`RevocationKind::Principal`]) and a `task` entry for each task of that principal whose
+    /// grant has not expired at `p.revoked_at` (each lasting until everything in the task has
+    /// expired, plus `skew`), with the audit record `audit(tasks)` naming the expansion.
+    /// Returns the task entries.
+    fn revoke_principal(
+        &mut self,
+        _p: &RevocationRecord,
+        _skew: u64,
+        _audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+    ) -> Result<Vec<RevocationRecord>> {
+        Err(CaError::Store("this store cannot revoke principals".into()))
+    }
 }
 
 /// The embedded SQLite store (`ca.db`): WAL, `synchronous=FULL`.
 ///
-/// Issuances are committed through a second connection with group commit (see
-/// [`GroupCommitter`]); lookups and the other writes use the store's connection.
+/// Issuances are committed through a second connection with group commit (concurrent
+/// issuances share one transaction and one fsync); lookups and the other writes use the
+/// store's connection.
 pub struct SqliteStore {
     conn: Connection,
     writer: Arc<GroupCommitter>,
+    audit_writer: Arc<str>,
 }
 
 impl core::fmt::Debug for SqliteStore {
@@ -326,10 +433,36 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_as(path, crate::audit::DEFAULT_WRITER)
+    }
+
+    /// Opens the database with `writer` as the audit chain's writer id. Processes that share
+    /// one SQLite file may share a writer id (their appends are serialized by SQLite's write
+    /// lock); replicas of a shared database each have their own.
+    pub fn open_as(path: &Path, writer: &str) -> Result<Self> {
+        if writer.is_empty() || writer.len() > 64 {
+            return Err(CaError::InvalidRequest(
+                "an audit writer id has 1 to 64 bytes".into(),
+            ));
+        }
         let mut conn = Self::connect(path)?;
         crate::migrate::migrate(&mut conn, SCHEMA)?;
-        let writer = Arc::new(GroupCommitter::start(Self::connect(path)?)?);
-        Ok(SqliteStore { conn, writer })
+        let audit_writer: Arc<str> = Arc::from(writer);
+        let writer = Arc::new(GroupCommitter::start(
+            Self::connect(path)?,
+            audit_writer.clone(),
+        )?);
+        Ok(SqliteStore {
+            conn,
+            writer,
+            audit_writer,
+        })
+    }
+
+    fn immediate(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -387,7 +520,7 @@ fn revocation_sql(n: usize) -> String {
 
 /// Checks and records one issuance inside the caller's transaction (or savepoint): revocations
 /// (one statement), the key binding (one statement), then the writes.
-fn apply_issuance(conn: &Connection, c: &IssuanceCommit<'_>) -> Result<()> {
+fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Result<()> {
     // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
     if !c.refuse_if_revoked.is_empty() {
         let mut st = conn.prepare_cached(&revocation_sql(c.refuse_if_revoked.len()))?;
@@ -468,14 +601,15 @@ fn apply_issuance(conn: &Connection, c: &IssuanceCommit<'_>) -> Result<()> {
     // 3. The task and its bootstrap token.
     if let Some(t) = c.task {
         conn.prepare_cached(
-            "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             t.task,
             t.holder,
             t.grant_jti,
             to_i64(t.exp)?,
-            to_i64(t.created)?
+            to_i64(t.created)?,
+            t.principal
         ])
         .map_err(|e| {
             if is_constraint(&e) {
@@ -512,6 +646,30 @@ fn apply_issuance(conn: &Connection, c: &IssuanceCommit<'_>) -> Result<()> {
         to_i64(r.issued_at)?,
         r.grant_jti
     ])?;
+    // 5. Its audit record: no record, no certificate.
+    append_audit_tx(conn, writer, c.audit)?;
+    Ok(())
+}
+
+/// Appends `ev` to `writer`'s chain inside the caller's write transaction (which serializes
+/// appends: the head read here is still the head at commit).
+pub(crate) fn append_audit_tx(conn: &Connection, writer: &str, ev: &AuditEvent) -> Result<()> {
+    let head: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, hash FROM audit_records WHERE writer = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![writer], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match head {
+        Some((s, h)) => (to_u64(s)?.saturating_add(1), h),
+        None => (1, crate::audit::GENESIS.to_owned()),
+    };
+    let body = crate::audit::record_body(writer, seq, &prev, ev)?;
+    let hash = crate::audit::record_hash(&body);
+    conn.prepare_cached(
+        "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![writer, to_i64(seq)?, to_i64(ev.ts)?, body, hash])?;
     Ok(())
 }
 
@@ -578,7 +736,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE task = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE task = ?1",
             )?
             .query_row(params![task], row_task)
             .optional()?)
@@ -588,7 +746,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created FROM tasks WHERE grant_jti = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE grant_jti = ?1",
             )?
             .query_row(params![jti], row_task)
             .optional()?)
@@ -612,6 +770,10 @@ impl Store for SqliteStore {
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
                 "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
             ),
+            RevocationKind::Principal => (
+                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
+                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
+            ),
             // Links are never recorded by the CA: nothing bounds them here.
             RevocationKind::LinkJti => return Ok(None),
         };
@@ -630,10 +792,18 @@ impl Store for SqliteStore {
         m.map(|v| to_u64(v).map_err(CaError::from)).transpose()
     }
 
-    fn add_revocation(&mut self, r: &RevocationRecord) -> Result<()> {
-        self.conn.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        tx.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)")?.execute(params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
         )?;
+        exec_cached(
+            &tx,
+            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+        )?;
+        append_audit_tx(&tx, &writer, audit)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -659,12 +829,15 @@ impl Store for SqliteStore {
         Ok((to_u64(v)?, entries))
     }
 
-    fn add_bootstrap(&mut self, b: &BootstrapRecord) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![b.hash, b.agent, b.task, to_i64(b.expires)?])?;
+    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        tx.prepare_cached(
+            "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![b.hash, b.agent, b.task, to_i64(b.expires)?])?;
+        append_audit_tx(&tx, &writer, audit)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -716,6 +889,218 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+
+    fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        append_audit_tx(&tx, &writer, ev)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn checkpoint_state(&self) -> Result<CheckpointState> {
+        let w = &*self.audit_writer;
+        let head = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, hash FROM audit_records WHERE writer = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![w], |r| Ok((to_u64(r.get(0)?)?, r.get(1)?)))
+            .optional()?;
+        let last = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, iat FROM audit_checkpoints WHERE writer = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![w], |r| Ok((to_u64(r.get(0)?)?, to_u64(r.get(1)?)?)))
+            .optional()?;
+        Ok(CheckpointState {
+            writer: w.to_owned(),
+            head,
+            last,
+        })
+    }
+
+    fn add_checkpoint(&mut self, cp: &CheckpointRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![cp.writer, to_i64(cp.seq)?, cp.head, to_i64(cp.iat)?, cp.jws])?;
+        Ok(())
+    }
+
+    fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
+        // One read transaction: records, checkpoints and issuances are one state.
+        let tx = self.conn.unchecked_transaction()?;
+        let since = to_i64(since.unwrap_or(0))?;
+        let records = tx
+            .prepare_cached(
+                "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= ?1 ORDER BY writer, seq",
+            )?
+            .query_map(params![since], |r| {
+                Ok(AuditRecord {
+                    writer: r.get(0)?,
+                    seq: to_u64(r.get(1)?)?,
+                    ts: to_u64(r.get(2)?)?,
+                    body: r.get(3)?,
+                    hash: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let checkpoints = tx
+            .prepare_cached(
+                "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
+            )?
+            .query_map([], |r| {
+                Ok(CheckpointRecord {
+                    writer: r.get(0)?,
+                    seq: to_u64(r.get(1)?)?,
+                    head: r.get(2)?,
+                    iat: to_u64(r.get(3)?)?,
+                    jws: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let audited_serials = tx
+            .prepare_cached(
+                "SELECT serial FROM issuances WHERE rowid > COALESCE(
+                   (SELECT value FROM meta WHERE key = 'audit_issuances_from'), 0) ORDER BY rowid",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        tx.commit()?;
+        Ok(AuditSnapshot {
+            records,
+            checkpoints,
+            audited_serials,
+        })
+    }
+
+    fn publish_revocations(
+        &mut self,
+        make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+    ) -> Result<PublishedList> {
+        let writer = self.audit_writer.clone();
+        // The write lock is taken before the counter moves and held while the entries are
+        // read, the list signed and stored: no revocation commits in between, and two
+        // publishers (other processes on this file) are serialized.
+        let tx = self.immediate()?;
+        let seq: i64 = tx
+            .prepare_cached(
+                "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+            )?
+            .query_row([], |r| r.get(0))?;
+        let epoch: i64 = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_epoch'")?
+            .query_row([], |r| r.get(0))?;
+        let seq = to_u64(seq)?;
+        let entries = read_revocations(&tx)?;
+        let p = make(seq, &entries)?;
+        tx.prepare_cached(
+            "INSERT INTO published_lists (seq, compact, published_at, next_update, revocation_epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            to_i64(seq)?,
+            p.compact,
+            to_i64(p.published_at)?,
+            to_i64(p.next_update)?,
+            epoch
+        ])?;
+        append_audit_tx(&tx, &writer, &p.audit)?;
+        tx.commit()?;
+        Ok(PublishedList {
+            seq,
+            compact: p.compact,
+            published_at: p.published_at,
+            next_update: p.next_update,
+            revocation_epoch: to_u64(epoch)?,
+        })
+    }
+
+    fn latest_published(&self) -> Result<Option<PublishedList>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq, compact, published_at, next_update, revocation_epoch FROM published_lists ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([], |r| {
+                Ok(PublishedList {
+                    seq: to_u64(r.get(0)?)?,
+                    compact: r.get(1)?,
+                    published_at: to_u64(r.get(2)?)?,
+                    next_update: to_u64(r.get(3)?)?,
+                    revocation_epoch: to_u64(r.get(4)?)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn revoke_principal(
+        &mut self,
+        p: &RevocationRecord,
+        skew: u64,
+        audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+    ) -> Result<Vec<RevocationRecord>> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        let now = to_i64(p.revoked_at)?;
+        let tasks: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT t.task, MAX(t.exp,
+                   COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
+                   COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
+                 FROM tasks t WHERE t.principal = ?1 AND t.exp > ?2 ORDER BY t.rowid",
+            )?
+            .query_map(params![p.value, now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(tasks.len());
+        let insert = "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)";
+        for (task, latest) in tasks {
+            let rec = RevocationRecord {
+                kind: RevocationKind::Task,
+                value: task,
+                exp: to_u64(latest.max(now))?.saturating_add(skew),
+                revoked_at: p.revoked_at,
+                reason: p.reason.clone(),
+                requester: p.requester.clone(),
+            };
+            tx.prepare_cached(insert)?.execute(params![
+                rec.kind.as_str(),
+                rec.value,
+                to_i64(rec.exp)?,
+                now,
+                rec.reason,
+                rec.requester
+            ])?;
+            out.push(rec);
+        }
+        tx.prepare_cached(insert)?.execute(params![
+            p.kind.as_str(),
+            p.value,
+            to_i64(p.exp)?,
+            now,
+            p.reason,
+            p.requester
+        ])?;
+        exec_cached(
+            &tx,
+            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+        )?;
+        let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
+        append_audit_tx(&tx, &writer, &audit(&names))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn revocation_epoch(&self) -> Result<u64> {
+        let v: i64 = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_epoch'")?
+            .query_row([], |r| r.get(0))?;
+        Ok(to_u64(v)?)
+    }
 }
 
 /// Every revocation, in insertion order.
@@ -745,7 +1130,7 @@ fn read_revocations(conn: &Connection) -> Result<Vec<RevocationRecord>> {
 }
 
 /// Most issuances committed in one transaction.
-pub const MAX_GROUP_COMMIT: usize = 64;
+pub(crate) const MAX_GROUP_COMMIT: usize = 64;
 
 /// An issuance as queued for the group commit.
 struct OwnedCommit {
@@ -755,6 +1140,7 @@ struct OwnedCommit {
     task: Option<TaskRecord>,
     bootstrap: Option<BootstrapRecord>,
     refuse_if_revoked: Vec<(RevocationKind, String)>,
+    audit: AuditEvent,
     now: u64,
 }
 
@@ -767,6 +1153,7 @@ impl OwnedCommit {
             task: c.task.cloned(),
             bootstrap: c.bootstrap.cloned(),
             refuse_if_revoked: c.refuse_if_revoked.to_vec(),
+            audit: c.audit.clone(),
             now: c.now,
         }
     }
@@ -778,6 +1165,7 @@ impl OwnedCommit {
             task: self.task.as_ref(),
             bootstrap: self.bootstrap.as_ref(),
             refuse_if_revoked: &self.refuse_if_revoked,
+            audit: &self.audit,
             now: self.now,
         }
     }
@@ -797,9 +1185,10 @@ struct Job {
 /// with `synchronous=FULL` (one fsync for the batch), and only then answers each caller. A caller
 /// whose request was committed by another one's batch returns that answer. A failed commit
 /// fails every request of the batch.
-pub struct GroupCommitter {
+pub(crate) struct GroupCommitter {
     pending: Mutex<Vec<Job>>,
     writer: Mutex<Connection>,
+    audit_writer: Arc<str>,
 }
 
 impl core::fmt::Debug for GroupCommitter {
@@ -809,10 +1198,11 @@ impl core::fmt::Debug for GroupCommitter {
 }
 
 impl GroupCommitter {
-    fn start(conn: Connection) -> Result<Self> {
+    fn start(conn: Connection, audit_writer: Arc<str>) -> Result<Self> {
         Ok(GroupCommitter {
             pending: Mutex::new(Vec::new()),
             writer: Mutex::new(conn),
+            audit_writer,
         })
     }
 }
@@ -837,7 +1227,7 @@ impl IssuanceCommitter for GroupCommitter {
                 let n = q.len().min(MAX_GROUP_COMMIT);
                 q.drain(..n).collect()
             };
-            let results = run_batch(&conn, &batch);
+            let results = run_batch(&conn, &self.audit_writer, &batch);
             for (job, res) in batch.into_iter().zip(results) {
                 // A caller that went away no longer needs its answer.
                 let _ = job.reply.send(res);
@@ -856,7 +1246,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// One transaction for the batch, one savepoint per request; per-request results, all errors
 /// when the transaction itself fails (nothing of it is durable then).
-fn run_batch(conn: &Connection, batch: &[Job]) -> Vec<Result<()>> {
+fn run_batch(conn: &Connection, writer: &str, batch: &[Job]) -> Vec<Result<()>> {
     let fail_all = |e: &dyn core::fmt::Display| -> Vec<Result<()>> {
         batch
             .iter()
@@ -869,7 +1259,7 @@ fn run_batch(conn: &Connection, batch: &[Job]) -> Vec<Result<()>> {
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let step = exec_cached(conn, "SAVEPOINT issuance").map_err(CaError::from);
-        let res = step.and_then(|()| apply_issuance(conn, &job.commit.as_commit()));
+        let res = step.and_then(|()| apply_issuance(conn, writer, &job.commit.as_commit()));
         let undo = match &res {
             Ok(()) => exec_cached(conn, "RELEASE issuance"),
             Err(_) if conn.is_autocommit() => Err(rusqlite::Error::SqliteFailure(
@@ -903,6 +1293,7 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         grant_jti: r.get(2)?,
         exp: to_u64(r.get(3)?)?,
         created: to_u64(r.get(4)?)?,
+        principal: r.get(5)?,
     })
 }
 
@@ -942,6 +1333,7 @@ mod tests {
                 grant_jti: format!("jti{n}"),
                 exp: 100,
                 created: 1,
+                principal: None,
             }),
             bootstrap: None,
             refuse_if_revoked: vec![
@@ -949,6 +1341,13 @@ mod tests {
                 (RevocationKind::Task, task),
                 (RevocationKind::Jkt, jkt.into()),
             ],
+            audit: AuditEvent {
+                ts: 1,
+                kind: "issue.task".into(),
+                serial: Some(format!("{n:032x}")),
+                outcome: "ok".into(),
+                ..AuditEvent::default()
+            },
             now: 1,
         }
     }
@@ -961,7 +1360,7 @@ mod tests {
                 reply: mpsc::sync_channel(1).0,
             })
             .collect();
-        run_batch(conn, &jobs)
+        run_batch(conn, "main", &jobs)
     }
 
     /// Requests in one batch are checked in order against what the earlier ones wrote; a

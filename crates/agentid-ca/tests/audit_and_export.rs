@@ -1,5 +1,5 @@
-//! The audit record is part of the operation (a failed write fails it, the result is withheld),
-//! and a revocation list's sequence number and entries are one snapshot.
+//! The audit record is part of the operation's transaction (a failed write fails it and nothing
+//! is stored), and a revocation list's sequence number and entries are one snapshot.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -29,25 +29,22 @@ fn planner_request() -> OpenTaskRequest {
     )
 }
 
-/// Makes every audit write fail: `audit.jsonl` becomes a directory (append-open fails).
+/// Makes every audit append fail inside the store (as a full disk or a broken table would).
 fn break_audit(dir: &Path) {
-    let p = dir.join("audit.jsonl");
-    if p.is_file() {
-        std::fs::remove_file(&p).unwrap();
-    }
-    std::fs::create_dir(&p).unwrap();
+    rusqlite::Connection::open(dir.join("ca.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER break_audit BEFORE INSERT ON audit_records \
+             BEGIN SELECT RAISE(ABORT, 'audit broken'); END;",
+        )
+        .unwrap();
 }
 
 fn repair_audit(dir: &Path) {
-    std::fs::remove_dir(dir.join("audit.jsonl")).unwrap();
-}
-
-fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    rusqlite::Connection::open(dir.join("ca.db"))
+        .unwrap()
+        .execute_batch("DROP TRIGGER break_audit")
+        .unwrap();
 }
 
 /// The claims of a compact revocation list (not verified: the CA just signed it).
@@ -70,42 +67,55 @@ fn revokes_agent(list: &str, name: &str) -> bool {
         .any(|e| e["agent"] == want.as_str())
 }
 
+/// No record, no certificate: the audit record is written in the issuance's own transaction,
+/// so when it cannot be written nothing is issued, stored or handed out.
 #[test]
-fn an_unwritable_audit_log_fails_issuance_and_withholds_the_certificate() {
+fn an_unwritable_audit_record_fails_issuance_and_stores_nothing() {
     let t = test_ca(KeyType::P256);
     let before = t.ca.issuances().unwrap().len();
     break_audit(t.path());
 
     let e = t.ca.open_task(&planner_request(), now()).unwrap_err();
-    assert!(matches!(e, CaError::AuditWrite(_)), "{e:?}");
-    // Documented: the store row was committed before the audit write failed; the certificate
-    // was never handed out (no record, no certificate for the caller).
-    assert_eq!(t.ca.issuances().unwrap().len(), before + 1);
+    assert!(matches!(e, CaError::Store(_)), "{e:?}");
+    assert_eq!(t.ca.issuances().unwrap().len(), before);
 
     // A refusal stays the refusal (the audit failure does not hide why).
     let mut denied = planner_request();
     denied.scope = Scope::parse("admin:all").unwrap();
     let e = t.ca.open_task(&denied, now()).unwrap_err();
-    assert!(!matches!(e, CaError::AuditWrite(_)), "{e:?}");
+    assert!(matches!(e, CaError::Policy { .. }), "{e:?}");
 
-    // Bootstrap tokens: the secret is not handed out without its record.
+    // Bootstrap tokens: neither stored nor handed out without their record.
     let task = agentid_protocol::TaskId::parse("t-audit").unwrap();
-    let e =
-        t.ca.create_bootstrap_token("planner", Some(task), Duration::from_secs(300), now())
-            .unwrap_err();
-    assert!(matches!(e, CaError::AuditWrite(_)), "{e:?}");
+    t.ca.create_bootstrap_token("planner", Some(task), Duration::from_secs(300), now())
+        .unwrap_err();
+    let tokens: i64 = rusqlite::Connection::open(t.path().join("ca.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM bootstrap_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tokens, 0);
 
-    // With the log writable again, issuance works and is recorded.
+    // With the chain writable again, issuance works and is recorded with its serial.
     repair_audit(t.path());
     let creds = t.ca.open_task(&planner_request(), now()).unwrap();
-    let lines = audit_lines(t.path());
-    assert!(lines
+    assert!(audit_records(&t.ca)
         .iter()
-        .any(|l| l["serial"] == creds.certificate.leaf.serial.as_str() && l["outcome"] == "ok"));
+        .any(|l| l["serial"] == creds.certificate.leaf.serial.as_str()
+            && l["outcome"] == "ok"
+            && l["kind"] == "issue.task"));
+    // The refusal made while the chain was broken is not there; the one after is.
+    let mut denied = planner_request();
+    denied.scope = Scope::parse("admin:all").unwrap();
+    t.ca.open_task(&denied, now()).unwrap_err();
+    assert!(audit_records(&t.ca)
+        .iter()
+        .any(|l| l["kind"] == "issue.task" && l["outcome"] == "denied"));
 }
 
+/// A revocation and a list publication are committed with their records or not at all: the
+/// caller gets an error and can retry (nothing is silently half-done).
 #[test]
-fn an_unwritable_audit_log_fails_revocation_and_export_but_keeps_the_revocation() {
+fn an_unwritable_audit_record_fails_revocation_and_publication_atomically() {
     let t = test_ca(KeyType::P256);
     t.ca.open_task(&planner_request(), now()).unwrap();
     let first = t.ca.revocation_list(now()).unwrap();
@@ -120,24 +130,38 @@ fn an_unwritable_audit_log_fails_revocation_and_export_but_keeps_the_revocation(
             now(),
         )
         .unwrap_err();
-    assert!(matches!(e, CaError::AuditWrite(_)), "{e:?}");
-    // Kept: undoing a revocation because its log line failed would fail open.
-    assert!(t
+    assert!(matches!(e, CaError::Store(_)), "{e:?}");
+    assert!(!t
         .ca
         .revocations()
         .unwrap()
         .iter()
         .any(|r| r.value == "planner"));
-
-    // The export fails too: no list is handed out without its record (its seq is consumed).
-    let e = t.ca.revocation_list(now()).unwrap_err();
-    assert!(matches!(e, CaError::AuditWrite(_)), "{e:?}");
+    // The publication fails too, and consumes no seq.
+    t.ca.revocation_list(now()).unwrap_err();
+    assert_eq!(t.ca.latest_published().unwrap().unwrap().seq, first_seq);
 
     repair_audit(t.path());
+    t.ca.revoke(
+        &RevokeTarget::Agent("planner".into()),
+        Some("compromised"),
+        "operator",
+        now(),
+    )
+    .unwrap();
     let list = t.ca.revocation_list(now()).unwrap();
-    assert!(list_claims(&list)["seq"].as_u64().unwrap() > first_seq + 1);
+    assert_eq!(list_claims(&list)["seq"].as_u64().unwrap(), first_seq + 1);
     assert!(revokes_agent(&list, "planner"));
     assert!(!revokes_agent(&first, "planner"));
+    let records = audit_records(&t.ca);
+    assert!(records
+        .iter()
+        .any(|l| l["kind"] == "revoke" && l["subject"] == "agent:planner"));
+    assert!(records.iter().any(|l| l["kind"] == "revocations.publish"
+        && l["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("seq {}", first_seq + 1))));
 }
 
 /// Finding: entries and `seq` were read in two statements, so another process's revocation

@@ -128,6 +128,10 @@ fn killed_mid_run_store_matches_returned_certificates() {
         unreturned <= 1,
         "{unreturned} records without a returned certificate"
     );
+    // Every stored certificate (so every returned one) has its audit record, and the audit
+    // trail verifies after the kill.
+    let report = agentid_ca::audit::verify_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(report.issuances, stored.len() as u64);
 }
 
 /// Group commit under concurrency: every certificate returned has exactly one record, serials

@@ -77,6 +77,28 @@ fn a_version_0_database_migrates_and_keeps_its_issuances() {
         })
         .unwrap_or(None);
     assert_eq!(binding, None);
+    // Version 2's: the audit chain starts empty after the fixture's issuances, which predate it;
+    // the fixture's task has no recorded principal.
+    let records: i64 = conn
+        .query_row("SELECT count(*) FROM audit_records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(records, 0);
+    let from: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'audit_issuances_from'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(from, 2);
+    let principal: Option<String> = conn
+        .query_row(
+            "SELECT principal FROM tasks WHERE task = 'fixture-task'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(principal, None);
     drop(conn);
 
     // Opening again is a no-op and keeps everything.

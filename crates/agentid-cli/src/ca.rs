@@ -14,7 +14,7 @@ use crate::error::{CliResult, Context};
 #[derive(Debug, clap::Subcommand)]
 pub enum CaCommand {
     /// Create a CA: root and issuing certificates, grant and revocation keys, a deny-all
-    /// `policy.toml`, the store and the audit log.
+    /// `policy.toml`, the audit checkpoint key and the store (which holds the audit chain).
     Init(InitArgs),
     /// Serve the CA API (spec/CA-API.md) over mutual TLS: its certificate is
     /// `spiffe://TD/svc/agentid-ca`, so `policy.toml` needs a `[services.agentid-ca]` rule with

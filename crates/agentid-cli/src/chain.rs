@@ -245,9 +245,9 @@ fn verify_at(
         config.apply_revocation_list(l)?;
     }
     let verifier = Verifier::new(config)?;
-    let verified = verifier
-        .verify_peer(Some(&chain), peer.id.as_spiffe_id(), &peer.public_key, at)?
-        .ok_or_else(|| agentid_protocol::Error::new(ErrorCode::Internal, "a chain was given"))?;
+    // A file carries no hop proof: the chain step of the presentation verifier (section 10,
+    // possession against the peer certificate's key).
+    let verified = verifier.verify_chain(&chain, peer.id.as_spiffe_id(), &peer.public_key, at)?;
     if let Some(requested) = &requested {
         verifier.authorize(&verified, requested)?;
     }
@@ -289,7 +289,7 @@ fn decode_tokens(chain: &str) -> Vec<Value> {
     chain
         .split('~')
         .enumerate()
-        .take(agentid_protocol::chain::MAX_TOKENS + 1)
+        .take(agentid_protocol::caps::MAX_TOKENS + 1)
         .map(|(i, tok)| {
             let mut parts = tok.split('.');
             let header = parts.next().map(decode_part).unwrap_or(Value::Null);

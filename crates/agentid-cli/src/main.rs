@@ -8,6 +8,7 @@
 //! Secrets never travel on the command line: keys are read from files (mode 0600).
 #![forbid(unsafe_code)]
 
+mod audit;
 mod bundle;
 mod ca;
 mod cert;
@@ -57,6 +58,9 @@ enum Command {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// The CA store's audit chain: verify, export.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn init_logging(verbose: u8) {
@@ -85,6 +89,7 @@ fn run(cli: &Cli) -> CliResult {
         Command::Revoke(a) => revoke::run_revoke(a),
         Command::Revocations(c) => revoke::run_revocations(c),
         Command::Bundle(c) => bundle::run(c),
+        Command::Audit(c) => audit::run(c),
     }
 }
 

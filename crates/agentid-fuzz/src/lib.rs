@@ -32,11 +32,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use agentid_protocol::bundle::{BundleSet, TrustBundle};
-use agentid_protocol::crypto::sha256;
 use agentid_protocol::{
-    verify_proof, AuthorityKey, Chain, JwsSigner, ProofContext, PublicKey, RevocationList, Role,
-    Scope, SpiffeId, TrustDomain,
+    token_hash, verify_proof, AuthorityKey, BundleSet, Chain, JwsSigner, ProofContext, PublicKey,
+    RevocationList, Role, Scope, SpiffeId, TrustBundle, TrustDomain,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -266,7 +264,7 @@ pub fn chain_signed(data: &[u8]) -> Outcome {
             (fix_prev, tokens.last(), claims.as_object_mut())
         {
             if obj.contains_key("prev") {
-                obj.insert("prev".into(), json!(b64(&sha256(prev_token.as_bytes()))));
+                obj.insert("prev".into(), json!(token_hash(prev_token)));
                 payload = serde_json::to_vec(&claims).expect("re-encode");
             }
         }

@@ -25,13 +25,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use agentid_protocol::bundle::TrustBundle;
-use agentid_protocol::crypto::sha256;
-use agentid_protocol::danger::{sign_with_authority_key, sign_with_task_key};
-use agentid_protocol::revocation::RevocationListBuilder;
+use agentid_protocol::danger::{sha256, sign_with_authority_key, sign_with_task_key};
 use agentid_protocol::{
     AgentId, Algorithm, AuthorityKey, ErrorCode, GrantBuilder, JwsSigner, LinkBuilder, PublicKey,
-    Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, TrustDomain,
+    RevocationListBuilder, Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, TrustBundle,
+    TrustDomain,
 };
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -928,13 +926,13 @@ fn framing(k: &Keys) -> File {
     let mut claims = grant_claims(k, "planner", "files:read");
     let mut p_b64 = b64(&to_vec(&claims));
     let mut n = 0;
-    while p_b64.len() % 4 == 0 {
+    while p_b64.len().is_multiple_of(4) {
         n += 1;
         claims["jti"] = json!(format!("g-planner-{n}"));
         p_b64 = b64(&to_vec(&claims));
     }
     let mut padded = p_b64.clone();
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push('=');
     }
     f.add(

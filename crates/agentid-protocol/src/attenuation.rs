@@ -8,10 +8,12 @@
 
 use std::collections::BTreeSet;
 
+use crate::audience::IdSet;
 use crate::crypto::sha256;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskId, TaskIdentity};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::token::claims::{GrantClaims, LinkClaims};
 
 /// The effective values after a token (spec/PROTOCOL.md section 10, phase 4 "running state"):
@@ -89,6 +91,19 @@ pub(crate) fn grant_rules(grant: &GrantClaims, enforced: EnforcedLimits<'_>) -> 
     limit_names_enforced(grant.limits.as_ref(), enforced)
 }
 
+/// The effective audience of a grant (section 7.2): its `aud`, or `[iss]` without one.
+pub(crate) fn grant_audience(grant: &GrantClaims) -> Result<IdSet> {
+    match &grant.aud {
+        Some(a) => Ok(a.clone()),
+        None => IdSet::single(grant.iss.id()),
+    }
+}
+
+/// The effective audience after a link (section 7.2): its `aud` if present, else `before`.
+pub(crate) fn link_audience(before: IdSet, link: &LinkClaims) -> IdSet {
+    link.aud.clone().unwrap_or(before)
+}
+
 impl Effective {
     /// [`grant_rules`], then the initial effective values: scope, audience (`aud` or `[iss]`),
     /// limits (or none), delegation targets (`may_delegate_to` or `[iss]`). `grant_token` is the
@@ -106,10 +121,7 @@ impl Effective {
             holder: grant.sub.clone(),
             max_depth: grant.max_depth,
             scope: grant.scope.clone(),
-            aud: match &grant.aud {
-                Some(a) => a.clone(),
-                None => authority()?,
-            },
+            aud: grant_audience(grant)?,
             limits: grant.limits.clone().unwrap_or_default(),
             may_delegate_to: match &grant.may_delegate_to {
                 Some(d) => d.clone(),
@@ -223,7 +235,7 @@ pub(crate) fn attenuate(
         holder: link.sub.clone(),
         max_depth: link.max_depth,
         scope: link.scope.clone(),
-        aud: link.aud.clone().unwrap_or(eff.aud),
+        aud: link_audience(eff.aud, link),
         limits: match &link.limits {
             Some(l) => eff.limits.merge_min(l),
             None => eff.limits,

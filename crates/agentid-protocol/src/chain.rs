@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::attenuation::{attenuate, Effective, EnforcedLimits};
+use crate::attenuation::{attenuate, grant_audience, link_audience, Effective, EnforcedLimits};
 use crate::encoding::b64_decode_checked;
 use crate::error::{Error, ErrorCode, Result};
 use crate::jws::{self, RawToken};
@@ -174,13 +174,10 @@ impl UnverifiedChain {
     /// The effective audience (section 7.2): the last `aud` along the chain, or the grant
     /// issuer's trust domain.
     pub fn audience(&self) -> Result<crate::IdSet> {
-        match self.links.iter().rev().find_map(|l| l.aud.as_ref()) {
-            Some(a) => Ok(a.clone()),
-            None => match &self.grant.aud {
-                Some(a) => Ok(a.clone()),
-                None => crate::IdSet::single(self.grant.iss.id()),
-            },
-        }
+        Ok(self
+            .links
+            .iter()
+            .fold(grant_audience(&self.grant)?, link_audience))
     }
 
     /// The `exp` of the last token: no link may outlive it.

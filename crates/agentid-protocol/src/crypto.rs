@@ -326,6 +326,12 @@ pub(crate) fn verify(key: &PublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) ->
     })
 }
 
+/// The hash of a token or chain as `prev`, `cth` and `rth` carry it (spec/PROTOCOL.md section
+/// 3.5): base64url (no padding) of SHA-256 of the exact transmitted string.
+pub fn token_hash(compact: &str) -> String {
+    crate::encoding::b64_encode(&sha256(compact.as_bytes()))
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let d = digest::digest(&digest::SHA256, data);
@@ -616,7 +622,7 @@ mod tests {
     use crate::encoding::{b64_decode, b64_encode};
 
     fn hex(s: &str) -> Vec<u8> {
-        assert!(s.len() % 2 == 0, "odd hex");
+        assert!(s.len().is_multiple_of(2), "odd hex");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

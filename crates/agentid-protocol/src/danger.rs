@@ -4,6 +4,7 @@
 //! and payload bytes, which is exactly what the typed builders exist to prevent: never enable
 //! this feature in an agent.
 
+pub use crate::crypto::sha256;
 use crate::crypto::{JwsSigner, TaskKey};
 use crate::encoding::b64_encode;
 use crate::error::Result;

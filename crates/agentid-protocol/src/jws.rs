@@ -86,8 +86,10 @@ impl<'a> RawToken<'a> {
     }
 }
 
-/// Splits a JWS Compact token: at most [`MAX_TOKEN_BYTES`] (`TokenTooLarge`, checked first),
-/// exactly three non-empty parts (`Malformed`), each strict base64url (`BadBase64`).
+/// Rules 1.4.1 to 1.4.3 (spec/PROTOCOL.md section 10, phase 1) and the framing of a hop proof
+/// (section 12, P1): a JWS Compact token of at most [`MAX_TOKEN_BYTES`] (`TokenTooLarge`,
+/// checked first), exactly three non-empty parts (`Malformed`), each strict base64url
+/// (`BadBase64`).
 ///
 /// All three parts are checked here so that framing rejects bad base64url before any
 /// cryptography runs, whichever part carries it.
@@ -98,6 +100,13 @@ pub(crate) fn split(token: &str) -> Result<RawToken<'_>> {
             format!("token of {} bytes exceeds {MAX_TOKEN_BYTES}", token.len()),
         ));
     }
+    split_parts(token)
+}
+
+/// Three non-empty `.`-separated parts (`Malformed`), each strict base64url (`BadBase64`),
+/// whatever the size: [`split`] for tokens, and a revocation list's framing (section 14.1, R1)
+/// under its own cap.
+pub(crate) fn split_parts(token: &str) -> Result<RawToken<'_>> {
     let malformed = || Error::new(ErrorCode::Malformed, "a JWS has three non-empty parts");
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
@@ -131,7 +140,9 @@ pub(crate) struct Header {
     pub kid: Option<String>,
 }
 
-/// Parses and checks the protected header, in this order: base64url (`BadBase64`); an I-JSON
+/// Rules 2.1 to 2.5 (spec/PROTOCOL.md section 10, phase 2), and the headers of a hop proof
+/// (section 12, P2) and a revocation list (section 14.1, R2). Parses and checks the protected
+/// header, in this order: base64url (`BadBase64`); an I-JSON
 /// object (`BadHeader`); members only `alg`, `typ` and `kid` (`BadHeader`); `typ` present, a
 /// string, and `expected` (`BadTyp`); `alg` present and `ES256`, `Ed25519` or `EdDSA`
 /// (`UnsupportedAlg`); `kid` present, a non-empty string, for grants and revocation lists and

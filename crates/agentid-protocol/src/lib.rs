@@ -16,39 +16,46 @@
 //! * Time is always a parameter: this crate never reads a clock inside verification.
 //! * Keys never come from the token itself. Private task keys are reachable only through the
 //!   typed builders of this crate; there is no generic `sign(bytes)` for a task key.
+//!
+//! ## The API
+//!
+//! Everything a user needs is re-exported here: the [`Verifier`] (chains, presentations,
+//! authorization) and its [`VerifierConfig`]; the builders ([`GrantBuilder`], [`LinkBuilder`],
+//! [`ProofBuilder`], [`RevocationListBuilder`]); trust bundles ([`TrustBundle`],
+//! [`BundleSet`]) and revocation lists ([`RevocationList`]); identifiers ([`SpiffeId`],
+//! [`TaskIdentity`], ...), scopes, audiences and limits; keys ([`TaskKey`], [`AuthorityKey`],
+//! [`PublicKey`]); one [`Error`] with a stable [`ErrorCode`]. Size caps and numeric bounds
+//! are in [`caps`]. Three modules are namespaces of their own: [`ijson`] (the strict JSON
+//! parser, for protocols carried beside the tokens), [`vectors`] (the test-vector runner, for
+//! interoperability testing) and, behind the non-default feature `danger-raw-signing`,
+//! `danger` (raw token signing for vector generators).
 #![forbid(unsafe_code)]
 
-pub mod error;
-pub mod id;
-pub mod scope;
-
-pub mod crypto;
-mod csr;
-mod ed25519_check;
-mod encoding;
-mod jwk;
-pub mod jws;
-
-pub use crypto::{Algorithm, AuthorityKey, JwsSigner, PublicKey, TaskKey};
-pub use error::{Error, ErrorCode, Result};
-pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
-pub use jws::TokenType;
-pub use scope::{IdSet, Limits, Scope, ScopeToken};
-
 mod attenuation;
-pub mod bundle;
-pub mod cache;
-pub mod chain;
+mod audience;
+mod bundle;
+mod cache;
+mod chain;
+mod config;
+mod crypto;
+mod csr;
 #[cfg(feature = "danger-raw-signing")]
 pub mod danger;
-pub mod policy;
+mod ed25519_check;
+mod encoding;
+mod error;
+mod id;
+mod jwk;
+mod jws;
+mod limits;
 mod presentation;
-pub mod proof;
+mod proof;
 mod refs;
-pub mod revocation;
-pub mod token;
+mod revocation;
+mod scope;
+mod token;
 pub mod vectors;
-pub mod verify;
+mod verifier;
 
 /// Strict I-JSON (RFC 7493) parsing, as every token uses it; for protocols carried beside the
 /// tokens (such as the transport's control frames).
@@ -60,13 +67,37 @@ pub mod ijson {
     }
 }
 
-pub use bundle::{BundleSet, TrustBundle};
+/// Size caps and numeric bounds of the protocol (spec/PROTOCOL.md section 3.4 and the sections
+/// that define each value).
+pub mod caps {
+    pub use crate::audience::MAX_ID_SET_ENTRIES;
+    pub use crate::bundle::MAX_BUNDLE_BYTES;
+    pub use crate::chain::{MAX_CHAIN_BYTES, MAX_TOKENS};
+    pub use crate::config::{DEFAULT_SKEW, MAX_SKEW};
+    pub use crate::id::{MAX_ID_BYTES, MAX_TRUST_DOMAIN_BYTES};
+    pub use crate::limits::{MAX_LIMITS, MAX_LIMIT_NAME_BYTES, MAX_LIMIT_VALUE};
+    pub use crate::proof::MAX_PROOF_LIFETIME;
+    pub use crate::revocation::{DEFAULT_NEXT_UPDATE, MAX_LIST_BYTES};
+    pub use crate::scope::{MAX_SCOPE_SEGMENT_BYTES, MAX_SCOPE_TOKENS, MAX_SCOPE_TOKEN_BYTES};
+    pub use crate::token::{MAX_DEPTH, MAX_TOKEN_LIFETIME};
+}
+
+pub use audience::IdSet;
+pub use bundle::{BundleKey, BundleSet, TrustBundle, X509Authority};
 pub use cache::TokenCache;
 pub use chain::{Chain, UnverifiedChain};
-pub use policy::{AuthorityPolicy, VerifierConfig};
+pub use config::{AuthorityPolicy, VerifierConfig};
+pub use crypto::{token_hash, Algorithm, AuthorityKey, JwsSigner, PublicKey, TaskKey};
+pub use error::{Error, ErrorCode, Result};
+pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
+pub use jws::TokenType;
+pub use limits::Limits;
 pub use presentation::{Presentation, PresentationContext, VerifiedPresentation};
-pub use proof::{verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL};
+pub use proof::{
+    verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL, EXPORTER_LEN,
+};
 pub use refs::{Jkt, Jti, Serial};
-pub use revocation::{RevocationList, RevocationListBuilder};
+pub use revocation::{RevocationEntry, RevocationList, RevocationListBuilder, RevocationTarget};
+pub use scope::{Scope, ScopeToken};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
-pub use verify::{Actor, VerifiedChain, Verifier};
+pub use verifier::{Actor, VerifiedChain, Verifier};

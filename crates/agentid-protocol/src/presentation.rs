@@ -11,7 +11,7 @@
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::SpiffeId;
 use crate::proof::{verify_proof, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
-use crate::verify::{VerifiedChain, Verifier};
+use crate::verifier::{VerifiedChain, Verifier};
 use crate::PublicKey;
 
 /// What was received: the hop proof and the chain sent with it, if any.
@@ -144,8 +144,8 @@ mod tests {
 
     use super::*;
     use crate::bundle::{BundleSet, TrustBundle};
+    use crate::config::VerifierConfig;
     use crate::crypto::{AuthorityKey, TaskKey};
-    use crate::policy::VerifierConfig;
     use crate::proof::ProofBuilder;
     use crate::revocation::RevocationListBuilder;
     use crate::scope::Scope;

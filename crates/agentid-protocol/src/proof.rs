@@ -4,12 +4,13 @@
 use serde_json::{Map, Value};
 
 use crate::chain::MAX_CHAIN_BYTES;
-use crate::crypto::{sha256, verify, TaskKey};
+use crate::crypto::{sha256, token_hash, verify, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact, TokenType};
 use crate::token::claims::{check_members, get_hash, get_str, get_time};
+use crate::verifier::{not_expired, not_issued_in_future};
 use crate::PublicKey;
 
 /// The TLS 1.3 exporter label of the channel binding.
@@ -103,7 +104,7 @@ impl ProofBuilder {
             ));
         }
         let rth = match (self.role, &self.client_proof) {
-            (Role::Server, Some(p)) => Some(b64_encode(&sha256(p.as_bytes()))),
+            (Role::Server, Some(p)) => Some(token_hash(p)),
             (Role::Server, None) => {
                 return Err(Error::new(
                     ErrorCode::MissingClaim,
@@ -129,7 +130,7 @@ impl ProofBuilder {
         );
         m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
         if let Some(c) = &self.chain {
-            m.insert("cth".into(), Value::from(b64_encode(&sha256(c.as_bytes()))));
+            m.insert("cth".into(), Value::from(token_hash(c)));
         }
         if let Some(r) = rth {
             m.insert("rth".into(), Value::from(r));
@@ -178,9 +179,12 @@ pub struct VerifiedProof {
     pub compact: String,
 }
 
-/// Verifies a hop proof. The order of checks is fixed by spec/PROTOCOL.md ("Hop proofs").
+/// Verifies a hop proof: rules P0 to P10 of spec/PROTOCOL.md section 12, in order (the
+/// replay check of a later proof on the same connection is
+/// [`crate::Verifier::verify_presentation`]'s).
 pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof> {
-    if ctx.skew > crate::policy::MAX_SKEW {
+    // P0. Input.
+    if ctx.skew > crate::config::MAX_SKEW {
         return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
     }
     // P1. Framing.
@@ -245,15 +249,9 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
             "a proof lives at most 60 seconds",
         ));
     }
-    if iat > ctx.now.saturating_add(ctx.skew) {
-        return Err(Error::new(
-            ErrorCode::IssuedInFuture,
-            "proof issued in the future",
-        ));
-    }
-    if ctx.now >= exp.saturating_add(ctx.skew) {
-        return Err(Error::new(ErrorCode::Expired, "proof expired"));
-    }
+    // The same two checks as rules 5.3 and 5.5 of a chain token.
+    not_issued_in_future(iat, ctx.now, ctx.skew)?;
+    not_expired(exp, ctx.now, ctx.skew)?;
     // P6, P7. Identities.
     if &sub != ctx.presenter_id {
         return Err(Error::new(

@@ -14,7 +14,7 @@ use crate::crypto::{sha256, verify, JwsSigner};
 use crate::encoding::{b64_decode, StrictValue};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{AgentId, IdKind, SpiffeId, TaskId, TrustDomain};
-use crate::jws::{parse_header, sign_compact, RawToken, TokenType};
+use crate::jws::{parse_header, sign_compact, split_parts, TokenType};
 use crate::token::claims::{check_members, get_str, get_time, valid_jti};
 
 /// Maximum size of a revocation list token (large lists are expected: entries are short-lived
@@ -102,41 +102,33 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
+    /// Rules R1 to R7 (spec/PROTOCOL.md section 14.1; R8 is [`crate::VerifierConfig::apply_revocation_list`]).
     /// Verifies a signed list against the `agentid-revocation` keys of `bundles`: the key is found
     /// by `kid`, the signature checked, and only then the claims read; `iss` must be the domain
     /// whose bundle holds the key. Any failure is `bad_revocation_list` (an invalid list is an
     /// error even where stale or missing lists are tolerated).
     pub fn verify(compact: &str, bundles: &BundleSet) -> Result<Self> {
+        // R1: the list's own cap, then the JWS framing of every token.
         if compact.len() > MAX_LIST_BYTES {
             return Err(bad("revocation list too large"));
         }
-        let mut parts = compact.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("not a JWS compact token"));
-        };
-        if h.is_empty() || p.is_empty() || s.is_empty() {
-            return Err(bad("empty JWS part"));
-        }
-        let raw = RawToken {
-            text: compact,
-            header_b64: h,
-            payload_b64: p,
-            signature_b64: s,
-        };
+        let raw = split_parts(compact).map_err(|e| bad(e.to_string()))?;
+        // R2.
         let header = parse_header(&raw, TokenType::Revocations).map_err(|e| bad(e.to_string()))?;
         let kid = header
             .kid
             .as_deref()
             .ok_or_else(|| bad("revocation list without `kid`"))?;
+        // R3.
         let (domain, key) = bundles
             .find_revocation_key(kid)
             .map(|(d, k)| (d.clone(), k.clone()))
             .ok_or_else(|| bad("revocation list signed by a key that no bundle holds"))?;
-        let sig = b64_decode(s).map_err(|e| bad(e.to_string()))?;
+        // R4.
+        let sig = b64_decode(raw.signature_b64).map_err(|e| bad(e.to_string()))?;
         verify(&key, header.alg, raw.signing_input(), &sig).map_err(|e| bad(e.to_string()))?;
-        let payload = b64_decode(p).map_err(|e| bad(e.to_string()))?;
+        // R5 to R7.
+        let payload = b64_decode(raw.payload_b64).map_err(|e| bad(e.to_string()))?;
         Self::from_payload(&payload, &domain).map_err(|e| bad(e.detail().to_owned()))
     }
 
@@ -243,11 +235,7 @@ impl RevocationList {
         self.hit(&digest(K_TASK, task.as_str(), ""), now)
     }
 
-    pub(crate) fn has_agent(&self, agent: &AgentId, now: u64) -> bool {
-        self.has_agent_str(agent.as_str(), now)
-    }
-
-    /// [`RevocationList::has_agent`] for an agent ID given as its canonical string.
+    /// Whether the list has the agent entry of an agent ID given as its canonical string.
     pub(crate) fn has_agent_str(&self, agent: &str, now: u64) -> bool {
         self.hit(&digest(K_AGENT, agent, ""), now)
     }
@@ -266,18 +254,9 @@ impl RevocationList {
     /// Whether a peer is revoked at `now` (entries apply while `now < exp`): by its certificate
     /// key's thumbprint, then its agent, then its task, where the peer is of this list's domain.
     pub fn covers_peer_at(&self, peer: &SpiffeId, key: &crate::PublicKey, now: u64) -> bool {
-        if peer.trust_domain() != self.issuer {
-            return false;
-        }
-        if self.has_key(&key.thumbprint(), now) {
-            return true;
-        }
-        match crate::id::PeerId::parse(peer.as_str()) {
-            Ok(crate::id::PeerId::Task(t)) => {
-                self.has_agent(&t.agent(), now) || self.has_task(&t.task_id(), now)
-            }
-            _ => false,
-        }
+        // Rule 6.3, for a list of the peer's own domain.
+        peer.trust_domain() == self.issuer
+            && crate::verifier::peer_revoked(Some(self), peer, &key.thumbprint(), now)
     }
 }
 

@@ -17,14 +17,15 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::bundle::{BundleSet, TrustBundle};
+use crate::config::{AuthorityPolicy, VerifierConfig};
 use crate::encoding::{b64_decode, json_time};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId, TrustDomain};
-use crate::policy::{AuthorityPolicy, VerifierConfig};
+use crate::limits::Limits;
 use crate::presentation::{Presentation, PresentationContext};
 use crate::proof::{Role, EXPORTER_LEN};
-use crate::scope::{Limits, Scope};
-use crate::verify::Verifier;
+use crate::scope::Scope;
+use crate::verifier::Verifier;
 use crate::PublicKey;
 
 /// The members a case `input` may have.
@@ -149,7 +150,7 @@ impl<'a> CaseInput<'a> {
         let now = integer(member(input, "now")?, "now")?;
         // C1 (spec/PROTOCOL.md section 9): skew, own ID, authority policy, enforced limits.
         let skew = integer(member(input, "skew")?, "skew")?;
-        if skew > crate::policy::MAX_SKEW {
+        if skew > crate::config::MAX_SKEW {
             return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
         }
         let verifier_id = PeerId::parse(string(input, "verifier_id")?)
@@ -355,9 +356,9 @@ impl<'a> CaseInput<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audience::IdSet;
     use crate::crypto::{AuthorityKey, TaskKey};
     use crate::revocation::RevocationListBuilder;
-    use crate::scope::IdSet;
     use crate::token::{GrantBuilder, LinkBuilder};
     use crate::{Algorithm, TaskIdentity};
 

@@ -2,7 +2,6 @@
 //! can produce. Cases that need tokens no builder would sign live in spec/vectors.
 #![cfg(test)]
 
-use agentid_protocol::revocation::RevocationTarget;
 use agentid_protocol::*;
 
 const NOW: u64 = 1_767_225_600;

@@ -4,8 +4,7 @@
 #![cfg(test)]
 #![cfg(feature = "danger-raw-signing")]
 
-use agentid_protocol::crypto::sha256;
-use agentid_protocol::danger::{base64url, sign_with_task_key};
+use agentid_protocol::danger::{base64url, sha256, sign_with_task_key};
 use agentid_protocol::*;
 use proptest::prelude::*;
 use serde_json::json;

@@ -21,9 +21,9 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::connection_limits::ConnectionLimits;
 use crate::error::{BusyKind, Error, Result, TimeoutKind};
 use crate::establish::map_tls_io;
-use crate::limits::ConnectionLimits;
 
 /// Shared admission state of one server (one listener kind). Cheap to clone.
 #[derive(Clone, Debug)]

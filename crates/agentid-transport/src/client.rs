@@ -4,24 +4,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentid_protocol::{verify_proof, Chain, ErrorCode, ProofBuilder, ProofContext, Role};
+use agentid_protocol::{Chain, ErrorCode, Presentation, PresentationContext, ProofBuilder, Role};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{TlsConnector, TlsStream};
-use tracing::field::Empty;
 use tracing::Instrument as _;
 
+use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
-    after_tls, map_frame_tls, map_tls_io, record_outcome, record_peer, refuse_expired, tell_peer,
-    verify_peer_authority, Established,
+    after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
+    verify_presented, Established,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
-use crate::limits::ConnectionLimits;
 use crate::peer_policy::PeerPolicy;
 use crate::provider;
 use crate::provider::ALPN;
@@ -127,15 +126,7 @@ impl AgentClient {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = tracing::info_span!(
-            "agentid.handshake",
-            role = "client",
-            peer.id = Empty,
-            task.id = Empty,
-            cert.serial = Empty,
-            outcome = Empty,
-            reason = Empty
-        );
+        let span = handshake_span(Role::Client);
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
         Ok(Session::new(result?.into_parts(self.limits.idle_timeout)))
@@ -214,29 +205,28 @@ impl AgentClient {
                 }
                 other => return Err(FrameError::Unexpected(other.name()).into()),
             };
-            let now = now_unix();
-            let v = self.verification.verifier();
-            let server_proof = verify_proof(
-                &accept.proof,
-                &ProofContext {
-                    presenter_id: after.peer.id.as_spiffe_id(),
+            verify_presented(
+                &self.verification,
+                &Presentation {
+                    proof: &accept.proof,
+                    chain: accept.chain.as_deref(),
+                },
+                &PresentationContext {
+                    presenter: after.peer.id.as_spiffe_id(),
                     presenter_key: &after.peer.public_key,
+                    presenter_not_after: after.peer.not_after,
                     verifier_id: local.identity().as_spiffe_id(),
                     role: Role::Server,
                     exporter: after.exporter_server,
-                    now,
-                    skew: v.config().skew_seconds(),
-                    chain: accept.chain.as_deref(),
                     client_proof: Some(&client_proof),
+                    accepted_jtis: &[],
+                    held_chain: None,
+                    now: now_unix(),
                 },
-            )?;
-            let chain =
-                verify_peer_authority(&self.verification, &after.peer, accept.chain.clone(), now)?;
-            refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
-            Ok((accept, server_proof, chain))
+            )
         }
         .await;
-        let (accept, server_proof, chain) = match verified {
+        let server = match verified {
             Ok(v) => v,
             Err(e) => {
                 // The server already holds a session: tell it why the client walks away.
@@ -248,16 +238,17 @@ impl AgentClient {
             io: TlsStream::Client(tls),
             role: Role::Client,
             after,
-            chain,
+            chain: server.chain,
+            deadline: server.deadline,
             receipts: Receipts {
                 client_proof,
-                server_proof: accept.proof,
+                server_proof: server.proof.compact,
                 reauth_proofs: Vec::new(),
             },
             local,
             credentials: self.credentials.clone(),
             verification: self.verification.clone(),
-            peer_proof_jti: server_proof.jti,
+            peer_proof_jti: server.proof.jti,
         })
     }
 }

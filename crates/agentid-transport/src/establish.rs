@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid_protocol::{Role, VerifiedChain, EXPORTER_LABEL};
+use agentid_protocol::{Presentation, PresentationContext, Role, VerifiedProof, EXPORTER_LABEL};
 use rustls::pki_types::CertificateDer;
 use rustls::{ConnectionCommon, HandshakeKind};
 use tokio::io::AsyncWrite;
@@ -72,46 +72,48 @@ pub(crate) fn map_tls_io(e: std::io::Error) -> Error {
     Error::Io(e)
 }
 
-/// The peer's authority: its chain verified against the TLS peer (phases 1-8), or, without a
-/// chain, the revocation check of the peer itself (a chain-less peer holds no authority).
-pub(crate) fn verify_peer_authority(
+/// A presentation the peer made (hello, accept or reauth), verified.
+pub(crate) struct PeerPresented {
+    /// The peer's verified hop proof.
+    pub(crate) proof: VerifiedProof,
+    /// The peer's chain (the one sent, or the held one for a reauth without a chain) with the
+    /// exact string it was verified from; `None` for a chain-less peer.
+    pub(crate) chain: Option<PeerChain>,
+    /// The session deadline.
+    pub(crate) deadline: u64,
+}
+
+/// Verifies what the peer presented with the protocol's one presentation verifier
+/// ([`agentid_protocol::Verifier::verify_presentation`]: hop proof, replay, then chain or
+/// chain-less peer checks, then the deadline), and refuses a presentation whose session would
+/// already be over.
+///
+/// Verification accepts a chain until `exp + skew` (clocks differ), but a session ends at the
+/// chain's `exp` itself (the deadline has no skew: a live session must not outlast its
+/// authority). A chain inside that window would give a session that fails its first request;
+/// it is refused with `credential_expired` instead (spec/PROTOCOL.md section 16.4, reauth step
+/// 8; the same holds at the handshake).
+pub(crate) fn verify_presented(
     verification: &PeerVerification,
-    peer: &SvidInfo,
-    chain: Option<String>,
-    now: u64,
-) -> Result<Option<PeerChain>> {
-    let v = verification.verifier();
-    match chain {
-        Some(c) => {
-            let verified = v.verify_chain(&c, peer.id.as_spiffe_id(), &peer.public_key, now)?;
-            Ok(Some(PeerChain::new(verified, c)))
-        }
-        None => {
-            v.check_peer_revocation(peer.id.as_spiffe_id(), &peer.public_key, now)?;
-            Ok(None)
-        }
-    }
-}
-
-/// The session deadline: the peer certificate's `notAfter`, or the chain's `exp` if earlier.
-pub(crate) fn deadline(not_after: u64, chain: Option<&VerifiedChain>) -> u64 {
-    chain.map_or(not_after, |c| c.expires.min(not_after))
-}
-
-/// Refuses a presentation whose session would already be over. Verification accepts a chain
-/// until `exp + skew` (clocks differ), but a session ends at the chain's `exp` itself (the
-/// deadline has no skew: a live session must not outlast its authority). A chain inside that
-/// window would give a session that fails its first request; it is refused at the handshake
-/// with `credential_expired` instead.
-pub(crate) fn refuse_expired(
-    not_after: u64,
-    chain: Option<&VerifiedChain>,
-    now: u64,
-) -> Result<()> {
-    if deadline(not_after, chain) <= now {
+    presentation: &Presentation<'_>,
+    ctx: &PresentationContext<'_>,
+) -> Result<PeerPresented> {
+    let verified = verification
+        .verifier()
+        .verify_presentation(presentation, ctx)?;
+    if verified.deadline <= ctx.now {
         return Err(Error::CredentialExpired);
     }
-    Ok(())
+    // The verified chain is the one sent, else the held one: keep it with that string.
+    let compact = presentation.chain.or(ctx.held_chain);
+    Ok(PeerPresented {
+        chain: verified
+            .chain
+            .zip(compact)
+            .map(|(v, c)| PeerChain::new(v, c.to_owned())),
+        proof: verified.proof,
+        deadline: verified.deadline,
+    })
 }
 
 /// What both sides hand to [`crate::session::Session::new`] once the exchange succeeded.
@@ -120,6 +122,8 @@ pub(crate) struct Established<IO> {
     pub(crate) role: Role,
     pub(crate) after: AfterTls,
     pub(crate) chain: Option<PeerChain>,
+    /// The session deadline, from the verified presentation.
+    pub(crate) deadline: u64,
     pub(crate) receipts: Receipts,
     pub(crate) local: Arc<Credential>,
     pub(crate) credentials: Arc<dyn CredentialSource>,
@@ -131,7 +135,6 @@ pub(crate) struct Established<IO> {
 impl<IO> Established<IO> {
     pub(crate) fn into_parts(self, idle_timeout: Option<Duration>) -> SessionParts<IO> {
         let peer = self.after.peer;
-        let deadline = deadline(peer.not_after, self.chain.as_deref());
         SessionParts {
             changes: self.verification.subscribe(),
             peer_certs: self.after.certs,
@@ -144,7 +147,7 @@ impl<IO> Established<IO> {
                 cert_serial: peer.serial,
                 cert_not_after: peer.not_after,
                 chain: self.chain,
-                deadline,
+                deadline: self.deadline,
                 receipts: self.receipts,
             },
             local: self.local,
@@ -156,6 +159,23 @@ impl<IO> Established<IO> {
             jtis: vec![self.peer_proof_jti],
         }
     }
+}
+
+/// The span of one handshake; [`record_peer`] and [`record_outcome`] fill in its fields.
+pub(crate) fn handshake_span(role: Role) -> tracing::Span {
+    let role = match role {
+        Role::Client => "client",
+        Role::Server => "server",
+    };
+    tracing::info_span!(
+        "agentid.handshake",
+        role,
+        peer.id = tracing::field::Empty,
+        task.id = tracing::field::Empty,
+        cert.serial = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty
+    )
 }
 
 pub(crate) fn record_outcome<T>(span: &tracing::Span, result: &Result<T>) {

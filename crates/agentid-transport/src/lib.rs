@@ -26,18 +26,30 @@
 //! hello / accept exchange and hand over a [`Session`]: the authenticated peer, its deadline and
 //! continuous verification, and the framed byte stream. [`PeerVerification`] is the live trust
 //! state (bundles, revocation lists) that both sides and every live session share.
+//!
+//! With features: `http` (features `http`, `axum`) binds the same credentials to HTTP/1.1 and HTTP/2;
+//! on it, `grpc` (`tonic`: tonic services with a scope per method, a tonic client on the agentid
+//! client), `a2a` (`a2a`: A2A agent cards with the agentid identity extension, checked against
+//! the client's configuration) and `mcp` (`mcp`: rmcp streamable HTTP with sessions bound to
+//! their peer and a scope per tool).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "a2a")]
+pub mod a2a;
 mod admission;
 mod client;
+mod connection_limits;
 mod credentials;
 mod error;
 mod establish;
 mod frame;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
-mod limits;
 mod listener;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 mod peer_policy;
 pub mod provider;
 mod rustls_verifier;
@@ -51,16 +63,14 @@ pub mod internal;
 
 pub use admission::{accept_tcp, Admission, SessionPermit};
 pub use client::{AgentClient, AgentClientBuilder};
+pub use connection_limits::ConnectionLimits;
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};
 pub use error::{BusyKind, CertError, Error, FrameError, Result, TimeoutKind};
 pub use frame::MAX_FRAME_BODY;
-pub use limits::ConnectionLimits;
 pub use listener::AgentListener;
 pub use peer_policy::PeerPolicy;
 pub use rustls_verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 pub use server::{AgentServer, AgentServerBuilder};
 pub use session::{AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS};
-pub use svid::{
-    check_leaf, serial_hex, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES,
-};
+pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES};
 pub use trust_state::PeerVerification;

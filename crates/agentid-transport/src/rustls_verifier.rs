@@ -28,6 +28,14 @@ struct PeerVerifier {
 }
 
 impl PeerVerifier {
+    fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
+        Self {
+            trust,
+            policy,
+            algs: provider::verification_algorithms(),
+        }
+    }
+
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -63,6 +71,41 @@ impl PeerVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
+
+    /// TLS 1.3 only: a TLS 1.2 signature is never verified.
+    fn tls12(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ))
+    }
+}
+
+/// The handshake-signature methods that both rustls verifier traits declare with the same
+/// signatures, answered by the shared [`PeerVerifier`] in `self.inner`.
+macro_rules! signature_methods {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.tls12()
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.tls13(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.algs.supported_schemes()
+        }
+    };
 }
 
 fn reject(e: Error) -> rustls::Error {
@@ -103,11 +146,7 @@ impl SpiffeClientCertVerifier {
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
         Self {
-            inner: PeerVerifier {
-                trust,
-                policy,
-                algs: provider::verification_algorithms(),
-            },
+            inner: PeerVerifier::new(trust, policy),
         }
     }
 }
@@ -136,29 +175,7 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
             .map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.algs.supported_schemes()
-    }
+    signature_methods!();
 }
 
 /// Verifies server certificates on an agentid client. The TLS server name is ignored: the server
@@ -178,11 +195,7 @@ impl SpiffeServerCertVerifier {
     /// A verifier over the (live-updatable) trust store and the policy.
     pub fn new(trust: Arc<ArcSwap<TrustStore>>, policy: PeerPolicy) -> Self {
         Self {
-            inner: PeerVerifier {
-                trust,
-                policy,
-                algs: provider::verification_algorithms(),
-            },
+            inner: PeerVerifier::new(trust, policy),
         }
     }
 }
@@ -201,27 +214,5 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
             .map(|_| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.algs.supported_schemes()
-    }
+    signature_methods!();
 }

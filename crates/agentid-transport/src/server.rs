@@ -4,30 +4,29 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use agentid_protocol::{verify_proof, ProofBuilder, ProofContext, Role};
+use agentid_protocol::{Presentation, PresentationContext, ProofBuilder, Role};
 use rustls::server::NoServerSessionStorage;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 use tokio_rustls::TlsStream;
-use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use crate::admission::{Admission, SessionPermit};
+use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
-    after_tls, record_outcome, record_peer, refuse_expired, tell_peer, verify_peer_authority,
-    AfterTls, Established,
+    after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented, AfterTls,
+    Established, PeerPresented,
 };
 use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
-use crate::limits::ConnectionLimits;
 use crate::listener::AgentListener;
 use crate::peer_policy::PeerPolicy;
 use crate::provider::{self, ALPN};
 use crate::rustls_verifier::SpiffeClientCertVerifier;
-use crate::session::{now_unix, PeerChain, Receipts, Session, PROOF_LIFETIME};
+use crate::session::{now_unix, Receipts, Session, PROOF_LIFETIME};
 use crate::svid::CertUsage;
 use crate::trust_state::PeerVerification;
 use crate::TimeoutKind;
@@ -94,15 +93,7 @@ impl AgentServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let span = tracing::info_span!(
-            "agentid.handshake",
-            role = "server",
-            peer.id = Empty,
-            task.id = Empty,
-            cert.serial = Empty,
-            outcome = Empty,
-            reason = Empty
-        );
+        let span = handshake_span(Role::Server);
         let ip = source.map(|s| s.ip());
         let result = self
             .accept_inner(io, ip, &span)
@@ -166,7 +157,7 @@ impl AgentServer {
             self.verify_hello(&first.body, &after, &local)
         }
         .await;
-        let (client_proof, client_jti, chain) = match verified {
+        let hello = match verified {
             Ok(v) => v,
             Err(e) => {
                 tell_peer(&mut tls, FrameType::Reject, &e).await;
@@ -183,7 +174,7 @@ impl AgentServer {
             now,
             now + PROOF_LIFETIME,
         )
-        .responding_to(&client_proof);
+        .responding_to(&hello.proof.compact);
         if let Some(c) = local.chain() {
             builder = builder.chain(c);
         }
@@ -198,16 +189,18 @@ impl AgentServer {
             io: TlsStream::Server(tls),
             role: Role::Server,
             after,
-            chain,
+            chain: hello.chain,
+            deadline: hello.deadline,
             receipts: Receipts {
-                client_proof,
+                client_proof: hello.proof.compact,
                 server_proof,
                 reauth_proofs: Vec::new(),
             },
             local,
             credentials: self.credentials.clone(),
             verification: self.verification.clone(),
-            peer_proof_jti: client_jti,
+            // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
+            peer_proof_jti: hello.proof.jti,
         };
         Ok((established, permit))
     }
@@ -217,28 +210,27 @@ impl AgentServer {
         body: &[u8],
         after: &AfterTls,
         local: &Credential,
-    ) -> Result<(String, String, Option<PeerChain>)> {
+    ) -> Result<PeerPresented> {
         let hello: Hello = parse_body(body)?;
-        let now = now_unix();
-        let v = self.verification.verifier();
-        let proof = verify_proof(
-            &hello.proof,
-            &ProofContext {
-                presenter_id: after.peer.id.as_spiffe_id(),
+        verify_presented(
+            &self.verification,
+            &Presentation {
+                proof: &hello.proof,
+                chain: hello.chain.as_deref(),
+            },
+            &PresentationContext {
+                presenter: after.peer.id.as_spiffe_id(),
                 presenter_key: &after.peer.public_key,
+                presenter_not_after: after.peer.not_after,
                 verifier_id: local.identity().as_spiffe_id(),
                 role: Role::Client,
                 exporter: after.exporter_client,
-                now,
-                skew: v.config().skew_seconds(),
-                chain: hello.chain.as_deref(),
                 client_proof: None,
+                accepted_jtis: &[],
+                held_chain: None,
+                now: now_unix(),
             },
-        )?;
-        let chain = verify_peer_authority(&self.verification, &after.peer, hello.chain, now)?;
-        refuse_expired(after.peer.not_after, chain.as_deref(), now)?;
-        // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
-        Ok((hello.proof, proof.jti, chain))
+        )
     }
 }
 

@@ -64,7 +64,7 @@ pub struct SvidInfo {
     /// `notAfter`, Unix seconds.
     pub not_after: u64,
     /// The serial number: lowercase hex without leading zero bytes, the CA's form
-    /// ([`serial_hex`]).
+    /// ([`agentid_protocol::Serial`]).
     pub serial: String,
 }
 
@@ -181,7 +181,7 @@ fn check_issuer_key_usage(der: &[u8]) -> Result<(), CertError> {
 /// before a high bit is dropped), so that
 /// transport logs, [`SvidInfo::serial`] and the CA's issuance and audit records join on it. A
 /// serial of zero (never issued) is `00`.
-pub fn serial_hex(der_integer: &[u8]) -> String {
+pub(crate) fn serial_hex(der_integer: &[u8]) -> String {
     agentid_protocol::Serial::from_der_integer(der_integer).to_string()
 }
 

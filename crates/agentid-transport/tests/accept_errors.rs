@@ -18,9 +18,6 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use support::*;
 use tokio::net::TcpSocket;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 /// Descriptors open now (the directory listing's own descriptor not counted).
 fn open_files() -> u64 {
     (std::fs::read_dir("/proc/self/fd").unwrap().count() as u64).saturating_sub(1)

@@ -19,8 +19,6 @@ use agentid_transport::{
 use support::*;
 use tokio::net::TcpStream;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-
 struct World {
     a: Domain,
     cv: Arc<PeerVerification>,

@@ -14,9 +14,6 @@ use std::sync::Arc;
 use agentid_transport::{CertError, CredentialSource, Error, MemoryCredentials, PeerPolicy};
 use support::*;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 #[test]
 fn renewed_requires_the_same_identity_and_key() {
     let a = Domain::new("example.org");

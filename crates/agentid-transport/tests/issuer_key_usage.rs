@@ -17,9 +17,6 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use support::*;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 /// How the issuing (intermediate) CA's keyUsage extension looks.
 #[derive(Clone, Copy, Debug)]
 enum IssuerKu {
@@ -128,12 +125,7 @@ async fn handshake_refuses_a_client_issued_by_a_ca_without_key_cert_sign() {
         let inter = intermediate(&a.ca, ku);
         let sv = verification(SERVER, &[&a], false);
         let cv = verification(CLIENT, &[&a], false);
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
         let c = client(
             Arc::new(MemoryCredentials::new(credential_via(&inter, CLIENT))),
@@ -174,16 +166,7 @@ async fn handshake_refuses_a_server_issued_by_a_ca_without_key_cert_sign() {
         let cv = verification(CLIENT, &[&a], false);
         let server_creds = Arc::new(MemoryCredentials::new(credential_via(&inter, SERVER)));
         let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
-        let c = client(
-            Arc::new(MemoryCredentials::new(credential(
-                &a.ca,
-                CLIENT,
-                key(),
-                &LeafOpts::default(),
-            ))),
-            cv,
-            PeerPolicy::danger_any(),
-        );
+        let c = client(credentials(&a.ca, CLIENT), cv, PeerPolicy::danger_any());
         let cr = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
         let sr = tokio::time::timeout(T, h)
             .await
@@ -209,23 +192,12 @@ async fn handshake_refuses_a_server_issued_by_a_ca_without_key_cert_sign() {
 #[tokio::test]
 async fn reauth_refuses_a_certificate_issued_by_a_ca_without_key_cert_sign() {
     let a = Domain::new("example.org");
-    let sv = verification(SERVER, &[&a], false);
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
-    let (addr, h) = serve(
-        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-        1,
-    )
-    .await;
-    let ck = key();
-    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
-    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &ck, None).await;
-    assert_eq!(raw.read().await.unwrap().ty, FrameType::Accept);
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let RawSession {
+        mut raw,
+        key: ck,
+        server: mut ss,
+        ..
+    } = raw_session(&a).await;
 
     let bad = intermediate(&a.ca, IssuerKu::DigitalSignatureOnly);
     let renewed: Vec<CertificateDer<'static>> = vec![

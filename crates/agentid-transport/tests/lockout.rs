@@ -21,9 +21,6 @@ use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 struct Load {
     /// Attacker source addresses, 127.0.0.2 and up.
     sources: usize,

@@ -8,12 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, Scope, TrustBundle};
-use agentid_transport::{Error, MemoryCredentials, PeerPolicy, Session};
+use agentid_transport::{Error, PeerPolicy, Session};
 use support::*;
 use tokio::net::TcpStream;
-
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
 
 struct Live {
     a: Domain,
@@ -24,37 +21,16 @@ struct Live {
 
 /// A session whose client presents a grant for `read` (revocation lists optional).
 async fn live() -> Live {
-    let a = Domain::new("example.org");
-    let ck = key();
-    let chain = a.grant(&a.task("client", "t2"), &ck, "read");
-    let client_creds = Arc::new(MemoryCredentials::new(
-        credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
-    ));
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
-    let sv = verification(SERVER, &[&a], false);
-    let cv = verification(CLIENT, &[&a], false);
-    let (addr, h) = serve(
-        server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-        1,
-    )
-    .await;
-    let c = client(client_creds, cv, PeerPolicy::danger_any());
-    let mut cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let p = pair(Some("read"), LeafOpts::default(), false);
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
     cs.send(b"x").await.unwrap();
     assert!(ss.recv().await.unwrap().is_some());
     ss.authorize(&Scope::parse("read").unwrap()).unwrap();
     Live {
-        a,
-        sv,
+        a: p.a,
+        sv: p.sv,
         client: cs,
         server: ss,
     }

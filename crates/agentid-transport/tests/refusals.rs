@@ -16,9 +16,6 @@ use agentid_protocol::{GrantBuilder, Scope};
 use agentid_transport::{Error, MemoryCredentials, PeerPolicy};
 use support::*;
 
-const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
-const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
-
 /// Connects a client presenting `chain` (made for the client's key by `make`) to a server with
 /// revocation lists required (`strict`), and returns the client's error.
 async fn refusal(

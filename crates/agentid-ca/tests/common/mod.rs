@@ -116,3 +116,13 @@ pub fn write_pem(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
 pub fn minutes(m: u64) -> Duration {
     Duration::from_secs(m * 60)
 }
+
+/// The audit records of the CA's store (every writer), each as its JSON.
+pub fn audit_records(ca: &CertificateAuthority) -> Vec<serde_json::Value> {
+    ca.audit_snapshot(None)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}

@@ -5,10 +5,12 @@
 
 use serde_json::{Map, Value};
 
+use crate::audience::IdSet;
 use crate::encoding::{b64_decode, json_time, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::PublicKey;
 
 /// Whether the grant's holder acts on its own or for a principal.
@@ -252,19 +254,17 @@ pub(crate) fn check_principal(v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The claims of a grant (spec/PROTOCOL.md section 6.1), decoded and validated (step 3.c).
+/// The claims a grant and a link share (the tables of sections 6.1 and 6.2 but `iss` and each
+/// kind's own claims), decoded and validated (step 3.c). Both claim types dereference to it.
 #[derive(Clone, Debug)]
-pub(crate) struct GrantClaims {
-    /// The authority: `iss` is the trust-domain ID `spiffe://<td>`.
-    pub iss: TrustDomain,
+pub(crate) struct SharedClaims {
+    /// The holder.
     pub sub: TaskIdentity,
+    /// The holder's key.
     pub cnf: PublicKey,
     pub task: TaskId,
     pub scope: Scope,
     pub aud: Option<IdSet>,
-    pub mode: Mode,
-    /// Present exactly with [`Mode::OnBehalfOf`].
-    pub principal: Option<Value>,
     pub max_depth: u8,
     pub limits: Option<Limits>,
     pub may_delegate_to: Option<IdSet>,
@@ -272,6 +272,25 @@ pub(crate) struct GrantClaims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+}
+
+impl SharedClaims {
+    /// `iat`, `nbf`, `exp`.
+    pub(crate) fn times(&self) -> (u64, u64, u64) {
+        (self.iat, self.nbf, self.exp)
+    }
+}
+
+/// The claims of a grant (spec/PROTOCOL.md section 6.1), decoded and validated (step 3.c).
+#[derive(Clone, Debug)]
+pub(crate) struct GrantClaims {
+    /// The authority: `iss` is the trust-domain ID `spiffe://<td>`.
+    pub iss: TrustDomain,
+    pub mode: Mode,
+    /// Present exactly with [`Mode::OnBehalfOf`].
+    pub principal: Option<Value>,
+    /// The claims every token has.
+    pub shared: SharedClaims,
 }
 
 /// The claims of a link (spec/PROTOCOL.md section 6.2), decoded and validated (step 3.c).
@@ -279,51 +298,62 @@ pub(crate) struct GrantClaims {
 pub(crate) struct LinkClaims {
     /// The delegator: the previous holder's task identity.
     pub iss: TaskIdentity,
-    pub sub: TaskIdentity,
-    pub cnf: PublicKey,
     /// SHA-256 of the previous token's compact bytes.
     pub prev: [u8; 32],
-    pub task: TaskId,
-    pub scope: Scope,
-    pub aud: Option<IdSet>,
-    pub max_depth: u8,
-    pub limits: Option<Limits>,
-    pub may_delegate_to: Option<IdSet>,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
-    pub jti: String,
+    /// The claims every token has.
+    pub shared: SharedClaims,
+}
+
+impl core::ops::Deref for GrantClaims {
+    type Target = SharedClaims;
+    fn deref(&self) -> &SharedClaims {
+        &self.shared
+    }
+}
+
+impl core::ops::DerefMut for GrantClaims {
+    fn deref_mut(&mut self) -> &mut SharedClaims {
+        &mut self.shared
+    }
+}
+
+impl core::ops::Deref for LinkClaims {
+    type Target = SharedClaims;
+    fn deref(&self) -> &SharedClaims {
+        &self.shared
+    }
 }
 
 /// What every token of a chain has, whatever its kind: read by phases 5 to 7.
 pub(crate) trait TokenClaims {
     /// `iss` as a SPIFFE ID (a trust-domain ID for the grant, a task identity for links).
     fn iss_td(&self) -> &str;
+    /// The claims every token has.
+    fn shared(&self) -> &SharedClaims;
     /// The holder.
-    fn sub(&self) -> &TaskIdentity;
+    fn sub(&self) -> &TaskIdentity {
+        &self.shared().sub
+    }
     /// The holder's key.
-    fn cnf(&self) -> &PublicKey;
+    fn cnf(&self) -> &PublicKey {
+        &self.shared().cnf
+    }
     /// `iat`, `nbf`, `exp`.
-    fn times(&self) -> (u64, u64, u64);
+    fn times(&self) -> (u64, u64, u64) {
+        self.shared().times()
+    }
     /// The token's `jti`.
-    fn jti(&self) -> &str;
+    fn jti(&self) -> &str {
+        &self.shared().jti
+    }
 }
 
 impl TokenClaims for GrantClaims {
     fn iss_td(&self) -> &str {
         self.iss.as_str()
     }
-    fn sub(&self) -> &TaskIdentity {
-        &self.sub
-    }
-    fn cnf(&self) -> &PublicKey {
-        &self.cnf
-    }
-    fn times(&self) -> (u64, u64, u64) {
-        (self.iat, self.nbf, self.exp)
-    }
-    fn jti(&self) -> &str {
-        &self.jti
+    fn shared(&self) -> &SharedClaims {
+        &self.shared
     }
 }
 
@@ -331,17 +361,8 @@ impl TokenClaims for LinkClaims {
     fn iss_td(&self) -> &str {
         self.iss.as_spiffe_id().trust_domain_str()
     }
-    fn sub(&self) -> &TaskIdentity {
-        &self.sub
-    }
-    fn cnf(&self) -> &PublicKey {
-        &self.cnf
-    }
-    fn times(&self) -> (u64, u64, u64) {
-        (self.iat, self.nbf, self.exp)
-    }
-    fn jti(&self) -> &str {
-        &self.jti
+    fn shared(&self) -> &SharedClaims {
+        &self.shared
     }
 }
 
@@ -462,35 +483,12 @@ pub(crate) fn decode_grant(payload: &[u8]) -> Result<GrantClaims> {
 pub(crate) fn decode_grant_map(map: &Map<String, Value>) -> Result<GrantClaims> {
     check_members(map, GRANT_CLAIMS, GRANT_REQUIRED)?;
     let iss = grant_iss(map)?;
-    let sub = sub(map)?;
-    let cnf = cnf(map)?;
-    let task = task(map)?;
-    let scope = scope(map)?;
-    let aud = get_id_set(map, "aud")?;
-    let (mode, principal) = mode_and_principal(map)?;
-    let max_depth = max_depth(map)?;
-    let limits = limits(map)?;
-    let may_delegate_to = get_id_set(map, "may_delegate_to")?;
-    let iat = get_time(map, "iat")?;
-    let nbf = get_time(map, "nbf")?;
-    let exp = get_time(map, "exp")?;
-    let jti = jti(map)?;
+    let (shared, (), (mode, principal)) = decode_shared(map, |_| Ok(()), mode_and_principal)?;
     Ok(GrantClaims {
         iss,
-        sub,
-        cnf,
-        task,
-        scope,
-        aud,
         mode,
         principal,
-        max_depth,
-        limits,
-        may_delegate_to,
-        iat,
-        nbf,
-        exp,
-        jti,
+        shared,
     })
 }
 
@@ -504,120 +502,93 @@ pub(crate) fn decode_link(payload: &[u8]) -> Result<LinkClaims> {
 pub(crate) fn decode_link_map(map: &Map<String, Value>) -> Result<LinkClaims> {
     check_members(map, LINK_CLAIMS, LINK_REQUIRED)?;
     let iss = link_iss(map)?;
+    let (shared, prev, ()) = decode_shared(map, |m| get_hash(m, "prev"), |_| Ok(()))?;
+    Ok(LinkClaims { iss, prev, shared })
+}
+
+/// Step 3.c.5 after `iss`, in table order (sections 6.1 and 6.2): the shared claims, with each
+/// kind's own claims at their slots: `after_cnf` (a link's `prev`) and `after_aud` (a grant's
+/// `mode` and `principal`).
+fn decode_shared<A, B>(
+    map: &Map<String, Value>,
+    after_cnf: impl FnOnce(&Map<String, Value>) -> Result<A>,
+    after_aud: impl FnOnce(&Map<String, Value>) -> Result<B>,
+) -> Result<(SharedClaims, A, B)> {
     let sub = sub(map)?;
     let cnf = cnf(map)?;
-    let prev = get_hash(map, "prev")?;
+    let own_after_cnf = after_cnf(map)?;
     let task = task(map)?;
     let scope = scope(map)?;
     let aud = get_id_set(map, "aud")?;
-    let max_depth = max_depth(map)?;
-    let limits = limits(map)?;
-    let may_delegate_to = get_id_set(map, "may_delegate_to")?;
-    let iat = get_time(map, "iat")?;
-    let nbf = get_time(map, "nbf")?;
-    let exp = get_time(map, "exp")?;
-    let jti = jti(map)?;
-    Ok(LinkClaims {
-        iss,
+    let own_after_aud = after_aud(map)?;
+    let shared = SharedClaims {
         sub,
         cnf,
-        prev,
         task,
         scope,
         aud,
-        max_depth,
-        limits,
-        may_delegate_to,
-        iat,
-        nbf,
-        exp,
-        jti,
-    })
+        max_depth: max_depth(map)?,
+        limits: limits(map)?,
+        may_delegate_to: get_id_set(map, "may_delegate_to")?,
+        iat: get_time(map, "iat")?,
+        nbf: get_time(map, "nbf")?,
+        exp: get_time(map, "exp")?,
+        jti: jti(map)?,
+    };
+    Ok((shared, own_after_cnf, own_after_aud))
 }
 
-/// The members every grant and link writes in the same way.
-fn encode_common(
-    m: &mut Map<String, Value>,
-    sub: &TaskIdentity,
-    cnf: &PublicKey,
-    task: &TaskId,
-    scope: &Scope,
-    aud: Option<&IdSet>,
-) {
+/// The shared members, written in the same way for a grant and a link, with the kind's own
+/// members already in `m`.
+fn encode_shared(mut m: Map<String, Value>, c: &SharedClaims) -> Result<Vec<u8>> {
     m.insert("ver".into(), Value::from(VERSION));
-    m.insert("sub".into(), Value::from(sub.as_str()));
-    let mut c = Map::new();
-    c.insert("jwk".into(), cnf.to_jwk());
-    m.insert("cnf".into(), Value::Object(c));
-    m.insert("task".into(), Value::from(task.as_str()));
-    m.insert("scope".into(), Value::from(scope.to_string()));
-    if let Some(aud) = aud {
+    m.insert("sub".into(), Value::from(c.sub.as_str()));
+    let mut jwk = Map::new();
+    jwk.insert("jwk".into(), c.cnf.to_jwk());
+    m.insert("cnf".into(), Value::Object(jwk));
+    m.insert("task".into(), Value::from(c.task.as_str()));
+    m.insert("scope".into(), Value::from(c.scope.to_string()));
+    if let Some(aud) = &c.aud {
         m.insert("aud".into(), id_set_value(aud));
     }
-}
-
-fn encode_tail(
-    m: &mut Map<String, Value>,
-    max_depth: u8,
-    limits: Option<&Limits>,
-    may_delegate_to: Option<&IdSet>,
-    (iat, nbf, exp): (u64, u64, u64),
-    jti: &str,
-) -> Result<Vec<u8>> {
-    m.insert("max_depth".into(), Value::from(max_depth));
-    if let Some(l) = limits {
+    m.insert("max_depth".into(), Value::from(c.max_depth));
+    if let Some(l) = &c.limits {
         let lm: Map<String, Value> = l
             .iter()
             .map(|(k, v)| (k.to_owned(), Value::from(v)))
             .collect();
         m.insert("limits".into(), Value::Object(lm));
     }
-    if let Some(d) = may_delegate_to {
+    if let Some(d) = &c.may_delegate_to {
         m.insert("may_delegate_to".into(), id_set_value(d));
     }
-    m.insert("iat".into(), Value::from(iat));
-    m.insert("nbf".into(), Value::from(nbf));
-    m.insert("exp".into(), Value::from(exp));
-    m.insert("jti".into(), Value::from(jti));
-    serde_json::to_vec(&*m).map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
+    m.insert("iat".into(), Value::from(c.iat));
+    m.insert("nbf".into(), Value::from(c.nbf));
+    m.insert("exp".into(), Value::from(c.exp));
+    m.insert("jti".into(), Value::from(c.jti.as_str()));
+    serde_json::to_vec(&m).map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// Serializes a grant's claims for signing.
 pub(crate) fn encode_grant(c: &GrantClaims) -> Result<Vec<u8>> {
     let mut m = Map::new();
     m.insert("iss".into(), Value::from(c.iss.id().as_str()));
-    encode_common(&mut m, &c.sub, &c.cnf, &c.task, &c.scope, c.aud.as_ref());
     m.insert("mode".into(), Value::from(c.mode.as_str()));
     if let Some(p) = &c.principal {
         m.insert("principal".into(), p.clone());
     }
-    encode_tail(
-        &mut m,
-        c.max_depth,
-        c.limits.as_ref(),
-        c.may_delegate_to.as_ref(),
-        c.times(),
-        &c.jti,
-    )
+    encode_shared(m, &c.shared)
 }
 
 /// Serializes a link's claims for signing.
 pub(crate) fn encode_link(c: &LinkClaims) -> Result<Vec<u8>> {
     let mut m = Map::new();
     m.insert("iss".into(), Value::from(c.iss.as_str()));
-    encode_common(&mut m, &c.sub, &c.cnf, &c.task, &c.scope, c.aud.as_ref());
     m.insert(
         "prev".into(),
         Value::from(crate::encoding::b64_encode(&c.prev)),
     );
-    encode_tail(
-        &mut m,
-        c.max_depth,
-        c.limits.as_ref(),
-        c.may_delegate_to.as_ref(),
-        c.times(),
-        &c.jti,
-    )
+    encode_shared(m, &c.shared)
 }
 
 pub(crate) fn id_set_value(s: &IdSet) -> Value {

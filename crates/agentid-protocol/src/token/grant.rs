@@ -3,16 +3,19 @@
 use serde_json::Value;
 
 use crate::attenuation::{grant_rules, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::chain::Chain;
 use crate::crypto::JwsSigner;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskIdentity, TrustDomain};
 use crate::jws::{sign_compact, TokenType};
-use crate::scope::{IdSet, Limits, Scope};
+use crate::limits::Limits;
+use crate::scope::Scope;
 use crate::token::claims::{
-    check_principal, encode_grant, random_jti, valid_jti, GrantClaims, Mode, MAX_DEPTH,
+    check_principal, encode_grant, random_jti, valid_jti, GrantClaims, Mode, SharedClaims,
+    MAX_DEPTH,
 };
-use crate::verify::{grant_lifetime, nbf_not_after_exp};
+use crate::verifier::{grant_lifetime, nbf_not_after_exp};
 use crate::PublicKey;
 
 /// Builds and signs a grant (`agentid-grant+jwt`).
@@ -40,20 +43,22 @@ impl GrantBuilder {
         Self {
             claims: GrantClaims {
                 iss: issuer.clone(),
-                sub: holder.clone(),
-                cnf: holder_key.clone(),
-                task: holder.task_id(),
-                scope,
-                aud: None,
                 mode: Mode::Autonomous,
                 principal: None,
-                max_depth: 0,
-                limits: None,
-                may_delegate_to: None,
-                iat: 0,
-                nbf: 0,
-                exp: 0,
-                jti: String::new(),
+                shared: SharedClaims {
+                    sub: holder.clone(),
+                    cnf: holder_key.clone(),
+                    task: holder.task_id(),
+                    scope,
+                    aud: None,
+                    max_depth: 0,
+                    limits: None,
+                    may_delegate_to: None,
+                    iat: 0,
+                    nbf: 0,
+                    exp: 0,
+                    jti: String::new(),
+                },
             },
             jti: None,
         }

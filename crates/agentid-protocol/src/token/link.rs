@@ -1,14 +1,16 @@
 //! The link builder: a holder hands a narrower slice of its rights to the next agent.
 
 use crate::attenuation::{attenuate, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::chain::Chain;
 use crate::crypto::TaskKey;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
 use crate::jws::{sign_compact, TokenType};
-use crate::scope::{IdSet, Limits, Scope};
-use crate::token::claims::{encode_link, random_jti, valid_jti, LinkClaims};
-use crate::verify::nbf_not_after_exp;
+use crate::limits::Limits;
+use crate::scope::Scope;
+use crate::token::claims::{encode_link, random_jti, valid_jti, LinkClaims, SharedClaims};
+use crate::verifier::nbf_not_after_exp;
 use crate::PublicKey;
 
 /// Builds and signs a link (`agentid-link+jwt`) appended to a chain the signer holds.
@@ -122,22 +124,24 @@ impl LinkBuilder {
         }
         let claims = LinkClaims {
             iss: effective.holder.clone(),
-            sub: self.to,
-            cnf: self.to_key,
             prev: effective.token_hash,
-            task: effective.task.clone(),
-            scope: self.scope,
-            aud: self.aud,
-            // Default: one less than the previous (rule 4.5 refuses a sealed previous token).
-            max_depth: self
-                .max_depth
-                .unwrap_or(effective.max_depth.saturating_sub(1)),
-            limits: self.limits,
-            may_delegate_to: self.may_delegate_to,
-            iat,
-            nbf,
-            exp,
-            jti,
+            shared: SharedClaims {
+                sub: self.to,
+                cnf: self.to_key,
+                task: effective.task.clone(),
+                scope: self.scope,
+                aud: self.aud,
+                // Default: one less than the previous (rule 4.5 refuses a sealed previous token).
+                max_depth: self
+                    .max_depth
+                    .unwrap_or(effective.max_depth.saturating_sub(1)),
+                limits: self.limits,
+                may_delegate_to: self.may_delegate_to,
+                iat,
+                nbf,
+                exp,
+                jti,
+            },
         };
         // Phase 4 exactly as a verifier runs it on this link (the link's own hash is not
         // needed: nothing follows it here).

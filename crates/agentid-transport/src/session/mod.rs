@@ -10,13 +10,14 @@
 //! a fresh one, it ends with `revocation_stale` (fail closed), unless the verifier's `danger_`
 //! setting tolerates stale lists.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentid_protocol::{ErrorCode, PeerId, PublicKey, Role, Scope, TaskId, VerifiedChain};
+use agentid_protocol::{PeerId, PublicKey, Role, Scope, TaskId, VerifiedChain};
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -92,7 +93,7 @@ pub struct AuthenticatedPeer {
     /// The peer certificate's public key.
     pub public_key: PublicKey,
     /// The peer certificate's serial: lowercase hex without leading zero bytes, as the CA
-    /// reports it ([`crate::svid::serial_hex`]).
+    /// reports it ([`agentid_protocol::Serial`]).
     pub cert_serial: String,
     /// The peer certificate's `notAfter` (Unix seconds).
     pub cert_not_after: u64,
@@ -341,13 +342,13 @@ where
         if *self.applied.borrow() != self.checked || self.stale_at.is_some_and(|t| now >= t) {
             self.recheck().map_err(|ended| ended.error())?;
         }
-        let chain = self.peer.chain.as_ref().ok_or_else(|| {
-            Error::Protocol(agentid_protocol::Error::new(
-                ErrorCode::ScopeNotGranted,
-                "the peer presented no chain",
-            ))
-        })?;
-        let result = self.verification.verifier().authorize(chain, requested);
+        // Section 13 as the protocol has it: a peer without a chain holds no authority (A1, then
+        // `scope_not_granted`).
+        let result = self.verification.verifier().authorize_peer(
+            self.peer.chain.as_deref(),
+            requested,
+            &BTreeMap::new(),
+        );
         tracing::debug!(
             peer.id = %self.peer.id,
             scope = %requested,

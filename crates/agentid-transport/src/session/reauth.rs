@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use agentid_protocol::{verify_proof, ErrorCode, ProofBuilder, ProofContext, Role};
+use agentid_protocol::{Presentation, PresentationContext, ProofBuilder, Role};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
@@ -16,6 +16,7 @@ use super::{
 };
 use crate::credentials::Credential;
 use crate::error::{CertError, Error, FrameError, Result};
+use crate::establish::verify_presented;
 use crate::frame::{self, body_bytes, parse_body, FrameType, Reauth};
 use crate::svid::{CertUsage, MAX_INTERMEDIATES};
 
@@ -139,52 +140,31 @@ where
         if info.id != self.peer.id || info.public_key != self.peer.public_key {
             return Err(CertError::IdentityChanged.into());
         }
-        let v = self.verification.verifier();
         let client_proof = match peer_role {
             Role::Server => Some(self.peer.receipts.client_proof.as_str()),
             Role::Client => None,
         };
-        let proof = verify_proof(
-            &r.proof,
-            &ProofContext {
-                presenter_id: self.peer.id.as_spiffe_id(),
+        // A reauth without a chain keeps the one the session holds (verified again, now).
+        let presented = verify_presented(
+            &self.verification,
+            &Presentation {
+                proof: &r.proof,
+                chain: r.chain.as_deref(),
+            },
+            &PresentationContext {
+                presenter: self.peer.id.as_spiffe_id(),
                 presenter_key: &self.peer.public_key,
+                presenter_not_after: info.not_after,
                 verifier_id: self.local.identity().as_spiffe_id(),
                 role: peer_role,
                 exporter,
-                now,
-                skew: v.config().skew_seconds(),
-                chain: r.chain.as_deref(),
                 client_proof,
+                accepted_jtis: &self.jtis,
+                held_chain: self.peer.chain.as_ref().map(PeerChain::compact),
+                now,
             },
         )?;
-        if self.jtis.contains(&proof.jti) {
-            return Err(Error::Protocol(agentid_protocol::Error::new(
-                ErrorCode::ProofReplayed,
-                "a proof already presented on this connection",
-            )));
-        }
-        // A reauth without a chain keeps the one the session holds (verified again, now).
-        let compact = r
-            .chain
-            .or_else(|| self.peer.chain.as_ref().map(|c| c.compact().to_owned()));
-        let chain = match compact {
-            Some(c) => {
-                let verified =
-                    v.verify_chain(&c, self.peer.id.as_spiffe_id(), &self.peer.public_key, now)?;
-                Some(PeerChain::new(verified, c))
-            }
-            None => {
-                v.check_peer_revocation(self.peer.id.as_spiffe_id(), &self.peer.public_key, now)?;
-                None
-            }
-        };
-        let deadline = chain
-            .as_ref()
-            .map_or(info.not_after, |c| c.expires.min(info.not_after));
-        if deadline <= now {
-            return Err(Error::CredentialExpired);
-        }
+        let deadline = presented.deadline;
         tracing::info!(
             peer.id = %self.peer.id,
             cert.serial = %info.serial,
@@ -192,13 +172,16 @@ where
             outcome = "accepted",
             "reauth accepted"
         );
-        self.jtis.push(proof.jti);
-        self.peer.receipts.reauth_proofs.push(proof.compact);
+        self.jtis.push(presented.proof.jti);
+        self.peer
+            .receipts
+            .reauth_proofs
+            .push(presented.proof.compact);
         self.peer.cert_serial = info.serial;
         self.peer_certs = ders.iter().map(|c| c.clone().into_owned()).collect();
         self.trust_checked = trust;
         self.peer.cert_not_after = info.not_after;
-        self.peer.chain = chain;
+        self.peer.chain = presented.chain;
         self.peer.deadline = deadline;
         self.deadline.as_mut().reset(instant_for(deadline));
         // The chain may have changed, and with it the trust domains whose lists it needs.

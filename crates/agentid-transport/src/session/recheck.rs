@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{instant_for, now_unix, unix_time, AuthenticatedPeer, Ended, Session};
+use super::{instant_for, now_unix, unix_time, AuthenticatedPeer, Ended, PeerChain, Session};
 use crate::error::{CertError, Error};
 use crate::svid::CertUsage;
 use crate::trust_state::PeerVerification;
@@ -87,16 +87,17 @@ where
                 }
             }
         }
-        let v = self.verification.verifier();
-        let id = self.peer.id.as_spiffe_id();
-        let result = match &self.peer.chain {
-            Some(chain) => v
-                .verify_chain(chain.compact(), id, &self.peer.public_key, now)
-                .map(|_| ()),
-            None => v.check_peer_revocation(id, &self.peer.public_key, now),
-        };
+        // What a new connection would run now, after its proof: the peer's authority through
+        // the step of the protocol's presentation verifier that a re-check repeats (there is
+        // no new proof to verify).
+        let result = self.verification.verifier().verify_peer(
+            self.peer.chain.as_ref().map(PeerChain::compact),
+            self.peer.id.as_spiffe_id(),
+            &self.peer.public_key,
+            now,
+        );
         match result {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) if e.code() == ErrorCode::Expired => Ok(()),
             Err(e) if e.code() == ErrorCode::Revoked => Err(Ended::Revoked(e.to_string())),
             Err(e) => Err(Ended::Unverifiable(e)),

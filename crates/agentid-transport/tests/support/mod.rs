@@ -13,7 +13,7 @@ use agentid_protocol::{
 };
 use agentid_transport::{
     AgentClient, AgentServer, ConnectionLimits, Credential, MemoryCredentials, PeerPolicy,
-    PeerVerification,
+    PeerVerification, Session,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -68,6 +68,11 @@ pub mod wire {
 #[allow(unused_imports, reason = "each test binary uses a subset")]
 pub use agentid_test_support::net::*;
 pub use agentid_test_support::{now, T};
+
+/// The server most tests run: an agent task of example.org.
+pub const SERVER: &str = "spiffe://example.org/agent/server/task/t1";
+/// The client most tests run: another agent task of example.org.
+pub const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
 
 fn rcgen_key(k: &TaskKey) -> KeyPair {
     KeyPair::from_pkcs8_der_and_sign_algo(
@@ -530,4 +535,125 @@ pub fn raw_server_config(
             .unwrap();
     c.alpn_protocols = vec![agentid_transport::provider::ALPN.to_vec()];
     Arc::new(c)
+}
+
+/// The credentials of `id` under `ca`: a fresh key and a leaf of the profile.
+pub fn credentials(ca: &Ca, id: &str) -> Arc<MemoryCredentials> {
+    Arc::new(MemoryCredentials::new(credential(
+        ca,
+        id,
+        key(),
+        &LeafOpts::default(),
+    )))
+}
+
+/// A server and a client of example.org ([`SERVER`], [`CLIENT`]), with their verifications.
+pub struct Pair {
+    pub a: Domain,
+    pub server_creds: Arc<MemoryCredentials>,
+    pub client_creds: Arc<MemoryCredentials>,
+    pub client_key_pub: agentid_protocol::PublicKey,
+    pub sv: Arc<PeerVerification>,
+    pub cv: Arc<PeerVerification>,
+}
+
+/// A server and a client of example.org; the client holds a grant for `scope` unless `None`.
+pub fn pair(scope: Option<&str>, client_opts: LeafOpts, strict: bool) -> Pair {
+    let a = Domain::new("example.org");
+    let ck = key();
+    let client_key_pub = ck.public_key().clone();
+    let holder = a.task("client", "t2");
+    let chain = scope.map(|s| a.grant(&holder, &ck, s));
+    let mut cred = credential(&a.ca, CLIENT, ck, &client_opts);
+    if let Some(c) = chain {
+        cred = cred.with_chain(c.as_str());
+    }
+    Pair {
+        server_creds: credentials(&a.ca, SERVER),
+        client_creds: Arc::new(MemoryCredentials::new(cred)),
+        client_key_pub,
+        sv: verification(SERVER, &[&a], strict),
+        cv: verification(CLIENT, &[&a], strict),
+        a,
+    }
+}
+
+impl Pair {
+    /// Serves `n` connections with this pair's server, admitting any client.
+    pub async fn serve(
+        &self,
+        n: usize,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<ServerResult>>) {
+        serve(
+            server(
+                self.server_creds.clone(),
+                self.sv.clone(),
+                PeerPolicy::danger_any(),
+            ),
+            n,
+        )
+        .await
+    }
+
+    /// Serves one connection and connects the client to it, each side admitting the other by
+    /// its policy: (the client's session, the server's session).
+    pub async fn connect(
+        &self,
+        server_policy: PeerPolicy,
+        client_policy: PeerPolicy,
+    ) -> (Session<TcpStream>, Session<TcpStream>) {
+        let (addr, h) = serve(
+            server(self.server_creds.clone(), self.sv.clone(), server_policy),
+            1,
+        )
+        .await;
+        let c = client(self.client_creds.clone(), self.cv.clone(), client_policy);
+        let cs = tokio::time::timeout(T, c.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let ss = h.await.unwrap().pop().unwrap().unwrap();
+        (cs, ss)
+    }
+}
+
+/// A session that a server of `a` ([`SERVER`], any client admitted) accepted from a raw client
+/// ([`CLIENT`], no chain) whose hello it accepted.
+pub struct RawSession {
+    /// The server's verification.
+    pub sv: Arc<PeerVerification>,
+    /// The raw client, after reading the accept.
+    pub raw: RawAgent,
+    /// The raw client's key.
+    pub key: TaskKey,
+    /// The server's session.
+    pub server: Session<TcpStream>,
+}
+
+/// A server of `a` and a raw client of `a` whose hello it accepted.
+pub async fn raw_session(a: &Domain) -> RawSession {
+    let sv = verification(SERVER, &[a], false);
+    let (addr, h) = serve(
+        server(
+            credentials(&a.ca, SERVER),
+            sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let key = key();
+    let cert = leaf(&a.ca, CLIENT, &key, &LeafOpts::default());
+    let mut raw = RawAgent::hello(&sv, addr, CLIENT, cert, &key, None).await;
+    assert_eq!(
+        raw.read().await.unwrap().ty,
+        agentid_transport::internal::FrameType::Accept
+    );
+    let server = h.await.unwrap().pop().unwrap().unwrap();
+    RawSession {
+        sv,
+        raw,
+        key,
+        server,
+    }
 }

@@ -139,7 +139,9 @@ impl VerifierConfig {
         self
     }
 
-    /// Verifies and applies a revocation list; an older `seq` than the one held is refused.
+    /// Verifies and applies a revocation list (spec/PROTOCOL.md section 14.1): R1 to R7 in
+    /// [`RevocationList::verify`], then R8: an older `seq` than the one held is refused
+    /// (`sequence_rollback`).
     pub fn apply_revocation_list(&mut self, compact: &str) -> Result<Arc<RevocationList>> {
         let list = RevocationList::verify(compact, &self.bundles)?;
         if let Some(old) = self.revocations.get(list.issuer()) {

@@ -1,9 +1,43 @@
 //! The chain verifier: the eight phases of spec/PROTOCOL.md section 10, in order, and per-request
 //! authorization (section 13).
 //!
-//! Every numbered rule of section 10 has one home, named in its doc comment as "Rule N.M":
-//! phase 1 in `chain::frame`, phase 2 in `jws::parse_header`, the claims of step 3.c in
-//! `token::claims`, phase 4 in `attenuation`, and phases 3 and 5 to 8 here, in spec order.
+//! Every numbered rule that this crate enforces has exactly one home, a function whose doc
+//! comment (or, inside a function that runs several rules in order, a comment) names it as
+//! "Rule N.M"; every other caller calls that function. The index, in spec order:
+//!
+//! | spec/PROTOCOL.md | rule | home |
+//! |---|---|---|
+//! | 10, phase 1 | 1.1 to 1.3 | `chain::frame` |
+//! | | 1.4 (1.4.1 to 1.4.3) | `chain::frame_token`, through `jws::split` |
+//! | 10, phase 2 | 2.1 to 2.5 | `phase2` (here), through `jws::parse_header` |
+//! | 10, phase 3 | 3.a.1, 3.a.2 | `Verifier::grant_key` |
+//! | | 3.a.3 | `Verifier::phase3` |
+//! | | 3.b.1, 3.b.2 | `signature`, through `crypto::verify` |
+//! | | 3.c.1 to 3.c.4 | `token::claims::decode_grant`, `token::claims::decode_link` |
+//! | | 3.c.5 | one function per claim in `token/claims.rs`: `grant_iss`, `link_iss`, `sub`, `cnf`, `task`, `scope`, `mode_and_principal`, `max_depth`, `limits`, `jti`; ID sets: `IdSet::new` |
+//! | | 3.c.6 | `issuer_is_authority` |
+//! | 10, phase 4 | 4.0.1 to 4.0.3 | `attenuation::grant_rules` |
+//! | | 4.1 to 4.11 | `attenuation::attenuate` (also run by `LinkBuilder::sign`) |
+//! | | effective values (7.2 to 7.4) | `attenuation::Effective::from_grant`, `attenuation::attenuate`; the audience alone: `attenuation::grant_audience`, `attenuation::link_audience` |
+//! | 10, phase 5 | 5.1 | `nbf_not_after_exp` (also run by both builders) |
+//! | | 5.2 | `grant_lifetime` (also run by `GrantBuilder::sign`) |
+//! | | 5.3, 5.4, 5.5 | `not_issued_in_future`, `already_valid`, `not_expired` (5.3 and 5.5 also for proofs, P5) |
+//! | 10, phase 6 | 6.1 (6.1.1, 6.1.2) | `Verifier::list` |
+//! | | 6.2.1, 6.2.2, 6.2.3, 6.2.4 | `jti_revoked`, `task_revoked`, `issuing_agent_revoked`, `holder_agent_revoked` |
+//! | | 6.2.5, 6.2.6, 6.3.1 | `key_revoked` |
+//! | | 6.3 (6.3.1 to 6.3.3) | `peer_revoked` (also `RevocationList::covers_peer_at`) |
+//! | 10, phase 7 | 7.1, 7.2 | `phase7` |
+//! | 10, phase 8 | 8.1 | `Verifier::phase8` |
+//! | 10, peer without a chain | 6.1 then 6.3 | `Verifier::check_peer_revocation` |
+//! | 12 | P0 to P10 | `proof::verify_proof` (P1 through `jws::split`, P2 through `jws::parse_header`) |
+//! | 12 | replay (`proof_replayed`) | `Verifier::verify_presentation` |
+//! | 13 | A1 | `requested_scope_is_concrete` |
+//! | | A2 to A4 | `Verifier::authorize_with_limits` (`Verifier::authorize`, `Verifier::authorize_peer` call it) |
+//! | 14.1 | R1 to R7 | `RevocationList::verify` |
+//! | | R8 | `VerifierConfig::apply_revocation_list` |
+//! | 16.3, 16.4 | the presentation (server and client step 6, reauth steps 5 to 7) | `Verifier::verify_presentation`, its chain-or-peer step `Verifier::verify_peer` (also a live session's re-check) |
+//!
+//! Phases 1 and 2 run in `verify_chain`; phases 3 to 8 are the functions `phase3` ... `phase8`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,15 +45,17 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::attenuation::{attenuate, Effective, EnforcedLimits};
+use crate::audience::IdSet;
 use crate::cache::{CachedToken, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
+use crate::config::{VerifierConfig, MAX_SKEW};
 use crate::crypto::{sha256, verify};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
-use crate::policy::{VerifierConfig, MAX_SKEW};
+use crate::limits::Limits;
 use crate::revocation::RevocationList;
-use crate::scope::{IdSet, Limits, Scope};
+use crate::scope::Scope;
 use crate::token::claims::{decode_grant, decode_link, GrantClaims, LinkClaims, Mode, TokenClaims};
 use crate::token::MAX_TOKEN_LIFETIME;
 use crate::PublicKey;
@@ -169,7 +205,7 @@ impl Verifier {
             ));
         }
         for name in &config.enforced_limits {
-            crate::scope::check_limit_name(name).map_err(|e| {
+            crate::limits::check_limit_name(name).map_err(|e| {
                 Error::new(
                     ErrorCode::BadConfig,
                     format!("enforced limit: {}", e.detail()),
@@ -588,7 +624,7 @@ pub(crate) fn grant_lifetime(iat: u64, exp: u64) -> Result<()> {
 }
 
 /// Rule 5.3: `iat <= now + skew`, else `issued_in_future`.
-fn not_issued_in_future(iat: u64, now: u64, skew: u64) -> Result<()> {
+pub(crate) fn not_issued_in_future(iat: u64, now: u64, skew: u64) -> Result<()> {
     if iat > now.saturating_add(skew) {
         return Err(Error::new(ErrorCode::IssuedInFuture, "`iat` in the future"));
     }
@@ -604,7 +640,7 @@ fn already_valid(nbf: u64, now: u64, skew: u64) -> Result<()> {
 }
 
 /// Rule 5.5: `now < exp + skew`, else `expired`.
-fn not_expired(exp: u64, now: u64, skew: u64) -> Result<()> {
+pub(crate) fn not_expired(exp: u64, now: u64, skew: u64) -> Result<()> {
     if now >= exp.saturating_add(skew) {
         return Err(Error::new(ErrorCode::Expired, "token expired"));
     }
@@ -649,7 +685,12 @@ fn key_revoked(list: Option<&RevocationList>, jkt: &str, now: u64) -> bool {
 
 /// Rule 6.3, in `L(td(peer))`: the key entry of the peer key (6.3.1), then, for a task
 /// identity, the agent entry of its agent (6.3.2) and the task entry of its task (6.3.3).
-fn peer_revoked(list: Option<&RevocationList>, peer: &SpiffeId, peer_jkt: &str, now: u64) -> bool {
+pub(crate) fn peer_revoked(
+    list: Option<&RevocationList>,
+    peer: &SpiffeId,
+    peer_jkt: &str,
+    now: u64,
+) -> bool {
     let Some(l) = list else { return false };
     if key_revoked(Some(l), peer_jkt, now) {
         return true;

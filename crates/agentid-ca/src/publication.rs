@@ -1,0 +1,247 @@
+//! Revocation list publication for the CA service (`spec/CA-API.md` 3.4).
+//!
+//! * **One `seq` per publication.** [`CertificateAuthority::publish_revocations`] takes the next
+//!   `seq`, reads the entries, signs and stores the list in one store transaction, so a list with
+//!   a higher `seq` never lacks an entry a lower one had, and the same `seq` always carries the
+//!   same bytes.
+//! * **Served from the store.** Every replica serves the latest row of `published_lists`; a
+//!   [`Publisher`] polls the store every [`POLL`] and hands newer lists (its own or another
+//!   replica's) to its subscribers through one `watch` channel (O(1) per long-poll waiter).
+//! * **When.** After each committed revocation ([`Publisher::revoked`], or a revocation committed
+//!   by another process, seen through the store's revocation epoch within one poll), coalesced
+//!   to at most one publication per [`COALESCE`]; and, when nothing changed, once half the time
+//!   from the held list's `iat` to its `next_update` has passed.
+//! * **One publisher at a time** in a process (the SQLite write lock serializes processes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::error::{CaError, Result};
+use crate::store::PublishedList;
+use crate::CertificateAuthority;
+
+/// How often the store is polled for lists and revocations made elsewhere.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// At most one publication per this interval; revocations in between share the next list.
+pub const COALESCE: Duration = Duration::from_millis(200);
+
+/// Publishes revocation lists and hands the latest one to subscribers.
+pub struct Publisher {
+    ca: Arc<CertificateAuthority>,
+    latest: watch::Sender<Option<Arc<PublishedList>>>,
+    wake: Notify,
+    one: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl core::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("seq", &self.latest.borrow().as_ref().map(|p| p.seq))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the held list must be replaced now: none is held, a revocation committed since it
+/// was made, or half its interval to `next_update` has passed.
+fn due(held: Option<&PublishedList>, epoch: u64, now: u64) -> bool {
+    match held {
+        None => true,
+        Some(p) => {
+            let half = p.published_at + p.next_update.saturating_sub(p.published_at) / 2;
+            epoch > p.revocation_epoch || now >= half
+        }
+    }
+}
+
+impl Publisher {
+    /// Starts from the latest stored list, publishing one first if it is due (blocking: call it
+    /// outside the async runtime or from a blocking task).
+    pub fn new(ca: Arc<CertificateAuthority>) -> Result<Arc<Self>> {
+        let p = Publisher {
+            ca,
+            latest: watch::channel(None).0,
+            wake: Notify::new(),
+            one: Mutex::new(None),
+        };
+        let stored = p.step_blocking(SystemTime::now())?;
+        p.latest.send_replace(Some(Arc::new(stored)));
+        Ok(Arc::new(p))
+    }
+
+    /// The latest list.
+    pub fn latest(&self) -> Option<Arc<PublishedList>> {
+        self.latest.borrow().clone()
+    }
+
+    /// A receiver that sees every newer list.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<PublishedList>>> {
+        self.latest.subscribe()
+    }
+
+    /// Says that a revocation committed: the next list is published within [`COALESCE`].
+    pub fn revoked(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits (at most `timeout`) until the served list was made at revocation epoch `epoch` or
+    /// later, i.e. holds every revocation committed before `epoch` was read.
+    pub async fn published_at_epoch(&self, epoch: u64, timeout: Duration) -> Result<()> {
+        let mut rx = self.subscribe();
+        let res = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|p| p.as_ref().is_some_and(|p| p.revocation_epoch >= epoch)),
+        )
+        .await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(CaError::Store(
+                "the revocation is recorded but no list holding it was published in time".into(),
+            )),
+        }
+    }
+
+    /// Reads the store; publishes when due. Returns the list to serve.
+    fn step_blocking(&self, now: SystemTime) -> Result<PublishedList> {
+        let held = self.ca.latest_published()?;
+        let epoch = self.ca.revocation_epoch()?;
+        let now_s = crate::util::unix(now)?;
+        match held {
+            Some(h) if !due(Some(&h), epoch, now_s) => Ok(h),
+            _ => self.ca.publish_revocations(now),
+        }
+    }
+
+    /// Publishes if due (at most once per [`COALESCE`]) and hands a newer list to subscribers.
+    async fn step(self: &Arc<Self>) -> Result<()> {
+        let mut last = self.one.lock().await;
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + COALESCE).await;
+        }
+        let me = self.clone();
+        let list = tokio::task::spawn_blocking(move || me.step_blocking(SystemTime::now()))
+            .await
+            .map_err(|e| CaError::Store(format!("publisher task: {e}")))??;
+        let newer = self
+            .latest
+            .borrow()
+            .as_ref()
+            .is_none_or(|held| list.seq > held.seq);
+        if newer {
+            *last = Some(tokio::time::Instant::now());
+            tracing::debug!(seq = list.seq, "revocation list served");
+            self.latest.send_replace(Some(Arc::new(list)));
+        }
+        Ok(())
+    }
+
+    /// Runs forever: on every revocation signal and every [`POLL`], serves the latest stored
+    /// list and publishes one when due. Failures are logged and retried at the next poll.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "revocation list publication failed");
+            }
+            // The audit chain's time-based checkpoint rides on the same loop.
+            let ca = self.ca.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = ca.checkpoint_audit(SystemTime::now(), false) {
+                    tracing::warn!(error = %e, "audit checkpoint failed");
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Long-poll requests held per caller (`spec/CA-API.md` 3.4); the total is bounded apart.
+#[derive(Debug)]
+pub struct CallerWaiters {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One held long-poll request of a caller; released on drop.
+#[derive(Debug)]
+pub struct CallerSlot {
+    waiters: Arc<CallerWaiters>,
+    caller: String,
+}
+
+impl CallerWaiters {
+    /// At most `max` (at least 1) held requests per caller.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(CallerWaiters {
+            max: max.max(1),
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// A slot for `caller`, or `None` when it already holds the maximum.
+    pub fn try_acquire(self: &Arc<Self>, caller: &str) -> Option<CallerSlot> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(caller.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            waiters: self.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.waiters.held.lock() {
+            if let Some(n) = held.get_mut(&self.caller) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.caller);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(published_at: u64, next_update: u64, epoch: u64) -> PublishedList {
+        PublishedList {
+            seq: 1,
+            compact: String::new(),
+            published_at,
+            next_update,
+            revocation_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn a_list_is_due_when_missing_changed_or_half_way_to_next_update() {
+        assert!(due(None, 0, 0));
+        let l = list(1000, 1600, 3);
+        assert!(!due(Some(&l), 3, 1299));
+        assert!(due(Some(&l), 3, 1300));
+        assert!(due(Some(&l), 4, 1001));
+    }
+
+    #[test]
+    fn caller_slots_are_bounded_per_caller_and_released_on_drop() {
+        let w = CallerWaiters::new(2);
+        let a1 = w.try_acquire("a").unwrap();
+        let _a2 = w.try_acquire("a").unwrap();
+        assert!(w.try_acquire("a").is_none());
+        let _b = w.try_acquire("b").unwrap();
+        drop(a1);
+        assert!(w.try_acquire("a").is_some());
+    }
+}

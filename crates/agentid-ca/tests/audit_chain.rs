@@ -1,0 +1,411 @@
+//! The audit chain: one hash chain per writer with checkpoints signed by the audit key.
+//! `audit::verify_dir` recomputes it; any edit, deletion or reordering of a record made
+//! directly in SQLite, and any forged checkpoint, is found and named.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use agentid_ca::audit::{self, sign_checkpoint, AuditBreak, CheckpointClaims, ExportLine, GENESIS};
+use agentid_ca::{CertificateAuthority, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester};
+use agentid_protocol::{Algorithm, AuthorityKey, Scope};
+use common::*;
+
+fn planner() -> OpenTaskRequest {
+    OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    )
+}
+
+/// A CA with a few records of every kind: issuances, a refusal, a token, a revocation, a
+/// publication, and a checkpoint in the middle of the chain.
+fn busy_ca() -> TestCa {
+    let t = test_ca(KeyType::P256);
+    for _ in 0..3 {
+        t.ca.open_task(&planner(), now()).unwrap();
+    }
+    let mut denied = planner();
+    denied.scope = Scope::parse("admin:all").unwrap();
+    t.ca.open_task(&denied, now()).unwrap_err();
+    assert!(t.ca.checkpoint_audit(now(), true).unwrap().is_some());
+    t.ca.create_bootstrap_token("planner", None, std::time::Duration::from_secs(60), now())
+        .unwrap();
+    t.ca.revoke(
+        &RevokeTarget::Agent("worker".into()),
+        None,
+        "operator",
+        now(),
+    )
+    .unwrap();
+    t.ca.revocation_list(now()).unwrap();
+    t.ca.open_task(&planner(), now()).unwrap();
+    t
+}
+
+fn db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("ca.db")).unwrap()
+}
+
+fn broken(dir: &Path) -> AuditBreak {
+    audit::verify_dir(dir).unwrap().unwrap_err()
+}
+
+fn record_break(dir: &Path) -> (String, u64, String) {
+    match broken(dir) {
+        AuditBreak::Record {
+            writer,
+            seq,
+            reason,
+        } => (writer, seq, reason),
+        other => panic!("expected a record break, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_clean_store_verifies_with_every_issuance_recorded() {
+    let t = busy_ca();
+    let report = audit::verify_dir(t.path()).unwrap().unwrap();
+    assert_eq!(report.chains.len(), 1);
+    let chain = &report.chains[0];
+    assert_eq!(chain.writer, audit::DEFAULT_WRITER);
+    // 4 issuances, 1 refusal, 1 token, 1 revocation, 1 publication.
+    assert_eq!(chain.records, 8);
+    assert!(chain.checkpointed >= 4);
+    assert_eq!(report.issuances, 4);
+    assert_eq!(report.issuances, t.ca.issuances().unwrap().len() as u64);
+
+    // Records link to each other from the genesis hash.
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&snap.records[0].body).unwrap();
+    assert_eq!(first["prev"], GENESIS);
+    for pair in snap.records.windows(2) {
+        let next: serde_json::Value = serde_json::from_str(&pair[1].body).unwrap();
+        assert_eq!(next["prev"], pair[0].hash.as_str());
+    }
+}
+
+#[test]
+fn an_edited_record_is_named() {
+    let t = busy_ca();
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET body = replace(body, '\"outcome\":\"denied\"', '\"outcome\":\"ok\"') WHERE seq = 4",
+            [],
+        )
+        .unwrap();
+    let (writer, seq, reason) = record_break(t.path());
+    assert_eq!((writer.as_str(), seq), (audit::DEFAULT_WRITER, 4));
+    assert!(reason.contains("edited"), "{reason}");
+}
+
+#[test]
+fn an_edited_record_with_its_hash_recomputed_breaks_the_link_after_it() {
+    let t = busy_ca();
+    let c = db(t.path());
+    let body: String = c
+        .query_row("SELECT body FROM audit_records WHERE seq = 7", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let forged = body.replace("\"actor\":\"ca\"", "\"actor\":\"mallory\"");
+    assert_ne!(forged, body);
+    c.execute(
+        "UPDATE audit_records SET body = ?1, hash = ?2 WHERE seq = 7",
+        rusqlite::params![forged, audit::record_hash(&forged)],
+    )
+    .unwrap();
+    let (_, seq, reason) = record_break(t.path());
+    assert_eq!(seq, 8);
+    assert!(reason.contains("link"), "{reason}");
+}
+
+#[test]
+fn a_deleted_record_is_named() {
+    let t = busy_ca();
+    db(t.path())
+        .execute("DELETE FROM audit_records WHERE seq = 3", [])
+        .unwrap();
+    let (_, seq, reason) = record_break(t.path());
+    assert_eq!(seq, 3);
+    assert!(reason.contains("missing"), "{reason}");
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let t = busy_ca();
+    // Swap records 5 and 6 (their numbers), as someone hiding an order of events would.
+    db(t.path())
+        .execute_batch(
+            "UPDATE audit_records SET seq = -1 WHERE seq = 5;
+             UPDATE audit_records SET seq = 5 WHERE seq = 6;
+             UPDATE audit_records SET seq = 6 WHERE seq = -1;",
+        )
+        .unwrap();
+    let (_, seq, reason) = record_break(t.path());
+    assert_eq!(seq, 5);
+    assert!(reason.contains("moved"), "{reason}");
+}
+
+#[test]
+fn a_deleted_tail_record_of_an_issuance_is_found() {
+    let t = busy_ca();
+    // The last record (an issuance, after the last checkpoint) removed: the chain itself still
+    // links, but the store holds a certificate without its record.
+    db(t.path())
+        .execute("DELETE FROM audit_records WHERE seq = 8", [])
+        .unwrap();
+    assert!(
+        matches!(broken(t.path()), AuditBreak::MissingIssuance { .. }),
+        "{:?}",
+        broken(t.path())
+    );
+}
+
+#[test]
+fn records_removed_after_a_checkpoint_are_found() {
+    let t = busy_ca();
+    t.ca.checkpoint_audit(now(), true).unwrap().unwrap();
+    // Remove the last two records (a publication and an issuance) and their issuance row too.
+    let c = db(t.path());
+    c.execute("DELETE FROM audit_records WHERE seq >= 7", [])
+        .unwrap();
+    let last_serial: String = c
+        .query_row(
+            "SELECT serial FROM issuances ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "DELETE FROM issuances WHERE serial = ?1",
+        rusqlite::params![last_serial],
+    )
+    .unwrap();
+    match broken(t.path()) {
+        AuditBreak::Checkpoint { seq, reason, .. } => {
+            assert_eq!(seq, 8);
+            assert!(reason.contains("removed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Whoever can write the database but does not hold the audit key can recompute every hash,
+/// but not sign a checkpoint over the new head.
+#[test]
+fn a_forged_checkpoint_is_found() {
+    let t = busy_ca();
+    let c = db(t.path());
+    let (seq, head): (i64, String) = c
+        .query_row(
+            "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mallory = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let claims = CheckpointClaims {
+        iss: format!("spiffe://{TD}"),
+        writer: audit::DEFAULT_WRITER.into(),
+        seq: seq as u64,
+        head: head.clone(),
+        iat: unix(now()),
+    };
+    let jws = sign_checkpoint(&mallory, &claims).unwrap();
+    c.execute(
+        "INSERT INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![audit::DEFAULT_WRITER, seq, head, claims.iat as i64, jws],
+    )
+    .unwrap();
+    match broken(t.path()) {
+        AuditBreak::Checkpoint {
+            seq: at, reason, ..
+        } => {
+            assert_eq!(at, seq as u64);
+            assert!(reason.contains("signature"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_checkpoint_over_a_rewritten_head_is_found() {
+    let t = busy_ca();
+    // The genuine checkpoint's head no longer matches once its record is replaced by a
+    // self-consistent forgery.
+    let c = db(t.path());
+    let cp_seq: i64 = c
+        .query_row("SELECT max(seq) FROM audit_checkpoints", [], |r| r.get(0))
+        .unwrap();
+    c.execute("DELETE FROM audit_records WHERE seq >= ?1", [cp_seq])
+        .unwrap();
+    let prev: String = c
+        .query_row(
+            "SELECT hash FROM audit_records WHERE seq = ?1",
+            [cp_seq - 1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let ev = agentid_ca::AuditEvent {
+        ts: unix(now()),
+        kind: "issue.task".into(),
+        actor: "operator".into(),
+        outcome: "denied".into(),
+        ..Default::default()
+    };
+    let body = audit::record_body(audit::DEFAULT_WRITER, cp_seq as u64, &prev, &ev).unwrap();
+    c.execute(
+        "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            audit::DEFAULT_WRITER,
+            cp_seq,
+            ev.ts as i64,
+            body,
+            audit::record_hash(&body)
+        ],
+    )
+    .unwrap();
+    // Issuance rows whose records went are removed too, so only the checkpoint can tell.
+    c.execute(
+        "DELETE FROM issuances WHERE rowid > (SELECT value FROM meta WHERE key = 'audit_issuances_from') + 3",
+        [],
+    )
+    .unwrap();
+    match broken(t.path()) {
+        AuditBreak::Checkpoint { seq, reason, .. } => {
+            assert_eq!(seq, cp_seq as u64);
+            assert!(reason.contains("not the one it signed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn checkpoints_follow_the_chain_by_count() {
+    let t = test_ca(KeyType::P256);
+    let n = audit::CHECKPOINT_EVERY as usize + 2;
+    for _ in 0..n {
+        t.ca.open_task(&planner(), now()).unwrap();
+    }
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    assert!(snap
+        .checkpoints
+        .iter()
+        .any(|c| c.seq >= audit::CHECKPOINT_EVERY));
+    audit::verify_dir(t.path()).unwrap().unwrap();
+}
+
+#[test]
+fn export_writes_records_and_checkpoints_as_json_lines() {
+    let t = busy_ca();
+    let mut out = Vec::new();
+    let n = audit::export_dir(t.path(), None, &mut out).unwrap();
+    let lines: Vec<ExportLine> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, n);
+    let records: Vec<_> = lines
+        .iter()
+        .filter_map(|l| match l {
+            ExportLine::Record { body, hash } => Some((body, hash)),
+            ExportLine::Checkpoint { .. } => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 8);
+    // An exported record re-serializes to the bytes its hash covers.
+    for (body, hash) in &records {
+        assert_eq!(
+            &audit::record_hash(&serde_json::to_string(body).unwrap()),
+            *hash
+        );
+    }
+    assert!(lines
+        .iter()
+        .any(|l| matches!(l, ExportLine::Checkpoint { .. })));
+
+    // --since: only records at or after the time.
+    let mut out = Vec::new();
+    audit::export_dir(t.path(), Some(unix(now()) + 3600), &mut out).unwrap();
+    assert!(!String::from_utf8(out)
+        .unwrap()
+        .contains("\"type\":\"record\""));
+}
+
+fn fixture_dir(dir: &tempfile::TempDir) -> PathBuf {
+    // A CA directory whose store was made by the code before the audit chain (schema 0).
+    let ca = make_ca_dir(KeyType::P256);
+    let d = dir.path().join("ca");
+    std::fs::create_dir(&d).unwrap();
+    for f in std::fs::read_dir(ca.path()).unwrap() {
+        let f = f.unwrap();
+        if f.file_name() != "ca.db" && !f.file_name().to_string_lossy().starts_with("ca.db-") {
+            std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+        }
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-v0/ca.db");
+    std::fs::copy(src, d.join("ca.db")).unwrap();
+    d
+}
+
+/// Issuances made before the chain existed are not asked for records; the chain starts there.
+#[test]
+fn an_upgraded_store_verifies_and_chains_from_the_upgrade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_dir(&tmp);
+    let report = audit::verify_dir(&dir).unwrap().unwrap();
+    assert_eq!(report.issuances, 0);
+    let ca = CertificateAuthority::open(&dir).unwrap();
+    assert_eq!(ca.issuances().unwrap().len(), 2);
+    ca.open_task(&planner(), now()).unwrap();
+    let report = audit::verify_dir(&dir).unwrap().unwrap();
+    assert_eq!(report.issuances, 1);
+}
+
+/// Replicas each keep their own chain on a shared store; both verify, and a break in one is
+/// named with its writer.
+#[test]
+fn each_writer_has_its_own_chain() {
+    use agentid_ca::{SqliteStore, Store};
+    let t = busy_ca();
+    let mut b = SqliteStore::open_as(&t.path().join("ca.db"), "replica-b").unwrap();
+    for i in 0..3 {
+        b.append_audit(&agentid_ca::AuditEvent {
+            ts: unix(now()),
+            kind: "revoke".into(),
+            actor: "operator".into(),
+            outcome: "error".into(),
+            reason: Some(format!("attempt {i}")),
+            ..Default::default()
+        })
+        .unwrap();
+        t.ca.open_task(&planner(), now()).unwrap();
+    }
+    let report = audit::verify_dir(t.path()).unwrap().unwrap();
+    let chains: Vec<(&str, u64)> = report
+        .chains
+        .iter()
+        .map(|c| (c.writer.as_str(), c.records))
+        .collect();
+    assert_eq!(chains, vec![(audit::DEFAULT_WRITER, 11), ("replica-b", 3)]);
+
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET body = replace(body, 'attempt 1', 'attempt 9') WHERE writer = 'replica-b' AND seq = 2",
+            [],
+        )
+        .unwrap();
+    let (writer, seq, _) = record_break(t.path());
+    assert_eq!((writer.as_str(), seq), ("replica-b", 2));
+}

@@ -1,0 +1,121 @@
+//! Revoking a principal is a CA-side expansion: every live task of that principal is revoked as
+//! a `task` entry in one transaction, new tasks for it are refused, the expansion is audited,
+//! and the principal itself never appears in a published list.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use agentid_ca::{
+    CaError, KeyType, OpenTaskRequest, RevocationKind, RevokeTarget, TaskCredentials, TaskRequester,
+};
+use agentid_protocol::{Algorithm, Scope};
+use common::*;
+
+fn alice() -> serde_json::Value {
+    serde_json::json!({"format": "email", "email": "alice@example.com"})
+}
+
+fn bob() -> serde_json::Value {
+    serde_json::json!({"format": "email", "email": "bob@example.com"})
+}
+
+fn open(t: &TestCa, principal: Option<serde_json::Value>) -> Result<TaskCredentials, CaError> {
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
+    req.principal = principal;
+    t.ca.open_task(&req, now())
+}
+
+fn task_of(c: &TaskCredentials) -> String {
+    c.identity.as_str().rsplit('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn revoking_a_principal_revokes_its_tasks_and_refuses_new_ones() {
+    let t = test_ca(KeyType::P256);
+    let a1 = open(&t, Some(alice())).unwrap();
+    let a2 = open(&t, Some(alice())).unwrap();
+    let b1 = open(&t, Some(bob())).unwrap();
+    let none = open(&t, None).unwrap();
+
+    // The same principal written with its keys in another order is the same principal.
+    let reordered: serde_json::Value =
+        serde_json::from_str(r#"{"email": "alice@example.com", "format": "email"}"#).unwrap();
+    t.ca.revoke(
+        &RevokeTarget::Principal(reordered),
+        Some("account compromised"),
+        "operator",
+        now(),
+    )
+    .unwrap();
+
+    let revoked_tasks: Vec<String> =
+        t.ca.revocations()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == RevocationKind::Task)
+            .map(|r| r.value)
+            .collect();
+    assert_eq!(revoked_tasks, vec![task_of(&a1), task_of(&a2)]);
+
+    // The list names the tasks, never the principal.
+    let list = t.ca.revocation_list(now()).unwrap();
+    let payload = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            list.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(payload.contains(&task_of(&a1)) && payload.contains(&task_of(&a2)));
+    assert!(!payload.contains(&task_of(&b1)) && !payload.contains(&task_of(&none)));
+    assert!(!payload.contains("alice") && !payload.contains("principal"));
+
+    // No new task for alice while the revocation lasts; bob and principal-less tasks go on.
+    let e = open(&t, Some(alice())).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CaError::Revoked {
+                kind: "principal",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    open(&t, Some(bob())).unwrap();
+    open(&t, None).unwrap();
+
+    // The expansion is audited, and the trail verifies.
+    let records = audit_records(&t.ca);
+    let rec = records
+        .iter()
+        .find(|r| r["kind"] == "revoke" && r["subject"].as_str().unwrap().starts_with("principal:"))
+        .unwrap();
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(reason.contains("expanded to 2 task(s)"), "{reason}");
+    assert!(reason.contains(&task_of(&a1)) && reason.contains(&task_of(&a2)));
+    agentid_ca::audit::verify_dir(t.path()).unwrap().unwrap();
+}
+
+#[test]
+fn revoking_a_principal_without_tasks_still_refuses_new_ones() {
+    let t = test_ca(KeyType::P256);
+    t.ca.revoke(&RevokeTarget::Principal(alice()), None, "operator", now())
+        .unwrap();
+    assert!(matches!(
+        open(&t, Some(alice())).unwrap_err(),
+        CaError::Revoked { .. }
+    ));
+}

@@ -1,0 +1,356 @@
+//! Revocation publication through the service (`spec/CA-API.md` 3.4): one `seq` per
+//! publication, lists stored and served by every replica from the store, a long-poll waiter
+//! woken by a revocation, revocations made by another process published from the store.
+//!
+//! `revoke_to_long_poll_wake_up_latency` measures the time from the revoke call to the waiter's
+//! wake-up and prints p50/p99 (never asserted); sized by `AGENTID_LOAD` (`ci`: 20 trials,
+//! `full`: 100).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentid_api::RevocationsResponse;
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{
+    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
+};
+use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
+use agentid_transport::http::{HttpClient, HttpClientConnection};
+use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rustls_pki_types::CertificateDer;
+
+const T: Duration = Duration::from_secs(20);
+const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
+
+fn ca_dir() -> tempfile::TempDir {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    dir
+}
+
+/// Starts a service (a replica) on `dir`.
+async fn replica(dir: &std::path::Path) -> SocketAddr {
+    replica_with(dir, ServiceOptions::default()).await
+}
+
+async fn replica_with(dir: &std::path::Path, options: ServiceOptions) -> SocketAddr {
+    let ca = CertificateAuthority::open(dir).unwrap();
+    let service = CaService::new(ca, options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { service.serve(listener).await });
+    addr
+}
+
+/// Opens a task for `agent` (as the operator) and connects to `addr` with it; returns the
+/// connection and the task id.
+async fn connect(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    agent: &str,
+) -> (HttpClientConnection, String) {
+    let (client, task) = client(dir, agent);
+    (client.connect(addr, "ca.example.org").await.unwrap(), task)
+}
+
+/// A client holding a new task of `agent`, and the task id.
+fn client(dir: &std::path::Path, agent: &str) -> (HttpClient, String) {
+    let ca = CertificateAuthority::open(dir).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let req = OpenTaskRequest::new(
+        agent,
+        KeySource::Spki(key.public_key().to_spki_der()),
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
+    let c = ca.open_task(&req, common::now()).unwrap();
+    let chain = vec![
+        CertificateDer::from(c.certificate.leaf.der.clone()),
+        CertificateDer::from(c.certificate.intermediate_der.clone()),
+    ];
+    let id = c.identity.as_str().to_owned();
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
+        .danger_accept_missing_or_stale_revocations();
+    let v = PeerVerification::new(cfg).unwrap();
+    let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
+    let client = HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
+        .connect_timeout(T)
+        .build()
+        .unwrap();
+    (client, id.rsplit('/').next().unwrap().to_owned())
+}
+
+async fn call(c: &mut HttpClientConnection, method: &str, path: &str, body: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_owned()))
+        .unwrap();
+    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let b = tokio::time::timeout(T, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(b.to_vec()).unwrap())
+}
+
+async fn latest(c: &mut HttpClientConnection) -> RevocationsResponse {
+    let (s, b) = call(c, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200, "{b}");
+    serde_json::from_str(&b).unwrap()
+}
+
+fn entries(list: &str) -> String {
+    let p = list.split('.').nth(1).unwrap();
+    let b = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    v["entries"].to_string()
+}
+
+fn revoke_body(task: &str) -> String {
+    format!(r#"{{"task":"{task}","reason":"trial"}}"#)
+}
+
+/// A revocation made through one replica wakes a long-poll on another; both serve the same
+/// bytes for the same `seq`, read from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_the_stored_lists_and_wakes_its_waiters() {
+    let dir = ca_dir();
+    let a = replica(dir.path()).await;
+    let b = replica(dir.path()).await;
+    let (mut holder, task) = connect(dir.path(), a, "planner").await;
+    let (mut watcher, _) = connect(dir.path(), b, "worker").await;
+
+    let first = latest(&mut watcher).await;
+    let path = format!("/v1/revocations?after={}&wait=25", first.seq);
+    let poll = tokio::spawn(async move {
+        let r = call(&mut watcher, "GET", &path, "").await;
+        (r, watcher)
+    });
+    let (s, body) = call(&mut holder, "POST", "/v1/revoke", &revoke_body(&task)).await;
+    assert_eq!(s, 200, "{body}");
+    // The revoke call answers once a list holding the entry is served by its replica.
+    let on_a = latest(&mut holder).await;
+    assert!(entries(&on_a.list).contains(&task));
+
+    let ((s, body), mut watcher) = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    assert_eq!(s, 200, "{body}");
+    let woken: RevocationsResponse = serde_json::from_str(&body).unwrap();
+    assert!(woken.seq > first.seq);
+    assert!(entries(&woken.list).contains(&task));
+
+    // Both replicas converge on the latest stored list, byte for byte (bounded wait).
+    let deadline = Instant::now() + T;
+    loop {
+        let (x, y) = (latest(&mut holder).await, latest(&mut watcher).await);
+        if x.seq == y.seq {
+            assert_eq!(x.list, y.list);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never served the same seq"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A revocation committed by another process on the same store (the operator's CLI) is
+/// published by the running service from the store's revocation epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_by_another_process_is_published() {
+    let dir = ca_dir();
+    let a = replica(dir.path()).await;
+    let (mut watcher, _) = connect(dir.path(), a, "worker").await;
+    let first = latest(&mut watcher).await;
+    let path = format!("/v1/revocations?after={}&wait=25", first.seq);
+    let poll = tokio::spawn(async move { call(&mut watcher, "GET", &path, "").await });
+
+    let operator = CertificateAuthority::open(dir.path()).unwrap();
+    operator
+        .revoke(
+            &RevokeTarget::Agent("planner".into()),
+            None,
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    let (s, body) = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    assert_eq!(s, 200, "{body}");
+    let woken: RevocationsResponse = serde_json::from_str(&body).unwrap();
+    assert!(woken.seq > first.seq);
+    assert!(entries(&woken.list).contains("agent/planner"));
+    // The publication is in the store with its audit record.
+    let stored = operator.latest_published().unwrap().unwrap();
+    assert!(stored.seq >= woken.seq);
+    agentid_ca::audit::verify_dir(dir.path()).unwrap().unwrap();
+}
+
+fn trials() -> usize {
+    match std::env::var("AGENTID_LOAD").as_deref() {
+        Ok("full") => 100,
+        _ => 20,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// From the revoke call to the long-poll waiter's wake-up, on loopback. Each trial: a fresh
+/// task and connection (not timed), a waiter parked on the current `seq`, then the revoke.
+/// Trials are spaced past the publisher's coalescing interval so each measures one
+/// publication, not the wait for the previous one's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_to_long_poll_wake_up_latency() {
+    let dir = ca_dir();
+    let addr = replica(dir.path()).await;
+    let (mut watcher, _) = connect(dir.path(), addr, "worker").await;
+    let n = trials();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut holder, task) = connect(dir.path(), addr, "planner").await;
+        let current = latest(&mut watcher).await;
+        let path = format!("/v1/revocations?after={}&wait=25", current.seq);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let poll = tokio::spawn(async move {
+            let r = call(&mut watcher, "GET", &path, "").await;
+            let _ = tx.send(Instant::now());
+            (r, watcher)
+        });
+        // Let the waiter's request reach the server (its outcome does not depend on it).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        let (s, body) = call(&mut holder, "POST", "/v1/revoke", &revoke_body(&task)).await;
+        assert_eq!(s, 200, "{body}");
+        let woke = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        let ((s, body), w) = poll.await.unwrap();
+        watcher = w;
+        assert_eq!(s, 200, "{body}");
+        let r: RevocationsResponse = serde_json::from_str(&body).unwrap();
+        assert!(r.seq > current.seq);
+        assert!(entries(&r.list).contains(&task));
+        samples.push(woke.saturating_duration_since(t0));
+        tokio::time::sleep(agentid_ca::publication::COALESCE + Duration::from_millis(50)).await;
+    }
+    samples.sort();
+    println!(
+        "revoke -> long-poll wake-up over {n} trials on loopback: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
+/// `GET /v1/bundle/agentid`: the bundle the operator signed offline, served without the
+/// bundle-signing key on the service's host; a document this key did not sign is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signed_agentid_bundle_is_served_without_its_key() {
+    use agentid_ca::agentid_bundle;
+    let dir = ca_dir();
+    let pubkey = agentid_bundle::public_key(dir.path()).unwrap();
+    // Offline: the key leaves the service's directory.
+    std::fs::remove_file(dir.path().join("bundle-signing.key")).unwrap();
+    let addr = replica(dir.path()).await;
+    let (mut c, _) = connect(dir.path(), addr, "worker").await;
+
+    let (s, jws) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_eq!(s, 200, "{jws}");
+    let td = agentid_protocol::TrustDomain::parse(common::TD).unwrap();
+    let (_, bundle) = agentid_bundle::verify(&jws, &pubkey, &td).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let current = ca.trust_bundle().unwrap();
+    assert_eq!(bundle.grant_keys(), current.grant_keys());
+    assert_eq!(bundle.revocation_keys(), current.revocation_keys());
+
+    // A document signed by another key (say, the stolen TLS key's owner) is refused.
+    let mallory = agentid_protocol::AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let forged = agentid_bundle::sign(&mallory, &current, common::unix(common::now())).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), &forged).unwrap();
+    let (s, _) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_ne!(s, 200);
+    // None at all: 404.
+    std::fs::remove_file(dir.path().join("agentid-bundle.jws")).unwrap();
+    let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_eq!(s, 404, "{body}");
+}
+
+/// Held long-poll requests are bounded per caller: past the bound, `429 rate_limited`; other
+/// callers still wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_are_bounded_per_caller() {
+    let dir = ca_dir();
+    let addr = replica_with(
+        dir.path(),
+        ServiceOptions {
+            max_waiters_per_caller: 1,
+            ..ServiceOptions::default()
+        },
+    )
+    .await;
+    let (same, _) = client(dir.path(), "worker");
+    let mut first = same.connect(addr, "ca.example.org").await.unwrap();
+    let mut second = same.connect(addr, "ca.example.org").await.unwrap();
+    let current = latest(&mut first).await;
+    let long = format!("/v1/revocations?after={}&wait=25", current.seq);
+    let short = format!("/v1/revocations?after={}&wait=1", current.seq);
+    let hold = |mut c: HttpClientConnection, path: String| {
+        tokio::spawn(async move {
+            let r = call(&mut c, "GET", &path, "").await;
+            (r, c)
+        })
+    };
+    let mut held = hold(first, long.clone());
+    // Bounded: until the first connection's request is the one held and the second's is
+    // refused. (Whichever arrives first holds the caller's one slot; a 1-second wait on the
+    // second connection frees it again, and a refused first request is sent again.)
+    let deadline = Instant::now() + T;
+    loop {
+        let (s, body) = call(&mut second, "GET", &short, "").await;
+        if s == 429 {
+            assert!(body.contains("rate_limited"), "{body}");
+            break;
+        }
+        assert_eq!(s, 304, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the second request was never refused"
+        );
+        if held.is_finished() {
+            let ((s, body), c) = held.await.unwrap();
+            assert_eq!(s, 429, "{body}");
+            held = hold(c, long.clone());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut other, _) = connect(dir.path(), addr, "planner").await;
+    let (s, _) = call(
+        &mut other,
+        "GET",
+        &format!("/v1/revocations?after={}&wait=1", current.seq),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304);
+    held.abort();
+}

@@ -1,0 +1,105 @@
+//! `agentid audit verify` and `agentid audit export`: the CA store's audit chain.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::common::{print_json, print_text, Format, FormatArg};
+use crate::error::{CliError, CliResult};
+
+/// `audit` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every audit chain and checkpoint signature of a CA's store, and check that
+    /// every issued certificate has its record. Exit status 3 names the first break.
+    Verify(VerifyArgs),
+    /// Print the audit records (then the signed checkpoints) as JSON lines.
+    Export(ExportArgs),
+}
+
+/// Arguments of `audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The CA directory (only `config.toml`, `audit.pub` and `ca.db` are read).
+    #[arg(long = "ca", value_name = "DIR")]
+    pub ca: std::path::PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Arguments of `audit export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The CA directory.
+    #[arg(long = "ca", value_name = "DIR")]
+    pub ca: std::path::PathBuf,
+    /// Only records at or after this time: Unix seconds or an RFC 3339 time
+    /// (`2026-12-02T12:00:00Z`). Checkpoints are always exported.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<u64>,
+}
+
+fn parse_since(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|_| "expected Unix seconds or an RFC 3339 time".to_owned())?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| "the time is before 1970".to_owned())
+}
+
+fn ca_dir(dir: &Path) -> CliResult<()> {
+    if dir.join(agentid_ca::material::files::DB).is_file() {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!(
+            "{}: no CA store here (run `agentid ca init`)",
+            dir.display()
+        )))
+    }
+}
+
+/// Runs an `audit` subcommand.
+pub fn run(cmd: &AuditCommand) -> CliResult {
+    match cmd {
+        AuditCommand::Verify(a) => verify(a),
+        AuditCommand::Export(a) => {
+            ca_dir(&a.ca)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            agentid_ca::audit::export_dir(&a.ca, a.since, &mut out)?;
+            Ok(())
+        }
+    }
+}
+
+fn verify(a: &VerifyArgs) -> CliResult {
+    ca_dir(&a.ca)?;
+    match agentid_ca::audit::verify_dir(&a.ca)? {
+        Ok(report) => match a.format.format {
+            Format::Json => print_json(&json!({"valid": true, "report": report})),
+            Format::Text => {
+                let mut text = String::new();
+                for c in &report.chains {
+                    text.push_str(&format!(
+                        "chain {}: {} records, checkpointed to {}, head {}\n",
+                        c.writer, c.records, c.checkpointed, c.head
+                    ));
+                }
+                text.push_str(&format!(
+                    "valid: {} checkpoints, {} issuances with their records\n",
+                    report.checkpoints, report.issuances
+                ));
+                print_text(&text)
+            }
+        },
+        Err(broken) => {
+            if a.format.format == Format::Json {
+                print_json(&json!({"valid": false, "error": broken.to_string()}))?;
+            }
+            Err(CliError::invalid(format!("audit trail broken: {broken}")))
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! MCP (Model Context Protocol) on the HTTP binding (feature `mcp`), with the official Rust SDK
+//! [`rmcp`]'s streamable HTTP server (re-exported, so that the versions match).
+//!
+//! * **Sessions bound to a peer**: an `Mcp-Session-Id` outlives the connection that created it,
+//!   and whoever presents it reaches the session's results and streams. [`McpSessions`], a tower
+//!   layer around rmcp's `StreamableHttpService`, records the verified peer (SPIFFE ID, which
+//!   for an agent names its task) that received each session id from `initialize`, and refuses
+//!   (403 `peer_denied`) every request that carries a session id bound to another peer, or one it
+//!   never handed out.
+//! * **A scope per tool**: rmcp hands the request's `http::request::Parts` to handlers; the
+//!   agentid [`Authorizer`] travels in them. [`require_scope`] checks a tool's scope against the
+//!   caller's delegated chain (deadline and revocation first) and turns a refusal into a
+//!   JSON-RPC error whose message is the agentid code ([`FORBIDDEN`]).
+//! * **A client** ([`McpClient`]) on an agentid [`HttpClientConnection`]: it presents the
+//!   caller's chain, speaks streamable HTTP (JSON or server-sent events), and keeps its session
+//!   id. Sessions use MCP protocol [`MCP_PROTOCOL_VERSION`] (the last with sessions).
+//!
+//! ```ignore
+//! let mcp = StreamableHttpService::new(|| Ok(Tools), Arc::new(LocalSessionManager::default()), config);
+//! server.serve(listener, McpSessions::new().layer(mcp)).await?;
+//!
+//! // in `ServerHandler::call_tool`:
+//! require_scope(&context, &Scope::parse("repo:read")?)?;
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use agentid_protocol::{PeerId, Scope};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+
+pub use rmcp;
+
+use crate::error::Error;
+use crate::http::{Authorizer, BoxError, HttpClientConnection, Refusal, ResponseBody, PEER_DENIED};
+
+/// The session header of MCP streamable HTTP.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The protocol version header of MCP streamable HTTP.
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// The MCP protocol version [`McpClient`] asks for: 2025-06-18, a version with sessions.
+pub const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// The JSON-RPC error code of a tool call refused by agentid (a server-defined code); the
+/// message is the agentid code (`scope_not_granted`, `revoked`, ...).
+pub const FORBIDDEN: i32 = -32003;
+
+/// The largest response [`McpClient`] reads.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Checks that the caller of an rmcp request handler holds `scope` in its verified chain:
+/// the agentid [`Authorizer`] is read from the `http::request::Parts` rmcp's streamable HTTP
+/// service puts in the request context. A refusal (or a request that did not come through an
+/// agentid server) is a JSON-RPC error with code [`FORBIDDEN`] and the agentid code as message.
+pub fn require_scope(
+    context: &rmcp::service::RequestContext<rmcp::RoleServer>,
+    scope: &Scope,
+) -> Result<(), rmcp::ErrorData> {
+    let authorizer = authorizer_of(context)
+        .ok_or_else(|| forbidden(&Refusal::internal("not served by an agentid HTTP server")))?;
+    authorizer.authorize(scope).map_err(|r| forbidden(&r))
+}
+
+/// The agentid [`Authorizer`] of an rmcp request, when it came through an agentid server.
+pub fn authorizer_of(
+    context: &rmcp::service::RequestContext<rmcp::RoleServer>,
+) -> Option<&Authorizer> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Authorizer>())
+}
+
+fn forbidden(r: &Refusal) -> rmcp::ErrorData {
+    rmcp::ErrorData::new(
+        rmcp::model::ErrorCode(FORBIDDEN),
+        r.code(),
+        Some(json!({ "agentid": r.code() })),
+    )
+}
+
+/// Sessions, the peers that own them and when each was last used.
+#[derive(Default)]
+struct Bindings {
+    owner: HashMap<String, (PeerId, Instant)>,
+    by_peer: HashMap<PeerId, VecDeque<String>>,
+}
+
+impl Bindings {
+    fn remove(&mut self, session: &str) {
+        if let Some((peer, _)) = self.owner.remove(session) {
+            if let Some(q) = self.by_peer.get_mut(&peer) {
+                q.retain(|s| s != session);
+                if q.is_empty() {
+                    self.by_peer.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// Forgets the sessions idle for `idle` or longer.
+    fn purge(&mut self, now: Instant, idle: Duration) {
+        let stale: Vec<String> = self
+            .owner
+            .iter()
+            .filter(|(_, (_, used))| now.saturating_duration_since(*used) >= idle)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in stale {
+            self.remove(&s);
+        }
+    }
+}
+
+/// A tower layer that binds each MCP session to the peer that initialized it (see the module
+/// documentation). Put it directly around rmcp's `StreamableHttpService`, behind an agentid
+/// [`HttpServer`](crate::http::HttpServer).
+///
+/// Bindings live in memory: a binding unused for [`McpSessions::idle_timeout`] (default 6
+/// minutes, above the 5-minute keep-alive of rmcp's `LocalSessionManager`: keep it at least
+/// that session keep-alive) is forgotten, and its session refused from then on; a peer holds
+/// at most [`McpSessions::max_sessions_per_peer`] of them (its oldest is forgotten when it opens
+/// one more), the server at most [`McpSessions::max_sessions`] (then `initialize` gets 503
+/// `busy`). A `DELETE` by the owner ends the binding.
+#[derive(Clone)]
+pub struct McpSessions {
+    bindings: Arc<Mutex<Bindings>>,
+    max_sessions: usize,
+    max_per_peer: usize,
+    idle: Duration,
+}
+
+impl std::fmt::Debug for McpSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpSessions")
+            .field("max_sessions", &self.max_sessions)
+            .field("max_per_peer", &self.max_per_peer)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for McpSessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl McpSessions {
+    /// At most 10,000 sessions, 16 per peer, each forgotten after 6 idle minutes.
+    pub fn new() -> Self {
+        Self {
+            bindings: Arc::default(),
+            max_sessions: 10_000,
+            max_per_peer: 16,
+            idle: Duration::from_secs(360),
+        }
+    }
+
+    /// Sets how long an unused binding is kept (at least the session keep-alive of the rmcp
+    /// session manager behind this layer).
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Sets the most sessions the server binds at once.
+    #[must_use]
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n.max(1);
+        self
+    }
+
+    /// Sets the most sessions one peer holds at once.
+    #[must_use]
+    pub fn max_sessions_per_peer(mut self, n: usize) -> Self {
+        self.max_per_peer = n.max(1);
+        self
+    }
+
+    /// The peer a session is bound to.
+    pub fn owner(&self, session: &str) -> Option<PeerId> {
+        let idle = self.idle;
+        self.lock()
+            .owner
+            .get(session)
+            .filter(|(_, used)| used.elapsed() < idle)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bindings> {
+        self.bindings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before the request: a session id must be bound to this very peer.
+    fn admit(&self, peer: &PeerId, session: Option<&HeaderValue>) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let Some(session) = session else {
+            let mut b = self.lock();
+            if b.owner.len() >= self.max_sessions {
+                b.purge(now, self.idle);
+            }
+            if b.owner.len() >= self.max_sessions {
+                return Err(Refusal::busy("MCP session table full"));
+            }
+            return Ok(());
+        };
+        let session = session
+            .to_str()
+            .map_err(|_| Refusal::bad_header("mcp-session-id is not ASCII"))?;
+        let mut b = self.lock();
+        if b.owner
+            .get(session)
+            .is_some_and(|(_, used)| now.saturating_duration_since(*used) >= self.idle)
+        {
+            b.remove(session);
+        }
+        match b.owner.get_mut(session) {
+            Some((owner, used)) if owner == peer => {
+                *used = now;
+                Ok(())
+            }
+            Some((owner, _)) => {
+                tracing::info!(peer.id = %peer, session.owner = %owner, "agentid mcp: session id of another peer refused");
+                Err(Refusal::forbidden(
+                    PEER_DENIED,
+                    "MCP session bound to another peer",
+                ))
+            }
+            None => Err(Refusal::forbidden(
+                PEER_DENIED,
+                "MCP session not bound to this peer",
+            )),
+        }
+    }
+
+    /// After the response: bind a new session id to the peer, or forget a deleted one.
+    fn record(
+        &self,
+        peer: &PeerId,
+        method: &Method,
+        sent: Option<&HeaderValue>,
+        resp: &mut Response<impl Sized>,
+    ) {
+        if method == Method::DELETE && resp.status().is_success() {
+            if let Some(s) = sent.and_then(|s| s.to_str().ok()) {
+                self.lock().remove(s);
+            }
+            return;
+        }
+        if sent.is_some() {
+            return;
+        }
+        let Some(session) = resp
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|s| s.to_str().ok())
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let mut b = self.lock();
+        match b.owner.get(&session) {
+            Some((owner, _)) if owner != peer => {
+                // A session id handed out twice: never to a second peer.
+                drop(b);
+                tracing::warn!(peer.id = %peer, "agentid mcp: session id already bound to another peer");
+                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                resp.headers_mut().remove(SESSION_HEADER);
+                return;
+            }
+            Some(_) => return,
+            None => {}
+        }
+        let q = b.by_peer.entry(peer.clone()).or_default();
+        q.push_back(session.clone());
+        let evicted = if q.len() > self.max_per_peer {
+            q.pop_front()
+        } else {
+            None
+        };
+        b.owner.insert(session, (peer.clone(), Instant::now()));
+        if let Some(old) = evicted {
+            b.owner.remove(&old);
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for McpSessions {
+    type Service = McpSessionsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        McpSessionsService {
+            inner,
+            sessions: self.clone(),
+        }
+    }
+}
+
+/// The service of [`McpSessions`].
+#[derive(Clone, Debug)]
+pub struct McpSessionsService<S> {
+    inner: S,
+    sessions: McpSessions,
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for McpSessionsService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResponseBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(peer) = req
+            .extensions()
+            .get::<Authorizer>()
+            .map(|a| a.peer_id().clone())
+        else {
+            let r = Refusal::internal("not served by an agentid HTTP server");
+            return Box::pin(std::future::ready(Ok(r.to_response())));
+        };
+        if req
+            .headers()
+            .get_all(SESSION_HEADER)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let r = Refusal::bad_header("more than one mcp-session-id");
+            return Box::pin(std::future::ready(Ok(r.to_response())));
+        }
+        let sent = req.headers().get(SESSION_HEADER).cloned();
+        if let Err(r) = self.sessions.admit(&peer, sent.as_ref()) {
+            return Box::pin(std::future::ready(Ok(r.to_response())));
+        }
+        let method = req.method().clone();
+        let sessions = self.sessions.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            sessions.record(&peer, &method, sent.as_ref(), &mut resp);
+            Ok(resp.map(|b| ResponseBody::new(b, None)))
+        })
+    }
+}
+
+/// Why an MCP call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpError {
+    /// The server answered with an HTTP error (an agentid refusal carries its code).
+    #[error("HTTP {status}: {code}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The agentid refusal code, or empty.
+        code: String,
+    },
+    /// A JSON-RPC error response (a tool refused by agentid: code [`FORBIDDEN`]).
+    #[error("JSON-RPC error {code}: {message}")]
+    Rpc {
+        /// The JSON-RPC error code.
+        code: i64,
+        /// Its message (for [`FORBIDDEN`], the agentid code).
+        message: String,
+    },
+    /// The response is not MCP (or too large, or ended without the answer).
+    #[error("malformed MCP response: {0}")]
+    Malformed(String),
+    /// The agentid transport failed.
+    #[error(transparent)]
+    Transport(#[from] Error),
+}
+
+/// A minimal MCP client (streamable HTTP, protocol [`MCP_PROTOCOL_VERSION`]) on one agentid
+/// connection: `initialize`, then `tools/list` and `tools/call` in the session it was given.
+#[derive(Debug)]
+pub struct McpClient {
+    conn: HttpClientConnection,
+    path: String,
+    session: Option<HeaderValue>,
+    next_id: u64,
+    server: Value,
+}
+
+impl McpClient {
+    /// Initializes an MCP session at `path` on `conn` (which presents the caller's chain).
+    pub async fn initialize(conn: HttpClientConnection, path: &str) -> Result<Self, McpError> {
+        let mut client = Self {
+            conn,
+            path: path.to_owned(),
+            session: None,
+            next_id: 1,
+            server: Value::Null,
+        };
+        let result = client
+            .request(
+                "initialize",
+                json!({
+                    "protocolVersion": MCP_PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": { "name": "agentid", "version": env!("CARGO_PKG_VERSION") },
+                }),
+            )
+            .await?;
+        client.server = result;
+        client.notify("notifications/initialized").await?;
+        Ok(client)
+    }
+
+    /// The server's `initialize` result.
+    pub fn server_info(&self) -> &Value {
+        &self.server
+    }
+
+    /// The session id the server gave.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|s| s.to_str().ok())
+    }
+
+    /// Uses `session` as this client's session id from now on (to show that a session id is
+    /// worth nothing to another peer).
+    pub fn set_session_id(&mut self, session: &str) -> Result<(), McpError> {
+        self.session = Some(
+            HeaderValue::from_str(session)
+                .map_err(|_| McpError::Malformed("session id is not a header value".into()))?,
+        );
+        Ok(())
+    }
+
+    /// The agentid connection.
+    pub fn http(&self) -> &HttpClientConnection {
+        &self.conn
+    }
+
+    /// `tools/list`: the tools' names.
+    pub async fn list_tools(&mut self) -> Result<Vec<String>, McpError> {
+        let r = self.request("tools/list", json!({})).await?;
+        Ok(r.get("tools")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `tools/call`: the tool's result (`content`, `isError`).
+    pub async fn call_tool(&mut self, name: &str, arguments: Value) -> Result<Value, McpError> {
+        self.request(
+            "tools/call",
+            json!({ "name": name, "arguments": arguments }),
+        )
+        .await
+    }
+
+    fn post(&self, body: &Value) -> Result<Request<Bytes>, McpError> {
+        let mut req = Request::post(self.path.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(PROTOCOL_VERSION_HEADER, MCP_PROTOCOL_VERSION);
+        if let Some(s) = &self.session {
+            req = req.header(SESSION_HEADER, s.clone());
+        }
+        req.body(Bytes::from(body.to_string()))
+            .map_err(|e| McpError::Malformed(e.to_string()))
+    }
+
+    async fn notify(&mut self, method: &str) -> Result<(), McpError> {
+        let req = self.post(&json!({ "jsonrpc": "2.0", "method": method }))?;
+        let resp = self.conn.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
+        }
+        Ok(())
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, McpError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req =
+            self.post(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))?;
+        let resp = self.conn.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
+        }
+        if self.session.is_none() {
+            self.session = resp.headers().get(SESSION_HEADER).cloned();
+        }
+        let sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let message = if sse {
+            read_sse_answer(resp.into_body(), id).await?
+        } else {
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| McpError::Malformed(format!("body: {e}")))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| McpError::Malformed(e.to_string()))?
+        };
+        answer(message)
+    }
+}
+
+fn answer(message: Value) -> Result<Value, McpError> {
+    if let Some(e) = message.get("error") {
+        return Err(McpError::Rpc {
+            code: e.get("code").and_then(Value::as_i64).unwrap_or_default(),
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        });
+    }
+    message
+        .get("result")
+        .cloned()
+        .ok_or_else(|| McpError::Malformed("JSON-RPC response without result".into()))
+}
+
+/// Reads server-sent events until the JSON-RPC response with `id` (other messages, such as
+/// notifications or priming events, are skipped), at most [`MAX_RESPONSE_BYTES`].
+async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Value, McpError> {
+    let mut buf = BytesMut::new();
+    let mut read = 0usize;
+    loop {
+        while let Some(end) = event_end(&buf) {
+            let event = buf.split_to(end.0);
+            let _ = buf.split_to(end.1);
+            let text = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let Ok(message) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                continue;
+            };
+            if message.get("id").and_then(Value::as_u64) == Some(id) {
+                return Ok(message);
+            }
+        }
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    read = read.saturating_add(d.len());
+                    if read > MAX_RESPONSE_BYTES {
+                        return Err(McpError::Malformed("event stream too large".into()));
+                    }
+                    buf.extend_from_slice(d);
+                }
+            }
+            Some(Err(e)) => return Err(McpError::Malformed(format!("event stream: {e}"))),
+            None => {
+                return Err(McpError::Malformed(
+                    "event stream ended without the response".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The end of the first event in `buf`: (length of the event, length of the separator).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn http_error(resp: crate::http::HttpResponse) -> McpError {
+    let status = resp.status().as_u16();
+    let code = http_body_util::Limited::new(resp.into_body(), 4096)
+        .collect()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BTreeMap<String, Value>>(&b.to_bytes()).ok())
+        .and_then(|m| m.get("code").and_then(Value::as_str).map(str::to_owned))
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .unwrap_or_default();
+    McpError::Http { status, code }
+}

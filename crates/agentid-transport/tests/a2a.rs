@@ -1,0 +1,316 @@
+//! A2A (protocol 0.3.0) on the HTTP binding (features `a2a`, `axum`): the `a2a_agents` example
+//! as a process, then the refusals: a card naming another identity, a card pointing at a bundle
+//! endpoint, an mTLS peer other than the configured one, a call without the scope.
+#![cfg(test)]
+#![cfg(all(feature = "a2a", feature = "axum"))]
+
+use example::demo;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentid_protocol::{Scope, SpiffeId, TrustDomain};
+use agentid_transport::a2a::{
+    check_card, identity_extension, mutual_tls_scheme, A2aClient, A2aError, AgentCard,
+    AGENT_CARD_PATH,
+};
+use agentid_transport::http::{HttpClient, HttpServer, RequireScope};
+use agentid_transport::PeerPolicy;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+const PLANNER: &str = "spiffe://example.org/svc/planner";
+const OTHER: &str = "spiffe://example.org/svc/other";
+const CODER: &str = "spiffe://example.org/agent/coder/task/t1";
+const T: Duration = Duration::from_secs(10);
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn card(names: &SpiffeId, bundle_endpoint: Option<&str>) -> AgentCard {
+    AgentCard::new(
+        "planner",
+        "Plans",
+        "https://planner.example.org/a2a",
+        "1.0.0",
+    )
+    .security_scheme("agentid", mutual_tls_scheme("agentid X509-SVID"))
+    .extension(identity_extension(names, bundle_endpoint))
+}
+
+struct World {
+    domain: demo::Domain,
+    td: TrustDomain,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            domain: demo::Domain::new("example.org").unwrap(),
+            td: TrustDomain::parse("example.org").unwrap(),
+        }
+    }
+
+    /// An A2A agent presenting `cert_id`, publishing `card` (as JSON), on 127.0.0.1.
+    async fn agent(&self, cert_id: &str, card: serde_json::Value) -> SocketAddr {
+        let app = Router::new()
+            .route(
+                AGENT_CARD_PATH,
+                get(move || {
+                    let card = card.clone();
+                    async move { Json(card) }
+                }),
+            )
+            .route(
+                "/a2a",
+                post(|Json(req): Json<serde_json::Value>| async move {
+                    Json(serde_json::json!({
+                        "jsonrpc": "2.0", "id": req["id"],
+                        "result": { "kind": "message", "role": "agent", "messageId": "r",
+                                    "parts": [{ "kind": "text", "text": "ok" }] },
+                    }))
+                })
+                .layer(RequireScope::new(Scope::parse("planner:plan").unwrap())),
+            );
+        let server = HttpServer::builder(
+            self.domain.service(cert_id).unwrap(),
+            self.domain.verification(cert_id).unwrap(),
+            PeerPolicy::agents_in(self.td.clone()),
+        )
+        .build()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { server.serve(listener, app).await });
+        addr
+    }
+
+    /// The coder, delegated `scope`, expecting `expected`; TLS admits any service of the
+    /// domain, so that the A2A client's own checks are what is tested.
+    fn client(&self, scope: &str, expected: &str) -> A2aClient {
+        let http = HttpClient::builder(
+            self.domain.task(CODER, scope).unwrap(),
+            self.domain.verification(CODER).unwrap(),
+            PeerPolicy::services_in(self.td.clone()),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap();
+        A2aClient::new(http, id(expected))
+    }
+}
+
+async fn connect(
+    a2a: &A2aClient,
+    addr: SocketAddr,
+) -> Result<agentid_transport::a2a::A2aConnection, A2aError> {
+    tokio::time::timeout(T, a2a.connect(addr, "planner.example.org"))
+        .await
+        .unwrap()
+}
+
+fn refused_with(r: Result<agentid_transport::a2a::A2aConnection, A2aError>, code: &str) {
+    match r {
+        Ok(c) => panic!("accepted: {:?}", c.card()),
+        Err(e) => assert_eq!(e.code(), code, "{e}"),
+    }
+}
+
+/// A listener standing in for a bundle endpoint; `visited` says whether anything connected.
+struct BundleEndpoint(std::net::TcpListener);
+
+impl BundleEndpoint {
+    fn new() -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        Self(l)
+    }
+    fn url(&self) -> String {
+        format!("https://{}/bundle.json", self.0.local_addr().unwrap())
+    }
+    /// A completed TCP connection waits in the backlog whether or not it was accepted.
+    fn visited(&self) -> bool {
+        match self.0.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_configured_agent_with_its_own_card_answers() {
+    let w = World::new();
+    let addr = w
+        .agent(
+            PLANNER,
+            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
+        )
+        .await;
+    let mut conn = connect(&w.client("planner:plan", PLANNER), addr)
+        .await
+        .unwrap();
+    assert_eq!(conn.card().protocol_version, "0.3.0");
+    let r = conn.send_text("/a2a", "hi").await.unwrap();
+    assert_eq!(r["parts"][0]["text"], "ok");
+    assert!(conn.http().server_proof().is_some());
+}
+
+#[tokio::test]
+async fn a_card_naming_another_identity_is_refused() {
+    let w = World::new();
+    let addr = w
+        .agent(
+            PLANNER,
+            serde_json::to_value(card(&id(OTHER), None)).unwrap(),
+        )
+        .await;
+    refused_with(
+        connect(&w.client("planner:plan", PLANNER), addr).await,
+        "card_identity_mismatch",
+    );
+}
+
+#[tokio::test]
+async fn a_card_naming_the_right_id_in_another_trust_domain_is_refused() {
+    let w = World::new();
+    let mut c = serde_json::to_value(card(&id(PLANNER), None)).unwrap();
+    c["capabilities"]["extensions"][0]["params"]["trustDomain"] = "evil.example".into();
+    let addr = w.agent(PLANNER, c).await;
+    refused_with(
+        connect(&w.client("planner:plan", PLANNER), addr).await,
+        "card_identity_mismatch",
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_endpoint_in_a_card_is_never_fetched() {
+    let w = World::new();
+    // The right agent naming a bundle endpoint: accepted on its identity, endpoint untouched.
+    let good = BundleEndpoint::new();
+    let addr = w
+        .agent(
+            PLANNER,
+            serde_json::to_value(card(&id(PLANNER), Some(&good.url()))).unwrap(),
+        )
+        .await;
+    let mut conn = connect(&w.client("planner:plan", PLANNER), addr)
+        .await
+        .unwrap();
+    conn.send_text("/a2a", "hi").await.unwrap();
+    assert!(!good.visited());
+    // A card of another identity whose bundle endpoint would vouch for it: refused, untouched.
+    let evil = BundleEndpoint::new();
+    let addr = w
+        .agent(
+            PLANNER,
+            serde_json::to_value(card(&id(OTHER), Some(&evil.url()))).unwrap(),
+        )
+        .await;
+    refused_with(
+        connect(&w.client("planner:plan", PLANNER), addr).await,
+        "card_identity_mismatch",
+    );
+    assert!(!evil.visited());
+}
+
+#[tokio::test]
+async fn an_mtls_peer_other_than_the_configured_one_is_refused_whatever_its_card_says() {
+    let w = World::new();
+    // svc/other is a valid member of the domain and serves a card claiming to be the planner.
+    let addr = w
+        .agent(
+            OTHER,
+            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
+        )
+        .await;
+    refused_with(
+        connect(&w.client("planner:plan", PLANNER), addr).await,
+        "peer_mismatch",
+    );
+}
+
+#[tokio::test]
+async fn a_message_without_the_delegated_scope_is_refused_with_its_code() {
+    let w = World::new();
+    let addr = w
+        .agent(
+            PLANNER,
+            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
+        )
+        .await;
+    let mut conn = connect(&w.client("planner:read", PLANNER), addr)
+        .await
+        .unwrap();
+    match conn.send_text("/a2a", "hi").await {
+        Ok(r) => panic!("allowed: {r}"),
+        Err(A2aError::Http { status, code }) => {
+            assert_eq!(status, 403);
+            assert_eq!(code, "scope_not_granted");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_card_that_is_not_json_is_malformed() {
+    let w = World::new();
+    let addr = w
+        .agent(PLANNER, serde_json::json!(["not", "a", "card"]))
+        .await;
+    refused_with(
+        connect(&w.client("planner:plan", PLANNER), addr).await,
+        "malformed",
+    );
+}
+
+#[test]
+fn check_card_reads_only_the_agentid_extension_and_the_pinned_version() {
+    let planner = id(PLANNER);
+    assert!(check_card(&card(&planner, None), &planner).is_ok());
+
+    let mut c = card(&planner, None);
+    c.protocol_version = "1.0".into();
+    assert_eq!(check_card(&c, &planner).unwrap_err().code(), "card_version");
+
+    let mut c = card(&planner, None);
+    c.capabilities.extensions.clear();
+    assert_eq!(
+        check_card(&c, &planner).unwrap_err().code(),
+        "card_extension_missing"
+    );
+
+    // Two agentid extensions (one honest, one not) are ambiguous: refused.
+    let c = card(&planner, None).extension(identity_extension(&id(OTHER), None));
+    assert_eq!(
+        check_card(&c, &planner).unwrap_err().code(),
+        "card_extension_missing"
+    );
+
+    let mut c = card(&planner, None);
+    c.security_schemes.clear();
+    assert_eq!(
+        check_card(&c, &planner).unwrap_err().code(),
+        "card_no_mutual_tls"
+    );
+
+    // Parameters of the wrong type are malformed, not a match.
+    let mut c = card(&planner, None);
+    if let Some(p) = c.capabilities.extensions[0].params.as_mut() {
+        p["spiffeId"] = serde_json::json!(42);
+    }
+    assert_eq!(check_card(&c, &planner).unwrap_err().code(), "malformed");
+}
+
+#[path = "../examples/a2a_agents.rs"]
+#[allow(dead_code, reason = "the example's main is not called here")]
+mod example;
+
+#[tokio::test]
+async fn the_a2a_agents_example_runs() {
+    tokio::time::timeout(Duration::from_secs(60), example::run())
+        .await
+        .expect("the example finishes")
+        .expect("every step of the example goes as described");
+}

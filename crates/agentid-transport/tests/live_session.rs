@@ -1,0 +1,568 @@
+//! Live sessions of agentid-transport: rotation, the deadline, reauth, and continuous
+//! verification (revocation lists applied or gone stale, revoked earlier holders).
+#![cfg(test)]
+#![allow(clippy::type_complexity)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_protocol::{ErrorCode, RevocationListBuilder, Scope, TaskKey};
+use agentid_transport::internal::FrameType;
+use agentid_transport::{CertError, Error, MemoryCredentials, PeerPolicy};
+use support::*;
+
+#[tokio::test]
+async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate() {
+    let p = pair(None, LeafOpts::default(), false);
+    let (addr, h) = p.serve(2).await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let mut s1 = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let old_serial = s1.peer().cert_serial.clone();
+    // Rotate the server credential (validated against the trust store before publishing).
+    let renewed = credential(&p.a.ca, SERVER, key(), &LeafOpts::default());
+    let new_serial = renewed.info().serial.clone();
+    let trust = p.sv.trust_store();
+    p.server_creds.rotate(renewed, &trust).unwrap();
+    // A credential that fails our checks is never published.
+    let other = Domain::new("example.org");
+    let foreign = credential(&other.ca, SERVER, key(), &LeafOpts::default());
+    assert!(p.server_creds.rotate(foreign, &trust).is_err());
+
+    let s2 = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s2.peer().cert_serial, new_serial);
+    assert_ne!(old_serial, new_serial);
+    let mut servers = h.await.unwrap();
+    let mut ss1 = servers.remove(0).unwrap();
+    s1.send(b"still here").await.unwrap();
+    assert_eq!(&ss1.recv().await.unwrap().unwrap()[..], b"still here");
+}
+
+#[tokio::test]
+async fn a_session_ends_at_peer_certificate_expiry() {
+    let p = pair(
+        None,
+        LeafOpts {
+            not_after: Some(2),
+            ..Default::default()
+        },
+        false,
+    );
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
+    assert!(ss.peer().deadline <= now() + 3);
+    let r = tokio::time::timeout(Duration::from_secs(6), ss.recv())
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(Error::CredentialExpired)), "{r:?}");
+    // The client learns why.
+    let r = tokio::time::timeout(T, cs.recv()).await.unwrap();
+    match r {
+        Err(Error::Closed { code, .. }) => assert_eq!(code, "credential_expired"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
+    let a = Domain::new("example.org");
+    let ck = key();
+    let ck_der = ck.danger_pkcs8_der().to_vec();
+    let short = credential(
+        &a.ca,
+        CLIENT,
+        ck,
+        &LeafOpts {
+            not_after: Some(2),
+            ..Default::default()
+        },
+    );
+    let client_creds = Arc::new(MemoryCredentials::new(short));
+    let server_creds = credentials(&a.ca, SERVER);
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+    let c = client(client_creds, cv, PeerPolicy::danger_any());
+    let mut cs = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let first_deadline = ss.peer().deadline;
+
+    // Renewed certificate, same SAN and key.
+    let same_key = agentid_protocol::TaskKey::from_pkcs8_der(&ck_der).unwrap();
+    let renewed = Arc::new(credential(&a.ca, CLIENT, same_key, &LeafOpts::default()));
+    // A different key is refused before sending.
+    let other = Arc::new(credential(&a.ca, CLIENT, key(), &LeafOpts::default()));
+    assert!(matches!(
+        cs.reauth(other).await,
+        Err(Error::Certificate(CertError::IdentityChanged))
+    ));
+    cs.reauth(renewed).await.unwrap();
+    cs.send(b"after reauth").await.unwrap();
+    assert_eq!(&ss.recv().await.unwrap().unwrap()[..], b"after reauth");
+    assert!(ss.peer().deadline > first_deadline + 100);
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
+    // Past the first certificate's expiry, the session is alive.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cs.send(b"still alive").await.unwrap();
+    assert_eq!(
+        &tokio::time::timeout(T, ss.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()[..],
+        b"still alive"
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_list_ends_a_live_session() {
+    let p = pair(Some("files:read"), LeafOpts::default(), false);
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
+    cs.send(b"x").await.unwrap();
+    assert!(ss.recv().await.unwrap().is_some());
+    // Unrelated list: the session survives.
+    let unrelated = p.a.revocation_list(1, |b| {
+        b.revoke_agent(
+            &agentid_protocol::AgentId::new(&p.a.td, "someone").unwrap(),
+            now() + 600,
+        )
+    });
+    p.sv.apply_revocation_list(&unrelated).unwrap();
+    cs.send(b"y").await.unwrap();
+    assert_eq!(
+        &tokio::time::timeout(T, ss.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()[..],
+        b"y"
+    );
+    // The client's key is revoked: the server's session ends at once, with the reason.
+    let list = p.a.revocation_list(2, |b| {
+        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+    });
+    p.sv.apply_revocation_list(&list).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(2), ss.recv())
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
+    let r = tokio::time::timeout(T, cs.recv()).await.unwrap();
+    match r {
+        Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the receiving side of a `reauth` frame must do with it.
+#[derive(Debug)]
+enum ReauthExpect {
+    Accepted,
+    Refused {
+        reason: &'static str,
+        local: fn(&Error) -> bool,
+    },
+}
+
+#[tokio::test]
+async fn the_receiving_side_checks_every_reauth() {
+    // The library's `Session::reauth` refuses to send most of these; a raw client sends them, so
+    // the test proves the RECEIVING side (the server session) refuses them.
+    type Build = Box<dyn Fn(&Domain, &Domain, &TaskKey, &RawAgent) -> Vec<u8>>;
+    let renewed = |a: &Domain, k: &TaskKey, uri: &str, o: &LeafOpts| leaf(&a.ca, uri, k, o);
+    let cases: Vec<(&str, Build, ReauthExpect)> = vec![
+        (
+            "renewed, same SAN and key",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Accepted,
+        ),
+        (
+            "different key, same SAN, proof by the new key",
+            Box::new(move |a, _, _, r| {
+                let other = key();
+                RawAgent::reauth_body(
+                    &[renewed(a, &other, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(&other, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "different key, same SAN, proof by the old key",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, &key(), CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "same key, another identity",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(
+                        a,
+                        k,
+                        "spiffe://example.org/agent/mallory/task/t2",
+                        &LeafOpts::default(),
+                    )],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+            },
+        ),
+        (
+            "same SAN and key, issued by a foreign CA",
+            Box::new(move |_, b, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(b, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, None),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Chain(_))),
+            },
+        ),
+        (
+            "same SAN and key, expired",
+            Box::new(move |a, _, k, r| {
+                let o = LeafOpts {
+                    not_before: Some(-600),
+                    not_after: Some(-120),
+                    ..Default::default()
+                };
+                RawAgent::reauth_body(&[renewed(a, k, CLIENT, &o)], None, r.proof(k, None, None))
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Expired)),
+            },
+        ),
+        (
+            "no certificate",
+            Box::new(move |_, _, k, r| RawAgent::reauth_body(&[], None, r.proof(k, None, None))),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Missing)),
+            },
+        ),
+        (
+            "the hello proof replayed",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.hello_proof.clone(),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "proof_replayed",
+                local: |e| e.protocol_code() == Some(ErrorCode::ProofReplayed),
+            },
+        ),
+        (
+            "proof bound to another connection",
+            Box::new(move |a, _, k, r| {
+                RawAgent::reauth_body(
+                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
+                    None,
+                    r.proof(k, None, Some([7u8; 32])),
+                )
+            }),
+            ReauthExpect::Refused {
+                reason: "channel_binding_mismatch",
+                local: |e| e.protocol_code() == Some(ErrorCode::ChannelBindingMismatch),
+            },
+        ),
+    ];
+    for (name, build, expect) in cases {
+        let a = Domain::new("example.org");
+        let b = Domain::new("example.org");
+        let RawSession {
+            mut raw,
+            key: ck,
+            server: mut ss,
+            ..
+        } = raw_session(&a).await;
+        let first_serial = ss.peer().cert_serial.clone();
+        let body = build(&a, &b, &ck, &raw);
+        raw.write(FrameType::Reauth, &body).await;
+        raw.write(FrameType::Data, b"after").await;
+        let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+        match (&expect, r) {
+            (ReauthExpect::Accepted, Ok(Some(d))) => {
+                assert_eq!(&d[..], b"after");
+                assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1, "case `{name}`");
+                assert_ne!(ss.peer().cert_serial, first_serial, "case `{name}`");
+            }
+            (ReauthExpect::Refused { reason, local }, Err(e)) => {
+                assert!(local(&e), "case `{name}`: local error {e:?}");
+                assert_eq!(e.reason(), *reason, "case `{name}`");
+                // The sender learns why, in a close frame; the session is over on both sides.
+                let f = raw.read().await.unwrap();
+                assert_eq!(f.ty, FrameType::Close, "case `{name}`");
+                let close: wire::Reason = wire::parse(&f.body);
+                assert_eq!(close.code, *reason, "case `{name}`");
+                assert!(
+                    ss.recv().await.is_err(),
+                    "case `{name}`: the session must stay ended"
+                );
+                assert_eq!(ss.peer().cert_serial, first_serial, "case `{name}`");
+                assert!(ss.peer().receipts.reauth_proofs.is_empty(), "case `{name}`");
+            }
+            (_, other) => panic!("case `{name}`: expected {expect:?}, got {other:?}"),
+        }
+    }
+}
+
+/// A chain client → server through earlier holders: `planner` (grant holder), optionally `mid`,
+/// then the client. Returns the chain and the keys of every holder (grant holder first).
+fn delegated_chain(a: &Domain, depth: usize) -> (agentid_protocol::Chain, Vec<TaskKey>) {
+    let mut keys = vec![key()];
+    let planner = a.task("planner", "t2");
+    let mut chain = a.grant(&planner, &keys[0], "files:read files:write");
+    if depth == 2 {
+        let k = key();
+        chain = delegate(
+            &chain,
+            &keys[0],
+            &a.task("mid", "t2"),
+            &k,
+            "files:read files:write",
+            None,
+        );
+        keys.push(k);
+    }
+    let ck = key();
+    chain = delegate(
+        &chain,
+        keys.last().unwrap(),
+        &a.task("client", "t2"),
+        &ck,
+        "files:read",
+        None,
+    );
+    keys.push(ck);
+    (chain, keys)
+}
+
+#[tokio::test]
+async fn revoking_an_earlier_holder_ends_sessions_whose_chain_passes_through_it() {
+    type Revoke = fn(
+        &Domain,
+        &[TaskKey],
+        &agentid_protocol::Chain,
+        RevocationListBuilder,
+    ) -> RevocationListBuilder;
+    // (name, chain depth, what the list revokes, whether the session must end)
+    let cases: Vec<(&str, usize, Revoke, bool)> = vec![
+        (
+            "depth 1: the delegator's key",
+            1,
+            |_, k, _, b| b.revoke_key(&k[0].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the grant holder's key",
+            2,
+            |_, k, _, b| b.revoke_key(&k[0].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the middle holder's key",
+            2,
+            |_, k, _, b| b.revoke_key(&k[1].public_key().thumbprint(), now() + 600),
+            true,
+        ),
+        (
+            "depth 2: the middle holder's agent",
+            2,
+            |a, _, _, b| {
+                b.revoke_agent(
+                    &agentid_protocol::AgentId::new(&a.td, "mid").unwrap(),
+                    now() + 600,
+                )
+            },
+            true,
+        ),
+        (
+            "depth 2: an unrelated key",
+            2,
+            |_, _, _, b| b.revoke_key(&key().public_key().thumbprint(), now() + 600),
+            false,
+        ),
+    ];
+    for (name, depth, revoke, ends) in cases {
+        let a = Domain::new("example.org");
+        let (chain, keys) = delegated_chain(&a, depth);
+        let ck = TaskKey::from_pkcs8_der(keys.last().unwrap().danger_pkcs8_der()).unwrap();
+        let client_creds = Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        ));
+        let server_creds = credentials(&a.ca, SERVER);
+        let sv = verification(SERVER, &[&a], false);
+        let (addr, h) = serve(
+            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+            1,
+        )
+        .await;
+        let c = client(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        );
+        let mut cs = tokio::time::timeout(T, c.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        assert_eq!(
+            ss.peer().chain.as_ref().unwrap().depth,
+            depth,
+            "case `{name}`"
+        );
+        ss.authorize(&Scope::parse("files:read").unwrap()).unwrap();
+
+        let list = a.revocation_list(1, |b| revoke(&a, &keys, &chain, b));
+        sv.apply_revocation_list(&list).unwrap();
+        // Per-request authorization sees the list at once, even before the session is polled.
+        let auth = ss.authorize(&Scope::parse("files:read").unwrap());
+        cs.send(b"after the list").await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), ss.recv())
+            .await
+            .unwrap();
+        if ends {
+            assert!(
+                matches!(auth, Err(Error::Revoked(_))),
+                "case `{name}`: authorize gave {auth:?}"
+            );
+            assert!(matches!(r, Err(Error::Revoked(_))), "case `{name}`: {r:?}");
+            match tokio::time::timeout(T, cs.recv()).await.unwrap() {
+                Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked", "case `{name}`"),
+                other => panic!("case `{name}`: {other:?}"),
+            }
+        } else {
+            assert!(auth.is_ok(), "case `{name}`: {auth:?}");
+            assert_eq!(&r.unwrap().unwrap()[..], b"after the list", "case `{name}`");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
+    #[derive(Debug, Clone, Copy)]
+    enum Case {
+        /// The list goes stale: fail closed, `revocation_stale`.
+        Stale,
+        /// A fresh list arrives before: the session lives on.
+        Refreshed,
+        /// Stale lists tolerated (`danger_` setting): the session lives on.
+        Danger,
+    }
+    let run = |case: Case| async move {
+        let a = Domain::new("example.org");
+        let p_chain_key = key();
+        let chain = a.grant(&a.task("client", "t2"), &p_chain_key, "files:read");
+        let client_creds = Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, p_chain_key, &LeafOpts::default()).with_chain(chain.as_str()),
+        ));
+        let server_creds = credentials(&a.ca, SERVER);
+        let sv = verification_with(SERVER, &[&a], |c| {
+            let c = c.skew(0).unwrap();
+            if matches!(case, Case::Danger) {
+                c.danger_accept_missing_or_stale_revocations()
+            } else {
+                c
+            }
+        });
+        // The held list is fresh for 2 more seconds (skew 0).
+        sv.apply_revocation_list(&a.revocation_list_until(1, now() + 2, |b| b))
+            .unwrap();
+        let (addr, h) = serve(
+            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
+            1,
+        )
+        .await;
+        let c = client(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            PeerPolicy::danger_any(),
+        );
+        let mut cs = tokio::time::timeout(T, c.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let read = Scope::parse("files:read").unwrap();
+        ss.authorize(&read).unwrap();
+        if matches!(case, Case::Refreshed) {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            sv.apply_revocation_list(&a.revocation_list_until(2, now() + 600, |b| b))
+                .unwrap();
+        }
+        // Past next_update + skew, without polling the session: authorize already refuses.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let auth = ss.authorize(&read);
+        cs.send(b"late").await.unwrap();
+        let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+        match case {
+            Case::Stale => {
+                let auth = auth.unwrap_err();
+                assert_eq!(
+                    auth.protocol_code(),
+                    Some(ErrorCode::RevocationStale),
+                    "{auth:?}"
+                );
+                let e = r.unwrap_err();
+                assert_eq!(e.protocol_code(), Some(ErrorCode::RevocationStale), "{e:?}");
+                match tokio::time::timeout(T, cs.recv()).await.unwrap() {
+                    Err(Error::Closed { code, .. }) => assert_eq!(code, "revocation_stale"),
+                    other => panic!("{other:?}"),
+                }
+            }
+            Case::Refreshed | Case::Danger => {
+                auth.unwrap_or_else(|e| panic!("{case:?}: {e:?}"));
+                assert_eq!(&r.unwrap().unwrap()[..], b"late", "{case:?}");
+            }
+        }
+    };
+    // The three cases wait on the clock: run them side by side.
+    tokio::join!(run(Case::Stale), run(Case::Refreshed), run(Case::Danger));
+}

@@ -1,0 +1,309 @@
+//! MCP on the HTTP binding (feature `mcp`): the `mcp_agents` example, then the session binding
+//! and the per-tool scopes one by one against the example's tool server.
+#![cfg(test)]
+#![cfg(feature = "mcp")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_protocol::{ServiceId, TrustDomain};
+use agentid_transport::http::{HttpClient, HttpServer};
+use agentid_transport::mcp::rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use agentid_transport::mcp::rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use agentid_transport::mcp::{McpClient, McpError, McpSessions, FORBIDDEN, SESSION_HEADER};
+use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use bytes::Bytes;
+use example::demo;
+use serde_json::json;
+
+#[path = "../examples/mcp_agents.rs"]
+#[allow(dead_code, reason = "the example's main is not called here")]
+mod example;
+
+const REPO: &str = "spiffe://example.org/svc/repo";
+const CODER: &str = "spiffe://example.org/agent/coder/task/t1";
+const OTHER: &str = "spiffe://example.org/agent/other/task/t2";
+const HOST: &str = "repo.example.org";
+const T: Duration = Duration::from_secs(10);
+
+struct World {
+    domain: demo::Domain,
+    td: TrustDomain,
+    sessions: McpSessions,
+    server_verification: Arc<PeerVerification>,
+    addr: SocketAddr,
+}
+
+impl World {
+    async fn start(sessions: McpSessions) -> Self {
+        let domain = demo::Domain::new("example.org").unwrap();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let mcp = StreamableHttpService::new(
+            || Ok(example::RepoTools),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
+        );
+        let service = tower_layer::Layer::layer(&sessions, mcp);
+        let server_verification = domain.verification(REPO).unwrap();
+        let server = HttpServer::builder(
+            domain.service(REPO).unwrap(),
+            server_verification.clone(),
+            PeerPolicy::agents_in(td.clone()),
+        )
+        .build()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { server.serve(listener, service).await });
+        Self {
+            domain,
+            td,
+            sessions,
+            server_verification,
+            addr,
+        }
+    }
+
+    fn http(&self, creds: Arc<MemoryCredentials>, who: &str) -> HttpClient {
+        HttpClient::builder(
+            creds,
+            self.domain.verification(who).unwrap(),
+            PeerPolicy::service(ServiceId::new(&self.td, "repo").unwrap()),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap()
+    }
+
+    async fn mcp(&self, who: &str, scope: &str) -> Result<McpClient, McpError> {
+        let http = self.http(self.domain.task(who, scope).unwrap(), who);
+        let conn = http.connect(self.addr, HOST).await?;
+        tokio::time::timeout(T, McpClient::initialize(conn, "/mcp"))
+            .await
+            .unwrap()
+    }
+}
+
+async fn read(c: &mut McpClient) -> Result<serde_json::Value, McpError> {
+    tokio::time::timeout(T, c.call_tool("read_file", json!({ "path": "a" })))
+        .await
+        .unwrap()
+}
+
+fn http_refusal(r: Result<serde_json::Value, McpError>, status: u16, code: &str) {
+    match r {
+        Err(McpError::Http { status: s, code: c }) => {
+            assert_eq!((s, c.as_str()), (status, code));
+        }
+        other => panic!("expected HTTP {status} {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_mcp_agents_example_runs() {
+    tokio::time::timeout(Duration::from_secs(60), example::run())
+        .await
+        .expect("the example finishes")
+        .expect("every step of the example goes as described");
+}
+
+#[tokio::test]
+async fn a_session_is_bound_to_the_peer_that_initialized_it() {
+    let w = World::start(McpSessions::new()).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let session = coder.session_id().unwrap().to_owned();
+    assert_eq!(w.sessions.owner(&session).unwrap().as_str(), CODER);
+    assert!(read(&mut coder).await.is_ok());
+
+    let mut other = w.mcp(OTHER, "repo:read").await.unwrap();
+    other.set_session_id(&session).unwrap();
+    http_refusal(read(&mut other).await, 403, "peer_denied");
+    // Still the coder's, and still working for it.
+    assert_eq!(w.sessions.owner(&session).unwrap().as_str(), CODER);
+    assert!(read(&mut coder).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_session_id_never_handed_out_is_refused() {
+    let w = World::start(McpSessions::new()).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    coder.set_session_id("0f6a2b1c-made-up").unwrap();
+    http_refusal(read(&mut coder).await, 403, "peer_denied");
+}
+
+#[tokio::test]
+async fn another_peer_cannot_delete_a_session_and_the_owner_can() {
+    let w = World::start(McpSessions::new()).await;
+    let coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let session = coder.session_id().unwrap().to_owned();
+    let delete = |session: &str| {
+        http::Request::delete("/mcp")
+            .header(SESSION_HEADER, session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Bytes::new())
+            .unwrap()
+    };
+    let other = w.http(w.domain.task(OTHER, "repo:read").unwrap(), OTHER);
+    let mut conn = other.connect(w.addr, HOST).await.unwrap();
+    let resp = conn.send(delete(&session)).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(w.sessions.owner(&session).is_some());
+
+    let mine = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
+    let mut conn = mine.connect(w.addr, HOST).await.unwrap();
+    let resp = conn.send(delete(&session)).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!(w.sessions.owner(&session).is_none());
+}
+
+#[tokio::test]
+async fn a_tool_outside_the_delegated_scope_is_refused_with_its_code() {
+    let w = World::start(McpSessions::new()).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    match coder.call_tool("write_file", json!({ "path": "a" })).await {
+        Err(McpError::Rpc { code, message }) => {
+            assert_eq!(code, i64::from(FORBIDDEN));
+            assert_eq!(message, "scope_not_granted");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut writer = w.mcp(OTHER, "repo:write").await.unwrap();
+    assert!(writer
+        .call_tool("write_file", json!({ "path": "a" }))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_caller_without_a_chain_holds_no_tool() {
+    let w = World::start(McpSessions::new()).await;
+    let (cred, _) = w.domain.credential(CODER).unwrap();
+    let http = w.http(Arc::new(MemoryCredentials::new(cred)), CODER);
+    let conn = http.connect(w.addr, HOST).await.unwrap();
+    let mut c = McpClient::initialize(conn, "/mcp").await.unwrap();
+    match read(&mut c).await {
+        Err(McpError::Rpc { code, message }) => {
+            assert_eq!(
+                (code, message.as_str()),
+                (i64::from(FORBIDDEN), "scope_not_granted")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn revocation_ends_the_session_for_its_peer() {
+    let w = World::start(McpSessions::new()).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let session = coder.session_id().unwrap().to_owned();
+    assert!(read(&mut coder).await.is_ok());
+    w.server_verification
+        .apply_revocation_list(&w.domain.revocation_list(&[CODER]).unwrap())
+        .unwrap();
+    match read(&mut coder).await {
+        Ok(r) => panic!("allowed after revocation: {r}"),
+        Err(McpError::Http { status, code }) => {
+            assert_eq!((status, code.as_str()), (401, "revoked"))
+        }
+        Err(McpError::Transport(_)) => {} // the server already closed the connection
+        Err(e) => panic!("{e}"),
+    }
+    // A new connection of the revoked task cannot resume the session either.
+    let http = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
+    let answer = match http.connect(w.addr, HOST).await {
+        Err(e) => format!("connect refused: {e}"),
+        Ok(mut conn) => {
+            let req = http::Request::post("/mcp")
+                .header(SESSION_HEADER, session.as_str())
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(Bytes::from_static(
+                    br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+                ))
+                .unwrap();
+            match conn.send(req).await {
+                Err(e) => format!("closed: {e}"),
+                Ok(resp) => resp.status().to_string(),
+            }
+        }
+    };
+    assert!(
+        answer.starts_with("connect refused")
+            || answer.starts_with("closed")
+            || answer.starts_with("401"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_holds_a_bounded_number_of_sessions_and_the_server_too() {
+    let w = World::start(McpSessions::new().max_sessions_per_peer(1).max_sessions(2)).await;
+    let first = w.mcp(CODER, "repo:read").await.unwrap();
+    let old = first.session_id().unwrap().to_owned();
+    let mut second = w.mcp(CODER, "repo:read").await.unwrap();
+    // The coder's oldest session was forgotten, and is refused from now on.
+    assert!(w.sessions.owner(&old).is_none());
+    assert!(read(&mut second).await.is_ok());
+    let mut again = w.mcp(CODER, "repo:read").await.unwrap();
+    again.set_session_id(&old).unwrap();
+    http_refusal(read(&mut again).await, 403, "peer_denied");
+    // Two sessions bound (one per peer at most): a third initialize is busy.
+    let _other = w.mcp(OTHER, "repo:read").await.unwrap();
+    match w
+        .mcp("spiffe://example.org/agent/third/task/t3", "repo:read")
+        .await
+    {
+        Err(McpError::Http { status, code }) => assert_eq!((status, code.as_str()), (503, "busy")),
+        other => panic!("{:?}", other.map(|c| c.session_id().map(str::to_owned))),
+    }
+}
+
+#[tokio::test]
+async fn an_idle_binding_is_forgotten_and_frees_its_place() {
+    // Idle timeout zero: every binding is stale as soon as it is made (no clock games).
+    let w = World::start(
+        McpSessions::new()
+            .idle_timeout(Duration::ZERO)
+            .max_sessions(1),
+    )
+    .await;
+    // The session given by `initialize` is already forgotten when the client confirms it.
+    http_refusal(
+        w.mcp(CODER, "repo:read").await.map(|_| json!(null)),
+        403,
+        "peer_denied",
+    );
+    // The full table was purged of the stale binding: the next initialize is not `busy`.
+    http_refusal(
+        w.mcp(OTHER, "repo:read").await.map(|_| json!(null)),
+        403,
+        "peer_denied",
+    );
+}
+
+#[tokio::test]
+async fn two_session_headers_are_refused_before_the_mcp_service() {
+    let w = World::start(McpSessions::new()).await;
+    let coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let mine = coder.session_id().unwrap().to_owned();
+    let other = w.mcp(OTHER, "repo:read").await.unwrap();
+    let theirs = other.session_id().unwrap().to_owned();
+    let http = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
+    let mut conn = http.connect(w.addr, HOST).await.unwrap();
+    // Whichever header a later layer would read, the request never gets there.
+    for (a, b) in [(&mine, &theirs), (&theirs, &mine)] {
+        let req = http::Request::post("/mcp")
+            .header(SESSION_HEADER, a.as_str())
+            .header(SESSION_HEADER, b.as_str())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+            ))
+            .unwrap();
+        let resp = conn.send(req).await.unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+}
