@@ -708,7 +708,7 @@ impl Store for SqliteStore {
 
     fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE bootstrap_tokens SET binding = ?2 WHERE hash = ?1 AND used_at IS NULL",
+            "UPDATE bootstrap_tokens SET binding = ?2, creator = json_extract(?2, '$.creator') WHERE hash = ?1 AND used_at IS NULL",
             params![hash, binding],
         )?;
         if n != 1 {

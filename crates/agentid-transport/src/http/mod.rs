@@ -43,6 +43,7 @@
 mod authz;
 mod body;
 mod client;
+mod enroll_tls;
 mod presentation;
 mod refusal;
 mod server;
@@ -53,6 +54,7 @@ pub use authz::{
     RequireScopeService, TracingSink, CORRELATION_HEADER,
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
+pub use enroll_tls::{danger_no_client_auth_for_enrollment, enrollment_client_config};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
 pub use presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, PresentationState,
