@@ -16,6 +16,7 @@ mod common;
 mod delegate;
 mod error;
 mod files;
+mod net;
 mod revoke;
 mod trust;
 
@@ -57,6 +58,11 @@ enum Command {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Bootstrap tokens for enrollment with the CA service.
+    #[command(subcommand)]
+    Token(net::TokenCommand),
+    /// Enroll with a bootstrap token file: a key made here, a certificate from the CA service.
+    Enroll(net::EnrollArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -85,6 +91,8 @@ fn run(cli: &Cli) -> CliResult {
         Command::Revoke(a) => revoke::run_revoke(a),
         Command::Revocations(c) => revoke::run_revocations(c),
         Command::Bundle(c) => bundle::run(c),
+        Command::Token(c) => net::run_token(c),
+        Command::Enroll(a) => net::run_enroll(a),
     }
 }
 

@@ -34,6 +34,8 @@ mod credentials;
 mod error;
 mod establish;
 mod frame;
+#[cfg(feature = "enroll")]
+pub mod enroll;
 #[cfg(feature = "http")]
 pub mod http;
 mod limits;
