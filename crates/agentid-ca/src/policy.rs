@@ -461,7 +461,12 @@ impl Policy {
 
     /// Whether service `service` holds `permission` for agent `name` (rule
     /// `agents.NAME.permissions`).
-    pub fn check_permission(&self, name: &str, service: &str, permission: Permission) -> Result<()> {
+    pub fn check_permission(
+        &self,
+        name: &str,
+        service: &str,
+        permission: Permission,
+    ) -> Result<()> {
         let rule = self.agent(name)?;
         let ok = rule
             .permissions

@@ -1234,7 +1234,8 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
             let t2 = target.clone();
             let check = run(&s, move |ca| {
                 let agent = target_agent(ca, &t2)?;
-                ca.policy().check_permission(&agent, &svc, Permission::Revoke)
+                ca.policy()
+                    .check_permission(&agent, &svc, Permission::Revoke)
             })
             .await;
             if let Err(r) = check {

@@ -117,7 +117,9 @@ fn serve(args: &ServeArgs) -> CliResult {
                 let l = tokio::net::TcpListener::bind(e)
                     .await
                     .context(format!("cannot listen on {e}"))?;
-                let a = l.local_addr().context("cannot read the listener's address")?;
+                let a = l
+                    .local_addr()
+                    .context("cannot read the listener's address")?;
                 print_text(&format!("enrollment listening on {a}\n"))?;
                 Some(l)
             }

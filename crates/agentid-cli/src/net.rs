@@ -49,7 +49,9 @@ impl RemoteArgs {
                 .danger_accept_missing_or_stale_revocations(),
         )
         .context("cannot build the verifier")?;
-        let source = Arc::new(agentid_transport::MemoryCredentials::new(cred.credential()?));
+        let source = Arc::new(agentid_transport::MemoryCredentials::new(
+            cred.credential()?,
+        ));
         CaClient::new(url, source, verification, TIMEOUT).map_err(api_error)
     }
 }
@@ -82,7 +84,12 @@ pub enum TokenCommand {
 #[derive(Debug, clap::Args)]
 pub struct TokenCreateArgs {
     /// The CA directory (operator, local).
-    #[arg(long = "ca", value_name = "DIR", conflicts_with = "ca_url", required_unless_present = "ca_url")]
+    #[arg(
+        long = "ca",
+        value_name = "DIR",
+        conflicts_with = "ca_url",
+        required_unless_present = "ca_url"
+    )]
     pub ca: Option<PathBuf>,
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -174,12 +181,7 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
         )?
         .trust_domain();
         TokenFile {
-            identity: format!(
-                "spiffe://{}/agent/{}/task/{}",
-                td.as_str(),
-                r.agent,
-                r.task
-            ),
+            identity: format!("spiffe://{}/agent/{}/task/{}", td.as_str(), r.agent, r.task),
             token: r.token,
             ca_url: a.enroll_url.clone(),
             root_sha256: r.root_sha256,
@@ -235,17 +237,23 @@ pub struct EnrollArgs {
 pub fn run_enroll(a: &EnrollArgs) -> CliResult {
     let path = match &a.token_file {
         Some(p) => p.clone(),
-        None => std::env::var_os(TOKEN_FILE_ENV).map(PathBuf::from).ok_or_else(|| {
-            CliError::usage(format!("name the token file: --token-file or {TOKEN_FILE_ENV}"))
-        })?,
+        None => std::env::var_os(TOKEN_FILE_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "name the token file: --token-file or {TOKEN_FILE_ENV}"
+                ))
+            })?,
     };
     let secret = agentid_fs::read_secret(&path, 64 * 1024)?;
-    let token: TokenFile = serde_json::from_slice(&secret)
-        .context(format!("{}: not a token file", path.display()))?;
+    let token: TokenFile =
+        serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
     let key = TaskKey::generate(a.key_type.algorithm()).context("cannot make a key")?;
     let pkcs8 = key.danger_pkcs8_der().to_vec();
     let enrolled = runtime()?
-        .block_on(agentid_transport::enroll::enroll_with_token(&token, key, TIMEOUT))
+        .block_on(agentid_transport::enroll::enroll_with_token(
+            &token, key, TIMEOUT,
+        ))
         .map_err(api_error)?;
     files::ensure_dir(&a.out_dir)?;
     files::write_new_private_key(&a.out_dir.join(KEY_FILE), &pkcs8)?;
@@ -330,7 +338,9 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
         iss: None,
         reason: args.reason.clone(),
     };
-    let r = runtime()?.block_on(client.revoke(&req)).map_err(api_error)?;
+    let r = runtime()?
+        .block_on(client.revoke(&req))
+        .map_err(api_error)?;
     match args.format.format {
         Format::Json => print_json(&json!({"kind": r.kind, "value": r.value, "exp": r.exp})),
         Format::Text => print_text(&format!(

@@ -18,7 +18,12 @@ use crate::files;
 #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "task", "agent", "jkt", "jti"])))]
 pub struct RevokeArgs {
     /// The CA directory made by `agentid ca init` (whoever can read it is the operator).
-    #[arg(long = "ca", value_name = "DIR", conflicts_with = "ca_url", required_unless_present = "ca_url")]
+    #[arg(
+        long = "ca",
+        value_name = "DIR",
+        conflicts_with = "ca_url",
+        required_unless_present = "ca_url"
+    )]
     pub ca: Option<PathBuf>,
     /// Revoke through the CA service instead (as a service with `revoke`, or a holder closing
     /// its own task).

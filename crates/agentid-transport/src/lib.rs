@@ -31,11 +31,11 @@
 mod admission;
 mod client;
 mod credentials;
+#[cfg(feature = "enroll")]
+pub mod enroll;
 mod error;
 mod establish;
 mod frame;
-#[cfg(feature = "enroll")]
-pub mod enroll;
 #[cfg(feature = "http")]
 pub mod http;
 mod limits;

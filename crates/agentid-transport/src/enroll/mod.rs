@@ -97,9 +97,7 @@ impl CaUrl {
             .ok_or_else(|| invalid(format!("CA URL {url:?} must start with https://")))?;
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-            return Err(invalid(format!(
-                "CA URL {url:?} must be https://HOST:PORT"
-            )));
+            return Err(invalid(format!("CA URL {url:?} must be https://HOST:PORT")));
         }
         let (host, port) = authority
             .rsplit_once(':')
@@ -172,8 +170,7 @@ async fn request_plain(
         let addr = url.addr().await?;
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("agentid.invalid")
-            .map_err(|e| invalid(e.to_string()))?;
+        let name = ServerName::try_from("agentid.invalid").map_err(|e| invalid(e.to_string()))?;
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
@@ -391,8 +388,7 @@ pub async fn enroll_with_token(
         VerifierConfig::new(identity.clone(), set).danger_accept_missing_or_stale_revocations(),
     )?;
     // 2. The token, only to the pinned CA's service identity.
-    let config =
-        enrollment_client_config(&verification, PeerPolicy::exact(ca_peer(&td)?))?;
+    let config = enrollment_client_config(&verification, PeerPolicy::exact(ca_peer(&td)?))?;
     let csr = key.csr(&identity).map_err(|e| invalid(e.to_string()))?;
     let req = serde_json::to_vec(&EnrollRequest {
         token: token.token.clone(),
@@ -443,12 +439,13 @@ impl CaClient {
         let td = SpiffeId::parse(current.identity().as_str())
             .map_err(|e| invalid(e.to_string()))?
             .trust_domain();
-        let client = HttpClient::builder(credentials, verification, PeerPolicy::exact(ca_peer(&td)?))
-            .connect_timeout(timeout)
-            // The CA routes take no chain: identity-only calls.
-            .danger_skip_audience_check()
-            .http1_only()
-            .build()?;
+        let client =
+            HttpClient::builder(credentials, verification, PeerPolicy::exact(ca_peer(&td)?))
+                .connect_timeout(timeout)
+                // The CA routes take no chain: identity-only calls.
+                .danger_skip_audience_check()
+                .http1_only()
+                .build()?;
         Ok(CaClient {
             url,
             client,
@@ -522,7 +519,8 @@ impl CaClient {
 
     /// The live tasks of the agents the caller may list (`GET /v1/tasks`, needs `list`).
     pub async fn list(&self) -> Result<TasksResponse> {
-        self.call(Method::GET, agentid_api::routes::TASKS, None).await
+        self.call(Method::GET, agentid_api::routes::TASKS, None)
+            .await
     }
 }
 

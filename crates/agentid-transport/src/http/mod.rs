@@ -54,8 +54,8 @@ pub use authz::{
     RequireScopeService, TracingSink, CORRELATION_HEADER,
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
-pub use enroll_tls::{danger_no_client_auth_for_enrollment, enrollment_client_config};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
+pub use enroll_tls::{danger_no_client_auth_for_enrollment, enrollment_client_config};
 pub use presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, PresentationState,
     CHAIN_HEADER, MAX_HTTP_CHAIN_BYTES, MAX_HTTP_PROOF_BYTES, PROOF_HEADER,

@@ -1,0 +1,305 @@
+//! The CA service through the real `agentid` binary on 127.0.0.1: `ca serve` with an
+//! enrollment listener, `token create` (operator and service), `enroll`, `ca list` and
+//! `revoke --ca-url`; and the refusals, each with its code and nothing recorded as issued.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{mode, Env};
+
+const POLICY: &str = r#"
+[defaults]
+ttl = "5m"
+max_ttl = "15m"
+task_ttl = "1h"
+max_task_ttl = "8h"
+
+[agents.planner]
+scopes = ["tickets:*"]
+max_ttl = "15m"
+max_depth = 3
+requesters = ["operator", "bootstrap"]
+
+[agents.planner.permissions]
+"svc:platform" = ["open_task", "create_token", "revoke", "list"]
+
+[agents.auditor]
+scopes = ["tickets:read"]
+requesters = ["operator", "bootstrap"]
+
+[services.agentid-ca]
+requesters = ["operator"]
+
+[services.platform]
+requesters = ["operator"]
+
+[services.weak]
+requesters = ["operator"]
+"#;
+
+/// Kills the server when the test ends, whatever happens.
+struct Server {
+    child: std::process::Child,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("https://{}", self.mtls)
+    }
+    fn enroll_url(&self) -> String {
+        format!("https://{}", self.enroll)
+    }
+}
+
+/// A CA in `env` with [`POLICY`], service credentials for `platform` and `weak`, and
+/// `ca serve` running with both listeners.
+fn serve(env: &Env) -> Server {
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("cert issue --ca ca --service platform --out-dir platform");
+    env.ok("cert issue --ca ca --service weak --out-dir weak");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "ca",
+            "serve",
+            "--ca",
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let _ = tx.send(line);
+        }
+        // Keep the pipe open (and drained) while the server runs.
+        let mut sink = String::new();
+        while r.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    let addr = |prefix: &str| -> SocketAddr {
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let mtls = addr("listening on ");
+    let enroll = addr("enrollment listening on ");
+    Server {
+        child,
+        mtls,
+        enroll,
+    }
+}
+
+/// Issuances the CA's store holds (read beside the running service).
+fn issued(env: &Env) -> usize {
+    agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .issuances()
+        .unwrap()
+        .len()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn an_operator_token_enrolls_once_and_a_second_use_is_refused() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t1.json",
+        s.enroll_url()
+    ));
+    assert_eq!(mode(&env.path("t1.json")), 0o600);
+    let file: serde_json::Value = serde_json::from_str(&env.read("t1.json")).unwrap();
+    let before = issued(&env);
+
+    let v = env.json("enroll --token-file t1.json --out-dir a1");
+    assert_eq!(v["identity"], file["identity"]);
+    assert_eq!(mode(&env.path("a1/key.pem")), 0o600);
+    assert!(env.read("a1/grant.jwt").starts_with("ey"));
+    // The written directory is a working credential directory.
+    env.ok("cert verify a1/cert.pem --bundle a1/bundle.json");
+    assert_eq!(issued(&env), before + 1);
+
+    env.fails("enroll --token-file t1.json --out-dir a2", 1, "token_used");
+    assert_eq!(issued(&env), before + 1, "nothing issued the second time");
+    assert!(!env.path("a2/cert.pem").exists());
+}
+
+#[test]
+fn an_expired_token_is_refused_and_issues_nothing() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --expires-in 1s --out t.json",
+        s.enroll_url()
+    ));
+    let file: serde_json::Value = serde_json::from_str(&env.read("t.json")).unwrap();
+    let expires = file["expires"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while now() <= expires && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = issued(&env);
+    env.fails("enroll --token-file t.json --out-dir a", 1, "token_expired");
+    assert_eq!(issued(&env), before);
+}
+
+#[test]
+fn a_token_presented_to_another_ca_is_not_sent_and_stays_redeemable() {
+    let env = Env::new();
+    let s = serve(&env);
+    let other = Env::new();
+    let impostor = serve(&other);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    // The same token file, pointed at a CA whose root is not the pinned one.
+    let mut file: serde_json::Value = serde_json::from_str(&env.read("t.json")).unwrap();
+    file["ca_url"] = impostor.enroll_url().into();
+    let wrong = env.path("wrong.json");
+    std::fs::write(&wrong, serde_json::to_vec(&file).unwrap()).unwrap();
+    env.chmod("wrong.json", 0o600);
+    let (before, before_other) = (issued(&env), issued(&other));
+    env.fails(
+        "enroll --token-file wrong.json --out-dir a",
+        1,
+        "is not the CA the token file pins",
+    );
+    assert_eq!((issued(&env), issued(&other)), (before, before_other));
+    // The token never left: the pinned CA still redeems it.
+    env.json("enroll --token-file t.json --out-dir b");
+    assert_eq!(issued(&env), before + 1);
+}
+
+#[test]
+fn a_service_creates_tokens_lists_and_revokes_within_its_permissions() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let eurl = s.enroll_url();
+    env.ok(&format!(
+        "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
+    ));
+    assert_eq!(mode(&env.path("t.json")), 0o600);
+    // The token file reaches the agent through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .env("AGENTID_TOKEN_FILE", env.path("t.json"))
+        .args(["enroll", "--out-dir", "a", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enrolled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holder = enrolled["identity"].as_str().unwrap().to_owned();
+    let task = holder.rsplit('/').next().unwrap().to_owned();
+
+    let list = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    let holders: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["holder"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, [holder.as_str()]);
+
+    env.json(&format!(
+        "revoke --ca-url {url} --cred platform --task {task}"
+    ));
+    let list = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    assert!(list["tasks"].as_array().unwrap().is_empty(), "{list}");
+    // The revoked holder can no longer renew: the CA re-checks it on every request.
+    env.fails(
+        &format!("revoke --ca-url {url} --cred a --task {task}"),
+        1,
+        "revoked",
+    );
+}
+
+#[test]
+fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let eurl = s.enroll_url();
+    let before = issued(&env);
+    env.fails(
+        &format!("ca list --ca-url {url} --cred weak"),
+        1,
+        "policy_denied",
+    );
+    env.fails(
+        &format!(
+            "token create --ca-url {url} --cred weak --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
+        ),
+        1,
+        "policy_denied",
+    );
+    assert!(!env.path("t.json").exists());
+    // `platform` may create tokens for planner, not for auditor.
+    env.fails(
+        &format!(
+            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json"
+        ),
+        1,
+        "policy_denied",
+    );
+    env.fails(
+        &format!("revoke --ca-url {url} --cred weak --agent planner"),
+        1,
+        "policy_denied",
+    );
+    assert_eq!(issued(&env), before);
+    assert!(agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .revocations()
+        .unwrap()
+        .is_empty());
+}
