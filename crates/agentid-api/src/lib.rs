@@ -319,6 +319,9 @@ pub struct TokenFile {
     pub task: String,
     /// Expiry, Unix seconds.
     pub expires: u64,
+    /// The CA's mutual-TLS listener, `https://HOST:PORT`, for renewals (absent: `ca_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_url: Option<String>,
 }
 
 impl core::fmt::Debug for TokenFile {

@@ -302,6 +302,7 @@ async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root()
         agent: t.agent.clone(),
         task: t.task.clone(),
         expires: t.expires,
+        renew_url: None,
     };
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
@@ -437,4 +438,55 @@ async fn every_mtls_route_rechecks_the_caller_and_a_foreign_certificate_gets_a_t
         text.contains("alert") || text.contains("Alert"),
         "not a TLS alert: {text}"
     );
+}
+
+#[tokio::test]
+async fn the_enroller_renews_its_credential_with_the_same_key_and_signals_the_change() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"],"ttl_secs":60}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t: TokenResponse = serde_json::from_str(&b).unwrap();
+    let file = TokenFile {
+        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
+        ca_url: format!("https://{}", w.enroll),
+        token: t.token,
+        root_sha256: t.root_sha256,
+        agent: t.agent,
+        task: t.task,
+        expires: t.expires,
+        // Renewals go to the mTLS listener; `ca_url` is the enrollment one.
+        renew_url: Some(format!("https://{}", w.mtls)),
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let (enroller, first, _) = agentid_transport::enroll::Enroller::from_token_file(&file, key, T)
+        .await
+        .unwrap();
+    let source = enroller.credentials();
+    let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref()).unwrap();
+    let renewed = enroller.renew().await.unwrap();
+    assert_eq!(renewed.identity().as_str(), file.identity);
+    assert_ne!(renewed.info().serial, first.serial);
+    assert_eq!(
+        renewed.info().public_key,
+        agentid_transport::CredentialSource::current(source.as_ref())
+            .unwrap()
+            .info()
+            .public_key
+    );
+    // The grant stays attached across the renewal.
+    assert!(renewed.chain().is_some());
+    tokio::time::timeout(T, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let rec = w.ca().issuance(&renewed.info().serial).unwrap().unwrap();
+    assert_eq!(rec.kind, agentid_ca::IssuanceKind::Renewal);
 }

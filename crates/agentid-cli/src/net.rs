@@ -96,6 +96,10 @@ pub struct TokenCreateArgs {
     /// The URL written into the token file: the CA's enrollment listener, `https://HOST:PORT`.
     #[arg(long, value_name = "URL")]
     pub enroll_url: String,
+    /// The CA's mutual-TLS listener written into the token file for renewals (default: the
+    /// `--ca-url` of a service's request, else none).
+    #[arg(long, value_name = "URL")]
+    pub renew_url: Option<String>,
     /// The agent the token enrolls.
     #[arg(long)]
     pub agent: String,
@@ -157,6 +161,7 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             agent: t.identity.agent().name().to_owned(),
             task: t.identity.task_id().as_str().to_owned(),
             expires: t.expires,
+            renew_url: a.renew_url.clone(),
         }
     } else {
         let client = a.remote.client()?;
@@ -188,6 +193,7 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             agent: r.agent,
             task: r.task,
             expires: r.expires,
+            renew_url: a.renew_url.clone().or_else(|| a.remote.ca_url.clone()),
         }
     };
     let text = serde_json::to_vec_pretty(&file).context("cannot encode the token file")?;

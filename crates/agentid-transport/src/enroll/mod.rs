@@ -537,7 +537,8 @@ pub struct Enroller {
 
 impl Enroller {
     /// Enrolls with `token` (see [`enroll_with_token`]) and holds the credential; returns the
-    /// CA's response and the pinned bundle's JSON beside it.
+    /// CA's response and the pinned bundle's JSON beside it. Renewals go to the token file's
+    /// `renew_url` (the CA's mutual-TLS listener), else to its `ca_url`.
     pub async fn from_token_file(
         token: &TokenFile,
         key: TaskKey,
@@ -549,11 +550,13 @@ impl Enroller {
             bundle_json,
             verification,
         } = enroll_with_token(token, key, timeout).await?;
-        let e = Enroller::from_credential(&token.ca_url, credential, verification, timeout);
+        let renew_url = token.renew_url.as_deref().unwrap_or(&token.ca_url);
+        let e = Enroller::from_credential(renew_url, credential, verification, timeout);
         Ok((e, response, bundle_json))
     }
 
-    /// Holds an already issued credential, for renewal only.
+    /// Holds an already issued credential, for renewal only, at `ca_url` (the CA's mutual-TLS
+    /// listener), verified with `verification`.
     pub fn from_credential(
         ca_url: &str,
         credential: Credential,
