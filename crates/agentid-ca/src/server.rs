@@ -63,6 +63,53 @@ pub struct ServiceOptions {
     pub http: HttpOptions,
     /// Connection caps of the enrollment listener (its own, smaller than the mTLS listener's).
     pub enroll_limits: agentid_transport::ConnectionLimits,
+    /// Requests one source address may make on the enrollment listener per
+    /// [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
+    pub enroll_rate_per_source: u32,
+}
+
+/// The window of [`ServiceOptions::enroll_rate_per_source`].
+pub const ENROLL_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Most source addresses the enrollment rate limiter tracks; past it, the oldest window is
+/// dropped whole (a flood of sources resets counts rather than growing memory).
+const MAX_TRACKED_SOURCES: usize = 16_384;
+
+/// Fixed-window request counts per source address.
+#[derive(Debug)]
+struct RateLimiter {
+    per_window: u32,
+    state: std::sync::Mutex<(
+        tokio::time::Instant,
+        std::collections::HashMap<std::net::IpAddr, u32>,
+    )>,
+}
+
+impl RateLimiter {
+    fn new(per_window: u32) -> Self {
+        RateLimiter {
+            per_window: per_window.max(1),
+            state: std::sync::Mutex::new((
+                tokio::time::Instant::now(),
+                std::collections::HashMap::new(),
+            )),
+        }
+    }
+
+    /// Counts one request from `ip`; false when it is over the limit.
+    fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return false;
+        };
+        let (start, counts) = &mut *g;
+        if start.elapsed() >= ENROLL_RATE_WINDOW || counts.len() >= MAX_TRACKED_SOURCES {
+            *start = tokio::time::Instant::now();
+            counts.clear();
+        }
+        let n = counts.entry(ip).or_insert(0);
+        *n = n.saturating_add(1);
+        *n <= self.per_window
+    }
 }
 
 impl Default for ServiceOptions {
@@ -79,6 +126,7 @@ impl Default for ServiceOptions {
                 idle_timeout: Some(Duration::from_secs(30)),
                 ..agentid_transport::ConnectionLimits::default()
             },
+            enroll_rate_per_source: 30,
         }
     }
 }
@@ -106,6 +154,7 @@ pub struct CaService {
     own: OwnCertificate,
     enroll_tls: Arc<rustls::ServerConfig>,
     enroll_admission: agentid_transport::Admission,
+    enroll_rate: Arc<RateLimiter>,
 }
 
 /// The service's own certificate, re-issued (same key) at half its lifetime.
@@ -212,6 +261,7 @@ impl CaService {
             own,
             enroll_tls,
             enroll_admission,
+            enroll_rate: Arc::new(RateLimiter::new(options.enroll_rate_per_source)),
         })
     }
 
@@ -249,8 +299,9 @@ impl CaService {
 
     /// Serves the enrollment listener until it fails: TLS 1.3 without client authentication
     /// (see [`agentid_transport::http::danger_no_client_auth_for_enrollment`]), its own
-    /// connection, handshake and per-source caps ([`ServiceOptions::enroll_limits`]), HTTP/1.1
-    /// and HTTP/2, the routes of [`CaService::enrollment_router`].
+    /// connection, handshake and per-source caps ([`ServiceOptions::enroll_limits`]), a request
+    /// rate per source address ([`ServiceOptions::enroll_rate_per_source`], then
+    /// `429 rate_limited`), HTTP/1.1 and HTTP/2, the routes of [`CaService::enrollment_router`].
     pub async fn serve_enrollment(
         &self,
         listener: tokio::net::TcpListener,
@@ -268,7 +319,26 @@ impl CaService {
             };
             let admission = self.enroll_admission.clone();
             let config = self.enroll_tls.clone();
-            let router = router.clone();
+            let limiter = self.enroll_rate.clone();
+            let ip = source.ip();
+            // Every request on this connection counts against its source address.
+            let router = router.clone().layer(axum::middleware::from_fn(
+                move |req: Request, next: axum::middleware::Next| {
+                    let allowed = limiter.allow(ip);
+                    async move {
+                        if allowed {
+                            next.run(req).await
+                        } else {
+                            Refused::new(
+                                ErrorCode::RateLimited,
+                                "too many requests from this address",
+                                "retry after Retry-After",
+                            )
+                            .into_response()
+                        }
+                    }
+                },
+            ));
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match admission.tls_accept(tcp, Some(source.ip()), config).await {

@@ -490,3 +490,46 @@ async fn the_enroller_renews_its_credential_with_the_same_key_and_signals_the_ch
     let rec = w.ca().issuance(&renewed.info().serial).unwrap().unwrap();
     assert_eq!(rec.kind, agentid_ca::IssuanceKind::Renewal);
 }
+
+#[tokio::test]
+async fn the_enrollment_listener_limits_requests_per_source_address() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA_POLICY);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let options = ServiceOptions {
+        enroll_rate_per_source: 3,
+        ..ServiceOptions::default()
+    };
+    let service = CaService::new(ca, options).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let enroll = e.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    let file = TokenFile {
+        token: "not-a-token".into(),
+        ca_url: format!("https://{enroll}"),
+        root_sha256: "00".repeat(32),
+        identity: "spiffe://example.org/agent/planner/task/t".into(),
+        agent: "planner".into(),
+        task: "t".into(),
+        expires: 0,
+        renew_url: None,
+    };
+    // Each attempt fetches the bundle (one request) and stops at the pin: three pass, the
+    // fourth is refused 429 rate_limited within the same window.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let err = agentid_transport::enroll::enroll_with_token(&file, key, T)
+            .await
+            .unwrap_err();
+        codes.push(match err {
+            agentid_transport::enroll::EnrollError::RootMismatch(_) => "pin".to_owned(),
+            other => other.to_string(),
+        });
+    }
+    assert_eq!(codes[..3], ["pin", "pin", "pin"]);
+    assert!(codes[3].contains("429"), "{codes:?}");
+}
