@@ -357,3 +357,80 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
         )),
     }
 }
+
+// ---- cert renew --ca-url [--daemon] ----
+
+fn write_cert(dir: &Path, cred: &agentid_transport::Credential) -> CliResult {
+    let pem: String = cred
+        .cert_chain()
+        .iter()
+        .map(|c| agentid_fs::pem_encode("CERTIFICATE", c.as_ref()))
+        .collect();
+    files::write_public(&dir.join(CERT_FILE), pem.as_bytes())
+}
+
+fn print_renewed(cred: &agentid_transport::Credential, format: Format) -> CliResult {
+    let info = cred.info();
+    match format {
+        Format::Json => print_json(&json!({
+            "identity": cred.identity().as_str(),
+            "serial": info.serial,
+            "not_after": info.not_after,
+        })),
+        Format::Text => print_text(&format!(
+            "renewed {} (serial {}, until {})\n",
+            cred.identity().as_str(),
+            info.serial,
+            rfc3339(info.not_after)
+        )),
+    }
+}
+
+/// `agentid cert renew --ca-url URL --dir DIR [--daemon]`.
+pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
+    let Some(url) = &args.ca_url else {
+        return Err(CliError::usage("name the CA: --ca DIR or --ca-url URL"));
+    };
+    let cred = CredentialDir::load(&args.dir)?;
+    let verification = PeerVerification::new(
+        cred.verifier_config()?
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .context("cannot build the verifier")?;
+    let enroller = agentid_transport::enroll::Enroller::from_credential(
+        url,
+        cred.credential_with_chain()?,
+        verification,
+        TIMEOUT,
+    )
+    .with_ttl(args.ttl.ttl);
+    let rt = runtime()?;
+    if !args.daemon {
+        let renewed = rt.block_on(enroller.renew()).map_err(api_error)?;
+        write_cert(&args.dir, &renewed)?;
+        return print_renewed(&renewed, args.format.format);
+    }
+    let source = enroller.credentials();
+    let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref())
+        .ok_or_else(|| CliError::failed("the credential source signals no changes"))?;
+    rt.block_on(async {
+        let run = enroller.run();
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => {
+                    return r.map_err(api_error);
+                }
+                c = changes.changed() => {
+                    if c.is_err() {
+                        return Err(CliError::failed("the credential source closed"));
+                    }
+                    if let Some(cur) = agentid_transport::CredentialSource::current(source.as_ref()) {
+                        write_cert(&args.dir, &cur)?;
+                        print_renewed(&cur, args.format.format)?;
+                    }
+                }
+            }
+        }
+    })
+}

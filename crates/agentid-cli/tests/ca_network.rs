@@ -303,3 +303,61 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl 12s --out t.json",
+        s.enroll_url(),
+        s.url()
+    ));
+    let first = env.json("enroll --token-file t.json --out-dir a");
+    let url = s.url();
+    let once = env.json(&format!("cert renew --ca-url {url} --dir a --ttl 12s"));
+    assert_eq!(once["identity"], first["identity"]);
+    assert_ne!(once["serial"], first["serial"]);
+    // The written certificate is the renewed one, for the same key.
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    let serial_of =
+        |env: &Env| -> serde_json::Value { env.json("cert inspect a/cert.pem")["serial"].clone() };
+    assert_eq!(
+        serial_of(&env)
+            .as_str()
+            .map(|s| s.replace(':', "").to_lowercase()),
+        once["serial"]
+            .as_str()
+            .map(|s| s.replace(':', "").to_lowercase())
+    );
+
+    // As a daemon: cert.pem is replaced on its own (12 s certificates, renewed at half-life).
+    let before = serial_of(&env);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert", "renew", "--ca-url", &url, "--dir", "a", "--daemon", "--ttl", "12s",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut renewed = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if serial_of(&env) != before {
+            renewed = true;
+            break;
+        }
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        renewed,
+        "the daemon replaced cert.pem: {}",
+        env.read("daemon.log")
+    );
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+}

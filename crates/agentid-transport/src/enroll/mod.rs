@@ -533,6 +533,7 @@ pub struct Enroller {
     credentials: Arc<MemoryCredentials>,
     verification: Arc<PeerVerification>,
     timeout: Duration,
+    ttl: Option<Duration>,
 }
 
 impl Enroller {
@@ -568,7 +569,15 @@ impl Enroller {
             credentials: Arc::new(MemoryCredentials::new(credential)),
             verification,
             timeout,
+            ttl: None,
         }
+    }
+
+    /// Asks for this certificate lifetime at each renewal (default: the policy's).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// The credential source, updated on every renewal.
@@ -588,7 +597,12 @@ impl Enroller {
             self.verification.clone(),
             self.timeout,
         )?;
-        let resp = client.renew(&RenewRequest::default()).await?;
+        let resp = client
+            .renew(&RenewRequest {
+                identity: None,
+                ttl_secs: self.ttl.map(|d| d.as_secs()),
+            })
+            .await?;
         if resp.identity != current.identity().as_str() {
             return Err(invalid("the CA renewed another identity"));
         }
