@@ -18,7 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -32,10 +32,11 @@ pub struct Migration {
 }
 
 /// Every migration after version 0, in order; `MIGRATIONS[i].version == i + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "CA service: published revocation lists, token bindings",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "CA service: published revocation lists, token bindings",
+        sql: "
 -- One row per publication of the revocation list (CA-API.md, GET /v1/revocations): `seq` is the
 -- list's sequence number, `compact` the signed list exactly as served.
 CREATE TABLE published_lists (
@@ -47,7 +48,16 @@ ALTER TABLE bootstrap_tokens ADD COLUMN binding TEXT;
 -- Who created the token (`operator` or `svc:NAME`).
 ALTER TABLE bootstrap_tokens ADD COLUMN creator TEXT;
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "CA service: the inventory of live tasks reads tasks by expiry",
+        sql: "
+-- GET /v1/tasks reads only tasks whose grant has not expired.
+CREATE INDEX tasks_exp ON tasks(exp);
+",
+    },
+];
 
 /// Reads the schema version.
 pub fn schema_version(conn: &Connection) -> Result<u32> {

@@ -279,6 +279,7 @@ impl CaService {
             .route(agentid_api::routes::RENEW, post(renew))
             .route(agentid_api::routes::REVOKE, post(revoke))
             .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.clone(),
                 recheck_caller,
@@ -294,6 +295,7 @@ impl CaService {
             .route(agentid_api::routes::BUNDLE, get(bundle))
             .route(agentid_api::routes::ENROLL, post(enroll))
             .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
             .with_state(self.shared.clone())
     }
 
@@ -1171,28 +1173,19 @@ fn live_tasks(
         .collect();
     let is = |k: crate::RevocationKind, v: &str| revoked.contains(&(k.as_str(), v.to_owned()));
     let mut out = Vec::new();
-    for rec in store.issuances()? {
-        if rec.kind != crate::IssuanceKind::Task {
-            continue;
-        }
-        let (Some(agent), Some(task)) = (rec.agent.as_deref(), rec.task.as_deref()) else {
-            continue;
-        };
-        if !agents.iter().any(|a| a == agent) {
-            continue;
-        }
-        let Some(t) = store.task(task)? else { continue };
-        if t.exp <= now
-            || is(crate::RevocationKind::Task, task)
+    for live in store.live_tasks(now)? {
+        let (t, agent) = (&live.task, live.agent.as_str());
+        if !agents.iter().any(|a| a == agent)
+            || is(crate::RevocationKind::Task, &t.task)
             || is(crate::RevocationKind::Agent, agent)
-            || is(crate::RevocationKind::Jkt, &rec.jkt)
+            || is(crate::RevocationKind::Jkt, &live.jkt)
             || is(crate::RevocationKind::Jti, &t.grant_jti)
         {
             continue;
         }
         out.push(TaskEntry {
-            task: t.task,
-            holder: t.holder,
+            task: t.task.clone(),
+            holder: t.holder.clone(),
             exp: t.exp,
         });
     }

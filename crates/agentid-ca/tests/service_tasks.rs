@@ -238,6 +238,9 @@ async fn a_service_opens_a_task_from_the_agents_csr_within_its_permissions() {
     assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
     let (s, b) = call(&mut c, "GET", "/v1/tasks", "").await;
     assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    // A method a route does not take is a route that does not exist, with the same body.
+    let (s, b) = call(&mut c, "GET", "/v1/tokens", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{b}");
     let mut c = w.connect(holder, &hid).await.unwrap();
     let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
     assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"), "{b}");
@@ -277,6 +280,16 @@ async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
     let mut want = vec![planner.as_str(), worker.as_str()];
     want.sort_unstable();
     assert_eq!(holders, want);
+    // The inventory reads tasks by expiry (schema version 2).
+    let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    let index: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'tasks_exp'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
 }
 
 #[tokio::test]
@@ -374,7 +387,7 @@ async fn the_enrollment_listener_serves_only_enroll_bundle_and_health() {
     };
     assert_eq!(get("/healthz").await.0, 200);
     assert_eq!(get("/v1/bundle").await.0, 200);
-    for path in ["/v1/tasks", "/v1/revocations", "/v1/renew"] {
+    for path in ["/v1/tasks", "/v1/revocations", "/v1/renew", "/v1/enroll"] {
         let (s, b) = get(path).await;
         assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{path}");
     }

@@ -254,6 +254,14 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
     let secret = agentid_fs::read_secret(&path, 64 * 1024)?;
     let token: TokenFile =
         serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
+    // Refuse before the token is spent: the key is written only after the CA answered.
+    let key_path = a.out_dir.join(KEY_FILE);
+    if key_path.exists() {
+        return Err(CliError::failed(format!(
+            "{} already exists: refusing to overwrite a key",
+            key_path.display()
+        )));
+    }
     let key = TaskKey::generate(a.key_type.algorithm()).context("cannot make a key")?;
     let pkcs8 = key.danger_pkcs8_der().to_vec();
     let enrolled = runtime()?
@@ -262,7 +270,7 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
         ))
         .map_err(api_error)?;
     files::ensure_dir(&a.out_dir)?;
-    files::write_new_private_key(&a.out_dir.join(KEY_FILE), &pkcs8)?;
+    files::write_new_private_key(&key_path, &pkcs8)?;
     let pem: String = enrolled
         .credential
         .cert_chain()
