@@ -63,6 +63,9 @@ enum Command {
     Token(net::TokenCommand),
     /// Enroll with a bootstrap token file: a key made here, a certificate from the CA service.
     Enroll(net::EnrollArgs),
+    /// Certificates from the CA service for an agent's CSR: open a task, issue a child.
+    #[command(subcommand)]
+    Task(net::TaskCommand),
 }
 
 fn init_logging(verbose: u8) {
@@ -93,6 +96,7 @@ fn run(cli: &Cli) -> CliResult {
         Command::Bundle(c) => bundle::run(c),
         Command::Token(c) => net::run_token(c),
         Command::Enroll(a) => net::run_enroll(a),
+        Command::Task(c) => net::run_task(c),
     }
 }
 

@@ -442,3 +442,164 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
         }
     })
 }
+
+// ---- task open / task child ----
+
+/// `task` subcommands: certificates from the CA service for a CSR made elsewhere (the agent
+/// keeps its key).
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Open a task for an agent from the agent's CSR, as a service with `open_task`.
+    Open(TaskOpenArgs),
+    /// Ask for a child in the caller's own task from the child's CSR, as the parent (a task
+    /// holder the child's rule lists as `parent:AGENT`).
+    Child(TaskChildArgs),
+}
+
+/// Arguments of `task open`.
+#[derive(Debug, clap::Args)]
+pub struct TaskOpenArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The agent's PKCS#10 request (PEM or DER): only its key is used.
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// The agent.
+    #[arg(long)]
+    pub agent: String,
+    /// The task id (default: generated).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The grant's scope (space-separated tokens).
+    #[arg(long)]
+    pub scope: String,
+    /// Certificate lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Grant (task) lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub task_ttl: Option<Duration>,
+    /// Where to write `cert.pem` and `grant.jwt` for the agent.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Arguments of `task child`.
+#[derive(Debug, clap::Args)]
+pub struct TaskChildArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The child's PKCS#10 request (PEM or DER): only its key is used.
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// The child agent.
+    #[arg(long)]
+    pub agent: String,
+    /// Certificate lifetime (never beyond the parent's chain).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Where to write the child's `cert.pem`.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Runs a `task` subcommand.
+pub fn run_task(cmd: &TaskCommand) -> CliResult {
+    match cmd {
+        TaskCommand::Open(a) => task_open(a),
+        TaskCommand::Child(a) => task_child(a),
+    }
+}
+
+/// A CSR file's DER (PEM `CERTIFICATE REQUEST` or DER).
+fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
+    let bytes = files::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    if let Some(body) = text
+        .split("-----BEGIN CERTIFICATE REQUEST-----")
+        .nth(1)
+        .and_then(|r| r.split("-----END CERTIFICATE REQUEST-----").next())
+    {
+        let b64: String = body.split_whitespace().collect();
+        return base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+            .context(format!("{}: bad PEM", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn b64url(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+}
+
+/// Writes `cert.pem` (and `grant.jwt`) of a CA response into `dir`.
+fn write_response(dir: &Path, r: &agentid_api::CertificateResponse) -> CliResult {
+    let mut pem = String::new();
+    for c in &r.certs {
+        let der = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+            .context("the CA's certificate is not base64url")?;
+        pem.push_str(&agentid_fs::pem_encode("CERTIFICATE", &der));
+    }
+    files::ensure_dir(dir)?;
+    files::write_public(&dir.join(CERT_FILE), pem.as_bytes())?;
+    if let Some(g) = &r.grant {
+        files::write_public(&dir.join(GRANT_FILE), format!("{g}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+fn print_issued(r: &agentid_api::CertificateResponse, dir: &Path, format: Format) -> CliResult {
+    match format {
+        Format::Json => print_json(&json!({
+            "identity": r.identity,
+            "serial": r.serial,
+            "not_after": r.not_after,
+            "dir": dir.display().to_string(),
+        })),
+        Format::Text => print_text(&format!(
+            "issued {} (serial {}, until {}) in {}\n",
+            r.identity,
+            r.serial,
+            rfc3339(r.not_after),
+            dir.display()
+        )),
+    }
+}
+
+fn task_open(a: &TaskOpenArgs) -> CliResult {
+    let client = a.remote.client()?;
+    let req = agentid_api::OpenTaskRequest {
+        csr: b64url(&read_csr(&a.csr)?),
+        task: TokenRequest {
+            agent: a.agent.clone(),
+            task: a.task.clone(),
+            scope: a.scope.split_whitespace().map(str::to_owned).collect(),
+            ttl_secs: a.ttl.map(|d| d.as_secs()),
+            task_ttl_secs: a.task_ttl.map(|d| d.as_secs()),
+            ..Default::default()
+        },
+    };
+    let r = runtime()?
+        .block_on(client.open_task(&req))
+        .map_err(api_error)?;
+    write_response(&a.out_dir, &r)?;
+    print_issued(&r, &a.out_dir, a.format.format)
+}
+
+fn task_child(a: &TaskChildArgs) -> CliResult {
+    let client = a.remote.client()?;
+    let req = agentid_api::ChildRequest {
+        agent: a.agent.clone(),
+        csr: b64url(&read_csr(&a.csr)?),
+        ttl_secs: a.ttl.map(|d| d.as_secs()),
+        parent_chain: None,
+    };
+    let r = runtime()?
+        .block_on(client.issue_child(&req))
+        .map_err(api_error)?;
+    write_response(&a.out_dir, &r)?;
+    print_issued(&r, &a.out_dir, a.format.format)
+}

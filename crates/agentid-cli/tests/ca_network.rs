@@ -38,6 +38,10 @@ requesters = ["operator", "bootstrap"]
 scopes = ["tickets:read"]
 requesters = ["operator", "bootstrap"]
 
+[agents.summarizer]
+scopes = ["tickets:read"]
+requesters = ["parent:planner"]
+
 [services.agentid-ca]
 requesters = ["operator"]
 
@@ -360,4 +364,101 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
         env.read("daemon.log")
     );
     env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+}
+
+/// An agent's key (`DIR/key.pem`, 0600) and a CSR for it naming `sans` (`DIR/req.csr`).
+fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
+    std::fs::create_dir_all(env.path(dir)).unwrap();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = sans
+        .iter()
+        .map(|s| rcgen::SanType::URI((*s).try_into().unwrap()))
+        .collect();
+    let csr = p.serialize_request(&kp).unwrap();
+    std::fs::write(env.path(&format!("{dir}/req.csr")), csr.pem().unwrap()).unwrap();
+    std::fs::write(env.path(&format!("{dir}/key.pem")), kp.serialize_pem()).unwrap();
+    env.chmod(&format!("{dir}/key.pem"), 0o600);
+}
+
+#[test]
+fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let id = "spiffe://example.org/agent/planner/task/t-csr-1";
+    agent_csr(&env, "p", &[id]);
+    let v = env.json(&format!(
+        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-csr-1 --scope tickets:read --task-ttl 2m --out-dir p"
+    ));
+    assert_eq!(v["identity"], id);
+    std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();
+    env.ok("cert verify p/cert.pem --bundle p/bundle.json");
+
+    // A CSR naming a second identity: 400 bad_csr, nothing issued.
+    let before = issued(&env);
+    agent_csr(
+        &env,
+        "x",
+        &[
+            "spiffe://example.org/agent/planner/task/t-csr-2",
+            "spiffe://example.org/agent/admin/task/t-csr-2",
+        ],
+    );
+    env.fails(
+        &format!(
+            "task open --ca-url {url} --cred platform --csr x/req.csr --agent planner --task t-csr-2 --scope tickets:read --out-dir x"
+        ),
+        1,
+        "bad_csr",
+    );
+    assert_eq!(issued(&env), before);
+
+    // The parent (the task just opened) asks for a child longer than its 2-minute task:
+    // 409 cap_reached, nothing issued; within it, the child is issued.
+    agent_csr(&env, "c", &[]);
+    env.fails(
+        &format!(
+            "task child --ca-url {url} --cred p --csr c/req.csr --agent summarizer --ttl 10m --out-dir c"
+        ),
+        1,
+        "cap_reached",
+    );
+    assert_eq!(issued(&env), before);
+    let child = env.json(&format!(
+        "task child --ca-url {url} --cred p --csr c/req.csr --agent summarizer --ttl 1m --out-dir c"
+    ));
+    assert_eq!(
+        child["identity"],
+        "spiffe://example.org/agent/summarizer/task/t-csr-1"
+    );
+    assert_eq!(issued(&env), before + 1);
+}
+
+/// The caller verifies the CA too: a service of another CA (same trust domain name, another
+/// root) refuses this CA's certificate before it sends anything. (A foreign client certificate
+/// presented to the CA gets a TLS alert: agentid-ca's `service_tasks` test, since this CLI
+/// refuses to load a credential its own bundle does not validate.)
+#[test]
+fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
+    let env = Env::new();
+    let s = serve(&env);
+    let other = Env::new();
+    std::fs::write(other.path("ca/policy.toml"), POLICY).unwrap();
+    other.ok("cert issue --ca ca --service platform --out-dir platform");
+    let foreign = other.path("platform");
+    let before = issued(&env);
+    env.fails_args(
+        &[
+            "ca",
+            "list",
+            "--ca-url",
+            &s.url(),
+            "--cred",
+            foreign.to_str().unwrap(),
+        ],
+        1,
+        "invalid peer certificate",
+    );
+    assert_eq!(issued(&env), before);
 }
