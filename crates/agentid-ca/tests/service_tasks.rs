@@ -33,10 +33,10 @@ const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 
 const EXTRA_POLICY: &str = r#"
 [agents.planner.permissions]
-"svc:platform" = ["open_task", "create_token", "list", "revoke"]
+"svc:platform" = ["open_task", "create_token", "assert_principal", "list", "revoke"]
 
 [agents.worker.permissions]
-"svc:platform" = ["list"]
+"svc:platform" = ["list", "create_token"]
 
 [services.agentid-ca]
 max_ttl = "1h"
@@ -545,4 +545,55 @@ async fn the_enrollment_listener_limits_requests_per_source_address() {
     }
     assert_eq!(codes[..3], ["pin", "pin", "pin"]);
     assert!(codes[3].contains("429"), "{codes:?}");
+}
+
+#[tokio::test]
+async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let principal = r#"{"format":"email","email":"alice@example.com"}"#;
+    // `create_token` for worker, but not `assert_principal`: refused, naming the permission.
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        &format!(r#"{{"agent":"worker","scope":["tickets:read"],"principal":{principal}}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    assert!(b.contains("assert_principal"), "{b}");
+
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        &format!(r#"{{"agent":"planner","scope":["tickets:read"],"principal":{principal}}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t: TokenResponse = serde_json::from_str(&b).unwrap();
+    let file = TokenFile {
+        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
+        ca_url: format!("https://{}", w.enroll),
+        token: t.token,
+        root_sha256: t.root_sha256,
+        agent: t.agent,
+        task: t.task,
+        expires: t.expires,
+        renew_url: None,
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap();
+    // The grant acts for the principal the token bound; the enrollee never named it.
+    let grant = e.response.grant.unwrap();
+    let payload = grant.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims.to_string().contains("alice@example.com"), "{claims}");
 }
