@@ -326,6 +326,12 @@ async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root()
     // The grant binds what the token bound.
     let rec = w.ca().issuance(&e.response.serial).unwrap().unwrap();
     assert_eq!(rec.requester, "bootstrap token");
+    // The store records who created the token.
+    let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    let creator: Option<String> = db
+        .query_row("SELECT creator FROM bootstrap_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(creator.as_deref(), Some("svc:platform"));
 
     // A second use: 409 token_used, through the library's error.
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
