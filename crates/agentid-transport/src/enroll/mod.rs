@@ -415,8 +415,40 @@ pub async fn enroll_with_token(
     })
 }
 
-/// A client of the CA's mutual-TLS listener, presenting the caller's own credential (a
-/// service's, or a parent task's).
+/// The certificate and key of another source, never its delegation chain: the CA's routes take
+/// none, and a chain is not handed to a server it was not meant for.
+#[derive(Debug)]
+struct WithoutChain {
+    inner: Arc<dyn CredentialSource>,
+    cache: std::sync::Mutex<Option<(Arc<Credential>, Arc<Credential>)>>,
+}
+
+impl CredentialSource for WithoutChain {
+    fn current(&self) -> Option<Arc<Credential>> {
+        let cur = self.inner.current()?;
+        if cur.chain().is_none() {
+            return Some(cur);
+        }
+        let mut cache = self.cache.lock().ok()?;
+        if let Some((orig, stripped)) = cache.as_ref() {
+            if Arc::ptr_eq(orig, &cur) {
+                return Some(stripped.clone());
+            }
+        }
+        let stripped = Arc::new(
+            Credential::with_shared_key(cur.cert_chain().to_vec(), cur.shared_key()).ok()?,
+        );
+        *cache = Some((cur, stripped.clone()));
+        Some(stripped)
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.subscribe()
+    }
+}
+
+/// A client of the CA's mutual-TLS listener, presenting the caller's own certificate (a
+/// service's, or a parent task's), never its delegation chain.
 #[derive(Clone, Debug)]
 pub struct CaClient {
     url: CaUrl,
@@ -439,11 +471,14 @@ impl CaClient {
         let td = SpiffeId::parse(current.identity().as_str())
             .map_err(|e| invalid(e.to_string()))?
             .trust_domain();
+        // The CA routes take no chain: identity-only calls.
+        let credentials: Arc<dyn CredentialSource> = Arc::new(WithoutChain {
+            inner: credentials,
+            cache: std::sync::Mutex::new(None),
+        });
         let client =
             HttpClient::builder(credentials, verification, PeerPolicy::exact(ca_peer(&td)?))
                 .connect_timeout(timeout)
-                // The CA routes take no chain: identity-only calls.
-                .danger_skip_audience_check()
                 .http1_only()
                 .build()?;
         Ok(CaClient {
