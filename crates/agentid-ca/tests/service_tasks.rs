@@ -603,3 +603,93 @@ async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
     .unwrap();
     assert!(claims.to_string().contains("alice@example.com"), "{claims}");
 }
+
+#[tokio::test]
+async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/v1/tokens", r#"{"agent":"planner"}"#, 400, "bad_request"),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["a b"]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"expires_in_secs":0}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"expires_in_secs":99999999}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"task":"not a task id!"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"limits":{"calls":"x"}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"../x","scope":["tickets:read"]}"#,
+            403,
+            "policy_denied",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"***"}"#,
+            400,
+            "bad_csr",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"AAAA"}"#,
+            400,
+            "bad_csr",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"AAAA","audience":["nope"]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/revoke",
+            r#"{"task":"a","agent":"planner"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/revoke", r#"{}"#, 400, "bad_request"),
+        (
+            "/v1/revoke",
+            r#"{"jti":"x","iss":"spiffe://example.org"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/revoke", r#"{"task":"unknown-task"}"#, 404, "not_found"),
+        ("/v1/revoke", r#"{"agent":"worker"}"#, 403, "policy_denied"),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, b) = call(&mut c, "POST", path, body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (*status, *code),
+            "{path} {body}: {b}"
+        );
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
