@@ -268,6 +268,12 @@ pub struct TokenRequest {
     /// The principal the task acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<serde_json::Value>,
+    /// The grant's `may_delegate_to` (SPIFFE IDs); the agent rule's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_delegate_to: Option<Vec<String>>,
+    /// The grant's limits (name to ceiling); the agent rule's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<std::collections::BTreeMap<String, u64>>,
     /// How long the token stays redeemable (tokens only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
@@ -286,6 +292,47 @@ pub struct TokenResponse {
     pub expires: u64,
     /// Hex SHA-256 of the trust domain's root certificate DER, to pin.
     pub root_sha256: String,
+}
+
+/// Most seconds a bootstrap token stays redeemable.
+pub const MAX_TOKEN_EXPIRY_SECS: u64 = 7 * 24 * 3600;
+/// Seconds a bootstrap token stays redeemable when the request names none.
+pub const DEFAULT_TOKEN_EXPIRY_SECS: u64 = 600;
+
+/// A bootstrap token file (`spec/CA-API.md` 3.6.1), handed to the agent through a file or the
+/// environment, never a command line. The enrolling agent pins `root_sha256` and requires the
+/// server to be `spiffe://<td>/svc/agentid-ca`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// The secret token.
+    pub token: String,
+    /// The CA's URL, `https://HOST:PORT` (its enrollment listener).
+    pub ca_url: String,
+    /// Hex SHA-256 of the trust domain's root certificate DER.
+    pub root_sha256: String,
+    /// The task identity the token enrolls, `spiffe://<td>/agent/<agent>/task/<task>`.
+    pub identity: String,
+    /// The agent.
+    pub agent: String,
+    /// The task.
+    pub task: String,
+    /// Expiry, Unix seconds.
+    pub expires: u64,
+    /// The CA's mutual-TLS listener, `https://HOST:PORT`, for renewals (absent: `ca_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_url: Option<String>,
+}
+
+impl core::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("ca_url", &self.ca_url)
+            .field("root_sha256", &self.root_sha256)
+            .field("identity", &self.identity)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/tasks`.

@@ -321,6 +321,18 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<BootstrapToken> {
+        self.create_bootstrap_token_as(agent, task, ttl, now, "operator")
+    }
+
+    /// As [`CertificateAuthority::create_bootstrap_token`], audited as created by `actor`.
+    pub(crate) fn create_bootstrap_token_as(
+        &self,
+        agent: &str,
+        task: Option<TaskId>,
+        ttl: Duration,
+        now: SystemTime,
+        actor: &str,
+    ) -> Result<BootstrapToken> {
         let now_s = util::unix(now)?;
         let agent_id = AgentId::new(&self.config.trust_domain, agent)?;
         let task = match task {
@@ -344,7 +356,7 @@ impl CertificateAuthority {
         let ev = AuditEvent {
             ts: now_s,
             kind: "bootstrap.create".into(),
-            actor: "operator".into(),
+            actor: actor.into(),
             subject: Some(identity.as_str().into()),
             task: Some(task.as_str().into()),
             outcome: "ok".into(),

@@ -55,6 +55,9 @@ pub enum TaskRequester {
     Operator,
     /// The holder of a bootstrap token bound to this agent and task.
     Bootstrap(String),
+    /// A network service (`svc:NAME`, the name without the prefix) holding `open_task` for the
+    /// agent (and `assert_principal` to name a principal) in `agents.NAME.permissions`.
+    Service(String),
 }
 
 impl core::fmt::Debug for TaskRequester {
@@ -62,6 +65,7 @@ impl core::fmt::Debug for TaskRequester {
         match self {
             TaskRequester::Operator => f.write_str("Operator"),
             TaskRequester::Bootstrap(_) => f.write_str("Bootstrap(..)"),
+            TaskRequester::Service(n) => write!(f, "Service({n:?})"),
         }
     }
 }
@@ -376,9 +380,14 @@ impl CertificateAuthority {
     /// are returned.
     pub fn open_task(&self, req: &OpenTaskRequest, now: SystemTime) -> Result<TaskCredentials> {
         let now_s = util::unix(now)?;
+        let service_actor;
         let actor = match &req.requester {
             TaskRequester::Operator => "operator",
             TaskRequester::Bootstrap(_) => "bootstrap",
+            TaskRequester::Service(n) => {
+                service_actor = format!("svc:{n}");
+                service_actor.as_str()
+            }
         };
         let task = match (&req.task, &req.requester) {
             (Some(t), _) => Ok(t.clone()),
@@ -386,7 +395,9 @@ impl CertificateAuthority {
             (None, TaskRequester::Bootstrap(_)) => Err(CaError::BootstrapToken(
                 "the request must name the task the token is bound to",
             )),
-            (None, TaskRequester::Operator) => TaskId::generate().map_err(CaError::from),
+            (None, TaskRequester::Operator | TaskRequester::Service(_)) => {
+                TaskId::generate().map_err(CaError::from)
+            }
         };
         let subject = match &task {
             Ok(t) => format!(
@@ -428,21 +439,57 @@ impl CertificateAuthority {
         let identity = TaskIdentity::new(&agent, &task)?;
         let name = agent.name();
         let rule = self.policy.agent(name)?;
-        let (kind, who) = match &req.requester {
-            TaskRequester::Operator => (RequesterKind::Operator, "operator"),
-            TaskRequester::Bootstrap(_) => (RequesterKind::Bootstrap, "bootstrap token"),
-        };
-        self.policy
-            .check_agent_requester(name, &kind, who, identity.as_str())?;
-        let bootstrap = match &req.requester {
-            TaskRequester::Operator => None,
-            TaskRequester::Bootstrap(token) => {
+        let who = match &req.requester {
+            TaskRequester::Operator => {
+                self.policy.check_agent_requester(
+                    name,
+                    &RequesterKind::Operator,
+                    "operator",
+                    identity.as_str(),
+                )?;
+                "operator".to_owned()
+            }
+            TaskRequester::Bootstrap(_) => {
+                self.policy.check_agent_requester(
+                    name,
+                    &RequesterKind::Bootstrap,
+                    "bootstrap token",
+                    identity.as_str(),
+                )?;
+                "bootstrap token".to_owned()
+            }
+            TaskRequester::Service(svc) => {
+                self.policy
+                    .check_permission(name, svc, crate::policy::Permission::OpenTask)?;
                 if req.principal.is_some() {
-                    return Err(CaError::InvalidRequest(
-                        "only the operator can assert a principal".into(),
-                    ));
+                    self.policy.check_permission(
+                        name,
+                        svc,
+                        crate::policy::Permission::AssertPrincipal,
+                    )?;
                 }
+                format!("svc:{svc}")
+            }
+        };
+        let who = who.as_str();
+        let bootstrap = match &req.requester {
+            TaskRequester::Operator | TaskRequester::Service(_) => None,
+            TaskRequester::Bootstrap(token) => {
                 let hash = token_hash(token);
+                if req.principal.is_some() {
+                    // Only the principal the token's creator bound (and was allowed to assert).
+                    let bound = self
+                        .store()?
+                        .bootstrap_state(&hash)?
+                        .and_then(|s| s.binding)
+                        .and_then(|b| serde_json::from_str::<crate::TokenBinding>(&b).ok())
+                        .and_then(|b| b.principal);
+                    if bound != req.principal {
+                        return Err(CaError::InvalidRequest(
+                            "a principal comes from the operator, a permitted service, or the token that binds it".into(),
+                        ));
+                    }
+                }
                 let rec = self
                     .store()?
                     .bootstrap(&hash)?

@@ -18,7 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +74,14 @@ ALTER TABLE published_lists ADD COLUMN revocation_epoch INTEGER NOT NULL DEFAULT
 -- tasks; NULL for tasks opened before version 2 or without a principal.
 ALTER TABLE tasks ADD COLUMN principal TEXT;
 CREATE INDEX tasks_principal ON tasks(principal);
+",
+    },
+    Migration {
+        version: 3,
+        description: "CA service: the inventory of live tasks reads tasks by expiry",
+        sql: "
+-- GET /v1/tasks reads only tasks whose grant has not expired.
+CREATE INDEX tasks_exp ON tasks(exp);
 ",
     },
 ];

@@ -14,6 +14,9 @@ use crate::error::{CaError, Result};
 /// Longest grant lifetime allowed by the protocol (spec/PROTOCOL.md section 6.1: grant
 /// `exp - iat` <= 86400 s, 24 h).
 pub const MAX_GRANT_LIFETIME_SECS: u64 = 24 * 3600;
+/// The CA service's own name (`spiffe://<td>/svc/agentid-ca`): it is issued to nobody else and
+/// holds no permissions.
+pub const RESERVED_SERVICE: &str = "agentid-ca";
 /// Deepest chain allowed by the protocol.
 pub const MAX_DEPTH: u8 = 8;
 
@@ -44,6 +47,53 @@ impl RequesterKind {
     }
 }
 
+/// What a network requester (`svc:NAME`) may do for an agent, granted per agent rule in
+/// `[agents.NAME.permissions]` (`"svc:platform" = ["open_task", "list"]`). Nothing is allowed
+/// unless listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// Open a task for the agent from the agent's CSR (`POST /v1/tasks`).
+    OpenTask,
+    /// Create a bootstrap token for the agent (`POST /v1/tokens`).
+    CreateToken,
+    /// Name a principal in those requests.
+    AssertPrincipal,
+    /// Revoke the agent, its tasks, keys and certificates (`POST /v1/revoke`).
+    Revoke,
+    /// List the agent's live tasks (`GET /v1/tasks`).
+    List,
+}
+
+impl Permission {
+    /// The name used in `policy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::OpenTask => "open_task",
+            Permission::CreateToken => "create_token",
+            Permission::AssertPrincipal => "assert_principal",
+            Permission::Revoke => "revoke",
+            Permission::List => "list",
+        }
+    }
+    fn parse(s: &str, rule: &str) -> Result<Self> {
+        Ok(match s {
+            "open_task" => Permission::OpenTask,
+            "create_token" => Permission::CreateToken,
+            "assert_principal" => Permission::AssertPrincipal,
+            "revoke" => Permission::Revoke,
+            "list" => Permission::List,
+            other => {
+                return Err(CaError::policy(
+                    rule,
+                    format!(
+                        "unknown permission {other:?} (open_task, create_token, assert_principal, revoke, list)"
+                    ),
+                ))
+            }
+        })
+    }
+}
+
 /// Rules for one agent name.
 #[derive(Clone, Debug)]
 pub struct AgentRule {
@@ -63,6 +113,8 @@ pub struct AgentRule {
     pub may_delegate_to: Option<IdSet>,
     /// Limit ceilings; applied when the request names none.
     pub limits: Option<Limits>,
+    /// Network requesters' permissions: service name (without `svc:`) to what it may do.
+    pub permissions: BTreeMap<String, Vec<Permission>>,
 }
 
 /// Rules for one service name.
@@ -110,6 +162,8 @@ struct RawAgent {
     audiences: Option<Vec<SpiffeId>>,
     may_delegate_to: Option<Vec<SpiffeId>>,
     limits: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    permissions: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -239,7 +293,26 @@ impl Policy {
                 })
                 .transpose()
             };
+            let mut permissions = BTreeMap::new();
+            for (who, perms) in &a.permissions {
+                let r = format!("{base}.permissions");
+                let svc = match who.strip_prefix("svc:") {
+                    Some(n) if !n.is_empty() && n != RESERVED_SERVICE => n,
+                    _ => {
+                        return Err(CaError::policy(
+                            r,
+                            format!("{who:?}: permissions are given to services, as \"svc:NAME\" (not agentid-ca)"),
+                        ))
+                    }
+                };
+                let list = perms
+                    .iter()
+                    .map(|p| Permission::parse(p, &r))
+                    .collect::<Result<Vec<_>>>()?;
+                permissions.insert(svc.to_owned(), list);
+            }
             let rule = AgentRule {
+                permissions,
                 scopes,
                 max_ttl: duration(
                     a.max_ttl.as_deref(),
@@ -384,6 +457,45 @@ impl Policy {
                 rule: format!("agents.{name}.requesters"),
             })
         }
+    }
+
+    /// Whether service `service` holds `permission` for agent `name` (rule
+    /// `agents.NAME.permissions`).
+    pub fn check_permission(
+        &self,
+        name: &str,
+        service: &str,
+        permission: Permission,
+    ) -> Result<()> {
+        let rule = self.agent(name)?;
+        let ok = rule
+            .permissions
+            .get(service)
+            .is_some_and(|p| p.contains(&permission));
+        if ok {
+            Ok(())
+        } else {
+            Err(CaError::policy(
+                format!("agents.{name}.permissions"),
+                format!(
+                    "service {service:?} does not hold {:?} for agent {name:?}",
+                    permission.as_str()
+                ),
+            ))
+        }
+    }
+
+    /// The agents for which service `service` holds `permission`.
+    pub fn agents_permitting(&self, service: &str, permission: Permission) -> Vec<&str> {
+        self.agents
+            .iter()
+            .filter(|(_, r)| {
+                r.permissions
+                    .get(service)
+                    .is_some_and(|p| p.contains(&permission))
+            })
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 
     /// Whether `requester` is listed for the service.

@@ -2,8 +2,16 @@
 //!
 //! Served here: `GET /healthz`, `GET /v1/bundle`, `GET /v1/bundle/agentid`, `GET /v1/revocations`
 //! (with `ETag` and the `after`/`wait` long-poll, lists published by [`Publisher`]),
-//! `POST /v1/enroll` (bootstrap tokens), `POST /v1/children`, `POST /v1/renew` and
-//! `POST /v1/revoke`. CA operations are
+//! `POST /v1/enroll` (bootstrap tokens), `POST /v1/tokens`, `POST /v1/tasks`, `GET /v1/tasks`,
+//! `POST /v1/children`, `POST /v1/renew` and `POST /v1/revoke` on the mTLS listener
+//! ([`CaService::serve`]); `POST /v1/enroll`, `GET /v1/bundle` and `GET /healthz` only on the
+//! optional enrollment listener ([`CaService::serve_enrollment`]), whose TLS requests no client
+//! certificate.
+//!
+//! Every request on the mTLS listener first re-checks its caller against the store (the
+//! certificate within its validity now; its key still bound to its identity; key, agent and task
+//! not revoked), whatever the route. Services (`svc:NAME`) act only as `policy.toml`'s
+//! `[agents.NAME.permissions]` allow. CA operations are
 //! synchronous; they run on tokio's blocking pool behind a semaphore ([`ServiceOptions`]), and a
 //! request that finds the pool full is refused `503 unavailable` with `Retry-After`.
 //!
@@ -21,7 +29,8 @@ use std::time::{Duration, SystemTime};
 
 use agentid_api::{
     ApiError, ErrorCode, Health, RenewRequest as ApiRenew, RevocationsResponse,
-    RevokeRequest as ApiRevoke, RevokeResponse,
+    RevokeRequest as ApiRevoke, RevokeResponse, TaskEntry, TasksResponse, TokenRequest,
+    TokenResponse,
 };
 use agentid_protocol::{
     BundleSet, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TaskKey, VerifierConfig,
@@ -39,9 +48,10 @@ use tokio::sync::Semaphore;
 
 use crate::error::CaError;
 use crate::issue::{KeySource, RenewRequester, ServiceRequest};
+use crate::policy::Permission;
 use crate::publication::Publisher;
 use crate::store::PublishedList;
-use crate::{CertificateAuthority, RenewRequest, RevokeTarget};
+use crate::{CertificateAuthority, RenewRequest, RevokeTarget, TaskRequester, TokenBinding};
 
 /// Bounds of the service.
 #[derive(Clone, Debug)]
@@ -56,6 +66,55 @@ pub struct ServiceOptions {
     pub service_ttl: Option<Duration>,
     /// Options of the mTLS listener.
     pub http: HttpOptions,
+    /// Connection caps of the enrollment listener (its own, smaller than the mTLS listener's).
+    pub enroll_limits: agentid_transport::ConnectionLimits,
+    /// Requests one source address may make on the enrollment listener per
+    /// [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
+    pub enroll_rate_per_source: u32,
+}
+
+/// The window of [`ServiceOptions::enroll_rate_per_source`].
+pub const ENROLL_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Most source addresses the enrollment rate limiter tracks; past it, the oldest window is
+/// dropped whole (a flood of sources resets counts rather than growing memory).
+const MAX_TRACKED_SOURCES: usize = 16_384;
+
+/// Fixed-window request counts per source address.
+#[derive(Debug)]
+struct RateLimiter {
+    per_window: u32,
+    state: std::sync::Mutex<(
+        tokio::time::Instant,
+        std::collections::HashMap<std::net::IpAddr, u32>,
+    )>,
+}
+
+impl RateLimiter {
+    fn new(per_window: u32) -> Self {
+        RateLimiter {
+            per_window: per_window.max(1),
+            state: std::sync::Mutex::new((
+                tokio::time::Instant::now(),
+                std::collections::HashMap::new(),
+            )),
+        }
+    }
+
+    /// Counts one request from `ip`; false when it is over the limit.
+    fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return false;
+        };
+        let (start, counts) = &mut *g;
+        if start.elapsed() >= ENROLL_RATE_WINDOW || counts.len() >= MAX_TRACKED_SOURCES {
+            *start = tokio::time::Instant::now();
+            counts.clear();
+        }
+        let n = counts.entry(ip).or_insert(0);
+        *n = n.saturating_add(1);
+        *n <= self.per_window
+    }
 }
 
 impl Default for ServiceOptions {
@@ -66,6 +125,14 @@ impl Default for ServiceOptions {
             max_waiters_per_caller: 4,
             service_ttl: None,
             http: HttpOptions::default(),
+            enroll_limits: agentid_transport::ConnectionLimits {
+                max_connections: 256,
+                max_handshakes: 64,
+                max_pending_per_source: 8,
+                idle_timeout: Some(Duration::from_secs(30)),
+                ..agentid_transport::ConnectionLimits::default()
+            },
+            enroll_rate_per_source: 30,
         }
     }
 }
@@ -85,6 +152,9 @@ pub struct CaService {
     shared: Arc<Shared>,
     server: HttpServer,
     own: OwnCertificate,
+    enroll_tls: Arc<rustls::ServerConfig>,
+    enroll_admission: agentid_transport::Admission,
+    enroll_rate: Arc<RateLimiter>,
 }
 
 /// The service's own certificate, re-issued (same key) at half its lifetime.
@@ -156,6 +226,10 @@ impl CaService {
         // See the module documentation: the CA re-checks callers against its store.
         let config = VerifierConfig::new(own, bundles).danger_accept_missing_or_stale_revocations();
         let verification = PeerVerification::new(config)?;
+        let enroll_tls = Arc::new(
+            agentid_transport::http::danger_no_client_auth_for_enrollment(credentials.clone())?,
+        );
+        let enroll_admission = agentid_transport::Admission::new(options.enroll_limits.clone())?;
         let server = HttpServer::builder(
             credentials.clone(),
             verification.clone(),
@@ -186,6 +260,9 @@ impl CaService {
             }),
             server,
             own,
+            enroll_tls,
+            enroll_admission,
+            enroll_rate: Arc::new(RateLimiter::new(options.enroll_rate_per_source)),
         })
     }
 
@@ -196,7 +273,8 @@ impl CaService {
         self.shared.publisher.clone()
     }
 
-    /// The routes of the mTLS listener.
+    /// The routes of the mTLS listener; every request first re-checks its caller against the
+    /// store.
     pub fn router(&self) -> Router {
         Router::new()
             .route(agentid_api::routes::HEALTHZ, get(healthz))
@@ -204,11 +282,109 @@ impl CaService {
             .route(agentid_api::routes::BUNDLE_AGENTID, get(bundle_agentid))
             .route(agentid_api::routes::REVOCATIONS, get(revocations))
             .route(agentid_api::routes::ENROLL, post(enroll))
+            .route(agentid_api::routes::TOKENS, post(tokens))
+            .route(agentid_api::routes::TASKS, post(open_task).get(list_tasks))
             .route(agentid_api::routes::CHILDREN, post(children))
             .route(agentid_api::routes::RENEW, post(renew))
             .route(agentid_api::routes::REVOKE, post(revoke))
             .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                recheck_caller,
+            ))
             .with_state(self.shared.clone())
+    }
+
+    /// The routes of the enrollment listener: exactly `POST /v1/enroll`, `GET /v1/bundle` and
+    /// `GET /healthz`; anything else is `404 not_found`.
+    pub fn enrollment_router(&self) -> Router {
+        Router::new()
+            .route(agentid_api::routes::HEALTHZ, get(healthz))
+            .route(agentid_api::routes::BUNDLE, get(bundle))
+            .route(agentid_api::routes::ENROLL, post(enroll))
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves the enrollment listener until it fails: TLS 1.3 without client authentication
+    /// (see [`agentid_transport::http::danger_no_client_auth_for_enrollment`]), its own
+    /// connection, handshake and per-source caps ([`ServiceOptions::enroll_limits`]), a request
+    /// rate per source address ([`ServiceOptions::enroll_rate_per_source`], then
+    /// `429 rate_limited`), HTTP/1.1 and HTTP/2, the routes of [`CaService::enrollment_router`].
+    pub async fn serve_enrollment(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), ServeError> {
+        let router = self.enrollment_router();
+        loop {
+            let (tcp, source) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "agentid ca serve: enrollment accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let admission = self.enroll_admission.clone();
+            let config = self.enroll_tls.clone();
+            let limiter = self.enroll_rate.clone();
+            let ip = source.ip();
+            // Every request on this connection counts against its source address.
+            let router = router.clone().layer(axum::middleware::from_fn(
+                move |req: Request, next: axum::middleware::Next| {
+                    let allowed = limiter.allow(ip);
+                    async move {
+                        if allowed {
+                            next.run(req).await
+                        } else {
+                            Refused::new(
+                                ErrorCode::RateLimited,
+                                "too many requests from this address",
+                                "retry after Retry-After",
+                            )
+                            .into_response()
+                        }
+                    }
+                },
+            ));
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let tls = match admission.tls_accept(tcp, Some(source.ip()), config).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %source, "enrollment handshake refused");
+                        return;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                // Bounded: an enrollment connection lives at most this long.
+                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            });
+        }
+    }
+
+    /// Serves the mTLS listener and, when given, the enrollment listener, until one fails.
+    pub async fn serve_both(
+        &self,
+        listener: tokio::net::TcpListener,
+        enroll: Option<tokio::net::TcpListener>,
+    ) -> Result<(), ServeError> {
+        match enroll {
+            None => self.serve(listener).await,
+            Some(e) => {
+                tokio::select! {
+                    r = self.serve(listener) => r,
+                    r = self.serve_enrollment(e) => r,
+                }
+            }
+        }
     }
 
     /// Serves the mTLS listener until it fails, re-issuing the service's own certificate (same
@@ -603,15 +779,9 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let Ok(csr) =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &body.csr)
-    else {
-        return Refused::new(
-            ErrorCode::BadCsr,
-            "the CSR is not base64url",
-            "unpadded base64url DER",
-        )
-        .into_response();
+    let csr = match b64_csr(&body.csr) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
     };
     let Ok(_permit) = s.ops.clone().try_acquire_owned() else {
         return Refused::new(
@@ -724,31 +894,45 @@ fn check_holder_key(
     identity: &TaskIdentity,
     spki: &[u8],
 ) -> Result<(), CaError> {
+    check_caller(ca, &PeerId::Task(identity.clone()), spki)
+}
+
+/// The caller's key must be the key the store binds to its identity (task or service), and
+/// neither the key nor, for a task identity, its agent or task may be revoked.
+fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Result<(), CaError> {
     let key = crate::csr::RequestedKey::from_spki_der(spki)?;
     let jkt = key.thumbprint();
     let store = ca.store()?;
     let bound = store
-        .identity(identity.as_str())?
-        .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_owned()))?;
+        .identity(caller.as_str())?
+        .ok_or_else(|| CaError::UnknownIdentity(caller.as_str().to_owned()))?;
     if bound.jkt != jkt {
         return Err(CaError::KeyMismatch {
-            identity: identity.as_str().to_owned(),
+            identity: caller.as_str().to_owned(),
             bound: bound.jkt,
             requested: jkt,
         });
     }
     let now = unix_now();
-    let agent = identity.agent();
-    let task = identity.task_id();
-    let grant_jti = store.task(task.as_str())?.map(|t| t.grant_jti);
+    let (agent, task) = match caller {
+        PeerId::Task(t) => (
+            Some(t.agent().name().to_owned()),
+            Some(t.task_id().as_str().to_owned()),
+        ),
+        PeerId::Service(_) => (None, None),
+    };
+    let grant_jti = match &task {
+        Some(t) => store.task(t)?.map(|t| t.grant_jti),
+        None => None,
+    };
     for r in store.revocations()? {
         if r.exp <= now {
             continue;
         }
         let hit = match r.kind {
             crate::RevocationKind::Jkt => r.value == jkt,
-            crate::RevocationKind::Task => r.value == task.as_str(),
-            crate::RevocationKind::Agent => r.value == agent.name(),
+            crate::RevocationKind::Task => task.as_deref() == Some(r.value.as_str()),
+            crate::RevocationKind::Agent => agent.as_deref() == Some(r.value.as_str()),
             crate::RevocationKind::Jti => grant_jti.as_deref() == Some(r.value.as_str()),
             // The CA does not see links; a revoked link ends the chain at verifiers.
             crate::RevocationKind::LinkJti => false,
@@ -763,6 +947,276 @@ fn check_holder_key(
         }
     }
     Ok(())
+}
+
+/// Runs before every route of the mTLS listener: the caller's certificate is within its validity
+/// now, and the store still binds its key to its identity with nothing revoked.
+async fn recheck_caller(
+    State(s): State<Arc<Shared>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(a) = req.extensions().get::<Authorizer>().cloned() else {
+        return Refused::new(
+            ErrorCode::Unauthenticated,
+            "this route needs a client certificate",
+            "use the mutual-TLS listener",
+        )
+        .into_response();
+    };
+    if let Err(r) = check_caller_valid(&a) {
+        return r.into_response();
+    }
+    let caller = a.peer_id().clone();
+    let spki = a.peer().public_key.to_spki_der();
+    if let Err(r) = run(&s, move |ca| check_caller(ca, &caller, &spki)).await {
+        return r.into_response();
+    }
+    next.run(req).await
+}
+
+/// The calling service's name, or `403 not_permitted` for any other caller.
+fn caller_service(a: &Authorizer, route: &str) -> Result<String, Refused> {
+    match a.peer_id() {
+        PeerId::Service(svc) if svc.name() != SERVICE_NAME => Ok(svc.name().to_owned()),
+        _ => Err(Refused::new(
+            ErrorCode::NotPermitted,
+            format!("only a service (svc:NAME) may use {route}"),
+            "give the service the permission in policy.toml [agents.NAME.permissions]",
+        )),
+    }
+}
+
+fn b64_csr(csr: &str) -> Result<Vec<u8>, Refused> {
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, csr).map_err(|_| {
+        Refused::new(
+            ErrorCode::BadCsr,
+            "the CSR is not base64url",
+            "unpadded base64url DER",
+        )
+    })
+}
+
+fn bad_field(field: &str, e: impl std::fmt::Display) -> Refused {
+    Refused::new(
+        ErrorCode::BadRequest,
+        format!("{field}: {e}"),
+        "see spec/CA-API.md",
+    )
+}
+
+/// What a token or task request binds, checked for syntax (policy decides the rest).
+fn binding_of(t: &TokenRequest, creator: &str) -> Result<TokenBinding, Refused> {
+    if t.scope.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return Err(bad_field("scope", "one scope token per entry"));
+    }
+    Ok(TokenBinding {
+        scope: t.scope.join(" "),
+        audience: t.audience.clone(),
+        max_depth: t.max_depth,
+        ttl_secs: t.ttl_secs,
+        task_ttl_secs: t.task_ttl_secs,
+        may_delegate_to: t.may_delegate_to.clone(),
+        limits: t.limits.clone(),
+        principal: t.principal.clone(),
+        creator: Some(creator.to_owned()),
+    })
+}
+
+fn task_id(t: Option<&str>) -> Result<Option<TaskId>, Refused> {
+    t.map(TaskId::parse)
+        .transpose()
+        .map_err(|e| bad_field("task", e))
+}
+
+/// The hex SHA-256 of the root certificate a token file pins.
+pub fn root_sha256(ca: &CertificateAuthority) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca.root_der());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let body: TokenRequest = match read_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let svc = match caller_service(&a, "POST /v1/tokens") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    let creator = format!("svc:{svc}");
+    let (binding, task) = match (binding_of(&body, &creator), task_id(body.task.as_deref())) {
+        (Ok(b), Ok(t)) => (b, t),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let expires_in = body
+        .expires_in_secs
+        .unwrap_or(agentid_api::DEFAULT_TOKEN_EXPIRY_SECS);
+    if expires_in == 0 || expires_in > agentid_api::MAX_TOKEN_EXPIRY_SECS {
+        return bad_field("expires_in_secs", "between 1 and 604800").into_response();
+    }
+    let agent = body.agent.clone();
+    let res = run(&s, move |ca| {
+        let t = ca.create_bound_token(
+            &agent,
+            task,
+            &binding,
+            Duration::from_secs(expires_in),
+            SystemTime::now(),
+        )?;
+        Ok((t, root_sha256(ca)))
+    })
+    .await;
+    match res {
+        Ok((t, root)) => json(
+            StatusCode::OK,
+            &TokenResponse {
+                token: t.token.clone(),
+                agent: t.identity.agent().name().to_owned(),
+                task: t.identity.task_id().as_str().to_owned(),
+                expires: t.expires,
+                root_sha256: root,
+            },
+        ),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn open_task(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let body: agentid_api::OpenTaskRequest = match read_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let svc = match caller_service(&a, "POST /v1/tasks") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    if body.task.expires_in_secs.is_some() {
+        return bad_field("expires_in_secs", "tokens only").into_response();
+    }
+    let t = &body.task;
+    let parsed = (|| {
+        let csr = b64_csr(&body.csr)?;
+        let scope = agentid_protocol::Scope::parse(&t.scope.join(" "))
+            .map_err(|e| bad_field("scope", e))?;
+        let ids = |v: &Option<Vec<String>>, f: &str| {
+            v.as_deref()
+                .map(|ids| {
+                    ids.iter()
+                        .map(|i| SpiffeId::parse(i))
+                        .collect::<Result<Vec<_>, _>>()
+                        .and_then(agentid_protocol::IdSet::new)
+                        .map_err(|e| bad_field(f, e))
+                })
+                .transpose()
+        };
+        let mut r = crate::OpenTaskRequest::new(
+            t.agent.clone(),
+            KeySource::Csr(csr),
+            TaskRequester::Service(svc.clone()),
+            scope,
+        );
+        r.task = task_id(t.task.as_deref())?;
+        r.ttl = t.ttl_secs.map(Duration::from_secs);
+        r.task_ttl = t.task_ttl_secs.map(Duration::from_secs);
+        r.audience = ids(&t.audience, "audience")?;
+        r.may_delegate_to = ids(&t.may_delegate_to, "may_delegate_to")?;
+        r.max_depth = t.max_depth;
+        r.principal = t.principal.clone();
+        r.limits = t
+            .limits
+            .clone()
+            .map(agentid_protocol::Limits::new)
+            .transpose()
+            .map_err(|e| bad_field("limits", e))?;
+        Ok::<_, Refused>(r)
+    })();
+    let r = match parsed {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    // Permission first: a service without `open_task` learns nothing about the agent's rule.
+    let agent = r.agent.clone();
+    let perm = {
+        let svc = svc.clone();
+        run(&s, move |ca| {
+            ca.policy()
+                .check_permission(&agent, &svc, Permission::OpenTask)
+        })
+        .await
+    };
+    if let Err(e) = perm {
+        return e.into_response();
+    }
+    match run(&s, move |ca| ca.open_task(&r, SystemTime::now())).await {
+        Ok(c) => json(
+            StatusCode::OK,
+            &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
+        ),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn list_tasks(State(s): State<Arc<Shared>>, a: Authorizer) -> Response {
+    let svc = match caller_service(&a, "GET /v1/tasks") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    let res = run(&s, move |ca| {
+        let agents: Vec<String> = ca
+            .policy()
+            .agents_permitting(&svc, Permission::List)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if agents.is_empty() {
+            return Err(CaError::Policy {
+                rule: "agents.*.permissions".into(),
+                message: format!("service {svc:?} holds \"list\" for no agent"),
+            });
+        }
+        live_tasks(ca, &agents, unix_now())
+    })
+    .await;
+    match res {
+        Ok(tasks) => json(StatusCode::OK, &TasksResponse { tasks }),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The tasks of `agents` whose grant has not expired and whose task, agent and holder key are
+/// not revoked.
+fn live_tasks(
+    ca: &CertificateAuthority,
+    agents: &[String],
+    now: u64,
+) -> Result<Vec<TaskEntry>, CaError> {
+    let store = ca.store()?;
+    let revoked: std::collections::HashSet<(&'static str, String)> = store
+        .revocations()?
+        .into_iter()
+        .filter(|r| r.exp > now)
+        .map(|r| (r.kind.as_str(), r.value))
+        .collect();
+    let is = |k: crate::RevocationKind, v: &str| revoked.contains(&(k.as_str(), v.to_owned()));
+    let mut out = Vec::new();
+    for live in store.live_tasks(now)? {
+        let (t, agent) = (&live.task, live.agent.as_str());
+        if !agents.iter().any(|a| a == agent)
+            || is(crate::RevocationKind::Task, &t.task)
+            || is(crate::RevocationKind::Agent, agent)
+            || is(crate::RevocationKind::Jkt, &live.jkt)
+            || is(crate::RevocationKind::Jti, &t.grant_jti)
+        {
+            continue;
+        }
+        out.push(TaskEntry {
+            task: t.task.clone(),
+            holder: t.holder.clone(),
+            exp: t.exp,
+        });
+    }
+    Ok(out)
 }
 
 async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
@@ -829,34 +1283,55 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     if let Err(r) = check_caller_valid(&a) {
         return r.into_response();
     }
-    // Version 1 of this route serves holders: a task holder may close its own task. Service
-    // permissions (`revoke` per agent rule) come with the service rules of policy.
-    let own_task: Option<TaskId> = match a.peer_id() {
-        PeerId::Task(t) => Some(TaskIdentity::task_id(t)),
-        PeerId::Service(_) => None,
-    };
-    let only_task = body.agent.is_none()
-        && body.serial.is_none()
-        && body.jkt.is_none()
-        && body.jti.is_none()
-        && body.iss.is_none();
-    let target = match (&body.task, only_task, own_task) {
-        (Some(t), true, Some(own)) if t == own.as_str() => RevokeTarget::Task(own),
-        (None, _, _) | (_, false, _) => {
-            return Refused::new(
-                ErrorCode::BadRequest,
-                "name exactly one target",
-                "a holder may revoke its own task: {\"task\": \"...\"}",
-            )
-            .into_response()
-        }
-        _ => {
-            return Refused::new(
-                ErrorCode::NotPermitted,
-                "a holder may revoke only its own task",
-                "",
-            )
-            .into_response()
+    // A task holder may close its own task; a service with `revoke` for an agent may revoke
+    // within that agent (its name, its tasks, its certificates and keys, its grants).
+    let targets = [
+        body.task.is_some(),
+        body.agent.is_some(),
+        body.serial.is_some(),
+        body.jkt.is_some(),
+        body.jti.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if targets != 1 || body.iss.is_some() {
+        return Refused::new(
+            ErrorCode::BadRequest,
+            "name exactly one target",
+            "task, agent, serial, jkt or jti (links are revoked locally by their issuer)",
+        )
+        .into_response();
+    }
+    let target = match a.peer_id() {
+        PeerId::Task(t) => match &body.task {
+            Some(named) if named == t.task_id().as_str() => RevokeTarget::Task(t.task_id()),
+            _ => {
+                return Refused::new(
+                    ErrorCode::NotPermitted,
+                    "a holder may revoke only its own task",
+                    "",
+                )
+                .into_response()
+            }
+        },
+        PeerId::Service(svc) => {
+            let svc = svc.name().to_owned();
+            let target = match service_target(&body) {
+                Ok(t) => t,
+                Err(r) => return r.into_response(),
+            };
+            let t2 = target.clone();
+            let check = run(&s, move |ca| {
+                let agent = target_agent(ca, &t2)?;
+                ca.policy()
+                    .check_permission(&agent, &svc, Permission::Revoke)
+            })
+            .await;
+            if let Err(r) = check {
+                return r.into_response();
+            }
+            target
         }
     };
     let actor = a.peer_id().as_str().to_owned();
@@ -887,4 +1362,70 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
             exp: rec.exp,
         },
     )
+}
+
+/// The revocation target a service names (one of task, agent, serial, jkt, jti).
+fn service_target(b: &ApiRevoke) -> Result<RevokeTarget, Refused> {
+    use agentid_protocol::{Jkt, Jti, Serial};
+    Ok(if let Some(t) = &b.task {
+        RevokeTarget::Task(TaskId::parse(t).map_err(|e| bad_field("task", e))?)
+    } else if let Some(a) = &b.agent {
+        RevokeTarget::Agent(a.clone())
+    } else if let Some(x) = &b.serial {
+        RevokeTarget::Serial(Serial::parse(x).map_err(|e| bad_field("serial", e))?)
+    } else if let Some(x) = &b.jkt {
+        RevokeTarget::Key(Jkt::parse(x).map_err(|e| bad_field("jkt", e))?)
+    } else if let Some(x) = &b.jti {
+        RevokeTarget::GrantJti(Jti::parse(x).map_err(|e| bad_field("jti", e))?)
+    } else {
+        return Err(bad_field("target", "name exactly one target"));
+    })
+}
+
+/// The agent a revocation target belongs to, from the store (`404 not_found` if unknown).
+fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, CaError> {
+    let store = ca.store()?;
+    let not_found = |kind: &'static str, value: &str| CaError::NotFound {
+        kind,
+        value: value.to_owned(),
+    };
+    let agent_of_identity = |id: &str| -> Result<String, CaError> {
+        store
+            .identity(id)?
+            .and_then(|r| r.agent)
+            .ok_or_else(|| not_found("identity", id))
+    };
+    match t {
+        RevokeTarget::Agent(a) => Ok(a.clone()),
+        RevokeTarget::Task(task) => {
+            let rec = store
+                .task(task.as_str())?
+                .ok_or_else(|| not_found("task", task.as_str()))?;
+            agent_of_identity(&rec.holder)
+        }
+        RevokeTarget::Serial(serial) => store
+            .issuance(serial.as_str())?
+            .and_then(|r| r.agent)
+            .ok_or_else(|| not_found("serial", serial.as_str())),
+        RevokeTarget::Key(jkt) => {
+            let owner = store
+                .key_owner(jkt.as_str())?
+                .ok_or_else(|| not_found("jkt", jkt.as_str()))?;
+            agent_of_identity(&owner)
+        }
+        RevokeTarget::GrantJti(jti) => {
+            let rec = store
+                .task_by_jti(jti.as_str())?
+                .ok_or_else(|| not_found("jti", jti.as_str()))?;
+            agent_of_identity(&rec.holder)
+        }
+        RevokeTarget::LinkJti { .. } => Err(CaError::InvalidRequest(
+            "links are revoked by their issuer".into(),
+        )),
+        // Not reachable from the API (`service_target` never names one): revoking a principal
+        // expands to tasks of many agents and stays an operator action at the CA.
+        RevokeTarget::Principal(_) => Err(CaError::InvalidRequest(
+            "principals are revoked by the operator at the CA".into(),
+        )),
+    }
 }

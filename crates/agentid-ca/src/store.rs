@@ -201,6 +201,17 @@ pub struct BootstrapRecord {
     pub expires: u64,
 }
 
+/// A task whose grant has not expired, with its holder's agent and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTask {
+    /// The task.
+    pub task: TaskRecord,
+    /// The holder's agent name.
+    pub agent: String,
+    /// The thumbprint of the key bound to the holder.
+    pub jkt: String,
+}
+
 /// Everything committed atomically for one issuance.
 #[derive(Clone, Debug)]
 pub struct IssuanceCommit<'a> {
@@ -317,6 +328,30 @@ pub trait Store: Send {
                 used_at: None,
                 binding: None,
             }))
+    }
+    /// The tasks whose grant expires after `now`, each with its holder's agent name and bound
+    /// key thumbprint, oldest first. The default scans every issuance; the SQLite store reads
+    /// the `tasks` table by expiry (schema version 2).
+    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+        let mut out = Vec::new();
+        for rec in self.issuances()? {
+            if rec.kind != IssuanceKind::Task {
+                continue;
+            }
+            let (Some(agent), Some(task)) = (rec.agent, rec.task) else {
+                continue;
+            };
+            if let Some(t) = self.task(&task)? {
+                if t.exp > now {
+                    out.push(LiveTask {
+                        task: t,
+                        agent,
+                        jkt: rec.jkt,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
     /// Records what an unused token binds, as JSON (schema version 1).
     fn set_bootstrap_binding(&mut self, _hash: &str, _binding: &str) -> Result<()> {
@@ -879,9 +914,25 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, i.agent, i.jkt
+             FROM tasks t JOIN identities i ON i.identity = t.holder
+             WHERE t.exp > ?1 ORDER BY t.created, t.task",
+        )?;
+        let rows = st.query_map(params![to_i64(now)?], |r| {
+            Ok(LiveTask {
+                task: row_task(r)?,
+                agent: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                jkt: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE bootstrap_tokens SET binding = ?2 WHERE hash = ?1 AND used_at IS NULL",
+            "UPDATE bootstrap_tokens SET binding = ?2, creator = json_extract(?2, '$.creator') WHERE hash = ?1 AND used_at IS NULL",
             params![hash, binding],
         )?;
         if n != 1 {

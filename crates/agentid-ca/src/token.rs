@@ -42,6 +42,44 @@ pub struct TokenBinding {
     /// Grant lifetime, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_ttl_secs: Option<u64>,
+    /// The grant's `may_delegate_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_delegate_to: Option<Vec<String>>,
+    /// The grant's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<std::collections::BTreeMap<String, u64>>,
+    /// The grant's principal (`on_behalf_of`), asserted by the token's creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<serde_json::Value>,
+    /// Who created the token: `operator` or `svc:NAME`. `None` reads as `operator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
+}
+
+impl TokenBinding {
+    /// The service that created the token, if a service did.
+    pub fn creator_service(&self) -> Option<&str> {
+        self.creator.as_deref().and_then(|c| c.strip_prefix("svc:"))
+    }
+
+    /// Checks the binding's creator against policy: a service needs `create_token` for the
+    /// agent, and `assert_principal` when the binding names a principal.
+    pub fn check_creator(&self, policy: &crate::Policy, agent: &str) -> Result<()> {
+        use crate::policy::Permission;
+        match (self.creator.as_deref(), self.creator_service()) {
+            (None | Some("operator"), _) => Ok(()),
+            (_, Some(svc)) => {
+                policy.check_permission(agent, svc, Permission::CreateToken)?;
+                if self.principal.is_some() {
+                    policy.check_permission(agent, svc, Permission::AssertPrincipal)?;
+                }
+                Ok(())
+            }
+            (Some(other), None) => Err(CaError::InvalidRequest(format!(
+                "unknown token creator {other:?}"
+            ))),
+        }
+    }
 }
 
 /// Why an enrollment was refused before or instead of an issuance.
@@ -73,14 +111,22 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<BootstrapToken> {
+        binding.check_creator(self.policy(), agent)?;
         let scope = Scope::parse(&binding.scope)?;
         self.policy().check_scope(agent, &scope)?;
         if let Some(aud) = &binding.audience {
             parse_audience(aud)?;
         }
+        if let Some(m) = &binding.may_delegate_to {
+            parse_audience(m)?;
+        }
+        if let Some(l) = &binding.limits {
+            agentid_protocol::Limits::new(l.clone())?;
+        }
         let json =
             serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
-        let token = self.create_bootstrap_token(agent, task, ttl, now)?;
+        let creator = binding.creator.as_deref().unwrap_or("operator");
+        let token = self.create_bootstrap_token_as(agent, task, ttl, now, creator)?;
         self.store()?
             .set_bootstrap_binding(&token_hash(&token.token), &json)?;
         Ok(token)
@@ -112,6 +158,7 @@ impl CertificateAuthority {
             .as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
             .ok_or(EnrollError::TokenInvalid)?;
+        binding.check_creator(self.policy(), &state.record.agent)?;
         let mut req = OpenTaskRequest::new(
             state.record.agent.clone(),
             KeySource::Csr(csr),
@@ -127,6 +174,18 @@ impl CertificateAuthority {
             .as_deref()
             .map(parse_audience)
             .transpose()?;
+        req.may_delegate_to = binding
+            .may_delegate_to
+            .as_deref()
+            .map(parse_audience)
+            .transpose()?;
+        req.limits = binding
+            .limits
+            .clone()
+            .map(agentid_protocol::Limits::new)
+            .transpose()
+            .map_err(CaError::from)?;
+        req.principal = binding.principal.clone();
         match self.open_task(&req, now) {
             Ok(c) => Ok(c),
             Err(e) => {

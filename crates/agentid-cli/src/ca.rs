@@ -20,6 +20,9 @@ pub enum CaCommand {
     /// `spiffe://TD/svc/agentid-ca`, so `policy.toml` needs a `[services.agentid-ca]` rule with
     /// `requesters = ["operator"]`. Runs until interrupted.
     Serve(ServeArgs),
+    /// List the live tasks of the agents the caller may list (a service with `list`), through
+    /// the CA service.
+    List(crate::net::ListArgs),
 }
 
 /// Arguments of `ca serve`.
@@ -32,6 +35,10 @@ pub struct ServeArgs {
     /// the bound address is printed on stdout).
     #[arg(long, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+    /// The enrollment listener (`POST /v1/enroll`, `GET /v1/bundle`, `GET /healthz` only; TLS
+    /// without client certificates), e.g. `127.0.0.1:8444`.
+    #[arg(long, value_name = "ADDR")]
+    pub enroll_listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `ca init`.
@@ -56,6 +63,7 @@ pub fn run(cmd: &CaCommand) -> CliResult {
     match cmd {
         CaCommand::Init(a) => init(a),
         CaCommand::Serve(a) => serve(a),
+        CaCommand::List(a) => crate::net::run_list(a),
     }
 }
 
@@ -103,8 +111,21 @@ fn serve(args: &ServeArgs) -> CliResult {
             .local_addr()
             .context("cannot read the listener's address")?;
         print_text(&format!("listening on {addr}\n"))?;
+        let enroll = match args.enroll_listen {
+            None => None,
+            Some(e) => {
+                let l = tokio::net::TcpListener::bind(e)
+                    .await
+                    .context(format!("cannot listen on {e}"))?;
+                let a = l
+                    .local_addr()
+                    .context("cannot read the listener's address")?;
+                print_text(&format!("enrollment listening on {a}\n"))?;
+                Some(l)
+            }
+        };
         service
-            .serve(listener)
+            .serve_both(listener, enroll)
             .await
             .context("the CA service stopped")
     })

@@ -17,6 +17,7 @@ mod common;
 mod delegate;
 mod error;
 mod files;
+mod net;
 mod revoke;
 mod trust;
 
@@ -61,6 +62,14 @@ enum Command {
     /// The CA store's audit chain: verify, export.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Bootstrap tokens for enrollment with the CA service.
+    #[command(subcommand)]
+    Token(net::TokenCommand),
+    /// Enroll with a bootstrap token file: a key made here, a certificate from the CA service.
+    Enroll(net::EnrollArgs),
+    /// Certificates from the CA service for an agent's CSR: open a task, issue a child.
+    #[command(subcommand)]
+    Task(net::TaskCommand),
 }
 
 fn init_logging(verbose: u8) {
@@ -90,6 +99,9 @@ fn run(cli: &Cli) -> CliResult {
         Command::Revocations(c) => revoke::run_revocations(c),
         Command::Bundle(c) => bundle::run(c),
         Command::Audit(c) => audit::run(c),
+        Command::Token(c) => net::run_token(c),
+        Command::Enroll(a) => net::run_enroll(a),
+        Command::Task(c) => net::run_task(c),
     }
 }
 

@@ -17,8 +17,18 @@ use crate::files;
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "task", "agent", "jkt", "jti"])))]
 pub struct RevokeArgs {
+    /// The CA directory made by `agentid ca init` (whoever can read it is the operator).
+    #[arg(
+        long = "ca",
+        value_name = "DIR",
+        conflicts_with = "ca_url",
+        required_unless_present = "ca_url"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Revoke through the CA service instead (as a service with `revoke`, or a holder closing
+    /// its own task).
     #[command(flatten)]
-    pub ca: CaDirArg,
+    pub remote: crate::net::RemoteArgs,
     /// A certificate serial (hex; colons allowed): revokes its key, so the key can neither
     /// connect nor sign links any more.
     #[arg(long)]
@@ -66,7 +76,10 @@ pub struct ExportArgs {
 
 /// Runs `revoke`.
 pub fn run_revoke(args: &RevokeArgs) -> CliResult {
-    let ca = args.ca.open()?;
+    let Some(dir) = &args.ca else {
+        return crate::net::run_revoke_remote(args);
+    };
+    let ca = CaDirArg { ca: dir.clone() }.open()?;
     let target = if let Some(s) = &args.serial {
         RevokeTarget::Serial(s.parse().context(format!("bad --serial {s:?}"))?)
     } else if let Some(t) = &args.task {

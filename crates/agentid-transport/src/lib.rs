@@ -40,6 +40,8 @@ mod admission;
 mod client;
 mod connection_limits;
 mod credentials;
+#[cfg(feature = "enroll")]
+pub mod enroll;
 mod error;
 mod establish;
 mod frame;

@@ -15,8 +15,22 @@ use crate::files;
 /// Arguments of `cert renew`.
 #[derive(Debug, clap::Args)]
 pub struct RenewArgs {
-    #[command(flatten)]
-    pub ca: CaDirArg,
+    /// The CA directory made by `agentid ca init` (whoever can read it is the operator).
+    #[arg(
+        long = "ca",
+        value_name = "DIR",
+        conflicts_with = "ca_url",
+        required_unless_present = "ca_url"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Renew through the CA service's mutual-TLS listener (`https://HOST:PORT`) with the
+    /// directory's own certificate and key (same key; no renewal after `notAfter`).
+    #[arg(long, value_name = "URL")]
+    pub ca_url: Option<String>,
+    /// Keep running: renew at half of each certificate's lifetime (retrying until 90% of it)
+    /// and replace `cert.pem` each time. Needs `--ca-url`.
+    #[arg(long, requires = "ca_url")]
+    pub daemon: bool,
     /// The directory holding `cert.pem` and `key.pem`; `cert.pem` is replaced atomically.
     #[arg(long)]
     pub dir: PathBuf,
@@ -28,10 +42,13 @@ pub struct RenewArgs {
 
 /// Runs `cert renew`.
 pub fn run(args: &RenewArgs) -> CliResult {
+    let Some(dir) = &args.ca else {
+        return crate::net::run_renew_remote(args);
+    };
     // The identity comes from the current certificate (expired or not: renewal is for that),
     // and the key must be the one it certifies.
     let holder = Holder::load(&args.dir)?;
-    let ca = args.ca.open()?;
+    let ca = CaDirArg { ca: dir.clone() }.open()?;
     let csr = make_csr(holder.key(), holder.leaf.id.as_str())?;
     let req = RenewRequest {
         identity: holder.leaf.id.clone(),

@@ -48,6 +48,7 @@
 mod authz;
 mod body;
 mod client;
+mod enroll_tls;
 mod presentation;
 mod refusal;
 mod server;
@@ -59,6 +60,7 @@ pub use authz::{
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
+pub use enroll_tls::{danger_no_client_auth_for_enrollment, enrollment_client_config};
 pub use presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, PresentationState,
     CHAIN_HEADER, MAX_HTTP_CHAIN_BYTES, MAX_HTTP_PROOF_BYTES, PROOF_HEADER,

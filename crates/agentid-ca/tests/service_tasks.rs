@@ -1,0 +1,695 @@
+//! The CA service's routes for services and enrollment (`spec/CA-API.md` 3.5-3.12) on 127.0.0.1
+//! with real TLS: `POST /v1/tasks`, `GET /v1/tasks`, `POST /v1/tokens`, the enrollment listener,
+//! the per-request re-check of every caller, and the refusals with their codes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_api::{CertificateResponse, TokenFile, TokenResponse};
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{
+    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, ServiceRequest,
+    TaskRequester,
+};
+use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
+use agentid_transport::http::{HttpClient, HttpClientConnection};
+use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rustls_pki_types::CertificateDer;
+
+const T: Duration = Duration::from_secs(20);
+const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
+
+const EXTRA_POLICY: &str = r#"
+[agents.planner.permissions]
+"svc:platform" = ["open_task", "create_token", "assert_principal", "list", "revoke"]
+
+[agents.worker.permissions]
+"svc:platform" = ["list", "create_token"]
+
+[services.agentid-ca]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.platform]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.weak]
+max_ttl = "1h"
+requesters = ["operator"]
+"#;
+
+struct World {
+    dir: tempfile::TempDir,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+}
+
+async fn start() -> World {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA_POLICY);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mtls, enroll) = (l.local_addr().unwrap(), e.local_addr().unwrap());
+    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    World { dir, mtls, enroll }
+}
+
+fn chain_of(leaf: &[u8], intermediate: &[u8]) -> Vec<CertificateDer<'static>> {
+    vec![
+        CertificateDer::from(leaf.to_vec()),
+        CertificateDer::from(intermediate.to_vec()),
+    ]
+}
+
+impl World {
+    fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::open(self.dir.path()).unwrap()
+    }
+
+    fn verification(&self, own: &str) -> Arc<PeerVerification> {
+        let mut bundles = BundleSet::new();
+        bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
+        PeerVerification::new(
+            VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
+                .danger_accept_missing_or_stale_revocations(),
+        )
+        .unwrap()
+    }
+
+    /// A service credential issued by the operator.
+    fn service(&self, name: &str) -> (Arc<MemoryCredentials>, String) {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let c = self
+            .ca()
+            .issue_service(
+                &ServiceRequest {
+                    service: name.into(),
+                    key: KeySource::Spki(key.public_key().to_spki_der()),
+                    ttl: None,
+                },
+                common::now(),
+            )
+            .unwrap();
+        let chain = chain_of(&c.leaf.der, &c.intermediate_der);
+        let id = c.identity.as_str().to_owned();
+        (
+            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
+            id,
+        )
+    }
+
+    /// A task opened by the operator for `agent`.
+    fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let req = OpenTaskRequest::new(
+            agent,
+            KeySource::Spki(key.public_key().to_spki_der()),
+            TaskRequester::Operator,
+            Scope::parse("tickets:read").unwrap(),
+        );
+        let c = self.ca().open_task(&req, common::now()).unwrap();
+        let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
+        (
+            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
+            c.identity.as_str().to_owned(),
+        )
+    }
+
+    async fn connect(
+        &self,
+        creds: Arc<MemoryCredentials>,
+        own: &str,
+    ) -> agentid_transport::Result<HttpClientConnection> {
+        HttpClient::builder(
+            creds,
+            self.verification(own),
+            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap()
+        .connect(self.mtls, "ca.example.org")
+        .await
+    }
+}
+
+async fn call(c: &mut HttpClientConnection, method: &str, path: &str, body: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_owned()))
+        .unwrap();
+    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let b = tokio::time::timeout(T, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(b.to_vec()).unwrap())
+}
+
+fn code_of(body: &str) -> String {
+    let e: agentid_api::ApiError = serde_json::from_str(body).unwrap();
+    assert!(!e.message.is_empty());
+    e.code.as_str().to_owned()
+}
+
+fn b64(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+}
+
+/// A CSR for the agent's key naming exactly `identity`.
+fn csr(key: &TaskKey, identity: &str) -> String {
+    b64(&key.csr(&SpiffeId::parse(identity).unwrap()).unwrap())
+}
+
+#[tokio::test]
+async fn a_service_opens_a_task_from_the_agents_csr_within_its_permissions() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let agent_key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let task = "t-open-1";
+    let identity = format!("spiffe://example.org/agent/planner/task/{task}");
+    let body = serde_json::json!({"agent": "planner", "task": task, "scope": ["tickets:read"],
+                                  "csr": csr(&agent_key, &identity)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(r.identity, identity);
+    assert!(r.grant.is_some());
+    let rec = w.ca().issuance(&r.serial).unwrap().unwrap();
+    assert_eq!(rec.requester, "svc:platform");
+
+    let before = w.ca().issuances().unwrap().len();
+    // A CSR with an extra SAN: 400 bad_csr, nothing issued.
+    let kp = common::p256_keypair();
+    let extra = common::csr_with(
+        &kp,
+        &[
+            common::uri("spiffe://example.org/agent/planner/task/t-open-2"),
+            common::uri("spiffe://example.org/agent/admin/task/x"),
+        ],
+        |_| {},
+    );
+    let body = serde_json::json!({"agent": "planner", "task": "t-open-2",
+                                  "scope": ["tickets:read"], "csr": b64(&extra)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"), "{b}");
+    // An agent the service holds no `open_task` for: 403 policy_denied.
+    let body = serde_json::json!({"agent": "worker", "scope": ["tickets:read"],
+                                  "csr": csr(&agent_key, "spiffe://example.org/agent/worker/task/w")});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    // A token-only field: 400 bad_request.
+    let body = serde_json::json!({"agent": "planner", "scope": ["tickets:read"],
+                                  "expires_in_secs": 5, "csr": csr(&agent_key, &identity)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+
+    // A service without any permission, and a task holder: refused.
+    let (weak, wid) = w.service("weak");
+    let (holder, hid) = w.task("planner");
+    let before = w.ca().issuances().unwrap().len();
+    let mut c = w.connect(weak, &wid).await.unwrap();
+    let body = serde_json::json!({"agent": "planner", "scope": ["tickets:read"],
+                                  "csr": csr(&agent_key, &identity)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    let (s, b) = call(&mut c, "GET", "/v1/tasks", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    // A method a route does not take is a route that does not exist, with the same body.
+    let (s, b) = call(&mut c, "GET", "/v1/tokens", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{b}");
+    let mut c = w.connect(holder, &hid).await.unwrap();
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"), "{b}");
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"]}"#,
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"), "{b}");
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
+    let w = start().await;
+    let (_, planner) = w.task("planner");
+    let (_, worker) = w.task("worker");
+    let (_, closed) = w.task("planner");
+    let closed_task = closed.rsplit('/').next().unwrap();
+    w.ca()
+        .revoke(
+            &RevokeTarget::Task(agentid_protocol::TaskId::parse(closed_task).unwrap()),
+            None,
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, b) = call(&mut c, "GET", "/v1/tasks", "").await;
+    assert_eq!(s, 200, "{b}");
+    let r: agentid_api::TasksResponse = serde_json::from_str(&b).unwrap();
+    let mut holders: Vec<&str> = r.tasks.iter().map(|t| t.holder.as_str()).collect();
+    holders.sort_unstable();
+    let mut want = vec![planner.as_str(), worker.as_str()];
+    want.sort_unstable();
+    assert_eq!(holders, want);
+    // The inventory reads tasks by expiry (schema version 2).
+    let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    let index: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'tasks_exp'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
+}
+
+#[tokio::test]
+async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"],"max_depth":1,"expires_in_secs":60}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t: TokenResponse = serde_json::from_str(&b).unwrap();
+    let identity = format!("spiffe://example.org/agent/planner/task/{}", t.task);
+    let file = TokenFile {
+        token: t.token.clone(),
+        ca_url: format!("https://{}", w.enroll),
+        root_sha256: t.root_sha256.clone(),
+        identity: identity.clone(),
+        agent: t.agent.clone(),
+        task: t.task.clone(),
+        expires: t.expires,
+        renew_url: None,
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap();
+    assert_eq!(e.credential.identity().as_str(), identity);
+    assert!(e.response.grant.is_some());
+    // The grant binds what the token bound.
+    let rec = w.ca().issuance(&e.response.serial).unwrap().unwrap();
+    assert_eq!(rec.requester, "bootstrap token");
+    // The store records who created the token.
+    let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    let creator: Option<String> = db
+        .query_row("SELECT creator FROM bootstrap_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(creator.as_deref(), Some("svc:platform"));
+
+    // A second use: 409 token_used, through the library's error.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let err = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.api_error().map(|e| e.code),
+        Some(agentid_api::ErrorCode::TokenUsed),
+        "{err}"
+    );
+    // A wrong pin: the token is never sent.
+    let mut wrong = file.clone();
+    wrong.root_sha256 = "00".repeat(32);
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let err = agentid_transport::enroll::enroll_with_token(&wrong, key, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, agentid_transport::enroll::EnrollError::RootMismatch(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_enrollment_listener_serves_only_enroll_bundle_and_health() {
+    let w = start().await;
+    // A plain TLS client without a certificate, trusting the CA's root.
+    let v = w.verification("spiffe://example.org/agent/x/task/y");
+    let config = agentid_transport::http::enrollment_client_config(
+        &v,
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .unwrap();
+    let get = |path: &'static str| {
+        let config = Arc::new(config.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(w.enroll).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("agentid.invalid").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .uri(path)
+                .header("host", "ca")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(b.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/v1/bundle").await.0, 200);
+    for path in ["/v1/tasks", "/v1/revocations", "/v1/renew", "/v1/enroll"] {
+        let (s, b) = get(path).await;
+        assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_mtls_route_rechecks_the_caller_and_a_foreign_certificate_gets_a_tls_alert() {
+    let w = start().await;
+    let (holder, hid) = w.task("planner");
+    let mut c = w.connect(holder, &hid).await.unwrap();
+    let (s, _) = call(&mut c, "GET", "/v1/bundle", "").await;
+    assert_eq!(s, 200);
+    let task = hid.rsplit('/').next().unwrap();
+    w.ca()
+        .revoke(
+            &RevokeTarget::Task(agentid_protocol::TaskId::parse(task).unwrap()),
+            None,
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    // Same connection, a route that issues nothing: refused at once.
+    let (s, b) = call(&mut c, "GET", "/v1/bundle", "").await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "revoked"), "{b}");
+
+    // A client certificate from another CA of the same trust domain name: the handshake fails
+    // with an alert, and no HTTP response is ever produced.
+    let other = common::make_ca_dir(KeyType::P256);
+    let other_ca = CertificateAuthority::open(other.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let oc = other_ca
+        .open_task(
+            &OpenTaskRequest::new(
+                "planner",
+                KeySource::Spki(key.public_key().to_spki_der()),
+                TaskRequester::Operator,
+                Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let creds = Arc::new(MemoryCredentials::new(
+        Credential::new(
+            chain_of(&oc.certificate.leaf.der, &oc.certificate.intermediate_der),
+            key,
+        )
+        .unwrap(),
+    ));
+    let result = async {
+        let mut c = w.connect(creds, oc.identity.as_str()).await?;
+        let req = http::Request::builder()
+            .uri("/healthz")
+            .body(Bytes::new())
+            .unwrap();
+        c.send(req).await.map(|_| ())
+    }
+    .await;
+    let err = result.expect_err("a foreign certificate is refused");
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("alert") || text.contains("Alert"),
+        "not a TLS alert: {text}"
+    );
+}
+
+#[tokio::test]
+async fn the_enroller_renews_its_credential_with_the_same_key_and_signals_the_change() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"],"ttl_secs":60}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t: TokenResponse = serde_json::from_str(&b).unwrap();
+    let file = TokenFile {
+        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
+        ca_url: format!("https://{}", w.enroll),
+        token: t.token,
+        root_sha256: t.root_sha256,
+        agent: t.agent,
+        task: t.task,
+        expires: t.expires,
+        // Renewals go to the mTLS listener; `ca_url` is the enrollment one.
+        renew_url: Some(format!("https://{}", w.mtls)),
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let (enroller, first, _) = agentid_transport::enroll::Enroller::from_token_file(&file, key, T)
+        .await
+        .unwrap();
+    let source = enroller.credentials();
+    let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref()).unwrap();
+    let renewed = enroller.renew().await.unwrap();
+    assert_eq!(renewed.identity().as_str(), file.identity);
+    assert_ne!(renewed.info().serial, first.serial);
+    assert_eq!(
+        renewed.info().public_key,
+        agentid_transport::CredentialSource::current(source.as_ref())
+            .unwrap()
+            .info()
+            .public_key
+    );
+    // The grant stays attached across the renewal.
+    assert!(renewed.chain().is_some());
+    tokio::time::timeout(T, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let rec = w.ca().issuance(&renewed.info().serial).unwrap().unwrap();
+    assert_eq!(rec.kind, agentid_ca::IssuanceKind::Renewal);
+}
+
+#[tokio::test]
+async fn the_enrollment_listener_limits_requests_per_source_address() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA_POLICY);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let options = ServiceOptions {
+        enroll_rate_per_source: 3,
+        ..ServiceOptions::default()
+    };
+    let service = CaService::new(ca, options).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let enroll = e.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    let file = TokenFile {
+        token: "not-a-token".into(),
+        ca_url: format!("https://{enroll}"),
+        root_sha256: "00".repeat(32),
+        identity: "spiffe://example.org/agent/planner/task/t".into(),
+        agent: "planner".into(),
+        task: "t".into(),
+        expires: 0,
+        renew_url: None,
+    };
+    // Each attempt fetches the bundle (one request) and stops at the pin: three pass, the
+    // fourth is refused 429 rate_limited within the same window.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let err = agentid_transport::enroll::enroll_with_token(&file, key, T)
+            .await
+            .unwrap_err();
+        codes.push(match err {
+            agentid_transport::enroll::EnrollError::RootMismatch(_) => "pin".to_owned(),
+            other => other.to_string(),
+        });
+    }
+    assert_eq!(codes[..3], ["pin", "pin", "pin"]);
+    assert!(codes[3].contains("429"), "{codes:?}");
+}
+
+#[tokio::test]
+async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let principal = r#"{"format":"email","email":"alice@example.com"}"#;
+    // `create_token` for worker, but not `assert_principal`: refused, naming the permission.
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        &format!(r#"{{"agent":"worker","scope":["tickets:read"],"principal":{principal}}}"#),
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    assert!(b.contains("assert_principal"), "{b}");
+
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        &format!(r#"{{"agent":"planner","scope":["tickets:read"],"principal":{principal}}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t: TokenResponse = serde_json::from_str(&b).unwrap();
+    let file = TokenFile {
+        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
+        ca_url: format!("https://{}", w.enroll),
+        token: t.token,
+        root_sha256: t.root_sha256,
+        agent: t.agent,
+        task: t.task,
+        expires: t.expires,
+        renew_url: None,
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap();
+    // The grant acts for the principal the token bound; the enrollee never named it.
+    let grant = e.response.grant.unwrap();
+    let payload = grant.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims.to_string().contains("alice@example.com"), "{claims}");
+}
+
+#[tokio::test]
+async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/v1/tokens", r#"{"agent":"planner"}"#, 400, "bad_request"),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["a b"]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"expires_in_secs":0}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"expires_in_secs":99999999}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"task":"not a task id!"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"limits":{"calls":"x"}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"../x","scope":["tickets:read"]}"#,
+            403,
+            "policy_denied",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"***"}"#,
+            400,
+            "bad_csr",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"AAAA"}"#,
+            400,
+            "bad_csr",
+        ),
+        (
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"AAAA","audience":["nope"]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/revoke",
+            r#"{"task":"a","agent":"planner"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/revoke", r#"{}"#, 400, "bad_request"),
+        (
+            "/v1/revoke",
+            r#"{"jti":"x","iss":"spiffe://example.org"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/revoke", r#"{"task":"unknown-task"}"#, 404, "not_found"),
+        ("/v1/revoke", r#"{"agent":"worker"}"#, 403, "policy_denied"),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, b) = call(&mut c, "POST", path, body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (*status, *code),
+            "{path} {body}: {b}"
+        );
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+    assert!(w.ca().revocations().unwrap().is_empty());
+}

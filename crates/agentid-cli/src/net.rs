@@ -1,0 +1,605 @@
+//! Commands that talk to the CA service (`spec/CA-API.md`): `agentid token create`,
+//! `agentid enroll`, `agentid ca list` and `agentid revoke --ca-url`.
+//!
+//! Bootstrap tokens travel in token files (mode 0600), never on the command line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentid::files::{CredentialDir, BUNDLE_FILE, CERT_FILE, GRANT_FILE, KEY_FILE};
+use agentid_api::{RevokeRequest, TokenFile, TokenRequest};
+use agentid_protocol::TaskKey;
+use agentid_transport::enroll::{CaClient, EnrollError};
+use agentid_transport::PeerVerification;
+use serde_json::json;
+
+use crate::cert::grant_opts::parse_task;
+use crate::common::{parse_duration, print_json, print_text, rfc3339, Format, FormatArg, KeyType};
+use crate::error::{CliError, CliResult, Context};
+use crate::files;
+
+/// How long a network command waits for the CA.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variable that names a token file.
+pub const TOKEN_FILE_ENV: &str = "AGENTID_TOKEN_FILE";
+
+/// The caller's side of a call to the CA's mutual-TLS listener.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// The CA service's mutual-TLS listener, `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub ca_url: Option<String>,
+    /// The caller's credential directory (`cert.pem`, `key.pem`, `bundle.json`): a service's,
+    /// or a task holder's.
+    #[arg(long, value_name = "DIR", requires = "ca_url")]
+    pub cred: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn client(&self) -> CliResult<CaClient> {
+        let (Some(url), Some(dir)) = (&self.ca_url, &self.cred) else {
+            return Err(CliError::usage("--ca-url needs --cred DIR"));
+        };
+        let cred = CredentialDir::load(dir)?;
+        let verification = PeerVerification::new(
+            cred.verifier_config()?
+                // The CA itself is where revocations are made: it re-checks every caller.
+                .danger_accept_missing_or_stale_revocations(),
+        )
+        .context("cannot build the verifier")?;
+        let source = Arc::new(agentid_transport::MemoryCredentials::new(
+            cred.credential()?,
+        ));
+        CaClient::new(url, source, verification, TIMEOUT).map_err(api_error)
+    }
+}
+
+/// A CA refusal as one line: `code: message (hint)`.
+fn api_error(e: EnrollError) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+// ---- token create ----
+
+/// `token` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use bootstrap token and write its token file (0600): the token, the CA's
+    /// enrollment URL, the SHA-256 of the root to pin, the identity and the expiry. Locally as
+    /// the operator (`--ca DIR`), or through the CA service as a permitted service (`--ca-url`,
+    /// `--cred`).
+    Create(TokenCreateArgs),
+}
+
+/// Arguments of `token create`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// The CA directory (operator, local).
+    #[arg(
+        long = "ca",
+        value_name = "DIR",
+        conflicts_with = "ca_url",
+        required_unless_present = "ca_url"
+    )]
+    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The URL written into the token file: the CA's enrollment listener, `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub enroll_url: String,
+    /// The CA's mutual-TLS listener written into the token file for renewals (default: the
+    /// `--ca-url` of a service's request, else none).
+    #[arg(long, value_name = "URL")]
+    pub renew_url: Option<String>,
+    /// The agent the token enrolls.
+    #[arg(long)]
+    pub agent: String,
+    /// The task id (default: generated).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The grant's scope (space-separated tokens).
+    #[arg(long)]
+    pub scope: String,
+    /// An audience of the grant (repeatable).
+    #[arg(long = "aud")]
+    pub audience: Vec<String>,
+    /// The grant's `max_depth`.
+    #[arg(long)]
+    pub max_depth: Option<u8>,
+    /// Certificate lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Grant (task) lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub task_ttl: Option<Duration>,
+    /// How long the token stays redeemable.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub expires_in: Duration,
+    /// The token file to create (0600, never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Runs a `token` subcommand.
+pub fn run_token(cmd: &TokenCommand) -> CliResult {
+    match cmd {
+        TokenCommand::Create(a) => token_create(a),
+    }
+}
+
+fn token_create(a: &TokenCreateArgs) -> CliResult {
+    let audience = (!a.audience.is_empty()).then(|| a.audience.clone());
+    let file = if let Some(dir) = &a.ca {
+        let ca = crate::cert::CaDirArg { ca: dir.clone() }.open()?;
+        let binding = agentid_ca::TokenBinding {
+            scope: a.scope.clone(),
+            audience,
+            max_depth: a.max_depth,
+            ttl_secs: a.ttl.map(|d| d.as_secs()),
+            task_ttl_secs: a.task_ttl.map(|d| d.as_secs()),
+            creator: Some("operator".into()),
+            ..Default::default()
+        };
+        let task = a.task.as_deref().map(parse_task).transpose()?;
+        let t = ca.create_bound_token(&a.agent, task, &binding, a.expires_in, SystemTime::now())?;
+        TokenFile {
+            token: t.token.clone(),
+            ca_url: a.enroll_url.clone(),
+            root_sha256: agentid_ca::server::root_sha256(&ca),
+            identity: t.identity.as_str().to_owned(),
+            agent: t.identity.agent().name().to_owned(),
+            task: t.identity.task_id().as_str().to_owned(),
+            expires: t.expires,
+            renew_url: a.renew_url.clone(),
+        }
+    } else {
+        let client = a.remote.client()?;
+        let req = TokenRequest {
+            agent: a.agent.clone(),
+            task: a.task.clone(),
+            scope: a.scope.split_whitespace().map(str::to_owned).collect(),
+            audience,
+            max_depth: a.max_depth,
+            ttl_secs: a.ttl.map(|d| d.as_secs()),
+            task_ttl_secs: a.task_ttl.map(|d| d.as_secs()),
+            expires_in_secs: Some(a.expires_in.as_secs()),
+            ..Default::default()
+        };
+        let r = runtime()?
+            .block_on(client.create_token(&req))
+            .map_err(api_error)?;
+        let td = agentid_protocol::SpiffeId::parse(
+            CredentialDir::load(a.remote.cred.as_deref().unwrap_or(Path::new(".")))?
+                .identity
+                .as_str(),
+        )?
+        .trust_domain();
+        TokenFile {
+            identity: format!("spiffe://{}/agent/{}/task/{}", td.as_str(), r.agent, r.task),
+            token: r.token,
+            ca_url: a.enroll_url.clone(),
+            root_sha256: r.root_sha256,
+            agent: r.agent,
+            task: r.task,
+            expires: r.expires,
+            renew_url: a.renew_url.clone().or_else(|| a.remote.ca_url.clone()),
+        }
+    };
+    let text = serde_json::to_vec_pretty(&file).context("cannot encode the token file")?;
+    agentid_fs::create_secret(&a.out, &text).map_err(|e| match e {
+        agentid_fs::FsError::AlreadyExists { .. } => CliError::failed(format!(
+            "{} already exists: refusing to overwrite a token file",
+            a.out.display()
+        )),
+        e => e.into(),
+    })?;
+    match a.format.format {
+        Format::Json => print_json(&json!({
+            "token_file": a.out.display().to_string(),
+            "identity": file.identity,
+            "expires": file.expires,
+            "root_sha256": file.root_sha256,
+        })),
+        Format::Text => print_text(&format!(
+            "token file {} for {} (redeemable until {}); hand it to the agent as a file or through {TOKEN_FILE_ENV}, never on a command line\n",
+            a.out.display(),
+            file.identity,
+            rfc3339(file.expires)
+        )),
+    }
+}
+
+// ---- enroll ----
+
+/// Arguments of `enroll`.
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// The token file (default: the file `AGENTID_TOKEN_FILE` names).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where to write `key.pem` (0600), `cert.pem`, `grant.jwt` and `bundle.json`.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Type of the key made here.
+    #[arg(long, value_enum, default_value_t = KeyType::P256)]
+    pub key_type: KeyType,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Runs `enroll`: a key made here, a CSR sent to the CA pinned by the token file, the
+/// credential written to `--out-dir`.
+pub fn run_enroll(a: &EnrollArgs) -> CliResult {
+    let path = match &a.token_file {
+        Some(p) => p.clone(),
+        None => std::env::var_os(TOKEN_FILE_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "name the token file: --token-file or {TOKEN_FILE_ENV}"
+                ))
+            })?,
+    };
+    let secret = agentid_fs::read_secret(&path, 64 * 1024)?;
+    let token: TokenFile =
+        serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
+    // Refuse before the token is spent: the key is written only after the CA answered.
+    let key_path = a.out_dir.join(KEY_FILE);
+    if key_path.exists() {
+        return Err(CliError::failed(format!(
+            "{} already exists: refusing to overwrite a key",
+            key_path.display()
+        )));
+    }
+    let key = TaskKey::generate(a.key_type.algorithm()).context("cannot make a key")?;
+    let pkcs8 = key.danger_pkcs8_der().to_vec();
+    let enrolled = runtime()?
+        .block_on(agentid_transport::enroll::enroll_with_token(
+            &token, key, TIMEOUT,
+        ))
+        .map_err(api_error)?;
+    files::ensure_dir(&a.out_dir)?;
+    files::write_new_private_key(&key_path, &pkcs8)?;
+    let pem: String = enrolled
+        .credential
+        .cert_chain()
+        .iter()
+        .map(|c| agentid_fs::pem_encode("CERTIFICATE", c.as_ref()))
+        .collect();
+    files::write_public(&a.out_dir.join(CERT_FILE), pem.as_bytes())?;
+    files::write_public(&a.out_dir.join(BUNDLE_FILE), &enrolled.bundle_json)?;
+    if let Some(g) = &enrolled.response.grant {
+        files::write_public(&a.out_dir.join(GRANT_FILE), format!("{g}\n").as_bytes())?;
+    }
+    let r = &enrolled.response;
+    match a.format.format {
+        Format::Json => print_json(&json!({
+            "identity": r.identity,
+            "serial": r.serial,
+            "not_after": r.not_after,
+            "dir": a.out_dir.display().to_string(),
+        })),
+        Format::Text => print_text(&format!(
+            "enrolled {} (serial {}, until {}) in {}\n",
+            r.identity,
+            r.serial,
+            rfc3339(r.not_after),
+            a.out_dir.display()
+        )),
+    }
+}
+
+// ---- ca list ----
+
+/// Arguments of `ca list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Runs `ca list`: the live tasks the caller (a service with `list`) may see.
+pub fn run_list(a: &ListArgs) -> CliResult {
+    if a.remote.ca_url.is_none() {
+        return Err(CliError::usage("ca list needs --ca-url and --cred"));
+    }
+    let client = a.remote.client()?;
+    let r = runtime()?.block_on(client.list()).map_err(api_error)?;
+    match a.format.format {
+        Format::Json => print_json(&serde_json::to_value(&r).context("cannot encode JSON")?),
+        Format::Text => {
+            let mut out = String::new();
+            for t in &r.tasks {
+                out.push_str(&format!("{} until {}\n", t.holder, rfc3339(t.exp)));
+            }
+            if r.tasks.is_empty() {
+                out.push_str("no live tasks\n");
+            }
+            print_text(&out)
+        }
+    }
+}
+
+// ---- revoke --ca-url ----
+
+/// `agentid revoke --ca-url`: the target sent to the CA service.
+pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
+    if args.iss.is_some() {
+        return Err(CliError::usage(
+            "--iss (a link) is revoked locally with --ca DIR; the CA service revokes grants, tasks, agents, keys and serials",
+        ));
+    }
+    let client = args.remote.client()?;
+    let req = RevokeRequest {
+        task: args.task.clone(),
+        agent: args.agent.clone(),
+        serial: args.serial.clone(),
+        jkt: args.jkt.clone(),
+        jti: args.jti.clone(),
+        iss: None,
+        reason: args.reason.clone(),
+    };
+    let r = runtime()?
+        .block_on(client.revoke(&req))
+        .map_err(api_error)?;
+    match args.format.format {
+        Format::Json => print_json(&json!({"kind": r.kind, "value": r.value, "exp": r.exp})),
+        Format::Text => print_text(&format!(
+            "revoked {} {} (entry kept until {}); the CA publishes it at once\n",
+            r.kind,
+            r.value,
+            rfc3339(r.exp)
+        )),
+    }
+}
+
+// ---- cert renew --ca-url [--daemon] ----
+
+fn write_cert(dir: &Path, cred: &agentid_transport::Credential) -> CliResult {
+    let pem: String = cred
+        .cert_chain()
+        .iter()
+        .map(|c| agentid_fs::pem_encode("CERTIFICATE", c.as_ref()))
+        .collect();
+    files::write_public(&dir.join(CERT_FILE), pem.as_bytes())
+}
+
+fn print_renewed(cred: &agentid_transport::Credential, format: Format) -> CliResult {
+    let info = cred.info();
+    match format {
+        Format::Json => print_json(&json!({
+            "identity": cred.identity().as_str(),
+            "serial": info.serial,
+            "not_after": info.not_after,
+        })),
+        Format::Text => print_text(&format!(
+            "renewed {} (serial {}, until {})\n",
+            cred.identity().as_str(),
+            info.serial,
+            rfc3339(info.not_after)
+        )),
+    }
+}
+
+/// `agentid cert renew --ca-url URL --dir DIR [--daemon]`.
+pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
+    let Some(url) = &args.ca_url else {
+        return Err(CliError::usage("name the CA: --ca DIR or --ca-url URL"));
+    };
+    let cred = CredentialDir::load(&args.dir)?;
+    let verification = PeerVerification::new(
+        cred.verifier_config()?
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .context("cannot build the verifier")?;
+    let enroller = agentid_transport::enroll::Enroller::from_credential(
+        url,
+        cred.credential_with_chain()?,
+        verification,
+        TIMEOUT,
+    )
+    .with_ttl(args.ttl.ttl);
+    let rt = runtime()?;
+    if !args.daemon {
+        let renewed = rt.block_on(enroller.renew()).map_err(api_error)?;
+        write_cert(&args.dir, &renewed)?;
+        return print_renewed(&renewed, args.format.format);
+    }
+    let source = enroller.credentials();
+    let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref())
+        .ok_or_else(|| CliError::failed("the credential source signals no changes"))?;
+    rt.block_on(async {
+        let run = enroller.run();
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => {
+                    return r.map_err(api_error);
+                }
+                c = changes.changed() => {
+                    if c.is_err() {
+                        return Err(CliError::failed("the credential source closed"));
+                    }
+                    if let Some(cur) = agentid_transport::CredentialSource::current(source.as_ref()) {
+                        write_cert(&args.dir, &cur)?;
+                        print_renewed(&cur, args.format.format)?;
+                    }
+                }
+            }
+        }
+    })
+}
+
+// ---- task open / task child ----
+
+/// `task` subcommands: certificates from the CA service for a CSR made elsewhere (the agent
+/// keeps its key).
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Open a task for an agent from the agent's CSR, as a service with `open_task`.
+    Open(TaskOpenArgs),
+    /// Ask for a child in the caller's own task from the child's CSR, as the parent (a task
+    /// holder the child's rule lists as `parent:AGENT`).
+    Child(TaskChildArgs),
+}
+
+/// Arguments of `task open`.
+#[derive(Debug, clap::Args)]
+pub struct TaskOpenArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The agent's PKCS#10 request (PEM or DER): only its key is used.
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// The agent.
+    #[arg(long)]
+    pub agent: String,
+    /// The task id (default: generated).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The grant's scope (space-separated tokens).
+    #[arg(long)]
+    pub scope: String,
+    /// Certificate lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Grant (task) lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub task_ttl: Option<Duration>,
+    /// Where to write `cert.pem` and `grant.jwt` for the agent.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Arguments of `task child`.
+#[derive(Debug, clap::Args)]
+pub struct TaskChildArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The child's PKCS#10 request (PEM or DER): only its key is used.
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// The child agent.
+    #[arg(long)]
+    pub agent: String,
+    /// Certificate lifetime (never beyond the parent's chain).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Where to write the child's `cert.pem`.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Runs a `task` subcommand.
+pub fn run_task(cmd: &TaskCommand) -> CliResult {
+    match cmd {
+        TaskCommand::Open(a) => task_open(a),
+        TaskCommand::Child(a) => task_child(a),
+    }
+}
+
+/// A CSR file's DER (PEM `CERTIFICATE REQUEST` or DER).
+fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
+    let bytes = files::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    if let Some(body) = text
+        .split("-----BEGIN CERTIFICATE REQUEST-----")
+        .nth(1)
+        .and_then(|r| r.split("-----END CERTIFICATE REQUEST-----").next())
+    {
+        let b64: String = body.split_whitespace().collect();
+        return base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+            .context(format!("{}: bad PEM", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn b64url(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+}
+
+/// Writes `cert.pem` (and `grant.jwt`) of a CA response into `dir`.
+fn write_response(dir: &Path, r: &agentid_api::CertificateResponse) -> CliResult {
+    let mut pem = String::new();
+    for c in &r.certs {
+        let der = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+            .context("the CA's certificate is not base64url")?;
+        pem.push_str(&agentid_fs::pem_encode("CERTIFICATE", &der));
+    }
+    files::ensure_dir(dir)?;
+    files::write_public(&dir.join(CERT_FILE), pem.as_bytes())?;
+    if let Some(g) = &r.grant {
+        files::write_public(&dir.join(GRANT_FILE), format!("{g}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+fn print_issued(r: &agentid_api::CertificateResponse, dir: &Path, format: Format) -> CliResult {
+    match format {
+        Format::Json => print_json(&json!({
+            "identity": r.identity,
+            "serial": r.serial,
+            "not_after": r.not_after,
+            "dir": dir.display().to_string(),
+        })),
+        Format::Text => print_text(&format!(
+            "issued {} (serial {}, until {}) in {}\n",
+            r.identity,
+            r.serial,
+            rfc3339(r.not_after),
+            dir.display()
+        )),
+    }
+}
+
+fn task_open(a: &TaskOpenArgs) -> CliResult {
+    let client = a.remote.client()?;
+    let req = agentid_api::OpenTaskRequest {
+        csr: b64url(&read_csr(&a.csr)?),
+        task: TokenRequest {
+            agent: a.agent.clone(),
+            task: a.task.clone(),
+            scope: a.scope.split_whitespace().map(str::to_owned).collect(),
+            ttl_secs: a.ttl.map(|d| d.as_secs()),
+            task_ttl_secs: a.task_ttl.map(|d| d.as_secs()),
+            ..Default::default()
+        },
+    };
+    let r = runtime()?
+        .block_on(client.open_task(&req))
+        .map_err(api_error)?;
+    write_response(&a.out_dir, &r)?;
+    print_issued(&r, &a.out_dir, a.format.format)
+}
+
+fn task_child(a: &TaskChildArgs) -> CliResult {
+    let client = a.remote.client()?;
+    let req = agentid_api::ChildRequest {
+        agent: a.agent.clone(),
+        csr: b64url(&read_csr(&a.csr)?),
+        ttl_secs: a.ttl.map(|d| d.as_secs()),
+        parent_chain: None,
+    };
+    let r = runtime()?
+        .block_on(client.issue_child(&req))
+        .map_err(api_error)?;
+    write_response(&a.out_dir, &r)?;
+    print_issued(&r, &a.out_dir, a.format.format)
+}

@@ -1,0 +1,464 @@
+//! The CA service through the real `agentid` binary on 127.0.0.1: `ca serve` with an
+//! enrollment listener, `token create` (operator and service), `enroll`, `ca list` and
+//! `revoke --ca-url`; and the refusals, each with its code and nothing recorded as issued.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{mode, Env};
+
+const POLICY: &str = r#"
+[defaults]
+ttl = "5m"
+max_ttl = "15m"
+task_ttl = "1h"
+max_task_ttl = "8h"
+
+[agents.planner]
+scopes = ["tickets:*"]
+max_ttl = "15m"
+max_depth = 3
+requesters = ["operator", "bootstrap"]
+
+[agents.planner.permissions]
+"svc:platform" = ["open_task", "create_token", "revoke", "list"]
+
+[agents.auditor]
+scopes = ["tickets:read"]
+requesters = ["operator", "bootstrap"]
+
+[agents.summarizer]
+scopes = ["tickets:read"]
+requesters = ["parent:planner"]
+
+[services.agentid-ca]
+requesters = ["operator"]
+
+[services.platform]
+requesters = ["operator"]
+
+[services.weak]
+requesters = ["operator"]
+"#;
+
+/// Kills the server when the test ends, whatever happens.
+struct Server {
+    child: std::process::Child,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("https://{}", self.mtls)
+    }
+    fn enroll_url(&self) -> String {
+        format!("https://{}", self.enroll)
+    }
+}
+
+/// A CA in `env` with [`POLICY`], service credentials for `platform` and `weak`, and
+/// `ca serve` running with both listeners.
+fn serve(env: &Env) -> Server {
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("cert issue --ca ca --service platform --out-dir platform");
+    env.ok("cert issue --ca ca --service weak --out-dir weak");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "ca",
+            "serve",
+            "--ca",
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let _ = tx.send(line);
+        }
+        // Keep the pipe open (and drained) while the server runs.
+        let mut sink = String::new();
+        while r.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    let addr = |prefix: &str| -> SocketAddr {
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let mtls = addr("listening on ");
+    let enroll = addr("enrollment listening on ");
+    Server {
+        child,
+        mtls,
+        enroll,
+    }
+}
+
+/// Issuances the CA's store holds (read beside the running service).
+fn issued(env: &Env) -> usize {
+    agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .issuances()
+        .unwrap()
+        .len()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn an_operator_token_enrolls_once_and_a_second_use_is_refused() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t1.json",
+        s.enroll_url()
+    ));
+    assert_eq!(mode(&env.path("t1.json")), 0o600);
+    let file: serde_json::Value = serde_json::from_str(&env.read("t1.json")).unwrap();
+    let before = issued(&env);
+
+    let v = env.json("enroll --token-file t1.json --out-dir a1");
+    assert_eq!(v["identity"], file["identity"]);
+    assert_eq!(mode(&env.path("a1/key.pem")), 0o600);
+    assert!(env.read("a1/grant.jwt").starts_with("ey"));
+    // The written directory is a working credential directory.
+    env.ok("cert verify a1/cert.pem --bundle a1/bundle.json");
+    assert_eq!(issued(&env), before + 1);
+
+    env.fails("enroll --token-file t1.json --out-dir a2", 1, "token_used");
+    assert_eq!(issued(&env), before + 1, "nothing issued the second time");
+    assert!(!env.path("a2/cert.pem").exists());
+}
+
+#[test]
+fn an_expired_token_is_refused_and_issues_nothing() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --expires-in 1s --out t.json",
+        s.enroll_url()
+    ));
+    let file: serde_json::Value = serde_json::from_str(&env.read("t.json")).unwrap();
+    let expires = file["expires"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while now() <= expires && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = issued(&env);
+    env.fails("enroll --token-file t.json --out-dir a", 1, "token_expired");
+    assert_eq!(issued(&env), before);
+}
+
+#[test]
+fn a_token_presented_to_another_ca_is_not_sent_and_stays_redeemable() {
+    let env = Env::new();
+    let s = serve(&env);
+    let other = Env::new();
+    let impostor = serve(&other);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    // The same token file, pointed at a CA whose root is not the pinned one.
+    let mut file: serde_json::Value = serde_json::from_str(&env.read("t.json")).unwrap();
+    file["ca_url"] = impostor.enroll_url().into();
+    let wrong = env.path("wrong.json");
+    std::fs::write(&wrong, serde_json::to_vec(&file).unwrap()).unwrap();
+    env.chmod("wrong.json", 0o600);
+    let (before, before_other) = (issued(&env), issued(&other));
+    env.fails(
+        "enroll --token-file wrong.json --out-dir a",
+        1,
+        "is not the CA the token file pins",
+    );
+    assert_eq!((issued(&env), issued(&other)), (before, before_other));
+    // The token never left: the pinned CA still redeems it.
+    env.json("enroll --token-file t.json --out-dir b");
+    assert_eq!(issued(&env), before + 1);
+}
+
+#[test]
+fn a_service_creates_tokens_lists_and_revokes_within_its_permissions() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let eurl = s.enroll_url();
+    env.ok(&format!(
+        "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
+    ));
+    assert_eq!(mode(&env.path("t.json")), 0o600);
+    // The token file reaches the agent through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .env("AGENTID_TOKEN_FILE", env.path("t.json"))
+        .args(["enroll", "--out-dir", "a", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enrolled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holder = enrolled["identity"].as_str().unwrap().to_owned();
+    let task = holder.rsplit('/').next().unwrap().to_owned();
+
+    let list = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    let holders: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["holder"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, [holder.as_str()]);
+
+    env.json(&format!(
+        "revoke --ca-url {url} --cred platform --task {task}"
+    ));
+    let list = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    assert!(list["tasks"].as_array().unwrap().is_empty(), "{list}");
+    // The revoked holder can no longer renew: the CA re-checks it on every request.
+    env.fails(
+        &format!("revoke --ca-url {url} --cred a --task {task}"),
+        1,
+        "revoked",
+    );
+}
+
+#[test]
+fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let eurl = s.enroll_url();
+    let before = issued(&env);
+    env.fails(
+        &format!("ca list --ca-url {url} --cred weak"),
+        1,
+        "policy_denied",
+    );
+    env.fails(
+        &format!(
+            "token create --ca-url {url} --cred weak --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
+        ),
+        1,
+        "policy_denied",
+    );
+    assert!(!env.path("t.json").exists());
+    // `platform` may create tokens for planner, not for auditor.
+    env.fails(
+        &format!(
+            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json"
+        ),
+        1,
+        "policy_denied",
+    );
+    env.fails(
+        &format!("revoke --ca-url {url} --cred weak --agent planner"),
+        1,
+        "policy_denied",
+    );
+    assert_eq!(issued(&env), before);
+    assert!(agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .revocations()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl 12s --out t.json",
+        s.enroll_url(),
+        s.url()
+    ));
+    let first = env.json("enroll --token-file t.json --out-dir a");
+    let url = s.url();
+    let once = env.json(&format!("cert renew --ca-url {url} --dir a --ttl 12s"));
+    assert_eq!(once["identity"], first["identity"]);
+    assert_ne!(once["serial"], first["serial"]);
+    // The written certificate is the renewed one, for the same key.
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    let serial_of =
+        |env: &Env| -> serde_json::Value { env.json("cert inspect a/cert.pem")["serial"].clone() };
+    assert_eq!(
+        serial_of(&env)
+            .as_str()
+            .map(|s| s.replace(':', "").to_lowercase()),
+        once["serial"]
+            .as_str()
+            .map(|s| s.replace(':', "").to_lowercase())
+    );
+
+    // As a daemon: cert.pem is replaced on its own (12 s certificates, renewed at half-life).
+    let before = serial_of(&env);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert", "renew", "--ca-url", &url, "--dir", "a", "--daemon", "--ttl", "12s",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut renewed = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if serial_of(&env) != before {
+            renewed = true;
+            break;
+        }
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        renewed,
+        "the daemon replaced cert.pem: {}",
+        env.read("daemon.log")
+    );
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+}
+
+/// An agent's key (`DIR/key.pem`, 0600) and a CSR for it naming `sans` (`DIR/req.csr`).
+fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
+    std::fs::create_dir_all(env.path(dir)).unwrap();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = sans
+        .iter()
+        .map(|s| rcgen::SanType::URI((*s).try_into().unwrap()))
+        .collect();
+    let csr = p.serialize_request(&kp).unwrap();
+    std::fs::write(env.path(&format!("{dir}/req.csr")), csr.pem().unwrap()).unwrap();
+    std::fs::write(env.path(&format!("{dir}/key.pem")), kp.serialize_pem()).unwrap();
+    env.chmod(&format!("{dir}/key.pem"), 0o600);
+}
+
+#[test]
+fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let id = "spiffe://example.org/agent/planner/task/t-csr-1";
+    agent_csr(&env, "p", &[id]);
+    let v = env.json(&format!(
+        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-csr-1 --scope tickets:read --task-ttl 2m --out-dir p"
+    ));
+    assert_eq!(v["identity"], id);
+    std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();
+    env.ok("cert verify p/cert.pem --bundle p/bundle.json");
+
+    // A CSR naming a second identity: 400 bad_csr, nothing issued.
+    let before = issued(&env);
+    agent_csr(
+        &env,
+        "x",
+        &[
+            "spiffe://example.org/agent/planner/task/t-csr-2",
+            "spiffe://example.org/agent/admin/task/t-csr-2",
+        ],
+    );
+    env.fails(
+        &format!(
+            "task open --ca-url {url} --cred platform --csr x/req.csr --agent planner --task t-csr-2 --scope tickets:read --out-dir x"
+        ),
+        1,
+        "bad_csr",
+    );
+    assert_eq!(issued(&env), before);
+
+    // The parent (the task just opened) asks for a child longer than its 2-minute task:
+    // 409 cap_reached, nothing issued; within it, the child is issued.
+    agent_csr(&env, "c", &[]);
+    env.fails(
+        &format!(
+            "task child --ca-url {url} --cred p --csr c/req.csr --agent summarizer --ttl 10m --out-dir c"
+        ),
+        1,
+        "cap_reached",
+    );
+    assert_eq!(issued(&env), before);
+    let child = env.json(&format!(
+        "task child --ca-url {url} --cred p --csr c/req.csr --agent summarizer --ttl 1m --out-dir c"
+    ));
+    assert_eq!(
+        child["identity"],
+        "spiffe://example.org/agent/summarizer/task/t-csr-1"
+    );
+    assert_eq!(issued(&env), before + 1);
+}
+
+/// The caller verifies the CA too: a service of another CA (same trust domain name, another
+/// root) refuses this CA's certificate before it sends anything. (A foreign client certificate
+/// presented to the CA gets a TLS alert: agentid-ca's `service_tasks` test, since this CLI
+/// refuses to load a credential its own bundle does not validate.)
+#[test]
+fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
+    let env = Env::new();
+    let s = serve(&env);
+    let other = Env::new();
+    std::fs::write(other.path("ca/policy.toml"), POLICY).unwrap();
+    other.ok("cert issue --ca ca --service platform --out-dir platform");
+    let foreign = other.path("platform");
+    let before = issued(&env);
+    env.fails_args(
+        &[
+            "ca",
+            "list",
+            "--ca-url",
+            &s.url(),
+            "--cred",
+            foreign.to_str().unwrap(),
+        ],
+        1,
+        "invalid peer certificate",
+    );
+    assert_eq!(issued(&env), before);
+}

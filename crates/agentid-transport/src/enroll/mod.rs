@@ -1,0 +1,734 @@
+//! Clients of the agentid CA service (`spec/CA-API.md`), behind the `enroll` feature.
+//!
+//! * [`enroll_with_token`]: an agent redeems a bootstrap token file for its task's first
+//!   certificate. The key never leaves the agent (only a CSR is sent); the CA is authenticated
+//!   by the root the token file pins, never on first use (CA-API 3.6.1).
+//! * [`Enroller`]: holds the enrolled credential in a [`MemoryCredentials`] (a
+//!   [`CredentialSource`] for servers and clients) and renews it at half its lifetime, retrying
+//!   until 90% of it.
+//! * [`CaClient`]: platforms and parents call the CA over mutual TLS with their own
+//!   credential: open a task from an agent's CSR, issue a child, create a token, revoke, list.
+//!   The agent sends them a CSR and never its key.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_api::{
+    ApiError, CertificateResponse, ChildRequest, EnrollRequest, OpenTaskRequest, RenewRequest,
+    RevokeRequest, RevokeResponse, TasksResponse, TokenFile, TokenRequest, TokenResponse,
+};
+use agentid_protocol::{
+    BundleSet, PeerId, SpiffeId, TaskKey, TrustBundle, TrustDomain, VerifierConfig,
+};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::http::{enrollment_client_config, HttpClient};
+use crate::{Credential, CredentialSource, MemoryCredentials, PeerPolicy, PeerVerification};
+
+/// Largest response body a client reads.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Why a call to the CA failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The CA refused, with its `{code, message, hint}`.
+    #[error("the CA refused ({status}): {error}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The refusal.
+        error: ApiError,
+    },
+    /// The CA's bundle holds no root with the token file's `root_sha256`: the server is not the
+    /// pinned CA. The token was not sent.
+    #[error("the server at {0} is not the CA the token file pins (no root with its root_sha256); the token was not sent")]
+    RootMismatch(String),
+    /// A file, URL or response that is not what it should be.
+    #[error("{0}")]
+    Invalid(String),
+    /// TLS, connection or verification failure.
+    #[error("{0}")]
+    Transport(#[from] crate::Error),
+    /// I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The call did not finish in time.
+    #[error("the CA did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl EnrollError {
+    /// The CA's refusal, if it was one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            EnrollError::Refused { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+type Result<T, E = EnrollError> = std::result::Result<T, E>;
+
+fn invalid(m: impl Into<String>) -> EnrollError {
+    EnrollError::Invalid(m.into())
+}
+
+/// A CA URL `https://HOST:PORT`, resolved.
+#[derive(Clone, Debug)]
+struct CaUrl {
+    authority: String,
+    host: String,
+    port: u16,
+}
+
+impl CaUrl {
+    fn parse(url: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| invalid(format!("CA URL {url:?} must start with https://")))?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+            return Err(invalid(format!("CA URL {url:?} must be https://HOST:PORT")));
+        }
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(format!("CA URL {url:?} needs a port")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(format!("CA URL {url:?}: bad port")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(CaUrl {
+            authority: authority.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    async fn addr(&self) -> Result<SocketAddr> {
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .next()
+            .ok_or_else(|| invalid(format!("{} does not resolve", self.host)))
+    }
+}
+
+fn b64(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+}
+
+fn sha256_hex(d: &[u8]) -> String {
+    let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d);
+    h.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CA service's identity in `td`.
+fn ca_peer(td: &TrustDomain) -> Result<PeerId> {
+    PeerId::parse(&format!(
+        "spiffe://{}/svc/{}",
+        td.as_str(),
+        agentid_api::CA_SERVICE_NAME
+    ))
+    .map_err(|e| invalid(e.to_string()))
+}
+
+/// The response body as `T` on success, or the CA's refusal.
+fn decode<T: serde::de::DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T> {
+    if status.is_success() {
+        return serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the CA's response is not the expected JSON: {e}")));
+    }
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(error) => Err(EnrollError::Refused {
+            status: status.as_u16(),
+            error,
+        }),
+        Err(_) => Err(invalid(format!(
+            "the CA answered {status} without a refusal body"
+        ))),
+    }
+}
+
+/// One HTTP/1.1 request over a TLS connection made with `config` (no client certificate).
+async fn request_plain(
+    config: Arc<ClientConfig>,
+    url: &CaUrl,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes)> {
+    let fut = async {
+        let addr = url.addr().await?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("agentid.invalid").map_err(|e| invalid(e.to_string()))?;
+        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| invalid(format!("HTTP: {e}")))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, url.authority.as_str());
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| invalid(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| invalid(format!("HTTP: {e}")))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| invalid(format!("HTTP body: {e}")))?
+            .to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| EnrollError::Timeout(timeout))?
+}
+
+/// Accepts any server certificate (the TLS 1.3 handshake signature is still verified). Used
+/// only to fetch the public bundle, whose root is then checked against the pinned hash; no
+/// secret is sent on such a connection.
+#[derive(Debug)]
+struct PinnedFetchOnly;
+
+impl ServerCertVerifier for PinnedFetchOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &crate::provider::provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crate::provider::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn bundle_fetch_config() -> Result<ClientConfig> {
+    let mut c = ClientConfig::builder_with_provider(crate::provider::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| EnrollError::Transport(crate::Error::Tls(e)))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedFetchOnly))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![crate::http::ALPN_HTTP11.to_vec()];
+    c.enable_sni = false;
+    Ok(c)
+}
+
+/// Keeps from a bundle (JWKS) only the X509 authority whose certificate hashes to `root_sha256`.
+/// Returns the filtered bundle's JSON, or `None` when no authority matches.
+fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
+    let mut v: serde_json::Value = serde_json::from_slice(bundle)
+        .map_err(|e| invalid(format!("the CA's bundle is not JSON: {e}")))?;
+    let Some(keys) = v.get_mut("keys").and_then(serde_json::Value::as_array_mut) else {
+        return Err(invalid("the CA's bundle has no keys"));
+    };
+    let want = root_sha256.to_ascii_lowercase();
+    keys.retain(|k| {
+        let x509 = k.get("use").and_then(serde_json::Value::as_str) == Some("x509-svid");
+        let der = k
+            .get("x5c")
+            .and_then(|x| x.get(0))
+            .and_then(serde_json::Value::as_str)
+            .and_then(|c| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok()
+            });
+        x509 && der.is_some_and(|d| sha256_hex(&d) == want)
+    });
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_vec(&v)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// A credential obtained from the CA.
+#[derive(Debug)]
+pub struct Enrolled {
+    /// The certificate chain and key, with the grant attached when the CA returned one.
+    pub credential: Credential,
+    /// The CA's response.
+    pub response: CertificateResponse,
+    /// The pinned trust bundle (only the pinned root), as JSON.
+    pub bundle_json: Vec<u8>,
+    /// Verification against the pinned root (revocation lists not required), for talking to
+    /// the CA again (renewal).
+    pub verification: Arc<PeerVerification>,
+}
+
+/// Reads a token file (JSON, CA-API 3.6.1).
+pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile> {
+    let text = std::fs::read(path)?;
+    if text.len() > 64 * 1024 {
+        return Err(invalid("token file larger than 64 KiB"));
+    }
+    serde_json::from_slice(&text).map_err(|e| invalid(format!("not a token file: {e}")))
+}
+
+/// The credential in a CA response, checked: it verifies against `verification`'s anchors now
+/// and names `identity`.
+fn credential_from(
+    resp: &CertificateResponse,
+    key: TaskKey,
+    verification: &PeerVerification,
+    identity: &str,
+) -> Result<Credential> {
+    if resp.identity != identity {
+        return Err(invalid(format!(
+            "the CA issued {} instead of {identity}",
+            resp.identity
+        )));
+    }
+    let chain = resp
+        .certs
+        .iter()
+        .map(|c| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+                .map(CertificateDer::from)
+                .map_err(|_| invalid("a certificate in the CA's response is not base64url"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut cred = Credential::new(chain, key)?;
+    cred.verify_with(&verification.trust_store(), UnixTime::now())?;
+    if cred.identity().as_str() != identity {
+        return Err(invalid("the CA's certificate names another identity"));
+    }
+    if let Some(g) = &resp.grant {
+        cred = cred.with_chain(g.clone());
+    }
+    Ok(cred)
+}
+
+/// Redeems `token` for its task's first certificate, for `key` (only a CSR leaves this process).
+///
+/// Follows CA-API 3.6.1: the bundle is fetched and pinned to `token.root_sha256` before the
+/// token is sent ([`EnrollError::RootMismatch`] otherwise); the enrollment connection requires the
+/// server to be `spiffe://<td>/svc/agentid-ca` under that root; the returned chain must verify
+/// against the same root and name the token's identity.
+pub async fn enroll_with_token(
+    token: &TokenFile,
+    key: TaskKey,
+    timeout: Duration,
+) -> Result<Enrolled> {
+    let url = CaUrl::parse(&token.ca_url)?;
+    let identity =
+        SpiffeId::parse(&token.identity).map_err(|e| invalid(format!("identity: {e}")))?;
+    let td = identity.trust_domain();
+    // 1. The public bundle, pinned by hash. Nothing secret goes over this connection.
+    let (status, body) = request_plain(
+        Arc::new(bundle_fetch_config()?),
+        &url,
+        Method::GET,
+        agentid_api::routes::BUNDLE,
+        None,
+        timeout,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(invalid(format!("GET /v1/bundle answered {status}")));
+    }
+    let pinned = pin_bundle(&body, &token.root_sha256)?
+        .ok_or_else(|| EnrollError::RootMismatch(token.ca_url.clone()))?;
+    let bundle =
+        TrustBundle::parse(&td, &pinned).map_err(|e| invalid(format!("the CA's bundle: {e}")))?;
+    let mut set = BundleSet::new();
+    set.insert(bundle).map_err(|e| invalid(e.to_string()))?;
+    let verification = PeerVerification::new(
+        VerifierConfig::new(identity.clone(), set).danger_accept_missing_or_stale_revocations(),
+    )?;
+    // 2. The token, only to the pinned CA's service identity.
+    let config = enrollment_client_config(&verification, PeerPolicy::exact(ca_peer(&td)?))?;
+    let csr = key.csr(&identity).map_err(|e| invalid(e.to_string()))?;
+    let req = serde_json::to_vec(&EnrollRequest {
+        token: token.token.clone(),
+        csr: b64(&csr),
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    let (status, body) = request_plain(
+        Arc::new(config),
+        &url,
+        Method::POST,
+        agentid_api::routes::ENROLL,
+        Some(req),
+        timeout,
+    )
+    .await?;
+    let response: CertificateResponse = decode(status, &body)?;
+    // 3. The chain verifies against the same root and names the token's identity.
+    let credential = credential_from(&response, key, &verification, &token.identity)?;
+    Ok(Enrolled {
+        credential,
+        response,
+        bundle_json: pinned,
+        verification,
+    })
+}
+
+/// The certificate and key of another source, never its delegation chain: the CA's routes take
+/// none, and a chain is not handed to a server it was not meant for.
+#[derive(Debug)]
+struct WithoutChain {
+    inner: Arc<dyn CredentialSource>,
+    cache: std::sync::Mutex<Option<(Arc<Credential>, Arc<Credential>)>>,
+}
+
+impl CredentialSource for WithoutChain {
+    fn current(&self) -> Option<Arc<Credential>> {
+        let cur = self.inner.current()?;
+        if cur.chain().is_none() {
+            return Some(cur);
+        }
+        let mut cache = self.cache.lock().ok()?;
+        if let Some((orig, stripped)) = cache.as_ref() {
+            if Arc::ptr_eq(orig, &cur) {
+                return Some(stripped.clone());
+            }
+        }
+        let stripped = Arc::new(
+            Credential::with_shared_key(cur.cert_chain().to_vec(), cur.shared_key()).ok()?,
+        );
+        *cache = Some((cur, stripped.clone()));
+        Some(stripped)
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.subscribe()
+    }
+}
+
+/// A client of the CA's mutual-TLS listener, presenting the caller's own certificate (a
+/// service's, or a parent task's), never its delegation chain.
+#[derive(Clone, Debug)]
+pub struct CaClient {
+    url: CaUrl,
+    client: HttpClient,
+    timeout: Duration,
+}
+
+impl CaClient {
+    /// A client of the CA at `ca_url` (`https://HOST:PORT`, its mutual-TLS listener),
+    /// presenting `credentials` and verifying the CA with `verification` as
+    /// `spiffe://<td>/svc/agentid-ca`, `td` being the credential's trust domain.
+    pub fn new(
+        ca_url: &str,
+        credentials: Arc<dyn CredentialSource>,
+        verification: Arc<PeerVerification>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let url = CaUrl::parse(ca_url)?;
+        let current = credentials.current().ok_or(crate::Error::NoCredential)?;
+        let td = SpiffeId::parse(current.identity().as_str())
+            .map_err(|e| invalid(e.to_string()))?
+            .trust_domain();
+        // The CA routes take no chain: identity-only calls.
+        let credentials: Arc<dyn CredentialSource> = Arc::new(WithoutChain {
+            inner: credentials,
+            cache: std::sync::Mutex::new(None),
+        });
+        let client =
+            HttpClient::builder(credentials, verification, PeerPolicy::exact(ca_peer(&td)?))
+                .connect_timeout(timeout)
+                .http1_only()
+                .build()?;
+        Ok(CaClient {
+            url,
+            client,
+            timeout,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        let fut = async {
+            let addr = self.url.addr().await?;
+            let mut conn = self.client.connect(addr, &self.url.authority).await?;
+            let mut req = Request::builder().method(method).uri(path);
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Bytes::from(body.unwrap_or_default()))
+                .map_err(|e| invalid(e.to_string()))?;
+            let resp = conn.send(req).await?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| invalid(format!("HTTP body: {e}")))?
+                .to_bytes();
+            decode(status, &bytes)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| EnrollError::Timeout(self.timeout))?
+    }
+
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let b = serde_json::to_vec(body).map_err(|e| invalid(e.to_string()))?;
+        self.call(Method::POST, path, Some(b)).await
+    }
+
+    /// Opens a task for an agent from the agent's CSR (`POST /v1/tasks`, needs `open_task`).
+    pub async fn open_task(&self, req: &OpenTaskRequest) -> Result<CertificateResponse> {
+        self.post(agentid_api::routes::TASKS, req).await
+    }
+
+    /// Issues a child in the caller's own task from the child's CSR (`POST /v1/children`).
+    pub async fn issue_child(&self, req: &ChildRequest) -> Result<CertificateResponse> {
+        self.post(agentid_api::routes::CHILDREN, req).await
+    }
+
+    /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenResponse> {
+        self.post(agentid_api::routes::TOKENS, req).await
+    }
+
+    /// Revokes a target (`POST /v1/revoke`).
+    pub async fn revoke(&self, req: &RevokeRequest) -> Result<RevokeResponse> {
+        self.post(agentid_api::routes::REVOKE, req).await
+    }
+
+    /// Renews the caller's own certificate (`POST /v1/renew`).
+    pub async fn renew(&self, req: &RenewRequest) -> Result<CertificateResponse> {
+        self.post(agentid_api::routes::RENEW, req).await
+    }
+
+    /// The live tasks of the agents the caller may list (`GET /v1/tasks`, needs `list`).
+    pub async fn list(&self) -> Result<TasksResponse> {
+        self.call(Method::GET, agentid_api::routes::TASKS, None)
+            .await
+    }
+}
+
+/// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for
+/// servers and clients, renewed over mutual TLS with the current certificate (same key) at half
+/// its lifetime, retried every few seconds until 90% of it.
+#[derive(Debug)]
+pub struct Enroller {
+    ca_url: String,
+    credentials: Arc<MemoryCredentials>,
+    verification: Arc<PeerVerification>,
+    timeout: Duration,
+    ttl: Option<Duration>,
+}
+
+impl Enroller {
+    /// Enrolls with `token` (see [`enroll_with_token`]) and holds the credential; returns the
+    /// CA's response and the pinned bundle's JSON beside it. Renewals go to the token file's
+    /// `renew_url` (the CA's mutual-TLS listener), else to its `ca_url`.
+    pub async fn from_token_file(
+        token: &TokenFile,
+        key: TaskKey,
+        timeout: Duration,
+    ) -> Result<(Self, CertificateResponse, Vec<u8>)> {
+        let Enrolled {
+            credential,
+            response,
+            bundle_json,
+            verification,
+        } = enroll_with_token(token, key, timeout).await?;
+        let renew_url = token.renew_url.as_deref().unwrap_or(&token.ca_url);
+        let e = Enroller::from_credential(renew_url, credential, verification, timeout);
+        Ok((e, response, bundle_json))
+    }
+
+    /// Holds an already issued credential, for renewal only, at `ca_url` (the CA's mutual-TLS
+    /// listener), verified with `verification`.
+    pub fn from_credential(
+        ca_url: &str,
+        credential: Credential,
+        verification: Arc<PeerVerification>,
+        timeout: Duration,
+    ) -> Self {
+        Enroller {
+            ca_url: ca_url.to_owned(),
+            credentials: Arc::new(MemoryCredentials::new(credential)),
+            verification,
+            timeout,
+            ttl: None,
+        }
+    }
+
+    /// Asks for this certificate lifetime at each renewal (default: the policy's).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The credential source, updated on every renewal.
+    pub fn credentials(&self) -> Arc<MemoryCredentials> {
+        self.credentials.clone()
+    }
+
+    /// Renews once now: same key, same identity; the grant stays attached.
+    pub async fn renew(&self) -> Result<Arc<Credential>> {
+        let current = self
+            .credentials
+            .current()
+            .ok_or(crate::Error::NoCredential)?;
+        let client = CaClient::new(
+            &self.ca_url,
+            self.credentials.clone(),
+            self.verification.clone(),
+            self.timeout,
+        )?;
+        let resp = client
+            .renew(&RenewRequest {
+                identity: None,
+                ttl_secs: self.ttl.map(|d| d.as_secs()),
+            })
+            .await?;
+        if resp.identity != current.identity().as_str() {
+            return Err(invalid("the CA renewed another identity"));
+        }
+        let chain = resp
+            .certs
+            .iter()
+            .map(|c| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+                    .map(CertificateDer::from)
+                    .map_err(|_| invalid("a certificate in the CA's response is not base64url"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let renewed = current.renewed(chain)?;
+        self.credentials
+            .rotate(renewed, &self.verification.trust_store())?;
+        self.credentials
+            .current()
+            .ok_or_else(|| EnrollError::Transport(crate::Error::NoCredential))
+    }
+
+    /// Renews forever at half of each certificate's lifetime (from issuance), retrying every
+    /// few seconds until 90% of it; returns the error once a certificate reaches 90% of its
+    /// lifetime without a renewal (the caller decides: a new token, or stop).
+    pub async fn run(&self) -> Result<()> {
+        loop {
+            let current = self
+                .credentials
+                .current()
+                .ok_or(crate::Error::NoCredential)?;
+            let (nb, na) = (current.info().not_before, current.info().not_after);
+            let life = na.saturating_sub(nb);
+            let renew_at = nb + life / 2;
+            let give_up = nb + life - life / 10;
+            sleep_until_unix(renew_at).await;
+            loop {
+                match self.renew().await {
+                    Ok(_) => break,
+                    Err(e) if crate::session::now_unix() >= give_up => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
+                        let left = give_up.saturating_sub(crate::session::now_unix());
+                        tokio::time::sleep(Duration::from_secs(left.clamp(1, 5))).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_unix(t: u64) {
+    let left = t.saturating_sub(crate::session::now_unix());
+    tokio::time::sleep(Duration::from_secs(left)).await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_urls_are_https_host_port_only() {
+        let u = CaUrl::parse("https://ca.example.org:8443").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("ca.example.org", 8443));
+        assert_eq!(u.authority, "ca.example.org:8443");
+        let u = CaUrl::parse("https://[::1]:9/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
+        for bad in [
+            "http://ca:1",
+            "https://ca",
+            "https://ca:x",
+            "https://u@ca:1",
+            "https://ca:1/v1",
+            "https://",
+        ] {
+            assert!(CaUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bundle_without_the_pinned_root_pins_nothing() {
+        let cert = b"not really a certificate";
+        let x5c = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert);
+        let bundle = serde_json::json!({"keys": [
+            {"use": "x509-svid", "kty": "EC", "x5c": [x5c]},
+            {"use": "jwt-svid", "kty": "EC"},
+        ]});
+        let bytes = serde_json::to_vec(&bundle).unwrap();
+        let pinned = pin_bundle(&bytes, &sha256_hex(cert)).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&pinned).unwrap();
+        assert_eq!(v["keys"].as_array().unwrap().len(), 1);
+        assert!(pin_bundle(&bytes, &sha256_hex(b"other")).unwrap().is_none());
+        assert!(pin_bundle(b"[]", "00").is_err());
+    }
+}
