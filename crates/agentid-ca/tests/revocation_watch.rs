@@ -236,7 +236,10 @@ async fn a_watcher_applies_each_newer_list_from_the_feed() {
         .unwrap();
     assert_eq!(Some(list.seq()), status.seq);
     assert!(!list.is_empty(), "the new list holds the revoked task");
-    watcher.stop().await;
+    // A long-poll (wait 25 s) is held now: stopping does not wait for it.
+    tokio::time::timeout(Duration::from_secs(5), watcher.stop())
+        .await
+        .expect("the watcher stops while its long-poll is held");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -358,7 +358,11 @@ fn jittered(ceiling: Duration) -> Duration {
         Err(_) => u32::MAX,
     };
     let half = ceiling / 2;
-    half + half.mul_f64(f64::from(r) / f64::from(u32::MAX))
+    let extra =
+        Duration::try_from_secs_f64(half.as_secs_f64() * f64::from(r) / f64::from(u32::MAX))
+            .unwrap_or(half)
+            .min(half);
+    half.saturating_add(extra)
 }
 
 #[cfg(test)]
@@ -384,6 +388,9 @@ mod tests {
             let d = jittered(c);
             assert!(d >= Duration::from_secs(2) && d <= c, "{d:?}");
         }
+        // Any ceiling a caller configures, however large, gives a delay within it.
+        assert!(jittered(Duration::MAX) <= Duration::MAX);
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]
