@@ -6,7 +6,10 @@
 //! an older `seq`: the watcher never applies a list it could not verify, and the `seq` it asks
 //! after is the one of the list the verification holds, never a number from the response.
 //! Applying a list signals every live session of that verification, which re-checks its peer
-//! and ends with `revoked` if the list covers it.
+//! and ends with `revoked` if the list covers it. The re-check is the existing one of
+//! [`PeerVerification`]: every live session of the verification re-checks (a local verification,
+//! no I/O), not only those under the list's new entries, since sessions are not indexed by key,
+//! agent, task and `jti` yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +145,10 @@ impl RevocationWatcher {
     /// A watcher of the feed of the CA `client` talks to (the lists of the client's trust
     /// domain), applying lists to `verification`. The caller needs no permission: any
     /// certificate holder the CA accepts may read the feed.
+    ///
+    /// The client's own verification (how it checks the CA) may be `verification` itself only
+    /// if that accepts a missing list or already holds one: a verification that requires the
+    /// domain's list cannot check the CA before the watcher's first list.
     pub fn new(
         client: CaClient,
         verification: Arc<PeerVerification>,
