@@ -30,8 +30,10 @@
 //! With features: `http` (features `http`, `axum`) binds the same credentials to HTTP/1.1 and HTTP/2;
 //! on it, `grpc` (`tonic`: tonic services with a scope per method, a tonic client on the agentid
 //! client), `a2a` (`a2a`: A2A agent cards with the agentid identity extension, checked against
-//! the client's configuration) and `mcp` (`mcp`: rmcp streamable HTTP with sessions bound to
-//! their peer and a scope per tool).
+//! the client's configuration), `mcp` (`mcp`: rmcp streamable HTTP with sessions bound to
+//! their peer and a scope per tool) and `enroll` (clients of the agentid CA service: token
+//! enrollment, renewal, `CaClient`, and a revocation feed watcher that applies each newer,
+//! verified list from the CA to a live [`PeerVerification`], ending the sessions it covers).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "a2a")]

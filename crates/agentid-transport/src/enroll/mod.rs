@@ -9,6 +9,9 @@
 //! * [`CaClient`]: platforms and parents call the CA over mutual TLS with their own
 //!   credential: open a task from an agent's CSR, issue a child, create a token, revoke, list.
 //!   The agent sends them a CSR and never its key.
+//! * [`RevocationWatcher`]: long-polls the CA's revocation feed and applies each newer list,
+//!   verified, to a live [`PeerVerification`], so that live sessions it covers end with
+//!   `revoked`. [`WatcherHandle`] stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +36,9 @@ use tokio_rustls::TlsConnector;
 
 use crate::http::{enrollment_client_config, HttpClient};
 use crate::{Credential, CredentialSource, MemoryCredentials, PeerPolicy, PeerVerification};
+
+mod watch;
+pub use watch::{RevocationWatcher, WatchOptions, WatchStatus, WatcherHandle};
 
 /// Largest response body a client reads.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -454,6 +460,8 @@ pub struct CaClient {
     url: CaUrl,
     client: HttpClient,
     timeout: Duration,
+    /// The CA's (and the caller's) trust domain.
+    td: TrustDomain,
 }
 
 impl CaClient {
@@ -485,6 +493,7 @@ impl CaClient {
             url,
             client,
             timeout,
+            td,
         })
     }
 

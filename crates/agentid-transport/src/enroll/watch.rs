@@ -1,0 +1,410 @@
+//! The revocation feed watcher: long-polls the CA's `GET /v1/revocations?after=SEQ&wait=N`
+//! (`spec/CA-API.md` 3.4) and applies each newer list to a live [`PeerVerification`].
+//!
+//! Every list goes through [`PeerVerification::apply_revocation_list`], which verifies its
+//! signature with the `agentid-revocation` keys of the bundle the verification holds and refuses
+//! an older `seq`: the watcher never applies a list it could not verify, and the `seq` it asks
+//! after is the one of the list the verification holds, never a number from the response.
+//! Applying a list signals every live session of that verification, which re-checks its peer
+//! and ends with `revoked` if the list covers it. The re-check is the existing one of
+//! [`PeerVerification`]: every live session of the verification re-checks (a local verification,
+//! no I/O), not only those under the list's new entries, since sessions are not indexed by key,
+//! agent, task and `jti` yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_api::RevocationsResponse;
+use agentid_protocol::TrustDomain;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{decode, invalid, CaClient, EnrollError, MAX_RESPONSE_BYTES};
+use crate::http::HttpClientConnection;
+use crate::PeerVerification;
+
+/// How a [`RevocationWatcher`] polls.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WatchOptions {
+    /// The `wait` of each long-poll (whole seconds, at most 30; the CA refuses more).
+    pub wait: Duration,
+    /// Added to `wait` to bound each request (connection, TLS and response included).
+    pub request_margin: Duration,
+    /// The first delay after a failure; it doubles per consecutive failure, with full jitter.
+    pub min_backoff: Duration,
+    /// The largest delay after a failure (also the cap on a `Retry-After` the watcher honours).
+    pub max_backoff: Duration,
+    /// The least time between two requests that changed nothing (a CA answering `304` at
+    /// once, or a list that is not newer): the watcher never busy-loops.
+    pub min_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            wait: Duration::from_secs(25),
+            request_margin: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            min_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WatchOptions {
+    /// These options with each long-poll's `wait` set to `wait` (whole seconds, capped at the
+    /// CA's 30).
+    #[must_use]
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// These options with failures retried after `min` to `max` (doubling, full jitter).
+    #[must_use]
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+
+    fn wait_secs(&self) -> u64 {
+        self.wait.as_secs().min(agentid_api::MAX_WAIT_SECS)
+    }
+}
+
+/// What a watcher has done so far ([`WatcherHandle::status`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WatchStatus {
+    /// The `seq` of the list of the CA's trust domain that the verification holds.
+    pub seq: Option<u64>,
+    /// Lists this watcher applied.
+    pub applied: u64,
+    /// Failed polls (network, refusals, lists that did not verify or were not newer).
+    pub failures: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Watches the CA's revocation feed and applies each newer, verified list to a
+/// [`PeerVerification`]. Start it with [`RevocationWatcher::spawn`].
+#[derive(Debug)]
+pub struct RevocationWatcher {
+    client: CaClient,
+    verification: Arc<PeerVerification>,
+    options: WatchOptions,
+}
+
+/// Stops a running watcher: [`WatcherHandle::stop`], or dropping the handle.
+#[derive(Debug)]
+pub struct WatcherHandle {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<WatchStatus>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl WatcherHandle {
+    /// What the watcher has done so far.
+    pub fn status(&self) -> WatchStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `f` holds for the watcher's status, or `timeout` passes (then `false`).
+    pub async fn wait_for(&self, timeout: Duration, f: impl Fn(&WatchStatus) -> bool) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| f(s)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops the watcher (an outstanding long-poll is dropped) and waits for its task to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for WatcherHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl RevocationWatcher {
+    /// A watcher of the feed of the CA `client` talks to (the lists of the client's trust
+    /// domain), applying lists to `verification`. The caller needs no permission: any
+    /// certificate holder the CA accepts may read the feed.
+    ///
+    /// The client's own verification (how it checks the CA) may be `verification` itself only
+    /// if that accepts a missing list or already holds one: a verification that requires the
+    /// domain's list cannot check the CA before the watcher's first list.
+    pub fn new(
+        client: CaClient,
+        verification: Arc<PeerVerification>,
+        options: WatchOptions,
+    ) -> Self {
+        RevocationWatcher {
+            client,
+            verification,
+            options,
+        }
+    }
+
+    /// Starts the watcher on the current tokio runtime.
+    pub fn spawn(self) -> WatcherHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let initial = WatchStatus {
+            seq: held_seq(&self.verification, &self.client.td),
+            ..WatchStatus::default()
+        };
+        let (status_tx, status) = watch::channel(initial);
+        let task = tokio::spawn(self.run(stop_rx, status_tx));
+        WatcherHandle {
+            stop,
+            status,
+            task: Some(task),
+        }
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>, status: watch::Sender<WatchStatus>) {
+        let mut conn: Option<HttpClientConnection> = None;
+        let mut failures_in_row: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let step = tokio::select! {
+                r = self.poll_once(&mut conn) => r,
+                _ = stop.changed() => return,
+            };
+            let pause = match step {
+                Ok(Polled::Applied) => {
+                    failures_in_row = 0;
+                    status.send_modify(|s| {
+                        s.applied += 1;
+                        s.seq = held_seq(&self.verification, &self.client.td);
+                    });
+                    Duration::ZERO
+                }
+                Ok(Polled::Unchanged) => {
+                    failures_in_row = 0;
+                    self.options.min_interval.saturating_sub(started.elapsed())
+                }
+                Err(failure) => {
+                    conn = None;
+                    failures_in_row = failures_in_row.saturating_add(1);
+                    tracing::warn!(error = %failure.error, "agentid revocation watcher: poll failed");
+                    status.send_modify(|s| {
+                        s.failures += 1;
+                        s.last_error = Some(failure.error.to_string());
+                    });
+                    let backoff = jittered(backoff_ceiling(&self.options, failures_in_row));
+                    // A `Retry-After` is honoured up to the largest backoff.
+                    let retry_after = failure
+                        .retry_after
+                        .map_or(Duration::ZERO, |r| r.min(self.options.max_backoff));
+                    backoff
+                        .max(retry_after)
+                        .max(self.options.min_interval.saturating_sub(started.elapsed()))
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// One long-poll: applied a newer verified list, or nothing changed.
+    async fn poll_once(&self, conn: &mut Option<HttpClientConnection>) -> Result<Polled, Failure> {
+        let wait = self.options.wait_secs();
+        let bound = Duration::from_secs(wait).saturating_add(self.options.request_margin);
+        let held = held_seq(&self.verification, &self.client.td);
+        let path = match held {
+            Some(seq) => format!(
+                "{}?after={seq}&wait={wait}",
+                agentid_api::routes::REVOCATIONS
+            ),
+            None => agentid_api::routes::REVOCATIONS.to_owned(),
+        };
+        let (status, retry_after, body) = tokio::time::timeout(bound, self.get(conn, &path))
+            .await
+            .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
+            .map_err(Failure::from)?;
+        match status {
+            StatusCode::NOT_MODIFIED => return Ok(Polled::Unchanged),
+            s if !s.is_success() => {
+                let error = decode::<RevocationsResponse>(s, &body)
+                    .err()
+                    .unwrap_or_else(|| invalid(format!("GET /v1/revocations answered {s}")));
+                return Err(Failure { error, retry_after });
+            }
+            _ => {}
+        }
+        let resp: RevocationsResponse = decode(status, &body).map_err(Failure::from)?;
+        if held.is_some_and(|h| resp.seq <= h) {
+            return Err(invalid(format!(
+                "the CA answered a list with seq {} after {}",
+                resp.seq,
+                held.unwrap_or_default()
+            ))
+            .into());
+        }
+        // Verifies the signature and refuses an older seq; nothing is applied otherwise.
+        self.verification
+            .apply_revocation_list(&resp.list)
+            .map_err(|e| Failure::from(EnrollError::Transport(e)))?;
+        match held_seq(&self.verification, &self.client.td) {
+            Some(now) if held.is_none_or(|h| now > h) => Ok(Polled::Applied),
+            _ => Err(invalid(format!(
+                "the CA's list (seq {}) is not a newer list of {}",
+                resp.seq,
+                self.client.td.as_str()
+            ))
+            .into()),
+        }
+    }
+
+    /// `GET path` on the kept connection (made again when it is gone).
+    async fn get(
+        &self,
+        conn: &mut Option<HttpClientConnection>,
+        path: &str,
+    ) -> Result<(StatusCode, Option<Duration>, Bytes), EnrollError> {
+        let c = match conn {
+            Some(c) if c.is_usable() => c,
+            _ => {
+                let addr = self.client.url.addr().await?;
+                conn.insert(
+                    self.client
+                        .client
+                        .connect(addr, &self.client.url.authority)
+                        .await?,
+                )
+            }
+        };
+        let req = Request::get(path)
+            .body(Bytes::new())
+            .map_err(|e| invalid(e.to_string()))?;
+        let resp = c.send(req).await?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(agentid_api::headers::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| invalid(format!("HTTP body: {e}")))?
+            .to_bytes();
+        Ok((status, retry_after, body))
+    }
+}
+
+enum Polled {
+    Applied,
+    Unchanged,
+}
+
+struct Failure {
+    error: EnrollError,
+    retry_after: Option<Duration>,
+}
+
+impl From<EnrollError> for Failure {
+    fn from(error: EnrollError) -> Self {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// The `seq` of the list of `td` that `verification` holds.
+fn held_seq(verification: &PeerVerification, td: &TrustDomain) -> Option<u64> {
+    verification
+        .verifier()
+        .config()
+        .revocation_list(td)
+        .map(|l| l.seq())
+}
+
+/// The largest delay after `failures` failures in a row: `min_backoff` doubled per failure
+/// after the first, capped at `max_backoff`.
+fn backoff_ceiling(options: &WatchOptions, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    options
+        .min_backoff
+        .saturating_mul(1u32 << doublings)
+        .min(options.max_backoff)
+        .max(options.min_backoff)
+}
+
+/// A uniformly random delay in `[ceiling/2, ceiling]` (jitter that keeps a floor, so that a
+/// failing CA is never polled in a tight loop).
+fn jittered(ceiling: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = match aws_lc_rs::rand::fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => u32::MAX,
+    };
+    let half = ceiling / 2;
+    let extra =
+        Duration::try_from_secs_f64(half.as_secs_f64() * f64::from(r) / f64::from(u32::MAX))
+            .unwrap_or(half)
+            .min(half);
+    half.saturating_add(extra)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_per_failure_up_to_its_cap() {
+        let o = WatchOptions::default()
+            .with_backoff(Duration::from_millis(500), Duration::from_secs(30));
+        assert_eq!(backoff_ceiling(&o, 1), Duration::from_millis(500));
+        assert_eq!(backoff_ceiling(&o, 2), Duration::from_secs(1));
+        assert_eq!(backoff_ceiling(&o, 3), Duration::from_secs(2));
+        assert_eq!(backoff_ceiling(&o, 8), Duration::from_secs(30));
+        assert_eq!(backoff_ceiling(&o, u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_the_whole_ceiling() {
+        let c = Duration::from_secs(4);
+        for _ in 0..200 {
+            let d = jittered(c);
+            assert!(d >= Duration::from_secs(2) && d <= c, "{d:?}");
+        }
+        // Any ceiling a caller configures, however large, gives a delay within it.
+        assert!(jittered(Duration::MAX) <= Duration::MAX);
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_wait_never_exceeds_what_the_ca_accepts() {
+        let o = WatchOptions::default().with_wait(Duration::from_secs(300));
+        assert_eq!(o.wait_secs(), agentid_api::MAX_WAIT_SECS);
+        let o = WatchOptions::default().with_wait(Duration::from_millis(1500));
+        assert_eq!(o.wait_secs(), 1);
+    }
+}
