@@ -18,6 +18,7 @@ mod delegate;
 mod error;
 mod files;
 mod net;
+mod revocations;
 mod revoke;
 mod trust;
 

@@ -222,3 +222,53 @@ fn the_metrics_listener_counts_issuances_refusals_and_revocations() {
     assert_eq!(http(s.metrics, "GET", "/v1/bundle").0, 404);
     assert_eq!(http(s.metrics, "POST", "/metrics").0, 404);
 }
+
+#[test]
+fn revocations_list_prints_the_served_list_after_verifying_it() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let empty = env.json(&format!("revocations list --ca-url {url} --cred platform"));
+    assert_eq!(empty["issuer"], "example.org");
+    assert!(empty["entries"].as_array().unwrap().is_empty(), "{empty}");
+    let seq0 = empty["seq"].as_u64().unwrap();
+    assert!(empty["next_update"].as_u64().unwrap() > empty["iat"].as_u64().unwrap());
+
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    let enrolled = env.json("enroll --token-file t.json --out-dir a");
+    let task = enrolled["identity"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    env.json(&format!(
+        "revoke --ca-url {url} --cred platform --task {task}"
+    ));
+
+    let v = env.json(&format!("revocations list --ca-url {url} --cred platform"));
+    assert!(v["seq"].as_u64().unwrap() > seq0, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{v}");
+    assert_eq!(entries[0]["kind"], "task");
+    assert_eq!(entries[0]["value"], task.as_str());
+    assert!(entries[0]["exp"].as_u64().unwrap() > v["iat"].as_u64().unwrap());
+
+    let text = env.ok(&format!("revocations list --ca-url {url} --cred platform"));
+    assert!(
+        text.contains(&format!("seq {}", v["seq"])) && text.contains("next update"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("task ") && l.ends_with(&task)),
+        "{text}"
+    );
+
+    // The CA's URL without a credential to verify it with is a usage error.
+    env.fails(&format!("revocations list --ca-url {url}"), 2, "--cred");
+}
