@@ -16,6 +16,7 @@ mod chain;
 mod common;
 mod delegate;
 mod error;
+mod exec;
 mod files;
 mod net;
 mod revocations;

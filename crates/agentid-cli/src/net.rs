@@ -436,6 +436,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     if let Some(cur) = agentid_transport::CredentialSource::current(source.as_ref()) {
                         write_cert(&args.dir, &cur)?;
                         print_renewed(&cur, args.format.format)?;
+                        crate::exec::after_renewal(&args.exec).await;
                     }
                 }
             }

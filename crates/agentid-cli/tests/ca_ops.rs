@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::Env;
 
@@ -271,4 +271,81 @@ fn revocations_list_prints_the_served_list_after_verifying_it() {
 
     // The CA's URL without a credential to verify it with is a usage error.
     env.fails(&format!("revocations list --ca-url {url}"), 2, "--cred");
+}
+
+/// Enrolls `planner` into `a/` with `ttl` certificates renewable at the service.
+fn enrolled(env: &Env, s: &Server, ttl: &str) {
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl {ttl} --out t.json",
+        s.enroll_url(),
+        s.url()
+    ));
+    env.json("enroll --token-file t.json --out-dir a");
+}
+
+/// Runs `cert renew --daemon` on `a/` with `exec` after `--exec`, until `done` holds or 40 s
+/// pass; kills it and returns its log.
+fn renew_daemon(env: &Env, s: &Server, exec: &[&str], done: impl Fn() -> bool) -> String {
+    let url = s.url();
+    let mut args = vec![
+        "cert", "renew", "--ca-url", &url, "--dir", "a", "--ttl", "12s", "--daemon", "--exec",
+    ];
+    args.extend_from_slice(exec);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args(&args)
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && !done() {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon stopped: {}",
+            env.read("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    env.read("daemon.log")
+}
+
+#[test]
+fn renew_daemon_runs_the_exec_command_as_given_after_each_renewal() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    let first = env.read("a/cert.pem");
+    // No shell: the metacharacters are part of the file name, taken literally.
+    let target = "copy $HOME;*.pem";
+    let log = renew_daemon(&env, &s, &["cp", "a/cert.pem", target], || {
+        env.path(target).exists()
+    });
+    assert!(env.path(target).exists(), "the command ran: {log}");
+    // It ran after cert.pem was replaced: it copied a renewed certificate.
+    let copied = env.read(target);
+    assert_ne!(copied, first, "{log}");
+    let out = env.run(&["cert", "verify", target, "--bundle", "a/bundle.json"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn renew_daemon_logs_a_failing_exec_command_and_keeps_renewing() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    // A shell only because the user names one; it records each run and fails.
+    let script = "echo ran >> runs.log; exit 3";
+    let runs = || {
+        std::fs::read_to_string(env.path("runs.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let log = renew_daemon(&env, &s, &["sh", "-c", script], || runs() >= 2);
+    assert!(runs() >= 2, "renewed and ran again after a failure: {log}");
+    assert!(log.contains("--exec command failed"), "{log}");
+    assert!(log.contains("exit status: 3"), "{log}");
 }
