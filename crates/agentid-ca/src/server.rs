@@ -312,16 +312,20 @@ impl CaService {
     /// The routes of the enrollment listener: exactly `POST /v1/enroll`, `GET /v1/bundle` and
     /// `GET /healthz`; anything else is `404 not_found`.
     pub fn enrollment_router(&self) -> Router {
+        self.enrollment_routes()
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.metrics.clone(),
+                crate::metrics::track,
+            ))
+    }
+
+    fn enrollment_routes(&self) -> Router {
         Router::new()
             .route(agentid_api::routes::HEALTHZ, get(healthz))
             .route(agentid_api::routes::BUNDLE, get(bundle))
             .route(agentid_api::routes::ENROLL, post(enroll))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
-            .layer(axum::middleware::from_fn_with_state(
-                self.shared.metrics.clone(),
-                crate::metrics::track,
-            ))
             .with_state(self.shared.clone())
     }
 
@@ -380,7 +384,8 @@ impl CaService {
         &self,
         listener: tokio::net::TcpListener,
     ) -> Result<(), ServeError> {
-        let router = self.enrollment_router();
+        let router = self.enrollment_routes();
+        let metrics = self.shared.metrics.clone();
         loop {
             let (tcp, source) = match listener.accept().await {
                 Ok(a) => a,
@@ -396,23 +401,30 @@ impl CaService {
             let limiter = self.enroll_rate.clone();
             let ip = source.ip();
             // Every request on this connection counts against its source address.
-            let router = router.clone().layer(axum::middleware::from_fn(
-                move |req: Request, next: axum::middleware::Next| {
-                    let allowed = limiter.allow(ip);
-                    async move {
-                        if allowed {
-                            next.run(req).await
-                        } else {
-                            Refused::new(
-                                ErrorCode::RateLimited,
-                                "too many requests from this address",
-                                "retry after Retry-After",
-                            )
-                            .into_response()
+            let router = router
+                .clone()
+                .layer(axum::middleware::from_fn(
+                    move |req: Request, next: axum::middleware::Next| {
+                        let allowed = limiter.allow(ip);
+                        async move {
+                            if allowed {
+                                next.run(req).await
+                            } else {
+                                Refused::new(
+                                    ErrorCode::RateLimited,
+                                    "too many requests from this address",
+                                    "retry after Retry-After",
+                                )
+                                .into_response()
+                            }
                         }
-                    }
-                },
-            ));
+                    },
+                ))
+                // Counted outside the rate limit, so its refusals are counted too.
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics.clone(),
+                    crate::metrics::track,
+                ));
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match admission.tls_accept(tcp, Some(source.ip()), config).await {
