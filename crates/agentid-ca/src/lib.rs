@@ -37,6 +37,8 @@ pub mod error;
 pub mod hierarchy;
 mod issue;
 pub mod material;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod migrate;
 pub mod policy;
 pub mod profile;

@@ -73,6 +73,9 @@ pub struct ServiceOptions {
     pub enroll_rate_per_source: u32,
 }
 
+/// Connections the metrics listener serves at a time.
+pub const MAX_METRICS_CONNECTIONS: usize = 8;
+
 /// The window of [`ServiceOptions::enroll_rate_per_source`].
 pub const ENROLL_RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -145,6 +148,10 @@ struct Shared {
     publisher: Arc<Publisher>,
     /// Long-poll requests held per caller.
     caller_waiters: Arc<crate::publication::CallerWaiters>,
+    /// The size of `waiters`.
+    max_waiters: usize,
+    /// Counters of both API listeners, served by the metrics listener.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -253,6 +260,8 @@ impl CaService {
                 ca,
                 ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
                 waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
+                max_waiters: options.max_waiters.max(1),
+                metrics: Arc::new(crate::metrics::Metrics::new()),
                 publisher,
                 caller_waiters: crate::publication::CallerWaiters::new(
                     options.max_waiters_per_caller,
@@ -293,12 +302,24 @@ impl CaService {
                 self.shared.clone(),
                 recheck_caller,
             ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.metrics.clone(),
+                crate::metrics::track,
+            ))
             .with_state(self.shared.clone())
     }
 
     /// The routes of the enrollment listener: exactly `POST /v1/enroll`, `GET /v1/bundle` and
     /// `GET /healthz`; anything else is `404 not_found`.
     pub fn enrollment_router(&self) -> Router {
+        self.enrollment_routes()
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.metrics.clone(),
+                crate::metrics::track,
+            ))
+    }
+
+    fn enrollment_routes(&self) -> Router {
         Router::new()
             .route(agentid_api::routes::HEALTHZ, get(healthz))
             .route(agentid_api::routes::BUNDLE, get(bundle))
@@ -306,6 +327,52 @@ impl CaService {
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .with_state(self.shared.clone())
+    }
+
+    /// The counters and gauges of the service (see [`crate::metrics`]).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The routes of the metrics listener: exactly `GET /metrics`; anything else is `404`.
+    pub fn metrics_router(&self) -> Router {
+        Router::new()
+            .route(crate::metrics::METRICS_PATH, get(metrics_scrape))
+            .fallback(metrics_not_found)
+            .method_not_allowed_fallback(metrics_not_found)
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves the metrics listener until it fails: plain HTTP/1.1 (no TLS: bind it to loopback
+    /// or a private network), the routes of [`CaService::metrics_router`], at most
+    /// [`MAX_METRICS_CONNECTIONS`] connections at a time, each for at most 30 seconds.
+    pub async fn serve_metrics(&self, listener: tokio::net::TcpListener) -> Result<(), ServeError> {
+        let router = self.metrics_router();
+        let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agentid ca serve: metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Past the cap, the connection is closed at once.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .http1_only();
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
     }
 
     /// Serves the enrollment listener until it fails: TLS 1.3 without client authentication
@@ -317,7 +384,8 @@ impl CaService {
         &self,
         listener: tokio::net::TcpListener,
     ) -> Result<(), ServeError> {
-        let router = self.enrollment_router();
+        let router = self.enrollment_routes();
+        let metrics = self.shared.metrics.clone();
         loop {
             let (tcp, source) = match listener.accept().await {
                 Ok(a) => a,
@@ -333,23 +401,30 @@ impl CaService {
             let limiter = self.enroll_rate.clone();
             let ip = source.ip();
             // Every request on this connection counts against its source address.
-            let router = router.clone().layer(axum::middleware::from_fn(
-                move |req: Request, next: axum::middleware::Next| {
-                    let allowed = limiter.allow(ip);
-                    async move {
-                        if allowed {
-                            next.run(req).await
-                        } else {
-                            Refused::new(
-                                ErrorCode::RateLimited,
-                                "too many requests from this address",
-                                "retry after Retry-After",
-                            )
-                            .into_response()
+            let router = router
+                .clone()
+                .layer(axum::middleware::from_fn(
+                    move |req: Request, next: axum::middleware::Next| {
+                        let allowed = limiter.allow(ip);
+                        async move {
+                            if allowed {
+                                next.run(req).await
+                            } else {
+                                Refused::new(
+                                    ErrorCode::RateLimited,
+                                    "too many requests from this address",
+                                    "retry after Retry-After",
+                                )
+                                .into_response()
+                            }
                         }
-                    }
-                },
-            ));
+                    },
+                ))
+                // Counted outside the rate limit, so its refusals are counted too.
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics.clone(),
+                    crate::metrics::track,
+                ));
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match admission.tls_accept(tcp, Some(source.ip()), config).await {
@@ -367,6 +442,25 @@ impl CaService {
                 // Bounded: an enrollment connection lives at most this long.
                 let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
             });
+        }
+    }
+
+    /// Serves the mTLS listener and, when given, the enrollment and metrics listeners, until one
+    /// fails.
+    pub async fn serve_all(
+        &self,
+        listener: tokio::net::TcpListener,
+        enroll: Option<tokio::net::TcpListener>,
+        metrics: Option<tokio::net::TcpListener>,
+    ) -> Result<(), ServeError> {
+        match metrics {
+            None => self.serve_both(listener, enroll).await,
+            Some(m) => {
+                tokio::select! {
+                    r = self.serve_both(listener, enroll) => r,
+                    r = self.serve_metrics(m) => r,
+                }
+            }
         }
     }
 
@@ -483,6 +577,8 @@ impl IntoResponse for Refused {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        r.extensions_mut()
+            .insert(crate::metrics::RefusalCode(self.0.code));
         r
     }
 }
@@ -604,6 +700,21 @@ fn check_caller_valid(a: &Authorizer) -> Result<(), Refused> {
 }
 
 // ---- Routes ----
+
+async fn metrics_scrape(State(s): State<Arc<Shared>>) -> Response {
+    let (seq, bytes) = s
+        .publisher
+        .latest()
+        .map(|p| (p.seq, p.compact.len() as u64))
+        .unwrap_or((0, 0));
+    let held = s.max_waiters.saturating_sub(s.waiters.available_permits());
+    s.metrics.set_state(seq, bytes, held as u64);
+    crate::metrics::scrape(&s.metrics)
+}
+
+async fn metrics_not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
+}
 
 async fn not_found() -> Refused {
     Refused::new(ErrorCode::NotFound, "no such route", "see spec/CA-API.md")

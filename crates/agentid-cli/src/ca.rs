@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// without client certificates), e.g. `127.0.0.1:8444`.
     #[arg(long, value_name = "ADDR")]
     pub enroll_listen: Option<std::net::SocketAddr>,
+    /// The metrics listener: plain HTTP (no TLS), exactly `GET /metrics` in the OpenMetrics text
+    /// format that Prometheus scrapes, e.g. `127.0.0.1:9464`. Bind it to loopback or a private
+    /// network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `ca init`.
@@ -124,8 +129,24 @@ fn serve(args: &ServeArgs) -> CliResult {
                 Some(l)
             }
         };
+        let metrics = match args.metrics_listen {
+            None => None,
+            Some(m) => {
+                if !m.ip().is_loopback() {
+                    tracing::warn!(addr = %m, "the metrics listener is plain HTTP and not on loopback");
+                }
+                let l = tokio::net::TcpListener::bind(m)
+                    .await
+                    .context(format!("cannot listen on {m}"))?;
+                let a = l
+                    .local_addr()
+                    .context("cannot read the listener's address")?;
+                print_text(&format!("metrics listening on {a}\n"))?;
+                Some(l)
+            }
+        };
         service
-            .serve_both(listener, enroll)
+            .serve_all(listener, enroll, metrics)
             .await
             .context("the CA service stopped")
     })

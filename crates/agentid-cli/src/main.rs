@@ -16,8 +16,10 @@ mod chain;
 mod common;
 mod delegate;
 mod error;
+mod exec;
 mod files;
 mod net;
+mod revocations;
 mod revoke;
 mod trust;
 

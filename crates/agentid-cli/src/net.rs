@@ -38,7 +38,7 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
-    fn client(&self) -> CliResult<CaClient> {
+    pub(crate) fn client(&self) -> CliResult<CaClient> {
         let (Some(url), Some(dir)) = (&self.ca_url, &self.cred) else {
             return Err(CliError::usage("--ca-url needs --cred DIR"));
         };
@@ -61,7 +61,7 @@ fn api_error(e: EnrollError) -> CliError {
     CliError::failed(e.to_string())
 }
 
-fn runtime() -> CliResult<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> CliResult<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -436,6 +436,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     if let Some(cur) = agentid_transport::CredentialSource::current(source.as_ref()) {
                         write_cert(&args.dir, &cur)?;
                         print_renewed(&cur, args.format.format)?;
+                        crate::exec::after_renewal(&args.exec).await;
                     }
                 }
             }

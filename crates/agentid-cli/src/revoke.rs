@@ -1,4 +1,4 @@
-//! `agentid revoke` and `agentid revocations export`.
+//! `agentid revoke` and `agentid revocations export` (`revocations list`: `crate::revocations`).
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -62,6 +62,9 @@ pub struct RevokeArgs {
 pub enum RevocationsCommand {
     /// Sign and print (or write) the next revocation list of the CA.
     Export(ExportArgs),
+    /// Fetch the list the CA service serves now (`--ca-url`, `--cred`), verify it against the
+    /// trust bundle of `--cred`, and print its seq, next update and entries.
+    List(crate::revocations::ListArgs),
 }
 
 /// Arguments of `revocations export`.
@@ -146,5 +149,6 @@ pub fn run_revocations(cmd: &RevocationsCommand) -> CliResult {
             let list = ca.revocation_list(SystemTime::now())?;
             files::write_output(a.out.as_deref(), &format!("{list}\n"))
         }
+        RevocationsCommand::List(a) => crate::revocations::run_list(a),
     }
 }

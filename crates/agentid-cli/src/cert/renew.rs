@@ -31,6 +31,20 @@ pub struct RenewArgs {
     /// and replace `cert.pem` each time. Needs `--ca-url`.
     #[arg(long, requires = "ca_url")]
     pub daemon: bool,
+    /// With `--daemon`: after each successful renewal (once `cert.pem` is replaced), run this
+    /// program with these arguments, e.g. `--exec nginx -s reload`. Everything after `--exec`
+    /// is the command, taken as given: no shell unless you name one (`--exec sh -c '...'`).
+    /// It runs in the current directory with no stdin and its output on stderr; the next
+    /// renewal waits for it, for at most 60 s (then it is killed). A command that fails is
+    /// logged, and the daemon goes on.
+    #[arg(
+        long,
+        requires = "daemon",
+        num_args = 1..,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub exec: Vec<std::ffi::OsString>,
     /// The directory holding `cert.pem` and `key.pem`; `cert.pem` is replaced atomically.
     #[arg(long)]
     pub dir: PathBuf,

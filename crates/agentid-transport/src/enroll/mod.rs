@@ -566,6 +566,13 @@ impl CaClient {
         self.call(Method::GET, agentid_api::routes::TASKS, None)
             .await
     }
+
+    /// The current revocation list (`GET /v1/revocations`), as served: verify it with
+    /// [`agentid_protocol::RevocationList::verify`] before reading it.
+    pub async fn revocations(&self) -> Result<agentid_api::RevocationsResponse> {
+        self.call(Method::GET, agentid_api::routes::REVOCATIONS, None)
+            .await
+    }
 }
 
 /// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for

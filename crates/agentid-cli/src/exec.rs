@@ -1,0 +1,91 @@
+//! `agentid cert renew --daemon --exec CMD`: the command run after each renewal.
+
+use std::ffi::OsString;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the command may run before it is killed.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a running command is checked for its exit.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why a command did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error("cannot start it: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot wait for it: {0}")]
+    Wait(std::io::Error),
+    #[error("it ran longer than {0:?} and was killed")]
+    Timeout(Duration),
+    #[error("it exited with {0}")]
+    Failed(ExitStatus),
+    #[error("the task running it failed: {0}")]
+    Join(String),
+}
+
+/// Runs `cmd` (program then arguments, no shell) when it is not empty, bounded by
+/// [`EXEC_TIMEOUT`]; a failure is logged, never returned.
+pub async fn after_renewal(cmd: &[OsString]) {
+    let Some((program, args)) = cmd.split_first() else {
+        return;
+    };
+    let (program, args) = (program.clone(), args.to_vec());
+    let shown = program.to_string_lossy().into_owned();
+    let res = tokio::task::spawn_blocking(move || run(&program, &args, EXEC_TIMEOUT))
+        .await
+        .map_err(|e| ExecError::Join(e.to_string()))
+        .and_then(|r| r);
+    match res {
+        Ok(()) => tracing::info!(command = %shown, "--exec command succeeded"),
+        Err(e) => tracing::error!(command = %shown, error = %e, "--exec command failed"),
+    }
+}
+
+fn run(program: &OsString, args: &[OsString], timeout: Duration) -> Result<(), ExecError> {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    // Its output goes to stderr: stdout carries the daemon's own data.
+    if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+        command.stdout(Stdio::from(fd));
+    }
+    let mut child = command.spawn().map_err(ExecError::Spawn)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().map_err(ExecError::Wait)? {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => return Err(ExecError::Failed(status)),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ExecError::Timeout(timeout));
+            }
+            None => std::thread::sleep(POLL),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_time_is_killed() {
+        let r = run(&"sleep".into(), &["10".into()], Duration::from_millis(200));
+        assert!(matches!(r, Err(ExecError::Timeout(_))), "{r:?}");
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        assert!(matches!(
+            run(&"false".into(), &[], EXEC_TIMEOUT),
+            Err(ExecError::Failed(_))
+        ));
+        assert!(matches!(
+            run(&"/nonexistent/agentid-test".into(), &[], EXEC_TIMEOUT),
+            Err(ExecError::Spawn(_))
+        ));
+        assert!(run(&"true".into(), &[], EXEC_TIMEOUT).is_ok());
+    }
+}

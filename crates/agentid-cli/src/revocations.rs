@@ -1,0 +1,132 @@
+//! `agentid revocations list --ca-url`: the revocation list the CA service serves now, verified
+//! against the caller's trust bundle before anything of it is printed.
+
+use agentid::files::CredentialDir;
+use agentid_protocol::RevocationList;
+use serde_json::{json, Value};
+
+use crate::common::{print_json, print_text, rfc3339, Format, FormatArg};
+use crate::error::{CliError, CliResult, Context};
+use crate::net::RemoteArgs;
+
+/// Arguments of `revocations list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// One entry of a verified list, for display.
+struct Entry {
+    kind: &'static str,
+    value: String,
+    iss: Option<String>,
+    exp: u64,
+}
+
+/// Runs `revocations list`.
+pub fn run_list(a: &ListArgs) -> CliResult {
+    let Some(dir) = &a.remote.cred else {
+        return Err(CliError::usage(
+            "revocations list needs --ca-url and --cred",
+        ));
+    };
+    let client = a.remote.client()?;
+    let served = crate::net::runtime()?
+        .block_on(client.revocations())
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let config = CredentialDir::load(dir)?.verifier_config()?;
+    // Signature, issuer and claims first: nothing unverified is printed.
+    let list = RevocationList::verify(&served.list, config.bundles())
+        .context("the CA served a revocation list that does not verify")?;
+    if list.seq() != served.seq {
+        return Err(CliError::failed(format!(
+            "the CA said seq {} for a list whose seq is {}",
+            served.seq,
+            list.seq()
+        )));
+    }
+    let entries = entries(&served.list)?;
+    if entries.len() != list.len() {
+        return Err(CliError::failed("the list's entries could not be read"));
+    }
+    match a.format.format {
+        Format::Json => print_json(&json!({
+            "issuer": list.issuer().as_str(),
+            "seq": list.seq(),
+            "iat": list.iat(),
+            "next_update": list.next_update(),
+            "entries": entries.iter().map(|e| {
+                let mut v = json!({"kind": e.kind, "value": e.value, "exp": e.exp});
+                if let (Some(iss), Value::Object(m)) = (&e.iss, &mut v) {
+                    m.insert("iss".into(), iss.clone().into());
+                }
+                v
+            }).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            let mut out = format!(
+                "revocation list of {} seq {} (issued {}, next update {}), {} entries\n",
+                list.issuer().as_str(),
+                list.seq(),
+                rfc3339(list.iat()),
+                rfc3339(list.next_update()),
+                entries.len()
+            );
+            if !entries.is_empty() {
+                out.push_str(&format!("{:<6} {:<22} {}\n", "KIND", "UNTIL", "VALUE"));
+            }
+            for e in &entries {
+                let value = match &e.iss {
+                    Some(iss) => format!("{} (issuer {iss})", e.value),
+                    None => e.value.clone(),
+                };
+                out.push_str(&format!("{:<6} {:<22} {value}\n", e.kind, rfc3339(e.exp)));
+            }
+            print_text(&out)
+        }
+    }
+}
+
+/// The entries of a list that [`RevocationList::verify`] accepted (its payload is then known
+/// to be a signed, well-formed claims object; the verified list keeps only digests).
+fn entries(compact: &str) -> CliResult<Vec<Entry>> {
+    let bad = || CliError::failed("the list's entries could not be read");
+    let payload = compact.split('.').nth(1).ok_or_else(bad)?;
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+        .map_err(|_| bad())?;
+    let claims: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let items = claims
+        .get("entries")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let m = item.as_object().ok_or_else(bad)?;
+        let exp = m.get("exp").and_then(Value::as_u64).ok_or_else(bad)?;
+        let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+        let entry = if let Some(jti) = s("jti") {
+            Entry {
+                kind: "jti",
+                value: jti,
+                iss: s("iss"),
+                exp,
+            }
+        } else {
+            let (kind, value) = ["task", "agent", "jkt"]
+                .into_iter()
+                .find_map(|k| s(k).map(|v| (k, v)))
+                .ok_or_else(bad)?;
+            Entry {
+                kind,
+                value,
+                iss: None,
+                exp,
+            }
+        };
+        out.push(entry);
+    }
+    Ok(out)
+}

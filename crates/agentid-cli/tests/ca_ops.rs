@@ -1,0 +1,351 @@
+//! Operating the CA service through the real `agentid` binary on 127.0.0.1: the metrics
+//! listener of `ca serve --metrics-listen`, `revocations list --ca-url`, and
+//! `cert renew --daemon --exec`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::Env;
+
+const POLICY: &str = r#"
+[defaults]
+ttl = "5m"
+max_ttl = "15m"
+task_ttl = "1h"
+max_task_ttl = "8h"
+
+[agents.planner]
+scopes = ["tickets:*"]
+max_ttl = "15m"
+requesters = ["operator", "bootstrap"]
+
+[agents.planner.permissions]
+"svc:platform" = ["open_task", "create_token", "revoke", "list"]
+
+[services.agentid-ca]
+requesters = ["operator"]
+
+[services.platform]
+requesters = ["operator"]
+"#;
+
+/// Kills the server when the test ends, whatever happens.
+struct Server {
+    child: std::process::Child,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("https://{}", self.mtls)
+    }
+    fn enroll_url(&self) -> String {
+        format!("https://{}", self.enroll)
+    }
+}
+
+/// A CA in `env` with [`POLICY`], credentials for the service `platform`, and `ca serve`
+/// running with its three listeners.
+fn serve(env: &Env) -> Server {
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("cert issue --ca ca --service platform --out-dir platform");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "ca",
+            "serve",
+            "--ca",
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    let addr = |prefix: &str| -> SocketAddr {
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let mtls = addr("listening on ");
+    let enroll = addr("enrollment listening on ");
+    let metrics = addr("metrics listening on ");
+    Server {
+        child,
+        mtls,
+        enroll,
+        metrics,
+    }
+}
+
+/// One plain HTTP/1.1 request; the status code and the body.
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_metrics_listener_counts_issuances_refusals_and_revocations() {
+    let env = Env::new();
+    let s = serve(&env);
+    let (status, before) = http(s.metrics, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&before, "agentid_ca_issuances_total{kind=\"enroll\"}"),
+        0
+    );
+    let seq_before = sample(&before, "agentid_ca_revocation_list_seq");
+    assert!(
+        seq_before >= 1,
+        "a first list is published at start: {before}"
+    );
+
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    let enrolled = env.json("enroll --token-file t.json --out-dir a");
+    env.fails("enroll --token-file t.json --out-dir b", 1, "token_used");
+    let task = enrolled["identity"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    env.json(&format!(
+        "revoke --ca-url {} --cred platform --task {task}",
+        s.url()
+    ));
+
+    let (status, after) = http(s.metrics, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&after, "agentid_ca_issuances_total{kind=\"enroll\"}"),
+        1,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "agentid_ca_refusals_total{code=\"token_used\"}"),
+        1,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "agentid_ca_requests_total{route=\"/v1/enroll\",status=\"200\"}"
+        ),
+        1,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "agentid_ca_requests_total{route=\"/v1/enroll\",status=\"409\"}"
+        ),
+        1,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "agentid_ca_revocations_total"), 1, "{after}");
+    // The revocation is published before the revoke call answers.
+    assert!(
+        sample(&after, "agentid_ca_revocation_list_seq") > seq_before,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "agentid_ca_revocation_list_bytes") > 0,
+        "{after}"
+    );
+    assert!(after.contains("agentid_ca_revocation_waiters "), "{after}");
+
+    // Nothing else on that listener.
+    assert_eq!(http(s.metrics, "GET", "/healthz").0, 404);
+    assert_eq!(http(s.metrics, "GET", "/v1/bundle").0, 404);
+    assert_eq!(http(s.metrics, "POST", "/metrics").0, 404);
+}
+
+#[test]
+fn revocations_list_prints_the_served_list_after_verifying_it() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let empty = env.json(&format!("revocations list --ca-url {url} --cred platform"));
+    assert_eq!(empty["issuer"], "example.org");
+    assert!(empty["entries"].as_array().unwrap().is_empty(), "{empty}");
+    let seq0 = empty["seq"].as_u64().unwrap();
+    assert!(empty["next_update"].as_u64().unwrap() > empty["iat"].as_u64().unwrap());
+
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    let enrolled = env.json("enroll --token-file t.json --out-dir a");
+    let task = enrolled["identity"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    env.json(&format!(
+        "revoke --ca-url {url} --cred platform --task {task}"
+    ));
+
+    let v = env.json(&format!("revocations list --ca-url {url} --cred platform"));
+    assert!(v["seq"].as_u64().unwrap() > seq0, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{v}");
+    assert_eq!(entries[0]["kind"], "task");
+    assert_eq!(entries[0]["value"], task.as_str());
+    assert!(entries[0]["exp"].as_u64().unwrap() > v["iat"].as_u64().unwrap());
+
+    let text = env.ok(&format!("revocations list --ca-url {url} --cred platform"));
+    assert!(
+        text.contains(&format!("seq {}", v["seq"])) && text.contains("next update"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("task ") && l.ends_with(&task)),
+        "{text}"
+    );
+
+    // The CA's URL without a credential to verify it with is a usage error.
+    env.fails(&format!("revocations list --ca-url {url}"), 2, "--cred");
+}
+
+/// Enrolls `planner` into `a/` with `ttl` certificates renewable at the service.
+fn enrolled(env: &Env, s: &Server, ttl: &str) {
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl {ttl} --out t.json",
+        s.enroll_url(),
+        s.url()
+    ));
+    env.json("enroll --token-file t.json --out-dir a");
+}
+
+/// Runs `cert renew --daemon` on `a/` with `exec` after `--exec`, until `done` holds or 40 s
+/// pass; kills it and returns its log.
+fn renew_daemon(env: &Env, s: &Server, exec: &[&str], done: impl Fn() -> bool) -> String {
+    let url = s.url();
+    let mut args = vec![
+        "cert", "renew", "--ca-url", &url, "--dir", "a", "--ttl", "12s", "--daemon", "--exec",
+    ];
+    args.extend_from_slice(exec);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args(&args)
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && !done() {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon stopped: {}",
+            env.read("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    env.read("daemon.log")
+}
+
+#[test]
+fn renew_daemon_runs_the_exec_command_as_given_after_each_renewal() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    let first = env.read("a/cert.pem");
+    // No shell: the metacharacters are part of the file name, taken literally.
+    let target = "copy $HOME;*.pem";
+    let log = renew_daemon(&env, &s, &["cp", "a/cert.pem", target], || {
+        env.path(target).exists()
+    });
+    assert!(env.path(target).exists(), "the command ran: {log}");
+    // It ran after cert.pem was replaced: it copied a renewed certificate.
+    let copied = env.read(target);
+    assert_ne!(copied, first, "{log}");
+    let out = env.run(&["cert", "verify", target, "--bundle", "a/bundle.json"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn renew_daemon_logs_a_failing_exec_command_and_keeps_renewing() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    // A shell only because the user names one; it records each run and fails.
+    let script = "echo ran >> runs.log; exit 3";
+    let runs = || {
+        std::fs::read_to_string(env.path("runs.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let log = renew_daemon(&env, &s, &["sh", "-c", script], || runs() >= 2);
+    assert!(runs() >= 2, "renewed and ran again after a failure: {log}");
+    assert!(log.contains("--exec command failed"), "{log}");
+    assert!(log.contains("exit status: 3"), "{log}");
+}
