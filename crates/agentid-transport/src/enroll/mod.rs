@@ -674,23 +674,31 @@ impl Enroller {
             .ok_or_else(|| EnrollError::Transport(crate::Error::NoCredential))
     }
 
-    /// Renews forever at half of each certificate's lifetime (from issuance), retrying every
-    /// few seconds until 90% of it; returns the error once a certificate reaches 90% of its
-    /// lifetime without a renewal (the caller decides: a new token, or stop).
+    /// Renews forever at half of each certificate's lifetime, retrying every few seconds until
+    /// 90% of it; returns the error once a certificate reaches 90% of its lifetime without a
+    /// renewal (the caller decides: a new token, or stop).
+    ///
+    /// A certificate's lifetime is counted from when this enroller received it, or from its
+    /// `notBefore` for the credential it started with: the CA back-dates `notBefore` by its
+    /// clock-skew allowance, so for lifetimes shorter than that allowance, timing from
+    /// `notBefore` alone would renew again at once, in a loop.
     pub async fn run(&self) -> Result<()> {
+        let mut received: Option<u64> = None;
         loop {
             let current = self
                 .credentials
                 .current()
                 .ok_or(crate::Error::NoCredential)?;
             let (nb, na) = (current.info().not_before, current.info().not_after);
-            let life = na.saturating_sub(nb);
-            let renew_at = nb + life / 2;
-            let give_up = nb + life - life / 10;
+            let start = renewal_clock_start(nb, received);
+            let (renew_at, give_up) = renewal_times(start, na);
             sleep_until_unix(renew_at).await;
             loop {
                 match self.renew().await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        received = Some(crate::session::now_unix());
+                        break;
+                    }
                     Err(e) if crate::session::now_unix() >= give_up => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
@@ -699,8 +707,22 @@ impl Enroller {
                     }
                 }
             }
+            // At most one renewal a second, whatever the certificates say.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Where a certificate's renewal clock starts: when it was received, if known and later than
+/// its (back-dated) `notBefore`.
+fn renewal_clock_start(not_before: u64, received: Option<u64>) -> u64 {
+    received.map_or(not_before, |r| r.max(not_before))
+}
+
+/// When to renew (half the remaining lifetime from `start`) and when to give up (90% of it).
+fn renewal_times(start: u64, not_after: u64) -> (u64, u64) {
+    let life = not_after.saturating_sub(start);
+    (start + life / 2, start + life - life / 10)
 }
 
 async fn sleep_until_unix(t: u64) {
@@ -712,6 +734,21 @@ async fn sleep_until_unix(t: u64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_timed_from_receipt_not_from_the_back_dated_not_before() {
+        // A 12 s certificate back-dated by a 60 s skew allowance, received at t = 1000.
+        let (nb, na) = (1000 - 60, 1000 + 12);
+        // Timed from notBefore the renewal would be due long before receipt: a loop.
+        assert!(renewal_times(renewal_clock_start(nb, None), na).0 < 1000);
+        // Timed from receipt: half of the 12 s, giving up at 90%.
+        assert_eq!(
+            renewal_times(renewal_clock_start(nb, Some(1000)), na),
+            (1006, 1011)
+        );
+        // A receipt before notBefore (clock steps) never moves the start earlier.
+        assert_eq!(renewal_clock_start(2000, Some(1000)), 2000);
+    }
 
     #[test]
     fn ca_urls_are_https_host_port_only() {
