@@ -326,11 +326,40 @@ fn compact(header: &[u8], payload: &[u8], key: &TestKey) -> String {
     let mut token = b64(header);
     token.push('.');
     token.push_str(&b64(payload));
-    // A test key signs any bytes; a failure here would be the backend's, not the input's.
-    let sig = key.signer.sign(token.as_bytes()).expect("test key signs");
+    let sig = signature(key, token.as_bytes());
     token.push('.');
-    token.push_str(&b64(&sig));
+    token.push_str(&sig);
     token
+}
+
+/// Signatures made so far in this process (base64url), by key thumbprint and signing input:
+/// most mutations change one token of a chain, and the others need not be signed again. A
+/// signature is over fixed bytes, so any valid one serves (ES256 signatures are randomized).
+/// Bounded: cleared when full.
+fn signature(key: &TestKey, signing_input: &[u8]) -> String {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const MAX_ENTRIES: usize = 8192;
+    thread_local! {
+        static SIGNATURES: RefCell<HashMap<Vec<u8>, String>> = RefCell::new(HashMap::new());
+    }
+    let mut memo_key = Vec::with_capacity(key.thumbprint.len() + 1 + signing_input.len());
+    memo_key.extend_from_slice(key.thumbprint.as_bytes());
+    memo_key.push(b'.');
+    memo_key.extend_from_slice(signing_input);
+    SIGNATURES.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some(sig) = memo.get(&memo_key) {
+            return sig.clone();
+        }
+        // A test key signs any bytes; a failure here would be the backend's, not the input's.
+        let sig = b64(&key.signer.sign(signing_input).expect("test key signs"));
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(memo_key, sig.clone());
+        sig
+    })
 }
 
 /// Splits `rest` on NUL bytes (JSON text never holds a raw NUL) into (header, payload) pairs.
