@@ -8,8 +8,14 @@
 //! A harness returns normally for any input that is refused or accepted as the specification
 //! says; it panics only when an invariant breaks (a decoder panics, an accepted chain does not
 //! end at the peer, a re-encoded frame differs, the Ed25519 key check disagrees with
-//! curve25519-dalek). Set-up (the published test keys and vector inputs of `spec/vectors/`)
-//! happens once per process.
+//! curve25519-dalek). Set-up happens once per process: the published test keys and vector
+//! inputs of `spec/vectors/` are read, and each valid vector's configuration is built into a
+//! [`Verifier`] (bundles parsed, revocation lists verified and applied) that every input is
+//! verified with, so an execution spends its time on the input, not on the fixture. That
+//! verifier runs exactly what the reference vector runner
+//! ([`agentid_protocol::vectors::run_case`]) runs after building the same configuration; the
+//! `*_checked` harnesses of [`CROSS_CHECKED`] run both on every input and assert the same
+//! verdict (the corpus replay test runs them on the committed corpus).
 //!
 //! The re-signing targets ([`chain_signed`], [`revocation_list`]) sign fuzzed header and
 //! payload bytes with the published test keys of `spec/vectors/keys.json` through the public
@@ -33,8 +39,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use agentid_protocol::{
-    token_hash, verify_proof, AuthorityKey, BundleSet, Chain, JwsSigner, ProofContext, PublicKey,
-    RevocationList, Role, Scope, SpiffeId, TrustBundle, TrustDomain,
+    token_hash, verify_proof, AuthorityKey, AuthorityPolicy, BundleSet, Chain, JwsSigner, PeerId,
+    ProofContext, PublicKey, RevocationList, Role, Scope, SpiffeId, TrustBundle, TrustDomain,
+    VerifiedChain, Verifier, VerifierConfig,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -51,6 +58,16 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("csr", csr),
     ("policy", policy),
     ("ed25519_diff", ed25519_diff),
+];
+
+/// The chain harnesses in cross-checking mode: each also runs every chain it verifies through
+/// the reference vector runner ([`agentid_protocol::vectors::run_case`]) on the whole vector
+/// input and panics unless both give the same verdict (the same result members, or the same
+/// error code and index). Slower; the corpus replay test runs them.
+pub const CROSS_CHECKED: &[(&str, Harness)] = &[
+    ("chain_decode", chain_decode_checked),
+    ("chain_signed", chain_signed_checked),
+    ("revocation_list", revocation_list_checked),
 ];
 
 /// A harness: one fuzz input in, what became of it out.
@@ -93,10 +110,148 @@ struct Fixtures {
     authorities: BTreeMap<String, TestKey>,
     /// Task keys by agent name.
     tasks: BTreeMap<String, TestKey>,
-    /// The inputs of the valid vectors: complete configurations to verify a chain in.
-    templates: Vec<Value>,
+    /// The valid vectors: complete configurations to verify a chain in.
+    templates: Vec<Template>,
     bundles: BundleSet,
     now: u64,
+    /// The planner's task identity and public key (the presenter of `hello_reauth`'s proofs,
+    /// the peer queried in `revocation_list`'s lists).
+    planner_id: SpiffeId,
+    planner_key: PublicKey,
+    verifier_id: SpiffeId,
+    trust_domains: [TrustDomain; 2],
+}
+
+/// One valid vector: its input, and its configuration built once.
+struct Template {
+    /// The vector's `input`, for the reference runner.
+    input: Value,
+    /// The configuration without revocation lists (`revocation_list` applies its own).
+    unlisted: VerifierConfig,
+    /// The configuration with the vector's revocation lists applied.
+    verifier: Verifier,
+    peer_id: SpiffeId,
+    peer_key: PublicKey,
+    now: u64,
+    requested_scope: Option<Scope>,
+    requested_amounts: BTreeMap<String, u64>,
+}
+
+impl Template {
+    /// Builds a valid vector's configuration as the reference runner does (spec/README.md,
+    /// "How to run a case"; the valid vectors carry no hop proof and no `danger_` setting):
+    /// the verifier's own trust domain's bundle first, then the others in byte order of
+    /// their names, then the revocation lists.
+    fn build(input: Value) -> Self {
+        let verifier_id = PeerId::parse(input["verifier_id"].as_str().expect("verifier_id"))
+            .expect("verifier_id")
+            .as_spiffe_id()
+            .clone();
+        assert!(input["proof"].is_null(), "a valid vector with a proof");
+        assert!(
+            input["danger_accept_missing_or_stale_revocations"].is_null(),
+            "a valid vector with a danger setting"
+        );
+        let own = verifier_id.trust_domain();
+        let mut bundles: Vec<(TrustDomain, &Value)> = input["bundles"]
+            .as_object()
+            .expect("bundles")
+            .iter()
+            .map(|(td, b)| (TrustDomain::parse(td).expect("trust domain"), b))
+            .collect();
+        bundles.sort_by_key(|(td, _)| *td != own);
+        let mut set = BundleSet::for_trust_domain(own);
+        for (td, b) in bundles {
+            let b = TrustBundle::parse(&td, b.to_string().as_bytes()).expect("bundle");
+            set.insert(b).expect("bundle inserts");
+        }
+        let limits = input["enforced_limits"]
+            .as_array()
+            .map(|a| a.iter().map(|n| n.as_str().expect("limit").to_owned()))
+            .into_iter()
+            .flatten();
+        let mut unlisted = VerifierConfig::new(verifier_id, set)
+            .skew(input["skew"].as_u64().expect("skew"))
+            .expect("skew")
+            .enforce_limits(limits);
+        if let Some(m) = input["authority_policy"].as_object() {
+            let mut p = AuthorityPolicy::none();
+            for (td, patterns) in m {
+                let patterns = Scope::parse(patterns.as_str().expect("patterns")).expect("scope");
+                p = p.allow(TrustDomain::parse(td).expect("trust domain"), patterns);
+            }
+            unlisted = unlisted.authority_policy(p);
+        }
+        let mut cfg = unlisted.clone();
+        for l in input["revocation_lists"].as_array().into_iter().flatten() {
+            cfg.apply_revocation_list(l.as_str().expect("list"))
+                .expect("list applies");
+        }
+        let peer_id = PeerId::parse(input["peer"]["id"].as_str().expect("peer id"))
+            .expect("peer id")
+            .as_spiffe_id()
+            .clone();
+        let peer_key = PublicKey::from_jwk(&input["peer"]["jwk"]).expect("peer key");
+        let requested_scope = input["requested_scope"]
+            .as_str()
+            .map(|s| Scope::parse(s).expect("requested scope"));
+        let requested_amounts = input["requested_amounts"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("amount")))
+            .collect();
+        Self {
+            now: input["now"].as_u64().expect("now"),
+            verifier: Verifier::new(cfg).expect("verifier"),
+            unlisted,
+            input,
+            peer_id,
+            peer_key,
+            requested_scope,
+            requested_amounts,
+        }
+    }
+
+    /// Verifies `chain` as presented by `peer` (else the vector's peer) with `verifier` (else
+    /// the vector's), then authorizes the requested scope if any: what the reference runner
+    /// does after building the configuration.
+    fn verify(
+        &self,
+        verifier: Option<&Verifier>,
+        chain: &str,
+        peer: Option<(&SpiffeId, &PublicKey)>,
+    ) -> agentid_protocol::Result<Option<VerifiedChain>> {
+        let verifier = verifier.unwrap_or(&self.verifier);
+        let (id, key) = peer.unwrap_or((&self.peer_id, &self.peer_key));
+        let verified = verifier.verify_peer(Some(chain), id, key, self.now)?;
+        if let Some(requested) = &self.requested_scope {
+            verifier.authorize_peer(verified.as_ref(), requested, &self.requested_amounts)?;
+        }
+        Ok(verified)
+    }
+}
+
+/// A verdict as the reference runner writes it (the `expected` object of a vector).
+fn expected(r: &agentid_protocol::Result<Option<VerifiedChain>>) -> Value {
+    match r {
+        Ok(v) => {
+            let mut out = serde_json::Map::new();
+            out.insert("valid".into(), Value::Bool(true));
+            if let Some(v) = v {
+                out.extend(v.to_json());
+            }
+            Value::Object(out)
+        }
+        Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
+    }
+}
+
+/// Whether a harness also runs the reference runner and compares verdicts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Fast,
+    CrossChecked,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -124,29 +279,38 @@ fn fixtures() -> &'static Fixtures {
             };
         }
         let valid: Value = serde_json::from_str(VALID_JSON).expect("valid.json");
-        let templates: Vec<Value> = valid["cases"]
+        let templates: Vec<Template> = valid["cases"]
             .as_array()
             .expect("cases")
             .iter()
-            .map(|c| c["input"].clone())
+            .map(|c| Template::build(c["input"].clone()))
             .collect();
         let first = templates.first().expect("a valid vector");
-        let now = first["now"].as_u64().expect("now");
+        let now = first.now;
         let mut bundles = BundleSet::new();
         for t in &templates {
-            for (td, b) in t["bundles"].as_object().expect("bundles") {
+            for (td, b) in t.input["bundles"].as_object().expect("bundles") {
                 let td = TrustDomain::parse(td).expect("trust domain");
                 let bundle = TrustBundle::parse(&td, b.to_string().as_bytes()).expect("bundle");
                 // The same bundle appears in many vectors: keep the first.
                 let _ = bundles.insert(bundle);
             }
         }
+        let planner_key =
+            PublicKey::from_jwk(&tasks.get("planner").expect("planner").jwk).expect("planner key");
         Fixtures {
             authorities,
             tasks,
             templates,
             bundles,
             now,
+            planner_id: SpiffeId::parse(PLANNER).expect("id"),
+            planner_key,
+            verifier_id: SpiffeId::parse(VERIFIER).expect("id"),
+            trust_domains: [
+                TrustDomain::parse("example.org").expect("td"),
+                TrustDomain::parse("partner.example").expect("td"),
+            ],
         }
     })
 }
@@ -161,11 +325,40 @@ fn compact(header: &[u8], payload: &[u8], key: &TestKey) -> String {
     let mut token = b64(header);
     token.push('.');
     token.push_str(&b64(payload));
-    // A test key signs any bytes; a failure here would be the backend's, not the input's.
-    let sig = key.signer.sign(token.as_bytes()).expect("test key signs");
+    let sig = signature(key, token.as_bytes());
     token.push('.');
-    token.push_str(&b64(&sig));
+    token.push_str(&sig);
     token
+}
+
+/// Signatures made so far in this process (base64url), by key thumbprint and signing input:
+/// most mutations change one token of a chain, and the others need not be signed again. A
+/// signature is over fixed bytes, so any valid one serves (ES256 signatures are randomized).
+/// Bounded: cleared when full.
+fn signature(key: &TestKey, signing_input: &[u8]) -> String {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const MAX_ENTRIES: usize = 8192;
+    thread_local! {
+        static SIGNATURES: RefCell<HashMap<Vec<u8>, String>> = RefCell::new(HashMap::new());
+    }
+    let mut memo_key = Vec::with_capacity(key.thumbprint.len() + 1 + signing_input.len());
+    memo_key.extend_from_slice(key.thumbprint.as_bytes());
+    memo_key.push(b'.');
+    memo_key.extend_from_slice(signing_input);
+    SIGNATURES.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some(sig) = memo.get(&memo_key) {
+            return sig.clone();
+        }
+        // A test key signs any bytes; a failure here would be the backend's, not the input's.
+        let sig = b64(&key.signer.sign(signing_input).expect("test key signs"));
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(memo_key, sig.clone());
+        sig
+    })
 }
 
 /// Splits `rest` on NUL bytes (JSON text never holds a raw NUL) into (header, payload) pairs.
@@ -182,9 +375,19 @@ fn pairs(rest: &[u8], max: usize) -> Vec<(&[u8], &[u8])> {
 }
 
 /// Text inputs: chains, tokens, IDs, scopes, JWKs and whole vector inputs, through the
-/// unverified readers, the I-JSON parser and the reference vector runner (phases 1-8 against the
-/// configuration of the first valid vector).
+/// unverified readers, the I-JSON parser, the reference vector runner (a JSON object as a whole
+/// vector input) and phases 1-8 against the configuration of the first valid vector.
 pub fn chain_decode(data: &[u8]) -> Outcome {
+    chain_decode_with(data, Mode::Fast)
+}
+
+/// [`chain_decode`], also running the chain through the reference runner (see
+/// [`CROSS_CHECKED`]).
+pub fn chain_decode_checked(data: &[u8]) -> Outcome {
+    chain_decode_with(data, Mode::CrossChecked)
+}
+
+fn chain_decode_with(data: &[u8], mode: Mode) -> Outcome {
     let f = fixtures();
     let _ = agentid_protocol::ijson::parse_object(data);
     if let Ok(v) = serde_json::from_slice::<Value>(data) {
@@ -207,29 +410,44 @@ pub fn chain_decode(data: &[u8]) -> Outcome {
             let _ = u.expires();
         }
     }
-    let mut input = f.templates.first().expect("template").clone();
-    input["chain"] = json!(s);
-    let out = agentid_protocol::vectors::run_case(&input);
-    check_verdict(&input, &out)
+    let template = f.templates.first().expect("template");
+    let verdict = template.verify(None, s, None);
+    if mode == Mode::CrossChecked {
+        let mut input = template.input.clone();
+        input["chain"] = json!(s);
+        cross_check(&input, &verdict);
+    }
+    check_verdict(template.peer_id.as_str(), &verdict)
 }
 
-/// The invariants of any verdict of the reference runner on a chain.
-fn check_verdict(input: &Value, out: &Value) -> Outcome {
-    match out["valid"].as_bool() {
-        Some(true) => {
-            let depth = out["depth"].as_u64().expect("depth");
-            assert!(depth <= 8, "accepted depth {depth}");
+/// Panics unless the reference runner gives `verdict` for `input`.
+fn cross_check(input: &Value, verdict: &agentid_protocol::Result<Option<VerifiedChain>>) {
+    let reference = agentid_protocol::vectors::run_case(input);
+    assert_eq!(
+        expected(verdict),
+        reference,
+        "the harness's verifier and the reference runner disagree on {input}"
+    );
+}
+
+/// The invariants of any verdict on a chain presented by `peer`.
+fn check_verdict(peer: &str, verdict: &agentid_protocol::Result<Option<VerifiedChain>>) -> Outcome {
+    match verdict {
+        Ok(Some(v)) => {
+            assert!(v.depth <= 8, "accepted depth {}", v.depth);
             assert_eq!(
-                out["holder"], input["peer"]["id"],
+                v.holder.as_str(),
+                peer,
                 "an accepted chain ends at the TLS peer"
             );
+            assert_eq!(v.actors.len(), v.depth + 1, "one actor per token");
             Outcome::Accepted
         }
-        Some(false) => {
-            assert!(out["error"].is_string(), "a refusal carries a code: {out}");
+        Ok(None) => panic!("no chain verified for a presented chain"),
+        Err(e) => {
+            assert!(!e.code().as_str().is_empty(), "a refusal carries a code");
             Outcome::Refused
         }
-        None => panic!("no verdict: {out}"),
     }
 }
 
@@ -241,6 +459,16 @@ fn check_verdict(input: &Value, out: &Value) -> Outcome {
 /// planner's), so mutations reach linkage, attenuation, time, revocation, possession and
 /// audience (phases 4-8) and authorization.
 pub fn chain_signed(data: &[u8]) -> Outcome {
+    chain_signed_with(data, Mode::Fast)
+}
+
+/// [`chain_signed`], also running the chain through the reference runner (see
+/// [`CROSS_CHECKED`]).
+pub fn chain_signed_checked(data: &[u8]) -> Outcome {
+    chain_signed_with(data, Mode::CrossChecked)
+}
+
+fn chain_signed_with(data: &[u8], mode: Mode) -> Outcome {
     let f = fixtures();
     let Some((&flags, rest)) = data.split_first() else {
         return Outcome::Refused;
@@ -284,22 +512,59 @@ pub fn chain_signed(data: &[u8]) -> Outcome {
         tokens.push(compact(header, &payload, key));
         last_claims = claims;
     }
-    let mut input = template.clone();
-    input["chain"] = json!(tokens.join("~"));
-    if peer_from_chain {
-        if let (Some(sub), Some(jwk)) = (
-            last_claims["sub"].as_str(),
-            last_claims["cnf"]["jwk"].as_object(),
-        ) {
+    let chain = tokens.join("~");
+    // The peer as the reference runner reads it (a bad one is a refused configuration, not a
+    // verdict on the chain).
+    let peer_claims = match (
+        peer_from_chain,
+        last_claims["sub"].as_str(),
+        last_claims["cnf"]["jwk"].as_object(),
+    ) {
+        (true, Some(sub), Some(_)) => Some((sub, &last_claims["cnf"]["jwk"])),
+        _ => None,
+    };
+    let verdict = verify_signed(template, &chain, peer_claims);
+    if mode == Mode::CrossChecked {
+        let mut input = template.input.clone();
+        input["chain"] = json!(chain);
+        if let Some((sub, jwk)) = peer_claims {
             input["peer"] = json!({ "id": sub, "jwk": jwk });
         }
+        match &verdict {
+            Some(v) => cross_check(&input, v),
+            None => assert_eq!(
+                agentid_protocol::vectors::run_case(&input)["error"],
+                "bad_config",
+                "the reference runner accepts a peer the harness refused: {input}"
+            ),
+        }
     }
-    let out = agentid_protocol::vectors::run_case(&input);
-    if out["error"] == "bad_config" {
+    let Some(verdict) = verdict else {
         // The fuzzer made the peer unusable as configuration: nothing was verified.
         return Outcome::Refused;
+    };
+    let peer = match peer_claims {
+        Some((sub, _)) => sub,
+        None => template.peer_id.as_str(),
+    };
+    check_verdict(peer, &verdict)
+}
+
+/// Verifies a re-signed chain with a template's configuration, presented by the peer taken
+/// from the chain if any; `None` if that peer's ID or key is not one a TLS layer reports.
+fn verify_signed(
+    template: &Template,
+    chain: &str,
+    peer: Option<(&str, &Value)>,
+) -> Option<agentid_protocol::Result<Option<VerifiedChain>>> {
+    match peer {
+        None => Some(template.verify(None, chain, None)),
+        Some((sub, jwk)) => {
+            let id = PeerId::parse(sub).ok()?;
+            let key = PublicKey::from_jwk(jwk).ok()?;
+            Some(template.verify(None, chain, Some((id.as_spiffe_id(), &key))))
+        }
     }
-    check_verdict(&input, &out)
 }
 
 /// Transport frames: the streaming decoder over arbitrary bytes (up to 64 frames), every
@@ -338,14 +603,10 @@ pub fn hello_reauth(data: &[u8]) -> Outcome {
     let mut ok = false;
     if let Some(Ok(h)) = parse_control_body(FrameType::Hello, data) {
         ok = true;
-        let planner = f.tasks.get("planner").expect("planner");
-        let key = PublicKey::from_jwk(&planner.jwk).expect("planner key");
-        let presenter = SpiffeId::parse(PLANNER).expect("id");
-        let verifier = SpiffeId::parse(VERIFIER).expect("id");
         let ctx = ProofContext {
-            presenter_id: &presenter,
-            presenter_key: &key,
-            verifier_id: &verifier,
+            presenter_id: &f.planner_id,
+            presenter_key: &f.planner_key,
+            verifier_id: &f.verifier_id,
             role: Role::Client,
             exporter: [7u8; 32],
             now: f.now,
@@ -392,8 +653,8 @@ fn reauth_certs(certs: &[String]) {
     // A store whose anchor is the first intermediate (if it parses as one): exercises path
     // building and the issuer key-usage check on fuzzed certificates.
     let mut store = TrustStore::new();
-    if let (Some(anchor), Ok(td)) = (rest.first(), TrustDomain::parse("example.org")) {
-        let _ = store.add_authority(&td, anchor);
+    if let Some(anchor) = rest.first() {
+        let _ = store.add_authority(&fixtures().trust_domains[0], anchor);
     }
     let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(fixtures().now));
     let _ = store.verify(leaf, rest, now, CertUsage::ClientAuth);
@@ -402,12 +663,12 @@ fn reauth_certs(certs: &[String]) {
 /// SPIFFE trust bundles (JWK Set with agentid uses), for two trust domains; an accepted bundle
 /// goes into a bundle set next to the vectors' own.
 pub fn trust_bundle(data: &[u8]) -> Outcome {
+    let f = fixtures();
     let mut ok = false;
-    for td in ["example.org", "partner.example"] {
-        let td = TrustDomain::parse(td).expect("td");
-        if let Ok(b) = TrustBundle::parse(&td, data) {
+    for td in &f.trust_domains {
+        if let Ok(b) = TrustBundle::parse(td, data) {
             ok = true;
-            let mut set = fixtures().bundles.clone();
+            let mut set = f.bundles.clone();
             let _ = set.insert(b);
         }
     }
@@ -419,6 +680,16 @@ pub fn trust_bundle(data: &[u8]) -> Outcome {
 /// a compact list as is. The list is verified against the vectors' bundles, queried, and then
 /// used as the only list of the first valid vector (phase 6).
 pub fn revocation_list(data: &[u8]) -> Outcome {
+    revocation_list_with(data, Mode::Fast)
+}
+
+/// [`revocation_list`], also running the first valid vector with the list through the
+/// reference runner (see [`CROSS_CHECKED`]).
+pub fn revocation_list_checked(data: &[u8]) -> Outcome {
+    revocation_list_with(data, Mode::CrossChecked)
+}
+
+fn revocation_list_with(data: &[u8], mode: Mode) -> Outcome {
     let f = fixtures();
     let Some((&flags, rest)) = data.split_first() else {
         return Outcome::Refused;
@@ -448,15 +719,23 @@ pub fn revocation_list(data: &[u8]) -> Outcome {
         assert!(list.next_update() >= list.iat(), "next_update before iat");
         let _ = list.is_stale(f.now, 60);
         let _ = list.len();
-        let planner = f.tasks.get("planner").expect("planner");
-        let key = PublicKey::from_jwk(&planner.jwk).expect("planner key");
-        let id = SpiffeId::parse(PLANNER).expect("id");
-        let _ = list.covers_peer_at(&id, &key, f.now);
+        let _ = list.covers_peer_at(&f.planner_id, &f.planner_key, f.now);
     }
-    let mut input = f.templates.first().expect("template").clone();
-    input["revocation_lists"] = json!([compact_list]);
-    let out = agentid_protocol::vectors::run_case(&input);
-    check_verdict(&input, &out);
+    // The first valid vector with this list as its only one: configuration (C3), then its
+    // chain through phase 6 against the list.
+    let template = f.templates.first().expect("template");
+    let chain = template.input["chain"].as_str().expect("chain");
+    let mut cfg = template.unlisted.clone();
+    let verdict = cfg
+        .apply_revocation_list(&compact_list)
+        .and_then(|_| Verifier::new(cfg))
+        .and_then(|v| template.verify(Some(&v), chain, None));
+    if mode == Mode::CrossChecked {
+        let mut input = template.input.clone();
+        input["revocation_lists"] = json!([compact_list]);
+        cross_check(&input, &verdict);
+    }
+    check_verdict(template.peer_id.as_str(), &verdict);
     Outcome::from_ok(verified.is_ok())
 }
 

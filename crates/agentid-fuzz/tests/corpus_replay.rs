@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentid_fuzz::{Outcome, TARGETS};
+use agentid_fuzz::{Outcome, CROSS_CHECKED, TARGETS};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
@@ -56,6 +56,24 @@ fn crash_regressions_replay_without_panicking() {
             eprintln!("{name}: {}", path.display());
             let _ = harness(&data);
         }
+    }
+}
+
+/// The chain targets verify with a configuration built once per process; on every committed
+/// input (corpus and regressions) that verifier gives the reference vector runner's verdict.
+#[test]
+fn the_prebuilt_verifier_agrees_with_the_reference_runner() {
+    for (name, checked) in CROSS_CHECKED {
+        let mut n = 0usize;
+        for dir in ["corpus", "regressions"] {
+            for (path, data) in inputs(&fuzz_dir().join(dir).join(name)) {
+                eprintln!("{name}: {}", path.display());
+                let fast = TARGETS.iter().find(|(t, _)| t == name).expect("target").1;
+                assert_eq!(checked(&data), fast(&data), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "target {name}: {n} inputs cross-checked");
     }
 }
 
