@@ -719,10 +719,19 @@ fn renewal_clock_start(not_before: u64, received: Option<u64>) -> u64 {
     received.map_or(not_before, |r| r.max(not_before))
 }
 
-/// When to renew (half the remaining lifetime from `start`) and when to give up (90% of it).
+/// When to renew (half the lifetime from `start`) and when to give up (90% of it), both moved
+/// earlier where needed so that they fall before the client's close margin: within the HTTP
+/// client's default close margin (5 s) of `notAfter` the
+/// connection to the CA sends nothing, so a renewal there could only fail. A renewal is due at
+/// least 2 s before that point, to leave room for one request.
 fn renewal_times(start: u64, not_after: u64) -> (u64, u64) {
     let life = not_after.saturating_sub(start);
-    (start + life / 2, start + life - life / 10)
+    let last_send = not_after.saturating_sub(crate::http::DEFAULT_CLOSE_MARGIN.as_secs());
+    let renew_at = (start + life / 2)
+        .min(last_send.saturating_sub(2))
+        .max(start);
+    let give_up = (start + life - life / 10).min(last_send).max(start);
+    (renew_at, give_up)
 }
 
 async fn sleep_until_unix(t: u64) {
@@ -741,11 +750,16 @@ mod tests {
         let (nb, na) = (1000 - 60, 1000 + 12);
         // Timed from notBefore the renewal would be due long before receipt: a loop.
         assert!(renewal_times(renewal_clock_start(nb, None), na).0 < 1000);
-        // Timed from receipt: half of the 12 s, giving up at 90%.
+        // Timed from receipt, and before the client's 5 s close margin: the connection to the
+        // CA sends nothing after 1007, so renew by 1005 and give up at 1007.
         assert_eq!(
             renewal_times(renewal_clock_start(nb, Some(1000)), na),
-            (1006, 1011)
+            (1005, 1007)
         );
+        // Long lifetimes: half and 90%, untouched by the margin.
+        assert_eq!(renewal_times(0, 3600), (1800, 3240));
+        // Lifetimes shorter than the margin: due at once, never before the start.
+        assert_eq!(renewal_times(1000, 1004), (1000, 1000));
         // A receipt before notBefore (clock steps) never moves the start earlier.
         assert_eq!(renewal_clock_start(2000, Some(1000)), 2000);
     }

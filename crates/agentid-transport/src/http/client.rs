@@ -25,6 +25,10 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::TlsConnector;
 
+/// How long before its own certificate's `notAfter` the client stops sending on a connection
+/// (the default of [`HttpClientBuilder::close_margin`]).
+pub(crate) const DEFAULT_CLOSE_MARGIN: Duration = Duration::from_secs(5);
+
 use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
 use super::tls::{client_config, client_peer, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
@@ -188,7 +192,7 @@ impl HttpClient {
             verification,
             policy,
             connect_timeout: Duration::from_secs(10),
-            close_margin: Duration::from_secs(5),
+            close_margin: DEFAULT_CLOSE_MARGIN,
             check_audience: true,
             http1_only: false,
             proof_lifetime: Duration::from_secs(PROOF_LIFETIME),

@@ -48,6 +48,8 @@
 mod authz;
 mod body;
 mod client;
+#[cfg(feature = "enroll")]
+pub(crate) use client::DEFAULT_CLOSE_MARGIN;
 mod enroll_tls;
 mod presentation;
 mod refusal;
