@@ -1,12 +1,7 @@
 //! The audit record is part of the operation's transaction (a failed write fails it and nothing
 //! is stored), and a revocation list's sequence number and entries are one snapshot.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

@@ -1,12 +1,7 @@
 //! Schema migrations: a database made by the code before schema versions existed (version 0,
 //! `tests/fixtures/schema-v0`) opens, migrates to the current version and keeps its records.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 use std::path::PathBuf;
 

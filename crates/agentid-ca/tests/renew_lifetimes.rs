@@ -2,13 +2,8 @@
 //! whose credential comes from an `Enroller` (`agentid_transport::enroll`) renewing against the
 //! real CA service on 127.0.0.1 with certificates of a few seconds, while a client agent makes
 //! requests to it (a fresh mutual-TLS session and one echoed message each) the whole time.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

@@ -1,12 +1,7 @@
 //! The CA service (`spec/CA-API.md`) on 127.0.0.1 with real mTLS: health, bundle, renewal,
 //! revocation and the revocation feed's long-poll, and the refusals' codes.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
 

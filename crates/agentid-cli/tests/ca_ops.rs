@@ -1,12 +1,7 @@
 //! Operating the CA service through the real `agentid` binary on 127.0.0.1: the metrics
 //! listener of `ca serve --metrics-listen`, `revocations list --ca-url`, and
 //! `cert renew --daemon --exec`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,11 +1,6 @@
 //! `ca serve`: starts on 127.0.0.1, prints its address, accepts TLS; refuses to start without
 //! the `[services.agentid-ca]` rule its own certificate needs.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,12 +1,7 @@
 //! Accept errors are backed off, never fatal: a listener that runs out of file descriptors
 //! (`EMFILE`) serves again as soon as descriptors are free. Alone in its test binary because it
 //! lowers the process's file limit.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

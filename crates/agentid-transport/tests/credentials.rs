@@ -1,11 +1,6 @@
 //! Credentials in the library: renewal (same identity, same key), change signals, framed
 //! sessions that send `reauth` on their own, and no credential past `notAfter`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

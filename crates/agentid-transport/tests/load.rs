@@ -7,12 +7,7 @@
 //! set: see `load_client_child`), so that client and server do not share a runtime or a file
 //! limit. Everything is bounded by timeouts; nothing asserts on timings (the figures are
 //! printed).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 

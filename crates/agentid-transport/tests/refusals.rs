@@ -1,12 +1,7 @@
 //! What a refused peer learns: a stable code and a fixed message, never the verifier's local
 //! detail; and a chain accepted only by the skew is refused at the handshake instead of giving
 //! a session that is already over.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![cfg(test)]
 
 mod support;
 
