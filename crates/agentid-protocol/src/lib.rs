@@ -17,6 +17,78 @@
 //! * Keys never come from the token itself. Private task keys are reachable only through the
 //!   typed builders of this crate; there is no generic `sign(bytes)` for a task key.
 //!
+//! ## Example: a delegated chain, verified, authorized and revoked
+//!
+//! A trust domain's authority grants a planner two scopes; the planner hands a coder one of
+//! them; a service verifies the chain the coder presents and authorizes each request against
+//! it; a newer revocation list then revokes the coder. No I/O: the caller passes the time (in
+//! the transport, the peer's identity and key come from the mTLS handshake).
+//!
+//! ```
+//! use agentid_protocol::{
+//!     AgentId, Algorithm, AuthorityKey, BundleSet, ErrorCode, GrantBuilder, LinkBuilder,
+//!     RevocationListBuilder, Scope, ServiceId, TaskId, TaskIdentity, TaskKey, TrustBundle,
+//!     TrustDomain, Verifier, VerifierConfig,
+//! };
+//!
+//! # fn main() -> agentid_protocol::Result<()> {
+//! let now = 1_767_225_600; // seconds since the epoch, read from the clock by the caller
+//!
+//! // The trust domain's authority keys, published in its SPIFFE bundle.
+//! let td = TrustDomain::parse("example.org")?;
+//! let grant_key = AuthorityKey::generate(Algorithm::Es256)?;
+//! let list_key = AuthorityKey::generate(Algorithm::Es256)?;
+//! let bundle = TrustBundle::new(td.clone(), 1)
+//!     .add_grant_key(grant_key.public_key().clone())
+//!     .add_revocation_key(list_key.public_key().clone());
+//!
+//! // Two agents of one task, each holding its own key.
+//! let task = TaskId::generate()?;
+//! let planner = TaskIdentity::new(&AgentId::new(&td, "planner")?, &task)?;
+//! let planner_key = TaskKey::generate(Algorithm::Es256)?;
+//! let coder = TaskIdentity::new(&AgentId::new(&td, "coder")?, &task)?;
+//! let coder_key = TaskKey::generate(Algorithm::Ed25519)?;
+//!
+//! // The grant (signed by the authority), then a narrower link (signed by the planner).
+//! let scopes = Scope::parse("repo:read repo:write")?;
+//! let grant = GrantBuilder::new(&td, &planner, planner_key.public_key(), scopes)
+//!     .max_depth(1)
+//!     .validity(now, now, now + 3600)
+//!     .sign(&grant_key)?;
+//! let narrower = Scope::parse("repo:read")?;
+//! let chain = LinkBuilder::new(&grant, &coder, coder_key.public_key(), narrower)
+//!     .validity(now, now, now + 600)
+//!     .sign(&planner_key)?;
+//!
+//! // The service's verifier: the bundles it trusts and a current revocation list (required:
+//! // without one, verification fails closed).
+//! let service = ServiceId::new(&td, "repo")?;
+//! let mut bundles = BundleSet::new();
+//! bundles.insert(bundle)?;
+//! let mut config = VerifierConfig::new(service.as_spiffe_id().clone(), bundles);
+//! let first_list = RevocationListBuilder::new(&td, 1, now, now + 600).sign(&list_key)?;
+//! config.apply_revocation_list(&first_list)?;
+//! let mut verifier = Verifier::new(config)?;
+//!
+//! // The coder is the TLS peer: its identity and key come from its certificate.
+//! let (peer, peer_key) = (coder.as_spiffe_id(), coder_key.public_key());
+//! let verified = verifier.verify_chain(chain.as_str(), peer, peer_key, now)?;
+//! assert_eq!(verified.scope, Scope::parse("repo:read")?);
+//! verifier.authorize(&verified, &Scope::parse("repo:read")?)?;
+//! let refused = verifier.authorize(&verified, &Scope::parse("repo:write")?);
+//! assert_eq!(refused.map_err(|e| e.code()), Err(ErrorCode::ScopeNotGranted));
+//!
+//! // A newer list revokes the coder's agent: the same chain is refused from now on.
+//! let list = RevocationListBuilder::new(&td, 2, now, now + 600)
+//!     .revoke_agent(&coder.agent(), now + 3600)
+//!     .sign(&list_key)?;
+//! verifier.config_mut().apply_revocation_list(&list)?;
+//! let refused = verifier.verify_chain(chain.as_str(), peer, peer_key, now);
+//! assert_eq!(refused.map(|_| ()).map_err(|e| e.code()), Err(ErrorCode::Revoked));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## The API
 //!
 //! Everything a user needs is re-exported here: the [`Verifier`] (chains, presentations,
