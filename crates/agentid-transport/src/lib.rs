@@ -34,6 +34,58 @@
 //! their peer and a scope per tool) and `enroll` (clients of the agentid CA service: token
 //! enrollment, renewal, `CaClient`, and a revocation feed watcher that applies each newer,
 //! verified list from the CA to a live [`PeerVerification`], ending the sessions it covers).
+//!
+//! ## Example: a revocation list applied to live trust state
+//!
+//! Clients, servers and their live sessions share one [`PeerVerification`]. A newer signed
+//! revocation list applied to it takes effect at once: new handshakes are refused for what it
+//! covers, and every live session re-checks its peer and chain and ends if covered. An older
+//! list (a replay) is refused. Where the list comes from is the caller's choice: a file the
+//! operator exports (`agentid revocations export`), or, with feature `enroll`, the CA service's
+//! feed, long-polled by `enroll::RevocationWatcher`, which calls the same method.
+//!
+//! ```
+//! use std::time::{SystemTime, UNIX_EPOCH};
+//!
+//! use agentid_protocol::{
+//!     AgentId, Algorithm, AuthorityKey, BundleSet, RevocationListBuilder, RevocationTarget,
+//!     ServiceId, TrustBundle, TrustDomain, VerifierConfig,
+//! };
+//! use agentid_transport::PeerVerification;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+//! let td = TrustDomain::parse("example.org")?;
+//! let coder = AgentId::new(&td, "coder")?;
+//!
+//! // The CA's side: the key that signs its revocation lists, published in its bundle.
+//! let list_key = AuthorityKey::generate(Algorithm::Es256)?;
+//! let bundle = TrustBundle::new(td.clone(), 1).add_revocation_key(list_key.public_key().clone());
+//! let first = RevocationListBuilder::new(&td, 1, now, now + 600).sign(&list_key)?;
+//! let second = RevocationListBuilder::new(&td, 2, now, now + 600)
+//!     .revoke_agent(&coder, now + 3600)
+//!     .sign(&list_key)?;
+//!
+//! // A server's trust state, built once and shared by its listener and sessions.
+//! let mut bundles = BundleSet::new();
+//! bundles.insert(bundle)?;
+//! let own = ServiceId::new(&td, "repo")?;
+//! let mut config = VerifierConfig::new(own.as_spiffe_id().clone(), bundles);
+//! config.apply_revocation_list(&first)?;
+//! let verification = PeerVerification::new(config)?;
+//!
+//! // The newer list arrives: verified against the bundle, then applied to the live state.
+//! let epoch = verification.epoch();
+//! verification.apply_revocation_list(&second)?;
+//! assert_eq!(verification.epoch(), epoch + 1);
+//! let held = verification.verifier().config().revocation_list(&td).cloned();
+//! assert!(held.is_some_and(|list| list.contains(&RevocationTarget::Agent(coder))));
+//!
+//! // Replaying the older list cannot undo the revocation.
+//! assert!(verification.apply_revocation_list(&first).is_err());
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "a2a")]
