@@ -138,6 +138,86 @@ async fn main() -> Result<()> {
 `examples/agent_pair.rs` is the same with a delegated chain; `examples/agent_server.rs` and
 `examples/agent_client.rs` load their credentials with [`files`]."###
 )]
+#![cfg_attr(
+    all(feature = "ca", feature = "transport"),
+    doc = r###"
+## Over HTTP (feature `http`)
+
+The same credentials serve HTTP/1.1 and HTTP/2: an axum router behind `HttpServer`, which
+verifies the caller's grant or chain once per connection, and a scope required per route
+(`RequireScope`); `HttpClient` presents the chain. The set-up (CA, tasks, trust) is that of the
+example above.
+
+```
+# use std::sync::Arc;
+# use std::time::SystemTime;
+# use agentid::ca::{init_ca, CertificateAuthority, InitOptions, KeySource, OpenTaskRequest, Policy, TaskRequester};
+# use agentid::protocol::{Algorithm, BundleSet, TaskIdentity, TaskKey, TrustDomain, VerifierConfig};
+# use agentid::transport::{Credential, PeerVerification};
+# type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+# fn open_task(ca: &CertificateAuthority, name: &str, scope: &str) -> Result<(Credential, TaskIdentity)> {
+#     let key = TaskKey::generate(Algorithm::Es256)?;
+#     let spki = KeySource::Spki(key.public_key().to_spki_der());
+#     let req = OpenTaskRequest::new(name, spki, TaskRequester::Operator, Scope::parse(scope)?);
+#     let task = ca.open_task(&req, SystemTime::now())?;
+#     let certs = vec![task.certificate.leaf.der.clone().into(), task.certificate.intermediate_der.clone().into()];
+#     Ok((Credential::new(certs, key)?.with_chain(task.grant.as_str()), task.identity))
+# }
+# fn verification(ca: &CertificateAuthority, own: &TaskIdentity) -> Result<Arc<PeerVerification>> {
+#     let mut bundles = BundleSet::new();
+#     bundles.insert(ca.trust_bundle()?)?;
+#     let mut config = VerifierConfig::new(own.as_spiffe_id().clone(), bundles);
+#     config.apply_revocation_list(&ca.revocation_list(SystemTime::now())?)?;
+#     Ok(PeerVerification::new(config)?)
+# }
+use agentid::protocol::Scope;
+use agentid::transport::http::{HttpClient, HttpServer, RequireScope};
+use agentid::transport::{MemoryCredentials, PeerPolicy};
+use axum::routing::get;
+
+# #[tokio::main]
+# async fn main() -> Result<()> {
+# let dir = tempfile::tempdir()?;
+# let td = TrustDomain::parse("example.org")?;
+# init_ca(dir.path(), &InitOptions::new(td.clone()), SystemTime::now())?;
+# let mut ca = CertificateAuthority::open(dir.path())?;
+# ca.set_policy(Policy::from_toml("[agents.librarian]\nscopes = [\"repo:serve\"]\nrequesters = [\"operator\"]\n[agents.coder]\nscopes = [\"repo:read\"]\nrequesters = [\"operator\"]\n")?);
+# let (librarian, librarian_id) = open_task(&ca, "librarian", "repo:serve")?;
+# let (coder, coder_id) = open_task(&ca, "coder", "repo:read")?;
+// The librarian: one route per scope.
+let read = RequireScope::new(Scope::parse("repo:read")?);
+let write = RequireScope::new(Scope::parse("repo:write")?);
+let app = axum::Router::new()
+    .route("/read", get(|| async { "contents" }).layer(read))
+    .route("/write", get(|| async { "written" }).layer(write));
+let server = HttpServer::builder(
+    Arc::new(MemoryCredentials::new(librarian)),
+    verification(&ca, &librarian_id)?,
+    PeerPolicy::agents_in(td),
+)
+.build()?;
+let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+let addr = listener.local_addr()?;
+tokio::spawn(async move { server.serve(listener, app).await });
+
+// The coder, holding "repo:read" only.
+let client = HttpClient::builder(
+    Arc::new(MemoryCredentials::new(coder)),
+    verification(&ca, &coder_id)?,
+    PeerPolicy::agent(librarian_id.agent()),
+)
+.build()?;
+let mut conn = client.connect(addr, "librarian").await?;
+for (path, status) in [("/read", 200), ("/write", 403)] {
+    let response = conn.send(http::Request::get(path).body(bytes::Bytes::new())?).await?;
+    assert_eq!(response.status().as_u16(), status);
+}
+# Ok(())
+# }
+```
+
+`examples/http_agents.rs` serves and calls with credential directories (and curl)."###
+)]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "transport")]
