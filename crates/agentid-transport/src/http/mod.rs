@@ -31,7 +31,16 @@
 //! reqwest = { version = "0.12", default-features = false, features = ["rustls-tls-manual-roots-no-provider"] }
 //! ```
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::net::SocketAddr;
+//! # use std::sync::Arc;
+//! # use agentid_transport::{CredentialSource, PeerPolicy, PeerVerification};
+//! # async fn call(
+//! #     credentials: Arc<dyn CredentialSource>,
+//! #     verification: Arc<PeerVerification>,
+//! #     policy: PeerPolicy,
+//! #     addr: SocketAddr,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! let tls = agentid_transport::http::client_config(credentials, &verification, policy)?;
 //! let client = reqwest::Client::builder()
 //!     .use_preconfigured_tls(tls)
@@ -39,6 +48,8 @@
 //!     .resolve("files.example.org", addr)
 //!     .build()?;
 //! let body = client.get("https://files.example.org/peer").send().await?.text().await?;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! reqwest pools connections beyond the certificate's lifetime; with per-task certificates
