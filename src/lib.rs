@@ -1,6 +1,6 @@
 //! agentid: per-task mTLS identities and delegation chains for AI agents.
 //!
-//! This facade re-exports the workspace crates, and [`files`] is the credential directory that
+//! This facade re-exports the workspace crates, and `files` is the credential directory that
 //! `agentid cert issue` writes and agents that run as their own processes load: its file names,
 //! its key-file rule and its loading. [`fs`] does every file read and write of agentid.
 //!
@@ -8,8 +8,8 @@
 //!
 //! | feature | what | default |
 //! |---|---|---|
-//! | `ca` | [`ca`]: the certificate authority (rcgen, SQLite, toml) | yes |
-//! | `transport` | [`transport`] (mTLS between agents) and [`files`] | yes |
+//! | `ca` | `agentid::ca`: the certificate authority (rcgen, SQLite, toml) | yes |
+//! | `transport` | `agentid::transport` (mTLS between agents) and `agentid::files` | yes |
 //! | `http`, `tonic`, `a2a`, `mcp` | the HTTP binding and the agent protocols on it | no |
 //! | `enroll` | clients of the CA service: enrollment, `Enroller`, `RevocationWatcher` | no |
 //! | `ca-server` | the CA service (`agentid ca serve`) | no |
