@@ -116,13 +116,13 @@ pub struct TokenCreateArgs {
     #[arg(long)]
     pub max_depth: Option<u8>,
     /// Certificate lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Grant (task) lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub task_ttl: Option<Duration>,
     /// How long the token stays redeemable.
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_duration, default_value = "10m", allow_hyphen_values = true)]
     pub expires_in: Duration,
     /// The token file to create (0600, never overwritten).
     #[arg(long)]
@@ -475,10 +475,10 @@ pub struct TaskOpenArgs {
     #[arg(long)]
     pub scope: String,
     /// Certificate lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Grant (task) lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub task_ttl: Option<Duration>,
     /// Where to write `cert.pem` and `grant.jwt` for the agent.
     #[arg(long)]
@@ -499,7 +499,7 @@ pub struct TaskChildArgs {
     #[arg(long)]
     pub agent: String,
     /// Certificate lifetime (never beyond the parent's chain).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Where to write the child's `cert.pem`.
     #[arg(long)]

@@ -766,7 +766,9 @@ fn requested_scope_is_concrete(requested: &Scope) -> Result<()> {
     if !requested.is_concrete() {
         return Err(Error::new(
             ErrorCode::BadScope,
-            "a requested scope contains no `*`",
+            format!(
+                "a requested scope may not contain `*` (got {requested}): ask for concrete tokens"
+            ),
         ));
     }
     Ok(())

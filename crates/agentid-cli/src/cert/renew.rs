@@ -71,9 +71,23 @@ pub fn run(args: &RenewArgs) -> CliResult {
         ttl: args.ttl.ttl,
     };
     let cert = ca.renew(&req, SystemTime::now())?;
-    files::write_public(&args.dir.join(CERT_FILE), cert.chain_pem().as_bytes())?;
+    let path = args.dir.join(CERT_FILE);
+    files::write_public(&path, cert.chain_pem().as_bytes())?;
     match args.format.format {
-        Format::Json => print_json(&cert_json(&cert)),
-        Format::Text => print_text(&cert_text(&cert)),
+        Format::Json => {
+            let mut v = cert_json(&cert);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert(
+                    "files".into(),
+                    serde_json::json!([path.display().to_string()]),
+                );
+            }
+            print_json(&v)
+        }
+        Format::Text => print_text(&format!(
+            "{}wrote:     {}\n",
+            cert_text(&cert),
+            path.display()
+        )),
     }
 }
