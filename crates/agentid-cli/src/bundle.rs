@@ -60,11 +60,14 @@ pub fn run(cmd: &BundleCommand) -> CliResult {
     match cmd {
         BundleCommand::Export(a) => {
             let ca = a.ca.open()?;
-            let text = match a.format {
+            let mut text = match a.format {
                 BundleFormat::Agentid => ca.trust_bundle()?.to_json(),
                 BundleFormat::Spiffe => ca.trust_bundle()?.to_spiffe_json(),
                 BundleFormat::Pem => ca.bundle_pem(),
             };
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
             files::write_output(a.out.as_deref(), &text)?;
             if let Some(out) = &a.out {
                 print_text(&format!(
