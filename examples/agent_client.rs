@@ -159,11 +159,12 @@ async fn run(args: Args) -> Result<()> {
     let mut session = match tokio::time::timeout(TIMEOUT, client.connect(args.connect)).await {
         Err(_) => bail!("connecting to {} timed out", args.connect),
         Ok(Err(e)) => {
-            say(format!(
-                "connection to {} refused: {}",
-                args.connect,
-                e.reason()
-            ));
+            // No TCP connection is a failure to connect, not a refusal by the server.
+            let what = match e.reason() {
+                "io" => format!("failed: {}", e.explained()),
+                reason => format!("refused: {reason}"),
+            };
+            say(format!("connection to {} {what}", args.connect));
             bail!("connection to {} refused: {e}", args.connect);
         }
         Ok(Ok(s)) => s,

@@ -197,7 +197,7 @@ async fn serve(server: &AgentServer, tcp: TcpStream, from: SocketAddr) -> Result
     let mut session = match server.accept_from(tcp, Some(from)).await {
         Ok(s) => s,
         Err(e) => {
-            say(format!("refused {from}: {}: {e}", e.reason()));
+            say(format!("refused {from}: {}", e.explained()));
             bail!("handshake with {from} failed: {e}");
         }
     };
@@ -218,11 +218,7 @@ async fn serve(server: &AgentServer, tcp: TcpStream, from: SocketAddr) -> Result
             "{} closed the session after {n} request(s)",
             peer.id
         )),
-        Err(e) => say(format!(
-            "session with {} ended: {}: {e}",
-            peer.id,
-            e.reason()
-        )),
+        Err(e) => say(format!("session with {} ended: {}", peer.id, e.explained())),
     }
     result.map(|_| ()).map_err(Into::into)
 }
