@@ -151,7 +151,7 @@ fn chain_verify_exit_codes() {
     env.fails(&format!("{base} --authority Bad.ORG"), 2, "bad --authority");
     env.fails(&format!("{base} --scope a^b"), 2, "bad --scope");
     // Invalid, whatever was invalid: the chain (3) or the peer certificate (3).
-    env.fails(&base.to_string(), 3, "revocation_missing");
+    env.fails(base, 3, "revocation_missing");
     env.fails(
         &format!("{base} --revocations rev.jwt --at {LATE}"),
         3,
