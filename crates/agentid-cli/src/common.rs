@@ -103,6 +103,13 @@ fn rough_duration(secs: u64) -> String {
     }
 }
 
+/// Checks a `--ca-url` style URL (`https://HOST:PORT`) on the command line (status 2).
+pub fn parse_ca_url(s: &str) -> Result<String, String> {
+    agentid_transport::enroll::check_ca_url(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| format!("{e} (e.g. https://127.0.0.1:8443)"))
+}
+
 /// Parses an `--at` time: RFC 3339 (`2026-01-02T03:04:05Z`), a date (`2026-01-02`, midnight
 /// UTC), Unix seconds, or a duration from now (`+10m`).
 pub fn parse_time(s: &str) -> Result<u64, String> {

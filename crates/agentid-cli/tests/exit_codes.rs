@@ -184,3 +184,43 @@ fn revoke_revocations_and_bundle_exit_codes() {
     env.fails("bundle export --ca p", 1, "not a CA directory");
     env.fails("audit verify --ca p", 1, "agentid ca init");
 }
+
+#[test]
+fn network_commands_exit_codes() {
+    let env = Env::new();
+    env.planner("p");
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    for line in [
+        "ca list --ca-url http://127.0.0.1:1 --cred p".to_owned(),
+        "revocations list --ca-url 127.0.0.1:1 --cred p".to_owned(),
+        "cert renew --ca-url https://127.0.0.1 --dir p".to_owned(),
+        format!("task open --ca-url {url} --cred p --csr x.csr --agent planner --scope tickets:read --task a/b --out-dir t"),
+        format!("token create --ca ca --enroll-url {url} --agent planner --scope tickets:read --expires-in 5 --out t.json"),
+        "ca serve --ca ca --listen nowhere".to_owned(),
+    ] {
+        env.fails(&line, 2, "");
+    }
+    env.fails(&format!("ca list --ca-url {url} --cred p"), 1, "");
+    env.fails(&format!("revocations list --ca-url {url} --cred p"), 1, "");
+    env.fails(
+        "enroll --token-file absent.json --out-dir e",
+        1,
+        "absent.json",
+    );
+    env.fails(
+        "ca serve --ca p --listen 127.0.0.1:0",
+        1,
+        "not a CA directory",
+    );
+    env.fails(
+        &format!("token create --ca p --enroll-url {url} --agent planner --scope tickets:read --out t.json"),
+        1,
+        "not a CA directory",
+    );
+}

@@ -25,7 +25,7 @@ pub struct RenewArgs {
     pub ca: Option<PathBuf>,
     /// Renew through the CA service's mutual-TLS listener (`https://HOST:PORT`) with the
     /// directory's own certificate and key (same key; no renewal after `notAfter`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub ca_url: Option<String>,
     /// Keep running: renew at half of each certificate's lifetime (retrying until 90% of it)
     /// and replace `cert.pem` each time. Needs `--ca-url`.
