@@ -104,7 +104,7 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent_client: {e:#}");
+            eprintln!("agent_client: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -193,4 +193,20 @@ async fn run(args: Args) -> Result<()> {
     }
     session.close("normal", "done").await?;
     Ok(())
+}
+
+/// The error and its causes on one line, each cause once: an error whose message already holds
+/// its cause's text (`FILE: No such file or directory`) does not repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
