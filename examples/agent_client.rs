@@ -104,7 +104,7 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent_client: {e:#}");
+            eprintln!("agent_client: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -159,11 +159,12 @@ async fn run(args: Args) -> Result<()> {
     let mut session = match tokio::time::timeout(TIMEOUT, client.connect(args.connect)).await {
         Err(_) => bail!("connecting to {} timed out", args.connect),
         Ok(Err(e)) => {
-            say(format!(
-                "connection to {} refused: {}",
-                args.connect,
-                e.reason()
-            ));
+            // No TCP connection is a failure to connect, not a refusal by the server.
+            let what = match e.reason() {
+                "io" => format!("failed: {}", e.explained()),
+                reason => format!("refused: {reason}"),
+            };
+            say(format!("connection to {} {what}", args.connect));
             bail!("connection to {} refused: {e}", args.connect);
         }
         Ok(Ok(s)) => s,
@@ -192,4 +193,20 @@ async fn run(args: Args) -> Result<()> {
     }
     session.close("normal", "done").await?;
     Ok(())
+}
+
+/// The error and its causes on one line, each cause once: an error whose message already holds
+/// its cause's text (`FILE: No such file or directory`) does not repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

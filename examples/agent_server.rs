@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent_server: {e:#}");
+            eprintln!("agent_server: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -197,7 +197,7 @@ async fn serve(server: &AgentServer, tcp: TcpStream, from: SocketAddr) -> Result
     let mut session = match server.accept_from(tcp, Some(from)).await {
         Ok(s) => s,
         Err(e) => {
-            say(format!("refused {from}: {}: {e}", e.reason()));
+            say(format!("refused {from}: {}", e.explained()));
             bail!("handshake with {from} failed: {e}");
         }
     };
@@ -218,11 +218,7 @@ async fn serve(server: &AgentServer, tcp: TcpStream, from: SocketAddr) -> Result
             "{} closed the session after {n} request(s)",
             peer.id
         )),
-        Err(e) => say(format!(
-            "session with {} ended: {}: {e}",
-            peer.id,
-            e.reason()
-        )),
+        Err(e) => say(format!("session with {} ended: {}", peer.id, e.explained())),
     }
     result.map(|_| ()).map_err(Into::into)
 }
@@ -306,4 +302,20 @@ async fn watch_certificate(
         }
         serial = loaded.serial;
     }
+}
+
+/// The error and its causes on one line, each cause once: an error whose message already holds
+/// its cause's text (`FILE: No such file or directory`) does not repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -109,7 +109,7 @@ pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<Strin
         .map_err(|e| CaError::material(&key_path, e.to_string()))?;
     let jws = sign(&key, &ca.trust_bundle()?, now)?;
     let out = join(dir, files::AGENTID_BUNDLE);
-    agentid_fs::write_public(&out, jws.as_bytes())
+    agentid_fs::write_private(&out, jws.as_bytes())
         .map_err(|e| CaError::material(&out, e.to_string()))?;
     Ok(jws)
 }

@@ -78,7 +78,6 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConfig> {
     let now_s = util::unix(now)?;
     let config = CaConfig::new(opts.trust_domain.clone(), opts.key_type);
-    std::fs::create_dir_all(dir).map_err(|e| CaError::io(dir, e))?;
     for name in [
         files::ROOT_CERT,
         files::ROOT_KEY,
@@ -100,6 +99,8 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         }
     }
 
+    // Whoever can read the directory is the operator: 0700, every file in it 0600.
+    material::private_dir(dir)?;
     let td = opts.trust_domain.as_str();
     let not_before = now_s.saturating_sub(config.skew_secs);
     let root_end = now_s.saturating_add(opts.root_validity.as_secs());
@@ -165,7 +166,9 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         material::write_public_file(&policy_path, DEFAULT_POLICY.as_bytes())?;
     }
     // Create the store now so that a broken directory fails at init, not at first issuance;
-    // sign the first agentid bundle while the offline key is here.
+    // sign the first agentid bundle while the offline key is here. The database file is made
+    // 0600 before SQLite opens it (SQLite gives its journal files the database's mode).
+    material::write_public_file(&join(dir, files::DB), b"")?;
     let ca = crate::CertificateAuthority::open(dir)?;
     crate::agentid_bundle::sign_dir(&ca, dir, now_s)?;
     tracing::info!(trust_domain = td, key_type = %opts.key_type, dir = %dir.display(), "CA initialized");

@@ -250,10 +250,9 @@ impl CertificateAuthority {
             Some(d) => {
                 let t = secs(d)?;
                 if t > max_ttl {
-                    return Err(CaError::policy(
-                        rule,
-                        format!("certificate TTL {t}s exceeds the maximum of {max_ttl}s"),
-                    ));
+                    return Err(self
+                        .policy
+                        .lifetime_refusal(rule, "certificate TTL", t, max_ttl));
                 }
                 t
             }
@@ -562,12 +561,11 @@ impl CertificateAuthority {
             None => self.policy.default_task_ttl.min(rule.max_task_ttl),
         };
         if task_ttl > rule.max_task_ttl {
-            return Err(CaError::policy(
-                format!("agents.{name}.max_task_ttl"),
-                format!(
-                    "agent {name:?} may not hold a task for {task_ttl}s (max {}s)",
-                    rule.max_task_ttl
-                ),
+            return Err(self.policy.lifetime_refusal(
+                &format!("agents.{name}.max_task_ttl"),
+                "task lifetime",
+                task_ttl,
+                rule.max_task_ttl,
             ));
         }
         let grant_exp = now.saturating_add(task_ttl);

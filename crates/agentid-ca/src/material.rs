@@ -47,9 +47,23 @@ pub(crate) fn write_private_key(path: &Path, pkcs8_der: &[u8]) -> Result<()> {
     agentid_fs::write_private_key(path, pkcs8_der).map_err(fs_error)
 }
 
-/// Writes a new public file (certificate, config) with mode 0644; refuses to overwrite.
+/// Writes a new file of the CA directory (certificate, config, public key) with mode 0600: the
+/// directory is the operator's alone, even its public files; refuses to overwrite.
 pub(crate) fn write_public_file(path: &Path, contents: &[u8]) -> Result<()> {
-    agentid_fs::create_public(path, contents).map_err(fs_error)
+    agentid_fs::create_secret(path, contents).map_err(fs_error)
+}
+
+/// Makes the CA directory `dir` private (mode 0700): creates it (and missing parents) so, or
+/// takes group and others' access away from an existing one.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    agentid_fs::ensure_dir(dir).map_err(fs_error)?;
+    let meta = std::fs::metadata(dir).map_err(|e| CaError::io(dir, e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CaError::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Reads a PKCS#8 private key file, refusing it when group or others have any access to it.

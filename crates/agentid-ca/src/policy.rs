@@ -138,6 +138,9 @@ pub struct Policy {
     pub default_task_ttl: u64,
     agents: BTreeMap<String, AgentRule>,
     services: BTreeMap<String, ServiceRule>,
+    /// The rule paths (`agents.NAME.max_ttl`, ...) a rule leaves to `[defaults]`: a refusal
+    /// names the rule that decided.
+    inherited: std::collections::BTreeSet<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,8 +258,15 @@ impl Policy {
             return Err(CaError::policy("defaults.max_task_ttl", "at most 24h"));
         }
         let mut agents = BTreeMap::new();
+        let mut inherited = std::collections::BTreeSet::new();
         for (name, a) in raw.agents {
             let base = format!("agents.{name}");
+            if a.max_ttl.is_none() {
+                inherited.insert(format!("{base}.max_ttl"));
+            }
+            if a.max_task_ttl.is_none() {
+                inherited.insert(format!("{base}.max_task_ttl"));
+            }
             let scopes = a
                 .scopes
                 .iter()
@@ -359,6 +369,9 @@ impl Policy {
                     "service certificates are requested by the operator only",
                 ));
             }
+            if s.max_ttl.is_none() {
+                inherited.insert(format!("{base}.max_ttl"));
+            }
             services.insert(
                 name,
                 ServiceRule {
@@ -377,7 +390,32 @@ impl Policy {
             default_task_ttl,
             agents,
             services,
+            inherited,
         })
+    }
+
+    /// The refusal of a lifetime above its cap, the same wherever it is checked (issuance,
+    /// renewal, the service): the rule that decided (`defaults.max_ttl` when `rule` sets none)
+    /// and both durations as written in policy.toml (`1h`, `15m`).
+    pub(crate) fn lifetime_refusal(&self, rule: &str, what: &str, asked: u64, max: u64) -> CaError {
+        let human =
+            |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+        let (used, note) = match rule.rsplit_once('.') {
+            Some((base, key)) if self.inherited.contains(rule) => (
+                format!("defaults.{key}"),
+                format!(" ({base} sets no {key})"),
+            ),
+            _ => (rule.to_owned(), String::new()),
+        };
+        CaError::policy(
+            used,
+            format!(
+                "{what} {} exceeds the maximum of {}{note}; ask for {} or less",
+                human(asked),
+                human(max),
+                human(max)
+            ),
+        )
     }
 
     /// The rule for an agent name, or the refusal naming the missing rule.
@@ -404,12 +442,11 @@ impl Policy {
     pub(crate) fn check_agent_ttl(&self, name: &str, ttl: u64) -> Result<()> {
         let rule = self.agent(name)?;
         if ttl > rule.max_ttl {
-            return Err(CaError::policy(
-                format!("agents.{name}.max_ttl"),
-                format!(
-                    "agent {name:?} may not hold a certificate for {ttl}s (max {}s)",
-                    rule.max_ttl
-                ),
+            return Err(self.lifetime_refusal(
+                &format!("agents.{name}.max_ttl"),
+                "certificate TTL",
+                ttl,
+                rule.max_ttl,
             ));
         }
         Ok(())

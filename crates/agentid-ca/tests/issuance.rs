@@ -356,8 +356,13 @@ fn ttl_above_policy_is_refused() {
     req.task_ttl = Some(Duration::from_secs(9 * 3600));
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(
-        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_task_ttl"),
-        "{e}"
+        matches!(&e, CaError::Policy { rule, .. } if rule == "defaults.max_task_ttl"),
+        "the rule that decided (planner sets none): {e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("task lifetime 9h exceeds the maximum of 8h"),
+        "durations as written: {e}"
     );
     // Services too.
     let e =

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::cert::CaDirArg;
+use crate::common::print_text;
 use crate::error::CliResult;
 use crate::files;
 
@@ -16,11 +17,27 @@ pub enum BundleCommand {
 /// Bundle formats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BundleFormat {
-    /// SPIFFE bundle (JWK Set): X.509 authorities, grant and revocation keys.
+    /// The agentid bundle (SPIFFE bundle JSON with the grant and revocation keys, uses
+    /// `agentid-grant` and `agentid-revocation`): what `chain verify` and agentid verifiers need.
     #[default]
+    Agentid,
+    /// The standard SPIFFE bundle (JWK Set): the X.509 authorities only (`use` `x509-svid`), as
+    /// SPIRE federation (`spire-server bundle set -format spiffe`) and SPIFFE libraries accept.
     Spiffe,
-    /// PEM root certificates only (for TLS stacks; no grant or revocation keys).
+    /// PEM root certificates only (for TLS stacks).
     Pem,
+}
+
+impl BundleFormat {
+    fn describe(self) -> &'static str {
+        match self {
+            BundleFormat::Agentid => {
+                "agentid bundle (X.509 authorities, grant and revocation keys)"
+            }
+            BundleFormat::Spiffe => "SPIFFE bundle (X.509 authorities only)",
+            BundleFormat::Pem => "PEM root certificates",
+        }
+    }
 }
 
 /// Arguments of `bundle export`.
@@ -28,10 +45,12 @@ pub enum BundleFormat {
 pub struct ExportArgs {
     #[command(flatten)]
     pub ca: CaDirArg,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
+    /// What to export: `agentid` (for agentid verifiers), `spiffe` (standard uses only, for
+    /// SPIRE and other SPIFFE software) or `pem` (root certificates). The output is the bundle
+    /// itself, so there is no text|json choice here.
+    #[arg(long, value_enum, default_value_t = BundleFormat::Agentid)]
     pub format: BundleFormat,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout (then a line on stdout says what was written).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -41,11 +60,24 @@ pub fn run(cmd: &BundleCommand) -> CliResult {
     match cmd {
         BundleCommand::Export(a) => {
             let ca = a.ca.open()?;
-            let text = match a.format {
-                BundleFormat::Spiffe => ca.trust_bundle()?.to_json(),
+            let mut text = match a.format {
+                BundleFormat::Agentid => ca.trust_bundle()?.to_json(),
+                BundleFormat::Spiffe => ca.trust_bundle()?.to_spiffe_json(),
                 BundleFormat::Pem => ca.bundle_pem(),
             };
-            files::write_output(a.out.as_deref(), &text)
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            files::write_output(a.out.as_deref(), &text)?;
+            if let Some(out) = &a.out {
+                print_text(&format!(
+                    "wrote the {} of {} to {}",
+                    a.format.describe(),
+                    ca.trust_domain().as_str(),
+                    out.display()
+                ))?;
+            }
+            Ok(())
         }
     }
 }

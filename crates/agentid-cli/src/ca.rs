@@ -8,7 +8,7 @@ use agentid_protocol::TrustDomain;
 use serde_json::json;
 
 use crate::common::{print_json, print_text, Format, FormatArg, KeyType};
-use crate::error::{CliResult, Context};
+use crate::error::{bad_arg, CliResult, Context};
 
 /// `ca` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -73,8 +73,7 @@ pub fn run(cmd: &CaCommand) -> CliResult {
 }
 
 fn init(args: &InitArgs) -> CliResult {
-    let td = TrustDomain::parse(&args.trust_domain)
-        .context(format!("bad --trust-domain {:?}", args.trust_domain))?;
+    let td = parse_trust_domain(&args.trust_domain)?;
     let mut opts = InitOptions::new(td);
     opts.key_type = match args.key_type {
         KeyType::P256 => agentid_ca::KeyType::P256,
@@ -99,9 +98,30 @@ fn init(args: &InitArgs) -> CliResult {
     }
 }
 
+/// Parses `--trust-domain` (status 2 when malformed), with a hint for the usual mistakes.
+pub fn parse_trust_domain(s: &str) -> CliResult<TrustDomain> {
+    TrustDomain::parse(s).map_err(|e| {
+        let hint = if let Some(rest) = s.strip_prefix("spiffe://") {
+            format!(
+                ": drop the scheme, e.g. --trust-domain {}",
+                rest.trim_end_matches('/')
+            )
+        } else if s.contains("://") {
+            ": a trust domain is a bare name such as example.org, without a scheme".to_owned()
+        } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            format!(
+                ": use lowercase, e.g. --trust-domain {}",
+                s.to_ascii_lowercase()
+            )
+        } else {
+            String::new()
+        };
+        bad_arg("--trust-domain", s, format!("{}{hint}", e.detail()))
+    })
+}
+
 fn serve(args: &ServeArgs) -> CliResult {
-    let ca = agentid_ca::CertificateAuthority::open(&args.ca)
-        .context(format!("cannot open the CA in {}", args.ca.display()))?;
+    let ca = crate::cert::open_ca(&args.ca)?;
     let service = agentid_ca::server::CaService::new(ca, Default::default())
         .context("cannot start the CA service (does policy.toml have [services.agentid-ca] with requesters = [\"operator\"]?)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -15,9 +15,9 @@ use agentid_protocol::{
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format};
+use crate::common::{now_unix, parse_time, print_json, print_text, relative, rfc3339, Format};
 use crate::delegate::parse_scope;
-use crate::error::{CliError, CliResult};
+use crate::error::{ArgContext, CliError, CliResult};
 use crate::files;
 use crate::trust::{self, parse_bundle_arg, BundleArg, BundleFile};
 
@@ -62,7 +62,7 @@ pub struct VerifyArgs {
     #[arg(long, value_parser = parse_time)]
     pub at: Option<u64>,
     /// Allowed clock skew in seconds (at most 120).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=120))]
     pub skew: u64,
     /// DANGER: accept missing or stale revocation lists (never in production).
     #[arg(long)]
@@ -88,6 +88,18 @@ fn verify(args: &VerifyArgs) -> CliResult {
         Some(t) => t,
         None => now_unix()?,
     };
+    // The command line first (status 2): the verifier's ID, the authorities, the scope.
+    let verifier_arg = args
+        .verifier
+        .as_deref()
+        .map(|v| PeerId::parse(v).bad_arg("--verifier", v))
+        .transpose()?;
+    let authorities = parse_authorities(&args.authorities)?;
+    let requested = if args.scopes.is_empty() {
+        None
+    } else {
+        Some(parse_scope(&args.scopes)?)
+    };
     let chain = files::read_text(&args.chain_file)?;
 
     // The peer: its identity and key from the certificate, checked against its trust domain.
@@ -98,20 +110,10 @@ fn verify(args: &VerifyArgs) -> CliResult {
             .first()
             .ok_or_else(|| CliError::failed("no peer certificate"))?;
         agentid_transport::check_leaf(leaf.as_ref(), agentid_transport::CertUsage::ClientAuth)
-            .map_err(|e| {
-                CliError::failed(format!(
-                    "{}: peer certificate invalid: {e}",
-                    args.peer_cert.display()
-                ))
-            })?
+            .map_err(|e| peer_invalid(args, at, &e.to_string()))?
     } else {
         crate::cert::verify::verify_file(&args.peer_cert, &args.bundles, at)?
-            .map_err(|r| {
-                CliError::failed(format!(
-                    "{}: peer certificate invalid: {r}",
-                    args.peer_cert.display()
-                ))
-            })?
+            .map_err(|r| peer_invalid(args, at, &r))?
             .info
     };
     let peer_td = peer.id.trust_domain();
@@ -128,8 +130,8 @@ fn verify(args: &VerifyArgs) -> CliResult {
             }
         }
     }
-    let verifier_id = match &args.verifier {
-        Some(v) => v.clone(),
+    let verifier_id = match &verifier_arg {
+        Some(v) => v.as_str().to_owned(),
         None => format!("{}/svc/{DEFAULT_VERIFIER_SERVICE}", peer_td.id().as_str()),
     };
     let lists = args
@@ -137,11 +139,6 @@ fn verify(args: &VerifyArgs) -> CliResult {
         .iter()
         .map(|p| files::read_text(p))
         .collect::<CliResult<Vec<_>>>()?;
-    let requested = if args.scopes.is_empty() {
-        None
-    } else {
-        Some(parse_scope(&args.scopes)?)
-    };
     if args.danger_no_revocation {
         tracing::warn!("missing or stale revocation lists accepted (--danger-no-revocation)");
     }
@@ -153,19 +150,25 @@ fn verify(args: &VerifyArgs) -> CliResult {
         bundles,
         lists,
         requested,
+        authorities,
     };
-    let verdict = match verify_at(args, inputs, &verifier_id, &peer, at) {
+    let (verdict, message) = match verify_at(args, inputs, &verifier_id, &peer, at) {
         Ok(verified) => {
             let mut v = Map::new();
             v.insert("valid".into(), Value::Bool(true));
             v.extend(verified.to_json());
-            Value::Object(v)
+            (Value::Object(v), None)
         }
-        Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
+        Err(e) => (
+            json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
+            Some(explain(&e, &tokens, at)),
+        ),
     };
-    let valid = verdict.get("valid") == Some(&Value::Bool(true));
-    let summary = summary(&verdict);
-    let report = json!({
+    let summary = match &message {
+        None => summary(&verdict),
+        Some(m) => format!("invalid: {m}"),
+    };
+    let mut report = json!({
         "chain_file": args.chain_file.display().to_string(),
         "tokens": tokens,
         "peer": { "id": peer.id.as_str(), "jkt": peer.public_key.thumbprint(), "serial": peer.serial },
@@ -173,15 +176,112 @@ fn verify(args: &VerifyArgs) -> CliResult {
         "at": at,
         "verdict": verdict,
     });
+    if let (Some(m), Value::Object(r)) = (&message, &mut report) {
+        r.insert("message".into(), Value::from(format!("chain invalid: {m}")));
+    }
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Text => print_text(&summary)?,
     }
-    if valid {
-        Ok(())
-    } else {
-        Err(CliError::invalid(format!("chain {summary}")))
+    match message {
+        None => Ok(()),
+        Some(_) => Err(CliError::invalid(format!("chain {summary}"))),
     }
+}
+
+/// The peer certificate did not verify: status 3, with the same message in the JSON report.
+fn peer_invalid(args: &VerifyArgs, at: u64, reason: &str) -> CliError {
+    let message = format!(
+        "{}: peer certificate invalid: {reason}",
+        args.peer_cert.display()
+    );
+    if args.format == Format::Json {
+        let report = json!({
+            "chain_file": args.chain_file.display().to_string(),
+            "at": at,
+            "peer_certificate": { "valid": false, "error": reason },
+            "message": message,
+        });
+        if let Err(e) = print_json(&report) {
+            return e;
+        }
+    }
+    CliError::invalid(message)
+}
+
+/// `--authority TD[=PATTERNS]` values (status 2 when malformed).
+fn parse_authorities(values: &[String]) -> CliResult<Vec<(TrustDomain, Option<Scope>)>> {
+    values
+        .iter()
+        .map(|a| match a.split_once('=') {
+            None => Ok((TrustDomain::parse(a).bad_arg("--authority", a)?, None)),
+            Some((td, patterns)) => Ok((
+                TrustDomain::parse(td).bad_arg("--authority", a)?,
+                Some(Scope::parse(patterns).bad_arg("--authority", a)?),
+            )),
+        })
+        .collect()
+}
+
+/// A failed verification for people: the code, the token, the protocol's detail, the date
+/// when time decided, and what to do next.
+fn explain(e: &agentid_protocol::Error, tokens: &[Value], at: u64) -> String {
+    let mut m = e.code().as_str().to_owned();
+    if let Some(i) = e.index() {
+        m.push_str(&format!(" at token {i}"));
+    }
+    m.push_str(&format!(": {}", e.detail()));
+    let claim = |k: &str| {
+        e.index()
+            .and_then(|i| tokens.get(i))
+            .and_then(|t| t.get("claims"))
+            .and_then(|c| c.get(k))
+            .and_then(Value::as_u64)
+    };
+    let hint = match e.code() {
+        ErrorCode::Expired => Some(format!(
+            "{}open a new task (`agentid cert issue`) or ask the holder for a new link (`agentid delegate`)",
+            claim("exp")
+                .map(|t| format!("it expired at {} ({}); ", rfc3339(t), relative(t, at)))
+                .unwrap_or_default()
+        )),
+        ErrorCode::NotYetValid => Some(format!(
+            "{}check the clock, or --at",
+            claim("nbf")
+                .map(|t| format!("it is valid from {} ({}); ", rfc3339(t), relative(t, at)))
+                .unwrap_or_default()
+        )),
+        ErrorCode::RevocationMissing => Some(
+            "pass --revocations FILE (see `agentid revocations export`)".to_owned(),
+        ),
+        ErrorCode::RevocationStale => Some(
+            "pass a fresh list: `agentid revocations export --ca CA_DIR --out FILE`, then --revocations FILE".to_owned(),
+        ),
+        ErrorCode::BadRevocationList => Some(
+            "pass the list `agentid revocations export` wrote for this trust domain, with the bundle of the same CA".to_owned(),
+        ),
+        ErrorCode::SequenceRollback => Some("pass only the newest list of each trust domain".to_owned()),
+        ErrorCode::Revoked => Some(
+            "the CA revoked it (`agentid revocations list` shows the entries); a new task is needed".to_owned(),
+        ),
+        ErrorCode::ScopeNotGranted => Some(
+            "ask the holder for a link with that scope (`agentid delegate --scope ...`), or request less".to_owned(),
+        ),
+        ErrorCode::AudienceMismatch => Some(
+            "pass the ID of the service the chain is meant for as --verifier".to_owned(),
+        ),
+        ErrorCode::PossessionMismatch | ErrorCode::HolderMismatch => Some(
+            "the chain belongs to another holder: pass that holder's certificate as --peer-cert".to_owned(),
+        ),
+        ErrorCode::UntrustedAuthority | ErrorCode::BadBundle => Some(
+            "pass the bundle of the CA that issued the chain (`agentid bundle export --format agentid`)".to_owned(),
+        ),
+        _ => None,
+    };
+    if let Some(h) = hint {
+        m.push_str(&format!("; {h}"));
+    }
+    m
 }
 
 /// The service name of the default verifier ID, `spiffe://<peer's trust domain>/svc/agentid-cli`.
@@ -193,6 +293,7 @@ struct Inputs {
     bundles: Vec<TrustBundle>,
     lists: Vec<String>,
     requested: Option<Scope>,
+    authorities: Vec<(TrustDomain, Option<Scope>)>,
 }
 
 /// Builds the verifier (section 9: skew, own ID, authority policy, enforced limits, bundles,
@@ -210,6 +311,7 @@ fn verify_at(
         bundles,
         lists,
         requested,
+        authorities,
     } = inputs;
     let bad_config = |what: &str, e: agentid_protocol::Error| {
         agentid_protocol::Error::new(ErrorCode::BadConfig, format!("{what}: {}", e.detail()))
@@ -219,15 +321,10 @@ fn verify_at(
         .as_spiffe_id()
         .clone();
     let mut policy = AuthorityPolicy::own_domain(&own.trust_domain());
-    for a in &args.authorities {
-        policy = match a.split_once('=') {
-            None => {
-                policy.allow_any(TrustDomain::parse(a).map_err(|e| bad_config("--authority", e))?)
-            }
-            Some((td, patterns)) => policy.allow(
-                TrustDomain::parse(td).map_err(|e| bad_config("--authority", e))?,
-                Scope::parse(patterns).map_err(|e| bad_config("--authority", e))?,
-            ),
+    for (td, patterns) in authorities {
+        policy = match patterns {
+            None => policy.allow_any(td),
+            Some(p) => policy.allow(td, p),
         };
     }
     let mut set = BundleSet::new();

@@ -70,21 +70,81 @@ pub fn now_unix() -> CliResult<u64> {
 
 /// Parses a `--ttl` style duration (`30s`, `5m`, `1h30m`), at least one second.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("a duration needs a unit: {t}s, {t}m or {t}h"));
+    }
+    if let Some(rest) = t.strip_prefix('-') {
+        return Err(format!(
+            "a duration is never negative (did you mean {rest}?)"
+        ));
+    }
+    let d = humantime::parse_duration(t).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
     if d.as_secs() == 0 {
-        return Err("must be at least 1s".into());
+        return Err(format!("{t} is less than the smallest duration, 1s"));
     }
     Ok(Duration::from_secs(d.as_secs()))
 }
 
-/// Parses an `--at` time: RFC 3339 (`2026-01-02T03:04:05Z`) or Unix seconds.
+/// A duration as people write it (`15m`, `1h 30m`), for messages.
+pub fn human_duration(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// A rough duration for "in ..." and "... ago": whole days past two days, else whole minutes
+/// past an hour, else exact.
+fn rough_duration(secs: u64) -> String {
+    if secs >= 2 * 86_400 {
+        format!("{} days", secs / 86_400)
+    } else if secs >= 3600 {
+        human_duration(secs - secs % 60)
+    } else {
+        human_duration(secs)
+    }
+}
+
+/// Checks a `--ca-url` style URL (`https://HOST:PORT`) on the command line (status 2).
+pub fn parse_ca_url(s: &str) -> Result<String, String> {
+    agentid_transport::enroll::check_ca_url(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| format!("{e} (e.g. https://127.0.0.1:8443)"))
+}
+
+/// Parses an `--at` time: RFC 3339 (`2026-01-02T03:04:05Z`), a date (`2026-01-02`, midnight
+/// UTC), Unix seconds, or a duration from now (`+10m`).
 pub fn parse_time(s: &str) -> Result<u64, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<u64>().map_err(|e| format!("bad Unix time: {e}"));
     }
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("not RFC 3339 or Unix seconds: {e}"))?;
+    if let Some(rel) = s.strip_prefix('+') {
+        let d = parse_duration(rel)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "the system clock is before 1970".to_owned())?;
+        return Ok(now.as_secs().saturating_add(d.as_secs()));
+    }
+    // A bare date is midnight UTC of that day.
+    let full = if s.len() == 10 && s.bytes().filter(|b| *b == b'-').count() == 2 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    let t = time::OffsetDateTime::parse(&full, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!(
+                "{e}: expected RFC 3339 (2030-01-01T00:00:00Z), a date (2030-01-01), Unix seconds or +DURATION (+10m)"
+            )
+        })?;
     u64::try_from(t.unix_timestamp()).map_err(|_| "times before 1970 are not supported".into())
+}
+
+/// How far `t` is from `now`, for people: `in 4m 12s` or `4m 12s ago`.
+pub fn relative(t: u64, now: u64) -> String {
+    if t >= now {
+        format!("in {}", rough_duration(t - now))
+    } else {
+        format!("{} ago", rough_duration(now - t))
+    }
 }
 
 /// RFC 3339 (UTC) form of Unix seconds, for display.

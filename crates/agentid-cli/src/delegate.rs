@@ -11,7 +11,7 @@ use agentid_protocol::{Chain, IdSet, Limits, LinkBuilder, PeerId, Scope, SpiffeI
 use serde_json::json;
 
 use crate::common::{now_unix, parse_duration, print_json, print_text, rfc3339, Format, FormatArg};
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{ArgContext, CliError, CliResult, Context};
 use crate::files;
 use crate::trust::{parse_bundle_arg, BundleArg};
 
@@ -36,7 +36,7 @@ pub struct DelegateArgs {
     #[arg(long = "scope", required = true)]
     pub scopes: Vec<String>,
     /// Lifetime of the link; capped at the chain's expiry.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Duration,
     /// How many more links may follow (default: one less than the chain's).
     #[arg(long)]
@@ -50,9 +50,13 @@ pub struct DelegateArgs {
     /// Narrow whom later links may delegate to (repeatable IDs; covered by the chain's list).
     #[arg(long = "may-delegate-to", value_name = "ID")]
     pub may_delegate_to: Vec<String>,
-    /// Also write the new chain to this file.
+    /// Write the new chain to this file instead of stdout (then stdout says what was written);
+    /// an existing file is replaced only with `--force`.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With `--out`: replace an existing file.
+    #[arg(long, requires = "out")]
+    pub force: bool,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -65,7 +69,7 @@ pub fn parse_scope(values: &[String]) -> CliResult<Scope> {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    Scope::parse(&joined).context(format!("bad --scope {joined:?}"))
+    Scope::parse(&joined).bad_arg("--scope", &joined)
 }
 
 /// Parses repeated `--aud` values into an ID set (`None` when there are none).
@@ -80,9 +84,9 @@ pub fn parse_id_set(values: &[String], flag: &str) -> CliResult<Option<IdSet>> {
     }
     let ids = values
         .iter()
-        .map(|s| SpiffeId::parse(s).context(format!("bad {flag} {s:?}")))
+        .map(|s| SpiffeId::parse(s).bad_arg(flag, s))
         .collect::<CliResult<Vec<_>>>()?;
-    Ok(Some(IdSet::new(ids).context(format!("bad {flag}"))?))
+    Ok(Some(IdSet::new(ids).bad_arg(flag, &values.join(" "))?))
 }
 
 /// Parses repeated `--limit NAME=N` values (`None` when there are none).
@@ -104,12 +108,20 @@ pub fn parse_limits(values: &[String]) -> CliResult<Option<Limits>> {
             return Err(CliError::usage(format!("--limit {name} given twice")));
         }
     }
-    Ok(Some(Limits::new(m).context("bad --limit")?))
+    Ok(Some(Limits::new(m).bad_arg("--limit", &values.join(" "))?))
 }
 
 /// Runs `delegate`.
 pub fn run(args: &DelegateArgs) -> CliResult {
     let now = now_unix()?;
+    if let Some(out) = &args.out {
+        if !args.force && std::fs::symlink_metadata(out).is_ok() {
+            return Err(CliError::failed(format!(
+                "{} already exists: pass --force to replace it, or choose another --out",
+                out.display()
+            )));
+        }
+    }
     let text = files::read_text(&args.chain)?;
     let chain =
         Chain::parse_unverified(&text).context(format!("{}: not a chain", args.chain.display()))?;
@@ -168,14 +180,23 @@ pub fn run(args: &DelegateArgs) -> CliResult {
         files::write_public(out, format!("{new_chain}\n").as_bytes())?;
     }
     tracing::info!(to = to.as_str(), depth = new_chain.depth(), "link signed");
-    match args.format.format {
-        Format::Text => print_text(new_chain.as_str()),
-        Format::Json => print_json(&json!({
+    match (args.format.format, &args.out) {
+        (Format::Text, None) => print_text(new_chain.as_str()),
+        (Format::Text, Some(out)) => print_text(&format!(
+            "wrote {}: {} link(s), scope {:?} for {} until {}",
+            out.display(),
+            new_chain.depth(),
+            args.scopes.join(" "),
+            to.as_str(),
+            rfc3339(exp)
+        )),
+        (Format::Json, out) => print_json(&json!({
             "chain": new_chain.as_str(),
             "depth": new_chain.depth(),
             "to": to.as_str(),
             "to_jkt": verified.info.public_key.thumbprint(),
             "exp": exp,
+            "out": out.as_ref().map(|p| p.display().to_string()),
         })),
     }
 }

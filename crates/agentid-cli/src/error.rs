@@ -121,3 +121,20 @@ impl<T, E: fmt::Display> Context<T> for Result<T, E> {
         self.map_err(|e| CliError::failed(format!("{what}: {e}")))
     }
 }
+
+/// A malformed value given on the command line (status 2): `bad FLAG "VALUE": why`.
+pub fn bad_arg(flag: &str, value: &str, why: impl fmt::Display) -> CliError {
+    CliError::usage(format!("bad {flag} {value:?}: {why}"))
+}
+
+/// Parses a command-line value, turning a parse error into [`bad_arg`] (status 2).
+pub trait ArgContext<T> {
+    /// Wraps the error as a command-line mistake about `flag` and its `value`.
+    fn bad_arg(self, flag: &str, value: &str) -> CliResult<T>;
+}
+
+impl<T, E: fmt::Display> ArgContext<T> for Result<T, E> {
+    fn bad_arg(self, flag: &str, value: &str) -> CliResult<T> {
+        self.map_err(|e| bad_arg(flag, value, e))
+    }
+}

@@ -27,11 +27,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::error::{one_line, CliError, CliResult};
+use crate::error::{one_line, CliError, CliResult, Exit};
 
 /// Per-task mTLS identities and delegation chains for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "agentid", version, about, propagate_version = true)]
+#[command(name = "agentid", version, propagate_version = true)]
 struct Cli {
     /// More logs on stderr (-v info, -vv debug). `AGENTID_LOG` takes a full filter.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -83,8 +83,11 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("AGENTID_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(filter)
         .without_time()
         .with_target(false)
@@ -107,20 +110,40 @@ fn run(cli: &Cli) -> CliResult {
     }
 }
 
-/// A clap error as one line (help and version are printed as clap prints them).
-fn usage_error(e: &clap::Error) -> Option<CliError> {
+/// What to do with a clap error: print clap's own rendering (help, version, and the usage with
+/// the command list when no command was given), or one `agentid: ...` line (status 2).
+enum ClapOutcome {
+    /// Print clap's rendering as is, then exit with this status.
+    Print(u8),
+    /// One line on stderr.
+    Line(CliError),
+}
+
+/// Sorts a clap error: help and version are printed as clap prints them (status 0); a missing
+/// command prints clap's usage with the command list (status 2); anything else is one line
+/// with one hint (status 2).
+fn usage_error(e: &clap::Error) -> ClapOutcome {
     use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        return None;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => return ClapOutcome::Print(0),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            return ClapOutcome::Print(Exit::Usage.code())
+        }
+        _ => {}
     }
     let rendered = e.render().to_string();
     let main = rendered.split("\n\nUsage:").next().unwrap_or_default();
     let main = main.trim().strip_prefix("error:").unwrap_or(main).trim();
-    let mut msg = one_line(main);
+    // clap ends some messages with its own pointer to --help: one hint is enough.
+    let main = main
+        .replace("For more information, try '--help'.", "")
+        .trim()
+        .to_owned();
+    let mut msg = one_line(&main);
     if msg.is_empty() {
-        msg = "bad command line (see --help)".into();
+        msg = "bad command line".into();
     }
-    Some(CliError::usage(format!("{msg} (see --help)")))
+    ClapOutcome::Line(CliError::usage(format!("{msg} (see --help)")))
 }
 
 fn main() -> ExitCode {
@@ -131,11 +154,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => match usage_error(&e) {
-            None => {
+            ClapOutcome::Print(code) => {
                 let _ = e.print();
-                return ExitCode::SUCCESS;
+                return ExitCode::from(code);
             }
-            Some(err) => {
+            ClapOutcome::Line(err) => {
                 eprintln!("agentid: {err}");
                 return ExitCode::from(err.exit.code());
             }

@@ -29,7 +29,7 @@ pub const TOKEN_FILE_ENV: &str = "AGENTID_TOKEN_FILE";
 #[derive(Clone, Debug, clap::Args)]
 pub struct RemoteArgs {
     /// The CA service's mutual-TLS listener, `https://HOST:PORT`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub ca_url: Option<String>,
     /// The caller's credential directory (`cert.pem`, `key.pem`, `bundle.json`): a service's,
     /// or a task holder's.
@@ -94,11 +94,11 @@ pub struct TokenCreateArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// The URL written into the token file: the CA's enrollment listener, `https://HOST:PORT`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub enroll_url: String,
     /// The CA's mutual-TLS listener written into the token file for renewals (default: the
     /// `--ca-url` of a service's request, else none).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub renew_url: Option<String>,
     /// The agent the token enrolls.
     #[arg(long)]
@@ -116,13 +116,13 @@ pub struct TokenCreateArgs {
     #[arg(long)]
     pub max_depth: Option<u8>,
     /// Certificate lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Grant (task) lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub task_ttl: Option<Duration>,
     /// How long the token stays redeemable.
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_duration, default_value = "10m", allow_hyphen_values = true)]
     pub expires_in: Duration,
     /// The token file to create (0600, never overwritten).
     #[arg(long)]
@@ -475,10 +475,10 @@ pub struct TaskOpenArgs {
     #[arg(long)]
     pub scope: String,
     /// Certificate lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Grant (task) lifetime.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub task_ttl: Option<Duration>,
     /// Where to write `cert.pem` and `grant.jwt` for the agent.
     #[arg(long)]
@@ -499,7 +499,7 @@ pub struct TaskChildArgs {
     #[arg(long)]
     pub agent: String,
     /// Certificate lifetime (never beyond the parent's chain).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Where to write the child's `cert.pem`.
     #[arg(long)]
@@ -571,6 +571,11 @@ fn print_issued(r: &agentid_api::CertificateResponse, dir: &Path, format: Format
 }
 
 fn task_open(a: &TaskOpenArgs) -> CliResult {
+    // Malformed values are the command line's (status 2), before any file or connection.
+    if let Some(t) = &a.task {
+        parse_task(t)?;
+    }
+    crate::delegate::parse_scope(std::slice::from_ref(&a.scope))?;
     let client = a.remote.client()?;
     let req = agentid_api::OpenTaskRequest {
         csr: b64url(&read_csr(&a.csr)?),

@@ -90,6 +90,37 @@ pub fn run_list(a: &ListArgs) -> CliResult {
     }
 }
 
+/// What a list this CA just signed says, for the export's feedback.
+pub struct Summary {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was signed.
+    pub iat: u64,
+    /// When verifiers stop accepting it.
+    pub next_update: u64,
+    /// How many entries it holds.
+    pub entries: usize,
+}
+
+/// Reads the claims of a list the CA itself just signed (nothing here is trusted input).
+pub fn summary(compact: &str) -> CliResult<Summary> {
+    let bad = || CliError::failed("the CA signed a revocation list that cannot be read back");
+    let payload = compact.split('.').nth(1).ok_or_else(bad)?;
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+        .map_err(|_| bad())?;
+    let claims: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let n = |k: &str| claims.get(k).and_then(Value::as_u64).ok_or_else(bad);
+    Ok(Summary {
+        seq: n("seq")?,
+        iat: n("iat")?,
+        next_update: n("next_update")?,
+        entries: claims
+            .get("entries")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len),
+    })
+}
+
 /// The entries of a list that [`RevocationList::verify`] accepted (its payload is then known
 /// to be a signed, well-formed claims object; the verified list keeps only digests).
 fn entries(compact: &str) -> CliResult<Vec<Entry>> {

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::cert::grant_opts::parse_task;
 use crate::cert::CaDirArg;
 use crate::common::{print_json, print_text, rfc3339, Format, FormatArg};
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{bad_arg, ArgContext, CliError, CliResult};
 use crate::files;
 
 /// Arguments of `revoke`: exactly one target.
@@ -53,6 +53,10 @@ pub struct RevokeArgs {
     /// Why (recorded in the store and the audit log).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Revoke an agent name that no policy rule names and this CA never issued (a typo blocks
+    /// that name for as long as its entry lives, so it needs this flag).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -72,9 +76,13 @@ pub enum RevocationsCommand {
 pub struct ExportArgs {
     #[command(flatten)]
     pub ca: CaDirArg,
-    /// Write the list to this file instead of stdout.
+    /// Write the list to this file instead of stdout (then stdout says what was written).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// `text`: the list itself (compact JWS), or with `--out` one line saying what was written;
+    /// `json`: the list with its `seq`, issue time, `next_update` and entry count.
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// Runs `revoke`.
@@ -84,16 +92,22 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
     };
     let ca = CaDirArg { ca: dir.clone() }.open()?;
     let target = if let Some(s) = &args.serial {
-        RevokeTarget::Serial(s.parse().context(format!("bad --serial {s:?}"))?)
+        RevokeTarget::Serial(s.parse().bad_arg("--serial", s)?)
     } else if let Some(t) = &args.task {
         RevokeTarget::Task(parse_task(t)?)
     } else if let Some(a) = &args.agent {
+        agentid_protocol::AgentId::new(ca.trust_domain(), a).bad_arg("--agent", a)?;
+        if !args.force && ca.policy().agent(a).is_err() && !ca_issued_to(&ca, a)? {
+            return Err(CliError::failed(format!(
+                "no policy rule names agent {a:?} and this CA never issued it a certificate: check the name (`agentid ca list` shows the live tasks), or pass --force to block the name anyway"
+            )));
+        }
         RevokeTarget::Agent(a.clone())
     } else if let Some(k) = &args.jkt {
-        RevokeTarget::Key(k.parse().context(format!("bad --jkt {k:?}"))?)
+        RevokeTarget::Key(k.parse().bad_arg("--jkt", k)?)
     } else if let Some(j) = &args.jti {
         let own = ca.trust_domain().id();
-        let j: agentid_protocol::Jti = j.parse().context(format!("bad --jti {j:?}"))?;
+        let j: agentid_protocol::Jti = j.parse().bad_arg("--jti", j)?;
         match &args.iss {
             // A grant of this CA (its issuer is the trust domain).
             None => RevokeTarget::GrantJti(j.clone()),
@@ -102,9 +116,13 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
             }
             // A link, scoped by the task identity that signed it.
             Some(iss) => RevokeTarget::LinkJti {
-                iss: agentid_protocol::TaskIdentity::parse(iss).context(format!(
-                    "bad --iss {iss:?}: a grant's issuer is {own}, a link's is a task identity"
-                ))?,
+                iss: agentid_protocol::TaskIdentity::parse(iss).map_err(|e| {
+                    bad_arg(
+                        "--iss",
+                        iss,
+                        format!("{e}; a grant's issuer is {own}, a link's is a task identity"),
+                    )
+                })?,
                 jti: j.clone(),
             },
         }
@@ -120,6 +138,14 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
         SystemTime::now(),
     )?;
     print_record(&rec, ca.trust_domain(), args.format.format)
+}
+
+/// Whether this CA ever issued a certificate to agent `name`.
+fn ca_issued_to(ca: &agentid_ca::CertificateAuthority, name: &str) -> CliResult<bool> {
+    Ok(ca
+        .issuances()?
+        .iter()
+        .any(|r| r.agent.as_deref() == Some(name)))
 }
 
 fn print_record(rec: &RevocationRecord, td: &TrustDomain, format: Format) -> CliResult {
@@ -147,7 +173,28 @@ pub fn run_revocations(cmd: &RevocationsCommand) -> CliResult {
         RevocationsCommand::Export(a) => {
             let ca = a.ca.open()?;
             let list = ca.revocation_list(SystemTime::now())?;
-            files::write_output(a.out.as_deref(), &format!("{list}\n"))
+            if let Some(out) = &a.out {
+                files::write_output(Some(out), &format!("{list}\n"))?;
+            }
+            let about = crate::revocations::summary(&list)?;
+            match (a.format.format, &a.out) {
+                (Format::Text, None) => files::write_output(None, &format!("{list}\n")),
+                (Format::Text, Some(out)) => print_text(&format!(
+                    "wrote revocation list seq {} ({} entries, next update {}) to {}; verifiers need a fresh one before then",
+                    about.seq,
+                    about.entries,
+                    rfc3339(about.next_update),
+                    out.display()
+                )),
+                (Format::Json, out) => print_json(&json!({
+                    "list": list,
+                    "seq": about.seq,
+                    "iat": about.iat,
+                    "next_update": about.next_update,
+                    "entries": about.entries,
+                    "out": out.as_ref().map(|p| p.display().to_string()),
+                })),
+            }
         }
         RevocationsCommand::List(a) => crate::revocations::run_list(a),
     }

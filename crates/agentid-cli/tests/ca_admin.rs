@@ -52,7 +52,7 @@ fn ca_init_json_and_refusals() {
     );
     env.fails(
         "ca init --trust-domain Example.org --dir ca2",
-        1,
+        2,
         "--trust-domain",
     );
     // The policy written by `ca init` allows nothing.
@@ -129,7 +129,7 @@ fn revoke_each_target_kind() {
         1,
         "unknown jti -AAAAAAAAAAAAAAAAAAAAA",
     );
-    env.fails("revoke --ca ca --jkt short", 1, "thumbprint");
+    env.fails("revoke --ca ca --jkt short", 2, "thumbprint");
     // A link's jti is scoped by the task identity that signed it.
     let v = env.json("revoke --ca ca --jti link-1 --iss spiffe://example.org/agent/x/task/y");
     assert_eq!(v["kind"], "link_jti");
@@ -140,7 +140,7 @@ fn revoke_each_target_kind() {
     );
     env.fails(
         "revoke --ca ca --jti link-1 --iss spiffe://example.org/svc/x",
-        1,
+        2,
         "--iss",
     );
     // A revoked agent gets nothing more.

@@ -59,6 +59,25 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
     }
 }
 
+/// Writes a private file (one only its owner reads: a CA directory's signed bundle) with mode
+/// 0600 from its creation, replacing a regular file atomically as [`write_public`] does; never
+/// through a link, never in place.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            replace_atomically(path, contents, SECRET_MODE, true)
+        }
+        Err(e) => Err(FsError::io(path, e)),
+        Ok(meta) => match FileKind::of(meta.file_type()) {
+            FileKind::Regular => replace_atomically(path, contents, SECRET_MODE, true),
+            kind => Err(FsError::NotWritable {
+                path: path.to_path_buf(),
+                kind,
+            }),
+        },
+    }
+}
+
 /// Creates a new public file with mode 0644, atomically, refusing with
 /// [`FsError::AlreadyExists`] when anything (a file, a link, a directory) is at `path`.
 pub fn create_public(path: &Path, contents: &[u8]) -> Result<(), FsError> {

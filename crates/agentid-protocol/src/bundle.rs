@@ -203,8 +203,22 @@ impl TrustBundle {
         Ok(b)
     }
 
-    /// The SPIFFE bundle JSON.
+    /// The agentid bundle JSON: the SPIFFE bundle format with the X.509 authorities and the
+    /// grant and revocation keys (uses `agentid-grant`, `agentid-revocation`), what agentid
+    /// verifiers need.
     pub fn to_json(&self) -> String {
+        self.json(true)
+    }
+
+    /// The standard SPIFFE bundle JSON: only entries with the uses of the SPIFFE Trust Domain
+    /// and Bundle specification (`x509-svid` here), which SPIRE and the other SPIFFE
+    /// implementations accept (SPIRE refuses a bundle with any other `use`). It carries no grant
+    /// or revocation key, so agentid verifiers need [`TrustBundle::to_json`]'s form.
+    pub fn to_spiffe_json(&self) -> String {
+        self.json(false)
+    }
+
+    fn json(&self, agentid_keys: bool) -> String {
         let mut keys = Vec::new();
         for a in &self.x509_authorities {
             let mut e = a.jwk.clone();
@@ -217,16 +231,17 @@ impl TrustBundle {
             );
             keys.push(Value::Object(e));
         }
-        for (u, list) in [
+        let agentid_lists = [
             (USE_GRANT, &self.grant_keys),
             (USE_REVOCATION, &self.revocation_keys),
-        ] {
-            for k in list {
+        ];
+        for (u, list) in agentid_lists.iter().filter(|_| agentid_keys) {
+            for k in list.iter() {
                 let mut e = match k.key.to_jwk() {
                     Value::Object(m) => m,
                     _ => Map::new(),
                 };
-                e.insert("use".into(), Value::from(u));
+                e.insert("use".into(), Value::from(*u));
                 e.insert("kid".into(), Value::from(k.kid.as_str()));
                 keys.push(Value::Object(e));
             }

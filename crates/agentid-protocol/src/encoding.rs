@@ -13,6 +13,16 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, ErrorCode, Result};
 
+/// A refused byte as people read it: `':' (0x3a)` when it is a printable ASCII character,
+/// `0xNN` otherwise (a control byte or part of a multi-byte character).
+pub(crate) fn shown_byte(b: u8) -> String {
+    if b.is_ascii_graphic() || b == b' ' {
+        format!("{:?} (0x{b:02x})", char::from(b))
+    } else {
+        format!("byte 0x{b:02x}")
+    }
+}
+
 /// Encodes `bytes` as base64url without padding (RFC 7515 section 2).
 pub(crate) fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -25,7 +35,8 @@ pub(crate) fn b64_check(s: &str) -> Result<()> {
     let bad = |why: &str| Error::new(ErrorCode::BadBase64, format!("base64url: {why}"));
     if let Some(c) = s.bytes().find(|&b| b64_value_of(b).is_none()) {
         return Err(bad(&format!(
-            "byte 0x{c:02x} outside the base64url alphabet"
+            "{} outside the base64url alphabet",
+            shown_byte(c)
         )));
     }
     // The bits of the last character that carry no data must be zero: with 2 characters in the

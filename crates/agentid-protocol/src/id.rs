@@ -62,7 +62,8 @@ fn check_trust_domain(td: &str) -> Result<()> {
     }
     if let Some(b) = td.bytes().find(|b| !is_td_byte(*b)) {
         return Err(bad_id(format!(
-            "trust domain byte 0x{b:02x} outside [a-z0-9._-]"
+            "trust domain character {} outside [a-z0-9._-]",
+            crate::encoding::shown_byte(b)
         )));
     }
     if td == "." || td == ".." {
@@ -77,7 +78,8 @@ fn check_segment(seg: &str) -> Result<()> {
         "." | ".." => Err(bad_id("`.` or `..` path segment")),
         _ => match seg.bytes().find(|b| !is_segment_byte(*b)) {
             Some(b) => Err(bad_id(format!(
-                "path segment byte 0x{b:02x} outside [A-Za-z0-9._-]"
+                "path segment character {} outside [A-Za-z0-9._-]",
+                crate::encoding::shown_byte(b)
             ))),
             None => Ok(()),
         },

@@ -35,7 +35,8 @@ pub(crate) fn check_limit_name(name: &str) -> Result<()> {
         !(b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
     }) {
         return Err(bad_claim(format!(
-            "limit name byte 0x{b:02x} outside [a-z0-9_.-]"
+            "limit name character {} outside [a-z0-9_.-]",
+            crate::encoding::shown_byte(b)
         )));
     }
     Ok(())

@@ -54,7 +54,8 @@ fn check_scope_segment(seg: &str) -> Result<()> {
         .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
     {
         Some(b) => Err(bad_scope(format!(
-            "scope byte 0x{b:02x} outside [A-Za-z0-9-_.]"
+            "scope character {} outside [A-Za-z0-9-_.]",
+            crate::encoding::shown_byte(b)
         ))),
         None => Ok(()),
     }

@@ -529,9 +529,19 @@ impl Verifier {
         requested_scope_is_concrete(requested)?;
         // Rule A2: the chain's effective scope covers the request.
         if !verified.scope.covers(requested) {
+            let missing: Vec<&str> = requested
+                .tokens()
+                .iter()
+                .filter(|t| !verified.scope.covers_token(t))
+                .map(|t| t.as_str())
+                .collect();
             return Err(Error::new(
                 ErrorCode::ScopeNotGranted,
-                format!("scope `{requested}` not granted by the chain"),
+                format!(
+                    "scope `{}` not granted by the chain (it grants `{}`)",
+                    missing.join(" "),
+                    verified.scope
+                ),
             ));
         }
         // Rule A3: the authority policy lets the chain's authority grant it here.
@@ -766,7 +776,9 @@ fn requested_scope_is_concrete(requested: &Scope) -> Result<()> {
     if !requested.is_concrete() {
         return Err(Error::new(
             ErrorCode::BadScope,
-            "a requested scope contains no `*`",
+            format!(
+                "a requested scope may not contain `*` (got {requested}): ask for concrete tokens"
+            ),
         ));
     }
     Ok(())

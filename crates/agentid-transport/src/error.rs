@@ -117,8 +117,8 @@ pub enum FrameError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// I/O on the connection failed.
-    #[error("i/o: {0}")]
+    /// I/O on the connection failed (including a TCP connection refused).
+    #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// The TLS layer failed, including a certificate refused by agentid's verifiers.
     #[error("tls: {0}")]
@@ -134,7 +134,7 @@ pub enum Error {
     #[error("{0}")]
     Protocol(#[from] agentid_protocol::Error),
     /// The peer refused us with a reject frame.
-    #[error("rejected by peer: {code}: {message}")]
+    #[error("rejected by peer: {}", code_and_message(code, message))]
     Rejected {
         /// The peer's code (a protocol error code or a transport reason).
         code: String,
@@ -142,7 +142,7 @@ pub enum Error {
         message: String,
     },
     /// The peer closed the session with a close frame.
-    #[error("closed by peer: {code}: {message}")]
+    #[error("closed by peer: {}", code_and_message(code, message))]
     Closed {
         /// The peer's code.
         code: String,
@@ -180,6 +180,15 @@ pub enum Error {
     Config(String),
 }
 
+/// A peer's code and message, the message left out when it only repeats the code.
+fn code_and_message(code: &str, message: &str) -> String {
+    if message.is_empty() || message == code {
+        code.to_owned()
+    } else {
+        format!("{code}: {message}")
+    }
+}
+
 impl Error {
     /// The protocol's stable error code, when the failure has one.
     pub fn protocol_code(&self) -> Option<ErrorCode> {
@@ -187,6 +196,19 @@ impl Error {
             Error::Protocol(e) => Some(e.code()),
             Error::Rejected { code, .. } | Error::Closed { code, .. } => ErrorCode::from_code(code),
             _ => None,
+        }
+    }
+
+    /// The reason code and what happened, for a log or a person: `revoked (token 1): holder
+    /// agent revoked`, `tls: received fatal alert: CertificateExpired`, `bad_certificate:
+    /// certificate refused: ...`; the code is never said twice.
+    pub fn explained(&self) -> String {
+        let detail = self.to_string();
+        let reason = self.reason();
+        if detail.starts_with(reason) {
+            detail
+        } else {
+            format!("{reason}: {detail}")
         }
     }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::common::parse_duration;
 use crate::delegate::{parse_audience, parse_id_set, parse_limits, parse_scope};
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{ArgContext, CliError, CliResult};
 
 /// What the task's grant carries.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -28,7 +28,7 @@ pub struct GrantOpts {
     #[arg(long)]
     pub max_depth: Option<u8>,
     /// Grant (task) lifetime, e.g. `1h` (default: the policy's `defaults.task_ttl`).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub task_ttl: Option<Duration>,
     /// A limit ceiling `NAME=N` (repeatable).
     #[arg(long = "limit", value_name = "NAME=N")]
@@ -72,7 +72,7 @@ impl GrantOpts {
 
 /// Parses `--task ID`.
 pub fn parse_task(s: &str) -> CliResult<TaskId> {
-    TaskId::parse(s).context(format!("bad --task {s:?}"))
+    TaskId::parse(s).bad_arg("--task", s)
 }
 
 /// Parses a `--principal` into an RFC 9493 subject identifier.

@@ -6,7 +6,7 @@ use agentid_protocol::{IdKind, PublicKey, SpiffeId};
 use serde_json::{json, Value};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::common::{print_json, print_text, rfc3339, Format, FormatArg};
+use crate::common::{now_unix, print_json, print_text, relative, rfc3339, Format, FormatArg};
 use crate::error::{CliError, CliResult};
 use crate::files;
 
@@ -27,8 +27,27 @@ pub fn run(args: &InspectArgs) -> CliResult {
         .ok_or_else(|| CliError::failed("no certificate"))?;
     let mut info = describe(leaf.as_ref())
         .map_err(|e| CliError::failed(format!("{}: {e}", args.file.display())))?;
+    let now = now_unix()?;
     if let Value::Object(m) = &mut info {
         m.insert("certificates_in_file".into(), json!(certs.len()));
+        let nb = m.get("not_before").and_then(Value::as_u64).unwrap_or(0);
+        let na = m.get("not_after").and_then(Value::as_u64).unwrap_or(0);
+        let (status, left) = if now < nb {
+            (
+                "not_yet_valid",
+                format!("not valid yet: valid {}", relative(nb, now)),
+            )
+        } else if now > na {
+            ("expired", format!("expired {}", relative(na, now)))
+        } else {
+            ("valid", format!("expires {}", relative(na, now)))
+        };
+        m.insert("validity_status".into(), json!(status));
+        m.insert("validity_now".into(), json!(left));
+        m.insert(
+            "seconds_left".into(),
+            json!(i128::from(na) - i128::from(now)),
+        );
     }
     match args.format.format {
         Format::Json => print_json(&info),
@@ -167,7 +186,8 @@ pub fn describe(der: &[u8]) -> Result<Value, String> {
         "path_len_constraint": path_len,
         "key_usage": key_usage,
         "extended_key_usage": eku,
-        "signature_algorithm": cert.signature_algorithm.algorithm.to_id_string(),
+        "signature_algorithm": signature_algorithm_name(&cert.signature_algorithm.algorithm.to_id_string()),
+        "signature_algorithm_oid": cert.signature_algorithm.algorithm.to_id_string(),
     }))
 }
 
@@ -190,7 +210,7 @@ fn text(info: &Value) -> String {
         _ => "-".to_owned(),
     };
     format!(
-        "Identity:       {}\nKind:           {}\nAgent:          {}\nTask:           {}\nSerial:         {}\nSubject:        {}\nIssuer:         {}\nNot before:     {}\nNot after:      {}\nKey type:       {}\nKey jkt:        {}\nSAN:            {}\nCA:             {}\nKey usage:      {}\nExt. key usage: {}\n",
+        "Identity:       {}\nKind:           {}\nAgent:          {}\nTask:           {}\nSerial:         {}\nSubject:        {}\nIssuer:         {}\nNot before:     {}\nNot after:      {} ({})\nKey type:       {}\nKey jkt:        {}\nSignature:      {}\nSAN:            {}\nCA:             {}\nKey usage:      {}\nExt. key usage: {}\n",
         s("identity"),
         s("kind"),
         s("agent"),
@@ -200,13 +220,33 @@ fn text(info: &Value) -> String {
         s("issuer"),
         s("not_before_rfc3339"),
         s("not_after_rfc3339"),
+        s("validity_now"),
         s("key_type"),
         s("jkt"),
+        s("signature_algorithm"),
         list("san"),
         s("is_ca"),
         list("key_usage"),
         list("extended_key_usage"),
     )
+}
+
+/// The name of a certificate signature algorithm (RFC 5758, RFC 8410, RFC 4055), or the OID
+/// when it is none of those.
+fn signature_algorithm_name(oid: &str) -> String {
+    match oid {
+        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
+        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
+        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
+        "1.3.101.112" => "Ed25519",
+        "1.3.101.113" => "Ed448",
+        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
+        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
+        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
+        "1.2.840.113549.1.1.10" => "RSASSA-PSS",
+        other => return other.to_owned(),
+    }
+    .to_owned()
 }
 
 /// Lowercase hex.

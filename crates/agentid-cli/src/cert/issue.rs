@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use agentid::files::{read_chain, Holder, GRANT_FILE, KEY_FILE};
+use agentid::files::{read_chain, Holder, CHAIN_FILE, GRANT_FILE, KEY_FILE};
 use agentid_ca::{
     CertificateAuthority, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest,
     ServiceRequest, TaskCredentials, TaskRequester,
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::grant_opts::{parse_task, GrantOpts};
 use super::{cert_json, cert_text, make_csr, write_cert_and_bundles, CaDirArg, TtlArg, Written};
 use crate::common::{print_json, print_text, rfc3339, Format, FormatArg, KeyType};
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{ArgContext, CliError, CliResult, Context};
 use crate::files;
 
 /// Arguments of `cert issue`.
@@ -49,9 +49,13 @@ pub struct IssueArgs {
     /// Type of the key made here.
     #[arg(long, value_enum, default_value_t = KeyType::P256)]
     pub key_type: KeyType,
-    /// Where to write the files (default: `./NAME`).
+    /// Where to write the files (default: `./NAME`); never inside the CA directory.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Replace the credential files already in the output directory (a new key; the old
+    /// key, certificate and chain files are replaced only once the new certificate is issued).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -68,14 +72,15 @@ pub struct SignArgs {
     /// The agent name.
     #[arg(long)]
     pub agent: String,
-    /// The task id to open.
+    /// The task id to open (default: generated, 128 random bits).
     #[arg(long)]
-    pub task: String,
+    pub task: Option<String>,
     #[command(flatten)]
     pub ttl: TtlArg,
     #[command(flatten)]
     pub grant: GrantOpts,
-    /// Where to write `cert.pem`, `grant.jwt`, `bundle.pem` and `bundle.json` (default: `./NAME`).
+    /// Where to write `cert.pem`, `grant.jwt`, `bundle.pem` and `bundle.json` (default: `./NAME`);
+    /// never inside the CA directory.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -100,11 +105,17 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
         .or(args.service.as_deref())
         .unwrap_or_default();
     let out = args.out_dir.clone().unwrap_or_else(|| PathBuf::from(name));
+    refuse_inside_ca(&out, &args.ca.ca)?;
     let alg = args.key_type.algorithm();
+    let new_key = NewKey {
+        out: &out,
+        alg,
+        force: args.force,
+    };
 
     if let Some(service) = &args.service {
-        let id = ServiceId::new(&td, service).context(format!("bad --service {service:?}"))?;
-        let cert = with_new_key(&out, alg, id.as_str(), |key_source| {
+        let id = ServiceId::new(&td, service).bad_arg("--service", service)?;
+        let cert = new_key.issue(id.as_str(), |key_source| {
             ca.issue_service(
                 &ServiceRequest {
                     service: service.clone(),
@@ -117,11 +128,11 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
         })?;
         return finish(&ca, &out, &cert, None, args.format.format);
     }
-    let agent = AgentId::new(&td, name).context(format!("bad --agent {name:?}"))?;
+    let agent = AgentId::new(&td, name).bad_arg("--agent", name)?;
     if let Some(parent_dir) = &args.parent {
         let parent = load_parent(parent_dir)?;
         let identity = TaskIdentity::new(&agent, &parent.identity.task_id())?;
-        let cert = with_new_key(&out, alg, identity.as_str(), |key_source| {
+        let cert = new_key.issue(identity.as_str(), |key_source| {
             let req = ChildRequest {
                 parent: parent.identity.clone(),
                 parent_chain: parent.chain.clone(),
@@ -141,7 +152,7 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
     };
     let identity = TaskIdentity::new(&agent, &task)?;
     let mut creds = None;
-    with_new_key(&out, alg, identity.as_str(), |key_source| {
+    new_key.issue(identity.as_str(), |key_source| {
         let mut req =
             OpenTaskRequest::new(name, key_source, TaskRequester::Operator, scope.clone());
         req.task = Some(task.clone());
@@ -164,15 +175,18 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
 
 /// Runs `cert sign`.
 pub fn run_sign(args: &SignArgs) -> CliResult {
-    let ca = args.ca.open()?;
     let scope = args.grant.scope()?;
-    let task = parse_task(&args.task)?;
-    let csr = files::read(&args.csr)?;
+    let task = match &args.task {
+        Some(t) => parse_task(t)?,
+        None => TaskId::generate()?,
+    };
     let out = args
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(&args.agent));
-    files::ensure_dir(&out)?;
+    refuse_inside_ca(&out, &args.ca.ca)?;
+    let ca = args.ca.open()?;
+    let csr = read_csr(&args.csr)?;
     let mut req = OpenTaskRequest::new(
         args.agent.clone(),
         KeySource::Csr(csr),
@@ -183,6 +197,8 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     req.ttl = args.ttl.ttl;
     args.grant.apply(&mut req)?;
     let creds = ca.open_task(&req, SystemTime::now())?;
+    // Only now, with a certificate to put in it: a refused request leaves nothing behind.
+    files::ensure_dir(&out)?;
     finish(
         &ca,
         &out,
@@ -192,25 +208,132 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     )
 }
 
-/// Makes a task key, writes it to `OUT/key.pem` (0600, never overwriting) before asking the CA,
-/// and removes it again if the CA refuses: no key is left behind for a certificate that was not
-/// issued, and no certificate is issued for a key that could not be stored.
-fn with_new_key(
-    out: &Path,
+/// Refuses an output directory inside the CA directory (status 2): an agent's directory is
+/// handed to the agent, and must never hold or sit among the CA's keys.
+fn refuse_inside_ca(out: &Path, ca: &Path) -> CliResult<()> {
+    let Ok(ca_abs) = ca.canonicalize() else {
+        return Ok(()); // no CA there: opening it fails with the reason
+    };
+    // The deepest existing ancestor of `out`, resolved, then the rest as written.
+    let mut existing = out.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match existing.canonicalize() {
+            Ok(p) => break Some(p),
+            Err(_) => match (existing.file_name(), existing.parent()) {
+                (Some(n), Some(parent)) => {
+                    rest.push(n.to_owned());
+                    existing = if parent.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        parent.to_path_buf()
+                    };
+                }
+                _ => break None,
+            },
+        }
+    };
+    if resolved.is_some_and(|p| p.starts_with(&ca_abs)) {
+        return Err(CliError::usage(format!(
+            "--out-dir {} is inside the CA directory {}: an agent's files must never sit among the CA's keys; choose a directory outside it",
+            out.display(),
+            ca.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a CSR file, telling a private key or a certificate given by mistake from a request.
+fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
+    let bytes = files::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    if text.contains("-----BEGIN") && !text.contains("CERTIFICATE REQUEST-----") {
+        let what = if text.contains("PRIVATE KEY-----") {
+            "a private key"
+        } else if text.contains("-----BEGIN CERTIFICATE-----") {
+            "a certificate"
+        } else {
+            "PEM that is not a certification request"
+        };
+        return Err(CliError::failed(format!(
+            "{}: {what}, not a CSR; make one with `openssl req -new -key KEY -subj / -out req.csr` and pass it as --csr",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Where a new task key goes, and whether it may replace the credential files there.
+struct NewKey<'a> {
+    out: &'a Path,
     alg: agentid_protocol::Algorithm,
-    uri: &str,
-    issue: impl FnOnce(KeySource) -> CliResult<IssuedCertificate>,
-) -> CliResult<IssuedCertificate> {
-    files::ensure_dir(out)?;
-    let key_path = out.join(KEY_FILE);
-    let key = TaskKey::generate(alg)?;
-    let csr = make_csr(&key, uri)?;
-    files::write_new_private_key(&key_path, key.danger_pkcs8_der())?;
-    match issue(KeySource::Csr(csr)) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            let _ = std::fs::remove_file(&key_path);
-            Err(e)
+    force: bool,
+}
+
+impl NewKey<'_> {
+    /// Makes a task key, writes it (0600, never over another file) before asking the CA, and
+    /// removes it again if the CA refuses: no key is left behind for a certificate that was not
+    /// issued, no certificate is issued for a key that could not be stored, and an output
+    /// directory made for a refused request is removed too. With `force`, the new key waits
+    /// beside the old one and replaces it (and a chain of the old key) once issued.
+    fn issue(
+        &self,
+        uri: &str,
+        issue: impl FnOnce(KeySource) -> CliResult<IssuedCertificate>,
+    ) -> CliResult<IssuedCertificate> {
+        let out = self.out;
+        let created_dir = !out.exists();
+        files::ensure_dir(out)?;
+        let key_path = out.join(KEY_FILE);
+        let replacing = self.force && key_path.exists();
+        let staged = if replacing {
+            out.join(format!(".{KEY_FILE}.new"))
+        } else {
+            key_path.clone()
+        };
+        if replacing {
+            // A leftover of an interrupted --force run (never a key in use).
+            let _ = std::fs::remove_file(&staged);
+        }
+        let cleanup = || {
+            let _ = std::fs::remove_file(&staged);
+            if created_dir {
+                let _ = std::fs::remove_dir(out);
+            }
+        };
+        let key = TaskKey::generate(self.alg)?;
+        let csr = make_csr(&key, uri)?;
+        if let Err(e) = files::write_new_private_key(&staged, key.danger_pkcs8_der()) {
+            if created_dir {
+                let _ = std::fs::remove_dir(out);
+            }
+            return Err(if key_path.exists() && !self.force {
+                CliError::failed(format!(
+                    "{}: refusing to overwrite a key; pass --force to replace the credentials in {}, or choose another --out-dir",
+                    key_path.display(),
+                    out.display()
+                ))
+            } else {
+                e
+            });
+        }
+        match issue(KeySource::Csr(csr)) {
+            Ok(c) => {
+                if replacing {
+                    std::fs::rename(&staged, &key_path)
+                        .context(format!("cannot replace {}", key_path.display()))?;
+                    // Chains bound to the old key are of no use to the new one (a new
+                    // task's grant is written next).
+                    for stale in [CHAIN_FILE, GRANT_FILE] {
+                        let _ = std::fs::remove_file(out.join(stale));
+                    }
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                cleanup();
+                Err(e)
+            }
         }
     }
 }

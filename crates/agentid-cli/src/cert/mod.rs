@@ -58,21 +58,35 @@ pub struct CaDirArg {
 impl CaDirArg {
     /// Opens the CA.
     pub fn open(&self) -> CliResult<CertificateAuthority> {
-        if !self.ca.is_dir() {
-            return Err(CliError::failed(format!(
-                "{}: no such CA directory (run `agentid ca init`)",
-                self.ca.display()
-            )));
-        }
-        Ok(CertificateAuthority::open(&self.ca)?)
+        open_ca(&self.ca)
     }
+}
+
+/// Opens the CA in `dir`, telling a missing directory or one that holds no CA (an agent's
+/// directory, a temp directory) from a broken CA.
+pub fn open_ca(dir: &Path) -> CliResult<CertificateAuthority> {
+    if !dir.is_dir() {
+        return Err(CliError::failed(format!(
+            "{}: no such CA directory: run `agentid ca init --dir {}` first, or pass the directory it made",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    if !dir.join(agentid_ca::material::files::CONFIG).is_file() {
+        return Err(CliError::failed(format!(
+            "{}: not a CA directory (no {}): run `agentid ca init`, or pass the directory it made as --ca",
+            dir.display(),
+            agentid_ca::material::files::CONFIG
+        )));
+    }
+    Ok(CertificateAuthority::open(dir)?)
 }
 
 /// The `--ttl` of a certificate.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TtlArg {
     /// Certificate lifetime, e.g. `5m` (default: the policy's `defaults.ttl`).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
 }
 

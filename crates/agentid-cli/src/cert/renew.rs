@@ -25,7 +25,7 @@ pub struct RenewArgs {
     pub ca: Option<PathBuf>,
     /// Renew through the CA service's mutual-TLS listener (`https://HOST:PORT`) with the
     /// directory's own certificate and key (same key; no renewal after `notAfter`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub ca_url: Option<String>,
     /// Keep running: renew at half of each certificate's lifetime (retrying until 90% of it)
     /// and replace `cert.pem` each time. Needs `--ca-url`.
@@ -71,9 +71,23 @@ pub fn run(args: &RenewArgs) -> CliResult {
         ttl: args.ttl.ttl,
     };
     let cert = ca.renew(&req, SystemTime::now())?;
-    files::write_public(&args.dir.join(CERT_FILE), cert.chain_pem().as_bytes())?;
+    let path = args.dir.join(CERT_FILE);
+    files::write_public(&path, cert.chain_pem().as_bytes())?;
     match args.format.format {
-        Format::Json => print_json(&cert_json(&cert)),
-        Format::Text => print_text(&cert_text(&cert)),
+        Format::Json => {
+            let mut v = cert_json(&cert);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert(
+                    "files".into(),
+                    serde_json::json!([path.display().to_string()]),
+                );
+            }
+            print_json(&v)
+        }
+        Format::Text => print_text(&format!(
+            "{}wrote:     {}\n",
+            cert_text(&cert),
+            path.display()
+        )),
     }
 }

@@ -12,7 +12,9 @@ use agentid_transport::{check_leaf, CertUsage, SvidInfo, TrustStore};
 use rustls_pki_types::UnixTime;
 use serde_json::json;
 
-use crate::common::{now_unix, parse_time, print_json, print_text, rfc3339, Format, FormatArg};
+use crate::common::{
+    now_unix, parse_time, print_json, print_text, relative, rfc3339, Format, FormatArg,
+};
 use crate::error::{CliError, CliResult};
 use crate::files;
 use crate::trust::{self, parse_bundle_arg, BundleArg};
@@ -94,11 +96,39 @@ pub fn verify_file(
         (CertUsage::ServerAuth, "serverAuth"),
     ] {
         if let Err(e) = store.verify(leaf, intermediates, now, usage) {
+            // Time first: it is the usual cause, and the one with a fix to name.
+            if let Some(why) = outside_validity(&info, at, cert) {
+                return Ok(Err(why));
+            }
             return Ok(Err(format!("{name}: {e}")));
         }
         usages.push(name);
     }
     Ok(Ok(Verified { info, usages }))
+}
+
+/// Why a certificate is not valid at `at` when that is a matter of time: when it expired (and
+/// the command that renews it) or from when it is valid.
+fn outside_validity(info: &SvidInfo, at: u64, cert: &Path) -> Option<String> {
+    if at > info.not_after {
+        let dir = match cert.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+            _ => ".".to_owned(),
+        };
+        Some(format!(
+            "expired at {} ({}): run `agentid cert renew --ca CA_DIR --dir {dir}`",
+            rfc3339(info.not_after),
+            relative(info.not_after, at)
+        ))
+    } else if at < info.not_before {
+        Some(format!(
+            "not yet valid: valid from {} ({}); check the clock, or --at",
+            rfc3339(info.not_before),
+            relative(info.not_before, at)
+        ))
+    } else {
+        None
+    }
 }
 
 /// Runs `cert verify`.
@@ -132,13 +162,13 @@ pub fn run(args: &VerifyArgs) -> CliResult {
             }
         }
         Err(reason) => {
+            let message = format!("{}: certificate invalid: {reason}", args.file.display());
             if args.format.format == Format::Json {
-                print_json(&json!({ "valid": false, "error": reason, "at": at }))?;
+                print_json(
+                    &json!({ "valid": false, "error": reason, "message": message, "at": at }),
+                )?;
             }
-            Err(CliError::invalid(format!(
-                "{}: certificate invalid: {reason}",
-                args.file.display()
-            )))
+            Err(CliError::invalid(message))
         }
     }
 }

@@ -96,6 +96,12 @@ struct CaUrl {
     port: u16,
 }
 
+/// Checks a CA URL as the clients here take it (`https://HOST:PORT`), so that a command line
+/// can refuse a malformed one before connecting; the error says what is wrong.
+pub fn check_ca_url(url: &str) -> Result<()> {
+    CaUrl::parse(url).map(drop)
+}
+
 impl CaUrl {
     fn parse(url: &str) -> Result<Self> {
         let rest = url

@@ -1,0 +1,340 @@
+//! What a user meets: a private CA directory, output directories that hold nothing of a
+//! refused request, `--force` where replacing makes sense, commands that say what they wrote,
+//! refusals that say why and what next (the same message in JSON), usage for a bare command.
+#![cfg(test)]
+
+mod support;
+
+use serde_json::Value;
+use support::{mode, Env};
+
+#[test]
+fn the_ca_directory_and_everything_in_it_are_private() {
+    let env = Env::new();
+    assert_eq!(mode(&env.path("ca")), 0o700);
+    // Issuing, revoking and publishing add files (the database's journal among them).
+    let p = env.planner("p");
+    env.ok(&format!(
+        "revoke --ca ca --task {}",
+        p["task"].as_str().unwrap()
+    ));
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(env.path("ca")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(mode(&entry.path()), 0o600, "ca/{name}");
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n == "ca.db"), "{names:?}");
+
+    // An existing directory, open to others, is made private before anything goes in it.
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    env.ok("ca init --trust-domain example.org --dir shared");
+    assert_eq!(mode(&env.path("shared")), 0o700);
+    assert_eq!(mode(&env.path("shared/ca.db")), 0o600);
+    assert_eq!(mode(&env.path("shared/root.pem")), 0o600);
+}
+
+#[test]
+fn out_dir_inside_the_ca_is_refused_and_refusals_leave_nothing_behind() {
+    let env = Env::new();
+    for out in ["ca", "ca/planner", "./ca/../ca/x/y"] {
+        env.fails(
+            &format!("cert issue --ca ca --agent planner --scope tickets:read --out-dir {out}"),
+            2,
+            "inside the CA directory",
+        );
+    }
+    assert!(!env.path("ca/planner").exists() && !env.path("ca/key.pem").exists());
+    // Refused by the policy: no key, no directory.
+    env.fails(
+        "cert issue --ca ca --agent ghost --scope x --out-dir g1",
+        1,
+        "ghost",
+    );
+    assert!(
+        !env.path("g1").exists(),
+        "an empty directory was left behind"
+    );
+    // An existing directory stays, without a key.
+    std::fs::create_dir(env.path("g2")).unwrap();
+    env.fails(
+        "cert issue --ca ca --agent ghost --scope x --out-dir g2",
+        1,
+        "ghost",
+    );
+    assert_eq!(std::fs::read_dir(env.path("g2")).unwrap().count(), 0);
+    // A CSR that is a key says so, and writes nothing.
+    env.planner("p");
+    let (_, line) = env.fails(
+        "cert sign --ca ca --csr p/key.pem --agent planner --scope tickets:read --out-dir s",
+        1,
+        "a private key, not a CSR",
+    );
+    assert!(line.contains("openssl req"), "{line}");
+    assert!(!env.path("s").exists());
+}
+
+#[test]
+fn force_replaces_credentials_only_when_asked() {
+    let env = Env::new();
+    env.planner("p");
+    env.child("p", "c");
+    let key_before = env.read("c/key.pem");
+    let (_, line) = env.fails(
+        "cert issue --ca ca --agent summarizer --parent p --out-dir c",
+        1,
+        "refusing to overwrite a key",
+    );
+    assert!(line.contains("--force"), "{line}");
+    assert_eq!(env.read("c/key.pem"), key_before);
+
+    // delegate --out: writes, says so, and never replaces silently.
+    let delegate = "delegate --chain p/grant.jwt --key p/key.pem --to-cert c/cert.pem \
+                    --bundle p/bundle.json --scope tickets:read --out c/chain.jwt";
+    let out = env.ok(delegate);
+    assert!(out.starts_with("wrote c/chain.jwt: 1 link(s)"), "{out}");
+    assert!(
+        !out.contains('~'),
+        "the chain is in the file, not on stdout: {out}"
+    );
+    env.fails(delegate, 1, "already exists: pass --force");
+    env.ok(&format!("{delegate} --force"));
+
+    // --force where the CA refuses (a child identity keeps its key): nothing is replaced.
+    env.fails(
+        "cert issue --ca ca --agent summarizer --parent p --out-dir c --force",
+        1,
+        "is bound to key",
+    );
+    assert_eq!(env.read("c/key.pem"), key_before);
+    assert!(env.path("c/chain.jwt").exists());
+    assert!(!env.path("c/.key.pem.new").exists());
+
+    // --force for a new task: a new key, certificate and grant; a chain of the old key goes.
+    std::fs::copy(env.path("c/chain.jwt"), env.path("p/chain.jwt")).unwrap();
+    let p_key = env.read("p/key.pem");
+    let v = env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir p --force");
+    assert_ne!(env.read("p/key.pem"), p_key);
+    assert_eq!(mode(&env.path("p/key.pem")), 0o600);
+    assert!(!env.path("p/chain.jwt").exists());
+    assert!(!env.path("p/.key.pem.new").exists());
+    assert_eq!(
+        env.json("cert inspect p/cert.pem")["jkt"],
+        v["jkt"],
+        "the certificate is for the new key"
+    );
+    assert_eq!(
+        support::claims(&env.read("p/grant.jwt"), 0)["sub"],
+        v["identity"]
+    );
+}
+
+#[test]
+fn commands_that_write_files_say_what_they_wrote() {
+    let env = Env::new();
+    env.planner("p");
+    let out = env.ok("revocations export --ca ca --out rev.jwt");
+    assert!(
+        out.starts_with("wrote revocation list seq ") && out.contains("to rev.jwt"),
+        "{out}"
+    );
+    let v = env.json("revocations export --ca ca --out rev2.jwt");
+    assert_eq!(v["out"], "rev2.jwt");
+    assert!(v["seq"].as_u64().unwrap() > 0 && v["next_update"].as_u64().is_some());
+    assert_eq!(v["list"].as_str().unwrap(), env.read("rev2.jwt").trim());
+    // Without --out, text is the list itself (for pipes).
+    assert_eq!(
+        env.ok("revocations export --ca ca")
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
+    let out = env.ok("bundle export --ca ca --format pem --out root.pem");
+    assert!(out.contains("to root.pem"), "{out}");
+    let out = env.ok("cert renew --ca ca --dir p");
+    assert!(out.contains("wrote:     p/cert.pem"), "{out}");
+}
+
+#[test]
+fn inspect_shows_time_left_and_the_signature_algorithm_by_name() {
+    for (key_type, alg) in [("p256", "ecdsa-with-SHA256"), ("ed25519", "Ed25519")] {
+        let env = Env::with_key_type(key_type);
+        env.planner("p");
+        let v = env.json("cert inspect p/cert.pem");
+        assert_eq!(v["signature_algorithm"], alg);
+        assert_eq!(v["validity_status"], "valid");
+        assert!(v["seconds_left"].as_i64().unwrap() > 0);
+        let text = env.ok("cert inspect p/cert.pem");
+        assert!(text.contains("(expires in "), "{text}");
+        assert!(text.contains(&format!("Signature:      {alg}")), "{text}");
+    }
+}
+
+#[test]
+fn a_bare_command_prints_usage_with_the_command_list() {
+    let env = Env::empty();
+    for (args, listed) in [
+        (vec![], "cert"),
+        (vec!["cert"], "issue"),
+        (vec!["revocations"], "export"),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("Usage: agentid"), "{stderr}");
+        assert!(
+            stderr.contains("Commands:") && stderr.contains(listed),
+            "{stderr}"
+        );
+    }
+    // One hint, not two.
+    let (_, line) = env.fails("cert issue --ca", 2, "--ca");
+    assert_eq!(line.matches("--help").count(), 1, "{line}");
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let env = Env::empty();
+    let out = env.run(&[
+        "-vv",
+        "ca",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--dir",
+        "ca",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.is_empty(), "-vv logs something");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn chain_refusals_say_why_and_what_next_in_text_and_json() {
+    let env = Env::new();
+    env.planner("p");
+    let base = "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem";
+    let (_, line) = env.fails(&format!("{base} --format text"), 3, "revocation_missing");
+    assert!(
+        line.contains("pass --revocations FILE (see `agentid revocations export`)"),
+        "{line}"
+    );
+    // The JSON report carries the same message as stderr.
+    let out = env.run(&support_argv(base));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        format!("agentid: {}", report["message"].as_str().unwrap()),
+        stderr.trim()
+    );
+    // Two scopes asked, one not granted: the message names the one.
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let (_, line) = env.fails(
+        &format!("{base} --revocations rev.jwt --scope tickets:read --scope tickets:close"),
+        3,
+        "scope_not_granted",
+    );
+    assert!(
+        line.contains("scope `tickets:close` not granted by the chain (it grants `tickets:read tickets:comment`)"),
+        "{line}"
+    );
+    // Expiry: the date and what to do.
+    let (_, line) = env.fails(
+        &format!(
+            "{base} --revocations rev.jwt --at +30d --danger-unverified-peer-cert --danger-no-revocation"
+        ),
+        3,
+        "expired at token 0",
+    );
+    assert!(
+        line.contains("it expired at 20") && line.contains("ago"),
+        "{line}"
+    );
+    // A wildcard request reads the right way round.
+    let (_, line) = env.fails(
+        &format!("{base} --revocations rev.jwt --scope tickets:*"),
+        3,
+        "bad_scope",
+    );
+    assert!(line.contains("may not contain `*`"), "{line}");
+}
+
+fn support_argv(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+#[test]
+fn policy_refusals_cite_the_rule_used_with_durations_as_written() {
+    let env = Env::new();
+    // auditor sets no max_ttl: [defaults] decided.
+    let (_, line) = env.fails(
+        "cert issue --ca ca --agent auditor --scope tickets:read --ttl 1h --out-dir a",
+        1,
+        "certificate TTL 1h exceeds the maximum of 15m",
+    );
+    assert!(line.contains("(rule defaults.max_ttl)"), "{line}");
+    assert!(line.contains("agents.auditor sets no max_ttl"), "{line}");
+    // planner sets its own; renewal says it the same way.
+    env.planner("p");
+    let (_, issue) = env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read --ttl 1h --out-dir q",
+        1,
+        "(rule agents.planner.max_ttl)",
+    );
+    let (_, renew) = env.fails(
+        "cert renew --ca ca --dir p --ttl 1h",
+        1,
+        "(rule agents.planner.max_ttl)",
+    );
+    assert_eq!(issue, renew);
+}
+
+#[test]
+fn revoking_an_unknown_agent_name_needs_force() {
+    let env = Env::new();
+    let (_, line) = env.fails(
+        "revoke --ca ca --agent codr",
+        1,
+        "no policy rule names agent \"codr\"",
+    );
+    assert!(line.contains("--force"), "{line}");
+    env.ok("revoke --ca ca --agent codr --force");
+    // A name the policy knows needs nothing more.
+    env.ok("revoke --ca ca --agent auditor");
+}
+
+#[test]
+fn wrong_ca_directories_and_input_hints() {
+    let env = Env::new();
+    env.planner("p");
+    std::fs::create_dir(env.path("empty")).unwrap();
+    for dir in ["p", "empty"] {
+        env.fails(
+            &format!("cert issue --ca {dir} --agent planner --scope tickets:read --out-dir z"),
+            1,
+            "not a CA directory (no config.toml): run `agentid ca init`",
+        );
+    }
+    env.fails(
+        "bundle export --ca nowhere",
+        1,
+        "no such CA directory: run `agentid ca init",
+    );
+    env.fails(
+        "cert issue --ca ca --agent planner --scope x --ttl -5m",
+        2,
+        "did you mean 5m?",
+    );
+    // --at takes a date and a duration from now.
+    env.ok("cert verify p/cert.pem --bundle p/bundle.pem --at +1m");
+    env.fails(
+        "cert verify p/cert.pem --bundle p/bundle.pem --at 2030-01-01",
+        3,
+        "expired at",
+    );
+}
