@@ -1,7 +1,7 @@
 //! Figure 8: a revocation list of 1,000,000 entries (700k keys, 200k token `jti`s, 50k tasks,
 //! 50k agents): build and sign, verify and parse, lookups (hit and miss) against the same
 //! lookups in a 1,000-entry list (O(1) means the same time), and memory: the RSS the verified
-//! list keeps, and the peak while verifying it.
+//! list keeps (target: at most 32 MiB), and the peak while verifying it.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -215,8 +215,8 @@ pub fn run(quick: bool, budget: Budget, report: &mut Report) -> Res<()> {
         "fig8.memory_retained",
         retained_mib,
         "MiB",
-        retained_mib / 128.0,
-        "of 128 MiB (RSS kept by the verified list)",
+        retained_mib / 32.0,
+        "of 32 MiB (RSS kept by the verified list)",
         Target::AtMost(1.0),
     );
     let peak_mib = peak.saturating_sub(before) as f64 / 1024.0;
@@ -224,8 +224,8 @@ pub fn run(quick: bool, budget: Budget, report: &mut Report) -> Res<()> {
         "fig8.memory_peak_while_verifying",
         peak_mib,
         "MiB",
-        peak_mib / 128.0,
-        "of 128 MiB, above the compact list already in memory",
+        peak_mib / (bytes as f64 / 1_048_576.0),
+        "the compact list's size, above the list already in memory",
         Target::None,
     );
     drop(list);
