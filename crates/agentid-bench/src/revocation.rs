@@ -232,6 +232,59 @@ pub fn run(quick: bool, budget: Budget, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// `--profile-revocation ENTRIES LOOKUPS`: builds and verifies a list of ENTRIES, then makes
+/// LOOKUPS lookups (hits and misses in turn) in [`lookups`], for `valgrind --tool=callgrind
+/// --collect-atstart=no --toggle-collect='*revocation::lookups*'` (the instructions of the
+/// lookups alone).
+pub fn profile(args: &[String]) -> Res<()> {
+    let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let count: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let td = TrustDomain::parse("bench.example")?;
+    let iss = SpiffeId::parse("spiffe://bench.example/agent/a/task/aaaaaaaaaaaaaaaaaaaaaaaaaa")?;
+    let key = AuthorityKey::generate(Algorithm::Es256)?;
+    let mut bundles = BundleSet::new();
+    bundles
+        .insert(TrustBundle::new(td.clone(), 1).add_revocation_key(JwsSigner::public_key(&key)))?;
+    let t = now();
+    let list = RevocationList::verify(&sign_list(n, &key, &td, &iss, t)?, &bundles)?;
+    // 500 present entries spread over the list, 500 absent ones.
+    let targets: Vec<(RevocationTarget, bool)> = (0..1000)
+        .map(|i| {
+            if i % 2 == 0 {
+                target((i / 2) * (n / 500).max(1) % n.max(1), &td, &iss).map(|x| (x, true))
+            } else {
+                target(n + i, &td, &iss).map(|x| (x, false))
+            }
+        })
+        .collect::<Res<_>>()?;
+    let right = lookups(&list, &targets, count, t);
+    println!(
+        "{right} of {count} lookups right in a list of {}",
+        list.len()
+    );
+    Ok(())
+}
+
+/// `count` lookups of `targets` in turn; how many gave the expected answer.
+#[inline(never)]
+fn lookups(
+    list: &RevocationList,
+    targets: &[(RevocationTarget, bool)],
+    count: usize,
+    t: u64,
+) -> usize {
+    targets
+        .iter()
+        .cycle()
+        .take(count)
+        .filter(|(x, hit)| list.revokes(black_box(x), t) == *hit)
+        .count()
+}
+
 /// `--revocation-child FILE`: reads a signed list (first line) and the bundle holding its key
 /// (second line), verifies the list, and prints
 /// `<verify seconds> <retained KiB> <peak KiB above the list in memory> <entries>`.
