@@ -251,11 +251,15 @@ pub fn profile(args: &[String]) -> Res<()> {
         .insert(TrustBundle::new(td.clone(), 1).add_revocation_key(JwsSigner::public_key(&key)))?;
     let t = now();
     let list = RevocationList::verify(&sign_list(n, &key, &td, &iss, t)?, &bundles)?;
-    // 500 present entries spread over the list, 500 absent ones.
+    // 500 present entries spread over the list, 500 absent ones, with every list size holding
+    // the same mix of entry kinds (the kind is the index modulo 20).
+    let step = (n / 500).max(1);
     let targets: Vec<(RevocationTarget, bool)> = (0..1000)
         .map(|i| {
+            let k = i / 2;
             if i % 2 == 0 {
-                target((i / 2) * (n / 500).max(1) % n.max(1), &td, &iss).map(|x| (x, true))
+                let j = (k * step / 20 * 20 + k % 20) % n.max(1);
+                target(j, &td, &iss).map(|x| (x, true))
             } else {
                 target(n + i, &td, &iss).map(|x| (x, false))
             }
