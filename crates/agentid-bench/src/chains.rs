@@ -29,6 +29,8 @@ pub struct Synth {
     pub chains: Vec<Chain>,
     /// `holders[d]`: the identity and key of the holder of `chains[d]`.
     pub holders: Vec<(TaskIdentity, PublicKey)>,
+    /// `keys[d]`: the private key of `holders[d]` (for the hop proofs of figure 4).
+    pub keys: Vec<TaskKey>,
     /// The authority key (for peers that sign the same claims).
     pub authority: AuthorityKey,
     /// The grant's `exp`.
@@ -106,6 +108,7 @@ impl Synth {
             verifier,
             chains,
             holders,
+            keys,
             authority,
             exp,
         })

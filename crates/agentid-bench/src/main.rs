@@ -61,6 +61,12 @@ fn run() -> Res<()> {
     if args.first().map(String::as_str) == Some("--profile-session") {
         return session::profile(&args);
     }
+    if args.first().map(String::as_str) == Some("--profile-peer") {
+        return peers::profile(&args);
+    }
+    if args.first().map(String::as_str) == Some("--profile-revocation") {
+        return revocation::profile(&args);
+    }
     let mut quick = false;
     let mut only: BTreeSet<u32> = (1..=11).collect();
     let mut it = args.iter();
