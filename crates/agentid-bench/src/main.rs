@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod ca_service;
 mod chains;
 mod fixtures;
 mod harness;
@@ -34,7 +35,7 @@ use crate::fixtures::Res;
 use crate::harness::Budget;
 use crate::report::Report;
 
-const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-11)";
+const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-12)";
 
 fn main() {
     if let Err(e) = run() {
@@ -52,6 +53,10 @@ fn run() -> Res<()> {
         let path = args.get(1).ok_or("--revocation-child FILE")?;
         return revocation::child(std::path::Path::new(path));
     }
+    if args.first().map(String::as_str) == Some("--ca-service") {
+        let dir = args.get(1).ok_or("--ca-service DIR")?;
+        return ca_service::child(std::path::Path::new(dir));
+    }
     if args.first().map(String::as_str) == Some("--profile-chain") {
         return profile_chain(&args);
     }
@@ -62,7 +67,7 @@ fn run() -> Res<()> {
         return session::profile(&args);
     }
     let mut quick = false;
-    let mut only: BTreeSet<u32> = (1..=11).collect();
+    let mut only: BTreeSet<u32> = (1..=12).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -125,6 +130,9 @@ fn run() -> Res<()> {
     }
     if [9, 10, 11].iter().any(|f| only.contains(f)) {
         http::run(&pki, &ops, budget, &only, &mut report)?;
+    }
+    if only.contains(&12) {
+        ca_service::run(&ops, quick, &mut report)?;
     }
     report.summary();
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
