@@ -39,15 +39,16 @@ const T: Duration = Duration::from_secs(30);
 fn policy() -> String {
     let mut p = crate::fixtures::policy();
     p.push_str(
-        "\n[agents.worker.permissions]\n\"svc:platform\" = [\"open_task\"]\n\n\
+        "\n[agents.worker.permissions]\n\"svc:platform\" = [\"open_task\", \"revoke\"]\n\n\
          [services.agentid-ca]\nrequesters = [\"operator\"]\n\n\
-         [services.platform]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n",
+         [services.platform]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n\n\
+         [services.watch-server]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n",
     );
     p
 }
 
-/// A new CA directory in `parent` with [`policy`].
-fn ca_dir(parent: &Path, name: &str) -> Res<std::path::PathBuf> {
+/// A new CA directory in `parent` with [`policy`] (also figure 13's).
+pub(crate) fn ca_dir(parent: &Path, name: &str) -> Res<std::path::PathBuf> {
     let dir = parent.join(name);
     agentid_ca::init_ca(
         &dir,
@@ -59,9 +60,9 @@ fn ca_dir(parent: &Path, name: &str) -> Res<std::path::PathBuf> {
 }
 
 /// The service child process, killed when dropped.
-struct Service {
+pub(crate) struct Service {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for Service {
@@ -72,7 +73,7 @@ impl Drop for Service {
 }
 
 impl Service {
-    fn start(dir: &Path) -> Res<Service> {
+    pub(crate) fn start(dir: &Path) -> Res<Service> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--ca-service")
             .arg(dir)
