@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod ca_revocation;
+mod ca_service;
 mod chains;
 mod fixtures;
 mod harness;
@@ -34,7 +36,7 @@ use crate::fixtures::Res;
 use crate::harness::Budget;
 use crate::report::Report;
 
-const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-11)";
+const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-13)";
 
 fn main() {
     if let Err(e) = run() {
@@ -52,6 +54,16 @@ fn run() -> Res<()> {
         let path = args.get(1).ok_or("--revocation-child FILE")?;
         return revocation::child(std::path::Path::new(path));
     }
+    if args.first().map(String::as_str) == Some("--ca-service") {
+        let dir = args.get(1).ok_or("--ca-service DIR")?;
+        return ca_service::child(std::path::Path::new(dir));
+    }
+    if args.first().map(String::as_str) == Some("--revocation-sessions") {
+        let [_, dir, addr] = args.as_slice() else {
+            return Err("--revocation-sessions DIR ADDR".into());
+        };
+        return ca_revocation::clients(std::path::Path::new(dir), addr.parse()?);
+    }
     if args.first().map(String::as_str) == Some("--profile-chain") {
         return profile_chain(&args);
     }
@@ -68,7 +80,7 @@ fn run() -> Res<()> {
         return revocation::profile(&args);
     }
     let mut quick = false;
-    let mut only: BTreeSet<u32> = (1..=11).collect();
+    let mut only: BTreeSet<u32> = (1..=13).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -131,6 +143,12 @@ fn run() -> Res<()> {
     }
     if [9, 10, 11].iter().any(|f| only.contains(f)) {
         http::run(&pki, &ops, budget, &only, &mut report)?;
+    }
+    if only.contains(&12) {
+        ca_service::run(&ops, quick, &mut report)?;
+    }
+    if only.contains(&13) {
+        ca_revocation::run(quick, &mut report)?;
     }
     report.summary();
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());

@@ -43,6 +43,10 @@ pub use watch::{RevocationWatcher, WatchOptions, WatchStatus, WatcherHandle};
 /// Largest response body a client reads.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// Largest revocation feed response the watcher reads: the protocol's cap on a list, plus the
+/// JSON around it (a list of 100,000 entries is about 13 MB; 1 MiB held fewer than 10,000).
+const MAX_LIST_RESPONSE_BYTES: usize = agentid_protocol::caps::MAX_LIST_BYTES + 4096;
+
 /// Why a call to the CA failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{decode, invalid, CaClient, EnrollError, MAX_RESPONSE_BYTES};
+use super::{decode, invalid, CaClient, EnrollError, MAX_LIST_RESPONSE_BYTES};
 use crate::http::HttpClientConnection;
 use crate::PeerVerification;
 
@@ -308,7 +308,7 @@ impl RevocationWatcher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        let body = Limited::new(resp.into_body(), MAX_LIST_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| invalid(format!("HTTP body: {e}")))?
