@@ -44,6 +44,14 @@ pub struct ServeArgs {
     /// network.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Enrollment requests one source address may make per 10 s before `429 rate_limited`
+    /// (default 30). Raise it when many agents enroll from behind one address (a NAT gateway).
+    #[arg(long, value_name = "N")]
+    pub enroll_rate: Option<u32>,
+    /// TLS handshakes one source address may have in progress on the enrollment listener
+    /// (default 8; past it the oldest is dropped). Raise it with `--enroll-rate`.
+    #[arg(long, value_name = "N")]
+    pub enroll_pending_per_source: Option<usize>,
 }
 
 /// Arguments of `ca init`.
@@ -122,7 +130,14 @@ pub fn parse_trust_domain(s: &str) -> CliResult<TrustDomain> {
 
 fn serve(args: &ServeArgs) -> CliResult {
     let ca = crate::cert::open_ca(&args.ca)?;
-    let service = agentid_ca::server::CaService::new(ca, Default::default())
+    let mut options = agentid_ca::server::ServiceOptions::default();
+    if let Some(n) = args.enroll_rate {
+        options.enroll_rate_per_source = n;
+    }
+    if let Some(n) = args.enroll_pending_per_source {
+        options.enroll_limits.max_pending_per_source = n;
+    }
+    let service = agentid_ca::server::CaService::new(ca, options)
         .context("cannot start the CA service (does policy.toml have [services.agentid-ca] with requesters = [\"operator\"]?)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
