@@ -31,6 +31,13 @@ pub struct InitOptions {
     pub root_validity: Duration,
     /// Intermediate certificate lifetime (capped by the root's).
     pub intermediate_validity: Duration,
+    /// The store (`config.toml`'s `store`): `None` for SQLite's `ca.db`, or a
+    /// `postgres://USER@HOST/DB` URL (without a password).
+    pub store: Option<String>,
+    /// `config.toml`'s `store_password_file`.
+    pub store_password_file: Option<std::path::PathBuf>,
+    /// `config.toml`'s `store_ca_file`.
+    pub store_ca_file: Option<std::path::PathBuf>,
 }
 
 impl InitOptions {
@@ -41,6 +48,9 @@ impl InitOptions {
             key_type: KeyType::P256,
             root_validity: DEFAULT_ROOT_VALIDITY,
             intermediate_validity: DEFAULT_INTERMEDIATE_VALIDITY,
+            store: None,
+            store_password_file: None,
+            store_ca_file: None,
         }
     }
 }
@@ -77,7 +87,11 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 /// created with mode 0600.
 pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConfig> {
     let now_s = util::unix(now)?;
-    let config = CaConfig::new(opts.trust_domain.clone(), opts.key_type);
+    let mut config = CaConfig::new(opts.trust_domain.clone(), opts.key_type);
+    config.store = opts.store.clone();
+    config.store_password_file = opts.store_password_file.clone();
+    config.store_ca_file = opts.store_ca_file.clone();
+    config.store_kind()?;
     std::fs::create_dir_all(dir).map_err(|e| CaError::io(dir, e))?;
     for name in [
         files::ROOT_CERT,
