@@ -1206,7 +1206,7 @@ impl Store for PgStore {
             Box::pin(async move {
                 let n = c
                     .execute(
-                        "UPDATE bootstrap_tokens SET binding = $2, creator = ($2::jsonb) ->> 'creator'
+                        "UPDATE bootstrap_tokens SET binding = $2::text, creator = ($2::text)::jsonb ->> 'creator'
                          WHERE hash = $1 AND used_at IS NULL",
                         &[&hash, &binding],
                     )
