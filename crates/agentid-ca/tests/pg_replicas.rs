@@ -538,3 +538,183 @@ async fn a_database_outage_answers_store_unavailable_and_loses_nothing() {
     report.expect("the audit chains verify");
     drop(pg);
 }
+
+const REPLICA_CHILD_ENV: &str = "AGENTID_PG_REPLICA_CHILD";
+
+/// Child mode: one replica (`agentid ca serve`'s service) in its own process, printing its
+/// address, serving until killed (at most five minutes). Does nothing unless started by
+/// `a_killed_replica_leaves_the_others_serving_and_loses_nothing`.
+#[test]
+fn replica_child_serve() {
+    let Some(spec) = std::env::var_os(REPLICA_CHILD_ENV) else {
+        return;
+    };
+    let spec = spec.into_string().unwrap();
+    let (writer, dir) = spec.split_once(':').unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = CertificateAuthority::open_as(std::path::Path::new(dir), writer).unwrap();
+        let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("LISTENING {}", listener.local_addr().unwrap());
+        let _ = tokio::time::timeout(Duration::from_secs(300), service.serve(listener)).await;
+    });
+}
+
+/// Starts a replica process; its address.
+fn replica_process(dir: &std::path::Path, writer: &str) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "replica_child_serve",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(REPLICA_CHILD_ENV, format!("{writer}:{}", dir.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the replica exited");
+        // libtest may print `test replica_child_serve ... ` on the same line first.
+        if let Some(a) = line.split("LISTENING ").nth(1).map(str::trim) {
+            // The rest of its output is not read: keep the pipe open (and unread) until the
+            // process is killed.
+            std::mem::forget(out);
+            return (child, a.parse().unwrap());
+        }
+    }
+}
+
+/// kill -9 of one replica process under load: the other keeps serving; every certificate
+/// returned to a client is in the database and the audit chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_leaves_the_others_serving_and_loses_nothing() {
+    let Some(db) = db().await else { return };
+    let dir = db.dir.path().to_path_buf();
+    let (mut victim, a, mut survivor, b) = tokio::task::spawn_blocking(move || {
+        let (va, a) = replica_process(&dir, "replica-a");
+        let (vb, b) = replica_process(&dir, "replica-b");
+        (va, a, vb, b)
+    })
+    .await
+    .unwrap();
+    let op = operator(db.dir.path()).await;
+    let n = issuances();
+    let toks = Arc::new(tokens(&op, "kill", n).await);
+    let done_before_kill = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for j in 0..CLIENTS {
+        let http = {
+            let op = op.clone();
+            tokio::task::spawn_blocking(move || client(&op))
+                .await
+                .unwrap()
+        };
+        let toks = toks.clone();
+        let done = done_before_kill.clone();
+        handles.push(tokio::spawn(async move {
+            // Even clients start on the victim, odd ones on the survivor.
+            let mut on_victim = j % 2 == 0;
+            let mut c = http
+                .connect(if on_victim { a } else { b }, "ca.example.org")
+                .await
+                .unwrap();
+            let mut issued = Vec::new();
+            let mut after_kill = 0usize;
+            for i in (j..toks.len()).step_by(CLIENTS) {
+                let body = format!(
+                    r#"{{"token":"{}","csr":"{}"}}"#,
+                    toks[i],
+                    b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}))
+                );
+                let r = call(&mut c, "/v1/enroll", body.clone()).await;
+                let (s, _, b_) = match r {
+                    Some(r) => r,
+                    None => {
+                        // The replica died under us: go to the other one and offer the same
+                        // token again (it may or may not have been consumed).
+                        assert!(on_victim, "the survivor failed a request");
+                        on_victim = false;
+                        c = http.connect(b, "ca.example.org").await.unwrap();
+                        match call(&mut c, "/v1/enroll", body).await {
+                            Some(r) => r,
+                            None => panic!("the survivor failed a request"),
+                        }
+                    }
+                };
+                if s == 200 {
+                    let r: CertificateResponse = serde_json::from_str(&b_).unwrap();
+                    issued.push(r.serial);
+                    if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= n {
+                        after_kill += 1;
+                    }
+                } else {
+                    // Only a token the victim consumed before dying may be refused.
+                    assert_eq!(code_of(&b_), "token_used", "{b_}");
+                }
+            }
+            (issued, after_kill)
+        }));
+    }
+    // Kill the victim once a third of the work is done.
+    let done = done_before_kill.clone();
+    let killer = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while done.load(std::sync::atomic::Ordering::SeqCst) < n / 3 {
+            assert!(tokio::time::Instant::now() < deadline, "no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        victim.kill().unwrap(); // SIGKILL
+        let before = done.swap(n + 1_000_000, std::sync::atomic::Ordering::SeqCst);
+        victim.wait().unwrap();
+        before
+    });
+    let mut issued = Vec::new();
+    let mut after_kill = 0;
+    for h in handles {
+        let (i, k) = tokio::time::timeout(Duration::from_secs(1800), h)
+            .await
+            .unwrap()
+            .unwrap();
+        issued.extend(i);
+        after_kill += k;
+    }
+    let before_kill = killer.await.unwrap();
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    let (stored, report) = {
+        let (op, dir) = (op.clone(), db.dir.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let stored: HashSet<String> = op
+                .issuances()
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.agent.as_deref() == Some("planner"))
+                .map(|r| r.serial)
+                .collect();
+            (stored, agentid_ca::audit::verify_dir(&dir).unwrap())
+        })
+        .await
+        .unwrap()
+    };
+    let returned: HashSet<&String> = issued.iter().collect();
+    let missing = returned.iter().filter(|s| !stored.contains(**s)).count();
+    println!(
+        "tokens={n} returned={} before_kill={before_kill} after_kill={after_kill} stored={} missing={missing}",
+        issued.len(),
+        stored.len()
+    );
+    assert_eq!(returned.len(), issued.len(), "a serial returned twice");
+    assert_eq!(missing, 0, "a returned certificate is not recorded");
+    assert!(after_kill > 0, "the survivor served nothing after the kill");
+    // The store may hold a certificate the victim recorded but never delivered; never fewer.
+    assert!(stored.len() >= issued.len());
+    report.expect("the audit chains verify");
+}
