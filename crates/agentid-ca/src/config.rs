@@ -173,3 +173,54 @@ impl CaConfig {
         toml::to_string(self).map_err(|e| CaError::InvalidRequest(e.to_string()))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_the_store_url_is_refused() {
+        for url in [
+            "postgres://ca:secret@db.example.org/agentid",
+            "postgresql://ca:@127.0.0.1/agentid",
+            "postgres://ca@db.example.org/agentid?password=secret",
+            "postgres://ca@db.example.org/agentid?sslmode=require&PASSWORD=x",
+        ] {
+            assert!(url_has_password(url), "{url}");
+            let e = check_store(url).unwrap_err().to_string();
+            assert!(e.contains("password"), "{url}: {e}");
+        }
+        for url in [
+            "postgres://ca@db.example.org/agentid",
+            "postgres://ca@db.example.org:5432/agentid?sslmode=require",
+            "postgres://127.0.0.1/agentid",
+        ] {
+            assert!(!url_has_password(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_or_a_postgres_url() {
+        let cfg = CaConfig::new(TrustDomain::parse("example.org").unwrap(), KeyType::P256);
+        assert_eq!(cfg.store_kind().unwrap(), StoreKind::Sqlite);
+        assert_eq!(check_store("sqlite").unwrap(), StoreKind::Sqlite);
+        assert!(check_store("mysql://db/agentid").is_err());
+        assert!(check_store("/var/lib/agentid/ca.db").is_err());
+        let url = "postgres://ca@127.0.0.1/agentid";
+        assert_eq!(check_store(url).unwrap(), StoreKind::Postgres(url));
+    }
+
+    #[test]
+    fn a_config_with_a_password_in_its_store_url_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "trust_domain = \"example.org\"\nkey_type = \"p256\"\nstore = \"postgres://ca:pw@db/agentid\"\n",
+        )
+        .unwrap();
+        let e = CaConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+}

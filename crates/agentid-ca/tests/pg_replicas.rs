@@ -579,17 +579,24 @@ fn replica_process(dir: &std::path::Path, writer: &str) -> (std::process::Child,
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    loop {
+    let addr = loop {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the replica exited");
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break None;
+        }
         // libtest may print `test replica_child_serve ... ` on the same line first.
         if let Some(a) = line.split("LISTENING ").nth(1).map(str::trim) {
-            // The rest of its output is not read: keep the pipe open (and unread) until the
-            // process is killed.
-            std::mem::forget(out);
-            return (child, a.parse().unwrap());
+            break Some(a.parse().unwrap());
         }
-    }
+    };
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the replica exited before listening");
+    };
+    // The rest of its output is not read: keep the pipe open until the process is killed.
+    std::mem::forget(out);
+    (child, addr)
 }
 
 /// kill -9 of one replica process under load: the other keeps serving; every certificate

@@ -1477,3 +1477,90 @@ impl Store for PgStore {
         )
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_remote_database_needs_tls_and_its_ca() {
+        let e = PgSettings::from_url("postgres://ca@db.example.org/agentid", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store_ca_file"), "{e}");
+        let e = PgSettings::from_url(
+            "postgres://ca@db.example.org/agentid?sslmode=disable",
+            None,
+            Some(Path::new("/nonexistent.pem")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sslmode=disable"), "{e}");
+        // Loopback and Unix sockets need none.
+        for url in [
+            "postgres://ca@127.0.0.1/agentid",
+            "postgres://ca@localhost:5433/agentid",
+            "postgres://ca@[::1]/agentid",
+            "postgres://ca@%2Fvar%2Frun%2Fpostgresql/agentid",
+        ] {
+            let s = PgSettings::from_url(url, None, None).unwrap();
+            assert!(s.tls.is_none(), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_an_owner_only_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "pw", "s3cret\n", 0o600);
+        let s = PgSettings::from_url("postgres://ca@127.0.0.1/agentid", Some(&good), None).unwrap();
+        assert_eq!(s.config.get_password(), Some(&b"s3cret"[..]));
+        let open = write(dir.path(), "pw-open", "s3cret\n", 0o644);
+        let e = PgSettings::from_url("postgres://ca@127.0.0.1/agentid", Some(&open), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        let e = parse_url("postgres://ca:pw@127.0.0.1/agentid")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn pgpass_lines_match_like_libpq() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "pgpass",
+            "# comment\nother.host:5432:agentid:ca:wrong\ndb.example.org:5432:agentid:ca:pa\\:ss\\\\w\n*:*:*:*:fallback\n",
+            0o600,
+        );
+        let c = parse_url("postgres://ca@db.example.org/agentid").unwrap();
+        assert_eq!(pgpass_lookup(&p, &c).unwrap().as_deref(), Some("pa:ss\\w"));
+        let c = parse_url("postgres://someone@elsewhere:6000/x").unwrap();
+        assert_eq!(pgpass_lookup(&p, &c).unwrap().as_deref(), Some("fallback"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(pgpass_lookup(&p, &c).is_err());
+    }
+
+    #[test]
+    fn a_database_that_is_down_is_a_prompt_store_error() {
+        // A port nothing listens on: refused at once, reported as a store error (503).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = PgStore::open_url(&format!("postgres://ca@127.0.0.1:{port}/agentid"), "main")
+            .unwrap_err();
+        assert!(matches!(e, CaError::Store(_)), "{e}");
+    }
+}

@@ -59,13 +59,8 @@ pub struct TestCa {
 pub fn postgres_under_test() -> bool {
     match std::env::var("AGENTID_TEST_STORE").as_deref() {
         Err(_) | Ok("sqlite") => false,
-        Ok("postgres") => {
-            assert!(
-                cfg!(feature = "postgres"),
-                "AGENTID_TEST_STORE=postgres needs --features postgres"
-            );
-            true
-        }
+        Ok("postgres") if cfg!(feature = "postgres") => true,
+        Ok("postgres") => panic!("AGENTID_TEST_STORE=postgres needs --features postgres"),
         Ok(other) => panic!("AGENTID_TEST_STORE must be sqlite or postgres, not {other:?}"),
     }
 }
