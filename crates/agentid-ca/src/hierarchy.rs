@@ -114,6 +114,12 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         }
     }
 
+    // A shared database is reached (and its schema made) before any key is written, so that a
+    // wrong URL, password or TLS setting leaves no half-made CA directory behind.
+    if matches!(config.store_kind()?, crate::config::StoreKind::Postgres(_)) {
+        drop(config.open_store(dir, crate::audit::DEFAULT_WRITER)?);
+    }
+
     let td = opts.trust_domain.as_str();
     let not_before = now_s.saturating_sub(config.skew_secs);
     let root_end = now_s.saturating_add(opts.root_validity.as_secs());
