@@ -1,5 +1,5 @@
 //! The CA's record of every issuance and revocation, behind a trait; SQLite by default,
-//! PostgreSQL for several replicas ([`postgres`], feature `postgres`).
+//! PostgreSQL for several replicas (module `postgres`, feature `postgres`).
 //!
 //! An issuance is committed (with its key binding, its task and the consumption of a bootstrap
 //! token, in one transaction) before the certificate is handed out, so that the store holds

@@ -48,7 +48,7 @@ const MAX_ATTEMPTS: u32 = 5;
 const MAX_IDLE: usize = 8;
 
 /// Where the store connects and how it authenticates; made from the CA's configuration by
-/// [`crate::config::StoreConfig`].
+/// [`crate::CaConfig::open_store`].
 #[derive(Clone)]
 pub struct PgSettings {
     config: tokio_postgres::Config,
