@@ -443,10 +443,9 @@ pub fn audit_public_key(dir: &std::path::Path) -> Result<PublicKey> {
 /// domain) without loading any private key. The outer error is a failure to read; the inner
 /// one is the first break found.
 pub fn verify_dir(dir: &std::path::Path) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
-    use crate::store::Store as _;
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
     let key = audit_public_key(dir)?;
-    let store = crate::SqliteStore::open(&dir.join(crate::material::files::DB))?;
+    let store = config.open_store(dir, DEFAULT_WRITER)?;
     let snap = store.audit_snapshot(None)?;
     Ok(verify(&snap, &key, config.trust_domain.id().as_str()))
 }
@@ -458,8 +457,8 @@ pub fn export_dir(
     since: Option<u64>,
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
-    use crate::store::Store as _;
-    let store = crate::SqliteStore::open(&dir.join(crate::material::files::DB))?;
+    let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
+    let store = config.open_store(dir, DEFAULT_WRITER)?;
     let snap = store.audit_snapshot(since)?;
     let mut n = 0u64;
     let io = |e: std::io::Error| CaError::Store(format!("audit export: {e}"));

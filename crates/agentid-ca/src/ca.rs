@@ -22,7 +22,7 @@ use crate::profile::cert_not_after;
 use crate::signer::{FileX509Signer, X509Signer};
 use crate::store::{
     BootstrapRecord, IssuanceCommitter, IssuanceRecord, Publication, PublishedList, RevocationKind,
-    RevocationRecord, SqliteStore, Store,
+    RevocationRecord, Store,
 };
 use crate::util;
 
@@ -185,6 +185,13 @@ impl CertificateAuthority {
     /// that are group- or world-accessible, and an issuing key that does not match the
     /// intermediate certificate.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_as(dir, crate::audit::DEFAULT_WRITER)
+    }
+
+    /// [`CertificateAuthority::open`] with the store `config.toml` chooses (SQLite's `ca.db` or
+    /// a shared PostgreSQL database) and `writer` as this process's audit chain writer id
+    /// (one per replica of a shared database).
+    pub fn open_as(dir: &Path, writer: &str) -> Result<Self> {
         let config = CaConfig::load(&join(dir, files::CONFIG))?;
         let policy = Policy::load(&join(dir, files::POLICY))?;
         let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
@@ -196,7 +203,7 @@ impl CertificateAuthority {
         let grant = load_authority_key(&join(dir, files::GRANT_KEY))?;
         let revocation = load_authority_key(&join(dir, files::REVOCATION_KEY))?;
         let audit_key = load_or_create_audit_key(dir, config.key_type.algorithm())?;
-        let store = SqliteStore::open(&join(dir, files::DB))?;
+        let store = config.open_store(dir, writer)?;
         let mut ca = Self::from_parts(CaParts {
             config,
             policy,
@@ -205,7 +212,7 @@ impl CertificateAuthority {
             issuer: Box::new(issuer),
             grant_signer: Box::new(grant),
             revocation_signer: Box::new(revocation),
-            store: Box::new(store),
+            store,
             audit: AuditLog::tracing_only(),
             audit_signer: Some(Box::new(audit_key)),
         })?;

@@ -1,6 +1,6 @@
 //! `config.toml`: the CA's fixed settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agentid_protocol::TrustDomain;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,71 @@ pub struct CaConfig {
     /// Seconds from a revocation list's `iat` to its `next_update`.
     #[serde(default = "default_next_update")]
     pub revocation_next_update_secs: u64,
+    /// Where the records are kept: absent or `"sqlite"` for `ca.db` in the CA directory (the
+    /// default), or `"postgres://USER@HOST[:PORT]/DB"` for a PostgreSQL database that several
+    /// CA replicas share (agentid built with the `postgres` feature). Never a password in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password alone, readable by its owner only (mode 0600);
+    /// relative to the CA directory. Without it the password comes from the file `PGPASSFILE`
+    /// names, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_password_file: Option<PathBuf>,
+    /// PEM file of the CA that issued the PostgreSQL server's certificate; relative to the CA
+    /// directory. Required (TLS is) unless the database is on loopback or a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ca_file: Option<PathBuf>,
+}
+
+/// Which store a configuration chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind<'a> {
+    /// `ca.db` in the CA directory.
+    Sqlite,
+    /// A PostgreSQL database, by URL (checked to carry no password).
+    Postgres(&'a str),
+}
+
+/// Whether a `postgres://` URL carries a password (in its user info or as a `password`
+/// parameter). Such a URL is refused: it would sit in `config.toml` or a command line.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or(url);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or("");
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = query.split('&').any(|kv| {
+        kv.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+    });
+    in_userinfo || in_query
+}
+
+/// Checks a `store` setting: `sqlite`, or a `postgres://` URL without a password.
+pub fn check_store(store: &str) -> Result<StoreKind<'_>> {
+    if store == "sqlite" {
+        return Ok(StoreKind::Sqlite);
+    }
+    if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+        return Err(CaError::InvalidRequest(format!(
+            "store must be \"sqlite\" or a postgres://USER@HOST/DB URL, not {store:?}"
+        )));
+    }
+    if url_has_password(store) {
+        return Err(CaError::InvalidRequest(
+            "store: the PostgreSQL URL carries a password; put the password in a file readable \
+             only by its owner (store_password_file in config.toml, or PGPASSFILE) instead"
+                .into(),
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    crate::store::postgres::parse_url(store)?;
+    Ok(StoreKind::Postgres(store))
 }
 
 fn default_skew() -> u64 {
@@ -45,6 +110,9 @@ impl CaConfig {
             key_type,
             skew_secs: DEFAULT_SKEW_SECS,
             revocation_next_update_secs: DEFAULT_NEXT_UPDATE_SECS,
+            store: None,
+            store_password_file: None,
+            store_ca_file: None,
         }
     }
 
@@ -62,10 +130,97 @@ impl CaConfig {
                 "revocation_next_update_secs must be positive",
             ));
         }
+        cfg.store_kind()
+            .map_err(|e| CaError::material(path, e.to_string()))?;
         Ok(cfg)
+    }
+
+    /// The store this configuration chooses (SQLite when `store` is absent).
+    pub fn store_kind(&self) -> Result<StoreKind<'_>> {
+        match &self.store {
+            None => Ok(StoreKind::Sqlite),
+            Some(s) => check_store(s),
+        }
+    }
+
+    /// Opens the store this configuration chooses for the CA directory `dir`, with `writer`
+    /// as its audit chain's writer id.
+    pub fn open_store(&self, dir: &Path, writer: &str) -> Result<Box<dyn crate::store::Store>> {
+        match self.store_kind()? {
+            StoreKind::Sqlite => Ok(Box::new(crate::store::SqliteStore::open_as(
+                &crate::material::join(dir, crate::material::files::DB),
+                writer,
+            )?)),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres(url) => {
+                let rel = |p: &Option<PathBuf>| p.as_ref().map(|p| dir.join(p));
+                let settings = crate::store::PgSettings::from_url(
+                    url,
+                    rel(&self.store_password_file).as_deref(),
+                    rel(&self.store_ca_file).as_deref(),
+                )?;
+                Ok(Box::new(crate::store::PgStore::open_as(settings, writer)?))
+            }
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres(_) => Err(CaError::InvalidRequest(
+                "store: this agentid was built without PostgreSQL support (feature `postgres`)"
+                    .into(),
+            )),
+        }
     }
 
     pub(crate) fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| CaError::InvalidRequest(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_the_store_url_is_refused() {
+        for url in [
+            "postgres://ca:secret@db.example.org/agentid",
+            "postgresql://ca:@127.0.0.1/agentid",
+            "postgres://ca@db.example.org/agentid?password=secret",
+            "postgres://ca@db.example.org/agentid?sslmode=require&PASSWORD=x",
+        ] {
+            assert!(url_has_password(url), "{url}");
+            let e = check_store(url).unwrap_err().to_string();
+            assert!(e.contains("password"), "{url}: {e}");
+        }
+        for url in [
+            "postgres://ca@db.example.org/agentid",
+            "postgres://ca@db.example.org:5432/agentid?sslmode=require",
+            "postgres://127.0.0.1/agentid",
+        ] {
+            assert!(!url_has_password(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_or_a_postgres_url() {
+        let cfg = CaConfig::new(TrustDomain::parse("example.org").unwrap(), KeyType::P256);
+        assert_eq!(cfg.store_kind().unwrap(), StoreKind::Sqlite);
+        assert_eq!(check_store("sqlite").unwrap(), StoreKind::Sqlite);
+        assert!(check_store("mysql://db/agentid").is_err());
+        assert!(check_store("/var/lib/agentid/ca.db").is_err());
+        let url = "postgres://ca@127.0.0.1/agentid";
+        assert_eq!(check_store(url).unwrap(), StoreKind::Postgres(url));
+    }
+
+    #[test]
+    fn a_config_with_a_password_in_its_store_url_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "trust_domain = \"example.org\"\nkey_type = \"p256\"\nstore = \"postgres://ca:pw@db/agentid\"\n",
+        )
+        .unwrap();
+        let e = CaConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("password"), "{e}");
     }
 }

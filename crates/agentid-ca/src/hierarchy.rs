@@ -31,6 +31,13 @@ pub struct InitOptions {
     pub root_validity: Duration,
     /// Intermediate certificate lifetime (capped by the root's).
     pub intermediate_validity: Duration,
+    /// The store (`config.toml`'s `store`): `None` for SQLite's `ca.db`, or a
+    /// `postgres://USER@HOST/DB` URL (without a password).
+    pub store: Option<String>,
+    /// `config.toml`'s `store_password_file`.
+    pub store_password_file: Option<std::path::PathBuf>,
+    /// `config.toml`'s `store_ca_file`.
+    pub store_ca_file: Option<std::path::PathBuf>,
 }
 
 impl InitOptions {
@@ -41,6 +48,9 @@ impl InitOptions {
             key_type: KeyType::P256,
             root_validity: DEFAULT_ROOT_VALIDITY,
             intermediate_validity: DEFAULT_INTERMEDIATE_VALIDITY,
+            store: None,
+            store_password_file: None,
+            store_ca_file: None,
         }
     }
 }
@@ -77,7 +87,11 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 /// created with mode 0600.
 pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConfig> {
     let now_s = util::unix(now)?;
-    let config = CaConfig::new(opts.trust_domain.clone(), opts.key_type);
+    let mut config = CaConfig::new(opts.trust_domain.clone(), opts.key_type);
+    config.store = opts.store.clone();
+    config.store_password_file = opts.store_password_file.clone();
+    config.store_ca_file = opts.store_ca_file.clone();
+    config.store_kind()?;
     for name in [
         files::ROOT_CERT,
         files::ROOT_KEY,
@@ -97,6 +111,12 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         if p.exists() {
             return Err(CaError::AlreadyInitialized { path: p });
         }
+    }
+
+    // A shared database is reached (and its schema made) before any key is written, so that a
+    // wrong URL, password or TLS setting leaves no half-made CA directory behind.
+    if matches!(config.store_kind()?, crate::config::StoreKind::Postgres(_)) {
+        drop(config.open_store(dir, crate::audit::DEFAULT_WRITER)?);
     }
 
     // Whoever can read the directory is the operator: 0700, every file in it 0600.
@@ -168,7 +188,9 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
     // Create the store now so that a broken directory fails at init, not at first issuance;
     // sign the first agentid bundle while the offline key is here. The database file is made
     // 0600 before SQLite opens it (SQLite gives its journal files the database's mode).
-    material::write_public_file(&join(dir, files::DB), b"")?;
+    if !matches!(config.store_kind()?, crate::config::StoreKind::Postgres(_)) {
+        material::write_public_file(&join(dir, files::DB), b"")?;
+    }
     let ca = crate::CertificateAuthority::open(dir)?;
     crate::agentid_bundle::sign_dir(&ca, dir, now_s)?;
     tracing::info!(trust_domain = td, key_type = %opts.key_type, dir = %dir.display(), "CA initialized");

@@ -1,4 +1,5 @@
-//! Schema versions of the SQLite store and the migrations between them.
+//! Schema versions of the stores and the migrations between them: SQLite's below, and
+//! PostgreSQL's in [`PG_MIGRATIONS`] (its own version table, `agentid_schema`).
 //!
 //! The version lives in SQLite's `PRAGMA user_version` (a field of the database header, written
 //! in the same transaction as the schema change it records).
@@ -85,6 +86,65 @@ CREATE INDEX tasks_exp ON tasks(exp);
 ",
     },
 ];
+
+/// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
+pub const PG_SCHEMA_VERSION: u32 = 1;
+
+/// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
+/// applied in one transaction under an advisory lock, and the version is kept in the one-row
+/// table `agentid_schema`. Version 1 is the whole schema of SQLite's version
+/// [`SCHEMA_VERSION`] (plus `id` columns for insertion order and the audit chain heads).
+pub const PG_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "CA store: issuances, bindings, tasks, tokens, revocations, lists, audit chains",
+    sql: "
+CREATE TABLE identities (
+  identity TEXT PRIMARY KEY, jkt TEXT NOT NULL, spki BYTEA NOT NULL,
+  agent TEXT, task TEXT, cap BIGINT NOT NULL);
+CREATE INDEX identities_agent ON identities(agent);
+CREATE INDEX identities_task ON identities(task);
+-- One key, one identity, forever.
+CREATE TABLE keys (jkt TEXT PRIMARY KEY, identity TEXT NOT NULL);
+CREATE TABLE issuances (
+  id BIGSERIAL NOT NULL UNIQUE,
+  serial TEXT PRIMARY KEY, identity TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT, task TEXT,
+  not_before BIGINT NOT NULL, not_after BIGINT NOT NULL, requester TEXT NOT NULL,
+  jkt TEXT NOT NULL, issued_at BIGINT NOT NULL, grant_jti TEXT UNIQUE);
+CREATE INDEX issuances_agent ON issuances(agent);
+CREATE INDEX issuances_task ON issuances(task);
+CREATE INDEX issuances_jkt ON issuances(jkt);
+CREATE TABLE tasks (
+  id BIGSERIAL NOT NULL UNIQUE,
+  task TEXT PRIMARY KEY, holder TEXT NOT NULL, grant_jti TEXT NOT NULL UNIQUE,
+  exp BIGINT NOT NULL, created BIGINT NOT NULL, principal TEXT);
+CREATE INDEX tasks_principal ON tasks(principal);
+CREATE INDEX tasks_exp ON tasks(exp);
+CREATE TABLE revocations (
+  id BIGSERIAL NOT NULL UNIQUE,
+  kind TEXT NOT NULL, value TEXT NOT NULL, exp BIGINT NOT NULL, revoked_at BIGINT NOT NULL,
+  reason TEXT, requester TEXT NOT NULL, PRIMARY KEY (kind, value));
+-- Single-use: consumed by UPDATE ... WHERE used_at IS NULL inside the issuance transaction.
+CREATE TABLE bootstrap_tokens (
+  hash TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, expires BIGINT NOT NULL,
+  used_at BIGINT, binding TEXT, creator TEXT);
+-- revocation_seq: the counter whose row lock serializes publications.
+-- revocation_epoch: bumped by every transaction that adds or widens a revocation.
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('revocation_seq', 0), ('revocation_epoch', 0);
+CREATE TABLE published_lists (
+  seq BIGINT PRIMARY KEY, compact TEXT NOT NULL, published_at BIGINT NOT NULL,
+  next_update BIGINT NOT NULL, revocation_epoch BIGINT NOT NULL);
+CREATE TABLE audit_records (
+  writer TEXT NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, body TEXT NOT NULL,
+  hash TEXT NOT NULL, PRIMARY KEY (writer, seq));
+CREATE INDEX audit_records_ts ON audit_records(ts);
+-- Each writer's chain head, locked (FOR UPDATE) by every append until its commit.
+CREATE TABLE audit_heads (writer TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE audit_checkpoints (
+  writer TEXT NOT NULL, seq BIGINT NOT NULL, head TEXT NOT NULL, iat BIGINT NOT NULL,
+  jws TEXT NOT NULL, PRIMARY KEY (writer, seq));
+",
+}];
 
 /// Reads the schema version.
 pub fn schema_version(conn: &Connection) -> Result<u32> {
@@ -180,6 +240,17 @@ mod tests {
         assert_eq!(
             MIGRATIONS.last().map(|m| m.version).unwrap_or(0),
             SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn postgres_migrations_are_numbered_in_order() {
+        for (i, m) in PG_MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "{}", m.description);
+        }
+        assert_eq!(
+            PG_MIGRATIONS.last().map(|m| m.version).unwrap_or(0),
+            PG_SCHEMA_VERSION
         );
     }
 

@@ -681,11 +681,14 @@ fn bootstrap_token_is_single_use_and_bound() {
         t.ca.open_task(&mk("planner", &task, &tok.token), now())
             .unwrap_err();
     assert!(matches!(e, CaError::BootstrapToken(_)), "{e}");
-    // The token is stored hashed only.
-    let db = std::fs::read(t.path().join("ca.db")).unwrap();
-    assert!(!db
-        .windows(tok.token.len())
-        .any(|w| w == tok.token.as_bytes()));
+    // The token is stored hashed only (SQLite's file is read whole; PostgreSQL's token row is
+    // read through the store, which knows it by hash only).
+    if t.pg.is_none() {
+        let db = std::fs::read(t.path().join("ca.db")).unwrap();
+        assert!(!db
+            .windows(tok.token.len())
+            .any(|w| w == tok.token.as_bytes()));
+    }
     let audit = serde_json::to_string(&audit_records(&t.ca)).unwrap();
     assert!(audit.contains("bootstrap.create"));
     assert!(!audit.contains(&tok.token));

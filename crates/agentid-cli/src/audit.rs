@@ -51,7 +51,10 @@ fn parse_since(s: &str) -> Result<u64, String> {
 }
 
 fn ca_dir(dir: &Path) -> CliResult<()> {
-    if dir.join(agentid_ca::material::files::DB).is_file() {
+    // SQLite's `ca.db`, or a shared database named by `config.toml` (`store`).
+    let shared = agentid_ca::CaConfig::load(&dir.join(agentid_ca::material::files::CONFIG))
+        .is_ok_and(|c| c.store.as_deref().is_some_and(|s| s != "sqlite"));
+    if shared || dir.join(agentid_ca::material::files::DB).is_file() {
         Ok(())
     } else {
         Err(CliError::failed(format!(

@@ -67,6 +67,19 @@ pub struct InitArgs {
     /// Key type of the CA hierarchy and the authority keys.
     #[arg(long, value_enum, default_value_t = KeyType::P256)]
     pub key_type: KeyType,
+    /// The store: `sqlite` (default, `ca.db` in DIR) or `postgres://USER@HOST[:PORT]/DB`, a
+    /// database that several `ca serve` replicas share (needs agentid built with the
+    /// `postgres` feature). Never a password in the URL: use --store-password-file or
+    /// PGPASSFILE.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password alone, mode 0600.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_password_file: Option<PathBuf>,
+    /// The PEM file of the CA of the PostgreSQL server's certificate (TLS is required unless
+    /// the database is on loopback or a Unix socket).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -87,6 +100,18 @@ fn init(args: &InitArgs) -> CliResult {
         KeyType::P256 => agentid_ca::KeyType::P256,
         KeyType::Ed25519 => agentid_ca::KeyType::Ed25519,
     };
+    if let Some(store) = &args.store {
+        agentid_ca::config::check_store(store).context("bad --store")?;
+        opts.store = (store != "sqlite").then(|| store.clone());
+    }
+    let absolute =
+        |p: &PathBuf| std::path::absolute(p).context(format!("bad path {}", p.display()));
+    opts.store_password_file = args
+        .store_password_file
+        .as_ref()
+        .map(absolute)
+        .transpose()?;
+    opts.store_ca_file = args.store_ca_file.as_ref().map(absolute).transpose()?;
     let cfg = init_ca(&args.dir, &opts, SystemTime::now())?;
     let policy = args.dir.join("policy.toml");
     match args.format.format {

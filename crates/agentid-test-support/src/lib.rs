@@ -1,5 +1,6 @@
 //! Helpers shared by agentid's integration tests: the bound on every await, the clock, PEM,
-//! loopback servers and clients, and the rule for tests that need the `openssl` binary.
+//! loopback servers and clients, the rule for tests that need the `openssl` binary, and a
+//! PostgreSQL server of the test's own ([`pg::PgCluster`]).
 //!
 //! A dev-dependency only (`publish = false`). What is specific to one crate's tests (the
 //! transport's hand-made PKI, the facade's CA-backed agents, the CLI's command runner) stays in
@@ -16,6 +17,7 @@
 
 pub mod net;
 pub mod openssl;
+pub mod pg;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -49,6 +49,36 @@ pub fn unix(t: SystemTime) -> u64 {
 pub struct TestCa {
     pub dir: tempfile::TempDir,
     pub ca: CertificateAuthority,
+    /// The PostgreSQL server of this CA's store, when the tests run against PostgreSQL
+    /// (dropped after the CA: fields drop in order).
+    pub pg: Option<agentid_test_support::pg::PgCluster>,
+}
+
+/// Which store `test_ca` gives: `AGENTID_TEST_STORE=postgres` (with the `postgres` feature)
+/// runs the same tests against a PostgreSQL server of each test's own; SQLite otherwise.
+pub fn postgres_under_test() -> bool {
+    match std::env::var("AGENTID_TEST_STORE").as_deref() {
+        Err(_) | Ok("sqlite") => false,
+        Ok("postgres") if cfg!(feature = "postgres") => true,
+        Ok("postgres") => panic!("AGENTID_TEST_STORE=postgres needs --features postgres"),
+        Ok(other) => panic!("AGENTID_TEST_STORE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A CA directory whose `config.toml` names a fresh database on `pg`.
+pub fn make_pg_ca_dir(
+    key_type: KeyType,
+    pg: &agentid_test_support::pg::PgCluster,
+    db: &str,
+) -> tempfile::TempDir {
+    pg.create_database(db);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = InitOptions::new(TrustDomain::parse(TD).unwrap());
+    opts.key_type = key_type;
+    opts.store = Some(pg.url(db));
+    init_ca(dir.path(), &opts, now()).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    dir
 }
 
 impl TestCa {
@@ -67,9 +97,21 @@ pub fn make_ca_dir(key_type: KeyType) -> tempfile::TempDir {
 }
 
 pub fn test_ca(key_type: KeyType) -> TestCa {
+    if postgres_under_test() {
+        // Under CI a missing PostgreSQL fails here; elsewhere the run was asked for explicitly.
+        let pg = agentid_test_support::pg::PgCluster::start()
+            .expect("AGENTID_TEST_STORE=postgres but PostgreSQL is not installed");
+        let dir = make_pg_ca_dir(key_type, &pg, "agentid");
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        return TestCa {
+            dir,
+            ca,
+            pg: Some(pg),
+        };
+    }
     let dir = make_ca_dir(key_type);
     let ca = CertificateAuthority::open(dir.path()).unwrap();
-    TestCa { dir, ca }
+    TestCa { dir, ca, pg: None }
 }
 
 /// A fresh task key and its SPKI as a key source.

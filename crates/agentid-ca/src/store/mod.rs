@@ -1,4 +1,5 @@
-//! The CA's record of every issuance and revocation, behind a trait; SQLite by default.
+//! The CA's record of every issuance and revocation, behind a trait; SQLite by default,
+//! PostgreSQL for several replicas (module `postgres`, feature `postgres`).
 //!
 //! An issuance is committed (with its key binding, its task and the consumption of a bootstrap
 //! token, in one transaction) before the certificate is handed out, so that the store holds
@@ -12,6 +13,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
 use crate::error::{CaError, Result};
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgSettings, PgStore};
 
 /// What an issuance was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

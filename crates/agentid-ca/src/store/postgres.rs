@@ -1,0 +1,1566 @@
+//! The PostgreSQL store (feature `postgres`): several CA replicas on one database.
+//!
+//! * **Same contract as SQLite.** The same [`Store`] trait, the same refusals, proven by the
+//!   same test suite.
+//! * **Uniqueness by constraints, not process locks.** Serials, grant `jti`s, task ids, key
+//!   bindings and identities are primary keys or unique columns; a bootstrap token is consumed
+//!   by `UPDATE ... WHERE used_at IS NULL RETURNING` inside the issuance transaction. Two
+//!   replicas racing for one key, identity or token: one commits, the other gets the refusal
+//!   SQLite would have given.
+//! * **READ COMMITTED with bounded retries** on serialization failures (`40001`) and deadlocks
+//!   (`40P01`).
+//! * **Publication**: one transaction locks the counter row (`UPDATE meta ... RETURNING`), reads
+//!   the revocation epoch and then the entries, signs, stores the list and its audit record: a
+//!   list with a higher `seq` holds every entry a lower one held.
+//! * **Audit chain per writer**: the writer's head row is locked (`SELECT ... FOR UPDATE`) last
+//!   in each transaction, so appends of one writer are serialized even across processes.
+//! * **A clear error when the database is down**: connecting is bounded (`connect_timeout`),
+//!   every statement too (`statement_timeout`, and a bound on each whole operation); the error
+//!   is [`CaError::Store`] (`store_unavailable`, 503 with `Retry-After` in the service). A
+//!   broken connection is dropped and the next operation connects again.
+//! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
+//!   any thread, inside an async runtime or not.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Transaction};
+
+use super::{
+    BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit, IssuanceCommitter,
+    IssuanceKind, IssuanceRecord, LiveTask, OwnedCommit, Publication, PublishedList,
+    RevocationKind, RevocationRecord, Store, TaskRecord,
+};
+use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
+use crate::error::{CaError, Result};
+
+/// Bound on connecting to the database.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on one statement, enforced by the server.
+const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// Bound on one whole store operation (connect, retries, commit), enforced here.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts of a transaction that fails with a serialization failure or a deadlock.
+const MAX_ATTEMPTS: u32 = 5;
+/// Idle connections kept per store.
+const MAX_IDLE: usize = 8;
+
+/// Where the store connects and how it authenticates; made from the CA's configuration by
+/// [`crate::CaConfig::open_store`].
+#[derive(Clone)]
+pub struct PgSettings {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl core::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("user", &self.config.get_user())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether every host of `config` is on loopback or a Unix socket (no TLS needed there).
+fn all_local(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    }) && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
+}
+
+impl PgSettings {
+    /// Settings from a `postgres://user@host[:port]/db` URL.
+    ///
+    /// * The URL must not carry a password: it comes from `password_file` (a file readable by
+    ///   its owner only, holding the password) or, without one, from the file `PGPASSFILE`
+    ///   names (libpq's `host:port:db:user:password` lines, also readable by its owner only).
+    /// * TLS (rustls, aws-lc-rs, verifying the server against `ca_file`) is required unless
+    ///   every host is on loopback or a Unix socket; `sslmode=disable` is refused then.
+    pub fn from_url(
+        url: &str,
+        password_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self> {
+        let mut config = parse_url(url)?;
+        let password = match password_file {
+            Some(p) => Some(read_password_file(p)?),
+            None => match std::env::var_os("PGPASSFILE") {
+                Some(p) => pgpass_lookup(&PathBuf::from(p), &config)?,
+                None => None,
+            },
+        };
+        if let Some(pw) = password {
+            config.password(pw);
+        }
+        let local = all_local(&config);
+        let tls = if local && ca_file.is_none() {
+            None
+        } else {
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+                return Err(CaError::InvalidRequest(
+                    "store: sslmode=disable is refused for a database that is not on loopback or a Unix socket"
+                        .into(),
+                ));
+            }
+            let Some(ca_file) = ca_file else {
+                return Err(CaError::InvalidRequest(
+                    "store: a database that is not on loopback or a Unix socket needs TLS: set \
+                     store_ca_file to the PEM file of the CA that issued the server's certificate"
+                        .into(),
+                ));
+            };
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(tls_connector(ca_file)?)
+        };
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        config.application_name("agentid-ca");
+        Ok(PgSettings { config, tls })
+    }
+}
+
+/// Parses a store URL, refusing a password in it.
+pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(CaError::InvalidRequest(
+            "store: a PostgreSQL store is a postgres://user@host/db URL".into(),
+        ));
+    }
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| CaError::InvalidRequest(format!("store: not a valid PostgreSQL URL: {e}")))?;
+    if config.get_password().is_some() {
+        return Err(CaError::InvalidRequest(
+            "store: the URL carries a password; put it in a file readable only by its owner \
+             (store_password_file in config.toml, or PGPASSFILE) instead"
+                .into(),
+        ));
+    }
+    if config.get_hosts().is_empty() {
+        return Err(CaError::InvalidRequest(
+            "store: the URL names no host".into(),
+        ));
+    }
+    if config.get_dbname().is_none() {
+        return Err(CaError::InvalidRequest(
+            "store: the URL names no database".into(),
+        ));
+    }
+    Ok(config)
+}
+
+fn check_owner_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| CaError::io(path, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::material(
+            path,
+            format!("password file is accessible by group or others (mode {mode:o}); run `chmod 600` on it"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_password_file(path: &Path) -> Result<String> {
+    check_owner_only(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+    let pw = text.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() || pw.contains('\n') {
+        return Err(CaError::material(
+            path,
+            "must hold the password alone, on one line",
+        ));
+    }
+    Ok(pw.to_owned())
+}
+
+/// The password for `config` from a libpq password file (`host:port:db:user:password`, `*`
+/// matches anything, `\` escapes `:` and `\`).
+fn pgpass_lookup(path: &Path, config: &tokio_postgres::Config) -> Result<Option<String>> {
+    check_owner_only(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        // libpq matches Unix sockets as `localhost`.
+        _ => "localhost".to_owned(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let db = config.get_dbname().unwrap_or_default();
+    let user = config.get_user().unwrap_or_default();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_pgpass(line);
+        let [h, p, d, u, pw] = fields.as_slice() else {
+            continue;
+        };
+        let m = |pat: &str, v: &str| pat == "*" || pat == v;
+        if m(h, &host) && m(p, &port) && m(d, db) && m(u, user) {
+            return Ok(Some(pw.clone()));
+        }
+    }
+    Ok(None)
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let (Some(n), Some(last)) = (chars.next(), out.last_mut()) {
+                    last.push(n);
+                }
+            }
+            ':' if out.len() < 5 => out.push(String::new()),
+            c => {
+                if let Some(last) = out.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| CaError::material(ca_file, e.to_string()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| CaError::material(ca_file, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| CaError::material(ca_file, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(CaError::material(ca_file, "holds no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CaError::InvalidRequest(format!("store TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A store error before it becomes a [`CaError`]: database errors keep their SQLSTATE so that
+/// retries and unique violations can be told apart.
+#[derive(Debug)]
+enum PgErr {
+    Db(tokio_postgres::Error),
+    Ca(CaError),
+}
+
+impl From<tokio_postgres::Error> for PgErr {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgErr::Db(e)
+    }
+}
+impl From<CaError> for PgErr {
+    fn from(e: CaError) -> Self {
+        PgErr::Ca(e)
+    }
+}
+
+impl PgErr {
+    fn code(&self) -> Option<&SqlState> {
+        match self {
+            PgErr::Db(e) => e.code(),
+            PgErr::Ca(_) => None,
+        }
+    }
+    fn retryable(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        )
+    }
+    fn unique_violation(&self) -> bool {
+        self.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+    fn into_ca(self) -> CaError {
+        match self {
+            PgErr::Ca(e) => e,
+            PgErr::Db(e) => CaError::Store(describe(&e)),
+        }
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres {}: {}", db.code().code(), db.message()),
+        None if e.is_closed() => "the database connection is closed".into(),
+        None => format!("the database is unavailable: {e}"),
+    }
+}
+
+type PgResult<T> = core::result::Result<T, PgErr>;
+
+fn to_i64(v: u64) -> PgResult<i64> {
+    i64::try_from(v).map_err(|_| PgErr::Ca(CaError::Store("integer out of range".into())))
+}
+fn to_u64(v: i64) -> PgResult<u64> {
+    u64::try_from(v).map_err(|_| PgErr::Ca(CaError::Store("negative integer in the store".into())))
+}
+
+type BoxFut<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<T>> + Send + 'c>>;
+
+/// Runs `$body` (an async block using `$tx: &Transaction`) in a transaction on `$client`,
+/// committed at the end, retried on serialization failures and deadlocks (bounded).
+macro_rules! in_tx {
+    ($client:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let res: PgResult<_> = async {
+                let $tx = $client.transaction().await?;
+                let out = $body.await?;
+                $tx.commit().await?;
+                Ok(out)
+            }
+            .await;
+            match res {
+                Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+struct Inner {
+    rt: Option<tokio::runtime::Runtime>,
+    settings: PgSettings,
+    idle: Mutex<Vec<Client>>,
+    writer: Arc<str>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Never blocks, also when dropped inside another runtime.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Inner {
+    fn rt(&self) -> Result<&tokio::runtime::Runtime> {
+        self.rt
+            .as_ref()
+            .ok_or_else(|| CaError::Store("the store is closed".into()))
+    }
+
+    /// An idle connection, if there is one.
+    fn take(&self) -> Option<Client> {
+        self.idle.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    /// Keeps a healthy connection for later.
+    fn give_back(&self, client: Option<Client>) {
+        if let (Some(c), Ok(mut idle)) = (client, self.idle.lock()) {
+            if idle.len() < MAX_IDLE && !c.is_closed() {
+                idle.push(c);
+            }
+        }
+    }
+
+    /// Runs `f` with `client` (or a new connection) on the store's runtime and waits for it
+    /// (bounded). Returns the connection unless it broke, failed, or timed out.
+    fn exec<T: Send + 'static>(
+        &self,
+        client: Option<Client>,
+        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
+    ) -> (Option<Client>, PgResult<T>) {
+        let rt = match self.rt() {
+            Ok(rt) => rt,
+            Err(e) => return (None, Err(PgErr::Ca(e))),
+        };
+        let settings = self.settings.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let work = async move {
+                let mut client = match client {
+                    Some(c) if !c.is_closed() => c,
+                    _ => connect(&settings).await?,
+                };
+                let res = f(&mut client).await;
+                // A failure that is not the database's answer (I/O, protocol) leaves the
+                // connection in doubt: it is not reused.
+                let keep = !client.is_closed()
+                    && !matches!(&res, Err(PgErr::Db(e)) if e.as_db_error().is_none());
+                Ok::<_, PgErr>((keep.then_some(client), res))
+            };
+            let out = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+                Ok(Ok((client, res))) => (client, res),
+                Ok(Err(e)) => (None, Err(e)),
+                Err(_) => (None, Err(PgErr::Ca(timed_out()))),
+            };
+            let _ = tx.send(out);
+        });
+        match rx.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(5)) {
+            Ok(out) => out,
+            Err(_) => (None, Err(PgErr::Ca(timed_out()))),
+        }
+    }
+
+    /// Runs `f` with a pooled connection.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
+    ) -> Result<T> {
+        let (client, res) = self.exec(self.take(), f);
+        self.give_back(client);
+        res.map_err(PgErr::into_ca)
+    }
+
+    /// A transaction in steps on one connection, with synchronous work (signing) in between:
+    /// `first` begins it and reads, `mid` runs here, `last` writes and commits. Retried as a
+    /// whole on serialization failures and deadlocks; on any failure the connection is closed,
+    /// which rolls the transaction back.
+    fn stepped<A: Send + 'static, B: Send + 'static, R: Send + 'static>(
+        &self,
+        first: impl for<'c> Fn(&'c mut Client) -> BoxFut<'c, A> + Send + Sync + 'static,
+        mut mid: impl FnMut(&A) -> Result<B>,
+        last: impl for<'c> Fn(&'c mut Client, A, B) -> BoxFut<'c, R> + Send + Sync + 'static,
+    ) -> Result<R> {
+        let first = Arc::new(first);
+        let last = Arc::new(last);
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let f1 = first.clone();
+            let (client, a) = self.exec(self.take(), move |c| {
+                Box::pin(async move {
+                    c.batch_execute("BEGIN").await?;
+                    f1(c).await
+                })
+            });
+            let res = match a {
+                Err(e) => Err(e),
+                Ok(a) => match mid(&a) {
+                    Err(e) => Err(PgErr::Ca(e)),
+                    Ok(b) => {
+                        let f2 = last.clone();
+                        let (client, r) = self.exec(client, move |c| {
+                            Box::pin(async move {
+                                let r = f2(c, a, b).await?;
+                                c.batch_execute("COMMIT").await?;
+                                Ok(r)
+                            })
+                        });
+                        if r.is_ok() {
+                            self.give_back(client);
+                        }
+                        r
+                    }
+                },
+            };
+            match res {
+                Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
+                }
+                other => return other.map_err(PgErr::into_ca),
+            }
+        }
+    }
+}
+
+fn timed_out() -> CaError {
+    CaError::Store("the database did not answer in time".into())
+}
+
+async fn connect(s: &PgSettings) -> PgResult<Client> {
+    let client = match &s.tls {
+        None => {
+            let (client, conn) = s.config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+        Some(tls) => {
+            let (client, conn) = s.config.connect(tls.clone()).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+impl core::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("settings", &self.inner.settings)
+            .field("writer", &self.inner.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects and brings the schema to [`crate::migrate::PG_SCHEMA_VERSION`], with the
+    /// default audit writer id.
+    pub fn open(settings: PgSettings) -> Result<Self> {
+        Self::open_as(settings, crate::audit::DEFAULT_WRITER)
+    }
+
+    /// [`PgStore::open`] with `writer` as the audit chain's writer id (one per replica is
+    /// best; replicas that share one id are serialized by the chain head's row lock).
+    pub fn open_as(settings: PgSettings, writer: &str) -> Result<Self> {
+        if writer.is_empty() || writer.len() > 64 {
+            return Err(CaError::InvalidRequest(
+                "an audit writer id has 1 to 64 bytes".into(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("agentid-ca-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| CaError::Store(format!("store runtime: {e}")))?;
+        let inner = Arc::new(Inner {
+            rt: Some(rt),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            writer: Arc::from(writer),
+        });
+        inner.run(|c| Box::pin(migrate(c)))?;
+        Ok(PgStore { inner })
+    }
+
+    /// Opens the store from a URL (see [`PgSettings::from_url`]).
+    pub fn open_url(url: &str, writer: &str) -> Result<Self> {
+        Self::open_as(PgSettings::from_url(url, None, None)?, writer)
+    }
+
+    /// The schema version of the database (see [`crate::migrate::PG_MIGRATIONS`]).
+    pub fn schema_version(&self) -> Result<u32> {
+        self.inner.run(|c| {
+            Box::pin(async move {
+                let v: i32 = c
+                    .query_one("SELECT version FROM agentid_schema", &[])
+                    .await?
+                    .get(0);
+                u32::try_from(v).map_err(|_| PgErr::Ca(CaError::Store("bad schema version".into())))
+            })
+        })
+    }
+}
+
+/// Brings the database to [`crate::migrate::PG_SCHEMA_VERSION`] in one transaction under an
+/// advisory lock (replicas starting together migrate once); refuses a newer database.
+async fn migrate(c: &mut Client) -> PgResult<()> {
+    use crate::migrate::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
+    let tx = c.transaction().await?;
+    // "agentid" as a number: one lock id for this schema.
+    tx.execute("SELECT pg_advisory_xact_lock(6170883411044)", &[])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS agentid_schema (
+           one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL)",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_opt("SELECT version FROM agentid_schema", &[])
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let current = u32::try_from(current).unwrap_or(u32::MAX);
+    if current > PG_SCHEMA_VERSION {
+        return Err(PgErr::Ca(CaError::Store(format!(
+            "the database has schema version {current}, newer than this agentid knows \
+             ({PG_SCHEMA_VERSION}): use a newer agentid with this database"
+        ))));
+    }
+    for m in PG_MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.batch_execute(m.sql).await.map_err(|e| {
+            PgErr::Ca(CaError::Store(format!(
+                "schema migration to version {} ({}) failed: {}",
+                m.version,
+                m.description,
+                describe(&e)
+            )))
+        })?;
+        tracing::info!(
+            version = m.version,
+            what = m.description,
+            "store schema migrated"
+        );
+    }
+    let v = i32::try_from(PG_SCHEMA_VERSION).unwrap_or(i32::MAX);
+    tx.execute(
+        "INSERT INTO agentid_schema (one, version) VALUES (TRUE, $1)
+         ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+        &[&v],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Appends `ev` to `writer`'s chain inside the caller's transaction. The head row is locked
+/// until commit, so appends of one writer (in this process or another) are serialized.
+async fn append_audit_tx<C: tokio_postgres::GenericClient + Sync>(
+    tx: &C,
+    writer: &str,
+    ev: &AuditEvent,
+) -> PgResult<()> {
+    tx.execute(
+        "INSERT INTO audit_heads (writer, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (writer) DO NOTHING",
+        &[&writer, &crate::audit::GENESIS],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT seq, hash FROM audit_heads WHERE writer = $1 FOR UPDATE",
+            &[&writer],
+        )
+        .await?;
+    let seq = to_u64(row.get(0))?.saturating_add(1);
+    let prev: String = row.get(1);
+    let body = crate::audit::record_body(writer, seq, &prev, ev)?;
+    let hash = crate::audit::record_hash(&body);
+    let seq_i = to_i64(seq)?;
+    tx.execute(
+        "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES ($1, $2, $3, $4, $5)",
+        &[&writer, &seq_i, &to_i64(ev.ts)?, &body, &hash],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE audit_heads SET seq = $2, hash = $3 WHERE writer = $1",
+        &[&writer, &seq_i, &hash],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Checks and records one issuance inside `tx`: revocations, the key binding, the identity,
+/// the task, the token, the certificate, its audit record. Races with other transactions end
+/// in a constraint (or a row lock) and the refusal SQLite gives.
+async fn apply_issuance(
+    tx: &Transaction<'_>,
+    writer: &str,
+    c: &IssuanceCommit<'_>,
+) -> PgResult<()> {
+    // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
+    if !c.refuse_if_revoked.is_empty() {
+        let kinds: Vec<&str> = c
+            .refuse_if_revoked
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let values: Vec<&str> = c
+            .refuse_if_revoked
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let hits = tx
+            .query(
+                "SELECT r.kind, r.value FROM revocations r
+                 JOIN unnest($1::text[], $2::text[]) AS q(kind, value)
+                   ON r.kind = q.kind AND r.value = q.value",
+                &[&kinds, &values],
+            )
+            .await?;
+        if !hits.is_empty() {
+            for (kind, value) in c.refuse_if_revoked {
+                if hits
+                    .iter()
+                    .any(|r| r.get::<_, &str>(0) == kind.as_str() && r.get::<_, &str>(1) == value)
+                {
+                    return Err(PgErr::Ca(CaError::Revoked {
+                        kind: kind.as_str(),
+                        value: value.clone(),
+                    }));
+                }
+            }
+        }
+    }
+    let id = c.identity;
+    // 2. One key, one identity: insert the key's binding unless there is one (waiting for a
+    // concurrent inserter to finish), then read who holds it.
+    tx.execute(
+        "INSERT INTO keys (jkt, identity) VALUES ($1, $2) ON CONFLICT (jkt) DO NOTHING",
+        &[&id.jkt, &id.identity],
+    )
+    .await?;
+    let owner: String = tx
+        .query_one("SELECT identity FROM keys WHERE jkt = $1", &[&id.jkt])
+        .await?
+        .get(0);
+    if owner != id.identity {
+        return Err(PgErr::Ca(CaError::KeyInUse {
+            jkt: id.jkt.clone(),
+            bound_to: owner,
+        }));
+    }
+    // 3. The identity's binding, checked and written by one statement each.
+    let cap = to_i64(id.cap)?;
+    let bound = |rows: Vec<tokio_postgres::Row>| rows.first().map(|r| r.get::<_, String>(0));
+    match c.binding {
+        super::Binding::Fresh => {
+            let n = tx
+                .execute(
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (identity) DO NOTHING",
+                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+                )
+                .await?;
+            if n != 1 {
+                return Err(PgErr::Ca(CaError::IdentityExists(id.identity.clone())));
+            }
+        }
+        super::Binding::FreshOrSameKey | super::Binding::SameKey => {
+            let n = if c.binding == super::Binding::SameKey {
+                tx.execute(
+                    "UPDATE identities SET cap = GREATEST(cap, $3) WHERE identity = $1 AND jkt = $2",
+                    &[&id.identity, &id.jkt, &cap],
+                )
+                .await?
+            } else {
+                tx.execute(
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (identity) DO UPDATE SET cap = GREATEST(identities.cap, excluded.cap)
+                     WHERE identities.jkt = excluded.jkt",
+                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+                )
+                .await?
+            };
+            if n != 1 {
+                let rows = tx
+                    .query(
+                        "SELECT jkt FROM identities WHERE identity = $1",
+                        &[&id.identity],
+                    )
+                    .await?;
+                return Err(PgErr::Ca(match bound(rows) {
+                    Some(jkt) => CaError::KeyMismatch {
+                        identity: id.identity.clone(),
+                        bound: jkt,
+                        requested: id.jkt.clone(),
+                    },
+                    None => CaError::UnknownIdentity(id.identity.clone()),
+                }));
+            }
+        }
+        super::Binding::Rebind => {
+            tx.execute(
+                "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (identity) DO UPDATE SET jkt = excluded.jkt, spki = excluded.spki,
+                   cap = GREATEST(identities.cap, excluded.cap)",
+                &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+            )
+            .await?;
+        }
+    }
+    // 4. The task and its bootstrap token.
+    if let Some(t) = c.task {
+        let n = tx
+            .execute(
+                "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT DO NOTHING",
+                &[&t.task, &t.holder, &t.grant_jti, &to_i64(t.exp)?, &to_i64(t.created)?, &t.principal],
+            )
+            .await?;
+        if n != 1 {
+            return Err(PgErr::Ca(CaError::IdentityExists(format!(
+                "task {}",
+                t.task
+            ))));
+        }
+    }
+    if let Some(b) = c.bootstrap {
+        let rows = tx
+            .query(
+                "UPDATE bootstrap_tokens SET used_at = $4
+                 WHERE hash = $1 AND agent = $2 AND task = $3 AND expires > $4 AND used_at IS NULL
+                 RETURNING hash",
+                &[&b.hash, &b.agent, &b.task, &to_i64(c.now)?],
+            )
+            .await?;
+        if rows.len() != 1 {
+            return Err(PgErr::Ca(CaError::BootstrapToken(
+                "unknown, already used, expired, or bound to another agent or task",
+            )));
+        }
+    }
+    // 5. The certificate itself.
+    let r = c.record;
+    tx.execute(
+        "INSERT INTO issuances (serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &r.serial,
+            &r.identity,
+            &r.kind.as_str(),
+            &r.agent,
+            &r.task,
+            &to_i64(r.not_before)?,
+            &to_i64(r.not_after)?,
+            &r.requester,
+            &r.jkt,
+            &to_i64(r.issued_at)?,
+            &r.grant_jti,
+        ],
+    )
+    .await
+    .map_err(|e| {
+        let e = PgErr::Db(e);
+        if e.unique_violation() {
+            PgErr::Ca(CaError::Store(format!("serial {} or grant already recorded", r.serial)))
+        } else {
+            e
+        }
+    })?;
+    // 6. Its audit record: no record, no certificate.
+    append_audit_tx(tx, writer, c.audit).await
+}
+
+const ISSUANCE_COLS: &str =
+    "serial, identity, kind, agent, task, not_before, not_after, requester, jkt, issued_at, grant_jti";
+
+fn row_issuance(r: &tokio_postgres::Row) -> PgResult<IssuanceRecord> {
+    Ok(IssuanceRecord {
+        serial: r.get(0),
+        identity: r.get(1),
+        kind: IssuanceKind::parse(r.get(2))?,
+        agent: r.get(3),
+        task: r.get(4),
+        not_before: to_u64(r.get(5))?,
+        not_after: to_u64(r.get(6))?,
+        requester: r.get(7),
+        jkt: r.get(8),
+        issued_at: to_u64(r.get(9))?,
+        grant_jti: r.get(10),
+    })
+}
+
+const TASK_COLS: &str = "task, holder, grant_jti, exp, created, principal";
+
+fn row_task(r: &tokio_postgres::Row) -> PgResult<TaskRecord> {
+    Ok(TaskRecord {
+        task: r.get(0),
+        holder: r.get(1),
+        grant_jti: r.get(2),
+        exp: to_u64(r.get(3))?,
+        created: to_u64(r.get(4))?,
+        principal: r.get(5),
+    })
+}
+
+fn row_published(r: &tokio_postgres::Row) -> PgResult<PublishedList> {
+    Ok(PublishedList {
+        seq: to_u64(r.get(0))?,
+        compact: r.get(1),
+        published_at: to_u64(r.get(2))?,
+        next_update: to_u64(r.get(3))?,
+        revocation_epoch: to_u64(r.get(4))?,
+    })
+}
+
+async fn read_revocations<C: tokio_postgres::GenericClient + Sync>(
+    c: &C,
+) -> PgResult<Vec<RevocationRecord>> {
+    c.query(
+        "SELECT kind, value, exp, revoked_at, reason, requester FROM revocations ORDER BY id",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RevocationRecord {
+            kind: RevocationKind::parse(r.get(0))?,
+            value: r.get(1),
+            exp: to_u64(r.get(2))?,
+            revoked_at: to_u64(r.get(3))?,
+            reason: r.get(4),
+            requester: r.get(5),
+        })
+    })
+    .collect()
+}
+
+const UPSERT_REVOCATION: &str =
+    "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (kind, value) DO UPDATE SET exp = GREATEST(revocations.exp, excluded.exp)";
+
+async fn upsert_revocation<C: tokio_postgres::GenericClient + Sync>(
+    tx: &C,
+    r: &RevocationRecord,
+) -> PgResult<()> {
+    tx.execute(
+        UPSERT_REVOCATION,
+        &[
+            &r.kind.as_str(),
+            &r.value,
+            &to_i64(r.exp)?,
+            &to_i64(r.revoked_at)?,
+            &r.reason,
+            &r.requester,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn commit_owned(c: &mut Client, writer: &str, oc: &OwnedCommit) -> PgResult<()> {
+    in_tx!(c, |tx| apply_issuance(&tx, writer, &oc.as_commit()))
+}
+
+impl IssuanceCommitter for Inner {
+    fn commit_issuance(&self, c: &IssuanceCommit<'_>) -> Result<()> {
+        let oc = OwnedCommit::new(c);
+        let writer = self.writer.clone();
+        self.run(move |c| Box::pin(async move { commit_owned(c, &writer, &oc).await }))
+    }
+}
+
+impl Store for PgStore {
+    fn issuance_committer(&self) -> Option<Arc<dyn IssuanceCommitter>> {
+        Some(self.inner.clone())
+    }
+
+    fn commit_issuance(&mut self, c: &IssuanceCommit<'_>) -> Result<()> {
+        self.inner.commit_issuance(c)
+    }
+
+    fn identity(&self, identity: &str) -> Result<Option<IdentityRecord>> {
+        let identity = identity.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    "SELECT identity, jkt, spki, agent, task, cap FROM identities WHERE identity = $1",
+                    &[&identity],
+                )
+                .await?
+                .map(|r| {
+                    Ok(IdentityRecord {
+                        identity: r.get(0),
+                        jkt: r.get(1),
+                        spki: r.get(2),
+                        agent: r.get(3),
+                        task: r.get(4),
+                        cap: to_u64(r.get(5))?,
+                    })
+                })
+                .transpose()
+            })
+        })
+    }
+
+    fn key_owner(&self, jkt: &str) -> Result<Option<String>> {
+        let jkt = jkt.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                Ok(
+                    c.query_opt("SELECT identity FROM keys WHERE jkt = $1", &[&jkt])
+                        .await?
+                        .map(|r| r.get(0)),
+                )
+            })
+        })
+    }
+
+    fn issuance(&self, serial: &str) -> Result<Option<IssuanceRecord>> {
+        let serial = serial.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    &format!("SELECT {ISSUANCE_COLS} FROM issuances WHERE serial = $1"),
+                    &[&serial],
+                )
+                .await?
+                .as_ref()
+                .map(row_issuance)
+                .transpose()
+            })
+        })
+    }
+
+    fn issuances(&self) -> Result<Vec<IssuanceRecord>> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query(
+                    &format!("SELECT {ISSUANCE_COLS} FROM issuances ORDER BY id"),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(row_issuance)
+                .collect()
+            })
+        })
+    }
+
+    fn task(&self, task: &str) -> Result<Option<TaskRecord>> {
+        let task = task.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    &format!("SELECT {TASK_COLS} FROM tasks WHERE task = $1"),
+                    &[&task],
+                )
+                .await?
+                .as_ref()
+                .map(row_task)
+                .transpose()
+            })
+        })
+    }
+
+    fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>> {
+        let jti = jti.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    &format!("SELECT {TASK_COLS} FROM tasks WHERE grant_jti = $1"),
+                    &[&jti],
+                )
+                .await?
+                .as_ref()
+                .map(row_task)
+                .transpose()
+            })
+        })
+    }
+
+    fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
+        let sql = match kind {
+            RevocationKind::Agent => {
+                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE agent = $1),
+                                 (SELECT MAX(cap) FROM identities WHERE agent = $1))"
+            }
+            RevocationKind::Task => {
+                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE task = $1),
+                                 (SELECT MAX(cap) FROM identities WHERE task = $1))"
+            }
+            RevocationKind::Jkt => {
+                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE jkt = $1),
+                   (SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = $1))"
+            }
+            RevocationKind::Jti => "SELECT MAX(exp) FROM tasks WHERE grant_jti = $1",
+            RevocationKind::Principal => "SELECT MAX(exp) FROM tasks WHERE principal = $1",
+            // Links are never recorded by the CA: nothing bounds them here.
+            RevocationKind::LinkJti => return Ok(None),
+        };
+        let value = value.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let v: Option<i64> = c.query_one(sql, &[&value]).await?.get(0);
+                v.map(to_u64).transpose()
+            })
+        })
+    }
+
+    fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()> {
+        let (r, audit, writer) = (r.clone(), audit.clone(), self.inner.writer.clone());
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    upsert_revocation(&tx, &r).await?;
+                    tx.execute(
+                        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+                        &[],
+                    )
+                    .await?;
+                    append_audit_tx(&tx, &writer, &audit).await
+                })
+            })
+        })
+    }
+
+    fn revocations(&self) -> Result<Vec<RevocationRecord>> {
+        self.inner
+            .run(move |c| Box::pin(async move { read_revocations(&*c).await }))
+    }
+
+    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    // The counter's row lock is held until commit; the entries are read after
+                    // it is taken, so a higher `seq` sees at least what a lower one saw.
+                    let seq: i64 = tx
+                        .query_one(
+                            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+                            &[],
+                        )
+                        .await?
+                        .get(0);
+                    let entries = read_revocations(&tx).await?;
+                    Ok::<_, PgErr>((to_u64(seq)?, entries))
+                })
+            })
+        })
+    }
+
+    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
+        let (b, audit, writer) = (b.clone(), audit.clone(), self.inner.writer.clone());
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    tx.execute(
+                        "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES ($1, $2, $3, $4)",
+                        &[&b.hash, &b.agent, &b.task, &to_i64(b.expires)?],
+                    )
+                    .await?;
+                    append_audit_tx(&tx, &writer, &audit).await
+                })
+            })
+        })
+    }
+
+    fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
+        Ok(self
+            .bootstrap_state(hash)?
+            .filter(|s| s.used_at.is_none())
+            .map(|s| s.record))
+    }
+
+    fn bootstrap_state(&self, hash: &str) -> Result<Option<crate::token::BootstrapState>> {
+        let hash = hash.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    "SELECT hash, agent, task, expires, used_at, binding FROM bootstrap_tokens WHERE hash = $1",
+                    &[&hash],
+                )
+                .await?
+                .map(|r| {
+                    let used: Option<i64> = r.get(4);
+                    Ok(crate::token::BootstrapState {
+                        record: BootstrapRecord {
+                            hash: r.get(0),
+                            agent: r.get(1),
+                            task: r.get(2),
+                            expires: to_u64(r.get(3))?,
+                        },
+                        used_at: used.map(to_u64).transpose()?,
+                        binding: r.get(5),
+                    })
+                })
+                .transpose()
+            })
+        })
+    }
+
+    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, i.agent, i.jkt
+                     FROM tasks t JOIN identities i ON i.identity = t.holder
+                     WHERE t.exp > $1 ORDER BY t.created, t.task",
+                    &[&to_i64(now)?],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(LiveTask {
+                        task: row_task(r)?,
+                        agent: r.get::<_, Option<String>>(6).unwrap_or_default(),
+                        jkt: r.get(7),
+                    })
+                })
+                .collect()
+            })
+        })
+    }
+
+    fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
+        let (hash, binding) = (hash.to_owned(), binding.to_owned());
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE bootstrap_tokens SET binding = $2::text, creator = ($2::text)::jsonb ->> 'creator'
+                         WHERE hash = $1 AND used_at IS NULL",
+                        &[&hash, &binding],
+                    )
+                    .await?;
+                if n != 1 {
+                    return Err(PgErr::Ca(CaError::Store(
+                        "no unused bootstrap token to bind".into(),
+                    )));
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {
+        let (ev, writer) = (ev.clone(), self.inner.writer.clone());
+        self.inner.run(move |c| {
+            Box::pin(async move { in_tx!(c, |tx| append_audit_tx(&tx, &writer, &ev)) })
+        })
+    }
+
+    fn checkpoint_state(&self) -> Result<CheckpointState> {
+        let writer = self.inner.writer.clone();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let head = c
+                    .query_opt(
+                        "SELECT seq, hash FROM audit_records WHERE writer = $1 ORDER BY seq DESC LIMIT 1",
+                        &[&&*writer],
+                    )
+                    .await?
+                    .map(|r| Ok::<_, PgErr>((to_u64(r.get(0))?, r.get(1))))
+                    .transpose()?;
+                let last = c
+                    .query_opt(
+                        "SELECT seq, iat FROM audit_checkpoints WHERE writer = $1 ORDER BY seq DESC LIMIT 1",
+                        &[&&*writer],
+                    )
+                    .await?
+                    .map(|r| Ok::<_, PgErr>((to_u64(r.get(0))?, to_u64(r.get(1))?)))
+                    .transpose()?;
+                Ok(CheckpointState {
+                    writer: writer.to_string(),
+                    head,
+                    last,
+                })
+            })
+        })
+    }
+
+    fn add_checkpoint(&mut self, cp: &CheckpointRecord) -> Result<()> {
+        let cp = cp.clone();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING",
+                    &[&cp.writer, &to_i64(cp.seq)?, &cp.head, &to_i64(cp.iat)?, &cp.jws],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
+        let since = since.unwrap_or(0);
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                // One snapshot for records, checkpoints and issuances.
+                let tx = c
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let records = tx
+                    .query(
+                        "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= $1 ORDER BY writer, seq",
+                        &[&to_i64(since)?],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(AuditRecord {
+                            writer: r.get(0),
+                            seq: to_u64(r.get(1))?,
+                            ts: to_u64(r.get(2))?,
+                            body: r.get(3),
+                            hash: r.get(4),
+                        })
+                    })
+                    .collect::<PgResult<Vec<_>>>()?;
+                let checkpoints = tx
+                    .query(
+                        "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(CheckpointRecord {
+                            writer: r.get(0),
+                            seq: to_u64(r.get(1))?,
+                            head: r.get(2),
+                            iat: to_u64(r.get(3))?,
+                            jws: r.get(4),
+                        })
+                    })
+                    .collect::<PgResult<Vec<_>>>()?;
+                let audited_serials = tx
+                    .query("SELECT serial FROM issuances ORDER BY id", &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                tx.commit().await?;
+                Ok(AuditSnapshot {
+                    records,
+                    checkpoints,
+                    audited_serials,
+                })
+            })
+        })
+    }
+
+    fn publish_revocations(
+        &mut self,
+        make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+    ) -> Result<PublishedList> {
+        let writer = self.inner.writer.clone();
+        self.inner.stepped(
+            |c| {
+                Box::pin(async move {
+                    // The counter's row lock is held until commit: one publisher at a time, and
+                    // the entries are read after it is taken, so a higher `seq` holds at least
+                    // what a lower one held.
+                    let seq: i64 = c
+                        .query_one(
+                            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+                            &[],
+                        )
+                        .await?
+                        .get(0);
+                    // The epoch before the entries: a revocation committed in between is in
+                    // the list and only makes the next publication come sooner.
+                    let epoch: i64 = c
+                        .query_one("SELECT value FROM meta WHERE key = 'revocation_epoch'", &[])
+                        .await?
+                        .get(0);
+                    let entries = read_revocations(&*c).await?;
+                    Ok((to_u64(seq)?, to_u64(epoch)?, entries))
+                })
+            },
+            |(seq, _, entries)| make(*seq, entries),
+            move |c, (seq, epoch, _), p: Publication| {
+                let writer = writer.clone();
+                Box::pin(async move {
+                    c.execute(
+                        "INSERT INTO published_lists (seq, compact, published_at, next_update, revocation_epoch)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[
+                            &to_i64(seq)?,
+                            &p.compact,
+                            &to_i64(p.published_at)?,
+                            &to_i64(p.next_update)?,
+                            &to_i64(epoch)?,
+                        ],
+                    )
+                    .await?;
+                    append_audit_tx(&*c, &writer, &p.audit).await?;
+                    Ok(PublishedList {
+                        seq,
+                        compact: p.compact,
+                        published_at: p.published_at,
+                        next_update: p.next_update,
+                        revocation_epoch: epoch,
+                    })
+                })
+            },
+        )
+    }
+
+    fn latest_published(&self) -> Result<Option<PublishedList>> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    "SELECT seq, compact, published_at, next_update, revocation_epoch
+                     FROM published_lists ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )
+                .await?
+                .as_ref()
+                .map(row_published)
+                .transpose()
+            })
+        })
+    }
+
+    fn revocation_epoch(&self) -> Result<u64> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let v: i64 = c
+                    .query_one("SELECT value FROM meta WHERE key = 'revocation_epoch'", &[])
+                    .await?
+                    .get(0);
+                to_u64(v)
+            })
+        })
+    }
+
+    fn revoke_principal(
+        &mut self,
+        p: &RevocationRecord,
+        skew: u64,
+        audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+    ) -> Result<Vec<RevocationRecord>> {
+        let writer = self.inner.writer.clone();
+        let p = Arc::new(p.clone());
+        self.inner.stepped(
+            move |c| {
+                let p = p.clone();
+                Box::pin(async move {
+                    let now = to_i64(p.revoked_at)?;
+                    let rows = c
+                        .query(
+                            "SELECT t.task, GREATEST(t.exp,
+                               COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
+                               COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
+                             FROM tasks t WHERE t.principal = $1 AND t.exp > $2 ORDER BY t.id",
+                            &[&p.value, &now],
+                        )
+                        .await?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for r in rows {
+                        let latest: i64 = r.get(1);
+                        let rec = RevocationRecord {
+                            kind: RevocationKind::Task,
+                            value: r.get(0),
+                            exp: to_u64(latest.max(now))?.saturating_add(skew),
+                            revoked_at: p.revoked_at,
+                            reason: p.reason.clone(),
+                            requester: p.requester.clone(),
+                        };
+                        upsert_revocation(&*c, &rec).await?;
+                        out.push(rec);
+                    }
+                    upsert_revocation(&*c, &p).await?;
+                    c.execute(
+                        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+                        &[],
+                    )
+                    .await?;
+                    Ok(out)
+                })
+            },
+            |out: &Vec<RevocationRecord>| {
+                let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
+                Ok(audit(&names))
+            },
+            move |c, out, ev: AuditEvent| {
+                let writer = writer.clone();
+                                Box::pin(async move {
+                    append_audit_tx(&*c, &writer, &ev).await?;
+                    Ok(out)
+                })
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_remote_database_needs_tls_and_its_ca() {
+        let e = PgSettings::from_url("postgres://ca@db.example.org/agentid", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store_ca_file"), "{e}");
+        let e = PgSettings::from_url(
+            "postgres://ca@db.example.org/agentid?sslmode=disable",
+            None,
+            Some(Path::new("/nonexistent.pem")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sslmode=disable"), "{e}");
+        // Loopback and Unix sockets need none.
+        for url in [
+            "postgres://ca@127.0.0.1/agentid",
+            "postgres://ca@localhost:5433/agentid",
+            "postgres://ca@[::1]/agentid",
+            "postgres://ca@%2Fvar%2Frun%2Fpostgresql/agentid",
+        ] {
+            let s = PgSettings::from_url(url, None, None).unwrap();
+            assert!(s.tls.is_none(), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_an_owner_only_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "pw", "s3cret\n", 0o600);
+        let s = PgSettings::from_url("postgres://ca@127.0.0.1/agentid", Some(&good), None).unwrap();
+        assert_eq!(s.config.get_password(), Some(&b"s3cret"[..]));
+        let open = write(dir.path(), "pw-open", "s3cret\n", 0o644);
+        let e = PgSettings::from_url("postgres://ca@127.0.0.1/agentid", Some(&open), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        let e = parse_url("postgres://ca:pw@127.0.0.1/agentid")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn pgpass_lines_match_like_libpq() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "pgpass",
+            "# comment\nother.host:5432:agentid:ca:wrong\ndb.example.org:5432:agentid:ca:pa\\:ss\\\\w\n*:*:*:*:fallback\n",
+            0o600,
+        );
+        let c = parse_url("postgres://ca@db.example.org/agentid").unwrap();
+        assert_eq!(pgpass_lookup(&p, &c).unwrap().as_deref(), Some("pa:ss\\w"));
+        let c = parse_url("postgres://someone@elsewhere:6000/x").unwrap();
+        assert_eq!(pgpass_lookup(&p, &c).unwrap().as_deref(), Some("fallback"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(pgpass_lookup(&p, &c).is_err());
+    }
+
+    #[test]
+    fn a_database_that_is_down_is_a_prompt_store_error() {
+        // A port nothing listens on: refused at once, reported as a store error (503).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = PgStore::open_url(&format!("postgres://ca@127.0.0.1:{port}/agentid"), "main")
+            .unwrap_err();
+        assert!(matches!(e, CaError::Store(_)), "{e}");
+    }
+}
