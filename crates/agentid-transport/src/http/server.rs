@@ -29,9 +29,9 @@ use super::presentation::{
     SERVER_HEADER_LIST_LIMIT,
 };
 use super::refusal::{Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
-use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
+use super::tls::{pinned_server_config, server_config, server_peer, HttpVersion, TlsPeer};
 use crate::admission::{accept_tcp, Admission, SessionPermit};
-use crate::credentials::CredentialSource;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, Result};
 use crate::session::{now_unix, PROOF_LIFETIME};
 use crate::ConnectionLimits;
@@ -130,7 +130,17 @@ pub(crate) struct ConnShared {
     peer_certs: Vec<CertificateDer<'static>>,
     deadline: AtomicU64,
     closing: AtomicBool,
+    /// Wakes the connection's driver: a graceful close started, or the connection is dropped.
     wake: Notify,
+    /// Wakes the connection's watchdog: the deadline moved, or the connection ended.
+    rearm: Notify,
+    /// Set by the watchdog when the connection must be dropped now (after the cut grace, or an
+    /// HTTP/1.1 request head that did not arrive in time).
+    drop_now: AtomicBool,
+    /// The credential this server presented in the connection's TLS handshake: its hop proofs
+    /// are signed with it (the client checks them against the certificate it saw), whatever
+    /// rotation happens later.
+    local: Option<Arc<Credential>>,
     cut: watch::Sender<bool>,
     /// Requests in flight (a response body still streaming counts).
     in_flight: AtomicUsize,
@@ -150,6 +160,16 @@ impl Active {
     }
 }
 
+impl Active {
+    pub(crate) fn is_cut(&self) -> bool {
+        self.0.is_cut()
+    }
+
+    pub(crate) fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.0.cut_signal()
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.touch();
@@ -162,6 +182,7 @@ impl ConnShared {
         server: Arc<ServerShared>,
         peer: TlsPeer,
         peer_certs: Vec<CertificateDer<'static>>,
+        local: Option<Arc<Credential>>,
     ) -> Arc<Self> {
         let epoch = server.verification.epoch();
         let conn = Arc::new(Self {
@@ -176,6 +197,9 @@ impl ConnShared {
             checked_epoch: AtomicU64::new(epoch),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
+            rearm: Notify::new(),
+            drop_now: AtomicBool::new(false),
+            local,
             cut: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
@@ -220,6 +244,29 @@ impl ConnShared {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// Whether the connection's authority ended (streaming bodies are cut).
+    pub(crate) fn is_cut(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    /// Waits until the connection's authority ends.
+    pub(crate) fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.cut.subscribe()
+    }
+
+    /// The credential of the handshake, for signing this connection's server proofs.
+    fn local(&self) -> Result<&Arc<Credential>, Refusal> {
+        self.local
+            .as_ref()
+            .ok_or_else(|| Refusal::busy("no local credential"))
+    }
+
+    /// Asks the driver to drop the connection now.
+    fn drop_connection(&self) {
+        self.drop_now.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY).
     fn start_close(&self) {
         if !self.closing.swap(true, Ordering::AcqRel) {
@@ -235,6 +282,7 @@ impl ConnShared {
         self.settled.notify_waiters();
         self.cut.send_replace(true);
         self.start_close();
+        self.rearm.notify_one();
         tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), detail = r.detail(), "agentid http connection ended");
         r
     }
@@ -244,11 +292,7 @@ impl ConnShared {
     /// revocation status; then signs the server's proof.
     fn verify(&self, p: &Presentation) -> Result<Verified, Refusal> {
         let now = now_unix();
-        let local = self
-            .server
-            .credentials
-            .current()
-            .ok_or_else(|| Refusal::busy("no local credential"))?;
+        let local = self.local()?;
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
         let verified = v
@@ -272,7 +316,7 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
-        let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
+        let (server_proof, exp) = self.sign_server_proof(local, &p.proof, now)?;
         let server_chain = local
             .chain()
             .map(HeaderValue::from_str)
@@ -292,7 +336,7 @@ impl ConnShared {
     /// Signs the server's proof answering `client_proof` (spec/PROTOCOL.md 22.4 step 3).
     fn sign_server_proof(
         &self,
-        local: &crate::credentials::Credential,
+        local: &Credential,
         client_proof: &str,
         now: u64,
     ) -> Result<(HeaderValue, u64), Refusal> {
@@ -327,12 +371,7 @@ impl ConnShared {
         if now.saturating_add(half) < current.1 {
             return Ok(current.0.clone());
         }
-        let local = self
-            .server
-            .credentials
-            .current()
-            .ok_or_else(|| Refusal::busy("no local credential"))?;
-        *current = self.sign_server_proof(&local, &v.client_proof, now)?;
+        *current = self.sign_server_proof(self.local()?, &v.client_proof, now)?;
         Ok(current.0.clone())
     }
 
@@ -344,7 +383,7 @@ impl ConnShared {
         match &settled {
             Ok(v) => {
                 if v.deadline < self.deadline.fetch_min(v.deadline, Ordering::AcqRel) {
-                    self.wake.notify_one();
+                    self.rearm.notify_one();
                 }
                 tracing::debug!(peer.id = %self.peer.info.id, chain = v.chain.is_some(), "agentid presentation verified");
             }
@@ -558,9 +597,7 @@ where
                 return Ok(conn.refuse(&r, h1, true));
             }
             let mut resp = match result {
-                Ok(r) => {
-                    r.map(|b| ResponseBody::new(b, Some(conn.cut.subscribe())).holding(active))
-                }
+                Ok(r) => r.map(|b| ResponseBody::new(b).holding(active)),
                 Err(e) => {
                     let e: BoxError = e.into();
                     tracing::warn!(error = %e, "agentid http: inner service failed");
@@ -737,9 +774,17 @@ impl HttpServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // The handshake presents the credential current now, and the connection's proofs are
+        // signed with that same credential (a rotation meanwhile cannot split them).
+        let local = self.shared.credentials.current();
+        let config = match &local {
+            Some(c) => pinned_server_config(&self.config, c),
+            // No certificate: the handshake fails.
+            None => self.config.clone(),
+        };
         let tls = self
             .admission
-            .tls_accept(io, source.map(|s| s.ip()), self.config.clone())
+            .tls_accept(io, source.map(|s| s.ip()), config)
             .await?;
         let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
         let certs = tls
@@ -749,7 +794,7 @@ impl HttpServer {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
         let permit = self.admission.admit(&peer.info.id)?;
-        let conn = ConnShared::new(self.shared.clone(), peer, certs);
+        let conn = ConnShared::new(self.shared.clone(), peer, certs, local);
         Ok(HttpConnection {
             tls,
             conn,
@@ -836,9 +881,11 @@ where
                 drive(conn, opts, connection, |c| c.graceful_shutdown()).await;
             }
             HttpVersion::Http11 => {
+                // The header read timeout is the watchdog's (an HTTP/1.1 connection with no
+                // request in flight for `header_read_timeout` closes), not hyper's timer, which
+                // would arm and drop a timer for every request head.
                 let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(opts.header_read_timeout)
+                    .header_read_timeout(None)
                     .max_buf_size(SERVER_HEADER_LIST_LIMIT)
                     .max_header_size(SERVER_HEADER_LIST_LIMIT)
                     .serve_connection(io, service);
@@ -849,7 +896,9 @@ where
 }
 
 /// Runs one connection until it ends: graceful close at the deadline minus the margin, when
-/// idle, at once on revocation (streaming bodies cut), and after a failed presentation.
+/// idle, at once on revocation (streaming bodies cut), and after a failed presentation. The
+/// timers and the verification-state watch live in a watchdog task, so that serving a request
+/// polls only the connection and one notification.
 async fn drive<C>(
     conn: Arc<ConnShared>,
     opts: HttpOptions,
@@ -858,27 +907,20 @@ async fn drive<C>(
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
+    let h1 = conn.peer.version == HttpVersion::Http11;
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(conn.clone(), opts, h1)));
     tokio::pin!(connection);
-    let mut changes = conn.server.verification.subscribe();
-    let mut watching = true;
     let mut shutdown_sent = false;
-    let mut drop_at: Option<Instant> = None;
-    let margin = opts.close_margin.as_secs();
     loop {
-        if drop_at.is_none() && conn.ended.get().is_some() {
-            drop_at = Some(Instant::now() + opts.cut_grace);
+        if conn.drop_now.load(Ordering::Acquire) {
+            break;
         }
         if conn.closing() && !shutdown_sent {
             graceful_shutdown(connection.as_mut());
             shutdown_sent = true;
         }
-        let deadline = conn.deadline();
-        let close_at = instant_at(deadline.saturating_sub(margin));
-        let hard_at = instant_at(deadline);
-        // Re-armed on every pass: a request since the last pass moves it, one in flight
-        // suspends it (checked again when it fires).
-        let idle_at = conn.idle_at(opts.idle_timeout);
         tokio::select! {
+            biased;
             r = connection.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "agentid http: connection ended with an error");
@@ -886,28 +928,89 @@ async fn drive<C>(
                 break;
             }
             () = conn.wake.notified() => {}
-            () = sleep_until(close_at), if !shutdown_sent => conn.start_close(),
-            () = sleep_until(idle_at.unwrap_or_else(|| Instant::now() + opts.idle_timeout)), if !shutdown_sent => {
-                if conn.idle_at(opts.idle_timeout).is_some_and(|at| at <= Instant::now()) {
-                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
-                    conn.start_close();
-                }
-            }
-            () = sleep_until(hard_at), if drop_at.is_none() => {
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The timers of one connection: the graceful close at the deadline minus the margin, the
+/// deadline itself, idleness (on HTTP/1.1 also the header read timeout), and the verification
+/// state's changes (revocation, bundles). It asks the driver to close or drop the connection.
+async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
+    let mut changes = conn.server.verification.subscribe();
+    let mut watching = true;
+    let margin = opts.close_margin.as_secs();
+    // HTTP/1.1: a request head must arrive within `header_read_timeout` of the connection being
+    // ready for it, that is of the last request's end (or of the handshake).
+    let idle = if h1 {
+        opts.idle_timeout.min(opts.header_read_timeout)
+    } else {
+        opts.idle_timeout
+    };
+    // Idleness closes the connection once. On HTTP/1.1 a request head trickling in keeps hyper
+    // from closing it: if no request started within the cut grace after that close (`head`:
+    // the deadline and the moment of the close), the connection is dropped.
+    let mut idle_done = false;
+    let mut head: Option<(Instant, Instant)> = None;
+    loop {
+        if conn.ended.get().is_some() {
+            tokio::time::sleep(opts.cut_grace).await;
+            conn.drop_connection();
+            return;
+        }
+        let closing = conn.closing();
+        let deadline = conn.deadline();
+        let close_at = instant_at(deadline.saturating_sub(margin));
+        let hard_at = instant_at(deadline);
+        // A request since the last pass moves it; one in flight suspends it (checked again
+        // when it fires).
+        let idle_at = conn.idle_at(idle).unwrap_or_else(|| Instant::now() + idle);
+        let head_at = head.map_or_else(Instant::now, |(at, _)| at);
+        tokio::select! {
+            biased;
+            () = conn.rearm.notified() => {}
+            () = sleep_until(hard_at) => {
                 conn.end(Refusal::unauthenticated(CREDENTIAL_EXPIRED, "the connection's deadline passed"));
-                drop_at = Some(Instant::now() + opts.cut_grace);
             }
             r = changes.changed(), if watching => {
                 if r.is_err() {
                     watching = false;
                 } else {
                     let epoch = conn.server.verification.epoch();
-                    if conn.recheck(epoch).is_err() {
-                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+                    // A failure ends the connection (the next pass drops it after the grace).
+                    let _ = conn.recheck(epoch);
+                }
+            }
+            () = sleep_until(close_at), if !closing => conn.start_close(),
+            () = sleep_until(idle_at), if !idle_done => {
+                let now = Instant::now();
+                if conn.idle_at(idle).is_some_and(|at| at <= now) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
+                    conn.start_close();
+                    idle_done = true;
+                    if h1 {
+                        head = Some((now + opts.cut_grace, now));
                     }
                 }
             }
-            () = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => break,
+            () = sleep_until(head_at), if head.is_some() => {
+                let closed = head.map_or_else(Instant::now, |(_, closed)| closed);
+                head = None;
+                // Nothing in flight and nothing ended since the close: no head arrived.
+                if conn.idle_at(Duration::ZERO).is_some_and(|last| last <= closed) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: no request head in time, connection dropped");
+                    conn.drop_connection();
+                    return;
+                }
+            }
         }
     }
 }
