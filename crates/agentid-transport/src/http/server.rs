@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, PresentationContext, ProofBuilder, Role, VerifiedChain};
@@ -561,67 +562,160 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = std::convert::Infallible;
-    type Future = Pin<
-        Box<dyn Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send>,
-    >;
+    type Future = ConnFuture<S, S::Future>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let conn = self.conn.clone();
-        let mut inner = self.inner.clone();
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step) = self.first_pass(&req);
         let active = Active::new(&self.conn);
-        Box::pin(async move {
-            let verified = match step {
-                Step::Ready(v) => v,
-                Step::Refuse(r, connection_level) => {
-                    return Ok(conn.refuse(&r, h1, connection_level))
-                }
-                Step::Wait(p) => match conn.wait(p.as_ref()).await {
-                    Ok(v) => v,
-                    Err(r) => return Ok(conn.refuse(&r, h1, true)),
-                },
-            };
-            if let Err(r) = conn.live() {
-                return Ok(conn.refuse(&r, h1, true));
+        let mut fut = ConnFuture {
+            conn: self.conn.clone(),
+            h1,
+            had_proof,
+            active: Some(active),
+            verified: None,
+            inner: self.inner.clone(),
+            req: Some(req),
+            wait: None,
+            checked: false,
+            done: None,
+            call: None,
+        };
+        match step {
+            Step::Ready(v) => fut.verified = v,
+            Step::Refuse(r, connection_level) => {
+                fut.done = Some(self.conn.refuse(&r, h1, connection_level));
             }
-            let authorizer = Authorizer::new(conn.clone(), verified.clone(), &req);
-            req.extensions_mut().insert(authorizer);
-            let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-                Ok(()) => inner.call(req).await,
-                Err(e) => Err(e),
-            };
-            // The handler may have been slow: the deadline and revocation rules hold for the
-            // moment the response leaves, not only for the moment the request arrived.
-            if let Err(r) = conn.live() {
-                return Ok(conn.refuse(&r, h1, true));
+            Step::Wait(p) => {
+                let conn = self.conn.clone();
+                fut.wait = Some(Box::pin(async move { conn.wait(p.as_ref()).await }));
             }
-            let mut resp = match result {
-                Ok(r) => r.map(|b| ResponseBody::new(b).holding(active)),
-                Err(e) => {
-                    let e: BoxError = e.into();
-                    tracing::warn!(error = %e, "agentid http: inner service failed");
-                    Refusal::internal("inner service failed").to_response()
+        }
+        fut
+    }
+}
+
+/// A request waiting for the connection's pending presentation (rare: boxed).
+type WaitFuture = Pin<Box<dyn Future<Output = Result<Option<Arc<Verified>>, Refusal>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// One request on a connection: the presentation (settled or awaited), the connection
+    /// checks, the inner service with the request's [`Authorizer`], and the checks again when
+    /// the response leaves. No allocation on the common path.
+    struct ConnFuture<S, F> {
+        conn: Arc<ConnShared>,
+        h1: bool,
+        had_proof: bool,
+        active: Option<Active>,
+        verified: Option<Arc<Verified>>,
+        inner: S,
+        req: Option<Request<Incoming>>,
+        wait: Option<WaitFuture>,
+        // The connection checks passed before the inner service was asked for readiness.
+        checked: bool,
+        done: Option<Response<ResponseBody>>,
+        #[pin]
+        call: Option<F>,
+    }
+}
+
+impl<S, B> Future for ConnFuture<S, S::Future>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(resp) = this.done.take() {
+            return Poll::Ready(Ok(resp));
+        }
+        if let Some(wait) = this.wait.as_mut() {
+            match wait.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(v)) => {
+                    *this.verified = v;
+                    *this.wait = None;
                 }
-            };
-            if had_proof {
-                if let Some(v) = &verified {
-                    let proof = match conn.fresh_proof(v) {
-                        Ok(p) => p,
-                        Err(r) => return Ok(conn.refuse(&r, h1, false)),
-                    };
-                    resp.headers_mut().insert(PROOF_HEADER, proof);
-                    if let Some(c) = &v.server_chain {
-                        resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+                Poll::Ready(Err(r)) => {
+                    *this.wait = None;
+                    return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
+                }
+            }
+        }
+        let result = match this.call.as_mut().as_pin_mut() {
+            Some(call) => match call.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            },
+            None => {
+                if !*this.checked {
+                    if let Err(r) = this.conn.live() {
+                        return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
+                    }
+                    *this.checked = true;
+                }
+                match this.inner.poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Ready(Ok(())) => {
+                        let Some(mut req) = this.req.take() else {
+                            return Poll::Ready(Ok(Refusal::internal(
+                                "request polled after it completed",
+                            )
+                            .to_response()));
+                        };
+                        let authorizer =
+                            Authorizer::new(this.conn.clone(), this.verified.clone(), &req);
+                        req.extensions_mut().insert(authorizer);
+                        this.call.set(Some(this.inner.call(req)));
+                        match this.call.as_mut().as_pin_mut().map(|c| c.poll(cx)) {
+                            Some(Poll::Ready(r)) => r,
+                            _ => return Poll::Pending,
+                        }
                     }
                 }
             }
-            if h1 && conn.closing() {
-                resp.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+        };
+        this.call.set(None);
+        let conn = &**this.conn;
+        let h1 = *this.h1;
+        // The handler may have been slow: the deadline and revocation rules hold for the
+        // moment the response leaves, not only for the moment the request arrived.
+        if let Err(r) = conn.live() {
+            return Poll::Ready(Ok(conn.refuse(&r, h1, true)));
+        }
+        let mut resp = match result {
+            Ok(r) => match this.active.take() {
+                Some(active) => r.map(|b| ResponseBody::new(b).holding(active)),
+                None => r.map(ResponseBody::new),
+            },
+            Err(e) => {
+                let e: BoxError = e.into();
+                tracing::warn!(error = %e, "agentid http: inner service failed");
+                Refusal::internal("inner service failed").to_response()
             }
-            Ok(resp)
-        })
+        };
+        if *this.had_proof {
+            if let Some(v) = this.verified.as_ref() {
+                let proof = match conn.fresh_proof(v) {
+                    Ok(p) => p,
+                    Err(r) => return Poll::Ready(Ok(conn.refuse(&r, h1, false))),
+                };
+                resp.headers_mut().insert(PROOF_HEADER, proof);
+                if let Some(c) = &v.server_chain {
+                    resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+                }
+            }
+        }
+        if h1 && conn.closing() {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
     }
 }
 
