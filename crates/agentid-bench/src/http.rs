@@ -15,7 +15,8 @@
 //!   tokio-rustls mTLS handshake.
 //!
 //! No `tracing` subscriber is installed in this process: the decision sink's events cost only
-//! the disabled-callsite check.
+//! the disabled-callsite check. Both sides serve the router after `Router::with_state(())`, as
+//! `axum::serve` does (handlers are made into services once, not on every request).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -116,7 +117,9 @@ impl Agentid {
         Ok(Self {
             server,
             client,
-            app,
+            // As `axum::serve` runs a router: its handlers made into services once, not on
+            // every request (the same for the baseline).
+            app: app.with_state(()),
         })
     }
 
@@ -167,7 +170,7 @@ impl Raw {
         Ok(Self {
             acceptor,
             connector,
-            app: router(false)?,
+            app: router(false)?.with_state(()),
         })
     }
 
@@ -417,9 +420,10 @@ pub fn run(
     Ok(())
 }
 
-/// `--profile-http agentid|raw|connect|raw_connect N`: N requests over one established
+/// `--profile-http agentid|raw|connect|raw_connect|raw_connect_sigs N`: N requests over one established
 /// keep-alive connection (the loop of figure 9 alone), or N new connections with one request
-/// each (figure 10), for `perf` or `valgrind --tool=callgrind`.
+/// each (figure 10; `raw_connect_sigs` adds the signature operations of its baseline), for
+/// `perf` or `valgrind --tool=callgrind`.
 pub fn profile(args: &[String]) -> Res<()> {
     let mode = args.get(1).map(String::as_str).unwrap_or("agentid");
     let n: usize = args
@@ -440,15 +444,18 @@ pub fn profile(args: &[String]) -> Res<()> {
                 }
             }));
         }
-    } else if mode == "raw_connect" {
+    } else if mode == "raw_connect" || mode == "raw_connect_sigs" {
+        // `raw_connect_sigs`: figure 10's baseline operation (with the signature operations).
         let raw = Raw::new(&pki)?;
+        let sig = RequiredSignatures::new()?;
         for _ in 0..n {
-            served += usize::from(rt.block_on(async {
+            let ok = rt.block_on(async {
                 match raw.connect().await {
                     Ok(mut s) => raw_request(&mut s).await,
                     Err(_) => false,
                 }
-            }));
+            });
+            served += usize::from(ok && (mode == "raw_connect" || sig.run()));
         }
     } else if mode == "raw" {
         let raw = Raw::new(&pki)?;

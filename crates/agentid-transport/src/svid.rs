@@ -11,7 +11,7 @@
 //!    key usage of every intermediate of the validated path (`keyCertSign` when keyUsage is
 //!    present, RFC 5280 section 6.1.4 (n), which webpki does not check).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use agentid_protocol::{PeerId, PublicKey, TrustDomain};
@@ -194,9 +194,14 @@ const LEAF_CACHE_ENTRIES: usize = 256;
 /// the post-handshake step would each repeat for every connection of the same certificate. Only
 /// leaves that passed chain validation are inserted (an unauthenticated peer cannot fill it);
 /// the time-dependent checks (validity, chain) are never cached.
+///
+/// It also remembers intermediates that passed [`check_issuer_key_usage`] on a validated path
+/// (a pure function of the DER bytes too), so that each intermediate is parsed once, not on
+/// every handshake.
 #[derive(Default)]
 struct LeafCache {
     by_usage: Mutex<[HashMap<Box<[u8]>, SvidInfo>; 2]>,
+    issuers: Mutex<HashSet<Box<[u8]>>>,
 }
 
 impl LeafCache {
@@ -223,6 +228,20 @@ impl LeafCache {
             map.clear();
         }
         map.insert(der.into(), info.clone());
+    }
+
+    fn issuer_checked(&self, der: &[u8]) -> bool {
+        self.issuers.lock().is_ok_and(|set| set.contains(der))
+    }
+
+    fn insert_issuer(&self, der: &[u8]) {
+        let Ok(mut set) = self.issuers.lock() else {
+            return;
+        };
+        if set.len() >= LEAF_CACHE_ENTRIES {
+            set.clear();
+        }
+        set.insert(der.into());
     }
 
     fn len(&self) -> usize {
@@ -332,7 +351,12 @@ impl TrustStore {
                 other => CertError::Chain(format!("{other:?}")),
             })?;
         for issuer in path.intermediate_certificates() {
-            check_issuer_key_usage(issuer.der().as_ref())?;
+            let der = issuer.der();
+            if !self.leaves.issuer_checked(der.as_ref()) {
+                check_issuer_key_usage(der.as_ref())?;
+                // On a validated path only: an unauthenticated peer cannot fill it.
+                self.leaves.insert_issuer(der.as_ref());
+            }
         }
         if !hit {
             self.leaves.insert(end_entity.as_ref(), usage, &info);

@@ -1195,3 +1195,35 @@ async fn a_header_list_over_the_http_limit_is_refused_and_nothing_breaks() {
         body(r).await;
     }
 }
+
+/// The server's proof is signed with the credential of the connection's handshake: a rotation
+/// between the handshake and the first request does not make the client see a proof from a key
+/// other than the certificate's (new connections get the new credential).
+#[tokio::test]
+async fn a_rotation_before_the_first_request_keeps_the_handshake_credential() {
+    for h1 in [true, false] {
+        let w = World::new(false);
+        let addr = start(&w, None, options()).await;
+        let (creds, _k, _) = w.client(CLIENT, Some("files:read files:list"), &LeafOpts::default());
+        let c = client(&w, creds, h1);
+        let mut conn = c.connect(addr, "files.example.org").await.unwrap();
+        let first_key = conn.peer().info.public_key.clone();
+        let rotated = credential(&w.a.ca, SERVER, key(), &LeafOpts::default());
+        w.server_creds.rotate(rotated, &w.sv.trust_store()).unwrap();
+
+        let resp = conn.send(get_req("/scope")).await.unwrap();
+        assert_eq!(resp.status(), 200, "h1={h1}");
+        body(resp).await;
+        assert!(
+            conn.server_proof().is_some(),
+            "h1={h1}: server proof verified"
+        );
+
+        let mut later = c.connect(addr, "files.example.org").await.unwrap();
+        assert_ne!(later.peer().info.public_key, first_key, "h1={h1}: rotated");
+        let resp = later.send(get_req("/scope")).await.unwrap();
+        assert_eq!(resp.status(), 200, "h1={h1}");
+        body(resp).await;
+        assert!(later.server_proof().is_some());
+    }
+}

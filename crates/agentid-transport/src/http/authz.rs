@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use agentid_protocol::{PeerId, Scope, VerifiedChain};
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, Uri};
 
 use super::refusal::{Refusal, PEER_DENIED};
@@ -20,6 +21,8 @@ use crate::PeerPolicy;
 
 /// The request header whose value becomes a decision's correlation ID.
 pub const CORRELATION_HEADER: &str = "x-request-id";
+/// [`CORRELATION_HEADER`] as a header name (looked up without parsing the name each time).
+const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
 
 /// One authorization decision.
 #[derive(Debug)]
@@ -116,7 +119,7 @@ impl Authorizer {
             verified,
             method: req.method().clone(),
             uri: req.uri().clone(),
-            correlation: req.headers().get(CORRELATION_HEADER).cloned(),
+            correlation: req.headers().get(&CORRELATION).cloned(),
         }
     }
 
@@ -237,8 +240,6 @@ impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Authorizer {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 /// What a [`Require`] layer checks on each request, through the request's [`Authorizer`]
 /// (so the connection checks of the deadline and revocation epoch run first, and the decision
 /// goes to the sink).
@@ -340,17 +341,59 @@ impl<S: std::fmt::Debug, R: std::fmt::Debug> std::fmt::Debug for RequireService<
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`RequireService`]: the inner service's, or the refusal (no allocation).
+    pub struct RequireFuture<F, RB> {
+        #[pin]
+        state: RequireState<F, RB>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = RequireStateProj]
+    enum RequireState<F, RB> {
+        Inner {
+            #[pin]
+            future: F,
+        },
+        Refused {
+            response: Option<Response<RB>>,
+        },
+    }
+}
+
+impl<F, RB> std::fmt::Debug for RequireFuture<F, RB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for RequireFuture<F, RB>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            RequireStateProj::Inner { future } => future.poll(cx),
+            RequireStateProj::Refused { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
 impl<S, R, B, RB> tower_service::Service<Request<B>> for RequireService<S, R>
 where
     S: tower_service::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
     R: Requirement,
-    RB: From<Bytes> + Send + 'static,
+    RB: From<Bytes>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+    type Future = RequireFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -362,8 +405,16 @@ where
             None => Err(Refusal::internal("not served by an agentid HTTP server")),
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(r) => Box::pin(std::future::ready(Ok(r.to_response()))),
+            Ok(()) => RequireFuture {
+                state: RequireState::Inner {
+                    future: self.inner.call(req),
+                },
+            },
+            Err(r) => RequireFuture {
+                state: RequireState::Refused {
+                    response: Some(r.to_response()),
+                },
+            },
         }
     }
 }

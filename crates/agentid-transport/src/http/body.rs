@@ -26,12 +26,13 @@ type Cut = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The response body of an agentid HTTP server.
 pub struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
-    /// The connection's cut signal, read on every poll.
-    cut_rx: Option<watch::Receiver<bool>>,
     /// Waits for the cut; made only when the body first has nothing to send (streaming).
     cut: Option<Cut>,
-    /// Held until the body is dropped (the request counts as in flight while it streams).
+    /// Held until the body is dropped (the request counts as in flight while it streams); its
+    /// connection's cut is checked on every poll.
     held: Option<Active>,
+    /// The body was cut (it then ends).
+    was_cut: bool,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -50,27 +51,28 @@ fn cut_signal(mut rx: watch::Receiver<bool>) -> Cut {
 }
 
 impl ResponseBody {
-    pub(crate) fn new<B>(body: B, cut: Option<watch::Receiver<bool>>) -> Self
+    pub(crate) fn new<B>(body: B) -> Self
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         Self {
             inner: body.map_err(Into::into).boxed_unsync(),
-            cut_rx: cut,
             cut: None,
             held: None,
+            was_cut: false,
         }
     }
 
-    /// Keeps the request's in-flight guard alive as long as this body.
+    /// Keeps the request's in-flight guard alive as long as this body, and cuts the body when
+    /// the guard's connection ends.
     pub(crate) fn holding(mut self, active: Active) -> Self {
         self.held = Some(active);
         self
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
-        Self::new(Full::new(bytes), None)
+        Self::new(Full::new(bytes))
     }
 }
 
@@ -83,7 +85,8 @@ impl From<Bytes> for ResponseBody {
 impl ResponseBody {
     fn cut_now(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.cut = None;
-        self.cut_rx = None;
+        self.was_cut = true;
+        // The guard stays held (the request is in flight until the body is dropped).
         self.inner = Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed_unsync();
@@ -99,14 +102,15 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.cut_rx.as_ref().is_some_and(|rx| *rx.borrow()) {
+        if !self.was_cut && self.held.as_ref().is_some_and(Active::is_cut) {
             return self.cut_now();
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {
                 // Streaming: wake on the cut as well as on the next frame.
                 if self.cut.is_none() {
-                    self.cut = self.cut_rx.clone().map(cut_signal);
+                    // Subscribed now: a cut sent before is seen (the value is read first).
+                    self.cut = self.held.as_ref().map(|a| cut_signal(a.cut_signal()));
                 }
                 let cut = self
                     .cut

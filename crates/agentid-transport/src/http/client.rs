@@ -30,7 +30,7 @@ use tokio_rustls::TlsConnector;
 pub(crate) const DEFAULT_CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
-use super::tls::{client_config, client_peer, HttpVersion, TlsPeer};
+use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, Result, TimeoutKind};
 use crate::session::{now_unix, PROOF_LIFETIME};
@@ -43,7 +43,7 @@ pub type HttpResponse = Response<Incoming>;
 /// An agentid HTTP client. Build it with [`HttpClient::builder`]; a peer policy is required.
 #[derive(Clone)]
 pub struct HttpClient {
-    connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     credentials: Arc<dyn CredentialSource>,
     verification: Arc<PeerVerification>,
     connect_timeout: Duration,
@@ -124,7 +124,7 @@ impl HttpClientBuilder {
             config.alpn_protocols = vec![super::tls::ALPN_HTTP11.to_vec()];
         }
         Ok(HttpClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            config: Arc::new(config),
             credentials: self.credentials,
             verification: self.verification,
             connect_timeout: self.connect_timeout,
@@ -238,7 +238,9 @@ impl HttpClient {
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
         let name = rustls::pki_types::ServerName::try_from("agentid.invalid")
             .map_err(|e| Error::Config(e.to_string()))?;
-        let tls = self.connector.connect(name, tcp).await?;
+        // The handshake presents exactly the credential the proof is signed with.
+        let connector = TlsConnector::from(pinned_client_config(&self.config, &local));
+        let tls = connector.connect(name, tcp).await?;
         let peer = client_peer(tls.get_ref().1, &self.verification)?;
 
         // The own chain's audience and `exp`, read once per chain (not per connection).
@@ -272,27 +274,19 @@ impl HttpClient {
         let close_at = Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600));
 
         let io = TokioIo::new(tls);
+        // The connection runs on its own task; another one drops it at `close_at` (so that
+        // serving a request does not poll the timer).
         let sender = match peer.version {
             HttpVersion::H2 => {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(hyper_err)?;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = conn => {}
-                        () = sleep_until(close_at) => {}
-                    }
-                });
+                close_at_margin(tokio::spawn(conn), close_at);
                 Sender::H2(sender)
             }
             HttpVersion::Http11 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(hyper_err)?;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = conn => {}
-                        () = sleep_until(close_at) => {}
-                    }
-                });
+                close_at_margin(tokio::spawn(conn), close_at);
                 Sender::H1(sender)
             }
         };
@@ -313,6 +307,17 @@ impl HttpClient {
             close_at,
         })
     }
+}
+
+/// Drops the connection task `conn` at `close_at` unless it ended before.
+fn close_at_margin<T: Send + 'static>(mut conn: tokio::task::JoinHandle<T>, close_at: Instant) {
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = &mut conn => {}
+            () = sleep_until(close_at) => conn.abort(),
+        }
+    });
 }
 
 /// Signs this side's hop proof for the connection to `peer` (spec/PROTOCOL.md 22.4 step 1).
@@ -400,11 +405,11 @@ impl HttpClientConnection {
             return Err(Error::CredentialExpired);
         }
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = |uri: &Uri| {
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        };
         let presenting = self.server.is_none();
         if presenting && !self.presented {
             // Not sent yet: a proof signed at connect time may have grown stale while the
@@ -420,8 +425,15 @@ impl HttpClientConnection {
             }
             self.presented = true;
         }
-        parts.headers.remove(CHAIN_HEADER);
-        parts.headers.remove(PROOF_HEADER);
+        // A presentation is this connection's alone: the caller's agentid headers never pass.
+        if parts
+            .headers
+            .keys()
+            .any(|name| *name == CHAIN_HEADER || *name == PROOF_HEADER)
+        {
+            parts.headers.remove(CHAIN_HEADER);
+            parts.headers.remove(PROOF_HEADER);
+        }
         if presenting {
             parts
                 .headers
@@ -435,14 +447,17 @@ impl HttpClientConnection {
                 parts.uri = Uri::builder()
                     .scheme(Scheme::HTTPS)
                     .authority(self.authority.clone())
-                    .path_and_query(path)
+                    .path_and_query(path(&parts.uri))
                     .build()
                     .map_err(|e| Error::Config(e.to_string()))?;
                 parts.version = http::Version::HTTP_2;
                 Request::from_parts(parts, Full::new(body))
             }
             Sender::H1(_) => {
-                parts.uri = Uri::from(path);
+                // Origin form: the path and query only (kept when the caller gave just that).
+                if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                    parts.uri = Uri::from(path(&parts.uri));
+                }
                 parts.version = http::Version::HTTP_11;
                 parts.headers.insert(HOST, self.host.clone());
                 Request::from_parts(parts, Full::new(body))

@@ -68,8 +68,9 @@ mod server;
 mod tls;
 
 pub use authz::{
-    Authorizer, Decision, DecisionSink, Require, RequirePeer, RequirePeerService, RequireScope,
-    RequireScopeService, RequireService, Requirement, Resource, TracingSink, CORRELATION_HEADER,
+    Authorizer, Decision, DecisionSink, Require, RequireFuture, RequirePeer, RequirePeerService,
+    RequireScope, RequireScopeService, RequireService, Requirement, Resource, TracingSink,
+    CORRELATION_HEADER,
 };
 pub use body::{BodyCut, BoxError, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};

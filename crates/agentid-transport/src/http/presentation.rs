@@ -40,26 +40,45 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u
     Ok(first.map(|v| v.as_bytes()))
 }
 
+/// The alphabets of a header value byte: bit 0 for `agentid-proof` (base64url and `.`), bit 1
+/// for `agentid-chain` (the same and `~`).
+const fn alphabets(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'-' | b'_' | b'.' => 0b11,
+        b'~' => 0b10,
+        _ => 0,
+    }
+}
+
 fn token_chars(value: &[u8], name: &HeaderName, tilde: bool) -> Result<String, Refusal> {
     if value.is_empty() {
         return Err(Refusal::bad_header(format!("{name} is empty")));
     }
-    let ok = value.iter().all(|&b| {
-        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || (tilde && b == b'~')
-    });
-    if !ok {
+    let bit = if tilde { 0b10 } else { 0b01 };
+    // One class lookup per byte, no early exit on the valid path.
+    let all = value.iter().fold(bit, |acc, &b| acc & alphabets(b));
+    if all == 0 {
         return Err(Refusal::bad_header(format!(
             "{name} holds a byte outside its alphabet"
         )));
     }
     // All ASCII by the check above.
-    String::from_utf8(value.to_vec()).map_err(|_| Refusal::bad_header("not ASCII"))
+    std::str::from_utf8(value)
+        .map(str::to_owned)
+        .map_err(|_| Refusal::bad_header("not ASCII"))
 }
 
 /// Reads the presentation headers of one request, in the order of spec/PROTOCOL.md 22.2:
 /// one instance of each (`bad_header`), the chain's size (`chain_too_large`), the alphabet
 /// (`bad_header`), then a chain without a proof (`proof_missing`). `Ok(None)`: no presentation.
 pub fn parse_presentation(headers: &HeaderMap) -> Result<Option<Presentation>, Refusal> {
+    // Most requests carry neither header: one pass over the names instead of two lookups.
+    if !headers
+        .keys()
+        .any(|name| *name == CHAIN_HEADER || *name == PROOF_HEADER)
+    {
+        return Ok(None);
+    }
     let chain = single(headers, &CHAIN_HEADER)?;
     let proof = single(headers, &PROOF_HEADER)?;
     if let Some(c) = chain {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, PresentationContext, ProofBuilder, Role, VerifiedChain};
@@ -29,9 +30,9 @@ use super::presentation::{
     SERVER_HEADER_LIST_LIMIT,
 };
 use super::refusal::{Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
-use super::tls::{server_config, server_peer, HttpVersion, TlsPeer};
+use super::tls::{pinned_server_config, server_config, server_peer, HttpVersion, TlsPeer};
 use crate::admission::{accept_tcp, Admission, SessionPermit};
-use crate::credentials::CredentialSource;
+use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, Result};
 use crate::session::{now_unix, PROOF_LIFETIME};
 use crate::ConnectionLimits;
@@ -130,7 +131,17 @@ pub(crate) struct ConnShared {
     peer_certs: Vec<CertificateDer<'static>>,
     deadline: AtomicU64,
     closing: AtomicBool,
+    /// Wakes the connection's driver: a graceful close started, or the connection is dropped.
     wake: Notify,
+    /// Wakes the connection's watchdog: the deadline moved, or the connection ended.
+    rearm: Notify,
+    /// Set by the watchdog when the connection must be dropped now (after the cut grace, or an
+    /// HTTP/1.1 request head that did not arrive in time).
+    drop_now: AtomicBool,
+    /// The credential this server presented in the connection's TLS handshake: its hop proofs
+    /// are signed with it (the client checks them against the certificate it saw), whatever
+    /// rotation happens later.
+    local: Option<Arc<Credential>>,
     cut: watch::Sender<bool>,
     /// Requests in flight (a response body still streaming counts).
     in_flight: AtomicUsize,
@@ -150,6 +161,16 @@ impl Active {
     }
 }
 
+impl Active {
+    pub(crate) fn is_cut(&self) -> bool {
+        self.0.is_cut()
+    }
+
+    pub(crate) fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.0.cut_signal()
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.touch();
@@ -162,6 +183,7 @@ impl ConnShared {
         server: Arc<ServerShared>,
         peer: TlsPeer,
         peer_certs: Vec<CertificateDer<'static>>,
+        local: Option<Arc<Credential>>,
     ) -> Arc<Self> {
         let epoch = server.verification.epoch();
         let conn = Arc::new(Self {
@@ -176,6 +198,9 @@ impl ConnShared {
             checked_epoch: AtomicU64::new(epoch),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
+            rearm: Notify::new(),
+            drop_now: AtomicBool::new(false),
+            local,
             cut: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
@@ -220,6 +245,29 @@ impl ConnShared {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// Whether the connection's authority ended (streaming bodies are cut).
+    pub(crate) fn is_cut(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    /// Waits until the connection's authority ends.
+    pub(crate) fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.cut.subscribe()
+    }
+
+    /// The credential of the handshake, for signing this connection's server proofs.
+    fn local(&self) -> Result<&Arc<Credential>, Refusal> {
+        self.local
+            .as_ref()
+            .ok_or_else(|| Refusal::busy("no local credential"))
+    }
+
+    /// Asks the driver to drop the connection now.
+    fn drop_connection(&self) {
+        self.drop_now.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY).
     fn start_close(&self) {
         if !self.closing.swap(true, Ordering::AcqRel) {
@@ -235,6 +283,7 @@ impl ConnShared {
         self.settled.notify_waiters();
         self.cut.send_replace(true);
         self.start_close();
+        self.rearm.notify_one();
         tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), detail = r.detail(), "agentid http connection ended");
         r
     }
@@ -244,11 +293,7 @@ impl ConnShared {
     /// revocation status; then signs the server's proof.
     fn verify(&self, p: &Presentation) -> Result<Verified, Refusal> {
         let now = now_unix();
-        let local = self
-            .server
-            .credentials
-            .current()
-            .ok_or_else(|| Refusal::busy("no local credential"))?;
+        let local = self.local()?;
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
         let verified = v
@@ -272,7 +317,7 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
-        let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
+        let (server_proof, exp) = self.sign_server_proof(local, &p.proof, now)?;
         let server_chain = local
             .chain()
             .map(HeaderValue::from_str)
@@ -292,7 +337,7 @@ impl ConnShared {
     /// Signs the server's proof answering `client_proof` (spec/PROTOCOL.md 22.4 step 3).
     fn sign_server_proof(
         &self,
-        local: &crate::credentials::Credential,
+        local: &Credential,
         client_proof: &str,
         now: u64,
     ) -> Result<(HeaderValue, u64), Refusal> {
@@ -327,12 +372,7 @@ impl ConnShared {
         if now.saturating_add(half) < current.1 {
             return Ok(current.0.clone());
         }
-        let local = self
-            .server
-            .credentials
-            .current()
-            .ok_or_else(|| Refusal::busy("no local credential"))?;
-        *current = self.sign_server_proof(&local, &v.client_proof, now)?;
+        *current = self.sign_server_proof(self.local()?, &v.client_proof, now)?;
         Ok(current.0.clone())
     }
 
@@ -344,7 +384,7 @@ impl ConnShared {
         match &settled {
             Ok(v) => {
                 if v.deadline < self.deadline.fetch_min(v.deadline, Ordering::AcqRel) {
-                    self.wake.notify_one();
+                    self.rearm.notify_one();
                 }
                 tracing::debug!(peer.id = %self.peer.info.id, chain = v.chain.is_some(), "agentid presentation verified");
             }
@@ -522,69 +562,160 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = std::convert::Infallible;
-    type Future = Pin<
-        Box<dyn Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send>,
-    >;
+    type Future = ConnFuture<S, S::Future>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let conn = self.conn.clone();
-        let mut inner = self.inner.clone();
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step) = self.first_pass(&req);
         let active = Active::new(&self.conn);
-        Box::pin(async move {
-            let verified = match step {
-                Step::Ready(v) => v,
-                Step::Refuse(r, connection_level) => {
-                    return Ok(conn.refuse(&r, h1, connection_level))
-                }
-                Step::Wait(p) => match conn.wait(p.as_ref()).await {
-                    Ok(v) => v,
-                    Err(r) => return Ok(conn.refuse(&r, h1, true)),
-                },
-            };
-            if let Err(r) = conn.live() {
-                return Ok(conn.refuse(&r, h1, true));
+        let mut fut = ConnFuture {
+            conn: self.conn.clone(),
+            h1,
+            had_proof,
+            active: Some(active),
+            verified: None,
+            inner: self.inner.clone(),
+            req: Some(req),
+            wait: None,
+            checked: false,
+            done: None,
+            call: None,
+        };
+        match step {
+            Step::Ready(v) => fut.verified = v,
+            Step::Refuse(r, connection_level) => {
+                fut.done = Some(self.conn.refuse(&r, h1, connection_level));
             }
-            let authorizer = Authorizer::new(conn.clone(), verified.clone(), &req);
-            req.extensions_mut().insert(authorizer);
-            let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-                Ok(()) => inner.call(req).await,
-                Err(e) => Err(e),
-            };
-            // The handler may have been slow: the deadline and revocation rules hold for the
-            // moment the response leaves, not only for the moment the request arrived.
-            if let Err(r) = conn.live() {
-                return Ok(conn.refuse(&r, h1, true));
+            Step::Wait(p) => {
+                let conn = self.conn.clone();
+                fut.wait = Some(Box::pin(async move { conn.wait(p.as_ref()).await }));
             }
-            let mut resp = match result {
-                Ok(r) => {
-                    r.map(|b| ResponseBody::new(b, Some(conn.cut.subscribe())).holding(active))
+        }
+        fut
+    }
+}
+
+/// A request waiting for the connection's pending presentation (rare: boxed).
+type WaitFuture = Pin<Box<dyn Future<Output = Result<Option<Arc<Verified>>, Refusal>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// One request on a connection: the presentation (settled or awaited), the connection
+    /// checks, the inner service with the request's [`Authorizer`], and the checks again when
+    /// the response leaves. No allocation on the common path.
+    struct ConnFuture<S, F> {
+        conn: Arc<ConnShared>,
+        h1: bool,
+        had_proof: bool,
+        active: Option<Active>,
+        verified: Option<Arc<Verified>>,
+        inner: S,
+        req: Option<Request<Incoming>>,
+        wait: Option<WaitFuture>,
+        // The connection checks passed before the inner service was asked for readiness.
+        checked: bool,
+        done: Option<Response<ResponseBody>>,
+        #[pin]
+        call: Option<F>,
+    }
+}
+
+impl<S, B> Future for ConnFuture<S, S::Future>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(resp) = this.done.take() {
+            return Poll::Ready(Ok(resp));
+        }
+        if let Some(wait) = this.wait.as_mut() {
+            match wait.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(v)) => {
+                    *this.verified = v;
+                    *this.wait = None;
                 }
-                Err(e) => {
-                    let e: BoxError = e.into();
-                    tracing::warn!(error = %e, "agentid http: inner service failed");
-                    Refusal::internal("inner service failed").to_response()
+                Poll::Ready(Err(r)) => {
+                    *this.wait = None;
+                    return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
                 }
-            };
-            if had_proof {
-                if let Some(v) = &verified {
-                    let proof = match conn.fresh_proof(v) {
-                        Ok(p) => p,
-                        Err(r) => return Ok(conn.refuse(&r, h1, false)),
-                    };
-                    resp.headers_mut().insert(PROOF_HEADER, proof);
-                    if let Some(c) = &v.server_chain {
-                        resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+            }
+        }
+        let result = match this.call.as_mut().as_pin_mut() {
+            Some(call) => match call.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            },
+            None => {
+                if !*this.checked {
+                    if let Err(r) = this.conn.live() {
+                        return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
+                    }
+                    *this.checked = true;
+                }
+                match this.inner.poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Ready(Ok(())) => {
+                        let Some(mut req) = this.req.take() else {
+                            return Poll::Ready(Ok(Refusal::internal(
+                                "request polled after it completed",
+                            )
+                            .to_response()));
+                        };
+                        let authorizer =
+                            Authorizer::new(this.conn.clone(), this.verified.clone(), &req);
+                        req.extensions_mut().insert(authorizer);
+                        this.call.set(Some(this.inner.call(req)));
+                        match this.call.as_mut().as_pin_mut().map(|c| c.poll(cx)) {
+                            Some(Poll::Ready(r)) => r,
+                            _ => return Poll::Pending,
+                        }
                     }
                 }
             }
-            if h1 && conn.closing() {
-                resp.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+        };
+        this.call.set(None);
+        let conn = &**this.conn;
+        let h1 = *this.h1;
+        // The handler may have been slow: the deadline and revocation rules hold for the
+        // moment the response leaves, not only for the moment the request arrived.
+        if let Err(r) = conn.live() {
+            return Poll::Ready(Ok(conn.refuse(&r, h1, true)));
+        }
+        let mut resp = match result {
+            Ok(r) => match this.active.take() {
+                Some(active) => r.map(|b| ResponseBody::new(b).holding(active)),
+                None => r.map(ResponseBody::new),
+            },
+            Err(e) => {
+                let e: BoxError = e.into();
+                tracing::warn!(error = %e, "agentid http: inner service failed");
+                Refusal::internal("inner service failed").to_response()
             }
-            Ok(resp)
-        })
+        };
+        if *this.had_proof {
+            if let Some(v) = this.verified.as_ref() {
+                let proof = match conn.fresh_proof(v) {
+                    Ok(p) => p,
+                    Err(r) => return Poll::Ready(Ok(conn.refuse(&r, h1, false))),
+                };
+                resp.headers_mut().insert(PROOF_HEADER, proof);
+                if let Some(c) = &v.server_chain {
+                    resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+                }
+            }
+        }
+        if h1 && conn.closing() {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
     }
 }
 
@@ -737,9 +868,17 @@ impl HttpServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // The handshake presents the credential current now, and the connection's proofs are
+        // signed with that same credential (a rotation meanwhile cannot split them).
+        let local = self.shared.credentials.current();
+        let config = match &local {
+            Some(c) => pinned_server_config(&self.config, c),
+            // No certificate: the handshake fails.
+            None => self.config.clone(),
+        };
         let tls = self
             .admission
-            .tls_accept(io, source.map(|s| s.ip()), self.config.clone())
+            .tls_accept(io, source.map(|s| s.ip()), config)
             .await?;
         let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
         let certs = tls
@@ -749,7 +888,7 @@ impl HttpServer {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
         let permit = self.admission.admit(&peer.info.id)?;
-        let conn = ConnShared::new(self.shared.clone(), peer, certs);
+        let conn = ConnShared::new(self.shared.clone(), peer, certs, local);
         Ok(HttpConnection {
             tls,
             conn,
@@ -836,9 +975,11 @@ where
                 drive(conn, opts, connection, |c| c.graceful_shutdown()).await;
             }
             HttpVersion::Http11 => {
+                // The header read timeout is the watchdog's (an HTTP/1.1 connection with no
+                // request in flight for `header_read_timeout` closes), not hyper's timer, which
+                // would arm and drop a timer for every request head.
                 let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(opts.header_read_timeout)
+                    .header_read_timeout(None)
                     .max_buf_size(SERVER_HEADER_LIST_LIMIT)
                     .max_header_size(SERVER_HEADER_LIST_LIMIT)
                     .serve_connection(io, service);
@@ -849,7 +990,9 @@ where
 }
 
 /// Runs one connection until it ends: graceful close at the deadline minus the margin, when
-/// idle, at once on revocation (streaming bodies cut), and after a failed presentation.
+/// idle, at once on revocation (streaming bodies cut), and after a failed presentation. The
+/// timers and the verification-state watch live in a watchdog task, so that serving a request
+/// polls only the connection and one notification.
 async fn drive<C>(
     conn: Arc<ConnShared>,
     opts: HttpOptions,
@@ -858,27 +1001,20 @@ async fn drive<C>(
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
+    let h1 = conn.peer.version == HttpVersion::Http11;
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(conn.clone(), opts, h1)));
     tokio::pin!(connection);
-    let mut changes = conn.server.verification.subscribe();
-    let mut watching = true;
     let mut shutdown_sent = false;
-    let mut drop_at: Option<Instant> = None;
-    let margin = opts.close_margin.as_secs();
     loop {
-        if drop_at.is_none() && conn.ended.get().is_some() {
-            drop_at = Some(Instant::now() + opts.cut_grace);
+        if conn.drop_now.load(Ordering::Acquire) {
+            break;
         }
         if conn.closing() && !shutdown_sent {
             graceful_shutdown(connection.as_mut());
             shutdown_sent = true;
         }
-        let deadline = conn.deadline();
-        let close_at = instant_at(deadline.saturating_sub(margin));
-        let hard_at = instant_at(deadline);
-        // Re-armed on every pass: a request since the last pass moves it, one in flight
-        // suspends it (checked again when it fires).
-        let idle_at = conn.idle_at(opts.idle_timeout);
         tokio::select! {
+            biased;
             r = connection.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "agentid http: connection ended with an error");
@@ -886,28 +1022,89 @@ async fn drive<C>(
                 break;
             }
             () = conn.wake.notified() => {}
-            () = sleep_until(close_at), if !shutdown_sent => conn.start_close(),
-            () = sleep_until(idle_at.unwrap_or_else(|| Instant::now() + opts.idle_timeout)), if !shutdown_sent => {
-                if conn.idle_at(opts.idle_timeout).is_some_and(|at| at <= Instant::now()) {
-                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
-                    conn.start_close();
-                }
-            }
-            () = sleep_until(hard_at), if drop_at.is_none() => {
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The timers of one connection: the graceful close at the deadline minus the margin, the
+/// deadline itself, idleness (on HTTP/1.1 also the header read timeout), and the verification
+/// state's changes (revocation, bundles). It asks the driver to close or drop the connection.
+async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
+    let mut changes = conn.server.verification.subscribe();
+    let mut watching = true;
+    let margin = opts.close_margin.as_secs();
+    // HTTP/1.1: a request head must arrive within `header_read_timeout` of the connection being
+    // ready for it, that is of the last request's end (or of the handshake).
+    let idle = if h1 {
+        opts.idle_timeout.min(opts.header_read_timeout)
+    } else {
+        opts.idle_timeout
+    };
+    // Idleness closes the connection once. On HTTP/1.1 a request head trickling in keeps hyper
+    // from closing it: if no request started within the cut grace after that close (`head`:
+    // the deadline and the moment of the close), the connection is dropped.
+    let mut idle_done = false;
+    let mut head: Option<(Instant, Instant)> = None;
+    loop {
+        if conn.ended.get().is_some() {
+            tokio::time::sleep(opts.cut_grace).await;
+            conn.drop_connection();
+            return;
+        }
+        let closing = conn.closing();
+        let deadline = conn.deadline();
+        let close_at = instant_at(deadline.saturating_sub(margin));
+        let hard_at = instant_at(deadline);
+        // A request since the last pass moves it; one in flight suspends it (checked again
+        // when it fires).
+        let idle_at = conn.idle_at(idle).unwrap_or_else(|| Instant::now() + idle);
+        let head_at = head.map_or_else(Instant::now, |(at, _)| at);
+        tokio::select! {
+            biased;
+            () = conn.rearm.notified() => {}
+            () = sleep_until(hard_at) => {
                 conn.end(Refusal::unauthenticated(CREDENTIAL_EXPIRED, "the connection's deadline passed"));
-                drop_at = Some(Instant::now() + opts.cut_grace);
             }
             r = changes.changed(), if watching => {
                 if r.is_err() {
                     watching = false;
                 } else {
                     let epoch = conn.server.verification.epoch();
-                    if conn.recheck(epoch).is_err() {
-                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+                    // A failure ends the connection (the next pass drops it after the grace).
+                    let _ = conn.recheck(epoch);
+                }
+            }
+            () = sleep_until(close_at), if !closing => conn.start_close(),
+            () = sleep_until(idle_at), if !idle_done => {
+                let now = Instant::now();
+                if conn.idle_at(idle).is_some_and(|at| at <= now) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
+                    conn.start_close();
+                    idle_done = true;
+                    if h1 {
+                        head = Some((now + opts.cut_grace, now));
                     }
                 }
             }
-            () = sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => break,
+            () = sleep_until(head_at), if head.is_some() => {
+                let closed = head.map_or_else(Instant::now, |(_, closed)| closed);
+                head = None;
+                // Nothing in flight and nothing ended since the close: no head arrived.
+                if conn.idle_at(Duration::ZERO).is_some_and(|last| last <= closed) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: no request head in time, connection dropped");
+                    conn.drop_connection();
+                    return;
+                }
+            }
         }
     }
 }
