@@ -13,8 +13,8 @@
 //! | 10, phase 3 | 3.a.1, 3.a.2 | `Verifier::grant_key` |
 //! | | 3.a.3 | `Verifier::phase3` |
 //! | | 3.b.1, 3.b.2 | `signature`, through `crypto::verify` |
-//! | | 3.c.1 to 3.c.4 | `token::claims::decode_grant`, `token::claims::decode_link` |
-//! | | 3.c.5 | one function per claim in `token/claims.rs`: `grant_iss`, `link_iss`, `sub`, `cnf`, `task`, `scope`, `mode_and_principal`, `max_depth`, `limits`, `jti`; ID sets: `IdSet::new` |
+//! | | 3.c.1 to 3.c.4 | `token::claims::decode_grant`, `token::claims::decode_link` (3.c.1 in one pass: `token::members::read_members`; 3.c.2 to 3.c.4: `check_names`) |
+//! | | 3.c.5 | one function per claim in `token/claims.rs`: `grant_iss`, `link_iss`, `sub`, `cnf`, `prev`, `task`, `scope`, `mode_and_principal`, `max_depth`, `limits`, `jti`; ID sets: `id_set`, `IdSet::new` |
 //! | | 3.c.6 | `issuer_is_authority` |
 //! | 10, phase 4 | 4.0.1 to 4.0.3 | `attenuation::grant_rules` |
 //! | | 4.1 to 4.11 | `attenuation::attenuate` (also run by `LinkBuilder::sign`) |
