@@ -190,16 +190,20 @@ impl UnverifiedChain {
         self.links.len()
     }
 
+    /// The compact bytes of the last token.
+    pub(crate) fn last_token(&self) -> &str {
+        self.tokens.last().map(String::as_str).unwrap_or_default()
+    }
+
     /// The effective values after the last token, replayed through the verifier's own rules
     /// (4.0.1 to 4.0.3, then [`crate::attenuation::attenuate`] for each link) without checking
     /// signatures, time or any verifier's enforced limit names.
     pub(crate) fn effective(&self) -> Result<Effective> {
-        let mut tokens = self.tokens.iter();
-        let grant_token = tokens.next().map(String::as_str).unwrap_or_default();
-        let mut eff = Effective::from_grant(&self.grant, grant_token, EnforcedLimits::Unknown)
-            .map_err(|e| e.at(0))?;
-        for (j, (link, token)) in self.links.iter().zip(tokens).enumerate() {
-            eff = attenuate(eff, link, token, EnforcedLimits::Unknown).map_err(|e| e.at(j + 1))?;
+        let mut eff =
+            Effective::from_grant(&self.grant, EnforcedLimits::Unknown).map_err(|e| e.at(0))?;
+        // Link j + 1 follows token j.
+        for (j, (link, prev)) in self.links.iter().zip(&self.tokens).enumerate() {
+            eff = attenuate(eff, link, prev, EnforcedLimits::Unknown).map_err(|e| e.at(j + 1))?;
         }
         Ok(eff)
     }

@@ -162,8 +162,10 @@ struct Checked {
     /// The authority's trust-domain ID (the grant's `iss` as an ID).
     authority_id: SpiffeId,
     grant: Arc<GrantClaims>,
-    /// The key that verified the grant (rule 6.2.6).
-    grant_key: PublicKey,
+    /// The thumbprint of the key that verified the grant (rule 6.2.6): the `kid` it was found by
+    /// (a bundle key's `kid` is its RFC 7638 thumbprint, which the bundle checks when it is
+    /// read).
+    grant_jkt: String,
     links: Vec<Arc<LinkClaims>>,
 }
 
@@ -261,7 +263,7 @@ impl Verifier {
     /// Phase 3: keys, signatures and claims, token by token (rules 3.a to 3.c); token `i + 1` is
     /// not touched before token `i` passed 3.c.
     fn phase3(&self, framed: &Framed<'_>, headers: Headers) -> Result<Checked> {
-        let (authority, grant_key) = self.grant_key(&headers.grant)?;
+        let (authority, grant_key, grant_jkt) = self.grant_key(&headers.grant)?;
         let grant = match self.cached(&framed.grant, &grant_key) {
             Some(CachedToken::Grant(g)) => g,
             _ => {
@@ -296,14 +298,14 @@ impl Verifier {
             authority_id: authority.id(),
             authority,
             grant,
-            grant_key,
+            grant_jkt,
             links,
         })
     }
 
     /// Rules 3.a.1 and 3.a.2: the grant key by `kid` among the `agentid-grant` keys of all
     /// bundles (found in exactly one), and its trust domain an accepted authority.
-    fn grant_key(&self, header: &Header) -> Result<(TrustDomain, PublicKey)> {
+    fn grant_key(&self, header: &Header) -> Result<(TrustDomain, PublicKey, String)> {
         let at0 = |e: Error| e.at(0);
         let kid = header
             .kid
@@ -323,7 +325,7 @@ impl Verifier {
                 format!("{td} is not an accepted authority here"),
             )));
         }
-        Ok((td.clone(), key.clone()))
+        Ok((td.clone(), key.clone(), kid.to_owned()))
     }
 
     /// Section 10, "Caching": a hit stands for 3.b and 3.c (the same bytes verified under the
@@ -343,10 +345,11 @@ impl Verifier {
     /// values, then [`attenuate`] (rules 4.1 to 4.11) narrows them link by link.
     fn phase4(&self, framed: &Framed<'_>, checked: &Checked) -> Result<Effective> {
         let enforced = EnforcedLimits::Names(&self.config.enforced_limits);
-        let mut eff = Effective::from_grant(&checked.grant, framed.grant.raw.text, enforced)
-            .map_err(|e| e.at(0))?;
+        let mut eff = Effective::from_grant(&checked.grant, enforced).map_err(|e| e.at(0))?;
+        let mut prev = framed.grant.raw.text;
         for (j, (link, t)) in checked.links.iter().zip(&framed.links).enumerate() {
-            eff = attenuate(eff, link, t.raw.text, enforced).map_err(|e| e.at(j + 1))?;
+            eff = attenuate(eff, link, prev, enforced).map_err(|e| e.at(j + 1))?;
+            prev = t.raw.text;
         }
         Ok(eff)
     }
@@ -416,10 +419,14 @@ impl Verifier {
                 domains.push(d);
             }
         }
-        // Rule 6.2: every token, at its index.
+        // Rule 6.2: every token, at its index. For a link (i >= 1), `iss_i` is `sub_{i-1}` (rule
+        // 4.2, phase 4) and the key that verified it is `cnf_{i-1}` (rule 3.a.3): rules 6.2.3 and
+        // 6.2.6 would ask `L(td(sub_{i-1}))` what rules 6.2.4 and 6.2.5 asked it at token i - 1,
+        // at the same `now`, where the answer was no (else verification ended there). They are
+        // asked for the grant only: the outcome and the order of checks are the same.
         let authority_list = self.list(checked.authority.as_str(), now)?;
         let task_revoked = task_revoked(authority_list, &checked.grant.task, now);
-        let mut signing_jkt = checked.grant_key.thumbprint();
+        let signing_jkt = &checked.grant_jkt;
         let mut cnf_jkt = String::new();
         for (i, t) in checked.tokens().enumerate() {
             let iss_list = self.list(t.iss_td(), now)?;
@@ -428,22 +435,19 @@ impl Verifier {
                 None => (&checked.authority_id, None),
                 Some(l) => (l.iss.as_spiffe_id(), Some(&l.iss)),
             };
-            if i > 0 {
-                // The key that verified link i is the `cnf` of token i - 1.
-                signing_jkt = core::mem::take(&mut cnf_jkt);
-            }
             cnf_jkt = t.cnf().thumbprint();
+            let answered_at_previous = i > 0;
             let fired = if jti_revoked(iss_list, iss_id, t.jti(), now) {
                 Some("token revoked by `jti`")
             } else if task_revoked {
                 Some("task revoked")
-            } else if issuing_agent_revoked(iss_list, iss_holder, now) {
+            } else if !answered_at_previous && issuing_agent_revoked(iss_list, iss_holder, now) {
                 Some("issuing agent revoked")
             } else if holder_agent_revoked(sub_list, t.sub(), now) {
                 Some("holder agent revoked")
             } else if key_revoked(sub_list, &cnf_jkt, now) {
                 Some("holder key revoked")
-            } else if key_revoked(iss_list, &signing_jkt, now) {
+            } else if !answered_at_previous && key_revoked(iss_list, signing_jkt, now) {
                 Some("signing key revoked")
             } else {
                 None
@@ -453,7 +457,19 @@ impl Verifier {
             }
         }
         // Rule 6.3: the peer (the last `cnf` thumbprint is reused when it is the peer's key).
-        let peer_jkt = if checked.last().cnf() == peer_key {
+        // When the peer is the last holder (its ID the last `sub`, its key the last `cnf`: what
+        // phase 7 then requires) in the authority's trust domain, its three questions (key,
+        // agent, task) went to the same list in rules 6.2.5, 6.2.4 and 6.2.2 (the last holder's
+        // task is the grant's: rules 4.0.2 and 4.3) and were answered no: not asked again.
+        let last = checked.last();
+        let same_key = last.cnf() == peer_key;
+        if same_key
+            && last.sub().as_spiffe_id() == peer_id
+            && peer_id.trust_domain_str() == checked.authority.as_str()
+        {
+            return Ok(());
+        }
+        let peer_jkt = if same_key {
             cnf_jkt
         } else {
             peer_key.thumbprint()

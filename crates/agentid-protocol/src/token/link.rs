@@ -3,7 +3,7 @@
 use crate::attenuation::{attenuate, EnforcedLimits};
 use crate::audience::IdSet;
 use crate::chain::Chain;
-use crate::crypto::TaskKey;
+use crate::crypto::{sha256, TaskKey};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
 use crate::jws::{sign_compact, TokenType};
@@ -124,7 +124,7 @@ impl LinkBuilder {
         }
         let claims = LinkClaims {
             iss: effective.holder.clone(),
-            prev: effective.token_hash,
+            prev: sha256(held.last_token().as_bytes()),
             shared: SharedClaims {
                 sub: self.to,
                 cnf: self.to_key,
@@ -143,9 +143,13 @@ impl LinkBuilder {
                 jti,
             },
         };
-        // Phase 4 exactly as a verifier runs it on this link (the link's own hash is not
-        // needed: nothing follows it here).
-        attenuate(effective, &claims, "", EnforcedLimits::Unknown)?;
+        // Phase 4 exactly as a verifier runs it on this link.
+        attenuate(
+            effective,
+            &claims,
+            held.last_token(),
+            EnforcedLimits::Unknown,
+        )?;
         nbf_not_after_exp(nbf, exp)?;
         if iat >= exp {
             return Err(Error::new(
