@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 
 use crate::audience::IdSet;
-use crate::crypto::sha256;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskId, TaskIdentity};
 use crate::limits::Limits;
@@ -125,20 +124,19 @@ impl Effective {
 }
 
 /// Rules 4.1 to 4.11 (spec/PROTOCOL.md section 10, phase 4) for one link against the effective
-/// values before it, in the spec's order; then the effective values after it. `prev_token` is
-/// the previous token's compact bytes (what `prev` is the hash of: hashed here, so that no
-/// token is hashed that no link follows).
+/// values before it, in the spec's order; then the effective values after it. `prev_hash` is
+/// the SHA-256 of the previous token's compact bytes (what `prev` must be).
 ///
 /// The one home of attenuation: the verifier's phase 4 and [`crate::LinkBuilder::sign`] both
 /// call it.
 pub(crate) fn attenuate(
     eff: Effective,
     link: &LinkClaims,
-    prev_token: &str,
+    prev_hash: &[u8; 32],
     enforced: EnforcedLimits<'_>,
 ) -> Result<Effective> {
     // Rule 4.1: `prev` is the hash of the previous token.
-    if link.prev != sha256(prev_token.as_bytes()) {
+    if link.prev != *prev_hash {
         return Err(fail(
             ErrorCode::PrevMismatch,
             "`prev` is not the hash of the previous token",

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::token::claims::{GrantClaims, LinkClaims};
 
-/// The key of a cache entry.
-pub(crate) type CacheKey = ([u8; 32], String);
+/// The key of a cache entry: the token's SHA-256 and the verifying key's thumbprint (ASCII).
+pub(crate) type CacheKey = ([u8; 32], [u8; crate::crypto::JKT_LEN]);
 
 /// What a hit gives back: everything phases 2 and 3 established for the token. A grant's bytes
 /// never pass phase 2 as a link (nor the reverse), so a hit of the other kind is a miss.
@@ -82,7 +82,7 @@ impl TokenCache {
                 None => break,
             }
         }
-        i.order.push_back(key.clone());
+        i.order.push_back(key);
         i.map.insert(key, value);
     }
 }

@@ -49,7 +49,7 @@ use crate::audience::IdSet;
 use crate::cache::{CachedToken, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
 use crate::config::{VerifierConfig, MAX_SKEW};
-use crate::crypto::{sha256, verify};
+use crate::crypto::verify;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
@@ -268,7 +268,10 @@ impl Verifier {
             Some(CachedToken::Grant(g)) => g,
             _ => {
                 signature(&framed.grant, &headers.grant, &grant_key).map_err(|e| e.at(0))?;
-                let g = Arc::new(decode_grant(&framed.grant.payload).map_err(|e| e.at(0))?);
+                let g = Arc::new(
+                    decode_grant(&framed.grant.payload().map_err(|e| e.at(0))?)
+                        .map_err(|e| e.at(0))?,
+                );
                 self.remember(
                     &framed.grant,
                     &grant_key,
@@ -287,7 +290,9 @@ impl Verifier {
                 Some(CachedToken::Link(l)) => l,
                 _ => {
                     signature(t, h, &key).map_err(|e| e.at(i))?;
-                    let l = Arc::new(decode_link(&t.payload).map_err(|e| e.at(i))?);
+                    let l = Arc::new(
+                        decode_link(&t.payload().map_err(|e| e.at(i))?).map_err(|e| e.at(i))?,
+                    );
                     self.remember(t, &key, CachedToken::Link(Arc::clone(&l)));
                     l
                 }
@@ -332,12 +337,12 @@ impl Verifier {
     /// same key); everything else runs on every use.
     fn cached(&self, t: &FramedToken<'_>, key: &PublicKey) -> Option<CachedToken> {
         let cache = self.cache.as_ref()?;
-        cache.get(&(sha256(t.raw.text.as_bytes()), key.thumbprint()))
+        cache.get(&(t.hash(), *key.thumbprint_ascii()))
     }
 
     fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, value: CachedToken) {
         if let Some(cache) = &self.cache {
-            cache.insert((sha256(t.raw.text.as_bytes()), key.thumbprint()), value);
+            cache.insert((t.hash(), *key.thumbprint_ascii()), value);
         }
     }
 
@@ -346,10 +351,10 @@ impl Verifier {
     fn phase4(&self, framed: &Framed<'_>, checked: &Checked) -> Result<Effective> {
         let enforced = EnforcedLimits::Names(&self.config.enforced_limits);
         let mut eff = Effective::from_grant(&checked.grant, enforced).map_err(|e| e.at(0))?;
-        let mut prev = framed.grant.raw.text;
+        let mut prev = &framed.grant;
         for (j, (link, t)) in checked.links.iter().zip(&framed.links).enumerate() {
-            eff = attenuate(eff, link, prev, enforced).map_err(|e| e.at(j + 1))?;
-            prev = t.raw.text;
+            eff = attenuate(eff, link, &prev.hash(), enforced).map_err(|e| e.at(j + 1))?;
+            prev = t;
         }
         Ok(eff)
     }
@@ -427,7 +432,7 @@ impl Verifier {
         let authority_list = self.list(checked.authority.as_str(), now)?;
         let task_revoked = task_revoked(authority_list, &checked.grant.task, now);
         let signing_jkt = &checked.grant_jkt;
-        let mut cnf_jkt = String::new();
+        let mut cnf_jkt = "";
         for (i, t) in checked.tokens().enumerate() {
             let iss_list = self.list(t.iss_td(), now)?;
             let sub_list = self.list(t.sub().as_spiffe_id().trust_domain_str(), now)?;
@@ -435,7 +440,7 @@ impl Verifier {
                 None => (&checked.authority_id, None),
                 Some(l) => (l.iss.as_spiffe_id(), Some(&l.iss)),
             };
-            cnf_jkt = t.cnf().thumbprint();
+            cnf_jkt = t.cnf().thumbprint_str();
             let answered_at_previous = i > 0;
             let fired = if jti_revoked(iss_list, iss_id, t.jti(), now) {
                 Some("token revoked by `jti`")
@@ -445,7 +450,7 @@ impl Verifier {
                 Some("issuing agent revoked")
             } else if holder_agent_revoked(sub_list, t.sub(), now) {
                 Some("holder agent revoked")
-            } else if key_revoked(sub_list, &cnf_jkt, now) {
+            } else if key_revoked(sub_list, cnf_jkt, now) {
                 Some("holder key revoked")
             } else if !answered_at_previous && key_revoked(iss_list, signing_jkt, now) {
                 Some("signing key revoked")
@@ -472,10 +477,10 @@ impl Verifier {
         let peer_jkt = if same_key {
             cnf_jkt
         } else {
-            peer_key.thumbprint()
+            peer_key.thumbprint_str()
         };
         let peer_list = self.list(peer_id.trust_domain_str(), now)?;
-        if peer_revoked(peer_list, peer_id, &peer_jkt, now) {
+        if peer_revoked(peer_list, peer_id, peer_jkt, now) {
             return Err(revoked("peer revoked (certificate key, agent or task)"));
         }
         Ok(())
@@ -490,7 +495,7 @@ impl Verifier {
         now: u64,
     ) -> Result<()> {
         let list = self.list(peer_id.trust_domain_str(), now)?;
-        if peer_revoked(list, peer_id, &peer_key.thumbprint(), now) {
+        if peer_revoked(list, peer_id, peer_key.thumbprint_str(), now) {
             return Err(revoked(&format!("peer {peer_id} is revoked")));
         }
         Ok(())
@@ -604,7 +609,7 @@ fn phase2(framed: &Framed<'_>) -> Result<Headers> {
 /// Rules 3.b.1 and 3.b.2: `alg` matches the key, and the signature verifies over the exact
 /// transmitted signing input.
 fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey) -> Result<()> {
-    verify(key, h.alg, t.raw.signing_input(), &t.signature)
+    verify(key, h.alg, t.raw.signing_input(), &t.signature()?)
 }
 
 /// Rule 3.c.6: the grant's `iss` is the trust domain whose bundle held its key.

@@ -109,6 +109,7 @@ impl LinkBuilder {
             ));
         }
         let effective = held.effective()?;
+        let prev_hash = sha256(held.last_token().as_bytes());
         let (iat, nbf, exp) = self
             .validity
             .ok_or_else(|| Error::new(ErrorCode::BadValidity, "link validity must be set"))?;
@@ -124,7 +125,7 @@ impl LinkBuilder {
         }
         let claims = LinkClaims {
             iss: effective.holder.clone(),
-            prev: sha256(held.last_token().as_bytes()),
+            prev: prev_hash,
             shared: SharedClaims {
                 sub: self.to,
                 cnf: self.to_key,
@@ -144,12 +145,7 @@ impl LinkBuilder {
             },
         };
         // Phase 4 exactly as a verifier runs it on this link.
-        attenuate(
-            effective,
-            &claims,
-            held.last_token(),
-            EnforcedLimits::Unknown,
-        )?;
+        attenuate(effective, &claims, &prev_hash, EnforcedLimits::Unknown)?;
         nbf_not_after_exp(nbf, exp)?;
         if iat >= exp {
             return Err(Error::new(
