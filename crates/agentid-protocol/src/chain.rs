@@ -36,9 +36,16 @@ impl FramedToken<'_> {
         b64_decode_checked(self.raw.signature_b64)
     }
 
-    /// SHA-256 of the token's compact bytes (the next link's `prev`, the cache key), computed once.
+    /// SHA-256 of the token's compact bytes (the next link's `prev`), computed once.
     pub fn hash(&self) -> [u8; 32] {
         *self.hash.get_or_init(|| sha256(self.raw.text.as_bytes()))
+    }
+
+    /// Sets [`FramedToken::hash`] to `hash`, the SHA-256 of these exact bytes taken earlier
+    /// (the verified-token cache keeps it).
+    pub fn set_hash(&self, hash: [u8; 32]) {
+        // Already set means already computed from the same bytes.
+        let _ = self.hash.set(hash);
     }
 }
 

@@ -227,6 +227,11 @@ impl Verifier {
         self
     }
 
+    /// The cache of verified tokens, if any.
+    pub(crate) fn cache(&self) -> Option<&TokenCache> {
+        self.cache.as_deref()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VerifierConfig {
         &self.config
@@ -337,12 +342,14 @@ impl Verifier {
     /// same key); everything else runs on every use.
     fn cached(&self, t: &FramedToken<'_>, key: &PublicKey) -> Option<CachedToken> {
         let cache = self.cache.as_ref()?;
-        cache.get(&(t.hash(), *key.thumbprint_ascii()))
+        let (token, hash) = cache.get(t.raw.text, key.thumbprint_ascii())?;
+        t.set_hash(hash);
+        Some(token)
     }
 
     fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, value: CachedToken) {
         if let Some(cache) = &self.cache {
-            cache.insert((t.hash(), *key.thumbprint_ascii()), value);
+            cache.insert(t.raw.text, *key.thumbprint_ascii(), t.hash(), value);
         }
     }
 
