@@ -65,7 +65,7 @@ fn run() -> Res<()> {
         return ca_revocation::clients(std::path::Path::new(dir), addr.parse()?);
     }
     if args.first().map(String::as_str) == Some("--profile-chain") {
-        return profile_chain(&args);
+        return chains::profile(&args);
     }
     if args.first().map(String::as_str) == Some("--profile-http") {
         return http::profile(&args);
@@ -170,30 +170,4 @@ fn memory_client(args: &[String]) -> Res<()> {
         count.parse()?,
         mode,
     )
-}
-
-/// `--profile-chain es256|eddsa DEPTH ITERATIONS [cached]`: verifies one chain in a loop, for
-/// `valgrind --tool=callgrind` (instruction counts are reproducible on a busy machine).
-fn profile_chain(args: &[String]) -> Res<()> {
-    let alg = match args.get(1).map(String::as_str) {
-        Some("eddsa") => Algorithm::Ed25519,
-        _ => Algorithm::Es256,
-    };
-    let depth: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(8);
-    let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1000);
-    let mut fam = chains::Synth::new(alg)?;
-    if args.get(4).map(String::as_str) == Some("cached") {
-        fam.verifier = fam
-            .verifier
-            .clone()
-            .with_cache(std::sync::Arc::new(agentid_protocol::TokenCache::new(64)));
-    }
-    let scope = agentid_protocol::Scope::parse("repo:read")?;
-    let t = fixtures::now();
-    let mut ok = 0usize;
-    for _ in 0..n {
-        ok += usize::from(fam.verify(depth, &scope, t));
-    }
-    println!("{ok} of {n} verified");
-    Ok(())
 }

@@ -1,9 +1,15 @@
 //! Figures 1 and 3: session establishment in memory (a `tokio::io::duplex` pair, no sockets),
 //! both ends on one thread, so a figure is the CPU cost of one session for both sides.
 
+use std::hint::black_box;
 use std::sync::Arc;
 
 use agentid_protocol::TokenCache;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use tokio::runtime::Runtime;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -145,10 +151,54 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
     Ok(())
 }
 
-/// `--profile-session agentid|raw|cached N [DEPTH]`: N in-memory sessions (agentid at `DEPTH`,
-/// default 0; `cached`: the depth-8 chain against a server with a token cache) or N raw
-/// handshakes, for `valgrind --tool=callgrind` (instruction counts are reproducible when wall
-/// time is not). The fixtures (CA, chains) are built before the loop.
+/// The raw signature operations of figures 1 and 3's baselines, as `sigops` measures them
+/// (ES256 with a fixed-size signature, over a message the size of a token's signing input).
+struct RawSigs {
+    rng: SystemRandom,
+    key: EcdsaKeyPair,
+    public: Vec<u8>,
+    sig: Vec<u8>,
+}
+
+/// A message the size of a typical token's signing input (as `sigops`).
+const MSG: [u8; 512] = [0x61; 512];
+
+impl RawSigs {
+    fn new() -> Res<Self> {
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?;
+        let public = key.public_key().as_ref().to_vec();
+        let sig = key.sign(&rng, &MSG)?.as_ref().to_vec();
+        Ok(Self {
+            rng,
+            key,
+            public,
+            sig,
+        })
+    }
+
+    /// `signs` P-256 signatures and `verifies` P-256 verifications.
+    fn run(&self, signs: usize, verifies: usize, ok: &Check) {
+        for _ in 0..signs {
+            ok.and(self.key.sign(&self.rng, black_box(&MSG)).is_ok());
+        }
+        for _ in 0..verifies {
+            ok.and(
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, black_box(&self.public))
+                    .verify(black_box(&MSG), &self.sig)
+                    .is_ok(),
+            );
+        }
+    }
+}
+
+/// `--profile-session agentid|raw|cached|baseline|baseline-cached N [DEPTH]`: N in-memory
+/// sessions (agentid at `DEPTH`, default 0; `cached`: the depth-8 chain against a server with a
+/// token cache), N raw handshakes, or N times a figure's whole baseline (`baseline`: a raw
+/// handshake, 2 P-256 signs and `DEPTH` + 3 P-256 verifications, figure 1; `baseline-cached`: a
+/// raw handshake, 2 signs and 2 verifications, figure 3), for `valgrind --tool=callgrind`
+/// (instruction counts are reproducible when wall time is not). The fixtures (CA, chains) are
+/// built before the loop: run two N and take the difference for the cost of one.
 pub fn profile(args: &[String]) -> Res<()> {
     let mode = args.get(1).map(String::as_str).unwrap_or("agentid");
     let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
@@ -157,11 +207,18 @@ pub fn profile(args: &[String]) -> Res<()> {
     let rt = runtime()?;
     let ok = Check::new();
     match mode {
-        "raw" => {
+        "raw" | "baseline" | "baseline-cached" => {
             let acceptor = TlsAcceptor::from(pki.raw_server_config()?);
             let connector = TlsConnector::from(pki.raw_client_config(0)?);
+            let sigs = RawSigs::new()?;
+            let (signs, verifies) = match mode {
+                "baseline" => (2, depth + 3),
+                "baseline-cached" => (2, 2),
+                _ => (0, 0),
+            };
             for _ in 0..n {
                 raw_once(&rt, &acceptor, &connector, &ok);
+                sigs.run(signs, verifies, &ok);
             }
         }
         "cached" => {

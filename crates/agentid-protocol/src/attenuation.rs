@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 
 use crate::audience::IdSet;
-use crate::crypto::sha256;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskId, TaskIdentity};
 use crate::limits::Limits;
@@ -20,8 +19,6 @@ use crate::token::claims::{GrantClaims, LinkClaims};
 /// what the next link is checked against.
 #[derive(Clone, Debug)]
 pub(crate) struct Effective {
-    /// SHA-256 of the compact bytes of the token that set these values (what `prev` must be).
-    pub token_hash: [u8; 32],
     /// The grant's task.
     pub task: TaskId,
     /// The `sub` of that token: the current holder.
@@ -106,17 +103,11 @@ pub(crate) fn link_audience(before: IdSet, link: &LinkClaims) -> IdSet {
 
 impl Effective {
     /// [`grant_rules`], then the initial effective values: scope, audience (`aud` or `[iss]`),
-    /// limits (or none), delegation targets (`may_delegate_to` or `[iss]`). `grant_token` is the
-    /// grant's compact bytes.
-    pub(crate) fn from_grant(
-        grant: &GrantClaims,
-        grant_token: &str,
-        enforced: EnforcedLimits<'_>,
-    ) -> Result<Self> {
+    /// limits (or none), delegation targets (`may_delegate_to` or `[iss]`).
+    pub(crate) fn from_grant(grant: &GrantClaims, enforced: EnforcedLimits<'_>) -> Result<Self> {
         grant_rules(grant, enforced)?;
         let authority = || IdSet::single(grant.iss.id());
         Ok(Self {
-            token_hash: sha256(grant_token.as_bytes()),
             task: grant.task.clone(),
             holder: grant.sub.clone(),
             max_depth: grant.max_depth,
@@ -133,19 +124,19 @@ impl Effective {
 }
 
 /// Rules 4.1 to 4.11 (spec/PROTOCOL.md section 10, phase 4) for one link against the effective
-/// values before it, in the spec's order; then the effective values after it. `link_token` is
-/// the link's compact bytes (the next link's `prev`).
+/// values before it, in the spec's order; then the effective values after it. `prev_hash` is
+/// the SHA-256 of the previous token's compact bytes (what `prev` must be).
 ///
 /// The one home of attenuation: the verifier's phase 4 and [`crate::LinkBuilder::sign`] both
 /// call it.
 pub(crate) fn attenuate(
     eff: Effective,
     link: &LinkClaims,
-    link_token: &str,
+    prev_hash: &[u8; 32],
     enforced: EnforcedLimits<'_>,
 ) -> Result<Effective> {
     // Rule 4.1: `prev` is the hash of the previous token.
-    if link.prev != eff.token_hash {
+    if link.prev != *prev_hash {
         return Err(fail(
             ErrorCode::PrevMismatch,
             "`prev` is not the hash of the previous token",
@@ -230,7 +221,6 @@ pub(crate) fn attenuate(
     }
     // The effective values after this link.
     Ok(Effective {
-        token_hash: sha256(link_token.as_bytes()),
         task: eff.task,
         holder: link.sub.clone(),
         max_depth: link.max_depth,

@@ -1,17 +1,20 @@
 //! A bounded cache of verified tokens.
 //!
-//! Keyed by (SHA-256 of the token's compact bytes, thumbprint of the key that verified it); holds
-//! only tokens that passed phases 2 and 3 (header, signature, claims). A hit skips only those:
-//! linkage, time, revocation, possession, audience and scope are evaluated on every use, and a
-//! grant hit still requires its key in the current bundle of an accepted authority.
+//! Keyed by the token's exact compact bytes, each entry for the thumbprint of the key that
+//! verified it; holds only tokens that passed phases 2 and 3 (header, signature, claims). A hit
+//! skips only those: linkage, time, revocation, possession, audience and scope are evaluated on
+//! every use, and a grant hit still requires its key in the current bundle of an accepted
+//! authority. Looking a token up costs a keyed hash of its bytes (no SHA-256), and a hit also
+//! gives back the token's SHA-256 (what the next link's `prev` is checked against). An entry
+//! keeps the token's bytes, about a kilobyte. The cache also remembers the SHA-256 of the last
+//! 64 chains that verified (a hop proof's `cth` binds the whole chain): up to 64 chains of at
+//! most 64 KiB each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::crypto::JKT_LEN;
 use crate::token::claims::{GrantClaims, LinkClaims};
-
-/// The key of a cache entry.
-pub(crate) type CacheKey = ([u8; 32], String);
 
 /// What a hit gives back: everything phases 2 and 3 established for the token. A grant's bytes
 /// never pass phase 2 as a link (nor the reverse), so a hit of the other kind is a miss.
@@ -21,10 +24,28 @@ pub(crate) enum CachedToken {
     Link(Arc<LinkClaims>),
 }
 
+/// One cached token.
+#[derive(Debug)]
+struct Entry {
+    /// The thumbprint (ASCII) of the key that verified it: a hit needs the same key.
+    jkt: [u8; JKT_LEN],
+    /// SHA-256 of the token's compact bytes.
+    hash: [u8; 32],
+    token: CachedToken,
+}
+
+/// At most this many chain hashes are remembered ([`TokenCache::chain_hash`]).
+const CHAIN_HASHES: usize = 64;
+
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<CacheKey, CachedToken>,
-    order: VecDeque<CacheKey>,
+    /// SHA-256 of chains that verified (rule P9 hashes the chain sent with a hop proof), by
+    /// their exact bytes, and their keys oldest first.
+    chains: HashMap<Arc<str>, [u8; 32]>,
+    chain_order: VecDeque<Arc<str>>,
+    map: HashMap<Arc<str>, Entry>,
+    /// The keys of `map`, oldest first.
+    order: VecDeque<Arc<str>>,
 }
 
 /// A bounded, thread-safe cache of verified tokens, shared by clones of a [`crate::Verifier`].
@@ -58,20 +79,69 @@ impl TokenCache {
         if let Ok(mut i) = self.inner.lock() {
             i.map.clear();
             i.order.clear();
+            i.chains.clear();
+            i.chain_order.clear();
         }
     }
 
-    pub(crate) fn get(&self, key: &CacheKey) -> Option<CachedToken> {
-        // A poisoned lock only means another thread panicked mid-insert: treat it as a miss.
-        self.inner.lock().ok()?.map.get(key).cloned()
+    /// The SHA-256 of `chain`, if a chain with exactly these bytes verified before.
+    pub(crate) fn chain_hash(&self, chain: &str) -> Option<[u8; 32]> {
+        self.inner.lock().ok()?.chains.get(chain).copied()
     }
 
-    pub(crate) fn insert(&self, key: CacheKey, value: CachedToken) {
+    /// Remembers the SHA-256 of a chain that verified (at most [`CHAIN_HASHES`], and none
+    /// when the cache holds no tokens).
+    pub(crate) fn remember_chain_hash(&self, chain: &str, hash: [u8; 32]) {
+        let limit = CHAIN_HASHES.min(self.capacity);
+        if limit == 0 {
+            return;
+        }
+        let Ok(mut i) = self.inner.lock() else { return };
+        if i.chains.contains_key(chain) {
+            return;
+        }
+        while i.chains.len() >= limit {
+            match i.chain_order.pop_front() {
+                Some(old) => {
+                    i.chains.remove(&old);
+                }
+                None => break,
+            }
+        }
+        let key: Arc<str> = Arc::from(chain);
+        i.chain_order.push_back(Arc::clone(&key));
+        i.chains.insert(key, hash);
+    }
+
+    /// The token with compact bytes `token`, if it is cached as verified by the key with
+    /// thumbprint `jkt`, with the token's SHA-256.
+    pub(crate) fn get(&self, token: &str, jkt: &[u8; JKT_LEN]) -> Option<(CachedToken, [u8; 32])> {
+        // A poisoned lock only means another thread panicked mid-insert: treat it as a miss.
+        let inner = self.inner.lock().ok()?;
+        let e = inner.map.get(token).filter(|e| e.jkt == *jkt)?;
+        Some((e.token.clone(), e.hash))
+    }
+
+    /// Caches `value` for the token with compact bytes `token` (SHA-256 `hash`), verified by the
+    /// key with thumbprint `jkt` (replacing an entry of the same bytes under another key).
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        jkt: [u8; JKT_LEN],
+        hash: [u8; 32],
+        value: CachedToken,
+    ) {
         if self.capacity == 0 {
             return;
         }
         let Ok(mut i) = self.inner.lock() else { return };
-        if i.map.contains_key(&key) {
+        let entry = Entry {
+            jkt,
+            hash,
+            token: value,
+        };
+        if let Some(e) = i.map.get_mut(token) {
+            *e = entry;
             return;
         }
         while i.map.len() >= self.capacity {
@@ -82,7 +152,37 @@ impl TokenCache {
                 None => break,
             }
         }
-        i.order.push_back(key.clone());
-        i.map.insert(key, value);
+        let key: Arc<str> = Arc::from(token);
+        i.order.push_back(Arc::clone(&key));
+        i.map.insert(key, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_hashes_are_remembered_by_exact_bytes_and_bounded() {
+        let cache = TokenCache::new(4096);
+        assert_eq!(cache.chain_hash("a~b"), None);
+        cache.remember_chain_hash("a~b", [1; 32]);
+        assert_eq!(cache.chain_hash("a~b"), Some([1; 32]));
+        assert_eq!(cache.chain_hash("a~b "), None);
+        assert_eq!(cache.chain_hash("a~"), None);
+        for i in 0..200 {
+            cache.remember_chain_hash(&format!("chain {i}"), [2; 32]);
+        }
+        let held = (0..200)
+            .filter(|i| cache.chain_hash(&format!("chain {i}")).is_some())
+            .count();
+        assert_eq!(held, CHAIN_HASHES);
+        assert_eq!(cache.chain_hash("a~b"), None, "the oldest went first");
+        cache.clear();
+        assert_eq!(cache.chain_hash("chain 199"), None);
+        // A cache that holds no tokens remembers no chains either.
+        let none = TokenCache::new(0);
+        none.remember_chain_hash("a~b", [1; 32]);
+        assert_eq!(none.chain_hash("a~b"), None);
     }
 }

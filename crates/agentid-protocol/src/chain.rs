@@ -1,8 +1,10 @@
 //! The chain string: a grant and its links joined with `~`, and its framing (phase 1).
 
+use core::cell::OnceCell;
 use core::fmt;
 
 use crate::attenuation::{attenuate, grant_audience, link_audience, Effective, EnforcedLimits};
+use crate::crypto::sha256;
 use crate::encoding::b64_decode_checked;
 use crate::error::{Error, ErrorCode, Result};
 use crate::jws::{self, RawToken};
@@ -14,12 +16,37 @@ pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
 /// Maximum number of tokens in a chain: the grant plus [`MAX_DEPTH`] links.
 pub const MAX_TOKENS: usize = MAX_DEPTH as usize + 1;
 
-/// A token after phase 1: its exact transmitted parts, decoded.
+/// A token after phase 1: its exact transmitted parts, each checked to be strict base64url.
+/// The payload and the signature are decoded, and the token hashed, when (and only if) a later
+/// phase reads them: a token found in the verified-token cache needs neither.
 #[derive(Debug)]
 pub(crate) struct FramedToken<'a> {
     pub raw: RawToken<'a>,
-    pub payload: Vec<u8>,
-    pub signature: Vec<u8>,
+    hash: OnceCell<[u8; 32]>,
+}
+
+impl FramedToken<'_> {
+    /// The decoded payload.
+    pub fn payload(&self) -> Result<Vec<u8>> {
+        b64_decode_checked(self.raw.payload_b64)
+    }
+
+    /// The decoded signature.
+    pub fn signature(&self) -> Result<Vec<u8>> {
+        b64_decode_checked(self.raw.signature_b64)
+    }
+
+    /// SHA-256 of the token's compact bytes (the next link's `prev`), computed once.
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hash.get_or_init(|| sha256(self.raw.text.as_bytes()))
+    }
+
+    /// Sets [`FramedToken::hash`] to `hash`, the SHA-256 of these exact bytes taken earlier
+    /// (the verified-token cache keeps it).
+    pub fn set_hash(&self, hash: [u8; 32]) {
+        // Already set means already computed from the same bytes.
+        let _ = self.hash.set(hash);
+    }
 }
 
 /// A chain after phase 1: a grant and zero to eight links. There is no empty chain.
@@ -39,14 +66,10 @@ impl Framed<'_> {
 /// Rule 1.4 (spec/PROTOCOL.md section 10, phase 1): one token's cap, three parts and strict
 /// base64url (rules 1.4.1 to 1.4.3, in `jws::split`); the index is the caller's.
 fn frame_token(part: &str) -> Result<FramedToken<'_>> {
-    let raw = jws::split(part)?;
-    // `split` validated all three parts; the two read here are decoded once.
-    let payload = b64_decode_checked(raw.payload_b64)?;
-    let signature = b64_decode_checked(raw.signature_b64)?;
+    // `split` validates all three parts; the payload and the signature are decoded when read.
     Ok(FramedToken {
-        raw,
-        payload,
-        signature,
+        raw: jws::split(part)?,
+        hash: OnceCell::new(),
     })
 }
 
@@ -133,12 +156,12 @@ impl Chain {
     /// its own chain (builders, display, choosing a peer). Never a basis for trusting the chain.
     pub fn read_unverified(&self) -> Result<UnverifiedChain> {
         let framed = frame(&self.text)?;
-        let grant = decode_grant(&framed.grant.payload).map_err(|e| e.at(0))?;
+        let grant = decode_grant(&framed.grant.payload()?).map_err(|e| e.at(0))?;
         let links = framed
             .links
             .iter()
             .enumerate()
-            .map(|(i, t)| decode_link(&t.payload).map_err(|e| e.at(i + 1)))
+            .map(|(i, t)| decode_link(&t.payload()?).map_err(|e| e.at(i + 1)))
             .collect::<Result<Vec<_>>>()?;
         Ok(UnverifiedChain {
             tokens: self.text.split('~').map(str::to_owned).collect(),
@@ -190,16 +213,22 @@ impl UnverifiedChain {
         self.links.len()
     }
 
+    /// The compact bytes of the last token.
+    pub(crate) fn last_token(&self) -> &str {
+        self.tokens.last().map(String::as_str).unwrap_or_default()
+    }
+
     /// The effective values after the last token, replayed through the verifier's own rules
     /// (4.0.1 to 4.0.3, then [`crate::attenuation::attenuate`] for each link) without checking
     /// signatures, time or any verifier's enforced limit names.
     pub(crate) fn effective(&self) -> Result<Effective> {
-        let mut tokens = self.tokens.iter();
-        let grant_token = tokens.next().map(String::as_str).unwrap_or_default();
-        let mut eff = Effective::from_grant(&self.grant, grant_token, EnforcedLimits::Unknown)
-            .map_err(|e| e.at(0))?;
-        for (j, (link, token)) in self.links.iter().zip(tokens).enumerate() {
-            eff = attenuate(eff, link, token, EnforcedLimits::Unknown).map_err(|e| e.at(j + 1))?;
+        let mut eff =
+            Effective::from_grant(&self.grant, EnforcedLimits::Unknown).map_err(|e| e.at(0))?;
+        // Link j + 1 follows token j.
+        for (j, (link, prev)) in self.links.iter().zip(&self.tokens).enumerate() {
+            let prev_hash = sha256(prev.as_bytes());
+            eff = attenuate(eff, link, &prev_hash, EnforcedLimits::Unknown)
+                .map_err(|e| e.at(j + 1))?;
         }
         Ok(eff)
     }

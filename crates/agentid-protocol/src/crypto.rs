@@ -19,7 +19,7 @@ compile_error!(
 );
 
 use core::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::ed25519_check;
 use crate::error::{Error, ErrorCode, Result};
@@ -94,7 +94,14 @@ pub struct PublicKey {
     /// signature check with this key reuses it instead of parsing the point again (cheap to
     /// clone). Not part of the key's identity: equality, order and hash are those of `bytes`.
     parsed: Option<Arc<ParsedPublicKey>>,
+    /// The RFC 7638 thumbprint, computed on first use ([`PublicKey::thumbprint`]) and kept: a
+    /// chain's keys are named by it several times per verification (revocation lookups, the
+    /// token cache), and a cached token's `cnf` key on every use. Not part of the key's identity.
+    jkt: OnceLock<[u8; JKT_LEN]>,
 }
+
+/// Length of a thumbprint: base64url of 32 bytes.
+pub(crate) const JKT_LEN: usize = 43;
 
 impl PartialEq for PublicKey {
     fn eq(&self, other: &Self) -> bool {
@@ -191,6 +198,7 @@ impl PublicKey {
         Ok(Self {
             bytes: KeyBytes::P256(point),
             parsed: Some(Arc::new(parsed)),
+            jkt: OnceLock::new(),
         })
     }
 
@@ -226,6 +234,7 @@ impl PublicKey {
         Ok(Self {
             bytes: KeyBytes::Ed25519(key),
             parsed: None,
+            jkt: OnceLock::new(),
         })
     }
 
@@ -254,6 +263,17 @@ impl PublicKey {
         out.extend_from_slice(prefix);
         out.extend_from_slice(self.raw_bytes());
         out
+    }
+
+    /// The RFC 7638 thumbprint ([`PublicKey::thumbprint`]) as ASCII, computed once per key.
+    pub(crate) fn thumbprint_ascii(&self) -> &[u8; JKT_LEN] {
+        self.jkt.get_or_init(|| self.compute_thumbprint())
+    }
+
+    /// The RFC 7638 thumbprint ([`PublicKey::thumbprint`]), computed once per key.
+    pub(crate) fn thumbprint_str(&self) -> &str {
+        // base64url is ASCII.
+        core::str::from_utf8(self.thumbprint_ascii()).unwrap_or_default()
     }
 
     /// The key's algorithm.

@@ -137,7 +137,12 @@ pub(crate) fn parse_ijson_object(bytes: &[u8]) -> Result<Map<String, Value>> {
 ///
 /// `serde_json` keeps `1.0` and `1e3` as floats, so `as_u64` already refuses them.
 pub(crate) fn json_time(v: &Value) -> Option<u64> {
-    v.as_u64().filter(|t| *t <= MAX_SAFE_INT)
+    v.as_u64().and_then(safe_int)
+}
+
+/// An integer that JSON spelled as such (see [`json_time`]) if it is at most 2^53 - 1.
+pub(crate) fn safe_int(n: u64) -> Option<u64> {
+    Some(n).filter(|t| *t <= MAX_SAFE_INT)
 }
 
 /// A `DeserializeSeed` that builds a [`Value`] while enforcing depth and unique member names.
@@ -154,7 +159,9 @@ impl StrictValue {
         Self { depth }
     }
 
-    fn enter<E: de::Error>(self) -> core::result::Result<Self, E> {
+    /// The seed for the values held by a container at this seed's depth plus one (the
+    /// container being entered), or the nesting error if that is deeper than [`MAX_JSON_DEPTH`].
+    pub(crate) fn enter<E: de::Error>(self) -> core::result::Result<Self, E> {
         let depth = self.depth + 1;
         if depth > MAX_JSON_DEPTH {
             return Err(E::custom(format_args!(

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use crate::crypto::{sha256, PublicKey};
+use crate::crypto::{sha256, PublicKey, JKT_LEN};
 use crate::encoding::{b64_decode, b64_encode};
 use crate::error::{Error, ErrorCode, Result};
 
@@ -107,6 +107,11 @@ impl PublicKey {
     /// `x`, \[`y`\]) in lexicographic order without whitespace. Revocation lists and bundle `kid`s
     /// name keys by it.
     pub fn thumbprint(&self) -> String {
+        self.thumbprint_str().to_owned()
+    }
+
+    /// Computes the thumbprint ([`PublicKey::thumbprint`], which keeps it), as ASCII.
+    pub(crate) fn compute_thumbprint(&self) -> [u8; JKT_LEN] {
         // The canonical JSON is at most 117 bytes: built on the stack, no allocation but the
         // result's.
         let mut buf = [0u8; 128];
@@ -140,7 +145,12 @@ impl PublicKey {
                 put(br#""}"#);
             }
         }
-        b64_encode(&sha256(buf.get(..len).unwrap_or_default()))
+        let mut out = [0u8; JKT_LEN];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(sha256(buf.get(..len).unwrap_or_default()), &mut out)
+            .unwrap_or(0);
+        debug_assert_eq!(n, JKT_LEN);
+        out
     }
 
     /// The canonical JSON hashed by [`PublicKey::thumbprint`]. base64url needs no escaping.

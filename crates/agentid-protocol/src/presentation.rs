@@ -8,9 +8,10 @@
 //! ("Verifying a peer without a chain"), and computes the session deadline. Every transport
 //! (the framed server and client, reauth, an HTTP binding) calls this one function.
 
+use crate::crypto::sha256;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::SpiffeId;
-use crate::proof::{verify_proof, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
+use crate::proof::{verify_proof_with, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
 use crate::verifier::{VerifiedChain, Verifier};
 use crate::PublicKey;
 
@@ -82,7 +83,14 @@ impl Verifier {
         presentation: &Presentation<'_>,
         ctx: &PresentationContext<'_>,
     ) -> Result<VerifiedPresentation> {
-        let proof = verify_proof(
+        // Rule P9 hashes the chain sent: a chain this verifier verified before (same bytes)
+        // has its hash remembered with the token cache; a new one's is remembered once the
+        // chain verified.
+        let known_hash = presentation
+            .chain
+            .and_then(|c| self.cache().and_then(|cache| cache.chain_hash(c)));
+        let mut new_hash = None;
+        let proof = verify_proof_with(
             presentation.proof,
             &ProofContext {
                 presenter_id: ctx.presenter,
@@ -94,6 +102,13 @@ impl Verifier {
                 skew: self.config().skew_seconds(),
                 chain: presentation.chain,
                 client_proof: ctx.client_proof,
+            },
+            |chain| {
+                known_hash.unwrap_or_else(|| {
+                    let h = sha256(chain.as_bytes());
+                    new_hash = Some(h);
+                    h
+                })
             },
         )?;
         if ctx.accepted_jtis.contains(&proof.jti) {
@@ -108,6 +123,9 @@ impl Verifier {
             ctx.presenter_key,
             ctx.now,
         )?;
+        if let (Some(c), Some(h), Some(cache)) = (presentation.chain, new_hash, self.cache()) {
+            cache.remember_chain_hash(c, h);
+        }
         let deadline = chain.as_ref().map_or(ctx.presenter_not_after, |c| {
             c.expires.min(ctx.presenter_not_after)
         });

@@ -56,8 +56,10 @@ pub struct ProofBuilder {
     exporter: [u8; EXPORTER_LEN],
     iat: u64,
     exp: u64,
-    chain: Option<String>,
-    client_proof: Option<String>,
+    /// `cth`: the [`token_hash`] of the chain sent with the proof.
+    cth: Option<String>,
+    /// `rth`: the [`token_hash`] of the client proof a server proof answers.
+    rth: Option<String>,
 }
 
 impl ProofBuilder {
@@ -78,20 +80,27 @@ impl ProofBuilder {
             exporter,
             iat,
             exp,
-            chain: None,
-            client_proof: None,
+            cth: None,
+            rth: None,
         }
     }
 
     /// Binds the chain sent with this proof (`cth`).
-    pub fn chain(mut self, chain: &str) -> Self {
-        self.chain = Some(chain.to_owned());
+    pub fn chain(self, chain: &str) -> Self {
+        self.chain_hash(&token_hash(chain))
+    }
+
+    /// Binds the chain sent with this proof (`cth`) by its [`token_hash`]: for a presenter that
+    /// sends the same chain on every connection and hashes it once. A hash of another chain
+    /// gives a proof that every verifier refuses (`chain_hash_mismatch`).
+    pub fn chain_hash(mut self, chain_hash: &str) -> Self {
+        self.cth = Some(chain_hash.to_owned());
         self
     }
 
     /// For the server's proof: binds the client proof it answers (`rth`).
     pub fn responding_to(mut self, client_proof: &str) -> Self {
-        self.client_proof = Some(client_proof.to_owned());
+        self.rth = Some(token_hash(client_proof));
         self
     }
 
@@ -103,8 +112,8 @@ impl ProofBuilder {
                 "a proof must satisfy iat < exp <= iat + 60",
             ));
         }
-        let rth = match (self.role, &self.client_proof) {
-            (Role::Server, Some(p)) => Some(token_hash(p)),
+        let rth = match (self.role, self.rth) {
+            (Role::Server, Some(r)) => Some(r),
             (Role::Server, None) => {
                 return Err(Error::new(
                     ErrorCode::MissingClaim,
@@ -129,8 +138,8 @@ impl ProofBuilder {
             Value::from(b64_encode(&crate::crypto::random_bytes::<16>()?)),
         );
         m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
-        if let Some(c) = &self.chain {
-            m.insert("cth".into(), Value::from(token_hash(c)));
+        if let Some(c) = self.cth {
+            m.insert("cth".into(), Value::from(c));
         }
         if let Some(r) = rth {
             m.insert("rth".into(), Value::from(r));
@@ -183,6 +192,16 @@ pub struct VerifiedProof {
 /// replay check of a later proof on the same connection is
 /// [`crate::Verifier::verify_presentation`]'s).
 pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof> {
+    verify_proof_with(proof, ctx, |chain| sha256(chain.as_bytes()))
+}
+
+/// [`verify_proof`], with `chain_hash` giving the SHA-256 of the chain sent (rule P9): a
+/// verifier with a cache of verified tokens remembers the hashes of chains it verified.
+pub(crate) fn verify_proof_with(
+    proof: &str,
+    ctx: &ProofContext<'_>,
+    chain_hash: impl FnOnce(&str) -> [u8; 32],
+) -> Result<VerifiedProof> {
     // P0. Input.
     if ctx.skew > crate::config::MAX_SKEW {
         return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
@@ -275,8 +294,7 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
     // P9. Chain hash: present exactly when a chain is sent.
     match (cth, ctx.chain) {
         (None, None) => {}
-        (Some(h), Some(chain))
-            if chain.len() <= MAX_CHAIN_BYTES && h == sha256(chain.as_bytes()) => {}
+        (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == chain_hash(chain) => {}
         _ => {
             return Err(Error::new(
                 ErrorCode::ChainHashMismatch,

@@ -13,8 +13,8 @@
 //! | 10, phase 3 | 3.a.1, 3.a.2 | `Verifier::grant_key` |
 //! | | 3.a.3 | `Verifier::phase3` |
 //! | | 3.b.1, 3.b.2 | `signature`, through `crypto::verify` |
-//! | | 3.c.1 to 3.c.4 | `token::claims::decode_grant`, `token::claims::decode_link` |
-//! | | 3.c.5 | one function per claim in `token/claims.rs`: `grant_iss`, `link_iss`, `sub`, `cnf`, `task`, `scope`, `mode_and_principal`, `max_depth`, `limits`, `jti`; ID sets: `IdSet::new` |
+//! | | 3.c.1 to 3.c.4 | `token::claims::decode_grant`, `token::claims::decode_link` (3.c.1 in one pass: `token::members::read_members`; 3.c.2 to 3.c.4: `check_names`) |
+//! | | 3.c.5 | one function per claim in `token/claims.rs`: `grant_iss`, `link_iss`, `sub`, `cnf`, `prev`, `task`, `scope`, `mode_and_principal`, `max_depth`, `limits`, `jti`; ID sets: `id_set`, `IdSet::new` |
 //! | | 3.c.6 | `issuer_is_authority` |
 //! | 10, phase 4 | 4.0.1 to 4.0.3 | `attenuation::grant_rules` |
 //! | | 4.1 to 4.11 | `attenuation::attenuate` (also run by `LinkBuilder::sign`) |
@@ -49,7 +49,7 @@ use crate::audience::IdSet;
 use crate::cache::{CachedToken, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
 use crate::config::{VerifierConfig, MAX_SKEW};
-use crate::crypto::{sha256, verify};
+use crate::crypto::verify;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
@@ -162,8 +162,10 @@ struct Checked {
     /// The authority's trust-domain ID (the grant's `iss` as an ID).
     authority_id: SpiffeId,
     grant: Arc<GrantClaims>,
-    /// The key that verified the grant (rule 6.2.6).
-    grant_key: PublicKey,
+    /// The thumbprint of the key that verified the grant (rule 6.2.6): the `kid` it was found by
+    /// (a bundle key's `kid` is its RFC 7638 thumbprint, which the bundle checks when it is
+    /// read).
+    grant_jkt: String,
     links: Vec<Arc<LinkClaims>>,
 }
 
@@ -225,6 +227,11 @@ impl Verifier {
         self
     }
 
+    /// The cache of verified tokens, if any.
+    pub(crate) fn cache(&self) -> Option<&TokenCache> {
+        self.cache.as_deref()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VerifierConfig {
         &self.config
@@ -261,12 +268,15 @@ impl Verifier {
     /// Phase 3: keys, signatures and claims, token by token (rules 3.a to 3.c); token `i + 1` is
     /// not touched before token `i` passed 3.c.
     fn phase3(&self, framed: &Framed<'_>, headers: Headers) -> Result<Checked> {
-        let (authority, grant_key) = self.grant_key(&headers.grant)?;
+        let (authority, grant_key, grant_jkt) = self.grant_key(&headers.grant)?;
         let grant = match self.cached(&framed.grant, &grant_key) {
             Some(CachedToken::Grant(g)) => g,
             _ => {
                 signature(&framed.grant, &headers.grant, &grant_key).map_err(|e| e.at(0))?;
-                let g = Arc::new(decode_grant(&framed.grant.payload).map_err(|e| e.at(0))?);
+                let g = Arc::new(
+                    decode_grant(&framed.grant.payload().map_err(|e| e.at(0))?)
+                        .map_err(|e| e.at(0))?,
+                );
                 self.remember(
                     &framed.grant,
                     &grant_key,
@@ -285,7 +295,9 @@ impl Verifier {
                 Some(CachedToken::Link(l)) => l,
                 _ => {
                     signature(t, h, &key).map_err(|e| e.at(i))?;
-                    let l = Arc::new(decode_link(&t.payload).map_err(|e| e.at(i))?);
+                    let l = Arc::new(
+                        decode_link(&t.payload().map_err(|e| e.at(i))?).map_err(|e| e.at(i))?,
+                    );
                     self.remember(t, &key, CachedToken::Link(Arc::clone(&l)));
                     l
                 }
@@ -296,14 +308,14 @@ impl Verifier {
             authority_id: authority.id(),
             authority,
             grant,
-            grant_key,
+            grant_jkt,
             links,
         })
     }
 
     /// Rules 3.a.1 and 3.a.2: the grant key by `kid` among the `agentid-grant` keys of all
     /// bundles (found in exactly one), and its trust domain an accepted authority.
-    fn grant_key(&self, header: &Header) -> Result<(TrustDomain, PublicKey)> {
+    fn grant_key(&self, header: &Header) -> Result<(TrustDomain, PublicKey, String)> {
         let at0 = |e: Error| e.at(0);
         let kid = header
             .kid
@@ -323,19 +335,21 @@ impl Verifier {
                 format!("{td} is not an accepted authority here"),
             )));
         }
-        Ok((td.clone(), key.clone()))
+        Ok((td.clone(), key.clone(), kid.to_owned()))
     }
 
     /// Section 10, "Caching": a hit stands for 3.b and 3.c (the same bytes verified under the
     /// same key); everything else runs on every use.
     fn cached(&self, t: &FramedToken<'_>, key: &PublicKey) -> Option<CachedToken> {
         let cache = self.cache.as_ref()?;
-        cache.get(&(sha256(t.raw.text.as_bytes()), key.thumbprint()))
+        let (token, hash) = cache.get(t.raw.text, key.thumbprint_ascii())?;
+        t.set_hash(hash);
+        Some(token)
     }
 
     fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, value: CachedToken) {
         if let Some(cache) = &self.cache {
-            cache.insert((sha256(t.raw.text.as_bytes()), key.thumbprint()), value);
+            cache.insert(t.raw.text, *key.thumbprint_ascii(), t.hash(), value);
         }
     }
 
@@ -343,10 +357,11 @@ impl Verifier {
     /// values, then [`attenuate`] (rules 4.1 to 4.11) narrows them link by link.
     fn phase4(&self, framed: &Framed<'_>, checked: &Checked) -> Result<Effective> {
         let enforced = EnforcedLimits::Names(&self.config.enforced_limits);
-        let mut eff = Effective::from_grant(&checked.grant, framed.grant.raw.text, enforced)
-            .map_err(|e| e.at(0))?;
+        let mut eff = Effective::from_grant(&checked.grant, enforced).map_err(|e| e.at(0))?;
+        let mut prev = &framed.grant;
         for (j, (link, t)) in checked.links.iter().zip(&framed.links).enumerate() {
-            eff = attenuate(eff, link, t.raw.text, enforced).map_err(|e| e.at(j + 1))?;
+            eff = attenuate(eff, link, &prev.hash(), enforced).map_err(|e| e.at(j + 1))?;
+            prev = t;
         }
         Ok(eff)
     }
@@ -416,11 +431,15 @@ impl Verifier {
                 domains.push(d);
             }
         }
-        // Rule 6.2: every token, at its index.
+        // Rule 6.2: every token, at its index. For a link (i >= 1), `iss_i` is `sub_{i-1}` (rule
+        // 4.2, phase 4) and the key that verified it is `cnf_{i-1}` (rule 3.a.3): rules 6.2.3 and
+        // 6.2.6 would ask `L(td(sub_{i-1}))` what rules 6.2.4 and 6.2.5 asked it at token i - 1,
+        // at the same `now`, where the answer was no (else verification ended there). They are
+        // asked for the grant only: the outcome and the order of checks are the same.
         let authority_list = self.list(checked.authority.as_str(), now)?;
         let task_revoked = task_revoked(authority_list, &checked.grant.task, now);
-        let mut signing_jkt = checked.grant_key.thumbprint();
-        let mut cnf_jkt = String::new();
+        let signing_jkt = &checked.grant_jkt;
+        let mut cnf_jkt = "";
         for (i, t) in checked.tokens().enumerate() {
             let iss_list = self.list(t.iss_td(), now)?;
             let sub_list = self.list(t.sub().as_spiffe_id().trust_domain_str(), now)?;
@@ -428,22 +447,19 @@ impl Verifier {
                 None => (&checked.authority_id, None),
                 Some(l) => (l.iss.as_spiffe_id(), Some(&l.iss)),
             };
-            if i > 0 {
-                // The key that verified link i is the `cnf` of token i - 1.
-                signing_jkt = core::mem::take(&mut cnf_jkt);
-            }
-            cnf_jkt = t.cnf().thumbprint();
+            cnf_jkt = t.cnf().thumbprint_str();
+            let answered_at_previous = i > 0;
             let fired = if jti_revoked(iss_list, iss_id, t.jti(), now) {
                 Some("token revoked by `jti`")
             } else if task_revoked {
                 Some("task revoked")
-            } else if issuing_agent_revoked(iss_list, iss_holder, now) {
+            } else if !answered_at_previous && issuing_agent_revoked(iss_list, iss_holder, now) {
                 Some("issuing agent revoked")
             } else if holder_agent_revoked(sub_list, t.sub(), now) {
                 Some("holder agent revoked")
-            } else if key_revoked(sub_list, &cnf_jkt, now) {
+            } else if key_revoked(sub_list, cnf_jkt, now) {
                 Some("holder key revoked")
-            } else if key_revoked(iss_list, &signing_jkt, now) {
+            } else if !answered_at_previous && key_revoked(iss_list, signing_jkt, now) {
                 Some("signing key revoked")
             } else {
                 None
@@ -453,13 +469,25 @@ impl Verifier {
             }
         }
         // Rule 6.3: the peer (the last `cnf` thumbprint is reused when it is the peer's key).
-        let peer_jkt = if checked.last().cnf() == peer_key {
+        // When the peer is the last holder (its ID the last `sub`, its key the last `cnf`: what
+        // phase 7 then requires) in the authority's trust domain, its three questions (key,
+        // agent, task) went to the same list in rules 6.2.5, 6.2.4 and 6.2.2 (the last holder's
+        // task is the grant's: rules 4.0.2 and 4.3) and were answered no: not asked again.
+        let last = checked.last();
+        let same_key = last.cnf() == peer_key;
+        if same_key
+            && last.sub().as_spiffe_id() == peer_id
+            && peer_id.trust_domain_str() == checked.authority.as_str()
+        {
+            return Ok(());
+        }
+        let peer_jkt = if same_key {
             cnf_jkt
         } else {
-            peer_key.thumbprint()
+            peer_key.thumbprint_str()
         };
         let peer_list = self.list(peer_id.trust_domain_str(), now)?;
-        if peer_revoked(peer_list, peer_id, &peer_jkt, now) {
+        if peer_revoked(peer_list, peer_id, peer_jkt, now) {
             return Err(revoked("peer revoked (certificate key, agent or task)"));
         }
         Ok(())
@@ -474,7 +502,7 @@ impl Verifier {
         now: u64,
     ) -> Result<()> {
         let list = self.list(peer_id.trust_domain_str(), now)?;
-        if peer_revoked(list, peer_id, &peer_key.thumbprint(), now) {
+        if peer_revoked(list, peer_id, peer_key.thumbprint_str(), now) {
             return Err(revoked(&format!("peer {peer_id} is revoked")));
         }
         Ok(())
@@ -598,7 +626,7 @@ fn phase2(framed: &Framed<'_>) -> Result<Headers> {
 /// Rules 3.b.1 and 3.b.2: `alg` matches the key, and the signature verifies over the exact
 /// transmitted signing input.
 fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey) -> Result<()> {
-    verify(key, h.alg, t.raw.signing_input(), &t.signature)
+    verify(key, h.alg, t.raw.signing_input(), &t.signature()?)
 }
 
 /// Rule 3.c.6: the grant's `iss` is the trust domain whose bundle held its key.

@@ -176,8 +176,8 @@ impl AgentClient {
             now,
             now + PROOF_LIFETIME,
         );
-        if let Some(c) = local.chain() {
-            builder = builder.chain(c);
+        if let Some(h) = local.chain_hash() {
+            builder = builder.chain_hash(h);
         }
         let client_proof = builder.sign(local.task_key())?;
         let hello = Hello {

@@ -28,6 +28,8 @@ pub struct Credential {
     key: Arc<TaskKey>,
     info: SvidInfo,
     chain: Option<String>,
+    /// The chain's [`agentid_protocol::token_hash`] (every hop proof's `cth`), taken once.
+    chain_hash: Option<String>,
 }
 
 impl Credential {
@@ -61,6 +63,7 @@ impl Credential {
             key,
             info,
             chain: None,
+            chain_hash: None,
         })
     }
 
@@ -75,6 +78,7 @@ impl Credential {
         }
         Ok(Self {
             chain: self.chain.clone(),
+            chain_hash: self.chain_hash.clone(),
             ..renewed
         })
     }
@@ -95,7 +99,9 @@ impl Credential {
     /// Attaches the delegation chain presented in the session hello (or accept).
     #[must_use]
     pub fn with_chain(mut self, chain: impl Into<String>) -> Self {
-        self.chain = Some(chain.into());
+        let chain = chain.into();
+        self.chain_hash = Some(agentid_protocol::token_hash(&chain));
+        self.chain = Some(chain);
         self
     }
 
@@ -125,6 +131,11 @@ impl Credential {
     /// The delegation chain, if any.
     pub fn chain(&self) -> Option<&str> {
         self.chain.as_deref()
+    }
+
+    /// The delegation chain's [`agentid_protocol::token_hash`] (a hop proof's `cth`), if any.
+    pub(crate) fn chain_hash(&self) -> Option<&str> {
+        self.chain_hash.as_deref()
     }
 
     /// The certificate chain, leaf first.

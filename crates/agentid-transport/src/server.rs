@@ -175,8 +175,8 @@ impl AgentServer {
             now + PROOF_LIFETIME,
         )
         .responding_to(&hello.proof.compact);
-        if let Some(c) = local.chain() {
-            builder = builder.chain(c);
+        if let Some(h) = local.chain_hash() {
+            builder = builder.chain_hash(h);
         }
         let server_proof = builder.sign(local.task_key())?;
         let accept = Accept {

@@ -1,17 +1,21 @@
 //! Claim decoding for grants and links (phase 3c).
 //!
 //! The order of checks is normative (spec/PROTOCOL.md, phase 3c): I-JSON, `ver`, unknown claims,
-//! missing claims, then each claim's type and value in the order of the claim table.
+//! missing claims, then each claim's type and value in the order of the claim table. The payload
+//! is read once (3.c.1, [`super::members`]) into the members the tables name; the checks of 3.c.2
+//! to 3.c.5 run on them afterwards, so an I-JSON fault anywhere in the payload comes first.
 
 use serde_json::{Map, Value};
 
 use crate::audience::IdSet;
-use crate::encoding::{b64_decode, json_time, parse_ijson_object};
+use crate::encoding::{b64_decode, json_time, safe_int};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::limits::Limits;
 use crate::scope::Scope;
 use crate::PublicKey;
+
+use super::members::{read_members, Members, Name, Raw};
 
 /// Whether the grant's holder acts on its own or for a principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,70 +41,6 @@ pub const MAX_DEPTH: u8 = 8;
 
 /// The protocol version this crate implements.
 pub(crate) const VERSION: u64 = 1;
-
-pub(crate) const GRANT_CLAIMS: &[&str] = &[
-    "ver",
-    "iss",
-    "sub",
-    "cnf",
-    "task",
-    "scope",
-    "aud",
-    "mode",
-    "principal",
-    "max_depth",
-    "limits",
-    "may_delegate_to",
-    "iat",
-    "nbf",
-    "exp",
-    "jti",
-];
-pub(crate) const GRANT_REQUIRED: &[&str] = &[
-    "ver",
-    "iss",
-    "sub",
-    "cnf",
-    "task",
-    "scope",
-    "mode",
-    "max_depth",
-    "iat",
-    "nbf",
-    "exp",
-    "jti",
-];
-pub(crate) const LINK_CLAIMS: &[&str] = &[
-    "ver",
-    "iss",
-    "sub",
-    "cnf",
-    "prev",
-    "task",
-    "scope",
-    "aud",
-    "max_depth",
-    "limits",
-    "may_delegate_to",
-    "iat",
-    "nbf",
-    "exp",
-    "jti",
-];
-pub(crate) const LINK_REQUIRED: &[&str] = &[
-    "ver",
-    "iss",
-    "sub",
-    "cnf",
-    "prev",
-    "task",
-    "scope",
-    "max_depth",
-    "iat",
-    "nbf",
-    "exp",
-    "jti",
-];
 
 fn bad(detail: impl Into<String>) -> Error {
     Error::new(ErrorCode::BadClaim, detail)
@@ -159,7 +99,12 @@ pub(crate) fn get_time(map: &Map<String, Value>, name: &str) -> Result<u64> {
 
 /// A base64url string decoding to exactly 32 bytes (hashes and channel bindings).
 pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
-    let s = get_str(map, name)?;
+    hash_value(name, get_str(map, name)?)
+}
+
+/// The value of the hash member `name`: strict base64url decoding to exactly 32 bytes, else
+/// `bad_claim`.
+fn hash_value(name: &str, s: &str) -> Result<[u8; 32]> {
     let bytes = b64_decode(s).map_err(|_| bad(format!("`{name}` is not base64url")))?;
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
@@ -168,23 +113,6 @@ pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]>
 /// `jti` of grants, links and revocation entries: the rule of [`crate::Jti`].
 pub(crate) fn valid_jti(s: &str) -> bool {
     crate::refs::Jti::is_valid(s)
-}
-
-fn get_id_set(map: &Map<String, Value>, name: &str) -> Result<Option<IdSet>> {
-    let Some(v) = map.get(name) else {
-        return Ok(None);
-    };
-    let Value::Array(items) = v else {
-        return Err(bad(format!("`{name}` must be an array of SPIFFE IDs")));
-    };
-    let mut ids = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::String(s) = item else {
-            return Err(bad(format!("`{name}` entries must be strings")));
-        };
-        ids.push(SpiffeId::parse(s)?);
-    }
-    IdSet::new(ids).map(Some)
 }
 
 /// Parses a holder (`sub`): a task identity; a service ID is refused with `service_holder`.
@@ -199,7 +127,7 @@ pub(crate) fn parse_holder(s: &str) -> Result<TaskIdentity> {
     }
 }
 
-fn parse_cnf(v: &Value) -> Result<PublicKey> {
+pub(crate) fn parse_cnf(v: &Value) -> Result<PublicKey> {
     let Value::Object(cnf) = v else {
         return Err(bad("`cnf` must be an object"));
     };
@@ -366,11 +294,162 @@ impl TokenClaims for LinkClaims {
     }
 }
 
+// ---- Steps 3.c.2 to 3.c.5 on the members read in 3.c.1 ----
+
+/// The members a grant may have (the table of section 6.1), in table order.
+pub(crate) const GRANT_NAMES: &[Name] = &[
+    Name::Ver,
+    Name::Iss,
+    Name::Sub,
+    Name::Cnf,
+    Name::Task,
+    Name::Scope,
+    Name::Aud,
+    Name::Mode,
+    Name::Principal,
+    Name::MaxDepth,
+    Name::Limits,
+    Name::MayDelegateTo,
+    Name::Iat,
+    Name::Nbf,
+    Name::Exp,
+    Name::Jti,
+];
+/// The members a grant must have (unconditionally), in table order.
+pub(crate) const GRANT_NEEDS: &[Name] = &[
+    Name::Ver,
+    Name::Iss,
+    Name::Sub,
+    Name::Cnf,
+    Name::Task,
+    Name::Scope,
+    Name::Mode,
+    Name::MaxDepth,
+    Name::Iat,
+    Name::Nbf,
+    Name::Exp,
+    Name::Jti,
+];
+/// The members a link may have (the table of section 6.2), in table order.
+pub(crate) const LINK_NAMES: &[Name] = &[
+    Name::Ver,
+    Name::Iss,
+    Name::Sub,
+    Name::Cnf,
+    Name::Prev,
+    Name::Task,
+    Name::Scope,
+    Name::Aud,
+    Name::MaxDepth,
+    Name::Limits,
+    Name::MayDelegateTo,
+    Name::Iat,
+    Name::Nbf,
+    Name::Exp,
+    Name::Jti,
+];
+/// The members a link must have, in table order.
+pub(crate) const LINK_NEEDS: &[Name] = &[
+    Name::Ver,
+    Name::Iss,
+    Name::Sub,
+    Name::Cnf,
+    Name::Prev,
+    Name::Task,
+    Name::Scope,
+    Name::MaxDepth,
+    Name::Iat,
+    Name::Nbf,
+    Name::Exp,
+    Name::Jti,
+];
+
+fn missing(name: Name) -> Error {
+    Error::new(
+        ErrorCode::MissingClaim,
+        format!("missing claim `{}`", name.as_str()),
+    )
+}
+
+/// Steps 3.c.2 to 3.c.4: `ver` present (`missing_claim`) and the integer 1
+/// (`unsupported_version`); then every member in `allowed` (`unknown_claim`, naming the first
+/// other member in byte order); then every member of `required` present (`missing_claim`, the
+/// first absent in table order).
+fn check_names(m: &Members<'_>, allowed: &[Name], required: &[Name]) -> Result<()> {
+    match m.get(Name::Ver) {
+        None => return Err(missing(Name::Ver)),
+        Some(Raw::Int(VERSION)) => {}
+        Some(_) => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedVersion,
+                "`ver` must be the integer 1",
+            ))
+        }
+    }
+    if let Some(name) = m.first_not_in(allowed) {
+        return Err(Error::new(
+            ErrorCode::UnknownClaim,
+            format!("unknown claim `{name}`"),
+        ));
+    }
+    match required.iter().find(|n| m.get(**n).is_none()) {
+        Some(name) => Err(missing(*name)),
+        None => Ok(()),
+    }
+}
+
+/// A string member (`bad_claim` if of another type).
+fn string<'m>(m: &'m Members<'_>, name: Name) -> Result<&'m str> {
+    match m.get(name) {
+        Some(Raw::Str(s)) => Ok(s),
+        Some(_) => Err(bad(format!("`{}` must be a string", name.as_str()))),
+        None => Err(missing(name)),
+    }
+}
+
+/// A time member: an integer in [0, 2^53 - 1] (section 3.3), else `bad_claim`.
+fn time(m: &Members<'_>, name: Name) -> Result<u64> {
+    match m.get(name) {
+        Some(Raw::Int(n)) => safe_int(*n),
+        Some(_) => None,
+        None => return Err(missing(name)),
+    }
+    .ok_or_else(|| {
+        bad(format!(
+            "`{}` must be an integer in [0, 2^53-1]",
+            name.as_str()
+        ))
+    })
+}
+
+/// An ID set member (section 7.2), if present: an array (`bad_claim`) of strings (`bad_claim`),
+/// each a SPIFFE ID (`bad_id`), checked in order; then the set's own rules ([`IdSet::new`]).
+fn id_set(m: &Members<'_>, name: Name) -> Result<Option<IdSet>> {
+    let entries = match m.get(name) {
+        None => return Ok(None),
+        Some(Raw::Ids(entries)) => entries,
+        Some(_) => {
+            return Err(bad(format!(
+                "`{}` must be an array of SPIFFE IDs",
+                name.as_str()
+            )))
+        }
+    };
+    let mut ids = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Some(s) = entry else {
+            return Err(bad(format!("`{}` entries must be strings", name.as_str())));
+        };
+        ids.push(SpiffeId::parse(s)?);
+    }
+    IdSet::new(ids).map(Some)
+}
+
 // ---- Step 3.c.5: each claim, in the order of the claim tables of sections 6.1 and 6.2 ----
 
 /// Step 3.c.5, grant `iss`: a SPIFFE ID (`bad_id`) that is a trust-domain ID (`bad_id`).
-fn grant_iss(map: &Map<String, Value>) -> Result<TrustDomain> {
-    let iss = SpiffeId::parse(get_str(map, "iss")?)?;
+fn grant_iss(m: &Members<'_>) -> Result<TrustDomain> {
+    let iss = SpiffeId::parse(string(m, Name::Iss)?)?;
     if iss.kind() != IdKind::TrustDomain {
         return Err(Error::new(
             ErrorCode::BadId,
@@ -382,8 +461,8 @@ fn grant_iss(map: &Map<String, Value>) -> Result<TrustDomain> {
 
 /// Step 3.c.5, link `iss`: a SPIFFE ID (`bad_id`) that is a task identity (`bad_id`, a service
 /// ID included).
-fn link_iss(map: &Map<String, Value>) -> Result<TaskIdentity> {
-    let iss = SpiffeId::parse(get_str(map, "iss")?)?;
+fn link_iss(m: &Members<'_>) -> Result<TaskIdentity> {
+    let iss = SpiffeId::parse(string(m, Name::Iss)?)?;
     if iss.kind() != IdKind::Task {
         return Err(Error::new(
             ErrorCode::BadId,
@@ -394,33 +473,47 @@ fn link_iss(map: &Map<String, Value>) -> Result<TaskIdentity> {
 }
 
 /// Step 3.c.5, `sub`: a task identity (a service ID fails `service_holder`).
-fn sub(map: &Map<String, Value>) -> Result<TaskIdentity> {
-    parse_holder(get_str(map, "sub")?)
+fn sub(m: &Members<'_>) -> Result<TaskIdentity> {
+    parse_holder(string(m, Name::Sub)?)
 }
 
 /// Step 3.c.5, `cnf`: exactly `{"jwk": key}` with a key of section 5.1.
-fn cnf(map: &Map<String, Value>) -> Result<PublicKey> {
-    parse_cnf(map.get("cnf").ok_or_else(|| bad("missing `cnf`"))?)
+fn cnf(m: &Members<'_>) -> Result<PublicKey> {
+    match m.get(Name::Cnf) {
+        Some(Raw::Value(v)) => parse_cnf(v),
+        // `cnf` is always read whole ([`Raw::Value`]).
+        Some(_) => Err(bad("`cnf` must be an object")),
+        None => Err(bad("missing `cnf`")),
+    }
+}
+
+/// Step 3.c.5, link `prev`: strict base64url of exactly 32 bytes.
+fn prev(m: &Members<'_>) -> Result<[u8; 32]> {
+    hash_value("prev", string(m, Name::Prev)?)
 }
 
 /// Step 3.c.5, `task`: a task id (section 2.3).
-fn task(map: &Map<String, Value>) -> Result<TaskId> {
-    TaskId::parse(get_str(map, "task")?)
+fn task(m: &Members<'_>) -> Result<TaskId> {
+    TaskId::parse(string(m, Name::Task)?)
 }
 
 /// Step 3.c.5, `scope`: a scope set (section 7.1).
-fn scope(map: &Map<String, Value>) -> Result<Scope> {
-    Scope::parse(get_str(map, "scope")?)
+fn scope(m: &Members<'_>) -> Result<Scope> {
+    Scope::parse(string(m, Name::Scope)?)
 }
 
 /// Step 3.c.5, grant `mode` then `principal` (section 6.1.1).
-fn mode_and_principal(map: &Map<String, Value>) -> Result<(Mode, Option<Value>)> {
-    let mode = match get_str(map, "mode")? {
+fn mode_and_principal(m: &mut Members<'_>) -> Result<(Mode, Option<Value>)> {
+    let mode = match string(m, Name::Mode)? {
         "autonomous" => Mode::Autonomous,
         "on_behalf_of" => Mode::OnBehalfOf,
         other => return Err(bad(format!("unknown mode `{other}`"))),
     };
-    let principal = map.get("principal").cloned();
+    // `principal` is always read whole ([`Raw::Value`]).
+    let principal = m.take(Name::Principal).map(|raw| match raw {
+        Raw::Value(v) => v,
+        _ => Value::Null,
+    });
     match (mode, &principal) {
         (Mode::OnBehalfOf, None) => {
             return Err(Error::new(
@@ -438,23 +531,24 @@ fn mode_and_principal(map: &Map<String, Value>) -> Result<(Mode, Option<Value>)>
 }
 
 /// Step 3.c.5, `max_depth`: an integer in 0..=8.
-fn max_depth(map: &Map<String, Value>) -> Result<u8> {
-    match map.get("max_depth").and_then(json_time) {
-        Some(d) if d <= u64::from(MAX_DEPTH) => Ok(d as u8),
+fn max_depth(m: &Members<'_>) -> Result<u8> {
+    match m.get(Name::MaxDepth) {
+        Some(Raw::Int(d)) if *d <= u64::from(MAX_DEPTH) => Ok(*d as u8),
         _ => Err(bad("`max_depth` must be an integer in 0..=8")),
     }
 }
 
 /// Step 3.c.5, `limits`: section 7.3.
-fn limits(map: &Map<String, Value>) -> Result<Option<Limits>> {
-    match map.get("limits") {
+fn limits(m: &mut Members<'_>) -> Result<Option<Limits>> {
+    match m.take(Name::Limits) {
         None => Ok(None),
-        Some(Value::Object(m)) => {
+        Some(Raw::Limits(members)) => {
             let mut out = std::collections::BTreeMap::new();
-            for (k, v) in m {
-                let n = json_time(v)
+            for (k, v) in members {
+                let n = v
+                    .and_then(safe_int)
                     .ok_or_else(|| bad(format!("limit `{k}` must be an integer in [0, 2^53-1]")))?;
-                out.insert(k.clone(), n);
+                out.insert(k, n);
             }
             Limits::new(out).map(Some)
         }
@@ -463,8 +557,8 @@ fn limits(map: &Map<String, Value>) -> Result<Option<Limits>> {
 }
 
 /// Step 3.c.5, `jti`: 1..=256 bytes, each in 0x21..=0x7E.
-fn jti(map: &Map<String, Value>) -> Result<String> {
-    let jti = get_str(map, "jti")?;
+fn jti(m: &Members<'_>) -> Result<String> {
+    let jti = string(m, Name::Jti)?;
     if !valid_jti(jti) {
         return Err(bad(
             "`jti` must be 1..=256 bytes of printable ASCII (0x21..=0x7E)",
@@ -476,14 +570,10 @@ fn jti(map: &Map<String, Value>) -> Result<String> {
 /// Steps 3.c.1 to 3.c.5 for a grant: I-JSON, `ver`, unknown and missing claims, then each claim
 /// in the order of the table of section 6.1. Runs only after the signature verified.
 pub(crate) fn decode_grant(payload: &[u8]) -> Result<GrantClaims> {
-    let map = parse_ijson_object(payload)?;
-    decode_grant_map(&map)
-}
-
-pub(crate) fn decode_grant_map(map: &Map<String, Value>) -> Result<GrantClaims> {
-    check_members(map, GRANT_CLAIMS, GRANT_REQUIRED)?;
-    let iss = grant_iss(map)?;
-    let (shared, (), (mode, principal)) = decode_shared(map, |_| Ok(()), mode_and_principal)?;
+    let mut m = read_members(payload)?;
+    check_names(&m, GRANT_NAMES, GRANT_NEEDS)?;
+    let iss = grant_iss(&m)?;
+    let (shared, (), (mode, principal)) = decode_shared(&mut m, |_| Ok(()), mode_and_principal)?;
     Ok(GrantClaims {
         iss,
         mode,
@@ -495,45 +585,41 @@ pub(crate) fn decode_grant_map(map: &Map<String, Value>) -> Result<GrantClaims> 
 /// Steps 3.c.1 to 3.c.5 for a link: I-JSON, `ver`, unknown and missing claims, then each claim
 /// in the order of the table of section 6.2. Runs only after the signature verified.
 pub(crate) fn decode_link(payload: &[u8]) -> Result<LinkClaims> {
-    let map = parse_ijson_object(payload)?;
-    decode_link_map(&map)
-}
-
-pub(crate) fn decode_link_map(map: &Map<String, Value>) -> Result<LinkClaims> {
-    check_members(map, LINK_CLAIMS, LINK_REQUIRED)?;
-    let iss = link_iss(map)?;
-    let (shared, prev, ()) = decode_shared(map, |m| get_hash(m, "prev"), |_| Ok(()))?;
+    let mut m = read_members(payload)?;
+    check_names(&m, LINK_NAMES, LINK_NEEDS)?;
+    let iss = link_iss(&m)?;
+    let (shared, prev, ()) = decode_shared(&mut m, prev, |_| Ok(()))?;
     Ok(LinkClaims { iss, prev, shared })
 }
 
 /// Step 3.c.5 after `iss`, in table order (sections 6.1 and 6.2): the shared claims, with each
 /// kind's own claims at their slots: `after_cnf` (a link's `prev`) and `after_aud` (a grant's
 /// `mode` and `principal`).
-fn decode_shared<A, B>(
-    map: &Map<String, Value>,
-    after_cnf: impl FnOnce(&Map<String, Value>) -> Result<A>,
-    after_aud: impl FnOnce(&Map<String, Value>) -> Result<B>,
+fn decode_shared<'a, A, B>(
+    m: &mut Members<'a>,
+    after_cnf: impl FnOnce(&Members<'a>) -> Result<A>,
+    after_aud: impl FnOnce(&mut Members<'a>) -> Result<B>,
 ) -> Result<(SharedClaims, A, B)> {
-    let sub = sub(map)?;
-    let cnf = cnf(map)?;
-    let own_after_cnf = after_cnf(map)?;
-    let task = task(map)?;
-    let scope = scope(map)?;
-    let aud = get_id_set(map, "aud")?;
-    let own_after_aud = after_aud(map)?;
+    let sub = sub(m)?;
+    let cnf = cnf(m)?;
+    let own_after_cnf = after_cnf(m)?;
+    let task = task(m)?;
+    let scope = scope(m)?;
+    let aud = id_set(m, Name::Aud)?;
+    let own_after_aud = after_aud(m)?;
     let shared = SharedClaims {
         sub,
         cnf,
         task,
         scope,
         aud,
-        max_depth: max_depth(map)?,
-        limits: limits(map)?,
-        may_delegate_to: get_id_set(map, "may_delegate_to")?,
-        iat: get_time(map, "iat")?,
-        nbf: get_time(map, "nbf")?,
-        exp: get_time(map, "exp")?,
-        jti: jti(map)?,
+        max_depth: max_depth(m)?,
+        limits: limits(m)?,
+        may_delegate_to: id_set(m, Name::MayDelegateTo)?,
+        iat: time(m, Name::Iat)?,
+        nbf: time(m, Name::Nbf)?,
+        exp: time(m, Name::Exp)?,
+        jti: jti(m)?,
     };
     Ok((shared, own_after_cnf, own_after_aud))
 }

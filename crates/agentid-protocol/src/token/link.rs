@@ -3,7 +3,7 @@
 use crate::attenuation::{attenuate, EnforcedLimits};
 use crate::audience::IdSet;
 use crate::chain::Chain;
-use crate::crypto::TaskKey;
+use crate::crypto::{sha256, TaskKey};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
 use crate::jws::{sign_compact, TokenType};
@@ -109,6 +109,7 @@ impl LinkBuilder {
             ));
         }
         let effective = held.effective()?;
+        let prev_hash = sha256(held.last_token().as_bytes());
         let (iat, nbf, exp) = self
             .validity
             .ok_or_else(|| Error::new(ErrorCode::BadValidity, "link validity must be set"))?;
@@ -124,7 +125,7 @@ impl LinkBuilder {
         }
         let claims = LinkClaims {
             iss: effective.holder.clone(),
-            prev: effective.token_hash,
+            prev: prev_hash,
             shared: SharedClaims {
                 sub: self.to,
                 cnf: self.to_key,
@@ -143,9 +144,8 @@ impl LinkBuilder {
                 jti,
             },
         };
-        // Phase 4 exactly as a verifier runs it on this link (the link's own hash is not
-        // needed: nothing follows it here).
-        attenuate(effective, &claims, "", EnforcedLimits::Unknown)?;
+        // Phase 4 exactly as a verifier runs it on this link.
+        attenuate(effective, &claims, &prev_hash, EnforcedLimits::Unknown)?;
         nbf_not_after_exp(nbf, exp)?;
         if iat >= exp {
             return Err(Error::new(

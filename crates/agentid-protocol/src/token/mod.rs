@@ -3,6 +3,9 @@
 pub(crate) mod claims;
 mod grant;
 mod link;
+mod members;
+#[cfg(test)]
+mod oracle;
 
 pub use claims::{Mode, MAX_DEPTH};
 pub use grant::GrantBuilder;

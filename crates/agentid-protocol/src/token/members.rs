@@ -1,0 +1,499 @@
+//! Step 3.c.1 for grants and links, in one pass: the payload is read as I-JSON (spec/PROTOCOL.md
+//! section 3.2) straight into the members a token may have, each value kept only as far as its
+//! check in step 3.c.5 reads it (a string, an integer, the entries of an ID set, the members of
+//! `limits`; `cnf` and `principal` whole). No JSON tree of the payload is built.
+//!
+//! The I-JSON rules are those of [`parse_ijson_object`](crate::encoding::parse_ijson_object),
+//! with the same error at the same place: the same `serde_json` reader (UTF-8, escapes, lone
+//! surrogates, number range, trailing data), member names compared after unescaping at every
+//! depth, nesting at most [`MAX_JSON_DEPTH`](crate::encoding::MAX_JSON_DEPTH) (containers below
+//! the members are read by [`StrictValue`]). Nothing about the claims is decided here: every
+//! value is accepted, and the checks of 3.c.2 to 3.c.5 run on [`Members`] after the whole payload
+//! passed 3.c.1, so a later I-JSON fault still wins over an earlier bad claim.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use core::fmt;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::encoding::StrictValue;
+use crate::error::{Error, ErrorCode, Result};
+
+/// The name of every member a grant or a link may have (the union of the tables of sections 6.1
+/// and 6.2). Which of them a kind allows is the caller's (step 3.c.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Name {
+    Ver,
+    Iss,
+    Sub,
+    Cnf,
+    Prev,
+    Task,
+    Scope,
+    Aud,
+    Mode,
+    Principal,
+    MaxDepth,
+    Limits,
+    MayDelegateTo,
+    Iat,
+    Nbf,
+    Exp,
+    Jti,
+}
+
+/// Number of [`Name`]s.
+const NAMES: usize = 17;
+
+impl Name {
+    /// Every name, in the order of the enum (the index of a member's slot).
+    const ALL: [Name; NAMES] = [
+        Name::Ver,
+        Name::Iss,
+        Name::Sub,
+        Name::Cnf,
+        Name::Prev,
+        Name::Task,
+        Name::Scope,
+        Name::Aud,
+        Name::Mode,
+        Name::Principal,
+        Name::MaxDepth,
+        Name::Limits,
+        Name::MayDelegateTo,
+        Name::Iat,
+        Name::Nbf,
+        Name::Exp,
+        Name::Jti,
+    ];
+
+    /// The member name as the payload spells it.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Name::Ver => "ver",
+            Name::Iss => "iss",
+            Name::Sub => "sub",
+            Name::Cnf => "cnf",
+            Name::Prev => "prev",
+            Name::Task => "task",
+            Name::Scope => "scope",
+            Name::Aud => "aud",
+            Name::Mode => "mode",
+            Name::Principal => "principal",
+            Name::MaxDepth => "max_depth",
+            Name::Limits => "limits",
+            Name::MayDelegateTo => "may_delegate_to",
+            Name::Iat => "iat",
+            Name::Nbf => "nbf",
+            Name::Exp => "exp",
+            Name::Jti => "jti",
+        }
+    }
+
+    /// The name spelled `s` (already unescaped), if it is one.
+    fn from_str(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+}
+
+/// A member's value, as far as its check in step 3.c.5 reads it.
+#[derive(Debug)]
+pub(crate) enum Raw<'a> {
+    /// A string, borrowed from the payload when it holds no escape.
+    Str(Cow<'a, str>),
+    /// A number that JSON spells as a non-negative integer (`1`; `1.0`, `1e0` and `-0` are not).
+    Int(u64),
+    /// `aud` and `may_delegate_to` holding an array: its entries in order, `None` for an entry
+    /// that is not a string.
+    Ids(Vec<Option<Cow<'a, str>>>),
+    /// `limits` holding an object: its members, each value the integer it spells (as
+    /// [`Raw::Int`]) or `None`.
+    Limits(BTreeMap<String, Option<u64>>),
+    /// `cnf` and `principal`: the value itself, whatever it is.
+    Value(Value),
+    /// Any other value (read whole, checked for I-JSON, then dropped).
+    Other,
+}
+
+/// The members of one payload after step 3.c.1: the known ones by [`Name`], and the names of
+/// the others.
+#[derive(Debug, Default)]
+pub(crate) struct Members<'a> {
+    slots: [Option<Raw<'a>>; NAMES],
+    /// Names outside [`Name`], in byte order.
+    unknown: BTreeSet<String>,
+}
+
+impl<'a> Members<'a> {
+    /// The value of member `name`, if present.
+    pub(crate) fn get(&self, name: Name) -> Option<&Raw<'a>> {
+        self.slots.get(name as usize).and_then(Option::as_ref)
+    }
+
+    /// Takes the value of member `name` out, if present.
+    pub(crate) fn take(&mut self, name: Name) -> Option<Raw<'a>> {
+        self.slots.get_mut(name as usize).and_then(Option::take)
+    }
+
+    /// The first member name, in byte order, that is not in `allowed` (step 3.c.3 reports it).
+    pub(crate) fn first_not_in(&self, allowed: &[Name]) -> Option<&str> {
+        let known = Name::ALL
+            .into_iter()
+            .filter(|n| self.get(*n).is_some() && !allowed.contains(n))
+            .map(Name::as_str)
+            .min();
+        let unknown = self.unknown.first().map(String::as_str);
+        match (known, unknown) {
+            (Some(k), Some(u)) => Some(k.min(u)),
+            (k, u) => k.or(u),
+        }
+    }
+}
+
+/// Step 3.c.1: reads `payload` as an I-JSON object into its [`Members`]. Any deviation from
+/// I-JSON is `BadJson`, with the error (and its detail) that
+/// [`parse_ijson_object`](crate::encoding::parse_ijson_object) gives for the same bytes.
+pub(crate) fn read_members(payload: &[u8]) -> Result<Members<'_>> {
+    let bad = |why: String| Error::new(ErrorCode::BadJson, why);
+    let text = core::str::from_utf8(payload).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = Top
+        .deserialize(&mut de)
+        .map_err(|e| bad(format!("not I-JSON: {e}")))?;
+    de.end().map_err(|e| bad(format!("trailing data: {e}")))?;
+    top.ok_or_else(|| bad("top level is not an object".into()))
+}
+
+fn duplicate<E: de::Error>(name: &str) -> E {
+    E::custom(format_args!("duplicate member name {name:?}"))
+}
+
+/// The top level: an object's [`Members`], or `None` after reading any other value (checked for
+/// I-JSON all the same, as the caller reports trailing data before a top level of the wrong type).
+struct Top;
+
+impl<'de> DeserializeSeed<'de> for Top {
+    type Value = Option<Members<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// What [`Top`] makes of a value that is not an object: read it as any other value is read.
+fn not_an_object<'de, E>(
+    read: core::result::Result<Value, E>,
+) -> core::result::Result<Option<Members<'de>>, E> {
+    read.map(|_| None)
+}
+
+impl<'de> Visitor<'de> for Top {
+    type Value = Option<Members<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_i64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_u64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_f64(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_str(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Self::Value, E> {
+        not_an_object(StrictValue::at_depth(0).visit_unit())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> core::result::Result<Self::Value, A::Error> {
+        not_an_object(StrictValue::at_depth(0).visit_seq(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> core::result::Result<Self::Value, A::Error> {
+        // The top object is at depth 1; its members' values are held at depth 1.
+        let held_at = StrictValue::at_depth(0).enter::<A::Error>()?;
+        let mut out = Members::default();
+        // A duplicate is detected before its value is read, as for every other object.
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key {
+                Key::Known(name) => {
+                    let seed = MemberSeed { name, held_at };
+                    match out.slots.get_mut(name as usize) {
+                        Some(slot @ None) => *slot = Some(map.next_value_seed(seed)?),
+                        _ => return Err(duplicate(name.as_str())),
+                    }
+                }
+                Key::Unknown(name) => {
+                    if out.unknown.contains(&name) {
+                        return Err(duplicate(&name));
+                    }
+                    map.next_value_seed(held_at)?;
+                    out.unknown.insert(name);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A member name, unescaped.
+enum Key {
+    Known(Name),
+    Unknown(String),
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Key, E> {
+        Ok(Name::from_str(v).map_or_else(|| Key::Unknown(v.to_owned()), Key::Known))
+    }
+}
+
+/// The value of member `name` of the top object (held at depth `held_at`).
+#[derive(Clone, Copy)]
+struct MemberSeed {
+    name: Name,
+    held_at: StrictValue,
+}
+
+impl<'de> DeserializeSeed<'de> for MemberSeed {
+    type Value = Raw<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Raw<'de>, D::Error> {
+        match self.name {
+            Name::Cnf | Name::Principal => self.held_at.deserialize(d).map(Raw::Value),
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for MemberSeed {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Raw<'de>, E> {
+        Ok(u64::try_from(v).map_or(Raw::Other, Raw::Int))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Int(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Raw<'de>, E> {
+        self.held_at.visit_f64(v).map(|_| Raw::Other)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Raw<'de>, E> {
+        Ok(Raw::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> core::result::Result<Raw<'de>, A::Error> {
+        if !matches!(self.name, Name::Aud | Name::MayDelegateTo) {
+            return self.held_at.visit_seq(seq).map(|_| Raw::Other);
+        }
+        let entry = IdEntrySeed {
+            held_at: self.held_at.enter()?,
+        };
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+        while let Some(e) = seq.next_element_seed(entry)? {
+            out.push(e);
+        }
+        Ok(Raw::Ids(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> core::result::Result<Raw<'de>, A::Error> {
+        if self.name != Name::Limits {
+            return self.held_at.visit_map(map).map(|_| Raw::Other);
+        }
+        let value = IntSeed {
+            held_at: self.held_at.enter()?,
+        };
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(duplicate(&key));
+            }
+            let v = map.next_value_seed(value)?;
+            out.insert(key, v);
+        }
+        Ok(Raw::Limits(out))
+    }
+}
+
+/// An entry of an ID set's array: the string, or `None` for any other value (read whole).
+#[derive(Clone, Copy)]
+struct IdEntrySeed {
+    held_at: StrictValue,
+}
+
+impl<'de> DeserializeSeed<'de> for IdEntrySeed {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdEntrySeed {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_f64(v).map(|_| None)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_map(map).map(|_| None)
+    }
+}
+
+/// A value of `limits`: the integer it spells (as [`Raw::Int`]), or `None` for any other value
+/// (read whole).
+#[derive(Clone, Copy)]
+struct IntSeed {
+    held_at: StrictValue,
+}
+
+impl<'de> DeserializeSeed<'de> for IntSeed {
+    type Value = Option<u64>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IntSeed {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Self::Value, E> {
+        Ok(u64::try_from(v).ok())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_f64(v).map(|_| None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_map(map).map(|_| None)
+    }
+}
