@@ -5,11 +5,10 @@
 //! signature with the `agentid-revocation` keys of the bundle the verification holds and refuses
 //! an older `seq`: the watcher never applies a list it could not verify, and the `seq` it asks
 //! after is the one of the list the verification holds, never a number from the response.
-//! Applying a list signals every live session of that verification, which re-checks its peer
-//! and ends with `revoked` if the list covers it. The re-check is the existing one of
-//! [`PeerVerification`]: every live session of the verification re-checks (a local verification,
-//! no I/O), not only those under the list's new entries, since sessions are not indexed by key,
-//! agent, task and `jti` yet.
+//! Applying a list signals only the live sessions of that verification under a target the list
+//! newly revokes (their peer's key, agent or task, or a `jti`, agent, task or key of their
+//! chain, against the list held before): those re-check their peer and end with `revoked`; no
+//! other session re-checks.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,6 +34,7 @@ use crate::admission::{accept_tcp, Admission, SessionPermit};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::session::{now_unix, PROOF_LIFETIME};
+use crate::session_index::Registration;
 use crate::ConnectionLimits;
 use crate::PeerPolicy;
 use crate::PeerVerification;
@@ -125,6 +126,10 @@ pub(crate) struct ConnShared {
     settled: Notify,
     ended: OnceLock<Refusal>,
     checked_epoch: AtomicU64,
+    /// The connection's place in the verification's index of revocation targets (its peer, and
+    /// its chain once presented): a list that newly revokes one of them signals it.
+    index: Registration,
+    index_checked: AtomicU64,
     /// The trust store the peer's certificate was last validated against.
     trust_seen: Mutex<Arc<TrustStore>>,
     peer_certs: Vec<CertificateDer<'static>>,
@@ -163,7 +168,17 @@ impl ConnShared {
         peer: TlsPeer,
         peer_certs: Vec<CertificateDer<'static>>,
     ) -> Arc<Self> {
-        let epoch = server.verification.epoch();
+        let epoch = server.verification.recheck_epoch();
+        let lists_seen = server.verification.lists_applied();
+        let index = server.verification.register(
+            agentid_protocol::peer_revocation_targets(
+                None,
+                peer.info.id.as_spiffe_id(),
+                &peer.info.public_key,
+            )
+            .ok(),
+            lists_seen,
+        );
         let conn = Arc::new(Self {
             trust_seen: Mutex::new(server.verification.trust_store()),
             peer_certs,
@@ -174,6 +189,8 @@ impl ConnShared {
             settled: Notify::new(),
             ended: OnceLock::new(),
             checked_epoch: AtomicU64::new(epoch),
+            index,
+            index_checked: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
             cut: watch::channel(false).0,
@@ -244,6 +261,7 @@ impl ConnShared {
     /// revocation status; then signs the server's proof.
     fn verify(&self, p: &Presentation) -> Result<Verified, Refusal> {
         let now = now_unix();
+        let lists_seen = self.server.verification.lists_applied();
         let local = self
             .server
             .credentials
@@ -272,6 +290,18 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
+        if p.chain.is_some() {
+            // The chain's tokens, keys and holders join the peer's targets.
+            self.index.update(
+                agentid_protocol::peer_revocation_targets(
+                    p.chain.as_deref(),
+                    peer.id.as_spiffe_id(),
+                    &peer.public_key,
+                )
+                .ok(),
+                lists_seen,
+            );
+        }
         let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
         let server_chain = local
             .chain()
@@ -398,8 +428,10 @@ impl ConnShared {
                 "the connection's deadline passed",
             )));
         }
-        let epoch = self.server.verification.epoch();
-        if epoch != self.checked_epoch.load(Ordering::Acquire) {
+        let epoch = self.server.verification.recheck_epoch();
+        if epoch != self.checked_epoch.load(Ordering::Acquire)
+            || self.index.version() != self.index_checked.load(Ordering::Acquire)
+        {
             self.recheck(epoch)?;
         }
         Ok(())
@@ -411,6 +443,8 @@ impl ConnShared {
     /// again in full, or a chain-less peer's revocation is checked; any failure but expiry (which
     /// the deadline handles) ends the connection with its code.
     fn recheck(&self, epoch: u64) -> Result<(), Refusal> {
+        self.index.count_recheck();
+        let index_version = self.index.version();
         let now = now_unix();
         let trust = self.server.verification.trust_store();
         let trust_changed = {
@@ -448,6 +482,7 @@ impl ConnShared {
             _ => {
                 *self.trust_seen.lock().unwrap_or_else(|e| e.into_inner()) = trust;
                 self.checked_epoch.store(epoch, Ordering::Release);
+                self.index_checked.store(index_version, Ordering::Release);
                 Ok(())
             }
         }
@@ -860,7 +895,9 @@ async fn drive<C>(
 {
     tokio::pin!(connection);
     let mut changes = conn.server.verification.subscribe();
+    let mut touched = conn.index.subscribe();
     let mut watching = true;
+    let mut watching_index = true;
     let mut shutdown_sent = false;
     let mut drop_at: Option<Instant> = None;
     let margin = opts.close_margin.as_secs();
@@ -901,7 +938,17 @@ async fn drive<C>(
                 if r.is_err() {
                     watching = false;
                 } else {
-                    let epoch = conn.server.verification.epoch();
+                    let epoch = conn.server.verification.recheck_epoch();
+                    if conn.recheck(epoch).is_err() {
+                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+                    }
+                }
+            }
+            r = touched.changed(), if watching_index => {
+                if r.is_err() {
+                    watching_index = false;
+                } else {
+                    let epoch = conn.server.verification.recheck_epoch();
                     if conn.recheck(epoch).is_err() {
                         drop_at.get_or_insert(Instant::now() + opts.cut_grace);
                     }
