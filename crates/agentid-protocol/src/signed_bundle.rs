@@ -159,23 +159,23 @@ mod tests {
         let signer = AuthorityKey::generate(Algorithm::Es256).unwrap();
         let b = bundle();
         let jws = sign_bundle(&signer, &b, 7, NOW).unwrap();
-        let got = verify_signed_bundle(&jws, &signer.public_key(), &td(), NOW, 60).unwrap();
+        let got = verify_signed_bundle(&jws, signer.public_key(), &td(), NOW, 60).unwrap();
         assert_eq!((got.seq, got.iat), (7, NOW));
         assert_eq!(got.bundle.grant_keys(), b.grant_keys());
 
         let other = AuthorityKey::generate(Algorithm::Es256).unwrap();
-        let e = verify_signed_bundle(&jws, &other.public_key(), &td(), NOW, 60).unwrap_err();
+        let e = verify_signed_bundle(&jws, other.public_key(), &td(), NOW, 60).unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadBundle);
         let elsewhere = TrustDomain::parse("other.org").unwrap();
-        assert!(verify_signed_bundle(&jws, &signer.public_key(), &elsewhere, NOW, 60).is_err());
+        assert!(verify_signed_bundle(&jws, signer.public_key(), &elsewhere, NOW, 60).is_err());
     }
 
     #[test]
     fn a_bundle_signed_in_the_future_is_refused() {
         let signer = AuthorityKey::generate(Algorithm::Es256).unwrap();
         let jws = sign_bundle(&signer, &bundle(), 1, NOW + 61).unwrap();
-        assert!(verify_signed_bundle(&jws, &signer.public_key(), &td(), NOW, 60).is_err());
-        assert!(verify_signed_bundle(&jws, &signer.public_key(), &td(), NOW + 1, 60).is_ok());
+        assert!(verify_signed_bundle(&jws, signer.public_key(), &td(), NOW, 60).is_err());
+        assert!(verify_signed_bundle(&jws, signer.public_key(), &td(), NOW + 1, 60).is_ok());
     }
 
     #[test]
@@ -191,13 +191,13 @@ mod tests {
         };
         parts[1] = b64(&serde_json::to_vec(&claims).unwrap());
         let key = signer.public_key();
-        assert!(verify_signed_bundle(&parts.join("."), &key, &td(), NOW, 60).is_err());
+        assert!(verify_signed_bundle(&parts.join("."), key, &td(), NOW, 60).is_err());
         let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
         let mut parts: Vec<String> = jws.split('.').map(str::to_owned).collect();
         parts[0] = b64(header.to_string().as_bytes());
-        assert!(verify_signed_bundle(&parts.join("."), &key, &td(), NOW, 60).is_err());
+        assert!(verify_signed_bundle(&parts.join("."), key, &td(), NOW, 60).is_err());
         for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
-            assert!(verify_signed_bundle(junk, &key, &td(), NOW, 60).is_err());
+            assert!(verify_signed_bundle(junk, key, &td(), NOW, 60).is_err());
         }
     }
 }
