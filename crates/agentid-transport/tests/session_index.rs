@@ -139,3 +139,85 @@ async fn a_bundle_change_still_re_checks_every_session() {
         .is_some());
     assert_eq!(p.sv.session_rechecks(), before + 1);
 }
+
+/// The same over the HTTP binding: connections are indexed by their peer and, once presented,
+/// their chain; a list re-checks only the connections under its new entries.
+#[tokio::test]
+async fn over_http_a_new_list_re_checks_only_the_connections_it_touches() {
+    use agentid_transport::http::{HttpClient, HttpServer, RequireScope};
+    use axum::routing::get;
+
+    const SERVER_SVC: &str = "spiffe://example.org/svc/files";
+    let a = Domain::new("example.org");
+    let sv = verification(SERVER_SVC, &[&a], false);
+    let server = HttpServer::builder(
+        credentials(&a.ca, SERVER_SVC),
+        sv.clone(),
+        PeerPolicy::trust_domain(a.td.clone()),
+    )
+    .build()
+    .unwrap();
+    let app = axum::Router::new().route(
+        "/scope",
+        get(|| async { "ok" }).layer(RequireScope::new(
+            agentid_protocol::Scope::parse("files:read").unwrap(),
+        )),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+
+    let get_scope = || {
+        ::http::Request::get("/scope")
+            .body(bytes::Bytes::new())
+            .unwrap()
+    };
+    let mut conns = Vec::new();
+    // Task ids are the revocation target of `{task}` entries: one per connection here.
+    for (name, task) in [("h0", "t0"), ("h1", "t1"), ("h2", "t2")] {
+        let id = a.task(name, task);
+        let k = key();
+        let chain = a.grant(&id, &k, "files:read");
+        let cred =
+            credential(&a.ca, id.as_str(), k, &LeafOpts::default()).with_chain(chain.as_str());
+        let client = HttpClient::builder(
+            std::sync::Arc::new(agentid_transport::MemoryCredentials::new(cred)),
+            verification(id.as_str(), &[&a], false),
+            PeerPolicy::exact(peer(SERVER_SVC)),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap();
+        let mut conn = client.connect(addr, "files").await.unwrap();
+        let r = conn.send(get_scope()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        conns.push(conn);
+    }
+    let (signalled, rechecks) = (sv.sessions_signalled(), sv.session_rechecks());
+
+    // h1's task is revoked: its connection alone is signalled and refused.
+    let list = a.revocation_list(1, |b| {
+        b.revoke_task(&a.task("h1", "t1").task_id(), now() + 600)
+    });
+    sv.apply_revocation_list(&list).unwrap();
+    assert_eq!(sv.sessions_signalled(), signalled + 1);
+    if let Ok(r) = conns[1].send(get_scope()).await {
+        assert_eq!(r.status(), 401, "the revoked connection is refused");
+    }
+    let after = sv.session_rechecks();
+    assert!(
+        (rechecks + 1..=rechecks + 2).contains(&after),
+        "only h1's connection re-checked (once on the signal, once more if a request raced it): {rechecks} -> {after}"
+    );
+    for i in [0, 2] {
+        for _ in 0..3 {
+            let r = conns[i].send(get_scope()).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    assert_eq!(
+        sv.session_rechecks(),
+        after,
+        "untouched connections never re-checked"
+    );
+}
