@@ -331,6 +331,69 @@ impl CertificateAuthority {
         self.create_bootstrap_token_as(agent, task, ttl, now, "operator")
     }
 
+    /// Creates a single-use bootstrap token for the service `service`
+    /// (`spiffe://<td>/svc/<service>`), valid for `ttl`: services enroll the same way as
+    /// agents, from a token file, with only a CSR leaving their host. The service's rule must
+    /// list `bootstrap` as a requester (checked now and at enrollment); `cert_ttl` is the
+    /// certificate lifetime asked for at enrollment (the policy's default when `None`).
+    /// Returns the secret, the service's identity and the token's expiry.
+    pub fn create_service_token(
+        &self,
+        service: &str,
+        cert_ttl: Option<Duration>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(String, String, u64)> {
+        let now_s = util::unix(now)?;
+        let svc = agentid_protocol::ServiceId::new(&self.config.trust_domain, service)?;
+        self.policy.check_service_requester(
+            svc.name(),
+            &crate::policy::RequesterKind::Bootstrap,
+            "bootstrap",
+            svc.as_str(),
+        )?;
+        if ttl.is_zero() {
+            return Err(CaError::InvalidRequest(
+                "bootstrap token TTL must be positive".into(),
+            ));
+        }
+        let token = util::b64url(&util::random::<32>()?);
+        let expires = now_s.saturating_add(ttl.as_secs());
+        // A service has no task: the record's task is a fresh unique id, never a task.
+        let slot = TaskId::generate()?;
+        let ev = AuditEvent {
+            ts: now_s,
+            kind: "bootstrap.create".into(),
+            actor: "operator".into(),
+            subject: Some(svc.as_str().into()),
+            outcome: "ok".into(),
+            ..AuditEvent::default()
+        };
+        let hash = token_hash(&token);
+        let mut store = self.store()?;
+        store.add_bootstrap(
+            &BootstrapRecord {
+                hash: hash.clone(),
+                agent: format!("svc:{}", svc.name()),
+                task: slot.as_str().to_string(),
+                expires,
+            },
+            &ev,
+        )?;
+        let binding = crate::TokenBinding {
+            service: Some(svc.name().to_owned()),
+            ttl_secs: cert_ttl.map(|d| d.as_secs()),
+            ..crate::TokenBinding::default()
+        };
+        let json =
+            serde_json::to_string(&binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
+        store.set_bootstrap_binding(&hash, &json)?;
+        drop(store);
+        self.audit.record(&ev);
+        self.after_audit(now_s);
+        Ok((token, svc.as_str().to_owned(), expires))
+    }
+
     /// As [`CertificateAuthority::create_bootstrap_token`], audited as created by `actor`.
     pub(crate) fn create_bootstrap_token_as(
         &self,

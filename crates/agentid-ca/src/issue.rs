@@ -823,7 +823,7 @@ impl CertificateAuthority {
             self.config.trust_domain.as_str(),
             req.service
         );
-        let res = self.issue_service_inner(req, now_s);
+        let res = self.issue_service_inner(req, now_s, None);
         let summary = res
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
@@ -839,16 +839,60 @@ impl CertificateAuthority {
         res
     }
 
-    fn issue_service_inner(&self, req: &ServiceRequest, now: u64) -> Result<IssuedCertificate> {
+    /// Issues a service certificate for a bootstrap token bound to the service (`rec`): the
+    /// service's rule must list `bootstrap` among its requesters, and the token is consumed in
+    /// the issuance's own transaction (nothing is issued if it was used meanwhile).
+    pub(crate) fn issue_service_bootstrap(
+        &self,
+        req: &ServiceRequest,
+        rec: &BootstrapRecord,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate> {
+        let now_s = util::unix(now)?;
+        let subject = format!(
+            "spiffe://{}/svc/{}",
+            self.config.trust_domain.as_str(),
+            req.service
+        );
+        let res = self.issue_service_inner(req, now_s, Some(rec));
+        let summary = res
+            .as_ref()
+            .map(|c| (c.leaf.serial.clone(), None))
+            .map_err(|e| e.to_string());
+        self.audit_issue(
+            IssuanceKind::Service,
+            now_s,
+            "bootstrap token",
+            &subject,
+            None,
+            &summary,
+        );
+        res
+    }
+
+    fn issue_service_inner(
+        &self,
+        req: &ServiceRequest,
+        now: u64,
+        bootstrap: Option<&BootstrapRecord>,
+    ) -> Result<IssuedCertificate> {
         let svc = ServiceId::new(&self.config.trust_domain, &req.service)?;
         let name = svc.name();
         let rule = self.policy.service(name)?;
-        self.policy.check_service_requester(
-            name,
-            &RequesterKind::Operator,
-            "operator",
-            svc.as_str(),
-        )?;
+        let (kind, who) = match bootstrap {
+            None => (RequesterKind::Operator, "operator"),
+            Some(rec) => {
+                if rec.agent != format!("svc:{name}") {
+                    return Err(CaError::BootstrapToken("bound to another service"));
+                }
+                if rec.expires <= now {
+                    return Err(CaError::BootstrapToken("expired"));
+                }
+                (RequesterKind::Bootstrap, "bootstrap token")
+            }
+        };
+        self.policy
+            .check_service_requester(name, &kind, who, svc.as_str())?;
         let validity = self.validity(
             now,
             req.ttl,
@@ -874,7 +918,7 @@ impl CertificateAuthority {
                         task: None,
                         not_before: leaf.not_before,
                         not_after: leaf.not_after,
-                        requester: "operator".into(),
+                        requester: who.into(),
                         jkt: jkt.clone(),
                         issued_at: now,
                         grant_jti: None,
@@ -889,7 +933,7 @@ impl CertificateAuthority {
                     },
                     Binding::Rebind,
                     None,
-                    None,
+                    bootstrap.cloned(),
                     vec![(RevocationKind::Jkt, jkt.clone())],
                 ))
             },

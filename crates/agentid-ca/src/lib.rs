@@ -144,4 +144,4 @@ pub use store::PublishedList;
 pub use store::{
     IssuanceKind, IssuanceRecord, RevocationKind, RevocationRecord, SqliteStore, Store,
 };
-pub use token::{BootstrapState, EnrollError, TokenBinding};
+pub use token::{BootstrapState, EnrollError, Redeemed, TokenBinding};

@@ -363,10 +363,13 @@ impl Policy {
                 .iter()
                 .map(|r| RequesterKind::parse(r, &format!("{base}.requesters")))
                 .collect::<Result<Vec<_>>>()?;
-            if requesters.iter().any(|r| *r != RequesterKind::Operator) {
+            if requesters
+                .iter()
+                .any(|r| !matches!(r, RequesterKind::Operator | RequesterKind::Bootstrap))
+            {
                 return Err(CaError::policy(
                     format!("{base}.requesters"),
-                    "service certificates are requested by the operator only",
+                    "service certificates are requested by the operator, or with a bootstrap token the operator made",
                 ));
             }
             if s.max_ttl.is_none() {

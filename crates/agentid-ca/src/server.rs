@@ -904,13 +904,14 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     let ca = s.ca.clone();
     let token = body.token;
-    let res = tokio::task::spawn_blocking(move || ca.enroll(&token, csr, SystemTime::now())).await;
-    use crate::token::EnrollError;
+    let res = tokio::task::spawn_blocking(move || ca.redeem(&token, csr, SystemTime::now())).await;
+    use crate::token::{EnrollError, Redeemed};
     match res {
-        Ok(Ok(c)) => json(
+        Ok(Ok(Redeemed::Task(c))) => json(
             StatusCode::OK,
             &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
         ),
+        Ok(Ok(Redeemed::Service(c))) => json(StatusCode::OK, &certificate(&c, None)),
         Ok(Err(EnrollError::TokenInvalid)) => Refused::new(
             ErrorCode::TokenInvalid,
             "the bootstrap token is not recognised",
@@ -1131,6 +1132,7 @@ fn binding_of(t: &TokenRequest, creator: &str) -> Result<TokenBinding, Refused> 
         limits: t.limits.clone(),
         principal: t.principal.clone(),
         creator: Some(creator.to_owned()),
+        service: None,
     })
 }
 

@@ -54,6 +54,18 @@ pub struct TokenBinding {
     /// Who created the token: `operator` or `svc:NAME`. `None` reads as `operator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<String>,
+    /// A service token: the service it enrolls (a service certificate, no task, no grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// What a redeemed bootstrap token gave.
+#[derive(Debug)]
+pub enum Redeemed {
+    /// A task's first certificate and grant.
+    Task(TaskCredentials),
+    /// A service certificate.
+    Service(crate::IssuedCertificate),
 }
 
 impl TokenBinding {
@@ -132,9 +144,60 @@ impl CertificateAuthority {
         Ok(token)
     }
 
+    /// Redeems a bootstrap token of an agent ([`CertificateAuthority::enroll`]) or of a
+    /// service ([`CertificateAuthority::create_service_token`]): a service token gives a service
+    /// certificate for the key of `csr`, the token consumed in the issuance's transaction.
+    pub fn redeem(
+        &self,
+        token: &str,
+        csr: Vec<u8>,
+        now: SystemTime,
+    ) -> std::result::Result<Redeemed, EnrollError> {
+        let hash = token_hash(token);
+        let state = self
+            .store()?
+            .bootstrap_state(&hash)?
+            .ok_or(EnrollError::TokenInvalid)?;
+        let service = state
+            .binding
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<TokenBinding>(b).ok())
+            .and_then(|b| b.service.map(|s| (s, b.ttl_secs)));
+        let Some((service, ttl)) = service else {
+            return self.enroll(token, csr, now).map(Redeemed::Task);
+        };
+        if state.used_at.is_some() {
+            return Err(EnrollError::TokenUsed);
+        }
+        if state.record.expires <= crate::util::unix(now)? {
+            return Err(EnrollError::TokenExpired);
+        }
+        let req = crate::ServiceRequest {
+            service,
+            key: KeySource::Csr(csr),
+            ttl: ttl.map(Duration::from_secs),
+        };
+        match self.issue_service_bootstrap(&req, &state.record, now) {
+            Ok(c) => Ok(Redeemed::Service(c)),
+            Err(e) => {
+                let used = self
+                    .store()
+                    .ok()
+                    .and_then(|s| s.bootstrap_state(&hash).ok().flatten())
+                    .is_some_and(|s| s.used_at.is_some());
+                if used && matches!(e, CaError::BootstrapToken(_)) {
+                    return Err(EnrollError::TokenUsed);
+                }
+                Err(EnrollError::Ca(e))
+            }
+        }
+    }
+
     /// Redeems a bootstrap token for a task's first certificate and grant, the key taken from
     /// `csr` and everything else from what the token binds. A refused enrollment issues
     /// nothing; a token refused for any reason but [`EnrollError::TokenUsed`] stays redeemable.
+    /// A service's token is refused here ([`EnrollError::TokenInvalid`], not consumed): use
+    /// [`CertificateAuthority::redeem`].
     pub fn enroll(
         &self,
         token: &str,
@@ -158,6 +221,9 @@ impl CertificateAuthority {
             .as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
             .ok_or(EnrollError::TokenInvalid)?;
+        if binding.service.is_some() {
+            return Err(EnrollError::TokenInvalid);
+        }
         binding.check_creator(self.policy(), &state.record.agent)?;
         let mut req = OpenTaskRequest::new(
             state.record.agent.clone(),

@@ -1026,9 +1026,13 @@ fn policy_errors_name_the_rule() {
     assert!(e.to_string().contains("agents.a.max_depth"), "{e}");
     let e = agentid_ca::Policy::from_toml("[agents.a]\nunknown = 1\n").unwrap_err();
     assert!(matches!(e, CaError::Policy { .. }), "{e}");
+    // Services are requested by the operator, or with a bootstrap token (services enroll the
+    // same way as agents); never by a parent task.
     let e =
-        agentid_ca::Policy::from_toml("[services.s]\nrequesters = [\"bootstrap\"]\n").unwrap_err();
+        agentid_ca::Policy::from_toml("[services.s]\nrequesters = [\"parent:a\"]\n").unwrap_err();
     assert!(e.to_string().contains("services.s.requesters"), "{e}");
+    agentid_ca::Policy::from_toml("[services.s]\nrequesters = [\"operator\", \"bootstrap\"]\n")
+        .unwrap();
     agentid_ca::Policy::from_toml(agentid_ca::hierarchy::DEFAULT_POLICY).unwrap();
 }
 

@@ -275,7 +275,10 @@ async fn the_signed_agentid_bundle_is_served_without_its_key() {
     let (s, jws) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
     assert_eq!(s, 200, "{jws}");
     let td = agentid_protocol::TrustDomain::parse(common::TD).unwrap();
-    let (_, bundle) = agentid_bundle::verify(&jws, &pubkey, &td).unwrap();
+    let bundle =
+        agentid_protocol::verify_signed_bundle(&jws, &pubkey, &td, common::unix(common::now()), 60)
+            .unwrap()
+            .bundle;
     let ca = CertificateAuthority::open(dir.path()).unwrap();
     let current = ca.trust_bundle().unwrap();
     assert_eq!(bundle.grant_keys(), current.grant_keys());

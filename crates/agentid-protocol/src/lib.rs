@@ -124,7 +124,9 @@ mod presentation;
 mod proof;
 mod refs;
 mod revocation;
+mod revocation_targets;
 mod scope;
+mod signed_bundle;
 mod token;
 pub mod vectors;
 mod verifier;
@@ -170,6 +172,11 @@ pub use proof::{
 };
 pub use refs::{Jkt, Jti, Serial};
 pub use revocation::{RevocationEntry, RevocationList, RevocationListBuilder, RevocationTarget};
+pub use revocation_targets::{newly_revokes, peer_revocation_targets};
 pub use scope::{Scope, ScopeToken};
+pub use signed_bundle::{
+    sign_bundle, verify_signed_bundle, SignedBundle, SignedBundleClaims, BUNDLE_TYP,
+    MAX_SIGNED_BUNDLE_BYTES,
+};
 pub use token::{GrantBuilder, LinkBuilder, Mode};
 pub use verifier::{Actor, VerifiedChain, Verifier};

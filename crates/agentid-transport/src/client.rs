@@ -249,6 +249,7 @@ impl AgentClient {
             credentials: self.credentials.clone(),
             verification: self.verification.clone(),
             peer_proof_jti: server.proof.jti,
+            lists_seen: server.lists_seen,
         })
     }
 }

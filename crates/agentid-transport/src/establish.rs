@@ -81,6 +81,8 @@ pub(crate) struct PeerPresented {
     pub(crate) chain: Option<PeerChain>,
     /// The session deadline.
     pub(crate) deadline: u64,
+    /// [`PeerVerification::lists_applied`] as read before the verification.
+    pub(crate) lists_seen: u64,
 }
 
 /// Verifies what the peer presented with the protocol's one presentation verifier
@@ -98,6 +100,7 @@ pub(crate) fn verify_presented(
     presentation: &Presentation<'_>,
     ctx: &PresentationContext<'_>,
 ) -> Result<PeerPresented> {
+    let lists_seen = verification.lists_applied();
     let verified = verification
         .verifier()
         .verify_presentation(presentation, ctx)?;
@@ -113,6 +116,7 @@ pub(crate) fn verify_presented(
             .map(|(v, c)| PeerChain::new(v, c.to_owned())),
         proof: verified.proof,
         deadline: verified.deadline,
+        lists_seen,
     })
 }
 
@@ -130,6 +134,8 @@ pub(crate) struct Established<IO> {
     pub(crate) verification: Arc<PeerVerification>,
     /// The `jti` of the peer's verified proof: a later reauth may not reuse it.
     pub(crate) peer_proof_jti: String,
+    /// [`PeerVerification::lists_applied`] as read before the peer was verified.
+    pub(crate) lists_seen: u64,
 }
 
 impl<IO> Established<IO> {
@@ -157,6 +163,7 @@ impl<IO> Established<IO> {
             exporter_server: self.after.exporter_server,
             permit: None,
             jtis: vec![self.peer_proof_jti],
+            lists_seen: self.lists_seen,
         }
     }
 }

@@ -111,6 +111,7 @@ pub mod provider;
 mod rustls_verifier;
 mod server;
 mod session;
+mod session_index;
 mod svid;
 mod trust_state;
 

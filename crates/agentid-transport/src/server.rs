@@ -201,6 +201,7 @@ impl AgentServer {
             verification: self.verification.clone(),
             // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
             peer_proof_jti: hello.proof.jti,
+            lists_seen: hello.lists_seen,
         };
         Ok((established, permit))
     }

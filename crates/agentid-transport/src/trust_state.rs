@@ -1,7 +1,8 @@
 //! The shared verification state of a client or server: the protocol's chain [`Verifier`]
 //! (bundles, authority policy, revocation lists, enforced limits), the X.509 anchors derived
-//! from the bundles, and a change signal that live sessions watch, so that a revocation list
-//! applied here ends the sessions it covers at once.
+//! from the bundles, a change signal that live sessions watch on bundle changes, and the index of
+//! live sessions by revocation target, so that a revocation list applied here ends the sessions it
+//! covers at once and re-checks no other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::session_index::{Registration, SessionIndex};
 use crate::svid::TrustStore;
 
 /// Shared, live-updatable verification state. Cheap to read; updates are serialized.
@@ -19,8 +21,13 @@ pub struct PeerVerification {
     verifier: ArcSwap<Verifier>,
     trust: Arc<ArcSwap<TrustStore>>,
     changes: watch::Sender<u64>,
-    /// Bumped by every update, after it is visible: per-request checks compare it (one load).
+    /// Bumped by every update, after it is visible.
     epoch: AtomicU64,
+    /// Bumped by every update that re-checks every session (bundles), after it is visible:
+    /// per-request checks compare it (one load), besides their own session's signal.
+    recheck_all: AtomicU64,
+    /// Live sessions by revocation target: a list signals only those it newly covers.
+    index: Arc<SessionIndex>,
     write: Mutex<()>,
 }
 
@@ -57,6 +64,8 @@ impl PeerVerification {
             trust: Arc::new(ArcSwap::from_pointee(trust)),
             changes,
             epoch: AtomicU64::new(0),
+            recheck_all: AtomicU64::new(0),
+            index: Arc::new(SessionIndex::default()),
             write: Mutex::new(()),
         }))
     }
@@ -81,47 +90,98 @@ impl PeerVerification {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// Signals updates that every live session re-checks (bundle changes).
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    /// Applies `f` to a copy of the verifier and publishes it. The X.509 anchors (and the
-    /// leaves they remember) are rebuilt only when the bundles changed: live sessions re-validate
-    /// their peer's certificate exactly when the trust store is a new one.
-    fn update(
+    /// The count of updates that re-check every live session (one atomic load).
+    pub(crate) fn recheck_epoch(&self) -> u64 {
+        self.recheck_all.load(Ordering::Acquire)
+    }
+
+    /// The number of revocation lists applied so far: read it before verifying a peer, and
+    /// give it to [`PeerVerification::register`] after.
+    pub(crate) fn lists_applied(&self) -> u64 {
+        self.index.lists_applied()
+    }
+
+    /// Indexes a live session under its revocation `targets`; `lists_seen` is
+    /// [`PeerVerification::lists_applied`] as read before its verification.
+    pub(crate) fn register(
+        &self,
+        targets: Option<Vec<agentid_protocol::RevocationTarget>>,
+        lists_seen: u64,
+    ) -> Registration {
+        self.index.register(targets, lists_seen)
+    }
+
+    /// How many live sessions the revocation lists applied so far signalled to re-check (each
+    /// list signals only the sessions under a target it newly revokes).
+    pub fn sessions_signalled(&self) -> u64 {
+        self.index.signalled()
+    }
+
+    /// How many re-checks the live sessions of this verification have run so far (on a list
+    /// that touched them, a bundle change, or a held list going stale).
+    pub fn session_rechecks(&self) -> u64 {
+        self.index.rechecks()
+    }
+
+    /// Applies `f` to a copy of the verifier and publishes it; returns the verifier it
+    /// replaced. The X.509 anchors (and the leaves they remember) are rebuilt only when the
+    /// bundles changed: live sessions re-validate their peer's certificate exactly when the
+    /// trust store is a new one. Bundle changes signal every live session; other updates signal
+    /// none (a list signals the sessions it touches through the index).
+    fn update<T>(
         &self,
         bundles_changed: bool,
-        f: impl FnOnce(&mut Verifier) -> Result<()>,
-    ) -> Result<()> {
+        f: impl FnOnce(&mut Verifier) -> Result<T>,
+    ) -> Result<(Arc<Verifier>, Arc<Verifier>, T)> {
         let _guard = self
             .write
             .lock()
             .map_err(|_| Error::Config("poisoned lock".into()))?;
-        let mut next = Verifier::clone(&self.verifier.load());
-        f(&mut next)?;
+        let old = self.verifier.load_full();
+        let mut next = Verifier::clone(&old);
+        let out = f(&mut next)?;
         if bundles_changed {
             let trust = trust_store_from(next.config().bundles())?;
             self.trust.store(Arc::new(trust));
         }
-        self.verifier.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.verifier.store(next.clone());
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
-        Ok(())
+        if bundles_changed {
+            self.recheck_all.fetch_add(1, Ordering::AcqRel);
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok((old, next, out))
     }
 
-    /// Verifies and applies a signed revocation list (an older `seq` is refused). Live sessions
-    /// re-check their peer and chain and end at once if covered.
+    /// Verifies and applies a signed revocation list (an older `seq` is refused). The live
+    /// sessions under a target it newly revokes (one the list it replaces did not) re-check
+    /// their peer and chain and end at once; no other session re-checks.
     pub fn apply_revocation_list(&self, compact: &str) -> Result<()> {
-        self.update(false, |v| {
+        let (old, new, td) = self.update(false, |v| {
             let list = v.config_mut().apply_revocation_list(compact)?;
             tracing::info!(trust_domain = %list.issuer(), seq = list.seq(), entries = list.len(), "revocation list applied");
-            Ok(())
-        })
+            Ok(list.issuer().clone())
+        })?;
+        if let Some(list) = new.config().revocation_list(&td) {
+            self.index.list_applied(
+                old.config().revocation_list(&td).map(|l| &**l),
+                list,
+                crate::session::now_unix(),
+            );
+        }
+        Ok(())
     }
 
     /// Adds or replaces a trust bundle (a lower sequence is refused); new handshakes use its
     /// anchors and keys.
     pub fn update_bundle(&self, bundle: TrustBundle) -> Result<()> {
         self.update(true, |v| Ok(v.config_mut().insert_bundle(bundle)?))
+            .map(|_| ())
     }
 }

@@ -11,7 +11,8 @@
 //!   The agent sends them a CSR and never its key.
 //! * [`RevocationWatcher`]: long-polls the CA's revocation feed and applies each newer list,
 //!   verified, to a live [`PeerVerification`], so that live sessions it covers end with
-//!   `revoked`. [`WatcherHandle`] stops it.
+//!   `revoked`. [`BundleWatcher`] applies each newer signed agentid bundle (verified with the
+//!   pinned bundle-signing key, [`BundleApplier`]) to it. [`WatcherHandle`] stops either.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +39,10 @@ use crate::http::{enrollment_client_config, HttpClient};
 use crate::{Credential, CredentialSource, MemoryCredentials, PeerPolicy, PeerVerification};
 
 mod watch;
-pub use watch::{RevocationWatcher, WatchOptions, WatchStatus, WatcherHandle};
+pub use watch::{
+    BundleApplied, BundleApplier, BundleWatcher, RevocationWatcher, WatchOptions, WatchStatus,
+    WatcherHandle,
+};
 
 /// Largest response body a client reads.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;

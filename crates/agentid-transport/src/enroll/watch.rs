@@ -5,17 +5,16 @@
 //! signature with the `agentid-revocation` keys of the bundle the verification holds and refuses
 //! an older `seq`: the watcher never applies a list it could not verify, and the `seq` it asks
 //! after is the one of the list the verification holds, never a number from the response.
-//! Applying a list signals every live session of that verification, which re-checks its peer
-//! and ends with `revoked` if the list covers it. The re-check is the existing one of
-//! [`PeerVerification`]: every live session of the verification re-checks (a local verification,
-//! no I/O), not only those under the list's new entries, since sessions are not indexed by key,
-//! agent, task and `jti` yet.
+//! Applying a list signals only the live sessions of that verification under a target the list
+//! newly revokes (their peer's key, agent or task, or a `jti`, agent, task or key of their
+//! chain, against the list held before): those re-check their peer and end with `revoked`; no
+//! other session re-checks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_api::RevocationsResponse;
-use agentid_protocol::TrustDomain;
+use agentid_protocol::{PublicKey, TrustDomain};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -42,6 +41,9 @@ pub struct WatchOptions {
     /// The least time between two requests that changed nothing (a CA answering `304` at
     /// once, or a list that is not newer): the watcher never busy-loops.
     pub min_interval: Duration,
+    /// How often a [`BundleWatcher`] asks for the signed agentid bundle (the CA has no
+    /// long-poll for it: bundles change rarely).
+    pub bundle_interval: Duration,
 }
 
 impl Default for WatchOptions {
@@ -52,6 +54,7 @@ impl Default for WatchOptions {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             min_interval: Duration::from_secs(1),
+            bundle_interval: Duration::from_secs(60),
         }
     }
 }
@@ -73,6 +76,13 @@ impl WatchOptions {
         self
     }
 
+    /// These options with the signed bundle asked for every `interval` (at least one second).
+    #[must_use]
+    pub fn with_bundle_interval(mut self, interval: Duration) -> Self {
+        self.bundle_interval = interval.max(Duration::from_secs(1));
+        self
+    }
+
     fn wait_secs(&self) -> u64 {
         self.wait.as_secs().min(agentid_api::MAX_WAIT_SECS)
     }
@@ -82,9 +92,10 @@ impl WatchOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WatchStatus {
-    /// The `seq` of the list of the CA's trust domain that the verification holds.
+    /// The `seq` of the list of the CA's trust domain that the verification holds (for a
+    /// [`BundleWatcher`], of the signed bundle it last applied).
     pub seq: Option<u64>,
-    /// Lists this watcher applied.
+    /// Lists (or signed bundles) this watcher applied.
     pub applied: u64,
     /// Failed polls (network, refusals, lists that did not verify or were not newer).
     pub failures: u64,
@@ -96,9 +107,123 @@ pub struct WatchStatus {
 /// [`PeerVerification`]. Start it with [`RevocationWatcher::spawn`].
 #[derive(Debug)]
 pub struct RevocationWatcher {
+    poller: Poller,
+}
+
+/// Watches the CA's signed agentid bundle (`GET /v1/bundle/agentid`, CA-API 3.3) and applies
+/// each newer one to a [`PeerVerification`] through a [`BundleApplier`]: new X509 authorities,
+/// grant and revocation keys reach live verification only from a document the pinned
+/// bundle-signing key signed. Start it with [`BundleWatcher::spawn`].
+#[derive(Debug)]
+pub struct BundleWatcher {
+    poller: Poller,
+}
+
+/// Applies signed agentid bundles of one trust domain to a [`PeerVerification`] (CA-API 3.3):
+/// the signature must verify with the pinned bundle-signing key, `iss` must be the trust
+/// domain, and a document older than the one held (a lower `seq` or `iat`) is refused.
+/// Nothing changes on a refusal: the verification keeps the bundle it held.
+#[derive(Debug)]
+pub struct BundleApplier {
+    verification: Arc<PeerVerification>,
+    key: PublicKey,
+    td: TrustDomain,
+    /// The `(seq, iat)` of the document last applied.
+    held: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+/// What [`BundleApplier::apply`] did with a verified document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleApplied {
+    /// A newer bundle now verifies peers.
+    Applied,
+    /// The document held already (same `seq` and `iat`): nothing to do.
+    Unchanged,
+}
+
+impl BundleApplier {
+    /// An applier for the bundles of `td` signed by `bundle_signing_key` (the CA directory's
+    /// `bundle-signing.pub`, distributed like the root), applied to `verification`.
+    pub fn new(
+        verification: Arc<PeerVerification>,
+        bundle_signing_key: PublicKey,
+        td: TrustDomain,
+    ) -> Self {
+        BundleApplier {
+            verification,
+            key: bundle_signing_key,
+            td,
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The `(seq, iat)` of the signed bundle last applied.
+    pub fn held(&self) -> Option<(u64, u64)> {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Verifies `jws` at `now` (Unix seconds) and, if it is newer than the document held,
+    /// applies its bundle. A refusal ([`EnrollError::Invalid`] or the verification's own
+    /// refusal of a lower `spiffe_sequence`) changes nothing.
+    pub fn apply(&self, jws: &str, now: u64) -> Result<BundleApplied, EnrollError> {
+        let skew = self.verification.verifier().config().skew_seconds();
+        let signed = agentid_protocol::verify_signed_bundle(jws, &self.key, &self.td, now, skew)
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seq, iat)) = *held {
+            if signed.seq == seq && signed.iat == iat {
+                return Ok(BundleApplied::Unchanged);
+            }
+            if signed.seq <= seq || signed.iat < iat {
+                return Err(invalid(format!(
+                    "signed agentid bundle (seq {}, iat {}) is not newer than the one held (seq {seq}, iat {iat})",
+                    signed.seq, signed.iat
+                )));
+            }
+        }
+        self.verification
+            .update_bundle(signed.bundle)
+            .map_err(EnrollError::Transport)?;
+        tracing::info!(trust_domain = %self.td, seq = signed.seq, "signed agentid bundle applied");
+        *held = Some((signed.seq, signed.iat));
+        Ok(BundleApplied::Applied)
+    }
+}
+
+/// The polling loop both watchers share.
+#[derive(Debug)]
+struct Poller {
     client: CaClient,
     verification: Arc<PeerVerification>,
     options: WatchOptions,
+    feed: Feed,
+}
+
+#[derive(Debug)]
+enum Feed {
+    Revocations,
+    Bundle(Arc<BundleApplier>),
+}
+
+impl BundleWatcher {
+    /// A watcher of the signed bundle of the CA `client` talks to, applying newer documents
+    /// through `applier` (whose trust domain should be the client's). The caller needs no
+    /// permission: any certificate holder the CA accepts may read the bundle.
+    pub fn new(client: CaClient, applier: Arc<BundleApplier>, options: WatchOptions) -> Self {
+        BundleWatcher {
+            poller: Poller {
+                client,
+                verification: applier.verification.clone(),
+                options,
+                feed: Feed::Bundle(applier),
+            },
+        }
+    }
+
+    /// Starts the watcher on the current tokio runtime.
+    pub fn spawn(self) -> WatcherHandle {
+        self.poller.spawn()
+    }
 }
 
 /// Stops a running watcher: [`WatcherHandle::stop`], or dropping the handle.
@@ -155,17 +280,34 @@ impl RevocationWatcher {
         options: WatchOptions,
     ) -> Self {
         RevocationWatcher {
-            client,
-            verification,
-            options,
+            poller: Poller {
+                client,
+                verification,
+                options,
+                feed: Feed::Revocations,
+            },
         }
     }
 
     /// Starts the watcher on the current tokio runtime.
     pub fn spawn(self) -> WatcherHandle {
+        self.poller.spawn()
+    }
+}
+
+impl Poller {
+    /// The `seq` the status reports: of the held list, or of the held signed bundle.
+    fn seq(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Revocations => held_seq(&self.verification, &self.client.td),
+            Feed::Bundle(a) => a.held().map(|(seq, _)| seq),
+        }
+    }
+
+    fn spawn(self) -> WatcherHandle {
         let (stop, stop_rx) = watch::channel(false);
         let initial = WatchStatus {
-            seq: held_seq(&self.verification, &self.client.td),
+            seq: self.seq(),
             ..WatchStatus::default()
         };
         let (status_tx, status) = watch::channel(initial);
@@ -194,13 +336,17 @@ impl RevocationWatcher {
                     failures_in_row = 0;
                     status.send_modify(|s| {
                         s.applied += 1;
-                        s.seq = held_seq(&self.verification, &self.client.td);
+                        s.seq = self.seq();
                     });
-                    Duration::ZERO
+                    match self.feed {
+                        // A newer list may be waiting already: ask again at once.
+                        Feed::Revocations => Duration::ZERO,
+                        Feed::Bundle(_) => self.idle_interval().saturating_sub(started.elapsed()),
+                    }
                 }
                 Ok(Polled::Unchanged) => {
                     failures_in_row = 0;
-                    self.options.min_interval.saturating_sub(started.elapsed())
+                    self.idle_interval().saturating_sub(started.elapsed())
                 }
                 Err(failure) => {
                     conn = None;
@@ -229,8 +375,58 @@ impl RevocationWatcher {
         }
     }
 
-    /// One long-poll: applied a newer verified list, or nothing changed.
+    /// The pause after a poll that succeeded: none for the revocation long-poll (the CA holds
+    /// the request), the bundle interval for the signed bundle.
+    fn idle_interval(&self) -> Duration {
+        match &self.feed {
+            Feed::Revocations => self.options.min_interval,
+            Feed::Bundle(_) => self.options.bundle_interval.max(self.options.min_interval),
+        }
+    }
+
     async fn poll_once(&self, conn: &mut Option<HttpClientConnection>) -> Result<Polled, Failure> {
+        match &self.feed {
+            Feed::Revocations => self.poll_revocations(conn).await,
+            Feed::Bundle(applier) => self.poll_bundle(conn, applier).await,
+        }
+    }
+
+    /// One request for the signed agentid bundle: applied a newer verified one, or nothing
+    /// changed (the same document, or none published: `404`).
+    async fn poll_bundle(
+        &self,
+        conn: &mut Option<HttpClientConnection>,
+        applier: &BundleApplier,
+    ) -> Result<Polled, Failure> {
+        let bound = self.client.timeout;
+        let (status, retry_after, body) =
+            tokio::time::timeout(bound, self.get(conn, agentid_api::routes::BUNDLE_AGENTID))
+                .await
+                .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
+                .map_err(Failure::from)?;
+        match status {
+            StatusCode::NOT_FOUND => return Ok(Polled::Unchanged),
+            s if !s.is_success() => {
+                let error = decode::<serde_json::Value>(s, &body)
+                    .err()
+                    .unwrap_or_else(|| invalid(format!("GET /v1/bundle/agentid answered {s}")));
+                return Err(Failure { error, retry_after });
+            }
+            _ => {}
+        }
+        let jws = std::str::from_utf8(&body)
+            .map_err(|_| Failure::from(invalid("the signed agentid bundle is not UTF-8")))?;
+        match applier.apply(jws, crate::session::now_unix())? {
+            BundleApplied::Applied => Ok(Polled::Applied),
+            BundleApplied::Unchanged => Ok(Polled::Unchanged),
+        }
+    }
+
+    /// One long-poll: applied a newer verified list, or nothing changed.
+    async fn poll_revocations(
+        &self,
+        conn: &mut Option<HttpClientConnection>,
+    ) -> Result<Polled, Failure> {
         let wait = self.options.wait_secs();
         let bound = Duration::from_secs(wait).saturating_add(self.options.request_margin);
         let held = held_seq(&self.verification, &self.client.td);

@@ -35,6 +35,7 @@ use crate::admission::{accept_tcp, Admission, SessionPermit};
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{Error, Result};
 use crate::session::{now_unix, PROOF_LIFETIME};
+use crate::session_index::Registration;
 use crate::ConnectionLimits;
 use crate::PeerPolicy;
 use crate::PeerVerification;
@@ -126,6 +127,10 @@ pub(crate) struct ConnShared {
     settled: Notify,
     ended: OnceLock<Refusal>,
     checked_epoch: AtomicU64,
+    /// The connection's place in the verification's index of revocation targets (its peer, and
+    /// its chain once presented): a list that newly revokes one of them signals it.
+    index: Registration,
+    index_checked: AtomicU64,
     /// The trust store the peer's certificate was last validated against.
     trust_seen: Mutex<Arc<TrustStore>>,
     peer_certs: Vec<CertificateDer<'static>>,
@@ -185,7 +190,17 @@ impl ConnShared {
         peer_certs: Vec<CertificateDer<'static>>,
         local: Option<Arc<Credential>>,
     ) -> Arc<Self> {
-        let epoch = server.verification.epoch();
+        let epoch = server.verification.recheck_epoch();
+        let lists_seen = server.verification.lists_applied();
+        let index = server.verification.register(
+            agentid_protocol::peer_revocation_targets(
+                None,
+                peer.info.id.as_spiffe_id(),
+                &peer.info.public_key,
+            )
+            .ok(),
+            lists_seen,
+        );
         let conn = Arc::new(Self {
             trust_seen: Mutex::new(server.verification.trust_store()),
             peer_certs,
@@ -196,6 +211,8 @@ impl ConnShared {
             settled: Notify::new(),
             ended: OnceLock::new(),
             checked_epoch: AtomicU64::new(epoch),
+            index,
+            index_checked: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
             rearm: Notify::new(),
@@ -293,6 +310,7 @@ impl ConnShared {
     /// revocation status; then signs the server's proof.
     fn verify(&self, p: &Presentation) -> Result<Verified, Refusal> {
         let now = now_unix();
+        let lists_seen = self.server.verification.lists_applied();
         let local = self.local()?;
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
@@ -317,7 +335,23 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
+<<<<<<< HEAD
         let (server_proof, exp) = self.sign_server_proof(local, &p.proof, now)?;
+=======
+        if p.chain.is_some() {
+            // The chain's tokens, keys and holders join the peer's targets.
+            self.index.update(
+                agentid_protocol::peer_revocation_targets(
+                    p.chain.as_deref(),
+                    peer.id.as_spiffe_id(),
+                    &peer.public_key,
+                )
+                .ok(),
+                lists_seen,
+            );
+        }
+        let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
+>>>>>>> ca11f
         let server_chain = local
             .chain()
             .map(HeaderValue::from_str)
@@ -438,8 +472,10 @@ impl ConnShared {
                 "the connection's deadline passed",
             )));
         }
-        let epoch = self.server.verification.epoch();
-        if epoch != self.checked_epoch.load(Ordering::Acquire) {
+        let epoch = self.server.verification.recheck_epoch();
+        if epoch != self.checked_epoch.load(Ordering::Acquire)
+            || self.index.version() != self.index_checked.load(Ordering::Acquire)
+        {
             self.recheck(epoch)?;
         }
         Ok(())
@@ -451,6 +487,8 @@ impl ConnShared {
     /// again in full, or a chain-less peer's revocation is checked; any failure but expiry (which
     /// the deadline handles) ends the connection with its code.
     fn recheck(&self, epoch: u64) -> Result<(), Refusal> {
+        self.index.count_recheck();
+        let index_version = self.index.version();
         let now = now_unix();
         let trust = self.server.verification.trust_store();
         let trust_changed = {
@@ -488,6 +526,7 @@ impl ConnShared {
             _ => {
                 *self.trust_seen.lock().unwrap_or_else(|e| e.into_inner()) = trust;
                 self.checked_epoch.store(epoch, Ordering::Release);
+                self.index_checked.store(index_version, Ordering::Release);
                 Ok(())
             }
         }
@@ -1004,6 +1043,13 @@ async fn drive<C>(
     let h1 = conn.peer.version == HttpVersion::Http11;
     let _watchdog = AbortOnDrop(tokio::spawn(watchdog(conn.clone(), opts, h1)));
     tokio::pin!(connection);
+<<<<<<< HEAD
+=======
+    let mut changes = conn.server.verification.subscribe();
+    let mut touched = conn.index.subscribe();
+    let mut watching = true;
+    let mut watching_index = true;
+>>>>>>> ca11f
     let mut shutdown_sent = false;
     loop {
         if conn.drop_now.load(Ordering::Acquire) {
@@ -1078,6 +1124,7 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                 if r.is_err() {
                     watching = false;
                 } else {
+<<<<<<< HEAD
                     let epoch = conn.server.verification.epoch();
                     // A failure ends the connection (the next pass drops it after the grace).
                     let _ = conn.recheck(epoch);
@@ -1092,6 +1139,21 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                     idle_done = true;
                     if h1 {
                         head = Some((now + opts.cut_grace, now));
+=======
+                    let epoch = conn.server.verification.recheck_epoch();
+                    if conn.recheck(epoch).is_err() {
+                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+                    }
+                }
+            }
+            r = touched.changed(), if watching_index => {
+                if r.is_err() {
+                    watching_index = false;
+                } else {
+                    let epoch = conn.server.verification.recheck_epoch();
+                    if conn.recheck(epoch).is_err() {
+                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
+>>>>>>> ca11f
                     }
                 }
             }

@@ -29,6 +29,7 @@ use crate::admission::SessionPermit;
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result};
 use crate::frame::{body_bytes, FrameType, Reason};
+use crate::session_index::Registration;
 use crate::svid::TrustStore;
 use crate::trust_state::PeerVerification;
 
@@ -37,7 +38,7 @@ mod reauth;
 mod recheck;
 
 use io::from_io;
-use recheck::{stale_at, stale_instant, watch_changes, ChangeFuture};
+use recheck::{revocation_targets, stale_at, stale_instant, watch_changes, ChangeFuture};
 
 /// The most `reauth` frames one session accepts (each leaves a receipt).
 pub const MAX_REAUTHS: usize = 1024;
@@ -211,6 +212,8 @@ pub(crate) struct SessionParts<IO> {
     pub changes: watch::Receiver<u64>,
     pub permit: Option<SessionPermit>,
     pub jtis: Vec<String>,
+    /// [`PeerVerification::lists_applied`] as read before the peer was verified.
+    pub lists_seen: u64,
 }
 
 /// An authenticated agentid session over TLS.
@@ -235,10 +238,16 @@ pub struct Session<IO> {
     /// The last frame received or data written; the timer is moved lazily when it fires.
     last_activity: Instant,
     idle_timer: Pin<Box<Sleep>>,
+    /// Bundle changes (every session re-checks).
     changes: ChangeFuture,
     /// The verification state's version, to notice an update the session has not re-checked yet.
     applied: watch::Receiver<u64>,
     checked: u64,
+    /// The session's place in the verification's index of revocation targets: a list that
+    /// newly revokes one of them signals this session (and no list signals the others).
+    index: Registration,
+    touched: ChangeFuture,
+    index_checked: u64,
     /// When a revocation list the session depends on goes stale (None: tolerated or none held).
     stale_at: Option<u64>,
     stale_timer: Pin<Box<Sleep>>,
@@ -279,6 +288,12 @@ where
         let checked = *applied.borrow();
         let stale_at = stale_at(&parts.verification, &parts.peer);
         let trust_checked = parts.verification.trust_store();
+        let index = parts
+            .verification
+            .register(revocation_targets(&parts.peer), parts.lists_seen);
+        // Signals that landed before this point are seen by `index_checked` (a re-check follows).
+        let index_checked = 0;
+        let touched = watch_changes(index.subscribe());
         let stale_timer = Box::pin(tokio::time::sleep_until(stale_instant(stale_at)));
         Self {
             io: parts.io,
@@ -300,6 +315,9 @@ where
             changes: watch_changes(parts.changes),
             applied,
             checked,
+            index,
+            touched,
+            index_checked,
             stale_at,
             stale_timer,
             jtis: parts.jtis,
@@ -339,7 +357,10 @@ where
         }
         // A revocation list applied (or a held list gone stale) since the session last re-checked
         // is honoured here too, even if the session has not been polled since.
-        if *self.applied.borrow() != self.checked || self.stale_at.is_some_and(|t| now >= t) {
+        if *self.applied.borrow() != self.checked
+            || self.index.version() != self.index_checked
+            || self.stale_at.is_some_and(|t| now >= t)
+        {
             self.recheck().map_err(|ended| ended.error())?;
         }
         // Section 13 as the protocol has it: a peer without a chain holds no authority (A1, then

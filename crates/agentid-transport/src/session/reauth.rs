@@ -182,6 +182,10 @@ where
         self.trust_checked = trust;
         self.peer.cert_not_after = info.not_after;
         self.peer.chain = presented.chain;
+        self.index.update(
+            super::recheck::revocation_targets(&self.peer),
+            presented.lists_seen,
+        );
         self.peer.deadline = deadline;
         self.deadline.as_mut().reset(instant_for(deadline));
         // The chain may have changed, and with it the trust domains whose lists it needs.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use agentid_protocol::{ErrorCode, Role, TrustDomain};
+use agentid_protocol::{ErrorCode, RevocationTarget, Role, TrustDomain};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,16 +46,25 @@ where
             self.changes = watch_changes(rx);
             recheck = true;
         }
+        while let Poll::Ready(rx) = self.touched.as_mut().poll(cx) {
+            self.touched = watch_changes(rx);
+            recheck = true;
+        }
+        if self.index.version() != self.index_checked {
+            recheck = true;
+        }
         if self.stale_timer.as_mut().poll(cx).is_ready() {
             recheck = true;
         }
         if recheck {
             // Read the version first: an update landing during the re-check is seen next time.
             let version = *self.applied.borrow_and_update();
+            let index_version = self.index.version();
             if let Err(ended) = self.recheck() {
                 return Some(self.end(cx, ended));
             }
             self.checked = version;
+            self.index_checked = index_version;
             self.trust_checked = self.verification.trust_store();
             self.reset_stale_timer();
             // Register the fresh timer with this task's waker.
@@ -77,6 +86,7 @@ where
     ///   failure that does not end it here is expiry (`expired`, an expired certificate): the
     ///   session deadline, which is never later, already handles it.
     pub(super) fn recheck(&self) -> Result<(), Ended> {
+        self.index.count_recheck();
         let now = now_unix();
         let trust = self.verification.trust_store();
         if !Arc::ptr_eq(&trust, &self.trust_checked) {
@@ -118,6 +128,17 @@ where
         let at = self.stale_at.map(|t| t.max(now_unix().saturating_add(1)));
         self.stale_timer.as_mut().reset(stale_instant(at));
     }
+}
+
+/// The revocation targets of the session's peer, for the verification's index (`None`, every
+/// list re-checks the session, if they cannot be listed: never for a chain that verified).
+pub(super) fn revocation_targets(peer: &AuthenticatedPeer) -> Option<Vec<RevocationTarget>> {
+    agentid_protocol::peer_revocation_targets(
+        peer.chain.as_ref().map(PeerChain::compact),
+        peer.id.as_spiffe_id(),
+        &peer.public_key,
+    )
+    .ok()
 }
 
 /// The earliest time (`next_update + skew`) at which a revocation list the peer's authority

@@ -1,0 +1,219 @@
+//! Signed agentid bundles applied to a live verification (`BundleApplier`, `BundleWatcher`):
+//! a newer document signed by the pinned bundle-signing key is applied (new roots, grant and
+//! revocation keys); a bad signature, an older `seq` or `iat`, or another trust domain is
+//! refused and the verification keeps the bundle it held. The watcher runs against the real CA
+//! service on 127.0.0.1.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_ca::agentid_bundle;
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{CertificateAuthority, KeySource, KeyType, ServiceRequest};
+use agentid_protocol::{
+    sign_bundle, Algorithm, AuthorityKey, BundleSet, SpiffeId, TaskKey, TrustBundle, TrustDomain,
+    VerifierConfig,
+};
+use agentid_transport::enroll::{
+    BundleApplied, BundleApplier, BundleWatcher, CaClient, WatchOptions,
+};
+use agentid_transport::{Credential, MemoryCredentials, PeerVerification};
+use rustls_pki_types::CertificateDer;
+
+const T: Duration = Duration::from_secs(20);
+const OWN: &str = "spiffe://example.org/svc/bundle-watcher";
+
+fn td() -> TrustDomain {
+    TrustDomain::parse(common::TD).unwrap()
+}
+
+fn verification(bundle: TrustBundle) -> Arc<PeerVerification> {
+    let mut set = BundleSet::new();
+    set.insert(bundle).unwrap();
+    PeerVerification::new(
+        VerifierConfig::new(SpiffeId::parse(OWN).unwrap(), set)
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap()
+}
+
+fn grant_kids(v: &PeerVerification) -> Vec<String> {
+    let verifier = v.verifier();
+    let b = verifier
+        .config()
+        .bundles()
+        .iter()
+        .find(|b| b.trust_domain() == &td())
+        .unwrap();
+    b.grant_keys().iter().map(|k| k.kid.clone()).collect()
+}
+
+fn now() -> u64 {
+    common::unix(common::now())
+}
+
+/// `base` with `spiffe_sequence` = `seq` and only the keys of the uses `keep`.
+fn edited(base: &TrustBundle, seq: u64, keep: &[&str]) -> TrustBundle {
+    let mut v: serde_json::Value = serde_json::from_str(&base.to_json()).unwrap();
+    v["spiffe_sequence"] = seq.into();
+    v["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| keep.contains(&k["use"].as_str().unwrap()));
+    TrustBundle::parse(&td(), v.to_string().as_bytes()).unwrap()
+}
+
+/// The CA's bundle with one more grant key (a rotation in progress).
+fn rotated(base: &TrustBundle, seq: u64) -> (TrustBundle, String) {
+    let new_grant = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let kid = new_grant.public_key().thumbprint();
+    let all = ["x509-svid", "agentid-grant", "agentid-revocation"];
+    (
+        edited(base, seq, &all).add_grant_key(new_grant.public_key().clone()),
+        kid,
+    )
+}
+
+#[test]
+fn a_rotated_bundle_is_applied_and_refusals_keep_the_one_held() {
+    let ca = common::test_ca(KeyType::P256);
+    let base = ca.ca.trust_bundle().unwrap();
+    let signer = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let v = verification(base.clone());
+    let applier = BundleApplier::new(v.clone(), signer.public_key().clone(), td());
+    let t = now();
+
+    // The first document, then a rotation adding a grant key: applied.
+    let first = sign_bundle(&signer, &base, 10, t - 5).unwrap();
+    assert_eq!(applier.apply(&first, t).unwrap(), BundleApplied::Applied);
+    assert_eq!(applier.apply(&first, t).unwrap(), BundleApplied::Unchanged);
+    let (next, kid) = rotated(&base, base.sequence() + 1);
+    let second = sign_bundle(&signer, &next, 11, t).unwrap();
+    assert_eq!(applier.apply(&second, t).unwrap(), BundleApplied::Applied);
+    assert!(
+        grant_kids(&v).contains(&kid),
+        "the new grant key verifies now"
+    );
+    assert_eq!(applier.held(), Some((11, t)));
+    let held = grant_kids(&v);
+
+    // Refused, and nothing changes: another signer (the CA service's own online key, say) ...
+    let mallory = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let (evil, evil_kid) = rotated(&base, base.sequence() + 2);
+    let forged = sign_bundle(&mallory, &evil, 12, t).unwrap();
+    assert!(applier.apply(&forged, t).is_err());
+    // ... an older seq, or the same seq re-signed, or an older iat with a higher seq ...
+    for (seq, iat) in [(9, t), (11, t + 1), (12, t - 1)] {
+        let old = sign_bundle(&signer, &evil, seq, iat).unwrap();
+        assert!(applier.apply(&old, t + 1).is_err(), "seq {seq} iat {iat}");
+    }
+    // ... a document issued in the future ...
+    let future = sign_bundle(&signer, &evil, 13, t + 3600).unwrap();
+    assert!(applier.apply(&future, t).is_err());
+    // ... or one of another trust domain.
+    let other_td = TrustDomain::parse("other.example").unwrap();
+    let elsewhere = sign_bundle(&signer, &TrustBundle::new(other_td, 1), 14, t).unwrap();
+    assert!(applier.apply(&elsewhere, t).is_err());
+    assert_eq!(grant_kids(&v), held);
+    assert!(!grant_kids(&v).contains(&evil_kid));
+    assert_eq!(applier.held(), Some((11, t)));
+}
+
+async fn serve(dir: &std::path::Path) -> std::net::SocketAddr {
+    let ca = CertificateAuthority::open(dir).unwrap();
+    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_both(l, None).await });
+    addr
+}
+
+/// An agent that enrolled knows only the CA's root (the public bundle): the watcher brings it
+/// the grant and revocation keys from the document the operator signed, and each newer
+/// signing after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_applies_the_signed_bundle_the_ca_serves() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(
+        r#"
+[services.agentid-ca]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.bundle-watcher]
+max_ttl = "1h"
+requesters = ["operator"]
+"#,
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let full = ca.trust_bundle().unwrap();
+    let addr = serve(dir.path()).await;
+
+    // Only the X509 authorities, as enrollment pins them.
+    let roots = edited(&full, full.sequence(), &["x509-svid"]);
+    let target = verification(roots.clone());
+    assert!(grant_kids(&target).is_empty());
+
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let c = ca
+        .issue_service(
+            &ServiceRequest {
+                service: "bundle-watcher".into(),
+                key: KeySource::Spki(key.public_key().to_spki_der()),
+                ttl: None,
+            },
+            common::now(),
+        )
+        .unwrap();
+    let chain = vec![
+        CertificateDer::from(c.leaf.der.clone()),
+        CertificateDer::from(c.intermediate_der.clone()),
+    ];
+    let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
+    let client = CaClient::new(&format!("https://{addr}"), creds, verification(roots), T).unwrap();
+    let signing = agentid_bundle::public_key(dir.path()).unwrap();
+    let applier = Arc::new(BundleApplier::new(target.clone(), signing, td()));
+    let options = WatchOptions::default()
+        .with_bundle_interval(Duration::from_secs(1))
+        .with_backoff(Duration::from_millis(100), Duration::from_millis(400));
+    let watcher = BundleWatcher::new(client, applier.clone(), options).spawn();
+    assert!(
+        watcher.wait_for(T, |s| s.applied >= 1).await,
+        "{:?}",
+        watcher.status()
+    );
+    let want: Vec<String> = full.grant_keys().iter().map(|k| k.kid.clone()).collect();
+    assert_eq!(grant_kids(&target), want);
+    let first = watcher.status().seq.unwrap();
+
+    // The operator signs again (offline, where the key is): a higher seq, applied.
+    agentid_bundle::sign_dir(&ca, dir.path(), now() + 1).unwrap();
+    assert!(
+        watcher
+            .wait_for(T, |s| s.seq.is_some_and(|q| q > first))
+            .await,
+        "{:?}",
+        watcher.status()
+    );
+    assert_eq!(watcher.status().applied, 2);
+
+    // A document the bundle-signing key did not sign is never served, nor applied.
+    let mallory = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let forged = agentid_bundle::sign(&mallory, &full, now() + 2).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), forged).unwrap();
+    let failures = watcher.status().failures;
+    assert!(
+        watcher.wait_for(T, |s| s.failures > failures).await,
+        "{:?}",
+        watcher.status()
+    );
+    assert_eq!(watcher.status().applied, 2);
+    assert_eq!(grant_kids(&target), want);
+    watcher.stop().await;
+}

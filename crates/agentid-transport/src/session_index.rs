@@ -1,0 +1,294 @@
+//! Live sessions indexed by the revocation targets of their peer (its key, agent and task, and
+//! every `jti`, agent, task and key of its chain: [`agentid_protocol::peer_revocation_targets`]).
+//!
+//! When a new revocation list is applied, only the sessions under a target that list newly
+//! revokes (one the previously held list of its domain did not) are signalled to re-check;
+//! bundle changes and staleness still re-check every session. The cost of a list is one lookup
+//! per distinct indexed target, whatever the list's size.
+//!
+//! A session registers after its verification; the list generation it read before verifying
+//! tells whether a list landed in between, in which case it is signalled at once: a list applied
+//! concurrently with a handshake is never missed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use agentid_protocol::{newly_revokes, RevocationList, RevocationTarget};
+use tokio::sync::watch;
+
+/// The signal of one registered session: a version bumped each time a list touches it.
+#[derive(Debug)]
+pub(crate) struct SessionSignal {
+    version: AtomicU64,
+    wake: watch::Sender<u64>,
+}
+
+impl SessionSignal {
+    fn bump(&self) {
+        let v = self.version.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        self.wake.send_replace(v);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    by_target: HashMap<RevocationTarget, HashSet<u64>>,
+    /// Sessions whose targets could not be listed: every list signals them.
+    every_list: HashSet<u64>,
+    sessions: HashMap<u64, (Option<Vec<RevocationTarget>>, Arc<SessionSignal>)>,
+}
+
+/// The index of one [`crate::PeerVerification`].
+#[derive(Debug, Default)]
+pub(crate) struct SessionIndex {
+    inner: Mutex<Inner>,
+    /// Lists applied so far (bumped after the new verifier is visible, before the lookup).
+    lists: AtomicU64,
+    /// Sessions signalled by lists so far.
+    signalled: AtomicU64,
+    /// Re-checks run by sessions of this verification so far.
+    rechecks: AtomicU64,
+}
+
+impl SessionIndex {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below leaves the maps consistent before it can panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lists_applied(&self) -> u64 {
+        self.lists.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn signalled(&self) -> u64 {
+        self.signalled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn rechecks(&self) -> u64 {
+        self.rechecks.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn count_recheck(&self) {
+        self.rechecks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Registers a session under `targets` (`None`: signalled by every list). `lists_seen` is
+    /// [`SessionIndex::lists_applied`] as read before the session's verification.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        targets: Option<Vec<RevocationTarget>>,
+        lists_seen: u64,
+    ) -> Registration {
+        let (wake, _) = watch::channel(0);
+        let signal = Arc::new(SessionSignal {
+            version: AtomicU64::new(0),
+            wake,
+        });
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_id;
+            inner.next_id = inner.next_id.wrapping_add(1);
+            Self::index(&mut inner, id, targets.as_deref());
+            inner.sessions.insert(id, (targets, signal.clone()));
+            id
+        };
+        let reg = Registration {
+            index: self.clone(),
+            id,
+            signal,
+        };
+        reg.catch_up(lists_seen);
+        reg
+    }
+
+    fn index(inner: &mut Inner, id: u64, targets: Option<&[RevocationTarget]>) {
+        let Some(targets) = targets else {
+            inner.every_list.insert(id);
+            return;
+        };
+        for t in targets {
+            inner.by_target.entry(t.clone()).or_default().insert(id);
+        }
+    }
+
+    fn unindex(inner: &mut Inner, id: u64, targets: Option<&[RevocationTarget]>) {
+        let Some(targets) = targets else {
+            inner.every_list.remove(&id);
+            return;
+        };
+        for t in targets {
+            if let Some(ids) = inner.by_target.get_mut(t) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    inner.by_target.remove(t);
+                }
+            }
+        }
+    }
+
+    /// After a list was applied (`old` the list of its domain held before, `new` the one held
+    /// now): signals every session under a target `new` newly revokes at `now`.
+    pub(crate) fn list_applied(
+        &self,
+        old: Option<&RevocationList>,
+        new: &RevocationList,
+        now: u64,
+    ) {
+        self.lists.fetch_add(1, Ordering::AcqRel);
+        let inner = self.lock();
+        let mut touched: HashSet<u64> = inner.every_list.clone();
+        for (target, ids) in &inner.by_target {
+            if newly_revokes(new, old, target, now) {
+                touched.extend(ids.iter().copied());
+            }
+        }
+        for id in &touched {
+            if let Some((_, signal)) = inner.sessions.get(id) {
+                signal.bump();
+            }
+        }
+        self.signalled
+            .fetch_add(touched.len() as u64, Ordering::AcqRel);
+    }
+}
+
+/// A session's place in the index; dropping it removes the session.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    index: Arc<SessionIndex>,
+    id: u64,
+    signal: Arc<SessionSignal>,
+}
+
+impl Registration {
+    /// The session's signal version: changed means a list touched it since it last looked.
+    pub(crate) fn version(&self) -> u64 {
+        self.signal.version.load(Ordering::Acquire)
+    }
+
+    /// A receiver woken on every signal.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.signal.wake.subscribe()
+    }
+
+    /// Replaces the session's targets (a new chain after `reauth` or an HTTP presentation);
+    /// `lists_seen` as for [`SessionIndex::register`].
+    pub(crate) fn update(&self, targets: Option<Vec<RevocationTarget>>, lists_seen: u64) {
+        {
+            let mut inner = self.index.lock();
+            let old = inner.sessions.get_mut(&self.id).and_then(|(t, _)| t.take());
+            // `take` left `None` (every list) in place until the new targets are set below.
+            SessionIndex::unindex(&mut inner, self.id, old.as_deref());
+            SessionIndex::index(&mut inner, self.id, targets.as_deref());
+            if let Some((t, _)) = inner.sessions.get_mut(&self.id) {
+                *t = targets;
+            }
+        }
+        self.catch_up(lists_seen);
+    }
+
+    /// Signals the session itself when a list was applied since `lists_seen`: its lookup may
+    /// have run before this registration was in the index.
+    fn catch_up(&self, lists_seen: u64) {
+        if self.index.lists_applied() != lists_seen {
+            self.signal.bump();
+        }
+    }
+
+    /// Counts one re-check of this session.
+    pub(crate) fn count_recheck(&self) {
+        self.index.count_recheck();
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut inner = self.index.lock();
+        if let Some((targets, _)) = inner.sessions.remove(&self.id) {
+            SessionIndex::unindex(&mut inner, self.id, targets.as_deref());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agentid_protocol::{
+        AgentId, Algorithm, AuthorityKey, BundleSet, RevocationListBuilder, TrustBundle,
+        TrustDomain,
+    };
+
+    const NOW: u64 = 1_767_225_600;
+
+    fn list(key: &AuthorityKey, seq: u64, agents: &[&str]) -> RevocationList {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let mut b = RevocationListBuilder::new(&td, seq, NOW, NOW + 600);
+        for a in agents {
+            b = b.revoke_agent(&agent(a), NOW + 600);
+        }
+        let mut set = BundleSet::new();
+        set.insert(TrustBundle::new(td, 1).add_revocation_key(key.public_key().clone()))
+            .unwrap();
+        RevocationList::verify(&b.sign(key).unwrap(), &set).unwrap()
+    }
+
+    fn agent(n: &str) -> AgentId {
+        AgentId::parse(&format!("spiffe://example.org/agent/{n}")).unwrap()
+    }
+
+    #[test]
+    fn a_list_signals_only_the_sessions_under_its_new_entries() {
+        let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let index = Arc::new(SessionIndex::default());
+        let regs: Vec<Registration> = ["a", "b", "c"]
+            .iter()
+            .map(|n| index.register(Some(vec![RevocationTarget::Agent(agent(n))]), 0))
+            .collect();
+        let l1 = list(&key, 1, &["a"]);
+        index.list_applied(None, &l1, NOW);
+        assert_eq!(
+            regs.iter().map(Registration::version).collect::<Vec<_>>(),
+            [1, 0, 0]
+        );
+        // The next list keeps a and adds c: only c is new.
+        let l2 = list(&key, 2, &["a", "c"]);
+        index.list_applied(Some(&l1), &l2, NOW);
+        assert_eq!(
+            regs.iter().map(Registration::version).collect::<Vec<_>>(),
+            [1, 0, 1]
+        );
+        assert_eq!(index.signalled(), 2);
+        // A session moved under a revoked target by an update is found by the next list.
+        regs[1].update(
+            Some(vec![RevocationTarget::Agent(agent("d"))]),
+            index.lists_applied(),
+        );
+        index.list_applied(Some(&l2), &list(&key, 3, &["a", "c", "d"]), NOW);
+        assert_eq!(regs[1].version(), 1);
+    }
+
+    #[test]
+    fn a_registration_that_raced_a_list_is_signalled_and_a_dropped_one_leaves_the_index() {
+        let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let index = Arc::new(SessionIndex::default());
+        let seen = index.lists_applied();
+        index.list_applied(None, &list(&key, 1, &["a"]), NOW);
+        let late = index.register(Some(vec![RevocationTarget::Agent(agent("a"))]), seen);
+        assert_eq!(
+            late.version(),
+            1,
+            "verified before the list, registered after it"
+        );
+        drop(late);
+        let inner = index.lock();
+        assert!(inner.by_target.is_empty() && inner.sessions.is_empty());
+        drop(inner);
+        // A session whose targets could not be listed is signalled by every list.
+        let every = index.register(None, index.lists_applied());
+        index.list_applied(None, &list(&key, 2, &[]), NOW);
+        assert_eq!(every.version(), 1);
+    }
+}
