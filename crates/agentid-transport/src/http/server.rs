@@ -335,9 +335,6 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
-<<<<<<< HEAD
-        let (server_proof, exp) = self.sign_server_proof(local, &p.proof, now)?;
-=======
         if p.chain.is_some() {
             // The chain's tokens, keys and holders join the peer's targets.
             self.index.update(
@@ -350,8 +347,7 @@ impl ConnShared {
                 lists_seen,
             );
         }
-        let (server_proof, exp) = self.sign_server_proof(&local, &p.proof, now)?;
->>>>>>> ca11f
+        let (server_proof, exp) = self.sign_server_proof(local, &p.proof, now)?;
         let server_chain = local
             .chain()
             .map(HeaderValue::from_str)
@@ -1043,13 +1039,6 @@ async fn drive<C>(
     let h1 = conn.peer.version == HttpVersion::Http11;
     let _watchdog = AbortOnDrop(tokio::spawn(watchdog(conn.clone(), opts, h1)));
     tokio::pin!(connection);
-<<<<<<< HEAD
-=======
-    let mut changes = conn.server.verification.subscribe();
-    let mut touched = conn.index.subscribe();
-    let mut watching = true;
-    let mut watching_index = true;
->>>>>>> ca11f
     let mut shutdown_sent = false;
     loop {
         if conn.drop_now.load(Ordering::Acquire) {
@@ -1086,7 +1075,9 @@ impl Drop for AbortOnDrop {
 /// state's changes (revocation, bundles). It asks the driver to close or drop the connection.
 async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
     let mut changes = conn.server.verification.subscribe();
+    let mut touched = conn.index.subscribe();
     let mut watching = true;
+    let mut watching_index = true;
     let margin = opts.close_margin.as_secs();
     // HTTP/1.1: a request head must arrive within `header_read_timeout` of the connection being
     // ready for it, that is of the last request's end (or of the handshake).
@@ -1124,9 +1115,17 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                 if r.is_err() {
                     watching = false;
                 } else {
-<<<<<<< HEAD
-                    let epoch = conn.server.verification.epoch();
+                    let epoch = conn.server.verification.recheck_epoch();
                     // A failure ends the connection (the next pass drops it after the grace).
+                    let _ = conn.recheck(epoch);
+                }
+            }
+            // A new revocation list with entries under this connection's targets.
+            r = touched.changed(), if watching_index => {
+                if r.is_err() {
+                    watching_index = false;
+                } else {
+                    let epoch = conn.server.verification.recheck_epoch();
                     let _ = conn.recheck(epoch);
                 }
             }
@@ -1139,21 +1138,6 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                     idle_done = true;
                     if h1 {
                         head = Some((now + opts.cut_grace, now));
-=======
-                    let epoch = conn.server.verification.recheck_epoch();
-                    if conn.recheck(epoch).is_err() {
-                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
-                    }
-                }
-            }
-            r = touched.changed(), if watching_index => {
-                if r.is_err() {
-                    watching_index = false;
-                } else {
-                    let epoch = conn.server.verification.recheck_epoch();
-                    if conn.recheck(epoch).is_err() {
-                        drop_at.get_or_insert(Instant::now() + opts.cut_grace);
->>>>>>> ca11f
                     }
                 }
             }
