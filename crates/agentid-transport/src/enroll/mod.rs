@@ -517,6 +517,18 @@ impl CaClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
+        self.call_limited(method, path, body, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// [`CaClient::call`] reading a response body of at most `limit` bytes.
+    async fn call_limited<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<T> {
         let fut = async {
             let addr = self.url.addr().await?;
             let mut conn = self.client.connect(addr, &self.url.authority).await?;
@@ -529,7 +541,7 @@ impl CaClient {
                 .map_err(|e| invalid(e.to_string()))?;
             let resp = conn.send(req).await?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            let bytes = Limited::new(resp.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|e| invalid(format!("HTTP body: {e}")))?
@@ -584,8 +596,14 @@ impl CaClient {
     /// The current revocation list (`GET /v1/revocations`), as served: verify it with
     /// [`agentid_protocol::RevocationList::verify`] before reading it.
     pub async fn revocations(&self) -> Result<agentid_api::RevocationsResponse> {
-        self.call(Method::GET, agentid_api::routes::REVOCATIONS, None)
-            .await
+        // As large as the protocol lets a list be, like the watcher's feed.
+        self.call_limited(
+            Method::GET,
+            agentid_api::routes::REVOCATIONS,
+            None,
+            MAX_LIST_RESPONSE_BYTES,
+        )
+        .await
     }
 }
 
