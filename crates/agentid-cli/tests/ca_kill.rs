@@ -308,7 +308,7 @@ fn kill_9_during_concurrent_enrollments_loses_no_received_certificate() {
     };
     let agents: Arc<Vec<Agent>> = Arc::new(
         (0..n)
-            .map(|i| {
+            .map(|_| {
                 let t = ca
                     .create_bound_token(
                         "planner",
