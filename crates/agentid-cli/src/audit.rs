@@ -102,7 +102,7 @@ fn verify(a: &VerifyArgs) -> CliResult {
             if a.format.format == Format::Json {
                 print_json(&json!({"valid": false, "error": broken.to_string()}))?;
             }
-            Err(CliError::invalid(format!("audit trail broken: {broken}")))
+            Err(CliError::invalid(format!("audit trail broken: {broken}")).reported())
         }
     }
 }

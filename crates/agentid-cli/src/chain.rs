@@ -185,7 +185,7 @@ fn verify(args: &VerifyArgs) -> CliResult {
     }
     match message {
         None => Ok(()),
-        Some(_) => Err(CliError::invalid(format!("chain {summary}"))),
+        Some(_) => Err(CliError::invalid(format!("chain {summary}")).reported()),
     }
 }
 
@@ -206,7 +206,7 @@ fn peer_invalid(args: &VerifyArgs, at: u64, reason: &str) -> CliError {
             return e;
         }
     }
-    CliError::invalid(message)
+    CliError::invalid(message).reported()
 }
 
 /// `--authority TD[=PATTERNS]` values (status 2 when malformed).

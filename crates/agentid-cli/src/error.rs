@@ -1,6 +1,9 @@
-//! The CLI's failure type: an exit status and a one-line reason.
+//! The CLI's failure type: an exit status and a one-line reason, with a stable code and the
+//! next step when known (for `--format json`: `{"error": {"code", "message", "hint"}}`).
 
 use core::fmt;
+
+use serde_json::{json, Value};
 
 /// Exit status of a failed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,12 @@ pub struct CliError {
     /// The exit status.
     pub exit: Exit,
     message: String,
+    /// A stable short name (`policy_refused`, the CA's own code); default: from the status.
+    code: Option<String>,
+    /// What to do next, when known apart from the message (the message holds it too).
+    hint: Option<String>,
+    /// The command already printed its JSON report (a verification verdict).
+    reported: bool,
 }
 
 impl CliError {
@@ -38,6 +47,9 @@ impl CliError {
         Self {
             exit: Exit::Failed,
             message: message.into(),
+            code: None,
+            hint: None,
+            reported: false,
         }
     }
 
@@ -46,6 +58,9 @@ impl CliError {
         Self {
             exit: Exit::Usage,
             message: message.into(),
+            code: None,
+            hint: None,
+            reported: false,
         }
     }
 
@@ -54,12 +69,57 @@ impl CliError {
         Self {
             exit: Exit::Invalid,
             message: message.into(),
+            code: None,
+            hint: None,
+            reported: false,
+        }
+    }
+
+    /// Sets the stable short name of the failure.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Records the next step (already part of the message) for the JSON form.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        let hint = hint.into();
+        self.hint = (!hint.is_empty()).then_some(hint);
+        self
+    }
+
+    /// Marks the failure as already reported on stdout (a verdict printed as JSON).
+    pub fn reported(mut self) -> Self {
+        self.reported = true;
+        self
+    }
+
+    /// The stable short name: the one set, else `failed`, `usage` or `invalid`.
+    pub fn code(&self) -> &str {
+        match (&self.code, self.exit) {
+            (Some(c), _) => c,
+            (None, Exit::Failed) => "failed",
+            (None, Exit::Usage) => "usage",
+            (None, Exit::Invalid) => "invalid",
         }
     }
 
     /// The reason, collapsed to one line.
     pub fn one_line(&self) -> String {
         one_line(&self.message)
+    }
+
+    /// The JSON document printed on stdout under `--format json`: `{"error": {"code",
+    /// "message", "hint"}}`, the message as on stderr. `None` when the command already printed
+    /// its report.
+    pub fn to_json(&self) -> Option<Value> {
+        (!self.reported).then(|| {
+            json!({ "error": {
+                "code": self.code(),
+                "message": self.one_line(),
+                "hint": self.hint.as_deref().map(one_line),
+            }})
+        })
     }
 }
 
@@ -80,7 +140,31 @@ impl fmt::Display for CliError {
 
 impl From<agentid_ca::CaError> for CliError {
     fn from(e: agentid_ca::CaError) -> Self {
-        CliError::failed(e.to_string())
+        use agentid_ca::CaError as E;
+        let code = match &e {
+            E::Policy { .. } => "policy_refused",
+            E::Unauthorized { .. } => "unauthorized",
+            E::Revoked { .. } => "revoked",
+            E::IdentityExists(_) => "identity_exists",
+            E::UnknownIdentity(_) | E::NotFound { .. } => "not_found",
+            E::KeyInUse { .. } | E::KeyMismatch { .. } => "key_conflict",
+            E::WrongTrustDomain { .. } => "wrong_trust_domain",
+            E::InsecureKeyFile { .. } => "insecure_key_file",
+            E::AlreadyInitialized { .. } => "already_initialized",
+            _ => "failed",
+        };
+        // A local policy refusal: the operator can act on the rule it names.
+        match &e {
+            E::Policy { rule, .. } => {
+                let hint = format!(
+                    "check the request against {rule} in the CA's policy.toml, or change that rule"
+                );
+                CliError::failed(format!("{e}: {hint}"))
+                    .with_code(code)
+                    .with_hint(hint)
+            }
+            _ => CliError::failed(e.to_string()).with_code(code),
+        }
     }
 }
 

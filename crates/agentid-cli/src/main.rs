@@ -2,7 +2,8 @@
 //!
 //! Data goes to stdout (`--format json` where it is data), logs to stderr (`-v`, or the
 //! `AGENTID_LOG` filter). On failure the exit status is non-zero and stderr holds one line:
-//! `agentid: <reason>`. Status 1: the command failed; 2: the command line is wrong; 3: a
+//! `agentid: <reason>`; with `--format json`, stdout also holds one document
+//! `{"error": {"code", "message", "hint"}}` (verifications print their report instead). Status 1: the command failed; 2: the command line is wrong; 3: a
 //! verification ran and said "invalid".
 //!
 //! Secrets never travel on the command line: keys are read from files (mode 0600).
@@ -25,8 +26,9 @@ mod trust;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::common::Format;
 use crate::error::{one_line, CliError, CliResult, Exit};
 
 /// Per-task mTLS identities and delegation chains for AI agents.
@@ -146,12 +148,34 @@ fn usage_error(e: &clap::Error) -> ClapOutcome {
     ClapOutcome::Line(CliError::usage(format!("{msg} (see --help)")))
 }
 
+/// The `--format` of the innermost subcommand that has one (`text` when none has; the
+/// bundle formats of `bundle export` are not this flag's type and count as none).
+fn output_format(matches: &clap::ArgMatches) -> Format {
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.try_get_one::<Format>("format")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Parses the command line, with the output format of the chosen command.
+fn parse() -> Result<(Cli, Format), clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, output_format(&matches)))
+}
+
 fn main() -> ExitCode {
     // A bug must still end in one line on stderr, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("agentid: internal error: {}", one_line(&info.to_string()));
     }));
-    let cli = match Cli::try_parse() {
+    // Clap's own errors come before the format is known: they stay on stderr only.
+    let (cli, format) = match parse() {
         Ok(c) => c,
         Err(e) => match usage_error(&e) {
             ClapOutcome::Print(code) => {
@@ -168,6 +192,12 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if format == Format::Json {
+                if let Some(doc) = err.to_json() {
+                    // Best effort: stdout may be closed; the stderr line still follows.
+                    let _ = common::print_json(&doc);
+                }
+            }
             eprintln!("agentid: {err}");
             ExitCode::from(err.exit.code())
         }

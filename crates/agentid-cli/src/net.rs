@@ -57,8 +57,15 @@ impl RemoteArgs {
 }
 
 /// A CA refusal as one line: `code: message (hint)`.
+/// Under `--format json` the CA's own code and hint.
 fn api_error(e: EnrollError) -> CliError {
-    CliError::failed(e.to_string())
+    let err = CliError::failed(e.to_string());
+    match e.api_error() {
+        Some(api) => err
+            .with_code(api.code.to_string())
+            .with_hint(api.hint.clone()),
+        None => err,
+    }
 }
 
 pub(crate) fn runtime() -> CliResult<tokio::runtime::Runtime> {

@@ -98,9 +98,12 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
     } else if let Some(a) = &args.agent {
         agentid_protocol::AgentId::new(ca.trust_domain(), a).bad_arg("--agent", a)?;
         if !args.force && ca.policy().agent(a).is_err() && !ca_issued_to(&ca, a)? {
+            let hint = "check the name (`agentid ca list` shows the live tasks), or pass --force to block the name anyway";
             return Err(CliError::failed(format!(
-                "no policy rule names agent {a:?} and this CA never issued it a certificate: check the name (`agentid ca list` shows the live tasks), or pass --force to block the name anyway"
-            )));
+                "no policy rule names agent {a:?} and this CA never issued it a certificate: {hint}"
+            ))
+            .with_code("unknown_agent")
+            .with_hint(hint));
         }
         RevokeTarget::Agent(a.clone())
     } else if let Some(k) = &args.jkt {

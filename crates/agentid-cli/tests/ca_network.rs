@@ -274,6 +274,23 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         1,
         "policy_denied",
     );
+    // Under --format json the same refusal is one document with the CA's own code and hint.
+    let (stdout, line) = env.fails(
+        &format!("ca list --ca-url {url} --cred weak --format json"),
+        1,
+        "policy_denied",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "policy_denied", "{doc}");
+    assert_eq!(
+        doc["error"]["message"].as_str(),
+        line.strip_prefix("agentid: ")
+    );
+    // The CA's hint when it gave one (this refusal has none): never one of the CLI's own.
+    match doc["error"]["hint"].as_str() {
+        Some(hint) => assert!(line.ends_with(&format!("({hint})")), "{doc}"),
+        None => assert!(doc["error"]["hint"].is_null(), "{doc}"),
+    }
     env.fails(
         &format!(
             "token create --ca-url {url} --cred weak --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"

@@ -66,18 +66,25 @@ impl CaDirArg {
 /// directory, a temp directory) from a broken CA.
 pub fn open_ca(dir: &Path) -> CliResult<CertificateAuthority> {
     if !dir.is_dir() {
-        return Err(CliError::failed(format!(
-            "{}: no such CA directory: run `agentid ca init --dir {}` first, or pass the directory it made",
-            dir.display(),
+        let hint = format!(
+            "run `agentid ca init --dir {}` first, or pass the directory it made",
             dir.display()
-        )));
+        );
+        return Err(
+            CliError::failed(format!("{}: no such CA directory: {hint}", dir.display()))
+                .with_code("not_a_ca_directory")
+                .with_hint(hint),
+        );
     }
     if !dir.join(agentid_ca::material::files::CONFIG).is_file() {
+        let hint = "run `agentid ca init`, or pass the directory it made as --ca";
         return Err(CliError::failed(format!(
-            "{}: not a CA directory (no {}): run `agentid ca init`, or pass the directory it made as --ca",
+            "{}: not a CA directory (no {}): {hint}",
             dir.display(),
             agentid_ca::material::files::CONFIG
-        )));
+        ))
+        .with_code("not_a_ca_directory")
+        .with_hint(hint));
     }
     Ok(CertificateAuthority::open(dir)?)
 }

@@ -168,7 +168,7 @@ pub fn run(args: &VerifyArgs) -> CliResult {
                     &json!({ "valid": false, "error": reason, "message": message, "at": at }),
                 )?;
             }
-            Err(CliError::invalid(message))
+            Err(CliError::invalid(message).reported())
         }
     }
 }
