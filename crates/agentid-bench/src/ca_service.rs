@@ -36,7 +36,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// The bench's policy plus the service's own rule and a platform allowed to open `worker`
 /// tasks over the network.
-fn policy() -> String {
+pub(crate) fn policy() -> String {
     let mut p = crate::fixtures::policy();
     p.push_str(
         "\n[agents.worker.permissions]\n\"svc:platform\" = [\"open_task\", \"revoke\"]\n\n\
@@ -74,9 +74,15 @@ impl Drop for Service {
 
 impl Service {
     pub(crate) fn start(dir: &Path) -> Res<Service> {
+        Self::start_as(dir, agentid_ca::audit::DEFAULT_WRITER)
+    }
+
+    /// A replica: the service on `dir` with `writer` as its audit chain writer id.
+    pub(crate) fn start_as(dir: &Path, writer: &str) -> Res<Service> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--ca-service")
             .arg(dir)
+            .arg(writer)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -98,9 +104,10 @@ impl Service {
     }
 }
 
-/// `--ca-service DIR`: what `agentid ca serve --ca DIR --listen 127.0.0.1:0` runs.
-pub fn child(dir: &Path) -> Res<()> {
-    let ca = CertificateAuthority::open(dir)?;
+/// `--ca-service DIR WRITER`: what `agentid ca serve --ca DIR --listen 127.0.0.1:0` runs, with
+/// `WRITER` as the audit chain writer id (one per replica).
+pub fn child(dir: &Path, writer: &str) -> Res<()> {
+    let ca = CertificateAuthority::open_as(dir, writer)?;
     let service = agentid_ca::server::CaService::new(ca, Default::default())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,7 +121,7 @@ pub fn child(dir: &Path) -> Res<()> {
 }
 
 /// `n` fresh P-256 keys as CSRs.
-fn csrs(n: usize) -> Res<Vec<Vec<u8>>> {
+pub(crate) fn csrs(n: usize) -> Res<Vec<Vec<u8>>> {
     (0..n)
         .map(|_| -> Res<Vec<u8>> {
             let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -197,12 +204,13 @@ async fn open_over_https(conn: &mut HttpClientConnection, body: Bytes) -> Res<()
     Ok(())
 }
 
-/// Over HTTPS: one kept-alive connection per requester, opened before the clock starts; each
-/// sends its share of requests one after the other. Wall ns per issuance.
-fn over_https(
+/// Over HTTPS: one kept-alive connection per requester, opened before the clock starts,
+/// round-robin over `addrs` (an L4 balancer's choice); each sends its share of requests one
+/// after the other. Wall ns per issuance.
+pub(crate) fn over_https(
     rt: &tokio::runtime::Runtime,
     client: &HttpClient,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     csrs: Vec<Vec<u8>>,
     requesters: usize,
 ) -> Res<f64> {
@@ -232,7 +240,8 @@ fn over_https(
     let parts = split(bodies, requesters);
     rt.block_on(async {
         let mut conns = Vec::with_capacity(requesters);
-        for _ in 0..requesters {
+        for i in 0..requesters {
+            let addr = *addrs.get(i % addrs.len().max(1)).ok_or("no address")?;
             conns.push(client.connect(addr, "ca.example.org").await?);
         }
         let start = Instant::now();
@@ -258,7 +267,7 @@ fn over_https(
 }
 
 /// A client of the service as `svc:platform` (its certificate issued by the operator).
-fn platform_client(dir: &Path) -> Res<HttpClient> {
+pub(crate) fn platform_client(dir: &Path) -> Res<HttpClient> {
     let ca = CertificateAuthority::open(dir)?;
     let key = TaskKey::generate(Algorithm::Es256)?;
     let c = ca.issue_service(
@@ -304,7 +313,7 @@ fn compare(parent: &Path, n: usize, rounds: usize) -> Res<Vec<(usize, f64, f64)>
         .enable_all()
         .build()?;
     // Warm both paths (connections, caches, the first fsyncs).
-    over_https(&rt, &client, service.addr, csrs(16)?, 4)?;
+    over_https(&rt, &client, &[service.addr], csrs(16)?, 4)?;
     in_process(&ca, csrs(16)?, 4)?;
     let mut out = Vec::new();
     for &k in &LEVELS {
@@ -313,9 +322,9 @@ fn compare(parent: &Path, n: usize, rounds: usize) -> Res<Vec<(usize, f64, f64)>
             let (x, y) = (csrs(n)?, csrs(n)?);
             if r % 2 == 0 {
                 a.push(in_process(&ca, x, k)?);
-                b.push(over_https(&rt, &client, service.addr, y, k)?);
+                b.push(over_https(&rt, &client, &[service.addr], y, k)?);
             } else {
-                b.push(over_https(&rt, &client, service.addr, y, k)?);
+                b.push(over_https(&rt, &client, &[service.addr], y, k)?);
                 a.push(in_process(&ca, x, k)?);
             }
         }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod ca_replicas;
 mod ca_revocation;
 mod ca_service;
 mod chains;
@@ -36,7 +37,8 @@ use crate::fixtures::Res;
 use crate::harness::Budget;
 use crate::report::Report;
 
-const USAGE: &str = "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-13)";
+const USAGE: &str =
+    "usage: agentid-bench [--quick] [--only N[,N...]]  (figures 1-13; 14 only with --only)";
 
 fn main() {
     if let Err(e) = run() {
@@ -55,8 +57,10 @@ fn run() -> Res<()> {
         return revocation::child(std::path::Path::new(path));
     }
     if args.first().map(String::as_str) == Some("--ca-service") {
-        let dir = args.get(1).ok_or("--ca-service DIR")?;
-        return ca_service::child(std::path::Path::new(dir));
+        let [_, dir, writer] = args.as_slice() else {
+            return Err("--ca-service DIR WRITER".into());
+        };
+        return ca_service::child(std::path::Path::new(dir), writer);
     }
     if args.first().map(String::as_str) == Some("--revocation-sessions") {
         let [_, dir, addr] = args.as_slice() else {
@@ -149,6 +153,9 @@ fn run() -> Res<()> {
     }
     if only.contains(&13) {
         ca_revocation::run(quick, &mut report)?;
+    }
+    if only.contains(&14) {
+        ca_replicas::run(quick, &mut report)?;
     }
     report.summary();
     println!("# finished in {:.1} s", started.elapsed().as_secs_f64());
