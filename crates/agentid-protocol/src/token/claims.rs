@@ -15,7 +15,7 @@ use crate::limits::Limits;
 use crate::scope::Scope;
 use crate::PublicKey;
 
-use super::members::{read_members, Members, Name, Raw};
+use super::members::{read_members, Members, Raw};
 
 /// Whether the grant's holder acts on its own or for a principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -296,73 +296,130 @@ impl TokenClaims for LinkClaims {
 
 // ---- Steps 3.c.2 to 3.c.5 on the members read in 3.c.1 ----
 
+/// The claim tables of sections 6.1 (grant) and 6.2 (link), as one table: the one home of the
+/// member names, their spelling, and which kind requires, allows or refuses each. It makes
+/// [`Name`] (the members step 3.c.1 reads) and the lists of steps 3.c.3 and 3.c.4
+/// ([`GRANT_NAMES`], [`GRANT_NEEDS`], [`LINK_NAMES`], [`LINK_NEEDS`]), all at compile time.
+macro_rules! claim_table {
+    ($($name:ident $spelling:literal $grant:ident $link:ident,)*) => {
+        /// The name of every member a grant or a link may have (the union of the tables of
+        /// sections 6.1 and 6.2). Which of them a kind allows is the caller's (step 3.c.3).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Name {
+            $($name,)*
+        }
+
+        /// Number of [`Name`]s.
+        pub(crate) const NAMES: usize = [$(Name::$name),*].len();
+
+        impl Name {
+            /// Every name, in the order of the enum (the index of a member's slot).
+            pub(crate) const ALL: [Name; NAMES] = [$(Name::$name),*];
+
+            /// The member name as the payload spells it.
+            pub(crate) const fn as_str(self) -> &'static str {
+                match self {
+                    $(Name::$name => $spelling,)*
+                }
+            }
+        }
+
+        /// Each member's presence in a grant and in a link.
+        const TABLE: [(Name, Presence, Presence); NAMES] =
+            [$((Name::$name, Presence::$grant, Presence::$link)),*];
+    };
+}
+
+// Rows in the order of both tables (each table is this one without its `Absent` rows). A grant's
+// `principal` is required iff `mode` is `on_behalf_of`, a check of step 3.c.5.
+claim_table! {
+    // member       spelling            grant       link
+    Ver             "ver"               Required    Required,
+    Iss             "iss"               Required    Required,
+    Sub             "sub"               Required    Required,
+    Cnf             "cnf"               Required    Required,
+    Prev            "prev"              Absent      Required,
+    Task            "task"              Required    Required,
+    Scope           "scope"             Required    Required,
+    Aud             "aud"               Optional    Optional,
+    Mode            "mode"              Required    Absent,
+    Principal       "principal"         Optional    Absent,
+    MaxDepth        "max_depth"         Required    Required,
+    Limits          "limits"            Optional    Optional,
+    MayDelegateTo   "may_delegate_to"   Optional    Optional,
+    Iat             "iat"               Required    Required,
+    Nbf             "nbf"               Required    Required,
+    Exp             "exp"               Required    Required,
+    Jti             "jti"               Required    Required,
+}
+
+/// A member's presence in one kind of token, as its claim table says.
+#[derive(Clone, Copy)]
+enum Presence {
+    Required,
+    Optional,
+    Absent,
+}
+
+/// Whether a member of presence `p` is in a list of the members a kind may have (`needs` false)
+/// or must have (`needs` true).
+const fn listed(p: Presence, needs: bool) -> bool {
+    match p {
+        Presence::Required => true,
+        Presence::Optional => !needs,
+        Presence::Absent => false,
+    }
+}
+
+/// The presence of the member of [`TABLE`] row `row` in a link (`link`) or a grant.
+#[allow(clippy::indexing_slicing)] // Evaluated at compile time only: out of range fails the build.
+const fn presence(row: usize, link: bool) -> Presence {
+    let (_, grant, in_link) = TABLE[row];
+    if link {
+        in_link
+    } else {
+        grant
+    }
+}
+
+/// How many members [`list`] lists.
+const fn count(link: bool, needs: bool) -> usize {
+    let mut n = 0;
+    let mut row = 0;
+    while row < NAMES {
+        if listed(presence(row, link), needs) {
+            n += 1;
+        }
+        row += 1;
+    }
+    n
+}
+
+/// The members a link (`link`) or a grant may have (`needs` false) or must have (`needs`
+/// true), in table order; `N` is their [`count`].
+#[allow(clippy::indexing_slicing)] // Evaluated at compile time only: out of range fails the build.
+const fn list<const N: usize>(link: bool, needs: bool) -> [Name; N] {
+    let mut out = [TABLE[0].0; N];
+    let mut n = 0;
+    let mut row = 0;
+    while row < NAMES {
+        if listed(presence(row, link), needs) {
+            out[n] = TABLE[row].0;
+            n += 1;
+        }
+        row += 1;
+    }
+    out
+}
+
 /// The members a grant may have (the table of section 6.1), in table order.
-pub(crate) const GRANT_NAMES: &[Name] = &[
-    Name::Ver,
-    Name::Iss,
-    Name::Sub,
-    Name::Cnf,
-    Name::Task,
-    Name::Scope,
-    Name::Aud,
-    Name::Mode,
-    Name::Principal,
-    Name::MaxDepth,
-    Name::Limits,
-    Name::MayDelegateTo,
-    Name::Iat,
-    Name::Nbf,
-    Name::Exp,
-    Name::Jti,
-];
+pub(crate) const GRANT_NAMES: &[Name] = &list::<{ count(false, false) }>(false, false);
 /// The members a grant must have (unconditionally), in table order.
-pub(crate) const GRANT_NEEDS: &[Name] = &[
-    Name::Ver,
-    Name::Iss,
-    Name::Sub,
-    Name::Cnf,
-    Name::Task,
-    Name::Scope,
-    Name::Mode,
-    Name::MaxDepth,
-    Name::Iat,
-    Name::Nbf,
-    Name::Exp,
-    Name::Jti,
-];
+pub(crate) const GRANT_NEEDS: &[Name] = &list::<{ count(false, true) }>(false, true);
 /// The members a link may have (the table of section 6.2), in table order.
-pub(crate) const LINK_NAMES: &[Name] = &[
-    Name::Ver,
-    Name::Iss,
-    Name::Sub,
-    Name::Cnf,
-    Name::Prev,
-    Name::Task,
-    Name::Scope,
-    Name::Aud,
-    Name::MaxDepth,
-    Name::Limits,
-    Name::MayDelegateTo,
-    Name::Iat,
-    Name::Nbf,
-    Name::Exp,
-    Name::Jti,
-];
+pub(crate) const LINK_NAMES: &[Name] = &list::<{ count(true, false) }>(true, false);
 /// The members a link must have, in table order.
-pub(crate) const LINK_NEEDS: &[Name] = &[
-    Name::Ver,
-    Name::Iss,
-    Name::Sub,
-    Name::Cnf,
-    Name::Prev,
-    Name::Task,
-    Name::Scope,
-    Name::MaxDepth,
-    Name::Iat,
-    Name::Nbf,
-    Name::Exp,
-    Name::Jti,
-];
+pub(crate) const LINK_NEEDS: &[Name] = &list::<{ count(true, true) }>(true, true);
 
 fn missing(name: Name) -> Error {
     Error::new(

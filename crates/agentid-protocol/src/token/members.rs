@@ -18,80 +18,11 @@ use core::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::claims::{Name, NAMES};
 use crate::encoding::StrictValue;
 use crate::error::{Error, ErrorCode, Result};
 
-/// The name of every member a grant or a link may have (the union of the tables of sections 6.1
-/// and 6.2). Which of them a kind allows is the caller's (step 3.c.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Name {
-    Ver,
-    Iss,
-    Sub,
-    Cnf,
-    Prev,
-    Task,
-    Scope,
-    Aud,
-    Mode,
-    Principal,
-    MaxDepth,
-    Limits,
-    MayDelegateTo,
-    Iat,
-    Nbf,
-    Exp,
-    Jti,
-}
-
-/// Number of [`Name`]s.
-const NAMES: usize = 17;
-
 impl Name {
-    /// Every name, in the order of the enum (the index of a member's slot).
-    const ALL: [Name; NAMES] = [
-        Name::Ver,
-        Name::Iss,
-        Name::Sub,
-        Name::Cnf,
-        Name::Prev,
-        Name::Task,
-        Name::Scope,
-        Name::Aud,
-        Name::Mode,
-        Name::Principal,
-        Name::MaxDepth,
-        Name::Limits,
-        Name::MayDelegateTo,
-        Name::Iat,
-        Name::Nbf,
-        Name::Exp,
-        Name::Jti,
-    ];
-
-    /// The member name as the payload spells it.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Name::Ver => "ver",
-            Name::Iss => "iss",
-            Name::Sub => "sub",
-            Name::Cnf => "cnf",
-            Name::Prev => "prev",
-            Name::Task => "task",
-            Name::Scope => "scope",
-            Name::Aud => "aud",
-            Name::Mode => "mode",
-            Name::Principal => "principal",
-            Name::MaxDepth => "max_depth",
-            Name::Limits => "limits",
-            Name::MayDelegateTo => "may_delegate_to",
-            Name::Iat => "iat",
-            Name::Nbf => "nbf",
-            Name::Exp => "exp",
-            Name::Jti => "jti",
-        }
-    }
-
     /// The name spelled `s` (already unescaped), if it is one.
     fn from_str(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|n| n.as_str() == s)

@@ -633,7 +633,7 @@ mod differential {
 
     #[test]
     fn the_claim_tables_agree() {
-        use super::super::members::Name;
+        use super::super::claims::Name;
         let names = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let of = |t: &[Name]| t.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
         assert_eq!(names(super::GRANT_CLAIMS), of(claims::GRANT_NAMES));
