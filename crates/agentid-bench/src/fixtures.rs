@@ -32,7 +32,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type Res<T> = Result<T, BoxError>;
 
 /// The deepest chain the protocol allows.
-pub const MAX_DEPTH: usize = 8;
+pub const MAX_DEPTH: usize = agentid_protocol::caps::MAX_DEPTH as usize;
 
 /// Now, Unix seconds.
 pub fn now() -> u64 {

@@ -6,19 +6,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use agentid_protocol::{IdSet, Limits, Scope, ScopeToken, SpiffeId};
+use agentid_protocol::{caps, IdSet, Limits, Scope, ScopeToken, SpiffeId};
 use serde::Deserialize;
 
 use crate::error::{CaError, Result};
 
 /// Longest grant lifetime allowed by the protocol (spec/PROTOCOL.md section 6.1: grant
-/// `exp - iat` <= 86400 s, 24 h).
-pub const MAX_GRANT_LIFETIME_SECS: u64 = 24 * 3600;
+/// `exp - iat` <= 86400 s, 24 h): the protocol's [`caps::MAX_TOKEN_LIFETIME`].
+pub const MAX_GRANT_LIFETIME_SECS: u64 = caps::MAX_TOKEN_LIFETIME;
 /// The CA service's own name (`spiffe://<td>/svc/agentid-ca`): it is issued to nobody else and
 /// holds no permissions.
 pub const RESERVED_SERVICE: &str = "agentid-ca";
 /// Deepest chain allowed by the protocol.
-pub const MAX_DEPTH: u8 = 8;
+pub use agentid_protocol::caps::MAX_DEPTH;
 
 /// Who asks the CA for a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,7 +289,10 @@ impl Policy {
             }
             let max_depth = a.max_depth.unwrap_or(0);
             if max_depth > MAX_DEPTH {
-                return Err(CaError::policy(format!("{base}.max_depth"), "at most 8"));
+                return Err(CaError::policy(
+                    format!("{base}.max_depth"),
+                    format!("at most {MAX_DEPTH}"),
+                ));
             }
             let requesters = a
                 .requesters
