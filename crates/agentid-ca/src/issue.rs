@@ -216,6 +216,62 @@ pub struct TaskCredentials {
     pub grant_exp: u64,
 }
 
+/// One issuance as [`CertificateAuthority::sign_and_commit`] commits it with the certificate
+/// it signs: the issuance and identity records of every kind come from here
+/// ([`Issuance::records`]), with the key binding, task, bootstrap token and revocation checks of
+/// the kind.
+struct Issuance<'a> {
+    kind: IssuanceKind,
+    /// The identity (the certificate's URI SAN).
+    uri: &'a str,
+    /// Agent name and task id (task identities only).
+    agent: Option<String>,
+    task: Option<String>,
+    /// Who asked.
+    requester: String,
+    /// Thumbprint and SubjectPublicKeyInfo DER of the key bound to the identity.
+    jkt: &'a str,
+    spki: &'a [u8],
+    /// The grant's `jti`, for task openings.
+    grant_jti: Option<String>,
+    /// The identity's cap; `None`: the new certificate's `notAfter`.
+    cap: Option<u64>,
+    binding: Binding,
+    task_record: Option<TaskRecord>,
+    bootstrap: Option<BootstrapRecord>,
+    /// Refused while any of these is revoked.
+    refuse: Vec<(RevocationKind, String)>,
+}
+
+impl Issuance<'_> {
+    /// The issuance and identity records of `leaf`, issued at `now`.
+    fn records(&self, leaf: &LeafCertificate, now: u64) -> (IssuanceRecord, IdentityRecord) {
+        (
+            IssuanceRecord {
+                serial: leaf.serial.clone(),
+                identity: self.uri.to_owned(),
+                kind: self.kind,
+                agent: self.agent.clone(),
+                task: self.task.clone(),
+                not_before: leaf.not_before,
+                not_after: leaf.not_after,
+                requester: self.requester.clone(),
+                jkt: self.jkt.to_owned(),
+                issued_at: now,
+                grant_jti: self.grant_jti.clone(),
+            },
+            IdentityRecord {
+                identity: self.uri.to_owned(),
+                jkt: self.jkt.to_owned(),
+                spki: self.spki.to_vec(),
+                agent: self.agent.clone(),
+                task: self.task.clone(),
+                cap: self.cap.unwrap_or(leaf.not_after),
+            },
+        )
+    }
+}
+
 fn secs(d: Duration) -> Result<u64> {
     if d.is_zero() {
         return Err(CaError::InvalidRequest("TTL must be positive".into()));
@@ -280,28 +336,17 @@ impl CertificateAuthority {
         Ok((now.saturating_sub(skew), not_after))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sign_and_commit(
         &self,
-        uri: &str,
         dns: &[String],
         key: &RequestedKey,
         validity: (u64, u64),
-        commit: impl FnOnce(
-            &LeafCertificate,
-        ) -> Result<(
-            IssuanceRecord,
-            IdentityRecord,
-            Binding,
-            Option<TaskRecord>,
-            Option<BootstrapRecord>,
-            Vec<(RevocationKind, String)>,
-        )>,
+        issuance: Issuance<'_>,
         now: u64,
     ) -> Result<LeafCertificate> {
         let leaf = sign_leaf(
             &LeafSpec {
-                uri,
+                uri: issuance.uri,
                 dns,
                 spki_der: &key.spki_der,
                 not_before: validity.0,
@@ -310,7 +355,14 @@ impl CertificateAuthority {
             &self.intermediate_der,
             self.issuer.as_ref(),
         )?;
-        let (record, identity, binding, task, bootstrap, refuse) = commit(&leaf)?;
+        let (record, identity) = issuance.records(&leaf, now);
+        let Issuance {
+            binding,
+            task_record: task,
+            bootstrap,
+            refuse,
+            ..
+        } = issuance;
         // The issuance's audit record, committed with it.
         let audit = AuditEvent {
             ts: now,
@@ -619,45 +671,30 @@ impl CertificateAuthority {
         }
 
         let leaf = self.sign_and_commit(
-            &uri,
             &[],
             &key,
             validity,
-            |leaf| {
-                Ok((
-                    IssuanceRecord {
-                        serial: leaf.serial.clone(),
-                        identity: uri.clone(),
-                        kind: IssuanceKind::Task,
-                        agent: Some(name.to_string()),
-                        task: Some(task.as_str().to_string()),
-                        not_before: leaf.not_before,
-                        not_after: leaf.not_after,
-                        requester: who.to_string(),
-                        jkt: jkt.clone(),
-                        issued_at: now,
-                        grant_jti: Some(jti.clone()),
-                    },
-                    IdentityRecord {
-                        identity: uri.clone(),
-                        jkt: jkt.clone(),
-                        spki: key.spki_der.clone(),
-                        agent: Some(name.to_string()),
-                        task: Some(task.as_str().to_string()),
-                        cap: grant_exp,
-                    },
-                    Binding::Fresh,
-                    Some(TaskRecord {
-                        task: task.as_str().to_string(),
-                        holder: uri.clone(),
-                        grant_jti: jti.clone(),
-                        exp: grant_exp,
-                        created: now,
-                        principal: principal.clone(),
-                    }),
-                    bootstrap,
-                    refuse,
-                ))
+            Issuance {
+                kind: IssuanceKind::Task,
+                uri: &uri,
+                agent: Some(name.to_string()),
+                task: Some(task.as_str().to_string()),
+                requester: who.to_string(),
+                jkt: &jkt,
+                spki: &key.spki_der,
+                grant_jti: Some(jti.clone()),
+                cap: Some(grant_exp),
+                binding: Binding::Fresh,
+                task_record: Some(TaskRecord {
+                    task: task.as_str().to_string(),
+                    holder: uri.clone(),
+                    grant_jti: jti.clone(),
+                    exp: grant_exp,
+                    created: now,
+                    principal: principal.clone(),
+                }),
+                bootstrap,
+                refuse,
             },
             now,
         )?;
@@ -761,44 +798,29 @@ impl CertificateAuthority {
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
         let leaf = self.sign_and_commit(
-            &uri,
             &[],
             &key,
             validity,
-            |leaf| {
-                Ok((
-                    IssuanceRecord {
-                        serial: leaf.serial.clone(),
-                        identity: uri.clone(),
-                        kind: IssuanceKind::Child,
-                        agent: Some(name.to_string()),
-                        task: Some(task.as_str().to_string()),
-                        not_before: leaf.not_before,
-                        not_after: leaf.not_after,
-                        requester: req.parent.as_str().to_string(),
-                        jkt: jkt.clone(),
-                        issued_at: now,
-                        grant_jti: None,
-                    },
-                    IdentityRecord {
-                        identity: uri.clone(),
-                        jkt: jkt.clone(),
-                        spki: key.spki_der.clone(),
-                        agent: Some(name.to_string()),
-                        task: Some(task.as_str().to_string()),
-                        cap,
-                    },
-                    Binding::FreshOrSameKey,
-                    None,
-                    None,
-                    vec![
-                        (RevocationKind::Agent, name.to_string()),
-                        (RevocationKind::Agent, parent_agent.name().to_string()),
-                        (RevocationKind::Task, task.as_str().to_string()),
-                        (RevocationKind::Jkt, jkt.clone()),
-                        (RevocationKind::Jkt, parent_rec.jkt.clone()),
-                    ],
-                ))
+            Issuance {
+                kind: IssuanceKind::Child,
+                uri: &uri,
+                agent: Some(name.to_string()),
+                task: Some(task.as_str().to_string()),
+                requester: req.parent.as_str().to_string(),
+                jkt: &jkt,
+                spki: &key.spki_der,
+                grant_jti: None,
+                cap: Some(cap),
+                binding: Binding::FreshOrSameKey,
+                task_record: None,
+                bootstrap: None,
+                refuse: vec![
+                    (RevocationKind::Agent, name.to_string()),
+                    (RevocationKind::Agent, parent_agent.name().to_string()),
+                    (RevocationKind::Task, task.as_str().to_string()),
+                    (RevocationKind::Jkt, jkt.clone()),
+                    (RevocationKind::Jkt, parent_rec.jkt.clone()),
+                ],
             },
             now,
         )?;
@@ -904,38 +926,23 @@ impl CertificateAuthority {
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
         let leaf = self.sign_and_commit(
-            &uri,
             &rule.dns,
             &key,
             validity,
-            |leaf| {
-                Ok((
-                    IssuanceRecord {
-                        serial: leaf.serial.clone(),
-                        identity: uri.clone(),
-                        kind: IssuanceKind::Service,
-                        agent: None,
-                        task: None,
-                        not_before: leaf.not_before,
-                        not_after: leaf.not_after,
-                        requester: who.into(),
-                        jkt: jkt.clone(),
-                        issued_at: now,
-                        grant_jti: None,
-                    },
-                    IdentityRecord {
-                        identity: uri.clone(),
-                        jkt: jkt.clone(),
-                        spki: key.spki_der.clone(),
-                        agent: None,
-                        task: None,
-                        cap: leaf.not_after,
-                    },
-                    Binding::Rebind,
-                    None,
-                    bootstrap.cloned(),
-                    vec![(RevocationKind::Jkt, jkt.clone())],
-                ))
+            Issuance {
+                kind: IssuanceKind::Service,
+                uri: &uri,
+                agent: None,
+                task: None,
+                requester: who.into(),
+                jkt: &jkt,
+                spki: &key.spki_der,
+                grant_jti: None,
+                cap: None,
+                binding: Binding::Rebind,
+                task_record: None,
+                bootstrap: bootstrap.cloned(),
+                refuse: vec![(RevocationKind::Jkt, jkt.clone())],
             },
             now,
         )?;
@@ -1031,43 +1038,24 @@ impl CertificateAuthority {
         refuse.push((RevocationKind::Jkt, jkt.clone()));
         let validity = self.validity(now, req.ttl, max_ttl, cap, &rule)?;
         let leaf = self.sign_and_commit(
-            &uri,
             &dns,
             &key,
             validity,
-            |leaf| {
-                Ok((
-                    IssuanceRecord {
-                        serial: leaf.serial.clone(),
-                        identity: uri.clone(),
-                        kind: IssuanceKind::Renewal,
-                        agent: agent.clone(),
-                        task: task.clone(),
-                        not_before: leaf.not_before,
-                        not_after: leaf.not_after,
-                        requester: actor.to_string(),
-                        jkt: jkt.clone(),
-                        issued_at: now,
-                        grant_jti: None,
-                    },
-                    IdentityRecord {
-                        identity: uri.clone(),
-                        jkt: jkt.clone(),
-                        spki: bound.spki.clone(),
-                        agent: agent.clone(),
-                        task: task.clone(),
-                        // Services: the cap follows the newest certificate; tasks keep theirs.
-                        cap: if task.is_some() {
-                            bound.cap
-                        } else {
-                            leaf.not_after
-                        },
-                    },
-                    Binding::SameKey,
-                    None,
-                    None,
-                    refuse,
-                ))
+            Issuance {
+                kind: IssuanceKind::Renewal,
+                uri: &uri,
+                // Services: the cap follows the newest certificate; tasks keep theirs.
+                cap: task.is_some().then_some(bound.cap),
+                agent,
+                task,
+                requester: actor.to_string(),
+                jkt: &jkt,
+                spki: &bound.spki,
+                grant_jti: None,
+                binding: Binding::SameKey,
+                task_record: None,
+                bootstrap: None,
+                refuse,
             },
             now,
         )?;
