@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_api::CertificateResponse;
+use agentid_ca::audit::{AuditBreak, VerifyReport};
 use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{
     CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
@@ -80,11 +81,17 @@ async fn replica(dir: &std::path::Path, i: usize) -> SocketAddr {
     })
     .await
     .unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (service, listener) = replica_service(ca).await;
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { service.serve(listener).await });
     addr
+}
+
+/// A replica's service on `ca` and its listener on 127.0.0.1 (not yet serving).
+async fn replica_service(ca: CertificateAuthority) -> (CaService, tokio::net::TcpListener) {
+    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (service, listener)
 }
 
 /// The operator's handle on the CA (its own writer), for tokens and the final checks.
@@ -95,6 +102,14 @@ async fn operator(dir: &std::path::Path) -> Arc<CertificateAuthority> {
     })
     .await
     .unwrap()
+}
+
+/// [`client`], made off the async workers.
+async fn new_client(op: &Arc<CertificateAuthority>) -> HttpClient {
+    let op = op.clone();
+    tokio::task::spawn_blocking(move || client(&op))
+        .await
+        .unwrap()
 }
 
 /// A client holding a new `worker` task, made by the operator.
@@ -200,6 +215,26 @@ struct Seen {
     refusals: HashMap<String, usize>,
 }
 
+/// The serials of the `planner` certificates the store holds, and the audit chains' verdict.
+async fn planner_serials(
+    op: &Arc<CertificateAuthority>,
+    dir: &std::path::Path,
+) -> (Vec<String>, Result<VerifyReport, AuditBreak>) {
+    let (op, dir) = (op.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let stored = op
+            .issuances()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.agent.as_deref() == Some("planner"))
+            .map(|r| r.serial)
+            .collect();
+        (stored, agentid_ca::audit::verify_dir(&dir).unwrap())
+    })
+    .await
+    .unwrap()
+}
+
 /// Issues through `replicas` replicas with 16 clients and checks the store.
 async fn replicas_issue_once(replicas: usize) {
     let Some(db) = db().await else { return };
@@ -225,10 +260,7 @@ async fn replicas_issue_once(replicas: usize) {
     // Each client's two connections, made one after the other before the clock starts.
     let mut conns = Vec::new();
     for j in 0..CLIENTS {
-        let op = op.clone();
-        let http = tokio::task::spawn_blocking(move || client(&op))
-            .await
-            .unwrap();
+        let http = new_client(&op).await;
         let (a, b) = (addrs[j % replicas], addrs[(j + 1) % replicas]);
         let ca = http.connect(a, "ca.example.org").await.unwrap();
         let cb = http.connect(b, "ca.example.org").await.unwrap();
@@ -300,21 +332,7 @@ async fn replicas_issue_once(replicas: usize) {
     // own task certificates).
     let serials: HashSet<&String> = issued.iter().map(|(_, s)| s).collect();
     let dup = issued.len() - serials.len();
-    let (stored, report) = {
-        let (op, dir) = (op.clone(), db.dir.path().to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let stored: Vec<String> = op
-                .issuances()
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.agent.as_deref() == Some("planner"))
-                .map(|r| r.serial)
-                .collect();
-            (stored, agentid_ca::audit::verify_dir(&dir).unwrap())
-        })
-        .await
-        .unwrap()
-    };
+    let (stored, report) = planner_serials(&op, db.dir.path()).await;
     let stored_set: HashSet<&String> = stored.iter().collect();
     println!(
         "replicas={replicas} clients={CLIENTS} issued={} stored={} refusals={refusals:?} \
@@ -456,12 +474,7 @@ async fn a_database_outage_answers_store_unavailable_and_loses_nothing() {
     let op = operator(db.dir.path()).await;
     let per_phase = 16;
     let toks = tokens(&op, "outage", per_phase * 3).await;
-    let http = {
-        let op = op.clone();
-        tokio::task::spawn_blocking(move || client(&op))
-            .await
-            .unwrap()
-    };
+    let http = new_client(&op).await;
     let mut ca = http.connect(a, "ca.example.org").await.unwrap();
     let mut cb = http.connect(b, "ca.example.org").await.unwrap();
     let mut issued = Vec::new();
@@ -519,21 +532,8 @@ async fn a_database_outage_answers_store_unavailable_and_loses_nothing() {
                 .serial,
         );
     }
-    let (stored, report) = {
-        let (op, dir) = (op.clone(), db.dir.path().to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let stored: HashSet<String> = op
-                .issuances()
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.agent.as_deref() == Some("planner"))
-                .map(|r| r.serial)
-                .collect();
-            (stored, agentid_ca::audit::verify_dir(&dir).unwrap())
-        })
-        .await
-        .unwrap()
-    };
+    let (stored, report) = planner_serials(&op, db.dir.path()).await;
+    let stored: HashSet<String> = stored.into_iter().collect();
     let issued_set: HashSet<String> = issued.iter().cloned().collect();
     println!(
         "before={per_phase} unavailable={unavailable} after={} stored={}",
@@ -564,8 +564,7 @@ fn replica_child_serve() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ca = CertificateAuthority::open_as(std::path::Path::new(dir), writer).unwrap();
-        let service = CaService::new(ca, ServiceOptions::default()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (service, listener) = replica_service(ca).await;
         println!("LISTENING {}", listener.local_addr().unwrap());
         let _ = tokio::time::timeout(Duration::from_secs(300), service.serve(listener)).await;
     });
@@ -628,12 +627,7 @@ async fn a_killed_replica_leaves_the_others_serving_and_loses_nothing() {
     let done_before_kill = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::new();
     for j in 0..CLIENTS {
-        let http = {
-            let op = op.clone();
-            tokio::task::spawn_blocking(move || client(&op))
-                .await
-                .unwrap()
-        };
+        let http = new_client(&op).await;
         let toks = toks.clone();
         let done = done_before_kill.clone();
         handles.push(tokio::spawn(async move {
@@ -706,21 +700,8 @@ async fn a_killed_replica_leaves_the_others_serving_and_loses_nothing() {
     let before_kill = killer.await.unwrap();
     let _ = survivor.kill();
     let _ = survivor.wait();
-    let (stored, report) = {
-        let (op, dir) = (op.clone(), db.dir.path().to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let stored: HashSet<String> = op
-                .issuances()
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.agent.as_deref() == Some("planner"))
-                .map(|r| r.serial)
-                .collect();
-            (stored, agentid_ca::audit::verify_dir(&dir).unwrap())
-        })
-        .await
-        .unwrap()
-    };
+    let (stored, report) = planner_serials(&op, db.dir.path()).await;
+    let stored: HashSet<String> = stored.into_iter().collect();
     let returned: HashSet<&String> = issued.iter().collect();
     let missing = returned.iter().filter(|s| !stored.contains(**s)).count();
     println!(
