@@ -8,17 +8,25 @@ use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 
 use crate::error::{CaError, Result};
 
-/// The key algorithms of the CA hierarchy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// The key types of agentid, as configuration and the command line name them (`p256`,
+/// `ed25519`): the keys of the CA hierarchy and task keys. Each is the key of one protocol
+/// [`Algorithm`](agentid_protocol::Algorithm) ([`KeyType::algorithm`]).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyType {
     /// ECDSA on P-256 with SHA-256 (the default: widest interoperability).
+    #[default]
     P256,
     /// Ed25519.
     Ed25519,
 }
 
 impl KeyType {
+    /// Every key type, the default first.
+    pub const ALL: [KeyType; 2] = [KeyType::P256, KeyType::Ed25519];
+
     pub(crate) fn rcgen_alg(self) -> &'static SignatureAlgorithm {
         match self {
             KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,

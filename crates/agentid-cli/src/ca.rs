@@ -7,7 +7,7 @@ use agentid_ca::{init_ca, InitOptions};
 use agentid_protocol::TrustDomain;
 use serde_json::json;
 
-use crate::common::{print_json, print_text, Format, FormatArg, KeyType};
+use crate::common::{key_type_parser, print_json, print_text, Format, FormatArg, KeyType};
 use crate::error::{bad_arg, CliResult, Context};
 
 /// `ca` subcommands.
@@ -65,7 +65,7 @@ pub struct InitArgs {
     #[arg(long)]
     pub dir: PathBuf,
     /// Key type of the CA hierarchy and the authority keys.
-    #[arg(long, value_enum, default_value_t = KeyType::P256)]
+    #[arg(long, value_parser = key_type_parser(), default_value_t = KeyType::P256)]
     pub key_type: KeyType,
     /// The store: `sqlite` (default, `ca.db` in DIR) or `postgres://USER@HOST[:PORT]/DB`, a
     /// database that several `ca serve` replicas share (needs agentid built with the
@@ -96,10 +96,7 @@ pub fn run(cmd: &CaCommand) -> CliResult {
 fn init(args: &InitArgs) -> CliResult {
     let td = parse_trust_domain(&args.trust_domain)?;
     let mut opts = InitOptions::new(td);
-    opts.key_type = match args.key_type {
-        KeyType::P256 => agentid_ca::KeyType::P256,
-        KeyType::Ed25519 => agentid_ca::KeyType::Ed25519,
-    };
+    opts.key_type = args.key_type;
     if let Some(store) = &args.store {
         agentid_ca::config::check_store(store).context("bad --store")?;
         opts.store = (store != "sqlite").then(|| store.clone());

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentid_protocol::Algorithm;
 use serde_json::Value;
 
 use crate::error::{CliError, CliResult, Context};
@@ -25,24 +24,20 @@ pub struct FormatArg {
     pub format: Format,
 }
 
-/// Task key type.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyType {
-    /// ECDSA P-256 (widest interoperability).
-    #[default]
-    P256,
-    /// Ed25519.
-    Ed25519,
-}
+/// Key type of `--key-type`: the one of the CA crate, with its spelling (`p256`, `ed25519`) and
+/// its JWS algorithm ([`KeyType::algorithm`]).
+pub use agentid_ca::KeyType;
 
-impl KeyType {
-    /// The JWS algorithm of keys of this type.
-    pub fn algorithm(self) -> Algorithm {
-        match self {
-            KeyType::P256 => Algorithm::Es256,
-            KeyType::Ed25519 => Algorithm::Ed25519,
-        }
-    }
+/// The value parser of `--key-type`: one of the [`KeyType`] names, each with its help line.
+pub fn key_type_parser() -> impl clap::builder::TypedValueParser<Value = KeyType> {
+    use clap::builder::TypedValueParser as _;
+    let values = KeyType::ALL.map(|k| {
+        clap::builder::PossibleValue::new(k.as_str()).help(match k {
+            KeyType::P256 => "ECDSA P-256 (widest interoperability)",
+            KeyType::Ed25519 => "Ed25519",
+        })
+    });
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<KeyType>())
 }
 
 /// Prints a JSON document on stdout.

@@ -15,7 +15,9 @@ use agentid_transport::PeerVerification;
 use serde_json::json;
 
 use crate::cert::grant_opts::parse_task;
-use crate::common::{parse_duration, print_json, print_text, rfc3339, Format, FormatArg, KeyType};
+use crate::common::{
+    key_type_parser, parse_duration, print_json, print_text, rfc3339, Format, FormatArg, KeyType,
+};
 use crate::error::{CliError, CliResult, Context};
 use crate::files;
 
@@ -239,7 +241,7 @@ pub struct EnrollArgs {
     #[arg(long)]
     pub out_dir: PathBuf,
     /// Type of the key made here.
-    #[arg(long, value_enum, default_value_t = KeyType::P256)]
+    #[arg(long, value_parser = key_type_parser(), default_value_t = KeyType::P256)]
     pub key_type: KeyType,
     #[command(flatten)]
     pub format: FormatArg,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::grant_opts::{parse_task, GrantOpts};
 use super::{cert_json, cert_text, make_csr, write_cert_and_bundles, CaDirArg, TtlArg, Written};
-use crate::common::{print_json, print_text, rfc3339, Format, FormatArg, KeyType};
+use crate::common::{key_type_parser, print_json, print_text, rfc3339, Format, FormatArg, KeyType};
 use crate::error::{ArgContext, CliError, CliResult, Context};
 use crate::files;
 
@@ -47,7 +47,7 @@ pub struct IssueArgs {
     #[command(flatten)]
     pub grant: GrantOpts,
     /// Type of the key made here.
-    #[arg(long, value_enum, default_value_t = KeyType::P256)]
+    #[arg(long, value_parser = key_type_parser(), default_value_t = KeyType::P256)]
     pub key_type: KeyType,
     /// Where to write the files (default: `./NAME`); never inside the CA directory.
     #[arg(long)]
