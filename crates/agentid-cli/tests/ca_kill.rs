@@ -14,11 +14,10 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use agentid_api::CertificateResponse;
@@ -28,7 +27,7 @@ use agentid_transport::{PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use support::Env;
+use support::{CaServe, Env};
 
 const POLICY: &str = r#"
 [defaults]
@@ -60,27 +59,14 @@ fn size() -> usize {
 
 /// `agentid ca serve` with an enrollment listener; killed (SIGKILL) when dropped.
 struct Server {
-    child: std::process::Child,
+    _process: CaServe,
     enroll: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(env: &Env) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .env_remove("AGENTID_LOG")
-        .env_remove("RUST_LOG")
-        .args([
-            "ca",
-            "serve",
-            "--ca",
-            "ca",
+    let process = CaServe::start(
+        env,
+        &[
             "--listen",
             "127.0.0.1:0",
             "--enroll-listen",
@@ -91,35 +77,13 @@ fn serve(env: &Env) -> Server {
             "1000000",
             "--enroll-pending-per-source",
             "64",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // Guarded from here: a failed wait below kills the process.
-    let mut server = Server {
-        child,
-        enroll: SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            let _ = tx.send(std::mem::take(&mut line));
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("ca serve printed its addresses");
-        if let Some(a) = line.trim().strip_prefix("enrollment listening on ") {
-            server.enroll = a.parse().unwrap();
-            return server;
-        }
+        ],
+        Stdio::null(),
+    );
+    let enroll = process.find_addr("enrollment listening on ");
+    Server {
+        _process: process,
+        enroll,
     }
 }
 

@@ -5,13 +5,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{mode, Env};
+use support::{mode, CaService, Env};
 
 const POLICY: &str = r#"
 [defaults]
@@ -47,28 +44,7 @@ requesters = ["operator"]
 requesters = ["operator"]
 "#;
 
-/// Kills the server when the test ends, whatever happens.
-struct Server {
-    child: std::process::Child,
-    mtls: SocketAddr,
-    enroll: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn url(&self) -> String {
-        format!("https://{}", self.mtls)
-    }
-    fn enroll_url(&self) -> String {
-        format!("https://{}", self.enroll)
-    }
-}
+type Server = CaService;
 
 /// A CA in `env` with [`POLICY`], service credentials for `platform` and `weak`, and
 /// `ca serve` running with both listeners.
@@ -76,54 +52,7 @@ fn serve(env: &Env) -> Server {
     std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
     env.ok("cert issue --ca ca --service platform --out-dir platform");
     env.ok("cert issue --ca ca --service weak --out-dir weak");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "ca",
-            "serve",
-            "--ca",
-            "ca",
-            "--listen",
-            "127.0.0.1:0",
-            "--enroll-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        for _ in 0..2 {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let _ = tx.send(line);
-        }
-        // Keep the pipe open (and drained) while the server runs.
-        let mut sink = String::new();
-        while r.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    let addr = |prefix: &str| -> SocketAddr {
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        line.trim()
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    let mtls = addr("listening on ");
-    let enroll = addr("enrollment listening on ");
-    Server {
-        child,
-        mtls,
-        enroll,
-    }
+    CaService::start(env, &[])
 }
 
 /// Issuances the CA's store holds (read beside the running service).

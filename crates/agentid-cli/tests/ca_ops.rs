@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::Env;
+use support::{CaService, Env};
 
 const POLICY: &str = r#"
 [defaults]
@@ -35,27 +34,16 @@ requesters = ["operator"]
 requesters = ["operator"]
 "#;
 
-/// Kills the server when the test ends, whatever happens.
+/// The service with its metrics listener too.
 struct Server {
-    child: std::process::Child,
-    mtls: SocketAddr,
-    enroll: SocketAddr,
+    service: CaService,
     metrics: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn url(&self) -> String {
-        format!("https://{}", self.mtls)
-    }
-    fn enroll_url(&self) -> String {
-        format!("https://{}", self.enroll)
+impl std::ops::Deref for Server {
+    type Target = CaService;
+    fn deref(&self) -> &CaService {
+        &self.service
     }
 }
 
@@ -64,50 +52,9 @@ impl Server {
 fn serve(env: &Env) -> Server {
     std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
     env.ok("cert issue --ca ca --service platform --out-dir platform");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "ca",
-            "serve",
-            "--ca",
-            "ca",
-            "--listen",
-            "127.0.0.1:0",
-            "--enroll-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            let _ = tx.send(std::mem::take(&mut line));
-        }
-    });
-    let addr = |prefix: &str| -> SocketAddr {
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        line.trim()
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    let mtls = addr("listening on ");
-    let enroll = addr("enrollment listening on ");
-    let metrics = addr("metrics listening on ");
-    Server {
-        child,
-        mtls,
-        enroll,
-        metrics,
-    }
+    let service = CaService::start(env, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = service.process.next_addr("metrics listening on ");
+    Server { service, metrics }
 }
 
 /// One plain HTTP/1.1 request; the status code and the body.

@@ -3,8 +3,13 @@
 //! `agentid: ...` line on stderr, never a panic or a backtrace).
 #![allow(dead_code, reason = "each test binary uses a subset")]
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -223,4 +228,109 @@ pub fn openssl_csr(dir: &Path, name: &str, extra: &[&str]) {
     args.extend(["-subj", "/CN=ignored", "-keyout", &key, "-out", &csr]);
     args.extend_from_slice(extra);
     openssl(dir, &args);
+}
+
+/// `agentid ca serve --ca ca ARGS` running in an [`Env`] on 127.0.0.1, its stdout read (and
+/// drained) by a thread line by line; killed (SIGKILL) and reaped when dropped, whatever happens.
+pub struct CaServe {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for CaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CaServe {
+    /// How long the service may take to print each address.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// Starts `agentid ca serve --ca ca` with `args` in `env`'s directory, its stderr to `stderr`.
+    pub fn start(env: &Env, args: &[&str], stderr: Stdio) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentid"))
+            .current_dir(env.path(""))
+            .env_remove("AGENTID_LOG")
+            .env_remove("RUST_LOG")
+            .args(["ca", "serve", "--ca", "ca"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Guarded from here: a failed wait kills the process.
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = tx.send(std::mem::take(&mut line));
+            }
+        });
+        CaServe { child, lines }
+    }
+
+    /// The address on the next line the service prints, which must read `PREFIX ADDRESS`.
+    pub fn next_addr(&self, prefix: &str) -> SocketAddr {
+        let line = self.lines.recv_timeout(Self::WAIT).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// The address on the first line from now on that reads `PREFIX ADDRESS`, other lines
+    /// passed over.
+    pub fn find_addr(&self, prefix: &str) -> SocketAddr {
+        let deadline = Instant::now() + Self::WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("ca serve printed its addresses");
+            if let Some(a) = line.trim().strip_prefix(prefix) {
+                return a.parse().unwrap();
+            }
+        }
+    }
+}
+
+/// `agentid ca serve` with its mTLS and enrollment listeners (and `extra` arguments), both
+/// addresses read as the service prints them.
+pub struct CaService {
+    /// The process (with the listeners `extra` asks for still to be read).
+    pub process: CaServe,
+    pub mtls: SocketAddr,
+    pub enroll: SocketAddr,
+}
+
+impl CaService {
+    /// Starts it in `env` (whose CA and policy are ready), its stderr inherited.
+    pub fn start(env: &Env, extra: &[&str]) -> Self {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let process = CaServe::start(env, &args, Stdio::inherit());
+        let mtls = process.next_addr("listening on ");
+        let enroll = process.next_addr("enrollment listening on ");
+        CaService {
+            process,
+            mtls,
+            enroll,
+        }
+    }
+
+    /// The CA API's URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.mtls)
+    }
+
+    /// The enrollment URL.
+    pub fn enroll_url(&self) -> String {
+        format!("https://{}", self.enroll)
+    }
 }
