@@ -145,7 +145,7 @@ fn ca_with(dir: &Path, store: Box<dyn Store>, audit: AuditLog) -> Res<Certificat
 }
 
 /// `n` fresh P-256 keys as CSRs (made before the clock starts).
-fn csrs(n: usize) -> Res<Vec<Vec<u8>>> {
+pub(crate) fn csrs(n: usize) -> Res<Vec<Vec<u8>>> {
     (0..n)
         .map(|_| -> Res<Vec<u8>> {
             let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -181,17 +181,28 @@ fn issue_all(ca: &CertificateAuthority, csrs: Vec<Vec<u8>>, rounds: usize) -> Re
     Ok(median(&mut samples))
 }
 
-/// Issues one task certificate + grant per CSR from `threads` concurrent issuers; returns the
-/// wall-clock ns per issuance.
-fn issue_concurrently(ca: &CertificateAuthority, csrs: Vec<Vec<u8>>, threads: usize) -> Res<f64> {
-    let scope = Scope::parse("repo:read")?;
-    let n = csrs.len();
-    let mut parts: Vec<Vec<Vec<u8>>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, der) in csrs.into_iter().enumerate() {
-        if let Some(p) = parts.get_mut(i % threads) {
-            p.push(der);
+/// Splits `v` round-robin into `k` parts.
+pub(crate) fn split<T>(v: Vec<T>, k: usize) -> Vec<Vec<T>> {
+    let mut parts: Vec<Vec<T>> = (0..k).map(|_| Vec::new()).collect();
+    for (i, x) in v.into_iter().enumerate() {
+        if let Some(p) = parts.get_mut(i % k) {
+            p.push(x);
         }
     }
+    parts
+}
+
+/// Issues one task certificate + grant per CSR from `threads` concurrent issuers, each request
+/// from `requester`; returns the wall-clock ns per issuance.
+pub(crate) fn issue_concurrently(
+    ca: &CertificateAuthority,
+    csrs: Vec<Vec<u8>>,
+    threads: usize,
+    requester: &TaskRequester,
+) -> Res<f64> {
+    let scope = Scope::parse("repo:read")?;
+    let n = csrs.len();
+    let parts = split(csrs, threads);
     let start = Instant::now();
     std::thread::scope(|s| -> Res<()> {
         let handles: Vec<_> = parts
@@ -203,7 +214,7 @@ fn issue_concurrently(ca: &CertificateAuthority, csrs: Vec<Vec<u8>>, threads: us
                         let req = OpenTaskRequest::new(
                             "worker",
                             KeySource::Csr(der),
-                            TaskRequester::Operator,
+                            requester.clone(),
                             scope.clone(),
                         );
                         ca.open_task(&req, SystemTime::now())?;
@@ -274,7 +285,7 @@ pub fn run(pki: &Pki, ops: &SigOps, quick: bool, report: &mut Report) -> Res<()>
     let t_tmpfs = issue_all(&on_tmpfs, csrs(n_store)?, rounds)?;
     let t_sqlite = issue_all(&sqlite_only, csrs(n_store)?, rounds)?;
     let t_durable = issue_all(&durable, csrs(n_store)?, rounds)?;
-    let t_durable2 = issue_concurrently(&durable, csrs(n_store)?, 2)?;
+    let t_durable2 = issue_concurrently(&durable, csrs(n_store)?, 2, &TaskRequester::Operator)?;
     let t_fsync = fsync_ns(dir, if quick { 50 } else { 200 })?;
     // One CSR signature verification, the leaf signature and the grant signature.
     let limit = ops.p256_verify + ops.p256_sign_asn1 + ops.p256_sign;

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use agentid_ca::{CertificateAuthority, KeySource, OpenTaskRequest, ServiceRequest, TaskRequester};
-use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
+use agentid_ca::{CertificateAuthority, KeySource, ServiceRequest, TaskRequester};
+use agentid_protocol::{Algorithm, BundleSet, PeerId, SpiffeId, TaskKey, VerifierConfig};
 use agentid_transport::http::{HttpClient, HttpClientConnection};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +24,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use rustls_pki_types::CertificateDer;
 
+pub(crate) use crate::ca::csrs;
+use crate::ca::{issue_concurrently, split};
 use crate::fixtures::Res;
 use crate::harness::median;
 use crate::report::{Report, Target};
@@ -120,61 +122,14 @@ pub fn child(dir: &Path, writer: &str) -> Res<()> {
     })
 }
 
-/// `n` fresh P-256 keys as CSRs.
-pub(crate) fn csrs(n: usize) -> Res<Vec<Vec<u8>>> {
-    (0..n)
-        .map(|_| -> Res<Vec<u8>> {
-            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            Ok(rcgen::CertificateParams::new(Vec::<String>::new())?
-                .serialize_request(&kp)?
-                .der()
-                .to_vec())
-        })
-        .collect()
-}
-
-/// Splits `v` round-robin into `k` parts.
-fn split<T>(v: Vec<T>, k: usize) -> Vec<Vec<T>> {
-    let mut parts: Vec<Vec<T>> = (0..k).map(|_| Vec::new()).collect();
-    for (i, x) in v.into_iter().enumerate() {
-        if let Some(p) = parts.get_mut(i % k) {
-            p.push(x);
-        }
-    }
-    parts
-}
-
 /// In-process: `threads` threads calling `open_task` as `svc:platform`; wall ns per issuance.
 fn in_process(ca: &CertificateAuthority, csrs: Vec<Vec<u8>>, threads: usize) -> Res<f64> {
-    let scope = Scope::parse("repo:read")?;
-    let n = csrs.len();
-    let parts = split(csrs, threads);
-    let start = Instant::now();
-    std::thread::scope(|s| -> Res<()> {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| {
-                let scope = scope.clone();
-                s.spawn(move || -> agentid_ca::Result<()> {
-                    for der in part {
-                        let req = OpenTaskRequest::new(
-                            "worker",
-                            KeySource::Csr(der),
-                            TaskRequester::Service("platform".into()),
-                            scope.clone(),
-                        );
-                        ca.open_task(&req, SystemTime::now())?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().map_err(|_| "issuer thread panicked")??;
-        }
-        Ok(())
-    })?;
-    Ok(start.elapsed().as_nanos() as f64 / n as f64)
+    issue_concurrently(
+        ca,
+        csrs,
+        threads,
+        &TaskRequester::Service("platform".into()),
+    )
 }
 
 /// One `POST /v1/tasks` on a kept-alive connection; an error unless the CA issued.
