@@ -31,6 +31,26 @@ pub enum RequesterKind {
     Parent(String),
 }
 
+/// `Ok` if `requester` is one of the `requesters` a rule lists, else `Unauthorized` naming
+/// `who`, the `subject` asked for and the `rule`.
+fn listed(
+    requesters: &[RequesterKind],
+    requester: &RequesterKind,
+    who: &str,
+    subject: &str,
+    rule: impl FnOnce() -> String,
+) -> Result<()> {
+    if requesters.contains(requester) {
+        Ok(())
+    } else {
+        Err(CaError::Unauthorized {
+            requester: who.to_string(),
+            subject: subject.to_string(),
+            rule: rule(),
+        })
+    }
+}
+
 impl RequesterKind {
     fn parse(s: &str, rule: &str) -> Result<Self> {
         match s {
@@ -491,15 +511,9 @@ impl Policy {
         subject: &str,
     ) -> Result<()> {
         let rule = self.agent(name)?;
-        if rule.requesters.contains(requester) {
-            Ok(())
-        } else {
-            Err(CaError::Unauthorized {
-                requester: who.to_string(),
-                subject: subject.to_string(),
-                rule: format!("agents.{name}.requesters"),
-            })
-        }
+        listed(&rule.requesters, requester, who, subject, || {
+            format!("agents.{name}.requesters")
+        })
     }
 
     /// Whether service `service` holds `permission` for agent `name` (rule
@@ -550,14 +564,8 @@ impl Policy {
         subject: &str,
     ) -> Result<()> {
         let rule = self.service(name)?;
-        if rule.requesters.contains(requester) {
-            Ok(())
-        } else {
-            Err(CaError::Unauthorized {
-                requester: who.to_string(),
-                subject: subject.to_string(),
-                rule: format!("services.{name}.requesters"),
-            })
-        }
+        listed(&rule.requesters, requester, who, subject, || {
+            format!("services.{name}.requesters")
+        })
     }
 }
