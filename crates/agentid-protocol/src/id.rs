@@ -22,7 +22,6 @@
 //! ```
 
 use core::fmt;
-use core::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -511,24 +510,7 @@ macro_rules! string_like {
                 write!(f, concat!(stringify!($ty), "({:?})"), self.as_str())
             }
         }
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
-        impl TryFrom<String> for $ty {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self> {
-                Self::parse(&s)
-            }
-        }
-        impl TryFrom<&str> for $ty {
-            type Error = Error;
-            fn try_from(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
+        parse_conversions!($ty);
         impl From<$ty> for String {
             fn from(v: $ty) -> String {
                 v.as_str().to_owned()

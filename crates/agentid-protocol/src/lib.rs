@@ -103,6 +103,31 @@
 //! `danger` (raw token signing for vector generators).
 #![forbid(unsafe_code)]
 
+/// `FromStr`, `TryFrom<String>` and `TryFrom<&str>` of each type, all by its `parse(&str)`: the
+/// one home of these conversions for the string-like types (IDs, scopes, token references).
+macro_rules! parse_conversions {
+    ($($ty:ident),*) => {$(
+        impl core::str::FromStr for $ty {
+            type Err = crate::error::Error;
+            fn from_str(s: &str) -> crate::error::Result<Self> {
+                Self::parse(s)
+            }
+        }
+        impl TryFrom<String> for $ty {
+            type Error = crate::error::Error;
+            fn try_from(s: String) -> crate::error::Result<Self> {
+                Self::parse(&s)
+            }
+        }
+        impl TryFrom<&str> for $ty {
+            type Error = crate::error::Error;
+            fn try_from(s: &str) -> crate::error::Result<Self> {
+                Self::parse(s)
+            }
+        }
+    )*};
+}
+
 mod attenuation;
 mod audience;
 mod bundle;

@@ -6,7 +6,6 @@
 //! a store lookup made from it cannot fail later on its syntax.
 
 use core::fmt;
-use core::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,26 +33,7 @@ macro_rules! string_newtype {
             }
         }
 
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
-
-        impl TryFrom<String> for $ty {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self> {
-                Self::parse(&s)
-            }
-        }
-
-        impl TryFrom<&str> for $ty {
-            type Error = Error;
-            fn try_from(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
+        parse_conversions!($ty);
 
         impl From<$ty> for String {
             fn from(v: $ty) -> String {

@@ -10,7 +10,6 @@
 //! ```
 
 use core::fmt;
-use core::str::FromStr;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
@@ -197,24 +196,7 @@ impl fmt::Debug for ScopeToken {
 
 macro_rules! parsed_from_string {
     ($($ty:ident),*) => {$(
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
-        impl TryFrom<String> for $ty {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self> {
-                Self::parse(&s)
-            }
-        }
-        impl TryFrom<&str> for $ty {
-            type Error = Error;
-            fn try_from(s: &str) -> Result<Self> {
-                Self::parse(s)
-            }
-        }
+        parse_conversions!($ty);
         impl From<$ty> for String {
             fn from(v: $ty) -> String {
                 v.to_string()
