@@ -420,7 +420,7 @@ impl<'de> Visitor<'de> for EntrySeed<'_> {
         let err = |e: Error| -> A::Error { de::Error::custom(e.detail()) };
         let digest = match strs {
             [Some(iss), Some(jti), None, None, None] => {
-                if !self.last_iss.as_ref().is_some_and(|(s, _)| *s == *iss) {
+                if self.last_iss.as_ref().is_none_or(|(s, _)| *s != *iss) {
                     let id = SpiffeId::parse(&iss).map_err(err)?;
                     check_jti_issuer(&id, self.domain).map_err(err)?;
                     *self.last_iss = Some((iss.into_owned(), id));
