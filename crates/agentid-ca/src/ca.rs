@@ -1,14 +1,16 @@
 //! The certificate authority: loading its material, bundles, bootstrap tokens, revocation.
 //! Issuance itself is in [`crate::issue`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
-    AgentId, AuthorityKey, Jkt, Jti, JwsSigner, PublicKey, RevocationListBuilder, Serial, TaskId,
-    TaskIdentity, TrustBundle, TrustDomain,
+    AgentId, AuthorityKey, EncodedEntry, Jkt, Jti, JwsSigner, PublicKey, RevocationEntry,
+    RevocationListBuilder, RevocationTarget, Serial, TaskId, TaskIdentity, TrustBundle,
+    TrustDomain,
 };
 
 use crate::audit::{AuditEvent, AuditLog, CheckpointClaims, CheckpointRecord};
@@ -79,7 +81,15 @@ pub struct CertificateAuthority {
     audit_pending: AtomicU64,
     /// When the checkpoint state was last checked, Unix seconds.
     audit_checked_at: AtomicU64,
+    /// The entries of the last revocation list this process signed, written, by kind and value
+    /// with the `exp` they were written for: the next list re-writes only the others. An
+    /// entry's writing depends on its kind, value, `exp` and the trust domain alone, so what is
+    /// kept stays right whether or not that list's transaction committed.
+    published_entries: Mutex<EntryCache>,
 }
+
+/// Written list entries by (kind, value), each with the `exp` it was written for.
+type EntryCache = HashMap<(RevocationKind, String), (u64, EncodedEntry)>;
 
 impl core::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -246,6 +256,7 @@ impl CertificateAuthority {
             audit_signer: p.audit_signer,
             audit_pending: AtomicU64::new(0),
             audit_checked_at: AtomicU64::new(0),
+            published_entries: Mutex::new(HashMap::new()),
         })
     }
 
@@ -632,42 +643,44 @@ impl CertificateAuthority {
 
     /// Publishes the next revocation list: one store transaction takes the next `seq`, reads
     /// the entries, signs, stores the list (every replica serves it from there) and its audit
-    /// record.
+    /// record. The entries are written once: an entry of the last list this process published,
+    /// with the same kind, value and `exp`, is reused as written (the writing depends on
+    /// nothing else), so a list costs the new entries plus copying and signing the whole.
     pub fn publish_revocations(&self, now: SystemTime) -> Result<PublishedList> {
         let now_s = util::unix(now)?;
         let td = self.config.trust_domain.clone();
         let next_update = now_s.saturating_add(self.config.revocation_next_update_secs);
         let signer = self.revocation_signer.as_ref();
+        // Taken before the store, as every publication does: one publication at a time here.
+        let mut cache = self
+            .published_entries
+            .lock()
+            .map_err(|_| CaError::Store("entry cache mutex poisoned".into()))?;
         let mut make = |seq: u64, entries: &[RevocationRecord]| -> Result<Publication> {
-            let mut b = RevocationListBuilder::new(&td, seq, now_s, next_update);
-            let mut n = 0usize;
+            let mut old = std::mem::take(&mut *cache);
             // Principal entries stay at the CA: their tasks are listed instead.
             let published = entries
                 .iter()
                 .filter(|e| e.exp > now_s && e.kind != RevocationKind::Principal);
+            let mut written = Vec::with_capacity(entries.len());
             for e in published {
-                n += 1;
-                b = match e.kind {
-                    RevocationKind::Jti => b.revoke_jti(&td.id(), &e.value, e.exp),
-                    RevocationKind::Task => b.revoke_task(&TaskId::parse(&e.value)?, e.exp),
-                    RevocationKind::Agent => b.revoke_agent(&AgentId::new(&td, &e.value)?, e.exp),
-                    RevocationKind::Jkt => b.revoke_key(&e.value, e.exp),
-                    RevocationKind::Principal => b,
-                    RevocationKind::LinkJti => match e.value.split_once(' ') {
-                        Some((iss, jti)) => {
-                            b.revoke_jti(&agentid_protocol::SpiffeId::parse(iss)?, jti, e.exp)
-                        }
-                        None => {
-                            return Err(CaError::Store(format!(
-                                "malformed link_jti entry {:?}",
-                                e.value
-                            )))
-                        }
-                    },
+                let key = (e.kind, e.value.clone());
+                let encoded = match old.remove(&key) {
+                    Some((exp, encoded)) if exp == e.exp => encoded,
+                    _ => encode_entry(&td, e)?,
                 };
+                written.push((key, e.exp, encoded));
             }
+            drop(old);
+            let n = written.len();
+            let compact = RevocationListBuilder::new(&td, seq, now_s, next_update)
+                .sign_encoded(written.iter().map(|(_, _, e)| e), signer)?;
+            *cache = written
+                .into_iter()
+                .map(|(key, exp, encoded)| (key, (exp, encoded)))
+                .collect();
             Ok(Publication {
-                compact: b.sign(signer)?,
+                compact,
                 published_at: now_s,
                 next_update,
                 audit: AuditEvent {
@@ -688,6 +701,12 @@ impl CertificateAuthority {
     /// The latest published revocation list, from the store.
     pub fn latest_published(&self) -> Result<Option<PublishedList>> {
         self.store()?.latest_published()
+    }
+
+    /// The latest published revocation list if its `seq` is above `after` (whatever its `seq`
+    /// when `after` is `None`), from the store; `None` when there is no newer one.
+    pub fn latest_published_after(&self, after: Option<u64>) -> Result<Option<PublishedList>> {
+        self.store()?.latest_published_after(after)
     }
 
     /// The store's revocation epoch (see [`Store::revocation_epoch`]).
@@ -769,4 +788,36 @@ impl CertificateAuthority {
     pub fn audit_snapshot(&self, since: Option<u64>) -> Result<crate::audit::AuditSnapshot> {
         self.store()?.audit_snapshot(since)
     }
+}
+
+/// One stored revocation as its list entry, checked and written for a list of `td`.
+fn encode_entry(td: &TrustDomain, e: &RevocationRecord) -> Result<EncodedEntry> {
+    let target = match e.kind {
+        RevocationKind::Jti => RevocationTarget::Jti {
+            iss: td.id(),
+            jti: e.value.clone(),
+        },
+        RevocationKind::Task => RevocationTarget::Task(TaskId::parse(&e.value)?),
+        RevocationKind::Agent => RevocationTarget::Agent(AgentId::new(td, &e.value)?),
+        RevocationKind::Jkt => RevocationTarget::Key(e.value.clone()),
+        RevocationKind::LinkJti => match e.value.split_once(' ') {
+            Some((iss, jti)) => RevocationTarget::Jti {
+                iss: agentid_protocol::SpiffeId::parse(iss)?,
+                jti: jti.to_owned(),
+            },
+            None => {
+                return Err(CaError::Store(format!(
+                    "malformed link_jti entry {:?}",
+                    e.value
+                )))
+            }
+        },
+        RevocationKind::Principal => {
+            return Err(CaError::Store("principal entries are not published".into()))
+        }
+    };
+    Ok(RevocationListBuilder::encode_entry(
+        td,
+        &RevocationEntry { target, exp: e.exp },
+    )?)
 }

@@ -5,8 +5,11 @@
 //!   a higher `seq` never lacks an entry a lower one had, and the same `seq` always carries the
 //!   same bytes.
 //! * **Served from the store.** Every replica serves the latest row of `published_lists`; a
-//!   [`Publisher`] polls the store every [`POLL`] and hands newer lists (its own or another
-//!   replica's) to its subscribers through one `watch` channel (O(1) per long-poll waiter).
+//!   [`Publisher`] polls the store every [`POLL`] (reading a list only when one newer than its
+//!   own was stored) and hands newer lists (its own or another replica's) to its subscribers
+//!   through one `watch` channel (O(1) per long-poll waiter). Each publication deletes the
+//!   lists older than the latest [`crate::store::PUBLISHED_LISTS_KEPT`]: only the latest is
+//!   ever served, and a long-poll's `after` is compared with its `seq` alone.
 //! * **When.** After each committed revocation ([`Publisher::revoked`], or a revocation committed
 //!   by another process, seen through the store's revocation epoch within one poll), coalesced
 //!   to at most one publication per [`COALESCE`]; and, when nothing changed, once half the time
@@ -67,7 +70,7 @@ impl Publisher {
             one: Mutex::new(None),
         };
         let stored = p.step_blocking(SystemTime::now())?;
-        p.latest.send_replace(Some(Arc::new(stored)));
+        p.latest.send_replace(Some(stored));
         Ok(Arc::new(p))
     }
 
@@ -103,14 +106,20 @@ impl Publisher {
         }
     }
 
-    /// Reads the store; publishes when due. Returns the list to serve.
-    fn step_blocking(&self, now: SystemTime) -> Result<PublishedList> {
-        let held = self.ca.latest_published()?;
+    /// Reads the store; publishes when due. Returns the list to serve. A stored list is read
+    /// only when it is newer than the one served (a poll reads no list when nothing changed).
+    fn step_blocking(&self, now: SystemTime) -> Result<Arc<PublishedList>> {
+        let served = self.latest();
+        let stored = self
+            .ca
+            .latest_published_after(served.as_ref().map(|p| p.seq))?
+            .map(Arc::new);
+        let held = stored.or(served);
         let epoch = self.ca.revocation_epoch()?;
         let now_s = crate::util::unix(now)?;
         match held {
             Some(h) if !due(Some(&h), epoch, now_s) => Ok(h),
-            _ => self.ca.publish_revocations(now),
+            _ => Ok(Arc::new(self.ca.publish_revocations(now)?)),
         }
     }
 
@@ -132,7 +141,7 @@ impl Publisher {
         if newer {
             *last = Some(tokio::time::Instant::now());
             tracing::debug!(seq = list.seq, "revocation list served");
-            self.latest.send_replace(Some(Arc::new(list)));
+            self.latest.send_replace(Some(list));
         }
         Ok(())
     }

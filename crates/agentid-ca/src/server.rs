@@ -1037,28 +1037,24 @@ fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Resu
         Some(t) => store.task(t)?.map(|t| t.grant_jti),
         None => None,
     };
-    for r in store.revocations()? {
-        if r.exp <= now {
-            continue;
-        }
-        let hit = match r.kind {
-            crate::RevocationKind::Jkt => r.value == jkt,
-            crate::RevocationKind::Task => task.as_deref() == Some(r.value.as_str()),
-            crate::RevocationKind::Agent => agent.as_deref() == Some(r.value.as_str()),
-            crate::RevocationKind::Jti => grant_jti.as_deref() == Some(r.value.as_str()),
-            // The CA does not see links; a revoked link ends the chain at verifiers.
-            crate::RevocationKind::LinkJti => false,
-            // Expanded into `task` entries when revoked.
-            crate::RevocationKind::Principal => false,
-        };
-        if hit {
-            return Err(CaError::Revoked {
-                kind: r.kind.as_str(),
-                value: r.value,
-            });
-        }
+    // Looked up by kind and value (not by reading every revocation). The CA does not see
+    // links (a revoked link ends the chain at verifiers); principals are expanded into `task`
+    // entries when revoked.
+    let mut targets = vec![(crate::RevocationKind::Jkt, jkt.as_str())];
+    targets.extend(task.as_deref().map(|t| (crate::RevocationKind::Task, t)));
+    targets.extend(agent.as_deref().map(|a| (crate::RevocationKind::Agent, a)));
+    targets.extend(
+        grant_jti
+            .as_deref()
+            .map(|j| (crate::RevocationKind::Jti, j)),
+    );
+    match store.revoked_among(&targets, now)? {
+        Some((kind, value)) => Err(CaError::Revoked {
+            kind: kind.as_str(),
+            value,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs before every route of the mTLS listener: the caller's certificate is within its validity

@@ -1107,3 +1107,114 @@ fn a_task_key_csr_is_issued() {
         assert_eq!(rec.jkt, key.public_key().thumbprint(), "{alg:?}");
     }
 }
+
+/// The `entries` array of a signed list, as its payload carries it.
+fn entries_bytes(compact: &str) -> String {
+    let payload = compact.split('.').nth(1).unwrap();
+    let payload = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+    )
+    .unwrap();
+    let end = payload.find(r#"],"iat":"#).unwrap();
+    payload[r#"{"entries":["#.len()..end].to_owned()
+}
+
+/// A list written from the entries a CA kept since its last publication is, entry for entry,
+/// the list a fresh CA (nothing kept) writes at the same time, with entries added, widened
+/// and expired in between; each publication keeps the latest `PUBLISHED_LISTS_KEPT` stored
+/// lists, `seq` keeps growing past the pruned ones, and the latest is found after any older
+/// `seq`.
+#[test]
+fn publications_reuse_written_entries_exactly_and_prune_old_lists() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let (_, c) = planner_task(&t);
+    let iss = c.identity.clone();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let jkt = Jkt::parse(&key.public_key().thumbprint()).unwrap();
+    let link = |j: &str| RevokeTarget::LinkJti {
+        iss: iss.clone(),
+        jti: agentid_protocol::Jti::parse(j).unwrap(),
+    };
+    let mut seqs = Vec::new();
+    let mut check = |at: std::time::SystemTime| {
+        let kept = t.ca.publish_revocations(at).unwrap();
+        let fresh = CertificateAuthority::open(t.path()).unwrap();
+        let cold = fresh.publish_revocations(at).unwrap();
+        assert_eq!(cold.seq, kept.seq + 1);
+        assert_eq!(entries_bytes(&kept.compact), entries_bytes(&cold.compact));
+        seqs.push(kept.seq);
+        seqs.push(cold.seq);
+        entries_bytes(&kept.compact)
+    };
+    let empty = check(t0);
+    assert_eq!(empty, "");
+    for (i, target) in [
+        link("l-1"),
+        link("l-\"2\\"),
+        RevokeTarget::Agent("planner".into()),
+        RevokeTarget::Key(jkt.clone()),
+        RevokeTarget::Task(c.identity.task_id().clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        t.ca.revoke(&target, None, "operator", t0).unwrap();
+        let entries = check(t0 + Duration::from_secs(i as u64));
+        assert_eq!(entries.matches(r#""exp":"#).count(), i + 1, "{entries}");
+    }
+    // Widened: the same link revoked later lives longer; the written entry follows.
+    let before = check(t0 + Duration::from_secs(10));
+    t.ca.revoke(
+        &link("l-1"),
+        None,
+        "operator",
+        t0 + Duration::from_secs(100),
+    )
+    .unwrap();
+    let widened = check(t0 + Duration::from_secs(100));
+    assert_ne!(before, widened);
+    assert!(widened.contains("l-1"));
+    // Expired: a day and a half later only the entries that outlive the links remain.
+    let later = check(t0 + Duration::from_secs(36 * 3600));
+    assert!(later.matches(r#""exp":"#).count() < 5, "{later}");
+    assert!(!later.contains("l-1"));
+
+    // Only the latest lists are stored; the latest is found after any older seq.
+    let kept = usize::try_from(agentid_ca::store::PUBLISHED_LISTS_KEPT).unwrap();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let last = *seqs.last().unwrap();
+    let latest = t.ca.latest_published().unwrap().unwrap();
+    assert_eq!(latest.seq, last);
+    for after in [None, Some(0), Some(seqs[0]), Some(last - 1)] {
+        let found = t.ca.latest_published_after(after).unwrap().unwrap();
+        assert_eq!(found, latest, "after {after:?}");
+    }
+    assert_eq!(t.ca.latest_published_after(Some(last)).unwrap(), None);
+    if let Some(stored) = stored_list_seqs(&t) {
+        assert_eq!(stored, seqs[seqs.len() - kept..]);
+    }
+    // The next publication after pruning still takes the next seq.
+    let next =
+        t.ca.publish_revocations(t0 + Duration::from_secs(36 * 3600))
+            .unwrap();
+    assert_eq!(next.seq, last + 1);
+}
+
+/// The `seq`s of the stored lists, ascending (SQLite: read from `ca.db`; `None` on
+/// PostgreSQL, whose pruning `pg_replicas` checks).
+fn stored_list_seqs(t: &TestCa) -> Option<Vec<u64>> {
+    if t.pg.is_some() {
+        return None;
+    }
+    let db = rusqlite::Connection::open(t.path().join("ca.db")).unwrap();
+    let mut st = db
+        .prepare("SELECT seq FROM published_lists ORDER BY seq")
+        .unwrap();
+    let seqs = st
+        .query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|s| u64::try_from(s.unwrap()).unwrap())
+        .collect();
+    Some(seqs)
+}

@@ -382,8 +382,8 @@ async fn three_replicas_issue_each_token_key_and_serial_once() {
     replicas_issue_once(3).await;
 }
 
-/// Revocations and publications race on three replicas: the stored lists, in `seq` order,
-/// only grow.
+/// Revocations and publications race on three replicas: the published lists, in `seq` order,
+/// only grow, and the store keeps the latest `PUBLISHED_LISTS_KEPT` of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_publications_on_three_replicas_only_grow() {
     let Some(db) = db().await else { return };
@@ -395,6 +395,7 @@ async fn racing_publications_on_three_replicas_only_grow() {
         threads.push(std::thread::spawn(move || {
             let ca = CertificateAuthority::open_as(&dir, &format!("replica-{r}")).unwrap();
             let iss = TaskIdentity::parse("spiffe://example.org/agent/planner/task/t1").unwrap();
+            let mut published = Vec::new();
             for k in 0..rounds {
                 let jti = Jti::parse(&format!("link-{r}-{k}")).unwrap();
                 ca.revoke(
@@ -407,16 +408,56 @@ async fn racing_publications_on_three_replicas_only_grow() {
                     common::now(),
                 )
                 .unwrap();
-                ca.publish_revocations(common::now()).unwrap();
+                let p = ca.publish_revocations(common::now()).unwrap();
+                published.push((p.seq, p.compact));
             }
+            published
         }));
     }
+    // Every list the publications returned (older rows are pruned from the store).
+    let mut lists = Vec::new();
     for t in threads {
-        tokio::task::spawn_blocking(move || t.join().unwrap())
-            .await
-            .unwrap();
+        lists.extend(
+            tokio::task::spawn_blocking(move || t.join().unwrap())
+                .await
+                .unwrap(),
+        );
     }
-    // Every stored list, read straight from the database.
+    lists.sort();
+    assert_eq!(lists.len(), 3 * rounds, "one list per publication");
+    let mut prev: Option<(u64, BTreeSet<String>)> = None;
+    for (seq, compact) in &lists {
+        let p = compact.split('.').nth(1).unwrap();
+        let b =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            v["seq"].as_u64(),
+            Some(*seq),
+            "returned seq and signed seq differ"
+        );
+        let entries: BTreeSet<String> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        if let Some((ps, pe)) = &prev {
+            assert!(seq > ps, "seq {seq} published twice");
+            assert!(
+                entries.is_superset(pe),
+                "list {seq} lacks an entry of list {ps}"
+            );
+        }
+        prev = Some((*seq, entries));
+    }
+    let last = prev.unwrap().1;
+    assert_eq!(
+        last.len(),
+        3 * rounds,
+        "the last list holds every revocation"
+    );
+    // The store holds the latest lists only, exactly as published.
     let url = db.pg.url("agentid");
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -426,42 +467,17 @@ async fn racing_publications_on_three_replicas_only_grow() {
         .query("SELECT seq, compact FROM published_lists ORDER BY seq", &[])
         .await
         .unwrap();
-    assert!(rows.len() >= 3 * rounds, "one list per publication");
-    let mut prev: Option<(i64, BTreeSet<String>)> = None;
-    for row in &rows {
-        let seq: i64 = row.get(0);
-        let compact: String = row.get(1);
-        let p = compact.split('.').nth(1).unwrap();
-        let b =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(
-            v["seq"].as_i64(),
-            Some(seq),
-            "stored seq and signed seq differ"
-        );
-        let entries: BTreeSet<String> = v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        if let Some((ps, pe)) = &prev {
-            assert!(seq > *ps);
-            assert!(
-                entries.is_superset(pe),
-                "list {seq} lacks an entry of list {ps}"
-            );
-        }
-        prev = Some((seq, entries));
-    }
-    let last = prev.unwrap().1;
-    assert_eq!(
-        last.len(),
-        3 * rounds,
-        "the last list holds every revocation"
+    let stored: Vec<(u64, String)> = rows
+        .iter()
+        .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap(), r.get(1)))
+        .collect();
+    let kept = usize::try_from(agentid_ca::store::PUBLISHED_LISTS_KEPT).unwrap();
+    assert_eq!(stored.as_slice(), &lists[lists.len() - kept..]);
+    println!(
+        "publications={} entries_in_last={}",
+        lists.len(),
+        last.len()
     );
-    println!("publications={} entries_in_last={}", rows.len(), last.len());
 }
 
 /// PostgreSQL stopped under load: `store_unavailable` with `Retry-After` while it is down,

@@ -196,7 +196,9 @@ pub use proof::{
     verify_proof, ProofBuilder, ProofContext, Role, VerifiedProof, EXPORTER_LABEL, EXPORTER_LEN,
 };
 pub use refs::{Jkt, Jti, Serial};
-pub use revocation::{RevocationEntry, RevocationList, RevocationListBuilder, RevocationTarget};
+pub use revocation::{
+    EncodedEntry, RevocationEntry, RevocationList, RevocationListBuilder, RevocationTarget,
+};
 pub use revocation_targets::{newly_revokes, peer_revocation_targets};
 pub use scope::{Scope, ScopeToken};
 pub use signed_bundle::{

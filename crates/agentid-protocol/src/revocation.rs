@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::bundle::BundleSet;
 use crate::crypto::{sha256, verify, JwsSigner};
-use crate::encoding::{b64_decode, StrictValue};
+use crate::encoding::{b64_decode, safe_int, StrictValue};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{AgentId, IdKind, SpiffeId, TaskId, TrustDomain};
-use crate::jws::{parse_header, sign_compact, split_parts, TokenType};
+use crate::jws::{parse_header, sign_compact_written, split_parts, TokenType};
 use crate::token::claims::{check_members, get_str, get_time, valid_jti};
 
 /// Maximum size of a revocation list token (large lists are expected: entries are short-lived
@@ -336,15 +336,183 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         mut seq: A,
     ) -> core::result::Result<Self::Value, A::Error> {
         let mut digests: Vec<([u8; 16], u64)> = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        // The array is at depth 2 (a member of the top object); its entries at depth 3.
-        while let Some(e) = seq.next_element_seed(StrictValue::at_depth(2))? {
-            let entry = parse_entry(&e, self.domain).map_err(|x| de::Error::custom(x.detail()))?;
-            digests.push((entry_digest(&entry.target), entry.exp));
+        // The array is at depth 2 (a member of the top object); its entries at depth 3 hold
+        // only strings and integers.
+        let mut last_iss = None;
+        while let Some(e) = seq.next_element_seed(EntrySeed {
+            domain: self.domain,
+            last_iss: &mut last_iss,
+        })? {
+            digests.push(e);
         }
         let len = digests.len();
         let set = DigestSet::new(digests)
             .ok_or_else(|| de::Error::custom("too many revocation entries"))?;
         Ok((set, len))
+    }
+}
+
+/// One entry object, read member by member into its digest and `exp` (no JSON tree): the rules
+/// the entry parser of the tests (`parse_entry`, the former reader) applies to its value. Its members are `exp` (an integer in
+/// [0, 2^53-1]) and exactly one entry kind's strings, each once (names compared unescaped),
+/// checked by [`check_target`]'s rules; anything else is refused.
+struct EntrySeed<'a> {
+    domain: &'a TrustDomain,
+    /// The last `jti` issuer accepted, as read and as parsed: entries repeat a few issuers, and
+    /// the same string parses and checks the same way.
+    last_iss: &'a mut Option<(String, SpiffeId)>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = ([u8; 16], u64);
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = ([u8; 16], u64);
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("entries must be objects")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> core::result::Result<Self::Value, A::Error> {
+        let mut exp: Option<u64> = None;
+        let mut strs: [Option<std::borrow::Cow<'de, str>>; 5] = Default::default();
+        while let Some(key) = map.next_key_seed(StrSeed)? {
+            let i = match key.as_ref() {
+                "exp" => {
+                    if exp.is_some() {
+                        return Err(de::Error::custom("duplicate member name \"exp\""));
+                    }
+                    exp = Some(map.next_value_seed(TimeSeed)?);
+                    continue;
+                }
+                "iss" => 0,
+                "jti" => 1,
+                "task" => 2,
+                "agent" => 3,
+                "jkt" => 4,
+                other => {
+                    return Err(de::Error::custom(format_args!(
+                        "unknown revocation entry member {other:?}"
+                    )))
+                }
+            };
+            let slot = strs
+                .get_mut(i)
+                .ok_or_else(|| de::Error::custom("entry member"))?;
+            if slot.is_some() {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate member name {key:?}"
+                )));
+            }
+            *slot = Some(map.next_value_seed(StrSeed)?);
+        }
+        let exp = exp.ok_or_else(|| de::Error::custom("missing claim `exp`"))?;
+        let err = |e: Error| -> A::Error { de::Error::custom(e.detail()) };
+        let digest = match strs {
+            [Some(iss), Some(jti), None, None, None] => {
+                if self.last_iss.as_ref().is_none_or(|(s, _)| *s != *iss) {
+                    let id = SpiffeId::parse(&iss).map_err(err)?;
+                    check_jti_issuer(&id, self.domain).map_err(err)?;
+                    *self.last_iss = Some((iss.into_owned(), id));
+                }
+                let iss_id = self
+                    .last_iss
+                    .as_ref()
+                    .map(|(_, id)| id.as_str())
+                    .ok_or_else(|| de::Error::custom("a `jti` entry's `iss`"))?;
+                if !valid_jti(&jti) {
+                    return Err(err(bad("invalid `jti` in entry")));
+                }
+                digest(K_JTI, iss_id, &jti)
+            }
+            [None, None, Some(task), None, None] => {
+                let t = TaskId::parse(&task).map_err(err)?;
+                digest(K_TASK, t.as_str(), "")
+            }
+            [None, None, None, Some(agent), None] => {
+                let a = AgentId::parse(&agent).map_err(err)?;
+                check_agent(&a, self.domain).map_err(err)?;
+                digest(K_AGENT, a.as_str(), "")
+            }
+            [None, None, None, None, Some(jkt)] => {
+                check_jkt(&jkt).map_err(err)?;
+                digest(K_KEY, &jkt, "")
+            }
+            _ => return Err(de::Error::custom("unknown revocation entry kind")),
+        };
+        Ok((digest, exp))
+    }
+}
+
+/// A JSON string, borrowed from the input where it holds no escape.
+struct StrSeed;
+
+impl<'de> DeserializeSeed<'de> for StrSeed {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrSeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+/// A time: a JSON integer in [0, 2^53-1] (as [`crate::encoding::json_time`] reads a value).
+struct TimeSeed;
+
+impl<'de> DeserializeSeed<'de> for TimeSeed {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<u64, D::Error> {
+        d.deserialize_u64(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TimeSeed {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("`exp` must be an integer in [0, 2^53-1]")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<u64, E> {
+        safe_int(v).ok_or_else(|| E::custom("`exp` must be an integer in [0, 2^53-1]"))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<u64, E> {
+        u64::try_from(v)
+            .ok()
+            .and_then(safe_int)
+            .ok_or_else(|| E::custom("`exp` must be an integer in [0, 2^53-1]"))
     }
 }
 
@@ -497,6 +665,8 @@ fn valid_jkt(s: &str) -> bool {
     crate::refs::Jkt::parse(s).is_ok()
 }
 
+/// An entry's JSON value read whole (the reader before [`EntrySeed`]): the tests' reference.
+#[cfg(test)]
 fn parse_entry(e: &Value, domain: &TrustDomain) -> Result<RevocationEntry> {
     let Value::Object(m) = e else {
         return Err(bad("entries must be objects"));
@@ -509,63 +679,115 @@ fn parse_entry(e: &Value, domain: &TrustDomain) -> Result<RevocationEntry> {
         .collect();
     names.sort_unstable();
     let target = match names.as_slice() {
-        ["iss", "jti"] => {
-            let iss = SpiffeId::parse(get_str(m, "iss")?)?;
-            if iss.trust_domain() != *domain
-                || !matches!(iss.kind(), IdKind::TrustDomain | IdKind::Task)
-            {
-                return Err(bad(
-                    "a `jti` entry's `iss` must be this domain's authority or one of its tasks",
-                ));
-            }
-            let jti = get_str(m, "jti")?;
-            if !valid_jti(jti) {
-                return Err(bad("invalid `jti` in entry"));
-            }
-            RevocationTarget::Jti {
-                iss,
-                jti: jti.to_owned(),
-            }
-        }
+        ["iss", "jti"] => RevocationTarget::Jti {
+            iss: SpiffeId::parse(get_str(m, "iss")?)?,
+            jti: get_str(m, "jti")?.to_owned(),
+        },
         ["task"] => RevocationTarget::Task(TaskId::parse(get_str(m, "task")?)?),
-        ["agent"] => {
-            let a = AgentId::parse(get_str(m, "agent")?)?;
-            if a.trust_domain() != *domain {
-                return Err(bad("an `agent` entry must name an agent of this domain"));
-            }
-            RevocationTarget::Agent(a)
-        }
-        ["jkt"] => {
-            let k = get_str(m, "jkt")?;
-            if !valid_jkt(k) {
-                return Err(bad("`jkt` must be a base64url SHA-256 thumbprint"));
-            }
-            RevocationTarget::Key(k.to_owned())
-        }
+        ["agent"] => RevocationTarget::Agent(AgentId::parse(get_str(m, "agent")?)?),
+        ["jkt"] => RevocationTarget::Key(get_str(m, "jkt")?.to_owned()),
         other => return Err(bad(format!("unknown revocation entry kind {other:?}"))),
     };
+    check_target(&target, domain)?;
     Ok(RevocationEntry { target, exp })
 }
 
-fn entry_value(e: &RevocationEntry) -> Value {
-    let mut m = Map::new();
+/// What a list of `domain` may revoke (rule R6), for the lists read and the lists signed: a
+/// `jti` of the domain's authority or of one of its tasks, any task, an agent of the domain,
+/// a key by its thumbprint.
+fn check_target(target: &RevocationTarget, domain: &TrustDomain) -> Result<()> {
+    match target {
+        RevocationTarget::Jti { iss, jti } => {
+            check_jti_issuer(iss, domain)?;
+            if !valid_jti(jti) {
+                return Err(bad("invalid `jti` in entry"));
+            }
+        }
+        RevocationTarget::Task(_) => {}
+        RevocationTarget::Agent(a) => check_agent(a, domain)?,
+        RevocationTarget::Key(k) => check_jkt(k)?,
+    }
+    Ok(())
+}
+
+/// A `jti` entry's issuer: the domain's authority or one of its tasks.
+fn check_jti_issuer(iss: &SpiffeId, domain: &TrustDomain) -> Result<()> {
+    if iss.trust_domain() != *domain || !matches!(iss.kind(), IdKind::TrustDomain | IdKind::Task) {
+        return Err(bad(
+            "a `jti` entry's `iss` must be this domain's authority or one of its tasks",
+        ));
+    }
+    Ok(())
+}
+
+/// An `agent` entry names an agent of the domain.
+fn check_agent(agent: &AgentId, domain: &TrustDomain) -> Result<()> {
+    if agent.trust_domain() != *domain {
+        return Err(bad("an `agent` entry must name an agent of this domain"));
+    }
+    Ok(())
+}
+
+/// A `jkt` entry is a base64url SHA-256 thumbprint.
+fn check_jkt(jkt: &str) -> Result<()> {
+    if !valid_jkt(jkt) {
+        return Err(bad("`jkt` must be a base64url SHA-256 thumbprint"));
+    }
+    Ok(())
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> Result<()> {
+    serde_json::to_writer(out, s).map_err(|e| bad(e.to_string()))
+}
+
+/// Appends `n` as a JSON integer (its decimal digits, as serde_json writes it).
+fn write_json_u64(out: &mut Vec<u8>, n: u64) -> Result<()> {
+    use std::io::Write as _;
+    write!(out, "{n}").map_err(|e| bad(e.to_string()))
+}
+
+/// Appends one entry of a list of `domain`, checked ([`check_target`], `exp` in
+/// [0, 2^53-1]), as the list's payload carries it: the bytes serde_json writes for the entry's
+/// object (members in name order, as its map type orders them).
+fn write_entry(out: &mut Vec<u8>, e: &RevocationEntry, domain: &TrustDomain) -> Result<()> {
+    check_target(&e.target, domain)?;
+    let exp = safe_int(e.exp).ok_or_else(|| {
+        Error::new(
+            ErrorCode::BadClaim,
+            "`exp` must be an integer in [0, 2^53-1]",
+        )
+    })?;
     match &e.target {
         RevocationTarget::Jti { iss, jti } => {
-            m.insert("jti".into(), Value::from(jti.as_str()));
-            m.insert("iss".into(), Value::from(iss.as_str()));
+            out.extend_from_slice(br#"{"exp":"#);
+            write_json_u64(out, exp)?;
+            out.extend_from_slice(br#","iss":"#);
+            write_json_str(out, iss.as_str())?;
+            out.extend_from_slice(br#","jti":"#);
+            write_json_str(out, jti)?;
         }
         RevocationTarget::Task(t) => {
-            m.insert("task".into(), Value::from(t.as_str()));
+            out.extend_from_slice(br#"{"exp":"#);
+            write_json_u64(out, exp)?;
+            out.extend_from_slice(br#","task":"#);
+            write_json_str(out, t.as_str())?;
         }
         RevocationTarget::Agent(a) => {
-            m.insert("agent".into(), Value::from(a.as_str()));
+            out.extend_from_slice(br#"{"agent":"#);
+            write_json_str(out, a.as_str())?;
+            out.extend_from_slice(br#","exp":"#);
+            write_json_u64(out, exp)?;
         }
         RevocationTarget::Key(k) => {
-            m.insert("jkt".into(), Value::from(k.as_str()));
+            out.extend_from_slice(br#"{"exp":"#);
+            write_json_u64(out, exp)?;
+            out.extend_from_slice(br#","jkt":"#);
+            write_json_str(out, k)?;
         }
     }
-    m.insert("exp".into(), Value::from(e.exp));
-    Value::Object(m)
+    out.push(b'}');
+    Ok(())
 }
 
 /// Builds and signs a revocation list with a trust domain's revocation key.
@@ -625,28 +847,128 @@ impl RevocationListBuilder {
 
     /// Signs the list. Entries outside the issuer's trust domain are refused.
     pub fn sign(self, key: &dyn JwsSigner) -> Result<String> {
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            let v = entry_value(e);
-            parse_entry(&v, &self.issuer)?;
-            entries.push(v);
+        let mut entries = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                entries.push(b',');
+            }
+            write_entry(&mut entries, e, &self.issuer)?;
         }
-        let mut m = Map::new();
-        m.insert("iss".into(), Value::from(self.issuer.id().as_str()));
-        m.insert("seq".into(), Value::from(self.seq));
-        m.insert("iat".into(), Value::from(self.iat));
-        m.insert("next_update".into(), Value::from(self.next_update));
-        m.insert("entries".into(), Value::Array(entries));
-        let payload = serde_json::to_vec(&Value::Object(m)).map_err(|e| bad(e.to_string()))?;
-        let kid = key.public_key().thumbprint();
-        sign_compact(
-            TokenType::Revocations,
-            key.algorithm(),
-            Some(&kid),
-            &payload,
-            |input| key.sign(input),
+        sign_entries(
+            &self.issuer,
+            self.seq,
+            self.iat,
+            self.next_update,
+            &entries,
+            key,
         )
     }
+
+    /// Checks and writes one entry for a list of `issuer` ahead of signing: a publisher that
+    /// signs the same entries in list after list keeps them written (see
+    /// [`RevocationListBuilder::sign_encoded`]). Refuses what [`RevocationListBuilder::sign`]
+    /// refuses.
+    pub fn encode_entry(issuer: &TrustDomain, entry: &RevocationEntry) -> Result<EncodedEntry> {
+        let mut json = Vec::new();
+        write_entry(&mut json, entry, issuer)?;
+        Ok(EncodedEntry {
+            issuer: issuer.clone(),
+            json: json.into_boxed_slice(),
+        })
+    }
+
+    /// Signs the list of the builder's own entries followed by `encoded`, in that order: the
+    /// same bytes [`RevocationListBuilder::sign`] makes from the same entries. An entry
+    /// encoded for another trust domain is refused.
+    pub fn sign_encoded<'a>(
+        self,
+        encoded: impl IntoIterator<Item = &'a EncodedEntry>,
+        key: &dyn JwsSigner,
+    ) -> Result<String> {
+        let mut entries = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                entries.push(b',');
+            }
+            write_entry(&mut entries, e, &self.issuer)?;
+        }
+        for e in encoded {
+            if e.issuer != self.issuer {
+                return Err(bad("an entry encoded for another trust domain"));
+            }
+            if !entries.is_empty() {
+                entries.push(b',');
+            }
+            entries.extend_from_slice(&e.json);
+        }
+        sign_entries(
+            &self.issuer,
+            self.seq,
+            self.iat,
+            self.next_update,
+            &entries,
+            key,
+        )
+    }
+}
+
+/// One revocation list entry, checked for a trust domain's list and written as the list's
+/// payload carries it ([`RevocationListBuilder::encode_entry`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedEntry {
+    issuer: TrustDomain,
+    json: Box<[u8]>,
+}
+
+impl EncodedEntry {
+    /// The entry's JSON object, as the list carries it.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.json
+    }
+}
+
+impl core::fmt::Debug for EncodedEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EncodedEntry")
+            .field("issuer", &self.issuer)
+            .field("json", &String::from_utf8_lossy(&self.json))
+            .finish()
+    }
+}
+
+/// Signs the list whose `entries` array holds `entries` (entry objects as [`write_entry`] writes
+/// them, comma-separated). The payload is written directly, member names in serde_json's
+/// (sorted) order, so it is the bytes serde_json writes for the same claims object: valid
+/// I-JSON by construction (one writer for the strings, entries only from [`write_entry`]),
+/// which is why it is not parsed back before signing as other tokens' claims are.
+fn sign_entries(
+    issuer: &TrustDomain,
+    seq: u64,
+    iat: u64,
+    next_update: u64,
+    entries: &[u8],
+    key: &dyn JwsSigner,
+) -> Result<String> {
+    let mut payload = Vec::with_capacity(entries.len() + 128);
+    payload.extend_from_slice(br#"{"entries":["#);
+    payload.extend_from_slice(entries);
+    payload.extend_from_slice(br#"],"iat":"#);
+    write_json_u64(&mut payload, iat)?;
+    payload.extend_from_slice(br#","iss":"#);
+    write_json_str(&mut payload, issuer.id().as_str())?;
+    payload.extend_from_slice(br#","next_update":"#);
+    write_json_u64(&mut payload, next_update)?;
+    payload.extend_from_slice(br#","seq":"#);
+    write_json_u64(&mut payload, seq)?;
+    payload.push(b'}');
+    let kid = key.public_key().thumbprint();
+    sign_compact_written(
+        TokenType::Revocations,
+        key.algorithm(),
+        Some(&kid),
+        &payload,
+        |input| key.sign(input),
+    )
 }
 
 #[cfg(test)]
@@ -841,6 +1163,280 @@ mod tests {
         for t in present.iter().chain(&absent) {
             assert!(!empty.contains(t), "{t:?}");
         }
+    }
+
+    /// The payload as the builder wrote it before writing it directly: each entry a JSON map,
+    /// entries re-parsed, the claims one `serde_json::Value` serialized whole.
+    fn reference_payload(
+        td: &TrustDomain,
+        seq: u64,
+        iat: u64,
+        next_update: u64,
+        entries: &[RevocationEntry],
+    ) -> Result<Vec<u8>> {
+        let mut values = Vec::new();
+        for e in entries {
+            let mut m = Map::new();
+            match &e.target {
+                RevocationTarget::Jti { iss, jti } => {
+                    m.insert("jti".into(), Value::from(jti.as_str()));
+                    m.insert("iss".into(), Value::from(iss.as_str()));
+                }
+                RevocationTarget::Task(t) => {
+                    m.insert("task".into(), Value::from(t.as_str()));
+                }
+                RevocationTarget::Agent(a) => {
+                    m.insert("agent".into(), Value::from(a.as_str()));
+                }
+                RevocationTarget::Key(k) => {
+                    m.insert("jkt".into(), Value::from(k.as_str()));
+                }
+            }
+            m.insert("exp".into(), Value::from(e.exp));
+            let v = Value::Object(m);
+            parse_entry(&v, td)?;
+            values.push(v);
+        }
+        let mut m = Map::new();
+        m.insert("iss".into(), Value::from(td.id().as_str()));
+        m.insert("seq".into(), Value::from(seq));
+        m.insert("iat".into(), Value::from(iat));
+        m.insert("next_update".into(), Value::from(next_update));
+        m.insert("entries".into(), Value::Array(values));
+        Ok(serde_json::to_vec(&Value::Object(m)).unwrap())
+    }
+
+    fn payload_of(compact: &str) -> Vec<u8> {
+        let p = compact.split('.').nth(1).unwrap();
+        crate::encoding::b64_decode(p).unwrap()
+    }
+
+    #[test]
+    fn written_payload_is_the_reference_encoding_byte_for_byte() {
+        let (key, bundles, td) = setup();
+        let root = td.id();
+        let task_iss = SpiffeId::parse("spiffe://example.org/agent/w-1/task/t.2_x").unwrap();
+        // Every printable ASCII byte appears in some jti, `"` and `\` (escaped) included.
+        let printable: Vec<char> = (0x21u8..=0x7e).map(char::from).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in [0usize, 1, 2, 3, 17, 300] {
+            let mut entries = Vec::new();
+            for i in 0..n {
+                let r = next();
+                let exp = match r % 5 {
+                    0 => 0,
+                    1 => crate::encoding::MAX_SAFE_INT,
+                    _ => r >> 20,
+                };
+                let target = match (r >> 3) % 5 {
+                    0 | 1 => {
+                        let len = 1 + (r >> 8) as usize % 40;
+                        let jti: String = (0..len)
+                            .map(|k| printable[(next() as usize + k) % printable.len()])
+                            .collect();
+                        let iss = if r % 2 == 0 { &root } else { &task_iss };
+                        RevocationTarget::Jti {
+                            iss: iss.clone(),
+                            jti,
+                        }
+                    }
+                    2 => RevocationTarget::Task(TaskId::parse(&format!("task-{i}.{r}")).unwrap()),
+                    3 => RevocationTarget::Agent(AgentId::new(&td, &format!("agent_{r}")).unwrap()),
+                    _ => RevocationTarget::Key(crate::encoding::b64_encode(&sha256(
+                        &r.to_le_bytes(),
+                    ))),
+                };
+                entries.push(RevocationEntry { target, exp });
+            }
+            let (seq, iat) = (next() >> 11, next() >> 11);
+            let next_update = iat.saturating_add(600);
+            let mut b = RevocationListBuilder::new(&td, seq, iat, next_update);
+            for e in &entries {
+                b = b.entry(e.target.clone(), e.exp);
+            }
+            let signed = b.sign(&key).unwrap();
+            let expected = reference_payload(&td, seq, iat, next_update, &entries).unwrap();
+            assert_eq!(
+                String::from_utf8(payload_of(&signed)).unwrap(),
+                String::from_utf8(expected).unwrap(),
+                "{n} entries"
+            );
+            // Half the entries written ahead of signing: the same bytes.
+            let k = n / 2;
+            let mut b = RevocationListBuilder::new(&td, seq, iat, next_update);
+            for e in &entries[..k] {
+                b = b.entry(e.target.clone(), e.exp);
+            }
+            let encoded: Vec<EncodedEntry> = entries[k..]
+                .iter()
+                .map(|e| RevocationListBuilder::encode_entry(&td, e).unwrap())
+                .collect();
+            let signed_encoded = b.sign_encoded(&encoded, &key).unwrap();
+            assert_eq!(
+                payload_of(&signed_encoded),
+                payload_of(&signed),
+                "{n} entries"
+            );
+            let list = RevocationList::verify(&signed, &bundles).unwrap();
+            assert_eq!(list.len(), n);
+            assert_eq!((list.seq(), list.iat()), (seq, iat));
+            for e in &entries {
+                assert!(list.contains(&e.target), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_builder_refuses_what_a_verifier_would_refuse() {
+        let (key, _, td) = setup();
+        let other = TrustDomain::parse("other.org").unwrap();
+        let bad_entries = [
+            (
+                RevocationTarget::Key(JKT.into()),
+                crate::encoding::MAX_SAFE_INT + 1,
+            ),
+            (RevocationTarget::Key("not-a-thumbprint".into()), 1),
+            (
+                RevocationTarget::Agent(AgentId::new(&other, "a").unwrap()),
+                1,
+            ),
+            (
+                RevocationTarget::Jti {
+                    iss: other.id(),
+                    jti: "j".into(),
+                },
+                1,
+            ),
+            (
+                RevocationTarget::Jti {
+                    iss: SpiffeId::parse("spiffe://example.org/agent/a").unwrap(),
+                    jti: "j".into(),
+                },
+                1,
+            ),
+            (
+                RevocationTarget::Jti {
+                    iss: td.id(),
+                    jti: "with space".into(),
+                },
+                1,
+            ),
+        ];
+        for (target, exp) in bad_entries {
+            let res = RevocationListBuilder::new(&td, 1, 10, 20)
+                .revoke_key(JKT, 5)
+                .entry(target.clone(), exp)
+                .sign(&key);
+            assert!(res.is_err(), "{target:?} exp {exp}");
+            // The reference encoding refused the same entries, and so does the encoder.
+            let e = RevocationEntry { target, exp };
+            assert!(RevocationListBuilder::encode_entry(&td, &e).is_err());
+            assert!(reference_payload(&td, 1, 10, 20, &[e]).is_err());
+        }
+        // An entry written for another domain's list is refused by this domain's.
+        let e = RevocationEntry {
+            target: RevocationTarget::Key(JKT.into()),
+            exp: 5,
+        };
+        let foreign = RevocationListBuilder::encode_entry(&other, &e).unwrap();
+        let res = RevocationListBuilder::new(&td, 1, 10, 20).sign_encoded([&foreign], &key);
+        assert!(res.is_err());
+    }
+
+    #[test]
+    fn entries_are_read_as_the_whole_value_reader_reads_them() {
+        let (key, bundles, td) = setup();
+        let head = r#""iss":"spiffe://example.org","seq":1,"iat":10,"next_update":20"#;
+        let t = "spiffe://example.org/agent/a/task/t1";
+        let corpus = [
+            format!(r#"{{"jkt":"{JKT}","exp":30}}"#),
+            r#"{"task":"t-1.x_y","exp":0}"#.to_owned(),
+            r#"{"agent":"spiffe://example.org/agent/alice","exp":9007199254740991}"#.to_owned(),
+            r#"{"iss":"spiffe://example.org","jti":"j1","exp":5}"#.to_owned(),
+            format!(r#"{{"exp":5,"jti":"a\"b\\c","iss":"{t}"}}"#),
+            format!(r#"{{"\u0065xp":5,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":5,"jkt":"\u0041{}"}}"#, &JKT[1..]),
+            // refused
+            format!(r#"{{"exp":5,"exp":6,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":5,"jkt":"{JKT}","j\u006bt":"{JKT}"}}"#),
+            format!(r#"{{"exp":1.0,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":1e3,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":-1,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":-0,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":9007199254740992,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":18446744073709551616,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":"5","jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":null,"jkt":"{JKT}"}}"#),
+            format!(r#"{{"jkt":"{JKT}"}}"#),
+            format!(r#"{{"exp":5,"jkt":"{JKT}","task":"t"}}"#),
+            format!(r#"{{"exp":5,"iss":"{t}"}}"#),
+            r#"{"exp":5,"jti":"j"}"#.to_owned(),
+            format!(r#"{{"exp":5,"jkt":"{JKT}","note":"x"}}"#),
+            r#"{"exp":5,"agent":"spiffe://other.org/agent/alice"}"#.to_owned(),
+            r#"{"exp":5,"agent":"spiffe://example.org/agent/alice/task/t"}"#.to_owned(),
+            r#"{"exp":5,"iss":"spiffe://other.org","jti":"j"}"#.to_owned(),
+            r#"{"exp":5,"iss":"spiffe://example.org/agent/a","jti":"j"}"#.to_owned(),
+            r#"{"exp":5,"iss":"spiffe://example.org","jti":"a b"}"#.to_owned(),
+            r#"{"exp":5,"iss":"spiffe://example.org","jti":""}"#.to_owned(),
+            r#"{"exp":5,"jkt":"short"}"#.to_owned(),
+            r#"{"exp":5,"task":"a/b"}"#.to_owned(),
+            r#"{"exp":5,"task":7}"#.to_owned(),
+            format!(r#"{{"exp":5,"jkt":["{JKT}"]}}"#),
+            r#"{"exp":5,"jkt":{"a":[[[[[[[[1]]]]]]]]}}"#.to_owned(),
+            "1".to_owned(),
+            "[]".to_owned(),
+            "null".to_owned(),
+            r#""x""#.to_owned(),
+            "{}".to_owned(),
+            r#"{"exp":5}"#.to_owned(),
+        ];
+        let mut accepted = 0;
+        for entry in &corpus {
+            let payload = format!(r#"{{"entries":[{entry}],{head}}}"#);
+            let streamed = RevocationList::verify(&signed(&key, &payload), &bundles);
+            // The former reader: the entry as a strict value at depth 2, then `parse_entry`.
+            let mut de = serde_json::Deserializer::from_str(entry);
+            let whole = StrictValue::at_depth(2)
+                .deserialize(&mut de)
+                .map_err(|e| bad(e.to_string()))
+                .and_then(|v| parse_entry(&v, &td));
+            match (&streamed, &whole) {
+                (Ok(list), Ok(e)) => {
+                    accepted += 1;
+                    assert_eq!(list.len(), 1, "{entry}");
+                    assert!(list.contains(&e.target), "{entry}");
+                    assert!(e.exp == 0 || list.revokes(&e.target, e.exp - 1), "{entry}");
+                    assert!(!list.revokes(&e.target, e.exp), "{entry}");
+                }
+                (Err(err), Err(_)) => assert_eq!(err.code(), ErrorCode::BadRevocationList),
+                _ => panic!("{entry}: streamed {streamed:?}, whole {whole:?}"),
+            }
+        }
+        assert_eq!(accepted, 7);
+        // Many entries sharing an issuer, then another one: each checked.
+        let mut many: Vec<String> = (0..5)
+            .map(|i| format!(r#"{{"exp":5,"iss":"{t}","jti":"j{i}"}}"#))
+            .collect();
+        many.push(r#"{"exp":5,"iss":"spiffe://other.org","jti":"j"}"#.to_owned());
+        let payload = format!(r#"{{"entries":[{}],{head}}}"#, many.join(","));
+        assert!(RevocationList::verify(&signed(&key, &payload), &bundles).is_err());
+        many.pop();
+        many.push(format!(
+            r#"{{"exp":5,"iss":"{}","jti":"j"}}"#,
+            td.id().as_str()
+        ));
+        let payload = format!(r#"{{"entries":[{}],{head}}}"#, many.join(","));
+        let list = RevocationList::verify(&signed(&key, &payload), &bundles).unwrap();
+        assert_eq!(list.len(), 6);
+        assert!(list.has_jti(&SpiffeId::parse(t).unwrap(), "j4", 0));
+        assert!(list.has_jti(&td.id(), "j", 0));
+        assert!(!list.has_jti(&td.id(), "j4", 0));
     }
 
     #[test]

@@ -239,7 +239,13 @@ pub struct IssuanceCommit<'a> {
     pub now: u64,
 }
 
-/// A published revocation list as stored (one row per `seq`).
+/// How many published lists a publication keeps (itself and the two before it); older
+/// rows are deleted in its transaction. Only the latest is served; the rest is for the
+/// operator's inspection.
+pub const PUBLISHED_LISTS_KEPT: u64 = 3;
+
+/// A published revocation list as stored (one row per `seq`, the latest
+/// [`PUBLISHED_LISTS_KEPT`] kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishedList {
     /// The list's `seq`.
@@ -316,6 +322,23 @@ pub trait Store: Send {
     fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()>;
     /// Every revocation.
     fn revocations(&self) -> Result<Vec<RevocationRecord>>;
+    /// The first of `targets` (in their order) revoked by an entry whose `exp` is after `now`:
+    /// what a per-request check needs, without reading every revocation. The default scans.
+    fn revoked_among(
+        &self,
+        targets: &[(RevocationKind, &str)],
+        now: u64,
+    ) -> Result<Option<(RevocationKind, String)>> {
+        let live: Vec<RevocationRecord> = self
+            .revocations()?
+            .into_iter()
+            .filter(|r| r.exp > now)
+            .collect();
+        Ok(targets
+            .iter()
+            .find(|(k, v)| live.iter().any(|r| r.kind == *k && r.value == *v))
+            .map(|(k, v)| (*k, (*v).to_owned())))
+    }
     /// Increments the revocation list sequence number and reads every revocation, atomically:
     /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
     /// that a list with a lower one had, also with several CA processes on one store).
@@ -394,6 +417,13 @@ pub trait Store: Send {
     /// The latest published list.
     fn latest_published(&self) -> Result<Option<PublishedList>> {
         Ok(None)
+    }
+    /// The latest published list if its `seq` is above `after` (any when `None`): a poll that
+    /// finds nothing newer reads no list.
+    fn latest_published_after(&self, after: Option<u64>) -> Result<Option<PublishedList>> {
+        Ok(self
+            .latest_published()?
+            .filter(|p| after.is_none_or(|a| p.seq > a)))
     }
     /// The revocation epoch: bumped by every transaction that adds or widens a revocation.
     fn revocation_epoch(&self) -> Result<u64> {
@@ -852,6 +882,27 @@ impl Store for SqliteStore {
         read_revocations(&self.conn)
     }
 
+    fn revoked_among(
+        &self,
+        targets: &[(RevocationKind, &str)],
+        now: u64,
+    ) -> Result<Option<(RevocationKind, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT exp FROM revocations WHERE kind = ?1 AND value = ?2")?;
+        for (kind, value) in targets {
+            let exp: Option<i64> = st
+                .query_row(params![kind.as_str(), value], |r| r.get(0))
+                .optional()?;
+            if let Some(exp) = exp {
+                if to_u64(exp)? > now {
+                    return Ok(Some((*kind, (*value).to_owned())));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
         // One IMMEDIATE transaction: the write lock is taken before the sequence is bumped and
         // held while the entries are read, so no revocation can commit between the two. A list
@@ -1064,6 +1115,8 @@ impl Store for SqliteStore {
             to_i64(p.next_update)?,
             epoch
         ])?;
+        tx.prepare_cached("DELETE FROM published_lists WHERE seq <= ?1")?
+            .execute(params![to_i64(seq.saturating_sub(PUBLISHED_LISTS_KEPT))?])?;
         append_audit_tx(&tx, &writer, &p.audit)?;
         tx.commit()?;
         Ok(PublishedList {
@@ -1082,6 +1135,28 @@ impl Store for SqliteStore {
                 "SELECT seq, compact, published_at, next_update, revocation_epoch FROM published_lists ORDER BY seq DESC LIMIT 1",
             )?
             .query_row([], |r| {
+                Ok(PublishedList {
+                    seq: to_u64(r.get(0)?)?,
+                    compact: r.get(1)?,
+                    published_at: to_u64(r.get(2)?)?,
+                    next_update: to_u64(r.get(3)?)?,
+                    revocation_epoch: to_u64(r.get(4)?)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn latest_published_after(&self, after: Option<u64>) -> Result<Option<PublishedList>> {
+        let after = match after {
+            Some(a) => to_i64(a)?,
+            None => -1,
+        };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq, compact, published_at, next_update, revocation_epoch FROM published_lists WHERE seq > ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![after], |r| {
                 Ok(PublishedList {
                     seq: to_u64(r.get(0)?)?,
                     compact: r.get(1)?,

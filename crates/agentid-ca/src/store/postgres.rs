@@ -31,7 +31,7 @@ use tokio_postgres::{Client, Transaction};
 use super::{
     BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit, IssuanceCommitter,
     IssuanceKind, IssuanceRecord, LiveTask, OwnedCommit, Publication, PublishedList,
-    RevocationKind, RevocationRecord, Store, TaskRecord,
+    RevocationKind, RevocationRecord, Store, TaskRecord, PUBLISHED_LISTS_KEPT,
 };
 use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
 use crate::error::{CaError, Result};
@@ -1107,6 +1107,35 @@ impl Store for PgStore {
             .run(move |c| Box::pin(async move { read_revocations(&*c).await }))
     }
 
+    fn revoked_among(
+        &self,
+        targets: &[(RevocationKind, &str)],
+        now: u64,
+    ) -> Result<Option<(RevocationKind, String)>> {
+        let kinds: Vec<String> = targets.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        let values: Vec<String> = targets.iter().map(|(_, v)| (*v).to_owned()).collect();
+        let hits: Vec<(String, String)> = self.inner.run(move |c| {
+            Box::pin(async move {
+                let now = to_i64(now)?;
+                Ok(c.query(
+                    "SELECT r.kind, r.value FROM revocations r
+                     JOIN unnest($1::text[], $2::text[]) AS q(kind, value)
+                       ON r.kind = q.kind AND r.value = q.value
+                     WHERE r.exp > $3",
+                    &[&kinds, &values, &now],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+            })
+        })?;
+        Ok(targets
+            .iter()
+            .find(|(k, v)| hits.iter().any(|(hk, hv)| hk == k.as_str() && hv == v))
+            .map(|(k, v)| (*k, (*v).to_owned())))
+    }
+
     fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
         self.inner.run(move |c| {
             Box::pin(async move {
@@ -1377,6 +1406,11 @@ impl Store for PgStore {
                         ],
                     )
                     .await?;
+                    c.execute(
+                        "DELETE FROM published_lists WHERE seq <= $1",
+                        &[&to_i64(seq.saturating_sub(PUBLISHED_LISTS_KEPT))?],
+                    )
+                    .await?;
                     append_audit_tx(&*c, &writer, &p.audit).await?;
                     Ok(PublishedList {
                         seq,
@@ -1397,6 +1431,26 @@ impl Store for PgStore {
                     "SELECT seq, compact, published_at, next_update, revocation_epoch
                      FROM published_lists ORDER BY seq DESC LIMIT 1",
                     &[],
+                )
+                .await?
+                .as_ref()
+                .map(row_published)
+                .transpose()
+            })
+        })
+    }
+
+    fn latest_published_after(&self, after: Option<u64>) -> Result<Option<PublishedList>> {
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let after = match after {
+                    Some(a) => to_i64(a)?,
+                    None => -1,
+                };
+                c.query_opt(
+                    "SELECT seq, compact, published_at, next_update, revocation_epoch
+                     FROM published_lists WHERE seq > $1 ORDER BY seq DESC LIMIT 1",
+                    &[&after],
                 )
                 .await?
                 .as_ref()
