@@ -1,7 +1,7 @@
 //! Verifier configuration: bundles (authentication), authority policy (authorization of
 //! grants), revocation lists, skew and enforced limits.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::bundle::{BundleSet, TrustBundle};
@@ -21,8 +21,9 @@ pub const MAX_SKEW: u64 = 120;
 /// grant anything here unless this policy says so.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuthorityPolicy {
-    /// `None`: any scope.
-    domains: HashMap<TrustDomain, Option<Scope>>,
+    /// `None`: any scope. Ordered: a lookup (on every authorization) compares a few names
+    /// instead of hashing one with SipHash.
+    domains: BTreeMap<TrustDomain, Option<Scope>>,
 }
 
 impl AuthorityPolicy {

@@ -361,7 +361,7 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             sessions.record(&peer, &method, sent.as_ref(), &mut resp);
-            Ok(resp.map(ResponseBody::new))
+            Ok(resp.map(ResponseBody::boxed))
         })
     }
 }

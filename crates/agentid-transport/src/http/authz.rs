@@ -22,7 +22,7 @@ use crate::PeerPolicy;
 /// The request header whose value becomes a decision's correlation ID.
 pub const CORRELATION_HEADER: &str = "x-request-id";
 /// [`CORRELATION_HEADER`] as a header name (looked up without parsing the name each time).
-const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
+pub(crate) const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
 
 /// One authorization decision.
 #[derive(Debug)]
@@ -113,13 +113,14 @@ impl Authorizer {
         conn: Arc<ConnShared>,
         verified: Option<Arc<Verified>>,
         req: &Request<B>,
+        correlation: Option<HeaderValue>,
     ) -> Self {
         Self {
             conn,
             verified,
             method: req.method().clone(),
             uri: req.uri().clone(),
-            correlation: req.headers().get(&CORRELATION).cloned(),
+            correlation,
         }
     }
 
@@ -161,7 +162,9 @@ impl Authorizer {
     /// Authorizes `requested` under the peer's verified chain (a peer without a chain holds no
     /// authority: 403 `scope_not_granted`).
     pub fn authorize(&self, requested: &Scope) -> Result<(), Refusal> {
-        self.authorize_with_limits(requested, &BTreeMap::new())
+        /// No amounts (a constant: nothing built or dropped per call).
+        const NO_AMOUNTS: &BTreeMap<String, u64> = &BTreeMap::new();
+        self.authorize_with_limits(requested, NO_AMOUNTS)
     }
 
     /// As [`Authorizer::authorize`], also checking requested amounts against the chain's

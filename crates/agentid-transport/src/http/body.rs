@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use tokio::sync::watch;
 
 use super::server::Active;
@@ -23,19 +23,41 @@ pub struct BodyCut;
 
 type Cut = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The response body of an agentid HTTP server.
-pub struct ResponseBody {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
-    /// Waits for the cut; made only when the body first has nothing to send (streaming).
-    cut: Option<Cut>,
-    /// Held until the body is dropped (the request counts as in flight while it streams); its
-    /// connection's cut is checked on every poll.
-    held: Option<Active>,
-    /// The body was cut (it then ends).
-    was_cut: bool,
+/// A response body as the inner service produced it, boxed (the default body type of
+/// [`ResponseBody`], for services whose own body type is not named).
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pin_project_lite::pin_project! {
+    /// The response body of an agentid HTTP server: the inner service's body `B` (not boxed),
+    /// or a refusal's.
+    #[project = ResponseBodyProj]
+    pub struct ResponseBody<B = BoxBody> {
+        #[pin]
+        inner: Inner<B>,
+        // Waits for the cut; made only when the body first has nothing to send (streaming).
+        cut: Option<Cut>,
+        // Held until the body is dropped (the request counts as in flight while it streams); its
+        // connection's cut is checked on every poll.
+        held: Option<Active>,
+        // The body was cut (it then ends).
+        was_cut: bool,
+    }
 }
 
-impl std::fmt::Debug for ResponseBody {
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Service {
+            #[pin]
+            body: B,
+        },
+        Full {
+            body: Full<Bytes>,
+        },
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody").finish_non_exhaustive()
     }
@@ -50,14 +72,15 @@ fn cut_signal(mut rx: watch::Receiver<bool>) -> Cut {
     })
 }
 
-impl ResponseBody {
-    pub(crate) fn new<B>(body: B) -> Self
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+impl<B> ResponseBody<B> {
+    /// The inner service's body, as it is.
+    pub(crate) fn new(body: B) -> Self {
+        Self::with(Inner::Service { body })
+    }
+
+    fn with(inner: Inner<B>) -> Self {
         Self {
-            inner: body.map_err(Into::into).boxed_unsync(),
+            inner,
             cut: None,
             held: None,
             was_cut: false,
@@ -72,52 +95,78 @@ impl ResponseBody {
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
-        Self::new(Full::new(bytes))
+        Self::with(Inner::Full {
+            body: Full::new(bytes),
+        })
     }
 }
 
-impl From<Bytes> for ResponseBody {
+impl ResponseBody {
+    /// Any body, boxed.
+    #[cfg(feature = "mcp")]
+    pub(crate) fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        Self::new(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl<B> From<Bytes> for ResponseBody<B> {
     fn from(bytes: Bytes) -> Self {
         Self::full(bytes)
     }
 }
 
-impl ResponseBody {
-    fn cut_now(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.cut = None;
-        self.was_cut = true;
-        // The guard stays held (the request is in flight until the body is dropped).
-        self.inner = Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        Poll::Ready(Some(Err(Box::new(BodyCut))))
-    }
+fn cut_now<B>(mut this: ResponseBodyProj<'_, B>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    *this.cut = None;
+    *this.was_cut = true;
+    // The guard stays held (the request is in flight until the body is dropped).
+    this.inner.set(Inner::Full {
+        body: Full::new(Bytes::new()),
+    });
+    Poll::Ready(Some(Err(Box::new(BodyCut))))
 }
 
-impl Body for ResponseBody {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.was_cut && self.held.as_ref().is_some_and(Active::is_cut) {
-            return self.cut_now();
+        let mut this = self.project();
+        if !*this.was_cut && this.held.as_ref().is_some_and(Active::is_cut) {
+            return cut_now(this);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match this.inner.as_mut().project() {
+            InnerProj::Service { body } => body
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            InnerProj::Full { body } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+        };
+        match polled {
             Poll::Pending => {
                 // Streaming: wake on the cut as well as on the next frame.
-                if self.cut.is_none() {
+                if this.cut.is_none() {
                     // Subscribed now: a cut sent before is seen (the value is read first).
-                    self.cut = self.held.as_ref().map(|a| cut_signal(a.cut_signal()));
+                    *this.cut = this.held.as_ref().map(|a| cut_signal(a.cut_signal()));
                 }
-                let cut = self
+                let cut = this
                     .cut
                     .as_mut()
                     .is_some_and(|cut| cut.as_mut().poll(cx).is_ready());
                 if cut {
-                    self.cut_now()
+                    cut_now(this)
                 } else {
                     Poll::Pending
                 }
@@ -127,10 +176,16 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Service { body } => body.is_end_stream(),
+            Inner::Full { body } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Service { body } => body.size_hint(),
+            Inner::Full { body } => body.size_hint(),
+        }
     }
 }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::authz::{Authorizer, DecisionSink, TracingSink};
+use super::authz::{Authorizer, DecisionSink, TracingSink, CORRELATION};
 use super::body::{BoxError, ResponseBody};
 use super::presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
@@ -528,8 +528,13 @@ impl ConnShared {
         }
     }
 
-    fn refuse(&self, r: &Refusal, h1: bool, connection_level: bool) -> Response<ResponseBody> {
-        let mut resp: Response<ResponseBody> = r.to_response();
+    fn refuse<B>(
+        &self,
+        r: &Refusal,
+        h1: bool,
+        connection_level: bool,
+    ) -> Response<ResponseBody<B>> {
+        let mut resp: Response<ResponseBody<B>> = r.to_response();
         if connection_level {
             self.start_close();
         }
@@ -559,14 +564,30 @@ impl<S> ConnService<S> {
     /// Runs synchronously when hyper dispatches the request, so that on h2 the stream that
     /// carries the first presentation moves the state to `Pending` before any later stream is
     /// looked at.
-    fn first_pass(&self, req: &Request<Incoming>) -> (bool, Step) {
-        let presentation = match parse_presentation(req.headers()) {
+    fn first_pass(&self, req: &Request<Incoming>) -> (bool, Step, Option<HeaderValue>) {
+        // One pass over the header names: the agentid headers (rare after the first request)
+        // and the correlation header for the request's authorizer.
+        let mut agentid = false;
+        let mut correlation = None;
+        for (name, value) in req.headers() {
+            if *name == CHAIN_HEADER || *name == PROOF_HEADER {
+                agentid = true;
+            } else if *name == CORRELATION && correlation.is_none() {
+                correlation = Some(value.clone());
+            }
+        }
+        let parsed = if agentid {
+            parse_presentation(req.headers())
+        } else {
+            Ok(None)
+        };
+        let presentation = match parsed {
             Ok(p) => p,
             // A failed connection answers every request with its stored code, even a malformed one.
             Err(r) => {
                 return match self.conn.machine().failure() {
-                    Some(stored) => (false, Step::Refuse(stored.clone(), true)),
-                    None => (false, Step::Refuse(r, false)),
+                    Some(stored) => (false, Step::Refuse(stored.clone(), true), correlation),
+                    None => (false, Step::Refuse(r, false), correlation),
                 }
             }
         };
@@ -583,7 +604,7 @@ impl<S> ConnService<S> {
                 None => Step::Refuse(Refusal::internal("verify without presentation"), true),
             },
         };
-        (had_proof, step)
+        (had_proof, step, correlation)
     }
 }
 
@@ -595,13 +616,13 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ResponseBody<B>>;
     type Error = std::convert::Infallible;
-    type Future = ConnFuture<S, S::Future>;
+    type Future = ConnFuture<S, S::Future, B>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let h1 = req.version() < Version::HTTP_2;
-        let (had_proof, step) = self.first_pass(&req);
+        let (had_proof, step, correlation) = self.first_pass(&req);
         let active = Active::new(&self.conn);
         let mut fut = ConnFuture {
             conn: self.conn.clone(),
@@ -609,6 +630,7 @@ where
             had_proof,
             active: Some(active),
             verified: None,
+            correlation,
             inner: self.inner.clone(),
             req: Some(req),
             wait: None,
@@ -637,31 +659,33 @@ pin_project_lite::pin_project! {
     /// One request on a connection: the presentation (settled or awaited), the connection
     /// checks, the inner service with the request's [`Authorizer`], and the checks again when
     /// the response leaves. No allocation on the common path.
-    struct ConnFuture<S, F> {
+    struct ConnFuture<S, F, B> {
         conn: Arc<ConnShared>,
         h1: bool,
         had_proof: bool,
         active: Option<Active>,
         verified: Option<Arc<Verified>>,
+        // The request's `x-request-id`, found by the first pass.
+        correlation: Option<HeaderValue>,
         inner: S,
         req: Option<Request<Incoming>>,
         wait: Option<WaitFuture>,
         // The connection checks passed before the inner service was asked for readiness.
         checked: bool,
-        done: Option<Response<ResponseBody>>,
+        done: Option<Response<ResponseBody<B>>>,
         #[pin]
         call: Option<F>,
     }
 }
 
-impl<S, B> Future for ConnFuture<S, S::Future>
+impl<S, B> Future for ConnFuture<S, S::Future, B>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<Response<ResponseBody>, std::convert::Infallible>;
+    type Output = Result<Response<ResponseBody<B>>, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -703,8 +727,12 @@ where
                             )
                             .to_response()));
                         };
-                        let authorizer =
-                            Authorizer::new(this.conn.clone(), this.verified.clone(), &req);
+                        let authorizer = Authorizer::new(
+                            this.conn.clone(),
+                            this.verified.clone(),
+                            &req,
+                            this.correlation.take(),
+                        );
                         req.extensions_mut().insert(authorizer);
                         this.call.set(Some(this.inner.call(req)));
                         match this.call.as_mut().as_pin_mut().map(|c| c.poll(cx)) {
