@@ -1,7 +1,8 @@
 //! `CaClient` keeps one connection to the CA service (on 127.0.0.1) and reuses it across calls;
 //! it opens a new one when the server closed it, and when the credential rotated (a request
 //! never goes out under the old certificate). The connections are counted by a TCP relay in
-//! front of the service (TLS passes through it untouched), which can also cut them all.
+//! front of the service (TLS passes through it untouched), which can also cut them all. The
+//! feed watchers, on a credential an `Enroller` renews, follow each renewal without a failure.
 #![cfg(test)]
 #![allow(missing_docs)]
 
@@ -15,7 +16,9 @@ use std::time::Duration;
 use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{CertificateAuthority, KeySource, KeyType, ServiceRequest};
 use agentid_protocol::{Algorithm, BundleSet, SpiffeId, TaskKey, VerifierConfig};
-use agentid_transport::enroll::CaClient;
+use agentid_transport::enroll::{
+    BundleApplier, BundleWatcher, CaClient, Enroller, RevocationWatcher, WatchOptions,
+};
 use agentid_transport::{Credential, CredentialSource, MemoryCredentials, PeerVerification};
 use rustls_pki_types::CertificateDer;
 
@@ -117,6 +120,11 @@ impl World {
     /// `platform`'s service certificate for a new key (the store binds `platform` to that key
     /// from now on: a certificate for an earlier key is refused `key_mismatch`).
     fn platform(&self) -> Credential {
+        self.platform_for(None)
+    }
+
+    /// As [`World::platform`], for `ttl` (the policy's default when `None`).
+    fn platform_for(&self, ttl: Option<Duration>) -> Credential {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
         let c = self
             .ca()
@@ -124,7 +132,7 @@ impl World {
                 &ServiceRequest {
                     service: "platform".into(),
                     key: KeySource::Spki(key.public_key().to_spki_der()),
-                    ttl: None,
+                    ttl,
                 },
                 common::now(),
             )
@@ -242,4 +250,89 @@ async fn a_rotated_credential_is_presented_on_a_new_connection() {
     assert_eq!(relay.accepts(), 2, "a new connection after the rotation");
     client.list().await.unwrap();
     assert_eq!(relay.accepts(), 2, "and that one is kept");
+}
+
+/// The watchers' long-polls on a credential that an `Enroller` renews: every renewal is
+/// followed on a new connection, and no poll fails. (Each watcher's connection used to outlive
+/// the certificate it was made with and to be dropped under a held long-poll at that
+/// certificate's deadline margin, logging `dispatch task is gone` after each renewal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_watchers_follow_renewals_without_a_failed_poll() {
+    const TTL: Duration = Duration::from_secs(12);
+    let w = start().await;
+    let url = format!("https://{}", w.mtls);
+    // The signed agentid bundle the CA serves, for the bundle watcher to apply.
+    agentid_ca::agentid_bundle::sign_dir(&w.ca(), w.dir.path(), common::unix(common::now()))
+        .unwrap();
+    let enroller =
+        Enroller::from_credential(&url, w.platform_for(Some(TTL)), w.verification(), T)
+            .with_ttl(Some(TTL));
+    let creds = enroller.credentials();
+    let first_not_after = creds.current().unwrap().info().not_after;
+    let target = w.verification();
+    let client = || CaClient::new(&url, creds.clone(), w.verification(), T).unwrap();
+    // The default 25-second long-poll: longer than the certificates live.
+    let revocations =
+        RevocationWatcher::new(client(), target.clone(), WatchOptions::default()).spawn();
+    let signing = agentid_ca::agentid_bundle::public_key(w.dir.path()).unwrap();
+    let applier = Arc::new(BundleApplier::new(
+        target.clone(),
+        signing,
+        agentid_protocol::TrustDomain::parse(common::TD).unwrap(),
+    ));
+    let bundles = BundleWatcher::new(
+        client(),
+        applier,
+        WatchOptions::default().with_bundle_interval(Duration::from_secs(1)),
+    )
+    .spawn();
+    assert!(revocations.wait_for(T, |s| s.seq.is_some()).await);
+    assert!(bundles.wait_for(T, |s| s.applied > 0).await);
+
+    let mut changes = creds.subscribe().unwrap();
+    let renewing = tokio::spawn(async move { enroller.run().await });
+    // The first renewal comes at once (the enroller times the certificate it started with
+    // from its back-dated notBefore), the next ones at half of each 12-second lifetime: the
+    // third is past the deadline margin of the first two certificates, where the connections
+    // they were presented on are dropped.
+    for n in 1..=3 {
+        tokio::time::timeout(Duration::from_secs(40), changes.changed())
+            .await
+            .unwrap_or_else(|_| panic!("renewal {n} within 40 s"))
+            .unwrap();
+    }
+    let now = common::unix(common::now());
+    assert!(
+        now + 5 > first_not_after,
+        "the third renewal comes after the first certificate's margin ({now}, {first_not_after})"
+    );
+    renewing.abort();
+    for (name, status) in [
+        ("revocations", revocations.status()),
+        ("bundles", bundles.status()),
+    ] {
+        assert_eq!(status.failures, 0, "{name}: {status:?}");
+        assert_eq!(status.last_error, None, "{name}: {status:?}");
+    }
+    // The feed is still followed under the renewed certificate: a revocation committed now
+    // (by the operator, on the same store) reaches the watcher.
+    let seq = revocations.status().seq.unwrap();
+    w.ca()
+        .revoke(
+            &agentid_ca::RevokeTarget::Agent("worker".into()),
+            Some("test"),
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    assert!(
+        revocations
+            .wait_for(T, |s| s.seq.is_some_and(|q| q > seq))
+            .await,
+        "{:?}",
+        revocations.status()
+    );
+    assert_eq!(revocations.status().failures, 0);
+    revocations.stop().await;
+    bundles.stop().await;
 }
