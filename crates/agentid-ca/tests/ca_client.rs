@@ -336,3 +336,61 @@ async fn the_feed_watchers_follow_renewals_without_a_failed_poll() {
     revocations.stop().await;
     bundles.stop().await;
 }
+
+/// Every `policy_denied` carries the next step: the policy.toml rule that refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_refusal_names_the_rule_that_refused() {
+    let w = start().await;
+    let client = w.client(
+        &format!("https://{}", w.mtls),
+        Arc::new(MemoryCredentials::new(w.platform())),
+    );
+    let hint_of = |e: agentid_transport::enroll::EnrollError| {
+        let api = e.api_error().cloned().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(api.code, agentid_api::ErrorCode::PolicyDenied, "{api}");
+        api.hint
+    };
+    // A permission `platform` does not hold for an agent.
+    let token = |agent: &str, scope: &str| agentid_api::TokenRequest {
+        agent: agent.into(),
+        scope: vec![scope.into()],
+        ..Default::default()
+    };
+    let hint = hint_of(client.create_token(&token("planner", "tickets:read")).await.unwrap_err());
+    assert_eq!(
+        hint,
+        "check the request against agents.planner.permissions in the CA's policy.toml, or ask the CA's operator to change that rule"
+    );
+    // An agent without a rule.
+    let hint = hint_of(client.create_token(&token("ghost", "tickets:read")).await.unwrap_err());
+    assert!(hint.contains("agents.ghost in the CA's policy.toml"), "{hint}");
+    // `list` held for no agent at all.
+    let weak = {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let c = w
+            .ca()
+            .issue_service(
+                &ServiceRequest {
+                    service: "search".into(),
+                    key: KeySource::Spki(key.public_key().to_spki_der()),
+                    ttl: None,
+                },
+                common::now(),
+            )
+            .unwrap();
+        let chain = vec![
+            CertificateDer::from(c.leaf.der.clone()),
+            CertificateDer::from(c.intermediate_der.clone()),
+        ];
+        Credential::new(chain, key).unwrap()
+    };
+    let search = CaClient::new(
+        &format!("https://{}", w.mtls),
+        Arc::new(MemoryCredentials::new(weak)),
+        w.verification(),
+        T,
+    )
+    .unwrap();
+    let hint = hint_of(search.list().await.unwrap_err());
+    assert!(hint.contains("agents.*.permissions"), "{hint}");
+}

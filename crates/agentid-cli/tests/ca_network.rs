@@ -291,11 +291,14 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         doc["error"]["message"].as_str(),
         line.strip_prefix("agentid: ")
     );
-    // The CA's hint when it gave one (this refusal has none): never one of the CLI's own.
-    match doc["error"]["hint"].as_str() {
-        Some(hint) => assert!(line.ends_with(&format!("({hint})")), "{doc}"),
-        None => assert!(doc["error"]["hint"].is_null(), "{doc}"),
-    }
+    // The CA's own hint, naming the rule that refused (never one of the CLI's own).
+    let hint = doc["error"]["hint"].as_str().unwrap_or_default();
+    assert_eq!(
+        hint,
+        "check the request against agents.*.permissions in the CA's policy.toml, or ask the CA's operator to change that rule",
+        "{doc}"
+    );
+    assert!(line.ends_with(&format!("({hint})")), "{doc}");
     env.fails(
         &format!(
             "token create --ca-url {url} --cred weak --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
@@ -304,13 +307,19 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         "policy_denied",
     );
     assert!(!env.path("t.json").exists());
-    // `platform` may create tokens for planner, not for auditor.
-    env.fails(
+    // `platform` may create tokens for planner, not for auditor: the rule is named.
+    let (stdout, _) = env.fails(
         &format!(
-            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json"
+            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json --format json"
         ),
         1,
         "policy_denied",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        doc["error"]["hint"],
+        "check the request against agents.auditor.permissions in the CA's policy.toml, or ask the CA's operator to change that rule",
+        "{doc}"
     );
     env.fails(
         &format!("revoke --ca-url {url} --cred weak --agent planner"),
