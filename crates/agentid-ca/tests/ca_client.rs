@@ -163,10 +163,7 @@ impl World {
 async fn successive_calls_share_one_connection() {
     let w = start().await;
     let relay = Relay::start(w.mtls).await;
-    let client = w.client(
-        &relay.url(),
-        Arc::new(MemoryCredentials::new(w.platform())),
-    );
+    let client = w.client(&relay.url(), Arc::new(MemoryCredentials::new(w.platform())));
     for _ in 0..3 {
         client.revocations().await.unwrap();
         client.list().await.unwrap();
@@ -204,10 +201,7 @@ async fn successive_calls_share_one_connection() {
 async fn a_call_after_the_server_closed_the_connection_goes_out_on_a_new_one() {
     let w = start().await;
     let relay = Relay::start(w.mtls).await;
-    let client = w.client(
-        &relay.url(),
-        Arc::new(MemoryCredentials::new(w.platform())),
-    );
+    let client = w.client(&relay.url(), Arc::new(MemoryCredentials::new(w.platform())));
     client.list().await.unwrap();
     assert_eq!(relay.accepts(), 1);
     for round in 2..=4 {
@@ -224,7 +218,8 @@ async fn a_rotated_credential_is_presented_on_a_new_connection() {
     let w = start().await;
     let relay = Relay::start(w.mtls).await;
     let old = w.platform();
-    let old_again = Credential::with_shared_key(old.cert_chain().to_vec(), old.shared_key()).unwrap();
+    let old_again =
+        Credential::with_shared_key(old.cert_chain().to_vec(), old.shared_key()).unwrap();
     let creds = Arc::new(MemoryCredentials::new(old));
     let client = w.client(&relay.url(), creds.clone());
     client.list().await.unwrap();
@@ -234,7 +229,10 @@ async fn a_rotated_credential_is_presented_on_a_new_connection() {
     // The CA now binds `platform` to a new key: the old certificate is refused from here on,
     // on any connection (the CA re-checks the caller's key on every request).
     let new = w.platform();
-    let stale = w.client(&format!("https://{}", w.mtls), Arc::new(MemoryCredentials::new(old_again)));
+    let stale = w.client(
+        &format!("https://{}", w.mtls),
+        Arc::new(MemoryCredentials::new(old_again)),
+    );
     let err = stale.list().await.unwrap_err();
     assert_eq!(
         err.api_error().map(|e| e.code),
@@ -264,9 +262,8 @@ async fn the_feed_watchers_follow_renewals_without_a_failed_poll() {
     // The signed agentid bundle the CA serves, for the bundle watcher to apply.
     agentid_ca::agentid_bundle::sign_dir(&w.ca(), w.dir.path(), common::unix(common::now()))
         .unwrap();
-    let enroller =
-        Enroller::from_credential(&url, w.platform_for(Some(TTL)), w.verification(), T)
-            .with_ttl(Some(TTL));
+    let enroller = Enroller::from_credential(&url, w.platform_for(Some(TTL)), w.verification(), T)
+        .with_ttl(Some(TTL));
     let creds = enroller.credentials();
     let first_not_after = creds.current().unwrap().info().not_after;
     let target = w.verification();
@@ -356,14 +353,27 @@ async fn a_policy_refusal_names_the_rule_that_refused() {
         scope: vec![scope.into()],
         ..Default::default()
     };
-    let hint = hint_of(client.create_token(&token("planner", "tickets:read")).await.unwrap_err());
+    let hint = hint_of(
+        client
+            .create_token(&token("planner", "tickets:read"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(
         hint,
         "check the request against agents.planner.permissions in the CA's policy.toml, or ask the CA's operator to change that rule"
     );
     // An agent without a rule.
-    let hint = hint_of(client.create_token(&token("ghost", "tickets:read")).await.unwrap_err());
-    assert!(hint.contains("agents.ghost in the CA's policy.toml"), "{hint}");
+    let hint = hint_of(
+        client
+            .create_token(&token("ghost", "tickets:read"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        hint.contains("agents.ghost in the CA's policy.toml"),
+        "{hint}"
+    );
     // `list` held for no agent at all.
     let weak = {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
