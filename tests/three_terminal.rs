@@ -253,6 +253,16 @@ fn the_three_processes_keep_working_over_several_certificate_lifetimes() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "every round was granted: {status}");
+    // The feed watchers follow each renewal on a new connection: no long-poll is cut under
+    // them at the old certificate's deadline (hyper's "dispatch task is gone").
+    for p in [&client, &server] {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let cut: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("dispatch task is gone"))
+            .collect();
+        assert!(cut.is_empty(), "{}: {cut:#?}", p.name);
+    }
     drop(server);
     drop(ca);
 }

@@ -214,6 +214,15 @@ impl CaError {
             message: message.into(),
         }
     }
+
+    /// The policy.toml rule that refused, for a policy refusal ([`CaError::Policy`],
+    /// [`CaError::Unauthorized`]): e.g. `agents.planner.scopes`.
+    pub fn policy_rule(&self) -> Option<&str> {
+        match self {
+            CaError::Policy { rule, .. } | CaError::Unauthorized { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for CaError {

@@ -839,26 +839,7 @@ impl CertificateAuthority {
         req: &ServiceRequest,
         now: SystemTime,
     ) -> Result<IssuedCertificate> {
-        let now_s = util::unix(now)?;
-        let subject = format!(
-            "spiffe://{}/svc/{}",
-            self.config.trust_domain.as_str(),
-            req.service
-        );
-        let res = self.issue_service_inner(req, now_s, None);
-        let summary = res
-            .as_ref()
-            .map(|c| (c.leaf.serial.clone(), None))
-            .map_err(|e| e.to_string());
-        self.audit_issue(
-            IssuanceKind::Service,
-            now_s,
-            "operator",
-            &subject,
-            None,
-            &summary,
-        );
-        res
+        self.issue_service_audited(req, now, None)
     }
 
     /// Issues a service certificate for a bootstrap token bound to the service (`rec`): the
@@ -870,21 +851,36 @@ impl CertificateAuthority {
         rec: &BootstrapRecord,
         now: SystemTime,
     ) -> Result<IssuedCertificate> {
+        self.issue_service_audited(req, now, Some(rec))
+    }
+
+    /// A service certificate, by the operator or for the bootstrap token `bootstrap`, with its
+    /// audit record (the issuance or the refusal) either way.
+    fn issue_service_audited(
+        &self,
+        req: &ServiceRequest,
+        now: SystemTime,
+        bootstrap: Option<&BootstrapRecord>,
+    ) -> Result<IssuedCertificate> {
         let now_s = util::unix(now)?;
         let subject = format!(
             "spiffe://{}/svc/{}",
             self.config.trust_domain.as_str(),
             req.service
         );
-        let res = self.issue_service_inner(req, now_s, Some(rec));
+        let res = self.issue_service_inner(req, now_s, bootstrap);
         let summary = res
             .as_ref()
             .map(|c| (c.leaf.serial.clone(), None))
             .map_err(|e| e.to_string());
+        let actor = match bootstrap {
+            None => "operator",
+            Some(_) => "bootstrap token",
+        };
         self.audit_issue(
             IssuanceKind::Service,
             now_s,
-            "bootstrap token",
+            actor,
             &subject,
             None,
             &summary,

@@ -622,7 +622,14 @@ impl From<CaError> for Refused {
                 "retry later",
             );
         }
-        Refused::new(code, e.to_string(), "")
+        // A policy refusal names the rule that refused; the caller can ask for less, and only
+        // the CA's operator can change the rule.
+        let hint = e.policy_rule().map_or_else(String::new, |rule| {
+            format!(
+                "check the request against {rule} in the CA's policy.toml, or ask the CA's operator to change that rule"
+            )
+        });
+        Refused::new(code, e.to_string(), hint)
     }
 }
 

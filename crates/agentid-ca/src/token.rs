@@ -164,7 +164,9 @@ impl CertificateAuthority {
             .and_then(|b| serde_json::from_str::<TokenBinding>(b).ok())
             .and_then(|b| b.service.map(|s| (s, b.ttl_secs)));
         let Some((service, ttl)) = service else {
-            return self.enroll(token, csr, now).map(Redeemed::Task);
+            return self
+                .enroll_with_state(token, &hash, state, csr, now)
+                .map(Redeemed::Task);
         };
         if state.used_at.is_some() {
             return Err(EnrollError::TokenUsed);
@@ -209,6 +211,19 @@ impl CertificateAuthority {
             .store()?
             .bootstrap_state(&hash)?
             .ok_or(EnrollError::TokenInvalid)?;
+        self.enroll_with_state(token, &hash, state, csr, now)
+    }
+
+    /// [`CertificateAuthority::enroll`] with the token's stored state (`hash` its SHA-256)
+    /// already read.
+    fn enroll_with_state(
+        &self,
+        token: &str,
+        hash: &str,
+        state: BootstrapState,
+        csr: Vec<u8>,
+        now: SystemTime,
+    ) -> std::result::Result<TaskCredentials, EnrollError> {
         if state.used_at.is_some() {
             return Err(EnrollError::TokenUsed);
         }
@@ -259,7 +274,7 @@ impl CertificateAuthority {
                 let used = self
                     .store()
                     .ok()
-                    .and_then(|s| s.bootstrap_state(&hash).ok().flatten())
+                    .and_then(|s| s.bootstrap_state(hash).ok().flatten())
                     .is_some_and(|s| s.used_at.is_some());
                 if used && matches!(e, CaError::BootstrapToken(_)) {
                     return Err(EnrollError::TokenUsed);

@@ -154,8 +154,8 @@ impl From<agentid_ca::CaError> for CliError {
             _ => "failed",
         };
         // A local policy refusal: the operator can act on the rule it names.
-        match &e {
-            E::Policy { rule, .. } => {
+        match e.policy_rule() {
+            Some(rule) => {
                 let hint = format!(
                     "check the request against {rule} in the CA's policy.toml, or change that rule"
                 );
@@ -163,7 +163,7 @@ impl From<agentid_ca::CaError> for CliError {
                     .with_code(code)
                     .with_hint(hint)
             }
-            _ => CliError::failed(e.to_string()).with_code(code),
+            None => CliError::failed(e.to_string()).with_code(code),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::cert::grant_opts::parse_task;
 use crate::common::{
     key_type_parser, parse_duration, print_json, print_text, rfc3339, Format, FormatArg, KeyType,
 };
-use crate::error::{CliError, CliResult, Context};
+use crate::error::{ArgContext, CliError, CliResult, Context};
 use crate::files;
 
 /// How long a network command waits for the CA.
@@ -83,14 +83,17 @@ pub(crate) fn runtime() -> CliResult<tokio::runtime::Runtime> {
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Create a single-use bootstrap token and write its token file (0600): the token, the CA's
-    /// enrollment URL, the SHA-256 of the root to pin, the identity and the expiry. Locally as
-    /// the operator (`--ca DIR`), or through the CA service as a permitted service (`--ca-url`,
-    /// `--cred`).
+    /// enrollment URL, the SHA-256 of the root to pin, the identity and the expiry. For an
+    /// agent's task (`--agent`): locally as the operator (`--ca DIR`), or through the CA service
+    /// as a permitted service (`--ca-url`, `--cred`). For a service (`--service`): as the
+    /// operator only; `agentid enroll` then gets a service certificate with the DNS names of the
+    /// service's rule, which must list `bootstrap` among its requesters.
     Create(TokenCreateArgs),
 }
 
 /// Arguments of `token create`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["agent", "service"])))]
 pub struct TokenCreateArgs {
     /// The CA directory (operator, local).
     #[arg(
@@ -109,15 +112,19 @@ pub struct TokenCreateArgs {
     /// `--ca-url` of a service's request, else none).
     #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub renew_url: Option<String>,
-    /// The agent the token enrolls.
+    /// The agent the token enrolls (a new task, with a grant).
     #[arg(long)]
-    pub agent: String,
+    pub agent: Option<String>,
+    /// The service the token enrolls (`spiffe://TD/svc/NAME`: a service certificate, no task,
+    /// no grant). Operator only (`--ca DIR`).
+    #[arg(long)]
+    pub service: Option<String>,
     /// The task id (default: generated).
     #[arg(long)]
     pub task: Option<String>,
-    /// The grant's scope (space-separated tokens).
-    #[arg(long)]
-    pub scope: String,
+    /// The grant's scope (space-separated tokens); required with `--agent`.
+    #[arg(long, required_unless_present = "service")]
+    pub scope: Option<String>,
     /// An audience of the grant (repeatable).
     #[arg(long = "aud")]
     pub audience: Vec<String>,
@@ -148,11 +155,58 @@ pub fn run_token(cmd: &TokenCommand) -> CliResult {
 }
 
 fn token_create(a: &TokenCreateArgs) -> CliResult {
+    let file = match (&a.agent, &a.service) {
+        (_, Some(service)) => service_token(a, service)?,
+        (Some(agent), None) => agent_token(a, agent)?,
+        // clap requires exactly one of them.
+        (None, None) => return Err(CliError::usage("name --agent or --service")),
+    };
+    write_token_file(a, &file)
+}
+
+/// A service's token: made by the operator only, binding no grant (CA-API 3.5).
+fn service_token(a: &TokenCreateArgs, service: &str) -> CliResult<TokenFile> {
+    if a.scope.is_some()
+        || !a.audience.is_empty()
+        || a.max_depth.is_some()
+        || a.task.is_some()
+        || a.task_ttl.is_some()
+    {
+        return Err(CliError::usage(
+            "--scope, --aud, --max-depth, --task and --task-ttl bind an agent's task and grant; a service's token binds none (only --ttl, the certificate lifetime)",
+        ));
+    }
+    let Some(dir) = &a.ca else {
+        return Err(CliError::usage(
+            "a service's token is made by the operator (--ca DIR); the CA service creates tokens for agents only",
+        ));
+    };
+    let ca = crate::cert::CaDirArg { ca: dir.clone() }.open()?;
+    let id = agentid_protocol::ServiceId::new(ca.trust_domain(), service)
+        .bad_arg("--service", service)?;
+    let (token, identity, expires) =
+        ca.create_service_token(id.name(), a.ttl, a.expires_in, SystemTime::now())?;
+    Ok(TokenFile {
+        token,
+        ca_url: a.enroll_url.clone(),
+        root_sha256: agentid_ca::server::root_sha256(&ca),
+        identity,
+        // A service has no task: the token file names it as its store record does.
+        agent: format!("svc:{}", id.name()),
+        task: String::new(),
+        expires,
+        renew_url: a.renew_url.clone(),
+    })
+}
+
+/// An agent's token: locally as the operator, or through the CA service as a permitted service.
+fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
     let audience = (!a.audience.is_empty()).then(|| a.audience.clone());
+    let scope = a.scope.clone().unwrap_or_default();
     let file = if let Some(dir) = &a.ca {
         let ca = crate::cert::CaDirArg { ca: dir.clone() }.open()?;
         let binding = agentid_ca::TokenBinding {
-            scope: a.scope.clone(),
+            scope,
             audience,
             max_depth: a.max_depth,
             ttl_secs: a.ttl.map(|d| d.as_secs()),
@@ -161,7 +215,7 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             ..Default::default()
         };
         let task = a.task.as_deref().map(parse_task).transpose()?;
-        let t = ca.create_bound_token(&a.agent, task, &binding, a.expires_in, SystemTime::now())?;
+        let t = ca.create_bound_token(agent, task, &binding, a.expires_in, SystemTime::now())?;
         TokenFile {
             token: t.token.clone(),
             ca_url: a.enroll_url.clone(),
@@ -175,9 +229,9 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
     } else {
         let client = a.remote.client()?;
         let req = TokenRequest {
-            agent: a.agent.clone(),
+            agent: agent.to_owned(),
             task: a.task.clone(),
-            scope: a.scope.split_whitespace().map(str::to_owned).collect(),
+            scope: scope.split_whitespace().map(str::to_owned).collect(),
             audience,
             max_depth: a.max_depth,
             ttl_secs: a.ttl.map(|d| d.as_secs()),
@@ -205,7 +259,12 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             renew_url: a.renew_url.clone().or_else(|| a.remote.ca_url.clone()),
         }
     };
-    let text = serde_json::to_vec_pretty(&file).context("cannot encode the token file")?;
+    Ok(file)
+}
+
+/// Writes the token file (0600, never over an existing file) and reports it.
+fn write_token_file(a: &TokenCreateArgs, file: &TokenFile) -> CliResult {
+    let text = serde_json::to_vec_pretty(file).context("cannot encode the token file")?;
     agentid_fs::create_secret(&a.out, &text).map_err(|e| match e {
         agentid_fs::FsError::AlreadyExists { .. } => CliError::failed(format!(
             "{} already exists: refusing to overwrite a token file",
@@ -221,10 +280,11 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             "root_sha256": file.root_sha256,
         })),
         Format::Text => print_text(&format!(
-            "token file {} for {} (redeemable until {}); hand it to the agent as a file or through {TOKEN_FILE_ENV}, never on a command line\n",
+            "token file {} for {} (redeemable until {}); hand it to the {} as a file or through {TOKEN_FILE_ENV}, never on a command line\n",
             a.out.display(),
             file.identity,
-            rfc3339(file.expires)
+            rfc3339(file.expires),
+            if a.service.is_some() { "service" } else { "agent" }
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! The CA service through the real `agentid` binary on 127.0.0.1: `ca serve` with an
-//! enrollment listener, `token create` (operator and service), `enroll`, `ca list` and
+//! enrollment listener, `token create` (operator and service; for agents and for services),
+//! `enroll`, `ca list` and
 //! `revoke --ca-url`; and the refusals, each with its code and nothing recorded as issued.
 #![cfg(test)]
 
@@ -42,6 +43,10 @@ requesters = ["operator"]
 
 [services.weak]
 requesters = ["operator"]
+
+[services.web]
+requesters = ["operator", "bootstrap"]
+dns = ["web.example.org", "web.internal"]
 "#;
 
 type Server = CaService;
@@ -215,11 +220,14 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         doc["error"]["message"].as_str(),
         line.strip_prefix("agentid: ")
     );
-    // The CA's hint when it gave one (this refusal has none): never one of the CLI's own.
-    match doc["error"]["hint"].as_str() {
-        Some(hint) => assert!(line.ends_with(&format!("({hint})")), "{doc}"),
-        None => assert!(doc["error"]["hint"].is_null(), "{doc}"),
-    }
+    // The CA's own hint, naming the rule that refused (never one of the CLI's own).
+    let hint = doc["error"]["hint"].as_str().unwrap_or_default();
+    assert_eq!(
+        hint,
+        "check the request against agents.*.permissions in the CA's policy.toml, or ask the CA's operator to change that rule",
+        "{doc}"
+    );
+    assert!(line.ends_with(&format!("({hint})")), "{doc}");
     env.fails(
         &format!(
             "token create --ca-url {url} --cred weak --enroll-url {eurl} --agent planner --scope tickets:read --out t.json"
@@ -228,13 +236,19 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         "policy_denied",
     );
     assert!(!env.path("t.json").exists());
-    // `platform` may create tokens for planner, not for auditor.
-    env.fails(
+    // `platform` may create tokens for planner, not for auditor: the rule is named.
+    let (stdout, _) = env.fails(
         &format!(
-            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json"
+            "token create --ca-url {url} --cred platform --enroll-url {eurl} --agent auditor --scope tickets:read --out t.json --format json"
         ),
         1,
         "policy_denied",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        doc["error"]["hint"],
+        "check the request against agents.auditor.permissions in the CA's policy.toml, or ask the CA's operator to change that rule",
+        "{doc}"
     );
     env.fails(
         &format!("revoke --ca-url {url} --cred weak --agent planner"),
@@ -402,4 +416,122 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
         "invalid peer certificate",
     );
     assert_eq!(issued(&env), before);
+}
+
+#[test]
+fn a_service_token_enrolls_a_service_certificate_with_the_dns_names_of_its_rule() {
+    let env = Env::new();
+    let s = serve(&env);
+    let (url, eurl) = (s.url(), s.enroll_url());
+    let made = env.json(&format!(
+        "token create --ca ca --enroll-url {eurl} --renew-url {url} --service web --ttl 10m --out web.token"
+    ));
+    assert_eq!(made["identity"], "spiffe://example.org/svc/web");
+    assert_eq!(mode(&env.path("web.token")), 0o600);
+    let file: serde_json::Value = serde_json::from_str(&env.read("web.token")).unwrap();
+    assert_eq!(file["identity"], "spiffe://example.org/svc/web");
+    assert_eq!(file["renew_url"], url.as_str());
+    let before = issued(&env);
+
+    let v = env.json("enroll --token-file web.token --out-dir web");
+    assert_eq!(v["identity"], "spiffe://example.org/svc/web");
+    assert_eq!(mode(&env.path("web/key.pem")), 0o600);
+    assert!(
+        !env.path("web/grant.jwt").exists(),
+        "a service holds no grant"
+    );
+    env.ok("cert verify web/cert.pem --bundle web/bundle.json");
+    let info = env.json("cert inspect web/cert.pem");
+    assert_eq!(info["kind"], "service");
+    assert_eq!(
+        info["san"],
+        serde_json::json!([
+            "URI:spiffe://example.org/svc/web",
+            "DNS:web.example.org",
+            "DNS:web.internal"
+        ])
+    );
+    let life = info["not_after"].as_u64().unwrap() - info["not_before"].as_u64().unwrap();
+    assert!(life <= 600 + 120, "the token's --ttl, at most: {life}");
+    let ca = agentid_ca::CertificateAuthority::open(&env.path("ca")).unwrap();
+    assert_eq!(ca.issuances().unwrap().len(), before + 1);
+    let rec = ca
+        .issuance(v["serial"].as_str().unwrap())
+        .unwrap()
+        .expect("the enrollment is recorded");
+    assert_eq!(rec.requester, "bootstrap token");
+
+    // Used once: a second enrollment is refused and issues nothing.
+    env.fails(
+        "enroll --token-file web.token --out-dir web2",
+        1,
+        "token_used",
+    );
+    assert_eq!(issued(&env), before + 1);
+    assert!(!env.path("web2/cert.pem").exists());
+    // The enrolled service renews over mutual TLS, as an agent does.
+    let renewed = env.json(&format!("cert renew --ca-url {url} --dir web"));
+    assert_eq!(renewed["identity"], "spiffe://example.org/svc/web");
+    env.ok("cert verify web/cert.pem --bundle web/bundle.json");
+}
+
+#[test]
+fn token_create_for_a_service_refuses_what_does_not_apply_and_services_without_bootstrap() {
+    let env = Env::new();
+    let s = serve(&env);
+    let (url, eurl) = (s.url(), s.enroll_url());
+    let base = format!("token create --ca ca --enroll-url {eurl} --out t.json");
+    // Exactly one of --agent and --service (clap's refusal: status 2, one line).
+    env.fails(
+        &format!("{base} --agent planner --service web --scope tickets:read"),
+        2,
+        "cannot be used with",
+    );
+    env.fails(&format!("{base} --scope tickets:read"), 2, "--agent");
+    // An agent's token still needs its scope.
+    env.fails(&format!("{base} --agent planner"), 2, "--scope");
+    // Grant options bind a task: a command-line mistake, as a JSON refusal under --format json.
+    for extra in [
+        "--scope tickets:read",
+        "--task t-1",
+        "--task-ttl 1h",
+        "--max-depth 1",
+        "--aud spiffe://example.org/svc/x",
+    ] {
+        let (stdout, _) = env.fails(
+            &format!("{base} --service web {extra} --format json"),
+            2,
+            "a service's token binds none",
+        );
+        let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(doc["error"]["code"], "usage", "{doc}");
+    }
+    // The CA service makes tokens for agents only: a service's token is the operator's.
+    let (stdout, _) = env.fails(
+        &format!(
+            "token create --ca-url {url} --cred platform --enroll-url {eurl} --service web --out t.json --format json"
+        ),
+        2,
+        "made by the operator (--ca DIR)",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "usage", "{doc}");
+    // A malformed service name is the command line's.
+    env.fails(&format!("{base} --service Bad/Name"), 2, "bad --service");
+    // A service whose rule does not list `bootstrap` gets no token (status 1, the rule named).
+    env.fails(
+        &format!("{base} --service weak"),
+        1,
+        "services.weak.requesters",
+    );
+    // And the reserved name of the CA service itself, never.
+    env.fails(
+        &format!("{base} --service agentid-ca"),
+        1,
+        "services.agentid-ca",
+    );
+    assert!(
+        !env.path("t.json").exists(),
+        "no refusal writes a token file"
+    );
 }

@@ -35,7 +35,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::http::{enrollment_client_config, HttpClient};
+use crate::http::{enrollment_client_config, HttpClient, HttpClientConnection};
 use crate::{Credential, CredentialSource, MemoryCredentials, PeerPolicy, PeerVerification};
 
 mod watch;
@@ -467,12 +467,132 @@ impl CredentialSource for WithoutChain {
     }
 }
 
+/// A kept connection is reused only while it can still send for this long (before the earlier
+/// of both certificates' `notAfter` minus the client's close margin): a request never starts on
+/// a connection about to be dropped under it.
+pub(crate) const REUSE_MARGIN: Duration = Duration::from_secs(2);
+
+/// A kept connection idle for longer than this is closed rather than reused: the CA closes an
+/// idle HTTP/1.1 connection after its header read timeout (10 s by default), and a request
+/// written just as the server closes could not be told apart from one it processed.
+pub(crate) const MAX_IDLE: Duration = Duration::from_secs(5);
+
+/// The connection a [`CaClient`] keeps between calls, shared by its clones: at most one, idle.
+/// A call takes it out while it runs, so concurrent calls never wait for one another (those
+/// that find none open their own; one of them is kept afterwards).
+#[derive(Default)]
+struct Kept(std::sync::Mutex<Option<(HttpClientConnection, tokio::time::Instant)>>);
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").finish_non_exhaustive()
+    }
+}
+
+impl Kept {
+    fn take(&self) -> Option<(HttpClientConnection, tokio::time::Instant)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Keeps `conn` (idle from now) when it is still usable and no other one is kept.
+    fn put(&self, conn: HttpClientConnection) {
+        if !conn.is_usable() {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.is_none() {
+            *kept = Some((conn, tokio::time::Instant::now()));
+        }
+    }
+}
+
+/// Whether `a` and `b` are the same certificate (the same leaf).
+fn same_certificate(a: &Credential, b: &Credential) -> bool {
+    std::ptr::eq(a, b) || a.cert_chain().first() == b.cert_chain().first()
+}
+
+/// Whether a failed request certainly never left this process: the connection had closed (or
+/// was not ready) before the request was written. Such a request is sent again on a new
+/// connection whatever it is.
+fn unsent(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Io(io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<hyper::Error>())
+            .is_some_and(|h| h.is_canceled() || h.is_closed()),
+        _ => false,
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// The `Retry-After` seconds, if given.
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) body: Bytes,
+}
+
+/// Whether a request may be sent again when the kept connection it went out on failed before
+/// an answer: reads, and renewals (a second renewal of the same key issues another
+/// certificate, nothing else). Anything else is sent again only if it never left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    Safe,
+    OnlyUnsent,
+}
+
+/// One request on `conn`, the response body read whole (at most `limit` bytes).
+async fn exchange(
+    conn: &mut HttpClientConnection,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    limit: usize,
+) -> Result<Answer> {
+    let mut req = Request::builder().method(method).uri(path);
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(body.unwrap_or_default())
+        .map_err(|e| invalid(e.to_string()))?;
+    let resp = conn.send(req).await?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(agentid_api::headers::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| invalid(format!("HTTP body: {e}")))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// A client of the CA's mutual-TLS listener, presenting the caller's own certificate (a
 /// service's, or a parent task's), never its delegation chain.
+///
+/// It keeps one HTTP/1.1 connection between calls (shared by its clones) and opens a new one
+/// when that one was closed, has been idle for a few seconds, is near the earlier of both
+/// certificates' `notAfter`, or presents another certificate than the credential source's
+/// current one (a rotation is never followed by a request under the old certificate). A read
+/// or a renewal whose kept connection fails before an answer is sent once more on a new
+/// connection; any other request only if it was never written.
 #[derive(Clone, Debug)]
 pub struct CaClient {
     url: CaUrl,
     client: HttpClient,
+    /// What `client` presents (the caller's credential without its chain).
+    credentials: Arc<dyn CredentialSource>,
+    kept: Arc<Kept>,
     timeout: Duration,
     /// The CA's (and the caller's) trust domain.
     td: TrustDomain,
@@ -498,17 +618,82 @@ impl CaClient {
             inner: credentials,
             cache: std::sync::Mutex::new(None),
         });
-        let client =
-            HttpClient::builder(credentials, verification, PeerPolicy::exact(ca_peer(&td)?))
-                .connect_timeout(timeout)
-                .http1_only()
-                .build()?;
+        let client = HttpClient::builder(
+            credentials.clone(),
+            verification,
+            PeerPolicy::exact(ca_peer(&td)?),
+        )
+        .connect_timeout(timeout)
+        .http1_only()
+        .build()?;
         Ok(CaClient {
             url,
             client,
+            credentials,
+            kept: Arc::new(Kept::default()),
             timeout,
             td,
         })
+    }
+
+    /// A new connection to the CA, presenting the current credential.
+    async fn connect(&self) -> Result<HttpClientConnection> {
+        let addr = self.url.addr().await?;
+        Ok(self.client.connect(addr, &self.url.authority).await?)
+    }
+
+    /// A connection presenting the current credential that can send for at least `min_left`
+    /// (see [`CaClient`]): the kept one when it qualifies, else a new one. `true` when it was
+    /// the kept one.
+    async fn checkout(&self, min_left: Duration) -> Result<(HttpClientConnection, bool)> {
+        let current = self
+            .credentials
+            .current()
+            .ok_or(crate::Error::NoCredential)?;
+        if let Some((conn, idle_since)) = self.kept.take() {
+            if conn.is_usable()
+                && idle_since.elapsed() <= MAX_IDLE
+                && conn.time_left() >= min_left.max(REUSE_MARGIN)
+                && same_certificate(conn.credential(), &current)
+            {
+                return Ok((conn, true));
+            }
+            // Not reused: dropped (closed) here.
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    /// One request on a connection from [`CaClient::checkout`], sent once more on a new
+    /// connection when the kept one failed and `repeat` allows it; the connection is kept
+    /// afterwards when the answer was read whole. `path` is made for the connection it goes
+    /// out on (its time left).
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: impl Fn(&HttpClientConnection) -> String,
+        body: Option<Bytes>,
+        limit: usize,
+        repeat: Repeat,
+        min_left: Duration,
+    ) -> Result<Answer> {
+        let (mut conn, reused) = self.checkout(min_left).await?;
+        let first_path = path(&conn);
+        let first = exchange(&mut conn, method.clone(), &first_path, body.clone(), limit).await;
+        let answer = match first {
+            Ok(a) => a,
+            Err(EnrollError::Transport(e)) if reused && (repeat == Repeat::Safe || unsent(&e)) => {
+                // The kept connection was closed under the request (the server's idle timeout,
+                // a restart): a new connection, once.
+                tracing::debug!(error = %e, "agentid CA client: the kept connection failed; sending again on a new one");
+                drop(conn);
+                conn = self.connect().await?;
+                let again = path(&conn);
+                exchange(&mut conn, method, &again, body, limit).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.kept.put(conn);
+        Ok(answer)
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -516,8 +701,9 @@ impl CaClient {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        repeat: Repeat,
     ) -> Result<T> {
-        self.call_limited(method, path, body, MAX_RESPONSE_BYTES)
+        self.call_limited(method, path, body, MAX_RESPONSE_BYTES, repeat)
             .await
     }
 
@@ -528,29 +714,20 @@ impl CaClient {
         path: &str,
         body: Option<Vec<u8>>,
         limit: usize,
+        repeat: Repeat,
     ) -> Result<T> {
-        let fut = async {
-            let addr = self.url.addr().await?;
-            let mut conn = self.client.connect(addr, &self.url.authority).await?;
-            let mut req = Request::builder().method(method).uri(path);
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let req = req
-                .body(Bytes::from(body.unwrap_or_default()))
-                .map_err(|e| invalid(e.to_string()))?;
-            let resp = conn.send(req).await?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| invalid(format!("HTTP body: {e}")))?
-                .to_bytes();
-            decode(status, &bytes)
-        };
-        tokio::time::timeout(self.timeout, fut)
+        let fut = self.request(
+            method,
+            |_| path.to_owned(),
+            body.map(Bytes::from),
+            limit,
+            repeat,
+            REUSE_MARGIN,
+        );
+        let answer = tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| EnrollError::Timeout(self.timeout))?
+            .map_err(|_| EnrollError::Timeout(self.timeout))??;
+        decode(answer.status, &answer.body)
     }
 
     async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
@@ -559,7 +736,12 @@ impl CaClient {
         body: &B,
     ) -> Result<T> {
         let b = serde_json::to_vec(body).map_err(|e| invalid(e.to_string()))?;
-        self.call(Method::POST, path, Some(b)).await
+        let repeat = if path == agentid_api::routes::RENEW {
+            Repeat::Safe
+        } else {
+            Repeat::OnlyUnsent
+        };
+        self.call(Method::POST, path, Some(b), repeat).await
     }
 
     /// Opens a task for an agent from the agent's CSR (`POST /v1/tasks`, needs `open_task`).
@@ -589,7 +771,7 @@ impl CaClient {
 
     /// The live tasks of the agents the caller may list (`GET /v1/tasks`, needs `list`).
     pub async fn list(&self) -> Result<TasksResponse> {
-        self.call(Method::GET, agentid_api::routes::TASKS, None)
+        self.call(Method::GET, agentid_api::routes::TASKS, None, Repeat::Safe)
             .await
     }
 
@@ -602,6 +784,7 @@ impl CaClient {
             agentid_api::routes::REVOCATIONS,
             None,
             MAX_LIST_RESPONSE_BYTES,
+            Repeat::Safe,
         )
         .await
     }
@@ -617,6 +800,8 @@ pub struct Enroller {
     verification: Arc<PeerVerification>,
     timeout: Duration,
     ttl: Option<Duration>,
+    /// The client renewals go through (made at the first one), keeping its connection.
+    client: std::sync::Mutex<Option<CaClient>>,
 }
 
 impl Enroller {
@@ -653,6 +838,7 @@ impl Enroller {
             verification,
             timeout,
             ttl: None,
+            client: std::sync::Mutex::new(None),
         }
     }
 
@@ -668,18 +854,29 @@ impl Enroller {
         self.credentials.clone()
     }
 
+    /// The client of the CA's mutual-TLS listener, presenting the held credential.
+    fn client(&self) -> Result<CaClient> {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = CaClient::new(
+            &self.ca_url,
+            self.credentials.clone(),
+            self.verification.clone(),
+            self.timeout,
+        )?;
+        *client = Some(c.clone());
+        Ok(c)
+    }
+
     /// Renews once now: same key, same identity; the grant stays attached.
     pub async fn renew(&self) -> Result<Arc<Credential>> {
         let current = self
             .credentials
             .current()
             .ok_or(crate::Error::NoCredential)?;
-        let client = CaClient::new(
-            &self.ca_url,
-            self.credentials.clone(),
-            self.verification.clone(),
-            self.timeout,
-        )?;
+        let client = self.client()?;
         let resp = client
             .renew(&RenewRequest {
                 identity: None,

@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use agentid_api::RevocationsResponse;
 use agentid_protocol::{PublicKey, TrustDomain};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{Method, StatusCode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{decode, invalid, CaClient, EnrollError, MAX_LIST_RESPONSE_BYTES};
+use super::{
+    decode, invalid, Answer, CaClient, EnrollError, Repeat, MAX_LIST_RESPONSE_BYTES, REUSE_MARGIN,
+};
 use crate::http::HttpClientConnection;
 use crate::PeerVerification;
 
@@ -320,7 +320,6 @@ impl Poller {
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>, status: watch::Sender<WatchStatus>) {
-        let mut conn: Option<HttpClientConnection> = None;
         let mut failures_in_row: u32 = 0;
         loop {
             if *stop.borrow() {
@@ -328,7 +327,7 @@ impl Poller {
             }
             let started = Instant::now();
             let step = tokio::select! {
-                r = self.poll_once(&mut conn) => r,
+                r = self.poll_once() => r,
                 _ = stop.changed() => return,
             };
             let pause = match step {
@@ -349,7 +348,6 @@ impl Poller {
                     self.idle_interval().saturating_sub(started.elapsed())
                 }
                 Err(failure) => {
-                    conn = None;
                     failures_in_row = failures_in_row.saturating_add(1);
                     tracing::warn!(error = %failure.error, "agentid revocation watcher: poll failed");
                     status.send_modify(|s| {
@@ -384,26 +382,33 @@ impl Poller {
         }
     }
 
-    async fn poll_once(&self, conn: &mut Option<HttpClientConnection>) -> Result<Polled, Failure> {
+    async fn poll_once(&self) -> Result<Polled, Failure> {
         match &self.feed {
-            Feed::Revocations => self.poll_revocations(conn).await,
-            Feed::Bundle(applier) => self.poll_bundle(conn, applier).await,
+            Feed::Revocations => self.poll_revocations().await,
+            Feed::Bundle(applier) => self.poll_bundle(applier).await,
         }
     }
 
     /// One request for the signed agentid bundle: applied a newer verified one, or nothing
     /// changed (the same document, or none published: `404`).
-    async fn poll_bundle(
-        &self,
-        conn: &mut Option<HttpClientConnection>,
-        applier: &BundleApplier,
-    ) -> Result<Polled, Failure> {
+    async fn poll_bundle(&self, applier: &BundleApplier) -> Result<Polled, Failure> {
         let bound = self.client.timeout;
-        let (status, retry_after, body) =
-            tokio::time::timeout(bound, self.get(conn, agentid_api::routes::BUNDLE_AGENTID))
-                .await
-                .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
-                .map_err(Failure::from)?;
+        let get = self.client.request(
+            Method::GET,
+            |_| agentid_api::routes::BUNDLE_AGENTID.to_owned(),
+            None,
+            MAX_LIST_RESPONSE_BYTES,
+            Repeat::Safe,
+            REUSE_MARGIN,
+        );
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = tokio::time::timeout(bound, get)
+            .await
+            .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
+            .map_err(Failure::from)?;
         match status {
             StatusCode::NOT_FOUND => return Ok(Polled::Unchanged),
             s if !s.is_success() => {
@@ -423,21 +428,34 @@ impl Poller {
     }
 
     /// One long-poll: applied a newer verified list, or nothing changed.
-    async fn poll_revocations(
-        &self,
-        conn: &mut Option<HttpClientConnection>,
-    ) -> Result<Polled, Failure> {
+    async fn poll_revocations(&self) -> Result<Polled, Failure> {
         let wait = self.options.wait_secs();
         let bound = Duration::from_secs(wait).saturating_add(self.options.request_margin);
         let held = held_seq(&self.verification, &self.client.td);
-        let path = match held {
+        // The CA holds the request for `wait`: never past the time the connection may still
+        // send (its certificate's deadline margin), where it would be dropped under the
+        // request. A renewed certificate is presented on the next connection.
+        let path = |conn: &HttpClientConnection| match held {
             Some(seq) => format!(
-                "{}?after={seq}&wait={wait}",
-                agentid_api::routes::REVOCATIONS
+                "{}?after={seq}&wait={}",
+                agentid_api::routes::REVOCATIONS,
+                long_poll_wait(wait, conn.time_left())
             ),
             None => agentid_api::routes::REVOCATIONS.to_owned(),
         };
-        let (status, retry_after, body) = tokio::time::timeout(bound, self.get(conn, &path))
+        let get = self.client.request(
+            Method::GET,
+            path,
+            None,
+            MAX_LIST_RESPONSE_BYTES,
+            Repeat::Safe,
+            LONG_POLL_SLACK.saturating_add(Duration::from_secs(1)),
+        );
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = tokio::time::timeout(bound, get)
             .await
             .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
             .map_err(Failure::from)?;
@@ -474,43 +492,6 @@ impl Poller {
             .into()),
         }
     }
-
-    /// `GET path` on the kept connection (made again when it is gone).
-    async fn get(
-        &self,
-        conn: &mut Option<HttpClientConnection>,
-        path: &str,
-    ) -> Result<(StatusCode, Option<Duration>, Bytes), EnrollError> {
-        let c = match conn {
-            Some(c) if c.is_usable() => c,
-            _ => {
-                let addr = self.client.url.addr().await?;
-                conn.insert(
-                    self.client
-                        .client
-                        .connect(addr, &self.client.url.authority)
-                        .await?,
-                )
-            }
-        };
-        let req = Request::get(path)
-            .body(Bytes::new())
-            .map_err(|e| invalid(e.to_string()))?;
-        let resp = c.send(req).await?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(agentid_api::headers::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = Limited::new(resp.into_body(), MAX_LIST_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| invalid(format!("HTTP body: {e}")))?
-            .to_bytes();
-        Ok((status, retry_after, body))
-    }
 }
 
 enum Polled {
@@ -530,6 +511,15 @@ impl From<EnrollError> for Failure {
             retry_after: None,
         }
     }
+}
+
+/// How long before its connection must stop sending a long-poll is answered at the latest.
+const LONG_POLL_SLACK: Duration = Duration::from_secs(2);
+
+/// The `wait` of a long-poll on a connection that may send for `left` more: `wait`, or less so
+/// that the answer comes [`LONG_POLL_SLACK`] before the connection is dropped.
+fn long_poll_wait(wait: u64, left: Duration) -> u64 {
+    wait.min(left.saturating_sub(LONG_POLL_SLACK).as_secs())
 }
 
 /// The `seq` of the list of `td` that `verification` holds.
@@ -594,6 +584,16 @@ mod tests {
         // Any ceiling a caller configures, however large, gives a delay within it.
         assert!(jittered(Duration::MAX) <= Duration::MAX);
         assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_long_poll_is_answered_before_its_connection_must_close() {
+        let secs = Duration::from_secs;
+        assert_eq!(long_poll_wait(25, secs(3600)), 25);
+        // A certificate 7 s from its close margin: answered 2 s before it.
+        assert_eq!(long_poll_wait(25, secs(7)), 5);
+        assert_eq!(long_poll_wait(25, Duration::from_millis(2500)), 0);
+        assert_eq!(long_poll_wait(25, Duration::ZERO), 0);
     }
 
     #[test]

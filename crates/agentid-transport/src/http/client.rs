@@ -387,6 +387,19 @@ impl HttpClientConnection {
         &self.client_proof
     }
 
+    /// The credential this connection presents (the one current when it was made): a caller
+    /// that keeps connections compares it with its source's current one, so that a rotated
+    /// credential is never followed by requests under the old certificate.
+    pub fn credential(&self) -> &Arc<Credential> {
+        &self.local
+    }
+
+    /// How long the connection can still carry requests: until the earlier certificate
+    /// `notAfter` (or own chain `exp`) minus the close margin, when it is dropped (zero after).
+    pub fn time_left(&self) -> Duration {
+        self.close_at.saturating_duration_since(Instant::now())
+    }
+
     /// Whether the connection can still carry a request (not past its margin, not closed).
     pub fn is_usable(&self) -> bool {
         Instant::now() < self.close_at
