@@ -125,9 +125,7 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
             ours,
             "session",
             ours / base,
-            &format!(
-                "composite: raw handshake then {signs} sign + {verifies} verify, measured"
-            ),
+            &format!("composite: raw handshake then {signs} sign + {verifies} verify, measured"),
             Target::AtMost(1.10),
         );
         let old = composed(signs, verifies);
@@ -223,7 +221,9 @@ struct RequiredSigs {
 
 /// The signing input of a compact JWS (everything before the last `.`).
 fn signing_input(compact: &str) -> Res<Vec<u8>> {
-    let end = compact.rfind('.').ok_or("a compact JWS without a signature")?;
+    let end = compact
+        .rfind('.')
+        .ok_or("a compact JWS without a signature")?;
     Ok(compact
         .get(..end)
         .ok_or("a compact JWS without a signature")?
@@ -263,7 +263,12 @@ impl RequiredSigs {
         let mut messages = vec![signing_input(&client_proof)?, signing_input(&server_proof)?];
         let signs = messages
             .iter()
-            .map(|m| Ok((EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?, m.clone())))
+            .map(|m| {
+                Ok((
+                    EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?,
+                    m.clone(),
+                ))
+            })
             .collect::<Res<Vec<_>>>()?;
         if !proofs_only {
             for token in chain.tokens() {

@@ -274,9 +274,10 @@ mod tests {
     fn a_verified_peer_has_the_same_targets_as_its_compact_chain() {
         let f = fixture();
         let cache = std::sync::Arc::new(crate::cache::TokenCache::new(16));
-        for (i, chain) in [None, Some(f.chain.as_str())].into_iter().enumerate() {
-            let peer = f.ids[2 - i].as_spiffe_id();
-            let key = f.keys[2 - i].public_key();
+        // A chain-less peer (b), then the chain's holder (c).
+        for (who, chain) in [(1, None), (2, Some(f.chain.as_str()))] {
+            let peer = f.ids[who].as_spiffe_id();
+            let key = f.keys[who].public_key();
             let expected = peer_revocation_targets(chain, peer, key).unwrap();
             let plain = verifier(&f, None);
             let verified = chain.map(|c| plain.verify_chain(c, peer, key, NOW).unwrap());
