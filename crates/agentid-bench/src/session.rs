@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use agentid_protocol::TokenCache;
+use agentid_protocol::{ProofBuilder, Role, TokenCache};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
@@ -50,6 +50,14 @@ fn agentid_once(
 }
 
 /// Figure 1 (depths 0, 2, 8) and figure 3 (a repeated depth-8 chain with the token cache).
+///
+/// Two baselines per figure, both reported:
+/// - **composite** (the one the targets are judged on): a raw tokio-rustls mTLS handshake
+///   followed by the session's required signature operations ([`RequiredSigs`]) in one call,
+///   timed in the same interleaved rounds as the sessions;
+/// - **composed** (the earlier figure, kept for comparison): the raw handshake of the same rounds
+///   plus each signature operation's time from `sigops`' hot loop (512-byte messages), which
+///   runs with warm caches and so understates what the same operations cost after a handshake.
 pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<()> {
     let rt = runtime()?;
     let acceptor = TlsAcceptor::from(pki.raw_server_config()?);
@@ -62,9 +70,16 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
         pki.agentid_client(2)?,
         pki.agentid_client(8)?,
     ];
+    let required = [
+        RequiredSigs::new(pki, 0, false)?,
+        RequiredSigs::new(pki, 2, false)?,
+        RequiredSigs::new(pki, 8, false)?,
+        RequiredSigs::new(pki, 8, true)?,
+    ];
 
     let ok = Check::new();
     let [c0, c2, c8] = &clients;
+    let [q0, q2, q8, q8c] = &required;
     // The cache is filled by the warm-up and then holds all nine tokens of the depth-8 chain.
     let r = compare(
         budget,
@@ -74,10 +89,14 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
             &mut || agentid_once(&rt, &server, c2, &ok),
             &mut || agentid_once(&rt, &server, c8, &ok),
             &mut || agentid_once(&rt, &cached_server, c8, &ok),
+            &mut || composite_once(&rt, &acceptor, &connector, q0, &ok),
+            &mut || composite_once(&rt, &acceptor, &connector, q2, &ok),
+            &mut || composite_once(&rt, &acceptor, &connector, q8, &ok),
+            &mut || composite_once(&rt, &acceptor, &connector, q8c, &ok),
         ],
     );
     if !ok.get() {
-        return Err("a handshake failed during figure 1".into());
+        return Err("a handshake or a signature operation failed during figure 1".into());
     }
     let get = |i: usize| r.get(i).copied().unwrap_or(0.0);
     let raw = get(0);
@@ -87,27 +106,43 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
     report.baseline("fig1.raw_sig.p256_verify", ops.p256_verify, "op");
     report.baseline("fig1.raw_sig.ed25519_sign", ops.ed_sign, "op");
     report.baseline("fig1.raw_sig.ed25519_verify", ops.ed_verify, "op");
-    // Two hop proofs signed and verified, plus one verification per chain token.
-    let required =
-        |depth: usize| 2.0 * ops.p256_sign + (2.0 + depth as f64 + 1.0) * ops.p256_verify;
-    for (i, depth) in [(1, 0usize), (2, 2), (3, 8)] {
+    // Composed: two hop proofs signed and verified, plus one verification per chain token,
+    // each at its hot-loop time.
+    let composed = |signs: usize, verifies: usize| {
+        raw + signs as f64 * ops.p256_sign + verifies as f64 * ops.p256_verify
+    };
+    for (i, depth, q) in [(1, 0usize, q0), (2, 2, q2), (3, 8, q8)] {
         let ours = get(i);
-        let base = raw + required(depth);
+        let (signs, verifies) = q.counts();
+        let base = get(i + 4);
+        report.baseline(
+            &format!("fig1.composite_baseline.depth{depth}"),
+            base,
+            "handshake + signatures",
+        );
         report.time(
             &format!("fig1.agentid_session.depth{depth}"),
             ours,
             "session",
             ours / base,
-            &format!(
-                "raw handshake + 2 sign + {} verify = {:.0} us",
-                depth + 3,
-                base / 1000.0
-            ),
+            &format!("composite: raw handshake then {signs} sign + {verifies} verify, measured"),
             Target::AtMost(1.10),
+        );
+        let old = composed(signs, verifies);
+        report.time(
+            &format!("fig1.agentid_session_vs_composed.depth{depth}"),
+            ours,
+            "session",
+            ours / old,
+            &format!(
+                "composed: raw handshake + {signs} sign + {verifies} verify from sigops = {:.0} us",
+                old / 1000.0
+            ),
+            Target::None,
         );
     }
     for (i, depth) in [(1, 0usize), (2, 2), (3, 8)] {
-        let over = get(i) - raw - required(depth);
+        let over = get(i) - get(i + 4);
         report.time(
             &format!("fig1.agentid_overhead_beyond_crypto.depth{depth}"),
             over.max(0.0),
@@ -120,17 +155,32 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
 
     report.section("3. verified-token cache: a repeated depth-8 chain on a new connection");
     let cached = get(4);
-    let base = raw + 2.0 * ops.p256_sign + 2.0 * ops.p256_verify;
+    let (signs, verifies) = q8c.counts();
+    let base = get(8);
+    report.baseline(
+        "fig3.composite_baseline.depth8_cached",
+        base,
+        "handshake + signatures",
+    );
     report.time(
         "fig3.agentid_session.depth8_cached",
         cached,
         "session",
         cached / base,
-        &format!(
-            "raw handshake + 2 proofs' sign+verify = {:.0} us",
-            base / 1000.0
-        ),
+        &format!("composite: raw handshake then {signs} sign + {verifies} verify, measured"),
         Target::AtMost(1.10),
+    );
+    let old = composed(signs, verifies);
+    report.time(
+        "fig3.agentid_session_vs_composed.depth8_cached",
+        cached,
+        "session",
+        cached / old,
+        &format!(
+            "composed: raw handshake + {signs} sign + {verifies} verify from sigops = {:.0} us",
+            old / 1000.0
+        ),
+        Target::None,
     );
     report.time(
         "fig3.agentid_session.depth8_uncached",
@@ -151,52 +201,135 @@ pub fn run(pki: &Pki, ops: &SigOps, budget: Budget, report: &mut Report) -> Res<
     Ok(())
 }
 
-/// The raw signature operations of figures 1 and 3's baselines, as `sigops` measures them
-/// (ES256 with a fixed-size signature, over a message the size of a token's signing input).
-struct RawSigs {
+/// The signature operations a session requires, done with aws-lc-rs alone on the messages a
+/// session signs and verifies: the baselines of figures 1 and 3 (wall clock in [`run`], and
+/// callgrind in [`profile`]).
+///
+/// The messages are real: the signing inputs (`header.payload`) of a client and a server hop
+/// proof built for this server and holder, and of every token of the chain at the figure's
+/// depth. Each is signed in setup by its own fresh P-256 key (ES256, fixed-size signature), so
+/// a verification parses its key from the raw point, hashes a message of the real size and
+/// checks a valid signature, as the session does; what the session adds (JSON, framing, claims,
+/// revocation digests, hashes, allocation) is not here.
+struct RequiredSigs {
     rng: SystemRandom,
-    key: EcdsaKeyPair,
-    public: Vec<u8>,
-    sig: Vec<u8>,
+    /// The two hop proofs' signing inputs with the key that signs each (one per side).
+    signs: Vec<(EcdsaKeyPair, Vec<u8>)>,
+    /// Raw public point, message and signature of each verification.
+    verifies: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
-/// A message the size of a typical token's signing input (as `sigops`).
-const MSG: [u8; 512] = [0x61; 512];
+/// The signing input of a compact JWS (everything before the last `.`).
+fn signing_input(compact: &str) -> Res<Vec<u8>> {
+    let end = compact
+        .rfind('.')
+        .ok_or("a compact JWS without a signature")?;
+    Ok(compact
+        .get(..end)
+        .ok_or("a compact JWS without a signature")?
+        .as_bytes()
+        .to_vec())
+}
 
-impl RawSigs {
-    fn new() -> Res<Self> {
+impl RequiredSigs {
+    /// Figure 1 at `depth` (2 signs, `depth` + 3 verifications: both proofs and every chain
+    /// token), or figure 3's cached depth-8 session with `proofs_only` (2 signs, the 2 proofs'
+    /// verifications: the chain's tokens come from the cache).
+    fn new(pki: &Pki, depth: usize, proofs_only: bool) -> Res<Self> {
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?;
-        let public = key.public_key().as_ref().to_vec();
-        let sig = key.sign(&rng, &MSG)?.as_ref().to_vec();
+        let holder = pki.holders.get(depth).ok_or("depth above 8")?;
+        let chain = pki.chains.get(depth).ok_or("depth above 8")?;
+        let now = crate::fixtures::now();
+        let client_proof = ProofBuilder::new(
+            holder.id.as_spiffe_id(),
+            pki.server.id.as_spiffe_id(),
+            Role::Client,
+            [0x5a; 32],
+            now,
+            now + 60,
+        )
+        .chain(chain.as_str())
+        .sign(&holder.key)?;
+        let server_proof = ProofBuilder::new(
+            pki.server.id.as_spiffe_id(),
+            holder.id.as_spiffe_id(),
+            Role::Server,
+            [0xa5; 32],
+            now,
+            now + 60,
+        )
+        .responding_to(&client_proof)
+        .sign(&pki.server.key)?;
+        let mut messages = vec![signing_input(&client_proof)?, signing_input(&server_proof)?];
+        let signs = messages
+            .iter()
+            .map(|m| {
+                Ok((
+                    EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?,
+                    m.clone(),
+                ))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        if !proofs_only {
+            for token in chain.tokens() {
+                messages.push(signing_input(token)?);
+            }
+        }
+        let verifies = messages
+            .into_iter()
+            .map(|m| {
+                let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?;
+                let sig = key.sign(&rng, &m)?.as_ref().to_vec();
+                Ok((key.public_key().as_ref().to_vec(), m, sig))
+            })
+            .collect::<Res<Vec<_>>>()?;
         Ok(Self {
             rng,
-            key,
-            public,
-            sig,
+            signs,
+            verifies,
         })
     }
 
-    /// `signs` P-256 signatures and `verifies` P-256 verifications.
-    fn run(&self, signs: usize, verifies: usize, ok: &Check) {
-        for _ in 0..signs {
-            ok.and(self.key.sign(&self.rng, black_box(&MSG)).is_ok());
+    /// The number of signs and verifications.
+    fn counts(&self) -> (usize, usize) {
+        (self.signs.len(), self.verifies.len())
+    }
+
+    /// Every sign, then every verification.
+    fn run(&self, ok: &Check) {
+        for (key, msg) in &self.signs {
+            ok.and(key.sign(&self.rng, black_box(msg)).is_ok());
         }
-        for _ in 0..verifies {
+        for (public, msg, sig) in &self.verifies {
             ok.and(
-                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, black_box(&self.public))
-                    .verify(black_box(&MSG), &self.sig)
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, black_box(public))
+                    .verify(black_box(msg), sig)
                     .is_ok(),
             );
         }
     }
 }
 
+/// A figure's composite baseline: one raw mTLS handshake, then the signature operations the
+/// session requires, in one call (so they are timed in the same interleaved rounds as the
+/// session, with the caches a handshake leaves).
+fn composite_once(
+    rt: &Runtime,
+    acceptor: &TlsAcceptor,
+    connector: &TlsConnector,
+    sigs: &RequiredSigs,
+    ok: &Check,
+) {
+    raw_once(rt, acceptor, connector, ok);
+    sigs.run(ok);
+}
+
 /// `--profile-session agentid|raw|cached|baseline|baseline-cached N [DEPTH]`: N in-memory
 /// sessions (agentid at `DEPTH`, default 0; `cached`: the depth-8 chain against a server with a
 /// token cache), N raw handshakes, or N times a figure's whole baseline (`baseline`: a raw
 /// handshake, 2 P-256 signs and `DEPTH` + 3 P-256 verifications, figure 1; `baseline-cached`: a
-/// raw handshake, 2 signs and 2 verifications, figure 3), for `valgrind --tool=callgrind`
+/// raw handshake, 2 signs and 2 verifications, figure 3; the messages as in
+/// [`RequiredSigs`]), for `valgrind --tool=callgrind`
 /// (instruction counts are reproducible when wall time is not). The fixtures (CA, chains) are
 /// built before the loop: run two N and take the difference for the cost of one.
 pub fn profile(args: &[String]) -> Res<()> {
@@ -210,15 +343,16 @@ pub fn profile(args: &[String]) -> Res<()> {
         "raw" | "baseline" | "baseline-cached" => {
             let acceptor = TlsAcceptor::from(pki.raw_server_config()?);
             let connector = TlsConnector::from(pki.raw_client_config(0)?);
-            let sigs = RawSigs::new()?;
-            let (signs, verifies) = match mode {
-                "baseline" => (2, depth + 3),
-                "baseline-cached" => (2, 2),
-                _ => (0, 0),
+            let sigs = match mode {
+                "baseline" => Some(RequiredSigs::new(&pki, depth, false)?),
+                "baseline-cached" => Some(RequiredSigs::new(&pki, 8, true)?),
+                _ => None,
             };
             for _ in 0..n {
-                raw_once(&rt, &acceptor, &connector, &ok);
-                sigs.run(signs, verifies, &ok);
+                match &sigs {
+                    Some(sigs) => composite_once(&rt, &acceptor, &connector, sigs, &ok),
+                    None => raw_once(&rt, &acceptor, &connector, &ok),
+                }
             }
         }
         "cached" => {

@@ -33,7 +33,14 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
 /// `BadBase64`. Exactly the strings [`b64_decode`] accepts, with no allocation.
 pub(crate) fn b64_check(s: &str) -> Result<()> {
     let bad = |why: &str| Error::new(ErrorCode::BadBase64, format!("base64url: {why}"));
-    if let Some(c) = s.bytes().find(|&b| b64_value_of(b).is_none()) {
+    // One pass without a branch per byte: every value in the alphabet is below 64 and
+    // `B64_INVALID` has the top bit, so the OR of all values has it iff some byte is outside.
+    // Only then is the first such byte looked for (for the message).
+    if s.bytes().fold(0u8, |acc, b| acc | b64_table(b)) & 0x80 != 0 {
+        let c = s
+            .bytes()
+            .find(|&b| b64_value_of(b).is_none())
+            .unwrap_or_default();
         return Err(bad(&format!(
             "{} outside the base64url alphabet",
             shown_byte(c)
@@ -90,6 +97,14 @@ static B64_VALUES: [u8; 256] = {
     t[b'_' as usize] = 63;
     t
 };
+
+/// The entry of [`B64_VALUES`] for `c` (a 256-entry table: never out of bounds).
+fn b64_table(c: u8) -> u8 {
+    B64_VALUES
+        .get(usize::from(c))
+        .copied()
+        .unwrap_or(B64_INVALID)
+}
 
 /// The 6-bit value of `c`, or `None` outside the base64url alphabet.
 fn b64_value_of(c: u8) -> Option<u8> {
@@ -276,6 +291,35 @@ mod tests {
                 for &c in ALPHABET {
                     let three = String::from_utf8(vec![a, b, c]).unwrap();
                     assert_eq!(b64_check(&three).is_ok(), canonical(&three), "{three}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn b64_check_names_the_first_byte_outside_the_alphabet() {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for b in 0..=255u8 {
+            for at in [0usize, 5, 31] {
+                // 32 bytes: a valid length; `b` at `at`, a later `=` that must not be named.
+                let mut bytes = vec![b'A'; 32];
+                bytes[at] = b;
+                if at < 31 {
+                    bytes[31] = b'=';
+                }
+                let Ok(s) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let r = b64_check(&s);
+                if ALPHABET.contains(&b) && at < 31 {
+                    let e = r.unwrap_err();
+                    assert!(e.to_string().contains(&shown_byte(b'=')), "{e}");
+                } else if ALPHABET.contains(&b) {
+                    assert!(r.is_ok(), "{s}");
+                } else {
+                    let e = r.unwrap_err();
+                    assert_eq!(e.code(), ErrorCode::BadBase64);
+                    assert!(e.to_string().contains(&shown_byte(b)), "{b}: {e}");
                 }
             }
         }

@@ -199,7 +199,9 @@ pub use refs::{Jkt, Jti, Serial};
 pub use revocation::{
     EncodedEntry, RevocationEntry, RevocationList, RevocationListBuilder, RevocationTarget,
 };
-pub use revocation_targets::{newly_revokes, peer_revocation_targets};
+pub use revocation_targets::{
+    newly_revokes, peer_revocation_targets, verified_peer_revocation_targets,
+};
 pub use scope::{Scope, ScopeToken};
 pub use signed_bundle::{
     sign_bundle, verify_signed_bundle, SignedBundle, SignedBundleClaims, BUNDLE_TYP,

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::id::{SpiffeId, TaskIdentity};
 use crate::jws::{parse_header, TokenType};
 use crate::revocation::{RevocationList, RevocationTarget};
+use crate::verifier::VerifiedChain;
 
 /// The targets whose entry in a revocation list could revoke a peer `peer_id` holding
 /// `peer_key` and presenting `chain` (already verified; `None` for a chain-less peer): for the
@@ -57,6 +58,27 @@ pub fn peer_revocation_targets(
     let mut seen = std::collections::HashSet::with_capacity(out.len());
     out.retain(|t| seen.insert(t.clone()));
     Ok(out)
+}
+
+/// [`peer_revocation_targets`] for a peer whose chain (if any) is already verified: the same
+/// targets in the same order, from what verification read (no token decoded again, each key's
+/// thumbprint the one phase 6 computed).
+pub fn verified_peer_revocation_targets(
+    chain: Option<&VerifiedChain>,
+    peer_id: &SpiffeId,
+    peer_key: &PublicKey,
+) -> Vec<RevocationTarget> {
+    let from_chain = chain.map_or(&[][..], VerifiedChain::revocation_targets);
+    let mut out = Vec::with_capacity(3 + from_chain.len());
+    out.push(RevocationTarget::Key(peer_key.thumbprint_str().to_owned()));
+    if let Ok(t) = TaskIdentity::parse(peer_id.as_str()) {
+        out.push(RevocationTarget::Agent(t.agent()));
+        out.push(RevocationTarget::Task(t.task_id()));
+    }
+    out.extend(from_chain.iter().cloned());
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    out.retain(|t| seen.insert(t.clone()));
+    out
 }
 
 /// Whether `new` revokes `target` at `now` where `old` (the list of the same domain held
@@ -246,6 +268,34 @@ mod tests {
                 ErrorCode::Revoked
             );
         }
+    }
+
+    #[test]
+    fn a_verified_peer_has_the_same_targets_as_its_compact_chain() {
+        let f = fixture();
+        let cache = std::sync::Arc::new(crate::cache::TokenCache::new(16));
+        // A chain-less peer (b), then the chain's holder (c).
+        for (who, chain) in [(1, None), (2, Some(f.chain.as_str()))] {
+            let peer = f.ids[who].as_spiffe_id();
+            let key = f.keys[who].public_key();
+            let expected = peer_revocation_targets(chain, peer, key).unwrap();
+            let plain = verifier(&f, None);
+            let verified = chain.map(|c| plain.verify_chain(c, peer, key, NOW).unwrap());
+            assert_eq!(
+                verified_peer_revocation_targets(verified.as_ref(), peer, key),
+                expected
+            );
+            // Twice through a verifier with a token cache: the second time from the cache.
+            let cached = verifier(&f, None).with_cache(cache.clone());
+            for _ in 0..2 {
+                let v = chain.map(|c| cached.verify_chain(c, peer, key, NOW).unwrap());
+                assert_eq!(
+                    verified_peer_revocation_targets(v.as_ref(), peer, key),
+                    expected
+                );
+            }
+        }
+        assert!(cache.len() >= 3, "the chain's tokens were cached");
     }
 
     #[test]

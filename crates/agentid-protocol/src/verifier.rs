@@ -54,7 +54,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
 use crate::limits::Limits;
-use crate::revocation::RevocationList;
+use crate::revocation::{RevocationList, RevocationTarget};
 use crate::scope::Scope;
 use crate::token::claims::{decode_grant, decode_link, GrantClaims, LinkClaims, Mode, TokenClaims};
 use crate::token::MAX_TOKEN_LIFETIME;
@@ -102,9 +102,21 @@ pub struct VerifiedChain {
     pub grant_jti: String,
     /// Every token's `jti`, grant first.
     pub jtis: Vec<String>,
+    /// What a revocation list would have to name to revoke this chain, from the claims and
+    /// keys phase 6 read (see [`crate::verified_peer_revocation_targets`]).
+    revocation_targets: Vec<RevocationTarget>,
 }
 
 impl VerifiedChain {
+    /// The targets whose entry in a revocation list could revoke this chain (rule 6.2), in the
+    /// order [`crate::peer_revocation_targets`] lists them after the peer's own, duplicates
+    /// kept: the grant's signing key (its `kid`); for the grant its `{jti, iss}`, task, holder's
+    /// agent and `cnf` key; for every link its `{jti, iss}`, the agents of its issuer and
+    /// holder, and its `cnf` key. Keys by RFC 7638 thumbprint.
+    pub fn revocation_targets(&self) -> &[RevocationTarget] {
+        &self.revocation_targets
+    }
+
     /// The verification result as spec/PROTOCOL.md section 11 writes it in JSON (the members
     /// of a valid vector's `expected`, without `valid`).
     pub fn to_json(&self) -> serde_json::Map<String, Value> {
@@ -779,6 +791,29 @@ fn result(checked: Checked, effective: Effective) -> VerifiedChain {
         .unwrap_or_default();
     let jtis = checked.tokens().map(|t| t.jti().to_owned()).collect();
     let grant = &checked.grant;
+    // The thumbprints were computed once per key by phase 6 (kept with the key).
+    let mut revocation_targets = Vec::with_capacity(5 + 4 * n);
+    revocation_targets.extend([
+        RevocationTarget::Key(checked.grant_jkt.clone()),
+        RevocationTarget::Jti {
+            iss: checked.authority_id.clone(),
+            jti: grant.jti.clone(),
+        },
+        RevocationTarget::Task(grant.task.clone()),
+        RevocationTarget::Agent(grant.sub.agent()),
+        RevocationTarget::Key(grant.cnf.thumbprint_str().to_owned()),
+    ]);
+    for link in &checked.links {
+        revocation_targets.extend([
+            RevocationTarget::Jti {
+                iss: link.iss.as_spiffe_id().clone(),
+                jti: link.jti.clone(),
+            },
+            RevocationTarget::Agent(link.iss.agent()),
+            RevocationTarget::Agent(link.sub.agent()),
+            RevocationTarget::Key(link.cnf.thumbprint_str().to_owned()),
+        ]);
+    }
     VerifiedChain {
         authority: checked.authority.clone(),
         mode: grant.mode,
@@ -795,6 +830,7 @@ fn result(checked: Checked, effective: Effective) -> VerifiedChain {
         depth: n,
         grant_jti: grant.jti.clone(),
         jtis,
+        revocation_targets,
     }
 }
 

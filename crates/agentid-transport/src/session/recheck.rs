@@ -131,14 +131,14 @@ where
 }
 
 /// The revocation targets of the session's peer, for the verification's index (`None`, every
-/// list re-checks the session, if they cannot be listed: never for a chain that verified).
+/// list re-checks the session, if they cannot be listed: never, since the chain verified), from
+/// what its verification read (the chain is not decoded again).
 pub(super) fn revocation_targets(peer: &AuthenticatedPeer) -> Option<Vec<RevocationTarget>> {
-    agentid_protocol::peer_revocation_targets(
-        peer.chain.as_ref().map(PeerChain::compact),
+    Some(agentid_protocol::verified_peer_revocation_targets(
+        peer.chain.as_ref().map(PeerChain::verified),
         peer.id.as_spiffe_id(),
         &peer.public_key,
-    )
-    .ok()
+    ))
 }
 
 /// The earliest time (`next_update + skew`) at which a revocation list the peer's authority
