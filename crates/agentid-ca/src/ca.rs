@@ -23,8 +23,8 @@ use crate::policy::MAX_GRANT_LIFETIME_SECS;
 use crate::profile::cert_not_after;
 use crate::signer::{FileX509Signer, X509Signer};
 use crate::store::{
-    BootstrapRecord, IssuanceCommitter, IssuanceRecord, Publication, PublishedList, RevocationKind,
-    RevocationRecord, Store,
+    BootstrapRecord, IssuanceCommitter, IssuanceRecord, ListRow, Publication, PublishedList,
+    RevocationKind, RevocationRecord, Store,
 };
 use crate::util;
 
@@ -88,8 +88,9 @@ pub struct CertificateAuthority {
     published_entries: Mutex<EntryCache>,
 }
 
-/// Written list entries by (kind, value), each with the `exp` it was written for.
-type EntryCache = HashMap<(RevocationKind, String), (u64, EncodedEntry)>;
+/// Written list entries by kind, then value (looked up by `&str`: a hit allocates nothing),
+/// each with the `exp` it was written for.
+type EntryCache = HashMap<RevocationKind, HashMap<String, (u64, EncodedEntry)>>;
 
 impl core::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -656,29 +657,33 @@ impl CertificateAuthority {
             .published_entries
             .lock()
             .map_err(|_| CaError::Store("entry cache mutex poisoned".into()))?;
-        let mut make = |seq: u64, entries: &[RevocationRecord]| -> Result<Publication> {
+        let mut make = |seq: u64, entries: &[ListRow]| -> Result<Publication> {
             let mut old = std::mem::take(&mut *cache);
-            // Principal entries stay at the CA: their tasks are listed instead.
+            // The store passes only what the list holds: unexpired, and no principal entries
+            // (they stay at the CA: their tasks are listed instead). Checked again here.
             let published = entries
                 .iter()
                 .filter(|e| e.exp > now_s && e.kind != RevocationKind::Principal);
             let mut written = Vec::with_capacity(entries.len());
             for e in published {
-                let key = (e.kind, e.value.clone());
-                let encoded = match old.remove(&key) {
-                    Some((exp, encoded)) if exp == e.exp => encoded,
-                    _ => encode_entry(&td, e)?,
+                let hit = old
+                    .get_mut(&e.kind)
+                    .and_then(|by_value| by_value.remove_entry(e.value.as_str()));
+                let (value, encoded) = match hit {
+                    Some((value, (exp, encoded))) if exp == e.exp => (value, encoded),
+                    _ => (e.value.clone(), encode_entry(&td, e.kind, &e.value, e.exp)?),
                 };
-                written.push((key, e.exp, encoded));
+                written.push((e.kind, value, e.exp, encoded));
             }
             drop(old);
             let n = written.len();
             let compact = RevocationListBuilder::new(&td, seq, now_s, next_update)
-                .sign_encoded(written.iter().map(|(_, _, e)| e), signer)?;
-            *cache = written
-                .into_iter()
-                .map(|(key, exp, encoded)| (key, (exp, encoded)))
-                .collect();
+                .sign_encoded(written.iter().map(|(_, _, _, e)| e), signer)?;
+            let mut kept = EntryCache::new();
+            for (kind, value, exp, encoded) in written {
+                kept.entry(kind).or_default().insert(value, (exp, encoded));
+            }
+            *cache = kept;
             Ok(Publication {
                 compact,
                 published_at: now_s,
@@ -693,7 +698,7 @@ impl CertificateAuthority {
                 },
             })
         };
-        let published = self.store()?.publish_revocations(&mut make)?;
+        let published = self.store()?.publish_revocations(now_s, &mut make)?;
         self.after_audit(now_s);
         Ok(published)
     }
@@ -790,25 +795,30 @@ impl CertificateAuthority {
     }
 }
 
-/// One stored revocation as its list entry, checked and written for a list of `td`.
-fn encode_entry(td: &TrustDomain, e: &RevocationRecord) -> Result<EncodedEntry> {
-    let target = match e.kind {
+/// One stored revocation (`kind`, `value`, `exp`) as its list entry, checked and written for a
+/// list of `td`.
+fn encode_entry(
+    td: &TrustDomain,
+    kind: RevocationKind,
+    value: &str,
+    exp: u64,
+) -> Result<EncodedEntry> {
+    let target = match kind {
         RevocationKind::Jti => RevocationTarget::Jti {
             iss: td.id(),
-            jti: e.value.clone(),
+            jti: value.to_owned(),
         },
-        RevocationKind::Task => RevocationTarget::Task(TaskId::parse(&e.value)?),
-        RevocationKind::Agent => RevocationTarget::Agent(AgentId::new(td, &e.value)?),
-        RevocationKind::Jkt => RevocationTarget::Key(e.value.clone()),
-        RevocationKind::LinkJti => match e.value.split_once(' ') {
+        RevocationKind::Task => RevocationTarget::Task(TaskId::parse(value)?),
+        RevocationKind::Agent => RevocationTarget::Agent(AgentId::new(td, value)?),
+        RevocationKind::Jkt => RevocationTarget::Key(value.to_owned()),
+        RevocationKind::LinkJti => match value.split_once(' ') {
             Some((iss, jti)) => RevocationTarget::Jti {
                 iss: agentid_protocol::SpiffeId::parse(iss)?,
                 jti: jti.to_owned(),
             },
             None => {
                 return Err(CaError::Store(format!(
-                    "malformed link_jti entry {:?}",
-                    e.value
+                    "malformed link_jti entry {value:?}"
                 )))
             }
         },
@@ -818,6 +828,6 @@ fn encode_entry(td: &TrustDomain, e: &RevocationRecord) -> Result<EncodedEntry> 
     };
     Ok(RevocationListBuilder::encode_entry(
         td,
-        &RevocationEntry { target, exp: e.exp },
+        &RevocationEntry { target, exp },
     )?)
 }

@@ -1143,6 +1143,25 @@ fn publications_reuse_written_entries_exactly_and_prune_old_lists() {
         let cold = fresh.publish_revocations(at).unwrap();
         assert_eq!(cold.seq, kept.seq + 1);
         assert_eq!(entries_bytes(&kept.compact), entries_bytes(&cold.compact));
+        // The store reads only what the list holds: the revocations unexpired at `at`, no
+        // principal, in the order they were recorded (compared by `exp`, entry by entry).
+        let at_s = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let expected: Vec<u64> =
+            t.ca.revocations()
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.exp > at_s && r.kind != agentid_ca::RevocationKind::Principal)
+                .map(|r| r.exp)
+                .collect();
+        let listed: Vec<u64> = serde_json::from_str::<Vec<serde_json::Value>>(&format!(
+            "[{}]",
+            entries_bytes(&kept.compact)
+        ))
+        .unwrap()
+        .iter()
+        .map(|e| e["exp"].as_u64().unwrap())
+        .collect();
+        assert_eq!(listed, expected);
         seqs.push(kept.seq);
         seqs.push(cold.seq);
         entries_bytes(&kept.compact)

@@ -261,6 +261,19 @@ pub struct PublishedList {
     pub revocation_epoch: u64,
 }
 
+/// A revocation as a published list needs it: what its entry is written from. The list holds
+/// the revocations whose `exp` is after the publication's `now`, except
+/// [`RevocationKind::Principal`] (never published), in the order they were first recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListRow {
+    /// What is revoked.
+    pub kind: RevocationKind,
+    /// The revoked value, as stored.
+    pub value: String,
+    /// Until when, Unix seconds.
+    pub exp: u64,
+}
+
 /// What a publication signs and stores, made inside the store's transaction from the next
 /// `seq` and the current entries.
 #[derive(Clone, Debug)]
@@ -339,6 +352,21 @@ pub trait Store: Send {
             .find(|(k, v)| live.iter().any(|r| r.kind == *k && r.value == *v))
             .map(|(k, v)| (*k, (*v).to_owned())))
     }
+    /// The revocations of `kinds` whose `exp` is after `now`, as (kind, value): what a check
+    /// over many identities needs (the task inventory), without reading the other kinds. The
+    /// default scans.
+    fn live_revocations_of(
+        &self,
+        kinds: &[RevocationKind],
+        now: u64,
+    ) -> Result<Vec<(RevocationKind, String)>> {
+        Ok(self
+            .revocations()?
+            .into_iter()
+            .filter(|r| r.exp > now && kinds.contains(&r.kind))
+            .map(|r| (r.kind, r.value))
+            .collect())
+    }
     /// Increments the revocation list sequence number and reads every revocation, atomically:
     /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
     /// that a list with a lower one had, also with several CA processes on one store).
@@ -406,11 +434,13 @@ pub trait Store: Send {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
     /// Publishes the next revocation list in one transaction: takes the next `seq`, reads the
-    /// entries, lets `make` sign them, stores the list and its audit record. A list with a
-    /// higher `seq` therefore never lacks an entry a lower one had.
+    /// entries (only what a list holds at `now`: see [`ListRow`]), lets `make` sign them,
+    /// stores the list and its audit record. A list with a higher `seq` therefore never lacks
+    /// an entry a lower one had.
     fn publish_revocations(
         &mut self,
-        _make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+        _now: u64,
+        _make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         Err(CaError::Store("this store does not publish lists".into()))
     }
@@ -903,6 +933,25 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    fn live_revocations_of(
+        &self,
+        kinds: &[RevocationKind],
+        now: u64,
+    ) -> Result<Vec<(RevocationKind, String)>> {
+        // One range of the primary key (kind, value) per kind.
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT value FROM revocations WHERE kind = ?1 AND exp > ?2")?;
+        let mut out = Vec::new();
+        for kind in kinds {
+            let rows = st.query_map(params![kind.as_str(), to_i64(now)?], |r| r.get(0))?;
+            for v in rows {
+                out.push((*kind, v?));
+            }
+        }
+        Ok(out)
+    }
+
     fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
         // One IMMEDIATE transaction: the write lock is taken before the sequence is bumped and
         // held while the entries are read, so no revocation can commit between the two. A list
@@ -1087,7 +1136,8 @@ impl Store for SqliteStore {
 
     fn publish_revocations(
         &mut self,
-        make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+        now: u64,
+        make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         let writer = self.audit_writer.clone();
         // The write lock is taken before the counter moves and held while the entries are
@@ -1103,7 +1153,7 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_epoch'")?
             .query_row([], |r| r.get(0))?;
         let seq = to_u64(seq)?;
-        let entries = read_revocations(&tx)?;
+        let entries = read_list_rows(&tx, now)?;
         let p = make(seq, &entries)?;
         tx.prepare_cached(
             "INSERT INTO published_lists (seq, compact, published_at, next_update, revocation_epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1259,6 +1309,28 @@ fn read_revocations(conn: &Connection) -> Result<Vec<RevocationRecord>> {
         Ok(rec)
     })
     .collect()
+}
+
+/// The revocations a list published at `now` holds, in insertion order: three columns, and
+/// only the rows whose `exp` is after `now` and whose kind is published.
+fn read_list_rows(conn: &Connection, now: u64) -> Result<Vec<ListRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT kind, value, exp FROM revocations WHERE exp > ?1 AND kind <> 'principal' ORDER BY rowid",
+    )?;
+    let mut rows = st.query(params![to_i64(now)?])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(ListRow {
+            kind: RevocationKind::parse(
+                r.get_ref(0)?
+                    .as_str()
+                    .map_err(|e| CaError::Store(format!("revocation kind: {e}")))?,
+            )?,
+            value: r.get(1)?,
+            exp: to_u64(r.get(2)?)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Most issuances committed in one transaction.

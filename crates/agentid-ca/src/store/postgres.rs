@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::{
     BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit, IssuanceCommitter,
-    IssuanceKind, IssuanceRecord, LiveTask, OwnedCommit, Publication, PublishedList,
+    IssuanceKind, IssuanceRecord, ListRow, LiveTask, OwnedCommit, Publication, PublishedList,
     RevocationKind, RevocationRecord, Store, TaskRecord, PUBLISHED_LISTS_KEPT,
 };
 use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
@@ -912,6 +912,27 @@ async fn read_revocations<C: tokio_postgres::GenericClient + Sync>(
     .collect()
 }
 
+/// The revocations a list published at `now` holds, in insertion order (see [`ListRow`]).
+async fn read_list_rows<C: tokio_postgres::GenericClient + Sync>(
+    c: &C,
+    now: u64,
+) -> PgResult<Vec<ListRow>> {
+    c.query(
+        "SELECT kind, value, exp FROM revocations WHERE exp > $1 AND kind <> 'principal' ORDER BY id",
+        &[&to_i64(now)?],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(ListRow {
+            kind: RevocationKind::parse(r.get(0))?,
+            value: r.get(1),
+            exp: to_u64(r.get(2))?,
+        })
+    })
+    .collect()
+}
+
 const UPSERT_REVOCATION: &str =
     "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester)
      VALUES ($1, $2, $3, $4, $5, $6)
@@ -1105,6 +1126,26 @@ impl Store for PgStore {
     fn revocations(&self) -> Result<Vec<RevocationRecord>> {
         self.inner
             .run(move |c| Box::pin(async move { read_revocations(&*c).await }))
+    }
+
+    fn live_revocations_of(
+        &self,
+        kinds: &[RevocationKind],
+        now: u64,
+    ) -> Result<Vec<(RevocationKind, String)>> {
+        let kinds: Vec<String> = kinds.iter().map(|k| k.as_str().to_owned()).collect();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT kind, value FROM revocations WHERE kind = ANY($1::text[]) AND exp > $2",
+                    &[&kinds, &to_i64(now)?],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((RevocationKind::parse(r.get(0))?, r.get(1))))
+                .collect()
+            })
+        })
     }
 
     fn revoked_among(
@@ -1364,11 +1405,12 @@ impl Store for PgStore {
 
     fn publish_revocations(
         &mut self,
-        make: &mut dyn FnMut(u64, &[RevocationRecord]) -> Result<Publication>,
+        now: u64,
+        make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         let writer = self.inner.writer.clone();
         self.inner.stepped(
-            |c| {
+            move |c| {
                 Box::pin(async move {
                     // The counter's row lock is held until commit: one publisher at a time, and
                     // the entries are read after it is taken, so a higher `seq` holds at least
@@ -1386,7 +1428,7 @@ impl Store for PgStore {
                         .query_one("SELECT value FROM meta WHERE key = 'revocation_epoch'", &[])
                         .await?
                         .get(0);
-                    let entries = read_revocations(&*c).await?;
+                    let entries = read_list_rows(&*c, now).await?;
                     Ok((to_u64(seq)?, to_u64(epoch)?, entries))
                 })
             },
