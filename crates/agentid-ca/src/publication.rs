@@ -169,6 +169,56 @@ impl Publisher {
     }
 }
 
+/// The feed's response body (`GET /v1/revocations`: `{"seq":..,"list":".."}`) for the newest
+/// list served, written once per `seq` and shared by every response for that `seq` (a list of
+/// 100,000 entries is about 12.5 MB: writing it once per waiter cost a copy and a JSON pass
+/// each). One body is kept: the newest `seq` asked for. A body for any other `seq` (an older
+/// list still held by a slow request) is written for that request alone, so a response always
+/// carries the list it was asked for, and the cache never holds more than one list.
+#[derive(Debug, Default)]
+pub struct FeedBody {
+    newest: Mutex<Option<(u64, axum::body::Bytes)>>,
+}
+
+impl FeedBody {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The response body for `p`: the kept one when it is `p`'s, else written (off the async
+    /// workers) and kept if `p` is newer than the kept one. Concurrent requests for the same
+    /// new `seq` wait for one writing.
+    pub async fn body(&self, p: &Arc<PublishedList>) -> Result<axum::body::Bytes> {
+        let mut newest = self.newest.lock().await;
+        if let Some((seq, body)) = newest.as_ref() {
+            if *seq == p.seq {
+                return Ok(body.clone());
+            }
+        }
+        let list = p.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            serde_json::to_vec(&agentid_api::RevocationsResponse {
+                seq: list.seq,
+                list: list.compact.clone(),
+            })
+        })
+        .await
+        .map_err(|e| CaError::Store(format!("feed body task: {e}")))?
+        .map_err(|e| CaError::Store(format!("feed body: {e}")))?;
+        let body = axum::body::Bytes::from(body);
+        if newest.as_ref().is_none_or(|(seq, _)| p.seq > *seq) {
+            *newest = Some((p.seq, body.clone()));
+        }
+        Ok(body)
+    }
+
+    /// The `seq` whose body is kept, if any.
+    pub async fn kept_seq(&self) -> Option<u64> {
+        self.newest.lock().await.as_ref().map(|(seq, _)| *seq)
+    }
+}
+
 /// Long-poll requests held per caller (`spec/CA-API.md` 3.4); the total is bounded apart.
 #[derive(Debug)]
 pub struct CallerWaiters {
@@ -231,6 +281,55 @@ mod tests {
             published_at,
             next_update,
             revocation_epoch: epoch,
+        }
+    }
+
+    fn served(seq: u64, compact: &str) -> Arc<PublishedList> {
+        Arc::new(PublishedList {
+            seq,
+            compact: compact.to_owned(),
+            published_at: 1000,
+            next_update: 1600,
+            revocation_epoch: seq,
+        })
+    }
+
+    fn expected(p: &PublishedList) -> Vec<u8> {
+        serde_json::to_vec(&agentid_api::RevocationsResponse {
+            seq: p.seq,
+            list: p.compact.clone(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_feed_body_is_written_once_per_seq_and_never_stale() {
+        let cache = FeedBody::new();
+        assert_eq!(cache.kept_seq().await, None);
+        let one = served(1, "aa.bb.cc");
+        let a = cache.body(&one).await.unwrap();
+        assert_eq!(&a[..], &expected(&one)[..]);
+        // The same seq: the same bytes, shared (not written again).
+        let again = cache.body(&one).await.unwrap();
+        assert_eq!(again.as_ptr(), a.as_ptr());
+        assert_eq!(cache.kept_seq().await, Some(1));
+        // A newer publication: its own body, never the kept one.
+        let two = served(2, "dd.ee.ff");
+        let b = cache.body(&two).await.unwrap();
+        assert_eq!(&b[..], &expected(&two)[..]);
+        assert_ne!(b.as_ptr(), a.as_ptr());
+        assert_eq!(cache.kept_seq().await, Some(2));
+        // An older list still held by a slow request gets its own body and does not replace
+        // the newest one: one body kept, whatever the order of requests.
+        let old = cache.body(&one).await.unwrap();
+        assert_eq!(&old[..], &expected(&one)[..]);
+        assert_eq!(cache.kept_seq().await, Some(2));
+        let newest = cache.body(&two).await.unwrap();
+        assert_eq!(newest.as_ptr(), b.as_ptr());
+        for seq in 3..20 {
+            let p = served(seq, &format!("h.p{seq}.s"));
+            assert_eq!(&cache.body(&p).await.unwrap()[..], &expected(&p)[..]);
+            assert_eq!(cache.kept_seq().await, Some(seq));
         }
     }
 

@@ -28,9 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentid_api::{
-    ApiError, ErrorCode, Health, RenewRequest as ApiRenew, RevocationsResponse,
-    RevokeRequest as ApiRevoke, RevokeResponse, TaskEntry, TasksResponse, TokenRequest,
-    TokenResponse,
+    ApiError, ErrorCode, Health, RenewRequest as ApiRenew, RevokeRequest as ApiRevoke,
+    RevokeResponse, TaskEntry, TasksResponse, TokenRequest, TokenResponse,
 };
 use agentid_protocol::{
     BundleSet, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TaskKey, VerifierConfig,
@@ -49,7 +48,7 @@ use tokio::sync::Semaphore;
 use crate::error::CaError;
 use crate::issue::{KeySource, RenewRequester, ServiceRequest};
 use crate::policy::Permission;
-use crate::publication::Publisher;
+use crate::publication::{FeedBody, Publisher};
 use crate::store::PublishedList;
 use crate::{CertificateAuthority, RenewRequest, RevokeTarget, TaskRequester, TokenBinding};
 
@@ -148,6 +147,8 @@ struct Shared {
     publisher: Arc<Publisher>,
     /// Long-poll requests held per caller.
     caller_waiters: Arc<crate::publication::CallerWaiters>,
+    /// The feed's body for the newest list, written once per `seq`.
+    feed_body: FeedBody,
     /// The size of `waiters`.
     max_waiters: usize,
     /// Counters of both API listeners, served by the metrics listener.
@@ -266,6 +267,7 @@ impl CaService {
                 caller_waiters: crate::publication::CallerWaiters::new(
                     options.max_waiters_per_caller,
                 ),
+                feed_body: FeedBody::new(),
             }),
             server,
             own,
@@ -777,13 +779,16 @@ async fn bundle_agentid(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-fn list_response(p: &PublishedList) -> Response {
-    let mut r = json(
-        StatusCode::OK,
-        &RevocationsResponse {
-            seq: p.seq,
-            list: p.compact.clone(),
-        },
+/// The feed's answer for `p`: its body written once per `seq` ([`FeedBody`]).
+async fn list_response(s: &Shared, p: &Arc<PublishedList>) -> Response {
+    let body = match s.feed_body.body(p).await {
+        Ok(b) => b,
+        Err(e) => return Refused::from(e).into_response(),
+    };
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", p.seq)) {
         r.headers_mut().insert(header::ETAG, v);
@@ -847,10 +852,10 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
             .into_response();
     };
     let Some(after) = after else {
-        return list_response(&current);
+        return list_response(&s, &current).await;
     };
     if current.seq > after {
-        return list_response(&current);
+        return list_response(&s, &current).await;
     }
     if wait == 0 {
         return not_modified(current.seq);
@@ -878,7 +883,7 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
                 let p = rx.borrow_and_update().clone();
                 if let Some(p) = p {
                     if p.seq > after {
-                        return list_response(&p);
+                        return list_response(&s, &p).await;
                     }
                 }
             }
@@ -1307,12 +1312,13 @@ fn live_tasks(
     agents: &[String],
     now: u64,
 ) -> Result<Vec<TaskEntry>, CaError> {
+    use crate::RevocationKind as K;
     let store = ca.store()?;
+    // Only the kinds checked below (not the links' `jti`s, often the bulk of the table).
     let revoked: std::collections::HashSet<(&'static str, String)> = store
-        .revocations()?
+        .live_revocations_of(&[K::Task, K::Agent, K::Jkt, K::Jti], now)?
         .into_iter()
-        .filter(|r| r.exp > now)
-        .map(|r| (r.kind.as_str(), r.value))
+        .map(|(k, v)| (k.as_str(), v))
         .collect();
     let is = |k: crate::RevocationKind, v: &str| revoked.contains(&(k.as_str(), v.to_owned()));
     let mut out = Vec::new();
