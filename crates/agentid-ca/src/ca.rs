@@ -1,7 +1,6 @@
 //! The certificate authority: loading its material, bundles, bootstrap tokens, revocation.
 //! Issuance itself is in [`crate::issue`].
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,9 +87,17 @@ pub struct CertificateAuthority {
     published_entries: Mutex<EntryCache>,
 }
 
-/// Written list entries by kind, then value (looked up by `&str`: a hit allocates nothing),
-/// each with the `exp` it was written for.
-type EntryCache = HashMap<RevocationKind, HashMap<String, (u64, EncodedEntry)>>;
+/// The written entries of the last list, in its order (ascending store `id`).
+type EntryCache = Vec<WrittenEntry>;
+
+/// One entry of the last list as written, with the row it was written from.
+struct WrittenEntry {
+    id: i64,
+    kind: RevocationKind,
+    value: String,
+    exp: u64,
+    encoded: EncodedEntry,
+}
 
 impl core::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -257,7 +264,7 @@ impl CertificateAuthority {
             audit_signer: p.audit_signer,
             audit_pending: AtomicU64::new(0),
             audit_checked_at: AtomicU64::new(0),
-            published_entries: Mutex::new(HashMap::new()),
+            published_entries: Mutex::new(Vec::new()),
         })
     }
 
@@ -658,32 +665,38 @@ impl CertificateAuthority {
             .lock()
             .map_err(|_| CaError::Store("entry cache mutex poisoned".into()))?;
         let mut make = |seq: u64, entries: &[ListRow]| -> Result<Publication> {
-            let mut old = std::mem::take(&mut *cache);
+            // Both the rows and the kept entries ascend by store `id`: one merge walk pairs
+            // each row with the kept entry of the same `id` (entries whose rows expired are
+            // passed over); a pair is reused only if kind, value and `exp` are all equal,
+            // anything else is written anew.
+            let mut old = std::mem::take(&mut *cache).into_iter().peekable();
             // The store passes only what the list holds: unexpired, and no principal entries
             // (they stay at the CA: their tasks are listed instead). Checked again here.
             let published = entries
                 .iter()
                 .filter(|e| e.exp > now_s && e.kind != RevocationKind::Principal);
-            let mut written = Vec::with_capacity(entries.len());
+            let mut written: EntryCache = Vec::with_capacity(entries.len());
             for e in published {
-                let hit = old
-                    .get_mut(&e.kind)
-                    .and_then(|by_value| by_value.remove_entry(e.value.as_str()));
-                let (value, encoded) = match hit {
-                    Some((value, (exp, encoded))) if exp == e.exp => (value, encoded),
-                    _ => (e.value.clone(), encode_entry(&td, e.kind, &e.value, e.exp)?),
-                };
-                written.push((e.kind, value, e.exp, encoded));
+                while old.next_if(|o| o.id < e.id).is_some() {}
+                let same = old.next_if(|o| o.id == e.id).filter(|o| {
+                    o.kind == e.kind && o.exp == e.exp && o.value.as_str() == e.value.as_str()
+                });
+                written.push(match same {
+                    Some(o) => o,
+                    None => WrittenEntry {
+                        id: e.id,
+                        kind: e.kind,
+                        value: e.value.clone(),
+                        exp: e.exp,
+                        encoded: encode_entry(&td, e.kind, &e.value, e.exp)?,
+                    },
+                });
             }
             drop(old);
             let n = written.len();
             let compact = RevocationListBuilder::new(&td, seq, now_s, next_update)
-                .sign_encoded(written.iter().map(|(_, _, _, e)| e), signer)?;
-            let mut kept = EntryCache::new();
-            for (kind, value, exp, encoded) in written {
-                kept.entry(kind).or_default().insert(value, (exp, encoded));
-            }
-            *cache = kept;
+                .sign_encoded(written.iter().map(|w| &w.encoded), signer)?;
+            *cache = written;
             Ok(Publication {
                 compact,
                 published_at: now_s,

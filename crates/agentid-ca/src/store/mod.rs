@@ -266,6 +266,9 @@ pub struct PublishedList {
 /// [`RevocationKind::Principal`] (never published), in the order they were first recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListRow {
+    /// The row's id in the store (SQLite `rowid`, PostgreSQL `id`): rows are passed in
+    /// ascending `id`, the order they were first recorded.
+    pub id: i64,
     /// What is revoked.
     pub kind: RevocationKind,
     /// The revoked value, as stored.
@@ -1315,19 +1318,20 @@ fn read_revocations(conn: &Connection) -> Result<Vec<RevocationRecord>> {
 /// only the rows whose `exp` is after `now` and whose kind is published.
 fn read_list_rows(conn: &Connection, now: u64) -> Result<Vec<ListRow>> {
     let mut st = conn.prepare_cached(
-        "SELECT kind, value, exp FROM revocations WHERE exp > ?1 AND kind <> 'principal' ORDER BY rowid",
+        "SELECT rowid, kind, value, exp FROM revocations WHERE exp > ?1 AND kind <> 'principal' ORDER BY rowid",
     )?;
     let mut rows = st.query(params![to_i64(now)?])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(ListRow {
+            id: r.get(0)?,
             kind: RevocationKind::parse(
-                r.get_ref(0)?
+                r.get_ref(1)?
                     .as_str()
                     .map_err(|e| CaError::Store(format!("revocation kind: {e}")))?,
             )?,
-            value: r.get(1)?,
-            exp: to_u64(r.get(2)?)?,
+            value: r.get(2)?,
+            exp: to_u64(r.get(3)?)?,
         });
     }
     Ok(out)

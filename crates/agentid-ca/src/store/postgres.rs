@@ -918,16 +918,17 @@ async fn read_list_rows<C: tokio_postgres::GenericClient + Sync>(
     now: u64,
 ) -> PgResult<Vec<ListRow>> {
     c.query(
-        "SELECT kind, value, exp FROM revocations WHERE exp > $1 AND kind <> 'principal' ORDER BY id",
+        "SELECT id, kind, value, exp FROM revocations WHERE exp > $1 AND kind <> 'principal' ORDER BY id",
         &[&to_i64(now)?],
     )
     .await?
     .iter()
     .map(|r| {
         Ok(ListRow {
-            kind: RevocationKind::parse(r.get(0))?,
-            value: r.get(1),
-            exp: to_u64(r.get(2))?,
+            id: r.get(0),
+            kind: RevocationKind::parse(r.get(1))?,
+            value: r.get(2),
+            exp: to_u64(r.get(3))?,
         })
     })
     .collect()
