@@ -197,15 +197,9 @@ impl FeedBody {
             }
         }
         let list = p.clone();
-        let body = tokio::task::spawn_blocking(move || {
-            serde_json::to_vec(&agentid_api::RevocationsResponse {
-                seq: list.seq,
-                list: list.compact.clone(),
-            })
-        })
-        .await
-        .map_err(|e| CaError::Store(format!("feed body task: {e}")))?
-        .map_err(|e| CaError::Store(format!("feed body: {e}")))?;
+        let body = tokio::task::spawn_blocking(move || feed_body(&list))
+            .await
+            .map_err(|e| CaError::Store(format!("feed body task: {e}")))??;
         let body = axum::body::Bytes::from(body);
         if newest.as_ref().is_none_or(|(seq, _)| p.seq > *seq) {
             *newest = Some((p.seq, body.clone()));
@@ -217,6 +211,32 @@ impl FeedBody {
     pub async fn kept_seq(&self) -> Option<u64> {
         self.newest.lock().await.as_ref().map(|(seq, _)| *seq)
     }
+}
+
+/// `{"seq":..,"list":".."}` for `p`, as `serde_json` writes [`agentid_api::RevocationsResponse`].
+/// A compact JWS holds only base64url characters and dots, which JSON strings carry unescaped:
+/// such a list is copied in as it is (no escaping pass, no copy of the list first); anything
+/// else goes through `serde_json`.
+fn feed_body(p: &PublishedList) -> Result<Vec<u8>> {
+    let plain = p
+        .compact
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !plain {
+        return serde_json::to_vec(&agentid_api::RevocationsResponse {
+            seq: p.seq,
+            list: p.compact.clone(),
+        })
+        .map_err(|e| CaError::Store(format!("feed body: {e}")));
+    }
+    let seq = p.seq.to_string();
+    let mut body = Vec::with_capacity(p.compact.len() + seq.len() + 20);
+    body.extend_from_slice(b"{\"seq\":");
+    body.extend_from_slice(seq.as_bytes());
+    body.extend_from_slice(b",\"list\":\"");
+    body.extend_from_slice(p.compact.as_bytes());
+    body.extend_from_slice(b"\"}");
+    Ok(body)
 }
 
 /// Long-poll requests held per caller (`spec/CA-API.md` 3.4); the total is bounded apart.
@@ -300,6 +320,20 @@ mod tests {
             list: p.compact.clone(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_feed_body_is_what_serde_json_writes() {
+        for (seq, compact) in [
+            (0, ""),
+            (1, "eyJhbGciOiJFUzI1NiJ9.eyJzZXEiOjF9.c2ln-_AZaz09"),
+            (u64::MAX, "a.b.c"),
+            // Not a compact JWS: written by serde_json (escapes).
+            (7, "a\"b\\c\u{1}d\u{e9}"),
+        ] {
+            let p = served(seq, compact);
+            assert_eq!(feed_body(&p).unwrap(), expected(&p), "{compact:?}");
+        }
     }
 
     #[tokio::test]
