@@ -80,10 +80,11 @@ pub struct CertificateAuthority {
     audit_pending: AtomicU64,
     /// When the checkpoint state was last checked, Unix seconds.
     audit_checked_at: AtomicU64,
-    /// The entries of the last revocation list this process signed, written, by kind and value
-    /// with the `exp` they were written for: the next list re-writes only the others. An
-    /// entry's writing depends on its kind, value, `exp` and the trust domain alone, so what is
-    /// kept stays right whether or not that list's transaction committed.
+    /// The entries of the last revocation list this process signed, written, in its order,
+    /// each with the store row, kind, value and `exp` it was written from: the next list
+    /// re-writes only the others. An entry's writing depends on its kind, value, `exp` and the
+    /// trust domain alone, so what is kept stays right whether or not that list's transaction
+    /// committed; it holds one list's entries, never more.
     published_entries: Mutex<EntryCache>,
 }
 
@@ -651,9 +652,11 @@ impl CertificateAuthority {
 
     /// Publishes the next revocation list: one store transaction takes the next `seq`, reads
     /// the entries, signs, stores the list (every replica serves it from there) and its audit
-    /// record. The entries are written once: an entry of the last list this process published,
-    /// with the same kind, value and `exp`, is reused as written (the writing depends on
-    /// nothing else), so a list costs the new entries plus copying and signing the whole.
+    /// record. The store reads only what the list holds (kind, value and `exp` of the
+    /// unexpired, published rows). The entries are written once: an entry of the last list this
+    /// process published, from the same row with the same kind, value and `exp`, is reused as
+    /// written (the writing depends on nothing else), so a list costs reading the rows, the new
+    /// entries, and copying and signing the whole.
     pub fn publish_revocations(&self, now: SystemTime) -> Result<PublishedList> {
         let now_s = util::unix(now)?;
         let td = self.config.trust_domain.clone();

@@ -15,6 +15,8 @@
 //!   to at most one publication per [`COALESCE`]; and, when nothing changed, once half the time
 //!   from the held list's `iat` to its `next_update` has passed.
 //! * **One publisher at a time** in a process (the SQLite write lock serializes processes).
+//! * **One response body per `seq`.** The feed's body for the newest list is written once and
+//!   shared by every response for it ([`FeedBody`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
