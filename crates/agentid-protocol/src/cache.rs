@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::crypto::JKT_LEN;
+use crate::jws::Header;
 use crate::token::claims::{GrantClaims, LinkClaims};
 
 /// What a hit gives back: everything phases 2 and 3 established for the token. A grant's bytes
@@ -24,14 +25,16 @@ pub(crate) enum CachedToken {
     Link(Arc<LinkClaims>),
 }
 
-/// One cached token.
-#[derive(Debug)]
-struct Entry {
+/// One cached token: what phases 2 and 3 established for its exact bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
     /// The thumbprint (ASCII) of the key that verified it: a hit needs the same key.
-    jkt: [u8; JKT_LEN],
+    pub(crate) jkt: [u8; JKT_LEN],
     /// SHA-256 of the token's compact bytes.
-    hash: [u8; 32],
-    token: CachedToken,
+    pub(crate) hash: [u8; 32],
+    /// Its protected header (phase 2 reads the same from the same bytes).
+    pub(crate) header: Header,
+    pub(crate) token: CachedToken,
 }
 
 /// At most this many chain hashes are remembered ([`TokenCache::chain_hash`]).
@@ -113,22 +116,22 @@ impl TokenCache {
         i.chains.insert(key, hash);
     }
 
-    /// The token with compact bytes `token`, if it is cached as verified by the key with
-    /// thumbprint `jkt`, with the token's SHA-256.
-    pub(crate) fn get(&self, token: &str, jkt: &[u8; JKT_LEN]) -> Option<(CachedToken, [u8; 32])> {
+    /// The entry of the token with compact bytes `token`, whatever key verified it: a hit
+    /// needs the caller to check [`Entry::jkt`] against the key it would verify with.
+    pub(crate) fn get(&self, token: &str) -> Option<Entry> {
         // A poisoned lock only means another thread panicked mid-insert: treat it as a miss.
-        let inner = self.inner.lock().ok()?;
-        let e = inner.map.get(token).filter(|e| e.jkt == *jkt)?;
-        Some((e.token.clone(), e.hash))
+        self.inner.lock().ok()?.map.get(token).cloned()
     }
 
-    /// Caches `value` for the token with compact bytes `token` (SHA-256 `hash`), verified by the
-    /// key with thumbprint `jkt` (replacing an entry of the same bytes under another key).
+    /// Caches `value` for the token with compact bytes `token` (SHA-256 `hash`, protected header
+    /// `header`), verified by the key with thumbprint `jkt` (replacing an entry of the same
+    /// bytes under another key).
     pub(crate) fn insert(
         &self,
         token: &str,
         jkt: [u8; JKT_LEN],
         hash: [u8; 32],
+        header: Header,
         value: CachedToken,
     ) {
         if self.capacity == 0 {
@@ -138,6 +141,7 @@ impl TokenCache {
         let entry = Entry {
             jkt,
             hash,
+            header,
             token: value,
         };
         if let Some(e) = i.map.get_mut(token) {

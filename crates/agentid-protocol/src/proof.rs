@@ -1,14 +1,14 @@
 //! Hop proofs (`agentid-proof+jwt`): a per-connection signed statement binding a presentation
 //! to one TLS 1.3 connection through the exporter, and leaving both sides a signed receipt.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::chain::MAX_CHAIN_BYTES;
 use crate::crypto::{sha256, token_hash, verify, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
-use crate::jws::{self, parse_header, sign_compact, TokenType};
+use crate::jws::{self, parse_header, sign_compact_written, TokenType};
 use crate::token::claims::{check_members, get_hash, get_str, get_time};
 use crate::verifier::{not_expired, not_issued_in_future};
 use crate::PublicKey;
@@ -128,27 +128,45 @@ impl ProofBuilder {
             }
             (Role::Client, None) => None,
         };
-        let mut m = Map::new();
-        m.insert("sub".into(), Value::from(self.sub.as_str()));
-        m.insert("aud".into(), Value::from(self.aud.as_str()));
-        m.insert("iat".into(), Value::from(self.iat));
-        m.insert("exp".into(), Value::from(self.exp));
-        m.insert(
-            "jti".into(),
-            Value::from(b64_encode(&crate::crypto::random_bytes::<16>()?)),
+        let jti = b64_encode(&crate::crypto::random_bytes::<16>()?);
+        let cb = b64_encode(&self.exporter);
+        // Written member by member, names in byte order (the order serde_json's default map
+        // writes): an I-JSON object by construction, so it is not parsed back. Strings that
+        // are not base64url go through serde_json's escaping.
+        let string = |s: &str| Value::from(s).to_string();
+        let mut payload = String::with_capacity(
+            96 + self.sub.as_str().len()
+                + self.aud.as_str().len()
+                + self.cth.as_ref().map_or(0, String::len)
+                + rth.as_ref().map_or(0, String::len),
         );
-        m.insert("cb".into(), Value::from(b64_encode(&self.exporter)));
-        if let Some(c) = self.cth {
-            m.insert("cth".into(), Value::from(c));
+        payload.push_str(r#"{"aud":"#);
+        payload.push_str(&string(self.aud.as_str()));
+        payload.push_str(r#","cb":""#);
+        payload.push_str(&cb);
+        payload.push('"');
+        if let Some(c) = &self.cth {
+            payload.push_str(r#","cth":"#);
+            payload.push_str(&string(c));
         }
-        if let Some(r) = rth {
-            m.insert("rth".into(), Value::from(r));
+        payload.push_str(&format!(
+            r#","exp":{},"iat":{},"jti":"{jti}""#,
+            self.exp, self.iat
+        ));
+        if let Some(r) = &rth {
+            payload.push_str(r#","rth":"#);
+            payload.push_str(&string(r));
         }
-        let payload = serde_json::to_vec(&Value::Object(m))
-            .map_err(|e| Error::new(ErrorCode::BadJson, e.to_string()))?;
-        sign_compact(TokenType::Proof, key.algorithm(), None, &payload, |input| {
-            key.sign(input)
-        })
+        payload.push_str(r#","sub":"#);
+        payload.push_str(&string(self.sub.as_str()));
+        payload.push('}');
+        sign_compact_written(
+            TokenType::Proof,
+            key.algorithm(),
+            None,
+            payload.as_bytes(),
+            |input| key.sign(input),
+        )
     }
 }
 
@@ -337,4 +355,47 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::{Algorithm, TaskKey};
+
+    /// The written payload is the I-JSON object serde_json writes for the same members.
+    #[test]
+    fn a_written_payload_is_what_serde_json_writes() {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        let client = ProofBuilder::new(&a, &b, Role::Client, [7; 32], 10, 70)
+            .chain_hash("a \"quoted\" \\ hash\u{1}")
+            .sign(&key)
+            .unwrap();
+        let server = ProofBuilder::new(&b, &a, Role::Server, [9; 32], 1 << 53, (1 << 53) + 1)
+            .responding_to(&client)
+            .sign(&key)
+            .unwrap();
+        let plain = ProofBuilder::new(&a, &b, Role::Client, [0; 32], 0, 1)
+            .sign(&key)
+            .unwrap();
+        for proof in [&client, &server, &plain] {
+            let raw = jws::split(proof).unwrap();
+            let payload = b64_decode(raw.payload_b64).unwrap();
+            let map = parse_ijson_object(&payload).unwrap();
+            assert_eq!(serde_json::to_vec(&map).unwrap(), payload);
+        }
+        let map =
+            parse_ijson_object(&b64_decode(jws::split(&client).unwrap().payload_b64).unwrap())
+                .unwrap();
+        assert_eq!(map["cth"], "a \"quoted\" \\ hash\u{1}");
+        assert_eq!(map["sub"], a.as_str());
+        assert_eq!(map["aud"], b.as_str());
+        assert_eq!(map["cb"], b64_encode(&[7; 32]));
+        assert_eq!(map["iat"], 10);
+        assert_eq!(map["exp"], 70);
+        assert!(!map.contains_key("rth"));
+    }
 }

@@ -75,9 +75,13 @@ pub fn verified_peer_revocation_targets(
         out.push(RevocationTarget::Agent(t.agent()));
         out.push(RevocationTarget::Task(t.task_id()));
     }
-    out.extend(from_chain.iter().cloned());
-    let mut seen = std::collections::HashSet::with_capacity(out.len());
-    out.retain(|t| seen.insert(t.clone()));
+    // Duplicates found by comparison, each kept target cloned once: a chain has at most
+    // 5 + 4 * MAX_DEPTH targets, so the quadratic scan is bounded (and cheaper than hashing).
+    for t in from_chain {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
     out
 }
 

@@ -46,7 +46,7 @@ use serde_json::Value;
 
 use crate::attenuation::{attenuate, Effective, EnforcedLimits};
 use crate::audience::IdSet;
-use crate::cache::{CachedToken, TokenCache};
+use crate::cache::{CachedToken, Entry, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
 use crate::config::{VerifierConfig, MAX_SKEW};
 use crate::crypto::verify;
@@ -267,8 +267,9 @@ impl Verifier {
         now: u64,
     ) -> Result<VerifiedChain> {
         let framed = frame(chain)?;
-        let headers = phase2(&framed)?;
-        let checked = self.phase3(&framed, headers)?;
+        let known = self.known(&framed);
+        let headers = phase2(&framed, &known)?;
+        let checked = self.phase3(&framed, headers, known)?;
         let effective = self.phase4(&framed, &checked)?;
         self.phase5(&checked, now)?;
         self.phase6(&checked, peer_id, peer_key, now)?;
@@ -279,9 +280,10 @@ impl Verifier {
 
     /// Phase 3: keys, signatures and claims, token by token (rules 3.a to 3.c); token `i + 1` is
     /// not touched before token `i` passed 3.c.
-    fn phase3(&self, framed: &Framed<'_>, headers: Headers) -> Result<Checked> {
+    fn phase3(&self, framed: &Framed<'_>, headers: Headers, known: Known) -> Result<Checked> {
         let (authority, grant_key, grant_jkt) = self.grant_key(&headers.grant)?;
-        let grant = match self.cached(&framed.grant, &grant_key) {
+        let mut known = known.into_iter();
+        let grant = match hit(&framed.grant, known.next().flatten(), &grant_key) {
             Some(CachedToken::Grant(g)) => g,
             _ => {
                 signature(&framed.grant, &headers.grant, &grant_key).map_err(|e| e.at(0))?;
@@ -292,6 +294,7 @@ impl Verifier {
                 self.remember(
                     &framed.grant,
                     &grant_key,
+                    &headers.grant,
                     CachedToken::Grant(Arc::clone(&g)),
                 );
                 g
@@ -303,14 +306,14 @@ impl Verifier {
             let i = j + 1;
             // Rule 3.a.3: the key is the previous token's `cnf`.
             let key = links.last().map_or(&grant.cnf, |l| &l.cnf).clone();
-            let link = match self.cached(t, &key) {
+            let link = match hit(t, known.next().flatten(), &key) {
                 Some(CachedToken::Link(l)) => l,
                 _ => {
                     signature(t, h, &key).map_err(|e| e.at(i))?;
                     let l = Arc::new(
                         decode_link(&t.payload().map_err(|e| e.at(i))?).map_err(|e| e.at(i))?,
                     );
-                    self.remember(t, &key, CachedToken::Link(Arc::clone(&l)));
+                    self.remember(t, &key, h, CachedToken::Link(Arc::clone(&l)));
                     l
                 }
             };
@@ -350,18 +353,28 @@ impl Verifier {
         Ok((td.clone(), key.clone(), kid.to_owned()))
     }
 
-    /// Section 10, "Caching": a hit stands for 3.b and 3.c (the same bytes verified under the
-    /// same key); everything else runs on every use.
-    fn cached(&self, t: &FramedToken<'_>, key: &PublicKey) -> Option<CachedToken> {
-        let cache = self.cache.as_ref()?;
-        let (token, hash) = cache.get(t.raw.text, key.thumbprint_ascii())?;
-        t.set_hash(hash);
-        Some(token)
+    /// The cache's entry for each token's exact bytes (grant first; empty without a cache),
+    /// looked up once per verification: phase 2 takes a cached token's header from it and
+    /// phase 3 its claims, if the key matches ([`hit`]).
+    fn known(&self, framed: &Framed<'_>) -> Known {
+        let Some(cache) = self.cache.as_ref() else {
+            return Vec::new();
+        };
+        std::iter::once(&framed.grant)
+            .chain(&framed.links)
+            .map(|t| cache.get(t.raw.text))
+            .collect()
     }
 
-    fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, value: CachedToken) {
+    fn remember(&self, t: &FramedToken<'_>, key: &PublicKey, header: &Header, value: CachedToken) {
         if let Some(cache) = &self.cache {
-            cache.insert(t.raw.text, *key.thumbprint_ascii(), t.hash(), value);
+            cache.insert(
+                t.raw.text,
+                *key.thumbprint_ascii(),
+                t.hash(),
+                header.clone(),
+                value,
+            );
         }
     }
 
@@ -622,17 +635,43 @@ struct Headers {
     links: Vec<Header>,
 }
 
+/// The token cache's entries for a chain's tokens, grant first ([`Verifier::known`]).
+type Known = Vec<Option<Entry>>;
+
 /// Phase 2: headers, rules 2.1 to 2.5 (in `jws::parse_header`); the expected kind is grant for
-/// token 0 and link after it.
-fn phase2(framed: &Framed<'_>) -> Result<Headers> {
-    let grant = parse_header(&framed.grant.raw, TokenType::Grant).map_err(|e| e.at(0))?;
+/// token 0 and link after it. A token whose exact bytes are cached as the same kind passed
+/// these rules when it was cached (they read nothing but its bytes and its kind): its header
+/// is the cached one. Every other header is parsed, in order, so the first failure is the same.
+fn phase2(framed: &Framed<'_>, known: &Known) -> Result<Headers> {
+    let cached = |i: usize, grant: bool| {
+        known
+            .get(i)
+            .and_then(Option::as_ref)
+            .filter(|e| matches!(e.token, CachedToken::Grant(_)) == grant)
+            .map(|e| e.header.clone())
+    };
+    let grant = match cached(0, true) {
+        Some(h) => h,
+        None => parse_header(&framed.grant.raw, TokenType::Grant).map_err(|e| e.at(0))?,
+    };
     let links = framed
         .links
         .iter()
         .enumerate()
-        .map(|(j, t)| parse_header(&t.raw, TokenType::Link).map_err(|e| e.at(j + 1)))
+        .map(|(j, t)| match cached(j + 1, false) {
+            Some(h) => Ok(h),
+            None => parse_header(&t.raw, TokenType::Link).map_err(|e| e.at(j + 1)),
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Headers { grant, links })
+}
+
+/// Section 10, "Caching": a hit stands for 3.b and 3.c (the same bytes verified under the
+/// same key); everything else runs on every use.
+fn hit(t: &FramedToken<'_>, known: Option<Entry>, key: &PublicKey) -> Option<CachedToken> {
+    let e = known.filter(|e| e.jkt == *key.thumbprint_ascii())?;
+    t.set_hash(e.hash);
+    Some(e.token)
 }
 
 /// Rules 3.b.1 and 3.b.2: `alg` matches the key, and the signature verifies over the exact

@@ -901,6 +901,64 @@ fn the_token_cache_skips_only_signatures_and_claims() {
     assert_eq!(small.len(), 2);
 }
 
+/// A warm token cache (phase 2 takes a cached token's header from it) gives every chain built
+/// from cached and altered tokens the verdict, code and index of a verifier without a cache.
+#[test]
+fn a_warm_cache_changes_no_verdict_code_or_index() {
+    use std::sync::Arc;
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:*", 2);
+    let l1 = link(&g, &w.planner, &w.coder, "repo:read");
+    let c2 = link(&l1, &w.coder, &w.tester, "repo:read");
+    let peer = (w.tester.id.as_spiffe_id(), w.tester.key.public_key());
+    let cache = Arc::new(TokenCache::new(64));
+    let cached =
+        verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]).with_cache(Arc::clone(&cache));
+    let plain = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    cached
+        .verify_chain(c2.as_str(), peer.0, peer.1, NOW)
+        .unwrap();
+    assert_eq!(cache.len(), 3);
+    let tokens: Vec<String> = c2.as_str().split('~').map(str::to_owned).collect();
+    let base64_url = |b: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    };
+    let b64 = |s: &str| base64_url(s.as_bytes());
+    // Each token with a header of the wrong kind, one with a bad header, and a bad signature.
+    let mut variants: Vec<Vec<String>> = vec![
+        vec![tokens[0].clone(), tokens[0].clone()],
+        vec![tokens[1].clone(), tokens[2].clone()],
+        vec![tokens[0].clone(), tokens[2].clone(), tokens[1].clone()],
+        vec![tokens[0].clone(), tokens[1].clone(), tokens[1].clone()],
+    ];
+    for i in 0..tokens.len() {
+        for header in [
+            r#"{"alg":"ES256","typ":"wrong"}"#,
+            r#"{"alg":"ES256","typ":"agentid-link+jwt"}"#,
+            "{",
+        ] {
+            let mut t = tokens.clone();
+            let rest = t[i].split_once('.').unwrap().1.to_owned();
+            t[i] = format!("{}.{rest}", b64(header));
+            variants.push(t);
+        }
+        let mut t = tokens.clone();
+        let (head, _) = t[i].rsplit_once('.').unwrap();
+        t[i] = format!("{head}.{}", base64_url(&[7u8; 64]));
+        variants.push(t);
+    }
+    for v in variants {
+        let chain = v.join("~");
+        let outcome = |r: Result<VerifiedChain>| r.map_err(|e| (e.code(), e.index()));
+        assert_eq!(
+            outcome(cached.verify_chain(&chain, peer.0, peer.1, NOW)),
+            outcome(plain.verify_chain(&chain, peer.0, peer.1, NOW)),
+            "{chain}"
+        );
+    }
+}
+
 #[test]
 fn verifier_configuration_is_checked() {
     let w = world(Algorithm::Es256);

@@ -20,7 +20,7 @@ use crate::establish::{
     after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
     verify_presented, Established,
 };
-use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello, Reason};
+use crate::frame::{self, parse_body, Accept, FrameType, Reason};
 use crate::peer_policy::PeerPolicy;
 use crate::provider;
 use crate::provider::ALPN;
@@ -180,11 +180,8 @@ impl AgentClient {
             builder = builder.chain_hash(h);
         }
         let client_proof = builder.sign(local.task_key())?;
-        let hello = Hello {
-            chain: local.chain().map(str::to_owned),
-            proof: client_proof.clone(),
-        };
-        frame::write_frame(&mut tls, FrameType::Hello, &body_bytes(&hello)?)
+        let hello = frame::presentation_body(FrameType::Hello, &client_proof, local.chain_json());
+        frame::write_frame(&mut tls, FrameType::Hello, &hello)
             .await
             .map_err(map_frame_tls)?;
 

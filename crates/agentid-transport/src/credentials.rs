@@ -30,6 +30,9 @@ pub struct Credential {
     chain: Option<String>,
     /// The chain's [`agentid_protocol::token_hash`] (every hop proof's `cth`), taken once.
     chain_hash: Option<String>,
+    /// The chain as a JSON string (quoted and escaped), written once: every hello or accept
+    /// copies it instead of escaping ~10 KB again.
+    chain_json: Option<String>,
 }
 
 impl Credential {
@@ -64,6 +67,7 @@ impl Credential {
             info,
             chain: None,
             chain_hash: None,
+            chain_json: None,
         })
     }
 
@@ -79,6 +83,7 @@ impl Credential {
         Ok(Self {
             chain: self.chain.clone(),
             chain_hash: self.chain_hash.clone(),
+            chain_json: self.chain_json.clone(),
             ..renewed
         })
     }
@@ -101,6 +106,7 @@ impl Credential {
     pub fn with_chain(mut self, chain: impl Into<String>) -> Self {
         let chain = chain.into();
         self.chain_hash = Some(agentid_protocol::token_hash(&chain));
+        self.chain_json = Some(crate::frame::json_string(&chain));
         self.chain = Some(chain);
         self
     }
@@ -136,6 +142,11 @@ impl Credential {
     /// The delegation chain's [`agentid_protocol::token_hash`] (a hop proof's `cth`), if any.
     pub(crate) fn chain_hash(&self) -> Option<&str> {
         self.chain_hash.as_deref()
+    }
+
+    /// The delegation chain as a JSON string literal ([`crate::frame::json_string`]), if any.
+    pub(crate) fn chain_json(&self) -> Option<&str> {
+        self.chain_json.as_deref()
     }
 
     /// The certificate chain, leaf first.

@@ -223,6 +223,52 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameErr
         .map_err(|e| FrameError::BadBody(e.to_string()))
 }
 
+/// `s` as a JSON string literal (quoted, escaped as `serde_json` escapes it).
+pub(crate) fn json_string(s: &str) -> String {
+    // A compact JWS (base64url and dots) needs no escaping: copied as is.
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
+    // Serializing a `str` cannot fail; the fallback is never taken.
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The body of a hello (`chain` first) or an accept (`proof` first), the bytes `serde_json`
+/// writes for [`Hello`] and [`Accept`], with the chain given as its JSON string literal
+/// ([`json_string`], kept by the credential): the ~10 KB chain is copied, not escaped again on
+/// every connection.
+pub(crate) fn presentation_body(ty: FrameType, proof: &str, chain_json: Option<&str>) -> Vec<u8> {
+    let proof = json_string(proof);
+    let mut out = Vec::with_capacity(24 + proof.len() + chain_json.map_or(0, str::len));
+    let chain = |out: &mut Vec<u8>, c: &str| {
+        out.extend_from_slice(b"\"chain\":");
+        out.extend_from_slice(c.as_bytes());
+    };
+    out.push(b'{');
+    if ty == FrameType::Hello {
+        if let Some(c) = chain_json {
+            chain(&mut out, c);
+            out.push(b',');
+        }
+    }
+    out.extend_from_slice(b"\"proof\":");
+    out.extend_from_slice(proof.as_bytes());
+    if ty != FrameType::Hello {
+        if let Some(c) = chain_json {
+            out.push(b',');
+            chain(&mut out, c);
+        }
+    }
+    out.push(b'}');
+    out
+}
+
 /// Serializes a control frame body.
 pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
     serde_json::to_vec(body).map_err(|e| FrameError::BadBody(e.to_string()))
@@ -231,6 +277,37 @@ pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presentation_bodies_are_what_serde_json_writes() {
+        let chains = [
+            None,
+            Some("a.b.c~d.e.f"),
+            Some(""),
+            Some("quote \" backslash \\ control \u{1} \u{1f} del \u{7f} é \u{2028}"),
+        ];
+        let proofs = ["h.p.s", "", "\"\\\n", "aZ09-_.~", "a b", "é"];
+        for chain in chains {
+            for proof in proofs {
+                let json = chain.map(json_string);
+                let hello = Hello {
+                    chain: chain.map(str::to_owned),
+                    proof: proof.to_owned(),
+                };
+                assert_eq!(
+                    presentation_body(FrameType::Hello, proof, json.as_deref()),
+                    body_bytes(&hello).unwrap()
+                );
+                let accept = Accept {
+                    proof: proof.to_owned(),
+                    chain: chain.map(str::to_owned),
+                };
+                let body = presentation_body(FrameType::Accept, proof, json.as_deref());
+                assert_eq!(body, body_bytes(&accept).unwrap());
+                assert_eq!(parse_body::<Accept>(&body).unwrap(), accept);
+            }
+        }
+    }
 
     #[test]
     fn round_trip_and_partial_input() {

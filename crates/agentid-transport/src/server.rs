@@ -21,7 +21,7 @@ use crate::establish::{
     after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented, AfterTls,
     Established, PeerPresented,
 };
-use crate::frame::{self, body_bytes, parse_body, Accept, FrameType, Hello};
+use crate::frame::{self, parse_body, FrameType, Hello};
 use crate::listener::AgentListener;
 use crate::peer_policy::PeerPolicy;
 use crate::provider::{self, ALPN};
@@ -179,11 +179,8 @@ impl AgentServer {
             builder = builder.chain_hash(h);
         }
         let server_proof = builder.sign(local.task_key())?;
-        let accept = Accept {
-            proof: server_proof.clone(),
-            chain: local.chain().map(str::to_owned),
-        };
-        frame::write_frame(&mut tls, FrameType::Accept, &body_bytes(&accept)?).await?;
+        let accept = frame::presentation_body(FrameType::Accept, &server_proof, local.chain_json());
+        frame::write_frame(&mut tls, FrameType::Accept, &accept).await?;
 
         let established = Established {
             io: TlsStream::Server(tls),

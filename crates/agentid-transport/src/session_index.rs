@@ -10,7 +10,9 @@
 //! tells whether a list landed in between, in which case it is signalled at once: a list applied
 //! concurrently with a handshake is never missed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,13 +33,78 @@ impl SessionSignal {
     }
 }
 
+/// Hashes the index's own session ids (sequential, never chosen by a peer) with one multiply:
+/// no SipHash where there is nothing to resist. Targets, which peers choose, keep `RandomState`.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Odd multiplier: distinct ids differ in the low bits (the bucket) and the high bits
+        // (the control byte) are mixed.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Ids<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// The sessions under one target: nearly always one (a `jti`, a key), sometimes many (an agent
+/// with many tasks); no set is allocated for one.
+#[derive(Debug)]
+enum Under {
+    One(u64),
+    Many(IdSet),
+}
+
+impl Under {
+    fn insert(&mut self, id: u64) {
+        match self {
+            Under::One(first) if *first == id => {}
+            Under::One(first) => *self = Under::Many([*first, id].into_iter().collect()),
+            Under::Many(ids) => {
+                ids.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; whether no session is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Under::One(first) => *first == id,
+            Under::Many(ids) => {
+                ids.remove(&id);
+                ids.is_empty()
+            }
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let (one, many) = match self {
+            Under::One(id) => (Some(*id), None),
+            Under::Many(ids) => (None, Some(ids.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    by_target: HashMap<RevocationTarget, HashSet<u64>>,
+    by_target: HashMap<RevocationTarget, Under>,
     /// Sessions whose targets could not be listed: every list signals them.
-    every_list: HashSet<u64>,
-    sessions: HashMap<u64, (Option<Vec<RevocationTarget>>, Arc<SessionSignal>)>,
+    every_list: IdSet,
+    sessions: Ids<(Option<Vec<RevocationTarget>>, Arc<SessionSignal>)>,
 }
 
 /// The index of one [`crate::PeerVerification`].
@@ -109,7 +176,12 @@ impl SessionIndex {
             return;
         };
         for t in targets {
-            inner.by_target.entry(t.clone()).or_default().insert(id);
+            match inner.by_target.entry(t.clone()) {
+                Entry::Occupied(mut under) => under.get_mut().insert(id),
+                Entry::Vacant(slot) => {
+                    slot.insert(Under::One(id));
+                }
+            }
         }
     }
 
@@ -119,10 +191,11 @@ impl SessionIndex {
             return;
         };
         for t in targets {
-            if let Some(ids) = inner.by_target.get_mut(t) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    inner.by_target.remove(t);
+            // One lookup in the common case (the target was this session's alone); a target
+            // other sessions share goes back in.
+            if let Some((target, mut under)) = inner.by_target.remove_entry(t) {
+                if !under.remove(id) {
+                    inner.by_target.insert(target, under);
                 }
             }
         }
@@ -138,10 +211,10 @@ impl SessionIndex {
     ) {
         self.lists.fetch_add(1, Ordering::AcqRel);
         let inner = self.lock();
-        let mut touched: HashSet<u64> = inner.every_list.clone();
-        for (target, ids) in &inner.by_target {
+        let mut touched: IdSet = inner.every_list.clone();
+        for (target, under) in &inner.by_target {
             if newly_revokes(new, old, target, now) {
-                touched.extend(ids.iter().copied());
+                touched.extend(under.ids());
             }
         }
         for id in &touched {
@@ -268,6 +341,40 @@ mod tests {
         );
         index.list_applied(Some(&l2), &list(&key, 3, &["a", "c", "d"]), NOW);
         assert_eq!(regs[1].version(), 1);
+    }
+
+    #[test]
+    fn sessions_sharing_a_target_are_all_signalled_and_leave_one_by_one() {
+        let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let index = Arc::new(SessionIndex::default());
+        let shared = RevocationTarget::Agent(agent("a"));
+        let regs: Vec<Registration> = ["x", "y", "z"]
+            .iter()
+            .map(|n| {
+                index.register(
+                    Some(vec![
+                        shared.clone(),
+                        RevocationTarget::Agent(agent(n)),
+                        shared.clone(),
+                    ]),
+                    0,
+                )
+            })
+            .collect();
+        let mut regs = regs.into_iter();
+        let first = regs.next().unwrap();
+        drop(first);
+        index.list_applied(None, &list(&key, 1, &["a"]), NOW);
+        let rest: Vec<Registration> = regs.collect();
+        assert_eq!(
+            rest.iter().map(Registration::version).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        assert_eq!(index.signalled(), 2, "the dropped session is not signalled");
+        // A target two sessions share stays indexed until the last one leaves.
+        drop(rest);
+        let inner = index.lock();
+        assert!(inner.by_target.is_empty() && inner.sessions.is_empty());
     }
 
     #[test]
