@@ -193,12 +193,11 @@ impl ConnShared {
         let epoch = server.verification.recheck_epoch();
         let lists_seen = server.verification.lists_applied();
         let index = server.verification.register(
-            agentid_protocol::peer_revocation_targets(
+            Some(agentid_protocol::verified_peer_revocation_targets(
                 None,
                 peer.info.id.as_spiffe_id(),
                 &peer.info.public_key,
-            )
-            .ok(),
+            )),
             lists_seen,
         );
         let conn = Arc::new(Self {
@@ -335,15 +334,15 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
-        if p.chain.is_some() {
-            // The chain's tokens, keys and holders join the peer's targets.
+        if let Some(chain) = &verified.chain {
+            // The chain's tokens, keys and holders join the peer's targets, from what its
+            // verification read (the chain is not decoded again).
             self.index.update(
-                agentid_protocol::peer_revocation_targets(
-                    p.chain.as_deref(),
+                Some(agentid_protocol::verified_peer_revocation_targets(
+                    Some(chain),
                     peer.id.as_spiffe_id(),
                     &peer.public_key,
-                )
-                .ok(),
+                )),
                 lists_seen,
             );
         }
