@@ -843,10 +843,13 @@ async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds.clone(), addr, false).await;
     match raw.send("/peer", &[]).await {
+        // The response leaves past the close point: it says so (whether or not the server's
+        // timer has fired yet), and the server closes the connection.
         Ok(r) => {
             assert_eq!(r.headers().get("connection").unwrap(), "close");
             assert_eq!(r.status(), 200);
             body(r).await;
+            assert!(raw.closed_within_t().await);
         }
         // The graceful close may win the race against the first request head.
         Err(e) => assert!(

@@ -450,8 +450,9 @@ impl ConnShared {
         }
     }
 
-    /// Per request, after the presentation: the deadline, then the revocation epoch (one atomic
-    /// load; the full re-check only when the verification state changed).
+    /// Per request, after the presentation: the deadline (past the close point, the graceful
+    /// close starts), then the revocation epoch (one atomic load; the full re-check only when
+    /// the verification state changed).
     pub(crate) fn live(&self) -> Result<(), Refusal> {
         self.live_at(now_unix())
     }
@@ -461,11 +462,20 @@ impl ConnShared {
         if let Some(r) = self.ended.get() {
             return Err(r.clone());
         }
-        if now >= self.deadline() {
+        let deadline = self.deadline();
+        if now >= deadline {
             return Err(self.end(Refusal::unauthenticated(
                 CREDENTIAL_EXPIRED,
                 "the connection's deadline passed",
             )));
+        }
+        // Past the close point (the deadline minus the margin) the graceful close starts here
+        // too, not only when the watchdog task next runs: a response leaving now already says
+        // `Connection: close`.
+        if now.saturating_add(self.server.options.close_margin.as_secs()) >= deadline
+            && !self.closing()
+        {
+            self.start_close();
         }
         let epoch = self.server.verification.recheck_epoch();
         if epoch != self.checked_epoch.load(Ordering::Acquire)
