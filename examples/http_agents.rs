@@ -49,6 +49,7 @@ use agentid::protocol::{AgentId, Scope, ServiceId, VerifierConfig};
 use agentid::transport::http::{Authorizer, HttpClient, HttpServer, RequirePeer, RequireScope};
 use agentid::transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use anyhow::{Context, Result};
+use axum::handler::Handler as _;
 use axum::routing::get;
 use axum::Router;
 use clap::{Parser, Subcommand};
@@ -189,11 +190,11 @@ async fn serve(
     let app = Router::new()
         .route(
             "/files",
-            get(files).layer(RequireScope::new(Scope::parse(scope).context("--scope")?)),
+            get(files.layer(RequireScope::new(Scope::parse(scope).context("--scope")?))),
         )
         .route(
             "/status",
-            get(status).layer(RequirePeer::new(PeerPolicy::agent(agent.clone()))),
+            get(status.layer(RequirePeer::new(PeerPolicy::agent(agent.clone())))),
         );
     // TLS admits every agent of the trust domain; each route then decides.
     let server =

@@ -173,6 +173,7 @@ example above.
 use agentid::protocol::Scope;
 use agentid::transport::http::{HttpClient, HttpServer, RequireScope};
 use agentid::transport::{MemoryCredentials, PeerPolicy};
+use axum::handler::Handler as _;
 use axum::routing::get;
 
 # #[tokio::main]
@@ -188,8 +189,8 @@ use axum::routing::get;
 let read = RequireScope::new(Scope::parse("repo:read")?);
 let write = RequireScope::new(Scope::parse("repo:write")?);
 let app = axum::Router::new()
-    .route("/read", get(|| async { "contents" }).layer(read))
-    .route("/write", get(|| async { "written" }).layer(write));
+    .route("/read", get((|| async { "contents" }).layer(read)))
+    .route("/write", get((|| async { "written" }).layer(write)));
 let server = HttpServer::builder(
     Arc::new(MemoryCredentials::new(librarian)),
     verification(&ca, &librarian_id)?,

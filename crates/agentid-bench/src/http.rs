@@ -3,8 +3,8 @@
 //! figure is the CPU cost of both sides), HTTP/1.1 on both sides.
 //!
 //! * Figure 9: requests per second over one keep-alive connection. agentid: `HttpServer` serving
-//!   an axum router whose route sits behind `RequireScope` (the authorizer runs on every
-//!   request), called by `HttpClient` after its presentation (a depth-2 chain) was verified.
+//!   an axum router whose handler sits behind `RequireScope` (`get(handler.layer(..))`, the
+//!   form the crate documents; the authorizer runs on every request), called by `HttpClient` after its presentation (a depth-2 chain) was verified.
 //!   Baseline: the same axum router without the layer, served by hyper over tokio-rustls with
 //!   the same certificates, called by a hyper client over tokio-rustls.
 //! * Figure 10: new connections per second: TLS, the first request with the depth-2 chain and
@@ -26,6 +26,7 @@ use agentid_transport::http::{
     Authorizer, HttpClient, HttpClientConnection, HttpOptions, HttpServer, RequireScope,
 };
 use agentid_transport::{MemoryCredentials, PeerPolicy};
+use axum::handler::Handler as _;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
@@ -55,10 +56,11 @@ async fn handler() -> &'static str {
     BODY
 }
 
-/// The service both stacks serve; agentid's route requires `repo:read` under the chain.
+/// The service both stacks serve; agentid's route requires `repo:read` under the chain, with
+/// the layer on the handler as the `http` module of agentid-transport recommends.
 fn router(with_scope: bool) -> Res<Router> {
     let route = if with_scope {
-        get(handler).layer(RequireScope::new(Scope::parse("repo:read")?))
+        get(handler.layer(RequireScope::new(Scope::parse("repo:read")?)))
     } else {
         get(handler)
     };

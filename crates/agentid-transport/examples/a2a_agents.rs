@@ -30,6 +30,7 @@ use agentid_transport::a2a::{
 use agentid_transport::http::{Authorizer, HttpClient, HttpServer, RequireScope};
 use agentid_transport::{MemoryCredentials, PeerPolicy};
 use anyhow::{bail, Result};
+use axum::handler::Handler as _;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -80,7 +81,7 @@ async fn serve_agent(
         )
         .route(
             "/a2a",
-            post(message_send).layer(RequireScope::new(Scope::parse("planner:plan")?)),
+            post(message_send.layer(RequireScope::new(Scope::parse("planner:plan")?))),
         );
     let server =
         HttpServer::builder(creds, verification, PeerPolicy::agents_in(td.clone())).build()?;

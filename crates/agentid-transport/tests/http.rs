@@ -16,6 +16,7 @@ use agentid_transport::http::{
     RequireScope,
 };
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use axum::handler::Handler as _;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
@@ -132,6 +133,17 @@ fn app() -> Router {
             get(whoami).layer(RequirePeer::new(PeerPolicy::agent(
                 agentid_protocol::AgentId::parse("spiffe://example.org/agent/client").unwrap(),
             ))),
+        )
+        // The same requirements on the handler (axum's `Handler::layer`), as the crate documents.
+        .route(
+            "/scope_handler",
+            get(whoami.layer(RequireScope::new(Scope::parse("files:read").unwrap()))),
+        )
+        .route(
+            "/peer_handler",
+            get(whoami.layer(RequirePeer::new(PeerPolicy::agent(
+                agentid_protocol::AgentId::parse("spiffe://example.org/agent/client").unwrap(),
+            )))),
         )
         .route("/whoami", get(whoami))
         .route("/stream", get(stream))
@@ -303,6 +315,63 @@ async fn identity_only_peers_pass_peer_routes_and_fail_scope_routes() {
             (false, Some("scope_not_granted")),
             (false, Some("peer_denied")),
             (true, None)
+        ]
+    );
+}
+
+/// Requirements on the handler (`get(h.layer(..))`) decide every request as route layers do:
+/// granted and refused alike go to the sink, and a refusal never reaches the handler.
+#[tokio::test]
+async fn handler_layers_authorize_every_request() {
+    let w = World::new(false);
+    let recorder = Arc::new(Recorder::default());
+    let addr = start(&w, Some(recorder.clone()), options()).await;
+    // A chain granting the scope: granted on every request, not only the presenting one.
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = client(&w, creds, false)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let resp = conn.send(get_req("/scope_handler")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body(resp).await, format!("{CLIENT} chain=files:read"));
+    }
+    let resp = conn.send(get_req("/peer_handler")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body(resp).await;
+    // A chain without it, and a chain-less peer: 403 `scope_not_granted`.
+    for scope in [Some("files:list"), None] {
+        let (creds, _k, _) = w.client(CLIENT, scope, &LeafOpts::default());
+        let mut conn = client(&w, creds, true)
+            .connect(addr, "files")
+            .await
+            .unwrap();
+        let resp = conn.send(get_req("/scope_handler")).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(code_of(&body(resp).await), "scope_not_granted");
+    }
+    // Another agent: 403 `peer_denied` on the peer requirement.
+    let (creds, _k, _) = w.client(OTHER, Some("files:read"), &LeafOpts::default());
+    let mut conn = client(&w, creds, false)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    let resp = conn.send(get_req("/peer_handler")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(code_of(&body(resp).await), "peer_denied");
+    let d = recorder.0.lock().unwrap().clone();
+    assert_eq!(
+        d.iter()
+            .map(|(r, g, c)| (r.as_str(), *g, *c))
+            .collect::<Vec<_>>(),
+        vec![
+            ("files:read", true, None),
+            ("files:read", true, None),
+            ("peer", true, None),
+            ("files:read", false, Some("scope_not_granted")),
+            ("files:read", false, Some("scope_not_granted")),
+            ("peer", false, Some("peer_denied")),
         ]
     );
 }
@@ -774,10 +843,13 @@ async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds.clone(), addr, false).await;
     match raw.send("/peer", &[]).await {
+        // The response leaves past the close point: it says so (whether or not the server's
+        // timer has fired yet), and the server closes the connection.
         Ok(r) => {
             assert_eq!(r.headers().get("connection").unwrap(), "close");
             assert_eq!(r.status(), 200);
             body(r).await;
+            assert!(raw.closed_within_t().await);
         }
         // The graceful close may win the race against the first request head.
         Err(e) => assert!(

@@ -269,7 +269,8 @@ impl Requirement for PeerPolicy {
 
 /// A tower layer that admits a request only when its [`Requirement`] holds; otherwise the
 /// response is the requirement's refusal and the inner service is not called. Requests not
-/// served by an agentid HTTP server (no [`Authorizer`]) get 500 `internal`.
+/// served by an agentid HTTP server (no [`Authorizer`]) get 500 `internal`. With axum, put it
+/// on the handler: `get(handler.layer(RequireScope::new(scope)))` (see [`crate::http`]).
 pub struct Require<R> {
     requirement: Arc<R>,
 }

@@ -21,6 +21,45 @@
 //!   connection also after [`HttpOptions::header_read_timeout`], 10 s by default).
 //! * **Client**: [`HttpClient`] presents the chain and checks the server's proof and audience.
 //!
+//! ## A requirement per route
+//!
+//! Put [`RequireScope`] or [`RequirePeer`] on the handler (axum's `Handler::layer`): every
+//! request to it is authorized through its [`Authorizer`] (the connection's deadline and
+//! revocation epoch first, then the scope, or the peer policy) before the handler runs.
+//! `get(files).layer(..)` and `Router::route_layer` authorize the same requests, but axum then
+//! wraps the route in a second boxed route, which costs about a tenth of an HTTP/1.1 request
+//! (figure 9 of BENCHMARKS.md); `get(files).layer(..)` also refuses a request for a method the
+//! route lacks before axum answers 405. A handler can also take the [`Authorizer`] as an
+//! extractor and call [`Authorizer::authorize`] itself.
+#![cfg_attr(
+    feature = "axum",
+    doc = r##"
+```
+# fn main() -> Result<(), Box<dyn std::error::Error>> {
+use agentid_protocol::{AgentId, Scope};
+use agentid_transport::http::{RequirePeer, RequireScope};
+use agentid_transport::PeerPolicy;
+use axum::handler::Handler as _;
+use axum::routing::get;
+
+async fn files() -> &'static str {
+    "contents"
+}
+async fn status() -> &'static str {
+    "up"
+}
+
+let ops = AgentId::parse("spiffe://example.org/agent/ops")?;
+let app: axum::Router = axum::Router::new()
+    .route("/files", get(files.layer(RequireScope::new(Scope::parse("files:read")?))))
+    .route("/status", get(status.layer(RequirePeer::new(PeerPolicy::agent(ops)))));
+# let _ = app;
+# Ok(())
+# }
+```
+"##
+)]
+//!
 //! ## reqwest for identity-only calls
 //!
 //! reqwest can call an agentid HTTP service with the peer's certificate only (no chain, so no

@@ -193,12 +193,11 @@ impl ConnShared {
         let epoch = server.verification.recheck_epoch();
         let lists_seen = server.verification.lists_applied();
         let index = server.verification.register(
-            agentid_protocol::peer_revocation_targets(
+            Some(agentid_protocol::verified_peer_revocation_targets(
                 None,
                 peer.info.id.as_spiffe_id(),
                 &peer.info.public_key,
-            )
-            .ok(),
+            )),
             lists_seen,
         );
         let conn = Arc::new(Self {
@@ -335,15 +334,15 @@ impl ConnShared {
                 },
             )
             .map_err(|e| Refusal::from_protocol(&e))?;
-        if p.chain.is_some() {
-            // The chain's tokens, keys and holders join the peer's targets.
+        if let Some(chain) = &verified.chain {
+            // The chain's tokens, keys and holders join the peer's targets, from what its
+            // verification read (the chain is not decoded again).
             self.index.update(
-                agentid_protocol::peer_revocation_targets(
-                    p.chain.as_deref(),
+                Some(agentid_protocol::verified_peer_revocation_targets(
+                    Some(chain),
                     peer.id.as_spiffe_id(),
                     &peer.public_key,
-                )
-                .ok(),
+                )),
                 lists_seen,
             );
         }
@@ -451,8 +450,9 @@ impl ConnShared {
         }
     }
 
-    /// Per request, after the presentation: the deadline, then the revocation epoch (one atomic
-    /// load; the full re-check only when the verification state changed).
+    /// Per request, after the presentation: the deadline (past the close point, the graceful
+    /// close starts), then the revocation epoch (one atomic load; the full re-check only when
+    /// the verification state changed).
     pub(crate) fn live(&self) -> Result<(), Refusal> {
         self.live_at(now_unix())
     }
@@ -462,11 +462,20 @@ impl ConnShared {
         if let Some(r) = self.ended.get() {
             return Err(r.clone());
         }
-        if now >= self.deadline() {
+        let deadline = self.deadline();
+        if now >= deadline {
             return Err(self.end(Refusal::unauthenticated(
                 CREDENTIAL_EXPIRED,
                 "the connection's deadline passed",
             )));
+        }
+        // Past the close point (the deadline minus the margin) the graceful close starts here
+        // too, not only when the watchdog task next runs: a response leaving now already says
+        // `Connection: close`.
+        if now.saturating_add(self.server.options.close_margin.as_secs()) >= deadline
+            && !self.closing()
+        {
+            self.start_close();
         }
         let epoch = self.server.verification.recheck_epoch();
         if epoch != self.checked_epoch.load(Ordering::Acquire)
