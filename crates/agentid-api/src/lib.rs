@@ -149,6 +149,13 @@ impl ErrorCode {
         )
     }
 
+    /// Whether the same request may succeed later with nothing changed: the codes sent with
+    /// `Retry-After`, and `internal`. Every other code is the CA's answer to this request, and
+    /// asking again gets it again (a client retrying them only adds load).
+    pub fn is_transient(self) -> bool {
+        self.retry_after() || self == ErrorCode::Internal
+    }
+
     /// The wire form, e.g. `token_used`.
     pub fn as_str(self) -> &'static str {
         match self {

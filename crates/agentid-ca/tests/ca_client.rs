@@ -404,3 +404,40 @@ async fn a_policy_refusal_names_the_rule_that_refused() {
     let hint = hint_of(search.list().await.unwrap_err());
     assert!(hint.contains("agents.*.permissions"), "{hint}");
 }
+
+/// A renewal the CA refuses for good ends `Enroller::run` at once with that refusal, instead of
+/// asking again every few seconds until 90% of the certificate's lifetime: here the certificate
+/// was revoked, and with a 60-second certificate back-dated by the CA's 60-second skew the old
+/// retry loop would have kept asking for about 55 seconds, far past the 20-second bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_refused_for_good_ends_the_renewal_loop_at_once() {
+    let w = start().await;
+    let url = format!("https://{}", w.mtls);
+    let credential = w.platform_for(Some(Duration::from_secs(60)));
+    let serial = credential.info().serial.clone();
+    w.ca()
+        .revoke(
+            &agentid_ca::RevokeTarget::Serial(serial.parse().unwrap()),
+            Some("test"),
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    let enroller = Enroller::from_credential(&url, credential, w.verification(), T)
+        .with_ttl(Some(Duration::from_secs(60)));
+    let e = tokio::time::timeout(T, enroller.run())
+        .await
+        .expect("the loop ends within the bound")
+        .expect_err("a revoked certificate is not renewed");
+    assert!(!e.is_transient(), "{e}");
+    assert_eq!(
+        e.api_error().map(|a| a.code),
+        Some(agentid_api::ErrorCode::Revoked),
+        "{e}"
+    );
+    // The revoked certificate was not replaced.
+    assert_eq!(
+        enroller.credentials().current().unwrap().info().serial,
+        serial
+    );
+}

@@ -88,6 +88,19 @@ impl EnrollError {
             _ => None,
         }
     }
+
+    /// Whether the same request can succeed later without anyone changing anything: a
+    /// connection or time-out failure, or a refusal whose code
+    /// [is transient](agentid_api::ErrorCode::is_transient) (`rate_limited`, `unavailable`,
+    /// `store_unavailable`, `internal`). Every other refusal (`revoked`, `cap_reached` at the end
+    /// of a task, `not_permitted`, ...) is the CA's answer, and asking again gets it again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EnrollError::Refused { error, .. } => error.code.is_transient(),
+            EnrollError::Transport(_) | EnrollError::Io(_) | EnrollError::Timeout(_) => true,
+            EnrollError::RootMismatch(_) | EnrollError::Invalid(_) => false,
+        }
+    }
 }
 
 type Result<T, E = EnrollError> = std::result::Result<T, E>;
@@ -905,7 +918,10 @@ impl Enroller {
 
     /// Renews forever at half of each certificate's lifetime, retrying every few seconds until
     /// 90% of it; returns the error once a certificate reaches 90% of its lifetime without a
-    /// renewal (the caller decides: a new token, or stop).
+    /// renewal (the caller decides: a new token, or stop). A refusal that asking again cannot
+    /// change (see [`EnrollError::is_transient`]: `revoked`, or `cap_reached` once the task's
+    /// end is nearer than the lifetime asked for) is returned at once; the credential held stays
+    /// usable until its `notAfter`.
     ///
     /// A certificate's lifetime is counted from when this enroller received it, or from its
     /// `notBefore` for the credential it started with: the CA back-dates `notBefore` by its
@@ -928,7 +944,9 @@ impl Enroller {
                         received = Some(crate::session::now_unix());
                         break;
                     }
-                    Err(e) if crate::session::now_unix() >= give_up => return Err(e),
+                    Err(e) if !e.is_transient() || crate::session::now_unix() >= give_up => {
+                        return Err(e)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
                         let left = give_up.saturating_sub(crate::session::now_unix());
@@ -991,6 +1009,31 @@ mod tests {
         assert_eq!(renewal_times(1000, 1004), (1000, 1000));
         // A receipt before notBefore (clock steps) never moves the start earlier.
         assert_eq!(renewal_clock_start(2000, Some(1000)), 2000);
+    }
+
+    #[test]
+    fn only_connection_failures_and_transient_codes_are_retried() {
+        use agentid_api::ErrorCode;
+        let refused = |code: ErrorCode| EnrollError::Refused {
+            status: code.status(),
+            error: ApiError::new(code, "m", ""),
+        };
+        let transient: Vec<ErrorCode> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| refused(*c).is_transient())
+            .collect();
+        assert_eq!(
+            transient,
+            [
+                ErrorCode::RateLimited,
+                ErrorCode::StoreUnavailable,
+                ErrorCode::Unavailable,
+                ErrorCode::Internal
+            ]
+        );
+        assert!(EnrollError::Timeout(Duration::from_secs(1)).is_transient());
+        assert!(!EnrollError::RootMismatch("https://127.0.0.1:1".into()).is_transient());
+        assert!(!invalid("x").is_transient());
     }
 
     #[test]
