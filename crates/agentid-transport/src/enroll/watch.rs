@@ -401,24 +401,13 @@ impl Poller {
             Repeat::Safe,
             REUSE_MARGIN,
         );
-        let Answer {
-            status,
-            retry_after,
-            body,
-        } = tokio::time::timeout(bound, get)
-            .await
-            .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
-            .map_err(Failure::from)?;
-        match status {
+        let answer = answer_within(bound, get).await?;
+        match answer.status {
             StatusCode::NOT_FOUND => return Ok(Polled::Unchanged),
-            s if !s.is_success() => {
-                let error = decode::<serde_json::Value>(s, &body)
-                    .err()
-                    .unwrap_or_else(|| invalid(format!("GET /v1/bundle/agentid answered {s}")));
-                return Err(Failure { error, retry_after });
-            }
+            s if !s.is_success() => return Err(refusal("GET /v1/bundle/agentid", answer)),
             _ => {}
         }
+        let body = answer.body;
         let jws = std::str::from_utf8(&body)
             .map_err(|_| Failure::from(invalid("the signed agentid bundle is not UTF-8")))?;
         match applier.apply(jws, crate::session::now_unix())? {
@@ -451,25 +440,14 @@ impl Poller {
             Repeat::Safe,
             LONG_POLL_SLACK.saturating_add(Duration::from_secs(1)),
         );
-        let Answer {
-            status,
-            retry_after,
-            body,
-        } = tokio::time::timeout(bound, get)
-            .await
-            .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
-            .map_err(Failure::from)?;
-        match status {
+        let answer = answer_within(bound, get).await?;
+        match answer.status {
             StatusCode::NOT_MODIFIED => return Ok(Polled::Unchanged),
-            s if !s.is_success() => {
-                let error = decode::<RevocationsResponse>(s, &body)
-                    .err()
-                    .unwrap_or_else(|| invalid(format!("GET /v1/revocations answered {s}")));
-                return Err(Failure { error, retry_after });
-            }
+            s if !s.is_success() => return Err(refusal("GET /v1/revocations", answer)),
             _ => {}
         }
-        let resp: RevocationsResponse = decode(status, &body).map_err(Failure::from)?;
+        let resp: RevocationsResponse =
+            decode(answer.status, &answer.body).map_err(Failure::from)?;
         if held.is_some_and(|h| resp.seq <= h) {
             return Err(invalid(format!(
                 "the CA answered a list with seq {} after {}",
@@ -502,6 +480,31 @@ enum Polled {
 struct Failure {
     error: EnrollError,
     retry_after: Option<Duration>,
+}
+
+/// The answer to a feed request, or a timeout once `bound` has passed without one.
+async fn answer_within(
+    bound: Duration,
+    request: impl std::future::Future<Output = Result<Answer, EnrollError>>,
+) -> Result<Answer, Failure> {
+    tokio::time::timeout(bound, request)
+        .await
+        .map_err(|_| Failure::from(EnrollError::Timeout(bound)))?
+        .map_err(Failure::from)
+}
+
+/// A feed request's unsuccessful answer: the CA's refusal (`{code, message, hint}`) with its
+/// `Retry-After`, or, without a refusal body, what `route` answered.
+fn refusal(route: &str, answer: Answer) -> Failure {
+    let Answer {
+        status,
+        retry_after,
+        body,
+    } = answer;
+    let error = decode::<serde::de::IgnoredAny>(status, &body)
+        .err()
+        .unwrap_or_else(|| invalid(format!("{route} answered {status}")));
+    Failure { error, retry_after }
 }
 
 impl From<EnrollError> for Failure {
