@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentid_ca::server::{CaService, ServiceOptions};
-use agentid_ca::{CertificateAuthority, KeySource, KeyType, ServiceRequest};
+use agentid_ca::{CertificateAuthority, KeySource, ServiceRequest};
 use agentid_protocol::{Algorithm, BundleSet, SpiffeId, TaskKey, VerifierConfig};
 use agentid_transport::enroll::{
     BundleApplier, BundleWatcher, CaClient, Enroller, RevocationWatcher, WatchOptions,
@@ -100,15 +99,7 @@ struct World {
 }
 
 async fn start() -> World {
-    let dir = common::make_ca_dir(KeyType::P256);
-    let mut policy = common::POLICY.to_owned();
-    policy.push_str(EXTRA_POLICY);
-    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mtls = l.local_addr().unwrap();
-    tokio::spawn(async move { service.serve_both(l, None).await });
+    let (dir, mtls, _) = common::serve_ca(EXTRA_POLICY, false).await;
     World { dir, mtls }
 }
 

@@ -6,6 +6,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::chain_of;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,6 @@ use agentid_transport::{
     AgentClient, AgentServer, Credential, CredentialSource, MemoryCredentials, PeerPolicy,
     PeerVerification,
 };
-use rustls_pki_types::CertificateDer;
 
 /// The bound on every await.
 const T: Duration = Duration::from_secs(10);
@@ -50,13 +50,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn chain_of(leaf: &[u8], intermediate: &[u8]) -> Vec<CertificateDer<'static>> {
-    vec![
-        CertificateDer::from(leaf.to_vec()),
-        CertificateDer::from(intermediate.to_vec()),
-    ]
 }
 
 fn verification(ca: &CertificateAuthority, own: &str) -> Arc<PeerVerification> {

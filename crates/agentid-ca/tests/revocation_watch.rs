@@ -11,6 +11,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::chain_of;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -20,7 +21,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use agentid_api::RevokeRequest;
-use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{
     CertificateAuthority, KeySource, KeyType, OpenTaskRequest, ServiceRequest, TaskRequester,
 };
@@ -70,23 +70,8 @@ struct World {
 }
 
 async fn start() -> World {
-    let dir = common::make_ca_dir(KeyType::P256);
-    let mut policy = common::POLICY.to_owned();
-    policy.push_str(EXTRA_POLICY);
-    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mtls = l.local_addr().unwrap();
-    tokio::spawn(async move { service.serve_both(l, None).await });
+    let (dir, mtls, _) = common::serve_ca(EXTRA_POLICY, false).await;
     World { dir, mtls }
-}
-
-fn chain_of(leaf: &[u8], intermediate: &[u8]) -> Vec<CertificateDer<'static>> {
-    vec![
-        CertificateDer::from(leaf.to_vec()),
-        CertificateDer::from(intermediate.to_vec()),
-    ]
 }
 
 /// A verification for `own` trusting `bundle`; `strict` requires the domain's revocation list.

@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::chain_of;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use agentid_transport::http::{HttpClient, HttpClientConnection};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(20);
 const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
@@ -53,24 +53,9 @@ struct World {
 }
 
 async fn start() -> World {
-    let dir = common::make_ca_dir(KeyType::P256);
-    let mut policy = common::POLICY.to_owned();
-    policy.push_str(EXTRA_POLICY);
-    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (mtls, enroll) = (l.local_addr().unwrap(), e.local_addr().unwrap());
-    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    let (dir, mtls, enroll) = common::serve_ca(EXTRA_POLICY, true).await;
+    let enroll = enroll.expect("serve_ca(_, true) binds the enrollment listener");
     World { dir, mtls, enroll }
-}
-
-fn chain_of(leaf: &[u8], intermediate: &[u8]) -> Vec<CertificateDer<'static>> {
-    vec![
-        CertificateDer::from(leaf.to_vec()),
-        CertificateDer::from(intermediate.to_vec()),
-    ]
 }
 
 impl World {

@@ -2,6 +2,7 @@
 //! not specific to the CA comes from `agentid-test-support`).
 #![allow(dead_code, missing_docs)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -167,4 +168,42 @@ pub fn audit_records(ca: &CertificateAuthority) -> Vec<serde_json::Value> {
         .iter()
         .map(|r| serde_json::from_str(&r.body).unwrap())
         .collect()
+}
+
+/// A CA service on loopback over a CA made by [`make_ca_dir`] (P-256) whose policy is
+/// [`POLICY`] followed by `extra_policy`: its CA directory, its mTLS listener and, when
+/// `enroll_listener`, its enrollment listener. The service runs until the test's runtime ends.
+pub async fn serve_ca(
+    extra_policy: &str,
+    enroll_listener: bool,
+) -> (tempfile::TempDir, SocketAddr, Option<SocketAddr>) {
+    use agentid_ca::server::{CaService, ServiceOptions};
+    let dir = make_ca_dir(KeyType::P256);
+    let mut policy = POLICY.to_owned();
+    policy.push_str(extra_policy);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mtls = l.local_addr().unwrap();
+    let (e, enroll) = if enroll_listener {
+        let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = e.local_addr().unwrap();
+        (Some(e), Some(addr))
+    } else {
+        (None, None)
+    };
+    tokio::spawn(async move { service.serve_both(l, e).await });
+    (dir, mtls, enroll)
+}
+
+/// A certificate chain (leaf, then intermediate) from DER.
+pub fn chain_of(
+    leaf: &[u8],
+    intermediate: &[u8],
+) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    vec![
+        rustls_pki_types::CertificateDer::from(leaf.to_vec()),
+        rustls_pki_types::CertificateDer::from(intermediate.to_vec()),
+    ]
 }
