@@ -1299,3 +1299,130 @@ async fn a_rotation_before_the_first_request_keeps_the_handshake_credential() {
         assert!(later.server_proof().is_some());
     }
 }
+
+/// Serves `app` like [`start`] (no sink), with `o`.
+async fn start_app(w: &World, app: Router, o: HttpOptions) -> SocketAddr {
+    let server = HttpServer::builder(
+        w.server_creds.clone(),
+        w.sv.clone(),
+        PeerPolicy::trust_domain(w.a.td.clone()),
+    )
+    .options(o)
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+    addr
+}
+
+/// What a handler's two checks returned: before and after the revocation.
+type HeldChecks = (Result<(), &'static str>, Result<(), &'static str>);
+
+/// An `Authorizer` a handler holds across a revocation of its peer: the check after it
+/// refuses with `revoked` (the connection checks run first on every call), and the response
+/// that leaves after it is refused too.
+#[tokio::test]
+async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
+    let w = World::new(true);
+    let empty = w.a.revocation_list(1, |b| b);
+    w.sv.apply_revocation_list(&empty).unwrap();
+    w.cv.apply_revocation_list(&empty).unwrap();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HeldChecks>();
+    let scope = Scope::parse("files:read").unwrap();
+    let handler = {
+        let (entered, resume) = (entered.clone(), resume.clone());
+        move |a: Authorizer| {
+            let (entered, resume, tx, scope) =
+                (entered.clone(), resume.clone(), tx.clone(), scope.clone());
+            async move {
+                let before = a.authorize(&scope).map_err(|r| r.code());
+                entered.notify_one();
+                resume.notified().await;
+                let after = a.authorize(&scope).map_err(|r| r.code());
+                let _ = tx.send((before, after));
+                "held"
+            }
+        }
+    };
+    let app = Router::new().route("/held", get(handler));
+    // The connection outlives the test once its authority ends (no drop after the cut grace).
+    let o = HttpOptions {
+        cut_grace: Duration::from_secs(60),
+        ..options()
+    };
+    let addr = start_app(&w, app, o).await;
+    let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = client(&w, creds, true)
+        .connect(addr, "files")
+        .await
+        .unwrap();
+    let sent = tokio::spawn(async move {
+        match conn.send(get_req("/held")).await {
+            Ok(r) => Some(status_code(r).await),
+            Err(_) => None,
+        }
+    });
+    tokio::time::timeout(T, entered.notified()).await.unwrap();
+    let jkt = k.public_key().thumbprint();
+    let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+    w.sv.apply_revocation_list(&list).unwrap();
+    resume.notify_one();
+    let (before, after) = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(before, Ok(()));
+    assert_eq!(after, Err("revoked"));
+    let response = tokio::time::timeout(T, sent).await.unwrap().unwrap();
+    // The response leaves after the revocation: refused (or the connection is cut first).
+    if let Some(r) = response {
+        assert_eq!(
+            r,
+            (
+                401,
+                "revoked".into(),
+                Some("Agentid error=\"revoked\"".into())
+            )
+        );
+    }
+}
+
+/// A revocation between two requests on one keep-alive connection: the second is not served
+/// (401 `revoked`, or the connection is already closed) and its scope is never granted, on
+/// both forms of `RequireScope`.
+#[tokio::test]
+async fn a_revocation_between_two_requests_refuses_the_second() {
+    for path in ["/scope", "/scope_handler"] {
+        let w = World::new(true);
+        let empty = w.a.revocation_list(1, |b| b);
+        w.sv.apply_revocation_list(&empty).unwrap();
+        w.cv.apply_revocation_list(&empty).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let addr = start(&w, Some(rec.clone()), options()).await;
+        let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let mut conn = client(&w, creds, true)
+            .connect(addr, "files")
+            .await
+            .unwrap();
+        let r = conn.send(get_req(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        body(r).await;
+        let granted = |rec: &Recorder| rec.0.lock().unwrap().iter().filter(|d| d.1).count();
+        assert_eq!(granted(&rec), 1, "{path}");
+        let jkt = k.public_key().thumbprint();
+        let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+        w.sv.apply_revocation_list(&list).unwrap();
+        if let Ok(r) = conn.send(get_req(path)).await {
+            assert_eq!(
+                status_code(r).await,
+                (
+                    401,
+                    "revoked".into(),
+                    Some("Agentid error=\"revoked\"".into())
+                ),
+                "{path}"
+            );
+        }
+        assert_eq!(granted(&rec), 1, "{path}: a grant after the revocation");
+    }
+}
