@@ -8,7 +8,7 @@
 //! ("Verifying a peer without a chain"), and computes the session deadline. Every transport
 //! (the framed server and client, reauth, an HTTP binding) calls this one function.
 
-use crate::crypto::sha256;
+use crate::crypto::sha256_with_prefix;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::SpiffeId;
 use crate::proof::{verify_proof_with, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
@@ -90,6 +90,9 @@ impl Verifier {
             .chain
             .and_then(|c| self.cache().and_then(|cache| cache.chain_hash(c)));
         let mut new_hash = None;
+        // The chain starts with its grant (up to the first `~`): hashing the chain for P9 gives
+        // the grant's hash (the first link's `prev`) for the blocks they share.
+        let mut grant_hash = None;
         let proof = verify_proof_with(
             presentation.proof,
             &ProofContext {
@@ -105,8 +108,10 @@ impl Verifier {
             },
             |chain| {
                 known_hash.unwrap_or_else(|| {
-                    let h = sha256(chain.as_bytes());
+                    let grant_len = chain.find('~').unwrap_or(chain.len());
+                    let (h, g) = sha256_with_prefix(chain.as_bytes(), grant_len);
                     new_hash = Some(h);
+                    grant_hash = Some(g);
                     h
                 })
             },
@@ -117,12 +122,17 @@ impl Verifier {
                 "a proof already accepted on this connection",
             ));
         }
-        let chain = self.verify_peer(
-            presentation.chain.or(ctx.held_chain),
-            ctx.presenter,
-            ctx.presenter_key,
-            ctx.now,
-        )?;
+        let chain = match presentation.chain {
+            // The grant's hash goes only with the chain it was taken from.
+            Some(c) => Some(self.verify_chain_with(
+                c,
+                ctx.presenter,
+                ctx.presenter_key,
+                ctx.now,
+                grant_hash,
+            )?),
+            None => self.verify_peer(ctx.held_chain, ctx.presenter, ctx.presenter_key, ctx.now)?,
+        };
         if let (Some(c), Some(h), Some(cache)) = (presentation.chain, new_hash, self.cache()) {
             cache.remember_chain_hash(c, h);
         }

@@ -266,7 +266,23 @@ impl Verifier {
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<VerifiedChain> {
+        self.verify_chain_with(chain, peer_id, peer_key, now, None)
+    }
+
+    /// [`Verifier::verify_chain`], with the SHA-256 of the chain's first token (its grant) when
+    /// it was taken already (rule P9 hashes the whole chain, which starts with the grant).
+    pub(crate) fn verify_chain_with(
+        &self,
+        chain: &str,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+        grant_hash: Option<[u8; 32]>,
+    ) -> Result<VerifiedChain> {
         let framed = frame(chain)?;
+        if let Some(h) = grant_hash {
+            framed.grant.set_hash(h);
+        }
         let known = self.known(&framed);
         let headers = phase2(&framed, &known)?;
         let checked = self.phase3(&framed, headers, known)?;
