@@ -360,6 +360,22 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-256 of `data` and of its first `prefix` bytes (all of it if `prefix` is past the end),
+/// in one pass: the blocks they share are compressed once (a chain's `cth` and its grant's
+/// hash, the `prev` of the first link).
+pub(crate) fn sha256_with_prefix(data: &[u8], prefix: usize) -> ([u8; 32], [u8; 32]) {
+    let (head, tail) = data.split_at(prefix.min(data.len()));
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(head);
+    let head_ctx = ctx.clone();
+    ctx.update(tail);
+    let mut whole = [0u8; 32];
+    whole.copy_from_slice(ctx.finish().as_ref());
+    let mut first = [0u8; 32];
+    first.copy_from_slice(head_ctx.finish().as_ref());
+    (whole, first)
+}
+
 /// `N` bytes from the operating system's CSPRNG.
 ///
 /// The backend reports failure through a `Result`; it is not caused by input and in practice
@@ -584,6 +600,20 @@ impl fmt::Debug for AuthorityKey {
 mod tests {
     use super::*;
     use curve25519_dalek::edwards::CompressedEdwardsY;
+
+    #[test]
+    fn a_hash_with_its_prefix_is_both_hashes_taken_apart() {
+        // Lengths around the 64-byte block and its 55-byte padding limit, every split point
+        // (and past the end: the whole input).
+        for len in [0usize, 1, 54, 55, 56, 63, 64, 65, 119, 120, 128, 200, 1100] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            for prefix in 0..=len + 2 {
+                let (whole, first) = sha256_with_prefix(&data, prefix);
+                assert_eq!(whole, sha256(&data), "{len} / {prefix}");
+                assert_eq!(first, sha256(&data[..prefix.min(len)]), "{len} / {prefix}");
+            }
+        }
+    }
 
     /// The previous rule (re-encode and compare) and the direct test of x = 0 agree on every
     /// candidate: all keys near the special y values, with and without the sign bit, and a

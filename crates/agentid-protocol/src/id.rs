@@ -251,6 +251,13 @@ impl SpiffeId {
     }
 
     /// Requires a given kind (`BadId` otherwise).
+    /// This ID as a task identity, if it is one: what `TaskIdentity::parse(self.as_str())`
+    /// gives (a `SpiffeId` holds a valid canonical string, so only its kind decides), without
+    /// parsing the string again.
+    pub(crate) fn as_task_identity(&self) -> Option<TaskIdentity> {
+        (self.kind() == IdKind::Task).then(|| TaskIdentity(self.clone()))
+    }
+
     fn require(self, kind: IdKind) -> Result<Self> {
         let got = self.kind();
         if got == kind {
@@ -371,12 +378,12 @@ impl TaskIdentity {
         Self::parse(&format!("{}/{TASK}/{}", agent.as_str(), task.as_str()))
     }
 
-    /// The agent this task belongs to.
+    /// The agent this task belongs to: the prefix of the canonical string before `/task/<id>`
+    /// (copied, not formatted again).
     pub fn agent(&self) -> AgentId {
-        let td = self.0.trust_domain_str();
         AgentId(SpiffeId {
-            s: format!("{SCHEME}{td}/{AGENT}/{}", self.0.segment(1)),
-            td_len: td.len(),
+            s: self.agent_str().to_owned(),
+            td_len: self.0.trust_domain_str().len(),
         })
     }
 
@@ -473,6 +480,17 @@ impl PeerId {
                 "a peer must be a task identity or a service ID, got {other:?}"
             ))),
         }
+    }
+
+    /// `PeerId::parse(s)`'s SPIFFE ID, where `s` is expected to be the string of `known` (a hop
+    /// proof's `sub` and `aud` name the connection's peer and verifier): when it is, only
+    /// `known`'s kind is checked, since a `SpiffeId` holds a valid string that parses back to
+    /// itself; any other string is parsed, with the same result or error as `PeerId::parse`.
+    pub(crate) fn parse_expecting(s: &str, known: &SpiffeId) -> Result<SpiffeId> {
+        if s == known.as_str() && matches!(known.kind(), IdKind::Task | IdKind::Service) {
+            return Ok(known.clone());
+        }
+        Self::parse(s).map(|p| p.as_spiffe_id().clone())
     }
 
     /// The underlying SPIFFE ID.
@@ -577,6 +595,62 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_id_parsed_expecting_a_known_id_is_what_parsing_gives() {
+        let ids = [
+            "spiffe://example.org/agent/a/task/t",
+            "spiffe://example.org/svc/api",
+            "spiffe://example.org",
+            "spiffe://example.org/agent/a",
+            "spiffe://example.org/other/x",
+            "spiffe://example.org/agent/a/task/u",
+        ];
+        let strings = ids.iter().copied().chain([
+            "spiffe://Example.org/agent/a/task/t",
+            "spiffe://example.org/agent/a/task/t/",
+            "https://example.org/svc/api",
+            "",
+        ]);
+        for s in strings {
+            for k in ids {
+                let known = id(k);
+                let got = PeerId::parse_expecting(s, &known);
+                let parsed = PeerId::parse(s).map(|p| p.as_spiffe_id().clone());
+                match (got, parsed) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{s} / {k}"),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.code(), b.code(), "{s} / {k}");
+                        assert_eq!(a.detail(), b.detail(), "{s} / {k}");
+                    }
+                    (a, b) => panic!("{s} / {k}: {a:?} vs {b:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_id_as_a_task_identity_is_what_parsing_it_gives() {
+        for s in [
+            "spiffe://example.org/agent/a/task/t",
+            "spiffe://a.b-c.example/agent/reviewer.1/task/T_x-9",
+            "spiffe://x/agent/task/task/agent",
+            "spiffe://example.org",
+            "spiffe://example.org/agent/a",
+            "spiffe://example.org/agent/a/task",
+            "spiffe://example.org/agent/a/task/t/x",
+            "spiffe://example.org/svc/api",
+            "spiffe://example.org/task/t/agent/a",
+            "spiffe://example.org/other/a/task/t",
+        ] {
+            let parsed = id(s);
+            assert_eq!(
+                parsed.as_task_identity(),
+                TaskIdentity::parse(parsed.as_str()).ok(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
     fn borrowed_agent_and_task_match_the_owned_ones() {
         for s in [
             "spiffe://example.org/agent/a/task/t",
@@ -585,6 +659,13 @@ mod tests {
         ] {
             let t = TaskIdentity::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(t.agent_str(), t.agent().as_str(), "{s}");
+            // The agent as it was built before (formatted from the domain and the name): the
+            // same string, the same trust domain, and what parsing that string gives.
+            let td = t.as_spiffe_id().trust_domain_str();
+            let formatted = format!("{SCHEME}{td}/{AGENT}/{}", t.as_spiffe_id().segment(1));
+            assert_eq!(t.agent().as_str(), formatted, "{s}");
+            assert_eq!(t.agent(), AgentId::parse(&formatted).unwrap(), "{s}");
+            assert_eq!(t.agent().as_spiffe_id().trust_domain_str(), td, "{s}");
             assert_eq!(t.task_id_str(), t.task_id().as_str(), "{s}");
             let owned = t.trust_domain();
             let td: &str = core::borrow::Borrow::borrow(&owned);

@@ -8,7 +8,7 @@
 //! ("Verifying a peer without a chain"), and computes the session deadline. Every transport
 //! (the framed server and client, reauth, an HTTP binding) calls this one function.
 
-use crate::crypto::sha256;
+use crate::crypto::sha256_with_prefix;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::SpiffeId;
 use crate::proof::{verify_proof_with, ProofContext, Role, VerifiedProof, EXPORTER_LEN};
@@ -90,6 +90,9 @@ impl Verifier {
             .chain
             .and_then(|c| self.cache().and_then(|cache| cache.chain_hash(c)));
         let mut new_hash = None;
+        // The chain starts with its grant (up to the first `~`): hashing the chain for P9 gives
+        // the grant's hash (the first link's `prev`) for the blocks they share.
+        let mut grant_hash = None;
         let proof = verify_proof_with(
             presentation.proof,
             &ProofContext {
@@ -105,8 +108,10 @@ impl Verifier {
             },
             |chain| {
                 known_hash.unwrap_or_else(|| {
-                    let h = sha256(chain.as_bytes());
+                    let grant_len = chain.find('~').unwrap_or(chain.len());
+                    let (h, g) = sha256_with_prefix(chain.as_bytes(), grant_len);
                     new_hash = Some(h);
+                    grant_hash = Some(g);
                     h
                 })
             },
@@ -117,12 +122,17 @@ impl Verifier {
                 "a proof already accepted on this connection",
             ));
         }
-        let chain = self.verify_peer(
-            presentation.chain.or(ctx.held_chain),
-            ctx.presenter,
-            ctx.presenter_key,
-            ctx.now,
-        )?;
+        let chain = match presentation.chain {
+            // The grant's hash goes only with the chain it was taken from.
+            Some(c) => Some(self.verify_chain_with(
+                c,
+                ctx.presenter,
+                ctx.presenter_key,
+                ctx.now,
+                grant_hash,
+            )?),
+            None => self.verify_peer(ctx.held_chain, ctx.presenter, ctx.presenter_key, ctx.now)?,
+        };
         if let (Some(c), Some(h), Some(cache)) = (presentation.chain, new_hash, self.cache()) {
             cache.remember_chain_hash(c, h);
         }
@@ -179,6 +189,7 @@ mod tests {
         key: TaskKey,
         chain: Chain,
         server: SpiffeId,
+        grant_key: AuthorityKey,
     }
 
     fn fixture(revoke_holder_key: bool) -> Fixture {
@@ -188,6 +199,7 @@ mod tests {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
         let holder = TaskIdentity::parse("spiffe://example.org/agent/a/task/t1").unwrap();
         let chain = GrantBuilder::new(&td, &holder, key.public_key(), Scope::parse("x:*").unwrap())
+            .max_depth(1)
             .validity(NOW - 60, NOW - 60, NOW + 600)
             .sign(&grant_key)
             .unwrap();
@@ -213,6 +225,7 @@ mod tests {
             key,
             chain,
             server,
+            grant_key,
         }
     }
 
@@ -271,6 +284,74 @@ mod tests {
             "the certificate ends before the chain"
         );
         assert_eq!(v.proof.compact, p);
+    }
+
+    /// P9 hashes the chain and hands the grant's hash to the chain's verification (the first
+    /// link's `prev`): a delegated chain verifies as `verify_chain` verifies it, and a chain
+    /// whose grant was swapped for another fails as `verify_chain` fails it.
+    #[test]
+    fn a_delegated_chain_verifies_as_verify_chain_does() {
+        let f = fixture(false);
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let holder = TaskIdentity::parse("spiffe://example.org/agent/b/task/t1").unwrap();
+        let scope = Scope::parse("x:*").unwrap();
+        let chain =
+            crate::token::LinkBuilder::new(&f.chain, &holder, key.public_key(), scope.clone())
+                .validity(NOW - 30, NOW - 30, NOW + 300)
+                .sign(&f.key)
+                .unwrap();
+        let present = |c: &str| {
+            let p = ProofBuilder::new(
+                holder.as_spiffe_id(),
+                &f.server,
+                Role::Client,
+                EXPORTER,
+                NOW,
+                NOW + 60,
+            )
+            .chain(c)
+            .sign(&key)
+            .unwrap();
+            let mut cx = ctx(&f, &[], None);
+            cx.presenter = holder.as_spiffe_id();
+            cx.presenter_key = key.public_key();
+            f.verifier
+                .verify_presentation(
+                    &Presentation {
+                        proof: &p,
+                        chain: Some(c),
+                    },
+                    &cx,
+                )
+                .map(|v| v.chain.unwrap())
+        };
+        let direct = |c: &str| {
+            f.verifier
+                .verify_chain(c, holder.as_spiffe_id(), key.public_key(), NOW)
+        };
+        let v = present(chain.as_str()).unwrap();
+        assert_eq!(v, direct(chain.as_str()).unwrap());
+        assert_eq!(v.depth, 1);
+        // The link's `prev` is the hash of the original grant: with another grant in its place
+        // (same holder, key and scope, another `jti`), the link no longer follows it.
+        let (_, link) = chain.as_str().split_once('~').unwrap();
+        let other = GrantBuilder::new(
+            &TrustDomain::parse("example.org").unwrap(),
+            &f.holder,
+            f.key.public_key(),
+            scope,
+        )
+        .max_depth(1)
+        .validity(NOW - 60, NOW - 60, NOW + 600)
+        .sign(&f.grant_key)
+        .unwrap();
+        let swapped = format!("{}~{link}", other.as_str());
+        let outcome = |r: Result<VerifiedChain>| r.map(|_| ()).map_err(|e| (e.code(), e.index()));
+        assert_eq!(
+            present(&swapped).unwrap_err().code(),
+            crate::error::ErrorCode::PrevMismatch
+        );
+        assert_eq!(outcome(present(&swapped)), outcome(direct(&swapped)));
     }
 
     #[test]

@@ -248,8 +248,9 @@ pub(crate) fn verify_proof_with(
     };
     check_members(&map, allowed, required)?;
     // `sub` and `aud` name TLS peers: task identities or service IDs.
-    let sub = PeerId::parse(get_str(&map, "sub")?)?.as_spiffe_id().clone();
-    let aud = PeerId::parse(get_str(&map, "aud")?)?.as_spiffe_id().clone();
+    // Each is what `PeerId::parse` gives; the string of the expected peer is not parsed again.
+    let sub = PeerId::parse_expecting(get_str(&map, "sub")?, ctx.presenter_id)?;
+    let aud = PeerId::parse_expecting(get_str(&map, "aud")?, ctx.verifier_id)?;
     let iat = get_time(&map, "iat")?;
     let exp = get_time(&map, "exp")?;
     let jti = get_str(&map, "jti")?;

@@ -89,6 +89,11 @@ const K_TASK: u8 = 2;
 const K_AGENT: u8 = 3;
 const K_KEY: u8 = 4;
 
+/// The bit of entry kind `kind` in [`RevocationList`]'s `kinds`.
+const fn kind_bit(kind: u8) -> u8 {
+    1 << kind
+}
+
 /// A verified revocation list of one trust domain.
 #[derive(Clone, Debug)]
 pub struct RevocationList {
@@ -99,6 +104,9 @@ pub struct RevocationList {
     len: usize,
     /// Entry digest -> the latest `exp` among the entries with that digest.
     set: DigestSet,
+    /// The entry kinds the list holds (bit `1 << K_*`): a lookup of a kind the list has no
+    /// entry of cannot hit, and its digest is not computed.
+    kinds: u8,
 }
 
 impl RevocationList {
@@ -144,8 +152,8 @@ impl RevocationList {
             .deserialize(&mut de)
             .map_err(|e| bad(format!("not I-JSON or a bad entry: {e}")))?;
         de.end().map_err(|e| json(format!("trailing data: {e}")))?;
-        let (map, set, len) = claims;
-        Self::from_claims(&map, domain, set, len)
+        let (map, set, len, kinds) = claims;
+        Self::from_claims(&map, domain, set, len, kinds)
     }
 
     fn from_claims(
@@ -153,6 +161,7 @@ impl RevocationList {
         domain: &TrustDomain,
         set: DigestSet,
         len: usize,
+        kinds: u8,
     ) -> Result<Self> {
         check_members(map, LIST_CLAIMS, LIST_CLAIMS)?;
         let iss = SpiffeId::parse(get_str(map, "iss")?)?;
@@ -174,6 +183,7 @@ impl RevocationList {
             next_update,
             len,
             set,
+            kinds,
         })
     }
 
@@ -215,12 +225,17 @@ impl RevocationList {
     /// Whether the list has an entry for `target`, whatever that entry's `exp` (only targets of
     /// the list's own domain can match). See [`RevocationList::revokes`] for the check at a time.
     pub fn contains(&self, target: &RevocationTarget) -> bool {
-        self.set.get(&entry_digest(target)).is_some()
+        self.holds(target_kind(target)) && self.set.get(&entry_digest(target)).is_some()
     }
 
     /// Whether `target` is revoked at `now`: an entry applies while `now < exp`.
     pub fn revokes(&self, target: &RevocationTarget, now: u64) -> bool {
-        self.hit(&entry_digest(target), now)
+        self.holds(target_kind(target)) && self.hit(&entry_digest(target), now)
+    }
+
+    /// Whether the list has any entry of `kind`: only then can a lookup of that kind hit.
+    fn holds(&self, kind: u8) -> bool {
+        self.kinds & kind_bit(kind) != 0
     }
 
     fn hit(&self, digest: &[u8; 16], now: u64) -> bool {
@@ -228,20 +243,25 @@ impl RevocationList {
     }
 
     pub(crate) fn has_jti(&self, iss: &SpiffeId, jti: &str, now: u64) -> bool {
-        self.hit(&digest(K_JTI, iss.as_str(), jti), now)
+        self.holds(K_JTI) && self.hit(&digest(K_JTI, iss.as_str(), jti), now)
     }
 
     pub(crate) fn has_task(&self, task: &TaskId, now: u64) -> bool {
-        self.hit(&digest(K_TASK, task.as_str(), ""), now)
+        self.has_task_str(task.as_str(), now)
+    }
+
+    /// [`RevocationList::has_task`] for a bare task id given as its string.
+    pub(crate) fn has_task_str(&self, task: &str, now: u64) -> bool {
+        self.holds(K_TASK) && self.hit(&digest(K_TASK, task, ""), now)
     }
 
     /// Whether the list has the agent entry of an agent ID given as its canonical string.
     pub(crate) fn has_agent_str(&self, agent: &str, now: u64) -> bool {
-        self.hit(&digest(K_AGENT, agent, ""), now)
+        self.holds(K_AGENT) && self.hit(&digest(K_AGENT, agent, ""), now)
     }
 
     pub(crate) fn has_key(&self, jkt: &str, now: u64) -> bool {
-        self.hit(&digest(K_KEY, jkt, ""), now)
+        self.holds(K_KEY) && self.hit(&digest(K_KEY, jkt, ""), now)
     }
 
     /// Whether a peer (its certificate identity and key) is revoked by this list, counting every
@@ -266,7 +286,8 @@ struct ListSeed<'a> {
     domain: &'a TrustDomain,
 }
 
-type ListClaims = (Map<String, Value>, DigestSet, usize);
+/// The claims, the entries' digests, their number and the entry kinds seen (`kinds`' bits).
+type ListClaims = (Map<String, Value>, DigestSet, usize, u8);
 
 impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
     type Value = ListClaims;
@@ -287,7 +308,7 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
         mut map: A,
     ) -> core::result::Result<ListClaims, A::Error> {
         let mut out = Map::new();
-        let mut entries: Option<(DigestSet, usize)> = None;
+        let mut entries: Option<(DigestSet, usize, u8)> = None;
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
@@ -304,18 +325,19 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
                 out.insert(key, value);
             }
         }
-        let (set, len) = entries.unwrap_or_default();
-        Ok((out, set, len))
+        let (set, len, kinds) = entries.unwrap_or_default();
+        Ok((out, set, len, kinds))
     }
 }
 
-/// The `entries` array, read entry by entry into digests (latest `exp` per digest).
+/// The `entries` array, read entry by entry into digests (latest `exp` per digest), with the
+/// entry kinds seen.
 struct EntriesSeed<'a> {
     domain: &'a TrustDomain,
 }
 
 impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
-    type Value = (DigestSet, usize);
+    type Value = (DigestSet, usize, u8);
     fn deserialize<D: Deserializer<'de>>(
         self,
         d: D,
@@ -325,7 +347,7 @@ impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for EntriesSeed<'_> {
-    type Value = (DigestSet, usize);
+    type Value = (DigestSet, usize, u8);
 
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("`entries` must be an array")
@@ -339,16 +361,18 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         // The array is at depth 2 (a member of the top object); its entries at depth 3 hold
         // only strings and integers.
         let mut last_iss = None;
-        while let Some(e) = seq.next_element_seed(EntrySeed {
+        let mut kinds = 0u8;
+        while let Some((kind, digest, exp)) = seq.next_element_seed(EntrySeed {
             domain: self.domain,
             last_iss: &mut last_iss,
         })? {
-            digests.push(e);
+            kinds |= kind_bit(kind);
+            digests.push((digest, exp));
         }
         let len = digests.len();
         let set = DigestSet::new(digests)
             .ok_or_else(|| de::Error::custom("too many revocation entries"))?;
-        Ok((set, len))
+        Ok((set, len, kinds))
     }
 }
 
@@ -364,7 +388,7 @@ struct EntrySeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = ([u8; 16], u64);
+    type Value = (u8, [u8; 16], u64);
     fn deserialize<D: Deserializer<'de>>(
         self,
         d: D,
@@ -374,7 +398,7 @@ impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
 }
 
 impl<'de> Visitor<'de> for EntrySeed<'_> {
-    type Value = ([u8; 16], u64);
+    type Value = (u8, [u8; 16], u64);
 
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("entries must be objects")
@@ -418,7 +442,7 @@ impl<'de> Visitor<'de> for EntrySeed<'_> {
         }
         let exp = exp.ok_or_else(|| de::Error::custom("missing claim `exp`"))?;
         let err = |e: Error| -> A::Error { de::Error::custom(e.detail()) };
-        let digest = match strs {
+        let (kind, digest) = match strs {
             [Some(iss), Some(jti), None, None, None] => {
                 if self.last_iss.as_ref().is_none_or(|(s, _)| *s != *iss) {
                     let id = SpiffeId::parse(&iss).map_err(err)?;
@@ -433,24 +457,24 @@ impl<'de> Visitor<'de> for EntrySeed<'_> {
                 if !valid_jti(&jti) {
                     return Err(err(bad("invalid `jti` in entry")));
                 }
-                digest(K_JTI, iss_id, &jti)
+                (K_JTI, digest(K_JTI, iss_id, &jti))
             }
             [None, None, Some(task), None, None] => {
                 let t = TaskId::parse(&task).map_err(err)?;
-                digest(K_TASK, t.as_str(), "")
+                (K_TASK, digest(K_TASK, t.as_str(), ""))
             }
             [None, None, None, Some(agent), None] => {
                 let a = AgentId::parse(&agent).map_err(err)?;
                 check_agent(&a, self.domain).map_err(err)?;
-                digest(K_AGENT, a.as_str(), "")
+                (K_AGENT, digest(K_AGENT, a.as_str(), ""))
             }
             [None, None, None, None, Some(jkt)] => {
                 check_jkt(&jkt).map_err(err)?;
-                digest(K_KEY, &jkt, "")
+                (K_KEY, digest(K_KEY, &jkt, ""))
             }
             _ => return Err(de::Error::custom("unknown revocation entry kind")),
         };
-        Ok((digest, exp))
+        Ok((kind, digest, exp))
     }
 }
 
@@ -649,6 +673,15 @@ impl core::fmt::Debug for DigestSet {
             .field("distinct", &self.distinct())
             .field("index_bits", &self.bits)
             .finish_non_exhaustive()
+    }
+}
+
+fn target_kind(t: &RevocationTarget) -> u8 {
+    match t {
+        RevocationTarget::Jti { .. } => K_JTI,
+        RevocationTarget::Task(_) => K_TASK,
+        RevocationTarget::Agent(_) => K_AGENT,
+        RevocationTarget::Key(_) => K_KEY,
     }
 }
 
@@ -1095,6 +1128,76 @@ mod tests {
         assert!(matches!(near.slots, Slots::Narrow { .. }));
         assert_eq!(near.get(&d(1)), Some(far - u64::from(u32::MAX)));
         assert_eq!(near.get(&d(2)), Some(far));
+    }
+
+    #[test]
+    fn a_lookup_skipped_for_a_kind_the_list_lacks_answers_as_the_digest_set_does() {
+        // Lookups of a kind the list has no entry of skip the digest: for every subset of the
+        // four kinds, each lookup answers exactly what the unfiltered digest set answers.
+        let (key, bundles, td) = setup();
+        let iss = SpiffeId::parse("spiffe://example.org").unwrap();
+        let task = TaskId::parse("aaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let agent = AgentId::new(&td, "alice").unwrap();
+        let targets = [
+            RevocationTarget::Jti {
+                iss: iss.clone(),
+                jti: "jti-1".into(),
+            },
+            RevocationTarget::Task(task.clone()),
+            RevocationTarget::Agent(agent.clone()),
+            RevocationTarget::Key(JKT.into()),
+            RevocationTarget::Jti {
+                iss: iss.clone(),
+                jti: "jti-2".into(),
+            },
+            RevocationTarget::Key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB".into()),
+        ];
+        for subset in 0u8..16 {
+            let mut b = RevocationListBuilder::new(&td, 1, 10, 20);
+            if subset & 1 != 0 {
+                b = b.revoke_jti(&iss, "jti-1", 1000);
+            }
+            if subset & 2 != 0 {
+                b = b.revoke_task(&task, 1000);
+            }
+            if subset & 4 != 0 {
+                b = b.revoke_agent(&agent, 1000);
+            }
+            if subset & 8 != 0 {
+                b = b.revoke_key(JKT, 1000);
+            }
+            let list = RevocationList::verify(&b.sign(&key).unwrap(), &bundles).unwrap();
+            let expected_kinds = [K_JTI, K_TASK, K_AGENT, K_KEY]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| subset & (1 << i) != 0)
+                .fold(0u8, |m, (_, k)| m | kind_bit(*k));
+            assert_eq!(list.kinds, expected_kinds, "subset {subset}");
+            for t in &targets {
+                let d = entry_digest(t);
+                let held = list.set.get(&d).is_some();
+                assert_eq!(list.contains(t), held, "subset {subset}: {t:?}");
+                for now in [0, 999, 1000] {
+                    let hit = list.hit(&d, now);
+                    assert_eq!(list.revokes(t, now), hit, "subset {subset}: {t:?} at {now}");
+                    let by_kind = match t {
+                        RevocationTarget::Jti { iss, jti } => list.has_jti(iss, jti, now),
+                        RevocationTarget::Task(x) => list.has_task(x, now),
+                        RevocationTarget::Agent(a) => list.has_agent_str(a.as_str(), now),
+                        RevocationTarget::Key(k) => list.has_key(k, now),
+                    };
+                    assert_eq!(by_kind, hit, "subset {subset}: {t:?} at {now}");
+                }
+            }
+            // Each kind present is found (the filter never hides an entry).
+            for (i, t) in targets.iter().take(4).enumerate() {
+                assert_eq!(
+                    list.revokes(t, 999),
+                    subset & (1 << i) != 0,
+                    "subset {subset}"
+                );
+            }
+        }
     }
 
     #[test]

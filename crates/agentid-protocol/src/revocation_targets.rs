@@ -71,7 +71,7 @@ pub fn verified_peer_revocation_targets(
     let from_chain = chain.map_or(&[][..], VerifiedChain::revocation_targets);
     let mut out = Vec::with_capacity(3 + from_chain.len());
     out.push(RevocationTarget::Key(peer_key.thumbprint_str().to_owned()));
-    if let Ok(t) = TaskIdentity::parse(peer_id.as_str()) {
+    if let Some(t) = peer_id.as_task_identity() {
         out.push(RevocationTarget::Agent(t.agent()));
         out.push(RevocationTarget::Task(t.task_id()));
     }

@@ -266,7 +266,23 @@ impl Verifier {
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<VerifiedChain> {
+        self.verify_chain_with(chain, peer_id, peer_key, now, None)
+    }
+
+    /// [`Verifier::verify_chain`], with the SHA-256 of the chain's first token (its grant) when
+    /// it was taken already (rule P9 hashes the whole chain, which starts with the grant).
+    pub(crate) fn verify_chain_with(
+        &self,
+        chain: &str,
+        peer_id: &SpiffeId,
+        peer_key: &PublicKey,
+        now: u64,
+        grant_hash: Option<[u8; 32]>,
+    ) -> Result<VerifiedChain> {
         let framed = frame(chain)?;
+        if let Some(h) = grant_hash {
+            framed.grant.set_hash(h);
+        }
         let known = self.known(&framed);
         let headers = phase2(&framed, &known)?;
         let checked = self.phase3(&framed, headers, known)?;
@@ -654,15 +670,19 @@ fn phase2(framed: &Framed<'_>, known: &Known) -> Result<Headers> {
         Some(h) => h,
         None => parse_header(&framed.grant.raw, TokenType::Grant).map_err(|e| e.at(0))?,
     };
-    let links = framed
-        .links
-        .iter()
-        .enumerate()
-        .map(|(j, t)| match cached(j + 1, false) {
-            Some(h) => Ok(h),
-            None => parse_header(&t.raw, TokenType::Link).map_err(|e| e.at(j + 1)),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Rules 2.1 to 2.5 read nothing but a header's bytes and the expected kind: a link whose
+    // header is byte for byte the previous link's (links usually share one) has its header.
+    let mut links: Vec<Header> = Vec::with_capacity(framed.links.len());
+    let mut previous: Option<&str> = None;
+    for (j, t) in framed.links.iter().enumerate() {
+        let header = match (cached(j + 1, false), links.last()) {
+            (Some(h), _) => h,
+            (None, Some(h)) if previous == Some(t.raw.header_b64) => h.clone(),
+            (None, _) => parse_header(&t.raw, TokenType::Link).map_err(|e| e.at(j + 1))?,
+        };
+        previous = Some(t.raw.header_b64);
+        links.push(header);
+    }
     Ok(Headers { grant, links })
 }
 
@@ -784,9 +804,9 @@ pub(crate) fn peer_revoked(
     if key_revoked(Some(l), peer_jkt, now) {
         return true;
     }
-    match TaskIdentity::parse(peer.as_str()) {
-        Ok(t) => l.has_agent_str(t.agent_str(), now) || l.has_task(&t.task_id(), now),
-        Err(_) => false,
+    match peer.as_task_identity() {
+        Some(t) => l.has_agent_str(t.agent_str(), now) || l.has_task_str(t.task_id_str(), now),
+        None => false,
     }
 }
 

@@ -998,3 +998,62 @@ fn a_bundle_authority_must_be_one_der_certificate() {
         json["keys"].as_array_mut().unwrap().pop();
     }
 }
+
+/// Phase 2 takes a link's header from the link before it when the header bytes are the same:
+/// a link whose header differs (even by one byte) is still parsed, and its failure keeps its
+/// code and index, whether the links before it share a header or not.
+#[test]
+fn a_link_header_shared_with_the_link_before_decides_nothing_for_another() {
+    let w = world(Algorithm::Es256);
+    // Both links signed with ES256 keys: the same header bytes.
+    let reviewer = agent(&w.org.td, "reviewer", &w.task, Algorithm::Es256);
+    let g = grant(&w, "repo:*", 2);
+    let l1 = link(&g, &w.planner, &w.tester, "repo:read");
+    let c2 = link(&l1, &w.tester, &reviewer, "repo:read");
+    let peer = (reviewer.id.as_spiffe_id(), reviewer.key.public_key());
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    let tokens: Vec<String> = c2.as_str().split('~').map(str::to_owned).collect();
+    assert_eq!(
+        tokens[1].split_once('.').unwrap().0,
+        tokens[2].split_once('.').unwrap().0,
+        "the links share a header"
+    );
+    v.verify_chain(c2.as_str(), peer.0, peer.1, NOW).unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
+    };
+    let outcome = |chain: &str| {
+        v.verify_chain(chain, peer.0, peer.1, NOW)
+            .map(|_| ())
+            .map_err(|e| (e.code(), e.index()))
+    };
+    for (header, code) in [
+        (r#"{"alg":"ES256","typ":"wrong"}"#, ErrorCode::BadTyp),
+        (
+            r#"{"alg":"ES256","typ":"agentid-link+jwt","kid":"k"}"#,
+            ErrorCode::BadHeader,
+        ),
+        (
+            r#"{"alg":"none","typ":"agentid-link+jwt"}"#,
+            ErrorCode::UnsupportedAlg,
+        ),
+        ("{", ErrorCode::BadHeader),
+        // The same members in another order: valid, but other bytes (a bad signature then).
+        (
+            r#"{"typ":"agentid-link+jwt","alg":"ES256"}"#,
+            ErrorCode::BadSignature,
+        ),
+    ] {
+        for i in [1usize, 2] {
+            let mut t = tokens.clone();
+            let rest = t[i].split_once('.').unwrap().1.to_owned();
+            t[i] = format!("{}.{rest}", b64(header));
+            assert_eq!(
+                outcome(&t.join("~")),
+                Err((code, Some(i))),
+                "{header} at {i}"
+            );
+        }
+    }
+}
