@@ -296,6 +296,45 @@ fn compare(parent: &Path, n: usize, rounds: usize) -> Res<Vec<(usize, f64, f64)>
     Ok(out)
 }
 
+/// `--profile-ca-service in_process|https disk|tmpfs N`: N issuances by one requester, the loop of
+/// figure 12 alone (the service a child process, started and warmed before the loop), for
+/// `perf stat` (task-clock and context switches per issuance, both processes) or `strace -f -c`.
+/// Prints the wall time per issuance.
+pub fn profile(args: &[String]) -> Res<()> {
+    let mode = args.get(1).map(String::as_str).unwrap_or("https");
+    let place = args.get(2).map(String::as_str).unwrap_or("tmpfs");
+    let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(500);
+    let parent = match place {
+        "disk" => tempfile::tempdir()?,
+        "tmpfs" => tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?,
+        other => return Err(format!("place {other:?}: disk or tmpfs").into()),
+    };
+    let dir = ca_dir(parent.path(), "ca")?;
+    let ns = match mode {
+        "in_process" => {
+            let ca = CertificateAuthority::open(&dir)?;
+            in_process(&ca, csrs(16)?, 1)?;
+            in_process(&ca, csrs(n)?, 1)?
+        }
+        "https" => {
+            let service = Service::start(&dir)?;
+            let client = platform_client(&dir)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            over_https(&rt, &client, &[service.addr], csrs(16)?, 1)?;
+            over_https(&rt, &client, &[service.addr], csrs(n)?, 1)?
+        }
+        other => return Err(format!("mode {other:?}: in_process or https").into()),
+    };
+    println!(
+        "{mode} {place}: {:.0} us per issuance, {n} issuances",
+        ns / 1e3
+    );
+    Ok(())
+}
+
 /// Figure 12.
 pub fn run(ops: &SigOps, quick: bool, report: &mut Report) -> Res<()> {
     report.section(

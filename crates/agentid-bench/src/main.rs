@@ -80,6 +80,9 @@ fn run() -> Res<()> {
     if args.first().map(String::as_str) == Some("--profile-peer") {
         return peers::profile(&args);
     }
+    if args.first().map(String::as_str) == Some("--profile-ca-service") {
+        return ca_service::profile(&args);
+    }
     if args.first().map(String::as_str) == Some("--profile-revocation") {
         return revocation::profile(&args);
     }
