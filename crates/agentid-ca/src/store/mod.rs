@@ -577,6 +577,12 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Each issuance of a group commit runs in its own savepoint, whose undo pages (about 20
+        // per issuance) SQLite keeps in a statement journal. Past 64 KiB that journal spills to
+        // a new temporary file (created, written and unlinked per issuance: ~90 us of the
+        // ~600 us of an in-process issuance). In memory it is freed at `RELEASE`; durability is
+        // the WAL's and does not depend on it.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         Ok(conn)
     }
 
