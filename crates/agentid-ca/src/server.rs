@@ -31,9 +31,7 @@ use agentid_api::{
     ApiError, ErrorCode, Health, RenewRequest as ApiRenew, RevokeRequest as ApiRevoke,
     RevokeResponse, TaskEntry, TasksResponse, TokenRequest, TokenResponse,
 };
-use agentid_protocol::{
-    BundleSet, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TaskKey, VerifierConfig,
-};
+use agentid_protocol::{BundleSet, PeerId, ServiceId, SpiffeId, TaskId, TaskKey, VerifierConfig};
 use agentid_transport::http::{Authorizer, HttpOptions, HttpServer};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
 use axum::body::Body;
@@ -953,6 +951,10 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 async fn children(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let check = match caller_check(&req) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let body: agentid_api::ChildRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -990,9 +992,9 @@ async fn children(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> 
                 .into_response()
         }
     };
-    // The parent's own key must still be the one bound to it and not revoked: the CA checks
-    // its store's binding; here the connection's key must be that binding's.
-    let spki = a.peer().public_key.to_spki_der();
+    // The parent's own key must still be the one bound to it and not revoked: the caller's
+    // re-check (the connection's key is the store's binding for the parent) runs first in the
+    // hop.
     let req = crate::ChildRequest {
         parent,
         parent_chain,
@@ -1000,25 +1002,11 @@ async fn children(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> 
         key: KeySource::Csr(csr),
         ttl: body.ttl_secs.map(Duration::from_secs),
     };
-    let res = run(&s, move |ca| {
-        check_holder_key(ca, &req.parent, &spki)?;
-        ca.issue_child(&req, SystemTime::now())
-    })
-    .await;
+    let res = run_checked(&s, check, move |ca| ca.issue_child(&req, SystemTime::now())).await;
     match res {
         Ok(c) => json(StatusCode::OK, &certificate(&c, None)),
         Err(r) => r.into_response(),
     }
-}
-
-/// The connection's key must be the key the store binds to `identity`, and neither it nor the
-/// identity's agent or task may be revoked.
-fn check_holder_key(
-    ca: &CertificateAuthority,
-    identity: &TaskIdentity,
-    spki: &[u8],
-) -> Result<(), CaError> {
-    check_caller(ca, &PeerId::Task(identity.clone()), spki)
 }
 
 /// The caller's key must be the key the store binds to its identity (task or service), and
@@ -1069,11 +1057,50 @@ fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Resu
     }
 }
 
-/// Runs before every route of the mTLS listener: the caller's certificate is within its validity
-/// now, and the store still binds its key to its identity with nothing revoked.
+/// The routes whose handler runs the caller's re-check inside its one blocking hop
+/// ([`run_checked`]), together with the operation, instead of in a hop of its own before the
+/// route. Each of them changes nothing outside that hop, so a request they answer without
+/// reaching it (a body that does not parse, say) has changed nothing, and the middleware runs
+/// the check then and answers with its refusal instead.
+const CHECKED_IN_HOP: [&str; 4] = [
+    agentid_api::routes::TASKS,
+    agentid_api::routes::CHILDREN,
+    agentid_api::routes::RENEW,
+    agentid_api::routes::TOKENS,
+];
+
+/// One request's re-check of its caller against the store (see [`recheck_caller`]).
+#[derive(Clone)]
+struct CallerCheck(Arc<CallerCheckInner>);
+
+struct CallerCheckInner {
+    caller: PeerId,
+    spki: Vec<u8>,
+    ran: std::sync::atomic::AtomicBool,
+}
+
+impl CallerCheck {
+    /// Runs the check (on the blocking pool, with the store) and records that it ran.
+    fn run(&self, ca: &CertificateAuthority) -> Result<(), CaError> {
+        let res = check_caller(ca, &self.0.caller, &self.0.spki);
+        self.0.ran.store(true, std::sync::atomic::Ordering::Release);
+        res
+    }
+
+    fn ran(&self) -> bool {
+        self.0.ran.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Runs around every route of the mTLS listener: the caller's certificate is within its
+/// validity now, and the store still binds its key to its identity with nothing revoked, before
+/// the request changes anything or is answered. The store check runs in its own blocking hop
+/// before the route, except on [`CHECKED_IN_HOP`] routes (`POST`), whose handler runs it first
+/// in the hop of its operation; if such a handler answered without running it, it runs here
+/// after the handler, and a refusal replaces the answer. Either way it runs once per request.
 async fn recheck_caller(
     State(s): State<Arc<Shared>>,
-    req: Request,
+    mut req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let Some(a) = req.extensions().get::<Authorizer>().cloned() else {
@@ -1087,12 +1114,56 @@ async fn recheck_caller(
     if let Err(r) = check_caller_valid(&a) {
         return r.into_response();
     }
-    let caller = a.peer_id().clone();
-    let spki = a.peer().public_key.to_spki_der();
-    if let Err(r) = run(&s, move |ca| check_caller(ca, &caller, &spki)).await {
-        return r.into_response();
+    let check = CallerCheck(Arc::new(CallerCheckInner {
+        caller: a.peer_id().clone(),
+        spki: a.peer().public_key.to_spki_der(),
+        ran: std::sync::atomic::AtomicBool::new(false),
+    }));
+    let in_hop = req.method() == http::Method::POST && CHECKED_IN_HOP.contains(&req.uri().path());
+    if !in_hop {
+        if let Err(r) = run(&s, move |ca| check.run(ca)).await {
+            return r.into_response();
+        }
+        return next.run(req).await;
     }
-    next.run(req).await
+    req.extensions_mut().insert(check.clone());
+    let answer = next.run(req).await;
+    if check.ran() {
+        return answer;
+    }
+    match run(&s, move |ca| check.run(ca)).await {
+        Ok(()) => answer,
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The request's [`CallerCheck`], which [`recheck_caller`] puts on [`CHECKED_IN_HOP`] routes.
+fn caller_check(req: &Request) -> Result<CallerCheck, Refused> {
+    req.extensions()
+        .get::<CallerCheck>()
+        .cloned()
+        .ok_or_else(|| {
+            // A route served without the middleware: refuse rather than skip the check.
+            Refused::new(
+                ErrorCode::Internal,
+                "the caller could not be re-checked",
+                "serve CaService::router(), which re-checks every caller",
+            )
+        })
+}
+
+/// [`run`] with the caller's re-check first, in the same blocking hop: the operation runs only
+/// for a caller the store still binds and has not revoked.
+async fn run_checked<T: Send + 'static>(
+    s: &Shared,
+    check: CallerCheck,
+    f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
+) -> Result<T, Refused> {
+    run(s, move |ca| {
+        check.run(ca)?;
+        f(ca)
+    })
+    .await
 }
 
 /// The calling service's name, or `403 not_permitted` for any other caller.
@@ -1157,6 +1228,10 @@ pub fn root_sha256(ca: &CertificateAuthority) -> String {
 }
 
 async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let check = match caller_check(&req) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let body: TokenRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1177,7 +1252,7 @@ async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
         return bad_field("expires_in_secs", "between 1 and 604800").into_response();
     }
     let agent = body.agent.clone();
-    let res = run(&s, move |ca| {
+    let res = run_checked(&s, check, move |ca| {
         let t = ca.create_bound_token(
             &agent,
             task,
@@ -1204,6 +1279,10 @@ async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
 }
 
 async fn open_task(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let check = match caller_check(&req) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let body: agentid_api::OpenTaskRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1257,19 +1336,14 @@ async fn open_task(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) ->
         Err(e) => return e.into_response(),
     };
     // Permission first: a service without `open_task` learns nothing about the agent's rule.
-    let agent = r.agent.clone();
-    let perm = {
-        let svc = svc.clone();
-        run(&s, move |ca| {
-            ca.policy()
-                .check_permission(&agent, &svc, Permission::OpenTask)
-        })
-        .await
-    };
-    if let Err(e) = perm {
-        return e.into_response();
+    // The policy is in memory (fixed for the service's life): no store, no blocking hop.
+    if let Err(e) =
+        s.ca.policy()
+            .check_permission(&r.agent, &svc, Permission::OpenTask)
+    {
+        return Refused::from(e).into_response();
     }
-    match run(&s, move |ca| ca.open_task(&r, SystemTime::now())).await {
+    match run_checked(&s, check, move |ca| ca.open_task(&r, SystemTime::now())).await {
         Ok(c) => json(
             StatusCode::OK,
             &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
@@ -1342,6 +1416,10 @@ fn live_tasks(
 }
 
 async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
+    let check = match caller_check(&req) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     let body: ApiRenew = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1362,7 +1440,7 @@ async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Res
     }
     let spki = a.peer().public_key.to_spki_der();
     let ttl = body.ttl_secs.map(Duration::from_secs);
-    let res = run(&s, move |ca| {
+    let res = run_checked(&s, check, move |ca| {
         ca.renew(
             &RenewRequest {
                 identity: caller,

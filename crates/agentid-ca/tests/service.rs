@@ -467,3 +467,56 @@ async fn the_service_certificate_is_renewed_before_it_expires() {
         .count();
     assert!(renewals >= 2, "{renewals}");
 }
+
+/// A caller revoked after its handshake is refused `403 revoked` on every route of its
+/// connection, before anything else the request could be refused for (a body that does not
+/// parse, a route it holds no permission for), and nothing is issued.
+#[tokio::test]
+async fn a_revoked_caller_is_refused_before_its_body_is_judged_and_nothing_is_issued() {
+    let w = start().await;
+    let (mut c, _, serial) = w.connect("planner").await;
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+    let child = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    // Before the revocation the same connection renews.
+    let (s, _, b) = call(&mut c, "POST", "/v1/renew", "{}").await;
+    assert_eq!(s, 200, "{b}");
+    w.ca()
+        .revoke(
+            &agentid_ca::RevokeTarget::Serial(serial.parse().unwrap()),
+            Some("test"),
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    for (method, path, body) in [
+        ("POST", "/v1/renew", "{}"),
+        ("POST", "/v1/renew", "not json"),
+        ("POST", "/v1/children", child.as_str()),
+        ("POST", "/v1/children", "{"),
+        // A task holder may not use these at all; revoked comes first.
+        (
+            "POST",
+            "/v1/tasks",
+            r#"{"agent":"planner","scope":["tickets:read"],"csr":"AA"}"#,
+        ),
+        ("POST", "/v1/tasks", "[]"),
+        (
+            "POST",
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"]}"#,
+        ),
+        ("GET", "/v1/tasks", ""),
+        ("POST", "/v1/revoke", r#"{"task":"x"}"#),
+        ("GET", "/v1/revocations", ""),
+        ("GET", "/v1/bundle", ""),
+    ] {
+        let (s, _, b) = call(&mut c, method, path, body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "revoked"),
+            "{method} {path} {body}: {b}"
+        );
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}

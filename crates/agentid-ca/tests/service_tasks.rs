@@ -673,3 +673,60 @@ async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() 
     assert_eq!(w.ca().issuances().unwrap().len(), before);
     assert!(w.ca().revocations().unwrap().is_empty());
 }
+
+/// A service revoked after its handshake: its next `POST /v1/tasks` with a valid body, a token
+/// request and the inventory are refused `403 revoked` on the same connection, and nothing is
+/// issued or recorded.
+#[tokio::test]
+async fn a_service_revoked_mid_connection_opens_nothing_more() {
+    let w = start().await;
+    let (platform, pid) = w.service("platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let open = |task: &str| {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let identity = format!("spiffe://example.org/agent/planner/task/{task}");
+        serde_json::json!({"agent": "planner", "task": task, "scope": ["tickets:read"],
+                           "csr": csr(&key, &identity)})
+        .to_string()
+    };
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &open("t-before")).await;
+    assert_eq!(s, 200, "{b}");
+    let serial = w
+        .ca()
+        .issuances()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.identity == pid)
+        .unwrap()
+        .serial;
+    w.ca()
+        .revoke(
+            &RevokeTarget::Serial(serial.parse().unwrap()),
+            None,
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    let token = r#"{"agent":"planner","scope":["tickets:read"]}"#;
+    for (method, path, body) in [
+        ("POST", "/v1/tasks", open("t-after")),
+        ("POST", "/v1/tasks", "{".to_owned()),
+        ("POST", "/v1/tokens", token.to_owned()),
+        ("GET", "/v1/tasks", String::new()),
+    ] {
+        let (s, b) = call(&mut c, method, path, &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "revoked"),
+            "{method} {path}: {b}"
+        );
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+    assert!(w
+        .ca()
+        .issuances()
+        .unwrap()
+        .iter()
+        .all(|r| !r.identity.ends_with("/t-after")));
+}
