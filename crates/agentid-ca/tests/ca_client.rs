@@ -406,14 +406,7 @@ async fn a_renewal_refused_for_good_ends_the_renewal_loop_at_once() {
     let url = format!("https://{}", w.mtls);
     let credential = w.platform_for(Some(Duration::from_secs(60)));
     let serial = credential.info().serial.clone();
-    w.ca()
-        .revoke(
-            &agentid_ca::RevokeTarget::Serial(serial.parse().unwrap()),
-            Some("test"),
-            "operator",
-            common::now(),
-        )
-        .unwrap();
+    common::revoke_serial(&w.ca(), &serial);
     let enroller = Enroller::from_credential(&url, credential, w.verification(), T)
         .with_ttl(Some(Duration::from_secs(60)));
     let e = tokio::time::timeout(T, enroller.run())

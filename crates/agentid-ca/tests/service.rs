@@ -89,14 +89,7 @@ impl World {
         task_ttl: Option<Duration>,
     ) -> (HttpClientConnection, String, String) {
         let (key, chain, id) = self.task_for(agent, task_ttl);
-        let serial = self
-            .ca()
-            .issuances()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.identity == id)
-            .unwrap()
-            .serial;
+        let serial = common::serial_of(&self.ca(), &id);
         let mut bundles = BundleSet::new();
         bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
         let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
@@ -480,14 +473,7 @@ async fn a_revoked_caller_is_refused_before_its_body_is_judged_and_nothing_is_is
     // Before the revocation the same connection renews.
     let (s, _, b) = call(&mut c, "POST", "/v1/renew", "{}").await;
     assert_eq!(s, 200, "{b}");
-    w.ca()
-        .revoke(
-            &agentid_ca::RevokeTarget::Serial(serial.parse().unwrap()),
-            Some("test"),
-            "operator",
-            common::now(),
-        )
-        .unwrap();
+    common::revoke_serial(&w.ca(), &serial);
     let before = w.ca().issuances().unwrap().len();
     for (method, path, body) in [
         ("POST", "/v1/renew", "{}"),

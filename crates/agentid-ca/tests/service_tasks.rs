@@ -691,22 +691,7 @@ async fn a_service_revoked_mid_connection_opens_nothing_more() {
     };
     let (s, b) = call(&mut c, "POST", "/v1/tasks", &open("t-before")).await;
     assert_eq!(s, 200, "{b}");
-    let serial = w
-        .ca()
-        .issuances()
-        .unwrap()
-        .into_iter()
-        .find(|r| r.identity == pid)
-        .unwrap()
-        .serial;
-    w.ca()
-        .revoke(
-            &RevokeTarget::Serial(serial.parse().unwrap()),
-            None,
-            "operator",
-            common::now(),
-        )
-        .unwrap();
+    common::revoke_serial(&w.ca(), &common::serial_of(&w.ca(), &pid));
     let before = w.ca().issuances().unwrap().len();
     let token = r#"{"agent":"planner","scope":["tickets:read"]}"#;
     for (method, path, body) in [

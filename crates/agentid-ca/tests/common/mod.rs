@@ -207,3 +207,24 @@ pub fn chain_of(
         rustls_pki_types::CertificateDer::from(intermediate.to_vec()),
     ]
 }
+
+/// The serial of the (first) certificate the CA recorded for `identity`.
+pub fn serial_of(ca: &CertificateAuthority, identity: &str) -> String {
+    ca.issuances()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.identity == identity)
+        .unwrap()
+        .serial
+}
+
+/// Revokes a certificate by serial as the operator, now.
+pub fn revoke_serial(ca: &CertificateAuthority, serial: &str) {
+    ca.revoke(
+        &agentid_ca::RevokeTarget::Serial(serial.parse().unwrap()),
+        Some("test"),
+        "operator",
+        now(),
+    )
+    .unwrap();
+}
