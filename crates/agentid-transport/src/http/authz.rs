@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use agentid_protocol::{PeerId, Scope, VerifiedChain};
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response};
 
 use super::refusal::{Refusal, PEER_DENIED};
 use super::server::{ConnShared, Verified};
@@ -95,7 +96,8 @@ pub struct Authorizer {
     conn: Arc<ConnShared>,
     verified: Option<Arc<Verified>>,
     method: Method,
-    uri: Uri,
+    // The request's path and query (the rest of its URI is not read: nothing else cloned).
+    path: Option<PathAndQuery>,
     correlation: Option<HeaderValue>,
 }
 
@@ -119,7 +121,12 @@ impl Authorizer {
             conn,
             verified,
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            // `Uri::path` is empty exactly when the URI has no path (authority-form).
+            path: if req.uri().path().is_empty() {
+                None
+            } else {
+                req.uri().path_and_query().cloned()
+            },
             correlation,
         }
     }
@@ -218,7 +225,7 @@ impl Authorizer {
             principal: self.chain().and_then(|c| c.principal.as_ref()),
             resource,
             method: &self.method,
-            path: self.uri.path(),
+            path: self.path.as_ref().map_or("", PathAndQuery::path),
             granted: result.is_ok(),
             code: result.as_ref().err().map(Refusal::code),
             time: now,

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentid_protocol::{
-    Chain, ErrorCode, IdSet, Presentation, PresentationContext, ProofBuilder, Role, VerifiedChain,
+    token_hash, Chain, ErrorCode, IdSet, Presentation, PresentationContext, ProofBuilder, Role,
+    VerifiedChain,
 };
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -245,8 +246,8 @@ impl HttpClient {
 
         // The own chain's audience and `exp`, read once per chain (not per connection).
         let chain_info = local.chain().map(|c| self.chain_info(c)).transpose()?;
-        if let (true, Some((_, audience, _))) = (self.check_audience, chain_info.as_deref()) {
-            if !audience.covers_id(peer.info.id.as_spiffe_id()) {
+        if let (true, Some(info)) = (self.check_audience, chain_info.as_deref()) {
+            if !info.audience.covers_id(peer.info.id.as_spiffe_id()) {
                 return Err(Error::Protocol(agentid_protocol::Error::new(
                     ErrorCode::AudienceMismatch,
                     format!("server {} is not in the chain's audience", peer.info.id),
@@ -256,7 +257,7 @@ impl HttpClient {
         let now = now_unix();
         let proof_lifetime = self.proof_lifetime.as_secs().max(1);
         let (client_proof, proof_header, proof_exp) =
-            sign_client_proof(&local, &peer, now, proof_lifetime)?;
+            sign_client_proof(&local, chain_info.as_deref(), &peer, now, proof_lifetime)?;
         let chain_header = local
             .chain()
             .map(HeaderValue::from_str)
@@ -265,8 +266,8 @@ impl HttpClient {
 
         // Nothing past the earlier certificate `notAfter` (or own chain `exp`) minus the margin.
         let mut until = peer.info.not_after.min(local.info().not_after);
-        if let Some((_, _, exp)) = chain_info.as_deref() {
-            until = until.min(*exp);
+        if let Some(info) = chain_info.as_deref() {
+            until = until.min(info.exp);
         }
         let left = until
             .saturating_sub(now)
@@ -321,8 +322,10 @@ fn close_at_margin<T: Send + 'static>(mut conn: tokio::task::JoinHandle<T>, clos
 }
 
 /// Signs this side's hop proof for the connection to `peer` (spec/PROTOCOL.md 22.4 step 1).
+/// `chain` is the cached reading of `local`'s chain (its `cth` is hashed once per chain).
 fn sign_client_proof(
     local: &Credential,
+    chain: Option<&ChainInfo>,
     peer: &TlsPeer,
     now: u64,
     lifetime: u64,
@@ -336,8 +339,11 @@ fn sign_client_proof(
         now,
         exp,
     );
-    if let Some(c) = local.chain() {
-        builder = builder.chain(c);
+    match (local.chain(), chain) {
+        // The cached hash is of this very chain (`chain_info` keys its cache by the chain).
+        (Some(c), Some(info)) if info.chain == c => builder = builder.chain_hash(&info.hash),
+        (Some(c), _) => builder = builder.chain(c),
+        (None, _) => {}
     }
     let proof = builder.sign(local.task_key())?;
     let header = HeaderValue::from_str(&proof)
@@ -345,18 +351,29 @@ fn sign_client_proof(
     Ok((proof, header, exp))
 }
 
-/// The own chain, its effective audience and its `exp`.
-type ChainInfo = (String, IdSet, u64);
+/// The own chain, its effective audience, its `exp` and its hash as a proof's `cth`, read once
+/// per chain (not per connection).
+struct ChainInfo {
+    chain: String,
+    audience: IdSet,
+    exp: u64,
+    hash: String,
+}
 
 impl HttpClient {
     /// The audience and `exp` of `chain`, from the cache when it is the chain read last time.
     fn chain_info(&self, chain: &str) -> Result<Arc<ChainInfo>> {
         let mut cached = self.chain_info.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(info) = cached.as_ref().filter(|i| i.0 == chain) {
+        if let Some(info) = cached.as_ref().filter(|i| i.chain == chain) {
             return Ok(info.clone());
         }
         let read = Chain::parse_unverified(chain)?.read_unverified()?;
-        let info = Arc::new((chain.to_owned(), read.audience()?, read.expires()));
+        let info = Arc::new(ChainInfo {
+            chain: chain.to_owned(),
+            audience: read.audience()?,
+            exp: read.expires(),
+            hash: token_hash(chain),
+        });
         *cached = Some(info.clone());
         Ok(info)
     }
@@ -431,7 +448,7 @@ impl HttpClientConnection {
             let now = now_unix();
             if now.saturating_add(self.proof_lifetime.div_ceil(2)) >= self.proof_exp {
                 let (proof, header, exp) =
-                    sign_client_proof(&self.local, &self.peer, now, self.proof_lifetime)?;
+                    sign_client_proof(&self.local, None, &self.peer, now, self.proof_lifetime)?;
                 self.client_proof = proof;
                 self.proof_header = header;
                 self.proof_exp = exp;

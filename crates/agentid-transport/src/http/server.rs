@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentid_protocol::{ErrorCode, PresentationContext, ProofBuilder, Role, VerifiedChain};
 use bytes::Bytes;
@@ -137,7 +137,7 @@ pub(crate) struct ConnShared {
     deadline: AtomicU64,
     closing: AtomicBool,
     /// Wakes the connection's driver: a graceful close started, or the connection is dropped.
-    wake: Notify,
+    wake: DriverWake,
     /// Wakes the connection's watchdog: the deadline moved, or the connection ended.
     rearm: Notify,
     /// Set by the watchdog when the connection must be dropped now (after the cut grace, or an
@@ -153,6 +153,47 @@ pub(crate) struct ConnShared {
     /// When the last request started or ended, in milliseconds since `born`.
     last_active_ms: AtomicU64,
     born: Instant,
+}
+
+/// Wakes a connection's driver (a graceful close started, or the connection must be dropped):
+/// a flag and the driver's waker. The driver polls it each time its task runs, at least once
+/// per request, which costs less than a `Notify` (whose waiter list is locked and walked on
+/// every poll). A wake before the driver polls is kept, as a `Notify` permit is.
+#[derive(Default)]
+struct DriverWake {
+    woken: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl DriverWake {
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready (once) after a wake.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            match &*slot {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
+        // Again after registering: a wake between the first look and the registration found
+        // no waker (or the previous one) and is seen here.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Counts one request as in flight until dropped (with its response body, when it has one).
@@ -213,7 +254,7 @@ impl ConnShared {
             index,
             index_checked: AtomicU64::new(0),
             closing: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: DriverWake::default(),
             rearm: Notify::new(),
             drop_now: AtomicBool::new(false),
             local,
@@ -281,13 +322,13 @@ impl ConnShared {
     /// Asks the driver to drop the connection now.
     fn drop_connection(&self) {
         self.drop_now.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY).
     fn start_close(&self) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -453,17 +494,32 @@ impl ConnShared {
     /// Per request, after the presentation: the deadline (past the close point, the graceful
     /// close starts), then the revocation epoch (one atomic load; the full re-check only when
     /// the verification state changed).
+    ///
+    /// The clock is read once and compared as a `SystemTime` with the deadline and the close
+    /// point (whole Unix seconds, so the outcome is that of comparing `now_unix()`), without
+    /// converting it to Unix seconds.
     pub(crate) fn live(&self) -> Result<(), Refusal> {
-        self.live_at(now_unix())
+        let now = SystemTime::now();
+        self.live_when(|secs| {
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .is_some_and(|at| now >= at)
+        })
     }
 
     /// As [`ConnShared::live`], at `now` (Unix seconds, read by the caller).
     pub(crate) fn live_at(&self, now: u64) -> Result<(), Refusal> {
+        self.live_when(|secs| now >= secs)
+    }
+
+    /// The connection checks, with `reached(t)`: whether the time of the check is at or past
+    /// the Unix second `t`.
+    fn live_when(&self, reached: impl Fn(u64) -> bool) -> Result<(), Refusal> {
         if let Some(r) = self.ended.get() {
             return Err(r.clone());
         }
         let deadline = self.deadline();
-        if now >= deadline {
+        if reached(deadline) {
             return Err(self.end(Refusal::unauthenticated(
                 CREDENTIAL_EXPIRED,
                 "the connection's deadline passed",
@@ -472,8 +528,8 @@ impl ConnShared {
         // Past the close point (the deadline minus the margin) the graceful close starts here
         // too, not only when the watchdog task next runs: a response leaving now already says
         // `Connection: close`.
-        if now.saturating_add(self.server.options.close_margin.as_secs()) >= deadline
-            && !self.closing()
+        if !self.closing()
+            && reached(deadline.saturating_sub(self.server.options.close_margin.as_secs()))
         {
             self.start_close();
         }
@@ -633,31 +689,41 @@ where
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step, correlation) = self.first_pass(&req);
         let active = Active::new(&self.conn);
-        let mut fut = ConnFuture {
+        let (verified, stage) = match step {
+            Step::Ready(v) => (
+                v,
+                Stage::Ready {
+                    req: Some(req),
+                    checked: false,
+                },
+            ),
+            Step::Refuse(r, connection_level) => (
+                None,
+                Stage::Refused {
+                    response: Some(self.conn.refuse(&r, h1, connection_level)),
+                },
+            ),
+            Step::Wait(p) => {
+                let conn = self.conn.clone();
+                (
+                    None,
+                    Stage::Wait {
+                        wait: Box::pin(async move { conn.wait(p.as_ref()).await }),
+                        req: Some(req),
+                    },
+                )
+            }
+        };
+        ConnFuture {
             conn: self.conn.clone(),
             h1,
             had_proof,
             active: Some(active),
-            verified: None,
+            verified,
             correlation,
             inner: self.inner.clone(),
-            req: Some(req),
-            wait: None,
-            checked: false,
-            done: None,
-            call: None,
-        };
-        match step {
-            Step::Ready(v) => fut.verified = v,
-            Step::Refuse(r, connection_level) => {
-                fut.done = Some(self.conn.refuse(&r, h1, connection_level));
-            }
-            Step::Wait(p) => {
-                let conn = self.conn.clone();
-                fut.wait = Some(Box::pin(async move { conn.wait(p.as_ref()).await }));
-            }
+            stage,
         }
-        fut
     }
 }
 
@@ -677,13 +743,37 @@ pin_project_lite::pin_project! {
         // The request's `x-request-id`, found by the first pass.
         correlation: Option<HeaderValue>,
         inner: S,
-        req: Option<Request<Incoming>>,
-        wait: Option<WaitFuture>,
-        // The connection checks passed before the inner service was asked for readiness.
-        checked: bool,
-        done: Option<Response<ResponseBody<B>>>,
+        // One stage at a time (an enum, not a field each: the future hyper moves is smaller).
         #[pin]
-        call: Option<F>,
+        stage: Stage<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<F, B> {
+        // Waiting for the connection's pending presentation.
+        Wait {
+            wait: WaitFuture,
+            req: Option<Request<Incoming>>,
+        },
+        // The connection checks (`checked`: passed before the inner service was asked for
+        // readiness), then the inner service's readiness and call.
+        Ready {
+            req: Option<Request<Incoming>>,
+            checked: bool,
+        },
+        // The inner service's future.
+        Call {
+            #[pin]
+            future: F,
+        },
+        // Refused before the inner service was called.
+        Refused {
+            response: Option<Response<ResponseBody<B>>>,
+        },
+        // The response was returned.
+        Done,
     }
 }
 
@@ -698,97 +788,129 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(resp) = this.done.take() {
-            return Poll::Ready(Ok(resp));
-        }
-        if let Some(wait) = this.wait.as_mut() {
-            match wait.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(v)) => {
-                    *this.verified = v;
-                    *this.wait = None;
+        let h1 = *this.h1;
+        loop {
+            let result = match this.stage.as_mut().project() {
+                StageProj::Refused { response } => {
+                    let response = response.take();
+                    this.stage.set(Stage::Done);
+                    return Poll::Ready(Ok(response.unwrap_or_else(polled_after_completion)));
                 }
-                Poll::Ready(Err(r)) => {
-                    *this.wait = None;
-                    return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
-                }
-            }
-        }
-        let result = match this.call.as_mut().as_pin_mut() {
-            Some(call) => match call.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            },
-            None => {
-                if !*this.checked {
-                    if let Err(r) = this.conn.live() {
-                        return Poll::Ready(Ok(this.conn.refuse(&r, *this.h1, true)));
-                    }
-                    *this.checked = true;
-                }
-                match this.inner.poll_ready(cx) {
+                StageProj::Done => return Poll::Ready(Ok(polled_after_completion())),
+                StageProj::Wait { wait, req } => match wait.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => Err(e),
-                    Poll::Ready(Ok(())) => {
-                        let Some(mut req) = this.req.take() else {
-                            return Poll::Ready(Ok(Refusal::internal(
-                                "request polled after it completed",
-                            )
-                            .to_response()));
-                        };
-                        let authorizer = Authorizer::new(
-                            this.conn.clone(),
-                            this.verified.clone(),
-                            &req,
-                            this.correlation.take(),
-                        );
-                        req.extensions_mut().insert(authorizer);
-                        this.call.set(Some(this.inner.call(req)));
-                        match this.call.as_mut().as_pin_mut().map(|c| c.poll(cx)) {
-                            Some(Poll::Ready(r)) => r,
-                            _ => return Poll::Pending,
+                    Poll::Ready(Ok(v)) => {
+                        *this.verified = v;
+                        let req = req.take();
+                        this.stage.set(Stage::Ready {
+                            req,
+                            checked: false,
+                        });
+                        continue;
+                    }
+                    Poll::Ready(Err(r)) => {
+                        this.stage.set(Stage::Done);
+                        return Poll::Ready(Ok(this.conn.refuse(&r, h1, true)));
+                    }
+                },
+                StageProj::Ready { req, checked } => {
+                    if !*checked {
+                        if let Err(r) = this.conn.live() {
+                            this.stage.set(Stage::Done);
+                            return Poll::Ready(Ok(this.conn.refuse(&r, h1, true)));
+                        }
+                        *checked = true;
+                    }
+                    match this.inner.poll_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => Err(e),
+                        Poll::Ready(Ok(())) => {
+                            let Some(mut req) = req.take() else {
+                                this.stage.set(Stage::Done);
+                                return Poll::Ready(Ok(polled_after_completion()));
+                            };
+                            let authorizer = Authorizer::new(
+                                this.conn.clone(),
+                                this.verified.clone(),
+                                &req,
+                                this.correlation.take(),
+                            );
+                            req.extensions_mut().insert(authorizer);
+                            let future = this.inner.call(req);
+                            this.stage.set(Stage::Call { future });
+                            continue;
                         }
                     }
                 }
-            }
-        };
-        this.call.set(None);
-        let conn = &**this.conn;
-        let h1 = *this.h1;
-        // The handler may have been slow: the deadline and revocation rules hold for the
-        // moment the response leaves, not only for the moment the request arrived.
-        if let Err(r) = conn.live() {
-            return Poll::Ready(Ok(conn.refuse(&r, h1, true)));
+                StageProj::Call { future } => match future.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                },
+            };
+            this.stage.set(Stage::Done);
+            return Poll::Ready(Ok(respond(
+                this.conn,
+                h1,
+                *this.had_proof,
+                this.active.take(),
+                this.verified.as_ref(),
+                result,
+            )));
         }
-        let mut resp = match result {
-            Ok(r) => match this.active.take() {
-                Some(active) => r.map(|b| ResponseBody::new(b).holding(active)),
-                None => r.map(ResponseBody::new),
-            },
-            Err(e) => {
-                let e: BoxError = e.into();
-                tracing::warn!(error = %e, "agentid http: inner service failed");
-                Refusal::internal("inner service failed").to_response()
-            }
-        };
-        if *this.had_proof {
-            if let Some(v) = this.verified.as_ref() {
-                let proof = match conn.fresh_proof(v) {
-                    Ok(p) => p,
-                    Err(r) => return Poll::Ready(Ok(conn.refuse(&r, h1, false))),
-                };
-                resp.headers_mut().insert(PROOF_HEADER, proof);
-                if let Some(c) = &v.server_chain {
-                    resp.headers_mut().insert(CHAIN_HEADER, c.clone());
-                }
-            }
-        }
-        if h1 && conn.closing() {
-            resp.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        Poll::Ready(Ok(resp))
     }
+}
+
+fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
+    Refusal::internal("request polled after it completed").to_response()
+}
+
+/// The response of a request the inner service answered (or failed): the connection checks
+/// again, then the server's proof when the request carried one, and `Connection: close` once
+/// the connection is closing (HTTP/1.1).
+fn respond<B, E>(
+    conn: &ConnShared,
+    h1: bool,
+    had_proof: bool,
+    active: Option<Active>,
+    verified: Option<&Arc<Verified>>,
+    result: Result<Response<B>, E>,
+) -> Response<ResponseBody<B>>
+where
+    E: Into<BoxError>,
+{
+    // The handler may have been slow: the deadline and revocation rules hold for the
+    // moment the response leaves, not only for the moment the request arrived.
+    if let Err(r) = conn.live() {
+        return conn.refuse(&r, h1, true);
+    }
+    let mut resp = match result {
+        Ok(r) => match active {
+            Some(active) => r.map(|b| ResponseBody::new(b).holding(active)),
+            None => r.map(ResponseBody::new),
+        },
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, "agentid http: inner service failed");
+            Refusal::internal("inner service failed").to_response()
+        }
+    };
+    if had_proof {
+        if let Some(v) = verified {
+            let proof = match conn.fresh_proof(v) {
+                Ok(p) => p,
+                Err(r) => return conn.refuse(&r, h1, false),
+            };
+            resp.headers_mut().insert(PROOF_HEADER, proof);
+            if let Some(c) = &v.server_chain {
+                resp.headers_mut().insert(CHAIN_HEADER, c.clone());
+            }
+        }
+    }
+    if h1 && conn.closing() {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn instant_at(unix: u64) -> Instant {
@@ -1093,7 +1215,7 @@ async fn drive<C>(
                 }
                 break;
             }
-            () = conn.wake.notified() => {}
+            () = std::future::poll_fn(|cx| conn.wake.poll(cx)) => {}
         }
     }
 }
