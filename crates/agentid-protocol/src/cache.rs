@@ -42,10 +42,11 @@ const CHAIN_HASHES: usize = 64;
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// SHA-256 of chains that verified (rule P9 hashes the chain sent with a hop proof), by
-    /// their exact bytes, and their keys oldest first.
-    chains: HashMap<Arc<str>, [u8; 32]>,
-    chain_order: VecDeque<Arc<str>>,
+    /// Chains that verified by their SHA-256 (rule P9 compares a hop proof's `cth` with the
+    /// hash of the chain sent), and their hashes oldest first. Keyed by the hash, not the
+    /// bytes: a lookup hashes the 32 bytes of the `cth` claimed, not a chain of up to 64 KiB.
+    chains: HashMap<[u8; 32], Arc<str>>,
+    chain_order: VecDeque<[u8; 32]>,
     map: HashMap<Arc<str>, Entry>,
     /// The keys of `map`, oldest first.
     order: VecDeque<Arc<str>>,
@@ -87,9 +88,13 @@ impl TokenCache {
         }
     }
 
-    /// The SHA-256 of `chain`, if a chain with exactly these bytes verified before.
-    pub(crate) fn chain_hash(&self, chain: &str) -> Option<[u8; 32]> {
-        self.inner.lock().ok()?.chains.get(chain).copied()
+    /// The SHA-256 of `chain` if it is `claimed`, the hash of a chain with exactly these
+    /// bytes that verified before (compared byte for byte); `None` otherwise (not remembered,
+    /// or `claimed` is not its hash: hash it).
+    pub(crate) fn chain_hash(&self, chain: &str, claimed: &[u8; 32]) -> Option<[u8; 32]> {
+        let inner = self.inner.lock().ok()?;
+        let held = inner.chains.get(claimed)?;
+        (**held == *chain).then_some(*claimed)
     }
 
     /// Remembers the SHA-256 of a chain that verified (at most [`CHAIN_HASHES`], and none
@@ -100,7 +105,7 @@ impl TokenCache {
             return;
         }
         let Ok(mut i) = self.inner.lock() else { return };
-        if i.chains.contains_key(chain) {
+        if i.chains.contains_key(&hash) {
             return;
         }
         while i.chains.len() >= limit {
@@ -111,9 +116,8 @@ impl TokenCache {
                 None => break,
             }
         }
-        let key: Arc<str> = Arc::from(chain);
-        i.chain_order.push_back(Arc::clone(&key));
-        i.chains.insert(key, hash);
+        i.chain_order.push_back(hash);
+        i.chains.insert(hash, Arc::from(chain));
     }
 
     /// The entry of the token with compact bytes `token`, whatever key verified it: a hit
@@ -169,24 +173,37 @@ mod tests {
     #[test]
     fn chain_hashes_are_remembered_by_exact_bytes_and_bounded() {
         let cache = TokenCache::new(4096);
-        assert_eq!(cache.chain_hash("a~b"), None);
+        assert_eq!(cache.chain_hash("a~b", &[1; 32]), None);
         cache.remember_chain_hash("a~b", [1; 32]);
-        assert_eq!(cache.chain_hash("a~b"), Some([1; 32]));
-        assert_eq!(cache.chain_hash("a~b "), None);
-        assert_eq!(cache.chain_hash("a~"), None);
-        for i in 0..200 {
-            cache.remember_chain_hash(&format!("chain {i}"), [2; 32]);
+        assert_eq!(cache.chain_hash("a~b", &[1; 32]), Some([1; 32]));
+        assert_eq!(
+            cache.chain_hash("a~b", &[2; 32]),
+            None,
+            "another hash claimed"
+        );
+        assert_eq!(cache.chain_hash("a~b ", &[1; 32]), None);
+        assert_eq!(cache.chain_hash("a~", &[1; 32]), None);
+        for i in 0..200u8 {
+            cache.remember_chain_hash(&format!("chain {i}"), [i.wrapping_add(2); 32]);
         }
-        let held = (0..200)
-            .filter(|i| cache.chain_hash(&format!("chain {i}")).is_some())
+        let held = (0..200u8)
+            .filter(|i| {
+                cache
+                    .chain_hash(&format!("chain {i}"), &[i.wrapping_add(2); 32])
+                    .is_some()
+            })
             .count();
         assert_eq!(held, CHAIN_HASHES);
-        assert_eq!(cache.chain_hash("a~b"), None, "the oldest went first");
+        assert_eq!(
+            cache.chain_hash("a~b", &[1; 32]),
+            None,
+            "the oldest went first"
+        );
         cache.clear();
-        assert_eq!(cache.chain_hash("chain 199"), None);
+        assert_eq!(cache.chain_hash("chain 199", &[201; 32]), None);
         // A cache that holds no tokens remembers no chains either.
         let none = TokenCache::new(0);
         none.remember_chain_hash("a~b", [1; 32]);
-        assert_eq!(none.chain_hash("a~b"), None);
+        assert_eq!(none.chain_hash("a~b", &[1; 32]), None);
     }
 }

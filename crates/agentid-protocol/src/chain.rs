@@ -4,7 +4,7 @@ use core::cell::OnceCell;
 use core::fmt;
 
 use crate::attenuation::{attenuate, grant_audience, link_audience, Effective, EnforcedLimits};
-use crate::crypto::sha256;
+use crate::crypto::{sha256, SigningDigest};
 use crate::encoding::b64_decode_checked;
 use crate::error::{Error, ErrorCode, Result};
 use crate::jws::{self, RawToken};
@@ -23,6 +23,9 @@ pub const MAX_TOKENS: usize = MAX_DEPTH as usize + 1;
 pub(crate) struct FramedToken<'a> {
     pub raw: RawToken<'a>,
     hash: OnceCell<[u8; 32]>,
+    /// The SHA-256 of the signing input, when it was taken with other hashes of the same
+    /// bytes (the grant's, with the chain's `cth`).
+    signing: OnceCell<SigningDigest>,
 }
 
 impl FramedToken<'_> {
@@ -39,6 +42,22 @@ impl FramedToken<'_> {
     /// SHA-256 of the token's compact bytes (the next link's `prev`), computed once.
     pub fn hash(&self) -> [u8; 32] {
         *self.hash.get_or_init(|| sha256(self.raw.text.as_bytes()))
+    }
+
+    /// The SHA-256 of the signing input, if it was given ([`FramedToken::set_signing_digest`]).
+    pub fn signing_digest(&self) -> Option<&SigningDigest> {
+        self.signing.get()
+    }
+
+    /// Sets [`FramedToken::signing_digest`] to `digest`, the SHA-256 of this token's exact
+    /// signing input taken earlier.
+    pub fn set_signing_digest(&self, digest: SigningDigest) {
+        let _ = self.signing.set(digest);
+    }
+
+    /// Whether [`FramedToken::hash`] is known already (set, or computed).
+    pub fn has_hash(&self) -> bool {
+        self.hash.get().is_some()
     }
 
     /// Sets [`FramedToken::hash`] to `hash`, the SHA-256 of these exact bytes taken earlier
@@ -70,6 +89,7 @@ fn frame_token(part: &str) -> Result<FramedToken<'_>> {
     Ok(FramedToken {
         raw: jws::split(part)?,
         hash: OnceCell::new(),
+        signing: OnceCell::new(),
     })
 }
 

@@ -316,6 +316,94 @@ impl fmt::Debug for PublicKey {
 /// Verifies `sig` over `msg`: `alg` must equal the key's algorithm (`AlgMismatch`); ES256 takes
 /// a 64-byte `r || s`, Ed25519 a 64-byte RFC 8032 signature with `S < L`; else `BadSignature`.
 pub(crate) fn verify(key: &PublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) -> Result<()> {
+    check_alg_and_length(key, alg, sig)?;
+    let result = match (&key.bytes, &key.parsed) {
+        (KeyBytes::P256(_), Some(parsed)) => parsed.verify_sig(msg, sig),
+        (KeyBytes::P256(point), None) => {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(msg, sig)
+        }
+        (KeyBytes::Ed25519(k), _) => UnparsedPublicKey::new(&ED25519, k).verify(msg, sig),
+    };
+    result.map_err(|_| does_not_verify(alg))
+}
+
+/// [`verify`] of the signing input `compact[..signed]` of a compact JWS, which also gives the
+/// SHA-256 of the whole `compact` where that costs no second pass: ES256 hashes the signing
+/// input with SHA-256 before the curve arithmetic, and those are the first blocks of the
+/// token's hash (the next link's `prev`), so they are compressed once and the digest is
+/// verified. Ed25519 hashes with SHA-512 inside the signature scheme: `None` (hash it apart).
+///
+/// Same checks, order and verdict as [`verify`] on `compact[..signed]`: ECDSA verifies the
+/// SHA-256 of the message, given here instead of the message.
+pub(crate) fn verify_and_hash(
+    key: &PublicKey,
+    alg: Algorithm,
+    compact: &[u8],
+    signed: usize,
+    sig: &[u8],
+) -> Result<Option<[u8; 32]>> {
+    let (msg, rest) = compact.split_at(signed.min(compact.len()));
+    if !digest_verifies(key, alg) {
+        return verify(key, alg, msg, sig).map(|()| None);
+    }
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(msg);
+    verify_digest(
+        key,
+        alg,
+        msg,
+        &SigningDigest(ctx.clone().finish(), msg.len()),
+        sig,
+    )?;
+    ctx.update(rest);
+    let mut whole = [0u8; 32];
+    whole.copy_from_slice(ctx.finish().as_ref());
+    Ok(Some(whole))
+}
+
+/// The SHA-256 of a JWS signing input, as ES256 verification takes it: taken where the same
+/// bytes were hashed for another reason (a chain's `cth` starts with its grant).
+///
+/// It keeps the length of what it hashed: a digest given with a message of another length is
+/// not used ([`verify_digest`] verifies the message then).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SigningDigest(digest::Digest, usize);
+
+/// Whether `key` verifies `alg` signatures from the message's SHA-256 ([`verify_digest`]).
+fn digest_verifies(key: &PublicKey, alg: Algorithm) -> bool {
+    alg == Algorithm::Es256 && key.parsed.is_some()
+}
+
+/// [`verify`] of `msg`, whose SHA-256 `digest` was taken already: an ES256 key verifies the
+/// digest (ECDSA verifies exactly the message's SHA-256: same checks, order and verdict), any
+/// other key or algorithm the message. `digest` must be the SHA-256 of `msg`.
+pub(crate) fn verify_digest(
+    key: &PublicKey,
+    alg: Algorithm,
+    msg: &[u8],
+    digest: &SigningDigest,
+    sig: &[u8],
+) -> Result<()> {
+    match key.parsed.as_ref().filter(|_| alg == Algorithm::Es256) {
+        Some(parsed) if digest.1 == msg.len() => {
+            check_alg_and_length(key, alg, sig)?;
+            parsed
+                .verify_digest_sig(&digest.0, sig)
+                .map_err(|_| does_not_verify(alg))
+        }
+        _ => verify(key, alg, msg, sig),
+    }
+}
+
+fn does_not_verify(alg: Algorithm) -> Error {
+    Error::new(
+        ErrorCode::BadSignature,
+        format!("{alg} signature does not verify"),
+    )
+}
+
+/// The checks [`verify`] makes before the signature: `alg` is the key's, the signature's length.
+fn check_alg_and_length(key: &PublicKey, alg: Algorithm, sig: &[u8]) -> Result<()> {
     if alg != key.algorithm() {
         return Err(Error::new(
             ErrorCode::AlgMismatch,
@@ -331,19 +419,7 @@ pub(crate) fn verify(key: &PublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) ->
             ),
         ));
     }
-    let result = match (&key.bytes, &key.parsed) {
-        (KeyBytes::P256(_), Some(parsed)) => parsed.verify_sig(msg, sig),
-        (KeyBytes::P256(point), None) => {
-            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(msg, sig)
-        }
-        (KeyBytes::Ed25519(k), _) => UnparsedPublicKey::new(&ED25519, k).verify(msg, sig),
-    };
-    result.map_err(|_| {
-        Error::new(
-            ErrorCode::BadSignature,
-            format!("{alg} signature does not verify"),
-        )
-    })
+    Ok(())
 }
 
 /// The hash of a token or chain as `prev`, `cth` and `rth` carry it (spec/PROTOCOL.md section
@@ -360,20 +436,29 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-/// SHA-256 of `data` and of its first `prefix` bytes (all of it if `prefix` is past the end),
-/// in one pass: the blocks they share are compressed once (a chain's `cth` and its grant's
-/// hash, the `prev` of the first link).
-pub(crate) fn sha256_with_prefix(data: &[u8], prefix: usize) -> ([u8; 32], [u8; 32]) {
-    let (head, tail) = data.split_at(prefix.min(data.len()));
+/// SHA-256 of `data`, of its first `prefix` bytes (all of it if `prefix` is past the end),
+/// and, as ES256 verifies it, of its first `signed` bytes (at most `prefix`), in one pass: the
+/// blocks they share are compressed once (a chain's `cth`, its grant's hash, the `prev` of the
+/// first link, and the grant's signing input).
+pub(crate) fn sha256_with_prefix(
+    data: &[u8],
+    prefix: usize,
+    signed: usize,
+) -> ([u8; 32], [u8; 32], SigningDigest) {
+    let prefix = prefix.min(data.len());
+    let (head, tail) = data.split_at(prefix);
+    let (signing, head_rest) = head.split_at(signed.min(prefix));
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(head);
+    ctx.update(signing);
+    let signing = SigningDigest(ctx.clone().finish(), signing.len());
+    ctx.update(head_rest);
     let head_ctx = ctx.clone();
     ctx.update(tail);
     let mut whole = [0u8; 32];
     whole.copy_from_slice(ctx.finish().as_ref());
     let mut first = [0u8; 32];
     first.copy_from_slice(head_ctx.finish().as_ref());
-    (whole, first)
+    (whole, first, signing)
 }
 
 /// `N` bytes from the operating system's CSPRNG.
@@ -602,15 +687,71 @@ mod tests {
     use curve25519_dalek::edwards::CompressedEdwardsY;
 
     #[test]
+    fn a_digest_verifies_as_the_message_does() {
+        // Every verdict of `verify` on a token's signing input is the verdict of
+        // `verify_digest` with the input's SHA-256 and of `verify_and_hash` on the whole token,
+        // which also gives the token's SHA-256 (ES256), or nothing to add (Ed25519).
+        let code = |r: Result<()>| r.map_err(|e| e.code());
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            let key = TaskKey::generate(alg).unwrap();
+            let other = TaskKey::generate(alg).unwrap();
+            let input = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0".to_vec();
+            let good = key.sign(&input).unwrap();
+            let mut flipped = good.clone();
+            flipped[5] ^= 1;
+            let short = good[..63].to_vec();
+            let mut changed = input.clone();
+            changed[3] ^= 1;
+            for (msg, sig) in [
+                (&input, &good),
+                (&input, &flipped),
+                (&input, &short),
+                (&changed, &good),
+            ] {
+                for (pk, a) in [
+                    (key.public_key(), alg),
+                    (other.public_key(), alg),
+                    (key.public_key(), Algorithm::Es256),
+                    (key.public_key(), Algorithm::Ed25519),
+                ] {
+                    let expected = code(verify(pk, a, msg, sig));
+                    let (_, _, digest) = sha256_with_prefix(msg, msg.len(), msg.len());
+                    assert_eq!(code(verify_digest(pk, a, msg, &digest, sig)), expected);
+                    // A digest of another length is not used: the message decides.
+                    let (_, _, partial) = sha256_with_prefix(msg, msg.len(), 3);
+                    assert_eq!(code(verify_digest(pk, a, msg, &partial, sig)), expected);
+                    let compact = [&msg[..], b".c2ln"].concat();
+                    let hashed = verify_and_hash(pk, a, &compact, msg.len(), sig);
+                    assert_eq!(
+                        code(hashed.as_ref().map(|_| ()).map_err(Clone::clone)),
+                        expected
+                    );
+                    if let Ok(h) = hashed {
+                        let es256 = a == Algorithm::Es256 && pk.algorithm() == Algorithm::Es256;
+                        assert_eq!(h, es256.then(|| sha256(&compact)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_hash_with_its_prefix_is_both_hashes_taken_apart() {
         // Lengths around the 64-byte block and its 55-byte padding limit, every split point
         // (and past the end: the whole input).
         for len in [0usize, 1, 54, 55, 56, 63, 64, 65, 119, 120, 128, 200, 1100] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
             for prefix in 0..=len + 2 {
-                let (whole, first) = sha256_with_prefix(&data, prefix);
-                assert_eq!(whole, sha256(&data), "{len} / {prefix}");
-                assert_eq!(first, sha256(&data[..prefix.min(len)]), "{len} / {prefix}");
+                for signed in [0, prefix / 2, prefix.saturating_sub(87), prefix, prefix + 1] {
+                    let (whole, first, signing) = sha256_with_prefix(&data, prefix, signed);
+                    assert_eq!(whole, sha256(&data), "{len} / {prefix}");
+                    assert_eq!(first, sha256(&data[..prefix.min(len)]), "{len} / {prefix}");
+                    assert_eq!(
+                        signing.0.as_ref(),
+                        sha256(&data[..signed.min(prefix).min(len)]),
+                        "{len} / {prefix} / {signed}"
+                    );
+                }
             }
         }
     }

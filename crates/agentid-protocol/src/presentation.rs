@@ -83,12 +83,9 @@ impl Verifier {
         presentation: &Presentation<'_>,
         ctx: &PresentationContext<'_>,
     ) -> Result<VerifiedPresentation> {
-        // Rule P9 hashes the chain sent: a chain this verifier verified before (same bytes)
-        // has its hash remembered with the token cache; a new one's is remembered once the
-        // chain verified.
-        let known_hash = presentation
-            .chain
-            .and_then(|c| self.cache().and_then(|cache| cache.chain_hash(c)));
+        // Rule P9 hashes the chain sent: a chain this verifier verified before has its hash
+        // remembered with the token cache (found by the `cth` claimed, the chain compared byte
+        // for byte); a new one's is remembered once the chain verified.
         let mut new_hash = None;
         // The chain starts with its grant (up to the first `~`): hashing the chain for P9 gives
         // the grant's hash (the first link's `prev`) for the blocks they share.
@@ -106,12 +103,20 @@ impl Verifier {
                 chain: presentation.chain,
                 client_proof: ctx.client_proof,
             },
-            |chain| {
-                known_hash.unwrap_or_else(|| {
+            |chain, claimed| {
+                let known = self
+                    .cache()
+                    .and_then(|cache| cache.chain_hash(chain, claimed));
+                known.unwrap_or_else(|| {
                     let grant_len = chain.find('~').unwrap_or(chain.len());
-                    let (h, g) = sha256_with_prefix(chain.as_bytes(), grant_len);
+                    // The grant's signing input: up to its last `.` (framing checks the rest).
+                    let signed = chain
+                        .get(..grant_len)
+                        .and_then(|g| g.rfind('.'))
+                        .unwrap_or(0);
+                    let (h, g, s) = sha256_with_prefix(chain.as_bytes(), grant_len, signed);
                     new_hash = Some(h);
-                    grant_hash = Some(g);
+                    grant_hash = Some((g, s));
                     h
                 })
             },

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::chain::MAX_CHAIN_BYTES;
-use crate::crypto::{sha256, token_hash, verify, TaskKey};
+use crate::crypto::{sha256, token_hash, verify, verify_and_hash, TaskKey};
 use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
@@ -101,6 +101,16 @@ impl ProofBuilder {
     /// For the server's proof: binds the client proof it answers (`rth`).
     pub fn responding_to(mut self, client_proof: &str) -> Self {
         self.rth = Some(token_hash(client_proof));
+        self
+    }
+
+    /// [`ProofBuilder::responding_to`] the client proof `client` verified: the same `rth`, its
+    /// hash taken when the proof's signature was verified where that cost no second pass.
+    pub fn answering(mut self, client: &VerifiedProof) -> Self {
+        self.rth = Some(match client.hash {
+            Some(h) => b64_encode(&h),
+            None => token_hash(&client.compact),
+        });
         self
     }
 
@@ -204,21 +214,25 @@ pub struct VerifiedProof {
     pub exp: u64,
     /// The compact proof, as received (kept as the receipt).
     pub compact: String,
+    /// The SHA-256 of `compact`, for a client proof whose signature check gave it in the same
+    /// pass (ES256); [`ProofBuilder::answering`] reads it.
+    hash: Option<[u8; 32]>,
 }
 
 /// Verifies a hop proof: rules P0 to P10 of spec/PROTOCOL.md section 12, in order (the
 /// replay check of a later proof on the same connection is
 /// [`crate::Verifier::verify_presentation`]'s).
 pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof> {
-    verify_proof_with(proof, ctx, |chain| sha256(chain.as_bytes()))
+    verify_proof_with(proof, ctx, |chain, _| sha256(chain.as_bytes()))
 }
 
-/// [`verify_proof`], with `chain_hash` giving the SHA-256 of the chain sent (rule P9): a
-/// verifier with a cache of verified tokens remembers the hashes of chains it verified.
+/// [`verify_proof`], with `chain_hash` giving the SHA-256 of the chain sent (rule P9), told
+/// the `cth` claimed: a verifier with a cache of verified tokens remembers the hashes of chains
+/// it verified, and finds one by the hash claimed.
 pub(crate) fn verify_proof_with(
     proof: &str,
     ctx: &ProofContext<'_>,
-    chain_hash: impl FnOnce(&str) -> [u8; 32],
+    chain_hash: impl FnOnce(&str, &[u8; 32]) -> [u8; 32],
 ) -> Result<VerifiedProof> {
     // P0. Input.
     if ctx.skew > crate::config::MAX_SKEW {
@@ -230,13 +244,22 @@ pub(crate) fn verify_proof_with(
     let payload = b64_decode(raw.payload_b64)?;
     // P2. Header.
     let header = parse_header(&raw, TokenType::Proof)?;
-    // P3, P4. Signature with the presenter's certificate key, then claims.
-    verify(
-        ctx.presenter_key,
-        header.alg,
-        raw.signing_input(),
-        &signature,
-    )?;
+    // P3, P4. Signature with the presenter's certificate key, then claims. A client proof's
+    // hash is what the server's answer binds (`rth`): taken in the same pass where it is free.
+    let signed = raw.signing_input();
+    let hash = match ctx.role {
+        Role::Client => verify_and_hash(
+            ctx.presenter_key,
+            header.alg,
+            proof.as_bytes(),
+            signed.len(),
+            &signature,
+        )?,
+        Role::Server => {
+            verify(ctx.presenter_key, header.alg, signed, &signature)?;
+            None
+        }
+    };
     let map = parse_ijson_object(&payload)?;
     let allowed = match ctx.role {
         Role::Client => PROOF_CLAIMS_CLIENT,
@@ -313,7 +336,7 @@ pub(crate) fn verify_proof_with(
     // P9. Chain hash: present exactly when a chain is sent.
     match (cth, ctx.chain) {
         (None, None) => {}
-        (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == chain_hash(chain) => {}
+        (Some(h), Some(chain)) if chain.len() <= MAX_CHAIN_BYTES && h == chain_hash(chain, &h) => {}
         _ => {
             return Err(Error::new(
                 ErrorCode::ChainHashMismatch,
@@ -348,6 +371,7 @@ pub(crate) fn verify_proof_with(
         iat,
         exp,
         compact: proof.to_owned(),
+        hash,
     })
 }
 
@@ -398,5 +422,43 @@ mod tests {
         assert_eq!(map["iat"], 10);
         assert_eq!(map["exp"], 70);
         assert!(!map.contains_key("rth"));
+    }
+
+    /// A server proof answering a verified client proof binds the `rth` that responding to
+    /// the compact client proof binds, whatever the client's key.
+    #[test]
+    fn answering_a_verified_proof_binds_the_hash_of_its_compact_form() {
+        let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            let key = TaskKey::generate(alg).unwrap();
+            let client = ProofBuilder::new(&a, &b, Role::Client, [7; 32], 10, 70)
+                .sign(&key)
+                .unwrap();
+            let ctx = ProofContext {
+                presenter_id: &a,
+                presenter_key: key.public_key(),
+                verifier_id: &b,
+                role: Role::Client,
+                exporter: [7; 32],
+                now: 20,
+                skew: 0,
+                chain: None,
+                client_proof: None,
+            };
+            let verified = verify_proof(&client, &ctx).unwrap();
+            assert_eq!(
+                verified.hash.is_some(),
+                alg == Algorithm::Es256,
+                "{alg}: the hash comes with the signature check of ES256 only"
+            );
+            let rth = |b: ProofBuilder| b.rth.unwrap();
+            let builder = || ProofBuilder::new(&b, &a, Role::Server, [9; 32], 10, 70);
+            assert_eq!(
+                rth(builder().answering(&verified)),
+                rth(builder().responding_to(&client))
+            );
+            assert_eq!(rth(builder().answering(&verified)), token_hash(&client));
+        }
     }
 }

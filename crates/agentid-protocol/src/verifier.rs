@@ -49,7 +49,7 @@ use crate::audience::IdSet;
 use crate::cache::{CachedToken, Entry, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
 use crate::config::{VerifierConfig, MAX_SKEW};
-use crate::crypto::verify;
+use crate::crypto::{verify, verify_and_hash, verify_digest, SigningDigest};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
@@ -269,19 +269,21 @@ impl Verifier {
         self.verify_chain_with(chain, peer_id, peer_key, now, None)
     }
 
-    /// [`Verifier::verify_chain`], with the SHA-256 of the chain's first token (its grant) when
-    /// it was taken already (rule P9 hashes the whole chain, which starts with the grant).
+    /// [`Verifier::verify_chain`], with the SHA-256 of the chain's first token (its grant) and
+    /// of the grant's signing input when they were taken already (rule P9 hashes the whole
+    /// chain, which starts with the grant).
     pub(crate) fn verify_chain_with(
         &self,
         chain: &str,
         peer_id: &SpiffeId,
         peer_key: &PublicKey,
         now: u64,
-        grant_hash: Option<[u8; 32]>,
+        grant_hashes: Option<([u8; 32], SigningDigest)>,
     ) -> Result<VerifiedChain> {
         let framed = frame(chain)?;
-        if let Some(h) = grant_hash {
+        if let Some((h, signing)) = grant_hashes {
             framed.grant.set_hash(h);
+            framed.grant.set_signing_digest(signing);
         }
         let known = self.known(&framed);
         let headers = phase2(&framed, &known)?;
@@ -302,7 +304,8 @@ impl Verifier {
         let grant = match hit(&framed.grant, known.next().flatten(), &grant_key) {
             Some(CachedToken::Grant(g)) => g,
             _ => {
-                signature(&framed.grant, &headers.grant, &grant_key).map_err(|e| e.at(0))?;
+                let hash = !framed.links.is_empty() || self.cache.is_some();
+                signature(&framed.grant, &headers.grant, &grant_key, hash).map_err(|e| e.at(0))?;
                 let g = Arc::new(
                     decode_grant(&framed.grant.payload().map_err(|e| e.at(0))?)
                         .map_err(|e| e.at(0))?,
@@ -325,7 +328,8 @@ impl Verifier {
             let link = match hit(t, known.next().flatten(), &key) {
                 Some(CachedToken::Link(l)) => l,
                 _ => {
-                    signature(t, h, &key).map_err(|e| e.at(i))?;
+                    let hash = i < framed.links.len() || self.cache.is_some();
+                    signature(t, h, &key, hash).map_err(|e| e.at(i))?;
                     let l = Arc::new(
                         decode_link(&t.payload().map_err(|e| e.at(i))?).map_err(|e| e.at(i))?,
                     );
@@ -696,8 +700,23 @@ fn hit(t: &FramedToken<'_>, known: Option<Entry>, key: &PublicKey) -> Option<Cac
 
 /// Rules 3.b.1 and 3.b.2: `alg` matches the key, and the signature verifies over the exact
 /// transmitted signing input.
-fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey) -> Result<()> {
-    verify(key, h.alg, t.raw.signing_input(), &t.signature()?)
+///
+/// With `hash`, a token whose hash will be read (a link follows it, or the cache keeps it) and
+/// is not known yet: the signing input's SHA-256 that ES256 verifies is also the start of the
+/// token's hash, which is taken in the same pass ([`verify_and_hash`]).
+fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey, hash: bool) -> Result<()> {
+    let input = t.raw.signing_input();
+    let sig = t.signature()?;
+    if let Some(digest) = t.signing_digest() {
+        return verify_digest(key, h.alg, input, digest, &sig);
+    }
+    if !hash || t.has_hash() {
+        return verify(key, h.alg, input, &sig);
+    }
+    if let Some(whole) = verify_and_hash(key, h.alg, t.raw.text.as_bytes(), input.len(), &sig)? {
+        t.set_hash(whole);
+    }
+    Ok(())
 }
 
 /// Rule 3.c.6: the grant's `iss` is the trust domain whose bundle held its key.

@@ -174,7 +174,7 @@ impl AgentServer {
             now,
             now + PROOF_LIFETIME,
         )
-        .responding_to(&hello.proof.compact);
+        .answering(&hello.proof);
         if let Some(h) = local.chain_hash() {
             builder = builder.chain_hash(h);
         }

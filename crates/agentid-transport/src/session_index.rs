@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,7 +34,8 @@ impl SessionSignal {
 }
 
 /// Hashes the index's own session ids (sequential, never chosen by a peer) with one multiply:
-/// no SipHash where there is nothing to resist. Targets, which peers choose, keep `RandomState`.
+/// no SipHash where there is nothing to resist. Targets, which peers choose, are hashed once
+/// with SipHash under the index's random key ([`Keyed`]); this only spreads that hash.
 #[derive(Debug, Default)]
 struct IdHasher(u64);
 
@@ -57,6 +58,40 @@ impl Hasher for IdHasher {
 }
 
 type Ids<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A revocation target with its keyed hash (SipHash under the index's random key, as a
+/// `RandomState` map would take it), taken once when a session registers: indexing and
+/// unindexing the session look it up by that hash, not by hashing the target again, and the
+/// index and the session share the target instead of each holding a copy.
+#[derive(Clone, Debug)]
+struct Keyed {
+    hash: u64,
+    target: Arc<RevocationTarget>,
+}
+
+impl Keyed {
+    fn new(keys: &RandomState, target: RevocationTarget) -> Self {
+        Self {
+            hash: keys.hash_one(&target),
+            target: Arc::new(target),
+        }
+    }
+}
+
+impl Hash for Keyed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already keyed and uniform: the map's hasher (`IdHasher`) only spreads it.
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.target == other.target
+    }
+}
+
+impl Eq for Keyed {}
 type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// The sessions under one target: nearly always one (a `jti`, a key), sometimes many (an agent
@@ -101,10 +136,10 @@ impl Under {
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    by_target: HashMap<RevocationTarget, Under>,
+    by_target: HashMap<Keyed, Under, BuildHasherDefault<IdHasher>>,
     /// Sessions whose targets could not be listed: every list signals them.
     every_list: IdSet,
-    sessions: Ids<(Option<Vec<RevocationTarget>>, Arc<SessionSignal>)>,
+    sessions: Ids<(Option<Vec<Keyed>>, Arc<SessionSignal>)>,
 }
 
 /// The index of one [`crate::PeerVerification`].
@@ -117,6 +152,8 @@ pub(crate) struct SessionIndex {
     signalled: AtomicU64,
     /// Re-checks run by sessions of this verification so far.
     rechecks: AtomicU64,
+    /// The random key of the targets' hashes ([`Keyed`]), one per index.
+    keys: RandomState,
 }
 
 impl SessionIndex {
@@ -148,6 +185,7 @@ impl SessionIndex {
         targets: Option<Vec<RevocationTarget>>,
         lists_seen: u64,
     ) -> Registration {
+        let targets = self.keyed(targets);
         let (wake, _) = watch::channel(0);
         let signal = Arc::new(SessionSignal {
             version: AtomicU64::new(0),
@@ -170,7 +208,12 @@ impl SessionIndex {
         reg
     }
 
-    fn index(inner: &mut Inner, id: u64, targets: Option<&[RevocationTarget]>) {
+    /// `targets` with their keyed hashes.
+    fn keyed(&self, targets: Option<Vec<RevocationTarget>>) -> Option<Vec<Keyed>> {
+        targets.map(|ts| ts.into_iter().map(|t| Keyed::new(&self.keys, t)).collect())
+    }
+
+    fn index(inner: &mut Inner, id: u64, targets: Option<&[Keyed]>) {
         let Some(targets) = targets else {
             inner.every_list.insert(id);
             return;
@@ -185,7 +228,7 @@ impl SessionIndex {
         }
     }
 
-    fn unindex(inner: &mut Inner, id: u64, targets: Option<&[RevocationTarget]>) {
+    fn unindex(inner: &mut Inner, id: u64, targets: Option<&[Keyed]>) {
         let Some(targets) = targets else {
             inner.every_list.remove(&id);
             return;
@@ -213,7 +256,7 @@ impl SessionIndex {
         let inner = self.lock();
         let mut touched: IdSet = inner.every_list.clone();
         for (target, under) in &inner.by_target {
-            if newly_revokes(new, old, target, now) {
+            if newly_revokes(new, old, &target.target, now) {
                 touched.extend(under.ids());
             }
         }
@@ -249,6 +292,7 @@ impl Registration {
     /// Replaces the session's targets (a new chain after `reauth` or an HTTP presentation);
     /// `lists_seen` as for [`SessionIndex::register`].
     pub(crate) fn update(&self, targets: Option<Vec<RevocationTarget>>, lists_seen: u64) {
+        let targets = self.index.keyed(targets);
         {
             let mut inner = self.index.lock();
             let old = inner.sessions.get_mut(&self.id).and_then(|(t, _)| t.take());
