@@ -278,8 +278,11 @@ pub fn delegate(
     aud: Option<&[&str]>,
 ) -> Chain {
     let n = now();
+    // No later than the previous token's `exp` (a link may not outlive it): chained calls
+    // straddling a second boundary would otherwise ask for one second more and be refused.
+    let exp = (n + 500).min(prev.read_unverified().unwrap().expires());
     let mut b = LinkBuilder::new(prev, to, to_key.public_key(), Scope::parse(scope).unwrap())
-        .validity(n - 5, n - 5, n + 500);
+        .validity(n - 5, n - 5, exp);
     if let Some(aud) = aud {
         b = b.audience(id_set(aud));
     }
