@@ -272,43 +272,54 @@ impl SpiffeId {
 // AgentId, TaskId, TaskIdentity, ServiceId, PeerId
 // ---------------------------------------------------------------------------------------------
 
-/// An agent ID, exactly `spiffe://<td>/agent/<name>`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct AgentId(SpiffeId);
+/// A SPIFFE ID of one kind that names something (`spiffe://<td>/<prefix>/<name>`): [`AgentId`]
+/// and [`ServiceId`], the same type for two kinds.
+macro_rules! named_id {
+    ($(#[$doc:meta])* $ty:ident, $kind:ident, $prefix:ident = $path:literal, $an:literal, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(SpiffeId);
 
-impl AgentId {
-    /// Parses an agent ID (`BadId` if not a valid SPIFFE ID of kind agent).
-    pub fn parse(s: &str) -> Result<Self> {
-        SpiffeId::parse(s)?.require(IdKind::Agent).map(Self)
-    }
+        impl $ty {
+            #[doc = concat!("Parses ", $an, " ", $what, " ID (`BadId` if not a valid SPIFFE ID of kind ", $what, ").")]
+            pub fn parse(s: &str) -> Result<Self> {
+                SpiffeId::parse(s)?.require(IdKind::$kind).map(Self)
+            }
 
-    /// Builds `spiffe://<td>/agent/<name>` (`BadId` if `name` is not a valid segment).
-    pub fn new(trust_domain: &TrustDomain, name: &str) -> Result<Self> {
-        check_segment(name)?;
-        Self::parse(&format!("{SCHEME}{}/{AGENT}/{name}", trust_domain.as_str()))
-    }
+            #[doc = concat!("Builds `spiffe://<td>/", $path, "/<name>` (`BadId` if `name` is not a valid segment).")]
+            pub fn new(trust_domain: &TrustDomain, name: &str) -> Result<Self> {
+                check_segment(name)?;
+                Self::parse(&format!("{SCHEME}{}/{}/{name}", trust_domain.as_str(), $prefix))
+            }
 
-    /// The agent name (the second path segment).
-    pub fn name(&self) -> &str {
-        self.0.segment(1)
-    }
+            #[doc = concat!("The ", $what, " name (the second path segment).")]
+            pub fn name(&self) -> &str {
+                self.0.segment(1)
+            }
 
-    /// The trust domain.
-    pub fn trust_domain(&self) -> TrustDomain {
-        self.0.trust_domain()
-    }
+            /// The trust domain.
+            pub fn trust_domain(&self) -> TrustDomain {
+                self.0.trust_domain()
+            }
 
-    /// The underlying SPIFFE ID.
-    pub fn as_spiffe_id(&self) -> &SpiffeId {
-        &self.0
-    }
+            /// The underlying SPIFFE ID.
+            pub fn as_spiffe_id(&self) -> &SpiffeId {
+                &self.0
+            }
 
-    /// The canonical string.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
+            /// The canonical string.
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+    };
 }
+
+named_id!(
+    /// An agent ID, exactly `spiffe://<td>/agent/<name>`.
+    AgentId, Agent, AGENT = "agent", "an", "agent"
+);
 
 /// A bare task id: the last segment of a task identity (segment rules; at most 2048 bytes).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -421,43 +432,10 @@ impl TaskIdentity {
     }
 }
 
-/// A service ID, exactly `spiffe://<td>/svc/<name>`: tools and servers that are not agents.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ServiceId(SpiffeId);
-
-impl ServiceId {
-    /// Parses a service ID (`BadId` if not a valid SPIFFE ID of kind service).
-    pub fn parse(s: &str) -> Result<Self> {
-        SpiffeId::parse(s)?.require(IdKind::Service).map(Self)
-    }
-
-    /// Builds `spiffe://<td>/svc/<name>` (`BadId` if `name` is not a valid segment).
-    pub fn new(trust_domain: &TrustDomain, name: &str) -> Result<Self> {
-        check_segment(name)?;
-        Self::parse(&format!("{SCHEME}{}/{SVC}/{name}", trust_domain.as_str()))
-    }
-
-    /// The service name (the second path segment).
-    pub fn name(&self) -> &str {
-        self.0.segment(1)
-    }
-
-    /// The trust domain.
-    pub fn trust_domain(&self) -> TrustDomain {
-        self.0.trust_domain()
-    }
-
-    /// The underlying SPIFFE ID.
-    pub fn as_spiffe_id(&self) -> &SpiffeId {
-        &self.0
-    }
-
-    /// The canonical string.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
+named_id!(
+    /// A service ID, exactly `spiffe://<td>/svc/<name>`: tools and servers that are not agents.
+    ServiceId, Service, SVC = "svc", "a", "service"
+);
 
 /// The identity of a TLS peer, from its certificate's URI SAN: a task identity or a service ID.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
