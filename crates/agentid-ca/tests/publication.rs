@@ -9,6 +9,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::call;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +23,6 @@ use agentid_ca::{
 use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
 use agentid_transport::http::{HttpClient, HttpClientConnection};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(20);
@@ -89,23 +88,6 @@ fn client(dir: &std::path::Path, agent: &str) -> (HttpClient, String) {
         .build()
         .unwrap();
     (client, id.rsplit('/').next().unwrap().to_owned())
-}
-
-async fn call(c: &mut HttpClientConnection, method: &str, path: &str, body: &str) -> (u16, String) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Bytes::from(body.to_owned()))
-        .unwrap();
-    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
-    let status = resp.status().as_u16();
-    let b = tokio::time::timeout(T, resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8(b.to_vec()).unwrap())
 }
 
 async fn latest(c: &mut HttpClientConnection) -> RevocationsResponse {

@@ -21,9 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use agentid_api::RevokeRequest;
-use agentid_ca::{
-    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, ServiceRequest, TaskRequester,
-};
+use agentid_ca::{CertificateAuthority, KeySource, KeyType, OpenTaskRequest, TaskRequester};
 use agentid_protocol::{
     Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, TrustBundle, TrustDomain,
     VerifierConfig,
@@ -100,28 +98,6 @@ impl World {
         verification_with(own, self.ca().trust_bundle().unwrap(), strict)
     }
 
-    /// A service credential issued by the operator.
-    fn service(&self, name: &str) -> (Arc<MemoryCredentials>, String) {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let c = self
-            .ca()
-            .issue_service(
-                &ServiceRequest {
-                    service: name.into(),
-                    key: KeySource::Spki(key.public_key().to_spki_der()),
-                    ttl: None,
-                },
-                common::now(),
-            )
-            .unwrap();
-        let chain = chain_of(&c.leaf.der, &c.intermediate_der);
-        let id = c.identity.as_str().to_owned();
-        (
-            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            id,
-        )
-    }
-
     /// A `planner` task opened by the operator: its key, chain and identity.
     fn task(&self) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
@@ -138,7 +114,7 @@ impl World {
 
     /// A client of the CA's mutual-TLS listener holding `name`'s service certificate.
     fn ca_client(&self, name: &str) -> CaClient {
-        let (creds, _) = self.service(name);
+        let (creds, _) = common::service_credentials(&self.ca(), name);
         self.ca_client_with(creds)
     }
 
@@ -182,7 +158,7 @@ fn td() -> TrustDomain {
 async fn a_watcher_applies_each_newer_list_from_the_feed() {
     let w = start().await;
     let target = w.verification(SERVER_ID, true);
-    let (creds, _) = w.service("watch-server");
+    let (creds, _) = common::service_credentials(&w.ca(), "watch-server");
     let watcher = w.watch(creds, target.clone(), WatchOptions::default());
     assert!(
         watcher.wait_for(T, |s| s.seq.is_some()).await,
@@ -230,7 +206,7 @@ async fn a_watcher_never_applies_a_list_it_cannot_verify() {
     let target = verification_with(SERVER_ID, other.ca.trust_bundle().unwrap(), false);
     let options = WatchOptions::default()
         .with_backoff(Duration::from_millis(100), Duration::from_millis(400));
-    let (creds, _) = w.service("watch-server");
+    let (creds, _) = common::service_credentials(&w.ca(), "watch-server");
     let watcher = w.watch(creds, target.clone(), options);
     assert!(
         watcher.wait_for(T, |s| s.failures >= 2).await,
@@ -298,7 +274,7 @@ fn a_revocation_at_the_ca_closes_a_live_session_in_another_process() {
     // The server agent: strict revocation, fed by the watcher.
     // The same credential serves the agents and reads the CA's feed.
     let sv = w.verification(SERVER_ID, true);
-    let (server_creds, _) = w.service("watch-server");
+    let (server_creds, _) = common::service_credentials(&w.ca(), "watch-server");
     let watcher = {
         let _in = rt.enter();
         w.watch(server_creds.clone(), sv.clone(), WatchOptions::default())

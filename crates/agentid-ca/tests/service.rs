@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::call_with_headers as call;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +18,6 @@ use agentid_protocol::{
 };
 use agentid_transport::http::{HttpClient, HttpClientConnection};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(20);
@@ -104,29 +103,6 @@ impl World {
         let conn = client.connect(self.addr, "ca.example.org").await.unwrap();
         (conn, id, serial)
     }
-}
-
-async fn call(
-    c: &mut HttpClientConnection,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, http::HeaderMap, String) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Bytes::from(body.to_owned()))
-        .unwrap();
-    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let b = tokio::time::timeout(T, resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    (status, headers, String::from_utf8(b.to_vec()).unwrap())
 }
 
 /// The refusal's code, after checking the body is exactly `{code, message, hint}`.

@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 mod common;
+use common::call;
 use common::chain_of;
 
 use std::net::SocketAddr;
@@ -14,8 +15,7 @@ use std::time::Duration;
 use agentid_api::{CertificateResponse, TokenFile, TokenResponse};
 use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{
-    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, ServiceRequest,
-    TaskRequester,
+    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
 };
 use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
 use agentid_transport::http::{HttpClient, HttpClientConnection};
@@ -73,28 +73,6 @@ impl World {
         .unwrap()
     }
 
-    /// A service credential issued by the operator.
-    fn service(&self, name: &str) -> (Arc<MemoryCredentials>, String) {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let c = self
-            .ca()
-            .issue_service(
-                &ServiceRequest {
-                    service: name.into(),
-                    key: KeySource::Spki(key.public_key().to_spki_der()),
-                    ttl: None,
-                },
-                common::now(),
-            )
-            .unwrap();
-        let chain = chain_of(&c.leaf.der, &c.intermediate_der);
-        let id = c.identity.as_str().to_owned();
-        (
-            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            id,
-        )
-    }
-
     /// A task opened by the operator for `agent`.
     fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
@@ -130,23 +108,6 @@ impl World {
     }
 }
 
-async fn call(c: &mut HttpClientConnection, method: &str, path: &str, body: &str) -> (u16, String) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Bytes::from(body.to_owned()))
-        .unwrap();
-    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
-    let status = resp.status().as_u16();
-    let b = tokio::time::timeout(T, resp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8(b.to_vec()).unwrap())
-}
-
 fn code_of(body: &str) -> String {
     let e: agentid_api::ApiError = serde_json::from_str(body).unwrap();
     assert!(!e.message.is_empty());
@@ -165,7 +126,7 @@ fn csr(key: &TaskKey, identity: &str) -> String {
 #[tokio::test]
 async fn a_service_opens_a_task_from_the_agents_csr_within_its_permissions() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let agent_key = TaskKey::generate(Algorithm::Es256).unwrap();
     let task = "t-open-1";
@@ -208,7 +169,7 @@ async fn a_service_opens_a_task_from_the_agents_csr_within_its_permissions() {
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 
     // A service without any permission, and a task holder: refused.
-    let (weak, wid) = w.service("weak");
+    let (weak, wid) = common::service_credentials(&w.ca(), "weak");
     let (holder, hid) = w.task("planner");
     let before = w.ca().issuances().unwrap().len();
     let mut c = w.connect(weak, &wid).await.unwrap();
@@ -250,7 +211,7 @@ async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
             common::now(),
         )
         .unwrap();
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let (s, b) = call(&mut c, "GET", "/v1/tasks", "").await;
     assert_eq!(s, 200, "{b}");
@@ -275,7 +236,7 @@ async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
 #[tokio::test]
 async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let (s, b) = call(
         &mut c,
@@ -442,7 +403,7 @@ async fn every_mtls_route_rechecks_the_caller_and_a_foreign_certificate_gets_a_t
 #[tokio::test]
 async fn the_enroller_renews_its_credential_with_the_same_key_and_signals_the_change() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let (s, b) = call(
         &mut c,
@@ -536,7 +497,7 @@ async fn the_enrollment_listener_limits_requests_per_source_address() {
 #[tokio::test]
 async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let principal = r#"{"format":"email","email":"alice@example.com"}"#;
     // `create_token` for worker, but not `assert_principal`: refused, naming the permission.
@@ -587,7 +548,7 @@ async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
 #[tokio::test]
 async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let before = w.ca().issuances().unwrap().len();
     let cases: &[(&str, &str, u16, &str)] = &[
@@ -680,7 +641,7 @@ async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() 
 #[tokio::test]
 async fn a_service_revoked_mid_connection_opens_nothing_more() {
     let w = start().await;
-    let (platform, pid) = w.service("platform");
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
     let open = |task: &str| {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();

@@ -228,3 +228,71 @@ pub fn revoke_serial(ca: &CertificateAuthority, serial: &str) {
     )
     .unwrap();
 }
+
+/// Each half of a request made with [`call`] (the response, then its body) within this.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One request with a JSON body on a kept-alive connection: status, headers, body.
+pub async fn call_with_headers(
+    c: &mut agentid_transport::http::HttpClientConnection,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(body.to_owned()))
+        .unwrap();
+    let resp = tokio::time::timeout(CALL_TIMEOUT, c.send(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let b = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8(b.to_vec()).unwrap())
+}
+
+/// [`call_with_headers`] without the headers.
+pub async fn call(
+    c: &mut agentid_transport::http::HttpClientConnection,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let (status, _, body) = call_with_headers(c, method, path, body).await;
+    (status, body)
+}
+
+/// A service credential issued by the operator: credentials and identity.
+pub fn service_credentials(
+    ca: &CertificateAuthority,
+    name: &str,
+) -> (std::sync::Arc<agentid_transport::MemoryCredentials>, String) {
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let c = ca
+        .issue_service(
+            &agentid_ca::ServiceRequest {
+                service: name.into(),
+                key: KeySource::Spki(key.public_key().to_spki_der()),
+                ttl: None,
+            },
+            now(),
+        )
+        .unwrap();
+    let chain = chain_of(&c.leaf.der, &c.intermediate_der);
+    let id = c.identity.as_str().to_owned();
+    (
+        std::sync::Arc::new(agentid_transport::MemoryCredentials::new(
+            agentid_transport::Credential::new(chain, key).unwrap(),
+        )),
+        id,
+    )
+}
