@@ -297,21 +297,6 @@ macro_rules! named_id {
             pub fn name(&self) -> &str {
                 self.0.segment(1)
             }
-
-            /// The trust domain.
-            pub fn trust_domain(&self) -> TrustDomain {
-                self.0.trust_domain()
-            }
-
-            /// The underlying SPIFFE ID.
-            pub fn as_spiffe_id(&self) -> &SpiffeId {
-                &self.0
-            }
-
-            /// The canonical string.
-            pub fn as_str(&self) -> &str {
-                self.0.as_str()
-            }
         }
     };
 }
@@ -415,21 +400,6 @@ impl TaskIdentity {
         let tail = TASK.len() + 2 + self.task_id_str().len();
         s.get(..s.len().saturating_sub(tail)).unwrap_or_default()
     }
-
-    /// The trust domain.
-    pub fn trust_domain(&self) -> TrustDomain {
-        self.0.trust_domain()
-    }
-
-    /// The underlying SPIFFE ID.
-    pub fn as_spiffe_id(&self) -> &SpiffeId {
-        &self.0
-    }
-
-    /// The canonical string.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
 }
 
 named_id!(
@@ -525,8 +495,25 @@ string_like!(
     PeerId
 );
 
+/// What every newtype over a [`SpiffeId`] has: conversions and its accessors.
 macro_rules! into_spiffe_id {
     ($($ty:ident),*) => {$(
+        impl $ty {
+            /// The trust domain.
+            pub fn trust_domain(&self) -> TrustDomain {
+                self.0.trust_domain()
+            }
+
+            /// The underlying SPIFFE ID.
+            pub fn as_spiffe_id(&self) -> &SpiffeId {
+                &self.0
+            }
+
+            /// The canonical string.
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
         impl From<$ty> for SpiffeId {
             fn from(v: $ty) -> SpiffeId {
                 v.0
