@@ -81,11 +81,30 @@ pub(crate) fn b64_decode_checked(s: &str) -> Result<Vec<u8>> {
 /// four characters): `None` for exactly the strings [`b64_check`] refuses (a byte outside the
 /// alphabet, a length of 1 mod 4, non-zero trailing bits), the decoded bytes otherwise.
 fn b64_decode_strict(s: &[u8]) -> Option<Vec<u8>> {
-    let tail = s.len() % 4;
-    if tail == 1 {
-        return None;
+    let mut out = vec![0u8; b64_decoded_len(s.len())?];
+    b64_decode_strict_into(s, &mut out).then_some(out)
+}
+
+/// The number of bytes `len` base64url characters decode to (`None` for a length of 1 mod 4).
+fn b64_decoded_len(len: usize) -> Option<usize> {
+    let tail = len % 4;
+    (tail != 1).then(|| len / 4 * 3 + tail.saturating_sub(1))
+}
+
+/// Decodes strict base64url of exactly `N` bytes onto the stack: `None` for any other input
+/// (the caller then takes the general path, [`b64_decode`], for its error).
+pub(crate) fn b64_decode_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    (b64_decoded_len(s.len()) == Some(N) && b64_decode_strict_into(s.as_bytes(), &mut out))
+        .then_some(out)
+}
+
+/// [`b64_decode_strict`] into `out`, which holds exactly the decoded length of `s`: `false` for
+/// exactly the strings [`b64_check`] refuses (or an `out` of another length).
+fn b64_decode_strict_into(s: &[u8], out: &mut [u8]) -> bool {
+    if b64_decoded_len(s.len()) != Some(out.len()) {
+        return false;
     }
-    let mut out = vec![0u8; s.len() / 4 * 3 + tail.saturating_sub(1)];
     // The OR of every table value: `B64_INVALID`'s top bit marks a byte outside the alphabet.
     let mut acc = 0u8;
     // Eight characters (48 bits) at a time into six bytes; `out` has exactly as many six-byte
@@ -139,9 +158,9 @@ fn b64_decode_strict(s: &[u8]) -> Option<Vec<u8>> {
             *x = a << 2 | b >> 4;
             *y = b << 4 | c >> 2;
         }
-        _ => return None,
+        _ => return false,
     }
-    (acc & 0x80 == 0).then_some(out)
+    acc & 0x80 == 0
 }
 
 /// The 6-bit value of a base64url character (already checked to be in the alphabet).

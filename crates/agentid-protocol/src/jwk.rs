@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::crypto::{sha256, PublicKey, JKT_LEN};
-use crate::encoding::{b64_decode, b64_encode};
+use crate::encoding::{b64_decode, b64_decode_array, b64_encode};
 use crate::error::{Error, ErrorCode, Result};
 
 /// The members every agentid JWK may hold.
@@ -21,24 +21,77 @@ fn bad_key(detail: impl Into<String>) -> Error {
     Error::new(ErrorCode::BadKey, detail)
 }
 
-fn str_member<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
-    match map.get(name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(bad_key(format!("JWK member {name:?} is not a string"))),
-        None => Err(bad_key(format!("JWK member {name:?} is missing"))),
+/// One of the key members of a JWK, as the rules below read it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum JwkMember<'a> {
+    /// Not in the JWK.
+    Absent,
+    /// Present, and not a string.
+    NotString,
+    /// A string (unescaped).
+    Str(&'a str),
+}
+
+impl<'a> JwkMember<'a> {
+    fn of(map: &'a Map<String, Value>, name: &str) -> Self {
+        match map.get(name) {
+            Some(Value::String(s)) => Self::Str(s),
+            Some(_) => Self::NotString,
+            None => Self::Absent,
+        }
+    }
+
+    fn str(self, name: &str) -> Result<&'a str> {
+        match self {
+            Self::Str(s) => Ok(s),
+            Self::NotString => Err(bad_key(format!("JWK member {name:?} is not a string"))),
+            Self::Absent => Err(bad_key(format!("JWK member {name:?} is missing"))),
+        }
+    }
+
+    /// A 32-byte coordinate in strict base64url.
+    fn coordinate(self, name: &str) -> Result<[u8; 32]> {
+        let s = self.str(name)?;
+        if let Some(bytes) = b64_decode_array(s) {
+            return Ok(bytes);
+        }
+        // Not 32 bytes of strict base64url: the general decoder names the fault.
+        let bytes =
+            b64_decode(s).map_err(|e| bad_key(format!("JWK member {name:?}: {}", e.detail())))?;
+        bytes.as_slice().try_into().map_err(|_| {
+            bad_key(format!(
+                "JWK member {name:?} must be 32 bytes, got {}",
+                bytes.len()
+            ))
+        })
     }
 }
 
-/// A 32-byte coordinate in strict base64url.
-fn coordinate(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
-    let bytes = b64_decode(str_member(map, name)?)
-        .map_err(|e| bad_key(format!("JWK member {name:?}: {}", e.detail())))?;
-    bytes.as_slice().try_into().map_err(|_| {
-        bad_key(format!(
-            "JWK member {name:?} must be 32 bytes, got {}",
-            bytes.len()
-        ))
-    })
+/// A JWK object as the rules of this module read it: the key members, and the first member
+/// name in byte order that the JWK may not hold. Built from a decoded map
+/// ([`PublicKey::from_jwk_members`]) or while a token's payload is read (`cnf.jwk`), so the rules
+/// have one home, [`PublicKey::from_jwk_view`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JwkView<'a> {
+    /// The first member name, in byte order, that is private or not allowed.
+    pub(crate) first_refused: Option<&'a str>,
+    pub(crate) kty: JwkMember<'a>,
+    pub(crate) crv: JwkMember<'a>,
+    pub(crate) x: JwkMember<'a>,
+    pub(crate) y: JwkMember<'a>,
+    pub(crate) alg: JwkMember<'a>,
+}
+
+/// The error for a JWK that is not a JSON object.
+pub(crate) fn jwk_not_an_object() -> Error {
+    bad_key("JWK is not an object")
+}
+
+/// Whether a JWK may hold member `name`, given the caller's `extra_allowed` names: a key member
+/// or an extra one, and never a private member.
+pub(crate) fn jwk_member_allowed(name: &str, extra_allowed: &[&str]) -> bool {
+    !PRIVATE_MEMBERS.contains(&name)
+        && (KEY_MEMBERS.contains(&name) || extra_allowed.contains(&name))
 }
 
 impl PublicKey {
@@ -46,9 +99,7 @@ impl PublicKey {
     /// `alg`, either `EC`/`P-256`/`ES256` with 32-byte `x` and `y`, or `OKP`/`Ed25519` with
     /// `alg` `Ed25519` (or `EdDSA`) and a 32-byte `x`. Anything else is `BadKey`.
     pub fn from_jwk(v: &Value) -> Result<Self> {
-        let map = v
-            .as_object()
-            .ok_or_else(|| bad_key("JWK is not an object"))?;
+        let map = v.as_object().ok_or_else(jwk_not_an_object)?;
         Self::from_jwk_members(map, &[])
     }
 
@@ -56,38 +107,54 @@ impl PublicKey {
     /// bundle entry's `use`, `kid`, `x5c`), which the caller reads and checks itself. Private
     /// members (`d`, ...) are refused whatever `extra_allowed` says.
     pub fn from_jwk_members(map: &Map<String, Value>, extra_allowed: &[&str]) -> Result<Self> {
-        for name in map.keys() {
-            if PRIVATE_MEMBERS.contains(&name.as_str()) {
+        Self::from_jwk_view(JwkView {
+            first_refused: map
+                .keys()
+                .map(String::as_str)
+                .find(|name| !jwk_member_allowed(name, extra_allowed)),
+            kty: JwkMember::of(map, "kty"),
+            crv: JwkMember::of(map, "crv"),
+            x: JwkMember::of(map, "x"),
+            y: JwkMember::of(map, "y"),
+            alg: JwkMember::of(map, "alg"),
+        })
+    }
+
+    /// The rules of a strict JWK (section 5.1), on its members: the one home of
+    /// [`PublicKey::from_jwk`] and [`PublicKey::from_jwk_members`].
+    pub(crate) fn from_jwk_view(jwk: JwkView<'_>) -> Result<Self> {
+        if let Some(name) = jwk.first_refused {
+            if PRIVATE_MEMBERS.contains(&name) {
                 return Err(bad_key(format!("JWK holds private member {name:?}")));
             }
-            if !KEY_MEMBERS.contains(&name.as_str()) && !extra_allowed.contains(&name.as_str()) {
-                return Err(bad_key(format!("JWK member {name:?} is not allowed")));
-            }
+            return Err(bad_key(format!("JWK member {name:?} is not allowed")));
         }
-        let kty = str_member(map, "kty")?;
-        let crv = str_member(map, "crv")?;
-        let alg = str_member(map, "alg")?;
+        let kty = jwk.kty.str("kty")?;
+        let crv = jwk.crv.str("crv")?;
+        let alg = jwk.alg.str("alg")?;
         match (kty, crv) {
             ("EC", "P-256") => {
                 if alg != "ES256" {
                     return Err(bad_key(format!("P-256 JWK with alg {alg:?}")));
                 }
-                let x = coordinate(map, "x")?;
-                let y = coordinate(map, "y")?;
-                let mut point = Vec::with_capacity(65);
-                point.push(0x04);
-                point.extend_from_slice(&x);
-                point.extend_from_slice(&y);
+                let x = jwk.x.coordinate("x")?;
+                let y = jwk.y.coordinate("y")?;
+                let mut point = [0u8; 65];
+                let (tag, xy) = point.split_at_mut(1);
+                let (px, py) = xy.split_at_mut(32);
+                tag.copy_from_slice(&[0x04]);
+                px.copy_from_slice(&x);
+                py.copy_from_slice(&y);
                 Self::from_p256_uncompressed(&point)
             }
             ("OKP", "Ed25519") => {
                 if alg != "Ed25519" && alg != "EdDSA" {
                     return Err(bad_key(format!("Ed25519 JWK with alg {alg:?}")));
                 }
-                if map.contains_key("y") {
+                if !matches!(jwk.y, JwkMember::Absent) {
                     return Err(bad_key("OKP JWK with a \"y\" member"));
                 }
-                Self::from_ed25519(&coordinate(map, "x")?)
+                Self::from_ed25519(&jwk.x.coordinate("x")?)
             }
             _ => Err(bad_key(format!(
                 "unsupported JWK kty {kty:?} / crv {crv:?}"

@@ -50,6 +50,7 @@ use crate::cache::{CachedToken, Entry, TokenCache};
 use crate::chain::{frame, Framed, FramedToken};
 use crate::config::{VerifierConfig, MAX_SKEW};
 use crate::crypto::{verify, verify_and_hash, verify_digest, SigningDigest};
+use crate::encoding::b64_decode_array;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::jws::{parse_header, Header, TokenType};
@@ -706,14 +707,26 @@ fn hit(t: &FramedToken<'_>, known: Option<Entry>, key: &PublicKey) -> Option<Cac
 /// token's hash, which is taken in the same pass ([`verify_and_hash`]).
 fn signature(t: &FramedToken<'_>, h: &Header, key: &PublicKey, hash: bool) -> Result<()> {
     let input = t.raw.signing_input();
-    let sig = t.signature()?;
+    // Both algorithms' signatures are 64 bytes: decoded onto the stack; any other length goes
+    // the general way, for its verdict or error.
+    let (stack, heap);
+    let sig: &[u8] = match b64_decode_array::<64>(t.raw.signature_b64) {
+        Some(bytes) => {
+            stack = bytes;
+            &stack
+        }
+        None => {
+            heap = t.signature()?;
+            &heap
+        }
+    };
     if let Some(digest) = t.signing_digest() {
-        return verify_digest(key, h.alg, input, digest, &sig);
+        return verify_digest(key, h.alg, input, digest, sig);
     }
     if !hash || t.has_hash() {
-        return verify(key, h.alg, input, &sig);
+        return verify(key, h.alg, input, sig);
     }
-    if let Some(whole) = verify_and_hash(key, h.alg, t.raw.text.as_bytes(), input.len(), &sig)? {
+    if let Some(whole) = verify_and_hash(key, h.alg, t.raw.text.as_bytes(), input.len(), sig)? {
         t.set_hash(whole);
     }
     Ok(())

@@ -15,7 +15,8 @@ use crate::limits::Limits;
 use crate::scope::Scope;
 use crate::PublicKey;
 
-use super::members::{read_members, Members, Raw};
+use super::members::{read_members, CnfRaw, JwkRaw, Members, Raw};
+use crate::jwk::jwk_not_an_object;
 
 /// Whether the grant's holder acts on its own or for a principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,16 +128,26 @@ pub(crate) fn parse_holder(s: &str) -> Result<TaskIdentity> {
     }
 }
 
+/// `cnf` read into a JSON tree (the two-pass decoder): the same rules as the one-pass reader's,
+/// [`cnf_key`].
+#[cfg(test)]
 pub(crate) fn parse_cnf(v: &Value) -> Result<PublicKey> {
-    let Value::Object(cnf) = v else {
+    cnf_key(&CnfRaw::from_value(v))
+}
+
+/// Section 5.1, `cnf`: exactly `{"jwk": key}` with a strict JWK. The one home of these rules.
+pub(crate) fn cnf_key(cnf: &CnfRaw<'_>) -> Result<PublicKey> {
+    let CnfRaw::Object { members, jwk } = cnf else {
         return Err(bad("`cnf` must be an object"));
     };
     let only_jwk = || Error::new(ErrorCode::BadKey, "`cnf` must hold exactly `jwk`");
-    if cnf.len() != 1 {
+    if *members != 1 {
         return Err(only_jwk());
     }
-    let jwk = cnf.get("jwk").ok_or_else(only_jwk)?;
-    PublicKey::from_jwk(jwk)
+    match jwk.as_ref().ok_or_else(only_jwk)? {
+        JwkRaw::NotObject => Err(jwk_not_an_object()),
+        JwkRaw::Object(jwk) => PublicKey::from_jwk_view(jwk.view()),
+    }
 }
 
 /// RFC 9493 subject identifiers accepted as `principal`, with their members besides `format`.
@@ -537,9 +548,11 @@ fn sub(m: &Members<'_>) -> Result<TaskIdentity> {
 /// Step 3.c.5, `cnf`: exactly `{"jwk": key}` with a key of section 5.1.
 fn cnf(m: &Members<'_>) -> Result<PublicKey> {
     match m.get(Name::Cnf) {
-        Some(Raw::Value(v)) => parse_cnf(v),
-        // `cnf` is always read whole ([`Raw::Value`]).
-        Some(_) => Err(bad("`cnf` must be an object")),
+        Some(_) => match m.cnf() {
+            Some(c) => cnf_key(c),
+            // `cnf` is always read into `Members::cnf`.
+            None => Err(bad("`cnf` must be an object")),
+        },
         None => Err(bad("missing `cnf`")),
     }
 }

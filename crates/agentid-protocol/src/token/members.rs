@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::claims::{Name, NAMES};
 use crate::encoding::StrictValue;
 use crate::error::{Error, ErrorCode, Result};
+use crate::jwk::{JwkMember, JwkView};
 
 impl Name {
     /// The name spelled `s` (already unescaped), if it is one.
@@ -42,7 +43,10 @@ pub(crate) enum Raw<'a> {
     /// `limits` holding an object: its members, each value the integer it spells (as
     /// [`Raw::Int`]) or `None`.
     Limits(BTreeMap<String, Option<u64>>),
-    /// `cnf` and `principal`: the value itself, whatever it is.
+    /// `cnf`: present, read into [`Members::cnf`] (kept outside the slots, which it would make
+    /// five times larger).
+    Cnf,
+    /// `principal`: the value itself, whatever it is.
     Value(Value),
     /// Any other value (read whole, checked for I-JSON, then dropped).
     Other,
@@ -55,12 +59,19 @@ pub(crate) struct Members<'a> {
     slots: [Option<Raw<'a>>; NAMES],
     /// Names outside [`Name`], in byte order.
     unknown: BTreeSet<String>,
+    /// The value of `cnf`, if present.
+    cnf: Option<CnfRaw<'a>>,
 }
 
 impl<'a> Members<'a> {
     /// The value of member `name`, if present.
     pub(crate) fn get(&self, name: Name) -> Option<&Raw<'a>> {
         self.slots.get(name as usize).and_then(Option::as_ref)
+    }
+
+    /// The value of `cnf`, if present.
+    pub(crate) fn cnf(&self) -> Option<&CnfRaw<'a>> {
+        self.cnf.as_ref()
     }
 
     /// Takes the value of member `name` out, if present.
@@ -169,10 +180,14 @@ impl<'de> Visitor<'de> for Top {
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match key {
                 Key::Known(name) => {
-                    let seed = MemberSeed { name, held_at };
-                    match out.slots.get_mut(name as usize) {
-                        Some(slot @ None) => *slot = Some(map.next_value_seed(seed)?),
-                        _ => return Err(duplicate(name.as_str())),
+                    let Some(slot @ None) = out.slots.get_mut(name as usize) else {
+                        return Err(duplicate(name.as_str()));
+                    };
+                    if name == Name::Cnf {
+                        out.cnf = Some(map.next_value_seed(CnfSeed { held_at })?);
+                        *slot = Some(Raw::Cnf);
+                    } else {
+                        *slot = Some(map.next_value_seed(MemberSeed { name, held_at })?);
                     }
                 }
                 Key::Unknown(name) => {
@@ -228,7 +243,7 @@ impl<'de> DeserializeSeed<'de> for MemberSeed {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Raw<'de>, D::Error> {
         match self.name {
-            Name::Cnf | Name::Principal => self.held_at.deserialize(d).map(Raw::Value),
+            Name::Principal => self.held_at.deserialize(d).map(Raw::Value),
             _ => d.deserialize_any(self),
         }
     }
@@ -426,5 +441,342 @@ impl<'de> Visitor<'de> for IntSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> core::result::Result<Self::Value, A::Error> {
         self.held_at.visit_map(map).map(|_| None)
+    }
+}
+
+// ---- `cnf`: `{"jwk": {...}}` read without a JSON tree ----
+
+/// `cnf` as far as its check in step 3.c.5 reads it (section 5.1: exactly `{"jwk": key}`).
+#[derive(Debug)]
+pub(crate) enum CnfRaw<'a> {
+    /// Any value but an object.
+    NotObject,
+    /// An object: its number of members and its `jwk` member, if it has one.
+    Object {
+        members: usize,
+        jwk: Option<JwkRaw<'a>>,
+    },
+}
+
+/// The `jwk` member of `cnf`.
+#[derive(Debug)]
+pub(crate) enum JwkRaw<'a> {
+    /// Any value but an object.
+    NotObject,
+    /// An object's members, as [`JwkView`] reads them.
+    Object(JwkMembers<'a>),
+}
+
+/// A JWK value of a key member: a string (unescaped), or any other value.
+#[derive(Debug)]
+pub(crate) enum JwkValue<'a> {
+    Str(Cow<'a, str>),
+    NotString,
+}
+
+/// The members of a `cnf.jwk` object: the five key members, and the first other name in byte
+/// order (a `cnf.jwk` may hold no other member).
+#[derive(Debug, Default)]
+pub(crate) struct JwkMembers<'a> {
+    kty: Option<JwkValue<'a>>,
+    crv: Option<JwkValue<'a>>,
+    x: Option<JwkValue<'a>>,
+    y: Option<JwkValue<'a>>,
+    alg: Option<JwkValue<'a>>,
+    first_other: Option<Cow<'a, str>>,
+}
+
+impl<'a> JwkMembers<'a> {
+    /// The members as the JWK rules read them.
+    pub(crate) fn view(&self) -> JwkView<'_> {
+        fn member<'b>(v: &'b Option<JwkValue<'_>>) -> JwkMember<'b> {
+            match v {
+                None => JwkMember::Absent,
+                Some(JwkValue::NotString) => JwkMember::NotString,
+                Some(JwkValue::Str(s)) => JwkMember::Str(s),
+            }
+        }
+        JwkView {
+            first_refused: self.first_other.as_deref(),
+            kty: member(&self.kty),
+            crv: member(&self.crv),
+            x: member(&self.x),
+            y: member(&self.y),
+            alg: member(&self.alg),
+        }
+    }
+
+    /// The slot of key member `name`, or `None` for any other name.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<JwkValue<'a>>> {
+        match name {
+            "kty" => Some(&mut self.kty),
+            "crv" => Some(&mut self.crv),
+            "x" => Some(&mut self.x),
+            "y" => Some(&mut self.y),
+            "alg" => Some(&mut self.alg),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> CnfRaw<'a> {
+    /// What the payload reader makes of `cnf` holding `v` (the two-pass decoder reads `cnf`
+    /// into a JSON tree first; both go through the same rules).
+    #[cfg(test)]
+    pub(crate) fn from_value(v: &'a Value) -> Self {
+        let Value::Object(cnf) = v else {
+            return Self::NotObject;
+        };
+        let jwk = cnf.get("jwk").map(|jwk| {
+            let Value::Object(map) = jwk else {
+                return JwkRaw::NotObject;
+            };
+            let mut out = JwkMembers::default();
+            for (name, value) in map {
+                let value = match value {
+                    Value::String(s) => JwkValue::Str(Cow::Borrowed(s)),
+                    _ => JwkValue::NotString,
+                };
+                if let Some(slot) = out.slot(name) {
+                    *slot = Some(value);
+                } else if out.first_other.is_none() {
+                    // Map keys come in byte order: the first is the least.
+                    out.first_other = Some(Cow::Borrowed(name));
+                }
+            }
+            JwkRaw::Object(out)
+        });
+        Self::Object {
+            members: cnf.len(),
+            jwk,
+        }
+    }
+}
+
+/// A member name of an object below the top one, unescaped (borrowed when it holds no escape).
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Reads the names of an object (below the top one) that are not kept, detecting a duplicate
+/// among them before its value is read, as [`StrictValue`] does for every object.
+#[derive(Default)]
+struct OtherNames<'a>(Vec<Cow<'a, str>>);
+
+impl<'a> OtherNames<'a> {
+    fn insert<E: de::Error>(&mut self, name: Cow<'a, str>) -> core::result::Result<(), E> {
+        if self.0.contains(&name) {
+            return Err(duplicate(&name));
+        }
+        self.0.push(name);
+        Ok(())
+    }
+}
+
+/// Reads the value of `cnf` (held at depth `held_at`): every value is read whole as
+/// [`StrictValue`] reads it, keeping only what the rules of `cnf` and of a JWK read.
+#[derive(Clone, Copy)]
+struct CnfSeed {
+    held_at: StrictValue,
+}
+
+/// Reads the value of `cnf.jwk` (held at depth `held_at`).
+#[derive(Clone, Copy)]
+struct JwkSeed {
+    held_at: StrictValue,
+}
+
+/// Reads the value of a member of `cnf.jwk` (held at depth `held_at`).
+#[derive(Clone, Copy)]
+struct JwkValueSeed {
+    held_at: StrictValue,
+}
+
+impl<'de> DeserializeSeed<'de> for CnfSeed {
+    type Value = CnfRaw<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JwkSeed {
+    type Value = JwkRaw<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JwkValueSeed {
+    type Value = JwkValue<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The visits of a seed that keeps `$other` for every value but the ones it implements itself,
+/// after reading that value as [`StrictValue`] at the seed's depth would (the same errors).
+macro_rules! read_whole_as {
+    ($other:expr) => {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an I-JSON value")
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> core::result::Result<Self::Value, E> {
+            self.held_at.visit_bool(v).map(|_| $other)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Self::Value, E> {
+            self.held_at.visit_i64(v).map(|_| $other)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Self::Value, E> {
+            self.held_at.visit_u64(v).map(|_| $other)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Self::Value, E> {
+            self.held_at.visit_f64(v).map(|_| $other)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> core::result::Result<Self::Value, E> {
+            self.held_at.visit_unit().map(|_| $other)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(
+            self,
+            seq: A,
+        ) -> core::result::Result<Self::Value, A::Error> {
+            self.held_at.visit_seq(seq).map(|_| $other)
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for CnfSeed {
+    type Value = CnfRaw<'de>;
+
+    read_whole_as!(CnfRaw::NotObject);
+
+    fn visit_str<E: de::Error>(self, _: &str) -> core::result::Result<Self::Value, E> {
+        Ok(CnfRaw::NotObject)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> core::result::Result<Self::Value, A::Error> {
+        let inner = self.held_at.enter()?;
+        let mut jwk = None;
+        let mut others = OtherNames::default();
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            if name == "jwk" {
+                if jwk.is_some() {
+                    return Err(duplicate(&name));
+                }
+                jwk = Some(map.next_value_seed(JwkSeed { held_at: inner })?);
+            } else {
+                others.insert(name)?;
+                map.next_value_seed(inner)?;
+            }
+        }
+        Ok(CnfRaw::Object {
+            members: others.0.len() + usize::from(jwk.is_some()),
+            jwk,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for JwkSeed {
+    type Value = JwkRaw<'de>;
+
+    read_whole_as!(JwkRaw::NotObject);
+
+    fn visit_str<E: de::Error>(self, _: &str) -> core::result::Result<Self::Value, E> {
+        Ok(JwkRaw::NotObject)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> core::result::Result<Self::Value, A::Error> {
+        let inner = self.held_at.enter()?;
+        let mut out = JwkMembers::default();
+        let mut others = OtherNames::default();
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            match out.slot(&name) {
+                Some(Some(_)) => return Err(duplicate(&name)),
+                Some(slot @ None) => {
+                    *slot = Some(map.next_value_seed(JwkValueSeed { held_at: inner })?);
+                }
+                None => {
+                    others.insert(name)?;
+                    map.next_value_seed(inner)?;
+                }
+            }
+        }
+        // A `cnf.jwk` may hold no other name (no caller allows extra members here).
+        out.first_other = others.0.into_iter().min();
+        Ok(JwkRaw::Object(out))
+    }
+}
+
+impl<'de> Visitor<'de> for JwkValueSeed {
+    type Value = JwkValue<'de>;
+
+    read_whole_as!(JwkValue::NotString);
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(JwkValue::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(JwkValue::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Self::Value, E> {
+        Ok(JwkValue::Str(Cow::Owned(v)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_map(map).map(|_| JwkValue::NotString)
     }
 }

@@ -280,7 +280,7 @@ fn decode_shared<A, B>(
 /// [`super::claims::decode_link`]) against this oracle, on the payloads of every spec vector,
 /// on mutations of valid payloads and on generated JSON.
 mod differential {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::fmt::Debug;
     use std::path::PathBuf;
 
@@ -477,6 +477,39 @@ mod differential {
         r#""\u00e9""#,
     ];
 
+    /// Values of `cnf` as the one-pass reader keeps it (no JSON tree): duplicates, escaped names
+    /// and values, the least refused name, values of other types, nesting below `jwk`.
+    const CNF_VALUES: &[&str] = &[
+        r#"{"jwk":{"kty":"EC","kty":"EC"}}"#,
+        r#"{"jwk":{"kty":"EC","\u006bty":"EC"}}"#,
+        r#"{"jwk":{"b":1,"a":2,"b":3}}"#,
+        r#"{"jwk":{"zz":1,"d":"x","alg":"ES256"}}"#,
+        r#"{"jwk":{"zz":1,"aa":2,"kty":"EC"}}"#,
+        r#"{"jwk":{"\u0064":1,"c":2}}"#,
+        r#"{"jwk":{"alg":"ES256","crv":"P-256","kty":"EC","x":"\u0041AAA","y":1}}"#,
+        r#"{"jwk":{"alg":"ES256","crv":"P-256","kty":"EC","x":"AAAA","y":"AAAA","y":"AAAA"}}"#,
+        r#"{"jwk":{"alg":"EdDSA","crv":"Ed25519","kty":"OKP","x":"6L_6uZYBB1WsNBnWo_frEJYPf4qMtxvKKo316hrx50A","y":null}}"#,
+        r#"{"jwk":{"alg":"EdDSA","crv":"\u0045d25519","kty":"OKP","x":"6L_6uZYBB1WsNBnWo_frEJYPf4qMtxvKKo316hrx50A"}}"#,
+        r#"{"jwk":{"kty":{"a":[1,{"b":2}]},"crv":true,"alg":1.5,"x":[]}}"#,
+        r#"{"jwk":{"kty":[[[[1]]]]}}"#,
+        r#"{"jwk":{"kty":[[[[[1]]]]]}}"#,
+        r#"{"jwk":{"kty":{"a":{"b":{"c":1}}}}}"#,
+        r#"{"jwk":{"kty":{"a":{"b":{"c":{"d":1}}}}}}"#,
+        r#"{"jwk":{"kty":{"a":1,"a":2}}}"#,
+        r#"{"jwk":{"x":1e400}}"#,
+        r#"{"jwk":{"x":-0}}"#,
+        r#"{"jwk":{"x":"\ud800"}}"#,
+        r#"{"x":{"a":1},"jwk":{}}"#,
+        r#"{"x":{"a":1,"a":1},"jwk":{}}"#,
+        r#"{"jwk":{},"jwk":{}}"#,
+        r#"{"jwk":{},"\u006awk":{}}"#,
+        r#"{"a":1,"b":2,"a":3}"#,
+        r#"{"jwk":"x"}"#,
+        r#"{"jwk":null}"#,
+        r#"{"jwk":[{"kty":"EC"}]}"#,
+        r#"{"\u006awk":{"alg":"EdDSA","crv":"Ed25519","kty":"OKP","x":"6L_6uZYBB1WsNBnWo_frEJYPf4qMtxvKKo316hrx50A"}}"#,
+    ];
+
     /// Member names: every claim of both kinds, some spelled with escapes, and others.
     const NAMES: &[&str] = &[
         "ver",
@@ -659,6 +692,30 @@ mod differential {
         for p in valid_payloads() {
             let (g, l) = agree(p.as_bytes());
             assert!(g.starts_with("ok") || l.starts_with("ok"), "{p}: {g} / {l}");
+        }
+    }
+
+    /// `cnf` is read without a JSON tree (only what its rules read is kept): every value of
+    /// [`VALUES`] and [`CNF_VALUES`] as the `cnf` of every valid payload decodes as the oracle decodes it, and the
+    /// values reach the rules of `cnf` and of a JWK (`bad_key`) as well as I-JSON (`bad_json`).
+    #[test]
+    fn every_cnf_value_decodes_as_the_oracle_decodes_it() {
+        let mut codes = BTreeSet::new();
+        for base in valid_payloads() {
+            let Some((a, b)) = value_span(base.as_bytes(), "cnf") else {
+                panic!("no cnf in {base}");
+            };
+            for v in VALUES.iter().chain(CNF_VALUES) {
+                let text = format!("{}{v}{}", &base[..a], &base[b..]);
+                let (g, l) = agree(text.as_bytes());
+                codes.extend([g, l].map(|o| o.split(' ').take(2).collect::<Vec<_>>().join(" ")));
+            }
+        }
+        for code in ["ok", "err bad_key", "err bad_json", "err bad_claim"] {
+            assert!(
+                codes.iter().any(|c| c.starts_with(code)),
+                "{code} not reached: {codes:?}"
+            );
         }
     }
 
