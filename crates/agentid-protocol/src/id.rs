@@ -216,7 +216,15 @@ impl SpiffeId {
 
     /// What this ID names.
     pub fn kind(&self) -> IdKind {
-        let mut it = self.segments();
+        // `segments()`, without the flattening: this runs for every ID a chain holds.
+        let Some(path) = self
+            .s
+            .get(SCHEME.len() + self.td_len..)
+            .and_then(|p| p.strip_prefix('/'))
+        else {
+            return IdKind::TrustDomain;
+        };
+        let mut it = path.split('/');
         match (it.next(), it.next(), it.next(), it.next(), it.next()) {
             (None, ..) => IdKind::TrustDomain,
             (Some(AGENT), Some(_), None, ..) => IdKind::Agent,
@@ -245,9 +253,10 @@ impl SpiffeId {
         }
     }
 
-    /// The `n`-th path segment, if any (used by the typed wrappers, whose kind fixes `n`).
-    fn segment(&self, n: usize) -> &str {
-        self.segments().nth(n).unwrap_or_default()
+    /// The last path segment, for the typed wrappers whose kind makes it the name or the task id
+    /// (not meaningful for a trust-domain ID, which has no path).
+    fn last_segment(&self) -> &str {
+        self.s.rsplit_once('/').map_or("", |(_, last)| last)
     }
 
     /// Requires a given kind (`BadId` otherwise).
@@ -295,7 +304,8 @@ macro_rules! named_id {
 
             #[doc = concat!("The ", $what, " name (the second path segment).")]
             pub fn name(&self) -> &str {
-                self.0.segment(1)
+                // Exactly two segments: the second is the last.
+                self.0.last_segment()
             }
         }
     };
@@ -390,7 +400,8 @@ impl TaskIdentity {
 
     /// The bare task id, borrowed (the last segment).
     pub(crate) fn task_id_str(&self) -> &str {
-        self.0.segment(3)
+        // Exactly four segments: the fourth is the last.
+        self.0.last_segment()
     }
 
     /// The agent's SPIFFE ID, borrowed: the canonical string is `<agent>/task/<id>`, so the
@@ -592,6 +603,51 @@ mod tests {
         }
     }
 
+    /// `kind`, `name` and the task id read the path without iterating every segment: they give
+    /// what the segments say.
+    #[test]
+    fn kind_name_and_task_id_are_what_the_segments_say() {
+        for s in [
+            "spiffe://example.org",
+            "spiffe://example.org/agent/a",
+            "spiffe://example.org/svc/api",
+            "spiffe://example.org/agent/a/task/t",
+            "spiffe://a.b-c.example/agent/reviewer.1/task/T_x-9",
+            "spiffe://x/agent/task/task/agent",
+            "spiffe://x/svc/agent",
+            "spiffe://x/agent/svc",
+            "spiffe://example.org/agent/a/task",
+            "spiffe://example.org/agent/a/task/t/x",
+            "spiffe://example.org/task/t/agent/a",
+            "spiffe://example.org/other",
+            "spiffe://example.org/svc/a/b",
+        ] {
+            let parsed = id(s);
+            let segs: Vec<&str> = parsed.segments().collect();
+            let expected = match segs.as_slice() {
+                [] => IdKind::TrustDomain,
+                [AGENT, _] => IdKind::Agent,
+                [AGENT, _, TASK, _] => IdKind::Task,
+                [SVC, _] => IdKind::Service,
+                _ => IdKind::Other,
+            };
+            assert_eq!(parsed.kind(), expected, "{s}");
+            match expected {
+                IdKind::Agent => assert_eq!(AgentId::parse(s).unwrap().name(), segs[1], "{s}"),
+                IdKind::Service => {
+                    assert_eq!(ServiceId::parse(s).unwrap().name(), segs[1], "{s}");
+                }
+                IdKind::Task => {
+                    let t = TaskIdentity::parse(s).unwrap();
+                    assert_eq!(t.task_id_str(), segs[3], "{s}");
+                    assert_eq!(t.task_id().as_str(), segs[3], "{s}");
+                    assert_eq!(t.agent().name(), segs[1], "{s}");
+                }
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn an_id_as_a_task_identity_is_what_parsing_it_gives() {
         for s in [
@@ -627,7 +683,10 @@ mod tests {
             // The agent as it was built before (formatted from the domain and the name): the
             // same string, the same trust domain, and what parsing that string gives.
             let td = t.as_spiffe_id().trust_domain_str();
-            let formatted = format!("{SCHEME}{td}/{AGENT}/{}", t.as_spiffe_id().segment(1));
+            let formatted = format!(
+                "{SCHEME}{td}/{AGENT}/{}",
+                t.as_spiffe_id().segments().nth(1).unwrap_or_default()
+            );
             assert_eq!(t.agent().as_str(), formatted, "{s}");
             assert_eq!(t.agent(), AgentId::parse(&formatted).unwrap(), "{s}");
             assert_eq!(t.agent().as_spiffe_id().trust_domain_str(), td, "{s}");
