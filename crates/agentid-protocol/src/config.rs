@@ -184,7 +184,11 @@ impl VerifierConfig {
     }
 
     /// The revocation list held for `td`.
-    pub fn revocation_list(&self, td: &TrustDomain) -> Option<&Arc<RevocationList>> {
+    pub fn revocation_list<Q>(&self, td: &Q) -> Option<&Arc<RevocationList>>
+    where
+        TrustDomain: core::borrow::Borrow<Q>,
+        Q: core::hash::Hash + Eq + ?Sized,
+    {
         self.revocations.get(td)
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use agentid_protocol::{ErrorCode, RevocationTarget, Role, TrustDomain};
+use agentid_protocol::{ErrorCode, RevocationTarget, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -151,14 +151,20 @@ pub(super) fn stale_at(verification: &PeerVerification, peer: &AuthenticatedPeer
     if config.revocation_optional() {
         return None;
     }
-    let mut domains: Vec<TrustDomain> = vec![peer.id.trust_domain()];
+    // Borrowed: a list is found by its domain's name, nothing is copied.
+    let mut domains: Vec<&str> = vec![peer.id.as_spiffe_id().trust_domain_str()];
     if let Some(chain) = &peer.chain {
-        domains.push(chain.authority.clone());
-        domains.extend(chain.actors.iter().map(|a| a.id.trust_domain()));
+        domains.push(chain.authority.as_str());
+        domains.extend(
+            chain
+                .actors
+                .iter()
+                .map(|a| a.id.as_spiffe_id().trust_domain_str()),
+        );
     }
     domains
         .iter()
-        .filter_map(|td| config.revocation_list(td))
+        .filter_map(|td| config.revocation_list(*td))
         .map(|l| l.next_update().saturating_add(config.skew_seconds()))
         .min()
 }
