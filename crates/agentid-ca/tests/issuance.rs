@@ -32,6 +32,18 @@ fn any_key() -> KeySource {
     spki_key(Algorithm::Es256).1
 }
 
+/// `parent`'s request for a child certificate of `agent` for a fresh key, without the
+/// parent's chain and with the default TTL.
+fn child_of(parent: &TaskIdentity, agent: &str) -> ChildRequest {
+    ChildRequest {
+        parent: parent.clone(),
+        parent_chain: None,
+        agent: agent.into(),
+        key: any_key(),
+        ttl: None,
+    }
+}
+
 fn planner_task(t: &TestCa) -> (agentid_protocol::TaskKey, agentid_ca::TaskCredentials) {
     let (k, src) = spki_key(Algorithm::Es256);
     let mut req = by_operator("planner", src, "tickets:read");
@@ -478,17 +490,8 @@ fn unauthorized_requester_is_refused() {
     // worker may not be requested by a planner parent.
     let (_k, creds) = planner_task(&t);
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "worker".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "worker"), now())
+            .unwrap_err();
     assert!(
         matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.worker.requesters"),
         "{e}"
@@ -501,17 +504,8 @@ fn unauthorized_requester_is_refused() {
     // A parent the CA never issued.
     let ghost = TaskIdentity::parse(&task_uri("planner", "ghost")).unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: ghost,
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&ghost, "summarizer"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
 }
 
@@ -520,17 +514,8 @@ fn wrong_trust_domain_parent_is_refused() {
     let t = test_ca(KeyType::P256);
     let other = TaskIdentity::parse("spiffe://other.org/agent/planner/task/t1").unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: other,
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&other, "summarizer"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::WrongTrustDomain { .. }), "{e}");
 }
 
@@ -549,11 +534,8 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let child =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
                 parent_chain: Some(creds.grant.clone()),
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -567,11 +549,8 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let e =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
                 ttl: Some(minutes(4)),
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -582,28 +561,16 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     );
     // After the chain's end, nothing.
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n + minutes(9),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n + minutes(9))
+            .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
     // A chain of another holder is refused.
     let (_k2, other) = planner_task(&t);
     let e =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
                 parent_chain: Some(other.grant.clone()),
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -773,17 +740,8 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
     // A child of a revoked parent agent.
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n,
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n)
+            .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
 
     // Revoking a service certificate by serial revokes its key.
@@ -864,17 +822,8 @@ fn revoke_task_and_jti() {
     )
     .unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n,
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n)
+            .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "task", .. }), "{e}");
     let r =
         t.ca.revoke(
