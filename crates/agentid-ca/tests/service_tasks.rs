@@ -7,6 +7,7 @@
 mod common;
 use common::call;
 use common::chain_of;
+use common::CA_ID;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 const T: Duration = Duration::from_secs(20);
-const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 
 const EXTRA_POLICY: &str = r#"
 [agents.planner.permissions]
@@ -75,18 +75,10 @@ impl World {
 
     /// A task opened by the operator for `agent`.
     fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let req = OpenTaskRequest::new(
-            agent,
-            KeySource::Spki(key.public_key().to_spki_der()),
-            TaskRequester::Operator,
-            Scope::parse("tickets:read").unwrap(),
-        );
-        let c = self.ca().open_task(&req, common::now()).unwrap();
-        let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
+        let (key, chain, id) = common::operator_task(&self.ca(), agent);
         (
             Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            c.identity.as_str().to_owned(),
+            id,
         )
     }
 
