@@ -348,7 +348,7 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<BootstrapToken> {
-        self.create_bootstrap_token_as(agent, task, ttl, now, "operator")
+        self.create_bootstrap_token_as(agent, task, ttl, now, "operator", None)
     }
 
     /// Creates a single-use bootstrap token for the service `service`
@@ -372,34 +372,6 @@ impl CertificateAuthority {
             "bootstrap",
             svc.as_str(),
         )?;
-        if ttl.is_zero() {
-            return Err(CaError::InvalidRequest(
-                "bootstrap token TTL must be positive".into(),
-            ));
-        }
-        let token = util::b64url(&util::random::<32>()?);
-        let expires = now_s.saturating_add(ttl.as_secs());
-        // A service has no task: the record's task is a fresh unique id, never a task.
-        let slot = TaskId::generate()?;
-        let ev = AuditEvent {
-            ts: now_s,
-            kind: "bootstrap.create".into(),
-            actor: "operator".into(),
-            subject: Some(svc.as_str().into()),
-            outcome: "ok".into(),
-            ..AuditEvent::default()
-        };
-        let hash = token_hash(&token);
-        let mut store = self.store()?;
-        store.add_bootstrap(
-            &BootstrapRecord {
-                hash: hash.clone(),
-                agent: format!("svc:{}", svc.name()),
-                task: slot.as_str().to_string(),
-                expires,
-            },
-            &ev,
-        )?;
         let binding = crate::TokenBinding {
             service: Some(svc.name().to_owned()),
             ttl_secs: cert_ttl.map(|d| d.as_secs()),
@@ -407,14 +379,25 @@ impl CertificateAuthority {
         };
         let json =
             serde_json::to_string(&binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
-        store.set_bootstrap_binding(&hash, &json)?;
-        drop(store);
-        self.audit.record(&ev);
-        self.after_audit(now_s);
+        // A service has no task: the record's task is a fresh unique id, never a task.
+        let slot = TaskId::generate()?;
+        let (token, expires) = self.add_bootstrap_token(
+            format!("svc:{}", svc.name()),
+            slot.as_str().to_string(),
+            AuditEvent {
+                actor: "operator".into(),
+                subject: Some(svc.as_str().into()),
+                ..AuditEvent::default()
+            },
+            Some(&json),
+            ttl,
+            now_s,
+        )?;
         Ok((token, svc.as_str().to_owned(), expires))
     }
 
-    /// As [`CertificateAuthority::create_bootstrap_token`], audited as created by `actor`.
+    /// As [`CertificateAuthority::create_bootstrap_token`], audited as created by `actor`,
+    /// binding `binding` (`TokenBinding` JSON) when given.
     pub(crate) fn create_bootstrap_token_as(
         &self,
         agent: &str,
@@ -422,6 +405,7 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
         actor: &str,
+        binding: Option<&str>,
     ) -> Result<BootstrapToken> {
         let now_s = util::unix(now)?;
         let agent_id = AgentId::new(&self.config.trust_domain, agent)?;
@@ -436,6 +420,41 @@ impl CertificateAuthority {
             "bootstrap",
             identity.as_str(),
         )?;
+        let (token, expires) = self.add_bootstrap_token(
+            agent.to_string(),
+            task.as_str().to_string(),
+            AuditEvent {
+                actor: actor.into(),
+                subject: Some(identity.as_str().into()),
+                task: Some(task.as_str().into()),
+                ..AuditEvent::default()
+            },
+            binding,
+            ttl,
+            now_s,
+        )?;
+        Ok(BootstrapToken {
+            token,
+            identity,
+            expires,
+        })
+    }
+
+    /// Stores a new single-use bootstrap token: its record (`agent` is an agent name or
+    /// `svc:NAME`; `task` the task it opens, or a fresh unique id for a service) valid for `ttl`
+    /// from `now_s`, committed with its `bootstrap.create` audit record (`created` names actor,
+    /// subject and task); then what it binds (`TokenBinding` JSON), when given. The caller has
+    /// checked that the policy lets a bootstrap token request the identity. Returns the secret
+    /// and its expiry.
+    fn add_bootstrap_token(
+        &self,
+        agent: String,
+        task: String,
+        created: AuditEvent,
+        binding: Option<&str>,
+        ttl: Duration,
+        now_s: u64,
+    ) -> Result<(String, u64)> {
         if ttl.is_zero() {
             return Err(CaError::InvalidRequest(
                 "bootstrap token TTL must be positive".into(),
@@ -446,28 +465,25 @@ impl CertificateAuthority {
         let ev = AuditEvent {
             ts: now_s,
             kind: "bootstrap.create".into(),
-            actor: actor.into(),
-            subject: Some(identity.as_str().into()),
-            task: Some(task.as_str().into()),
             outcome: "ok".into(),
-            ..AuditEvent::default()
+            ..created
         };
+        let hash = token_hash(&token);
         self.store()?.add_bootstrap(
             &BootstrapRecord {
-                hash: token_hash(&token),
-                agent: agent.to_string(),
-                task: task.as_str().to_string(),
+                hash: hash.clone(),
+                agent,
+                task,
                 expires,
             },
             &ev,
         )?;
         self.audit.record(&ev);
         self.after_audit(now_s);
-        Ok(BootstrapToken {
-            token,
-            identity,
-            expires,
-        })
+        if let Some(json) = binding {
+            self.store()?.set_bootstrap_binding(&hash, json)?;
+        }
+        Ok((token, expires))
     }
 
     /// Revokes a certificate (by its key), task, agent, key or grant. The entry's `exp` is when

@@ -20,7 +20,7 @@ use crate::ca::{token_hash, CertificateAuthority};
 use crate::csr::{parse_csr, RequestedKey};
 use crate::error::{CaError, Result};
 use crate::material;
-use crate::policy::RequesterKind;
+use crate::policy::{AgentRule, RequesterKind};
 use crate::profile::{sign_leaf, LeafCertificate, LeafSpec};
 use crate::store::{
     Binding, BootstrapRecord, IdentityRecord, IssuanceCommit, IssuanceKind, IssuanceRecord,
@@ -214,6 +214,14 @@ pub struct TaskCredentials {
     pub grant_jti: String,
     /// The grant's `exp`, Unix seconds.
     pub grant_exp: u64,
+}
+
+/// The terms of a task's grant beyond its scope, checked against the agent's rule
+/// ([`CertificateAuthority::check_grant_terms`]).
+struct GrantTerms {
+    max_depth: u8,
+    may_delegate_to: Option<IdSet>,
+    limits: Option<Limits>,
 }
 
 /// One issuance as [`CertificateAuthority::sign_and_commit`] commits it with the certificate
@@ -479,18 +487,92 @@ impl CertificateAuthority {
         res
     }
 
+    /// The steps of a task opening, in the order they run: identity and rule, the requester,
+    /// its bootstrap token, the grant's terms, the lifetimes, the key, the grant, then the
+    /// certificate signed and committed with the task's records.
     fn open_task_inner(
         &self,
         req: &OpenTaskRequest,
         task: TaskId,
         now: u64,
     ) -> Result<TaskCredentials> {
-        let td = &self.config.trust_domain;
-        let agent = AgentId::new(td, &req.agent)?;
+        let agent = AgentId::new(&self.config.trust_domain, &req.agent)?;
         let identity = TaskIdentity::new(&agent, &task)?;
         let name = agent.name();
         let rule = self.policy.agent(name)?;
-        let who = match &req.requester {
+        let who = self.check_task_requester(req, name, &identity)?;
+        let bootstrap = self.check_bootstrap_token(req, name, &task, now)?;
+        let terms = self.check_grant_terms(req, name, rule)?;
+        let (grant_exp, validity) = self.task_lifetimes(req, name, rule, now)?;
+
+        let uri = identity.as_str().to_string();
+        let key = req.key.resolve(&uri)?;
+        let jkt = key.thumbprint();
+
+        let (grant, jti) = self.sign_grant(req, &identity, &key, terms, now, grant_exp)?;
+        let principal = req
+            .principal
+            .as_ref()
+            .map(crate::store::canonical_principal)
+            .transpose()?;
+        let mut refuse = vec![
+            (RevocationKind::Agent, name.to_string()),
+            (RevocationKind::Task, task.as_str().to_string()),
+            (RevocationKind::Jkt, jkt.clone()),
+        ];
+        // No new task for a revoked principal while its revocation lasts.
+        if let Some(p) = &principal {
+            refuse.push((RevocationKind::Principal, p.clone()));
+        }
+
+        let leaf = self.sign_and_commit(
+            &[],
+            &key,
+            validity,
+            Issuance {
+                kind: IssuanceKind::Task,
+                uri: &uri,
+                agent: Some(name.to_string()),
+                task: Some(task.as_str().to_string()),
+                requester: who,
+                jkt: &jkt,
+                spki: &key.spki_der,
+                grant_jti: Some(jti.clone()),
+                cap: Some(grant_exp),
+                binding: Binding::Fresh,
+                task_record: Some(TaskRecord {
+                    task: task.as_str().to_string(),
+                    holder: uri.clone(),
+                    grant_jti: jti.clone(),
+                    exp: grant_exp,
+                    created: now,
+                    principal,
+                }),
+                bootstrap,
+                refuse,
+            },
+            now,
+        )?;
+        Ok(TaskCredentials {
+            certificate: self.issued(PeerId::Task(identity.clone()), leaf, jkt),
+            identity,
+            grant,
+            grant_jti: jti,
+            grant_exp,
+        })
+    }
+
+    /// The requester may open tasks for agent `name`: `agents.NAME.requesters` lists the
+    /// operator or `bootstrap`; a service holds `open_task` in `agents.NAME.permissions`, and
+    /// `assert_principal` too when the request names a principal. Returns the requester as the
+    /// issuance records it.
+    fn check_task_requester(
+        &self,
+        req: &OpenTaskRequest,
+        name: &str,
+        identity: &TaskIdentity,
+    ) -> Result<String> {
+        Ok(match &req.requester {
             TaskRequester::Operator => {
                 self.policy.check_agent_requester(
                     name,
@@ -521,40 +603,61 @@ impl CertificateAuthority {
                 }
                 format!("svc:{svc}")
             }
+        })
+    }
+
+    /// A bootstrap requester's token: a principal the request names must be the one the
+    /// token's creator bound; the token must be known and unused, bound to this agent and task,
+    /// and unexpired. Returns its record, consumed in the issuance's own transaction (`None`
+    /// for the operator and services).
+    fn check_bootstrap_token(
+        &self,
+        req: &OpenTaskRequest,
+        name: &str,
+        task: &TaskId,
+        now: u64,
+    ) -> Result<Option<BootstrapRecord>> {
+        let TaskRequester::Bootstrap(token) = &req.requester else {
+            return Ok(None);
         };
-        let who = who.as_str();
-        let bootstrap = match &req.requester {
-            TaskRequester::Operator | TaskRequester::Service(_) => None,
-            TaskRequester::Bootstrap(token) => {
-                let hash = token_hash(token);
-                if req.principal.is_some() {
-                    // Only the principal the token's creator bound (and was allowed to assert).
-                    let bound = self
-                        .store()?
-                        .bootstrap_state(&hash)?
-                        .and_then(|s| s.binding)
-                        .and_then(|b| serde_json::from_str::<crate::TokenBinding>(&b).ok())
-                        .and_then(|b| b.principal);
-                    if bound != req.principal {
-                        return Err(CaError::InvalidRequest(
-                            "a principal comes from the operator, a permitted service, or the token that binds it".into(),
-                        ));
-                    }
-                }
-                let rec = self
-                    .store()?
-                    .bootstrap(&hash)?
-                    .ok_or(CaError::BootstrapToken("unknown or already used"))?;
-                if rec.agent != name || rec.task != task.as_str() {
-                    return Err(CaError::BootstrapToken("bound to another agent or task"));
-                }
-                if rec.expires <= now {
-                    return Err(CaError::BootstrapToken("expired"));
-                }
-                Some(rec)
+        let hash = token_hash(token);
+        if req.principal.is_some() {
+            // Only the principal the token's creator bound (and was allowed to assert).
+            let bound = self
+                .store()?
+                .bootstrap_state(&hash)?
+                .and_then(|s| s.binding)
+                .and_then(|b| serde_json::from_str::<crate::TokenBinding>(&b).ok())
+                .and_then(|b| b.principal);
+            if bound != req.principal {
+                return Err(CaError::InvalidRequest(
+                    "a principal comes from the operator, a permitted service, or the token that binds it".into(),
+                ));
             }
-        };
-        // Grant contents against policy.
+        }
+        let rec = self
+            .store()?
+            .bootstrap(&hash)?
+            .ok_or(CaError::BootstrapToken("unknown or already used"))?;
+        if rec.agent != name || rec.task != task.as_str() {
+            return Err(CaError::BootstrapToken("bound to another agent or task"));
+        }
+        if rec.expires <= now {
+            return Err(CaError::BootstrapToken("expired"));
+        }
+        Ok(Some(rec))
+    }
+
+    /// The grant's contents within agent `name`'s rule, in this order: the scope, `max_depth`,
+    /// each `aud` entry (`audiences`, or the trust domain without it), `may_delegate_to` and
+    /// `limits` (the rule's list or ceilings apply where the request names none; a ceiling the
+    /// request omits still caps it).
+    fn check_grant_terms(
+        &self,
+        req: &OpenTaskRequest,
+        name: &str,
+        rule: &AgentRule,
+    ) -> Result<GrantTerms> {
         self.policy.check_scope(name, &req.scope)?;
         let max_depth = req.max_depth.unwrap_or(0);
         if max_depth > rule.max_depth {
@@ -570,7 +673,7 @@ impl CertificateAuthority {
             for id in aud.ids() {
                 let ok = match &rule.audiences {
                     Some(allowed) => allowed.covers_id(id),
-                    None => td.id().covers(id),
+                    None => self.config.trust_domain.id().covers(id),
                 };
                 if !ok {
                     return Err(CaError::policy(
@@ -607,7 +710,23 @@ impl CertificateAuthority {
             (Some(l), None) => Some(l.clone()),
             (None, ceil) => ceil.clone(),
         };
-        // Lifetimes.
+        Ok(GrantTerms {
+            max_depth,
+            may_delegate_to,
+            limits,
+        })
+    }
+
+    /// The task's lifetime within `agents.NAME.max_task_ttl` (default `defaults.task_ttl`),
+    /// then the certificate's within `agents.NAME.max_ttl` and the task's end. Returns the
+    /// grant's `exp` and the certificate's validity.
+    fn task_lifetimes(
+        &self,
+        req: &OpenTaskRequest,
+        name: &str,
+        rule: &AgentRule,
+        now: u64,
+    ) -> Result<(u64, (u64, u64))> {
         let task_ttl = match req.task_ttl {
             Some(d) => secs(d)?,
             None => self.policy.default_task_ttl.min(rule.max_task_ttl),
@@ -631,85 +750,54 @@ impl CertificateAuthority {
             grant_exp,
             &format!("agents.{name}.max_ttl"),
         )?;
+        Ok((grant_exp, validity))
+    }
 
-        let uri = identity.as_str().to_string();
-        let key = req.key.resolve(&uri)?;
-        let jkt = key.thumbprint();
-
-        // The grant, bound to the certificate's key.
+    /// The task's grant (a chain of depth 0), bound to the certificate's key, with the checked
+    /// `terms`, valid from `now` to `grant_exp`. Returns it with its fresh `jti`.
+    fn sign_grant(
+        &self,
+        req: &OpenTaskRequest,
+        identity: &TaskIdentity,
+        key: &RequestedKey,
+        terms: GrantTerms,
+        now: u64,
+        grant_exp: u64,
+    ) -> Result<(Chain, String)> {
         let jti = util::random_jti()?;
-        let mut g = GrantBuilder::new(td, &identity, &key.public_key, req.scope.clone())
-            .max_depth(max_depth)
-            .validity(now, now, grant_exp)
-            .jti(jti.clone());
+        let mut g = GrantBuilder::new(
+            &self.config.trust_domain,
+            identity,
+            &key.public_key,
+            req.scope.clone(),
+        )
+        .max_depth(terms.max_depth)
+        .validity(now, now, grant_exp)
+        .jti(jti.clone());
         if let Some(aud) = &req.audience {
             g = g.audience(aud.clone());
         }
         if let Some(p) = &req.principal {
             g = g.on_behalf_of(p.clone());
         }
-        if let Some(l) = limits {
+        if let Some(l) = terms.limits {
             g = g.limits(l);
         }
-        if let Some(m) = may_delegate_to {
+        if let Some(m) = terms.may_delegate_to {
             g = g.may_delegate_to(m);
         }
         let grant = g.sign(self.grant_signer.as_ref())?;
-        let principal = req
-            .principal
-            .as_ref()
-            .map(crate::store::canonical_principal)
-            .transpose()?;
-        let mut refuse = vec![
-            (RevocationKind::Agent, name.to_string()),
-            (RevocationKind::Task, task.as_str().to_string()),
-            (RevocationKind::Jkt, jkt.clone()),
-        ];
-        // No new task for a revoked principal while its revocation lasts.
-        if let Some(p) = &principal {
-            refuse.push((RevocationKind::Principal, p.clone()));
-        }
+        Ok((grant, jti))
+    }
 
-        let leaf = self.sign_and_commit(
-            &[],
-            &key,
-            validity,
-            Issuance {
-                kind: IssuanceKind::Task,
-                uri: &uri,
-                agent: Some(name.to_string()),
-                task: Some(task.as_str().to_string()),
-                requester: who.to_string(),
-                jkt: &jkt,
-                spki: &key.spki_der,
-                grant_jti: Some(jti.clone()),
-                cap: Some(grant_exp),
-                binding: Binding::Fresh,
-                task_record: Some(TaskRecord {
-                    task: task.as_str().to_string(),
-                    holder: uri.clone(),
-                    grant_jti: jti.clone(),
-                    exp: grant_exp,
-                    created: now,
-                    principal: principal.clone(),
-                }),
-                bootstrap,
-                refuse,
-            },
-            now,
-        )?;
-        Ok(TaskCredentials {
-            certificate: IssuedCertificate {
-                identity: PeerId::Task(identity.clone()),
-                leaf,
-                jkt,
-                intermediate_der: self.intermediate_der.clone(),
-            },
+    /// The answer of an issuance: `leaf`, with the issuing intermediate.
+    fn issued(&self, identity: PeerId, leaf: LeafCertificate, jkt: String) -> IssuedCertificate {
+        IssuedCertificate {
             identity,
-            grant,
-            grant_jti: jti,
-            grant_exp,
-        })
+            leaf,
+            jkt,
+            intermediate_der: self.intermediate_der.clone(),
+        }
     }
 
     /// Issues a child agent's certificate in its parent's task, without a grant. The child's
@@ -824,12 +912,7 @@ impl CertificateAuthority {
             },
             now,
         )?;
-        Ok(IssuedCertificate {
-            identity: PeerId::Task(identity),
-            leaf,
-            jkt,
-            intermediate_der: self.intermediate_der.clone(),
-        })
+        Ok(self.issued(PeerId::Task(identity), leaf, jkt))
     }
 
     /// Issues a service certificate (operator only), without a grant. A service may rotate its
@@ -942,12 +1025,7 @@ impl CertificateAuthority {
             },
             now,
         )?;
-        Ok(IssuedCertificate {
-            identity: PeerId::Service(svc),
-            leaf,
-            jkt,
-            intermediate_der: self.intermediate_der.clone(),
-        })
+        Ok(self.issued(PeerId::Service(svc), leaf, jkt))
     }
 
     /// Re-issues a certificate for the same identity and the same key; another key is refused.
@@ -1055,12 +1133,7 @@ impl CertificateAuthority {
             },
             now,
         )?;
-        Ok(IssuedCertificate {
-            identity: req.identity.clone(),
-            leaf,
-            jkt,
-            intermediate_der: self.intermediate_der.clone(),
-        })
+        Ok(self.issued(req.identity.clone(), leaf, jkt))
     }
 
     /// Looks up the issuance record of a serial (parsed from any formatting: colons, upper case,

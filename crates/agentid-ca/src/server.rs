@@ -950,11 +950,12 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
     }
 }
 
-async fn children(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
-    let check = match caller_check(&req) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+async fn children(
+    State(s): State<Arc<Shared>>,
+    a: Authorizer,
+    check: CallerCheck,
+    req: Request,
+) -> Response {
     let body: agentid_api::ChildRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1137,19 +1138,28 @@ async fn recheck_caller(
     }
 }
 
-/// The request's [`CallerCheck`], which [`recheck_caller`] puts on [`CHECKED_IN_HOP`] routes.
-fn caller_check(req: &Request) -> Result<CallerCheck, Refused> {
-    req.extensions()
-        .get::<CallerCheck>()
-        .cloned()
-        .ok_or_else(|| {
-            // A route served without the middleware: refuse rather than skip the check.
-            Refused::new(
-                ErrorCode::Internal,
-                "the caller could not be re-checked",
-                "serve CaService::router(), which re-checks every caller",
-            )
-        })
+/// The request's [`CallerCheck`], which [`recheck_caller`] puts on [`CHECKED_IN_HOP`] routes;
+/// their handlers take it as an argument and pass it to [`run_checked`].
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for CallerCheck {
+    type Rejection = Refused;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CallerCheck>()
+            .cloned()
+            .ok_or_else(|| {
+                // A route served without the middleware: refuse rather than skip the check.
+                Refused::new(
+                    ErrorCode::Internal,
+                    "the caller could not be re-checked",
+                    "serve CaService::router(), which re-checks every caller",
+                )
+            })
+    }
 }
 
 /// [`run`] with the caller's re-check first, in the same blocking hop: the operation runs only
@@ -1227,11 +1237,12 @@ pub fn root_sha256(ca: &CertificateAuthority) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
-    let check = match caller_check(&req) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+async fn tokens(
+    State(s): State<Arc<Shared>>,
+    a: Authorizer,
+    check: CallerCheck,
+    req: Request,
+) -> Response {
     let body: TokenRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1278,11 +1289,12 @@ async fn tokens(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     }
 }
 
-async fn open_task(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
-    let check = match caller_check(&req) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+async fn open_task(
+    State(s): State<Arc<Shared>>,
+    a: Authorizer,
+    check: CallerCheck,
+    req: Request,
+) -> Response {
     let body: agentid_api::OpenTaskRequest = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
@@ -1415,11 +1427,12 @@ fn live_tasks(
     Ok(out)
 }
 
-async fn renew(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
-    let check = match caller_check(&req) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+async fn renew(
+    State(s): State<Arc<Shared>>,
+    a: Authorizer,
+    check: CallerCheck,
+    req: Request,
+) -> Response {
     let body: ApiRenew = match read_json(req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),

@@ -138,10 +138,7 @@ impl CertificateAuthority {
         let json =
             serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
         let creator = binding.creator.as_deref().unwrap_or("operator");
-        let token = self.create_bootstrap_token_as(agent, task, ttl, now, creator)?;
-        self.store()?
-            .set_bootstrap_binding(&token_hash(&token.token), &json)?;
-        Ok(token)
+        self.create_bootstrap_token_as(agent, task, ttl, now, creator, Some(&json))
     }
 
     /// Redeems a bootstrap token of an agent ([`CertificateAuthority::enroll`]) or of a

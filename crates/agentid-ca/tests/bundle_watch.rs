@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use agentid_ca::agentid_bundle;
 use agentid_ca::server::{CaService, ServiceOptions};
-use agentid_ca::{CertificateAuthority, KeySource, KeyType, ServiceRequest};
+use agentid_ca::{CertificateAuthority, KeyType};
 use agentid_protocol::{
-    sign_bundle, Algorithm, AuthorityKey, BundleSet, SpiffeId, TaskKey, TrustBundle, TrustDomain,
+    sign_bundle, Algorithm, AuthorityKey, BundleSet, SpiffeId, TrustBundle, TrustDomain,
     VerifierConfig,
 };
 use agentid_transport::enroll::{
     BundleApplied, BundleApplier, BundleWatcher, CaClient, WatchOptions,
 };
-use agentid_transport::{Credential, MemoryCredentials, PeerVerification};
-use rustls_pki_types::CertificateDer;
+use agentid_transport::{MemoryCredentials, PeerVerification};
 
 const T: Duration = Duration::from_secs(20);
 const OWN: &str = "spiffe://example.org/svc/bundle-watcher";
@@ -160,22 +159,11 @@ requesters = ["operator"]
     let target = verification(roots.clone());
     assert!(grant_kids(&target).is_empty());
 
-    let key = TaskKey::generate(Algorithm::Es256).unwrap();
-    let c = ca
-        .issue_service(
-            &ServiceRequest {
-                service: "bundle-watcher".into(),
-                key: KeySource::Spki(key.public_key().to_spki_der()),
-                ttl: None,
-            },
-            common::now(),
-        )
-        .unwrap();
-    let chain = vec![
-        CertificateDer::from(c.leaf.der.clone()),
-        CertificateDer::from(c.intermediate_der.clone()),
-    ];
-    let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
+    let creds = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca,
+        "bundle-watcher",
+        None,
+    )));
     let client = CaClient::new(&format!("https://{addr}"), creds, verification(roots), T).unwrap();
     let signing = agentid_bundle::public_key(dir.path()).unwrap();
     let applier = Arc::new(BundleApplier::new(target.clone(), signing, td()));

@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentid_ca::{CertificateAuthority, KeySource, ServiceRequest};
-use agentid_protocol::{Algorithm, BundleSet, SpiffeId, TaskKey, VerifierConfig};
+use agentid_ca::CertificateAuthority;
+use agentid_protocol::{BundleSet, SpiffeId, VerifierConfig};
 use agentid_transport::enroll::{
     BundleApplier, BundleWatcher, CaClient, Enroller, RevocationWatcher, WatchOptions,
 };
 use agentid_transport::{Credential, CredentialSource, MemoryCredentials, PeerVerification};
-use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -116,23 +115,7 @@ impl World {
 
     /// As [`World::platform`], for `ttl` (the policy's default when `None`).
     fn platform_for(&self, ttl: Option<Duration>) -> Credential {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let c = self
-            .ca()
-            .issue_service(
-                &ServiceRequest {
-                    service: "platform".into(),
-                    key: KeySource::Spki(key.public_key().to_spki_der()),
-                    ttl,
-                },
-                common::now(),
-            )
-            .unwrap();
-        let chain = vec![
-            CertificateDer::from(c.leaf.der.clone()),
-            CertificateDer::from(c.intermediate_der.clone()),
-        ];
-        Credential::new(chain, key).unwrap()
+        common::service_credential(&self.ca(), "platform", ttl)
     }
 
     fn verification(&self) -> Arc<PeerVerification> {
@@ -366,25 +349,7 @@ async fn a_policy_refusal_names_the_rule_that_refused() {
         "{hint}"
     );
     // `list` held for no agent at all.
-    let weak = {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let c = w
-            .ca()
-            .issue_service(
-                &ServiceRequest {
-                    service: "search".into(),
-                    key: KeySource::Spki(key.public_key().to_spki_der()),
-                    ttl: None,
-                },
-                common::now(),
-            )
-            .unwrap();
-        let chain = vec![
-            CertificateDer::from(c.leaf.der.clone()),
-            CertificateDer::from(c.intermediate_der.clone()),
-        ];
-        Credential::new(chain, key).unwrap()
-    };
+    let weak = common::service_credential(&w.ca(), "search", None);
     let search = CaClient::new(
         &format!("https://{}", w.mtls),
         Arc::new(MemoryCredentials::new(weak)),

@@ -22,14 +22,31 @@ fn scope(s: &str) -> Scope {
     Scope::parse(s).unwrap()
 }
 
+/// The operator's request to open a task of `agent` holding `s`, for `key`.
+fn by_operator(agent: &str, key: KeySource, s: &str) -> OpenTaskRequest {
+    OpenTaskRequest::new(agent, key, TaskRequester::Operator, scope(s))
+}
+
+/// A fresh P-256 key whose private half the test never uses.
+fn any_key() -> KeySource {
+    spki_key(Algorithm::Es256).1
+}
+
+/// `parent`'s request for a child certificate of `agent` for a fresh key, without the
+/// parent's chain and with the default TTL.
+fn child_of(parent: &TaskIdentity, agent: &str) -> ChildRequest {
+    ChildRequest {
+        parent: parent.clone(),
+        parent_chain: None,
+        agent: agent.into(),
+        key: any_key(),
+        ttl: None,
+    }
+}
+
 fn planner_task(t: &TestCa) -> (agentid_protocol::TaskKey, agentid_ca::TaskCredentials) {
     let (k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        src,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", src, "tickets:read");
     req.max_depth = Some(1);
     (k, t.ca.open_task(&req, now()).unwrap())
 }
@@ -41,12 +58,7 @@ fn task_uri(agent: &str, task: &str) -> String {
 // ------------------------------------- CSR refusals (spec/PROTOCOL.md section 19, CSR smuggling)
 
 fn csr_request(csr: Vec<u8>, task: &str) -> OpenTaskRequest {
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        KeySource::Csr(csr),
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", KeySource::Csr(csr), "tickets:read");
     req.task = Some(TaskId::parse(task).unwrap());
     req
 }
@@ -197,24 +209,14 @@ fn key_already_used_by_another_identity_is_refused() {
     let k = agentid_protocol::TaskKey::generate(Algorithm::Es256).unwrap();
     let spki = k.public_key().to_spki_der();
     t.ca.open_task(
-        &OpenTaskRequest::new(
-            "planner",
-            KeySource::Spki(spki.clone()),
-            TaskRequester::Operator,
-            scope("tickets:read"),
-        ),
+        &by_operator("planner", KeySource::Spki(spki.clone()), "tickets:read"),
         now(),
     )
     .unwrap();
     // Same key, another task of the same agent.
     let e =
         t.ca.open_task(
-            &OpenTaskRequest::new(
-                "planner",
-                KeySource::Spki(spki.clone()),
-                TaskRequester::Operator,
-                scope("tickets:read"),
-            ),
+            &by_operator("planner", KeySource::Spki(spki.clone()), "tickets:read"),
             now(),
         )
         .unwrap_err();
@@ -241,24 +243,14 @@ fn key_already_used_by_another_identity_is_refused() {
 #[test]
 fn a_task_is_opened_once() {
     let t = test_ca(KeyType::P256);
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", any_key(), "tickets:read");
     req.task = Some(TaskId::parse("fixed").unwrap());
     t.ca.open_task(&req, now()).unwrap();
     req.key = spki_key(Algorithm::Es256).1;
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(matches!(e, CaError::IdentityExists(_)), "{e}");
     // Another agent cannot open the same task id either (the task has one root holder).
-    let mut req2 = OpenTaskRequest::new(
-        "worker",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req2 = by_operator("worker", any_key(), "tickets:read");
     req2.task = Some(TaskId::parse("fixed").unwrap());
     let e = t.ca.open_task(&req2, now()).unwrap_err();
     assert!(matches!(e, CaError::IdentityExists(_)), "{e}");
@@ -332,12 +324,7 @@ fn renewal_keeps_the_key_and_refuses_another() {
 #[test]
 fn ttl_above_policy_is_refused() {
     let t = test_ca(KeyType::P256);
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", any_key(), "tickets:read");
     req.ttl = Some(minutes(11));
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(
@@ -347,12 +334,7 @@ fn ttl_above_policy_is_refused() {
     req.ttl = Some(minutes(10));
     t.ca.open_task(&req, now()).unwrap();
     // Task lifetime above policy.
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", any_key(), "tickets:read");
     req.task_ttl = Some(Duration::from_secs(9 * 3600));
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(
@@ -383,98 +365,123 @@ fn ttl_above_policy_is_refused() {
 
 #[test]
 fn scope_outside_policy_is_refused() {
+    /// What the CA must answer.
+    enum Want {
+        Issued,
+        /// A policy refusal naming `rule` (and, where given, with exactly `message`).
+        Refused {
+            rule: &'static str,
+            message: Option<&'static str>,
+        },
+    }
+    use Want::{Issued, Refused};
+    struct Case {
+        name: &'static str,
+        agent: &'static str,
+        scope: &'static str,
+        max_depth: Option<u8>,
+        audience: Option<&'static str>,
+        want: Want,
+    }
+    let case = |name, agent, scope, want| Case {
+        name,
+        agent,
+        scope,
+        max_depth: None,
+        audience: None,
+        want,
+    };
+    let scopes = |message| Refused {
+        rule: "agents.planner.scopes",
+        message,
+    };
+    let cases = [
+        case(
+            "a scope token outside the agent's patterns",
+            "planner",
+            "tickets:read payments:write",
+            scopes(Some(
+                r#"policy: agent "planner" may not hold scope "payments:write" (rule agents.planner.scopes)"#,
+            )),
+        ),
+        // `tickets:*` covers tickets:read:all but not `tickets` itself.
+        case(
+            "the bare prefix of a pattern",
+            "planner",
+            "tickets",
+            scopes(None),
+        ),
+        case(
+            "tokens under the agent's patterns",
+            "planner",
+            "tickets:read:all search:query",
+            Issued,
+        ),
+        // Wildcards are never granted by request.
+        case("a wildcard", "planner", "tickets:*", scopes(None)),
+        Case {
+            max_depth: Some(3),
+            ..case(
+                "max_depth above policy",
+                "planner",
+                "tickets:read",
+                Refused {
+                    rule: "agents.planner.max_depth",
+                    message: None,
+                },
+            )
+        },
+        Case {
+            audience: Some("spiffe://other.org/svc/x"),
+            ..case(
+                "an audience outside the trust domain (no audiences rule)",
+                "planner",
+                "tickets:read",
+                Refused {
+                    rule: "agents.planner.audiences",
+                    message: None,
+                },
+            )
+        },
+        case(
+            "an agent without a rule",
+            "nobody",
+            "tickets:read",
+            Refused {
+                rule: "agents.nobody",
+                message: None,
+            },
+        ),
+    ];
     let t = test_ca(KeyType::P256);
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read payments:write"),
-    );
-    let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        r#"policy: agent "planner" may not hold scope "payments:write" (rule agents.planner.scopes)"#
-    );
-    // `tickets:*` covers tickets:read:all but not `tickets` itself.
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets"),
-    );
-    assert!(matches!(
-        t.ca.open_task(&req, now()).unwrap_err(),
-        CaError::Policy { .. }
-    ));
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read:all search:query"),
-    );
-    t.ca.open_task(&req, now()).unwrap();
-    // Wildcards are never granted by request.
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:*"),
-    );
-    assert!(matches!(
-        t.ca.open_task(&req, now()).unwrap_err(),
-        CaError::Policy { .. }
-    ));
-    // max_depth above policy.
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
-    req.max_depth = Some(3);
-    let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(
-        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.max_depth"),
-        "{e}"
-    );
-    // Audience outside the trust domain (no audiences rule).
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
-    req.audience =
-        Some(IdSet::new(vec![SpiffeId::parse("spiffe://other.org/svc/x").unwrap()]).unwrap());
-    let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(
-        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.planner.audiences"),
-        "{e}"
-    );
-    // An agent without a rule.
-    let req = OpenTaskRequest::new(
-        "nobody",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
-    let e = t.ca.open_task(&req, now()).unwrap_err();
-    assert!(
-        matches!(&e, CaError::Policy { rule, .. } if rule == "agents.nobody"),
-        "{e}"
-    );
+    let mut failures = Vec::new();
+    for c in &cases {
+        let mut req = by_operator(c.agent, any_key(), c.scope);
+        req.max_depth = c.max_depth;
+        req.audience = c
+            .audience
+            .map(|a| IdSet::new(vec![SpiffeId::parse(a).unwrap()]).unwrap());
+        let got = t.ca.open_task(&req, now());
+        let met = match (&c.want, &got) {
+            (Issued, Ok(_)) => true,
+            (Refused { rule, message }, Err(e @ CaError::Policy { rule: r, .. })) => {
+                r == rule && message.is_none_or(|m| e.to_string() == m)
+            }
+            _ => false,
+        };
+        if !met {
+            let got = got.map(|c| c.identity.to_string());
+            failures.push(format!("{}: {got:?}", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
 fn unauthorized_requester_is_refused() {
     let t = test_ca(KeyType::P256);
     // summarizer may only be requested by a planner parent, not by the operator.
-    let req = OpenTaskRequest::new(
-        "summarizer",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let req = by_operator("summarizer", any_key(), "tickets:read");
     let e = t.ca.open_task(&req, now()).unwrap_err();
     assert!(
         matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.summarizer.requesters"),
@@ -483,17 +490,8 @@ fn unauthorized_requester_is_refused() {
     // worker may not be requested by a planner parent.
     let (_k, creds) = planner_task(&t);
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "worker".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "worker"), now())
+            .unwrap_err();
     assert!(
         matches!(&e, CaError::Unauthorized { rule, .. } if rule == "agents.worker.requesters"),
         "{e}"
@@ -506,17 +504,8 @@ fn unauthorized_requester_is_refused() {
     // A parent the CA never issued.
     let ghost = TaskIdentity::parse(&task_uri("planner", "ghost")).unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: ghost,
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&ghost, "summarizer"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
 }
 
@@ -525,17 +514,8 @@ fn wrong_trust_domain_parent_is_refused() {
     let t = test_ca(KeyType::P256);
     let other = TaskIdentity::parse("spiffe://other.org/agent/planner/task/t1").unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: other,
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            now(),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&other, "summarizer"), now())
+            .unwrap_err();
     assert!(matches!(e, CaError::WrongTrustDomain { .. }), "{e}");
 }
 
@@ -545,12 +525,7 @@ fn wrong_trust_domain_parent_is_refused() {
 fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let t = test_ca(KeyType::P256);
     let (_k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        src,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let mut req = by_operator("planner", src, "tickets:read");
     req.task_ttl = Some(minutes(8));
     let n = now();
     let creds = t.ca.open_task(&req, n).unwrap();
@@ -559,11 +534,8 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let child =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
                 parent_chain: Some(creds.grant.clone()),
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -577,11 +549,8 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let e =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
                 ttl: Some(minutes(4)),
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -592,28 +561,16 @@ fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     );
     // After the chain's end, nothing.
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n + minutes(9),
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n + minutes(9))
+            .unwrap_err();
     assert!(matches!(e, CaError::ParentNotActive(_)), "{e}");
     // A chain of another holder is refused.
     let (_k2, other) = planner_task(&t);
     let e =
         t.ca.issue_child(
             &ChildRequest {
-                parent: creds.identity.clone(),
                 parent_chain: Some(other.grant.clone()),
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
+                ..child_of(&creds.identity, "summarizer")
             },
             later,
         )
@@ -700,12 +657,7 @@ fn bootstrap_token_is_single_use_and_bound() {
 fn grant_is_bound_to_the_leaf_key_and_verifies() {
     let t = test_ca(KeyType::P256);
     let (k, src) = spki_key(Algorithm::Es256);
-    let mut req = OpenTaskRequest::new(
-        "planner",
-        src,
-        TaskRequester::Operator,
-        scope("tickets:read search:query"),
-    );
+    let mut req = by_operator("planner", src, "tickets:read search:query");
     req.principal = Some(serde_json::json!({"format":"email","email":"alice@example.com"}));
     req.max_depth = Some(2);
     req.limits = Some(Limits::new([("calls".to_string(), 5u64)].into_iter().collect()).unwrap());
@@ -768,12 +720,7 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
         creds.grant_exp + 60,
         "entry lives until everything it covers expired, plus skew"
     );
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let req = by_operator("planner", any_key(), "tickets:read");
     let e = t.ca.open_task(&req, n).unwrap_err();
     assert!(
         matches!(&e, CaError::Revoked { kind: "agent", value } if value == "planner"),
@@ -793,17 +740,8 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
     // A child of a revoked parent agent.
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n,
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n)
+            .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
 
     // Revoking a service certificate by serial revokes its key.
@@ -864,12 +802,7 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     let l3 = RevocationList::verify(&t.ca.revocation_list(late).unwrap(), &bundles).unwrap();
     assert_eq!(l3.len(), 0);
     // ...but the CA still refuses the revoked agent.
-    let req = OpenTaskRequest::new(
-        "planner",
-        spki_key(Algorithm::Es256).1,
-        TaskRequester::Operator,
-        scope("tickets:read"),
-    );
+    let req = by_operator("planner", any_key(), "tickets:read");
     assert!(matches!(
         t.ca.open_task(&req, late).unwrap_err(),
         CaError::Revoked { .. }
@@ -889,17 +822,8 @@ fn revoke_task_and_jti() {
     )
     .unwrap();
     let e =
-        t.ca.issue_child(
-            &ChildRequest {
-                parent: creds.identity.clone(),
-                parent_chain: None,
-                agent: "summarizer".into(),
-                key: spki_key(Algorithm::Es256).1,
-                ttl: None,
-            },
-            n,
-        )
-        .unwrap_err();
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n)
+            .unwrap_err();
     assert!(matches!(e, CaError::Revoked { kind: "task", .. }), "{e}");
     let r =
         t.ca.revoke(
@@ -1091,12 +1015,7 @@ fn a_task_key_csr_is_issued() {
         assert_eq!(&requested.public_key, key.public_key());
         // A CSR for another identity is refused.
         assert!(agentid_ca::parse_csr(&csr, &task_uri("planner", "other")).is_err());
-        let mut req = OpenTaskRequest::new(
-            "planner",
-            agentid_ca::KeySource::Csr(csr),
-            TaskRequester::Operator,
-            scope("tickets:read"),
-        );
+        let mut req = by_operator("planner", agentid_ca::KeySource::Csr(csr), "tickets:read");
         req.task = Some(task);
         let creds = t.ca.open_task(&req, now()).unwrap();
         assert_eq!(creds.identity.as_str(), identity);

@@ -26,22 +26,14 @@ use std::time::Duration;
 use agentid_api::CertificateResponse;
 use agentid_ca::audit::{AuditBreak, VerifyReport};
 use agentid_ca::server::{CaService, ServiceOptions};
-use agentid_ca::{
-    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
-};
-use agentid_protocol::{
-    Algorithm, BundleSet, Jti, PeerId, Scope, SpiffeId, TaskId, TaskIdentity, TaskKey,
-    VerifierConfig,
-};
+use agentid_ca::{CertificateAuthority, KeyType, RevokeTarget};
+use agentid_protocol::{Jti, TaskId, TaskIdentity};
 use agentid_test_support::pg::PgCluster;
 use agentid_transport::http::{HttpClient, HttpClientConnection};
-use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(30);
-const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 const CLIENTS: usize = 16;
 
 /// Issuances per run (each token is also offered a second time on another replica).
@@ -114,28 +106,7 @@ async fn new_client(op: &Arc<CertificateAuthority>) -> HttpClient {
 
 /// A client holding a new `worker` task, made by the operator.
 fn client(ca: &CertificateAuthority) -> HttpClient {
-    let key = TaskKey::generate(Algorithm::Es256).unwrap();
-    let req = OpenTaskRequest::new(
-        "worker",
-        KeySource::Spki(key.public_key().to_spki_der()),
-        TaskRequester::Operator,
-        Scope::parse("tickets:read").unwrap(),
-    );
-    let c = ca.open_task(&req, common::now()).unwrap();
-    let chain = vec![
-        CertificateDer::from(c.certificate.leaf.der.clone()),
-        CertificateDer::from(c.certificate.intermediate_der.clone()),
-    ];
-    let mut bundles = BundleSet::new();
-    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
-    let cfg = VerifierConfig::new(SpiffeId::parse(c.identity.as_str()).unwrap(), bundles)
-        .danger_accept_missing_or_stale_revocations();
-    let v = PeerVerification::new(cfg).unwrap();
-    let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
-    HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
-        .connect_timeout(T)
-        .build()
-        .unwrap()
+    common::task_client(ca, "worker", T).0
 }
 
 /// One request: status, `Retry-After`, body. `None` when the connection failed.

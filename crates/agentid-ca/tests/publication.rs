@@ -12,21 +12,15 @@ mod common;
 use common::call;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentid_api::RevocationsResponse;
 use agentid_ca::server::{CaService, ServiceOptions};
-use agentid_ca::{
-    CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
-};
-use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
+use agentid_ca::{CertificateAuthority, KeyType, RevokeTarget};
+use agentid_protocol::Algorithm;
 use agentid_transport::http::{HttpClient, HttpClientConnection};
-use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
-use rustls_pki_types::CertificateDer;
 
 const T: Duration = Duration::from_secs(20);
-const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 
 fn ca_dir() -> tempfile::TempDir {
     let dir = common::make_ca_dir(KeyType::P256);
@@ -64,29 +58,7 @@ async fn connect(
 /// A client holding a new task of `agent`, and the task id.
 fn client(dir: &std::path::Path, agent: &str) -> (HttpClient, String) {
     let ca = CertificateAuthority::open(dir).unwrap();
-    let key = TaskKey::generate(Algorithm::Es256).unwrap();
-    let req = OpenTaskRequest::new(
-        agent,
-        KeySource::Spki(key.public_key().to_spki_der()),
-        TaskRequester::Operator,
-        Scope::parse("tickets:read").unwrap(),
-    );
-    let c = ca.open_task(&req, common::now()).unwrap();
-    let chain = vec![
-        CertificateDer::from(c.certificate.leaf.der.clone()),
-        CertificateDer::from(c.certificate.intermediate_der.clone()),
-    ];
-    let id = c.identity.as_str().to_owned();
-    let mut bundles = BundleSet::new();
-    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
-    let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
-        .danger_accept_missing_or_stale_revocations();
-    let v = PeerVerification::new(cfg).unwrap();
-    let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
-    let client = HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
-        .connect_timeout(T)
-        .build()
-        .unwrap();
+    let (client, id) = common::task_client(&ca, agent, T);
     (client, id.rsplit('/').next().unwrap().to_owned())
 }
 

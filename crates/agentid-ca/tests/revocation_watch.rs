@@ -11,7 +11,6 @@
 #![allow(missing_docs)]
 
 mod common;
-use common::chain_of;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -21,10 +20,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use agentid_api::RevokeRequest;
-use agentid_ca::{CertificateAuthority, KeySource, KeyType, OpenTaskRequest, TaskRequester};
+use agentid_ca::{CertificateAuthority, KeyType};
 use agentid_protocol::{
-    Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, TrustBundle, TrustDomain,
-    VerifierConfig,
+    BundleSet, PeerId, SpiffeId, TaskKey, TrustBundle, TrustDomain, VerifierConfig,
 };
 use agentid_transport::enroll::{CaClient, RevocationWatcher, WatchOptions, WatcherHandle};
 use agentid_transport::{
@@ -100,16 +98,7 @@ impl World {
 
     /// A `planner` task opened by the operator: its key, chain and identity.
     fn task(&self) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let req = OpenTaskRequest::new(
-            "planner",
-            KeySource::Spki(key.public_key().to_spki_der()),
-            TaskRequester::Operator,
-            Scope::parse("tickets:read").unwrap(),
-        );
-        let c = self.ca().open_task(&req, common::now()).unwrap();
-        let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
-        (key, chain, c.identity.as_str().to_owned())
+        common::operator_task(&self.ca(), "planner")
     }
 
     /// A client of the CA's mutual-TLS listener holding `name`'s service certificate.

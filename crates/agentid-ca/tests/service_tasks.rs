@@ -7,6 +7,7 @@
 mod common;
 use common::call;
 use common::chain_of;
+use common::CA_ID;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 const T: Duration = Duration::from_secs(20);
-const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 
 const EXTRA_POLICY: &str = r#"
 [agents.planner.permissions]
@@ -75,19 +75,29 @@ impl World {
 
     /// A task opened by the operator for `agent`.
     fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
-        let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let req = OpenTaskRequest::new(
-            agent,
-            KeySource::Spki(key.public_key().to_spki_der()),
-            TaskRequester::Operator,
-            Scope::parse("tickets:read").unwrap(),
-        );
-        let c = self.ca().open_task(&req, common::now()).unwrap();
-        let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
+        let (key, chain, id) = common::operator_task(&self.ca(), agent);
         (
             Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            c.identity.as_str().to_owned(),
+            id,
         )
+    }
+
+    /// `POST /v1/tokens` with `body` (a token for `agent`), which must answer 200, and the
+    /// answer's token file for the enrollment listener (no `renew_url`).
+    async fn token_file(&self, c: &mut HttpClientConnection, agent: &str, body: &str) -> TokenFile {
+        let (s, b) = call(c, "POST", "/v1/tokens", body).await;
+        assert_eq!(s, 200, "{b}");
+        let t: TokenResponse = serde_json::from_str(&b).unwrap();
+        TokenFile {
+            identity: format!("spiffe://example.org/agent/{agent}/task/{}", t.task),
+            ca_url: format!("https://{}", self.enroll),
+            token: t.token,
+            root_sha256: t.root_sha256,
+            agent: t.agent,
+            task: t.task,
+            expires: t.expires,
+            renew_url: None,
+        }
     }
 
     async fn connect(
@@ -238,26 +248,14 @@ async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root()
     let w = start().await;
     let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
-    let (s, b) = call(
-        &mut c,
-        "POST",
-        "/v1/tokens",
-        r#"{"agent":"planner","scope":["tickets:read"],"max_depth":1,"expires_in_secs":60}"#,
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let t: TokenResponse = serde_json::from_str(&b).unwrap();
-    let identity = format!("spiffe://example.org/agent/planner/task/{}", t.task);
-    let file = TokenFile {
-        token: t.token.clone(),
-        ca_url: format!("https://{}", w.enroll),
-        root_sha256: t.root_sha256.clone(),
-        identity: identity.clone(),
-        agent: t.agent.clone(),
-        task: t.task.clone(),
-        expires: t.expires,
-        renew_url: None,
-    };
+    let file = w
+        .token_file(
+            &mut c,
+            "planner",
+            r#"{"agent":"planner","scope":["tickets:read"],"max_depth":1,"expires_in_secs":60}"#,
+        )
+        .await;
+    let identity = file.identity.clone();
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
         .await
@@ -405,26 +403,15 @@ async fn the_enroller_renews_its_credential_with_the_same_key_and_signals_the_ch
     let w = start().await;
     let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
-    let (s, b) = call(
-        &mut c,
-        "POST",
-        "/v1/tokens",
-        r#"{"agent":"planner","scope":["tickets:read"],"ttl_secs":60}"#,
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let t: TokenResponse = serde_json::from_str(&b).unwrap();
-    let file = TokenFile {
-        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
-        ca_url: format!("https://{}", w.enroll),
-        token: t.token,
-        root_sha256: t.root_sha256,
-        agent: t.agent,
-        task: t.task,
-        expires: t.expires,
-        // Renewals go to the mTLS listener; `ca_url` is the enrollment one.
-        renew_url: Some(format!("https://{}", w.mtls)),
-    };
+    let mut file = w
+        .token_file(
+            &mut c,
+            "planner",
+            r#"{"agent":"planner","scope":["tickets:read"],"ttl_secs":60}"#,
+        )
+        .await;
+    // Renewals go to the mTLS listener; `ca_url` is the enrollment one.
+    file.renew_url = Some(format!("https://{}", w.mtls));
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let (enroller, first, _) = agentid_transport::enroll::Enroller::from_token_file(&file, key, T)
         .await
@@ -511,25 +498,13 @@ async fn a_token_binds_a_principal_only_for_a_service_that_may_assert_it() {
     assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
     assert!(b.contains("assert_principal"), "{b}");
 
-    let (s, b) = call(
-        &mut c,
-        "POST",
-        "/v1/tokens",
-        &format!(r#"{{"agent":"planner","scope":["tickets:read"],"principal":{principal}}}"#),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let t: TokenResponse = serde_json::from_str(&b).unwrap();
-    let file = TokenFile {
-        identity: format!("spiffe://example.org/agent/planner/task/{}", t.task),
-        ca_url: format!("https://{}", w.enroll),
-        token: t.token,
-        root_sha256: t.root_sha256,
-        agent: t.agent,
-        task: t.task,
-        expires: t.expires,
-        renew_url: None,
-    };
+    let file = w
+        .token_file(
+            &mut c,
+            "planner",
+            &format!(r#"{{"agent":"planner","scope":["tickets:read"],"principal":{principal}}}"#),
+        )
+        .await;
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let e = agentid_transport::enroll::enroll_with_token(&file, key, T)
         .await

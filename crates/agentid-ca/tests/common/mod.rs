@@ -271,28 +271,98 @@ pub async fn call(
     (status, body)
 }
 
+/// A service credential issued by the operator for a new key, for `ttl` (the policy's default
+/// when `None`).
+pub fn service_credential(
+    ca: &CertificateAuthority,
+    name: &str,
+    ttl: Option<Duration>,
+) -> agentid_transport::Credential {
+    service_credential_and_id(ca, name, ttl).0
+}
+
 /// A service credential issued by the operator: credentials and identity.
 pub fn service_credentials(
     ca: &CertificateAuthority,
     name: &str,
 ) -> (std::sync::Arc<agentid_transport::MemoryCredentials>, String) {
+    let (credential, id) = service_credential_and_id(ca, name, None);
+    (
+        std::sync::Arc::new(agentid_transport::MemoryCredentials::new(credential)),
+        id,
+    )
+}
+
+fn service_credential_and_id(
+    ca: &CertificateAuthority,
+    name: &str,
+    ttl: Option<Duration>,
+) -> (agentid_transport::Credential, String) {
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
     let c = ca
         .issue_service(
             &agentid_ca::ServiceRequest {
                 service: name.into(),
                 key: KeySource::Spki(key.public_key().to_spki_der()),
-                ttl: None,
+                ttl,
             },
             now(),
         )
         .unwrap();
     let chain = chain_of(&c.leaf.der, &c.intermediate_der);
     let id = c.identity.as_str().to_owned();
-    (
-        std::sync::Arc::new(agentid_transport::MemoryCredentials::new(
-            agentid_transport::Credential::new(chain, key).unwrap(),
-        )),
-        id,
+    (agentid_transport::Credential::new(chain, key).unwrap(), id)
+}
+
+/// The CA service's identity (`svc:agentid-ca`).
+pub const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
+
+/// A task of `agent` holding `tickets:read`, opened by the operator for a new key: the key,
+/// the certificate chain and the task identity.
+pub fn operator_task(
+    ca: &CertificateAuthority,
+    agent: &str,
+) -> (
+    TaskKey,
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    String,
+) {
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let req = agentid_ca::OpenTaskRequest::new(
+        agent,
+        KeySource::Spki(key.public_key().to_spki_der()),
+        agentid_ca::TaskRequester::Operator,
+        agentid_protocol::Scope::parse("tickets:read").unwrap(),
+    );
+    let c = ca.open_task(&req, now()).unwrap();
+    let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
+    (key, chain, c.identity.as_str().to_owned())
+}
+
+/// An HTTP client to the CA service (exactly [`CA_ID`]) holding a new [`operator_task`] of
+/// `agent` and accepting missing or stale revocation lists; and the task identity.
+pub fn task_client(
+    ca: &CertificateAuthority,
+    agent: &str,
+    connect_timeout: Duration,
+) -> (agentid_transport::http::HttpClient, String) {
+    use agentid_protocol::{BundleSet, PeerId, SpiffeId, VerifierConfig};
+    let (key, chain, id) = operator_task(ca, agent);
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
+        .danger_accept_missing_or_stale_revocations();
+    let v = agentid_transport::PeerVerification::new(cfg).unwrap();
+    let creds = std::sync::Arc::new(agentid_transport::MemoryCredentials::new(
+        agentid_transport::Credential::new(chain, key).unwrap(),
+    ));
+    let client = agentid_transport::http::HttpClient::builder(
+        creds,
+        v,
+        agentid_transport::PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
     )
+    .connect_timeout(connect_timeout)
+    .build()
+    .unwrap();
+    (client, id)
 }
