@@ -6,6 +6,9 @@
 //! `agentid::files::CredentialDir`.
 #![allow(dead_code, reason = "each example uses a subset")]
 
+#[cfg(feature = "tonic")]
+pub mod grpc;
+
 use std::sync::Arc;
 
 use agentid_protocol::{
