@@ -46,12 +46,7 @@ impl World {
         let a = Domain::new("example.org");
         let sv = verification(SERVER, &[&a], strict);
         let cv = verification(CLIENT, &[&a], strict);
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         Self {
             a,
             server_creds,
