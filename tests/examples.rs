@@ -228,7 +228,7 @@ fn agent_server_and_agent_client_as_two_processes() {
     let coder_dir = dir("coder");
     let planner_dir = dir("planner");
     let open_key_dir = dir("coder-open-key");
-    let read_write = vec![
+    let read_write = [
         "--revocations",
         rev,
         "--scope",

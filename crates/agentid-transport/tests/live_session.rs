@@ -141,11 +141,7 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
 #[tokio::test]
 async fn a_revocation_list_ends_a_live_session() {
     let p = pair(Some("files:read"), LeafOpts::default(), false);
-    let (mut cs, mut ss) = p
-        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
-        .await;
-    cs.send(b"x").await.unwrap();
-    assert!(ss.recv().await.unwrap().is_some());
+    let (mut cs, mut ss) = p.live().await;
     // Unrelated list: the session survives.
     let unrelated = p.a.revocation_list(1, |b| {
         b.revoke_agent(

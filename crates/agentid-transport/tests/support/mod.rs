@@ -598,6 +598,16 @@ impl Pair {
         .await
     }
 
+    /// A live session: [`Pair::connect`] with each side admitting any peer, and one message
+    /// (`x`) from the client that the server received.
+    pub async fn live(&self) -> (Session<TcpStream>, Session<TcpStream>) {
+        let (mut cs, mut ss) = self
+            .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+            .await;
+        assert_eq!(roundtrip(&mut cs, &mut ss, b"x").await, b"x");
+        (cs, ss)
+    }
+
     /// Serves one connection and connects the client to it, each side admitting the other by
     /// its policy: (the client's session, the server's session).
     pub async fn connect(
