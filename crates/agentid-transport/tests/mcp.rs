@@ -298,7 +298,10 @@ async fn two_session_headers_are_refused_before_the_mcp_service() {
     let mut conn = http.connect(w.addr, HOST).await.unwrap();
     // Whichever header a later layer would read, the request never gets there.
     for (a, b) in [(&mine, &theirs), (&theirs, &mine)] {
-        let resp = conn.send(tools_list(&[a.as_str(), b.as_str()])).await.unwrap();
+        let resp = conn
+            .send(tools_list(&[a.as_str(), b.as_str()]))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 400);
     }
 }
