@@ -48,13 +48,15 @@
 //! Exit status 0 when the session ran and every request got an answer (granted or refused);
 //! 1 when the server refused the connection (the reason is printed) or anything else failed.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid::files::{read_token_file, CredentialDir};
+use agentid::files::CredentialDir;
 use agentid::protocol::AgentId;
 use agentid::transport::{AgentClient, MemoryCredentials, PeerPolicy, PeerVerification};
 use anyhow::{bail, Context, Result};
@@ -88,47 +90,21 @@ fn say(what: impl AsRef<str>) {
     println!("    coder | {}", what.as_ref());
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .try_init();
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    init_logging();
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("agent_client: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
+    common::init_logging(true);
+    common::exit_status("agent_client", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> Result<()> {
     let dir = CredentialDir::load(&args.dir)?;
     let td = dir.identity.trust_domain();
 
-    let mut config = dir.verifier_config()?;
-    match &args.revocations {
-        Some(path) => {
-            config
-                .apply_revocation_list(&read_token_file(path)?)
-                .with_context(|| format!("{}: revocation list refused", path.display()))?;
-        }
-        None => {
-            tracing::warn!(
-                "revocation checking is DISABLED: no --revocations FILE given, so a revoked server \
-                 is ACCEPTED (VerifierConfig::danger_accept_missing_or_stale_revocations)"
-            );
-            config = config.danger_accept_missing_or_stale_revocations();
-        }
-    }
+    let (config, _) = common::revocations(
+        dir.verifier_config()?,
+        args.revocations.as_deref(),
+        "a revoked server is",
+    )?;
     let policy = match &args.server {
         Some(name) => PeerPolicy::agent(
             AgentId::new(&td, name).with_context(|| format!("--server {name:?}"))?,
@@ -193,20 +169,4 @@ async fn run(args: Args) -> Result<()> {
     }
     session.close("normal", "done").await?;
     Ok(())
-}
-
-/// The error and its causes on one line, each cause once: an error whose message already holds
-/// its cause's text (`FILE: No such file or directory`) does not repeat it.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }

@@ -50,6 +50,8 @@
 //!
 //! Stdout carries the transcript, stderr the logs (`RUST_LOG` filter, default `info`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,51 +93,25 @@ fn say(what: impl AsRef<str>) {
     println!("librarian | {}", what.as_ref());
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .try_init();
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    init_logging();
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("agent_server: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
+    common::init_logging(true);
+    common::exit_status("agent_server", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> Result<()> {
     let dir = CredentialDir::load(&args.dir)?;
     let td = dir.identity.trust_domain();
 
-    let mut config = dir.verifier_config()?;
-    let revocations = match &args.revocations {
-        Some(path) => {
-            let list = read_token_file(path)?;
-            config
-                .apply_revocation_list(&list)
-                .with_context(|| format!("{}: revocation list refused", path.display()))?;
-            tracing::info!(file = %path.display(), "revocation checking enabled (fail closed when the list goes stale)");
-            Some((path.clone(), list))
-        }
-        None => {
-            tracing::warn!(
-                "revocation checking is DISABLED: no --revocations FILE given, so revoked certificates, \
-                 keys, agents, tasks and grants are ACCEPTED (VerifierConfig::danger_accept_missing_or_stale_revocations)"
-            );
-            config = config.danger_accept_missing_or_stale_revocations();
-            None
-        }
-    };
+    let (config, list) = common::revocations(
+        dir.verifier_config()?,
+        args.revocations.as_deref(),
+        "revoked certificates, keys, agents, tasks and grants are",
+    )?;
+    let revocations = args.revocations.clone().zip(list);
+    if let Some((path, _)) = &revocations {
+        tracing::info!(file = %path.display(), "revocation checking enabled (fail closed when the list goes stale)");
+    }
     let verification = PeerVerification::new(config)?;
     if let Some((path, list)) = revocations {
         tokio::spawn(watch_revocations(path, list, verification.clone()));
@@ -302,20 +278,4 @@ async fn watch_certificate(
         }
         serial = loaded.serial;
     }
-}
-
-/// The error and its causes on one line, each cause once: an error whose message already holds
-/// its cause's text (`FILE: No such file or directory`) does not repeat it.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }

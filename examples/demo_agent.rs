@@ -51,6 +51,8 @@
 //! 0 only if every round was granted. Stdout carries the transcript, stderr the logs
 //! (`RUST_LOG`, default `info`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,20 +139,9 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .try_init();
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    init_logging();
+    common::init_logging(true);
     let r = match Args::parse().mode {
         Mode::Serve { common, listen } => serve(common, listen).await,
         Mode::Call {

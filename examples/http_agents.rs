@@ -39,6 +39,8 @@
 //!
 //! Stdout carries the transcript, stderr the logs (`RUST_LOG` filter, default `info`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,19 +107,9 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .try_init();
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    init_logging();
+    common::init_logging(false);
     let result = match Args::parse().command {
         Command::Serve {
             dir,

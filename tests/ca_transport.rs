@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use agentid::ca::RevokeTarget;
 use agentid::protocol::{AgentId, AuthorityPolicy, ErrorCode, TaskIdentity, TrustBundle};
-use agentid::transport::{CertError, Error, PeerPolicy, PeerVerification};
+use agentid::transport::{CertError, Error, PeerPolicy, PeerVerification, Session};
 use support::*;
+use tokio::net::TcpStream;
 
 /// The expected server-side outcome of a handshake.
 #[derive(Debug)]
@@ -288,8 +289,11 @@ async fn requests_are_authorized_one_by_one() {
     }
 }
 
-#[tokio::test]
-async fn a_two_second_certificate_ends_a_live_session() {
+/// The CA's `librarian` serving its `planner` (`repo:read` on a certificate of 2 s), both holding
+/// the CA's list and admitting the agents of the trust domain: (the CA, the planner, the
+/// planner's session, the librarian's session).
+async fn planner_on_a_two_second_certificate(
+) -> (TestCa, Agent, Session<TcpStream>, Session<TcpStream>) {
     let a = TestCa::new("example.org");
     let librarian = a.open_task("librarian", "repo:serve", 0, None);
     let planner = a.open_task("planner", "repo:read", 0, Some(Duration::from_secs(2)));
@@ -301,13 +305,19 @@ async fn a_two_second_certificate_ends_a_live_session() {
     )
     .await;
     let cv = verification(&planner.id, &[a.bundle()], &[&list]);
-    let mut cs = connect(
+    let cs = connect(
         &client(&planner, cv, PeerPolicy::agents_in(a.td.clone())),
         addr,
     )
     .await
     .unwrap();
-    let mut ss = accepted(h).await.unwrap();
+    let ss = accepted(h).await.unwrap();
+    (a, planner, cs, ss)
+}
+
+#[tokio::test]
+async fn a_two_second_certificate_ends_a_live_session() {
+    let (_a, planner, mut cs, mut ss) = planner_on_a_two_second_certificate().await;
     // The deadline is the certificate's notAfter (the grant lives 30 minutes).
     assert_eq!(ss.peer().deadline, planner.cert.leaf.not_after);
     assert!(ss.peer().deadline <= now() + 2);
@@ -331,24 +341,7 @@ async fn a_two_second_certificate_ends_a_live_session() {
 
 #[tokio::test]
 async fn renew_and_reauth_keep_a_session_past_the_first_certificate() {
-    let a = TestCa::new("example.org");
-    let librarian = a.open_task("librarian", "repo:serve", 0, None);
-    let planner = a.open_task("planner", "repo:read", 0, Some(Duration::from_secs(2)));
-    let list = a.revocations();
-    let sv = verification(&librarian.id, &[a.bundle()], &[&list]);
-    let (addr, h) = serve(
-        server(&librarian, sv, PeerPolicy::agents_in(a.td.clone())),
-        1,
-    )
-    .await;
-    let cv = verification(&planner.id, &[a.bundle()], &[&list]);
-    let mut cs = connect(
-        &client(&planner, cv, PeerPolicy::agents_in(a.td.clone())),
-        addr,
-    )
-    .await
-    .unwrap();
-    let mut ss = accepted(h).await.unwrap();
+    let (a, planner, mut cs, mut ss) = planner_on_a_two_second_certificate().await;
     let first_deadline = ss.peer().deadline;
     assert_eq!(first_deadline, planner.cert.leaf.not_after);
 

@@ -36,11 +36,14 @@ fn example(name: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
     let mut sources = vec![manifest.join("examples").join(format!("{name}.rs"))];
-    sources.extend(
-        std::fs::read_dir(manifest.join("src"))
-            .unwrap()
-            .map(|e| e.unwrap().path()),
-    );
+    // The facade, and the module the agent examples share.
+    for dir in ["src", "examples/common"] {
+        sources.extend(
+            std::fs::read_dir(manifest.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        );
+    }
     for source in sources {
         let changed = std::fs::metadata(&source)
             .and_then(|m| m.modified())
@@ -166,26 +169,20 @@ fn agent_pair_runs_the_main_job() {
     }
 }
 
-/// What one server/client run must show.
+/// What one server/client run must show. The client always runs with `--revocations` and asks
+/// for `repo:read` and `repo:write`; the server must warn that revocation checking is disabled
+/// exactly when it runs without `--revocations`.
 struct Case<'a> {
     name: &'a str,
     /// The client's credential directory.
     client_dir: &'a Path,
     /// The server's options besides `--dir`, `--listen` and `--once`.
     server_args: Vec<&'a str>,
-    /// The client's options besides `--dir` and `--connect`.
-    client_args: Vec<&'a str>,
-    /// The client's exit status: success or not.
-    client_ok: bool,
-    /// Lines the client prints on stdout.
-    client_says: Vec<&'a str>,
-    /// The server's exit status (`--once`): success or not; `None`: it never got a
-    /// connection (it is killed).
-    server_ok: Option<bool>,
-    /// Lines the server prints on stdout.
-    server_says: Vec<&'a str>,
-    /// Whether the server warns that revocation checking is disabled.
-    server_warns: bool,
+    /// The client's exit status (success or not), and lines it prints on stdout.
+    client: (bool, Vec<&'a str>),
+    /// The server's exit status (`--once`: success or not), and lines it prints on stdout;
+    /// `None`: it never got a connection (it is killed).
+    server: Option<(bool, Vec<&'a str>)>,
 }
 
 #[test]
@@ -231,7 +228,7 @@ fn agent_server_and_agent_client_as_two_processes() {
     let coder_dir = dir("coder");
     let planner_dir = dir("planner");
     let open_key_dir = dir("coder-open-key");
-    let read_write = vec![
+    let read_write = [
         "--revocations",
         rev,
         "--scope",
@@ -244,45 +241,42 @@ fn agent_server_and_agent_client_as_two_processes() {
             name: "child with a link (chain.jwt), revocation lists on both sides",
             client_dir: &coder_dir,
             server_args: vec!["--revocations", rev],
-            client_args: read_write.clone(),
-            client_ok: true,
-            client_says: vec![
-                "presenting",
-                "chain depth 1",
-                "request \"repo:read\" -> granted",
-                "request \"repo:write\" -> refused (scope_not_granted)",
-            ],
-            server_ok: Some(true),
-            server_says: vec![
-                "effective scope \"repo:read\"",
-                "request \"repo:write\" -> refused scope_not_granted",
-            ],
-            server_warns: false,
+            client: (
+                true,
+                vec![
+                    "presenting",
+                    "chain depth 1",
+                    "request \"repo:read\" -> granted",
+                    "request \"repo:write\" -> refused (scope_not_granted)",
+                ],
+            ),
+            server: Some((
+                true,
+                vec![
+                    "effective scope \"repo:read\"",
+                    "request \"repo:write\" -> refused scope_not_granted",
+                ],
+            )),
         },
         Case {
             name: "grant holder (grant.jwt, no chain.jwt)",
             client_dir: &planner_dir,
             server_args: vec!["--revocations", rev],
-            client_args: read_write.clone(),
-            client_ok: true,
-            client_says: vec![
-                "request \"repo:read\" -> granted",
-                "request \"repo:write\" -> granted",
-            ],
-            server_ok: Some(true),
-            server_says: vec!["chain depth 0"],
-            server_warns: false,
+            client: (
+                true,
+                vec![
+                    "request \"repo:read\" -> granted",
+                    "request \"repo:write\" -> granted",
+                ],
+            ),
+            server: Some((true, vec!["chain depth 0"])),
         },
         Case {
             name: "no --revocations: the server warns and runs",
             client_dir: &coder_dir,
             server_args: vec![],
-            client_args: read_write.clone(),
-            client_ok: true,
-            client_says: vec!["request \"repo:read\" -> granted"],
-            server_ok: Some(true),
-            server_says: vec!["request \"repo:read\" -> granted"],
-            server_warns: true,
+            client: (true, vec!["request \"repo:read\" -> granted"]),
+            server: Some((true, vec!["request \"repo:read\" -> granted"])),
         },
         Case {
             name: "--allow names the client",
@@ -295,47 +289,34 @@ fn agent_server_and_agent_client_as_two_processes() {
                 "--allow",
                 "coder",
             ],
-            client_args: read_write.clone(),
-            client_ok: true,
-            client_says: vec!["request \"repo:read\" -> granted"],
-            server_ok: Some(true),
-            server_says: vec![
+            client: (true, vec!["request \"repo:read\" -> granted"]),
+            server: Some((
+                true,
+                vec![
                 "admitting spiffe://example.org/agent/planner, spiffe://example.org/agent/coder",
             ],
-            server_warns: false,
+            )),
         },
         Case {
             name: "--allow does not name the client",
             client_dir: &coder_dir,
             server_args: vec!["--revocations", rev, "--allow", "planner"],
-            client_args: read_write.clone(),
-            client_ok: false,
-            client_says: vec!["refused"],
-            server_ok: Some(false),
-            server_says: vec!["policy_denied"],
-            server_warns: false,
+            client: (false, vec!["refused"]),
+            server: Some((false, vec!["policy_denied"])),
         },
         Case {
             name: "the CA's newer list revokes the client's agent",
             client_dir: &coder_dir,
             server_args: vec!["--revocations", rev_coder],
-            client_args: read_write.clone(),
-            client_ok: false,
-            client_says: vec!["refused: revoked"],
-            server_ok: Some(false),
-            server_says: vec!["revoked"],
-            server_warns: false,
+            client: (false, vec!["refused: revoked"]),
+            server: Some((false, vec!["revoked"])),
         },
         Case {
             name: "a key file others can read is refused before connecting",
             client_dir: &open_key_dir,
             server_args: vec!["--revocations", rev],
-            client_args: read_write.clone(),
-            client_ok: false,
-            client_says: vec![],
-            server_ok: None,
-            server_says: vec![],
-            server_warns: false,
+            client: (false, vec![]),
+            server: None,
         },
     ];
 
@@ -354,10 +335,10 @@ fn agent_server_and_agent_client_as_two_processes() {
             "--connect",
             &addr,
         ];
-        client_args.extend(case.client_args.iter().copied());
+        client_args.extend(read_write.iter().copied());
         let (client_status, client_out, client_err) =
             Proc::spawn(&client_bin, &client_args).finish(PROCESS_TIMEOUT);
-        let wait = if case.server_ok.is_some() {
+        let wait = if case.server.is_some() {
             PROCESS_TIMEOUT
         } else {
             Duration::ZERO
@@ -369,19 +350,19 @@ fn agent_server_and_agent_client_as_two_processes() {
 
         // Every case runs; the failures are reported together.
         let mut wrong = Vec::new();
-        if client_status.map(|s| s.success()) != Some(case.client_ok) {
+        let (client_ok, client_says) = &case.client;
+        if client_status.map(|s| s.success()) != Some(*client_ok) {
             wrong.push(format!(
-                "client status {client_status:?}, expected success = {}",
-                case.client_ok
+                "client status {client_status:?}, expected success = {client_ok}"
             ));
         }
-        for line in &case.client_says {
+        for line in client_says {
             if !client_out.contains(line) {
                 wrong.push(format!("the client printed no {line:?}"));
             }
         }
-        match case.server_ok {
-            Some(ok) if server_status.map(|s| s.success()) != Some(ok) => {
+        match &case.server {
+            Some((ok, _)) if server_status.map(|s| s.success()) != Some(*ok) => {
                 wrong.push(format!(
                     "server status {server_status:?}, expected success = {ok}"
                 ));
@@ -389,18 +370,16 @@ fn agent_server_and_agent_client_as_two_processes() {
             None if server_status.is_some() => wrong.push("the server exited".into()),
             _ => {}
         }
-        for line in &case.server_says {
+        for line in case.server.iter().flat_map(|(_, says)| says) {
             if !server_out.contains(line) {
                 wrong.push(format!("the server printed no {line:?}"));
             }
         }
-        if server_err.contains("revocation checking is DISABLED") != case.server_warns {
-            wrong.push(format!(
-                "revocation warning expected: {}",
-                case.server_warns
-            ));
+        let server_warns = !case.server_args.contains(&"--revocations");
+        if server_err.contains("revocation checking is DISABLED") != server_warns {
+            wrong.push(format!("revocation warning expected: {server_warns}"));
         }
-        if !case.client_ok && case.server_ok.is_none() && !client_err.contains("chmod 600") {
+        if !client_ok && case.server.is_none() && !client_err.contains("chmod 600") {
             wrong.push("the client did not name the key file's mode".into());
         }
         if !wrong.is_empty() {

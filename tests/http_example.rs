@@ -28,6 +28,17 @@ fn built(rel: &[&str]) -> PathBuf {
 }
 
 /// Runs a command to completion, bounded.
+/// The stdout of a process that must have exited with success (else its stdout and stderr).
+fn succeeded(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn run(cmd: &mut Command) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -164,12 +175,7 @@ fn http_agents_with_the_agentid_client_and_curl() {
         "--path",
         "/status",
     ]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.contains("GET /files -> 200 files for spiffe://example.org/agent/coder/task/"),
         "{text}"
@@ -214,12 +220,7 @@ fn http_agents_with_the_agentid_client_and_curl() {
     };
     // Identity only: the peer route answers, the scope route refuses.
     let out = curl("demo/coder", "/status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.starts_with("status for spiffe://example.org/agent/coder/task/"),
         "{text}"

@@ -123,13 +123,7 @@ impl TestCa {
                 SystemTime::now(),
             )
             .unwrap();
-        Agent {
-            id: cert.identity.clone(),
-            cert,
-            key_der: key.danger_pkcs8_der().to_vec(),
-            chain: None,
-            grant_jti: None,
-        }
+        Agent::without_grant(cert, &key)
     }
 
     /// A service certificate (never with a grant).
@@ -146,13 +140,7 @@ impl TestCa {
                 SystemTime::now(),
             )
             .unwrap();
-        Agent {
-            id: cert.identity.clone(),
-            cert,
-            key_der: key.danger_pkcs8_der().to_vec(),
-            chain: None,
-            grant_jti: None,
-        }
+        Agent::without_grant(cert, &key)
     }
 
     /// Renews `agent`'s certificate for the same key.
@@ -189,6 +177,17 @@ impl TestCa {
 }
 
 impl Agent {
+    /// An agent holding `cert` for `key`, with no chain and no grant of its own.
+    fn without_grant(cert: IssuedCertificate, key: &TaskKey) -> Self {
+        Self {
+            id: cert.identity.clone(),
+            cert,
+            key_der: key.danger_pkcs8_der().to_vec(),
+            chain: None,
+            grant_jti: None,
+        }
+    }
+
     pub fn key(&self) -> TaskKey {
         TaskKey::from_pkcs8_der(&self.key_der).unwrap()
     }

@@ -189,15 +189,5 @@ pub async fn run() -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    match tokio::time::timeout(Duration::from_secs(30), run()).await {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("a2a_agents: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("a2a_agents: timed out");
-            ExitCode::FAILURE
-        }
-    }
+    demo::exit_status("a2a_agents", run()).await
 }

@@ -1,7 +1,8 @@
 //! gRPC between agents with agentid (transport feature `tonic`): a tonic service served by the
 //! agentid HTTP server with a delegated scope per method, and a tonic client on the agentid
 //! HTTP client that presents its delegation chain. The messages are written by hand with
-//! `prost` derives (no `protoc`), and so is the service glue `tonic-build` would generate.
+//! `prost` derives (no `protoc`), and so is the service glue `tonic-build` would generate (its
+//! generic part in `examples/demo/grpc.rs`).
 //!
 //! ```sh
 //! cargo run -p agentid-transport --features tonic --example grpc_agents
@@ -17,19 +18,15 @@
 
 pub mod demo;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentid_protocol::{ServiceId, TrustDomain};
 use agentid_transport::grpc::{GrpcChannel, MethodScopes};
-use agentid_transport::http::{Authorizer, BoxError, HttpClient, HttpServer};
+use agentid_transport::http::{HttpClient, HttpServer};
 use agentid_transport::PeerPolicy;
 use anyhow::{bail, Context as _, Result};
-use bytes::Bytes;
+use demo::grpc::{BoxFuture, Routes, Unary};
 use http::uri::PathAndQuery;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
@@ -83,91 +80,40 @@ pub struct WriteReply {
     pub written: u64,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// The `Read` handler: the request carries the agentid [`Authorizer`] (who the peer is, its
-/// verified chain); the scope was already checked by [`MethodScopes`].
-#[derive(Clone)]
-struct ReadMethod;
-
-impl tower_service::Service<tonic::Request<ReadRequest>> for ReadMethod {
-    type Response = tonic::Response<ReadReply>;
-    type Error = Status;
-    type Future = BoxFuture<Result<Self::Response, Status>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: tonic::Request<ReadRequest>) -> Self::Future {
-        let caller = req
-            .extensions()
-            .get::<Authorizer>()
-            .map(|a| a.peer_id().to_string())
-            .unwrap_or_default();
-        let path = req.into_inner().path;
-        Box::pin(async move {
-            Ok(tonic::Response::new(ReadReply {
-                content: format!("contents of {path}"),
-                caller,
-            }))
-        })
-    }
+/// The `Read` method: `caller` is the peer the agentid server verified; the scope was already
+/// checked by [`MethodScopes`].
+fn read(caller: String, req: ReadRequest) -> Result<ReadReply, Status> {
+    Ok(ReadReply {
+        content: format!("contents of {}", req.path),
+        caller,
+    })
 }
 
-/// The `Write` handler.
-#[derive(Clone)]
-struct WriteMethod;
-
-impl tower_service::Service<tonic::Request<WriteRequest>> for WriteMethod {
-    type Response = tonic::Response<WriteReply>;
-    type Error = Status;
-    type Future = BoxFuture<Result<Self::Response, Status>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: tonic::Request<WriteRequest>) -> Self::Future {
-        let written = req.into_inner().content.len() as u64;
-        Box::pin(async move { Ok(tonic::Response::new(WriteReply { written })) })
-    }
+/// The `Write` method.
+fn write(_caller: String, req: WriteRequest) -> Result<WriteReply, Status> {
+    Ok(WriteReply {
+        written: req.content.len() as u64,
+    })
 }
 
 /// The service glue `tonic-build` would generate: route by path, decode, call, encode.
-#[derive(Clone)]
-struct FilesServer;
-
-impl<B> tower_service::Service<http::Request<B>> for FilesServer
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match req.uri().path() {
-            READ => Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(ProstCodec::<ReadReply, ReadRequest>::default());
-                Ok(grpc.unary(ReadMethod, req).await)
-            }),
-            WRITE => Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(ProstCodec::<WriteReply, WriteRequest>::default());
-                Ok(grpc.unary(WriteMethod, req).await)
-            }),
-            _ => Box::pin(std::future::ready(Ok(Status::unimplemented(
-                "no such method",
-            )
-            .into_http()))),
-        }
+fn files_server(
+    req: http::Request<tonic::body::Body>,
+) -> BoxFuture<http::Response<tonic::body::Body>> {
+    match req.uri().path() {
+        READ => Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(ProstCodec::<ReadReply, ReadRequest>::default());
+            grpc.unary(Unary(read), req).await
+        }),
+        WRITE => Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(ProstCodec::<WriteReply, WriteRequest>::default());
+            grpc.unary(Unary(write), req).await
+        }),
+        _ => Box::pin(std::future::ready(
+            Status::unimplemented("no such method").into_http(),
+        )),
     }
 }
 
@@ -237,7 +183,7 @@ pub async fn run() -> Result<()> {
         .method(WRITE, agentid_protocol::Scope::parse("files:write")?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let service = tower_layer::Layer::layer(&scopes, FilesServer);
+    let service = tower_layer::Layer::layer(&scopes, Routes(files_server));
     tokio::spawn(async move { server.serve(listener, service).await });
     println!("files  | {SERVICE} serving gRPC on {addr}: {READ} needs files:read, {WRITE} needs files:write");
 
@@ -292,15 +238,5 @@ pub async fn run() -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    match tokio::time::timeout(Duration::from_secs(30), run()).await {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("grpc_agents: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("grpc_agents: timed out");
-            ExitCode::FAILURE
-        }
-    }
+    demo::exit_status("grpc_agents", run()).await
 }

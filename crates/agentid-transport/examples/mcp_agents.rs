@@ -197,15 +197,5 @@ pub async fn run() -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
-    match tokio::time::timeout(Duration::from_secs(30), run()).await {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("mcp_agents: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("mcp_agents: timed out");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    demo::exit_status("mcp_agents", run()).await
 }

@@ -139,18 +139,33 @@ impl BundleEndpoint {
     }
 }
 
+/// The card JSON of an agent naming `names` (and `bundle_endpoint`, if given).
+fn card_json(names: &str, bundle_endpoint: Option<&str>) -> serde_json::Value {
+    serde_json::to_value(card(&id(names), bundle_endpoint)).unwrap()
+}
+
+/// The coder, delegated `scope` and expecting the planner, connects to `addr` (bounded).
+async fn connect_as_coder(
+    w: &World,
+    scope: &str,
+    addr: SocketAddr,
+) -> Result<agentid_transport::a2a::A2aConnection, A2aError> {
+    connect(&w.client(scope, PLANNER), addr).await
+}
+
+/// An agent presenting `cert_id` and serving `card` refuses the coder (delegated `planner:plan`,
+/// expecting the planner) with `code`.
+async fn assert_coder_refused(cert_id: &str, card: serde_json::Value, code: &str) {
+    let w = World::new();
+    let addr = w.agent(cert_id, card).await;
+    refused_with(connect_as_coder(&w, "planner:plan", addr).await, code);
+}
+
 #[tokio::test]
 async fn the_configured_agent_with_its_own_card_answers() {
     let w = World::new();
-    let addr = w
-        .agent(
-            PLANNER,
-            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
-        )
-        .await;
-    let mut conn = connect(&w.client("planner:plan", PLANNER), addr)
-        .await
-        .unwrap();
+    let addr = w.agent(PLANNER, card_json(PLANNER, None)).await;
+    let mut conn = connect_as_coder(&w, "planner:plan", addr).await.unwrap();
     assert_eq!(conn.card().protocol_version, "0.3.0");
     let r = conn.send_text("/a2a", "hi").await.unwrap();
     assert_eq!(r["parts"][0]["text"], "ok");
@@ -159,29 +174,14 @@ async fn the_configured_agent_with_its_own_card_answers() {
 
 #[tokio::test]
 async fn a_card_naming_another_identity_is_refused() {
-    let w = World::new();
-    let addr = w
-        .agent(
-            PLANNER,
-            serde_json::to_value(card(&id(OTHER), None)).unwrap(),
-        )
-        .await;
-    refused_with(
-        connect(&w.client("planner:plan", PLANNER), addr).await,
-        "card_identity_mismatch",
-    );
+    assert_coder_refused(PLANNER, card_json(OTHER, None), "card_identity_mismatch").await;
 }
 
 #[tokio::test]
 async fn a_card_naming_the_right_id_in_another_trust_domain_is_refused() {
-    let w = World::new();
-    let mut c = serde_json::to_value(card(&id(PLANNER), None)).unwrap();
+    let mut c = card_json(PLANNER, None);
     c["capabilities"]["extensions"][0]["params"]["trustDomain"] = "evil.example".into();
-    let addr = w.agent(PLANNER, c).await;
-    refused_with(
-        connect(&w.client("planner:plan", PLANNER), addr).await,
-        "card_identity_mismatch",
-    );
+    assert_coder_refused(PLANNER, c, "card_identity_mismatch").await;
 }
 
 #[tokio::test]
@@ -190,59 +190,30 @@ async fn a_bundle_endpoint_in_a_card_is_never_fetched() {
     // The right agent naming a bundle endpoint: accepted on its identity, endpoint untouched.
     let good = BundleEndpoint::new();
     let addr = w
-        .agent(
-            PLANNER,
-            serde_json::to_value(card(&id(PLANNER), Some(&good.url()))).unwrap(),
-        )
+        .agent(PLANNER, card_json(PLANNER, Some(&good.url())))
         .await;
-    let mut conn = connect(&w.client("planner:plan", PLANNER), addr)
-        .await
-        .unwrap();
+    let mut conn = connect_as_coder(&w, "planner:plan", addr).await.unwrap();
     conn.send_text("/a2a", "hi").await.unwrap();
     assert!(!good.visited());
     // A card of another identity whose bundle endpoint would vouch for it: refused, untouched.
     let evil = BundleEndpoint::new();
-    let addr = w
-        .agent(
-            PLANNER,
-            serde_json::to_value(card(&id(OTHER), Some(&evil.url()))).unwrap(),
-        )
-        .await;
-    refused_with(
-        connect(&w.client("planner:plan", PLANNER), addr).await,
-        "card_identity_mismatch",
-    );
+    let addr = w.agent(PLANNER, card_json(OTHER, Some(&evil.url()))).await;
+    let r = connect_as_coder(&w, "planner:plan", addr).await;
+    refused_with(r, "card_identity_mismatch");
     assert!(!evil.visited());
 }
 
 #[tokio::test]
 async fn an_mtls_peer_other_than_the_configured_one_is_refused_whatever_its_card_says() {
-    let w = World::new();
     // svc/other is a valid member of the domain and serves a card claiming to be the planner.
-    let addr = w
-        .agent(
-            OTHER,
-            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
-        )
-        .await;
-    refused_with(
-        connect(&w.client("planner:plan", PLANNER), addr).await,
-        "peer_mismatch",
-    );
+    assert_coder_refused(OTHER, card_json(PLANNER, None), "peer_mismatch").await;
 }
 
 #[tokio::test]
 async fn a_message_without_the_delegated_scope_is_refused_with_its_code() {
     let w = World::new();
-    let addr = w
-        .agent(
-            PLANNER,
-            serde_json::to_value(card(&id(PLANNER), None)).unwrap(),
-        )
-        .await;
-    let mut conn = connect(&w.client("planner:read", PLANNER), addr)
-        .await
-        .unwrap();
+    let addr = w.agent(PLANNER, card_json(PLANNER, None)).await;
+    let mut conn = connect_as_coder(&w, "planner:read", addr).await.unwrap();
     match conn.send_text("/a2a", "hi").await {
         Ok(r) => panic!("allowed: {r}"),
         Err(A2aError::Http { status, code }) => {
@@ -255,14 +226,12 @@ async fn a_message_without_the_delegated_scope_is_refused_with_its_code() {
 
 #[tokio::test]
 async fn a_card_that_is_not_json_is_malformed() {
-    let w = World::new();
-    let addr = w
-        .agent(PLANNER, serde_json::json!(["not", "a", "card"]))
-        .await;
-    refused_with(
-        connect(&w.client("planner:plan", PLANNER), addr).await,
+    assert_coder_refused(
+        PLANNER,
+        serde_json::json!(["not", "a", "card"]),
         "malformed",
-    );
+    )
+    .await;
 }
 
 #[test]

@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use agentid_transport::{AgentServer, MemoryCredentials, PeerPolicy};
+use agentid_transport::{AgentServer, PeerPolicy};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use support::*;
 use tokio::net::TcpSocket;
@@ -25,18 +24,8 @@ async fn the_accept_loop_survives_running_out_of_file_descriptors() {
         return;
     }
     let a = Domain::new("example.org");
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
-    let client_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        CLIENT,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
+    let client_creds = credentials(&a.ca, CLIENT);
     let sv = verification(SERVER, &[&a], false);
     let cv = verification(CLIENT, &[&a], false);
     let srv = AgentServer::builder(server_creds, sv, PeerPolicy::danger_any())

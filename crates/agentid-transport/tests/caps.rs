@@ -23,12 +23,7 @@ struct World {
 
 fn world(limits: ConnectionLimits) -> World {
     let a = Domain::new("example.org");
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], false);
     let cv = verification("spiffe://example.org/agent/x/task/y", &[&a], false);
     let server = AgentServer::builder(server_creds, sv, PeerPolicy::danger_any())

@@ -352,25 +352,14 @@ async fn serials_are_reported_in_the_ca_form() {
     let server_creds = Arc::new(MemoryCredentials::new(
         agentid_transport::Credential::new(vec![scert], sk).unwrap(),
     ));
-    let (addr, h) = serve(
-        server(
-            server_creds,
-            verification(SERVER, &[&a], false),
-            PeerPolicy::danger_any(),
-        ),
-        1,
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let client_creds = Arc::new(MemoryCredentials::new(client_cred));
+    let (cs, ss) = sessions(
+        server(server_creds, sv, PeerPolicy::danger_any()),
+        &client(client_creds, cv, PeerPolicy::danger_any()),
     )
     .await;
-    let c = client(
-        Arc::new(MemoryCredentials::new(client_cred)),
-        verification(CLIENT, &[&a], false),
-        PeerPolicy::danger_any(),
-    );
-    let cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let ss = h.await.unwrap().pop().unwrap().unwrap();
     assert_eq!(ss.peer().cert_serial, expected, "server side");
     assert_eq!(cs.peer().cert_serial, expected, "client side");
 }

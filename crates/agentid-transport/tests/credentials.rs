@@ -77,12 +77,7 @@ async fn a_credential_past_not_after_is_not_presented() {
     );
     let source = Arc::new(MemoryCredentials::new(expired));
     assert!(source.current().is_none());
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], false);
     let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
     let c = client(
@@ -102,12 +97,7 @@ async fn a_framed_session_sends_reauth_when_its_credential_renews() {
     let cred = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
     let old_serial = cred.info().serial.clone();
     let client_creds = Arc::new(MemoryCredentials::new(cred));
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], false);
     let cv = verification(CLIENT, &[&a], false);
     let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
@@ -133,13 +123,10 @@ async fn a_framed_session_sends_reauth_when_its_credential_renews() {
     client_creds.rotate(renewed, &cv.trust_store()).unwrap();
 
     // No explicit reauth call: the session sends it with its next traffic.
-    cs.send(b"after renewal").await.unwrap();
-    let got = tokio::time::timeout(T, ss.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got[..], b"after renewal");
+    assert_eq!(
+        roundtrip(&mut cs, &mut ss, b"after renewal").await,
+        b"after renewal"
+    );
     assert_eq!(ss.peer().cert_serial, new_serial);
     assert!(ss.peer().deadline > old_deadline);
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
@@ -147,13 +134,7 @@ async fn a_framed_session_sends_reauth_when_its_credential_renews() {
     // Rotating to another key is not a renewal: nothing is sent on the live session.
     let other = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
     client_creds.rotate(other, &cv.trust_store()).unwrap();
-    cs.send(b"again").await.unwrap();
-    let got = tokio::time::timeout(T, ss.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got[..], b"again");
+    assert_eq!(roundtrip(&mut cs, &mut ss, b"again").await, b"again");
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
     assert_eq!(ss.peer().cert_serial, new_serial);
 }

@@ -4,18 +4,16 @@
 #![cfg(feature = "tonic")]
 
 use example::demo;
+use example::demo::grpc::{BoxFuture, Routes, Unary};
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentid_protocol::{Scope, ServiceId, TrustDomain};
 use agentid_transport::grpc::{GrpcChannel, MethodScopes};
-use agentid_transport::http::{Authorizer, BoxError, HttpClient, HttpServer};
+use agentid_transport::http::{HttpClient, HttpServer};
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -36,31 +34,11 @@ struct Text {
     text: String,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-#[derive(Clone)]
-struct Say;
-
-impl tower_service::Service<tonic::Request<Text>> for Say {
-    type Response = tonic::Response<Text>;
-    type Error = Status;
-    type Future = BoxFuture<Result<Self::Response, Status>>;
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: tonic::Request<Text>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<Authorizer>()
-            .map(|a| a.peer_id().to_string())
-            .unwrap_or_default();
-        let text = req.into_inner().text;
-        Box::pin(async move {
-            Ok(tonic::Response::new(Text {
-                text: format!("{peer}: {text}"),
-            }))
-        })
-    }
+/// `Say`: the caller's identity and the text.
+fn say(peer: String, req: Text) -> Result<Text, Status> {
+    Ok(Text {
+        text: format!("{peer}: {}", req.text),
+    })
 }
 
 /// A server-streaming method: a message every 20 ms, at most 500.
@@ -97,30 +75,17 @@ impl tower_service::Service<tonic::Request<Text>> for Count {
 
 /// `Count` streams; every other path answers with `Say` (the scope layer decides which are
 /// reachable).
-#[derive(Clone)]
-struct EchoServer;
-
-impl<B> tower_service::Service<http::Request<B>> for EchoServer
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Text, Text>::default());
-            if req.uri().path() == COUNT {
-                Ok(grpc.server_streaming(Count, req).await)
-            } else {
-                Ok(grpc.unary(Say, req).await)
-            }
-        })
-    }
+fn echo_server(
+    req: http::Request<tonic::body::Body>,
+) -> BoxFuture<http::Response<tonic::body::Body>> {
+    Box::pin(async move {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Text, Text>::default());
+        if req.uri().path() == COUNT {
+            grpc.server_streaming(Count, req).await
+        } else {
+            grpc.unary(Unary(say), req).await
+        }
+    })
 }
 
 struct World {
@@ -149,7 +114,7 @@ impl World {
             .method(COUNT, Scope::parse("echo:say").unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = tower_layer::Layer::layer(&scopes, EchoServer);
+        let service = tower_layer::Layer::layer(&scopes, Routes(echo_server));
         tokio::spawn(async move { server.serve(listener, service).await });
         Self {
             domain,

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use agentid_protocol::{ProofBuilder, Role, Scope, SpiffeId, TaskKey};
 use agentid_transport::http::{
-    self, Authorizer, Decision, DecisionSink, HttpClient, HttpOptions, HttpServer, RequirePeer,
-    RequireScope,
+    self, Authorizer, Decision, DecisionSink, HttpClient, HttpClientConnection, HttpOptions,
+    HttpServer, RequirePeer, RequireScope,
 };
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use axum::handler::Handler as _;
@@ -46,12 +46,7 @@ impl World {
         let a = Domain::new("example.org");
         let sv = verification(SERVER, &[&a], strict);
         let cv = verification(CLIENT, &[&a], strict);
-        let server_creds = Arc::new(MemoryCredentials::new(credential(
-            &a.ca,
-            SERVER,
-            key(),
-            &LeafOpts::default(),
-        )));
+        let server_creds = credentials(&a.ca, SERVER);
         Self {
             a,
             server_creds,
@@ -75,6 +70,41 @@ impl World {
             cred = cred.with_chain(c.clone());
         }
         (Arc::new(MemoryCredentials::new(cred)), k, chain)
+    }
+
+    /// A world with revocation checking on (`strict`), both sides holding an empty list.
+    fn revocable() -> Self {
+        let w = Self::new(true);
+        let empty = w.a.revocation_list(1, |b| b);
+        w.sv.apply_revocation_list(&empty).unwrap();
+        w.cv.apply_revocation_list(&empty).unwrap();
+        w
+    }
+
+    /// The server applies a newer list that revokes `k`.
+    fn revoke(&self, k: &TaskKey) {
+        let jkt = k.public_key().thumbprint();
+        let list = self
+            .a
+            .revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+        self.sv.apply_revocation_list(&list).unwrap();
+    }
+
+    /// Verification for `own` that allows no clock skew (revocation lists optional).
+    fn without_skew(&self, own: &str) -> Arc<PeerVerification> {
+        verification_with(own, &[&self.a], |c| {
+            c.skew(0)
+                .unwrap()
+                .danger_accept_missing_or_stale_revocations()
+        })
+    }
+}
+
+/// A certificate with `secs` of life left.
+fn expiring_in(secs: i64) -> LeafOpts {
+    LeafOpts {
+        not_after: Some(secs),
+        ..LeafOpts::default()
     }
 }
 
@@ -185,6 +215,23 @@ fn options() -> HttpOptions {
 }
 
 async fn start(w: &World, sink: Option<Arc<dyn DecisionSink>>, o: HttpOptions) -> SocketAddr {
+    start_app(w, sink, app(), o).await
+}
+
+/// [`start`] without a sink, with [`options`] as `f` changes them.
+async fn start_with(w: &World, f: impl FnOnce(&mut HttpOptions)) -> SocketAddr {
+    let mut o = options();
+    f(&mut o);
+    start(w, None, o).await
+}
+
+/// Serves `app` on 127.0.0.1 with the world's server, `o` and, if given, the decision `sink`.
+async fn start_app(
+    w: &World,
+    sink: Option<Arc<dyn DecisionSink>>,
+    app: Router,
+    o: HttpOptions,
+) -> SocketAddr {
     let mut b = HttpServer::builder(
         w.server_creds.clone(),
         w.sv.clone(),
@@ -197,7 +244,7 @@ async fn start(w: &World, sink: Option<Arc<dyn DecisionSink>>, o: HttpOptions) -
     let server = b.build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve(listener, app()).await });
+    tokio::spawn(async move { server.serve(listener, app).await });
     addr
 }
 
@@ -208,6 +255,16 @@ fn client(w: &World, creds: Arc<MemoryCredentials>, h1: bool) -> HttpClient {
         b = b.http1_only();
     }
     b.build().unwrap()
+}
+
+/// An agentid client connection of `creds` to `addr` (HTTP/1.1 only if `h1`).
+async fn connect(
+    w: &World,
+    creds: Arc<MemoryCredentials>,
+    h1: bool,
+    addr: SocketAddr,
+) -> HttpClientConnection {
+    client(w, creds, h1).connect(addr, "files").await.unwrap()
 }
 
 fn get_req(path: &str) -> ::http::Request<Bytes> {
@@ -223,9 +280,45 @@ async fn body(resp: ::http::Response<hyper::body::Incoming>) -> String {
     String::from_utf8(b.to_vec()).unwrap()
 }
 
+/// A response that must be 200; its body.
+async fn served(resp: ::http::Response<hyper::body::Incoming>) -> String {
+    assert_eq!(resp.status(), 200);
+    body(resp).await
+}
+
+/// GET `path` on `conn`, which must answer 200; the body.
+async fn get_ok(conn: &mut HttpClientConnection, path: &str) -> String {
+    let resp = conn.send(get_req(path)).await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    body(resp).await
+}
+
+/// GET `path` on `conn`, which must answer 403 with `code`.
+async fn get_denied(conn: &mut HttpClientConnection, path: &str, code: &str) {
+    let resp = conn.send(get_req(path)).await.unwrap();
+    assert_eq!(resp.status(), 403, "{path}");
+    assert_eq!(code_of(&body(resp).await), code, "{path}");
+}
+
 fn code_of(s: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(s).unwrap();
     v["code"].as_str().unwrap().to_owned()
+}
+
+/// Reads the first frame of a `/stream` body (bounded): "first".
+async fn first_frame(streaming: &mut hyper::body::Incoming) {
+    let first = tokio::time::timeout(T, streaming.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+}
+
+/// The rest of a streaming body is cut (an error or its end) within `T`, never left hanging.
+async fn assert_cut(streaming: &mut hyper::body::Incoming) {
+    let next = tokio::time::timeout(T, streaming.frame()).await.unwrap();
+    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
 }
 
 #[tokio::test]
@@ -266,9 +359,7 @@ async fn agentid_client_presents_a_chain_over_h1_and_h2() {
             assert!(!resp.headers().contains_key("agentid-proof"));
             body(resp).await;
         }
-        let resp = conn.send(get_req("/peer")).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        body(resp).await;
+        get_ok(&mut conn, "/peer").await;
         let d = recorder.0.lock().unwrap().clone();
         assert_eq!(d.len(), 5);
         assert!(d.iter().all(|(_, granted, _)| *granted));
@@ -283,30 +374,16 @@ async fn identity_only_peers_pass_peer_routes_and_fail_scope_routes() {
     let recorder = Arc::new(Recorder::default());
     let addr = start(&w, Some(recorder.clone()), options()).await;
     let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
-    let mut conn = client(&w, creds, false)
-        .connect(addr, "files")
-        .await
-        .unwrap();
+    let mut conn = connect(&w, creds, false, addr).await;
     // The client presents a proof without a chain.
-    let resp = conn.send(get_req("/peer")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(body(resp).await, format!("{CLIENT} chain="));
-    let resp = conn.send(get_req("/scope")).await.unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(code_of(&body(resp).await), "scope_not_granted");
+    assert_eq!(get_ok(&mut conn, "/peer").await, format!("{CLIENT} chain="));
+    get_denied(&mut conn, "/scope", "scope_not_granted").await;
 
     // Another agent of the trust domain passes TLS but not the peer route.
     let (creds, _k, _) = w.client(OTHER, Some("files:read"), &LeafOpts::default());
-    let mut conn = client(&w, creds, true)
-        .connect(addr, "files")
-        .await
-        .unwrap();
-    let resp = conn.send(get_req("/peer")).await.unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(code_of(&body(resp).await), "peer_denied");
-    let resp = conn.send(get_req("/scope")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    body(resp).await;
+    let mut conn = connect(&w, creds, true, addr).await;
+    get_denied(&mut conn, "/peer", "peer_denied").await;
+    get_ok(&mut conn, "/scope").await;
     let d = recorder.0.lock().unwrap().clone();
     assert_eq!(
         d.iter().map(|(_, g, c)| (*g, *c)).collect::<Vec<_>>(),
@@ -328,38 +405,24 @@ async fn handler_layers_authorize_every_request() {
     let addr = start(&w, Some(recorder.clone()), options()).await;
     // A chain granting the scope: granted on every request, not only the presenting one.
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let mut conn = client(&w, creds, false)
-        .connect(addr, "files")
-        .await
-        .unwrap();
+    let mut conn = connect(&w, creds, false, addr).await;
     for _ in 0..2 {
-        let resp = conn.send(get_req("/scope_handler")).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(body(resp).await, format!("{CLIENT} chain=files:read"));
+        assert_eq!(
+            get_ok(&mut conn, "/scope_handler").await,
+            format!("{CLIENT} chain=files:read")
+        );
     }
-    let resp = conn.send(get_req("/peer_handler")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    body(resp).await;
+    get_ok(&mut conn, "/peer_handler").await;
     // A chain without it, and a chain-less peer: 403 `scope_not_granted`.
     for scope in [Some("files:list"), None] {
         let (creds, _k, _) = w.client(CLIENT, scope, &LeafOpts::default());
-        let mut conn = client(&w, creds, true)
-            .connect(addr, "files")
-            .await
-            .unwrap();
-        let resp = conn.send(get_req("/scope_handler")).await.unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(code_of(&body(resp).await), "scope_not_granted");
+        let mut conn = connect(&w, creds, true, addr).await;
+        get_denied(&mut conn, "/scope_handler", "scope_not_granted").await;
     }
     // Another agent: 403 `peer_denied` on the peer requirement.
     let (creds, _k, _) = w.client(OTHER, Some("files:read"), &LeafOpts::default());
-    let mut conn = client(&w, creds, false)
-        .connect(addr, "files")
-        .await
-        .unwrap();
-    let resp = conn.send(get_req("/peer_handler")).await.unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(code_of(&body(resp).await), "peer_denied");
+    let mut conn = connect(&w, creds, false, addr).await;
+    get_denied(&mut conn, "/peer_handler", "peer_denied").await;
     let d = recorder.0.lock().unwrap().clone();
     assert_eq!(
         d.iter()
@@ -483,6 +546,48 @@ impl Raw {
             tokio::time::timeout(T, s.send_request(req)).await.unwrap()
         }
     }
+
+    /// Sends `path` with `chain` and `proof` as the agentid headers.
+    async fn present(
+        &mut self,
+        path: &str,
+        chain: &str,
+        proof: &str,
+    ) -> hyper::Result<::http::Response<hyper::body::Incoming>> {
+        self.send(path, &[("agentid-chain", chain), ("agentid-proof", proof)])
+            .await
+    }
+
+    /// HTTP/2: opens a `/scope` stream presenting `chain` and `proof`, then eight streams racing
+    /// it (stream `i` of those presents the same again if `again(i)`, else nothing), and awaits
+    /// each response in order (bounded).
+    async fn race(
+        &self,
+        chain: &str,
+        proof: &str,
+        again: impl Fn(usize) -> bool,
+    ) -> Vec<hyper::Result<::http::Response<hyper::body::Incoming>>> {
+        let mut sender = self.h2.clone().unwrap();
+        sender.ready().await.unwrap();
+        let mk = |with: bool| {
+            let mut b = ::http::Request::get("https://files/scope");
+            if with {
+                b = b
+                    .header("agentid-chain", chain)
+                    .header("agentid-proof", proof);
+            }
+            b.body(Full::new(Bytes::new())).unwrap()
+        };
+        let mut streams = vec![sender.send_request(mk(true))];
+        for i in 0..8 {
+            streams.push(sender.send_request(mk(again(i))));
+        }
+        let mut responses = Vec::new();
+        for s in streams {
+            responses.push(tokio::time::timeout(T, s).await.unwrap());
+        }
+        responses
+    }
 }
 
 fn proof_for(exporter: [u8; 32], key: &TaskKey, chain: Option<&str>) -> String {
@@ -501,6 +606,40 @@ fn proof_for(exporter: [u8; 32], key: &TaskKey, chain: Option<&str>) -> String {
     b.sign(key).unwrap()
 }
 
+/// A server, and a client credential with a chain granting `files:read`.
+struct Chained {
+    w: World,
+    addr: SocketAddr,
+    creds: Arc<MemoryCredentials>,
+    k: TaskKey,
+    chain: String,
+}
+
+impl Chained {
+    async fn start() -> Self {
+        let w = World::new(false);
+        let addr = start(&w, None, options()).await;
+        let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        Self {
+            chain: chain.unwrap(),
+            w,
+            addr,
+            creds,
+            k,
+        }
+    }
+
+    /// A raw connection of the client (HTTP/2 if `h2`).
+    async fn raw(&self, h2: bool) -> Raw {
+        Raw::connect(&self.w, self.creds.clone(), self.addr, h2).await
+    }
+
+    /// A proof of the chain for `raw`'s connection.
+    fn proof(&self, raw: &Raw) -> String {
+        raw.proof(&self.k, Some(&self.chain))
+    }
+}
+
 async fn status_code(
     resp: ::http::Response<hyper::body::Incoming>,
 ) -> (u16, String, Option<String>) {
@@ -513,81 +652,87 @@ async fn status_code(
     (status, code, challenge)
 }
 
+/// What [`status_code`] gives for a 401 refusal with `code`: the code in the body and in the
+/// challenge.
+fn refused(code: &str) -> (u16, String, Option<String>) {
+    (401, code.into(), Some(format!("Agentid error=\"{code}\"")))
+}
+
+/// Whether `e` says the server ended the connection: closed, canceled, or what `also` allows.
+fn gone(e: &hyper::Error, also: impl Fn(&hyper::Error) -> bool) -> bool {
+    e.is_closed() || e.is_canceled() || also(e)
+}
+
+/// A request on a failed connection: refused with the stored `code`, or it finds the
+/// connection [`gone`].
+async fn refused_or_gone(
+    sent: hyper::Result<::http::Response<hyper::body::Incoming>>,
+    code: &str,
+    also: impl Fn(&hyper::Error) -> bool,
+) {
+    match sent {
+        Ok(r) => assert_eq!(status_code(r).await, refused(code)),
+        Err(e) => assert!(gone(&e, also), "{e}"),
+    }
+}
+
 #[tokio::test]
 async fn bad_headers_get_their_codes_and_statuses() {
-    let w = World::new(false);
-    let addr = start(&w, None, options()).await;
-    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let chain = chain.unwrap();
+    let c = Chained::start().await;
+    let chain = c.chain.as_str();
+    let big_proof = "a".repeat(8193);
+    let big_chain = "a".repeat(16385);
+    let bad_header = || (400, "bad_header".to_owned(), None);
     for h2 in [false, true] {
-        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
-        let proof = raw.proof(&k, Some(&chain));
-        // Duplicated headers.
-        let r = raw
-            .send(
-                "/whoami",
-                &[("agentid-proof", &proof), ("agentid-proof", &proof)],
-            )
-            .await
-            .unwrap();
-        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
-        let r = raw
-            .send(
-                "/whoami",
-                &[
-                    ("agentid-chain", &chain),
-                    ("agentid-chain", &chain),
-                    ("agentid-proof", &proof),
-                ],
-            )
-            .await
-            .unwrap();
-        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
-        // An oversized proof.
-        let big_proof = "a".repeat(8193);
-        let r = raw
-            .send("/whoami", &[("agentid-proof", &big_proof)])
-            .await
-            .unwrap();
-        assert_eq!(status_code(r).await, (400, "bad_header".into(), None));
-        // A comma-joined value.
+        let mut raw = c.raw(h2).await;
+        let proof = c.proof(&raw);
         let joined = format!("{proof},{proof}");
-        let r = raw
-            .send("/whoami", &[("agentid-proof", &joined)])
-            .await
-            .unwrap();
-        assert_eq!(status_code(r).await.1, "bad_header");
-        // An oversized chain: ours, before hyper's own limit.
-        let big = "a".repeat(16385);
-        let r = raw
-            .send(
-                "/whoami",
-                &[("agentid-chain", &big), ("agentid-proof", &proof)],
-            )
-            .await
-            .unwrap();
-        assert_eq!(status_code(r).await, (431, "chain_too_large".into(), None));
-        // A chain without a proof.
-        let r = raw
-            .send("/whoami", &[("agentid-chain", &chain)])
-            .await
-            .unwrap();
-        assert_eq!(
-            status_code(r).await,
+        let proof = proof.as_str();
+        // (case, headers, expected status, code and challenge)
+        let cases = [
             (
-                401,
-                "proof_missing".into(),
-                Some("Agentid error=\"proof_missing\"".into())
-            )
-        );
+                "the proof twice",
+                vec![("agentid-proof", proof), ("agentid-proof", proof)],
+                bad_header(),
+            ),
+            (
+                "the chain twice",
+                vec![
+                    ("agentid-chain", chain),
+                    ("agentid-chain", chain),
+                    ("agentid-proof", proof),
+                ],
+                bad_header(),
+            ),
+            (
+                "an oversized proof",
+                vec![("agentid-proof", &big_proof)],
+                bad_header(),
+            ),
+            (
+                "a comma-joined proof",
+                vec![("agentid-proof", &joined)],
+                bad_header(),
+            ),
+            // Ours, before hyper's own limit.
+            (
+                "an oversized chain",
+                vec![("agentid-chain", &big_chain), ("agentid-proof", proof)],
+                (431, "chain_too_large".into(), None),
+            ),
+            (
+                "a chain without a proof",
+                vec![("agentid-chain", chain)],
+                refused("proof_missing"),
+            ),
+        ];
+        for (case, headers, expected) in cases {
+            let r = raw.send("/whoami", &headers).await;
+            let r = r.unwrap_or_else(|e| panic!("h2={h2}, {case}: {e}"));
+            assert_eq!(status_code(r).await, expected, "h2={h2}, {case}");
+        }
         // None of these moved the connection: the real presentation still works.
-        let r = raw
-            .send(
-                "/scope",
-                &[("agentid-chain", &chain), ("agentid-proof", &proof)],
-            )
-            .await
-            .unwrap();
+        let r = raw.present("/scope", chain, proof).await.unwrap();
         assert_eq!(r.status(), 200, "h2={h2}");
         assert!(r.headers().contains_key("agentid-proof"));
         body(r).await;
@@ -596,187 +741,84 @@ async fn bad_headers_get_their_codes_and_statuses() {
 
 #[tokio::test]
 async fn a_different_presentation_fails_the_connection() {
-    let w = World::new(false);
-    let addr = start(&w, None, options()).await;
-    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let chain = chain.unwrap();
+    let c = Chained::start().await;
     for h2 in [false, true] {
-        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
-        let proof = raw.proof(&k, Some(&chain));
-        let r = raw
-            .send(
-                "/scope",
-                &[("agentid-chain", &chain), ("agentid-proof", &proof)],
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        body(r).await;
+        let mut raw = c.raw(h2).await;
+        let proof = c.proof(&raw);
+        served(raw.present("/scope", &c.chain, &proof).await.unwrap()).await;
         // A fresh proof is a different presentation.
-        let other = raw.proof(&k, Some(&chain));
-        let r = raw
-            .send(
-                "/scope",
-                &[("agentid-chain", &chain), ("agentid-proof", &other)],
-            )
-            .await
-            .unwrap();
+        let other = c.proof(&raw);
+        let r = raw.present("/scope", &c.chain, &other).await.unwrap();
         if !h2 {
             assert_eq!(r.headers().get("connection").unwrap(), "close");
         }
-        assert_eq!(
-            status_code(r).await,
-            (
-                401,
-                "presentation_changed".into(),
-                Some("Agentid error=\"presentation_changed\"".into())
-            )
-        );
+        assert_eq!(status_code(r).await, refused("presentation_changed"));
         // Later requests, even malformed ones, get the stored code, or find the connection
         // closed.
         let bad: &[(&str, &str)] = &[("agentid-proof", "x"), ("agentid-proof", "y")];
         for headers in [&[][..], bad] {
-            match raw.send("/scope", headers).await {
-                Ok(r) => assert_eq!(status_code(r).await.1, "presentation_changed"),
-                Err(e) => assert!(
-                    e.is_closed() || e.is_canceled() || e.to_string().contains("clos"),
-                    "{e}"
-                ),
-            }
+            let sent = raw.send("/scope", headers).await;
+            refused_or_gone(sent, "presentation_changed", |e| {
+                e.to_string().contains("clos")
+            })
+            .await;
         }
     }
 }
 
 #[tokio::test]
 async fn proofs_bound_to_another_connection_are_refused() {
-    let w = World::new(false);
-    let addr = start(&w, None, options()).await;
-    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let chain = chain.unwrap();
-    let mut first = Raw::connect(&w, creds.clone(), addr, true).await;
-    let proof = first.proof(&k, Some(&chain));
-    let r = first
-        .send(
-            "/scope",
-            &[("agentid-chain", &chain), ("agentid-proof", &proof)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    let c = Chained::start().await;
+    let mut first = c.raw(true).await;
+    let proof = c.proof(&first);
+    served(first.present("/scope", &c.chain, &proof).await.unwrap()).await;
     // The same proof replayed on a second connection: refused, and that connection is failed
     // (HTTP/1.1: `Connection: close`; every later request gets the stored code or finds the
     // connection closed).
-    let mut second = Raw::connect(&w, creds.clone(), addr, false).await;
-    let r = second
-        .send(
-            "/scope",
-            &[("agentid-chain", &chain), ("agentid-proof", &proof)],
-        )
-        .await
-        .unwrap();
+    let mut second = c.raw(false).await;
+    let r = second.present("/scope", &c.chain, &proof).await.unwrap();
     assert_eq!(r.headers().get("connection").unwrap(), "close");
-    assert_eq!(
-        status_code(r).await,
-        (
-            401,
-            "channel_binding_mismatch".into(),
-            Some("Agentid error=\"channel_binding_mismatch\"".into())
-        )
-    );
-    match second.send("/peer", &[]).await {
-        Ok(r) => assert_eq!(status_code(r).await.1, "channel_binding_mismatch"),
-        Err(e) => assert!(
-            e.is_closed() || e.is_canceled() || e.is_incomplete_message(),
-            "{e}"
-        ),
-    }
+    assert_eq!(status_code(r).await, refused("channel_binding_mismatch"));
+    let sent = second.send("/peer", &[]).await;
+    refused_or_gone(
+        sent,
+        "channel_binding_mismatch",
+        hyper::Error::is_incomplete_message,
+    )
+    .await;
     assert!(second.closed_within_t().await);
     // The connection the proof was made for is unaffected.
-    let r = first.send("/scope", &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    served(first.send("/scope", &[]).await.unwrap()).await;
     // A proof made for another connection's exporter (never used there).
-    let mut third = Raw::connect(&w, creds.clone(), addr, true).await;
-    let foreign = proof_for([7u8; 32], &k, Some(&chain));
-    let r = third
-        .send(
-            "/scope",
-            &[("agentid-chain", &chain), ("agentid-proof", &foreign)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        status_code(r).await,
-        (
-            401,
-            "channel_binding_mismatch".into(),
-            Some("Agentid error=\"channel_binding_mismatch\"".into())
-        )
-    );
+    let mut third = c.raw(true).await;
+    let foreign = proof_for([7u8; 32], &c.k, Some(&c.chain));
+    let r = third.present("/scope", &c.chain, &foreign).await.unwrap();
+    assert_eq!(status_code(r).await, refused("channel_binding_mismatch"));
     // HTTP/2: the failed connection answers later streams with the stored code (even one with
     // this connection's valid presentation), then goes away.
-    let valid = third.proof(&k, Some(&chain));
-    match third
-        .send(
-            "/scope",
-            &[("agentid-chain", &chain), ("agentid-proof", &valid)],
-        )
-        .await
-    {
-        Ok(r) => assert_eq!(
-            status_code(r).await,
-            (
-                401,
-                "channel_binding_mismatch".into(),
-                Some("Agentid error=\"channel_binding_mismatch\"".into())
-            )
-        ),
-        Err(e) => assert!(
-            e.is_closed() || e.is_canceled() || e.to_string().contains("refused"),
-            "{e}"
-        ),
-    }
+    let valid = c.proof(&third);
+    let sent = third.present("/scope", &c.chain, &valid).await;
+    refused_or_gone(sent, "channel_binding_mismatch", |e| {
+        e.to_string().contains("refused")
+    })
+    .await;
     assert!(third.closed_within_t().await);
     // A proof whose `cth` does not match the chain sent.
-    let mut fourth = Raw::connect(&w, creds.clone(), addr, false).await;
-    let no_cth = fourth.proof(&k, None);
-    let r = fourth
-        .send(
-            "/scope",
-            &[("agentid-chain", &chain), ("agentid-proof", &no_cth)],
-        )
-        .await
-        .unwrap();
+    let mut fourth = c.raw(false).await;
+    let no_cth = fourth.proof(&c.k, None);
+    let r = fourth.present("/scope", &c.chain, &no_cth).await.unwrap();
     assert_eq!(status_code(r).await.1, "chain_hash_mismatch");
 }
 
 #[tokio::test]
 async fn h2_streams_racing_the_first_presentation_wait_for_it() {
-    let w = World::new(false);
-    let addr = start(&w, None, options()).await;
-    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let chain = chain.unwrap();
-    let raw = Raw::connect(&w, creds, addr, true).await;
-    let proof = raw.proof(&k, Some(&chain));
-    let mut sender = raw.h2.clone().unwrap();
-    sender.ready().await.unwrap();
-    let mk = |with: bool| {
-        let mut b = ::http::Request::get("https://files/scope");
-        if with {
-            b = b
-                .header("agentid-chain", &chain)
-                .header("agentid-proof", &proof);
-        }
-        b.body(Full::new(Bytes::new())).unwrap()
-    };
+    let c = Chained::start().await;
+    let raw = c.raw(true).await;
+    let proof = c.proof(&raw);
     // The presenting stream is opened first; the others race it without headers.
-    let mut futs = vec![sender.send_request(mk(true))];
-    for _ in 0..8 {
-        futs.push(sender.send_request(mk(false)));
-    }
-    for (i, f) in futs.into_iter().enumerate() {
-        let r = tokio::time::timeout(T, f).await.unwrap().unwrap();
+    let responses = raw.race(&c.chain, &proof, |_| false).await;
+    for (i, r) in responses.into_iter().enumerate() {
+        let r = r.unwrap();
         assert_eq!(r.status(), 200, "stream {i}");
         assert_eq!(r.headers().contains_key("agentid-proof"), i == 0);
         body(r).await;
@@ -785,45 +827,21 @@ async fn h2_streams_racing_the_first_presentation_wait_for_it() {
 
 #[tokio::test]
 async fn revocation_ends_the_connection_and_cuts_streams() {
-    let w = World::new(true);
-    let empty = w.a.revocation_list(1, |b| b);
-    w.sv.apply_revocation_list(&empty).unwrap();
-    w.cv.apply_revocation_list(&empty).unwrap();
+    let w = World::revocable();
     let addr = start(&w, None, options()).await;
     let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let mut conn = client(&w, creds, false)
-        .connect(addr, "files")
-        .await
-        .unwrap();
-    let r = conn.send(get_req("/scope")).await.unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    let mut conn = connect(&w, creds, false, addr).await;
+    get_ok(&mut conn, "/scope").await;
     // A streaming response in flight.
     let mut streaming = conn.send(get_req("/stream")).await.unwrap().into_body();
-    let first = tokio::time::timeout(T, streaming.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first");
+    first_frame(&mut streaming).await;
 
-    let jkt = k.public_key().thumbprint();
-    let _ = &k;
-    let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
-    w.sv.apply_revocation_list(&list).unwrap();
+    w.revoke(&k);
     // The stream is cut (an error or its end), never left hanging.
-    let next = tokio::time::timeout(T, streaming.frame()).await.unwrap();
-    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    assert_cut(&mut streaming).await;
     // New requests on that connection are refused (or find it closed).
     if let Ok(r) = conn.send(get_req("/scope")).await {
-        assert_eq!(
-            status_code(r).await,
-            (
-                401,
-                "revoked".into(),
-                Some("Agentid error=\"revoked\"".into())
-            )
-        );
+        assert_eq!(status_code(r).await, refused("revoked"));
     }
 }
 
@@ -831,15 +849,7 @@ async fn revocation_ends_the_connection_and_cuts_streams() {
 async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let w = World::new(false);
     // The server's close margin is longer than the client certificate's remaining life.
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            close_margin: Duration::from_secs(3600),
-            ..options()
-        },
-    )
-    .await;
+    let addr = start_with(&w, |o| o.close_margin = Duration::from_secs(3600)).await;
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds.clone(), addr, false).await;
     match raw.send("/peer", &[]).await {
@@ -847,15 +857,11 @@ async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
         // timer has fired yet), and the server closes the connection.
         Ok(r) => {
             assert_eq!(r.headers().get("connection").unwrap(), "close");
-            assert_eq!(r.status(), 200);
-            body(r).await;
+            served(r).await;
             assert!(raw.closed_within_t().await);
         }
         // The graceful close may win the race against the first request head.
-        Err(e) => assert!(
-            e.is_closed() || e.is_canceled() || e.is_incomplete_message(),
-            "{e}"
-        ),
+        Err(e) => assert!(gone(&e, hyper::Error::is_incomplete_message), "{e}"),
     }
     // The agentid client keeps no connection past its margin.
     let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
@@ -956,33 +962,15 @@ async fn reqwest_with_the_preconfigured_config_is_identity_only() {
 #[tokio::test]
 async fn at_the_deadline_streaming_bodies_are_cut() {
     let w = World::new(false);
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            close_margin: Duration::from_secs(1),
-            ..options()
-        },
-    )
-    .await;
-    let short = LeafOpts {
-        not_after: Some(3),
-        ..LeafOpts::default()
-    };
-    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &short);
+    let addr = start_with(&w, |o| o.close_margin = Duration::from_secs(1)).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &expiring_in(3));
     let mut raw = Raw::connect(&w, creds, addr, true).await;
     let r = raw.send("/stream", &[]).await.unwrap();
     assert_eq!(r.status(), 200);
     let mut streaming = r.into_body();
-    let first = tokio::time::timeout(T, streaming.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first");
+    first_frame(&mut streaming).await;
     // Bounded wait: the cut comes at the deadline, well within T.
-    let next = tokio::time::timeout(T, streaming.frame()).await.unwrap();
-    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    assert_cut(&mut streaming).await;
     if let Ok(r) = raw.send("/peer", &[]).await {
         assert_eq!(status_code(r).await.1, "credential_expired");
     }
@@ -996,9 +984,7 @@ async fn a_bundle_change_revalidates_the_peer_certificate() {
     let addr = start(&w, None, options()).await;
     let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds, addr, false).await;
-    let r = raw.send("/peer", &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    served(raw.send("/peer", &[]).await.unwrap()).await;
     // The domain's x509 authority replaced by another CA (a higher sequence).
     let other = Ca::new("example.org");
     let bundle = agentid_protocol::TrustBundle::new(w.a.td.clone(), 2)
@@ -1007,20 +993,8 @@ async fn a_bundle_change_revalidates_the_peer_certificate() {
         .add_revocation_key(w.a.rev_key.public_key().clone());
     w.sv.update_bundle(bundle).unwrap();
     // The connection's watcher may close the idle connection before the request is read.
-    match raw.send("/peer", &[]).await {
-        Ok(r) => assert_eq!(
-            status_code(r).await,
-            (
-                401,
-                "bad_certificate".into(),
-                Some("Agentid error=\"bad_certificate\"".into())
-            )
-        ),
-        Err(e) => assert!(
-            e.is_incomplete_message() || e.is_closed() || e.is_canceled(),
-            "{e}"
-        ),
-    }
+    let sent = raw.send("/peer", &[]).await;
+    refused_or_gone(sent, "bad_certificate", hyper::Error::is_incomplete_message).await;
 }
 
 /// An idle connection is closed by the server on HTTP/1.1 and HTTP/2 (`idle_timeout`), while a
@@ -1028,37 +1002,20 @@ async fn a_bundle_change_revalidates_the_peer_certificate() {
 #[tokio::test]
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let w = World::new(false);
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            idle_timeout: Duration::from_secs(1),
-            ..options()
-        },
-    )
-    .await;
+    let addr = start_with(&w, |o| o.idle_timeout = Duration::from_secs(1)).await;
     let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
     for h2 in [false, true] {
         let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
-        let r = raw.send("/peer", &[]).await.unwrap();
-        assert_eq!(r.status(), 200);
-        body(r).await;
+        served(raw.send("/peer", &[]).await.unwrap()).await;
         assert!(raw.closed_within_t().await, "h2={h2}: idle connection kept");
     }
     // A streaming response keeps the HTTP/2 connection in use past the idle timeout.
     let mut raw = Raw::connect(&w, creds.clone(), addr, true).await;
     let r = raw.send("/stream", &[]).await.unwrap();
     let mut streaming = r.into_body();
-    let first = tokio::time::timeout(T, streaming.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first");
+    first_frame(&mut streaming).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = raw.send("/peer", &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    served(raw.send("/peer", &[]).await.unwrap()).await;
     drop(streaming);
 }
 
@@ -1068,21 +1025,14 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
 #[tokio::test]
 async fn an_idle_h1_keep_alive_connection_closes_after_the_header_read_timeout() {
     let w = World::new(false);
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            header_read_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(3600),
-            ..options()
-        },
-    )
+    let addr = start_with(&w, |o| {
+        o.header_read_timeout = Duration::from_secs(1);
+        o.idle_timeout = Duration::from_secs(3600);
+    })
     .await;
     let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds, addr, false).await;
-    let r = raw.send("/peer", &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    body(r).await;
+    served(raw.send("/peer", &[]).await.unwrap()).await;
     assert!(raw.closed_within_t().await);
 }
 
@@ -1092,26 +1042,11 @@ async fn an_idle_h1_keep_alive_connection_closes_after_the_header_read_timeout()
 #[tokio::test]
 async fn a_slow_first_response_carries_a_fresh_server_proof() {
     let mut w = World::new(false);
-    w.cv = verification_with(CLIENT, &[&w.a], |c| {
-        c.skew(0)
-            .unwrap()
-            .danger_accept_missing_or_stale_revocations()
-    });
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            proof_lifetime: Duration::from_secs(2),
-            ..options()
-        },
-    )
-    .await;
+    w.cv = w.without_skew(CLIENT);
+    let addr = start_with(&w, |o| o.proof_lifetime = Duration::from_secs(2)).await;
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
     for h1 in [true, false] {
-        let mut conn = client(&w, creds.clone(), h1)
-            .connect(addr, "files")
-            .await
-            .unwrap();
+        let mut conn = connect(&w, creds.clone(), h1, addr).await;
         let resp = conn.send(get_req("/slow")).await.unwrap();
         assert_eq!(resp.status(), 200);
         let proof = resp.headers()["agentid-proof"].to_str().unwrap().to_owned();
@@ -1126,11 +1061,7 @@ async fn a_slow_first_response_carries_a_fresh_server_proof() {
 #[tokio::test]
 async fn a_first_request_sent_late_presents_a_fresh_client_proof() {
     let mut w = World::new(false);
-    w.sv = verification_with(SERVER, &[&w.a], |c| {
-        c.skew(0)
-            .unwrap()
-            .danger_accept_missing_or_stale_revocations()
-    });
+    w.sv = w.without_skew(SERVER);
     let addr = start(&w, None, options()).await;
     let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
     let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
@@ -1141,9 +1072,7 @@ async fn a_first_request_sent_late_presents_a_fresh_client_proof() {
     let signed_at_connect = conn.client_proof().to_owned();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let sent_after = now();
-    let resp = conn.send(get_req("/scope")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    body(resp).await;
+    get_ok(&mut conn, "/scope").await;
     assert_ne!(conn.client_proof(), signed_at_connect);
     assert!(iat_of(conn.client_proof()) >= sent_after);
     // Once presented, the bytes stay: later requests are served under the same presentation.
@@ -1159,24 +1088,15 @@ async fn a_first_request_sent_late_presents_a_fresh_client_proof() {
 #[tokio::test]
 async fn a_response_finished_after_the_deadline_is_refused() {
     let w = World::new(false);
-    let addr = start(
-        &w,
-        None,
-        HttpOptions {
-            close_margin: Duration::from_secs(1),
-            // Long enough that the connection is still there when the handler finishes.
-            cut_grace: Duration::from_secs(20),
-            ..options()
-        },
-    )
+    let addr = start_with(&w, |o| {
+        o.close_margin = Duration::from_secs(1);
+        // Long enough that the connection is still there when the handler finishes.
+        o.cut_grace = Duration::from_secs(20);
+    })
     .await;
-    let short = LeafOpts {
-        not_after: Some(3),
-        ..LeafOpts::default()
-    };
     for h2 in [false, true] {
         // A certificate per round: each has 3 s left when its connection starts.
-        let (creds, _k, _) = w.client(CLIENT, None, &short);
+        let (creds, _k, _) = w.client(CLIENT, None, &expiring_in(3));
         let mut raw = Raw::connect(&w, creds, addr, h2).await;
         let req = raw.send("/past_deadline", &[]);
         let r = tokio::time::timeout(Duration::from_secs(30), req)
@@ -1188,11 +1108,7 @@ async fn a_response_finished_after_the_deadline_is_refused() {
         }
         assert_eq!(
             status_code(r).await,
-            (
-                401,
-                "credential_expired".into(),
-                Some("Agentid error=\"credential_expired\"".into())
-            ),
+            refused("credential_expired"),
             "h2={h2}"
         );
     }
@@ -1203,37 +1119,16 @@ async fn a_response_finished_after_the_deadline_is_refused() {
 /// and no stream is served.
 #[tokio::test]
 async fn h2_streams_racing_a_failing_presentation_get_its_code() {
-    let w = World::new(false);
-    let addr = start(&w, None, options()).await;
-    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let chain = chain.unwrap();
-    let raw = Raw::connect(&w, creds, addr, true).await;
-    // Bound to another connection's exporter.
-    let proof = proof_for([9u8; 32], &k, Some(&chain));
-    let mut sender = raw.h2.clone().unwrap();
-    sender.ready().await.unwrap();
-    let mk = |with: bool| {
-        let mut b = ::http::Request::get("https://files/scope");
-        if with {
-            b = b
-                .header("agentid-chain", &chain)
-                .header("agentid-proof", &proof);
-        }
-        b.body(Full::new(Bytes::new())).unwrap()
-    };
-    let mut futs = vec![sender.send_request(mk(true))];
-    for i in 0..8 {
-        futs.push(sender.send_request(mk(i % 2 == 0)));
-    }
-    for (i, f) in futs.into_iter().enumerate() {
-        match tokio::time::timeout(T, f).await.unwrap() {
+    let c = Chained::start().await;
+    let raw = c.raw(true).await;
+    // Bound to another connection's exporter; every other racing stream presents it too.
+    let proof = proof_for([9u8; 32], &c.k, Some(&c.chain));
+    let responses = raw.race(&c.chain, &proof, |i| i % 2 == 0).await;
+    for (i, r) in responses.into_iter().enumerate() {
+        match r {
             Ok(r) => assert_eq!(
                 status_code(r).await,
-                (
-                    401,
-                    "channel_binding_mismatch".into(),
-                    Some("Agentid error=\"channel_binding_mismatch\"".into())
-                ),
+                refused("channel_binding_mismatch"),
                 "stream {i}"
             ),
             // Streams the server had not yet received when it sent GOAWAY.
@@ -1262,9 +1157,7 @@ async fn a_header_list_over_the_http_limit_is_refused_and_nothing_breaks() {
             assert!(raw.closed_within_t().await);
         }
         let mut fresh = Raw::connect(&w, creds.clone(), addr, h2).await;
-        let r = fresh.send("/peer", &[]).await.unwrap();
-        assert_eq!(r.status(), 200);
-        body(r).await;
+        served(fresh.send("/peer", &[]).await.unwrap()).await;
     }
 }
 
@@ -1300,22 +1193,6 @@ async fn a_rotation_before_the_first_request_keeps_the_handshake_credential() {
     }
 }
 
-/// Serves `app` like [`start`] (no sink), with `o`.
-async fn start_app(w: &World, app: Router, o: HttpOptions) -> SocketAddr {
-    let server = HttpServer::builder(
-        w.server_creds.clone(),
-        w.sv.clone(),
-        PeerPolicy::trust_domain(w.a.td.clone()),
-    )
-    .options(o)
-    .build()
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve(listener, app).await });
-    addr
-}
-
 /// What a handler's two checks returned: before and after the revocation.
 type HeldChecks = (Result<(), &'static str>, Result<(), &'static str>);
 
@@ -1324,10 +1201,7 @@ type HeldChecks = (Result<(), &'static str>, Result<(), &'static str>);
 /// that leaves after it is refused too.
 #[tokio::test]
 async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
-    let w = World::new(true);
-    let empty = w.a.revocation_list(1, |b| b);
-    w.sv.apply_revocation_list(&empty).unwrap();
-    w.cv.apply_revocation_list(&empty).unwrap();
+    let w = World::revocable();
     let entered = Arc::new(tokio::sync::Notify::new());
     let resume = Arc::new(tokio::sync::Notify::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HeldChecks>();
@@ -1353,12 +1227,9 @@ async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
         cut_grace: Duration::from_secs(60),
         ..options()
     };
-    let addr = start_app(&w, app, o).await;
+    let addr = start_app(&w, None, app, o).await;
     let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let mut conn = client(&w, creds, true)
-        .connect(addr, "files")
-        .await
-        .unwrap();
+    let mut conn = connect(&w, creds, true, addr).await;
     let sent = tokio::spawn(async move {
         match conn.send(get_req("/held")).await {
             Ok(r) => Some(status_code(r).await),
@@ -1366,9 +1237,7 @@ async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
         }
     });
     tokio::time::timeout(T, entered.notified()).await.unwrap();
-    let jkt = k.public_key().thumbprint();
-    let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
-    w.sv.apply_revocation_list(&list).unwrap();
+    w.revoke(&k);
     resume.notify_one();
     let (before, after) = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
     assert_eq!(before, Ok(()));
@@ -1376,14 +1245,7 @@ async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
     let response = tokio::time::timeout(T, sent).await.unwrap().unwrap();
     // The response leaves after the revocation: refused (or the connection is cut first).
     if let Some(r) = response {
-        assert_eq!(
-            r,
-            (
-                401,
-                "revoked".into(),
-                Some("Agentid error=\"revoked\"".into())
-            )
-        );
+        assert_eq!(r, refused("revoked"));
     }
 }
 
@@ -1393,35 +1255,17 @@ async fn an_authorizer_held_across_a_revocation_refuses_its_next_check() {
 #[tokio::test]
 async fn a_revocation_between_two_requests_refuses_the_second() {
     for path in ["/scope", "/scope_handler"] {
-        let w = World::new(true);
-        let empty = w.a.revocation_list(1, |b| b);
-        w.sv.apply_revocation_list(&empty).unwrap();
-        w.cv.apply_revocation_list(&empty).unwrap();
+        let w = World::revocable();
         let rec = Arc::new(Recorder::default());
         let addr = start(&w, Some(rec.clone()), options()).await;
         let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-        let mut conn = client(&w, creds, true)
-            .connect(addr, "files")
-            .await
-            .unwrap();
-        let r = conn.send(get_req(path)).await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        body(r).await;
+        let mut conn = connect(&w, creds, true, addr).await;
+        get_ok(&mut conn, path).await;
         let granted = |rec: &Recorder| rec.0.lock().unwrap().iter().filter(|d| d.1).count();
         assert_eq!(granted(&rec), 1, "{path}");
-        let jkt = k.public_key().thumbprint();
-        let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
-        w.sv.apply_revocation_list(&list).unwrap();
+        w.revoke(&k);
         if let Ok(r) = conn.send(get_req(path)).await {
-            assert_eq!(
-                status_code(r).await,
-                (
-                    401,
-                    "revoked".into(),
-                    Some("Agentid error=\"revoked\"".into())
-                ),
-                "{path}"
-            );
+            assert_eq!(status_code(r).await, refused("revoked"), "{path}");
         }
         assert_eq!(granted(&rec), 1, "{path}: a grant after the revocation");
     }

@@ -113,42 +113,61 @@ fn trust_store_checks_the_issuers_key_usage() {
     }
 }
 
+/// The issuing CAs the handshake tests use, and whether a peer they issued is accepted.
+const HANDSHAKE_ISSUERS: [(IssuerKu, bool); 2] = [
+    (IssuerKu::CertSign, true),
+    (IssuerKu::DigitalSignatureOnly, false),
+];
+
+/// A [`handshake`] in a fresh domain between a server ([`SERVER`]) and a client ([`CLIENT`]),
+/// each admitting any peer; the client's certificate (`client_via`) or else the server's is
+/// issued through an intermediate with `ku`, the other one by the root: (the client's result,
+/// the server's).
+async fn handshake_via(ku: IssuerKu, client_via: bool) -> (ServerResult, ServerResult) {
+    let a = Domain::new("example.org");
+    let inter = intermediate(&a.ca, ku);
+    let via = |id| Arc::new(MemoryCredentials::new(credential_via(&inter, id)));
+    let (server_creds, client_creds) = if client_via {
+        (credentials(&a.ca, SERVER), via(CLIENT))
+    } else {
+        (via(SERVER), credentials(&a.ca, CLIENT))
+    };
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    handshake(
+        server(server_creds, sv, PeerPolicy::danger_any()),
+        &client(client_creds, cv, PeerPolicy::danger_any()),
+    )
+    .await
+}
+
+/// The `refusing` side's result is the refusal of its peer for the issuer's keyUsage (`ku`), and
+/// the `refused` side got no session either.
+fn assert_refused_for_the_issuer(
+    ku: IssuerKu,
+    refusing: (&str, ServerResult),
+    refused: (&str, ServerResult),
+) {
+    let ((refusing, r), (peer, p)) = (refusing, refused);
+    match r {
+        Err(e) if expect_issuer_ku(&e) => {}
+        other => panic!("{ku:?}: {refusing} should refuse the {peer}, got {other:?}"),
+    }
+    assert!(p.is_err(), "{ku:?}: the {peer} must not get a session");
+}
+
 /// The server refuses a client whose certificate was issued by a CA without keyCertSign; the
 /// same set-up with a conforming intermediate connects.
 #[tokio::test]
 async fn handshake_refuses_a_client_issued_by_a_ca_without_key_cert_sign() {
-    for (ku, accepted) in [
-        (IssuerKu::CertSign, true),
-        (IssuerKu::DigitalSignatureOnly, false),
-    ] {
-        let a = Domain::new("example.org");
-        let inter = intermediate(&a.ca, ku);
-        let sv = verification(SERVER, &[&a], false);
-        let cv = verification(CLIENT, &[&a], false);
-        let server_creds = credentials(&a.ca, SERVER);
-        let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
-        let c = client(
-            Arc::new(MemoryCredentials::new(credential_via(&inter, CLIENT))),
-            cv,
-            PeerPolicy::danger_any(),
-        );
-        let cr = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
-        let sr = tokio::time::timeout(T, h)
-            .await
-            .unwrap()
-            .unwrap()
-            .pop()
-            .unwrap();
+    for (ku, accepted) in HANDSHAKE_ISSUERS {
+        let (cr, sr) = handshake_via(ku, true).await;
         if accepted {
             let ss = sr.unwrap();
             assert_eq!(ss.peer().id, peer(CLIENT));
             cr.unwrap();
         } else {
-            match sr {
-                Err(e) if expect_issuer_ku(&e) => {}
-                other => panic!("{ku:?}: server should refuse the client, got {other:?}"),
-            }
-            assert!(cr.is_err(), "{ku:?}: the client must not get a session");
+            assert_refused_for_the_issuer(ku, ("server", sr), ("client", cr));
         }
     }
 }
@@ -156,33 +175,13 @@ async fn handshake_refuses_a_client_issued_by_a_ca_without_key_cert_sign() {
 /// The client refuses a server whose certificate was issued by a CA without keyCertSign.
 #[tokio::test]
 async fn handshake_refuses_a_server_issued_by_a_ca_without_key_cert_sign() {
-    for (ku, accepted) in [
-        (IssuerKu::CertSign, true),
-        (IssuerKu::DigitalSignatureOnly, false),
-    ] {
-        let a = Domain::new("example.org");
-        let inter = intermediate(&a.ca, ku);
-        let sv = verification(SERVER, &[&a], false);
-        let cv = verification(CLIENT, &[&a], false);
-        let server_creds = Arc::new(MemoryCredentials::new(credential_via(&inter, SERVER)));
-        let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
-        let c = client(credentials(&a.ca, CLIENT), cv, PeerPolicy::danger_any());
-        let cr = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
-        let sr = tokio::time::timeout(T, h)
-            .await
-            .unwrap()
-            .unwrap()
-            .pop()
-            .unwrap();
+    for (ku, accepted) in HANDSHAKE_ISSUERS {
+        let (cr, sr) = handshake_via(ku, false).await;
         if accepted {
             assert_eq!(cr.unwrap().peer().id, peer(SERVER));
             sr.unwrap();
         } else {
-            match cr {
-                Err(e) if expect_issuer_ku(&e) => {}
-                other => panic!("{ku:?}: client should refuse the server, got {other:?}"),
-            }
-            assert!(sr.is_err(), "{ku:?}: the server must not get a session");
+            assert_refused_for_the_issuer(ku, ("client", cr), ("server", sr));
         }
     }
 }

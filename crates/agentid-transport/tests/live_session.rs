@@ -10,8 +10,30 @@ use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, RevocationListBuilder, Scope, TaskKey};
 use agentid_transport::internal::FrameType;
-use agentid_transport::{CertError, Error, MemoryCredentials, PeerPolicy};
+use agentid_transport::{
+    CertError, Error, MemoryCredentials, PeerPolicy, PeerVerification, Session,
+};
 use support::*;
+use tokio::net::TcpStream;
+
+/// A session between a server of `a` ([`SERVER`], verifying with `sv`) and a client of `a`
+/// ([`CLIENT`], with `client_creds`), each admitting any peer: (the client's session, the
+/// server's session).
+async fn sessions_of(
+    a: &Domain,
+    sv: Arc<PeerVerification>,
+    client_creds: Arc<MemoryCredentials>,
+) -> (Session<TcpStream>, Session<TcpStream>) {
+    sessions(
+        server(credentials(&a.ca, SERVER), sv, PeerPolicy::danger_any()),
+        &client(
+            client_creds,
+            verification(CLIENT, &[a], false),
+            PeerPolicy::danger_any(),
+        ),
+    )
+    .await
+}
 
 #[tokio::test]
 async fn rotation_keeps_live_sessions_and_new_handshakes_use_the_new_certificate() {
@@ -90,16 +112,8 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
         },
     );
     let client_creds = Arc::new(MemoryCredentials::new(short));
-    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], false);
-    let cv = verification(CLIENT, &[&a], false);
-    let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
-    let c = client(client_creds, cv, PeerPolicy::danger_any());
-    let mut cs = tokio::time::timeout(T, c.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    let (mut cs, mut ss) = sessions_of(&a, sv, client_creds).await;
     let first_deadline = ss.peer().deadline;
 
     // Renewed certificate, same SAN and key.
@@ -118,13 +132,8 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
     // Past the first certificate's expiry, the session is alive.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    cs.send(b"still alive").await.unwrap();
     assert_eq!(
-        &tokio::time::timeout(T, ss.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()[..],
+        roundtrip(&mut cs, &mut ss, b"still alive").await,
         b"still alive"
     );
 }
@@ -132,11 +141,7 @@ async fn reauth_moves_the_deadline_and_a_different_key_is_refused() {
 #[tokio::test]
 async fn a_revocation_list_ends_a_live_session() {
     let p = pair(Some("files:read"), LeafOpts::default(), false);
-    let (mut cs, mut ss) = p
-        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
-        .await;
-    cs.send(b"x").await.unwrap();
-    assert!(ss.recv().await.unwrap().is_some());
+    let (mut cs, mut ss) = p.live().await;
     // Unrelated list: the session survives.
     let unrelated = p.a.revocation_list(1, |b| {
         b.revoke_agent(
@@ -145,15 +150,7 @@ async fn a_revocation_list_ends_a_live_session() {
         )
     });
     p.sv.apply_revocation_list(&unrelated).unwrap();
-    cs.send(b"y").await.unwrap();
-    assert_eq!(
-        &tokio::time::timeout(T, ss.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()[..],
-        b"y"
-    );
+    assert_eq!(roundtrip(&mut cs, &mut ss, b"y").await, b"y");
     // The client's key is revoked: the server's session ends at once, with the reason.
     let list = p.a.revocation_list(2, |b| {
         b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
@@ -171,7 +168,7 @@ async fn a_revocation_list_ends_a_live_session() {
 }
 
 /// What the receiving side of a `reauth` frame must do with it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum ReauthExpect {
     Accepted,
     Refused {
@@ -185,16 +182,19 @@ async fn the_receiving_side_checks_every_reauth() {
     // The library's `Session::reauth` refuses to send most of these; a raw client sends them, so
     // the test proves the RECEIVING side (the server session) refuses them.
     type Build = Box<dyn Fn(&Domain, &Domain, &TaskKey, &RawAgent) -> Vec<u8>>;
-    let renewed = |a: &Domain, k: &TaskKey, uri: &str, o: &LeafOpts| leaf(&a.ca, uri, k, o);
+    // A reauth body: a leaf for `uri` and `k` issued by `a` (as `o` says), no chain, `proof`.
+    let renewed = |a: &Domain, k: &TaskKey, uri: &str, o: &LeafOpts, proof: String| {
+        RawAgent::reauth_body(&[leaf(&a.ca, uri, k, o)], None, proof)
+    };
+    let identity_changed = ReauthExpect::Refused {
+        reason: "bad_certificate",
+        local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
+    };
     let cases: Vec<(&str, Build, ReauthExpect)> = vec![
         (
             "renewed, same SAN and key",
             Box::new(move |a, _, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
-                    None,
-                    r.proof(k, None, None),
-                )
+                renewed(a, k, CLIENT, &LeafOpts::default(), r.proof(k, None, None))
             }),
             ReauthExpect::Accepted,
         ),
@@ -202,58 +202,41 @@ async fn the_receiving_side_checks_every_reauth() {
             "different key, same SAN, proof by the new key",
             Box::new(move |a, _, _, r| {
                 let other = key();
-                RawAgent::reauth_body(
-                    &[renewed(a, &other, CLIENT, &LeafOpts::default())],
-                    None,
+                renewed(
+                    a,
+                    &other,
+                    CLIENT,
+                    &LeafOpts::default(),
                     r.proof(&other, None, None),
                 )
             }),
-            ReauthExpect::Refused {
-                reason: "bad_certificate",
-                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
-            },
+            identity_changed,
         ),
         (
             "different key, same SAN, proof by the old key",
             Box::new(move |a, _, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(a, &key(), CLIENT, &LeafOpts::default())],
-                    None,
+                renewed(
+                    a,
+                    &key(),
+                    CLIENT,
+                    &LeafOpts::default(),
                     r.proof(k, None, None),
                 )
             }),
-            ReauthExpect::Refused {
-                reason: "bad_certificate",
-                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
-            },
+            identity_changed,
         ),
         (
             "same key, another identity",
             Box::new(move |a, _, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(
-                        a,
-                        k,
-                        "spiffe://example.org/agent/mallory/task/t2",
-                        &LeafOpts::default(),
-                    )],
-                    None,
-                    r.proof(k, None, None),
-                )
+                let mallory = "spiffe://example.org/agent/mallory/task/t2";
+                renewed(a, k, mallory, &LeafOpts::default(), r.proof(k, None, None))
             }),
-            ReauthExpect::Refused {
-                reason: "bad_certificate",
-                local: |e| matches!(e, Error::Certificate(CertError::IdentityChanged)),
-            },
+            identity_changed,
         ),
         (
             "same SAN and key, issued by a foreign CA",
             Box::new(move |_, b, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(b, k, CLIENT, &LeafOpts::default())],
-                    None,
-                    r.proof(k, None, None),
-                )
+                renewed(b, k, CLIENT, &LeafOpts::default(), r.proof(k, None, None))
             }),
             ReauthExpect::Refused {
                 reason: "bad_certificate",
@@ -268,7 +251,7 @@ async fn the_receiving_side_checks_every_reauth() {
                     not_after: Some(-120),
                     ..Default::default()
                 };
-                RawAgent::reauth_body(&[renewed(a, k, CLIENT, &o)], None, r.proof(k, None, None))
+                renewed(a, k, CLIENT, &o, r.proof(k, None, None))
             }),
             ReauthExpect::Refused {
                 reason: "bad_certificate",
@@ -286,11 +269,7 @@ async fn the_receiving_side_checks_every_reauth() {
         (
             "the hello proof replayed",
             Box::new(move |a, _, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
-                    None,
-                    r.hello_proof.clone(),
-                )
+                renewed(a, k, CLIENT, &LeafOpts::default(), r.hello_proof.clone())
             }),
             ReauthExpect::Refused {
                 reason: "proof_replayed",
@@ -300,11 +279,8 @@ async fn the_receiving_side_checks_every_reauth() {
         (
             "proof bound to another connection",
             Box::new(move |a, _, k, r| {
-                RawAgent::reauth_body(
-                    &[renewed(a, k, CLIENT, &LeafOpts::default())],
-                    None,
-                    r.proof(k, None, Some([7u8; 32])),
-                )
+                let proof = r.proof(k, None, Some([7u8; 32]));
+                renewed(a, k, CLIENT, &LeafOpts::default(), proof)
             }),
             ReauthExpect::Refused {
                 reason: "channel_binding_mismatch",
@@ -436,23 +412,8 @@ async fn revoking_an_earlier_holder_ends_sessions_whose_chain_passes_through_it(
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
         ));
-        let server_creds = credentials(&a.ca, SERVER);
         let sv = verification(SERVER, &[&a], false);
-        let (addr, h) = serve(
-            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-            1,
-        )
-        .await;
-        let c = client(
-            client_creds,
-            verification(CLIENT, &[&a], false),
-            PeerPolicy::danger_any(),
-        );
-        let mut cs = tokio::time::timeout(T, c.connect(addr))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let (mut cs, mut ss) = sessions_of(&a, sv.clone(), client_creds).await;
         assert_eq!(
             ss.peer().chain.as_ref().unwrap().depth,
             depth,
@@ -503,7 +464,6 @@ async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
         let client_creds = Arc::new(MemoryCredentials::new(
             credential(&a.ca, CLIENT, p_chain_key, &LeafOpts::default()).with_chain(chain.as_str()),
         ));
-        let server_creds = credentials(&a.ca, SERVER);
         let sv = verification_with(SERVER, &[&a], |c| {
             let c = c.skew(0).unwrap();
             if matches!(case, Case::Danger) {
@@ -515,21 +475,7 @@ async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
         // The held list is fresh for 2 more seconds (skew 0).
         sv.apply_revocation_list(&a.revocation_list_until(1, now() + 2, |b| b))
             .unwrap();
-        let (addr, h) = serve(
-            server(server_creds, sv.clone(), PeerPolicy::danger_any()),
-            1,
-        )
-        .await;
-        let c = client(
-            client_creds,
-            verification(CLIENT, &[&a], false),
-            PeerPolicy::danger_any(),
-        );
-        let mut cs = tokio::time::timeout(T, c.connect(addr))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+        let (mut cs, mut ss) = sessions_of(&a, sv.clone(), client_creds).await;
         let read = Scope::parse("files:read").unwrap();
         ss.authorize(&read).unwrap();
         if matches!(case, Case::Refreshed) {

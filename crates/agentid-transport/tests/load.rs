@@ -216,6 +216,15 @@ impl Drop for Child {
     }
 }
 
+/// The runtime of each side (the test and its child process): two workers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn num(m: &BTreeMap<String, String>, k: &str) -> usize {
     m.get(k)
         .unwrap_or_else(|| panic!("no {k} in {m:?}"))
@@ -229,11 +238,7 @@ fn sessions_survive_rotation_and_revocation_under_load() {
         return; // the child runs `load_client_child` only
     }
     let size = size();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _in_runtime = rt.enter();
     let dir = tempfile::tempdir().unwrap();
     let a = Domain::new("example.org");
@@ -619,11 +624,7 @@ fn load_client_child() {
     let addr: SocketAddr = var("AGENTID_LOAD_ADDR").parse().unwrap();
     let sessions: usize = var("AGENTID_LOAD_SESSIONS").parse().unwrap();
     let identities: usize = var("AGENTID_LOAD_IDENTITIES").parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _in_runtime = rt.enter();
     let mut keys = Vec::new();
     let mut idents = Vec::new();

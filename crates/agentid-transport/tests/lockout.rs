@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid_transport::{AgentServer, ConnectionLimits, MemoryCredentials, PeerPolicy};
+use agentid_transport::{AgentServer, ConnectionLimits, PeerPolicy};
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
@@ -103,18 +103,8 @@ async fn silent_sockets_from_many_sources_do_not_lock_out_a_client() {
     raise_file_limit((attackers as u64) * 2 + 1024);
 
     let a = Domain::new("example.org");
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
-    let client_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        CLIENT,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
+    let client_creds = credentials(&a.ca, CLIENT);
     let sv = verification(SERVER, &[&a], false);
     let cv = verification(CLIENT, &[&a], false);
     // The library's defaults: the defence must hold without tuning.

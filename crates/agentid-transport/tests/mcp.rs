@@ -91,6 +91,20 @@ async fn read(c: &mut McpClient) -> Result<serde_json::Value, McpError> {
         .unwrap()
 }
 
+/// A raw MCP `tools/list` request with these session headers, in order.
+fn tools_list(sessions: &[&str]) -> http::Request<Bytes> {
+    let mut req = http::Request::post("/mcp");
+    for s in sessions {
+        req = req.header(SESSION_HEADER, *s);
+    }
+    req.header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+        ))
+        .unwrap()
+}
+
 fn http_refusal(r: Result<serde_json::Value, McpError>, status: u16, code: &str) {
     match r {
         Err(McpError::Http { status: s, code: c }) => {
@@ -214,20 +228,10 @@ async fn revocation_ends_the_session_for_its_peer() {
     let http = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
     let answer = match http.connect(w.addr, HOST).await {
         Err(e) => format!("connect refused: {e}"),
-        Ok(mut conn) => {
-            let req = http::Request::post("/mcp")
-                .header(SESSION_HEADER, session.as_str())
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .body(Bytes::from_static(
-                    br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
-                ))
-                .unwrap();
-            match conn.send(req).await {
-                Err(e) => format!("closed: {e}"),
-                Ok(resp) => resp.status().to_string(),
-            }
-        }
+        Ok(mut conn) => match conn.send(tools_list(&[session.as_str()])).await {
+            Err(e) => format!("closed: {e}"),
+            Ok(resp) => resp.status().to_string(),
+        },
     };
     assert!(
         answer.starts_with("connect refused")
@@ -294,16 +298,10 @@ async fn two_session_headers_are_refused_before_the_mcp_service() {
     let mut conn = http.connect(w.addr, HOST).await.unwrap();
     // Whichever header a later layer would read, the request never gets there.
     for (a, b) in [(&mine, &theirs), (&theirs, &mine)] {
-        let req = http::Request::post("/mcp")
-            .header(SESSION_HEADER, a.as_str())
-            .header(SESSION_HEADER, b.as_str())
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(Bytes::from_static(
-                br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
-            ))
+        let resp = conn
+            .send(tools_list(&[a.as_str(), b.as_str()]))
+            .await
             .unwrap();
-        let resp = conn.send(req).await.unwrap();
         assert_eq!(resp.status(), 400);
     }
 }

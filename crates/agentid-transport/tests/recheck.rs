@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, Scope, TrustBundle};
-use agentid_transport::{Error, PeerPolicy, Session};
+use agentid_transport::{Error, Session};
 use support::*;
 use tokio::net::TcpStream;
 
@@ -22,11 +22,7 @@ struct Live {
 /// A session whose client presents a grant for `read` (revocation lists optional).
 async fn live() -> Live {
     let p = pair(Some("read"), LeafOpts::default(), false);
-    let (mut cs, mut ss) = p
-        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
-        .await;
-    cs.send(b"x").await.unwrap();
-    assert!(ss.recv().await.unwrap().is_some());
+    let (cs, ss) = p.live().await;
     ss.authorize(&Scope::parse("read").unwrap()).unwrap();
     Live {
         a: p.a,

@@ -23,12 +23,7 @@ async fn refusal(
     let client_creds = Arc::new(MemoryCredentials::new(
         credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain),
     ));
-    let server_creds = Arc::new(MemoryCredentials::new(credential(
-        &a.ca,
-        SERVER,
-        key(),
-        &LeafOpts::default(),
-    )));
+    let server_creds = credentials(&a.ca, SERVER);
     let sv = verification(SERVER, &[&a], strict);
     let cv = verification(CLIENT, &[&a], false);
     let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;

@@ -120,11 +120,7 @@ async fn a_new_list_re_checks_only_the_sessions_its_new_entries_touch() {
 #[tokio::test]
 async fn a_bundle_change_still_re_checks_every_session() {
     let p = pair(Some("read"), LeafOpts::default(), false);
-    let (mut cs, mut ss) = p
-        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
-        .await;
-    cs.send(b"x").await.unwrap();
-    assert!(ss.recv().await.unwrap().is_some());
+    let (mut cs, mut ss) = p.live().await;
     let before = p.sv.session_rechecks();
     let same = agentid_protocol::TrustBundle::new(p.a.td.clone(), 2)
         .add_x509_authority(p.a.ca.der.to_vec(), p.a.ca.key.public_key())

@@ -6,6 +6,9 @@
 //! `agentid::files::CredentialDir`.
 #![allow(dead_code, reason = "each example uses a subset")]
 
+#[cfg(feature = "tonic")]
+pub mod grpc;
+
 use std::sync::Arc;
 
 use agentid_protocol::{
@@ -19,6 +22,25 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+/// Runs an example's steps (`run`) for at most 30 seconds: exit status 0 if every step went as
+/// described, else 1 with the reason, after `name`, on stderr.
+pub async fn exit_status(
+    name: &str,
+    run: impl std::future::Future<Output = Result<()>>,
+) -> std::process::ExitCode {
+    match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{name}: timed out");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Unix seconds now.
 pub fn now() -> u64 {

@@ -598,6 +598,16 @@ impl Pair {
         .await
     }
 
+    /// A live session: [`Pair::connect`] with each side admitting any peer, and one message
+    /// (`x`) from the client that the server received.
+    pub async fn live(&self) -> (Session<TcpStream>, Session<TcpStream>) {
+        let (mut cs, mut ss) = self
+            .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+            .await;
+        assert_eq!(roundtrip(&mut cs, &mut ss, b"x").await, b"x");
+        (cs, ss)
+    }
+
     /// Serves one connection and connects the client to it, each side admitting the other by
     /// its policy: (the client's session, the server's session).
     pub async fn connect(
@@ -605,19 +615,29 @@ impl Pair {
         server_policy: PeerPolicy,
         client_policy: PeerPolicy,
     ) -> (Session<TcpStream>, Session<TcpStream>) {
-        let (addr, h) = serve(
+        sessions(
             server(self.server_creds.clone(), self.sv.clone(), server_policy),
-            1,
+            &client(self.client_creds.clone(), self.cv.clone(), client_policy),
         )
-        .await;
-        let c = client(self.client_creds.clone(), self.cv.clone(), client_policy);
-        let cs = tokio::time::timeout(T, c.connect(addr))
-            .await
-            .unwrap()
-            .unwrap();
-        let ss = h.await.unwrap().pop().unwrap().unwrap();
-        (cs, ss)
+        .await
     }
+}
+
+/// Serves one connection with `server` and connects `client` to it: (the client's result, the
+/// server's result), each wait bounded.
+pub async fn handshake(server: AgentServer, client: &AgentClient) -> (ServerResult, ServerResult) {
+    let (addr, h) = serve(server, 1).await;
+    let client_result = connect(client, addr).await;
+    (client_result, accepted(h).await)
+}
+
+/// A [`handshake`] that both sides accept: (the client's session, the server's session).
+pub async fn sessions(
+    server: AgentServer,
+    client: &AgentClient,
+) -> (Session<TcpStream>, Session<TcpStream>) {
+    let (cs, ss) = handshake(server, client).await;
+    (cs.unwrap(), ss.unwrap())
 }
 
 /// A session that a server of `a` ([`SERVER`], any client admitted) accepted from a raw client
