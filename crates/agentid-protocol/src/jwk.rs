@@ -12,8 +12,38 @@ use crate::crypto::{sha256, PublicKey, JKT_LEN};
 use crate::encoding::{b64_decode, b64_decode_array, b64_encode};
 use crate::error::{Error, ErrorCode, Result};
 
-/// The members every agentid JWK may hold.
-const KEY_MEMBERS: [&str; 5] = ["kty", "crv", "x", "y", "alg"];
+/// The members an agentid JWK may hold (section 5.1): the one home of their names, for the
+/// decoded-map reader ([`PublicKey::from_jwk_members`]), the payload reader's `cnf.jwk` slots and
+/// [`jwk_member_allowed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyMember {
+    Kty,
+    Crv,
+    X,
+    Y,
+    Alg,
+}
+
+impl KeyMember {
+    /// Every key member.
+    pub(crate) const ALL: [Self; 5] = [Self::Kty, Self::Crv, Self::X, Self::Y, Self::Alg];
+
+    /// The member's name in a JWK.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Kty => "kty",
+            Self::Crv => "crv",
+            Self::X => "x",
+            Self::Y => "y",
+            Self::Alg => "alg",
+        }
+    }
+
+    /// The key member named `name`, if `name` is one.
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
 /// Private-key members of any JWK type (RFC 7518 section 6): refused even if a caller allows them.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
@@ -41,7 +71,8 @@ impl<'a> JwkMember<'a> {
         }
     }
 
-    fn str(self, name: &str) -> Result<&'a str> {
+    fn str(self, member: KeyMember) -> Result<&'a str> {
+        let name = member.name();
         match self {
             Self::Str(s) => Ok(s),
             Self::NotString => Err(bad_key(format!("JWK member {name:?} is not a string"))),
@@ -50,8 +81,9 @@ impl<'a> JwkMember<'a> {
     }
 
     /// A 32-byte coordinate in strict base64url.
-    fn coordinate(self, name: &str) -> Result<[u8; 32]> {
-        let s = self.str(name)?;
+    fn coordinate(self, member: KeyMember) -> Result<[u8; 32]> {
+        let name = member.name();
+        let s = self.str(member)?;
         if let Some(bytes) = b64_decode_array(s) {
             return Ok(bytes);
         }
@@ -82,6 +114,24 @@ pub(crate) struct JwkView<'a> {
     pub(crate) alg: JwkMember<'a>,
 }
 
+impl<'a> JwkView<'a> {
+    /// The view of a JWK whose member `first_refused` (if any) is refused, with each key member
+    /// as `member` reads it.
+    pub(crate) fn new(
+        first_refused: Option<&'a str>,
+        mut member: impl FnMut(KeyMember) -> JwkMember<'a>,
+    ) -> Self {
+        Self {
+            first_refused,
+            kty: member(KeyMember::Kty),
+            crv: member(KeyMember::Crv),
+            x: member(KeyMember::X),
+            y: member(KeyMember::Y),
+            alg: member(KeyMember::Alg),
+        }
+    }
+}
+
 /// The error for a JWK that is not a JSON object.
 pub(crate) fn jwk_not_an_object() -> Error {
     bad_key("JWK is not an object")
@@ -91,7 +141,7 @@ pub(crate) fn jwk_not_an_object() -> Error {
 /// or an extra one, and never a private member.
 pub(crate) fn jwk_member_allowed(name: &str, extra_allowed: &[&str]) -> bool {
     !PRIVATE_MEMBERS.contains(&name)
-        && (KEY_MEMBERS.contains(&name) || extra_allowed.contains(&name))
+        && (KeyMember::named(name).is_some() || extra_allowed.contains(&name))
 }
 
 impl PublicKey {
@@ -107,17 +157,13 @@ impl PublicKey {
     /// bundle entry's `use`, `kid`, `x5c`), which the caller reads and checks itself. Private
     /// members (`d`, ...) are refused whatever `extra_allowed` says.
     pub fn from_jwk_members(map: &Map<String, Value>, extra_allowed: &[&str]) -> Result<Self> {
-        Self::from_jwk_view(JwkView {
-            first_refused: map
-                .keys()
-                .map(String::as_str)
-                .find(|name| !jwk_member_allowed(name, extra_allowed)),
-            kty: JwkMember::of(map, "kty"),
-            crv: JwkMember::of(map, "crv"),
-            x: JwkMember::of(map, "x"),
-            y: JwkMember::of(map, "y"),
-            alg: JwkMember::of(map, "alg"),
-        })
+        let first_refused = map
+            .keys()
+            .map(String::as_str)
+            .find(|name| !jwk_member_allowed(name, extra_allowed));
+        Self::from_jwk_view(JwkView::new(first_refused, |m| {
+            JwkMember::of(map, m.name())
+        }))
     }
 
     /// The rules of a strict JWK (section 5.1), on its members: the one home of
@@ -129,16 +175,16 @@ impl PublicKey {
             }
             return Err(bad_key(format!("JWK member {name:?} is not allowed")));
         }
-        let kty = jwk.kty.str("kty")?;
-        let crv = jwk.crv.str("crv")?;
-        let alg = jwk.alg.str("alg")?;
+        let kty = jwk.kty.str(KeyMember::Kty)?;
+        let crv = jwk.crv.str(KeyMember::Crv)?;
+        let alg = jwk.alg.str(KeyMember::Alg)?;
         match (kty, crv) {
             ("EC", "P-256") => {
                 if alg != "ES256" {
                     return Err(bad_key(format!("P-256 JWK with alg {alg:?}")));
                 }
-                let x = jwk.x.coordinate("x")?;
-                let y = jwk.y.coordinate("y")?;
+                let x = jwk.x.coordinate(KeyMember::X)?;
+                let y = jwk.y.coordinate(KeyMember::Y)?;
                 let mut point = [0u8; 65];
                 let (tag, xy) = point.split_at_mut(1);
                 let (px, py) = xy.split_at_mut(32);
@@ -154,7 +200,7 @@ impl PublicKey {
                 if !matches!(jwk.y, JwkMember::Absent) {
                     return Err(bad_key("OKP JWK with a \"y\" member"));
                 }
-                Self::from_ed25519(&jwk.x.coordinate("x")?)
+                Self::from_ed25519(&jwk.x.coordinate(KeyMember::X)?)
             }
             _ => Err(bad_key(format!(
                 "unsupported JWK kty {kty:?} / crv {crv:?}"
@@ -256,6 +302,25 @@ mod tests {
 
     fn ec() -> Value {
         json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256"})
+    }
+
+    #[test]
+    fn the_key_members_are_the_five_names_of_section_5_1_and_nothing_else() {
+        let names: Vec<&str> = KeyMember::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["kty", "crv", "x", "y", "alg"]);
+        for m in KeyMember::ALL {
+            assert_eq!(KeyMember::named(m.name()), Some(m));
+            assert!(jwk_member_allowed(m.name(), &[]));
+        }
+        for other in [
+            "", "KTY", "kty ", "k", "d", "use", "kid", "x5c", "xy", r"\u0078",
+        ] {
+            assert_eq!(KeyMember::named(other), None, "{other:?}");
+        }
+        // Private members stay refused even when a caller allows them.
+        assert!(!jwk_member_allowed("d", &["d"]));
+        assert!(jwk_member_allowed("kid", &["kid"]));
+        assert!(!jwk_member_allowed("kid", &[]));
     }
     fn okp() -> Value {
         json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "alg": "Ed25519"})

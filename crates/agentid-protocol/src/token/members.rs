@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::claims::{Name, NAMES};
 use crate::encoding::StrictValue;
 use crate::error::{Error, ErrorCode, Result};
-use crate::jwk::{JwkMember, JwkView};
+use crate::jwk::{JwkMember, JwkView, KeyMember};
 
 impl Name {
     /// The name spelled `s` (already unescaped), if it is one.
@@ -474,8 +474,8 @@ pub(crate) enum JwkValue<'a> {
     NotString,
 }
 
-/// The members of a `cnf.jwk` object: the five key members, and the first other name in byte
-/// order (a `cnf.jwk` may hold no other member).
+/// The members of a `cnf.jwk` object: the key members ([`KeyMember`]), and the first other
+/// name in byte order (a `cnf.jwk` may hold no other member).
 #[derive(Debug, Default)]
 pub(crate) struct JwkMembers<'a> {
     kty: Option<JwkValue<'a>>,
@@ -489,33 +489,32 @@ pub(crate) struct JwkMembers<'a> {
 impl<'a> JwkMembers<'a> {
     /// The members as the JWK rules read them.
     pub(crate) fn view(&self) -> JwkView<'_> {
-        fn member<'b>(v: &'b Option<JwkValue<'_>>) -> JwkMember<'b> {
-            match v {
-                None => JwkMember::Absent,
-                Some(JwkValue::NotString) => JwkMember::NotString,
-                Some(JwkValue::Str(s)) => JwkMember::Str(s),
-            }
-        }
-        JwkView {
-            first_refused: self.first_other.as_deref(),
-            kty: member(&self.kty),
-            crv: member(&self.crv),
-            x: member(&self.x),
-            y: member(&self.y),
-            alg: member(&self.alg),
+        JwkView::new(self.first_other.as_deref(), |m| match self.held(m) {
+            None => JwkMember::Absent,
+            Some(JwkValue::NotString) => JwkMember::NotString,
+            Some(JwkValue::Str(s)) => JwkMember::Str(s),
+        })
+    }
+
+    fn held(&self, member: KeyMember) -> &Option<JwkValue<'a>> {
+        match member {
+            KeyMember::Kty => &self.kty,
+            KeyMember::Crv => &self.crv,
+            KeyMember::X => &self.x,
+            KeyMember::Y => &self.y,
+            KeyMember::Alg => &self.alg,
         }
     }
 
-    /// The slot of key member `name`, or `None` for any other name.
+    /// The slot of member `name`, if it is a key member.
     fn slot(&mut self, name: &str) -> Option<&mut Option<JwkValue<'a>>> {
-        match name {
-            "kty" => Some(&mut self.kty),
-            "crv" => Some(&mut self.crv),
-            "x" => Some(&mut self.x),
-            "y" => Some(&mut self.y),
-            "alg" => Some(&mut self.alg),
-            _ => None,
-        }
+        Some(match KeyMember::named(name)? {
+            KeyMember::Kty => &mut self.kty,
+            KeyMember::Crv => &mut self.crv,
+            KeyMember::X => &mut self.x,
+            KeyMember::Y => &mut self.y,
+            KeyMember::Alg => &mut self.alg,
+        })
     }
 }
 
