@@ -468,21 +468,19 @@ impl CertificateAuthority {
             outcome: "ok".into(),
             ..created
         };
-        let hash = token_hash(&token);
-        self.store()?.add_bootstrap(
-            &BootstrapRecord {
-                hash: hash.clone(),
-                agent,
-                task,
-                expires,
-            },
-            &ev,
-        )?;
+        let record = BootstrapRecord {
+            hash: token_hash(&token),
+            agent,
+            task,
+            expires,
+        };
+        // The token, what it binds and its audit record in one transaction.
+        match binding {
+            Some(json) => self.store()?.add_bound_bootstrap(&record, json, &ev)?,
+            None => self.store()?.add_bootstrap(&record, &ev)?,
+        }
         self.audit.record(&ev);
         self.after_audit(now_s);
-        if let Some(json) = binding {
-            self.store()?.set_bootstrap_binding(&hash, json)?;
-        }
         Ok((token, expires))
     }
 

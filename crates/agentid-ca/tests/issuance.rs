@@ -651,6 +651,56 @@ fn bootstrap_token_is_single_use_and_bound() {
     assert!(!audit.contains(&tok.token));
 }
 
+/// A bound token is stored with what it binds, and with its audit record, in the one
+/// transaction that creates it (on either store): it enrolls once, to a task holding the bound
+/// scope and depth, and its creation is audited once.
+#[test]
+fn a_bound_token_is_stored_with_its_binding() {
+    let t = test_ca(KeyType::P256);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        max_depth: Some(1),
+        ..Default::default()
+    };
+    let tok =
+        t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
+            .unwrap();
+    let csr = || {
+        csr_with(
+            &p256_keypair(),
+            &[uri(tok.identity.as_spiffe_id().as_str())],
+            |_| {},
+        )
+    };
+    let creds = t.ca.enroll(&tok.token, csr(), now()).unwrap();
+    assert_eq!(creds.identity, tok.identity);
+    // The grant holds what the token bound (its payload read directly).
+    let payload = creds
+        .grant
+        .tokens()
+        .next()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let grant: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(grant["scope"], "tickets:read");
+    assert_eq!(grant["max_depth"], 1);
+    assert!(matches!(
+        t.ca.enroll(&tok.token, csr(), now()),
+        Err(agentid_ca::EnrollError::TokenUsed)
+    ));
+    let created = audit_records(&t.ca)
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count();
+    assert_eq!(created, 1);
+}
+
 // ---------------------------------------------------------------- grant, bundle, revocation
 
 #[test]

@@ -413,8 +413,14 @@ pub trait Store: Send {
         }
         Ok(out)
     }
-    /// Records what an unused token binds, as JSON (schema version 1).
-    fn set_bootstrap_binding(&mut self, _hash: &str, _binding: &str) -> Result<()> {
+    /// Stores a bootstrap token's hash with what it binds (JSON, schema version 1) and its
+    /// audit record, in one transaction: a token is never stored without its binding.
+    fn add_bound_bootstrap(
+        &mut self,
+        _b: &BootstrapRecord,
+        _binding: &str,
+        _audit: &AuditEvent,
+    ) -> Result<()> {
         Err(CaError::Store(
             "this store does not keep bootstrap token bindings".into(),
         ))
@@ -535,6 +541,32 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 impl SqliteStore {
+    /// A bootstrap token with what it binds (if anything) and its audit record, in one
+    /// transaction.
+    fn insert_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        tx.prepare_cached(
+            "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
+             VALUES (?1, ?2, ?3, ?4, ?5, json_extract(?5, '$.creator'))",
+        )?
+        .execute(params![
+            b.hash,
+            b.agent,
+            b.task,
+            to_i64(b.expires)?,
+            binding
+        ])?;
+        append_audit_tx(&tx, &writer, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_as(path, crate::audit::DEFAULT_WRITER)
@@ -980,15 +1012,7 @@ impl Store for SqliteStore {
     }
 
     fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
-        let writer = self.audit_writer.clone();
-        let tx = self.immediate()?;
-        tx.prepare_cached(
-            "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![b.hash, b.agent, b.task, to_i64(b.expires)?])?;
-        append_audit_tx(&tx, &writer, audit)?;
-        tx.commit()?;
-        Ok(())
+        self.insert_bootstrap(b, None, audit)
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
@@ -1045,15 +1069,13 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
-        let n = self.conn.execute(
-            "UPDATE bootstrap_tokens SET binding = ?2, creator = json_extract(?2, '$.creator') WHERE hash = ?1 AND used_at IS NULL",
-            params![hash, binding],
-        )?;
-        if n != 1 {
-            return Err(CaError::Store("no unused bootstrap token to bind".into()));
-        }
-        Ok(())
+    fn add_bound_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: &str,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        self.insert_bootstrap(b, Some(binding), audit)
     }
 
     fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {

@@ -530,6 +530,35 @@ impl core::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// A bootstrap token with what it binds (if anything) and its audit record, in one
+    /// transaction.
+    fn insert_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        let (b, binding, audit, writer) = (
+            b.clone(),
+            binding.map(str::to_owned),
+            audit.clone(),
+            self.inner.writer.clone(),
+        );
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    tx.execute(
+                        "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
+                         VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
+                        &[&b.hash, &b.agent, &b.task, &to_i64(b.expires)?, &binding],
+                    )
+                    .await?;
+                    append_audit_tx(&tx, &writer, &audit).await
+                })
+            })
+        })
+    }
+
     /// Connects and brings the schema to [`crate::migrate::PG_SCHEMA_VERSION`], with the
     /// default audit writer id.
     pub fn open(settings: PgSettings) -> Result<Self> {
@@ -1199,19 +1228,7 @@ impl Store for PgStore {
     }
 
     fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
-        let (b, audit, writer) = (b.clone(), audit.clone(), self.inner.writer.clone());
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                in_tx!(c, |tx| async {
-                    tx.execute(
-                        "INSERT INTO bootstrap_tokens (hash, agent, task, expires) VALUES ($1, $2, $3, $4)",
-                        &[&b.hash, &b.agent, &b.task, &to_i64(b.expires)?],
-                    )
-                    .await?;
-                    append_audit_tx(&tx, &writer, &audit).await
-                })
-            })
-        })
+        self.insert_bootstrap(b, None, audit)
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
@@ -1271,25 +1288,13 @@ impl Store for PgStore {
         })
     }
 
-    fn set_bootstrap_binding(&mut self, hash: &str, binding: &str) -> Result<()> {
-        let (hash, binding) = (hash.to_owned(), binding.to_owned());
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                let n = c
-                    .execute(
-                        "UPDATE bootstrap_tokens SET binding = $2::text, creator = ($2::text)::jsonb ->> 'creator'
-                         WHERE hash = $1 AND used_at IS NULL",
-                        &[&hash, &binding],
-                    )
-                    .await?;
-                if n != 1 {
-                    return Err(PgErr::Ca(CaError::Store(
-                        "no unused bootstrap token to bind".into(),
-                    )));
-                }
-                Ok(())
-            })
-        })
+    fn add_bound_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: &str,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        self.insert_bootstrap(b, Some(binding), audit)
     }
 
     fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {
