@@ -828,6 +828,39 @@ impl CertificateAuthority {
         res
     }
 
+    /// The latest a child of `req.parent` (in task `task`) may hold its certificate until, with
+    /// the parent's bound key thumbprint: the parent's cap, its task's expiry and, if the parent
+    /// sent its chain, the chain's expiry. The parent must be a live identity of this CA, in a
+    /// task this CA opened.
+    fn child_cap(&self, req: &ChildRequest, task: &TaskId, now: u64) -> Result<(String, u64)> {
+        let not_active = || CaError::ParentNotActive(req.parent.as_str().to_string());
+        let (parent_rec, task_rec) = {
+            let store = self.store()?;
+            let p = store
+                .identity(req.parent.as_str())?
+                .ok_or_else(not_active)?;
+            let t = store.task(task.as_str())?.ok_or_else(not_active)?;
+            (p, t)
+        };
+        let mut cap = parent_rec.cap.min(task_rec.exp);
+        if let Some(chain) = &req.parent_chain {
+            // Only ever shortens: safe to read unverified.
+            let read = chain.read_unverified()?;
+            let holder = read.holder();
+            if *holder != req.parent {
+                return Err(CaError::InvalidRequest(format!(
+                    "the parent chain's holder is {holder}, not {}",
+                    req.parent
+                )));
+            }
+            cap = cap.min(read.expires());
+        }
+        if cap <= now {
+            return Err(not_active());
+        }
+        Ok((parent_rec.jkt, cap))
+    }
+
     fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
         let td = &self.config.trust_domain;
         self.check_td(req.parent.as_spiffe_id())?;
@@ -848,33 +881,7 @@ impl CertificateAuthority {
             req.parent.as_str(),
             identity.as_str(),
         )?;
-        // The parent must be a live identity of this CA, in a task this CA opened.
-        let (parent_rec, task_rec) = {
-            let store = self.store()?;
-            let p = store
-                .identity(req.parent.as_str())?
-                .ok_or_else(|| CaError::ParentNotActive(req.parent.as_str().to_string()))?;
-            let t = store
-                .task(task.as_str())?
-                .ok_or_else(|| CaError::ParentNotActive(req.parent.as_str().to_string()))?;
-            (p, t)
-        };
-        let mut cap = parent_rec.cap.min(task_rec.exp);
-        if let Some(chain) = &req.parent_chain {
-            // Only ever shortens: safe to read unverified.
-            let read = chain.read_unverified()?;
-            let holder = read.holder();
-            if *holder != req.parent {
-                return Err(CaError::InvalidRequest(format!(
-                    "the parent chain's holder is {holder}, not {}",
-                    req.parent
-                )));
-            }
-            cap = cap.min(read.expires());
-        }
-        if cap <= now {
-            return Err(CaError::ParentNotActive(req.parent.as_str().to_string()));
-        }
+        let (parent_jkt, cap) = self.child_cap(req, &task, now)?;
         let validity = self.validity(
             now,
             req.ttl,
@@ -907,7 +914,7 @@ impl CertificateAuthority {
                     (RevocationKind::Agent, parent_agent.name().to_string()),
                     (RevocationKind::Task, task.as_str().to_string()),
                     (RevocationKind::Jkt, jkt.clone()),
-                    (RevocationKind::Jkt, parent_rec.jkt.clone()),
+                    (RevocationKind::Jkt, parent_jkt),
                 ],
             },
             now,
@@ -1072,56 +1079,20 @@ impl CertificateAuthority {
                 requested: jkt,
             });
         }
-        let (max_ttl, cap, rule, agent, task, mut refuse, dns) = match &req.identity {
-            PeerId::Task(t) => {
-                let agent = t.agent();
-                let name = agent.name().to_string();
-                let rule = self.policy.agent(&name)?;
-                let task = t.task_id();
-                let task_exp = self
-                    .store()?
-                    .task(task.as_str())?
-                    .map(|r| r.exp)
-                    .ok_or_else(|| CaError::UnknownIdentity(uri.clone()))?;
-                (
-                    rule.max_ttl,
-                    bound.cap.min(task_exp),
-                    format!("agents.{name}.max_ttl"),
-                    Some(name.clone()),
-                    Some(task.as_str().to_string()),
-                    vec![
-                        (RevocationKind::Agent, name),
-                        (RevocationKind::Task, task.as_str().to_string()),
-                    ],
-                    Vec::new(),
-                )
-            }
-            PeerId::Service(s) => {
-                let rule = self.policy.service(s.name())?;
-                (
-                    rule.max_ttl,
-                    u64::MAX,
-                    format!("services.{}.max_ttl", s.name()),
-                    None,
-                    None,
-                    Vec::new(),
-                    rule.dns.clone(),
-                )
-            }
-        };
-        refuse.push((RevocationKind::Jkt, jkt.clone()));
-        let validity = self.validity(now, req.ttl, max_ttl, cap, &rule)?;
+        let mut limits = self.renewal_limits(&req.identity, bound.cap)?;
+        limits.refuse.push((RevocationKind::Jkt, jkt.clone()));
+        let validity = self.validity(now, req.ttl, limits.max_ttl, limits.cap, &limits.rule)?;
         let leaf = self.sign_and_commit(
-            &dns,
+            &limits.dns,
             &key,
             validity,
             Issuance {
                 kind: IssuanceKind::Renewal,
                 uri: &uri,
                 // Services: the cap follows the newest certificate; tasks keep theirs.
-                cap: task.is_some().then_some(bound.cap),
-                agent,
-                task,
+                cap: limits.task.is_some().then_some(bound.cap),
+                agent: limits.agent,
+                task: limits.task,
                 requester: actor.to_string(),
                 jkt: &jkt,
                 spki: &bound.spki,
@@ -1129,11 +1100,52 @@ impl CertificateAuthority {
                 binding: Binding::SameKey,
                 task_record: None,
                 bootstrap: None,
-                refuse,
+                refuse: limits.refuse,
             },
             now,
         )?;
         Ok(self.issued(req.identity.clone(), leaf, jkt))
+    }
+
+    /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap`): a task by
+    /// its agent's rule and its task's expiry, a service by its rule (and its DNS names).
+    fn renewal_limits(&self, identity: &PeerId, bound_cap: u64) -> Result<RenewalLimits> {
+        match identity {
+            PeerId::Task(t) => {
+                let name = t.agent().name().to_string();
+                let rule = self.policy.agent(&name)?;
+                let task = t.task_id();
+                let task_exp = self
+                    .store()?
+                    .task(task.as_str())?
+                    .map(|r| r.exp)
+                    .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_string()))?;
+                Ok(RenewalLimits {
+                    max_ttl: rule.max_ttl,
+                    cap: bound_cap.min(task_exp),
+                    rule: format!("agents.{name}.max_ttl"),
+                    refuse: vec![
+                        (RevocationKind::Agent, name.clone()),
+                        (RevocationKind::Task, task.as_str().to_string()),
+                    ],
+                    agent: Some(name),
+                    task: Some(task.as_str().to_string()),
+                    dns: Vec::new(),
+                })
+            }
+            PeerId::Service(s) => {
+                let rule = self.policy.service(s.name())?;
+                Ok(RenewalLimits {
+                    max_ttl: rule.max_ttl,
+                    cap: u64::MAX,
+                    rule: format!("services.{}.max_ttl", s.name()),
+                    refuse: Vec::new(),
+                    agent: None,
+                    task: None,
+                    dns: rule.dns.clone(),
+                })
+            }
+        }
     }
 
     /// Looks up the issuance record of a serial (parsed from any formatting: colons, upper case,
@@ -1173,4 +1185,21 @@ pub fn parse_principal(s: &str) -> Result<serde_json::Value> {
         }
     };
     Ok(serde_json::json!({ "format": format, member: value }))
+}
+
+/// What bounds a renewal ([`CertificateAuthority::renewal_limits`]).
+struct RenewalLimits {
+    /// The rule's longest certificate lifetime, seconds.
+    max_ttl: u64,
+    /// No certificate outlives this (Unix seconds).
+    cap: u64,
+    /// The rule's name, for a refusal.
+    rule: String,
+    /// Revocations that refuse the renewal.
+    refuse: Vec<(RevocationKind, String)>,
+    /// The agent and task of a task's renewal.
+    agent: Option<String>,
+    task: Option<String>,
+    /// A service's DNS names.
+    dns: Vec<String>,
 }
