@@ -109,6 +109,7 @@ impl Store for MemStore {
     fn add_bootstrap(
         &mut self,
         _b: &BootstrapRecord,
+        _binding: Option<&str>,
         _audit: &agentid_ca::AuditEvent,
     ) -> CaResult<()> {
         Ok(())

@@ -475,10 +475,7 @@ impl CertificateAuthority {
             expires,
         };
         // The token, what it binds and its audit record in one transaction.
-        match binding {
-            Some(json) => self.store()?.add_bound_bootstrap(&record, json, &ev)?,
-            None => self.store()?.add_bootstrap(&record, &ev)?,
-        }
+        self.store()?.add_bootstrap(&record, binding, &ev)?;
         self.audit.record(&ev);
         self.after_audit(now_s);
         Ok((token, expires))

@@ -374,8 +374,15 @@ pub trait Store: Send {
     /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
     /// that a list with a lower one had, also with several CA processes on one store).
     fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)>;
-    /// Stores a bootstrap token's hash, with its audit record, in one transaction.
-    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()>;
+    /// Stores a bootstrap token's hash with what it binds (JSON of [`crate::TokenBinding`],
+    /// schema version 1; `None` binds nothing more) and its audit record, in one transaction: a
+    /// token is never stored without its binding.
+    fn add_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<()>;
     /// A bootstrap token by hash, if unused.
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>>;
     /// A bootstrap token by hash, used or not, with what it binds (schema version 1). The
@@ -412,18 +419,6 @@ pub trait Store: Send {
             }
         }
         Ok(out)
-    }
-    /// Stores a bootstrap token's hash with what it binds (JSON, schema version 1) and its
-    /// audit record, in one transaction: a token is never stored without its binding.
-    fn add_bound_bootstrap(
-        &mut self,
-        _b: &BootstrapRecord,
-        _binding: &str,
-        _audit: &AuditEvent,
-    ) -> Result<()> {
-        Err(CaError::Store(
-            "this store does not keep bootstrap token bindings".into(),
-        ))
     }
     /// Appends a record that goes with no other change (a refusal) to the writer's chain.
     fn append_audit(&mut self, _ev: &AuditEvent) -> Result<()> {
@@ -541,32 +536,6 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 }
 
 impl SqliteStore {
-    /// A bootstrap token with what it binds (if anything) and its audit record, in one
-    /// transaction.
-    fn insert_bootstrap(
-        &mut self,
-        b: &BootstrapRecord,
-        binding: Option<&str>,
-        audit: &AuditEvent,
-    ) -> Result<()> {
-        let writer = self.audit_writer.clone();
-        let tx = self.immediate()?;
-        tx.prepare_cached(
-            "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
-             VALUES (?1, ?2, ?3, ?4, ?5, json_extract(?5, '$.creator'))",
-        )?
-        .execute(params![
-            b.hash,
-            b.agent,
-            b.task,
-            to_i64(b.expires)?,
-            binding
-        ])?;
-        append_audit_tx(&tx, &writer, audit)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Opens (creating on first use) the database file.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_as(path, crate::audit::DEFAULT_WRITER)
@@ -1011,8 +980,28 @@ impl Store for SqliteStore {
         Ok((to_u64(v)?, entries))
     }
 
-    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
-        self.insert_bootstrap(b, None, audit)
+    fn add_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        let writer = self.audit_writer.clone();
+        let tx = self.immediate()?;
+        tx.prepare_cached(
+            "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
+             VALUES (?1, ?2, ?3, ?4, ?5, json_extract(?5, '$.creator'))",
+        )?
+        .execute(params![
+            b.hash,
+            b.agent,
+            b.task,
+            to_i64(b.expires)?,
+            binding
+        ])?;
+        append_audit_tx(&tx, &writer, audit)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
@@ -1067,15 +1056,6 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
-
-    fn add_bound_bootstrap(
-        &mut self,
-        b: &BootstrapRecord,
-        binding: &str,
-        audit: &AuditEvent,
-    ) -> Result<()> {
-        self.insert_bootstrap(b, Some(binding), audit)
     }
 
     fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {

@@ -530,35 +530,6 @@ impl core::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// A bootstrap token with what it binds (if anything) and its audit record, in one
-    /// transaction.
-    fn insert_bootstrap(
-        &mut self,
-        b: &BootstrapRecord,
-        binding: Option<&str>,
-        audit: &AuditEvent,
-    ) -> Result<()> {
-        let (b, binding, audit, writer) = (
-            b.clone(),
-            binding.map(str::to_owned),
-            audit.clone(),
-            self.inner.writer.clone(),
-        );
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                in_tx!(c, |tx| async {
-                    tx.execute(
-                        "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
-                         VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
-                        &[&b.hash, &b.agent, &b.task, &to_i64(b.expires)?, &binding],
-                    )
-                    .await?;
-                    append_audit_tx(&tx, &writer, &audit).await
-                })
-            })
-        })
-    }
-
     /// Connects and brings the schema to [`crate::migrate::PG_SCHEMA_VERSION`], with the
     /// default audit writer id.
     pub fn open(settings: PgSettings) -> Result<Self> {
@@ -1227,8 +1198,31 @@ impl Store for PgStore {
         })
     }
 
-    fn add_bootstrap(&mut self, b: &BootstrapRecord, audit: &AuditEvent) -> Result<()> {
-        self.insert_bootstrap(b, None, audit)
+    fn add_bootstrap(
+        &mut self,
+        b: &BootstrapRecord,
+        binding: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        let (b, binding, audit, writer) = (
+            b.clone(),
+            binding.map(str::to_owned),
+            audit.clone(),
+            self.inner.writer.clone(),
+        );
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    tx.execute(
+                        "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
+                         VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
+                        &[&b.hash, &b.agent, &b.task, &to_i64(b.expires)?, &binding],
+                    )
+                    .await?;
+                    append_audit_tx(&tx, &writer, &audit).await
+                })
+            })
+        })
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
@@ -1286,15 +1280,6 @@ impl Store for PgStore {
                 .collect()
             })
         })
-    }
-
-    fn add_bound_bootstrap(
-        &mut self,
-        b: &BootstrapRecord,
-        binding: &str,
-        audit: &AuditEvent,
-    ) -> Result<()> {
-        self.insert_bootstrap(b, Some(binding), audit)
     }
 
     fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {
