@@ -28,6 +28,23 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Appends `bytes` to `out` as base64url without padding ([`b64_encode`] without a new string).
+pub(crate) fn b64_encode_into(bytes: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(bytes, out);
+}
+
+/// Appends `s` to `out` as a JSON string, escaped as serde_json escapes it (the spelling of every
+/// payload this crate writes by hand: proofs and revocation lists).
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) -> Result<()> {
+    serde_json::to_writer(out, s).map_err(|e| Error::new(ErrorCode::BadJson, e.to_string()))
+}
+
+/// Appends `n` to `out` as a JSON integer (its decimal digits, as serde_json writes it).
+pub(crate) fn write_json_u64(out: &mut Vec<u8>, n: u64) -> Result<()> {
+    use std::io::Write as _;
+    write!(out, "{n}").map_err(|e| Error::new(ErrorCode::BadJson, e.to_string()))
+}
+
 /// Checks strict base64url without decoding: only `[A-Za-z0-9_-]`, no padding, no whitespace,
 /// a length that is not 1 mod 4, and canonical (zero) trailing bits. Any deviation is
 /// `BadBase64`. Exactly the strings [`b64_decode`] accepts, with no allocation.

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use crate::crypto::Algorithm;
-use crate::encoding::{b64_check, b64_decode, b64_encode, parse_ijson_object};
+use crate::encoding::{b64_check, b64_decode, b64_encode_into, parse_ijson_object};
 use crate::error::{Error, ErrorCode, Result};
 
 /// The `typ` of an agentid token.
@@ -276,9 +276,13 @@ fn build_compact(
     if parse_claims {
         parse_ijson_object(claims_json)?;
     }
-    let mut token = b64_encode(header_json.as_bytes());
+    // One string for the whole token: header, payload and signature appended as encoded.
+    let b64_len = |n: usize| n.div_ceil(3) * 4;
+    let mut token =
+        String::with_capacity(b64_len(header_json.len()) + b64_len(claims_json.len()) + 88);
+    b64_encode_into(header_json.as_bytes(), &mut token);
     token.push('.');
-    token.push_str(&b64_encode(claims_json));
+    b64_encode_into(claims_json, &mut token);
     let signature = sign(token.as_bytes())?;
     if signature.len() != 64 {
         return Err(Error::new(
@@ -290,7 +294,7 @@ fn build_compact(
         ));
     }
     token.push('.');
-    token.push_str(&b64_encode(&signature));
+    b64_encode_into(&signature, &mut token);
     // Revocation lists are not chain tokens: their size is bounded by the list's own cap.
     if typ != TokenType::Revocations && token.len() > MAX_TOKEN_BYTES {
         return Err(Error::new(
@@ -305,6 +309,7 @@ fn build_compact(
 mod tests {
     use super::*;
     use crate::crypto::{verify, AuthorityKey, JwsSigner, TaskKey};
+    use crate::encoding::b64_encode;
 
     const ALL: [TokenType; 4] = [
         TokenType::Grant,

@@ -1,11 +1,9 @@
 //! Hop proofs (`agentid-proof+jwt`): a per-connection signed statement binding a presentation
 //! to one TLS 1.3 connection through the exporter, and leaving both sides a signed receipt.
 
-use serde_json::Value;
-
 use crate::chain::MAX_CHAIN_BYTES;
 use crate::crypto::{sha256, token_hash, verify, verify_and_hash, TaskKey};
-use crate::encoding::{b64_decode, b64_encode, parse_ijson_object};
+use crate::encoding::{b64_decode, b64_encode, parse_ijson_object, write_json_str, write_json_u64};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact_written, TokenType};
@@ -142,41 +140,39 @@ impl ProofBuilder {
         let cb = b64_encode(&self.exporter);
         // Written member by member, names in byte order (the order serde_json's default map
         // writes): an I-JSON object by construction, so it is not parsed back. Strings that
-        // are not base64url go through serde_json's escaping.
-        let string = |s: &str| Value::from(s).to_string();
-        let mut payload = String::with_capacity(
+        // are not base64url are written with serde_json's escaping, straight into the payload.
+        let mut payload = Vec::with_capacity(
             96 + self.sub.as_str().len()
                 + self.aud.as_str().len()
                 + self.cth.as_ref().map_or(0, String::len)
                 + rth.as_ref().map_or(0, String::len),
         );
-        payload.push_str(r#"{"aud":"#);
-        payload.push_str(&string(self.aud.as_str()));
-        payload.push_str(r#","cb":""#);
-        payload.push_str(&cb);
-        payload.push('"');
+        payload.extend_from_slice(br#"{"aud":"#);
+        write_json_str(&mut payload, self.aud.as_str())?;
+        payload.extend_from_slice(br#","cb":""#);
+        payload.extend_from_slice(cb.as_bytes());
+        payload.push(b'"');
         if let Some(c) = &self.cth {
-            payload.push_str(r#","cth":"#);
-            payload.push_str(&string(c));
+            payload.extend_from_slice(br#","cth":"#);
+            write_json_str(&mut payload, c)?;
         }
-        payload.push_str(&format!(
-            r#","exp":{},"iat":{},"jti":"{jti}""#,
-            self.exp, self.iat
-        ));
+        payload.extend_from_slice(br#","exp":"#);
+        write_json_u64(&mut payload, self.exp)?;
+        payload.extend_from_slice(br#","iat":"#);
+        write_json_u64(&mut payload, self.iat)?;
+        payload.extend_from_slice(br#","jti":""#);
+        payload.extend_from_slice(jti.as_bytes());
+        payload.push(b'"');
         if let Some(r) = &rth {
-            payload.push_str(r#","rth":"#);
-            payload.push_str(&string(r));
+            payload.extend_from_slice(br#","rth":"#);
+            write_json_str(&mut payload, r)?;
         }
-        payload.push_str(r#","sub":"#);
-        payload.push_str(&string(self.sub.as_str()));
-        payload.push('}');
-        sign_compact_written(
-            TokenType::Proof,
-            key.algorithm(),
-            None,
-            payload.as_bytes(),
-            |input| key.sign(input),
-        )
+        payload.extend_from_slice(br#","sub":"#);
+        write_json_str(&mut payload, self.sub.as_str())?;
+        payload.push(b'}');
+        sign_compact_written(TokenType::Proof, key.algorithm(), None, &payload, |input| {
+            key.sign(input)
+        })
     }
 }
 

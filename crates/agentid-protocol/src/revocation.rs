@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::bundle::BundleSet;
 use crate::crypto::{sha256, verify, JwsSigner};
-use crate::encoding::{b64_decode, safe_int, StrictValue};
+use crate::encoding::{b64_decode, safe_int, write_json_str, write_json_u64, StrictValue};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{AgentId, IdKind, SpiffeId, TaskId, TrustDomain};
 use crate::jws::{parse_header, sign_compact_written, split_parts, TokenType};
@@ -767,17 +767,6 @@ fn check_jkt(jkt: &str) -> Result<()> {
         return Err(bad("`jkt` must be a base64url SHA-256 thumbprint"));
     }
     Ok(())
-}
-
-/// Appends `s` as a JSON string, escaped as serde_json escapes it.
-fn write_json_str(out: &mut Vec<u8>, s: &str) -> Result<()> {
-    serde_json::to_writer(out, s).map_err(|e| bad(e.to_string()))
-}
-
-/// Appends `n` as a JSON integer (its decimal digits, as serde_json writes it).
-fn write_json_u64(out: &mut Vec<u8>, n: u64) -> Result<()> {
-    use std::io::Write as _;
-    write!(out, "{n}").map_err(|e| bad(e.to_string()))
 }
 
 /// Appends one entry of a list of `domain`, checked ([`check_target`], `exp` in
