@@ -304,6 +304,18 @@ mod tests {
         json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256"})
     }
 
+    fn okp() -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "alg": "Ed25519"})
+    }
+    fn with(mut v: Value, name: &str, value: Value) -> Value {
+        v.as_object_mut().unwrap().insert(name.into(), value);
+        v
+    }
+    fn without(mut v: Value, name: &str) -> Value {
+        v.as_object_mut().unwrap().remove(name);
+        v
+    }
+
     #[test]
     fn the_key_members_are_the_five_names_of_section_5_1_and_nothing_else() {
         let names: Vec<&str> = KeyMember::ALL.iter().map(|m| m.name()).collect();
@@ -321,17 +333,6 @@ mod tests {
         assert!(!jwk_member_allowed("d", &["d"]));
         assert!(jwk_member_allowed("kid", &["kid"]));
         assert!(!jwk_member_allowed("kid", &[]));
-    }
-    fn okp() -> Value {
-        json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X, "alg": "Ed25519"})
-    }
-    fn with(mut v: Value, name: &str, value: Value) -> Value {
-        v.as_object_mut().unwrap().insert(name.into(), value);
-        v
-    }
-    fn without(mut v: Value, name: &str) -> Value {
-        v.as_object_mut().unwrap().remove(name);
-        v
     }
 
     #[test]
