@@ -276,10 +276,12 @@ fn build_compact(
     if parse_claims {
         parse_ijson_object(claims_json)?;
     }
-    // One string for the whole token: header, payload and signature appended as encoded.
+    // One string for the whole token: header, payload and the 64-byte signature appended as
+    // encoded, with their two dots.
     let b64_len = |n: usize| n.div_ceil(3) * 4;
-    let mut token =
-        String::with_capacity(b64_len(header_json.len()) + b64_len(claims_json.len()) + 88);
+    let mut token = String::with_capacity(
+        b64_len(header_json.len()) + b64_len(claims_json.len()) + b64_len(64) + 2,
+    );
     b64_encode_into(header_json.as_bytes(), &mut token);
     token.push('.');
     b64_encode_into(claims_json, &mut token);
