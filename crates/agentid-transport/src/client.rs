@@ -18,7 +18,7 @@ use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
     after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
-    verify_presented, Established,
+    verify_presented, Established, SeenBefore,
 };
 use crate::frame::{self, parse_body, Accept, FrameType, Reason};
 use crate::peer_policy::PeerPolicy;
@@ -142,6 +142,7 @@ impl AgentClient {
         self.credentials.current().ok_or(Error::NoCredential)?;
         let name =
             ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
+        let seen = SeenBefore::of(&self.verification);
         let mut tls = timeout(
             self.limits.handshake_timeout,
             self.connector.connect(name, io),
@@ -247,6 +248,7 @@ impl AgentClient {
             verification: self.verification.clone(),
             peer_proof_jti: server.proof.jti,
             lists_seen: server.lists_seen,
+            seen,
         })
     }
 }

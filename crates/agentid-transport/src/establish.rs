@@ -120,6 +120,27 @@ pub(crate) fn verify_presented(
     })
 }
 
+/// The verification state read before the TLS handshake began. The peer's certificate is
+/// checked during the handshake and its presentation after it; a bundle or list change landing
+/// meanwhile is a change since this state, so the session's first poll re-checks the peer
+/// against it instead of counting it as seen.
+pub(crate) struct SeenBefore {
+    /// Subscribed before the handshake: a change sent since makes it ready.
+    pub(crate) changes: tokio::sync::watch::Receiver<u64>,
+    /// The trust store before the handshake: a different one now re-validates the peer's
+    /// certificate chain.
+    pub(crate) trust: Arc<crate::TrustStore>,
+}
+
+impl SeenBefore {
+    pub(crate) fn of(verification: &PeerVerification) -> Self {
+        SeenBefore {
+            changes: verification.subscribe(),
+            trust: verification.trust_store(),
+        }
+    }
+}
+
 /// What both sides hand to [`crate::session::Session::new`] once the exchange succeeded.
 pub(crate) struct Established<IO> {
     pub(crate) io: TlsStream<IO>,
@@ -136,13 +157,16 @@ pub(crate) struct Established<IO> {
     pub(crate) peer_proof_jti: String,
     /// [`PeerVerification::lists_applied`] as read before the peer was verified.
     pub(crate) lists_seen: u64,
+    /// The verification state before the handshake.
+    pub(crate) seen: SeenBefore,
 }
 
 impl<IO> Established<IO> {
     pub(crate) fn into_parts(self, idle_timeout: Option<Duration>) -> SessionParts<IO> {
         let peer = self.after.peer;
         SessionParts {
-            changes: self.verification.subscribe(),
+            changes: self.seen.changes,
+            trust_seen: self.seen.trust,
             peer_certs: self.after.certs,
             idle_timeout,
             io: self.io,

@@ -19,7 +19,7 @@ use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
     after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented, AfterTls,
-    Established, PeerPresented,
+    Established, PeerPresented, SeenBefore,
 };
 use crate::frame::{self, parse_body, FrameType, Hello};
 use crate::listener::AgentListener;
@@ -130,6 +130,7 @@ impl AgentServer {
         // No credential to present (none, or past its notAfter): refuse locally before TLS,
         // rather than fail the peer's handshake.
         self.credentials.current().ok_or(Error::NoCredential)?;
+        let seen = SeenBefore::of(&self.verification);
         let mut tls = self
             .admission
             .tls_accept(io, source, self.config.clone())
@@ -199,6 +200,7 @@ impl AgentServer {
             // The verified proof's `jti` (never re-decoded): a later reauth may not reuse it.
             peer_proof_jti: hello.proof.jti,
             lists_seen: hello.lists_seen,
+            seen,
         };
         Ok((established, permit))
     }

@@ -1270,3 +1270,223 @@ async fn a_revocation_between_two_requests_refuses_the_second() {
         assert_eq!(granted(&rec), 1, "{path}: a grant after the revocation");
     }
 }
+
+// ---- Changes racing the handshake and the first presentation ----
+
+/// As `Raw::connect` (HTTP/1.1), with TLS records of at most `fragment` bytes.
+async fn raw_fragmented(
+    w: &World,
+    creds: Arc<MemoryCredentials>,
+    addr: SocketAddr,
+    fragment: usize,
+) -> Raw {
+    let mut config = http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.max_fragment_size = Some(fragment);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("files").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let p = http::client_peer(tls.get_ref().1, &w.cv).unwrap();
+    let (s, c) = http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(c);
+    Raw {
+        h1: Some(s),
+        h2: None,
+        exporter: p.exporter(Role::Client),
+    }
+}
+
+/// A bundle change that lands after the server validated the client's certificate in the TLS
+/// handshake, but before the handshake finished (the client holds the tail of its Finished),
+/// must still re-validate the peer's certificate: spec 22.5 step 2 (a bundle change re-validates
+/// the certificate; `bad_certificate`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_change_during_the_handshake_is_applied_to_the_connection() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    // Sanity: a normal connection is served.
+    let mut ok = Raw::connect(&w, creds.clone(), addr, false).await;
+    served(ok.send("/peer", &[]).await.unwrap()).await;
+    let held = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let proxy = holding_proxy(addr, held.clone(), release.clone()).await;
+    let control = async {
+        held.notified().await;
+        let other = Ca::new("example.org");
+        let bundle = agentid_protocol::TrustBundle::new(w.a.td.clone(), 2)
+            .add_x509_authority(other.der.to_vec(), other.key.public_key())
+            .add_grant_key(w.a.grant_key.public_key().clone())
+            .add_revocation_key(w.a.rev_key.public_key().clone());
+        w.sv.update_bundle(bundle).unwrap();
+        eprintln!("bundle replaced; releasing the Finished");
+        release.notify_one();
+    };
+    let (mut raw, ()) = tokio::join!(raw_fragmented(&w, creds.clone(), proxy, 64), control);
+    // Control: a new connection with the same certificate is now refused (the bundle change
+    // took effect for handshakes).
+    let fresh = client(&w, creds.clone(), true);
+    let refused_now = async {
+        let mut conn = fresh.connect(addr, "files").await?;
+        conn.send(get_req("/peer")).await
+    }
+    .await;
+    assert!(refused_now.is_err(), "control: {refused_now:?}");
+    // The held connection's certificate no longer chains to any anchor of the server either.
+    let sent = raw.send("/peer", &[]).await;
+    match sent {
+        Ok(r) => {
+            let status = r.status();
+            let b = body(r).await;
+            eprintln!("status {status}, body {b}");
+            assert_ne!(status, 200, "served a peer whose CA was removed: {b}");
+        }
+        Err(e) => eprintln!("connection refused/closed: {e}"),
+    }
+}
+
+/// Spec 22.5: a bundle change (here the grant key removed) landing while the presentation is
+/// being verified (`Pending`, with the verifier read before the change) is applied to the
+/// chain once it settles: a re-check that ran meanwhile saw no chain and records nothing.
+/// Each iteration times the change to land around the first request's verification; a
+/// refusal of the first request is fine, serving a later one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_change_while_the_presentation_is_verified_is_applied() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let bundle = |seq: u64, grant: bool| {
+        let mut b = agentid_protocol::TrustBundle::new(w.a.td.clone(), seq)
+            .add_x509_authority(w.a.ca.der.to_vec(), w.a.ca.key.public_key())
+            .add_revocation_key(w.a.rev_key.public_key().clone());
+        if grant {
+            b = b.add_grant_key(w.a.grant_key.public_key().clone());
+        }
+        b
+    };
+    let (mut served_after, mut first_ok, mut first_refused) = (0, 0, 0);
+    for i in 0..150u64 {
+        let seq = 2 + 2 * i;
+        w.sv.update_bundle(bundle(seq, true)).unwrap();
+        let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let chain = chain.unwrap();
+        let mut raw = Raw::connect(&w, creds, addr, false).await;
+        let proof = raw.proof(&k, Some(&chain));
+        let sender = raw.h1.as_mut().unwrap();
+        sender.ready().await.unwrap();
+        let req = ::http::Request::get("/scope")
+            .header("host", "files")
+            .header("agentid-chain", chain.as_str())
+            .header("agentid-proof", proof.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let sv = w.sv.clone();
+        let removal = bundle(seq + 1, false);
+        let delay = Duration::from_micros(39_000 + (i * 23) % 3_500);
+        let update = tokio::task::spawn_blocking(move || {
+            // Land the removal at varying points of the verification.
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            sv.update_bundle(removal).unwrap();
+        });
+        let first = sender.send_request(req).await;
+        update.await.unwrap();
+        let first = first.unwrap();
+        if first.status() != 200 {
+            first_refused += 1;
+            if i % 10 == 0 {
+                eprintln!(
+                    "iteration {i}: first refused {:?}",
+                    status_code(first).await
+                );
+            }
+            continue;
+        }
+        first_ok += 1;
+        eprintln!("iteration {i}: first served (delay {delay:?})");
+        body(first).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(r) = raw.send("/scope", &[]).await {
+            if r.status() == 200 {
+                served_after += 1;
+                eprintln!("iteration {i}: served under a chain whose grant key was removed");
+            }
+        }
+    }
+    eprintln!("first ok {first_ok}, first refused {first_refused}, served after {served_after}");
+    assert_eq!(served_after, 0);
+}
+
+/// The `iss` and `jti` of a chain's first token (its grant).
+fn grant_iss_jti(chain: &str) -> (SpiffeId, String) {
+    use base64::Engine as _;
+    let grant = chain.split('~').next().unwrap();
+    let payload = grant.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    (
+        SpiffeId::parse(v["iss"].as_str().unwrap()).unwrap(),
+        v["jti"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The same with a revocation list revoking the chain's grant (by `jti`) while the presentation
+/// is `Pending`: the index's signal must not be used up by a re-check that sees no chain yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_while_the_presentation_is_verified_is_applied() {
+    let w = World::revocable();
+    let addr = start(&w, None, options()).await;
+    let (mut served_after, mut first_ok, mut first_refused) = (0, 0, 0);
+    for i in 0..150u64 {
+        let seq = 2 + i;
+        let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let chain = chain.unwrap();
+        let (iss, jti) = grant_iss_jti(&chain);
+        let list =
+            w.a.revocation_list(seq, |b| b.revoke_jti(&iss, &jti, now() + 600));
+        let mut raw = Raw::connect(&w, creds, addr, false).await;
+        let proof = raw.proof(&k, Some(&chain));
+        let sender = raw.h1.as_mut().unwrap();
+        sender.ready().await.unwrap();
+        let req = ::http::Request::get("/scope")
+            .header("host", "files")
+            .header("agentid-chain", chain.as_str())
+            .header("agentid-proof", proof.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let sv = w.sv.clone();
+        let delay = Duration::from_micros(38_000 + (i * 29) % 5_000);
+        let update = tokio::task::spawn_blocking(move || {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            sv.apply_revocation_list(&list).unwrap();
+        });
+        let first = sender.send_request(req).await.unwrap();
+        update.await.unwrap();
+        if first.status() != 200 {
+            first_refused += 1;
+            continue;
+        }
+        first_ok += 1;
+        body(first).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(r) = raw.send("/scope", &[]).await {
+            if r.status() == 200 {
+                served_after += 1;
+                eprintln!("iteration {i}: served under a revoked grant (delay {delay:?})");
+            }
+        }
+    }
+    eprintln!("first ok {first_ok}, first refused {first_refused}, served after {served_after}");
+    assert_eq!(served_after, 0);
+}

@@ -101,3 +101,44 @@ async fn a_bundle_update_that_keeps_the_keys_keeps_the_session() {
     assert_eq!(&got[..], b"still");
     l.server.authorize(&Scope::parse("read").unwrap()).unwrap();
 }
+
+/// A bundle change that lands after the TLS handshake but before the server has read the
+/// client's hello (a proxy holds it) is a change since the session began: the new session
+/// re-validates the peer's certificate at once and ends (`bad_certificate`), as a session that
+/// was live before the change does.
+#[tokio::test]
+async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
+    let p = pair(Some("read"), LeafOpts::default(), false);
+    let (addr, h) = p.serve(1).await;
+    let held = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let proxy = holding_proxy(addr, held.clone(), release.clone()).await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        agentid_transport::PeerPolicy::danger_any(),
+    );
+    let change = async {
+        tokio::time::timeout(T, held.notified())
+            .await
+            .expect("the proxy holds the hello");
+        // The CA that issued the client's certificate leaves the bundle; the grant key stays.
+        let other = Ca::new("example.org");
+        let rotated = TrustBundle::new(p.a.td.clone(), 2)
+            .add_x509_authority(other.der.to_vec(), other.key.public_key())
+            .add_grant_key(p.a.grant_key.public_key().clone())
+            .add_revocation_key(p.a.rev_key.public_key().clone());
+        p.sv.update_bundle(rotated).unwrap();
+        release.notify_one();
+    };
+    let (client_result, ()) = tokio::join!(connect(&c, proxy), change);
+    let mut server = accepted(h).await.expect("the hello itself verifies");
+    let _client = client_result.expect("the server accepted");
+    let r = tokio::time::timeout(T, server.recv())
+        .await
+        .expect("the session must end, not wait");
+    match r {
+        Err(e) => assert_eq!(e.reason(), "bad_certificate", "{e:?}"),
+        Ok(v) => panic!("a session whose certificate's CA left the bundle was kept: {v:?}"),
+    }
+}

@@ -224,15 +224,30 @@ impl Drop for Active {
     }
 }
 
+/// The verification state a connection starts from, read before its handshake (see
+/// [`ConnShared::new`]).
+struct SeenBeforeHandshake {
+    epoch: u64,
+    lists_seen: u64,
+    trust: Arc<TrustStore>,
+}
+
 impl ConnShared {
+    /// `seen` is the verification state read before the handshake began: a change during the
+    /// handshake (the client certificate is checked before the handshake ends) is then a change
+    /// since, and the connection's first check re-checks the peer against it.
     fn new(
         server: Arc<ServerShared>,
+        seen: SeenBeforeHandshake,
         peer: TlsPeer,
         peer_certs: Vec<CertificateDer<'static>>,
         local: Option<Arc<Credential>>,
     ) -> Arc<Self> {
-        let epoch = server.verification.recheck_epoch();
-        let lists_seen = server.verification.lists_applied();
+        let SeenBeforeHandshake {
+            epoch,
+            lists_seen,
+            trust,
+        } = seen;
         let index = server.verification.register(
             Some(agentid_protocol::verified_peer_revocation_targets(
                 None,
@@ -242,7 +257,7 @@ impl ConnShared {
             lists_seen,
         );
         let conn = Arc::new(Self {
-            trust_seen: Mutex::new(server.verification.trust_store()),
+            trust_seen: Mutex::new(trust),
             peer_certs,
             deadline: AtomicU64::new(peer.info.not_after),
             server,
@@ -570,10 +585,16 @@ impl ConnShared {
                 }
             }
         }
-        let chain = self
-            .machine()
-            .verified()
-            .and_then(|v| v.chain_header.clone());
+        // Read with the state: while a presentation is being verified (`Pending`), its chain is
+        // checked by the verifier of that moment, not by this one, so this re-check records
+        // nothing and the first check after it settles runs again with the chain.
+        let (chain, pending) = {
+            let m = self.machine();
+            (
+                m.verified().and_then(|v| v.chain_header.clone()),
+                m.state() == super::presentation::PresentationState::Pending,
+            )
+        };
         let v = self.server.verification.verifier();
         let peer = &self.peer.info;
         let result = v.verify_peer(
@@ -584,6 +605,7 @@ impl ConnShared {
         );
         match result {
             Err(e) if e.code() != ErrorCode::Expired => Err(self.end(Refusal::from_protocol(&e))),
+            _ if pending => Ok(()),
             _ => {
                 *self.trust_seen.lock().unwrap_or_else(|e| e.into_inner()) = trust;
                 self.checked_epoch.store(epoch, Ordering::Release);
@@ -1070,6 +1092,11 @@ impl HttpServer {
             // No certificate: the handshake fails.
             None => self.config.clone(),
         };
+        let seen = SeenBeforeHandshake {
+            epoch: self.shared.verification.recheck_epoch(),
+            lists_seen: self.shared.verification.lists_applied(),
+            trust: self.shared.verification.trust_store(),
+        };
         let tls = self
             .admission
             .tls_accept(io, source.map(|s| s.ip()), config)
@@ -1082,7 +1109,7 @@ impl HttpServer {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
         let permit = self.admission.admit(&peer.info.id)?;
-        let conn = ConnShared::new(self.shared.clone(), peer, certs, local);
+        let conn = ConnShared::new(self.shared.clone(), seen, peer, certs, local);
         Ok(HttpConnection {
             tls,
             conn,

@@ -210,6 +210,8 @@ pub(crate) struct SessionParts<IO> {
     pub exporter_client: [u8; 32],
     pub exporter_server: [u8; 32],
     pub changes: watch::Receiver<u64>,
+    /// The trust store the peer's certificate was last checked against (before the handshake).
+    pub trust_seen: Arc<crate::TrustStore>,
     pub permit: Option<SessionPermit>,
     pub jtis: Vec<String>,
     /// [`PeerVerification::lists_applied`] as read before the peer was verified.
@@ -287,7 +289,7 @@ where
         let applied = parts.changes.clone();
         let checked = *applied.borrow();
         let stale_at = stale_at(&parts.verification, &parts.peer);
-        let trust_checked = parts.verification.trust_store();
+        let trust_checked = parts.trust_seen;
         let index = parts
             .verification
             .register(revocation_targets(&parts.peer), parts.lists_seen);
