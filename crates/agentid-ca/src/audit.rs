@@ -51,7 +51,7 @@ pub struct AuditEvent {
     /// Unix seconds.
     pub ts: u64,
     /// `issue.task`, `issue.child`, `issue.service`, `issue.renewal`, `revoke`,
-    /// `revocations.publish`, `bootstrap.create`.
+    /// `revocations.publish`, `bootstrap.create`, `request.refused`.
     pub kind: String,
     /// Who asked.
     pub actor: String,

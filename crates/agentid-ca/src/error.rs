@@ -172,6 +172,15 @@ pub enum CaError {
         /// The parent's chain expiry (Unix seconds).
         parent_exp: u64,
     },
+    /// A child would sit deeper in its task than the task's grant allows (`max_depth`: 0 seals
+    /// the task, 1 allows children of the root holder, ...).
+    #[error("a child at depth {depth} exceeds the task's max_depth {max_depth}")]
+    ChildTooDeep {
+        /// The child's depth (1 for a child of the task's root holder).
+        depth: u32,
+        /// The task grant's `max_depth`.
+        max_depth: u8,
+    },
     /// The parent named in a child request holds no live certificate for this task.
     #[error("parent {0} holds no live certificate")]
     ParentNotActive(String),

@@ -509,6 +509,7 @@ impl CertificateAuthority {
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
 
+        let max_depth = terms.max_depth;
         let (grant, jti) = self.sign_grant(req, &identity, &key, terms, now, grant_exp)?;
         let principal = req
             .principal
@@ -547,6 +548,7 @@ impl CertificateAuthority {
                     exp: grant_exp,
                     created: now,
                     principal,
+                    max_depth: Some(max_depth),
                 }),
                 bootstrap,
                 refuse,
@@ -829,20 +831,25 @@ impl CertificateAuthority {
     }
 
     /// The latest a child of `req.parent` (in task `task`) may hold its certificate until, with
-    /// the parent's bound key thumbprint: the parent's cap, its task's expiry and, if the parent
-    /// sent its chain, the chain's expiry. The parent must be a live identity of this CA, in a
-    /// task this CA opened.
+    /// the parent's bound key thumbprint: the parent's cap, its task's expiry, its current
+    /// certificate's `notAfter` (CA-API.md 3.8: a child never outlives the parent's certificate)
+    /// and, if the parent sent its chain, the chain's expiry. The parent must be a live identity
+    /// of this CA, in a task this CA opened.
     fn child_cap(&self, req: &ChildRequest, task: &TaskId, now: u64) -> Result<(String, u64)> {
         let not_active = || CaError::ParentNotActive(req.parent.as_str().to_string());
-        let (parent_rec, task_rec) = {
+        let (parent_rec, task_rec, parent_cert) = {
             let store = self.store()?;
             let p = store
                 .identity(req.parent.as_str())?
                 .ok_or_else(not_active)?;
             let t = store.task(task.as_str())?.ok_or_else(not_active)?;
-            (p, t)
+            let c = store.latest_not_after(&p.jkt)?.ok_or_else(not_active)?;
+            if let Some(max_depth) = t.max_depth {
+                child_depth_within(&**store, &p, &t, max_depth, not_active)?;
+            }
+            (p, t, c)
         };
-        let mut cap = parent_rec.cap.min(task_rec.exp);
+        let mut cap = parent_rec.cap.min(task_rec.exp).min(parent_cert);
         if let Some(chain) = &req.parent_chain {
             // Only ever shortens: safe to read unverified.
             let read = chain.read_unverified()?;
@@ -1079,7 +1086,7 @@ impl CertificateAuthority {
                 requested: jkt,
             });
         }
-        let mut limits = self.renewal_limits(&req.identity, bound.cap)?;
+        let mut limits = self.renewal_limits(&req.identity, bound.cap, &bound.jkt)?;
         limits.refuse.push((RevocationKind::Jkt, jkt.clone()));
         let validity = self.validity(now, req.ttl, limits.max_ttl, limits.cap, &limits.rule)?;
         let leaf = self.sign_and_commit(
@@ -1107,27 +1114,45 @@ impl CertificateAuthority {
         Ok(self.issued(req.identity.clone(), leaf, jkt))
     }
 
-    /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap`): a task by
-    /// its agent's rule and its task's expiry, a service by its rule (and its DNS names).
-    fn renewal_limits(&self, identity: &PeerId, bound_cap: u64) -> Result<RenewalLimits> {
+    /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap` and key
+    /// `bound_jkt`): a task by its agent's rule and its task's expiry, a service by its rule
+    /// (and its DNS names). A child is also refused while its parent's agent or key is revoked,
+    /// as a new child of that parent would be.
+    fn renewal_limits(
+        &self,
+        identity: &PeerId,
+        bound_cap: u64,
+        bound_jkt: &str,
+    ) -> Result<RenewalLimits> {
         match identity {
             PeerId::Task(t) => {
                 let name = t.agent().name().to_string();
                 let rule = self.policy.agent(&name)?;
                 let task = t.task_id();
-                let task_exp = self
-                    .store()?
-                    .task(task.as_str())?
-                    .map(|r| r.exp)
-                    .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_string()))?;
+                let mut refuse = vec![
+                    (RevocationKind::Agent, name.clone()),
+                    (RevocationKind::Task, task.as_str().to_string()),
+                ];
+                let task_exp = {
+                    let store = self.store()?;
+                    let first = store.first_issuance_of_key(bound_jkt)?;
+                    if let Some(first) = first.filter(|f| f.kind == IssuanceKind::Child) {
+                        let parent = store
+                            .identity(&first.requester)?
+                            .ok_or_else(|| CaError::ParentNotActive(first.requester.clone()))?;
+                        refuse.extend(parent.agent.map(|a| (RevocationKind::Agent, a)));
+                        refuse.push((RevocationKind::Jkt, parent.jkt));
+                    }
+                    store
+                        .task(task.as_str())?
+                        .map(|r| r.exp)
+                        .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_string()))?
+                };
                 Ok(RenewalLimits {
                     max_ttl: rule.max_ttl,
                     cap: bound_cap.min(task_exp),
                     rule: format!("agents.{name}.max_ttl"),
-                    refuse: vec![
-                        (RevocationKind::Agent, name.clone()),
-                        (RevocationKind::Task, task.as_str().to_string()),
-                    ],
+                    refuse,
                     agent: Some(name),
                     task: Some(task.as_str().to_string()),
                     dns: Vec::new(),
@@ -1202,4 +1227,35 @@ struct RenewalLimits {
     task: Option<String>,
     /// A service's DNS names.
     dns: Vec<String>,
+}
+
+/// CA-API.md 3.8: a child of `parent` in task `task` sits at depth 1 below the task's root
+/// holder, one deeper per parent in between (each found by its key's first issuance, whose
+/// requester is its parent); deeper than the grant's `max_depth` is refused. The walk stops as
+/// soon as the depth is exceeded, so it reads at most `max_depth + 1` parents.
+fn child_depth_within(
+    store: &dyn crate::store::Store,
+    parent: &crate::store::IdentityRecord,
+    task: &TaskRecord,
+    max_depth: u8,
+    not_active: impl Fn() -> CaError,
+) -> Result<()> {
+    let mut depth: u32 = 1;
+    let (mut identity, mut jkt) = (parent.identity.clone(), parent.jkt.clone());
+    loop {
+        if depth > u32::from(max_depth) {
+            return Err(CaError::ChildTooDeep { depth, max_depth });
+        }
+        if identity == task.holder {
+            return Ok(());
+        }
+        // Not the root holder: a child of this task, one level further down.
+        let first = store.first_issuance_of_key(&jkt)?.ok_or_else(&not_active)?;
+        if first.kind != IssuanceKind::Child || first.identity != identity {
+            return Err(not_active());
+        }
+        let up = store.identity(&first.requester)?.ok_or_else(&not_active)?;
+        depth += 1;
+        (identity, jkt) = (up.identity, up.jkt);
+    }
 }

@@ -191,7 +191,7 @@ impl Metrics {
 
 /// The route label of a path: one of the CA API's routes, or `other` (so that no caller-chosen
 /// path becomes a series).
-fn route_label(path: &str) -> &'static str {
+pub(crate) fn route_label(path: &str) -> &'static str {
     const ROUTES: [&str; 10] = [
         routes::HEALTHZ,
         routes::BUNDLE,

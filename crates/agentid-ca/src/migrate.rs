@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -85,19 +85,30 @@ CREATE INDEX tasks_principal ON tasks(principal);
 CREATE INDEX tasks_exp ON tasks(exp);
 ",
     },
+    Migration {
+        version: 4,
+        description: "a task's max_depth, which caps its children (CA-API.md 3.8)",
+        sql: "
+-- The grant's max_depth; NULL for tasks opened before version 4 (their children are not
+-- capped by depth).
+ALTER TABLE tasks ADD COLUMN max_depth INTEGER;
+",
+    },
 ];
 
 /// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
-pub const PG_SCHEMA_VERSION: u32 = 1;
+pub const PG_SCHEMA_VERSION: u32 = 2;
 
 /// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
 /// applied in one transaction under an advisory lock, and the version is kept in the one-row
 /// table `agentid_schema`. Version 1 is the whole schema of SQLite's version
 /// [`SCHEMA_VERSION`] (plus `id` columns for insertion order and the audit chain heads).
-pub const PG_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "CA store: issuances, bindings, tasks, tokens, revocations, lists, audit chains",
-    sql: "
+pub const PG_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description:
+            "CA store: issuances, bindings, tasks, tokens, revocations, lists, audit chains",
+        sql: "
 CREATE TABLE identities (
   identity TEXT PRIMARY KEY, jkt TEXT NOT NULL, spki BYTEA NOT NULL,
   agent TEXT, task TEXT, cap BIGINT NOT NULL);
@@ -144,7 +155,16 @@ CREATE TABLE audit_checkpoints (
   writer TEXT NOT NULL, seq BIGINT NOT NULL, head TEXT NOT NULL, iat BIGINT NOT NULL,
   jws TEXT NOT NULL, PRIMARY KEY (writer, seq));
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "a task's max_depth, which caps its children (CA-API.md 3.8)",
+        sql: "
+-- The grant's max_depth; NULL for tasks opened before version 2.
+ALTER TABLE tasks ADD COLUMN max_depth BIGINT;
+",
+    },
+];
 
 /// Reads the schema version.
 pub fn schema_version(conn: &Connection) -> Result<u32> {

@@ -603,7 +603,7 @@ pub fn error_code(e: &CaError) -> ErrorCode {
         CaError::Revoked { .. } => ErrorCode::Revoked,
         CaError::Policy { .. } | CaError::Unauthorized { .. } => ErrorCode::PolicyDenied,
         CaError::BootstrapToken(_) => ErrorCode::TokenInvalid,
-        CaError::OutlivesParent { .. } => ErrorCode::CapReached,
+        CaError::OutlivesParent { .. } | CaError::ChildTooDeep { .. } => ErrorCode::CapReached,
         CaError::ParentNotActive(_) => ErrorCode::ParentNotActive,
         CaError::Store(_) => ErrorCode::StoreUnavailable,
         _ => ErrorCode::Internal,
@@ -1003,10 +1003,11 @@ async fn children(
         key: KeySource::Csr(csr),
         ttl: body.ttl_secs.map(Duration::from_secs),
     };
-    let res = run_checked(&s, check, move |ca| ca.issue_child(&req, SystemTime::now())).await;
+    let res =
+        run_checked_audited(&s, check, move |ca| ca.issue_child(&req, SystemTime::now())).await;
     match res {
         Ok(c) => json(StatusCode::OK, &certificate(&c, None)),
-        Err(r) => r.into_response(),
+        Err(r) => r,
     }
 }
 
@@ -1101,9 +1102,81 @@ impl CallerCheck {
 /// after the handler, and a refusal replaces the answer. Either way it runs once per request.
 async fn recheck_caller(
     State(s): State<Arc<Shared>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = req
+        .extensions()
+        .get::<Authorizer>()
+        .map(|a| a.peer_id().as_str().to_owned());
+    let method = match *req.method() {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        _ => "other",
+    };
+    let route = crate::metrics::route_label(req.uri().path());
+    let answer = recheck_and_answer(&s, req, next).await;
+    if let (Some(caller), Some(code)) = (caller, refusal_to_audit(&answer)) {
+        audit_refusal(&s, caller, method, route, code).await;
+    }
+    answer
+}
+
+/// A refusal its operation already wrote to the audit chain (`open_task`, `issue_child`,
+/// `renew` and `revoke` record their own refusals): [`audit_refusal`] does not record it again.
+#[derive(Clone, Copy, Debug)]
+struct AuditedRefusal;
+
+/// CA-API.md 4: every refusal (4xx) of an authenticated caller is an audit record, kind
+/// `request.refused`, with the caller, the method and route (one of the API's routes or
+/// `other`: never a caller-chosen string) and the refusal's code (never its message, which may
+/// echo the request). Refusals the operation recorded itself ([`AuditedRefusal`]) are not
+/// recorded twice; 5xx answers (the CA's own failures and bounds) are not refusals of the caller.
+async fn audit_refusal(
+    s: &Shared,
+    caller: String,
+    method: &'static str,
+    route: &'static str,
+    code: ErrorCode,
+) {
+    let ev = crate::audit::AuditEvent {
+        ts: unix_now(),
+        kind: "request.refused".into(),
+        actor: caller,
+        subject: Some(format!("{method} {route}")),
+        outcome: "denied".into(),
+        reason: Some(code.as_str().to_owned()),
+        ..crate::audit::AuditEvent::default()
+    };
+    // Within the operations' concurrency bound (waiting for a slot rather than dropping the
+    // record), so that refused callers cannot pile up blocking writes.
+    let Ok(_permit) = s.ops.clone().acquire_owned().await else {
+        return;
+    };
+    let ca = s.ca.clone();
+    // `record_refusal` logs a failure itself; the refusal stands either way.
+    let _ = tokio::task::spawn_blocking(move || ca.record_refusal(ev)).await;
+}
+
+/// The code of a refusal [`audit_refusal`] records: a 4xx answer with a refusal code, not
+/// already recorded by its operation.
+fn refusal_to_audit(answer: &Response) -> Option<ErrorCode> {
+    if !answer.status().is_client_error() || answer.extensions().get::<AuditedRefusal>().is_some() {
+        return None;
+    }
+    answer
+        .extensions()
+        .get::<crate::metrics::RefusalCode>()
+        .map(|c| c.0)
+}
+
+/// The caller's re-check and the route (see [`recheck_caller`]).
+async fn recheck_and_answer(
+    s: &Arc<Shared>,
     mut req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let s = s.clone();
     let Some(a) = req.extensions().get::<Authorizer>().cloned() else {
         return Refused::new(
             ErrorCode::Unauthenticated,
@@ -1176,6 +1249,32 @@ async fn run_checked<T: Send + 'static>(
     .await
 }
 
+/// [`run_checked`] for an operation that records its own refusals in the audit chain: its
+/// refusal is answered marked [`AuditedRefusal`]; a refusal of the caller's re-check is not.
+async fn run_checked_audited<T: Send + 'static>(
+    s: &Shared,
+    check: CallerCheck,
+    f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
+) -> Result<T, Response> {
+    match run(s, move |ca| {
+        check.run(ca)?;
+        Ok(f(ca))
+    })
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(audited(Refused::from(e))),
+        Err(r) => Err(r.into_response()),
+    }
+}
+
+/// The answer to a refusal its operation already recorded in the audit chain.
+fn audited(r: Refused) -> Response {
+    let mut resp = r.into_response();
+    resp.extensions_mut().insert(AuditedRefusal);
+    resp
+}
+
 /// The calling service's name, or `403 not_permitted` for any other caller.
 fn caller_service(a: &Authorizer, route: &str) -> Result<String, Refused> {
     match a.peer_id() {
@@ -1222,6 +1321,7 @@ fn binding_of(t: &TokenRequest, creator: &str) -> Result<TokenBinding, Refused> 
         principal: t.principal.clone(),
         creator: Some(creator.to_owned()),
         service: None,
+        creator_jkt: None,
     })
 }
 
@@ -1252,10 +1352,15 @@ async fn tokens(
         Err(r) => return r.into_response(),
     };
     let creator = format!("svc:{svc}");
-    let (binding, task) = match (binding_of(&body, &creator), task_id(body.task.as_deref())) {
+    let (mut binding, task) = match (binding_of(&body, &creator), task_id(body.task.as_deref())) {
         (Ok(b), Ok(t)) => (b, t),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
+    // The token dies with the key that made it (CA-API.md 3.6).
+    match crate::csr::RequestedKey::from_spki_der(&a.peer().public_key.to_spki_der()) {
+        Ok(k) => binding.creator_jkt = Some(k.thumbprint()),
+        Err(e) => return Refused::from(e).into_response(),
+    }
     let expires_in = body
         .expires_in_secs
         .unwrap_or(agentid_api::DEFAULT_TOKEN_EXPIRY_SECS);
@@ -1355,12 +1460,12 @@ async fn open_task(
     {
         return Refused::from(e).into_response();
     }
-    match run_checked(&s, check, move |ca| ca.open_task(&r, SystemTime::now())).await {
+    match run_checked_audited(&s, check, move |ca| ca.open_task(&r, SystemTime::now())).await {
         Ok(c) => json(
             StatusCode::OK,
             &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
         ),
-        Err(r) => r.into_response(),
+        Err(r) => r,
     }
 }
 
@@ -1453,7 +1558,7 @@ async fn renew(
     }
     let spki = a.peer().public_key.to_spki_der();
     let ttl = body.ttl_secs.map(Duration::from_secs);
-    let res = run_checked(&s, check, move |ca| {
+    let res = run_checked_audited(&s, check, move |ca| {
         ca.renew(
             &RenewRequest {
                 identity: caller,
@@ -1467,7 +1572,7 @@ async fn renew(
     .await;
     match res {
         Ok(c) => json(StatusCode::OK, &crate::server::certificate(&c, None)),
-        Err(r) => r.into_response(),
+        Err(r) => r,
     }
 }
 
@@ -1549,6 +1654,7 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     };
     let actor = a.peer_id().as_str().to_owned();
     let reason = body.reason.clone();
+    // `revoke` records its own refusals; a failure to read the epoch is the store's (5xx).
     let res = run(&s, move |ca| {
         let rec = ca.revoke(&target, reason.as_deref(), &actor, SystemTime::now())?;
         Ok((rec, ca.revocation_epoch()?))
@@ -1556,7 +1662,7 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     .await;
     let (rec, epoch) = match res {
         Ok(r) => r,
-        Err(r) => return r.into_response(),
+        Err(r) => return audited(r),
     };
     // Answered once a list holding the revocation is served (published within ~200 ms).
     s.publisher.revoked();

@@ -57,6 +57,12 @@ pub struct TokenBinding {
     /// A service token: the service it enrolls (a service certificate, no task, no grant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The thumbprint (`jkt`) of the key a service created the token with. Once that key is
+    /// revoked (by `jkt` or by any serial of it), the token can no longer be redeemed: revoking
+    /// a compromised service also stops the tokens it handed out. `None` for the operator's
+    /// tokens and for tokens made before this member existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_jkt: Option<String>,
 }
 
 /// What a redeemed bootstrap token gave.
@@ -237,6 +243,17 @@ impl CertificateAuthority {
             return Err(EnrollError::TokenInvalid);
         }
         binding.check_creator(self.policy(), &state.record.agent)?;
+        if let Some(jkt) = binding.creator_jkt.as_deref() {
+            let hit = self
+                .store()?
+                .revoked_among(&[(crate::RevocationKind::Jkt, jkt)], now_s)?;
+            if let Some((kind, value)) = hit {
+                return Err(EnrollError::Ca(CaError::Revoked {
+                    kind: kind.as_str(),
+                    value,
+                }));
+            }
+        }
         let mut req = OpenTaskRequest::new(
             state.record.agent.clone(),
             KeySource::Csr(csr),

@@ -521,12 +521,114 @@ fn wrong_trust_domain_parent_is_refused() {
 
 // ---------------------------------------------------------------- children
 
+/// CA-API.md 3.8: a child never outlives its parent's certificate (here shorter than the task).
+#[test]
+fn a_child_never_outlives_its_parents_certificate() {
+    let t = test_ca(KeyType::P256);
+    let (_k, src) = spki_key(Algorithm::Es256);
+    let mut req = by_operator("planner", src, "tickets:read");
+    req.ttl = Some(minutes(2));
+    req.task_ttl = Some(minutes(60));
+    req.max_depth = Some(1);
+    let n = now();
+    let creds = t.ca.open_task(&req, n).unwrap();
+    let parent_not_after = creds.certificate.leaf.not_after;
+    assert!(parent_not_after < creds.grant_exp);
+    // The default TTL (5 minutes) is cut to the parent's certificate.
+    let child =
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), n)
+            .unwrap();
+    assert_eq!(child.leaf.not_after, parent_not_after);
+    // An explicit TTL beyond it is refused, and nothing is issued.
+    let before = t.ca.issuances().unwrap().len();
+    let e =
+        t.ca.issue_child(
+            &ChildRequest {
+                ttl: Some(minutes(4)),
+                ..child_of(&creds.identity, "summarizer")
+            },
+            n,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, CaError::OutlivesParent { parent_exp, .. } if parent_exp == parent_not_after),
+        "{e}"
+    );
+    assert_eq!(t.ca.issuances().unwrap().len(), before);
+}
+
+/// CA-API.md 3.8: a child deeper in its task than the grant's `max_depth` is refused
+/// (`cap_reached`), and nothing is issued; the depth counts every parent up to the root holder.
+#[test]
+fn a_child_deeper_than_its_tasks_max_depth_is_refused() {
+    let t = test_ca(KeyType::P256);
+    let open = |depth: Option<u8>| {
+        let (_k, src) = spki_key(Algorithm::Es256);
+        let mut req = by_operator("planner", src, "tickets:read");
+        req.max_depth = depth;
+        t.ca.open_task(&req, now()).unwrap()
+    };
+    let as_task =
+        |c: &agentid_ca::IssuedCertificate| TaskIdentity::parse(c.identity.as_str()).unwrap();
+    // A sealed task (max_depth 0, the default) has no children.
+    let sealed = open(None);
+    let before = t.ca.issuances().unwrap().len();
+    let e =
+        t.ca.issue_child(&child_of(&sealed.identity, "summarizer"), now())
+            .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CaError::ChildTooDeep {
+                depth: 1,
+                max_depth: 0
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(t.ca.issuances().unwrap().len(), before);
+    // max_depth 1: children of the root holder, no grandchildren.
+    let one = open(Some(1));
+    let child =
+        t.ca.issue_child(&child_of(&one.identity, "summarizer"), now())
+            .unwrap();
+    let before = t.ca.issuances().unwrap().len();
+    let e =
+        t.ca.issue_child(&child_of(&as_task(&child), "reviewer"), now())
+            .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CaError::ChildTooDeep {
+                depth: 2,
+                max_depth: 1
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(t.ca.issuances().unwrap().len(), before);
+    // max_depth 2: the grandchild too.
+    let two = open(Some(2));
+    let child =
+        t.ca.issue_child(&child_of(&two.identity, "summarizer"), now())
+            .unwrap();
+    let grandchild =
+        t.ca.issue_child(&child_of(&as_task(&child), "reviewer"), now())
+            .unwrap();
+    assert_eq!(
+        grandchild.identity.as_str(),
+        task_uri("reviewer", two.identity.task_id().as_str())
+    );
+}
+
 #[test]
 fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let t = test_ca(KeyType::P256);
     let (_k, src) = spki_key(Algorithm::Es256);
     let mut req = by_operator("planner", src, "tickets:read");
     req.task_ttl = Some(minutes(8));
+    req.ttl = Some(minutes(8));
+    req.max_depth = Some(1);
     let n = now();
     let creds = t.ca.open_task(&req, n).unwrap();
     // 5 minutes later, the parent's chain has 3 minutes left: a defaulted TTL is shortened.

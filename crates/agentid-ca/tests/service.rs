@@ -53,7 +53,7 @@ impl World {
 
     /// Opens a task for `agent` as the operator; returns its key and certificate chain.
     fn task(&self, agent: &str) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
-        self.task_for(agent, None)
+        self.task_for(agent, None, None)
     }
 
     /// As [`World::task`], with the grant's lifetime.
@@ -61,6 +61,7 @@ impl World {
         &self,
         agent: &str,
         task_ttl: Option<Duration>,
+        max_depth: Option<u8>,
     ) -> (TaskKey, Vec<CertificateDer<'static>>, String) {
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
         let mut req = OpenTaskRequest::new(
@@ -70,6 +71,7 @@ impl World {
             Scope::parse("tickets:read").unwrap(),
         );
         req.task_ttl = task_ttl;
+        req.max_depth = max_depth;
         let c = self.ca().open_task(&req, common::now()).unwrap();
         let chain = vec![
             CertificateDer::from(c.certificate.leaf.der.clone()),
@@ -79,15 +81,16 @@ impl World {
     }
 
     async fn connect(&self, agent: &str) -> (HttpClientConnection, String, String) {
-        self.connect_for(agent, None).await
+        self.connect_for(agent, None, None).await
     }
 
     async fn connect_for(
         &self,
         agent: &str,
         task_ttl: Option<Duration>,
+        max_depth: Option<u8>,
     ) -> (HttpClientConnection, String, String) {
-        let (key, chain, id) = self.task_for(agent, task_ttl);
+        let (key, chain, id) = self.task_for(agent, task_ttl, max_depth);
         let serial = common::serial_of(&self.ca(), &id);
         let mut bundles = BundleSet::new();
         bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
@@ -364,7 +367,7 @@ async fn a_parent_gets_a_child_capped_by_its_task() {
     let w = start().await;
     // The task (the parent's grant) ends in 2 minutes: a child may not outlive it.
     let (mut c, parent, parent_serial) = w
-        .connect_for("planner", Some(Duration::from_secs(120)))
+        .connect_for("planner", Some(Duration::from_secs(120)), Some(1))
         .await;
     let task = parent.rsplit('/').next().unwrap().to_owned();
     let parent_rec = w.ca().issuance(&parent_serial).unwrap().unwrap();

@@ -543,6 +543,9 @@ pub struct TaskOpenArgs {
     /// The grant's scope (space-separated tokens).
     #[arg(long)]
     pub scope: String,
+    /// The grant's `max_depth` (default 0: a sealed task, with no delegation and no children).
+    #[arg(long)]
+    pub max_depth: Option<u8>,
     /// Certificate lifetime.
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
@@ -652,6 +655,7 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
             agent: a.agent.clone(),
             task: a.task.clone(),
             scope: a.scope.split_whitespace().map(str::to_owned).collect(),
+            max_depth: a.max_depth,
             ttl_secs: a.ttl.map(|d| d.as_secs()),
             task_ttl_secs: a.task_ttl.map(|d| d.as_secs()),
             ..Default::default()

@@ -344,7 +344,7 @@ fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() 
     let id = "spiffe://example.org/agent/planner/task/t-csr-1";
     agent_csr(&env, "p", &[id]);
     let v = env.json(&format!(
-        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-csr-1 --scope tickets:read --task-ttl 2m --out-dir p"
+        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-csr-1 --scope tickets:read --task-ttl 2m --max-depth 1 --out-dir p"
     ));
     assert_eq!(v["identity"], id);
     std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();

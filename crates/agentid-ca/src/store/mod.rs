@@ -112,6 +112,9 @@ pub struct TaskRecord {
     pub created: u64,
     /// The principal the task acts for, as canonical JSON (see [`canonical_principal`]).
     pub principal: Option<String>,
+    /// The grant's `max_depth`, which caps the task's children (CA-API.md 3.8); `None` for a
+    /// task opened before the store recorded it (SQLite schema 4, PostgreSQL schema 2).
+    pub max_depth: Option<u8>,
 }
 
 /// The canonical form of an RFC 9493 principal as the store keeps it: its JSON with object keys
@@ -334,6 +337,21 @@ pub trait Store: Send {
     fn task_by_jti(&self, jti: &str) -> Result<Option<TaskRecord>>;
     /// Latest notAfter or cap among the identities matching the filter (agent name, task, key).
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>>;
+    /// The first issuance of the key `jkt` (a key is bound to one identity forever): for a child,
+    /// the one whose `requester` is its parent. The default scans.
+    fn first_issuance_of_key(&self, jkt: &str) -> Result<Option<IssuanceRecord>> {
+        Ok(self.issuances()?.into_iter().find(|i| i.jkt == jkt))
+    }
+    /// The latest `notAfter` among the certificates issued for the key `jkt`: its holder's
+    /// current certificate (a renewal keeps the key). The default scans.
+    fn latest_not_after(&self, jkt: &str) -> Result<Option<u64>> {
+        Ok(self
+            .issuances()?
+            .into_iter()
+            .filter(|i| i.jkt == jkt)
+            .map(|i| i.not_after)
+            .max())
+    }
     /// Records (or widens) a revocation, with its audit record, in one transaction.
     fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()>;
     /// Every revocation.
@@ -712,7 +730,7 @@ fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Re
     // 3. The task and its bootstrap token.
     if let Some(t) = c.task {
         conn.prepare_cached(
-            "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal, max_depth) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             t.task,
@@ -720,7 +738,8 @@ fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Re
             t.grant_jti,
             to_i64(t.exp)?,
             to_i64(t.created)?,
-            t.principal
+            t.principal,
+            t.max_depth.map(i64::from)
         ])
         .map_err(|e| {
             if is_constraint(&e) {
@@ -847,7 +866,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE task = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal, max_depth FROM tasks WHERE task = ?1",
             )?
             .query_row(params![task], row_task)
             .optional()?)
@@ -857,10 +876,29 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT task, holder, grant_jti, exp, created, principal FROM tasks WHERE grant_jti = ?1",
+                "SELECT task, holder, grant_jti, exp, created, principal, max_depth FROM tasks WHERE grant_jti = ?1",
             )?
             .query_row(params![jti], row_task)
             .optional()?)
+    }
+
+    fn first_issuance_of_key(&self, jkt: &str) -> Result<Option<IssuanceRecord>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {ISSUANCE_COLS} FROM issuances WHERE jkt = ?1 ORDER BY rowid LIMIT 1"
+            ))?
+            .query_row(params![jkt], Self::row_issuance)
+            .optional()?
+            .map(Self::fix_kind)
+            .transpose()
+    }
+
+    fn latest_not_after(&self, jkt: &str) -> Result<Option<u64>> {
+        let v: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(not_after) FROM issuances WHERE jkt = ?1")?
+            .query_row(params![jkt], |r| r.get(0))?;
+        Ok(v.map(to_u64).transpose()?)
     }
 
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
@@ -1044,15 +1082,16 @@ impl Store for SqliteStore {
 
     fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, i.agent, i.jkt
+            "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
+               i.agent, i.jkt
              FROM tasks t JOIN identities i ON i.identity = t.holder
              WHERE t.exp > ?1 ORDER BY t.created, t.task",
         )?;
         let rows = st.query_map(params![to_i64(now)?], |r| {
             Ok(LiveTask {
                 task: row_task(r)?,
-                agent: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                jkt: r.get(6)?,
+                agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                jkt: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1510,6 +1549,10 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         exp: to_u64(r.get(3)?)?,
         created: to_u64(r.get(4)?)?,
         principal: r.get(5)?,
+        max_depth: r
+            .get::<_, Option<i64>>(6)?
+            .map(|v| u8::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(6, v)))
+            .transpose()?,
     })
 }
 
@@ -1550,6 +1593,7 @@ mod tests {
                 exp: 100,
                 created: 1,
                 principal: None,
+                max_depth: Some(1),
             }),
             bootstrap: None,
             refuse_if_revoked: vec![

@@ -789,9 +789,9 @@ async fn apply_issuance(
     if let Some(t) = c.task {
         let n = tx
             .execute(
-                "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal, max_depth) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT DO NOTHING",
-                &[&t.task, &t.holder, &t.grant_jti, &to_i64(t.exp)?, &to_i64(t.created)?, &t.principal],
+                &[&t.task, &t.holder, &t.grant_jti, &to_i64(t.exp)?, &to_i64(t.created)?, &t.principal, &t.max_depth.map(i64::from)],
             )
             .await?;
         if n != 1 {
@@ -867,7 +867,7 @@ fn row_issuance(r: &tokio_postgres::Row) -> PgResult<IssuanceRecord> {
     })
 }
 
-const TASK_COLS: &str = "task, holder, grant_jti, exp, created, principal";
+const TASK_COLS: &str = "task, holder, grant_jti, exp, created, principal, max_depth";
 
 fn row_task(r: &tokio_postgres::Row) -> PgResult<TaskRecord> {
     Ok(TaskRecord {
@@ -877,6 +877,14 @@ fn row_task(r: &tokio_postgres::Row) -> PgResult<TaskRecord> {
         exp: to_u64(r.get(3))?,
         created: to_u64(r.get(4))?,
         principal: r.get(5),
+        max_depth: r
+            .get::<_, Option<i64>>(6)
+            .map(|v| {
+                u8::try_from(v).map_err(|_| {
+                    PgErr::Ca(CaError::Store(format!("tasks.max_depth {v} out of range")))
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -1079,6 +1087,40 @@ impl Store for PgStore {
         })
     }
 
+    fn first_issuance_of_key(&self, jkt: &str) -> Result<Option<IssuanceRecord>> {
+        let jkt = jkt.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    &format!(
+                        "SELECT {ISSUANCE_COLS} FROM issuances WHERE jkt = $1 ORDER BY id LIMIT 1"
+                    ),
+                    &[&jkt],
+                )
+                .await?
+                .as_ref()
+                .map(row_issuance)
+                .transpose()
+            })
+        })
+    }
+
+    fn latest_not_after(&self, jkt: &str) -> Result<Option<u64>> {
+        let jkt = jkt.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                let v: Option<i64> = c
+                    .query_one(
+                        "SELECT MAX(not_after) FROM issuances WHERE jkt = $1",
+                        &[&jkt],
+                    )
+                    .await?
+                    .get(0);
+                v.map(to_u64).transpose()
+            })
+        })
+    }
+
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
         let sql = match kind {
             RevocationKind::Agent => {
@@ -1263,7 +1305,7 @@ impl Store for PgStore {
         self.inner.run(move |c| {
             Box::pin(async move {
                 c.query(
-                    "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, i.agent, i.jkt
+                    "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth, i.agent, i.jkt
                      FROM tasks t JOIN identities i ON i.identity = t.holder
                      WHERE t.exp > $1 ORDER BY t.created, t.task",
                     &[&to_i64(now)?],
@@ -1273,8 +1315,8 @@ impl Store for PgStore {
                 .map(|r| {
                     Ok(LiveTask {
                         task: row_task(r)?,
-                        agent: r.get::<_, Option<String>>(6).unwrap_or_default(),
-                        jkt: r.get(7),
+                        agent: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                        jkt: r.get(8),
                     })
                 })
                 .collect()

@@ -29,6 +29,10 @@ requesters = ["operator", "bootstrap"]
 scopes = ["tickets:read"]
 requesters = ["parent:planner"]
 
+[agents.reviewer]
+scopes = ["tickets:read"]
+requesters = ["parent:summarizer"]
+
 [agents.worker]
 scopes = ["tickets:read"]
 requesters = ["operator"]
