@@ -129,6 +129,26 @@ async fn a_child_never_outlives_its_parents_certificate() {
     assert_eq!(r.not_after, parent_not_after);
 }
 
+/// A `summarizer` child of `parent_id` (whose connection is `parent`), issued over
+/// `POST /v1/children`, and the child's own connection to the CA.
+async fn child_connection(
+    ca: &CertificateAuthority,
+    addr: std::net::SocketAddr,
+    parent: &mut HttpClientConnection,
+    parent_id: &str,
+) -> HttpClientConnection {
+    let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let task = parent_id.rsplit('/').next().unwrap();
+    let child_id = format!("spiffe://example.org/agent/summarizer/task/{task}");
+    let csr = b64(&child_key.csr(&SpiffeId::parse(&child_id).unwrap()).unwrap());
+    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    let (s, b) = call(parent, "POST", "/v1/children", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    let child_chain = common::chain_of(&unb64(&r.certs[0]), &unb64(&r.certs[1]));
+    connect_with(ca, addr, child_key, child_chain, &child_id).await
+}
+
 /// spec/CA-API.md 3.9: a child is not renewed while its parent's key or agent is revoked, as
 /// a new child of that parent would not be issued.
 #[tokio::test]
@@ -138,16 +158,7 @@ async fn a_child_is_not_renewed_once_its_parent_is_revoked() {
     let (key, chain, id, _) = planner_task(&ca, None, Some(1));
     let parent_serial = common::serial_of(&ca, &id);
     let mut c = connect_with(&ca, addr, key, chain, &id).await;
-    let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
-    let task = id.rsplit('/').next().unwrap();
-    let child_id = format!("spiffe://example.org/agent/summarizer/task/{task}");
-    let csr = b64(&child_key.csr(&SpiffeId::parse(&child_id).unwrap()).unwrap());
-    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
-    let (s, b) = call(&mut c, "POST", "/v1/children", &body).await;
-    assert_eq!(s, 200, "{b}");
-    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
-    let child_chain = common::chain_of(&unb64(&r.certs[0]), &unb64(&r.certs[1]));
-    let mut cc = connect_with(&ca, addr, child_key, child_chain, &child_id).await;
+    let mut cc = child_connection(&ca, addr, &mut c, &id).await;
 
     // The parent's key is revoked (operator revokes its serial), and its agent too.
     common::revoke_serial(&ca, &parent_serial);
@@ -172,16 +183,7 @@ async fn a_child_is_not_renewed_once_its_parents_key_is_revoked() {
     let ca = CertificateAuthority::open(dir.path()).unwrap();
     let (key, chain, id, _) = planner_task(&ca, None, Some(1));
     let mut c = connect_with(&ca, addr, key, chain, &id).await;
-    let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
-    let task = id.rsplit('/').next().unwrap();
-    let child_id = format!("spiffe://example.org/agent/summarizer/task/{task}");
-    let csr = b64(&child_key.csr(&SpiffeId::parse(&child_id).unwrap()).unwrap());
-    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
-    let (s, b) = call(&mut c, "POST", "/v1/children", &body).await;
-    assert_eq!(s, 200, "{b}");
-    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
-    let child_chain = common::chain_of(&unb64(&r.certs[0]), &unb64(&r.certs[1]));
-    let mut cc = connect_with(&ca, addr, child_key, child_chain, &child_id).await;
+    let mut cc = child_connection(&ca, addr, &mut c, &id).await;
     // Before: the child renews.
     let (s, b) = call(&mut cc, "POST", "/v1/renew", "{}").await;
     assert_eq!(s, 200, "{b}");
