@@ -293,10 +293,13 @@ async fn get_ok(conn: &mut HttpClientConnection, path: &str) -> String {
     body(resp).await
 }
 
-/// GET `path` on `conn`, which must answer 403 with `code`.
+/// GET `path` on `conn`, which must answer 403 with `code`, and as a refusal without the
+/// server's proof or chain (spec 22.4 step 3), also when the request presented.
 async fn get_denied(conn: &mut HttpClientConnection, path: &str, code: &str) {
     let resp = conn.send(get_req(path)).await.unwrap();
     assert_eq!(resp.status(), 403, "{path}");
+    assert!(!resp.headers().contains_key("agentid-proof"), "{path}");
+    assert!(!resp.headers().contains_key("agentid-chain"), "{path}");
     assert_eq!(code_of(&body(resp).await), code, "{path}");
 }
 
@@ -383,7 +386,11 @@ async fn identity_only_peers_pass_peer_routes_and_fail_scope_routes() {
     let (creds, _k, _) = w.client(OTHER, Some("files:read"), &LeafOpts::default());
     let mut conn = connect(&w, creds, true, addr).await;
     get_denied(&mut conn, "/peer", "peer_denied").await;
+    // The refusal carried no proof, so the client still presents; the next request is served
+    // under the same (cached) presentation and carries the server's proof.
+    assert!(conn.server_proof().is_none());
     get_ok(&mut conn, "/scope").await;
+    assert!(conn.server_proof().is_some());
     let d = recorder.0.lock().unwrap().clone();
     assert_eq!(
         d.iter().map(|(_, g, c)| (*g, *c)).collect::<Vec<_>>(),

@@ -125,9 +125,12 @@ impl Refusal {
         Bytes::from(v.to_string())
     }
 
-    /// The full response, in any body type that can be made from bytes.
+    /// The full response, in any body type that can be made from bytes. It is marked as a
+    /// refusal, so that the server sends no hop proof with it (spec/PROTOCOL.md 22.4 step 3:
+    /// refusals carry no proof), also when a layer or a handler returns it.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let mut r = Response::new(B::from(self.body()));
+        r.extensions_mut().insert(IsRefusal);
         *r.status_mut() = self.status;
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -136,6 +139,15 @@ impl Refusal {
         }
         r
     }
+}
+
+/// The response extension that marks an agentid refusal (made by [`Refusal::to_response`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IsRefusal;
+
+/// Whether `resp` is an agentid refusal rather than a response the application served.
+pub(crate) fn is_refusal<B>(resp: &Response<B>) -> bool {
+    resp.extensions().get::<IsRefusal>().is_some()
 }
 
 impl fmt::Debug for Refusal {

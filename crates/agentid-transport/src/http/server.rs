@@ -29,7 +29,7 @@ use super::presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
     SERVER_HEADER_LIST_LIMIT,
 };
-use super::refusal::{Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
+use super::refusal::{is_refusal, Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
 use super::tls::{pinned_server_config, server_config, server_peer, HttpVersion, TlsPeer};
 use crate::admission::{accept_tcp, Admission, SessionPermit};
 use crate::credentials::{Credential, CredentialSource};
@@ -916,7 +916,9 @@ where
             Refusal::internal("inner service failed").to_response()
         }
     };
-    if had_proof {
+    // Served responses carry the server's proof; refusals (a layer's 403, the inner service's
+    // failure) carry none (spec/PROTOCOL.md 22.4 step 3).
+    if had_proof && !is_refusal(&resp) {
         if let Some(v) = verified {
             let proof = match conn.fresh_proof(v) {
                 Ok(p) => p,
