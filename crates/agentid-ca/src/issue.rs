@@ -831,23 +831,31 @@ impl CertificateAuthority {
     }
 
     /// The latest a child of `req.parent` (in task `task`) may hold its certificate until, with
-    /// the parent's bound key thumbprint: the parent's cap, its task's expiry, its current
+    /// the parent's bound key thumbprint and the parent's ancestors: the parent's cap, its task's expiry, its current
     /// certificate's `notAfter` (CA-API.md 3.8: a child never outlives the parent's certificate)
     /// and, if the parent sent its chain, the chain's expiry. The parent must be a live identity
     /// of this CA, in a task this CA opened.
-    fn child_cap(&self, req: &ChildRequest, task: &TaskId, now: u64) -> Result<(String, u64)> {
+    fn child_cap(&self, req: &ChildRequest, task: &TaskId, now: u64) -> Result<ChildCap> {
         let not_active = || CaError::ParentNotActive(req.parent.as_str().to_string());
-        let (parent_rec, task_rec, parent_cert) = {
+        let (parent_rec, task_rec, parent_cert, ancestors) = {
             let store = self.store()?;
             let p = store
                 .identity(req.parent.as_str())?
                 .ok_or_else(not_active)?;
             let t = store.task(task.as_str())?.ok_or_else(not_active)?;
             let c = store.latest_not_after(&p.jkt)?.ok_or_else(not_active)?;
+            let ancestors = ancestors_of(&**store, &p.identity, &p.jkt, &t, not_active)?;
+            // The child sits one below its parent, which sits one below each of its ancestors
+            // down from the root holder (depth 0).
             if let Some(max_depth) = t.max_depth {
-                child_depth_within(&**store, &p, &t, max_depth, not_active)?;
+                let depth = u32::try_from(ancestors.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1);
+                if depth > u32::from(max_depth) {
+                    return Err(CaError::ChildTooDeep { depth, max_depth });
+                }
             }
-            (p, t, c)
+            (p, t, c, ancestors)
         };
         let mut cap = parent_rec.cap.min(task_rec.exp).min(parent_cert);
         if let Some(chain) = &req.parent_chain {
@@ -865,7 +873,11 @@ impl CertificateAuthority {
         if cap <= now {
             return Err(not_active());
         }
-        Ok((parent_rec.jkt, cap))
+        Ok(ChildCap {
+            parent_jkt: parent_rec.jkt,
+            cap,
+            ancestors,
+        })
     }
 
     fn issue_child_inner(&self, req: &ChildRequest, now: u64) -> Result<IssuedCertificate> {
@@ -888,7 +900,11 @@ impl CertificateAuthority {
             req.parent.as_str(),
             identity.as_str(),
         )?;
-        let (parent_jkt, cap) = self.child_cap(req, &task, now)?;
+        let ChildCap {
+            parent_jkt,
+            cap,
+            ancestors,
+        } = self.child_cap(req, &task, now)?;
         let validity = self.validity(
             now,
             req.ttl,
@@ -916,13 +932,16 @@ impl CertificateAuthority {
                 binding: Binding::FreshOrSameKey,
                 task_record: None,
                 bootstrap: None,
-                refuse: vec![
+                refuse: [
                     (RevocationKind::Agent, name.to_string()),
                     (RevocationKind::Agent, parent_agent.name().to_string()),
                     (RevocationKind::Task, task.as_str().to_string()),
                     (RevocationKind::Jkt, jkt.clone()),
                     (RevocationKind::Jkt, parent_jkt),
-                ],
+                ]
+                .into_iter()
+                .chain(ancestor_refusals(&ancestors))
+                .collect(),
             },
             now,
         )?;
@@ -1116,8 +1135,8 @@ impl CertificateAuthority {
 
     /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap` and key
     /// `bound_jkt`): a task by its agent's rule and its task's expiry, a service by its rule
-    /// (and its DNS names). A child is also refused while its parent's agent or key is revoked,
-    /// as a new child of that parent would be.
+    /// (and its DNS names). A child is also refused while the agent or key of its parent, or of
+    /// any ancestor up to the root holder, is revoked, as a new child of that parent would be.
     fn renewal_limits(
         &self,
         identity: &PeerId,
@@ -1135,18 +1154,15 @@ impl CertificateAuthority {
                 ];
                 let task_exp = {
                     let store = self.store()?;
-                    let first = store.first_issuance_of_key(bound_jkt)?;
-                    if let Some(first) = first.filter(|f| f.kind == IssuanceKind::Child) {
-                        let parent = store
-                            .identity(&first.requester)?
-                            .ok_or_else(|| CaError::ParentNotActive(first.requester.clone()))?;
-                        refuse.extend(parent.agent.map(|a| (RevocationKind::Agent, a)));
-                        refuse.push((RevocationKind::Jkt, parent.jkt));
-                    }
-                    store
+                    let record = store
                         .task(task.as_str())?
-                        .map(|r| r.exp)
-                        .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_string()))?
+                        .ok_or_else(|| CaError::UnknownIdentity(identity.as_str().to_string()))?;
+                    let ancestors =
+                        ancestors_of(&**store, identity.as_str(), bound_jkt, &record, || {
+                            CaError::ParentNotActive(identity.as_str().to_string())
+                        })?;
+                    refuse.extend(ancestor_refusals(&ancestors));
+                    record.exp
                 };
                 Ok(RenewalLimits {
                     max_ttl: rule.max_ttl,
@@ -1229,33 +1245,57 @@ struct RenewalLimits {
     dns: Vec<String>,
 }
 
-/// CA-API.md 3.8: a child of `parent` in task `task` sits at depth 1 below the task's root
-/// holder, one deeper per parent in between (each found by its key's first issuance, whose
-/// requester is its parent); deeper than the grant's `max_depth` is refused. The walk stops as
-/// soon as the depth is exceeded, so it reads at most `max_depth + 1` parents.
-fn child_depth_within(
+/// What bounds a new child (see [`CertificateAuthority::child_cap`]).
+struct ChildCap {
+    /// The parent's bound key.
+    parent_jkt: String,
+    /// The latest the child's certificate may end.
+    cap: u64,
+    /// The parent's ancestors, up to the root holder.
+    ancestors: Vec<crate::store::IdentityRecord>,
+}
+
+/// The ancestors of the task identity `identity` (bound to the key `jkt`) in task `task`: its
+/// parent first, up to and including the task's root holder; none for the root holder itself.
+/// Each is found by its key's first issuance, a `Child` issuance whose requester is the parent.
+/// A record that does not fit (no such issuance, another kind, a walk longer than any
+/// `max_depth`) is `not_active`.
+///
+/// A child's authority comes from its parent's links, so whatever is revoked of an ancestor
+/// (its key, its agent) ends the child's requests at the CA as it ends the child's chain at
+/// every verifier: issuance of a child (CA-API.md 3.8), renewal (3.9) and the re-check of
+/// every caller walk the same line.
+pub(crate) fn ancestors_of(
     store: &dyn crate::store::Store,
-    parent: &crate::store::IdentityRecord,
+    identity: &str,
+    jkt: &str,
     task: &TaskRecord,
-    max_depth: u8,
     not_active: impl Fn() -> CaError,
-) -> Result<()> {
-    let mut depth: u32 = 1;
-    let (mut identity, mut jkt) = (parent.identity.clone(), parent.jkt.clone());
-    loop {
-        if depth > u32::from(max_depth) {
-            return Err(CaError::ChildTooDeep { depth, max_depth });
+) -> Result<Vec<crate::store::IdentityRecord>> {
+    let mut out: Vec<crate::store::IdentityRecord> = Vec::new();
+    let (mut identity, mut jkt) = (identity, jkt);
+    while identity != task.holder {
+        if out.len() > usize::from(u8::MAX) {
+            return Err(not_active());
         }
-        if identity == task.holder {
-            return Ok(());
-        }
-        // Not the root holder: a child of this task, one level further down.
-        let first = store.first_issuance_of_key(&jkt)?.ok_or_else(&not_active)?;
+        let first = store.first_issuance_of_key(jkt)?.ok_or_else(&not_active)?;
         if first.kind != IssuanceKind::Child || first.identity != identity {
             return Err(not_active());
         }
-        let up = store.identity(&first.requester)?.ok_or_else(&not_active)?;
-        depth += 1;
-        (identity, jkt) = (up.identity, up.jkt);
+        out.push(store.identity(&first.requester)?.ok_or_else(&not_active)?);
+        let up = out.last().ok_or_else(&not_active)?;
+        (identity, jkt) = (up.identity.as_str(), up.jkt.as_str());
     }
+    Ok(out)
+}
+
+/// The revocations that refuse anything of a descendant of `ancestors`: each one's key and
+/// agent.
+fn ancestor_refusals(ancestors: &[crate::store::IdentityRecord]) -> Vec<(RevocationKind, String)> {
+    let mut refuse = Vec::with_capacity(2 * ancestors.len());
+    for a in ancestors {
+        refuse.extend(a.agent.clone().map(|n| (RevocationKind::Agent, n)));
+        refuse.push((RevocationKind::Jkt, a.jkt.clone()));
+    }
+    refuse
 }

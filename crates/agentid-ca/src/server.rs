@@ -1012,7 +1012,8 @@ async fn children(
 }
 
 /// The caller's key must be the key the store binds to its identity (task or service), and
-/// neither the key nor, for a task identity, its agent or task may be revoked.
+/// neither the key nor, for a task identity, its agent, task or grant, nor the key or agent of
+/// any of a child's ancestors up to the task's root holder, may be revoked.
 fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Result<(), CaError> {
     let key = crate::csr::RequestedKey::from_spki_der(spki)?;
     let jkt = key.thumbprint();
@@ -1035,9 +1036,17 @@ fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Resu
         ),
         PeerId::Service(_) => (None, None),
     };
-    let grant_jti = match &task {
-        Some(t) => store.task(t)?.map(|t| t.grant_jti),
+    let task_rec = match &task {
+        Some(t) => store.task(t)?,
         None => None,
+    };
+    // A child is refused while anything of an ancestor is revoked (its key, its agent), as its
+    // renewal and a new child of its parent are.
+    let ancestors = match &task_rec {
+        Some(t) => crate::issue::ancestors_of(&**store, caller.as_str(), &jkt, t, || {
+            CaError::ParentNotActive(caller.as_str().to_owned())
+        })?,
+        None => Vec::new(),
     };
     // Looked up by kind and value (not by reading every revocation). The CA does not see
     // links (a revoked link ends the chain at verifiers); principals are expanded into `task`
@@ -1046,10 +1055,18 @@ fn check_caller(ca: &CertificateAuthority, caller: &PeerId, spki: &[u8]) -> Resu
     targets.extend(task.as_deref().map(|t| (crate::RevocationKind::Task, t)));
     targets.extend(agent.as_deref().map(|a| (crate::RevocationKind::Agent, a)));
     targets.extend(
-        grant_jti
-            .as_deref()
-            .map(|j| (crate::RevocationKind::Jti, j)),
+        task_rec
+            .as_ref()
+            .map(|t| (crate::RevocationKind::Jti, t.grant_jti.as_str())),
     );
+    for a in &ancestors {
+        targets.push((crate::RevocationKind::Jkt, a.jkt.as_str()));
+        targets.extend(
+            a.agent
+                .as_deref()
+                .map(|n| (crate::RevocationKind::Agent, n)),
+        );
+    }
     match store.revoked_among(&targets, now)? {
         Some((kind, value)) => Err(CaError::Revoked {
             kind: kind.as_str(),

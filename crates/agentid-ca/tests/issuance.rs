@@ -621,6 +621,45 @@ fn a_child_deeper_than_its_tasks_max_depth_is_refused() {
     );
 }
 
+/// CA-API.md 3.8 and 3.9: once the root holder's key is revoked, no descendant of it gets a
+/// certificate, however deep: the child opens no grandchild and the grandchild is not renewed
+/// (`Revoked`), and nothing is issued. Each issuance refuses every ancestor's key and agent.
+#[test]
+fn a_revoked_root_key_ends_issuance_to_every_descendant() {
+    let t = test_ca(KeyType::P256);
+    let (_k, src) = spki_key(Algorithm::Es256);
+    let mut req = by_operator("planner", src, "tickets:read");
+    req.max_depth = Some(2);
+    let root = t.ca.open_task(&req, now()).unwrap();
+    let child =
+        t.ca.issue_child(&child_of(&root.identity, "summarizer"), now())
+            .unwrap();
+    let child = TaskIdentity::parse(child.identity.as_str()).unwrap();
+    let (gk, gsrc) = spki_key(Algorithm::Es256);
+    let mut grandchild = child_of(&child, "reviewer");
+    grandchild.key = gsrc.clone();
+    let issued = t.ca.issue_child(&grandchild, now()).unwrap();
+
+    revoke_serial(&t.ca, root.certificate.serial());
+    let before = t.ca.issuances().unwrap().len();
+    // The child asks again for the same grandchild key (allowed before the revocation).
+    let e = t.ca.issue_child(&grandchild, now()).unwrap_err();
+    assert!(matches!(e, CaError::Revoked { .. }), "{e}");
+    let e =
+        t.ca.renew(
+            &RenewRequest {
+                identity: issued.identity.clone(),
+                key: KeySource::Spki(gk.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            now(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, CaError::Revoked { .. }), "{e}");
+    assert_eq!(t.ca.issuances().unwrap().len(), before, "nothing issued");
+}
+
 #[test]
 fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let t = test_ca(KeyType::P256);

@@ -1,6 +1,7 @@
 //! What the CA service caps and records beyond the per-route tests: a child's depth and
-//! lifetime against its task and parent, a child's renewal against its parent's revocation,
-//! refusals decided by the routes in the audit chain, and tokens against their creator's key.
+//! lifetime against its task and parent, a child's renewal and requests against its ancestors'
+//! revocations, refusals decided by the routes in the audit chain, and tokens against their
+//! creator's key.
 #![cfg(test)]
 #![allow(missing_docs)]
 
@@ -137,16 +138,31 @@ async fn child_connection(
     parent: &mut HttpClientConnection,
     parent_id: &str,
 ) -> HttpClientConnection {
+    agent_child_connection(ca, addr, parent, parent_id, "summarizer")
+        .await
+        .0
+}
+
+/// A child of agent `agent` of `parent_id` (whose connection is `parent`), issued over
+/// `POST /v1/children`: the child's own connection to the CA and its identity.
+async fn agent_child_connection(
+    ca: &CertificateAuthority,
+    addr: std::net::SocketAddr,
+    parent: &mut HttpClientConnection,
+    parent_id: &str,
+    agent: &str,
+) -> (HttpClientConnection, String) {
     let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
     let task = parent_id.rsplit('/').next().unwrap();
-    let child_id = format!("spiffe://example.org/agent/summarizer/task/{task}");
+    let child_id = format!("spiffe://example.org/agent/{agent}/task/{task}");
     let csr = b64(&child_key.csr(&SpiffeId::parse(&child_id).unwrap()).unwrap());
-    let body = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    let body = format!(r#"{{"agent":"{agent}","csr":"{csr}"}}"#);
     let (s, b) = call(parent, "POST", "/v1/children", &body).await;
     assert_eq!(s, 200, "{b}");
     let r: CertificateResponse = serde_json::from_str(&b).unwrap();
     let child_chain = common::chain_of(&unb64(&r.certs[0]), &unb64(&r.certs[1]));
-    connect_with(ca, addr, child_key, child_chain, &child_id).await
+    let conn = connect_with(ca, addr, child_key, child_chain, &child_id).await;
+    (conn, child_id)
 }
 
 /// spec/CA-API.md 3.9: a child is not renewed while its parent's key or agent is revoked, as
@@ -190,6 +206,48 @@ async fn a_child_is_not_renewed_once_its_parents_key_is_revoked() {
     common::revoke_serial(&ca, &common::serial_of(&ca, &id));
     let (s, b) = call(&mut cc, "POST", "/v1/renew", "{}").await;
     assert_eq!((s, code_of(&b).as_str()), (403, "revoked"), "{b}");
+}
+
+/// A revoked key ends what its descendants can do at the CA, at every depth: once the root
+/// holder's key is revoked, its child can renew nothing and open no grandchild, and its
+/// grandchild can renew nothing and is refused on every route (403 `revoked`), with nothing
+/// issued. (At verifiers their chains already fail: each carries the revoked key.)
+#[tokio::test]
+async fn a_revoked_key_ends_its_descendants_requests_at_every_depth() {
+    let (dir, addr, _) = common::serve_ca(EXTRA, false).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (key, chain, id, _) = planner_task(&ca, None, Some(2));
+    let mut root = connect_with(&ca, addr, key, chain, &id).await;
+    let (mut child, child_id) =
+        agent_child_connection(&ca, addr, &mut root, &id, "summarizer").await;
+    let (mut grandchild, _) =
+        agent_child_connection(&ca, addr, &mut child, &child_id, "reviewer").await;
+    // Before: the grandchild renews.
+    let (s, b) = call(&mut grandchild, "POST", "/v1/renew", "{}").await;
+    assert_eq!(s, 200, "{b}");
+
+    common::revoke_serial(&ca, &common::serial_of(&ca, &id));
+    let before = ca.issuances().unwrap().len();
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+    let gc_child = format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#);
+    let child_child = format!(r#"{{"agent":"reviewer","csr":"{csr}"}}"#);
+    let requests = [
+        (true, "/v1/renew", "{}"),
+        (false, "/v1/renew", "{}"),
+        (true, "/v1/children", gc_child.as_str()),
+        (false, "/v1/children", child_child.as_str()),
+        (true, "/v1/revoke", r#"{"task":"any"}"#),
+    ];
+    for (by_grandchild, path, body) in requests {
+        let conn = if by_grandchild {
+            &mut grandchild
+        } else {
+            &mut child
+        };
+        let (s, b) = call(conn, "POST", path, body).await;
+        assert_eq!((s, code_of(&b).as_str()), (403, "revoked"), "{path}: {b}");
+    }
+    assert_eq!(ca.issuances().unwrap().len(), before, "nothing issued");
 }
 
 /// spec/CA-API.md 4: every refusal of an authenticated caller is an audit record, including
