@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ca::token_hash;
 use crate::error::{CaError, Result};
 use crate::issue::{KeySource, OpenTaskRequest, TaskCredentials, TaskRequester};
-use crate::store::BootstrapRecord;
+use crate::store::{BootstrapRecord, IssuanceKind};
 use crate::{BootstrapToken, CertificateAuthority};
 
 /// A stored bootstrap token, used or not.
@@ -171,11 +171,21 @@ impl CertificateAuthority {
                 .enroll_with_state(token, &hash, state, csr, now)
                 .map(Redeemed::Task);
         };
-        if state.used_at.is_some() {
-            return Err(EnrollError::TokenUsed);
-        }
-        if state.record.expires <= crate::util::unix(now)? {
-            return Err(EnrollError::TokenExpired);
+        let now_s = crate::util::unix(now)?;
+        let early = if state.used_at.is_some() {
+            Some(EnrollError::TokenUsed)
+        } else if state.record.expires <= now_s {
+            Some(EnrollError::TokenExpired)
+        } else {
+            None
+        };
+        if let Some(e) = early {
+            let subject = format!(
+                "spiffe://{}/svc/{service}",
+                self.config.trust_domain.as_str()
+            );
+            self.audit_token_refusal(IssuanceKind::Service, &subject, None, now_s, &e);
+            return Err(e);
         }
         let req = crate::ServiceRequest {
             service,
@@ -227,10 +237,83 @@ impl CertificateAuthority {
         csr: Vec<u8>,
         now: SystemTime,
     ) -> std::result::Result<TaskCredentials, EnrollError> {
+        let now_s = crate::util::unix(now)?;
+        let req = match self.task_request(token, &state, csr, now_s) {
+            Ok(req) => req,
+            Err(e) => {
+                // A token the store knows, refused before any issuance: recorded here, since
+                // no issuance records it (an unknown token is not: anyone can send one).
+                let subject = format!(
+                    "spiffe://{}/agent/{}/task/{}",
+                    self.config.trust_domain.as_str(),
+                    state.record.agent,
+                    state.record.task
+                );
+                let task = Some(state.record.task.as_str());
+                self.audit_token_refusal(IssuanceKind::Task, &subject, task, now_s, &e);
+                return Err(e);
+            }
+        };
+        match self.open_task(&req, now) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // A concurrent redemption may have consumed the token in the meantime.
+                let used = self
+                    .store()
+                    .ok()
+                    .and_then(|s| s.bootstrap_state(hash).ok().flatten())
+                    .is_some_and(|s| s.used_at.is_some());
+                if used && matches!(e, CaError::BootstrapToken(_)) {
+                    return Err(EnrollError::TokenUsed);
+                }
+                Err(EnrollError::Ca(e))
+            }
+        }
+    }
+
+    /// The audit record of a stored token refused before its issuance ran (used, expired, a
+    /// binding its creator may no longer make, a revoked creator): `issue.task` or
+    /// `issue.service`, `denied`, with the actor the issuance would have recorded (`bootstrap`,
+    /// `bootstrap token`) and the identity the token binds as subject.
+    fn audit_token_refusal(
+        &self,
+        kind: IssuanceKind,
+        subject: &str,
+        task: Option<&str>,
+        now: u64,
+        e: &EnrollError,
+    ) {
+        tracing::warn!(kind = kind.as_str(), subject, error = %e, "enrollment refused");
+        // The actor its issuance would have recorded.
+        let actor = match kind {
+            IssuanceKind::Service => "bootstrap token",
+            _ => "bootstrap",
+        };
+        self.record_refusal(crate::audit::AuditEvent {
+            ts: now,
+            kind: format!("issue.{}", kind.as_str()),
+            actor: actor.into(),
+            subject: Some(subject.to_owned()),
+            task: task.map(str::to_owned),
+            outcome: "denied".into(),
+            reason: Some(e.to_string()),
+            ..crate::audit::AuditEvent::default()
+        });
+    }
+
+    /// The task a stored token (`state`) opens, as the request for [`CertificateAuthority::open_task`]
+    /// with the key from `csr`: refused when the token was used or expired, binds a service or
+    /// nothing readable, or its creator may no longer make it (its rule, its revoked key).
+    fn task_request(
+        &self,
+        token: &str,
+        state: &BootstrapState,
+        csr: Vec<u8>,
+        now_s: u64,
+    ) -> std::result::Result<OpenTaskRequest, EnrollError> {
         if state.used_at.is_some() {
             return Err(EnrollError::TokenUsed);
         }
-        let now_s = crate::util::unix(now)?;
         if state.record.expires <= now_s {
             return Err(EnrollError::TokenExpired);
         }
@@ -281,21 +364,7 @@ impl CertificateAuthority {
             .transpose()
             .map_err(CaError::from)?;
         req.principal = binding.principal.clone();
-        match self.open_task(&req, now) {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                // A concurrent redemption may have consumed the token in the meantime.
-                let used = self
-                    .store()
-                    .ok()
-                    .and_then(|s| s.bootstrap_state(hash).ok().flatten())
-                    .is_some_and(|s| s.used_at.is_some());
-                if used && matches!(e, CaError::BootstrapToken(_)) {
-                    return Err(EnrollError::TokenUsed);
-                }
-                Err(EnrollError::Ca(e))
-            }
-        }
+        Ok(req)
     }
 }
 

@@ -842,6 +842,99 @@ fn a_bound_token_is_stored_with_its_binding() {
     assert_eq!(created, 1);
 }
 
+/// CA-API.md 4.1: a token the store knows, refused before any issuance (used, expired), is an
+/// `issue.task` `denied` record (actor `bootstrap`, the bound identity as subject, never the
+/// token); an unknown token is recorded nowhere (anyone can send one); the trail verifies.
+#[test]
+fn refused_redemptions_of_known_tokens_are_audited() {
+    let t = test_ca(KeyType::P256);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let tok =
+        t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
+            .unwrap();
+    let csr = || {
+        csr_with(
+            &p256_keypair(),
+            &[uri(tok.identity.as_spiffe_id().as_str())],
+            |_| {},
+        )
+    };
+    t.ca.enroll(&tok.token, csr(), now()).unwrap();
+    let before = audit_records(&t.ca).len();
+    // Used: once through `enroll`, once through `redeem` (the service's route).
+    assert!(matches!(
+        t.ca.enroll(&tok.token, csr(), now()),
+        Err(agentid_ca::EnrollError::TokenUsed)
+    ));
+    assert!(matches!(
+        t.ca.redeem(&tok.token, csr(), now()),
+        Err(agentid_ca::EnrollError::TokenUsed)
+    ));
+    // Expired (asked after its expiry).
+    let late =
+        t.ca.create_bound_token("planner", None, &binding, minutes(1), now())
+            .unwrap();
+    let after_expiry = now() + Duration::from_secs(120);
+    assert!(matches!(
+        t.ca.redeem(&late.token, csr(), after_expiry),
+        Err(agentid_ca::EnrollError::TokenExpired)
+    ));
+    // Unknown.
+    assert!(matches!(
+        t.ca.redeem("not-a-token", csr(), now()),
+        Err(agentid_ca::EnrollError::TokenInvalid)
+    ));
+    let records = audit_records(&t.ca);
+    let new: Vec<_> = records[before..]
+        .iter()
+        .filter(|r| r["kind"] != "bootstrap.create")
+        .collect();
+    let subject = |id: &agentid_protocol::TaskIdentity| id.as_str().to_owned();
+    assert_eq!(
+        new.iter()
+            .map(|r| (
+                r["kind"].as_str().unwrap(),
+                r["actor"].as_str().unwrap(),
+                r["subject"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "issue.task",
+                "bootstrap",
+                subject(&tok.identity),
+                "denied",
+                "bootstrap token already redeemed"
+            ),
+            (
+                "issue.task",
+                "bootstrap",
+                subject(&tok.identity),
+                "denied",
+                "bootstrap token already redeemed"
+            ),
+            (
+                "issue.task",
+                "bootstrap",
+                subject(&late.identity),
+                "denied",
+                "bootstrap token expired"
+            ),
+        ]
+    );
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(&tok.token) && !text.contains(&late.token));
+    let report = agentid_ca::audit::verify_dir(t.dir.path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.issuances, 1);
+}
+
 // ---------------------------------------------------------------- grant, bundle, revocation
 
 #[test]

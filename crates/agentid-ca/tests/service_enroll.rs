@@ -108,6 +108,28 @@ async fn a_service_enrolls_from_a_token_file_and_the_token_is_used_once() {
         "{err}"
     );
     assert_eq!(ca.issuances().unwrap().len(), before + 1);
+    // The refused redemption is in the audit trail (CA-API.md 4.1), without the token.
+    let records = common::audit_records(&ca);
+    let last = records.last().unwrap();
+    assert_eq!(
+        (
+            last["kind"].as_str(),
+            last["actor"].as_str(),
+            last["subject"].as_str(),
+            last["outcome"].as_str(),
+            last["reason"].as_str(),
+        ),
+        (
+            Some("issue.service"),
+            Some("bootstrap token"),
+            Some(identity.as_str()),
+            Some("denied"),
+            Some("bootstrap token already redeemed"),
+        )
+    );
+    assert!(!serde_json::to_string(&records)
+        .unwrap()
+        .contains(&file.token));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
