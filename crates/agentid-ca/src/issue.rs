@@ -405,7 +405,7 @@ impl CertificateAuthority {
 
     /// After an issuance: a success was recorded with it (a checkpoint may be due); a refusal
     /// is recorded now, on its own (nothing was issued).
-    fn audit_issue(
+    pub(crate) fn audit_issue(
         &self,
         kind: IssuanceKind,
         now: u64,

@@ -272,9 +272,10 @@ impl CertificateAuthority {
     }
 
     /// The audit record of a stored token refused before its issuance ran (used, expired, a
-    /// binding its creator may no longer make, a revoked creator): `issue.task` or
-    /// `issue.service`, `denied`, with the actor the issuance would have recorded (`bootstrap`,
-    /// `bootstrap token`) and the identity the token binds as subject.
+    /// binding its creator may no longer make, a revoked creator): the refusal record its
+    /// issuance would have made (`issue.task` or `issue.service`, `denied`), with that
+    /// issuance's actor (`bootstrap`, `bootstrap token`) and the identity the token binds as
+    /// subject.
     fn audit_token_refusal(
         &self,
         kind: IssuanceKind,
@@ -283,22 +284,11 @@ impl CertificateAuthority {
         now: u64,
         e: &EnrollError,
     ) {
-        tracing::warn!(kind = kind.as_str(), subject, error = %e, "enrollment refused");
-        // The actor its issuance would have recorded.
         let actor = match kind {
             IssuanceKind::Service => "bootstrap token",
             _ => "bootstrap",
         };
-        self.record_refusal(crate::audit::AuditEvent {
-            ts: now,
-            kind: format!("issue.{}", kind.as_str()),
-            actor: actor.into(),
-            subject: Some(subject.to_owned()),
-            task: task.map(str::to_owned),
-            outcome: "denied".into(),
-            reason: Some(e.to_string()),
-            ..crate::audit::AuditEvent::default()
-        });
+        self.audit_issue(kind, now, actor, subject, task, &Err(e.to_string()));
     }
 
     /// The task a stored token (`state`) opens, as the request for [`CertificateAuthority::open_task`]

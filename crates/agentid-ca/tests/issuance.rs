@@ -792,6 +792,15 @@ fn bootstrap_token_is_single_use_and_bound() {
     assert!(!audit.contains(&tok.token));
 }
 
+/// A CSR for a fresh key with the identity `tok` binds as its only SAN.
+fn csr_for(tok: &agentid_ca::BootstrapToken) -> Vec<u8> {
+    csr_with(
+        &p256_keypair(),
+        &[uri(tok.identity.as_spiffe_id().as_str())],
+        |_| {},
+    )
+}
+
 /// A bound token is stored with what it binds, and with its audit record, in the one
 /// transaction that creates it (on either store): it enrolls once, to a task holding the bound
 /// scope and depth, and its creation is audited once.
@@ -806,13 +815,7 @@ fn a_bound_token_is_stored_with_its_binding() {
     let tok =
         t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
             .unwrap();
-    let csr = || {
-        csr_with(
-            &p256_keypair(),
-            &[uri(tok.identity.as_spiffe_id().as_str())],
-            |_| {},
-        )
-    };
+    let csr = || csr_for(&tok);
     let creds = t.ca.enroll(&tok.token, csr(), now()).unwrap();
     assert_eq!(creds.identity, tok.identity);
     // The grant holds what the token bound (its payload read directly).
@@ -855,13 +858,7 @@ fn refused_redemptions_of_known_tokens_are_audited() {
     let tok =
         t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
             .unwrap();
-    let csr = || {
-        csr_with(
-            &p256_keypair(),
-            &[uri(tok.identity.as_spiffe_id().as_str())],
-            |_| {},
-        )
-    };
+    let csr = || csr_for(&tok);
     t.ca.enroll(&tok.token, csr(), now()).unwrap();
     let before = audit_records(&t.ca).len();
     // Used: once through `enroll`, once through `redeem` (the service's route).
