@@ -6,11 +6,13 @@
 //!   number in that writer's chain (1, 2, 3, ...) and the hash of the writer's previous record
 //!   ([`GENESIS`] for the first). Its own hash is SHA-256 over a domain-separation label and the
 //!   record's exact stored JSON ([`record_hash`]). Replicas never wait on each other's chain head.
-//! * **Signed checkpoints.** Every [`CHECKPOINT_EVERY`] records, or when the head has moved and
-//!   the last checkpoint is older than [`CHECKPOINT_INTERVAL_SECS`], the CA signs the chain head
-//!   (writer, sequence, hash) with its dedicated audit key (`audit.key`, public half `audit.pub`):
-//!   a JWS of type [`CHECKPOINT_TYP`]. Whoever can write the database but does not hold the audit
-//!   key cannot rewrite the chain up to a checkpoint without [`verify`] noticing.
+//! * **Signed checkpoints.** With every [`CHECKPOINT_EVERY`]-th record of a writer, in that
+//!   record's transaction, and when the head has moved and the last checkpoint is older than
+//!   [`CHECKPOINT_INTERVAL_SECS`], the CA signs the chain head (writer, sequence, hash) with its
+//!   dedicated audit key (`audit.key`, public half `audit.pub`): a JWS of type
+//!   [`CHECKPOINT_TYP`]. [`verify`] requires the one at every multiple of [`CHECKPOINT_EVERY`],
+//!   so whoever can write the database but does not hold the audit key can neither rewrite the
+//!   chain up to a checkpoint nor delete the checkpoint first without [`verify`] noticing.
 //! * [`verify`] recomputes every chain and checks every checkpoint's signature and head, and
 //!   that every certificate the store records as issued has its audit record.
 //!
@@ -33,7 +35,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The JWS `typ` of a signed checkpoint.
 pub const CHECKPOINT_TYP: &str = "agentid-audit-checkpoint+jwt";
 
-/// A checkpoint is signed at least every this many records of a writer.
+/// A checkpoint is signed with every record whose number is a multiple of this.
 pub const CHECKPOINT_EVERY: u64 = 64;
 
 /// A chain head that moved is checkpointed once the last checkpoint is this old, seconds.
@@ -98,6 +100,103 @@ pub struct AuditRecord {
     pub body: String,
     /// Hex SHA-256 of the record ([`record_hash`]).
     pub hash: String,
+}
+
+/// Signs the checkpoints a store writes together with the records they sign (see
+/// [`ChainWriter`]): the CA's audit key and its trust domain.
+#[derive(Clone)]
+pub struct CheckpointSigner {
+    iss: String,
+    signer: std::sync::Arc<dyn agentid_protocol::JwsSigner>,
+}
+
+impl core::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("iss", &self.iss)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointSigner {
+    /// Checkpoints of trust domain `iss` (`spiffe://<td>`) signed with `signer`.
+    pub fn new(iss: String, signer: std::sync::Arc<dyn agentid_protocol::JwsSigner>) -> Self {
+        Self { iss, signer }
+    }
+
+    /// The checkpoint of `writer`'s record `seq`, whose hash is `head`, signed at `iat`.
+    pub fn checkpoint(
+        &self,
+        writer: &str,
+        seq: u64,
+        head: &str,
+        iat: u64,
+    ) -> Result<CheckpointRecord> {
+        let claims = CheckpointClaims {
+            iss: self.iss.clone(),
+            writer: writer.to_owned(),
+            seq,
+            head: head.to_owned(),
+            iat,
+        };
+        Ok(CheckpointRecord {
+            jws: sign_checkpoint(self.signer.as_ref(), &claims)?,
+            writer: claims.writer,
+            seq,
+            head: claims.head,
+            iat,
+        })
+    }
+}
+
+/// A writer's chain as a store appends to it: the writer id and, once the CA has given it, the
+/// signer of the checkpoint that every [`CHECKPOINT_EVERY`]-th record carries. That checkpoint
+/// is written in the record's own transaction, so a chain the CA wrote has one at every
+/// multiple of [`CHECKPOINT_EVERY`], and [`verify`] can require them: deleting one (no key
+/// needed) is a break, not a way to rewrite the records it covered.
+#[derive(Clone, Debug)]
+pub(crate) struct ChainWriter {
+    id: std::sync::Arc<str>,
+    checkpoints: std::sync::Arc<std::sync::OnceLock<CheckpointSigner>>,
+}
+
+impl ChainWriter {
+    pub(crate) fn new(id: &str) -> Self {
+        Self {
+            id: std::sync::Arc::from(id),
+            checkpoints: std::sync::Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// The writer id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Gives the chain its checkpoint signer (the first one given stays).
+    pub(crate) fn set_signer(&self, signer: CheckpointSigner) {
+        let _ = self.checkpoints.set(signer);
+    }
+
+    /// The checkpoint to write with record `seq` (hash `hash`, time `ts`): one at every
+    /// multiple of [`CHECKPOINT_EVERY`], once the chain has a signer.
+    pub(crate) fn due(&self, seq: u64, hash: &str, ts: u64) -> Result<Option<CheckpointRecord>> {
+        if !seq.is_multiple_of(CHECKPOINT_EVERY) {
+            return Ok(None);
+        }
+        self.checkpoints
+            .get()
+            .map(|s| s.checkpoint(&self.id, seq, hash, ts))
+            .transpose()
+    }
+}
+
+/// A stored number column of an audit record or checkpoint (`seq`, `ts`, `iat`) as read for
+/// verification: a value no `u64` holds (a negative one, which only an edit of the store
+/// makes) reads as `u64::MAX`, so that [`verify`] names the record or checkpoint it breaks
+/// instead of the snapshot failing to read.
+pub(crate) fn stored_number(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 /// A signed checkpoint as stored.
@@ -278,7 +377,11 @@ pub fn verify(
     // writer -> (records seen, head hash, hashes by seq)
     let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
     let mut issued: HashSet<String> = HashSet::new();
-    for r in &snap.records {
+    // In chain order whatever order the store gave (a stored seq no store can convert is read
+    // as u64::MAX, so it sorts last and shows as the gap it left).
+    let mut records: Vec<&AuditRecord> = snap.records.iter().collect();
+    records.sort_by(|a, b| (a.writer.as_str(), a.seq).cmp(&(b.writer.as_str(), b.seq)));
+    for r in records {
         let entry = chains
             .entry(r.writer.as_str())
             .or_insert_with(|| (0, GENESIS.to_owned(), Vec::new()));
@@ -358,6 +461,30 @@ pub fn verify(
         }
         let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
         *e = (*e).max(c.seq);
+    }
+    // The CA writes a checkpoint in the same transaction as every CHECKPOINT_EVERY-th record
+    // (CA-API.md 4.2): one missing was deleted, and with it the protection of the records it
+    // covered.
+    let signed: HashSet<(&str, u64)> = snap
+        .checkpoints
+        .iter()
+        .map(|c| (c.writer.as_str(), c.seq))
+        .collect();
+    for (writer, (n, _, _)) in &chains {
+        let mut seq = CHECKPOINT_EVERY;
+        while seq <= *n {
+            if !signed.contains(&(*writer, seq)) {
+                return Err(AuditBreak::Checkpoint {
+                    writer: (*writer).to_owned(),
+                    seq,
+                    reason: format!(
+                        "missing: the CA signs one with every {CHECKPOINT_EVERY}th record, so it \
+                         was removed (the records up to it are no longer protected)"
+                    ),
+                });
+            }
+            seq = seq.saturating_add(CHECKPOINT_EVERY);
+        }
     }
     for s in &snap.audited_serials {
         if !issued.contains(s) {

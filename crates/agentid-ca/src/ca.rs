@@ -75,7 +75,7 @@ pub struct CertificateAuthority {
     /// The store's lock-free issuance path (group commit), when it has one.
     pub(crate) committer: Option<Arc<dyn IssuanceCommitter>>,
     pub(crate) audit: AuditLog,
-    pub(crate) audit_signer: Option<Box<dyn JwsSigner>>,
+    pub(crate) audit_signer: Option<Arc<dyn JwsSigner>>,
     /// Audited operations since the last checkpoint check.
     audit_pending: AtomicU64,
     /// When the checkpoint state was last checked, Unix seconds.
@@ -248,7 +248,17 @@ impl CertificateAuthority {
             ));
         }
         let intermediate_not_after = cert_not_after(&p.intermediate_der)?;
-        let committer = p.store.issuance_committer();
+        let mut store = p.store;
+        let audit_signer: Option<Arc<dyn JwsSigner>> = p.audit_signer.map(Arc::from);
+        if let Some(signer) = &audit_signer {
+            // The store writes a checkpoint with every CHECKPOINT_EVERY-th record itself, in
+            // that record's transaction (CA-API.md 4.2).
+            store.set_checkpoint_signer(crate::audit::CheckpointSigner::new(
+                p.config.trust_domain.id().as_str().to_owned(),
+                signer.clone(),
+            ));
+        }
+        let committer = store.issuance_committer();
         Ok(CertificateAuthority {
             dir: None,
             config: p.config,
@@ -259,10 +269,10 @@ impl CertificateAuthority {
             issuer: p.issuer,
             grant_signer: p.grant_signer,
             revocation_signer: p.revocation_signer,
-            store: Mutex::new(p.store),
+            store: Mutex::new(store),
             committer,
             audit: p.audit,
-            audit_signer: p.audit_signer,
+            audit_signer,
             audit_pending: AtomicU64::new(0),
             audit_checked_at: AtomicU64::new(0),
             published_entries: Mutex::new(Vec::new()),

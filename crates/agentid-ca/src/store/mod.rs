@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
+use crate::audit::{
+    AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
+};
 use crate::error::{CaError, Result};
 
 #[cfg(feature = "postgres")]
@@ -446,6 +448,10 @@ pub trait Store: Send {
     fn checkpoint_state(&self) -> Result<CheckpointState> {
         Ok(CheckpointState::default())
     }
+    /// Gives the store the signer of the checkpoints it writes with every
+    /// [`crate::audit::CHECKPOINT_EVERY`]-th record of its chain, in that record's transaction
+    /// (CA-API.md 4.2). The default writes none (a store without an audit chain).
+    fn set_checkpoint_signer(&mut self, _signer: CheckpointSigner) {}
     /// Stores a signed checkpoint (a second one for the same record is ignored).
     fn add_checkpoint(&mut self, _cp: &CheckpointRecord) -> Result<()> {
         Err(CaError::Store("this store keeps no audit chain".into()))
@@ -504,7 +510,7 @@ pub trait Store: Send {
 pub struct SqliteStore {
     conn: Connection,
     writer: Arc<GroupCommitter>,
-    audit_writer: Arc<str>,
+    audit_writer: ChainWriter,
 }
 
 impl core::fmt::Debug for SqliteStore {
@@ -570,7 +576,7 @@ impl SqliteStore {
         }
         let mut conn = Self::connect(path)?;
         crate::migrate::migrate(&mut conn, SCHEMA)?;
-        let audit_writer: Arc<str> = Arc::from(writer);
+        let audit_writer = ChainWriter::new(writer);
         let writer = Arc::new(GroupCommitter::start(
             Self::connect(path)?,
             audit_writer.clone(),
@@ -649,7 +655,7 @@ fn revocation_sql(n: usize) -> String {
 
 /// Checks and records one issuance inside the caller's transaction (or savepoint): revocations
 /// (one statement), the key binding (one statement), then the writes.
-fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Result<()> {
+fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_>) -> Result<()> {
     // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
     if !c.refuse_if_revoked.is_empty() {
         let mut st = conn.prepare_cached(&revocation_sql(c.refuse_if_revoked.len()))?;
@@ -782,8 +788,15 @@ fn apply_issuance(conn: &Connection, writer: &str, c: &IssuanceCommit<'_>) -> Re
 }
 
 /// Appends `ev` to `writer`'s chain inside the caller's write transaction (which serializes
-/// appends: the head read here is still the head at commit).
-pub(crate) fn append_audit_tx(conn: &Connection, writer: &str, ev: &AuditEvent) -> Result<()> {
+/// appends: the head read here is still the head at commit), with the checkpoint the record
+/// carries when its number is a multiple of [`crate::audit::CHECKPOINT_EVERY`].
+pub(crate) fn append_audit_tx(
+    conn: &Connection,
+    writer: &ChainWriter,
+    ev: &AuditEvent,
+) -> Result<()> {
+    let chain = writer;
+    let writer = chain.id();
     let head: Option<(i64, String)> = conn
         .prepare_cached(
             "SELECT seq, hash FROM audit_records WHERE writer = ?1 ORDER BY seq DESC LIMIT 1",
@@ -800,6 +813,17 @@ pub(crate) fn append_audit_tx(conn: &Connection, writer: &str, ev: &AuditEvent) 
         "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![writer, to_i64(seq)?, to_i64(ev.ts)?, body, hash])?;
+    if let Some(cp) = chain.due(seq, &hash, ev.ts)? {
+        insert_checkpoint(conn, &cp)?;
+    }
+    Ok(())
+}
+
+fn insert_checkpoint(conn: &Connection, cp: &CheckpointRecord) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![cp.writer, to_i64(cp.seq)?, cp.head, to_i64(cp.iat)?, cp.jws])?;
     Ok(())
 }
 
@@ -1106,7 +1130,7 @@ impl Store for SqliteStore {
     }
 
     fn checkpoint_state(&self) -> Result<CheckpointState> {
-        let w = &*self.audit_writer;
+        let w = self.audit_writer.id();
         let head = self
             .conn
             .prepare_cached(
@@ -1129,12 +1153,11 @@ impl Store for SqliteStore {
     }
 
     fn add_checkpoint(&mut self, cp: &CheckpointRecord) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![cp.writer, to_i64(cp.seq)?, cp.head, to_i64(cp.iat)?, cp.jws])?;
-        Ok(())
+        insert_checkpoint(&self.conn, cp)
+    }
+
+    fn set_checkpoint_signer(&mut self, signer: CheckpointSigner) {
+        self.audit_writer.set_signer(signer);
     }
 
     fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
@@ -1148,8 +1171,8 @@ impl Store for SqliteStore {
             .query_map(params![since], |r| {
                 Ok(AuditRecord {
                     writer: r.get(0)?,
-                    seq: to_u64(r.get(1)?)?,
-                    ts: to_u64(r.get(2)?)?,
+                    seq: crate::audit::stored_number(r.get(1)?),
+                    ts: crate::audit::stored_number(r.get(2)?),
                     body: r.get(3)?,
                     hash: r.get(4)?,
                 })
@@ -1162,9 +1185,9 @@ impl Store for SqliteStore {
             .query_map([], |r| {
                 Ok(CheckpointRecord {
                     writer: r.get(0)?,
-                    seq: to_u64(r.get(1)?)?,
+                    seq: crate::audit::stored_number(r.get(1)?),
                     head: r.get(2)?,
-                    iat: to_u64(r.get(3)?)?,
+                    iat: crate::audit::stored_number(r.get(3)?),
                     jws: r.get(4)?,
                 })
             })?
@@ -1443,7 +1466,7 @@ struct Job {
 pub(crate) struct GroupCommitter {
     pending: Mutex<Vec<Job>>,
     writer: Mutex<Connection>,
-    audit_writer: Arc<str>,
+    audit_writer: ChainWriter,
 }
 
 impl core::fmt::Debug for GroupCommitter {
@@ -1453,7 +1476,7 @@ impl core::fmt::Debug for GroupCommitter {
 }
 
 impl GroupCommitter {
-    fn start(conn: Connection, audit_writer: Arc<str>) -> Result<Self> {
+    fn start(conn: Connection, audit_writer: ChainWriter) -> Result<Self> {
         Ok(GroupCommitter {
             pending: Mutex::new(Vec::new()),
             writer: Mutex::new(conn),
@@ -1501,7 +1524,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// One transaction for the batch, one savepoint per request; per-request results, all errors
 /// when the transaction itself fails (nothing of it is durable then).
-fn run_batch(conn: &Connection, writer: &str, batch: &[Job]) -> Vec<Result<()>> {
+fn run_batch(conn: &Connection, writer: &ChainWriter, batch: &[Job]) -> Vec<Result<()>> {
     let fail_all = |e: &dyn core::fmt::Display| -> Vec<Result<()>> {
         batch
             .iter()
@@ -1620,7 +1643,7 @@ mod tests {
                 reply: mpsc::sync_channel(1).0,
             })
             .collect();
-        run_batch(conn, "main", &jobs)
+        run_batch(conn, &ChainWriter::new("main"), &jobs)
     }
 
     /// Requests in one batch are checked in order against what the earlier ones wrote; a

@@ -33,7 +33,9 @@ use super::{
     IssuanceKind, IssuanceRecord, ListRow, LiveTask, OwnedCommit, Publication, PublishedList,
     RevocationKind, RevocationRecord, Store, TaskRecord, PUBLISHED_LISTS_KEPT,
 };
-use crate::audit::{AuditEvent, AuditRecord, AuditSnapshot, CheckpointRecord};
+use crate::audit::{
+    AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
+};
 use crate::error::{CaError, Result};
 
 /// Bound on connecting to the database.
@@ -357,7 +359,7 @@ struct Inner {
     rt: Option<tokio::runtime::Runtime>,
     settings: PgSettings,
     idle: Mutex<Vec<Client>>,
-    writer: Arc<str>,
+    writer: ChainWriter,
 }
 
 impl Drop for Inner {
@@ -554,7 +556,7 @@ impl PgStore {
             rt: Some(rt),
             settings,
             idle: Mutex::new(Vec::new()),
-            writer: Arc::from(writer),
+            writer: ChainWriter::new(writer),
         });
         inner.run(|c| Box::pin(migrate(c)))?;
         Ok(PgStore { inner })
@@ -634,9 +636,10 @@ async fn migrate(c: &mut Client) -> PgResult<()> {
 /// until commit, so appends of one writer (in this process or another) are serialized.
 async fn append_audit_tx<C: tokio_postgres::GenericClient + Sync>(
     tx: &C,
-    writer: &str,
+    chain: &ChainWriter,
     ev: &AuditEvent,
 ) -> PgResult<()> {
+    let writer = chain.id();
     tx.execute(
         "INSERT INTO audit_heads (writer, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (writer) DO NOTHING",
         &[&writer, &crate::audit::GENESIS],
@@ -663,6 +666,29 @@ async fn append_audit_tx<C: tokio_postgres::GenericClient + Sync>(
         &[&writer, &seq_i, &hash],
     )
     .await?;
+    // The checkpoint every CHECKPOINT_EVERY-th record carries, in its transaction.
+    if let Some(cp) = chain.due(seq, &hash, ev.ts)? {
+        insert_checkpoint(tx, &cp).await?;
+    }
+    Ok(())
+}
+
+async fn insert_checkpoint<C: tokio_postgres::GenericClient + Sync>(
+    c: &C,
+    cp: &CheckpointRecord,
+) -> PgResult<()> {
+    c.execute(
+        "INSERT INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+        &[
+            &cp.writer,
+            &to_i64(cp.seq)?,
+            &cp.head,
+            &to_i64(cp.iat)?,
+            &cp.jws,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -671,7 +697,7 @@ async fn append_audit_tx<C: tokio_postgres::GenericClient + Sync>(
 /// in a constraint (or a row lock) and the refusal SQLite gives.
 async fn apply_issuance(
     tx: &Transaction<'_>,
-    writer: &str,
+    writer: &ChainWriter,
     c: &IssuanceCommit<'_>,
 ) -> PgResult<()> {
     // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
@@ -966,7 +992,7 @@ async fn upsert_revocation<C: tokio_postgres::GenericClient + Sync>(
     Ok(())
 }
 
-async fn commit_owned(c: &mut Client, writer: &str, oc: &OwnedCommit) -> PgResult<()> {
+async fn commit_owned(c: &mut Client, writer: &ChainWriter, oc: &OwnedCommit) -> PgResult<()> {
     in_tx!(c, |tx| apply_issuance(&tx, writer, &oc.as_commit()))
 }
 
@@ -1332,7 +1358,7 @@ impl Store for PgStore {
     }
 
     fn checkpoint_state(&self) -> Result<CheckpointState> {
-        let writer = self.inner.writer.clone();
+        let writer: Arc<str> = Arc::from(self.inner.writer.id());
         self.inner.run(move |c| {
             Box::pin(async move {
                 let head = c
@@ -1362,17 +1388,12 @@ impl Store for PgStore {
 
     fn add_checkpoint(&mut self, cp: &CheckpointRecord) -> Result<()> {
         let cp = cp.clone();
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                c.execute(
-                    "INSERT INTO audit_checkpoints (writer, seq, head, iat, jws) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT DO NOTHING",
-                    &[&cp.writer, &to_i64(cp.seq)?, &cp.head, &to_i64(cp.iat)?, &cp.jws],
-                )
-                .await?;
-                Ok(())
-            })
-        })
+        self.inner
+            .run(move |c| Box::pin(async move { insert_checkpoint(&*c, &cp).await }))
+    }
+
+    fn set_checkpoint_signer(&mut self, signer: CheckpointSigner) {
+        self.inner.writer.set_signer(signer);
     }
 
     fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
@@ -1396,8 +1417,8 @@ impl Store for PgStore {
                     .map(|r| {
                         Ok(AuditRecord {
                             writer: r.get(0),
-                            seq: to_u64(r.get(1))?,
-                            ts: to_u64(r.get(2))?,
+                            seq: crate::audit::stored_number(r.get(1)),
+                            ts: crate::audit::stored_number(r.get(2)),
                             body: r.get(3),
                             hash: r.get(4),
                         })
@@ -1413,9 +1434,9 @@ impl Store for PgStore {
                     .map(|r| {
                         Ok(CheckpointRecord {
                             writer: r.get(0),
-                            seq: to_u64(r.get(1))?,
+                            seq: crate::audit::stored_number(r.get(1)),
                             head: r.get(2),
-                            iat: to_u64(r.get(3))?,
+                            iat: crate::audit::stored_number(r.get(3)),
                             jws: r.get(4),
                         })
                     })
