@@ -144,7 +144,35 @@ impl VerifierConfig {
     /// [`RevocationList::verify`], then R8: an older `seq` than the one held is refused
     /// (`sequence_rollback`).
     pub fn apply_revocation_list(&mut self, compact: &str) -> Result<Arc<RevocationList>> {
+        self.apply_list(compact, None)
+    }
+
+    /// [`VerifierConfig::apply_revocation_list`] for a list that must be `td`'s (a feed of
+    /// `td`'s CA): a list of another trust domain, however genuine, is refused
+    /// (`issuer_mismatch`) and nothing is applied.
+    pub fn apply_revocation_list_of(
+        &mut self,
+        compact: &str,
+        td: &TrustDomain,
+    ) -> Result<Arc<RevocationList>> {
+        self.apply_list(compact, Some(td))
+    }
+
+    fn apply_list(
+        &mut self,
+        compact: &str,
+        td: Option<&TrustDomain>,
+    ) -> Result<Arc<RevocationList>> {
         let list = RevocationList::verify(compact, &self.bundles)?;
+        if let Some(td) = td.filter(|td| list.issuer() != *td) {
+            return Err(Error::new(
+                ErrorCode::IssuerMismatch,
+                format!(
+                    "a revocation list of {}, where one of {td} was expected",
+                    list.issuer()
+                ),
+            ));
+        }
         if let Some(old) = self.revocations.get(list.issuer()) {
             if list.seq() < old.seq() {
                 return Err(Error::new(

@@ -59,18 +59,26 @@ fn b64(v: &[u8]) -> String {
 }
 
 /// Signs `bundle` for its trust domain with the bundle-signing key `signer`, as document
-/// `seq` issued at `iat` (Unix seconds).
+/// `seq` issued at `iat` (Unix seconds). The bundle inside carries `seq` as its
+/// `spiffe_sequence`, so that a verification holding it refuses an older document (a lower
+/// sequence) whichever watcher or process part applies it.
 pub fn sign_bundle(
     signer: &dyn JwsSigner,
     bundle: &TrustBundle,
     seq: u64,
     iat: u64,
 ) -> Result<String> {
+    let mut set: serde_json::Value =
+        serde_json::from_str(&bundle.to_json()).map_err(|e| bad(e.to_string()))?;
+    let obj = set
+        .as_object_mut()
+        .ok_or_else(|| bad("a bundle is a JSON object"))?;
+    obj.insert("spiffe_sequence".to_owned(), seq.into());
     let claims = SignedBundleClaims {
         iss: bundle.trust_domain().id().as_str().to_owned(),
         seq,
         iat,
-        bundle: serde_json::from_str(&bundle.to_json()).map_err(|e| bad(e.to_string()))?,
+        bundle: set,
     };
     let header = serde_json::json!({"alg": signer.algorithm().as_str(), "typ": BUNDLE_TYP});
     let payload = serde_json::to_vec(&claims).map_err(|e| bad(e.to_string()))?;

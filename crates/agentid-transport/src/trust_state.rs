@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use agentid_protocol::{BundleSet, TokenCache, TrustBundle, Verifier, VerifierConfig};
+use agentid_protocol::{BundleSet, TokenCache, TrustBundle, TrustDomain, Verifier, VerifierConfig};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
@@ -163,8 +163,21 @@ impl PeerVerification {
     /// sessions under a target it newly revokes (one the list it replaces did not) re-check
     /// their peer and chain and end at once; no other session re-checks.
     pub fn apply_revocation_list(&self, compact: &str) -> Result<()> {
+        self.apply_list(compact, None)
+    }
+
+    /// [`PeerVerification::apply_revocation_list`] for a list that must be `td`'s (the feed
+    /// of `td`'s CA): a list of another trust domain is refused and nothing is applied.
+    pub fn apply_revocation_list_of(&self, compact: &str, td: &TrustDomain) -> Result<()> {
+        self.apply_list(compact, Some(td))
+    }
+
+    fn apply_list(&self, compact: &str, expected: Option<&TrustDomain>) -> Result<()> {
         let (old, new, td) = self.update(false, |v| {
-            let list = v.config_mut().apply_revocation_list(compact)?;
+            let list = match expected {
+                Some(td) => v.config_mut().apply_revocation_list_of(compact, td)?,
+                None => v.config_mut().apply_revocation_list(compact)?,
+            };
             tracing::info!(trust_domain = %list.issuer(), seq = list.seq(), entries = list.len(), "revocation list applied");
             Ok(list.issuer().clone())
         })?;

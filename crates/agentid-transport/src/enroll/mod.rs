@@ -51,6 +51,16 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// JSON around it (a list of 100,000 entries is about 13 MB; 1 MiB held fewer than 10,000).
 const MAX_LIST_RESPONSE_BYTES: usize = agentid_protocol::caps::MAX_LIST_BYTES + 4096;
 
+/// Largest signed agentid bundle response the bundle watcher reads: the protocol's cap.
+const MAX_SIGNED_BUNDLE_RESPONSE_BYTES: usize = agentid_protocol::MAX_SIGNED_BUNDLE_BYTES;
+
+/// Largest body of an unsuccessful answer any client reads: a refusal is a `{code, message,
+/// hint}` of a few hundred bytes, whatever the route would have answered on success.
+const MAX_REFUSAL_BYTES: usize = 64 * 1024;
+
+/// A token file is at most this large.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
 /// Why a call to the CA failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -61,6 +71,17 @@ pub enum EnrollError {
         status: u16,
         /// The refusal.
         error: ApiError,
+        /// Its `Retry-After`, if it had one.
+        retry_after: Option<Duration>,
+    },
+    /// A `5xx` answer without a refusal body (a proxy in front of the CA, a restart): asking
+    /// again may succeed.
+    #[error("the CA's address answered {status} without a refusal body")]
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// Its `Retry-After`, if it had one.
+        retry_after: Option<Duration>,
     },
     /// The CA's bundle holds no root with the token file's `root_sha256`: the server is not the
     /// pinned CA. The token was not sent.
@@ -97,8 +118,20 @@ impl EnrollError {
     pub fn is_transient(&self) -> bool {
         match self {
             EnrollError::Refused { error, .. } => error.code.is_transient(),
-            EnrollError::Transport(_) | EnrollError::Io(_) | EnrollError::Timeout(_) => true,
+            EnrollError::Unavailable { .. }
+            | EnrollError::Transport(_)
+            | EnrollError::Io(_)
+            | EnrollError::Timeout(_) => true,
             EnrollError::RootMismatch(_) | EnrollError::Invalid(_) => false,
+        }
+    }
+
+    /// How long the CA asked to be left alone (`Retry-After` of a `429` or `503`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EnrollError::Refused { retry_after, .. }
+            | EnrollError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -175,6 +208,19 @@ fn ca_peer(td: &TrustDomain) -> Result<PeerId> {
 
 /// The response body as `T` on success, or the CA's refusal.
 fn decode<T: serde::de::DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T> {
+    decode_with(status, None, body)
+}
+
+/// [`decode`] of an [`Answer`], keeping its `Retry-After` with a refusal.
+fn decode_answer<T: serde::de::DeserializeOwned>(answer: &Answer) -> Result<T> {
+    decode_with(answer.status, answer.retry_after, &answer.body)
+}
+
+fn decode_with<T: serde::de::DeserializeOwned>(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<T> {
     if status.is_success() {
         return serde_json::from_slice(body)
             .map_err(|e| invalid(format!("the CA's response is not the expected JSON: {e}")));
@@ -183,6 +229,11 @@ fn decode<T: serde::de::DeserializeOwned>(status: StatusCode, body: &[u8]) -> Re
         Ok(error) => Err(EnrollError::Refused {
             status: status.as_u16(),
             error,
+            retry_after,
+        }),
+        Err(_) if status.is_server_error() => Err(EnrollError::Unavailable {
+            status: status.as_u16(),
+            retry_after,
         }),
         Err(_) => Err(invalid(format!(
             "the CA answered {status} without a refusal body"
@@ -340,12 +391,11 @@ pub struct Enrolled {
     pub verification: Arc<PeerVerification>,
 }
 
-/// Reads a token file (JSON, CA-API 3.6.1).
+/// Reads a token file (JSON, CA-API 3.6.1): a regular file, readable by its owner only (mode
+/// `0600`: it carries a secret), of at most 64 KiB (no more is read).
 pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile> {
-    let text = std::fs::read(path)?;
-    if text.len() > 64 * 1024 {
-        return Err(invalid("token file larger than 64 KiB"));
-    }
+    let text = agentid_fs::read_secret(path, MAX_TOKEN_FILE_BYTES)
+        .map_err(|e| invalid(format!("token file: {e}")))?;
     serde_json::from_slice(&text).map_err(|e| invalid(format!("not a token file: {e}")))
 }
 
@@ -578,16 +628,35 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
+    // A refusal is small whatever the route answers on success.
+    let limit = if status.is_success() {
+        limit
+    } else {
+        limit.min(MAX_REFUSAL_BYTES)
+    };
     let body = Limited::new(resp.into_body(), limit)
         .collect()
         .await
-        .map_err(|e| invalid(format!("HTTP body: {e}")))?
+        .map_err(|e| body_error(&*e, limit))?
         .to_bytes();
     Ok(Answer {
         status,
         retry_after,
         body,
     })
+}
+
+/// Why a response body could not be read: larger than `limit` (the CA's answer, not
+/// transient), or the connection failed under it (cut off mid-body: transient, like any other
+/// connection failure).
+fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: usize) -> EnrollError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        return invalid(format!("the CA's answer is larger than {limit} bytes"));
+    }
+    EnrollError::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        format!("the CA's answer was cut off: {e}"),
+    ))
 }
 
 /// A client of the CA's mutual-TLS listener, presenting the caller's own certificate (a
@@ -740,7 +809,7 @@ impl CaClient {
         let answer = tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| EnrollError::Timeout(self.timeout))??;
-        decode(answer.status, &answer.body)
+        decode_answer(&answer)
     }
 
     async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
@@ -805,7 +874,8 @@ impl CaClient {
 
 /// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for
 /// servers and clients, renewed over mutual TLS with the current certificate (same key) at half
-/// its lifetime, retried every few seconds until 90% of it.
+/// its lifetime, retried every few seconds (jittered, and never sooner than a `Retry-After`)
+/// until 90% of it.
 #[derive(Debug)]
 pub struct Enroller {
     ca_url: String,
@@ -826,13 +896,16 @@ impl Enroller {
         key: TaskKey,
         timeout: Duration,
     ) -> Result<(Self, CertificateResponse, Vec<u8>)> {
+        // Checked before the single-use token is spent: a credential that could never be
+        // renewed is not worth it.
+        let renew_url = token.renew_url.as_deref().unwrap_or(&token.ca_url);
+        CaUrl::parse(renew_url)?;
         let Enrolled {
             credential,
             response,
             bundle_json,
             verification,
         } = enroll_with_token(token, key, timeout).await?;
-        let renew_url = token.renew_url.as_deref().unwrap_or(&token.ca_url);
         let e = Enroller::from_credential(renew_url, credential, verification, timeout);
         Ok((e, response, bundle_json))
     }
@@ -949,8 +1022,7 @@ impl Enroller {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
-                        let left = give_up.saturating_sub(crate::session::now_unix());
-                        tokio::time::sleep(Duration::from_secs(left.clamp(1, 5))).await;
+                        tokio::time::sleep(retry_pause(&e, give_up)).await;
                     }
                 }
             }
@@ -959,6 +1031,19 @@ impl Enroller {
         }
     }
 }
+
+/// How long to wait after the transient failure `e` of a renewal that gives up at `give_up`
+/// (Unix seconds): a jittered few seconds (agents that failed together do not retry together),
+/// never sooner than the CA's `Retry-After`, never past the give-up time (at least a second).
+fn retry_pause(e: &EnrollError, give_up: u64) -> Duration {
+    let left = Duration::from_secs(give_up.saturating_sub(crate::session::now_unix()).max(1));
+    watch::jittered(RENEW_RETRY)
+        .max(e.retry_after().unwrap_or_default())
+        .min(left)
+}
+
+/// The ceiling of the jittered pause between renewal attempts.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
 
 /// Where a certificate's renewal clock starts: when it was received, if known and later than
 /// its (back-dated) `notBefore`.
@@ -1017,6 +1102,7 @@ mod tests {
         let refused = |code: ErrorCode| EnrollError::Refused {
             status: code.status(),
             error: ApiError::new(code, "m", ""),
+            retry_after: None,
         };
         let transient: Vec<ErrorCode> = ErrorCode::ALL
             .into_iter()
@@ -1032,8 +1118,30 @@ mod tests {
             ]
         );
         assert!(EnrollError::Timeout(Duration::from_secs(1)).is_transient());
+        // A 5xx without a refusal body (a proxy, a restart) is retried; a 4xx without one is not.
+        let bare = |status: StatusCode| decode_with::<()>(status, None, b"<html>").unwrap_err();
+        assert!(bare(StatusCode::BAD_GATEWAY).is_transient());
+        assert!(!bare(StatusCode::NOT_FOUND).is_transient());
         assert!(!EnrollError::RootMismatch("https://127.0.0.1:1".into()).is_transient());
         assert!(!invalid("x").is_transient());
+    }
+
+    /// The pause after a failed renewal: jittered within the retry ceiling, never sooner than
+    /// the CA's `Retry-After`, never past the give-up time.
+    #[test]
+    fn a_failed_renewal_waits_for_retry_after_with_jitter_until_give_up() {
+        let now = crate::session::now_unix();
+        let busy = |secs| EnrollError::Unavailable {
+            status: 503,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        for _ in 0..50 {
+            let p = retry_pause(&EnrollError::Timeout(Duration::from_secs(1)), now + 60);
+            assert!(p >= RENEW_RETRY / 2 && p <= RENEW_RETRY, "{p:?}");
+        }
+        assert_eq!(retry_pause(&busy(20), now + 60), Duration::from_secs(20));
+        assert!(retry_pause(&busy(20), now + 8) <= Duration::from_secs(8));
+        assert_eq!(retry_pause(&busy(20), now), Duration::from_secs(1));
     }
 
     #[test]

@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    decode, invalid, Answer, CaClient, EnrollError, Repeat, MAX_LIST_RESPONSE_BYTES, REUSE_MARGIN,
+    decode, invalid, Answer, CaClient, EnrollError, Repeat, MAX_LIST_RESPONSE_BYTES,
+    MAX_SIGNED_BUNDLE_RESPONSE_BYTES, REUSE_MARGIN,
 };
 use crate::http::HttpClientConnection;
 use crate::PeerVerification;
@@ -123,6 +124,12 @@ pub struct BundleWatcher {
 /// the signature must verify with the pinned bundle-signing key, `iss` must be the trust
 /// domain, and a document older than the one held (a lower `seq` or `iat`) is refused.
 /// Nothing changes on a refusal: the verification keeps the bundle it held.
+///
+/// The bundle of a document carries its `seq` as `spiffe_sequence`, so the verification
+/// itself refuses an older document than the one it holds, whichever applier offers it. A
+/// process that starts again holds only the bundle it starts with: to refuse an older document
+/// across restarts, keep [`BundleApplier::held`] and start from it with
+/// [`BundleApplier::resume`].
 #[derive(Debug)]
 pub struct BundleApplier {
     verification: Arc<PeerVerification>,
@@ -155,6 +162,14 @@ impl BundleApplier {
             td,
             held: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Holds `(seq, iat)` as the document last applied (kept from an earlier run), so that
+    /// nothing older is applied.
+    #[must_use]
+    pub fn resume(self, seq: u64, iat: u64) -> Self {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some((seq, iat));
+        self
     }
 
     /// The `(seq, iat)` of the signed bundle last applied.
@@ -397,7 +412,7 @@ impl Poller {
             Method::GET,
             |_| agentid_api::routes::BUNDLE_AGENTID.to_owned(),
             None,
-            MAX_LIST_RESPONSE_BYTES,
+            MAX_SIGNED_BUNDLE_RESPONSE_BYTES,
             Repeat::Safe,
             REUSE_MARGIN,
         );
@@ -457,8 +472,10 @@ impl Poller {
             .into());
         }
         // Verifies the signature and refuses an older seq; nothing is applied otherwise.
+        // Only a list of the client's own trust domain: the CA of one domain decides nothing
+        // about the lists of another its verification also trusts.
         self.verification
-            .apply_revocation_list(&resp.list)
+            .apply_revocation_list_of(&resp.list, &self.client.td)
             .map_err(|e| Failure::from(EnrollError::Transport(e)))?;
         match held_seq(&self.verification, &self.client.td) {
             Some(now) if held.is_none_or(|h| now > h) => Ok(Polled::Applied),
@@ -547,7 +564,7 @@ fn backoff_ceiling(options: &WatchOptions, failures: u32) -> Duration {
 
 /// A uniformly random delay in `[ceiling/2, ceiling]` (jitter that keeps a floor, so that a
 /// failing CA is never polled in a tight loop).
-fn jittered(ceiling: Duration) -> Duration {
+pub(super) fn jittered(ceiling: Duration) -> Duration {
     let mut b = [0u8; 4];
     let r = match aws_lc_rs::rand::fill(&mut b) {
         Ok(()) => u32::from_le_bytes(b),

@@ -1,0 +1,610 @@
+//! The CA clients (`agentid_transport::enroll`) against a misbehaving or hostile CA and careless
+//! files: the `Enroller`, the token file reader and the feed watchers, as spec/CA-API.md says.
+//!
+//! Some tests run a *fake* CA on 127.0.0.1: a TLS server presenting a genuine
+//! `spiffe://example.org/svc/agentid-ca` certificate of the test CA (so the clients accept it),
+//! whose HTTP answers each test writes byte for byte.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentid_api::TokenFile;
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{CertificateAuthority, KeyType};
+use agentid_protocol::{
+    Algorithm, AuthorityKey, BundleSet, SpiffeId, TaskKey, TrustDomain, VerifierConfig,
+};
+use agentid_transport::enroll::{
+    read_token_file, BundleApplier, BundleWatcher, CaClient, Enroller, WatchOptions,
+};
+use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+const EXTRA: &str = r#"
+[services.agentid-ca]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.platform]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.indexer]
+requesters = ["operator", "bootstrap"]
+"#;
+
+fn ca_dir() -> tempfile::TempDir {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    dir
+}
+
+fn td() -> TrustDomain {
+    TrustDomain::parse(common::TD).unwrap()
+}
+
+fn verification(ca: &CertificateAuthority, own: &str) -> Arc<PeerVerification> {
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    PeerVerification::new(
+        VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap()
+}
+
+/// What the fake CA answers to one request (method, path): raw bytes written after the
+/// request was read whole, then the connection is closed.
+type Respond = Arc<dyn Fn(&str, &str) -> Vec<u8> + Send + Sync>;
+
+struct FakeCa {
+    addr: SocketAddr,
+    /// `METHOD PATH` of every request read, with when.
+    requests: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// Response bytes the fake CA managed to write (its socket accepted them).
+    written: Arc<AtomicU64>,
+}
+
+impl FakeCa {
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == what)
+            .count()
+    }
+}
+
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<(String, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        have += n;
+    }
+    let line = head.lines().next().unwrap_or_default().to_owned();
+    let mut parts = line.split(' ');
+    Some((
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// Starts a fake CA presenting an `agentid-ca` certificate the test CA issued, accepting any
+/// client certificate of the trust domain, answering with `respond`.
+async fn fake_ca(ca: &CertificateAuthority, respond: Respond) -> FakeCa {
+    let cred = common::service_credential(ca, "agentid-ca", Some(Duration::from_secs(3600)));
+    let v = verification(ca, common::CA_ID);
+    let config = agentid_transport::http::server_config(
+        Arc::new(MemoryCredentials::new(cred)),
+        &v,
+        PeerPolicy::trust_domain(td()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let written = Arc::new(AtomicU64::new(0));
+    let (reqs, wr) = (requests.clone(), written.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, respond, reqs, wr) =
+                (acceptor.clone(), respond.clone(), reqs.clone(), wr.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Some((method, path)) = read_request(&mut tls).await else {
+                    return;
+                };
+                reqs.lock()
+                    .unwrap()
+                    .push((format!("{method} {path}"), Instant::now()));
+                let bytes = respond(&method, &path);
+                for c in bytes.chunks(256 * 1024) {
+                    if tls.write_all(c).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                    wr.fetch_add(c.len() as u64, Ordering::SeqCst);
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    FakeCa {
+        addr,
+        requests,
+        written,
+    }
+}
+
+/// A renewal whose response is cut off in the middle of its body (the CA restarted, the
+/// connection was reset) is a connection failure: asking again can succeed. CA-API and the
+/// `Enroller` docs: renewals are "retried every few seconds until 90% of [the lifetime]"; only
+/// a refusal that asking again cannot change ends the loop at once
+/// (`EnrollError::is_transient`: "a connection or time-out failure ... can succeed later").
+///
+/// Here the certificate has about 48 s of retries left: `Enroller::run` keeps retrying (a
+/// cut-off body is transient), where one network glitch at renewal time once stopped renewal
+/// for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_answer_cut_off_mid_body_is_retried_not_fatal() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let fake = fake_ca(
+        &ca,
+        Arc::new(|_m: &str, _p: &str| {
+            // A transient refusal (503, Retry-After) whose body is cut off: it promises 2000
+            // bytes, sends a few, closes. (A 2xx would first need the server's agentid proof,
+            // which the fake cannot sign; refusals carry none.)
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 2000\r\n\r\n{\"code\":\"unavailable\",\"mess".to_vec()
+        }),
+    )
+    .await;
+    // A 60 s certificate back-dated by the CA's 60 s skew: renewal is due at once and retries
+    // may go on until about 48 s from now.
+    let credential = common::service_credential(&ca, "platform", Some(Duration::from_secs(60)));
+    let enroller = Enroller::from_credential(
+        &fake.url(),
+        credential,
+        verification(&ca, "spiffe://example.org/svc/platform"),
+        Duration::from_secs(5),
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(9), enroller.run()).await;
+    let renewals = fake.count("POST /v1/renew");
+    match outcome {
+        Err(_elapsed) => {
+            // Still retrying: what the contract asks for.
+            assert!(renewals >= 2, "retried: {renewals} renewal requests");
+        }
+        Ok(r) => panic!(
+            "Enroller::run ended after {renewals} renewal request(s) with {r:?}, although the \
+             certificate has ~40 s of its retry window left and a cut-off body is a connection \
+             failure"
+        ),
+    }
+}
+
+/// The feed watchers read an answer only up to what it can be: a refusal body is a
+/// `{code, message, hint}` of a few hundred bytes (at most 64 KiB is read), and the signed
+/// agentid bundle is at most `MAX_SIGNED_BUNDLE_BYTES` (2 MiB), not the revocation list's
+/// 256 MiB. A CA (or whatever holds its TLS key) answering a 503 with a 48 MiB body is not read
+/// to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundle_watcher_stops_reading_past_the_signed_bundle_cap() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    const BODY: usize = 48 * 1024 * 1024;
+    let fake = fake_ca(
+        &ca,
+        Arc::new(|_m: &str, _p: &str| {
+            let mut r = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {BODY}\r\n\r\n"
+            )
+            .into_bytes();
+            r.resize(r.len() + BODY, b'A');
+            r
+        }),
+    )
+    .await;
+    let creds = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let v = verification(&ca, "spiffe://example.org/svc/platform");
+    let client = CaClient::new(&fake.url(), creds, v.clone(), T).unwrap();
+    let signing = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let applier = Arc::new(BundleApplier::new(v, signing.public_key().clone(), td()));
+    let handle = BundleWatcher::new(
+        client,
+        applier,
+        WatchOptions::default().with_bundle_interval(Duration::from_secs(600)),
+    )
+    .spawn();
+    assert!(
+        handle
+            .wait_for(Duration::from_secs(60), |s| s.failures >= 1)
+            .await,
+        "the oversized bundle is refused"
+    );
+    handle.stop().await;
+    let written = fake.written.load(Ordering::SeqCst);
+    let cap = agentid_protocol::MAX_SIGNED_BUNDLE_BYTES as u64;
+    // Socket buffers hold a few MiB at most beyond what the client read.
+    assert!(
+        written < cap + 8 * 1024 * 1024,
+        "the bundle watcher read {} MiB of a 503 answer (refusal bodies are tiny; a signed bundle is capped at {} MiB)",
+        written / (1024 * 1024),
+        cap / (1024 * 1024)
+    );
+}
+
+/// A CA at its concurrency bound answers `503 unavailable` with `Retry-After` (CA-API 1.3, 5:
+/// "past it `503 unavailable` with `Retry-After`"); docs/capacity.md plans for an outage with
+/// "agents retry with jitter". `Enroller::run` honours `Retry-After` (within the time it has
+/// left) and otherwise waits a jittered few seconds: here at most one renewal request in 12 s
+/// against a CA that asked for 20 s of quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_refused_with_retry_after_is_not_asked_again_sooner() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let fake = fake_ca(
+        &ca,
+        Arc::new(|_m: &str, _p: &str| {
+            let body = br#"{"code":"unavailable","message":"the CA is at its concurrency bound","hint":"retry later"}"#;
+            let mut r = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 20\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
+        }),
+    )
+    .await;
+    // Renewal due at once; retries allowed for about 48 s.
+    let credential = common::service_credential(&ca, "platform", Some(Duration::from_secs(60)));
+    let enroller = Enroller::from_credential(
+        &fake.url(),
+        credential,
+        verification(&ca, "spiffe://example.org/svc/platform"),
+        Duration::from_secs(5),
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(12), enroller.run()).await;
+    assert!(outcome.is_err(), "still retrying (transient): {outcome:?}");
+    let times: Vec<Instant> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, _)| r == "POST /v1/renew")
+        .map(|(_, t)| *t)
+        .collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        times.len() <= 1,
+        "{} renewal requests within 12 s after `Retry-After: 20` (gaps {gaps:?})",
+        times.len()
+    );
+}
+
+/// CA-API 3.3: a client "MUST refuse a `seq` lower than the one it holds" so that whoever
+/// holds the CA service's online TLS key cannot change the grant or revocation keys watchers
+/// accept. A signed document's bundle carries its `seq` as `spiffe_sequence`, so the
+/// verification itself refuses an older one: a new applier on the same live verification (a
+/// watcher stopped and started again, as after a credential change) cannot roll the keys back
+/// (here a grant key the operator had removed, say compromised, would verify grants again).
+#[test]
+fn a_new_bundle_applier_does_not_roll_back_a_newer_signed_bundle() {
+    let t = common::test_ca(KeyType::P256);
+    let base = t.ca.trust_bundle().unwrap();
+    assert_eq!(base.sequence(), 1);
+    let signer = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let now = common::unix(common::now());
+    // The old document still lists a grant key the operator later removed.
+    let removed = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let removed_kid = removed.public_key().thumbprint();
+    let old = agentid_ca::agentid_bundle::sign(
+        &signer,
+        &base.clone().add_grant_key(removed.public_key().clone()),
+        now - 100,
+    )
+    .unwrap();
+    let new = agentid_ca::agentid_bundle::sign(&signer, &base, now).unwrap();
+
+    let v = verification(&t.ca, "spiffe://example.org/svc/platform");
+    let grant_kids = |v: &PeerVerification| -> Vec<String> {
+        v.verifier()
+            .config()
+            .bundles()
+            .iter()
+            .find(|b| b.trust_domain() == &td())
+            .unwrap()
+            .grant_keys()
+            .iter()
+            .map(|k| k.kid.clone())
+            .collect()
+    };
+    let first = BundleApplier::new(v.clone(), signer.public_key().clone(), td());
+    first.apply(&old, now).unwrap();
+    first.apply(&new, now).unwrap();
+    assert!(!grant_kids(&v).contains(&removed_kid));
+    assert!(
+        first.apply(&old, now).is_err(),
+        "the same applier refuses it"
+    );
+
+    // The watcher is started again on the same verification: a new applier.
+    let second = BundleApplier::new(v.clone(), signer.public_key().clone(), td());
+    let r = second.apply(&old, now);
+    assert!(
+        r.is_err() && !grant_kids(&v).contains(&removed_kid),
+        "an older signed bundle (seq {}) replaced the newer one (seq {now}) the verification \
+         holds: {r:?}; the removed grant key is trusted again",
+        now - 100
+    );
+}
+
+/// The revocation watcher follows "the feed of the CA `client` talks to (the lists of the
+/// client's trust domain)" (`RevocationWatcher::new`; CA-API 3.4: "the latest published
+/// revocation list of the trust domain"). A feed answering with a list of *another* trust
+/// domain whose bundle the verification also holds (a federated domain) is refused before
+/// anything is applied: the CA of one domain (or whoever holds its online TLS key) must not
+/// decide which of another domain's signed lists (say an old, emptier one, while none is held
+/// yet) this verifier holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_list_of_another_trust_domain_is_not_applied() {
+    use agentid_protocol::{RevocationListBuilder, TrustBundle};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    // A federated domain with its own revocation key, and one genuine list of it.
+    let other = TrustDomain::parse("other.example").unwrap();
+    let other_rev = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let now = common::unix(common::now());
+    let other_list = RevocationListBuilder::new(&other, 7, now, now + 3600)
+        .sign(&other_rev)
+        .unwrap();
+    // A fake CA of example.org (a real agentid HTTP server, so its answers carry its proof)
+    // whose feed answers that list.
+    let body = serde_json::to_string(&agentid_api::RevocationsResponse {
+        seq: 7,
+        list: other_list,
+    })
+    .unwrap();
+    let server_cred = common::service_credential(&ca, "agentid-ca", None);
+    let server = agentid_transport::http::HttpServer::builder(
+        Arc::new(MemoryCredentials::new(server_cred)),
+        verification(&ca, common::CA_ID),
+        PeerPolicy::trust_domain(td()),
+    )
+    .build()
+    .unwrap();
+    let app = axum::Router::new().route(
+        "/v1/revocations",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(l, app).await });
+
+    // The watching verifier holds example.org's bundle and the federated one.
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    bundles
+        .insert(
+            TrustBundle::new(other.clone(), 1).add_revocation_key(other_rev.public_key().clone()),
+        )
+        .unwrap();
+    let v = PeerVerification::new(
+        VerifierConfig::new(
+            SpiffeId::parse("spiffe://example.org/svc/platform").unwrap(),
+            bundles,
+        )
+        .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
+    let creds = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let client = CaClient::new(&format!("https://{addr}"), creds, v.clone(), T).unwrap();
+    let handle = agentid_transport::enroll::RevocationWatcher::new(
+        client,
+        v.clone(),
+        WatchOptions::default().with_backoff(Duration::from_secs(5), Duration::from_secs(5)),
+    )
+    .spawn();
+    assert!(
+        handle
+            .wait_for(T, |s| s.failures >= 1 || s.applied >= 1)
+            .await,
+        "the watcher polled"
+    );
+    let status = handle.status();
+    handle.stop().await;
+    let held_other = v
+        .verifier()
+        .config()
+        .revocation_list(&other)
+        .map(|l| l.seq());
+    assert_eq!(
+        held_other, None,
+        "the example.org feed's answer installed other.example's list (watcher status {status:?})"
+    );
+}
+
+async fn real_ca() -> (tempfile::TempDir, SocketAddr, SocketAddr) {
+    let dir = ca_dir();
+    let service = CaService::new(
+        CertificateAuthority::open(dir.path()).unwrap(),
+        ServiceOptions::default(),
+    )
+    .unwrap();
+    let mtls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let enroll = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (m, e) = (mtls.local_addr().unwrap(), enroll.local_addr().unwrap());
+    tokio::spawn(async move { service.serve_both(mtls, Some(enroll)).await });
+    (dir, m, e)
+}
+
+/// A token file whose `renew_url` is not a URL the clients take (here `http://`, a careless
+/// operator's edit) is refused by `Enroller::from_token_file` before the single-use token is
+/// sent, as `ca_url` is: otherwise the token would be spent on a credential that can never be
+/// renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_with_an_unusable_renew_url_is_refused_before_the_token_is_spent() {
+    let (dir, mtls, enroll) = real_ca().await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (token, identity, expires) = ca
+        .create_service_token(
+            "indexer",
+            Some(Duration::from_secs(600)),
+            Duration::from_secs(60),
+            common::now(),
+        )
+        .unwrap();
+    let file = TokenFile {
+        token,
+        ca_url: format!("https://{enroll}"),
+        root_sha256: agentid_ca::server::root_sha256(&ca),
+        identity,
+        agent: "svc:indexer".into(),
+        task: String::new(),
+        expires,
+        renew_url: Some(format!("http://{mtls}")),
+    };
+    let before = ca.issuances().unwrap().len();
+    let r = Enroller::from_token_file(&file, TaskKey::generate(Algorithm::Es256).unwrap(), T).await;
+    let spent = ca.issuances().unwrap().len() > before;
+    if let Ok((enroller, _, _)) = &r {
+        let renewal = enroller.renew().await;
+        panic!(
+            "from_token_file accepted renew_url {:?} and spent the token (issued: {spent}); \
+             the first renewal then fails: {renewal:?}",
+            file.renew_url
+        );
+    }
+    assert!(!spent, "refused, but only after the token was spent");
+}
+
+/// `read_token_file` reads at most its 64 KiB bound, and only a regular file: a FIFO (or a
+/// device such as /dev/zero named by `AGENTID_TOKEN_FILE`) is refused, not read to its end
+/// (it reads with `agentid_fs::read_secret`, as the CLI does).
+#[test]
+fn read_token_file_reads_at_most_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token.json");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+    let path = fifo.clone();
+    // 16 MiB offered through the FIFO; a bounded reader stops after 64 KiB (+ the pipe
+    // buffer the writer can fill), and the writer then gets EPIPE.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        let mut written = 0usize;
+        for _ in 0..256 {
+            match f.write_all(&chunk) {
+                Ok(()) => written += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        written
+    });
+    let r = read_token_file(&fifo);
+    assert!(r.is_err(), "not a token file");
+    // A reader that refuses a FIFO without reading may leave the writer waiting in `open`:
+    // open and close the FIFO (O_RDWR never blocks on Linux) until the writer is done.
+    for _ in 0..500 {
+        if writer.is_finished() {
+            break;
+        }
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(writer.is_finished(), "the FIFO writer ended");
+    let written = writer.join().unwrap();
+    assert!(
+        written <= 1024 * 1024,
+        "read_token_file consumed {} KiB before refusing a file larger than 64 KiB",
+        written / 1024
+    );
+}
+
+/// CA-API 3.6.1: the token file is "JSON, mode 0600". `read_token_file` (which the examples'
+/// agents use) refuses one that group or others can read, as the CLI does.
+#[test]
+fn read_token_file_refuses_a_world_readable_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("token.json");
+    let file = TokenFile {
+        token: "secret".into(),
+        ca_url: "https://127.0.0.1:1".into(),
+        root_sha256: "00".repeat(32),
+        identity: "spiffe://example.org/agent/planner/task/t1".into(),
+        agent: "planner".into(),
+        task: "t1".into(),
+        expires: 0,
+        renew_url: None,
+    };
+    std::fs::write(&p, serde_json::to_vec(&file).unwrap()).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = read_token_file(&p);
+    assert!(
+        r.is_err(),
+        "a 0644 token file (its secret readable by every local user) was accepted"
+    );
+}
