@@ -102,8 +102,9 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// Signs the checkpoints a store writes together with the records they sign (see
-/// [`ChainWriter`]): the CA's audit key and its trust domain.
+/// Signs the checkpoints a store writes together with the records they sign (one with every
+/// [`CHECKPOINT_EVERY`]-th record of a writer, in its transaction): the CA's audit key and its
+/// trust domain.
 #[derive(Clone)]
 pub struct CheckpointSigner {
     iss: String,
