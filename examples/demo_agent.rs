@@ -228,13 +228,15 @@ async fn enroll(common: &Common) -> Result<Agent> {
     let options = WatchOptions::default().with_bundle_interval(common.bundle_interval);
     let applier = Arc::new(BundleApplier::new(verification.clone(), signing, td));
     let bundles = BundleWatcher::new(client()?, applier, options.clone()).spawn();
-    let revocations = RevocationWatcher::new(client()?, verification.clone(), options).spawn();
     if !bundles.wait_for(TIMEOUT * 3, |s| s.applied > 0).await {
         bail!(
             "no signed agentid bundle from the CA: {:?}",
             bundles.status()
         );
     }
+    // Lists are signed by a revocation key that only the signed bundle carries: follow the
+    // feed once it is applied (a first poll before it would fail and back off).
+    let revocations = RevocationWatcher::new(client()?, verification.clone(), options).spawn();
     if !revocations.wait_for(TIMEOUT * 3, |s| s.seq.is_some()).await {
         bail!("no revocation list from the CA: {:?}", revocations.status());
     }
