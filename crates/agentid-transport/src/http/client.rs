@@ -515,13 +515,15 @@ impl HttpClientConnection {
             Some(p) => p
                 .to_str()
                 .map_err(|_| Error::HandshakeRefused("server proof is not ASCII"))?,
-            None if resp.status().is_success() || resp.status().is_redirection() => {
+            // A refusal carries no proof (spec/PROTOCOL.md 22.4, 22.6): the caller sees the
+            // status and code. Any other answer is served, and a served answer without the
+            // server's proof fails the connection.
+            None if is_refusal_status(resp.status()) => return Ok(()),
+            None => {
                 return Err(Error::HandshakeRefused(
                     "the server answered a presentation without its proof",
                 ))
             }
-            // A refusal carries no proof: the caller sees the status and code.
-            None => return Ok(()),
         };
         let chain = resp
             .headers()
@@ -553,4 +555,10 @@ impl HttpClientConnection {
         });
         Ok(())
     }
+}
+
+/// Whether `status` is one an agentid refusal has (spec/PROTOCOL.md 22.6: 400, 401, 403, 431,
+/// 503; and 500 for the server's own failure, which carries no proof either).
+fn is_refusal_status(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 401 | 403 | 431 | 500 | 503)
 }

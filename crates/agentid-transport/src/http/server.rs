@@ -42,6 +42,9 @@ use crate::PeerVerification;
 use crate::{CertError, CertUsage, TrustStore};
 use rustls::pki_types::CertificateDer;
 
+/// The longest timeout a server keeps (instants further out do not fit every clock).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Timeouts, caps and the close margin of an HTTP server.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -340,10 +343,12 @@ impl ConnShared {
         self.wake.wake();
     }
 
-    /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY).
+    /// Starts the graceful close (h1 `Connection: close`, h2 GOAWAY); the watchdog drops a
+    /// connection whose peer does not finish it.
     fn start_close(&self) {
         if !self.closing.swap(true, Ordering::AcqRel) {
             self.wake.wake();
+            self.rearm.notify_one();
         }
     }
 
@@ -990,8 +995,19 @@ impl HttpServerBuilder {
         self
     }
 
-    /// Builds the server (see [`server_config`] for the TLS settings).
-    pub fn build(self) -> Result<HttpServer> {
+    /// Builds the server (see [`server_config`] for the TLS settings). A timeout longer than a
+    /// year (`Duration::MAX` for "never", say) is taken as a year.
+    pub fn build(mut self) -> Result<HttpServer> {
+        for d in [
+            &mut self.options.handshake_timeout,
+            &mut self.options.header_read_timeout,
+            &mut self.options.pending_timeout,
+            &mut self.options.close_margin,
+            &mut self.options.cut_grace,
+            &mut self.options.idle_timeout,
+        ] {
+            *d = (*d).min(LONGEST_TIMEOUT);
+        }
         let o = &self.options;
         if o.max_connections == 0 || o.max_handshakes == 0 || o.max_concurrent_streams == 0 {
             return Err(Error::Config("HTTP caps must be at least 1".into()));
@@ -1274,11 +1290,15 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
     } else {
         opts.idle_timeout
     };
-    // Idleness closes the connection once. On HTTP/1.1 a request head trickling in keeps hyper
-    // from closing it: if no request started within the cut grace after that close (`head`:
-    // the deadline and the moment of the close), the connection is dropped.
+    // Idleness closes the connection once. Once a graceful close started (idleness, the
+    // deadline's margin, a failed presentation), a peer that does not finish it (an HTTP/1.1
+    // head trickling in; an HTTP/2 peer that never sends its preface, leaves a header block
+    // unfinished or never answers GOAWAY's PING) keeps hyper from closing: the connection is
+    // dropped once nothing was in flight and nothing ran for a whole cut grace (`quiet`: when
+    // to look, and since when it must have been quiet).
     let mut idle_done = false;
-    let mut head: Option<(Instant, Instant)> = None;
+    let mut quiet: Option<(Instant, Instant)> = None;
+    let mut close_seen = false;
     loop {
         if conn.ended.get().is_some() {
             tokio::time::sleep(opts.cut_grace).await;
@@ -1286,13 +1306,18 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
             return;
         }
         let closing = conn.closing();
+        if closing && !close_seen {
+            close_seen = true;
+            let now = Instant::now();
+            quiet = Some((now + opts.cut_grace, now));
+        }
         let deadline = conn.deadline();
         let close_at = instant_at(deadline.saturating_sub(margin));
         let hard_at = instant_at(deadline);
         // A request since the last pass moves it; one in flight suspends it (checked again
         // when it fires).
         let idle_at = conn.idle_at(idle).unwrap_or_else(|| Instant::now() + idle);
-        let head_at = head.map_or_else(Instant::now, |(at, _)| at);
+        let quiet_at = quiet.map_or_else(Instant::now, |(at, _)| at);
         tokio::select! {
             biased;
             () = conn.rearm.notified() => {}
@@ -1324,20 +1349,19 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                     tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
                     conn.start_close();
                     idle_done = true;
-                    if h1 {
-                        head = Some((now + opts.cut_grace, now));
-                    }
                 }
             }
-            () = sleep_until(head_at), if head.is_some() => {
-                let closed = head.map_or_else(Instant::now, |(_, closed)| closed);
-                head = None;
-                // Nothing in flight and nothing ended since the close: no head arrived.
-                if conn.idle_at(Duration::ZERO).is_some_and(|last| last <= closed) {
-                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: no request head in time, connection dropped");
+            () = sleep_until(quiet_at), if quiet.is_some() => {
+                let since = quiet.map_or_else(Instant::now, |(_, since)| since);
+                // Nothing in flight and nothing ran since: the peer is not finishing the close.
+                if conn.idle_at(Duration::ZERO).is_some_and(|last| last <= since) {
+                    tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: the peer did not finish the close, connection dropped");
                     conn.drop_connection();
                     return;
                 }
+                // Requests ran or are running (in-flight streams may finish): look again.
+                let now = Instant::now();
+                quiet = Some((now + opts.cut_grace, now));
             }
         }
     }

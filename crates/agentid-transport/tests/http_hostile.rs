@@ -1,0 +1,431 @@
+//! The HTTP binding (spec/PROTOCOL.md section 22) against peers that do not cooperate: HTTP/2
+//! connections that never send their preface, leave a header block unfinished or never answer
+//! GOAWAY are still closed (idle, or after a failed presentation); a timeout of
+//! `Duration::MAX` still cuts streams at the deadline; and the client fails a served answer
+//! without the server's proof.
+#![cfg(test)]
+#![cfg(feature = "axum")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_transport::http::{self, Authorizer, HttpOptions, HttpServer};
+use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use axum::routing::get;
+use axum::Router;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER: &str = "spiffe://example.org/svc/files";
+const CLIENT: &str = "spiffe://example.org/agent/client/task/t2";
+
+struct World {
+    a: Domain,
+    server_creds: Arc<MemoryCredentials>,
+    sv: Arc<PeerVerification>,
+    cv: Arc<PeerVerification>,
+}
+
+impl World {
+    fn new() -> Self {
+        let a = Domain::new("example.org");
+        let sv = verification(SERVER, &[&a], false);
+        let cv = verification(CLIENT, &[&a], false);
+        let server_creds = credentials(&a.ca, SERVER);
+        Self {
+            a,
+            server_creds,
+            sv,
+            cv,
+        }
+    }
+
+    fn client_creds(&self) -> Arc<MemoryCredentials> {
+        Arc::new(MemoryCredentials::new(credential(
+            &self.a.ca,
+            CLIENT,
+            key(),
+            &LeafOpts::default(),
+        )))
+    }
+}
+
+async fn whoami(a: Authorizer) -> String {
+    a.peer_id().to_string()
+}
+
+/// One chunk now, then nothing until the connection cuts the body.
+async fn stream() -> axum::response::Response {
+    axum::response::Response::new(axum::body::Body::new(FirstThenPending(Some(
+        bytes::Bytes::from_static(b"first"),
+    ))))
+}
+
+struct FirstThenPending(Option<bytes::Bytes>);
+
+impl hyper::body::Body for FirstThenPending {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+async fn start(w: &World, o: HttpOptions) -> SocketAddr {
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/stream", get(stream));
+    let server = HttpServer::builder(
+        w.server_creds.clone(),
+        w.sv.clone(),
+        PeerPolicy::trust_domain(w.a.td.clone()),
+    )
+    .options(o)
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+    addr
+}
+
+/// A TLS connection of `creds` to `addr` with ALPN `alpn`, nothing sent on it yet.
+async fn tls(
+    w: &World,
+    creds: Arc<MemoryCredentials>,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(
+        T,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls::pki_types::ServerName::try_from("files").unwrap(),
+            tcp,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Reads (and discards) whatever the server sends until it closes the connection; whether it
+/// did within `within`.
+async fn server_closes_within(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return false,                // still open at `until`
+            Ok(Ok(0)) | Ok(Err(_)) => return true, // EOF or reset
+            Ok(Ok(_)) => {}                        // a frame (SETTINGS, GOAWAY, ...): keep reading
+        }
+    }
+}
+
+/// As [`server_closes_within`], also returning the HTTP/2 frames read, as (type, stream id).
+async fn read_frames(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> (bool, Vec<(u8, u32)>) {
+    let until = tokio::time::Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout_at(until, s.read(&mut chunk)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 9 <= buf.len() {
+        let len =
+            (usize::from(buf[i]) << 16) | (usize::from(buf[i + 1]) << 8) | usize::from(buf[i + 2]);
+        let id = u32::from_be_bytes([buf[i + 5], buf[i + 6], buf[i + 7], buf[i + 8]]) & 0x7fff_ffff;
+        frames.push((buf[i + 3], id));
+        i += 9 + len;
+    }
+    (closed, frames)
+}
+
+fn idle_options() -> HttpOptions {
+    HttpOptions {
+        handshake_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(1),
+        cut_grace: Duration::from_millis(500),
+        ..HttpOptions::default()
+    }
+}
+
+/// Control: on HTTP/1.1 a connection that sends nothing after the TLS handshake is dropped after
+/// the header read timeout (plus the cut grace).
+#[tokio::test]
+async fn h1_connection_that_sends_nothing_is_closed() {
+    let w = World::new();
+    let addr = start(&w, idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"http/1.1").await;
+    assert!(server_closes_within(&mut s, Duration::from_secs(8)).await);
+}
+
+/// spec/PROTOCOL.md 22.5 "Idle connections": "a server closes a connection gracefully when no
+/// request has been in flight ... for an idle timeout, on HTTP/1.1 and HTTP/2 alike". An
+/// authenticated peer that negotiates `h2` and then never sends the HTTP/2 connection preface
+/// must not keep the connection (and its admission slot) open until its certificate expires:
+/// hyper's graceful shutdown waits for the preface, so the server drops the connection once
+/// the close it started found nothing in flight for the cut grace.
+#[tokio::test]
+async fn h2_connection_without_preface_is_closed_when_idle() {
+    let w = World::new();
+    let addr = start(&w, idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
+    assert!(
+        server_closes_within(&mut s, Duration::from_secs(8)).await,
+        "an h2 connection that never sent the preface is still open 8 s after a 1 s idle timeout"
+    );
+}
+
+/// The same with a request head that never completes: the preface and SETTINGS, then a HEADERS
+/// frame without END_HEADERS (no CONTINUATION follows). No request is ever dispatched, so none
+/// is in flight: the idle timeout must close the connection.
+#[tokio::test]
+async fn h2_connection_with_an_unfinished_header_block_is_closed_when_idle() {
+    let w = World::new();
+    let addr = start(&w, idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    // SETTINGS, empty.
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1, flags END_STREAM only (no END_HEADERS): `:method GET` (indexed 2).
+    out.extend_from_slice(&[0, 0, 1, 1, 0x01, 0, 0, 0, 1, 0x82]);
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    assert!(
+        server_closes_within(&mut s, Duration::from_secs(8)).await,
+        "an h2 connection with an unfinished header block is still open 8 s after a 1 s idle timeout"
+    );
+}
+
+/// The same with a peer that sends the preface and an empty SETTINGS frame, then nothing (it
+/// never acknowledges the server's SETTINGS nor answers a PING). No request was ever in flight:
+/// the idle timeout must close the connection, whatever the peer does not answer.
+#[tokio::test]
+async fn h2_connection_that_only_sends_the_preface_is_closed_when_idle() {
+    let w = World::new();
+    let addr = start(&w, idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    assert!(
+        server_closes_within(&mut s, Duration::from_secs(8)).await,
+        "an h2 connection that sent only its preface is still open 8 s after a 1 s idle timeout"
+    );
+}
+
+/// HPACK, literal without indexing, new name (RFC 7541 6.2.2); short names and values only.
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// spec/PROTOCOL.md 22.3: "`Failed(c)` refuses every later request with `c` ... and the server
+/// closes the connection: ... HTTP/2 sends GOAWAY and lets in-flight streams finish". A peer
+/// whose presentation failed (here a malformed proof: 401) and that then does not answer the
+/// server's PING has its failed connection dropped once nothing is in flight.
+#[tokio::test]
+async fn h2_failed_presentation_closes_even_an_uncooperative_peer() {
+    let w = World::new();
+    let addr = start(
+        &w,
+        HttpOptions {
+            handshake_timeout: Duration::from_secs(2),
+            cut_grace: Duration::from_millis(500),
+            ..HttpOptions::default()
+        },
+    )
+    .await;
+    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
+    let mut block = vec![0x82, 0x87, 0x84]; // :method GET, :scheme https, :path /
+    block.extend_from_slice(&[0x01, 5]); // :authority (indexed name 1) "files"
+    block.extend_from_slice(b"files");
+    literal(&mut block, "agentid-proof", "aaaa.bbbb.cccc");
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let len = block.len();
+    // HEADERS on stream 1, END_STREAM | END_HEADERS.
+    out.extend_from_slice(&[0, 0, len as u8, 1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    let (closed, frames) = read_frames(&mut s, Duration::from_secs(8)).await;
+    // The server answered the stream (HEADERS on stream 1: the 401) and sent GOAWAY ...
+    assert!(
+        frames.contains(&(1, 1)),
+        "no response on stream 1: {frames:?}"
+    );
+    assert!(frames.iter().any(|f| f.0 == 7), "no GOAWAY: {frames:?}");
+    // ... but never closes the connection.
+    assert!(
+        closed,
+        "an h2 connection whose presentation failed is still open 8 s later (frames {frames:?})"
+    );
+}
+
+/// `HttpOptions::idle_timeout` set to `Duration::MAX` (a natural way to say "never close idle
+/// connections") is taken as a year, so each connection's watchdog, which cuts streaming
+/// bodies at the deadline and on revocation (spec/PROTOCOL.md 22.5: "at the deadline, and on
+/// revocation, response bodies still streaming are cut"), does not panic on `Instant +
+/// Duration` overflow and a streaming response is cut at the client certificate's `notAfter`.
+#[tokio::test]
+async fn a_huge_idle_timeout_still_cuts_streams_at_the_deadline() {
+    use http_body_util::{BodyExt as _, Full};
+    let w = World::new();
+    let addr = start(
+        &w,
+        HttpOptions {
+            handshake_timeout: Duration::from_secs(2),
+            close_margin: Duration::from_secs(1),
+            idle_timeout: Duration::MAX,
+            ..HttpOptions::default()
+        },
+    )
+    .await;
+    // The client certificate has 3 s left: the connection's deadline.
+    let creds = Arc::new(MemoryCredentials::new(credential(
+        &w.a.ca,
+        CLIENT,
+        key(),
+        &LeafOpts {
+            not_after: Some(3),
+            ..LeafOpts::default()
+        },
+    )));
+    let s = tls(&w, creds, addr, b"h2").await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = ::http::Request::get("https://files/stream")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(T, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(T, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // The deadline is 3 s away: within 10 s the body must be cut (an error or its end).
+    let next = tokio::time::timeout(Duration::from_secs(10), body.frame()).await;
+    assert!(
+        matches!(next, Ok(None) | Ok(Some(Err(_)))),
+        "the streaming body was not cut at the deadline: {next:?}"
+    );
+}
+
+/// spec/PROTOCOL.md 22.4: "A client verifies the server's proof from the first served response
+/// ...; a served response without a proof to a request that carried one is a failure of the
+/// connection." A 404 (or 409, 422, ...) is no agentid refusal's status (22.6: 400, 401, 403,
+/// 431, 500, 503), so it is served, and without a proof it fails the connection. Here a TLS
+/// peer with the expected identity that never answers with a proof (a plain hyper server on
+/// agentid's TLS configuration) serves the client's presenting request with 404.
+#[tokio::test]
+async fn the_client_fails_a_served_404_without_the_server_proof() {
+    use http_body_util::Full;
+    let w = World::new();
+    let config = Arc::new(
+        http::server_config(
+            w.server_creds.clone(),
+            &w.sv,
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        ::http::Response::builder()
+                            .status(404)
+                            .body(Full::new(bytes::Bytes::from_static(b"served, no proof")))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let (creds, _k, _chain) = {
+        let k = key();
+        let holder = agentid_protocol::TaskIdentity::parse(CLIENT).unwrap();
+        let chain = w.a.grant(&holder, &k, "files:read").as_str().to_owned();
+        let cred = credential(
+            &w.a.ca,
+            CLIENT,
+            agentid_protocol::TaskKey::from_pkcs8_der(k.danger_pkcs8_der()).unwrap(),
+            &LeafOpts::default(),
+        )
+        .with_chain(chain.clone());
+        (Arc::new(MemoryCredentials::new(cred)), k, chain)
+    };
+    let client = http::HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+        .connect_timeout(T)
+        .http1_only()
+        .build()
+        .unwrap();
+    let mut conn = client.connect(addr, "files").await.unwrap();
+    let req = ::http::Request::get("/files/a")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let sent = tokio::time::timeout(T, conn.send(req)).await.unwrap();
+    match sent {
+        Err(_) => {}
+        Ok(resp) => panic!(
+            "a served {} without the server's proof was accepted (server proof verified: {})",
+            resp.status(),
+            conn.server_proof().is_some()
+        ),
+    }
+}
