@@ -137,12 +137,8 @@ impl MethodScopes {
         };
         match self.methods.get(req_path) {
             Some(scope) => authorizer.authorize(scope).map_err(|r| status_of(&r)),
-            None => {
-                tracing::info!(peer.id = %authorizer.peer_id(), method = req_path, "agentid grpc: method without a declared scope refused");
-                Err(Status::permission_denied(
-                    ErrorCode::ScopeNotGranted.as_str(),
-                ))
-            }
+            // Refused, and reported to the decision sink like every decision.
+            None => Err(status_of(&authorizer.refuse_undeclared(req_path))),
         }
     }
 }

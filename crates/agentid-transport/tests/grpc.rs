@@ -344,3 +344,72 @@ async fn the_grpc_agents_example_runs() {
         .expect("the example finishes")
         .expect("every step of the example goes as described");
 }
+
+// ---- Every decision reaches the sink ----
+
+/// Records every decision the server's sink receives: (resource, granted, code).
+#[derive(Default)]
+struct DecisionRecorder(std::sync::Mutex<Vec<(String, bool, Option<&'static str>)>>);
+
+impl agentid_transport::http::DecisionSink for DecisionRecorder {
+    fn record(&self, d: &agentid_transport::http::Decision<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.resource.to_string(), d.granted, d.code));
+    }
+}
+
+/// spec/PROTOCOL.md 22.8: "Every authorization decision ... is reported to a local sink", and
+/// the `grpc` module promises that `MethodScopes`' checks go through the request's `Authorizer`
+/// "so every decision also reaches the server's decision sink". A call to a method without a
+/// declared scope is denied (`PERMISSION_DENIED`, `scope_not_granted`) and the denial reaches
+/// the sink too (`Resource::Undeclared`): an audit sink sees the probing of undeclared methods.
+#[tokio::test]
+async fn a_call_to_an_undeclared_method_reaches_the_decision_sink() {
+    let domain = demo::Domain::new("example.org").unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    let sink = Arc::new(DecisionRecorder::default());
+    let server = HttpServer::builder(
+        domain.service(SERVICE).unwrap(),
+        domain.verification(SERVICE).unwrap(),
+        PeerPolicy::agents_in(td.clone()),
+    )
+    .decision_sink(sink.clone())
+    .build()
+    .unwrap();
+    let scopes = MethodScopes::new().method(ECHO, Scope::parse("echo:say").unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tower_layer::Layer::layer(&scopes, Routes(echo_server));
+    tokio::spawn(async move { server.serve(listener, service).await });
+    let client = HttpClient::builder(
+        domain.task(CALLER, "echo:*").unwrap(),
+        domain.verification(CALLER).unwrap(),
+        PeerPolicy::service(ServiceId::new(&td, "echo").unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap();
+    let mut grpc = tonic::client::Grpc::new(GrpcChannel::new(client, addr, "echo.example.org"));
+
+    // A declared method: its grant is recorded.
+    assert!(call(&mut grpc, ECHO).await.is_ok());
+    assert_eq!(
+        sink.0.lock().unwrap().len(),
+        1,
+        "{:?}",
+        sink.0.lock().unwrap()
+    );
+
+    assert_refused(
+        call(&mut grpc, UNDECLARED).await,
+        Code::PermissionDenied,
+        "scope_not_granted",
+    );
+    let recorded = sink.0.lock().unwrap().clone();
+    assert!(
+        recorded.iter().any(|(_, granted, _)| !granted),
+        "the denial of {UNDECLARED} never reached the decision sink: {recorded:?}"
+    );
+}

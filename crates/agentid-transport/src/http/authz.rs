@@ -56,6 +56,9 @@ pub enum Resource<'a> {
     Scope(&'a Scope),
     /// The peer's identity against a peer policy.
     Peer,
+    /// Something the service declares no requirement for (a gRPC method without a scope):
+    /// refused whatever the peer holds.
+    Undeclared(&'a str),
 }
 
 impl std::fmt::Display for Resource<'_> {
@@ -63,6 +66,7 @@ impl std::fmt::Display for Resource<'_> {
         match self {
             Resource::Scope(s) => s.fmt(f),
             Resource::Peer => f.write_str("peer"),
+            Resource::Undeclared(name) => write!(f, "undeclared {name}"),
         }
     }
 }
@@ -216,6 +220,23 @@ impl Authorizer {
         });
         self.record(Resource::Peer, &result, now);
         result
+    }
+
+    /// Refuses a request for `name`, which the service declares no requirement for (a gRPC
+    /// method without a scope): 403 `scope_not_granted` after the connection checks (whose own
+    /// refusal comes first), reported to the decision sink as every decision is
+    /// (spec/PROTOCOL.md 22.8).
+    pub fn refuse_undeclared(&self, name: &str) -> Refusal {
+        let now = now_unix();
+        let refusal = match self.conn.live_at(now) {
+            Err(r) => r,
+            Ok(()) => Refusal::forbidden(
+                agentid_protocol::ErrorCode::ScopeNotGranted.as_str(),
+                format!("{name} declares no requirement"),
+            ),
+        };
+        self.record(Resource::Undeclared(name), &Err(refusal.clone()), now);
+        refusal
     }
 
     fn record(&self, resource: Resource<'_>, result: &Result<(), Refusal>, now: u64) {
