@@ -60,7 +60,10 @@ pub struct HttpOptions {
     /// certificate's `notAfter` and its chain's `exp`); at the deadline itself streaming bodies
     /// are cut.
     pub close_margin: Duration,
-    /// After a cut, in-flight streams get this long before the connection is dropped.
+    /// After a cut, in-flight streams get this long before the connection is dropped. After a
+    /// graceful close, a connection with nothing in flight and nothing run for this long is
+    /// dropped (its peer is not finishing the close: an HTTP/2 peer that never sends its
+    /// preface or answers GOAWAY, an HTTP/1.1 head that never completes).
     pub cut_grace: Duration,
     /// Concurrent authenticated connections, as [`crate::ConnectionLimits::max_connections`]
     /// (the same default, below the process's file limit).
