@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentid_api::TokenFile;
-use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{CertificateAuthority, KeyType};
 use agentid_protocol::{
     Algorithm, AuthorityKey, BundleSet, SpiffeId, TaskKey, TrustDomain, VerifierConfig,
@@ -474,27 +473,14 @@ async fn a_feed_list_of_another_trust_domain_is_not_applied() {
     );
 }
 
-async fn real_ca() -> (tempfile::TempDir, SocketAddr, SocketAddr) {
-    let dir = ca_dir();
-    let service = CaService::new(
-        CertificateAuthority::open(dir.path()).unwrap(),
-        ServiceOptions::default(),
-    )
-    .unwrap();
-    let mtls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let enroll = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (m, e) = (mtls.local_addr().unwrap(), enroll.local_addr().unwrap());
-    tokio::spawn(async move { service.serve_both(mtls, Some(enroll)).await });
-    (dir, m, e)
-}
-
 /// A token file whose `renew_url` is not a URL the clients take (here `http://`, a careless
 /// operator's edit) is refused by `Enroller::from_token_file` before the single-use token is
 /// sent, as `ca_url` is: otherwise the token would be spent on a credential that can never be
 /// renewed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_file_with_an_unusable_renew_url_is_refused_before_the_token_is_spent() {
-    let (dir, mtls, enroll) = real_ca().await;
+    let (dir, mtls, enroll) = common::serve_ca(EXTRA, true).await;
+    let enroll = enroll.unwrap();
     let ca = CertificateAuthority::open(dir.path()).unwrap();
     let (token, identity, expires) = ca
         .create_service_token(

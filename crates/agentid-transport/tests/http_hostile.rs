@@ -192,13 +192,7 @@ async fn h1_connection_that_sends_nothing_is_closed() {
 /// the close it started found nothing in flight for the cut grace.
 #[tokio::test]
 async fn h2_connection_without_preface_is_closed_when_idle() {
-    let w = World::new();
-    let addr = start(&w, idle_options()).await;
-    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
-    assert!(
-        server_closes_within(&mut s, Duration::from_secs(8)).await,
-        "an h2 connection that never sent the preface is still open 8 s after a 1 s idle timeout"
-    );
+    assert_idle_h2_closed(&[], "that never sent the preface").await;
 }
 
 /// The same with a request head that never completes: the preface and SETTINGS, then a HEADERS
@@ -206,21 +200,10 @@ async fn h2_connection_without_preface_is_closed_when_idle() {
 /// is in flight: the idle timeout must close the connection.
 #[tokio::test]
 async fn h2_connection_with_an_unfinished_header_block_is_closed_when_idle() {
-    let w = World::new();
-    let addr = start(&w, idle_options()).await;
-    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    // SETTINGS, empty.
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut out = preface_and_settings();
     // HEADERS on stream 1, flags END_STREAM only (no END_HEADERS): `:method GET` (indexed 2).
     out.extend_from_slice(&[0, 0, 1, 1, 0x01, 0, 0, 0, 1, 0x82]);
-    s.write_all(&out).await.unwrap();
-    s.flush().await.unwrap();
-    assert!(
-        server_closes_within(&mut s, Duration::from_secs(8)).await,
-        "an h2 connection with an unfinished header block is still open 8 s after a 1 s idle timeout"
-    );
+    assert_idle_h2_closed(&out, "with an unfinished header block").await;
 }
 
 /// The same with a peer that sends the preface and an empty SETTINGS frame, then nothing (it
@@ -228,17 +211,29 @@ async fn h2_connection_with_an_unfinished_header_block_is_closed_when_idle() {
 /// the idle timeout must close the connection, whatever the peer does not answer.
 #[tokio::test]
 async fn h2_connection_that_only_sends_the_preface_is_closed_when_idle() {
+    assert_idle_h2_closed(&preface_and_settings(), "that sent only its preface").await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+fn preface_and_settings() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out
+}
+
+/// An authenticated `h2` connection to a server with a 1 s idle timeout that sends `sent` and
+/// then nothing is closed by the server within 8 s.
+async fn assert_idle_h2_closed(sent: &[u8], what: &str) {
     let w = World::new();
     let addr = start(&w, idle_options()).await;
     let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    s.write_all(&out).await.unwrap();
-    s.flush().await.unwrap();
+    if !sent.is_empty() {
+        s.write_all(sent).await.unwrap();
+        s.flush().await.unwrap();
+    }
     assert!(
         server_closes_within(&mut s, Duration::from_secs(8)).await,
-        "an h2 connection that sent only its preface is still open 8 s after a 1 s idle timeout"
+        "an h2 connection {what} is still open 8 s after a 1 s idle timeout"
     );
 }
 
@@ -273,9 +268,7 @@ async fn h2_failed_presentation_closes_even_an_uncooperative_peer() {
     block.extend_from_slice(&[0x01, 5]); // :authority (indexed name 1) "files"
     block.extend_from_slice(b"files");
     literal(&mut block, "agentid-proof", "aaaa.bbbb.cccc");
-    let mut out = Vec::new();
-    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut out = preface_and_settings();
     let len = block.len();
     // HEADERS on stream 1, END_STREAM | END_HEADERS.
     out.extend_from_slice(&[0, 0, len as u8, 1, 0x05, 0, 0, 0, 1]);
