@@ -96,6 +96,7 @@ impl PeerVerification {
     }
 
     /// The count of updates that re-check every live session (one atomic load).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn recheck_epoch(&self) -> u64 {
         self.recheck_all.load(Ordering::Acquire)
     }
