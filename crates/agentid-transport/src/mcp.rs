@@ -5,8 +5,8 @@
 //!   and whoever presents it reaches the session's results and streams. [`McpSessions`], a tower
 //!   layer around rmcp's `StreamableHttpService`, records the verified peer (SPIFFE ID, which
 //!   for an agent names its task) that received each session id from `initialize`, and refuses
-//!   (403 `peer_denied`) every request that carries a session id bound to another peer, or one it
-//!   never handed out.
+//!   (403 `peer_denied`, reported to the server's decision sink as `Resource::McpSession`)
+//!   every request that carries a session id bound to another peer, or one it never handed out.
 //! * **A scope per tool**: rmcp hands the request's `http::request::Parts` to handlers; the
 //!   agentid [`Authorizer`] travels in them. [`require_scope`] checks a tool's scope against the
 //!   caller's delegated chain (deadline and revocation first) and turns a refusal into a
@@ -40,7 +40,9 @@ use serde_json::{json, Value};
 pub use rmcp;
 
 use crate::error::Error;
-use crate::http::{Authorizer, BoxError, HttpClientConnection, Refusal, ResponseBody, PEER_DENIED};
+use crate::http::{
+    Authorizer, BoxError, HttpClientConnection, Refusal, Resource, ResponseBody, PEER_DENIED,
+};
 
 /// The session header of MCP streamable HTTP.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -333,11 +335,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(peer) = req
-            .extensions()
-            .get::<Authorizer>()
-            .map(|a| a.peer_id().clone())
-        else {
+        let Some(authorizer) = req.extensions().get::<Authorizer>() else {
             let r = Refusal::internal("not served by an agentid HTTP server");
             return Box::pin(std::future::ready(Ok(r.to_response())));
         };
@@ -351,8 +349,16 @@ where
             let r = Refusal::bad_header("more than one mcp-session-id");
             return Box::pin(std::future::ready(Ok(r.to_response())));
         }
+        let peer = authorizer.peer_id().clone();
         let sent = req.headers().get(SESSION_HEADER).cloned();
         if let Err(r) = self.sessions.admit(&peer, sent.as_ref()) {
+            // A session of another peer (or never handed out) is an authorization decision
+            // and reaches the decision sink; a full table or a bad header is not one.
+            let r = if r.code() == PEER_DENIED {
+                authorizer.deny(Resource::McpSession, r)
+            } else {
+                r
+            };
             return Box::pin(std::future::ready(Ok(r.to_response())));
         }
         let method = req.method().clone();

@@ -32,7 +32,21 @@ struct World {
     td: TrustDomain,
     sessions: McpSessions,
     server_verification: Arc<PeerVerification>,
+    decisions: Arc<DecisionRecorder>,
     addr: SocketAddr,
+}
+
+/// Records every decision the server's sink receives: (resource, granted, code).
+#[derive(Default)]
+struct DecisionRecorder(std::sync::Mutex<Vec<(String, bool, Option<&'static str>)>>);
+
+impl agentid_transport::http::DecisionSink for DecisionRecorder {
+    fn record(&self, d: &agentid_transport::http::Decision<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.resource.to_string(), d.granted, d.code));
+    }
 }
 
 impl World {
@@ -46,11 +60,13 @@ impl World {
         );
         let service = tower_layer::Layer::layer(&sessions, mcp);
         let server_verification = domain.verification(REPO).unwrap();
+        let decisions = Arc::new(DecisionRecorder::default());
         let server = HttpServer::builder(
             domain.service(REPO).unwrap(),
             server_verification.clone(),
             PeerPolicy::agents_in(td.clone()),
         )
+        .decision_sink(decisions.clone())
         .build()
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,6 +77,7 @@ impl World {
             td,
             sessions,
             server_verification,
+            decisions,
             addr,
         }
     }
@@ -136,6 +153,41 @@ async fn a_session_is_bound_to_the_peer_that_initialized_it() {
     // Still the coder's, and still working for it.
     assert_eq!(w.sessions.owner(&session).unwrap().as_str(), CODER);
     assert!(read(&mut coder).await.is_ok());
+}
+
+/// spec/PROTOCOL.md 22.8: every authorization decision reaches the server's decision sink.
+/// Using another peer's MCP session, or one never handed out, is refused by the session
+/// binding before any tool runs; both denials reach the sink (`mcp session`, `peer_denied`),
+/// so an audit sink sees a peer probing for sessions, and the session id is not in them.
+#[tokio::test]
+async fn a_refused_session_reaches_the_decision_sink() {
+    let w = World::start(McpSessions::new()).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let session = coder.session_id().unwrap().to_owned();
+    let mut other = w.mcp(OTHER, "repo:read").await.unwrap();
+    other.set_session_id(&session).unwrap();
+    http_refusal(read(&mut other).await, 403, "peer_denied");
+    coder.set_session_id("0f6a2b1c-made-up").unwrap();
+    http_refusal(read(&mut coder).await, 403, "peer_denied");
+
+    let recorded = w.decisions.0.lock().unwrap().clone();
+    let denials: Vec<_> = recorded
+        .iter()
+        .filter(|(resource, granted, _)| resource == "mcp session" && !granted)
+        .collect();
+    assert_eq!(denials.len(), 2, "{recorded:?}");
+    assert!(
+        denials
+            .iter()
+            .all(|(_, _, code)| *code == Some("peer_denied")),
+        "{recorded:?}"
+    );
+    assert!(
+        !recorded
+            .iter()
+            .any(|(resource, _, _)| resource.contains(&session)),
+        "a decision names the session id: {recorded:?}"
+    );
 }
 
 #[tokio::test]

@@ -59,6 +59,9 @@ pub enum Resource<'a> {
     /// Something the service declares no requirement for (a gRPC method without a scope):
     /// refused whatever the peer holds.
     Undeclared(&'a str),
+    /// An MCP session the peer asked to use (the `mcp` adapter's session binding); the session
+    /// id itself is never reported.
+    McpSession,
 }
 
 impl std::fmt::Display for Resource<'_> {
@@ -67,6 +70,7 @@ impl std::fmt::Display for Resource<'_> {
             Resource::Scope(s) => s.fmt(f),
             Resource::Peer => f.write_str("peer"),
             Resource::Undeclared(name) => write!(f, "undeclared {name}"),
+            Resource::McpSession => f.write_str("mcp session"),
         }
     }
 }
@@ -236,6 +240,20 @@ impl Authorizer {
             ),
         };
         self.record(Resource::Undeclared(name), &Err(refusal.clone()), now);
+        refusal
+    }
+
+    /// An adapter's own denial of `resource` (the `mcp` session binding): the connection
+    /// checks first (their refusal comes first, as for every decision), then `refusal`; either
+    /// way reported to the decision sink (spec/PROTOCOL.md 22.8) and returned.
+    #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
+    pub(crate) fn deny(&self, resource: Resource<'_>, refusal: Refusal) -> Refusal {
+        let now = now_unix();
+        let refusal = match self.conn.live_at(now) {
+            Err(r) => r,
+            Ok(()) => refusal,
+        };
+        self.record(resource, &Err(refusal.clone()), now);
         refusal
     }
 
