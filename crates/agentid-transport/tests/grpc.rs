@@ -333,6 +333,9 @@ async fn a_malformed_grpc_body_is_an_error_status_and_the_server_keeps_serving()
     assert!(call(&mut grpc, ECHO).await.is_ok());
 }
 
+#[path = "support/decisions.rs"]
+mod decisions;
+
 #[path = "../examples/grpc_agents.rs"]
 #[allow(dead_code, reason = "the example's main is not called here")]
 mod example;
@@ -347,19 +350,6 @@ async fn the_grpc_agents_example_runs() {
 
 // ---- Every decision reaches the sink ----
 
-/// Records every decision the server's sink receives: (resource, granted, code).
-#[derive(Default)]
-struct DecisionRecorder(std::sync::Mutex<Vec<(String, bool, Option<&'static str>)>>);
-
-impl agentid_transport::http::DecisionSink for DecisionRecorder {
-    fn record(&self, d: &agentid_transport::http::Decision<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((d.resource.to_string(), d.granted, d.code));
-    }
-}
-
 /// spec/PROTOCOL.md 22.8: "Every authorization decision ... is reported to a local sink", and
 /// the `grpc` module promises that `MethodScopes`' checks go through the request's `Authorizer`
 /// "so every decision also reaches the server's decision sink". A call to a method without a
@@ -369,7 +359,7 @@ impl agentid_transport::http::DecisionSink for DecisionRecorder {
 async fn a_call_to_an_undeclared_method_reaches_the_decision_sink() {
     let domain = demo::Domain::new("example.org").unwrap();
     let td = TrustDomain::parse("example.org").unwrap();
-    let sink = Arc::new(DecisionRecorder::default());
+    let sink = Arc::new(decisions::Recorder::default());
     let server = HttpServer::builder(
         domain.service(SERVICE).unwrap(),
         domain.verification(SERVICE).unwrap(),

@@ -3,23 +3,26 @@
 //! would refuse to send.
 #![cfg(test)]
 
+#[path = "support/decisions.rs"]
+mod decisions;
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{ProofBuilder, Role, Scope, SpiffeId, TaskKey};
 use agentid_transport::http::{
-    self, Authorizer, Decision, DecisionSink, HttpClient, HttpClientConnection, HttpOptions,
-    HttpServer, RequirePeer, RequireScope,
+    self, Authorizer, DecisionSink, HttpClient, HttpClientConnection, HttpOptions, HttpServer,
+    RequirePeer, RequireScope,
 };
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use axum::handler::Handler as _;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use decisions::Recorder;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -105,18 +108,6 @@ fn expiring_in(secs: i64) -> LeafOpts {
     LeafOpts {
         not_after: Some(secs),
         ..LeafOpts::default()
-    }
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(String, bool, Option<&'static str>)>>);
-
-impl DecisionSink for Recorder {
-    fn record(&self, d: &Decision<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((d.resource.to_string(), d.granted, d.code));
     }
 }
 

@@ -17,6 +17,9 @@ use bytes::Bytes;
 use example::demo;
 use serde_json::json;
 
+#[path = "support/decisions.rs"]
+mod decisions;
+
 #[path = "../examples/mcp_agents.rs"]
 #[allow(dead_code, reason = "the example's main is not called here")]
 mod example;
@@ -32,21 +35,8 @@ struct World {
     td: TrustDomain,
     sessions: McpSessions,
     server_verification: Arc<PeerVerification>,
-    decisions: Arc<DecisionRecorder>,
+    decisions: Arc<decisions::Recorder>,
     addr: SocketAddr,
-}
-
-/// Records every decision the server's sink receives: (resource, granted, code).
-#[derive(Default)]
-struct DecisionRecorder(std::sync::Mutex<Vec<(String, bool, Option<&'static str>)>>);
-
-impl agentid_transport::http::DecisionSink for DecisionRecorder {
-    fn record(&self, d: &agentid_transport::http::Decision<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((d.resource.to_string(), d.granted, d.code));
-    }
 }
 
 impl World {
@@ -60,7 +50,7 @@ impl World {
         );
         let service = tower_layer::Layer::layer(&sessions, mcp);
         let server_verification = domain.verification(REPO).unwrap();
-        let decisions = Arc::new(DecisionRecorder::default());
+        let decisions = Arc::new(decisions::Recorder::default());
         let server = HttpServer::builder(
             domain.service(REPO).unwrap(),
             server_verification.clone(),
