@@ -608,7 +608,9 @@ impl CertificateAuthority {
             reason: reason.map(str::to_string),
             ..AuditEvent::default()
         };
-        store.add_revocation(&rec, &ev)?;
+        // The entry's `exp` is raised in the revocation's own transaction to cover what an
+        // issuance committed meanwhile (`latest` above was read before it).
+        let rec = store.add_revocation_covering(&rec, skew, &ev)?;
         drop(store);
         self.audit.record(&ev);
         tracing::info!(kind = rec.kind.as_str(), value = %rec.value, "revoked");

@@ -356,6 +356,25 @@ pub trait Store: Send {
     }
     /// Records (or widens) a revocation, with its audit record, in one transaction.
     fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()>;
+    /// [`Store::add_revocation`] for an entry that must outlive what it covers: in the same
+    /// transaction, and serialized with issuances, `r.exp` is raised to `skew` past the
+    /// target's [`Store::latest_expiry`], so a certificate or cap an issuance committed after
+    /// `r.exp` was computed (concurrently with this revocation) is still covered, and an
+    /// issuance after it is refused by the entry. Returns the record as written. The default
+    /// reads and writes in two steps (for stores without concurrent issuers).
+    fn add_revocation_covering(
+        &mut self,
+        r: &RevocationRecord,
+        skew: u64,
+        audit: &AuditEvent,
+    ) -> Result<RevocationRecord> {
+        let mut r = r.clone();
+        if let Some(latest) = self.latest_expiry(r.kind, &r.value)? {
+            r.exp = r.exp.max(latest.saturating_add(skew));
+        }
+        self.add_revocation(&r, audit)?;
+        Ok(r)
+    }
     /// Every revocation.
     fn revocations(&self) -> Result<Vec<RevocationRecord>>;
     /// The first of `targets` (in their order) revoked by an entry whose `exp` is after `now`:
@@ -592,6 +611,36 @@ impl SqliteStore {
         Ok(self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
+    /// Records (or widens) `r` with its audit record in one IMMEDIATE transaction. With
+    /// `cover` (the skew), `r.exp` is first raised to `cover` past the target's latest
+    /// certificate or cap, read under the write lock that issuances take too, so nothing the
+    /// entry covers commits between the read and the entry. Returns the record as written.
+    fn write_revocation(
+        &mut self,
+        r: &RevocationRecord,
+        cover: Option<u64>,
+        audit: &AuditEvent,
+    ) -> Result<RevocationRecord> {
+        let writer = self.audit_writer.clone();
+        let mut r = r.clone();
+        let tx = self.immediate()?;
+        if let Some(skew) = cover {
+            if let Some(latest) = latest_expiry_on(&tx, r.kind, &r.value)? {
+                r.exp = r.exp.max(latest.saturating_add(skew));
+            }
+        }
+        tx.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)")?.execute(params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
+        )?;
+        exec_cached(
+            &tx,
+            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+        )?;
+        append_audit_tx(&tx, &writer, audit)?;
+        tx.commit()?;
+        Ok(r)
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -926,58 +975,20 @@ impl Store for SqliteStore {
     }
 
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
-        let (cert_sql, cap_sql) = match kind {
-            RevocationKind::Agent => (
-                "SELECT MAX(not_after) FROM issuances WHERE agent = ?1",
-                "SELECT MAX(cap) FROM identities WHERE agent = ?1",
-            ),
-            RevocationKind::Task => (
-                "SELECT MAX(not_after) FROM issuances WHERE task = ?1",
-                "SELECT MAX(cap) FROM identities WHERE task = ?1",
-            ),
-            RevocationKind::Jkt => (
-                "SELECT MAX(not_after) FROM issuances WHERE jkt = ?1",
-                "SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = ?1",
-            ),
-            RevocationKind::Jti => (
-                "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
-                "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
-            ),
-            RevocationKind::Principal => (
-                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
-                "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
-            ),
-            // Links are never recorded by the CA: nothing bounds them here.
-            RevocationKind::LinkJti => return Ok(None),
-        };
-        let a: Option<i64> = self
-            .conn
-            .prepare_cached(cert_sql)?
-            .query_row(params![value], |r| r.get(0))?;
-        let b: Option<i64> = self
-            .conn
-            .prepare_cached(cap_sql)?
-            .query_row(params![value], |r| r.get(0))?;
-        let m = match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (x, None) | (None, x) => x,
-        };
-        m.map(|v| to_u64(v).map_err(CaError::from)).transpose()
+        latest_expiry_on(&self.conn, kind, value)
     }
 
     fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()> {
-        let writer = self.audit_writer.clone();
-        let tx = self.immediate()?;
-        tx.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)")?.execute(params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
-        )?;
-        exec_cached(
-            &tx,
-            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-        )?;
-        append_audit_tx(&tx, &writer, audit)?;
-        tx.commit()?;
-        Ok(())
+        self.write_revocation(r, None, audit).map(|_| ())
+    }
+
+    fn add_revocation_covering(
+        &mut self,
+        r: &RevocationRecord,
+        skew: u64,
+        audit: &AuditEvent,
+    ) -> Result<RevocationRecord> {
+        self.write_revocation(r, Some(skew), audit)
     }
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>> {
@@ -1356,6 +1367,45 @@ impl Store for SqliteStore {
             .query_row([], |r| r.get(0))?;
         Ok(to_u64(v)?)
     }
+}
+
+/// [`Store::latest_expiry`] on `conn` (inside a transaction, or not).
+fn latest_expiry_on(conn: &Connection, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
+    let (cert_sql, cap_sql) = match kind {
+        RevocationKind::Agent => (
+            "SELECT MAX(not_after) FROM issuances WHERE agent = ?1",
+            "SELECT MAX(cap) FROM identities WHERE agent = ?1",
+        ),
+        RevocationKind::Task => (
+            "SELECT MAX(not_after) FROM issuances WHERE task = ?1",
+            "SELECT MAX(cap) FROM identities WHERE task = ?1",
+        ),
+        RevocationKind::Jkt => (
+            "SELECT MAX(not_after) FROM issuances WHERE jkt = ?1",
+            "SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = ?1",
+        ),
+        RevocationKind::Jti => (
+            "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
+            "SELECT MAX(exp) FROM tasks WHERE grant_jti = ?1",
+        ),
+        RevocationKind::Principal => (
+            "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
+            "SELECT MAX(exp) FROM tasks WHERE principal = ?1",
+        ),
+        // Links are never recorded by the CA: nothing bounds them here.
+        RevocationKind::LinkJti => return Ok(None),
+    };
+    let a: Option<i64> = conn
+        .prepare_cached(cert_sql)?
+        .query_row(params![value], |r| r.get(0))?;
+    let b: Option<i64> = conn
+        .prepare_cached(cap_sql)?
+        .query_row(params![value], |r| r.get(0))?;
+    let m = match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (x, None) | (None, x) => x,
+    };
+    m.map(|v| to_u64(v).map_err(CaError::from)).transpose()
 }
 
 /// Every revocation, in insertion order.

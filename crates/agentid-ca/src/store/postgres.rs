@@ -12,6 +12,10 @@
 //! * **Publication**: one transaction locks the counter row (`UPDATE meta ... RETURNING`), reads
 //!   the revocation epoch and then the entries, signs, stores the list and its audit record: a
 //!   list with a higher `seq` holds every entry a lower one held.
+//! * **Revocations ordered with issuances**: an issuance holds an advisory lock shared, a
+//!   revocation exclusively ([`REVOCATION_LOCK`]), so a revocation reads (a principal's tasks, an
+//!   entry's latest certificate) everything committed before it and no issuance checked before
+//!   it commits after it.
 //! * **Audit chain per writer**: the writer's head row is locked (`SELECT ... FOR UPDATE`) last
 //!   in each transaction, so appends of one writer are serialized even across processes.
 //! * **A clear error when the database is down**: connecting is bounded (`connect_timeout`),
@@ -695,11 +699,78 @@ async fn insert_checkpoint<C: tokio_postgres::GenericClient + Sync>(
 /// Checks and records one issuance inside `tx`: revocations, the key binding, the identity,
 /// the task, the token, the certificate, its audit record. Races with other transactions end
 /// in a constraint (or a row lock) and the refusal SQLite gives.
+/// The advisory lock that orders issuances and revocations: every issuance holds it shared
+/// for its transaction, every revocation exclusive. Under READ COMMITTED an issuance that
+/// checked the revocations before a revocation committed could otherwise commit after the
+/// revocation read what it covers (a principal's tasks, an agent's latest certificate): a task
+/// of a revoked principal left unlisted, an entry that expires before a certificate it revokes.
+/// With the lock, either the issuance commits first and the revocation sees it, or the
+/// revocation commits first and the issuance's check sees the entry.
+const REVOCATION_LOCK: i64 = 6_170_883_411_045;
+
+/// The query of [`Store::latest_expiry`] for `kind` (one row, one nullable `bigint`).
+fn latest_expiry_sql(kind: RevocationKind) -> Option<&'static str> {
+    Some(match kind {
+        RevocationKind::Agent => {
+            "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE agent = $1),
+                             (SELECT MAX(cap) FROM identities WHERE agent = $1))"
+        }
+        RevocationKind::Task => {
+            "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE task = $1),
+                             (SELECT MAX(cap) FROM identities WHERE task = $1))"
+        }
+        RevocationKind::Jkt => {
+            "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE jkt = $1),
+               (SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = $1))"
+        }
+        RevocationKind::Jti => "SELECT MAX(exp) FROM tasks WHERE grant_jti = $1",
+        RevocationKind::Principal => "SELECT MAX(exp) FROM tasks WHERE principal = $1",
+        // Links are never recorded by the CA: nothing bounds them here.
+        RevocationKind::LinkJti => return None,
+    })
+}
+
+/// Records (or widens) `r` with its audit record in the transaction `tx`, holding
+/// [`REVOCATION_LOCK`] exclusively. With `cover` (the skew), `r.exp` is first raised to `cover`
+/// past the target's latest certificate or cap, read under the lock. Returns the record as
+/// written.
+async fn write_revocation(
+    tx: &Transaction<'_>,
+    writer: &ChainWriter,
+    mut r: RevocationRecord,
+    cover: Option<u64>,
+    audit: &AuditEvent,
+) -> PgResult<RevocationRecord> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATION_LOCK])
+        .await?;
+    if let (Some(skew), Some(sql)) = (cover, latest_expiry_sql(r.kind)) {
+        let latest: Option<i64> = tx.query_one(sql, &[&r.value]).await?.get(0);
+        if let Some(latest) = latest {
+            r.exp = r.exp.max(to_u64(latest)?.saturating_add(skew));
+        }
+    }
+    upsert_revocation(tx, &r).await?;
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
+        &[],
+    )
+    .await?;
+    append_audit_tx(tx, writer, audit).await?;
+    Ok(r)
+}
+
 async fn apply_issuance(
     tx: &Transaction<'_>,
     writer: &ChainWriter,
     c: &IssuanceCommit<'_>,
 ) -> PgResult<()> {
+    // 0. Serialized with revocations (see [`REVOCATION_LOCK`]); issuances do not wait for
+    // each other.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&REVOCATION_LOCK],
+    )
+    .await?;
     // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
     if !c.refuse_if_revoked.is_empty() {
         let kinds: Vec<&str> = c
@@ -1004,6 +1075,25 @@ impl IssuanceCommitter for Inner {
     }
 }
 
+impl PgStore {
+    /// [`write_revocation`] in a transaction of its own.
+    fn write_revocation(
+        &self,
+        r: &RevocationRecord,
+        cover: Option<u64>,
+        audit: &AuditEvent,
+    ) -> Result<RevocationRecord> {
+        let (r, audit, writer) = (r.clone(), audit.clone(), self.inner.writer.clone());
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    write_revocation(&tx, &writer, r.clone(), cover, &audit).await
+                })
+            })
+        })
+    }
+}
+
 impl Store for PgStore {
     fn issuance_committer(&self) -> Option<Arc<dyn IssuanceCommitter>> {
         Some(self.inner.clone())
@@ -1148,23 +1238,8 @@ impl Store for PgStore {
     }
 
     fn latest_expiry(&self, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
-        let sql = match kind {
-            RevocationKind::Agent => {
-                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE agent = $1),
-                                 (SELECT MAX(cap) FROM identities WHERE agent = $1))"
-            }
-            RevocationKind::Task => {
-                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE task = $1),
-                                 (SELECT MAX(cap) FROM identities WHERE task = $1))"
-            }
-            RevocationKind::Jkt => {
-                "SELECT GREATEST((SELECT MAX(not_after) FROM issuances WHERE jkt = $1),
-                   (SELECT MAX(i.cap) FROM identities i JOIN keys k ON k.identity = i.identity WHERE k.jkt = $1))"
-            }
-            RevocationKind::Jti => "SELECT MAX(exp) FROM tasks WHERE grant_jti = $1",
-            RevocationKind::Principal => "SELECT MAX(exp) FROM tasks WHERE principal = $1",
-            // Links are never recorded by the CA: nothing bounds them here.
-            RevocationKind::LinkJti => return Ok(None),
+        let Some(sql) = latest_expiry_sql(kind) else {
+            return Ok(None);
         };
         let value = value.to_owned();
         self.inner.run(move |c| {
@@ -1176,20 +1251,16 @@ impl Store for PgStore {
     }
 
     fn add_revocation(&mut self, r: &RevocationRecord, audit: &AuditEvent) -> Result<()> {
-        let (r, audit, writer) = (r.clone(), audit.clone(), self.inner.writer.clone());
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                in_tx!(c, |tx| async {
-                    upsert_revocation(&tx, &r).await?;
-                    tx.execute(
-                        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-                        &[],
-                    )
-                    .await?;
-                    append_audit_tx(&tx, &writer, &audit).await
-                })
-            })
-        })
+        self.write_revocation(r, None, audit).map(|_| ())
+    }
+
+    fn add_revocation_covering(
+        &mut self,
+        r: &RevocationRecord,
+        skew: u64,
+        audit: &AuditEvent,
+    ) -> Result<RevocationRecord> {
+        self.write_revocation(r, Some(skew), audit)
     }
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>> {
@@ -1580,6 +1651,10 @@ impl Store for PgStore {
             move |c| {
                 let p = p.clone();
                 Box::pin(async move {
+                    // Before the tasks are read: a task opening either committed already (and
+                    // is read here) or waits, then sees the principal's entry.
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATION_LOCK])
+                        .await?;
                     let now = to_i64(p.revoked_at)?;
                     let rows = c
                         .query(
