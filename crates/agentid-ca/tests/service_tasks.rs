@@ -651,3 +651,46 @@ async fn a_service_revoked_mid_connection_opens_nothing_more() {
         .iter()
         .all(|r| !r.identity.ends_with("/t-after")));
 }
+
+#[tokio::test]
+async fn a_token_binding_more_than_the_agents_rule_allows_is_refused_when_created() {
+    // CA-API.md 3.6: the token binds every field and the policy applies to the bound values
+    // when the token is made (and again when it is redeemed). A binding that no enrollment could
+    // ever redeem is refused at once, with the rule that refuses it, not handed out as a secret.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    for (field, extra) in [
+        // agents.planner.max_depth = 2
+        ("max_depth", r#""max_depth":9"#),
+        // agents.planner.max_ttl = 10m
+        ("max_ttl", r#""ttl_secs":3600"#),
+        // defaults.max_task_ttl = 8h
+        ("max_task_ttl", r#""task_ttl_secs":86400"#),
+        // no agents.planner.audiences: the trust domain only
+        (
+            "audiences",
+            r#""audience":["spiffe://elsewhere.org/svc/search"]"#,
+        ),
+    ] {
+        let (s, b) = call(
+            &mut c,
+            "POST",
+            "/v1/tokens",
+            &format!(r#"{{"agent":"planner","scope":["tickets:read"],{extra}}}"#),
+        )
+        .await;
+        assert_eq!(s, 403, "{field}: a token was made: {b}");
+        assert_eq!(code_of(&b), "policy_denied", "{field}: {b}");
+        assert!(b.contains(field), "{field}: {b}");
+    }
+    // Within the rule, the same request makes a token.
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"],"max_depth":2,"ttl_secs":600,"task_ttl_secs":28800}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
