@@ -564,6 +564,16 @@ impl CertificateAuthority {
         })
     }
 
+    /// The checks of a task opening that depend only on what it asks for (not on who asks,
+    /// the key or the store): the scope and the grant's terms within the agent's rule, and the
+    /// lifetimes at `now`. A bootstrap token's binding passes them when the token is made.
+    pub(crate) fn check_task_terms(&self, req: &OpenTaskRequest, now: u64) -> Result<()> {
+        let rule = self.policy.agent(&req.agent)?;
+        self.check_grant_terms(req, &req.agent, rule)?;
+        self.task_lifetimes(req, &req.agent, rule, now)?;
+        Ok(())
+    }
+
     /// The requester may open tasks for agent `name`: `agents.NAME.requesters` lists the
     /// operator or `bootstrap`; a service holds `open_task` in `agents.NAME.permissions`, and
     /// `assert_principal` too when the request names a principal. Returns the requester as the

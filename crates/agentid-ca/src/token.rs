@@ -75,6 +75,33 @@ pub enum Redeemed {
 }
 
 impl TokenBinding {
+    /// The opening of `agent`'s task this binding asks for, with `key` and `requester` (the
+    /// task id is the token's, set by the caller).
+    fn task_request(
+        &self,
+        agent: &str,
+        key: KeySource,
+        requester: TaskRequester,
+    ) -> Result<OpenTaskRequest> {
+        let mut req = OpenTaskRequest::new(agent, key, requester, Scope::parse(&self.scope)?);
+        req.ttl = self.ttl_secs.map(Duration::from_secs);
+        req.task_ttl = self.task_ttl_secs.map(Duration::from_secs);
+        req.max_depth = self.max_depth;
+        req.audience = self.audience.as_deref().map(parse_audience).transpose()?;
+        req.may_delegate_to = self
+            .may_delegate_to
+            .as_deref()
+            .map(parse_audience)
+            .transpose()?;
+        req.limits = self
+            .limits
+            .clone()
+            .map(agentid_protocol::Limits::new)
+            .transpose()?;
+        req.principal = self.principal.clone();
+        Ok(req)
+    }
+
     /// The service that created the token, if a service did.
     pub fn creator_service(&self) -> Option<&str> {
         self.creator.as_deref().and_then(|c| c.strip_prefix("svc:"))
@@ -120,7 +147,8 @@ pub enum EnrollError {
 impl CertificateAuthority {
     /// Creates a single-use bootstrap token for `agent`'s task `task` (generated when `None`),
     /// binding what the task will hold. The binding is checked against policy now (scope,
-    /// depth) and again at enrollment.
+    /// depth, audience, delegation, limits, lifetimes: what the task opening checks) and again
+    /// at enrollment.
     pub fn create_bound_token(
         &self,
         agent: &str,
@@ -130,17 +158,12 @@ impl CertificateAuthority {
         now: SystemTime,
     ) -> Result<BootstrapToken> {
         binding.check_creator(self.policy(), agent)?;
-        let scope = Scope::parse(&binding.scope)?;
-        self.policy().check_scope(agent, &scope)?;
-        if let Some(aud) = &binding.audience {
-            parse_audience(aud)?;
-        }
-        if let Some(m) = &binding.may_delegate_to {
-            parse_audience(m)?;
-        }
-        if let Some(l) = &binding.limits {
-            agentid_protocol::Limits::new(l.clone())?;
-        }
+        // Everything the enrollment will ask for, checked now as it will be then (scope, depth,
+        // audience, delegation, limits, lifetimes): a token no enrollment could redeem is
+        // refused here, naming the rule, rather than handed out.
+        let req =
+            binding.task_request(agent, KeySource::Spki(Vec::new()), TaskRequester::Operator)?;
+        self.check_task_terms(&req, crate::util::unix(now)?)?;
         let json =
             serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
         let creator = binding.creator.as_deref().unwrap_or("operator");
@@ -327,33 +350,12 @@ impl CertificateAuthority {
                 }));
             }
         }
-        let mut req = OpenTaskRequest::new(
-            state.record.agent.clone(),
+        let mut req = binding.task_request(
+            &state.record.agent,
             KeySource::Csr(csr),
             TaskRequester::Bootstrap(token.to_owned()),
-            Scope::parse(&binding.scope).map_err(CaError::from)?,
-        );
+        )?;
         req.task = Some(TaskId::parse(&state.record.task).map_err(CaError::from)?);
-        req.ttl = binding.ttl_secs.map(Duration::from_secs);
-        req.task_ttl = binding.task_ttl_secs.map(Duration::from_secs);
-        req.max_depth = binding.max_depth;
-        req.audience = binding
-            .audience
-            .as_deref()
-            .map(parse_audience)
-            .transpose()?;
-        req.may_delegate_to = binding
-            .may_delegate_to
-            .as_deref()
-            .map(parse_audience)
-            .transpose()?;
-        req.limits = binding
-            .limits
-            .clone()
-            .map(agentid_protocol::Limits::new)
-            .transpose()
-            .map_err(CaError::from)?;
-        req.principal = binding.principal.clone();
         Ok(req)
     }
 }
