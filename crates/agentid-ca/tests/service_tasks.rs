@@ -694,3 +694,39 @@ async fn a_token_binding_more_than_the_agents_rule_allows_is_refused_when_create
     .await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn a_task_request_takes_one_scope_token_per_entry_as_a_token_request_does() {
+    // CA-API.md 3.7: a task request has the fields of 3.6, whose `scope` is one scope token per
+    // entry. An entry holding several tokens (or none) is 400 bad_request on both routes, and
+    // nothing is issued.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    for (i, scope) in [
+        serde_json::json!(["tickets:read tickets:write"]),
+        serde_json::json!(["tickets:read", ""]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = call(
+            &mut c,
+            "POST",
+            "/v1/tokens",
+            &serde_json::json!({"agent": "planner", "scope": scope}).to_string(),
+        )
+        .await;
+        assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let task = format!("t-scope-{i}");
+        let identity = format!("spiffe://example.org/agent/planner/task/{task}");
+        let body = serde_json::json!({"agent": "planner", "task": task, "scope": scope,
+                                      "csr": csr(&key, &identity)});
+        let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+        assert_eq!(s, 400, "scope {scope}: a task was opened: {b}");
+        assert_eq!(code_of(&b), "bad_request", "{b}");
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
