@@ -1324,11 +1324,8 @@ fn bad_field(field: &str, e: impl std::fmt::Display) -> Refused {
 
 /// What a token or task request binds, checked for syntax (policy decides the rest).
 fn binding_of(t: &TokenRequest, creator: &str) -> Result<TokenBinding, Refused> {
-    if t.scope.iter().any(|s| s.is_empty() || s.contains(' ')) {
-        return Err(bad_field("scope", "one scope token per entry"));
-    }
     Ok(TokenBinding {
-        scope: t.scope.join(" "),
+        scope: scope_of(&t.scope)?,
         audience: t.audience.clone(),
         max_depth: t.max_depth,
         ttl_secs: t.ttl_secs,
@@ -1340,6 +1337,18 @@ fn binding_of(t: &TokenRequest, creator: &str) -> Result<TokenBinding, Refused> 
         service: None,
         creator_jkt: None,
     })
+}
+
+/// A request's `scope` entries (CA-API.md 3.6, also 3.7), one scope token each, as the
+/// space-separated scope.
+fn scope_of(entries: &[String]) -> Result<String, Refused> {
+    if entries
+        .iter()
+        .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+    {
+        return Err(bad_field("scope", "one scope token per entry"));
+    }
+    Ok(entries.join(" "))
 }
 
 fn task_id(t: Option<&str>) -> Result<Option<TaskId>, Refused> {
@@ -1431,7 +1440,7 @@ async fn open_task(
     let t = &body.task;
     let parsed = (|| {
         let csr = b64_csr(&body.csr)?;
-        let scope = agentid_protocol::Scope::parse(&t.scope.join(" "))
+        let scope = agentid_protocol::Scope::parse(&scope_of(&t.scope)?)
             .map_err(|e| bad_field("scope", e))?;
         let ids = |v: &Option<Vec<String>>, f: &str| {
             v.as_deref()
