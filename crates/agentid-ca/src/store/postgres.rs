@@ -696,9 +696,6 @@ async fn insert_checkpoint<C: tokio_postgres::GenericClient + Sync>(
     Ok(())
 }
 
-/// Checks and records one issuance inside `tx`: revocations, the key binding, the identity,
-/// the task, the token, the certificate, its audit record. Races with other transactions end
-/// in a constraint (or a row lock) and the refusal SQLite gives.
 /// The advisory lock that orders issuances and revocations: every issuance holds it shared
 /// for its transaction, every revocation exclusive. Under READ COMMITTED an issuance that
 /// checked the revocations before a revocation committed could otherwise commit after the
@@ -759,6 +756,9 @@ async fn write_revocation(
     Ok(r)
 }
 
+/// Checks and records one issuance inside `tx`: revocations, the key binding, the identity,
+/// the task, the token, the certificate, its audit record. Races with other transactions end
+/// in a constraint (or a row lock) and the refusal SQLite gives.
 async fn apply_issuance(
     tx: &Transaction<'_>,
     writer: &ChainWriter,
