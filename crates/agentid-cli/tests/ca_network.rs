@@ -535,3 +535,30 @@ fn token_create_for_a_service_refuses_what_does_not_apply_and_services_without_b
         "no refusal writes a token file"
     );
 }
+
+#[test]
+fn an_out_dir_that_cannot_hold_the_credential_is_refused_before_the_token_is_spent() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    // A typo'd --out-dir under a regular file: no directory can be made there.
+    std::fs::write(env.path("notes.txt"), b"not a directory\n").unwrap();
+    let before = issued(&env);
+    env.fails(
+        "enroll --token-file t.json --out-dir notes.txt/a",
+        1,
+        "notes.txt",
+    );
+    assert_eq!(
+        issued(&env),
+        before,
+        "nothing issued for a credential that could not be written"
+    );
+    // The single-use token was never spent: the corrected command enrolls.
+    env.json("enroll --token-file t.json --out-dir a");
+    assert_eq!(issued(&env), before + 1);
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+}
