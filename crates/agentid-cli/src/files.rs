@@ -63,6 +63,15 @@ pub fn write_public(path: &Path, contents: &[u8]) -> CliResult<()> {
     Ok(())
 }
 
+/// Refuses, before anything is issued or spent, a destination that [`write_public`] would
+/// refuse (a symbolic link, a directory, a block device, a socket).
+pub fn check_public_destinations(paths: &[std::path::PathBuf]) -> CliResult<()> {
+    for p in paths {
+        agentid_fs::check_public_destination(p)?;
+    }
+    Ok(())
+}
+
 /// Creates the output directory if needed (mode 0700 when created).
 pub fn ensure_dir(dir: &Path) -> CliResult<()> {
     Ok(agentid_fs::ensure_dir(dir)?)

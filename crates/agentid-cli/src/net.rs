@@ -323,22 +323,39 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
     let secret = agentid_fs::read_secret(&path, 64 * 1024)?;
     let token: TokenFile =
         serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
-    // Refuse before the token is spent: the key is written only after the CA answered.
+    // Refuse before the token is spent: the key is written only after the CA answered, into a
+    // directory made (and destinations checked) before it is asked.
     let key_path = a.out_dir.join(KEY_FILE);
-    if key_path.exists() {
+    // A link (even a dangling one) counts: the key is never written through one.
+    if std::fs::symlink_metadata(&key_path).is_ok() {
         return Err(CliError::failed(format!(
             "{} already exists: refusing to overwrite a key",
             key_path.display()
         )));
     }
-    let key = TaskKey::generate(a.key_type.algorithm()).context("cannot make a key")?;
-    let pkcs8 = key.danger_pkcs8_der().to_vec();
-    let enrolled = runtime()?
-        .block_on(agentid_transport::enroll::enroll_with_token(
-            &token, key, TIMEOUT,
-        ))
-        .map_err(api_error)?;
+    let created_dir = std::fs::symlink_metadata(&a.out_dir).is_err();
     files::ensure_dir(&a.out_dir)?;
+    let remove_created_dir = || {
+        if created_dir {
+            let _ = std::fs::remove_dir(&a.out_dir);
+        }
+    };
+    let enrolled = files::check_public_destinations(&[
+        a.out_dir.join(CERT_FILE),
+        a.out_dir.join(BUNDLE_FILE),
+        a.out_dir.join(GRANT_FILE),
+    ])
+    .and_then(|()| TaskKey::generate(a.key_type.algorithm()).context("cannot make a key"))
+    .and_then(|key| {
+        let pkcs8 = key.danger_pkcs8_der().to_vec();
+        let enrolled = runtime()?
+            .block_on(agentid_transport::enroll::enroll_with_token(
+                &token, key, TIMEOUT,
+            ))
+            .map_err(api_error)?;
+        Ok((pkcs8, enrolled))
+    });
+    let (pkcs8, enrolled) = enrolled.inspect_err(|_| remove_created_dir())?;
     files::write_new_private_key(&key_path, &pkcs8)?;
     let pem: String = enrolled
         .credential

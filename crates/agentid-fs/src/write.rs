@@ -59,6 +59,25 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
     }
 }
 
+/// Checks, without writing, that [`write_public`] would write `path` as things stand: nothing
+/// there, a regular file, a FIFO or a character device. Anything it refuses (a symbolic link, a
+/// directory, a block device, a socket) is refused here with the same [`FsError::NotWritable`],
+/// so that a command can refuse before it spends something it cannot get back (a single-use
+/// token, the key a credential directory holds).
+pub fn check_public_destination(path: &Path) -> Result<(), FsError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FsError::io(path, e)),
+        Ok(meta) => match FileKind::of(meta.file_type()) {
+            FileKind::Regular | FileKind::Fifo | FileKind::CharDevice => Ok(()),
+            kind => Err(FsError::NotWritable {
+                path: path.to_path_buf(),
+                kind,
+            }),
+        },
+    }
+}
+
 /// Writes a private file (one only its owner reads: a CA directory's signed bundle) with mode
 /// 0600 from its creation, replacing a regular file atomically as [`write_public`] does; never
 /// through a link, never in place.
