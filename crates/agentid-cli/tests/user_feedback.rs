@@ -338,3 +338,29 @@ fn wrong_ca_directories_and_input_hints() {
         "expired at",
     );
 }
+
+#[test]
+fn force_keeps_the_old_key_when_the_new_certificate_cannot_be_written() {
+    let env = Env::new();
+    env.planner("p");
+    // `p/cert.pem` is a link (to where a web server reads it, say): the CLI never writes
+    // through a link, so a new certificate cannot land there.
+    std::fs::rename(env.path("p/cert.pem"), env.path("served-cert.pem")).unwrap();
+    std::os::unix::fs::symlink(env.path("served-cert.pem"), env.path("p/cert.pem")).unwrap();
+    let key_before = env.read("p/key.pem");
+    env.fails(
+        "cert issue --ca ca --agent planner --scope tickets:read --out-dir p --force",
+        1,
+        "cert.pem",
+    );
+    // The working credential is untouched: the old key still matches the certificate.
+    assert!(
+        env.read("p/key.pem") == key_before,
+        "the old key was replaced"
+    );
+    assert!(
+        env.path("p/grant.jwt").exists(),
+        "the old grant was removed"
+    );
+    agentid::files::Holder::load(&env.path("p")).expect("key and certificate still match");
+}
