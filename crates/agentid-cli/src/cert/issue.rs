@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use agentid::files::{read_chain, Holder, CHAIN_FILE, GRANT_FILE, KEY_FILE};
+use agentid::files::{
+    read_chain, Holder, BUNDLE_FILE, BUNDLE_PEM_FILE, CERT_FILE, CHAIN_FILE, GRANT_FILE, KEY_FILE,
+};
 use agentid_ca::{
     CertificateAuthority, ChildRequest, IssuedCertificate, KeySource, OpenTaskRequest,
     ServiceRequest, TaskCredentials, TaskRequester,
@@ -187,6 +189,9 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     refuse_inside_ca(&out, &args.ca.ca)?;
     let ca = args.ca.open()?;
     let csr = read_csr(&args.csr)?;
+    let mut destinations = public_files(&out);
+    destinations.push(out.join(GRANT_FILE));
+    files::check_public_destinations(&destinations)?;
     let mut req = OpenTaskRequest::new(
         args.agent.clone(),
         KeySource::Csr(csr),
@@ -264,6 +269,14 @@ fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
 }
 
 /// Where a new task key goes, and whether it may replace the credential files there.
+/// The public files [`finish`] writes into every output directory (`grant.jwt`, written for a
+/// task only, is checked by the commands that write it).
+fn public_files(out: &Path) -> Vec<PathBuf> {
+    [CERT_FILE, BUNDLE_PEM_FILE, BUNDLE_FILE]
+        .map(|f| out.join(f))
+        .to_vec()
+}
+
 struct NewKey<'a> {
     out: &'a Path,
     alg: agentid_protocol::Algorithm,
@@ -282,6 +295,9 @@ impl NewKey<'_> {
         issue: impl FnOnce(KeySource) -> CliResult<IssuedCertificate>,
     ) -> CliResult<IssuedCertificate> {
         let out = self.out;
+        // Refused before anything is issued and before a key is replaced: a certificate that
+        // cannot be written must not cost the directory the key its certificate matches.
+        files::check_public_destinations(&public_files(out))?;
         let created_dir = !out.exists();
         files::ensure_dir(out)?;
         let key_path = out.join(KEY_FILE);
