@@ -224,3 +224,20 @@ fn network_commands_exit_codes() {
         "not a CA directory",
     );
 }
+
+#[test]
+fn renew_with_a_ca_directory_refuses_daemon_and_exec_instead_of_renewing_once() {
+    let env = Env::new();
+    env.planner("p");
+    let cert = env.read("p/cert.pem");
+    // --daemon and --exec need --ca-url: with --ca DIR they must not be dropped silently
+    // (a service manager would see one renewal and a clean exit, then the certificate expire).
+    for line in [
+        "cert renew --ca ca --dir p --daemon",
+        "cert renew --ca ca --dir p --daemon --exec true",
+        "cert renew --ca ca --dir p --exec true",
+    ] {
+        env.fails(line, 2, "--ca");
+        assert_eq!(env.read("p/cert.pem"), cert, "{line} renewed");
+    }
+}
