@@ -29,7 +29,10 @@ pub struct RenewArgs {
     pub ca_url: Option<String>,
     /// Keep running: renew at half of each certificate's lifetime (retrying until 90% of it)
     /// and replace `cert.pem` each time. Needs `--ca-url`.
-    #[arg(long, requires = "ca_url")]
+    // clap lets a required argument be missing when it conflicts with one that is present
+    // (`--ca-url` with `--ca`): the conflict is stated here, or `--ca DIR --daemon` would renew
+    // once and exit 0.
+    #[arg(long, requires = "ca_url", conflicts_with = "ca")]
     pub daemon: bool,
     /// With `--daemon`: after each successful renewal (once `cert.pem` is replaced), run this
     /// program with these arguments, e.g. `--exec nginx -s reload`. Everything after `--exec`
@@ -40,6 +43,7 @@ pub struct RenewArgs {
     #[arg(
         long,
         requires = "daemon",
+        conflicts_with = "ca",
         num_args = 1..,
         allow_hyphen_values = true,
         value_name = "CMD"
