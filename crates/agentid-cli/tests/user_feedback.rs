@@ -364,3 +364,41 @@ fn force_keeps_the_old_key_when_the_new_certificate_cannot_be_written() {
     );
     agentid::files::Holder::load(&env.path("p")).expect("key and certificate still match");
 }
+
+#[test]
+fn an_unreachable_ca_is_named_with_its_url_and_a_next_step() {
+    let env = Env::new();
+    env.planner("p");
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    for line in [
+        format!("ca list --ca-url {url} --cred p"),
+        format!("revocations list --ca-url {url} --cred p"),
+        format!("revoke --ca-url {url} --cred p --agent planner"),
+        format!("cert renew --ca-url {url} --dir p"),
+    ] {
+        let (_, msg) = env.fails(&line, 1, &url);
+        assert!(
+            msg.contains("agentid ca serve"),
+            "{line}: no next step in {msg:?}"
+        );
+        // The same next step as the JSON hint.
+        let out = env.run(
+            &format!("{line} --format json")
+                .split(' ')
+                .collect::<Vec<_>>(),
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            doc["error"]["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("agentid ca serve")),
+            "{line}: {doc}"
+        );
+    }
+}
