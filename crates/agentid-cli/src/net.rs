@@ -40,6 +40,11 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
+    /// The `--ca-url`, for messages (empty when absent: [`RemoteArgs::client`] refuses then).
+    pub(crate) fn url(&self) -> &str {
+        self.ca_url.as_deref().unwrap_or_default()
+    }
+
     pub(crate) fn client(&self) -> CliResult<CaClient> {
         let (Some(url), Some(dir)) = (&self.ca_url, &self.cred) else {
             return Err(CliError::usage("--ca-url needs --cred DIR"));
@@ -54,19 +59,29 @@ impl RemoteArgs {
         let source = Arc::new(agentid_transport::MemoryCredentials::new(
             cred.credential()?,
         ));
-        CaClient::new(url, source, verification, TIMEOUT).map_err(api_error)
+        CaClient::new(url, source, verification, TIMEOUT).map_err(api_error(url))
     }
 }
 
-/// A CA refusal as one line: `code: message (hint)`.
-/// Under `--format json` the CA's own code and hint.
-fn api_error(e: EnrollError) -> CliError {
-    let err = CliError::failed(e.to_string());
-    match e.api_error() {
-        Some(api) => err
+/// A failed call to the CA at `url`: its refusal as one line, `code: message (hint)` (under
+/// `--format json` the CA's own code and hint); or, when the CA could not be reached or did not
+/// answer, the URL and what to check.
+pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ {
+    move |e| match e.api_error() {
+        Some(api) => CliError::failed(e.to_string())
             .with_code(api.code.to_string())
             .with_hint(api.hint.clone()),
-        None => err,
+        None if matches!(
+            e,
+            EnrollError::Io(_)
+                | EnrollError::Timeout(_)
+                | EnrollError::Transport(agentid_transport::Error::Io(_))
+        ) =>
+        {
+            let hint = "check the URL, and that `agentid ca serve` is running and listens there";
+            CliError::failed(format!("cannot reach the CA at {url}: {e}: {hint}")).with_hint(hint)
+        }
+        None => CliError::failed(format!("the CA at {url}: {e}")),
     }
 }
 
@@ -241,7 +256,7 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
         };
         let r = runtime()?
             .block_on(client.create_token(&req))
-            .map_err(api_error)?;
+            .map_err(api_error(a.remote.url()))?;
         let td = agentid_protocol::SpiffeId::parse(
             CredentialDir::load(a.remote.cred.as_deref().unwrap_or(Path::new(".")))?
                 .identity
@@ -352,7 +367,7 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
             .block_on(agentid_transport::enroll::enroll_with_token(
                 &token, key, TIMEOUT,
             ))
-            .map_err(api_error)?;
+            .map_err(api_error(&token.ca_url))?;
         Ok((pkcs8, enrolled))
     });
     let (pkcs8, enrolled) = enrolled.inspect_err(|_| remove_created_dir())?;
@@ -403,7 +418,9 @@ pub fn run_list(a: &ListArgs) -> CliResult {
         return Err(CliError::usage("ca list needs --ca-url and --cred"));
     }
     let client = a.remote.client()?;
-    let r = runtime()?.block_on(client.list()).map_err(api_error)?;
+    let r = runtime()?
+        .block_on(client.list())
+        .map_err(api_error(a.remote.url()))?;
     match a.format.format {
         Format::Json => print_json(&serde_json::to_value(&r).context("cannot encode JSON")?),
         Format::Text => {
@@ -440,7 +457,7 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
     };
     let r = runtime()?
         .block_on(client.revoke(&req))
-        .map_err(api_error)?;
+        .map_err(api_error(args.remote.url()))?;
     match args.format.format {
         Format::Json => print_json(&json!({"kind": r.kind, "value": r.value, "exp": r.exp})),
         Format::Text => print_text(&format!(
@@ -500,7 +517,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
     .with_ttl(args.ttl.ttl);
     let rt = runtime()?;
     if !args.daemon {
-        let renewed = rt.block_on(enroller.renew()).map_err(api_error)?;
+        let renewed = rt.block_on(enroller.renew()).map_err(api_error(url))?;
         write_cert(&args.dir, &renewed)?;
         return print_renewed(&renewed, args.format.format);
     }
@@ -513,7 +530,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
         loop {
             tokio::select! {
                 r = &mut run => {
-                    return r.map_err(api_error);
+                    return r.map_err(api_error(url));
                 }
                 c = changes.changed() => {
                     if c.is_err() {
@@ -680,7 +697,7 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
     };
     let r = runtime()?
         .block_on(client.open_task(&req))
-        .map_err(api_error)?;
+        .map_err(api_error(a.remote.url()))?;
     write_response(&a.out_dir, &r)?;
     print_issued(&r, &a.out_dir, a.format.format)
 }
@@ -695,7 +712,7 @@ fn task_child(a: &TaskChildArgs) -> CliResult {
     };
     let r = runtime()?
         .block_on(client.issue_child(&req))
-        .map_err(api_error)?;
+        .map_err(api_error(a.remote.url()))?;
     write_response(&a.out_dir, &r)?;
     print_issued(&r, &a.out_dir, a.format.format)
 }

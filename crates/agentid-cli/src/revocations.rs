@@ -36,7 +36,7 @@ pub fn run_list(a: &ListArgs) -> CliResult {
     let client = a.remote.client()?;
     let served = crate::net::runtime()?
         .block_on(client.revocations())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(crate::net::api_error(a.remote.url()))?;
     let config = CredentialDir::load(dir)?.verifier_config()?;
     // Signature, issuer and claims first: nothing unverified is printed.
     let list = RevocationList::verify(&served.list, config.bundles())
