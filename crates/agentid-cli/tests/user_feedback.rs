@@ -402,3 +402,45 @@ fn an_unreachable_ca_is_named_with_its_url_and_a_next_step() {
         );
     }
 }
+
+#[test]
+fn a_malformed_policy_file_is_reported_as_such_not_as_a_refused_request() {
+    let env = Env::new();
+    // A missing comma: TOML fails at line 3.
+    std::fs::write(
+        env.path("ca/policy.toml"),
+        "[agents.planner]\nscopes = [\"tickets:read\"\nrequesters = [\"operator\"]\n",
+    )
+    .unwrap();
+    for args in [
+        vec![
+            "cert",
+            "issue",
+            "--ca",
+            "ca",
+            "--agent",
+            "planner",
+            "--scope",
+            "tickets:read",
+            "--format",
+            "json",
+        ],
+        vec!["ca", "serve", "--ca", "ca", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("line 3"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("ca/policy.toml"),
+            "{args:?}: names the file: {stderr}"
+        );
+        assert!(
+            !stderr.contains("check the request"),
+            "{args:?}: nothing was requested of the policy yet: {stderr}"
+        );
+        if let Ok(doc) = serde_json::from_slice::<Value>(&out.stdout) {
+            assert_ne!(doc["error"]["code"], "policy_refused", "{args:?}: {doc}");
+        }
+    }
+}
