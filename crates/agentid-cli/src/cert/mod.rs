@@ -86,7 +86,15 @@ pub fn open_ca(dir: &Path) -> CliResult<CertificateAuthority> {
         .with_code("not_a_ca_directory")
         .with_hint(hint));
     }
-    Ok(CertificateAuthority::open(dir)?)
+    CertificateAuthority::open(dir).map_err(|e| match e {
+        // Nothing has been requested yet: a policy error here is the file's, not a refusal.
+        agentid_ca::CaError::Policy { .. } => {
+            let policy = dir.join(agentid_ca::material::files::POLICY);
+            let hint = format!("fix {} and run the command again", policy.display());
+            CliError::failed(format!("{}: invalid: {e}: {hint}", policy.display())).with_hint(hint)
+        }
+        e => e.into(),
+    })
 }
 
 /// The `--ttl` of a certificate.
