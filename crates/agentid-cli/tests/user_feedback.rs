@@ -444,3 +444,29 @@ fn a_malformed_policy_file_is_reported_as_such_not_as_a_refused_request() {
         }
     }
 }
+
+#[test]
+fn token_create_refuses_an_out_it_cannot_write_before_making_a_token() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("ca/policy.toml"),
+        "[agents.planner]\nscopes = [\"tickets:*\"]\nrequesters = [\"operator\", \"bootstrap\"]\n",
+    )
+    .unwrap();
+    let tokens = || -> i64 {
+        rusqlite::Connection::open(env.path("ca/ca.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM bootstrap_tokens", [], |r| r.get(0))
+            .unwrap()
+    };
+    let base = "token create --ca ca --enroll-url https://127.0.0.1:8444 --agent planner --scope tickets:read";
+    std::fs::write(env.path("taken.json"), b"{}\n").unwrap();
+    let before = tokens();
+    env.fails(&format!("{base} --out taken.json"), 1, "already exists");
+    env.fails(&format!("{base} --out missing/t.json"), 1, "missing");
+    assert_eq!(
+        tokens(),
+        before,
+        "a token whose file was never written stays in the store, redeemable until it expires"
+    );
+}
