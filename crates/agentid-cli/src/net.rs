@@ -170,6 +170,25 @@ pub fn run_token(cmd: &TokenCommand) -> CliResult {
 }
 
 fn token_create(a: &TokenCreateArgs) -> CliResult {
+    // Refused before the token exists: a token whose file cannot be written would stay in the
+    // store, redeemable until it expires, with nobody holding it.
+    if std::fs::symlink_metadata(&a.out).is_ok() {
+        return Err(CliError::failed(format!(
+            "{} already exists: refusing to overwrite a token file",
+            a.out.display()
+        )));
+    }
+    let parent = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(CliError::failed(format!(
+            "{}: no such directory for --out {} (create it first)",
+            parent.display(),
+            a.out.display()
+        )));
+    }
     let file = match (&a.agent, &a.service) {
         (_, Some(service)) => service_token(a, service)?,
         (Some(agent), None) => agent_token(a, agent)?,
