@@ -316,3 +316,41 @@ fn private_keys_round_trip_as_pkcs8_pem() {
         FsError::BadKey { .. }
     ));
 }
+
+#[test]
+fn the_destination_check_refuses_exactly_what_write_public_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    fs::write(p("regular"), b"old").unwrap();
+    fs::create_dir(p("dir")).unwrap();
+    symlink(p("regular"), p("link")).unwrap();
+    symlink(p("absent"), p("dangling")).unwrap();
+    mkfifo(&p("fifo"));
+    for (name, kind) in [
+        ("absent", None),
+        ("regular", None),
+        ("fifo", None),
+        ("dir", Some(FileKind::Directory)),
+        ("link", Some(FileKind::Symlink)),
+        ("dangling", Some(FileKind::Symlink)),
+    ] {
+        match (agentid_fs::check_public_destination(&p(name)), kind) {
+            (Ok(()), None) => {}
+            (Err(FsError::NotWritable { kind: got, .. }), Some(want)) => {
+                assert_eq!(got, want, "{name}");
+                // write_public refuses it the same way, and writes nothing.
+                assert!(
+                    matches!(write_public(&p(name), b"new"), Err(FsError::NotWritable { kind: k, .. }) if k == want),
+                    "{name}"
+                );
+            }
+            (r, want) => panic!("{name}: {r:?}, expected {want:?}"),
+        }
+    }
+    assert_eq!(
+        fs::read(p("regular")).unwrap(),
+        b"old",
+        "a check writes nothing"
+    );
+    assert!(!p("absent").exists());
+}
