@@ -562,3 +562,48 @@ fn an_out_dir_that_cannot_hold_the_credential_is_refused_before_the_token_is_spe
     assert_eq!(issued(&env), before + 1);
     env.ok("cert verify a/cert.pem --bundle a/bundle.json");
 }
+
+#[test]
+fn task_open_and_child_refuse_an_out_dir_they_cannot_write_before_asking_the_ca() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    std::fs::write(env.path("notes.txt"), b"not a directory\n").unwrap();
+    agent_csr(
+        &env,
+        "p",
+        &["spiffe://example.org/agent/planner/task/t-out-1"],
+    );
+    let before = issued(&env);
+    env.fails(
+        &format!(
+            "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-out-1 --scope tickets:read --max-depth 1 --out-dir notes.txt/p"
+        ),
+        1,
+        "notes.txt",
+    );
+    assert_eq!(
+        issued(&env),
+        before,
+        "a task opened whose certificate went nowhere"
+    );
+    // The same request, to a directory that can hold it, opens the task.
+    env.json(&format!(
+        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-out-1 --scope tickets:read --max-depth 1 --out-dir p"
+    ));
+    std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();
+    agent_csr(&env, "c", &[]);
+    let before = issued(&env);
+    env.fails(
+        &format!(
+            "task child --ca-url {url} --cred p --csr c/req.csr --agent summarizer --ttl 1m --out-dir notes.txt/c"
+        ),
+        1,
+        "notes.txt",
+    );
+    assert_eq!(
+        issued(&env),
+        before,
+        "a child issued whose certificate went nowhere"
+    );
+}
