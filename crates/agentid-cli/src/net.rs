@@ -85,6 +85,25 @@ pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ 
     }
 }
 
+/// Makes `dir` (0700 when made here) and checks that `names` in it can be written, before the
+/// CA is asked for what goes there: what it issues or spends (a single-use token) is not asked
+/// for again. Returns whether `dir` was made here (see [`remove_made_dir`]).
+fn prepare_out_dir(dir: &Path, names: &[&str]) -> CliResult<bool> {
+    let made = std::fs::symlink_metadata(dir).is_err();
+    files::ensure_dir(dir)?;
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    files::check_public_destinations(&paths).inspect_err(|_| remove_made_dir(dir, made))?;
+    Ok(made)
+}
+
+/// Removes `dir` again when [`prepare_out_dir`] made it (and it is still empty): a refused
+/// request leaves nothing behind.
+fn remove_made_dir(dir: &Path, made: bool) {
+    if made {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 pub(crate) fn runtime() -> CliResult<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -367,29 +386,19 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
             key_path.display()
         )));
     }
-    let created_dir = std::fs::symlink_metadata(&a.out_dir).is_err();
-    files::ensure_dir(&a.out_dir)?;
-    let remove_created_dir = || {
-        if created_dir {
-            let _ = std::fs::remove_dir(&a.out_dir);
-        }
-    };
-    let enrolled = files::check_public_destinations(&[
-        a.out_dir.join(CERT_FILE),
-        a.out_dir.join(BUNDLE_FILE),
-        a.out_dir.join(GRANT_FILE),
-    ])
-    .and_then(|()| TaskKey::generate(a.key_type.algorithm()).context("cannot make a key"))
-    .and_then(|key| {
-        let pkcs8 = key.danger_pkcs8_der().to_vec();
-        let enrolled = runtime()?
-            .block_on(agentid_transport::enroll::enroll_with_token(
-                &token, key, TIMEOUT,
-            ))
-            .map_err(api_error(&token.ca_url))?;
-        Ok((pkcs8, enrolled))
-    });
-    let (pkcs8, enrolled) = enrolled.inspect_err(|_| remove_created_dir())?;
+    let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, BUNDLE_FILE, GRANT_FILE])?;
+    let enrolled = TaskKey::generate(a.key_type.algorithm())
+        .context("cannot make a key")
+        .and_then(|key| {
+            let pkcs8 = key.danger_pkcs8_der().to_vec();
+            let enrolled = runtime()?
+                .block_on(agentid_transport::enroll::enroll_with_token(
+                    &token, key, TIMEOUT,
+                ))
+                .map_err(api_error(&token.ca_url))?;
+            Ok((pkcs8, enrolled))
+        });
+    let (pkcs8, enrolled) = enrolled.inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     files::write_new_private_key(&key_path, &pkcs8)?;
     let pem: String = enrolled
         .credential
@@ -714,9 +723,11 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
             ..Default::default()
         },
     };
+    let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, GRANT_FILE])?;
     let r = runtime()?
         .block_on(client.open_task(&req))
-        .map_err(api_error(a.remote.url()))?;
+        .map_err(api_error(a.remote.url()))
+        .inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     write_response(&a.out_dir, &r)?;
     print_issued(&r, &a.out_dir, a.format.format)
 }
@@ -729,9 +740,11 @@ fn task_child(a: &TaskChildArgs) -> CliResult {
         ttl_secs: a.ttl.map(|d| d.as_secs()),
         parent_chain: None,
     };
+    let made = prepare_out_dir(&a.out_dir, &[CERT_FILE])?;
     let r = runtime()?
         .block_on(client.issue_child(&req))
-        .map_err(api_error(a.remote.url()))?;
+        .map_err(api_error(a.remote.url()))
+        .inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     write_response(&a.out_dir, &r)?;
     print_issued(&r, &a.out_dir, a.format.format)
 }
