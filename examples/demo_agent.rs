@@ -12,7 +12,7 @@
 //! Revocation lists are REQUIRED here: a peer is refused while no list is held.
 //!
 //! ```sh
-//! cargo build -p agentid-cli --features ca-server && export PATH="$PWD/target/debug:$PATH"
+//! cargo build -p agentid-cli && export PATH="$PWD/target/debug:$PATH"
 //! agentid ca init --trust-domain example.org --dir demo/ca
 //! cat > demo/ca/policy.toml <<'EOF'
 //! [defaults]
