@@ -403,7 +403,7 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
     other.ok("cert issue --ca ca --service platform --out-dir platform");
     let foreign = other.path("platform");
     let before = issued(&env);
-    env.fails_args(
+    let (_, line) = env.fails_args(
         &[
             "ca",
             "list",
@@ -415,6 +415,9 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
         1,
         "invalid peer certificate",
     );
+    // It answered: the reason is its certificate, not reachability.
+    assert!(line.contains(&s.url()), "{line}");
+    assert!(!line.contains("cannot reach"), "{line}");
     assert_eq!(issued(&env), before);
 }
 
