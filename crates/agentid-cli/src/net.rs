@@ -71,13 +71,7 @@ pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ 
         Some(api) => CliError::failed(e.to_string())
             .with_code(api.code.to_string())
             .with_hint(api.hint.clone()),
-        None if matches!(
-            e,
-            EnrollError::Io(_)
-                | EnrollError::Timeout(_)
-                | EnrollError::Transport(agentid_transport::Error::Io(_))
-        ) =>
-        {
+        None if unreachable(&e) => {
             let hint = "check the URL, and that `agentid ca serve` is running and listens there";
             CliError::failed(format!("cannot reach the CA at {url}: {e}: {hint}")).with_hint(hint)
         }
@@ -101,6 +95,30 @@ fn prepare_out_dir(dir: &Path, names: &[&str]) -> CliResult<bool> {
 fn remove_made_dir(dir: &Path, made: bool) {
     if made {
         let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Whether `e` says the CA could not be reached (no answer, no connection, a name that does not
+/// resolve), as opposed to a TLS peer that failed verification or an answer that was refused.
+fn unreachable(e: &EnrollError) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        // Name resolution and connecting.
+        EnrollError::Io(_) | EnrollError::Timeout(_) => true,
+        EnrollError::Transport(agentid_transport::Error::Io(io)) => matches!(
+            io.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::AddrNotAvailable
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::UnexpectedEof
+                | K::BrokenPipe
+        ),
+        _ => false,
     }
 }
 
