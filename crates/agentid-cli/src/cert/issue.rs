@@ -268,7 +268,6 @@ fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Where a new task key goes, and whether it may replace the credential files there.
 /// The public files [`finish`] writes into every output directory (`grant.jwt`, written for a
 /// task only, is checked by the commands that write it).
 fn public_files(out: &Path) -> Vec<PathBuf> {
@@ -277,6 +276,7 @@ fn public_files(out: &Path) -> Vec<PathBuf> {
         .to_vec()
 }
 
+/// Where a new task key goes, and whether it may replace the credential files there.
 struct NewKey<'a> {
     out: &'a Path,
     alg: agentid_protocol::Algorithm,
