@@ -885,6 +885,7 @@ impl CertificateAuthority {
         }
         Ok(ChildCap {
             parent_jkt: parent_rec.jkt,
+            grant_jti: task_rec.grant_jti,
             cap,
             ancestors,
         })
@@ -912,6 +913,7 @@ impl CertificateAuthority {
         )?;
         let ChildCap {
             parent_jkt,
+            grant_jti,
             cap,
             ancestors,
         } = self.child_cap(req, &task, now)?;
@@ -946,6 +948,7 @@ impl CertificateAuthority {
                     (RevocationKind::Agent, name.to_string()),
                     (RevocationKind::Agent, parent_agent.name().to_string()),
                     (RevocationKind::Task, task.as_str().to_string()),
+                    (RevocationKind::Jti, grant_jti),
                     (RevocationKind::Jkt, jkt.clone()),
                     (RevocationKind::Jkt, parent_jkt),
                 ]
@@ -1145,7 +1148,8 @@ impl CertificateAuthority {
 
     /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap` and key
     /// `bound_jkt`): a task by its agent's rule and its task's expiry, a service by its rule
-    /// (and its DNS names). A child is also refused while the agent or key of its parent, or of
+    /// (and its DNS names). A task identity is refused while its agent, task or task grant is
+    /// revoked, and a child also while the agent or key of its parent, or of
     /// any ancestor up to the root holder, is revoked, as a new child of that parent would be.
     fn renewal_limits(
         &self,
@@ -1171,6 +1175,7 @@ impl CertificateAuthority {
                         ancestors_of(&**store, identity.as_str(), bound_jkt, &record, || {
                             CaError::ParentNotActive(identity.as_str().to_string())
                         })?;
+                    refuse.push((RevocationKind::Jti, record.grant_jti.clone()));
                     refuse.extend(ancestor_refusals(&ancestors));
                     record.exp
                 };
@@ -1259,6 +1264,8 @@ struct RenewalLimits {
 struct ChildCap {
     /// The parent's bound key.
     parent_jkt: String,
+    /// The task grant's `jti`: its revocation refuses the child.
+    grant_jti: String,
     /// The latest the child's certificate may end.
     cap: u64,
     /// The parent's ancestors, up to the root holder.

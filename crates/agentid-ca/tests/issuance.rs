@@ -660,6 +660,47 @@ fn a_revoked_root_key_ends_issuance_to_every_descendant() {
     assert_eq!(t.ca.issuances().unwrap().len(), before, "nothing issued");
 }
 
+/// CA-API.md 3.8 and 3.9: a task whose grant is revoked (by its `jti`) opens no child and
+/// renews nothing: the grant is the task's authority, so the revocation refuses inside the
+/// issuance's own transaction (with the task, agent and key entries), not only in the
+/// service's per-request re-check of its caller, which a call already past it does not see.
+#[test]
+fn a_revoked_grant_ends_its_tasks_children_and_renewals() {
+    let t = test_ca(KeyType::P256);
+    let (k, creds) = planner_task(&t);
+    t.ca.revoke(
+        &RevokeTarget::GrantJti(creds.grant_jti.parse().unwrap()),
+        None,
+        "operator",
+        now(),
+    )
+    .unwrap();
+    let before = t.ca.issuances().unwrap().len();
+    let e =
+        t.ca.issue_child(&child_of(&creds.identity, "summarizer"), now())
+            .unwrap_err();
+    assert!(
+        matches!(&e, CaError::Revoked { kind: "jti", value } if *value == creds.grant_jti),
+        "{e}"
+    );
+    let e =
+        t.ca.renew(
+            &RenewRequest {
+                identity: PeerId::Task(creds.identity.clone()),
+                key: KeySource::Spki(k.public_key().to_spki_der()),
+                requester: RenewRequester::Holder,
+                ttl: None,
+            },
+            now(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, CaError::Revoked { kind: "jti", value } if *value == creds.grant_jti),
+        "{e}"
+    );
+    assert_eq!(t.ca.issuances().unwrap().len(), before, "nothing issued");
+}
+
 #[test]
 fn child_gets_no_grant_and_never_outlives_the_parent_chain() {
     let t = test_ca(KeyType::P256);
