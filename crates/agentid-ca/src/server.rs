@@ -659,16 +659,7 @@ async fn run<T: Send + 'static>(
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Refused> {
     let bytes = axum::body::to_bytes(req.into_body(), agentid_api::MAX_BODY_BYTES)
         .await
-        .map_err(|_| {
-            Refused::new(
-                ErrorCode::BodyTooLarge,
-                format!(
-                    "the request body is larger than {} bytes",
-                    agentid_api::MAX_BODY_BYTES
-                ),
-                "",
-            )
-        })?;
+        .map_err(|e| body_refusal(&*e.into_inner()))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Refused::new(
             ErrorCode::BadRequest,
@@ -676,6 +667,27 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Re
             "see spec/CA-API.md",
         )
     })
+}
+
+/// Why a request body could not be read: larger than the limit (`413 body_too_large`), or cut
+/// off, reset or too slow (`400 bad_request`: the body is not too large, it is missing).
+fn body_refusal(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Refused {
+    if e.is::<http_body_util::LengthLimitError>() {
+        Refused::new(
+            ErrorCode::BodyTooLarge,
+            format!(
+                "the request body is larger than {} bytes",
+                agentid_api::MAX_BODY_BYTES
+            ),
+            "",
+        )
+    } else {
+        Refused::new(
+            ErrorCode::BadRequest,
+            format!("the request body could not be read: {e}"),
+            "send the whole request again",
+        )
+    }
 }
 
 fn unix_now() -> u64 {
@@ -828,14 +840,36 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
     }
     if after.is_none() {
         if let Some(v) = req.headers().get(header::IF_NONE_MATCH) {
-            let t = v.to_str().unwrap_or("").trim().trim_matches('"');
             after = Some(
-                t.parse()
-                    .map_err(|_| bad("If-None-Match is a quoted seq"))?,
+                if_none_match_seq(v)
+                    .ok_or_else(|| bad("If-None-Match is a list of quoted seqs, or *"))?,
             );
         }
     }
     Ok((after, wait))
+}
+
+/// The `after` an `If-None-Match` asks for (RFC 9110 13.1.2, the entity tags being list
+/// `seq`s): the highest of its tags, weak (`W/"12"`) or strong, as a cache may send several;
+/// `*` (any list) is the highest `seq` there can be, so only "not modified" answers it. `None`
+/// when a tag is not a quoted decimal `seq`.
+fn if_none_match_seq(v: &HeaderValue) -> Option<u64> {
+    let v = v.to_str().ok()?.trim();
+    if v == "*" {
+        return Some(u64::MAX);
+    }
+    let mut highest = None;
+    for tag in v.split(',') {
+        let tag = tag.trim();
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let seq = tag.strip_prefix('"')?.strip_suffix('"')?;
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq: u64 = seq.parse().ok()?;
+        highest = Some(highest.map_or(seq, |h: u64| h.max(seq)));
+    }
+    highest
 }
 
 async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
@@ -1772,5 +1806,31 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
         RevokeTarget::Principal(_) => Err(CaError::InvalidRequest(
             "principals are revoked by the operator at the CA".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body over the limit is `413 body_too_large`; one that could not be read (the client
+    /// cut it off, reset or stalled) is `400 bad_request`, not "too large".
+    #[test]
+    fn only_an_oversized_body_is_called_too_large() {
+        // As `read_json` reads: `to_bytes` with a limit the body is over.
+        let too_large = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(
+                axum::body::Body::from(vec![0u8; 16]),
+                8,
+            ))
+            .unwrap_err();
+        assert_eq!(
+            body_refusal(&*too_large.into_inner()).0.code,
+            ErrorCode::BodyTooLarge
+        );
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(body_refusal(&cut).0.code, ErrorCode::BadRequest);
     }
 }

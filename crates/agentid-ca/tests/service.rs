@@ -260,6 +260,42 @@ async fn revoking_the_own_task_publishes_a_list_that_wakes_a_long_poll() {
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 }
 
+/// `GET /v1/revocations` with one `If-None-Match` value: the status.
+async fn poll_if_none_match(c: &mut HttpClientConnection, value: &str) -> u16 {
+    let req = http::Request::get("/v1/revocations")
+        .header("if-none-match", value)
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
+    resp.status().as_u16()
+}
+
+/// CA-API.md 3.4 and RFC 9110 13.1.2: `If-None-Match` may list several entity tags, weak or
+/// strong, as an HTTP cache sends them; the highest `seq` among them counts, and `*` matches
+/// any list. A value that is not a list of quoted `seq`s is `400`.
+#[tokio::test]
+async fn if_none_match_takes_lists_weak_tags_and_star_as_http_caches_send_them() {
+    let w = start().await;
+    let (mut c, _, _) = w.connect("worker").await;
+    let (s, _, b) = call(&mut c, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200, "{b}");
+    let seq = serde_json::from_str::<RevocationsResponse>(&b).unwrap().seq;
+    let older = seq.saturating_sub(1);
+    for (value, want) in [
+        (format!("\"{seq}\""), 304),
+        (format!("W/\"{seq}\""), 304),
+        (format!("\"{older}\", W/\"{seq}\""), 304),
+        ("*".to_owned(), 304),
+        (format!("\"{older}\""), if older < seq { 200 } else { 304 }),
+        (format!("\"{seq}"), 400),
+        ("\"x\"".to_owned(), 400),
+        ("\"+1\"".to_owned(), 400),
+        (format!("\"{seq}\",,"), 400),
+    ] {
+        assert_eq!(poll_if_none_match(&mut c, &value).await, want, "{value}");
+    }
+}
+
 fn b64(d: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
 }
