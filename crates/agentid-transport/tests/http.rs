@@ -843,6 +843,36 @@ async fn revocation_ends_the_connection_and_cuts_streams() {
     }
 }
 
+/// Spec 22.5 step 2 ("as a framed session does", section 16.4 "Re-checking live sessions") and
+/// 14.3: a connection is re-checked when a held revocation list it depends on goes stale at
+/// `next_update + skew` without a fresh list, and the re-check fails closed with
+/// `revocation_stale`, as a new connection would. Without it, a peer whose revocation is
+/// withheld (the feed blocked) keeps its connection's authority until the deadline.
+#[tokio::test]
+async fn a_connection_fails_closed_when_the_held_revocation_list_goes_stale() {
+    let mut w = World::new(false);
+    // The server requires fresh lists and allows no skew; its list is fresh for 2 more seconds.
+    w.sv = verification_with(SERVER, &[&w.a], |c| c.skew(0).unwrap());
+    w.sv.apply_revocation_list(&w.a.revocation_list_until(1, now() + 2, |b| b))
+        .unwrap();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds.clone(), false, addr).await;
+    get_ok(&mut conn, "/scope").await;
+    // Past next_update + skew, no fresh list: a new connection is refused...
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut fresh = connect(&w, creds, false, addr).await;
+    let r = fresh.send(get_req("/scope")).await.unwrap();
+    assert_eq!(status_code(r).await, refused("revocation_stale"));
+    // ...and so is the live one (or it is closed), never served.
+    if let Ok(r) = conn.send(get_req("/scope")).await {
+        let status = r.status();
+        let text = body(r).await;
+        assert_eq!(status, 401, "served past next_update + skew: {text}");
+        assert_eq!(code_of(&text), "revocation_stale");
+    }
+}
+
 #[tokio::test]
 async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let w = World::new(false);
