@@ -7,7 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use agentid_protocol::{BundleSet, TokenCache, TrustBundle, TrustDomain, Verifier, VerifierConfig};
+use agentid_protocol::{
+    BundleSet, SpiffeId, TokenCache, TrustBundle, TrustDomain, VerifiedChain, Verifier,
+    VerifierConfig,
+};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
@@ -190,6 +193,36 @@ impl PeerVerification {
             );
         }
         Ok(())
+    }
+
+    /// The earliest time (`next_update + skew`) at which a revocation list that a live peer's
+    /// verification depends on goes stale: the lists of the peer's trust domain and, with a
+    /// chain, of its authority and of every holder along it (the domains phase 6 consults).
+    /// `None` when stale lists are tolerated (`danger_` setting) or no such list is held. A
+    /// live session or connection re-checks its peer at that time (spec/PROTOCOL.md 16.4,
+    /// 22.5).
+    pub(crate) fn stale_at(&self, peer: &SpiffeId, chain: Option<&VerifiedChain>) -> Option<u64> {
+        let v = self.verifier();
+        let config = v.config();
+        if config.revocation_optional() {
+            return None;
+        }
+        // Borrowed: a list is found by its domain's name, nothing is copied.
+        let mut domains: Vec<&str> = vec![peer.trust_domain_str()];
+        if let Some(chain) = chain {
+            domains.push(chain.authority.as_str());
+            domains.extend(
+                chain
+                    .actors
+                    .iter()
+                    .map(|a| a.id.as_spiffe_id().trust_domain_str()),
+            );
+        }
+        domains
+            .iter()
+            .filter_map(|td| config.revocation_list(*td))
+            .map(|l| l.next_update().saturating_add(config.skew_seconds()))
+            .min()
     }
 
     /// Adds or replaces a trust bundle (a lower sequence is refused); new handshakes use its

@@ -137,6 +137,10 @@ pub(crate) struct ConnShared {
     /// its chain once presented): a list that newly revokes one of them signals it.
     index: Registration,
     index_checked: AtomicU64,
+    /// When a revocation list the peer's verification depends on goes stale (`next_update +
+    /// skew`; `u64::MAX`: never, lists optional or none held): the connection is re-checked
+    /// then, as a framed session is (spec/PROTOCOL.md 22.5 step 2, 16.4).
+    stale_at: AtomicU64,
     /// The trust store the peer's certificate was last validated against.
     trust_seen: Mutex<Arc<TrustStore>>,
     peer_certs: Vec<CertificateDer<'static>>,
@@ -262,6 +266,10 @@ impl ConnShared {
             )),
             lists_seen,
         );
+        let stale_at = server
+            .verification
+            .stale_at(peer.info.id.as_spiffe_id(), None)
+            .unwrap_or(u64::MAX);
         let conn = Arc::new(Self {
             trust_seen: Mutex::new(trust),
             peer_certs,
@@ -274,6 +282,7 @@ impl ConnShared {
             checked_epoch: AtomicU64::new(epoch),
             index,
             index_checked: AtomicU64::new(0),
+            stale_at: AtomicU64::new(stale_at),
             closing: AtomicBool::new(false),
             wake: DriverWake::default(),
             rearm: Notify::new(),
@@ -303,6 +312,25 @@ impl ConnShared {
 
     pub(crate) fn deadline(&self) -> u64 {
         self.deadline.load(Ordering::Acquire)
+    }
+
+    /// When a revocation list the peer's verification depends on goes stale (`u64::MAX`:
+    /// never).
+    fn stale_at(&self) -> u64 {
+        self.stale_at.load(Ordering::Acquire)
+    }
+
+    /// Sets [`ConnShared::stale_at`] from the lists held now, for the peer and its verified
+    /// `chain`, and wakes the watchdog to wait for it.
+    fn watch_staleness(&self, chain: Option<&VerifiedChain>) {
+        let at = self
+            .server
+            .verification
+            .stale_at(self.peer.info.id.as_spiffe_id(), chain)
+            .unwrap_or(u64::MAX);
+        if self.stale_at.swap(at, Ordering::AcqRel) != at {
+            self.rearm.notify_one();
+        }
     }
 
     fn touch(&self) {
@@ -479,6 +507,8 @@ impl ConnShared {
                 if v.deadline < self.deadline.fetch_min(v.deadline, Ordering::AcqRel) {
                     self.rearm.notify_one();
                 }
+                // The chain's authority and holders join the domains whose lists must stay fresh.
+                self.watch_staleness(v.chain.as_ref());
                 tracing::debug!(peer.id = %self.peer.info.id, chain = v.chain.is_some(), "agentid presentation verified");
             }
             Err(r) => {
@@ -559,6 +589,7 @@ impl ConnShared {
         let epoch = self.server.verification.recheck_epoch();
         if epoch != self.checked_epoch.load(Ordering::Acquire)
             || self.index.version() != self.index_checked.load(Ordering::Acquire)
+            || reached(self.stale_at())
         {
             self.recheck(epoch)?;
         }
@@ -614,10 +645,11 @@ impl ConnShared {
         match result {
             Err(e) if e.code() != ErrorCode::Expired => Err(self.end(Refusal::from_protocol(&e))),
             _ if pending => Ok(()),
-            _ => {
+            result => {
                 *self.trust_seen.lock().unwrap_or_else(|e| e.into_inner()) = trust;
                 self.checked_epoch.store(epoch, Ordering::Release);
                 self.index_checked.store(index_version, Ordering::Release);
+                self.watch_staleness(result.ok().flatten().as_ref());
                 Ok(())
             }
         }
@@ -1321,6 +1353,11 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
         // when it fires).
         let idle_at = conn.idle_at(idle).unwrap_or_else(|| Instant::now() + idle);
         let quiet_at = quiet.map_or_else(Instant::now, |(at, _)| at);
+        // A held list the peer depends on going stale re-checks the connection (never in the
+        // past: a re-check that found it stale ended the connection, and one that ran while a
+        // presentation was pending is retried a second later).
+        let stale_at = conn.stale_at();
+        let stale = instant_at(stale_at.max(now_unix().saturating_add(1)));
         tokio::select! {
             biased;
             () = conn.rearm.notified() => {}
@@ -1344,6 +1381,10 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                     let epoch = conn.server.verification.recheck_epoch();
                     let _ = conn.recheck(epoch);
                 }
+            }
+            () = sleep_until(stale), if stale_at != u64::MAX => {
+                let epoch = conn.server.verification.recheck_epoch();
+                let _ = conn.recheck(epoch);
             }
             () = sleep_until(close_at), if !closing => conn.start_close(),
             () = sleep_until(idle_at), if !idle_done => {

@@ -146,27 +146,10 @@ pub(super) fn revocation_targets(peer: &AuthenticatedPeer) -> Option<Vec<Revocat
 /// authority and of every holder along it (the domains phase 6 consults). `None` when stale lists
 /// are tolerated (`danger_` setting) or no such list is held.
 pub(super) fn stale_at(verification: &PeerVerification, peer: &AuthenticatedPeer) -> Option<u64> {
-    let v = verification.verifier();
-    let config = v.config();
-    if config.revocation_optional() {
-        return None;
-    }
-    // Borrowed: a list is found by its domain's name, nothing is copied.
-    let mut domains: Vec<&str> = vec![peer.id.as_spiffe_id().trust_domain_str()];
-    if let Some(chain) = &peer.chain {
-        domains.push(chain.authority.as_str());
-        domains.extend(
-            chain
-                .actors
-                .iter()
-                .map(|a| a.id.as_spiffe_id().trust_domain_str()),
-        );
-    }
-    domains
-        .iter()
-        .filter_map(|td| config.revocation_list(*td))
-        .map(|l| l.next_update().saturating_add(config.skew_seconds()))
-        .min()
+    verification.stale_at(
+        peer.id.as_spiffe_id(),
+        peer.chain.as_ref().map(PeerChain::verified),
+    )
 }
 
 pub(super) fn stale_instant(at: Option<u64>) -> Instant {
