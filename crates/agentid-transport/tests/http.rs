@@ -873,6 +873,39 @@ async fn a_connection_fails_closed_when_the_held_revocation_list_goes_stale() {
     }
 }
 
+/// Spec 14.3 ("a transport that applies a new list MUST re-check its live sessions against it
+/// and end at once every session whose peer ... the list covers") and 16.4 ("each side"): a
+/// client whose verification applies a list revoking the server's certificate key sends no
+/// further request on its connection to that server; the next one fails with `revoked`.
+#[tokio::test]
+async fn a_client_stops_using_a_connection_whose_server_a_new_list_revokes() {
+    let w = World::revocable();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds, false, addr).await;
+    get_ok(&mut conn, "/scope").await;
+    assert!(
+        conn.server_proof().is_some(),
+        "the server's proof was verified"
+    );
+    // The client learns that the server's certificate key is revoked.
+    let jkt = conn.peer().info.public_key.thumbprint();
+    let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+    w.cv.apply_revocation_list(&list).unwrap();
+    match conn.send(get_req("/scope")).await {
+        Err(e) => assert_eq!(
+            e.protocol_code(),
+            Some(agentid_protocol::ErrorCode::Revoked),
+            "{e:?}"
+        ),
+        Ok(r) => panic!(
+            "a request went out to a revoked server and got {}",
+            r.status()
+        ),
+    }
+    assert!(!conn.is_usable(), "the connection is not used again");
+}
+
 #[tokio::test]
 async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let w = World::new(false);
