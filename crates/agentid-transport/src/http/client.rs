@@ -162,6 +162,9 @@ pub struct HttpClientConnection {
     presented: bool,
     server: Option<ServerPresentation>,
     close_at: Instant,
+    /// Set when a re-check of the verified server failed: the connection carries no more
+    /// requests, each of which gets this error.
+    ended: Option<agentid_protocol::Error>,
 }
 
 /// The server's verified presentation.
@@ -169,6 +172,13 @@ pub struct HttpClientConnection {
 struct ServerPresentation {
     proof: String,
     chain: Option<VerifiedChain>,
+    /// The server's chain as sent (what a re-check verifies again).
+    chain_compact: Option<String>,
+    /// [`PeerVerification::epoch`] as read before the server was last checked.
+    checked_epoch: u64,
+    /// When a revocation list the server's verification depends on goes stale (`u64::MAX`:
+    /// never).
+    stale_at: u64,
 }
 
 impl std::fmt::Debug for HttpClientConnection {
@@ -306,6 +316,7 @@ impl HttpClient {
             presented: false,
             server: None,
             close_at,
+            ended: None,
         })
     }
 }
@@ -420,6 +431,7 @@ impl HttpClientConnection {
     /// Whether the connection can still carry a request (not past its margin, not closed).
     pub fn is_usable(&self) -> bool {
         Instant::now() < self.close_at
+            && self.ended.is_none()
             && match &self.sender {
                 Sender::H1(s) => !s.is_closed(),
                 Sender::H2(s) => !s.is_closed(),
@@ -434,6 +446,7 @@ impl HttpClientConnection {
         if Instant::now() >= self.close_at {
             return Err(Error::CredentialExpired);
         }
+        self.recheck_server()?;
         let (mut parts, body) = req.into_parts();
         let path = |uri: &Uri| {
             uri.path_and_query()
@@ -509,6 +522,47 @@ impl HttpClientConnection {
         Ok(resp)
     }
 
+    /// Re-checks the verified server when the verification state changed since it was last
+    /// checked (a revocation list or bundle applied) or a list it depends on went stale, as a
+    /// framed session re-checks its peer (spec/PROTOCOL.md 14.3, 16.4): its chain verified again,
+    /// or without one its revocation status. Any failure but expiry (which the close margin
+    /// handles) ends the connection: no request is sent on it any more.
+    fn recheck_server(&mut self) -> Result<()> {
+        if let Some(e) = &self.ended {
+            return Err(Error::Protocol(e.clone()));
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let epoch = self.verification.epoch();
+        let now = now_unix();
+        if epoch == server.checked_epoch && now < server.stale_at {
+            return Ok(());
+        }
+        let peer = &self.peer.info;
+        let result = self.verification.verifier().verify_peer(
+            server.chain_compact.as_deref(),
+            peer.id.as_spiffe_id(),
+            &peer.public_key,
+            now,
+        );
+        match result {
+            Err(e) if e.code() != ErrorCode::Expired => {
+                tracing::info!(peer.id = %peer.id, reason = e.code().as_str(), "agentid http client: server no longer verifies, connection ended");
+                self.ended = Some(e.clone());
+                Err(Error::Protocol(e))
+            }
+            result => {
+                server.checked_epoch = epoch;
+                server.stale_at = self
+                    .verification
+                    .stale_at(peer.id.as_spiffe_id(), result.ok().flatten().as_ref())
+                    .unwrap_or(u64::MAX);
+                Ok(())
+            }
+        }
+    }
+
     /// Verifies the server's proof on a response to a presenting request.
     fn check_server(&mut self, resp: &HttpResponse) -> Result<()> {
         let proof = match resp.headers().get(PROOF_HEADER) {
@@ -534,6 +588,7 @@ impl HttpClientConnection {
             })
             .transpose()?;
         let peer = &self.peer.info;
+        let checked_epoch = self.verification.epoch();
         let verified = self.verification.verifier().verify_presentation(
             &Presentation { proof, chain },
             &PresentationContext {
@@ -549,9 +604,16 @@ impl HttpClientConnection {
                 now: now_unix(),
             },
         )?;
+        let stale_at = self
+            .verification
+            .stale_at(peer.id.as_spiffe_id(), verified.chain.as_ref())
+            .unwrap_or(u64::MAX);
         self.server = Some(ServerPresentation {
             proof: proof.to_owned(),
             chain: verified.chain,
+            chain_compact: chain.map(str::to_owned),
+            checked_epoch,
+            stale_at,
         });
         Ok(())
     }
