@@ -13,10 +13,12 @@
 //! result.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use crate::bundle::{BundleSet, TrustBundle};
+use crate::cache::TokenCache;
 use crate::config::{AuthorityPolicy, VerifierConfig};
 use crate::encoding::{b64_decode, json_time};
 use crate::error::{Error, ErrorCode, Result};
@@ -55,7 +57,18 @@ const PROOF_MEMBERS: &[&str] = &["compact", "role", "exporter", "client_proof"];
 /// plus `proof_jti` when a hop proof was verified (a case without a chain has no result members).
 /// On failure: `{"valid": false, "error": CODE, "index": N | null}`.
 pub fn run_case(input: &Value) -> Value {
-    match CaseInput::read(input).and_then(|c| c.run()) {
+    run_case_with(input, None)
+}
+
+/// [`run_case`] with a verifier that uses `cache` (spec/PROTOCOL.md section 10, "Caching": a
+/// cache MUST NOT change any verdict, code or index, so the result is [`run_case`]'s whatever
+/// the cache already holds, from this case or any other).
+pub fn run_case_cached(input: &Value, cache: &Arc<TokenCache>) -> Value {
+    run_case_with(input, Some(cache))
+}
+
+fn run_case_with(input: &Value, cache: Option<&Arc<TokenCache>>) -> Value {
+    match CaseInput::read(input).and_then(|c| c.run(cache)) {
         Ok(v) => v,
         Err(e) => json!({ "valid": false, "error": e.code().as_str(), "index": e.index() }),
     }
@@ -303,8 +316,11 @@ impl<'a> CaseInput<'a> {
         Verifier::new(cfg)
     }
 
-    fn run(&self) -> Result<Value> {
-        let verifier = self.config()?;
+    fn run(&self, cache: Option<&Arc<TokenCache>>) -> Result<Value> {
+        let verifier = match cache {
+            Some(c) => self.config()?.with_cache(Arc::clone(c)),
+            None => self.config()?,
+        };
         let peer_id = self.peer_id.as_spiffe_id();
 
         // The presentation (spec/PROTOCOL.md section 16.3): the hop proof if any, then the

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use agentid_protocol::vectors::run_case;
+use agentid_protocol::vectors::{run_case, run_case_cached};
 use agentid_protocol::ErrorCode;
+use agentid_protocol::TokenCache;
 use serde_json::Value;
 
 /// Codes that no vector is expected to produce, each with the reason.
@@ -113,6 +114,35 @@ fn every_vector_agrees_with_the_reference_runner() {
         "{} of {} vectors disagree:\n{}",
         failures.len(),
         cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Section 10, "Caching": a cache MUST NOT change any verdict, code or index. Every vector runs
+/// twice through one cache shared by all of them (so the second run of each finds its own tokens,
+/// and every run finds the tokens of the vectors before it, verified under other bundles,
+/// policies, lists and times), and must give the expected result each time.
+#[test]
+fn a_token_cache_shared_by_every_vector_changes_no_result() {
+    let cases = load();
+    let cache = std::sync::Arc::new(TokenCache::new(1 << 16));
+    let mut failures = Vec::new();
+    for round in ["cold", "warm"] {
+        for c in &cases {
+            let got = run_case_cached(&c.input, &cache);
+            if got != c.expected {
+                failures.push(format!(
+                    "{round} {} / {}:\n    expected {}\n    got      {}",
+                    c.file, c.id, c.expected, got
+                ));
+            }
+        }
+    }
+    assert!(!cache.is_empty(), "the cache was used");
+    assert!(
+        failures.is_empty(),
+        "{} runs disagree with a shared cache:\n{}",
+        failures.len(),
         failures.join("\n")
     );
 }
