@@ -1058,6 +1058,34 @@ async fn a_bundle_change_revalidates_the_peer_certificate() {
     refused_or_gone(sent, "bad_certificate", hyper::Error::is_incomplete_message).await;
 }
 
+/// Spec 16.4 ("Re-checking live sessions", each side): after a bundle change a client
+/// validates the server's certificate path again against the new anchors of its domain; a
+/// server whose CA left the bundle gets no further request on the connection.
+#[tokio::test]
+async fn a_bundle_change_revalidates_the_server_certificate_at_the_client() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds, false, addr).await;
+    get_ok(&mut conn, "/scope").await;
+    // The domain's x509 authority replaced by another CA (a higher sequence), at the client.
+    let other = Ca::new("example.org");
+    let bundle = agentid_protocol::TrustBundle::new(w.a.td.clone(), 2)
+        .add_x509_authority(other.der.to_vec(), other.key.public_key())
+        .add_grant_key(w.a.grant_key.public_key().clone())
+        .add_revocation_key(w.a.rev_key.public_key().clone());
+    w.cv.update_bundle(bundle).unwrap();
+    match conn.send(get_req("/scope")).await {
+        Err(agentid_transport::Error::Certificate(_)) => {}
+        Err(e) => panic!("{e:?}"),
+        Ok(r) => panic!(
+            "a request went out to a server no longer trusted and got {}",
+            r.status()
+        ),
+    }
+    assert!(!conn.is_usable(), "the connection is not used again");
+}
+
 /// An idle connection is closed by the server on HTTP/1.1 and HTTP/2 (`idle_timeout`), while a
 /// connection with a response still streaming is not.
 #[tokio::test]
