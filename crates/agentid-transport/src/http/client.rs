@@ -33,10 +33,12 @@ pub(crate) const DEFAULT_CLOSE_MARGIN: Duration = Duration::from_secs(5);
 use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
 use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
-use crate::error::{Error, Result, TimeoutKind};
+use crate::error::{CertError, Error, Result, TimeoutKind};
 use crate::session::{now_unix, PROOF_LIFETIME};
 use crate::PeerPolicy;
 use crate::PeerVerification;
+use crate::{CertUsage, TrustStore};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 /// The response type of [`HttpClientConnection::send`].
 pub type HttpResponse = Response<Incoming>;
@@ -164,7 +166,29 @@ pub struct HttpClientConnection {
     close_at: Instant,
     /// Set when a re-check of the verified server failed: the connection carries no more
     /// requests, each of which gets this error.
-    ended: Option<agentid_protocol::Error>,
+    ended: Option<ServerEnded>,
+    /// The server's certificate chain (leaf first), validated again after a bundle change.
+    server_certs: Vec<CertificateDer<'static>>,
+    /// The trust store the server's certificate was last validated against.
+    trust_seen: Arc<TrustStore>,
+}
+
+/// Why a connection's verified server no longer is.
+#[derive(Clone, Debug)]
+enum ServerEnded {
+    /// Its chain or revocation status no longer verifies.
+    Protocol(agentid_protocol::Error),
+    /// Its certificate no longer chains to its domain's anchors.
+    Certificate(CertError),
+}
+
+impl ServerEnded {
+    fn error(&self) -> Error {
+        match self {
+            ServerEnded::Protocol(e) => Error::Protocol(e.clone()),
+            ServerEnded::Certificate(e) => Error::Certificate(e.clone()),
+        }
+    }
 }
 
 /// The server's verified presentation.
@@ -251,8 +275,17 @@ impl HttpClient {
             .map_err(|e| Error::Config(e.to_string()))?;
         // The handshake presents exactly the credential the proof is signed with.
         let connector = TlsConnector::from(pinned_client_config(&self.config, &local));
+        // The anchors the handshake validates against (read before it: a change during it is a
+        // change since, and the first re-check validates the certificate again).
+        let trust_seen = self.verification.trust_store();
         let tls = connector.connect(name, tcp).await?;
         let peer = client_peer(tls.get_ref().1, &self.verification)?;
+        let server_certs: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
 
         // The own chain's audience and `exp`, read once per chain (not per connection).
         let chain_info = local.chain().map(|c| self.chain_info(c)).transpose()?;
@@ -317,6 +350,8 @@ impl HttpClient {
             server: None,
             close_at,
             ended: None,
+            server_certs,
+            trust_seen,
         })
     }
 }
@@ -529,7 +564,7 @@ impl HttpClientConnection {
     /// handles) ends the connection: no request is sent on it any more.
     fn recheck_server(&mut self) -> Result<()> {
         if let Some(e) = &self.ended {
-            return Err(Error::Protocol(e.clone()));
+            return Err(e.error());
         }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
@@ -538,6 +573,23 @@ impl HttpClientConnection {
         let now = now_unix();
         if epoch == server.checked_epoch && now < server.stale_at {
             return Ok(());
+        }
+        // After a bundle change: the server's certificate path against the new anchors.
+        let trust = self.verification.trust_store();
+        if !Arc::ptr_eq(&trust, &self.trust_seen) {
+            if let Some((leaf, rest)) = self.server_certs.split_first() {
+                let at = UnixTime::since_unix_epoch(Duration::from_secs(now));
+                match trust.verify(leaf, rest, at, CertUsage::ServerAuth) {
+                    Ok(_) | Err(CertError::Expired) => {}
+                    Err(e) => {
+                        tracing::info!(peer.id = %self.peer.info.id, error = %e, "agentid http client: server certificate no longer trusted, connection ended");
+                        let ended = ServerEnded::Certificate(e);
+                        let err = ended.error();
+                        self.ended = Some(ended);
+                        return Err(err);
+                    }
+                }
+            }
         }
         let peer = &self.peer.info;
         let result = self.verification.verifier().verify_peer(
@@ -549,10 +601,11 @@ impl HttpClientConnection {
         match result {
             Err(e) if e.code() != ErrorCode::Expired => {
                 tracing::info!(peer.id = %peer.id, reason = e.code().as_str(), "agentid http client: server no longer verifies, connection ended");
-                self.ended = Some(e.clone());
+                self.ended = Some(ServerEnded::Protocol(e.clone()));
                 Err(Error::Protocol(e))
             }
             result => {
+                self.trust_seen = trust;
                 server.checked_epoch = epoch;
                 server.stale_at = self
                     .verification
