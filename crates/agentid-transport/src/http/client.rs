@@ -34,7 +34,7 @@ use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
 use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result, TimeoutKind};
-use crate::session::{now_unix, PROOF_LIFETIME};
+use crate::session::{now_unix, stale_instant, PROOF_LIFETIME};
 use crate::PeerPolicy;
 use crate::PeerVerification;
 use crate::{CertUsage, TrustStore};
@@ -200,9 +200,9 @@ struct ServerPresentation {
     chain_compact: Option<String>,
     /// [`PeerVerification::epoch`] as read before the server was last checked.
     checked_epoch: u64,
-    /// When a revocation list the server's verification depends on goes stale (`u64::MAX`:
-    /// never).
-    stale_at: u64,
+    /// When a revocation list the server's verification depends on goes stale, on the clock
+    /// `send` already reads for the close margin (a year away: never).
+    stale_at: Instant,
 }
 
 impl std::fmt::Debug for HttpClientConnection {
@@ -478,10 +478,11 @@ impl HttpClientConnection {
     /// the presentation; a success response to it without a valid server proof is an error.
     /// Redirects are returned, never followed.
     pub async fn send(&mut self, req: Request<Bytes>) -> Result<HttpResponse> {
-        if Instant::now() >= self.close_at {
+        let now = Instant::now();
+        if now >= self.close_at {
             return Err(Error::CredentialExpired);
         }
-        self.recheck_server()?;
+        self.recheck_server(now)?;
         let (mut parts, body) = req.into_parts();
         let path = |uri: &Uri| {
             uri.path_and_query()
@@ -562,7 +563,7 @@ impl HttpClientConnection {
     /// framed session re-checks its peer (spec/PROTOCOL.md 14.3, 16.4): its chain verified again,
     /// or without one its revocation status. Any failure but expiry (which the close margin
     /// handles) ends the connection: no request is sent on it any more.
-    fn recheck_server(&mut self) -> Result<()> {
+    fn recheck_server(&mut self, at: Instant) -> Result<()> {
         if let Some(e) = &self.ended {
             return Err(e.error());
         }
@@ -570,10 +571,10 @@ impl HttpClientConnection {
             return Ok(());
         };
         let epoch = self.verification.epoch();
-        let now = now_unix();
-        if epoch == server.checked_epoch && now < server.stale_at {
+        if epoch == server.checked_epoch && at < server.stale_at {
             return Ok(());
         }
+        let now = now_unix();
         // After a bundle change: the server's certificate path against the new anchors.
         let trust = self.verification.trust_store();
         if !Arc::ptr_eq(&trust, &self.trust_seen) {
@@ -607,10 +608,10 @@ impl HttpClientConnection {
             result => {
                 self.trust_seen = trust;
                 server.checked_epoch = epoch;
-                server.stale_at = self
-                    .verification
-                    .stale_at(peer.id.as_spiffe_id(), result.ok().flatten().as_ref())
-                    .unwrap_or(u64::MAX);
+                server.stale_at = stale_instant(
+                    self.verification
+                        .stale_at(peer.id.as_spiffe_id(), result.ok().flatten().as_ref()),
+                );
                 Ok(())
             }
         }
@@ -657,10 +658,10 @@ impl HttpClientConnection {
                 now: now_unix(),
             },
         )?;
-        let stale_at = self
-            .verification
-            .stale_at(peer.id.as_spiffe_id(), verified.chain.as_ref())
-            .unwrap_or(u64::MAX);
+        let stale_at = stale_instant(
+            self.verification
+                .stale_at(peer.id.as_spiffe_id(), verified.chain.as_ref()),
+        );
         self.server = Some(ServerPresentation {
             proof: proof.to_owned(),
             chain: verified.chain,

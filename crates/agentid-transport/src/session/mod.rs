@@ -38,7 +38,8 @@ mod reauth;
 mod recheck;
 
 use io::from_io;
-use recheck::{revocation_targets, stale_at, stale_instant, watch_changes, ChangeFuture};
+pub(crate) use recheck::stale_instant;
+use recheck::{revocation_targets, stale_at, watch_changes, ChangeFuture};
 
 /// The most `reauth` frames one session accepts (each leaves a receipt).
 pub const MAX_REAUTHS: usize = 1024;

@@ -152,7 +152,9 @@ pub(super) fn stale_at(verification: &PeerVerification, peer: &AuthenticatedPeer
     )
 }
 
-pub(super) fn stale_instant(at: Option<u64>) -> Instant {
+/// When a list that goes stale at `at` (Unix seconds; `None`: no list to watch) does, on the
+/// monotonic clock (a year away at most). Also the HTTP client's.
+pub(crate) fn stale_instant(at: Option<u64>) -> Instant {
     // No list to watch: a far deadline (instant_for caps it at a year).
     instant_for(at.unwrap_or(u64::MAX))
 }
