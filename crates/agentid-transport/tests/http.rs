@@ -873,6 +873,36 @@ async fn a_connection_fails_closed_when_the_held_revocation_list_goes_stale() {
     }
 }
 
+/// Spec 22.5 and 16.4 ("each side"): the client's list for the server's domain going stale
+/// (`next_update` + skew passed, no fresh list) ends its use of a connection to a server it
+/// verified: the next request fails `revocation_stale` and never goes out.
+#[tokio::test]
+async fn a_client_stops_using_a_connection_once_its_list_for_the_server_goes_stale() {
+    let mut w = World::new(false);
+    // The client requires fresh lists and allows no skew; its list is fresh for 2 more seconds.
+    w.cv = verification_with(CLIENT, &[&w.a], |c| c.skew(0).unwrap());
+    w.cv.apply_revocation_list(&w.a.revocation_list_until(1, now() + 2, |b| b))
+        .unwrap();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds, false, addr).await;
+    get_ok(&mut conn, "/scope").await;
+    assert!(conn.server_proof().is_some(), "the server was verified");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    match conn.send(get_req("/scope")).await {
+        Err(e) => assert_eq!(
+            e.protocol_code(),
+            Some(agentid_protocol::ErrorCode::RevocationStale),
+            "{e:?}"
+        ),
+        Ok(r) => panic!(
+            "a request went out on a list gone stale and got {}",
+            r.status()
+        ),
+    }
+    assert!(!conn.is_usable(), "the connection is not used again");
+}
+
 /// Spec 14.3 ("a transport that applies a new list MUST re-check its live sessions against it
 /// and end at once every session whose peer ... the list covers") and 16.4 ("each side"): a
 /// client whose verification applies a list revoking the server's certificate key sends no
