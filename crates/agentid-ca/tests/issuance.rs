@@ -833,6 +833,50 @@ fn bootstrap_token_is_single_use_and_bound() {
     assert!(!audit.contains(&tok.token));
 }
 
+/// CA-API.md 1.3: a single-use token redeemed by several agents at once issues once, and every
+/// other redemption is told `token_used`, whichever step of its issuance it lost on (the
+/// token, or the identity the winner had just bound), never a binding error that sends an
+/// agent looking for a key problem.
+#[test]
+fn concurrent_redemptions_of_one_token_issue_once_and_the_rest_are_told_token_used() {
+    let t = test_ca(KeyType::P256);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    for _round in 0..4 {
+        let tok =
+            t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
+                .unwrap();
+        let csrs: Vec<Vec<u8>> = (0..6).map(|_| csr_for(&tok)).collect();
+        let barrier = std::sync::Barrier::new(csrs.len());
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = csrs
+                .into_iter()
+                .map(|csr| {
+                    let (ca, token, barrier) = (&t.ca, &tok.token, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        ca.enroll(token, csr, now())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "one issuance: {results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, agentid_ca::EnrollError::TokenUsed),
+                "a losing redemption is told token_used: {r:?}"
+            );
+        }
+    }
+}
+
 /// A CSR for a fresh key with the identity `tok` binds as its only SAN.
 fn csr_for(tok: &agentid_ca::BootstrapToken) -> Vec<u8> {
     csr_with(
