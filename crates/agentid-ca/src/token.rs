@@ -217,17 +217,11 @@ impl CertificateAuthority {
         };
         match self.issue_service_bootstrap(&req, &state.record, now) {
             Ok(c) => Ok(Redeemed::Service(c)),
-            Err(e) => {
-                let used = self
-                    .store()
-                    .ok()
-                    .and_then(|s| s.bootstrap_state(&hash).ok().flatten())
-                    .is_some_and(|s| s.used_at.is_some());
-                if used && matches!(e, CaError::BootstrapToken(_)) {
-                    return Err(EnrollError::TokenUsed);
-                }
-                Err(EnrollError::Ca(e))
+            Err(e) if self.consumed_meanwhile(&hash) => {
+                tracing::debug!(error = %e, "bootstrap token redeemed concurrently");
+                Err(EnrollError::TokenUsed)
             }
+            Err(e) => Err(EnrollError::Ca(e)),
         }
     }
 
@@ -279,19 +273,23 @@ impl CertificateAuthority {
         };
         match self.open_task(&req, now) {
             Ok(c) => Ok(c),
-            Err(e) => {
-                // A concurrent redemption may have consumed the token in the meantime.
-                let used = self
-                    .store()
-                    .ok()
-                    .and_then(|s| s.bootstrap_state(hash).ok().flatten())
-                    .is_some_and(|s| s.used_at.is_some());
-                if used && matches!(e, CaError::BootstrapToken(_)) {
-                    return Err(EnrollError::TokenUsed);
-                }
-                Err(EnrollError::Ca(e))
+            Err(e) if self.consumed_meanwhile(hash) => {
+                tracing::debug!(error = %e, "bootstrap token redeemed concurrently");
+                Err(EnrollError::TokenUsed)
             }
+            Err(e) => Err(EnrollError::Ca(e)),
         }
+    }
+
+    /// Whether the token whose SHA-256 is `hash` is used now, after this redemption's issuance
+    /// failed (and rolled back, consuming nothing): a concurrent redemption spent it, whichever
+    /// step this one lost on (the token itself, or the identity or key binding the other had
+    /// just committed), so the answer is `token_used` (CA-API.md 1.3).
+    fn consumed_meanwhile(&self, hash: &str) -> bool {
+        self.store()
+            .ok()
+            .and_then(|s| s.bootstrap_state(hash).ok().flatten())
+            .is_some_and(|s| s.used_at.is_some())
     }
 
     /// The audit record of a stored token refused before its issuance ran (used, expired, a

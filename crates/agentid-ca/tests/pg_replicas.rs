@@ -332,9 +332,9 @@ async fn replicas_issue_once(replicas: usize) {
     );
     let report = report.expect("the audit chains verify");
     assert!(report.chains.len() >= replicas, "{report:?}");
-    // The refusals are the two races and nothing else: a token's second offer loses on the
-    // token (`token_used`) or, when it reached the identity first, on the binding
-    // (`key_mismatch`); a key's second identity loses on the binding.
+    // The refusals are the two races and nothing else: a token's second offer is told
+    // `token_used` (whichever step it lost on); a key's second identity loses on the binding
+    // (`key_mismatch`).
     for code in refusals.keys() {
         assert!(
             code == "token_used" || code == "key_mismatch",
