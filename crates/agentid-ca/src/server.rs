@@ -65,8 +65,8 @@ pub struct ServiceOptions {
     pub http: HttpOptions,
     /// Connection caps of the enrollment listener (its own, smaller than the mTLS listener's).
     pub enroll_limits: agentid_transport::ConnectionLimits,
-    /// Requests one source address may make on the enrollment listener per
-    /// [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
+    /// Requests one source (an IPv4 address, or an IPv6 /64) may make on the enrollment
+    /// listener per [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
     pub enroll_rate_per_source: u32,
 }
 
@@ -76,42 +76,72 @@ pub const MAX_METRICS_CONNECTIONS: usize = 8;
 /// The window of [`ServiceOptions::enroll_rate_per_source`].
 pub const ENROLL_RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// Most source addresses the enrollment rate limiter tracks; past it, the oldest window is
-/// dropped whole (a flood of sources resets counts rather than growing memory).
+/// Most sources the enrollment rate limiter tracks in a window; sources past it share one
+/// count for the rest of the window (a flood of sources neither grows memory nor resets the
+/// counts of the sources already tracked).
 const MAX_TRACKED_SOURCES: usize = 16_384;
 
-/// Fixed-window request counts per source address.
+/// Fixed-window request counts per source: an IPv4 address, or an IPv6 /64 (what one host or
+/// subscriber is usually given: counting its addresses one by one would let it multiply its
+/// allowance).
 #[derive(Debug)]
 struct RateLimiter {
     per_window: u32,
-    state: std::sync::Mutex<(
-        tokio::time::Instant,
-        std::collections::HashMap<std::net::IpAddr, u32>,
-    )>,
+    state: std::sync::Mutex<RateWindow>,
+}
+
+#[derive(Debug)]
+struct RateWindow {
+    start: tokio::time::Instant,
+    counts: std::collections::HashMap<std::net::IpAddr, u32>,
+    /// The shared count of the sources that found the table full.
+    overflow: u32,
+}
+
+/// The source an enrollment request is counted under: an IPv4 address (IPv4-mapped IPv6 too),
+/// or the /64 an IPv6 address is in.
+fn rate_source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+    }
 }
 
 impl RateLimiter {
     fn new(per_window: u32) -> Self {
         RateLimiter {
             per_window: per_window.max(1),
-            state: std::sync::Mutex::new((
-                tokio::time::Instant::now(),
-                std::collections::HashMap::new(),
-            )),
+            state: std::sync::Mutex::new(RateWindow {
+                start: tokio::time::Instant::now(),
+                counts: std::collections::HashMap::new(),
+                overflow: 0,
+            }),
         }
     }
 
-    /// Counts one request from `ip`; false when it is over the limit.
+    /// Counts one request from `ip`; false when its source is over the limit.
     fn allow(&self, ip: std::net::IpAddr) -> bool {
         let Ok(mut g) = self.state.lock() else {
             return false;
         };
-        let (start, counts) = &mut *g;
-        if start.elapsed() >= ENROLL_RATE_WINDOW || counts.len() >= MAX_TRACKED_SOURCES {
-            *start = tokio::time::Instant::now();
-            counts.clear();
+        let w = &mut *g;
+        if w.start.elapsed() >= ENROLL_RATE_WINDOW {
+            w.start = tokio::time::Instant::now();
+            w.counts.clear();
+            w.overflow = 0;
         }
-        let n = counts.entry(ip).or_insert(0);
+        let source = rate_source(ip);
+        let full = w.counts.len() >= MAX_TRACKED_SOURCES;
+        let n = match w.counts.get_mut(&source) {
+            Some(n) => n,
+            None if full => &mut w.overflow,
+            None => w.counts.entry(source).or_insert(0),
+        };
         *n = n.saturating_add(1);
         *n <= self.per_window
     }
@@ -1812,6 +1842,44 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood of new sources does not reset the count of a source already over its limit
+    /// (the table was cleared when full); the sources past the table share one count.
+    #[test]
+    fn a_flood_of_sources_resets_no_count_and_shares_one() {
+        let limiter = RateLimiter::new(2);
+        let noisy = std::net::IpAddr::from([192, 0, 2, 1]);
+        assert!(limiter.allow(noisy) && limiter.allow(noisy));
+        assert!(!limiter.allow(noisy), "over its limit");
+        // The table full: the noisy source and as many others as it holds.
+        for i in 0..u32::try_from(MAX_TRACKED_SOURCES - 1).unwrap() {
+            limiter.allow(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+        }
+        assert!(
+            !limiter.allow(noisy),
+            "still over its limit after the flood"
+        );
+        let late = |last: u8| std::net::IpAddr::from([198, 51, 100, last]);
+        assert!(limiter.allow(late(1)) && limiter.allow(late(2)));
+        assert!(!limiter.allow(late(3)), "the late sources share one count");
+    }
+
+    /// The addresses of one IPv6 /64 are one source; another /64 is another; an IPv4-mapped
+    /// address is its IPv4 address.
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let limiter = RateLimiter::new(2);
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limiter.allow(a) && limiter.allow(b));
+        assert!(!limiter.allow(a), "one /64, one count");
+        assert!(limiter.allow(other));
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(limiter.allow(v4) && limiter.allow(mapped));
+        assert!(!limiter.allow(v4), "mapped and plain IPv4 are one source");
+    }
 
     /// A body over the limit is `413 body_too_large`; one that could not be read (the client
     /// cut it off, reset or stalled) is `400 bad_request`, not "too large".
