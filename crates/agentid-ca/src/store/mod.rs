@@ -120,9 +120,47 @@ pub struct TaskRecord {
 }
 
 /// The canonical form of an RFC 9493 principal as the store keeps it: its JSON with object keys
-/// sorted, no whitespace.
+/// sorted (by their UTF-8 bytes, at every level), no whitespace. The keys are sorted here, not
+/// left to `serde_json`'s map, whose order is insertion order once any crate in a program enables
+/// its `preserve_order` feature: a principal revocation must not be dodged by reordering keys.
 pub fn canonical_principal(p: &serde_json::Value) -> Result<String> {
-    serde_json::to_string(p).map_err(|e| CaError::InvalidRequest(format!("principal: {e}")))
+    let mut out = String::new();
+    write_canonical(p, &mut out)?;
+    Ok(out)
+}
+
+fn write_canonical(v: &serde_json::Value, out: &mut String) -> Result<()> {
+    fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+        serde_json::to_string(v).map_err(|e| CaError::InvalidRequest(format!("principal: {e}")))
+    }
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut members: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json(k)?);
+                out.push(':');
+                write_canonical(v, out)?;
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out)?;
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&json(scalar)?),
+    }
+    Ok(())
 }
 
 /// What a revocation entry targets.
@@ -1632,6 +1670,27 @@ fn row_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A principal's canonical form sorts object keys at every level by their bytes, keeps
+    /// array order, and writes no whitespace; it is the same whatever order the keys were
+    /// given in (under `serde_json`'s `preserve_order` too, where the map keeps that order), so
+    /// two spellings of one principal are one store key.
+    #[test]
+    fn a_principal_is_canonical_whatever_its_key_order() {
+        let given = r#"{"sub_id":{"iss":"https://idp.example","sub":"alice"},"format":"aliases","identifiers":[{"format":"email","email":"a@example.com"},{"format":"opaque","id":"\u00e9"}]}"#;
+        let reordered = r#"{ "identifiers": [ {"email":"a@example.com","format":"email"}, {"id":"é","format":"opaque"} ], "format":"aliases", "sub_id":{"sub":"alice","iss":"https://idp.example"} }"#;
+        let want = r#"{"format":"aliases","identifiers":[{"email":"a@example.com","format":"email"},{"format":"opaque","id":"é"}],"sub_id":{"iss":"https://idp.example","sub":"alice"}}"#;
+        for text in [given, reordered] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(canonical_principal(&v).unwrap(), want);
+        }
+        // Keys sort by bytes: "B" (0x42) before "a" (0x61) before "é" (0xC3 0xA9).
+        let v = serde_json::json!({"é": 1, "a": [true, null, 1.5], "B": "x\"y"});
+        assert_eq!(
+            canonical_principal(&v).unwrap(),
+            r#"{"B":"x\"y","a":[true,null,1.5],"é":1}"#
+        );
+    }
 
     fn commit(n: usize, jkt: &str, binding: Binding) -> OwnedCommit {
         let task = format!("task{n}");
