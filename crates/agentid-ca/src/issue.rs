@@ -521,7 +521,7 @@ impl CertificateAuthority {
             (RevocationKind::Task, task.as_str().to_string()),
             (RevocationKind::Jkt, jkt.clone()),
         ];
-        // No new task for a revoked principal while its revocation lasts.
+        // No new task for a revoked principal (the CA keeps the entry past its `exp`).
         if let Some(p) = &principal {
             refuse.push((RevocationKind::Principal, p.clone()));
         }

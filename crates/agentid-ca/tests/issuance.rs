@@ -1175,6 +1175,22 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     ));
 }
 
+/// CA-API.md 3.4, "The CA forgets no revocation": an agent's entry leaves the lists once what
+/// it covered has expired, but the CA still opens no task for that agent after that: revoking
+/// is not undone by time.
+#[test]
+fn a_revocation_past_its_exp_still_refuses_new_tasks() {
+    let t = test_ca(KeyType::P256);
+    let n = now();
+    let rec =
+        t.ca.revoke(&RevokeTarget::Agent("planner".into()), None, "operator", n)
+            .unwrap();
+    let later = std::time::UNIX_EPOCH + Duration::from_secs(rec.exp + 3_600);
+    let req = by_operator("planner", any_key(), "tickets:read");
+    let e = t.ca.open_task(&req, later).unwrap_err();
+    assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
+}
+
 #[test]
 fn revoke_task_and_jti() {
     let t = test_ca(KeyType::P256);

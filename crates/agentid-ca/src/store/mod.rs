@@ -178,7 +178,7 @@ pub enum RevocationKind {
     LinkJti,
     /// A principal (canonical JSON): kept at the CA only, never published. Revoking a
     /// principal revokes each of its live tasks as a `task` entry and refuses new tasks for it
-    /// while this entry lasts.
+    /// (as every entry does, also after its `exp`: the CA forgets no revocation).
     Principal,
 }
 
