@@ -207,6 +207,12 @@ pub fn run_token(cmd: &TokenCommand) -> CliResult {
 }
 
 fn token_create(a: &TokenCreateArgs) -> CliResult {
+    // clap does not check `--cred`'s `requires` once `--ca` is chosen: refused, not ignored.
+    if a.ca.is_some() && a.remote.cred.is_some() {
+        return Err(CliError::usage(
+            "--cred goes with --ca-url; with --ca DIR the operator creates the token (drop --cred)",
+        ));
+    }
     // Refused before the token exists: a token whose file cannot be written would stay in the
     // store, redeemable until it expires, with nobody holding it.
     if std::fs::symlink_metadata(&a.out).is_ok() {

@@ -87,6 +87,18 @@ pub struct ExportArgs {
 
 /// Runs `revoke`.
 pub fn run_revoke(args: &RevokeArgs) -> CliResult {
+    // Flags clap would drop without a word (their `requires` is not checked once another
+    // argument is chosen): refused, not ignored.
+    if args.iss.is_some() && args.jti.is_none() {
+        return Err(CliError::usage(
+            "--iss names the issuer of a --jti; with another target it does not apply",
+        ));
+    }
+    if args.ca.is_some() && args.remote.cred.is_some() {
+        return Err(CliError::usage(
+            "--cred goes with --ca-url; with --ca DIR the operator revokes (drop --cred)",
+        ));
+    }
     let Some(dir) = &args.ca else {
         return crate::net::run_revoke_remote(args);
     };

@@ -241,3 +241,28 @@ fn renew_with_a_ca_directory_refuses_daemon_and_exec_instead_of_renewing_once() 
         assert_eq!(env.read("p/cert.pem"), cert, "{line} renewed");
     }
 }
+
+/// A flag that does not apply to the command as given is refused (status 2, naming it), never
+/// dropped without a word: clap does not check a flag's `requires` once a conflicting argument
+/// is chosen, so each of these was ignored and the command ran without it.
+#[test]
+fn flags_that_do_not_apply_are_refused_not_ignored() {
+    let env = Env::new();
+    env.planner("p");
+    let url = "https://127.0.0.1:1";
+    for (line, names) in [
+        ("revoke --ca ca --agent planner --cred p".to_owned(), "--cred"),
+        ("revoke --ca ca --task t1 --iss spiffe://example.org/agent/planner/task/t1".to_owned(), "--iss"),
+        (
+            format!("token create --ca ca --cred p --enroll-url {url} --agent planner --scope tickets:read --out t.json"),
+            "--cred",
+        ),
+        ("cert issue --ca ca --service search --parent p --out-dir s".to_owned(), "--parent"),
+    ] {
+        env.fails(&line, 2, names);
+    }
+    // Nothing was revoked, made or issued on the way: planner still gets a task.
+    assert!(!env.path("t.json").exists());
+    assert!(!env.path("s").exists());
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --out-dir q");
+}

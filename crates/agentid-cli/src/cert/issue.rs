@@ -99,6 +99,11 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
     if args.service.is_some() && args.task.is_some() {
         return Err(CliError::usage("--task does not apply to a service"));
     }
+    if args.service.is_some() && args.parent.is_some() {
+        return Err(CliError::usage(
+            "--parent opens a child in a task; a service has no parent (drop --parent)",
+        ));
+    }
     let ca = args.ca.open()?;
     let td = ca.trust_domain().clone();
     let name = args
