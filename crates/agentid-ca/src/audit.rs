@@ -200,6 +200,29 @@ pub(crate) fn stored_number(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
+/// A number column as SQLite stored it, whatever its type (SQLite keeps any type in any
+/// column): an integer as [`stored_number`] reads it, anything else (text, a real, a blob,
+/// NULL: only an edit of the store makes them) as `u64::MAX`, which [`verify`] names.
+pub(crate) fn stored_number_of(v: rusqlite::types::ValueRef<'_>) -> u64 {
+    match v {
+        rusqlite::types::ValueRef::Integer(i) => stored_number(i),
+        _ => u64::MAX,
+    }
+}
+
+/// A text column as SQLite stored it, whatever its type: text or a blob as its bytes (lossy
+/// UTF-8: bytes that are not UTF-8 change, and the record's hash no longer matches), anything
+/// else (a number, NULL: only an edit of the store makes them) as the empty string, which
+/// [`verify`] names as a record that does not match its hash.
+pub(crate) fn stored_text_of(v: rusqlite::types::ValueRef<'_>) -> String {
+    match v {
+        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        _ => String::new(),
+    }
+}
+
 /// A signed checkpoint as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointRecord {

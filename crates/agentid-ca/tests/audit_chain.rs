@@ -543,3 +543,51 @@ fn a_record_with_a_negative_column_is_a_named_break_not_a_read_failure() {
         ),
     }
 }
+
+/// SQLite keeps any type in any column, so a plain `UPDATE` can store a record's body as a blob,
+/// its `seq` as text or its `ts` as a real. Each is a named break at that record (exit status 3),
+/// not a failure to read the store; a column whose bytes are unchanged (a blob of the same
+/// text) is not an edit of the record.
+#[test]
+fn a_record_column_of_another_type_is_a_named_break_not_a_read_failure() {
+    for (edit, at) in [
+        (
+            "UPDATE audit_records SET body = X'7b7d' WHERE writer = 'main' AND seq = 2",
+            2,
+        ),
+        (
+            "UPDATE audit_records SET seq = 'two' WHERE writer = 'main' AND seq = 2",
+            2,
+        ),
+        (
+            "UPDATE audit_records SET hash = X'00ff' WHERE writer = 'main' AND seq = 3",
+            3,
+        ),
+        (
+            "UPDATE audit_records SET ts = 1.5 WHERE writer = 'main' AND seq = 2",
+            2,
+        ),
+    ] {
+        let t = test_ca(KeyType::P256);
+        for _ in 0..3 {
+            t.ca.open_task(&planner(), now()).unwrap();
+        }
+        db(t.path()).execute(edit, []).unwrap();
+        match audit::verify_dir(t.path()) {
+            Ok(Err(audit::AuditBreak::Record { writer, seq, .. })) => {
+                assert_eq!((writer.as_str(), seq), ("main", at), "{edit}");
+            }
+            Ok(other) => panic!("{edit}: expected a break at record {at}, got {other:?}"),
+            Err(e) => panic!("{edit}: verify_dir failed as a read error: {e}"),
+        }
+    }
+    let t = test_ca(KeyType::P256);
+    t.ca.open_task(&planner(), now()).unwrap();
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET body = CAST(body AS BLOB) WHERE writer = 'main' AND seq = 1",
+            [],
+        )
+        .unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+}

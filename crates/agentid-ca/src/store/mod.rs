@@ -1217,13 +1217,16 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= ?1 ORDER BY writer, seq",
             )?
+            // Read whatever type each column holds (an edit can store any): a wrong one is a
+            // break `verify` names, not a failure to read.
             .query_map(params![since], |r| {
+                use crate::audit::{stored_number_of, stored_text_of};
                 Ok(AuditRecord {
-                    writer: r.get(0)?,
-                    seq: crate::audit::stored_number(r.get(1)?),
-                    ts: crate::audit::stored_number(r.get(2)?),
-                    body: r.get(3)?,
-                    hash: r.get(4)?,
+                    writer: stored_text_of(r.get_ref(0)?),
+                    seq: stored_number_of(r.get_ref(1)?),
+                    ts: stored_number_of(r.get_ref(2)?),
+                    body: stored_text_of(r.get_ref(3)?),
+                    hash: stored_text_of(r.get_ref(4)?),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1232,12 +1235,13 @@ impl Store for SqliteStore {
                 "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
             )?
             .query_map([], |r| {
+                use crate::audit::{stored_number_of, stored_text_of};
                 Ok(CheckpointRecord {
-                    writer: r.get(0)?,
-                    seq: crate::audit::stored_number(r.get(1)?),
-                    head: r.get(2)?,
-                    iat: crate::audit::stored_number(r.get(3)?),
-                    jws: r.get(4)?,
+                    writer: stored_text_of(r.get_ref(0)?),
+                    seq: stored_number_of(r.get_ref(1)?),
+                    head: stored_text_of(r.get_ref(2)?),
+                    iat: stored_number_of(r.get_ref(3)?),
+                    jws: stored_text_of(r.get_ref(4)?),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
