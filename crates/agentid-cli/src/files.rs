@@ -72,6 +72,25 @@ pub fn check_public_destinations(paths: &[std::path::PathBuf]) -> CliResult<()> 
     Ok(())
 }
 
+/// Refuses an `--out` that [`write_output`] could not write (a missing directory, or what
+/// [`write_public`] refuses), before a command does what cannot be taken back (a new signed
+/// list, published with the next `seq`).
+pub fn check_output_destination(out: &Path) -> CliResult<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(CliError::failed(format!(
+            "{}: no such directory for --out {} (create it first)",
+            parent.display(),
+            out.display()
+        )));
+    }
+    agentid_fs::check_public_destination(out)?;
+    Ok(())
+}
+
 /// Creates the output directory if needed (mode 0700 when created).
 pub fn ensure_dir(dir: &Path) -> CliResult<()> {
     Ok(agentid_fs::ensure_dir(dir)?)

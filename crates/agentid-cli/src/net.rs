@@ -221,17 +221,7 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
             a.out.display()
         )));
     }
-    let parent = match a.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(CliError::failed(format!(
-            "{}: no such directory for --out {} (create it first)",
-            parent.display(),
-            a.out.display()
-        )));
-    }
+    files::check_output_destination(&a.out)?;
     let file = match (&a.agent, &a.service) {
         (_, Some(service)) => service_token(a, service)?,
         (Some(agent), None) => agent_token(a, agent)?,

@@ -187,6 +187,10 @@ pub fn run_revocations(cmd: &RevocationsCommand) -> CliResult {
     match cmd {
         RevocationsCommand::Export(a) => {
             let ca = a.ca.open()?;
+            // Before the list is made: each one is stored and served with a new `seq`.
+            if let Some(out) = &a.out {
+                files::check_output_destination(out)?;
+            }
             let list = ca.revocation_list(SystemTime::now())?;
             if let Some(out) = &a.out {
                 files::write_output(Some(out), &format!("{list}\n"))?;

@@ -470,3 +470,21 @@ fn token_create_refuses_an_out_it_cannot_write_before_making_a_token() {
         "a token whose file was never written stays in the store, redeemable until it expires"
     );
 }
+
+/// `revocations export --out` into a directory that does not exist fails before the list is
+/// made: every export stores and serves a list with a new `seq`, so a failed one must not use
+/// one up; the error names the directory, not a temporary file.
+#[test]
+fn revocations_export_checks_out_before_making_a_list() {
+    let env = Env::new();
+    let first = env.json("revocations export --ca ca");
+    let (_, err) = env.fails("revocations export --ca ca --out nodir/r.jwt", 1, "nodir");
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!err.contains(".tmp"), "names a temporary file: {err}");
+    let next = env.json("revocations export --ca ca");
+    assert_eq!(
+        next["seq"].as_u64().unwrap(),
+        first["seq"].as_u64().unwrap() + 1,
+        "the failed export made a list"
+    );
+}
