@@ -41,6 +41,10 @@ pub struct ExportArgs {
 
 fn parse_since(s: &str) -> Result<u64, String> {
     if let Ok(n) = s.parse::<u64>() {
+        // The stores keep times as signed 64-bit integers.
+        if i64::try_from(n).is_err() {
+            return Err(format!("at most {} (Unix seconds)", i64::MAX));
+        }
         return Ok(n);
     }
     let t = humantime::parse_rfc3339_weak(s)

@@ -258,6 +258,8 @@ fn flags_that_do_not_apply_are_refused_not_ignored() {
             "--cred",
         ),
         ("cert issue --ca ca --service search --parent p --out-dir s".to_owned(), "--parent"),
+        // A value the store cannot hold is the command line's error, not the store's.
+        ("audit export --ca ca --since 18446744073709551615".to_owned(), "--since"),
     ] {
         env.fails(&line, 2, names);
     }
