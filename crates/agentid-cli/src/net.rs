@@ -75,8 +75,18 @@ pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ 
             let hint = "check the URL, and that `agentid ca serve` is running and listens there";
             CliError::failed(format!("cannot reach the CA at {url}: {e}: {hint}")).with_hint(hint)
         }
+        None if plain_text_answer(&e) => {
+            let hint = "the server at that URL does not speak TLS: give the HTTPS address of `agentid ca serve` (not a plain-HTTP proxy or port)";
+            CliError::failed(format!("the CA at {url}: {e}: {hint}")).with_hint(hint)
+        }
         None => CliError::failed(format!("the CA at {url}: {e}")),
     }
+}
+
+/// Whether the TLS handshake failed on an answer that is not TLS (a plain-HTTP server answers
+/// the ClientHello with text). Read from rustls' message, for a hint only.
+fn plain_text_answer(e: &EnrollError) -> bool {
+    e.to_string().contains("InvalidContentType")
 }
 
 /// Makes `dir` (0700 when made here) and checks that `names` in it can be written, before the

@@ -488,3 +488,26 @@ fn revocations_export_checks_out_before_making_a_list() {
         "the failed export made a list"
     );
 }
+
+/// A `--ca-url` that reaches a plain-HTTP server (it answers the TLS ClientHello with text)
+/// is named with a next step: it is not the HTTPS address of the CA service.
+#[test]
+fn a_ca_url_that_answers_in_plain_http_is_named_as_not_tls() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    env.planner("p");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        // One connection: read what comes, answer as an HTTP server would, close.
+        if let Ok((mut s, _)) = listener.accept() {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let (_, msg) = env.fails(&format!("ca list --ca-url {url} --cred p"), 1, &url);
+    assert!(msg.contains("does not speak TLS"), "{msg}");
+    server.join().unwrap();
+}
