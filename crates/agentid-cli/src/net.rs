@@ -579,6 +579,11 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
     rt.block_on(async {
         let run = enroller.run();
         tokio::pin!(run);
+        // A renewed certificate `cert.pem` could not take yet (a full disk, a permission): kept
+        // here and written again every few seconds, while the daemon goes on renewing.
+        let mut unwritten: Option<std::sync::Arc<agentid_transport::Credential>> = None;
+        let mut retry = tokio::time::interval(WRITE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = &mut run => {
@@ -588,16 +593,29 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     if c.is_err() {
                         return Err(CliError::failed("the credential source closed"));
                     }
-                    if let Some(cur) = agentid_transport::CredentialSource::current(source.as_ref()) {
-                        write_cert(&args.dir, &cur)?;
-                        print_renewed(&cur, args.format.format)?;
-                        crate::exec::after_renewal(&args.exec).await;
+                    unwritten = agentid_transport::CredentialSource::current(source.as_ref());
+                    retry.reset_immediately();
+                }
+                _ = retry.tick(), if unwritten.is_some() => {
+                    let Some(cur) = unwritten.take() else { continue };
+                    match write_cert(&args.dir, &cur) {
+                        Ok(()) => {
+                            print_renewed(&cur, args.format.format)?;
+                            crate::exec::after_renewal(&args.exec).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, retry_secs = WRITE_RETRY.as_secs(), "the renewed certificate could not be written; the daemon keeps it and tries again");
+                            unwritten = Some(cur);
+                        }
                     }
                 }
             }
         }
     })
 }
+
+/// How often the renewal daemon tries again to write a renewed certificate it could not write.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
 
 // ---- task open / task child ----
 

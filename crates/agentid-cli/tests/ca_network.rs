@@ -321,6 +321,68 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
     env.ok("cert verify a/cert.pem --bundle a/bundle.json");
 }
 
+/// The renewal daemon keeps a renewed certificate it cannot write (here `cert.pem` is a
+/// directory for a while) and tries again, logging why, instead of exiting with the renewed
+/// credential in hand; once the path is writable again the certificate lands and the daemon is
+/// still running.
+#[test]
+fn the_daemon_keeps_a_certificate_it_cannot_write_and_writes_it_later() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl 12s --out t.json",
+        s.enroll_url(),
+        s.url()
+    ));
+    let first = env.json("enroll --token-file t.json --out-dir a");
+    let url = s.url();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert", "renew", "--ca-url", &url, "--dir", "a", "--daemon", "--ttl", "12s",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // The daemon has read the credential; cert.pem becomes something it must not write.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::remove_file(env.path("a/cert.pem")).unwrap();
+    std::fs::create_dir(env.path("a/cert.pem")).unwrap();
+    let wait_for = |what: &dyn Fn() -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    };
+    let refused = wait_for(
+        &|| env.read("daemon.log").contains("could not be written"),
+        30,
+    );
+    let alive = daemon.try_wait().unwrap().is_none();
+    std::fs::remove_dir(env.path("a/cert.pem")).unwrap();
+    let written = refused && alive && wait_for(&|| env.path("a/cert.pem").is_file(), 15);
+    let still_alive = daemon.try_wait().unwrap().is_none();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = env.read("daemon.log");
+    assert!(refused, "no failed write logged: {log}");
+    assert!(alive, "the daemon exited on a failed write: {log}");
+    assert!(
+        written,
+        "the certificate was not written once it could be: {log}"
+    );
+    assert!(still_alive, "{log}");
+    let now = env.json("cert inspect a/cert.pem");
+    assert_ne!(now["serial"], first["serial"], "a renewed certificate");
+    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+}
+
 /// An agent's key (`DIR/key.pem`, 0600) and a CSR for it naming `sans` (`DIR/req.csr`).
 fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
     std::fs::create_dir_all(env.path(dir)).unwrap();

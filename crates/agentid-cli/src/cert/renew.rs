@@ -28,7 +28,8 @@ pub struct RenewArgs {
     #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub ca_url: Option<String>,
     /// Keep running: renew at half of each certificate's lifetime (retrying until 90% of it)
-    /// and replace `cert.pem` each time. Needs `--ca-url`.
+    /// and replace `cert.pem` each time (a renewed certificate it cannot write is kept and
+    /// written again every 5 seconds, with an error logged). Needs `--ca-url`.
     // clap lets a required argument be missing when it conflicts with one that is present
     // (`--ca-url` with `--ca`): the conflict is stated here, or `--ca DIR --daemon` would renew
     // once and exit 0.
