@@ -13,7 +13,7 @@
 //!   the revocation epoch and then the entries, signs, stores the list and its audit record: a
 //!   list with a higher `seq` holds every entry a lower one held.
 //! * **Revocations ordered with issuances**: an issuance holds an advisory lock shared, a
-//!   revocation exclusively ([`REVOCATION_LOCK`]), so a revocation reads (a principal's tasks, an
+//!   revocation exclusively (`REVOCATION_LOCK`), so a revocation reads (a principal's tasks, an
 //!   entry's latest certificate) everything committed before it and no issuance checked before
 //!   it commits after it.
 //! * **Audit chain per writer**: the writer's head row is locked (`SELECT ... FOR UPDATE`) last
