@@ -263,16 +263,37 @@ fn a_service_without_the_permission_it_uses_is_refused_and_nothing_is_recorded()
         .is_empty());
 }
 
-#[test]
-fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
-    let env = Env::new();
-    let s = serve(&env);
+/// An agent `planner` enrolled into `a/` with a token of 12 s certificates whose renewals go to
+/// the service: the enrollment's JSON output.
+fn enrolled_holder(env: &Env, s: &Server) -> serde_json::Value {
     env.ok(&format!(
         "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl 12s --out t.json",
         s.enroll_url(),
         s.url()
     ));
-    let first = env.json("enroll --token-file t.json --out-dir a");
+    env.json("enroll --token-file t.json --out-dir a")
+}
+
+/// `cert renew --daemon` on `a/` against `url` (12 s certificates), logging at INFO to
+/// `daemon.log`.
+fn renewal_daemon(env: &Env, url: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert", "renew", "--ca-url", url, "--dir", "a", "--daemon", "--ttl", "12s",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
+    let env = Env::new();
+    let s = serve(&env);
+    let first = enrolled_holder(&env, &s);
     let url = s.url();
     let once = env.json(&format!("cert renew --ca-url {url} --dir a --ttl 12s"));
     assert_eq!(once["identity"], first["identity"]);
@@ -292,16 +313,7 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
 
     // As a daemon: cert.pem is replaced on its own (12 s certificates, renewed at half-life).
     let before = serial_of(&env);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "cert", "renew", "--ca-url", &url, "--dir", "a", "--daemon", "--ttl", "12s",
-        ])
-        .env("AGENTID_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = renewal_daemon(&env, &url);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut renewed = false;
     while Instant::now() < deadline {
@@ -329,23 +341,8 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
 fn the_daemon_keeps_a_certificate_it_cannot_write_and_writes_it_later() {
     let env = Env::new();
     let s = serve(&env);
-    env.ok(&format!(
-        "token create --ca ca --enroll-url {} --renew-url {} --agent planner --scope tickets:read --ttl 12s --out t.json",
-        s.enroll_url(),
-        s.url()
-    ));
-    let first = env.json("enroll --token-file t.json --out-dir a");
-    let url = s.url();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "cert", "renew", "--ca-url", &url, "--dir", "a", "--daemon", "--ttl", "12s",
-        ])
-        .env("AGENTID_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let first = enrolled_holder(&env, &s);
+    let mut daemon = renewal_daemon(&env, &s.url());
     // The daemon has read the credential; cert.pem becomes something it must not write.
     std::thread::sleep(Duration::from_secs(1));
     std::fs::remove_file(env.path("a/cert.pem")).unwrap();
