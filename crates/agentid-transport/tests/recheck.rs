@@ -142,3 +142,41 @@ async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
         Ok(v) => panic!("a session whose certificate's CA left the bundle was kept: {v:?}"),
     }
 }
+
+/// The same change seen by a per-request check: a session established across a bundle change
+/// that removed its peer's CA must refuse an authorization before it is ever read or written
+/// (spec/PROTOCOL.md 16.4: "a per-request authorization performed after such an update ... fails
+/// with the same code even if the session has not been read or written since").
+#[tokio::test]
+async fn a_bundle_change_before_the_hello_is_read_fails_the_first_authorization() {
+    let p = pair(Some("read"), LeafOpts::default(), false);
+    let (addr, h) = p.serve(1).await;
+    let held = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let proxy = holding_proxy(addr, held.clone(), release.clone()).await;
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        agentid_transport::PeerPolicy::danger_any(),
+    );
+    let change = async {
+        tokio::time::timeout(T, held.notified())
+            .await
+            .expect("the proxy holds the hello");
+        let other = Ca::new("example.org");
+        let rotated = TrustBundle::new(p.a.td.clone(), 2)
+            .add_x509_authority(other.der.to_vec(), other.key.public_key())
+            .add_grant_key(p.a.grant_key.public_key().clone())
+            .add_revocation_key(p.a.rev_key.public_key().clone());
+        p.sv.update_bundle(rotated).unwrap();
+        release.notify_one();
+    };
+    let (client_result, ()) = tokio::join!(connect(&c, proxy), change);
+    let server = accepted(h).await.expect("the hello itself verifies");
+    let _client = client_result.expect("the server accepted");
+    // No read or write yet: the first request is authorized against the changed state.
+    match server.authorize(&Scope::parse("read").unwrap()) {
+        Err(e) => assert_eq!(e.reason(), "bad_certificate", "{e:?}"),
+        Ok(()) => panic!("a request was authorized for a peer whose CA left the bundle"),
+    }
+}
