@@ -288,7 +288,15 @@ where
                 .map_or_else(|| instant_for(u64::MAX), |d| last_activity + d),
         ));
         let applied = parts.changes.clone();
-        let checked = *applied.borrow();
+        // `changes` was subscribed before the handshake: a bundle change it has not seen yet
+        // landed while the peer was being verified, and is not re-checked until the first poll.
+        // Count it as unchecked, so that an `authorize` before any read or write re-checks too.
+        let current = *applied.borrow();
+        let checked = if applied.has_changed().unwrap_or(false) {
+            current.wrapping_sub(1)
+        } else {
+            current
+        };
         let stale_at = stale_at(&parts.verification, &parts.peer);
         let trust_checked = parts.trust_seen;
         let index = parts
