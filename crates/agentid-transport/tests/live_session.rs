@@ -512,3 +512,44 @@ async fn a_live_session_ends_when_the_held_revocation_list_goes_stale() {
     // The three cases wait on the clock: run them side by side.
     tokio::join!(run(Case::Stale), run(Case::Refreshed), run(Case::Danger));
 }
+
+/// A held list is replaced by one that goes stale sooner (a lower `next_update`; it revokes
+/// nothing new, so the index signals no session). The live sessions that depend on it must
+/// still end when the list they now depend on goes stale (spec/PROTOCOL.md 16.4: "when a held
+/// revocation list that the session depends on ... goes stale at `next_update + skew`"), and a
+/// request after that time must be refused, as a new connection would be.
+#[tokio::test]
+async fn a_live_session_ends_when_a_replacing_list_goes_stale_sooner() {
+    let a = Domain::new("example.org");
+    let k = key();
+    let chain = a.grant(&a.task("client", "t2"), &k, "files:read");
+    let client_creds = Arc::new(MemoryCredentials::new(
+        credential(&a.ca, CLIENT, k, &LeafOpts::default()).with_chain(chain.as_str()),
+    ));
+    let sv = verification_with(SERVER, &[&a], |c| c.skew(0).unwrap());
+    sv.apply_revocation_list(&a.revocation_list_until(1, now() + 600, |b| b))
+        .unwrap();
+    let (mut cs, mut ss) = sessions_of(&a, sv.clone(), client_creds).await;
+    let read = Scope::parse("files:read").unwrap();
+    ss.authorize(&read).unwrap();
+    // The next publication is fresh for 2 seconds only.
+    sv.apply_revocation_list(&a.revocation_list_until(2, now() + 2, |b| b))
+        .unwrap();
+    cs.send(b"before").await.unwrap();
+    let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    assert_eq!(&r.unwrap().unwrap()[..], b"before");
+    ss.authorize(&read).unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // A new connection would now fail `revocation_stale`; so does the live session.
+    let auth = ss.authorize(&read);
+    assert_eq!(
+        auth.as_ref().err().and_then(Error::protocol_code),
+        Some(ErrorCode::RevocationStale),
+        "authorized with a stale list: {auth:?}"
+    );
+    let _ = cs.send(b"late").await;
+    match tokio::time::timeout(T, ss.recv()).await.unwrap() {
+        Err(e) => assert_eq!(e.protocol_code(), Some(ErrorCode::RevocationStale), "{e:?}"),
+        Ok(v) => panic!("the session outlived its stale list: {v:?}"),
+    }
+}
