@@ -157,10 +157,15 @@ impl PeerVerification {
         self.verifier.store(next.clone());
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if bundles_changed {
-            self.recheck_all.fetch_add(1, Ordering::AcqRel);
-            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+            self.signal_every_session();
         }
         Ok((old, next, out))
+    }
+
+    /// Signals every live session to re-check, after the new state is visible.
+    fn signal_every_session(&self) {
+        self.recheck_all.fetch_add(1, Ordering::AcqRel);
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Verifies and applies a signed revocation list (an older `seq` is refused). The live
@@ -186,11 +191,15 @@ impl PeerVerification {
             Ok(list.issuer().clone())
         })?;
         if let Some(list) = new.config().revocation_list(&td) {
-            self.index.list_applied(
-                old.config().revocation_list(&td).map(|l| &**l),
-                list,
-                crate::session::now_unix(),
-            );
+            let replaced = old.config().revocation_list(&td);
+            self.index
+                .list_applied(replaced.map(|l| &**l), list, crate::session::now_unix());
+            // A list that goes stale sooner than the one it replaced moves the staleness time
+            // of every session that depends on it, including those it revokes nothing of (which
+            // the index does not signal): each re-checks and re-arms its timer (16.4).
+            if replaced.is_some_and(|r| list.next_update() < r.next_update()) {
+                self.signal_every_session();
+            }
         }
         Ok(())
     }
