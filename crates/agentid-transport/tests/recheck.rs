@@ -180,3 +180,80 @@ async fn a_bundle_change_before_the_hello_is_read_fails_the_first_authorization(
         Ok(()) => panic!("a request was authorized for a peer whose CA left the bundle"),
     }
 }
+
+/// The peer's certificate was issued through an intermediate CA that expires before the leaf
+/// (webpki does not require nesting). Once that intermediate has expired, the CA leaving the
+/// bundle must still end the session: the expiry that a re-check leaves to the deadline is the
+/// leaf's (the deadline is `min(leaf notAfter, chain exp)`), not an issuer's, so an expired
+/// issuer may not mask the path that no longer reaches an anchor (spec/PROTOCOL.md 16.4, "fails
+/// closed").
+#[tokio::test]
+async fn an_expired_intermediate_does_not_keep_a_session_whose_ca_left_the_bundle() {
+    use agentid_protocol::{Algorithm, TaskKey};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+
+    let a = Domain::new("example.org");
+    // An issuing CA under the root, valid for 2 more seconds.
+    let inter = {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let mut p = CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, "short-lived issuing CA");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+        p.serial_number = Some(rcgen::SerialNumber::from(vec![0x21, 0x22, 0x23]));
+        p.use_authority_key_identifier_extension = true;
+        let kp = KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(key.danger_pkcs8_der().to_vec()),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )
+        .unwrap();
+        let der = p.signed_by(&kp, &a.ca.issuer).unwrap().der().clone();
+        Ca {
+            key,
+            issuer: Issuer::new(p, kp),
+            der,
+        }
+    };
+    let ck = key();
+    // The leaf itself is valid for 300 s.
+    let cert = leaf(&inter, CLIENT, &ck, &LeafOpts::default());
+    let client_creds = Arc::new(agentid_transport::MemoryCredentials::new(
+        agentid_transport::Credential::new(vec![cert, inter.der.clone()], ck).unwrap(),
+    ));
+    let sv = verification(SERVER, &[&a], false);
+    let (mut cs, mut ss) = sessions(
+        server(
+            credentials(&a.ca, SERVER),
+            sv.clone(),
+            agentid_transport::PeerPolicy::danger_any(),
+        ),
+        &client(
+            client_creds,
+            verification(CLIENT, &[&a], false),
+            agentid_transport::PeerPolicy::danger_any(),
+        ),
+    )
+    .await;
+    cs.send(b"x").await.unwrap();
+    let got = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    assert_eq!(&got.unwrap().unwrap()[..], b"x");
+    // The intermediate expires; the leaf and the session's deadline are still minutes away.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The CA that issued the intermediate leaves the bundle (another CA replaces it).
+    let other = Ca::new("example.org");
+    let rotated = TrustBundle::new(a.td.clone(), 2)
+        .add_x509_authority(other.der.to_vec(), other.key.public_key())
+        .add_grant_key(a.grant_key.public_key().clone())
+        .add_revocation_key(a.rev_key.public_key().clone());
+    sv.update_bundle(rotated).unwrap();
+    let _ = cs.send(b"after").await;
+    match tokio::time::timeout(T, ss.recv()).await.unwrap() {
+        Err(e) => assert_eq!(e.reason(), "bad_certificate", "{e:?}"),
+        Ok(v) => panic!("a session whose CA left the bundle was kept: {v:?}"),
+    }
+}
