@@ -364,6 +364,30 @@ impl TrustStore {
         Ok(info)
     }
 
+    /// Re-validates a live peer's certificate path (leaf first) at `now` after a bundle change
+    /// (spec/PROTOCOL.md 16.4): [`TrustStore::verify`], except that a validity failure is
+    /// tolerated once the leaf itself is past `leaf_not_after`, since the session's deadline
+    /// (never later) ends it for that reason. Any other validity failure fails, an intermediate
+    /// that expired before the leaf in particular: webpki reports it ahead of a path that no
+    /// longer reaches an anchor, and a new connection would be refused.
+    pub(crate) fn revalidate(
+        &self,
+        certs: &[CertificateDer<'_>],
+        now: u64,
+        usage: CertUsage,
+        leaf_not_after: u64,
+    ) -> Result<(), CertError> {
+        let Some((leaf, rest)) = certs.split_first() else {
+            return Ok(());
+        };
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+        match self.verify(leaf, rest, at, usage) {
+            Ok(_) => Ok(()),
+            Err(CertError::Expired) if now >= leaf_not_after => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`check_leaf`] for a leaf that [`TrustStore::verify`] validated earlier (the rustls
     /// verifier of this handshake): its remembered answer, else a fresh parse.
     pub(crate) fn verified_leaf(

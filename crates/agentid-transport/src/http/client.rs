@@ -38,7 +38,7 @@ use crate::session::{now_unix, stale_instant, PROOF_LIFETIME};
 use crate::PeerPolicy;
 use crate::PeerVerification;
 use crate::{CertUsage, TrustStore};
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::CertificateDer;
 
 /// The response type of [`HttpClientConnection::send`].
 pub type HttpResponse = Response<Incoming>;
@@ -578,18 +578,17 @@ impl HttpClientConnection {
         // After a bundle change: the server's certificate path against the new anchors.
         let trust = self.verification.trust_store();
         if !Arc::ptr_eq(&trust, &self.trust_seen) {
-            if let Some((leaf, rest)) = self.server_certs.split_first() {
-                let at = UnixTime::since_unix_epoch(Duration::from_secs(now));
-                match trust.verify(leaf, rest, at, CertUsage::ServerAuth) {
-                    Ok(_) | Err(CertError::Expired) => {}
-                    Err(e) => {
-                        tracing::info!(peer.id = %self.peer.info.id, error = %e, "agentid http client: server certificate no longer trusted, connection ended");
-                        let ended = ServerEnded::Certificate(e);
-                        let err = ended.error();
-                        self.ended = Some(ended);
-                        return Err(err);
-                    }
-                }
+            if let Err(e) = trust.revalidate(
+                &self.server_certs,
+                now,
+                CertUsage::ServerAuth,
+                self.peer.info.not_after,
+            ) {
+                tracing::info!(peer.id = %self.peer.info.id, error = %e, "agentid http client: server certificate no longer trusted, connection ended");
+                let ended = ServerEnded::Certificate(e);
+                let err = ended.error();
+                self.ended = Some(ended);
+                return Err(err);
             }
         }
         let peer = &self.peer.info;

@@ -39,7 +39,7 @@ use crate::session_index::Registration;
 use crate::ConnectionLimits;
 use crate::PeerPolicy;
 use crate::PeerVerification;
-use crate::{CertError, CertUsage, TrustStore};
+use crate::{CertUsage, TrustStore};
 use rustls::pki_types::CertificateDer;
 
 /// The longest timeout a server keeps (instants further out do not fit every clock).
@@ -611,17 +611,16 @@ impl ConnShared {
             !Arc::ptr_eq(&trust, &seen)
         };
         if trust_changed {
-            if let Some((leaf, rest)) = self.peer_certs.split_first() {
-                let at = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now));
-                match trust.verify(leaf, rest, at, CertUsage::ClientAuth) {
-                    Ok(_) | Err(CertError::Expired) => {}
-                    Err(e) => {
-                        return Err(self.end(Refusal::unauthenticated(
-                            BAD_CERTIFICATE,
-                            format!("peer certificate no longer trusted: {e}"),
-                        )))
-                    }
-                }
+            if let Err(e) = trust.revalidate(
+                &self.peer_certs,
+                now,
+                CertUsage::ClientAuth,
+                self.peer.info.not_after,
+            ) {
+                return Err(self.end(Refusal::unauthenticated(
+                    BAD_CERTIFICATE,
+                    format!("peer certificate no longer trusted: {e}"),
+                )));
             }
         }
         // Read with the state: while a presentation is being verified (`Pending`), its chain is

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{instant_for, now_unix, unix_time, AuthenticatedPeer, Ended, PeerChain, Session};
-use crate::error::{CertError, Error};
+use super::{instant_for, now_unix, AuthenticatedPeer, Ended, PeerChain, Session};
+use crate::error::Error;
 use crate::svid::CertUsage;
 use crate::trust_state::PeerVerification;
 
@@ -90,12 +90,14 @@ where
         let now = now_unix();
         let trust = self.verification.trust_store();
         if !Arc::ptr_eq(&trust, &self.trust_checked) {
-            if let Some((leaf, rest)) = self.peer_certs.split_first() {
-                match trust.verify(leaf, rest, unix_time(now), self.peer_usage()) {
-                    Ok(_) | Err(CertError::Expired) => {}
-                    Err(e) => return Err(Ended::Untrusted(e)),
-                }
-            }
+            trust
+                .revalidate(
+                    &self.peer_certs,
+                    now,
+                    self.peer_usage(),
+                    self.peer.cert_not_after,
+                )
+                .map_err(Ended::Untrusted)?;
         }
         // What a new connection would run now, after its proof: the peer's authority through
         // the step of the protocol's presentation verifier that a re-check repeats (there is
