@@ -372,7 +372,7 @@ where
             || self.index.version() != self.index_checked
             || self.stale_at.is_some_and(|t| now >= t)
         {
-            self.recheck().map_err(|ended| ended.error())?;
+            let _ = self.recheck().map_err(|ended| ended.error())?;
         }
         // Section 13 as the protocol has it: a peer without a chain holds no authority (A1, then
         // `scope_not_granted`).

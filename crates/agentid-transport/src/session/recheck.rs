@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{instant_for, now_unix, AuthenticatedPeer, Ended, PeerChain, Session};
 use crate::error::Error;
-use crate::svid::CertUsage;
+use crate::svid::{CertUsage, TrustStore};
 use crate::trust_state::PeerVerification;
 
 pub(super) type ChangeFuture = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
@@ -60,12 +60,14 @@ where
             // Read the version first: an update landing during the re-check is seen next time.
             let version = *self.applied.borrow_and_update();
             let index_version = self.index.version();
-            if let Err(ended) = self.recheck() {
-                return Some(self.end(cx, ended));
+            match self.recheck() {
+                Err(ended) => return Some(self.end(cx, ended)),
+                // The store the certificates were validated against, not the current one: a
+                // bundle change landing during the re-check must validate them again.
+                Ok(trust) => self.trust_checked = trust,
             }
             self.checked = version;
             self.index_checked = index_version;
-            self.trust_checked = self.verification.trust_store();
             self.reset_stale_timer();
             // Register the fresh timer with this task's waker.
             let _ = self.stale_timer.as_mut().poll(cx);
@@ -85,7 +87,9 @@ where
     ///   failure's code, since the session's authority can no longer be re-checked. The one
     ///   failure that does not end it here is expiry (`expired`, an expired certificate): the
     ///   session deadline, which is never later, already handles it.
-    pub(super) fn recheck(&self) -> Result<(), Ended> {
+    ///
+    /// Returns the trust store the peer's certificates now stand validated against.
+    pub(super) fn recheck(&self) -> Result<Arc<TrustStore>, Ended> {
         self.index.count_recheck();
         let now = now_unix();
         let trust = self.verification.trust_store();
@@ -109,8 +113,8 @@ where
             now,
         );
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == ErrorCode::Expired => Ok(()),
+            Ok(_) => Ok(trust),
+            Err(e) if e.code() == ErrorCode::Expired => Ok(trust),
             Err(e) if e.code() == ErrorCode::Revoked => Err(Ended::Revoked(e.to_string())),
             Err(e) => Err(Ended::Unverifiable(e)),
         }
