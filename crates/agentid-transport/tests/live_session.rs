@@ -553,3 +553,47 @@ async fn a_live_session_ends_when_a_replacing_list_goes_stale_sooner() {
         Ok(v) => panic!("the session outlived its stale list: {v:?}"),
     }
 }
+
+/// Wall-clock time, with its fraction of a second.
+fn wall() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+}
+
+/// The deadline is a Unix second; the session must end AT it, not up to a second later
+/// (spec/PROTOCOL.md 16.4: "When the deadline ... passes ... a side ends the session with close
+/// `credential_expired`"). The session is made late in a second (fraction ~0.6 to 0.9), which is
+/// when a timer computed from whole seconds fires latest; data the peer sends 0.3 s after the
+/// deadline must not be delivered.
+#[tokio::test]
+async fn no_data_is_delivered_after_the_deadline_second() {
+    let p = pair(
+        None,
+        LeafOpts {
+            not_after: Some(4),
+            ..Default::default()
+        },
+        false,
+    );
+    let frac = wall().subsec_millis();
+    if frac > 600 {
+        tokio::time::sleep(Duration::from_millis(u64::from(1600 - frac))).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(u64::from(600 - frac))).await;
+    }
+    let (mut cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
+    let deadline = Duration::from_secs(ss.peer().deadline);
+    assert!(wall() < deadline, "the session starts before its deadline");
+    // 0.3 s past the deadline, the client (which does not enforce the server's view) sends.
+    tokio::time::sleep(deadline + Duration::from_millis(300) - wall()).await;
+    let _ = cs.send(b"late").await;
+    let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    assert!(
+        matches!(r, Err(Error::CredentialExpired)),
+        "data delivered {:?} past the deadline: {r:?}",
+        wall().saturating_sub(deadline)
+    );
+}
