@@ -62,9 +62,14 @@ pub(crate) fn unix_time(secs: u64) -> UnixTime {
 }
 
 fn instant_for(deadline: u64) -> Instant {
-    let left = deadline.saturating_sub(now_unix());
+    // From the wall clock with its fraction of a second: a timer counted from whole seconds
+    // would fire up to a second after the deadline.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(deadline).saturating_sub(now);
     // Cap far deadlines (a chain-less service certificate may live long): a year is plenty.
-    Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600))
+    Instant::now() + left.min(Duration::from_secs(365 * 24 * 3600))
 }
 
 /// The signed two-party receipts of a session: both hop proofs (and those of later reauths).

@@ -37,7 +37,9 @@ where
         if let Some(e) = &self.ended {
             return Some(e.error());
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        // The timer, and the wall clock itself (which may have been stepped forward past a
+        // deadline that the monotonic timer still waits for).
+        if self.deadline.as_mut().poll(cx).is_ready() || now_unix() >= self.peer.deadline {
             return Some(self.end(cx, Ended::Expired));
         }
         self.poll_renewal(cx);
