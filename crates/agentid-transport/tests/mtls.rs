@@ -715,3 +715,55 @@ async fn the_client_tells_the_server_why_it_refuses_the_accept() {
         }
     }
 }
+
+/// `require_server_in_audience` holds for the whole session: a renewed credential whose chain's
+/// audience does not cover the server is not sent in a reauth either (the client refuses it
+/// locally, `audience_mismatch`, and the server never sees that chain), as it is never sent in
+/// a hello (spec/PROTOCOL.md 16.3, client step 3).
+#[tokio::test]
+async fn require_server_in_audience_holds_for_reauth() {
+    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
+    let a = Domain::new("example.org");
+    let ck = key();
+    let same_key = || agentid_protocol::TaskKey::from_pkcs8_der(ck.danger_pkcs8_der()).unwrap();
+    let holder = a.task("client", "t2");
+    // The credential the session starts with: a chain for this server.
+    let covered = a.grant_aud(&holder, &ck, "read", Some(&[SERVER]));
+    let c = agentid_transport::AgentClient::builder(
+        Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, same_key(), &LeafOpts::default())
+                .with_chain(covered.as_str()),
+        )),
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    )
+    .limits(limits())
+    .require_server_in_audience()
+    .build()
+    .unwrap();
+    let sv = verification(SERVER, &[&a], false);
+    let (mut cs, mut ss) = sessions(
+        server(credentials(&a.ca, SERVER), sv, PeerPolicy::danger_any()),
+        &c,
+    )
+    .await;
+    // The renewed credential's chain is for another server only.
+    let elsewhere = a.grant_aud(&holder, &ck, "read", Some(&[OTHER]));
+    let renewed = Arc::new(
+        credential(&a.ca, CLIENT, same_key(), &LeafOpts::default()).with_chain(elsewhere.as_str()),
+    );
+    let sent = cs.reauth(renewed).await;
+    assert_eq!(
+        sent.as_ref().err().and_then(Error::protocol_code),
+        Some(ErrorCode::AudienceMismatch),
+        "a chain whose audience misses the server was sent in a reauth: {sent:?}"
+    );
+    // The server saw no reauth.
+    let _ = cs.send(b"x").await;
+    let r = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    assert!(ss.peer().receipts.reauth_proofs.is_empty());
+    assert!(
+        !matches!(&r, Err(e) if e.protocol_code() == Some(ErrorCode::AudienceMismatch)),
+        "the server received the chain: {r:?}"
+    );
+}
