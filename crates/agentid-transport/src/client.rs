@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentid_protocol::{Chain, ErrorCode, Presentation, PresentationContext, ProofBuilder, Role};
+use agentid_protocol::{
+    Chain, ErrorCode, PeerId, Presentation, PresentationContext, ProofBuilder, Role,
+};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -66,7 +68,9 @@ impl AgentClientBuilder {
     }
 
     /// Refuses (before sending the chain) a server that the client's own chain's effective
-    /// audience does not cover.
+    /// audience does not cover; on a live session, a renewed credential whose chain does not
+    /// cover the server is not sent in a reauth either ([`Session::reauth`] fails with
+    /// `audience_mismatch`).
     pub fn require_server_in_audience(mut self) -> Self {
         self.require_audience = true;
         self
@@ -129,7 +133,10 @@ impl AgentClient {
         let span = handshake_span(Role::Client);
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
-        Ok(Session::new(result?.into_parts(self.limits.idle_timeout)))
+        let mut parts = result?.into_parts(self.limits.idle_timeout);
+        // Also for the chains of later reauths.
+        parts.require_audience = self.require_audience;
+        Ok(Session::new(parts))
     }
 
     async fn connect_inner<IO>(&self, io: IO, span: &tracing::Span) -> Result<Established<IO>>
@@ -155,17 +162,7 @@ impl AgentClient {
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
         if let (true, Some(chain)) = (self.require_audience, local.chain()) {
-            // Our own chain, read without verification (we are its presenter): a chain that does
-            // not even frame, or whose effective audience misses the server, is never sent.
-            let audience = Chain::parse_unverified(chain)?
-                .read_unverified()?
-                .audience()?;
-            if !audience.covers_id(after.peer.id.as_spiffe_id()) {
-                return Err(Error::Protocol(agentid_protocol::Error::new(
-                    ErrorCode::AudienceMismatch,
-                    format!("server {} is not in the chain's audience", after.peer.id),
-                )));
-            }
+            server_in_audience(chain, &after.peer.id)?;
         }
 
         let now = now_unix();
@@ -251,4 +248,20 @@ impl AgentClient {
             seen,
         })
     }
+}
+
+/// Our own chain, read without verification (we are its presenter): a chain that does not even
+/// frame, or whose effective audience misses `server`, is never sent (spec/PROTOCOL.md 16.3,
+/// client step 3; also for the chain of a reauth).
+pub(crate) fn server_in_audience(chain: &str, server: &PeerId) -> Result<()> {
+    let audience = Chain::parse_unverified(chain)?
+        .read_unverified()?
+        .audience()?;
+    if !audience.covers_id(server.as_spiffe_id()) {
+        return Err(Error::Protocol(agentid_protocol::Error::new(
+            ErrorCode::AudienceMismatch,
+            format!("server {server} is not in the chain's audience"),
+        )));
+    }
+    Ok(())
 }

@@ -188,6 +188,7 @@ impl<IO> Established<IO> {
             permit: None,
             jtis: vec![self.peer_proof_jti],
             lists_seen: self.lists_seen,
+            require_audience: false,
         }
     }
 }

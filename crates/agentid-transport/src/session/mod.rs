@@ -222,6 +222,9 @@ pub(crate) struct SessionParts<IO> {
     pub jtis: Vec<String>,
     /// [`PeerVerification::lists_applied`] as read before the peer was verified.
     pub lists_seen: u64,
+    /// A client that requires the server in its chain's audience (for the hello) requires it for
+    /// the chains of its reauths too.
+    pub require_audience: bool,
 }
 
 /// An authenticated agentid session over TLS.
@@ -267,6 +270,8 @@ pub struct Session<IO> {
     ended: Option<Ended>,
     /// The session slot at the server; released as soon as the session ends.
     permit: Option<SessionPermit>,
+    /// A reauth's chain must have the peer (the server) in its audience, or it is not sent.
+    require_audience: bool,
 }
 
 impl<IO> fmt::Debug for Session<IO> {
@@ -341,6 +346,7 @@ where
             trust_checked,
             ended: None,
             permit: parts.permit,
+            require_audience: parts.require_audience,
         }
     }
 

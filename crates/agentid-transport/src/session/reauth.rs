@@ -28,7 +28,9 @@ where
     /// session started with), its chain if any, and a proof bound to this connection. Also use
     /// the renewed credential for later reauths. A session whose credential source signals
     /// changes ([`crate::CredentialSource::subscribe`]) does this on its own when its credential
-    /// is renewed.
+    /// is renewed. A client built with
+    /// [`crate::AgentClientBuilder::require_server_in_audience`] does not send a chain whose
+    /// effective audience misses the server (`audience_mismatch`, nothing sent).
     pub async fn reauth(&mut self, renewed: Arc<Credential>) -> Result<()> {
         if let Some(e) = &self.ended {
             return Err(e.error());
@@ -47,6 +49,11 @@ where
             || renewed.info().public_key != self.local.info().public_key
         {
             return Err(CertError::IdentityChanged.into());
+        }
+        if let (true, Role::Client, Some(chain)) =
+            (self.require_audience, self.role, renewed.chain())
+        {
+            crate::client::server_in_audience(chain, &self.peer.id)?;
         }
         let now = now_unix();
         let (exporter, role) = match self.role {
