@@ -977,8 +977,9 @@ where
 }
 
 fn instant_at(unix: u64) -> Instant {
-    let left = unix.saturating_sub(now_unix());
-    Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600))
+    // The sessions' conversion: to the wall clock's fraction of a second (a timer counted from
+    // whole seconds fires up to a second late), capped at a year.
+    crate::session::instant_for(unix)
 }
 
 /// An agentid HTTP server. Build it with [`HttpServer::builder`]; a peer policy is required.

@@ -61,7 +61,7 @@ pub(crate) fn unix_time(secs: u64) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(secs))
 }
 
-fn instant_for(deadline: u64) -> Instant {
+pub(crate) fn instant_for(deadline: u64) -> Instant {
     // From the wall clock with its fraction of a second: a timer counted from whole seconds
     // would fire up to a second after the deadline.
     let now = SystemTime::now()
