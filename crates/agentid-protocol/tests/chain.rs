@@ -1057,3 +1057,64 @@ fn a_link_header_shared_with_the_link_before_decides_nothing_for_another() {
         }
     }
 }
+
+/// Rule 1.1 (a chain is at most 64 KiB) for builders: nine tokens of up to 8 KiB each can add up
+/// to more than the cap, so `LinkBuilder::sign` must refuse the link that would cross it
+/// (`chain_too_large`, the verifier's code) rather than return a `Chain` that is not well framed
+/// and that every verifier refuses.
+#[test]
+fn link_builder_never_returns_a_chain_over_the_size_cap() {
+    let w = world(Algorithm::Es256);
+    // 21 tokens of 255 bytes: each token of the chain is close to, but under, 8 KiB.
+    let s = (0..21)
+        .map(|i| {
+            format!(
+                "{i:02}{}:{}:{}:{}",
+                "x".repeat(62),
+                "x".repeat(64),
+                "x".repeat(64),
+                "x".repeat(60)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut chain = grant(&w, &s, 8);
+    assert!(chain.as_str().len() > 7000, "{}", chain.as_str().len());
+    let holders = [&w.planner, &w.coder];
+    let mut refused = None;
+    for i in 0..8 {
+        let (from, to) = (holders[i % 2], holders[(i + 1) % 2]);
+        let r = LinkBuilder::new(&chain, &to.id, to.key.public_key(), scope(&s))
+            .validity(NOW - 30, NOW - 30, NOW + 1800)
+            .sign(&from.key);
+        match r {
+            Ok(c) => {
+                assert!(
+                    c.as_str().len() <= caps::MAX_CHAIN_BYTES,
+                    "link {}: the builder returned a chain of {} bytes",
+                    i + 1,
+                    c.as_str().len()
+                );
+                assert!(Chain::parse_unverified(c.as_str()).is_ok());
+                chain = c;
+            }
+            Err(e) => {
+                refused = Some((i + 1, e.code()));
+                break;
+            }
+        }
+    }
+    assert_eq!(refused.map(|r| r.1), Some(ErrorCode::ChainTooLarge));
+    // What was returned before the refusal verifies.
+    let holder = holders[chain.depth() % 2];
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    let r = v
+        .verify_chain(
+            chain.as_str(),
+            holder.id.as_spiffe_id(),
+            holder.key.public_key(),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(r.depth, chain.depth());
+}
