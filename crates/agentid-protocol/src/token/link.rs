@@ -2,7 +2,7 @@
 
 use crate::attenuation::{attenuate, EnforcedLimits};
 use crate::audience::IdSet;
-use crate::chain::Chain;
+use crate::chain::{Chain, MAX_CHAIN_BYTES};
 use crate::crypto::{sha256, TaskKey};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::TaskIdentity;
@@ -95,7 +95,8 @@ impl LinkBuilder {
     /// Refuses, with the code a verifier would give, every link that a verifier would reject
     /// in phase 4 (the one attenuation function: `prev`, task, self-delegation, depth, scope, `aud`, limits,
     /// `may_delegate_to`, the delegatee, `exp`) or in rule 5.1 (`nbf` after `exp`); also a key
-    /// that is not the one the chain is bound to (`possession_mismatch`) and `iat >= exp`. The
+    /// that is not the one the chain is bound to (`possession_mismatch`), `iat >= exp`, and a
+    /// link that would make the chain longer than 64 KiB (rule 1.1, `chain_too_large`). The
     /// chain held is read without verifying its signatures: it is the signer's own, and its
     /// effective values are replayed through the same rules. Limit names are not checked
     /// against any verifier's enforced set (rule 4.8's first half), which the builder cannot
@@ -157,6 +158,14 @@ impl LinkBuilder {
         let token = sign_compact(TokenType::Link, key.algorithm(), None, &payload, |input| {
             key.sign(input)
         })?;
+        // Rule 1.1: nine tokens of up to 8 KiB each can exceed the chain's 64 KiB cap.
+        let len = self.prev_chain.as_str().len() + 1 + token.len();
+        if len > MAX_CHAIN_BYTES {
+            return Err(Error::new(
+                ErrorCode::ChainTooLarge,
+                format!("the chain with this link would be {len} bytes, over 64 KiB"),
+            ));
+        }
         Ok(self.prev_chain.appended(&token))
     }
 }
