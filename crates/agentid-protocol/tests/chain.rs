@@ -1118,3 +1118,39 @@ fn link_builder_never_returns_a_chain_over_the_size_cap() {
         .unwrap();
     assert_eq!(r.depth, chain.depth());
 }
+
+/// Section 3.3: every time claim is an integer in [0, 2^53 - 1] (else `bad_claim` in step
+/// 3.c.5). `GrantBuilder::sign` refuses a validity outside that range, with the verifier's code,
+/// rather than sign a grant no verifier accepts.
+#[test]
+fn grant_builder_refuses_times_outside_the_integer_range() {
+    let w = world(Algorithm::Es256);
+    let max = caps::MAX_LIMIT_VALUE; // 2^53 - 1, the range of every integer claim
+    for (iat, nbf, exp) in [(max - 30, max - 30, max + 30), (max + 1, max + 1, max + 60)] {
+        let r = GrantBuilder::new(
+            &w.org.td,
+            &w.planner.id,
+            w.planner.key.public_key(),
+            scope("repo:read"),
+        )
+        .validity(iat, nbf, exp)
+        .sign(&w.org.grant_key);
+        match r {
+            Err(e) => assert_eq!(e.code(), ErrorCode::BadClaim, "{exp}: {e}"),
+            Ok(g) => {
+                // What was signed: the verifier's verdict at a valid `now`.
+                let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+                let got = v.verify_chain(
+                    g.as_str(),
+                    w.planner.id.as_spiffe_id(),
+                    w.planner.key.public_key(),
+                    max - 30,
+                );
+                panic!(
+                    "exp {exp}: signed a grant the verifier gives {:?}",
+                    got.map(drop).map_err(|e| e.code())
+                );
+            }
+        }
+    }
+}
