@@ -6,6 +6,7 @@ use crate::attenuation::{grant_rules, EnforcedLimits};
 use crate::audience::IdSet;
 use crate::chain::Chain;
 use crate::crypto::JwsSigner;
+use crate::encoding::safe_int;
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{TaskIdentity, TrustDomain};
 use crate::jws::{sign_compact, TokenType};
@@ -113,7 +114,8 @@ impl GrantBuilder {
     /// Signs the grant with the authority's grant key; `kid` is the key's RFC 7638 thumbprint.
     ///
     /// Refuses to sign a grant that no verifier would accept (bad validity, lifetime over 24 h,
-    /// depth over 8, a holder outside the issuer's trust domain, a malformed principal).
+    /// depth over 8, a time above 2^53 - 1, a holder outside the issuer's trust domain, a
+    /// malformed principal).
     pub fn sign(mut self, key: &dyn JwsSigner) -> Result<Chain> {
         let c = &mut self.claims;
         c.jti = match self.jti.take() {
@@ -130,6 +132,13 @@ impl GrantBuilder {
             return Err(Error::new(
                 ErrorCode::BadClaim,
                 "`max_depth` must be at most 8",
+            ));
+        }
+        // Step 3.c.5: times are integers of section 3.3, at most 2^53 - 1.
+        if [c.iat, c.nbf, c.exp].iter().any(|t| safe_int(*t).is_none()) {
+            return Err(Error::new(
+                ErrorCode::BadClaim,
+                "`iat`, `nbf` and `exp` must be integers in [0, 2^53-1]",
             ));
         }
         // The rules a verifier applies to a grant on its own: 4.0.1 to 4.0.3 (the enforced
