@@ -248,3 +248,40 @@ fn holder_and_chain_without_time_or_bundle() {
         Err(FilesError::Io { .. })
     ));
 }
+
+/// A chain is bound to a key (`cnf`), not only to a name: a `chain.jwt` that names this
+/// certificate's identity but binds another key fails possession (rule 7.1,
+/// `possession_mismatch`) at every peer, so loading refuses it, naming the file, before any
+/// connection is made (as it refuses a `key.pem` the certificate does not certify).
+#[test]
+fn a_chain_bound_to_another_key_is_refused_at_load_time() {
+    use agentid::protocol::{Algorithm, LinkBuilder, TaskKey};
+
+    let a = TestCa::new("example.org");
+    let planner = a.open_task("planner", "repo:read", 1, None);
+    let coder = a.child(&planner, "coder");
+    // The planner hands `repo:read` to the coder's identity, bound to a key the coder's
+    // certificate does not certify (a stale or mistyped key: the delegator names any key).
+    let other = TaskKey::generate(Algorithm::Ed25519).unwrap();
+    let t = now();
+    let chain = LinkBuilder::new(
+        planner.chain.as_ref().unwrap(),
+        &coder.task_identity(),
+        other.public_key(),
+        scope("repo:read"),
+    )
+    .validity(t, t, t + 300)
+    .sign(&planner.key())
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    coder
+        .presenting(Some(chain))
+        .write_dir(tmp.path(), &a.bundle());
+    match CredentialDir::load(tmp.path()) {
+        Err(FilesError::Invalid { path, reason }) => {
+            assert!(path.ends_with("chain.jwt"), "{}", path.display());
+            assert!(reason.contains("key"), "{reason}");
+        }
+        other => panic!("a chain bound to another key was loaded: {other:?}"),
+    }
+}
