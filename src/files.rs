@@ -18,8 +18,9 @@
 //!
 //! Loading checks everything it can before a single connection is made: the leaf is a valid
 //! X509-SVID that certifies the key, the certificate chain validates against the bundle's
-//! anchors now, and the delegation chain (if any) is held by this certificate's identity. What
-//! it does not do is verify the delegation chain's signatures: that is the peer's job.
+//! anchors now, and the delegation chain (if any) is held by this certificate's identity and
+//! bound to its key. What it does not do is verify the delegation chain's signatures: that is
+//! the peer's job.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -283,6 +284,18 @@ impl CredentialDir {
                     return Err(invalid(
                         &path,
                         format!("is held by {holder}, not by this certificate's {}", info.id),
+                    ));
+                }
+                // Rule 7.1 at every peer: the chain's last `cnf` is the certificate's key.
+                if read.holder_key() != &info.public_key {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "is bound to the key {}, not to the key certified by {} ({}): every peer would refuse it (possession_mismatch)",
+                            read.holder_key().thumbprint(),
+                            cert_path.display(),
+                            info.public_key.thumbprint()
+                        ),
                     ));
                 }
                 (Some(path), Some(chain))
