@@ -350,3 +350,23 @@ fn delegate_refuses_every_widening_with_the_verifiers_code() {
         "delegatee_denied",
     );
 }
+
+/// Section 3.3: `now` is at most 2^53 - 1 (vector `input-now-above-max-safe-integer`:
+/// `bad_config`). For the command, `--at` beyond it is a command-line mistake (status 2, as
+/// `--skew 500`), never a verdict computed with it.
+#[test]
+fn chain_verify_at_outside_the_integer_range_is_a_usage_error() {
+    let env = Env::new();
+    env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir p");
+    let base = "p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem \
+                --danger-unverified-peer-cert --danger-no-revocation";
+    // 2^53 - 1 is a time (long after the grant's expiry): a verdict.
+    let r = env.verdict(&format!("{base} --at 9007199254740991"), 3);
+    assert_eq!(
+        r["verdict"],
+        json!({"valid": false, "error": "expired", "index": 0})
+    );
+    for at in ["9007199254740992", "18446744073709551615"] {
+        env.fails(&format!("chain verify {base} --at {at}"), 2, "--at");
+    }
+}

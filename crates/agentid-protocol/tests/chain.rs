@@ -1154,3 +1154,36 @@ fn grant_builder_refuses_times_outside_the_integer_range() {
         }
     }
 }
+
+/// Section 3.3: `now` is an input of verification in [0, 2^53 - 1]; `now` of 2^53 "is not a
+/// valid input (`bad_config`), not a value to be computed with" (vectors
+/// `input-now-max-safe-integer` and `input-now-above-max-safe-integer`). The verifier's own
+/// API gives the vectors' verdicts, with and without a chain.
+#[test]
+fn now_outside_the_integer_range_is_bad_config() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 0);
+    let v = verifier_for(&w.server, &[&w.org], &[w.org.list(1, &[])]);
+    let max = caps::MAX_LIMIT_VALUE; // 2^53 - 1
+    let at = |now: u64| {
+        v.verify_chain(
+            g.as_str(),
+            w.planner.id.as_spiffe_id(),
+            w.planner.key.public_key(),
+            now,
+        )
+    };
+    expect_err(at(max), ErrorCode::Expired, Some(0));
+    expect_err(at(max + 1), ErrorCode::BadConfig, None);
+    expect_err(at(u64::MAX), ErrorCode::BadConfig, None);
+    let peer = v.verify_peer(
+        None,
+        w.planner.id.as_spiffe_id(),
+        w.planner.key.public_key(),
+        max + 1,
+    );
+    assert_eq!(
+        peer.map_err(|e| (e.code(), e.index())).err(),
+        Some((ErrorCode::BadConfig, None))
+    );
+}
