@@ -108,6 +108,18 @@ pub fn parse_ca_url(s: &str) -> Result<String, String> {
 /// Parses an `--at` time: RFC 3339 (`2026-01-02T03:04:05Z`), a date (`2026-01-02`, midnight
 /// UTC), Unix seconds, or a duration from now (`+10m`).
 pub fn parse_time(s: &str) -> Result<u64, String> {
+    // spec/PROTOCOL.md section 3.3: a time is at most 2^53 - 1 (`now` beyond it is
+    // `bad_config`, never a value to verify with).
+    let t = parse_any_time(s)?;
+    if t > agentid_protocol::caps::MAX_LIMIT_VALUE {
+        return Err(format!(
+            "{t} is after the last time the protocol can express (2^53 - 1 seconds)"
+        ));
+    }
+    Ok(t)
+}
+
+fn parse_any_time(s: &str) -> Result<u64, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<u64>().map_err(|e| format!("bad Unix time: {e}"));
     }

@@ -234,6 +234,7 @@ pub(crate) fn verify_proof_with(
     if ctx.skew > crate::config::MAX_SKEW {
         return Err(Error::new(ErrorCode::BadConfig, "skew above 120 seconds"));
     }
+    crate::verifier::valid_now(ctx.now)?;
     // P1. Framing.
     let raw = jws::split(proof)?;
     let signature = b64_decode(raw.signature_b64)?;

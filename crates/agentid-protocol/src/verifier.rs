@@ -281,6 +281,7 @@ impl Verifier {
         now: u64,
         grant_hashes: Option<([u8; 32], SigningDigest)>,
     ) -> Result<VerifiedChain> {
+        valid_now(now)?;
         let framed = frame(chain)?;
         if let Some((h, signing)) = grant_hashes {
             framed.grant.set_hash(h);
@@ -547,6 +548,7 @@ impl Verifier {
         peer_key: &PublicKey,
         now: u64,
     ) -> Result<()> {
+        valid_now(now)?;
         let list = self.list(peer_id.trust_domain_str(), now)?;
         if peer_revoked(list, peer_id, peer_key.thumbprint_str(), now) {
             return Err(revoked(&format!("peer {peer_id} is revoked")));
@@ -762,6 +764,18 @@ pub(crate) fn grant_lifetime(iat: u64, exp: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Section 3.3: `now` is an integer input in [0, 2^53 - 1], else `bad_config` (index `null`):
+/// never a value to compute with.
+pub(crate) fn valid_now(now: u64) -> Result<()> {
+    match crate::encoding::safe_int(now) {
+        Some(_) => Ok(()),
+        None => Err(Error::new(
+            ErrorCode::BadConfig,
+            "`now` must be an integer in [0, 2^53-1]",
+        )),
+    }
 }
 
 /// Rule 5.3: `iat <= now + skew`, else `issued_in_future`.
