@@ -1187,3 +1187,39 @@ fn now_outside_the_integer_range_is_bad_config() {
         Some((ErrorCode::BadConfig, None))
     );
 }
+
+/// Section 14.1, R6: `seq`, `iat` and `next_update` are integers of section 3.3 and
+/// `next_update >= iat`, else every verifier refuses the list (`bad_revocation_list`), and the
+/// domain's verifiers, keeping the older list, soon fail closed (`revocation_stale`). The list
+/// builder refuses such a list with that code, as it refuses a bad entry `exp`.
+#[test]
+fn revocation_list_builder_refuses_what_r6_refuses() {
+    let w = world(Algorithm::Es256);
+    let max = caps::MAX_LIMIT_VALUE; // 2^53 - 1
+    for (seq, iat, next_update) in [
+        (1, NOW, NOW - 1),
+        (max + 1, NOW, NOW + 600),
+        (1, max + 1, max + 2),
+        (1, max - 1, max + 1),
+    ] {
+        let r = RevocationListBuilder::new(&w.org.td, seq, iat, next_update)
+            .sign(&w.org.revocation_key);
+        match r {
+            Err(e) => assert_eq!(
+                e.code(),
+                ErrorCode::BadRevocationList,
+                "{seq} {iat} {next_update}: {e}"
+            ),
+            Ok(list) => {
+                let mut bundles = BundleSet::new();
+                bundles.insert(w.org.bundle()).unwrap();
+                let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+                panic!(
+                    "seq {seq}, iat {iat}, next_update {next_update}: signed a list the verifier \
+                     gives {:?}",
+                    cfg.apply_revocation_list(&list).map_err(|e| e.code())
+                );
+            }
+        }
+    }
+}
