@@ -867,7 +867,9 @@ impl RevocationListBuilder {
         self
     }
 
-    /// Signs the list. Entries outside the issuer's trust domain are refused.
+    /// Signs the list. Entries outside the issuer's trust domain are refused, and so is a list
+    /// every verifier would refuse in R6 (`seq`, `iat` or `next_update` above 2^53 - 1, or
+    /// `next_update` before `iat`).
     pub fn sign(self, key: &dyn JwsSigner) -> Result<String> {
         let mut entries = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
@@ -971,6 +973,18 @@ fn sign_entries(
     entries: &[u8],
     key: &dyn JwsSigner,
 ) -> Result<String> {
+    // R6: what every verifier requires of the list's own claims.
+    if [seq, iat, next_update]
+        .iter()
+        .any(|n| safe_int(*n).is_none())
+    {
+        return Err(bad(
+            "`seq`, `iat` and `next_update` must be integers in [0, 2^53-1]",
+        ));
+    }
+    if next_update < iat {
+        return Err(bad("`next_update` before `iat`"));
+    }
     let mut payload = Vec::with_capacity(entries.len() + 128);
     payload.extend_from_slice(br#"{"entries":["#);
     payload.extend_from_slice(entries);
