@@ -370,3 +370,34 @@ fn chain_verify_at_outside_the_integer_range_is_a_usage_error() {
         env.fails(&format!("chain verify {base} --at {at}"), 2, "--at");
     }
 }
+
+/// A `--danger-*` flag of `chain verify` turns off a check the verdict otherwise includes
+/// (section 9: "its name MUST say it is dangerous"); a "valid" reached that way says so on
+/// stderr at the default verbosity, with no `-v` and no `AGENTID_LOG`.
+#[test]
+fn chain_verify_danger_flags_warn_at_default_verbosity() {
+    let env = Env::new();
+    env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir p");
+    let out = env.run(&[
+        "chain",
+        "verify",
+        "p/grant.jwt",
+        "--bundle",
+        "p/bundle.json",
+        "--peer-cert",
+        "p/cert.pem",
+        "--danger-no-revocation",
+        "--danger-unverified-peer-cert",
+        "--format",
+        "text",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid: "));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for flag in ["--danger-no-revocation", "--danger-unverified-peer-cert"] {
+        assert!(
+            stderr.contains(flag),
+            "no warning naming {flag}: {stderr:?}"
+        );
+    }
+}
