@@ -1,8 +1,9 @@
 //! `agentid`: per-task mTLS identities and delegation chains for AI agents, from the command line.
 //!
 //! Data goes to stdout (`--format json` where it is data), logs to stderr (`-v`, or the
-//! `AGENTID_LOG` filter). On failure the exit status is non-zero and stderr holds one line:
-//! `agentid: <reason>`; with `--format json`, stdout also holds one document
+//! `AGENTID_LOG` filter; by default only this binary's warnings, such as a `--danger-*` flag
+//! in use). On failure the exit status is non-zero and stderr holds one line (after those
+//! warnings): `agentid: <reason>`; with `--format json`, stdout also holds one document
 //! `{"error": {"code", "message", "hint"}}` (verifications print their report instead). Status 1: the command failed; 2: the command line is wrong; 3: a
 //! verification ran and said "invalid".
 //!
@@ -79,8 +80,12 @@ enum Command {
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        // Other crates' warnings (e.g. an issuance refusal) repeat the error this binary prints.
-        0 => "agentid_cli=warn,error",
+        // This binary's warnings (a `--danger-*` flag in use, a plain-HTTP listener off
+        // loopback), not other crates' (e.g. an issuance refusal, which repeats the error this
+        // binary prints). The binary is named `agentid`, so its events' targets are
+        // `agentid::...`; a directive matches by target prefix and the longest match wins, so
+        // `agentid_` keeps the library crates (`agentid_ca`, `agentid_transport`, ...) at error.
+        0 => "agentid=warn,agentid_=error,error",
         1 => "info",
         _ => "debug",
     };

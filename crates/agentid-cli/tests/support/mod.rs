@@ -113,7 +113,8 @@ impl Env {
     }
 
     /// Runs a command that must fail with `code`; checks that stderr is one `agentid: ` line
-    /// holding `needle`. Returns (stdout, the stderr line).
+    /// holding `needle` (after the warnings of the `--danger-*` flags given, if any). Returns
+    /// (stdout, the stderr line).
     pub fn fails_args(&self, args: &[&str], code: i32, needle: &str) -> (String, String) {
         let out = self.run(args);
         let stderr = String::from_utf8(out.stderr).unwrap();
@@ -122,7 +123,7 @@ impl Env {
             Some(code),
             "agentid {args:?}: stderr {stderr}"
         );
-        let lines: Vec<&str> = stderr.lines().collect();
+        let lines: Vec<&str> = without_danger_warnings(args, &stderr);
         assert_eq!(
             lines.len(),
             1,
@@ -169,8 +170,9 @@ impl Env {
             "chain verify {args}: {stderr}"
         );
         if code != 0 {
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-            assert!(stderr.starts_with("agentid: chain invalid: "), "{stderr}");
+            let lines = without_danger_warnings(&argv(args), &stderr);
+            assert_eq!(lines.len(), 1, "{stderr}");
+            assert!(lines[0].starts_with("agentid: chain invalid: "), "{stderr}");
         }
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -178,6 +180,28 @@ impl Env {
     pub fn chmod(&self, rel: &str, mode: u32) {
         std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
     }
+}
+
+/// The lines of `stderr` after the warnings that the `--danger-*` flags among `args` print
+/// first (at most one ` WARN ` line naming each flag given, nothing else).
+fn without_danger_warnings<'a>(args: &[&str], stderr: &'a str) -> Vec<&'a str> {
+    let danger: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("--danger-"))
+        .collect();
+    let mut lines: Vec<&str> = stderr.lines().collect();
+    let warnings = lines
+        .iter()
+        .take_while(|l| l.starts_with(" WARN ") || l.starts_with("WARN "))
+        .count();
+    // A command refused before it runs (a usage error) warns about nothing.
+    assert!(warnings <= danger.len(), "{stderr:?}");
+    for w in lines.iter().take(warnings) {
+        assert!(danger.iter().any(|f| w.contains(f)), "{w}: {stderr:?}");
+    }
+    lines.drain(..warnings);
+    lines
 }
 
 /// The permission bits of a file.
