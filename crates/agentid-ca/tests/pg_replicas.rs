@@ -703,3 +703,193 @@ async fn a_killed_replica_leaves_the_others_serving_and_loses_nothing() {
     assert!(stored.len() >= issued.len());
     report.expect("the audit chains verify");
 }
+
+/// Ends (`pg_terminate_backend`) every connection to `db` that is idle inside a transaction,
+/// as a database failover or a dropped link would, and waits until its client has seen it.
+/// Returns how many were ended.
+fn cut_idle_transactions(url: &str) -> i64 {
+    let url = url.to_owned();
+    let n = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) =
+                tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            tokio::spawn(conn);
+            let row = tokio::time::timeout(
+                T,
+                client.query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND state = 'idle in transaction'",
+                    &[],
+                ),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            row.get::<_, i64>(0)
+        })
+    })
+    .join()
+    .unwrap();
+    // The store's connection task sees the end of its socket.
+    std::thread::sleep(Duration::from_millis(500));
+    n
+}
+
+/// A PostgreSQL server with an `agentid` database and a store on it (writer `replica-0`).
+fn pg_store() -> Option<(PgCluster, agentid_ca::store::PgStore)> {
+    let pg = PgCluster::start()?;
+    pg.create_database("agentid");
+    let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "replica-0").unwrap();
+    Some((pg, store))
+}
+
+fn stored_seqs(url: &str) -> (i64, Vec<i64>) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let counter: i64 = client
+                .query_one("SELECT value FROM meta WHERE key = 'revocation_seq'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let seqs = client
+                .query("SELECT seq FROM published_lists ORDER BY seq", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect();
+            (counter, seqs)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// One `seq` per publication (spec/CA-API.md 3.4): the counter and the list commit together.
+/// A publication whose connection is lost while it signs (a failover, a dropped link) stores
+/// nothing: its second half must not run on a new connection outside the transaction (storing
+/// a list under a `seq` the counter never kept), and the next publication succeeds.
+#[test]
+fn a_publication_cut_off_while_signing_stores_nothing_and_publishing_goes_on() {
+    use agentid_ca::store::Publication;
+    use agentid_ca::{AuditEvent, Store};
+    let Some((pg, mut store)) = pg_store() else {
+        return;
+    };
+    let url = pg.url("agentid");
+    let now = common::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut cut = true;
+    let mut make = |seq: u64, _: &[agentid_ca::store::ListRow]| {
+        if std::mem::take(&mut cut) {
+            assert_eq!(
+                cut_idle_transactions(&url),
+                1,
+                "the publication's connection"
+            );
+        }
+        Ok(Publication {
+            compact: format!("list-{seq}"),
+            published_at: now,
+            next_update: now + 600,
+            audit: AuditEvent {
+                ts: now,
+                kind: "revocations.publish".into(),
+                actor: "ca".into(),
+                outcome: "ok".into(),
+                reason: Some(format!("seq {seq}")),
+                ..AuditEvent::default()
+            },
+        })
+    };
+    let first = store.publish_revocations(now, &mut make);
+    let (counter, seqs) = stored_seqs(&url);
+    let next = store.publish_revocations(now, &mut make);
+    assert!(
+        next.is_ok(),
+        "the next publication failed: {next:?} (counter {counter}, lists {seqs:?})"
+    );
+    assert!(
+        seqs.iter().all(|s| *s <= counter),
+        "a list was stored under a seq the counter never kept: counter {counter}, lists {seqs:?} \
+         (the cut-off publication returned {first:?})"
+    );
+    assert!(
+        first.is_err(),
+        "a publication whose transaction was lost reported success: {first:?}"
+    );
+    drop(store);
+    drop(pg);
+}
+
+/// A principal revocation is acknowledged only once it is committed: one whose connection is
+/// lost while its audit record is made is an error, never an `Ok` with nothing recorded (and
+/// an audit record of a revocation that does not exist).
+#[test]
+fn a_principal_revocation_cut_off_mid_transaction_is_not_acknowledged() {
+    use agentid_ca::{AuditEvent, RevocationKind, RevocationRecord, Store};
+    let Some((pg, mut store)) = pg_store() else {
+        return;
+    };
+    let url = pg.url("agentid");
+    let now = common::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let p = RevocationRecord {
+        kind: RevocationKind::Principal,
+        value: r#"{"sub":"alice"}"#.into(),
+        exp: now + 3600,
+        revoked_at: now,
+        reason: None,
+        requester: "operator".into(),
+    };
+    let mut cut = true;
+    let res = store.revoke_principal(&p, 60, &mut |_| {
+        if std::mem::take(&mut cut) {
+            assert_eq!(
+                cut_idle_transactions(&url),
+                1,
+                "the revocation's connection"
+            );
+        }
+        AuditEvent {
+            ts: now,
+            kind: "revoke".into(),
+            actor: "operator".into(),
+            subject: Some(format!("principal:{}", p.value)),
+            outcome: "ok".into(),
+            ..AuditEvent::default()
+        }
+    });
+    let recorded = store
+        .revocations()
+        .unwrap()
+        .iter()
+        .any(|r| r.kind == RevocationKind::Principal && r.value == p.value);
+    assert!(
+        res.is_err() || recorded,
+        "the principal revocation returned {res:?} but nothing was recorded"
+    );
+    drop(store);
+    drop(pg);
+}
