@@ -22,6 +22,8 @@
 //!   every statement too (`statement_timeout`, and a bound on each whole operation); the error
 //!   is [`CaError::Store`] (`store_unavailable`, 503 with `Retry-After` in the service). A
 //!   broken connection is dropped and the next operation connects again.
+//!   A transaction in steps (`Inner::stepped`) whose connection breaks between steps is an
+//!   error: its later steps never run on a new connection (outside the transaction).
 //! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
 //!   any thread, inside an async runtime or not.
 
@@ -403,6 +405,19 @@ impl Inner {
         client: Option<Client>,
         f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
     ) -> (Option<Client>, PgResult<T>) {
+        self.exec_with(client, true, f)
+    }
+
+    /// [`Inner::exec`] on `client` alone: never on a new connection (`reconnect` false), for
+    /// the later steps of a transaction begun on `client`. Its connection lost, the transaction
+    /// was rolled back; running the step on a new connection would run it outside any
+    /// transaction (committing it alone, each statement on its own), so it is an error.
+    fn exec_with<T: Send + 'static>(
+        &self,
+        client: Option<Client>,
+        reconnect: bool,
+        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
+    ) -> (Option<Client>, PgResult<T>) {
         let rt = match self.rt() {
             Ok(rt) => rt,
             Err(e) => return (None, Err(PgErr::Ca(e))),
@@ -413,6 +428,7 @@ impl Inner {
             let work = async move {
                 let mut client = match client {
                     Some(c) if !c.is_closed() => c,
+                    _ if !reconnect => return Err(PgErr::Ca(lost_in_transaction())),
                     _ => connect(&settings).await?,
                 };
                 let res = f(&mut client).await;
@@ -473,7 +489,8 @@ impl Inner {
                     Err(e) => Err(PgErr::Ca(e)),
                     Ok(b) => {
                         let f2 = last.clone();
-                        let (client, r) = self.exec(client, move |c| {
+                        // On the connection of `first` only: its transaction or nothing.
+                        let (client, r) = self.exec_with(client, false, move |c| {
                             Box::pin(async move {
                                 let r = f2(c, a, b).await?;
                                 c.batch_execute("COMMIT").await?;
@@ -495,6 +512,12 @@ impl Inner {
             }
         }
     }
+}
+
+fn lost_in_transaction() -> CaError {
+    CaError::Store(
+        "the database connection was lost inside a transaction; nothing was committed".into(),
+    )
 }
 
 fn timed_out() -> CaError {
