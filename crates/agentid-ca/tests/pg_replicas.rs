@@ -893,3 +893,71 @@ fn a_principal_revocation_cut_off_mid_transaction_is_not_acknowledged() {
     drop(store);
     drop(pg);
 }
+
+/// A publication holds the `seq` counter's row lock from taking its `seq` until it commits,
+/// signing in between. A replica that stalls there (a frozen VM, SIGSTOP, a signer that hangs)
+/// must not stop publication on the others (spec/CA-API.md 3.4: a revocation is published
+/// within about a second): the database ends the stalled transaction well before a waiting
+/// publication's statement gives up, and the stalled one commits nothing.
+#[test]
+fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
+    use agentid_ca::store::{ListRow, PgStore, Publication};
+    use agentid_ca::{AuditEvent, Store};
+    const STALL: Duration = Duration::from_secs(8);
+    let Some((pg, mut a)) = pg_store() else {
+        return;
+    };
+    let url = pg.url("agentid");
+    let mut b = PgStore::open_url(&url, "replica-1").unwrap();
+    let now = common::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let publication = move |seq: u64| Publication {
+        compact: format!("list-{seq}"),
+        published_at: now,
+        next_update: now + 600,
+        audit: AuditEvent {
+            ts: now,
+            kind: "revocations.publish".into(),
+            actor: "ca".into(),
+            outcome: "ok".into(),
+            reason: Some(format!("seq {seq}")),
+            ..AuditEvent::default()
+        },
+    };
+    let (signing_tx, signing) = std::sync::mpsc::channel();
+    let stalled = std::thread::spawn(move || {
+        let mut first = true;
+        let res = a.publish_revocations(now, &mut |seq: u64, _: &[ListRow]| {
+            if std::mem::take(&mut first) {
+                signing_tx.send(()).unwrap();
+                std::thread::sleep(STALL);
+            }
+            Ok(publication(seq))
+        });
+        (res, a)
+    });
+    signing.recv_timeout(T).unwrap();
+    let start = std::time::Instant::now();
+    let other = b.publish_revocations(now, &mut |seq: u64, _: &[ListRow]| Ok(publication(seq)));
+    let took = start.elapsed();
+    let (stalled_res, a) = stalled.join().unwrap();
+    println!("other replica: {other:?} after {took:?}; stalled one: {stalled_res:?}");
+    assert!(
+        other.is_ok(),
+        "the other replica could not publish: {other:?}"
+    );
+    assert!(
+        took < STALL - Duration::from_secs(1),
+        "the other replica published only after {took:?}, once the stalled one resumed"
+    );
+    // Whatever the stalled one returned, one seq per list, counter and lists agreeing.
+    let (counter, seqs) = stored_seqs(&url);
+    assert!(seqs.iter().all(|s| *s <= counter), "{counter} {seqs:?}");
+    if let Ok(p) = &stalled_res {
+        assert_ne!(Some(p.seq), other.as_ref().ok().map(|o| o.seq));
+    }
+    drop((a, b));
+    drop(pg);
+}
