@@ -48,6 +48,14 @@ use crate::error::{CaError, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on one statement, enforced by the server.
 const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// Bound on how long a transaction may sit idle between its statements (a publication while it
+/// signs, a principal revocation while its audit record is made), enforced by the server: a
+/// replica that stalls there (a frozen process or VM, a hung signer) would otherwise hold the
+/// `seq` counter's row lock or [`REVOCATION_LOCK`] for as long as it stalls, stopping
+/// publication (and revocations, and issuances) on every replica. Below
+/// [`STATEMENT_TIMEOUT_MS`], so a statement waiting for such a lock outlives the stall; the
+/// stalled transaction is rolled back and its replica told so (its connection is closed).
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 /// Bound on one whole store operation (connect, retries, commit), enforced here.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts of a transaction that fails with a serialization failure or a deadlock.
@@ -134,7 +142,10 @@ impl PgSettings {
         config.connect_timeout(CONNECT_TIMEOUT);
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        config.options(format!(
+            "-c statement_timeout={STATEMENT_TIMEOUT_MS} \
+             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        ));
         config.application_name("agentid-ca");
         Ok(PgSettings { config, tls })
     }
