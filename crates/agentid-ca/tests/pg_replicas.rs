@@ -961,3 +961,141 @@ fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
     drop((a, b));
     drop(pg);
 }
+
+/// A TCP forwarder on 127.0.0.1 to `to`; `cut` closes every forwarded connection and stops
+/// accepting (a replica cut off from the database while the others still reach it).
+struct Link {
+    addr: SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Link {
+    async fn new(to: SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let t2 = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let h = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                t2.lock().unwrap().push(h);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Link { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// `GET path`: status and body.
+async fn get(c: &mut HttpClientConnection, path: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .body(Bytes::new())
+        .unwrap();
+    let resp = tokio::time::timeout(T, c.send(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let b = tokio::time::timeout(T, resp.into_body().collect())
+        .await
+        .expect("body timed out")
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(b.to_vec()).unwrap())
+}
+
+fn seq_of(body: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `304 Not Modified` says no newer list was published (spec/CA-API.md 3.4). A replica that
+/// cannot read the store (cut off from the database while the other replicas are not) does not
+/// know that: it must not answer `304` while another replica serves a newer list holding a
+/// revocation, but `503 store_unavailable`, so its subscribers go elsewhere or retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_never_answers_not_modified() {
+    let Some(db) = db().await else { return };
+    // Replica B reaches the database through a link the test cuts.
+    let link = Link::new(SocketAddr::from(([127, 0, 0, 1], db.pg.port()))).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", db.dir.path().display()))
+        .arg(dir_b.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "copy of the CA directory");
+    let config = dir_b.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let direct = format!("127.0.0.1:{}", db.pg.port());
+    assert!(text.contains(&direct), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&direct, &format!("127.0.0.1:{}", link.addr.port())),
+    )
+    .unwrap();
+    let a = replica(db.dir.path(), 0).await;
+    let b = replica(dir_b.path(), 1).await;
+    let op = operator(db.dir.path()).await;
+    let http = new_client(&op).await;
+    let mut ca = http.connect(a, "ca.example.org").await.unwrap();
+    let mut cb = http.connect(b, "ca.example.org").await.unwrap();
+    let (s, body) = get(&mut cb, "/v1/revocations").await;
+    assert_eq!(s, 200, "{body}");
+    let before = seq_of(&body);
+
+    link.cut();
+    let cut_at = tokio::time::Instant::now();
+    let op2 = op.clone();
+    tokio::task::spawn_blocking(move || {
+        let iss = TaskIdentity::parse("spiffe://example.org/agent/planner/task/t1").unwrap();
+        op2.revoke(
+            &RevokeTarget::LinkJti {
+                iss,
+                jti: Jti::parse("cut-off").unwrap(),
+            },
+            Some("partition"),
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    // Replica A publishes it.
+    let (s, body) = get(&mut ca, &format!("/v1/revocations?after={before}&wait=5")).await;
+    assert_eq!(s, 200, "replica A: {body}");
+    let newer = seq_of(&body);
+    assert!(newer > before);
+    // Replica B, cut off for longer than a replica takes to learn of a list (200 ms) and
+    // than the store's bound on staying unread (2 s): anything but "nothing newer".
+    tokio::time::sleep_until(cut_at + Duration::from_millis(2500)).await;
+    for path in [
+        format!("/v1/revocations?after={before}"),
+        format!("/v1/revocations?after={before}&wait=2"),
+    ] {
+        let (s, body) = get(&mut cb, &path).await;
+        assert_ne!(
+            s, 304,
+            "replica B answered {path} 304 Not Modified while list {newer} is published"
+        );
+        println!("replica B, {path}: {s} {body}");
+    }
+    drop(link);
+}
