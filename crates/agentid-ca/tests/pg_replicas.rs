@@ -1099,3 +1099,41 @@ async fn a_replica_cut_off_from_the_database_never_answers_not_modified() {
     }
     drop(link);
 }
+
+/// A revocation made on replica A wakes a long-poll held on replica B within about a second
+/// (spec/CA-API.md 3.4: a replica learns of another's list within 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_wakes_a_long_poll_on_another_within_a_second() {
+    let Some(db) = db().await else { return };
+    let a = replica(db.dir.path(), 0).await;
+    let b = replica(db.dir.path(), 1).await;
+    let op = operator(db.dir.path()).await;
+    let op2 = op.clone();
+    let (revoker, id) = tokio::task::spawn_blocking(move || common::task_client(&op2, "worker", T))
+        .await
+        .unwrap();
+    let task = id.rsplit('/').next().unwrap().to_owned();
+    let watcher = new_client(&op).await;
+    let mut cb = watcher.connect(b, "ca.example.org").await.unwrap();
+    let (s, body) = get(&mut cb, "/v1/revocations").await;
+    assert_eq!(s, 200, "{body}");
+    let before = seq_of(&body);
+    let held = tokio::spawn(async move {
+        let r = get(&mut cb, &format!("/v1/revocations?after={before}&wait=20")).await;
+        (r, tokio::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ca = revoker.connect(a, "ca.example.org").await.unwrap();
+    let (s, _, body) = call(&mut ca, "/v1/revoke", format!(r#"{{"task":"{task}"}}"#))
+        .await
+        .unwrap();
+    let revoked_at = tokio::time::Instant::now();
+    assert_eq!(s, 200, "{body}");
+    let ((s, body), woke_at) = tokio::time::timeout(T, held).await.unwrap().unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(seq_of(&body) > before);
+    assert!(body.len() > 20);
+    let lag = woke_at.saturating_duration_since(revoked_at);
+    println!("replica B answered {lag:?} after replica A acknowledged the revocation");
+    assert!(lag < Duration::from_secs(1), "replica B woke {lag:?} late");
+}
