@@ -1023,13 +1023,17 @@ fn seq_of(body: &str) -> u64 {
         .unwrap()
 }
 
-/// `304 Not Modified` says no newer list was published (spec/CA-API.md 3.4). A replica that
-/// cannot read the store (cut off from the database while the other replicas are not) does not
-/// know that: it must not answer `304` while another replica serves a newer list holding a
-/// revocation, but `503 store_unavailable`, so its subscribers go elsewhere or retry.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_cut_off_from_the_database_never_answers_not_modified() {
-    let Some(db) = db().await else { return };
+/// Replicas A and B on one database, B reaching it through a [`Link`] (its own copy of the CA
+/// directory), a client connected to each, and the operator.
+async fn partitioned() -> Option<(
+    Db,
+    Link,
+    tempfile::TempDir,
+    HttpClientConnection,
+    HttpClientConnection,
+    Arc<CertificateAuthority>,
+)> {
+    let db = db().await?;
     // Replica B reaches the database through a link the test cuts.
     let link = Link::new(SocketAddr::from(([127, 0, 0, 1], db.pg.port()))).await;
     let dir_b = tempfile::tempdir().unwrap();
@@ -1054,8 +1058,69 @@ async fn a_replica_cut_off_from_the_database_never_answers_not_modified() {
     let b = replica(dir_b.path(), 1).await;
     let op = operator(db.dir.path()).await;
     let http = new_client(&op).await;
-    let mut ca = http.connect(a, "ca.example.org").await.unwrap();
-    let mut cb = http.connect(b, "ca.example.org").await.unwrap();
+    let ca = http.connect(a, "ca.example.org").await.unwrap();
+    let cb = http.connect(b, "ca.example.org").await.unwrap();
+    Some((db, link, dir_b, ca, cb, op))
+}
+
+/// The operator revokes a link `jti` (in the store, as another process would).
+async fn revoke_link(op: &Arc<CertificateAuthority>, jti: &str) {
+    let (op, jti) = (op.clone(), jti.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let iss = TaskIdentity::parse("spiffe://example.org/agent/planner/task/t1").unwrap();
+        op.revoke(
+            &RevokeTarget::LinkJti {
+                iss,
+                jti: Jti::parse(&jti).unwrap(),
+            },
+            Some("partition"),
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// A long-poll held on replica B when B is cut off from the database, while replica A
+/// publishes a newer list, is not answered `304 Not Modified` at its deadline: B cannot know
+/// that none was published (spec/CA-API.md 3.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_held_across_a_cut_off_is_not_answered_not_modified() {
+    let Some((db, link, _dir_b, mut ca, mut cb, op)) = partitioned().await else {
+        return;
+    };
+    let (s, body) = get(&mut cb, "/v1/revocations").await;
+    assert_eq!(s, 200, "{body}");
+    let before = seq_of(&body);
+    let held = tokio::spawn(async move {
+        get(&mut cb, &format!("/v1/revocations?after={before}&wait=4")).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.cut();
+    revoke_link(&op, "held-across").await;
+    let (s, body) = get(&mut ca, &format!("/v1/revocations?after={before}&wait=5")).await;
+    assert_eq!(s, 200, "replica A: {body}");
+    let newer = seq_of(&body);
+    let (s, body) = tokio::time::timeout(T, held).await.unwrap().unwrap();
+    println!("replica B's held request: {s} {body}");
+    assert_ne!(
+        s, 304,
+        "replica B answered a held request 304 Not Modified while list {newer} is published"
+    );
+    drop((link, db));
+}
+
+/// `304 Not Modified` says no newer list was published (spec/CA-API.md 3.4). A replica that
+/// cannot read the store (cut off from the database while the other replicas are not) does not
+/// know that: it must not answer `304` while another replica serves a newer list holding a
+/// revocation, but `503 store_unavailable`, so its subscribers go elsewhere or retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_never_answers_not_modified() {
+    let Some((_db, link, _dir_b, mut ca, mut cb, op)) = partitioned().await else {
+        return;
+    };
     let (s, body) = get(&mut cb, "/v1/revocations").await;
     assert_eq!(s, 200, "{body}");
     let before = seq_of(&body);
