@@ -14,6 +14,8 @@
 //!   by another process, seen through the store's revocation epoch within one poll), coalesced
 //!   to at most one publication per [`COALESCE`]; and, when nothing changed, once half the time
 //!   from the held list's `iat` to its `next_update` has passed.
+//! * **No `304` unread.** A held long-poll is answered `304` only if the publisher read the
+//!   store within [`FRESH`]; a replica cut off from the database answers `503` instead.
 //! * **One publisher at a time** in a process (the SQLite write lock serializes processes).
 //! * **One response body per `seq`.** The feed's body for the newest list is written once and
 //!   shared by every response for it ([`FeedBody`]).
@@ -33,12 +35,20 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// At most one publication per this interval; revocations in between share the next list.
 pub const COALESCE: Duration = Duration::from_millis(200);
 
+/// How recently the publisher must have read the store for this replica to say that no newer
+/// list was published (a held long-poll's `304`): a replica cut off from the database while
+/// the others publish does not know it (`spec/CA-API.md` 3.4). Ten polls: a publication of a
+/// large list under load takes about a second.
+pub const FRESH: Duration = Duration::from_secs(2);
+
 /// Publishes revocation lists and hands the latest one to subscribers.
 pub struct Publisher {
     ca: Arc<CertificateAuthority>,
     latest: watch::Sender<Option<Arc<PublishedList>>>,
     wake: Notify,
     one: Mutex<Option<tokio::time::Instant>>,
+    /// When the last successful read of the store began.
+    read_at: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl core::fmt::Debug for Publisher {
@@ -70,6 +80,7 @@ impl Publisher {
             latest: watch::channel(None).0,
             wake: Notify::new(),
             one: Mutex::new(None),
+            read_at: std::sync::Mutex::new(tokio::time::Instant::now()),
         };
         let stored = p.step_blocking(SystemTime::now())?;
         p.latest.send_replace(Some(stored));
@@ -84,6 +95,15 @@ impl Publisher {
     /// A receiver that sees every newer list.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<PublishedList>>> {
         self.latest.subscribe()
+    }
+
+    /// Whether the store was read successfully within `within` (the list served is the latest
+    /// stored one as of then, give or take one [`POLL`]).
+    pub fn read_within(&self, within: Duration) -> bool {
+        self.read_at
+            .lock()
+            .map(|at| at.elapsed() <= within)
+            .unwrap_or(false)
     }
 
     /// Says that a revocation committed: the next list is published within [`COALESCE`].
@@ -132,9 +152,13 @@ impl Publisher {
             tokio::time::sleep_until(at + COALESCE).await;
         }
         let me = self.clone();
+        let started = tokio::time::Instant::now();
         let list = tokio::task::spawn_blocking(move || me.step_blocking(SystemTime::now()))
             .await
             .map_err(|e| CaError::Store(format!("publisher task: {e}")))??;
+        if let Ok(mut at) = self.read_at.lock() {
+            *at = (*at).max(started);
+        }
         let newer = self
             .latest
             .borrow()

@@ -950,8 +950,16 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
                 }
             }
             // The sender lives as long as the service; a closed channel or the deadline ends
-            // the wait with what is current.
+            // the wait with what is current. `304` says none was published: only when the
+            // publisher read the store lately (a replica cut off from the database while the
+            // others publish cannot know; its subscribers should go elsewhere).
             Ok(Err(_)) | Err(_) => {
+                if !s.publisher.read_within(crate::publication::FRESH) {
+                    return Refused::from(CaError::Store(
+                        "the revocation lists could not be read from the store lately".into(),
+                    ))
+                    .into_response();
+                }
                 let seq = rx.borrow().as_ref().map(|p| p.seq).unwrap_or(current.seq);
                 return not_modified(seq);
             }
