@@ -102,12 +102,10 @@ async fn a_bundle_update_that_keeps_the_keys_keeps_the_session() {
     l.server.authorize(&Scope::parse("read").unwrap()).unwrap();
 }
 
-/// A bundle change that lands after the TLS handshake but before the server has read the
-/// client's hello (a proxy holds it) is a change since the session began: the new session
-/// re-validates the peer's certificate at once and ends (`bad_certificate`), as a session that
-/// was live before the change does.
-#[tokio::test]
-async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
+/// A session whose hello a proxy holds while the CA that issued the client's certificate
+/// leaves the server's bundle (the grant key stays), then lets through: the server's session,
+/// whose hello itself verified, and the client's.
+async fn session_across_a_ca_removal() -> (Session<TcpStream>, Session<TcpStream>) {
     let p = pair(Some("read"), LeafOpts::default(), false);
     let (addr, h) = p.serve(1).await;
     let held = Arc::new(tokio::sync::Notify::new());
@@ -132,8 +130,17 @@ async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
         release.notify_one();
     };
     let (client_result, ()) = tokio::join!(connect(&c, proxy), change);
-    let mut server = accepted(h).await.expect("the hello itself verifies");
-    let _client = client_result.expect("the server accepted");
+    let server = accepted(h).await.expect("the hello itself verifies");
+    (server, client_result.expect("the server accepted"))
+}
+
+/// A bundle change that lands after the TLS handshake but before the server has read the
+/// client's hello (a proxy holds it) is a change since the session began: the new session
+/// re-validates the peer's certificate at once and ends (`bad_certificate`), as a session that
+/// was live before the change does.
+#[tokio::test]
+async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
+    let (mut server, _client) = session_across_a_ca_removal().await;
     let r = tokio::time::timeout(T, server.recv())
         .await
         .expect("the session must end, not wait");
@@ -149,31 +156,7 @@ async fn a_bundle_change_before_the_hello_is_read_ends_the_new_session() {
 /// with the same code even if the session has not been read or written since").
 #[tokio::test]
 async fn a_bundle_change_before_the_hello_is_read_fails_the_first_authorization() {
-    let p = pair(Some("read"), LeafOpts::default(), false);
-    let (addr, h) = p.serve(1).await;
-    let held = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let proxy = holding_proxy(addr, held.clone(), release.clone()).await;
-    let c = client(
-        p.client_creds.clone(),
-        p.cv.clone(),
-        agentid_transport::PeerPolicy::danger_any(),
-    );
-    let change = async {
-        tokio::time::timeout(T, held.notified())
-            .await
-            .expect("the proxy holds the hello");
-        let other = Ca::new("example.org");
-        let rotated = TrustBundle::new(p.a.td.clone(), 2)
-            .add_x509_authority(other.der.to_vec(), other.key.public_key())
-            .add_grant_key(p.a.grant_key.public_key().clone())
-            .add_revocation_key(p.a.rev_key.public_key().clone());
-        p.sv.update_bundle(rotated).unwrap();
-        release.notify_one();
-    };
-    let (client_result, ()) = tokio::join!(connect(&c, proxy), change);
-    let server = accepted(h).await.expect("the hello itself verifies");
-    let _client = client_result.expect("the server accepted");
+    let (server, _client) = session_across_a_ca_removal().await;
     // No read or write yet: the first request is authorized against the changed state.
     match server.authorize(&Scope::parse("read").unwrap()) {
         Err(e) => assert_eq!(e.reason(), "bad_certificate", "{e:?}"),
