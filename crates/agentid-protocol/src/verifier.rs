@@ -596,12 +596,15 @@ impl Verifier {
 
     /// As [`Verifier::authorize`], also checking requested amounts against the effective limit
     /// ceilings (`limit_exceeded`); a requested name the verifier does not enforce is refused.
+    /// An amount above 2^53 - 1 is not a valid request (section 3.3): `bad_config`, before any
+    /// rule runs.
     pub fn authorize_with_limits(
         &self,
         verified: &VerifiedChain,
         requested: &Scope,
         amounts: &BTreeMap<String, u64>,
     ) -> Result<()> {
+        valid_amounts(amounts)?;
         requested_scope_is_concrete(requested)?;
         // Rule A2: the chain's effective scope covers the request.
         if !verified.scope.covers(requested) {
@@ -774,6 +777,21 @@ pub(crate) fn valid_now(now: u64) -> Result<()> {
         None => Err(Error::new(
             ErrorCode::BadConfig,
             "`now` must be an integer in [0, 2^53-1]",
+        )),
+    }
+}
+
+/// Section 3.3: requested amounts are integer inputs in [0, 2^53 - 1], else `bad_config`
+/// (index `null`), as the vectors' runner refuses them when it reads its input.
+fn valid_amounts(amounts: &BTreeMap<String, u64>) -> Result<()> {
+    match amounts
+        .iter()
+        .find(|(_, a)| crate::encoding::safe_int(**a).is_none())
+    {
+        None => Ok(()),
+        Some((name, _)) => Err(Error::new(
+            ErrorCode::BadConfig,
+            format!("requested amount of `{name}` must be an integer in [0, 2^53-1]"),
         )),
     }
 }

@@ -675,6 +675,23 @@ fn limits_are_ceilings_and_must_be_enforced() {
         .authorize_with_limits(&r, &scope("repo:read"), &amounts(11))
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::LimitExceeded);
+    // Section 3.3: an amount above 2^53 - 1 is not a valid request (`bad_config`), not a value
+    // compared with the ceiling, and it is refused even where no ceiling constrains it.
+    for (name, n) in [("requests", 1u64 << 53), ("requests", u64::MAX)] {
+        let e = v
+            .authorize_with_limits(
+                &r,
+                &scope("repo:read"),
+                &[(name.to_owned(), n)].into_iter().collect(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadConfig, "{n}");
+    }
+    // 2^53 - 1 is a valid amount: compared with the ceiling.
+    let e = v
+        .authorize_with_limits(&r, &scope("repo:read"), &amounts((1 << 53) - 1))
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::LimitExceeded);
     // A verifier that does not enforce `requests` refuses the chain.
     let mut bundles = BundleSet::new();
     bundles.insert(w.org.bundle()).unwrap();
