@@ -95,6 +95,12 @@ fn verify(args: &VerifyArgs) -> CliResult {
         .map(|v| PeerId::parse(v).bad_arg("--verifier", v))
         .transpose()?;
     let authorities = parse_authorities(&args.authorities)?;
+    for name in &args.limits {
+        // A limit name as section 7.3 spells one (the verifier would refuse it as `bad_config`).
+        agentid_protocol::Limits::new([(name.clone(), 0)].into_iter().collect())
+            .map_err(|e| e.detail().to_owned())
+            .bad_arg("--enforce-limit", name)?;
+    }
     let requested = if args.scopes.is_empty() {
         None
     } else {

@@ -150,6 +150,10 @@ fn chain_verify_exit_codes() {
     env.fails(&format!("{base} --verifier nope"), 2, "bad --verifier");
     env.fails(&format!("{base} --authority Bad.ORG"), 2, "bad --authority");
     env.fails(&format!("{base} --scope a^b"), 2, "bad --scope");
+    let line = format!("{base} --revocations rev.jwt --enforce-limit");
+    let mut args: Vec<&str> = line.split_whitespace().collect();
+    args.push("BAD NAME");
+    env.fails_args(&args, 2, "bad --enforce-limit");
     // Invalid, whatever was invalid: the chain (3) or the peer certificate (3).
     env.fails(base, 3, "revocation_missing");
     env.fails(
