@@ -166,6 +166,14 @@ impl AgentClient {
         }
 
         let now = now_unix();
+        // The server's own revocation status (its key, agent and task) before the hello: a
+        // revoked server, or one whose domain's list is missing or stale, is never sent the
+        // chain (spec/PROTOCOL.md 16.3, client step 3).
+        self.verification.verifier().check_peer_revocation(
+            after.peer.id.as_spiffe_id(),
+            &after.peer.public_key,
+            now,
+        )?;
         let mut builder = ProofBuilder::new(
             local.identity().as_spiffe_id(),
             after.peer.id.as_spiffe_id(),

@@ -936,6 +936,36 @@ async fn a_client_stops_using_a_connection_whose_server_a_new_list_revokes() {
     assert!(!conn.is_usable(), "the connection is not used again");
 }
 
+/// Spec 22.4: the client checks the server's own revocation status before it sends anything.
+/// A server whose certificate key the client's list revokes gets no connection to serve: not
+/// the presentation, not the first request (whose body may be the application's data).
+#[tokio::test]
+async fn a_client_sends_nothing_to_a_server_its_list_revokes() {
+    let w = World::revocable();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let server_key = connect(&w, creds.clone(), false, addr)
+        .await
+        .peer()
+        .info
+        .public_key
+        .thumbprint();
+    let list =
+        w.a.revocation_list(2, |b| b.revoke_key(&server_key, now() + 600));
+    w.cv.apply_revocation_list(&list).unwrap();
+    for h1 in [true, false] {
+        let e = client(&w, creds.clone(), h1)
+            .connect(addr, "files")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.protocol_code(),
+            Some(agentid_protocol::ErrorCode::Revoked),
+            "{e:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     let w = World::new(false);

@@ -767,3 +767,40 @@ async fn require_server_in_audience_holds_for_reauth() {
         "the server received the chain: {r:?}"
     );
 }
+
+/// Spec 16.3, client step 3: the client checks the server's own revocation status before the
+/// hello. A server whose certificate key the client's list revokes is sent nothing: it reads
+/// the end of the connection, never the client's chain.
+#[tokio::test]
+async fn a_client_sends_no_hello_to_a_server_its_list_revokes() {
+    let a = Domain::new("example.org");
+    let v = verification(SERVER, &[&a], false);
+    let sk = key();
+    let cfg = raw_server_config(&v, leaf(&a.ca, SERVER, &sk, &LeafOpts::default()), &sk);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(tcp)
+            .await
+            .unwrap();
+        tokio::time::timeout(T, frame::read_frame(&mut tls))
+            .await
+            .unwrap()
+    });
+    let cv = verification(CLIENT, &[&a], true);
+    let jkt = sk.public_key().thumbprint();
+    cv.apply_revocation_list(&a.revocation_list(1, |b| b.revoke_key(&jkt, now() + 600)))
+        .unwrap();
+    let c = client(credentials(&a.ca, CLIENT), cv, PeerPolicy::danger_any());
+    let e = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.protocol_code(), Some(ErrorCode::Revoked), "{e:?}");
+    match h.await.unwrap() {
+        Ok(Some(f)) => panic!("the revoked server read a {:?} frame", f.ty),
+        Ok(None) | Err(_) => {}
+    }
+}

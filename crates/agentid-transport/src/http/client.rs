@@ -298,6 +298,14 @@ impl HttpClient {
             }
         }
         let now = now_unix();
+        // The server's own revocation status (its key, agent and task) before anything is
+        // sent to it (spec/PROTOCOL.md 22.4): a revoked server, or one whose domain's list is
+        // missing or stale, gets neither the presentation nor the first request's body.
+        self.verification.verifier().check_peer_revocation(
+            peer.info.id.as_spiffe_id(),
+            &peer.info.public_key,
+            now,
+        )?;
         let proof_lifetime = self.proof_lifetime.as_secs().max(1);
         let (client_proof, proof_header, proof_exp) =
             sign_client_proof(&local, chain_info.as_deref(), &peer, now, proof_lifetime)?;
