@@ -997,6 +997,44 @@ async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     ));
 }
 
+/// Spec 22.5: the client keeps no connection past the verified server chain's `exp` minus its
+/// margin (the server's authority ends there), as it keeps none past either certificate's.
+#[tokio::test]
+async fn the_client_keeps_no_connection_past_the_servers_chain_exp() {
+    // A server that holds a chain: a task identity.
+    const TASK_SERVER: &str = "spiffe://example.org/agent/files/task/t1";
+    let mut w = World::new(false);
+    let sk = key();
+    let holder = agentid_protocol::TaskIdentity::parse(TASK_SERVER).unwrap();
+    // The server's chain ends in 600 s, both certificates in two hours.
+    let chain = w.a.grant(&holder, &sk, "files:read");
+    let cred =
+        credential(&w.a.ca, TASK_SERVER, copy(&sk), &expiring_in(7200)).with_chain(chain.as_str());
+    w.server_creds = Arc::new(MemoryCredentials::new(cred));
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &expiring_in(7200));
+    // A margin of 900 s: the certificates leave time, the server's chain does not.
+    let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(TASK_SERVER)))
+        .close_margin(Duration::from_secs(900))
+        .build()
+        .unwrap();
+    let mut conn = c.connect(addr, "files").await.unwrap();
+    assert!(conn.is_usable(), "before the server's chain is known");
+    get_ok(&mut conn, "/peer").await;
+    assert!(
+        conn.server_chain().is_some(),
+        "the server presented its chain"
+    );
+    assert!(
+        !conn.is_usable(),
+        "past the server chain's exp minus the margin"
+    );
+    assert!(matches!(
+        conn.send(get_req("/peer")).await,
+        Err(agentid_transport::Error::CredentialExpired)
+    ));
+}
+
 #[tokio::test]
 async fn the_client_refuses_a_server_outside_its_chains_audience() {
     let w = World::new(false);

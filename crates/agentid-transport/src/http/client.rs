@@ -3,7 +3,7 @@
 //! proof from a response, then omits them; it refuses a server its chain's audience does not
 //! cover before sending the chain; it never follows redirects (a chain is bound to one
 //! connection and never leaves it); and it keeps no connection past its own or the server's
-//! certificate `notAfter` minus a margin.
+//! certificate `notAfter`, or either side's chain `exp`, minus a margin.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::TlsConnector;
 
@@ -164,6 +165,10 @@ pub struct HttpClientConnection {
     presented: bool,
     server: Option<ServerPresentation>,
     close_at: Instant,
+    /// Moves the connection task's close point (to `close_at`).
+    closer: watch::Sender<Instant>,
+    /// The close margin, in seconds.
+    close_margin: u64,
     /// Set when a re-check of the verified server failed: the connection carries no more
     /// requests, each of which gets this error.
     ended: Option<ServerEnded>,
@@ -324,6 +329,8 @@ impl HttpClient {
             .saturating_sub(now)
             .saturating_sub(self.close_margin.as_secs());
         let close_at = Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600));
+        // A verified server chain that ends sooner moves the close point earlier (`check_server`).
+        let (closer, close_rx) = watch::channel(close_at);
 
         let io = TokioIo::new(tls);
         // The connection runs on its own task; another one drops it at `close_at` (so that
@@ -333,12 +340,12 @@ impl HttpClient {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(hyper_err)?;
-                close_at_margin(tokio::spawn(conn), close_at);
+                close_at_margin(tokio::spawn(conn), close_rx);
                 Sender::H2(sender)
             }
             HttpVersion::Http11 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(hyper_err)?;
-                close_at_margin(tokio::spawn(conn), close_at);
+                close_at_margin(tokio::spawn(conn), close_rx);
                 Sender::H1(sender)
             }
         };
@@ -357,6 +364,8 @@ impl HttpClient {
             presented: false,
             server: None,
             close_at,
+            closer,
+            close_margin: self.close_margin.as_secs(),
             ended: None,
             server_certs,
             trust_seen,
@@ -364,13 +373,23 @@ impl HttpClient {
     }
 }
 
-/// Drops the connection task `conn` at `close_at` unless it ended before.
-fn close_at_margin<T: Send + 'static>(mut conn: tokio::task::JoinHandle<T>, close_at: Instant) {
+/// Drops the connection task `conn` at the instant `close_at` holds (it may move earlier)
+/// unless the task ended before.
+fn close_at_margin<T: Send + 'static>(
+    mut conn: tokio::task::JoinHandle<T>,
+    mut close_at: watch::Receiver<Instant>,
+) {
     tokio::spawn(async move {
-        tokio::select! {
-            biased;
-            _ = &mut conn => {}
-            () = sleep_until(close_at) => conn.abort(),
+        // Once the connection object is gone its close point no longer moves.
+        let mut moves = true;
+        loop {
+            let at = *close_at.borrow_and_update();
+            tokio::select! {
+                biased;
+                _ = &mut conn => return,
+                () = sleep_until(at) => return conn.abort(),
+                changed = close_at.changed(), if moves => moves = changed.is_ok(),
+            }
         }
     });
 }
@@ -465,8 +484,9 @@ impl HttpClientConnection {
         &self.local
     }
 
-    /// How long the connection can still carry requests: until the earlier certificate
-    /// `notAfter` (or own chain `exp`) minus the close margin, when it is dropped (zero after).
+    /// How long the connection can still carry requests: until the earliest of both
+    /// certificates' `notAfter`, the own chain's `exp` and the verified server chain's `exp`,
+    /// minus the close margin, when it is dropped (zero after).
     pub fn time_left(&self) -> Duration {
         self.close_at.saturating_duration_since(Instant::now())
     }
@@ -669,6 +689,19 @@ impl HttpClientConnection {
             self.verification
                 .stale_at(peer.id.as_spiffe_id(), verified.chain.as_ref()),
         );
+        // Nothing past the server chain's `exp` minus the margin either: the server's
+        // authority, as this connection verified it, ends there (spec/PROTOCOL.md 22.5).
+        if let Some(chain) = &verified.chain {
+            let left = chain
+                .expires
+                .saturating_sub(now_unix())
+                .saturating_sub(self.close_margin);
+            let at = Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600));
+            if at < self.close_at {
+                self.close_at = at;
+                self.closer.send_replace(at);
+            }
+        }
         self.server = Some(ServerPresentation {
             proof: proof.to_owned(),
             chain: verified.chain,
