@@ -17,6 +17,7 @@ use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
 const EXTRA: &str = "\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n";
@@ -149,4 +150,36 @@ async fn if_none_match_over_several_field_lines_counts_every_line() {
     let (s, _, b) = send(&mut c, req).await;
     let e: agentid_api::ApiError = serde_json::from_str(&b).unwrap_or_else(|_| panic!("{s} {b}"));
     assert_eq!((s, e.code.as_str()), (400, "bad_request"), "{b}");
+}
+
+/// CA-API.md 5: the service bounds the time of every request. A caller that starts a request
+/// body and stops sending it is answered (or dropped) within 20 seconds, instead of keeping
+/// the request, and its connection, for as long as its certificate lives.
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_not_waited_for_forever() {
+    let (dir, addr, _) = common::serve_ca(EXTRA, false).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (key, chain, id) = planner_task(&ca, None);
+    let mut tls = raw_tls(&ca, addr, key, chain, &id).await;
+    // A head announcing 100 bytes, and 2 of them.
+    tls.write_all(
+        b"POST /v1/renew HTTP/1.1\r\nhost: ca.example.org\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "after {:?} the service still waits for the rest of the body (nothing answered, connection open)",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&buf);
+    // Answered, it is the refusal of a body that could not be read.
+    if !text.is_empty() {
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("\"code\":\"bad_request\""), "{text}");
+    }
 }
