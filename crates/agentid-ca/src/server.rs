@@ -869,11 +869,17 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
         }
     }
     if after.is_none() {
-        if let Some(v) = req.headers().get(header::IF_NONE_MATCH) {
-            after = Some(
-                if_none_match_seq(v)
-                    .ok_or_else(|| bad("If-None-Match is a list of quoted seqs, or *"))?,
-            );
+        // A list-based field: several field lines mean one line joining their values with
+        // commas (RFC 9110 5.3), so every line counts.
+        let mut lines = req.headers().get_all(header::IF_NONE_MATCH).iter();
+        if let Some(first) = lines.next() {
+            let bad_tag = || bad("If-None-Match is a list of quoted seqs, or *");
+            let mut joined = first.to_str().map_err(|_| bad_tag())?.to_owned();
+            for v in lines {
+                joined.push_str(", ");
+                joined.push_str(v.to_str().map_err(|_| bad_tag())?);
+            }
+            after = Some(if_none_match_seq(&joined).ok_or_else(bad_tag)?);
         }
     }
     Ok((after, wait))
@@ -883,8 +889,8 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
 /// `seq`s): the highest of its tags, weak (`W/"12"`) or strong, as a cache may send several;
 /// `*` (any list) is the highest `seq` there can be, so only "not modified" answers it. `None`
 /// when a tag is not a quoted decimal `seq`.
-fn if_none_match_seq(v: &HeaderValue) -> Option<u64> {
-    let v = v.to_str().ok()?.trim();
+fn if_none_match_seq(v: &str) -> Option<u64> {
+    let v = v.trim();
     if v == "*" {
         return Some(u64::MAX);
     }
