@@ -686,9 +686,25 @@ async fn run<T: Send + 'static>(
     }
 }
 
+/// A request body must arrive in full within this time of the handler asking for it
+/// (CA-API.md 1.2, 5): a caller that stops sending its body holds no request and no connection
+/// longer than this.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Refused> {
-    let bytes = axum::body::to_bytes(req.into_body(), agentid_api::MAX_BODY_BYTES)
+    let read = axum::body::to_bytes(req.into_body(), agentid_api::MAX_BODY_BYTES);
+    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read)
         .await
+        .map_err(|_| {
+            Refused::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+                "send the whole request again",
+            )
+        })?
         .map_err(|e| body_refusal(&*e.into_inner()))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Refused::new(
