@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_api::RevocationsResponse;
-use agentid_ca::{CertificateAuthority, KeySource, OpenTaskRequest, TaskRequester};
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{CertificateAuthority, KeySource, KeyType, OpenTaskRequest, TaskRequester};
 use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
@@ -21,6 +22,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
 const EXTRA: &str = "\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n";
+
+/// A CA service on 127.0.0.1 with `options`: its directory and mTLS address.
+async fn serve_with(options: ServiceOptions) -> (tempfile::TempDir, SocketAddr) {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { service.serve(l).await });
+    (dir, addr)
+}
 
 /// A planner task opened by the operator with a certificate living `ttl`.
 fn planner_task(
@@ -182,4 +197,64 @@ async fn a_request_body_that_stops_arriving_is_not_waited_for_forever() {
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
         assert!(text.contains("\"code\":\"bad_request\""), "{text}");
     }
+}
+
+/// The body of a CA refusal as CA-API.md 1.3 writes it: `{code, message, hint}` with a code of
+/// its fixed list. Panics with the response otherwise.
+fn api_code(status: u16, body: &str) -> String {
+    let e: agentid_api::ApiError = serde_json::from_str(body).unwrap_or_else(|e| {
+        panic!("{status} {body}: not a CA-API refusal ({e})");
+    });
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(v.get("hint").is_some(), "{status} {body}: no hint");
+    e.code.as_str().to_owned()
+}
+
+/// CA-API.md 1.3 and 2: the caller's certificate past `notAfter` is refused
+/// `401 certificate_expired`, checked per request. A long-poll accepted while the caller's
+/// certificate was valid and answered after its `notAfter` gets the refusal of an expired
+/// certificate.
+#[tokio::test]
+async fn a_caller_whose_certificate_expires_during_its_request_gets_certificate_expired() {
+    let mut options = ServiceOptions::default();
+    // No graceful close before the deadline, and in-flight requests kept well past it, so
+    // that the held request is answered after the caller's notAfter.
+    options.http.close_margin = Duration::ZERO;
+    options.http.cut_grace = Duration::from_secs(20);
+    let (dir, addr) = serve_with(options).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (key, chain, id) = planner_task(&ca, Some(Duration::from_secs(3)));
+    let mut c = raw_h1(&ca, addr, key, chain, &id).await;
+    let (s, _, b) = send(
+        &mut c,
+        get("/v1/revocations").body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let seq = serde_json::from_str::<RevocationsResponse>(&b).unwrap().seq;
+    // Held 6 s: past the certificate's notAfter (3 s).
+    let req = get(&format!("/v1/revocations?after={seq}&wait=6"))
+        .body(Default::default())
+        .unwrap();
+    let (s, h, b) = send(&mut c, req).await;
+    assert_eq!(s, 401, "{b}");
+    assert_eq!(api_code(s, &b), "certificate_expired", "{h:?}");
+}
+
+/// CA-API.md 1.3: every refusal on every route is `{code, message, hint}` with a code of the
+/// fixed list. A request on the mTLS listener whose `agentid-proof` field is malformed (a
+/// space) is refused with such a body.
+#[tokio::test]
+async fn a_malformed_agentid_header_on_the_ca_listener_is_refused_as_the_ca_api_says() {
+    let (dir, addr, _) = common::serve_ca(EXTRA, false).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (key, chain, id) = planner_task(&ca, None);
+    let mut c = raw_h1(&ca, addr, key, chain, &id).await;
+    let req = get("/healthz")
+        .header("agentid-proof", "a b")
+        .body(Default::default())
+        .unwrap();
+    let (s, _, b) = send(&mut c, req).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(api_code(s, &b), "bad_request");
 }
