@@ -199,23 +199,39 @@ async fn a_request_body_that_stops_arriving_is_not_waited_for_forever() {
     }
 }
 
-/// The body of a CA refusal as CA-API.md 1.3 writes it: `{code, message, hint}` with a code of
-/// its fixed list. Panics with the response otherwise.
-fn api_code(status: u16, body: &str) -> String {
-    let e: agentid_api::ApiError = serde_json::from_str(body).unwrap_or_else(|e| {
-        panic!("{status} {body}: not a CA-API refusal ({e})");
-    });
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert!(v.get("hint").is_some(), "{status} {body}: no hint");
-    e.code.as_str().to_owned()
+/// A refusal of the HTTP binding in front of the routes (CA-API.md 1.4, PROTOCOL.md 22.6): the
+/// body is exactly `{code, message}`, a 401 carries `WWW-Authenticate: Agentid error="<code>"`.
+fn binding_code(status: u16, headers: &http::HeaderMap, body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{status} {body}: not JSON ({e})"));
+    let o = v.as_object().unwrap();
+    assert_eq!(o.len(), 2, "{status} {body}: exactly code and message");
+    assert!(
+        o["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    let code = o["code"].as_str().unwrap().to_owned();
+    let challenge = headers
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok());
+    if status == 401 {
+        assert_eq!(
+            challenge,
+            Some(format!("Agentid error=\"{code}\"").as_str())
+        );
+    } else {
+        assert_eq!(challenge, None, "{status}");
+    }
+    code
 }
 
-/// CA-API.md 1.3 and 2: the caller's certificate past `notAfter` is refused
-/// `401 certificate_expired`, checked per request. A long-poll accepted while the caller's
-/// certificate was valid and answered after its `notAfter` gets the refusal of an expired
-/// certificate.
+/// CA-API.md 1.4 (and 1.3's `certificate_expired`): the HTTP binding in front of the routes
+/// holds the connection's deadline, the caller certificate's `notAfter`. A long-poll accepted
+/// while the caller's certificate was valid and answered after its `notAfter` is refused by the
+/// binding, `401 credential_expired`, in PROTOCOL.md 22.6's shape.
 #[tokio::test]
-async fn a_caller_whose_certificate_expires_during_its_request_gets_certificate_expired() {
+async fn a_caller_whose_certificate_expires_during_its_request_gets_the_bindings_credential_expired(
+) {
     let mut options = ServiceOptions::default();
     // No graceful close before the deadline, and in-flight requests kept well past it, so
     // that the held request is answered after the caller's notAfter.
@@ -238,14 +254,19 @@ async fn a_caller_whose_certificate_expires_during_its_request_gets_certificate_
         .unwrap();
     let (s, h, b) = send(&mut c, req).await;
     assert_eq!(s, 401, "{b}");
-    assert_eq!(api_code(s, &b), "certificate_expired", "{h:?}");
+    assert_eq!(binding_code(s, &h, &b), "credential_expired");
+    assert_eq!(
+        h.get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
 }
 
-/// CA-API.md 1.3: every refusal on every route is `{code, message, hint}` with a code of the
-/// fixed list. A request on the mTLS listener whose `agentid-proof` field is malformed (a
-/// space) is refused with such a body.
+/// CA-API.md 1.4: a request on the mTLS listener whose `agentid-proof` field is malformed (a
+/// space) is refused by the binding before any route, `400 bad_header` in PROTOCOL.md 22.6's
+/// shape (no `hint`), and the connection stays usable (PROTOCOL.md 22.2: the state is
+/// unchanged): the next request is served.
 #[tokio::test]
-async fn a_malformed_agentid_header_on_the_ca_listener_is_refused_as_the_ca_api_says() {
+async fn a_malformed_agentid_header_on_the_ca_listener_gets_the_bindings_bad_header() {
     let (dir, addr, _) = common::serve_ca(EXTRA, false).await;
     let ca = CertificateAuthority::open(dir.path()).unwrap();
     let (key, chain, id) = planner_task(&ca, None);
@@ -254,7 +275,9 @@ async fn a_malformed_agentid_header_on_the_ca_listener_is_refused_as_the_ca_api_
         .header("agentid-proof", "a b")
         .body(Default::default())
         .unwrap();
-    let (s, _, b) = send(&mut c, req).await;
+    let (s, h, b) = send(&mut c, req).await;
     assert_eq!(s, 400, "{b}");
-    assert_eq!(api_code(s, &b), "bad_request");
+    assert_eq!(binding_code(s, &h, &b), "bad_header");
+    let (s, _, b) = send(&mut c, get("/healthz").body(Default::default()).unwrap()).await;
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"ok"}"#));
 }
