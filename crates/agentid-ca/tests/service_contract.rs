@@ -281,3 +281,34 @@ async fn a_malformed_agentid_header_on_the_ca_listener_gets_the_bindings_bad_hea
     let (s, _, b) = send(&mut c, get("/healthz").body(Default::default()).unwrap()).await;
     assert_eq!((s, b.as_str()), (200, r#"{"status":"ok"}"#));
 }
+
+/// CA-API.md 4.1: a `request.refused` record's `subject` is the method and route of the refused
+/// request. A `PUT` (or `DELETE`) on a route that takes only `POST` is refused `404 not_found`
+/// and recorded with its own method, not a placeholder.
+#[tokio::test]
+async fn a_refused_request_is_recorded_with_its_method_and_route() {
+    let (dir, addr, _) = common::serve_ca(EXTRA, false).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (key, chain, id) = planner_task(&ca, None);
+    let mut c = raw_h1(&ca, addr, key, chain, &id).await;
+    let before = common::audit_records(&ca).len();
+    for method in ["PUT", "DELETE"] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri("/v1/renew")
+            .header("host", "ca.example.org")
+            .body(Default::default())
+            .unwrap();
+        let (s, _, b) = send(&mut c, req).await;
+        assert_eq!(s, 404, "{b}");
+        let e: agentid_api::ApiError = serde_json::from_str(&b).unwrap();
+        assert_eq!(e.code.as_str(), "not_found");
+    }
+    let records = common::audit_records(&ca);
+    let subjects: Vec<&str> = records[before..]
+        .iter()
+        .filter(|r| r["kind"] == "request.refused")
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["PUT /v1/renew", "DELETE /v1/renew"]);
+}
