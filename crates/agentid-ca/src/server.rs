@@ -1220,17 +1220,33 @@ async fn recheck_caller(
         .extensions()
         .get::<Authorizer>()
         .map(|a| a.peer_id().as_str().to_owned());
-    let method = match *req.method() {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        _ => "other",
-    };
+    let method = method_label(req.method());
     let route = crate::metrics::route_label(req.uri().path());
     let answer = recheck_and_answer(&s, req, next).await;
     if let (Some(caller), Some(code)) = (caller, refusal_to_audit(&answer)) {
         audit_refusal(&s, caller, method, route, code).await;
     }
     answer
+}
+
+/// The method an audit record names (CA-API.md 4.1): a method of RFC 9110 (and `PATCH`) by its
+/// name, any other `other`, so that a record never holds a caller-chosen string.
+fn method_label(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    [
+        M::GET,
+        M::HEAD,
+        M::POST,
+        M::PUT,
+        M::DELETE,
+        M::CONNECT,
+        M::OPTIONS,
+        M::TRACE,
+        M::PATCH,
+    ]
+    .iter()
+    .find(|known| *known == m)
+    .map_or("other", M::as_str)
 }
 
 /// A refusal its operation already wrote to the audit chain (`open_task`, `issue_child`,
