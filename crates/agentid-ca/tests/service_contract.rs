@@ -65,14 +65,24 @@ async fn raw_tls(
     chain: Vec<CertificateDer<'static>>,
     id: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let credential = agentid_transport::Credential::new(chain, key).unwrap();
+    assert_eq!(credential.identity().as_str(), id);
+    raw_tls_as(ca, addr, credential).await
+}
+
+/// [`raw_tls`] holding `credential`.
+async fn raw_tls_as(
+    ca: &CertificateAuthority,
+    addr: SocketAddr,
+    credential: agentid_transport::Credential,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let id = credential.identity().as_str().to_owned();
     let mut bundles = BundleSet::new();
     bundles.insert(ca.trust_bundle().unwrap()).unwrap();
-    let cfg = VerifierConfig::new(SpiffeId::parse(id).unwrap(), bundles)
+    let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
         .danger_accept_missing_or_stale_revocations();
     let v = PeerVerification::new(cfg).unwrap();
-    let creds = Arc::new(MemoryCredentials::new(
-        agentid_transport::Credential::new(chain, key).unwrap(),
-    ));
+    let creds = Arc::new(MemoryCredentials::new(credential));
     let mut config = agentid_transport::http::client_config(
         creds,
         &v,
@@ -311,4 +321,54 @@ async fn a_refused_request_is_recorded_with_its_method_and_route() {
         .map(|r| r["subject"].as_str().unwrap())
         .collect();
     assert_eq!(subjects, ["PUT /v1/renew", "DELETE /v1/renew"]);
+}
+
+/// CA-API.md 3.6 and 1.3: the token binds every field and the CA checks the binding when the
+/// token is made, as the enrollment will; a `principal` is a PROTOCOL.md 6.1.1 subject
+/// identifier. One that is not (not an object, no `format`, the `{"sub": ...}` shape) is
+/// refused `400 bad_request` and no token is made, as `POST /v1/tasks` refuses it, instead of a
+/// token that no enrollment can redeem.
+#[tokio::test]
+async fn a_token_naming_a_malformed_principal_is_refused_and_none_is_made() {
+    let extra = format!(
+        "{EXTRA}[services.platform]\nrequesters = [\"operator\"]\n[agents.planner.permissions]\n\"svc:platform\" = [\"create_token\", \"assert_principal\"]\n"
+    );
+    let (dir, addr, _) = common::serve_ca(&extra, false).await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let platform = common::service_credential(&ca, "platform", None);
+    let tls = raw_tls_as(&ca, addr, platform).await;
+    let (mut c, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tokens = || {
+        let db = rusqlite::Connection::open(dir.path().join("ca.db")).unwrap();
+        db.query_row("SELECT count(*) FROM bootstrap_tokens", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
+    let post = |principal: &str| {
+        http::Request::post("/v1/tokens")
+            .header("host", "ca.example.org")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(format!(
+                r#"{{"agent":"planner","scope":["tickets:read"],"principal":{principal}}}"#
+            ))))
+            .unwrap()
+    };
+    for principal in ["5", "{}", r#"{"sub":"user:42"}"#, r#"{"format":"opaque"}"#] {
+        let (s, _, b) = send(&mut c, post(principal)).await;
+        let e: agentid_api::ApiError =
+            serde_json::from_str(&b).unwrap_or_else(|_| panic!("{principal}: {s} {b}"));
+        assert_eq!(
+            (s, e.code.as_str()),
+            (400, "bad_request"),
+            "{principal}: {b}"
+        );
+        assert_eq!(tokens(), 0, "{principal}: a token was made");
+    }
+    let (s, _, b) = send(&mut c, post(r#"{"format":"opaque","id":"user:42"}"#)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(tokens(), 1);
 }
