@@ -670,6 +670,11 @@ impl CertificateAuthority {
         name: &str,
         rule: &AgentRule,
     ) -> Result<GrantTerms> {
+        // The grant will carry it: a principal that is not a subject identifier of
+        // PROTOCOL.md 6.1.1 is refused now (`bad_request`), also when a token binds it.
+        if let Some(p) = &req.principal {
+            agentid_protocol::check_principal(p)?;
+        }
         self.policy.check_scope(name, &req.scope)?;
         let max_depth = req.max_depth.unwrap_or(0);
         if max_depth > rule.max_depth {

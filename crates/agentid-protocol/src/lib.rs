@@ -207,5 +207,5 @@ pub use signed_bundle::{
     sign_bundle, verify_signed_bundle, SignedBundle, SignedBundleClaims, BUNDLE_TYP,
     MAX_SIGNED_BUNDLE_BYTES,
 };
-pub use token::{GrantBuilder, LinkBuilder, Mode};
+pub use token::{check_principal, GrantBuilder, LinkBuilder, Mode};
 pub use verifier::{Actor, VerifiedChain, Verifier};

@@ -161,9 +161,10 @@ const PRINCIPAL_FORMATS: &[(&str, &[&str])] = &[
     ("uri", &["uri"]),
 ];
 
-/// Checks an RFC 9493 subject identifier: an object with a known `format` and exactly that
-/// format's members, every value a non-empty string of at most 1024 bytes.
-pub(crate) fn check_principal(v: &Value) -> Result<()> {
+/// Checks a grant's `principal` (spec/PROTOCOL.md 6.1.1): an RFC 9493 subject identifier, an
+/// object with a known `format` and exactly that format's members, every value a non-empty
+/// string of at most 1024 bytes; `bad_claim` otherwise.
+pub fn check_principal(v: &Value) -> Result<()> {
     let Value::Object(m) = v else {
         return Err(bad("`principal` must be an object"));
     };

@@ -7,7 +7,7 @@ mod members;
 #[cfg(test)]
 mod oracle;
 
-pub use claims::{Mode, MAX_DEPTH};
+pub use claims::{check_principal, Mode, MAX_DEPTH};
 pub use grant::GrantBuilder;
 pub use link::LinkBuilder;
 
