@@ -1,6 +1,7 @@
 //! The CA service against the letter of `spec/CA-API.md` where the written contract and the
 //! code were found to disagree: header syntax (`If-None-Match` over several field lines), the
-//! refusals of the HTTP binding in front of the routes, and the time a request may take.
+//! refusals of the HTTP binding in front of the routes (1.4), the time a request body may take,
+//! the method an audit record names, and a token's principal checked when the token is made.
 #![cfg(test)]
 #![allow(missing_docs)]
 
