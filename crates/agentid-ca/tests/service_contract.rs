@@ -373,3 +373,70 @@ async fn a_token_naming_a_malformed_principal_is_refused_and_none_is_made() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(tokens(), 1);
 }
+
+/// CA-API.md 1.1 and 1.3: past its source's limit, an enrollment request is refused
+/// `429 rate_limited` with `Retry-After`, the time the caller ought to wait (RFC 9110 10.2.3):
+/// until the source's count starts again, not a second after which it is refused again (and
+/// counted again).
+#[tokio::test]
+async fn an_enrollment_source_past_its_limit_is_told_to_wait_until_its_count_starts_again() {
+    let options = ServiceOptions {
+        enroll_rate_per_source: 3,
+        ..ServiceOptions::default()
+    };
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str(EXTRA);
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let enroll = e.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    let v = PeerVerification::new(
+        VerifierConfig::new(
+            SpiffeId::parse("spiffe://example.org/agent/x/task/y").unwrap(),
+            bundles,
+        )
+        .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
+    let config = agentid_transport::http::enrollment_client_config(
+        &v,
+        PeerPolicy::exact(PeerId::parse(common::CA_ID).unwrap()),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(enroll).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("agentid.invalid").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut c, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let (s, _, b) = send(&mut c, get("/v1/bundle").body(Default::default()).unwrap()).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, h, b) = send(&mut c, get("/v1/bundle").body(Default::default()).unwrap()).await;
+    let e: agentid_api::ApiError = serde_json::from_str(&b).unwrap();
+    assert_eq!((s, e.code.as_str()), (429, "rate_limited"), "{b}");
+    let wait: u64 = h
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no integer Retry-After: {h:?}"));
+    let window = agentid_ca::server::ENROLL_RATE_WINDOW.as_secs();
+    // The four requests took well under half the window.
+    assert!(
+        (window / 2..=window).contains(&wait),
+        "Retry-After {wait}, the count starts again within {window} s"
+    );
+}
