@@ -125,9 +125,16 @@ impl RateLimiter {
     }
 
     /// Counts one request from `ip`; false when its source is over the limit.
+    #[cfg(test)]
     fn allow(&self, ip: std::net::IpAddr) -> bool {
+        self.admit(ip).is_ok()
+    }
+
+    /// Counts one request from `ip`; when its source is over the limit, the time until the
+    /// window ends and the counts start again (the refusal's `Retry-After`).
+    fn admit(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
         let Ok(mut g) = self.state.lock() else {
-            return false;
+            return Err(ENROLL_RATE_WINDOW);
         };
         let w = &mut *g;
         if w.start.elapsed() >= ENROLL_RATE_WINDOW {
@@ -143,7 +150,11 @@ impl RateLimiter {
             None => w.counts.entry(source).or_insert(0),
         };
         *n = n.saturating_add(1);
-        *n <= self.per_window
+        if *n <= self.per_window {
+            Ok(())
+        } else {
+            Err(ENROLL_RATE_WINDOW.saturating_sub(w.start.elapsed()))
+        }
     }
 }
 
@@ -435,17 +446,26 @@ impl CaService {
                 .clone()
                 .layer(axum::middleware::from_fn(
                     move |req: Request, next: axum::middleware::Next| {
-                        let allowed = limiter.allow(ip);
+                        let admitted = limiter.admit(ip);
                         async move {
-                            if allowed {
-                                next.run(req).await
-                            } else {
-                                Refused::new(
-                                    ErrorCode::RateLimited,
-                                    "too many requests from this address",
-                                    "retry after Retry-After",
-                                )
-                                .into_response()
+                            match admitted {
+                                Ok(()) => next.run(req).await,
+                                Err(left) => {
+                                    let mut r = Refused::new(
+                                        ErrorCode::RateLimited,
+                                        "too many requests from this address",
+                                        "retry after Retry-After",
+                                    )
+                                    .into_response();
+                                    // Until the window ends (whole seconds, at least 1): asking
+                                    // sooner is refused again, and counted.
+                                    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                                    r.headers_mut().insert(
+                                        header::RETRY_AFTER,
+                                        HeaderValue::from(secs.max(1)),
+                                    );
+                                    r
+                                }
                             }
                         }
                     },
