@@ -74,6 +74,18 @@ pub enum EnrollError {
         /// Its `Retry-After`, if it had one.
         retry_after: Option<Duration>,
     },
+    /// The HTTP binding in front of the CA's routes refused (spec/CA-API.md 1.4, PROTOCOL.md
+    /// 22.6): a `{code, message}` whose code is the binding's (`credential_expired`,
+    /// `bad_header`, `revoked`, `busy`, ...), not one of the CA's.
+    #[error("the CA's HTTP binding refused ({status} {code}): {message}")]
+    BindingRefused {
+        /// The HTTP status.
+        status: u16,
+        /// The binding's code (PROTOCOL.md 17, 22.6).
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// A `5xx` answer without a refusal body (a proxy in front of the CA, a restart): asking
     /// again may succeed.
     #[error("the CA's address answered {status} without a refusal body")]
@@ -118,6 +130,8 @@ impl EnrollError {
     pub fn is_transient(&self) -> bool {
         match self {
             EnrollError::Refused { error, .. } => error.code.is_transient(),
+            // `busy` (503) and `internal` (500): the CA's server, not this request.
+            EnrollError::BindingRefused { status, .. } => *status >= 500,
             EnrollError::Unavailable { .. }
             | EnrollError::Transport(_)
             | EnrollError::Io(_)
@@ -231,14 +245,35 @@ fn decode_with<T: serde::de::DeserializeOwned>(
             error,
             retry_after,
         }),
-        Err(_) if status.is_server_error() => Err(EnrollError::Unavailable {
-            status: status.as_u16(),
-            retry_after,
-        }),
-        Err(_) => Err(invalid(format!(
-            "the CA answered {status} without a refusal body"
-        ))),
+        Err(_) => match binding_refusal(body) {
+            Some((code, message)) => Err(EnrollError::BindingRefused {
+                status: status.as_u16(),
+                code,
+                message,
+            }),
+            None if status.is_server_error() => Err(EnrollError::Unavailable {
+                status: status.as_u16(),
+                retry_after,
+            }),
+            None => Err(invalid(format!(
+                "the CA answered {status} without a refusal body"
+            ))),
+        },
     }
+}
+
+/// A refusal of the HTTP binding (PROTOCOL.md 22.6): exactly `{code, message}`, strings.
+fn binding_refusal(body: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Binding {
+        code: String,
+        message: String,
+    }
+    serde_json::from_slice::<Binding>(body)
+        .ok()
+        .filter(|b| !b.code.is_empty() && b.code.len() <= 64)
+        .map(|b| (b.code, b.message))
 }
 
 /// One HTTP/1.1 request over a TLS connection made with `config` (no client certificate).
@@ -1122,6 +1157,25 @@ mod tests {
         let bare = |status: StatusCode| decode_with::<()>(status, None, b"<html>").unwrap_err();
         assert!(bare(StatusCode::BAD_GATEWAY).is_transient());
         assert!(!bare(StatusCode::NOT_FOUND).is_transient());
+        // The binding's refusals (CA-API 1.4): named, transient only for the server's 5xx.
+        let binding = |status: StatusCode, body: &str| {
+            decode_with::<()>(status, None, body.as_bytes()).unwrap_err()
+        };
+        let expired = binding(
+            StatusCode::UNAUTHORIZED,
+            r#"{"code":"credential_expired","message":"the peer's credential expired"}"#,
+        );
+        assert!(
+            matches!(&expired, EnrollError::BindingRefused { status: 401, code, .. } if code == "credential_expired"),
+            "{expired:?}"
+        );
+        assert!(!expired.is_transient());
+        let busy = binding(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"code":"busy","message":"the server is busy"}"#,
+        );
+        assert!(matches!(&busy, EnrollError::BindingRefused { code, .. } if code == "busy"));
+        assert!(busy.is_transient());
         assert!(!EnrollError::RootMismatch("https://127.0.0.1:1".into()).is_transient());
         assert!(!invalid("x").is_transient());
     }
