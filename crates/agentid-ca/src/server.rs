@@ -627,6 +627,14 @@ impl IntoResponse for Refused {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // A 401 names its authentication scheme (RFC 9110 15.5.2), as the binding's do.
+        if status == StatusCode::UNAUTHORIZED {
+            if let Ok(c) =
+                HeaderValue::from_str(&format!("Agentid error=\"{}\"", self.0.code.as_str()))
+            {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+            }
+        }
         r.extensions_mut()
             .insert(crate::metrics::RefusalCode(self.0.code));
         r

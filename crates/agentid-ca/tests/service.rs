@@ -332,7 +332,7 @@ async fn enrollment_with_a_token_issues_once_and_a_second_use_is_refused() {
     assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"));
     let (s, _, b) = call(&mut c, "POST", "/v1/enroll", r#"{"token":"x","csr":"%%"}"#).await;
     assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"));
-    let (s, _, b) = call(
+    let (s, h, b) = call(
         &mut c,
         "POST",
         "/v1/enroll",
@@ -340,6 +340,11 @@ async fn enrollment_with_a_token_issues_once_and_a_second_use_is_refused() {
     )
     .await;
     assert_eq!((s, code_of(&b).as_str()), (401, "token_invalid"));
+    // Every 401 names its scheme (RFC 9110 15.5.2; CA-API 1.3), as the binding's do.
+    assert_eq!(
+        h.get("www-authenticate").map(|v| v.to_str().unwrap()),
+        Some(r#"Agentid error="token_invalid""#)
+    );
 
     let body = format!(r#"{{"token":"{token}","csr":"{csr}"}}"#);
     let (s, _, b) = call(&mut c, "POST", "/v1/enroll", &body).await;
