@@ -1,0 +1,311 @@
+//! The CA service against clients that hold its resources (red team, resource exhaustion): the
+//! enrollment listener's connection caps, the time a request body may take, and the long-poll
+//! slots of callers that go away. On 127.0.0.1 with real TLS; every wait is bounded.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+use common::CA_ID;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_ca::server::{CaService, ServiceOptions};
+use agentid_ca::{CertificateAuthority, KeyType};
+use agentid_protocol::{BundleSet, PeerId, SpiffeId, VerifierConfig};
+use agentid_transport::http::HttpClient;
+use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+struct World {
+    dir: tempfile::TempDir,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+}
+
+async fn start(options: ServiceOptions) -> World {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mtls = l.local_addr().unwrap();
+    let enroll = e.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    World { dir, mtls, enroll }
+}
+
+impl World {
+    fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::open(self.dir.path()).unwrap()
+    }
+
+    fn verification(&self, own: &str) -> Arc<PeerVerification> {
+        let mut bundles = BundleSet::new();
+        bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
+        PeerVerification::new(
+            VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
+                .danger_accept_missing_or_stale_revocations(),
+        )
+        .unwrap()
+    }
+
+    /// A task of `agent` opened by the operator: its credentials and identity.
+    fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
+        let (key, chain, id) = common::operator_task(&self.ca(), agent);
+        (
+            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
+            id,
+        )
+    }
+
+    /// An HTTP/1.1 connection to the enrollment listener (TLS without a client certificate,
+    /// the CA's root trusted), nothing sent on it yet; `None` when the listener refused it.
+    async fn enroll_connection(
+        &self,
+    ) -> Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>> {
+        let v = self.verification("spiffe://example.org/agent/x/task/y");
+        let config = agentid_transport::http::enrollment_client_config(
+            &v,
+            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(self.enroll).await.ok()?;
+        let name = rustls_pki_types::ServerName::try_from("agentid.invalid").unwrap();
+        let tls = tokio::time::timeout(
+            T,
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        Some(sender)
+    }
+}
+
+/// `GET /healthz` on an enrollment connection: whether it was answered 200 within 5 s.
+async fn served(
+    sender: &mut Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>>,
+) -> bool {
+    let Some(s) = sender.as_mut() else {
+        return false;
+    };
+    let req = http::Request::builder()
+        .uri("/healthz")
+        .header("host", "ca")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let answer = async {
+        if s.ready().await.is_err() {
+            return false;
+        }
+        match s.send_request(req).await {
+            Ok(resp) => {
+                let ok = resp.status() == 200;
+                ok && resp.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .unwrap_or(false)
+}
+
+/// Opens `n` enrollment connections one after the other and keeps them all; then asks
+/// `/healthz` on each: how many were served while all were held.
+async fn served_of(w: &World, n: usize) -> usize {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(w.enroll_connection().await);
+    }
+    let mut count = 0;
+    for s in &mut held {
+        if served(s).await {
+            count += 1;
+        }
+    }
+    count
+}
+
+fn enroll_options(max_connections: usize, per_source: usize) -> ServiceOptions {
+    let mut o = ServiceOptions::default();
+    o.enroll_limits.max_connections = max_connections;
+    o.enroll_limits.max_pending_per_source = per_source;
+    o.enroll_rate_per_source = 1000;
+    o
+}
+
+/// `ServiceOptions::enroll_limits.max_connections` ("connection caps of the enrollment
+/// listener, its own, smaller than the mTLS listener's") bounds the connections the
+/// unauthenticated enrollment listener holds. Without it, anyone who can reach the listener
+/// holds as many TLS connections (each a descriptor, buffers and a task, for up to 60 s) as they
+/// open, until the process runs out of descriptors and the mTLS listener cannot accept either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_listener_holds_no_more_connections_than_its_cap() {
+    let w = start(enroll_options(3, 64)).await;
+    let count = served_of(&w, 8).await;
+    assert!(
+        count <= 3,
+        "{count} of 8 enrollment connections were served at once (cap 3)"
+    );
+    // The slots come back when the connections go (the server notices asynchronously).
+    let mut released = false;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if served(&mut w.enroll_connection().await).await {
+            released = true;
+            break;
+        }
+    }
+    assert!(released, "the slots were never released");
+}
+
+/// Every enrollment connection is unauthenticated for its whole life, so one source address
+/// holds at most `enroll_limits.max_pending_per_source` of them, served or handshaking: else one
+/// host holds every slot of the listener with idle connections (which send no request, so the
+/// per-source request rate never sees them) and no one else enrolls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_at_most_its_share_of_enrollment_connections() {
+    let w = start(enroll_options(100, 2)).await;
+    let served = served_of(&w, 6).await;
+    assert!(
+        served <= 2,
+        "{served} of 6 enrollment connections from one address were served at once (cap 2)"
+    );
+}
+
+/// An authenticated caller that sends a request head announcing a body and then only part of
+/// it (a body that never ends) must not hold its request, and with it its connection, open
+/// until its certificate expires: the idle timeout of the HTTP server is suspended while a
+/// request is in flight, so the CA bounds the time it waits for a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_never_ends_is_given_up_within_a_bound() {
+    let w = start(ServiceOptions::default()).await;
+    let (creds, id) = w.task("planner");
+    let v = w.verification(&id);
+    let mut config = agentid_transport::http::client_config(
+        creds,
+        &v,
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(w.mtls).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("ca.example.org").unwrap();
+    let mut tls = tokio::time::timeout(
+        T,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tls.write_all(
+        b"POST /v1/renew HTTP/1.1\r\nhost: ca\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{\"identity\":",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    // Whatever the server does (a 4xx, or closing), it must do it in bounded time; it keeps
+    // the connection and the request forever otherwise.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "a request whose body never ends was still held after 30 s"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "not a refusal: {text}"
+    );
+}
+
+/// A long-poll slot (per caller, `max_waiters_per_caller`) is released when the caller goes
+/// away, not only when the wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_slot_is_released_when_its_caller_goes_away() {
+    let w = start(ServiceOptions {
+        max_waiters_per_caller: 1,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let (creds, id) = w.task("worker");
+    let client = HttpClient::builder(
+        creds,
+        w.verification(&id),
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap();
+    let mut first = client.connect(w.mtls, "ca.example.org").await.unwrap();
+    let (s, _, b) = common::call_with_headers(&mut first, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200, "{b}");
+    let seq: u64 = serde_json::from_str::<serde_json::Value>(&b).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let req = http::Request::builder()
+            .uri(format!("/v1/revocations?after={seq}&wait=30"))
+            .body(Bytes::new())
+            .unwrap();
+        let _ = first.send(req).await;
+    });
+    let mut second = client.connect(w.mtls, "ca.example.org").await.unwrap();
+    let short = format!("/v1/revocations?after={seq}&wait=1");
+    // Until the first connection's wait is the one held (the second is refused 429).
+    let mut refused = false;
+    for _ in 0..50 {
+        let (s, _, _) = common::call_with_headers(&mut second, "GET", &short, "").await;
+        if s == 429 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the first long-poll was never held");
+    // The first caller goes away: its connection (and the request on it) is dropped.
+    held.abort();
+    let _ = held.await;
+    let mut freed = false;
+    for _ in 0..40 {
+        let (s, _, _) = common::call_with_headers(&mut second, "GET", &short, "").await;
+        if s == 304 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        freed,
+        "the long-poll slot of a caller that went away was still held"
+    );
+}
