@@ -68,6 +68,11 @@ pub struct ServiceOptions {
     /// Requests one source (an IPv4 address, or an IPv6 /64) may make on the enrollment
     /// listener per [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
     pub enroll_rate_per_source: u32,
+    /// A request body must arrive whole within this time after its route starts reading it
+    /// (default 10 s); past it, `400 bad_request`. The HTTP server's idle timeout is suspended
+    /// while a request is in flight, so without it a body that never ends would hold its
+    /// request and its connection until the caller's certificate expires.
+    pub body_timeout: Duration,
 }
 
 /// Connections the metrics listener serves at a time.
@@ -174,6 +179,7 @@ impl Default for ServiceOptions {
                 ..agentid_transport::ConnectionLimits::default()
             },
             enroll_rate_per_source: 30,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +198,8 @@ struct Shared {
     max_waiters: usize,
     /// Counters of both API listeners, served by the metrics listener.
     metrics: Arc<crate::metrics::Metrics>,
+    /// [`ServiceOptions::body_timeout`].
+    body_timeout: Duration,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -307,6 +315,7 @@ impl CaService {
                     options.max_waiters_per_caller,
                 ),
                 feed_body: FeedBody::new(),
+                body_timeout: options.body_timeout,
             }),
             server,
             own,
@@ -714,21 +723,18 @@ async fn run<T: Send + 'static>(
     }
 }
 
-/// A request body must arrive in full within this time of the handler asking for it
-/// (CA-API.md 1.2, 5): a caller that stops sending its body holds no request and no connection
-/// longer than this.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Refused> {
+/// The request's JSON body, read whole within [`ServiceOptions::body_timeout`] and
+/// [`agentid_api::MAX_BODY_BYTES`].
+async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> Result<T, Refused> {
     let read = axum::body::to_bytes(req.into_body(), agentid_api::MAX_BODY_BYTES);
-    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read)
+    let bytes = tokio::time::timeout(s.body_timeout, read)
         .await
         .map_err(|_| {
             Refused::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "the request body did not arrive within {} seconds",
-                    BODY_READ_TIMEOUT.as_secs()
+                    "the request body did not arrive within {} s",
+                    s.body_timeout.as_secs_f32()
                 ),
                 "send the whole request again",
             )
@@ -1018,7 +1024,7 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
 }
 
 async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
-    let body: agentid_api::EnrollRequest = match read_json(req).await {
+    let body: agentid_api::EnrollRequest = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -1078,7 +1084,7 @@ async fn children(
     check: CallerCheck,
     req: Request,
 ) -> Response {
-    let body: agentid_api::ChildRequest = match read_json(req).await {
+    let body: agentid_api::ChildRequest = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -1507,7 +1513,7 @@ async fn tokens(
     check: CallerCheck,
     req: Request,
 ) -> Response {
-    let body: TokenRequest = match read_json(req).await {
+    let body: TokenRequest = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -1564,7 +1570,7 @@ async fn open_task(
     check: CallerCheck,
     req: Request,
 ) -> Response {
-    let body: agentid_api::OpenTaskRequest = match read_json(req).await {
+    let body: agentid_api::OpenTaskRequest = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -1702,7 +1708,7 @@ async fn renew(
     check: CallerCheck,
     req: Request,
 ) -> Response {
-    let body: ApiRenew = match read_json(req).await {
+    let body: ApiRenew = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
@@ -1758,7 +1764,7 @@ pub(crate) fn certificate(
 }
 
 async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
-    let body: ApiRevoke = match read_json(req).await {
+    let body: ApiRevoke = match read_json(&s, req).await {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
