@@ -64,6 +64,9 @@ pub struct ServiceOptions {
     /// Options of the mTLS listener.
     pub http: HttpOptions,
     /// Connection caps of the enrollment listener (its own, smaller than the mTLS listener's).
+    /// Its connections never authenticate: past the TLS handshake each one counts against
+    /// `max_connections` in total and `max_pending_per_source` per source (an IPv4 address, or
+    /// an IPv6 /64) for its whole life, and one that finds a cap reached is closed at once.
     pub enroll_limits: agentid_transport::ConnectionLimits,
     /// Requests one source (an IPv4 address, or an IPv6 /64) may make on the enrollment
     /// listener per [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
@@ -163,6 +166,78 @@ impl RateLimiter {
     }
 }
 
+/// The connections the enrollment listener serves. None of them ever authenticates, so past
+/// its TLS handshake each one holds a slot for its whole life: at most
+/// `enroll_limits.max_connections` in total, and at most `enroll_limits.max_pending_per_source`
+/// per source (an IPv4 address, or an IPv6 /64, as the request rate counts them). A connection
+/// that finds no slot is closed at once, so idle connections neither exhaust the process's
+/// descriptors (which the mTLS listener needs too) nor let one source keep everyone else out.
+#[derive(Debug)]
+struct EnrollSlots {
+    max_total: usize,
+    max_per_source: usize,
+    held: std::sync::Mutex<EnrollHeld>,
+}
+
+#[derive(Debug, Default)]
+struct EnrollHeld {
+    total: usize,
+    per_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One served enrollment connection's slot, released on drop.
+#[derive(Debug)]
+struct EnrollSlot {
+    slots: Arc<EnrollSlots>,
+    source: std::net::IpAddr,
+}
+
+impl EnrollSlots {
+    fn new(limits: &agentid_transport::ConnectionLimits) -> Arc<Self> {
+        Arc::new(EnrollSlots {
+            max_total: limits.max_connections.max(1),
+            max_per_source: limits.max_pending_per_source.max(1),
+            held: std::sync::Mutex::new(EnrollHeld::default()),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, EnrollHeld> {
+        // Counts only: a panicking holder leaves them usable.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a cap is reached.
+    fn try_acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<EnrollSlot> {
+        let source = rate_source(ip);
+        let mut h = self.held();
+        let n = h.per_source.get(&source).copied().unwrap_or(0);
+        if h.total >= self.max_total || n >= self.max_per_source {
+            return None;
+        }
+        h.total += 1;
+        h.per_source.insert(source, n + 1);
+        Some(EnrollSlot {
+            slots: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for EnrollSlot {
+    fn drop(&mut self) {
+        let mut h = self.slots.held();
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.per_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
 impl Default for ServiceOptions {
     fn default() -> Self {
         ServiceOptions {
@@ -209,6 +284,7 @@ pub struct CaService {
     own: OwnCertificate,
     enroll_tls: Arc<rustls::ServerConfig>,
     enroll_admission: agentid_transport::Admission,
+    enroll_slots: Arc<EnrollSlots>,
     enroll_rate: Arc<RateLimiter>,
 }
 
@@ -320,6 +396,7 @@ impl CaService {
             server,
             own,
             enroll_tls,
+            enroll_slots: EnrollSlots::new(&options.enroll_limits),
             enroll_admission,
             enroll_rate: Arc::new(RateLimiter::new(options.enroll_rate_per_source)),
         })
@@ -427,7 +504,8 @@ impl CaService {
 
     /// Serves the enrollment listener until it fails: TLS 1.3 without client authentication
     /// (see [`agentid_transport::http::danger_no_client_auth_for_enrollment`]), its own
-    /// connection, handshake and per-source caps ([`ServiceOptions::enroll_limits`]), a request
+    /// connection, handshake and per-source caps ([`ServiceOptions::enroll_limits`]; served
+    /// connections are counted for their whole life, see its documentation), a request
     /// rate per source address ([`ServiceOptions::enroll_rate_per_source`], then
     /// `429 rate_limited`), HTTP/1.1 and HTTP/2, the routes of [`CaService::enrollment_router`].
     pub async fn serve_enrollment(
@@ -447,6 +525,7 @@ impl CaService {
                 }
             };
             let admission = self.enroll_admission.clone();
+            let slots = self.enroll_slots.clone();
             let config = self.enroll_tls.clone();
             let limiter = self.enroll_rate.clone();
             let ip = source.ip();
@@ -492,6 +571,11 @@ impl CaService {
                         tracing::debug!(error = %e, %source, "enrollment handshake refused");
                         return;
                     }
+                };
+                // Past the caps the connection is closed at once (see `EnrollSlots`).
+                let Some(_slot) = slots.try_acquire(source.ip()) else {
+                    tracing::debug!(%source, "enrollment connection refused: connection caps reached");
+                    return;
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router);
                 let builder = hyper_util::server::conn::auto::Builder::new(

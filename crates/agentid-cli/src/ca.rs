@@ -49,7 +49,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub enroll_rate: Option<u32>,
     /// TLS handshakes one source address may have in progress on the enrollment listener
-    /// (default 8; past it the oldest is dropped). Raise it with `--enroll-rate`.
+    /// (default 8; past it the oldest is dropped), and connections it may hold there once
+    /// their handshake is done (past it a new one is closed at once). Raise it with
+    /// `--enroll-rate`.
     #[arg(long, value_name = "N")]
     pub enroll_pending_per_source: Option<usize>,
 }
