@@ -37,15 +37,18 @@ struct World {
     server_verification: Arc<PeerVerification>,
     decisions: Arc<decisions::Recorder>,
     addr: SocketAddr,
+    /// rmcp's own sessions (what each `initialize` creates).
+    manager: Arc<LocalSessionManager>,
 }
 
 impl World {
     async fn start(sessions: McpSessions) -> Self {
         let domain = demo::Domain::new("example.org").unwrap();
         let td = TrustDomain::parse("example.org").unwrap();
+        let manager = Arc::new(LocalSessionManager::default());
         let mcp = StreamableHttpService::new(
             || Ok(example::RepoTools),
-            Arc::new(LocalSessionManager::default()),
+            manager.clone(),
             StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
         );
         let service = tower_layer::Layer::layer(&sessions, mcp);
@@ -69,6 +72,7 @@ impl World {
             server_verification,
             decisions,
             addr,
+            manager,
         }
     }
 
@@ -346,4 +350,32 @@ async fn two_session_headers_are_refused_before_the_mcp_service() {
             .unwrap();
         assert_eq!(resp.status(), 400);
     }
+}
+
+/// The per-peer and server caps of [`McpSessions`] bound what a peer holds, not only the table
+/// of bindings: a session whose binding is forgotten to make room (the peer's oldest) is closed
+/// in rmcp too. Otherwise one peer that calls `initialize` again and again leaves every session
+/// it opened alive in rmcp's session manager (a task, its handler and its channels each) until
+/// rmcp's keep-alive (5 minutes), past any cap: the server cap counts bindings only, so it
+/// never refuses that peer either.
+#[tokio::test]
+async fn sessions_whose_binding_is_evicted_do_not_stay_open_in_rmcp() {
+    let w = World::start(McpSessions::new().max_sessions_per_peer(2).max_sessions(4)).await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(w.mcp(CODER, "repo:read").await.unwrap());
+    }
+    // rmcp closes a session asynchronously: bounded wait for it to settle at the cap.
+    let mut open = usize::MAX;
+    for _ in 0..50 {
+        open = w.manager.sessions.read().await.len();
+        if open <= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        open <= 4,
+        "{open} rmcp sessions are open for one peer (per-peer cap 2, server cap 4)"
+    );
 }
