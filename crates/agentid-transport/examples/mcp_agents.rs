@@ -118,12 +118,14 @@ pub async fn run() -> Result<()> {
     let domain = demo::Domain::new("example.org")?;
     let td = TrustDomain::parse("example.org")?;
 
+    let manager = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
         || Ok(RepoTools),
-        Arc::new(LocalSessionManager::default()),
+        manager.clone(),
         StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
     );
-    let sessions = McpSessions::new();
+    // Sessions whose binding is forgotten (a peer's oldest past its cap) are closed in rmcp.
+    let sessions = McpSessions::new().close_forgotten_in(manager);
     let service = tower_layer::Layer::layer(&sessions, mcp);
     let server = HttpServer::builder(
         domain.service(REPO)?,

@@ -16,8 +16,10 @@
 //!   id. Sessions use MCP protocol [`MCP_PROTOCOL_VERSION`] (the last with sessions).
 //!
 //! ```ignore
-//! let mcp = StreamableHttpService::new(|| Ok(Tools), Arc::new(LocalSessionManager::default()), config);
-//! server.serve(listener, McpSessions::new().layer(mcp)).await?;
+//! let manager = Arc::new(LocalSessionManager::default());
+//! let mcp = StreamableHttpService::new(|| Ok(Tools), manager.clone(), config);
+//! let sessions = McpSessions::new().close_forgotten_in(manager);
+//! server.serve(listener, sessions.layer(mcp)).await?;
 //!
 //! // in `ServerHandler::call_tool`:
 //! require_scope(&context, &Scope::parse("repo:read")?)?;
@@ -112,17 +114,18 @@ impl Bindings {
         }
     }
 
-    /// Forgets the sessions idle for `idle` or longer.
-    fn purge(&mut self, now: Instant, idle: Duration) {
+    /// Forgets the sessions idle for `idle` or longer; returns them.
+    fn purge(&mut self, now: Instant, idle: Duration) -> Vec<String> {
         let stale: Vec<String> = self
             .owner
             .iter()
             .filter(|(_, (_, used))| now.saturating_duration_since(*used) >= idle)
             .map(|(s, _)| s.clone())
             .collect();
-        for s in stale {
-            self.remove(&s);
+        for s in &stale {
+            self.remove(s);
         }
+        stale
     }
 }
 
@@ -142,7 +145,12 @@ pub struct McpSessions {
     max_sessions: usize,
     max_per_peer: usize,
     idle: Duration,
+    /// Closes a session in the rmcp session manager ([`McpSessions::close_forgotten_in`]).
+    closer: Option<Closer>,
 }
+
+/// Closes one session id in an rmcp session manager (on a task of its own).
+type Closer = Arc<dyn Fn(String) + Send + Sync>;
 
 impl std::fmt::Debug for McpSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,6 +176,41 @@ impl McpSessions {
             max_sessions: 10_000,
             max_per_peer: 16,
             idle: Duration::from_secs(360),
+            closer: None,
+        }
+    }
+
+    /// Closes in `manager` (the session manager of the rmcp service behind this layer) every
+    /// session whose binding this layer forgets: a peer's oldest when it opens one more than
+    /// [`McpSessions::max_sessions_per_peer`], and an idle one. Without it, a forgotten
+    /// session is only refused here and stays open in rmcp until rmcp's own keep-alive, so the
+    /// caps bound the bindings but not the sessions (a task, its handler and channels each)
+    /// that a peer calling `initialize` again and again leaves open.
+    #[must_use]
+    pub fn close_forgotten_in<M>(mut self, manager: Arc<M>) -> Self
+    where
+        M: rmcp::transport::streamable_http_server::session::SessionManager + 'static,
+    {
+        self.closer = Some(Arc::new(move |id: String| {
+            let manager = manager.clone();
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            rt.spawn(async move {
+                let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
+                // Already gone (rmcp's keep-alive, a DELETE): nothing to do.
+                let _ = manager.close_session(&id).await;
+            });
+        }));
+        self
+    }
+
+    /// Closes `forgotten` in the rmcp session manager, when one was given.
+    fn close(&self, forgotten: Vec<String>) {
+        if let Some(close) = &self.closer {
+            for id in forgotten {
+                close(id);
+            }
         }
     }
 
@@ -212,10 +255,15 @@ impl McpSessions {
         let now = Instant::now();
         let Some(session) = session else {
             let mut b = self.lock();
-            if b.owner.len() >= self.max_sessions {
-                b.purge(now, self.idle);
-            }
-            if b.owner.len() >= self.max_sessions {
+            let forgotten = if b.owner.len() >= self.max_sessions {
+                b.purge(now, self.idle)
+            } else {
+                Vec::new()
+            };
+            let full = b.owner.len() >= self.max_sessions;
+            drop(b);
+            self.close(forgotten);
+            if full {
                 return Err(Refusal::busy("MCP session table full"));
             }
             return Ok(());
@@ -229,6 +277,9 @@ impl McpSessions {
             .is_some_and(|(_, used)| now.saturating_duration_since(*used) >= self.idle)
         {
             b.remove(session);
+            drop(b);
+            self.close(vec![session.to_owned()]);
+            b = self.lock();
         }
         match b.owner.get_mut(session) {
             Some((owner, used)) if owner == peer => {
@@ -297,6 +348,8 @@ impl McpSessions {
         b.owner.insert(session, (peer.clone(), Instant::now()));
         if let Some(old) = evicted {
             b.owner.remove(&old);
+            drop(b);
+            self.close(vec![old]);
         }
     }
 }

@@ -51,6 +51,7 @@ impl World {
             manager.clone(),
             StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
         );
+        let sessions = sessions.close_forgotten_in(manager.clone());
         let service = tower_layer::Layer::layer(&sessions, mcp);
         let server_verification = domain.verification(REPO).unwrap();
         let decisions = Arc::new(decisions::Recorder::default());
