@@ -309,3 +309,91 @@ async fn a_long_poll_slot_is_released_when_its_caller_goes_away() {
         "the long-poll slot of a caller that went away was still held"
     );
 }
+
+/// A raw TLS connection to the enrollment listener with ALPN `http/1.1`, nothing sent yet.
+async fn enroll_tls(w: &World) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let v = w.verification("spiffe://example.org/agent/x/task/y");
+    let mut config = agentid_transport::http::enrollment_client_config(
+        &v,
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(w.enroll).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("agentid.invalid").unwrap();
+    tokio::time::timeout(
+        T,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Whether the server closed `s` within `within`, while `dribble` bytes (if any) are sent one
+/// every 200 ms (then nothing).
+async fn closed_within(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    dribble: &[u8],
+    within: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    let mut next = 0;
+    let mut buf = [0u8; 1024];
+    loop {
+        let tick = tokio::time::sleep(Duration::from_millis(200));
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            },
+            () = tick => {
+                if tokio::time::Instant::now() >= until {
+                    return false;
+                }
+                if next < dribble.len() {
+                    if s.write_all(&dribble[next..=next]).await.is_err() || s.flush().await.is_err() {
+                        return true;
+                    }
+                    next += 1;
+                }
+            }
+        }
+    }
+}
+
+fn enroll_idle_options() -> ServiceOptions {
+    let mut o = ServiceOptions::default();
+    o.enroll_limits.idle_timeout = Some(Duration::from_secs(1));
+    o
+}
+
+/// `enroll_limits.idle_timeout` (default 30 s) closes an enrollment connection on which no
+/// request is in flight: one that sends nothing after its TLS handshake does not hold its slot
+/// for the connection's whole 60 s lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_enrollment_connection_is_closed_after_the_idle_timeout() {
+    let w = start(enroll_idle_options()).await;
+    let mut s = enroll_tls(&w).await;
+    assert!(
+        closed_within(&mut s, b"", Duration::from_secs(15)).await,
+        "a silent enrollment connection was still open after 15 s (idle timeout 1 s)"
+    );
+}
+
+/// The same for a request head dribbled a byte at a time (slowloris): no request is ever
+/// dispatched, so the connection is idle and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_request_head_dribbled_byte_by_byte_is_cut_after_the_idle_timeout() {
+    let w = start(enroll_idle_options()).await;
+    let mut s = enroll_tls(&w).await;
+    let head: Vec<u8> = b"GET /healthz HTTP/1.1\r\nhost: ca\r\nx-pad: "
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(b'a', 200))
+        .collect();
+    assert!(
+        closed_within(&mut s, &head, Duration::from_secs(15)).await,
+        "an enrollment request head dribbled for 15 s kept its connection (idle timeout 1 s)"
+    );
+}
