@@ -67,6 +67,8 @@ pub struct ServiceOptions {
     /// Its connections never authenticate: past the TLS handshake each one counts against
     /// `max_connections` in total and `max_pending_per_source` per source (an IPv4 address, or
     /// an IPv6 /64) for its whole life, and one that finds a cap reached is closed at once.
+    /// Its `idle_timeout` closes a connection on which no request was in flight for that long
+    /// (a request head still arriving is none); every connection lives at most 60 s.
     pub enroll_limits: agentid_transport::ConnectionLimits,
     /// Requests one source (an IPv4 address, or an IPv6 /64) may make on the enrollment
     /// listener per [`ENROLL_RATE_WINDOW`]; past it, `429 rate_limited`.
@@ -183,6 +185,129 @@ struct EnrollSlots {
 struct EnrollHeld {
     total: usize,
     per_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// The requests of one enrollment connection: how many are in flight, and when the last one
+/// started or ended (for `enroll_limits.idle_timeout`).
+#[derive(Debug)]
+struct EnrollActivity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// One request in flight on an enrollment connection, until dropped.
+struct EnrollRequest(Arc<EnrollActivity>);
+
+impl EnrollActivity {
+    fn new() -> Arc<Self> {
+        Arc::new(EnrollActivity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    fn touch(&self) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    fn enter(self: &Arc<Self>) -> EnrollRequest {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.touch();
+        EnrollRequest(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`: `None` while a request is in
+    /// flight.
+    fn idle_at(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(last + idle)
+    }
+}
+
+impl Drop for EnrollRequest {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The longest an enrollment connection lives.
+const ENROLL_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// After an idle enrollment connection's graceful close began, how long it may stay quiet
+/// (nothing in flight) before it is dropped: a peer that never finishes its request head does
+/// not finish the close either.
+const ENROLL_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one enrollment connection: at most [`ENROLL_CONNECTION_LIFETIME`]; with `idle`, a
+/// graceful close once no request was in flight for `idle` (a head that never completes is no
+/// request: a peer dribbling one is idle), and a drop if the connection is still quiet
+/// [`ENROLL_CLOSE_GRACE`] later.
+async fn serve_enrollment_connection<IO>(io: IO, router: Router, idle: Option<Duration>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = EnrollActivity::new();
+    let counted = activity.clone();
+    let router = router.layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let busy = counted.enter();
+            async move {
+                let r = next.run(req).await;
+                drop(busy);
+                r
+            }
+        },
+    ));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let end = tokio::time::Instant::now() + ENROLL_CONNECTION_LIFETIME;
+    let mut closing = false;
+    loop {
+        let check_at = match idle {
+            None => end,
+            Some(idle) => {
+                let wait = if closing { ENROLL_CLOSE_GRACE } else { idle };
+                activity
+                    .idle_at(wait)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + wait)
+                    .min(end)
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep_until(check_at) => {
+                let now = tokio::time::Instant::now();
+                if now >= end {
+                    return;
+                }
+                let wait = if closing { ENROLL_CLOSE_GRACE } else { idle.unwrap_or(ENROLL_CONNECTION_LIFETIME) };
+                if activity.idle_at(wait).is_some_and(|at| at <= now) {
+                    if closing {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    activity.touch();
+                }
+            }
+        }
+    }
 }
 
 /// One served enrollment connection's slot, released on drop.
@@ -526,6 +651,7 @@ impl CaService {
             };
             let admission = self.enroll_admission.clone();
             let slots = self.enroll_slots.clone();
+            let idle = self.enroll_admission.limits().idle_timeout;
             let config = self.enroll_tls.clone();
             let limiter = self.enroll_rate.clone();
             let ip = source.ip();
@@ -577,13 +703,8 @@ impl CaService {
                     tracing::debug!(%source, "enrollment connection refused: connection caps reached");
                     return;
                 };
-                let service = hyper_util::service::TowerToHyperService::new(router);
-                let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-                // Bounded: an enrollment connection lives at most this long.
-                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                // Bounded: an enrollment connection lives at most 60 s, and closes when idle.
+                serve_enrollment_connection(tls, router, idle).await;
             });
         }
     }
