@@ -397,3 +397,89 @@ async fn an_enrollment_request_head_dribbled_byte_by_byte_is_cut_after_the_idle_
         "an enrollment request head dribbled for 15 s kept its connection (idle timeout 1 s)"
     );
 }
+
+/// `ServiceOptions::max_operations` bounds the CA operations running on the blocking pool,
+/// not only the requests waiting for them: a request whose caller goes away (a reset stream, a
+/// closed connection) while its operation is stuck in a slow store must not give its slot to
+/// the next request while the operation still runs. Else, against a slow store, any caller
+/// piles up blocking operations (and blocking-pool threads) without bound by sending requests
+/// and cancelling them.
+///
+/// The store is made slow by holding SQLite's write lock from outside: the CA's renewal waits
+/// for it (its busy timeout), holding the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_keeps_its_operation_slot_until_the_operation_ends() {
+    let w = start(ServiceOptions {
+        max_operations: 1,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let connect = |agent: &'static str| {
+        let (creds, id) = w.task(agent);
+        let v = w.verification(&id);
+        let mtls = w.mtls;
+        async move {
+            HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
+                .connect_timeout(T)
+                .build()
+                .unwrap()
+                .connect(mtls, "ca.example.org")
+                .await
+                .unwrap()
+        }
+    };
+    let mut a = connect("planner").await;
+    let mut b = connect("worker").await;
+    // Control: the store answers.
+    let (s, _, body) = common::call_with_headers(&mut b, "GET", "/healthz", "").await;
+    assert_eq!(s, 200, "{body}");
+
+    let lock = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // A's renewal enters the store and waits for the lock (sent again if it found the one
+    // slot taken by B's control requests below).
+    let renewing = tokio::spawn(async move {
+        for _ in 0..200 {
+            let (s, _, _) = common::call_with_headers(&mut a, "POST", "/v1/renew", "{}").await;
+            if s != 503 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Until B is refused: A's renewal holds the slot.
+    let mut held = false;
+    for _ in 0..100 {
+        let (s, _, _) = common::call_with_headers(&mut b, "GET", "/healthz", "").await;
+        if s == 503 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the renewal never held the operation slot");
+    assert!(
+        !renewing.is_finished(),
+        "the renewal was answered while the store was locked"
+    );
+    // A goes away (its connection, and the request on it, dropped); its renewal still runs,
+    // waiting for the store.
+    renewing.abort();
+    let _ = renewing.await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let req = http::Request::builder()
+        .uri("/healthz")
+        .body(Bytes::new())
+        .unwrap();
+    let answer = tokio::time::timeout(T, b.send(req)).await;
+    drop(lock);
+    let status = answer
+        .expect("no answer within 20 s")
+        .expect("request failed")
+        .status()
+        .as_u16();
+    assert_eq!(
+        status, 503,
+        "a second operation was let in while the cancelled request's operation still ran"
+    );
+}
