@@ -905,12 +905,14 @@ impl From<CaError> for Refused {
     }
 }
 
-/// Runs a CA operation on the blocking pool, within the concurrency bound.
+/// Runs a CA operation on the blocking pool, within the concurrency bound. The slot is held by
+/// the blocking closure, not by this future: a request dropped while its operation runs (its
+/// caller went away) keeps the slot until the operation, which cannot be cancelled, ends.
 async fn run<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, Refused> {
-    let Ok(_permit) = s.ops.clone().try_acquire_owned() else {
+    let Ok(permit) = s.ops.clone().try_acquire_owned() else {
         return Err(Refused::new(
             ErrorCode::Unavailable,
             "the CA is at its concurrency bound",
@@ -918,7 +920,11 @@ async fn run<T: Send + 'static>(
         ));
     };
     let ca = s.ca.clone();
-    match tokio::task::spawn_blocking(move || f(&ca)).await {
+    let op = move || {
+        let _permit = permit;
+        f(&ca)
+    };
+    match tokio::task::spawn_blocking(op).await {
         Ok(r) => r.map_err(Refused::from),
         Err(_) => Err(Refused::new(
             ErrorCode::Internal,
@@ -1237,7 +1243,7 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let Ok(_permit) = s.ops.clone().try_acquire_owned() else {
+    let Ok(permit) = s.ops.clone().try_acquire_owned() else {
         return Refused::new(
             ErrorCode::Unavailable,
             "the CA is at its concurrency bound",
@@ -1247,7 +1253,12 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     let ca = s.ca.clone();
     let token = body.token;
-    let res = tokio::task::spawn_blocking(move || ca.redeem(&token, csr, SystemTime::now())).await;
+    // The slot is held by the operation itself (see `run`).
+    let res = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ca.redeem(&token, csr, SystemTime::now())
+    })
+    .await;
     use crate::token::{EnrollError, Redeemed};
     match res {
         Ok(Ok(Redeemed::Task(c))) => json(
@@ -1516,12 +1527,17 @@ async fn audit_refusal(
     };
     // Within the operations' concurrency bound (waiting for a slot rather than dropping the
     // record), so that refused callers cannot pile up blocking writes.
-    let Ok(_permit) = s.ops.clone().acquire_owned().await else {
+    let Ok(permit) = s.ops.clone().acquire_owned().await else {
         return;
     };
     let ca = s.ca.clone();
-    // `record_refusal` logs a failure itself; the refusal stands either way.
-    let _ = tokio::task::spawn_blocking(move || ca.record_refusal(ev)).await;
+    // `record_refusal` logs a failure itself; the refusal stands either way. The slot is held
+    // by the write itself (see `run`).
+    let _ = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ca.record_refusal(ev)
+    })
+    .await;
 }
 
 /// The code of a refusal [`audit_refusal`] records: a 4xx answer with a refusal code, not
