@@ -252,20 +252,32 @@ async fn a_request_body_that_never_ends_is_given_up_within_a_bound() {
 /// away, not only when the wait ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_slot_is_released_when_its_caller_goes_away() {
+    long_poll_slot_released(false).await;
+}
+
+/// The same on HTTP/1.1, where the caller going away is only a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_slot_is_released_when_its_http1_caller_goes_away() {
+    long_poll_slot_released(true).await;
+}
+
+async fn long_poll_slot_released(h1: bool) {
     let w = start(ServiceOptions {
         max_waiters_per_caller: 1,
         ..ServiceOptions::default()
     })
     .await;
     let (creds, id) = w.task("worker");
-    let client = HttpClient::builder(
+    let mut builder = HttpClient::builder(
         creds,
         w.verification(&id),
         PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
     )
-    .connect_timeout(T)
-    .build()
-    .unwrap();
+    .connect_timeout(T);
+    if h1 {
+        builder = builder.http1_only();
+    }
+    let client = builder.build().unwrap();
     let mut first = client.connect(w.mtls, "ca.example.org").await.unwrap();
     let (s, _, b) = common::call_with_headers(&mut first, "GET", "/v1/revocations", "").await;
     assert_eq!(s, 200, "{b}");
