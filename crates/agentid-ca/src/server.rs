@@ -2165,6 +2165,42 @@ mod tests {
         assert!(!limiter.allow(late(3)), "the late sources share one count");
     }
 
+    /// One attacker holding an IPv6 /48 (65,536 /64s, an ordinary site allocation) fills the
+    /// table of sources with its /64s within one window and keeps sending from new ones: that
+    /// must not refuse the first request of every other new source for the rest of the window
+    /// (which a single count shared by every source past the table does).
+    #[test]
+    fn a_flood_from_one_ipv6_48_does_not_lock_out_other_new_sources() {
+        let limiter = RateLimiter::new(3);
+        let attacker = |i: u32| {
+            let hi = u16::try_from(i >> 16).unwrap();
+            let lo = u16::try_from(i & 0xffff).unwrap();
+            std::net::IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, lo, hi, 0, 0, 1))
+        };
+        // The table full of the attacker's /64s, then 100 more of them (each a new /64).
+        for i in 0..u32::try_from(MAX_TRACKED_SOURCES).unwrap() {
+            limiter.allow(attacker(i));
+        }
+        for i in 0..100 {
+            limiter.allow(std::net::IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 0xffff, 1, 0, 0, i,
+            )));
+            limiter.allow(std::net::IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 0xfffe, i, 0, 0, 1,
+            )));
+        }
+        let other_v6: std::net::IpAddr = "2001:db8:ffff::1".parse().unwrap();
+        let other_v4: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(
+            limiter.allow(other_v6),
+            "a new IPv6 source of another /48 was refused its first request"
+        );
+        assert!(
+            limiter.allow(other_v4),
+            "a new IPv4 source was refused its first request"
+        );
+    }
+
     /// The addresses of one IPv6 /64 are one source; another /64 is another; an IPv4-mapped
     /// address is its IPv4 address.
     #[test]
