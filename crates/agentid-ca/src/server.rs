@@ -86,10 +86,16 @@ pub const MAX_METRICS_CONNECTIONS: usize = 8;
 /// The window of [`ServiceOptions::enroll_rate_per_source`].
 pub const ENROLL_RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// Most sources the enrollment rate limiter tracks in a window; sources past it share one
-/// count for the rest of the window (a flood of sources neither grows memory nor resets the
-/// counts of the sources already tracked).
+/// Most sources the enrollment rate limiter tracks in a window; sources past it are counted by
+/// their prefix ([`rate_prefix`]) for the rest of the window (a flood of sources neither grows
+/// memory nor resets the counts of the sources already tracked).
 const MAX_TRACKED_SOURCES: usize = 16_384;
+
+/// Most prefixes the enrollment rate limiter tracks once its table of sources is full; the
+/// sources of prefixes past it share one count for the rest of the window. One attacker's
+/// prefix (an IPv6 /48 holds 65,536 /64s) then exhausts its own prefix's count, not that of
+/// every new source.
+const MAX_TRACKED_PREFIXES: usize = 4_096;
 
 /// Fixed-window request counts per source: an IPv4 address, or an IPv6 /64 (what one host or
 /// subscriber is usually given: counting its addresses one by one would let it multiply its
@@ -104,8 +110,23 @@ struct RateLimiter {
 struct RateWindow {
     start: tokio::time::Instant,
     counts: std::collections::HashMap<std::net::IpAddr, u32>,
-    /// The shared count of the sources that found the table full.
+    /// The counts per prefix of the sources that found the table full.
+    prefixes: std::collections::HashMap<std::net::IpAddr, u32>,
+    /// The shared count of the sources that found both tables full.
     overflow: u32,
+}
+
+/// The prefix a source is counted under once the table of sources is full: its IPv4 /24, or
+/// its IPv6 /48 (a site's usual allocation).
+fn rate_prefix(source: std::net::IpAddr) -> std::net::IpAddr {
+    match source {
+        std::net::IpAddr::V4(v4) => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4) & 0xffff_ff00))
+        }
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 80) - 1),
+        )),
+    }
 }
 
 /// The source an enrollment request is counted under: an IPv4 address (IPv4-mapped IPv6 too),
@@ -129,6 +150,7 @@ impl RateLimiter {
             state: std::sync::Mutex::new(RateWindow {
                 start: tokio::time::Instant::now(),
                 counts: std::collections::HashMap::new(),
+                prefixes: std::collections::HashMap::new(),
                 overflow: 0,
             }),
         }
@@ -150,13 +172,20 @@ impl RateLimiter {
         if w.start.elapsed() >= ENROLL_RATE_WINDOW {
             w.start = tokio::time::Instant::now();
             w.counts.clear();
+            w.prefixes.clear();
             w.overflow = 0;
         }
         let source = rate_source(ip);
         let full = w.counts.len() >= MAX_TRACKED_SOURCES;
+        let prefixes_full = w.prefixes.len() >= MAX_TRACKED_PREFIXES;
+        let prefix = rate_prefix(source);
         let n = match w.counts.get_mut(&source) {
             Some(n) => n,
-            None if full => &mut w.overflow,
+            None if full => match w.prefixes.get_mut(&prefix) {
+                Some(n) => n,
+                None if prefixes_full => &mut w.overflow,
+                None => w.prefixes.entry(prefix).or_insert(0),
+            },
             None => w.counts.entry(source).or_insert(0),
         };
         *n = n.saturating_add(1);
