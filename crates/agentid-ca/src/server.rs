@@ -2230,6 +2230,33 @@ mod tests {
         );
     }
 
+    /// One IPv6 /48 (65,536 /64s, each its own source) must not take every connection slot of
+    /// the enrollment listener: its /64s share a prefix's share of the slots, and a source of
+    /// another prefix still gets one.
+    #[test]
+    fn one_ipv6_48_holds_at_most_a_share_of_the_enrollment_connections() {
+        let limits = agentid_transport::ConnectionLimits {
+            max_connections: 64,
+            max_pending_per_source: 8,
+            ..agentid_transport::ConnectionLimits::default()
+        };
+        let slots = EnrollSlots::new(&limits);
+        let mut held = Vec::new();
+        for i in 0..64u16 {
+            let ip =
+                std::net::IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 1));
+            for _ in 0..8 {
+                held.extend(slots.try_acquire(ip));
+            }
+        }
+        let other: std::net::IpAddr = "2001:db8:ffff::1".parse().unwrap();
+        assert!(
+            slots.try_acquire(other).is_some(),
+            "one /48 holds {} of 64 enrollment connection slots, none left for another prefix",
+            held.len()
+        );
+    }
+
     /// The addresses of one IPv6 /64 are one source; another /64 is another; an IPv4-mapped
     /// address is its IPv4 address.
     #[test]
