@@ -65,8 +65,10 @@ pub struct ServiceOptions {
     pub http: HttpOptions,
     /// Connection caps of the enrollment listener (its own, smaller than the mTLS listener's).
     /// Its connections never authenticate: past the TLS handshake each one counts against
-    /// `max_connections` in total and `max_pending_per_source` per source (an IPv4 address, or
-    /// an IPv6 /64) for its whole life, and one that finds a cap reached is closed at once.
+    /// `max_connections` in total, `max_pending_per_source` per source (an IPv4 address, or
+    /// an IPv6 /64) and a quarter of `max_connections` (at least `max_pending_per_source`) per
+    /// prefix (an IPv4 /24, an IPv6 /48)
+    /// for its whole life, and one that finds a cap reached is closed at once.
     /// Its `idle_timeout` closes a connection on which no request was in flight for that long
     /// (a request head still arriving is none); every connection lives at most 60 s.
     pub enroll_limits: agentid_transport::ConnectionLimits,
@@ -200,13 +202,17 @@ impl RateLimiter {
 /// The connections the enrollment listener serves. None of them ever authenticates, so past
 /// its TLS handshake each one holds a slot for its whole life: at most
 /// `enroll_limits.max_connections` in total, and at most `enroll_limits.max_pending_per_source`
-/// per source (an IPv4 address, or an IPv6 /64, as the request rate counts them). A connection
-/// that finds no slot is closed at once, so idle connections neither exhaust the process's
-/// descriptors (which the mTLS listener needs too) nor let one source keep everyone else out.
+/// per source (an IPv4 address, or an IPv6 /64, as the request rate counts them), and at most
+/// a quarter of the total (or the per-source cap, if larger) per prefix (an IPv4 /24, an IPv6
+/// /48: a site's addresses). A
+/// connection that finds no slot is closed at once, so idle connections neither exhaust the
+/// process's descriptors (which the mTLS listener needs too) nor let one source or one site
+/// keep everyone else out.
 #[derive(Debug)]
 struct EnrollSlots {
     max_total: usize,
     max_per_source: usize,
+    max_per_prefix: usize,
     held: std::sync::Mutex<EnrollHeld>,
 }
 
@@ -214,6 +220,7 @@ struct EnrollSlots {
 struct EnrollHeld {
     total: usize,
     per_source: std::collections::HashMap<std::net::IpAddr, usize>,
+    per_prefix: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
 /// The requests of one enrollment connection: how many are in flight, and when the last one
@@ -351,6 +358,11 @@ impl EnrollSlots {
         Arc::new(EnrollSlots {
             max_total: limits.max_connections.max(1),
             max_per_source: limits.max_pending_per_source.max(1),
+            // Never below the per-source cap: an operator who raised it for agents behind one
+            // NAT address raised the cap of that address's prefix with it.
+            max_per_prefix: (limits.max_connections / 4)
+                .max(limits.max_pending_per_source)
+                .max(1),
             held: std::sync::Mutex::new(EnrollHeld::default()),
         })
     }
@@ -365,13 +377,16 @@ impl EnrollSlots {
     /// A slot for a connection from `ip`, or `None` when a cap is reached.
     fn try_acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<EnrollSlot> {
         let source = rate_source(ip);
+        let prefix = rate_prefix(source);
         let mut h = self.held();
         let n = h.per_source.get(&source).copied().unwrap_or(0);
-        if h.total >= self.max_total || n >= self.max_per_source {
+        let p = h.per_prefix.get(&prefix).copied().unwrap_or(0);
+        if h.total >= self.max_total || n >= self.max_per_source || p >= self.max_per_prefix {
             return None;
         }
         h.total += 1;
         h.per_source.insert(source, n + 1);
+        h.per_prefix.insert(prefix, p + 1);
         Some(EnrollSlot {
             slots: self.clone(),
             source,
@@ -387,6 +402,13 @@ impl Drop for EnrollSlot {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 h.per_source.remove(&self.source);
+            }
+        }
+        let prefix = rate_prefix(self.source);
+        if let Some(n) = h.per_prefix.get_mut(&prefix) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.per_prefix.remove(&prefix);
             }
         }
     }
