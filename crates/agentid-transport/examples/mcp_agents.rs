@@ -125,7 +125,7 @@ pub async fn run() -> Result<()> {
         StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
     );
     // Sessions whose binding is forgotten (a peer's oldest past its cap) are closed in rmcp.
-    let sessions = McpSessions::new().close_forgotten_in(manager);
+    let sessions = McpSessions::new(manager);
     let service = tower_layer::Layer::layer(&sessions, mcp);
     let server = HttpServer::builder(
         domain.service(REPO)?,

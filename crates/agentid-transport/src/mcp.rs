@@ -18,7 +18,7 @@
 //! ```ignore
 //! let manager = Arc::new(LocalSessionManager::default());
 //! let mcp = StreamableHttpService::new(|| Ok(Tools), manager.clone(), config);
-//! let sessions = McpSessions::new().close_forgotten_in(manager);
+//! let sessions = McpSessions::new(manager);
 //! server.serve(listener, sessions.layer(mcp)).await?;
 //!
 //! // in `ServerHandler::call_tool`:
@@ -145,8 +145,8 @@ pub struct McpSessions {
     max_sessions: usize,
     max_per_peer: usize,
     idle: Duration,
-    /// Closes a session in the rmcp session manager ([`McpSessions::close_forgotten_in`]).
-    closer: Option<Closer>,
+    /// Closes a session in the rmcp session manager (the one given to [`McpSessions::new`]).
+    closer: Closer,
 }
 
 /// Closes one session id in an rmcp session manager (on a task of its own).
@@ -162,55 +162,40 @@ impl std::fmt::Debug for McpSessions {
     }
 }
 
-impl Default for McpSessions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl McpSessions {
-    /// At most 10,000 sessions, 16 per peer, each forgotten after 6 idle minutes.
-    pub fn new() -> Self {
+    /// Bindings for the sessions of `manager` (the session manager of the rmcp service behind
+    /// this layer): at most 10,000 sessions, 16 per peer, each forgotten after 6 idle minutes.
+    /// Every session whose binding this layer forgets (a peer's oldest when it opens one more
+    /// than [`McpSessions::max_sessions_per_peer`], an idle one) is closed in `manager` too, so
+    /// that the caps bound the sessions a peer holds in rmcp (a task, its handler and channels
+    /// each), not only their bindings here.
+    pub fn new<M>(manager: Arc<M>) -> Self
+    where
+        M: rmcp::transport::streamable_http_server::session::SessionManager + 'static,
+    {
         Self {
             bindings: Arc::default(),
             max_sessions: 10_000,
             max_per_peer: 16,
             idle: Duration::from_secs(360),
-            closer: None,
+            closer: Arc::new(move |id: String| {
+                let manager = manager.clone();
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                rt.spawn(async move {
+                    let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
+                    // Already gone (rmcp's keep-alive, a DELETE): nothing to do.
+                    let _ = manager.close_session(&id).await;
+                });
+            }),
         }
     }
 
-    /// Closes in `manager` (the session manager of the rmcp service behind this layer) every
-    /// session whose binding this layer forgets: a peer's oldest when it opens one more than
-    /// [`McpSessions::max_sessions_per_peer`], and an idle one. Without it, a forgotten
-    /// session is only refused here and stays open in rmcp until rmcp's own keep-alive, so the
-    /// caps bound the bindings but not the sessions (a task, its handler and channels each)
-    /// that a peer calling `initialize` again and again leaves open.
-    #[must_use]
-    pub fn close_forgotten_in<M>(mut self, manager: Arc<M>) -> Self
-    where
-        M: rmcp::transport::streamable_http_server::session::SessionManager + 'static,
-    {
-        self.closer = Some(Arc::new(move |id: String| {
-            let manager = manager.clone();
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            rt.spawn(async move {
-                let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
-                // Already gone (rmcp's keep-alive, a DELETE): nothing to do.
-                let _ = manager.close_session(&id).await;
-            });
-        }));
-        self
-    }
-
-    /// Closes `forgotten` in the rmcp session manager, when one was given.
+    /// Closes `forgotten` in the rmcp session manager.
     fn close(&self, forgotten: Vec<String>) {
-        if let Some(close) = &self.closer {
-            for id in forgotten {
-                close(id);
-            }
+        for id in forgotten {
+            (self.closer)(id);
         }
     }
 

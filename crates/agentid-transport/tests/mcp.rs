@@ -42,7 +42,9 @@ struct World {
 }
 
 impl World {
-    async fn start(sessions: McpSessions) -> Self {
+    /// Serves the example tools behind [`McpSessions`] on rmcp's session manager, as
+    /// `configure` sets them up.
+    async fn start(configure: impl FnOnce(McpSessions) -> McpSessions) -> Self {
         let domain = demo::Domain::new("example.org").unwrap();
         let td = TrustDomain::parse("example.org").unwrap();
         let manager = Arc::new(LocalSessionManager::default());
@@ -51,7 +53,7 @@ impl World {
             manager.clone(),
             StreamableHttpServerConfig::default().with_allowed_hosts([HOST]),
         );
-        let sessions = sessions.close_forgotten_in(manager.clone());
+        let sessions = configure(McpSessions::new(manager.clone()));
         let service = tower_layer::Layer::layer(&sessions, mcp);
         let server_verification = domain.verification(REPO).unwrap();
         let decisions = Arc::new(decisions::Recorder::default());
@@ -136,7 +138,7 @@ async fn the_mcp_agents_example_runs() {
 
 #[tokio::test]
 async fn a_session_is_bound_to_the_peer_that_initialized_it() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
     let session = coder.session_id().unwrap().to_owned();
     assert_eq!(w.sessions.owner(&session).unwrap().as_str(), CODER);
@@ -156,7 +158,7 @@ async fn a_session_is_bound_to_the_peer_that_initialized_it() {
 /// so an audit sink sees a peer probing for sessions, and the session id is not in them.
 #[tokio::test]
 async fn a_refused_session_reaches_the_decision_sink() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
     let session = coder.session_id().unwrap().to_owned();
     let mut other = w.mcp(OTHER, "repo:read").await.unwrap();
@@ -187,7 +189,7 @@ async fn a_refused_session_reaches_the_decision_sink() {
 
 #[tokio::test]
 async fn a_session_id_never_handed_out_is_refused() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
     coder.set_session_id("0f6a2b1c-made-up").unwrap();
     http_refusal(read(&mut coder).await, 403, "peer_denied");
@@ -195,7 +197,7 @@ async fn a_session_id_never_handed_out_is_refused() {
 
 #[tokio::test]
 async fn another_peer_cannot_delete_a_session_and_the_owner_can() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let coder = w.mcp(CODER, "repo:read").await.unwrap();
     let session = coder.session_id().unwrap().to_owned();
     let delete = |session: &str| {
@@ -220,7 +222,7 @@ async fn another_peer_cannot_delete_a_session_and_the_owner_can() {
 
 #[tokio::test]
 async fn a_tool_outside_the_delegated_scope_is_refused_with_its_code() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
     match coder.call_tool("write_file", json!({ "path": "a" })).await {
         Err(McpError::Rpc { code, message }) => {
@@ -238,7 +240,7 @@ async fn a_tool_outside_the_delegated_scope_is_refused_with_its_code() {
 
 #[tokio::test]
 async fn a_caller_without_a_chain_holds_no_tool() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let (cred, _) = w.domain.credential(CODER).unwrap();
     let http = w.http(Arc::new(MemoryCredentials::new(cred)), CODER);
     let conn = http.connect(w.addr, HOST).await.unwrap();
@@ -256,7 +258,7 @@ async fn a_caller_without_a_chain_holds_no_tool() {
 
 #[tokio::test]
 async fn revocation_ends_the_session_for_its_peer() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
     let session = coder.session_id().unwrap().to_owned();
     assert!(read(&mut coder).await.is_ok());
@@ -290,7 +292,7 @@ async fn revocation_ends_the_session_for_its_peer() {
 
 #[tokio::test]
 async fn a_peer_holds_a_bounded_number_of_sessions_and_the_server_too() {
-    let w = World::start(McpSessions::new().max_sessions_per_peer(1).max_sessions(2)).await;
+    let w = World::start(|s| s.max_sessions_per_peer(1).max_sessions(2)).await;
     let first = w.mcp(CODER, "repo:read").await.unwrap();
     let old = first.session_id().unwrap().to_owned();
     let mut second = w.mcp(CODER, "repo:read").await.unwrap();
@@ -314,12 +316,7 @@ async fn a_peer_holds_a_bounded_number_of_sessions_and_the_server_too() {
 #[tokio::test]
 async fn an_idle_binding_is_forgotten_and_frees_its_place() {
     // Idle timeout zero: every binding is stale as soon as it is made (no clock games).
-    let w = World::start(
-        McpSessions::new()
-            .idle_timeout(Duration::ZERO)
-            .max_sessions(1),
-    )
-    .await;
+    let w = World::start(|s| s.idle_timeout(Duration::ZERO).max_sessions(1)).await;
     // The session given by `initialize` is already forgotten when the client confirms it.
     http_refusal(
         w.mcp(CODER, "repo:read").await.map(|_| json!(null)),
@@ -336,7 +333,7 @@ async fn an_idle_binding_is_forgotten_and_frees_its_place() {
 
 #[tokio::test]
 async fn two_session_headers_are_refused_before_the_mcp_service() {
-    let w = World::start(McpSessions::new()).await;
+    let w = World::start(|s| s).await;
     let coder = w.mcp(CODER, "repo:read").await.unwrap();
     let mine = coder.session_id().unwrap().to_owned();
     let other = w.mcp(OTHER, "repo:read").await.unwrap();
@@ -361,7 +358,7 @@ async fn two_session_headers_are_refused_before_the_mcp_service() {
 /// never refuses that peer either.
 #[tokio::test]
 async fn sessions_whose_binding_is_evicted_do_not_stay_open_in_rmcp() {
-    let w = World::start(McpSessions::new().max_sessions_per_peer(2).max_sessions(4)).await;
+    let w = World::start(|s| s.max_sessions_per_peer(2).max_sessions(4)).await;
     let mut clients = Vec::new();
     for _ in 0..12 {
         clients.push(w.mcp(CODER, "repo:read").await.unwrap());
