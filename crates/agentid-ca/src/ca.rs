@@ -365,7 +365,9 @@ impl CertificateAuthority {
     /// (`spiffe://<td>/svc/<service>`), valid for `ttl`: services enroll the same way as
     /// agents, from a token file, with only a CSR leaving their host. The service's rule must
     /// list `bootstrap` as a requester (checked now and at enrollment); `cert_ttl` is the
-    /// certificate lifetime asked for at enrollment (the policy's default when `None`).
+    /// certificate lifetime asked for at enrollment (the policy's default when `None`), checked
+    /// now against the rule's `max_ttl` as it will be then: a token no enrollment could redeem
+    /// is refused here, naming the rule, rather than handed out.
     /// Returns the secret, the service's identity and the token's expiry.
     pub fn create_service_token(
         &self,
@@ -381,6 +383,14 @@ impl CertificateAuthority {
             &crate::policy::RequesterKind::Bootstrap,
             "bootstrap",
             svc.as_str(),
+        )?;
+        let rule = self.policy.service(svc.name())?;
+        self.validity(
+            now_s,
+            cert_ttl,
+            rule.max_ttl,
+            u64::MAX,
+            &format!("services.{}.max_ttl", svc.name()),
         )?;
         let binding = crate::TokenBinding {
             service: Some(svc.name().to_owned()),

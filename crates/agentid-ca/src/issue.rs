@@ -301,7 +301,7 @@ impl CertificateAuthority {
     /// notBefore/notAfter for a request: `not_after = min(now + ttl, cap, intermediate notAfter)`.
     /// An explicit TTL that `cap` (the requester's authority) cannot honour is refused; a
     /// defaulted TTL is shortened.
-    fn validity(
+    pub(crate) fn validity(
         &self,
         now: u64,
         ttl: Option<Duration>,

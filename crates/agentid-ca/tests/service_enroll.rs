@@ -141,3 +141,32 @@ async fn a_service_whose_rule_does_not_allow_bootstrap_gets_no_token() {
     let r = ca.create_service_token("agentid-ca", None, Duration::from_secs(60), common::now());
     assert!(r.is_err(), "its rule names only the operator");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_token_asking_for_more_than_max_ttl_is_refused_when_made() {
+    let (dir, _, _) = start().await;
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let records = ca.audit_snapshot(None).unwrap().records.len();
+    // `services.indexer` sets no max_ttl: `defaults.max_ttl` (15m) decides, now rather than
+    // at enrollment, when the token could only be refused.
+    let r = ca.create_service_token(
+        "indexer",
+        Some(Duration::from_secs(3600)),
+        Duration::from_secs(60),
+        common::now(),
+    );
+    let e = r.expect_err("a token no enrollment could redeem");
+    assert!(e.to_string().contains("defaults.max_ttl"), "{e}");
+    assert_eq!(
+        ca.audit_snapshot(None).unwrap().records.len(),
+        records,
+        "no token was made"
+    );
+    ca.create_service_token(
+        "indexer",
+        Some(Duration::from_secs(900)),
+        Duration::from_secs(60),
+        common::now(),
+    )
+    .unwrap();
+}

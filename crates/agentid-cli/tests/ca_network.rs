@@ -480,6 +480,22 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
     assert_eq!(issued(&env), before);
 }
 
+/// A service token whose `--ttl` its rule's `max_ttl` refuses could never be redeemed: it is
+/// refused when made, naming the rule, and no token file is written.
+#[test]
+fn a_service_token_asking_for_more_than_max_ttl_is_refused_when_made() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    let (_, line) = env.fails(
+        "token create --ca ca --enroll-url https://127.0.0.1:8444 --service web --ttl 1h --out web.token",
+        1,
+        "certificate TTL 1h exceeds the maximum of 15m",
+    );
+    assert!(line.contains("defaults.max_ttl"), "{line}");
+    assert!(!env.path("web.token").exists());
+    env.ok("token create --ca ca --enroll-url https://127.0.0.1:8444 --service web --ttl 15m --out web.token");
+}
+
 #[test]
 fn a_service_token_enrolls_a_service_certificate_with_the_dns_names_of_its_rule() {
     let env = Env::new();
