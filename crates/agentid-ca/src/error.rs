@@ -232,6 +232,17 @@ impl CaError {
             _ => None,
         }
     }
+
+    /// What the requester can do about a refusal that is not a policy rule's, when there is
+    /// one: a child of a sealed task needs a task opened with a deeper `max_depth`.
+    pub fn next_step(&self) -> Option<String> {
+        match self {
+            CaError::ChildTooDeep { depth, .. } => Some(format!(
+                "open the parent's task with --max-depth {depth} or more (within its agent rule's max_depth), then ask for the child again"
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for CaError {

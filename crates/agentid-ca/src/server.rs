@@ -947,11 +947,12 @@ impl From<CaError> for Refused {
         }
         // A policy refusal names the rule that refused; the caller can ask for less, and only
         // the CA's operator can change the rule.
-        let hint = e.policy_rule().map_or_else(String::new, |rule| {
-            format!(
+        let hint = match e.policy_rule() {
+            Some(rule) => format!(
                 "check the request against {rule} in the CA's policy.toml, or ask the CA's operator to change that rule"
-            )
-        });
+            ),
+            None => e.next_step().unwrap_or_default(),
+        };
         Refused::new(code, e.to_string(), hint)
     }
 }

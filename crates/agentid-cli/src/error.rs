@@ -163,7 +163,12 @@ impl From<agentid_ca::CaError> for CliError {
                     .with_code(code)
                     .with_hint(hint)
             }
-            None => CliError::failed(e.to_string()).with_code(code),
+            None => match e.next_step() {
+                Some(hint) => CliError::failed(format!("{e}: {hint}"))
+                    .with_code(code)
+                    .with_hint(hint),
+                None => CliError::failed(e.to_string()).with_code(code),
+            },
         }
     }
 }

@@ -395,6 +395,30 @@ fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
     env.chmod(&format!("{dir}/key.pem"), 0o600);
 }
 
+/// A child of a sealed task (`max_depth` 0) is refused by the service with the next step: a
+/// task opened with a deeper `--max-depth`.
+#[test]
+fn a_child_of_a_sealed_task_is_refused_with_the_next_step() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --out-dir sealed");
+    agent_csr(&env, "c", &[]);
+    let before = issued(&env);
+    let (_, line) = env.fails(
+        &format!(
+            "task child --ca-url {} --cred sealed --csr c/req.csr --agent summarizer --out-dir c",
+            s.url()
+        ),
+        1,
+        "cap_reached",
+    );
+    assert!(
+        line.contains("open the parent's task with --max-depth 1 or more"),
+        "{line}"
+    );
+    assert_eq!(issued(&env), before);
+}
+
 #[test]
 fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() {
     let env = Env::new();

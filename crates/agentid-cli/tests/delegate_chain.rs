@@ -87,10 +87,15 @@ fn delegate_refusals() {
     // A sealed task (max_depth 0) has no children: the CA refuses one (CA-API.md 3.8), so no
     // holder of its own task exists for a link from its chain to name.
     env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir sealed");
-    env.fails(
+    let (_, line) = env.fails(
         "cert issue --ca ca --agent summarizer --parent sealed --out-dir sc",
         1,
         "exceeds the task's max_depth 0",
+    );
+    // ... and says what to do instead.
+    assert!(
+        line.contains("open the parent's task with --max-depth 1 or more"),
+        "{line}"
     );
     // A delegatee of another task fails first on the task, in the verifier's order (rule 4.3
     // before 4.5).
