@@ -174,7 +174,7 @@ fn print_record(rec: &RevocationRecord, td: &TrustDomain, format: Format) -> Cli
             "reason": rec.reason,
         })),
         Format::Text => print_text(&format!(
-            "revoked {} {} (entry kept until {}); run `agentid revocations export` to publish it",
+            "revoked {} {} (entry kept until {}); a running `agentid ca serve` on this CA publishes it within a second, else run `agentid revocations export` to publish it",
             rec.kind.as_str(),
             rec.value,
             rfc3339(rec.exp)

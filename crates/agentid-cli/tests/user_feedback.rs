@@ -305,7 +305,14 @@ fn revoking_an_unknown_agent_name_needs_force() {
     assert!(line.contains("--force"), "{line}");
     env.ok("revoke --ca ca --agent codr --force");
     // A name the policy knows needs nothing more.
-    env.ok("revoke --ca ca --agent auditor");
+    let out = env.ok("revoke --ca ca --agent auditor");
+    // How the entry reaches verifiers: a CA service on this directory publishes it by itself
+    // (its publisher polls the store); without one, the operator exports a list.
+    assert!(
+        out.contains("a running `agentid ca serve` on this CA publishes it"),
+        "{out}"
+    );
+    assert!(out.contains("run `agentid revocations export`"), "{out}");
 }
 
 #[test]
