@@ -18,7 +18,8 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Serve the CA API (spec/CA-API.md) over mutual TLS: its certificate is
     /// `spiffe://TD/svc/agentid-ca`, so `policy.toml` needs a `[services.agentid-ca]` rule with
-    /// `requesters = ["operator"]`. Runs until interrupted.
+    /// `requesters = ["operator"]`. `policy.toml` is read once, when the service starts:
+    /// restart it after editing the policy. Runs until interrupted.
     Serve(ServeArgs),
     /// List the live tasks of the agents the caller may list (a service with `list`), through
     /// the CA service.
