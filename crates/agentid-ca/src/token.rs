@@ -147,8 +147,8 @@ pub enum EnrollError {
 impl CertificateAuthority {
     /// Creates a single-use bootstrap token for `agent`'s task `task` (generated when `None`),
     /// binding what the task will hold. The binding is checked against policy now (scope,
-    /// depth, audience, delegation, limits, lifetimes: what the task opening checks) and again
-    /// at enrollment.
+    /// depth, audience, delegation, limits, lifetimes: what the task opening checks), and the
+    /// agent, the task and the creator's key against the revocations, and again at enrollment.
     pub fn create_bound_token(
         &self,
         agent: &str,
@@ -163,7 +163,22 @@ impl CertificateAuthority {
         // refused here, naming the rule, rather than handed out.
         let req =
             binding.task_request(agent, KeySource::Spki(Vec::new()), TaskRequester::Operator)?;
-        self.check_task_terms(&req, crate::util::unix(now)?)?;
+        let now_s = crate::util::unix(now)?;
+        self.check_task_terms(&req, now_s)?;
+        // A revoked agent, task or creator key: its enrollment would be refused `revoked`.
+        let mut targets = vec![(crate::RevocationKind::Agent, agent)];
+        if let Some(task) = &task {
+            targets.push((crate::RevocationKind::Task, task.as_str()));
+        }
+        if let Some(jkt) = binding.creator_jkt.as_deref() {
+            targets.push((crate::RevocationKind::Jkt, jkt));
+        }
+        if let Some((kind, value)) = self.store()?.revoked_among(&targets, now_s)? {
+            return Err(CaError::Revoked {
+                kind: kind.as_str(),
+                value,
+            });
+        }
         let json =
             serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
         let creator = binding.creator.as_deref().unwrap_or("operator");

@@ -504,6 +504,20 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
     assert_eq!(issued(&env), before);
 }
 
+/// A token for a revoked agent could never be redeemed (its enrollment is refused `revoked`):
+/// it is refused when made, and no token file is written.
+#[test]
+fn a_token_for_a_revoked_agent_is_refused_when_made() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    let make = "token create --ca ca --enroll-url https://127.0.0.1:8444 --agent auditor --scope tickets:read --out a.token";
+    env.ok(make);
+    std::fs::remove_file(env.path("a.token")).unwrap();
+    env.ok("revoke --ca ca --agent auditor");
+    env.fails(make, 1, "agent auditor is revoked");
+    assert!(!env.path("a.token").exists());
+}
+
 /// A service token whose `--ttl` its rule's `max_ttl` refuses could never be redeemed: it is
 /// refused when made, naming the rule, and no token file is written.
 #[test]
