@@ -164,7 +164,9 @@ pub enum CaError {
     BootstrapToken(&'static str),
     /// A child certificate would outlive its parent's chain (or the parent's chain has expired).
     #[error(
-        "child certificate would end at {requested} but the parent's chain ends at {parent_exp}"
+        "child certificate would end at {} but the parent's chain ends at {}",
+        unix_time(.requested),
+        unix_time(.parent_exp)
     )]
     OutlivesParent {
         /// The requested notAfter (Unix seconds).
@@ -240,8 +242,21 @@ impl CaError {
             CaError::ChildTooDeep { depth, .. } => Some(format!(
                 "open the parent's task with --max-depth {depth} or more (within its agent rule's max_depth), then ask for the child again"
             )),
+            CaError::OutlivesParent { .. } => Some(
+                "a child's certificate never outlives its parent's certificate (as it was when the child was issued), task or chain: ask for a shorter --ttl, or have the parent, once renewed, ask for the child again with the child's key (agentid task child --csr)"
+                    .to_owned(),
+            ),
             _ => None,
         }
+    }
+}
+
+/// A time of an error message, RFC 3339 (UTC, seconds); the number itself beyond year 9999.
+fn unix_time(secs: &u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(*secs)) {
+        Some(t) if *secs < YEAR_10000 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => secs.to_string(),
     }
 }
 

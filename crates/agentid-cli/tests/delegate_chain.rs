@@ -97,6 +97,16 @@ fn delegate_refusals() {
         line.contains("open the parent's task with --max-depth 1 or more"),
         "{line}"
     );
+    // A child asking to outlive its parent's certificate: refused with both dates as dates
+    // (not Unix seconds) and the next step.
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --max-depth 1 --ttl 1m --out-dir short");
+    let (_, line) = env.fails(
+        "cert issue --ca ca --agent summarizer --parent short --ttl 10m --out-dir sc",
+        1,
+        "but the parent's chain ends at 20",
+    );
+    assert!(line.contains("child certificate would end at 20"), "{line}");
+    assert!(line.contains("ask for a shorter --ttl"), "{line}");
     // A delegatee of another task fails first on the task, in the verifier's order (rule 4.3
     // before 4.5).
     let other_task = "delegate --chain sealed/grant.jwt --key sealed/key.pem --to-cert c/cert.pem --bundle p/bundle.json";
