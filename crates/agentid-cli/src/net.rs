@@ -49,7 +49,7 @@ impl RemoteArgs {
         let (Some(url), Some(dir)) = (&self.ca_url, &self.cred) else {
             return Err(CliError::usage("--ca-url needs --cred DIR"));
         };
-        let cred = CredentialDir::load(dir)?;
+        let cred = load_cred(dir)?;
         let verification = PeerVerification::new(
             cred.verifier_config()?
                 // The CA itself is where revocations are made: it re-checks every caller.
@@ -320,7 +320,7 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
             .block_on(client.create_token(&req))
             .map_err(api_error(a.remote.url()))?;
         let td = agentid_protocol::SpiffeId::parse(
-            CredentialDir::load(a.remote.cred.as_deref().unwrap_or(Path::new(".")))?
+            load_cred(a.remote.cred.as_deref().unwrap_or(Path::new(".")))?
                 .identity
                 .as_str(),
         )?
@@ -549,12 +549,35 @@ fn print_renewed(cred: &agentid_transport::Credential, format: Format) -> CliRes
     }
 }
 
+/// Loads the credential directory a network command presents to the CA. An expired
+/// certificate is named with its date and the next step: the CA service renews only a
+/// certificate that is still valid, so only the operator can renew it now.
+pub(crate) fn load_cred(dir: &Path) -> CliResult<CredentialDir> {
+    CredentialDir::load(dir).map_err(|e| {
+        let expired = agentid::files::Holder::load(dir)
+            .ok()
+            .map(|h| h.leaf.not_after)
+            .filter(|&not_after| crate::common::now_unix().is_ok_and(|now| not_after <= now));
+        match expired {
+            Some(not_after) => {
+                let hint = format!(
+                    "it expired at {}, and the CA service renews only a certificate still valid: run `agentid cert renew --ca CA_DIR --dir {}` as the operator, or enroll again",
+                    rfc3339(not_after),
+                    dir.display()
+                );
+                CliError::failed(format!("{e}: {hint}")).with_hint(hint)
+            }
+            None => CliError::from(e),
+        }
+    })
+}
+
 /// `agentid cert renew --ca-url URL --dir DIR [--daemon]`.
 pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
     let Some(url) = &args.ca_url else {
         return Err(CliError::usage("name the CA: --ca DIR or --ca-url URL"));
     };
-    let cred = CredentialDir::load(&args.dir)?;
+    let cred = load_cred(&args.dir)?;
     let verification = PeerVerification::new(
         cred.verifier_config()?
             .danger_accept_missing_or_stale_revocations(),

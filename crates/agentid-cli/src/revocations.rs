@@ -1,7 +1,6 @@
 //! `agentid revocations list --ca-url`: the revocation list the CA service serves now, verified
 //! against the caller's trust bundle before anything of it is printed.
 
-use agentid::files::CredentialDir;
 use agentid_protocol::RevocationList;
 use serde_json::{json, Value};
 
@@ -37,7 +36,7 @@ pub fn run_list(a: &ListArgs) -> CliResult {
     let served = crate::net::runtime()?
         .block_on(client.revocations())
         .map_err(crate::net::api_error(a.remote.url()))?;
-    let config = CredentialDir::load(dir)?.verifier_config()?;
+    let config = crate::net::load_cred(dir)?.verifier_config()?;
     // Signature, issuer and claims first: nothing unverified is printed.
     let list = RevocationList::verify(&served.list, config.bundles())
         .context("the CA served a revocation list that does not verify")?;

@@ -504,6 +504,28 @@ fn a_ca_outside_the_callers_bundle_is_refused_before_anything_is_sent() {
     assert_eq!(issued(&env), before);
 }
 
+/// A caller whose own certificate has expired is told so, with the date and the next step (the
+/// CA service renews only a valid certificate), before anything is sent.
+#[test]
+fn an_expired_cred_names_its_expiry_and_the_operators_renewal() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("cert issue --ca ca --service platform --ttl 1s --out-dir platform");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for cmd in [
+        "ca list --ca-url https://127.0.0.1:9 --cred platform",
+        "revocations list --ca-url https://127.0.0.1:9 --cred platform",
+        "cert renew --ca-url https://127.0.0.1:9 --dir platform",
+    ] {
+        let (_, line) = env.fails(cmd, 1, "it expired at 20");
+        assert!(
+            line.contains("run `agentid cert renew --ca CA_DIR --dir platform`"),
+            "{line}"
+        );
+        assert!(!line.contains("cannot reach"), "nothing is sent: {line}");
+    }
+}
+
 /// A token for a revoked agent could never be redeemed (its enrollment is refused `revoked`):
 /// it is refused when made, and no token file is written.
 #[test]
