@@ -242,6 +242,10 @@ impl CaError {
             CaError::ChildTooDeep { depth, .. } => Some(format!(
                 "open the parent's task with --max-depth {depth} or more (within its agent rule's max_depth), then ask for the child again"
             )),
+            CaError::KeyMismatch { .. } => Some(
+                "a task identity keeps one key for its life: renew its certificate with that key (agentid cert renew), or open a new task for a new key"
+                    .to_owned(),
+            ),
             CaError::OutlivesParent { .. } => Some(
                 "a child's certificate never outlives its parent's certificate (as it was when the child was issued), task or chain: ask for a shorter --ttl, or have the parent, once renewed, ask for the child again with the child's key (agentid task child --csr)"
                     .to_owned(),

@@ -104,10 +104,14 @@ fn force_replaces_credentials_only_when_asked() {
     env.ok(&format!("{delegate} --force"));
 
     // --force where the CA refuses (a child identity keeps its key): nothing is replaced.
-    env.fails(
+    let (_, line) = env.fails(
         "cert issue --ca ca --agent summarizer --parent p --out-dir c --force",
         1,
         "is bound to key",
+    );
+    assert!(
+        line.contains("a task identity keeps one key for its life: renew"),
+        "the next step: {line}"
     );
     assert_eq!(env.read("c/key.pem"), key_before);
     assert!(env.path("c/chain.jwt").exists());
