@@ -165,7 +165,8 @@ impl CertificateAuthority {
             binding.task_request(agent, KeySource::Spki(Vec::new()), TaskRequester::Operator)?;
         let now_s = crate::util::unix(now)?;
         self.check_task_terms(&req, now_s)?;
-        // A revoked agent, task or creator key: its enrollment would be refused `revoked`.
+        // A revoked agent, task or creator key: its enrollment would be refused `revoked`, as
+        // every issuance is, whatever the entry's `exp` (that bounds the published list only).
         let mut targets = vec![(crate::RevocationKind::Agent, agent)];
         if let Some(task) = &task {
             targets.push((crate::RevocationKind::Task, task.as_str()));
@@ -173,7 +174,7 @@ impl CertificateAuthority {
         if let Some(jkt) = binding.creator_jkt.as_deref() {
             targets.push((crate::RevocationKind::Jkt, jkt));
         }
-        if let Some((kind, value)) = self.store()?.revoked_among(&targets, now_s)? {
+        if let Some((kind, value)) = self.store()?.revoked_among(&targets, 0)? {
             return Err(CaError::Revoked {
                 kind: kind.as_str(),
                 value,

@@ -1192,6 +1192,30 @@ fn a_revocation_past_its_exp_still_refuses_new_tasks() {
 }
 
 #[test]
+fn a_revoked_agent_gets_no_bootstrap_token_even_past_the_entrys_exp() {
+    let t = test_ca(KeyType::P256);
+    let n = now();
+    let rec =
+        t.ca.revoke(&RevokeTarget::Agent("planner".into()), None, "operator", n)
+            .unwrap();
+    // Its enrollment would be refused (as `a_revocation_past_its_exp_still_refuses_new_tasks`
+    // shows for any issuance): the token is refused when made, now and after the entry's exp.
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    for at in [
+        n,
+        std::time::UNIX_EPOCH + Duration::from_secs(rec.exp + 3_600),
+    ] {
+        let e =
+            t.ca.create_bound_token("planner", None, &binding, minutes(10), at)
+                .unwrap_err();
+        assert!(matches!(e, CaError::Revoked { kind: "agent", .. }), "{e}");
+    }
+}
+
+#[test]
 fn revoke_task_and_jti() {
     let t = test_ca(KeyType::P256);
     let (_k, creds) = planner_task(&t);
