@@ -513,7 +513,7 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
     match args.format.format {
         Format::Json => print_json(&json!({"kind": r.kind, "value": r.value, "exp": r.exp})),
         Format::Text => print_text(&format!(
-            "revoked {} {} (entry kept until {}); the CA publishes it at once\n",
+            "revoked {} {} (listed until {}; the CA refuses it for good); the CA publishes it at once\n",
             r.kind,
             r.value,
             rfc3339(r.exp)

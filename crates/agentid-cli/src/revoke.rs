@@ -53,8 +53,8 @@ pub struct RevokeArgs {
     /// Why (recorded in the store and the audit log).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Revoke an agent name that no policy rule names and this CA never issued (a typo blocks
-    /// that name for as long as its entry lives, so it needs this flag).
+    /// Revoke an agent name that no policy rule names and this CA never issued (the CA forgets
+    /// no revocation, so a typo blocks that name at this CA for good: it needs this flag).
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -174,7 +174,7 @@ fn print_record(rec: &RevocationRecord, td: &TrustDomain, format: Format) -> Cli
             "reason": rec.reason,
         })),
         Format::Text => print_text(&format!(
-            "revoked {} {} (entry kept until {}); a running `agentid ca serve` on this CA publishes it within a second, else run `agentid revocations export` to publish it",
+            "revoked {} {} (listed until {}; this CA refuses it for good); a running `agentid ca serve` on this CA publishes it within a second, else run `agentid revocations export` to publish it",
             rec.kind.as_str(),
             rec.value,
             rfc3339(rec.exp)

@@ -317,6 +317,8 @@ fn revoking_an_unknown_agent_name_needs_force() {
         "{out}"
     );
     assert!(out.contains("run `agentid revocations export`"), "{out}");
+    // The entry leaves the lists at its exp; the CA refuses the name for good (CA-API.md 3.4).
+    assert!(out.contains("; this CA refuses it for good)"), "{out}");
 }
 
 #[test]
