@@ -242,6 +242,15 @@ impl CaError {
             CaError::ChildTooDeep { depth, .. } => Some(format!(
                 "open the parent's task with --max-depth {depth} or more (within its agent rule's max_depth), then ask for the child again"
             )),
+            CaError::Revoked { kind, .. } => match *kind {
+                "agent" => Some(
+                    "the CA forgets no revocation: to use the name again, give its policy rule a new name"
+                        .to_owned(),
+                ),
+                "task" | "jti" => Some("open a new task".to_owned()),
+                "jkt" => Some("use a new key, in a new task".to_owned()),
+                _ => None,
+            },
             CaError::KeyMismatch { .. } => Some(
                 "a task identity keeps one key for its life: renew its certificate with that key (agentid cert renew), or open a new task for a new key"
                     .to_owned(),

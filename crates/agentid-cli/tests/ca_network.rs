@@ -536,7 +536,11 @@ fn a_token_for_a_revoked_agent_is_refused_when_made() {
     env.ok(make);
     std::fs::remove_file(env.path("a.token")).unwrap();
     env.ok("revoke --ca ca --agent auditor");
-    env.fails(make, 1, "agent auditor is revoked");
+    let (_, line) = env.fails(make, 1, "agent auditor is revoked");
+    assert!(
+        line.contains("the CA forgets no revocation: to use the name again"),
+        "the next step: {line}"
+    );
     assert!(!env.path("a.token").exists());
 }
 
