@@ -53,7 +53,9 @@ use crate::{CertificateAuthority, RenewRequest, RevokeTarget, TaskRequester, Tok
 /// Bounds of the service.
 #[derive(Clone, Debug)]
 pub struct ServiceOptions {
-    /// Concurrent CA operations (the blocking pool's share).
+    /// Concurrent CA operations (the blocking pool's share) of the mTLS listener's callers.
+    /// The enrollment listener's unauthenticated requests have a share of their own, half as
+    /// many (at least one), so that they never take these.
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
@@ -456,6 +458,10 @@ struct Shared {
 /// A CA service: the mTLS server and its routes.
 pub struct CaService {
     shared: Arc<Shared>,
+    /// The enrollment listener's state: the same CA, publisher and metrics, its own share of
+    /// operation slots (half of `max_operations`), so that unauthenticated requests never take
+    /// the slots of the mTLS listener's callers.
+    enroll_shared: Arc<Shared>,
     server: HttpServer,
     own: OwnCertificate,
     enroll_tls: Arc<rustls::ServerConfig>,
@@ -555,20 +561,31 @@ impl CaService {
         };
         let ca = Arc::new(ca);
         let publisher = Publisher::new(ca.clone())?;
+        let shared = Arc::new(Shared {
+            ca,
+            ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
+            waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
+            max_waiters: options.max_waiters.max(1),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            publisher,
+            caller_waiters: crate::publication::CallerWaiters::new(options.max_waiters_per_caller),
+            feed_body: FeedBody::new(),
+            body_timeout: options.body_timeout,
+        });
+        let enroll_shared = Arc::new(Shared {
+            ca: shared.ca.clone(),
+            ops: Arc::new(Semaphore::new((options.max_operations / 2).max(1))),
+            waiters: shared.waiters.clone(),
+            max_waiters: shared.max_waiters,
+            metrics: shared.metrics.clone(),
+            publisher: shared.publisher.clone(),
+            caller_waiters: shared.caller_waiters.clone(),
+            feed_body: FeedBody::new(),
+            body_timeout: options.body_timeout,
+        });
         Ok(CaService {
-            shared: Arc::new(Shared {
-                ca,
-                ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
-                waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
-                max_waiters: options.max_waiters.max(1),
-                metrics: Arc::new(crate::metrics::Metrics::new()),
-                publisher,
-                caller_waiters: crate::publication::CallerWaiters::new(
-                    options.max_waiters_per_caller,
-                ),
-                feed_body: FeedBody::new(),
-                body_timeout: options.body_timeout,
-            }),
+            shared,
+            enroll_shared,
             server,
             own,
             enroll_tls,
@@ -629,7 +646,7 @@ impl CaService {
             .route(agentid_api::routes::ENROLL, post(enroll))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
-            .with_state(self.shared.clone())
+            .with_state(self.enroll_shared.clone())
     }
 
     /// The counters and gauges of the service (see [`crate::metrics`]).

@@ -495,3 +495,92 @@ async fn a_cancelled_request_keeps_its_operation_slot_until_the_operation_ends()
         "a second operation was let in while the cancelled request's operation still ran"
     );
 }
+
+/// POST /v1/enroll with `token` and a fresh CSR on the enrollment connection `s`: the status.
+async fn enroll_status(
+    mut s: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    token: String,
+) -> Option<u16> {
+    let key = common::p256_keypair();
+    let csr = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        common::csr_with(&key, &[], |_| {}),
+    );
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/enroll")
+        .header("host", "ca")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(format!(
+            r#"{{"token":"{token}","csr":"{csr}"}}"#
+        ))))
+        .unwrap();
+    s.ready().await.ok()?;
+    Some(s.send_request(req).await.ok()?.status().as_u16())
+}
+
+/// The enrollment listener (no caller identity) has its own share of operation slots: however
+/// many unauthenticated requests wait for a slow store, the mTLS listener's callers still get
+/// theirs (a flood from many sources, each within its rate, cannot push them to 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollments_waiting_for_the_store_leave_the_mtls_callers_their_slots() {
+    let w = start(ServiceOptions {
+        max_operations: 2,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let (creds, id) = w.task("worker");
+    let mut b = HttpClient::builder(
+        creds,
+        w.verification(&id),
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap()
+    .connect(w.mtls, "ca.example.org")
+    .await
+    .unwrap();
+    let mut enrollments = Vec::new();
+    for _ in 0..2 {
+        let binding = agentid_ca::TokenBinding {
+            scope: "tickets:read".into(),
+            max_depth: Some(1),
+            ..Default::default()
+        };
+        let token = w
+            .ca()
+            .create_bound_token(
+                "planner",
+                None,
+                &binding,
+                Duration::from_secs(600),
+                std::time::SystemTime::now(),
+            )
+            .unwrap()
+            .token;
+        enrollments.push((w.enroll_connection().await.unwrap(), token));
+    }
+    // The store is slow: its write lock held from outside; both enrollments wait for it.
+    let lock = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let enrolling: Vec<_> = enrollments
+        .into_iter()
+        .map(|(s, t)| tokio::spawn(enroll_status(s, t)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both enrollments are in the store (or one was refused 503 at the listener's share).
+    let (s, _, body) = common::call_with_headers(&mut b, "GET", "/healthz", "").await;
+    drop(lock);
+    assert_eq!(
+        s, 200,
+        "an mTLS caller was refused while enrollments waited: {body}"
+    );
+    for e in enrolling {
+        let status = tokio::time::timeout(T, e).await.unwrap().unwrap();
+        assert!(
+            matches!(status, Some(200 | 503)),
+            "an enrollment got {status:?}"
+        );
+    }
+}
