@@ -353,7 +353,7 @@ impl CertificateAuthority {
     /// `None`), valid for `ttl`. The agent's policy must list `bootstrap` as a requester.
     ///
     /// The token binds no task terms: it is redeemed in process, by
-    /// [`CertificateAuthority::open_task`] with [`TaskRequester::Bootstrap`], whose request
+    /// [`CertificateAuthority::open_task`] with [`crate::TaskRequester::Bootstrap`], whose request
     /// gives the scope and the rest. `POST /v1/enroll` refuses it (`token_invalid`): a token an
     /// agent enrolls with over the network is made by [`CertificateAuthority::create_bound_token`]
     /// (`agentid token create`).
