@@ -52,16 +52,6 @@ fn td() -> TrustDomain {
     TrustDomain::parse(common::TD).unwrap()
 }
 
-fn verification(ca: &CertificateAuthority, own: &str) -> Arc<PeerVerification> {
-    let mut bundles = BundleSet::new();
-    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
-    PeerVerification::new(
-        VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
-            .danger_accept_missing_or_stale_revocations(),
-    )
-    .unwrap()
-}
-
 /// What the fake CA answers to one request (method, path): raw bytes written after the
 /// request was read whole, then the connection is closed.
 type Respond = Arc<dyn Fn(&str, &str) -> Vec<u8> + Send + Sync>;
@@ -132,7 +122,7 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<(Str
 /// client certificate of the trust domain, answering with `respond`.
 async fn fake_ca(ca: &CertificateAuthority, respond: Respond) -> FakeCa {
     let cred = common::service_credential(ca, "agentid-ca", Some(Duration::from_secs(3600)));
-    let v = verification(ca, common::CA_ID);
+    let v = common::verification(ca, common::CA_ID);
     let config = agentid_transport::http::server_config(
         Arc::new(MemoryCredentials::new(cred)),
         &v,
@@ -206,7 +196,7 @@ async fn a_renewal_answer_cut_off_mid_body_is_retried_not_fatal() {
     let enroller = Enroller::from_credential(
         &fake.url(),
         credential,
-        verification(&ca, "spiffe://example.org/svc/platform"),
+        common::verification(&ca, "spiffe://example.org/svc/platform"),
         Duration::from_secs(5),
     );
     let outcome = tokio::time::timeout(Duration::from_secs(9), enroller.run()).await;
@@ -249,7 +239,7 @@ async fn the_bundle_watcher_stops_reading_past_the_signed_bundle_cap() {
     let creds = Arc::new(MemoryCredentials::new(common::service_credential(
         &ca, "platform", None,
     )));
-    let v = verification(&ca, "spiffe://example.org/svc/platform");
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
     let client = CaClient::new(&fake.url(), creds, v.clone(), T).unwrap();
     let signing = AuthorityKey::generate(Algorithm::Es256).unwrap();
     let applier = Arc::new(BundleApplier::new(v, signing.public_key().clone(), td()));
@@ -305,7 +295,7 @@ async fn a_renewal_refused_with_retry_after_is_not_asked_again_sooner() {
     let enroller = Enroller::from_credential(
         &fake.url(),
         credential,
-        verification(&ca, "spiffe://example.org/svc/platform"),
+        common::verification(&ca, "spiffe://example.org/svc/platform"),
         Duration::from_secs(5),
     );
     let outcome = tokio::time::timeout(Duration::from_secs(12), enroller.run()).await;
@@ -350,7 +340,7 @@ fn a_new_bundle_applier_does_not_roll_back_a_newer_signed_bundle() {
     .unwrap();
     let new = agentid_ca::agentid_bundle::sign(&signer, &base, now).unwrap();
 
-    let v = verification(&t.ca, "spiffe://example.org/svc/platform");
+    let v = common::verification(&t.ca, "spiffe://example.org/svc/platform");
     let grant_kids = |v: &PeerVerification| -> Vec<String> {
         v.verifier()
             .config()
@@ -412,7 +402,7 @@ async fn a_feed_list_of_another_trust_domain_is_not_applied() {
     let server_cred = common::service_credential(&ca, "agentid-ca", None);
     let server = agentid_transport::http::HttpServer::builder(
         Arc::new(MemoryCredentials::new(server_cred)),
-        verification(&ca, common::CA_ID),
+        common::verification(&ca, common::CA_ID),
         PeerPolicy::trust_domain(td()),
     )
     .build()

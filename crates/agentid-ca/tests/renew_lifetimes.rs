@@ -16,13 +16,10 @@ use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{
     CertificateAuthority, KeySource, KeyType, OpenTaskRequest, ServiceRequest, TaskRequester,
 };
-use agentid_protocol::{
-    Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, TrustDomain, VerifierConfig,
-};
+use agentid_protocol::{Algorithm, PeerId, Scope, TaskKey, TrustDomain};
 use agentid_transport::enroll::Enroller;
 use agentid_transport::{
     AgentClient, AgentServer, Credential, CredentialSource, MemoryCredentials, PeerPolicy,
-    PeerVerification,
 };
 
 /// The bound on every await.
@@ -52,14 +49,6 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn verification(ca: &CertificateAuthority, own: &str) -> Arc<PeerVerification> {
-    let mut bundles = BundleSet::new();
-    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
-    let config = VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
-        .danger_accept_missing_or_stale_revocations();
-    PeerVerification::new(config).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_for_longer_than_three_lifetimes_with_no_failed_request() {
     // The CA service.
@@ -87,7 +76,7 @@ async fn certificates_renew_for_longer_than_three_lifetimes_with_no_failed_reque
         .unwrap();
     assert_eq!(issued.identity.as_str(), SERVER_ID);
     let first = Credential::new(chain_of(&issued.leaf.der, &issued.intermediate_der), key).unwrap();
-    let server_verification = verification(&ca(), SERVER_ID);
+    let server_verification = common::verification(&ca(), SERVER_ID);
     let enroller = Arc::new(
         Enroller::from_credential(&ca_url, first, server_verification.clone(), T)
             .with_ttl(Some(LIFETIME)),
@@ -167,7 +156,7 @@ async fn certificates_renew_for_longer_than_three_lifetimes_with_no_failed_reque
         Arc::new(MemoryCredentials::new(
             Credential::new(client_chain, client_key).unwrap(),
         )),
-        verification(&ca(), opened.identity.as_str()),
+        common::verification(&ca(), opened.identity.as_str()),
         PeerPolicy::exact(PeerId::parse(SERVER_ID).unwrap()),
     )
     .build()

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{CertificateAuthority, KeyType};
-use agentid_protocol::{BundleSet, PeerId, SpiffeId, VerifierConfig};
+use agentid_protocol::PeerId;
 use agentid_transport::http::HttpClient;
-use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
+use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,22 +49,12 @@ impl World {
     }
 
     fn verification(&self, own: &str) -> Arc<PeerVerification> {
-        let mut bundles = BundleSet::new();
-        bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
-        PeerVerification::new(
-            VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
-                .danger_accept_missing_or_stale_revocations(),
-        )
-        .unwrap()
+        common::verification(&self.ca(), own)
     }
 
     /// A task of `agent` opened by the operator: its credentials and identity.
     fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
-        let (key, chain, id) = common::operator_task(&self.ca(), agent);
-        (
-            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            id,
-        )
+        common::operator_credentials(&self.ca(), agent)
     }
 
     /// An HTTP/1.1 connection to the enrollment listener (TLS without a client certificate,

@@ -18,7 +18,7 @@ use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{
     CertificateAuthority, KeySource, KeyType, OpenTaskRequest, RevokeTarget, TaskRequester,
 };
-use agentid_protocol::{Algorithm, BundleSet, PeerId, Scope, SpiffeId, TaskKey, VerifierConfig};
+use agentid_protocol::{Algorithm, PeerId, Scope, SpiffeId, TaskKey};
 use agentid_transport::http::{HttpClient, HttpClientConnection};
 use agentid_transport::{Credential, MemoryCredentials, PeerPolicy, PeerVerification};
 use bytes::Bytes;
@@ -64,22 +64,12 @@ impl World {
     }
 
     fn verification(&self, own: &str) -> Arc<PeerVerification> {
-        let mut bundles = BundleSet::new();
-        bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
-        PeerVerification::new(
-            VerifierConfig::new(SpiffeId::parse(own).unwrap(), bundles)
-                .danger_accept_missing_or_stale_revocations(),
-        )
-        .unwrap()
+        common::verification(&self.ca(), own)
     }
 
     /// A task opened by the operator for `agent`.
     fn task(&self, agent: &str) -> (Arc<MemoryCredentials>, String) {
-        let (key, chain, id) = common::operator_task(&self.ca(), agent);
-        (
-            Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap())),
-            id,
-        )
+        common::operator_credentials(&self.ca(), agent)
     }
 
     /// `POST /v1/tokens` with `body` (a token for `agent`), which must answer 200, and the

@@ -318,6 +318,37 @@ fn service_credential_and_id(
     (agentid_transport::Credential::new(chain, key).unwrap(), id)
 }
 
+/// Verification state for `own` trusting `ca`'s bundle, revocation lists optional.
+pub fn verification(
+    ca: &CertificateAuthority,
+    own: &str,
+) -> std::sync::Arc<agentid_transport::PeerVerification> {
+    let mut bundles = agentid_protocol::BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    agentid_transport::PeerVerification::new(
+        agentid_protocol::VerifierConfig::new(
+            agentid_protocol::SpiffeId::parse(own).unwrap(),
+            bundles,
+        )
+        .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap()
+}
+
+/// [`operator_task`] as credentials to present, and the task identity.
+pub fn operator_credentials(
+    ca: &CertificateAuthority,
+    agent: &str,
+) -> (std::sync::Arc<agentid_transport::MemoryCredentials>, String) {
+    let (key, chain, id) = operator_task(ca, agent);
+    (
+        std::sync::Arc::new(agentid_transport::MemoryCredentials::new(
+            agentid_transport::Credential::new(chain, key).unwrap(),
+        )),
+        id,
+    )
+}
+
 /// The CA service's identity (`svc:agentid-ca`).
 pub const CA_ID: &str = "spiffe://example.org/svc/agentid-ca";
 
