@@ -395,6 +395,14 @@ impl Policy {
                     "service certificates are requested by the operator, or with a bootstrap token the operator made",
                 ));
             }
+            // The CA's own name is issued to nobody else (CA-API.md 1.1): only the operator's
+            // issuance (the service's own certificate) may ask for it, never a bootstrap token.
+            if name == RESERVED_SERVICE && requesters.contains(&RequesterKind::Bootstrap) {
+                return Err(CaError::policy(
+                    format!("{base}.requesters"),
+                    "the CA service's own name is issued to nobody else: requesters = [\"operator\"] only",
+                ));
+            }
             if s.max_ttl.is_none() {
                 inherited.insert(format!("{base}.max_ttl"));
             }
