@@ -58,3 +58,58 @@ fn the_ca_service_name_takes_no_bootstrap_token() {
         }
     }
 }
+
+/// Two CA processes on one store (replicas, or a restart while the old process drains) each
+/// issue `svc/agentid-ca` to their own key; a service identity is bound to its newest key. The
+/// first process must still renew its own certificate (its key stays bound to the name, CA-API
+/// 3.4 counts on several processes on one store): otherwise it serves an expired certificate,
+/// and every client's handshake with it fails, once its first certificate ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ca_process_does_not_stop_the_first_renewing_its_own_certificate() {
+    use agentid_ca::server::{CaService, ServiceOptions};
+    let dir = common::make_ca_dir(KeyType::P256);
+    let policy = format!(
+        "{}\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n",
+        common::POLICY
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let first = CaService::new(
+        CertificateAuthority::open(dir.path()).unwrap(),
+        ServiceOptions {
+            service_ttl: Some(Duration::from_secs(4)),
+            ..ServiceOptions::default()
+        },
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { first.serve(l).await });
+    // The second process on the same store: its own certificate, for its own key.
+    let _second = CaService::new(
+        CertificateAuthority::open(dir.path()).unwrap(),
+        ServiceOptions::default(),
+    )
+    .unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let (client, _) = common::task_client(&ca, "planner", Duration::from_secs(10));
+    let c = client.connect(addr, "ca.example.org").await.unwrap();
+    let first_serial = c.peer().info.serial.clone();
+    // Past the first certificate's notAfter (renewed at half its life, retried every 5 s).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let c = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.connect(addr, "ca.example.org"),
+    )
+    .await
+    .unwrap()
+    .expect("the first process still serves a valid certificate");
+    assert_ne!(c.peer().info.serial, first_serial);
+    let refused = common::audit_records(&ca)
+        .into_iter()
+        .filter(|r| r["kind"] == "issue.renewal" && r["outcome"] == "denied")
+        .count();
+    assert_eq!(
+        refused, 0,
+        "no renewal of the CA's own certificate was refused"
+    );
+}
