@@ -472,7 +472,6 @@ pub struct CaService {
 
 /// The service's own certificate, re-issued (same key) at half its lifetime.
 struct OwnCertificate {
-    identity: PeerId,
     key_pkcs8: Vec<u8>,
     ttl: Option<Duration>,
     not_after: u64,
@@ -551,7 +550,6 @@ impl CaService {
         .options(options.http.clone())
         .build()?;
         let own = OwnCertificate {
-            identity: PeerId::parse(issued.identity.as_str()).map_err(CaError::from)?,
             key_pkcs8,
             ttl: options.service_ttl,
             not_after: issued.leaf.not_after,
@@ -846,14 +844,17 @@ impl CaService {
     async fn renew_own(&self) -> Result<(u64, u64), ServeError> {
         let own = &self.own;
         let key = TaskKey::from_pkcs8_der(&own.key_pkcs8).map_err(CaError::from)?;
-        let req = RenewRequest {
-            identity: own.identity.clone(),
+        // Issued as at start (the operator's issuance, which binds the name to this key again),
+        // not renewed: another CA process on the same store bound the name to its own key when
+        // it started, and a renewal (same key as the binding's) would then be refused, leaving
+        // this process to serve an expired certificate.
+        let req = ServiceRequest {
+            service: SERVICE_NAME.into(),
             key: KeySource::Spki(key.public_key().to_spki_der()),
-            requester: RenewRequester::Operator,
             ttl: own.ttl,
         };
         let ca = self.shared.ca.clone();
-        let issued = tokio::task::spawn_blocking(move || ca.renew(&req, SystemTime::now()))
+        let issued = tokio::task::spawn_blocking(move || ca.issue_service(&req, SystemTime::now()))
             .await
             .map_err(|e| CaError::Store(e.to_string()))??;
         let chain = vec![
