@@ -113,3 +113,108 @@ async fn a_second_ca_process_does_not_stop_the_first_renewing_its_own_certificat
         "no renewal of the CA's own certificate was refused"
     );
 }
+
+/// A token a service made dies with the service's key (CA-API.md 3.6: "once that key is
+/// revoked ..., redeeming the token is refused `403 revoked`"), and the store orders each
+/// revocation with each issuance (3.4). A redemption racing the revocation of its creator's key
+/// must therefore either commit before the revocation or be refused: none may be recorded as
+/// issued after the revocation was. (The creator's key is checked in the issuance's own
+/// transaction, as the task's, agent's and holder key's revocations are.)
+#[test]
+fn a_token_redeemed_while_its_creators_key_is_revoked_is_issued_before_the_revocation_or_not_at_all(
+) {
+    use agentid_ca::{RevokeTarget, TokenBinding};
+    let dir = common::make_ca_dir(KeyType::P256);
+    let policy = format!(
+        "{}\n[agents.planner.permissions]\n\"svc:platform\" = [\"create_token\"]\n\n\
+         [services.platform]\nrequesters = [\"operator\"]\n",
+        common::POLICY
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = std::sync::Arc::new(CertificateAuthority::open(dir.path()).unwrap());
+    let mut late = Vec::new();
+    for round in 0..160u64 {
+        // The service, with a new key each round, makes a token.
+        let (_, key) = common::spki_key(agentid_protocol::Algorithm::Es256);
+        let svc = ca
+            .issue_service(
+                &agentid_ca::ServiceRequest {
+                    service: "platform".into(),
+                    key,
+                    ttl: None,
+                },
+                common::now(),
+            )
+            .unwrap();
+        let binding = TokenBinding {
+            scope: "tickets:read".into(),
+            creator: Some("svc:platform".into()),
+            creator_jkt: Some(svc.jkt.clone()),
+            ..TokenBinding::default()
+        };
+        let token = ca
+            .create_bound_token(
+                "planner",
+                None,
+                &binding,
+                Duration::from_secs(60),
+                common::now(),
+            )
+            .unwrap();
+        let csr = common::csr_with(&common::p256_keypair(), &[], |_| {});
+        let (ca1, ca2) = (ca.clone(), ca.clone());
+        let secret = token.token.clone();
+        let redeem = std::thread::spawn(move || ca1.redeem(&secret, csr, common::now()));
+        let jkt = svc.jkt.clone();
+        let revoke = std::thread::spawn(move || {
+            // Somewhere inside the redemption (0 to 3.2 ms into it).
+            std::thread::sleep(Duration::from_micros(round * 20));
+            ca2.revoke(
+                &RevokeTarget::Key(jkt.parse().unwrap()),
+                Some("compromised"),
+                "operator",
+                common::now(),
+            )
+            .unwrap();
+        });
+        let redeemed = redeem.join().unwrap();
+        revoke.join().unwrap();
+        let c = match redeemed {
+            Ok(agentid_ca::Redeemed::Task(c)) => c,
+            // Refused: `403 revoked` (the creator's key), nothing issued for it.
+            Err(agentid_ca::EnrollError::Ca(e)) => {
+                assert_eq!(
+                    agentid_ca::server::error_code(&e),
+                    agentid_api::ErrorCode::Revoked,
+                    "{e}"
+                );
+                continue;
+            }
+            other => panic!("round {round}: {other:?}"),
+        };
+        // The audit chain is the order of commits (one writer).
+        let records = common::audit_records(&ca);
+        let seq_of = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+            records
+                .iter()
+                .find(|r| pred(r))
+                .and_then(|r| r["seq"].as_u64())
+                .unwrap()
+        };
+        let revoked_at = seq_of(&|r| {
+            r["kind"] == "revoke" && r["subject"] == format!("jkt:{}", svc.jkt).as_str()
+        });
+        let issued_at = seq_of(&|r| {
+            r["kind"] == "issue.task"
+                && r["outcome"] == "ok"
+                && r["serial"] == c.certificate.serial()
+        });
+        if issued_at > revoked_at {
+            late.push(c.identity.as_str().to_owned());
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "redeemed after their creator's key was revoked: {late:?}"
+    );
+}
