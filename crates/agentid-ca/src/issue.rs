@@ -97,6 +97,10 @@ pub struct OpenTaskRequest {
     pub limits: Option<Limits>,
     /// The grant's `may_delegate_to` (default: the policy's list, if any).
     pub may_delegate_to: Option<IdSet>,
+    /// The thumbprint of the key of the service that asked (over the API, or by making the
+    /// bootstrap token being redeemed): the opening is refused while that key is revoked,
+    /// checked in the issuance's own transaction (CA-API.md 3.4, 3.6).
+    pub(crate) requester_jkt: Option<String>,
 }
 
 impl OpenTaskRequest {
@@ -120,6 +124,7 @@ impl OpenTaskRequest {
             max_depth: None,
             limits: None,
             may_delegate_to: None,
+            requester_jkt: None,
         }
     }
 }
@@ -524,6 +529,10 @@ impl CertificateAuthority {
         // No new task for a revoked principal (the CA keeps the entry past its `exp`).
         if let Some(p) = &principal {
             refuse.push((RevocationKind::Principal, p.clone()));
+        }
+        // Nor for a service whose key is revoked, nor from a token such a key made.
+        if let Some(k) = &req.requester_jkt {
+            refuse.push((RevocationKind::Jkt, k.clone()));
         }
 
         let leaf = self.sign_and_commit(

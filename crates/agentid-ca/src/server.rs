@@ -1903,6 +1903,12 @@ async fn open_task(
         r.may_delegate_to = ids(&t.may_delegate_to, "may_delegate_to")?;
         r.max_depth = t.max_depth;
         r.principal = t.principal.clone();
+        // The calling service's key: refused in the issuance's transaction once revoked.
+        r.requester_jkt = Some(
+            crate::csr::RequestedKey::from_spki_der(&a.peer().public_key.to_spki_der())
+                .map_err(Refused::from)?
+                .thumbprint(),
+        );
         r.limits = t
             .limits
             .clone()

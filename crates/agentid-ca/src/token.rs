@@ -370,6 +370,9 @@ impl CertificateAuthority {
             TaskRequester::Bootstrap(token.to_owned()),
         )?;
         req.task = Some(TaskId::parse(&state.record.task).map_err(CaError::from)?);
+        // Checked again in the issuance's transaction: a revocation of the creator's key that
+        // commits first refuses the redemption.
+        req.requester_jkt = binding.creator_jkt.clone();
         Ok(req)
     }
 }
