@@ -1431,6 +1431,83 @@ fn signatures(k: &Keys) -> File {
         inp,
         err("bad_bundle", None),
     );
+
+    // Review additions (PROTOCOL.md sections 4.3 and 8).
+    // ES256 has no low-S rule: (r, n - s) verifies like (r, s).
+    const P256_N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let tok = sign_a(
+        k.ges(),
+        &grant_header(k.ges()),
+        &grant_claims(k, "planner", "files:read"),
+    );
+    let (body, sig) = tok.rsplit_once('.').unwrap();
+    let mut sig = unb64(sig);
+    let mut borrow = 0i32;
+    for i in (0..32).rev() {
+        let d = i32::from(P256_N[i]) - i32::from(sig[32 + i]) - borrow;
+        borrow = i32::from(d < 0);
+        sig[32 + i] = u8::try_from(d.rem_euclid(256)).unwrap();
+    }
+    assert_eq!(borrow, 0);
+    let ch = Ch::raw(format!("{body}.{}", b64(&sig)), "planner");
+    f.add(
+        "es256-high-s-accepted",
+        "An ES256 grant signature (r, s) replaced by (r, n - s): both verify (no low-S rule).",
+        cin(k, &ch),
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
+
+    let ch = Ch::grant(k, "planner", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    let mut twice = inp["bundles"][TD]["keys"][0].clone();
+    assert_eq!(twice["use"], "agentid-grant");
+    twice["use"] = json!("agentid-revocation");
+    inp["bundles"][TD]["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(twice);
+    f.add(
+        "bundle-same-key-for-both-uses",
+        "A bundle listing the grant key a second time as an agentid-revocation key: one kid twice.",
+        inp,
+        err("bad_bundle", None),
+    );
+    let mut inp = cin(k, &ch);
+    inp["bundles"][TD]["keys"][0]["d"] = json!(b64(&[7u8; 32]));
+    f.add(
+        "bundle-grant-entry-with-private-d",
+        "A bundle whose grant key entry carries the private member `d`.",
+        inp,
+        err("bad_bundle", None),
+    );
+    let mut inp = cin(k, &ch);
+    inp["bundles"][TD]["keys"].as_array_mut().unwrap().push(
+        json!({"use": "jwt-svid", "kty": "RSA", "kid": "jwt-1", "n": "AQAB", "e": "AQAB", "alg": "RS256"}),
+    );
+    f.add(
+        "bundle-jwt-svid-entry-ignored",
+        "A bundle with a SPIFFE jwt-svid entry (an RSA key): entries of other uses are ignored.",
+        inp,
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
     f
 }
 
@@ -1859,7 +1936,116 @@ fn claims(k: &Keys) -> File {
             "g+planner/1=~",
         ),
     );
+
+    // Review additions (PROTOCOL.md sections 3.2, 3.3, 5.1, 6.1.1): rules no case above exercised.
+    // Duplicate names are compared after unescaping: `sc\u006fpe` is `scope`.
+    let dup_escaped = base.replacen('{', r#"{"sc\u006fpe":"*","#, 1);
+    f.add(
+        "claim-duplicate-member-escaped",
+        "A claims set with `scope` twice, once written `sc\\u006fpe` (`*`): a duplicate after unescaping.",
+        cin(k, &raw_grant(dup_escaped.as_bytes())),
+        err("bad_json", Some(0)),
+    );
+    let trailing = format!("{base}{{\"scope\":\"*\"}}");
+    f.add(
+        "claim-trailing-value",
+        "A valid claims set followed by a second JSON object: trailing bytes after the top-level value.",
+        cin(k, &raw_grant(trailing.as_bytes())),
+        err("bad_json", Some(0)),
+    );
+    let mut bom = vec![0xef, 0xbb, 0xbf];
+    bom.extend_from_slice(base.as_bytes());
+    f.add(
+        "claim-byte-order-mark",
+        "A valid claims set preceded by a UTF-8 byte order mark.",
+        cin(k, &raw_grant(&bom)),
+        err("bad_json", Some(0)),
+    );
+    let surrogate = base.replacen(
+        '{',
+        r#"{"mode":"on_behalf_of","principal":{"format":"opaque","id":"x\ud800"},"#,
+        1,
+    );
+    let surrogate = surrogate.replace(r#","mode":"autonomous""#, "");
+    assert_eq!(surrogate.matches("\"mode\"").count(), 1);
+    f.add(
+        "claim-escaped-unpaired-surrogate",
+        "A principal id holding the escaped unpaired surrogate `\\ud800` (otherwise a valid on_behalf_of grant).",
+        cin(k, &raw_grant(surrogate.as_bytes())),
+        err("bad_json", Some(0)),
+    );
+    let big = base.replace(&format!("\"iat\":{G_IAT}"), "\"iat\":9007199254740992");
+    assert_ne!(big, base);
+    f.add(
+        "claim-time-2-pow-53",
+        "`iat` = 2^53 (9007199254740992): valid JSON, outside the integer range [0, 2^53 - 1].",
+        cin(k, &raw_grant(big.as_bytes())),
+        err("bad_claim", Some(0)),
+    );
+    // Keys are taken in canonical form only (PROTOCOL.md section 5.1): a non-canonical encoding of
+    // a valid point would give the same key a second thumbprint and so escape a `jkt` entry.
+    let non_canonical_y = {
+        // y = 2^255 - 19 + 3, sign bit 0: the point with y = 3 (large order), encoded non-canonically.
+        let mut a = [0xffu8; 32];
+        a[0] = 0xf0;
+        a[31] = 0x7f;
+        a
+    };
+    assert_eq!(
+        b64(&non_canonical_y),
+        "8P_______________________________________38"
+    );
+    bad_cnf(
+        &mut f,
+        k,
+        "cnf-ed25519-non-canonical-y",
+        "`cnf.jwk` Ed25519 key whose y is 2^255 - 19 + 3 (a non-canonical encoding of a valid point of large order).",
+        json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&non_canonical_y), "alg": "Ed25519"}),
+    );
+    // x = 5 + p (fits in 32 bytes), y a square root of 5^3 - 3*5 + b: on the curve modulo p.
+    bad_cnf(
+        &mut f,
+        k,
+        "cnf-p256-x-not-reduced",
+        "`cnf.jwk` P-256 key whose x is 5 + p (>= the field prime; the point (5, y) is on the curve).",
+        json!({"kty": "EC", "crv": "P-256", "x": "_____wAAAAEAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAQ",
+            "y": "RZJDuapYGAb-kTvOmYF63hHKUDxk2aPFM0FcCDJI-8w", "alg": "ES256"}),
+    );
+    for (id, desc, principal) in [
+        (
+            "principal-unknown-format",
+            "A principal of format `aliases` (an RFC 9493 format outside section 6.1.1).",
+            json!({"format": "aliases", "identifiers": [{"format": "email", "email": "alice@example.com"}]}),
+        ),
+        (
+            "principal-extra-member",
+            "An email principal with a member besides `format` and `email`.",
+            json!({"format": "email", "email": "alice@example.com", "name": "Alice"}),
+        ),
+        (
+            "principal-empty-value",
+            "An email principal whose `email` is the empty string.",
+            json!({"format": "email", "email": ""}),
+        ),
+        (
+            "principal-value-too-long",
+            "An opaque principal whose `id` is 1025 bytes.",
+            json!({"format": "opaque", "id": "a".repeat(1025)}),
+        ),
+    ] {
+        let g = Ch::grant(k, "planner", "files:read", |c| {
+            c["mode"] = json!("on_behalf_of");
+            c["principal"] = principal;
+        });
+        f.add(id, desc, cin(k, &g), err("bad_claim", Some(0)));
+    }
     f
+}
+
+/// A grant to planner whose `cnf.jwk` is `jwk`: fails `bad_key` (0).
+fn bad_cnf(f: &mut File, k: &Keys, id: &str, desc: &str, jwk: Value) {
+    let ch = Ch::grant(k, "planner", "files:read", |c| c["cnf"]["jwk"] = jwk);
+    f.add(id, desc, cin(k, &ch), err("bad_key", Some(0)));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -2116,6 +2302,58 @@ fn attenuation(k: &Keys) -> File {
         "An example.org grant to a partner.example agent.",
         with_partner(k, cin(k, &ch)),
         err("foreign_holder", Some(0)),
+    );
+
+    // Review additions: check order within a link (PROTOCOL.md section 10, phase 4) and between
+    // phases (each phase runs over every token before the next phase starts).
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["limits"] = json!({"max_calls": 10})
+    })
+    .link(k, "researcher", "files:read", |c| {
+        c["limits"] = json!({"max_calls": 11, "max_tokens": 5})
+    });
+    let mut inp = cin(k, &ch);
+    inp["enforced_limits"] = json!(["max_calls"]);
+    f.add(
+        "unsupported-limit-before-limit-escalation",
+        "A link raising max_calls (10 to 11) and adding max_tokens, which is not enforced: 4.8 checks every name for unsupported_limit before any ceiling.",
+        inp,
+        err("unsupported_limit", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["aud"] = json!([VERIFIER])).link(
+        k,
+        "researcher",
+        "files:* tickets:read",
+        |c| c["aud"] = json!([TD_ID]),
+    );
+    f.add(
+        "scope-escalation-before-audience-escalation",
+        "A link widening both its scope and its aud: scope (4.6) is checked before aud (4.7).",
+        cin(k, &ch),
+        err("scope_escalation", Some(1)),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |c| c["nbf"] = json!(NOW + 1000)).link(
+        k,
+        "researcher",
+        "tickets:read",
+        |_| {},
+    );
+    f.add(
+        "phase-order-attenuation-before-time",
+        "A grant not yet valid (nbf = now + 1000) and a link escalating scope: phase 4 (link 1) runs before phase 5 (grant).",
+        cin(k, &ch),
+        err("scope_escalation", Some(1)),
+    );
+    let g = Ch::grant(k, "planner", "files:* tickets:*", |_| {});
+    let l1 = g.link(k, "researcher", "files:read tickets:read", |c| {
+        c["prev"] = json!(b64(&[9u8; 32]))
+    });
+    let ch = l1.link(k, "coder", "files:read", |c| c["jti"] = json!("l coder"));
+    f.add(
+        "phase-order-claims-before-linkage",
+        "Link 1 has a wrong prev and link 2 a jti with a space: phase 3 (claims of every token) runs before phase 4 (linkage of link 1).",
+        cin(k, &ch),
+        err("bad_claim", Some(2)),
     );
     f
 }
@@ -2569,6 +2807,123 @@ fn revocation(k: &Keys) -> File {
         err("revoked", Some(2)),
     );
 
+    // Review additions (PROTOCOL.md sections 14.1 and 14.2, phase 6).
+    // R6: a list is bound to the domain whose bundle holds its key, whatever its iss says; a
+    // partner must not be able to replace example.org's list (and so lift its revocations).
+    let forged = sign_a(
+        k.prev(),
+        &json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.prev().public_key().thumbprint()}),
+        &json!({"iss": TD_ID, "seq": 2, "iat": NOW - 60, "next_update": NOW + 540, "entries": []}),
+    );
+    let mut inp = with_partner(k, cin(k, &b));
+    inp["revocation_lists"] = json!([
+        list_ex(k, 1, |l| l.revoke_key(&k.thumb("coder"), far)),
+        list_partner(k),
+        forged
+    ]);
+    f.add(
+        "revocation-iss-other-domain",
+        "A list signed by partner.example's revocation key claiming `iss` example.org (seq 2, no entries, after example.org's list revoking the holder): invalid.",
+        inp,
+        err("bad_revocation_list", None),
+    );
+    for (id, desc, header, claims) in [
+        (
+            "revocation-list-extra-claim",
+            "A list with a claim besides iss, seq, iat, next_update and entries (`ver`).",
+            json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.rev().public_key().thumbprint()}),
+            json!({"iss": TD_ID, "ver": 1, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540, "entries": []}),
+        ),
+        (
+            "revocation-list-missing-entries",
+            "A list without `entries` (an empty list must still carry `entries: []`).",
+            json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.rev().public_key().thumbprint()}),
+            json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540}),
+        ),
+        (
+            "revocation-list-next-update-before-iat",
+            "A list whose next_update is one second before its iat.",
+            json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.rev().public_key().thumbprint()}),
+            json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW - 61, "entries": []}),
+        ),
+        (
+            "revocation-list-typ-grant",
+            "A list whose header `typ` is agentid-grant+jwt (signed by the revocation key).",
+            json!({"alg": "Ed25519", "typ": "agentid-grant+jwt", "kid": k.rev().public_key().thumbprint()}),
+            json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540, "entries": []}),
+        ),
+        (
+            "revocation-entry-two-kinds",
+            "An entry with the members of two kinds (agent and jkt, with exp): an unknown kind.",
+            json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": k.rev().public_key().thumbprint()}),
+            json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540,
+                "entries": [{"agent": agent("researcher"), "jkt": k.thumb("researcher"), "exp": far}]}),
+        ),
+    ] {
+        let mut inp = cin(k, &b);
+        inp["revocation_lists"] = json!([sign_a(k.rev(), &header, &claims)]);
+        f.add(id, desc, inp, err("bad_revocation_list", None));
+    }
+
+    // 6.2.2 and 14.2: only the authority's list revokes a task, and a list never revokes a key
+    // bound to an identity of another domain. planner (example.org) -> broker (partner.example)
+    // -> coder (example.org), so the peer is of example.org.
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["may_delegate_to"] = json!([TD_ID, PTD_ID]);
+    })
+    .link(k, "broker", "files:read", |_| {})
+    .link(k, "coder", "files:read", |_| {});
+    let e = ok(
+        &["planner", "broker", "coder"],
+        "files:read",
+        &[VERIFIER],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    for (id, desc, list) in [
+        (
+            "revocation-task-entry-in-non-authority-list",
+            "partner.example's list has a task entry for the chain's task: only the authority's (example.org's) list revokes a task.",
+            RevocationListBuilder::new(&td(PTD), 1, NOW - 60, NOW + 540)
+                .revoke_task(&TaskId::parse(TASK).unwrap(), far),
+        ),
+        (
+            "revocation-key-entry-in-other-domain-list",
+            "partner.example's list has a key entry for the thumbprint of planner's (an example.org holder's) key: a list revokes keys of its own domain only.",
+            RevocationListBuilder::new(&td(PTD), 1, NOW - 60, NOW + 540)
+                .revoke_key(&k.thumb("planner"), far),
+        ),
+    ] {
+        let mut inp = cin(k, &ch);
+        inp["bundles"][PTD] = bundle_partner(k);
+        inp["revocation_lists"]
+            .as_array_mut()
+            .unwrap()
+            .push(Value::from(list.sign(k.prev()).unwrap()));
+        f.add(id, desc, inp, e.clone());
+    }
+
+    // Phase 5 runs over every token before phase 6: a revoked grant and an expired link 2.
+    let ch = Ch::grant(k, "planner", "files:* tickets:*", |_| {})
+        .link(k, "researcher", "files:read", |_| {})
+        .link(k, "coder", "files:read", |c| {
+            c["exp"] = json!(NOW - 60);
+        });
+    let mut inp = cin(k, &ch);
+    inp["revocation_lists"] = json!([list_ex(k, 1, |l| l.revoke_jti(
+        &sid(TD_ID),
+        "g-planner",
+        far
+    ))]);
+    f.add(
+        "phase-order-time-before-revocation",
+        "The grant is revoked by jti and link 2 expired (exp + skew = now): phase 5 (link 2) runs before phase 6 (grant).",
+        inp,
+        err("expired", Some(2)),
+    );
+
     f
 }
 
@@ -2670,6 +3025,8 @@ fn authorization(k: &Keys) -> File {
         "g-planner",
     );
     ok2["limits"] = json!({"max_calls": 10});
+    let ch_auth = ch.clone();
+    let ok_auth = ok2.clone();
     let mut a =
         |id: &str, desc: &str, scope: &str, policy: Value, amounts: Value, expected: Value| {
             let mut inp = cin(k, &ch);
@@ -2793,6 +3150,54 @@ fn authorization(k: &Keys) -> File {
         inp,
         err("bad_scope", None),
     );
+
+    // Review additions (PROTOCOL.md section 13): A2 before A3, and A4.
+    let mut inp = cin(k, &ch_auth);
+    inp["enforced_limits"] = json!(["max_calls"]);
+    inp["requested_scope"] = json!("files:delete");
+    inp["authority_policy"] = json!({TD: "files:read"});
+    f.add(
+        "scope-not-granted-before-authority-scope-denied",
+        "files:delete is neither in the chain's scope nor in the policy's patterns: A2 (scope_not_granted) runs before A3.",
+        inp,
+        err("scope_not_granted", None),
+    );
+    for (id, desc, enforced, amounts, expected) in [
+        (
+            "requested-amount-unsupported-limit",
+            "A request for an amount of max_tokens, a limit this verifier does not enforce.",
+            json!(["max_calls"]),
+            json!({"max_tokens": 1}),
+            err("unsupported_limit", None),
+        ),
+        (
+            "requested-amount-enforced-limit-not-in-chain",
+            "An amount of max_tokens, enforced here but not limited by the chain: not constrained.",
+            json!(["max_calls", "max_tokens"]),
+            json!({"max_tokens": 1_000_000}),
+            ok_auth.clone(),
+        ),
+        (
+            "requested-amounts-name-order-exceeded-first",
+            "max_calls over its ceiling and max_tokens not enforced: names are checked in byte order, max_calls first.",
+            json!(["max_calls"]),
+            json!({"max_calls": 11, "max_tokens": 1}),
+            err("limit_exceeded", None),
+        ),
+        (
+            "requested-amounts-name-order-unsupported-first",
+            "calls_total not enforced and max_calls over its ceiling: calls_total sorts first.",
+            json!(["max_calls"]),
+            json!({"calls_total": 1, "max_calls": 11}),
+            err("unsupported_limit", None),
+        ),
+    ] {
+        let mut inp = cin(k, &ch_auth);
+        inp["enforced_limits"] = enforced;
+        inp["requested_scope"] = json!("files:read");
+        inp["requested_amounts"] = amounts;
+        f.add(id, desc, inp, expected);
+    }
 
     f
 }
@@ -3000,6 +3405,27 @@ fn proofs(k: &Keys) -> File {
         "A proof bound to another chain.",
         inp,
         err("chain_hash_mismatch", None),
+    );
+    // Review additions (PROTOCOL.md section 12, P9 and P4).
+    let oversized = format!("{}~{}", b.s(), "A".repeat(65536));
+    let mut big_cth = client_claims.clone();
+    big_cth["cth"] = json!(b64(&sha256(oversized.as_bytes())));
+    let mut inp = cin(k, &b);
+    inp["chain"] = json!(oversized);
+    inp["proof"] = json!({"compact": client(&big_cth), "role": "client", "exporter": b64(&ec)});
+    f.add(
+        "proof-cth-oversized-chain",
+        "A proof whose cth is the hash of the chain sent with it, a chain over 65536 bytes: P9 fails before the chain's own chain_too_large.",
+        inp,
+        err("chain_hash_mismatch", None),
+    );
+    let mut long_jti = client_claims.clone();
+    long_jti["jti"] = json!("A".repeat(260));
+    f.add(
+        "proof-jti-too-long",
+        "A proof whose jti is 260 base64url characters (at most 256).",
+        pin(&client(&long_jti), "client", &ec),
+        err("bad_claim", None),
     );
     let mut inp = cin(k, &b);
     inp["proof"] = json!({"compact": cp.clone(), "role": "client", "exporter": b64(&ec)});
