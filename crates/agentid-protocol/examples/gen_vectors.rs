@@ -978,6 +978,24 @@ fn framing(k: &Keys) -> File {
         inp,
         err("bad_base64", Some(1)),
     );
+    // Review addition (PROTOCOL.md section 3.1): a length L with L mod 4 = 1 never decodes. The
+    // payload part is a multiple of 4 characters plus one `A`, which a lenient decoder drops
+    // (giving the intended claims); the token is signed over exactly these bytes.
+    let mut claims = grant_claims(k, "planner", "files:read");
+    let mut n = 0;
+    while !to_vec(&claims).len().is_multiple_of(3) {
+        n += 1;
+        claims["jti"] = json!(format!("g-planner{}", "x".repeat(n)));
+    }
+    let payload = format!("{}A", b64(&to_vec(&claims)));
+    assert_eq!(payload.len() % 4, 1);
+    let tok = sign_parts(k.ges(), &b64(&to_vec(&grant_header(k.ges()))), &payload);
+    f.add(
+        "framing-length-mod4-1",
+        "The payload part has a length L with L mod 4 = 1 (a valid part plus one `A`); the token is signed over the transmitted bytes.",
+        cin(k, &Ch::raw(tok, "planner")),
+        err("bad_base64", Some(0)),
+    );
     f
 }
 
@@ -2039,6 +2057,53 @@ fn claims(k: &Keys) -> File {
         });
         f.add(id, desc, cin(k, &g), err("bad_claim", Some(0)));
     }
+    // Scope grammar (section 7.1): `*` only as a whole token or as the last segment.
+    let g = Ch::grant(k, "planner", "files:*:read", |_| {});
+    f.add(
+        "scope-wildcard-not-last",
+        "A grant scope `files:*:read` (a `*` segment that is not last).",
+        cin(k, &g),
+        err("bad_scope", Some(0)),
+    );
+    // ID sets (section 7.2): duplicates are bad_claim; the element checks come before the count.
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["aud"] = json!([VERIFIER, VERIFIER])
+    });
+    f.add(
+        "aud-duplicate-entry",
+        "`aud` naming the same service twice.",
+        cin(k, &g),
+        err("bad_claim", Some(0)),
+    );
+    let mut many: Vec<Value> = (0..16)
+        .map(|i| json!(format!("spiffe://example.org/svc/s{i}")))
+        .collect();
+    many.push(json!("SPIFFE://example.org"));
+    let g = Ch::grant(k, "planner", "files:read", |c| c["aud"] = json!(many));
+    f.add(
+        "aud-17-entries-one-invalid",
+        "`aud` of 17 strings, the last `SPIFFE://example.org`: the element's syntax (bad_id) is checked before the count (bad_claim).",
+        cin(k, &g),
+        err("bad_id", Some(0)),
+    );
+    // Limits (section 7.3): 1 to 32 members.
+    let g = Ch::grant(k, "planner", "files:read", |c| c["limits"] = json!({}));
+    f.add(
+        "limits-empty-object",
+        "`limits: {}` (a limits object has 1 to 32 members).",
+        cin(k, &g),
+        err("bad_claim", Some(0)),
+    );
+    // A link's iss of kind service ID is bad_id (section 6.2), not service_holder (which is for sub).
+    let ch = Ch::grant(k, "planner", "files:*", |_| {}).link(k, "researcher", "files:read", |c| {
+        c["iss"] = json!(VERIFIER)
+    });
+    f.add(
+        "link-iss-service-id",
+        "A link whose `iss` is a service ID: bad_id (service_holder is only for `sub`).",
+        cin(k, &ch),
+        err("bad_id", Some(1)),
+    );
     f
 }
 
@@ -2354,6 +2419,15 @@ fn attenuation(k: &Keys) -> File {
         "Link 1 has a wrong prev and link 2 a jti with a space: phase 3 (claims of every token) runs before phase 4 (linkage of link 1).",
         cin(k, &ch),
         err("bad_claim", Some(2)),
+    );
+    // Covering is by segments, not by string prefix (section 7.1).
+    let ch =
+        Ch::grant(k, "planner", "files:*", |_| {}).link(k, "researcher", "filesystem:read", |_| {});
+    f.add(
+        "scope-escalation-string-prefix",
+        "Under `files:*`, a link with `filesystem:read`: `files` is a string prefix of `filesystem` but not a segment prefix.",
+        cin(k, &ch),
+        err("scope_escalation", Some(1)),
     );
     f
 }
@@ -2924,6 +2998,33 @@ fn revocation(k: &Keys) -> File {
         err("expired", Some(2)),
     );
 
+    // 6.1 walks the domains in order of first appearance, missing then stale for each: example.org
+    // (stale) comes before partner.example (missing).
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["may_delegate_to"] = json!([TD_ID, PTD_ID]);
+    })
+    .link(k, "broker", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["bundles"][PTD] = bundle_partner(k);
+    inp["revocation_lists"] = json!([stale(NOW - 60)]);
+    f.add(
+        "revocation-stale-before-partner-missing",
+        "example.org's list is stale and partner.example's missing: example.org appears first in the chain, so revocation_stale.",
+        inp,
+        err("revocation_stale", None),
+    );
+    // 6.3.3: a peer without a chain is revoked by its task.
+    let mut inp = input(k, None, "coder");
+    inp["revocation_lists"] =
+        json!([list_ex(k, 1, |l| l.revoke_task(&TaskId::parse(TASK).unwrap(), far))]);
+    f.add(
+        "revoked-peer-task-without-chain",
+        "A peer without a chain whose task (its identity's task segment) is revoked.",
+        inp,
+        err("revoked", None),
+    );
+
     f
 }
 
@@ -3002,6 +3103,28 @@ fn possession_audience(k: &Keys) -> File {
             G_EXP,
             "g-planner",
         ),
+    );
+    // Covering is by ID structure, not by string prefix (section 7.2).
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([agent("reviewer")])
+    });
+    let mut inp = cin(k, &ch);
+    inp["verifier_id"] = json!(id("reviewerx"));
+    f.add(
+        "audience-agent-id-string-prefix",
+        "aud names the agent reviewer; the verifier is a task of agent reviewerx (the aud entry is a string prefix of its ID).",
+        inp,
+        err("audience_mismatch", None),
+    );
+    let ch = Ch::grant(k, "planner", "files:*", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["verifier_id"] = json!("spiffe://example.org.evil/svc/files");
+    inp["authority_policy"] = json!({TD: "*"});
+    f.add(
+        "audience-trust-domain-string-prefix",
+        "Default aud [spiffe://example.org]; the verifier is spiffe://example.org.evil/svc/files, which accepts example.org's grants: another trust domain.",
+        inp,
+        err("audience_mismatch", None),
     );
     f
 }
@@ -3427,6 +3550,14 @@ fn proofs(k: &Keys) -> File {
         pin(&client(&long_jti), "client", &ec),
         err("bad_claim", None),
     );
+    let mut aud_array = client_claims.clone();
+    aud_array["aud"] = json!([VERIFIER]);
+    f.add(
+        "proof-aud-array",
+        "A proof whose aud is an array holding the verifier's ID (a proof's aud is a single string).",
+        pin(&client(&aud_array), "client", &ec),
+        err("bad_claim", None),
+    );
     let mut inp = cin(k, &b);
     inp["proof"] = json!({"compact": cp.clone(), "role": "client", "exporter": b64(&ec)});
     f.add(
@@ -3803,6 +3934,23 @@ fn inputs(k: &Keys) -> File {
         "authority_policy {} accepts no authority at all (absent or null is the default).",
         inp,
         err("authority_not_accepted", Some(0)),
+    );
+    // C1 (PROTOCOL.md section 9): policy patterns and enforced limit names are checked.
+    let mut inp = cin(k, &g);
+    inp["authority_policy"] = json!({TD: "files:*:read"});
+    f.add(
+        "authority-policy-invalid-pattern",
+        "An authority policy whose pattern set `files:*:read` is not a scope set.",
+        inp,
+        err("bad_config", None),
+    );
+    let mut inp = cin(k, &g);
+    inp["enforced_limits"] = json!(["Max_Calls"]);
+    f.add(
+        "enforced-limit-invalid-name",
+        "An enforced limit name with uppercase letters (names are a-z, 0-9, _, ., -).",
+        inp,
+        err("bad_config", None),
     );
     f
 }
