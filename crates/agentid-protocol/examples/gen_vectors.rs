@@ -894,6 +894,14 @@ fn framing(k: &Keys) -> File {
         cin(k, &d9),
         err("depth_exceeded", None),
     );
+    let mut inp = cin(k, &d9);
+    inp["chain"] = json!(format!("{}~", d9.s()));
+    f.add(
+        "framing-empty-part-before-depth",
+        "The ten tokens of framing-depth9 and a trailing `~`: an empty part (1.2, index 10) is found before the token count (1.3).",
+        inp,
+        err("malformed", Some(10)),
+    );
 
     let big: Vec<String> = (0..45)
         .map(|i| {
@@ -1207,6 +1215,24 @@ fn headers(k: &Keys) -> File {
     inp["chain"] = json!(format!("{broken}~{}", bad_link.tokens[1]));
     f.add("phase-order-headers-before-signatures", "Token 0 has a bad signature and token 1 a bad `typ`: phase 2 (headers of every token) fails first.",
         inp, err("bad_typ", Some(1)));
+    let mut h = grant_header(k.ges());
+    h["typ"] = json!("JWT");
+    h["alg"] = json!("none");
+    f.add(
+        "header-bad-typ-before-unsupported-alg",
+        "A grant header with `typ: JWT` and `alg: none`: typ (2.3) is checked before alg (2.4).",
+        cin(k, &grant_with_header(k, &h)),
+        err("bad_typ", Some(0)),
+    );
+    let mut h = grant_header(k.ges());
+    h["jku"] = json!("https://attacker.example/jwks");
+    h["typ"] = json!("JWT");
+    f.add(
+        "header-extra-member-before-bad-typ",
+        "A grant header with `jku` and `typ: JWT`: the member allow-list (2.2) is checked before typ (2.3).",
+        cin(k, &grant_with_header(k, &h)),
+        err("bad_header", Some(0)),
+    );
     f
 }
 
@@ -1994,6 +2020,16 @@ fn claims(k: &Keys) -> File {
     );
     let big = base.replace(&format!("\"iat\":{G_IAT}"), "\"iat\":9007199254740992");
     assert_ne!(big, base);
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["ver"] = json!(2);
+        c["act"] = json!({"sub": "x"});
+    });
+    f.add(
+        "claim-ver-2-with-new-claim",
+        "`ver: 2` with a claim version 1 does not know: the version (3.c.2) is checked before unknown claims (3.c.3).",
+        cin(k, &g),
+        err("unsupported_version", Some(0)),
+    );
     f.add(
         "claim-time-2-pow-53",
         "`iat` = 2^53 (9007199254740992): valid JSON, outside the integer range [0, 2^53 - 1].",
@@ -3023,6 +3059,37 @@ fn revocation(k: &Keys) -> File {
         "A peer without a chain whose task (its identity's task segment) is revoked.",
         inp,
         err("revoked", None),
+    );
+    // R7: two entries with the same kind and value apply until the later of their exps, whatever
+    // their order (a map keyed by value that keeps the last exp would lift the revocation).
+    let twice = raw_list(
+        json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540,
+        "entries": [{"jkt": k.thumb("coder"), "exp": far}, {"jkt": k.thumb("coder"), "exp": NOW}]}),
+    );
+    let mut inp = cin(k, &b);
+    inp["revocation_lists"] = json!([twice]);
+    f.add(
+        "revocation-duplicate-entry-later-exp-applies",
+        "Two key entries for the holder's key, exp now + 3600 then exp now: together they apply until the later exp.",
+        inp,
+        err("revoked", Some(2)),
+    );
+    // 14.3: only the lists of the chain's and the peer's trust domains are needed fresh.
+    let mut inp = cin(k, &b);
+    inp["bundles"][PTD] = bundle_partner(k);
+    inp["revocation_lists"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from(
+            RevocationListBuilder::new(&td(PTD), 1, NOW - 1260, NOW - 660)
+                .sign(k.prev())
+                .unwrap(),
+        ));
+    f.add(
+        "revocation-stale-list-of-uninvolved-domain",
+        "partner.example's list is stale, but no token or peer of the chain is of partner.example.",
+        inp,
+        ok3.clone(),
     );
 
     f
