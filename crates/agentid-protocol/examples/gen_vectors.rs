@@ -2030,6 +2030,41 @@ fn claims(k: &Keys) -> File {
         cin(k, &g),
         err("unsupported_version", Some(0)),
     );
+    // Section 3.2: an integer literal below 2^1024 - 2^970 is valid JSON (then not an integer of
+    // section 3.3), one of 310 digits rounds to infinity and is not.
+    for (id, desc, literal, code) in [
+        (
+            "claim-time-10-pow-308-literal",
+            "`iat` written as 1 followed by 308 zeros (10^308, below the bound): valid JSON, not an integer.",
+            format!("1{}", "0".repeat(308)),
+            "bad_claim",
+        ),
+        (
+            "claim-time-310-digit-literal",
+            "`iat` written as 1 followed by 309 zeros (10^309, rounds to infinity): not I-JSON.",
+            format!("1{}", "0".repeat(309)),
+            "bad_json",
+        ),
+        (
+            "claim-time-negative-zero",
+            "`iat` written as -0: not an integer.",
+            "-0".to_owned(),
+            "bad_claim",
+        ),
+    ] {
+        let t = base.replace(&format!("\"iat\":{G_IAT}"), &format!("\"iat\":{literal}"));
+        assert_ne!(t, base);
+        f.add(id, desc, cin(k, &raw_grant(t.as_bytes())), err(code, Some(0)));
+    }
+    let g = Ch::grant(k, "planner", "files:read", |c| {
+        c["jti"] = json!("j".repeat(257))
+    });
+    f.add(
+        "claim-jti-257-bytes",
+        "A grant `jti` of 257 bytes (at most 256).",
+        cin(k, &g),
+        err("bad_claim", Some(0)),
+    );
     f.add(
         "claim-time-2-pow-53",
         "`iat` = 2^53 (9007199254740992): valid JSON, outside the integer range [0, 2^53 - 1].",
@@ -2057,6 +2092,15 @@ fn claims(k: &Keys) -> File {
         json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&non_canonical_y), "alg": "Ed25519"}),
     );
     // x = 5 + p (fits in 32 bytes), y a square root of 5^3 - 3*5 + b: on the curve modulo p.
+    let mut y2 = [0u8; 32];
+    y2[0] = 2;
+    bad_cnf(
+        &mut f,
+        k,
+        "cnf-ed25519-not-on-curve",
+        "`cnf.jwk` Ed25519 key with y = 2, a canonical encoding that decompresses to no curve point.",
+        json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&y2), "alg": "Ed25519"}),
+    );
     bad_cnf(
         &mut f,
         k,
