@@ -1,0 +1,86 @@
+//! The CA directory's durable state against operator mistakes: a store or key file that went
+//! missing is refused with the next step named, never silently replaced by a new empty one.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+
+use agentid_ca::{CertificateAuthority, KeyType, RevokeTarget};
+use common::*;
+
+fn remove_db(dir: &std::path::Path) {
+    for f in ["ca.db", "ca.db-wal", "ca.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+/// A CA whose `ca.db` is gone (deleted, not restored with the keys from a backup, or a
+/// `config.toml` whose `store` line was removed) must not start over with an empty store: its
+/// revocations, bindings, tokens and audit chain would be lost without a word, and the
+/// revocation list would restart at seq 1.
+#[test]
+fn a_missing_ca_db_is_refused_not_recreated() {
+    let dir = make_ca_dir(KeyType::P256);
+    {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        ca.revoke(
+            &RevokeTarget::Agent("planner".into()),
+            Some("compromised"),
+            "operator",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(ca.revocations().unwrap().len(), 1);
+    }
+    remove_db(dir.path());
+    let err = match CertificateAuthority::open(dir.path()) {
+        Ok(ca) => panic!(
+            "opened with a new empty store ({} revocations)",
+            ca.revocations().unwrap().len()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("ca.db"), "{err}");
+    assert!(
+        !dir.path().join("ca.db").exists(),
+        "a refused open must not leave a new ca.db behind"
+    );
+}
+
+/// A CA whose `audit.key` is gone while `audit.pub` (what `audit verify` checks checkpoints
+/// with) is still there must refuse without writing a new key: a new `audit.key` that does not
+/// match `audit.pub` leaves the operator an error about `audit.pub`, whose natural "fix"
+/// (deleting it) silently rotates the key the existing checkpoints were signed with.
+#[test]
+fn a_missing_audit_key_is_refused_without_writing_a_new_one() {
+    let dir = make_ca_dir(KeyType::P256);
+    drop(CertificateAuthority::open(dir.path()).unwrap());
+    std::fs::remove_file(dir.path().join("audit.key")).unwrap();
+    let err = CertificateAuthority::open(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("audit.key"), "{err}");
+    assert!(
+        !dir.path().join("audit.key").exists(),
+        "a refused open must not write a new audit key"
+    );
+}
+
+/// A `ca.db` truncated to nothing (a failed copy, a restore that did not finish) is as gone as
+/// a missing one: it must not become a new empty store either.
+#[test]
+fn a_ca_db_truncated_to_nothing_is_refused() {
+    let dir = make_ca_dir(KeyType::P256);
+    drop(CertificateAuthority::open(dir.path()).unwrap());
+    remove_db(dir.path());
+    std::fs::write(dir.path().join("ca.db"), b"").unwrap();
+    let err = CertificateAuthority::open(dir.path())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ca.db"), "{err}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("ca.db")).unwrap().len(),
+        0
+    );
+}
