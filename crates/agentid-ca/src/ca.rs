@@ -174,6 +174,13 @@ pub(crate) fn load_or_create_audit_key(
     let pub_path = join(dir, files::AUDIT_PUB);
     let key = if key_path.exists() {
         load_authority_key(&key_path)?
+    } else if pub_path.exists() {
+        // The key the checkpoints were signed with is gone: a new one would not match
+        // audit.pub, and replacing both would leave the existing checkpoints unverifiable.
+        return Err(CaError::material(
+            &key_path,
+            "is missing (audit.pub is its public key): restore it from a backup",
+        ));
     } else {
         let key = AuthorityKey::generate(alg)?;
         material::write_private_key(&key_path, key.pkcs8_der())?;

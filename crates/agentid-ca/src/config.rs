@@ -102,6 +102,16 @@ fn default_next_update() -> u64 {
     DEFAULT_NEXT_UPDATE_SECS
 }
 
+fn missing_db(db: &Path, what: &str) -> CaError {
+    CaError::material(
+        db,
+        format!(
+            "the CA store {what}: restore it (with its -wal file) from a backup; if this CA \
+             used a shared database, put its `store` line back in config.toml"
+        ),
+    )
+}
+
 impl CaConfig {
     /// A configuration with default skew and refresh interval.
     pub fn new(trust_domain: TrustDomain, key_type: KeyType) -> Self {
@@ -147,10 +157,22 @@ impl CaConfig {
     /// as its audit chain's writer id.
     pub fn open_store(&self, dir: &Path, writer: &str) -> Result<Box<dyn crate::store::Store>> {
         match self.store_kind()? {
-            StoreKind::Sqlite => Ok(Box::new(crate::store::SqliteStore::open_as(
-                &crate::material::join(dir, crate::material::files::DB),
-                writer,
-            )?)),
+            StoreKind::Sqlite => {
+                let db = crate::material::join(dir, crate::material::files::DB);
+                // `agentid ca init` makes the store; a CA directory without it (deleted, not
+                // restored, or a `store` line removed from config.toml) must not start over
+                // with an empty one: its revocations, bindings, tokens and audit chain would
+                // be gone, and its revocation list would restart at seq 1.
+                match std::fs::metadata(&db) {
+                    Ok(m) if m.len() > 0 => {}
+                    Ok(_) => return Err(missing_db(&db, "is empty")),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(missing_db(&db, "is missing"))
+                    }
+                    Err(e) => return Err(CaError::io(&db, e)),
+                }
+                Ok(Box::new(crate::store::SqliteStore::open_as(&db, writer)?))
+            }
             #[cfg(feature = "postgres")]
             StoreKind::Postgres(url) => {
                 let rel = |p: &Option<PathBuf>| p.as_ref().map(|p| dir.join(p));

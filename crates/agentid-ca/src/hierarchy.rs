@@ -190,6 +190,7 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
     // 0600 before SQLite opens it (SQLite gives its journal files the database's mode).
     if !matches!(config.store_kind()?, crate::config::StoreKind::Postgres(_)) {
         material::write_public_file(&join(dir, files::DB), b"")?;
+        drop(crate::store::SqliteStore::open(&join(dir, files::DB))?);
     }
     let ca = crate::CertificateAuthority::open(dir)?;
     crate::agentid_bundle::sign_dir(&ca, dir, now_s)?;
