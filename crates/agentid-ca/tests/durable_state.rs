@@ -84,3 +84,41 @@ fn a_ca_db_truncated_to_nothing_is_refused() {
         0
     );
 }
+
+/// `audit verify` only reads the store (its help says so): run by a newer agentid on the
+/// directory of a running older CA (or on an evidence copy), it must not migrate the schema,
+/// which would leave the older `ca serve` writing a schema it does not know and refusing to
+/// start again.
+#[test]
+fn audit_verify_does_not_migrate_the_store() {
+    use agentid_ca::migrate::{schema_version, SCHEMA_VERSION};
+    let dir = make_ca_dir(KeyType::P256);
+    {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        ca.revoke(
+            &RevokeTarget::Agent("planner".into()),
+            None,
+            "operator",
+            now(),
+        )
+        .unwrap();
+    }
+    // The store as the release before the current schema left it.
+    let db = dir.path().join("ca.db");
+    let old = SCHEMA_VERSION - 1;
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "ALTER TABLE tasks DROP COLUMN max_depth; PRAGMA user_version = {old};"
+        ))
+        .unwrap();
+    }
+    let report = agentid_ca::audit::verify_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(report.chains.len(), 1);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(
+        schema_version(&conn).unwrap(),
+        old,
+        "audit verify migrated the store"
+    );
+}
