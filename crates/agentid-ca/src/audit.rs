@@ -596,8 +596,7 @@ pub fn audit_public_key(dir: &std::path::Path) -> Result<PublicKey> {
 pub fn verify_dir(dir: &std::path::Path) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
     let key = audit_public_key(dir)?;
-    let store = config.open_store(dir, DEFAULT_WRITER)?;
-    let snap = store.audit_snapshot(None)?;
+    let snap = config.read_audit_snapshot(dir, None)?;
     Ok(verify(&snap, &key, config.trust_domain.id().as_str()))
 }
 
@@ -609,8 +608,7 @@ pub fn export_dir(
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
-    let store = config.open_store(dir, DEFAULT_WRITER)?;
-    let snap = store.audit_snapshot(since)?;
+    let snap = config.read_audit_snapshot(dir, since)?;
     let mut n = 0u64;
     let io = |e: std::io::Error| CaError::Store(format!("audit export: {e}"));
     for r in &snap.records {

@@ -102,6 +102,21 @@ fn default_next_update() -> u64 {
     DEFAULT_NEXT_UPDATE_SECS
 }
 
+/// The SQLite store of the CA directory `dir`, which must exist and not be empty.
+fn sqlite_db(dir: &Path) -> Result<PathBuf> {
+    let db = crate::material::join(dir, crate::material::files::DB);
+    // `agentid ca init` makes the store; a CA directory without it (deleted, not restored, or
+    // a `store` line removed from config.toml) must not start over with an empty one: its
+    // revocations, bindings, tokens and audit chain would be gone, and its revocation list
+    // would restart at seq 1.
+    match std::fs::metadata(&db) {
+        Ok(m) if m.len() > 0 => Ok(db),
+        Ok(_) => Err(missing_db(&db, "is empty")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing_db(&db, "is missing")),
+        Err(e) => Err(CaError::io(&db, e)),
+    }
+}
+
 fn missing_db(db: &Path, what: &str) -> CaError {
     CaError::material(
         db,
@@ -158,19 +173,7 @@ impl CaConfig {
     pub fn open_store(&self, dir: &Path, writer: &str) -> Result<Box<dyn crate::store::Store>> {
         match self.store_kind()? {
             StoreKind::Sqlite => {
-                let db = crate::material::join(dir, crate::material::files::DB);
-                // `agentid ca init` makes the store; a CA directory without it (deleted, not
-                // restored, or a `store` line removed from config.toml) must not start over
-                // with an empty one: its revocations, bindings, tokens and audit chain would
-                // be gone, and its revocation list would restart at seq 1.
-                match std::fs::metadata(&db) {
-                    Ok(m) if m.len() > 0 => {}
-                    Ok(_) => return Err(missing_db(&db, "is empty")),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(missing_db(&db, "is missing"))
-                    }
-                    Err(e) => return Err(CaError::io(&db, e)),
-                }
+                let db = sqlite_db(dir)?;
                 Ok(Box::new(crate::store::SqliteStore::open_as(&db, writer)?))
             }
             #[cfg(feature = "postgres")]
@@ -188,6 +191,22 @@ impl CaConfig {
                 "store: this agentid was built without PostgreSQL support (feature `postgres`)"
                     .into(),
             )),
+        }
+    }
+
+    /// The audit snapshot of the store of `dir`, read without writing to it: SQLite's `ca.db`
+    /// through a read-only connection, never migrated (see
+    /// [`crate::store::read_audit_snapshot`]).
+    pub fn read_audit_snapshot(
+        &self,
+        dir: &Path,
+        since: Option<u64>,
+    ) -> Result<crate::audit::AuditSnapshot> {
+        match self.store_kind()? {
+            StoreKind::Sqlite => crate::store::read_audit_snapshot(&sqlite_db(dir)?, since),
+            _ => self
+                .open_store(dir, crate::audit::DEFAULT_WRITER)?
+                .audit_snapshot(since),
         }
     }
 

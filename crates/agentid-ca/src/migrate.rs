@@ -234,6 +234,14 @@ fn migrate_with(
     Ok(before)
 }
 
+/// Refuses a database whose version `found` is newer than [`SCHEMA_VERSION`].
+pub(crate) fn check_not_newer(found: u32) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(newer(found, SCHEMA_VERSION));
+    }
+    Ok(())
+}
+
 fn newer(found: u32, known: u32) -> CaError {
     CaError::Store(format!(
         "the database has schema version {found}, newer than this agentid knows ({known}): \

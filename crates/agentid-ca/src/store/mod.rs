@@ -1210,54 +1210,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
-        // One read transaction: records, checkpoints and issuances are one state.
-        let tx = self.conn.unchecked_transaction()?;
-        let since = to_i64(since.unwrap_or(0))?;
-        let records = tx
-            .prepare_cached(
-                "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= ?1 ORDER BY writer, seq",
-            )?
-            // Read whatever type each column holds (an edit can store any): a wrong one is a
-            // break `verify` names, not a failure to read.
-            .query_map(params![since], |r| {
-                use crate::audit::{stored_number_of, stored_text_of};
-                Ok(AuditRecord {
-                    writer: stored_text_of(r.get_ref(0)?),
-                    seq: stored_number_of(r.get_ref(1)?),
-                    ts: stored_number_of(r.get_ref(2)?),
-                    body: stored_text_of(r.get_ref(3)?),
-                    hash: stored_text_of(r.get_ref(4)?),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let checkpoints = tx
-            .prepare_cached(
-                "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
-            )?
-            .query_map([], |r| {
-                use crate::audit::{stored_number_of, stored_text_of};
-                Ok(CheckpointRecord {
-                    writer: stored_text_of(r.get_ref(0)?),
-                    seq: stored_number_of(r.get_ref(1)?),
-                    head: stored_text_of(r.get_ref(2)?),
-                    iat: stored_number_of(r.get_ref(3)?),
-                    jws: stored_text_of(r.get_ref(4)?),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let audited_serials = tx
-            .prepare_cached(
-                "SELECT serial FROM issuances WHERE rowid > COALESCE(
-                   (SELECT value FROM meta WHERE key = 'audit_issuances_from'), 0) ORDER BY rowid",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        tx.commit()?;
-        Ok(AuditSnapshot {
-            records,
-            checkpoints,
-            audited_serials,
-        })
+        audit_snapshot_on(&self.conn, since)
     }
 
     fn publish_revocations(
@@ -1412,6 +1365,76 @@ impl Store for SqliteStore {
 }
 
 /// [`Store::latest_expiry`] on `conn` (inside a transaction, or not).
+fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnapshot> {
+    // One read transaction: records, checkpoints and issuances are one state.
+    let tx = conn.unchecked_transaction()?;
+    let since = to_i64(since.unwrap_or(0))?;
+    let records = tx
+        .prepare_cached(
+            "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= ?1 ORDER BY writer, seq",
+        )?
+        // Read whatever type each column holds (an edit can store any): a wrong one is a
+        // break `verify` names, not a failure to read.
+        .query_map(params![since], |r| {
+            use crate::audit::{stored_number_of, stored_text_of};
+            Ok(AuditRecord {
+                writer: stored_text_of(r.get_ref(0)?),
+                seq: stored_number_of(r.get_ref(1)?),
+                ts: stored_number_of(r.get_ref(2)?),
+                body: stored_text_of(r.get_ref(3)?),
+                hash: stored_text_of(r.get_ref(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let checkpoints = tx
+        .prepare_cached(
+            "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
+        )?
+        .query_map([], |r| {
+            use crate::audit::{stored_number_of, stored_text_of};
+            Ok(CheckpointRecord {
+                writer: stored_text_of(r.get_ref(0)?),
+                seq: stored_number_of(r.get_ref(1)?),
+                head: stored_text_of(r.get_ref(2)?),
+                iat: stored_number_of(r.get_ref(3)?),
+                jws: stored_text_of(r.get_ref(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let audited_serials = tx
+        .prepare_cached(
+            "SELECT serial FROM issuances WHERE rowid > COALESCE(
+               (SELECT value FROM meta WHERE key = 'audit_issuances_from'), 0) ORDER BY rowid",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    tx.commit()?;
+    Ok(AuditSnapshot {
+        records,
+        checkpoints,
+        audited_serials,
+    })
+}
+
+/// The audit snapshot of the SQLite database at `path`, read through a read-only connection:
+/// no schema migration, no write (what `agentid audit verify` and `audit export` read may be
+/// the store of a running CA of another version, or an evidence copy). A store from before the
+/// audit chain (schema version below 2) has no records, and none of its issuances needs one.
+pub fn read_audit_snapshot(path: &Path, since: Option<u64>) -> Result<AuditSnapshot> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| CaError::Store(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let version = crate::migrate::schema_version(&conn)?;
+    crate::migrate::check_not_newer(version)?;
+    if version < 2 {
+        return Ok(AuditSnapshot::default());
+    }
+    audit_snapshot_on(&conn, since)
+}
+
 fn latest_expiry_on(conn: &Connection, kind: RevocationKind, value: &str) -> Result<Option<u64>> {
     let (cert_sql, cap_sql) = match kind {
         RevocationKind::Agent => (
