@@ -122,3 +122,83 @@ fn audit_verify_does_not_migrate_the_store() {
         "audit verify migrated the store"
     );
 }
+
+/// Two processes on one CA directory (`ca serve` and a CLI command that writes) share the SQLite
+/// write lock: issuances, revocations and token redemptions from both keep one record per
+/// certificate, one redemption per token, and one unforked audit chain.
+#[test]
+fn two_cas_on_one_directory_keep_one_chain_and_one_record_per_certificate() {
+    use agentid_ca::{OpenTaskRequest, TaskRequester};
+    use agentid_protocol::{Algorithm, Scope};
+    let dir = make_ca_dir(KeyType::P256);
+    let a = CertificateAuthority::open(dir.path()).unwrap();
+    let b = CertificateAuthority::open(dir.path()).unwrap();
+    let issued = std::sync::atomic::AtomicUsize::new(0);
+    let redeemed = std::sync::atomic::AtomicUsize::new(0);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let tokens: Vec<_> = (0..8)
+        .map(|_| {
+            a.create_bound_token(
+                "planner",
+                None,
+                &binding,
+                std::time::Duration::from_secs(600),
+                now(),
+            )
+            .unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, ca) in [&a, &b, &a, &b].into_iter().enumerate() {
+            let (issued, redeemed, tokens) = (&issued, &redeemed, &tokens);
+            s.spawn(move || {
+                for n in 0..40 {
+                    let (_k, src) = spki_key(Algorithm::Es256);
+                    let req = OpenTaskRequest::new(
+                        "planner",
+                        src,
+                        TaskRequester::Operator,
+                        Scope::parse("tickets:read").unwrap(),
+                    );
+                    ca.open_task(&req, now()).unwrap();
+                    issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n % 10 == i {
+                        ca.revoke(
+                            &RevokeTarget::Agent(format!("gone-{i}-{n}")),
+                            None,
+                            "operator",
+                            now(),
+                        )
+                        .unwrap();
+                    }
+                    if n < tokens.len() {
+                        let tok = &tokens[n];
+                        let csr = csr_with(
+                            &p256_keypair(),
+                            &[uri(tok.identity.as_spiffe_id().as_str())],
+                            |_| {},
+                        );
+                        if ca.enroll(&tok.token, csr, now()).is_ok() {
+                            issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            redeemed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        redeemed.load(std::sync::atomic::Ordering::Relaxed),
+        tokens.len()
+    );
+    let n = issued.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(a.issuances().unwrap().len(), n);
+    assert_eq!(b.issuances().unwrap().len(), n);
+    drop((a, b));
+    let report = agentid_ca::audit::verify_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(report.chains.len(), 1);
+    assert_eq!(report.issuances as usize, n);
+}
