@@ -202,3 +202,47 @@ fn two_cas_on_one_directory_keep_one_chain_and_one_record_per_certificate() {
     assert_eq!(report.chains.len(), 1);
     assert_eq!(report.issuances as usize, n);
 }
+
+/// A running CA whose store a newer agentid migrated meanwhile (a newer CLI run on the same
+/// directory, the next release started next to it) stops writing: it does not know the new
+/// schema's invariants (a column it leaves NULL may mean "unlimited" to the newer code). Its
+/// issuances and revocations are refused with the next step named, not committed.
+#[test]
+fn a_running_ca_stops_writing_once_a_newer_agentid_migrated_its_store() {
+    use agentid_ca::migrate::SCHEMA_VERSION;
+    use agentid_ca::{OpenTaskRequest, TaskRequester};
+    use agentid_protocol::{Algorithm, Scope};
+    let dir = make_ca_dir(KeyType::P256);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let open = |ca: &CertificateAuthority| {
+        let (_k, src) = spki_key(Algorithm::Es256);
+        let req = OpenTaskRequest::new(
+            "planner",
+            src,
+            TaskRequester::Operator,
+            Scope::parse("tickets:read").unwrap(),
+        );
+        ca.open_task(&req, now())
+    };
+    open(&ca).unwrap();
+    let before = ca.issuances().unwrap().len();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("ca.db")).unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+            .unwrap();
+    }
+    let err = open(&ca).unwrap_err().to_string();
+    assert!(err.contains("newer"), "{err}");
+    let err = ca
+        .revoke(
+            &RevokeTarget::Agent("planner".into()),
+            None,
+            "operator",
+            now(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("newer"), "{err}");
+    assert_eq!(ca.issuances().unwrap().len(), before);
+    assert!(ca.revocations().unwrap().is_empty());
+}
