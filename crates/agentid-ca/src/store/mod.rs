@@ -645,10 +645,14 @@ impl SqliteStore {
         })
     }
 
+    /// A write transaction, refused if a newer agentid migrated the database since it was
+    /// opened (see [`check_schema`]).
     fn immediate(&mut self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(self
+        let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_schema(&tx)?;
+        Ok(tx)
     }
 
     /// Records (or widens) `r` with its audit record in one IMMEDIATE transaction. With
@@ -1078,9 +1082,7 @@ impl Store for SqliteStore {
         // held while the entries are read, so no revocation can commit between the two. A list
         // with a higher `seq` therefore never lacks an entry that a lower one had, also with
         // several CA processes on one database.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.immediate()?;
         let v: i64 = tx
             .prepare_cached(
                 "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
@@ -1633,6 +1635,14 @@ impl IssuanceCommitter for GroupCommitter {
     }
 }
 
+/// Inside a write transaction (which holds SQLite's write lock, so the version cannot move
+/// until it ends): refuses to write a database a newer agentid migrated after this process
+/// opened it. This code does not know the newer schema's invariants (a column it would leave
+/// NULL may mean "unlimited" there), so it stops writing instead of running half-compatible.
+fn check_schema(conn: &Connection) -> Result<()> {
+    crate::migrate::check_not_newer(crate::migrate::schema_version(conn)?)
+}
+
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
@@ -1648,6 +1658,17 @@ fn run_batch(conn: &Connection, writer: &ChainWriter, batch: &[Job]) -> Vec<Resu
     };
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         return fail_all(&e);
+    }
+    if let Err(e) = check_schema(conn) {
+        let _ = exec_cached(conn, "ROLLBACK");
+        let msg = match e {
+            CaError::Store(m) => m,
+            e => e.to_string(),
+        };
+        return batch
+            .iter()
+            .map(|_| Err(CaError::Store(msg.clone())))
+            .collect();
     }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
