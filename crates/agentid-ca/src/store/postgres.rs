@@ -357,6 +357,7 @@ macro_rules! in_tx {
             attempt += 1;
             let res: PgResult<_> = async {
                 let $tx = $client.transaction().await?;
+                check_schema(&$tx).await?;
                 let out = $body.await?;
                 $tx.commit().await?;
                 Ok(out)
@@ -619,13 +620,38 @@ impl PgStore {
     }
 }
 
+/// The advisory lock a migration holds (exclusive) and every write transaction holds shared
+/// while it reads the schema version: "agentid" as a number.
+const SCHEMA_LOCK: i64 = 6170883411044;
+
+/// At the start of a write transaction: refuses to write a database a newer agentid migrated
+/// after this process opened it (a rolling upgrade whose new replicas migrated the shared
+/// database). This code does not know the newer schema's invariants (a column it would leave
+/// NULL may mean "unlimited" there), so it stops writing instead of running half-compatible.
+/// The shared lock waits for a migration in progress, and holds the next one off until this
+/// transaction ends; both statements are sent at once (one round trip).
+async fn check_schema<C: tokio_postgres::GenericClient + Sync>(tx: &C) -> PgResult<()> {
+    use crate::migrate::PG_SCHEMA_VERSION;
+    let lock = tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SCHEMA_LOCK]);
+    let version = tx.query_one("SELECT version FROM agentid_schema", &[]);
+    let (_, row) = tokio::try_join!(lock, version)?;
+    let v: i32 = row.get(0);
+    let v = u32::try_from(v).unwrap_or(u32::MAX);
+    if v > PG_SCHEMA_VERSION {
+        return Err(PgErr::Ca(CaError::Store(format!(
+            "the database has schema version {v}, newer than this agentid knows \
+             ({PG_SCHEMA_VERSION}): it was migrated by a newer agentid; run that version here"
+        ))));
+    }
+    Ok(())
+}
+
 /// Brings the database to [`crate::migrate::PG_SCHEMA_VERSION`] in one transaction under an
 /// advisory lock (replicas starting together migrate once); refuses a newer database.
 async fn migrate(c: &mut Client) -> PgResult<()> {
     use crate::migrate::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
     let tx = c.transaction().await?;
-    // "agentid" as a number: one lock id for this schema.
-    tx.execute("SELECT pg_advisory_xact_lock(6170883411044)", &[])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS agentid_schema (
