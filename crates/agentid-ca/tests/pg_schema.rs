@@ -97,3 +97,41 @@ fn a_running_replica_stops_writing_once_a_newer_agentid_migrated_the_database() 
     let err = res.unwrap_err().to_string();
     assert!(err.contains("newer"), "{err}");
 }
+
+/// A CA directory whose `config.toml` names a database that holds no agentid store (a typo in
+/// the database name, a failover to a blank standby, a `store` line added to a SQLite CA's
+/// config) must not start over with an empty store: its revocations would be gone and its
+/// revocation list would restart at seq 1, below what subscribers hold. `agentid ca init`
+/// makes the schema; opening an existing CA refuses a database without it.
+#[test]
+fn a_ca_pointed_at_an_empty_database_is_refused() {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("PostgreSQL not installed: skipped");
+        return;
+    };
+    let dir = make_pg_ca_dir(KeyType::P256, &pg, "agentid");
+    {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        ca.revoke(
+            &agentid_ca::RevokeTarget::Agent("planner".into()),
+            None,
+            "operator",
+            now(),
+        )
+        .unwrap();
+    }
+    pg.create_database("agentid_blank");
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let edited = text.replace(&pg.url("agentid"), &pg.url("agentid_blank"));
+    assert_ne!(text, edited);
+    std::fs::write(&config, edited).unwrap();
+    let err = match CertificateAuthority::open(dir.path()) {
+        Ok(ca) => panic!(
+            "opened with a new empty store ({} revocations)",
+            ca.revocations().unwrap().len()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("ca init"), "{err}");
+}
