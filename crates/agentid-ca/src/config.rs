@@ -171,6 +171,26 @@ impl CaConfig {
     /// Opens the store this configuration chooses for the CA directory `dir`, with `writer`
     /// as its audit chain's writer id.
     pub fn open_store(&self, dir: &Path, writer: &str) -> Result<Box<dyn crate::store::Store>> {
+        self.open_store_with(dir, writer, false)
+    }
+
+    /// [`CaConfig::open_store`] for `agentid ca init`, which makes the shared database's
+    /// schema; [`CaConfig::open_store`] refuses a database without it.
+    pub(crate) fn create_store(
+        &self,
+        dir: &Path,
+        writer: &str,
+    ) -> Result<Box<dyn crate::store::Store>> {
+        self.open_store_with(dir, writer, true)
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn open_store_with(
+        &self,
+        dir: &Path,
+        writer: &str,
+        create: bool,
+    ) -> Result<Box<dyn crate::store::Store>> {
         match self.store_kind()? {
             StoreKind::Sqlite => {
                 let db = sqlite_db(dir)?;
@@ -184,7 +204,11 @@ impl CaConfig {
                     rel(&self.store_password_file).as_deref(),
                     rel(&self.store_ca_file).as_deref(),
                 )?;
-                Ok(Box::new(crate::store::PgStore::open_as(settings, writer)?))
+                Ok(Box::new(if create {
+                    crate::store::PgStore::open_as(settings, writer)?
+                } else {
+                    crate::store::PgStore::open_existing(settings, writer)?
+                }))
             }
             #[cfg(not(feature = "postgres"))]
             StoreKind::Postgres(_) => Err(CaError::InvalidRequest(

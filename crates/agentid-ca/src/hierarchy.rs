@@ -116,7 +116,7 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
     // A shared database is reached (and its schema made) before any key is written, so that a
     // wrong URL, password or TLS setting leaves no half-made CA directory behind.
     if matches!(config.store_kind()?, crate::config::StoreKind::Postgres(_)) {
-        drop(config.open_store(dir, crate::audit::DEFAULT_WRITER)?);
+        drop(config.create_store(dir, crate::audit::DEFAULT_WRITER)?);
     }
 
     // Whoever can read the directory is the operator: 0700, every file in it 0600.

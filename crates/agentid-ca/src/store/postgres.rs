@@ -580,6 +580,18 @@ impl PgStore {
     /// [`PgStore::open`] with `writer` as the audit chain's writer id (one per replica is
     /// best; replicas that share one id are serialized by the chain head's row lock).
     pub fn open_as(settings: PgSettings, writer: &str) -> Result<Self> {
+        Self::open_with(settings, writer, true)
+    }
+
+    /// [`PgStore::open_as`] for a CA that already has its store: a database without the
+    /// agentid schema (a wrong database name, a blank standby) is refused, not given a new
+    /// empty store, which would lose the CA's revocations and restart its revocation list at
+    /// seq 1. `agentid ca init` makes the schema.
+    pub fn open_existing(settings: PgSettings, writer: &str) -> Result<Self> {
+        Self::open_with(settings, writer, false)
+    }
+
+    fn open_with(settings: PgSettings, writer: &str, create: bool) -> Result<Self> {
         if writer.is_empty() || writer.len() > 64 {
             return Err(CaError::InvalidRequest(
                 "an audit writer id has 1 to 64 bytes".into(),
@@ -597,7 +609,7 @@ impl PgStore {
             idle: Mutex::new(Vec::new()),
             writer: ChainWriter::new(writer),
         });
-        inner.run(|c| Box::pin(migrate(c)))?;
+        inner.run(move |c| Box::pin(migrate(c, create)))?;
         Ok(PgStore { inner })
     }
 
@@ -648,7 +660,7 @@ async fn check_schema<C: tokio_postgres::GenericClient + Sync>(tx: &C) -> PgResu
 
 /// Brings the database to [`crate::migrate::PG_SCHEMA_VERSION`] in one transaction under an
 /// advisory lock (replicas starting together migrate once); refuses a newer database.
-async fn migrate(c: &mut Client) -> PgResult<()> {
+async fn migrate(c: &mut Client, create: bool) -> PgResult<()> {
     use crate::migrate::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
     let tx = c.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
@@ -658,11 +670,19 @@ async fn migrate(c: &mut Client) -> PgResult<()> {
            one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL)",
     )
     .await?;
-    let current: i32 = tx
+    let current: Option<i32> = tx
         .query_opt("SELECT version FROM agentid_schema", &[])
         .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0);
+        .map(|r| r.get(0));
+    if current.is_none() && !create {
+        return Err(PgErr::Ca(CaError::Store(
+            "the database holds no agentid store (no agentid_schema): check `store` in \
+             config.toml, or restore the database; `agentid ca init --store` makes a new CA's \
+             store"
+                .into(),
+        )));
+    }
+    let current = current.unwrap_or(0);
     let current = u32::try_from(current).unwrap_or(u32::MAX);
     if current > PG_SCHEMA_VERSION {
         return Err(PgErr::Ca(CaError::Store(format!(
