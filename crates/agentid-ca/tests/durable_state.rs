@@ -246,3 +246,31 @@ fn a_running_ca_stops_writing_once_a_newer_agentid_migrated_its_store() {
     assert_eq!(ca.issuances().unwrap().len(), before);
     assert!(ca.revocations().unwrap().is_empty());
 }
+
+/// `config.toml`'s `trust_domain` edited after `ca init` (a copy-paste from another CA's
+/// config): the CA must refuse to open rather than issue identities of another trust domain
+/// under this root and sign checkpoints for it, after which `audit verify` reports the
+/// untouched chain as broken ("signed for spiffe://example.org, not spiffe://other.example").
+#[test]
+fn a_trust_domain_edited_in_config_toml_is_refused() {
+    let dir = make_ca_dir(KeyType::P256);
+    {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        ca.revoke(
+            &RevokeTarget::Agent("planner".into()),
+            None,
+            "operator",
+            now(),
+        )
+        .unwrap();
+        ca.checkpoint_audit(now(), true).unwrap();
+    }
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("example.org", "other.example")).unwrap();
+    let err = match CertificateAuthority::open(dir.path()) {
+        Ok(_) => panic!("opened with a trust domain its certificates and audit chain are not of"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("trust_domain"), "{err}");
+}
