@@ -201,6 +201,31 @@ pub(crate) fn load_or_create_audit_key(
     Ok(key)
 }
 
+/// `config.toml`'s trust domain against the one `agentid ca init` named the issuing
+/// certificate for (`CN=agentid issuing CA <trust domain>`): an edited `trust_domain` would
+/// have the CA issue identities of another trust domain under this root and sign audit
+/// checkpoints for it (after which `audit verify` calls the untouched chain broken). An
+/// intermediate named otherwise (not made by `ca init`) is not checked.
+fn check_trust_domain(dir: &Path, config: &CaConfig, intermediate: &[u8]) -> Result<()> {
+    const PREFIX: &str = "agentid issuing CA ";
+    let cn = crate::profile::cert_common_name(intermediate)?;
+    let Some(td) = cn.as_deref().and_then(|cn| cn.strip_prefix(PREFIX)) else {
+        return Ok(());
+    };
+    if td != config.trust_domain.as_str() {
+        return Err(CaError::material(
+            join(dir, files::CONFIG),
+            format!(
+                "trust_domain {:?} is not the trust domain of this CA's certificates ({td:?}, \
+                 {}): put it back (a CA serves the one trust domain it was made for)",
+                config.trust_domain.as_str(),
+                files::INTERMEDIATE_CERT
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn load_authority_key(path: &Path) -> Result<AuthorityKey> {
     let der = material::read_private_key(path)?;
     AuthorityKey::from_pkcs8_der(&der).map_err(|e| CaError::material(path, e.to_string()))
@@ -222,6 +247,7 @@ impl CertificateAuthority {
         let policy = Policy::load(&join(dir, files::POLICY))?;
         let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
         let intermediate = material::read_one_certificate(&join(dir, files::INTERMEDIATE_CERT))?;
+        check_trust_domain(dir, &config, &intermediate)?;
         let int_key_path = join(dir, files::INTERMEDIATE_KEY);
         let int_key = material::read_private_key(&int_key_path)?;
         let issuer = FileX509Signer::from_pkcs8_der(&int_key, config.key_type)

@@ -89,6 +89,20 @@ pub(crate) fn sign_leaf(
 }
 
 /// notAfter of a CA certificate, Unix seconds.
+/// The subject common name of a certificate, if it has one (UTF-8).
+pub(crate) fn cert_common_name(der: &[u8]) -> Result<Option<String>> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| CaError::CertificateGeneration(format!("certificate: {e}")))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    Ok(cn)
+}
+
 pub(crate) fn cert_not_after(der: &[u8]) -> Result<u64> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
