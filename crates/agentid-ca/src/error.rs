@@ -275,6 +275,51 @@ fn unix_time(secs: &u64) -> String {
 
 impl From<rusqlite::Error> for CaError {
     fn from(e: rusqlite::Error) -> Self {
-        CaError::Store(e.to_string())
+        use rusqlite::ErrorCode as C;
+        // The two failures an operator must act on say what to do; nothing of the failed
+        // transaction was recorded either way.
+        let next = match e.sqlite_error_code() {
+            Some(C::DiskFull) => Some(
+                "the disk holding the CA directory is full: free space there and retry (nothing of \
+                 this operation was recorded)",
+            ),
+            Some(C::DatabaseCorrupt | C::NotADatabase) => Some(
+                "ca.db is damaged: stop every process using this CA directory, check it with \
+                 `sqlite3 ca.db 'PRAGMA integrity_check'` and restore it (with its -wal file) from \
+                 a backup",
+            ),
+            _ => None,
+        };
+        match next {
+            Some(next) => CaError::Store(format!("{e}; {next}")),
+            None => CaError::Store(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CaError;
+
+    fn store_error(code: std::ffi::c_int) -> String {
+        CaError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+        .to_string()
+    }
+
+    /// A full disk and a damaged database say what the operator must do; other store errors
+    /// are SQLite's own words.
+    #[test]
+    fn a_full_disk_and_a_damaged_database_name_the_next_step() {
+        let full = store_error(rusqlite::ffi::SQLITE_FULL);
+        assert!(full.contains("free space"), "{full}");
+        for code in [rusqlite::ffi::SQLITE_CORRUPT, rusqlite::ffi::SQLITE_NOTADB] {
+            let damaged = store_error(code);
+            assert!(damaged.contains("restore it"), "{damaged}");
+        }
+        let busy = store_error(rusqlite::ffi::SQLITE_BUSY);
+        assert!(!busy.contains(';'), "{busy}");
     }
 }

@@ -85,6 +85,22 @@ fn a_ca_db_truncated_to_nothing_is_refused() {
     );
 }
 
+/// A `ca.db` that is not a database (overwritten, or damaged past its header) is refused with
+/// what to do (check it, restore it from a backup), not only SQLite's own words.
+#[test]
+fn a_ca_db_that_is_not_a_database_names_the_next_step() {
+    let dir = make_ca_dir(KeyType::P256);
+    drop(CertificateAuthority::open(dir.path()).unwrap());
+    remove_db(dir.path());
+    std::fs::write(dir.path().join("ca.db"), vec![0x5a; 8192]).unwrap();
+    let err = CertificateAuthority::open(dir.path())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ca.db is damaged"), "{err}");
+    assert!(err.contains("restore it"), "{err}");
+}
+
 /// `audit verify` only reads the store (its help says so): run by a newer agentid on the
 /// directory of a running older CA (or on an evidence copy), it must not migrate the schema,
 /// which would leave the older `ca serve` writing a schema it does not know and refusing to
