@@ -677,24 +677,15 @@ async fn the_client_tells_the_server_why_it_refuses_the_accept() {
     ];
     for (name, ty, body, check, code) in cases {
         let a = Domain::new("example.org");
-        let v = verification(SERVER, &[&a], false);
-        let sk = key();
-        let cfg = raw_server_config(&v, leaf(&a.ca, SERVER, &sk, &LeafOpts::default()), &sk);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let h = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
-                .accept(tcp)
-                .await
-                .unwrap();
+        let (addr, h) = hand_driven_server(&a, &key(), move |mut tls| async move {
             let hello = frame::read_frame(&mut tls).await.unwrap().unwrap();
             assert_eq!(hello.ty, FrameType::Hello);
             frame::write_frame(&mut tls, ty, &body).await.unwrap();
             tokio::time::timeout(T, frame::read_frame(&mut tls))
                 .await
                 .unwrap()
-        });
+        })
+        .await;
         let creds = credentials(&a.ca, CLIENT);
         let c = client(
             creds,
@@ -774,21 +765,13 @@ async fn require_server_in_audience_holds_for_reauth() {
 #[tokio::test]
 async fn a_client_sends_no_hello_to_a_server_its_list_revokes() {
     let a = Domain::new("example.org");
-    let v = verification(SERVER, &[&a], false);
     let sk = key();
-    let cfg = raw_server_config(&v, leaf(&a.ca, SERVER, &sk, &LeafOpts::default()), &sk);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let h = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
-            .accept(tcp)
-            .await
-            .unwrap();
+    let (addr, h) = hand_driven_server(&a, &sk, |mut tls| async move {
         tokio::time::timeout(T, frame::read_frame(&mut tls))
             .await
             .unwrap()
-    });
+    })
+    .await;
     let cv = verification(CLIENT, &[&a], true);
     let jkt = sk.public_key().thumbprint();
     cv.apply_revocation_list(&a.revocation_list(1, |b| b.revoke_key(&jkt, now() + 600)))
@@ -802,4 +785,31 @@ async fn a_client_sends_no_hello_to_a_server_its_list_revokes() {
     if let Ok(Some(f)) = h.await.unwrap() {
         panic!("the revoked server read a {:?} frame", f.ty);
     }
+}
+
+/// A server driven by hand on 127.0.0.1 (TLS with `key`'s certificate for `SERVER` in `a`, no
+/// agentid session): `serve` gets the accepted TLS stream of its one connection.
+async fn hand_driven_server<F, Fut, R>(
+    a: &Domain,
+    key: &agentid_protocol::TaskKey,
+    serve: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<R>)
+where
+    F: FnOnce(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send,
+    R: Send + 'static,
+{
+    let v = verification(SERVER, &[a], false);
+    let cfg = raw_server_config(&v, leaf(&a.ca, SERVER, key, &LeafOpts::default()), key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(tcp)
+            .await
+            .unwrap();
+        serve(tls).await
+    });
+    (addr, h)
 }
