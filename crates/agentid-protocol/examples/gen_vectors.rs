@@ -4070,6 +4070,900 @@ fn inputs(k: &Keys) -> File {
 // main
 // ------------------------------------------------------------------------------------------------
 
+// ------------------------------------------------------------------------------------------------
+// Rules that had no vector: size caps (3.4), DER ES256 signatures (4.3), lengths of `prev`, `cb`,
+// `cth`, `rth` and `jkt` (6.2, 6.4, 14.1 R7), trust bundle content (8), revocation list framing
+// and header (14.1 R1, R2) and the order of phase 5 against the other phases (10).
+// ------------------------------------------------------------------------------------------------
+
+/// The length of the unpadded base64url encoding of `n` bytes.
+fn b64_len(n: usize) -> usize {
+    (4 * n).div_ceil(3)
+}
+
+/// A token whose compact serialization is exactly `len` bytes, with a 64-byte signature: JSON
+/// whitespace (section 3.2) is appended to the payload and, when the payload part would need a
+/// length L with L mod 4 = 1 (which no base64url part has), one space to the header. `sign` signs
+/// the raw header and payload bytes.
+fn token_of_len(
+    len: usize,
+    header: &Value,
+    claims: &Value,
+    sign: &dyn Fn(&[u8], &[u8]) -> String,
+) -> String {
+    let base_h = to_vec(header);
+    let base_p = to_vec(claims);
+    for h_pad in 0..2 {
+        let mut h = base_h.clone();
+        h.extend(std::iter::repeat_n(b' ', h_pad));
+        let fixed = b64_len(h.len()) + 2 + b64_len(64);
+        let Some(target) = len.checked_sub(fixed) else {
+            continue;
+        };
+        for p_pad in 0..4 {
+            let n = target * 3 / 4 + p_pad;
+            if n < base_p.len() || b64_len(n) != target {
+                continue;
+            }
+            let mut p = base_p.clone();
+            p.extend(std::iter::repeat_n(b' ', n - base_p.len()));
+            let tok = sign(&h, &p);
+            assert_eq!(tok.len(), len);
+            return tok;
+        }
+    }
+    unreachable!("no token of {len} bytes");
+}
+
+/// DER (`SEQUENCE { INTEGER r, INTEGER s }`) of a 64-byte `r || s` signature.
+fn der_of(raw: &[u8]) -> Vec<u8> {
+    let int = |x: &[u8]| {
+        let mut v: Vec<u8> = x.iter().copied().skip_while(|b| *b == 0).collect();
+        if v.first().is_none_or(|b| b & 0x80 != 0) {
+            v.insert(0, 0);
+        }
+        let mut out = vec![0x02, u8::try_from(v.len()).unwrap()];
+        out.extend(v);
+        out
+    };
+    let mut body = int(&raw[..32]);
+    body.extend(int(&raw[32..]));
+    let mut out = vec![0x30, u8::try_from(body.len()).unwrap()];
+    out.extend(body);
+    out
+}
+
+/// Signs with `sign` until the ES256 signature's DER form is 70 bytes (r and s both 32 bytes
+/// with the high bit clear), and returns the token and that DER signature.
+fn es256_with_der_70(sign: &dyn Fn() -> String) -> (String, Vec<u8>) {
+    loop {
+        let tok = sign();
+        let raw = unb64(tok.rsplit_once('.').unwrap().1);
+        assert_eq!(raw.len(), 64);
+        let der = der_of(&raw);
+        if der.len() == 70 {
+            return (tok, der);
+        }
+    }
+}
+
+fn with_signature(tok: &str, sig: &[u8]) -> String {
+    format!("{}.{}", tok.rsplit_once('.').unwrap().0, b64(sig))
+}
+
+fn more_framing(k: &Keys, f: &mut File) {
+    // 3.4: a chain token is at most 8192 bytes, a chain at most 65536 (PROTOCOL.md 1.1, 1.4.1).
+    let grant_of = |len: usize| {
+        let signer = k.ges();
+        token_of_len(
+            len,
+            &grant_header(signer),
+            &grant_claims(k, "planner", "files:read"),
+            &|h, p| sign_with_authority_key(signer, h, p).unwrap(),
+        )
+    };
+    let g = Ch::raw(grant_of(8192), "planner");
+    f.add(
+        "framing-grant-8192-bytes",
+        "A grant of exactly 8192 bytes (its payload ends in JSON whitespace): at the cap, valid.",
+        cin(k, &g),
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            G_IAT,
+            G_EXP,
+            "g-planner",
+        ),
+    );
+    let g = Ch::raw(grant_of(8193), "planner");
+    f.add(
+        "framing-grant-8193-bytes",
+        "The same grant at 8193 bytes (one more byte of JSON whitespace), properly signed: token_too_large.",
+        cin(k, &g),
+        err("token_too_large", Some(0)),
+    );
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let link_of = |len: usize| {
+        let key = k.t("planner");
+        let tok = token_of_len(
+            len,
+            &link_header(key),
+            &link_claims(k, g.last(), "planner", "researcher", "files:read"),
+            &|h, p| sign_with_task_key(key, h, p).unwrap(),
+        );
+        g.push(tok, "researcher")
+    };
+    f.add(
+        "framing-link-8192-bytes",
+        "A link of exactly 8192 bytes: at the cap, valid.",
+        cin(k, &link_of(8192)),
+        ok(
+            &["planner", "researcher"],
+            "files:read",
+            &[TD_ID],
+            L_IAT,
+            L_EXP,
+            "g-planner",
+        ),
+    );
+    f.add(
+        "framing-link-8193-bytes",
+        "A properly signed link of 8193 bytes after a valid grant: token_too_large at index 1.",
+        cin(k, &link_of(8193)),
+        err("token_too_large", Some(1)),
+    );
+    for (len, id, desc, expected) in [
+        (
+            65536,
+            "framing-chain-65536-bytes",
+            "A depth-8 chain (the holders of valid-depth8) of exactly 65536 bytes, every token padded with JSON whitespace: at the cap, valid.",
+            ok(
+                &[
+                    "planner",
+                    "researcher",
+                    "coder",
+                    "reviewer",
+                    "tester",
+                    "deployer",
+                    "auditor",
+                    "writer",
+                    "summarizer",
+                ],
+                "files:read",
+                &[TD_ID],
+                L_IAT,
+                L_EXP,
+                "g-planner",
+            ),
+        ),
+        (
+            65537,
+            "framing-chain-65537-bytes",
+            "The same chain at 65537 bytes, every token properly signed and within its own cap: chain_too_large.",
+            err("chain_too_large", None),
+        ),
+    ] {
+        let ch = big_chain(k, len);
+        f.add(id, desc, cin(k, &ch), expected);
+    }
+}
+
+/// The chain of `depth8` (planner to summarizer) padded to exactly `len` bytes: eight tokens of
+/// 7281 bytes and a last one of `len - 8 - 8 * 7281`.
+fn big_chain(k: &Keys, len: usize) -> Ch {
+    let names = [
+        "researcher",
+        "coder",
+        "reviewer",
+        "tester",
+        "deployer",
+        "auditor",
+        "writer",
+        "summarizer",
+    ];
+    let scopes = [
+        "files:* tickets:read",
+        "files:*",
+        "files:read files:write",
+        "files:read",
+        "files:read",
+        "files:read",
+        "files:read",
+        "files:read",
+    ];
+    let signer = k.ges();
+    let mut ch = Ch::raw(
+        token_of_len(
+            7281,
+            &grant_header(signer),
+            &grant_claims(k, "planner", "files:* tickets:*"),
+            &|h, p| sign_with_authority_key(signer, h, p).unwrap(),
+        ),
+        "planner",
+    );
+    for (i, (n, s)) in names.iter().zip(scopes).enumerate() {
+        let from = ch.holder().to_owned();
+        let key = k.t(&from);
+        let size = if i == 7 { len - 8 - 8 * 7281 } else { 7281 };
+        let tok = token_of_len(
+            size,
+            &link_header(key),
+            &link_claims(k, ch.last(), &from, n, s),
+            &|h, p| sign_with_task_key(key, h, p).unwrap(),
+        );
+        ch = ch.push(tok, n);
+    }
+    assert_eq!(ch.s().len(), len);
+    ch
+}
+
+fn more_signatures(k: &Keys, f: &mut File) {
+    // 4.3: an ES256 signature is 64 bytes r || s; the DER form of the same (r, s) is refused.
+    let claims = grant_claims(k, "planner", "files:read");
+    let (tok, der) = es256_with_der_70(&|| sign_a(k.ges(), &grant_header(k.ges()), &claims));
+    f.add(
+        "es256-raw-signature-of-der-pair",
+        "A grant with a 64-byte r || s signature whose r and s have the high bit clear (the pair of es256-der-signature): valid.",
+        cin(k, &Ch::raw(tok.clone(), "planner")),
+        ok(&["planner"], "files:read", &[TD_ID], G_IAT, G_EXP, "g-planner"),
+    );
+    f.add(
+        "es256-der-signature",
+        "The same grant with the same (r, s) as a 70-byte DER signature: bad_signature.",
+        cin(k, &Ch::raw(with_signature(&tok, &der), "planner")),
+        err("bad_signature", Some(0)),
+    );
+    let mut long = unb64(tok.rsplit_once('.').unwrap().1);
+    long.push(0);
+    f.add(
+        "es256-signature-65-bytes",
+        "The same grant's valid 64-byte signature followed by one zero byte: bad_signature.",
+        cin(k, &Ch::raw(with_signature(&tok, &long), "planner")),
+        err("bad_signature", Some(0)),
+    );
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let lc = link_claims(k, g.last(), "planner", "coder", "files:read");
+    let (tok, der) =
+        es256_with_der_70(&|| sign_t(k.t("planner"), &link_header(k.t("planner")), &lc));
+    f.add(
+        "es256-der-signature-link",
+        "A link signed by the planner's P-256 key, its signature sent as 70-byte DER: bad_signature at index 1.",
+        cin(k, &g.push(with_signature(&tok, &der), "coder")),
+        err("bad_signature", Some(1)),
+    );
+
+    // Section 8: bundle content rules. Each case changes example.org's bundle of a valid grant.
+    let ch = Ch::grant(k, "planner", "files:read", |_| {});
+    let good = ok(
+        &["planner"],
+        "files:read",
+        &[TD_ID],
+        G_IAT,
+        G_EXP,
+        "g-planner",
+    );
+    let mut b = |id: &str, desc: &str, change: &dyn Fn(&mut Value), expected: Value| {
+        let mut inp = cin(k, &ch);
+        change(&mut inp["bundles"][TD]);
+        f.add(id, desc, inp, expected);
+    };
+    let bad = || err("bad_bundle", None);
+    b(
+        "bundle-keys-missing",
+        "A bundle object without `keys`.",
+        &|v| {
+            v.as_object_mut().unwrap().remove("keys");
+        },
+        bad(),
+    );
+    b(
+        "bundle-keys-not-array",
+        "A bundle whose `keys` is an object.",
+        &|v| v["keys"] = json!({}),
+        bad(),
+    );
+    b(
+        "bundle-sequence-absent",
+        "A bundle without `spiffe_sequence` (absent means 0): valid.",
+        &|v| {
+            v.as_object_mut().unwrap().remove("spiffe_sequence");
+        },
+        good.clone(),
+    );
+    b(
+        "bundle-sequence-max-safe-integer",
+        "`spiffe_sequence` = 2^53 - 1, the largest integer of section 3.3: valid.",
+        &|v| v["spiffe_sequence"] = json!(9_007_199_254_740_991_u64),
+        good.clone(),
+    );
+    b(
+        "bundle-sequence-2-pow-53",
+        "`spiffe_sequence` = 2^53, not an integer of section 3.3.",
+        &|v| v["spiffe_sequence"] = json!(9_007_199_254_740_992_u64),
+        bad(),
+    );
+    b(
+        "bundle-sequence-negative",
+        "`spiffe_sequence` = -1.",
+        &|v| v["spiffe_sequence"] = json!(-1),
+        bad(),
+    );
+    b(
+        "bundle-sequence-string",
+        "`spiffe_sequence` given as the string \"1\".",
+        &|v| v["spiffe_sequence"] = json!("1"),
+        bad(),
+    );
+    b(
+        "bundle-refresh-hint-fraction",
+        "`spiffe_refresh_hint` = 300.5.",
+        &|v| v["spiffe_refresh_hint"] = json!(300.5),
+        bad(),
+    );
+    b(
+        "bundle-unknown-top-level-member-ignored",
+        "A bundle with an unknown top-level member (ignored): valid.",
+        &|v| v["x-publisher"] = json!({"note": "ignored"}),
+        good.clone(),
+    );
+    b(
+        "bundle-entry-not-object",
+        "A `keys` element that is a string.",
+        &|v| {
+            v["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("agentid-grant"))
+        },
+        bad(),
+    );
+    b(
+        "bundle-entry-without-use",
+        "A `keys` element without `use` (the grant key's entry with `use` removed).",
+        &|v| {
+            v["keys"][1].as_object_mut().unwrap().remove("use");
+        },
+        bad(),
+    );
+    b(
+        "bundle-entry-use-not-string",
+        "A `keys` element whose `use` is a number.",
+        &|v| {
+            v["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"use": 1, "kty": "OKP"}))
+        },
+        bad(),
+    );
+    b(
+        "bundle-grant-entry-extra-member",
+        "A grant key entry with a member besides kty, crv, x, y, alg, use, kid (`ext`).",
+        &|v| v["keys"][0]["ext"] = json!(true),
+        bad(),
+    );
+    b(
+        "bundle-grant-entry-missing-kid",
+        "A grant key entry without `kid`.",
+        &|v| {
+            v["keys"][1].as_object_mut().unwrap().remove("kid");
+        },
+        bad(),
+    );
+    b(
+        "bundle-grant-entry-ed25519-with-y",
+        "An Ed25519 grant key entry carrying a `y` member.",
+        &|v| v["keys"][1]["y"] = v["keys"][1]["x"].clone(),
+        bad(),
+    );
+    b(
+        "bundle-grant-entry-alg-mismatch",
+        "The P-256 grant key entry with `alg` Ed25519.",
+        &|v| v["keys"][0]["alg"] = json!("Ed25519"),
+        bad(),
+    );
+    b(
+        "bundle-grant-entry-alg-eddsa",
+        "The Ed25519 grant key entry with `alg` EdDSA (allowed with Ed25519): valid.",
+        &|v| v["keys"][1]["alg"] = json!("EdDSA"),
+        good.clone(),
+    );
+    b(
+        "bundle-grant-entry-listed-twice",
+        "The same grant key entry listed twice under agentid-grant: one kid twice.",
+        &|v| {
+            let e = v["keys"][0].clone();
+            v["keys"].as_array_mut().unwrap().push(e);
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-x5c-not-array",
+        "An x509-svid entry whose `x5c` is a string, not an array of one string.",
+        &|v| {
+            v["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"use": "x509-svid", "kty": "EC", "x5c": "MAA="}))
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-x5c-empty",
+        "An x509-svid entry whose `x5c` is an empty array.",
+        &|v| {
+            v["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"use": "x509-svid", "kty": "EC", "x5c": []}))
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-not-der",
+        "An x509-svid entry whose one `x5c` string is canonical base64 of bytes that are not a DER certificate.",
+        &|v| {
+            v["keys"].as_array_mut().unwrap().push(
+                json!({"use": "x509-svid", "kty": "EC", "x5c": ["bm90IGEgY2VydGlmaWNhdGU="]}),
+            )
+        },
+        bad(),
+    );
+    let mut inp = cin(k, &ch);
+    inp["bundles"][PTD] = json!({"keys": []});
+    f.add(
+        "bundle-partner-empty-keys",
+        "partner.example's bundle has an empty `keys` array (allowed); the chain does not involve it: valid.",
+        inp,
+        good,
+    );
+}
+
+fn more_claims(k: &Keys, f: &mut File) {
+    let g = Ch::grant(k, "planner", "files:*", |_| {});
+    let ch = g.link(k, "researcher", "files:read", |c| {
+        let mut p = unb64(c["prev"].as_str().unwrap());
+        p.push(0);
+        c["prev"] = json!(b64(&p));
+    });
+    f.add(
+        "link-prev-33-bytes",
+        "A link whose `prev` is the right SHA-256 followed by one zero byte (33 bytes): bad_claim, not prev_mismatch.",
+        cin(k, &ch),
+        err("bad_claim", Some(1)),
+    );
+    let ch = g.link(k, "researcher", "files:read", |c| {
+        let p = unb64(c["prev"].as_str().unwrap());
+        c["prev"] = json!(b64(&p[..31]));
+    });
+    f.add(
+        "link-prev-31-bytes-prefix",
+        "A link whose `prev` is the first 31 bytes of the right SHA-256: bad_claim.",
+        cin(k, &ch),
+        err("bad_claim", Some(1)),
+    );
+}
+
+fn more_time(k: &Keys, f: &mut File) {
+    let grant = |iat: u64, nbf: u64, exp: u64| {
+        Ch::grant(k, "planner", "files:read", |c| {
+            c["iat"] = json!(iat);
+            c["nbf"] = json!(nbf);
+            c["exp"] = json!(exp);
+        })
+    };
+    f.add(
+        "time-order-bad-validity-before-lifetime",
+        "A grant with nbf > exp and a lifetime over 24 h: 5.1 (bad_validity) comes before 5.2.",
+        cin(k, &grant(NOW - 100_000, NOW + 10, NOW + 5)),
+        err("bad_validity", Some(0)),
+    );
+    f.add(
+        "time-order-lifetime-before-issued-in-future",
+        "A grant living 24 h + 1 s whose iat = now + skew + 1: 5.2 (lifetime_exceeded) comes before 5.3.",
+        cin(k, &grant(NOW + 61, NOW + 61, NOW + 61 + 86_401)),
+        err("lifetime_exceeded", Some(0)),
+    );
+    f.add(
+        "time-order-issued-in-future-before-not-yet-valid",
+        "iat = now + skew + 1 and nbf = now + skew + 40: 5.3 (issued_in_future) comes before 5.4.",
+        cin(k, &grant(NOW + 61, NOW + 100, NOW + 3600)),
+        err("issued_in_future", Some(0)),
+    );
+    let ch = grant(NOW, NOW + 61, G_EXP).link(k, "researcher", "files:read", |c| {
+        c["nbf"] = json!(L_EXP + 1)
+    });
+    f.add(
+        "time-order-per-token",
+        "The grant is not yet valid (5.4) and the link has nbf > exp (5.1): phase 5 runs all its checks on token 0 before token 1, so not_yet_valid at 0.",
+        cin(k, &ch),
+        err("not_yet_valid", Some(0)),
+    );
+    let ch = grant(NOW - 7200, NOW - 7200, NOW - 3600).link(k, "researcher", "files:read", |c| {
+        c["iat"] = json!(NOW - 7000);
+        c["nbf"] = json!(NOW - 7000);
+        c["exp"] = json!(NOW - 3700);
+        c["jti"] = json!("l researcher");
+    });
+    f.add(
+        "time-order-claims-before-time",
+        "The grant and the link have expired and the link's jti has a space: phase 3 (link 1) runs before phase 5 (grant).",
+        cin(k, &ch),
+        err("bad_claim", Some(1)),
+    );
+    let ch = grant(NOW - 7200, NOW - 7200, NOW - 3600);
+    f.add(
+        "time-order-time-before-possession",
+        "An expired grant presented by another peer (mallory, another key and ID): phase 5 (expired) runs before phase 7.",
+        input(k, Some(&ch), "mallory"),
+        err("expired", Some(0)),
+    );
+    let ch = Ch::grant(k, "planner", "files:read", |c| {
+        c["iat"] = json!(NOW - 7200);
+        c["nbf"] = json!(NOW - 7200);
+        c["exp"] = json!(NOW - 3600);
+        c["aud"] = json!([OTHER_SVC]);
+    });
+    f.add(
+        "time-order-time-before-audience",
+        "An expired grant addressed to another service: phase 5 (expired) runs before phase 8.",
+        cin(k, &ch),
+        err("expired", Some(0)),
+    );
+    f.add(
+        "valid-nbf-equals-exp",
+        "nbf = exp = now (5.1 allows nbf = exp): valid, since now is in [nbf - skew, exp + skew).",
+        cin(k, &grant(NOW - 100, NOW, NOW)),
+        ok(&["planner"], "files:read", &[TD_ID], NOW, NOW, "g-planner"),
+    );
+    let mut t0 = |id: &str, desc: &str, ch: Ch, expected: Value| {
+        let mut inp = cin(k, &ch);
+        inp["skew"] = json!(0);
+        f.add(id, desc, inp, expected);
+    };
+    t0(
+        "valid-skew-zero-at-nbf",
+        "skew 0 and now = nbf: valid.",
+        grant(NOW, NOW, NOW + 600),
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            NOW,
+            NOW + 600,
+            "g-planner",
+        ),
+    );
+    t0(
+        "skew-zero-one-second-before-nbf",
+        "skew 0 and now = nbf - 1: not yet valid.",
+        grant(NOW, NOW + 1, NOW + 600),
+        err("not_yet_valid", Some(0)),
+    );
+    t0(
+        "valid-skew-zero-one-second-before-exp",
+        "skew 0 and now = exp - 1: valid.",
+        grant(NOW - 600, NOW - 600, NOW + 1),
+        ok(
+            &["planner"],
+            "files:read",
+            &[TD_ID],
+            NOW - 600,
+            NOW + 1,
+            "g-planner",
+        ),
+    );
+    t0(
+        "skew-zero-iat-one-second-ahead",
+        "skew 0 and iat = now + 1: issued_in_future.",
+        grant(NOW + 1, NOW, NOW + 600),
+        err("issued_in_future", Some(0)),
+    );
+}
+
+fn more_revocation(k: &Keys, f: &mut File) {
+    let ch = Ch::grant(k, "planner", "files:read", |_| {});
+    let good = ok(
+        &["planner"],
+        "files:read",
+        &[TD_ID],
+        G_IAT,
+        G_EXP,
+        "g-planner",
+    );
+    let kid = k.rev().public_key().thumbprint();
+    let header = json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": kid});
+    let claims =
+        json!({"iss": TD_ID, "seq": 1, "iat": NOW - 60, "next_update": NOW + 540, "entries": []});
+    let with_list = |list: String| {
+        let mut inp = cin(k, &ch);
+        inp["revocation_lists"] = json!([list]);
+        inp
+    };
+    let good_list = sign_a(k.rev(), &header, &claims);
+    let (body, sig) = good_list.rsplit_once('.').unwrap();
+    let (hb, pb) = body.split_once('.').unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = alphabet.find(sig.chars().last().unwrap()).unwrap();
+    let noncanon = format!(
+        "{body}.{}{}",
+        &sig[..sig.len() - 1],
+        alphabet.chars().nth(last | 1).unwrap()
+    );
+    let mut h_rt = header.clone();
+    h_rt["typ"] = json!("Application/AGENTID-REVOCATIONS+JWT");
+    let bad = || err("bad_revocation_list", None);
+    let raw_header =
+        |h: &str| sign_with_authority_key(k.rev(), h.as_bytes(), &to_vec(&claims)).unwrap();
+    let signed = |h: Value| sign_a(k.rev(), &h, &claims);
+    let cases: Vec<(&str, &str, String, Value)> = vec![
+        (
+            "revocation-list-two-parts",
+            "R1: a list with no signature part.",
+            format!("{hb}.{pb}"),
+            bad(),
+        ),
+        (
+            "revocation-list-empty-signature",
+            "R1: a list whose signature part is empty.",
+            format!("{hb}.{pb}."),
+            bad(),
+        ),
+        (
+            "revocation-list-four-parts",
+            "R1: a valid list followed by a fourth part.",
+            format!("{good_list}.AAAA"),
+            bad(),
+        ),
+        (
+            "revocation-list-padded-signature",
+            "R1: a valid list whose signature part is padded with `==`.",
+            format!("{good_list}=="),
+            bad(),
+        ),
+        (
+            "revocation-list-noncanonical-trailing-bits",
+            "R1: the signature part has non-zero unused trailing bits.",
+            noncanon,
+            bad(),
+        ),
+        (
+            "revocation-list-header-crit",
+            "R2: a header with `crit` besides alg, typ and kid (signed).",
+            signed(
+                json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": kid, "crit": ["exp"]}),
+            ),
+            bad(),
+        ),
+        (
+            "revocation-list-header-without-kid",
+            "R2: a header without `kid` (signed).",
+            signed(json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt"})),
+            bad(),
+        ),
+        (
+            "revocation-list-header-kid-empty",
+            "R2: a header whose `kid` is the empty string (signed).",
+            signed(json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": ""})),
+            bad(),
+        ),
+        (
+            "revocation-list-header-kid-number",
+            "R2: a header whose `kid` is a number (signed).",
+            signed(json!({"alg": "Ed25519", "typ": "agentid-revocations+jwt", "kid": 1})),
+            bad(),
+        ),
+        (
+            "revocation-list-header-typ-missing",
+            "R2: a header without `typ` (signed).",
+            signed(json!({"alg": "Ed25519", "kid": kid})),
+            bad(),
+        ),
+        (
+            "revocation-list-header-alg-none",
+            "R2: `alg: none` with a real Ed25519 signature.",
+            signed(json!({"alg": "none", "typ": "agentid-revocations+jwt", "kid": kid})),
+            bad(),
+        ),
+        (
+            "revocation-list-header-duplicate-member",
+            "R2: a header with `typ` twice (the same value), signed over those bytes.",
+            raw_header(&format!(
+                r#"{{"alg":"Ed25519","kid":"{kid}","typ":"agentid-revocations+jwt","typ":"agentid-revocations+jwt"}}"#
+            )),
+            bad(),
+        ),
+        (
+            "revocation-list-typ-application-prefix",
+            "R2: `typ` Application/AGENTID-REVOCATIONS+JWT matches (section 4.2): valid.",
+            signed(h_rt),
+            good.clone(),
+        ),
+    ];
+    for (id, desc, list, expected) in cases {
+        f.add(id, desc, with_list(list), expected);
+    }
+
+    // R1: a list is not held to the 8192-byte cap of chain tokens.
+    let far = NOW + 3600;
+    let list = list_ex(k, 1, |mut b| {
+        for i in 0..200 {
+            b = b.revoke_jti(
+                &SpiffeId::parse(TD_ID).unwrap(),
+                &format!("old-{i:04}"),
+                far,
+            );
+        }
+        b
+    });
+    assert!(list.len() > 8192);
+    f.add(
+        "revocation-list-larger-than-token-cap",
+        "R1: a valid list of more than 8192 bytes (200 token entries; lists are capped at 256 MiB, not at the chain-token cap): valid.",
+        with_list(list),
+        good,
+    );
+
+    // R7: `jkt` is base64url of exactly 32 bytes.
+    let thumb = unb64(&k.thumb("planner"));
+    let mut long = thumb.clone();
+    long.push(0);
+    for (id, desc, jkt) in [
+        (
+            "revocation-entry-jkt-31-bytes",
+            "R7: a key entry whose `jkt` is the first 31 bytes of a thumbprint.",
+            b64(&thumb[..31]),
+        ),
+        (
+            "revocation-entry-jkt-33-bytes",
+            "R7: a key entry whose `jkt` is a thumbprint followed by one zero byte.",
+            b64(&long),
+        ),
+    ] {
+        let mut c = claims.clone();
+        c["entries"] = json!([{"jkt": jkt, "exp": far}]);
+        f.add(id, desc, with_list(sign_a(k.rev(), &header, &c)), bad());
+    }
+}
+
+fn more_proofs(k: &Keys, f: &mut File) {
+    let ec = exporter("client");
+    let es = exporter("server");
+    let jti = b64(&sha256(b"client proof jti")[..16]);
+    let client_claims = json!({"sub": id("coder"), "aud": VERIFIER, "iat": NOW - 5, "exp": NOW + 25, "jti": jti, "cb": b64(&ec)});
+    let key = k.t("coder");
+    let client = |c: &Value| sign_t(key, &proof_header(key), c);
+    let pin = |compact: &str| {
+        let mut i = input(k, None, "coder");
+        i["proof"] = json!({"compact": compact, "role": "client", "exporter": b64(&ec)});
+        i
+    };
+    let valid = json!({"valid": true, "proof_jti": jti});
+
+    // 3.4: a hop proof is at most 8192 bytes.
+    let of_len = |len: usize| {
+        token_of_len(len, &proof_header(key), &client_claims, &|h, p| {
+            sign_with_task_key(key, h, p).unwrap()
+        })
+    };
+    f.add(
+        "proof-8192-bytes",
+        "A client proof of exactly 8192 bytes (its payload ends in JSON whitespace): at the cap, valid.",
+        pin(&of_len(8192)),
+        valid.clone(),
+    );
+    f.add(
+        "proof-8193-bytes",
+        "The same proof at 8193 bytes, properly signed: token_too_large.",
+        pin(&of_len(8193)),
+        err("token_too_large", None),
+    );
+
+    // 4.3: DER signature.
+    let (tok, der) = es256_with_der_70(&|| client(&client_claims));
+    f.add(
+        "proof-der-signature",
+        "A client proof whose ES256 signature is sent as 70-byte DER: bad_signature.",
+        pin(&with_signature(&tok, &der)),
+        err("bad_signature", None),
+    );
+
+    // 6.4 / P4: cb, cth and rth decode to exactly 32 bytes; a 31-byte prefix or a 33-byte
+    // extension of the right value is bad_claim, before the comparisons of P8 to P10.
+    let short = |v: &[u8]| b64(&v[..31]);
+    let long = |v: &[u8]| {
+        let mut x = v.to_vec();
+        x.push(0);
+        b64(&x)
+    };
+    for (id, desc, cb) in [
+        ("proof-cb-31-bytes", "`cb` is the first 31 bytes of the exporter value: bad_claim, not channel_binding_mismatch.", short(&ec)),
+        ("proof-cb-33-bytes", "`cb` is the exporter value followed by one zero byte: bad_claim.", long(&ec)),
+    ] {
+        let mut c = client_claims.clone();
+        c["cb"] = json!(cb);
+        f.add(id, desc, pin(&client(&c)), err("bad_claim", None));
+    }
+    let b = base3(k);
+    let cth = sha256(b.s().as_bytes());
+    for (id, desc, v) in [
+        ("proof-cth-31-bytes", "`cth` is the first 31 bytes of SHA-256 of the chain sent: bad_claim, not chain_hash_mismatch.", short(&cth)),
+        ("proof-cth-33-bytes", "`cth` is SHA-256 of the chain sent followed by one zero byte: bad_claim.", long(&cth)),
+    ] {
+        let mut c = client_claims.clone();
+        c["cth"] = json!(v);
+        let mut inp = cin(k, &b);
+        inp["proof"] = json!({"compact": client(&c), "role": "client", "exporter": b64(&ec)});
+        f.add(id, desc, inp, err("bad_claim", None));
+    }
+    let cp = client(&client_claims);
+    let rth = sha256(cp.as_bytes());
+    for (case_id, desc, v) in [
+        ("proof-rth-31-bytes", "A server proof whose `rth` is the first 31 bytes of SHA-256 of the client proof: bad_claim, not response_hash_mismatch.", short(&rth)),
+        ("proof-rth-33-bytes", "A server proof whose `rth` is SHA-256 of the client proof followed by one zero byte: bad_claim.", long(&rth)),
+    ] {
+        let claims = json!({"sub": id("files"), "aud": id("coder"), "iat": NOW - 4, "exp": NOW + 26,
+            "jti": b64(&sha256(b"server proof jti files")[..16]), "cb": b64(&es), "rth": v});
+        let tok = sign_t(k.t("files"), &proof_header(k.t("files")), &claims);
+        let mut i = input(k, None, "files");
+        i["verifier_id"] = json!(id("coder"));
+        i["proof"] =
+            json!({"compact": tok, "role": "server", "exporter": b64(&es), "client_proof": cp});
+        f.add(case_id, desc, i, err("bad_claim", None));
+    }
+
+    // P5 boundaries and order.
+    let mut t =
+        |id: &str, desc: &str, iat: u64, exp: u64, change: &dyn Fn(&mut Value), expected: Value| {
+            let mut c = client_claims.clone();
+            c["iat"] = json!(iat);
+            c["exp"] = json!(exp);
+            change(&mut c);
+            f.add(id, desc, pin(&client(&c)), expected);
+        };
+    t(
+        "proof-valid-one-second-before-exp-plus-skew",
+        "now = exp + skew - 1: valid.",
+        NOW - 119,
+        NOW - 59,
+        &|_| {},
+        valid.clone(),
+    );
+    t(
+        "proof-valid-iat-at-now-plus-skew",
+        "iat = now + skew: valid.",
+        NOW + 60,
+        NOW + 90,
+        &|_| {},
+        valid.clone(),
+    );
+    t(
+        "proof-valid-lifetime-60",
+        "A proof living exactly 60 seconds: valid.",
+        NOW - 10,
+        NOW + 50,
+        &|_| {},
+        valid.clone(),
+    );
+    t(
+        "proof-time-before-holder",
+        "An expired proof (now = exp + skew) naming another presenter: P5 (expired) before P6.",
+        NOW - 120,
+        NOW - 60,
+        &|c| c["sub"] = json!(id("mallory")),
+        err("expired", None),
+    );
+    t(
+        "proof-lifetime-before-issued-in-future",
+        "A proof living 61 s with iat = now + skew + 1: lifetime_exceeded before issued_in_future.",
+        NOW + 61,
+        NOW + 122,
+        &|_| {},
+        err("lifetime_exceeded", None),
+    );
+}
+
 fn main() {
     let dir = PathBuf::from(
         std::env::args()
@@ -4080,16 +4974,16 @@ fn main() {
     let k = load_or_create_keys(&dir);
     let files: Vec<(&str, &str, File)> = vec![
         ("valid.json", "Valid chains: depths 0, 1, 2 and 8, ES256, Ed25519 and mixed keys, with and without aud, principal, limits and may_delegate_to, federation, peers without a chain.", valid(&k)),
-        ("framing.json", "Phase 1: framing, size caps and strict base64url.", framing(&k)),
+        ("framing.json", "Phase 1: framing, size caps and strict base64url.", { let mut f = framing(&k); more_framing(&k, &mut f); f }),
         ("headers.json", "Phase 2: the protected header allow-list, typ and alg (including typ confusion).", headers(&k)),
-        ("signatures.json", "Phase 3 a/b: the verifying key (bundles, authority policy), alg/key agreement and signatures; bundle validity and keys across bundles.", signatures(&k)),
-        ("claims.json", "Phase 3 c: claims decoding (I-JSON, ver, unknown and missing claims, types, keys, IDs, scopes).", claims(&k)),
+        ("signatures.json", "Phase 3 a/b: the verifying key (bundles, authority policy), alg/key agreement and signatures; bundle validity and keys across bundles.", { let mut f = signatures(&k); more_signatures(&k, &mut f); f }),
+        ("claims.json", "Phase 3 c: claims decoding (I-JSON, ver, unknown and missing claims, types, keys, IDs, scopes).", { let mut f = claims(&k); more_claims(&k, &mut f); f }),
         ("attenuation.json", "Phase 4: linkage (prev, iss, task) and attenuation (depth, scope, aud, limits, may_delegate_to, exp).", attenuation(&k)),
-        ("time.json", "Phase 5: validity windows, skew boundaries (half-open [nbf - skew, exp + skew)) and lifetime caps.", time(&k)),
-        ("revocation.json", "Phase 6 and revocation lists: missing, stale and invalid lists, and revocation by jti, task, agent and key.", revocation(&k)),
+        ("time.json", "Phase 5: validity windows, skew boundaries (half-open [nbf - skew, exp + skew)) and lifetime caps.", { let mut f = time(&k); more_time(&k, &mut f); f }),
+        ("revocation.json", "Phase 6 and revocation lists: missing, stale and invalid lists, and revocation by jti, task, agent and key.", { let mut f = revocation(&k); more_revocation(&k, &mut f); f }),
         ("possession_audience.json", "Phases 7 and 8: possession of the last cnf key, the holder's identity and the audience.", possession_audience(&k)),
         ("authorization.json", "Per-request authorization: requested scope, authority policy and limit ceilings.", authorization(&k)),
-        ("proofs.json", "Hop proofs: channel binding, role, identities, chain and response hashes, time.", proofs(&k)),
+        ("proofs.json", "Hop proofs: channel binding, role, identities, chain and response hashes, time.", { let mut f = proofs(&k); more_proofs(&k, &mut f); f }),
         ("inputs.json", "The vector input format and configuration processing: integer ranges, bundles given as JSON values, the order of format, configuration, bundle and list errors, peers, authority policies.", inputs(&k)),
     ];
     let mut total = 0;
