@@ -35,6 +35,12 @@ use agentid_protocol::{
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const TASK: &str = "kq7xm3vzb4df6hjn5p2rstuw5a";
 const OTHER_TASK: &str = "mz4nq7c2xw5vbk3dh6jr2tpa7e";
+
+/// A self-signed P-256 CA certificate (made once with openssl; its key is not used), standard
+/// base64 as `x5c` carries it, and its public key: the x509-svid entry of the bundle vectors.
+const X509_CA_CERT: &str = "MIIB+zCCAaGgAwIBAgIBATAKBggqhkjOPQQDAjBCMR0wGwYDVQQKDBRhZ2VudGlkIHRlc3QgdmVjdG9yczEhMB8GA1UEAwwYZXhhbXBsZS5vcmcgeDUwOS1zdmlkIENBMCAXDTI2MTIwNTIxMzIwM1oYDzIxMjYxMTExMjEzMjAzWjBCMR0wGwYDVQQKDBRhZ2VudGlkIHRlc3QgdmVjdG9yczEhMB8GA1UEAwwYZXhhbXBsZS5vcmcgeDUwOS1zdmlkIENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAESe9+XHsYWDId71E9n2uk9ozNeFxadclXFLYdBO7XkdktDHL2WJziKB5Aunb5QcbXdPNz5Ca+nFHQnClBRbWAwqOBhTCBgjAdBgNVHQ4EFgQU/lzoaYAzdhZbLCDfEt90L0nneU8wHwYDVR0jBBgwFoAU/lzoaYAzdhZbLCDfEt90L0nneU8wDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYwHwYDVR0RBBgwFoYUc3BpZmZlOi8vZXhhbXBsZS5vcmcwCgYIKoZIzj0EAwIDSAAwRQIgD1UTATsQpJsSaNy2ENYJpHt2iX8VW1oFufL4yG3lf60CIQCmt2ZvNVgVCYh+KHnvmTw1MXiyKbtea8jtDCDSA+evIg==";
+const X509_CA_X: &str = "Se9-XHsYWDId71E9n2uk9ozNeFxadclXFLYdBO7Xkdk";
+const X509_CA_Y: &str = "LQxy9lic4igeQLp2-UHG13Tzc-QmvpxR0JwpQUW1gMI";
 const TD: &str = "example.org";
 const PTD: &str = "partner.example";
 const TD_ID: &str = "spiffe://example.org";
@@ -4516,7 +4522,73 @@ fn more_signatures(k: &Keys, f: &mut File) {
         "bundle-partner-empty-keys",
         "partner.example's bundle has an empty `keys` array (allowed); the chain does not involve it: valid.",
         inp,
+        good.clone(),
+    );
+    let mut b = |id: &str, desc: &str, change: &dyn Fn(&mut Value), expected: Value| {
+        let mut inp = cin(k, &ch);
+        change(&mut inp["bundles"][TD]);
+        f.add(id, desc, inp, expected);
+    };
+    // Section 8: an x509-svid entry's `x5c` is one string of standard base64 (with padding) of
+    // one DER certificate.
+    let entry = |x5c: Value| json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": X509_CA_X, "y": X509_CA_Y, "x5c": x5c});
+    b(
+        "bundle-x509-entry-valid",
+        "An x509-svid entry holding a real self-signed P-256 CA certificate in standard base64: valid.",
+        &|v| v["keys"].as_array_mut().unwrap().push(entry(json!([X509_CA_CERT]))),
         good,
+    );
+    b(
+        "bundle-x509-entry-two-certificates",
+        "The same x509-svid entry with the certificate twice in `x5c` (exactly one is allowed).",
+        &|v| {
+            v["keys"]
+                .as_array_mut()
+                .unwrap()
+                .push(entry(json!([X509_CA_CERT, X509_CA_CERT])))
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-base64url",
+        "The same certificate in base64url without padding (x5c is standard base64 with padding, RFC 7517 section 4.7).",
+        &|v| {
+            let der = base64::engine::general_purpose::STANDARD.decode(X509_CA_CERT).unwrap();
+            v["keys"].as_array_mut().unwrap().push(entry(json!([b64(&der)])))
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-without-kty",
+        "The valid x509-svid entry without `kty`.",
+        &|v| {
+            let mut e = entry(json!([X509_CA_CERT]));
+            e.as_object_mut().unwrap().remove("kty");
+            v["keys"].as_array_mut().unwrap().push(e)
+        },
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-empty-sequences",
+        "An x509-svid entry whose `x5c` decodes to `30 02 30 00` (a DER SEQUENCE holding an empty SEQUENCE): the outer shape of a certificate, but no certificate.",
+        &|v| v["keys"].as_array_mut().unwrap().push(entry(json!(["MAIwAA=="]))),
+        bad(),
+    );
+    b(
+        "bundle-x509-entry-certificate-without-signature",
+        "An x509-svid entry holding the valid certificate's tbsCertificate and signatureAlgorithm re-wrapped without its signatureValue: not a certificate.",
+        &|v| {
+            let der = base64::engine::general_purpose::STANDARD.decode(X509_CA_CERT).unwrap();
+            // The certificate is 30 82 LL LL || tbs || alg || sig; drop the final BIT STRING.
+            let body = &der[4..];
+            let tbs_len = 4 + (usize::from(body[2]) << 8 | usize::from(body[3]));
+            let alg_len = 2 + usize::from(body[tbs_len + 1]);
+            let kept = &body[..tbs_len + alg_len];
+            let mut cut = vec![0x30, 0x82, (kept.len() >> 8) as u8, kept.len() as u8];
+            cut.extend(kept);
+            v["keys"].as_array_mut().unwrap().push(entry(json!([base64::engine::general_purpose::STANDARD.encode(cut)])))
+        },
+        bad(),
     );
 }
 

@@ -275,10 +275,10 @@ fn parse_x509_entry(e: &Map<String, Value>) -> Result<X509Authority> {
     let der = base64::engine::general_purpose::STANDARD
         .decode(cert)
         .map_err(|_| bad("`x5c` is not standard base64"))?;
-    // The certificate itself is parsed by the X.509 layer (the transport's trust store); here it
-    // must at least be one DER SEQUENCE opening with the tbsCertificate SEQUENCE, so that junk
-    // never sits in a bundle that "loaded".
-    if !looks_like_certificate(&der) {
+    // The certificate's contents are checked by the X.509 layer (the transport's trust store)
+    // where it anchors a path; here it must be one DER certificate in the outline of RFC 5280
+    // section 4.1 (spec/PROTOCOL.md section 8), so that junk never sits in a bundle that "loaded".
+    if !is_der_certificate(&der) {
         return Err(bad("`x5c` does not hold one DER certificate"));
     }
     if !matches!(e.get("kty"), Some(Value::String(_))) {
@@ -290,19 +290,97 @@ fn parse_x509_entry(e: &Map<String, Value>) -> Result<X509Authority> {
     Ok(X509Authority { der, jwk })
 }
 
-/// One DER SEQUENCE whose content opens with another SEQUENCE (the tbsCertificate).
-fn looks_like_certificate(der: &[u8]) -> bool {
-    if !crate::crypto::is_one_der_sequence(der) {
-        return false;
+/// One DER TLV with a one-byte tag: `(tag, contents, rest)`. The length is definite and minimal
+/// (DER): the short form below 128, else the long form with 1 to 3 length octets, the first
+/// non-zero and no value below 128.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    // A tag number of 31 or more takes more octets; no field of a certificate's outline has one.
+    if tag & 0x1f == 0x1f {
+        return None;
     }
-    // Skip the outer tag and its length octets (short form, or long form 0x81/0x82).
-    let header = match der.get(1) {
-        Some(0x81) => 3,
-        Some(0x82) => 4,
-        Some(_) => 2,
-        None => return false,
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if !(1..=3).contains(&n) || rest.len() < n || rest.first() == Some(&0) {
+            return None;
+        }
+        let (octets, tail) = rest.split_at(n);
+        rest = tail;
+        let len = octets.iter().fold(0usize, |a, &b| a << 8 | usize::from(b));
+        if len < 0x80 {
+            return None;
+        }
+        len
     };
-    der.get(header) == Some(&0x30)
+    (rest.len() >= len).then(|| {
+        let (contents, tail) = rest.split_at(len);
+        (tag, contents, tail)
+    })
+}
+
+/// The contents of a sequence of TLVs whose tags are exactly `tags` (`(tag, optional)`), in order.
+fn der_fields<'a>(mut contents: &'a [u8], tags: &[(u8, bool)]) -> Option<Vec<&'a [u8]>> {
+    let mut out = Vec::new();
+    for &(tag, optional) in tags {
+        match der_tlv(contents) {
+            Some((t, c, rest)) if t == tag => {
+                out.push(c);
+                contents = rest;
+            }
+            _ if optional => {}
+            _ => return None,
+        }
+    }
+    contents.is_empty().then_some(out)
+}
+
+/// Whether `der` is exactly one DER X.509 `Certificate` in the outline of RFC 5280 section 4.1
+/// (spec/PROTOCOL.md section 8): a SEQUENCE of the `tbsCertificate` SEQUENCE, the
+/// `signatureAlgorithm` SEQUENCE and the `signatureValue` BIT STRING, and nothing after it; the
+/// `tbsCertificate` holds, in order, an optional `[0]` version, the serial INTEGER, the signature
+/// AlgorithmIdentifier, the issuer Name, the Validity (two times: UTCTime or GeneralizedTime),
+/// the subject Name, the SubjectPublicKeyInfo (an AlgorithmIdentifier and a BIT STRING), and
+/// the optional `[1]`, `[2]` and `[3]` fields. The certificate's contents (names, times, key,
+/// signature, extensions) are checked where it anchors a path (section 15.2).
+fn is_der_certificate(der: &[u8]) -> bool {
+    const SEQ: u8 = 0x30;
+    let outline = || -> Option<()> {
+        let (SEQ, cert, []) = der_tlv(der)? else {
+            return None;
+        };
+        let top = der_fields(cert, &[(SEQ, false), (SEQ, false), (0x03, false)])?;
+        let tbs = der_fields(
+            top.first()?,
+            &[
+                (0xa0, true),
+                (0x02, false),
+                (SEQ, false),
+                (SEQ, false),
+                (SEQ, false),
+                (SEQ, false),
+                (SEQ, false),
+                (0x81, true),
+                (0x82, true),
+                (0xa3, true),
+            ],
+        )?;
+        // With the optional version, the fields after it move by one.
+        let at = usize::from(der_tlv(top.first()?)?.0 == 0xa0);
+        let validity = tbs.get(at + 3)?;
+        let times = der_fields(
+            validity,
+            &[(0x17, true), (0x18, true), (0x17, true), (0x18, true)],
+        )?;
+        if times.len() != 2 {
+            return None;
+        }
+        der_fields(tbs.get(at + 5)?, &[(SEQ, false), (0x03, false)])?;
+        Some(())
+    };
+    outline().is_some()
 }
 
 /// The bundles a verifier holds, one per trust domain, never merged.
@@ -458,6 +536,110 @@ mod tests {
 
     fn td(s: &str) -> TrustDomain {
         TrustDomain::parse(s).unwrap()
+    }
+
+    /// A self-signed P-256 CA certificate (openssl, 511 bytes; the x509-svid entry of
+    /// spec/vectors `bundle-x509-entry-valid`).
+    const CA_CERT: &str = "MIIB+zCCAaGgAwIBAgIBATAKBggqhkjOPQQDAjBCMR0wGwYDVQQKDBRhZ2VudGlkIHRlc3QgdmVjdG9yczEhMB8GA1UEAwwYZXhhbXBsZS5vcmcgeDUwOS1zdmlkIENBMCAXDTI2MTIwNTIxMzIwM1oYDzIxMjYxMTExMjEzMjAzWjBCMR0wGwYDVQQKDBRhZ2VudGlkIHRlc3QgdmVjdG9yczEhMB8GA1UEAwwYZXhhbXBsZS5vcmcgeDUwOS1zdmlkIENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAESe9+XHsYWDId71E9n2uk9ozNeFxadclXFLYdBO7XkdktDHL2WJziKB5Aunb5QcbXdPNz5Ca+nFHQnClBRbWAwqOBhTCBgjAdBgNVHQ4EFgQU/lzoaYAzdhZbLCDfEt90L0nneU8wHwYDVR0jBBgwFoAU/lzoaYAzdhZbLCDfEt90L0nneU8wDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYwHwYDVR0RBBgwFoYUc3BpZmZlOi8vZXhhbXBsZS5vcmcwCgYIKoZIzj0EAwIDSAAwRQIgD1UTATsQpJsSaNy2ENYJpHt2iX8VW1oFufL4yG3lf60CIQCmt2ZvNVgVCYh+KHnvmTw1MXiyKbtea8jtDCDSA+evIg==";
+
+    #[test]
+    fn an_x5c_must_be_one_der_certificate_in_the_outline_of_rfc_5280() {
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(CA_CERT)
+            .unwrap();
+        assert!(is_der_certificate(&der));
+        let wrap = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag];
+            if body.len() < 0x80 {
+                v.push(body.len() as u8);
+            } else {
+                v.extend([0x81, body.len() as u8]);
+            }
+            v.extend(body);
+            v
+        };
+        let alg = wrap(
+            0x30,
+            &wrap(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+        );
+        let name = wrap(0x30, &[]);
+        let times = |a: u8, b: u8| {
+            wrap(
+                0x30,
+                &[wrap(a, b"260101000000Z"), wrap(b, b"20260101000000Z")].concat(),
+            )
+        };
+        let spki = wrap(0x30, &[alg.clone(), wrap(0x03, &[0, 4])].concat());
+        let tbs = |validity: &[u8], extra: &[u8]| {
+            wrap(
+                0x30,
+                &[
+                    wrap(0xa0, &wrap(0x02, &[2])),
+                    wrap(0x02, &[1]),
+                    alg.clone(),
+                    name.clone(),
+                    validity.to_vec(),
+                    name.clone(),
+                    spki.clone(),
+                    extra.to_vec(),
+                ]
+                .concat(),
+            )
+        };
+        let cert = |tbs: Vec<u8>, tail: &[u8]| {
+            wrap(
+                0x30,
+                &[tbs, alg.clone(), wrap(0x03, &[0, 1]), tail.to_vec()].concat(),
+            )
+        };
+        let minimal = cert(tbs(&times(0x17, 0x18), &[]), &[]);
+        assert!(is_der_certificate(&minimal));
+        assert!(is_der_certificate(&cert(
+            tbs(&times(0x18, 0x17), &wrap(0xa3, &wrap(0x30, &[]))),
+            &[]
+        )));
+        let mut trailing = minimal.clone();
+        trailing.push(0);
+        let mut long_form = vec![0x30, 0x81, minimal[1]];
+        long_form.extend(&minimal[2..]);
+        for (what, der) in [
+            (
+                "an empty SEQUENCE in a SEQUENCE",
+                vec![0x30, 0x02, 0x30, 0x00],
+            ),
+            ("the outer SEQUENCE only", vec![0x30, 0x00]),
+            ("a byte after the certificate", trailing),
+            ("a length in the long form below 128", long_form),
+            (
+                "no signature",
+                wrap(0x30, &[tbs(&times(0x17, 0x17), &[]), alg.clone()].concat()),
+            ),
+            (
+                "an extra element",
+                cert(tbs(&times(0x17, 0x17), &[]), &wrap(0x05, &[])),
+            ),
+            (
+                "one time in the validity",
+                cert(tbs(&wrap(0x30, &wrap(0x17, b"260101000000Z")), &[]), &[]),
+            ),
+            (
+                "an INTEGER for a time",
+                cert(tbs(&times(0x17, 0x02), &[]), &[]),
+            ),
+            (
+                "a field after the extensions",
+                cert(
+                    tbs(
+                        &times(0x17, 0x17),
+                        &[wrap(0xa3, &[]), wrap(0x30, &[])].concat(),
+                    ),
+                    &[],
+                ),
+            ),
+        ] {
+            assert!(!is_der_certificate(&der), "{what}");
+        }
     }
 
     fn key() -> PublicKey {
