@@ -4590,6 +4590,19 @@ fn more_signatures(k: &Keys, f: &mut File) {
         },
         bad(),
     );
+    let ch = Ch::grant_by(k.ged(), k, "researcher", "files:read", |_| {});
+    let mut long = unb64(ch.last().rsplit_once('.').unwrap().1);
+    long.push(0);
+    f.add(
+        "ed25519-signature-65-bytes",
+        "An Ed25519 grant's valid 64-byte signature followed by one zero byte: bad_signature.",
+        input(
+            k,
+            Some(&Ch::raw(with_signature(ch.last(), &long), "researcher")),
+            "researcher",
+        ),
+        err("bad_signature", Some(0)),
+    );
 }
 
 fn more_claims(k: &Keys, f: &mut File) {
@@ -5033,6 +5046,40 @@ fn more_proofs(k: &Keys, f: &mut File) {
         NOW + 122,
         &|_| {},
         err("lifetime_exceeded", None),
+    );
+    // P9: a chain of exactly 65536 bytes is within the cap, so its cth is compared.
+    let big = big_chain(k, 65536);
+    let holder = big.holder().to_owned();
+    let mut c = client_claims.clone();
+    c["sub"] = json!(id(&holder));
+    c["cth"] = json!(b64(&sha256(big.s().as_bytes())));
+    let hk = k.t(&holder);
+    let mut inp = cin(k, &big);
+    inp["proof"] = json!({"compact": sign_t(hk, &proof_header(hk), &c), "role": "client", "exporter": b64(&ec)});
+    let mut e = ok(
+        &[
+            "planner",
+            "researcher",
+            "coder",
+            "reviewer",
+            "tester",
+            "deployer",
+            "auditor",
+            "writer",
+            "summarizer",
+        ],
+        "files:read",
+        &[TD_ID],
+        L_IAT,
+        L_EXP,
+        "g-planner",
+    );
+    e["proof_jti"] = json!(jti);
+    f.add(
+        "proof-cth-chain-65536-bytes",
+        "A client proof sent with the 65536-byte chain of framing-chain-65536-bytes, cth its SHA-256: at the cap, valid (P9 and then the chain).",
+        inp,
+        e,
     );
 }
 
