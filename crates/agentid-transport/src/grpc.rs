@@ -13,6 +13,9 @@
 //!   responses, exactly as for any other HTTP service. (tonic's own `serve_with_incoming` over
 //!   agentid's TLS streams would work too, but then tonic drives hyper and none of these
 //!   per-connection duties would run.)
+//!   A client stream whose messages may be more than
+//!   [`HttpOptions::body_idle_timeout`](crate::http::HttpOptions::body_idle_timeout) apart
+//!   (30 s by default) needs a longer one, or `None`: the stalled stream otherwise fails.
 //! * **Client**: [`GrpcChannel`] is a `tower` service for `tonic::client::Grpc::new`: each call
 //!   goes over an agentid [`HttpClientConnection`], which presents the caller's chain and checks
 //!   the server's proof and audience; the channel reconnects when a connection nears its

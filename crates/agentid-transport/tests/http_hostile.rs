@@ -53,6 +53,11 @@ impl World {
     }
 }
 
+/// Reads the whole request body.
+async fn upload(body: bytes::Bytes) -> String {
+    format!("{} bytes", body.len())
+}
+
 async fn whoami(a: Authorizer) -> String {
     a.peer_id().to_string()
 }
@@ -83,7 +88,8 @@ impl hyper::body::Body for FirstThenPending {
 async fn start(w: &World, o: HttpOptions) -> SocketAddr {
     let app = Router::new()
         .route("/whoami", get(whoami))
-        .route("/stream", get(stream));
+        .route("/stream", get(stream))
+        .route("/upload", axum::routing::post(upload));
     let server = HttpServer::builder(
         w.server_creds.clone(),
         w.sv.clone(),
@@ -421,4 +427,98 @@ async fn the_client_fails_a_served_404_without_the_server_proof() {
             conn.server_proof().is_some()
         ),
     }
+}
+
+fn body_idle_options() -> HttpOptions {
+    HttpOptions {
+        body_idle_timeout: Some(Duration::from_secs(1)),
+        ..HttpOptions::default()
+    }
+}
+
+/// Everything the server sends until `within` has passed or it closes the connection.
+async fn read_until_closed(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> (bool, String) {
+    let until = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A peer that announces a body and stops sending it does not keep its request (and, on
+/// HTTP/1.1, its connection) in flight until the connection's deadline: the service reading
+/// the body gets `BodyStalled` after `body_idle_timeout`, answers, and the connection closes
+/// (its body was never finished).
+#[tokio::test]
+async fn h1_request_body_that_stops_arriving_is_failed_after_the_body_idle_timeout() {
+    let w = World::new();
+    let addr = start(&w, body_idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"http/1.1").await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: files\r\ncontent-length: 100\r\n\r\nonly 10 b.")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let (closed, answer) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "the stalled body's request is answered 400 by the route's extractor: {answer:?}"
+    );
+    assert!(closed, "the connection of an unfinished body closes");
+}
+
+/// The body idle timeout is a limit on silence, not on the whole body: a body whose chunks
+/// arrive more slowly than the timeout in total, each within it, is read whole.
+#[tokio::test]
+async fn h1_request_body_whose_chunks_keep_arriving_is_read_whole() {
+    let w = World::new();
+    let addr = start(&w, body_idle_options()).await;
+    let mut s = tls(&w, w.client_creds(), addr, b"http/1.1").await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: files\r\ncontent-length: 12\r\n\r\n")
+        .await
+        .unwrap();
+    for chunk in [b"four", b"more", b"last"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(chunk).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("12 bytes") {
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
+
+/// A zero body idle timeout is a configuration mistake (`None` is "no limit").
+#[test]
+fn a_zero_body_idle_timeout_is_refused() {
+    let w = World::new();
+    let built = HttpServer::builder(
+        w.server_creds.clone(),
+        w.sv.clone(),
+        PeerPolicy::trust_domain(w.a.td.clone()),
+    )
+    .options(HttpOptions {
+        body_idle_timeout: Some(Duration::ZERO),
+        ..HttpOptions::default()
+    })
+    .build();
+    assert!(built.is_err());
 }

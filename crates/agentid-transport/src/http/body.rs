@@ -189,3 +189,90 @@ where
         }
     }
 }
+
+/// Why a request body stopped early.
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled: no data arrived within {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
+
+pin_project_lite::pin_project! {
+    /// The request body an agentid HTTP server hands its service: the connection's body as
+    /// hyper received it, failing with [`BodyStalled`] when nothing of it arrives for
+    /// [`HttpOptions::body_idle_timeout`](super::HttpOptions::body_idle_timeout) (a peer that
+    /// stops sending a body otherwise keeps its request, and on HTTP/1.1 its connection, in
+    /// flight until the connection's deadline). The timer is armed only while the body waits
+    /// for data: a body that arrives whole, or is empty, costs none.
+    pub struct RequestBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        idle: Option<std::time::Duration>,
+        stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+        failed: bool,
+    }
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: hyper::body::Incoming, idle: Option<std::time::Duration>) -> Self {
+        Self {
+            inner,
+            idle,
+            stalled: None,
+            failed: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.stalled = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(idle) = *this.idle else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    *this.stalled = None;
+                    *this.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.failed {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}

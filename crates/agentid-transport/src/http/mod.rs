@@ -18,7 +18,9 @@
 //!   a response whose handler finished past the deadline is refused; server and client proofs
 //!   are signed again when half their lifetime is gone before they are sent. Idle connections
 //!   close after [`HttpOptions::idle_timeout`] (30 s by default; an HTTP/1.1 keep-alive
-//!   connection also after [`HttpOptions::header_read_timeout`], 10 s by default).
+//!   connection also after [`HttpOptions::header_read_timeout`], 10 s by default); a request
+//!   body with nothing new for [`HttpOptions::body_idle_timeout`] (30 s) fails with
+//!   [`BodyStalled`] in the service reading it ([`RequestBody`]).
 //! * **Client**: [`HttpClient`] presents the chain and checks the server's proof and audience.
 //!
 //! ## A requirement per route
@@ -111,7 +113,7 @@ pub use authz::{
     RequireScope, RequireScopeService, RequireService, Requirement, Resource, TracingSink,
     CORRELATION_HEADER,
 };
-pub use body::{BodyCut, BoxError, ResponseBody};
+pub use body::{BodyCut, BodyStalled, BoxError, RequestBody, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};
 pub use enroll_tls::{danger_no_client_auth_for_enrollment, enrollment_client_config};
 pub use presentation::{

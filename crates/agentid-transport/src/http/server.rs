@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::authz::{Authorizer, DecisionSink, TracingSink, CORRELATION};
-use super::body::{BoxError, ResponseBody};
+use super::body::{BoxError, RequestBody, ResponseBody};
 use super::presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
     SERVER_HEADER_LIST_LIMIT,
@@ -79,6 +79,13 @@ pub struct HttpOptions {
     /// `header_read_timeout` also runs while a keep-alive connection waits for its next request
     /// head, so an idle HTTP/1.1 connection closes after the shorter of the two.
     pub idle_timeout: Duration,
+    /// A request body that has nothing new for this long fails with
+    /// [`BodyStalled`](super::BodyStalled) in the service reading it (30 s by default; the timer
+    /// restarts with every frame that arrives). Without it a peer that stops sending a body keeps
+    /// its request in flight, so neither the idle timeout nor the header read timeout closes
+    /// the connection, until the connection's deadline. `None` waits as long as the connection
+    /// lives: for client-streaming calls (gRPC, say) whose messages may be further apart.
+    pub body_idle_timeout: Option<Duration>,
     /// The lifetime of the server's hop proofs. A response carries the proof signed at
     /// verification while it has at least half of this left; after that (a slow first
     /// response, a client that keeps presenting) a fresh proof is signed for the response.
@@ -97,6 +104,7 @@ impl Default for HttpOptions {
             max_handshakes: ConnectionLimits::default().max_handshakes,
             max_concurrent_streams: 100,
             idle_timeout: Duration::from_secs(30),
+            body_idle_timeout: Some(Duration::from_secs(30)),
             proof_lifetime: Duration::from_secs(PROOF_LIFETIME),
         }
     }
@@ -690,7 +698,7 @@ impl<S> ConnService<S> {
     /// Runs synchronously when hyper dispatches the request, so that on h2 the stream that
     /// carries the first presentation moves the state to `Pending` before any later stream is
     /// looked at.
-    fn first_pass(&self, req: &Request<Incoming>) -> (bool, Step, Option<HeaderValue>) {
+    fn first_pass(&self, req: &Request<RequestBody>) -> (bool, Step, Option<HeaderValue>) {
         // One pass over the header names: the agentid headers (rare after the first request)
         // and the correlation header for the request's authorizer.
         let mut agentid = false;
@@ -736,7 +744,10 @@ impl<S> ConnService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
@@ -747,6 +758,8 @@ where
     type Future = ConnFuture<S, S::Future, B>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let idle = self.conn.server.options.body_idle_timeout;
+        let req = req.map(|body| RequestBody::new(body, idle));
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step, correlation) = self.first_pass(&req);
         let active = Active::new(&self.conn);
@@ -816,12 +829,12 @@ pin_project_lite::pin_project! {
         // Waiting for the connection's pending presentation.
         Wait {
             wait: WaitFuture,
-            req: Option<Request<Incoming>>,
+            req: Option<Request<RequestBody>>,
         },
         // The connection checks (`checked`: passed before the inner service was asked for
         // readiness), then the inner service's readiness and call.
         Ready {
-            req: Option<Request<Incoming>>,
+            req: Option<Request<RequestBody>>,
             checked: bool,
         },
         // The inner service's future.
@@ -840,7 +853,7 @@ pin_project_lite::pin_project! {
 
 impl<S, B> Future for ConnFuture<S, S::Future, B>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -1043,6 +1056,9 @@ impl HttpServerBuilder {
         ] {
             *d = (*d).min(LONGEST_TIMEOUT);
         }
+        if let Some(d) = self.options.body_idle_timeout.as_mut() {
+            *d = (*d).min(LONGEST_TIMEOUT);
+        }
         let o = &self.options;
         if o.max_connections == 0 || o.max_handshakes == 0 || o.max_concurrent_streams == 0 {
             return Err(Error::Config("HTTP caps must be at least 1".into()));
@@ -1050,6 +1066,11 @@ impl HttpServerBuilder {
         if o.idle_timeout.is_zero() || o.proof_lifetime.as_secs() == 0 {
             return Err(Error::Config(
                 "HTTP idle timeout and proof lifetime must be positive".into(),
+            ));
+        }
+        if o.body_idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config(
+                "HTTP body idle timeout must be positive (None for no limit)".into(),
             ));
         }
         let config = Arc::new(server_config(
@@ -1180,7 +1201,7 @@ impl HttpServer {
     /// out of file descriptors) are logged and backed off.
     pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<()>
     where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
             + Clone
             + Send
             + 'static,
@@ -1221,7 +1242,7 @@ where
     /// margin, at once on revocation (streaming bodies cut), and after a failed presentation.
     pub async fn serve<S, B>(self, service: S)
     where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
             + Clone
             + Send
             + 'static,
