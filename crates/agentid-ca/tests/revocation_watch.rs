@@ -457,3 +457,47 @@ fn watch_client_child() {
         }
     }
 }
+
+/// A watcher whose own connection to the CA is checked with the verification it feeds, as
+/// `RevocationWatcher::new` allows when that verification "already holds" a list, must still
+/// get a fresh list once the held one went stale (the CA was unreachable past the list's
+/// `next_update`, or the process was suspended): the stale list cannot be replaced by anything
+/// but a newer one from the feed, so refusing to talk to the CA because of it would fail the
+/// verification closed for good, even once the CA publishes again (PROTOCOL 14.3 fails closed
+/// until a fresh list arrives, not forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_holding_a_stale_list_gets_a_fresh_one_from_the_ca() {
+    let w = start().await;
+    // A list of the CA, published a day ago: long stale.
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    let stale = w.ca().revocation_list(day_ago).unwrap();
+    let target = w.verification(SERVER_ID, true);
+    target.apply_revocation_list_of(&stale, &td()).unwrap();
+    let stale_seq = target
+        .verifier()
+        .config()
+        .revocation_list(&td())
+        .unwrap()
+        .seq();
+    // A newer list at the CA.
+    let (_, _, identity) = w.task();
+    w.ca_client("platform")
+        .revoke(&revoke_task(&task_of(&identity)))
+        .await
+        .unwrap();
+
+    // The watcher's client checks the CA with the verification it feeds.
+    let (creds, _) = common::service_credentials(&w.ca(), "watch-server");
+    let client = CaClient::new(&w.url(), creds, target.clone(), T).unwrap();
+    let options = WatchOptions::default()
+        .with_backoff(Duration::from_millis(100), Duration::from_millis(400));
+    let watcher = RevocationWatcher::new(client, target.clone(), options).spawn();
+    assert!(
+        watcher
+            .wait_for(T, |s| s.seq.is_some_and(|q| q > stale_seq))
+            .await,
+        "{:?}",
+        watcher.status()
+    );
+    watcher.stop().await;
+}
