@@ -584,3 +584,122 @@ fn read_token_file_refuses_a_world_readable_token_file() {
         "a 0644 token file (its secret readable by every local user) was accepted"
     );
 }
+
+/// A network attacker in front of the enrollment listener. The first connection (the public
+/// bundle fetch, which CA-API 3.6.1 lets any server certificate answer: only the root it
+/// carries is pinned) it answers itself with `bundle`; every later connection (the token's,
+/// checked against the pinned root) it relays untouched to `upstream`.
+async fn bundle_tampering_relay(
+    ca: &CertificateAuthority,
+    upstream: SocketAddr,
+    bundle: Vec<u8>,
+) -> SocketAddr {
+    let cred = common::service_credential(ca, "agentid-ca", Some(Duration::from_secs(3600)));
+    let config = agentid_transport::http::danger_no_client_auth_for_enrollment(Arc::new(
+        MemoryCredentials::new(cred),
+    ))
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut tcp, _)) = l.accept().await {
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+                });
+                continue;
+            }
+            let (acceptor, bundle) = (acceptor.clone(), bundle.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if read_request(&mut tls).await.is_none() {
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    bundle.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&bundle).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The public bundle fetch of an enrollment is unauthenticated (CA-API 3.6.1): whoever answers
+/// it chooses everything in it but the pinned root. The pinned bundle the enrolled agent keeps
+/// (`bundle_json`, written as `bundle.json` by `agentid enroll`) must therefore carry nothing
+/// else of that answer: here a network attacker raised its `spiffe_sequence` to 2^53 - 1, and
+/// the CA's genuine signed agentid bundle (CA-API 3.3: how an agent gets the grant and
+/// revocation keys) was then refused as a rollback by the verification built from it, for
+/// good (the sequence is in the file too), leaving the agent without grant and revocation keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_bundle_fetch_cannot_make_the_signed_bundle_a_rollback() {
+    use agentid_protocol::TrustBundle;
+    let (dir, _mtls, enroll) = common::serve_ca(EXTRA, true).await;
+    let enroll = enroll.unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let root = ca.trust_bundle().unwrap().x509_authorities()[0].der.clone();
+    let tampered = serde_json::json!({
+        "keys": [{
+            "use": "x509-svid",
+            "kty": "EC",
+            "x5c": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &root)],
+        }],
+        "spiffe_sequence": 9_007_199_254_740_991_u64,
+    });
+    let relay =
+        bundle_tampering_relay(&ca, enroll, serde_json::to_vec(&tampered).unwrap()).await;
+    let (token, identity, expires) = ca
+        .create_service_token(
+            "indexer",
+            Some(Duration::from_secs(600)),
+            Duration::from_secs(60),
+            common::now(),
+        )
+        .unwrap();
+    let file = TokenFile {
+        token,
+        ca_url: format!("https://{relay}"),
+        root_sha256: agentid_ca::server::root_sha256(&ca),
+        identity: identity.clone(),
+        agent: "svc:indexer".into(),
+        task: String::new(),
+        expires,
+        renew_url: None,
+    };
+    let (_, _, bundle_json) =
+        Enroller::from_token_file(&file, TaskKey::generate(Algorithm::Es256).unwrap(), T)
+            .await
+            .unwrap();
+
+    // The agent's verification from its pinned bundle, and the CA's signed agentid bundle.
+    let mut set = BundleSet::new();
+    set.insert(TrustBundle::parse(&td(), &bundle_json).unwrap())
+        .unwrap();
+    let v = PeerVerification::new(
+        VerifierConfig::new(SpiffeId::parse(&identity).unwrap(), set)
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
+    let now = common::unix(common::now());
+    let jws = agentid_ca::agentid_bundle::sign_dir(&ca, dir.path(), now).unwrap();
+    let signing = agentid_ca::agentid_bundle::public_key(dir.path()).unwrap();
+    let applier = BundleApplier::new(v.clone(), signing, td());
+    let r = applier.apply(&jws, now);
+    assert!(
+        r.is_ok(),
+        "the CA's signed bundle was refused by the verification built from the pinned bundle \
+         ({}): {r:?}",
+        String::from_utf8_lossy(&bundle_json)
+    );
+}
