@@ -703,3 +703,38 @@ async fn a_tampered_bundle_fetch_cannot_make_the_signed_bundle_a_rollback() {
         String::from_utf8_lossy(&bundle_json)
     );
 }
+
+/// The other half of CA-API 1.1's rule: a stale list of the CA's trust domain does not refuse
+/// the CA, but its entries still do: a CA whose key the held (stale) list revokes gets no
+/// request from a `CaClient`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_whose_key_a_held_stale_list_revokes_gets_no_request() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let fake = fake_ca(
+        &ca,
+        Arc::new(|_: &str, _: &str| {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{\"tasks\":[]}"
+                .to_vec()
+        }),
+    )
+    .await;
+    common::revoke_serial(&ca, &common::serial_of(&ca, common::CA_ID));
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    let stale = ca.revocation_list(day_ago).unwrap();
+    let mut bundles = BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    let v = PeerVerification::new(VerifierConfig::new(
+        SpiffeId::parse("spiffe://example.org/svc/platform").unwrap(),
+        bundles,
+    ))
+    .unwrap();
+    v.apply_revocation_list_of(&stale, &td()).unwrap();
+    let creds = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let client = CaClient::new(&fake.url(), creds, v, T).unwrap();
+    let err = client.list().await.unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    assert_eq!(fake.count("GET /v1/tasks"), 0, "the revoked CA got the request");
+}

@@ -575,11 +575,12 @@ pub(crate) const REUSE_MARGIN: Duration = Duration::from_secs(2);
 /// written just as the server closes could not be told apart from one it processed.
 pub(crate) const MAX_IDLE: Duration = Duration::from_secs(5);
 
-/// The connection a [`CaClient`] keeps between calls, shared by its clones: at most one, idle.
-/// A call takes it out while it runs, so concurrent calls never wait for one another (those
-/// that find none open their own; one of them is kept afterwards).
+/// The connection a [`CaClient`] keeps between calls, shared by its clones: at most one, idle,
+/// with the [`PeerVerification::epoch`] of the state it was checked with. A call takes it out
+/// while it runs, so concurrent calls never wait for one another (those that find none open
+/// their own; one of them is kept afterwards).
 #[derive(Default)]
-struct Kept(std::sync::Mutex<Option<(HttpClientConnection, tokio::time::Instant)>>);
+struct Kept(std::sync::Mutex<Option<(HttpClientConnection, u64, tokio::time::Instant)>>);
 
 impl std::fmt::Debug for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -588,18 +589,19 @@ impl std::fmt::Debug for Kept {
 }
 
 impl Kept {
-    fn take(&self) -> Option<(HttpClientConnection, tokio::time::Instant)> {
+    fn take(&self) -> Option<(HttpClientConnection, u64, tokio::time::Instant)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Keeps `conn` (idle from now) when it is still usable and no other one is kept.
-    fn put(&self, conn: HttpClientConnection) {
+    /// Keeps `conn` (checked at `epoch`, idle from now) when it is still usable and no other
+    /// one is kept.
+    fn put(&self, conn: HttpClientConnection, epoch: u64) {
         if !conn.is_usable() {
             return;
         }
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if kept.is_none() {
-            *kept = Some((conn, tokio::time::Instant::now()));
+            *kept = Some((conn, epoch, tokio::time::Instant::now()));
         }
     }
 }
@@ -697,6 +699,13 @@ fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: usize)
 /// A client of the CA's mutual-TLS listener, presenting the caller's own certificate (a
 /// service's, or a parent task's), never its delegation chain.
 ///
+/// The CA is checked with the state of the verification it is given (anchors, and the held
+/// list of the CA's trust domain: a CA certificate that list revokes is refused), but a stale
+/// or missing list of that domain does not refuse the CA (spec/CA-API.md 1.1): that list comes
+/// from the CA itself (3.4), so refusing the CA for it would keep it stale for good, and with
+/// it every verification that needs it. Each connection is checked with the state as it is
+/// when the connection is made; a kept connection is not reused once that state changed.
+///
 /// It keeps one HTTP/1.1 connection between calls (shared by its clones) and opens a new one
 /// when that one was closed, has been idle for a few seconds, is near the earlier of both
 /// certificates' `notAfter`, or presents another certificate than the credential source's
@@ -706,7 +715,11 @@ fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: usize)
 #[derive(Clone, Debug)]
 pub struct CaClient {
     url: CaUrl,
-    client: HttpClient,
+    /// The verification the caller gave: its anchors and lists check the CA.
+    verification: Arc<PeerVerification>,
+    /// The HTTP client of the verification's state at an epoch (see [`checking_client`]),
+    /// shared by the clones.
+    client: Arc<std::sync::Mutex<(u64, HttpClient)>>,
     /// What `client` presents (the caller's credential without its chain).
     credentials: Arc<dyn CredentialSource>,
     kept: Arc<Kept>,
@@ -735,17 +748,11 @@ impl CaClient {
             inner: credentials,
             cache: std::sync::Mutex::new(None),
         });
-        let client = HttpClient::builder(
-            credentials.clone(),
-            verification,
-            PeerPolicy::exact(ca_peer(&td)?),
-        )
-        .connect_timeout(timeout)
-        .http1_only()
-        .build()?;
+        let client = checking_client(&verification, credentials.clone(), &td, timeout)?;
         Ok(CaClient {
             url,
-            client,
+            verification,
+            client: Arc::new(std::sync::Mutex::new(client)),
             credentials,
             kept: Arc::new(Kept::default()),
             timeout,
@@ -753,31 +760,50 @@ impl CaClient {
         })
     }
 
-    /// A new connection to the CA, presenting the current credential.
-    async fn connect(&self) -> Result<HttpClientConnection> {
+    /// The HTTP client of the verification's current state, and that state's epoch.
+    fn current_client(&self) -> Result<(u64, HttpClient)> {
+        let epoch = self.verification.epoch();
+        let mut held = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if held.0 != epoch {
+            *held = checking_client(
+                &self.verification,
+                self.credentials.clone(),
+                &self.td,
+                self.timeout,
+            )?;
+        }
+        Ok(held.clone())
+    }
+
+    /// A new connection to the CA, presenting the current credential, with the epoch of the
+    /// verification state it was checked with.
+    async fn connect(&self) -> Result<(HttpClientConnection, u64)> {
+        let (epoch, client) = self.current_client()?;
         let addr = self.url.addr().await?;
-        Ok(self.client.connect(addr, &self.url.authority).await?)
+        Ok((client.connect(addr, &self.url.authority).await?, epoch))
     }
 
     /// A connection presenting the current credential that can send for at least `min_left`
     /// (see [`CaClient`]): the kept one when it qualifies, else a new one. `true` when it was
     /// the kept one.
-    async fn checkout(&self, min_left: Duration) -> Result<(HttpClientConnection, bool)> {
+    async fn checkout(&self, min_left: Duration) -> Result<(HttpClientConnection, u64, bool)> {
         let current = self
             .credentials
             .current()
             .ok_or(crate::Error::NoCredential)?;
-        if let Some((conn, idle_since)) = self.kept.take() {
+        if let Some((conn, epoch, idle_since)) = self.kept.take() {
             if conn.is_usable()
+                && epoch == self.verification.epoch()
                 && idle_since.elapsed() <= MAX_IDLE
                 && conn.time_left() >= min_left.max(REUSE_MARGIN)
                 && same_certificate(conn.credential(), &current)
             {
-                return Ok((conn, true));
+                return Ok((conn, epoch, true));
             }
             // Not reused: dropped (closed) here.
         }
-        Ok((self.connect().await?, false))
+        let (conn, epoch) = self.connect().await?;
+        Ok((conn, epoch, false))
     }
 
     /// One request on a connection from [`CaClient::checkout`], sent once more on a new
@@ -793,7 +819,7 @@ impl CaClient {
         repeat: Repeat,
         min_left: Duration,
     ) -> Result<Answer> {
-        let (mut conn, reused) = self.checkout(min_left).await?;
+        let (mut conn, mut epoch, reused) = self.checkout(min_left).await?;
         let first_path = path(&conn);
         let first = exchange(&mut conn, method.clone(), &first_path, body.clone(), limit).await;
         let answer = match first {
@@ -803,13 +829,13 @@ impl CaClient {
                 // a restart): a new connection, once.
                 tracing::debug!(error = %e, "agentid CA client: the kept connection failed; sending again on a new one");
                 drop(conn);
-                conn = self.connect().await?;
+                (conn, epoch) = self.connect().await?;
                 let again = path(&conn);
                 exchange(&mut conn, method, &again, body, limit).await?
             }
             Err(e) => return Err(e),
         };
-        self.kept.put(conn);
+        self.kept.put(conn, epoch);
         Ok(answer)
     }
 
@@ -905,6 +931,29 @@ impl CaClient {
         )
         .await
     }
+}
+
+/// The HTTP client a [`CaClient`] checks the CA with: `verification`'s state now (its anchors,
+/// and its lists, whose entries still refuse a revoked CA certificate) where a stale or missing
+/// list does not refuse the CA (spec/CA-API.md 1.1), with the epoch read before that state.
+fn checking_client(
+    verification: &PeerVerification,
+    credentials: Arc<dyn CredentialSource>,
+    td: &TrustDomain,
+    timeout: Duration,
+) -> Result<(u64, HttpClient)> {
+    let epoch = verification.epoch();
+    let config = verification
+        .verifier()
+        .config()
+        .clone()
+        .danger_accept_missing_or_stale_revocations();
+    let checking = PeerVerification::new(config)?;
+    let client = HttpClient::builder(credentials, checking, PeerPolicy::exact(ca_peer(td)?))
+        .connect_timeout(timeout)
+        .http1_only()
+        .build()?;
+    Ok((epoch, client))
 }
 
 /// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for

@@ -286,9 +286,10 @@ impl RevocationWatcher {
     /// domain), applying lists to `verification`. The caller needs no permission: any
     /// certificate holder the CA accepts may read the feed.
     ///
-    /// The client's own verification (how it checks the CA) may be `verification` itself only
-    /// if that accepts a missing list or already holds one: a verification that requires the
-    /// domain's list cannot check the CA before the watcher's first list.
+    /// The client's own verification (how it checks the CA) may be `verification` itself: a
+    /// [`CaClient`] refuses a CA certificate the held list revokes, but not the CA because that
+    /// list is stale or missing (spec/CA-API.md 1.1), so a watcher that could not reach the CA
+    /// past the list's `next_update` gets a fresh list once it can again.
     pub fn new(
         client: CaClient,
         verification: Arc<PeerVerification>,
