@@ -385,29 +385,37 @@ fn bundle_fetch_config() -> Result<ClientConfig> {
 }
 
 /// Keeps from a bundle (JWKS) only the X509 authority whose certificate hashes to `root_sha256`.
-/// Returns the filtered bundle's JSON, or `None` when no authority matches.
+/// Returns the pinned bundle's JSON (`{"keys": [that entry]}`), or `None` when no authority
+/// matches. Nothing else of the answer is kept: it came over a connection that any server
+/// certificate may answer (CA-API 3.6.1), so a `spiffe_sequence` or `spiffe_refresh_hint` in it
+/// is whatever a network attacker chose (a raised sequence would refuse every genuine bundle
+/// after it as a rollback).
 fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
-    let mut v: serde_json::Value = serde_json::from_slice(bundle)
+    let v: serde_json::Value = serde_json::from_slice(bundle)
         .map_err(|e| invalid(format!("the CA's bundle is not JSON: {e}")))?;
-    let Some(keys) = v.get_mut("keys").and_then(serde_json::Value::as_array_mut) else {
+    let Some(keys) = v.get("keys").and_then(serde_json::Value::as_array) else {
         return Err(invalid("the CA's bundle has no keys"));
     };
     let want = root_sha256.to_ascii_lowercase();
-    keys.retain(|k| {
-        let x509 = k.get("use").and_then(serde_json::Value::as_str) == Some("x509-svid");
-        let der = k
-            .get("x5c")
-            .and_then(|x| x.get(0))
-            .and_then(serde_json::Value::as_str)
-            .and_then(|c| {
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok()
-            });
-        x509 && der.is_some_and(|d| sha256_hex(&d) == want)
-    });
-    if keys.is_empty() {
+    let pinned: Vec<serde_json::Value> = keys
+        .iter()
+        .filter(|k| {
+            let x509 = k.get("use").and_then(serde_json::Value::as_str) == Some("x509-svid");
+            let der = k
+                .get("x5c")
+                .and_then(|x| x.get(0))
+                .and_then(serde_json::Value::as_str)
+                .and_then(|c| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok()
+                });
+            x509 && der.is_some_and(|d| sha256_hex(&d) == want)
+        })
+        .cloned()
+        .collect();
+    if pinned.is_empty() {
         return Ok(None);
     }
-    serde_json::to_vec(&v)
+    serde_json::to_vec(&serde_json::json!({ "keys": pinned }))
         .map(Some)
         .map_err(|e| invalid(e.to_string()))
 }
@@ -1273,11 +1281,13 @@ mod tests {
         let bundle = serde_json::json!({"keys": [
             {"use": "x509-svid", "kty": "EC", "x5c": [x5c]},
             {"use": "jwt-svid", "kty": "EC"},
-        ]});
+        ], "spiffe_sequence": 9_007_199_254_740_991_u64, "spiffe_refresh_hint": 1});
         let bytes = serde_json::to_vec(&bundle).unwrap();
         let pinned = pin_bundle(&bytes, &sha256_hex(cert)).unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&pinned).unwrap();
         assert_eq!(v["keys"].as_array().unwrap().len(), 1);
+        // Nothing but the pinned entry: the unauthenticated answer chose the rest.
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
         assert!(pin_bundle(&bytes, &sha256_hex(b"other")).unwrap().is_none());
         assert!(pin_bundle(b"[]", "00").is_err());
     }
