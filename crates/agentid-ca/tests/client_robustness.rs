@@ -738,3 +738,126 @@ async fn a_ca_whose_key_a_held_stale_list_revokes_gets_no_request() {
     assert!(err.to_string().contains("revoked"), "{err}");
     assert_eq!(fake.count("GET /v1/tasks"), 0, "the revoked CA got the request");
 }
+
+/// A fake CA of example.org that is a real agentid HTTP server (its answers carry its proof),
+/// answering every request `200` with the JSON `body`; its URL.
+async fn answering_ca(ca: &CertificateAuthority, body: String) -> String {
+    let server_cred = common::service_credential(ca, "agentid-ca", None);
+    let server = agentid_transport::http::HttpServer::builder(
+        Arc::new(MemoryCredentials::new(server_cred)),
+        common::verification(ca, common::CA_ID),
+        PeerPolicy::trust_domain(td()),
+    )
+    .build()
+    .unwrap();
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([("content-type", "application/json")], body) }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(l, app).await });
+    format!("https://{addr}")
+}
+
+/// The certificate a CA answers to `POST /v1/tasks` or `POST /v1/children` with is for the
+/// caller's request (CA-API 3.7, 3.8: the CSR's key, the agent asked for, a task identity of
+/// the caller's own task for a child), or the client refuses it: `agentid task open` and `task
+/// child` write what `CaClient` returns as the agent's `cert.pem`, and an enrolling client
+/// checks as much (3.6.1 step 3). Here a CA (a faulty replica, a mixed-up response) answers
+/// with genuine certificates of the trust domain that are not the ones asked for: another key,
+/// another agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_key_or_agent_than_asked_is_refused() {
+    use agentid_api::{ChildRequest, OpenTaskRequest, TokenRequest};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let b64url = |d: &[u8]| {
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
+    };
+    let response = |identity: &str, chain: &[rustls_pki_types::CertificateDer<'_>]| {
+        serde_json::json!({
+            "identity": identity,
+            "serial": "01",
+            "not_before": 0,
+            "not_after": 0,
+            "certs": chain.iter().map(|c| b64url(c.as_ref())).collect::<Vec<_>>(),
+        })
+        .to_string()
+    };
+    // The key the agent holds, its CSR, and what a platform asks for with it.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let csr = b64url(
+        &key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
+            .unwrap(),
+    );
+    let open = OpenTaskRequest {
+        csr: csr.clone(),
+        task: TokenRequest {
+            agent: "planner".into(),
+            scope: vec!["tickets:read".into()],
+            ..Default::default()
+        },
+    };
+    // A planner task for another key.
+    let (_, other_key_chain, other_key_id) = common::operator_task(&ca, "planner");
+    // A task for the agent's key, of another agent (worker).
+    let worker = ca
+        .open_task(
+            &agentid_ca::OpenTaskRequest::new(
+                "worker",
+                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+                agentid_ca::TaskRequester::Operator,
+                agentid_protocol::Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let worker_chain = common::chain_of(
+        &worker.certificate.leaf.der,
+        &worker.certificate.intermediate_der,
+    );
+    let worker_id = worker.identity.as_str().to_owned();
+
+    let platform = || {
+        Arc::new(MemoryCredentials::new(common::service_credential(
+            &ca, "platform", None,
+        )))
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    for (what, identity, chain) in [
+        ("another key", &other_key_id, &other_key_chain),
+        ("another agent", &worker_id, &worker_chain),
+    ] {
+        let url = answering_ca(&ca, response(identity, chain)).await;
+        let client = CaClient::new(&url, platform(), v.clone(), T).unwrap();
+        let r = client.open_task(&open).await;
+        assert!(
+            r.is_err(),
+            "open_task for planner with the agent's key accepted a certificate for {what}: {:?}",
+            r.map(|c| c.identity)
+        );
+    }
+
+    // A parent (a planner task) asks for a summarizer child with the agent's key; the CA
+    // answers with the worker task (the agent's key, but not a summarizer of the parent's task).
+    let (parent_key, parent_chain, _) = common::operator_task(&ca, "planner");
+    let parent = Arc::new(MemoryCredentials::new(
+        agentid_transport::Credential::new(parent_chain, parent_key).unwrap(),
+    ));
+    let url = answering_ca(&ca, response(&worker_id, &worker_chain)).await;
+    let client = CaClient::new(&url, parent, v.clone(), T).unwrap();
+    let r = client
+        .issue_child(&ChildRequest {
+            agent: "summarizer".into(),
+            csr,
+            ttl_secs: None,
+            parent_chain: None,
+        })
+        .await;
+    assert!(
+        r.is_err(),
+        "issue_child accepted a certificate of another task and agent: {:?}",
+        r.map(|c| c.identity)
+    );
+}
