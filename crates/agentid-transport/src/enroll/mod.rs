@@ -420,6 +420,30 @@ fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// The certificates of a CA response (base64url DER each).
+fn decode_certs(certs: &[String]) -> Result<Vec<CertificateDer<'static>>> {
+    certs
+        .iter()
+        .map(|c| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+                .map(CertificateDer::from)
+                .map_err(|_| invalid("a certificate in the CA's response is not base64url"))
+        })
+        .collect()
+}
+
+/// The public key of a request's CSR (base64url DER), to compare with what the CA certified.
+fn csr_public_key(csr: &str) -> Result<agentid_protocol::PublicKey> {
+    use x509_parser::prelude::FromDer;
+    let der = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, csr)
+        .map_err(|_| invalid("the request's CSR is not base64url"))?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .map_err(|e| invalid(format!("the request's CSR is not a PKCS#10 request: {e}")))?;
+    agentid_protocol::PublicKey::from_spki_der(req.certification_request_info.subject_pki.raw)
+        .map_err(|e| invalid(format!("the request's CSR holds no usable key: {e}")))
+}
+
 /// A credential obtained from the CA.
 #[derive(Debug)]
 pub struct Enrolled {
@@ -456,15 +480,7 @@ fn credential_from(
             resp.identity
         )));
     }
-    let chain = resp
-        .certs
-        .iter()
-        .map(|c| {
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
-                .map(CertificateDer::from)
-                .map_err(|_| invalid("a certificate in the CA's response is not base64url"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let chain = decode_certs(&resp.certs)?;
     let mut cred = Credential::new(chain, key)?;
     cred.verify_with(&verification.trust_store(), UnixTime::now())?;
     if cred.identity().as_str() != identity {
@@ -896,13 +912,101 @@ impl CaClient {
     }
 
     /// Opens a task for an agent from the agent's CSR (`POST /v1/tasks`, needs `open_task`).
+    ///
+    /// The answer is checked before it is returned (CA-API 3.7): its chain validates against the
+    /// verification's anchors now, for the CSR's key, and names a task identity of the agent
+    /// asked for (and of the task, when one was named) in the caller's trust domain.
     pub async fn open_task(&self, req: &OpenTaskRequest) -> Result<CertificateResponse> {
-        self.post(agentid_api::routes::TASKS, req).await
+        let resp: CertificateResponse = self.post(agentid_api::routes::TASKS, req).await?;
+        self.check_issued(
+            agentid_api::routes::TASKS,
+            &resp,
+            &req.csr,
+            &req.task.agent,
+            req.task.task.as_deref(),
+        )?;
+        Ok(resp)
     }
 
     /// Issues a child in the caller's own task from the child's CSR (`POST /v1/children`).
+    ///
+    /// The answer is checked before it is returned (CA-API 3.8): its chain validates against the
+    /// verification's anchors now, for the CSR's key, and names a task identity of the child
+    /// agent asked for in the caller's own task.
     pub async fn issue_child(&self, req: &ChildRequest) -> Result<CertificateResponse> {
-        self.post(agentid_api::routes::CHILDREN, req).await
+        let current = self
+            .credentials
+            .current()
+            .ok_or(crate::Error::NoCredential)?;
+        let task = match current.identity() {
+            PeerId::Task(t) => Some(t.task_id().as_str().to_owned()),
+            PeerId::Service(_) => None,
+        };
+        let resp: CertificateResponse = self.post(agentid_api::routes::CHILDREN, req).await?;
+        self.check_issued(
+            agentid_api::routes::CHILDREN,
+            &resp,
+            &req.csr,
+            &req.agent,
+            task.as_deref(),
+        )?;
+        Ok(resp)
+    }
+
+    /// Checks that `resp`, the answer of `route` to a request with the CSR `csr` (base64url
+    /// DER) for `agent` (and `task`, if given), is the certificate asked for: a chain that
+    /// validates against the verification's anchors now (both roles), for the CSR's key,
+    /// naming `resp.identity`, a task identity of `agent` (and `task`) in the caller's trust
+    /// domain. What does not is refused, never handed on to be written as an agent's
+    /// certificate.
+    fn check_issued(
+        &self,
+        route: &str,
+        resp: &CertificateResponse,
+        csr: &str,
+        agent: &str,
+        task: Option<&str>,
+    ) -> Result<()> {
+        let refused = |what: String| {
+            invalid(format!(
+                "the CA answered {route} with {what}: nothing of it is used; ask again, and if it persists tell the CA's operator (a replica may be misconfigured)"
+            ))
+        };
+        let chain = decode_certs(&resp.certs)?;
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or_else(|| refused("no certificate".into()))?;
+        let trust = self.verification.trust_store();
+        let now = UnixTime::now();
+        let info = trust
+            .verify(leaf, rest, now, crate::svid::CertUsage::ClientAuth)
+            .and_then(|_| trust.verify(leaf, rest, now, crate::svid::CertUsage::ServerAuth))
+            .map_err(|e| refused(format!("a certificate that does not verify ({e})")))?;
+        let asked = csr_public_key(csr)?;
+        if info.public_key != asked {
+            return Err(refused(format!(
+                "a certificate for another key than the request's CSR ({})",
+                info.id
+            )));
+        }
+        let matches = match &info.id {
+            PeerId::Task(t) => {
+                info.id.as_str() == resp.identity
+                    && t.as_spiffe_id().trust_domain() == self.td
+                    && t.agent().name() == agent
+                    && task.is_none_or(|want| t.task_id().as_str() == want)
+            }
+            PeerId::Service(_) => false,
+        };
+        if !matches {
+            return Err(refused(format!(
+                "a certificate for {} (said to be {}) instead of a task of agent {agent}{}",
+                info.id,
+                resp.identity,
+                task.map(|t| format!(" in task {t}")).unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
@@ -1064,15 +1168,7 @@ impl Enroller {
         if resp.identity != current.identity().as_str() {
             return Err(invalid("the CA renewed another identity"));
         }
-        let chain = resp
-            .certs
-            .iter()
-            .map(|c| {
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
-                    .map(CertificateDer::from)
-                    .map_err(|_| invalid("a certificate in the CA's response is not base64url"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let chain = decode_certs(&resp.certs)?;
         let renewed = current.renewed(chain)?;
         self.credentials
             .rotate(renewed, &self.verification.trust_store())?;
