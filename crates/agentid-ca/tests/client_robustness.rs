@@ -861,3 +861,101 @@ async fn a_certificate_for_another_key_or_agent_than_asked_is_refused() {
         r.map(|c| c.identity)
     );
 }
+
+/// The JSON body of a `200` certificate answer (CA-API 3.5) for `chain`, naming `identity`.
+fn certificate_body(identity: &str, chain: &[rustls_pki_types::CertificateDer<'_>]) -> String {
+    let b64url =
+        |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d);
+    serde_json::json!({
+        "identity": identity,
+        "serial": "01",
+        "not_before": 0,
+        "not_after": 0,
+        "certs": chain.iter().map(|c| b64url(c.as_ref())).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// A requester that asks for a lifetime (`ttl_secs` of `POST /v1/tasks`, `/v1/children`,
+/// `/v1/renew`) gets a certificate that lives no longer (the CA issues `notAfter = min(now +
+/// ttl, ...)`, PROTOCOL.md 15.1), or the client refuses it: a platform that opens short tasks
+/// (`task open --ttl 1m`, `cert renew --ttl 1m --daemon`) relies on a stolen key being useless
+/// within a minute. Here a CA (a faulty replica, a policy mix-up) answers genuine certificates
+/// of the right key and identity that live ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_living_longer_than_asked_is_refused() {
+    use agentid_api::{OpenTaskRequest, TokenRequest};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let spki = key.public_key().to_spki_der();
+    let mut req = agentid_ca::OpenTaskRequest::new(
+        "planner",
+        agentid_ca::KeySource::Spki(spki.clone()),
+        agentid_ca::TaskRequester::Operator,
+        agentid_protocol::Scope::parse("tickets:read").unwrap(),
+    );
+    req.ttl = Some(Duration::from_secs(600));
+    let opened = ca.open_task(&req, common::now()).unwrap();
+    let chain = common::chain_of(
+        &opened.certificate.leaf.der,
+        &opened.certificate.intermediate_der,
+    );
+    let identity = opened.identity.as_str().to_owned();
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+
+    // A platform opens the task asking for a one-minute certificate.
+    let url = answering_ca(&ca, certificate_body(&identity, &chain)).await;
+    let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let client = CaClient::new(&url, platform, v.clone(), T).unwrap();
+    let csr = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
+            .unwrap(),
+    );
+    let r = client
+        .open_task(&OpenTaskRequest {
+            csr,
+            task: TokenRequest {
+                agent: "planner".into(),
+                scope: vec!["tickets:read".into()],
+                ttl_secs: Some(60),
+                ..Default::default()
+            },
+        })
+        .await;
+    assert!(
+        r.is_err(),
+        "open_task asking for 60 s accepted a certificate living 600 s"
+    );
+
+    // The task's holder renews asking for one minute; the CA answers a ten-minute renewal.
+    let renewed = ca
+        .renew(
+            &agentid_ca::RenewRequest {
+                identity: agentid_protocol::PeerId::parse(&identity).unwrap(),
+                key: agentid_ca::KeySource::Spki(spki),
+                requester: agentid_ca::RenewRequester::Operator,
+                ttl: Some(Duration::from_secs(600)),
+            },
+            common::now(),
+        )
+        .unwrap();
+    let renewed_chain =
+        common::chain_of(&renewed.leaf.der, &renewed.intermediate_der);
+    let url = answering_ca(&ca, certificate_body(&identity, &renewed_chain)).await;
+    let enroller = Enroller::from_credential(
+        &url,
+        agentid_transport::Credential::new(chain, key).unwrap(),
+        common::verification(&ca, &identity),
+        T,
+    )
+    .with_ttl(Some(Duration::from_secs(60)));
+    let r = enroller.renew().await;
+    assert!(
+        r.is_err(),
+        "a renewal asking for 60 s accepted a certificate living 600 s"
+    );
+}
