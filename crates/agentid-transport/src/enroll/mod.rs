@@ -420,6 +420,26 @@ fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// Whether a certificate valid until `not_after`, received now, lives no longer than the
+/// `ttl` seconds asked for (if any): the CA issues `notAfter = min(now + ttl, ...)` (PROTOCOL.md
+/// 15.1), so with both clocks within `skew` seconds it ends by now + ttl + skew. `Err` says how
+/// much longer it lives.
+fn within_ttl(not_after: u64, ttl: Option<u64>, skew: u64) -> std::result::Result<(), String> {
+    let Some(ttl) = ttl else {
+        return Ok(());
+    };
+    let latest = crate::session::now_unix()
+        .saturating_add(ttl)
+        .saturating_add(skew);
+    if not_after > latest {
+        return Err(format!(
+            "a certificate living longer than the {ttl} s asked for (notAfter {not_after}, {} s past the latest {latest} a {ttl} s lifetime allows with the {skew} s clock skew)",
+            not_after - latest
+        ));
+    }
+    Ok(())
+}
+
 /// The certificates of a CA response (base64url DER each).
 fn decode_certs(certs: &[String]) -> Result<Vec<CertificateDer<'static>>> {
     certs
@@ -924,6 +944,7 @@ impl CaClient {
             &req.csr,
             &req.task.agent,
             req.task.task.as_deref(),
+            req.task.ttl_secs,
         )?;
         Ok(resp)
     }
@@ -949,6 +970,7 @@ impl CaClient {
             &req.csr,
             &req.agent,
             task.as_deref(),
+            req.ttl_secs,
         )?;
         Ok(resp)
     }
@@ -957,8 +979,9 @@ impl CaClient {
     /// DER) for `agent` (and `task`, if given), is the certificate asked for: a chain that
     /// validates against the verification's anchors now (both roles), for the CSR's key,
     /// naming `resp.identity`, a task identity of `agent` (and `task`) in the caller's trust
-    /// domain. What does not is refused, never handed on to be written as an agent's
-    /// certificate.
+    /// domain, and living no longer than the `ttl` asked for, if any. What does not is refused,
+    /// never handed on to be written as an agent's certificate.
+    #[allow(clippy::too_many_arguments)]
     fn check_issued(
         &self,
         route: &str,
@@ -966,6 +989,7 @@ impl CaClient {
         csr: &str,
         agent: &str,
         task: Option<&str>,
+        ttl: Option<u64>,
     ) -> Result<()> {
         let refused = |what: String| {
             invalid(format!(
@@ -1005,6 +1029,10 @@ impl CaClient {
                 resp.identity,
                 task.map(|t| format!(" in task {t}")).unwrap_or_default()
             )));
+        }
+        let skew = self.verification.verifier().config().skew_seconds();
+        if let Err(why) = within_ttl(info.not_after, ttl, skew) {
+            return Err(refused(why));
         }
         Ok(())
     }
@@ -1170,6 +1198,18 @@ impl Enroller {
         }
         let chain = decode_certs(&resp.certs)?;
         let renewed = current.renewed(chain)?;
+        let skew = self.verification.verifier().config().skew_seconds();
+        within_ttl(
+            renewed.info().not_after,
+            self.ttl.map(|d| d.as_secs()),
+            skew,
+        )
+        .map_err(|why| {
+            invalid(format!(
+                "the CA renewed {} with {why}: not used (the certificate held stays in use until its notAfter); tell the CA's operator (a replica may be misconfigured)",
+                resp.identity
+            ))
+        })?;
         self.credentials
             .rotate(renewed, &self.verification.trust_store())?;
         self.credentials
