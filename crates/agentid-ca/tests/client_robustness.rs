@@ -657,8 +657,7 @@ async fn a_tampered_bundle_fetch_cannot_make_the_signed_bundle_a_rollback() {
         }],
         "spiffe_sequence": 9_007_199_254_740_991_u64,
     });
-    let relay =
-        bundle_tampering_relay(&ca, enroll, serde_json::to_vec(&tampered).unwrap()).await;
+    let relay = bundle_tampering_relay(&ca, enroll, serde_json::to_vec(&tampered).unwrap()).await;
     let (token, identity, expires) = ca
         .create_service_token(
             "indexer",
@@ -736,7 +735,11 @@ async fn a_ca_whose_key_a_held_stale_list_revokes_gets_no_request() {
     let client = CaClient::new(&fake.url(), creds, v, T).unwrap();
     let err = client.list().await.unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
-    assert_eq!(fake.count("GET /v1/tasks"), 0, "the revoked CA got the request");
+    assert_eq!(
+        fake.count("GET /v1/tasks"),
+        0,
+        "the revoked CA got the request"
+    );
 }
 
 /// A fake CA of example.org that is a real agentid HTTP server (its answers carry its proof),
@@ -772,9 +775,8 @@ async fn a_certificate_for_another_key_or_agent_than_asked_is_refused() {
     use agentid_api::{ChildRequest, OpenTaskRequest, TokenRequest};
     let dir = ca_dir();
     let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let b64url = |d: &[u8]| {
-        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
-    };
+    let b64url =
+        |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d);
     let response = |identity: &str, chain: &[rustls_pki_types::CertificateDer<'_>]| {
         serde_json::json!({
             "identity": identity,
@@ -943,8 +945,7 @@ async fn a_certificate_living_longer_than_asked_is_refused() {
             common::now(),
         )
         .unwrap();
-    let renewed_chain =
-        common::chain_of(&renewed.leaf.der, &renewed.intermediate_der);
+    let renewed_chain = common::chain_of(&renewed.leaf.der, &renewed.intermediate_der);
     let url = answering_ca(&ca, certificate_body(&identity, &renewed_chain)).await;
     let enroller = Enroller::from_credential(
         &url,
@@ -958,4 +959,67 @@ async fn a_certificate_living_longer_than_asked_is_refused() {
         r.is_err(),
         "a renewal asking for 60 s accepted a certificate living 600 s"
     );
+}
+
+/// A token answer (`POST /v1/tokens`, CA-API 3.6) carries the `root_sha256` that `agentid token
+/// create --ca-url` writes into the token file: the one trust anchor the enrolling agent pins
+/// (3.6.1). The creating service already verified the CA against its own bundle, so it must
+/// not take another root from the answer (nor a token for another agent than asked): whoever
+/// answers with their own root's hash (a faulty replica, or whoever holds the CA service's
+/// online TLS key, which CA-API 3.3 keeps from changing what verifiers trust) would get the
+/// token and become the enrolled agent's only trust anchor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_answer_pinning_another_root_or_agent_is_refused() {
+    use agentid_api::TokenRequest;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let other = common::test_ca(KeyType::P256);
+    let req = TokenRequest {
+        agent: "planner".into(),
+        scope: vec!["tickets:read".into()],
+        ..Default::default()
+    };
+    let answer = |agent: &str, root_sha256: String| {
+        serde_json::json!({
+            "token": "secret",
+            "agent": agent,
+            "task": "t1",
+            "expires": common::unix(common::now()) + 600,
+            "root_sha256": root_sha256,
+        })
+        .to_string()
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let platform = || {
+        Arc::new(MemoryCredentials::new(common::service_credential(
+            &ca, "platform", None,
+        )))
+    };
+    // The genuine answer is taken.
+    let url = answering_ca(
+        &ca,
+        answer("planner", agentid_ca::server::root_sha256(&ca)),
+    )
+    .await;
+    let client = CaClient::new(&url, platform(), v.clone(), T).unwrap();
+    client.create_token(&req).await.unwrap();
+    for (what, body) in [
+        (
+            "another root",
+            answer("planner", agentid_ca::server::root_sha256(&other.ca)),
+        ),
+        (
+            "another agent",
+            answer("auditor", agentid_ca::server::root_sha256(&ca)),
+        ),
+    ] {
+        let url = answering_ca(&ca, body).await;
+        let client = CaClient::new(&url, platform(), v.clone(), T).unwrap();
+        let r = client.create_token(&req).await;
+        assert!(
+            r.is_err(),
+            "create_token took an answer with {what}: {:?}",
+            r.map(|t| (t.agent, t.root_sha256))
+        );
+    }
 }
