@@ -457,9 +457,8 @@ fn csr_public_key(csr: &str) -> Result<agentid_protocol::PublicKey> {
     use x509_parser::prelude::FromDer;
     let der = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, csr)
         .map_err(|_| invalid("the request's CSR is not base64url"))?;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-            .map_err(|e| invalid(format!("the request's CSR is not a PKCS#10 request: {e}")))?;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(|e| invalid(format!("the request's CSR is not a PKCS#10 request: {e}")))?;
     agentid_protocol::PublicKey::from_spki_der(req.certification_request_info.subject_pki.raw)
         .map_err(|e| invalid(format!("the request's CSR holds no usable key: {e}")))
 }
@@ -1038,8 +1037,47 @@ impl CaClient {
     }
 
     /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
+    ///
+    /// The answer is checked before it is returned (CA-API 3.6): it is for the agent (and the
+    /// task, when one was named) asked for, and its `root_sha256`, the root an enrolling agent
+    /// will pin, is the hash of a root of the trust domain's bundle that this client verifies
+    /// the CA with, never one the answer alone vouches for.
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenResponse> {
-        self.post(agentid_api::routes::TOKENS, req).await
+        let resp: TokenResponse = self.post(agentid_api::routes::TOKENS, req).await?;
+        let refused = |what: String| {
+            invalid(format!(
+                "the CA answered {} with {what}: the token is not used (unredeemed, it expires); ask again, and if it persists tell the CA's operator (a replica may be misconfigured)",
+                agentid_api::routes::TOKENS
+            ))
+        };
+        if resp.agent != req.agent || req.task.as_deref().is_some_and(|t| t != resp.task) {
+            return Err(refused(format!(
+                "a token for agent {} task {} instead of agent {}{}",
+                resp.agent,
+                resp.task,
+                req.agent,
+                req.task
+                    .as_deref()
+                    .map(|t| format!(" task {t}"))
+                    .unwrap_or_default()
+            )));
+        }
+        let want = resp.root_sha256.to_ascii_lowercase();
+        let verifier = self.verification.verifier();
+        let known = verifier
+            .config()
+            .bundles()
+            .iter()
+            .filter(|b| b.trust_domain() == &self.td)
+            .flat_map(|b| b.x509_authorities())
+            .any(|a| sha256_hex(&a.der) == want);
+        if !known {
+            return Err(refused(format!(
+                "root_sha256 {want}, the hash of no root of {} that this client trusts",
+                self.td.as_str()
+            )));
+        }
+        Ok(resp)
     }
 
     /// Revokes a target (`POST /v1/revoke`).
