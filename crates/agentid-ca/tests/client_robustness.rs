@@ -996,11 +996,7 @@ async fn a_token_answer_pinning_another_root_or_agent_is_refused() {
         )))
     };
     // The genuine answer is taken.
-    let url = answering_ca(
-        &ca,
-        answer("planner", agentid_ca::server::root_sha256(&ca)),
-    )
-    .await;
+    let url = answering_ca(&ca, answer("planner", agentid_ca::server::root_sha256(&ca))).await;
     let client = CaClient::new(&url, platform(), v.clone(), T).unwrap();
     client.create_token(&req).await.unwrap();
     for (what, body) in [
@@ -1022,4 +1018,84 @@ async fn a_token_answer_pinning_another_root_or_agent_is_refused() {
             r.map(|t| (t.agent, t.root_sha256))
         );
     }
+}
+
+/// The `serial`, `not_before` and `not_after` of a certificate answer (CA-API 3.5) describe its
+/// leaf: `agentid task open`, `task child` and `enroll` report them (`--format json` is what a
+/// platform's scripts schedule renewals by), so an answer whose numbers are not its
+/// certificate's is refused, not reported. Here a genuine certificate for the right key and
+/// agent comes with a `not_after` a day later than the certificate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_answer_whose_numbers_are_not_its_certificates_is_refused() {
+    use agentid_api::{OpenTaskRequest, TokenRequest};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let b64url =
+        |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d);
+    let csr = b64url(
+        &key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
+            .unwrap(),
+    );
+    let opened = ca
+        .open_task(
+            &agentid_ca::OpenTaskRequest::new(
+                "planner",
+                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+                agentid_ca::TaskRequester::Operator,
+                agentid_protocol::Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let chain = common::chain_of(
+        &opened.certificate.leaf.der,
+        &opened.certificate.intermediate_der,
+    );
+    let info = agentid_transport::Credential::new(chain.clone(), key)
+        .unwrap()
+        .info()
+        .clone();
+    let body = |not_after: u64| {
+        serde_json::json!({
+            "identity": opened.identity.as_str(),
+            "serial": info.serial,
+            "not_before": info.not_before,
+            "not_after": not_after,
+            "certs": chain.iter().map(|c| b64url(c.as_ref())).collect::<Vec<_>>(),
+        })
+        .to_string()
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let request = OpenTaskRequest {
+        csr,
+        task: TokenRequest {
+            agent: "planner".into(),
+            scope: vec!["tickets:read".into()],
+            ..Default::default()
+        },
+    };
+    let open = |body: String| {
+        let (ca, v, request) = (&ca, v.clone(), request.clone());
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .open_task(&request)
+                .await
+        }
+    };
+    // The certificate's own numbers: taken.
+    let taken = open(body(info.not_after)).await.unwrap();
+    assert_eq!(taken.not_after, info.not_after);
+    // A day more than the certificate says: refused.
+    let r = open(body(info.not_after + 86_400)).await;
+    assert!(
+        r.is_err(),
+        "open_task reported a not_after a day past its certificate's: {:?}",
+        r.map(|c| c.not_after)
+    );
 }
