@@ -440,6 +440,38 @@ fn within_ttl(not_after: u64, ttl: Option<u64>, skew: u64) -> std::result::Resul
     Ok(())
 }
 
+/// Whether the numbers of a certificate answer (`serial`, `not_before`, `not_after`) are those
+/// of its leaf `info` (CA-API 3.5): they are reported to whoever asked, so they must be the
+/// certificate's. `Err` names the first that is not.
+fn describes(
+    resp: &CertificateResponse,
+    info: &crate::svid::SvidInfo,
+) -> std::result::Result<(), String> {
+    let mismatch = if !resp.serial.eq_ignore_ascii_case(&info.serial) {
+        Some(("serial", resp.serial.clone(), info.serial.clone()))
+    } else if resp.not_before != info.not_before {
+        Some((
+            "not_before",
+            resp.not_before.to_string(),
+            info.not_before.to_string(),
+        ))
+    } else if resp.not_after != info.not_after {
+        Some((
+            "not_after",
+            resp.not_after.to_string(),
+            info.not_after.to_string(),
+        ))
+    } else {
+        None
+    };
+    match mismatch {
+        Some((field, said, is)) => Err(format!(
+            "{field} {said} for a certificate whose {field} is {is}"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The certificates of a CA response (base64url DER each).
 fn decode_certs(certs: &[String]) -> Result<Vec<CertificateDer<'static>>> {
     certs
@@ -505,6 +537,11 @@ fn credential_from(
     if cred.identity().as_str() != identity {
         return Err(invalid("the CA's certificate names another identity"));
     }
+    describes(resp, cred.info()).map_err(|why| {
+        invalid(format!(
+            "the CA answered the enrollment with {why}: nothing of it is used (the token is spent; ask its creator for another), and tell the CA's operator"
+        ))
+    })?;
     if let Some(g) = &resp.grant {
         cred = cred.with_chain(g.clone());
     }
@@ -1033,7 +1070,7 @@ impl CaClient {
         if let Err(why) = within_ttl(info.not_after, ttl, skew) {
             return Err(refused(why));
         }
-        Ok(())
+        describes(resp, &info).map_err(refused)
     }
 
     /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
@@ -1243,6 +1280,12 @@ impl Enroller {
             skew,
         )
         .map_err(|why| {
+            invalid(format!(
+                "the CA renewed {} with {why}: not used (the certificate held stays in use until its notAfter); tell the CA's operator (a replica may be misconfigured)",
+                resp.identity
+            ))
+        })?;
+        describes(&resp, renewed.info()).map_err(|why| {
             invalid(format!(
                 "the CA renewed {} with {why}: not used (the certificate held stays in use until its notAfter); tell the CA's operator (a replica may be misconfigured)",
                 resp.identity
