@@ -1686,3 +1686,111 @@ async fn a_revocation_while_the_presentation_is_verified_is_applied() {
     eprintln!("first ok {first_ok}, first refused {first_refused}, served after {served_after}");
     assert_eq!(served_after, 0);
 }
+
+// ---- A request held by the service's backpressure ----
+
+/// A service whose readiness waits for a gate the test opens (a concurrency limit or buffer in
+/// front of the handlers), counting the requests it is handed.
+#[derive(Clone, Default)]
+struct Gated(Arc<Gate>);
+
+#[derive(Default)]
+struct Gate {
+    open: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+    waiting: tokio::sync::Notify,
+    called: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+
+    fn called(&self) -> usize {
+        self.called.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl tower_service::Service<::http::Request<hyper::body::Incoming>> for Gated {
+    type Response = ::http::Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        use std::sync::atomic::Ordering;
+        if self.0.open.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
+        if self.0.open.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.0.waiting.notify_one();
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _req: ::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0
+            .called
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        std::future::ready(Ok(::http::Response::new(Full::new(Bytes::from_static(
+            b"served",
+        )))))
+    }
+}
+
+/// A request that waits for the service's readiness (backpressure) while its peer is revoked
+/// is never handed to the service: the connection checks of spec 22.5 hold when the request is
+/// served, not only when it was dispatched (h1 and h2).
+#[tokio::test]
+async fn a_request_held_by_backpressure_across_a_revocation_is_never_served() {
+    for h1 in [true, false] {
+        let w = World::revocable();
+        let gated = Gated::default();
+        let server = HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        // The connection outlives the test once its authority ends (no drop after the grace).
+        .options(HttpOptions {
+            cut_grace: Duration::from_secs(60),
+            ..options()
+        })
+        .build()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = gated.clone();
+        tokio::spawn(async move { server.serve(listener, service).await });
+        let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let mut conn = connect(&w, creds, h1, addr).await;
+        let sent = tokio::spawn(async move {
+            match conn.send(get_req("/held")).await {
+                Ok(r) => Some(r.status().as_u16()),
+                Err(_) => None,
+            }
+        });
+        // The request passed the presentation and the connection checks, and waits for the
+        // service's readiness.
+        tokio::time::timeout(T, gated.0.waiting.notified())
+            .await
+            .unwrap();
+        w.revoke(&k);
+        gated.0.open();
+        let status = tokio::time::timeout(T, sent).await.unwrap().unwrap();
+        assert_ne!(status, Some(200), "h1 {h1}");
+        assert_eq!(
+            gated.0.called(),
+            0,
+            "h1 {h1}: a revoked peer's request was handed to the service"
+        );
+    }
+}
