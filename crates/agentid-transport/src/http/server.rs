@@ -831,8 +831,8 @@ pin_project_lite::pin_project! {
             wait: WaitFuture,
             req: Option<Request<RequestBody>>,
         },
-        // The connection checks (`checked`: passed before the inner service was asked for
-        // readiness), then the inner service's readiness and call.
+        // The connection checks (`checked`: passed since the inner service was last asked for
+        // readiness and answered pending), then the inner service's readiness and call.
         Ready {
             req: Option<Request<RequestBody>>,
             checked: bool,
@@ -896,7 +896,13 @@ where
                         *checked = true;
                     }
                     match this.inner.poll_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            // The service holds the request back (a concurrency limit, a
+                            // buffer): the connection checks run again when it is ready, so
+                            // that a deadline or revocation meanwhile is not handed to it.
+                            *checked = false;
+                            return Poll::Pending;
+                        }
                         Poll::Ready(Err(e)) => Err(e),
                         Poll::Ready(Ok(())) => {
                             let Some(mut req) = req.take() else {
