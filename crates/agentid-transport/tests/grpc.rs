@@ -403,3 +403,32 @@ async fn a_call_to_an_undeclared_method_reaches_the_decision_sink() {
         "the denial of {UNDECLARED} never reached the decision sink: {recorded:?}"
     );
 }
+
+/// Spellings of a method path that a router might take for another method's (a trailing
+/// slash, a doubled slash, percent-encoding, case, a query, an extra segment) never borrow a
+/// declared method's scope: the service behind the layer answers every path, and each spelling
+/// of `Shout` is refused to a caller holding only `echo:say`, as undeclared or under `Shout`'s
+/// own scope (holds).
+#[tokio::test]
+async fn spellings_of_a_method_path_do_not_borrow_another_methods_scope() {
+    let w = World::start().await;
+    let mut grpc = w.grpc(w.domain.task(CALLER, "echo:say").unwrap(), "echo");
+    for path in [
+        "/test.Echo/Shout/",
+        "//test.Echo/Shout",
+        "/test.Echo/%53hout",
+        "/test.echo/shout",
+        "/test.Echo/Shout?via=/test.Echo/Say",
+        "/test.Echo/Say/../Shout",
+        "/test.Echo/Say/",
+        "/test.Echo/Say%2F",
+    ] {
+        assert_refused(
+            call(&mut grpc, path).await,
+            Code::PermissionDenied,
+            "scope_not_granted",
+        );
+    }
+    // The declared spelling still answers on the same connection.
+    assert!(call(&mut grpc, ECHO).await.is_ok());
+}
