@@ -1794,3 +1794,61 @@ async fn a_request_held_by_backpressure_across_a_revocation_is_never_served() {
         );
     }
 }
+
+/// An identity-only peer (no chain) never reaches a handler behind `RequireScope` through
+/// another method (HEAD, OPTIONS, POST), another spelling of the path (trailing or doubled
+/// slash, percent-encoding, case, a parameter), an absolute-form target or another `Host`, on
+/// HTTP/1.1 and HTTP/2, on both forms of the layer (holds).
+#[tokio::test]
+async fn methods_and_path_spellings_do_not_pass_around_require_scope() {
+    let w = World::new(false);
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    for h2 in [false, true] {
+        let mut raw = Raw::connect(&w, creds.clone(), addr, h2).await;
+        for base in ["/scope", "/scope_handler"] {
+            let mut cases: Vec<(::http::Method, String, Option<&str>)> = vec![
+                (::http::Method::HEAD, base.to_owned(), None),
+                (::http::Method::OPTIONS, base.to_owned(), None),
+                (::http::Method::POST, base.to_owned(), None),
+                (::http::Method::GET, format!("{base}/"), None),
+                (::http::Method::GET, format!("/{base}"), None),
+                (::http::Method::GET, base.replacen('s', "%73", 1), None),
+                (::http::Method::GET, base.to_uppercase(), None),
+                (::http::Method::GET, format!("{base};a=b"), None),
+                (::http::Method::GET, format!("{base}?x=/whoami"), None),
+                (::http::Method::GET, base.to_owned(), Some("other.example")),
+            ];
+            if !h2 {
+                cases.push((::http::Method::GET, format!("https://files{base}"), None));
+            }
+            for (method, target, host) in cases {
+                let uri = if h2 && !target.starts_with("https:") {
+                    format!("https://{}{target}", host.unwrap_or("files"))
+                } else {
+                    target.clone()
+                };
+                let mut b = ::http::Request::builder().method(method.clone()).uri(uri);
+                if !h2 {
+                    b = b.header("host", host.unwrap_or("files"));
+                }
+                let req = b.body(Full::new(Bytes::new())).unwrap();
+                let resp = if let Some(s) = &mut raw.h1 {
+                    s.ready().await.unwrap();
+                    tokio::time::timeout(T, s.send_request(req)).await.unwrap()
+                } else {
+                    let s = raw.h2.as_mut().unwrap();
+                    s.ready().await.unwrap();
+                    tokio::time::timeout(T, s.send_request(req)).await.unwrap()
+                }
+                .unwrap();
+                let status = resp.status();
+                let text = body(resp).await;
+                assert!(
+                    !status.is_success() && !text.contains("chain="),
+                    "h2 {h2}: {method} {target} host {host:?} answered {status}: {text}"
+                );
+            }
+        }
+    }
+}
