@@ -1852,3 +1852,36 @@ async fn methods_and_path_spellings_do_not_pass_around_require_scope() {
         }
     }
 }
+
+/// Spec 14.3 ("a transport that applies a new list MUST re-check its live sessions against it
+/// and end at once every session whose peer ... the list covers"): a client whose verification
+/// applies a list revoking the server's certificate key while a response is still streaming
+/// stops receiving it (the body ends with an error), instead of reading a revoked server's
+/// data until it sends its next request (h1 and h2).
+#[tokio::test]
+async fn a_client_stops_reading_a_stream_of_a_server_a_new_list_revokes() {
+    for h1 in [true, false] {
+        let w = World::revocable();
+        let addr = start(&w, None, options()).await;
+        let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let mut conn = connect(&w, creds, h1, addr).await;
+        let resp = conn.send(get_req("/stream")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            conn.server_proof().is_some(),
+            "the server's proof was verified"
+        );
+        let mut streaming = resp.into_body();
+        first_frame(&mut streaming).await;
+        // The client learns that the server's certificate key is revoked.
+        let jkt = conn.peer().info.public_key.thumbprint();
+        let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
+        w.cv.apply_revocation_list(&list).unwrap();
+        let next = tokio::time::timeout(T, streaming.frame()).await;
+        assert!(
+            matches!(next, Ok(Some(Err(_))) | Ok(None)),
+            "h1 {h1}: the revoked server's stream is still open: {next:?}"
+        );
+        drop(conn);
+    }
+}
