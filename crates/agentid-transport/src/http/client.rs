@@ -36,6 +36,7 @@ use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, 
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result, TimeoutKind};
 use crate::session::{now_unix, stale_instant, PROOF_LIFETIME};
+use crate::svid::SvidInfo;
 use crate::PeerPolicy;
 use crate::PeerVerification;
 use crate::{CertUsage, TrustStore};
@@ -169,6 +170,9 @@ pub struct HttpClientConnection {
     closer: watch::Sender<Instant>,
     /// The close margin, in seconds.
     close_margin: u64,
+    /// The server's verified chain for the connection's watcher (`Some(None)`: verified
+    /// without a chain).
+    server_chain: watch::Sender<Option<Option<String>>>,
     /// Set when a re-check of the verified server failed: the connection carries no more
     /// requests, each of which gets this error.
     ended: Option<ServerEnded>,
@@ -331,8 +335,25 @@ impl HttpClient {
         let close_at = Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600));
         // A verified server chain that ends sooner moves the close point earlier (`check_server`).
         let (closer, close_rx) = watch::channel(close_at);
+        // The watcher re-checks the server when the verification state changes or a list it
+        // depends on goes stale, and drops the connection at once on a failure (spec 14.3), so
+        // that a response still streaming from a revoked server is cut, not read on.
+        let (server_chain, chain_rx) = watch::channel(None);
+        let server = ServerWatch {
+            verification: self.verification.clone(),
+            peer: peer.info.clone(),
+            certs: server_certs.clone(),
+            trust_seen: trust_seen.clone(),
+            chain: chain_rx,
+        };
 
-        let io = TokioIo::new(tls);
+        // Dropping a connection cuts its socket: on HTTP/2 hyper drives the streams on a task
+        // of its own, which aborting the connection's task leaves running.
+        let cut = Arc::new(CutSwitch::default());
+        let io = TokioIo::new(Cuttable {
+            io: tls,
+            cut: cut.clone(),
+        });
         // The connection runs on its own task; another one drops it at `close_at` (so that
         // serving a request does not poll the timer).
         let sender = match peer.version {
@@ -340,12 +361,12 @@ impl HttpClient {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(hyper_err)?;
-                close_at_margin(tokio::spawn(conn), close_rx);
+                close_at_margin(tokio::spawn(conn), close_rx, server, cut.clone());
                 Sender::H2(sender)
             }
             HttpVersion::Http11 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(hyper_err)?;
-                close_at_margin(tokio::spawn(conn), close_rx);
+                close_at_margin(tokio::spawn(conn), close_rx, server, cut.clone());
                 Sender::H1(sender)
             }
         };
@@ -366,6 +387,7 @@ impl HttpClient {
             close_at,
             closer,
             close_margin: self.close_margin.as_secs(),
+            server_chain,
             ended: None,
             server_certs,
             trust_seen,
@@ -378,20 +400,175 @@ impl HttpClient {
 fn close_at_margin<T: Send + 'static>(
     mut conn: tokio::task::JoinHandle<T>,
     mut close_at: watch::Receiver<Instant>,
+    mut server: ServerWatch,
+    cut: Arc<CutSwitch>,
 ) {
     tokio::spawn(async move {
-        // Once the connection object is gone its close point no longer moves.
+        // Once the connection object is gone its close point no longer moves, and the server's
+        // chain no longer changes.
         let mut moves = true;
+        let mut chain_moves = true;
+        let mut changes = server.verification.subscribe();
+        let mut watching = true;
+        let mut stale = stale_instant(
+            server
+                .verification
+                .stale_at(server.peer.id.as_spiffe_id(), None),
+        );
         loop {
             let at = *close_at.borrow_and_update();
-            tokio::select! {
+            let recheck = tokio::select! {
                 biased;
                 _ = &mut conn => return,
-                () = sleep_until(at) => return conn.abort(),
-                changed = close_at.changed(), if moves => moves = changed.is_ok(),
+                () = sleep_until(at) => return drop_connection(&conn, &cut),
+                changed = close_at.changed(), if moves => {
+                    moves = changed.is_ok();
+                    false
+                }
+                changed = server.chain.changed(), if chain_moves => {
+                    chain_moves = changed.is_ok();
+                    chain_moves
+                }
+                changed = changes.changed(), if watching => {
+                    watching = changed.is_ok();
+                    watching
+                }
+                () = sleep_until(stale) => true,
+            };
+            if recheck {
+                match server.check() {
+                    // Never in the past: a list found stale ended the connection.
+                    Ok(next) => stale = next.max(Instant::now() + Duration::from_secs(1)),
+                    Err(reason) => {
+                        tracing::info!(peer.id = %server.peer.id, reason, "agentid http client: server no longer verifies, connection dropped");
+                        return drop_connection(&conn, &cut);
+                    }
+                }
             }
         }
     });
+}
+
+/// Drops a client connection: its task, and its socket (HTTP/2 streams, driven elsewhere, end
+/// with an error).
+fn drop_connection<T>(conn: &tokio::task::JoinHandle<T>, cut: &CutSwitch) {
+    cut.cut();
+    conn.abort();
+}
+
+/// Cuts a [`Cuttable`] socket: every later read or write fails.
+#[derive(Default)]
+struct CutSwitch {
+    cut: std::sync::atomic::AtomicBool,
+    // The waker of the last pending read (the connection always has one pending).
+    reader: Mutex<Option<std::task::Waker>>,
+}
+
+impl CutSwitch {
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.cut.load(std::sync::atomic::Ordering::Acquire) {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "agentid http client: connection dropped",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A client socket that a [`CutSwitch`] can cut.
+struct Cuttable<IO> {
+    io: IO,
+    cut: Arc<CutSwitch>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Cuttable<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.cut.check()?;
+        *self.cut.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // Again after registering: a cut in between found no waker.
+        self.cut.check()?;
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Cuttable<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.cut.check()?;
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.cut.check()?;
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What a connection's watcher re-checks the server with (as [`HttpClientConnection`] does
+/// before each request): its certificate path after a bundle change, then its verified chain,
+/// or without one its revocation status.
+struct ServerWatch {
+    verification: Arc<PeerVerification>,
+    peer: SvidInfo,
+    certs: Vec<CertificateDer<'static>>,
+    trust_seen: Arc<TrustStore>,
+    chain: watch::Receiver<Option<Option<String>>>,
+}
+
+impl ServerWatch {
+    /// Whether the server still verifies (a failure other than expiry, which the close point
+    /// handles, is its reason code); when it does, when a list it depends on goes stale.
+    fn check(&mut self) -> std::result::Result<Instant, &'static str> {
+        let now = now_unix();
+        let trust = self.verification.trust_store();
+        if !Arc::ptr_eq(&trust, &self.trust_seen) {
+            trust
+                .revalidate(&self.certs, now, CertUsage::ServerAuth, self.peer.not_after)
+                .map_err(|_| "bad_certificate")?;
+            self.trust_seen = trust;
+        }
+        let chain = self.chain.borrow().clone().flatten();
+        let result = self.verification.verifier().verify_peer(
+            chain.as_deref(),
+            self.peer.id.as_spiffe_id(),
+            &self.peer.public_key,
+            now,
+        );
+        match result {
+            Err(e) if e.code() != ErrorCode::Expired => Err(e.code().as_str()),
+            result => Ok(stale_instant(self.verification.stale_at(
+                self.peer.id.as_spiffe_id(),
+                result.ok().flatten().as_ref(),
+            ))),
+        }
+    }
 }
 
 /// Signs this side's hop proof for the connection to `peer` (spec/PROTOCOL.md 22.4 step 1).
@@ -702,6 +879,8 @@ impl HttpClientConnection {
                 self.closer.send_replace(at);
             }
         }
+        self.server_chain
+            .send_replace(Some(chain.map(str::to_owned)));
         self.server = Some(ServerPresentation {
             proof: proof.to_owned(),
             chain: verified.chain,
