@@ -395,8 +395,10 @@ impl HttpClient {
     }
 }
 
-/// Drops the connection task `conn` at the instant `close_at` holds (it may move earlier)
-/// unless the task ended before.
+/// Drops the connection (its task `conn` and, through `cut`, its socket) at the instant
+/// `close_at` holds (it may move earlier), or as soon as a re-check of `server` fails (the
+/// verification state changed, or a list the server depends on went stale), unless the task
+/// ended before.
 fn close_at_margin<T: Send + 'static>(
     mut conn: tokio::task::JoinHandle<T>,
     mut close_at: watch::Receiver<Instant>,
