@@ -1885,3 +1885,48 @@ async fn a_client_stops_reading_a_stream_of_a_server_a_new_list_revokes() {
         drop(conn);
     }
 }
+
+/// Spec 22.5: past its close point (here the server chain's `exp` minus the margin) the client
+/// keeps no connection, also for a response still streaming: its body ends with an error, on
+/// HTTP/2 too, where hyper drives the streams on a task of its own that dropping the
+/// connection's task left running.
+#[tokio::test]
+async fn a_stream_does_not_outlive_the_clients_close_point() {
+    const TASK_SERVER: &str = "spiffe://example.org/agent/files/task/t1";
+    for h1 in [true, false] {
+        let mut w = World::new(false);
+        let sk = key();
+        let holder = agentid_protocol::TaskIdentity::parse(TASK_SERVER).unwrap();
+        // The server's chain ends in 600 s, both certificates in two hours.
+        let chain = w.a.grant(&holder, &sk, "files:read");
+        let cred = credential(&w.a.ca, TASK_SERVER, copy(&sk), &expiring_in(7200))
+            .with_chain(chain.as_str());
+        w.server_creds = Arc::new(MemoryCredentials::new(cred));
+        let addr = start(&w, None, options()).await;
+        let (creds, _k, _) = w.client(CLIENT, None, &expiring_in(7200));
+        // A margin of 900 s: the first served response moves the close point to now.
+        let mut b = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(TASK_SERVER)))
+            .close_margin(Duration::from_secs(900));
+        if h1 {
+            b = b.http1_only();
+        }
+        let mut conn = b.build().unwrap().connect(addr, "files").await.unwrap();
+        let resp = conn.send(get_req("/stream")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut streaming = resp.into_body();
+        let end = tokio::time::timeout(T, async {
+            loop {
+                match streaming.frame().await {
+                    Some(Ok(_)) => {}
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(end, Ok(Some(Err(_)))),
+            "h1 {h1}: the stream outlived the close point: {end:?}"
+        );
+        drop(conn);
+    }
+}
