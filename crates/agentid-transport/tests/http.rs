@@ -1715,7 +1715,7 @@ impl Gate {
     }
 }
 
-impl tower_service::Service<::http::Request<hyper::body::Incoming>> for Gated {
+impl tower_service::Service<::http::Request<agentid_transport::http::RequestBody>> for Gated {
     type Response = ::http::Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
@@ -1736,7 +1736,10 @@ impl tower_service::Service<::http::Request<hyper::body::Incoming>> for Gated {
         std::task::Poll::Pending
     }
 
-    fn call(&mut self, _req: ::http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(
+        &mut self,
+        _req: ::http::Request<agentid_transport::http::RequestBody>,
+    ) -> Self::Future {
         self.0
             .called
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
