@@ -462,17 +462,15 @@ fn drop_connection<T>(conn: &tokio::task::JoinHandle<T>, cut: &CutSwitch) {
 #[derive(Default)]
 struct CutSwitch {
     cut: std::sync::atomic::AtomicBool,
-    // The waker of the last pending read (the connection always has one pending).
-    reader: Mutex<Option<std::task::Waker>>,
+    // The waker of the last pending read (the connection always has one pending): registered
+    // on every read without a lock, and without a clone when the reading task is the same.
+    reader: atomic_waker::AtomicWaker,
 }
 
 impl CutSwitch {
     fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::Release);
-        let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.reader.wake();
     }
 
     fn check(&self) -> std::io::Result<()> {
@@ -500,7 +498,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Cuttable<IO> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.cut.check()?;
-        *self.cut.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        self.cut.reader.register(cx.waker());
         // Again after registering: a cut in between found no waker.
         self.cut.check()?;
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
