@@ -2,7 +2,7 @@
 //! client agent that keep running with nobody touching them. Each agent enrolls from a bootstrap
 //! token file (its key never leaves it), then keeps itself current on its own:
 //!
-//! * its certificate is renewed by an `Enroller` at half its lifetime;
+//! * its certificate is renewed by an `Enroller` at 40-50% of its lifetime;
 //! * the signed agentid bundle (grant and revocation keys) comes from the CA, verified with the
 //!   bundle-signing public key (`bundle-signing.pub`, distributed like the root), and newer ones
 //!   are applied as the operator signs them (`BundleWatcher`);

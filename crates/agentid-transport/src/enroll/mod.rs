@@ -4,7 +4,7 @@
 //!   certificate. The key never leaves the agent (only a CSR is sent); the CA is authenticated
 //!   by the root the token file pins, never on first use (CA-API 3.6.1).
 //! * [`Enroller`]: holds the enrolled credential in a [`MemoryCredentials`] (a
-//!   [`CredentialSource`] for servers and clients) and renews it at half its lifetime, retrying
+//!   [`CredentialSource`] for servers and clients) and renews it at 40-50% of its lifetime, retrying
 //!   until 90% of it.
 //! * [`CaClient`]: platforms and parents call the CA over mutual TLS with their own
 //!   credential: open a task from an agent's CSR, issue a child, create a token, revoke, list.
@@ -1172,8 +1172,8 @@ fn checking_client(
 }
 
 /// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for
-/// servers and clients, renewed over mutual TLS with the current certificate (same key) at half
-/// its lifetime, retried every few seconds (jittered, and never sooner than a `Retry-After`)
+/// servers and clients, renewed over mutual TLS with the current certificate (same key) at
+/// 40-50% of its lifetime (at random: agents enrolled together do not renew together), retried every few seconds (jittered, and never sooner than a `Retry-After`)
 /// until 90% of it.
 #[derive(Debug)]
 pub struct Enroller {
@@ -1298,7 +1298,8 @@ impl Enroller {
             .ok_or_else(|| EnrollError::Transport(crate::Error::NoCredential))
     }
 
-    /// Renews forever at half of each certificate's lifetime, retrying every few seconds until
+    /// Renews forever at half of each certificate's lifetime (spread at random back to 40%, so that
+    /// agents enrolled together do not renew together), retrying every few seconds until
     /// 90% of it; returns the error once a certificate reaches 90% of its lifetime without a
     /// renewal (the caller decides: a new token, or stop). A refusal that asking again cannot
     /// change (see [`EnrollError::is_transient`]: `revoked`, or `cap_reached` once the task's
@@ -1319,7 +1320,7 @@ impl Enroller {
             let (nb, na) = (current.info().not_before, current.info().not_after);
             let start = renewal_clock_start(nb, received);
             let (renew_at, give_up) = renewal_times(start, na);
-            sleep_until_unix(renew_at).await;
+            sleep_until_unix(spread(start, renew_at, random_u32())).await;
             loop {
                 match self.renew().await {
                     Ok(_) => {
@@ -1375,9 +1376,43 @@ fn renewal_times(start: u64, not_after: u64) -> (u64, u64) {
     (renew_at, give_up)
 }
 
+/// A renewal point spread at random over the fifth of the time before it (from 40% to 50% of a
+/// long lifetime), so that agents enrolled together (a platform starting a thousand at once) do
+/// not all renew in the same second; never later than `renew_at`, never before `start`. `r` is
+/// a uniform random number.
+fn spread(start: u64, renew_at: u64, r: u32) -> u64 {
+    let room = u128::from(renew_at.saturating_sub(start) / 5);
+    let back = room * u128::from(r) / (u128::from(u32::MAX) + 1);
+    renew_at.saturating_sub(u64::try_from(back).unwrap_or(0))
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    match aws_lc_rs::rand::fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        // No randomness: no spread (renew at the latest point, as without it).
+        Err(_) => 0,
+    }
+}
+
+/// The longest single sleep before the wall clock is read again. Timers run on the monotonic
+/// clock, which stands still while the host is suspended (a paused VM, a closed laptop): a
+/// renewal slept for in one piece would come late by the whole suspension, perhaps after
+/// `notAfter`.
+const WALL_CLOCK_RECHECK: Duration = Duration::from_secs(15);
+
+/// Sleeps until the wall clock reads `t` (Unix seconds), reading it again at least every
+/// [`WALL_CLOCK_RECHECK`].
 async fn sleep_until_unix(t: u64) {
-    let left = t.saturating_sub(crate::session::now_unix());
-    tokio::time::sleep(Duration::from_secs(left)).await;
+    while let Some(d) = next_sleep(t, crate::session::now_unix()) {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// The next piece of a sleep until `t` at wall-clock time `now`, or `None` when `t` is reached.
+fn next_sleep(t: u64, now: u64) -> Option<Duration> {
+    let left = t.saturating_sub(now);
+    (left > 0).then(|| Duration::from_secs(left).min(WALL_CLOCK_RECHECK))
 }
 
 #[cfg(test)]
@@ -1403,6 +1438,33 @@ mod tests {
         assert_eq!(renewal_times(1000, 1004), (1000, 1000));
         // A receipt before notBefore (clock steps) never moves the start earlier.
         assert_eq!(renewal_clock_start(2000, Some(1000)), 2000);
+    }
+
+    #[test]
+    fn renewals_are_spread_over_the_fifth_before_the_renewal_point() {
+        // A one-hour certificate: renewed between 40% and 50% of its life.
+        assert_eq!(spread(0, 1800, 0), 1800);
+        assert_eq!(spread(0, 1800, u32::MAX), 1441);
+        assert_eq!(spread(0, 1800, u32::MAX / 2), 1621);
+        // Nothing to spread: due at once stays at once.
+        assert_eq!(spread(1000, 1000, u32::MAX), 1000);
+        assert_eq!(spread(1000, 1004, u32::MAX), 1004);
+        // Drawn at random: a thousand agents enrolled in one second do not renew in one.
+        let draws: std::collections::BTreeSet<u64> =
+            (0..100).map(|_| spread(0, 1800, random_u32())).collect();
+        assert!(draws.len() > 50, "{} distinct renewal points", draws.len());
+        assert!(draws.iter().all(|t| (1440..=1800).contains(t)));
+    }
+
+    #[test]
+    fn a_sleep_until_a_wall_clock_time_reads_the_clock_again_in_pieces() {
+        // A renewal an hour away is slept for in pieces, so a suspended host (monotonic time
+        // standing still) renews at most a piece late after it resumes.
+        assert_eq!(next_sleep(3600, 0), Some(WALL_CLOCK_RECHECK));
+        assert_eq!(next_sleep(3600, 3590), Some(Duration::from_secs(10)));
+        // The wall clock passed the point during a suspension: due now.
+        assert_eq!(next_sleep(3600, 3600), None);
+        assert_eq!(next_sleep(3600, 7200), None);
     }
 
     #[test]
