@@ -140,6 +140,15 @@ impl Authorizer {
     }
 
     /// The peer's certificate: identity, key, serial, validity.
+    ///
+    /// [`peer`](Self::peer), [`peer_id`](Self::peer_id) and [`chain`](Self::chain) are what
+    /// was verified when the request arrived, for logging and for choosing what to do; reading
+    /// them decides nothing. Decide with [`authorize`](Self::authorize),
+    /// [`authorize_with_limits`](Self::authorize_with_limits) or
+    /// [`check_peer`](Self::check_peer) (or the [`RequireScope`](super::RequireScope) and
+    /// [`RequirePeer`](super::RequirePeer) layers): they check the connection again (deadline,
+    /// revocation), apply the verifier's current authority policy and reach the decision sink;
+    /// a handler comparing the chain's scope itself skips all three.
     pub fn peer(&self) -> &SvidInfo {
         &self.conn.peer.info
     }
