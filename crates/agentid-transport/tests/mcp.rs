@@ -187,6 +187,23 @@ async fn a_refused_session_reaches_the_decision_sink() {
     );
 }
 
+/// spec/PROTOCOL.md 22.8, the other half: a request in the peer's own session is a granted
+/// decision on the session binding and reaches the sink as one (`mcp session`, granted), so an
+/// audit sink sees every use of a session, not only the refused ones.
+#[tokio::test]
+async fn a_request_in_the_peers_own_session_reaches_the_decision_sink_as_a_grant() {
+    let w = World::start(|s| s).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let before = w.decisions.0.lock().unwrap().len();
+    assert!(read(&mut coder).await.is_ok());
+    let recorded = w.decisions.0.lock().unwrap().clone();
+    let grants = recorded[before..]
+        .iter()
+        .filter(|(resource, granted, code)| resource == "mcp session" && *granted && code.is_none())
+        .count();
+    assert_eq!(grants, 1, "{recorded:?}");
+}
+
 #[tokio::test]
 async fn a_session_id_never_handed_out_is_refused() {
     let w = World::start(|s| s).await;
