@@ -389,14 +389,16 @@ where
         }
         let peer = authorizer.peer_id().clone();
         let sent = req.headers().get(SESSION_HEADER).cloned();
-        if let Err(r) = self.sessions.admit(&peer, sent.as_ref()) {
-            // A session of another peer (or never handed out) is an authorization decision
-            // and reaches the decision sink; a full table or a bad header is not one.
-            let r = if r.code() == PEER_DENIED {
-                authorizer.deny(Resource::McpSession, r)
-            } else {
-                r
-            };
+        // A request naming a session is an authorization decision (the session is the
+        // peer's, or another peer's or never handed out: `peer_denied`) and reaches the
+        // decision sink either way; a full table or a bad header is not one.
+        let admitted = match self.sessions.admit(&peer, sent.as_ref()) {
+            Err(r) if r.code() != PEER_DENIED => Err(r),
+            Err(r) => authorizer.decide(Resource::McpSession, Err(r)),
+            Ok(()) if sent.is_some() => authorizer.decide(Resource::McpSession, Ok(())),
+            Ok(()) => Ok(()),
+        };
+        if let Err(r) = admitted {
             return Box::pin(std::future::ready(Ok(r.to_response())));
         }
         let method = req.method().clone();

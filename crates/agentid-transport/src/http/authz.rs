@@ -252,18 +252,19 @@ impl Authorizer {
         refusal
     }
 
-    /// An adapter's own denial of `resource` (the `mcp` session binding): the connection
-    /// checks first (their refusal comes first, as for every decision), then `refusal`; either
+    /// An adapter's own decision on `resource` (the `mcp` session binding): the connection
+    /// checks first (their refusal comes first, as for every decision), then `decided`; either
     /// way reported to the decision sink (spec/PROTOCOL.md 22.8) and returned.
     #[cfg_attr(not(feature = "mcp"), allow(dead_code))]
-    pub(crate) fn deny(&self, resource: Resource<'_>, refusal: Refusal) -> Refusal {
+    pub(crate) fn decide(
+        &self,
+        resource: Resource<'_>,
+        decided: Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
         let now = now_unix();
-        let refusal = match self.conn.live_at(now) {
-            Err(r) => r,
-            Ok(()) => refusal,
-        };
-        self.record(resource, &Err(refusal.clone()), now);
-        refusal
+        let result = self.conn.live_at(now).and(decided);
+        self.record(resource, &result, now);
+        result
     }
 
     fn record(&self, resource: Resource<'_>, result: &Result<(), Refusal>, now: u64) {
