@@ -1,0 +1,109 @@
+//! A new user's mistakes against `agentid ca serve`, through the real binary on 127.0.0.1:
+//! each one answered at once, with what went wrong and what to do next.
+#![cfg(test)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{CaService, Env};
+
+const POLICY: &str = r#"
+[defaults]
+ttl = "5m"
+max_ttl = "15m"
+task_ttl = "1h"
+
+[agents.planner]
+scopes = ["tickets:*"]
+requesters = ["operator", "bootstrap"]
+
+[services.agentid-ca]
+requesters = ["operator"]
+"#;
+
+/// A CA in `env` with [`POLICY`] served, and `planner` enrolled into `a/` from a token file.
+fn enrolled(env: &Env) -> CaService {
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    let s = CaService::start(env, &[]);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    env.ok("enroll --token-file t.json --out-dir a");
+    s
+}
+
+/// `enroll` writes the pinned X.509 bundle only (no revocation key): `revocations list` with
+/// that directory as `--cred` must say so and name the bundle that holds the key, not blame
+/// the CA for serving a list "that does not verify".
+#[test]
+fn revocations_list_with_an_enrolled_directory_names_the_missing_revocation_key() {
+    let env = Env::new();
+    let s = enrolled(&env);
+    let (_, line) = env.fails(
+        &format!("revocations list --ca-url {} --cred a", s.url()),
+        1,
+        "a/bundle.json",
+    );
+    assert!(line.contains("bundle export"), "{line}");
+}
+
+/// `cert renew --ca-url` given the enrollment listener's URL (the one the token file holds)
+/// instead of the mutual-TLS listener's says which listener renewals go to.
+#[test]
+fn renewal_at_the_enrollment_listener_names_the_mtls_listener() {
+    let env = Env::new();
+    let s = enrolled(&env);
+    let (_, line) = env.fails(
+        &format!("cert renew --ca-url {} --dir a", s.enroll_url()),
+        1,
+        "enrollment listener",
+    );
+    assert!(line.contains("--listen"), "{line}");
+}
+
+/// A renewal daemon started with a wrong `--ca-url` (nothing listens there) must not sit
+/// silent until half of the certificate's lifetime: it says so at once and exits 1.
+#[test]
+fn the_renewal_daemon_reports_a_wrong_ca_url_at_once() {
+    let env = Env::new();
+    let _s = enrolled(&env);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .env_remove("AGENTID_LOG")
+        .env_remove("RUST_LOG")
+        .args(["cert", "renew", "--ca-url"])
+        .arg(format!("https://127.0.0.1:{port}"))
+        .args(["--dir", "a", "--daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = daemon.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = env.read("daemon.log");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the daemon still ran after 20 s, saying {log:?}"
+    );
+    assert!(log.contains("cannot reach the CA"), "{log}");
+}
