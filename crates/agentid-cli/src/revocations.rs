@@ -32,11 +32,29 @@ pub fn run_list(a: &ListArgs) -> CliResult {
             "revocations list needs --ca-url and --cred",
         ));
     };
+    let config = crate::net::load_cred(dir)?.verifier_config()?;
+    // `enroll` writes the pinned X.509 bundle only: no list could verify against it, and
+    // saying so beats blaming the CA for a list "that does not verify".
+    if config
+        .bundles()
+        .iter()
+        .all(|b| b.revocation_keys().is_empty())
+    {
+        let bundle = dir.join(agentid::files::BUNDLE_FILE);
+        let hint = format!(
+            "put the CA's agentid bundle there (the operator runs `agentid bundle export --ca CA_DIR --out {}`)",
+            bundle.display()
+        );
+        return Err(CliError::failed(format!(
+            "{} holds no revocation key (an X.509-only bundle, as `agentid enroll` writes), so no revocation list can be verified with it: {hint}",
+            bundle.display()
+        ))
+        .with_hint(hint));
+    }
     let client = a.remote.client()?;
     let served = crate::net::runtime()?
         .block_on(client.revocations())
         .map_err(crate::net::api_error(a.remote.url()))?;
-    let config = crate::net::load_cred(dir)?.verifier_config()?;
     // Signature, issuer and claims first: nothing unverified is printed.
     let list = RevocationList::verify(&served.list, config.bundles())
         .context("the CA served a revocation list that does not verify")?;
