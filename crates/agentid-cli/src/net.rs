@@ -75,12 +75,30 @@ pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ 
             let hint = "check the URL, and that `agentid ca serve` is running and listens there";
             CliError::failed(format!("cannot reach the CA at {url}: {e}: {hint}")).with_hint(hint)
         }
+        None if enrollment_listener_answer(&e) => {
+            let hint = "give the URL of the CA's mutual-TLS listener (`agentid ca serve --listen`), not its enrollment listener (`--enroll-listen`, the token file's `ca_url`)";
+            CliError::failed(format!(
+                "the CA at {url}: {e}: is that the enrollment listener? {hint}"
+            ))
+            .with_hint(hint)
+        }
         None if plain_text_answer(&e) => {
             let hint = "the server at that URL does not speak TLS: give the HTTPS address of `agentid ca serve` (not a plain-HTTP proxy or port)";
             CliError::failed(format!("the CA at {url}: {e}: {hint}")).with_hint(hint)
         }
         None => CliError::failed(format!("the CA at {url}: {e}")),
     }
+}
+
+/// Whether a request presenting the caller's credential was answered without the CA's proof,
+/// as the enrollment listener (no client certificates, no agentid handshake) answers it. For a
+/// hint only.
+fn enrollment_listener_answer(e: &EnrollError) -> bool {
+    matches!(
+        e,
+        EnrollError::Transport(agentid_transport::Error::HandshakeRefused(m))
+            if m.contains("without its proof")
+    )
 }
 
 /// Whether the TLS handshake failed on an answer that is not TLS (a plain-HTTP server answers
