@@ -618,6 +618,10 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
     let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref())
         .ok_or_else(|| CliError::failed("the credential source signals no changes"))?;
     rt.block_on(async {
+        // Once at start: a wrong `--ca-url`, a refusal or a `--ttl` the policy refuses shows now
+        // (status 1), not silently at half of the certificate's lifetime. The renewed
+        // certificate is written (and `--exec` run) by the loop below, as every later one.
+        enroller.renew().await.map_err(api_error(url))?;
         let run = enroller.run();
         tokio::pin!(run);
         // A renewed certificate `cert.pem` could not take yet (a full disk, a permission): kept
