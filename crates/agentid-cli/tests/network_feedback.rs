@@ -107,3 +107,25 @@ fn the_renewal_daemon_reports_a_wrong_ca_url_at_once() {
     );
     assert!(log.contains("cannot reach the CA"), "{log}");
 }
+
+/// `--cred DIR` naming a directory without the files a credential directory holds (as `task
+/// open` leaves one: `cert.pem` and `grant.jwt`, the key elsewhere) says which file is missing
+/// and what a credential directory is, not only "No such file or directory".
+#[test]
+fn a_cred_directory_without_its_key_says_what_it_lacks() {
+    let env = Env::new();
+    env.planner("p");
+    std::fs::create_dir(env.path("half")).unwrap();
+    std::fs::copy(env.path("p/cert.pem"), env.path("half/cert.pem")).unwrap();
+    std::fs::copy(env.path("p/grant.jwt"), env.path("half/grant.jwt")).unwrap();
+    for cmd in [
+        "ca list --ca-url https://127.0.0.1:9 --cred half",
+        "task child --ca-url https://127.0.0.1:9 --cred half --csr x.csr --agent summarizer --out-dir c",
+        "cert renew --ca-url https://127.0.0.1:9 --dir half",
+    ] {
+        let (_, line) = env.fails(cmd, 1, "half/key.pem");
+        assert!(line.contains("credential directory"), "{line}");
+        assert!(line.contains("bundle.json"), "{line}");
+        assert!(!line.contains("cannot reach"), "nothing is sent: {line}");
+    }
+}
