@@ -571,6 +571,27 @@ fn print_renewed(cred: &agentid_transport::Credential, format: Format) -> CliRes
 /// certificate is named with its date and the next step: the CA service renews only a
 /// certificate that is still valid, so only the operator can renew it now.
 pub(crate) fn load_cred(dir: &Path) -> CliResult<CredentialDir> {
+    // A directory missing a file (`task open` leaves none of the key) says what it lacks and
+    // what a credential directory is, not only "No such file or directory".
+    let missing: Vec<&str> = [CERT_FILE, KEY_FILE, BUNDLE_FILE]
+        .into_iter()
+        .filter(|f| std::fs::symlink_metadata(dir.join(f)).is_err())
+        .collect();
+    if !missing.is_empty() {
+        let hint = format!(
+            "a credential directory holds {CERT_FILE}, {KEY_FILE} (0600) and {BUNDLE_FILE}, as `agentid cert issue` and `agentid enroll` write them; after `agentid task open`, put the agent's key there as {KEY_FILE} and the CA's bundle as {BUNDLE_FILE}"
+        );
+        let paths: Vec<String> = missing
+            .iter()
+            .map(|f| dir.join(f).display().to_string())
+            .collect();
+        return Err(CliError::failed(format!(
+            "{} is not a credential directory: no {}: {hint}",
+            dir.display(),
+            paths.join(", ")
+        ))
+        .with_hint(hint));
+    }
     CredentialDir::load(dir).map_err(|e| {
         let expired = agentid::files::Holder::load(dir)
             .ok()
