@@ -129,3 +129,17 @@ fn a_cred_directory_without_its_key_says_what_it_lacks() {
         assert!(!line.contains("cannot reach"), "nothing is sent: {line}");
     }
 }
+
+/// A token file others can read is refused as a token file (the secret it holds may have been
+/// read), not as "a private key".
+#[test]
+fn a_token_file_others_can_read_is_refused_as_a_token_file() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("token create --ca ca --enroll-url https://127.0.0.1:9 --agent planner --scope tickets:read --out t.json");
+    env.chmod("t.json", 0o644);
+    let (_, line) = env.fails("enroll --token-file t.json --out-dir a", 1, "token file");
+    assert!(line.contains("chmod 600"), "{line}");
+    assert!(!line.contains("private key"), "{line}");
+    assert!(!env.path("a").exists());
+}
