@@ -83,8 +83,10 @@ fn a_refused_revoke_is_a_json_error_with_its_next_step() {
     assert!(err["message"].as_str().unwrap().contains("\"plannr\""));
     assert_eq!(
         err["hint"],
-        "check the name (`agentid ca list` shows the live tasks), or pass --force to block the name anyway"
+        "check the name against the agent rules of ca/policy.toml (`agentid audit export --ca ca` lists every certificate this CA issued), or pass --force to block the name anyway"
     );
+    // Not `agentid ca list`: it has no --ca DIR form (the CA service and a `list` permission).
+    assert!(!err["hint"].as_str().unwrap().contains("ca list"));
 }
 
 #[test]
