@@ -415,7 +415,13 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
                 ))
             })?,
     };
-    let secret = agentid_fs::read_secret(&path, 64 * 1024)?;
+    let secret = agentid_fs::read_secret(&path, 64 * 1024).map_err(|e| match e {
+        agentid_fs::FsError::InsecureMode { path, mode } => CliError::failed(format!(
+            "{} has mode {mode:03o}: a token file holds a secret and must be readable by its owner only (chmod 600); if others may have read it, ask the operator for a new token",
+            path.display()
+        )),
+        e => e.into(),
+    })?;
     let token: TokenFile =
         serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
     // Refuse before the token is spent: the key is written only after the CA answered, into a
