@@ -110,7 +110,11 @@ pub fn run_revoke(args: &RevokeArgs) -> CliResult {
     } else if let Some(a) = &args.agent {
         agentid_protocol::AgentId::new(ca.trust_domain(), a).bad_arg("--agent", a)?;
         if !args.force && ca.policy().agent(a).is_err() && !ca_issued_to(&ca, a)? {
-            let hint = "check the name (`agentid ca list` shows the live tasks), or pass --force to block the name anyway";
+            let hint = format!(
+                "check the name against the agent rules of {} (`agentid audit export --ca {}` lists every certificate this CA issued), or pass --force to block the name anyway",
+                dir.join("policy.toml").display(),
+                dir.display()
+            );
             return Err(CliError::failed(format!(
                 "no policy rule names agent {a:?} and this CA never issued it a certificate: {hint}"
             ))
