@@ -255,6 +255,12 @@ impl CaError {
                 "a task identity keeps one key for its life: renew its certificate with that key (agentid cert renew), or open a new task for a new key"
                     .to_owned(),
             ),
+            // The clock is read for the hint only: when the parent's end is already past, no
+            // lifetime fits and "a shorter --ttl" would send the user round in a circle.
+            CaError::OutlivesParent { parent_exp, .. } if unix_now() >= *parent_exp => Some(
+                "a child's certificate never outlives its parent's certificate (as it was when the child was issued), task or chain, and that end is past: no --ttl fits. Issue the parent again (agentid cert issue --force: a new task), then the child (agentid cert issue --parent DIR --force) and delegate again; through the CA service, have the parent, once renewed, ask for the child again with the child's key (agentid task child --csr)"
+                    .to_owned(),
+            ),
             CaError::OutlivesParent { .. } => Some(
                 "a child's certificate never outlives its parent's certificate (as it was when the child was issued), task or chain: ask for a shorter --ttl, or have the parent, once renewed, ask for the child again with the child's key (agentid task child --csr)"
                     .to_owned(),
@@ -262,6 +268,13 @@ impl CaError {
             _ => None,
         }
     }
+}
+
+/// Now, in Unix seconds (0 before the epoch), for a hint.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A time of an error message, RFC 3339 (UTC, seconds); the number itself beyond year 9999.
