@@ -143,3 +143,31 @@ fn a_token_file_others_can_read_is_refused_as_a_token_file() {
     assert!(!line.contains("private key"), "{line}");
     assert!(!env.path("a").exists());
 }
+
+/// `ca serve` with a listener address in use prints no "listening on" line for a service that
+/// is not going to run (a supervisor reading stdout would take it as started), and says which
+/// flag names the busy address and what to do.
+#[test]
+fn ca_serve_with_a_busy_address_claims_no_listener_and_names_the_flag() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (stdout, line) = env.fails_args(
+        &[
+            "ca",
+            "serve",
+            "--ca",
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            &addr,
+        ],
+        1,
+        &addr,
+    );
+    assert_eq!(stdout, "", "nothing claims to listen");
+    assert!(line.contains("--enroll-listen"), "{line}");
+    assert!(line.contains("another address"), "{line}");
+}
