@@ -8,7 +8,7 @@ use agentid_protocol::TrustDomain;
 use serde_json::json;
 
 use crate::common::{key_type_parser, print_json, print_text, Format, FormatArg, KeyType};
-use crate::error::{bad_arg, CliResult, Context};
+use crate::error::{bad_arg, CliError, CliResult, Context};
 
 /// `ca` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -169,25 +169,12 @@ fn serve(args: &ServeArgs) -> CliResult {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .context(format!("cannot listen on {}", args.listen))?;
-        let addr = listener
-            .local_addr()
-            .context("cannot read the listener's address")?;
-        print_text(&format!("listening on {addr}\n"))?;
+        // Every listener is bound before any is announced: a service that will not run claims
+        // no address.
+        let listener = bind("--listen", args.listen).await?;
         let enroll = match args.enroll_listen {
             None => None,
-            Some(e) => {
-                let l = tokio::net::TcpListener::bind(e)
-                    .await
-                    .context(format!("cannot listen on {e}"))?;
-                let a = l
-                    .local_addr()
-                    .context("cannot read the listener's address")?;
-                print_text(&format!("enrollment listening on {a}\n"))?;
-                Some(l)
-            }
+            Some(e) => Some(bind("--enroll-listen", e).await?),
         };
         let metrics = match args.metrics_listen {
             None => None,
@@ -195,19 +182,35 @@ fn serve(args: &ServeArgs) -> CliResult {
                 if !m.ip().is_loopback() {
                     tracing::warn!(addr = %m, "the metrics listener is plain HTTP and not on loopback");
                 }
-                let l = tokio::net::TcpListener::bind(m)
-                    .await
-                    .context(format!("cannot listen on {m}"))?;
-                let a = l
-                    .local_addr()
-                    .context("cannot read the listener's address")?;
-                print_text(&format!("metrics listening on {a}\n"))?;
-                Some(l)
+                Some(bind("--metrics-listen", m).await?)
             }
         };
+        print_text(&format!("listening on {}\n", local_addr(&listener)?))?;
+        if let Some(l) = &enroll {
+            print_text(&format!("enrollment listening on {}\n", local_addr(l)?))?;
+        }
+        if let Some(l) = &metrics {
+            print_text(&format!("metrics listening on {}\n", local_addr(l)?))?;
+        }
         service
             .serve_all(listener, enroll, metrics)
             .await
             .context("the CA service stopped")
     })
+}
+
+/// Binds the listener `flag` names, saying what to do when the address is taken.
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> CliResult<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let next = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": another process listens there (another `agentid ca serve`?): stop it, or give another address"
+        } else {
+            ""
+        };
+        CliError::failed(format!("cannot listen on {addr} ({flag}): {e}{next}"))
+    })
+}
+
+fn local_addr(l: &tokio::net::TcpListener) -> CliResult<std::net::SocketAddr> {
+    l.local_addr().context("cannot read the listener's address")
 }
