@@ -392,7 +392,8 @@ pub struct EnrollArgs {
     /// The token file (default: the file `AGENTID_TOKEN_FILE` names).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Where to write `key.pem` (0600), `cert.pem`, `grant.jwt` and `bundle.json`.
+    /// Where to write `key.pem` (0600), `cert.pem`, `grant.jwt` and `bundle.json` (the pinned
+    /// root only: no grant or revocation keys; `agentid bundle export` makes the full bundle).
     #[arg(long)]
     pub out_dir: PathBuf,
     /// Type of the key made here.
