@@ -591,3 +591,102 @@ fn a_record_column_of_another_type_is_a_named_break_not_a_read_failure() {
         .unwrap();
     audit::verify_dir(t.path()).unwrap().unwrap();
 }
+
+// ---- Red team (audit): what a database writer without the audit key can add.
+
+/// Writes a chain for `writer` straight into the database, each hash recomputed: what someone
+/// with write access to the store but without the audit key can do.
+fn forge_chain(dir: &Path, writer: &str, n: u64) {
+    let c = db(dir);
+    let mut prev = GENESIS.to_owned();
+    for seq in 1..=n {
+        let ev = agentid_ca::AuditEvent {
+            ts: unix(now()),
+            kind: "revoke".into(),
+            actor: "operator".into(),
+            subject: Some("spiffe://example.org/agent/innocent".into()),
+            outcome: "ok".into(),
+            reason: Some("made up".into()),
+            ..Default::default()
+        };
+        let body = audit::record_body(writer, seq, &prev, &ev).unwrap();
+        let h = audit::record_hash(&body);
+        c.execute(
+            "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![writer, seq as i64, ev.ts as i64, body, h],
+        )
+        .unwrap();
+        prev = h;
+    }
+}
+
+/// A second writer's chain made up in the database is not a trail the CA wrote: the CA signs
+/// a checkpoint with every writer's record 1, which nobody without the audit key can make.
+/// (Before, any number of made-up writers of up to 63 records each verified.)
+#[test]
+fn a_made_up_writer_chain_does_not_verify() {
+    for n in [1, 3, audit::CHECKPOINT_EVERY - 1] {
+        let t = busy_ca();
+        forge_chain(t.path(), "replica-x", n);
+        match broken(t.path()) {
+            AuditBreak::Checkpoint { writer, seq, .. } => {
+                assert_eq!((writer.as_str(), seq), ("replica-x", 1), "{n} records");
+            }
+            other => {
+                panic!("{n} records: expected the missing checkpoint of record 1, got {other:?}")
+            }
+        }
+    }
+}
+
+/// An export carries each record's stored text, the exact bytes its hash covers, so an
+/// offline checker hashes what it reads (CA-API 4.4). Before, the export held only the parsed
+/// fields: a record whose stored text is not this version's compact serialization (another
+/// field, spacing: another version's writer, or an edit of the unprotected head) verified in
+/// the store, but its export dropped what the hash covered and could not be checked.
+#[test]
+fn an_exported_record_carries_the_text_its_hash_covers() {
+    let t = busy_ca();
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    let last = snap.records.last().unwrap();
+    let ts = unix(now());
+    let body = format!(
+        "{{\"writer\": \"main\", \"seq\": {}, \"prev\": \"{}\", \"ts\": {ts}, \"kind\": \"revoke\", \
+         \"actor\": \"operator\", \"subject\": null, \"task\": null, \"serial\": null, \
+         \"jti\": null, \"outcome\": \"ok\", \"reason\": null, \"note\": \"kept\"}}",
+        last.seq + 1,
+        last.hash
+    );
+    db(t.path())
+        .execute(
+            "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES ('main', ?1, ?2, ?3, ?4)",
+            rusqlite::params![(last.seq + 1) as i64, ts as i64, body, audit::record_hash(&body)],
+        )
+        .unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let mut out = Vec::new();
+    audit::export_dir(t.path(), None, &mut out).unwrap();
+    let mut records = 0;
+    for line in String::from_utf8(out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] != "record" {
+            continue;
+        }
+        records += 1;
+        let text = v["body"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an exported record without its stored text: {line}"));
+        assert_eq!(
+            audit::record_hash(text),
+            v["hash"].as_str().unwrap(),
+            "{line}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        for (k, x) in parsed.as_object().unwrap() {
+            if v.get(k).is_some() {
+                assert_eq!(&v[k], x, "{line}");
+            }
+        }
+    }
+    assert_eq!(records, snap.records.len() + 1);
+}

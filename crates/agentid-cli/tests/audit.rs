@@ -120,3 +120,27 @@ fn a_missing_store_is_an_error() {
     let env = Env::empty();
     env.fails("audit verify --ca nowhere", 1, "no CA store");
 }
+
+/// A broken trail's message names the first bad record and says what to do next (keep the
+/// store as evidence, compare with an earlier export or backup), in text and in JSON (red
+/// team, audit: it named the record only).
+#[test]
+fn a_broken_trail_says_what_to_do_next() {
+    let env = used_ca();
+    db(&env)
+        .execute(
+            "UPDATE audit_records SET body = replace(body, 'test', 'nothing to see') WHERE seq = 4",
+            [],
+        )
+        .unwrap();
+    let (_, line) = env.fails("audit verify --ca ca", 3, "record 4: edited");
+    assert!(line.contains("agentid audit export"), "{line}");
+    assert!(line.contains("backup"), "{line}");
+    let (out, _) = env.fails("audit verify --ca ca --format json", 3, "record 4");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(
+        v["next"].as_str().is_some_and(|s| s.contains("backup")),
+        "{v}"
+    );
+}
