@@ -179,10 +179,11 @@ impl ChainWriter {
         let _ = self.checkpoints.set(signer);
     }
 
-    /// The checkpoint to write with record `seq` (hash `hash`, time `ts`): one at every
-    /// multiple of [`CHECKPOINT_EVERY`], once the chain has a signer.
+    /// The checkpoint to write with record `seq` (hash `hash`, time `ts`): one with record 1
+    /// and at every multiple of [`CHECKPOINT_EVERY`] ([`checkpoint_required`]), once the
+    /// chain has a signer.
     pub(crate) fn due(&self, seq: u64, hash: &str, ts: u64) -> Result<Option<CheckpointRecord>> {
-        if !seq.is_multiple_of(CHECKPOINT_EVERY) {
+        if !checkpoint_required(seq) {
             return Ok(None);
         }
         self.checkpoints
@@ -190,6 +191,14 @@ impl ChainWriter {
             .map(|s| s.checkpoint(&self.id, seq, hash, ts))
             .transpose()
     }
+}
+
+/// Whether the CA signs a checkpoint in the same transaction as a writer's record `seq`:
+/// record 1 (so that a writer's chain nobody with the audit key started, made up in the
+/// database, does not verify) and every multiple of [`CHECKPOINT_EVERY`] (so that rewriting
+/// what one covered needs the audit key). [`verify`] requires each of them.
+pub fn checkpoint_required(seq: u64) -> bool {
+    seq == 1 || (seq != 0 && seq.is_multiple_of(CHECKPOINT_EVERY))
 }
 
 /// A stored number column of an audit record or checkpoint (`seq`, `ts`, `iat`) as read for
@@ -486,28 +495,40 @@ pub fn verify(
         let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
         *e = (*e).max(c.seq);
     }
-    // The CA writes a checkpoint in the same transaction as every CHECKPOINT_EVERY-th record
-    // (CA-API.md 4.2): one missing was deleted, and with it the protection of the records it
-    // covered.
+    // The CA writes a checkpoint in the same transaction as each writer's record 1 and every
+    // CHECKPOINT_EVERY-th record (CA-API.md 4.2): one missing at record 1 means the chain was
+    // made up in the database (nobody with the audit key started it); one missing further on
+    // was deleted, and with it the protection of the records it covered.
     let signed: HashSet<(&str, u64)> = snap
         .checkpoints
         .iter()
         .map(|c| (c.writer.as_str(), c.seq))
         .collect();
     for (writer, (n, _, _)) in &chains {
-        let mut seq = CHECKPOINT_EVERY;
+        let mut seq = 1;
         while seq <= *n {
             if !signed.contains(&(*writer, seq)) {
                 return Err(AuditBreak::Checkpoint {
                     writer: (*writer).to_owned(),
                     seq,
-                    reason: format!(
-                        "missing: the CA signs one with every {CHECKPOINT_EVERY}th record, so it \
-                         was removed (the records up to it are no longer protected)"
-                    ),
+                    reason: if seq == 1 {
+                        "missing: the CA signs one with every writer's first record, so this \
+                         chain was not started by a CA holding the audit key (it was written \
+                         into the store directly)"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "missing: the CA signs one with every {CHECKPOINT_EVERY}th record, \
+                             so it was removed (the records up to it are no longer protected)"
+                        )
+                    },
                 });
             }
-            seq = seq.saturating_add(CHECKPOINT_EVERY);
+            seq = if seq == 1 {
+                CHECKPOINT_EVERY
+            } else {
+                seq.saturating_add(CHECKPOINT_EVERY)
+            };
         }
     }
     for s in &snap.audited_serials {

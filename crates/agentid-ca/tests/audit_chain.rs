@@ -375,18 +375,17 @@ fn an_upgraded_store_verifies_and_chains_from_the_upgrade() {
 /// named with its writer.
 #[test]
 fn each_writer_has_its_own_chain() {
-    use agentid_ca::{SqliteStore, Store};
     let t = busy_ca();
-    let mut b = SqliteStore::open_as(&t.path().join("ca.db"), "replica-b").unwrap();
+    // A second CA process on the same store, writing its own chain (with its checkpoint at
+    // record 1, signed with the same audit key).
+    let b = CertificateAuthority::open_as(t.path(), "replica-b").unwrap();
     for i in 0..3 {
-        b.append_audit(&agentid_ca::AuditEvent {
-            ts: unix(now()),
-            kind: "revoke".into(),
-            actor: "operator".into(),
-            outcome: "error".into(),
-            reason: Some(format!("attempt {i}")),
-            ..Default::default()
-        })
+        b.revoke(
+            &RevokeTarget::Agent(format!("attempt{i}")),
+            None,
+            "operator",
+            now(),
+        )
         .unwrap();
         t.ca.open_task(&planner(), now()).unwrap();
     }
@@ -400,7 +399,7 @@ fn each_writer_has_its_own_chain() {
 
     db(t.path())
         .execute(
-            "UPDATE audit_records SET body = replace(body, 'attempt 1', 'attempt 9') WHERE writer = 'replica-b' AND seq = 2",
+            "UPDATE audit_records SET body = replace(body, 'attempt1', 'attempt9') WHERE writer = 'replica-b' AND seq = 2",
             [],
         )
         .unwrap();
@@ -473,9 +472,10 @@ fn a_rewritten_chain_whose_checkpoints_were_deleted_does_not_verify() {
         "the checkpoint catches the rewrite"
     );
 
-    // The same rewrite with the checkpoints deleted (a plain DELETE, no key needed).
+    // The same rewrite with the checkpoints it would break deleted (a plain DELETE, no key
+    // needed; the one of record 1 still matches).
     db(t.path())
-        .execute("DELETE FROM audit_checkpoints", [])
+        .execute("DELETE FROM audit_checkpoints WHERE seq > 1", [])
         .unwrap();
     let verdict = audit::verify_dir(t.path()).unwrap();
     assert!(
