@@ -557,9 +557,14 @@ pub fn verify(
 pub enum ExportLine {
     /// An audit record.
     Record {
-        /// The record's content.
+        /// The record's content (its fields, for reading).
         #[serde(flatten)]
         body: Box<RecordBody>,
+        /// The record's stored text, the exact bytes `hash` covers (JSON key `body`): an
+        /// offline checker hashes this ([`record_hash`]) and reads the fields from it, rather
+        /// than re-serializing the fields above.
+        #[serde(rename = "body", default)]
+        text: String,
         /// Its hash.
         hash: String,
     },
@@ -641,6 +646,7 @@ pub fn export_dir(
         })?;
         let line = ExportLine::Record {
             body: Box::new(body),
+            text: r.body.clone(),
             hash: r.hash.clone(),
         };
         serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;

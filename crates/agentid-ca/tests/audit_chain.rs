@@ -317,7 +317,10 @@ fn export_writes_records_and_checkpoints_as_json_lines() {
     let records: Vec<_> = lines
         .iter()
         .filter_map(|l| match l {
-            ExportLine::Record { body, hash } => Some((body, hash)),
+            ExportLine::Record { body, text, hash } => {
+                assert_eq!(&audit::record_hash(text), hash);
+                Some((body, hash))
+            }
             ExportLine::Checkpoint { .. } => None,
         })
         .collect();
