@@ -82,6 +82,11 @@ pub fn run(cmd: &AuditCommand) -> CliResult {
     }
 }
 
+/// What to do once the trail is broken: the store was changed outside the CA (or damaged).
+const NEXT_STEP: &str = "the store was changed outside the CA or damaged: keep a copy of it as \
+     evidence, and compare it with an earlier `agentid audit export` or a backup of the store \
+     to see what changed";
+
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
     match agentid_ca::audit::verify_dir(&a.ca)? {
@@ -104,9 +109,13 @@ fn verify(a: &VerifyArgs) -> CliResult {
         },
         Err(broken) => {
             if a.format.format == Format::Json {
-                print_json(&json!({"valid": false, "error": broken.to_string()}))?;
+                print_json(&json!({
+                    "valid": false,
+                    "error": broken.to_string(),
+                    "next": NEXT_STEP,
+                }))?;
             }
-            Err(CliError::invalid(format!("audit trail broken: {broken}")).reported())
+            Err(CliError::invalid(format!("audit trail broken: {broken}; {NEXT_STEP}")).reported())
         }
     }
 }
