@@ -693,3 +693,35 @@ fn an_exported_record_carries_the_text_its_hash_covers() {
     }
     assert_eq!(records, snap.records.len() + 1);
 }
+
+/// CA-API 4.3 cross-checks the certificates table both ways: an `ok` issuance record whose
+/// serial the store never issued (made up after the last checkpoint, where the chain's links
+/// can be recomputed) is a break naming that record. Before, only the other direction (a
+/// certificate without its record) was checked.
+#[test]
+fn an_issuance_record_for_a_certificate_never_issued_is_named() {
+    let t = busy_ca();
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    let last = snap.records.last().unwrap();
+    let ev = agentid_ca::AuditEvent {
+        ts: unix(now()),
+        kind: "issue.task".into(),
+        actor: "operator".into(),
+        subject: Some("spiffe://example.org/agent/planner/task/made-up".into()),
+        task: Some("made-up".into()),
+        serial: Some("0badc0ffee0badc0ffee0badc0ffee00".into()),
+        outcome: "ok".into(),
+        ..Default::default()
+    };
+    let seq = last.seq + 1;
+    let body = audit::record_body("main", seq, &last.hash, &ev).unwrap();
+    db(t.path())
+        .execute(
+            "INSERT INTO audit_records (writer, seq, ts, body, hash) VALUES ('main', ?1, ?2, ?3, ?4)",
+            rusqlite::params![seq as i64, ev.ts as i64, body, audit::record_hash(&body)],
+        )
+        .unwrap();
+    let (writer, at, reason) = record_break(t.path());
+    assert_eq!((writer.as_str(), at), ("main", seq), "{reason}");
+    assert!(reason.contains("0badc0ffee"), "{reason}");
+}
