@@ -400,7 +400,8 @@ pub struct VerifyReport {
 }
 
 /// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
-/// and that each of `audited_serials` has an `ok` issuance record. Returns the first break, in
+/// that each of `audited_serials` has an `ok` issuance record, and that each `ok` issuance
+/// record's serial is one of them. Returns the first break, in
 /// chain order, naming its record.
 pub fn verify(
     snap: &AuditSnapshot,
@@ -409,7 +410,8 @@ pub fn verify(
 ) -> core::result::Result<VerifyReport, AuditBreak> {
     // writer -> (records seen, head hash, hashes by seq)
     let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
-    let mut issued: HashSet<String> = HashSet::new();
+    // Serial of each `ok` issuance record -> the record (writer, seq), first one kept.
+    let mut issued: BTreeMap<String, (String, u64)> = BTreeMap::new();
     // In chain order whatever order the store gave (a stored seq no store can convert is read
     // as u64::MAX, so it sorts last and shows as the gap it left).
     let mut records: Vec<&AuditRecord> = snap.records.iter().collect();
@@ -452,7 +454,9 @@ pub fn verify(
         }
         if body.event.kind.starts_with("issue.") && body.event.outcome == "ok" {
             if let Some(s) = &body.event.serial {
-                issued.insert(s.clone());
+                issued
+                    .entry(s.clone())
+                    .or_insert_with(|| (r.writer.clone(), r.seq));
             }
         }
         entry.0 = expected;
@@ -532,9 +536,24 @@ pub fn verify(
         }
     }
     for s in &snap.audited_serials {
-        if !issued.contains(s) {
+        if !issued.contains_key(s) {
             return Err(AuditBreak::MissingIssuance { serial: s.clone() });
         }
+    }
+    // The other direction: an `ok` issuance record is written in the transaction that stores
+    // its certificate, so one whose serial the store does not hold was made up (or its
+    // certificate row deleted).
+    let stored: HashSet<&str> = snap.audited_serials.iter().map(String::as_str).collect();
+    if let Some((serial, (writer, seq))) = issued.iter().find(|(s, _)| !stored.contains(s.as_str()))
+    {
+        return Err(AuditBreak::Record {
+            writer: writer.clone(),
+            seq: *seq,
+            reason: format!(
+                "an ok issuance of serial {serial}, which the store has no certificate for \
+                 (the record was made up, or the certificate's row deleted)"
+            ),
+        });
     }
     Ok(VerifyReport {
         chains: chains
