@@ -645,8 +645,9 @@ pub fn verify_dir(dir: &std::path::Path) -> Result<core::result::Result<VerifyRe
     Ok(verify(&snap, &key, config.trust_domain.id().as_str()))
 }
 
-/// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): the records with
-/// `ts >= since` (every record when `None`), by writer and sequence, then every checkpoint.
+/// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): each writer's records from
+/// its first with `ts >= since` on, without gaps (every record when `None`), by writer and
+/// sequence, then every checkpoint.
 pub fn export_dir(
     dir: &std::path::Path,
     since: Option<u64>,

@@ -33,7 +33,8 @@ pub struct ExportArgs {
     /// The CA directory.
     #[arg(long = "ca", value_name = "DIR")]
     pub ca: std::path::PathBuf,
-    /// Only records at or after this time: Unix seconds or an RFC 3339 time
+    /// Each chain from its first record at or after this time on (later records stamped
+    /// earlier stay in, so the chain has no gaps): Unix seconds or an RFC 3339 time
     /// (`2026-12-02T12:00:00Z`). Checkpoints are always exported.
     #[arg(long, value_parser = parse_since)]
     pub since: Option<u64>,

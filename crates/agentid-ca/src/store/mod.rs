@@ -1373,7 +1373,12 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnaps
     let since = to_i64(since.unwrap_or(0))?;
     let records = tx
         .prepare_cached(
-            "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= ?1 ORDER BY writer, seq",
+            // Each writer's chain from its first record at or after `since` on, without gaps
+            // (a record stamped before its predecessor, after a clock step, stays in).
+            "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
+               JOIN (SELECT writer, MIN(seq) AS first FROM audit_records WHERE ts >= ?1
+                     GROUP BY writer) f ON a.writer = f.writer AND a.seq >= f.first
+               ORDER BY a.writer, a.seq",
         )?
         // Read whatever type each column holds (an edit can store any): a wrong one is a
         // break `verify` names, not a failure to read.

@@ -1560,7 +1560,13 @@ impl Store for PgStore {
                     .await?;
                 let records = tx
                     .query(
-                        "SELECT writer, seq, ts, body, hash FROM audit_records WHERE ts >= $1 ORDER BY writer, seq",
+                        // Each writer's chain from its first record at or after `since` on,
+                        // without gaps (a record stamped before its predecessor stays in).
+                        "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
+                           JOIN (SELECT writer, MIN(seq) AS first FROM audit_records
+                                 WHERE ts >= $1 GROUP BY writer) f
+                             ON a.writer = f.writer AND a.seq >= f.first
+                           ORDER BY a.writer, a.seq",
                         &[&to_i64(since)?],
                     )
                     .await?
