@@ -6,15 +6,19 @@
 //!   number in that writer's chain (1, 2, 3, ...) and the hash of the writer's previous record
 //!   ([`GENESIS`] for the first). Its own hash is SHA-256 over a domain-separation label and the
 //!   record's exact stored JSON ([`record_hash`]). Replicas never wait on each other's chain head.
-//! * **Signed checkpoints.** With every [`CHECKPOINT_EVERY`]-th record of a writer, in that
-//!   record's transaction, and when the head has moved and the last checkpoint is older than
-//!   [`CHECKPOINT_INTERVAL_SECS`], the CA signs the chain head (writer, sequence, hash) with its
-//!   dedicated audit key (`audit.key`, public half `audit.pub`): a JWS of type
-//!   [`CHECKPOINT_TYP`]. [`verify`] requires the one at every multiple of [`CHECKPOINT_EVERY`],
-//!   so whoever can write the database but does not hold the audit key can neither rewrite the
-//!   chain up to a checkpoint nor delete the checkpoint first without [`verify`] noticing.
-//! * [`verify`] recomputes every chain and checks every checkpoint's signature and head, and
-//!   that every certificate the store records as issued has its audit record.
+//! * **Signed checkpoints.** With a writer's record 1 and every [`CHECKPOINT_EVERY`]-th
+//!   record ([`checkpoint_required`]), in that record's transaction, and when the head has
+//!   moved and the last checkpoint is older than [`CHECKPOINT_INTERVAL_SECS`], the CA signs
+//!   the chain head (writer, sequence, hash) with its dedicated audit key (`audit.key`,
+//!   public half `audit.pub`): a JWS of type [`CHECKPOINT_TYP`]. [`verify`] requires the one
+//!   at record 1 and at every multiple of [`CHECKPOINT_EVERY`], so whoever can write the
+//!   database but does not hold the audit key can neither make up a writer's chain, nor
+//!   rewrite a chain up to a checkpoint, nor delete the checkpoint first without [`verify`]
+//!   noticing. The records after a writer's last checkpoint are not protected against them
+//!   (CA-API.md 4.3 says what finds that).
+//! * [`verify`] recomputes every chain and checks every checkpoint's signature and head, that
+//!   every certificate the store records as issued has its audit record, and that every `ok`
+//!   issuance record names such a certificate.
 //!
 //! Refusals before a valid token or identity is known are not written here (they go to `tracing`
 //! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
@@ -102,9 +106,9 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// Signs the checkpoints a store writes together with the records they sign (one with every
-/// [`CHECKPOINT_EVERY`]-th record of a writer, in its transaction): the CA's audit key and its
-/// trust domain.
+/// Signs the checkpoints a store writes together with the records they sign (one with record
+/// 1 and every [`CHECKPOINT_EVERY`]-th record of a writer, in its transaction): the CA's audit
+/// key and its trust domain.
 #[derive(Clone)]
 pub struct CheckpointSigner {
     iss: String,
@@ -151,10 +155,10 @@ impl CheckpointSigner {
 }
 
 /// A writer's chain as a store appends to it: the writer id and, once the CA has given it, the
-/// signer of the checkpoint that every [`CHECKPOINT_EVERY`]-th record carries. That checkpoint
-/// is written in the record's own transaction, so a chain the CA wrote has one at every
-/// multiple of [`CHECKPOINT_EVERY`], and [`verify`] can require them: deleting one (no key
-/// needed) is a break, not a way to rewrite the records it covered.
+/// signer of the checkpoint that record 1 and every [`CHECKPOINT_EVERY`]-th record carry. That
+/// checkpoint is written in the record's own transaction, so a chain the CA wrote has one at
+/// record 1 and every multiple of [`CHECKPOINT_EVERY`], and [`verify`] can require them:
+/// deleting one (no key needed) is a break, not a way to rewrite the records it covered.
 #[derive(Clone, Debug)]
 pub(crate) struct ChainWriter {
     id: std::sync::Arc<str>,

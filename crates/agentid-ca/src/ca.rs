@@ -284,7 +284,7 @@ impl CertificateAuthority {
         let mut store = p.store;
         let audit_signer: Option<Arc<dyn JwsSigner>> = p.audit_signer.map(Arc::from);
         if let Some(signer) = &audit_signer {
-            // The store writes a checkpoint with every CHECKPOINT_EVERY-th record itself, in
+            // The store writes a checkpoint with record 1 and every CHECKPOINT_EVERY-th record, in
             // that record's transaction (CA-API.md 4.2).
             store.set_checkpoint_signer(crate::audit::CheckpointSigner::new(
                 p.config.trust_domain.id().as_str().to_owned(),

@@ -505,7 +505,7 @@ pub trait Store: Send {
     fn checkpoint_state(&self) -> Result<CheckpointState> {
         Ok(CheckpointState::default())
     }
-    /// Gives the store the signer of the checkpoints it writes with every
+    /// Gives the store the signer of the checkpoints it writes with record 1 and every
     /// [`crate::audit::CHECKPOINT_EVERY`]-th record of its chain, in that record's transaction
     /// (CA-API.md 4.2). The default writes none (a store without an audit chain).
     fn set_checkpoint_signer(&mut self, _signer: CheckpointSigner) {}

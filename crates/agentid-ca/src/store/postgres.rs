@@ -750,7 +750,7 @@ async fn append_audit_tx<C: tokio_postgres::GenericClient + Sync>(
         &[&writer, &seq_i, &hash],
     )
     .await?;
-    // The checkpoint every CHECKPOINT_EVERY-th record carries, in its transaction.
+    // The checkpoint record 1 and every CHECKPOINT_EVERY-th record carry, in its transaction.
     if let Some(cp) = chain.due(seq, &hash, ev.ts)? {
         insert_checkpoint(tx, &cp).await?;
     }
