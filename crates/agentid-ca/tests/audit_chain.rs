@@ -752,3 +752,27 @@ fn export_since_keeps_each_chain_contiguous_when_the_clock_stepped_back() {
         .collect();
     assert_eq!(seqs, vec![2, 3, 4]);
 }
+
+/// A checkpoint's `iat` column (what the CA reads to decide when the next timed checkpoint is
+/// due) set into the future, so that no timed checkpoint is written again and the head stays
+/// unsigned longer, is a break: the columns must be what the checkpoint signs.
+#[test]
+fn a_checkpoint_whose_iat_column_was_moved_is_named() {
+    let t = busy_ca();
+    db(t.path())
+        .execute(
+            "UPDATE audit_checkpoints SET iat = iat + 1000000000 WHERE writer = 'main' AND seq = 4",
+            [],
+        )
+        .unwrap();
+    match broken(t.path()) {
+        AuditBreak::Checkpoint {
+            writer,
+            seq,
+            reason,
+        } => {
+            assert_eq!((writer.as_str(), seq), ("main", 4), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
