@@ -478,7 +478,12 @@ pub fn verify(
         if claims.iss != iss {
             return Err(bad(format!("signed for {:?}, not {iss:?}", claims.iss)));
         }
-        if claims.writer != c.writer || claims.seq != c.seq || claims.head != c.head {
+        // `iat` too: the CA reads the column to decide when the next timed checkpoint is due.
+        if claims.writer != c.writer
+            || claims.seq != c.seq
+            || claims.head != c.head
+            || claims.iat != c.iat
+        {
             return Err(bad("its columns differ from what it signs".into()));
         }
         let hashes = chains.get(c.writer.as_str()).map(|e| &e.2);
