@@ -646,10 +646,22 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
     let mut changes = agentid_transport::CredentialSource::subscribe(source.as_ref())
         .ok_or_else(|| CliError::failed("the credential source signals no changes"))?;
     rt.block_on(async {
-        // Once at start: a wrong `--ca-url`, a refusal or a `--ttl` the policy refuses shows now
-        // (status 1), not silently at half of the certificate's lifetime. The renewed
-        // certificate is written (and `--exec` run) by the loop below, as every later one.
-        enroller.renew().await.map_err(api_error(url))?;
+        // Once at start, so that a mistake shows now, not silently at the renewal point: a
+        // refusal (a `--ttl` the policy refuses, a revoked name) ends the daemon (status 1); a
+        // CA it cannot reach now (a wrong `--ca-url`, or the CA restarting: the two look alike)
+        // is said at once on stderr, and the daemon keeps running and retries at the renewal
+        // point, as a daemon must outlive a CA restart. The renewed certificate is written (and
+        // `--exec` run) by the loop below, as every later one.
+        match enroller.renew().await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                let e = api_error(url)(e);
+                tracing::error!(
+                    "{e}; the daemon keeps running and tries again at the renewal point (stop it and correct --ca-url if the URL is wrong)"
+                );
+            }
+            Err(e) => return Err(api_error(url)(e)),
+        }
         let run = enroller.run();
         tokio::pin!(run);
         // A renewed certificate `cert.pem` could not take yet (a full disk, a permission): kept

@@ -65,7 +65,8 @@ fn renewal_at_the_enrollment_listener_names_the_mtls_listener() {
 }
 
 /// A renewal daemon started with a wrong `--ca-url` (nothing listens there) must not sit
-/// silent until half of the certificate's lifetime: it says so at once and exits 1.
+/// silent until its renewal point: it says so at once on stderr. It keeps running (a CA it
+/// cannot reach may be restarting, which looks the same) and retries at the renewal point.
 #[test]
 fn the_renewal_daemon_reports_a_wrong_ca_url_at_once() {
     let env = Env::new();
@@ -88,24 +89,22 @@ fn the_renewal_daemon_reports_a_wrong_ca_url_at_once() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-            break None;
-        }
+    let mut log = String::new();
+    while Instant::now() < deadline && !log.contains("cannot reach the CA") {
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let log = env.read("daemon.log");
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(1),
-        "the daemon still ran after 20 s, saying {log:?}"
+        log = env.read("daemon.log");
+    }
+    let running = daemon.try_wait().unwrap().is_none();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        log.contains("cannot reach the CA") && log.contains("keeps running"),
+        "nothing said within 20 s: {log:?}"
     );
-    assert!(log.contains("cannot reach the CA"), "{log}");
+    assert!(
+        running,
+        "the daemon exited on a CA it could not reach: {log}"
+    );
 }
 
 /// `--cred DIR` naming a directory without the files a credential directory holds (as `task
@@ -170,4 +169,37 @@ fn ca_serve_with_a_busy_address_claims_no_listener_and_names_the_flag() {
     assert_eq!(stdout, "", "nothing claims to listen");
     assert!(line.contains("--enroll-listen"), "{line}");
     assert!(line.contains("another address"), "{line}");
+}
+
+/// A renewal daemon whose first renewal is refused (a `--ttl` over the policy's `max_ttl`)
+/// ends at once with status 1 and the refusal: asking again cannot change it.
+#[test]
+fn the_renewal_daemon_ends_at_once_on_a_refusal() {
+    let env = Env::new();
+    let s = enrolled(&env);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .env_remove("AGENTID_LOG")
+        .env_remove("RUST_LOG")
+        .args(["cert", "renew", "--ca-url", &s.url()])
+        .args(["--dir", "a", "--ttl", "10h", "--daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = daemon.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = env.read("daemon.log");
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(log.contains("max_ttl") || log.contains("policy"), "{log}");
 }

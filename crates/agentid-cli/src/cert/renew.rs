@@ -27,8 +27,9 @@ pub struct RenewArgs {
     /// directory's own certificate and key (same key; no renewal after `notAfter`).
     #[arg(long, value_name = "URL", value_parser = crate::common::parse_ca_url)]
     pub ca_url: Option<String>,
-    /// Keep running: renew once at start (a wrong `--ca-url` or a refusal ends it there, status
-    /// 1), then at 40-50% of each certificate's lifetime (at random, so that agents started
+    /// Keep running: renew once at start (a refusal ends it there, status 1; a CA it cannot
+    /// reach is reported at once and tried again at the renewal point), then at 40-50% of each
+    /// certificate's lifetime (at random, so that agents started
     /// together do not renew together; retrying until 90% of it)
     /// and replace `cert.pem` each time (a renewed certificate it cannot write is kept and
     /// written again every 5 seconds, with an error logged). Needs `--ca-url`.
