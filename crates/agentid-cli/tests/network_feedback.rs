@@ -77,17 +77,7 @@ fn the_renewal_daemon_reports_a_wrong_ca_url_at_once() {
         .local_addr()
         .unwrap()
         .port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .env_remove("AGENTID_LOG")
-        .env_remove("RUST_LOG")
-        .args(["cert", "renew", "--ca-url"])
-        .arg(format!("https://127.0.0.1:{port}"))
-        .args(["--dir", "a", "--daemon"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = renewal_daemon(&env, &format!("https://127.0.0.1:{port}"), &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut log = String::new();
     while Instant::now() < deadline && !log.contains("cannot reach the CA") {
@@ -177,16 +167,7 @@ fn ca_serve_with_a_busy_address_claims_no_listener_and_names_the_flag() {
 fn the_renewal_daemon_ends_at_once_on_a_refusal() {
     let env = Env::new();
     let s = enrolled(&env);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .env_remove("AGENTID_LOG")
-        .env_remove("RUST_LOG")
-        .args(["cert", "renew", "--ca-url", &s.url()])
-        .args(["--dir", "a", "--ttl", "10h", "--daemon"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = renewal_daemon(&env, &s.url(), &["--ttl", "10h"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = daemon.try_wait().unwrap() {
@@ -202,4 +183,19 @@ fn the_renewal_daemon_ends_at_once_on_a_refusal() {
     let log = env.read("daemon.log");
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
     assert!(log.contains("max_ttl") || log.contains("policy"), "{log}");
+}
+
+/// `cert renew --daemon` on `a/` against `url` with `extra` arguments, at the default log
+/// filter, its stderr in `daemon.log`.
+fn renewal_daemon(env: &Env, url: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .env_remove("AGENTID_LOG")
+        .env_remove("RUST_LOG")
+        .args(["cert", "renew", "--ca-url", url, "--dir", "a", "--daemon"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap()
 }
