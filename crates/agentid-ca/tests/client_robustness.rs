@@ -804,22 +804,7 @@ async fn a_certificate_for_another_key_or_agent_than_asked_is_refused() {
     // A planner task for another key.
     let (_, other_key_chain, other_key_id) = common::operator_task(&ca, "planner");
     // A task for the agent's key, of another agent (worker).
-    let worker = ca
-        .open_task(
-            &agentid_ca::OpenTaskRequest::new(
-                "worker",
-                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
-                agentid_ca::TaskRequester::Operator,
-                agentid_protocol::Scope::parse("tickets:read").unwrap(),
-            ),
-            common::now(),
-        )
-        .unwrap();
-    let worker_chain = common::chain_of(
-        &worker.certificate.leaf.der,
-        &worker.certificate.intermediate_der,
-    );
-    let worker_id = worker.identity.as_str().to_owned();
+    let (worker_chain, worker_id) = common::operator_task_for(&ca, "worker", &key);
 
     let platform = || {
         Arc::new(MemoryCredentials::new(common::service_credential(
@@ -1037,28 +1022,14 @@ async fn a_certificate_answer_whose_numbers_are_not_its_certificates_is_refused(
         &key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
             .unwrap(),
     );
-    let opened = ca
-        .open_task(
-            &agentid_ca::OpenTaskRequest::new(
-                "planner",
-                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
-                agentid_ca::TaskRequester::Operator,
-                agentid_protocol::Scope::parse("tickets:read").unwrap(),
-            ),
-            common::now(),
-        )
-        .unwrap();
-    let chain = common::chain_of(
-        &opened.certificate.leaf.der,
-        &opened.certificate.intermediate_der,
-    );
+    let (chain, identity) = common::operator_task_for(&ca, "planner", &key);
     let info = agentid_transport::Credential::new(chain.clone(), key)
         .unwrap()
         .info()
         .clone();
     let body = |not_after: u64| {
         serde_json::json!({
-            "identity": opened.identity.as_str(),
+            "identity": identity,
             "serial": info.serial,
             "not_before": info.not_before,
             "not_after": not_after,

@@ -363,6 +363,16 @@ pub fn operator_task(
     String,
 ) {
     let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let (chain, id) = operator_task_for(ca, agent, &key);
+    (key, chain, id)
+}
+
+/// As [`operator_task`], for `key`: the certificate chain and the task identity.
+pub fn operator_task_for(
+    ca: &CertificateAuthority,
+    agent: &str,
+    key: &TaskKey,
+) -> (Vec<rustls_pki_types::CertificateDer<'static>>, String) {
     let req = agentid_ca::OpenTaskRequest::new(
         agent,
         KeySource::Spki(key.public_key().to_spki_der()),
@@ -371,7 +381,7 @@ pub fn operator_task(
     );
     let c = ca.open_task(&req, now()).unwrap();
     let chain = chain_of(&c.certificate.leaf.der, &c.certificate.intermediate_der);
-    (key, chain, c.identity.as_str().to_owned())
+    (chain, c.identity.as_str().to_owned())
 }
 
 /// An HTTP client to the CA service (exactly [`CA_ID`]) holding a new [`operator_task`] of
