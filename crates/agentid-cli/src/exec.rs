@@ -25,9 +25,64 @@ enum ExecError {
     Join(String),
 }
 
+/// The `--exec` command of a renewal daemon, run beside the renewals: at most one at a time,
+/// and a renewal that lands while it runs has it run once more after it ends (renewals that
+/// land meanwhile are coalesced into that one run: the command sees the newest certificate).
+pub struct Hook {
+    cmd: Vec<OsString>,
+    running: Option<tokio::task::JoinHandle<()>>,
+    again: bool,
+}
+
+impl Hook {
+    /// A hook for `cmd` (program then arguments; empty: nothing is ever run).
+    pub fn new(cmd: &[OsString]) -> Self {
+        Self {
+            cmd: cmd.to_vec(),
+            running: None,
+            again: false,
+        }
+    }
+
+    /// A renewed certificate was written: runs the command now, or once more after the
+    /// running one ends.
+    pub fn renewed(&mut self) {
+        if self.cmd.is_empty() {
+            return;
+        }
+        if self.running.is_some() {
+            self.again = true;
+        } else {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        let cmd = self.cmd.clone();
+        self.running = Some(tokio::spawn(async move { after_renewal(&cmd).await }));
+    }
+
+    /// Completes when the running command ends (pending for ever when none runs), and starts
+    /// the next run if a renewal asked for one meanwhile. Cancel-safe: for `select!` loops.
+    pub async fn finished(&mut self) {
+        let Some(running) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        // `after_renewal` logs its own outcome; a task that panicked or was cancelled is said
+        // here.
+        if let Err(e) = running.await {
+            tracing::error!(error = %e, "the task running the --exec command failed");
+        }
+        self.running = None;
+        if std::mem::take(&mut self.again) {
+            self.start();
+        }
+    }
+}
+
 /// Runs `cmd` (program then arguments, no shell) when it is not empty, bounded by
 /// [`EXEC_TIMEOUT`]; a failure is logged, never returned.
-pub async fn after_renewal(cmd: &[OsString]) {
+async fn after_renewal(cmd: &[OsString]) {
     let Some((program, args)) = cmd.split_first() else {
         return;
     };

@@ -82,6 +82,14 @@ pub(crate) fn api_error(url: &str) -> impl FnOnce(EnrollError) -> CliError + '_ 
             ))
             .with_hint(hint)
         }
+        None if matches!(
+            e,
+            EnrollError::Transport(agentid_transport::Error::NoCredential)
+        ) =>
+        {
+            let hint = "the certificate expired before it could be renewed (the CA was out of reach past its end, or this machine slept): the CA renews only a certificate still valid, so enroll again with a new token (`agentid enroll --token-file FILE`), or have the operator run `agentid cert renew --ca CA_DIR`";
+            CliError::failed(format!("the CA at {url}: {e}: {hint}")).with_hint(hint)
+        }
         None if plain_text_answer(&e) => {
             let hint = "the server at that URL does not speak TLS: give the HTTPS address of `agentid ca serve` (not a plain-HTTP proxy or port)";
             CliError::failed(format!("the CA at {url}: {e}: {hint}")).with_hint(hint)
@@ -669,11 +677,16 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
         let mut unwritten: Option<std::sync::Arc<agentid_transport::Credential>> = None;
         let mut retry = tokio::time::interval(WRITE_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // `--exec` runs beside the renewals, never in their way (a slow command must not let
+        // the certificate expire): one at a time, and a renewal written while it runs runs it
+        // once more when it ends.
+        let mut exec = crate::exec::Hook::new(&args.exec);
         loop {
             tokio::select! {
                 r = &mut run => {
                     return r.map_err(api_error(url));
                 }
+                () = exec.finished() => {}
                 c = changes.changed() => {
                     if c.is_err() {
                         return Err(CliError::failed("the credential source closed"));
@@ -686,7 +699,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     match write_cert(&args.dir, &cur) {
                         Ok(()) => {
                             print_renewed(&cur, args.format.format)?;
-                            crate::exec::after_renewal(&args.exec).await;
+                            exec.renewed();
                         }
                         Err(e) => {
                             tracing::error!(error = %e, retry_secs = WRITE_RETRY.as_secs(), "the renewed certificate could not be written; the daemon keeps it and tries again");
@@ -874,4 +887,22 @@ fn task_child(a: &TaskChildArgs) -> CliResult {
         .inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     write_response(&a.out_dir, &r)?;
     print_issued(&r, &a.out_dir, a.format.format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_credential_is_told_with_the_way_back() {
+        let e = api_error("https://127.0.0.1:1")(EnrollError::Transport(
+            agentid_transport::Error::NoCredential,
+        ));
+        let shown = format!("{e}");
+        assert!(
+            shown.contains("expired before it could be renewed"),
+            "{shown}"
+        );
+        assert!(shown.contains("agentid enroll --token-file"), "{shown}");
+    }
 }

@@ -291,3 +291,35 @@ fn renew_daemon_logs_a_failing_exec_command_and_keeps_renewing() {
     assert!(log.contains("--exec command failed"), "{log}");
     assert!(log.contains("exit status: 3"), "{log}");
 }
+
+#[test]
+fn renew_daemon_keeps_renewing_while_a_slow_exec_command_runs() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    // The command records its start and then outlives two certificate lifetimes' worth of
+    // renewal points (the daemon renews 12 s certificates every 5-6 s).
+    let script = "echo started >> runs.log; sleep 30";
+    let starts = || {
+        std::fs::read_to_string(env.path("runs.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let seen = std::cell::RefCell::new(Vec::<String>::new());
+    let log = renew_daemon(&env, &s, &["sh", "-c", script], || {
+        let cert = env.read("a/cert.pem");
+        let mut seen = seen.borrow_mut();
+        if starts() >= 1 && !seen.contains(&cert) {
+            seen.push(cert);
+        }
+        seen.len() >= 3
+    });
+    let seen = seen.into_inner();
+    assert!(
+        seen.len() >= 3,
+        "cert.pem was replaced at least twice while the first --exec command ran: {} certificates seen; {log}",
+        seen.len()
+    );
+    // One command at a time: the renewals made meanwhile wait for it to end.
+    assert_eq!(starts(), 1, "{log}");
+}

@@ -41,9 +41,10 @@ pub struct RenewArgs {
     /// With `--daemon`: after each successful renewal (once `cert.pem` is replaced), run this
     /// program with these arguments, e.g. `--exec nginx -s reload`. Everything after `--exec`
     /// is the command, taken as given: no shell unless you name one (`--exec sh -c '...'`).
-    /// It runs in the current directory with no stdin and its output on stderr; the next
-    /// renewal waits for it, for at most 60 s (then it is killed). A command that fails is
-    /// logged, and the daemon goes on.
+    /// It runs in the current directory with no stdin and its output on stderr, for at most
+    /// 60 s (then it is killed), beside the renewals: they go on while it runs. One runs at a
+    /// time: renewals written while it runs have it run once more after it ends. A command
+    /// that fails is logged, and the daemon goes on.
     #[arg(
         long,
         requires = "daemon",
