@@ -829,8 +829,9 @@ impl CaService {
         let (mut not_after, mut issued_at) = (own.not_after, own.issued_at);
         loop {
             let renew_at = issued_at + not_after.saturating_sub(issued_at) / 2;
-            let wait = renew_at.saturating_sub(unix_now());
-            tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+            // In wall-clock pieces: a host suspended past the renewal point renews as it
+            // resumes, not a whole suspension late (perhaps after `notAfter`).
+            agentid_transport::sleep_until_unix(renew_at.max(unix_now() + 1)).await;
             match self.renew_own().await {
                 Ok((na, at)) => (not_after, issued_at) = (na, at),
                 Err(e) => {

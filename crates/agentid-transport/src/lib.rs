@@ -114,6 +114,7 @@ mod session;
 mod session_index;
 mod svid;
 mod trust_state;
+mod wall;
 
 #[doc(hidden)]
 pub mod internal;
@@ -131,3 +132,4 @@ pub use server::{AgentServer, AgentServerBuilder};
 pub use session::{AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS};
 pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES};
 pub use trust_state::PeerVerification;
+pub use wall::{sleep_until_unix, WALL_CLOCK_RECHECK};

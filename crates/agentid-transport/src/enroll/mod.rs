@@ -1320,7 +1320,7 @@ impl Enroller {
             let (nb, na) = (current.info().not_before, current.info().not_after);
             let start = renewal_clock_start(nb, received);
             let (renew_at, give_up) = renewal_times(start, na);
-            sleep_until_unix(spread(start, renew_at, random_u32())).await;
+            crate::sleep_until_unix(spread(start, renew_at, random_u32())).await;
             loop {
                 match self.renew().await {
                     Ok(_) => {
@@ -1395,26 +1395,6 @@ fn random_u32() -> u32 {
     }
 }
 
-/// The longest single sleep before the wall clock is read again. Timers run on the monotonic
-/// clock, which stands still while the host is suspended (a paused VM, a closed laptop): a
-/// renewal slept for in one piece would come late by the whole suspension, perhaps after
-/// `notAfter`.
-const WALL_CLOCK_RECHECK: Duration = Duration::from_secs(15);
-
-/// Sleeps until the wall clock reads `t` (Unix seconds), reading it again at least every
-/// [`WALL_CLOCK_RECHECK`].
-async fn sleep_until_unix(t: u64) {
-    while let Some(d) = next_sleep(t, crate::session::now_unix()) {
-        tokio::time::sleep(d).await;
-    }
-}
-
-/// The next piece of a sleep until `t` at wall-clock time `now`, or `None` when `t` is reached.
-fn next_sleep(t: u64, now: u64) -> Option<Duration> {
-    let left = t.saturating_sub(now);
-    (left > 0).then(|| Duration::from_secs(left).min(WALL_CLOCK_RECHECK))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1454,17 +1434,6 @@ mod tests {
             (0..100).map(|_| spread(0, 1800, random_u32())).collect();
         assert!(draws.len() > 50, "{} distinct renewal points", draws.len());
         assert!(draws.iter().all(|t| (1440..=1800).contains(t)));
-    }
-
-    #[test]
-    fn a_sleep_until_a_wall_clock_time_reads_the_clock_again_in_pieces() {
-        // A renewal an hour away is slept for in pieces, so a suspended host (monotonic time
-        // standing still) renews at most a piece late after it resumes.
-        assert_eq!(next_sleep(3600, 0), Some(WALL_CLOCK_RECHECK));
-        assert_eq!(next_sleep(3600, 3590), Some(Duration::from_secs(10)));
-        // The wall clock passed the point during a suspension: due now.
-        assert_eq!(next_sleep(3600, 3600), None);
-        assert_eq!(next_sleep(3600, 7200), None);
     }
 
     #[test]
