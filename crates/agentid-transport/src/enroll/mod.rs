@@ -1117,9 +1117,19 @@ impl CaClient {
         Ok(resp)
     }
 
-    /// Revokes a target (`POST /v1/revoke`).
+    /// Revokes a target (`POST /v1/revoke`). The answer must name the entry the target makes
+    /// (CA-API 3.10: a task, agent, key or grant `jti` as asked; a certificate serial's key as a
+    /// `jkt`): an answer about another entry is an error, so that nobody is told a revocation
+    /// happened that did not.
     pub async fn revoke(&self, req: &RevokeRequest) -> Result<RevokeResponse> {
-        self.post(agentid_api::routes::REVOKE, req).await
+        let resp: RevokeResponse = self.post(agentid_api::routes::REVOKE, req).await?;
+        check_revoke_answer(req, &resp).map_err(|what| {
+            invalid(format!(
+                "the CA answered {} with {what}: do not count on this revocation; look it up with `agentid revocations list`, ask again, and tell the CA's operator (a replica may be misconfigured)",
+                agentid_api::routes::REVOKE
+            ))
+        })?;
+        Ok(resp)
     }
 
     /// Renews the caller's own certificate (`POST /v1/renew`).
@@ -1146,6 +1156,37 @@ impl CaClient {
         )
         .await
     }
+}
+
+/// Whether `resp` names the revocation entry that `req`'s target makes (CA-API 3.10), or what
+/// it names instead.
+fn check_revoke_answer(
+    req: &RevokeRequest,
+    resp: &RevokeResponse,
+) -> std::result::Result<(), String> {
+    let want: Option<(&str, &str)> = match (&req.task, &req.agent, &req.jkt, &req.jti) {
+        (Some(t), ..) => Some(("task", t)),
+        (None, Some(a), ..) => Some(("agent", a)),
+        (None, None, Some(k), _) => Some(("jkt", k)),
+        (None, None, None, Some(j)) => Some(("jti", j)),
+        // A serial is revoked as its certificate's key, a thumbprint this side cannot know.
+        (None, None, None, None) => None,
+    };
+    let matches = match want {
+        Some((kind, value)) => resp.kind == kind && resp.value == value,
+        None => resp.kind == "jkt" && agentid_protocol::Jkt::parse(&resp.value).is_ok(),
+    };
+    if matches {
+        return Ok(());
+    }
+    let asked = match want {
+        Some((kind, value)) => format!("{kind} {value}"),
+        None => "the key of the certificate with the serial asked for".to_owned(),
+    };
+    Err(format!(
+        "a revocation of {} {} instead of {asked}",
+        resp.kind, resp.value
+    ))
 }
 
 /// The HTTP client a [`CaClient`] checks the CA with: `verification`'s state now (its anchors,
@@ -1434,6 +1475,49 @@ mod tests {
             (0..100).map(|_| spread(0, 1800, random_u32())).collect();
         assert!(draws.len() > 50, "{} distinct renewal points", draws.len());
         assert!(draws.iter().all(|t| (1440..=1800).contains(t)));
+    }
+
+    #[test]
+    fn a_revoke_answer_must_name_the_entry_asked_for() {
+        let ask = |f: &dyn Fn(&mut RevokeRequest)| {
+            let mut r = RevokeRequest {
+                task: None,
+                agent: None,
+                serial: None,
+                jkt: None,
+                jti: None,
+                iss: None,
+                reason: None,
+            };
+            f(&mut r);
+            r
+        };
+        let answer = |kind: &str, value: &str| RevokeResponse {
+            kind: kind.into(),
+            value: value.into(),
+            exp: 2_000_000_000,
+        };
+        let jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let task = ask(&|r| r.task = Some("t1".into()));
+        assert!(check_revoke_answer(&task, &answer("task", "t1")).is_ok());
+        // Another task, or the same value as another kind, is not what was asked for.
+        let e = check_revoke_answer(&task, &answer("task", "t2")).unwrap_err();
+        assert!(e.contains("task t2 instead of task t1"), "{e}");
+        assert!(check_revoke_answer(&task, &answer("agent", "t1")).is_err());
+        let agent = ask(&|r| r.agent = Some("planner".into()));
+        assert!(check_revoke_answer(&agent, &answer("agent", "planner")).is_ok());
+        assert!(check_revoke_answer(&agent, &answer("agent", "coder")).is_err());
+        let key = ask(&|r| r.jkt = Some(jkt.into()));
+        assert!(check_revoke_answer(&key, &answer("jkt", jkt)).is_ok());
+        assert!(check_revoke_answer(&key, &answer("jti", jkt)).is_err());
+        let grant = ask(&|r| r.jti = Some("g1".into()));
+        assert!(check_revoke_answer(&grant, &answer("jti", "g1")).is_ok());
+        assert!(check_revoke_answer(&grant, &answer("jti", "g2")).is_err());
+        // A serial comes back as its certificate's key: any well-formed thumbprint, nothing else.
+        let serial = ask(&|r| r.serial = Some("0a1b".into()));
+        assert!(check_revoke_answer(&serial, &answer("jkt", jkt)).is_ok());
+        assert!(check_revoke_answer(&serial, &answer("task", "t1")).is_err());
+        assert!(check_revoke_answer(&serial, &answer("jkt", "0a1b")).is_err());
     }
 
     #[test]
