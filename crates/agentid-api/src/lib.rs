@@ -239,14 +239,22 @@ pub struct RevocationsResponse {
     pub list: String,
 }
 
-/// `POST /v1/enroll`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/enroll`. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The bootstrap token.
     pub token: String,
     /// The CSR, base64url DER.
     pub csr: String,
+}
+
+impl core::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("csr", &self.csr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/tokens`, and (with `csr`) the fields of `POST /v1/tasks`.
@@ -286,8 +294,8 @@ pub struct TokenRequest {
     pub expires_in_secs: Option<u64>,
 }
 
-/// Response of `POST /v1/tokens`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Response of `POST /v1/tokens`. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {
     /// The secret token.
     pub token: String,
@@ -299,6 +307,17 @@ pub struct TokenResponse {
     pub expires: u64,
     /// Hex SHA-256 of the trust domain's root certificate DER, to pin.
     pub root_sha256: String,
+}
+
+impl core::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("agent", &self.agent)
+            .field("task", &self.task)
+            .field("expires", &self.expires)
+            .field("root_sha256", &self.root_sha256)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most seconds a bootstrap token stays redeemable.
@@ -491,6 +510,47 @@ mod tests {
             serde_json::json!({"code": "token_used", "message": "already redeemed",
                                "hint": "ask for a new token"})
         );
+    }
+
+    #[test]
+    fn debug_never_shows_a_bootstrap_token() {
+        let secret = "s3cret-bootstrap-token";
+        let shown = [
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    token: secret.into(),
+                    csr: "c".into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenResponse {
+                    token: secret.into(),
+                    agent: "planner".into(),
+                    task: "t1".into(),
+                    expires: 1,
+                    root_sha256: "ab".into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenFile {
+                    token: secret.into(),
+                    ca_url: "https://ca:8443".into(),
+                    root_sha256: "ab".into(),
+                    identity: "spiffe://td/agent/planner/task/t1".into(),
+                    agent: "planner".into(),
+                    task: "t1".into(),
+                    expires: 1,
+                    renew_url: None,
+                }
+            ),
+        ];
+        for s in &shown {
+            assert!(!s.contains(secret), "{s}");
+        }
+        assert!(shown[1].contains("planner"), "{}", shown[1]);
     }
 
     #[test]
