@@ -181,22 +181,32 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
     Ok(config)
 }
 
-fn check_owner_only(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| CaError::io(path, e))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(CaError::material(
+/// The largest password file or libpq password file read.
+const MAX_PASSWORD_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a file holding a password: a regular file that neither group nor others can access
+/// (the mode of the handle read, so the file checked is the file read), of at most
+/// [`MAX_PASSWORD_FILE_BYTES`], without blocking on a FIFO planted there.
+fn read_owner_only(path: &Path) -> Result<String> {
+    let bytes = agentid_fs::read_secret(path, MAX_PASSWORD_FILE_BYTES).map_err(|e| match e {
+        agentid_fs::FsError::Io { path, source } => CaError::io(path, source),
+        agentid_fs::FsError::InsecureMode { mode, .. } => CaError::material(
             path,
             format!("password file is accessible by group or others (mode {mode:o}); run `chmod 600` on it"),
-        ));
-    }
-    Ok(())
+        ),
+        agentid_fs::FsError::NotRegular { kind, .. } => {
+            CaError::material(path, format!("password file is {kind}, not a regular file"))
+        }
+        agentid_fs::FsError::TooLarge { limit, .. } => {
+            CaError::material(path, format!("password file is larger than {limit} bytes"))
+        }
+        e => CaError::material(path, e.to_string()),
+    })?;
+    String::from_utf8(bytes).map_err(|_| CaError::material(path, "password file is not UTF-8"))
 }
 
 fn read_password_file(path: &Path) -> Result<String> {
-    check_owner_only(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+    let text = read_owner_only(path)?;
     let pw = text.trim_end_matches(['\n', '\r']);
     if pw.is_empty() || pw.contains('\n') {
         return Err(CaError::material(
@@ -210,8 +220,7 @@ fn read_password_file(path: &Path) -> Result<String> {
 /// The password for `config` from a libpq password file (`host:port:db:user:password`, `*`
 /// matches anything, `\` escapes `:` and `\`).
 fn pgpass_lookup(path: &Path, config: &tokio_postgres::Config) -> Result<Option<String>> {
-    check_owner_only(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+    let text = read_owner_only(path)?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         // libpq matches Unix sockets as `localhost`.
@@ -1843,6 +1852,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn a_password_file_that_is_not_a_regular_file_or_too_large_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO planted where the password file should be: opening it to read would wait for
+        // a writer for ever, and the CA would never start nor say why.
+        let fifo = dir.path().join("pw-fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let big = write(dir.path(), "pw-big", &"x".repeat(2 * 1024 * 1024), 0o600);
+        for (p, pgpass) in [(&fifo, false), (&fifo, true), (&big, false), (&big, true)] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = p.clone();
+            std::thread::spawn(move || {
+                let r = if pgpass {
+                    let c = parse_url("postgres://ca@127.0.0.1/agentid").unwrap();
+                    pgpass_lookup(&path, &c).map(drop)
+                } else {
+                    PgSettings::from_url("postgres://ca@127.0.0.1/agentid", Some(&path), None)
+                        .map(drop)
+                };
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            });
+            let got = rx.recv_timeout(Duration::from_secs(5));
+            if got.is_err() {
+                // Release the blocked reader before failing.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            }
+            let e = got
+                .unwrap_or_else(|_| panic!("{} (pgpass: {pgpass}) blocked", p.display()))
+                .unwrap_err();
+            assert!(e.contains(&p.display().to_string()), "{e}");
+        }
     }
 
     #[test]
