@@ -258,6 +258,10 @@ fn token_create(a: &TokenCreateArgs) -> CliResult {
         )));
     }
     files::check_output_destination(&a.out)?;
+    agentid_fs::check_secret_dir(match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    })?;
     let file = match (&a.agent, &a.service) {
         (_, Some(service)) => service_token(a, service)?,
         (Some(agent), None) => agent_token(a, agent)?,
@@ -444,6 +448,8 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
         )));
     }
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, BUNDLE_FILE, GRANT_FILE])?;
+    // The key goes only where nobody else can replace it or the bundle beside it.
+    agentid_fs::check_secret_dir(&a.out_dir).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let enrolled = TaskKey::generate(a.key_type.algorithm())
         .context("cannot make a key")
         .and_then(|key| {

@@ -149,6 +149,57 @@ fn a_token_presented_to_another_ca_is_not_sent_and_stays_redeemable() {
 }
 
 #[test]
+fn enroll_and_token_create_refuse_a_directory_others_control_before_anything_is_spent() {
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    let before = issued(&env);
+    // A directory anyone can write (a name made in a shared place, or planted there): its
+    // other writers could replace the key, or the bundle it is checked against, at will.
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o777);
+    env.fails(
+        "enroll --token-file t.json --out-dir shared",
+        1,
+        "could be replaced by others",
+    );
+    // A directory another user made where ours was expected (only root can give one away).
+    std::fs::create_dir(env.path("planted")).unwrap();
+    let planted = std::os::unix::fs::chown(env.path("planted"), Some(65534), Some(65534)).is_ok();
+    if planted {
+        env.fails(
+            "enroll --token-file t.json --out-dir planted",
+            1,
+            "owned by another user",
+        );
+    }
+    assert_eq!(issued(&env), before, "nothing issued");
+    for dir in ["shared", "planted"] {
+        assert_eq!(
+            std::fs::read_dir(env.path(dir)).unwrap().count(),
+            0,
+            "{dir} left empty"
+        );
+    }
+    // The token was not spent.
+    env.json("enroll --token-file t.json --out-dir a");
+    assert_eq!(issued(&env), before + 1);
+    // Nor is a token created for a file that would sit there.
+    env.fails(
+        &format!(
+            "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out shared/t2.json",
+            s.enroll_url()
+        ),
+        1,
+        "could be replaced by others",
+    );
+    assert!(!env.path("shared/t2.json").exists());
+}
+
+#[test]
 fn a_service_creates_tokens_lists_and_revokes_within_its_permissions() {
     let env = Env::new();
     let s = serve(&env);

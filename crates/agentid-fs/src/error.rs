@@ -119,6 +119,20 @@ pub enum FsError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A secret would be created in a directory that others control: owned by another user
+    /// (not root), or one whose entries group or others can create, rename or remove (write
+    /// permission without the sticky bit). They could replace or remove the secret, or the
+    /// files written beside it (a trust bundle, a certificate).
+    #[error(
+        "{} {why}: a secret written there could be replaced by others; choose a directory that only you can write (a new one, or `chmod go-w` if you own it)",
+        path.display()
+    )]
+    InsecureDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The file was read but is not a PKCS#8 PEM private key.
     #[error("{}: not a PKCS#8 PEM private key: {reason}", path.display())]
     BadKey {
@@ -139,6 +153,7 @@ impl FsError {
             | Self::NotWritable { path, .. }
             | Self::NotRegular { path, .. }
             | Self::InsecureMode { path, .. }
+            | Self::InsecureDir { path, .. }
             | Self::BadKey { path, .. } => path,
         }
     }

@@ -14,6 +14,9 @@
 //! - **Secrets are 0600 from creation on and never overwritten.** [`create_secret`] writes a
 //!   temporary file that is 0600 from its creation and links it to its name only if that name
 //!   is free.
+//! - **Secrets are created only in directories others cannot change.** [`create_secret`]
+//!   refuses a directory owned by another user (not root), or whose entries group or others
+//!   can replace (write permission without the sticky bit): see [`check_secret_dir`].
 //! - **Secrets are refused when group or others can access them.** [`read_secret`] checks the
 //!   mode of the handle it reads (the file checked is the file read) and does not block on a
 //!   FIFO planted where a key should be.
@@ -33,6 +36,6 @@ pub use error::{FileKind, FsError};
 pub use pem::{pem_encode, read_private_key, write_private_key};
 pub use read::{read_bounded, read_secret, MAX_FILE_BYTES};
 pub use write::{
-    check_public_destination, create_public, create_secret, ensure_dir, write_private,
-    write_public, Outcome,
+    check_public_destination, check_secret_dir, create_public, create_secret, ensure_dir,
+    write_private, write_public, Outcome,
 };

@@ -107,8 +107,51 @@ pub fn create_public(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 /// creation, and it takes its name only if nothing (a file, a link, a directory) is at `path`
 /// ([`FsError::AlreadyExists`] otherwise). A key is never overwritten, and never seen half
 /// written.
+///
+/// The directory must keep it private (see [`check_secret_dir`]).
 pub fn create_secret(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    check_secret_dir(&parent_dir(path))?;
     replace_atomically(path, contents, SECRET_MODE, false)
+}
+
+/// Checks that a secret may be created in `dir`, an existing directory (a link to one is
+/// followed): it is owned by the user writing now (or by root), and group and others cannot
+/// create, rename or remove its entries (no write permission for them, or the sticky bit, as
+/// `/tmp` has). A directory planted by another user (at a name in `/tmp`, say) is refused with
+/// [`FsError::InsecureDir`]: its owner could replace the secret or the files beside it. Call
+/// it before spending what cannot be had again (a single-use token).
+pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| FsError::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(FsError::NotWritable {
+            path: dir.to_path_buf(),
+            kind: FileKind::of(meta.file_type()),
+        });
+    }
+    // Who writes now: the owner of a file made here (unnamed where the system can, removed
+    // at once otherwise). Needs no `unsafe` call, and shows that the directory is writable.
+    let me = tempfile::tempfile_in(dir)
+        .and_then(|f| f.metadata())
+        .map_err(|e| FsError::io(dir, e))?
+        .uid();
+    let mode = meta.mode() & 0o7777;
+    let why = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("is owned by another user (uid {})", meta.uid()))
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        Some(format!(
+            "has mode {mode:03o}: group or others can replace its files"
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(FsError::InsecureDir {
+            path: dir.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700; an existing directory is left as is.

@@ -354,3 +354,59 @@ fn the_destination_check_refuses_exactly_what_write_public_refuses() {
     );
     assert!(!p("absent").exists());
 }
+
+#[test]
+fn a_secret_is_never_created_in_a_directory_others_control() {
+    let base = tempfile::tempdir().unwrap();
+    let set_mode =
+        |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+
+    // Anyone may create, rename and remove its entries: refused, nothing written.
+    let shared = base.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o777);
+    let key = shared.join("key.pem");
+    let e = create_secret(&key, b"secret").unwrap_err();
+    assert!(
+        matches!(&e, FsError::InsecureDir { path, .. } if *path == shared),
+        "{e}"
+    );
+    assert!(e.to_string().contains("777"), "{e}");
+    assert_eq!(leftovers(&shared, &[]), Vec::<String>::new());
+    set_mode(&shared, 0o770);
+    assert!(matches!(
+        create_secret(&key, b"secret").unwrap_err(),
+        FsError::InsecureDir { .. }
+    ));
+
+    // The sticky bit (as /tmp has): others cannot replace what is ours.
+    set_mode(&shared, 0o1777);
+    create_secret(&key, b"secret").unwrap();
+    assert_eq!(fs::read(&key).unwrap(), b"secret");
+
+    // Our own private directory.
+    let own = base.path().join("own");
+    fs::create_dir(&own).unwrap();
+    set_mode(&own, 0o700);
+    create_secret(&own.join("key.pem"), b"secret").unwrap();
+
+    // A directory another user made (and a link to it where ours should be): its owner could
+    // replace the key or the files beside it. Only root can give a directory away here.
+    let other = base.path().join("planted");
+    fs::create_dir(&other).unwrap();
+    set_mode(&other, 0o755);
+    if std::os::unix::fs::chown(&other, Some(65534), Some(65534)).is_ok() {
+        let e = create_secret(&other.join("key.pem"), b"secret").unwrap_err();
+        assert!(
+            matches!(&e, FsError::InsecureDir { why, .. } if why.contains("65534")),
+            "{e}"
+        );
+        let link = base.path().join("creds");
+        symlink(&other, &link).unwrap();
+        assert!(matches!(
+            create_secret(&link.join("key.pem"), b"secret").unwrap_err(),
+            FsError::InsecureDir { .. }
+        ));
+        assert_eq!(leftovers(&other, &[]), Vec::<String>::new());
+    }
+}
