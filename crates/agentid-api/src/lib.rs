@@ -361,6 +361,50 @@ impl core::fmt::Debug for TokenFile {
     }
 }
 
+impl TokenFile {
+    /// Parses a token file's JSON. The error never quotes the file: `serde_json`'s own message
+    /// quotes a string found where another type belongs, and the bare token written as a JSON
+    /// string (what `jq .token` prints) would be shown in full.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, TokenFileError> {
+        serde_json::from_slice(bytes).map_err(|e| TokenFileError {
+            json: !matches!(
+                e.classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            ),
+            line: e.line(),
+            column: e.column(),
+        })
+    }
+}
+
+/// Why a token file could not be parsed: where, and whether it was JSON at all; never what the
+/// file holds (see [`TokenFile::from_json`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenFileError {
+    json: bool,
+    line: usize,
+    column: usize,
+}
+
+impl core::fmt::Display for TokenFileError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (line, column) = (self.line, self.column);
+        if self.json {
+            write!(
+                f,
+                "not a token file: the JSON object must hold exactly token, ca_url, root_sha256, identity, agent, task (strings), expires (a number) and optionally renew_url (line {line}, column {column})"
+            )
+        } else {
+            write!(
+                f,
+                "not a token file: not JSON (line {line}, column {column})"
+            )
+        }
+    }
+}
+
+impl std::error::Error for TokenFileError {}
+
 /// `POST /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -551,6 +595,28 @@ mod tests {
             assert!(!s.contains(secret), "{s}");
         }
         assert!(shown[1].contains("planner"), "{}", shown[1]);
+    }
+
+    #[test]
+    fn a_token_file_error_never_quotes_the_file() {
+        let secret = "s3cret-bootstrap-token";
+        let cases = [
+            format!("\"{secret}\""),
+            format!(
+                r#"{{"token":"x","ca_url":"u","root_sha256":"r","identity":"i","agent":"a","task":"t","expires":"{secret}"}}"#
+            ),
+            format!(r#"{{"token":"{secret}","{secret}":1}}"#),
+            format!(r#"{{"token":"{secret}"#),
+        ];
+        for text in &cases {
+            let e = TokenFile::from_json(text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("line 1"), "{e}");
+        }
+        let ok = r#"{"token":"x","ca_url":"u","root_sha256":"r","identity":"i","agent":"a","task":"t","expires":1}"#;
+        assert_eq!(TokenFile::from_json(ok.as_bytes()).unwrap().expires, 1);
     }
 
     #[test]

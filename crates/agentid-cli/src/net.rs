@@ -435,8 +435,8 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
         )),
         e => e.into(),
     })?;
-    let token: TokenFile =
-        serde_json::from_slice(&secret).context(format!("{}: not a token file", path.display()))?;
+    let token = TokenFile::from_json(&secret)
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
     // Refuse before the token is spent: the key is written only after the CA answered, into a
     // directory made (and destinations checked) before it is asked.
     let key_path = a.out_dir.join(KEY_FILE);

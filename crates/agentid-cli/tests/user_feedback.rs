@@ -524,3 +524,31 @@ fn a_ca_url_that_answers_in_plain_http_is_named_as_not_tls() {
     assert!(msg.contains("does not speak TLS"), "{msg}");
     server.join().unwrap();
 }
+
+#[test]
+fn a_malformed_token_file_is_refused_without_showing_the_token() {
+    let env = Env::new();
+    let secret = "Zm9yZ2V0LW1lLW5vdC1hLXJlYWwtdG9rZW4";
+    // The bare token as a JSON string (what `jq .token t.json > tok` writes), and a token
+    // file whose other member holds a string where a number belongs.
+    let files = [
+        ("bare.json", format!("\"{secret}\"\n")),
+        (
+            "typed.json",
+            format!(
+                r#"{{"token":"x","ca_url":"https://127.0.0.1:1","root_sha256":"ab","identity":"spiffe://example.org/agent/a/task/t","agent":"a","task":"t","expires":"{secret}"}}"#
+            ),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(env.path(name), text).unwrap();
+        env.chmod(name, 0o600);
+        let (_, stderr) = env.fails(
+            &format!("enroll --token-file {name} --out-dir out"),
+            1,
+            "not a token file",
+        );
+        assert!(!stderr.contains(secret), "{name}: {stderr}");
+        assert!(stderr.contains("line 1"), "{name}: {stderr}");
+    }
+}

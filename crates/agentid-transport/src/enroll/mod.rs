@@ -514,7 +514,7 @@ pub struct Enrolled {
 pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile> {
     let text = agentid_fs::read_secret(path, MAX_TOKEN_FILE_BYTES)
         .map_err(|e| invalid(format!("token file: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| invalid(format!("not a token file: {e}")))
+    TokenFile::from_json(&text).map_err(|e| invalid(e.to_string()))
 }
 
 /// The credential in a CA response, checked: it verifies against `verification`'s anchors now
