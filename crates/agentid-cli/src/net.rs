@@ -796,9 +796,10 @@ pub fn run_task(cmd: &TaskCommand) -> CliResult {
     }
 }
 
-/// A CSR file's DER (PEM `CERTIFICATE REQUEST` or DER).
+/// A CSR file's DER (PEM `CERTIFICATE REQUEST` or DER); a private key or a certificate given
+/// by mistake is refused before anything is sent.
 fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
-    let bytes = files::read(path)?;
+    let bytes = crate::cert::issue::read_csr(path)?;
     let text = String::from_utf8_lossy(&bytes);
     if let Some(body) = text
         .split("-----BEGIN CERTIFICATE REQUEST-----")

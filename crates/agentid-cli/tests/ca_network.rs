@@ -446,6 +446,46 @@ fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
     env.chmod(&format!("{dir}/key.pem"), 0o600);
 }
 
+/// A private key given as `--csr` by mistake (PEM, or DER as `openssl pkey -outform DER`
+/// writes it) is refused before anything is sent: the key never leaves the agent's host, not
+/// even to the CA.
+#[test]
+fn a_private_key_given_as_the_csr_is_never_sent() {
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    env.ok("cert issue --ca ca --service platform --out-dir platform");
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --max-depth 1 --out-dir p");
+    agent_csr(&env, "k", &[]);
+    let pem = env.read("k/key.pem");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+    std::fs::write(env.path("k/key.der"), der).unwrap();
+    // Where the CA would be: whoever listens there must get nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    for key in ["k/key.pem", "k/key.der"] {
+        env.fails(
+            &format!(
+                "task open --ca-url {url} --cred platform --csr {key} --agent planner --scope tickets:read --out-dir o"
+            ),
+            1,
+            "a private key, not a CSR",
+        );
+        env.fails(
+            &format!(
+                "task child --ca-url {url} --cred p --csr {key} --agent summarizer --out-dir c"
+            ),
+            1,
+            "a private key, not a CSR",
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached the CA's address"
+    );
+}
+
 /// A child of a sealed task (`max_depth` 0) is refused by the service with the next step: a
 /// task opened with a deeper `--max-depth`.
 #[test]

@@ -253,18 +253,26 @@ fn refuse_inside_ca(out: &Path, ca: &Path) -> CliResult<()> {
     Ok(())
 }
 
-/// Reads a CSR file, telling a private key or a certificate given by mistake from a request.
-fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
+/// Reads a CSR file, telling a private key (PEM, or DER: PKCS#8, SEC1 or PKCS#1) or a
+/// certificate given by mistake from a request; what it refuses is never sent anywhere.
+pub(crate) fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
     let bytes = files::read(path)?;
     let text = String::from_utf8_lossy(&bytes);
-    if text.contains("-----BEGIN") && !text.contains("CERTIFICATE REQUEST-----") {
-        let what = if text.contains("PRIVATE KEY-----") {
+    let what = if text.contains("-----BEGIN") && !text.contains("CERTIFICATE REQUEST-----") {
+        Some(if text.contains("PRIVATE KEY-----") {
             "a private key"
         } else if text.contains("-----BEGIN CERTIFICATE-----") {
             "a certificate"
         } else {
             "PEM that is not a certification request"
-        };
+        })
+    } else if rustls_pki_types::PrivateKeyDer::try_from(bytes.as_slice()).is_ok() {
+        // Every private key format starts SEQUENCE { INTEGER; a request, SEQUENCE { SEQUENCE.
+        Some("a private key")
+    } else {
+        None
+    };
+    if let Some(what) = what {
         return Err(CliError::failed(format!(
             "{}: {what}, not a CSR; make one with `openssl req -new -key KEY -subj / -out req.csr` and pass it as --csr",
             path.display()
