@@ -100,6 +100,17 @@ fn forbidden(r: &Refusal) -> rmcp::ErrorData {
 struct Bindings {
     owner: HashMap<String, (PeerId, Instant)>,
     by_peer: HashMap<PeerId, VecDeque<String>>,
+    /// Bindings per agent name (a task identity's agent, or the service): every task of one
+    /// agent together.
+    per_agent: HashMap<String, usize>,
+}
+
+/// The name a per-agent cap counts: the agent of a task identity, or the service itself.
+fn agent_key(peer: &PeerId) -> String {
+    match peer {
+        PeerId::Task(t) => t.agent().to_string(),
+        PeerId::Service(s) => s.to_string(),
+    }
 }
 
 impl Bindings {
@@ -111,7 +122,26 @@ impl Bindings {
                     self.by_peer.remove(&peer);
                 }
             }
+            self.uncount(&peer);
         }
+    }
+
+    fn uncount(&mut self, peer: &PeerId) {
+        let agent = agent_key(peer);
+        if let Some(n) = self.per_agent.get_mut(&agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_agent.remove(&agent);
+            }
+        }
+    }
+
+    /// Whether a new session of `peer` would take one more place of its agent: not when the
+    /// peer already holds `max_per_peer` (its oldest then makes room).
+    fn agent_full(&self, peer: &PeerId, max_per_peer: usize, max_per_agent: usize) -> bool {
+        let held_by_peer = self.by_peer.get(peer).map_or(0, VecDeque::len);
+        held_by_peer < max_per_peer
+            && self.per_agent.get(&agent_key(peer)).copied().unwrap_or(0) >= max_per_agent
     }
 
     /// Forgets the sessions idle for `idle` or longer; returns them.
@@ -137,13 +167,17 @@ impl Bindings {
 /// minutes, above the 5-minute keep-alive of rmcp's `LocalSessionManager`: keep it at least
 /// that session keep-alive) is forgotten, and its session refused from then on; a peer holds
 /// at most [`McpSessions::max_sessions_per_peer`] of them (its oldest is forgotten when it opens
-/// one more), the server at most [`McpSessions::max_sessions`] (then `initialize` gets 503
-/// `busy`). A `DELETE` by the owner ends the binding.
+/// one more), the tasks of one agent together at most [`McpSessions::max_sessions_per_agent`]
+/// (then that agent's new sessions get 503 `busy`), the server at most
+/// [`McpSessions::max_sessions`] (then `initialize` gets 503 `busy`). A `DELETE` by the owner
+/// ends the binding.
 #[derive(Clone)]
 pub struct McpSessions {
     bindings: Arc<Mutex<Bindings>>,
     max_sessions: usize,
     max_per_peer: usize,
+    /// `None`: a quarter of `max_sessions`, at least `max_per_peer`.
+    max_per_agent: Option<usize>,
     idle: Duration,
     /// Closes a session in the rmcp session manager (the one given to [`McpSessions::new`]).
     closer: Closer,
@@ -157,6 +191,7 @@ impl std::fmt::Debug for McpSessions {
         f.debug_struct("McpSessions")
             .field("max_sessions", &self.max_sessions)
             .field("max_per_peer", &self.max_per_peer)
+            .field("max_per_agent", &self.max_per_agent())
             .field("idle", &self.idle)
             .finish_non_exhaustive()
     }
@@ -164,7 +199,8 @@ impl std::fmt::Debug for McpSessions {
 
 impl McpSessions {
     /// Bindings for the sessions of `manager` (the session manager of the rmcp service behind
-    /// this layer): at most 10,000 sessions, 16 per peer, each forgotten after 6 idle minutes.
+    /// this layer): at most 10,000 sessions, 16 per peer, 2,500 per agent (its tasks together),
+    /// each forgotten after 6 idle minutes.
     /// Every session whose binding this layer forgets (a peer's oldest when it opens one more
     /// than [`McpSessions::max_sessions_per_peer`], an idle one) is closed in `manager` too, so
     /// that the caps bound the sessions a peer holds in rmcp (a task, its handler and channels
@@ -177,6 +213,7 @@ impl McpSessions {
             bindings: Arc::default(),
             max_sessions: 10_000,
             max_per_peer: 16,
+            max_per_agent: None,
             idle: Duration::from_secs(360),
             closer: Arc::new(move |id: String| {
                 let manager = manager.clone();
@@ -221,6 +258,22 @@ impl McpSessions {
         self
     }
 
+    /// Sets the most sessions the tasks of one agent (a service: the service) hold at once,
+    /// so that one agent opening many tasks cannot take the whole table
+    /// ([`McpSessions::max_sessions`]) from the others. Default: a quarter of
+    /// [`McpSessions::max_sessions`], and at least [`McpSessions::max_sessions_per_peer`].
+    #[must_use]
+    pub fn max_sessions_per_agent(mut self, n: usize) -> Self {
+        self.max_per_agent = Some(n.max(1));
+        self
+    }
+
+    fn max_per_agent(&self) -> usize {
+        self.max_per_agent
+            .unwrap_or_else(|| (self.max_sessions / 4).max(self.max_per_peer))
+            .max(1)
+    }
+
     /// The peer a session is bound to.
     pub fn owner(&self, session: &str) -> Option<PeerId> {
         let idle = self.idle;
@@ -239,17 +292,24 @@ impl McpSessions {
     fn admit(&self, peer: &PeerId, session: Option<&HeaderValue>) -> Result<(), Refusal> {
         let now = Instant::now();
         let Some(session) = session else {
+            let max_per_agent = self.max_per_agent();
             let mut b = self.lock();
-            let forgotten = if b.owner.len() >= self.max_sessions {
+            let forgotten = if b.owner.len() >= self.max_sessions
+                || b.agent_full(peer, self.max_per_peer, max_per_agent)
+            {
                 b.purge(now, self.idle)
             } else {
                 Vec::new()
             };
             let full = b.owner.len() >= self.max_sessions;
+            let agent_full = b.agent_full(peer, self.max_per_peer, max_per_agent);
             drop(b);
             self.close(forgotten);
             if full {
                 return Err(Refusal::busy("MCP session table full"));
+            }
+            if agent_full {
+                return Err(Refusal::busy("the agent holds its most MCP sessions"));
             }
             return Ok(());
         };
@@ -331,8 +391,11 @@ impl McpSessions {
             None
         };
         b.owner.insert(session, (peer.clone(), Instant::now()));
+        *b.per_agent.entry(agent_key(peer)).or_insert(0) += 1;
         if let Some(old) = evicted {
-            b.owner.remove(&old);
+            if b.owner.remove(&old).is_some() {
+                b.uncount(peer);
+            }
             drop(b);
             self.close(vec![old]);
         }

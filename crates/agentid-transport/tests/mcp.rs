@@ -394,3 +394,41 @@ async fn sessions_whose_binding_is_evicted_do_not_stay_open_in_rmcp() {
         "{open} rmcp sessions are open for one peer (per-peer cap 2, server cap 4)"
     );
 }
+
+/// One agent's tasks are distinct peers, each under its own per-peer cap: an agent that opens
+/// many tasks (a service opens them for it) would fill the server's table with sessions of its
+/// tasks and every other peer's `initialize` would be `busy`. The tasks of one agent together
+/// hold at most their agent's share; the others keep their places.
+#[tokio::test]
+async fn one_agent_with_many_tasks_leaves_room_in_the_session_table_for_the_others() {
+    let w = World::start(|s| s.max_sessions_per_peer(1).max_sessions(8)).await;
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for t in 0..8 {
+        match w
+            .mcp(
+                &format!("spiffe://example.org/agent/coder/task/m{t}"),
+                "repo:read",
+            )
+            .await
+        {
+            Ok(c) => held.push(c),
+            Err(McpError::Http { status: 503, code }) if code == "busy" => busy += 1,
+            Err(e) => panic!("task m{t}: {e}"),
+        }
+    }
+    assert!(
+        !held.is_empty() && busy > 0,
+        "{} held, {busy} busy",
+        held.len()
+    );
+    // Another agent still gets a session, and a task of the capped agent that already holds
+    // one may replace it (its oldest makes room).
+    let mut other = w.mcp(OTHER, "repo:read").await.unwrap();
+    assert!(read(&mut other).await.is_ok());
+    let mut again = w
+        .mcp("spiffe://example.org/agent/coder/task/m0", "repo:read")
+        .await
+        .unwrap();
+    assert!(read(&mut again).await.is_ok());
+}
