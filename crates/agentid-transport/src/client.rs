@@ -200,11 +200,8 @@ impl AgentClient {
             let accept: Accept = match first.ty {
                 FrameType::Accept => parse_body(&first.body)?,
                 FrameType::Reject => {
-                    let r: Reason = parse_body(&first.body)?;
-                    return Err(Error::Rejected {
-                        code: r.code,
-                        message: r.message,
-                    });
+                    let (code, message) = parse_body::<Reason>(&first.body)?.into_sanitized();
+                    return Err(Error::Rejected { code, message });
                 }
                 other => return Err(FrameError::Unexpected(other.name()).into()),
             };

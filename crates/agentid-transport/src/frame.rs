@@ -196,6 +196,54 @@ pub(crate) struct Reason {
     pub(crate) message: String,
 }
 
+/// The most bytes of a peer's reason code kept ([`Reason::into_sanitized`]).
+pub(crate) const MAX_PEER_CODE: usize = 64;
+/// The most bytes of a peer's reason message kept ([`Reason::into_sanitized`]).
+pub(crate) const MAX_PEER_MESSAGE: usize = 512;
+
+impl Reason {
+    /// The code and message of a reason the peer sent, fit for an error and a log line: each
+    /// cut to [`MAX_PEER_CODE`] and [`MAX_PEER_MESSAGE`] bytes (at a character boundary, `...`
+    /// marking the cut), control characters (newlines, terminal escapes) replaced by U+FFFD. A
+    /// frame may carry 128 KiB of either, which would otherwise be logged as it is.
+    pub(crate) fn into_sanitized(self) -> (String, String) {
+        (
+            peer_text(self.code, MAX_PEER_CODE),
+            peer_text(self.message, MAX_PEER_MESSAGE),
+        )
+    }
+}
+
+/// `s` with its control characters replaced, cut to at most `max` bytes.
+fn peer_text(s: String, max: usize) -> String {
+    const CUT: &str = "...";
+    if s.len() <= max && !s.chars().any(char::is_control) {
+        return s;
+    }
+    let clean = s
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c });
+    let mut out = String::with_capacity(max);
+    let mut cut = false;
+    for c in clean {
+        if out.len() + c.len_utf8() > max {
+            cut = true;
+            break;
+        }
+        out.push(c);
+    }
+    if cut {
+        // Room for the mark: drop characters from the end until it fits.
+        while out.len() + CUT.len() > max {
+            if out.pop().is_none() {
+                break;
+            }
+        }
+        out.push_str(CUT);
+    }
+    out
+}
+
 /// The reauth body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +325,20 @@ pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_text_is_kept_clean_and_cut_at_a_character_boundary() {
+        assert_eq!(peer_text("revoked".into(), 64), "revoked");
+        assert_eq!(peer_text("a\nb\u{1b}c".into(), 64), "a\u{fffd}b\u{fffd}c");
+        let long = peer_text("é".repeat(100), 64);
+        assert!(long.len() <= 64 && long.ends_with("..."), "{long}");
+        assert!(long.trim_end_matches("...").chars().all(|c| c == 'é'));
+        assert_eq!(peer_text("x".repeat(64), 64).len(), 64);
+        assert_eq!(
+            peer_text("x".repeat(65), 64),
+            format!("{}...", "x".repeat(61))
+        );
+    }
 
     #[test]
     fn presentation_bodies_are_what_serde_json_writes() {

@@ -813,3 +813,63 @@ where
     });
     (addr, h)
 }
+
+/// The code and message of a peer's reject or close frame are the peer's text: in a reject they
+/// reach the handshake's `handshake failed` log line (`error = %e`, written as is), in a close
+/// the error the application logs. Up to a whole frame (128 KiB) of newlines and terminal
+/// escapes would be copied into the log, forging lines. Both are bounded and their control
+/// characters replaced before they reach an error.
+#[tokio::test]
+async fn a_peers_reject_or_close_reason_reaches_errors_bounded_and_without_control_characters() {
+    let forged = format!(
+        "revoked\n2026-12-06T00:00:00Z  INFO agentid: forged line\u{1b}[2J{}",
+        "x".repeat(60_000)
+    );
+    let body = wire::body(&wire::Reason {
+        code: forged.clone(),
+        message: forged.clone(),
+    });
+    let check = |what: &str, e: &Error| {
+        let shown = e.to_string();
+        assert!(
+            shown.len() <= 1024,
+            "{what}: {} bytes of the peer's text in the error",
+            shown.len()
+        );
+        assert!(
+            !shown.chars().any(char::is_control),
+            "{what}: control characters of the peer in the error: {shown:?}"
+        );
+        assert!(!e.reason().chars().any(char::is_control), "{what}");
+    };
+
+    // A server rejecting the hello.
+    let a = Domain::new("example.org");
+    let reject = body.clone();
+    let (addr, h) = hand_driven_server(&a, &key(), move |mut tls| async move {
+        let hello = frame::read_frame(&mut tls).await.unwrap().unwrap();
+        assert_eq!(hello.ty, FrameType::Hello);
+        frame::write_frame(&mut tls, FrameType::Reject, &reject)
+            .await
+            .unwrap();
+    })
+    .await;
+    let c = client(
+        credentials(&a.ca, CLIENT),
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    match tokio::time::timeout(T, c.connect(addr)).await.unwrap() {
+        Err(e @ Error::Rejected { .. }) => check("reject", &e),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    h.await.unwrap();
+
+    // A client closing a live session.
+    let mut s = raw_session(&a).await;
+    s.raw.write(FrameType::Close, &body).await;
+    match tokio::time::timeout(T, s.server.recv()).await.unwrap() {
+        Err(e @ Error::Closed { .. }) => check("close", &e),
+        other => panic!("{other:?}"),
+    }
+}

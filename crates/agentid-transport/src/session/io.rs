@@ -124,8 +124,9 @@ where
                             code: "bad_frame".into(),
                             message: "unreadable close frame".into(),
                         });
-                        let normal = reason.code == CLOSE_NORMAL;
-                        let ended = Ended::PeerClosed(reason.code, reason.message);
+                        let (code, message) = reason.into_sanitized();
+                        let normal = code == CLOSE_NORMAL;
+                        let ended = Ended::PeerClosed(code, message);
                         let e = ended.error();
                         self.set_ended(ended);
                         return Poll::Ready(if normal { Ok(None) } else { Err(e) });
