@@ -1933,3 +1933,51 @@ async fn a_stream_does_not_outlive_the_clients_close_point() {
         drop(conn);
     }
 }
+
+/// A decision's correlation ID is the request's `x-request-id` when it is at most
+/// `MAX_CORRELATION_ID_BYTES` long; a peer's 16 KiB header is not copied into every decision
+/// its request causes (the default sink logs each denial at INFO).
+#[tokio::test]
+async fn an_over_long_correlation_id_is_not_copied_into_decisions() {
+    #[derive(Default)]
+    struct Ids(std::sync::Mutex<Vec<Option<String>>>);
+    impl DecisionSink for Ids {
+        fn record(&self, d: &agentid_transport::http::Decision<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(d.correlation_id.map(str::to_owned));
+        }
+    }
+    let w = World::new(false);
+    let ids = Arc::new(Ids::default());
+    let addr = start(&w, Some(ids.clone()), options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds, true, addr).await;
+    let long = "r".repeat(16 * 1024);
+    let at_cap = "c".repeat(agentid_transport::http::MAX_CORRELATION_ID_BYTES);
+    for id in ["req-1", at_cap.as_str(), long.as_str()] {
+        let req = ::http::Request::get("/scope")
+            .header("x-request-id", id)
+            .body(Bytes::new())
+            .unwrap();
+        let resp = conn.send(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let got = ids.0.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        3,
+        "{:?}",
+        got.iter()
+            .map(|i| i.as_ref().map(String::len))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].as_deref(), Some("req-1"));
+    assert_eq!(got[1].as_deref(), Some(at_cap.as_str()));
+    assert_eq!(
+        got[2].as_ref().map(String::len),
+        None,
+        "the 16 KiB correlation ID reached the decision sink"
+    );
+}

@@ -22,6 +22,12 @@ use crate::PeerPolicy;
 
 /// The request header whose value becomes a decision's correlation ID.
 pub const CORRELATION_HEADER: &str = "x-request-id";
+/// The longest [`CORRELATION_HEADER`] value taken as a decision's correlation ID; a longer one
+/// is not used (a peer's 32 KiB header would otherwise be copied into every decision it causes).
+pub const MAX_CORRELATION_ID_BYTES: usize = 128;
+/// The most bytes of a request's path [`TracingSink`] writes (the rest is cut, `...` marking
+/// it): the sink writes every decision, a path may be 32 KiB.
+const MAX_LOGGED_PATH_BYTES: usize = 256;
 /// [`CORRELATION_HEADER`] as a header name (looked up without parsing the name each time).
 pub(crate) const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
 
@@ -44,7 +50,8 @@ pub struct Decision<'a> {
     pub code: Option<&'static str>,
     /// Unix seconds.
     pub time: u64,
-    /// The request's `x-request-id`, when it carried one.
+    /// The request's `x-request-id`, when it carried one of at most
+    /// [`MAX_CORRELATION_ID_BYTES`] visible ASCII characters.
     pub correlation_id: Option<&'a str>,
 }
 
@@ -82,17 +89,34 @@ pub trait DecisionSink: Send + Sync + 'static {
 }
 
 /// The default sink: `tracing` events with target `agentid::decision`, denials at INFO, grants
-/// at DEBUG.
+/// at DEBUG. The path is written up to its first 256 bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingSink;
 
 impl DecisionSink for TracingSink {
     fn record(&self, d: &Decision<'_>) {
         if d.granted {
-            tracing::debug!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, d.path), decision = "granted", time = d.time, correlation_id = d.correlation_id }, "authorization");
+            tracing::debug!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, LoggedPath(d.path)), decision = "granted", time = d.time, correlation_id = d.correlation_id }, "authorization");
         } else {
-            tracing::info!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, d.path), decision = "denied", reason = d.code.unwrap_or(""), time = d.time, correlation_id = d.correlation_id }, "authorization");
+            tracing::info!(target: "agentid::decision", { peer.id = %d.peer, resource = %d.resource, action = %format_args!("{} {}", d.method, LoggedPath(d.path)), decision = "denied", reason = d.code.unwrap_or(""), time = d.time, correlation_id = d.correlation_id }, "authorization");
         }
+    }
+}
+
+/// A path as [`TracingSink`] writes it: at most [`MAX_LOGGED_PATH_BYTES`] of it.
+struct LoggedPath<'a>(&'a str);
+
+impl std::fmt::Display for LoggedPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= MAX_LOGGED_PATH_BYTES {
+            return f.write_str(self.0);
+        }
+        let mut end = MAX_LOGGED_PATH_BYTES;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        f.write_str(self.0.get(..end).unwrap_or_default())?;
+        f.write_str("...")
     }
 }
 
@@ -476,5 +500,25 @@ where
                 },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracing_sink_writes_at_most_the_first_256_bytes_of_a_path() {
+        assert_eq!(LoggedPath("/files/a").to_string(), "/files/a");
+        let exact = format!("/{}", "a".repeat(MAX_LOGGED_PATH_BYTES - 1));
+        assert_eq!(LoggedPath(&exact).to_string(), exact);
+        let long = format!("/{}", "a".repeat(32 * 1024));
+        let shown = LoggedPath(&long).to_string();
+        assert_eq!(shown.len(), MAX_LOGGED_PATH_BYTES + 3);
+        assert!(shown.ends_with("..."));
+        // Not ASCII (a path decoded by a service): cut at a character boundary.
+        let wide = "é".repeat(200);
+        let shown = LoggedPath(&wide).to_string();
+        assert!(shown.trim_end_matches("...").chars().all(|c| c == 'é'));
     }
 }

@@ -111,7 +111,7 @@ mod tls;
 pub use authz::{
     Authorizer, Decision, DecisionSink, Require, RequireFuture, RequirePeer, RequirePeerService,
     RequireScope, RequireScopeService, RequireService, Requirement, Resource, TracingSink,
-    CORRELATION_HEADER,
+    CORRELATION_HEADER, MAX_CORRELATION_ID_BYTES,
 };
 pub use body::{BodyCut, BodyStalled, BoxError, RequestBody, ResponseBody};
 pub use client::{HttpClient, HttpClientBuilder, HttpClientConnection, HttpResponse};

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::authz::{Authorizer, DecisionSink, TracingSink, CORRELATION};
+use super::authz::{Authorizer, DecisionSink, TracingSink, CORRELATION, MAX_CORRELATION_ID_BYTES};
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::presentation::{
     parse_presentation, Dispatch, Presentation, PresentationMachine, CHAIN_HEADER, PROOF_HEADER,
@@ -710,6 +710,8 @@ impl<S> ConnService<S> {
                 correlation = Some(value.clone());
             }
         }
+        // An over-long correlation ID is not used (it would be copied into every decision).
+        let correlation = correlation.filter(|v| v.len() <= MAX_CORRELATION_ID_BYTES);
         let parsed = if agentid {
             parse_presentation(req.headers())
         } else {
