@@ -178,6 +178,11 @@ impl SessionIndex {
         self.rechecks.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// The sessions registered now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
     /// Registers a session under `targets` (`None`: signalled by every list). `lists_seen` is
     /// [`SessionIndex::lists_applied`] as read before the session's verification.
     pub(crate) fn register(

@@ -126,6 +126,13 @@ impl PeerVerification {
         self.index.signalled()
     }
 
+    /// How many live sessions and connections this verification's index holds now (each
+    /// leaves it when it ends): for tests that churn connections.
+    #[doc(hidden)]
+    pub fn indexed_sessions(&self) -> usize {
+        self.index.len()
+    }
+
     /// How many re-checks the live sessions of this verification have run so far (on a list
     /// that touched them, a bundle change, or a held list going stale).
     pub fn session_rechecks(&self) -> u64 {

@@ -1981,3 +1981,40 @@ async fn an_over_long_correlation_id_is_not_copied_into_decisions() {
         "the 16 KiB correlation ID reached the decision sink"
     );
 }
+
+/// Connections come and go by the million on a long-running server: each one leaves the
+/// verification's index of live sessions (used for revocation re-checks) when it ends, also
+/// when the client dropped it mid-response or never sent a request.
+#[tokio::test]
+async fn churned_connections_leave_the_revocation_index() {
+    let w = World::revocable();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    assert_eq!(w.sv.indexed_sessions(), 0);
+    for h1 in [true, false] {
+        for i in 0..150 {
+            let mut conn = connect(&w, creds.clone(), h1, addr).await;
+            match i % 3 {
+                0 => {
+                    get_ok(&mut conn, "/scope").await;
+                }
+                1 => {
+                    let resp = conn.send(get_req("/stream")).await.unwrap();
+                    let mut streaming = resp.into_body();
+                    first_frame(&mut streaming).await;
+                }
+                _ => {}
+            }
+            drop(conn);
+        }
+    }
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = w.sv.indexed_sessions();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "connections that ended are still indexed");
+}
