@@ -265,11 +265,20 @@ fn feed_body(p: &PublishedList) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Long-poll requests held per caller (`spec/CA-API.md` 3.4); the total is bounded apart.
+/// Long-poll requests held per caller and per agent (`spec/CA-API.md` 3.4); the total is
+/// bounded apart. The tasks of one agent are distinct callers: the per-agent bound keeps an
+/// agent with many tasks from holding every slot of the total.
 #[derive(Debug)]
 pub struct CallerWaiters {
     max: usize,
-    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    max_per_agent: usize,
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    per_caller: std::collections::HashMap<String, usize>,
+    per_agent: std::collections::HashMap<String, usize>,
 }
 
 /// One held long-poll request of a caller; released on drop.
@@ -277,28 +286,54 @@ pub struct CallerWaiters {
 pub struct CallerSlot {
     waiters: Arc<CallerWaiters>,
     caller: String,
+    agent: String,
+}
+
+/// The agent a caller's requests count under: a task identity's agent, or the service itself.
+fn agent_of(caller: &agentid_protocol::PeerId) -> String {
+    match caller {
+        agentid_protocol::PeerId::Task(t) => t.agent().to_string(),
+        agentid_protocol::PeerId::Service(s) => s.to_string(),
+    }
+}
+
+fn release(map: &mut std::collections::HashMap<String, usize>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl CallerWaiters {
-    /// At most `max` (at least 1) held requests per caller.
-    pub fn new(max: usize) -> Arc<Self> {
+    /// At most `max` (at least 1) held requests per caller, and `max_per_agent` (at least
+    /// `max`) for the callers of one agent together.
+    pub fn new(max: usize, max_per_agent: usize) -> Arc<Self> {
+        let max = max.max(1);
         Arc::new(CallerWaiters {
-            max: max.max(1),
-            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max,
+            max_per_agent: max_per_agent.max(max),
+            held: std::sync::Mutex::new(Held::default()),
         })
     }
 
-    /// A slot for `caller`, or `None` when it already holds the maximum.
-    pub fn try_acquire(self: &Arc<Self>, caller: &str) -> Option<CallerSlot> {
+    /// A slot for `caller`, or `None` when it, or its agent, already holds the maximum.
+    pub fn try_acquire(self: &Arc<Self>, caller: &agentid_protocol::PeerId) -> Option<CallerSlot> {
+        let agent = agent_of(caller);
+        let caller = caller.to_string();
         let mut held = self.held.lock().ok()?;
-        let n = held.entry(caller.to_owned()).or_insert(0);
-        if *n >= self.max {
+        if held.per_caller.get(&caller).copied().unwrap_or(0) >= self.max
+            || held.per_agent.get(&agent).copied().unwrap_or(0) >= self.max_per_agent
+        {
             return None;
         }
-        *n += 1;
+        *held.per_caller.entry(caller.clone()).or_insert(0) += 1;
+        *held.per_agent.entry(agent.clone()).or_insert(0) += 1;
         Some(CallerSlot {
             waiters: self.clone(),
-            caller: caller.to_owned(),
+            caller,
+            agent,
         })
     }
 }
@@ -306,12 +341,8 @@ impl CallerWaiters {
 impl Drop for CallerSlot {
     fn drop(&mut self) {
         if let Ok(mut held) = self.waiters.held.lock() {
-            if let Some(n) = held.get_mut(&self.caller) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    held.remove(&self.caller);
-                }
-            }
+            release(&mut held.per_caller, &self.caller);
+            release(&mut held.per_agent, &self.agent);
         }
     }
 }
@@ -403,13 +434,23 @@ mod tests {
     }
 
     #[test]
-    fn caller_slots_are_bounded_per_caller_and_released_on_drop() {
-        let w = CallerWaiters::new(2);
-        let a1 = w.try_acquire("a").unwrap();
-        let _a2 = w.try_acquire("a").unwrap();
-        assert!(w.try_acquire("a").is_none());
-        let _b = w.try_acquire("b").unwrap();
+    fn caller_slots_are_bounded_per_caller_and_agent_and_released_on_drop() {
+        let task = |s: &str| {
+            agentid_protocol::PeerId::parse(&format!("spiffe://example.org/agent/{s}")).unwrap()
+        };
+        let (a, b, c) = (task("a/task/1"), task("b/task/1"), task("a/task/2"));
+        let w = CallerWaiters::new(2, 3);
+        let a1 = w.try_acquire(&a).unwrap();
+        let _a2 = w.try_acquire(&a).unwrap();
+        assert!(w.try_acquire(&a).is_none());
+        let _b = w.try_acquire(&b).unwrap();
+        // Agent a's other task: one more, then the agent's share is held.
+        let c1 = w.try_acquire(&c).unwrap();
+        assert!(w.try_acquire(&c).is_none());
         drop(a1);
-        assert!(w.try_acquire("a").is_some());
+        let _a3 = w.try_acquire(&a).unwrap();
+        drop(c1);
+        let held = w.held.lock().unwrap();
+        assert_eq!(held.per_agent.get("spiffe://example.org/agent/a"), Some(&2));
     }
 }

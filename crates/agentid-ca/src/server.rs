@@ -59,7 +59,8 @@ pub struct ServiceOptions {
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
-    /// Requests held by the revocation long-poll, per caller identity.
+    /// Requests held by the revocation long-poll, per caller identity. The callers of one agent
+    /// (its tasks) together hold at most a quarter of `max_waiters`, and at least this many.
     pub max_waiters_per_caller: usize,
     /// Lifetime of the service's own certificate (default: the policy's default TTL).
     pub service_ttl: Option<Duration>,
@@ -566,7 +567,10 @@ impl CaService {
             max_waiters: options.max_waiters.max(1),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             publisher,
-            caller_waiters: crate::publication::CallerWaiters::new(options.max_waiters_per_caller),
+            caller_waiters: crate::publication::CallerWaiters::new(
+                options.max_waiters_per_caller,
+                options.max_waiters / 4,
+            ),
             feed_body: FeedBody::new(),
             body_timeout: options.body_timeout,
         });
@@ -1262,10 +1266,10 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
     if wait == 0 {
         return not_modified(current.seq);
     }
-    let Some(_mine) = s.caller_waiters.try_acquire(a.peer_id().as_str()) else {
+    let Some(_mine) = s.caller_waiters.try_acquire(a.peer_id()) else {
         return Refused::new(
             ErrorCode::RateLimited,
-            "this caller already holds its share of waiting requests",
+            "this caller (or its agent) already holds its share of waiting requests",
             "retry after Retry-After",
         )
         .into_response();

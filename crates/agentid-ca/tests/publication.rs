@@ -309,3 +309,54 @@ async fn long_polls_are_bounded_per_caller() {
     assert_eq!(s, 304);
     held.abort();
 }
+
+/// The tasks of one agent are distinct callers, each under the per-caller bound: an agent with
+/// enough tasks held every long-poll slot, and every other caller's watcher was refused
+/// `429 rate_limited` (its revocations then arrived only after its back-off). One agent's tasks
+/// together hold at most a share of the slots (a quarter, at least the per-caller bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agents_tasks_leave_long_poll_slots_for_the_others() {
+    let dir = ca_dir();
+    let addr = replica_with(
+        dir.path(),
+        ServiceOptions {
+            max_waiters: 4,
+            max_waiters_per_caller: 1,
+            ..ServiceOptions::default()
+        },
+    )
+    .await;
+    let mut first = connect(dir.path(), addr, "worker").await.0;
+    let current = latest(&mut first).await;
+    let long = format!("/v1/revocations?after={}&wait=25", current.seq);
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut c, _) = connect(dir.path(), addr, "worker").await;
+        let (tx, long) = (tx.clone(), long.clone());
+        held.push(tokio::spawn(async move {
+            let r = call(&mut c, "GET", &long, "").await;
+            let _ = tx.send(r);
+            c
+        }));
+    }
+    // Four tasks of one agent, four slots: all but the agent's share are refused at once.
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(5), answers.recv()).await {
+            Ok(Some((s, body))) => assert_eq!(s, 429, "{body}"),
+            _ => panic!("the four tasks of one agent hold every long-poll slot"),
+        }
+    }
+    let (mut other, _) = connect(dir.path(), addr, "planner").await;
+    let (s, body) = call(
+        &mut other,
+        "GET",
+        &format!("/v1/revocations?after={}&wait=1", current.seq),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304, "{body}");
+    for h in held {
+        h.abort();
+    }
+}
