@@ -206,13 +206,47 @@ pub struct Error {
     detail: String,
 }
 
+/// The most bytes of an error's detail kept ([`Error::new`]).
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// `detail` fit for a log line: control characters (newlines, terminal escapes) replaced by
+/// U+FFFD, cut to [`MAX_DETAIL_BYTES`] at a character boundary (`...` marking the cut). A
+/// detail may quote a token's text (a claim's name, a mode, a limit's key), which whoever signs
+/// a link chooses.
+fn clean_detail(detail: String) -> String {
+    const CUT: &str = "...";
+    if detail.len() <= MAX_DETAIL_BYTES && !detail.chars().any(char::is_control) {
+        return detail;
+    }
+    let mut out = String::with_capacity(MAX_DETAIL_BYTES);
+    let mut cut = false;
+    for c in detail.chars() {
+        let c = if c.is_control() { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > MAX_DETAIL_BYTES {
+            cut = true;
+            break;
+        }
+        out.push(c);
+    }
+    if cut {
+        while out.len() + CUT.len() > MAX_DETAIL_BYTES {
+            if out.pop().is_none() {
+                break;
+            }
+        }
+        out.push_str(CUT);
+    }
+    out
+}
+
 impl Error {
-    /// A new error with no token index.
+    /// A new error with no token index. The detail keeps at most [`MAX_DETAIL_BYTES`], its
+    /// control characters replaced by U+FFFD (it may quote a peer's text and is logged).
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             code,
             index: None,
-            detail: detail.into(),
+            detail: clean_detail(detail.into()),
         }
     }
 
@@ -254,6 +288,23 @@ mod tests {
             assert_eq!(ErrorCode::from_code(c.as_str()), Some(*c));
         }
         assert_eq!(ErrorCode::from_code("nope"), None);
+    }
+
+    #[test]
+    fn a_detail_is_kept_clean_and_cut_at_a_character_boundary() {
+        assert_eq!(Error::new(ErrorCode::BadJson, "plain").detail(), "plain");
+        assert_eq!(
+            Error::new(ErrorCode::BadJson, "a\nb\u{1b}").detail(),
+            "a\u{fffd}b\u{fffd}"
+        );
+        let e = Error::new(ErrorCode::BadJson, "é".repeat(MAX_DETAIL_BYTES));
+        assert!(e.detail().len() <= MAX_DETAIL_BYTES && e.detail().ends_with("..."));
+        assert!(e.detail().trim_end_matches("...").chars().all(|c| c == 'é'));
+        let exact = "x".repeat(MAX_DETAIL_BYTES);
+        assert_eq!(
+            Error::new(ErrorCode::BadJson, exact.clone()).detail(),
+            exact
+        );
     }
 
     #[test]

@@ -758,3 +758,30 @@ pub(crate) fn random_jti() -> Result<String> {
         16,
     >()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim's name is the token's text (a link is signed by whoever holds the key before
+    /// it): echoed in the error's detail, it reaches the logs of the verifier's transport
+    /// (the framed `handshake failed` and `ending session` lines write the error as it is).
+    #[test]
+    fn an_unknown_claims_name_reaches_the_error_bounded_and_without_control_characters() {
+        let name = format!(
+            "x\n2026-12-06T00:00:00Z  INFO agentid: forged\u{1b}[2J{}",
+            "y".repeat(20_000)
+        );
+        let mut claims = serde_json::Map::new();
+        claims.insert("ver".into(), Value::from(1));
+        claims.insert(name, Value::from(1));
+        let payload = serde_json::to_vec(&Value::Object(claims)).unwrap_or_default();
+        for e in [decode_link(&payload).err(), decode_grant(&payload).err()] {
+            let e = e.unwrap_or_else(|| Error::new(ErrorCode::Internal, "decoded"));
+            assert_eq!(e.code(), ErrorCode::UnknownClaim, "{e}");
+            let shown = e.to_string();
+            assert!(shown.len() <= 1100, "{} bytes", shown.len());
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        }
+    }
+}
