@@ -265,10 +265,11 @@ pub(crate) struct Reauth {
 /// one object, no duplicate member names at any depth, nesting at most 8, nothing after it), then
 /// into the strict struct (exactly the expected members, each of the expected type).
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let object = agentid_protocol::ijson::parse_object(body)
-        .map_err(|e| FrameError::BadBody(e.to_string()))?;
-    serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|e| FrameError::BadBody(e.to_string()))
+    // The errors may quote the peer's text (serde names an unknown member): kept clean.
+    let bad =
+        |e: &dyn std::fmt::Display| FrameError::BadBody(peer_text(e.to_string(), MAX_PEER_MESSAGE));
+    let object = agentid_protocol::ijson::parse_object(body).map_err(|e| bad(&e))?;
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(&e))
 }
 
 /// `s` as a JSON string literal (quoted, escaped as `serde_json` escapes it).
@@ -325,6 +326,25 @@ pub fn body_bytes<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control body's member names are the peer's text: serde names an unknown one in its
+    /// error, which reaches the `handshake failed` log line as it is.
+    #[test]
+    fn an_unknown_members_name_reaches_the_error_bounded_and_without_control_characters() {
+        let name = format!("x\n2026-12-06 INFO forged\u{1b}[2J{}", "y".repeat(50_000));
+        let mut body = serde_json::Map::new();
+        body.insert("proof".into(), "p".into());
+        body.insert(name, "v".into());
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        match parse_body::<Hello>(&bytes) {
+            Err(e) => {
+                let shown = Error::Frame(e).to_string();
+                assert!(shown.len() <= 600, "{} bytes", shown.len());
+                assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            }
+            Ok(h) => panic!("{h:?}"),
+        }
+    }
 
     #[test]
     fn a_peers_text_is_kept_clean_and_cut_at_a_character_boundary() {
