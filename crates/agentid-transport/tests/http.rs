@@ -1889,6 +1889,39 @@ async fn a_client_stops_reading_a_stream_of_a_server_a_new_list_revokes() {
     }
 }
 
+/// As above, with a list that stays fresh longer than the one it replaces (the usual case: a
+/// CA republishes with a later `next_update`): the list is signalled to the connection through
+/// the revocation index, under the server's key, agent and task, not only when every session
+/// re-checks.
+#[tokio::test]
+async fn a_client_stops_reading_a_stream_of_a_server_a_longer_lived_list_revokes() {
+    for h1 in [true, false] {
+        let w = World::revocable();
+        let addr = start(&w, None, options()).await;
+        let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let mut conn = connect(&w, creds, h1, addr).await;
+        let resp = conn.send(get_req("/stream")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut streaming = resp.into_body();
+        first_frame(&mut streaming).await;
+        // The connection's watcher re-checks the server once it has its proof; let that pass
+        // first, so that nothing but the list can end the stream below.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rechecks = w.cv.session_rechecks();
+        let jkt = conn.peer().info.public_key.thumbprint();
+        let list =
+            w.a.revocation_list_until(2, now() + 3600, |b| b.revoke_key(&jkt, now() + 600));
+        w.cv.apply_revocation_list(&list).unwrap();
+        let next = tokio::time::timeout(T, streaming.frame()).await;
+        assert!(
+            matches!(next, Ok(Some(Err(_)))),
+            "h1 {h1}: the revoked server's stream is still open: {next:?}"
+        );
+        assert!(w.cv.session_rechecks() > rechecks, "h1 {h1}: {next:?}");
+        drop(conn);
+    }
+}
+
 /// Spec 22.5: past its close point (here the server chain's `exp` minus the margin) the client
 /// keeps no connection, also for a response still streaming: its body ends with an error, on
 /// HTTP/2 too, where hyper drives the streams on a task of its own that dropping the

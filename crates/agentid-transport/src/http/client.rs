@@ -36,6 +36,7 @@ use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, 
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result, TimeoutKind};
 use crate::session::{now_unix, stale_instant, PROOF_LIFETIME};
+use crate::session_index::Registration;
 use crate::svid::SvidInfo;
 use crate::PeerPolicy;
 use crate::PeerVerification;
@@ -285,7 +286,9 @@ impl HttpClient {
         // The handshake presents exactly the credential the proof is signed with.
         let connector = TlsConnector::from(pinned_client_config(&self.config, &local));
         // The anchors the handshake validates against (read before it: a change during it is a
-        // change since, and the first re-check validates the certificate again).
+        // change since, and the first re-check validates the certificate again), and the count
+        // of lists applied (a list applied during it signals the connection at once).
+        let lists_seen = self.verification.lists_applied();
         let trust_seen = self.verification.trust_store();
         let tls = connector.connect(name, tcp).await?;
         let peer = client_peer(tls.get_ref().1, &self.verification)?;
@@ -339,12 +342,24 @@ impl HttpClient {
         // depends on goes stale, and drops the connection at once on a failure (spec 14.3), so
         // that a response still streaming from a revoked server is cut, not read on.
         let (server_chain, chain_rx) = watch::channel(None);
+        // Indexed under the server's key, agent and task (and, once verified, its chain's
+        // targets): a list that newly revokes one of them signals the watcher (spec 14.3).
+        let index = self.verification.register(
+            Some(agentid_protocol::verified_peer_revocation_targets(
+                None,
+                peer.info.id.as_spiffe_id(),
+                &peer.info.public_key,
+            )),
+            lists_seen,
+        );
         let server = ServerWatch {
             verification: self.verification.clone(),
             peer: peer.info.clone(),
             certs: server_certs.clone(),
             trust_seen: trust_seen.clone(),
             chain: chain_rx,
+            index,
+            indexed_chain: None,
         };
 
         // Dropping a connection cuts its socket: on HTTP/2 hyper drives the streams on a task
@@ -412,6 +427,8 @@ fn close_at_margin<T: Send + 'static>(
         let mut chain_moves = true;
         let mut changes = server.verification.subscribe();
         let mut watching = true;
+        let mut listed = server.index.subscribe();
+        let mut listing = true;
         let mut stale = stale_instant(
             server
                 .verification
@@ -434,6 +451,10 @@ fn close_at_margin<T: Send + 'static>(
                 changed = changes.changed(), if watching => {
                     watching = changed.is_ok();
                     watching
+                }
+                changed = listed.changed(), if listing => {
+                    listing = changed.is_ok();
+                    listing
                 }
                 () = sleep_until(stale) => true,
             };
@@ -540,12 +561,19 @@ struct ServerWatch {
     certs: Vec<CertificateDer<'static>>,
     trust_seen: Arc<TrustStore>,
     chain: watch::Receiver<Option<Option<String>>>,
+    /// The connection's place in the verification's revocation index.
+    index: Registration,
+    /// The chain whose targets the index holds (`None`: the server's own only).
+    indexed_chain: Option<String>,
 }
 
 impl ServerWatch {
     /// Whether the server still verifies (a failure other than expiry, which the close point
     /// handles, is its reason code); when it does, when a list it depends on goes stale.
     fn check(&mut self) -> std::result::Result<Instant, &'static str> {
+        self.index.count_recheck();
+        // Read before the verifier: a list applied after it signals the connection again.
+        let lists_seen = self.verification.lists_applied();
         let now = now_unix();
         let trust = self.verification.trust_store();
         if !Arc::ptr_eq(&trust, &self.trust_seen) {
@@ -563,10 +591,25 @@ impl ServerWatch {
         );
         match result {
             Err(e) if e.code() != ErrorCode::Expired => Err(e.code().as_str()),
-            result => Ok(stale_instant(self.verification.stale_at(
-                self.peer.id.as_spiffe_id(),
-                result.ok().flatten().as_ref(),
-            ))),
+            result => {
+                let verified = result.ok().flatten();
+                // A newly verified server chain: its holders and grant join the index.
+                if chain != self.indexed_chain {
+                    self.index.update(
+                        Some(agentid_protocol::verified_peer_revocation_targets(
+                            verified.as_ref(),
+                            self.peer.id.as_spiffe_id(),
+                            &self.peer.public_key,
+                        )),
+                        lists_seen,
+                    );
+                    self.indexed_chain = chain;
+                }
+                Ok(stale_instant(
+                    self.verification
+                        .stale_at(self.peer.id.as_spiffe_id(), verified.as_ref()),
+                ))
+            }
         }
     }
 }
