@@ -1026,6 +1026,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> 
             )
         })?
         .map_err(|e| body_refusal(&*e.into_inner()))?;
+    // Objects only (CA-API.md 1.2): serde also reads a struct from an array of its fields in
+    // order, which no replica written from the spec would accept. JSON's whitespace first.
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(Refused::new(
+            ErrorCode::BadRequest,
+            "the body is not a JSON object",
+            "see spec/CA-API.md 1.2",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         Refused::new(
             ErrorCode::BadRequest,

@@ -720,3 +720,55 @@ async fn a_task_request_takes_one_scope_token_per_entry_as_a_token_request_does(
     }
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 }
+
+#[tokio::test]
+async fn a_request_body_that_is_not_a_json_object_is_refused_and_changes_nothing() {
+    // CA-API.md 1.2: request bodies are JSON objects only. A JSON array holding a route's
+    // fields in their declared order is not that route's body: a replica written from the spec
+    // refuses it, so the reference must too (`400 bad_request`), and nothing is made, issued
+    // or revoked.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let issued = w.ca().issuances().unwrap().len();
+    for body in [
+        r#"["planner",null,["tickets:read"]]"#,
+        r#" ["planner"]"#,
+        r#""planner""#,
+        "null",
+    ] {
+        let (s, b) = call(&mut c, "POST", "/v1/tokens", body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{body}: {b}"
+        );
+    }
+    let (holder, hid) = w.task("planner");
+    let own = hid.rsplit('/').next().unwrap().to_owned();
+    let mut c = w.connect(holder, &hid).await.unwrap();
+    for (path, body) in [
+        ("/v1/renew", "[]".to_owned()),
+        ("/v1/revoke", format!(r#"["{own}"]"#)),
+        ("/v1/children", r#"["summarizer","AAAA"]"#.to_owned()),
+    ] {
+        let (s, b) = call(&mut c, "POST", path, &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{path} {body}: {b}"
+        );
+    }
+    // One task was opened (the holder's) and nothing else issued; nothing revoked.
+    assert_eq!(w.ca().issuances().unwrap().len(), issued + 1);
+    assert!(w.ca().revocations().unwrap().is_empty());
+    // The same fields as an object are served.
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/revoke",
+        &format!(r#"{{"task":"{own}"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
