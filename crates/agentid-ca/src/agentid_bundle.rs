@@ -71,7 +71,10 @@ impl CertificateAuthority {
             self.trust_domain(),
             now,
             agentid_protocol::caps::DEFAULT_SKEW,
-        )?
+        )
+        // The CA's own document is at fault, not a request: not served, `500 internal`
+        // (CA-API.md 3.3), never a protocol error a caller would read as its own.
+        .map_err(|e| CaError::material(&path, e.to_string()))?
         .bundle;
         let current = self.trust_bundle()?;
         if signed.grant_keys() != current.grant_keys()

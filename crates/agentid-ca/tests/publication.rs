@@ -241,9 +241,17 @@ async fn the_signed_agentid_bundle_is_served_without_its_key() {
     // A document signed by another key (say, the stolen TLS key's owner) is refused.
     let mallory = agentid_protocol::AuthorityKey::generate(Algorithm::Es256).unwrap();
     let forged = agentid_bundle::sign(&mallory, &current, common::unix(common::now())).unwrap();
-    std::fs::write(dir.path().join("agentid-bundle.jws"), &forged).unwrap();
-    let (s, _) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
-    assert_ne!(s, 200);
+    // CA-API.md 3.3: not served, `500 internal` (the CA's own fault, not the request's).
+    for doc in [forged.as_str(), "not a JWS"] {
+        std::fs::write(dir.path().join("agentid-bundle.jws"), doc).unwrap();
+        let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+        let e: agentid_api::ApiError = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (s, e.code),
+            (500, agentid_api::ErrorCode::Internal),
+            "{body}"
+        );
+    }
     // None at all: 404.
     std::fs::remove_file(dir.path().join("agentid-bundle.jws")).unwrap();
     let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
