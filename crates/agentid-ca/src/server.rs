@@ -2194,11 +2194,21 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
         kind,
         value: value.to_owned(),
     };
-    let agent_of_identity = |id: &str| -> Result<String, CaError> {
+    // What the store knows but no agent owns (a service's certificate or key): no agent rule
+    // gives `revoke` over it, so it is a missing permission (CA-API.md 3.10), not an unknown
+    // target.
+    let of_no_agent = |kind: &str, value: &str| CaError::Policy {
+        rule: "agents.*.permissions".into(),
+        message: format!(
+            "{kind} {value} belongs to a service, not an agent: only the CA's operator revokes it"
+        ),
+    };
+    let agent_of_identity = |kind: &str, value: &str, id: &str| -> Result<String, CaError> {
         store
             .identity(id)?
-            .and_then(|r| r.agent)
-            .ok_or_else(|| not_found("identity", id))
+            .ok_or_else(|| not_found("identity", id))?
+            .agent
+            .ok_or_else(|| of_no_agent(kind, value))
     };
     match t {
         RevokeTarget::Agent(a) => Ok(a.clone()),
@@ -2206,23 +2216,24 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
             let rec = store
                 .task(task.as_str())?
                 .ok_or_else(|| not_found("task", task.as_str()))?;
-            agent_of_identity(&rec.holder)
+            agent_of_identity("task", task.as_str(), &rec.holder)
         }
         RevokeTarget::Serial(serial) => store
             .issuance(serial.as_str())?
-            .and_then(|r| r.agent)
-            .ok_or_else(|| not_found("serial", serial.as_str())),
+            .ok_or_else(|| not_found("serial", serial.as_str()))?
+            .agent
+            .ok_or_else(|| of_no_agent("serial", serial.as_str())),
         RevokeTarget::Key(jkt) => {
             let owner = store
                 .key_owner(jkt.as_str())?
                 .ok_or_else(|| not_found("jkt", jkt.as_str()))?;
-            agent_of_identity(&owner)
+            agent_of_identity("jkt", jkt.as_str(), &owner)
         }
         RevokeTarget::GrantJti(jti) => {
             let rec = store
                 .task_by_jti(jti.as_str())?
                 .ok_or_else(|| not_found("jti", jti.as_str()))?;
-            agent_of_identity(&rec.holder)
+            agent_of_identity("jti", jti.as_str(), &rec.holder)
         }
         RevokeTarget::LinkJti { .. } => Err(CaError::InvalidRequest(
             "links are revoked by their issuer".into(),

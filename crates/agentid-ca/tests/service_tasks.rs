@@ -772,3 +772,33 @@ async fn a_request_body_that_is_not_a_json_object_is_refused_and_changes_nothing
     .await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn a_service_revoking_another_services_certificate_is_denied_not_told_it_is_unknown() {
+    // CA-API.md 3.10: a service may revoke a target of an agent for which it holds `revoke`
+    // (`403 policy_denied` otherwise); `404 not_found` is for a target the store does not know.
+    // A service's certificate or key is known and belongs to no agent: policy_denied.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let (_, wid) = common::service_credentials(&w.ca(), "weak");
+    let weak = w
+        .ca()
+        .issuance(&common::serial_of(&w.ca(), &wid))
+        .unwrap()
+        .unwrap();
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    for body in [
+        format!(r#"{{"serial":"{}"}}"#, weak.serial),
+        format!(r#"{{"jkt":"{}"}}"#, weak.jkt),
+    ] {
+        let (s, b) = call(&mut c, "POST", "/v1/revoke", &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "policy_denied"),
+            "{body}: {b}"
+        );
+    }
+    let (s, b) = call(&mut c, "POST", "/v1/revoke", r#"{"serial":"0badc0de"}"#).await;
+    assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{b}");
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
