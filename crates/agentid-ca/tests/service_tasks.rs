@@ -802,3 +802,43 @@ async fn a_service_revoking_another_services_certificate_is_denied_not_told_it_i
     assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{b}");
     assert!(w.ca().revocations().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_revoke_answer_names_the_entry_the_target_makes() {
+    // CA-API.md 3.10: the answer is the list entry: the target's kind and value, except that a
+    // serial is revoked as its certificate's key (`jkt`, that key's thumbprint).
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (_, by_serial) = w.task("planner");
+    let rec = w
+        .ca()
+        .issuance(&common::serial_of(&w.ca(), &by_serial))
+        .unwrap()
+        .unwrap();
+    let (_, by_task) = w.task("planner");
+    let task = by_task.rsplit('/').next().unwrap().to_owned();
+    for (body, kind, value) in [
+        (
+            format!(r#"{{"serial":"{}"}}"#, rec.serial),
+            "jkt",
+            rec.jkt.clone(),
+        ),
+        (format!(r#"{{"task":"{task}"}}"#), "task", task.clone()),
+        (
+            r#"{"agent":"planner"}"#.to_owned(),
+            "agent",
+            "planner".to_owned(),
+        ),
+    ] {
+        let (s, b) = call(&mut c, "POST", "/v1/revoke", &body).await;
+        assert_eq!(s, 200, "{body}: {b}");
+        let r: agentid_api::RevokeResponse = serde_json::from_str(&b).unwrap();
+        assert_eq!(
+            (r.kind.as_str(), r.value.as_str()),
+            (kind, value.as_str()),
+            "{body}"
+        );
+        assert!(r.exp > common::unix(common::now()), "{body}: {b}");
+    }
+}
