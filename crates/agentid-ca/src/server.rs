@@ -1345,41 +1345,52 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
     // The slot is held by the operation itself (see `run`).
     let res = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        ca.redeem(&token, csr, SystemTime::now())
+        ca.redeem_recorded(&token, csr, SystemTime::now())
     })
     .await;
     use crate::token::{EnrollError, Redeemed};
-    match res {
-        Ok(Ok(Redeemed::Task(c))) => json(
-            StatusCode::OK,
-            &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
-        ),
-        Ok(Ok(Redeemed::Service(c))) => json(StatusCode::OK, &certificate(&c, None)),
-        Ok(Err(EnrollError::TokenInvalid)) => Refused::new(
+    let (e, recorded) = match res {
+        Ok(Ok(Redeemed::Task(c))) => {
+            return json(
+                StatusCode::OK,
+                &certificate(&c.certificate, Some(c.grant.as_str().to_owned())),
+            )
+        }
+        Ok(Ok(Redeemed::Service(c))) => return json(StatusCode::OK, &certificate(&c, None)),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return Refused::new(
+                ErrorCode::Internal,
+                "the CA operation did not complete",
+                "retry later",
+            )
+            .into_response()
+        }
+    };
+    // A refusal of a token the store knows is in the audit chain already (CA-API.md 4.1): on
+    // `--listen`, where the caller is authenticated, it is not recorded again.
+    let refused = match e {
+        EnrollError::TokenInvalid => Refused::new(
             ErrorCode::TokenInvalid,
             "the bootstrap token is not recognised",
             "check the token file, or ask for a new token",
-        )
-        .into_response(),
-        Ok(Err(EnrollError::TokenUsed)) => Refused::new(
+        ),
+        EnrollError::TokenUsed => Refused::new(
             ErrorCode::TokenUsed,
             "the bootstrap token was already redeemed; nothing was issued",
             "ask for a new token",
-        )
-        .into_response(),
-        Ok(Err(EnrollError::TokenExpired)) => Refused::new(
+        ),
+        EnrollError::TokenExpired => Refused::new(
             ErrorCode::TokenExpired,
             "the bootstrap token has expired",
             "ask for a new token",
-        )
-        .into_response(),
-        Ok(Err(EnrollError::Ca(e))) => Refused::from(e).into_response(),
-        Err(_) => Refused::new(
-            ErrorCode::Internal,
-            "the CA operation did not complete",
-            "retry later",
-        )
-        .into_response(),
+        ),
+        EnrollError::Ca(e) => Refused::from(e),
+    };
+    if recorded {
+        audited(refused)
+    } else {
+        refused.into_response()
     }
 }
 

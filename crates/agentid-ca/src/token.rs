@@ -195,11 +195,38 @@ impl CertificateAuthority {
         csr: Vec<u8>,
         now: SystemTime,
     ) -> std::result::Result<Redeemed, EnrollError> {
+        self.redeem_recorded(token, csr, now).map_err(|(e, _)| e)
+    }
+
+    /// [`CertificateAuthority::redeem`], and with a refusal whether it is in the audit chain:
+    /// every refusal of a token the store knows is (as the issuance it asked for, `denied`);
+    /// an unknown token's is not (anyone can send one).
+    pub(crate) fn redeem_recorded(
+        &self,
+        token: &str,
+        csr: Vec<u8>,
+        now: SystemTime,
+    ) -> std::result::Result<Redeemed, (EnrollError, bool)> {
         let hash = token_hash(token);
         let state = self
-            .store()?
-            .bootstrap_state(&hash)?
-            .ok_or(EnrollError::TokenInvalid)?;
+            .store()
+            .and_then(|s| s.bootstrap_state(&hash))
+            .map_err(|e| (EnrollError::Ca(e), false))?
+            .ok_or((EnrollError::TokenInvalid, false))?;
+        self.redeem_known(token, &hash, state, csr, now)
+            .map_err(|e| (e, true))
+    }
+
+    /// [`CertificateAuthority::redeem`] of a token the store knows (`state`, `hash` its
+    /// SHA-256).
+    fn redeem_known(
+        &self,
+        token: &str,
+        hash: &str,
+        state: BootstrapState,
+        csr: Vec<u8>,
+        now: SystemTime,
+    ) -> std::result::Result<Redeemed, EnrollError> {
         let service = state
             .binding
             .as_deref()
@@ -207,7 +234,7 @@ impl CertificateAuthority {
             .and_then(|b| b.service.map(|s| (s, b.ttl_secs)));
         let Some((service, ttl)) = service else {
             return self
-                .enroll_with_state(token, &hash, state, csr, now)
+                .enroll_with_state(token, hash, state, csr, now)
                 .map(Redeemed::Task);
         };
         let now_s = crate::util::unix(now)?;
@@ -233,7 +260,7 @@ impl CertificateAuthority {
         };
         match self.issue_service_bootstrap(&req, &state.record, now) {
             Ok(c) => Ok(Redeemed::Service(c)),
-            Err(e) if self.consumed_meanwhile(&hash) => {
+            Err(e) if self.consumed_meanwhile(hash) => {
                 tracing::debug!(error = %e, "bootstrap token redeemed concurrently");
                 Err(EnrollError::TokenUsed)
             }

@@ -842,3 +842,50 @@ async fn a_revoke_answer_names_the_entry_the_target_makes() {
         assert!(r.exp > common::unix(common::now()), "{body}: {b}");
     }
 }
+
+#[tokio::test]
+async fn a_token_refusal_on_the_mtls_listener_is_recorded_once() {
+    // CA-API.md 4.1: `request.refused` records a 4xx answer to an authenticated caller that no
+    // operation recorded. A stored token refused (used, say) is recorded as the issuance it
+    // asked for, `denied`; on `--listen` (where `POST /v1/enroll` is served too, to an
+    // authenticated caller) it is not recorded a second time. An unknown token, which no
+    // operation records, is one `request.refused`.
+    let w = start().await;
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let token = w
+        .ca()
+        .create_bound_token(
+            "planner",
+            Some(agentid_protocol::TaskId::parse("t-audit-once").unwrap()),
+            &binding,
+            Duration::from_secs(600),
+            common::now(),
+        )
+        .unwrap()
+        .token;
+    let (holder, hid) = w.task("worker");
+    let mut c = w.connect(holder, &hid).await.unwrap();
+    let body = |token: &str| {
+        let csr = common::csr_with(&common::p256_keypair(), &[], |_| {});
+        format!(r#"{{"token":"{token}","csr":"{}"}}"#, b64(&csr))
+    };
+    let (s, b) = call(&mut c, "POST", "/v1/enroll", &body(&token)).await;
+    assert_eq!(s, 200, "{b}");
+    for (token, code, kinds) in [
+        (token.as_str(), "token_used", ["issue.task"]),
+        ("no-such-token", "token_invalid", ["request.refused"]),
+    ] {
+        let before = common::audit_records(&w.ca()).len();
+        let (s, b) = call(&mut c, "POST", "/v1/enroll", &body(token)).await;
+        assert_eq!(code_of(&b), code, "{s} {b}");
+        let records = common::audit_records(&w.ca());
+        let new: Vec<&str> = records[before..]
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(new, kinds, "{code}: {:?}", &records[before..]);
+    }
+}
