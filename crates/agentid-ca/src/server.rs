@@ -1210,6 +1210,11 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
             continue;
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // Decimal digits only: `u64::from_str` also takes a leading `+`, which a form decoder
+        // reads as a space.
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("after and wait are integers"));
+        }
         let n: u64 = v.parse().map_err(|_| bad("after and wait are integers"))?;
         match k {
             "after" => after = Some(n),

@@ -889,3 +889,29 @@ async fn a_token_refusal_on_the_mtls_listener_is_recorded_once() {
         assert_eq!(new, kinds, "{code}: {:?}", &records[before..]);
     }
 }
+
+#[tokio::test]
+async fn revocation_query_numbers_are_decimal_digits_only() {
+    // CA-API.md 3.4: `after` and `wait` are integers, as an `If-None-Match` tag is a quoted
+    // decimal `seq`. A sign (which a form decoder reads as a space), an empty value or an
+    // exponent is `400 bad_request`, not read as a number by one replica and refused by another.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    for query in [
+        "after=+0",
+        "after=0&wait=+1",
+        "after=",
+        "wait=1e1",
+        "after=-0",
+    ] {
+        let (s, b) = call(&mut c, "GET", &format!("/v1/revocations?{query}"), "").await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{query}: {b}"
+        );
+    }
+    let (s, b) = call(&mut c, "GET", "/v1/revocations?after=0&wait=0", "").await;
+    assert_eq!(s, 200, "{b}");
+}
