@@ -915,3 +915,66 @@ async fn revocation_query_numbers_are_decimal_digits_only() {
     let (s, b) = call(&mut c, "GET", "/v1/revocations?after=0&wait=0", "").await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn null_is_an_absent_optional_field_and_a_zero_lifetime_is_malformed() {
+    // CA-API.md 1.2: an optional field given as `null` is as if absent (also `expires_in_secs`
+    // of a task request, 3.7); a required one is `400 bad_request`. A lifetime (`ttl_secs`,
+    // `task_ttl_secs`) is at least one second: 0 is `400 bad_request` on every route.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"],"task":null,"audience":null,"ttl_secs":null,"expires_in_secs":null}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let task = |t: &str, extra: &str| {
+        let id = format!("spiffe://example.org/agent/planner/task/{t}");
+        format!(
+            r#"{{"agent":"planner","task":"{t}","scope":["tickets:read"],"csr":"{}"{extra}}}"#,
+            csr(&key, &id)
+        )
+    };
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tasks",
+        &task("t-null", r#","expires_in_secs":null"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let before = w.ca().issuances().unwrap().len();
+    for (path, body) in [
+        (
+            "/v1/tokens",
+            r#"{"agent":null,"scope":["tickets:read"]}"#.to_owned(),
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"ttl_secs":0}"#.to_owned(),
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"task_ttl_secs":0}"#.to_owned(),
+        ),
+        ("/v1/tasks", task("t-zero-1", r#","ttl_secs":0"#)),
+        ("/v1/tasks", task("t-zero-2", r#","task_ttl_secs":0"#)),
+    ] {
+        let (s, b) = call(&mut c, "POST", path, &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{path} {body}: {b}"
+        );
+    }
+    let (holder, hid) = w.task("planner");
+    let mut c = w.connect(holder, &hid).await.unwrap();
+    let (s, b) = call(&mut c, "POST", "/v1/renew", r#"{"ttl_secs":0}"#).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
+    assert_eq!(w.ca().issuances().unwrap().len(), before + 1);
+}
