@@ -978,3 +978,38 @@ async fn null_is_an_absent_optional_field_and_a_zero_lifetime_is_malformed() {
     assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
     assert_eq!(w.ca().issuances().unwrap().len(), before + 1);
 }
+
+#[tokio::test]
+async fn a_get_route_takes_head_and_a_body_is_read_whatever_its_content_type() {
+    // CA-API.md 1.2 and 1.3: a GET route also takes HEAD (RFC 9110 9.3.2: the GET answer
+    // without its body); a POST route does not (`404 not_found`, a method the route does not
+    // take). A request body is read as JSON whatever `Content-Type` it is sent with (a client
+    // sends `application/json`; the service refuses no request for its media type).
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (s, h, b) = common::call_with_headers(&mut c, "HEAD", "/v1/tasks", "").await;
+    assert_eq!((s, b.as_str()), (200, ""), "{h:?}");
+    assert_eq!(h["content-type"], "application/json");
+    let (s, _, _) = common::call_with_headers(&mut c, "HEAD", "/v1/tokens", "").await;
+    assert_eq!(s, 404);
+    for content_type in [None, Some("text/plain")] {
+        let mut req = http::Request::builder().method("POST").uri("/v1/tokens");
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let req = req
+            .body(Bytes::from_static(
+                br#"{"agent":"planner","scope":["tickets:read"]}"#,
+            ))
+            .unwrap();
+        let resp = tokio::time::timeout(T, c.send(req)).await.unwrap().unwrap();
+        let s = resp.status().as_u16();
+        let b = tokio::time::timeout(T, resp.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(s, 200, "{content_type:?}: {b:?}");
+    }
+}
