@@ -2135,8 +2135,13 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
                 .into_response()
             }
         },
-        PeerId::Service(svc) => {
-            let svc = svc.name().to_owned();
+        PeerId::Service(_) => {
+            // The CA's own identity is no service here (CA-API.md 3.12), as on the other
+            // service routes.
+            let svc = match caller_service(&a, "POST /v1/revoke") {
+                Ok(n) => n,
+                Err(r) => return r.into_response(),
+            };
             let target = match service_target(&body) {
                 Ok(t) => t,
                 Err(r) => return r.into_response(),

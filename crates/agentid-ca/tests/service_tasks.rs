@@ -1013,3 +1013,37 @@ async fn a_get_route_takes_head_and_a_body_is_read_whatever_its_content_type() {
         assert_eq!(s, 200, "{content_type:?}: {b:?}");
     }
 }
+
+#[tokio::test]
+async fn the_cas_own_identity_is_not_permitted_on_any_service_route() {
+    // CA-API.md 3.12: `svc:agentid-ca` holds no permission, and is no service on the service
+    // routes: it is refused as any other non-service caller is, `403 not_permitted`, on each of
+    // them alike (it was `policy_denied` on `POST /v1/revoke` only).
+    let w = start().await;
+    let (own, id) = common::service_credentials(&w.ca(), "agentid-ca");
+    let mut c = w.connect(own, &id).await.unwrap();
+    let (_, victim) = w.task("planner");
+    let victim_task = victim.rsplit('/').next().unwrap().to_owned();
+    for (method, path, body) in [
+        ("GET", "/v1/tasks", String::new()),
+        (
+            "POST",
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"]}"#.to_owned(),
+        ),
+        ("POST", "/v1/revoke", r#"{"agent":"planner"}"#.to_owned()),
+        (
+            "POST",
+            "/v1/revoke",
+            format!(r#"{{"task":"{victim_task}"}}"#),
+        ),
+    ] {
+        let (s, b) = call(&mut c, method, path, &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "not_permitted"),
+            "{method} {path} {body}: {b}"
+        );
+    }
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
