@@ -1333,9 +1333,12 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let csr = match b64_csr(&body.csr) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+    // A CSR that is not base64url is a CSR that does not parse: a stored token's redemption
+    // refuses it (`400 bad_csr`, or the token's own refusal first) and records the refusal
+    // (CA-API.md 4), as for any other CSR; an unknown token's is `400 bad_csr`, unrecorded.
+    let (csr, not_base64) = match b64_csr(&body.csr) {
+        Ok(c) => (c, None),
+        Err(r) => (Vec::new(), Some(r)),
     };
     let Ok(permit) = s.ops.clone().try_acquire_owned() else {
         return Refused::new(
@@ -1374,23 +1377,24 @@ async fn enroll(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     // A refusal of a token the store knows is in the audit chain already (CA-API.md 4.1): on
     // `--listen`, where the caller is authenticated, it is not recorded again.
-    let refused = match e {
-        EnrollError::TokenInvalid => Refused::new(
+    let refused = match (e, not_base64) {
+        (EnrollError::TokenInvalid, Some(r)) if !recorded => r,
+        (EnrollError::TokenInvalid, _) => Refused::new(
             ErrorCode::TokenInvalid,
             "the bootstrap token is not recognised",
             "check the token file, or ask for a new token",
         ),
-        EnrollError::TokenUsed => Refused::new(
+        (EnrollError::TokenUsed, _) => Refused::new(
             ErrorCode::TokenUsed,
             "the bootstrap token was already redeemed; nothing was issued",
             "ask for a new token",
         ),
-        EnrollError::TokenExpired => Refused::new(
+        (EnrollError::TokenExpired, _) => Refused::new(
             ErrorCode::TokenExpired,
             "the bootstrap token has expired",
             "ask for a new token",
         ),
-        EnrollError::Ca(e) => Refused::from(e),
+        (EnrollError::Ca(e), _) => Refused::from(e),
     };
     if recorded {
         audited(refused)

@@ -1047,3 +1047,77 @@ async fn the_cas_own_identity_is_not_permitted_on_any_service_route() {
     }
     assert!(w.ca().revocations().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_stored_tokens_refusal_for_a_csr_that_is_not_base64url_is_recorded() {
+    // CA-API.md 4: every refusal of an existing token is an audit record. On the enrollment
+    // listener (no caller identity, so nothing records it but the redemption), a stored token
+    // sent with a CSR that is not base64url is refused `400 bad_csr` and recorded as the issuance
+    // it asked for, `denied`, as one with a CSR that does not parse is; the token stays
+    // redeemable.
+    let w = start().await;
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let token = w
+        .ca()
+        .create_bound_token(
+            "planner",
+            Some(agentid_protocol::TaskId::parse("t-b64").unwrap()),
+            &binding,
+            Duration::from_secs(600),
+            common::now(),
+        )
+        .unwrap()
+        .token;
+    let v = w.verification("spiffe://example.org/agent/planner/task/t-b64");
+    let config = Arc::new(
+        agentid_transport::http::enrollment_client_config(
+            &v,
+            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+        )
+        .unwrap(),
+    );
+    let post = |body: String| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(w.enroll).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("agentid.invalid").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::post("/v1/enroll")
+                .header("host", "ca")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = tokio::time::timeout(T, sender.send_request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(b.to_vec()).unwrap())
+        }
+    };
+    let before = common::audit_records(&w.ca()).len();
+    let (s, b) = post(format!(r#"{{"token":"{token}","csr":"***"}}"#)).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_csr"), "{b}");
+    let records = common::audit_records(&w.ca());
+    let new: Vec<(&str, &str)> = records[before..]
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(new, [("issue.task", "denied")], "{:?}", &records[before..]);
+    // The token was not spent.
+    let csr = common::csr_with(&common::p256_keypair(), &[], |_| {});
+    let (s, b) = post(format!(r#"{{"token":"{token}","csr":"{}"}}"#, b64(&csr))).await;
+    assert_eq!(s, 200, "{b}");
+}
