@@ -1121,3 +1121,23 @@ async fn a_stored_tokens_refusal_for_a_csr_that_is_not_base64url_is_recorded() {
     let (s, b) = post(format!(r#"{{"token":"{token}","csr":"{}"}}"#, b64(&csr))).await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn a_task_id_another_agents_task_holds_is_key_mismatch() {
+    // CA-API.md 1.3: task ids are unique in the trust domain, whatever the agent. A task
+    // request naming the id of another agent's task is `409 key_mismatch` (the task id is
+    // bound to another holder), and nothing is issued.
+    let w = start().await;
+    let (_, worker) = w.task("worker");
+    let taken = worker.rsplit('/').next().unwrap().to_owned();
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let before = w.ca().issuances().unwrap().len();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let identity = format!("spiffe://example.org/agent/planner/task/{taken}");
+    let body = serde_json::json!({"agent": "planner", "task": taken, "scope": ["tickets:read"],
+                                  "csr": csr(&key, &identity)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "key_mismatch"), "{b}");
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+}
