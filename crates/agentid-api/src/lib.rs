@@ -460,10 +460,12 @@ pub struct RevokeRequest {
     /// A key thumbprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
-    /// A token `jti` (with `iss`).
+    /// A grant's `jti` (the task's grant; a link's is revoked by its issuer, not here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
-    /// The issuer of `jti`.
+    /// A link's issuer: always refused by the service (`400 bad_request`, `spec/CA-API.md`
+    /// 3.10), since links are revoked by their issuer with the local CLI. Kept so that such a
+    /// request is refused for what it asks, not as an unknown field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// Why.
