@@ -1141,3 +1141,45 @@ async fn a_task_id_another_agents_task_holds_is_key_mismatch() {
     assert_eq!((s, code_of(&b).as_str()), (409, "key_mismatch"), "{b}");
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 }
+
+#[tokio::test]
+async fn a_member_named_twice_in_a_request_body_is_refused() {
+    // CA-API.md 1.2: a request body names each member once (I-JSON, RFC 7493 2.3), compared
+    // after unescaping. A body naming one twice is `400 bad_request`, never read as its first
+    // or its last value (parsers differ on which: a proxy and the CA would read two requests).
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let id = "spiffe://example.org/agent/planner/task/t-dup";
+    let csr = csr(&key, id);
+    for (path, body) in [
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"agent":"worker"}"#.to_owned(),
+        ),
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"ag\u0065nt":"worker"}"#.to_owned(),
+        ),
+        (
+            "/v1/tasks",
+            format!(
+                r#"{{"agent":"planner","task":"t-dup","scope":["tickets:read"],"csr":"{csr}","ttl_secs":60,"ttl_secs":600}}"#
+            ),
+        ),
+        (
+            "/v1/revoke",
+            r#"{"agent":"planner","agent":"worker"}"#.to_owned(),
+        ),
+    ] {
+        let (s, b) = call(&mut c, "POST", path, &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{path} {body}: {b}"
+        );
+    }
+    assert!(w.ca().revocations().unwrap().is_empty());
+    assert!(w.ca().issuances().unwrap().iter().all(|r| r.identity != id));
+}
