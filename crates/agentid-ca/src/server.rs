@@ -1026,18 +1026,16 @@ async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> 
             )
         })?
         .map_err(|e| body_refusal(&*e.into_inner()))?;
-    // Objects only (CA-API.md 1.2): serde also reads a struct from an array of its fields in
-    // order, which no replica written from the spec would accept. JSON's whitespace first.
-    let first = bytes
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first != Some(&b'{') {
-        return Err(Refused::new(
+    // An I-JSON object (CA-API.md 1.2): serde reads a struct from an array of its fields in
+    // order too, and takes the last of a member named twice in a map (a `principal`, `limits`),
+    // where another parser takes the first: neither is a body a replica would read the same.
+    agentid_protocol::ijson::parse_object(&bytes).map_err(|e| {
+        Refused::new(
             ErrorCode::BadRequest,
-            "the body is not a JSON object",
+            format!("the body is not an I-JSON object: {e}"),
             "see spec/CA-API.md 1.2",
-        ));
-    }
+        )
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Refused::new(
             ErrorCode::BadRequest,

@@ -1172,6 +1172,17 @@ async fn a_member_named_twice_in_a_request_body_is_refused() {
             "/v1/revoke",
             r#"{"agent":"planner","agent":"worker"}"#.to_owned(),
         ),
+        // At any depth: the principal a token binds, the limits a task's grant carries.
+        (
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"],"principal":{"format":"opaque","id":"user:1","id":"user:2"}}"#.to_owned(),
+        ),
+        (
+            "/v1/tasks",
+            format!(
+                r#"{{"agent":"planner","task":"t-dup","scope":["tickets:read"],"csr":"{csr}","limits":{{"calls":1,"calls":1000}}}}"#
+            ),
+        ),
     ] {
         let (s, b) = call(&mut c, "POST", path, &body).await;
         assert_eq!(
