@@ -214,22 +214,30 @@ pub const MAX_DETAIL_BYTES: usize = 1024;
 /// detail may quote a token's text (a claim's name, a mode, a limit's key), which whoever signs
 /// a link chooses.
 fn clean_detail(detail: String) -> String {
+    clean_text(detail, MAX_DETAIL_BYTES)
+}
+
+/// `text` made fit for an error or a log line: control characters (newlines, terminal escapes)
+/// replaced by U+FFFD, cut to at most `max` bytes at a character boundary (`...` marking the
+/// cut). For text a peer chose: an error detail, a reason code or message from the wire.
+pub fn clean_text(text: String, max: usize) -> String {
     const CUT: &str = "...";
-    if detail.len() <= MAX_DETAIL_BYTES && !detail.chars().any(char::is_control) {
-        return detail;
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return text;
     }
-    let mut out = String::with_capacity(MAX_DETAIL_BYTES);
+    let mut out = String::with_capacity(max);
     let mut cut = false;
-    for c in detail.chars() {
+    for c in text.chars() {
         let c = if c.is_control() { '\u{fffd}' } else { c };
-        if out.len() + c.len_utf8() > MAX_DETAIL_BYTES {
+        if out.len() + c.len_utf8() > max {
             cut = true;
             break;
         }
         out.push(c);
     }
     if cut {
-        while out.len() + CUT.len() > MAX_DETAIL_BYTES {
+        // Room for the mark: drop characters from the end until it fits.
+        while out.len() + CUT.len() > max {
             if out.pop().is_none() {
                 break;
             }
@@ -279,6 +287,20 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_text_is_kept_clean_and_cut_at_a_character_boundary() {
+        assert_eq!(clean_text("revoked".into(), 64), "revoked");
+        assert_eq!(clean_text("a\nb\u{1b}c".into(), 64), "a\u{fffd}b\u{fffd}c");
+        let long = clean_text("é".repeat(100), 64);
+        assert!(long.len() <= 64 && long.ends_with("..."), "{long}");
+        assert!(long.trim_end_matches("...").chars().all(|c| c == 'é'));
+        assert_eq!(clean_text("x".repeat(64), 64).len(), 64);
+        assert_eq!(
+            clean_text("x".repeat(65), 64),
+            format!("{}...", "x".repeat(61))
+        );
+    }
 
     #[test]
     fn codes_round_trip_and_are_unique() {

@@ -187,7 +187,7 @@ pub use cache::TokenCache;
 pub use chain::{Chain, UnverifiedChain};
 pub use config::{AuthorityPolicy, VerifierConfig};
 pub use crypto::{token_hash, Algorithm, AuthorityKey, JwsSigner, PublicKey, TaskKey};
-pub use error::{Error, ErrorCode, Result, MAX_DETAIL_BYTES};
+pub use error::{clean_text, Error, ErrorCode, Result, MAX_DETAIL_BYTES};
 pub use id::{AgentId, IdKind, PeerId, ServiceId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 pub use jws::TokenType;
 pub use limits::Limits;

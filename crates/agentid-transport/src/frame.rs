@@ -208,40 +208,10 @@ impl Reason {
     /// frame may carry 128 KiB of either, which would otherwise be logged as it is.
     pub(crate) fn into_sanitized(self) -> (String, String) {
         (
-            peer_text(self.code, MAX_PEER_CODE),
-            peer_text(self.message, MAX_PEER_MESSAGE),
+            agentid_protocol::clean_text(self.code, MAX_PEER_CODE),
+            agentid_protocol::clean_text(self.message, MAX_PEER_MESSAGE),
         )
     }
-}
-
-/// `s` with its control characters replaced, cut to at most `max` bytes.
-fn peer_text(s: String, max: usize) -> String {
-    const CUT: &str = "...";
-    if s.len() <= max && !s.chars().any(char::is_control) {
-        return s;
-    }
-    let clean = s
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c });
-    let mut out = String::with_capacity(max);
-    let mut cut = false;
-    for c in clean {
-        if out.len() + c.len_utf8() > max {
-            cut = true;
-            break;
-        }
-        out.push(c);
-    }
-    if cut {
-        // Room for the mark: drop characters from the end until it fits.
-        while out.len() + CUT.len() > max {
-            if out.pop().is_none() {
-                break;
-            }
-        }
-        out.push_str(CUT);
-    }
-    out
 }
 
 /// The reauth body.
@@ -266,8 +236,12 @@ pub(crate) struct Reauth {
 /// into the strict struct (exactly the expected members, each of the expected type).
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     // The errors may quote the peer's text (serde names an unknown member): kept clean.
-    let bad =
-        |e: &dyn std::fmt::Display| FrameError::BadBody(peer_text(e.to_string(), MAX_PEER_MESSAGE));
+    let bad = |e: &dyn std::fmt::Display| {
+        FrameError::BadBody(agentid_protocol::clean_text(
+            e.to_string(),
+            MAX_PEER_MESSAGE,
+        ))
+    };
     let object = agentid_protocol::ijson::parse_object(body).map_err(|e| bad(&e))?;
     serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(&e))
 }
@@ -344,20 +318,6 @@ mod tests {
             }
             Ok(h) => panic!("{h:?}"),
         }
-    }
-
-    #[test]
-    fn a_peers_text_is_kept_clean_and_cut_at_a_character_boundary() {
-        assert_eq!(peer_text("revoked".into(), 64), "revoked");
-        assert_eq!(peer_text("a\nb\u{1b}c".into(), 64), "a\u{fffd}b\u{fffd}c");
-        let long = peer_text("é".repeat(100), 64);
-        assert!(long.len() <= 64 && long.ends_with("..."), "{long}");
-        assert!(long.trim_end_matches("...").chars().all(|c| c == 'é'));
-        assert_eq!(peer_text("x".repeat(64), 64).len(), 64);
-        assert_eq!(
-            peer_text("x".repeat(65), 64),
-            format!("{}...", "x".repeat(61))
-        );
     }
 
     #[test]
