@@ -289,14 +289,6 @@ pub struct CallerSlot {
     agent: String,
 }
 
-/// The agent a caller's requests count under: a task identity's agent, or the service itself.
-fn agent_of(caller: &agentid_protocol::PeerId) -> String {
-    match caller {
-        agentid_protocol::PeerId::Task(t) => t.agent().to_string(),
-        agentid_protocol::PeerId::Service(s) => s.to_string(),
-    }
-}
-
 fn release(map: &mut std::collections::HashMap<String, usize>, key: &str) {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
@@ -320,7 +312,7 @@ impl CallerWaiters {
 
     /// A slot for `caller`, or `None` when it, or its agent, already holds the maximum.
     pub fn try_acquire(self: &Arc<Self>, caller: &agentid_protocol::PeerId) -> Option<CallerSlot> {
-        let agent = agent_of(caller);
+        let agent = caller.agent_or_service();
         let caller = caller.to_string();
         let mut held = self.held.lock().ok()?;
         if held.per_caller.get(&caller).copied().unwrap_or(0) >= self.max

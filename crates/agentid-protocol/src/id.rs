@@ -469,6 +469,15 @@ impl PeerId {
     pub fn as_str(&self) -> &str {
         self.as_spiffe_id().as_str()
     }
+
+    /// The identity a per-agent cap counts this peer under: a task identity's agent (every
+    /// task of one agent together), or the service itself.
+    pub fn agent_or_service(&self) -> String {
+        match self {
+            Self::Task(t) => t.agent().to_string(),
+            Self::Service(s) => s.to_string(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ impl Drop for SessionPermit {
     }
 }
 
-fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+pub(crate) fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -125,14 +125,6 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 /// A poisoned lock only means another thread panicked while counting; the counts stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The name a per-agent cap counts: the agent of a task identity, or the service itself.
-fn agent_key(peer: &PeerId) -> String {
-    match peer {
-        PeerId::Task(t) => t.agent().to_string(),
-        PeerId::Service(s) => s.to_string(),
-    }
 }
 
 impl Admission {
@@ -251,7 +243,7 @@ impl Admission {
     /// and its task's cap. Refused at once with [`Error::Busy`] when one is reached.
     pub fn admit(&self, peer: &PeerId) -> Result<SessionPermit> {
         let limits = &self.inner.limits;
-        let agent = agent_key(peer);
+        let agent = peer.agent_or_service();
         let task = match peer {
             PeerId::Task(t) => Some(t.clone()),
             PeerId::Service(_) => None,

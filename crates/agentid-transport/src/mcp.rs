@@ -105,14 +105,6 @@ struct Bindings {
     per_agent: HashMap<String, usize>,
 }
 
-/// The name a per-agent cap counts: the agent of a task identity, or the service itself.
-fn agent_key(peer: &PeerId) -> String {
-    match peer {
-        PeerId::Task(t) => t.agent().to_string(),
-        PeerId::Service(s) => s.to_string(),
-    }
-}
-
 impl Bindings {
     fn remove(&mut self, session: &str) {
         if let Some((peer, _)) = self.owner.remove(session) {
@@ -127,13 +119,7 @@ impl Bindings {
     }
 
     fn uncount(&mut self, peer: &PeerId) {
-        let agent = agent_key(peer);
-        if let Some(n) = self.per_agent.get_mut(&agent) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_agent.remove(&agent);
-            }
-        }
+        crate::admission::decrement(&mut self.per_agent, &peer.agent_or_service());
     }
 
     /// Whether a new session of `peer` would take one more place of its agent: not when the
@@ -141,7 +127,12 @@ impl Bindings {
     fn agent_full(&self, peer: &PeerId, max_per_peer: usize, max_per_agent: usize) -> bool {
         let held_by_peer = self.by_peer.get(peer).map_or(0, VecDeque::len);
         held_by_peer < max_per_peer
-            && self.per_agent.get(&agent_key(peer)).copied().unwrap_or(0) >= max_per_agent
+            && self
+                .per_agent
+                .get(&peer.agent_or_service())
+                .copied()
+                .unwrap_or(0)
+                >= max_per_agent
     }
 
     /// Forgets the sessions idle for `idle` or longer; returns them.
@@ -391,7 +382,7 @@ impl McpSessions {
             None
         };
         b.owner.insert(session, (peer.clone(), Instant::now()));
-        *b.per_agent.entry(agent_key(peer)).or_insert(0) += 1;
+        *b.per_agent.entry(peer.agent_or_service()).or_insert(0) += 1;
         if let Some(old) = evicted {
             if b.owner.remove(&old).is_some() {
                 b.uncount(peer);

@@ -1864,18 +1864,7 @@ async fn methods_and_path_spellings_do_not_pass_around_require_scope() {
 #[tokio::test]
 async fn a_client_stops_reading_a_stream_of_a_server_a_new_list_revokes() {
     for h1 in [true, false] {
-        let w = World::revocable();
-        let addr = start(&w, None, options()).await;
-        let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-        let mut conn = connect(&w, creds, h1, addr).await;
-        let resp = conn.send(get_req("/stream")).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert!(
-            conn.server_proof().is_some(),
-            "the server's proof was verified"
-        );
-        let mut streaming = resp.into_body();
-        first_frame(&mut streaming).await;
+        let (w, conn, mut streaming) = streaming_from_a_revocable_server(h1).await;
         // The client learns that the server's certificate key is revoked.
         let jkt = conn.peer().info.public_key.thumbprint();
         let list = w.a.revocation_list(2, |b| b.revoke_key(&jkt, now() + 600));
@@ -1896,14 +1885,7 @@ async fn a_client_stops_reading_a_stream_of_a_server_a_new_list_revokes() {
 #[tokio::test]
 async fn a_client_stops_reading_a_stream_of_a_server_a_longer_lived_list_revokes() {
     for h1 in [true, false] {
-        let w = World::revocable();
-        let addr = start(&w, None, options()).await;
-        let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-        let mut conn = connect(&w, creds, h1, addr).await;
-        let resp = conn.send(get_req("/stream")).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut streaming = resp.into_body();
-        first_frame(&mut streaming).await;
+        let (w, conn, mut streaming) = streaming_from_a_revocable_server(h1).await;
         // The connection's watcher re-checks the server once it has its proof; let that pass
         // first, so that nothing but the list can end the stream below.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1920,6 +1902,26 @@ async fn a_client_stops_reading_a_stream_of_a_server_a_longer_lived_list_revokes
         assert!(w.cv.session_rechecks() > rechecks, "h1 {h1}: {next:?}");
         drop(conn);
     }
+}
+
+/// A revocable world, a client connection (`h1` or h2) to its server holding a verified server
+/// proof, and a response body of `/stream` whose first frame has arrived.
+async fn streaming_from_a_revocable_server(
+    h1: bool,
+) -> (World, HttpClientConnection, hyper::body::Incoming) {
+    let w = World::revocable();
+    let addr = start(&w, None, options()).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut conn = connect(&w, creds, h1, addr).await;
+    let resp = conn.send(get_req("/stream")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        conn.server_proof().is_some(),
+        "the server's proof was verified"
+    );
+    let mut streaming = resp.into_body();
+    first_frame(&mut streaming).await;
+    (w, conn, streaming)
 }
 
 /// Spec 22.5: past its close point (here the server chain's `exp` minus the margin) the client
