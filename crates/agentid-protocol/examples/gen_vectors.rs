@@ -1517,6 +1517,25 @@ fn signatures(k: &Keys) -> File {
             "g-planner",
         ),
     );
+    // `r` or `s` equal to the group order `n` (section 4.3: `0 < r, s < n`): the valid
+    // signature's other half is kept, so only the range rule refuses it.
+    for (name, desc, half) in [
+        (
+            "es256-r-equals-n",
+            "An ES256 grant signature whose r is replaced by the group order n (s kept).",
+            0,
+        ),
+        (
+            "es256-s-equals-n",
+            "An ES256 grant signature whose s is replaced by the group order n (r kept).",
+            32,
+        ),
+    ] {
+        let mut sig = unb64(tok.rsplit_once('.').unwrap().1);
+        sig[half..half + 32].copy_from_slice(&P256_N);
+        let ch = Ch::raw(format!("{body}.{}", b64(&sig)), "planner");
+        f.add(name, desc, cin(k, &ch), err("bad_signature", Some(0)));
+    }
 
     let ch = Ch::grant(k, "planner", "files:read", |_| {});
     let mut inp = cin(k, &ch);
@@ -4522,6 +4541,49 @@ fn more_signatures(k: &Keys, f: &mut File) {
         "bundle-partner-empty-keys",
         "partner.example's bundle has an empty `keys` array (allowed); the chain does not involve it: valid.",
         inp,
+        good.clone(),
+    );
+    // Section 8 and C2: a bundle that replaces a held one (the vectors' `bundle_updates`). The
+    // held bundle of example.org has `spiffe_sequence` 1; each update is a copy of it with a
+    // sequence and, for the replacements, without the grant key: a replacement is seen by the
+    // grant's signature check failing (untrusted_authority), a refused update by the error.
+    let update = |seq: u64, without_grant_key: bool| {
+        let mut inp = cin(k, &ch);
+        let mut b = inp["bundles"][TD].clone();
+        assert_eq!(b["spiffe_sequence"], json!(1));
+        b["spiffe_sequence"] = json!(seq);
+        if without_grant_key {
+            b["keys"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|e| e["kid"] != inp["bundles"][TD]["keys"][0]["kid"]);
+            assert_eq!(inp["bundles"][TD]["keys"][0]["use"], "agentid-grant");
+        }
+        inp["bundle_updates"] = json!([{"trust_domain": TD, "bundle": b}]);
+        inp
+    };
+    f.add(
+        "bundle-update-sequence-rollback",
+        "example.org's bundle (spiffe_sequence 1) is held; an update with spiffe_sequence 0 is refused and the held bundle stays.",
+        update(0, true),
+        err("sequence_rollback", None),
+    );
+    f.add(
+        "bundle-update-equal-sequence-replaces",
+        "An update with the held spiffe_sequence 1 that drops the grant key replaces the held bundle: the grant's key is no longer trusted.",
+        update(1, true),
+        err("untrusted_authority", Some(0)),
+    );
+    f.add(
+        "bundle-update-higher-sequence-replaces",
+        "An update with spiffe_sequence 2 that drops the grant key replaces the held bundle: the grant's key is no longer trusted.",
+        update(2, true),
+        err("untrusted_authority", Some(0)),
+    );
+    f.add(
+        "bundle-update-higher-sequence-same-keys",
+        "An update with spiffe_sequence 2 and the same keys: valid.",
+        update(2, false),
         good.clone(),
     );
     let mut b = |id: &str, desc: &str, change: &dyn Fn(&mut Value), expected: Value| {

@@ -34,6 +34,7 @@ use crate::PublicKey;
 const INPUT_MEMBERS: &[&str] = &[
     "chain",
     "bundles",
+    "bundle_updates",
     "revocation_lists",
     "now",
     "skew",
@@ -141,6 +142,8 @@ struct CaseInput<'a> {
     /// Bundles in loading order: the verifier's own trust domain first, then the others in byte
     /// order of their names. Each bundle is any JSON value: its content is checked by C2.
     bundles: Vec<(TrustDomain, &'a Value)>,
+    /// Bundles that replace a held one, in this order, after `bundles` are loaded.
+    bundle_updates: Vec<(TrustDomain, &'a Value)>,
     revocation_lists: Vec<&'a str>,
     now: u64,
     skew: u64,
@@ -224,6 +227,21 @@ impl<'a> CaseInput<'a> {
         // The own trust domain first (spec/PROTOCOL.md section 9, C2), then byte order of the
         // names (serde_json's map is ordered by name); the sort is stable.
         bundles.sort_by_key(|(td, _)| *td != own);
+        let bundle_updates = match input.get("bundle_updates") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(updates)) => updates
+                .iter()
+                .map(|u| {
+                    let u = object(u, "a bundle update")?;
+                    only_members(u, &["trust_domain", "bundle"], "a bundle update")?;
+                    let td = TrustDomain::parse(string(u, "trust_domain")?).map_err(|e| {
+                        harness(format!("bundle update trust domain: {}", e.detail()))
+                    })?;
+                    Ok((td, member(u, "bundle")?))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => return Err(harness("`bundle_updates` must be an array")),
+        };
         let revocation_lists = match input.get("revocation_lists") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(lists)) => lists
@@ -279,6 +297,7 @@ impl<'a> CaseInput<'a> {
         Ok(Self {
             chain,
             bundles,
+            bundle_updates,
             revocation_lists,
             now,
             skew,
@@ -297,7 +316,9 @@ impl<'a> CaseInput<'a> {
     /// Configuration processing, C2 and C3 (C1 was checked while reading).
     fn config(&self) -> Result<Verifier> {
         let mut bundles = BundleSet::for_trust_domain(self.verifier_id.trust_domain());
-        for (td, bundle) in &self.bundles {
+        // The bundles, then the updates in their order: each one an insert, as a held bundle
+        // is replaced (section 8: an equal or higher sequence replaces it, a lower one fails).
+        for (td, bundle) in self.bundles.iter().chain(&self.bundle_updates) {
             let bytes = serde_json::to_vec(bundle).map_err(|e| harness(e.to_string()))?;
             bundles.insert(TrustBundle::parse(td, &bytes)?)?;
         }
