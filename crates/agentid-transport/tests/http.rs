@@ -453,6 +453,30 @@ async fn a_foreign_certificate_is_refused_in_the_handshake() {
     assert!(result.is_err(), "{result:?}");
 }
 
+/// A TLS connection to the server at `addr` with the client's certificate and agentid's
+/// verifiers, offering `h2` or `http/1.1` only: no HTTP on it yet.
+async fn raw_tls(
+    w: &World,
+    creds: Arc<MemoryCredentials>,
+    addr: SocketAddr,
+    h2: bool,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("files").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 /// A raw hyper connection over our TLS client configuration: any headers.
 struct Raw {
     h1: Option<http1::SendRequest<Full<Bytes>>>,
@@ -480,21 +504,7 @@ impl Raw {
     }
 
     async fn connect(w: &World, creds: Arc<MemoryCredentials>, addr: SocketAddr, h2: bool) -> Self {
-        let mut config =
-            http::client_config(creds, &w.cv, PeerPolicy::exact(peer(SERVER))).unwrap();
-        config.alpn_protocols = vec![if h2 {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(
-                rustls::pki_types::ServerName::try_from("files").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let tls = raw_tls(w, creds, addr, h2).await;
         let p = http::client_peer(tls.get_ref().1, &w.cv).unwrap();
         let io = TokioIo::new(tls);
         let mut raw = Raw {
@@ -1795,6 +1805,103 @@ async fn a_request_held_by_backpressure_across_a_revocation_is_never_served() {
             0,
             "h1 {h1}: a revoked peer's request was handed to the service"
         );
+    }
+}
+
+/// A request body the client sends frame by frame, from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Spec 22.5 and 14.3 (a revoked peer's connection ends "at once"): once the server applies a
+/// list revoking the client, no more of a request body that is still arriving reaches the
+/// handler. Its next read fails, although the connection is kept for the cut grace (60 s
+/// here): the handler waiting for the next frame is woken with an error, so data the revoked
+/// peer sends afterwards is never handed to the service (h1 and h2).
+#[tokio::test]
+async fn a_request_body_still_arriving_reaches_its_handler_no_further_once_the_peer_is_revoked() {
+    for h2 in [false, true] {
+        let w = World::revocable();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
+        let upload = move |body: axum::body::Body| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut body = body;
+                loop {
+                    let read = match body.frame().await {
+                        Some(Ok(f)) => match f.into_data() {
+                            Ok(d) => Ok(d),
+                            Err(_) => continue,
+                        },
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Err("end of body".to_owned()),
+                    };
+                    let last = read.is_err();
+                    let _ = seen_tx.send(read).await;
+                    if last {
+                        return "done";
+                    }
+                }
+            }
+        };
+        let app = Router::new().route("/upload", axum::routing::post(upload));
+        let o = HttpOptions {
+            cut_grace: Duration::from_secs(60),
+            ..options()
+        };
+        let addr = start_app(&w, None, app, o).await;
+        let (creds, k, _chain) = w.client(CLIENT, None, &LeafOpts::default());
+        let io = TokioIo::new(raw_tls(&w, creds, addr, h2).await);
+        let (chunks, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let uri = if h2 {
+            "https://files/upload"
+        } else {
+            "/upload"
+        };
+        let req = ::http::Request::post(uri)
+            .header("host", "files")
+            .body(ChannelBody(rx))
+            .unwrap();
+        let response = if h2 {
+            let (mut s, c) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(c);
+            tokio::spawn(async move { s.send_request(req).await.map(|r| r.status()) })
+        } else {
+            let (mut s, c) = http1::handshake(io).await.unwrap();
+            tokio::spawn(c);
+            tokio::spawn(async move { s.send_request(req).await.map(|r| r.status()) })
+        };
+        chunks.send(Bytes::from_static(b"before")).await.unwrap();
+        let first = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+        assert_eq!(first, Ok(Bytes::from_static(b"before")), "h2 {h2}");
+
+        w.revoke(&k);
+        // The handler waiting for more is woken with an error at once, not at the end of the
+        // grace (60 s, longer than T): nothing more of the body can reach it.
+        let next = tokio::time::timeout(T, seen.recv())
+            .await
+            .expect("the handler was not told that the body was cut")
+            .unwrap();
+        assert!(
+            next.is_err(),
+            "h2 {h2}: the handler read {next:?} from a revoked peer"
+        );
+        drop(chunks);
+        // The request is answered with a refusal or not at all; never a success.
+        if let Ok(Ok(Ok(status))) = tokio::time::timeout(T, response).await {
+            assert_ne!(status, 200, "h2 {h2}");
+        }
     }
 }
 

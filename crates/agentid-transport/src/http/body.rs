@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,14 +12,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
 use tokio::sync::watch;
 
-use super::server::Active;
+use super::server::{Active, ConnShared};
 
 /// The error type of bodies in this module.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a response body stopped early.
+/// Why a response body, or a request body still arriving, stopped early.
 #[derive(Debug, thiserror::Error)]
-#[error("response cut: the connection's deadline passed or its peer was revoked")]
+#[error("body cut: the connection's deadline passed or its peer was revoked")]
 pub struct BodyCut;
 
 type Cut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -202,21 +203,34 @@ pin_project_lite::pin_project! {
     /// stops sending a body otherwise keeps its request, and on HTTP/1.1 its connection, in
     /// flight until the connection's deadline). The timer is armed only while the body waits
     /// for data: a body that arrives whole, or is empty, costs none.
+    ///
+    /// It fails with [`BodyCut`] once the connection's authority ends (its peer revoked, its
+    /// deadline passed): no frame is handed over after that, and a service waiting for the
+    /// next one is woken, although the connection itself is kept for the cut grace.
     pub struct RequestBody {
         #[pin]
         inner: hyper::body::Incoming,
         idle: Option<std::time::Duration>,
         stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+        conn: Arc<ConnShared>,
+        // Waits for the connection's cut; made only when the body first waits for data.
+        cut: Option<Cut>,
         failed: bool,
     }
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, idle: Option<std::time::Duration>) -> Self {
+    pub(crate) fn new(
+        inner: hyper::body::Incoming,
+        idle: Option<std::time::Duration>,
+        conn: Arc<ConnShared>,
+    ) -> Self {
         Self {
             inner,
             idle,
             stalled: None,
+            conn,
+            cut: None,
             failed: false,
         }
     }
@@ -228,6 +242,18 @@ impl std::fmt::Debug for RequestBody {
             .field("idle", &self.idle)
             .finish_non_exhaustive()
     }
+}
+
+/// Ends a request body at the connection's cut: an error now, then no more frames.
+fn cut_request(
+    failed: &mut bool,
+    stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cut: &mut Option<Cut>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    *failed = true;
+    *stalled = None;
+    *cut = None;
+    Poll::Ready(Some(Err(Box::new(BodyCut))))
 }
 
 impl Body for RequestBody {
@@ -242,12 +268,22 @@ impl Body for RequestBody {
         if *this.failed {
             return Poll::Ready(None);
         }
+        if this.conn.is_cut() {
+            return cut_request(this.failed, this.stalled, this.cut);
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.stalled = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                // Subscribed now: a cut sent before is seen (the value is read first).
+                let cut = this
+                    .cut
+                    .get_or_insert_with(|| cut_signal(this.conn.cut_signal()));
+                if cut.as_mut().poll(cx).is_ready() {
+                    return cut_request(this.failed, this.stalled, this.cut);
+                }
                 let Some(idle) = *this.idle else {
                     return Poll::Pending;
                 };

@@ -761,7 +761,7 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let idle = self.conn.server.options.body_idle_timeout;
-        let req = req.map(|body| RequestBody::new(body, idle));
+        let req = req.map(|body| RequestBody::new(body, idle, self.conn.clone()));
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step, correlation) = self.first_pass(&req);
         let active = Active::new(&self.conn);
