@@ -7,6 +7,10 @@
 //!   for an agent names its task) that received each session id from `initialize`, and refuses
 //!   (403 `peer_denied`, reported to the server's decision sink as `Resource::McpSession`)
 //!   every request that carries a session id bound to another peer, or one it never handed out.
+//!   It also records the event ids of the server-sent events each peer receives, and refuses the
+//!   same way a request resuming a stream (`Last-Event-ID`) from an event it did not deliver to
+//!   that peer: with an event store, rmcp finds a stream by the event id alone, whatever session
+//!   the request names (or none).
 //! * **A scope per tool**: rmcp hands the request's `http::request::Parts` to handlers; the
 //!   agentid [`Authorizer`] travels in them. [`require_scope`] checks a tool's scope against the
 //!   caller's delegated chain (deadline and revocation first) and turns a refusal into a
@@ -51,6 +55,16 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 
 /// The protocol version header of MCP streamable HTTP.
 pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// The header naming the event after which a server-sent event stream resumes.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+
+/// The most event ids [`McpSessions`] keeps per peer (the newest): a stream resumes from one of
+/// them.
+pub const MAX_EVENT_IDS_PER_PEER: usize = 128;
+
+/// The longest event id [`McpSessions`] records (a longer one is never resumable).
+const MAX_EVENT_ID_BYTES: usize = 256;
 
 /// The MCP protocol version [`McpClient`] asks for: 2025-06-18, a version with sessions.
 pub const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
@@ -103,6 +117,11 @@ struct Bindings {
     /// Bindings per agent name (a task identity's agent, or the service): every task of one
     /// agent together.
     per_agent: HashMap<String, usize>,
+    /// The newest event ids delivered to each peer, and the peers in the order they were first
+    /// recorded (the oldest is forgotten first when the table holds too many ids).
+    events: HashMap<PeerId, VecDeque<String>>,
+    event_peers: VecDeque<PeerId>,
+    event_count: usize,
 }
 
 impl Bindings {
@@ -135,6 +154,50 @@ impl Bindings {
                 >= max_per_agent
     }
 
+    /// Records that `id` was delivered to `peer`, keeping the newest
+    /// [`MAX_EVENT_IDS_PER_PEER`] of each peer and, besides those of `peer`, at most
+    /// `max_total` in all.
+    fn record_event(&mut self, peer: &PeerId, id: &str, max_total: usize) {
+        let held = match self.events.get_mut(peer) {
+            Some(held) => held,
+            None => {
+                self.event_peers.push_back(peer.clone());
+                self.events.entry(peer.clone()).or_default()
+            }
+        };
+        if held.iter().any(|e| e == id) {
+            return;
+        }
+        held.push_back(id.to_owned());
+        self.event_count += 1;
+        if held.len() > MAX_EVENT_IDS_PER_PEER {
+            held.pop_front();
+            self.event_count -= 1;
+        }
+        // Past the total, the peers recorded first are forgotten (never the one recording now,
+        // whose own ids the per-peer bound keeps).
+        while self.event_count > max_total {
+            let Some(oldest) = self
+                .event_peers
+                .iter()
+                .position(|p| p != peer)
+                .and_then(|i| self.event_peers.remove(i))
+            else {
+                break;
+            };
+            if let Some(gone) = self.events.remove(&oldest) {
+                self.event_count -= gone.len();
+            }
+        }
+    }
+
+    /// Whether the event `id` was delivered to `peer` (and is still remembered).
+    fn delivered(&self, peer: &PeerId, id: &str) -> bool {
+        self.events
+            .get(peer)
+            .is_some_and(|held| held.iter().any(|e| e == id))
+    }
+
     /// Forgets the sessions idle for `idle` or longer; returns them.
     fn purge(&mut self, now: Instant, idle: Duration) -> Vec<String> {
         let stale: Vec<String> = self
@@ -162,6 +225,14 @@ impl Bindings {
 /// (then that agent's new sessions get 503 `busy`), the server at most
 /// [`McpSessions::max_sessions`] (then `initialize` gets 503 `busy`). A `DELETE` by the owner
 /// ends the binding.
+///
+/// A request carrying `Last-Event-ID` resumes a server-sent event stream: it is admitted only
+/// when that event was delivered to the same peer through this layer (403 `peer_denied`
+/// otherwise), since rmcp with an event store replays the stream an event id names whatever
+/// session the request names. The layer remembers the newest [`MAX_EVENT_IDS_PER_PEER`] event
+/// ids of each peer (and 16 per session of [`McpSessions::max_sessions`] in all: past that the
+/// peers recorded first are forgotten first); a stream resumed from an id no longer remembered is
+/// refused.
 #[derive(Clone)]
 pub struct McpSessions {
     bindings: Arc<Mutex<Bindings>>,
@@ -277,6 +348,31 @@ impl McpSessions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bindings> {
         self.bindings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an event id delivered to `peer` (an `id` field of a server-sent event).
+    fn record_event(&self, peer: &PeerId, id: &str) {
+        if id.is_empty() || id.len() > MAX_EVENT_ID_BYTES {
+            return;
+        }
+        let max_total = self.max_sessions.saturating_mul(16);
+        self.lock().record_event(peer, id, max_total);
+    }
+
+    /// Before a request resuming a stream: the event it resumes after was delivered to `peer`.
+    fn admit_resume(&self, peer: &PeerId, last_event: &HeaderValue) -> Result<(), Refusal> {
+        let id = last_event
+            .to_str()
+            .map_err(|_| Refusal::bad_header("last-event-id is not ASCII"))?;
+        if self.lock().delivered(peer, id) {
+            Ok(())
+        } else {
+            tracing::info!(peer.id = %peer, "agentid mcp: resuming a stream not delivered to this peer refused");
+            Err(Refusal::forbidden(
+                PEER_DENIED,
+                "MCP stream resumed from an event not delivered to this peer",
+            ))
+        }
     }
 
     /// Before the request: a session id must be bound to this very peer.
@@ -431,27 +527,34 @@ where
             let r = Refusal::internal("not served by an agentid HTTP server");
             return Box::pin(std::future::ready(Ok(r.to_response())));
         };
-        if req
-            .headers()
-            .get_all(SESSION_HEADER)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            let r = Refusal::bad_header("more than one mcp-session-id");
-            return Box::pin(std::future::ready(Ok(r.to_response())));
+        for (name, what) in [
+            (SESSION_HEADER, "more than one mcp-session-id"),
+            (LAST_EVENT_ID_HEADER, "more than one last-event-id"),
+        ] {
+            if req.headers().get_all(name).iter().nth(1).is_some() {
+                let r = Refusal::bad_header(what);
+                return Box::pin(std::future::ready(Ok(r.to_response())));
+            }
         }
         let peer = authorizer.peer_id().clone();
         let sent = req.headers().get(SESSION_HEADER).cloned();
         // A request naming a session is an authorization decision (the session is the
         // peer's, or another peer's or never handed out: `peer_denied`) and reaches the
-        // decision sink either way; a full table or a bad header is not one.
-        let admitted = match self.sessions.admit(&peer, sent.as_ref()) {
+        // decision sink either way; a full table or a bad header is not one. So is a request
+        // resuming a stream (the event it names was delivered to this peer, or not).
+        let decided = |r: Result<(), Refusal>| match r {
             Err(r) if r.code() != PEER_DENIED => Err(r),
             Err(r) => authorizer.decide(Resource::McpSession, Err(r)),
-            Ok(()) if sent.is_some() => authorizer.decide(Resource::McpSession, Ok(())),
-            Ok(()) => Ok(()),
+            Ok(()) => authorizer.decide(Resource::McpSession, Ok(())),
         };
+        let admitted = match self.sessions.admit(&peer, sent.as_ref()) {
+            Ok(()) if sent.is_none() => Ok(()),
+            r => decided(r),
+        }
+        .and_then(|()| match req.headers().get(LAST_EVENT_ID_HEADER) {
+            Some(last) => decided(self.sessions.admit_resume(&peer, last)),
+            None => Ok(()),
+        });
         if let Err(r) = admitted {
             return Box::pin(std::future::ready(Ok(r.to_response())));
         }
@@ -461,8 +564,107 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             sessions.record(&peer, &method, sent.as_ref(), &mut resp);
+            let events = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if events {
+                return Ok(resp.map(|body| {
+                    ResponseBody::boxed(EventIds {
+                        inner: body,
+                        sessions,
+                        peer,
+                        line: Vec::new(),
+                        skipping: false,
+                    })
+                }));
+            }
             Ok(resp.map(ResponseBody::boxed))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A server-sent event stream on its way to `peer`: the `id` field of each event is
+    /// recorded as delivered to that peer ([`McpSessions::admit_resume`]).
+    struct EventIds<B> {
+        #[pin]
+        inner: B,
+        sessions: McpSessions,
+        peer: PeerId,
+        // The start of the current line while it may still be an `id` field.
+        line: Vec<u8>,
+        // The current line is not an `id` field (or too long): skipped to its end.
+        skipping: bool,
+    }
+}
+
+impl<B> EventIds<B> {
+    /// Reads the lines of `data` (continuing the current one), recording `id` fields.
+    fn scan(
+        line: &mut Vec<u8>,
+        skipping: &mut bool,
+        sessions: &McpSessions,
+        peer: &PeerId,
+        data: &[u8],
+    ) {
+        for (i, piece) in data.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                // A line ended: an `id` field (`id:`, an optional space, the value).
+                if !*skipping {
+                    if let Some(value) = line.strip_prefix(b"id:") {
+                        let value = value.strip_prefix(b" ").unwrap_or(value);
+                        let value = value.strip_suffix(b"\r").unwrap_or(value);
+                        if let Ok(id) = std::str::from_utf8(value) {
+                            sessions.record_event(peer, id);
+                        }
+                    }
+                }
+                line.clear();
+                *skipping = false;
+            }
+            if *skipping {
+                continue;
+            }
+            line.extend_from_slice(piece);
+            let prefix = line.len().min(3);
+            if line.get(..prefix) != b"id:".get(..prefix) || line.len() > 3 + MAX_EVENT_ID_BYTES + 2
+            {
+                line.clear();
+                *skipping = true;
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for EventIds<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                Self::scan(this.line, this.skipping, this.sessions, this.peer, data);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -716,4 +918,70 @@ async fn http_error(resp: crate::http::HttpResponse) -> McpError {
         .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
         .unwrap_or_default();
     McpError::Http { status, code }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+    fn peer(s: &str) -> PeerId {
+        PeerId::parse(s).unwrap()
+    }
+
+    /// The `id` fields of an event stream are found whatever the frames cut (inside `id:`,
+    /// between a value and its line end, `\r\n` endings), and only they: a data line holding
+    /// `id:` is not one, nor an over-long id.
+    #[test]
+    fn event_ids_are_read_from_the_stream_whatever_its_frames() {
+        let sessions = McpSessions::new(Arc::new(LocalSessionManager::default()));
+        let a = peer("spiffe://example.org/agent/a/task/t1");
+        let b = peer("spiffe://example.org/agent/b/task/t1");
+        let long = "x".repeat(MAX_EVENT_ID_BYTES + 1);
+        let stream = format!(
+            "data: {{\"id:\":\"7\"}}\nid: 1\n\nid:2\r\ndata: x\r\n\r\nretry: 5\nid: {long}\n\ndata: id: 3\nid: 4\n\n"
+        );
+        for cut in [1, 2, 3, 5, 7, stream.len()] {
+            let (mut line, mut skipping) = (Vec::new(), false);
+            for chunk in stream.as_bytes().chunks(cut) {
+                EventIds::<()>::scan(&mut line, &mut skipping, &sessions, &a, chunk);
+            }
+            for id in ["1", "2", "4"] {
+                assert!(
+                    sessions
+                        .admit_resume(&a, &HeaderValue::from_static(id))
+                        .is_ok(),
+                    "cut {cut}: {id}"
+                );
+                let refused = sessions.admit_resume(&b, &HeaderValue::from_static(id));
+                assert_eq!(refused.unwrap_err().code(), PEER_DENIED);
+            }
+            for id in ["3", "7", long.as_str()] {
+                let refused = sessions.admit_resume(&a, &HeaderValue::from_str(id).unwrap());
+                assert_eq!(refused.unwrap_err().code(), PEER_DENIED, "cut {cut}: {id}");
+            }
+        }
+    }
+
+    /// A peer keeps its newest ids only, and the table a bounded number in all.
+    #[test]
+    fn event_ids_are_bounded_per_peer_and_in_all() {
+        let sessions = McpSessions::new(Arc::new(LocalSessionManager::default())).max_sessions(1);
+        let a = peer("spiffe://example.org/agent/a/task/t1");
+        for i in 0..=MAX_EVENT_IDS_PER_PEER {
+            sessions.record_event(&a, &i.to_string());
+        }
+        let held = |p: &PeerId, id: &str| sessions.lock().delivered(p, id);
+        assert!(!held(&a, "0"));
+        assert!(held(&a, &MAX_EVENT_IDS_PER_PEER.to_string()));
+        // A peer keeps its own newest ids past the total; 16 ids in all (one session) then
+        // make the peer recorded first go first.
+        let b = peer("spiffe://example.org/agent/b/task/t1");
+        sessions.record_event(&b, "b0");
+        assert!(!held(&a, &MAX_EVENT_IDS_PER_PEER.to_string()));
+        assert!(held(&b, "b0"));
+        assert!(sessions.lock().event_count <= 16);
+    }
 }

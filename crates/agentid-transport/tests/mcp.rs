@@ -3,13 +3,18 @@
 #![cfg(test)]
 #![cfg(feature = "mcp")]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentid_protocol::{ServiceId, TrustDomain};
 use agentid_transport::http::{HttpClient, HttpServer};
 use agentid_transport::mcp::rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use agentid_transport::mcp::rmcp::transport::streamable_http_server::session::{
+    EventStore, EventStoreError, EventStream, ServerSseMessage,
+};
 use agentid_transport::mcp::rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use agentid_transport::mcp::{McpClient, McpError, McpSessions, FORBIDDEN, SESSION_HEADER};
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
@@ -45,9 +50,16 @@ impl World {
     /// Serves the example tools behind [`McpSessions`] on rmcp's session manager, as
     /// `configure` sets them up.
     async fn start(configure: impl FnOnce(McpSessions) -> McpSessions) -> Self {
+        Self::start_on(Arc::new(LocalSessionManager::default()), configure).await
+    }
+
+    /// As [`World::start`], on `manager` (an event store, say).
+    async fn start_on(
+        manager: Arc<LocalSessionManager>,
+        configure: impl FnOnce(McpSessions) -> McpSessions,
+    ) -> Self {
         let domain = demo::Domain::new("example.org").unwrap();
         let td = TrustDomain::parse("example.org").unwrap();
-        let manager = Arc::new(LocalSessionManager::default());
         let mcp = StreamableHttpService::new(
             || Ok(example::RepoTools),
             manager.clone(),
@@ -431,4 +443,151 @@ async fn one_agent_with_many_tasks_leaves_room_in_the_session_table_for_the_othe
         .await
         .unwrap();
     assert!(read(&mut again).await.is_ok());
+}
+
+/// An rmcp event store (what a server configures so that streams resume across connections and
+/// replicas) handing out sequential event ids, as a database sequence or a Redis stream does: an
+/// id names one stream's place, whichever session the stream belongs to.
+#[derive(Default)]
+struct SequentialEvents(std::sync::Mutex<Vec<(String, ServerSseMessage)>>);
+
+impl EventStore for SequentialEvents {
+    fn store_event<'a, 'b, 'c, 'async_trait>(
+        &'a self,
+        stream_id: &'b str,
+        event: &'c ServerSseMessage,
+    ) -> Pin<Box<dyn Future<Output = Result<String, EventStoreError>> + Send + 'async_trait>>
+    where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        'c: 'async_trait,
+        Self: 'async_trait,
+    {
+        let mut events = self.0.lock().unwrap();
+        let id = (events.len() + 1).to_string();
+        let mut event = event.clone();
+        event.event_id = Some(id.clone());
+        events.push((stream_id.to_owned(), event));
+        Box::pin(std::future::ready(Ok(id)))
+    }
+
+    fn replay_events_after<'a, 'b, 'async_trait>(
+        &'a self,
+        last_event_id: &'b str,
+    ) -> Pin<Box<dyn Future<Output = Result<EventStream, EventStoreError>> + Send + 'async_trait>>
+    where
+        'a: 'async_trait,
+        'b: 'async_trait,
+        Self: 'async_trait,
+    {
+        let events = self.0.lock().unwrap();
+        let after: Vec<ServerSseMessage> = last_event_id
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| events.get(n.checked_sub(1)?).map(|(s, _)| (n, s.clone())))
+            .map(|(n, stream)| {
+                events
+                    .iter()
+                    .skip(n)
+                    .filter(|(s, _)| *s == stream)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stream: EventStream = Box::pin(tokio_stream::iter(after));
+        Box::pin(std::future::ready(Ok(stream)))
+    }
+}
+
+/// A GET resuming a stream (`Last-Event-ID`): in `session` (MCP 2025-06-18), or without one
+/// (MCP 2026-07-28, which has no sessions: rmcp resumes such a stream statelessly).
+fn resume(session: Option<&str>, last_event_id: &str) -> http::Request<Bytes> {
+    let version = if session.is_some() {
+        "2025-06-18"
+    } else {
+        "2026-07-28"
+    };
+    let mut req = http::Request::get("/mcp")
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("last-event-id", last_event_id);
+    if let Some(s) = session {
+        req = req.header(SESSION_HEADER, s);
+    }
+    req.body(Bytes::new()).unwrap()
+}
+
+/// Whatever a response body carries within a bounded wait.
+async fn body_text(resp: agentid_transport::http::HttpResponse) -> String {
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await
+    {
+        if let Some(d) = frame.data_ref() {
+            out.extend_from_slice(d);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// With an event store, rmcp resumes a stream by its event id alone (`Last-Event-ID`),
+/// whichever session the GET names, or none: the id, not the session, finds the stream. A peer
+/// that learns or guesses another peer's event id must not read that peer's tool results by
+/// resuming its stream, in its own session or in none; the peer the events were delivered to
+/// still resumes them.
+#[tokio::test]
+async fn a_peer_cannot_resume_another_peers_stream_by_its_event_id() {
+    let store = Arc::new(SequentialEvents::default());
+    let manager = LocalSessionManager::default().with_event_store(store.clone());
+    let w = World::start_on(Arc::new(manager), |s| s).await;
+    let mut coder = w.mcp(CODER, "repo:read").await.unwrap();
+    let coders = coder.session_id().unwrap().to_owned();
+    let result = read(&mut coder).await.unwrap().to_string();
+    assert!(result.contains(CODER), "{result}");
+    // The first event of the coder's stream that holds its tool result (stream ids are the
+    // store's business, not the session's).
+    let first = {
+        let events = store.0.lock().unwrap();
+        let holds = |stream: &str| {
+            events.iter().any(|(s, e)| {
+                s == stream
+                    && e.message
+                        .as_ref()
+                        .is_some_and(|m| serde_json::to_string(m).unwrap().contains(CODER))
+            })
+        };
+        let i = events
+            .iter()
+            .position(|(s, _)| holds(s))
+            .expect("the coder's tool result was stored");
+        (i + 1).to_string()
+    };
+
+    let other = w.mcp(OTHER, "repo:read").await.unwrap();
+    let others = other.session_id().unwrap().to_owned();
+    let http = w.http(w.domain.task(OTHER, "repo:read").unwrap(), OTHER);
+    let mut conn = http.connect(w.addr, HOST).await.unwrap();
+    for session in [Some(others.as_str()), None] {
+        let resp = conn.send(resume(session, &first)).await.unwrap();
+        let status = resp.status();
+        let text = body_text(resp).await;
+        assert!(
+            !text.contains(CODER),
+            "session {session:?}: {status} replayed the coder's events: {text}"
+        );
+        assert_eq!(status, 403, "session {session:?}: {text}");
+        assert!(text.contains("peer_denied"), "{text}");
+    }
+
+    // The coder resumes its own stream.
+    let http = w.http(w.domain.task(CODER, "repo:read").unwrap(), CODER);
+    let mut conn = http.connect(w.addr, HOST).await.unwrap();
+    let resp = conn.send(resume(Some(&coders), &first)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = body_text(resp).await;
+    assert!(text.contains(CODER), "{text}");
 }
