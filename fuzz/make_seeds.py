@@ -181,5 +181,34 @@ special = [le(0), le(1), le(p - 1), le(p), le(p + 1), bytes([0xff] * 32), le(1)[
 put("ed25519_diff", "published-keys", b"".join(eds))
 put("ed25519_diff", "small-order-and-edges", b"".join(special[:8]))
 put("ed25519_diff", "mixed", special[7] + eds[0] + special[8] + eds[-1])
+# signed_bundle: byte 0 bit 0 set, then `header NUL payload` (re-signed by the harness with the
+# bundle-signing test key); clear, then a compact document.
+now = valid[0]["input"]["now"]
+for td in ["example.org", "partner.example"]:
+    bundle = next(c["input"]["bundles"][td] for c in valid if td in c["input"]["bundles"])
+    bundle = dict(bundle, spiffe_sequence=3)
+    claims = {"iss": "spiffe://" + td, "seq": 3, "iat": now - 10, "bundle": bundle}
+    header = {"alg": "ES256", "typ": "agentid-bundle+jwt"}
+    put("signed_bundle", "signed-" + td,
+        b"\x01" + json.dumps(header).encode() + b"\0" + json.dumps(claims).encode())
+put("signed_bundle", "signed-extra-header-member", b"\x01" + json.dumps(
+    {"alg": "ES256", "typ": "agentid-bundle+jwt", "kid": "x"}).encode() + b"\0" + json.dumps(
+    {"iss": "spiffe://example.org", "seq": 1, "iat": now, "bundle": {"keys": []}}).encode())
+put("signed_bundle", "compact-unsigned", b"\x00" + (b64e(b'{"alg":"ES256","typ":"agentid-bundle+jwt"}')
+    + "." + b64e(b'{"iss":"spiffe://example.org","seq":1,"iat":0,"bundle":{"keys":[]}}') + ".AAAA").encode())
+
+# http_presentation: requests separated by NUL, header lines by newline; the harness's
+# verification succeeds when the proof's first byte is even ('B'), fails when odd ('C').
+chain = valid[0]["input"]["chain"]
+def req(*lines):
+    return "\n".join(lines).encode()
+put("http_presentation", "verified-then-reused-then-changed", b"\0".join([
+    req("agentid-chain: " + chain, "agentid-proof: Bproof"), req("accept: */*"),
+    req("agentid-chain: " + chain, "agentid-proof: Bproof"), req("agentid-proof: Bother")]))
+put("http_presentation", "identity-only-then-failed", b"\0".join([
+    req("accept: */*"), req("agentid-proof: Cproof"), req("agentid-proof: Cproof"), req("")]))
+put("http_presentation", "header-refusals", b"\0".join([
+    req("agentid-chain: " + chain), req("agentid-proof: a", "agentid-proof: a"),
+    req("agentid-proof: not~token"), req("agentid-proof: Bproof")]))
 shutil.rmtree(tmp)
 print("corpus written to", CORPUS)

@@ -39,9 +39,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use agentid_protocol::{
-    token_hash, verify_proof, AuthorityKey, AuthorityPolicy, BundleSet, Chain, JwsSigner, PeerId,
-    ProofContext, PublicKey, RevocationList, Role, Scope, SpiffeId, TrustBundle, TrustDomain,
-    VerifiedChain, Verifier, VerifierConfig,
+    sign_bundle, token_hash, verify_proof, verify_signed_bundle, AuthorityKey, AuthorityPolicy,
+    BundleSet, Chain, JwsSigner, PeerId, ProofContext, PublicKey, RevocationList, Role, Scope,
+    SpiffeId, TrustBundle, TrustDomain, VerifiedChain, Verifier, VerifierConfig,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -58,6 +58,8 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("csr", csr),
     ("policy", policy),
     ("ed25519_diff", ed25519_diff),
+    ("signed_bundle", signed_bundle),
+    ("http_presentation", http_presentation),
 ];
 
 /// The chain harnesses in cross-checking mode: each also runs every chain it verifies through
@@ -786,4 +788,144 @@ pub fn ed25519_diff(data: &[u8]) -> Outcome {
         any |= ours;
     }
     Outcome::from_ok(any)
+}
+
+/// Signed agentid bundles (spec/CA-API.md 3.3, what `GET /v1/bundle/agentid` serves), verified
+/// for both trust domains with a bundle-signing key: the published `untrusted/grant` test key,
+/// which no bundle holds. Byte 0: bit 0 set means the rest is `header NUL payload`, signed with
+/// that key (so mutated headers and claims get past the signature); clear means the rest is a
+/// compact document as is. A verified document must be for the domain it was verified for,
+/// must verify again after being signed anew from what was read (same `seq`, `iat` and keys),
+/// and its bundle goes into a set beside the vectors' bundles.
+pub fn signed_bundle(data: &[u8]) -> Outcome {
+    let f = fixtures();
+    let Some((&flags, rest)) = data.split_first() else {
+        return Outcome::Refused;
+    };
+    let key = f
+        .authorities
+        .get("untrusted/grant")
+        .expect("the bundle-signing test key");
+    let document = if flags & 1 != 0 {
+        let Some(&(header, payload)) = pairs(rest, 1).first() else {
+            return Outcome::Refused;
+        };
+        compact(header, payload, key)
+    } else {
+        match std::str::from_utf8(rest) {
+            Ok(s) => s.to_owned(),
+            Err(_) => return Outcome::Refused,
+        }
+    };
+    let public = key.signer.public_key();
+    let mut ok = false;
+    for td in &f.trust_domains {
+        let Ok(doc) = verify_signed_bundle(&document, public, td, f.now, 60) else {
+            continue;
+        };
+        ok = true;
+        assert_eq!(
+            doc.bundle.trust_domain(),
+            td,
+            "a bundle read for another domain"
+        );
+        assert!(doc.iat <= f.now + 60, "a document signed in the future");
+        let again = sign_bundle(&key.signer, &doc.bundle, doc.seq, doc.iat).expect("re-sign");
+        let round = verify_signed_bundle(&again, public, td, f.now, 60)
+            .expect("a re-signed verified bundle verifies");
+        assert_eq!((round.seq, round.iat), (doc.seq, doc.iat));
+        assert_eq!(round.bundle.grant_keys(), doc.bundle.grant_keys());
+        assert_eq!(round.bundle.revocation_keys(), doc.bundle.revocation_keys());
+        let mut set = f.bundles.clone();
+        let _ = set.insert(doc.bundle);
+    }
+    Outcome::from_ok(ok)
+}
+
+/// HTTP presentations (spec/PROTOCOL.md section 22.3). The input is up to 16 requests separated
+/// by NUL, each up to 8 header lines `name: value` separated by `\n`; a header the `http` crate
+/// refuses is dropped (hyper refuses such a request before it reaches agentid). Each request's
+/// headers go through `parse_presentation`, then the connection's presentation machine; the
+/// verification a `Verify` starts succeeds when the proof's first byte is even and fails
+/// otherwise. Checked against the section's state table: a refusal of the headers changes
+/// nothing on the connection; a presentation other than the pending or verified one fails it;
+/// a failed connection refuses everything after with the same code; a verified value is served
+/// only for the presentation that was verified or for requests without headers.
+pub fn http_presentation(data: &[u8]) -> Outcome {
+    use agentid_transport::http::{
+        parse_presentation, Dispatch, PresentationMachine, PresentationState,
+    };
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    let mut machine = PresentationMachine::<agentid_transport::http::Presentation>::new();
+    let mut verified_any = false;
+    for request in data.split(|b| *b == 0).take(16) {
+        let mut headers = HeaderMap::new();
+        for line in request.split(|b| *b == b'\n').take(8) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = line.split_at(colon);
+            let value = value.get(1..).unwrap_or_default().trim_ascii();
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(n, v);
+            }
+        }
+        let before = machine.state();
+        let presentation = match parse_presentation(&headers) {
+            Ok(p) => p,
+            Err(r) => {
+                assert!(r.status().is_client_error(), "a header refusal is 4xx");
+                assert_eq!(
+                    machine.state(),
+                    before,
+                    "a header refusal moved the connection"
+                );
+                continue;
+            }
+        };
+        let failed_with = machine.failure().map(|r| r.code());
+        match machine.dispatch(presentation.as_ref()) {
+            Dispatch::IdentityOnly => {
+                assert!(presentation.is_none() && before == PresentationState::None);
+            }
+            Dispatch::Verify => {
+                let p = presentation.clone().expect("a presentation to verify");
+                assert_eq!(before, PresentationState::None);
+                let even = p.proof.as_bytes().first().is_some_and(|b| b % 2 == 0);
+                let result = if even {
+                    Ok(p.clone())
+                } else {
+                    Err(agentid_transport::http::Refusal::unauthenticated(
+                        "bad_proof",
+                        "the fuzzed proof",
+                    ))
+                };
+                match machine.complete(result) {
+                    Ok(v) => {
+                        assert_eq!(*v, p);
+                        assert_eq!(machine.state(), PresentationState::Verified);
+                        verified_any = true;
+                    }
+                    Err(_) => assert_eq!(machine.state(), PresentationState::Failed),
+                }
+            }
+            Dispatch::Hit(v) => {
+                assert_eq!(before, PresentationState::Verified);
+                if let Some(p) = &presentation {
+                    assert_eq!(*v, *p, "a verified value served for another presentation");
+                }
+            }
+            Dispatch::Wait => panic!("nothing is pending between requests here"),
+            Dispatch::Refuse(r) => {
+                assert_eq!(machine.state(), PresentationState::Failed);
+                if let Some(code) = failed_with {
+                    assert_eq!(r.code(), code, "a failed connection changed its refusal");
+                } else {
+                    assert!(presentation.is_some(), "refused without a presentation");
+                }
+            }
+        }
+    }
+    Outcome::from_ok(verified_any)
 }
