@@ -325,6 +325,14 @@ impl TrustStore {
         if intermediates.len() > MAX_INTERMEDIATES {
             return Err(CertError::TooManyIntermediates(intermediates.len()));
         }
+        // The size cap holds for every certificate sent, not only the leaf: path building never
+        // reads an intermediate it does not need, which would otherwise pass unchecked.
+        if intermediates
+            .iter()
+            .any(|c| c.as_ref().len() > MAX_CERT_BYTES)
+        {
+            return Err(CertError::Malformed("certificate too large".into()));
+        }
         let td = info.id.trust_domain();
         let anchors = self
             .anchors

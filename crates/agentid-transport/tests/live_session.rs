@@ -267,6 +267,20 @@ async fn the_receiving_side_checks_every_reauth() {
             },
         ),
         (
+            // spec/PROTOCOL.md 16.6: a certificate over 16384 bytes is `bad_certificate`,
+            // whether or not the path to an anchor needs it.
+            "renewed, with a certificate over 16384 bytes after the leaf",
+            Box::new(move |a, _, k, r| {
+                let big = rustls::pki_types::CertificateDer::from(vec![0x30; 16_385]);
+                let leaf = leaf(&a.ca, CLIENT, k, &LeafOpts::default());
+                RawAgent::reauth_body(&[leaf, big], None, r.proof(k, None, None))
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::Malformed(_))),
+            },
+        ),
+        (
             "the hello proof replayed",
             Box::new(move |a, _, k, r| {
                 renewed(a, k, CLIENT, &LeafOpts::default(), r.hello_proof.clone())
