@@ -611,3 +611,148 @@ async fn no_data_is_delivered_after_the_deadline_second() {
         wall().saturating_sub(deadline)
     );
 }
+
+/// Sends 64 KiB messages on `session` until one fails (or, bounded, a large amount was sent),
+/// counting the sends that completed in `sent`: the failure, if any.
+async fn send_until_refused(
+    mut session: Session<TcpStream>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+) -> Option<Error> {
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..65_536 {
+        if let Err(e) = session.send(&chunk).await {
+            return Some(e);
+        }
+        sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    None
+}
+
+/// Waits (bounded) until `sent` stops moving: the writer waits for a peer that reads nothing.
+async fn until_blocked(sent: &std::sync::atomic::AtomicU64) {
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sent.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("the writer never waited for the peer");
+}
+
+/// A peer that stops reading holds the other side's writes only while its session lives: a
+/// send waiting for the connection to take its bytes ends when a revocation list covering the
+/// peer is applied (spec/PROTOCOL.md 16.4: the re-check fails closed, "the session ends at
+/// once"), instead of waiting for ever with the revoked peer's session slot held.
+#[tokio::test]
+async fn a_send_to_a_peer_that_stopped_reading_ends_when_the_peer_is_revoked() {
+    let p = pair(Some("files:read"), LeafOpts::default(), false);
+    let (cs, ss) = p.live().await;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(send_until_refused(ss, sent.clone()));
+    until_blocked(&sent).await;
+    let list = p.a.revocation_list(1, |b| {
+        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+    });
+    p.sv.apply_revocation_list(&list).unwrap();
+    let r = tokio::time::timeout(T, writer)
+        .await
+        .expect("the send still waits for a revoked peer that reads nothing")
+        .unwrap();
+    assert!(matches!(r, Some(Error::Revoked(_))), "{r:?}");
+    drop(cs);
+}
+
+/// The same for the deadline: a send waiting for a peer that reads nothing ends with
+/// `credential_expired` once the peer's certificate expires (spec/PROTOCOL.md 16.4, "Deadline").
+#[tokio::test]
+async fn a_send_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
+    let p = pair(
+        None,
+        LeafOpts {
+            not_after: Some(3),
+            ..Default::default()
+        },
+        false,
+    );
+    let (cs, ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(send_until_refused(ss, sent.clone()));
+    let r = tokio::time::timeout(T, writer)
+        .await
+        .expect("the send still waits for a peer past its deadline that reads nothing")
+        .unwrap();
+    assert!(matches!(r, Some(Error::CredentialExpired)), "{r:?}");
+    drop(cs);
+}
+
+/// `close` waits for the peer to take the close frame, but not for ever: to a peer that stopped
+/// reading, a close in progress ends with the session when a revocation list covering the peer
+/// is applied, as a send does.
+#[tokio::test]
+async fn a_close_to_a_peer_that_stopped_reading_ends_when_the_peer_is_revoked() {
+    use tokio::io::AsyncWriteExt as _;
+    let p = pair(Some("files:read"), LeafOpts::default(), false);
+    let (cs, mut ss) = p.live().await;
+    // Writes that the peer never reads, until one waits for it (the connection is full).
+    let chunk = vec![0u8; 64 * 1024];
+    let mut full = false;
+    for _ in 0..65_536 {
+        let write = tokio::time::timeout(Duration::from_secs(2), ss.write_all(&chunk));
+        if write.await.is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the connection took everything");
+    let closing = tokio::spawn(ss.close("normal", "done"));
+    let list = p.a.revocation_list(1, |b| {
+        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+    });
+    p.sv.apply_revocation_list(&list).unwrap();
+    let r = tokio::time::timeout(T, closing)
+        .await
+        .expect("the close still waits for a revoked peer that reads nothing")
+        .unwrap();
+    assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
+    drop(cs);
+}
+
+/// A shutdown to a peer that stopped reading (the close frame `normal` queued, the session
+/// closed here) waits for the peer only until the session's deadline, never for ever.
+#[tokio::test]
+async fn a_shutdown_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
+    use tokio::io::AsyncWriteExt as _;
+    let p = pair(
+        None,
+        LeafOpts {
+            not_after: Some(4),
+            ..Default::default()
+        },
+        false,
+    );
+    let (cs, mut ss) = p
+        .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
+        .await;
+    // Writes that the peer never reads, until one waits for it (the connection is full).
+    let chunk = vec![0u8; 64 * 1024];
+    let mut full = false;
+    for _ in 0..65_536 {
+        let write = tokio::time::timeout(Duration::from_secs(1), ss.write_all(&chunk));
+        if write.await.is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the connection took everything");
+    let r = tokio::time::timeout(T, ss.shutdown())
+        .await
+        .expect("the shutdown still waits for a peer that reads nothing, past the deadline");
+    assert!(r.is_err(), "{r:?}");
+    drop(cs);
+}
+

@@ -7,10 +7,10 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Ended, Session, CLOSE_NORMAL};
+use super::{now_unix, Ended, Session, CLOSE_NORMAL};
 use crate::error::{peer_message, Error, FrameError, Result};
 use crate::frame::{self, body_bytes, parse_body, FrameType, Reason, HEADER_LEN, MAX_FRAME_BODY};
 
@@ -23,10 +23,37 @@ where
             return Err(e.error());
         }
         frame::encode(ty, body, &mut self.wbuf)?;
-        std::future::poll_fn(|cx| self.poll_drain(cx))
+        std::future::poll_fn(|cx| self.poll_flush_live(cx))
             .await
-            .map_err(Error::Io)?;
-        self.io.flush().await.map_err(Error::Io)
+            .map_err(from_io)
+    }
+
+    /// Drains the write buffer and flushes the connection, waiting at most as long as the
+    /// session lives ([`Self::poll_drain_live`]).
+    pub(super) fn poll_flush_live(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain_live(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// [`Self::poll_drain`] for a caller that waits until the peer has taken the bytes: while
+    /// the session lives, the wait ends when the session does (its deadline, a revocation, a
+    /// failed re-check), with that reason; once this side closed it, at the deadline. A peer
+    /// that stops reading never holds a writer for ever.
+    pub(super) fn poll_drain_live(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.ended {
+            None => {
+                if let Some(e) = self.poll_kill(cx) {
+                    return Poll::Ready(Err(io::Error::other(e)));
+                }
+            }
+            Some(Ended::LocalClosed) => {
+                if self.deadline.as_mut().poll(cx).is_ready() || now_unix() >= self.peer.deadline {
+                    return Poll::Ready(Err(io::Error::other(Error::CredentialExpired)));
+                }
+            }
+            Some(_) => {}
+        }
+        self.poll_drain(cx)
     }
 
     pub(super) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -256,9 +283,7 @@ where
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        self.get_mut().poll_flush_live(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -273,7 +298,7 @@ where
                 .map_err(|e| io::Error::other(Error::Frame(e)))?;
             this.set_ended(Ended::LocalClosed);
         }
-        ready!(this.poll_drain(cx))?;
+        ready!(this.poll_drain_live(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

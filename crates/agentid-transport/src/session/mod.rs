@@ -426,6 +426,7 @@ where
             self.write_frame(FrameType::Close, &body).await?;
             self.set_ended(Ended::LocalClosed);
         }
-        self.io.shutdown().await.map_err(Error::Io)
+        // The session's own shutdown: the wait for a peer that reads nothing ends at the deadline.
+        self.shutdown().await.map_err(from_io)
     }
 }

@@ -8,7 +8,7 @@ use agentid_protocol::{Presentation, PresentationContext, ProofBuilder, Role};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     instant_for, now_unix, unix_time, watch_changes, PeerChain, Session, MAX_REAUTHS,
@@ -36,10 +36,9 @@ where
             return Err(e.error());
         }
         self.queue_reauth(renewed)?;
-        std::future::poll_fn(|cx| self.poll_drain(cx))
+        std::future::poll_fn(|cx| self.poll_flush_live(cx))
             .await
-            .map_err(Error::Io)?;
-        self.io.flush().await.map_err(Error::Io)
+            .map_err(super::io::from_io)
     }
 
     /// Encodes a `reauth` frame for `renewed` into the write buffer (sent with the next write,
