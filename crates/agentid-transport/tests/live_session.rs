@@ -756,3 +756,37 @@ async fn a_shutdown_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
     drop(cs);
 }
 
+/// A session whose peer a revocation list now covers ends with `revoked` even when this side
+/// closes it before reading or writing again: the close frame carries the failure's code, not
+/// the application's `normal` (spec/PROTOCOL.md 16.4: the re-check "fails closed: whatever
+/// fails, the session ends at once with a close frame carrying the code of the failure"), so
+/// the revoked peer does not read an orderly end of stream.
+#[tokio::test]
+async fn closing_a_session_whose_peer_was_revoked_sends_revoked_not_normal() {
+    use tokio::io::AsyncWriteExt as _;
+    for shutdown in [false, true] {
+        let p = pair(Some("files:read"), LeafOpts::default(), false);
+        let (mut cs, mut ss) = p.live().await;
+        let list = p.a.revocation_list(1, |b| {
+            b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+        });
+        p.sv.apply_revocation_list(&list).unwrap();
+        let closed = if shutdown {
+            tokio::time::timeout(T, ss.shutdown())
+                .await
+                .unwrap()
+                .is_ok()
+        } else {
+            let done = ss.close(agentid_transport::CLOSE_NORMAL, "done");
+            tokio::time::timeout(T, done).await.unwrap().is_ok()
+        };
+        assert!(
+            !closed,
+            "shutdown {shutdown}: a revoked session closed as if healthy"
+        );
+        match tokio::time::timeout(T, cs.recv()).await.unwrap() {
+            Err(Error::Closed { code, .. }) => assert_eq!(code, "revoked", "shutdown {shutdown}"),
+            other => panic!("shutdown {shutdown}: {other:?}"),
+        }
+    }
+}

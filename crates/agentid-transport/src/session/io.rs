@@ -289,6 +289,10 @@ where
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.ended.is_none() {
+            // A deadline or revocation not acted on yet ends the session with its own code.
+            if let Some(e) = this.poll_kill(cx) {
+                return Poll::Ready(Err(io::Error::other(e)));
+            }
             let body = body_bytes(&Reason {
                 code: CLOSE_NORMAL.into(),
                 message: String::new(),

@@ -15,6 +15,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentid_protocol::{PeerId, PublicKey, Role, Scope, TaskId, VerifiedChain};
@@ -419,6 +420,11 @@ where
     /// Ends the session with a close frame carrying `code` and `message`, then shuts TLS down.
     pub async fn close(mut self, code: &str, message: &str) -> Result<()> {
         if self.ended.is_none() {
+            // A deadline or revocation not acted on yet ends the session with its own code (the
+            // close frame `end` sends), not with the caller's.
+            if let Some(e) = std::future::poll_fn(|cx| Poll::Ready(self.poll_kill(cx))).await {
+                return Err(e);
+            }
             let body = body_bytes(&Reason {
                 code: code.into(),
                 message: message.into(),
