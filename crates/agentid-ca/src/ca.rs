@@ -625,8 +625,18 @@ impl CertificateAuthority {
         };
         let skew = self.config.skew_secs;
         let latest = match kind {
-            // Links are not recorded here: keep the entry as long as any link can live.
-            RevocationKind::LinkJti => Some(now.saturating_add(MAX_GRANT_LIFETIME_SECS)),
+            // Links are not recorded here: keep the entry as long as any link can live. An
+            // agent or a key is hit by every link that names it as `sub` or `iss` or binds or
+            // signs with it, in any task, certified or not (a child's links outlive its
+            // certificate, which ends with its parent's): the same.
+            RevocationKind::LinkJti | RevocationKind::Agent | RevocationKind::Jkt => {
+                let links = now.saturating_add(MAX_GRANT_LIFETIME_SECS);
+                Some(
+                    store
+                        .latest_expiry(kind, &value)?
+                        .map_or(links, |l| l.max(links)),
+                )
+            }
             _ => store.latest_expiry(kind, &value)?,
         }
         .unwrap_or(now);

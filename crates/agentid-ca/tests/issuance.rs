@@ -12,8 +12,8 @@ use agentid_ca::{
     RenewRequester, RevokeTarget, ServiceRequest, TaskRequester,
 };
 use agentid_protocol::{
-    Algorithm, BundleSet, Chain, IdSet, Jkt, Limits, PeerId, RevocationList, Scope, SpiffeId,
-    TaskId, TaskIdentity, TaskKey, Verifier, VerifierConfig,
+    Algorithm, BundleSet, Chain, ErrorCode, IdSet, Jkt, Limits, LinkBuilder, PeerId,
+    RevocationList, Scope, SpiffeId, TaskId, TaskIdentity, TaskKey, Verifier, VerifierConfig,
 };
 use common::*;
 use rcgen::{IsCa, KeyUsagePurpose, SanType};
@@ -660,6 +660,89 @@ fn a_revoked_root_key_ends_issuance_to_every_descendant() {
     assert_eq!(t.ca.issuances().unwrap().len(), before, "nothing issued");
 }
 
+/// PROTOCOL.md 6.5 ("Entry expiry"): an entry stays listed until everything it could hit has
+/// expired. An agent and a key are hit by the links that name the agent or bind or sign with the
+/// key, which live as long as their delegator makes them, up to the task grant's `exp`: longer
+/// than a child's certificate (which ends with its parent's), and whether the CA ever certified
+/// that agent or key in the task or not. The revocation is listed as long as such a link can
+/// verify.
+#[test]
+fn a_revoked_agent_or_key_stays_listed_while_a_link_to_it_can_verify() {
+    for (certified, target) in [
+        (true, "key"),
+        (true, "agent"),
+        (false, "key"),
+        (false, "agent"),
+    ] {
+        let t = test_ca(KeyType::P256);
+        let (root_key, src) = spki_key(Algorithm::Es256);
+        let mut req = by_operator("planner", src, "tickets:read");
+        req.ttl = Some(minutes(2));
+        req.task_ttl = Some(minutes(60));
+        req.max_depth = Some(1);
+        let n = now();
+        let root = t.ca.open_task(&req, n).unwrap();
+        let (key, key_src) = spki_key(Algorithm::Es256);
+        // A child the CA certified (its certificate ends with its parent's, in 2 minutes), or
+        // an agent the root delegates to without any certificate of the task.
+        let (to, agent) = if certified {
+            let child =
+                t.ca.issue_child(
+                    &ChildRequest {
+                        key: key_src,
+                        ..child_of(&root.identity, "summarizer")
+                    },
+                    n,
+                )
+                .unwrap();
+            assert!(child.leaf.not_after < root.grant_exp);
+            (
+                TaskIdentity::parse(child.identity.as_str()).unwrap(),
+                "summarizer",
+            )
+        } else {
+            let task = root.identity.task_id();
+            (
+                TaskIdentity::parse(&task_uri("worker", task.as_str())).unwrap(),
+                "worker",
+            )
+        };
+        // The parent delegates for the whole task.
+        let chain = LinkBuilder::new(&root.grant, &to, key.public_key(), scope("tickets:read"))
+            .validity(unix(n), unix(n), root.grant_exp)
+            .sign(&root_key)
+            .unwrap();
+        let what = match target {
+            "key" => RevokeTarget::Key(key.public_key().jkt()),
+            _ => RevokeTarget::Agent(agent.into()),
+        };
+        t.ca.revoke(&what, None, "operator", n).unwrap();
+        // Ten minutes after the child's certificate ended, the link still has most of an hour.
+        let later = n + minutes(12);
+        assert!(unix(later) < root.grant_exp);
+        let mut bundles = BundleSet::new();
+        bundles.insert(t.ca.trust_bundle().unwrap()).unwrap();
+        let me = SpiffeId::parse(&format!("spiffe://{TD}/svc/search")).unwrap();
+        let mut cfg = VerifierConfig::new(me, bundles);
+        cfg.apply_revocation_list(&t.ca.revocation_list(later).unwrap())
+            .unwrap();
+        let e = Verifier::new(cfg)
+            .unwrap()
+            .verify_chain(
+                chain.as_str(),
+                to.as_spiffe_id(),
+                key.public_key(),
+                unix(later),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            ErrorCode::Revoked,
+            "{target} (certified: {certified}): {e}"
+        );
+    }
+}
+
 /// CA-API.md 3.8 and 3.9: a task whose grant is revoked (by its `jti`) opens no child and
 /// renews nothing: the grant is the task's authority, so the revocation refuses inside the
 /// issuance's own transaction (with the task, agent and key entries), not only in the
@@ -1081,11 +1164,14 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
             n,
         )
         .unwrap();
+    // The entry lives until everything it covers expired, plus skew: any link naming the
+    // agent, in any task (`a_revoked_agent_or_key_stays_listed_while_a_link_to_it_can_verify`).
     assert_eq!(
         rec.exp,
-        creds.grant_exp + 60,
+        unix(n) + 86_400 + 60,
         "entry lives until everything it covers expired, plus skew"
     );
+    assert!(rec.exp > creds.grant_exp + 60);
     let req = by_operator("planner", any_key(), "tickets:read");
     let e = t.ca.open_task(&req, n).unwrap_err();
     assert!(
@@ -1163,8 +1249,9 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     assert_eq!(l2.seq(), l1.seq() + 1);
     assert_eq!(l1.next_update(), unix(n) + 600);
     assert!(l1.covers_peer(creds.identity.as_spiffe_id(), k.public_key()));
-    // After everything expired (+ skew), the entries are pruned from the list.
-    let late = n + Duration::from_secs(3600 + 61);
+    // After everything expired (+ skew: any link naming the agent or binding the key ends
+    // within the longest grant lifetime), the entries are pruned from the list.
+    let late = n + Duration::from_secs(86_400 + 61);
     let l3 = RevocationList::verify(&t.ca.revocation_list(late).unwrap(), &bundles).unwrap();
     assert_eq!(l3.len(), 0);
     // ...but the CA still refuses the revoked agent.
