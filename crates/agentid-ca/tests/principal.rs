@@ -9,7 +9,9 @@ mod common;
 use agentid_ca::{
     CaError, KeyType, OpenTaskRequest, RevocationKind, RevokeTarget, TaskCredentials, TaskRequester,
 };
-use agentid_protocol::{Algorithm, Scope};
+use agentid_protocol::{
+    Algorithm, BundleSet, ErrorCode, Scope, SpiffeId, Verifier, VerifierConfig,
+};
 use common::*;
 
 fn alice() -> serde_json::Value {
@@ -113,4 +115,42 @@ fn revoking_a_principal_without_tasks_still_refuses_new_ones() {
         open(&t, Some(alice())).unwrap_err(),
         CaError::Revoked { .. }
     ));
+}
+
+/// PROTOCOL.md 10 (rule 5.5) accepts a grant until `exp + skew`, and 6.5 keeps an entry listed
+/// until everything it could hit has expired: a principal revoked in the skew after its task's
+/// grant `exp`, while verifiers still accept that grant, lists the task.
+#[test]
+fn a_principal_revoked_at_its_tasks_exp_still_lists_the_task() {
+    let t = test_ca(KeyType::P256);
+    let (key, src) = spki_key(Algorithm::Es256);
+    let mut req = OpenTaskRequest::new(
+        "planner",
+        src,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
+    req.principal = Some(alice());
+    req.task_ttl = Some(minutes(2));
+    req.ttl = Some(minutes(2));
+    let c = t.ca.open_task(&req, now()).unwrap();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.grant_exp);
+    t.ca.revoke(&RevokeTarget::Principal(alice()), None, "operator", at)
+        .unwrap();
+    let mut bundles = BundleSet::new();
+    bundles.insert(t.ca.trust_bundle().unwrap()).unwrap();
+    let me = SpiffeId::parse(&format!("spiffe://{TD}/svc/search")).unwrap();
+    let mut cfg = VerifierConfig::new(me, bundles);
+    cfg.apply_revocation_list(&t.ca.revocation_list(at).unwrap())
+        .unwrap();
+    let e = Verifier::new(cfg)
+        .unwrap()
+        .verify_chain(
+            c.grant.as_str(),
+            c.identity.as_spiffe_id(),
+            key.public_key(),
+            c.grant_exp,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Revoked, "{e}");
 }

@@ -546,8 +546,9 @@ pub trait Store: Send {
     }
     /// Revokes a principal in one transaction: its own entry `p` (kind
     /// [`RevocationKind::Principal`]) and a `task` entry for each task of that principal whose
-    /// grant has not expired at `p.revoked_at` (each lasting until everything in the task has
-    /// expired, plus `skew`), with the audit record `audit(tasks)` naming the expansion.
+    /// grant verifiers may still accept at `p.revoked_at` (`exp + skew` after it, PROTOCOL.md
+    /// rule 5.5; each entry lasting until everything in the task has expired, plus `skew`),
+    /// with the audit record `audit(tasks)` naming the expansion.
     /// Returns the task entries.
     fn revoke_principal(
         &mut self,
@@ -1308,6 +1309,8 @@ impl Store for SqliteStore {
         let writer = self.audit_writer.clone();
         let tx = self.immediate()?;
         let now = to_i64(p.revoked_at)?;
+        // Verifiers accept a grant until `exp + skew`: a task is live until then.
+        let since = to_i64(p.revoked_at.saturating_sub(skew))?;
         let tasks: Vec<(String, i64)> = tx
             .prepare_cached(
                 "SELECT t.task, MAX(t.exp,
@@ -1315,7 +1318,7 @@ impl Store for SqliteStore {
                    COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
                  FROM tasks t WHERE t.principal = ?1 AND t.exp > ?2 ORDER BY t.rowid",
             )?
-            .query_map(params![p.value, now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![p.value, since], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(tasks.len());
         let insert = "INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

@@ -1751,13 +1751,15 @@ impl Store for PgStore {
                     c.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATION_LOCK])
                         .await?;
                     let now = to_i64(p.revoked_at)?;
+                    // Verifiers accept a grant until `exp + skew`: a task is live until then.
+                    let since = to_i64(p.revoked_at.saturating_sub(skew))?;
                     let rows = c
                         .query(
                             "SELECT t.task, GREATEST(t.exp,
                                COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
                                COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
                              FROM tasks t WHERE t.principal = $1 AND t.exp > $2 ORDER BY t.id",
-                            &[&p.value, &now],
+                            &[&p.value, &since],
                         )
                         .await?;
                     let mut out = Vec::with_capacity(rows.len());
