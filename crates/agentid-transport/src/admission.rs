@@ -140,7 +140,7 @@ impl Admission {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                limits,
+                limits: limits.bounded(),
                 pending: Mutex::new(Pending::default()),
                 sessions: Mutex::new(Sessions::default()),
             }),

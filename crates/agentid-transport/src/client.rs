@@ -92,7 +92,7 @@ impl AgentClientBuilder {
             connector: TlsConnector::from(Arc::new(config)),
             credentials: self.credentials,
             verification: self.verification,
-            limits: self.limits,
+            limits: self.limits.bounded(),
             require_audience: self.require_audience,
         })
     }

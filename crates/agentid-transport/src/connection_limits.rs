@@ -27,6 +27,8 @@ use std::time::Duration;
 /// 3. The hello must arrive within [`first_frame_timeout`](Self::first_frame_timeout).
 /// 4. A session in which the peer sends nothing for [`idle_timeout`](Self::idle_timeout) while
 ///    this side is waiting for it ends with `idle` (see the field for what counts).
+///
+/// A timeout longer than a year (`Duration::MAX` for "never", say) is taken as a year.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     /// The TLS handshake must finish within this time after the connection is handed over
@@ -62,6 +64,25 @@ pub struct ConnectionLimits {
     /// peer: a session that is writing (for example producing a stream) is never ended by it,
     /// and any frame from the peer (data, reauth) resets it. `None` disables it.
     pub idle_timeout: Option<Duration>,
+}
+
+/// The longest timeout taken: a year (a timer on `Instant` cannot reach `Duration::MAX`).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl ConnectionLimits {
+    /// These limits with every timeout at most [`LONGEST_TIMEOUT`]: what servers and clients
+    /// hold, so that no timer they set overflows an `Instant`.
+    pub(crate) fn bounded(mut self) -> Self {
+        for d in [
+            &mut self.handshake_timeout,
+            &mut self.client_hello_timeout,
+            &mut self.first_frame_timeout,
+        ] {
+            *d = (*d).min(LONGEST_TIMEOUT);
+        }
+        self.idle_timeout = self.idle_timeout.map(|d| d.min(LONGEST_TIMEOUT));
+        self
+    }
 }
 
 /// File descriptors kept for the rest of the process (logs, databases, outgoing connections).

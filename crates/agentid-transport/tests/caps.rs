@@ -164,3 +164,36 @@ async fn an_idle_session_ends_but_a_producing_one_does_not() {
     }
     let _ss = tokio::time::timeout(T, producer).await.unwrap().unwrap();
 }
+
+/// A timeout of `Duration::MAX` ("never", as a caller may well write it) is taken as a year, as
+/// the HTTP binding's are: the timers built on it never overflow an `Instant`, which panicked
+/// in every handshake the server accepted and in every session either side opened.
+#[tokio::test]
+async fn a_timeout_of_duration_max_is_taken_as_a_year() {
+    let never = ConnectionLimits {
+        handshake_timeout: Duration::MAX,
+        client_hello_timeout: Duration::MAX,
+        first_frame_timeout: Duration::MAX,
+        idle_timeout: Some(Duration::MAX),
+        ..limits()
+    };
+    let mut w = world(never.clone());
+    let creds = Arc::new(MemoryCredentials::new(credential(
+        &w.a.ca,
+        "spiffe://example.org/agent/x/task/y",
+        key(),
+        &LeafOpts::default(),
+    )));
+    let c = AgentClient::builder(creds, w.cv.clone(), PeerPolicy::danger_any())
+        .limits(never)
+        .build()
+        .unwrap();
+    let (mut cs, mut ss) = w.open(&c).await.unwrap();
+    ss.send(b"back").await.unwrap();
+    let got = tokio::time::timeout(T, cs.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"back");
+}
