@@ -562,7 +562,28 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
 
 // ---- cert renew --ca-url [--daemon] ----
 
+/// Whether `dir/key.pem` is no longer the key `cred` certifies: replaced since this command
+/// read the directory (the operator rotating it with `cert issue --force`, another enrollment).
+fn key_replaced(dir: &Path, cred: &agentid_transport::Credential) -> CliResult<bool> {
+    let held = agentid::files::read_task_key(&dir.join(KEY_FILE))?;
+    Ok(held.public_key() != &cred.info().public_key)
+}
+
+/// Writes the renewed `cred` as `dir/cert.pem`, only beside its own key: a certificate of
+/// another key than `dir/key.pem` (one replaced since the directory was read) would leave a
+/// key with another key's certificate, which nothing can use, in place of a working pair.
 fn write_cert(dir: &Path, cred: &agentid_transport::Credential) -> CliResult {
+    if key_replaced(dir, cred)? {
+        return Err(CliError::failed(format!(
+            "{} is no longer the key of {} (it was replaced since this command read {}): the \
+             renewed certificate is not written, {} is left as it is; renew the new credential \
+             (start `agentid cert renew` again)",
+            dir.join(KEY_FILE).display(),
+            cred.identity().as_str(),
+            dir.display(),
+            dir.join(CERT_FILE).display()
+        )));
+    }
     let pem: String = cred
         .cert_chain()
         .iter()
@@ -706,6 +727,11 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                         Ok(()) => {
                             print_renewed(&cur, args.format.format)?;
                             exec.renewed();
+                        }
+                        // The directory's key was replaced: what this daemon renews is no
+                        // longer its credential, now or later.
+                        Err(e) if key_replaced(&args.dir, &cur).unwrap_or(false) => {
+                            return Err(e);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, retry_secs = WRITE_RETRY.as_secs(), "the renewed certificate could not be written; the daemon keeps it and tries again");

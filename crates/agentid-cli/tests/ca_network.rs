@@ -431,6 +431,57 @@ fn the_daemon_keeps_a_certificate_it_cannot_write_and_writes_it_later() {
     env.ok("cert verify a/cert.pem --bundle a/bundle.json");
 }
 
+/// A credential directory whose key is replaced while the renewal daemon runs (the operator
+/// rotating it with `cert issue --force`) never gets the daemon's renewed certificate of the
+/// old key over the new one (a key with another key's certificate, which no TLS stack loads):
+/// `cert.pem` stays the new key's, and the daemon stops, saying why.
+#[test]
+fn the_daemon_never_writes_a_certificate_for_a_key_the_directory_no_longer_holds() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled_holder(&env, &s);
+    let mut daemon = renewal_daemon(&env, &s.url());
+    // The daemon has read the credential; the directory's key is rotated under it.
+    std::thread::sleep(Duration::from_secs(1));
+    let rotated = env.json(
+        "cert issue --ca ca --agent planner --scope tickets:read --ttl 10m --out-dir a --force",
+    );
+    // The daemon renews its 12 s certificate at about half of its life.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut mismatch = None;
+    let mut exited = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = agentid::files::Holder::load(&env.path("a")) {
+            mismatch = Some(e.to_string());
+            break;
+        }
+        if daemon.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = env.read("daemon.log");
+    assert_eq!(
+        mismatch, None,
+        "the daemon wrote a certificate for the replaced key: {log}"
+    );
+    assert!(
+        exited,
+        "the daemon went on renewing a key the directory no longer holds: {log}"
+    );
+    assert!(
+        log.contains("key.pem"),
+        "the daemon says why it stopped: {log}"
+    );
+    assert_eq!(
+        env.json("cert inspect a/cert.pem")["identity"],
+        rotated["identity"]
+    );
+}
+
 /// An agent's key (`DIR/key.pem`, 0600) and a CSR for it naming `sans` (`DIR/req.csr`).
 fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
     std::fs::create_dir_all(env.path(dir)).unwrap();
