@@ -562,18 +562,22 @@ pub fn run_revoke_remote(args: &crate::revoke::RevokeArgs) -> CliResult {
 
 // ---- cert renew --ca-url [--daemon] ----
 
-/// Whether `dir/key.pem` is no longer the key `cred` certifies: replaced since this command
-/// read the directory (the operator rotating it with `cert issue --force`, another enrollment).
-fn key_replaced(dir: &Path, cred: &agentid_transport::Credential) -> CliResult<bool> {
-    let held = agentid::files::read_task_key(&dir.join(KEY_FILE))?;
-    Ok(held.public_key() != &cred.info().public_key)
+/// Whether `dir` holds a `key.pem` other than `key`: the one rule for every command that writes
+/// `cert.pem` into a directory (a certificate of another key beside `key.pem` leaves a pair
+/// nothing can use, in place of a working one). A directory without `key.pem` holds none.
+fn holds_another_key(dir: &Path, key: &agentid_protocol::PublicKey) -> CliResult<bool> {
+    let path = dir.join(KEY_FILE);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(false);
+    }
+    let held = agentid::files::read_task_key(&path)?;
+    Ok(held.public_key() != key)
 }
 
-/// Writes the renewed `cred` as `dir/cert.pem`, only beside its own key: a certificate of
-/// another key than `dir/key.pem` (one replaced since the directory was read) would leave a
-/// key with another key's certificate, which nothing can use, in place of a working pair.
+/// Writes the renewed `cred` as `dir/cert.pem`, only beside its own key (`key.pem` may have been
+/// replaced since the directory was read: the operator rotating it with `cert issue --force`).
 fn write_cert(dir: &Path, cred: &agentid_transport::Credential) -> CliResult {
-    if key_replaced(dir, cred)? {
+    if holds_another_key(dir, &cred.info().public_key)? {
         return Err(CliError::failed(format!(
             "{} is no longer the key of {} (it was replaced since this command read {}): the \
              renewed certificate is not written, {} is left as it is; renew the new credential \
@@ -730,7 +734,10 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                         }
                         // The directory's key was replaced: what this daemon renews is no
                         // longer its credential, now or later.
-                        Err(e) if key_replaced(&args.dir, &cur).unwrap_or(false) => {
+                        Err(e)
+                            if holds_another_key(&args.dir, &cur.info().public_key)
+                                .unwrap_or(false) =>
+                        {
                             return Err(e);
                         }
                         Err(e) => {
@@ -843,6 +850,33 @@ fn b64url(d: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
 }
 
+/// Before `task open` or `task child` asks the CA: `out_dir` may hold a `key.pem` only if it is
+/// the key of `csr` (DER), the key the certificate written there will certify. A CSR that does
+/// not parse is left to the CA to refuse (`bad_csr`).
+fn check_out_dir_key(out_dir: &Path, csr: &[u8]) -> CliResult {
+    use x509_parser::prelude::FromDer;
+    let Some(key) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .ok()
+        .and_then(|(_, req)| {
+            agentid_protocol::PublicKey::from_spki_der(
+                req.certification_request_info.subject_pki.raw,
+            )
+            .ok()
+        })
+    else {
+        return Ok(());
+    };
+    if holds_another_key(out_dir, &key)? {
+        return Err(CliError::failed(format!(
+            "{} holds another key than the CSR's: the certificate written there would not match \
+             it; nothing was sent to the CA; choose another --out-dir (or the directory of the \
+             CSR's key)",
+            out_dir.join(KEY_FILE).display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `cert.pem` (and `grant.jwt`) of a CA response into `dir`.
 fn write_response(dir: &Path, r: &agentid_api::CertificateResponse) -> CliResult {
     let mut pem = String::new();
@@ -884,8 +918,9 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
     }
     crate::delegate::parse_scope(std::slice::from_ref(&a.scope))?;
     let client = a.remote.client()?;
+    let csr = read_csr(&a.csr)?;
     let req = agentid_api::OpenTaskRequest {
-        csr: b64url(&read_csr(&a.csr)?),
+        csr: b64url(&csr),
         task: TokenRequest {
             agent: a.agent.clone(),
             task: a.task.clone(),
@@ -897,6 +932,7 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
         },
     };
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, GRANT_FILE])?;
+    check_out_dir_key(&a.out_dir, &csr).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let r = runtime()?
         .block_on(client.open_task(&req))
         .map_err(api_error(a.remote.url()))
@@ -907,13 +943,15 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
 
 fn task_child(a: &TaskChildArgs) -> CliResult {
     let client = a.remote.client()?;
+    let csr = read_csr(&a.csr)?;
     let req = agentid_api::ChildRequest {
         agent: a.agent.clone(),
-        csr: b64url(&read_csr(&a.csr)?),
+        csr: b64url(&csr),
         ttl_secs: a.ttl.map(|d| d.as_secs()),
         parent_chain: None,
     };
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE])?;
+    check_out_dir_key(&a.out_dir, &csr).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let r = runtime()?
         .block_on(client.issue_child(&req))
         .map_err(api_error(a.remote.url()))

@@ -615,6 +615,50 @@ fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() 
     assert_eq!(issued(&env), before + 1);
 }
 
+/// `task open` and `task child` write `cert.pem` into `--out-dir` only beside its own key: an
+/// out-dir holding another key (a working credential directory named by mistake) is refused
+/// before the CA is asked, nothing is issued, and its certificate stays the one its key
+/// matches.
+#[test]
+fn task_open_and_child_refuse_an_out_dir_holding_another_key_before_asking_the_ca() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    // p/: a working credential directory (the agent's key and its certificate).
+    let id = "spiffe://example.org/agent/planner/task/t-key-1";
+    agent_csr(&env, "p", &[id]);
+    env.ok(&format!(
+        "task open --ca-url {url} --cred platform --csr p/req.csr --agent planner --task t-key-1 --scope tickets:read --max-depth 1 --out-dir p"
+    ));
+    std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();
+    let cert = env.read("p/cert.pem");
+    // Another agent's CSR (its key in x/), with p/ named as the output by mistake.
+    agent_csr(&env, "x", &[]);
+    let before = issued(&env);
+    env.fails(
+        &format!(
+            "task open --ca-url {url} --cred platform --csr x/req.csr --agent planner --scope tickets:read --out-dir p"
+        ),
+        1,
+        "holds another key than the CSR's",
+    );
+    env.fails(
+        &format!(
+            "task child --ca-url {url} --cred p --csr x/req.csr --agent summarizer --ttl 1m --out-dir p"
+        ),
+        1,
+        "holds another key than the CSR's",
+    );
+    assert_eq!(issued(&env), before, "nothing is issued");
+    assert_eq!(env.read("p/cert.pem"), cert);
+    agentid::files::Holder::load(&env.path("p")).expect("p/ still holds a matching pair");
+    // Into the directory of the CSR's own key, it is written.
+    env.ok(&format!(
+        "task child --ca-url {url} --cred p --csr x/req.csr --agent summarizer --ttl 1m --out-dir x"
+    ));
+    agentid::files::Holder::load(&env.path("x")).expect("x/ holds the child's pair");
+}
+
 /// The caller verifies the CA too: a service of another CA (same trust domain name, another
 /// root) refuses this CA's certificate before it sends anything. (A foreign client certificate
 /// presented to the CA gets a TLS alert: agentid-ca's `service_tasks` test, since this CLI
