@@ -148,7 +148,8 @@ impl CertificateAuthority {
     /// Creates a single-use bootstrap token for `agent`'s task `task` (generated when `None`),
     /// binding what the task will hold. The binding is checked against policy now (scope,
     /// depth, audience, delegation, limits, lifetimes: what the task opening checks), and the
-    /// agent, the task and the creator's key against the revocations, and again at enrollment.
+    /// agent, the task, the principal and the creator's key against the revocations, and again
+    /// at enrollment.
     pub fn create_bound_token(
         &self,
         agent: &str,
@@ -165,11 +166,20 @@ impl CertificateAuthority {
             binding.task_request(agent, KeySource::Spki(Vec::new()), TaskRequester::Operator)?;
         let now_s = crate::util::unix(now)?;
         self.check_task_terms(&req, now_s)?;
-        // A revoked agent, task or creator key: its enrollment would be refused `revoked`, as
-        // every issuance is, whatever the entry's `exp` (that bounds the published list only).
+        // A revoked agent, task, principal or creator key: its enrollment would be refused
+        // `revoked`, as every issuance is, whatever the entry's `exp` (that bounds the
+        // published list only).
+        let principal = binding
+            .principal
+            .as_ref()
+            .map(crate::store::canonical_principal)
+            .transpose()?;
         let mut targets = vec![(crate::RevocationKind::Agent, agent)];
         if let Some(task) = &task {
             targets.push((crate::RevocationKind::Task, task.as_str()));
+        }
+        if let Some(p) = principal.as_deref() {
+            targets.push((crate::RevocationKind::Principal, p));
         }
         if let Some(jkt) = binding.creator_jkt.as_deref() {
             targets.push((crate::RevocationKind::Jkt, jkt));

@@ -154,3 +154,38 @@ fn a_principal_revoked_at_its_tasks_exp_still_lists_the_task() {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Revoked, "{e}");
 }
+
+/// A bootstrap token bound to a revoked principal is refused when it is made (`revoked`), as
+/// one for a revoked agent, task or creator key is: no enrollment could redeem it, so none is
+/// handed out, and the refusal names the revocation instead of an unusable token reaching an
+/// agent.
+#[test]
+fn a_token_bound_to_a_revoked_principal_is_refused_when_made() {
+    let t = test_ca(KeyType::P256);
+    t.ca.revoke(&RevokeTarget::Principal(alice()), None, "operator", now())
+        .unwrap();
+    let binding = |p: serde_json::Value| agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        principal: Some(p),
+        ..Default::default()
+    };
+    let ten_minutes = std::time::Duration::from_secs(600);
+    // The same principal, its members in another order.
+    let reordered: serde_json::Value =
+        serde_json::from_str(r#"{"email": "alice@example.com", "format": "email"}"#).unwrap();
+    let made =
+        t.ca.create_bound_token("planner", None, &binding(reordered), ten_minutes, now());
+    assert!(
+        matches!(
+            made,
+            Err(CaError::Revoked {
+                kind: "principal",
+                ..
+            })
+        ),
+        "{made:?}"
+    );
+    // Another principal's token is made.
+    t.ca.create_bound_token("planner", None, &binding(bob()), ten_minutes, now())
+        .unwrap();
+}
