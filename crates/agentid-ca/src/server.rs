@@ -2009,6 +2009,10 @@ fn live_tasks(
 ) -> Result<Vec<TaskEntry>, CaError> {
     use crate::RevocationKind as K;
     let store = ca.store()?;
+    // The tasks first, then the revocations (two reads, not one snapshot): a revocation that
+    // commits between them, on this replica or another, is then read with the tasks it hits,
+    // so a task revoked before the answer is built is never listed as live.
+    let tasks = store.live_tasks(now)?;
     // Only the kinds checked below (not the links' `jti`s, often the bulk of the table).
     let revoked: std::collections::HashSet<(&'static str, String)> = store
         .live_revocations_of(&[K::Task, K::Agent, K::Jkt, K::Jti], now)?
@@ -2017,7 +2021,7 @@ fn live_tasks(
         .collect();
     let is = |k: crate::RevocationKind, v: &str| revoked.contains(&(k.as_str(), v.to_owned()));
     let mut out = Vec::new();
-    for live in store.live_tasks(now)? {
+    for live in tasks {
         let (t, agent) = (&live.task, live.agent.as_str());
         if !agents.iter().any(|a| a == agent)
             || is(crate::RevocationKind::Task, &t.task)
