@@ -107,6 +107,7 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
     for attr in info.iter_attributes() {
         match attr.parsed_attribute() {
             ParsedCriAttribute::ExtensionRequest(ext_req) => {
+                single_valued(attr.value)?;
                 let mut seen = HashSet::new();
                 for ext in &ext_req.extensions {
                     if !seen.insert(ext.oid.to_id_string()) {
@@ -129,6 +130,20 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
         }
     }
     Ok(key)
+}
+
+/// extensionRequest is single-valued (PKCS#9, RFC 2985 section 5.4.2). x509-parser reads the
+/// first value of the attribute's SET and skips the rest unseen (`value` is the SET's header and
+/// that first value), so a second value could ask for anything: the SET must hold exactly the
+/// value read.
+fn single_valued(value: &[u8]) -> Result<()> {
+    use x509_parser::asn1_rs::{FromDer as _, Header, Length};
+    let malformed = || CaError::CsrMalformed("extensionRequest holds more than one value".into());
+    let (first, header) = Header::from_der(value).map_err(|_| malformed())?;
+    match header.length() {
+        Length::Definite(n) if n == first.len() => Ok(()),
+        _ => Err(malformed()),
+    }
 }
 
 fn check_requested_extension(

@@ -154,6 +154,100 @@ fn csr_with_extra_key_usage_is_refused() {
     assert!(matches!(e, CaError::CsrExtendedKeyUsage(_)), "{e}");
 }
 
+/// A DER TLV with a definite, minimal length.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.extend([0x81, n as u8]);
+    } else {
+        out.extend([0x82, (n >> 8) as u8, n as u8]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A P-256 CSR signed by `key` whose extensionRequest attribute holds `values` (each a DER
+/// `Extensions` SEQUENCE) in its SET, in that order: rcgen writes one value only.
+fn csr_with_extension_request_values(key: &rcgen::KeyPair, values: &[Vec<u8>]) -> Vec<u8> {
+    use rcgen::{PublicKeyData, SigningKey};
+    const EXTENSION_REQUEST: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e,
+    ];
+    const ECDSA_WITH_SHA256: &[u8] = &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+    let attribute = tlv(
+        0x30,
+        &[EXTENSION_REQUEST, &tlv(0x31, &values.concat())].concat(),
+    );
+    let info = tlv(
+        0x30,
+        &[
+            &[0x02, 0x01, 0x00][..],
+            &[0x30, 0x00],
+            &key.subject_public_key_info(),
+            &tlv(0xa0, &attribute),
+        ]
+        .concat(),
+    );
+    let signature = key.sign(&info).unwrap();
+    let mut bits = vec![0u8];
+    bits.extend(signature);
+    tlv(
+        0x30,
+        &[&info[..], ECDSA_WITH_SHA256, &tlv(0x03, &bits)].concat(),
+    )
+}
+
+/// `Extensions` with one subjectAltName holding `uri`.
+fn san_uri_extensions(uri: &str) -> Vec<u8> {
+    let names = tlv(0x30, &tlv(0x86, uri.as_bytes()));
+    let ext = tlv(
+        0x30,
+        &[&[0x06, 0x03, 0x55, 0x1d, 0x11][..], &tlv(0x04, &names)].concat(),
+    );
+    tlv(0x30, &ext)
+}
+
+/// `Extensions` with one critical basicConstraints `cA = TRUE`.
+fn ca_true_extensions() -> Vec<u8> {
+    let bc = tlv(0x30, &[0x01, 0x01, 0xff]);
+    let ext = tlv(
+        0x30,
+        &[
+            &[0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff][..],
+            &tlv(0x04, &bc),
+        ]
+        .concat(),
+    );
+    tlv(0x30, &ext)
+}
+
+#[test]
+fn a_csr_asking_for_ca_true_in_a_second_extension_request_value_is_refused() {
+    let t = test_ca(KeyType::P256);
+    // The hand-built CSR itself is sound: with the identity alone, it is issued.
+    let me = task_uri("planner", "t1");
+    let csr = csr_with_extension_request_values(&p256_keypair(), &[san_uri_extensions(&me)]);
+    t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap();
+    // extensionRequest is single-valued (PKCS#9): a second value asking for `cA = TRUE` is
+    // not a request the CA may read past.
+    let me = task_uri("planner", "t2");
+    let csr = csr_with_extension_request_values(
+        &p256_keypair(),
+        &[san_uri_extensions(&me), ca_true_extensions()],
+    );
+    let e = t.ca.open_task(&csr_request(csr, "t2"), now()).unwrap_err();
+    assert!(matches!(e, CaError::CsrMalformed(_)), "{e}");
+    // And alone, that value is refused as what it asks for.
+    let csr = csr_with_extension_request_values(&p256_keypair(), &[ca_true_extensions()]);
+    let e = t.ca.open_task(&csr_request(csr, "t3"), now()).unwrap_err();
+    assert!(matches!(e, CaError::CsrRequestsCa), "{e}");
+}
+
 #[test]
 fn csr_with_a_bad_signature_is_refused() {
     let t = test_ca(KeyType::P256);
