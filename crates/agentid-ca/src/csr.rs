@@ -19,6 +19,17 @@ use x509_parser::prelude::FromDer;
 
 use crate::error::{CaError, Result};
 
+/// The most bytes of the request's own text (a name, an OID) that a refusal quotes, and the most
+/// requested names it lists: a refusal reaches the requester, the CA's log and the audit record,
+/// and records never hold CSRs (spec/CA-API.md 4.1).
+const MAX_QUOTED_BYTES: usize = 256;
+const MAX_QUOTED_NAMES: usize = 4;
+
+/// Text taken from the request, as a refusal may quote it.
+fn quoted(text: String) -> String {
+    agentid_protocol::clean_text(text, MAX_QUOTED_BYTES)
+}
+
 /// The public key accepted from a CSR.
 #[derive(Clone, Debug)]
 pub struct RequestedKey {
@@ -81,12 +92,12 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
             .as_ref()
             .and_then(|p| p.as_oid().ok());
         if curve.as_ref() != Some(&OID_EC_P256) {
-            return Err(CaError::CsrUnsupportedKey(format!(
+            return Err(CaError::CsrUnsupportedKey(quoted(format!(
                 "EC key on curve {}",
                 curve
                     .map(|c| c.to_id_string())
                     .unwrap_or_else(|| "(none)".into())
-            )));
+            ))));
         }
     } else if *alg != OID_SIG_ED25519 {
         let name = match alg.to_id_string().as_str() {
@@ -95,7 +106,7 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
             "1.3.101.113" => "Ed448".to_string(),
             other => format!("algorithm {other}"),
         };
-        return Err(CaError::CsrUnsupportedKey(name));
+        return Err(CaError::CsrUnsupportedKey(quoted(name)));
     }
     let key = RequestedKey::from_spki_der(spki.raw)?;
 
@@ -111,10 +122,10 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
                 let mut seen = HashSet::new();
                 for ext in &ext_req.extensions {
                     if !seen.insert(ext.oid.to_id_string()) {
-                        return Err(CaError::CsrUnsupportedExtension(format!(
+                        return Err(CaError::CsrUnsupportedExtension(quoted(format!(
                             "{} (duplicate)",
                             ext.oid.to_id_string()
-                        )));
+                        ))));
                     }
                     check_requested_extension(ext.parsed_extension(), &ext.oid, expected_uri)?;
                 }
@@ -122,10 +133,10 @@ pub fn parse_csr(csr: &[u8], expected_uri: &str) -> Result<RequestedKey> {
             // A challenge password carries nothing we would copy.
             ParsedCriAttribute::ChallengePassword(_) => {}
             ParsedCriAttribute::UnsupportedAttribute => {
-                return Err(CaError::CsrUnsupportedExtension(format!(
+                return Err(CaError::CsrUnsupportedExtension(quoted(format!(
                     "attribute {}",
                     attr.oid.to_id_string()
-                )))
+                ))))
             }
         }
     }
@@ -158,10 +169,18 @@ fn check_requested_extension(
             }
         }
         ParsedExtension::SubjectAlternativeName(san) => {
-            let requested: Vec<String> = san.general_names.iter().map(general_name_str).collect();
             let ok =
                 matches!(san.general_names.as_slice(), [GeneralName::URI(u)] if *u == expected_uri);
             if !ok {
+                let names = &san.general_names;
+                let mut requested: Vec<String> = names
+                    .iter()
+                    .take(MAX_QUOTED_NAMES)
+                    .map(|n| quoted(general_name_str(n)))
+                    .collect();
+                if names.len() > MAX_QUOTED_NAMES {
+                    requested.push(format!("... ({} names in all)", names.len()));
+                }
                 return Err(CaError::CsrSanMismatch {
                     requested,
                     expected: expected_uri.to_string(),
@@ -182,11 +201,11 @@ fn check_requested_extension(
                 || eku.ocsp_signing
                 || !eku.other.is_empty();
             if extra {
-                return Err(CaError::CsrExtendedKeyUsage(format!("{eku:?}")));
+                return Err(CaError::CsrExtendedKeyUsage(quoted(format!("{eku:?}"))));
             }
         }
         ParsedExtension::SubjectKeyIdentifier(_) => {}
-        _ => return Err(CaError::CsrUnsupportedExtension(oid.to_id_string())),
+        _ => return Err(CaError::CsrUnsupportedExtension(quoted(oid.to_id_string()))),
     }
     Ok(())
 }

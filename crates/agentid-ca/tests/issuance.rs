@@ -137,6 +137,31 @@ fn csr_with_a_dns_san_is_refused() {
 }
 
 #[test]
+fn a_csr_asking_for_many_names_leaves_a_bounded_audit_record() {
+    let t = test_ca(KeyType::P256);
+    let me = task_uri("planner", "t1");
+    // 200 names of 60 bytes: 12 KB of the requester's text in the CSR.
+    let mut sans = vec![uri(&me)];
+    for i in 0..200 {
+        let name = format!("{i:03}{}.example", "n".repeat(49));
+        sans.push(SanType::DnsName(name.as_str().try_into().unwrap()));
+    }
+    let csr = csr_with(&p256_keypair(), &sans, |_| {});
+    let e = t.ca.open_task(&csr_request(csr, "t1"), now()).unwrap_err();
+    assert!(matches!(e, CaError::CsrSanMismatch { .. }), "{e}");
+    // Records never hold CSRs (spec/CA-API.md 4.1): the refusal quotes a few names, not all.
+    let records = audit_records(&t.ca);
+    let refusal = records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "issue.task" && r["outcome"] == "denied")
+        .unwrap();
+    let reason = refusal["reason"].as_str().unwrap();
+    assert!(reason.len() <= 2048, "{} bytes", reason.len());
+    assert!(e.to_string().len() <= 2048, "{} bytes", e.to_string().len());
+}
+
+#[test]
 fn csr_with_extra_key_usage_is_refused() {
     let t = test_ca(KeyType::P256);
     let csr = csr_with(&p256_keypair(), &[], |p| {
