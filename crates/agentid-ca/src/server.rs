@@ -1012,6 +1012,12 @@ async fn run<T: Send + 'static>(
 /// The request's JSON body, read whole within [`ServiceOptions::body_timeout`] and
 /// [`agentid_api::MAX_BODY_BYTES`].
 async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> Result<T, Refused> {
+    // A body whose announced length (`content-length`) is over the limit is a larger body:
+    // refused before it is read (CA-API.md 1.2), not waited for.
+    let max = u64::try_from(agentid_api::MAX_BODY_BYTES).unwrap_or(u64::MAX);
+    if axum::body::HttpBody::size_hint(req.body()).lower() > max {
+        return Err(body_too_large());
+    }
     let read = axum::body::to_bytes(req.into_body(), agentid_api::MAX_BODY_BYTES);
     let bytes = tokio::time::timeout(s.body_timeout, read)
         .await
@@ -1049,14 +1055,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> 
 /// off, reset or too slow (`400 bad_request`: the body is not too large, it is missing).
 fn body_refusal(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Refused {
     if e.is::<http_body_util::LengthLimitError>() {
-        Refused::new(
-            ErrorCode::BodyTooLarge,
-            format!(
-                "the request body is larger than {} bytes",
-                agentid_api::MAX_BODY_BYTES
-            ),
-            "",
-        )
+        body_too_large()
     } else {
         Refused::new(
             ErrorCode::BadRequest,
@@ -1064,6 +1063,18 @@ fn body_refusal(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Refused 
             "send the whole request again",
         )
     }
+}
+
+/// `413 body_too_large`: a body over [`agentid_api::MAX_BODY_BYTES`], announced or read.
+fn body_too_large() -> Refused {
+    Refused::new(
+        ErrorCode::BodyTooLarge,
+        format!(
+            "the request body is larger than {} bytes",
+            agentid_api::MAX_BODY_BYTES
+        ),
+        "",
+    )
 }
 
 fn unix_now() -> u64 {

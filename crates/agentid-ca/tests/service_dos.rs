@@ -574,3 +574,45 @@ async fn enrollments_waiting_for_the_store_leave_the_mtls_callers_their_slots() 
         );
     }
 }
+
+/// Reads one HTTP/1.1 response head from `s` within `within`: its status, or `None` when the
+/// server sent none (closed, or kept waiting).
+async fn status_within(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> Option<u16> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    let text = String::from_utf8_lossy(&got);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A request whose `content-length` announces a body over 64 KiB is a larger body, refused
+/// `413 body_too_large` before it is read further (CA-API.md 1.2): the service does not wait
+/// for the body (up to `body_timeout`, holding the request) only to answer `400` when the
+/// caller sends none, or `413` once the caller has sent 64 KiB of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_announced_over_the_limit_is_refused_413_before_it_is_read() {
+    let w = start(ServiceOptions {
+        body_timeout: Duration::from_secs(120),
+        ..ServiceOptions::default()
+    })
+    .await;
+    let mut s = enroll_tls(&w).await;
+    s.write_all(
+        b"POST /v1/enroll HTTP/1.1\r\nhost: ca\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n{\"token\":",
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(status_within(&mut s, T).await, Some(413));
+}
