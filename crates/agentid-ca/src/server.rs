@@ -135,17 +135,9 @@ fn rate_prefix(source: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// The source an enrollment request is counted under: an IPv4 address (IPv4-mapped IPv6 too),
-/// or the /64 an IPv6 address is in.
+/// or the /64 an IPv6 address is in, as for the handshake caps.
 fn rate_source(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V4(_) => ip,
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => std::net::IpAddr::V4(v4),
-            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !u128::from(u64::MAX),
-            )),
-        },
-    }
+    agentid_transport::source_of(ip)
 }
 
 impl RateLimiter {

@@ -163,6 +163,7 @@ impl Admission {
     }
 
     fn enter(&self, source: Option<IpAddr>) -> PendingSlot {
+        let source = source.map(source_of);
         let limits = &self.inner.limits;
         let mut p = lock(&self.inner.pending);
         if let Some(ip) = source {
@@ -270,6 +271,21 @@ impl Admission {
             agent,
             task,
         })
+    }
+}
+
+/// The source a peer's address counts under for per-source caps: an IPv4 address (an
+/// IPv4-mapped IPv6 address too), or the /64 an IPv6 address is in (what one host or subscriber
+/// is usually given: counting its addresses one by one would let it multiply its allowance).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
     }
 }
 

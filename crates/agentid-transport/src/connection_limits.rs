@@ -12,8 +12,8 @@ use std::time::Duration;
 ///    their own small pool ([`max_handshakes`](Self::max_handshakes)), separate from sessions.
 ///    The whole ClientHello must arrive within
 ///    [`client_hello_timeout`](Self::client_hello_timeout) (2 s) and the TLS handshake end within
-///    [`handshake_timeout`](Self::handshake_timeout). One source address holds at most
-///    [`max_pending_per_source`](Self::max_pending_per_source) of them (its oldest is dropped for
+///    [`handshake_timeout`](Self::handshake_timeout). One source (an IPv4 address, or an
+///    IPv6 /64) holds at most [`max_pending_per_source`](Self::max_pending_per_source) of them (its oldest is dropped for
 ///    a new one), and when the pool is full the oldest pending handshake is dropped for the
 ///    newest, never the other way round: silent or slow peers cannot keep a new client out, they
 ///    only shorten each other's time.
@@ -48,8 +48,9 @@ pub struct ConnectionLimits {
     /// Concurrent unauthenticated TLS handshakes a server runs (default 1024, or a quarter of
     /// the file limit less 64 if that is smaller). When full, the oldest is dropped for a new one.
     pub max_handshakes: usize,
-    /// Concurrent unauthenticated TLS handshakes from one source address (default 8); for a new
-    /// one, that address's oldest is dropped. Applies where the source is known
+    /// Concurrent unauthenticated TLS handshakes from one source (default 8): an IPv4 address,
+    /// or an IPv6 /64 ([`crate::source_of`]); for a new one, that source's oldest is dropped.
+    /// Applies where the source is known
     /// ([`crate::AgentServer::accept_from`], [`crate::AgentListener`]).
     pub max_pending_per_source: usize,
     /// Concurrent sessions of all the tasks (and child identities) of one agent name, or of one

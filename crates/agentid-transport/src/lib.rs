@@ -119,7 +119,7 @@ mod wall;
 #[doc(hidden)]
 pub mod internal;
 
-pub use admission::{accept_tcp, Admission, SessionPermit};
+pub use admission::{accept_tcp, source_of, Admission, SessionPermit};
 pub use client::{AgentClient, AgentClientBuilder};
 pub use connection_limits::ConnectionLimits;
 pub use credentials::{Credential, CredentialSource, MemoryCredentials};

@@ -198,3 +198,69 @@ async fn silent_sockets_from_many_sources_do_not_lock_out_a_client() {
         load.attempts
     );
 }
+
+/// An IPv6 host is given a /64, not one address: the addresses of one /64 are one source for
+/// the per-source cap of unauthenticated handshakes, as an IPv4 address is. Else one host takes
+/// the whole pool with addresses of its own /64 (a new address per handshake), and its flood
+/// pushes out the handshakes of everyone else instead of its own oldest.
+#[tokio::test]
+async fn the_addresses_of_one_ipv6_64_are_one_source_of_handshakes() {
+    let a = Domain::new("example.org");
+    let k = key();
+    let config = raw_server_config(
+        &verification(SERVER, &[&a], false),
+        leaf(&a.ca, SERVER, &k, &LeafOpts::default()),
+        &k,
+    );
+    let admission = agentid_transport::Admission::new(ConnectionLimits {
+        max_handshakes: 16,
+        max_pending_per_source: 2,
+        client_hello_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_secs(60),
+        ..ConnectionLimits::default()
+    })
+    .unwrap();
+    // Silent handshakes from 2001:db8::1, ::2 and ::3, one after the other: each its own
+    // address, all in 2001:db8::/64.
+    let mut clients = Vec::new();
+    let mut handshakes = Vec::new();
+    for (n, source) in ["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+        .iter()
+        .enumerate()
+    {
+        let (client, server) = tokio::io::duplex(4096);
+        clients.push(client);
+        let (pool, config) = (admission.clone(), config.clone());
+        let source: IpAddr = source.parse().unwrap();
+        handshakes.push(tokio::spawn(async move {
+            pool.tls_accept(server, Some(source), config).await
+        }));
+        // Until it holds its place in the pool (or took the place of the oldest).
+        for _ in 0..200 {
+            if admission.pending_handshakes() >= (n + 1).min(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        admission.pending_handshakes(),
+        2,
+        "three handshakes from one /64 held the pool at once (cap 2 per source)"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(10), handshakes.remove(0))
+        .await
+        .expect("the oldest handshake of the /64 was not dropped")
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            Err(agentid_transport::Error::Busy(
+                agentid_transport::BusyKind::Handshakes
+            ))
+        ),
+        "{first:?}"
+    );
+    drop(clients);
+}
