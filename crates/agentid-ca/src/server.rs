@@ -303,8 +303,14 @@ where
         },
     ));
     let service = hyper_util::service::TowerToHyperService::new(router);
-    let builder =
+    let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // At most the mTLS listener's header limit: a caller without an identity gets no more room
+    // than an authenticated one (hyper's HTTP/1.1 default buffers 400 KiB of request head; its
+    // HTTP/2 default, 16 KiB, is below the limit already).
+    builder
+        .http1()
+        .max_buf_size(agentid_transport::http::SERVER_HEADER_LIST_LIMIT);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     let end = tokio::time::Instant::now() + ENROLL_CONNECTION_LIFETIME;

@@ -616,3 +616,19 @@ async fn a_body_announced_over_the_limit_is_refused_413_before_it_is_read() {
     s.flush().await.unwrap();
     assert_eq!(status_within(&mut s, T).await, Some(413));
 }
+
+/// An enrollment request head (no caller identity) is held to the header limit of the mTLS
+/// listener (`SERVER_HEADER_LIST_LIMIT`, 32 KiB), not hyper's default buffer of 400 KiB: else
+/// anyone makes the CA hold twelve times more per connection than an authenticated caller can
+/// (100 MB over the listener's 256 connections), and refused `431`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_request_head_over_the_header_limit_is_refused_431() {
+    let w = start(ServiceOptions::default()).await;
+    let mut s = enroll_tls(&w).await;
+    let pad = "a".repeat(agentid_transport::http::SERVER_HEADER_LIST_LIMIT * 3);
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: ca\r\nx-pad: {pad}\r\n\r\n");
+    // The server may refuse before it has read all of it.
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.flush().await;
+    assert_eq!(status_within(&mut s, T).await, Some(431));
+}
