@@ -13,8 +13,8 @@ use std::time::Duration;
 ///    The whole ClientHello must arrive within
 ///    [`client_hello_timeout`](Self::client_hello_timeout) (2 s) and the TLS handshake end within
 ///    [`handshake_timeout`](Self::handshake_timeout). One source (an IPv4 address, or an
-///    IPv6 /64) holds at most [`max_pending_per_source`](Self::max_pending_per_source) of them (its oldest is dropped for
-///    a new one), and when the pool is full the oldest pending handshake is dropped for the
+///    IPv6 /64) holds at most [`max_pending_per_source`](Self::max_pending_per_source) of them
+///    (its oldest is dropped for a new one), and when the pool is full the oldest pending handshake is dropped for the
 ///    newest, never the other way round: silent or slow peers cannot keep a new client out, they
 ///    only shorten each other's time.
 /// 2. When TLS completes the peer is authenticated: its handshake slot is released and it takes
