@@ -19,7 +19,7 @@ use crate::common::{now_unix, parse_time, print_json, print_text, relative, rfc3
 use crate::delegate::parse_scope;
 use crate::error::{ArgContext, CliError, CliResult};
 use crate::files;
-use crate::trust::{self, parse_bundle_arg, BundleArg, BundleFile};
+use crate::trust::{self, parse_bundle_arg, Bare, BundleArg, BundleFile};
 
 /// `chain` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -33,8 +33,8 @@ pub enum ChainCommand {
 pub struct VerifyArgs {
     /// The chain file (grant and links joined with `~`).
     pub chain_file: PathBuf,
-    /// SPIFFE bundle (JSON) of a trust domain, as `TD=FILE`; one bare `FILE` is the bundle of the
-    /// peer certificate's trust domain. Repeatable, one per trust domain.
+    /// SPIFFE bundle (JSON) of a trust domain, as `TD=FILE` (a bundle file does not say whose it
+    /// is, and the peer certificate cannot say it for the file). Repeatable, one per trust domain.
     #[arg(long = "bundle", required = true, value_parser = parse_bundle_arg)]
     pub bundles: Vec<BundleArg>,
     /// The TLS peer's certificate (PEM, leaf first): its URI SAN and key are the possession check.
@@ -118,14 +118,14 @@ fn verify(args: &VerifyArgs) -> CliResult {
         agentid_transport::check_leaf(leaf.as_ref(), agentid_transport::CertUsage::ClientAuth)
             .map_err(|e| peer_invalid(args, at, &e.to_string()))?
     } else {
-        crate::cert::verify::verify_file(&args.peer_cert, &args.bundles, at)?
+        crate::cert::verify::verify_file(&args.peer_cert, &args.bundles, Bare::Refused, at)?
             .map_err(|r| peer_invalid(args, at, &r))?
             .info
     };
     let peer_td = peer.id.trust_domain();
 
     let mut bundles = Vec::new();
-    for (td, path) in trust::assign(&args.bundles, &peer_td)? {
+    for (td, path) in trust::assign(&args.bundles, &peer_td, Bare::Refused)? {
         match trust::read_bundle_file(path)? {
             BundleFile::Spiffe(json) => bundles.push(trust::parse_spiffe(&td, &json, path)?),
             BundleFile::Pem(_) => {

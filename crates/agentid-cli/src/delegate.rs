@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::common::{now_unix, parse_duration, print_json, print_text, rfc3339, Format, FormatArg};
 use crate::error::{ArgContext, CliError, CliResult, Context};
 use crate::files;
-use crate::trust::{parse_bundle_arg, BundleArg};
+use crate::trust::{parse_bundle_arg, Bare, BundleArg};
 
 /// Arguments of `delegate`.
 #[derive(Debug, clap::Args)]
@@ -128,13 +128,18 @@ pub fn run(args: &DelegateArgs) -> CliResult {
     let key = TaskKey::from_pkcs8_der(&files::read_private_key(&args.key)?)
         .context(format!("{}: unusable task key", args.key.display()))?;
 
-    let verified =
-        crate::cert::verify::verify_file(&args.to_cert, &args.bundles, now)?.map_err(|reason| {
-            CliError::failed(format!(
-                "{}: delegatee certificate invalid: {reason}",
-                args.to_cert.display()
-            ))
-        })?;
+    let verified = crate::cert::verify::verify_file(
+        &args.to_cert,
+        &args.bundles,
+        Bare::CertificateDomain,
+        now,
+    )?
+    .map_err(|reason| {
+        CliError::failed(format!(
+            "{}: delegatee certificate invalid: {reason}",
+            args.to_cert.display()
+        ))
+    })?;
     let to = match &verified.info.id {
         PeerId::Task(t) => t.clone(),
         PeerId::Service(s) => {

@@ -2,9 +2,12 @@
 //!
 //! A bundle file is either a SPIFFE bundle (JSON, as written by `agentid bundle export`) or PEM
 //! root certificates. A SPIFFE bundle does not name its trust domain, so the command line does:
-//! `--bundle example.org=FILE` names it explicitly; a bare `--bundle FILE` (at most one per
-//! command) is the bundle of the trust domain of the certificate being checked (the peer's).
-//! No trust domain is ever guessed from keys or tokens.
+//! `--bundle example.org=FILE` names it explicitly. A bare `--bundle FILE` (at most one per
+//! command) is the bundle of the trust domain of the certificate being checked only where that
+//! decides nothing ([`Bare::CertificateDomain`], `delegate`); where the command's verdict is the
+//! trust decision (`cert verify`, `chain verify`) it is refused: the certificate would choose
+//! which trust domain the file vouches for, so a partner's root would vouch for identities of
+//! ours. No trust domain is ever guessed from keys, tokens or the certificate being checked.
 
 use std::path::{Path, PathBuf};
 
@@ -85,25 +88,45 @@ pub fn parse_spiffe(td: &TrustDomain, json: &[u8], path: &Path) -> CliResult<Tru
     TrustBundle::parse(td, json).context(format!("{}: invalid SPIFFE bundle", path.display()))
 }
 
+/// What a bare `--bundle FILE` stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bare {
+    /// The bundle of the checked certificate's own trust domain: for `delegate`, whose link binds
+    /// that certificate's own ID and key, which every verifier checks against its own anchors.
+    CertificateDomain,
+    /// Refused (status 2): the command's verdict is the trust decision, and the certificate being
+    /// checked cannot name the trust domain of the bundle that vouches for it.
+    Refused,
+}
+
 /// Assigns each `--bundle` argument its trust domain: explicit ones as written, the single bare
-/// one to `default_td`. Two bundles for one trust domain, or two bare ones, are refused.
+/// one to `cert_td` (the checked certificate's trust domain) when `bare` allows it. Two bundles
+/// for one trust domain, or two bare ones, are refused.
 pub fn assign<'a>(
     args: &'a [BundleArg],
-    default_td: &TrustDomain,
+    cert_td: &TrustDomain,
+    bare: Bare,
 ) -> CliResult<Vec<(TrustDomain, &'a Path)>> {
     let mut out: Vec<(TrustDomain, &Path)> = Vec::new();
-    let mut bare = 0usize;
+    let mut bare_count = 0usize;
     for a in args {
         let td = match &a.trust_domain {
             Some(td) => td.clone(),
             None => {
-                bare += 1;
-                if bare > 1 {
+                bare_count += 1;
+                if bare_count > 1 {
                     return Err(CliError::usage(
                         "only one --bundle may omit its trust domain; name the others as --bundle TD=FILE",
                     ));
                 }
-                default_td.clone()
+                if bare == Bare::Refused {
+                    return Err(CliError::usage(format!(
+                        "--bundle {file} does not say which trust domain it belongs to, and the certificate checked cannot say it for the file: write --bundle {td}={file} if it is the bundle of {td}",
+                        file = a.path.display(),
+                        td = cert_td.as_str()
+                    )));
+                }
+                cert_td.clone()
             }
         };
         if out.iter().any(|(t, _)| *t == td) {

@@ -17,7 +17,11 @@ fn usage_errors_exit_2_with_one_line() {
         2,
         "--ttl",
     );
-    env.fails("cert verify x.pem --bundle b.pem --at yesterday", 2, "--at");
+    env.fails(
+        "cert verify x.pem --bundle example.org=b.pem --at yesterday",
+        2,
+        "--at",
+    );
     env.fails("revoke --ca ca", 2, "required");
     env.fails(
         "revoke --ca ca --task a --agent b",

@@ -93,7 +93,7 @@ fn an_operator_token_enrolls_once_and_a_second_use_is_refused() {
     assert_eq!(mode(&env.path("a1/key.pem")), 0o600);
     assert!(env.read("a1/grant.jwt").starts_with("ey"));
     // The written directory is a working credential directory.
-    env.ok("cert verify a1/cert.pem --bundle a1/bundle.json");
+    env.ok("cert verify a1/cert.pem --bundle example.org=a1/bundle.json");
     assert_eq!(issued(&env), before + 1);
 
     env.fails("enroll --token-file t1.json --out-dir a2", 1, "token_used");
@@ -350,7 +350,7 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
     assert_eq!(once["identity"], first["identity"]);
     assert_ne!(once["serial"], first["serial"]);
     // The written certificate is the renewed one, for the same key.
-    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    env.ok("cert verify a/cert.pem --bundle example.org=a/bundle.json");
     let serial_of =
         |env: &Env| -> serde_json::Value { env.json("cert inspect a/cert.pem")["serial"].clone() };
     assert_eq!(
@@ -381,7 +381,7 @@ fn an_enrolled_holder_renews_over_mtls_once_and_as_a_daemon() {
         "the daemon replaced cert.pem: {}",
         env.read("daemon.log")
     );
-    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    env.ok("cert verify a/cert.pem --bundle example.org=a/bundle.json");
 }
 
 /// The renewal daemon keeps a renewed certificate it cannot write (here `cert.pem` is a
@@ -428,7 +428,7 @@ fn the_daemon_keeps_a_certificate_it_cannot_write_and_writes_it_later() {
     assert!(still_alive, "{log}");
     let now = env.json("cert inspect a/cert.pem");
     assert_ne!(now["serial"], first["serial"], "a renewed certificate");
-    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    env.ok("cert verify a/cert.pem --bundle example.org=a/bundle.json");
 }
 
 /// A credential directory whose key is replaced while the renewal daemon runs (the operator
@@ -573,7 +573,7 @@ fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() 
     ));
     assert_eq!(v["identity"], id);
     std::fs::copy(env.path("platform/bundle.json"), env.path("p/bundle.json")).unwrap();
-    env.ok("cert verify p/cert.pem --bundle p/bundle.json");
+    env.ok("cert verify p/cert.pem --bundle example.org=p/bundle.json");
 
     // A CSR naming a second identity: 400 bad_csr, nothing issued.
     let before = issued(&env);
@@ -768,7 +768,7 @@ fn a_service_token_enrolls_a_service_certificate_with_the_dns_names_of_its_rule(
         !env.path("web/grant.jwt").exists(),
         "a service holds no grant"
     );
-    env.ok("cert verify web/cert.pem --bundle web/bundle.json");
+    env.ok("cert verify web/cert.pem --bundle example.org=web/bundle.json");
     let info = env.json("cert inspect web/cert.pem");
     assert_eq!(info["kind"], "service");
     assert_eq!(
@@ -800,7 +800,7 @@ fn a_service_token_enrolls_a_service_certificate_with_the_dns_names_of_its_rule(
     // The enrolled service renews over mutual TLS, as an agent does.
     let renewed = env.json(&format!("cert renew --ca-url {url} --dir web"));
     assert_eq!(renewed["identity"], "spiffe://example.org/svc/web");
-    env.ok("cert verify web/cert.pem --bundle web/bundle.json");
+    env.ok("cert verify web/cert.pem --bundle example.org=web/bundle.json");
 }
 
 #[test]
@@ -888,7 +888,7 @@ fn an_out_dir_that_cannot_hold_the_credential_is_refused_before_the_token_is_spe
     // The single-use token was never spent: the corrected command enrolls.
     env.json("enroll --token-file t.json --out-dir a");
     assert_eq!(issued(&env), before + 1);
-    env.ok("cert verify a/cert.pem --bundle a/bundle.json");
+    env.ok("cert verify a/cert.pem --bundle example.org=a/bundle.json");
 }
 
 #[test]

@@ -270,7 +270,13 @@ fn renew_daemon_runs_the_exec_command_as_given_after_each_renewal() {
     // It ran after cert.pem was replaced: it copied a renewed certificate.
     let copied = env.read(target);
     assert_ne!(copied, first, "{log}");
-    let out = env.run(&["cert", "verify", target, "--bundle", "a/bundle.json"]);
+    let out = env.run(&[
+        "cert",
+        "verify",
+        target,
+        "--bundle",
+        "example.org=a/bundle.json",
+    ]);
     assert!(out.status.success(), "{out:?}");
 }
 

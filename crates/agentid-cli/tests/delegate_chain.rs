@@ -129,7 +129,7 @@ fn end_to_end_issue_delegate_verify_revoke() {
         "{DELEGATE} --scope tickets:read --out c/chain.jwt"
     ));
     env.ok("revocations export --ca ca --out rev1.jwt");
-    let base = "c/chain.jwt --bundle c/bundle.json --peer-cert c/cert.pem";
+    let base = "c/chain.jwt --bundle example.org=c/bundle.json --peer-cert c/cert.pem";
 
     // Valid with the list.
     let r = env.verdict(&format!("{base} --revocations rev1.jwt"), 0);
@@ -186,7 +186,7 @@ fn end_to_end_issue_delegate_verify_revoke() {
 
     // The parent presenting the child's chain.
     let r = env.verdict(
-        "c/chain.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev1.jwt",
+        "c/chain.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --revocations rev1.jwt",
         3,
     );
     assert_eq!(
@@ -230,7 +230,7 @@ fn chain_verify_time_audience_and_malformed_input() {
         "cert issue --ca ca --agent planner --scope tickets:read --aud spiffe://example.org/svc/search --out-dir p",
     );
     env.ok("revocations export --ca ca --out rev.jwt");
-    let base = "p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt";
+    let base = "p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt";
     let search = "--verifier spiffe://example.org/svc/search";
 
     // The audience names the search service: valid there, not at the default verifier.
@@ -258,21 +258,21 @@ fn chain_verify_time_audience_and_malformed_input() {
     // A broken chain is a verdict, not a crash.
     std::fs::write(env.path("bad.jwt"), "not-a-chain").unwrap();
     let r = env.verdict(
-        "bad.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt",
+        "bad.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt",
         3,
     );
     assert_eq!(r["verdict"]["valid"], false);
     assert!(r["verdict"]["error"].is_string());
-    // Bundles: PEM is not enough here, two bare bundles are ambiguous, skew is capped.
+    // Bundles: PEM is not enough here, a bare one does not say whose it is, skew is capped.
     env.fails(
-        "chain verify p/grant.jwt --bundle p/bundle.pem --peer-cert p/cert.pem",
+        "chain verify p/grant.jwt --bundle example.org=p/bundle.pem --peer-cert p/cert.pem",
         1,
         "needs a SPIFFE bundle",
     );
     env.fails(
-        "chain verify p/grant.jwt --bundle p/bundle.json --bundle p/bundle.json --peer-cert p/cert.pem",
+        "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem",
         2,
-        "only one --bundle may omit its trust domain",
+        "write --bundle example.org=p/bundle.json if it is the bundle of example.org",
     );
     // A skew above the protocol's cap is a command-line mistake, not a verdict.
     env.fails(
@@ -353,7 +353,7 @@ fn delegate_refuses_every_widening_with_the_verifiers_code() {
     assert_eq!(link["limits"], json!({"requests": 5}));
     env.ok("revocations export --ca ca --out rev.jwt");
     let r = env.verdict(
-        "c/chain.jwt --bundle c/bundle.json --peer-cert c/cert.pem --revocations rev.jwt \
+        "c/chain.jwt --bundle example.org=c/bundle.json --peer-cert c/cert.pem --revocations rev.jwt \
          --verifier spiffe://example.org/svc/search --enforce-limit requests",
         0,
     );
@@ -373,7 +373,7 @@ fn delegate_refuses_every_widening_with_the_verifiers_code() {
 fn chain_verify_at_outside_the_integer_range_is_a_usage_error() {
     let env = Env::new();
     env.json("cert issue --ca ca --agent planner --scope tickets:read --out-dir p");
-    let base = "p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem \
+    let base = "p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem \
                 --danger-unverified-peer-cert --danger-no-revocation";
     // 2^53 - 1 is a time (long after the grant's expiry): a verdict.
     let r = env.verdict(&format!("{base} --at 9007199254740991"), 3);
@@ -398,7 +398,7 @@ fn chain_verify_danger_flags_warn_at_default_verbosity() {
         "verify",
         "p/grant.jwt",
         "--bundle",
-        "p/bundle.json",
+        "example.org=p/bundle.json",
         "--peer-cert",
         "p/cert.pem",
         "--danger-no-revocation",

@@ -97,21 +97,21 @@ fn cert_renew_sign_and_inspect_exit_codes() {
 fn cert_verify_exit_codes() {
     let env = Env::new();
     env.planner("p");
-    env.ok("cert verify p/cert.pem --bundle p/bundle.pem");
+    env.ok("cert verify p/cert.pem --bundle example.org=p/bundle.pem");
     env.fails(
-        "cert verify p/cert.pem --bundle p/bundle.pem --at yesterday",
+        "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at yesterday",
         2,
         "--at",
     );
     // Expired is "invalid" (3), with the date and the command that fixes it.
     let (_, line) = env.fails(
-        &format!("cert verify p/cert.pem --bundle p/bundle.pem --at {LATE}"),
+        &format!("cert verify p/cert.pem --bundle example.org=p/bundle.pem --at {LATE}"),
         3,
         "expired at ",
     );
     assert!(line.contains("agentid cert renew"), "{line}");
     env.fails(
-        "cert verify p/cert.pem --bundle absent.pem",
+        "cert verify p/cert.pem --bundle example.org=absent.pem",
         1,
         "absent.pem",
     );
@@ -143,7 +143,7 @@ fn chain_verify_exit_codes() {
     let env = Env::new();
     env.planner("p");
     env.ok("revocations export --ca ca --out rev.jwt");
-    let base = "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem";
+    let base = "chain verify p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem";
     env.ok(&format!("{base} --revocations rev.jwt"));
     // The command line: status 2, never a verdict.
     env.fails(&format!("{base} --skew 500"), 2, "--skew");
@@ -163,7 +163,7 @@ fn chain_verify_exit_codes() {
     );
     // Anything else: 1.
     env.fails(
-        "chain verify absent.jwt --bundle p/bundle.json --peer-cert p/cert.pem",
+        "chain verify absent.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem",
         1,
         "absent.jwt",
     );

@@ -54,7 +54,7 @@ fn inspect_shows_the_profile() {
 fn verify_checks_profile_chain_time_and_trust_domain() {
     let env = Env::new();
     let issued = env.planner("p");
-    for bundle in ["p/bundle.pem", "p/bundle.json", "example.org=p/bundle.json"] {
+    for bundle in ["example.org=p/bundle.pem", "example.org=p/bundle.json"] {
         let v = env.json(&format!("cert verify p/cert.pem --bundle {bundle}"));
         assert_eq!(v["valid"], true, "{bundle}");
         assert_eq!(v["identity"], issued["identity"]);
@@ -64,13 +64,15 @@ fn verify_checks_profile_chain_time_and_trust_domain() {
         assert_eq!(v["usages"], json!(["clientAuth", "serverAuth"]));
     }
     assert!(env
-        .ok("cert verify p/cert.pem --bundle p/bundle.pem")
+        .ok("cert verify p/cert.pem --bundle example.org=p/bundle.pem")
         .starts_with("valid: spiffe://"));
 
     // Time: one second past notAfter (Unix seconds), far later (RFC 3339), and before notBefore.
     let late = issued["not_after"].as_u64().unwrap() + 1;
     let (out, _) = env.fails(
-        &format!("cert verify p/cert.pem --bundle p/bundle.pem --at {late} --format json"),
+        &format!(
+            "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at {late} --format json"
+        ),
         3,
         "expired",
     );
@@ -80,17 +82,17 @@ fn verify_checks_profile_chain_time_and_trust_domain() {
     let at_end = issued["not_after"].as_u64().unwrap() - 1;
     assert_eq!(
         env.json(&format!(
-            "cert verify p/cert.pem --bundle p/bundle.pem --at {at_end}"
+            "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at {at_end}"
         ))["valid"],
         true
     );
     env.fails(
-        "cert verify p/cert.pem --bundle p/bundle.pem --at 2099-01-01T00:00:00Z",
+        "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at 2099-01-01T00:00:00Z",
         3,
         "expired",
     );
     env.fails(
-        "cert verify p/cert.pem --bundle p/bundle.pem --at 1000000000",
+        "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at 1000000000",
         3,
         "not yet valid",
     );
@@ -100,7 +102,10 @@ fn verify_checks_profile_chain_time_and_trust_domain() {
     other.planner("p");
     let foreign = other.path("p/bundle.pem");
     env.fails(
-        &format!("cert verify p/cert.pem --bundle {}", foreign.display()),
+        &format!(
+            "cert verify p/cert.pem --bundle example.org={}",
+            foreign.display()
+        ),
         3,
         "chain validation failed",
     );
@@ -110,12 +115,12 @@ fn verify_checks_profile_chain_time_and_trust_domain() {
         "no X.509 authority for trust domain example.org",
     );
     env.fails(
-        "cert verify p/bundle.pem --bundle p/bundle.pem",
+        "cert verify p/bundle.pem --bundle example.org=p/bundle.pem",
         3,
         "X509-SVID profile",
     );
     env.fails(
-        "cert verify p/cert.pem --bundle p/grant.jwt",
+        "cert verify p/cert.pem --bundle example.org=p/grant.jwt",
         1,
         "neither a SPIFFE bundle",
     );
@@ -129,8 +134,46 @@ fn verify_ed25519_hierarchy() {
         "cert issue --ca ca --agent planner --scope tickets:read --key-type ed25519 --out-dir p",
     );
     assert_eq!(
-        env.json("cert verify p/cert.pem --bundle p/bundle.json")["valid"],
+        env.json("cert verify p/cert.pem --bundle example.org=p/bundle.json")["valid"],
         true
     );
     assert_eq!(env.json("cert inspect p/cert.pem")["key_type"], "Ed25519");
+}
+
+/// A bundle file does not say whose it is, and the certificate being checked cannot say it for
+/// the file: a partner's CA that mints identities (and grants) of our trust domain is not
+/// vouched for by its own bundle given bare, as if it were our trust domain's.
+#[test]
+fn a_bare_bundle_is_never_taken_as_the_bundle_of_the_trust_domain_the_certificate_names() {
+    // The partner's CA calls itself example.org: its certificates and grants claim our domain.
+    let partner = Env::new();
+    partner.planner("p");
+    partner.ok("revocations export --ca ca --out rev.jwt");
+    // Named as what the operator holds it for, the partner's bundle vouches for nothing here.
+    partner.fails(
+        "cert verify p/cert.pem --bundle partner.org=p/bundle.pem",
+        3,
+        "no X.509 authority for trust domain example.org",
+    );
+    // Bare, it would be taken as the bundle of whatever trust domain the certificate names.
+    for line in [
+        "cert verify p/cert.pem --bundle p/bundle.pem",
+        "cert verify p/cert.pem --bundle p/bundle.json --format json",
+        "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt",
+        "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt --danger-unverified-peer-cert",
+    ] {
+        partner.fails(line, 2, "--bundle example.org=p/bundle");
+    }
+    // Named for the trust domain the certificate claims, the operator vouches for the file.
+    assert_eq!(
+        partner.json("cert verify p/cert.pem --bundle example.org=p/bundle.pem")["valid"],
+        true
+    );
+    assert_eq!(
+        partner.verdict(
+            "p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --revocations rev.jwt",
+            0
+        )["verdict"]["valid"],
+        true
+    );
 }

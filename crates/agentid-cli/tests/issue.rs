@@ -323,7 +323,7 @@ fn sign_an_openssl_csr() {
         ],
     );
     assert_eq!(
-        env.json("cert verify ext/cert.pem --bundle ext/bundle.pem")["valid"],
+        env.json("cert verify ext/cert.pem --bundle example.org=ext/bundle.pem")["valid"],
         true
     );
 

@@ -74,7 +74,7 @@ fn cert_verify_checks_the_issuing_cas_key_usage() {
         &env,
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
     );
-    let v = env.json("cert verify cert.pem --bundle bundle.pem");
+    let v = env.json("cert verify cert.pem --bundle example.org=bundle.pem");
     assert_eq!(v["valid"], true);
     assert_eq!(v["identity"], LEAF);
 
@@ -84,12 +84,12 @@ fn cert_verify_checks_the_issuing_cas_key_usage() {
     ] {
         hierarchy(&env, ku.clone());
         env.fails(
-            "cert verify cert.pem --bundle bundle.pem",
+            "cert verify cert.pem --bundle example.org=bundle.pem",
             3,
             "issuing CA certificate lacks keyUsage keyCertSign",
         );
         let (out, _) = env.fails(
-            "cert verify cert.pem --bundle bundle.pem --format json",
+            "cert verify cert.pem --bundle example.org=bundle.pem --format json",
             3,
             "keyCertSign",
         );

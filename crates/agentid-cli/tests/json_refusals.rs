@@ -132,7 +132,7 @@ fn an_invalid_chain_verdict_is_the_report_unchanged_not_an_error_document() {
     let env = Env::new();
     env.planner("p");
     let report = env.verdict(
-        "p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem --format json",
+        "p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --format json",
         3,
     );
     assert!(report.get("error").is_none(), "{report}");
@@ -147,7 +147,7 @@ fn an_invalid_chain_verdict_is_the_report_unchanged_not_an_error_document() {
     // this command's default format).
     let err = json_error(
         &env,
-        "chain verify absent.jwt --bundle p/bundle.json --peer-cert p/cert.pem",
+        "chain verify absent.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem",
         1,
     );
     assert_eq!(err["code"], "failed");
@@ -159,7 +159,7 @@ fn an_invalid_certificate_verdict_is_the_report_unchanged() {
     let env = Env::new();
     env.planner("p");
     let (stdout, line) = env.fails(
-        "cert verify p/cert.pem --bundle p/bundle.json --at 2100-01-01T00:00:00Z --format json",
+        "cert verify p/cert.pem --bundle example.org=p/bundle.json --at 2100-01-01T00:00:00Z --format json",
         3,
         "certificate invalid",
     );

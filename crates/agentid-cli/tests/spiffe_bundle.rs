@@ -197,7 +197,7 @@ fn the_spiffe_bundle_passes_spires_parser_and_the_agentid_bundle_does_not() {
         // ...while agentid's own verifiers need exactly those keys.
         env.planner("p");
         env.ok("revocations export --ca ca --out rev.jwt");
-        env.ok("chain verify p/grant.jwt --bundle agentid.json --peer-cert p/cert.pem --revocations rev.jwt");
+        env.ok("chain verify p/grant.jwt --bundle example.org=agentid.json --peer-cert p/cert.pem --revocations rev.jwt");
     }
 }
 

@@ -222,7 +222,7 @@ fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
 fn chain_refusals_say_why_and_what_next_in_text_and_json() {
     let env = Env::new();
     env.planner("p");
-    let base = "chain verify p/grant.jwt --bundle p/bundle.json --peer-cert p/cert.pem";
+    let base = "chain verify p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem";
     let (_, line) = env.fails(&format!("{base} --format text"), 3, "revocation_missing");
     assert!(
         line.contains("pass --revocations FILE (see `agentid revocations export`)"),
@@ -344,9 +344,9 @@ fn wrong_ca_directories_and_input_hints() {
         "did you mean 5m?",
     );
     // --at takes a date and a duration from now.
-    env.ok("cert verify p/cert.pem --bundle p/bundle.pem --at +1m");
+    env.ok("cert verify p/cert.pem --bundle example.org=p/bundle.pem --at +1m");
     env.fails(
-        "cert verify p/cert.pem --bundle p/bundle.pem --at 2030-01-01",
+        "cert verify p/cert.pem --bundle example.org=p/bundle.pem --at 2030-01-01",
         3,
         "expired at",
     );

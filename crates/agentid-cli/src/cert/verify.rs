@@ -1,4 +1,4 @@
-//! `agentid cert verify FILE --bundle FILE [--at TIME]`: the X509-SVID profile and the chain to
+//! `agentid cert verify FILE --bundle TD=FILE [--at TIME]`: the X509-SVID profile and the chain to
 //! the anchors of the certificate's own trust domain.
 //!
 //! Both checks are the transport crate's own (`TrustStore::verify`: the X509-SVID leaf rules,
@@ -17,15 +17,15 @@ use crate::common::{
 };
 use crate::error::{CliError, CliResult};
 use crate::files;
-use crate::trust::{self, parse_bundle_arg, BundleArg};
+use crate::trust::{self, parse_bundle_arg, Bare, BundleArg};
 
 /// Arguments of `cert verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// The certificate file (PEM: the leaf, then its intermediates).
     pub file: PathBuf,
-    /// The trust bundle: SPIFFE JSON or PEM roots, as `FILE` (the certificate's own trust domain)
-    /// or `TD=FILE`. Repeatable, one per trust domain.
+    /// The trust bundle of a trust domain: SPIFFE JSON or PEM roots, as `TD=FILE` (a bundle file
+    /// does not say whose it is). Repeatable, one per trust domain.
     #[arg(long = "bundle", required = true, value_parser = parse_bundle_arg)]
     pub bundles: Vec<BundleArg>,
     /// Verify at this time instead of now: RFC 3339 or Unix seconds.
@@ -45,11 +45,12 @@ pub struct Verified {
 
 /// Verifies the PEM certificate file `cert` against `bundles` at `at`: the X509-SVID leaf
 /// profile (the transport crate's `check_leaf`, for each TLS role: agents' leaves serve both),
-/// then the chain to the anchors of the certificate's own trust domain. `Err` is the one-line
-/// reason it is not valid.
+/// then the chain to the anchors of the certificate's own trust domain. `bare` says what a bare
+/// `--bundle FILE` stands for. `Err` is the one-line reason it is not valid.
 pub fn verify_file(
     cert: &Path,
     bundles: &[BundleArg],
+    bare: Bare,
     at: u64,
 ) -> CliResult<Result<Verified, String>> {
     let certs = files::read_certs(cert)?;
@@ -71,7 +72,7 @@ pub fn verify_file(
     };
     let td = info.id.trust_domain();
     let mut anchors_der = Vec::new();
-    for (btd, path) in trust::assign(bundles, &td)? {
+    for (btd, path) in trust::assign(bundles, &td, bare)? {
         let ders = trust::x509_authorities(&btd, path)?;
         if btd == td {
             anchors_der.extend(ders);
@@ -137,7 +138,7 @@ pub fn run(args: &VerifyArgs) -> CliResult {
         Some(t) => t,
         None => now_unix()?,
     };
-    match verify_file(&args.file, &args.bundles, at)? {
+    match verify_file(&args.file, &args.bundles, Bare::Refused, at)? {
         Ok(v) => {
             let i = &v.info;
             match args.format.format {
