@@ -177,3 +177,46 @@ fn a_bare_bundle_is_never_taken_as_the_bundle_of_the_trust_domain_the_certificat
         true
     );
 }
+
+/// The TLS peer check refuses a certificate whose key, agent or task its trust domain's list
+/// revokes (spec/PROTOCOL.md section 10, "Verifying a peer without a chain"): `cert verify`
+/// checks the lists it is given the same way, and without one says that it did not.
+#[test]
+fn cert_verify_refuses_a_certificate_its_revocation_list_revokes() {
+    let env = Env::new();
+    let issued = env.planner("p");
+    env.ok("revocations export --ca ca --out before.jwt");
+    let serial = issued["serial"].as_str().unwrap();
+    env.ok(&format!("revoke --ca ca --serial {serial}"));
+    env.ok("revocations export --ca ca --out after.jwt");
+    let base = "cert verify p/cert.pem --bundle example.org=p/bundle.json";
+
+    let v = env.json(base);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["revocation"], "not checked");
+    assert!(
+        env.ok(base).contains("revocation not checked"),
+        "the text verdict says so too"
+    );
+    let v = env.json(&format!("{base} --revocations before.jwt"));
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["revocation"], "checked");
+
+    let (out, _) = env.fails(
+        &format!("{base} --revocations after.jwt --format json"),
+        3,
+        "revoked",
+    );
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["valid"], false);
+    assert!(
+        out["error"].as_str().unwrap().starts_with("revoked: "),
+        "{out}"
+    );
+    // PEM roots hold no revocation key: no list can be checked with them.
+    env.fails(
+        "cert verify p/cert.pem --bundle example.org=p/bundle.pem --revocations after.jwt",
+        1,
+        "revocation key",
+    );
+}

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentid_protocol::{BundleSet, SpiffeId, Verifier, VerifierConfig};
 use agentid_transport::{check_leaf, CertUsage, SvidInfo, TrustStore};
 use rustls_pki_types::UnixTime;
 use serde_json::json;
@@ -15,9 +16,9 @@ use serde_json::json;
 use crate::common::{
     now_unix, parse_time, print_json, print_text, relative, rfc3339, Format, FormatArg,
 };
-use crate::error::{CliError, CliResult};
+use crate::error::{CliError, CliResult, Context};
 use crate::files;
-use crate::trust::{self, parse_bundle_arg, Bare, BundleArg};
+use crate::trust::{self, parse_bundle_arg, Bare, BundleArg, BundleFile};
 
 /// Arguments of `cert verify`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,12 @@ pub struct VerifyArgs {
     /// Verify at this time instead of now: RFC 3339 or Unix seconds.
     #[arg(long, value_parser = parse_time)]
     pub at: Option<u64>,
+    /// Revocation lists (compact JWS, as `agentid revocations export` writes): the certificate's
+    /// key, agent and task are checked against the fresh list of its trust domain, as the TLS
+    /// peer check does (needs the agentid bundle of that domain). Without any, the verdict says
+    /// that revocation was not checked.
+    #[arg(long = "revocations")]
+    pub revocations: Vec<PathBuf>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -132,13 +139,65 @@ fn outside_validity(info: &SvidInfo, at: u64, cert: &Path) -> Option<String> {
     }
 }
 
+/// Section 10, "Verifying a peer without a chain": the fresh list of the certificate's trust
+/// domain (rule 6.1), then its key, agent and task (rule 6.3), with the protocol crate's own
+/// check, as the TLS peer check runs it. `Err` is the one-line reason it is not valid.
+fn check_revocation(args: &VerifyArgs, info: &SvidInfo, at: u64) -> CliResult<Result<(), String>> {
+    let why = |e: agentid_protocol::Error| format!("{}: {}", e.code().as_str(), e.detail());
+    let td = info.id.trust_domain();
+    let mut set = BundleSet::new();
+    for (btd, path) in trust::assign(&args.bundles, &td, Bare::Refused)? {
+        match trust::read_bundle_file(path)? {
+            BundleFile::Spiffe(json) => {
+                if let Err(e) = set.insert(trust::parse_spiffe(&btd, &json, path)?) {
+                    return Ok(Err(why(e)));
+                }
+            }
+            BundleFile::Pem(_) => {
+                return Err(CliError::failed(format!(
+                    "{}: PEM roots hold no revocation key, so no revocation list can be checked with them: pass the agentid bundle (`agentid bundle export --format agentid`)",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let own = SpiffeId::parse(&format!(
+        "{}/svc/{}",
+        td.id().as_str(),
+        crate::chain::DEFAULT_VERIFIER_SERVICE
+    ))
+    .context("the checking service's ID")?;
+    let mut config = VerifierConfig::new(own, set);
+    for path in &args.revocations {
+        if let Err(e) = config.apply_revocation_list(&files::read_text(path)?) {
+            return Ok(Err(format!("{}: {}", path.display(), why(e))));
+        }
+    }
+    let verifier = match Verifier::new(config) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(why(e))),
+    };
+    Ok(verifier
+        .check_peer_revocation(info.id.as_spiffe_id(), &info.public_key, at)
+        .map_err(why))
+}
+
 /// Runs `cert verify`.
 pub fn run(args: &VerifyArgs) -> CliResult {
     let at = match args.at {
         Some(t) => t,
         None => now_unix()?,
     };
-    match verify_file(&args.file, &args.bundles, Bare::Refused, at)? {
+    let verdict = match verify_file(&args.file, &args.bundles, Bare::Refused, at)? {
+        Ok(v) if !args.revocations.is_empty() => check_revocation(args, &v.info, at)?.map(|()| v),
+        other => other,
+    };
+    let revocation = if args.revocations.is_empty() {
+        "not checked"
+    } else {
+        "checked"
+    };
+    match verdict {
         Ok(v) => {
             let i = &v.info;
             match args.format.format {
@@ -151,14 +210,20 @@ pub fn run(args: &VerifyArgs) -> CliResult {
                     "not_before": i.not_before,
                     "not_after": i.not_after,
                     "usages": v.usages,
+                    "revocation": revocation,
                     "at": at,
                 })),
                 Format::Text => print_text(&format!(
-                    "valid: {} (serial {}, valid until {}, {})",
+                    "valid: {} (serial {}, valid until {}, {}; revocation {revocation}{})",
                     i.id.as_str(),
                     i.serial.clone(),
                     rfc3339(i.not_after),
-                    v.usages.join(" + ")
+                    v.usages.join(" + "),
+                    if args.revocations.is_empty() {
+                        ": pass --revocations FILE"
+                    } else {
+                        ""
+                    }
                 )),
             }
         }
