@@ -69,12 +69,22 @@ pub fn run_list(a: &ListArgs) -> CliResult {
     if entries.len() != list.len() {
         return Err(CliError::failed("the list's entries could not be read"));
     }
+    // A list past its `next_update` (plus the skew) is one no verifier accepts any more: said
+    // so, not printed as if it were current.
+    let stale = list.is_stale(crate::common::now_unix()?, config.skew_seconds());
+    if stale {
+        eprintln!(
+            "agentid: warning: this list is stale (its next update, {}, has passed): verifiers refuse it (revocation_stale) until the CA publishes a newer one",
+            rfc3339(list.next_update())
+        );
+    }
     match a.format.format {
         Format::Json => print_json(&json!({
             "issuer": list.issuer().as_str(),
             "seq": list.seq(),
             "iat": list.iat(),
             "next_update": list.next_update(),
+            "stale": stale,
             "entries": entries.iter().map(|e| {
                 let mut v = json!({"kind": e.kind, "value": e.value, "exp": e.exp});
                 if let (Some(iss), Value::Object(m)) = (&e.iss, &mut v) {
@@ -85,11 +95,12 @@ pub fn run_list(a: &ListArgs) -> CliResult {
         })),
         Format::Text => {
             let mut out = format!(
-                "revocation list of {} seq {} (issued {}, next update {}), {} entries\n",
+                "revocation list of {} seq {} (issued {}, next update {}{}), {} entries\n",
                 list.issuer().as_str(),
                 list.seq(),
                 rfc3339(list.iat()),
                 rfc3339(list.next_update()),
+                if stale { ": STALE" } else { "" },
                 entries.len()
             );
             if !entries.is_empty() {

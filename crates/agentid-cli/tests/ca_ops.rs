@@ -175,6 +175,8 @@ fn revocations_list_prints_the_served_list_after_verifying_it() {
     assert!(empty["entries"].as_array().unwrap().is_empty(), "{empty}");
     let seq0 = empty["seq"].as_u64().unwrap();
     assert!(empty["next_update"].as_u64().unwrap() > empty["iat"].as_u64().unwrap());
+    // A list the CA keeps publishing is current (a stale one is flagged, `"stale": true`).
+    assert_eq!(empty["stale"], false, "{empty}");
 
     env.ok(&format!(
         "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
@@ -202,7 +204,9 @@ fn revocations_list_prints_the_served_list_after_verifying_it() {
 
     let text = env.ok(&format!("revocations list --ca-url {url} --cred platform"));
     assert!(
-        text.contains(&format!("seq {}", v["seq"])) && text.contains("next update"),
+        text.contains(&format!("seq {}", v["seq"]))
+            && text.contains("next update")
+            && !text.contains("STALE"),
         "{text}"
     );
     assert!(
