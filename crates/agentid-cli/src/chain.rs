@@ -185,6 +185,18 @@ fn verify(args: &VerifyArgs) -> CliResult {
     if let (Some(m), Value::Object(r)) = (&message, &mut report) {
         r.insert("message".into(), Value::from(format!("chain invalid: {m}")));
     }
+    // A verdict reached with a check turned off says so in the report itself, not only in a
+    // warning on stderr that a pipeline drops.
+    let skipped: Vec<&str> = [
+        (args.danger_no_revocation, "revocation"),
+        (args.danger_unverified_peer_cert, "peer_certificate"),
+    ]
+    .into_iter()
+    .filter_map(|(on, check)| on.then_some(check))
+    .collect();
+    if let (false, Value::Object(r)) = (skipped.is_empty(), &mut report) {
+        r.insert("danger_skipped".into(), json!(skipped));
+    }
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Text => print_text(&summary)?,

@@ -179,10 +179,11 @@ fn end_to_end_issue_delegate_verify_revoke() {
         env.verdict(base, 3)["verdict"]["error"],
         "revocation_missing"
     );
-    assert_eq!(
-        env.verdict(&format!("{base} --danger-no-revocation"), 0)["verdict"]["valid"],
-        true
-    );
+    let r = env.verdict(&format!("{base} --danger-no-revocation"), 0);
+    assert_eq!(r["verdict"]["valid"], true);
+    // The report itself says which check was off (a pipeline drops the stderr warning).
+    assert_eq!(r["danger_skipped"], json!(["revocation"]), "{r}");
+    assert!(env.verdict(base, 3).get("danger_skipped").is_none());
 
     // The parent presenting the child's chain.
     let r = env.verdict(
@@ -249,6 +250,11 @@ fn chain_verify_time_audience_and_malformed_input() {
     assert_eq!(
         r["verdict"],
         json!({"valid": false, "error": "expired", "index": 0})
+    );
+    assert_eq!(
+        r["danger_skipped"],
+        json!(["revocation", "peer_certificate"]),
+        "{r}"
     );
     env.fails(
         &format!("chain verify {base} --at {late}"),
