@@ -417,19 +417,41 @@ impl Drop for EnrollSlot {
 
 impl Default for ServiceOptions {
     fn default() -> Self {
+        Self::for_file_limit(agentid_transport::ConnectionLimits::process_file_limit())
+    }
+}
+
+impl ServiceOptions {
+    /// The defaults for a process that may hold `files` descriptors (`None`: no limit): the
+    /// enrollment listener's caps (256 connections, 64 handshakes) and the metrics listener's
+    /// ([`MAX_METRICS_CONNECTIONS`]) are taken from the file limit first, and the mTLS
+    /// listener's caps from the rest, so that the three listeners together stay below it (an
+    /// unauthenticated flood of the enrollment listener cannot use up the descriptors of the
+    /// authenticated callers' connections). [`Default`] uses the process's own soft limit.
+    pub fn for_file_limit(files: Option<u64>) -> Self {
+        use agentid_transport::ConnectionLimits;
+        let enroll_limits = ConnectionLimits {
+            max_connections: 256,
+            max_handshakes: 64,
+            max_pending_per_source: 8,
+            idle_timeout: Some(Duration::from_secs(30)),
+            ..ConnectionLimits::for_file_limit(files, 0)
+        };
+        let others =
+            enroll_limits.max_connections + enroll_limits.max_handshakes + MAX_METRICS_CONNECTIONS;
+        let mtls =
+            ConnectionLimits::for_file_limit(files, u64::try_from(others).unwrap_or(u64::MAX));
         ServiceOptions {
             max_operations: 16,
             max_waiters: 1024,
             max_waiters_per_caller: 4,
             service_ttl: None,
-            http: HttpOptions::default(),
-            enroll_limits: agentid_transport::ConnectionLimits {
-                max_connections: 256,
-                max_handshakes: 64,
-                max_pending_per_source: 8,
-                idle_timeout: Some(Duration::from_secs(30)),
-                ..agentid_transport::ConnectionLimits::default()
+            http: HttpOptions {
+                max_connections: mtls.max_connections,
+                max_handshakes: mtls.max_handshakes,
+                ..HttpOptions::default()
             },
+            enroll_limits,
             enroll_rate_per_source: 30,
             body_timeout: Duration::from_secs(10),
         }
@@ -2285,6 +2307,32 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three listeners' default caps together (connections and handshakes of the mTLS and
+    /// enrollment listeners, the metrics listener's connections) and the 64 descriptors kept
+    /// for the rest of the process stay below the file limit: with `ulimit -n 1024` the mTLS
+    /// caps alone (240 + 720) used to take the whole budget, so callers without an identity
+    /// holding the enrollment listener's 320 left the authenticated ones short of descriptors.
+    #[test]
+    fn the_listeners_default_caps_together_stay_below_the_file_limit() {
+        for files in [512_u64, 1024, 4096, 20_000, 1 << 20] {
+            let o = ServiceOptions::for_file_limit(Some(files));
+            let held = o.http.max_connections
+                + o.http.max_handshakes
+                + o.enroll_limits.max_connections
+                + o.enroll_limits.max_handshakes
+                + MAX_METRICS_CONNECTIONS
+                + 64;
+            assert!(u64::try_from(held).unwrap() <= files, "{files}: {held}");
+            assert!(o.http.max_connections >= 1 && o.http.max_handshakes >= 1);
+        }
+        // Without a limit, the transport's own ceilings.
+        let o = ServiceOptions::for_file_limit(None);
+        assert_eq!(
+            (o.http.max_handshakes, o.http.max_connections),
+            (1024, 4096)
+        );
+    }
 
     /// A flood of new sources does not reset the count of a source already over its limit
     /// (the table was cleared when full); the sources past the table share one count.

@@ -89,9 +89,14 @@ impl ConnectionLimits {
 /// File descriptors kept for the rest of the process (logs, databases, outgoing connections).
 const RESERVED_FILES: u64 = 64;
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        let (max_handshakes, max_connections) = caps_for(file_limit());
+impl ConnectionLimits {
+    /// The default caps of a server whose process holds at most `files` descriptors (`None`:
+    /// no limit) of which other listeners may take `others` (their own connections and
+    /// handshakes together): the caps are computed on `files - others`, so that all of them
+    /// together stay below the limit. [`Default`] is this with the process's own soft limit
+    /// (`RLIMIT_NOFILE`) and no other listener.
+    pub fn for_file_limit(files: Option<u64>, others: u64) -> Self {
+        let (max_handshakes, max_connections) = caps_for(files.map(|f| f.saturating_sub(others)));
         Self {
             handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: Duration::from_secs(2),
@@ -103,6 +108,17 @@ impl Default for ConnectionLimits {
             max_sessions_per_task: (max_connections / 16).max(1),
             idle_timeout: Some(Duration::from_secs(300)),
         }
+    }
+
+    /// The process's soft limit on open files (`RLIMIT_NOFILE`), where the platform has one.
+    pub fn process_file_limit() -> Option<u64> {
+        file_limit()
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::for_file_limit(file_limit(), 0)
     }
 }
 
