@@ -70,9 +70,18 @@ impl AgentClientBuilder {
     /// Refuses (before sending the chain) a server that the client's own chain's effective
     /// audience does not cover; on a live session, a renewed credential whose chain does not
     /// cover the server is not sent in a reauth either ([`Session::reauth`] fails with
-    /// `audience_mismatch`).
+    /// `audience_mismatch`). This is the default; the method undoes
+    /// [`AgentClientBuilder::danger_skip_audience_check`].
     pub fn require_server_in_audience(mut self) -> Self {
         self.require_audience = true;
+        self
+    }
+
+    /// Sends the chain (in the hello and in reauths) even to a server its effective audience
+    /// does not cover (the server will refuse it with `audience_mismatch`). Dangerous: the
+    /// chain (its scope, principal and task) leaves for a server it was not meant for.
+    pub fn danger_skip_audience_check(mut self) -> Self {
+        self.require_audience = false;
         self
     }
 
@@ -111,7 +120,7 @@ impl AgentClient {
             verification,
             policy,
             limits: ConnectionLimits::default(),
-            require_audience: false,
+            require_audience: true,
         }
     }
 

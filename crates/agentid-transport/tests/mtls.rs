@@ -313,7 +313,7 @@ async fn require_server_in_audience() {
         /// The client sends; the server's phase 8 refuses.
         ServerRejects,
     }
-    // (name, grant aud, narrowing link aud, require flag, expectation)
+    // (name, grant aud, narrowing link aud, audience checked (the default), expectation)
     let cases: Vec<(&str, Option<&[&str]>, Option<&[&str]>, bool, Want)> = vec![
         (
             "aud excludes the server, required",
@@ -323,7 +323,7 @@ async fn require_server_in_audience() {
             Want::ClientRefuses,
         ),
         (
-            "aud excludes the server, not required",
+            "aud excludes the server, check skipped (danger)",
             Some(&[OTHER]),
             None,
             false,
@@ -393,8 +393,8 @@ async fn require_server_in_audience() {
             PeerPolicy::danger_any(),
         )
         .limits(limits());
-        if required {
-            b = b.require_server_in_audience();
+        if !required {
+            b = b.danger_skip_audience_check();
         }
         let srv = server(credentials(&a.ca, SERVER), sv, PeerPolicy::danger_any());
         let (r, s) = handshake(srv, &b.build().unwrap()).await;
@@ -412,6 +412,42 @@ async fn require_server_in_audience() {
             _ => panic!("case `{name}`: expected {want:?}, got client {r:?}, server {s:?}"),
         }
     }
+}
+
+/// A framed client built the shortest way (no audience option) never sends its chain to a
+/// server its chain's effective audience does not cover: it ends the connection before the
+/// hello, `audience_mismatch` (local only), as the HTTP client does by default (spec/PROTOCOL.md
+/// 16.3, client step 3). The chain (its scope, principal and task) never reaches that server.
+#[tokio::test]
+async fn a_framed_client_by_default_never_sends_its_chain_to_a_server_outside_its_audience() {
+    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
+    let a = Domain::new("example.org");
+    let ck = key();
+    let chain = a.grant_aud(&a.task("client", "t2"), &ck, "files:read", Some(&[OTHER]));
+    let client = agentid_transport::AgentClient::builder(
+        Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        )),
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    )
+    .limits(limits())
+    .build()
+    .unwrap();
+    let srv = server(
+        credentials(&a.ca, SERVER),
+        verification(SERVER, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    let (r, s) = handshake(srv, &client).await;
+    assert!(
+        matches!(&r, Err(Error::Protocol(e)) if e.code() == ErrorCode::AudienceMismatch),
+        "the client did not refuse locally before its hello: {r:?}"
+    );
+    assert!(
+        matches!(&s, Err(Error::Frame(FrameError::Truncated) | Error::Io(_))),
+        "the server received the chain: {s:?}"
+    );
 }
 
 /// One session, frame by frame, as spec/PROTOCOL.md section 16 shows it (run with
