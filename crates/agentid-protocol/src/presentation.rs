@@ -34,8 +34,8 @@ pub struct PresentationContext<'a> {
     pub presenter_key: &'a PublicKey,
     /// The presenter's certificate `notAfter`, Unix seconds (for the deadline).
     pub presenter_not_after: u64,
-    /// The verifier's own URI SAN (the proof's `aud`): normally the verifier configuration's
-    /// own ID.
+    /// The verifier's own URI SAN (the proof's `aud`): the verifier configuration's own ID
+    /// (anything else is refused `bad_config` when a chain is verified).
     pub verifier_id: &'a SpiffeId,
     /// The presenter's role in the TLS connection.
     pub role: Role,
@@ -71,6 +71,9 @@ impl Verifier {
     /// Verifies a presentation (spec/PROTOCOL.md section 16.3, server step 6 and client step
     /// 6; section 16.4, reauth steps 5 to 7), in this order; the first failure is the result:
     ///
+    /// 0. with a chain (sent or held), the context's `verifier_id` is this verifier's own ID
+    ///    (section 9: the own ID is the verifier's URI SAN; rule 8.1 checks the chain's audience
+    ///    against it), else `bad_config`;
     /// 1. the hop proof (section 12) with the context's presenter, verifier, role, exporter and
     ///    client proof, and this verifier's skew;
     /// 2. its `jti` is not one of `accepted_jtis`, else `proof_replayed`;
@@ -83,6 +86,19 @@ impl Verifier {
         presentation: &Presentation<'_>,
         ctx: &PresentationContext<'_>,
     ) -> Result<VerifiedPresentation> {
+        // The own ID is the verifier's own URI SAN (section 9): a configuration made for another
+        // identity would check a chain's audience (rule 8.1) against that identity.
+        let with_chain = presentation.chain.is_some() || ctx.held_chain.is_some();
+        if with_chain && ctx.verifier_id != self.config().own_id() {
+            return Err(Error::new(
+                ErrorCode::BadConfig,
+                format!(
+                    "the verifier's own ID {} is not the identity it verifies as, {}",
+                    self.config().own_id(),
+                    ctx.verifier_id
+                ),
+            ));
+        }
         // Rule P9 hashes the chain sent: a chain this verifier verified before has its hash
         // remembered with the token cache (found by the `cth` claimed, the chain compared byte
         // for byte); a new one's is remembered once the chain verified.

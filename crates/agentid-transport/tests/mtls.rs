@@ -450,6 +450,43 @@ async fn a_framed_client_by_default_never_sends_its_chain_to_a_server_outside_it
     );
 }
 
+/// A server's own ID is its URI SAN (spec/PROTOCOL.md section 9): a server whose verification
+/// was made for another identity (one `PeerVerification` shared by two agents, say) would check
+/// a chain's audience against that other identity and accept chains meant only for it. Every
+/// presentation is refused `bad_config` instead, and no chain is accepted.
+#[tokio::test]
+async fn a_server_whose_verification_names_another_identity_accepts_no_chain() {
+    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
+    let a = Domain::new("example.org");
+    let ck = key();
+    // A chain for OTHER only, presented to SERVER by a client that skips its own check.
+    let chain = a.grant_aud(&a.task("client", "t2"), &ck, "files:read", Some(&[OTHER]));
+    let client = agentid_transport::AgentClient::builder(
+        Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        )),
+        verification(CLIENT, &[&a], false),
+        PeerPolicy::danger_any(),
+    )
+    .limits(limits())
+    .danger_skip_audience_check()
+    .build()
+    .unwrap();
+    let srv = server(
+        credentials(&a.ca, SERVER),
+        verification(OTHER, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    let (_, s) = handshake(srv, &client).await;
+    match s {
+        Err(e) => assert_eq!(e.protocol_code(), Some(ErrorCode::BadConfig), "{e:?}"),
+        Ok(ss) => panic!(
+            "SERVER accepted a chain meant for OTHER: {:?}",
+            ss.peer().chain
+        ),
+    }
+}
+
 /// One session, frame by frame, as spec/PROTOCOL.md section 16 shows it (run with
 /// `--nocapture` to print it; tokens are elided). The client is hand-driven so that every frame
 /// it sends and receives is visible; the server is the library's.
