@@ -28,8 +28,8 @@ where
     /// session started with), its chain if any, and a proof bound to this connection. Also use
     /// the renewed credential for later reauths. A session whose credential source signals
     /// changes ([`crate::CredentialSource::subscribe`]) does this on its own when its credential
-    /// is renewed. A client built with
-    /// [`crate::AgentClientBuilder::require_server_in_audience`] does not send a chain whose
+    /// is renewed. A client (unless built with
+    /// [`crate::AgentClientBuilder::danger_skip_audience_check`]) does not send a chain whose
     /// effective audience misses the server (`audience_mismatch`, nothing sent).
     pub async fn reauth(&mut self, renewed: Arc<Credential>) -> Result<()> {
         if let Some(e) = &self.ended {
