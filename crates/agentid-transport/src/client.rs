@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentid_protocol::{
-    Chain, ErrorCode, PeerId, Presentation, PresentationContext, ProofBuilder, Role,
-};
+use agentid_protocol::{ErrorCode, PeerId, Presentation, PresentationContext, ProofBuilder, Role};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,7 +14,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::Instrument as _;
 
 use crate::connection_limits::ConnectionLimits;
-use crate::credentials::{CredentialResolver, CredentialSource};
+use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
     after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
@@ -170,8 +168,8 @@ impl AgentClient {
         record_peer(span, &after.peer);
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
-        if let (true, Some(chain)) = (self.require_audience, local.chain()) {
-            server_in_audience(chain, &after.peer.id)?;
+        if self.require_audience {
+            server_in_audience(&local, &after.peer.id)?;
         }
 
         let now = now_unix();
@@ -267,10 +265,12 @@ impl AgentClient {
 /// Our own chain, read without verification (we are its presenter): a chain that does not even
 /// frame, or whose effective audience misses `server`, is never sent (spec/PROTOCOL.md 16.3,
 /// client step 3; also for the chain of a reauth).
-pub(crate) fn server_in_audience(chain: &str, server: &PeerId) -> Result<()> {
-    let audience = Chain::parse_unverified(chain)?
-        .read_unverified()?
-        .audience()?;
+pub(crate) fn server_in_audience(local: &Credential, server: &PeerId) -> Result<()> {
+    // Read once per credential (a depth-8 chain is nine tokens to decode).
+    let Some(audience) = local.chain_audience() else {
+        return Ok(());
+    };
+    let audience = audience.as_ref().map_err(|e| Error::Protocol(e.clone()))?;
     if !audience.covers_id(server.as_spiffe_id()) {
         return Err(Error::Protocol(agentid_protocol::Error::new(
             ErrorCode::AudienceMismatch,

@@ -33,6 +33,9 @@ pub struct Credential {
     /// The chain as a JSON string (quoted and escaped), written once: every hello or accept
     /// copies it instead of escaping ~10 KB again.
     chain_json: Option<String>,
+    /// The chain's effective audience (read unverified, the presenter's own chain), read once:
+    /// a client checks every server against it before it sends the chain.
+    chain_audience: Option<std::result::Result<agentid_protocol::IdSet, agentid_protocol::Error>>,
 }
 
 impl Credential {
@@ -68,6 +71,7 @@ impl Credential {
             chain: None,
             chain_hash: None,
             chain_json: None,
+            chain_audience: None,
         })
     }
 
@@ -107,6 +111,11 @@ impl Credential {
         let chain = chain.into();
         self.chain_hash = Some(agentid_protocol::token_hash(&chain));
         self.chain_json = Some(crate::frame::json_string(&chain));
+        self.chain_audience = Some(
+            agentid_protocol::Chain::parse_unverified(&chain)
+                .and_then(|c| c.read_unverified())
+                .and_then(|r| r.audience()),
+        );
         self.chain = Some(chain);
         self
     }
@@ -137,6 +146,14 @@ impl Credential {
     /// The delegation chain, if any.
     pub fn chain(&self) -> Option<&str> {
         self.chain.as_deref()
+    }
+
+    /// The delegation chain's effective audience, read without verification (the presenter's
+    /// own chain), if a chain is held; an unreadable chain gives the reader's error.
+    pub(crate) fn chain_audience(
+        &self,
+    ) -> Option<&std::result::Result<agentid_protocol::IdSet, agentid_protocol::Error>> {
+        self.chain_audience.as_ref()
     }
 
     /// The delegation chain's [`agentid_protocol::token_hash`] (a hop proof's `cth`), if any.

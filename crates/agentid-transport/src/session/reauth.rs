@@ -49,10 +49,8 @@ where
         {
             return Err(CertError::IdentityChanged.into());
         }
-        if let (true, Role::Client, Some(chain)) =
-            (self.require_audience, self.role, renewed.chain())
-        {
-            crate::client::server_in_audience(chain, &self.peer.id)?;
+        if let (true, Role::Client) = (self.require_audience, self.role) {
+            crate::client::server_in_audience(&renewed, &self.peer.id)?;
         }
         let now = now_unix();
         let (exporter, role) = match self.role {
