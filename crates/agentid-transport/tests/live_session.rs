@@ -612,6 +612,28 @@ async fn no_data_is_delivered_after_the_deadline_second() {
     );
 }
 
+/// Writes on `session` that the peer never reads, until one waits for it (the connection is
+/// full); bounded.
+async fn fill_until_writes_wait(session: &mut Session<TcpStream>) {
+    use tokio::io::AsyncWriteExt as _;
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..65_536 {
+        let write = tokio::time::timeout(Duration::from_secs(1), session.write_all(&chunk));
+        if write.await.is_err() {
+            return;
+        }
+    }
+    panic!("the connection took everything");
+}
+
+/// The server applies a list that revokes the client's key.
+fn revoke_client_at_server(p: &Pair) {
+    let list = p.a.revocation_list(1, |b| {
+        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
+    });
+    p.sv.apply_revocation_list(&list).unwrap();
+}
+
 /// Sends 64 KiB messages on `session` until one fails (or, bounded, a large amount was sent),
 /// counting the sends that completed in `sent`: the failure, if any.
 async fn send_until_refused(
@@ -653,10 +675,7 @@ async fn a_send_to_a_peer_that_stopped_reading_ends_when_the_peer_is_revoked() {
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = tokio::spawn(send_until_refused(ss, sent.clone()));
     until_blocked(&sent).await;
-    let list = p.a.revocation_list(1, |b| {
-        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
-    });
-    p.sv.apply_revocation_list(&list).unwrap();
+    revoke_client_at_server(&p);
     let r = tokio::time::timeout(T, writer)
         .await
         .expect("the send still waits for a revoked peer that reads nothing")
@@ -695,25 +714,11 @@ async fn a_send_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
 /// is applied, as a send does.
 #[tokio::test]
 async fn a_close_to_a_peer_that_stopped_reading_ends_when_the_peer_is_revoked() {
-    use tokio::io::AsyncWriteExt as _;
     let p = pair(Some("files:read"), LeafOpts::default(), false);
     let (cs, mut ss) = p.live().await;
-    // Writes that the peer never reads, until one waits for it (the connection is full).
-    let chunk = vec![0u8; 64 * 1024];
-    let mut full = false;
-    for _ in 0..65_536 {
-        let write = tokio::time::timeout(Duration::from_secs(2), ss.write_all(&chunk));
-        if write.await.is_err() {
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the connection took everything");
+    fill_until_writes_wait(&mut ss).await;
     let closing = tokio::spawn(ss.close("normal", "done"));
-    let list = p.a.revocation_list(1, |b| {
-        b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
-    });
-    p.sv.apply_revocation_list(&list).unwrap();
+    revoke_client_at_server(&p);
     let r = tokio::time::timeout(T, closing)
         .await
         .expect("the close still waits for a revoked peer that reads nothing")
@@ -738,17 +743,7 @@ async fn a_shutdown_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
     let (cs, mut ss) = p
         .connect(PeerPolicy::danger_any(), PeerPolicy::danger_any())
         .await;
-    // Writes that the peer never reads, until one waits for it (the connection is full).
-    let chunk = vec![0u8; 64 * 1024];
-    let mut full = false;
-    for _ in 0..65_536 {
-        let write = tokio::time::timeout(Duration::from_secs(1), ss.write_all(&chunk));
-        if write.await.is_err() {
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the connection took everything");
+    fill_until_writes_wait(&mut ss).await;
     let r = tokio::time::timeout(T, ss.shutdown())
         .await
         .expect("the shutdown still waits for a peer that reads nothing, past the deadline");
@@ -767,10 +762,7 @@ async fn closing_a_session_whose_peer_was_revoked_sends_revoked_not_normal() {
     for shutdown in [false, true] {
         let p = pair(Some("files:read"), LeafOpts::default(), false);
         let (mut cs, mut ss) = p.live().await;
-        let list = p.a.revocation_list(1, |b| {
-            b.revoke_key(&p.client_key_pub.thumbprint(), now() + 600)
-        });
-        p.sv.apply_revocation_list(&list).unwrap();
+        revoke_client_at_server(&p);
         let closed = if shutdown {
             tokio::time::timeout(T, ss.shutdown())
                 .await

@@ -414,26 +414,43 @@ async fn require_server_in_audience() {
     }
 }
 
+/// An agent whose chain's audience is `OTHER_AGENT` alone (not `SERVER`), built the shortest
+/// way or with `danger_skip_audience_check`.
+fn client_with_a_chain_for_other(
+    a: &Domain,
+    skip_audience_check: bool,
+) -> agentid_transport::AgentClient {
+    let ck = key();
+    let chain = a.grant_aud(
+        &a.task("client", "t2"),
+        &ck,
+        "files:read",
+        Some(&[OTHER_AGENT]),
+    );
+    let mut b = agentid_transport::AgentClient::builder(
+        Arc::new(MemoryCredentials::new(
+            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
+        )),
+        verification(CLIENT, &[a], false),
+        PeerPolicy::danger_any(),
+    )
+    .limits(limits());
+    if skip_audience_check {
+        b = b.danger_skip_audience_check();
+    }
+    b.build().unwrap()
+}
+
+const OTHER_AGENT: &str = "spiffe://example.org/agent/other/task/t1";
+
 /// A framed client built the shortest way (no audience option) never sends its chain to a
 /// server its chain's effective audience does not cover: it ends the connection before the
 /// hello, `audience_mismatch` (local only), as the HTTP client does by default (spec/PROTOCOL.md
 /// 16.3, client step 3). The chain (its scope, principal and task) never reaches that server.
 #[tokio::test]
 async fn a_framed_client_by_default_never_sends_its_chain_to_a_server_outside_its_audience() {
-    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
     let a = Domain::new("example.org");
-    let ck = key();
-    let chain = a.grant_aud(&a.task("client", "t2"), &ck, "files:read", Some(&[OTHER]));
-    let client = agentid_transport::AgentClient::builder(
-        Arc::new(MemoryCredentials::new(
-            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
-        )),
-        verification(CLIENT, &[&a], false),
-        PeerPolicy::danger_any(),
-    )
-    .limits(limits())
-    .build()
-    .unwrap();
+    let client = client_with_a_chain_for_other(&a, false);
     let srv = server(
         credentials(&a.ca, SERVER),
         verification(SERVER, &[&a], false),
@@ -456,25 +473,12 @@ async fn a_framed_client_by_default_never_sends_its_chain_to_a_server_outside_it
 /// presentation is refused `bad_config` instead, and no chain is accepted.
 #[tokio::test]
 async fn a_server_whose_verification_names_another_identity_accepts_no_chain() {
-    const OTHER: &str = "spiffe://example.org/agent/other/task/t1";
     let a = Domain::new("example.org");
-    let ck = key();
     // A chain for OTHER only, presented to SERVER by a client that skips its own check.
-    let chain = a.grant_aud(&a.task("client", "t2"), &ck, "files:read", Some(&[OTHER]));
-    let client = agentid_transport::AgentClient::builder(
-        Arc::new(MemoryCredentials::new(
-            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
-        )),
-        verification(CLIENT, &[&a], false),
-        PeerPolicy::danger_any(),
-    )
-    .limits(limits())
-    .danger_skip_audience_check()
-    .build()
-    .unwrap();
+    let client = client_with_a_chain_for_other(&a, true);
     let srv = server(
         credentials(&a.ca, SERVER),
-        verification(OTHER, &[&a], false),
+        verification(OTHER_AGENT, &[&a], false),
         PeerPolicy::danger_any(),
     );
     let (_, s) = handshake(srv, &client).await;
