@@ -1279,6 +1279,59 @@ async fn a_first_request_sent_late_presents_a_fresh_client_proof() {
     assert_eq!(conn.client_proof(), presented);
 }
 
+/// A hop proof lives at most 60 s (spec 7): a client or server configured to sign longer ones
+/// (or none) is refused when it is built, with `bad_config` and the option named, instead of
+/// signing proofs every verifier refuses at the first request.
+#[test]
+fn a_proof_lifetime_outside_1_to_60_seconds_is_refused_when_built() {
+    let w = World::new(false);
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    for bad in [
+        Duration::ZERO,
+        Duration::from_millis(999),
+        Duration::from_millis(60_001),
+        Duration::from_secs(61),
+        Duration::MAX,
+    ] {
+        let e = HttpClient::builder(creds.clone(), w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+            .proof_lifetime(bad)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.reason(), "bad_config", "client, {bad:?}");
+        assert!(e.to_string().contains("proof_lifetime"), "{e}");
+        let e = HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .options(HttpOptions {
+            proof_lifetime: bad,
+            ..options()
+        })
+        .build()
+        .unwrap_err();
+        assert_eq!(e.reason(), "bad_config", "server, {bad:?}");
+        assert!(e.to_string().contains("proof_lifetime"), "{e}");
+    }
+    for good in [Duration::from_secs(1), Duration::from_secs(60)] {
+        HttpClient::builder(creds.clone(), w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+            .proof_lifetime(good)
+            .build()
+            .unwrap();
+        HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .options(HttpOptions {
+            proof_lifetime: good,
+            ..options()
+        })
+        .build()
+        .unwrap();
+    }
+}
+
 /// A request whose handler is still running when the connection's deadline passes gets
 /// `credential_expired`, not the handler's response: the deadline holds for the moment the
 /// response leaves.

@@ -110,7 +110,8 @@ impl HttpClientBuilder {
         self
     }
 
-    /// The lifetime of the client's hop proofs (default 60 s, at least 1 s). A connection whose
+    /// The lifetime of the client's hop proofs (default 60 s; from 1 to 60 s, the protocol's
+    /// cap, else [`HttpClientBuilder::build`] fails with [`crate::Error::Config`]). A connection whose
     /// first request comes when its proof has less than half of this left signs a fresh one.
     pub fn proof_lifetime(mut self, t: Duration) -> Self {
         self.proof_lifetime = t;
@@ -125,6 +126,10 @@ impl HttpClientBuilder {
 
     /// Builds the client (see [`client_config`] for the TLS settings).
     pub fn build(self) -> Result<HttpClient> {
+        crate::session::check_proof_lifetime(
+            self.proof_lifetime,
+            "HttpClientBuilder::proof_lifetime",
+        )?;
         let mut config = client_config(self.credentials.clone(), &self.verification, self.policy)?;
         if self.http1_only {
             config.alpn_protocols = vec![super::tls::ALPN_HTTP11.to_vec()];

@@ -86,7 +86,8 @@ pub struct HttpOptions {
     /// the connection, until the connection's deadline. `None` waits as long as the connection
     /// lives: for client-streaming calls (gRPC, say) whose messages may be further apart.
     pub body_idle_timeout: Option<Duration>,
-    /// The lifetime of the server's hop proofs. A response carries the proof signed at
+    /// The lifetime of the server's hop proofs (default 60 s; from 1 to 60 s, the protocol's
+    /// cap, else the builder fails with [`Error::Config`]). A response carries the proof signed at
     /// verification while it has at least half of this left; after that (a slow first
     /// response, a client that keeps presenting) a fresh proof is signed for the response.
     pub proof_lifetime: Duration,
@@ -1071,11 +1072,10 @@ impl HttpServerBuilder {
         if o.max_connections == 0 || o.max_handshakes == 0 || o.max_concurrent_streams == 0 {
             return Err(Error::Config("HTTP caps must be at least 1".into()));
         }
-        if o.idle_timeout.is_zero() || o.proof_lifetime.as_secs() == 0 {
-            return Err(Error::Config(
-                "HTTP idle timeout and proof lifetime must be positive".into(),
-            ));
+        if o.idle_timeout.is_zero() {
+            return Err(Error::Config("HTTP idle timeout must be positive".into()));
         }
+        crate::session::check_proof_lifetime(o.proof_lifetime, "HttpOptions::proof_lifetime")?;
         if o.body_idle_timeout.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config(
                 "HTTP body idle timeout must be positive (None for no limit)".into(),

@@ -51,6 +51,20 @@ pub const CLOSE_NORMAL: &str = "normal";
 /// Lifetime of the hop proofs this crate signs (the protocol caps it at 60 s).
 pub(crate) const PROOF_LIFETIME: u64 = 60;
 
+/// A configured hop-proof lifetime, checked when a builder builds: whole seconds from 1 to
+/// [`agentid_protocol::caps::MAX_PROOF_LIFETIME`]. A longer one would be signed and then refused by
+/// every verifier (spec: a proof lives at most 60 s), so it is a configuration error here, not
+/// a failure at the first request.
+pub(crate) fn check_proof_lifetime(t: std::time::Duration, option: &str) -> crate::Result<()> {
+    let max = agentid_protocol::caps::MAX_PROOF_LIFETIME;
+    if t.as_secs() == 0 || t.as_secs() > max || (t.as_secs() == max && t.subsec_nanos() > 0) {
+        return Err(crate::Error::Config(format!(
+            "{option} is {t:?}: a hop proof lives from 1 to {max} s (spec: a proof lives at most {max} seconds); leave it at the default of {PROOF_LIFETIME} s or choose a value in that range"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
