@@ -91,6 +91,33 @@ pub fn check_output_destination(out: &Path) -> CliResult<()> {
     Ok(())
 }
 
+/// An exclusive lock on a credential directory, held while a command replaces the files in it
+/// (its key, certificate and grant must end up a matching set): a second command writing the
+/// same directory at the same time is refused instead of mixing its files with the first's.
+/// The lock is the directory's own (`flock` on it, no lock file left behind) and ends when this
+/// is dropped or the process exits, a crash included.
+#[must_use = "the directory is locked only while this is held"]
+pub struct DirLock {
+    _dir: std::fs::File,
+}
+
+/// Locks `dir` (which exists) for [`DirLock`]'s purpose, or fails at once, naming the directory
+/// and what to do, when another command holds it.
+pub fn lock_dir(dir: &Path) -> CliResult<DirLock> {
+    let f = std::fs::File::open(dir).context(format!("cannot open {}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(DirLock { _dir: f }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::failed(format!(
+            "{}: another agentid command is writing this directory; wait for it to finish and run this again, or choose another --out-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(CliError::failed(format!(
+            "cannot lock {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 /// Creates the output directory if needed (mode 0700 when created).
 pub fn ensure_dir(dir: &Path) -> CliResult<()> {
     Ok(agentid_fs::ensure_dir(dir)?)

@@ -136,6 +136,53 @@ fn force_replaces_credentials_only_when_asked() {
     );
 }
 
+/// Two commands replacing the credentials of one directory at once would leave a key of one
+/// run beside the certificate of the other: while one holds the directory, the other is refused
+/// before it makes a key or asks the CA, and the directory is as it was.
+#[test]
+fn a_directory_being_written_by_another_command_is_refused_and_left_as_it_was() {
+    let env = Env::new();
+    env.planner("p");
+    let (key, cert) = (env.read("p/key.pem"), env.read("p/cert.pem"));
+    let issued = || {
+        agentid_ca::CertificateAuthority::open(&env.path("ca"))
+            .unwrap()
+            .issuances()
+            .unwrap()
+            .len()
+    };
+    let before = issued();
+    let held = std::fs::File::open(env.path("p")).unwrap();
+    held.lock().unwrap();
+    let mut lines = vec![
+        "cert issue --ca ca --agent planner --scope tickets:read --out-dir p --force",
+        "cert issue --ca ca --agent summarizer --parent p --out-dir p --force",
+    ];
+    if support::have_openssl() {
+        support::openssl_csr(env.dir.path(), "req", &[]);
+        lines.push(
+            "cert sign --ca ca --csr req.csr --agent planner --scope tickets:read --out-dir p",
+        );
+    }
+    for line in lines {
+        let (_, msg) = env.fails(line, 1, "another agentid command is writing this directory");
+        assert!(msg.contains("wait for it to finish"), "{msg}");
+    }
+    assert_eq!(env.read("p/key.pem"), key);
+    assert_eq!(env.read("p/cert.pem"), cert);
+    assert!(!env.path("p/.key.pem.new").exists());
+    assert_eq!(
+        issued(),
+        before,
+        "the CA issued for a directory it could not write"
+    );
+    drop(held);
+    // Released (the other command ended): the same command replaces the set.
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --out-dir p --force");
+    assert_ne!(env.read("p/key.pem"), key);
+    agentid::files::Holder::load(&env.path("p")).expect("key and certificate match");
+}
+
 #[test]
 fn commands_that_write_files_say_what_they_wrote() {
     let env = Env::new();

@@ -122,7 +122,7 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
 
     if let Some(service) = &args.service {
         let id = ServiceId::new(&td, service).bad_arg("--service", service)?;
-        let cert = new_key.issue(id.as_str(), |key_source| {
+        let (cert, _lock) = new_key.issue(id.as_str(), |key_source| {
             ca.issue_service(
                 &ServiceRequest {
                     service: service.clone(),
@@ -139,7 +139,7 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
     if let Some(parent_dir) = &args.parent {
         let parent = load_parent(parent_dir)?;
         let identity = TaskIdentity::new(&agent, &parent.identity.task_id())?;
-        let cert = new_key.issue(identity.as_str(), |key_source| {
+        let (cert, _lock) = new_key.issue(identity.as_str(), |key_source| {
             let req = ChildRequest {
                 parent: parent.identity.clone(),
                 parent_chain: parent.chain.clone(),
@@ -159,7 +159,7 @@ pub fn run_issue(args: &IssueArgs) -> CliResult {
     };
     let identity = TaskIdentity::new(&agent, &task)?;
     let mut creds = None;
-    new_key.issue(identity.as_str(), |key_source| {
+    let (_, _lock) = new_key.issue(identity.as_str(), |key_source| {
         let mut req =
             OpenTaskRequest::new(name, key_source, TaskRequester::Operator, scope.clone());
         req.task = Some(task.clone());
@@ -197,6 +197,12 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     let mut destinations = public_files(&out);
     destinations.push(out.join(GRANT_FILE));
     files::check_public_destinations(&destinations)?;
+    // An existing directory is locked before anything is issued for it (see `NewKey::issue`).
+    let held = if out.is_dir() {
+        Some(files::lock_dir(&out)?)
+    } else {
+        None
+    };
     let mut req = OpenTaskRequest::new(
         args.agent.clone(),
         KeySource::Csr(csr),
@@ -209,6 +215,10 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     let creds = ca.open_task(&req, SystemTime::now())?;
     // Only now, with a certificate to put in it: a refused request leaves nothing behind.
     files::ensure_dir(&out)?;
+    let _lock = match held {
+        Some(l) => l,
+        None => files::lock_dir(&out)?,
+    };
     finish(
         &ca,
         &out,
@@ -301,18 +311,31 @@ impl NewKey<'_> {
     /// removes it again if the CA refuses: no key is left behind for a certificate that was not
     /// issued, no certificate is issued for a key that could not be stored, and an output
     /// directory made for a refused request is removed too. With `force`, the new key waits
-    /// beside the old one and replaces it (and a chain of the old key) once issued.
+    /// beside the old one and replaces it (and a chain of the old key) once issued. The
+    /// directory stays locked ([`files::DirLock`], returned) until the caller has written the
+    /// certificate beside the key.
     fn issue(
         &self,
         uri: &str,
         issue: impl FnOnce(KeySource) -> CliResult<IssuedCertificate>,
-    ) -> CliResult<IssuedCertificate> {
+    ) -> CliResult<(IssuedCertificate, files::DirLock)> {
         let out = self.out;
         // Refused before anything is issued and before a key is replaced: a certificate that
         // cannot be written must not cost the directory the key its certificate matches.
         files::check_public_destinations(&public_files(out))?;
         let created_dir = !out.exists();
         files::ensure_dir(out)?;
+        // Before anything in it is read or replaced: the staged key's name below is the same
+        // for every run, and the key, certificate and grant written must be one run's set.
+        let lock = match files::lock_dir(out) {
+            Ok(l) => l,
+            Err(e) => {
+                if created_dir {
+                    let _ = std::fs::remove_dir(out);
+                }
+                return Err(e);
+            }
+        };
         let key_path = out.join(KEY_FILE);
         let replacing = self.force && key_path.exists();
         let staged = if replacing {
@@ -357,7 +380,7 @@ impl NewKey<'_> {
                         let _ = std::fs::remove_file(out.join(stale));
                     }
                 }
-                Ok(c)
+                Ok((c, lock))
             }
             Err(e) => {
                 cleanup();
