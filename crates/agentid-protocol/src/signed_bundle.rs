@@ -114,9 +114,15 @@ pub fn verify_signed_bundle(
         return Err(bad("not a compact JWS"));
     };
     let header = crate::ijson::parse_object(&dec(h)?).map_err(|_| bad("header is not I-JSON"))?;
+    // `alg` as every JWS of the protocol reads it (section 4: `EdDSA` is accepted for an
+    // Ed25519 key, though issuers write `Ed25519`).
+    let alg = header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::Algorithm::from_header);
     if header.len() != 2
         || header.get("typ").and_then(serde_json::Value::as_str) != Some(BUNDLE_TYP)
-        || header.get("alg").and_then(serde_json::Value::as_str) != Some(key.algorithm().as_str())
+        || alg != Some(key.algorithm())
     {
         return Err(bad(
             "the header is not {alg, typ} for the bundle-signing key",
@@ -206,6 +212,45 @@ mod tests {
         assert!(verify_signed_bundle(&parts.join("."), key, &td(), NOW, 60).is_err());
         for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
             assert!(verify_signed_bundle(junk, key, &td(), NOW, 60).is_err());
+        }
+    }
+
+    /// `jws` with its header replaced by `{alg, typ}` and signed again by `signer`.
+    fn resigned(jws: &str, signer: &AuthorityKey, alg: &str) -> String {
+        let header = serde_json::json!({"alg": alg, "typ": BUNDLE_TYP});
+        let payload = jws.split('.').nth(1).unwrap();
+        let input = format!("{}.{payload}", b64(header.to_string().as_bytes()));
+        let sig = JwsSigner::sign(signer, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&sig))
+    }
+
+    /// Section 4: `alg` must match the key, and verifiers accept `EdDSA` for an Ed25519 key
+    /// (issuers write `Ed25519`), for the signed bundle as for every other JWS.
+    #[test]
+    fn a_bundle_signed_with_ed25519_under_alg_eddsa_verifies_and_a_mismatched_alg_does_not() {
+        let ed = AuthorityKey::generate(Algorithm::Ed25519).unwrap();
+        let jws = sign_bundle(&ed, &bundle(), 3, NOW).unwrap();
+        for (alg, ok) in [
+            ("Ed25519", true),
+            ("EdDSA", true),
+            ("ES256", false),
+            ("eddsa", false),
+        ] {
+            let r =
+                verify_signed_bundle(&resigned(&jws, &ed, alg), ed.public_key(), &td(), NOW, 60);
+            assert_eq!(r.is_ok(), ok, "alg {alg}");
+        }
+        let p256 = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let jws = sign_bundle(&p256, &bundle(), 3, NOW).unwrap();
+        for (alg, ok) in [("ES256", true), ("EdDSA", false), ("Ed25519", false)] {
+            let r = verify_signed_bundle(
+                &resigned(&jws, &p256, alg),
+                p256.public_key(),
+                &td(),
+                NOW,
+                60,
+            );
+            assert_eq!(r.is_ok(), ok, "alg {alg}");
         }
     }
 }
