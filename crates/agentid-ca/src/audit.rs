@@ -318,6 +318,10 @@ pub fn verify_checkpoint(
     };
     let header: serde_json::Value =
         serde_json::from_slice(&dec(h)?).map_err(|_| "header is not JSON".to_owned())?;
+    // CA-API 4.2: the protected header is exactly `{alg, typ}`.
+    if header.as_object().map(serde_json::Map::len) != Some(2) {
+        return Err("the header is not exactly {alg, typ}".into());
+    }
     let alg = header
         .get("alg")
         .and_then(serde_json::Value::as_str)
