@@ -2134,6 +2134,14 @@ fn claims(k: &Keys) -> File {
         json!({"kty": "EC", "crv": "P-256", "x": "_____wAAAAEAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAQ",
             "y": "RZJDuapYGAb-kTvOmYF63hHKUDxk2aPFM0FcCDJI-8w", "alg": "ES256"}),
     );
+    bad_cnf(
+        &mut f,
+        k,
+        "cnf-p256-y-not-reduced",
+        "`cnf.jwk` P-256 key whose y is 1 + p (>= the field prime; the point (x, 1) is on the curve).",
+        json!({"kty": "EC", "crv": "P-256", "x": "CeeNTvYNBfdQ9mNiCQkrxDy91rR-EaneIKn-sqULuWw",
+            "y": "_____wAAAAEAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAA", "alg": "ES256"}),
+    );
     for (id, desc, principal) in [
         (
             "principal-unknown-format",
