@@ -84,10 +84,13 @@ impl Credential {
         if renewed.info.id != self.info.id || renewed.info.public_key != self.info.public_key {
             return Err(CertError::IdentityChanged.into());
         }
+        // Everything read from the chain comes with it (the audience a client checks every
+        // server against included): a renewal changes the certificate only.
         Ok(Self {
             chain: self.chain.clone(),
             chain_hash: self.chain_hash.clone(),
             chain_json: self.chain_json.clone(),
+            chain_audience: self.chain_audience.clone(),
             ..renewed
         })
     }

@@ -427,10 +427,18 @@ fn client_with_a_chain_for_other(
         "files:read",
         Some(&[OTHER_AGENT]),
     );
+    let held = credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str());
+    client_holding(held, a, skip_audience_check)
+}
+
+/// A framed client holding `held`, trusting `a`, admitting any server.
+fn client_holding(
+    held: agentid_transport::Credential,
+    a: &Domain,
+    skip_audience_check: bool,
+) -> agentid_transport::AgentClient {
     let mut b = agentid_transport::AgentClient::builder(
-        Arc::new(MemoryCredentials::new(
-            credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str()),
-        )),
+        Arc::new(MemoryCredentials::new(held)),
         verification(CLIENT, &[a], false),
         PeerPolicy::danger_any(),
     )
@@ -460,6 +468,51 @@ async fn a_framed_client_by_default_never_sends_its_chain_to_a_server_outside_it
     assert!(
         matches!(&r, Err(Error::Protocol(e)) if e.code() == ErrorCode::AudienceMismatch),
         "the client did not refuse locally before its hello: {r:?}"
+    );
+    assert!(
+        matches!(&s, Err(Error::Frame(FrameError::Truncated) | Error::Io(_))),
+        "the server received the chain: {s:?}"
+    );
+}
+
+/// The default audience check outlives a renewal: a credential renewed with a new certificate
+/// (`Credential::renewed`, what enrollment renewals and rotations make every few minutes) keeps
+/// its chain, and the client still ends the connection before the hello when that chain's
+/// audience does not cover the server (spec/PROTOCOL.md 16.3, client step 3).
+#[tokio::test]
+async fn a_renewed_credential_still_never_sends_its_chain_to_a_server_outside_its_audience() {
+    let a = Domain::new("example.org");
+    let ck = key();
+    let chain = a.grant_aud(
+        &a.task("client", "t2"),
+        &ck,
+        "files:read",
+        Some(&[OTHER_AGENT]),
+    );
+    let first = credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str());
+    let renewed = first
+        .renewed(vec![leaf(
+            &a.ca,
+            CLIENT,
+            &first.shared_key(),
+            &LeafOpts::default(),
+        )])
+        .unwrap();
+    assert_eq!(
+        renewed.chain(),
+        Some(chain.as_str()),
+        "the renewal keeps the chain"
+    );
+    let client = client_holding(renewed, &a, false);
+    let srv = server(
+        credentials(&a.ca, SERVER),
+        verification(SERVER, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    let (r, s) = handshake(srv, &client).await;
+    assert!(
+        matches!(&r, Err(Error::Protocol(e)) if e.code() == ErrorCode::AudienceMismatch),
+        "the renewed client did not refuse locally before its hello: {r:?}"
     );
     assert!(
         matches!(&s, Err(Error::Frame(FrameError::Truncated) | Error::Io(_))),
