@@ -281,6 +281,40 @@ async fn the_receiving_side_checks_every_reauth() {
             },
         ),
         (
+            // spec/PROTOCOL.md 16.4 step 2 and 16.6: at most 1 leaf + 4 intermediates.
+            "renewed, with 5 intermediates",
+            Box::new(move |a, _, k, r| {
+                let leaf = leaf(&a.ca, CLIENT, k, &LeafOpts::default());
+                let certs = vec![leaf; 6];
+                RawAgent::reauth_body(&certs, None, r.proof(k, None, None))
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::TooManyIntermediates(5))),
+            },
+        ),
+        (
+            // spec/PROTOCOL.md 16.4 step 2: the count before the encoding, so 6 certificates of
+            // which one is not base64url fail `bad_certificate`, not `bad_frame`.
+            "6 certificates, one of them not base64url",
+            Box::new(move |a, _, k, r| {
+                use base64::Engine as _;
+                let leaf = leaf(&a.ca, CLIENT, k, &LeafOpts::default());
+                let good = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(leaf.as_ref());
+                let mut certs = vec![good; 5];
+                certs.push("not base64url!".to_owned());
+                wire::body(&wire::Reauth {
+                    certs,
+                    chain: None,
+                    proof: r.proof(k, None, None),
+                })
+            }),
+            ReauthExpect::Refused {
+                reason: "bad_certificate",
+                local: |e| matches!(e, Error::Certificate(CertError::TooManyIntermediates(5))),
+            },
+        ),
+        (
             "the hello proof replayed",
             Box::new(move |a, _, k, r| {
                 renewed(a, k, CLIENT, &LeafOpts::default(), r.hello_proof.clone())
