@@ -574,8 +574,8 @@ impl Verifier {
     }
 
     /// Authorizes one request of a peer (spec/PROTOCOL.md section 13) whose presentation
-    /// carried `chain` (`None`: a peer without a chain, which holds no authority: rule A1, then
-    /// `scope_not_granted`).
+    /// carried `chain` (`None`: a peer without a chain, which holds no authority: the amounts
+    /// (section 3.3, `bad_config`) and rule A1, then `scope_not_granted`).
     pub fn authorize_peer(
         &self,
         chain: Option<&VerifiedChain>,
@@ -585,6 +585,7 @@ impl Verifier {
         match chain {
             Some(c) => self.authorize_with_limits(c, requested, amounts),
             None => {
+                valid_amounts(amounts)?;
                 requested_scope_is_concrete(requested)?;
                 Err(Error::new(
                     ErrorCode::ScopeNotGranted,

@@ -394,6 +394,54 @@ async fn identity_only_peers_pass_peer_routes_and_fail_scope_routes() {
     );
 }
 
+/// Section 13 is one verdict in every model: a request that is not a valid request (a requested
+/// scope with `*`, rule A1; an amount above 2^53 - 1, section 3.3, before A1) is refused with that
+/// code whether or not the peer presented a chain, exactly as the vectors
+/// `chainless-peer-requests-wildcard` and `input-amount-above-max-safe-integer` and a framed
+/// session have it; only a valid request of a chain-less peer is `scope_not_granted`.
+#[tokio::test]
+async fn a_malformed_request_gets_its_own_code_whether_or_not_the_peer_presented_a_chain() {
+    use std::collections::BTreeMap;
+    async fn decide(a: Authorizer, scope: &str, amount: Option<u64>) -> String {
+        let amounts: BTreeMap<String, u64> = amount
+            .map(|n| ("calls".to_owned(), n))
+            .into_iter()
+            .collect();
+        match a.authorize_with_limits(&Scope::parse(scope).unwrap(), &amounts) {
+            Ok(()) => "granted".to_owned(),
+            Err(r) => format!("{} {}", r.status().as_u16(), r.code()),
+        }
+    }
+    let app = Router::new()
+        .route("/wildcard", get(|a: Authorizer| decide(a, "files:*", None)))
+        .route(
+            "/amount",
+            get(|a: Authorizer| decide(a, "files:read", Some(1 << 53))),
+        )
+        .route("/valid", get(|a: Authorizer| decide(a, "files:read", None)));
+    let w = World::new(false);
+    let addr = start_app(&w, None, app, options()).await;
+    for scope in [Some("files:list"), None] {
+        let (creds, _k, _) = w.client(CLIENT, scope, &LeafOpts::default());
+        let mut conn = connect(&w, creds, false, addr).await;
+        assert_eq!(
+            get_ok(&mut conn, "/wildcard").await,
+            "403 bad_scope",
+            "chain {scope:?}"
+        );
+        assert_eq!(
+            get_ok(&mut conn, "/amount").await,
+            "403 bad_config",
+            "chain {scope:?}"
+        );
+        assert_eq!(
+            get_ok(&mut conn, "/valid").await,
+            "403 scope_not_granted",
+            "chain {scope:?}"
+        );
+    }
+}
+
 /// Requirements on the handler (`get(h.layer(..))`) decide every request as route layers do:
 /// granted and refused alike go to the sink, and a refusal never reaches the handler.
 #[tokio::test]

@@ -224,17 +224,13 @@ impl Authorizer {
     ) -> Result<(), Refusal> {
         let now = now_unix();
         let result = self.conn.live_at(now).and_then(|()| {
-            let chain = self.chain().ok_or_else(|| {
-                Refusal::forbidden(
-                    agentid_protocol::ErrorCode::ScopeNotGranted.as_str(),
-                    "the peer presented no chain",
-                )
-            })?;
+            // Section 13 as the protocol has it, with or without a chain (a peer without one
+            // holds no authority: the request's own checks, then `scope_not_granted`).
             self.conn
                 .server
                 .verification
                 .verifier()
-                .authorize_with_limits(chain, requested, amounts)
+                .authorize_peer(self.chain(), requested, amounts)
                 .map_err(|e| Refusal::forbidden(e.code().as_str(), e.to_string()))
         });
         self.record(Resource::Scope(requested), &result, now);
