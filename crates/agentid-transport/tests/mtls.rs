@@ -520,6 +520,40 @@ async fn a_renewed_credential_still_never_sends_its_chain_to_a_server_outside_it
     );
 }
 
+/// A hello whose chain still verifies (phase 5 takes a token until `exp + skew`) but whose
+/// session deadline, `min(notAfter, chain expires)` without skew (16.3 server step 8), is
+/// already past is refused with a reject `credential_expired` (16.5): no session is established
+/// that would have to end at once.
+#[tokio::test]
+async fn a_hello_whose_session_deadline_has_passed_is_rejected_credential_expired() {
+    let a = Domain::new("example.org");
+    let ck = key();
+    let n = now();
+    let holder = a.task("client", "t2");
+    let chain = agentid_protocol::GrantBuilder::new(
+        &a.td,
+        &holder,
+        ck.public_key(),
+        Scope::parse("files:read").unwrap(),
+    )
+    .validity(n - 30, n - 30, n - 2)
+    .sign(&a.grant_key)
+    .unwrap();
+    let held = credential(&a.ca, CLIENT, ck, &LeafOpts::default()).with_chain(chain.as_str());
+    let client = client_holding(held, &a, false);
+    let srv = server(
+        credentials(&a.ca, SERVER),
+        verification(SERVER, &[&a], false),
+        PeerPolicy::danger_any(),
+    );
+    let (r, s) = handshake(srv, &client).await;
+    assert!(matches!(&s, Err(Error::CredentialExpired)), "{s:?}");
+    match r {
+        Err(Error::Rejected { code, .. }) => assert_eq!(code, "credential_expired"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A server's own ID is its URI SAN (spec/PROTOCOL.md section 9): a server whose verification
 /// was made for another identity (one `PeerVerification` shared by two agents, say) would check
 /// a chain's audience against that other identity and accept chains meant only for it. Every
@@ -534,13 +568,18 @@ async fn a_server_whose_verification_names_another_identity_accepts_no_chain() {
         verification(OTHER_AGENT, &[&a], false),
         PeerPolicy::danger_any(),
     );
-    let (_, s) = handshake(srv, &client).await;
+    let (r, s) = handshake(srv, &client).await;
     match s {
         Err(e) => assert_eq!(e.protocol_code(), Some(ErrorCode::BadConfig), "{e:?}"),
         Ok(ss) => panic!(
             "SERVER accepted a chain meant for OTHER: {:?}",
             ss.peer().chain
         ),
+    }
+    // The client is told why, as for any code of section 12 (spec/PROTOCOL.md 16.5).
+    match r {
+        Err(Error::Rejected { code, .. }) => assert_eq!(code, "bad_config"),
+        other => panic!("{other:?}"),
     }
 }
 
