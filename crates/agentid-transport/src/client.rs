@@ -18,7 +18,7 @@ use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
     after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
-    verify_presented, Established, SeenBefore,
+    verify_presented, write_handshake_frame, Established, SeenBefore,
 };
 use crate::frame::{self, parse_body, Accept, FrameType, Reason};
 use crate::peer_policy::PeerPolicy;
@@ -194,9 +194,14 @@ impl AgentClient {
         }
         let client_proof = builder.sign(local.task_key())?;
         let hello = frame::presentation_body(FrameType::Hello, &client_proof, local.chain_json());
-        frame::write_frame(&mut tls, FrameType::Hello, &hello)
-            .await
-            .map_err(map_frame_tls)?;
+        write_handshake_frame(
+            &mut tls,
+            FrameType::Hello,
+            &hello,
+            self.limits.first_frame_timeout,
+        )
+        .await
+        .map_err(map_frame_tls)?;
 
         let verified = async {
             let first = timeout(self.limits.first_frame_timeout, frame::read_frame(&mut tls))
@@ -237,7 +242,13 @@ impl AgentClient {
             Ok(v) => v,
             Err(e) => {
                 // The server already holds a session: tell it why the client walks away.
-                tell_peer(&mut tls, FrameType::Close, &e).await;
+                tell_peer(
+                    &mut tls,
+                    FrameType::Close,
+                    &e,
+                    self.limits.first_frame_timeout,
+                )
+                .await;
                 return Err(e);
             }
         };

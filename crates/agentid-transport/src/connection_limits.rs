@@ -24,7 +24,9 @@ use std::time::Duration;
 ///    ([`crate::Error::Busy`]) when a cap is reached. Caps are per agent name and per task, not
 ///    per identity, because an agent can mint child identities; an agent holding its maximum
 ///    leaves the rest of the slots to the others.
-/// 3. The hello must arrive within [`first_frame_timeout`](Self::first_frame_timeout).
+/// 3. The hello must arrive within [`first_frame_timeout`](Self::first_frame_timeout), and the
+///    peer must take each frame of the handshake this side writes (hello, accept, a refusal)
+///    within it too.
 /// 4. A session in which the peer sends nothing for [`idle_timeout`](Self::idle_timeout) while
 ///    this side is waiting for it ends with `idle` (see the field for what counts).
 ///
@@ -38,7 +40,8 @@ pub struct ConnectionLimits {
     /// `handshake_timeout`, not added to it.
     pub client_hello_timeout: Duration,
     /// The first frame (hello at the server, accept or reject at the client) must arrive within
-    /// this time after the TLS handshake (default 10 s).
+    /// this time after the TLS handshake (default 10 s); each handshake frame this side writes
+    /// (hello, accept, a refusal) must be taken by the peer within it too.
     pub first_frame_timeout: Duration,
     /// Concurrent authenticated sessions a server holds (from the end of the TLS handshake to
     /// the end of the session). The default stays below the process's file limit

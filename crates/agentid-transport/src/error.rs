@@ -69,7 +69,8 @@ pub enum TimeoutKind {
     ClientHello,
     /// The TLS handshake did not finish in time.
     Handshake,
-    /// The first (hello or accept) frame did not arrive in time.
+    /// The first (hello or accept) frame did not arrive in time, or the peer did not take this
+    /// side's hello, accept or refusal in time (it reads nothing).
     FirstFrame,
 }
 

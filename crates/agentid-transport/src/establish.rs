@@ -12,7 +12,7 @@ use tokio::io::AsyncWrite;
 use tokio_rustls::TlsStream;
 
 use crate::credentials::{Credential, CredentialSource};
-use crate::error::{Error, FrameError, Result};
+use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::frame::{self, body_bytes, FrameType, Reason};
 use crate::provider::ALPN;
 use crate::rustls_verifier::from_tls_error;
@@ -233,7 +233,12 @@ pub(crate) fn record_peer(span: &tracing::Span, peer: &SvidInfo) {
 
 /// Best effort: a reject (server) or close (client) frame with the reason of `e`, when the
 /// failure is the peer's input (a frame or a verification), not a dead or silent connection.
-pub(crate) async fn tell_peer<S: AsyncWrite + Unpin>(io: &mut S, ty: FrameType, e: &Error) {
+pub(crate) async fn tell_peer<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ty: FrameType,
+    e: &Error,
+    within: Duration,
+) {
     if matches!(
         e,
         Error::Io(_)
@@ -248,8 +253,23 @@ pub(crate) async fn tell_peer<S: AsyncWrite + Unpin>(io: &mut S, ty: FrameType, 
     let (code, message) = e.for_peer();
     let reason = Reason { code, message };
     if let Ok(body) = body_bytes(&reason) {
-        let _ = frame::write_frame(io, ty, &body).await;
+        let _ = write_handshake_frame(io, ty, &body, within).await;
     }
+}
+
+/// Writes one frame of the handshake (hello, accept, or a refusal): the peer must take it
+/// within `within` (the first-frame timeout), else `first_frame_timeout`. A peer that reads
+/// nothing (a zero TCP window) cannot hold the handshake, its task and its session slot for as
+/// long as it keeps the connection open.
+pub(crate) async fn write_handshake_frame<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ty: FrameType,
+    body: &[u8],
+    within: Duration,
+) -> Result<()> {
+    tokio::time::timeout(within, frame::write_frame(io, ty, body))
+        .await
+        .map_err(|_| Error::Timeout(TimeoutKind::FirstFrame))?
 }
 
 /// In TLS 1.3 the client's handshake ends before the server has checked the client certificate:

@@ -18,8 +18,8 @@ use crate::connection_limits::ConnectionLimits;
 use crate::credentials::{Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
-    after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented, AfterTls,
-    Established, PeerPresented, SeenBefore,
+    after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented,
+    write_handshake_frame, AfterTls, Established, PeerPresented, SeenBefore,
 };
 use crate::frame::{self, parse_body, FrameType, Hello};
 use crate::listener::AgentListener;
@@ -137,15 +137,15 @@ impl AgentServer {
             .await?;
         let after = after_tls(tls.get_ref().1, CertUsage::ClientAuth, &self.verification)?;
         record_peer(span, &after.peer);
+        let limits = self.admission.limits();
         let permit = match self.admission.admit(&after.peer.id) {
             Ok(p) => p,
             Err(e) => {
-                tell_peer(&mut tls, FrameType::Reject, &e).await;
+                tell_peer(&mut tls, FrameType::Reject, &e, limits.first_frame_timeout).await;
                 return Err(e);
             }
         };
         let local = self.credentials.current().ok_or(Error::NoCredential)?;
-        let limits = self.admission.limits();
 
         let verified = async {
             let first = timeout(limits.first_frame_timeout, frame::read_frame(&mut tls))
@@ -161,7 +161,7 @@ impl AgentServer {
         let hello = match verified {
             Ok(v) => v,
             Err(e) => {
-                tell_peer(&mut tls, FrameType::Reject, &e).await;
+                tell_peer(&mut tls, FrameType::Reject, &e, limits.first_frame_timeout).await;
                 return Err(e);
             }
         };
@@ -181,7 +181,13 @@ impl AgentServer {
         }
         let server_proof = builder.sign(local.task_key())?;
         let accept = frame::presentation_body(FrameType::Accept, &server_proof, local.chain_json());
-        frame::write_frame(&mut tls, FrameType::Accept, &accept).await?;
+        write_handshake_frame(
+            &mut tls,
+            FrameType::Accept,
+            &accept,
+            limits.first_frame_timeout,
+        )
+        .await?;
 
         let established = Established {
             io: TlsStream::Server(tls),

@@ -1042,3 +1042,71 @@ async fn a_peers_reject_or_close_reason_reaches_errors_bounded_and_without_contr
         other => panic!("{other:?}"),
     }
 }
+
+/// A client that reads nothing after its hello (a zero TCP window; here a pipe of 256 bytes it
+/// never reads) cannot keep the server's accept waiting for ever: the accept frame must be taken
+/// within the first-frame timeout, else the handshake ends and gives its session slot back.
+/// Before, the server waited for the write for as long as the client held the connection, with
+/// the slot, the connection and its task held, past any deadline or revocation.
+#[tokio::test]
+async fn a_client_that_reads_nothing_after_its_hello_does_not_keep_its_session_slot() {
+    let a = Domain::new("example.org");
+    let sv = verification(SERVER, &[&a], false);
+    let server = server(
+        credentials(&a.ca, SERVER),
+        sv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let (ours, theirs) = tokio::io::duplex(256);
+    let accepting = tokio::spawn({
+        let server = server.clone();
+        async move { server.accept(ours).await.map(|_| ()) }
+    });
+    let key = key();
+    let cert = leaf(&a.ca, CLIENT, &key, &LeafOpts::default());
+    let raw = RawAgent::hello_over(&sv, theirs, CLIENT, cert, &key, None).await;
+    let r = tokio::time::timeout(T, accepting)
+        .await
+        .expect("the accept still waits for a client that reads nothing")
+        .unwrap();
+    assert!(
+        matches!(r, Err(Error::Timeout(TimeoutKind::FirstFrame))),
+        "{r:?}"
+    );
+    assert_eq!(server.admission().sessions(), 0);
+    drop(raw);
+}
+
+/// The same for a client: a server that completes TLS and then reads nothing cannot keep the
+/// client's `connect` waiting for ever on its hello (a chain of up to 64 KiB): the hello must be
+/// taken within the first-frame timeout.
+#[tokio::test]
+async fn a_server_that_reads_nothing_cannot_keep_a_clients_connect_waiting() {
+    let p = pair(Some("files:read"), LeafOpts::default(), false);
+    let (ours, theirs) = tokio::io::duplex(256);
+    let k = key();
+    let acceptor = tokio_rustls::TlsAcceptor::from(raw_server_config(
+        &p.sv,
+        leaf(&p.a.ca, SERVER, &k, &LeafOpts::default()),
+        &k,
+    ));
+    let silent = tokio::spawn(async move {
+        let tls = acceptor.accept(theirs).await;
+        tokio::time::sleep(2 * T).await;
+        drop(tls);
+    });
+    let c = client(
+        p.client_creds.clone(),
+        p.cv.clone(),
+        PeerPolicy::danger_any(),
+    );
+    let r = tokio::time::timeout(T, c.connect_with(ours))
+        .await
+        .expect("connect still waits for a server that reads nothing");
+    assert!(
+        matches!(r, Err(Error::Timeout(TimeoutKind::FirstFrame))),
+        "{:?}",
+        r.map(|_| ())
+    );
+    silent.abort();
+}

@@ -308,8 +308,8 @@ pub fn verification_with(
 
 /// A client speaking the agentid exchange by hand over a raw TLS connection (our server
 /// verifier), so tests can send frames the library would refuse to send.
-pub struct RawAgent {
-    pub tls: tokio_rustls::client::TlsStream<TcpStream>,
+pub struct RawAgent<S = TcpStream> {
+    pub tls: tokio_rustls::client::TlsStream<S>,
     pub id: SpiffeId,
     pub server: SpiffeId,
     /// This connection's exporter value for the client role (what a client proof binds).
@@ -332,6 +332,52 @@ impl RawAgent {
         let tls = raw_connect(raw_client_config(v, Some((cert, key)), false), addr)
             .await
             .unwrap();
+        Self::hello_on(tls, id, key, chain).await
+    }
+
+    /// A reauth body: `certs` (DER, leaf first), optional chain, `proof`.
+    pub fn reauth_body(
+        certs: &[CertificateDer<'_>],
+        chain: Option<&str>,
+        proof: String,
+    ) -> Vec<u8> {
+        use base64::Engine as _;
+        let certs = certs
+            .iter()
+            .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.as_ref()))
+            .collect();
+        wire::body(&wire::Reauth {
+            certs,
+            chain: chain.map(str::to_owned),
+            proof,
+        })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawAgent<S> {
+    /// [`RawAgent::hello`] over `io` (a pipe standing for a connection, say).
+    pub async fn hello_over(
+        v: &PeerVerification,
+        io: S,
+        id: &str,
+        cert: CertificateDer<'static>,
+        key: &TaskKey,
+        chain: Option<&str>,
+    ) -> Self {
+        let name = rustls::pki_types::ServerName::try_from("agentid.invalid").unwrap();
+        let connect =
+            tokio_rustls::TlsConnector::from(raw_client_config(v, Some((cert, key)), false))
+                .connect(name, io);
+        let tls = tokio::time::timeout(T, connect).await.unwrap().unwrap();
+        Self::hello_on(tls, id, key, chain).await
+    }
+
+    async fn hello_on(
+        tls: tokio_rustls::client::TlsStream<S>,
+        id: &str,
+        key: &TaskKey,
+        chain: Option<&str>,
+    ) -> Self {
         let conn = tls.get_ref().1;
         let exporter = conn
             .export_keying_material(
@@ -393,24 +439,6 @@ impl RawAgent {
             .await
             .unwrap()
             .unwrap()
-    }
-
-    /// A reauth body: `certs` (DER, leaf first), optional chain, `proof`.
-    pub fn reauth_body(
-        certs: &[CertificateDer<'_>],
-        chain: Option<&str>,
-        proof: String,
-    ) -> Vec<u8> {
-        use base64::Engine as _;
-        let certs = certs
-            .iter()
-            .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.as_ref()))
-            .collect();
-        wire::body(&wire::Reauth {
-            certs,
-            chain: chain.map(str::to_owned),
-            proof,
-        })
     }
 }
 
