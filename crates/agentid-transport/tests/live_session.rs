@@ -816,3 +816,22 @@ async fn closing_a_session_whose_peer_was_revoked_sends_revoked_not_normal() {
         }
     }
 }
+
+/// A session that already ended because its peer was revoked does not wait for that peer to
+/// read its close frame: a later `close` (what an application does on the error) returns the
+/// session's reason at once instead of waiting for ever on a revoked peer that reads nothing,
+/// holding the connection (spec/PROTOCOL.md 16.4: "the session ends at once").
+#[tokio::test]
+async fn a_close_after_the_peer_was_revoked_does_not_wait_for_a_peer_that_stopped_reading() {
+    let p = pair(Some("files:read"), LeafOpts::default(), false);
+    let (cs, mut ss) = p.live().await;
+    fill_until_writes_wait(&mut ss).await;
+    revoke_client_at_server(&p);
+    let sent = tokio::time::timeout(T, ss.send(b"more")).await.unwrap();
+    assert!(matches!(sent, Err(Error::Revoked(_))), "{sent:?}");
+    let r = tokio::time::timeout(T, ss.close("normal", "done"))
+        .await
+        .expect("the close of an ended session still waits for a revoked peer that reads nothing");
+    assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
+    drop(cs);
+}

@@ -37,7 +37,8 @@ where
 
     /// [`Self::poll_drain`] for a caller that waits until the peer has taken the bytes: while
     /// the session lives, the wait ends when the session does (its deadline, a revocation, a
-    /// failed re-check), with that reason; once this side closed it, at the deadline. A peer
+    /// failed re-check), with that reason; once either side closed it, at the deadline; once it
+    /// ended on a failure (its close frame sent best effort), at once, with the failure. A peer
     /// that stops reading never holds a writer for ever.
     pub(super) fn poll_drain_live(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.ended {
@@ -46,12 +47,18 @@ where
                     return Poll::Ready(Err(io::Error::other(e)));
                 }
             }
-            Some(Ended::LocalClosed) => {
+            Some(Ended::LocalClosed | Ended::PeerClosed(..)) => {
                 if self.deadline.as_mut().poll(cx).is_ready() || now_unix() >= self.peer.deadline {
                     return Poll::Ready(Err(io::Error::other(Error::CredentialExpired)));
                 }
             }
-            Some(_) => {}
+            Some(ended) => {
+                let e = ended.error();
+                return match self.poll_drain(cx) {
+                    Poll::Pending => Poll::Ready(Err(io::Error::other(e))),
+                    done => done,
+                };
+            }
         }
         self.poll_drain(cx)
     }
