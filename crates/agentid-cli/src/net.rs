@@ -577,6 +577,9 @@ fn holds_another_key(dir: &Path, key: &agentid_protocol::PublicKey) -> CliResult
 /// Writes the renewed `cred` as `dir/cert.pem`, only beside its own key (`key.pem` may have been
 /// replaced since the directory was read: the operator rotating it with `cert issue --force`).
 fn write_cert(dir: &Path, cred: &agentid_transport::Credential) -> CliResult {
+    // Held while the key is compared and the certificate written: a command replacing the key
+    // (`cert issue --force` holds the directory) cannot do so in between.
+    let _lock = files::lock_dir(dir)?;
     if holds_another_key(dir, &cred.info().public_key)? {
         return Err(CliError::failed(format!(
             "{} is no longer the key of {} (it was replaced since this command read {}): the \

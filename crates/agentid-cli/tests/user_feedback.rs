@@ -183,6 +183,30 @@ fn a_directory_being_written_by_another_command_is_refused_and_left_as_it_was() 
     agentid::files::Holder::load(&env.path("p")).expect("key and certificate match");
 }
 
+/// A renewal writes `cert.pem` into a credential directory too: while another command holds
+/// the directory (replacing its key with `cert issue --force`, say), `cert renew` is refused
+/// before it asks the CA, instead of writing the old key's certificate beside the new key.
+#[test]
+fn a_renewal_into_a_directory_being_written_by_another_command_is_refused() {
+    let env = Env::new();
+    env.planner("p");
+    let (key, cert) = (env.read("p/key.pem"), env.read("p/cert.pem"));
+    let held = std::fs::File::open(env.path("p")).unwrap();
+    held.lock().unwrap();
+    let (_, msg) = env.fails(
+        "cert renew --ca ca --dir p",
+        1,
+        "another agentid command is writing this directory",
+    );
+    assert!(msg.contains("wait for it to finish"), "{msg}");
+    assert_eq!(env.read("p/key.pem"), key);
+    assert_eq!(env.read("p/cert.pem"), cert);
+    drop(held);
+    env.ok("cert renew --ca ca --dir p");
+    assert_ne!(env.read("p/cert.pem"), cert);
+    agentid::files::Holder::load(&env.path("p")).expect("key and certificate match");
+}
+
 #[test]
 fn commands_that_write_files_say_what_they_wrote() {
     let env = Env::new();

@@ -68,6 +68,14 @@ pub fn run(args: &RenewArgs) -> CliResult {
     let Some(dir) = &args.ca else {
         return crate::net::run_renew_remote(args);
     };
+    // Locked before the key is read, until the certificate is written (as `cert issue` does):
+    // another command replacing the key meanwhile would get this key's certificate beside it.
+    // (A directory that is not there is left to the read below to name.)
+    let _lock = if args.dir.is_dir() {
+        Some(files::lock_dir(&args.dir)?)
+    } else {
+        None
+    };
     // The identity comes from the current certificate (expired or not: renewal is for that),
     // and the key must be the one it certifies.
     let holder = Holder::load(&args.dir)?;
