@@ -853,12 +853,16 @@ fn b64url(d: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d)
 }
 
-/// Before `task open` or `task child` asks the CA: `out_dir` may hold a `key.pem` only if it is
-/// the key of `csr` (DER), the key the certificate written there will certify. A CSR that does
-/// not parse is left to the CA to refuse (`bad_csr`).
-fn check_out_dir_key(out_dir: &Path, csr: &[u8]) -> CliResult {
+/// Before `task open`, `task child` or `cert sign` asks the CA: `out_dir` may hold a `key.pem`
+/// only if it is the key of `csr` (DER, or PEM as `cert sign` passes it to the CA), the key the
+/// certificate written there will certify. A CSR that does not parse is left to the CA to refuse
+/// (`bad_csr`).
+pub(crate) fn check_out_dir_key(out_dir: &Path, csr: &[u8]) -> CliResult {
+    use rustls_pki_types::pem::PemObject as _;
     use x509_parser::prelude::FromDer;
-    let Some(key) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+    let pem = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr).ok();
+    let der = pem.as_ref().map_or(csr, |d| d.as_ref());
+    let Some(key) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .ok()
         .and_then(|(_, req)| {
             agentid_protocol::PublicKey::from_spki_der(

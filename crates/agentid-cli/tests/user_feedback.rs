@@ -207,6 +207,36 @@ fn a_renewal_into_a_directory_being_written_by_another_command_is_refused() {
     agentid::files::Holder::load(&env.path("p")).expect("key and certificate match");
 }
 
+/// `cert sign` writes `cert.pem` into `--out-dir` only beside the CSR's own key, as `task open`
+/// does: an out-dir holding another key (a working credential directory named by mistake) is
+/// refused before the CA issues anything, and its certificate stays the one its key matches.
+#[test]
+fn cert_sign_refuses_an_out_dir_holding_another_key_before_issuing() {
+    if !support::have_openssl() {
+        return;
+    }
+    let env = Env::new();
+    env.planner("p");
+    let cert = env.read("p/cert.pem");
+    let issued = || {
+        agentid_ca::CertificateAuthority::open(&env.path("ca"))
+            .unwrap()
+            .issuances()
+            .unwrap()
+            .len()
+    };
+    let before = issued();
+    support::openssl_csr(env.dir.path(), "req", &[]);
+    env.fails(
+        "cert sign --ca ca --csr req.csr --agent planner --scope tickets:read --out-dir p",
+        1,
+        "holds another key than the CSR's",
+    );
+    assert_eq!(issued(), before, "nothing is issued");
+    assert_eq!(env.read("p/cert.pem"), cert);
+    agentid::files::Holder::load(&env.path("p")).expect("p/ still holds a matching pair");
+}
+
 #[test]
 fn commands_that_write_files_say_what_they_wrote() {
     let env = Env::new();

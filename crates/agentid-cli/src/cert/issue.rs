@@ -203,6 +203,8 @@ pub fn run_sign(args: &SignArgs) -> CliResult {
     } else {
         None
     };
+    // The certificate goes only beside the CSR's own key (as for `task open`).
+    crate::net::check_out_dir_key(&out, &csr)?;
     let mut req = OpenTaskRequest::new(
         args.agent.clone(),
         KeySource::Csr(csr),
