@@ -939,6 +939,9 @@ fn task_open(a: &TaskOpenArgs) -> CliResult {
         },
     };
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, GRANT_FILE])?;
+    // Held until the response is written (as `cert issue` holds it): the key compared below
+    // stays the directory's.
+    let _lock = files::lock_dir(&a.out_dir).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     check_out_dir_key(&a.out_dir, &csr).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let r = runtime()?
         .block_on(client.open_task(&req))
@@ -958,6 +961,9 @@ fn task_child(a: &TaskChildArgs) -> CliResult {
         parent_chain: None,
     };
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE])?;
+    // Held until the response is written (as `cert issue` holds it): the key compared below
+    // stays the directory's.
+    let _lock = files::lock_dir(&a.out_dir).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     check_out_dir_key(&a.out_dir, &csr).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let r = runtime()?
         .block_on(client.issue_child(&req))

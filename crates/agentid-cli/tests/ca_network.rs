@@ -659,6 +659,35 @@ fn task_open_and_child_refuse_an_out_dir_holding_another_key_before_asking_the_c
     agentid::files::Holder::load(&env.path("x")).expect("x/ holds the child's pair");
 }
 
+/// `task open` writes `cert.pem` and `grant.jwt` into a credential directory too: while another
+/// command holds that directory (`cert issue --force` replacing its key, say), it is refused
+/// before the CA is asked, as `cert issue` and `cert sign` are, instead of writing a
+/// certificate for the key it read beside the key the other command puts there.
+#[test]
+fn task_open_into_a_directory_being_written_by_another_command_is_refused() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    agent_csr(&env, "x", &[]);
+    let before = issued(&env);
+    let held = std::fs::File::open(env.path("x")).unwrap();
+    held.lock().unwrap();
+    env.fails(
+        &format!(
+            "task open --ca-url {url} --cred platform --csr x/req.csr --agent planner --scope tickets:read --out-dir x"
+        ),
+        1,
+        "another agentid command is writing this directory",
+    );
+    assert_eq!(issued(&env), before, "nothing is issued");
+    assert!(!env.path("x/cert.pem").exists());
+    drop(held);
+    env.ok(&format!(
+        "task open --ca-url {url} --cred platform --csr x/req.csr --agent planner --scope tickets:read --out-dir x"
+    ));
+    assert!(env.path("x/cert.pem").exists());
+}
+
 /// The caller verifies the CA too: a service of another CA (same trust domain name, another
 /// root) refuses this CA's certificate before it sends anything. (A foreign client certificate
 /// presented to the CA gets a TLS alert: agentid-ca's `service_tasks` test, since this CLI
