@@ -345,8 +345,14 @@ fn verify_at(
             Some(p) => policy.allow(td, p),
         };
     }
-    let mut set = BundleSet::new();
-    for b in bundles {
+    // The own trust domain's bundle first (spec rule C2): a partner's bundle that repeats one of
+    // its keys is the one refused, whichever order the command line gave them in.
+    let own_td = own.trust_domain();
+    let (mine, others): (Vec<_>, Vec<_>) = bundles
+        .into_iter()
+        .partition(|b| *b.trust_domain() == own_td);
+    let mut set = BundleSet::for_trust_domain(own_td);
+    for b in mine.into_iter().chain(others) {
         set.insert(b)?;
     }
     let mut config = VerifierConfig::new(own, set)

@@ -169,6 +169,28 @@ fn chain_verify_exit_codes() {
     );
 }
 
+/// Rule C2: the verifier's own trust domain's bundle loads first, so a partner's bundle that
+/// repeats one of its grant or revocation keys is the one refused, whichever order the command
+/// line names them in (the verdict was the same both ways; the message blamed the own bundle
+/// when the partner came first).
+#[test]
+fn a_partner_bundle_repeating_an_own_key_is_the_one_refused_in_either_order() {
+    let env = Env::new();
+    env.planner("p");
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let base = "chain verify p/grant.jwt --peer-cert p/cert.pem --revocations rev.jwt";
+    for bundles in [
+        "--bundle partner.example=p/bundle.json --bundle example.org=p/bundle.json",
+        "--bundle example.org=p/bundle.json --bundle partner.example=p/bundle.json",
+    ] {
+        let (_, msg) = env.fails(&format!("{base} {bundles}"), 3, "bad_bundle");
+        assert!(
+            msg.contains("the bundle of partner.example lists key"),
+            "{bundles}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn revoke_revocations_and_bundle_exit_codes() {
     let env = Env::new();
