@@ -40,6 +40,7 @@ use http_body_util::{BodyExt as _, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::http::peer_text;
 use crate::http::{HttpClient, HttpClientConnection};
 
 /// The A2A protocol version these types follow (the card's `protocolVersion`): 0.3.0, the
@@ -298,7 +299,7 @@ impl A2aError {
 /// `trustDomain` are exactly `expected`'s. Nothing else in the card is trusted.
 pub fn check_card(card: &AgentCard, expected: &SpiffeId) -> Result<(), A2aError> {
     if card.protocol_version != A2A_PROTOCOL_VERSION {
-        return Err(A2aError::Version(card.protocol_version.clone()));
+        return Err(A2aError::Version(peer_text(card.protocol_version.clone())));
     }
     let mtls = card
         .security_schemes
@@ -321,14 +322,15 @@ pub fn check_card(card: &AgentCard, expected: &SpiffeId) -> Result<(), A2aError>
         .clone()
         .ok_or_else(|| A2aError::Malformed("agentid extension without params".into()))
         .and_then(|p| {
-            serde_json::from_value(p).map_err(|e| A2aError::Malformed(format!("params: {e}")))
+            serde_json::from_value(p)
+                .map_err(|e| A2aError::Malformed(peer_text(format!("params: {e}"))))
         })?;
     if params.spiffe_id != expected.as_str() || params.trust_domain != expected.trust_domain_str() {
         return Err(A2aError::CardMismatch {
-            card: format!(
+            card: peer_text(format!(
                 "{} (trust domain {})",
                 params.spiffe_id, params.trust_domain
-            ),
+            )),
             expected: expected.to_string(),
         });
     }
@@ -410,7 +412,7 @@ impl A2aClient {
         }
         let body = read_limited(resp, MAX_CARD_BYTES).await?;
         let card: AgentCard = serde_json::from_slice(&body)
-            .map_err(|e| A2aError::Malformed(format!("agent card: {e}")))?;
+            .map_err(|e| A2aError::Malformed(peer_text(format!("agent card: {e}"))))?;
         check_card(&card, &self.expected)?;
         Ok(A2aConnection {
             conn,
@@ -473,11 +475,11 @@ impl A2aConnection {
             error: Option<RpcError>,
         }
         let resp: RpcResponse = serde_json::from_slice(&body)
-            .map_err(|e| A2aError::Malformed(format!("JSON-RPC response: {e}")))?;
+            .map_err(|e| A2aError::Malformed(peer_text(format!("JSON-RPC response: {e}"))))?;
         match (resp.result, resp.error) {
             (_, Some(e)) => Err(A2aError::Rpc {
                 code: e.code,
-                message: e.message,
+                message: peer_text(e.message),
             }),
             (Some(r), None) => Ok(r),
             (None, None) => Err(A2aError::Malformed(

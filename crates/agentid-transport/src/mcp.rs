@@ -835,11 +835,12 @@ fn answer(message: Value) -> Result<Value, McpError> {
     if let Some(e) = message.get("error") {
         return Err(McpError::Rpc {
             code: e.get("code").and_then(Value::as_i64).unwrap_or_default(),
-            message: e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+            message: crate::http::peer_text(
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
         });
     }
     message

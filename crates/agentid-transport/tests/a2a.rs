@@ -54,6 +54,17 @@ impl World {
 
     /// An A2A agent presenting `cert_id`, publishing `card` (as JSON), on 127.0.0.1.
     async fn agent(&self, cert_id: &str, card: serde_json::Value) -> SocketAddr {
+        self.agent_answering(cert_id, card, None).await
+    }
+
+    /// As [`World::agent`], answering every `message/send` with `answer` when given (a
+    /// hostile agent), else with a message under the request's id.
+    async fn agent_answering(
+        &self,
+        cert_id: &str,
+        card: serde_json::Value,
+        answer: Option<serde_json::Value>,
+    ) -> SocketAddr {
         let app = Router::new()
             .route(
                 AGENT_CARD_PATH,
@@ -64,7 +75,10 @@ impl World {
             )
             .route(
                 "/a2a",
-                post(|Json(req): Json<serde_json::Value>| async move {
+                post(move |Json(req): Json<serde_json::Value>| async move {
+                    if let Some(answer) = answer {
+                        return Json(answer);
+                    }
                     Json(serde_json::json!({
                         "jsonrpc": "2.0", "id": req["id"],
                         "result": { "kind": "message", "role": "agent", "messageId": "r",
@@ -221,6 +235,92 @@ async fn a_message_without_the_delegated_scope_is_refused_with_its_code() {
             assert_eq!(code, "scope_not_granted");
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// What an error shows of a hostile agent's text: bounded, one line, no terminal escapes.
+fn assert_shown_clean(e: &A2aError) {
+    let shown = e.to_string();
+    assert!(shown.len() <= 1200, "{} bytes shown", shown.len());
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+}
+
+/// `n` bytes and more of forged log lines and terminal escapes (a card holds at most 64 KiB).
+fn hostile_text(n: usize) -> String {
+    format!(
+        "x\n2026-12-06T07:00:00Z INFO forged: all checks passed\u{1b}[2J{}",
+        "y".repeat(n)
+    )
+}
+
+#[tokio::test]
+async fn a_card_naming_another_identity_is_shown_bounded_and_without_control_characters() {
+    let w = World::new();
+    let mut card = card_json(PLANNER, None);
+    let params = &mut card["capabilities"]["extensions"][0]["params"];
+    params["spiffeId"] = hostile_text(20_000).into();
+    params["trustDomain"] = hostile_text(20_000).into();
+    let addr = w.agent(PLANNER, card).await;
+    match connect_as_coder(&w, "planner:plan", addr).await {
+        Ok(c) => panic!("accepted: {:?}", c.card()),
+        Err(e) => {
+            assert_eq!(e.code(), "card_identity_mismatch", "{e}");
+            assert_shown_clean(&e);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_card_with_another_protocol_version_is_shown_bounded() {
+    let w = World::new();
+    let mut card = card_json(PLANNER, None);
+    card["protocolVersion"] = hostile_text(40_000).into();
+    let addr = w.agent(PLANNER, card).await;
+    match connect_as_coder(&w, "planner:plan", addr).await {
+        Ok(c) => panic!("accepted: {:?}", c.card()),
+        Err(e) => {
+            assert_eq!(e.code(), "card_version", "{e}");
+            assert_shown_clean(&e);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_card_quoting_the_agents_text_is_shown_bounded() {
+    let w = World::new();
+    let mut card = card_json(PLANNER, None);
+    // A string where an object belongs: serde quotes it in its error.
+    card["capabilities"] = hostile_text(40_000).into();
+    let addr = w.agent(PLANNER, card).await;
+    match connect_as_coder(&w, "planner:plan", addr).await {
+        Ok(c) => panic!("accepted: {:?}", c.card()),
+        Err(e) => {
+            assert_eq!(e.code(), "malformed", "{e}");
+            assert_shown_clean(&e);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_json_rpc_error_message_from_the_agent_is_shown_bounded_and_without_control_characters() {
+    let w = World::new();
+    let answer = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1,
+        "error": { "code": -32000, "message": hostile_text(500_000) },
+    });
+    let addr = w
+        .agent_answering(PLANNER, card_json(PLANNER, None), Some(answer))
+        .await;
+    let mut conn = connect_as_coder(&w, "planner:plan", addr).await.unwrap();
+    match tokio::time::timeout(T, conn.send_text("/a2a", "hi"))
+        .await
+        .unwrap()
+    {
+        Ok(r) => panic!("answered: {r}"),
+        Err(e) => {
+            assert_eq!(e.code(), "rpc_error", "{e}");
+            assert_shown_clean(&e);
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use agentid_transport::mcp::rmcp::transport::streamable_http_server::session::{
 use agentid_transport::mcp::rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use agentid_transport::mcp::{McpClient, McpError, McpSessions, FORBIDDEN, SESSION_HEADER};
 use agentid_transport::{MemoryCredentials, PeerPolicy, PeerVerification};
+use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use example::demo;
 use serde_json::json;
@@ -590,4 +591,84 @@ async fn a_peer_cannot_resume_another_peers_stream_by_its_event_id() {
     assert_eq!(resp.status(), 200);
     let text = body_text(resp).await;
     assert!(text.contains(CODER), "{text}");
+}
+
+/// A hostile tool server presenting the repo's certificate: every POST to `/mcp` is answered
+/// with `answer`, as JSON or (`sse`) as one server-sent event.
+async fn hostile_repo(domain: &demo::Domain, answer: serde_json::Value, sse: bool) -> SocketAddr {
+    let td = TrustDomain::parse("example.org").unwrap();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move || {
+            let answer = answer.clone();
+            async move {
+                if sse {
+                    let body = format!("data: {answer}\n\n");
+                    ([("content-type", "text/event-stream")], body).into_response()
+                } else {
+                    axum::Json(answer).into_response()
+                }
+            }
+        }),
+    );
+    let server = HttpServer::builder(
+        domain.service(REPO).unwrap(),
+        domain.verification(REPO).unwrap(),
+        PeerPolicy::agents_in(td),
+    )
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+    addr
+}
+
+/// The coder initializes an MCP session with the server at `addr` (bounded).
+async fn initialize_with(domain: &demo::Domain, addr: SocketAddr) -> Result<McpClient, McpError> {
+    let td = TrustDomain::parse("example.org").unwrap();
+    let http = HttpClient::builder(
+        domain.task(CODER, "repo:read").unwrap(),
+        domain.verification(CODER).unwrap(),
+        PeerPolicy::service(ServiceId::new(&td, "repo").unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap();
+    let conn = http.connect(addr, HOST).await?;
+    tokio::time::timeout(T, McpClient::initialize(conn, "/mcp"))
+        .await
+        .unwrap()
+}
+
+/// A JSON-RPC error message is the server's text: a MiB of forged log lines and terminal
+/// escapes reached the error (and every log line showing it) as they were.
+#[tokio::test]
+async fn a_json_rpc_error_message_from_the_server_is_shown_bounded_and_without_control_characters()
+{
+    let domain = demo::Domain::new("example.org").unwrap();
+    let message = format!(
+        "x\n2026-12-06T07:00:00Z INFO forged: all checks passed\u{1b}[2J{}",
+        "y".repeat(500_000)
+    );
+    for sse in [false, true] {
+        let answer = json!({
+            "jsonrpc": "2.0", "id": 1,
+            "error": { "code": -32000, "message": message },
+        });
+        let addr = hostile_repo(&domain, answer, sse).await;
+        match initialize_with(&domain, addr).await {
+            Ok(c) => panic!("sse {sse}: initialized: {:?}", c.server_info()),
+            Err(e @ McpError::Rpc { .. }) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.len() <= 1200,
+                    "sse {sse}: {} bytes shown",
+                    shown.len()
+                );
+                assert!(!shown.chars().any(char::is_control), "sse {sse}: {shown:?}");
+            }
+            Err(e) => panic!("sse {sse}: {e}"),
+        }
+    }
 }

@@ -126,6 +126,15 @@ pub use refusal::{
     PRESENTATION_CHANGED, PROOF_MISSING,
 };
 pub use server::{HttpConnection, HttpOptions, HttpServer, HttpServerBuilder};
+
+/// Text a server sent (a JSON-RPC error's message, an agent card's fields, a parser's error
+/// quoting them), fit for an error and a log line: cut to 512 bytes and without control
+/// characters, as the reason of a reject or close frame ([`crate::frame`]). A response may carry
+/// a MiB of it, forged log lines and terminal escapes included.
+#[cfg(any(feature = "a2a", feature = "mcp"))]
+pub(crate) fn peer_text(text: String) -> String {
+    agentid_protocol::clean_text(text, crate::frame::MAX_PEER_MESSAGE)
+}
 pub use tls::{
     client_config, client_peer, server_config, server_peer, HttpVersion, TlsPeer, ALPN_H2,
     ALPN_HTTP11,
