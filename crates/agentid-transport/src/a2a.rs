@@ -470,19 +470,27 @@ impl A2aConnection {
         #[derive(Deserialize)]
         struct RpcResponse {
             #[serde(default)]
+            id: serde_json::Value,
+            #[serde(default)]
             result: Option<serde_json::Value>,
             #[serde(default)]
             error: Option<RpcError>,
         }
         let resp: RpcResponse = serde_json::from_slice(&body)
             .map_err(|e| A2aError::Malformed(peer_text(format!("JSON-RPC response: {e}"))))?;
+        // JSON-RPC 2.0: a response carries the request's id (an error, `null` when the server
+        // could not read it); an answer under any other id is not the answer to this request.
+        let ours = resp.id.as_u64() == Some(id);
         match (resp.result, resp.error) {
-            (_, Some(e)) => Err(A2aError::Rpc {
+            (_, Some(e)) if ours || resp.id.is_null() => Err(A2aError::Rpc {
                 code: e.code,
                 message: peer_text(e.message),
             }),
-            (Some(r), None) => Ok(r),
-            (None, None) => Err(A2aError::Malformed(
+            _ if !ours => Err(A2aError::Malformed(
+                "JSON-RPC response under another id".into(),
+            )),
+            (Some(r), _) => Ok(r),
+            (None, _) => Err(A2aError::Malformed(
                 "JSON-RPC response without result".into(),
             )),
         }

@@ -827,12 +827,24 @@ impl McpClient {
                 .to_bytes();
             serde_json::from_slice(&body).map_err(|e| McpError::Malformed(e.to_string()))?
         };
-        answer(message)
+        answer(message, id)
     }
 }
 
-fn answer(message: Value) -> Result<Value, McpError> {
-    if let Some(e) = message.get("error") {
+/// The result of the JSON-RPC response `message` to the request `id`. JSON-RPC 2.0: a response
+/// carries its request's id (an error `null` when the server could not read it); an answer
+/// under any other id (or a batch) is not the answer to this request.
+fn answer(message: Value, id: u64) -> Result<Value, McpError> {
+    let answered = message.get("id");
+    let ours = answered.and_then(Value::as_u64) == Some(id);
+    let error = message.get("error");
+    let unread = error.is_some() && answered.is_some_and(Value::is_null);
+    if !ours && !unread {
+        return Err(McpError::Malformed(
+            "JSON-RPC response under another id".into(),
+        ));
+    }
+    if let Some(e) = error {
         return Err(McpError::Rpc {
             code: e.get("code").and_then(Value::as_i64).unwrap_or_default(),
             message: crate::http::peer_text(

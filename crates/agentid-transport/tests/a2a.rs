@@ -325,6 +325,33 @@ async fn a_json_rpc_error_message_from_the_agent_is_shown_bounded_and_without_co
 }
 
 #[tokio::test]
+async fn a_json_rpc_response_under_another_id_is_refused() {
+    let w = World::new();
+    for id in [
+        serde_json::json!(7),
+        serde_json::json!("1"),
+        serde_json::Value::Null,
+    ] {
+        let answer = serde_json::json!({
+            "jsonrpc": "2.0", "id": id,
+            "result": { "kind": "message", "role": "agent", "messageId": "r",
+                        "parts": [{ "kind": "text", "text": "not yours" }] },
+        });
+        let addr = w
+            .agent_answering(PLANNER, card_json(PLANNER, None), Some(answer))
+            .await;
+        let mut conn = connect_as_coder(&w, "planner:plan", addr).await.unwrap();
+        match tokio::time::timeout(T, conn.send_text("/a2a", "hi"))
+            .await
+            .unwrap()
+        {
+            Ok(r) => panic!("id {id}: answered: {r}"),
+            Err(e) => assert_eq!(e.code(), "malformed", "id {id}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_card_that_is_not_json_is_malformed() {
     assert_coder_refused(
         PLANNER,

@@ -672,3 +672,25 @@ async fn a_json_rpc_error_message_from_the_server_is_shown_bounded_and_without_c
         }
     }
 }
+
+/// JSON-RPC 2.0: a response carries its request's id. An answer under another id (a number, the
+/// same number as a string, `null`) is not the answer to this request, as JSON or as an event.
+#[tokio::test]
+async fn a_json_rpc_response_under_another_id_is_refused() {
+    let domain = demo::Domain::new("example.org").unwrap();
+    for sse in [false, true] {
+        for id in [json!(7), json!("1"), serde_json::Value::Null] {
+            let answer = json!({
+                "jsonrpc": "2.0", "id": id,
+                "result": { "protocolVersion": "2025-06-18", "capabilities": {},
+                            "serverInfo": { "name": "not yours", "version": "1" } },
+            });
+            let addr = hostile_repo(&domain, answer, sse).await;
+            match initialize_with(&domain, addr).await {
+                Ok(c) => panic!("sse {sse}, id {id}: initialized: {:?}", c.server_info()),
+                Err(McpError::Malformed(_)) => {}
+                Err(e) => panic!("sse {sse}, id {id}: {e}"),
+            }
+        }
+    }
+}
