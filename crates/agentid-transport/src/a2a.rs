@@ -32,6 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use agentid_protocol::SpiffeId;
 use bytes::Bytes;
@@ -39,7 +40,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, TimeoutKind};
 use crate::http::peer_text;
 use crate::http::{HttpClient, HttpClientConnection};
 
@@ -346,7 +347,12 @@ pub fn check_card(card: &AgentCard, expected: &SpiffeId) -> Result<(), A2aError>
 pub struct A2aClient {
     http: HttpClient,
     expected: SpiffeId,
+    timeout: Duration,
 }
+
+/// How long an A2A client waits for an answer (the card, a `message/send` result: the
+/// response and its body) by default ([`A2aClient::timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A connection to a checked A2A agent.
 #[derive(Debug)]
@@ -354,6 +360,19 @@ pub struct A2aConnection {
     conn: HttpClientConnection,
     card: AgentCard,
     next_id: u64,
+    timeout: Duration,
+}
+
+/// `answer` within `timeout`, else the transport's `response_timeout`: the connection's
+/// timeouts cover TCP and TLS only, and a server may take a request and never answer it, or
+/// answer a byte at a time.
+async fn within<T>(
+    timeout: Duration,
+    answer: impl std::future::Future<Output = Result<T, A2aError>>,
+) -> Result<T, A2aError> {
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| A2aError::Transport(Error::Timeout(TimeoutKind::Response)))?
 }
 
 async fn read_limited(resp: crate::http::HttpResponse, max: usize) -> Result<Bytes, A2aError> {
@@ -383,7 +402,19 @@ async fn http_error(resp: crate::http::HttpResponse) -> A2aError {
 impl A2aClient {
     /// A client that talks only to `expected` (from the client's own configuration).
     pub fn new(http: HttpClient, expected: SpiffeId) -> Self {
-        Self { http, expected }
+        Self {
+            http,
+            expected,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for each answer, the card's included (default [`DEFAULT_TIMEOUT`]);
+    /// past it the call fails with the transport's `response_timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Connects to `addr` (`authority` as the requests' `:authority`), checks the mTLS peer
@@ -406,11 +437,14 @@ impl A2aClient {
             .header(http::header::ACCEPT, "application/json")
             .body(Bytes::new())
             .map_err(|e| A2aError::Malformed(e.to_string()))?;
-        let resp = conn.send(req).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(http_error(resp).await);
-        }
-        let body = read_limited(resp, MAX_CARD_BYTES).await?;
+        let body = within(self.timeout, async {
+            let resp = conn.send(req).await?;
+            if resp.status() != StatusCode::OK {
+                return Err(http_error(resp).await);
+            }
+            read_limited(resp, MAX_CARD_BYTES).await
+        })
+        .await?;
         let card: AgentCard = serde_json::from_slice(&body)
             .map_err(|e| A2aError::Malformed(peer_text(format!("agent card: {e}"))))?;
         check_card(&card, &self.expected)?;
@@ -418,6 +452,7 @@ impl A2aClient {
             conn,
             card,
             next_id: 1,
+            timeout: self.timeout,
         })
     }
 }
@@ -457,11 +492,15 @@ impl A2aConnection {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Bytes::from(body.to_string()))
             .map_err(|e| A2aError::Malformed(e.to_string()))?;
-        let resp = self.conn.send(req).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(http_error(resp).await);
-        }
-        let body = read_limited(resp, MAX_RESPONSE_BYTES).await?;
+        let conn = &mut self.conn;
+        let body = within(self.timeout, async {
+            let resp = conn.send(req).await?;
+            if resp.status() != StatusCode::OK {
+                return Err(http_error(resp).await);
+            }
+            read_limited(resp, MAX_RESPONSE_BYTES).await
+        })
+        .await?;
         #[derive(Deserialize)]
         struct RpcError {
             code: i64,

@@ -72,6 +72,9 @@ pub enum TimeoutKind {
     /// The first (hello or accept) frame did not arrive in time, or the peer did not take this
     /// side's hello, accept or refusal in time (it reads nothing).
     FirstFrame,
+    /// An HTTP client's answer (its response and the body it reads) did not arrive in time
+    /// (the A2A and MCP clients).
+    Response,
 }
 
 /// Which cap refused a connection ([`Error::Busy`]).
@@ -229,6 +232,7 @@ impl Error {
             Error::Timeout(TimeoutKind::ClientHello) => "client_hello_timeout",
             Error::Timeout(TimeoutKind::Handshake) => "handshake_timeout",
             Error::Timeout(TimeoutKind::FirstFrame) => "first_frame_timeout",
+            Error::Timeout(TimeoutKind::Response) => "response_timeout",
             Error::HandshakeRefused(_) => "handshake_refused",
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 
 pub use rmcp;
 
-use crate::error::Error;
+use crate::error::{Error, TimeoutKind};
 use crate::http::{
     Authorizer, BoxError, HttpClientConnection, Refusal, Resource, ResponseBody, PEER_DENIED,
 };
@@ -705,17 +705,36 @@ pub struct McpClient {
     session: Option<HeaderValue>,
     next_id: u64,
     server: Value,
+    timeout: Duration,
 }
 
+/// How long an MCP client waits for each answer (the response and its body, or the event that
+/// carries it) by default ([`McpClient::initialize_within`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl McpClient {
-    /// Initializes an MCP session at `path` on `conn` (which presents the caller's chain).
+    /// Initializes an MCP session at `path` on `conn` (which presents the caller's chain),
+    /// waiting at most [`DEFAULT_TIMEOUT`] for each answer.
     pub async fn initialize(conn: HttpClientConnection, path: &str) -> Result<Self, McpError> {
+        Self::initialize_within(conn, path, DEFAULT_TIMEOUT).await
+    }
+
+    /// As [`McpClient::initialize`], waiting at most `timeout` for each answer (this one's and
+    /// every later call's); past it the call fails with the transport's `response_timeout`.
+    /// The connection's timeouts cover TCP and TLS only: a server may take a request and never
+    /// answer it, or stream events that never carry the answer.
+    pub async fn initialize_within(
+        conn: HttpClientConnection,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Self, McpError> {
         let mut client = Self {
             conn,
             path: path.to_owned(),
             session: None,
             next_id: 1,
             server: Value::Null,
+            timeout,
         };
         let result = client
             .request(
@@ -791,13 +810,27 @@ impl McpClient {
             .map_err(|e| McpError::Malformed(e.to_string()))
     }
 
+    /// `exchange` within the client's timeout, else the transport's `response_timeout`.
+    async fn within<T>(
+        timeout: Duration,
+        exchange: impl std::future::Future<Output = Result<T, McpError>>,
+    ) -> Result<T, McpError> {
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| McpError::Transport(Error::Timeout(TimeoutKind::Response)))?
+    }
+
     async fn notify(&mut self, method: &str) -> Result<(), McpError> {
         let req = self.post(&json!({ "jsonrpc": "2.0", "method": method }))?;
-        let resp = self.conn.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(http_error(resp).await);
-        }
-        Ok(())
+        let conn = &mut self.conn;
+        Self::within(self.timeout, async {
+            let resp = conn.send(req).await?;
+            if !resp.status().is_success() {
+                return Err(http_error(resp).await);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn request(&mut self, method: &str, params: Value) -> Result<Value, McpError> {
@@ -805,28 +838,32 @@ impl McpClient {
         self.next_id += 1;
         let req =
             self.post(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))?;
-        let resp = self.conn.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(http_error(resp).await);
-        }
-        if self.session.is_none() {
-            self.session = resp.headers().get(SESSION_HEADER).cloned();
-        }
-        let sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let message = if sse {
-            read_sse_answer(resp.into_body(), id).await?
-        } else {
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| McpError::Malformed(format!("body: {e}")))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| McpError::Malformed(e.to_string()))?
-        };
+        let (conn, session) = (&mut self.conn, &mut self.session);
+        let message = Self::within(self.timeout, async {
+            let resp = conn.send(req).await?;
+            if !resp.status().is_success() {
+                return Err(http_error(resp).await);
+            }
+            if session.is_none() {
+                *session = resp.headers().get(SESSION_HEADER).cloned();
+            }
+            let sse = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if sse {
+                read_sse_answer(resp.into_body(), id).await
+            } else {
+                let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| McpError::Malformed(format!("body: {e}")))?
+                    .to_bytes();
+                serde_json::from_slice(&body).map_err(|e| McpError::Malformed(e.to_string()))
+            }
+        })
+        .await?;
         answer(message, id)
     }
 }

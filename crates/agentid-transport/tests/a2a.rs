@@ -351,6 +351,35 @@ async fn a_json_rpc_response_under_another_id_is_refused() {
     }
 }
 
+/// An agent presenting the planner's certificate that takes every request and never answers
+/// (its response never starts).
+async fn silent_planner(w: &World) -> SocketAddr {
+    let app = Router::new().fallback(std::future::pending::<Json<serde_json::Value>>);
+    let server = HttpServer::builder(
+        w.domain.service(PLANNER).unwrap(),
+        w.domain.verification(PLANNER).unwrap(),
+        PeerPolicy::agents_in(w.td.clone()),
+    )
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+    addr
+}
+
+/// The connect timeout covers TCP and TLS only: an agent that never answers the card request
+/// held `connect` until the connection's certificates neared their end (hours).
+#[tokio::test]
+async fn an_agent_that_never_answers_its_card_request_times_out() {
+    let w = World::new();
+    let addr = silent_planner(&w).await;
+    let a2a = w
+        .client("planner:plan", PLANNER)
+        .timeout(Duration::from_millis(300));
+    refused_with(connect(&a2a, addr).await, "response_timeout");
+}
+
 #[tokio::test]
 async fn a_card_that_is_not_json_is_malformed() {
     assert_coder_refused(

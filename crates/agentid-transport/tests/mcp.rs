@@ -694,3 +694,69 @@ async fn a_json_rpc_response_under_another_id_is_refused() {
         }
     }
 }
+
+/// An endless event stream of comments, one a tick.
+struct Pings(tokio::time::Interval);
+
+impl tokio_stream::Stream for Pings {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_tick(cx)
+            .map(|_| Some(Ok(Bytes::from_static(b": ping\n\n"))))
+    }
+}
+
+/// A server-sent event stream that never carries the answer (a comment every few milliseconds,
+/// far below the size cap) held the request until the connection's certificates neared their
+/// end (hours).
+#[tokio::test]
+async fn an_event_stream_that_never_carries_the_answer_times_out() {
+    let domain = demo::Domain::new("example.org").unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|| async {
+            let pings = Pings(tokio::time::interval(Duration::from_millis(10)));
+            (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(pings),
+            )
+                .into_response()
+        }),
+    );
+    let server = HttpServer::builder(
+        domain.service(REPO).unwrap(),
+        domain.verification(REPO).unwrap(),
+        PeerPolicy::agents_in(td.clone()),
+    )
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, app).await });
+    let http = HttpClient::builder(
+        domain.task(CODER, "repo:read").unwrap(),
+        domain.verification(CODER).unwrap(),
+        PeerPolicy::service(ServiceId::new(&td, "repo").unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap();
+    let conn = http.connect(addr, HOST).await.unwrap();
+    let r = tokio::time::timeout(
+        T,
+        McpClient::initialize_within(conn, "/mcp", Duration::from_millis(300)),
+    )
+    .await
+    .expect("the client gave up by itself");
+    match r {
+        Ok(c) => panic!("initialized: {:?}", c.server_info()),
+        Err(McpError::Transport(e)) => assert_eq!(e.reason(), "response_timeout", "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+}
