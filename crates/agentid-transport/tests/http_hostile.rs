@@ -363,62 +363,10 @@ async fn a_huge_idle_timeout_still_cuts_streams_at_the_deadline() {
 /// agentid's TLS configuration) serves the client's presenting request with 404.
 #[tokio::test]
 async fn the_client_fails_a_served_404_without_the_server_proof() {
-    use http_body_util::Full;
     let w = World::new();
-    let config = Arc::new(
-        http::server_config(
-            w.server_creds.clone(),
-            &w.sv,
-            PeerPolicy::trust_domain(w.a.td.clone()),
-        )
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(
-                        ::http::Response::builder()
-                            .status(404)
-                            .body(Full::new(bytes::Bytes::from_static(b"served, no proof")))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    let (creds, _k, _chain) = {
-        let k = key();
-        let holder = agentid_protocol::TaskIdentity::parse(CLIENT).unwrap();
-        let chain = w.a.grant(&holder, &k, "files:read").as_str().to_owned();
-        let cred = credential(
-            &w.a.ca,
-            CLIENT,
-            agentid_protocol::TaskKey::from_pkcs8_der(k.danger_pkcs8_der()).unwrap(),
-            &LeafOpts::default(),
-        )
-        .with_chain(chain.clone());
-        (Arc::new(MemoryCredentials::new(cred)), k, chain)
-    };
-    let client = http::HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
-        .connect_timeout(T)
-        .http1_only()
-        .build()
-        .unwrap();
-    let mut conn = client.connect(addr, "files").await.unwrap();
-    let req = ::http::Request::get("/files/a")
-        .body(bytes::Bytes::new())
-        .unwrap();
-    let sent = tokio::time::timeout(T, conn.send(req)).await.unwrap();
+    let (addr, _served) = proofless_server(&w).await;
+    let mut conn = presenting_client(&w).connect(addr, "files").await.unwrap();
+    let sent = tokio::time::timeout(T, conn.send(files_a())).await.unwrap();
     match sent {
         Err(_) => {}
         Ok(resp) => panic!(
@@ -427,6 +375,105 @@ async fn the_client_fails_a_served_404_without_the_server_proof() {
             conn.server_proof().is_some()
         ),
     }
+}
+
+/// "A served response without a proof to a request that carried one is a failure of the
+/// connection" (22.4): the connection carries no more requests. It used to stay usable, and
+/// each later request went to the server that never proved itself, the presentation again.
+#[tokio::test]
+async fn after_a_served_answer_without_the_server_proof_the_connection_carries_no_more_requests() {
+    let w = World::new();
+    let (addr, served) = proofless_server(&w).await;
+    let mut conn = presenting_client(&w).connect(addr, "files").await.unwrap();
+    let first = tokio::time::timeout(T, conn.send(files_a())).await.unwrap();
+    assert!(
+        first.is_err(),
+        "a served answer without the proof was accepted"
+    );
+    assert!(
+        !conn.is_usable(),
+        "the failed connection still counts as usable"
+    );
+    let again = tokio::time::timeout(T, conn.send(files_a())).await.unwrap();
+    match again {
+        Err(e) => assert_eq!(e.reason(), "handshake_refused", "{e}"),
+        Ok(resp) => panic!("a second request was answered {}", resp.status()),
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a request after the failure reached the server"
+    );
+}
+
+fn files_a() -> ::http::Request<bytes::Bytes> {
+    ::http::Request::get("/files/a")
+        .body(bytes::Bytes::new())
+        .unwrap()
+}
+
+/// A TLS peer with the expected identity that never answers with a proof (a plain hyper
+/// server on agentid's TLS configuration): it serves every request with 404, counting them.
+async fn proofless_server(w: &World) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    let config = Arc::new(
+        http::server_config(
+            w.server_creds.clone(),
+            &w.sv,
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .unwrap(),
+    );
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(
+                            ::http::Response::builder()
+                                .status(404)
+                                .body(Full::new(bytes::Bytes::from_static(b"served, no proof")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+/// The client, with a chain (`files:read`), over HTTP/1.1, expecting the server.
+fn presenting_client(w: &World) -> http::HttpClient {
+    let k = key();
+    let holder = agentid_protocol::TaskIdentity::parse(CLIENT).unwrap();
+    let chain = w.a.grant(&holder, &k, "files:read").as_str().to_owned();
+    let cred = credential(
+        &w.a.ca,
+        CLIENT,
+        agentid_protocol::TaskKey::from_pkcs8_der(k.danger_pkcs8_der()).unwrap(),
+        &LeafOpts::default(),
+    )
+    .with_chain(chain);
+    let creds = Arc::new(MemoryCredentials::new(cred));
+    http::HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+        .connect_timeout(T)
+        .http1_only()
+        .build()
+        .unwrap()
 }
 
 fn body_idle_options() -> HttpOptions {

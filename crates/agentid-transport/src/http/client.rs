@@ -195,6 +195,9 @@ enum ServerEnded {
     Protocol(agentid_protocol::Error),
     /// Its certificate no longer chains to its domain's anchors.
     Certificate(CertError),
+    /// It served an answer to the presentation without a proof, or with one that is not
+    /// ASCII (spec/PROTOCOL.md 22.4: a failure of the connection).
+    Refused(&'static str),
 }
 
 impl ServerEnded {
@@ -202,6 +205,7 @@ impl ServerEnded {
         match self {
             ServerEnded::Protocol(e) => Error::Protocol(e.clone()),
             ServerEnded::Certificate(e) => Error::Certificate(e.clone()),
+            ServerEnded::Refused(why) => Error::HandshakeRefused(why),
         }
     }
 }
@@ -869,8 +873,20 @@ impl HttpClientConnection {
         }
     }
 
-    /// Verifies the server's proof on a response to a presenting request.
+    /// Verifies the server's proof on a response to a presenting request. A failure is a
+    /// failure of the connection (spec/PROTOCOL.md 22.4): it carries no more requests, each of
+    /// which gets this error.
     fn check_server(&mut self, resp: &HttpResponse) -> Result<()> {
+        let checked = self.verify_server(resp);
+        match &checked {
+            Err(Error::Protocol(e)) => self.ended = Some(ServerEnded::Protocol(e.clone())),
+            Err(Error::HandshakeRefused(why)) => self.ended = Some(ServerEnded::Refused(why)),
+            _ => {}
+        }
+        checked
+    }
+
+    fn verify_server(&mut self, resp: &HttpResponse) -> Result<()> {
         let proof = match resp.headers().get(PROOF_HEADER) {
             Some(p) => p
                 .to_str()
