@@ -58,6 +58,9 @@ const MAX_SIGNED_BUNDLE_RESPONSE_BYTES: usize = agentid_protocol::MAX_SIGNED_BUN
 /// hint}` of a few hundred bytes, whatever the route would have answered on success.
 const MAX_REFUSAL_BYTES: usize = 64 * 1024;
 
+/// The most bytes of each text of the CA (a refusal's message or hint) an error keeps.
+const MAX_CA_TEXT: usize = 512;
+
 /// A token file is at most this large.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
@@ -235,21 +238,32 @@ fn decode_with<T: serde::de::DeserializeOwned>(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Result<T> {
+    // The CA's text (a refusal's message and hint, a parser's error quoting the body) is cut
+    // and cleaned before it reaches an error, which is printed and logged: a faulty replica or
+    // a proxy may send 64 KiB of forged log lines and terminal escapes.
+    let clean = |text: String| agentid_protocol::clean_text(text, MAX_CA_TEXT);
     if status.is_success() {
-        return serde_json::from_slice(body)
-            .map_err(|e| invalid(format!("the CA's response is not the expected JSON: {e}")));
+        return serde_json::from_slice(body).map_err(|e| {
+            invalid(clean(format!(
+                "the CA's response is not the expected JSON: {e}"
+            )))
+        });
     }
     match serde_json::from_slice::<ApiError>(body) {
         Ok(error) => Err(EnrollError::Refused {
             status: status.as_u16(),
-            error,
+            error: ApiError {
+                code: error.code,
+                message: clean(error.message),
+                hint: clean(error.hint),
+            },
             retry_after,
         }),
         Err(_) => match binding_refusal(body) {
             Some((code, message)) => Err(EnrollError::BindingRefused {
                 status: status.as_u16(),
-                code,
-                message,
+                code: clean(code),
+                message: clean(message),
             }),
             None if status.is_server_error() => Err(EnrollError::Unavailable {
                 status: status.as_u16(),
@@ -1440,6 +1454,39 @@ fn random_u32() -> u32 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A refusal's `message` and `hint` (and a binding refusal's `message`), and a success body
+    /// that is not the expected JSON, are the CA's text (a faulty replica, a proxy in front of
+    /// it): 64 KiB of forged log lines and terminal escapes reached the error, which `agentid`
+    /// prints and the watchers log, as they were.
+    #[test]
+    fn the_cas_text_reaches_the_error_bounded_and_without_control_characters() {
+        let text = format!(
+            "x\n2026-12-06T07:00:00Z INFO forged: enrolled\u{1b}[2J{}",
+            "y".repeat(60_000)
+        );
+        let bodies = [
+            (
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"code": "policy_denied", "message": text, "hint": text}),
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"code": "credential_expired", "message": text}),
+            ),
+            (StatusCode::OK, serde_json::json!({"keys": text})),
+        ];
+        for (status, body) in bodies {
+            let body = serde_json::to_vec(&body).unwrap();
+            let e = decode::<agentid_api::RevocationsResponse>(status, &body).unwrap_err();
+            if status == StatusCode::FORBIDDEN {
+                assert!(matches!(e, EnrollError::Refused { .. }), "{e}");
+            }
+            let shown = e.to_string();
+            assert!(shown.len() <= 1200, "{status}: {} bytes shown", shown.len());
+            assert!(!shown.chars().any(char::is_control), "{status}: {shown:?}");
+        }
+    }
 
     #[test]
     fn renewal_is_timed_from_receipt_not_from_the_back_dated_not_before() {
