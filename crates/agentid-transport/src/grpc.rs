@@ -43,6 +43,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use agentid_protocol::{ErrorCode, Scope};
 use bytes::Bytes;
@@ -52,7 +53,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use tonic::{Code, Status};
 
-use crate::error::Error;
+use crate::error::{Error, TimeoutKind};
 
 // The versions the channel and the layer are built with: messages derived with this `prost`
 // and encoded with this `tonic_prost` codec fit them.
@@ -97,6 +98,7 @@ pub fn client_status(e: Error) -> Status {
             Code::Unauthenticated
         }
         Error::Config(_) => Code::InvalidArgument,
+        Error::Timeout(TimeoutKind::Response) => Code::DeadlineExceeded,
         _ => Code::Unavailable,
     };
     let mut status = Status::new(code, e.reason().to_owned());
@@ -226,11 +228,16 @@ async fn grpc_response(resp: Response<Incoming>) -> Response<GrpcBody> {
 /// The largest request body (all messages of one call) a [`GrpcChannel`] sends by default.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a [`GrpcChannel`] waits by default for a call's response head (its status, or the
+/// start of a server stream): see [`GrpcChannel::response_timeout`].
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+
 struct ChannelInner {
     client: HttpClient,
     addr: SocketAddr,
     authority: String,
     max_request_bytes: usize,
+    response_timeout: Duration,
     conn: tokio::sync::Mutex<Option<HttpClientConnection>>,
 }
 
@@ -266,6 +273,7 @@ impl GrpcChannel {
                 addr,
                 authority: authority.to_owned(),
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
                 conn: tokio::sync::Mutex::new(None),
             }),
         }
@@ -281,6 +289,27 @@ impl GrpcChannel {
                 addr: inner.addr,
                 authority: inner.authority.clone(),
                 max_request_bytes: max,
+                response_timeout: inner.response_timeout,
+                conn: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Sets how long a call waits for its response head (default [`DEFAULT_RESPONSE_TIMEOUT`]):
+    /// past it the call fails `DEADLINE_EXCEEDED` (`response_timeout`) and its connection is
+    /// dropped, so that a server that takes calls and never answers holds neither the call nor
+    /// the channel's later calls (which share its one connection) for longer. A server stream
+    /// is bounded only until its first response head, not while it streams.
+    #[must_use]
+    pub fn response_timeout(self, t: Duration) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(ChannelInner {
+                client: inner.client.clone(),
+                addr: inner.addr,
+                authority: inner.authority.clone(),
+                max_request_bytes: inner.max_request_bytes,
+                response_timeout: t,
                 conn: tokio::sync::Mutex::new(None),
             }),
         }
@@ -320,14 +349,19 @@ impl GrpcChannel {
         let Some(conn) = guard.as_mut() else {
             return Err(Status::internal("no connection"));
         };
-        match conn.send(req).await {
-            Ok(resp) => Ok(grpc_response(resp).await),
-            Err(e) => {
-                // A failed connection is never reused.
-                *guard = None;
-                Err(client_status(e))
+        let answered = tokio::time::timeout(inner.response_timeout, async {
+            match conn.send(req).await {
+                Ok(resp) => Ok(grpc_response(resp).await),
+                Err(e) => Err(e),
             }
-        }
+        })
+        .await
+        .unwrap_or(Err(Error::Timeout(TimeoutKind::Response)));
+        answered.map_err(|e| {
+            // A failed connection (or one whose server does not answer) is never reused.
+            *guard = None;
+            client_status(e)
+        })
     }
 }
 

@@ -26,6 +26,8 @@ const ECHO: &str = "/test.Echo/Say";
 const SHOUT: &str = "/test.Echo/Shout";
 const UNDECLARED: &str = "/test.Echo/Whisper";
 const COUNT: &str = "/test.Echo/Count";
+/// Taken and never answered.
+const HANG: &str = "/test.Echo/Hang";
 const T: Duration = Duration::from_secs(10);
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -82,6 +84,8 @@ fn echo_server(
         let mut grpc = tonic::server::Grpc::new(ProstCodec::<Text, Text>::default());
         if req.uri().path() == COUNT {
             grpc.server_streaming(Count, req).await
+        } else if req.uri().path() == HANG {
+            std::future::pending().await
         } else {
             grpc.unary(Unary(say), req).await
         }
@@ -111,7 +115,8 @@ impl World {
         let scopes = MethodScopes::new()
             .method(ECHO, Scope::parse("echo:say").unwrap())
             .method(SHOUT, Scope::parse("echo:shout").unwrap())
-            .method(COUNT, Scope::parse("echo:say").unwrap());
+            .method(COUNT, Scope::parse("echo:say").unwrap())
+            .method(HANG, Scope::parse("echo:say").unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = tower_layer::Layer::layer(&scopes, Routes(echo_server));
@@ -179,6 +184,34 @@ async fn a_delegated_method_answers_and_names_the_caller() {
         format!("{CALLER}: hi")
     );
     // The same connection serves the next call (the presentation is cached).
+    assert_eq!(
+        call(&mut grpc, ECHO).await.unwrap(),
+        format!("{CALLER}: hi")
+    );
+}
+
+/// A server that takes a call and never answers holds it at most the channel's response
+/// timeout (`DEADLINE_EXCEEDED`, `response_timeout`), and not the channel: its later calls share
+/// one connection, which is dropped, and the next call is served on a new one.
+#[tokio::test]
+async fn a_call_the_server_never_answers_ends_at_the_response_timeout_and_frees_the_channel() {
+    let w = World::start().await;
+    let client = HttpClient::builder(
+        w.domain.task(CALLER, "echo:say").unwrap(),
+        w.domain.verification(CALLER).unwrap(),
+        PeerPolicy::service(ServiceId::new(&w.td, "echo").unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap();
+    let channel = GrpcChannel::new(client, w.addr, "echo.example.org")
+        .response_timeout(Duration::from_secs(1));
+    let mut grpc = tonic::client::Grpc::new(channel);
+    assert_refused(
+        call(&mut grpc, HANG).await,
+        Code::DeadlineExceeded,
+        "response_timeout",
+    );
     assert_eq!(
         call(&mut grpc, ECHO).await.unwrap(),
         format!("{CALLER}: hi")
