@@ -282,17 +282,7 @@ impl GrpcChannel {
     /// Sets the largest request body this channel sends (a larger one fails locally).
     #[must_use]
     pub fn max_request_bytes(self, max: usize) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(ChannelInner {
-                client: inner.client.clone(),
-                addr: inner.addr,
-                authority: inner.authority.clone(),
-                max_request_bytes: max,
-                response_timeout: inner.response_timeout,
-                conn: tokio::sync::Mutex::new(None),
-            }),
-        }
+        self.with_settings(max, self.inner.response_timeout)
     }
 
     /// Sets how long a call waits for its response head (default [`DEFAULT_RESPONSE_TIMEOUT`]):
@@ -302,14 +292,19 @@ impl GrpcChannel {
     /// is bounded only until its first response head, not while it streams.
     #[must_use]
     pub fn response_timeout(self, t: Duration) -> Self {
+        self.with_settings(self.inner.max_request_bytes, t)
+    }
+
+    /// This channel's server and client with these settings, and no connection yet.
+    fn with_settings(&self, max_request_bytes: usize, response_timeout: Duration) -> Self {
         let inner = &self.inner;
         Self {
             inner: Arc::new(ChannelInner {
                 client: inner.client.clone(),
                 addr: inner.addr,
                 authority: inner.authority.clone(),
-                max_request_bytes: inner.max_request_bytes,
-                response_timeout: t,
+                max_request_bytes,
+                response_timeout,
                 conn: tokio::sync::Mutex::new(None),
             }),
         }

@@ -611,6 +611,11 @@ async fn hostile_repo(domain: &demo::Domain, answer: serde_json::Value, sse: boo
             }
         }),
     );
+    serve_as_repo(domain, td, app).await
+}
+
+/// `app` served on 127.0.0.1 with the repo's certificate, to agents of `td`.
+async fn serve_as_repo(domain: &demo::Domain, td: TrustDomain, app: axum::Router) -> SocketAddr {
     let server = HttpServer::builder(
         domain.service(REPO).unwrap(),
         domain.verification(REPO).unwrap(),
@@ -624,18 +629,27 @@ async fn hostile_repo(domain: &demo::Domain, answer: serde_json::Value, sse: boo
     addr
 }
 
-/// The coder initializes an MCP session with the server at `addr` (bounded).
-async fn initialize_with(domain: &demo::Domain, addr: SocketAddr) -> Result<McpClient, McpError> {
+/// The coder's HTTP connection to the repo at `addr`.
+async fn coder_connection(
+    domain: &demo::Domain,
+    addr: SocketAddr,
+) -> Result<agentid_transport::http::HttpClientConnection, agentid_transport::Error> {
     let td = TrustDomain::parse("example.org").unwrap();
-    let http = HttpClient::builder(
+    HttpClient::builder(
         domain.task(CODER, "repo:read").unwrap(),
         domain.verification(CODER).unwrap(),
         PeerPolicy::service(ServiceId::new(&td, "repo").unwrap()),
     )
     .connect_timeout(T)
     .build()
-    .unwrap();
-    let conn = http.connect(addr, HOST).await?;
+    .unwrap()
+    .connect(addr, HOST)
+    .await
+}
+
+/// The coder initializes an MCP session with the server at `addr` (bounded).
+async fn initialize_with(domain: &demo::Domain, addr: SocketAddr) -> Result<McpClient, McpError> {
+    let conn = coder_connection(domain, addr).await?;
     tokio::time::timeout(T, McpClient::initialize(conn, "/mcp"))
         .await
         .unwrap()
@@ -729,25 +743,8 @@ async fn an_event_stream_that_never_carries_the_answer_times_out() {
                 .into_response()
         }),
     );
-    let server = HttpServer::builder(
-        domain.service(REPO).unwrap(),
-        domain.verification(REPO).unwrap(),
-        PeerPolicy::agents_in(td.clone()),
-    )
-    .build()
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve(listener, app).await });
-    let http = HttpClient::builder(
-        domain.task(CODER, "repo:read").unwrap(),
-        domain.verification(CODER).unwrap(),
-        PeerPolicy::service(ServiceId::new(&td, "repo").unwrap()),
-    )
-    .connect_timeout(T)
-    .build()
-    .unwrap();
-    let conn = http.connect(addr, HOST).await.unwrap();
+    let addr = serve_as_repo(&domain, td, app).await;
+    let conn = coder_connection(&domain, addr).await.unwrap();
     let r = tokio::time::timeout(
         T,
         McpClient::initialize_within(conn, "/mcp", Duration::from_millis(300)),
