@@ -903,8 +903,13 @@ fn answer(message: Value, id: u64) -> Result<Value, McpError> {
 async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Value, McpError> {
     let mut buf = BytesMut::new();
     let mut read = 0usize;
+    // The bytes at the front of `buf` already searched for an event end: each search goes over
+    // the new bytes only (and the 3 before them, where a separator may have begun), so a stream
+    // sent in many small pieces costs its length, not its length times the number of pieces.
+    let mut searched = 0usize;
     loop {
-        while let Some(end) = event_end(&buf) {
+        while let Some(end) = event_end(&buf, searched) {
+            searched = 0;
             let event = buf.split_to(end.0);
             let _ = buf.split_to(end.1);
             let text = String::from_utf8_lossy(&event);
@@ -923,6 +928,7 @@ async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Val
                 return Ok(message);
             }
         }
+        searched = buf.len().saturating_sub(3);
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         match frame {
             Some(Ok(f)) => {
@@ -944,13 +950,19 @@ async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Val
     }
 }
 
-/// The end of the first event in `buf`: (length of the event, length of the separator).
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
+/// The end of the first event in `buf`, none of whose separators begins before `from`:
+/// (length of the event, length of the separator).
+fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let rest = buf.get(from..)?;
+    let lf = rest.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = rest
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| (p, 4));
+    let (lf, crlf) = (
+        lf.map(|(p, n)| (p.saturating_add(from), n)),
+        crlf.map(|(p, n)| (p.saturating_add(from), n)),
+    );
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),

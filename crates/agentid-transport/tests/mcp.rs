@@ -757,3 +757,70 @@ async fn an_event_stream_that_never_carries_the_answer_times_out() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// An MCP server (a peer the client's policy admits, compromised or faulty) answering in
+/// server-sent events cut into one-byte pieces made the client search its whole buffer again
+/// for each piece: a 256 KiB answer cost it about 2^36 byte comparisons, minutes of CPU per
+/// call. The answer is now read at the cost of its length (a bound far above that).
+#[tokio::test]
+async fn an_event_stream_answer_in_one_byte_pieces_is_read_at_the_cost_of_its_length() {
+    use axum::response::IntoResponse as _;
+
+    const PADDING: usize = 256 * 1024;
+    async fn mcp(body: Bytes) -> axum::response::Response {
+        let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let Some(id) = req.get("id").cloned() else {
+            // A notification.
+            return http::StatusCode::ACCEPTED.into_response();
+        };
+        let answer = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": { "padding": "x".repeat(PADDING) },
+        });
+        let event = format!("data: {answer}\n\n").into_bytes();
+        let pieces = tokio_stream::iter(
+            event
+                .into_iter()
+                .map(|b| Ok::<_, std::convert::Infallible>(Bytes::from(vec![b]))),
+        );
+        (
+            [(http::header::CONTENT_TYPE, "text/event-stream")],
+            axum::body::Body::from_stream(pieces),
+        )
+            .into_response()
+    }
+
+    let domain = demo::Domain::new("example.org").unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    let server = HttpServer::builder(
+        domain.service(REPO).unwrap(),
+        domain.verification(REPO).unwrap(),
+        PeerPolicy::agents_in(td.clone()),
+    )
+    .build()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/mcp", axum::routing::post(mcp));
+    tokio::spawn(async move { server.serve(listener, app).await });
+
+    for h1 in [true, false] {
+        let mut b = HttpClient::builder(
+            domain.task(CODER, "repo:read").unwrap(),
+            domain.verification(CODER).unwrap(),
+            PeerPolicy::service(ServiceId::new(&td, "repo").unwrap()),
+        )
+        .connect_timeout(T);
+        if h1 {
+            b = b.http1_only();
+        }
+        let conn = b.build().unwrap().connect(addr, HOST).await.unwrap();
+        let c = tokio::time::timeout(Duration::from_secs(60), McpClient::initialize(conn, "/mcp"))
+            .await
+            .expect("the answer is read within a minute")
+            .unwrap();
+        let padding = c.server_info()["padding"].as_str().unwrap();
+        assert_eq!(padding.len(), PADDING, "h1={h1}");
+    }
+}
