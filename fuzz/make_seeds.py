@@ -210,5 +210,21 @@ put("http_presentation", "identity-only-then-failed", b"\0".join([
 put("http_presentation", "header-refusals", b"\0".join([
     req("agentid-chain: " + chain), req("agentid-proof: a", "agentid-proof: a"),
     req("agentid-proof: not~token"), req("agentid-proof: Bproof")]))
+# ca_request: byte 0 picks the route's body (0 enroll, 1 tokens, 2 tasks, 3 children, 4 renew,
+# 5 revoke), the rest is the body.
+csr_b64 = b64e(der("leaf.csr.der"))
+put("ca_request", "enroll", b"\0" + json.dumps({"token": "agentid-bt1.x", "csr": csr_b64}).encode())
+put("ca_request", "tokens-principal", b"\1" + json.dumps({
+    "agent": "planner", "task": "t1", "scope": ["tickets:read", "search:*"],
+    "audience": ["spiffe://example.org/svc/search"], "max_depth": 2, "ttl_secs": 300,
+    "principal": {"format": "email", "email": "a@example.org", "z": [1, 2.5, {"b": None, "a": True}]},
+    "may_delegate_to": ["spiffe://example.org/agent/summarizer"], "limits": {"calls": 10},
+    "expires_in_secs": 600}).encode())
+put("ca_request", "tasks", b"\2" + json.dumps({"csr": b64e(der("ed.csr.der")), "agent": "planner", "scope": ["files:read"]}).encode())
+put("ca_request", "children", b"\3" + json.dumps({"agent": "summarizer", "csr": csr_b64, "ttl_secs": 60, "parent_chain": chain}).encode())
+put("ca_request", "renew", b"\4" + json.dumps({"identity": uri, "ttl_secs": 60}).encode())
+put("ca_request", "revoke", b"\5" + json.dumps({"task": "t1", "reason": "compromised"}).encode())
+put("ca_request", "revoke-array", b"\5" + b'["t1"]')
+put("ca_request", "enroll-duplicate-member", b'\0{"token":"a","token":"b","csr":"AA"}')
 shutil.rmtree(tmp)
 print("corpus written to", CORPUS)

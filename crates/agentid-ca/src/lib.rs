@@ -118,6 +118,7 @@ pub mod policy;
 pub mod profile;
 #[cfg(feature = "server")]
 pub mod publication;
+pub mod request_body;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod signer;

@@ -1052,22 +1052,12 @@ async fn read_json<T: serde::de::DeserializeOwned>(s: &Shared, req: Request) -> 
             )
         })?
         .map_err(|e| body_refusal(&*e.into_inner()))?;
-    // An I-JSON object (CA-API.md 1.2): serde reads a struct from an array of its fields in
-    // order too, and takes the last of a member named twice in a map (a `principal`, `limits`),
-    // where another parser takes the first: neither is a body a replica would read the same.
-    agentid_protocol::ijson::parse_object(&bytes).map_err(|e| {
-        Refused::new(
-            ErrorCode::BadRequest,
-            format!("the body is not an I-JSON object: {e}"),
-            "see spec/CA-API.md 1.2",
-        )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Refused::new(
-            ErrorCode::BadRequest,
-            format!("the body is not this route's JSON: {e}"),
-            "see spec/CA-API.md",
-        )
+    crate::request_body::parse_request_body(&bytes).map_err(|e| {
+        let hint = match e {
+            crate::request_body::BodyError::NotIJson(_) => "see spec/CA-API.md 1.2",
+            crate::request_body::BodyError::NotTheRoutes(_) => "see spec/CA-API.md",
+        };
+        Refused::new(ErrorCode::BadRequest, e.to_string(), hint)
     })
 }
 

@@ -60,6 +60,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("ed25519_diff", ed25519_diff),
     ("signed_bundle", signed_bundle),
     ("http_presentation", http_presentation),
+    ("ca_request", ca_request),
 ];
 
 /// The chain harnesses in cross-checking mode: each also runs every chain it verifies through
@@ -751,6 +752,71 @@ pub fn csr(data: &[u8]) -> Outcome {
         }
         Err(_) => Outcome::Refused,
     }
+}
+
+/// CA API request bodies as the CA's routes read them (spec/CA-API.md 1.2), among them the
+/// enrollment listener's, which anyone who reaches the CA can send. Byte 0 picks the route's
+/// body type (enroll, tokens, tasks, children, renew, revoke); the rest is the body, read by
+/// `agentid_ca::request_body::parse_request_body`. What a body that reads carries goes on as the route
+/// takes it: a CSR (base64url DER) to the CA's CSR parser, a principal to its canonical form,
+/// a parent chain to the unverified chain reader, scope, task and identity fields to their
+/// parsers.
+pub fn ca_request(data: &[u8]) -> Outcome {
+    use agentid_api::{
+        ChildRequest, EnrollRequest, OpenTaskRequest, RenewRequest, RevokeRequest, TokenRequest,
+    };
+    use agentid_ca::request_body::parse_request_body as parse;
+    fn csr_field(b64: &str) {
+        if let Ok(der) = URL_SAFE_NO_PAD.decode(b64) {
+            let _ = csr(&der);
+        }
+    }
+    fn token_request(t: &TokenRequest) {
+        if let Some(task) = &t.task {
+            let _ = agentid_protocol::TaskId::parse(task);
+        }
+        if let Some(p) = &t.principal {
+            let _ = agentid_ca::store::canonical_principal(p);
+        }
+        let _ = Scope::parse(&t.scope.join(" "));
+        for id in t.audience.iter().chain(&t.may_delegate_to).flatten() {
+            let _ = SpiffeId::parse(id);
+        }
+    }
+    let Some((&route, body)) = data.split_first() else {
+        return Outcome::Refused;
+    };
+    let ok = match route % 6 {
+        0 => parse::<EnrollRequest>(body)
+            .map(|r| csr_field(&r.csr))
+            .is_ok(),
+        1 => parse::<TokenRequest>(body)
+            .map(|r| token_request(&r))
+            .is_ok(),
+        2 => parse::<OpenTaskRequest>(body)
+            .map(|r| {
+                csr_field(&r.csr);
+                token_request(&r.task);
+            })
+            .is_ok(),
+        3 => parse::<ChildRequest>(body)
+            .map(|r| {
+                csr_field(&r.csr);
+                if let Some(c) = &r.parent_chain {
+                    let _ = Chain::parse_unverified(c);
+                }
+            })
+            .is_ok(),
+        4 => parse::<RenewRequest>(body)
+            .map(|r| {
+                if let Some(id) = &r.identity {
+                    let _ = SpiffeId::parse(id);
+                }
+            })
+            .is_ok(),
+        _ => parse::<RevokeRequest>(body).is_ok(),
+    };
+    Outcome::from_ok(ok)
 }
 
 /// The CA's issuance policy file (TOML), with a lookup of the first agent and service rule.
