@@ -582,8 +582,8 @@ impl CaService {
         let publisher = Publisher::new(ca.clone())?;
         let shared = Arc::new(Shared {
             ca,
-            ops: Arc::new(Semaphore::new(options.max_operations.max(1))),
-            waiters: Arc::new(Semaphore::new(options.max_waiters.max(1))),
+            ops: Arc::new(Semaphore::new(permits(options.max_operations))),
+            waiters: Arc::new(Semaphore::new(permits(options.max_waiters))),
             max_waiters: options.max_waiters.max(1),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             publisher,
@@ -596,7 +596,7 @@ impl CaService {
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
-            ops: Arc::new(Semaphore::new((options.max_operations / 2).max(1))),
+            ops: Arc::new(Semaphore::new(permits(options.max_operations / 2))),
             waiters: shared.waiters.clone(),
             max_waiters: shared.max_waiters,
             metrics: shared.metrics.clone(),
@@ -998,6 +998,12 @@ impl From<CaError> for Refused {
         };
         Refused::new(code, e.to_string(), hint)
     }
+}
+
+/// The permits of a bound given as a count: at least 1, and `usize::MAX` (no bound) taken as
+/// the most a semaphore holds (`Semaphore::new` panics above that).
+fn permits(n: usize) -> usize {
+    n.clamp(1, Semaphore::MAX_PERMITS)
 }
 
 /// Runs a CA operation on the blocking pool, within the concurrency bound. The slot is held by

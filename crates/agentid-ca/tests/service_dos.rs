@@ -400,6 +400,35 @@ async fn an_enrollment_request_head_dribbled_byte_by_byte_is_cut_after_the_idle_
     );
 }
 
+/// Operation and long-poll bounds of `usize::MAX` (no bound) are served: the service panicked
+/// when built with them (a semaphore holds at most `usize::MAX >> 3` permits).
+#[tokio::test]
+async fn operation_and_waiter_bounds_of_usize_max_are_served() {
+    let w = start(ServiceOptions {
+        max_operations: usize::MAX,
+        max_waiters: usize::MAX,
+        max_waiters_per_caller: usize::MAX,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let (creds, id) = w.task("planner");
+    let mut c = HttpClient::builder(
+        creds,
+        w.verification(&id),
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap()
+    .connect(w.mtls, "ca.example.org")
+    .await
+    .unwrap();
+    let (s, _, body) = common::call_with_headers(&mut c, "GET", "/healthz", "").await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _, body) = common::call_with_headers(&mut c, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200, "{body}");
+}
+
 /// `ServiceOptions::max_operations` bounds the CA operations running on the blocking pool,
 /// not only the requests waiting for them: a request whose caller goes away (a reset stream, a
 /// closed connection) while its operation is stuck in a slow store must not give its slot to
