@@ -482,7 +482,8 @@ impl BundleSet {
 
     /// Finds the grant key with `kid` (spec/PROTOCOL.md section 10, step 3.a.1): in the own
     /// domain's bundle first; otherwise the one other bundle that holds it (`None` when none
-    /// does, or when more than one does, which [`BundleSet::insert`] never lets happen).
+    /// does, when the own bundle holds that `kid` as a revocation key, or when more than one
+    /// other bundle does, which [`BundleSet::insert`] never lets happen).
     pub(crate) fn find_grant_key(&self, kid: &str) -> Option<(&TrustDomain, &PublicKey)> {
         self.find_key(kid, |b| &b.grant_keys)
     }
@@ -501,6 +502,11 @@ impl BundleSet {
         if let Some(own) = self.own.as_ref().and_then(|td| self.bundles.get(td)) {
             if let Some(k) = keys(own).iter().find(|k| k.kid == kid) {
                 return Some((&own.trust_domain, &k.key));
+            }
+            // A `kid` the own bundle holds under the other use names the own domain's key too
+            // (section 8), so no other bundle's copy of it is looked at.
+            if own.agentid_keys().any(|k| k.kid == kid) {
+                return None;
             }
         }
         let mut found = None;

@@ -1240,3 +1240,77 @@ fn revocation_list_builder_refuses_what_r6_refuses() {
         }
     }
 }
+
+/// spec/PROTOCOL.md section 8, "Keys across bundles": a `kid` the own trust domain's bundle
+/// holds names the own domain's key, whatever another bundle loaded earlier holds, under either
+/// use. A partner whose bundle listed our next revocation key as its grant key before our bundle
+/// did (a rotation fetched in that order) must not turn it into its grant key here.
+#[test]
+fn a_kid_our_bundle_holds_as_a_revocation_key_never_verifies_a_partners_grant() {
+    let w = world(Algorithm::Es256);
+    let partner = Domain::new("partner.example", Algorithm::Es256);
+    let p_task = TaskId::generate().unwrap();
+    let p_agent = agent(&partner.td, "helper", &p_task, Algorithm::Es256);
+    let mut bundles = BundleSet::for_trust_domain(w.org.td.clone());
+    bundles
+        .insert(
+            TrustBundle::new(partner.td.clone(), 1)
+                .add_grant_key(w.org.revocation_key.public_key().clone()),
+        )
+        .unwrap();
+    // Our own bundle is never refused for a kid another domain holds (section 8).
+    bundles.insert(w.org.bundle()).unwrap();
+    let cfg = VerifierConfig::new(w.server.clone(), bundles)
+        .authority_policy(
+            AuthorityPolicy::own_domain(&w.org.td).allow(partner.td.clone(), scope("repo:*")),
+        )
+        .danger_accept_missing_or_stale_revocations();
+    let v = Verifier::new(cfg).unwrap();
+    // A grant of the partner's authority whose kid is our revocation key's thumbprint.
+    let g = GrantBuilder::new(
+        &partner.td,
+        &p_agent.id,
+        p_agent.key.public_key(),
+        scope("repo:read"),
+    )
+    .audience(IdSet::new(vec![w.org.td.id()]).unwrap())
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.revocation_key)
+    .unwrap();
+    expect_err(
+        v.verify_chain(
+            g.as_str(),
+            p_agent.id.as_spiffe_id(),
+            p_agent.key.public_key(),
+            NOW,
+        ),
+        ErrorCode::UntrustedAuthority,
+        Some(0),
+    );
+}
+
+/// The same rule for revocation lists (section 14.1, R3): our grant key, listed by a partner as
+/// its revocation key before our bundle held it, never verifies a list of the partner's domain.
+#[test]
+fn a_kid_our_bundle_holds_as_a_grant_key_never_verifies_a_partners_revocation_list() {
+    let w = world(Algorithm::Es256);
+    let partner = Domain::new("partner.example", Algorithm::Es256);
+    let mut bundles = BundleSet::for_trust_domain(w.org.td.clone());
+    bundles
+        .insert(
+            TrustBundle::new(partner.td.clone(), 1)
+                .add_revocation_key(w.org.grant_key.public_key().clone()),
+        )
+        .unwrap();
+    bundles.insert(w.org.bundle()).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+    let list = RevocationListBuilder::new(&partner.td, 1, NOW - 10, NOW + 600)
+        .sign(&w.org.grant_key)
+        .unwrap();
+    let e = cfg.apply_revocation_list(&list).unwrap_err();
+    assert_eq!(
+        (e.code(), e.index()),
+        (ErrorCode::BadRevocationList, None),
+        "{e}"
+    );
+}
