@@ -4594,6 +4594,34 @@ fn more_signatures(k: &Keys, f: &mut File) {
         update(2, false),
         good.clone(),
     );
+    // Section 8 and step 3.a.1: a kid the own bundle holds names the own domain's key under
+    // either use. partner.example's bundle (held first) lists a key as its grant key; example.org's
+    // update then lists the same key as its own revocation key (an own bundle is never refused).
+    // A partner grant signed with it no longer finds a grant key: the kid is ours now.
+    {
+        let pch = Ch::grant_by(k.pgrant(), k, "broker", "tickets:read", |c| {
+            c["iss"] = json!(PTD_ID);
+            c["aud"] = json!([VERIFIER]);
+        });
+        let mut inp = with_partner(k, cin(k, &pch));
+        inp["authority_policy"] = json!({TD: "*", PTD: "tickets:*"});
+        inp["requested_scope"] = json!("tickets:read");
+        let mut own = inp["bundles"][TD].clone();
+        own["spiffe_sequence"] = json!(2);
+        let entry = bundle_value(
+            &TrustBundle::new(td(TD), 1).add_revocation_key(k.pgrant().public_key().clone()),
+        )["keys"][0]
+            .clone();
+        assert_eq!(entry["use"], "agentid-revocation");
+        own["keys"].as_array_mut().unwrap().push(entry);
+        inp["bundle_updates"] = json!([{"trust_domain": TD, "bundle": own}]);
+        f.add(
+            "bundle-update-own-key-under-other-use-shadows-partner-grant-key",
+            "partner.example's bundle lists a grant key; an update of example.org's bundle then lists the same key as its revocation key: a kid the own bundle holds under either use is the own domain's, so the partner's grant signed with it finds no grant key.",
+            inp,
+            err("untrusted_authority", Some(0)),
+        );
+    }
     let mut b = |id: &str, desc: &str, change: &dyn Fn(&mut Value), expected: Value| {
         let mut inp = cin(k, &ch);
         change(&mut inp["bundles"][TD]);
