@@ -186,6 +186,12 @@ pub struct HttpClientConnection {
     server_certs: Vec<CertificateDer<'static>>,
     /// The trust store the server's certificate was last validated against.
     trust_seen: Arc<TrustStore>,
+    /// [`PeerVerification::epoch`] as read before the server was last checked: before the
+    /// handshake at first, so that a change landing during it is a change since.
+    checked_epoch: u64,
+    /// When a revocation list the server's verification depends on goes stale, on the clock
+    /// `send` already reads for the close margin (a year away: never).
+    stale_at: Instant,
 }
 
 /// Why a connection's verified server no longer is.
@@ -217,11 +223,6 @@ struct ServerPresentation {
     chain: Option<VerifiedChain>,
     /// The server's chain as sent (what a re-check verifies again).
     chain_compact: Option<String>,
-    /// [`PeerVerification::epoch`] as read before the server was last checked.
-    checked_epoch: u64,
-    /// When a revocation list the server's verification depends on goes stale, on the clock
-    /// `send` already reads for the close margin (a year away: never).
-    stale_at: Instant,
 }
 
 impl std::fmt::Debug for HttpClientConnection {
@@ -297,6 +298,7 @@ impl HttpClient {
         // The anchors the handshake validates against (read before it: a change during it is a
         // change since, and the first re-check validates the certificate again), and the count
         // of lists applied (a list applied during it signals the connection at once).
+        let checked_epoch = self.verification.epoch();
         let lists_seen = self.verification.lists_applied();
         let trust_seen = self.verification.trust_store();
         let tls = connector.connect(name, tcp).await?;
@@ -327,6 +329,10 @@ impl HttpClient {
             &peer.info.public_key,
             now,
         )?;
+        let stale_at = stale_instant(
+            self.verification
+                .stale_at(peer.info.id.as_spiffe_id(), None),
+        );
         let proof_lifetime = self.proof_lifetime.as_secs().max(1);
         let (client_proof, proof_header, proof_exp) =
             sign_client_proof(&local, chain_info.as_deref(), &peer, now, proof_lifetime)?;
@@ -415,6 +421,8 @@ impl HttpClient {
             ended: None,
             server_certs,
             trust_seen,
+            checked_epoch,
+            stale_at,
         })
     }
 }
@@ -815,20 +823,18 @@ impl HttpClientConnection {
         Ok(resp)
     }
 
-    /// Re-checks the verified server when the verification state changed since it was last
-    /// checked (a revocation list or bundle applied) or a list it depends on went stale, as a
-    /// framed session re-checks its peer (spec/PROTOCOL.md 14.3, 16.4): its chain verified again,
-    /// or without one its revocation status. Any failure but expiry (which the close margin
-    /// handles) ends the connection: no request is sent on it any more.
+    /// Re-checks the server when the verification state changed since it was last checked (a
+    /// revocation list or bundle applied; at first, since before the handshake) or a list it
+    /// depends on went stale, as a framed session re-checks its peer (spec/PROTOCOL.md 14.3,
+    /// 16.4): its certificate path after a bundle change, then its verified chain, or without
+    /// one (or before its proof was verified) its revocation status. Any failure but expiry
+    /// (which the close margin handles) ends the connection: no request is sent on it any more.
     fn recheck_server(&mut self, at: Instant) -> Result<()> {
         if let Some(e) = &self.ended {
             return Err(e.error());
         }
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
         let epoch = self.verification.epoch();
-        if epoch == server.checked_epoch && at < server.stale_at {
+        if epoch == self.checked_epoch && at < self.stale_at {
             return Ok(());
         }
         let now = now_unix();
@@ -849,8 +855,13 @@ impl HttpClientConnection {
             }
         }
         let peer = &self.peer.info;
+        // Before the server's proof was verified: its revocation status, as at connect.
+        let chain = self
+            .server
+            .as_ref()
+            .and_then(|s| s.chain_compact.as_deref());
         let result = self.verification.verifier().verify_peer(
-            server.chain_compact.as_deref(),
+            chain,
             peer.id.as_spiffe_id(),
             &peer.public_key,
             now,
@@ -863,8 +874,8 @@ impl HttpClientConnection {
             }
             result => {
                 self.trust_seen = trust;
-                server.checked_epoch = epoch;
-                server.stale_at = stale_instant(
+                self.checked_epoch = epoch;
+                self.stale_at = stale_instant(
                     self.verification
                         .stale_at(peer.id.as_spiffe_id(), result.ok().flatten().as_ref()),
                 );
@@ -910,7 +921,6 @@ impl HttpClientConnection {
             })
             .transpose()?;
         let peer = &self.peer.info;
-        let checked_epoch = self.verification.epoch();
         let verified = self.verification.verifier().verify_presentation(
             &Presentation { proof, chain },
             &PresentationContext {
@@ -949,9 +959,10 @@ impl HttpClientConnection {
             proof: proof.to_owned(),
             chain: verified.chain,
             chain_compact: chain.map(str::to_owned),
-            checked_epoch,
-            stale_at,
         });
+        // The server's certificate path and revocation status stay as last checked
+        // (`checked_epoch`): a change since is re-checked before the next request.
+        self.stale_at = stale_at;
         Ok(())
     }
 }
