@@ -156,7 +156,7 @@ impl AgentClient {
         self.credentials.current().ok_or(Error::NoCredential)?;
         let name =
             ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
-        let seen = SeenBefore::of(&self.verification);
+        let seen = SeenBefore::of(&self.verification, &*self.credentials);
         let mut tls = timeout(
             self.limits.handshake_timeout,
             self.connector.connect(name, io),

@@ -130,13 +130,17 @@ pub(crate) struct SeenBefore {
     /// The trust store before the handshake: a different one now re-validates the peer's
     /// certificate chain.
     pub(crate) trust: Arc<crate::TrustStore>,
+    /// Renewals of the local credential, subscribed before the handshake reads the one it
+    /// presents: a renewal landing during it is sent as a `reauth` like any later one.
+    pub(crate) renewals: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl SeenBefore {
-    pub(crate) fn of(verification: &PeerVerification) -> Self {
+    pub(crate) fn of(verification: &PeerVerification, credentials: &dyn CredentialSource) -> Self {
         SeenBefore {
             changes: verification.subscribe(),
             trust: verification.trust_store(),
+            renewals: credentials.subscribe(),
         }
     }
 }
@@ -166,6 +170,7 @@ impl<IO> Established<IO> {
         let peer = self.after.peer;
         SessionParts {
             changes: self.seen.changes,
+            renewals: self.seen.renewals,
             trust_seen: self.seen.trust,
             peer_certs: self.after.certs,
             idle_timeout,

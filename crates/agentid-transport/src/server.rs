@@ -130,7 +130,7 @@ impl AgentServer {
         // No credential to present (none, or past its notAfter): refuse locally before TLS,
         // rather than fail the peer's handshake.
         self.credentials.current().ok_or(Error::NoCredential)?;
-        let seen = SeenBefore::of(&self.verification);
+        let seen = SeenBefore::of(&self.verification, &*self.credentials);
         let mut tls = self
             .admission
             .tls_accept(io, source, self.config.clone())

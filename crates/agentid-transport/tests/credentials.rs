@@ -138,3 +138,114 @@ async fn a_framed_session_sends_reauth_when_its_credential_renews() {
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
     assert_eq!(ss.peer().cert_serial, new_serial);
 }
+
+/// A byte stream that runs `hook` once, on the first read after its second burst of writes: on
+/// a TLS client, once the handshake ended and the first frame was written, while the answer
+/// to it is awaited.
+struct OnAnswerRead {
+    io: tokio::net::TcpStream,
+    /// 0: nothing yet; 1: wrote; 2: then read; 3: then wrote again.
+    phase: u8,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl tokio::io::AsyncRead for OnAnswerRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.phase == 3 {
+            if let Some(hook) = self.hook.take() {
+                hook();
+            }
+        }
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && self.phase == 1 {
+            self.phase = 2;
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for OnAnswerRead {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.phase == 0 || self.phase == 2 {
+            self.phase += 1;
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A renewal landing while the handshake is under way (after it read the credential it
+/// presents, before the session exists) is sent as a `reauth` like any later one: before, the
+/// session subscribed to renewals only once built and never sent it, so the peer ended the
+/// session at the old certificate's `notAfter`.
+#[tokio::test]
+async fn a_renewal_during_the_handshake_is_sent_as_a_reauth() {
+    let a = Domain::new("example.org");
+    let cred = credential(&a.ca, CLIENT, key(), &LeafOpts::default());
+    let old_serial = cred.info().serial.clone();
+    let client_creds = Arc::new(MemoryCredentials::new(cred));
+    let server_creds = credentials(&a.ca, SERVER);
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let (addr, h) = serve(server(server_creds, sv, PeerPolicy::danger_any()), 1).await;
+    let c = client(client_creds.clone(), cv.clone(), PeerPolicy::danger_any());
+
+    // Renewed (a certificate that lives longer, same key) once the hello is on its way.
+    let current = client_creds.current().unwrap();
+    let longer = LeafOpts {
+        not_after: Some(900),
+        ..LeafOpts::default()
+    };
+    let renewed = current
+        .renewed(vec![leaf(&a.ca, CLIENT, &current.shared_key(), &longer)])
+        .unwrap();
+    let new_serial = renewed.info().serial.clone();
+    let (creds, trust) = (client_creds.clone(), cv.trust_store());
+    let io = OnAnswerRead {
+        io: tokio::net::TcpStream::connect(addr).await.unwrap(),
+        phase: 0,
+        hook: Some(Box::new(move || creds.rotate(renewed, &trust).unwrap())),
+    };
+    let mut cs = tokio::time::timeout(T, c.connect_with(io))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ss = h.await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(
+        ss.peer().cert_serial,
+        old_serial,
+        "the handshake presented the old one"
+    );
+
+    // No explicit reauth call: the session sends it with its next traffic.
+    tokio::time::timeout(T, cs.send(b"after renewal"))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(T, ss.recv()).await.unwrap().unwrap();
+    assert_eq!(got.as_deref(), Some(&b"after renewal"[..]));
+    assert_eq!(ss.peer().cert_serial, new_serial);
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
+}

@@ -221,6 +221,8 @@ impl Ended {
 /// What the handshake hands to a new session.
 pub(crate) struct SessionParts<IO> {
     pub credentials: Arc<dyn CredentialSource>,
+    /// [`CredentialSource::subscribe`], taken before the handshake read `local`.
+    pub renewals: Option<watch::Receiver<u64>>,
     pub idle_timeout: Option<Duration>,
     pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
@@ -336,7 +338,7 @@ where
             role: parts.role,
             peer: parts.peer,
             local: parts.local,
-            renewals: parts.credentials.subscribe().map(watch_changes),
+            renewals: parts.renewals.map(watch_changes),
             credentials: parts.credentials,
             verification: parts.verification,
             exporter_client: parts.exporter_client,
