@@ -1336,6 +1336,58 @@ async fn a_bundle_change_during_the_client_handshake_is_rechecked_before_the_fir
     }
 }
 
+/// A revocation (a list revoking the peer, or a bundle change removing its CA) applied after
+/// the server accepted a connection and before it served it ends the idle connection at once,
+/// as one applied later does (spec/PROTOCOL.md 22.5): before, the connection's watchdog
+/// subscribed to the changes only when serving began and counted those as seen, so the
+/// connection stayed open until its first request or its idle timeout.
+#[tokio::test]
+async fn a_revocation_between_accept_and_serve_ends_the_idle_connection() {
+    for revoke_by_list in [true, false] {
+        let w = World::revocable();
+        let server = HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .options(HttpOptions {
+            idle_timeout: Duration::from_secs(3600),
+            header_read_timeout: Duration::from_secs(3600),
+            ..options()
+        })
+        .build()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::time::timeout(T, server.accept(tcp))
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        let (creds, k, _) = w.client(CLIENT, None, &LeafOpts::default());
+        let raw = Raw::connect(&w, creds, addr, true).await;
+        let conn = tokio::time::timeout(T, accepted).await.unwrap().unwrap();
+        if revoke_by_list {
+            w.revoke(&k);
+        } else {
+            // The domain's x509 authority replaced by another CA (a higher sequence).
+            let other = Ca::new("example.org");
+            let bundle = agentid_protocol::TrustBundle::new(w.a.td.clone(), 2)
+                .add_x509_authority(other.der.to_vec(), other.key.public_key())
+                .add_grant_key(w.a.grant_key.public_key().clone())
+                .add_revocation_key(w.a.rev_key.public_key().clone());
+            w.sv.update_bundle(bundle).unwrap();
+        }
+        tokio::spawn(conn.serve(app()));
+        assert!(
+            raw.closed_within_t().await,
+            "list={revoke_by_list}: the revoked peer's connection stayed open"
+        );
+    }
+}
+
 /// An idle connection is closed by the server on HTTP/1.1 and HTTP/2 (`idle_timeout`), while a
 /// connection with a response still streaming is not.
 #[tokio::test]

@@ -1344,6 +1344,10 @@ impl Drop for AbortOnDrop {
 async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
     let mut changes = conn.server.verification.subscribe();
     let mut touched = conn.index.subscribe();
+    // A change that landed before these subscriptions (during the handshake, or between accept
+    // and serve) signals neither: the connection checks run now when the state moved since the
+    // connection was last checked (a failure ends it, and the first pass drops it).
+    let _ = conn.live();
     let mut watching = true;
     let mut watching_index = true;
     let margin = opts.close_margin.as_secs();
