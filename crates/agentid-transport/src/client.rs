@@ -14,7 +14,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::Instrument as _;
 
 use crate::connection_limits::ConnectionLimits;
-use crate::credentials::{Credential, CredentialResolver, CredentialSource};
+use crate::credentials::{pinned_client_config, Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result, TimeoutKind};
 use crate::establish::{
     after_tls, handshake_span, map_frame_tls, map_tls_io, record_outcome, record_peer, tell_peer,
@@ -40,7 +40,8 @@ impl std::fmt::Debug for AgentClient {
 /// An agentid client. Build it with [`AgentClient::builder`]; a peer policy is required.
 #[derive(Clone)]
 pub struct AgentClient {
-    connector: TlsConnector,
+    /// Each connection presents one credential: this config with it pinned.
+    config: Arc<rustls::ClientConfig>,
     credentials: Arc<dyn CredentialSource>,
     verification: Arc<PeerVerification>,
     limits: ConnectionLimits,
@@ -96,7 +97,7 @@ impl AgentClientBuilder {
         config.enable_early_data = false;
         config.enable_sni = false;
         Ok(AgentClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            config: Arc::new(config),
             credentials: self.credentials,
             verification: self.verification,
             limits: self.limits.bounded(),
@@ -153,20 +154,20 @@ impl AgentClient {
         // The server is authorized by its URI SAN; this name is never checked (and SNI is off).
         // No credential to present (none, or past its notAfter): a local `no_credential`, not
         // a handshake the server refuses.
-        self.credentials.current().ok_or(Error::NoCredential)?;
+        let seen = SeenBefore::of(&self.verification, &*self.credentials);
+        // The handshake presents the credential current now, and the hello's proof is signed
+        // with that same one (a rotation meanwhile cannot split them; a renewal meanwhile is
+        // sent as a `reauth`).
+        let local = self.credentials.current().ok_or(Error::NoCredential)?;
         let name =
             ServerName::try_from("agentid.invalid").map_err(|e| Error::Config(e.to_string()))?;
-        let seen = SeenBefore::of(&self.verification, &*self.credentials);
-        let mut tls = timeout(
-            self.limits.handshake_timeout,
-            self.connector.connect(name, io),
-        )
-        .await
-        .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
-        .map_err(map_tls_io)?;
+        let connector = TlsConnector::from(pinned_client_config(&self.config, &local));
+        let mut tls = timeout(self.limits.handshake_timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))?
+            .map_err(map_tls_io)?;
         let after = after_tls(tls.get_ref().1, CertUsage::ServerAuth, &self.verification)?;
         record_peer(span, &after.peer);
-        let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
         if self.require_audience {
             server_in_audience(&local, &after.peer.id)?;

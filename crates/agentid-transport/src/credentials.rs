@@ -14,7 +14,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio::sync::watch;
 
 use crate::error::{CertError, Error, Result};
@@ -261,6 +261,45 @@ impl CredentialSource for MemoryCredentials {
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
     }
+}
+
+/// Presents one credential's certificate: the one a connection's hop proofs are signed with, so
+/// that a rotation during the handshake cannot make the proof and the certificate disagree.
+#[derive(Debug)]
+struct Pinned(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Pinned {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for Pinned {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// `config` presenting exactly `local` (for one connection).
+pub(crate) fn pinned_server_config(config: &ServerConfig, local: &Credential) -> Arc<ServerConfig> {
+    let mut c = config.clone();
+    c.cert_resolver = Arc::new(Pinned(local.certified_key()));
+    Arc::new(c)
+}
+
+/// `config` presenting exactly `local` (for one connection).
+pub(crate) fn pinned_client_config(config: &ClientConfig, local: &Credential) -> Arc<ClientConfig> {
+    let mut c = config.clone();
+    c.client_auth_cert_resolver = Arc::new(Pinned(local.certified_key()));
+    Arc::new(c)
 }
 
 /// Adapts a [`CredentialSource`] to rustls's certificate resolvers (both sides).

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 
 use crate::admission::{Admission, SessionPermit};
 use crate::connection_limits::ConnectionLimits;
-use crate::credentials::{Credential, CredentialResolver, CredentialSource};
+use crate::credentials::{pinned_server_config, Credential, CredentialResolver, CredentialSource};
 use crate::error::{Error, FrameError, Result};
 use crate::establish::{
     after_tls, handshake_span, record_outcome, record_peer, tell_peer, verify_presented,
@@ -127,13 +127,15 @@ impl AgentServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        // No credential to present (none, or past its notAfter): refuse locally before TLS,
-        // rather than fail the peer's handshake.
-        self.credentials.current().ok_or(Error::NoCredential)?;
         let seen = SeenBefore::of(&self.verification, &*self.credentials);
+        // No credential to present (none, or past its notAfter): refuse locally before TLS,
+        // rather than fail the peer's handshake. The handshake presents the credential current
+        // now, and the accept's proof is signed with that same one (a rotation meanwhile cannot
+        // split them; a renewal meanwhile is sent as a `reauth`).
+        let local = self.credentials.current().ok_or(Error::NoCredential)?;
         let mut tls = self
             .admission
-            .tls_accept(io, source, self.config.clone())
+            .tls_accept(io, source, pinned_server_config(&self.config, &local))
             .await?;
         let after = after_tls(tls.get_ref().1, CertUsage::ClientAuth, &self.verification)?;
         record_peer(span, &after.peer);
@@ -145,7 +147,6 @@ impl AgentServer {
                 return Err(e);
             }
         };
-        let local = self.credentials.current().ok_or(Error::NoCredential)?;
 
         let verified = async {
             let first = timeout(limits.first_frame_timeout, frame::read_frame(&mut tls))

@@ -249,3 +249,86 @@ async fn a_renewal_during_the_handshake_is_sent_as_a_reauth() {
     assert_eq!(ss.peer().cert_serial, new_serial);
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
 }
+
+/// A byte stream that runs `hook` once, on its first read after it wrote anything: on a TLS
+/// server, once its certificate went out and before the client's answer is read.
+struct AfterFirstWrite {
+    io: tokio::net::TcpStream,
+    wrote: bool,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl tokio::io::AsyncRead for AfterFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.wrote {
+            if let Some(hook) = self.hook.take() {
+                hook();
+            }
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for AfterFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.wrote = true;
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A rotation to another key while a framed handshake is under way (after the TLS handshake
+/// presented the old certificate) does not split the handshake: its proof is signed with the
+/// key of the certificate it presented, and the new credential is for the next handshakes.
+/// Before, the server presented one certificate and signed its accept with the other key, and
+/// the client refused a healthy server.
+#[tokio::test]
+async fn a_rotation_during_the_handshake_does_not_split_the_presented_credential() {
+    let a = Domain::new("example.org");
+    let server_creds = credentials(&a.ca, SERVER);
+    let old_serial = server_creds.current().unwrap().info().serial.clone();
+    let sv = verification(SERVER, &[&a], false);
+    let cv = verification(CLIENT, &[&a], false);
+    let s = server(server_creds.clone(), sv.clone(), PeerPolicy::danger_any());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let other = credential(&a.ca, SERVER, key(), &LeafOpts::default());
+    let (creds, trust) = (server_creds.clone(), sv.trust_store());
+    let accepted = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let io = AfterFirstWrite {
+            io: tcp,
+            wrote: false,
+            hook: Some(Box::new(move || creds.rotate(other, &trust).unwrap())),
+        };
+        tokio::time::timeout(T, s.accept(io)).await.unwrap()
+    });
+    let c = client(credentials(&a.ca, CLIENT), cv, PeerPolicy::danger_any());
+    let cs = tokio::time::timeout(T, c.connect(addr)).await.unwrap();
+    let ss = tokio::time::timeout(T, accepted).await.unwrap().unwrap();
+    let cs = cs.unwrap();
+    ss.unwrap();
+    assert_eq!(cs.peer().cert_serial, old_serial);
+    assert_ne!(server_creds.current().unwrap().info().serial, old_serial);
+}

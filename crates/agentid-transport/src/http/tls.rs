@@ -5,13 +5,11 @@
 use std::sync::Arc;
 
 use agentid_protocol::{Role, EXPORTER_LABEL};
-use rustls::client::{ResolvesClientCert, Resumption};
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
+use rustls::client::Resumption;
+use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ConnectionCommon, HandshakeKind, ServerConfig};
 
-use crate::credentials::{Credential, CredentialResolver, CredentialSource};
+use crate::credentials::{CredentialResolver, CredentialSource};
 use crate::error::{Error, Result};
 use crate::provider;
 use crate::svid::{CertUsage, SvidInfo};
@@ -177,41 +175,4 @@ pub fn client_peer(
     peer_of(conn, CertUsage::ServerAuth, verification)
 }
 
-/// Presents one credential's certificate: the one a connection's hop proofs are signed with, so
-/// that a rotation during the handshake cannot make the proof and the certificate disagree.
-#[derive(Debug)]
-struct Pinned(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for Pinned {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-}
-
-impl ResolvesClientCert for Pinned {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// `config` presenting exactly `local` (for one connection).
-pub(crate) fn pinned_server_config(config: &ServerConfig, local: &Credential) -> Arc<ServerConfig> {
-    let mut c = config.clone();
-    c.cert_resolver = Arc::new(Pinned(local.certified_key()));
-    Arc::new(c)
-}
-
-/// `config` presenting exactly `local` (for one connection).
-pub(crate) fn pinned_client_config(config: &ClientConfig, local: &Credential) -> Arc<ClientConfig> {
-    let mut c = config.clone();
-    c.client_auth_cert_resolver = Arc::new(Pinned(local.certified_key()));
-    Arc::new(c)
-}
+pub(crate) use crate::credentials::{pinned_client_config, pinned_server_config};
