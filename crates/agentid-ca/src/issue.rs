@@ -225,6 +225,7 @@ pub struct TaskCredentials {
 /// ([`CertificateAuthority::check_grant_terms`]).
 struct GrantTerms {
     max_depth: u8,
+    audience: Option<IdSet>,
     may_delegate_to: Option<IdSet>,
     limits: Option<Limits>,
 }
@@ -671,7 +672,7 @@ impl CertificateAuthority {
 
     /// The grant's contents within agent `name`'s rule, in this order: the scope, `max_depth`,
     /// each `aud` entry (`audiences`, or the trust domain without it), `may_delegate_to` and
-    /// `limits` (the rule's list or ceilings apply where the request names none; a ceiling the
+    /// `limits` (the rule's lists or ceilings apply where the request names none; a ceiling the
     /// request omits still caps it).
     fn check_grant_terms(
         &self,
@@ -695,6 +696,12 @@ impl CertificateAuthority {
                 ),
             ));
         }
+        // A request naming no audience gets the rule's list: a grant without `aud` is
+        // `[iss]`, the whole trust domain, which the rule's list may not cover.
+        let audience = match (&req.audience, &rule.audiences) {
+            (Some(aud), _) => Some(aud.clone()),
+            (None, allowed) => allowed.clone(),
+        };
         if let Some(aud) = &req.audience {
             for id in aud.ids() {
                 let ok = match &rule.audiences {
@@ -738,6 +745,7 @@ impl CertificateAuthority {
         };
         Ok(GrantTerms {
             max_depth,
+            audience,
             may_delegate_to,
             limits,
         })
@@ -800,8 +808,8 @@ impl CertificateAuthority {
         .max_depth(terms.max_depth)
         .validity(now, now, grant_exp)
         .jti(jti.clone());
-        if let Some(aud) = &req.audience {
-            g = g.audience(aud.clone());
+        if let Some(aud) = terms.audience {
+            g = g.audience(aud);
         }
         if let Some(p) = &req.principal {
             g = g.on_behalf_of(p.clone());

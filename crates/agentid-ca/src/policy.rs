@@ -127,7 +127,8 @@ pub struct AgentRule {
     pub max_depth: u8,
     /// Who may request its certificates.
     pub requesters: Vec<RequesterKind>,
-    /// Allowed `aud` entries (absent: the CA's own trust domain only).
+    /// Allowed `aud` entries (absent: the CA's own trust domain only); applied when the request
+    /// names none.
     pub audiences: Option<IdSet>,
     /// Allowed `may_delegate_to` entries; applied when the request names none.
     pub may_delegate_to: Option<IdSet>,

@@ -596,6 +596,28 @@ fn scope_outside_policy_is_refused() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// An agent rule's `audiences` bounds every grant the CA opens for the agent: a request that
+/// names no audience gets the rule's list, not a grant without `aud` (which verifiers read as
+/// `[iss]`, the whole trust domain), so every other service of the trust domain would accept
+/// the agent's chain.
+#[test]
+fn a_task_opened_without_an_audience_is_held_to_the_rules_audiences() {
+    let dir = make_ca_dir(KeyType::P256);
+    let policy = format!(
+        "{POLICY}\n[agents.fetcher]\nscopes = [\"search:query\"]\n\
+         audiences = [\"spiffe://{TD}/svc/search\"]\nrequesters = [\"operator\"]\n"
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let creds = ca
+        .open_task(&by_operator("fetcher", any_key(), "search:query"), now())
+        .unwrap();
+    let aud = creds.grant.read_unverified().unwrap().audience().unwrap();
+    let id = |s: &str| SpiffeId::parse(&format!("spiffe://{TD}/{s}")).unwrap();
+    assert!(aud.covers_id(&id("svc/search")), "{aud:?}");
+    assert!(!aud.covers_id(&id("svc/payments")), "{aud:?}");
+}
+
 #[test]
 fn unauthorized_requester_is_refused() {
     let t = test_ca(KeyType::P256);

@@ -33,6 +33,14 @@ const EXTRA_POLICY: &str = r#"
 [agents.worker.permissions]
 "svc:platform" = ["list", "create_token"]
 
+[agents.fetcher]
+scopes = ["search:query"]
+audiences = ["spiffe://example.org/svc/search"]
+requesters = ["bootstrap"]
+
+[agents.fetcher.permissions]
+"svc:platform" = ["open_task", "create_token"]
+
 [services.agentid-ca]
 max_ttl = "1h"
 requesters = ["operator"]
@@ -640,6 +648,41 @@ async fn a_service_revoked_mid_connection_opens_nothing_more() {
         .unwrap()
         .iter()
         .all(|r| !r.identity.ends_with("/t-after")));
+}
+
+#[tokio::test]
+async fn a_task_a_service_opens_without_an_audience_is_held_to_the_rules_audiences() {
+    // An agent rule's `audiences` bounds the grant of every task opened for the agent, through
+    // `POST /v1/tasks` and through a token redeemed at `POST /v1/enroll`: a request naming no
+    // audience gets the rule's list, not a grant without `aud` (`[iss]`, the whole trust
+    // domain, so that every other service of the trust domain would accept the chain).
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let identity = "spiffe://example.org/agent/fetcher/task/t-aud";
+    let body = serde_json::json!({"agent": "fetcher", "task": "t-aud",
+                                  "scope": ["search:query"], "csr": csr(&key, identity)});
+    let (s, b) = call(&mut c, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    let token = r#"{"agent":"fetcher","task":"t-aud-enrolled","scope":["search:query"]}"#;
+    let file = w.token_file(&mut c, "fetcher", token).await;
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let (enroller, _, _) = agentid_transport::enroll::Enroller::from_token_file(&file, key, T)
+        .await
+        .unwrap();
+    let enrolled = agentid_transport::CredentialSource::current(enroller.credentials().as_ref())
+        .unwrap()
+        .chain()
+        .map(str::to_owned);
+    for grant in [r.grant, enrolled] {
+        let grant = agentid_protocol::Chain::parse_unverified(&grant.unwrap()).unwrap();
+        let aud = grant.read_unverified().unwrap().audience().unwrap();
+        let id = |s: &str| SpiffeId::parse(&format!("spiffe://example.org/{s}")).unwrap();
+        assert!(aud.covers_id(&id("svc/search")), "{aud:?}");
+        assert!(!aud.covers_id(&id("svc/payments")), "{aud:?}");
+    }
 }
 
 #[tokio::test]

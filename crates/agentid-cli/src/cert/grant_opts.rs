@@ -16,7 +16,8 @@ pub struct GrantOpts {
     /// Scope token to grant (repeatable; each allowed by the agent's policy).
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
-    /// Audience entry of the grant (repeatable; default: the trust domain).
+    /// Audience entry of the grant (repeatable; default: the agent rule's `audiences`, else the
+    /// trust domain).
     #[arg(long = "aud")]
     pub audience: Vec<String>,
     /// The principal the agent acts for, asserted by the operator (RFC 9493):
