@@ -295,6 +295,82 @@ async fn h2_failed_presentation_closes_even_an_uncooperative_peer() {
     );
 }
 
+/// The request head of `GET https://files/` on HTTP/2 (HPACK, static entries and literals
+/// without indexing, so any stream can carry it), with `extra` header fields.
+fn get_block(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87, 0x84]; // :method GET, :scheme https, :path /
+    block.extend_from_slice(&[0x01, 5]); // :authority (indexed name 1) "files"
+    block.extend_from_slice(b"files");
+    for (n, v) in extra {
+        literal(&mut block, n, v);
+    }
+    block
+}
+
+/// A HEADERS frame on `stream`, END_STREAM | END_HEADERS.
+fn headers_frame(out: &mut Vec<u8>, stream: u32, block: &[u8]) {
+    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
+    out.extend_from_slice(&[len[1], len[2], len[3], 1, 0x05]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(block);
+}
+
+/// spec/PROTOCOL.md 22.3: "`Failed(c)` refuses every later request with `c` ... and the server
+/// closes the connection". A peer whose presentation failed, that never answers the GOAWAY's
+/// PING (so the server's GOAWAY keeps admitting new streams) and that keeps opening a stream
+/// every 200 ms, each refused with the stored code, must not keep its failed connection (and
+/// its admission slot) open until its certificate expires: refused requests are no activity
+/// that a graceful close waits for.
+#[tokio::test]
+async fn h2_failed_connection_is_closed_although_the_peer_keeps_opening_streams() {
+    let w = World::new();
+    let addr = start(
+        &w,
+        HttpOptions {
+            handshake_timeout: Duration::from_secs(2),
+            cut_grace: Duration::from_millis(500),
+            ..HttpOptions::default()
+        },
+    )
+    .await;
+    let mut s = tls(&w, w.client_creds(), addr, b"h2").await;
+    let mut out = preface_and_settings();
+    headers_frame(
+        &mut out,
+        1,
+        &get_block(&[("agentid-proof", "aaaa.bbbb.cccc")]),
+    );
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    let plain = get_block(&[]);
+    let mut frames = Vec::new();
+    let mut closed = false;
+    // Bounded: 50 streams, one every 200 ms (10 s, twenty times the cut grace).
+    for i in 0..50u32 {
+        let (c, f) = read_frames(&mut s, Duration::from_millis(200)).await;
+        frames.extend(f);
+        if c {
+            closed = true;
+            break;
+        }
+        let mut out = Vec::new();
+        headers_frame(&mut out, 3 + 2 * i, &plain);
+        if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        frames.contains(&(1, 1)),
+        "no response on stream 1: {frames:?}"
+    );
+    assert!(frames.iter().any(|f| f.0 == 7), "no GOAWAY: {frames:?}");
+    assert!(
+        closed,
+        "a failed h2 connection is still open after 50 refused streams (frames {frames:?})"
+    );
+}
+
 /// `HttpOptions::idle_timeout` set to `Duration::MAX` (a natural way to say "never close idle
 /// connections") is taken as a year, so each connection's watchdog, which cuts streaming
 /// bodies at the deadline and on revocation (spec/PROTOCOL.md 22.5: "at the deadline, and on

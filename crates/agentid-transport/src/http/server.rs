@@ -765,7 +765,15 @@ where
         let req = req.map(|body| RequestBody::new(body, idle, self.conn.clone()));
         let h1 = req.version() < Version::HTTP_2;
         let (had_proof, step, correlation) = self.first_pass(&req);
-        let active = Active::new(&self.conn);
+        // A request refused for the connection's sake (its presentation failed, or the
+        // connection is already `Failed`) is answered at once and is no activity: the graceful
+        // close the refusal starts is not held open by a peer that keeps opening streams (an
+        // HTTP/2 peer that never answers GOAWAY's PING), while requests served before still
+        // finish.
+        let active = match &step {
+            Step::Refuse(_, true) => None,
+            _ => Some(Active::new(&self.conn)),
+        };
         let (verified, stage) = match step {
             Step::Ready(v) => (
                 v,
@@ -795,7 +803,7 @@ where
             conn: self.conn.clone(),
             h1,
             had_proof,
-            active: Some(active),
+            active,
             verified,
             correlation,
             inner: self.inner.clone(),
