@@ -901,6 +901,96 @@ async fn revocation_ends_the_connection_and_cuts_streams() {
     }
 }
 
+/// On HTTP/2 a request body that failed (here: it stalled past the body idle timeout) is never
+/// read again, but a service may still hold it (a handler that answers the error with a
+/// response streaming on, keeping its request). What its peer sends on that stream afterwards
+/// must not stay buffered against the connection's flow-control window: otherwise one stalled
+/// stream starves every other stream of the connection.
+#[tokio::test]
+async fn an_h2_body_that_failed_but_is_still_held_does_not_starve_the_connections_other_streams() {
+    let w = World::new(false);
+    let held: Arc<std::sync::Mutex<Vec<axum::body::Body>>> = Arc::default();
+    let keep = held.clone();
+    let app = Router::new()
+        .route(
+            "/hold",
+            axum::routing::post(move |body: axum::body::Body| {
+                let keep = keep.clone();
+                async move {
+                    let mut body = body;
+                    // Bounded: the body stalls after its first chunk.
+                    for _ in 0..16 {
+                        match body.frame().await {
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                    keep.lock().unwrap().push(body);
+                    "stalled"
+                }
+            }),
+        )
+        .route(
+            "/upload",
+            axum::routing::post(|b: Bytes| async move { format!("{} bytes", b.len()) }),
+        );
+    let o = HttpOptions {
+        body_idle_timeout: Some(Duration::from_secs(1)),
+        ..options()
+    };
+    let addr = start_app(&w, None, app, o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let io = TokioIo::new(raw_tls(&w, creds, addr, true).await);
+    let (s, c) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(c);
+    let mut stalled_sender = s.clone();
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stalled = tokio::spawn(async move {
+        let req = ::http::Request::post("https://files/hold")
+            .body(ChannelBody(rx))
+            .unwrap();
+        stalled_sender.send_request(req).await.map(|r| r.status())
+    });
+    chunks.send(Bytes::from_static(b"first")).await.unwrap();
+    let status = tokio::time::timeout(T, stalled).await.unwrap().unwrap();
+    assert_eq!(
+        status.unwrap(),
+        200,
+        "the handler answered the stalled body"
+    );
+    assert_eq!(held.lock().unwrap().len(), 1);
+    // The peer resumes the stalled stream: 2 MiB (hyper's default windows are 1 MiB), sent
+    // by a task of its own as flow control allows.
+    let resumed = tokio::spawn(async move {
+        for _ in 0..32 {
+            if chunks
+                .send(Bytes::from(vec![b'y'; 64 << 10]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        chunks
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another stream of the same connection still gets its body through.
+    let mut s = s;
+    let (whole, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    whole.send(Bytes::from(vec![b'x'; 3 << 19])).await.unwrap();
+    drop(whole);
+    let req = ::http::Request::post("https://files/upload")
+        .body(ChannelBody(rx))
+        .unwrap();
+    s.ready().await.unwrap();
+    let resp = tokio::time::timeout(T, s.send_request(req))
+        .await
+        .expect("the connection's other stream stalled behind the held body")
+        .unwrap();
+    assert_eq!(served(resp).await, format!("{} bytes", 3 << 19));
+    resumed.abort();
+}
+
 /// Spec 22.5 step 2 ("as a framed session does", section 16.4 "Re-checking live sessions") and
 /// 14.3: a connection is re-checked when a held revocation list it depends on goes stale at
 /// `next_update + skew` without a fresh list, and the re-check fails closed with

@@ -207,15 +207,19 @@ pin_project_lite::pin_project! {
     /// It fails with [`BodyCut`] once the connection's authority ends (its peer revoked, its
     /// deadline passed): no frame is handed over after that, and a service waiting for the
     /// next one is woken, although the connection itself is kept for the cut grace.
+    ///
+    /// A body that failed lets go of the connection's body at once, also while the service
+    /// still holds this one: what the peer sends on that stream afterwards is discarded and
+    /// its HTTP/2 flow-control credit returned, never left buffered against the connection's
+    /// window, where it would starve the connection's other streams.
     pub struct RequestBody {
-        #[pin]
-        inner: hyper::body::Incoming,
+        // `None` once the body failed.
+        inner: Option<hyper::body::Incoming>,
         idle: Option<std::time::Duration>,
         stalled: Option<Pin<Box<tokio::time::Sleep>>>,
         conn: Arc<ConnShared>,
         // Waits for the connection's cut; made only when the body first waits for data.
         cut: Option<Cut>,
-        failed: bool,
     }
 }
 
@@ -226,12 +230,11 @@ impl RequestBody {
         conn: Arc<ConnShared>,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             idle,
             stalled: None,
             conn,
             cut: None,
-            failed: false,
         }
     }
 }
@@ -244,16 +247,18 @@ impl std::fmt::Debug for RequestBody {
     }
 }
 
-/// Ends a request body at the connection's cut: an error now, then no more frames.
-fn cut_request(
-    failed: &mut bool,
+/// Ends a request body with `error` (the connection's cut, or a stall): an error now, then no
+/// more frames; the connection's body is dropped.
+fn fail_request(
+    inner: &mut Option<hyper::body::Incoming>,
     stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     cut: &mut Option<Cut>,
+    error: BoxError,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    *failed = true;
+    *inner = None;
     *stalled = None;
     *cut = None;
-    Poll::Ready(Some(Err(Box::new(BodyCut))))
+    Poll::Ready(Some(Err(error)))
 }
 
 impl Body for RequestBody {
@@ -265,13 +270,16 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        if *this.failed {
+        if this.inner.is_none() {
             return Poll::Ready(None);
         }
         if this.conn.is_cut() {
-            return cut_request(this.failed, this.stalled, this.cut);
+            return fail_request(this.inner, this.stalled, this.cut, Box::new(BodyCut));
         }
-        match this.inner.poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.stalled = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -282,7 +290,7 @@ impl Body for RequestBody {
                     .cut
                     .get_or_insert_with(|| cut_signal(this.conn.cut_signal()));
                 if cut.as_mut().poll(cx).is_ready() {
-                    return cut_request(this.failed, this.stalled, this.cut);
+                    return fail_request(this.inner, this.stalled, this.cut, Box::new(BodyCut));
                 }
                 let Some(idle) = *this.idle else {
                     return Poll::Pending;
@@ -291,9 +299,12 @@ impl Body for RequestBody {
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
-                    *this.stalled = None;
-                    *this.failed = true;
-                    return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
+                    return fail_request(
+                        this.inner,
+                        this.stalled,
+                        this.cut,
+                        Box::new(BodyStalled(idle)),
+                    );
                 }
                 Poll::Pending
             }
@@ -301,14 +312,16 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.failed {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::with_exact(0),
         }
     }
 }
