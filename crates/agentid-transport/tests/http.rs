@@ -883,21 +883,23 @@ async fn h2_streams_racing_the_first_presentation_wait_for_it() {
 
 #[tokio::test]
 async fn revocation_ends_the_connection_and_cuts_streams() {
-    let w = World::revocable();
-    let addr = start(&w, None, options()).await;
-    let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
-    let mut conn = connect(&w, creds, false, addr).await;
-    get_ok(&mut conn, "/scope").await;
-    // A streaming response in flight.
-    let mut streaming = conn.send(get_req("/stream")).await.unwrap().into_body();
-    first_frame(&mut streaming).await;
+    for h1 in [true, false] {
+        let w = World::revocable();
+        let addr = start(&w, None, options()).await;
+        let (creds, k, _chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+        let mut conn = connect(&w, creds, h1, addr).await;
+        get_ok(&mut conn, "/scope").await;
+        // A streaming response in flight.
+        let mut streaming = conn.send(get_req("/stream")).await.unwrap().into_body();
+        first_frame(&mut streaming).await;
 
-    w.revoke(&k);
-    // The stream is cut (an error or its end), never left hanging.
-    assert_cut(&mut streaming).await;
-    // New requests on that connection are refused (or find it closed).
-    if let Ok(r) = conn.send(get_req("/scope")).await {
-        assert_eq!(status_code(r).await, refused("revoked"));
+        w.revoke(&k);
+        // The stream is cut (an error or its end), never left hanging.
+        assert_cut(&mut streaming).await;
+        // New requests on that connection are refused (or find it closed).
+        if let Ok(r) = conn.send(get_req("/scope")).await {
+            assert_eq!(status_code(r).await, refused("revoked"), "h1={h1}");
+        }
     }
 }
 
@@ -989,6 +991,58 @@ async fn an_h2_body_that_failed_but_is_still_held_does_not_starve_the_connection
         .unwrap();
     assert_eq!(served(resp).await, format!("{} bytes", 3 << 19));
     resumed.abort();
+}
+
+/// On HTTP/2 a request body that stops arriving fails in its own stream only (the body idle
+/// timeout, spec 22.5 "Idle connections"): the route answers that stream, and the connection
+/// goes on serving other streams, also a body larger than the connection's whole flow-control
+/// window, so the stalled stream leaves none of the window consumed.
+#[tokio::test]
+async fn an_h2_request_body_that_stops_arriving_fails_its_stream_alone() {
+    let w = World::new(false);
+    let app = Router::new().route(
+        "/upload",
+        axum::routing::post(|b: Bytes| async move { format!("{} bytes", b.len()) }),
+    );
+    let o = HttpOptions {
+        body_idle_timeout: Some(Duration::from_secs(1)),
+        ..options()
+    };
+    let addr = start_app(&w, None, app, o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let io = TokioIo::new(raw_tls(&w, creds, addr, true).await);
+    let (s, c) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(c);
+    let mut stalled_sender = s.clone();
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stalled = tokio::spawn(async move {
+        let req = ::http::Request::post("https://files/upload")
+            .body(ChannelBody(rx))
+            .unwrap();
+        stalled_sender.send_request(req).await.map(|r| r.status())
+    });
+    chunks
+        .send(Bytes::from_static(b"only 10 b."))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(T, stalled).await.unwrap().unwrap();
+    assert_eq!(status.unwrap(), 400, "the stalled body's route answers it");
+    // One and a half times hyper's default connection window (1 MiB) on another stream (under
+    // axum's default body limit).
+    let mut s = s;
+    let (whole, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    whole.send(Bytes::from(vec![b'x'; 3 << 19])).await.unwrap();
+    drop(whole);
+    let req = ::http::Request::post("https://files/upload")
+        .body(ChannelBody(rx))
+        .unwrap();
+    s.ready().await.unwrap();
+    let resp = tokio::time::timeout(T, s.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served(resp).await, format!("{} bytes", 3 << 19));
+    drop(chunks);
 }
 
 /// Spec 22.5 step 2 ("as a framed session does", section 16.4 "Re-checking live sessions") and
@@ -1270,16 +1324,18 @@ async fn reqwest_with_the_preconfigured_config_is_identity_only() {
 async fn at_the_deadline_streaming_bodies_are_cut() {
     let w = World::new(false);
     let addr = start_with(&w, |o| o.close_margin = Duration::from_secs(1)).await;
-    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &expiring_in(3));
-    let mut raw = Raw::connect(&w, creds, addr, true).await;
-    let r = raw.send("/stream", &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let mut streaming = r.into_body();
-    first_frame(&mut streaming).await;
-    // Bounded wait: the cut comes at the deadline, well within T.
-    assert_cut(&mut streaming).await;
-    if let Ok(r) = raw.send("/peer", &[]).await {
-        assert_eq!(status_code(r).await.1, "credential_expired");
+    for h2 in [true, false] {
+        let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &expiring_in(3));
+        let mut raw = Raw::connect(&w, creds, addr, h2).await;
+        let r = raw.send("/stream", &[]).await.unwrap();
+        assert_eq!(r.status(), 200, "h2={h2}");
+        let mut streaming = r.into_body();
+        first_frame(&mut streaming).await;
+        // Bounded wait: the cut comes at the deadline, well within T.
+        assert_cut(&mut streaming).await;
+        if let Ok(r) = raw.send("/peer", &[]).await {
+            assert_eq!(status_code(r).await.1, "credential_expired", "h2={h2}");
+        }
     }
 }
 
