@@ -1199,6 +1199,24 @@ async fn near_the_deadline_the_server_closes_gracefully_and_the_client_stops() {
     ));
 }
 
+/// The same on HTTP/2: past the close point the server sends GOAWAY; a request either finds
+/// the connection going away or is served, and the connection then closes.
+#[tokio::test]
+async fn near_the_deadline_the_server_sends_goaway_on_h2_and_closes() {
+    let w = World::new(false);
+    let addr = start_with(&w, |o| o.close_margin = Duration::from_secs(3600)).await;
+    let (creds, _k, _) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    match raw.send("/peer", &[]).await {
+        Ok(r) => {
+            served(r).await;
+        }
+        // Refused by the GOAWAY (hyper reports the h2 reason as an error of its own).
+        Err(e) => assert!(gone(&e, |_| true), "{e}"),
+    }
+    assert!(raw.closed_within_t().await);
+}
+
 /// Spec 22.5: the client keeps no connection past the verified server chain's `exp` minus its
 /// margin (the server's authority ends there), as it keeps none past either certificate's.
 #[tokio::test]
