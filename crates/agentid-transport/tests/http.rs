@@ -1217,6 +1217,55 @@ async fn near_the_deadline_the_server_sends_goaway_on_h2_and_closes() {
     assert!(raw.closed_within_t().await);
 }
 
+/// Spec 22.2 step 2: an `agentid-chain` value of up to 16384 bytes is carried over HTTP, and
+/// 22.4 step 3: every served response carries the server's chain and proof. A server whose chain
+/// is close to that cap (here two tokens with long scopes) answers with a header list just
+/// over 16 KiB; the agentid client must read it on HTTP/2 as it does on HTTP/1.1 (hyper's
+/// HTTP/2 client announces a 16 KiB header-list limit by default, and the server's answer then
+/// never reaches the client).
+#[tokio::test]
+async fn a_server_chain_near_the_http_cap_is_read_over_h1_and_h2() {
+    const TASK_SERVER: &str = "spiffe://example.org/agent/files/task/t1";
+    let mut w = World::new(false);
+    let (boss_key, sk) = (key(), key());
+    let boss =
+        agentid_protocol::TaskIdentity::parse("spiffe://example.org/agent/boss/task/t1").unwrap();
+    let holder = agentid_protocol::TaskIdentity::parse(TASK_SERVER).unwrap();
+    let scope: Vec<String> = (0..29)
+        .map(|i| {
+            format!(
+                "r{i:02}:{}:{}:{}",
+                "a".repeat(60),
+                "b".repeat(60),
+                "c".repeat(60)
+            )
+        })
+        .collect();
+    let scope = scope.join(" ");
+    let grant = w.a.grant(&boss, &boss_key, &scope);
+    let chain = delegate(&grant, &boss_key, &holder, &sk, &scope, None);
+    let len = chain.as_str().len();
+    assert!((15_600..=16_384).contains(&len), "chain of {len} bytes");
+    let cred = credential(&w.a.ca, TASK_SERVER, copy(&sk), &LeafOpts::default())
+        .with_chain(chain.as_str());
+    w.server_creds = Arc::new(MemoryCredentials::new(cred));
+    let addr = start(&w, None, options()).await;
+    for h1 in [true, false] {
+        let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+        let c = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(TASK_SERVER)))
+            .connect_timeout(T);
+        let c = if h1 { c.http1_only() } else { c }.build().unwrap();
+        let mut conn = c.connect(addr, "files").await.unwrap();
+        let resp = conn
+            .send(get_req("/peer"))
+            .await
+            .unwrap_or_else(|e| panic!("h1={h1}: {e}"));
+        assert_eq!(resp.status(), 200, "h1={h1}");
+        body(resp).await;
+        assert!(conn.server_chain().is_some(), "h1={h1}");
+    }
+}
+
 /// Spec 22.5: the client keeps no connection past the verified server chain's `exp` minus its
 /// margin (the server's authority ends there), as it keeps none past either certificate's.
 #[tokio::test]

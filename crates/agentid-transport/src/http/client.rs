@@ -31,7 +31,7 @@ use tokio_rustls::TlsConnector;
 /// (the default of [`HttpClientBuilder::close_margin`]).
 pub(crate) const DEFAULT_CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
-use super::presentation::{CHAIN_HEADER, PROOF_HEADER};
+use super::presentation::{CHAIN_HEADER, PROOF_HEADER, SERVER_HEADER_LIST_LIMIT};
 use super::tls::{client_config, client_peer, pinned_client_config, HttpVersion, TlsPeer};
 use crate::credentials::{Credential, CredentialSource};
 use crate::error::{CertError, Error, Result, TimeoutKind};
@@ -388,7 +388,11 @@ impl HttpClient {
         // serving a request does not poll the timer).
         let sender = match peer.version {
             HttpVersion::H2 => {
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                // The server's chain and proof (up to 16384 and 8192 bytes, spec 22.2) fit in
+                // the header list announced, as on HTTP/1.1 (hyper's default is 16 KiB).
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .max_header_list_size(SERVER_HEADER_LIST_LIMIT as u32)
+                    .handshake(io)
                     .await
                     .map_err(hyper_err)?;
                 close_at_margin(tokio::spawn(conn), close_rx, server, cut.clone());

@@ -19,7 +19,8 @@ pub const MAX_HTTP_CHAIN_BYTES: usize = 16384;
 /// The largest `agentid-proof` value (the token cap).
 pub const MAX_HTTP_PROOF_BYTES: usize = 8192;
 /// The header-list limit an agentid HTTP server sets in hyper, above our own caps so that
-/// oversized chains get our `chain_too_large` rather than hyper's bare refusal.
+/// oversized chains get our `chain_too_large` rather than hyper's bare refusal. The agentid
+/// client announces the same on HTTP/2, so that a server's chain and proof up to the caps reach it.
 pub const SERVER_HEADER_LIST_LIMIT: usize = 32 * 1024;
 
 /// One presentation: the raw header values, compared byte for byte.
