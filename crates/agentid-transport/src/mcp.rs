@@ -899,7 +899,8 @@ fn answer(message: Value, id: u64) -> Result<Value, McpError> {
 }
 
 /// Reads server-sent events until the JSON-RPC response with `id` (other messages, such as
-/// notifications or priming events, are skipped), at most [`MAX_RESPONSE_BYTES`].
+/// notifications, the server's own requests or priming events, are skipped), at most
+/// [`MAX_RESPONSE_BYTES`].
 async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Value, McpError> {
     let mut buf = BytesMut::new();
     let mut read = 0usize;
@@ -924,7 +925,11 @@ async fn read_sse_answer(mut body: hyper::body::Incoming, id: u64) -> Result<Val
             let Ok(message) = serde_json::from_str::<Value>(&data.join("\n")) else {
                 continue;
             };
-            if message.get("id").and_then(Value::as_u64) == Some(id) {
+            // A server's own request (it may number it with the client's id) or notification
+            // carries a `method`; a response never does.
+            if message.get("method").is_none()
+                && message.get("id").and_then(Value::as_u64) == Some(id)
+            {
                 return Ok(message);
             }
         }

@@ -824,3 +824,37 @@ async fn an_event_stream_answer_in_one_byte_pieces_is_read_at_the_cost_of_its_le
         assert_eq!(padding.len(), PADDING, "h1={h1}");
     }
 }
+
+/// MCP's streamable HTTP lets a server send its own JSON-RPC requests and notifications on the
+/// event stream before the response; a server request numbers its ids in the server's own
+/// space, so it may carry the very id of the client's request. It is not the answer (it has a
+/// `method`, no `result` or `error`): a healthy server's `ping` with id 1 before its answer to
+/// the client's `initialize` (id 1) failed the call as a response without result.
+#[tokio::test]
+async fn a_server_request_on_the_event_stream_under_the_clients_id_is_not_taken_as_the_answer() {
+    let domain = demo::Domain::new("example.org").unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    async fn mcp(body: Bytes) -> axum::response::Response {
+        let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let Some(id) = req.get("id").cloned() else {
+            // A notification.
+            return http::StatusCode::ACCEPTED.into_response();
+        };
+        let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
+        let progress = json!({
+            "jsonrpc": "2.0", "method": "notifications/progress",
+            "params": { "progressToken": 1, "progress": 1 },
+        });
+        let answer = json!({
+            "jsonrpc": "2.0", "id": id,
+            "result": { "protocolVersion": "2025-06-18", "capabilities": {},
+                        "serverInfo": { "name": "repo", "version": "1" } },
+        });
+        let body = format!("data: {ping}\n\ndata: {progress}\n\ndata: {answer}\n\n");
+        ([("content-type", "text/event-stream")], body).into_response()
+    }
+    let app = axum::Router::new().route("/mcp", axum::routing::post(mcp));
+    let addr = serve_as_repo(&domain, td, app).await;
+    let c = initialize_with(&domain, addr).await.unwrap();
+    assert_eq!(c.server_info()["serverInfo"]["name"], "repo");
+}
