@@ -441,15 +441,26 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
     // directory made (and destinations checked) before it is asked.
     let key_path = a.out_dir.join(KEY_FILE);
     // A link (even a dangling one) counts: the key is never written through one.
-    if std::fs::symlink_metadata(&key_path).is_ok() {
-        return Err(CliError::failed(format!(
-            "{} already exists: refusing to overwrite a key",
-            key_path.display()
-        )));
-    }
+    let no_key = || {
+        if std::fs::symlink_metadata(&key_path).is_ok() {
+            return Err(CliError::failed(format!(
+                "{} already exists: refusing to overwrite a key",
+                key_path.display()
+            )));
+        }
+        Ok(())
+    };
+    no_key()?;
     let made = prepare_out_dir(&a.out_dir, &[CERT_FILE, BUNDLE_FILE, GRANT_FILE])?;
     // The key goes only where nobody else can replace it or the bundle beside it.
     agentid_fs::check_secret_dir(&a.out_dir).inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
+    // Held until the set is written (as `cert issue` holds it), and taken before the token is
+    // spent: another command writing the directory meanwhile (`task open` between its key
+    // check and its write) would mix its files with this key's. The key check runs again under
+    // it (a command that held it may have written one since).
+    let _lock = files::lock_dir(&a.out_dir)
+        .and_then(|l| no_key().map(|()| l))
+        .inspect_err(|_| remove_made_dir(&a.out_dir, made))?;
     let enrolled = TaskKey::generate(a.key_type.algorithm())
         .context("cannot make a key")
         .and_then(|key| {

@@ -688,6 +688,41 @@ fn task_open_into_a_directory_being_written_by_another_command_is_refused() {
     assert!(env.path("x/cert.pem").exists());
 }
 
+/// `enroll` writes a new `key.pem` with its `cert.pem`, `bundle.json` and `grant.jwt`: while
+/// another command holds the directory (`task open` between its key check and its write, say),
+/// it is refused before the token is spent, as the commands that hold the lock are, instead of
+/// putting a key there beside which the other command then writes its certificate.
+#[test]
+fn enroll_into_a_directory_being_written_by_another_command_is_refused_before_the_token_is_spent() {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let env = Env::new();
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(env.path("a"))
+        .unwrap();
+    let before = issued(&env);
+    let held = std::fs::File::open(env.path("a")).unwrap();
+    held.lock().unwrap();
+    let (_, msg) = env.fails(
+        "enroll --token-file t.json --out-dir a",
+        1,
+        "another agentid command is writing this directory",
+    );
+    assert!(msg.contains("wait for it to finish"), "{msg}");
+    assert_eq!(issued(&env), before, "nothing is issued");
+    assert!(!env.path("a/key.pem").exists());
+    drop(held);
+    // The token was not spent.
+    env.json("enroll --token-file t.json --out-dir a");
+    assert_eq!(issued(&env), before + 1);
+    agentid::files::Holder::load(&env.path("a")).expect("key and certificate match");
+}
+
 /// The caller verifies the CA too: a service of another CA (same trust domain name, another
 /// root) refuses this CA's certificate before it sends anything. (A foreign client certificate
 /// presented to the CA gets a TLS alert: agentid-ca's `service_tasks` test, since this CLI
