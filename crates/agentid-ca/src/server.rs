@@ -580,11 +580,13 @@ impl CaService {
         };
         let ca = Arc::new(ca);
         let publisher = Publisher::new(ca.clone())?;
+        // The size of the waiters' semaphore, which the held count is read against.
+        let max_waiters = permits(options.max_waiters);
         let shared = Arc::new(Shared {
             ca,
             ops: Arc::new(Semaphore::new(permits(options.max_operations))),
-            waiters: Arc::new(Semaphore::new(permits(options.max_waiters))),
-            max_waiters: options.max_waiters.max(1),
+            waiters: Arc::new(Semaphore::new(max_waiters)),
+            max_waiters,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             publisher,
             caller_waiters: crate::publication::CallerWaiters::new(

@@ -29,18 +29,24 @@ struct World {
 }
 
 async fn start(options: ServiceOptions) -> World {
-    let dir = common::make_ca_dir(KeyType::P256);
-    let mut policy = common::POLICY.to_owned();
-    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
-    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, options).unwrap();
+    let (dir, service) = service(options);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mtls = l.local_addr().unwrap();
     let enroll = e.local_addr().unwrap();
     tokio::spawn(async move { service.serve_both(l, Some(e)).await });
     World { dir, mtls, enroll }
+}
+
+/// A CA directory with the test policy (and a rule for the CA's own service) and its service.
+fn service(options: ServiceOptions) -> (tempfile::TempDir, CaService) {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
+    (dir, service)
 }
 
 impl World {
@@ -427,6 +433,34 @@ async fn operation_and_waiter_bounds_of_usize_max_are_served() {
     assert_eq!(s, 200, "{body}");
     let (s, _, body) = common::call_with_headers(&mut c, "GET", "/v1/revocations", "").await;
     assert_eq!(s, 200, "{body}");
+}
+
+/// With a long-poll bound above what a semaphore holds (`usize::MAX`, no bound), the
+/// `agentid_ca_revocation_waiters` gauge counted the permits the semaphore could not hold as
+/// held: about 2^63 long-poll requests reported on a service holding none.
+#[tokio::test]
+async fn a_waiter_bound_of_usize_max_reports_the_waiters_actually_held() {
+    let (_dir, service) = service(ServiceOptions {
+        max_waiters: usize::MAX,
+        ..ServiceOptions::default()
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { service.serve_metrics(l).await });
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: ca\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(T, tcp.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let held = text
+        .lines()
+        .find_map(|l| l.strip_prefix("agentid_ca_revocation_waiters "))
+        .unwrap_or_else(|| panic!("no waiters gauge: {text}"));
+    assert_eq!(held.trim(), "0", "{text}");
 }
 
 /// `ServiceOptions::max_operations` bounds the CA operations running on the blocking pool,
