@@ -225,6 +225,26 @@ async fn grpc_response(resp: Response<Incoming>) -> Response<GrpcBody> {
     Status::new(grpc_code(http_status), code).into_http::<GrpcBody>()
 }
 
+/// A call's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H`, `M`, `S`, `m`,
+/// `u` or `n`); `None` when absent or not of that form.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The largest request body (all messages of one call) a [`GrpcChannel`] sends by default.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -289,7 +309,8 @@ impl GrpcChannel {
     /// past it the call fails `DEADLINE_EXCEEDED` (`response_timeout`) and its connection is
     /// dropped, so that a server that takes calls and never answers holds neither the call nor
     /// the channel's later calls (which share its one connection) for longer. A server stream
-    /// is bounded only until its first response head, not while it streams.
+    /// is bounded only until its first response head, not while it streams. A call whose own
+    /// deadline (`grpc-timeout`, tonic's `Request::set_timeout`) is shorter waits only that long.
     #[must_use]
     pub fn response_timeout(self, t: Duration) -> Self {
         self.with_settings(self.inner.max_request_bytes, t)
@@ -325,6 +346,9 @@ impl GrpcChannel {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        // The call's own deadline when it is the shorter (as tonic's channel has it).
+        let wait = grpc_timeout(&parts.headers)
+            .map_or(inner.response_timeout, |t| t.min(inner.response_timeout));
         let body = Limited::new(body, inner.max_request_bytes)
             .collect()
             .await
@@ -344,7 +368,7 @@ impl GrpcChannel {
         let Some(conn) = guard.as_mut() else {
             return Err(Status::internal("no connection"));
         };
-        let answered = tokio::time::timeout(inner.response_timeout, async {
+        let answered = tokio::time::timeout(wait, async {
             match conn.send(req).await {
                 Ok(resp) => Ok(grpc_response(resp).await),
                 Err(e) => Err(e),

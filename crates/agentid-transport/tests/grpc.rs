@@ -218,6 +218,35 @@ async fn a_call_the_server_never_answers_ends_at_the_response_timeout_and_frees_
     );
 }
 
+/// A call's own deadline (`grpc-timeout`, tonic's `Request::set_timeout`) shorter than the
+/// channel's response timeout is the one it waits for, as tonic's own channel does: a call
+/// given half a second to a server that never answers waited the channel's 120 s, holding the
+/// channel's one connection and every later call with it.
+#[tokio::test]
+async fn a_call_whose_deadline_is_shorter_than_the_response_timeout_ends_at_its_deadline() {
+    let w = World::start().await;
+    let mut grpc = w.grpc(w.domain.task(CALLER, "echo:say").unwrap(), "echo");
+    let r = tokio::time::timeout(T, async {
+        grpc.ready().await?;
+        let mut req = tonic::Request::new(Text { text: "hi".into() });
+        req.set_timeout(Duration::from_millis(500));
+        grpc.unary(
+            req,
+            PathAndQuery::from_static(HANG),
+            ProstCodec::<Text, Text>::default(),
+        )
+        .await
+        .map(|r| r.into_inner().text)
+    })
+    .await
+    .expect("the call ends at its own deadline");
+    assert_refused(r, Code::DeadlineExceeded, "response_timeout");
+    assert_eq!(
+        call(&mut grpc, ECHO).await.unwrap(),
+        format!("{CALLER}: hi")
+    );
+}
+
 #[tokio::test]
 async fn a_method_outside_the_delegated_scope_is_permission_denied() {
     let w = World::start().await;
