@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 
 use agentid_protocol::{
-    AuthorityPolicy, BundleSet, ErrorCode, PeerId, Scope, TrustBundle, TrustDomain, VerifiedChain,
-    Verifier, VerifierConfig,
+    AuthorityPolicy, ErrorCode, PeerId, Scope, TrustBundle, TrustDomain, VerifiedChain, Verifier,
+    VerifierConfig,
 };
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -345,16 +345,7 @@ fn verify_at(
             Some(p) => policy.allow(td, p),
         };
     }
-    // The own trust domain's bundle first (spec rule C2): a partner's bundle that repeats one of
-    // its keys is the one refused, whichever order the command line gave them in.
-    let own_td = own.trust_domain();
-    let (mine, others): (Vec<_>, Vec<_>) = bundles
-        .into_iter()
-        .partition(|b| *b.trust_domain() == own_td);
-    let mut set = BundleSet::for_trust_domain(own_td);
-    for b in mine.into_iter().chain(others) {
-        set.insert(b)?;
-    }
+    let set = trust::bundle_set(own.trust_domain(), bundles)?;
     let mut config = VerifierConfig::new(own, set)
         .skew(args.skew)?
         .authority_policy(policy)

@@ -11,12 +11,28 @@
 
 use std::path::{Path, PathBuf};
 
-use agentid_protocol::{TrustBundle, TrustDomain};
+use agentid_protocol::{BundleSet, TrustBundle, TrustDomain};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::error::{CliError, CliResult, Context};
 use crate::files;
+
+/// The bundles a verifier of trust domain `own` holds, its own domain's loaded first (spec rule
+/// C2): a partner's bundle that repeats one of its grant or revocation keys is the one refused
+/// (`bad_bundle`), whichever order the command line gave them in.
+pub fn bundle_set(
+    own: TrustDomain,
+    bundles: Vec<TrustBundle>,
+) -> agentid_protocol::Result<BundleSet> {
+    let (mine, others): (Vec<_>, Vec<_>) =
+        bundles.into_iter().partition(|b| *b.trust_domain() == own);
+    let mut set = BundleSet::for_trust_domain(own);
+    for b in mine.into_iter().chain(others) {
+        set.insert(b)?;
+    }
+    Ok(set)
+}
 
 /// A `--bundle [TD=]FILE` argument.
 #[derive(Clone, Debug)]

@@ -191,6 +191,29 @@ fn a_partner_bundle_repeating_an_own_key_is_the_one_refused_in_either_order() {
     }
 }
 
+/// Rule C2 for `cert verify --revocations` too (the one loading of bundles `chain verify` has):
+/// a partner's bundle repeating one of the certificate's own domain's keys is the one refused,
+/// whichever order the command line names them in; the message blamed the own bundle when the
+/// partner came first.
+#[test]
+fn cert_verify_refuses_the_partner_bundle_repeating_an_own_key_in_either_order() {
+    let env = Env::new();
+    env.planner("p");
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let base = "cert verify p/cert.pem --revocations rev.jwt";
+    for bundles in [
+        "--bundle partner.example=p/bundle.json --bundle example.org=p/bundle.json",
+        "--bundle example.org=p/bundle.json --bundle partner.example=p/bundle.json",
+    ] {
+        let (out, msg) = env.fails(&format!("{base} {bundles}"), 3, "");
+        let shown = format!("{out}{msg}");
+        assert!(
+            shown.contains("the bundle of partner.example lists key"),
+            "{bundles}: {shown}"
+        );
+    }
+}
+
 #[test]
 fn revoke_revocations_and_bundle_exit_codes() {
     let env = Env::new();

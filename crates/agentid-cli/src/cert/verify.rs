@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentid_protocol::{BundleSet, SpiffeId, Verifier, VerifierConfig};
+use agentid_protocol::{SpiffeId, Verifier, VerifierConfig};
 use agentid_transport::{check_leaf, CertUsage, SvidInfo, TrustStore};
 use rustls_pki_types::UnixTime;
 use serde_json::json;
@@ -145,14 +145,10 @@ fn outside_validity(info: &SvidInfo, at: u64, cert: &Path) -> Option<String> {
 fn check_revocation(args: &VerifyArgs, info: &SvidInfo, at: u64) -> CliResult<Result<(), String>> {
     let why = |e: agentid_protocol::Error| format!("{}: {}", e.code().as_str(), e.detail());
     let td = info.id.trust_domain();
-    let mut set = BundleSet::new();
+    let mut bundles = Vec::new();
     for (btd, path) in trust::assign(&args.bundles, &td, Bare::Refused)? {
         match trust::read_bundle_file(path)? {
-            BundleFile::Spiffe(json) => {
-                if let Err(e) = set.insert(trust::parse_spiffe(&btd, &json, path)?) {
-                    return Ok(Err(why(e)));
-                }
-            }
+            BundleFile::Spiffe(json) => bundles.push(trust::parse_spiffe(&btd, &json, path)?),
             BundleFile::Pem(_) => {
                 return Err(CliError::failed(format!(
                     "{}: PEM roots hold no revocation key, so no revocation list can be checked with them: pass the agentid bundle (`agentid bundle export --format agentid`)",
@@ -161,6 +157,10 @@ fn check_revocation(args: &VerifyArgs, info: &SvidInfo, at: u64) -> CliResult<Re
             }
         }
     }
+    let set = match trust::bundle_set(td.clone(), bundles) {
+        Ok(set) => set,
+        Err(e) => return Ok(Err(why(e))),
+    };
     let own = SpiffeId::parse(&format!(
         "{}/svc/{}",
         td.id().as_str(),
