@@ -316,10 +316,11 @@ pub fn verify_checkpoint(
     else {
         return Err("not a compact JWS".into());
     };
-    let header: serde_json::Value =
-        serde_json::from_slice(&dec(h)?).map_err(|_| "header is not JSON".to_owned())?;
-    // CA-API 4.2: the protected header is exactly `{alg, typ}`.
-    if header.as_object().map(serde_json::Map::len) != Some(2) {
+    // CA-API 4.2: the protected header is exactly `{alg, typ}`: an I-JSON object (a member
+    // named twice, which a JSON parser reads as one, is a third) with those two members.
+    let header = agentid_protocol::ijson::parse_object(&dec(h)?)
+        .map_err(|e| format!("the header is not exactly {{alg, typ}}: {}", e.detail()))?;
+    if header.len() != 2 {
         return Err("the header is not exactly {alg, typ}".into());
     }
     let alg = header

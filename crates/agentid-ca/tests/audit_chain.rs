@@ -237,7 +237,8 @@ fn a_forged_checkpoint_is_found() {
 }
 
 /// CA-API 4.2: a checkpoint's protected header is exactly `{alg, typ}`; one with another member
-/// (a `kid`, a `crit`, say) is not a checkpoint, even when the audit key signed it.
+/// (a `kid`, a `crit`, say), or with a member named twice (which a JSON parser reads as one,
+/// though the header holds three), is not a checkpoint, even when the audit key signed it.
 #[test]
 fn a_checkpoint_whose_header_has_more_than_alg_and_typ_is_refused() {
     use base64::Engine as _;
@@ -259,11 +260,13 @@ fn a_checkpoint_whose_header_has_more_than_alg_and_typ_is_refused() {
     let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let payload = jws.split('.').nth(1).unwrap();
     for header in [
-        serde_json::json!({"alg": "ES256", "typ": "agentid-audit-checkpoint+jwt", "kid": "x"}),
-        serde_json::json!({"alg": "ES256", "typ": "agentid-audit-checkpoint+jwt", "crit": ["b64"], "b64": false}),
-        serde_json::json!(["ES256", "agentid-audit-checkpoint+jwt"]),
+        r#"{"alg":"ES256","typ":"agentid-audit-checkpoint+jwt","kid":"x"}"#,
+        r#"{"alg":"ES256","typ":"agentid-audit-checkpoint+jwt","crit":["b64"],"b64":false}"#,
+        r#"["ES256","agentid-audit-checkpoint+jwt"]"#,
+        r#"{"alg":"ES256","typ":"agentid-audit-checkpoint+jwt","typ":"agentid-audit-checkpoint+jwt"}"#,
+        r#"{"alg":"ES256","alg":"ES256","typ":"agentid-audit-checkpoint+jwt"}"#,
     ] {
-        let input = format!("{}.{payload}", enc(header.to_string().as_bytes()));
+        let input = format!("{}.{payload}", enc(header.as_bytes()));
         let sig = agentid_protocol::JwsSigner::sign(&key, input.as_bytes()).unwrap();
         let forged = format!("{input}.{}", enc(&sig));
         let e = audit::verify_checkpoint(&forged, key.public_key()).unwrap_err();
