@@ -441,20 +441,22 @@ fn close_at_margin<T: Send + 'static>(
     mut server: ServerWatch,
     cut: Arc<CutSwitch>,
 ) {
+    // Subscribed here, not on the task's first poll: a change that lands before the task first
+    // runs is then still seen.
+    let mut changes = server.verification.subscribe();
+    let mut listed = server.index.subscribe();
+    let mut stale = stale_instant(
+        server
+            .verification
+            .stale_at(server.peer.id.as_spiffe_id(), None),
+    );
     tokio::spawn(async move {
         // Once the connection object is gone its close point no longer moves, and the server's
         // chain no longer changes.
         let mut moves = true;
         let mut chain_moves = true;
-        let mut changes = server.verification.subscribe();
         let mut watching = true;
-        let mut listed = server.index.subscribe();
         let mut listing = true;
-        let mut stale = stale_instant(
-            server
-                .verification
-                .stale_at(server.peer.id.as_spiffe_id(), None),
-        );
         loop {
             let at = *close_at.borrow_and_update();
             let recheck = tokio::select! {
