@@ -142,7 +142,8 @@ impl VerifierConfig {
 
     /// Verifies and applies a revocation list (spec/PROTOCOL.md section 14.1): R1 to R7 in
     /// [`RevocationList::verify`], then R8: an older `seq` than the one held is refused
-    /// (`sequence_rollback`).
+    /// (`sequence_rollback`), unless the held list is orphaned (its signing key left the
+    /// bundles, [`VerifierConfig::insert_bundle_at`]).
     pub fn apply_revocation_list(&mut self, compact: &str) -> Result<Arc<RevocationList>> {
         self.apply_list(compact, None)
     }
@@ -173,7 +174,11 @@ impl VerifierConfig {
                 ),
             ));
         }
-        if let Some(old) = self.revocations.get(list.issuer()) {
+        if let Some(old) = self
+            .revocations
+            .get(list.issuer())
+            .filter(|old| !old.is_orphaned())
+        {
             if list.seq() < old.seq() {
                 return Err(Error::new(
                     ErrorCode::SequenceRollback,
@@ -191,9 +196,28 @@ impl VerifierConfig {
         Ok(list)
     }
 
-    /// Adds or replaces a trust bundle (a lower sequence is refused).
+    /// Adds or replaces a trust bundle (a lower sequence is refused):
+    /// [`VerifierConfig::insert_bundle_at`] at time 0, so that a held list whose signing key
+    /// the bundle change takes away is stale at once.
     pub fn insert_bundle(&mut self, bundle: TrustBundle) -> Result<()> {
-        self.bundles.insert(bundle)
+        self.insert_bundle_at(bundle, 0)
+    }
+
+    /// Adds or replaces a trust bundle at `now` (a lower sequence is refused). A held revocation
+    /// list whose signing key the bundles no longer hold as a revocation key of its domain is
+    /// orphaned (spec/PROTOCOL.md 14.1, "Held lists and bundle changes"): the key was rotated
+    /// out, perhaps after a compromise, so the list is due again at `now` (stale from
+    /// `now + skew`, however late its `next_update`) and a list of any `seq` signed by a key of
+    /// the bundle replaces it (however high its own `seq`).
+    pub fn insert_bundle_at(&mut self, bundle: TrustBundle, now: u64) -> Result<()> {
+        self.bundles.insert(bundle)?;
+        let bundles = &self.bundles;
+        for list in self.revocations.values_mut() {
+            if !list.is_orphaned() && !list.still_anchored(bundles) {
+                *list = Arc::new(list.orphaned(now));
+            }
+        }
+        Ok(())
     }
 
     /// The verifier's own identity.

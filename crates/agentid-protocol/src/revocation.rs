@@ -98,6 +98,11 @@ const fn kind_bit(kind: u8) -> u8 {
 #[derive(Clone, Debug)]
 pub struct RevocationList {
     issuer: TrustDomain,
+    /// The `kid` of the key that verified the list (its thumbprint): a bundle change that
+    /// takes that key from the issuer's bundle orphans the list ([`RevocationList::orphaned`]).
+    kid: String,
+    /// Whether a bundle change took the list's signing key away after it was applied.
+    orphaned: bool,
     seq: u64,
     iat: u64,
     next_update: u64,
@@ -137,7 +142,35 @@ impl RevocationList {
         verify(&key, header.alg, raw.signing_input(), &sig).map_err(|e| bad(e.to_string()))?;
         // R5 to R7.
         let payload = b64_decode(raw.payload_b64).map_err(|e| bad(e.to_string()))?;
-        Self::from_payload(&payload, &domain).map_err(|e| bad(e.detail().to_owned()))
+        let mut list =
+            Self::from_payload(&payload, &domain).map_err(|e| bad(e.detail().to_owned()))?;
+        kid.clone_into(&mut list.kid);
+        Ok(list)
+    }
+
+    /// Whether the key that verified the list is still a revocation key of the list's trust
+    /// domain in `bundles`, as rule R3 would look it up now (spec/PROTOCOL.md 14.1, "Held lists
+    /// and bundle changes").
+    pub(crate) fn still_anchored(&self, bundles: &BundleSet) -> bool {
+        bundles
+            .find_revocation_key(&self.kid)
+            .is_some_and(|(d, _)| *d == self.issuer)
+    }
+
+    /// This list once its signing key left the bundles at `now` (spec/PROTOCOL.md 14.1, "Held
+    /// lists and bundle changes"): due again at `now` at the latest (so stale from `now + skew`
+    /// on, whatever `next_update` it claimed), and no longer a floor for the next list's `seq`.
+    pub(crate) fn orphaned(&self, now: u64) -> Self {
+        let mut list = self.clone();
+        list.orphaned = true;
+        list.next_update = list.next_update.min(now);
+        list
+    }
+
+    /// Whether a bundle change took this list's signing key away after it was applied: it is
+    /// then due again from that change on, and a list of any `seq` replaces it (rule R8).
+    pub fn is_orphaned(&self) -> bool {
+        self.orphaned
     }
 
     /// Parses the claims in one pass. The entries are read one at a time, checked, and kept
@@ -178,6 +211,8 @@ impl RevocationList {
         }
         Ok(Self {
             issuer: domain.clone(),
+            kid: String::new(),
+            orphaned: false,
             seq,
             iat,
             next_update,

@@ -368,6 +368,78 @@ fn an_older_revocation_list_is_refused() {
 }
 
 #[test]
+fn rotating_a_revocation_key_out_of_the_bundle_orphans_the_list_it_signed() {
+    let w = world(Algorithm::Es256);
+    let g = grant(&w, "repo:read", 0);
+    let peer = (w.planner.id.as_spiffe_id(), w.planner.key.public_key());
+    let mut bundles = BundleSet::new();
+    bundles.insert(w.org.bundle()).unwrap();
+    let mut cfg = VerifierConfig::new(w.server.clone(), bundles);
+    // Whoever stole the revocation key signs a list that revokes nothing, with the highest
+    // `seq` and a `next_update` that never comes.
+    let top = (1 << 53) - 1;
+    let forged = RevocationListBuilder::new(&w.org.td, top, NOW - 10, top)
+        .sign(&w.org.revocation_key)
+        .unwrap();
+    cfg.apply_revocation_list(&forged).unwrap();
+    // A bundle change that keeps the key keeps the list as it is.
+    cfg.insert_bundle_at(w.org.bundle(), NOW).unwrap();
+    let held = cfg.revocation_list(&w.org.td).unwrap();
+    assert_eq!((held.seq(), held.is_orphaned()), (top, false));
+    // The operator rotates the stolen key out of the bundle (SECURITY.md's remedy).
+    let new_key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let rotated = TrustBundle::new(w.org.td.clone(), 2)
+        .add_grant_key(w.org.grant_key.public_key().clone())
+        .add_revocation_key(new_key.public_key().clone());
+    let mut at_once = cfg.clone();
+    cfg.insert_bundle_at(rotated.clone(), NOW).unwrap();
+    // The list that key signed is due again from the change: stale at the skew after it.
+    let held = cfg.revocation_list(&w.org.td).unwrap();
+    assert_eq!(
+        (held.seq(), held.is_orphaned(), held.next_update()),
+        (top, true, NOW)
+    );
+    let v = Verifier::new(cfg.clone()).unwrap();
+    assert!(v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 59).is_ok());
+    expect_err(
+        v.verify_chain(g.as_str(), peer.0, peer.1, NOW + 60),
+        ErrorCode::RevocationStale,
+        None,
+    );
+    // Without a time, the change makes it stale at once.
+    at_once.insert_bundle(rotated).unwrap();
+    expect_err(
+        Verifier::new(at_once)
+            .unwrap()
+            .verify_chain(g.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::RevocationStale,
+        None,
+    );
+    // The CA's next list, signed with the new key, replaces it although its `seq` is below the
+    // forged one's, and its revocation holds.
+    let agent = w.planner.id.agent();
+    let genuine = RevocationListBuilder::new(&w.org.td, 7, NOW - 10, NOW + 600)
+        .revoke_agent(&agent, NOW + 3600)
+        .sign(&new_key)
+        .unwrap();
+    cfg.apply_revocation_list(&genuine).unwrap();
+    let held = cfg.revocation_list(&w.org.td).unwrap();
+    assert_eq!((held.seq(), held.is_orphaned()), (7, false));
+    let v = Verifier::new(cfg.clone()).unwrap();
+    expect_err(
+        v.verify_chain(g.as_str(), peer.0, peer.1, NOW),
+        ErrorCode::Revoked,
+        Some(0),
+    );
+    // From then on, lists are ordered again.
+    let older = RevocationListBuilder::new(&w.org.td, 6, NOW - 10, NOW + 600)
+        .sign(&new_key)
+        .unwrap();
+    let e = cfg.apply_revocation_list(&older).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::SequenceRollback);
+}
+
+#[test]
 fn a_federated_bundle_never_authorizes_its_authority() {
     let w = world(Algorithm::Es256);
     let partner = Domain::new("partner.example", Algorithm::Es256);

@@ -242,9 +242,15 @@ impl PeerVerification {
     }
 
     /// Adds or replaces a trust bundle (a lower sequence is refused); new handshakes use its
-    /// anchors and keys.
+    /// anchors and keys. A held revocation list whose signing key the bundles no longer hold
+    /// is orphaned ([`VerifierConfig::insert_bundle_at`]): stale from now plus the skew (the
+    /// peers that need it then fail closed, `revocation_stale`), and replaced by the next list
+    /// signed by a key of the bundle, whatever its `seq`.
     pub fn update_bundle(&self, bundle: TrustBundle) -> Result<()> {
-        self.update(true, |v| Ok(v.config_mut().insert_bundle(bundle)?))
-            .map(|_| ())
+        let now = crate::session::now_unix();
+        self.update(true, |v| {
+            Ok(v.config_mut().insert_bundle_at(bundle, now)?)
+        })
+        .map(|_| ())
     }
 }

@@ -70,6 +70,47 @@ async fn rotating_the_grant_key_out_of_the_bundle_ends_the_session() {
     ends_with(l, ErrorCode::UntrustedAuthority.as_str()).await;
 }
 
+/// Spec 14.1 ("Held lists and bundle changes"): a list signed with a stolen revocation key (the
+/// highest `seq`, a `next_update` that never comes, nothing revoked) stops counting when the
+/// operator rotates that key out of the bundle: it is due again from the change, so the session
+/// it kept ends `revocation_stale` at the skew after it (none here), and the next list, signed
+/// with the new key, applies whatever its `seq`.
+#[tokio::test]
+async fn rotating_a_stolen_revocation_key_out_ends_the_sessions_its_list_kept() {
+    let mut p = pair(Some("read"), LeafOpts::default(), true);
+    p.sv = verification_with(SERVER, &[&p.a], |c| c.skew(0).unwrap());
+    let top = (1 << 53) - 1;
+    let forged = p.a.revocation_list_until(top, top, |b| b);
+    p.sv.apply_revocation_list(&forged).unwrap();
+    p.cv.apply_revocation_list(&forged).unwrap();
+    let (client, server) = p.live().await;
+    server.authorize(&Scope::parse("read").unwrap()).unwrap();
+    let l = Live {
+        a: p.a,
+        sv: p.sv,
+        client,
+        server,
+    };
+    let new_key =
+        agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    let rotated = TrustBundle::new(l.a.td.clone(), 2)
+        .add_x509_authority(l.a.ca.der.to_vec(), l.a.ca.key.public_key())
+        .add_grant_key(l.a.grant_key.public_key().clone())
+        .add_revocation_key(new_key.public_key().clone());
+    let sv = l.sv.clone();
+    let td = l.a.td.clone();
+    sv.update_bundle(rotated).unwrap();
+    ends_with(l, ErrorCode::RevocationStale.as_str()).await;
+    let next = agentid_protocol::RevocationListBuilder::new(&td, 2, now(), now() + 600)
+        .sign(&new_key)
+        .unwrap();
+    sv.apply_revocation_list(&next).unwrap();
+    assert_eq!(
+        sv.verifier().config().revocation_list(&td).map(|l| l.seq()),
+        Some(2)
+    );
+}
+
 #[tokio::test]
 async fn removing_the_x509_authority_ends_the_session() {
     let l = live().await;
