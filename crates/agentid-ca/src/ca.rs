@@ -732,6 +732,25 @@ impl CertificateAuthority {
         Ok(self.publish_revocations(now)?.compact)
     }
 
+    /// Whether the stored list `compact` names this CA's revocation key as its `kid` (the
+    /// header is read, not verified: the list comes from the store). A list signed with a key
+    /// the operator has since replaced is not: [`crate::publication::Publisher`] publishes
+    /// again at its start.
+    pub fn signed_with_own_revocation_key(&self, compact: &str) -> bool {
+        use base64::Engine as _;
+        let own = self.revocation_signer.public_key().thumbprint();
+        compact
+            .split('.')
+            .next()
+            .and_then(|h| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h)
+                    .ok()
+            })
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .is_some_and(|h| h.get("kid").and_then(serde_json::Value::as_str) == Some(own.as_str()))
+    }
+
     /// Publishes the next revocation list: one store transaction takes the next `seq`, reads
     /// the entries, signs, stores the list (every replica serves it from there) and its audit
     /// record. The store reads only what the list holds (kind, value and `exp` of the

@@ -72,8 +72,11 @@ fn due(held: Option<&PublishedList>, epoch: u64, now: u64) -> bool {
 }
 
 impl Publisher {
-    /// Starts from the latest stored list, publishing one first if it is due (blocking: call it
-    /// outside the async runtime or from a blocking task).
+    /// Starts from the latest stored list, publishing one first if it is due or was signed
+    /// with another revocation key than this CA's (one the operator replaced: verifiers holding
+    /// the bundle of the new key verify only the new key's lists, and hold the old key's list
+    /// only until the skew after they took that bundle, spec/PROTOCOL.md 14.1). Blocking: call it outside the async runtime or from a blocking
+    /// task.
     pub fn new(ca: Arc<CertificateAuthority>) -> Result<Arc<Self>> {
         let p = Publisher {
             ca,
@@ -82,7 +85,10 @@ impl Publisher {
             one: Mutex::new(None),
             read_at: std::sync::Mutex::new(tokio::time::Instant::now()),
         };
-        let stored = p.step_blocking(SystemTime::now())?;
+        let mut stored = p.step_blocking(SystemTime::now())?;
+        if !p.ca.signed_with_own_revocation_key(&stored.compact) {
+            stored = Arc::new(p.ca.publish_revocations(SystemTime::now())?);
+        }
         p.latest.send_replace(Some(stored));
         Ok(Arc::new(p))
     }

@@ -368,3 +368,31 @@ async fn one_agents_tasks_leave_long_poll_slots_for_the_others() {
         h.abort();
     }
 }
+
+/// After the operator replaces the CA's revocation key (its bundle then names only the new
+/// one), the CA serves a list signed with the new key from its start, not the stored list of
+/// the old key: verifiers holding the new bundle drop a list the old key signed
+/// (spec/PROTOCOL.md 14.1) and can verify only the new key's (spec/CA-API.md 3.4).
+#[test]
+fn a_ca_whose_revocation_key_was_replaced_serves_a_list_of_the_new_key_from_its_start() {
+    let dir = ca_dir();
+    let ca = std::sync::Arc::new(CertificateAuthority::open(dir.path()).unwrap());
+    let first = agentid_ca::publication::Publisher::new(ca)
+        .unwrap()
+        .latest()
+        .unwrap();
+    let path = dir.path().join("revocation.key");
+    std::fs::remove_file(&path).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&path, key.pkcs8_der()).unwrap();
+    let ca = std::sync::Arc::new(CertificateAuthority::open(dir.path()).unwrap());
+    let mut bundles = agentid_protocol::BundleSet::new();
+    bundles.insert(ca.trust_bundle().unwrap()).unwrap();
+    let served = agentid_ca::publication::Publisher::new(ca)
+        .unwrap()
+        .latest()
+        .unwrap();
+    assert!(served.seq > first.seq, "{} after {}", served.seq, first.seq);
+    let list = agentid_protocol::RevocationList::verify(&served.compact, &bundles).unwrap();
+    assert_eq!(list.seq(), served.seq);
+}
