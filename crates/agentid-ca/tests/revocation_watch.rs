@@ -209,6 +209,63 @@ async fn a_watcher_never_applies_a_list_it_cannot_verify() {
     watcher.stop().await;
 }
 
+/// A list forged with the CA's stolen revocation key (the highest `seq`, a `next_update` that
+/// never comes, nothing revoked) no longer holds once the operator replaces the key and the
+/// verification takes the new bundle (spec/PROTOCOL.md 14.1): the watcher at once applies the
+/// list the CA signs with the new key, although its `seq` is far below the forged one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stolen_revocation_key_is_replaced_the_watcher_applies_the_cas_lists_again() {
+    let w = start().await;
+    let target = w.verification(SERVER_ID, true);
+    let key_path = w.dir.path().join("revocation.key");
+    let stolen = agentid_protocol::AuthorityKey::from_pkcs8_der(
+        &agentid_fs::read_private_key(&key_path).unwrap(),
+    )
+    .unwrap();
+    let top = (1 << 53) - 1;
+    let forged =
+        agentid_protocol::RevocationListBuilder::new(&td(), top, common::unix(common::now()), top)
+            .sign(&stolen)
+            .unwrap();
+    target.apply_revocation_list(&forged).unwrap();
+    // The operator replaces the key; a replica started afterwards signs with the new one.
+    std::fs::remove_file(&key_path).unwrap();
+    let new_key =
+        agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&key_path, new_key.pkcs8_der()).unwrap();
+    let service =
+        agentid_ca::server::CaService::new(w.ca(), agentid_ca::server::ServiceOptions::default())
+            .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replaced = World {
+        mtls: l.local_addr().unwrap(),
+        dir: w.dir,
+    };
+    tokio::spawn(async move { service.serve(l).await });
+    let (creds, _) = common::service_credentials(&replaced.ca(), "watch-server");
+    // Long-polls of 30 s: the list must come from the bundle change, not a poll's end.
+    let options = WatchOptions::default().with_wait(Duration::from_secs(30));
+    let watcher = replaced.watch(creds, target.clone(), options);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    target
+        .update_bundle(replaced.ca().trust_bundle().unwrap())
+        .unwrap();
+    assert!(
+        watcher
+            .wait_for(T, |s| s.seq.is_some_and(|q| q < top))
+            .await,
+        "{:?}",
+        watcher.status()
+    );
+    let held = target
+        .verifier()
+        .config()
+        .revocation_list(&td())
+        .map(|l| l.seq());
+    assert!(held.is_some_and(|q| q < top), "{held:?}");
+    watcher.stop().await;
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

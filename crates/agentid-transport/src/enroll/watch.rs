@@ -93,8 +93,9 @@ impl WatchOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WatchStatus {
-    /// The `seq` of the list of the CA's trust domain that the verification holds (for a
-    /// [`BundleWatcher`], of the signed bundle it last applied).
+    /// The `seq` of the list of the CA's trust domain that the verification holds, none while
+    /// that list is orphaned by a bundle change (for a [`BundleWatcher`], of the signed bundle
+    /// it last applied).
     pub seq: Option<u64>,
     /// Lists (or signed bundles) this watcher applied.
     pub applied: u64,
@@ -337,6 +338,13 @@ impl Poller {
 
     async fn run(self, mut stop: watch::Receiver<bool>, status: watch::Sender<WatchStatus>) {
         let mut failures_in_row: u32 = 0;
+        // A bundle change may have orphaned the held list (its signing key left the bundle,
+        // spec/PROTOCOL.md 14.1: the list goes stale at the skew after the change) or made the
+        // served one verifiable: the revocation feed is asked again at once, after the held
+        // list's `seq` (or for the latest list), instead of at the end of a long-poll after a
+        // `seq` no longer held, or of a back-off.
+        let mut changes = self.verification.subscribe();
+        let watch_changes = matches!(self.feed, Feed::Revocations);
         loop {
             if *stop.borrow() {
                 return;
@@ -345,6 +353,7 @@ impl Poller {
             let step = tokio::select! {
                 r = self.poll_once() => r,
                 _ = stop.changed() => return,
+                Ok(()) = changes.changed(), if watch_changes => continue,
             };
             let pause = match step {
                 Ok(Polled::Applied) => {
@@ -384,6 +393,7 @@ impl Poller {
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => return,
+                    Ok(()) = changes.changed(), if watch_changes => {}
                 }
             }
         }
@@ -543,12 +553,15 @@ fn long_poll_wait(wait: u64, left: Duration) -> u64 {
     wait.min(left.saturating_sub(LONG_POLL_SLACK).as_secs())
 }
 
-/// The `seq` of the list of `td` that `verification` holds.
+/// The `seq` of the list of `td` that `verification` holds; none for a list orphaned by a
+/// bundle change (its signing key left the bundle: the CA's lists replace it whatever their
+/// `seq`, so the feed is asked for its latest).
 fn held_seq(verification: &PeerVerification, td: &TrustDomain) -> Option<u64> {
     verification
         .verifier()
         .config()
         .revocation_list(td)
+        .filter(|l| !l.is_orphaned())
         .map(|l| l.seq())
 }
 
