@@ -587,10 +587,13 @@ impl CertificateAuthority {
                 (RevocationKind::Jkt, rec.jkt)
             }
             RevokeTarget::Task(task) => {
+                // Known: opened, certified, or named by a token no one redeemed yet (a leaked
+                // token file is answered by revoking its task: the redemption is then refused).
                 if store.task(task.as_str())?.is_none()
                     && store
                         .latest_expiry(RevocationKind::Task, task.as_str())?
                         .is_none()
+                    && store.unredeemed_token_agent(task.as_str())?.is_none()
                 {
                     return Err(CaError::NotFound {
                         kind: "task",

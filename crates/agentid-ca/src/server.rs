@@ -2268,12 +2268,13 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
     };
     match t {
         RevokeTarget::Agent(a) => Ok(a.clone()),
-        RevokeTarget::Task(task) => {
-            let rec = store
-                .task(task.as_str())?
-                .ok_or_else(|| not_found("task", task.as_str()))?;
-            agent_of_identity("task", task.as_str(), &rec.holder)
-        }
+        RevokeTarget::Task(task) => match store.task(task.as_str())? {
+            Some(rec) => agent_of_identity("task", task.as_str(), &rec.holder),
+            // A task a token names, not redeemed yet: the token's agent.
+            None => store
+                .unredeemed_token_agent(task.as_str())?
+                .ok_or_else(|| not_found("task", task.as_str())),
+        },
         RevokeTarget::Serial(serial) => store
             .issuance(serial.as_str())?
             .ok_or_else(|| not_found("serial", serial.as_str()))?

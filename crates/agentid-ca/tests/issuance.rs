@@ -1443,6 +1443,41 @@ fn a_revoked_agent_gets_no_bootstrap_token_even_past_the_entrys_exp() {
     }
 }
 
+/// A bootstrap token names its task before anyone redeems it (the token file's `identity` and
+/// `task`): an operator answering a leaked token file revokes that task, and the token then
+/// opens nothing (`revoked`), instead of being told that the task is unknown while the token
+/// stays redeemable.
+#[test]
+fn the_task_of_an_unredeemed_token_is_revocable_and_the_token_then_opens_nothing() {
+    let t = test_ca(KeyType::P256);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let tok =
+        t.ca.create_bound_token("planner", None, &binding, minutes(10), now())
+            .unwrap();
+    let task = tok.identity.task_id();
+    let rec =
+        t.ca.revoke(&RevokeTarget::Task(task.clone()), None, "operator", now())
+            .unwrap();
+    assert_eq!(rec.value, task.as_str());
+    let e = t.ca.enroll(&tok.token, csr_for(&tok), now()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            agentid_ca::EnrollError::Ca(CaError::Revoked { kind: "task", .. })
+        ),
+        "{e:?}"
+    );
+    // A task no token names and no issuance made is still unknown.
+    let unknown = TaskId::generate().unwrap();
+    let e =
+        t.ca.revoke(&RevokeTarget::Task(unknown), None, "operator", now())
+            .unwrap_err();
+    assert!(matches!(e, CaError::NotFound { kind: "task", .. }), "{e}");
+}
+
 #[test]
 fn revoke_task_and_jti() {
     let t = test_ca(KeyType::P256);

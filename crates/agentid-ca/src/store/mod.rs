@@ -473,6 +473,9 @@ pub trait Store: Send {
                 binding: None,
             }))
     }
+    /// The agent of an unused bootstrap token that names task `task` (a task no one opened
+    /// yet): what makes such a task known to a revocation (CA-API 3.10).
+    fn unredeemed_token_agent(&self, task: &str) -> Result<Option<String>>;
     /// The tasks whose grant expires after `now`, each with its holder's agent name and bound
     /// key thumbprint, oldest first. The default scans every issuance; the SQLite store reads
     /// the `tasks` table by expiry (schema version 2).
@@ -1153,6 +1156,16 @@ impl Store for SqliteStore {
                     binding: r.get(5)?,
                 })
             })
+            .optional()?)
+    }
+
+    fn unredeemed_token_agent(&self, task: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT agent FROM bootstrap_tokens WHERE task = ?1 AND used_at IS NULL LIMIT 1",
+            )?
+            .query_row(params![task], |r| r.get(0))
             .optional()?)
     }
 

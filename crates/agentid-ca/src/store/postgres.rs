@@ -1487,6 +1487,20 @@ impl Store for PgStore {
         })
     }
 
+    fn unredeemed_token_agent(&self, task: &str) -> Result<Option<String>> {
+        let task = task.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                Ok(c.query_opt(
+                    "SELECT agent FROM bootstrap_tokens WHERE task = $1 AND used_at IS NULL LIMIT 1",
+                    &[&task],
+                )
+                .await?
+                .map(|r| r.get(0)))
+            })
+        })
+    }
+
     fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
         self.inner.run(move |c| {
             Box::pin(async move {
