@@ -748,6 +748,12 @@ impl HttpClientConnection {
     /// replaced by this connection's). Until the server's proof is verified the request carries
     /// the presentation; a success response to it without a valid server proof is an error.
     /// Redirects are returned, never followed.
+    ///
+    /// There is no per-request timeout (as in hyper): a server that takes the request and never
+    /// answers holds it until the connection is dropped at its close point
+    /// ([`time_left`](Self::time_left): at the latest the end of the shorter-lived credential,
+    /// minus the margin). For a shorter bound, wrap the call in `tokio::time::timeout` and drop
+    /// the connection when it fires. The MCP, A2A and gRPC clients have such a bound built in.
     pub async fn send(&mut self, req: Request<Bytes>) -> Result<HttpResponse> {
         let now = Instant::now();
         if now >= self.close_at {
