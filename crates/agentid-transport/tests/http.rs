@@ -2620,3 +2620,54 @@ async fn churned_connections_leave_the_revocation_index() {
     }
     assert_eq!(left, 0, "connections that ended are still indexed");
 }
+
+/// Dropping the future of `HttpServer::serve` (a shutdown, or a configuration change that must
+/// cut the old peers: here its task is aborted) ends the connections it accepted, on HTTP/1.1
+/// and HTTP/2, idle ones and ones with a response still streaming, as it stops accepting new
+/// ones. Before, each accepted connection ran on a task of its own that nothing ended: it kept
+/// serving its peer until its idle timeout or its deadline.
+#[tokio::test]
+async fn dropping_the_serve_future_ends_the_connections_it_accepted() {
+    for h2 in [false, true] {
+        let w = World::new(false);
+        let server = HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        // Nothing but the drop may end the connections within the test.
+        .options(HttpOptions {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+            ..options()
+        })
+        .build()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move { server.serve(listener, app()).await });
+        let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+        let mut idle = Raw::connect(&w, creds.clone(), addr, h2).await;
+        served(idle.send("/peer", &[]).await.unwrap()).await;
+        let mut busy = Raw::connect(&w, creds.clone(), addr, h2).await;
+        let r = busy.send("/stream", &[]).await.unwrap();
+        let mut streaming = r.into_body();
+        first_frame(&mut streaming).await;
+
+        serving.abort();
+        assert!(tokio::time::timeout(T, serving).await.unwrap().is_err());
+
+        assert!(
+            idle.closed_within_t().await,
+            "h2={h2}: an idle connection outlived the server's serve"
+        );
+        assert_cut(&mut streaming).await;
+        assert!(
+            busy.closed_within_t().await,
+            "h2={h2}: a streaming connection outlived the server's serve"
+        );
+        // Nothing accepts any more.
+        let refused = tokio::time::timeout(T, tokio::net::TcpStream::connect(addr)).await;
+        assert!(!matches!(refused, Ok(Ok(_))), "h2={h2}: still accepting");
+    }
+}

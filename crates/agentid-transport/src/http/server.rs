@@ -1215,6 +1215,13 @@ impl HttpServer {
     /// Accepts connections from `listener` forever, serving each with a clone of
     /// `service` on its own task. Handshake failures are logged and dropped; accept errors (such as running
     /// out of file descriptors) are logged and backed off.
+    ///
+    /// The connections belong to this future: dropping it (or aborting the task that runs it),
+    /// on shutdown or to cut the peers admitted under an old configuration, stops accepting
+    /// and drops every connection it accepted, handshakes under way included. Their sockets
+    /// close, requests in flight get no response and streaming bodies stop. To keep a
+    /// connection beyond it, accept with [`HttpServer::accept_from`] and run
+    /// [`HttpConnection::serve`] on a task of your own.
     pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<()>
     where
         S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
@@ -1226,17 +1233,24 @@ impl HttpServer {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // Every connection's task, aborted when this future is dropped; finished ones are
+        // reaped as they end, so the set holds the live connections only.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            // Accept errors (EMFILE) are logged and backed off, never fatal.
-            let (tcp, addr) = accept_tcp(&listener).await;
-            let server = self.clone();
-            let service = service.clone();
-            tokio::spawn(async move {
-                match server.accept_from(tcp, Some(addr)).await {
-                    Ok(conn) => conn.serve(service).await,
-                    Err(e) => log_handshake_failure(addr, &e),
+            tokio::select! {
+                // Accept errors (EMFILE) are logged and backed off, never fatal.
+                (tcp, addr) = accept_tcp(&listener) => {
+                    let server = self.clone();
+                    let service = service.clone();
+                    connections.spawn(async move {
+                        match server.accept_from(tcp, Some(addr)).await {
+                            Ok(conn) => conn.serve(service).await,
+                            Err(e) => log_handshake_failure(addr, &e),
+                        }
+                    });
                 }
-            });
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
         }
     }
 }
