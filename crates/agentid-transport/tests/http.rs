@@ -2671,3 +2671,64 @@ async fn dropping_the_serve_future_ends_the_connections_it_accepted() {
         assert!(!matches!(refused, Ok(Ok(_))), "h2={h2}: still accepting");
     }
 }
+
+/// One failure code per connection (spec/PROTOCOL.md 22.3: "`c` is the first failure's code: a
+/// later revocation, deadline or different presentation on a connection already in `Failed`
+/// does not replace it"). An HTTP/2 stream is in its handler when another stream fails the
+/// connection with `presentation_changed`; the peer is then revoked, and the handler finishes:
+/// its response is refused with the connection's code, `presentation_changed`, not with
+/// `revoked` while later streams get `presentation_changed`. The handler is held and released
+/// by the test (no sleeps).
+#[tokio::test]
+async fn a_revocation_after_the_connection_failed_does_not_replace_its_code() {
+    let w = World::revocable();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let held = app().route(
+        "/hold",
+        get(move || async move {
+            e.notify_one();
+            r.notified().await;
+            "held"
+        }),
+    );
+    // The connection is not dropped after the revocation's cut within the test.
+    let o = HttpOptions {
+        cut_grace: Duration::from_secs(60),
+        ..options()
+    };
+    let addr = start_app(&w, None, held, o).await;
+    let (creds, k, chain) = w.client(CLIENT, Some("files:read"), &LeafOpts::default());
+    let chain = chain.unwrap();
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    let proof = raw.proof(&k, Some(&chain));
+    served(raw.present("/scope", &chain, &proof).await.unwrap()).await;
+
+    // A stream under the verified presentation, in its handler.
+    let mut sender = raw.h2.clone().unwrap();
+    sender.ready().await.unwrap();
+    let in_flight = sender.send_request(
+        ::http::Request::get("https://files/hold")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    );
+    let in_flight = tokio::spawn(async move { tokio::time::timeout(T, in_flight).await });
+    tokio::time::timeout(T, entered.notified()).await.unwrap();
+
+    // The first failure: a different presentation.
+    let other = raw.proof(&k, Some(&chain));
+    let r = raw.present("/scope", &chain, &other).await.unwrap();
+    assert_eq!(status_code(r).await, refused("presentation_changed"));
+
+    // A later one: the peer is revoked, then the held handler finishes.
+    w.revoke(&k);
+    release.notify_one();
+    let r = tokio::time::timeout(T, in_flight)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status_code(r).await, refused("presentation_changed"));
+}

@@ -140,6 +140,8 @@ pub(crate) struct ConnShared {
     pub(crate) peer: TlsPeer,
     machine: Mutex<PresentationMachine<Verified>>,
     settled: Notify,
+    /// Set once the connection's authority ended (revocation, deadline, a failed re-check):
+    /// the machine's failure code at that moment, so that the connection has one code.
     ended: OnceLock<Refusal>,
     checked_epoch: AtomicU64,
     /// The connection's place in the verification's index of revocation targets (its peer, and
@@ -392,16 +394,19 @@ impl ConnShared {
         }
     }
 
-    /// Ends the connection's authority: every later request gets `r`, streaming bodies are cut
-    /// and the connection closes.
-    fn end(&self, r: Refusal) -> Refusal {
-        let r = self.ended.get_or_init(|| r).clone();
-        self.machine().fail(r.clone());
+    /// Ends the connection's authority because of `cause`: streaming bodies are cut and the
+    /// connection closes. Every later request, and every request in flight that meets a
+    /// connection check, gets the connection's one code (spec/PROTOCOL.md 22.3): the first
+    /// failure's, kept by the presentation machine, which may be an earlier presentation
+    /// failure rather than `cause`. The returned refusal carries that code.
+    fn end(&self, cause: Refusal) -> Refusal {
+        let first = self.machine().fail(cause.clone());
+        let r = self.ended.get_or_init(|| first).clone();
         self.settled.notify_waiters();
         self.cut.send_replace(true);
         self.start_close();
         self.rearm.notify_one();
-        tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), detail = r.detail(), "agentid http connection ended");
+        tracing::info!(peer.id = %self.peer.info.id, reason = r.code(), cause = cause.code(), detail = cause.detail(), "agentid http connection ended");
         r
     }
 
