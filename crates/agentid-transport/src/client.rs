@@ -141,7 +141,8 @@ impl AgentClient {
         let span = handshake_span(Role::Client);
         let result = self.connect_inner(io, &span).instrument(span.clone()).await;
         record_outcome(&span, &result);
-        let mut parts = result?.into_parts(self.limits.idle_timeout);
+        let mut parts =
+            result?.into_parts(self.limits.idle_timeout, self.limits.first_frame_timeout);
         // Also for the chains of later reauths.
         parts.require_audience = self.require_audience;
         Ok(Session::new(parts))

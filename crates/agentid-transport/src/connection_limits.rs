@@ -26,7 +26,7 @@ use std::time::Duration;
 ///    leaves the rest of the slots to the others.
 /// 3. The hello must arrive within [`first_frame_timeout`](Self::first_frame_timeout), and the
 ///    peer must take each frame of the handshake this side writes (hello, accept, a refusal)
-///    within it too.
+///    within it too; so must it take a close (its frame and `close_notify`).
 /// 4. A session in which the peer sends nothing for [`idle_timeout`](Self::idle_timeout) while
 ///    this side is waiting for it ends with `idle` (see the field for what counts).
 ///
@@ -41,7 +41,9 @@ pub struct ConnectionLimits {
     pub client_hello_timeout: Duration,
     /// The first frame (hello at the server, accept or reject at the client) must arrive within
     /// this time after the TLS handshake (default 10 s); each handshake frame this side writes
-    /// (hello, accept, a refusal) must be taken by the peer within it too.
+    /// (hello, accept, a refusal) must be taken by the peer within it too, and so must the close
+    /// frame and TLS `close_notify` when this side closes a session
+    /// ([`crate::Session::close`], or the shutdown of its byte stream).
     pub first_frame_timeout: Duration,
     /// Concurrent authenticated sessions a server holds (from the end of the TLS handshake to
     /// the end of the session). The default stays below the process's file limit

@@ -75,6 +75,10 @@ pub enum TimeoutKind {
     /// An HTTP client's answer (its response and the body it reads) did not arrive in time
     /// (the A2A and MCP clients).
     Response,
+    /// The peer did not take this side's close frame and TLS `close_notify` within the
+    /// first-frame timeout ([`crate::ConnectionLimits::first_frame_timeout`]) of
+    /// [`crate::Session::close`] or its shutdown (it reads nothing).
+    Close,
 }
 
 /// Which cap refused a connection ([`Error::Busy`]).
@@ -233,6 +237,7 @@ impl Error {
             Error::Timeout(TimeoutKind::Handshake) => "handshake_timeout",
             Error::Timeout(TimeoutKind::FirstFrame) => "first_frame_timeout",
             Error::Timeout(TimeoutKind::Response) => "response_timeout",
+            Error::Timeout(TimeoutKind::Close) => "close_timeout",
             Error::HandshakeRefused(_) => "handshake_refused",
             Error::CredentialExpired => "credential_expired",
             Error::Revoked(_) => "revoked",

@@ -166,7 +166,11 @@ pub(crate) struct Established<IO> {
 }
 
 impl<IO> Established<IO> {
-    pub(crate) fn into_parts(self, idle_timeout: Option<Duration>) -> SessionParts<IO> {
+    pub(crate) fn into_parts(
+        self,
+        idle_timeout: Option<Duration>,
+        close_timeout: Duration,
+    ) -> SessionParts<IO> {
         let peer = self.after.peer;
         SessionParts {
             changes: self.seen.changes,
@@ -174,6 +178,7 @@ impl<IO> Established<IO> {
             trust_seen: self.seen.trust,
             peer_certs: self.after.certs,
             idle_timeout,
+            close_timeout,
             io: self.io,
             role: self.role,
             peer: AuthenticatedPeer {

@@ -101,7 +101,8 @@ impl AgentServer {
             .await;
         record_outcome(&span, &result);
         let (established, permit) = result?;
-        let mut parts = established.into_parts(self.admission.limits().idle_timeout);
+        let limits = self.admission.limits();
+        let mut parts = established.into_parts(limits.idle_timeout, limits.first_frame_timeout);
         parts.permit = Some(permit);
         Ok(Session::new(parts))
     }

@@ -785,6 +785,40 @@ async fn a_shutdown_to_a_peer_that_stopped_reading_ends_at_the_deadline() {
     drop(cs);
 }
 
+/// `close` and `shutdown` wait for the peer to take the close frame and `close_notify` at most
+/// the first-frame timeout (2 s here), as the handshake's own frames do, not until the session's
+/// deadline (300 s here, a day for a service certificate): a peer that stopped reading does not
+/// hold the closing side, and its session slot, that long. Both sides, both calls.
+#[tokio::test]
+async fn a_close_to_a_peer_that_stopped_reading_ends_at_the_first_frame_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    for (server_side, shutdown) in [(true, false), (true, true), (false, false), (false, true)] {
+        let p = pair(None, LeafOpts::default(), false);
+        let (cs, ss) = p.live().await;
+        let (mut closing, other) = if server_side { (ss, cs) } else { (cs, ss) };
+        assert!(closing.peer().deadline >= now() + 200);
+        fill_until_writes_wait(&mut closing).await;
+        // The reason of the failure (the shutdown's `io::Error` carries the crate's error).
+        let r = if shutdown {
+            tokio::time::timeout(T, closing.shutdown()).await.map(|r| {
+                r.map_err(|e| {
+                    let inner = e.get_ref().and_then(|i| i.downcast_ref::<Error>());
+                    inner.map_or_else(|| e.to_string(), |i| i.reason().to_owned())
+                })
+            })
+        } else {
+            tokio::time::timeout(T, closing.close("normal", "done"))
+                .await
+                .map(|r| r.map_err(|e| e.reason().to_owned()))
+        };
+        let what = format!("server {server_side}, shutdown {shutdown}");
+        let r =
+            r.unwrap_or_else(|_| panic!("{what}: the close waits for a peer that reads nothing"));
+        assert_eq!(r, Err("close_timeout".to_owned()), "{what}");
+        drop(other);
+    }
+}
+
 /// A session whose peer a revocation list now covers ends with `revoked` even when this side
 /// closes it before reading or writing again: the close frame carries the failure's code, not
 /// the application's `normal` (spec/PROTOCOL.md 16.4: the re-check "fails closed: whatever

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::{now_unix, Ended, Session, CLOSE_NORMAL};
-use crate::error::{peer_message, Error, FrameError, Result};
+use crate::error::{peer_message, Error, FrameError, Result, TimeoutKind};
 use crate::frame::{self, body_bytes, parse_body, FrameType, Reason, HEADER_LEN, MAX_FRAME_BODY};
 
 impl<IO> Session<IO>
@@ -35,12 +35,26 @@ where
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Starts the close's wait for the peer (once): from now on it has the close timeout to
+    /// take what this side still has to send, the close frame and `close_notify`.
+    pub(super) fn arm_close_timer(&mut self) {
+        if self.close_timer.is_none() {
+            self.close_timer = Some(Box::pin(tokio::time::sleep(self.close_timeout)));
+        }
+    }
+
     /// [`Self::poll_drain`] for a caller that waits until the peer has taken the bytes: while
     /// the session lives, the wait ends when the session does (its deadline, a revocation, a
     /// failed re-check), with that reason; once either side closed it, at the deadline; once it
-    /// ended on a failure (its close frame sent best effort), at once, with the failure. A peer
-    /// that stops reading never holds a writer for ever.
+    /// ended on a failure (its close frame sent best effort), at once, with the failure; once a
+    /// close started, also at its close timer. A peer that stops reading never holds a writer
+    /// for ever, nor a closing side longer than the close timeout.
     pub(super) fn poll_drain_live(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(timer) = self.close_timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::other(Error::Timeout(TimeoutKind::Close))));
+            }
+        }
         match &self.ended {
             None => {
                 if let Some(e) = self.poll_kill(cx) {
@@ -295,6 +309,7 @@ where
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.arm_close_timer();
         if this.ended.is_none() {
             // A deadline or revocation not acted on yet ends the session with its own code.
             if let Some(e) = this.poll_kill(cx) {

@@ -224,6 +224,9 @@ pub(crate) struct SessionParts<IO> {
     /// [`CredentialSource::subscribe`], taken before the handshake read `local`.
     pub renewals: Option<watch::Receiver<u64>>,
     pub idle_timeout: Option<Duration>,
+    /// How long a close waits for the peer to take the close frame and `close_notify`
+    /// ([`crate::ConnectionLimits::first_frame_timeout`]).
+    pub close_timeout: Duration,
     pub peer_certs: Vec<CertificateDer<'static>>,
     pub io: TlsStream<IO>,
     pub role: Role,
@@ -266,6 +269,11 @@ pub struct Session<IO> {
     /// The last frame received or data written; the timer is moved lazily when it fires.
     last_activity: Instant,
     idle_timer: Pin<Box<Sleep>>,
+    /// How long a close (`close`, or the shutdown of the byte stream) waits for the peer to
+    /// take the close frame and `close_notify`.
+    close_timeout: Duration,
+    /// Armed when the close starts (made only then).
+    close_timer: Option<Pin<Box<Sleep>>>,
     /// Bundle changes (every session re-checks).
     changes: ChangeFuture,
     /// The verification state's version, to notice an update the session has not re-checked yet.
@@ -348,6 +356,8 @@ where
             pending: Bytes::new(),
             deadline,
             idle_timeout: parts.idle_timeout,
+            close_timeout: parts.close_timeout,
+            close_timer: None,
             last_activity,
             idle_timer,
             changes: watch_changes(parts.changes),
@@ -434,7 +444,14 @@ where
     }
 
     /// Ends the session with a close frame carrying `code` and `message`, then shuts TLS down.
+    ///
+    /// The peer must take the close frame and TLS `close_notify` within the first-frame timeout
+    /// ([`crate::ConnectionLimits::first_frame_timeout`], as it must take the handshake's
+    /// frames), else the close fails with [`Error::Timeout`] ([`crate::TimeoutKind::Close`]);
+    /// the session's deadline or a revocation meanwhile ends it sooner, with that reason. The
+    /// shutdown of the byte stream (`AsyncWriteExt::shutdown`) waits the same way.
     pub async fn close(mut self, code: &str, message: &str) -> Result<()> {
+        self.arm_close_timer();
         if self.ended.is_none() {
             // A deadline or revocation not acted on yet ends the session with its own code (the
             // close frame `end` sends), not with the caller's.
@@ -448,7 +465,8 @@ where
             self.write_frame(FrameType::Close, &body).await?;
             self.set_ended(Ended::LocalClosed);
         }
-        // The session's own shutdown: the wait for a peer that reads nothing ends at the deadline.
+        // The session's own shutdown: the wait for a peer that reads nothing ends at the close
+        // timer (armed above: one wait for the frame and `close_notify` together).
         self.shutdown().await.map_err(from_io)
     }
 }
