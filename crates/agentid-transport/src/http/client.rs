@@ -89,7 +89,11 @@ impl std::fmt::Debug for HttpClientBuilder {
 }
 
 impl HttpClientBuilder {
-    /// TCP connect plus TLS handshake must finish within this time (default 10 s).
+    /// TCP connect plus TLS handshake must finish within this time (default 10 s). Once an
+    /// [`HttpClientConnection`] is dropped, its connection (still closing, or carrying response
+    /// bodies read on) also ends when a write waits this long for a server that takes no more
+    /// bytes: its close (HTTP/1.1 TLS `close_notify`, HTTP/2 GOAWAY) never holds the socket
+    /// until the close point.
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
@@ -383,6 +387,8 @@ impl HttpClient {
         let io = TokioIo::new(Cuttable {
             io: tls,
             cut: cut.clone(),
+            stall_limit: self.connect_timeout,
+            stalled: None,
         });
         // The connection runs on its own task; another one drops it at `close_at` (so that
         // serving a request does not poll the timer).
@@ -465,6 +471,10 @@ fn close_at_margin<T: Send + 'static>(
                 () = sleep_until(at) => return drop_connection(&conn, &cut),
                 changed = close_at.changed(), if moves => {
                     moves = changed.is_ok();
+                    if !moves {
+                        // The connection object is gone: its close must not wait for ever.
+                        cut.release();
+                    }
                     false
                 }
                 changed = server.chain.changed(), if chain_moves => {
@@ -509,12 +519,24 @@ struct CutSwitch {
     // The waker of the last pending read (the connection always has one pending): registered
     // on every read without a lock, and without a clone when the reading task is the same.
     reader: atomic_waker::AtomicWaker,
+    // Set when the connection object is dropped: from then on a write the server does not take
+    // within the stall limit ends the connection.
+    released: std::sync::atomic::AtomicBool,
+    // The waker of the last write that had to wait (registered only then).
+    writer: atomic_waker::AtomicWaker,
 }
 
 impl CutSwitch {
     fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::Release);
         self.reader.wake();
+    }
+
+    /// The connection object was dropped: a waiting write starts its stall limit now.
+    fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.writer.wake();
     }
 
     fn check(&self) -> std::io::Result<()> {
@@ -533,6 +555,40 @@ impl CutSwitch {
 struct Cuttable<IO> {
     io: IO,
     cut: Arc<CutSwitch>,
+    /// Once released, how long a write may wait for the server to take bytes.
+    stall_limit: Duration,
+    /// The stall limit's timer, made when a write first waits after the release.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> Cuttable<IO> {
+    /// A write's (or flush's, or shutdown's) outcome `r`: once the connection object was
+    /// dropped, a write that has waited the stall limit for the server fails instead.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        // Registered before the flag is read: a release in between wakes this write.
+        self.cut.writer.register(cx.waker());
+        if self.cut.released.load(std::sync::atomic::Ordering::Acquire) {
+            let limit = self.stall_limit;
+            let timer = self
+                .stalled
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "agentid http client: the server takes no more bytes of a dropped connection",
+                )));
+            }
+        }
+        std::task::Poll::Pending
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Cuttable<IO> {
@@ -556,7 +612,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Cuttable<IO> {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         self.cut.check()?;
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.bound_write(cx, r)
     }
 
     fn poll_flush(
@@ -564,14 +621,16 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Cuttable<IO> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.cut.check()?;
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.bound_write(cx, r)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        let r = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.bound_write(cx, r)
     }
 }
 
