@@ -166,3 +166,107 @@ pub async fn holding_proxy(
     });
     addr
 }
+
+/// A direction a byte stream moves in: what [`Hooked`] counts, in bursts (a run of writes, or
+/// of reads that returned data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Burst {
+    /// Reads that returned data.
+    Read,
+    /// Writes (counted when called).
+    Write,
+}
+
+/// A byte stream that runs a hook once, at a chosen point of a handshake: when it starts a
+/// burst of `at` right after the bursts `after`, in that order (`at` is the other direction
+/// than the last of `after`). The hook runs before that first read or write. For example, on a
+/// TLS server `[Read, Write]` then `Read`: once its certificate went out, before the client's
+/// answer is read; on a TLS client `[Write, Read]` then `Write`: once the server's certificate
+/// was verified, before the handshake completes; `[Write, Read, Write]` then `Read`: once the
+/// handshake ended and the first frame was written, while the answer to it is awaited.
+pub struct Hooked<IO = TcpStream> {
+    io: IO,
+    after: Vec<Burst>,
+    at: Burst,
+    /// How many bursts of `after` were seen in order (`None`: the stream went another way).
+    matched: Option<usize>,
+    last: Option<Burst>,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<IO> Hooked<IO> {
+    /// `io`, running `hook` as the type says.
+    pub fn new(io: IO, after: &[Burst], at: Burst, hook: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            io,
+            after: after.to_vec(),
+            at,
+            matched: Some(0),
+            last: None,
+            hook: Some(Box::new(hook)),
+        }
+    }
+
+    /// Before a read or write in direction `dir`: runs the hook at its point.
+    fn before(&mut self, dir: Burst) {
+        if dir == self.at && self.last != Some(dir) && self.matched == Some(self.after.len()) {
+            if let Some(hook) = self.hook.take() {
+                hook();
+            }
+        }
+    }
+
+    /// A read that returned data, or a write, in direction `dir`.
+    fn moved(&mut self, dir: Burst) {
+        if self.last == Some(dir) {
+            return;
+        }
+        self.last = Some(dir);
+        self.matched = match self.matched {
+            Some(n) if self.after.get(n) == Some(&dir) => Some(n + 1),
+            _ => None,
+        };
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Hooked<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.before(Burst::Read);
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved(Burst::Read);
+        }
+        r
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Hooked<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.before(Burst::Write);
+        self.moved(Burst::Write);
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

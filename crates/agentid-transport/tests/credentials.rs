@@ -139,63 +139,6 @@ async fn a_framed_session_sends_reauth_when_its_credential_renews() {
     assert_eq!(ss.peer().cert_serial, new_serial);
 }
 
-/// A byte stream that runs `hook` once, on the first read after its second burst of writes: on
-/// a TLS client, once the handshake ended and the first frame was written, while the answer
-/// to it is awaited.
-struct OnAnswerRead {
-    io: tokio::net::TcpStream,
-    /// 0: nothing yet; 1: wrote; 2: then read; 3: then wrote again.
-    phase: u8,
-    hook: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl tokio::io::AsyncRead for OnAnswerRead {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.phase == 3 {
-            if let Some(hook) = self.hook.take() {
-                hook();
-            }
-        }
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before && self.phase == 1 {
-            self.phase = 2;
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for OnAnswerRead {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.phase == 0 || self.phase == 2 {
-            self.phase += 1;
-        }
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A renewal landing while the handshake is under way (after it read the credential it
 /// presents, before the session exists) is sent as a `reauth` like any later one: before, the
 /// session subscribed to renewals only once built and never sent it, so the peer ended the
@@ -223,11 +166,13 @@ async fn a_renewal_during_the_handshake_is_sent_as_a_reauth() {
         .unwrap();
     let new_serial = renewed.info().serial.clone();
     let (creds, trust) = (client_creds.clone(), cv.trust_store());
-    let io = OnAnswerRead {
-        io: tokio::net::TcpStream::connect(addr).await.unwrap(),
-        phase: 0,
-        hook: Some(Box::new(move || creds.rotate(renewed, &trust).unwrap())),
-    };
+    // Once the handshake ended and the hello was written, while the accept is awaited.
+    let io = Hooked::new(
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        &[Burst::Write, Burst::Read, Burst::Write],
+        Burst::Read,
+        move || creds.rotate(renewed, &trust).unwrap(),
+    );
     let mut cs = tokio::time::timeout(T, c.connect_with(io))
         .await
         .unwrap()
@@ -250,54 +195,6 @@ async fn a_renewal_during_the_handshake_is_sent_as_a_reauth() {
     assert_eq!(ss.peer().receipts.reauth_proofs.len(), 1);
 }
 
-/// A byte stream that runs `hook` once, on its first read after it wrote anything: on a TLS
-/// server, once its certificate went out and before the client's answer is read.
-struct AfterFirstWrite {
-    io: tokio::net::TcpStream,
-    wrote: bool,
-    hook: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl tokio::io::AsyncRead for AfterFirstWrite {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.wrote {
-            if let Some(hook) = self.hook.take() {
-                hook();
-            }
-        }
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for AfterFirstWrite {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.wrote = true;
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A rotation to another key while a framed handshake is under way (after the TLS handshake
 /// presented the old certificate) does not split the handshake: its proof is signed with the
 /// key of the certificate it presented, and the new credential is for the next handshakes.
@@ -317,11 +214,10 @@ async fn a_rotation_during_the_handshake_does_not_split_the_presented_credential
     let (creds, trust) = (server_creds.clone(), sv.trust_store());
     let accepted = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let io = AfterFirstWrite {
-            io: tcp,
-            wrote: false,
-            hook: Some(Box::new(move || creds.rotate(other, &trust).unwrap())),
-        };
+        // Once the server's certificate went out, before the client's answer is read.
+        let io = Hooked::new(tcp, &[Burst::Read, Burst::Write], Burst::Read, move || {
+            creds.rotate(other, &trust).unwrap()
+        });
         tokio::time::timeout(T, s.accept(io)).await.unwrap()
     });
     let c = client(credentials(&a.ca, CLIENT), cv, PeerPolicy::danger_any());

@@ -1455,58 +1455,6 @@ async fn a_bundle_change_revalidates_the_server_certificate_at_the_client() {
     assert!(!conn.is_usable(), "the connection is not used again");
 }
 
-/// A byte stream that runs `hook` once, on its first write after it read anything: on a TLS
-/// client, once the server's certificate was verified and before the handshake completes.
-struct AfterFirstRead {
-    io: tokio::net::TcpStream,
-    read: bool,
-    hook: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl tokio::io::AsyncRead for AfterFirstRead {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.read = true;
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for AfterFirstRead {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.read {
-            if let Some(hook) = self.hook.take() {
-                hook();
-            }
-        }
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A bundle change landing after the client validated the server's certificate and before its
 /// handshake ended is a change since: the first request re-checks the certificate path against
 /// the new anchors, and neither the presentation nor the request goes to a server whose CA left
@@ -1525,11 +1473,13 @@ async fn a_bundle_change_during_the_client_handshake_is_rechecked_before_the_fir
             .add_grant_key(w.a.grant_key.public_key().clone())
             .add_revocation_key(w.a.rev_key.public_key().clone());
         let cv = w.cv.clone();
-        let io = AfterFirstRead {
-            io: tokio::net::TcpStream::connect(addr).await.unwrap(),
-            read: false,
-            hook: Some(Box::new(move || cv.update_bundle(bundle).unwrap())),
-        };
+        // Once the server's certificate was validated, before the handshake completes.
+        let io = Hooked::new(
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            &[Burst::Write, Burst::Read],
+            Burst::Write,
+            move || cv.update_bundle(bundle).unwrap(),
+        );
         let mut conn = client(&w, creds, h1)
             .connect_with(io, "files")
             .await

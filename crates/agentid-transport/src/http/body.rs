@@ -270,12 +270,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        if this.inner.is_none() {
-            return Poll::Ready(None);
-        }
-        if this.conn.is_cut() {
+        if this.inner.is_some() && this.conn.is_cut() {
             return fail_request(this.inner, this.stalled, this.cut, Box::new(BodyCut));
         }
+        // `None`: the body failed, and has ended.
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
