@@ -693,8 +693,14 @@ impl CaService {
     pub async fn serve_metrics(&self, listener: tokio::net::TcpListener) -> Result<(), ServeError> {
         let router = self.metrics_router();
         let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+        // Every connection's task, aborted when this future is dropped (finished ones reaped).
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let (tcp, _) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (tcp, _) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "agentid ca serve: metrics accept failed");
@@ -707,7 +713,7 @@ impl CaService {
                 continue;
             };
             let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _slot = slot;
                 let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -731,8 +737,14 @@ impl CaService {
     ) -> Result<(), ServeError> {
         let router = self.enrollment_routes();
         let metrics = self.shared.metrics.clone();
+        // Every connection's task, aborted when this future is dropped (finished ones reaped).
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let (tcp, source) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (tcp, source) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.
@@ -781,7 +793,7 @@ impl CaService {
                     metrics.clone(),
                     crate::metrics::track,
                 ));
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match admission.tls_accept(tcp, Some(source.ip()), config).await {
                     Ok(t) => t,
@@ -802,7 +814,9 @@ impl CaService {
     }
 
     /// Serves the mTLS listener and, when given, the enrollment and metrics listeners, until one
-    /// fails.
+    /// fails. Dropping the future (a shutdown) stops every listener and drops every connection
+    /// they accepted (as [`agentid_transport::http::HttpServer::serve`] does); so does dropping
+    /// the future of each `serve` method below.
     pub async fn serve_all(
         &self,
         listener: tokio::net::TcpListener,

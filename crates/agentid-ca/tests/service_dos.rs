@@ -26,6 +26,8 @@ struct World {
     dir: tempfile::TempDir,
     mtls: SocketAddr,
     enroll: SocketAddr,
+    /// The task running the service.
+    serving: tokio::task::JoinHandle<Result<(), agentid_ca::server::ServeError>>,
 }
 
 async fn start(options: ServiceOptions) -> World {
@@ -34,8 +36,13 @@ async fn start(options: ServiceOptions) -> World {
     let e = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mtls = l.local_addr().unwrap();
     let enroll = e.local_addr().unwrap();
-    tokio::spawn(async move { service.serve_both(l, Some(e)).await });
-    World { dir, mtls, enroll }
+    let serving = tokio::spawn(async move { service.serve_both(l, Some(e)).await });
+    World {
+        dir,
+        mtls,
+        enroll,
+        serving,
+    }
 }
 
 /// A CA directory with the test policy (and a rule for the CA's own service) and its service.
@@ -694,4 +701,44 @@ async fn an_enrollment_request_head_over_the_header_limit_is_refused_431() {
     let _ = s.write_all(head.as_bytes()).await;
     let _ = s.flush().await;
     assert_eq!(status_within(&mut s, T).await, Some(431));
+}
+
+/// Dropping the service's serve future (here its task is aborted: a shutdown) ends the
+/// connections it accepted, on the enrollment listener and on the mTLS listener, as it stops
+/// accepting. Before, each ran on a task of its own that nothing ended: an enrollment
+/// connection lived on until its idle timeout (30 s) or its lifetime (60 s), an mTLS one until
+/// its idle timeout or its deadline.
+#[tokio::test]
+async fn dropping_the_service_ends_the_connections_it_accepted() {
+    let w = start(ServiceOptions::default()).await;
+    let mut enroll = enroll_tls(&w).await;
+    let (creds, id) = w.task("worker");
+    let mut mtls = HttpClient::builder(
+        creds,
+        w.verification(&id),
+        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .connect_timeout(T)
+    .build()
+    .unwrap()
+    .connect(w.mtls, "ca.example.org")
+    .await
+    .unwrap();
+    let (s, _, body) = common::call_with_headers(&mut mtls, "GET", "/healthz", "").await;
+    assert_eq!(s, 200, "{body}");
+
+    w.serving.abort();
+    assert!(tokio::time::timeout(T, w.serving).await.unwrap().is_err());
+
+    assert!(
+        closed_within(&mut enroll, &[], Duration::from_secs(5)).await,
+        "an enrollment connection outlived the service"
+    );
+    let req = http::Request::get("/healthz").body(Bytes::new()).unwrap();
+    let sent = tokio::time::timeout(T, mtls.send(req)).await.unwrap();
+    assert!(
+        sent.is_err(),
+        "an mTLS connection outlived the service: {:?}",
+        sent.map(|r| r.status())
+    );
 }
