@@ -2683,16 +2683,18 @@ async fn a_revocation_after_the_connection_failed_does_not_replace_its_code() {
     assert_eq!(status_code(r).await, refused("presentation_changed"));
 }
 
-/// A client byte stream whose writes never complete once `stall` is set (the server stopped
-/// taking bytes: a zero window); reads pass.
+/// A client byte stream that stops moving one way once `stall` is set: with `side` `Write` its
+/// writes never complete (the server stopped taking bytes: a zero window), with `Read` its reads
+/// never return (the client stopped reading); the other way passes.
 struct Stallable {
     io: tokio::io::DuplexStream,
     stall: Arc<std::sync::atomic::AtomicBool>,
+    side: Burst,
 }
 
 impl Stallable {
-    fn stalled(&self) -> bool {
-        self.stall.load(std::sync::atomic::Ordering::Acquire)
+    fn stalled(&self, side: Burst) -> bool {
+        self.side == side && self.stall.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -2702,6 +2704,9 @@ impl tokio::io::AsyncRead for Stallable {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled(Burst::Read) {
+            return std::task::Poll::Pending;
+        }
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -2712,7 +2717,7 @@ impl tokio::io::AsyncWrite for Stallable {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.stalled() {
+        if self.stalled(Burst::Write) {
             return std::task::Poll::Pending;
         }
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
@@ -2722,7 +2727,7 @@ impl tokio::io::AsyncWrite for Stallable {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.stalled() {
+        if self.stalled(Burst::Write) {
             return std::task::Poll::Pending;
         }
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
@@ -2732,7 +2737,7 @@ impl tokio::io::AsyncWrite for Stallable {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.stalled() {
+        if self.stalled(Burst::Write) {
             return std::task::Poll::Pending;
         }
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
@@ -2772,6 +2777,7 @@ async fn a_dropped_client_connection_does_not_wait_for_a_server_that_stopped_rea
         let io = Stallable {
             io: client_io,
             stall: stall.clone(),
+            side: Burst::Write,
         };
         let mut conn = b.build().unwrap().connect_with(io, "files").await.unwrap();
         get_ok(&mut conn, "/peer").await;
@@ -2788,5 +2794,106 @@ async fn a_dropped_client_connection_does_not_wait_for_a_server_that_stopped_rea
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(left, 0, "h1={h1}: the dropped connection is still held");
+    }
+}
+
+/// 64 KiB of zeros: the frames of [`Big`].
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// A response body of that many 64 KiB frames, each ready at once.
+struct Big(usize);
+
+impl hyper::body::Body for Big {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &ZEROS,
+        )))))
+    }
+}
+
+/// A 64 MiB response.
+async fn big() -> axum::response::Response {
+    axum::response::Response::new(axum::body::Body::new(Big(1024)))
+}
+
+/// A peer that asks for a large response and then stops reading (it keeps the connection and
+/// the response open, and takes no more bytes) loses the connection once the server's write
+/// has waited the idle timeout (1 s here), on HTTP/1.1 and HTTP/2 alike: its task, its
+/// connection slot and its place in the revocation index are let go. Before, the response in
+/// flight kept the idle timer off and nothing else bounded the write: the connection was held
+/// until its deadline (the certificate's end, 300 s here; minutes to hours in use), so a few
+/// such peers could take every one of the server's `max_connections`.
+#[tokio::test]
+async fn a_peer_that_stops_reading_a_response_loses_its_connection_after_the_idle_timeout() {
+    for h1 in [true, false] {
+        let w = World::new(false);
+        let server = HttpServer::builder(
+            w.server_creds.clone(),
+            w.sv.clone(),
+            PeerPolicy::trust_domain(w.a.td.clone()),
+        )
+        .options(HttpOptions {
+            idle_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(1),
+            ..options()
+        })
+        .build()
+        .unwrap();
+        let admission = server.admission().clone();
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        let serving = tokio::spawn(async move {
+            if let Ok(conn) = server.accept(server_io).await {
+                conn.serve(app().route("/big", get(big))).await;
+            }
+        });
+        let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+        let mut b = HttpClient::builder(creds, w.cv.clone(), PeerPolicy::exact(peer(SERVER)))
+            .connect_timeout(T);
+        if h1 {
+            b = b.http1_only();
+        }
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let io = Stallable {
+            io: client_io,
+            stall: stall.clone(),
+            side: Burst::Read,
+        };
+        let mut conn = b.build().unwrap().connect_with(io, "files").await.unwrap();
+        get_ok(&mut conn, "/peer").await;
+        assert_eq!(w.sv.indexed_sessions(), 1, "h1={h1}");
+        assert_eq!(admission.sessions(), 1, "h1={h1}");
+
+        let resp = conn.send(get_req("/big")).await.unwrap();
+        assert_eq!(resp.status(), 200, "h1={h1}");
+        let mut streaming = resp.into_body();
+        let first = tokio::time::timeout(T, streaming.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(first.is_data(), "h1={h1}");
+        // From here the client reads nothing, and holds its connection and the response.
+        stall.store(true, std::sync::atomic::Ordering::Release);
+
+        let mut held = true;
+        for _ in 0..100 {
+            held =
+                !serving.is_finished() || w.sv.indexed_sessions() != 0 || admission.sessions() != 0;
+            if !held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!held, "h1={h1}: the server still holds the connection");
+        drop((streaming, conn));
     }
 }

@@ -387,8 +387,7 @@ impl HttpClient {
         let io = TokioIo::new(Cuttable {
             io: tls,
             cut: cut.clone(),
-            stall_limit: self.connect_timeout,
-            stalled: None,
+            stall: super::stall::WriteStall::new(self.connect_timeout),
         });
         // The connection runs on its own task; another one drops it at `close_at` (so that
         // serving a request does not poll the timer).
@@ -555,10 +554,8 @@ impl CutSwitch {
 struct Cuttable<IO> {
     io: IO,
     cut: Arc<CutSwitch>,
-    /// Once released, how long a write may wait for the server to take bytes.
-    stall_limit: Duration,
-    /// The stall limit's timer, made when a write first waits after the release.
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Once released, bounds how long a write may wait for the server to take bytes.
+    stall: super::stall::WriteStall,
 }
 
 impl<IO> Cuttable<IO> {
@@ -570,22 +567,16 @@ impl<IO> Cuttable<IO> {
         r: std::task::Poll<std::io::Result<T>>,
     ) -> std::task::Poll<std::io::Result<T>> {
         if r.is_ready() {
-            self.stalled = None;
+            self.stall.progressed();
             return r;
         }
         // Registered before the flag is read: a release in between wakes this write.
         self.cut.writer.register(cx.waker());
         if self.cut.released.load(std::sync::atomic::Ordering::Acquire) {
-            let limit = self.stall_limit;
-            let timer = self
-                .stalled
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-            if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
-                return std::task::Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "agentid http client: the server takes no more bytes of a dropped connection",
-                )));
-            }
+            return self.stall.waiting(
+                cx,
+                "agentid http client: the server takes no more bytes of a dropped connection",
+            );
         }
         std::task::Poll::Pending
     }

@@ -106,6 +106,7 @@ mod enroll_tls;
 mod presentation;
 mod refusal;
 mod server;
+mod stall;
 mod tls;
 
 pub use authz::{

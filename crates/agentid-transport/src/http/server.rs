@@ -30,6 +30,7 @@ use super::presentation::{
     SERVER_HEADER_LIST_LIMIT,
 };
 use super::refusal::{is_refusal, Refusal, BAD_CERTIFICATE, CREDENTIAL_EXPIRED};
+use super::stall::StallBounded;
 use super::tls::{pinned_server_config, server_config, server_peer, HttpVersion, TlsPeer};
 use crate::admission::{accept_tcp, Admission, SessionPermit};
 use crate::credentials::{Credential, CredentialSource};
@@ -78,6 +79,11 @@ pub struct HttpOptions {
     /// long is closed gracefully, on HTTP/1.1 and HTTP/2 alike. On HTTP/1.1,
     /// `header_read_timeout` also runs while a keep-alive connection waits for its next request
     /// head, so an idle HTTP/1.1 connection closes after the shorter of the two.
+    ///
+    /// It also bounds every write: a connection whose write (a response, a streaming body, a
+    /// close) waits this long for a peer that takes no more bytes is dropped at once, requests
+    /// in flight included, as a revocation cuts it (a peer that stopped reading would otherwise
+    /// hold the connection, and its slot under `max_connections`, until its deadline).
     pub idle_timeout: Duration,
     /// A request body that has nothing new for this long fails with
     /// [`BodyStalled`](super::BodyStalled) in the service reading it (30 s by default; the timer
@@ -1125,7 +1131,7 @@ impl HttpServerBuilder {
 
 /// One accepted TLS connection, before HTTP runs on it.
 pub struct HttpConnection<IO> {
-    tls: tokio_rustls::server::TlsStream<IO>,
+    tls: tokio_rustls::server::TlsStream<StallBounded<IO>>,
     conn: Arc<ConnShared>,
     _permit: Option<SessionPermit>,
 }
@@ -1194,7 +1200,7 @@ impl HttpServer {
         };
         let tls = self
             .admission
-            .tls_accept(io, source.map(|s| s.ip()), config)
+            .tls_accept(StallBounded::new(io), source.map(|s| s.ip()), config)
             .await?;
         let peer = server_peer(tls.get_ref().1, &self.shared.verification)?;
         let certs = tls
@@ -1292,7 +1298,12 @@ where
             inner: service,
             conn: conn.clone(),
         };
-        let io = TokioIo::new(self.tls);
+        // A peer that stops reading loses the connection once a write waited the idle timeout:
+        // a response in flight keeps the idle timer off, and hyper polls its body only when
+        // the socket takes bytes.
+        let mut tls = self.tls;
+        tls.get_mut().0.bound(opts.idle_timeout);
+        let io = TokioIo::new(tls);
         // One protocol per connection, chosen by ALPN: each builder's own limits apply exactly
         // (HTTP/1.1's header size limit is not reachable through hyper-util's auto builder).
         match conn.peer.version {
