@@ -2897,3 +2897,70 @@ async fn a_peer_that_stops_reading_a_response_loses_its_connection_after_the_idl
         drop((streaming, conn));
     }
 }
+
+/// An HTTP/2 peer that asks for a large response and then grants no more flow-control window
+/// (it keeps reading the socket, so no write of the server ever waits, but never takes the
+/// stream's data) loses the connection once every request in flight has waited that long for it
+/// to take a response frame: the idle timeout, sampled at idle-timeout intervals (1 s here).
+/// Before, the response in flight kept the idle timer off and the connection, its slot and its
+/// revocation-index entry were held until its deadline (300 s here).
+#[tokio::test]
+async fn an_h2_peer_that_grants_no_window_loses_its_connection_after_the_idle_timeout() {
+    let w = World::new(false);
+    let o = HttpOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..options()
+    };
+    let addr = start_app(&w, None, app().route("/big", get(big)), o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    // The response's body is held and never read: hyper's client grants no window for it.
+    let resp = raw.send("/big", &[]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let held = resp.into_body();
+    assert!(
+        raw.closed_within_t().await,
+        "the server still holds the connection"
+    );
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = w.sv.indexed_sessions();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the dropped connection is still indexed");
+    drop(held);
+}
+
+/// A response the peer takes in bursts is no stall: an HTTP/2 connection whose only stream the
+/// peer reads 1.5 MiB of every half idle timeout (so that hyper's client, which grants window
+/// once half of its 2 MiB was read, grants some each time) keeps serving it for three idle
+/// timeouts (1 s each).
+#[tokio::test]
+async fn a_response_the_peer_keeps_taking_is_not_cut() {
+    let w = World::new(false);
+    let o = HttpOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..options()
+    };
+    let addr = start_app(&w, None, app().route("/big", get(big)), o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    let resp = raw.send("/big", &[]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for _ in 0..6 {
+        let mut read = 0;
+        while read < 3 * 512 * 1024 {
+            let f = tokio::time::timeout(T, body.frame()).await.unwrap();
+            match f {
+                Some(Ok(f)) => read += f.into_data().map_or(0, |d| d.len()),
+                other => panic!("the response was cut: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(w.sv.indexed_sessions(), 1);
+}

@@ -144,6 +144,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(a) = this.held.as_mut() {
+            a.taken();
+        }
         if !*this.was_cut && this.held.as_ref().is_some_and(Active::is_cut) {
             return cut_now(this);
         }
@@ -171,6 +174,13 @@ where
                 } else {
                     Poll::Pending
                 }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // Until the next poll, the frame waits for the peer to take it.
+                if let Some(a) = this.held.as_mut() {
+                    a.gave();
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             ready => ready,
         }

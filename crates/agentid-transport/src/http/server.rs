@@ -80,10 +80,15 @@ pub struct HttpOptions {
     /// `header_read_timeout` also runs while a keep-alive connection waits for its next request
     /// head, so an idle HTTP/1.1 connection closes after the shorter of the two.
     ///
-    /// It also bounds every write: a connection whose write (a response, a streaming body, a
-    /// close) waits this long for a peer that takes no more bytes is dropped at once, requests
-    /// in flight included, as a revocation cuts it (a peer that stopped reading would otherwise
-    /// hold the connection, and its slot under `max_connections`, until its deadline).
+    /// It also bounds a peer that stops taking responses (which would otherwise hold the
+    /// connection, and its slot under `max_connections`, until its deadline): a connection is
+    /// dropped at once, requests in flight included, as a revocation cuts it, when a write to
+    /// its socket (a response, a streaming body, a close) has waited this long for the peer to
+    /// take bytes, or when every request in flight has had a response frame the peer did not
+    /// take for this long (an HTTP/2 peer that grants no flow-control window; this one is
+    /// looked at every idle timeout, so it is found within two). A peer that reads a long
+    /// response slower than its socket buffers (or its HTTP/2 window) drain in this time is
+    /// taken for one that stopped: raise it for such peers.
     pub idle_timeout: Duration,
     /// A request body that has nothing new for this long fails with
     /// [`BodyStalled`](super::BodyStalled) in the service reading it (30 s by default; the timer
@@ -177,6 +182,10 @@ pub(crate) struct ConnShared {
     cut: watch::Sender<bool>,
     /// Requests in flight (a response body still streaming counts).
     in_flight: AtomicUsize,
+    /// Low 32 bits: of those, on HTTP/2, responses whose body gave a frame that was not taken
+    /// yet (a peer that grants no window leaves them there); high 32 bits: the frames taken
+    /// after such a wait (wrapping). One atomic, so that a frame taken is one operation.
+    waiting_on_peer: AtomicU64,
     /// When the last request started or ended, in milliseconds since `born`.
     last_active_ms: AtomicU64,
     born: Instant,
@@ -223,20 +232,46 @@ impl DriverWake {
     }
 }
 
-/// Counts one request as in flight until dropped (with its response body, when it has one).
-pub(crate) struct Active(Arc<ConnShared>);
+/// Added to [`ConnShared::waiting_on_peer`] when a frame that waited is taken.
+const TAKEN_AFTER_WAITING: u64 = (1 << 32) - 1;
+
+/// Counts one request as in flight until dropped (with its response body, when it has one);
+/// on HTTP/2, also whether its body gave a frame the peer has not taken yet (`Some(true)`). On
+/// HTTP/1.1 that is not tracked (`None`): a frame there waits only for a write to the socket,
+/// which [`StallBounded`] bounds.
+pub(crate) struct Active(Arc<ConnShared>, Option<bool>);
 
 impl Active {
     fn new(conn: &Arc<ConnShared>) -> Self {
         // While it is in flight the idle timer is suspended; the end of the request re-arms it.
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(conn.clone())
+        let h2 = conn.peer.version == HttpVersion::H2;
+        Self(conn.clone(), h2.then_some(false))
     }
 }
 
 impl Active {
     pub(crate) fn is_cut(&self) -> bool {
         self.0.is_cut()
+    }
+
+    /// The response body gave a frame: until it is polled again, it waits for the peer.
+    pub(crate) fn gave(&mut self) {
+        if self.1 == Some(false) {
+            self.1 = Some(true);
+            self.0.waiting_on_peer.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The response body is polled again: the peer took its last frame.
+    pub(crate) fn taken(&mut self) {
+        if self.1 == Some(true) {
+            self.1 = Some(false);
+            // One fewer waiting (low half, at least 1), one more taken (high half).
+            self.0
+                .waiting_on_peer
+                .fetch_add(TAKEN_AFTER_WAITING, Ordering::AcqRel);
+        }
     }
 
     pub(crate) fn cut_signal(&self) -> watch::Receiver<bool> {
@@ -246,6 +281,9 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
+        if self.1 == Some(true) {
+            self.0.waiting_on_peer.fetch_sub(1, Ordering::AcqRel);
+        }
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -307,6 +345,7 @@ impl ConnShared {
             local,
             cut: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
+            waiting_on_peer: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             born: Instant::now(),
         });
@@ -362,6 +401,17 @@ impl ConnShared {
         }
         let last = Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
         Some(self.born + last + idle)
+    }
+
+    /// While every request in flight is a response whose last frame the peer has not taken:
+    /// marks that any progress changes (frames taken, requests ended).
+    fn waiting_on_peer(&self) -> Option<(u64, u64)> {
+        let n = u64::try_from(self.in_flight.load(Ordering::Acquire)).unwrap_or(u64::MAX);
+        let waiting = self.waiting_on_peer.load(Ordering::Acquire);
+        if n == 0 || waiting & u64::from(u32::MAX) < n {
+            return None;
+        }
+        Some((waiting, self.last_active_ms.load(Ordering::Acquire)))
     }
 
     fn closing(&self) -> bool {
@@ -1405,6 +1455,10 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
     let mut idle_done = false;
     let mut quiet: Option<(Instant, Instant)> = None;
     let mut close_seen = false;
+    // HTTP/2: since when every request in flight has waited for the peer to take a response
+    // frame, and the progress marks then (a peer that grants no window sends nothing, and the
+    // socket, taking no bytes, has no write waiting: the idle timeout bounds that wait too).
+    let mut stalled: Option<(Instant, (u64, u64))> = None;
     loop {
         if conn.ended.get().is_some() {
             tokio::time::sleep(opts.cut_grace).await;
@@ -1458,13 +1512,26 @@ async fn watchdog(conn: Arc<ConnShared>, opts: HttpOptions, h1: bool) {
                 let _ = conn.recheck(epoch);
             }
             () = sleep_until(close_at), if !closing => conn.start_close(),
-            () = sleep_until(idle_at), if !idle_done => {
+            // Also after an idle close, while requests are in flight (for the wait below).
+            () = sleep_until(idle_at), if !idle_done || conn.in_flight.load(Ordering::Acquire) > 0 => {
                 let now = Instant::now();
-                if conn.idle_at(idle).is_some_and(|at| at <= now) {
+                if !idle_done && conn.idle_at(idle).is_some_and(|at| at <= now) {
                     tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: idle connection closed");
                     conn.start_close();
                     idle_done = true;
                 }
+                stalled = match (conn.waiting_on_peer(), stalled) {
+                    (Some(marks), Some((since, seen))) if marks == seen => {
+                        if now.duration_since(since) >= opts.idle_timeout {
+                            tracing::debug!(peer.id = %conn.peer.info.id, "agentid http: the peer takes no more of its responses, connection dropped");
+                            conn.drop_connection();
+                            return;
+                        }
+                        Some((since, seen))
+                    }
+                    (Some(marks), _) => Some((now, marks)),
+                    (None, _) => None,
+                };
             }
             () = sleep_until(quiet_at), if quiet.is_some() => {
                 let since = quiet.map_or_else(Instant::now, |(_, since)| since);
