@@ -98,6 +98,67 @@ fn a_running_replica_stops_writing_once_a_newer_agentid_migrated_the_database() 
     assert!(err.contains("newer"), "{err}");
 }
 
+/// The same for the writes that are not one statement batch: a revocation list publication and
+/// a principal revocation (transactions in steps, with signing in between) and a signed audit
+/// checkpoint. An older replica must not store a list, revocations or a checkpoint in a schema
+/// it does not know either: each is `store_unavailable` and writes nothing.
+#[test]
+fn a_running_replica_neither_publishes_nor_revokes_nor_checkpoints_once_a_newer_agentid_migrated_the_database(
+) {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("PostgreSQL not installed: skipped");
+        return;
+    };
+    let dir = make_pg_ca_dir(KeyType::P256, &pg, "agentid");
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    open_task(&ca).unwrap();
+    let published = ca.publish_revocations(now()).unwrap().seq;
+    let revocations = ca.revocations().unwrap().len();
+    let checkpoints = ca.audit_snapshot(None).unwrap().checkpoints.len();
+    newer(&pg);
+
+    let res = ca.publish_revocations(now()).map(|p| p.seq);
+    assert_eq!(
+        ca.latest_published().unwrap().map(|p| p.seq),
+        Some(published),
+        "published on a schema it does not know: {res:?}"
+    );
+    let err = res.unwrap_err();
+    assert_eq!(
+        agentid_ca::server::error_code(&err).as_str(),
+        "store_unavailable"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+
+    let principal = serde_json::json!({"sub": "alice"});
+    let res = ca.revoke(
+        &agentid_ca::RevokeTarget::Principal(principal),
+        None,
+        "operator",
+        now(),
+    );
+    assert_eq!(
+        ca.revocations().unwrap().len(),
+        revocations,
+        "revoked on a schema it does not know: {res:?}"
+    );
+    let err = res.unwrap_err();
+    assert_eq!(
+        agentid_ca::server::error_code(&err).as_str(),
+        "store_unavailable"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+
+    let res = ca.checkpoint_audit(now(), true);
+    assert_eq!(
+        ca.audit_snapshot(None).unwrap().checkpoints.len(),
+        checkpoints,
+        "checkpointed on a schema it does not know: {res:?}"
+    );
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
 /// A CA directory whose `config.toml` names a database that holds no agentid store (a typo in
 /// the database name, a failover to a blank standby, a `store` line added to a SQLite CA's
 /// config) must not start over with an empty store: its revocations would be gone and its

@@ -501,6 +501,8 @@ impl Inner {
             let (client, a) = self.exec(self.take(), move |c| {
                 Box::pin(async move {
                     c.batch_execute("BEGIN").await?;
+                    // A write transaction like any other (see [`check_schema`]).
+                    check_schema(&*c).await?;
                     f1(c).await
                 })
             });
@@ -1563,7 +1565,7 @@ impl Store for PgStore {
     fn add_checkpoint(&mut self, cp: &CheckpointRecord) -> Result<()> {
         let cp = cp.clone();
         self.inner
-            .run(move |c| Box::pin(async move { insert_checkpoint(&*c, &cp).await }))
+            .run(move |c| Box::pin(async move { in_tx!(c, |tx| insert_checkpoint(&tx, &cp)) }))
     }
 
     fn set_checkpoint_signer(&mut self, signer: CheckpointSigner) {
