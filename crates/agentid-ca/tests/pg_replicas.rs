@@ -782,6 +782,139 @@ fn stored_seqs(url: &str) -> (i64, Vec<i64>) {
     .unwrap()
 }
 
+/// Holds `LOCK TABLE meta IN ACCESS EXCLUSIVE MODE` on `url` until `release` is sent or
+/// dropped; `locked` says when it holds it.
+fn lock_meta(
+    url: &str,
+    locked: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) =
+                tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            tokio::spawn(conn);
+            tokio::time::timeout(
+                T,
+                client.batch_execute("BEGIN; LOCK TABLE meta IN ACCESS EXCLUSIVE MODE"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            locked.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || release.recv_timeout(T)).await;
+            tokio::time::timeout(T, client.batch_execute("COMMIT"))
+                .await
+                .unwrap()
+                .unwrap();
+        });
+    })
+}
+
+/// How many connections to `url`'s database wait for a lock.
+fn waiting_for_a_lock(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) =
+                tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            tokio::spawn(conn);
+            tokio::time::timeout(
+                T,
+                client.query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                ),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A failover (or a dropped link) can leave every connection a replica holds to the database
+/// dead without a FIN or RST: nothing comes back on them, while a new connection reaches the
+/// database. Once an operation on such a connection has timed out (`store_unavailable`), the
+/// next operation connects again, instead of taking the next dead connection of the pool and
+/// timing out again (up to 8 in a row, 20 s each, the CA's other requests queued behind them).
+#[test]
+fn after_an_operation_times_out_on_a_dead_connection_the_next_one_connects_again() {
+    use agentid_ca::store::PgStore;
+    use agentid_ca::Store;
+    const HELD: usize = 3;
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    pg.create_database("agentid");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let link = rt.block_on(Link::new(SocketAddr::from(([127, 0, 0, 1], pg.port()))));
+    let url = format!("postgres://postgres@127.0.0.1:{}/agentid", link.addr.port());
+    let store = PgStore::open_url(&url, "replica-0").unwrap();
+    // The store holds HELD connections: as many operations at once, held by a lock until all
+    // of them wait.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let holder = lock_meta(&pg.url("agentid"), locked_tx, release_rx);
+    locked.recv_timeout(T).unwrap();
+    std::thread::scope(|s| {
+        let ops: Vec<_> = (0..HELD)
+            .map(|_| s.spawn(|| store.revocation_epoch()))
+            .collect();
+        let mut waiting = 0;
+        for _ in 0..300 {
+            waiting = waiting_for_a_lock(&pg.url("agentid"));
+            if waiting >= HELD as i64 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(waiting, HELD as i64, "operations waiting at once");
+        release.send(()).unwrap();
+        for op in ops {
+            op.join().unwrap().unwrap();
+        }
+    });
+    holder.join().unwrap();
+
+    link.freeze();
+    let first = store.revocation_epoch().map_err(|e| e.to_string());
+    println!("on a dead connection: {first:?}");
+    assert!(first.is_err(), "an answer on a dead connection: {first:?}");
+    let next = store.revocation_epoch();
+    assert!(
+        next.is_ok(),
+        "the next operation took another dead connection: {next:?}"
+    );
+    drop(store);
+    drop(link);
+    drop(rt);
+    drop(pg);
+}
+
 /// One `seq` per publication (spec/CA-API.md 3.4): the counter and the list commit together.
 /// A publication whose connection is lost while it signs (a failover, a dropped link) stores
 /// nothing: its second half must not run on a new connection outside the transaction (storing
@@ -963,10 +1096,13 @@ fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
 }
 
 /// A TCP forwarder on 127.0.0.1 to `to`; `cut` closes every forwarded connection and stops
-/// accepting (a replica cut off from the database while the others still reach it).
+/// accepting (a replica cut off from the database while the others still reach it); `freeze`
+/// stops forwarding on the connections open now without closing them, while new ones are
+/// forwarded (a failover that leaves the old connections dead without a FIN or RST).
 struct Link {
     addr: SocketAddr,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Link {
@@ -975,25 +1111,43 @@ impl Link {
         let addr = listener.local_addr().unwrap();
         let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let t2 = tasks.clone();
+        let generation = tokio::sync::watch::Sender::new(0u64);
+        let g2 = generation.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
                     continue;
                 };
+                let mut frozen = g2.subscribe();
+                let born = *frozen.borrow_and_update();
                 let h = tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { frozen.wait_for(|g| *g > born).await.map(|_| ()) } => {
+                            // Both sockets stay open, and nothing passes any more.
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 });
                 t2.lock().unwrap().push(h);
             }
         });
         tasks.lock().unwrap().push(accept);
-        Link { addr, tasks }
+        Link {
+            addr,
+            tasks,
+            generation,
+        }
     }
 
     fn cut(&self) {
         for t in self.tasks.lock().unwrap().drain(..) {
             t.abort();
         }
+    }
+
+    fn freeze(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 }
 

@@ -21,7 +21,8 @@
 //! * **A clear error when the database is down**: connecting is bounded (`connect_timeout`),
 //!   every statement too (`statement_timeout`, and a bound on each whole operation); the error
 //!   is [`CaError::Store`] (`store_unavailable`, 503 with `Retry-After` in the service). A
-//!   broken connection is dropped and the next operation connects again.
+//!   broken connection is dropped and the next operation connects again; after an operation
+//!   that timed out, so is every idle connection (a failover can leave them all dead).
 //!   A transaction in steps (`Inner::stepped`) whose connection breaks between steps is an
 //!   error: its later steps never run on a new connection (outside the transaction).
 //! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
@@ -301,6 +302,8 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConn
 enum PgErr {
     Db(tokio_postgres::Error),
     Ca(CaError),
+    /// The operation did not end within [`OPERATION_TIMEOUT`].
+    TimedOut,
 }
 
 impl From<tokio_postgres::Error> for PgErr {
@@ -318,7 +321,7 @@ impl PgErr {
     fn code(&self) -> Option<&SqlState> {
         match self {
             PgErr::Db(e) => e.code(),
-            PgErr::Ca(_) => None,
+            PgErr::Ca(_) | PgErr::TimedOut => None,
         }
     }
     fn retryable(&self) -> bool {
@@ -334,6 +337,7 @@ impl PgErr {
         match self {
             PgErr::Ca(e) => e,
             PgErr::Db(e) => CaError::Store(describe(&e)),
+            PgErr::TimedOut => timed_out(),
         }
     }
 }
@@ -462,14 +466,28 @@ impl Inner {
             let out = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
                 Ok(Ok((client, res))) => (client, res),
                 Ok(Err(e)) => (None, Err(e)),
-                Err(_) => (None, Err(PgErr::Ca(timed_out()))),
+                Err(_) => (None, Err(PgErr::TimedOut)),
             };
             let _ = tx.send(out);
         });
-        match rx.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(5)) {
+        let out = match rx.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(5)) {
             Ok(out) => out,
-            Err(_) => (None, Err(PgErr::Ca(timed_out()))),
+            Err(_) => (None, Err(PgErr::TimedOut)),
+        };
+        if matches!(out.1, Err(PgErr::TimedOut)) {
+            // Nothing came back in time: the idle connections, made over the same path, are
+            // likely dead too (a failover or a dropped link leaves them open without a FIN or
+            // RST). Each would hold the next operations for the whole bound in turn; the next
+            // operation connects again instead.
+            self.forget_idle();
         }
+        out
+    }
+
+    /// Closes every idle connection.
+    fn forget_idle(&self) {
+        let idle = self.idle.lock().map(|mut v| std::mem::take(&mut *v));
+        drop(idle);
     }
 
     /// Runs `f` with a pooled connection.
