@@ -566,6 +566,22 @@ fn timed_out() -> CaError {
 }
 
 async fn connect(s: &PgSettings) -> PgResult<Client> {
+    // `connect_timeout` bounds only the socket's connect, to each host in turn: a server that
+    // accepts it and then never answers (a frozen postmaster, a proxy without a backend) would
+    // hold the connection's startup, and this store operation, for the whole
+    // [`OPERATION_TIMEOUT`]. The whole connection gets the bound, once per host.
+    let hosts = u32::try_from(s.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+    let bound = CONNECT_TIMEOUT.saturating_mul(hosts);
+    match tokio::time::timeout(bound, connect_unbounded(s)).await {
+        Ok(res) => res,
+        Err(_) => Err(PgErr::Ca(CaError::Store(format!(
+            "could not connect to the database within {} s",
+            bound.as_secs()
+        )))),
+    }
+}
+
+async fn connect_unbounded(s: &PgSettings) -> PgResult<Client> {
     let client = match &s.tls {
         None => {
             let (client, conn) = s.config.connect(tokio_postgres::NoTls).await?;
@@ -1943,6 +1959,26 @@ mod tests {
         assert_eq!(pgpass_lookup(&p, &c).unwrap().as_deref(), Some("fallback"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(pgpass_lookup(&p, &c).is_err());
+    }
+
+    #[test]
+    fn a_database_that_accepts_the_connection_but_never_answers_is_a_store_error_within_the_connect_bound(
+    ) {
+        // A listener that never accepts: the kernel completes the TCP handshake, and the
+        // server's answer to the startup message never comes (a frozen postmaster).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let start = std::time::Instant::now();
+        let e = PgStore::open_url(&format!("postgres://ca@127.0.0.1:{port}/agentid"), "main")
+            .unwrap_err();
+        println!("{e} after {:?}", start.elapsed());
+        assert!(matches!(e, CaError::Store(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("could not connect to the database within 3 s"),
+            "{e}"
+        );
+        drop(listener);
     }
 
     #[test]
