@@ -1356,3 +1356,93 @@ async fn a_revocation_on_one_replica_wakes_a_long_poll_on_another_within_a_secon
     println!("replica B answered {lag:?} after replica A acknowledged the revocation");
     assert!(lag < Duration::from_secs(1), "replica B woke {lag:?} late");
 }
+
+/// A principal revocation lists every task of the principal (spec/CA-API.md 3.4) in one
+/// transaction, under the lock that holds every issuance off. A principal with many live tasks
+/// must still be revoked: listing them one round trip each outlasted the store's bound on an
+/// operation (20 s: about 120,000 tasks on loopback, far fewer over a network), so every
+/// attempt was rolled back (`store_unavailable`) and the principal could never be revoked,
+/// while each attempt held the issuances of every replica for those 20 s.
+#[test]
+fn a_principal_with_many_tasks_is_revoked() {
+    use agentid_ca::{AuditEvent, RevocationKind, RevocationRecord, Store};
+    const TASKS: i64 = 300_000;
+    let Some((pg, mut store)) = pg_store() else {
+        return;
+    };
+    let now = common::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let principal = r#"{"sub":"alice"}"#;
+    // The tasks opened for the principal over the day, written directly (opening each through
+    // the CA would take the test much longer than the bug).
+    let url = pg.url("agentid");
+    let sql = format!(
+        "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal)
+         SELECT 'T' || g, 'holder-' || g, 'jti-' || g, {exp}, {now}, '{principal}'
+         FROM generate_series(1, {TASKS}) g",
+        exp = now + 3600,
+    );
+    let count_sql = "SELECT count(*) FROM revocations WHERE kind = 'task'";
+    let run = move |sql: String| -> i64 {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (client, conn) =
+                    tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                tokio::spawn(conn);
+                let rows = tokio::time::timeout(T, client.simple_query(&sql))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                rows.iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            r.get(0).map(|v| v.parse().unwrap())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    run(sql);
+    let p = RevocationRecord {
+        kind: RevocationKind::Principal,
+        value: principal.into(),
+        exp: now + 3600,
+        revoked_at: now,
+        reason: None,
+        requester: "operator".into(),
+    };
+    let res = store.revoke_principal(&p, 60, &mut |tasks| AuditEvent {
+        ts: now,
+        kind: "revoke".into(),
+        actor: "operator".into(),
+        subject: Some(format!("principal:{principal}")),
+        outcome: "ok".into(),
+        reason: Some(format!("expanded to {} task(s)", tasks.len())),
+        ..AuditEvent::default()
+    });
+    let listed = res.unwrap();
+    assert_eq!(listed.len() as i64, TASKS);
+    assert!(listed.iter().all(|r| r.exp == now + 3600 + 60));
+    assert_eq!(run(count_sql.into()), TASKS, "task entries stored");
+    assert!(store
+        .revocations()
+        .unwrap()
+        .iter()
+        .any(|r| r.kind == RevocationKind::Principal && r.value == principal));
+    drop(store);
+    drop(pg);
+}

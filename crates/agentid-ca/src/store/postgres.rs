@@ -1803,28 +1803,38 @@ impl Store for PgStore {
                     let now = to_i64(p.revoked_at)?;
                     // Verifiers accept a grant until `exp + skew`: a task is live until then.
                     let since = to_i64(p.revoked_at.saturating_sub(skew))?;
+                    // Every task's entry in one statement, not one round trip each: a
+                    // principal with many tasks (tens of thousands over a network) would
+                    // otherwise outlast the operation's bound at every attempt, and never be
+                    // revoked, while holding REVOCATION_LOCK (and so every issuance) each time.
                     let rows = c
                         .query(
-                            "SELECT t.task, GREATEST(t.exp,
-                               COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
-                               COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0))
-                             FROM tasks t WHERE t.principal = $1 AND t.exp > $2 ORDER BY t.id",
-                            &[&p.value, &since],
+                            "WITH expanded AS (
+                               SELECT t.id, t.task, GREATEST(t.exp,
+                                 COALESCE((SELECT MAX(not_after) FROM issuances WHERE task = t.task), 0),
+                                 COALESCE((SELECT MAX(cap) FROM identities WHERE task = t.task), 0)) AS latest
+                               FROM tasks t WHERE t.principal = $1 AND t.exp > $2),
+                             listed AS (
+                               INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester)
+                               SELECT 'task', task, GREATEST(latest, $3) + $4, $3, $5, $6
+                               FROM expanded ORDER BY id
+                               ON CONFLICT (kind, value) DO UPDATE
+                                 SET exp = GREATEST(revocations.exp, excluded.exp))
+                             SELECT task, latest FROM expanded ORDER BY id",
+                            &[&p.value, &since, &now, &to_i64(skew)?, &p.reason, &p.requester],
                         )
                         .await?;
                     let mut out = Vec::with_capacity(rows.len());
                     for r in rows {
                         let latest: i64 = r.get(1);
-                        let rec = RevocationRecord {
+                        out.push(RevocationRecord {
                             kind: RevocationKind::Task,
                             value: r.get(0),
                             exp: to_u64(latest.max(now))?.saturating_add(skew),
                             revoked_at: p.revoked_at,
                             reason: p.reason.clone(),
                             requester: p.requester.clone(),
-                        };
-                        upsert_revocation(&*c, &rec).await?;
-                        out.push(rec);
+                        });
                     }
                     upsert_revocation(&*c, &p).await?;
                     c.execute(
