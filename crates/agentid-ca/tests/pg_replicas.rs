@@ -855,8 +855,9 @@ fn waiting_for_a_lock(url: &str) -> i64 {
 /// A failover (or a dropped link) can leave every connection a replica holds to the database
 /// dead without a FIN or RST: nothing comes back on them, while a new connection reaches the
 /// database. Once an operation on such a connection has timed out (`store_unavailable`), the
-/// next operation connects again, instead of taking the next dead connection of the pool and
-/// timing out again (up to 8 in a row, 20 s each, the CA's other requests queued behind them).
+/// next operation (after `Retry-After`) connects again, instead of taking the next dead
+/// connection of the pool and timing out again (up to 8 in a row, 20 s each, the CA's other
+/// requests queued behind them).
 #[test]
 fn after_an_operation_times_out_on_a_dead_connection_the_next_one_connects_again() {
     use agentid_ca::store::PgStore;
@@ -904,12 +905,77 @@ fn after_an_operation_times_out_on_a_dead_connection_the_next_one_connects_again
     let first = store.revocation_epoch().map_err(|e| e.to_string());
     println!("on a dead connection: {first:?}");
     assert!(first.is_err(), "an answer on a dead connection: {first:?}");
+    // Asked again after `Retry-After` (1 s), as a client would.
+    std::thread::sleep(Duration::from_millis(1500));
     let next = store.revocation_epoch();
     assert!(
         next.is_ok(),
         "the next operation took another dead connection: {next:?}"
     );
     drop(store);
+    drop(link);
+    drop(rt);
+    drop(pg);
+}
+
+/// A database that accepts connections and answers nothing (a frozen server or VM): the CA runs
+/// its store's operations one at a time, so requests queued behind one that waits out the
+/// store's bound must not each wait out a bound of their own (the k-th answered after k times
+/// 20 s), but be answered `store_unavailable` (503 with `Retry-After`) at once.
+#[test]
+fn requests_queued_behind_an_unanswered_database_do_not_each_wait_out_a_bound() {
+    const QUEUED: usize = 4;
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let dir = common::make_pg_ca_dir(KeyType::P256, &pg, "agentid");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let link = rt.block_on(Link::new(SocketAddr::from(([127, 0, 0, 1], pg.port()))));
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let direct = format!("127.0.0.1:{}", pg.port());
+    assert!(text.contains(&direct), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&direct, &format!("127.0.0.1:{}", link.addr.port())),
+    )
+    .unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    ca.revocation_epoch().unwrap();
+
+    link.blackhole();
+    let start = std::time::Instant::now();
+    let answers: Vec<(String, Duration)> = std::thread::scope(|s| {
+        let ops: Vec<_> = (0..QUEUED)
+            .map(|_| {
+                s.spawn(|| {
+                    let e = ca.revocation_epoch().unwrap_err();
+                    assert_eq!(
+                        agentid_ca::server::error_code(&e).as_str(),
+                        "store_unavailable"
+                    );
+                    (e.to_string(), start.elapsed())
+                })
+            })
+            .collect();
+        ops.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (e, at) in &answers {
+        println!("{e} after {at:?}");
+    }
+    let waited = answers
+        .iter()
+        .filter(|(e, _)| e.contains("did not answer in time") || e.contains("could not connect"))
+        .count();
+    assert_eq!(
+        waited, 1,
+        "requests queued behind the first each waited out a bound: {answers:?}"
+    );
+    drop(ca);
     drop(link);
     drop(rt);
     drop(pg);
@@ -1098,11 +1164,13 @@ fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
 /// A TCP forwarder on 127.0.0.1 to `to`; `cut` closes every forwarded connection and stops
 /// accepting (a replica cut off from the database while the others still reach it); `freeze`
 /// stops forwarding on the connections open now without closing them, while new ones are
-/// forwarded (a failover that leaves the old connections dead without a FIN or RST).
+/// forwarded (a failover that leaves the old connections dead without a FIN or RST);
+/// `blackhole` also accepts new ones and forwards nothing on them (a frozen server or VM).
 struct Link {
     addr: SocketAddr,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     generation: tokio::sync::watch::Sender<u64>,
+    hold_new: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Link {
@@ -1113,8 +1181,18 @@ impl Link {
         let t2 = tasks.clone();
         let generation = tokio::sync::watch::Sender::new(0u64);
         let g2 = generation.clone();
+        let hold_new = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h2 = hold_new.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if h2.load(std::sync::atomic::Ordering::SeqCst) {
+                    let h = tokio::spawn(async move {
+                        let _open = inbound;
+                        std::future::pending::<()>().await;
+                    });
+                    t2.lock().unwrap().push(h);
+                    continue;
+                }
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
                     continue;
                 };
@@ -1137,6 +1215,7 @@ impl Link {
             addr,
             tasks,
             generation,
+            hold_new,
         }
     }
 
@@ -1148,6 +1227,12 @@ impl Link {
 
     fn freeze(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn blackhole(&self) {
+        self.hold_new
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.freeze();
     }
 }
 

@@ -22,7 +22,8 @@
 //!   every statement too (`statement_timeout`, and a bound on each whole operation); the error
 //!   is [`CaError::Store`] (`store_unavailable`, 503 with `Retry-After` in the service). A
 //!   broken connection is dropped and the next operation connects again; after an operation
-//!   that timed out, so is every idle connection (a failover can leave them all dead).
+//!   that timed out, so is every idle connection (a failover can leave them all dead), and new
+//!   operations fail at once for [`UNANSWERED_HOLD`].
 //!   A transaction in steps (`Inner::stepped`) whose connection breaks between steps is an
 //!   error: its later steps never run on a new connection (outside the transaction).
 //! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
@@ -59,6 +60,12 @@ const STATEMENT_TIMEOUT_MS: u64 = 10_000;
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 /// Bound on one whole store operation (connect, retries, commit), enforced here.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// After an operation found nothing answering within its bound, how long new operations fail
+/// at once (`store_unavailable`, whose `Retry-After` is 1 s) instead of each waiting out a bound
+/// of its own: the CA runs its store's operations one at a time, so with a database that
+/// accepts connections and never answers (a frozen server or VM) the k-th queued request
+/// otherwise waited k bounds.
+const UNANSWERED_HOLD: Duration = Duration::from_secs(1);
 /// Attempts of a transaction that fails with a serialization failure or a deadlock.
 const MAX_ATTEMPTS: u32 = 5;
 /// Idle connections kept per store.
@@ -302,8 +309,9 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConn
 enum PgErr {
     Db(tokio_postgres::Error),
     Ca(CaError),
-    /// The operation did not end within [`OPERATION_TIMEOUT`].
-    TimedOut,
+    /// Nothing came back from the database within a bound: the operation's
+    /// ([`OPERATION_TIMEOUT`]) or the connection's ([`CONNECT_TIMEOUT`]).
+    Unanswered(CaError),
 }
 
 impl From<tokio_postgres::Error> for PgErr {
@@ -321,7 +329,7 @@ impl PgErr {
     fn code(&self) -> Option<&SqlState> {
         match self {
             PgErr::Db(e) => e.code(),
-            PgErr::Ca(_) | PgErr::TimedOut => None,
+            PgErr::Ca(_) | PgErr::Unanswered(_) => None,
         }
     }
     fn retryable(&self) -> bool {
@@ -335,9 +343,8 @@ impl PgErr {
     }
     fn into_ca(self) -> CaError {
         match self {
-            PgErr::Ca(e) => e,
+            PgErr::Ca(e) | PgErr::Unanswered(e) => e,
             PgErr::Db(e) => CaError::Store(describe(&e)),
-            PgErr::TimedOut => timed_out(),
         }
     }
 }
@@ -391,6 +398,8 @@ struct Inner {
     settings: PgSettings,
     idle: Mutex<Vec<Client>>,
     writer: ChainWriter,
+    /// When an operation last found nothing answering (see [`UNANSWERED_HOLD`]).
+    unanswered_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Drop for Inner {
@@ -447,6 +456,11 @@ impl Inner {
             Ok(rt) => rt,
             Err(e) => return (None, Err(PgErr::Ca(e))),
         };
+        // A new operation right after one waited out a bound for nothing fails at once (the
+        // later steps of a transaction already begun go on).
+        if reconnect && self.unanswered_within(UNANSWERED_HOLD) {
+            return (client, Err(PgErr::Ca(unanswered_lately())));
+        }
         let settings = self.settings.clone();
         let (tx, rx) = mpsc::sync_channel(1);
         rt.spawn(async move {
@@ -466,22 +480,43 @@ impl Inner {
             let out = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
                 Ok(Ok((client, res))) => (client, res),
                 Ok(Err(e)) => (None, Err(e)),
-                Err(_) => (None, Err(PgErr::TimedOut)),
+                Err(_) => (None, Err(PgErr::Unanswered(timed_out()))),
             };
             let _ = tx.send(out);
         });
         let out = match rx.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(5)) {
             Ok(out) => out,
-            Err(_) => (None, Err(PgErr::TimedOut)),
+            Err(_) => (None, Err(PgErr::Unanswered(timed_out()))),
         };
-        if matches!(out.1, Err(PgErr::TimedOut)) {
-            // Nothing came back in time: the idle connections, made over the same path, are
-            // likely dead too (a failover or a dropped link leaves them open without a FIN or
-            // RST). Each would hold the next operations for the whole bound in turn; the next
-            // operation connects again instead.
-            self.forget_idle();
+        match &out.1 {
+            Err(PgErr::Unanswered(_)) => {
+                // Nothing came back in time: the idle connections, made over the same path, are
+                // likely dead too (a failover or a dropped link leaves them open without a FIN
+                // or RST). Each would hold the next operations for the whole bound in turn; the
+                // next operation connects again instead. And the operations queued behind this
+                // one (the CA runs its store's operations one at a time) are answered at once
+                // for a while rather than each waiting out a bound of its own.
+                self.forget_idle();
+                if let Ok(mut at) = self.unanswered_at.lock() {
+                    *at = Some(std::time::Instant::now());
+                }
+            }
+            Ok(_) => {
+                if let Ok(mut at) = self.unanswered_at.lock() {
+                    *at = None;
+                }
+            }
+            Err(_) => {}
         }
         out
+    }
+
+    /// Whether an operation found nothing answering less than `within` ago.
+    fn unanswered_within(&self, within: Duration) -> bool {
+        self.unanswered_at
+            .lock()
+            .map(|at| at.is_some_and(|t| t.elapsed() < within))
+            .unwrap_or(false)
     }
 
     /// Closes every idle connection.
@@ -565,6 +600,13 @@ fn timed_out() -> CaError {
     CaError::Store("the database did not answer in time".into())
 }
 
+fn unanswered_lately() -> CaError {
+    CaError::Store(format!(
+        "the database did not answer an operation less than {} s ago",
+        UNANSWERED_HOLD.as_secs()
+    ))
+}
+
 async fn connect(s: &PgSettings) -> PgResult<Client> {
     // `connect_timeout` bounds only the socket's connect, to each host in turn: a server that
     // accepts it and then never answers (a frozen postmaster, a proxy without a backend) would
@@ -574,7 +616,7 @@ async fn connect(s: &PgSettings) -> PgResult<Client> {
     let bound = CONNECT_TIMEOUT.saturating_mul(hosts);
     match tokio::time::timeout(bound, connect_unbounded(s)).await {
         Ok(res) => res,
-        Err(_) => Err(PgErr::Ca(CaError::Store(format!(
+        Err(_) => Err(PgErr::Unanswered(CaError::Store(format!(
             "could not connect to the database within {} s",
             bound.as_secs()
         )))),
@@ -653,6 +695,7 @@ impl PgStore {
             settings,
             idle: Mutex::new(Vec::new()),
             writer: ChainWriter::new(writer),
+            unanswered_at: Mutex::new(None),
         });
         inner.run(move |c| Box::pin(migrate(c, create)))?;
         Ok(PgStore { inner })
