@@ -782,10 +782,11 @@ fn stored_seqs(url: &str) -> (i64, Vec<i64>) {
     .unwrap()
 }
 
-/// Holds `LOCK TABLE meta IN ACCESS EXCLUSIVE MODE` on `url` until `release` is sent or
+/// Holds `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE` on `url` until `release` is sent or
 /// dropped; `locked` says when it holds it.
-fn lock_meta(
+fn lock_table(
     url: &str,
+    table: &'static str,
     locked: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<()> {
@@ -804,7 +805,9 @@ fn lock_meta(
             tokio::spawn(conn);
             tokio::time::timeout(
                 T,
-                client.batch_execute("BEGIN; LOCK TABLE meta IN ACCESS EXCLUSIVE MODE"),
+                client.batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+                )),
             )
             .await
             .unwrap()
@@ -879,7 +882,7 @@ fn after_an_operation_times_out_on_a_dead_connection_the_next_one_connects_again
     // of them wait.
     let (locked_tx, locked) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
-    let holder = lock_meta(&pg.url("agentid"), locked_tx, release_rx);
+    let holder = lock_table(&pg.url("agentid"), "meta", locked_tx, release_rx);
     locked.recv_timeout(T).unwrap();
     std::thread::scope(|s| {
         let ops: Vec<_> = (0..HELD)
@@ -978,6 +981,40 @@ fn requests_queued_behind_an_unanswered_database_do_not_each_wait_out_a_bound() 
     drop(ca);
     drop(link);
     drop(rt);
+    drop(pg);
+}
+
+/// `agentid audit verify` and `audit export` read the whole audit trail in one snapshot. The
+/// trail grows for the CA's whole life (a million records take about 8 s to read), and that read
+/// was bounded like a request's (10 s a statement, 20 s the operation): a trail of about 2.5
+/// million records was cut off at every attempt (`57014 canceling statement due to statement
+/// timeout`) and could never be verified or exported again. Here the read is kept waiting for
+/// longer than a statement's bound (behind a lock, as a large trail keeps it reading), and
+/// must still complete.
+#[test]
+fn reading_the_audit_trail_is_not_cut_off_at_a_requests_bounds() {
+    use agentid_ca::Store;
+    let Some((pg, store)) = pg_store() else {
+        return;
+    };
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let holder = lock_table(&pg.url("agentid"), "audit_records", locked_tx, release_rx);
+    locked.recv_timeout(T).unwrap();
+    let reader = std::thread::spawn(move || {
+        let read = store
+            .audit_snapshot(None)
+            .map(|s| s.records.len())
+            .map_err(|e| e.to_string());
+        (read, store)
+    });
+    // Longer than a statement's bound (10 s).
+    std::thread::sleep(Duration::from_secs(12));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let (read, store) = reader.join().unwrap();
+    assert_eq!(read, Ok(0), "the audit trail could not be read whole");
+    drop(store);
     drop(pg);
 }
 

@@ -66,6 +66,11 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// accepts connections and never answers (a frozen server or VM) the k-th queued request
 /// otherwise waited k bounds.
 const UNANSWERED_HOLD: Duration = Duration::from_secs(1);
+/// Bound on reading the whole audit trail (`agentid audit verify` and `audit export`), statement
+/// and operation: a read-only snapshot that holds up no writer, of a trail that grows for the
+/// CA's whole life (a million records take about 8 s to read), so not a request's bounds,
+/// which a trail of a few million records outgrew: it could then never be verified or exported.
+const AUDIT_READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Attempts of a transaction that fails with a serialization failure or a deadlock.
 const MAX_ATTEMPTS: u32 = 5;
 /// Idle connections kept per store.
@@ -439,7 +444,7 @@ impl Inner {
         client: Option<Client>,
         f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
     ) -> (Option<Client>, PgResult<T>) {
-        self.exec_with(client, true, f)
+        self.exec_with(client, true, OPERATION_TIMEOUT, f)
     }
 
     /// [`Inner::exec`] on `client` alone: never on a new connection (`reconnect` false), for
@@ -450,6 +455,7 @@ impl Inner {
         &self,
         client: Option<Client>,
         reconnect: bool,
+        bound: Duration,
         f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
     ) -> (Option<Client>, PgResult<T>) {
         let rt = match self.rt() {
@@ -477,14 +483,14 @@ impl Inner {
                     && !matches!(&res, Err(PgErr::Db(e)) if e.as_db_error().is_none());
                 Ok::<_, PgErr>((keep.then_some(client), res))
             };
-            let out = match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+            let out = match tokio::time::timeout(bound, work).await {
                 Ok(Ok((client, res))) => (client, res),
                 Ok(Err(e)) => (None, Err(e)),
                 Err(_) => (None, Err(PgErr::Unanswered(timed_out()))),
             };
             let _ = tx.send(out);
         });
-        let out = match rx.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(5)) {
+        let out = match rx.recv_timeout(bound + Duration::from_secs(5)) {
             Ok(out) => out,
             Err(_) => (None, Err(PgErr::Unanswered(timed_out()))),
         };
@@ -530,7 +536,16 @@ impl Inner {
         &self,
         f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
     ) -> Result<T> {
-        let (client, res) = self.exec(self.take(), f);
+        self.run_within(OPERATION_TIMEOUT, f)
+    }
+
+    /// [`Inner::run`] bounded by `bound` instead of [`OPERATION_TIMEOUT`].
+    fn run_within<T: Send + 'static>(
+        &self,
+        bound: Duration,
+        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
+    ) -> Result<T> {
+        let (client, res) = self.exec_with(self.take(), true, bound, f);
         self.give_back(client);
         res.map_err(PgErr::into_ca)
     }
@@ -566,13 +581,14 @@ impl Inner {
                     Ok(b) => {
                         let f2 = last.clone();
                         // On the connection of `first` only: its transaction or nothing.
-                        let (client, r) = self.exec_with(client, false, move |c| {
-                            Box::pin(async move {
-                                let r = f2(c, a, b).await?;
-                                c.batch_execute("COMMIT").await?;
-                                Ok(r)
-                            })
-                        });
+                        let (client, r) =
+                            self.exec_with(client, false, OPERATION_TIMEOUT, move |c| {
+                                Box::pin(async move {
+                                    let r = f2(c, a, b).await?;
+                                    c.batch_execute("COMMIT").await?;
+                                    Ok(r)
+                                })
+                            });
                         if r.is_ok() {
                             self.give_back(client);
                         }
@@ -1651,7 +1667,7 @@ impl Store for PgStore {
 
     fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
         let since = since.unwrap_or(0);
-        self.inner.run(move |c| {
+        self.inner.run_within(AUDIT_READ_TIMEOUT, move |c| {
             Box::pin(async move {
                 // One snapshot for records, checkpoints and issuances.
                 let tx = c
@@ -1660,6 +1676,12 @@ impl Store for PgStore {
                     .read_only(true)
                     .start()
                     .await?;
+                // Read whole, under the bound of an audit read, not a request's.
+                tx.batch_execute(&format!(
+                    "SET LOCAL statement_timeout = {}",
+                    AUDIT_READ_TIMEOUT.as_millis()
+                ))
+                .await?;
                 let records = tx
                     .query(
                         // Each writer's chain from its first record at or after `since` on,
