@@ -18,10 +18,24 @@ use crate::CertificateAuthority;
 pub use agentid_protocol::{SignedBundleClaims as BundleClaims, BUNDLE_TYP};
 
 /// Signs `bundle` for its trust domain with the bundle-signing key, as the document of `seq` and
-/// `iat` both `now` (Unix seconds, so that a later signing has a higher `seq`). Verification has
-/// one home: [`agentid_protocol::verify_signed_bundle`].
+/// `iat` both `now` (Unix seconds). Two documents signed within one second would carry the same
+/// `seq`, which a watcher holding the first takes for the one it holds: to sign again where an
+/// earlier document exists, use [`sign_dir`], which signs after it. Verification has one home:
+/// [`agentid_protocol::verify_signed_bundle`].
 pub fn sign(signer: &dyn JwsSigner, bundle: &TrustBundle, now: u64) -> Result<String> {
     Ok(agentid_protocol::sign_bundle(signer, bundle, now, now)?)
+}
+
+/// The `(seq, iat)` a document signed at `now` takes after `previous`, the `(seq, iat)` of the
+/// document it replaces: a higher `seq` (`now`, or one more than the previous one when that is
+/// not below `now`: a second signing within one second, or a clock behind the one that signed
+/// before) and an `iat` not before the previous one, since watchers refuse a document that is
+/// not newer in both (CA-API 3.3).
+fn next_document(previous: Option<(u64, u64)>, now: u64) -> (u64, u64) {
+    match previous {
+        None => (now, now),
+        Some((seq, iat)) => (now.max(seq.saturating_add(1)), now.max(iat)),
+    }
 }
 
 /// The bundle-signing public key of a CA directory (`bundle-signing.pub`).
@@ -32,14 +46,33 @@ pub fn public_key(dir: &Path) -> Result<PublicKey> {
 }
 
 /// Signs the CA's current bundle with the offline bundle-signing key of `dir` and writes it to
-/// `agentid-bundle.jws` (replacing the previous one). Run by the operator where the key is.
+/// `agentid-bundle.jws` (replacing the previous one). Run by the operator where the key is. The
+/// document is always newer than the one it replaces (a higher `seq`, an `iat` not before its
+/// own), even when signed within the same second: a watcher holding the previous one applies it.
 pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<String> {
     let key_path = join(dir, files::BUNDLE_SIGNING_KEY);
     let der = material::read_private_key(&key_path)?;
     let key = agentid_protocol::AuthorityKey::from_pkcs8_der(&der)
         .map_err(|e| CaError::material(&key_path, e.to_string()))?;
-    let jws = sign(&key, &ca.trust_bundle()?, now)?;
     let out = join(dir, files::AGENTID_BUNDLE);
+    // The document it replaces, if this key signed it (anything else is not a document
+    // watchers hold): the new one must be newer.
+    let previous = agentid_fs::read_bounded(&out, agentid_fs::MAX_FILE_BYTES)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|jws| {
+            agentid_protocol::verify_signed_bundle(
+                &jws,
+                key.public_key(),
+                ca.trust_domain(),
+                u64::MAX,
+                0,
+            )
+            .ok()
+        })
+        .map(|d| (d.seq, d.iat));
+    let (seq, iat) = next_document(previous, now);
+    let jws = agentid_protocol::sign_bundle(&key, &ca.trust_bundle()?, seq, iat)?;
     agentid_fs::write_private(&out, jws.as_bytes())
         .map_err(|e| CaError::material(&out, e.to_string()))?;
     Ok(jws)

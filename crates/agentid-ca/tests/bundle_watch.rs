@@ -122,6 +122,38 @@ fn a_rotated_bundle_is_applied_and_refusals_keep_the_one_held() {
     assert_eq!(applier.held(), Some((11, t)));
 }
 
+/// The operator rotates the grant key and signs the bundle again within the second of the
+/// document before (a script that signs, replaces the key, and signs again): the new document
+/// is a newer one, so a watcher holding the first applies it, and the grant key the rotation
+/// took out no longer verifies there. Both documents used to carry `seq` = `iat` = that second,
+/// which a watcher holding the first took for the one it held.
+#[test]
+fn a_bundle_signed_again_within_the_same_second_replaces_the_one_before() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let t = now();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let first = agentid_bundle::sign_dir(&ca, dir.path(), t).unwrap();
+    let old_kid = ca.trust_bundle().unwrap().grant_keys()[0].kid.clone();
+
+    let path = dir.path().join("grant.key");
+    std::fs::remove_file(&path).unwrap();
+    let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&path, key.pkcs8_der()).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let second = agentid_bundle::sign_dir(&ca, dir.path(), t).unwrap();
+
+    let full = ca.trust_bundle().unwrap();
+    let v = verification(edited(&full, full.sequence(), &["x509-svid"]));
+    let signing = agentid_bundle::public_key(dir.path()).unwrap();
+    let applier = BundleApplier::new(v.clone(), signing, td());
+    assert_eq!(applier.apply(&first, t).unwrap(), BundleApplied::Applied);
+    assert_eq!(grant_kids(&v), vec![old_kid]);
+    assert_eq!(applier.apply(&second, t).unwrap(), BundleApplied::Applied);
+    assert_eq!(grant_kids(&v), vec![key.public_key().thumbprint()]);
+    // The CA serves the second document, which verifies with its keys.
+    assert_eq!(ca.signed_agentid_bundle().unwrap(), Some(second));
+}
+
 async fn serve(dir: &std::path::Path) -> std::net::SocketAddr {
     let ca = CertificateAuthority::open(dir).unwrap();
     let service = CaService::new(ca, ServiceOptions::default()).unwrap();
