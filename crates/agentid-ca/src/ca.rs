@@ -165,10 +165,12 @@ pub(crate) fn token_hash(token: &str) -> String {
 }
 
 /// The audit key of `dir` (`audit.key`, its public half in `audit.pub`). A CA directory made
-/// before the audit chain gets one on first open.
+/// before the audit chain gets one on first open; a directory whose `store` holds checkpoints
+/// (signed with a key it no longer has) never does.
 pub(crate) fn load_or_create_audit_key(
     dir: &Path,
     alg: agentid_protocol::Algorithm,
+    store: Option<&dyn Store>,
 ) -> Result<AuthorityKey> {
     let key_path = join(dir, files::AUDIT_KEY);
     let pub_path = join(dir, files::AUDIT_PUB);
@@ -182,6 +184,18 @@ pub(crate) fn load_or_create_audit_key(
             "is missing (audit.pub is its public key): restore it from a backup",
         ));
     } else {
+        // Both are gone: a new key is for a trail that has no checkpoint yet. Over checkpoints
+        // it would sign the next ones, and `audit verify` with its public key would call every
+        // earlier one forged (the key is rotated without a word).
+        if let Some(store) = store {
+            if !store.audit_snapshot(None)?.checkpoints.is_empty() {
+                return Err(CaError::material(
+                    &key_path,
+                    "is missing, with audit.pub, while the store holds checkpoints it signed: \
+                     restore both from a backup",
+                ));
+            }
+        }
         let key = AuthorityKey::generate(alg)?;
         material::write_private_key(&key_path, key.pkcs8_der())?;
         tracing::info!(path = %key_path.display(), "created the audit checkpoint key");
@@ -254,8 +268,8 @@ impl CertificateAuthority {
             .map_err(|e| CaError::material(&int_key_path, e.to_string()))?;
         let grant = load_authority_key(&join(dir, files::GRANT_KEY))?;
         let revocation = load_authority_key(&join(dir, files::REVOCATION_KEY))?;
-        let audit_key = load_or_create_audit_key(dir, config.key_type.algorithm())?;
         let store = config.open_store(dir, writer)?;
+        let audit_key = load_or_create_audit_key(dir, config.key_type.algorithm(), Some(&*store))?;
         let mut ca = Self::from_parts(CaParts {
             config,
             policy,

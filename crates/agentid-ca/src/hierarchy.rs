@@ -168,7 +168,7 @@ pub fn init_ca(dir: &Path, opts: &InitOptions, now: SystemTime) -> Result<CaConf
         material::cert_pem(int_cert.der()).as_bytes(),
     )?;
     material::write_public_file(&join(dir, files::CONFIG), config.to_toml()?.as_bytes())?;
-    crate::ca::load_or_create_audit_key(dir, alg)?;
+    crate::ca::load_or_create_audit_key(dir, alg, None)?;
     let bundle_key = AuthorityKey::generate(alg)?;
     material::write_private_key(
         &join(dir, files::BUNDLE_SIGNING_KEY),

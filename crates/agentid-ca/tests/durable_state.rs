@@ -66,6 +66,45 @@ fn a_missing_audit_key_is_refused_without_writing_a_new_one() {
     );
 }
 
+/// A CA whose `audit.key` and `audit.pub` are both gone (a replica given a copy of the CA
+/// directory without them, or the "fix" of deleting `audit.pub` after the refusal above) while
+/// its store holds checkpoints must refuse, as when `audit.key` alone is gone: a new key would
+/// sign the next checkpoints, and `audit verify` (with the new `audit.pub`) would call every
+/// checkpoint before them forged, so the trail as written could no longer be checked.
+#[test]
+fn a_store_with_checkpoints_refuses_a_new_audit_key() {
+    let dir = make_ca_dir(KeyType::P256);
+    {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        ca.revoke(
+            &RevokeTarget::Agent("planner".into()),
+            Some("compromised"),
+            "operator",
+            now(),
+        )
+        .unwrap();
+    }
+    let report = agentid_ca::audit::verify_dir(dir.path()).unwrap().unwrap();
+    assert!(report.checkpoints >= 1, "{report:?}");
+    let old_pub = std::fs::read(dir.path().join("audit.pub")).unwrap();
+    std::fs::remove_file(dir.path().join("audit.key")).unwrap();
+    std::fs::remove_file(dir.path().join("audit.pub")).unwrap();
+    let err = match CertificateAuthority::open(dir.path()) {
+        Ok(_) => panic!("opened with a new audit key over a store of checkpoints"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("audit.key"), "{err}");
+    for f in ["audit.key", "audit.pub"] {
+        assert!(
+            !dir.path().join(f).exists(),
+            "a refused open must not write a new {f}"
+        );
+    }
+    // The public key from a backup still verifies the trail as it was written.
+    std::fs::write(dir.path().join("audit.pub"), old_pub).unwrap();
+    assert!(agentid_ca::audit::verify_dir(dir.path()).unwrap().is_ok());
+}
+
 /// A `ca.db` truncated to nothing (a failed copy, a restore that did not finish) is as gone as
 /// a missing one: it must not become a new empty store either.
 #[test]
