@@ -50,6 +50,30 @@ pub fn public_key(dir: &Path) -> Result<PublicKey> {
 /// document is always newer than the one it replaces (a higher `seq`, an `iat` not before its
 /// own), even when signed within the same second: a watcher holding the previous one applies it.
 pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<String> {
+    sign_bundle_into(dir, &ca.trust_bundle()?, now)
+}
+
+/// [`sign_dir`] from the CA directory's files alone (`config.toml`, `root.pem`, `grant.key`,
+/// `revocation.key` and `bundle-signing.key`), without opening its store: where the offline
+/// key is kept, a copy of the directory without `ca.db` (or away from the shared database)
+/// signs the bundle a CA opened on the full directory serves.
+pub fn sign_offline(dir: &Path, now: u64) -> Result<String> {
+    let config = crate::CaConfig::load(&join(dir, files::CONFIG))?;
+    let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
+    let grant = crate::ca::load_authority_key(&join(dir, files::GRANT_KEY))?;
+    let revocation = crate::ca::load_authority_key(&join(dir, files::REVOCATION_KEY))?;
+    let bundle = crate::ca::domain_bundle(
+        &config.trust_domain,
+        &root,
+        JwsSigner::public_key(&grant),
+        JwsSigner::public_key(&revocation),
+    )?;
+    sign_bundle_into(dir, &bundle, now)
+}
+
+/// Signs `bundle` with `dir`'s bundle-signing key as the document after the one
+/// `agentid-bundle.jws` holds, and writes it there.
+fn sign_bundle_into(dir: &Path, bundle: &TrustBundle, now: u64) -> Result<String> {
     let key_path = join(dir, files::BUNDLE_SIGNING_KEY);
     let der = material::read_private_key(&key_path)?;
     let key = agentid_protocol::AuthorityKey::from_pkcs8_der(&der)
@@ -64,7 +88,7 @@ pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<Strin
             agentid_protocol::verify_signed_bundle(
                 &jws,
                 key.public_key(),
-                ca.trust_domain(),
+                bundle.trust_domain(),
                 u64::MAX,
                 0,
             )
@@ -72,7 +96,7 @@ pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<Strin
         })
         .map(|d| (d.seq, d.iat));
     let (seq, iat) = next_document(previous, now);
-    let jws = agentid_protocol::sign_bundle(&key, &ca.trust_bundle()?, seq, iat)?;
+    let jws = agentid_protocol::sign_bundle(&key, bundle, seq, iat)?;
     agentid_fs::write_private(&out, jws.as_bytes())
         .map_err(|e| CaError::material(&out, e.to_string()))?;
     Ok(jws)

@@ -240,7 +240,38 @@ fn check_trust_domain(dir: &Path, config: &CaConfig, intermediate: &[u8]) -> Res
     Ok(())
 }
 
-fn load_authority_key(path: &Path) -> Result<AuthorityKey> {
+/// The SPIFFE trust bundle of a CA of `td` with root `root_der` and these grant and revocation
+/// keys ([`CertificateAuthority::trust_bundle`], and the bundle signed where the CA's store is
+/// not: [`crate::agentid_bundle::sign_offline`]).
+pub(crate) fn domain_bundle(
+    td: &TrustDomain,
+    root_der: &[u8],
+    grant: PublicKey,
+    revocation: PublicKey,
+) -> Result<TrustBundle> {
+    use x509_parser::prelude::FromDer;
+    distinct_authority_keys(&grant, &revocation)?;
+    let (_, root) = x509_parser::certificate::X509Certificate::from_der(root_der)
+        .map_err(|e| CaError::CertificateGeneration(format!("root: {e}")))?;
+    let root_key = PublicKey::from_spki_der(root.tbs_certificate.subject_pki.raw)?;
+    Ok(TrustBundle::new(td.clone(), 1)
+        .with_refresh_hint(BUNDLE_REFRESH_HINT_SECS)
+        .add_x509_authority(root_der.to_vec(), &root_key)
+        .add_grant_key(grant)
+        .add_revocation_key(revocation))
+}
+
+/// A bundle lists no key twice, not even once per use (spec/PROTOCOL.md 8).
+fn distinct_authority_keys(grant: &PublicKey, revocation: &PublicKey) -> Result<()> {
+    if grant == revocation {
+        return Err(CaError::InvalidRequest(
+            "the grant and revocation keys must be distinct".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn load_authority_key(path: &Path) -> Result<AuthorityKey> {
     let der = material::read_private_key(path)?;
     AuthorityKey::from_pkcs8_der(&der).map_err(|e| CaError::material(path, e.to_string()))
 }
@@ -289,11 +320,10 @@ impl CertificateAuthority {
     /// Assembles a CA from its parts (keys in a KMS, another store, ...).
     pub fn from_parts(p: CaParts) -> Result<Self> {
         check_signer_matches(p.issuer.as_ref(), &p.intermediate_der)?;
-        if p.grant_signer.public_key() == p.revocation_signer.public_key() {
-            return Err(CaError::InvalidRequest(
-                "the grant and revocation keys must be distinct".into(),
-            ));
-        }
+        distinct_authority_keys(
+            &p.grant_signer.public_key(),
+            &p.revocation_signer.public_key(),
+        )?;
         let intermediate_not_after = cert_not_after(&p.intermediate_der)?;
         let mut store = p.store;
         let audit_signer: Option<Arc<dyn JwsSigner>> = p.audit_signer.map(Arc::from);
@@ -364,15 +394,12 @@ impl CertificateAuthority {
     /// The SPIFFE trust bundle: the root as `x509-svid` authority, the grant key and the
     /// revocation key.
     pub fn trust_bundle(&self) -> Result<TrustBundle> {
-        use x509_parser::prelude::FromDer;
-        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&self.root_der)
-            .map_err(|e| CaError::CertificateGeneration(format!("root: {e}")))?;
-        let root_key = PublicKey::from_spki_der(root.tbs_certificate.subject_pki.raw)?;
-        Ok(TrustBundle::new(self.config.trust_domain.clone(), 1)
-            .with_refresh_hint(BUNDLE_REFRESH_HINT_SECS)
-            .add_x509_authority(self.root_der.clone(), &root_key)
-            .add_grant_key(self.grant_signer.public_key())
-            .add_revocation_key(self.revocation_signer.public_key()))
+        domain_bundle(
+            &self.config.trust_domain,
+            &self.root_der,
+            self.grant_signer.public_key(),
+            self.revocation_signer.public_key(),
+        )
     }
 
     pub(crate) fn store(&self) -> Result<MutexGuard<'_, Box<dyn Store>>> {

@@ -1,9 +1,10 @@
-//! `agentid bundle export`: the trust bundle of the CA's trust domain.
+//! `agentid bundle export`: the trust bundle of the CA's trust domain; `agentid bundle sign`:
+//! the signed agentid bundle the CA service serves.
 
 use std::path::PathBuf;
 
 use crate::cert::CaDirArg;
-use crate::common::print_text;
+use crate::common::{now_unix, print_json, print_text, Format, FormatArg};
 use crate::error::CliResult;
 use crate::files;
 
@@ -12,6 +13,24 @@ use crate::files;
 pub enum BundleCommand {
     /// Print (or write) the trust bundle.
     Export(ExportArgs),
+    /// Sign the CA's current bundle (X.509 authority, grant and revocation keys) with the
+    /// offline `bundle-signing.key` into `agentid-bundle.jws`, the document the CA service
+    /// serves at `GET /v1/bundle/agentid` and bundle watchers apply. Run it where that key is
+    /// (it reads the directory's key files, not its store) after replacing `grant.key` or
+    /// `revocation.key` (the response to a stolen key: rotate it out of the bundles), then copy
+    /// `agentid-bundle.jws` into the service's CA directory: the
+    /// service refuses to serve a document that names other keys than its own, and watchers
+    /// keep the keys of the last document they applied.
+    Sign(SignArgs),
+}
+
+/// Arguments of `bundle sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub ca: CaDirArg,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// Bundle formats.
@@ -58,6 +77,7 @@ pub struct ExportArgs {
 /// Runs a `bundle` subcommand.
 pub fn run(cmd: &BundleCommand) -> CliResult {
     match cmd {
+        BundleCommand::Sign(a) => sign(a),
         BundleCommand::Export(a) => {
             let ca = a.ca.open()?;
             let mut text = match a.format {
@@ -79,5 +99,53 @@ pub fn run(cmd: &BundleCommand) -> CliResult {
             }
             Ok(())
         }
+    }
+}
+
+/// `bundle sign`: a document newer than the one it replaces (CA-API 3.3), with the CA's keys.
+/// Reads the directory's files only, not its store: it runs where the offline key is.
+fn sign(a: &SignArgs) -> CliResult {
+    let dir = &a.ca.ca;
+    if !dir.is_dir() {
+        return Err(crate::error::CliError::failed(format!(
+            "{} is not a directory: pass the CA directory made by `agentid ca init` (a copy \
+             holding bundle-signing.key)",
+            dir.display()
+        )));
+    }
+    let now = now_unix()?;
+    let jws = agentid_ca::agentid_bundle::sign_offline(dir, now)?;
+    let config = agentid_ca::CaConfig::load(&dir.join("config.toml"))?;
+    let td = config.trust_domain.clone();
+    let signed = agentid_protocol::verify_signed_bundle(
+        &jws,
+        &agentid_ca::agentid_bundle::public_key(dir)?,
+        &td,
+        u64::MAX,
+        0,
+    )?;
+    let kids = |keys: &[agentid_protocol::BundleKey]| -> Vec<String> {
+        keys.iter().map(|k| k.kid.clone()).collect()
+    };
+    let grant = kids(signed.bundle.grant_keys());
+    let revocation = kids(signed.bundle.revocation_keys());
+    let path = dir.join("agentid-bundle.jws");
+    match a.format.format {
+        Format::Json => print_json(&serde_json::json!({
+            "file": path.display().to_string(),
+            "trust_domain": td.as_str(),
+            "seq": signed.seq,
+            "iat": signed.iat,
+            "grant_keys": grant,
+            "revocation_keys": revocation,
+        })),
+        Format::Text => print_text(&format!(
+            "signed the agentid bundle of {} (seq {}) into {}\ngrant keys:      {}\nrevocation keys: {}\n",
+            td.as_str(),
+            signed.seq,
+            path.display(),
+            grant.join(", "),
+            revocation.join(", ")
+        )),
     }
 }

@@ -271,3 +271,75 @@ fn out_never_replaces_what_is_not_a_regular_file() {
         .file_type()
         .is_file());
 }
+
+/// The response to a stolen grant key (SECURITY.md: rotate it out of the bundles): the operator
+/// replaces `grant.key` and signs the bundle the CA service serves again, with the offline
+/// bundle-signing key. Before `bundle sign` no command could: only `ca init` signed
+/// `agentid-bundle.jws`, the service refuses a document naming other keys than its own
+/// (CA-API 3.3, `500`), and bundle watchers kept trusting the stolen key. It reads the
+/// directory's files, not its store, so it runs where the offline key is.
+#[test]
+fn bundle_sign_brings_a_replaced_grant_key_to_the_bundle_the_ca_serves() {
+    use agentid_ca::{agentid_bundle, CertificateAuthority};
+
+    let env = Env::new();
+    let dir = env.path("ca");
+    let before = CertificateAuthority::open(&dir)
+        .unwrap()
+        .signed_agentid_bundle()
+        .unwrap()
+        .unwrap();
+    let signing = agentid_bundle::public_key(&dir).unwrap();
+    let td = agentid_protocol::TrustDomain::parse("example.org").unwrap();
+    let now = u64::MAX;
+    let old = agentid_protocol::verify_signed_bundle(&before, &signing, &td, now, 0).unwrap();
+
+    let grant = dir.join("grant.key");
+    std::fs::remove_file(&grant).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&grant, key.pkcs8_der()).unwrap();
+    let ca = CertificateAuthority::open(&dir).unwrap();
+    assert!(
+        ca.signed_agentid_bundle().is_err(),
+        "the document of `ca init` names the replaced key: not served"
+    );
+
+    // Signed where the offline key is kept: a copy of the directory without the store.
+    let offline = env.path("offline");
+    std::fs::create_dir(&offline).unwrap();
+    for f in [
+        "config.toml",
+        "root.pem",
+        "grant.key",
+        "revocation.key",
+        "bundle-signing.key",
+        "bundle-signing.pub",
+        "agentid-bundle.jws",
+    ] {
+        std::fs::copy(dir.join(f), offline.join(f)).unwrap();
+    }
+    let out = env.json("bundle sign --ca offline");
+    std::fs::copy(
+        offline.join("agentid-bundle.jws"),
+        dir.join("agentid-bundle.jws"),
+    )
+    .unwrap();
+    let served = ca.signed_agentid_bundle().unwrap().unwrap();
+    let new = agentid_protocol::verify_signed_bundle(&served, &signing, &td, now, 0).unwrap();
+    let kid = key.public_key().thumbprint();
+    let grant_kids: Vec<String> = new
+        .bundle
+        .grant_keys()
+        .iter()
+        .map(|k| k.kid.clone())
+        .collect();
+    assert_eq!(grant_kids, vec![kid.clone()]);
+    assert!(new.seq > old.seq, "{} after {}", new.seq, old.seq);
+    assert_eq!(out["seq"], new.seq);
+    assert_eq!(out["grant_keys"], serde_json::json!([kid]));
+
+    // Where the offline key is not (the service's host), nothing is signed and the key is named.
+    std::fs::remove_file(dir.join("bundle-signing.key")).unwrap();
+    env.fails("bundle sign --ca ca", 1, "bundle-signing.key");
+    assert_eq!(ca.signed_agentid_bundle().unwrap().unwrap(), served);
+}
