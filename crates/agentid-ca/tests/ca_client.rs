@@ -390,3 +390,58 @@ async fn a_renewal_refused_for_good_ends_the_renewal_loop_at_once() {
         serial
     );
 }
+
+/// The application rotates another credential into the source an `Enroller` renews (a new task
+/// for a new key, after the old key was suspected stolen, say) while a renewal of the old one is
+/// in flight: the renewal must not put the old key back. It used to publish the renewed old
+/// certificate over the new credential, and every later renewal kept the old key alive. The CA
+/// is held on its store's write lock so that the rotation lands while the renewal waits there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_in_flight_does_not_replace_a_credential_rotated_in_meanwhile() {
+    let w = start().await;
+    let relay = Relay::start(w.mtls).await;
+    let ca = w.ca();
+    let (key_a, chain_a, id_a) = common::operator_task(&ca, "planner");
+    let (key_b, chain_b, id_b) = common::operator_task(&ca, "planner");
+    let verification = common::verification(&ca, &id_a);
+    let enroller = Arc::new(Enroller::from_credential(
+        &relay.url(),
+        Credential::new(chain_a, key_a).unwrap(),
+        verification.clone(),
+        T,
+    ));
+    let creds = enroller.credentials();
+
+    let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let renewal = tokio::spawn({
+        let e = enroller.clone();
+        async move { e.renew().await }
+    });
+    // The renewal read the credential it renews and connected; its request then reaches the CA
+    // (on 127.0.0.1, well within the pause below) and waits there for the store. Should it not
+    // have been sent yet, it goes out under the new credential, which the `Enroller` refuses to
+    // take as a renewal of the old one: this test then passes whatever the code.
+    let deadline = std::time::Instant::now() + T;
+    while relay.accepts() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewal never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    creds
+        .rotate(
+            Credential::new(chain_b, key_b).unwrap(),
+            &verification.trust_store(),
+        )
+        .unwrap();
+    db.execute_batch("COMMIT").unwrap();
+    let renewed = tokio::time::timeout(T, renewal).await.unwrap().unwrap();
+    assert_eq!(
+        creds.current().unwrap().identity().as_str(),
+        id_b,
+        "the renewal of {id_a} replaced the credential rotated in meanwhile ({renewed:?})"
+    );
+}

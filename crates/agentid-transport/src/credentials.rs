@@ -240,14 +240,43 @@ impl MemoryCredentials {
     /// nothing is published on failure.
     pub fn rotate(&self, credential: Credential, trust: &TrustStore) -> Result<()> {
         credential.verify_with(trust, UnixTime::now())?;
-        tracing::info!(
-            agent.id = %credential.identity(),
-            cert.serial = %credential.info().serial,
-            "credential rotated"
-        );
         self.current.store(Some(Arc::new(credential)));
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.rotated();
         Ok(())
+    }
+
+    /// [`MemoryCredentials::rotate`], only while the source still holds `expected` (the
+    /// credential a renewal started from, as [`CredentialSource::current`] gave it): a credential
+    /// rotated in meanwhile (another key or identity) is never replaced by the renewal of the one
+    /// before it. Returns whether `credential` was published.
+    pub fn rotate_from(
+        &self,
+        expected: &Arc<Credential>,
+        credential: Credential,
+        trust: &TrustStore,
+    ) -> Result<bool> {
+        credential.verify_with(trust, UnixTime::now())?;
+        let held = Some(Arc::clone(expected));
+        let previous = self
+            .current
+            .compare_and_swap(&held, Some(Arc::new(credential)));
+        if !matches!(&*previous, Some(p) if Arc::ptr_eq(p, expected)) {
+            return Ok(false);
+        }
+        self.rotated();
+        Ok(true)
+    }
+
+    /// Logs the credential now published and signals the subscribers.
+    fn rotated(&self) {
+        if let Some(c) = self.current.load_full() {
+            tracing::info!(
+                agent.id = %c.identity(),
+                cert.serial = %c.info().serial,
+                "credential rotated"
+            );
+        }
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 

@@ -1310,7 +1310,9 @@ impl Enroller {
         Ok(c)
     }
 
-    /// Renews once now: same key, same identity; the grant stays attached.
+    /// Renews once now: same key, same identity; the grant stays attached. A credential
+    /// rotated into [`Enroller::credentials`] while the CA answers is kept (the renewal of the
+    /// one before is dropped) and returned.
     pub async fn renew(&self) -> Result<Arc<Credential>> {
         let current = self
             .credentials
@@ -1346,8 +1348,17 @@ impl Enroller {
                 resp.identity
             ))
         })?;
-        self.credentials
-            .rotate(renewed, &self.verification.trust_store())?;
+        // Published only over the credential it renews: one rotated into the source while the
+        // CA answered (another key or identity) stays, and the next renewal is of that one.
+        if !self
+            .credentials
+            .rotate_from(&current, renewed, &self.verification.trust_store())?
+        {
+            tracing::warn!(
+                identity = %resp.identity,
+                "agentid enroll: the credential was replaced while it was renewed; the renewal is not used"
+            );
+        }
         self.credentials
             .current()
             .ok_or_else(|| EnrollError::Transport(crate::Error::NoCredential))
