@@ -86,6 +86,11 @@ const AUTHORITIES: &[(&str, &str, Algorithm)] = &[
         "agentid-revocation",
         Algorithm::Ed25519,
     ),
+    (
+        "example.org/revocation-next",
+        "agentid-revocation (in bundle updates only)",
+        Algorithm::Ed25519,
+    ),
     ("partner.example/grant", "agentid-grant", Algorithm::Ed25519),
     (
         "partner.example/revocation",
@@ -207,6 +212,9 @@ impl Keys {
     }
     fn rev(&self) -> &AuthorityKey {
         self.a("example.org/revocation")
+    }
+    fn rev_next(&self) -> &AuthorityKey {
+        self.a("example.org/revocation-next")
     }
     fn pgrant(&self) -> &AuthorityKey {
         self.a("partner.example/grant")
@@ -2992,6 +3000,65 @@ fn revocation(k: &Keys) -> File {
         "The same two lists in the other order: the list applied last holds.",
         inp,
         err("revoked", Some(2)),
+    );
+
+    // Held lists and bundle changes (PROTOCOL.md section 14.1): a bundle update that takes away
+    // the key that verified a held list orphans the list. It is due at the change (stale from
+    // `now` + skew: still applied at `now`) and no longer the floor of R8.
+    let with_next_key = |keep_old: bool| {
+        let mut b = bundle_ex(k);
+        b["spiffe_sequence"] = json!(2);
+        let old = k.rev().public_key().thumbprint();
+        let keys = b["keys"].as_array_mut().unwrap();
+        if !keep_old {
+            keys.retain(|e| e["kid"] != json!(old));
+        }
+        let next = bundle_value(
+            &TrustBundle::new(td(TD), 1).add_revocation_key(k.rev_next().public_key().clone()),
+        )["keys"][0]
+            .clone();
+        assert_eq!(next["use"], "agentid-revocation");
+        keys.push(next);
+        json!([{"trust_domain": TD, "bundle": b}])
+    };
+    let list_next = |seq: u64, revoke: bool| {
+        let l = RevocationListBuilder::new(&td(TD), seq, NOW - 60, NOW + 540);
+        let l = if revoke {
+            l.revoke_key(&k.thumb("coder"), far)
+        } else {
+            l
+        };
+        l.sign(k.rev_next()).unwrap()
+    };
+    let mut inp = cin(k, &b);
+    inp["held_revocation_lists"] = json!([list_ex(k, 100, |l| l)]);
+    inp["bundle_updates"] = with_next_key(false);
+    inp["revocation_lists"] = json!([list_next(1, true)]);
+    f.add(
+        "revocation-held-list-orphaned-replaced-by-lower-seq",
+        "A list with seq 100 is held; a bundle update replaces example.org's revocation key by a new one, orphaning it; a list with seq 1 signed by the new key, revoking the holder's key, replaces it (R8 does not compare with an orphaned list).",
+        inp,
+        err("revoked", Some(2)),
+    );
+    let mut inp = cin(k, &b);
+    inp["held_revocation_lists"] = json!([list_ex(k, 1, |l| l.revoke_key(&k.thumb("coder"), far))]);
+    inp["bundle_updates"] = with_next_key(false);
+    inp["revocation_lists"] = json!([]);
+    f.add(
+        "revocation-held-list-orphaned-still-applies-within-skew",
+        "A held list revokes the holder's key; a bundle update at now orphans it: it is stale only from now + skew, so at now its entry still applies.",
+        inp,
+        err("revoked", Some(2)),
+    );
+    let mut inp = cin(k, &b);
+    inp["held_revocation_lists"] = json!([list_ex(k, 5, |l| l)]);
+    inp["bundle_updates"] = with_next_key(true);
+    inp["revocation_lists"] = json!([list_ex(k, 3, |l| l)]);
+    f.add(
+        "revocation-held-list-kept-by-bundle-update-stays-the-floor",
+        "A list with seq 5 is held; a bundle update adds a second revocation key and keeps the list's own: the list is not orphaned, and a list with seq 3 is refused.",
+        inp,
+        err("sequence_rollback", None),
     );
 
     // Review additions (PROTOCOL.md sections 14.1 and 14.2, phase 6).

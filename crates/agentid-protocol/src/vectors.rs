@@ -35,6 +35,7 @@ const INPUT_MEMBERS: &[&str] = &[
     "chain",
     "bundles",
     "bundle_updates",
+    "held_revocation_lists",
     "revocation_lists",
     "now",
     "skew",
@@ -142,8 +143,12 @@ struct CaseInput<'a> {
     /// Bundles in loading order: the verifier's own trust domain first, then the others in byte
     /// order of their names. Each bundle is any JSON value: its content is checked by C2.
     bundles: Vec<(TrustDomain, &'a Value)>,
-    /// Bundles that replace a held one, in this order, after `bundles` are loaded.
+    /// Bundles that replace a held one, in this order, after `bundles` are loaded and
+    /// `held_revocation_lists` applied, at `now`.
     bundle_updates: Vec<(TrustDomain, &'a Value)>,
+    /// Lists applied before `bundle_updates`: lists a verifier held when its bundles changed.
+    held_revocation_lists: Vec<&'a str>,
+    /// Lists applied after `bundle_updates`.
     revocation_lists: Vec<&'a str>,
     now: u64,
     skew: u64,
@@ -242,17 +247,21 @@ impl<'a> CaseInput<'a> {
                 .collect::<Result<Vec<_>>>()?,
             Some(_) => return Err(harness("`bundle_updates` must be an array")),
         };
-        let revocation_lists = match input.get("revocation_lists") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(lists)) => lists
-                .iter()
-                .map(|l| {
-                    l.as_str()
-                        .ok_or_else(|| harness("revocation lists are compact strings"))
-                })
-                .collect::<Result<Vec<&str>>>()?,
-            Some(_) => return Err(harness("`revocation_lists` must be an array")),
+        let lists = |name: &str| -> Result<Vec<&'a str>> {
+            match input.get(name) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(lists)) => lists
+                    .iter()
+                    .map(|l| {
+                        l.as_str()
+                            .ok_or_else(|| harness("revocation lists are compact strings"))
+                    })
+                    .collect(),
+                Some(_) => Err(harness(format!("`{name}` must be an array"))),
+            }
         };
+        let held_revocation_lists = lists("held_revocation_lists")?;
+        let revocation_lists = lists("revocation_lists")?;
         // The peer as the TLS layer reports it: the URI SAN of a certificate that passed
         // spec/PROTOCOL.md section 15.2 (so a task identity or a service ID), and its key.
         let p = object(member(input, "peer")?, "peer")?;
@@ -298,6 +307,7 @@ impl<'a> CaseInput<'a> {
             chain,
             bundles,
             bundle_updates,
+            held_revocation_lists,
             revocation_lists,
             now,
             skew,
@@ -315,12 +325,13 @@ impl<'a> CaseInput<'a> {
 
     /// Configuration processing, C2 and C3 (C1 was checked while reading).
     fn config(&self) -> Result<Verifier> {
-        let mut bundles = BundleSet::for_trust_domain(self.verifier_id.trust_domain());
-        // The bundles, then the updates in their order: each one an insert, as a held bundle
-        // is replaced (section 8: an equal or higher sequence replaces it, a lower one fails).
-        for (td, bundle) in self.bundles.iter().chain(&self.bundle_updates) {
+        let parse = |td: &TrustDomain, bundle: &Value| -> Result<TrustBundle> {
             let bytes = serde_json::to_vec(bundle).map_err(|e| harness(e.to_string()))?;
-            bundles.insert(TrustBundle::parse(td, &bytes)?)?;
+            TrustBundle::parse(td, &bytes)
+        };
+        let mut bundles = BundleSet::for_trust_domain(self.verifier_id.trust_domain());
+        for (td, bundle) in &self.bundles {
+            bundles.insert(parse(td, bundle)?)?;
         }
         let mut cfg = VerifierConfig::new(self.verifier_id.clone(), bundles)
             .skew(self.skew)?
@@ -330,6 +341,15 @@ impl<'a> CaseInput<'a> {
         }
         if self.danger {
             cfg = cfg.danger_accept_missing_or_stale_revocations();
+        }
+        for l in &self.held_revocation_lists {
+            cfg.apply_revocation_list(l)?;
+        }
+        // The updates in their order, at `now`: each one an insert, as a held bundle is
+        // replaced (section 8: an equal or higher sequence replaces it, a lower one fails), and
+        // a held list whose key an update takes away is orphaned (section 14.1).
+        for (td, bundle) in &self.bundle_updates {
+            cfg.insert_bundle_at(parse(td, bundle)?, self.now)?;
         }
         for l in &self.revocation_lists {
             cfg.apply_revocation_list(l)?;
