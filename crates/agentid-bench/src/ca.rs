@@ -117,6 +117,10 @@ impl Store for MemStore {
     fn bootstrap(&self, _hash: &str) -> CaResult<Option<BootstrapRecord>> {
         Ok(None)
     }
+    // No bootstrap token is kept (`add_bootstrap` keeps none), so none names a task.
+    fn unredeemed_token_agent(&self, _task: &str) -> CaResult<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// The CA of `dir` assembled from its files, with `store` and `audit`.
