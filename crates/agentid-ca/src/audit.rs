@@ -17,8 +17,9 @@
 //!   noticing. The records after a writer's last checkpoint are not protected against them
 //!   (CA-API.md 4.3 says what finds that).
 //! * [`verify`] recomputes every chain and checks every checkpoint's signature and head, that
-//!   every certificate the store records as issued has its audit record, and that every `ok`
-//!   issuance record names such a certificate.
+//!   every certificate the store records as issued has its audit record, that every `ok`
+//!   issuance record names such a certificate, and that every `ok` revocation record names a
+//!   revocation the store still holds.
 //!
 //! Refusals before a valid token or identity is known are not written here (they go to `tracing`
 //! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
@@ -351,6 +352,9 @@ pub struct AuditSnapshot {
     /// Serials of the certificates issued since the store has kept an audit chain (schema
     /// version 2); each must have an `ok` issuance record.
     pub audited_serials: Vec<String>,
+    /// Every revocation the store holds, as `kind:value` (the subject of its `ok` `revoke`
+    /// record). The CA never deletes one, so each `ok` `revoke` record must name one.
+    pub revocations: Vec<String>,
 }
 
 /// Where and how the audit trail is broken.
@@ -409,9 +413,9 @@ pub struct VerifyReport {
 }
 
 /// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
-/// that each of `audited_serials` has an `ok` issuance record, and that each `ok` issuance
-/// record's serial is one of them. Returns the first break, in
-/// chain order, naming its record.
+/// that each of `audited_serials` has an `ok` issuance record, that each `ok` issuance
+/// record's serial is one of them, and that each `ok` revocation record's subject is one of
+/// `revocations`. Returns the first break, in chain order, naming its record.
 pub fn verify(
     snap: &AuditSnapshot,
     key: &PublicKey,
@@ -421,6 +425,8 @@ pub fn verify(
     let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
     // Serial of each `ok` issuance record -> the record (writer, seq), first one kept.
     let mut issued: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    // Subject (`kind:value`) of each `ok` revocation record -> the record, first one kept.
+    let mut revoked: BTreeMap<String, (String, u64)> = BTreeMap::new();
     // In chain order whatever order the store gave (a stored seq no store can convert is read
     // as u64::MAX, so it sorts last and shows as the gap it left).
     let mut records: Vec<&AuditRecord> = snap.records.iter().collect();
@@ -467,6 +473,11 @@ pub fn verify(
                     .entry(s.clone())
                     .or_insert_with(|| (r.writer.clone(), r.seq));
             }
+        }
+        if body.event.kind == "revoke" && body.event.outcome == "ok" {
+            revoked
+                .entry(body.event.subject.clone().unwrap_or_default())
+                .or_insert_with(|| (r.writer.clone(), r.seq));
         }
         entry.0 = expected;
         entry.1 = r.hash.clone();
@@ -566,6 +577,22 @@ pub fn verify(
             reason: format!(
                 "an ok issuance of serial {serial}, which the store has no certificate for \
                  (the record was made up, or the certificate's row deleted)"
+            ),
+        });
+    }
+    // Likewise an `ok` revocation record is written in the transaction that stores its
+    // revocation, which the CA never deletes: one whose revocation the store no longer holds
+    // had it deleted, which undoes the revocation (the CA issues to the target again and its
+    // lists leave it out).
+    let held: HashSet<&str> = snap.revocations.iter().map(String::as_str).collect();
+    if let Some((subject, (writer, seq))) = revoked.iter().find(|(s, _)| !held.contains(s.as_str()))
+    {
+        return Err(AuditBreak::Record {
+            writer: writer.clone(),
+            seq: *seq,
+            reason: format!(
+                "an ok revocation of {subject:?}, which the store no longer holds (its row was \
+                 deleted, which undoes the revocation)"
             ),
         });
     }

@@ -693,7 +693,7 @@ fn an_exported_record_carries_the_text_its_hash_covers() {
     let ts = unix(now());
     let body = format!(
         "{{\"writer\": \"main\", \"seq\": {}, \"prev\": \"{}\", \"ts\": {ts}, \"kind\": \"revoke\", \
-         \"actor\": \"operator\", \"subject\": null, \"task\": null, \"serial\": null, \
+         \"actor\": \"operator\", \"subject\": \"agent:worker\", \"task\": null, \"serial\": null, \
          \"jti\": null, \"outcome\": \"ok\", \"reason\": null, \"note\": \"kept\"}}",
         last.seq + 1,
         last.hash
@@ -813,4 +813,36 @@ fn a_checkpoint_whose_iat_column_was_moved_is_named() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A revocation's row deleted from the store (by whoever can write the database, without the
+/// audit key) undoes the revocation: the CA issues to the revoked agent again and the next
+/// list leaves it out. Its `ok` record, under a checkpoint, still says it was revoked, and
+/// `audit verify` names that record (CA-API 4.3), as it names an `ok` issuance whose
+/// certificate's row is gone. Before, the trail verified.
+#[test]
+fn a_revocation_whose_row_was_deleted_is_named_by_its_record() {
+    let t = busy_ca();
+    // Every record of `busy_ca` under a signed checkpoint.
+    t.ca.checkpoint_audit(now(), true).unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let revoked = audit_records(&t.ca)
+        .into_iter()
+        .find(|r| r["kind"] == "revoke" && r["outcome"] == "ok")
+        .unwrap();
+    assert_eq!(revoked["subject"], "agent:worker");
+    let n = db(t.path())
+        .execute(
+            "DELETE FROM revocations WHERE kind = 'agent' AND value = 'worker'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let (writer, at, reason) = record_break(t.path());
+    assert_eq!(
+        (writer.as_str(), at),
+        ("main", revoked["seq"].as_u64().unwrap()),
+        "{reason}"
+    );
+    assert!(reason.contains("agent:worker"), "{reason}");
 }

@@ -1431,11 +1431,23 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnaps
         )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
+    let revocations = tx
+        .prepare_cached("SELECT kind, value FROM revocations ORDER BY rowid")?
+        .query_map([], |r| {
+            use crate::audit::stored_text_of;
+            Ok(format!(
+                "{}:{}",
+                stored_text_of(r.get_ref(0)?),
+                stored_text_of(r.get_ref(1)?)
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
     tx.commit()?;
     Ok(AuditSnapshot {
         records,
         checkpoints,
         audited_serials,
+        revocations,
     })
 }
 

@@ -1728,11 +1728,18 @@ impl Store for PgStore {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
+                let revocations = tx
+                    .query("SELECT kind, value FROM revocations ORDER BY id", &[])
+                    .await?
+                    .iter()
+                    .map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect();
                 tx.commit().await?;
                 Ok(AuditSnapshot {
                     records,
                     checkpoints,
                     audited_serials,
+                    revocations,
                 })
             })
         })
