@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use agentid_protocol::{
-    AgentId, Chain, GrantBuilder, IdSet, Limits, PeerId, Scope, Serial, ServiceId, TaskId,
+    AgentId, Chain, GrantBuilder, IdKind, IdSet, Limits, PeerId, Scope, Serial, ServiceId, TaskId,
     TaskIdentity,
 };
 
@@ -426,12 +426,28 @@ impl CertificateAuthority {
                 self.after_audit(now);
             }
             Err(e) => {
-                tracing::warn!(kind = kind.as_str(), subject, error = %e, "issuance refused");
+                // The identity asked for, as the refusal's record names it: only one of this
+                // trust domain that parses as an agent, task or service identity (CA-API.md
+                // 4.1). The requester's name for it is not (a child's agent is whatever the
+                // parent sent); the reason says what was wrong with it, bounded.
+                let subject = agentid_protocol::SpiffeId::parse(subject)
+                    .ok()
+                    .filter(|id| {
+                        id.trust_domain_str() == self.config.trust_domain.as_str()
+                            && matches!(id.kind(), IdKind::Agent | IdKind::Task | IdKind::Service)
+                    });
+                let subject = subject.as_ref().map(agentid_protocol::SpiffeId::as_str);
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    subject = subject.unwrap_or(""),
+                    error = %e,
+                    "issuance refused"
+                );
                 self.record_refusal(AuditEvent {
                     ts: now,
                     kind: format!("issue.{}", kind.as_str()),
                     actor: actor.to_string(),
-                    subject: Some(subject.to_string()),
+                    subject: subject.map(str::to_owned),
                     task: task.map(str::to_string),
                     outcome: "denied".into(),
                     reason: Some(e.clone()),

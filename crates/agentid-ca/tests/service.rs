@@ -526,3 +526,41 @@ async fn a_revoked_caller_is_refused_before_its_body_is_judged_and_nothing_is_is
     }
     assert_eq!(w.ca().issuances().unwrap().len(), before);
 }
+
+/// A parent's child request naming an agent that is no agent name (a path, control
+/// characters, 60 KB of text) is refused, and its audit record names no identity made of the
+/// caller's text: a record's `subject` is an identity the CA validated, or none (CA-API 4.1).
+/// Before, the whole name went into the denied record's `subject` (and the `issuance refused`
+/// log line), so a parent wrote what it liked into the trail, a made-up task path included.
+#[tokio::test]
+async fn a_child_request_naming_no_agent_leaves_none_of_its_text_in_the_audit_record() {
+    let w = start().await;
+    let (mut c, parent, _) = w.connect("planner").await;
+    let csr = b64(&common::csr_with(&common::p256_keypair(), &[], |_| {}));
+    let names = [
+        "worker/task/someone-elses-task".to_owned(),
+        "summarizer\n{\"kind\":\"issue.child\",\"outcome\":\"ok\"}\u{1b}[2J".to_owned(),
+        "n".repeat(60_000),
+    ];
+    for name in names {
+        let before = w.ca().audit_snapshot(None).unwrap().records.len();
+        let body = serde_json::json!({"agent": name, "csr": csr}).to_string();
+        let (s, _, b) = call(&mut c, "POST", "/v1/children", &body).await;
+        assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
+        let records = common::audit_records(&w.ca());
+        assert_eq!(records.len(), before + 1, "one record for the refusal");
+        let r = records.last().unwrap();
+        assert_eq!(
+            (
+                r["kind"].as_str(),
+                r["outcome"].as_str(),
+                r["actor"].as_str()
+            ),
+            (Some("issue.child"), Some("denied"), Some(parent.as_str()))
+        );
+        assert_eq!(r["subject"], serde_json::Value::Null, "{r}");
+        let text = r.to_string();
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        assert!(!text.contains("\\u001b"), "{text}");
+    }
+}
