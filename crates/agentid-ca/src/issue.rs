@@ -28,6 +28,9 @@ use crate::store::{
 };
 use crate::util;
 
+/// The requester an issuance for a bootstrap token records as its actor, and so does each
+/// refusal of such a redemption (CA-API.md 4.1): the token's bearer has no identity of its own.
+pub(crate) const BOOTSTRAP_ACTOR: &str = "bootstrap token";
 /// Where the certified key comes from.
 #[derive(Clone, Debug)]
 pub enum KeySource {
@@ -464,7 +467,7 @@ impl CertificateAuthority {
         let service_actor;
         let actor = match &req.requester {
             TaskRequester::Operator => "operator",
-            TaskRequester::Bootstrap(_) => "bootstrap",
+            TaskRequester::Bootstrap(_) => BOOTSTRAP_ACTOR,
             TaskRequester::Service(n) => {
                 service_actor = format!("svc:{n}");
                 service_actor.as_str()
@@ -627,7 +630,7 @@ impl CertificateAuthority {
                     "bootstrap token",
                     identity.as_str(),
                 )?;
-                "bootstrap token".to_owned()
+                BOOTSTRAP_ACTOR.to_owned()
             }
             TaskRequester::Service(svc) => {
                 self.policy
@@ -1042,7 +1045,7 @@ impl CertificateAuthority {
             .map_err(|e| e.to_string());
         let actor = match bootstrap {
             None => "operator",
-            Some(_) => "bootstrap token",
+            Some(_) => BOOTSTRAP_ACTOR,
         };
         self.audit_issue(
             IssuanceKind::Service,
@@ -1073,7 +1076,7 @@ impl CertificateAuthority {
                 if rec.expires <= now {
                     return Err(CaError::BootstrapToken("expired"));
                 }
-                (RequesterKind::Bootstrap, "bootstrap token")
+                (RequesterKind::Bootstrap, BOOTSTRAP_ACTOR)
             }
         };
         self.policy

@@ -348,7 +348,7 @@ impl CertificateAuthority {
     /// The audit record of a stored token refused before its issuance ran (used, expired, a
     /// binding its creator may no longer make, a revoked creator): the refusal record its
     /// issuance would have made (`issue.task` or `issue.service`, `denied`), with that
-    /// issuance's actor (`bootstrap`, `bootstrap token`) and the identity the token binds as
+    /// issuance's actor (`bootstrap token`) and the identity the token binds as
     /// subject.
     fn audit_token_refusal(
         &self,
@@ -358,11 +358,14 @@ impl CertificateAuthority {
         now: u64,
         e: &EnrollError,
     ) {
-        let actor = match kind {
-            IssuanceKind::Service => "bootstrap token",
-            _ => "bootstrap",
-        };
-        self.audit_issue(kind, now, actor, subject, task, &Err(e.to_string()));
+        self.audit_issue(
+            kind,
+            now,
+            crate::issue::BOOTSTRAP_ACTOR,
+            subject,
+            task,
+            &Err(e.to_string()),
+        );
     }
 
     /// The task a stored token (`state`) opens, as the request for [`CertificateAuthority::open_task`]

@@ -1212,21 +1212,21 @@ fn refused_redemptions_of_known_tokens_are_audited() {
         vec![
             (
                 "issue.task",
-                "bootstrap",
+                "bootstrap token",
                 subject(&tok.identity),
                 "denied",
                 "bootstrap token already redeemed"
             ),
             (
                 "issue.task",
-                "bootstrap",
+                "bootstrap token",
                 subject(&tok.identity),
                 "denied",
                 "bootstrap token already redeemed"
             ),
             (
                 "issue.task",
-                "bootstrap",
+                "bootstrap token",
                 subject(&late.identity),
                 "denied",
                 "bootstrap token expired"

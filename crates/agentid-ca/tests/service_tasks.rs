@@ -1237,3 +1237,47 @@ async fn a_member_named_twice_in_a_request_body_is_refused() {
     assert!(w.ca().revocations().unwrap().is_empty());
     assert!(w.ca().issuances().unwrap().iter().all(|r| r.identity != id));
 }
+
+/// A bootstrap token's refused redemption is recorded with the actor its issuance records
+/// (CA-API 4.1): the redemption that opened the task and the replay refused `token_used`
+/// name the same requester, so that a trail read by actor shows both. Before, the task's
+/// issuance named `bootstrap token` and every refusal of a task token `bootstrap`.
+#[tokio::test]
+async fn a_task_tokens_refused_redemption_names_the_actor_its_issuance_names() {
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let file = w
+        .token_file(
+            &mut c,
+            "planner",
+            r#"{"agent":"planner","scope":["tickets:read"],"expires_in_secs":60}"#,
+        )
+        .await;
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let err = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.api_error().map(|e| e.code),
+        Some(agentid_api::ErrorCode::TokenUsed),
+        "{err}"
+    );
+    let records = common::audit_records(&w.ca());
+    let of_task: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "issue.task" && r["subject"] == file.identity.as_str())
+        .map(|r| (r["outcome"].as_str(), r["actor"].as_str()))
+        .collect();
+    assert_eq!(
+        of_task,
+        [
+            (Some("ok"), Some("bootstrap token")),
+            (Some("denied"), Some("bootstrap token"))
+        ]
+    );
+}
