@@ -74,6 +74,11 @@ pub struct AuditEvent {
     pub outcome: String,
     /// Why it was denied, or what was revoked or published.
     pub reason: Option<String>,
+    /// For the revocation of an entry the lists publish (not a principal's), the entry's `exp`
+    /// as stored when it committed (an entry's `exp` only rises); absent from every other
+    /// record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 /// A record's stored JSON: the chain fields, then the event.
@@ -353,8 +358,9 @@ pub struct AuditSnapshot {
     /// version 2); each must have an `ok` issuance record.
     pub audited_serials: Vec<String>,
     /// Every revocation the store holds, as `kind:value` (the subject of its `ok` `revoke`
-    /// record). The CA never deletes one, so each `ok` `revoke` record must name one.
-    pub revocations: Vec<String>,
+    /// records) and its `exp`. The CA never deletes one nor lowers its `exp`, so each `ok`
+    /// `revoke` record must name one whose `exp` is at least the record's.
+    pub revocations: Vec<(String, u64)>,
 }
 
 /// Where and how the audit trail is broken.
@@ -425,8 +431,8 @@ pub fn verify(
     let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
     // Serial of each `ok` issuance record -> the record (writer, seq), first one kept.
     let mut issued: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    // Subject (`kind:value`) of each `ok` revocation record -> the record, first one kept.
-    let mut revoked: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    // Each `ok` revocation record: its subject (`kind:value`), its `exp`, writer and number.
+    let mut revoked: Vec<(String, Option<u64>, String, u64)> = Vec::new();
     // In chain order whatever order the store gave (a stored seq no store can convert is read
     // as u64::MAX, so it sorts last and shows as the gap it left).
     let mut records: Vec<&AuditRecord> = snap.records.iter().collect();
@@ -475,9 +481,12 @@ pub fn verify(
             }
         }
         if body.event.kind == "revoke" && body.event.outcome == "ok" {
-            revoked
-                .entry(body.event.subject.clone().unwrap_or_default())
-                .or_insert_with(|| (r.writer.clone(), r.seq));
+            revoked.push((
+                body.event.subject.clone().unwrap_or_default(),
+                body.event.exp,
+                r.writer.clone(),
+                r.seq,
+            ));
         }
         entry.0 = expected;
         entry.1 = r.hash.clone();
@@ -581,20 +590,34 @@ pub fn verify(
         });
     }
     // Likewise an `ok` revocation record is written in the transaction that stores its
-    // revocation, which the CA never deletes: one whose revocation the store no longer holds
-    // had it deleted, which undoes the revocation (the CA issues to the target again and its
-    // lists leave it out).
-    let held: HashSet<&str> = snap.revocations.iter().map(String::as_str).collect();
-    if let Some((subject, (writer, seq))) = revoked.iter().find(|(s, _)| !held.contains(s.as_str()))
-    {
-        return Err(AuditBreak::Record {
+    // revocation, with the entry's `exp` then; the CA never deletes an entry nor lowers its
+    // `exp`. One whose entry the store no longer holds, or holds ending earlier, had it
+    // deleted or cut short, which undoes the revocation (the lists leave it out, and without
+    // the row the CA issues to the target again).
+    let held: BTreeMap<&str, u64> = snap
+        .revocations
+        .iter()
+        .map(|(s, exp)| (s.as_str(), *exp))
+        .collect();
+    for (subject, exp, writer, seq) in &revoked {
+        let bad = |what: &str| AuditBreak::Record {
             writer: writer.clone(),
             seq: *seq,
             reason: format!(
-                "an ok revocation of {subject:?}, which the store no longer holds (its row was \
-                 deleted, which undoes the revocation)"
+                "an ok revocation of {subject:?}, which the store {what}, which undoes the \
+                 revocation"
             ),
-        });
+        };
+        match (held.get(subject.as_str()), exp) {
+            (None, _) => return Err(bad("no longer holds (its row was deleted)")),
+            (Some(now), Some(then)) if now < then => {
+                return Err(bad(&format!(
+                    "holds ending at {now}, before the {then} it ended at when recorded (its \
+                     exp was lowered)"
+                )))
+            }
+            _ => {}
+        }
     }
     Ok(VerifyReport {
         chains: chains

@@ -391,6 +391,7 @@ impl CertificateAuthority {
             jti: record.grant_jti.clone(),
             outcome: "ok".into(),
             reason: None,
+            exp: None,
         };
         let c = IssuanceCommit {
             record: &record,

@@ -846,3 +846,34 @@ fn a_revocation_whose_row_was_deleted_is_named_by_its_record() {
     );
     assert!(reason.contains("agent:worker"), "{reason}");
 }
+
+/// A revocation's `exp` lowered in the store (by whoever can write the database, without the
+/// audit key) takes the entry off every list published after it: verifiers accept what it
+/// revoked again. Its `ok` record carries the `exp` the entry had when it committed (an
+/// entry's `exp` only rises), and `audit verify` names the record whose entry now ends
+/// earlier (CA-API 4.3). Before, the trail verified.
+#[test]
+fn a_revocation_whose_exp_was_lowered_is_named_by_its_record() {
+    let t = busy_ca();
+    t.ca.checkpoint_audit(now(), true).unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let revoked = audit_records(&t.ca)
+        .into_iter()
+        .find(|r| r["kind"] == "revoke" && r["outcome"] == "ok")
+        .unwrap();
+    assert_eq!(revoked["subject"], "agent:worker");
+    let n = db(t.path())
+        .execute(
+            "UPDATE revocations SET exp = 1 WHERE kind = 'agent' AND value = 'worker'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let (writer, at, reason) = record_break(t.path());
+    assert_eq!(
+        (writer.as_str(), at),
+        ("main", revoked["seq"].as_u64().unwrap()),
+        "{reason}"
+    );
+    assert!(reason.contains("agent:worker"), "{reason}");
+}

@@ -684,7 +684,15 @@ impl SqliteStore {
             &tx,
             "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
         )?;
-        append_audit_tx(&tx, &writer, audit)?;
+        // The record carries the entry's `exp` as it now stands (CA-API.md 4.3).
+        let exp: i64 = tx
+            .prepare_cached("SELECT exp FROM revocations WHERE kind = ?1 AND value = ?2")?
+            .query_row(params![r.kind.as_str(), r.value], |row| row.get(0))?;
+        let audit = AuditEvent {
+            exp: Some(to_u64(exp)?),
+            ..audit.clone()
+        };
+        append_audit_tx(&tx, &writer, &audit)?;
         tx.commit()?;
         Ok(r)
     }
@@ -1432,16 +1440,19 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnaps
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     let revocations = tx
-        .prepare_cached("SELECT kind, value FROM revocations ORDER BY rowid")?
+        .prepare_cached("SELECT kind, value, exp FROM revocations ORDER BY rowid")?
         .query_map([], |r| {
-            use crate::audit::stored_text_of;
-            Ok(format!(
-                "{}:{}",
-                stored_text_of(r.get_ref(0)?),
-                stored_text_of(r.get_ref(1)?)
+            use crate::audit::{stored_number_of, stored_text_of};
+            Ok((
+                format!(
+                    "{}:{}",
+                    stored_text_of(r.get_ref(0)?),
+                    stored_text_of(r.get_ref(1)?)
+                ),
+                stored_number_of(r.get_ref(2)?),
             ))
         })?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     tx.commit()?;
     Ok(AuditSnapshot {
         records,

@@ -936,7 +936,19 @@ async fn write_revocation(
         &[],
     )
     .await?;
-    append_audit_tx(tx, writer, audit).await?;
+    // The record carries the entry's `exp` as it now stands (CA-API.md 4.3).
+    let exp: i64 = tx
+        .query_one(
+            "SELECT exp FROM revocations WHERE kind = $1 AND value = $2",
+            &[&r.kind.as_str(), &r.value],
+        )
+        .await?
+        .get(0);
+    let audit = AuditEvent {
+        exp: Some(to_u64(exp)?),
+        ..audit.clone()
+    };
+    append_audit_tx(tx, writer, &audit).await?;
     Ok(r)
 }
 
@@ -1729,10 +1741,15 @@ impl Store for PgStore {
                     .map(|r| r.get(0))
                     .collect();
                 let revocations = tx
-                    .query("SELECT kind, value FROM revocations ORDER BY id", &[])
+                    .query("SELECT kind, value, exp FROM revocations ORDER BY id", &[])
                     .await?
                     .iter()
-                    .map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .map(|r| {
+                        (
+                            format!("{}:{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+                            crate::audit::stored_number(r.get(2)),
+                        )
+                    })
                     .collect();
                 tx.commit().await?;
                 Ok(AuditSnapshot {
