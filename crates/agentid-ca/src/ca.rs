@@ -30,6 +30,9 @@ use crate::util;
 /// Refresh hint published in the trust bundle, seconds.
 pub const BUNDLE_REFRESH_HINT_SECS: u64 = 300;
 
+/// The most bytes of a revocation's `reason` the CA keeps and records (CA-API.md 3.10).
+pub const MAX_REASON_BYTES: usize = 256;
+
 /// The parts of a CA, for callers that keep keys elsewhere (KMS, HSM) or the store elsewhere.
 pub struct CaParts {
     /// Trust domain, key type, skew.
@@ -592,7 +595,10 @@ impl CertificateAuthority {
         now: SystemTime,
     ) -> Result<RevocationRecord> {
         let now_s = util::unix(now)?;
-        let res = self.revoke_inner(target, reason, actor, now_s);
+        // The requester's text, kept and recorded bounded and without control characters
+        // (CA-API.md 3.10), as every requester's text the CA records is.
+        let reason = reason.map(|r| agentid_protocol::clean_text(r.to_owned(), MAX_REASON_BYTES));
+        let res = self.revoke_inner(target, reason.as_deref(), actor, now_s);
         match &res {
             Ok(_) => self.after_audit(now_s),
             Err(e) => self.record_refusal(AuditEvent {

@@ -1281,3 +1281,38 @@ async fn a_task_tokens_refused_redemption_names_the_actor_its_issuance_names() {
         ]
     );
 }
+
+/// A revocation's `reason` is the requester's text: kept, and recorded, as at most 256 bytes
+/// with its control characters replaced (CA-API 3.10), as every requester's text the CA
+/// records is. Before, a service with `revoke` copied up to the 64 KiB body, newlines and
+/// terminal escapes included, into the audit record and the store's row with every request.
+#[tokio::test]
+async fn a_revocation_reason_is_recorded_bounded_and_without_control_characters() {
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let (_, holder) = w.task("planner");
+    let task = holder.rsplit('/').next().unwrap().to_owned();
+    let reason = format!("leaked\n\u{1b}[2J{}", "r".repeat(60_000));
+    let body = serde_json::json!({"task": task, "reason": reason}).to_string();
+    let (s, b) = call(&mut c, "POST", "/v1/revoke", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let records = common::audit_records(&w.ca());
+    let r = records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "revoke" && r["outcome"] == "ok")
+        .unwrap();
+    let recorded = r["reason"].as_str().unwrap();
+    assert!(recorded.len() <= 256, "{} bytes", recorded.len());
+    assert!(recorded.starts_with("leaked"), "{recorded}");
+    assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
+    let stored = w
+        .ca()
+        .revocations()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.value == task)
+        .unwrap();
+    assert_eq!(stored.reason.as_deref(), Some(recorded));
+}
