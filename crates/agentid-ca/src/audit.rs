@@ -387,7 +387,8 @@ pub enum AuditBreak {
         reason: String,
     },
     /// A certificate the store records as issued has no audit record.
-    #[error("issuance {serial} has no audit record")]
+    // The serial as the store holds it, whoever wrote it: quoted and escaped, as the writer is.
+    #[error("issuance {serial:?} has no audit record")]
     MissingIssuance {
         /// Its serial.
         serial: String,
@@ -584,7 +585,7 @@ pub fn verify(
             writer: writer.clone(),
             seq: *seq,
             reason: format!(
-                "an ok issuance of serial {serial}, which the store has no certificate for \
+                "an ok issuance of serial {serial:?}, which the store has no certificate for \
                  (the record was made up, or the certificate's row deleted)"
             ),
         });

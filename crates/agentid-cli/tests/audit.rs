@@ -144,3 +144,28 @@ fn a_broken_trail_says_what_to_do_next() {
         "{v}"
     );
 }
+
+/// A break names what the store holds (a certificate's serial, a record's), which whoever can
+/// write the store chose: `audit verify` shows it escaped, so that control characters in it
+/// cannot move the operator's cursor, erase the "broken" line or print a "valid" one. Before,
+/// a serial's terminal escapes reached stderr as they were (only line breaks were folded).
+#[test]
+fn a_break_shows_the_stores_text_without_control_characters() {
+    let env = used_ca();
+    // A certificate row no issuance record names, its serial chosen to rewrite the terminal.
+    db(&env)
+        .execute(
+            "INSERT INTO issuances (serial, identity, kind, agent, task, not_before, not_after,
+               requester, jkt, issued_at, grant_jti)
+             SELECT char(27) || '[1A' || char(27) || '[2K' || char(8) || 'valid', identity, kind,
+               agent, task, not_before, not_after, requester, 'made-up', issued_at, NULL
+             FROM issuances LIMIT 1",
+            [],
+        )
+        .unwrap();
+    let (_, stderr) = env.fails("audit verify --ca ca", 3, "has no audit record");
+    assert!(
+        !stderr.trim_end().chars().any(char::is_control),
+        "{stderr:?}"
+    );
+}
