@@ -23,7 +23,7 @@
 //!   is [`CaError::Store`] (`store_unavailable`, 503 with `Retry-After` in the service). A
 //!   broken connection is dropped and the next operation connects again; after an operation
 //!   that timed out, so is every idle connection (a failover can leave them all dead), and new
-//!   operations fail at once for [`UNANSWERED_HOLD`].
+//!   operations fail at once for a second (`UNANSWERED_HOLD`).
 //!   A transaction in steps (`Inner::stepped`) whose connection breaks between steps is an
 //!   error: its later steps never run on a new connection (outside the transaction).
 //! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
