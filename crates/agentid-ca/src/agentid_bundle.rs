@@ -58,16 +58,86 @@ pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<Strin
 /// key is kept, a copy of the directory without `ca.db` (or away from the shared database)
 /// signs the bundle a CA opened on the full directory serves.
 pub fn sign_offline(dir: &Path, now: u64) -> Result<String> {
+    sign_offline_with(dir, now, &RetiringKeys::default())
+}
+
+/// Keys a planned rotation is taking out, listed in the signed bundle beside the CA's current
+/// keys of the same use (CA-API 3.3): verifiers that apply the document keep verifying the
+/// grants (and revocation lists) the outgoing key signed, until a later document, signed
+/// without it once those have ended, drops it.
+#[derive(Clone, Debug, Default)]
+pub struct RetiringKeys {
+    /// Outgoing grant keys (`agentid-grant`).
+    pub grant: Vec<PublicKey>,
+    /// Outgoing revocation keys (`agentid-revocation`).
+    pub revocation: Vec<PublicKey>,
+}
+
+/// Reads a retiring key of `key_use` (`agentid-grant` or `agentid-revocation`) from `path`: a
+/// PEM `PUBLIC KEY` (what `openssl pkey -in grant.key -pubout` writes), or a JWK, such as the
+/// key's entry in `agentid bundle export`'s output (a `use`, if present, must be `key_use`; a
+/// `kid`, if present, must be the key's thumbprint). Never a private key.
+pub fn read_retiring_key(path: &Path, key_use: &str) -> Result<PublicKey> {
+    let bytes = agentid_fs::read_bounded(path, agentid_fs::MAX_FILE_BYTES)
+        .map_err(|e| CaError::material(path, e.to_string()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| CaError::material(path, "not UTF-8"))?;
+    if !text.trim_start().starts_with('{') {
+        let spki = material::read_public_key(path)?;
+        return PublicKey::from_spki_der(&spki).map_err(|e| CaError::material(path, e.to_string()));
+    }
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| CaError::material(path, "neither a PEM PUBLIC KEY nor a JWK (JSON object)"))?;
+    let map = v
+        .as_object()
+        .ok_or_else(|| CaError::material(path, "a JWK is a JSON object"))?;
+    let key = PublicKey::from_jwk_members(map, &["use", "kid"])
+        .map_err(|e| CaError::material(path, e.to_string()))?;
+    if let Some(u) = map.get("use") {
+        if u.as_str() != Some(key_use) {
+            return Err(CaError::material(
+                path,
+                format!("the JWK's `use` is {u}, not {key_use:?}"),
+            ));
+        }
+    }
+    if let Some(kid) = map.get("kid") {
+        if kid.as_str() != Some(key.thumbprint().as_str()) {
+            return Err(CaError::material(
+                path,
+                "the JWK's `kid` is not its thumbprint",
+            ));
+        }
+    }
+    Ok(key)
+}
+
+/// [`sign_offline`], the document also listing `retiring` keys beside the current ones. A
+/// retiring key that is one of the CA's current keys (of either use), or is listed twice, is
+/// refused and nothing is written: a bundle names no key twice (spec/PROTOCOL.md 8).
+pub fn sign_offline_with(dir: &Path, now: u64, retiring: &RetiringKeys) -> Result<String> {
     let config = crate::CaConfig::load(&join(dir, files::CONFIG))?;
     let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
     let grant = crate::ca::load_authority_key(&join(dir, files::GRANT_KEY))?;
     let revocation = crate::ca::load_authority_key(&join(dir, files::REVOCATION_KEY))?;
-    let bundle = crate::ca::domain_bundle(
-        &config.trust_domain,
-        &root,
-        JwsSigner::public_key(&grant),
-        JwsSigner::public_key(&revocation),
-    )?;
+    let grant = JwsSigner::public_key(&grant);
+    let revocation = JwsSigner::public_key(&revocation);
+    let mut seen = vec![grant.clone(), revocation.clone()];
+    for key in retiring.grant.iter().chain(&retiring.revocation) {
+        if seen.contains(key) {
+            return Err(CaError::InvalidRequest(format!(
+                "retiring key {} is one of the CA's current keys or is listed twice: a retiring key is the outgoing key a rotation replaced",
+                key.thumbprint()
+            )));
+        }
+        seen.push(key.clone());
+    }
+    let mut bundle = crate::ca::domain_bundle(&config.trust_domain, &root, grant, revocation)?;
+    for key in &retiring.grant {
+        bundle = bundle.add_grant_key(key.clone());
+    }
+    for key in &retiring.revocation {
+        bundle = bundle.add_revocation_key(key.clone());
+    }
     sign_bundle_into(dir, &bundle, now)
 }
 
@@ -133,13 +203,22 @@ impl CertificateAuthority {
         // (CA-API.md 3.3), never a protocol error a caller would read as its own.
         .map_err(|e| CaError::material(&path, e.to_string()))?
         .bundle;
+        // The CA's current keys, each under its own use; other keys of the same use beside
+        // them are the retiring keys of a rotation (CA-API 3.3). A bundle names no key twice,
+        // so a current key can be under no other use.
         let current = self.trust_bundle()?;
-        if signed.grant_keys() != current.grant_keys()
-            || signed.revocation_keys() != current.revocation_keys()
+        let names = |signed: &[agentid_protocol::BundleKey],
+                     current: &[agentid_protocol::BundleKey]| {
+            current
+                .iter()
+                .all(|c| signed.iter().any(|k| k.key == c.key))
+        };
+        if !names(signed.grant_keys(), current.grant_keys())
+            || !names(signed.revocation_keys(), current.revocation_keys())
         {
             return Err(CaError::material(
                 &path,
-                "signs other grant or revocation keys than this CA's: sign the bundle again",
+                "does not sign this CA's current grant and revocation keys: sign the bundle again",
             ));
         }
         Ok(Some(jws))

@@ -237,3 +237,138 @@ requesters = ["operator"]
     assert_eq!(grant_kids(&target), want);
     watcher.stop().await;
 }
+
+/// A task of `planner` opened by the operator: its key and what the CA issued.
+fn planner_task(
+    ca: &CertificateAuthority,
+) -> (agentid_protocol::TaskKey, agentid_ca::TaskCredentials) {
+    let key = agentid_protocol::TaskKey::generate(Algorithm::Es256).unwrap();
+    let req = agentid_ca::OpenTaskRequest::new(
+        "planner",
+        agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+        agentid_ca::TaskRequester::Operator,
+        agentid_protocol::Scope::parse("tickets:read").unwrap(),
+    );
+    let creds = ca.open_task(&req, common::now()).unwrap();
+    (key, creds)
+}
+
+/// Whether `v` verifies the grant of `task` now (the code of its refusal otherwise).
+fn grant_verifies(
+    v: &PeerVerification,
+    (key, task): &(agentid_protocol::TaskKey, agentid_ca::TaskCredentials),
+) -> Result<(), agentid_protocol::ErrorCode> {
+    v.verifier()
+        .verify_chain(
+            task.grant.as_str(),
+            task.identity.as_spiffe_id(),
+            key.public_key(),
+            now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.code())
+}
+
+/// Replaces the CA directory's `grant.key` with a new key, returned.
+fn replace_grant_key(dir: &std::path::Path) -> AuthorityKey {
+    let path = dir.join("grant.key");
+    std::fs::remove_file(&path).unwrap();
+    let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&path, key.pkcs8_der()).unwrap();
+    key
+}
+
+/// A planned grant-key rotation (CA-API 3.3): the operator replaces `grant.key` and signs a
+/// document that lists the outgoing key as retiring beside the new one. The CA serves it (it
+/// names the CA's current keys), and a verifier that applied it still verifies the grants the
+/// old key signed, as well as the new key's; once every such grant has ended, a document
+/// without the old key takes it out, and its grants stop verifying. A document that lacks the
+/// CA's current grant key is still not served.
+#[test]
+fn a_retiring_grant_key_verifies_until_a_later_document_drops_it() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let full = ca.trust_bundle().unwrap();
+    let old_key = full.grant_keys()[0].key.clone();
+    let old_task = planner_task(&ca);
+    let first = ca.signed_agentid_bundle().unwrap().unwrap();
+
+    let v = verification(edited(&full, full.sequence(), &["x509-svid"]));
+    let signing = agentid_bundle::public_key(dir.path()).unwrap();
+    let applier = BundleApplier::new(v.clone(), signing.clone(), td());
+    assert_eq!(
+        applier.apply(&first, now()).unwrap(),
+        BundleApplied::Applied
+    );
+    assert_eq!(grant_verifies(&v, &old_task), Ok(()));
+
+    // The overlap: the new key is current, the old one retiring.
+    let new_key = replace_grant_key(dir.path());
+    let retiring = agentid_bundle::RetiringKeys {
+        grant: vec![old_key.clone()],
+        revocation: Vec::new(),
+    };
+    let overlap = agentid_bundle::sign_offline_with(dir.path(), now(), &retiring).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    assert_eq!(ca.signed_agentid_bundle().unwrap(), Some(overlap.clone()));
+    assert_eq!(
+        applier.apply(&overlap, now()).unwrap(),
+        BundleApplied::Applied
+    );
+    let mut want = vec![new_key.public_key().thumbprint(), old_key.thumbprint()];
+    want.sort();
+    let mut held = grant_kids(&v);
+    held.sort();
+    assert_eq!(held, want);
+    let new_task = planner_task(&ca);
+    assert_eq!(grant_verifies(&v, &old_task), Ok(()), "the old key's grant");
+    assert_eq!(grant_verifies(&v, &new_task), Ok(()), "the new key's grant");
+
+    // The final document drops the old key: its grants no longer verify.
+    let last = agentid_bundle::sign_offline(dir.path(), now()).unwrap();
+    assert_eq!(ca.signed_agentid_bundle().unwrap(), Some(last.clone()));
+    assert_eq!(applier.apply(&last, now()).unwrap(), BundleApplied::Applied);
+    assert_eq!(grant_kids(&v), vec![new_key.public_key().thumbprint()]);
+    assert_eq!(grant_verifies(&v, &new_task), Ok(()));
+    assert!(grant_verifies(&v, &old_task).is_err());
+
+    // A document naming the old key alone (the CA's current one missing) is not served.
+    let der = agentid_fs::read_private_key(&dir.path().join("bundle-signing.key")).unwrap();
+    let key = AuthorityKey::from_pkcs8_der(&der).unwrap();
+    let stale = agentid_bundle::sign(&key, &full, now() + 1).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), stale).unwrap();
+    assert!(ca.signed_agentid_bundle().is_err());
+}
+
+/// A retiring key is another key than the CA's current ones: the CA's current revocation key
+/// (or grant key) listed as a retiring grant (or revocation) key is refused and nothing is
+/// written, so no document names a current key under the other use.
+#[test]
+fn a_current_key_listed_as_retiring_is_refused() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let full = ca.trust_bundle().unwrap();
+    let before = std::fs::read(dir.path().join("agentid-bundle.jws")).unwrap();
+    let revocation = full.revocation_keys()[0].key.clone();
+    let grant = full.grant_keys()[0].key.clone();
+    for retiring in [
+        agentid_bundle::RetiringKeys {
+            grant: vec![revocation.clone()],
+            revocation: Vec::new(),
+        },
+        agentid_bundle::RetiringKeys {
+            grant: Vec::new(),
+            revocation: vec![grant.clone()],
+        },
+        agentid_bundle::RetiringKeys {
+            grant: vec![grant.clone()],
+            revocation: Vec::new(),
+        },
+    ] {
+        assert!(agentid_bundle::sign_offline_with(dir.path(), now(), &retiring).is_err());
+        assert_eq!(
+            std::fs::read(dir.path().join("agentid-bundle.jws")).unwrap(),
+            before
+        );
+    }
+}

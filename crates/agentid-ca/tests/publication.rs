@@ -258,6 +258,51 @@ async fn the_signed_agentid_bundle_is_served_without_its_key() {
     assert_eq!(s, 404, "{body}");
 }
 
+/// CA-API 3.3: a document that lists a retiring grant key beside the CA's current one (a
+/// planned rotation) is served; one signed by the genuine bundle-signing key that lacks the
+/// CA's current grant key (an old document, or one signed before the key was replaced) is
+/// not, `500 internal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_bundle_with_a_retiring_key_is_served_and_one_without_the_current_key_is_not() {
+    use agentid_ca::agentid_bundle;
+    let dir = ca_dir();
+    let der = agentid_fs::read_private_key(&dir.path().join("bundle-signing.key")).unwrap();
+    let signing = agentid_protocol::AuthorityKey::from_pkcs8_der(&der).unwrap();
+    let addr = replica(dir.path()).await;
+    let (mut c, _) = connect(dir.path(), addr, "worker").await;
+    let current = CertificateAuthority::open(dir.path())
+        .unwrap()
+        .trust_bundle()
+        .unwrap();
+    let t = common::unix(common::now());
+
+    let outgoing = agentid_protocol::AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let overlap = current.clone().add_grant_key(outgoing.public_key().clone());
+    let doc = agentid_protocol::sign_bundle(&signing, &overlap, t, t).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), &doc).unwrap();
+    let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    assert_eq!((s, body.as_str()), (200, doc.as_str()));
+
+    let mut v: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
+    v["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["use"] != "agentid-grant");
+    let td = agentid_protocol::TrustDomain::parse(common::TD).unwrap();
+    let lacking = agentid_protocol::TrustBundle::parse(&td, v.to_string().as_bytes())
+        .unwrap()
+        .add_grant_key(outgoing.public_key().clone());
+    let doc = agentid_bundle::sign(&signing, &lacking, t + 1).unwrap();
+    std::fs::write(dir.path().join("agentid-bundle.jws"), doc).unwrap();
+    let (s, body) = call(&mut c, "GET", "/v1/bundle/agentid", "").await;
+    let e: agentid_api::ApiError = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (s, e.code),
+        (500, agentid_api::ErrorCode::Internal),
+        "{body}"
+    );
+}
+
 /// Held long-poll requests are bounded per caller: past the bound, `429 rate_limited`; other
 /// callers still wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

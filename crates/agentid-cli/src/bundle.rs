@@ -19,8 +19,10 @@ pub enum BundleCommand {
     /// (it reads the directory's key files, not its store) after replacing `grant.key` or
     /// `revocation.key` (the response to a stolen key: rotate it out of the bundles), then copy
     /// `agentid-bundle.jws` into the service's CA directory: the
-    /// service refuses to serve a document that names other keys than its own, and watchers
-    /// keep the keys of the last document they applied.
+    /// service refuses to serve a document that lacks its current keys, and watchers keep the
+    /// keys of the last document they applied. A planned rotation lists the outgoing key with
+    /// `--retiring-grant-key` or `--retiring-revocation-key`, so that what it signed keeps
+    /// verifying until a document signed without it.
     Sign(SignArgs),
 }
 
@@ -29,6 +31,16 @@ pub enum BundleCommand {
 pub struct SignArgs {
     #[command(flatten)]
     pub ca: CaDirArg,
+    /// An outgoing grant key to list beside the current one (repeatable): verifiers that
+    /// apply the document keep verifying the grants it signed, until a document signed
+    /// without it. A PEM public key (`openssl pkey -in OLD-grant.key -pubout`) or a JWK (its
+    /// entry in `agentid bundle export`).
+    #[arg(long = "retiring-grant-key", value_name = "PUB_OR_JWK_FILE")]
+    pub retiring_grant_keys: Vec<PathBuf>,
+    /// An outgoing revocation key to list beside the current one (repeatable), as
+    /// `--retiring-grant-key`: the lists it signed keep verifying.
+    #[arg(long = "retiring-revocation-key", value_name = "PUB_OR_JWK_FILE")]
+    pub retiring_revocation_keys: Vec<PathBuf>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -113,8 +125,18 @@ fn sign(a: &SignArgs) -> CliResult {
             dir.display()
         )));
     }
+    let read = |paths: &[PathBuf], key_use: &str| {
+        paths
+            .iter()
+            .map(|p| agentid_ca::agentid_bundle::read_retiring_key(p, key_use))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let retiring = agentid_ca::agentid_bundle::RetiringKeys {
+        grant: read(&a.retiring_grant_keys, "agentid-grant")?,
+        revocation: read(&a.retiring_revocation_keys, "agentid-revocation")?,
+    };
     let now = now_unix()?;
-    let jws = agentid_ca::agentid_bundle::sign_offline(dir, now)?;
+    let jws = agentid_ca::agentid_bundle::sign_offline_with(dir, now, &retiring)?;
     let config = agentid_ca::CaConfig::load(&dir.join("config.toml"))?;
     let td = config.trust_domain.clone();
     let signed = agentid_protocol::verify_signed_bundle(

@@ -343,3 +343,68 @@ fn bundle_sign_brings_a_replaced_grant_key_to_the_bundle_the_ca_serves() {
     env.fails("bundle sign --ca ca", 1, "bundle-signing.key");
     assert_eq!(ca.signed_agentid_bundle().unwrap().unwrap(), served);
 }
+
+/// A planned rotation (CA-API 3.3): `bundle sign --retiring-grant-key` lists the outgoing
+/// grant key (a PEM public key, or its JWK entry of `bundle export`) beside the current one,
+/// and the CA serves that document. A JWK of another use, or the current key itself, is
+/// refused and nothing is signed.
+#[test]
+fn bundle_sign_lists_a_retiring_grant_key_beside_the_current_one() {
+    use agentid_ca::CertificateAuthority;
+
+    let env = Env::new();
+    let dir = env.path("ca");
+    let bundle = CertificateAuthority::open(&dir)
+        .unwrap()
+        .trust_bundle()
+        .unwrap();
+    let old = bundle.grant_keys()[0].key.clone();
+    let pem = agentid_fs::pem_encode("PUBLIC KEY", &old.to_spki_der());
+    std::fs::write(env.path("old-grant.pub"), pem).unwrap();
+    let exported: serde_json::Value =
+        serde_json::from_str(&env.ok("bundle export --ca ca")).unwrap();
+    let jwk = |u: &str| {
+        exported["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["use"] == u)
+            .unwrap()
+            .to_string()
+    };
+    std::fs::write(env.path("old-grant.jwk"), jwk("agentid-grant")).unwrap();
+    std::fs::write(env.path("revocation.jwk"), jwk("agentid-revocation")).unwrap();
+
+    let grant = dir.join("grant.key");
+    std::fs::remove_file(&grant).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&grant, key.pkcs8_der()).unwrap();
+    let signed_before = env.read("ca/agentid-bundle.jws");
+    env.fails(
+        "bundle sign --ca ca --retiring-grant-key revocation.jwk",
+        1,
+        "agentid-revocation",
+    );
+    let current = agentid_fs::pem_encode("PUBLIC KEY", &key.public_key().to_spki_der());
+    std::fs::write(env.path("new-grant.pub"), current).unwrap();
+    env.fails(
+        "bundle sign --ca ca --retiring-grant-key new-grant.pub",
+        1,
+        "current keys",
+    );
+    assert_eq!(env.read("ca/agentid-bundle.jws"), signed_before);
+
+    let want = serde_json::json!([key.public_key().thumbprint(), old.thumbprint()]);
+    for file in ["old-grant.pub", "old-grant.jwk"] {
+        let out = env.json(&format!("bundle sign --ca ca --retiring-grant-key {file}"));
+        assert_eq!(out["grant_keys"], want, "{file}");
+        let served = CertificateAuthority::open(&dir)
+            .unwrap()
+            .signed_agentid_bundle()
+            .unwrap();
+        assert_eq!(
+            served.as_deref(),
+            Some(env.read("ca/agentid-bundle.jws").trim())
+        );
+    }
+}
