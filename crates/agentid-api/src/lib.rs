@@ -348,6 +348,11 @@ pub struct TokenFile {
     /// The CA's mutual-TLS listener, `https://HOST:PORT`, for renewals (absent: `ca_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_url: Option<String>,
+    /// The `seq` of the CA's signed agentid bundle when the token was made (CA-API 3.3), from
+    /// the operator's side: the enrolled agent's pinned bundle starts at this sequence, so no
+    /// older signed bundle is applied after it (absent: no floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_seq: Option<u64>,
 }
 
 impl core::fmt::Debug for TokenFile {
@@ -392,7 +397,7 @@ impl core::fmt::Display for TokenFileError {
         if self.json {
             write!(
                 f,
-                "not a token file: the JSON object must hold exactly token, ca_url, root_sha256, identity, agent, task (strings), expires (a number) and optionally renew_url (line {line}, column {column})"
+                "not a token file: the JSON object must hold exactly token, ca_url, root_sha256, identity, agent, task (strings), expires (a number) and optionally renew_url (a string) and bundle_seq (a number) (line {line}, column {column})"
             )
         } else {
             write!(
@@ -590,6 +595,7 @@ mod tests {
                     task: "t1".into(),
                     expires: 1,
                     renew_url: None,
+                    bundle_seq: None,
                 }
             ),
         ];

@@ -173,6 +173,32 @@ fn sign_bundle_into(dir: &Path, bundle: &TrustBundle, now: u64) -> Result<String
 }
 
 impl CertificateAuthority {
+    /// The sequence of the signed agentid bundle this CA's directory holds (the `seq` of
+    /// `agentid-bundle.jws`, as its bundle's `spiffe_sequence`, verified with the directory's
+    /// bundle-signing public key), `None` without one: the floor a token file made here carries
+    /// (CA-API 3.6.1), below which the enrolled agent applies no signed bundle.
+    pub fn signed_bundle_seq(&self) -> Result<Option<u64>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = join(dir, files::AGENTID_BUNDLE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = agentid_fs::read_bounded(&path, agentid_fs::MAX_FILE_BYTES)
+            .map_err(|e| CaError::material(&path, e.to_string()))?;
+        let jws = std::str::from_utf8(&bytes).map_err(|_| CaError::material(&path, "not UTF-8"))?;
+        let signed = agentid_protocol::verify_signed_bundle(
+            jws,
+            &public_key(dir)?,
+            self.trust_domain(),
+            u64::MAX,
+            0,
+        )
+        .map_err(|e| CaError::material(&path, e.to_string()))?;
+        Ok(Some(signed.bundle.sequence()))
+    }
+
     /// The signed agentid bundle of this CA's directory, checked against its bundle-signing
     /// public key and its current keys; `None` when the directory has none.
     pub fn signed_agentid_bundle(&self) -> Result<Option<String>> {

@@ -489,6 +489,7 @@ async fn a_token_file_with_an_unusable_renew_url_is_refused_before_the_token_is_
         task: String::new(),
         expires,
         renew_url: Some(format!("http://{mtls}")),
+        bundle_seq: None,
     };
     let before = ca.issuances().unwrap().len();
     let r = Enroller::from_token_file(&file, TaskKey::generate(Algorithm::Es256).unwrap(), T).await;
@@ -575,6 +576,7 @@ fn read_token_file_refuses_a_world_readable_token_file() {
         task: "t1".into(),
         expires: 0,
         renew_url: None,
+        bundle_seq: None,
     };
     std::fs::write(&p, serde_json::to_vec(&file).unwrap()).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -675,6 +677,7 @@ async fn a_tampered_bundle_fetch_cannot_make_the_signed_bundle_a_rollback() {
         task: String::new(),
         expires,
         renew_url: None,
+        bundle_seq: None,
     };
     let (_, _, bundle_json) =
         Enroller::from_token_file(&file, TaskKey::generate(Algorithm::Es256).unwrap(), T)

@@ -70,6 +70,7 @@ async fn a_service_enrolls_from_a_token_file_and_the_token_is_used_once() {
         task: String::new(),
         expires,
         renew_url: Some(format!("https://{mtls}")),
+        bundle_seq: None,
     };
     let before = ca.issuances().unwrap().len();
     let key = TaskKey::generate(Algorithm::Es256).unwrap();

@@ -95,6 +95,7 @@ impl World {
             task: t.task,
             expires: t.expires,
             renew_url: None,
+            bundle_seq: None,
         }
     }
 
@@ -461,6 +462,7 @@ async fn the_enrollment_listener_limits_requests_per_source_address() {
         task: "t".into(),
         expires: 0,
         renew_url: None,
+        bundle_seq: None,
     };
     // Each attempt fetches the bundle (one request) and stops at the pin: three pass, the
     // fourth is refused 429 rate_limited within the same window.

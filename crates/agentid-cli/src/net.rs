@@ -291,6 +291,8 @@ fn service_token(a: &TokenCreateArgs, service: &str) -> CliResult<TokenFile> {
     let ca = crate::cert::CaDirArg { ca: dir.clone() }.open()?;
     let id = agentid_protocol::ServiceId::new(ca.trust_domain(), service)
         .bad_arg("--service", service)?;
+    // Read before the token exists (one whose file cannot be written stays redeemable).
+    let bundle_seq = ca.signed_bundle_seq()?;
     let (token, identity, expires) =
         ca.create_service_token(id.name(), a.ttl, a.expires_in, SystemTime::now())?;
     Ok(TokenFile {
@@ -303,6 +305,7 @@ fn service_token(a: &TokenCreateArgs, service: &str) -> CliResult<TokenFile> {
         task: String::new(),
         expires,
         renew_url: a.renew_url.clone(),
+        bundle_seq,
     })
 }
 
@@ -322,6 +325,8 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
             ..Default::default()
         };
         let task = a.task.as_deref().map(parse_task).transpose()?;
+        // Read before the token exists (one whose file cannot be written stays redeemable).
+        let bundle_seq = ca.signed_bundle_seq()?;
         let t = ca.create_bound_token(agent, task, &binding, a.expires_in, SystemTime::now())?;
         TokenFile {
             token: t.token.clone(),
@@ -332,6 +337,7 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
             task: t.identity.task_id().as_str().to_owned(),
             expires: t.expires,
             renew_url: a.renew_url.clone(),
+            bundle_seq,
         }
     } else {
         let client = a.remote.client()?;
@@ -364,6 +370,8 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
             task: r.task,
             expires: r.expires,
             renew_url: a.renew_url.clone().or_else(|| a.remote.ca_url.clone()),
+            // The CA's answer is not the operator's side: no floor from it (CA-API 3.6.1).
+            bundle_seq: None,
         }
     };
     Ok(file)
@@ -405,7 +413,8 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Where to write `key.pem` (0600), `cert.pem`, `grant.jwt` and `bundle.json` (the pinned
-    /// root only: no grant or revocation keys; `agentid bundle export` makes the full bundle).
+    /// root only: no grant or revocation keys; `agentid bundle export` makes the full bundle;
+    /// it starts at the token file's `bundle_seq`, so no older signed bundle is applied to it).
     #[arg(long)]
     pub out_dir: PathBuf,
     /// Type of the key made here.

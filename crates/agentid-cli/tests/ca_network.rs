@@ -999,3 +999,61 @@ fn task_open_and_child_refuse_an_out_dir_they_cannot_write_before_asking_the_ca(
         "a child issued whose certificate went nowhere"
     );
 }
+
+/// Replaces `ca/grant.key` with a new key (a rotation after a suspected theft).
+fn replace_grant_key(env: &Env) {
+    let path = env.path("ca/grant.key");
+    std::fs::remove_file(&path).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&path, key.pkcs8_der()).unwrap();
+}
+
+/// CA-API 3.3 and 3.6.1: whoever answers as the CA (its online TLS key) can replay any genuine
+/// older signed bundle, and an applier holding none took it, putting a rotated-out grant key
+/// back for an agent that had just enrolled. The operator's token file carries the `seq` of the
+/// CA's signed bundle (`bundle_seq`), and the enrolled agent's pinned bundle (`bundle.json`,
+/// and its verification) starts there: an older document is refused `sequence_rollback`, the
+/// current one is applied.
+#[test]
+fn an_agent_enrolled_after_a_rotation_refuses_the_signed_bundle_from_before_it() {
+    use agentid_transport::enroll::{BundleApplied, BundleApplier, EnrollError};
+
+    let env = Env::new();
+    let before = env.read("ca/agentid-bundle.jws");
+    replace_grant_key(&env);
+    let signed = env.json("bundle sign --ca ca");
+    let current = env.read("ca/agentid-bundle.jws");
+    let s = serve(&env);
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t1.json",
+        s.enroll_url()
+    ));
+    let file: serde_json::Value = serde_json::from_str(&env.read("t1.json")).unwrap();
+    assert_eq!(file["bundle_seq"], signed["seq"]);
+    env.ok("enroll --token-file t1.json --out-dir a1");
+
+    // A fresh applier over the enrolled agent's pinned bundle, as a watcher starts.
+    let td = agentid_protocol::TrustDomain::parse("example.org").unwrap();
+    let pinned =
+        agentid_protocol::TrustBundle::parse(&td, env.read("a1/bundle.json").as_bytes()).unwrap();
+    let mut set = agentid_protocol::BundleSet::new();
+    set.insert(pinned).unwrap();
+    let own = agentid_protocol::SpiffeId::parse(file["identity"].as_str().unwrap()).unwrap();
+    let v = agentid_transport::PeerVerification::new(
+        agentid_protocol::VerifierConfig::new(own, set)
+            .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
+    let signing = agentid_ca::agentid_bundle::public_key(&env.path("ca")).unwrap();
+    let applier = BundleApplier::new(v.clone(), signing, td);
+    let e = applier.apply(&before, now()).unwrap_err();
+    assert!(
+        matches!(&e, EnrollError::Transport(agentid_transport::Error::Protocol(p))
+            if p.code() == agentid_protocol::ErrorCode::SequenceRollback),
+        "{e}"
+    );
+    assert_eq!(
+        applier.apply(&current, now()).unwrap(),
+        BundleApplied::Applied
+    );
+}

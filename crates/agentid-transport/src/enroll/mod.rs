@@ -403,8 +403,13 @@ fn bundle_fetch_config() -> Result<ClientConfig> {
 /// matches. Nothing else of the answer is kept: it came over a connection that any server
 /// certificate may answer (CA-API 3.6.1), so a `spiffe_sequence` or `spiffe_refresh_hint` in it
 /// is whatever a network attacker chose (a raised sequence would refuse every genuine bundle
-/// after it as a rollback).
-fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
+/// after it as a rollback). Its `spiffe_sequence` is the token file's `bundle_seq` (the
+/// operator's side), when it has one.
+fn pin_bundle(
+    bundle: &[u8],
+    root_sha256: &str,
+    bundle_seq: Option<u64>,
+) -> Result<Option<Vec<u8>>> {
     let v: serde_json::Value = serde_json::from_slice(bundle)
         .map_err(|e| invalid(format!("the CA's bundle is not JSON: {e}")))?;
     let Some(keys) = v.get("keys").and_then(serde_json::Value::as_array) else {
@@ -429,7 +434,14 @@ fn pin_bundle(bundle: &[u8], root_sha256: &str) -> Result<Option<Vec<u8>>> {
     if pinned.is_empty() {
         return Ok(None);
     }
-    serde_json::to_vec(&serde_json::json!({ "keys": pinned }))
+    let mut set = serde_json::Map::new();
+    set.insert("keys".to_owned(), pinned.into());
+    // The token file's floor (the operator's side, never the answer's): no signed bundle
+    // older than the one the token was made under is applied after it (CA-API 3.6.1).
+    if let Some(seq) = bundle_seq {
+        set.insert("spiffe_sequence".to_owned(), seq.into());
+    }
+    serde_json::to_vec(&set)
         .map(Some)
         .map_err(|e| invalid(e.to_string()))
 }
@@ -516,7 +528,8 @@ pub struct Enrolled {
     pub credential: Credential,
     /// The CA's response.
     pub response: CertificateResponse,
-    /// The pinned trust bundle (only the pinned root), as JSON.
+    /// The pinned trust bundle (only the pinned root; its `spiffe_sequence` the token file's
+    /// `bundle_seq`, if any), as JSON.
     pub bundle_json: Vec<u8>,
     /// Verification against the pinned root (revocation lists not required), for talking to
     /// the CA again (renewal).
@@ -590,7 +603,7 @@ pub async fn enroll_with_token(
     if !status.is_success() {
         return Err(invalid(format!("GET /v1/bundle answered {status}")));
     }
-    let pinned = pin_bundle(&body, &token.root_sha256)?
+    let pinned = pin_bundle(&body, &token.root_sha256, token.bundle_seq)?
         .ok_or_else(|| EnrollError::RootMismatch(token.ca_url.clone()))?;
     let bundle =
         TrustBundle::parse(&td, &pinned).map_err(|e| invalid(format!("the CA's bundle: {e}")))?;
@@ -1673,12 +1686,23 @@ mod tests {
             {"use": "jwt-svid", "kty": "EC"},
         ], "spiffe_sequence": 9_007_199_254_740_991_u64, "spiffe_refresh_hint": 1});
         let bytes = serde_json::to_vec(&bundle).unwrap();
-        let pinned = pin_bundle(&bytes, &sha256_hex(cert)).unwrap().unwrap();
+        let pinned = pin_bundle(&bytes, &sha256_hex(cert), None)
+            .unwrap()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&pinned).unwrap();
         assert_eq!(v["keys"].as_array().unwrap().len(), 1);
         // Nothing but the pinned entry: the unauthenticated answer chose the rest.
         assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
-        assert!(pin_bundle(&bytes, &sha256_hex(b"other")).unwrap().is_none());
-        assert!(pin_bundle(b"[]", "00").is_err());
+        // The token file's floor, never the answer's sequence.
+        let floored = pin_bundle(&bytes, &sha256_hex(cert), Some(7))
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&floored).unwrap();
+        assert_eq!(v["spiffe_sequence"], 7, "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+        assert!(pin_bundle(&bytes, &sha256_hex(b"other"), None)
+            .unwrap()
+            .is_none());
+        assert!(pin_bundle(b"[]", "00", None).is_err());
     }
 }

@@ -127,10 +127,11 @@ pub struct BundleWatcher {
 /// Nothing changes on a refusal: the verification keeps the bundle it held.
 ///
 /// The bundle of a document carries its `seq` as `spiffe_sequence`, so the verification
-/// itself refuses an older document than the one it holds, whichever applier offers it. A
-/// process that starts again holds only the bundle it starts with: to refuse an older document
-/// across restarts, keep [`BundleApplier::held`] and start from it with
-/// [`BundleApplier::resume`].
+/// itself refuses an older document than the one it holds, whichever applier offers it
+/// (`sequence_rollback`). A process that starts again holds only the bundle it starts with:
+/// to refuse an older document across restarts, keep [`BundleApplier::held`] and start from
+/// it with [`BundleApplier::resume`]. An agent that enrolled with a token file naming
+/// `bundle_seq` starts from that floor: its pinned bundle carries it (CA-API 3.6.1).
 #[derive(Debug)]
 pub struct BundleApplier {
     verification: Arc<PeerVerification>,
