@@ -271,7 +271,12 @@ fn grant_verifies(
 
 /// Replaces the CA directory's `grant.key` with a new key, returned.
 fn replace_grant_key(dir: &std::path::Path) -> AuthorityKey {
-    let path = dir.join("grant.key");
+    replace_key(dir, "grant.key")
+}
+
+/// Replaces the CA directory's key file `name` with a new key, returned.
+fn replace_key(dir: &std::path::Path, name: &str) -> AuthorityKey {
+    let path = dir.join(name);
     std::fs::remove_file(&path).unwrap();
     let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
     agentid_fs::write_private_key(&path, key.pkcs8_der()).unwrap();
@@ -371,4 +376,59 @@ fn a_current_key_listed_as_retiring_is_refused() {
             before
         );
     }
+}
+
+/// The same for a revocation key: with the outgoing key listed as retiring, a verifier keeps
+/// taking the lists it signed (a replica not yet restarted on the new key) as well as the new
+/// key's; once a document drops it, a list it signs is refused.
+#[test]
+fn a_retiring_revocation_key_verifies_lists_until_a_later_document_drops_it() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let old_ca = CertificateAuthority::open(dir.path()).unwrap();
+    let full = old_ca.trust_bundle().unwrap();
+    let old_key = full.revocation_keys()[0].key.clone();
+    let first = old_ca.signed_agentid_bundle().unwrap().unwrap();
+    let v = verification(edited(&full, full.sequence(), &["x509-svid"]));
+    let signing = agentid_bundle::public_key(dir.path()).unwrap();
+    let applier = BundleApplier::new(v.clone(), signing, td());
+    assert_eq!(
+        applier.apply(&first, now()).unwrap(),
+        BundleApplied::Applied
+    );
+
+    replace_key(dir.path(), "revocation.key");
+    let retiring = agentid_bundle::RetiringKeys {
+        grant: Vec::new(),
+        revocation: vec![old_key],
+    };
+    let overlap = agentid_bundle::sign_offline_with(dir.path(), now(), &retiring).unwrap();
+    let new_ca = CertificateAuthority::open(dir.path()).unwrap();
+    assert_eq!(
+        new_ca.signed_agentid_bundle().unwrap(),
+        Some(overlap.clone())
+    );
+    assert_eq!(
+        old_ca.signed_agentid_bundle().unwrap(),
+        Some(overlap.clone())
+    );
+    assert_eq!(
+        applier.apply(&overlap, now()).unwrap(),
+        BundleApplied::Applied
+    );
+    let t = common::now();
+    v.apply_revocation_list(&old_ca.revocation_list(t).unwrap())
+        .unwrap();
+    v.apply_revocation_list(&new_ca.revocation_list(t).unwrap())
+        .unwrap();
+    v.apply_revocation_list(&old_ca.revocation_list(t).unwrap())
+        .unwrap();
+
+    let last = agentid_bundle::sign_offline(dir.path(), now()).unwrap();
+    assert_eq!(new_ca.signed_agentid_bundle().unwrap(), Some(last.clone()));
+    assert_eq!(applier.apply(&last, now()).unwrap(), BundleApplied::Applied);
+    v.apply_revocation_list(&new_ca.revocation_list(t).unwrap())
+        .unwrap();
+    assert!(v
+        .apply_revocation_list(&old_ca.revocation_list(t).unwrap())
+        .is_err());
 }
