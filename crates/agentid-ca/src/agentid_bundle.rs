@@ -199,6 +199,26 @@ impl CertificateAuthority {
         Ok(Some(signed.bundle.sequence()))
     }
 
+    /// The CA's trust bundle ([`CertificateAuthority::trust_bundle`]) as files made from the
+    /// CA directory carry it (`bundle.json`, `agentid bundle export`): its `spiffe_sequence` is
+    /// the signed bundle's ([`CertificateAuthority::signed_bundle_seq`]) when that is higher,
+    /// so a verification started from the file refuses an older signed bundle (CA-API 3.3).
+    pub fn exported_bundle(&self) -> Result<TrustBundle> {
+        let bundle = self.trust_bundle()?;
+        let Some(seq) = self.signed_bundle_seq()? else {
+            return Ok(bundle);
+        };
+        if seq <= bundle.sequence() {
+            return Ok(bundle);
+        }
+        let mut set: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&bundle.to_json())
+                .map_err(|e| CaError::CertificateGeneration(format!("bundle: {e}")))?;
+        set.insert("spiffe_sequence".to_owned(), seq.into());
+        let json = serde_json::Value::Object(set).to_string();
+        Ok(TrustBundle::parse(self.trust_domain(), json.as_bytes())?)
+    }
+
     /// The signed agentid bundle of this CA's directory, checked against its bundle-signing
     /// public key and its current keys; `None` when the directory has none.
     pub fn signed_agentid_bundle(&self) -> Result<Option<String>> {

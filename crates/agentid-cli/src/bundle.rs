@@ -93,7 +93,7 @@ pub fn run(cmd: &BundleCommand) -> CliResult {
         BundleCommand::Export(a) => {
             let ca = a.ca.open()?;
             let mut text = match a.format {
-                BundleFormat::Agentid => ca.trust_bundle()?.to_json(),
+                BundleFormat::Agentid => ca.exported_bundle()?.to_json(),
                 BundleFormat::Spiffe => ca.trust_bundle()?.to_spiffe_json(),
                 BundleFormat::Pem => ca.bundle_pem(),
             };

@@ -408,3 +408,54 @@ fn bundle_sign_lists_a_retiring_grant_key_beside_the_current_one() {
         );
     }
 }
+
+/// CA-API 3.3: the agentid bundle the CLI writes (`bundle.json` of `cert issue`, `bundle
+/// export`) starts at the sequence of the CA's signed bundle, so a bundle watcher started over
+/// it refuses an older signed bundle that whoever answers as the CA replays (`sequence_rollback`)
+/// instead of putting a rotated-out grant key back; it written at sequence 1, and any genuine
+/// older document was applied.
+#[test]
+fn the_bundle_the_cli_writes_refuses_a_signed_bundle_from_before_a_rotation() {
+    use agentid_transport::enroll::{BundleApplied, BundleApplier, EnrollError};
+
+    let env = Env::new();
+    let before = env.read("ca/agentid-bundle.jws");
+    let grant = env.path("ca/grant.key");
+    std::fs::remove_file(&grant).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&grant, key.pkcs8_der()).unwrap();
+    env.ok("bundle sign --ca ca");
+    let current = env.read("ca/agentid-bundle.jws");
+    env.planner("planner");
+    env.ok("bundle export --ca ca --out exported.json");
+
+    let td = agentid_protocol::TrustDomain::parse("example.org").unwrap();
+    let signing = agentid_ca::agentid_bundle::public_key(&env.path("ca")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for file in ["planner/bundle.json", "exported.json"] {
+        let bundle = agentid_protocol::TrustBundle::parse(&td, env.read(file).as_bytes()).unwrap();
+        let mut set = agentid_protocol::BundleSet::new();
+        set.insert(bundle).unwrap();
+        let own = agentid_protocol::SpiffeId::parse("spiffe://example.org/svc/watcher").unwrap();
+        let v = agentid_transport::PeerVerification::new(
+            agentid_protocol::VerifierConfig::new(own, set)
+                .danger_accept_missing_or_stale_revocations(),
+        )
+        .unwrap();
+        let applier = BundleApplier::new(v, signing.clone(), td.clone());
+        let e = applier.apply(&before, now).unwrap_err();
+        assert!(
+            matches!(&e, EnrollError::Transport(agentid_transport::Error::Protocol(p))
+                if p.code() == agentid_protocol::ErrorCode::SequenceRollback),
+            "{file}: {e}"
+        );
+        assert_eq!(
+            applier.apply(&current, now).unwrap(),
+            BundleApplied::Applied,
+            "{file}"
+        );
+    }
+}

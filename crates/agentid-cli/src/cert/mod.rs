@@ -151,7 +151,8 @@ pub fn write_cert_and_bundles(
 ) -> CliResult<()> {
     written.public(out.join(CERT_FILE), cert.chain_pem().as_bytes())?;
     written.public(out.join(BUNDLE_PEM_FILE), ca.bundle_pem().as_bytes())?;
-    let bundle = ca.trust_bundle()?.to_json();
+    // At the signed bundle's sequence: a watcher started over it applies no older one.
+    let bundle = ca.exported_bundle()?.to_json();
     written.public(out.join(BUNDLE_FILE), format!("{bundle}\n").as_bytes())?;
     Ok(())
 }
