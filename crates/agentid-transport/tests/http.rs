@@ -2964,3 +2964,61 @@ async fn a_response_the_peer_keeps_taking_is_not_cut() {
     }
     assert_eq!(w.sv.indexed_sessions(), 1);
 }
+
+/// A response body of that many frames of 32 MiB each (the same bytes, shared), each ready at
+/// once: a service that streams a large download in large chunks.
+struct Chunked(usize, Bytes);
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.1.clone()))))
+    }
+}
+
+/// A 64 MiB response in two frames of 32 MiB.
+async fn chunked() -> axum::response::Response {
+    let chunk = Bytes::from(vec![0u8; 32 * 1024 * 1024]);
+    axum::response::Response::new(axum::body::Body::new(Chunked(2, chunk)))
+}
+
+/// The HTTP/2 stall bound counts what the peer takes, not how the service cut its body: a peer
+/// that keeps reading a response whose service gives it in frames of 32 MiB (1.5 MiB every half
+/// idle timeout, so that hyper's client grants window each time) keeps its connection for three
+/// idle timeouts (1 s each), as it does when the same response comes in 64 KiB frames. Before,
+/// a frame counted as taken only when the body was polled again, after the peer had taken the
+/// whole frame: the connection was dropped as one whose peer took nothing.
+#[tokio::test]
+async fn a_response_given_in_large_frames_that_the_peer_keeps_taking_is_not_cut() {
+    let w = World::new(false);
+    let o = HttpOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..options()
+    };
+    let addr = start_app(&w, None, app().route("/chunked", get(chunked)), o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, true).await;
+    let resp = raw.send("/chunked", &[]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for _ in 0..6 {
+        let mut read = 0;
+        while read < 3 * 512 * 1024 {
+            let f = tokio::time::timeout(T, body.frame()).await.unwrap();
+            match f {
+                Some(Ok(f)) => read += f.into_data().map_or(0, |d| d.len()),
+                other => panic!("the response was cut: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(w.sv.indexed_sessions(), 1);
+}

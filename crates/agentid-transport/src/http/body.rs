@@ -42,8 +42,18 @@ pin_project_lite::pin_project! {
         held: Option<Active>,
         // The body was cut (it then ends).
         was_cut: bool,
+        // On HTTP/2, the rest of a data frame larger than `H2_PIECE`, given next (see there).
+        rest: Bytes,
     }
 }
+
+/// The largest data frame an HTTP/2 response body hands hyper at once (the protocol's default
+/// frame size): a longer one is given in pieces. A frame counts as taken by the peer only when
+/// the body is polled again, which hyper does once the frame was sent (the peer granted window
+/// for it), so that a peer that keeps taking a response given in large frames (a download in
+/// chunks of many MiB) shows its progress within the idle timeout and is not taken for one that
+/// stopped ([`HttpOptions::idle_timeout`](super::HttpOptions::idle_timeout)).
+const H2_PIECE: usize = 16 * 1024;
 
 pin_project_lite::pin_project! {
     #[project = InnerProj]
@@ -85,6 +95,7 @@ impl<B> ResponseBody<B> {
             cut: None,
             held: None,
             was_cut: false,
+            rest: Bytes::new(),
         }
     }
 
@@ -124,6 +135,7 @@ impl<B> From<Bytes> for ResponseBody<B> {
 fn cut_now<B>(mut this: ResponseBodyProj<'_, B>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     *this.cut = None;
     *this.was_cut = true;
+    *this.rest = Bytes::new();
     // The guard stays held (the request is in flight until the body is dropped).
     this.inner.set(Inner::Full {
         body: Full::new(Bytes::new()),
@@ -149,6 +161,13 @@ where
         }
         if !*this.was_cut && this.held.as_ref().is_some_and(Active::is_cut) {
             return cut_now(this);
+        }
+        if !this.rest.is_empty() {
+            let piece = this.rest.split_to(this.rest.len().min(H2_PIECE));
+            if let Some(a) = this.held.as_mut() {
+                a.gave();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         let polled = match this.inner.as_mut().project() {
             InnerProj::Service { body } => body
@@ -177,16 +196,30 @@ where
             }
             Poll::Ready(Some(Ok(frame))) => {
                 // Until the next poll, the frame waits for the peer to take it.
-                if let Some(a) = this.held.as_mut() {
-                    a.gave();
+                let Some(a) = this.held.as_mut() else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                a.gave();
+                if !a.counts_frames() {
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                match frame.into_data() {
+                    Ok(mut data) if data.len() > H2_PIECE => {
+                        *this.rest = data.split_off(H2_PIECE);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
             }
             ready => ready,
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.rest.is_empty() {
+            return false;
+        }
         match &self.inner {
             Inner::Service { body } => body.is_end_stream(),
             Inner::Full { body } => body.is_end_stream(),
@@ -194,10 +227,21 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        let inner = match &self.inner {
             Inner::Service { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
+        };
+        if self.rest.is_empty() {
+            return inner;
         }
+        // The rest of a frame given in pieces is still to come.
+        let rest = u64::try_from(self.rest.len()).unwrap_or(u64::MAX);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper().and_then(|u| u.checked_add(rest)) {
+            hint.set_upper(upper);
+        }
+        hint
     }
 }
 
