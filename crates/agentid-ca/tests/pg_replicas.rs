@@ -1568,3 +1568,27 @@ fn a_principal_with_many_tasks_is_revoked() {
     drop(store);
     drop(pg);
 }
+
+/// The connect bound is per host (docs/replicas.md, 3 s): a store URL naming a standby after
+/// its primary (`host1,host2`, libpq's failover list) reaches the second host when the first
+/// accepts the connection and never answers (a frozen server or VM, the very case the bound is
+/// for). Before, the bound was 3 s times the number of hosts for the whole connection, all
+/// spent waiting on the first host: the second was never tried, and every operation failed.
+#[test]
+fn a_frozen_first_host_does_not_keep_the_store_from_the_next_host() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    pg.create_database("agentid");
+    // A listener that never accepts: the kernel completes the TCP handshake, and no answer to
+    // the startup message ever comes.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = frozen.local_addr().unwrap().port();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{port},127.0.0.1:{}/agentid",
+        pg.port()
+    );
+    let store = agentid_ca::store::PgStore::open_url(&url, "replica-0");
+    assert!(store.is_ok(), "{:?}", store.err());
+    drop(frozen);
+}

@@ -627,29 +627,133 @@ async fn connect(s: &PgSettings) -> PgResult<Client> {
     // `connect_timeout` bounds only the socket's connect, to each host in turn: a server that
     // accepts it and then never answers (a frozen postmaster, a proxy without a backend) would
     // hold the connection's startup, and this store operation, for the whole
-    // [`OPERATION_TIMEOUT`]. The whole connection gets the bound, once per host.
-    let hosts = u32::try_from(s.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
-    let bound = CONNECT_TIMEOUT.saturating_mul(hosts);
-    match tokio::time::timeout(bound, connect_unbounded(s)).await {
+    // [`OPERATION_TIMEOUT`]. Each host's whole connection gets the bound, and a host that
+    // does not answer within it is left for the next one (libpq's failover list,
+    // `host1,host2`): a frozen primary never keeps the store from its standby.
+    let names = s.config.get_hosts().len();
+    let addrs = s.config.get_hostaddrs().len();
+    let ports = s.config.get_ports().len();
+    let hosts = names.max(addrs);
+    // One host, or lists of hosts, addresses and ports that do not match (tokio-postgres
+    // names the mistake).
+    if hosts <= 1 || (addrs != 0 && addrs != names) || (ports > 1 && ports != hosts) {
+        return connect_bounded(&s.config, s.tls.as_ref()).await;
+    }
+    let start = match s.config.get_load_balance_hosts() {
+        tokio_postgres::config::LoadBalanceHosts::Random => random_below(hosts),
+        _ => 0,
+    };
+    let mut unanswered = None;
+    let mut failed = None;
+    for i in (0..hosts).map(|k| (start + k) % hosts) {
+        match connect_bounded(&one_host(&s.config, i), s.tls.as_ref()).await {
+            Ok(client) => return Ok(client),
+            Err(e @ PgErr::Unanswered(_)) => unanswered = Some(e),
+            Err(e) => failed = Some(e),
+        }
+    }
+    // A host that did not answer makes the whole attempt unanswered (UNANSWERED_HOLD): the
+    // next operation would wait on it again.
+    Err(unanswered
+        .or(failed)
+        .unwrap_or_else(|| PgErr::Ca(CaError::Store("the URL names no host".into()))))
+}
+
+/// `config` connected to within [`CONNECT_TIMEOUT`] (socket, startup, TLS, authentication).
+async fn connect_bounded(
+    config: &tokio_postgres::Config,
+    tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> PgResult<Client> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_unbounded(config, tls)).await {
         Ok(res) => res,
         Err(_) => Err(PgErr::Unanswered(CaError::Store(format!(
             "could not connect to the database within {} s",
-            bound.as_secs()
+            CONNECT_TIMEOUT.as_secs()
         )))),
     }
 }
 
-async fn connect_unbounded(s: &PgSettings) -> PgResult<Client> {
-    let client = match &s.tls {
+/// The settings of `config` for its host `i` alone (its host, `hostaddr` and port), every
+/// other setting as `config` has it.
+fn one_host(config: &tokio_postgres::Config, i: usize) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    if let Some(v) = config.get_user() {
+        c.user(v);
+    }
+    if let Some(v) = config.get_password() {
+        c.password(v);
+    }
+    if let Some(v) = config.get_dbname() {
+        c.dbname(v);
+    }
+    if let Some(v) = config.get_options() {
+        c.options(v);
+    }
+    if let Some(v) = config.get_application_name() {
+        c.application_name(v);
+    }
+    c.ssl_mode(config.get_ssl_mode());
+    c.ssl_negotiation(config.get_ssl_negotiation());
+    match config.get_hosts().get(i) {
+        Some(tokio_postgres::config::Host::Tcp(h)) => {
+            c.host(h);
+        }
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => {
+            c.host_path(p);
+        }
+        None => {}
+    }
+    if let Some(a) = config.get_hostaddrs().get(i) {
+        c.hostaddr(*a);
+    }
+    let ports = config.get_ports();
+    if let Some(p) = ports.get(i).or_else(|| ports.first()) {
+        c.port(*p);
+    }
+    if let Some(t) = config.get_connect_timeout() {
+        c.connect_timeout(*t);
+    }
+    if let Some(t) = config.get_tcp_user_timeout() {
+        c.tcp_user_timeout(*t);
+    }
+    c.keepalives(config.get_keepalives());
+    c.keepalives_idle(config.get_keepalives_idle());
+    if let Some(t) = config.get_keepalives_interval() {
+        c.keepalives_interval(t);
+    }
+    if let Some(n) = config.get_keepalives_retries() {
+        c.keepalives_retries(n);
+    }
+    c.target_session_attrs(config.get_target_session_attrs());
+    c.channel_binding(config.get_channel_binding());
+    c
+}
+
+/// A random index below `n` (at least 1), for `load_balance_hosts=random`.
+fn random_below(n: usize) -> usize {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0;
+    }
+    usize::try_from(u64::from_le_bytes(b) % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+async fn connect_unbounded(
+    config: &tokio_postgres::Config,
+    tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> PgResult<Client> {
+    let client = match tls {
         None => {
-            let (client, conn) = s.config.connect(tokio_postgres::NoTls).await?;
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             client
         }
         Some(tls) => {
-            let (client, conn) = s.config.connect(tls.clone()).await?;
+            let (client, conn) = config.connect(tls.clone()).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
