@@ -3022,3 +3022,53 @@ async fn a_response_given_in_large_frames_that_the_peer_keeps_taking_is_not_cut(
     }
     assert_eq!(w.sv.indexed_sessions(), 1);
 }
+
+/// A 16 MiB response in one frame (a body made from one buffer).
+async fn whole() -> axum::response::Response {
+    axum::response::Response::new(axum::body::Body::from(vec![0u8; 16 * 1024 * 1024]))
+}
+
+/// A response made from one large buffer is served to its end to a peer that keeps reading
+/// it (1.5 MiB every half idle timeout, 1 s): the request stays in flight until its last bytes
+/// are handed on, so the connection is neither closed as idle nor dropped as one whose peer
+/// does not finish the close. Before, hyper took the whole buffer at once and dropped the
+/// body: with nothing in flight the connection was closed as idle a second later, and dropped
+/// a cut grace after that, with most of the response unsent.
+#[tokio::test]
+async fn a_response_made_from_one_large_buffer_is_served_to_its_end() {
+    for h2 in [false, true] {
+        one_large_buffer_served(h2).await;
+    }
+}
+
+async fn one_large_buffer_served(h2: bool) {
+    let w = World::new(false);
+    let o = HttpOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..options()
+    };
+    let addr = start_app(&w, None, app().route("/whole", get(whole)), o).await;
+    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
+    let mut raw = Raw::connect(&w, creds, addr, h2).await;
+    let resp = raw.send("/whole", &[]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut read = 0;
+    for _ in 0..100 {
+        let mut burst = 0;
+        while burst < 3 * 512 * 1024 {
+            let f = tokio::time::timeout(T, body.frame()).await.unwrap();
+            match f {
+                Some(Ok(f)) => burst += f.into_data().map_or(0, |d| d.len()),
+                None => break,
+                other => panic!("h2={h2}: the response was cut after {read} bytes: {other:?}"),
+            }
+        }
+        read += burst;
+        if read >= 16 * 1024 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(read, 16 * 1024 * 1024, "h2={h2}");
+}

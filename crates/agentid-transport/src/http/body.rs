@@ -42,18 +42,22 @@ pin_project_lite::pin_project! {
         held: Option<Active>,
         // The body was cut (it then ends).
         was_cut: bool,
-        // On HTTP/2, the rest of a data frame larger than `H2_PIECE`, given next (see there).
+        // The rest of a data frame larger than `PIECE`, given next (see there).
         rest: Bytes,
     }
 }
 
-/// The largest data frame an HTTP/2 response body hands hyper at once (the protocol's default
-/// frame size): a longer one is given in pieces. A frame counts as taken by the peer only when
-/// the body is polled again, which hyper does once the frame was sent (the peer granted window
-/// for it), so that a peer that keeps taking a response given in large frames (a download in
-/// chunks of many MiB) shows its progress within the idle timeout and is not taken for one that
-/// stopped ([`HttpOptions::idle_timeout`](super::HttpOptions::idle_timeout)).
-const H2_PIECE: usize = 16 * 1024;
+/// The largest data frame a response body hands hyper at once (HTTP/2's default frame size):
+/// a longer one is given in pieces, so that hyper takes the next piece only once the peer took
+/// the ones before (its window, or hyper's write buffer on HTTP/1.1, has room). A response
+/// given in large frames (a download made from one buffer, chunks of many MiB, a large gRPC
+/// message) then stays in flight until its last piece and shows its progress piece by piece:
+/// otherwise hyper took the whole buffer at once, and the request ended (the connection then
+/// closed as idle, and dropped as one whose peer did not finish the close) or counted as a
+/// frame the peer did not take (the HTTP/2 stall bound of
+/// [`HttpOptions::idle_timeout`](super::HttpOptions::idle_timeout)) while a peer that kept
+/// reading it was still taking the rest.
+const PIECE: usize = 16 * 1024;
 
 pin_project_lite::pin_project! {
     #[project = InnerProj]
@@ -163,7 +167,7 @@ where
             return cut_now(this);
         }
         if !this.rest.is_empty() {
-            let piece = this.rest.split_to(this.rest.len().min(H2_PIECE));
+            let piece = this.rest.split_to(this.rest.len().min(PIECE));
             if let Some(a) = this.held.as_mut() {
                 a.gave();
             }
@@ -200,12 +204,9 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 };
                 a.gave();
-                if !a.counts_frames() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
                 match frame.into_data() {
-                    Ok(mut data) if data.len() > H2_PIECE => {
-                        *this.rest = data.split_off(H2_PIECE);
+                    Ok(mut data) if data.len() > PIECE => {
+                        *this.rest = data.split_off(PIECE);
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),

@@ -255,11 +255,6 @@ impl Active {
         self.0.is_cut()
     }
 
-    /// Whether the frames of the response body are tracked (HTTP/2), see [`Active::gave`].
-    pub(crate) fn counts_frames(&self) -> bool {
-        self.1.is_some()
-    }
-
     /// The response body gave a frame: until it is polled again, it waits for the peer.
     pub(crate) fn gave(&mut self) {
         if self.1 == Some(false) {
