@@ -50,7 +50,7 @@ pub fn public_key(dir: &Path) -> Result<PublicKey> {
 /// document is always newer than the one it replaces (a higher `seq`, an `iat` not before its
 /// own), even when signed within the same second: a watcher holding the previous one applies it.
 pub fn sign_dir(ca: &CertificateAuthority, dir: &Path, now: u64) -> Result<String> {
-    sign_bundle_into(dir, &ca.trust_bundle()?, now)
+    sign_bundle_into(dir, &ca.trust_bundle()?, now, &RetiringKeys::default())
 }
 
 /// [`sign_dir`] from the CA directory's files alone (`config.toml`, `root.pem`, `grant.key`,
@@ -113,7 +113,10 @@ pub fn read_retiring_key(path: &Path, key_use: &str) -> Result<PublicKey> {
 
 /// [`sign_offline`], the document also listing `retiring` keys beside the current ones. A
 /// retiring key that is one of the CA's current keys (of either use), or is listed twice, is
-/// refused and nothing is written: a bundle names no key twice (spec/PROTOCOL.md 8).
+/// refused and nothing is written: a bundle names no key twice (spec/PROTOCOL.md 8). So is one
+/// that the document it replaces (`agentid-bundle.jws`) does not list under the same use: a
+/// retiring key is an outgoing key, one verifiers already take, never a key first trusted
+/// through this flag (another trust domain's, or a file someone else handed over).
 pub fn sign_offline_with(dir: &Path, now: u64, retiring: &RetiringKeys) -> Result<String> {
     let config = crate::CaConfig::load(&join(dir, files::CONFIG))?;
     let root = material::read_one_certificate(&join(dir, files::ROOT_CERT))?;
@@ -138,12 +141,18 @@ pub fn sign_offline_with(dir: &Path, now: u64, retiring: &RetiringKeys) -> Resul
     for key in &retiring.revocation {
         bundle = bundle.add_revocation_key(key.clone());
     }
-    sign_bundle_into(dir, &bundle, now)
+    sign_bundle_into(dir, &bundle, now, retiring)
 }
 
 /// Signs `bundle` with `dir`'s bundle-signing key as the document after the one
-/// `agentid-bundle.jws` holds, and writes it there.
-fn sign_bundle_into(dir: &Path, bundle: &TrustBundle, now: u64) -> Result<String> {
+/// `agentid-bundle.jws` holds, and writes it there. Each of `retiring` (listed in `bundle`)
+/// must be a key of the same use in that previous document (CA-API 3.3).
+fn sign_bundle_into(
+    dir: &Path,
+    bundle: &TrustBundle,
+    now: u64,
+    retiring: &RetiringKeys,
+) -> Result<String> {
     let key_path = join(dir, files::BUNDLE_SIGNING_KEY);
     let der = material::read_private_key(&key_path)?;
     let key = agentid_protocol::AuthorityKey::from_pkcs8_der(&der)
@@ -163,8 +172,32 @@ fn sign_bundle_into(dir: &Path, bundle: &TrustBundle, now: u64) -> Result<String
                 0,
             )
             .ok()
-        })
-        .map(|d| (d.seq, d.iat));
+        });
+    let outgoing = |held: fn(&TrustBundle) -> &[agentid_protocol::BundleKey],
+                    keys: &[PublicKey],
+                    key_use: &str| {
+        for key in keys {
+            if !previous
+                .as_ref()
+                .is_some_and(|d| held(&d.bundle).iter().any(|k| k.key == *key))
+            {
+                return Err(CaError::InvalidRequest(format!(
+                    "retiring key {} is not an {key_use} key of the signed bundle it replaces \
+                     ({}): a retiring key is the outgoing key a rotation replaced",
+                    key.thumbprint(),
+                    files::AGENTID_BUNDLE
+                )));
+            }
+        }
+        Ok(())
+    };
+    outgoing(TrustBundle::grant_keys, &retiring.grant, "agentid-grant")?;
+    outgoing(
+        TrustBundle::revocation_keys,
+        &retiring.revocation,
+        "agentid-revocation",
+    )?;
+    let previous = previous.map(|d| (d.seq, d.iat));
     let (seq, iat) = next_document(previous, now);
     let jws = agentid_protocol::sign_bundle(&key, bundle, seq, iat)?;
     agentid_fs::write_private(&out, jws.as_bytes())

@@ -409,6 +409,49 @@ fn bundle_sign_lists_a_retiring_grant_key_beside_the_current_one() {
     }
 }
 
+/// CA-API 3.3: a retiring key is the outgoing key of the same use, one the document being
+/// replaced lists: a key no document of this CA listed (another trust domain's grant key, a
+/// file someone handed the operator) was signed into the bundle as a grant key of this trust
+/// domain, so whoever held its private key issued grants every verifier of the domain took.
+/// It is refused, as is an outgoing revocation key listed as a grant key, and nothing is signed.
+#[test]
+fn a_key_the_replaced_bundle_does_not_list_under_that_use_is_refused_as_retiring() {
+    let env = Env::new();
+    let outsider = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256)
+        .unwrap()
+        .public_key()
+        .clone();
+    let pem = agentid_fs::pem_encode("PUBLIC KEY", &outsider.to_spki_der());
+    std::fs::write(env.path("partner-grant.pub"), pem).unwrap();
+    let bundle = agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .trust_bundle()
+        .unwrap();
+    let old_revocation = bundle.revocation_keys()[0].key.clone();
+    let pem = agentid_fs::pem_encode("PUBLIC KEY", &old_revocation.to_spki_der());
+    std::fs::write(env.path("old-revocation.pub"), pem).unwrap();
+    let revocation = env.path("ca/revocation.key");
+    std::fs::remove_file(&revocation).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&revocation, key.pkcs8_der()).unwrap();
+
+    let signed_before = env.read("ca/agentid-bundle.jws");
+    for file in ["partner-grant.pub", "old-revocation.pub"] {
+        env.fails(
+            &format!("bundle sign --ca ca --retiring-grant-key {file}"),
+            1,
+            "not an agentid-grant key of the signed bundle it replaces",
+        );
+        assert_eq!(env.read("ca/agentid-bundle.jws"), signed_before, "{file}");
+    }
+    // Under its own use, the outgoing revocation key is listed.
+    let out = env.json("bundle sign --ca ca --retiring-revocation-key old-revocation.pub");
+    assert_eq!(
+        out["revocation_keys"],
+        serde_json::json!([key.public_key().thumbprint(), old_revocation.thumbprint()])
+    );
+}
+
 /// CA-API 3.3: the agentid bundle the CLI writes (`bundle.json` of `cert issue`, `bundle
 /// export`) starts at the sequence of the CA's signed bundle, so a bundle watcher started over
 /// it refuses an older signed bundle that whoever answers as the CA replays (`sequence_rollback`)
