@@ -2940,15 +2940,21 @@ async fn an_h2_peer_that_grants_no_window_loses_its_connection_after_the_idle_ti
 /// timeouts (1 s each).
 #[tokio::test]
 async fn a_response_the_peer_keeps_taking_is_not_cut() {
+    read_in_bursts_for_three_idle_timeouts("/big", app().route("/big", get(big))).await;
+}
+
+/// Serves `router` with an idle timeout of 1 s and reads `path` over HTTP/2 in bursts of
+/// 1.5 MiB every half idle timeout, six times: the connection must still be indexed after.
+async fn read_in_bursts_for_three_idle_timeouts(path: &str, router: Router) {
     let w = World::new(false);
     let o = HttpOptions {
         idle_timeout: Duration::from_secs(1),
         ..options()
     };
-    let addr = start_app(&w, None, app().route("/big", get(big)), o).await;
+    let addr = start_app(&w, None, router, o).await;
     let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
     let mut raw = Raw::connect(&w, creds, addr, true).await;
-    let resp = raw.send("/big", &[]).await.unwrap();
+    let resp = raw.send(path, &[]).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     for _ in 0..6 {
@@ -2998,29 +3004,7 @@ async fn chunked() -> axum::response::Response {
 /// whole frame: the connection was dropped as one whose peer took nothing.
 #[tokio::test]
 async fn a_response_given_in_large_frames_that_the_peer_keeps_taking_is_not_cut() {
-    let w = World::new(false);
-    let o = HttpOptions {
-        idle_timeout: Duration::from_secs(1),
-        ..options()
-    };
-    let addr = start_app(&w, None, app().route("/chunked", get(chunked)), o).await;
-    let (creds, _k, _) = w.client(CLIENT, None, &LeafOpts::default());
-    let mut raw = Raw::connect(&w, creds, addr, true).await;
-    let resp = raw.send("/chunked", &[]).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    for _ in 0..6 {
-        let mut read = 0;
-        while read < 3 * 512 * 1024 {
-            let f = tokio::time::timeout(T, body.frame()).await.unwrap();
-            match f {
-                Some(Ok(f)) => read += f.into_data().map_or(0, |d| d.len()),
-                other => panic!("the response was cut: {other:?}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(w.sv.indexed_sessions(), 1);
+    read_in_bursts_for_three_idle_timeouts("/chunked", app().route("/chunked", get(chunked))).await;
 }
 
 /// A 16 MiB response in one frame (a body made from one buffer).
