@@ -3158,6 +3158,31 @@ fn revocation(k: &Keys) -> File {
             .push(Value::from(list.sign(k.prev()).unwrap()));
         f.add(id, desc, inp, e.clone());
     }
+    // 6.3.3 with a chain: the same task entry of partner.example's list revokes the chain's last
+    // holder when it is the partner's broker, as the peer (a verifier may skip rule 6.3 only for a
+    // peer of the authority's domain, whose questions rules 6.2.2, 6.2.4 and 6.2.5 asked).
+    let ch = Ch::grant(k, "planner", "files:*", |c| {
+        c["aud"] = json!([VERIFIER]);
+        c["may_delegate_to"] = json!([TD_ID, PTD_ID]);
+    })
+    .link(k, "broker", "files:read", |_| {});
+    let mut inp = cin(k, &ch);
+    inp["bundles"][PTD] = bundle_partner(k);
+    inp["revocation_lists"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from(
+            RevocationListBuilder::new(&td(PTD), 1, NOW - 60, NOW + 540)
+                .revoke_task(&TaskId::parse(TASK).unwrap(), far)
+                .sign(k.prev())
+                .unwrap(),
+        ));
+    f.add(
+        "revoked-foreign-peer-task-with-chain",
+        "The chain's last holder is partner.example's broker, the peer; partner.example's list has a task entry for the chain's task: rule 6.3.3 revokes the peer (index null), though that list never revokes the task for the chain's tokens (rule 6.2.2).",
+        inp,
+        err("revoked", None),
+    );
 
     // Phase 5 runs over every token before phase 6: a revoked grant and an expired link 2.
     let ch = Ch::grant(k, "planner", "files:* tickets:*", |_| {})

@@ -311,6 +311,77 @@ fn revocation_cuts_every_chain_through_a_revoked_holder() {
     );
 }
 
+/// Rule 6.3 for a peer that is the chain's last holder: phase 6 skips the peer's three questions
+/// only when rules 6.2.2, 6.2.4 and 6.2.5 already asked them of the same list (the peer in the
+/// authority's trust domain). A last holder of another trust domain is asked by its own
+/// domain's list: a task entry there revokes it as the peer (rule 6.3.3, index `null`), although
+/// that list never revokes the chain's task for an intermediate holder (rule 6.2.2).
+#[test]
+fn a_foreign_last_holder_is_revoked_as_the_peer_by_its_own_domains_task_entry() {
+    let w = world(Algorithm::Es256);
+    let partner = Domain::new("partner.example", Algorithm::Ed25519);
+    let broker = agent(&partner.td, "broker", &w.task, Algorithm::Ed25519);
+    let both = IdSet::new(vec![w.org.td.id(), partner.td.id()]).unwrap();
+    let g = GrantBuilder::new(
+        &w.org.td,
+        &w.planner.id,
+        w.planner.key.public_key(),
+        scope("repo:*"),
+    )
+    .max_depth(2)
+    .may_delegate_to(both)
+    .validity(NOW - 60, NOW - 60, NOW + 3600)
+    .sign(&w.org.grant_key)
+    .unwrap();
+    let to_broker = link(&g, &w.planner, &broker, "repo:read");
+    let through_broker = link(&to_broker, &broker, &w.coder, "repo:read");
+    let task = RevocationTarget::Task(w.task.clone());
+    let lists = |org: &[RevocationTarget], partner_entries: &[RevocationTarget]| {
+        [w.org.list(2, org), partner.list(2, partner_entries)]
+    };
+    let verify = |v: &Verifier, c: &Chain, peer: &Agent| {
+        v.verify_chain(
+            c.as_str(),
+            peer.id.as_spiffe_id(),
+            peer.key.public_key(),
+            NOW,
+        )
+    };
+    let cache = std::sync::Arc::new(TokenCache::new(16));
+    for cached in [false, true] {
+        let with = |v: Verifier| {
+            if cached {
+                v.with_cache(std::sync::Arc::clone(&cache))
+            } else {
+                v
+            }
+        };
+        // The broker's own domain revokes the task: the broker as the peer is revoked.
+        let v = with(verifier_for(
+            &w.server,
+            &[&w.org, &partner],
+            &lists(&[], std::slice::from_ref(&task)),
+        ));
+        expect_err(verify(&v, &to_broker, &broker), ErrorCode::Revoked, None);
+        // The same entry does not touch the chain through the broker to an example.org peer.
+        verify(&v, &through_broker, &w.coder).unwrap();
+        // Without the entry the broker's chain verifies; the authority's task entry revokes
+        // the chain at its grant (rule 6.2.2), before the peer is looked at.
+        let v = with(verifier_for(
+            &w.server,
+            &[&w.org, &partner],
+            &lists(&[], &[]),
+        ));
+        verify(&v, &to_broker, &broker).unwrap();
+        let v = with(verifier_for(
+            &w.server,
+            &[&w.org, &partner],
+            &lists(std::slice::from_ref(&task), &[]),
+        ));
+        expect_err(verify(&v, &to_broker, &broker), ErrorCode::Revoked, Some(0));
+    }
+}
+
 fn jti_of(chain: &Chain, i: usize) -> String {
     use base64::Engine as _;
     let tok = chain.tokens().nth(i).unwrap();
