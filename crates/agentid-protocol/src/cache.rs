@@ -9,6 +9,11 @@
 //! keeps the token's bytes, about a kilobyte. The cache also remembers the SHA-256 of the last
 //! 64 chains that verified (a hop proof's `cth` binds the whole chain): up to 64 chains of at
 //! most 64 KiB each.
+//!
+//! Eviction gives each entry a second chance (CLOCK): a token found since it was last passed
+//! over is kept once more, one never found again goes first. Any holder of a valid chain can
+//! sign as many new links as it likes, each passing phases 2 and 3 and so cached; in the order of
+//! insertion alone (FIFO) such a flood would push out the tokens other peers' chains keep using.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -47,9 +52,16 @@ struct Inner {
     /// bytes: a lookup hashes the 32 bytes of the `cth` claimed, not a chain of up to 64 KiB.
     chains: HashMap<[u8; 32], Arc<str>>,
     chain_order: VecDeque<[u8; 32]>,
-    map: HashMap<Arc<str>, Entry>,
-    /// The keys of `map`, oldest first.
+    map: HashMap<Arc<str>, Slot>,
+    /// The keys of `map`, in the order eviction passes over them.
     order: VecDeque<Arc<str>>,
+}
+
+/// An entry and whether it was found since eviction last passed over it.
+#[derive(Debug)]
+struct Slot {
+    entry: Entry,
+    found: bool,
 }
 
 /// A bounded, thread-safe cache of verified tokens, shared by clones of a [`crate::Verifier`].
@@ -60,7 +72,8 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache holding at most `capacity` tokens (oldest evicted first).
+    /// A cache holding at most `capacity` tokens (the oldest not found since eviction last
+    /// passed over it evicted first).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -124,7 +137,10 @@ impl TokenCache {
     /// needs the caller to check [`Entry::jkt`] against the key it would verify with.
     pub(crate) fn get(&self, token: &str) -> Option<Entry> {
         // A poisoned lock only means another thread panicked mid-insert: treat it as a miss.
-        self.inner.lock().ok()?.map.get(token).cloned()
+        let mut inner = self.inner.lock().ok()?;
+        let slot = inner.map.get_mut(token)?;
+        slot.found = true;
+        Some(slot.entry.clone())
     }
 
     /// Caches `value` for the token with compact bytes `token` (SHA-256 `hash`, protected header
@@ -148,27 +164,125 @@ impl TokenCache {
             header,
             token: value,
         };
-        if let Some(e) = i.map.get_mut(token) {
-            *e = entry;
+        if let Some(slot) = i.map.get_mut(token) {
+            slot.entry = entry;
             return;
         }
+        // Second chance: a key found since it was last passed over goes to the back, unmarked;
+        // each key is marked at most once per pass, so this ends within two passes.
         while i.map.len() >= self.capacity {
-            match i.order.pop_front() {
-                Some(old) => {
+            let Some(old) = i.order.pop_front() else {
+                break;
+            };
+            match i.map.get_mut(&old) {
+                Some(slot) if slot.found => {
+                    slot.found = false;
+                    i.order.push_back(old);
+                }
+                _ => {
                     i.map.remove(&old);
                 }
-                None => break,
             }
         }
         let key: Arc<str> = Arc::from(token);
         i.order.push_back(Arc::clone(&key));
-        i.map.insert(key, entry);
+        i.map.insert(
+            key,
+            Slot {
+                entry,
+                found: false,
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use crate::bundle::{BundleSet, TrustBundle};
+    use crate::config::VerifierConfig;
+    use crate::crypto::{AuthorityKey, TaskKey};
+    use crate::id::{SpiffeId, TaskIdentity};
+    use crate::revocation::RevocationListBuilder;
+    use crate::scope::Scope;
+    use crate::token::GrantBuilder;
+    use crate::verifier::Verifier;
+    use crate::{Algorithm, TrustDomain};
+
+    const NOW: u64 = 1_767_225_600;
+
+    /// The entry a real verification caches for a grant (what every slot below holds).
+    fn a_verified_entry() -> Entry {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let grant_key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let rev_key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let id = TaskIdentity::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let grant = GrantBuilder::new(&td, &id, key.public_key(), Scope::parse("x:*").unwrap())
+            .validity(NOW - 60, NOW - 60, NOW + 600)
+            .jti("g1")
+            .sign(&grant_key)
+            .unwrap();
+        let mut set = BundleSet::new();
+        set.insert(
+            TrustBundle::new(td.clone(), 1)
+                .add_grant_key(grant_key.public_key().clone())
+                .add_revocation_key(rev_key.public_key().clone()),
+        )
+        .unwrap();
+        let own = SpiffeId::parse("spiffe://example.org/agent/b/task/t1").unwrap();
+        let mut cfg = VerifierConfig::new(own, set);
+        let list = RevocationListBuilder::new(&td, 1, NOW - 10, NOW + 590);
+        cfg.apply_revocation_list(&list.sign(&rev_key).unwrap())
+            .unwrap();
+        let cache = Arc::new(TokenCache::new(1));
+        let verifier = Verifier::new(cfg).unwrap().with_cache(cache.clone());
+        verifier
+            .verify_chain(grant.as_str(), id.as_spiffe_id(), key.public_key(), NOW)
+            .unwrap();
+        cache.get(grant.as_str()).unwrap()
+    }
+
+    fn put(cache: &TokenCache, token: &str, e: &Entry) {
+        cache.insert(token, e.jkt, e.hash, e.header.clone(), e.token.clone());
+    }
+
+    #[test]
+    fn a_flood_of_tokens_never_found_again_does_not_evict_the_ones_in_use() {
+        let e = a_verified_entry();
+        let cache = TokenCache::new(8);
+        put(&cache, "in use", &e);
+        // One holder of a valid chain signs link after link, each cached once and never
+        // presented again, while another peer's chain keeps being verified.
+        for k in 0..1000 {
+            assert!(
+                cache.get("in use").is_some(),
+                "evicted after {k} new tokens"
+            );
+            put(&cache, &format!("flood {k}"), &e);
+            assert!(cache.len() <= 8);
+        }
+        // Among the tokens never found again, the oldest went first.
+        assert!(cache.get("flood 999").is_some());
+        assert!(cache.get("flood 993").is_some());
+        assert!(cache.get("flood 992").is_none());
+        // A token found once and then no longer is kept for one more pass only.
+        for k in 0..16 {
+            put(&cache, &format!("later {k}"), &e);
+        }
+        assert!(cache.get("in use").is_none());
+        assert_eq!(cache.len(), 8);
+        // Every key marked: eviction ends (one pass unmarks them, the next evicts the oldest).
+        for k in 8..16 {
+            assert!(cache.get(&format!("later {k}")).is_some());
+        }
+        put(&cache, "next", &e);
+        assert_eq!(cache.len(), 8);
+        assert!(cache.get("next").is_some());
+        assert!(cache.get("later 8").is_none());
+    }
 
     #[test]
     fn chain_hashes_are_remembered_by_exact_bytes_and_bounded() {
