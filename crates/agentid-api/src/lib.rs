@@ -46,6 +46,11 @@ pub mod headers {
 
 /// Largest request body, bytes (`spec/CA-API.md` 1.2).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most tasks one answer of `GET /v1/tasks` lists (`spec/CA-API.md` 3.11).
+pub const MAX_TASKS_PER_PAGE: usize = 1000;
+/// An answer of `GET /v1/tasks` stops adding tasks before its body would reach this many bytes
+/// (`spec/CA-API.md` 3.11), well below what a client reads of an answer (1 MiB).
+pub const MAX_TASKS_PAGE_BYTES: usize = 512 * 1024;
 /// Longest `wait` of a revocation long-poll, seconds (`spec/CA-API.md` 3.4).
 pub const MAX_WAIT_SECS: u64 = 30;
 /// The reserved service name of the CA service's own certificate.
@@ -521,8 +526,11 @@ pub struct TaskEntry {
 /// `GET /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TasksResponse {
-    /// Live tasks.
+    /// Live tasks, by task id.
     pub tasks: Vec<TaskEntry>,
+    /// Present when more tasks may follow: ask again with `?after=` this task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[cfg(test)]

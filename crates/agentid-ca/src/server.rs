@@ -83,6 +83,11 @@ pub struct ServiceOptions {
     /// while a request is in flight, so without it a body that never ends would hold its
     /// request and its connection until the caller's certificate expires.
     pub body_timeout: Duration,
+    /// Most tasks one answer of `GET /v1/tasks` lists (default
+    /// [`agentid_api::MAX_TASKS_PER_PAGE`], at least 1; an answer is also cut before
+    /// [`agentid_api::MAX_TASKS_PAGE_BYTES`]); a longer inventory is read page by page
+    /// (`next`, then `?after=`), so no request reads or holds the whole inventory.
+    pub tasks_page: usize,
 }
 
 /// Connections the metrics listener serves at a time.
@@ -454,6 +459,7 @@ impl ServiceOptions {
             enroll_limits,
             enroll_rate_per_source: 30,
             body_timeout: Duration::from_secs(10),
+            tasks_page: agentid_api::MAX_TASKS_PER_PAGE,
         }
     }
 }
@@ -474,6 +480,8 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// [`ServiceOptions::body_timeout`].
     body_timeout: Duration,
+    /// [`ServiceOptions::tasks_page`].
+    tasks_page: usize,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -595,6 +603,7 @@ impl CaService {
             ),
             feed_body: FeedBody::new(),
             body_timeout: options.body_timeout,
+            tasks_page: options.tasks_page,
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
@@ -606,6 +615,7 @@ impl CaService {
             caller_waiters: shared.caller_waiters.clone(),
             feed_body: FeedBody::new(),
             body_timeout: options.body_timeout,
+            tasks_page: options.tasks_page,
         });
         Ok(CaService {
             shared,
@@ -2016,11 +2026,16 @@ async fn open_task(
     }
 }
 
-async fn list_tasks(State(s): State<Arc<Shared>>, a: Authorizer) -> Response {
+async fn list_tasks(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Response {
     let svc = match caller_service(&a, "GET /v1/tasks") {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    let after = match tasks_after(&req) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let page = s.tasks_page;
     let res = run(&s, move |ca| {
         let agents: Vec<String> = ca
             .policy()
@@ -2034,53 +2049,85 @@ async fn list_tasks(State(s): State<Arc<Shared>>, a: Authorizer) -> Response {
                 message: format!("service {svc:?} holds \"list\" for no agent"),
             });
         }
-        live_tasks(ca, &agents, unix_now())
+        live_tasks(ca, &agents, after.as_deref(), page, unix_now())
     })
     .await;
     match res {
-        Ok(tasks) => json(StatusCode::OK, &TasksResponse { tasks }),
+        Ok(r) => json(StatusCode::OK, &r),
         Err(r) => r.into_response(),
     }
 }
 
-/// The tasks of `agents` whose grant has not expired and whose task, agent and holder key are
-/// not revoked.
+/// The `after` of `GET /v1/tasks` (CA-API.md 3.11): a task id, named at most once; any other
+/// query parameter is `400 bad_request`.
+fn tasks_after(req: &Request) -> Result<Option<String>, Refused> {
+    let bad = |m: &str| {
+        Refused::new(
+            ErrorCode::BadRequest,
+            m.to_owned(),
+            "see spec/CA-API.md 3.11",
+        )
+    };
+    let mut after = None;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "after" {
+            return Err(bad("unknown query parameter"));
+        }
+        if after.is_some() {
+            return Err(bad("after is named more than once"));
+        }
+        // A task id is a path segment of letters, digits, `.`, `-` and `_`: no escapes.
+        let id = agentid_protocol::TaskId::parse(v)
+            .map_err(|_| bad("after is the task id an earlier answer named as next"))?;
+        after = Some(id.as_str().to_owned());
+    }
+    Ok(after)
+}
+
+/// One page of the live tasks of `agents` (grant not expired; task, agent, holder key and
+/// grant not revoked) after the task id `after`: at most `page` tasks and fewer than
+/// [`agentid_api::MAX_TASKS_PAGE_BYTES`] of body, with `next` (the last task listed) when more
+/// may follow. The store reads one page, never the whole inventory.
 fn live_tasks(
     ca: &CertificateAuthority,
     agents: &[String],
+    after: Option<&str>,
+    page: usize,
     now: u64,
-) -> Result<Vec<TaskEntry>, CaError> {
-    use crate::RevocationKind as K;
-    let store = ca.store()?;
-    // The tasks first, then the revocations (two reads, not one snapshot): a revocation that
-    // commits between them, on this replica or another, is then read with the tasks it hits,
-    // so a task revoked before the answer is built is never listed as live.
-    let tasks = store.live_tasks(now)?;
-    // Only the kinds checked below (not the links' `jti`s, often the bulk of the table).
-    let revoked: std::collections::HashSet<(&'static str, String)> = store
-        .live_revocations_of(&[K::Task, K::Agent, K::Jkt, K::Jti], now)?
-        .into_iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let is = |k: crate::RevocationKind, v: &str| revoked.contains(&(k.as_str(), v.to_owned()));
-    let mut out = Vec::new();
-    for live in tasks {
-        let (t, agent) = (&live.task, live.agent.as_str());
-        if !agents.iter().any(|a| a == agent)
-            || is(crate::RevocationKind::Task, &t.task)
-            || is(crate::RevocationKind::Agent, agent)
-            || is(crate::RevocationKind::Jkt, &live.jkt)
-            || is(crate::RevocationKind::Jti, &t.grant_jti)
-        {
-            continue;
+) -> Result<TasksResponse, CaError> {
+    let page = page.clamp(1, agentid_api::MAX_TASKS_PER_PAGE);
+    // One more than the page: whether another page follows.
+    let rows = ca.store()?.live_tasks_page(agents, after, page + 1, now)?;
+    let more = rows.len() > page;
+    let mut tasks = Vec::new();
+    // `{"tasks":[],"next":"<id>"}` and, per entry, its fields' JSON (ids and holders are
+    // identifiers that JSON carries unescaped).
+    let mut bytes = 32 + agentid_protocol::caps::MAX_ID_BYTES;
+    let mut cut = false;
+    for live in rows.into_iter().take(page) {
+        let t = live.task;
+        let entry = 40 + t.task.len() + t.holder.len() + 20;
+        if bytes + entry > agentid_api::MAX_TASKS_PAGE_BYTES && !tasks.is_empty() {
+            cut = true;
+            break;
         }
-        out.push(TaskEntry {
-            task: t.task.clone(),
-            holder: t.holder.clone(),
+        bytes += entry;
+        tasks.push(TaskEntry {
+            task: t.task,
+            holder: t.holder,
             exp: t.exp,
         });
     }
-    Ok(out)
+    let next = if more || cut {
+        tasks.last().map(|t| t.task.clone())
+    } else {
+        None
+    };
+    Ok(TasksResponse { tasks, next })
 }
 
 async fn renew(

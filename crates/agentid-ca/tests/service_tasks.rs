@@ -243,6 +243,118 @@ async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
 }
 
 #[tokio::test]
+async fn the_inventory_is_answered_in_bounded_pages_that_together_list_every_live_task() {
+    // CA-API.md 3.11: one answer lists at most a page of tasks (here 2) and names the `next`
+    // task id to ask `after`; the pages together are the whole inventory, each task once, and
+    // no request reads or answers the whole inventory at once.
+    // `other`: an agent the service may not list; `gone`: one it may, revoked.
+    let policy = format!(
+        "{EXTRA_POLICY}
+[agents.other]
+scopes = [\"tickets:read\"]
+requesters = [\"operator\"]
+
+[agents.gone]
+scopes = [\"tickets:read\"]
+requesters = [\"operator\"]
+
+[agents.gone.permissions]
+\"svc:platform\" = [\"list\"]
+"
+    );
+    let (dir, mtls, _) = common::serve_ca_with(
+        &policy,
+        false,
+        ServiceOptions {
+            tasks_page: 2,
+            ..ServiceOptions::default()
+        },
+    )
+    .await;
+    let w = World {
+        dir,
+        mtls,
+        enroll: mtls,
+    };
+    let mut want: Vec<String> = Vec::new();
+    for agent in ["planner", "worker", "planner", "worker", "planner"] {
+        want.push(w.task(agent).1);
+    }
+    // A task of an agent the service may not list, and a revoked one: in no page.
+    let _ = w.task("other");
+    let (_, revoked) = w.task("planner");
+    let revoked_task = revoked.rsplit('/').next().unwrap();
+    w.ca()
+        .revoke(
+            &RevokeTarget::Task(agentid_protocol::TaskId::parse(revoked_task).unwrap()),
+            None,
+            "operator",
+            common::now(),
+        )
+        .unwrap();
+    // A task whose holder key is revoked (by serial), one whose grant is revoked (by `jti`),
+    // and one of a revoked agent: in no page either.
+    let (_, key_revoked) = w.task("planner");
+    common::revoke_serial(&w.ca(), &common::serial_of(&w.ca(), &key_revoked));
+    let (_, grant_revoked) = w.task("worker");
+    let jti = w
+        .ca()
+        .issuances()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.identity == grant_revoked)
+        .and_then(|r| r.grant_jti)
+        .unwrap();
+    let _ = w.task("gone");
+    for target in [
+        RevokeTarget::GrantJti(agentid_protocol::Jti::parse(&jti).unwrap()),
+        RevokeTarget::Agent("gone".into()),
+    ] {
+        w.ca()
+            .revoke(&target, None, "operator", common::now())
+            .unwrap();
+    }
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut path = "/v1/tasks".to_owned();
+    for _ in 0..10 {
+        let (s, b) = call(&mut c, "GET", &path, "").await;
+        assert_eq!(s, 200, "{b}");
+        let r: agentid_api::TasksResponse = serde_json::from_str(&b).unwrap();
+        assert!(r.tasks.len() <= 2, "a page over its bound: {b}");
+        seen.extend(r.tasks.iter().map(|t| t.holder.clone()));
+        match r.next {
+            Some(next) => {
+                assert_eq!(r.tasks.last().map(|t| t.task.as_str()), Some(next.as_str()));
+                path = format!("/v1/tasks?after={next}");
+            }
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "a task listed twice: {seen:?}");
+    want.sort_unstable();
+    assert_eq!(sorted, want);
+    // `after` is a task id; anything else, or another parameter, is refused.
+    for bad in [
+        "/v1/tasks?after=",
+        "/v1/tasks?after=a/b",
+        "/v1/tasks?after=x&after=y",
+        "/v1/tasks?limit=5",
+    ] {
+        let (s, b) = call(&mut c, "GET", bad, "").await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (400, "bad_request"),
+            "{bad}: {b}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_service_token_enrolls_on_the_enrollment_listener_pinned_to_the_root() {
     let w = start().await;
     let (platform, pid) = common::service_credentials(&w.ca(), "platform");

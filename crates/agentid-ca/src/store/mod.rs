@@ -476,10 +476,26 @@ pub trait Store: Send {
     /// The agent of an unused bootstrap token that names task `task` (a task no one opened
     /// yet): what makes such a task known to a revocation (CA-API 3.10).
     fn unredeemed_token_agent(&self, task: &str) -> Result<Option<String>>;
-    /// The tasks whose grant expires after `now`, each with its holder's agent name and bound
-    /// key thumbprint, oldest first. The default scans every issuance; the SQLite store reads
-    /// the `tasks` table by expiry (schema version 2).
-    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+    /// One page of the live tasks of `agents` (`GET /v1/tasks`, CA-API 3.11): the tasks whose
+    /// task id is after `after` (all when `None`), whose grant expires after `now`, and whose
+    /// task, holder agent, holder key and grant `jti` no revocation live at `now` names, each
+    /// with its holder's agent name and bound key thumbprint; by task id, at most `limit`. The
+    /// default scans every issuance and revocation; the SQLite and PostgreSQL stores read one
+    /// page in one statement (one snapshot: a revocation committed before it is seen with the
+    /// tasks it hits), holding no more than the page in memory.
+    fn live_tasks_page(
+        &self,
+        agents: &[String],
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<LiveTask>> {
+        use RevocationKind as K;
+        let revoked: std::collections::HashSet<(RevocationKind, String)> = self
+            .live_revocations_of(&[K::Task, K::Agent, K::Jkt, K::Jti], now)?
+            .into_iter()
+            .collect();
+        let is = |k: RevocationKind, v: &str| revoked.contains(&(k, v.to_owned()));
         let mut out = Vec::new();
         for rec in self.issuances()? {
             if rec.kind != IssuanceKind::Task {
@@ -488,16 +504,29 @@ pub trait Store: Send {
             let (Some(agent), Some(task)) = (rec.agent, rec.task) else {
                 continue;
             };
-            if let Some(t) = self.task(&task)? {
-                if t.exp > now {
-                    out.push(LiveTask {
-                        task: t,
-                        agent,
-                        jkt: rec.jkt,
-                    });
-                }
+            if !agents.contains(&agent) || after.is_some_and(|a| task.as_str() <= a) {
+                continue;
             }
+            let Some(t) = self.task(&task)? else {
+                continue;
+            };
+            if t.exp <= now
+                || is(K::Task, &t.task)
+                || is(K::Agent, &agent)
+                || is(K::Jkt, &rec.jkt)
+                || is(K::Jti, &t.grant_jti)
+            {
+                continue;
+            }
+            out.push(LiveTask {
+                task: t,
+                agent,
+                jkt: rec.jkt,
+            });
         }
+        out.sort_by(|a, b| a.task.task.cmp(&b.task.task));
+        out.dedup_by(|a, b| a.task.task == b.task.task);
+        out.truncate(limit);
         Ok(out)
     }
     /// Appends a record that goes with no other change (a refusal) to the writer's chain.
@@ -1177,20 +1206,53 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+    fn live_tasks_page(
+        &self,
+        agents: &[String],
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<LiveTask>> {
+        use RevocationKind as K;
+        // By the tasks' primary key from `after` on; each revocation looked up by its
+        // primary key (kind, value).
         let mut st = self.conn.prepare_cached(
             "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
                i.agent, i.jkt
              FROM tasks t JOIN identities i ON i.identity = t.holder
-             WHERE t.exp > ?1 ORDER BY t.created, t.task",
+             WHERE t.task > ?1 AND t.exp > ?2
+               AND i.agent IN (SELECT value FROM json_each(?3))
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?4 AND r.value = t.task AND r.exp > ?2)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?5 AND r.value = i.agent AND r.exp > ?2)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?6 AND r.value = i.jkt AND r.exp > ?2)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?7 AND r.value = t.grant_jti AND r.exp > ?2)
+             ORDER BY t.task LIMIT ?8",
         )?;
-        let rows = st.query_map(params![to_i64(now)?], |r| {
-            Ok(LiveTask {
-                task: row_task(r)?,
-                agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                jkt: r.get(8)?,
-            })
-        })?;
+        let agents =
+            serde_json::to_string(agents).map_err(|e| CaError::Store(format!("agents: {e}")))?;
+        let rows = st.query_map(
+            params![
+                after.unwrap_or(""),
+                to_i64(now)?,
+                agents,
+                K::Task.as_str(),
+                K::Agent.as_str(),
+                K::Jkt.as_str(),
+                K::Jti.as_str(),
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+            |r| {
+                Ok(LiveTask {
+                    task: row_task(r)?,
+                    agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                    jkt: r.get(8)?,
+                })
+            },
+        )?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

@@ -1712,14 +1712,42 @@ impl Store for PgStore {
         })
     }
 
-    fn live_tasks(&self, now: u64) -> Result<Vec<LiveTask>> {
+    fn live_tasks_page(
+        &self,
+        agents: &[String],
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<LiveTask>> {
+        use RevocationKind as K;
+        let agents = agents.to_vec();
+        let after = after.unwrap_or("").to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.inner.run(move |c| {
             Box::pin(async move {
                 c.query(
                     "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth, i.agent, i.jkt
                      FROM tasks t JOIN identities i ON i.identity = t.holder
-                     WHERE t.exp > $1 ORDER BY t.created, t.task",
-                    &[&to_i64(now)?],
+                     WHERE t.task > $1 AND t.exp > $2 AND i.agent = ANY($3::text[])
+                       AND NOT EXISTS (SELECT 1 FROM revocations r
+                                       WHERE r.kind = $4 AND r.value = t.task AND r.exp > $2)
+                       AND NOT EXISTS (SELECT 1 FROM revocations r
+                                       WHERE r.kind = $5 AND r.value = i.agent AND r.exp > $2)
+                       AND NOT EXISTS (SELECT 1 FROM revocations r
+                                       WHERE r.kind = $6 AND r.value = i.jkt AND r.exp > $2)
+                       AND NOT EXISTS (SELECT 1 FROM revocations r
+                                       WHERE r.kind = $7 AND r.value = t.grant_jti AND r.exp > $2)
+                     ORDER BY t.task LIMIT $8",
+                    &[
+                        &after,
+                        &to_i64(now)?,
+                        &agents,
+                        &K::Task.as_str(),
+                        &K::Agent.as_str(),
+                        &K::Jkt.as_str(),
+                        &K::Jti.as_str(),
+                        &limit,
+                    ],
                 )
                 .await?
                 .iter()

@@ -181,13 +181,47 @@ pub async fn serve_ca(
     extra_policy: &str,
     enroll_listener: bool,
 ) -> (tempfile::TempDir, SocketAddr, Option<SocketAddr>) {
-    use agentid_ca::server::{CaService, ServiceOptions};
-    let dir = make_ca_dir(KeyType::P256);
+    serve_ca_in(
+        make_ca_dir(KeyType::P256),
+        None,
+        extra_policy,
+        enroll_listener,
+        agentid_ca::server::ServiceOptions::default(),
+    )
+    .await
+}
+
+/// [`serve_ca`] with `options`, on the store [`test_ca`] gives (with
+/// `AGENTID_TEST_STORE=postgres`, a PostgreSQL server of its own, kept while the service runs).
+pub async fn serve_ca_with(
+    extra_policy: &str,
+    enroll_listener: bool,
+    options: agentid_ca::server::ServiceOptions,
+) -> (tempfile::TempDir, SocketAddr, Option<SocketAddr>) {
+    let pg = postgres_under_test().then(|| {
+        agentid_test_support::pg::PgCluster::start()
+            .expect("AGENTID_TEST_STORE=postgres but PostgreSQL is not installed")
+    });
+    let dir = match &pg {
+        Some(pg) => make_pg_ca_dir(KeyType::P256, pg, "agentid"),
+        None => make_ca_dir(KeyType::P256),
+    };
+    serve_ca_in(dir, pg, extra_policy, enroll_listener, options).await
+}
+
+async fn serve_ca_in(
+    dir: tempfile::TempDir,
+    pg: Option<agentid_test_support::pg::PgCluster>,
+    extra_policy: &str,
+    enroll_listener: bool,
+    options: agentid_ca::server::ServiceOptions,
+) -> (tempfile::TempDir, SocketAddr, Option<SocketAddr>) {
+    use agentid_ca::server::CaService;
     let mut policy = POLICY.to_owned();
     policy.push_str(extra_policy);
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     let ca = CertificateAuthority::open(dir.path()).unwrap();
-    let service = CaService::new(ca, ServiceOptions::default()).unwrap();
+    let service = CaService::new(ca, options).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mtls = l.local_addr().unwrap();
     let (e, enroll) = if enroll_listener {
@@ -197,7 +231,10 @@ pub async fn serve_ca(
     } else {
         (None, None)
     };
-    tokio::spawn(async move { service.serve_both(l, e).await });
+    tokio::spawn(async move {
+        let _pg = pg;
+        service.serve_both(l, e).await
+    });
     (dir, mtls, enroll)
 }
 

@@ -1164,10 +1164,25 @@ impl CaClient {
         self.post(agentid_api::routes::RENEW, req).await
     }
 
-    /// The live tasks of the agents the caller may list (`GET /v1/tasks`, needs `list`).
+    /// The first page of the live tasks of the agents the caller may list (`GET /v1/tasks`,
+    /// needs `list`): its `next`, when present, is the `after` of the following page
+    /// ([`CaClient::list_after`], CA-API 3.11).
     pub async fn list(&self) -> Result<TasksResponse> {
-        self.call(Method::GET, agentid_api::routes::TASKS, None, Repeat::Safe)
-            .await
+        self.list_after(None).await
+    }
+
+    /// The page of live tasks after the task id `after` (the `next` of the page before it; the
+    /// first page when `None`).
+    pub async fn list_after(&self, after: Option<&str>) -> Result<TasksResponse> {
+        let path = match after {
+            None => agentid_api::routes::TASKS.to_owned(),
+            Some(a) => {
+                // A task id needs no escaping in a query; anything else is no `next`.
+                let id = agentid_protocol::TaskId::parse(a).map_err(|e| invalid(e.to_string()))?;
+                format!("{}?after={}", agentid_api::routes::TASKS, id.as_str())
+            }
+        };
+        self.call(Method::GET, &path, None, Repeat::Safe).await
     }
 
     /// The current revocation list (`GET /v1/revocations`), as served: verify it with
