@@ -1255,7 +1255,7 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
         )
     };
     let mut after = None;
-    let mut wait = 0;
+    let mut wait = None;
     for pair in req.uri().query().unwrap_or("").split('&') {
         if pair.is_empty() {
             continue;
@@ -1268,12 +1268,15 @@ fn poll_params(req: &Request) -> Result<(Option<u64>, u64), Refused> {
         }
         let n: u64 = v.parse().map_err(|_| bad("after and wait are integers"))?;
         match k {
+            "after" if after.is_some() => return Err(bad("after is named more than once")),
             "after" => after = Some(n),
-            "wait" if n <= agentid_api::MAX_WAIT_SECS => wait = n,
+            "wait" if wait.is_some() => return Err(bad("wait is named more than once")),
+            "wait" if n <= agentid_api::MAX_WAIT_SECS => wait = Some(n),
             "wait" => return Err(bad("wait is at most 30 seconds")),
             _ => return Err(bad("unknown query parameter")),
         }
     }
+    let wait = wait.unwrap_or(0);
     if after.is_none() {
         // A list-based field: several field lines mean one line joining their values with
         // commas (RFC 9110 5.3), so every line counts.

@@ -1051,7 +1051,8 @@ async fn a_token_refusal_on_the_mtls_listener_is_recorded_once() {
 async fn revocation_query_numbers_are_decimal_digits_only() {
     // CA-API.md 3.4: `after` and `wait` are integers, as an `If-None-Match` tag is a quoted
     // decimal `seq`. A sign (which a form decoder reads as a space), an empty value or an
-    // exponent is `400 bad_request`, not read as a number by one replica and refused by another.
+    // exponent is `400 bad_request`, not read as a number by one replica and refused by another;
+    // so is a parameter named twice, not read as its first value by one and its last by another.
     let w = start().await;
     let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let mut c = w.connect(platform, &pid).await.unwrap();
@@ -1061,6 +1062,9 @@ async fn revocation_query_numbers_are_decimal_digits_only() {
         "after=",
         "wait=1e1",
         "after=-0",
+        // A parameter named twice: which one counts would differ between implementations.
+        "after=5&after=0",
+        "after=0&wait=1&wait=0",
     ] {
         let (s, b) = call(&mut c, "GET", &format!("/v1/revocations?{query}"), "").await;
         assert_eq!(
