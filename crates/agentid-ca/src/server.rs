@@ -2105,6 +2105,13 @@ fn live_tasks(
     let page = page.clamp(1, agentid_api::MAX_TASKS_PER_PAGE);
     // One more than the page: whether another page follows.
     let rows = ca.store()?.live_tasks_page(agents, after, page + 1, now)?;
+    Ok(page_of(rows, page))
+}
+
+/// The answer listing `rows` (a page and, when more follow, one more row): at most `page` tasks
+/// and fewer than [`agentid_api::MAX_TASKS_PAGE_BYTES`] of body, `next` naming the last task
+/// listed when rows were left out.
+fn page_of(rows: Vec<crate::store::LiveTask>, page: usize) -> TasksResponse {
     let more = rows.len() > page;
     let mut tasks = Vec::new();
     // `{"tasks":[],"next":"<id>"}` and, per entry, its fields' JSON (ids and holders are
@@ -2130,7 +2137,7 @@ fn live_tasks(
     } else {
         None
     };
-    Ok(TasksResponse { tasks, next })
+    TasksResponse { tasks, next }
 }
 
 async fn renew(
@@ -2370,6 +2377,60 @@ fn target_agent(ca: &CertificateAuthority, t: &RevokeTarget) -> Result<String, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn live(i: usize, holder_len: usize) -> crate::store::LiveTask {
+        let task = format!("t{i:06}");
+        crate::store::LiveTask {
+            task: crate::store::TaskRecord {
+                holder: format!(
+                    "spiffe://example.org/agent/a/task/{task}{}",
+                    "x".repeat(holder_len)
+                ),
+                task,
+                grant_jti: format!("j{i}"),
+                exp: u64::MAX,
+                created: 0,
+                principal: None,
+                max_depth: None,
+            },
+            agent: "a".into(),
+            jkt: format!("k{i}"),
+        }
+    }
+
+    /// CA-API.md 3.11: a page stops at its count, and before its body reaches
+    /// `MAX_TASKS_PAGE_BYTES` (so that a client reading at most 1 MiB reads every page, however
+    /// long the holders' identities), naming the last task it lists as `next`; the last page
+    /// names none.
+    #[test]
+    fn a_tasks_page_is_bounded_in_count_and_bytes_and_names_where_to_go_on() {
+        let rows = |n: usize, holder_len: usize| (0..n).map(|i| live(i, holder_len)).collect();
+        // More rows than the page: `next` is the last listed.
+        let r = page_of(rows(4, 0), 3);
+        assert_eq!(r.tasks.len(), 3);
+        assert_eq!(r.next.as_deref(), Some("t000002"));
+        // Exactly the page: the last page.
+        let r = page_of(rows(3, 0), 3);
+        assert_eq!((r.tasks.len(), r.next), (3, None));
+        // Identities near the 2048-byte cap: the page is cut by bytes, well before its count.
+        let page = agentid_api::MAX_TASKS_PER_PAGE;
+        let r = page_of(rows(page, 1900), page);
+        assert!(r.tasks.len() < page, "{}", r.tasks.len());
+        assert!(!r.tasks.is_empty());
+        assert_eq!(r.next.as_deref(), r.tasks.last().map(|t| t.task.as_str()));
+        let body = serde_json::to_vec(&r).unwrap_or_default();
+        assert!(
+            body.len() < agentid_api::MAX_TASKS_PAGE_BYTES,
+            "{}",
+            body.len()
+        );
+        // Short identities: the whole count fits.
+        let r = page_of(rows(page + 1, 0), page);
+        assert_eq!(r.tasks.len(), page);
+        assert!(
+            serde_json::to_vec(&r).unwrap_or_default().len() < agentid_api::MAX_TASKS_PAGE_BYTES
+        );
+    }
 
     /// The three listeners' default caps together (connections and handshakes of the mTLS and
     /// enrollment listeners, the metrics listener's connections) and the 64 descriptors kept
