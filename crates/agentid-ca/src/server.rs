@@ -90,6 +90,10 @@ pub struct ServiceOptions {
     pub tasks_page: usize,
 }
 
+/// Health checks (`GET /healthz`) each listener runs at a time, apart from its operations:
+/// past them, `503 unavailable`.
+pub const HEALTH_CHECKS: usize = 2;
+
 /// Connections the metrics listener serves at a time.
 pub const MAX_METRICS_CONNECTIONS: usize = 8;
 
@@ -482,6 +486,8 @@ struct Shared {
     body_timeout: Duration,
     /// [`ServiceOptions::tasks_page`].
     tasks_page: usize,
+    /// The slots of `GET /healthz` ([`HEALTH_CHECKS`]), apart from the operations'.
+    health: Arc<Semaphore>,
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -604,6 +610,7 @@ impl CaService {
             feed_body: FeedBody::new(),
             body_timeout: options.body_timeout,
             tasks_page: options.tasks_page,
+            health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
@@ -616,6 +623,7 @@ impl CaService {
             feed_body: FeedBody::new(),
             body_timeout: options.body_timeout,
             tasks_page: options.tasks_page,
+            health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
         });
         Ok(CaService {
             shared,
@@ -1039,7 +1047,16 @@ async fn run<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, Refused> {
-    let Ok(permit) = s.ops.clone().try_acquire_owned() else {
+    run_in(s, &s.ops, f).await
+}
+
+/// [`run`] within the slots of `slots`.
+async fn run_in<T: Send + 'static>(
+    s: &Shared,
+    slots: &Arc<Semaphore>,
+    f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
+) -> Result<T, Refused> {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
         return Err(Refused::new(
             ErrorCode::Unavailable,
             "the CA is at its concurrency bound",
@@ -1170,8 +1187,10 @@ async fn not_found() -> Refused {
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     // One single-row read proves the store answers (CA-API 3.1); a public route never reads a
-    // table that grows with the CA (its revocations).
-    match run(&s, |ca| ca.revocation_epoch().map(|_| ())).await {
+    // table that grows with the CA (its revocations). In slots of its own: operations holding
+    // every slot of the listener (a burst of enrollments) are no store that cannot be read, and
+    // a prober taking that `503` for a dead CA would restart it or take it out of rotation.
+    match run_in(&s, &s.health, |ca| ca.revocation_epoch().map(|_| ())).await {
         Ok(()) => json(
             StatusCode::OK,
             &Health {

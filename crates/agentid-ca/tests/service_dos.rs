@@ -645,6 +645,87 @@ async fn enrollments_waiting_for_the_store_leave_the_mtls_callers_their_slots() 
     }
 }
 
+/// POST /v1/enroll as [`enroll_status`]: the status and the refusal's code (empty for none).
+async fn enroll_code(
+    mut s: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    token: String,
+) -> Option<(u16, String)> {
+    let key = common::p256_keypair();
+    let csr = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        common::csr_with(&key, &[], |_| {}),
+    );
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/enroll")
+        .header("host", "ca")
+        .body(http_body_util::Full::new(Bytes::from(format!(
+            r#"{{"token":"{token}","csr":"{csr}"}}"#
+        ))))
+        .unwrap();
+    s.ready().await.ok()?;
+    let resp = s.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let code = serde_json::from_slice::<agentid_api::ApiError>(&body)
+        .map(|e| e.code.as_str().to_owned())
+        .unwrap_or_default();
+    Some((status, code))
+}
+
+/// CA-API.md 3.1: `/healthz` on the enrollment listener (where a prober without a client
+/// certificate asks: a load balancer, a liveness probe) says whether the service can read its
+/// store. Enrollments in flight holding every operation slot of that listener (a burst of agents
+/// starting, or a flood from many sources) do not make it answer `503`, which a probe takes for
+/// a dead CA (and restarts it, or takes every replica out of rotation at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_health_check_answers_while_enrollments_hold_the_listeners_slots() {
+    // Two operation slots: the enrollment listener's share is one.
+    let w = start(ServiceOptions {
+        max_operations: 2,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let token = || {
+        let binding = agentid_ca::TokenBinding {
+            scope: "tickets:read".into(),
+            max_depth: Some(1),
+            ..Default::default()
+        };
+        w.ca()
+            .create_bound_token(
+                "planner",
+                None,
+                &binding,
+                Duration::from_secs(600),
+                std::time::SystemTime::now(),
+            )
+            .unwrap()
+            .token
+    };
+    let (first, second) = (token(), token());
+    let holding = w.enroll_connection().await.unwrap();
+    let refused = w.enroll_connection().await.unwrap();
+    let mut probe = w.enroll_connection().await;
+    // The store's writes wait (its write lock held from outside); its reads do not.
+    let lock = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let enrolling = tokio::spawn(enroll_status(holding, first));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first enrollment holds the listener's one slot, waiting for the store: a second one
+    // is refused at the listener's share, not let into the store.
+    let (status, code) = enroll_code(refused, second).await.unwrap();
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    let healthy = served(&mut probe).await;
+    drop(lock);
+    assert!(
+        healthy,
+        "the health check was refused while the store could be read"
+    );
+    let status = tokio::time::timeout(T, enrolling).await.unwrap().unwrap();
+    assert_eq!(status, Some(200));
+}
+
 /// Reads one HTTP/1.1 response head from `s` within `within`: its status, or `None` when the
 /// server sent none (closed, or kept waiting).
 async fn status_within(
