@@ -55,7 +55,11 @@ use crate::{CertificateAuthority, RenewRequest, RevokeTarget, TaskRequester, Tok
 pub struct ServiceOptions {
     /// Concurrent CA operations (the blocking pool's share) of the mTLS listener's callers.
     /// The enrollment listener's unauthenticated requests have a share of their own, half as
-    /// many (at least one), so that they never take these.
+    /// many (at least one), so that they never take these. Of the mTLS listener's, one task
+    /// identity holds at most a quarter (at least one), the tasks of one agent together at most
+    /// half (services, configured by the operator, are bounded by the pool alone), and the audit
+    /// records of refused requests together at most a quarter: one agent flooding the CA leaves
+    /// the other callers their slots (CA-API 5).
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
     pub max_waiters: usize,
@@ -488,6 +492,16 @@ struct Shared {
     tasks_page: usize,
     /// The slots of `GET /healthz` ([`HEALTH_CHECKS`]), apart from the operations'.
     health: Arc<Semaphore>,
+    /// The operations each task caller (and the tasks of each agent together) holds.
+    caller_ops: Arc<crate::publication::CallerWaiters>,
+    /// The audit records of refused requests being written or waiting for an operation slot.
+    refusal_records: Arc<Semaphore>,
+}
+
+tokio::task_local! {
+    /// The caller of the mTLS request being served (set around each route by
+    /// [`recheck_caller`]): [`run_in`] counts its operations against its share.
+    static CALLER: PeerId;
 }
 
 /// A CA service: the mTLS server and its routes.
@@ -596,6 +610,10 @@ impl CaService {
         let publisher = Publisher::new(ca.clone())?;
         // The size of the waiters' semaphore, which the held count is read against.
         let max_waiters = permits(options.max_waiters);
+        // One caller's share of the mTLS listener's operations, and the refusal records'.
+        let quarter = permits(options.max_operations / 4);
+        let caller_ops =
+            crate::publication::CallerWaiters::new(quarter, permits(options.max_operations / 2));
         let shared = Arc::new(Shared {
             ca,
             ops: Arc::new(Semaphore::new(permits(options.max_operations))),
@@ -611,6 +629,8 @@ impl CaService {
             body_timeout: options.body_timeout,
             tasks_page: options.tasks_page,
             health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
+            caller_ops: caller_ops.clone(),
+            refusal_records: Arc::new(Semaphore::new(quarter)),
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
@@ -624,6 +644,8 @@ impl CaService {
             body_timeout: options.body_timeout,
             tasks_page: options.tasks_page,
             health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
+            caller_ops,
+            refusal_records: Arc::new(Semaphore::new(quarter)),
         });
         Ok(CaService {
             shared,
@@ -1056,6 +1078,22 @@ async fn run_in<T: Send + 'static>(
     slots: &Arc<Semaphore>,
     f: impl FnOnce(&CertificateAuthority) -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, Refused> {
+    // A task caller's operations count against its share first (one at its share takes no
+    // slot of the others). Services (the platform opening tasks for many agents: one identity,
+    // configured by the operator) are bounded by the pool alone.
+    let share = match CALLER.try_with(|caller| {
+        matches!(caller, PeerId::Task(_)).then(|| s.caller_ops.try_acquire(caller))
+    }) {
+        Err(_) | Ok(None) => None,
+        Ok(Some(Some(share))) => Some(share),
+        Ok(Some(None)) => {
+            return Err(Refused::new(
+                ErrorCode::Unavailable,
+                "this caller (or its agent) is at its share of the CA's concurrency bound",
+                "retry after Retry-After, with fewer requests at once",
+            ))
+        }
+    };
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         return Err(Refused::new(
             ErrorCode::Unavailable,
@@ -1066,6 +1104,7 @@ async fn run_in<T: Send + 'static>(
     let ca = s.ca.clone();
     let op = move || {
         let _permit = permit;
+        let _share = share;
         f(&ca)
     };
     match tokio::task::spawn_blocking(op).await {
@@ -1651,11 +1690,15 @@ async fn recheck_caller(
     let caller = req
         .extensions()
         .get::<Authorizer>()
-        .map(|a| a.peer_id().as_str().to_owned());
+        .map(|a| a.peer_id().clone());
     let method = method_label(req.method());
     let route = crate::metrics::route_label(req.uri().path());
-    let answer = recheck_and_answer(&s, req, next).await;
+    let answer = match caller.clone() {
+        Some(id) => CALLER.scope(id, recheck_and_answer(&s, req, next)).await,
+        None => recheck_and_answer(&s, req, next).await,
+    };
     if let (Some(caller), Some(code)) = (caller, refusal_to_audit(&answer)) {
+        let caller = caller.as_str().to_owned();
         audit_refusal(&s, caller, method, route, code).await;
     }
     answer
@@ -1708,7 +1751,13 @@ async fn audit_refusal(
         ..crate::audit::AuditEvent::default()
     };
     // Within the operations' concurrency bound (waiting for a slot rather than dropping the
-    // record), so that refused callers cannot pile up blocking writes.
+    // record), so that refused callers cannot pile up blocking writes; and at most a quarter of
+    // the slots at once, waiting apart: a caller flooding refused requests (even one revoked,
+    // refused by its re-check) would otherwise queue writes ahead of every caller's operations,
+    // which only try for a slot, and hold them all.
+    let Ok(_record) = s.refusal_records.clone().acquire_owned().await else {
+        return;
+    };
     let Ok(permit) = s.ops.clone().acquire_owned().await else {
         return;
     };

@@ -823,3 +823,84 @@ async fn dropping_the_service_ends_the_connections_it_accepted() {
         sent.map(|r| r.status())
     );
 }
+
+/// One identity flooding the mTLS listener with refused requests while the store is slow (each
+/// refusal an audit record, a write that waits for the store) holds at most its share of the
+/// operation slots: another caller is still served, and once the store answers every refusal is
+/// recorded. Before, the records waited for slots ahead of every caller's operations (which
+/// only try for one) and held them all: the other caller got `503 unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_flooding_refused_requests_leaves_the_others_their_operation_slots() {
+    const FLOOD: usize = 12;
+    let w = start(ServiceOptions {
+        max_operations: 4,
+        ..ServiceOptions::default()
+    })
+    .await;
+    let connect = |creds: Arc<MemoryCredentials>, id: &str| {
+        let v = w.verification(id);
+        let mtls = w.mtls;
+        async move {
+            HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
+                .connect_timeout(T)
+                .build()
+                .unwrap()
+                .connect(mtls, "ca.example.org")
+                .await
+                .unwrap()
+        }
+    };
+    let (flooder, flooder_id) = w.task("planner");
+    let (other, other_id) = w.task("worker");
+    let mut b = connect(other, &other_id).await;
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        flood.push(connect(flooder.clone(), &flooder_id).await);
+    }
+    let before = common::audit_records(&w.ca()).len();
+    // The store is slow: its write lock held from outside (reads go on).
+    let lock = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let flooding: Vec<_> = flood
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let (s, _) = common::call(&mut c, "GET", "/v1/no-such-route", "").await;
+                s
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other caller's request waits for the store like every operation (the store is one
+    // connection), but it is not refused for want of a slot.
+    let other_call = tokio::spawn(async move {
+        let (s, _, body) = common::call_with_headers(&mut b, "GET", "/healthz", "").await;
+        (s, body)
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drop(lock);
+    let (s, body) = tokio::time::timeout(T, other_call).await.unwrap().unwrap();
+    assert_eq!(
+        s, 200,
+        "another caller was refused while one identity's refusals waited for the store: {body}"
+    );
+    let mut refused = 0;
+    for f in flooding {
+        let status = tokio::time::timeout(T, f).await.unwrap().unwrap();
+        match status {
+            404 => refused += 1,
+            // Past its share: refused before any operation, by the bound (not recorded).
+            503 => {}
+            other => panic!("a flooding request got {other}"),
+        }
+    }
+    assert!(refused >= 1, "no flooding request reached its route");
+    // Nothing lost: every refusal answered is recorded, once the store answers.
+    let records = common::audit_records(&w.ca());
+    let recorded = records
+        .iter()
+        .skip(before)
+        .filter(|r| r["kind"] == "request.refused" && r["actor"] == flooder_id.as_str())
+        .count();
+    assert_eq!(recorded, refused, "{records:?}");
+}
