@@ -176,6 +176,13 @@ fn enroll_and_token_create_refuse_a_directory_others_control_before_anything_is_
             "owned by another user",
         );
     }
+    // A new private directory of ours inside one anyone can write: they could rename it away
+    // and put theirs (with their `bundle.json`) in its place.
+    env.fails(
+        "enroll --token-file t.json --out-dir shared/creds",
+        1,
+        "could be replaced by others",
+    );
     assert_eq!(issued(&env), before, "nothing issued");
     for dir in ["shared", "planted"] {
         assert_eq!(

@@ -121,8 +121,10 @@ pub enum FsError {
     },
     /// A secret would be created in a directory that others control: owned by another user
     /// (not root), or one whose entries group or others can create, rename or remove (write
-    /// permission without the sticky bit). They could replace or remove the secret, or the
-    /// files written beside it (a trust bundle, a certificate).
+    /// permission without the sticky bit), or below a directory or through a link others
+    /// control (they could rename the directory away, or point the link elsewhere, and put
+    /// their own in its place). They could replace or remove the secret, or the files written
+    /// beside it (a trust bundle, a certificate).
     #[error(
         "{} {why}: a secret written there could be replaced by others; choose a directory that only you can write (a new one, or `chmod go-w` if you own it)",
         path.display()

@@ -16,7 +16,8 @@
 //!   is free.
 //! - **Secrets are created only in directories others cannot change.** [`create_secret`]
 //!   refuses a directory owned by another user (not root), or whose entries group or others
-//!   can replace (write permission without the sticky bit): see [`check_secret_dir`].
+//!   can replace (write permission without the sticky bit), and every directory and link on
+//!   the way to it must be held as firmly: see [`check_secret_dir`].
 //! - **Secrets are refused when group or others can access them.** [`read_secret`] checks the
 //!   mode of the handle it reads (the file checked is the file read) and does not block on a
 //!   FIFO planted where a key should be.

@@ -117,9 +117,13 @@ pub fn create_secret(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 /// Checks that a secret may be created in `dir`, an existing directory (a link to one is
 /// followed): it is owned by the user writing now (or by root), and group and others cannot
 /// create, rename or remove its entries (no write permission for them, or the sticky bit, as
-/// `/tmp` has). A directory planted by another user (at a name in `/tmp`, say) is refused with
-/// [`FsError::InsecureDir`]: its owner could replace the secret or the files beside it. Call
-/// it before spending what cannot be had again (a single-use token).
+/// `/tmp` has). The same holds for every directory on the way to it from `/`, and every link
+/// on the way (followed as the system follows it) must be the writer's or root's: whoever
+/// controls a directory above could rename `dir` away and put their own in its place, and
+/// whoever owns a link could point it elsewhere, between this check and a write, or before the
+/// next command reads the files beside the secret. A directory or link planted by another user
+/// (at a name in `/tmp`, say) is refused with [`FsError::InsecureDir`], naming it. Call it
+/// before spending what cannot be had again (a single-use token).
 pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir).map_err(|e| FsError::io(dir, e))?;
@@ -135,23 +139,104 @@ pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
         .and_then(|f| f.metadata())
         .map_err(|e| FsError::io(dir, e))?
         .uid();
+    if let Some(why) = not_held(&meta, me) {
+        return Err(FsError::InsecureDir {
+            path: dir.to_path_buf(),
+            why,
+        });
+    }
+    check_way_to(dir, me)
+}
+
+/// Why others could change the entry `meta` describes (a directory's entries, or where a link
+/// points), or `None` when only `me` and root can.
+fn not_held(meta: &std::fs::Metadata, me: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     let mode = meta.mode() & 0o7777;
-    let why = if meta.uid() != me && meta.uid() != 0 {
+    if meta.uid() != me && meta.uid() != 0 {
         Some(format!("is owned by another user (uid {})", meta.uid()))
-    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    } else if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
         Some(format!(
             "has mode {mode:03o}: group or others can replace its files"
         ))
     } else {
         None
-    };
-    match why {
-        Some(why) => Err(FsError::InsecureDir {
-            path: dir.to_path_buf(),
-            why,
-        }),
-        None => Ok(()),
     }
+}
+
+/// One step of a path being resolved.
+enum Step {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+fn steps(path: &Path) -> Vec<Step> {
+    use std::path::Component;
+    let mut v: Vec<Step> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::RootDir => Some(Step::Root),
+            Component::ParentDir => Some(Step::Parent),
+            Component::Normal(n) => Some(Step::Name(n.to_owned())),
+            Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect();
+    // Popped from the end: the first step last.
+    v.reverse();
+    v
+}
+
+/// The most links followed on the way to a directory (the system's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Resolves `dir` from `/` one entry at a time, as the system does, and checks every directory
+/// entered and every link followed with [`not_held`]: the first one others control is refused.
+fn check_way_to(dir: &Path, me: u32) -> Result<(), FsError> {
+    let abs = std::path::absolute(dir).map_err(|e| FsError::io(dir, e))?;
+    let refuse = |path: PathBuf, why: String| {
+        Err(FsError::InsecureDir {
+            path,
+            why: format!("{why} (on the way to {})", dir.display()),
+        })
+    };
+    let mut at = PathBuf::from("/");
+    let root = std::fs::symlink_metadata(&at).map_err(|e| FsError::io(&at, e))?;
+    if let Some(why) = not_held(&root, me) {
+        return refuse(at, why);
+    }
+    let mut todo = steps(&abs);
+    let mut links = 0;
+    while let Some(step) = todo.pop() {
+        match step {
+            Step::Root => at = PathBuf::from("/"),
+            Step::Parent => {
+                at.pop();
+            }
+            Step::Name(name) => {
+                let next = at.join(&name);
+                let meta = std::fs::symlink_metadata(&next).map_err(|e| FsError::io(&next, e))?;
+                if let Some(why) = not_held(&meta, me) {
+                    return refuse(next, why);
+                }
+                if meta.file_type().is_symlink() {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(FsError::io(
+                            dir,
+                            std::io::Error::other("too many levels of symbolic links"),
+                        ));
+                    }
+                    let target = std::fs::read_link(&next).map_err(|e| FsError::io(&next, e))?;
+                    // A relative target is resolved from the directory holding the link.
+                    todo.extend(steps(&target));
+                } else {
+                    at = next;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` and its missing parents with mode 0700; an existing directory is left as is.

@@ -410,3 +410,87 @@ fn a_secret_is_never_created_in_a_directory_others_control() {
         assert_eq!(leftovers(&other, &[]), Vec::<String>::new());
     }
 }
+
+/// A private directory is not enough when another user controls a directory above it, or a
+/// link on the way to it: they can rename the directory away (or point the link elsewhere) and
+/// put their own in its place, so that the files written beside the key (`bundle.json`, the
+/// anchors) or read next time are theirs. Every directory and link on the way is checked.
+#[test]
+fn a_secret_is_never_created_below_a_directory_or_link_others_control() {
+    let base = tempfile::tempdir().unwrap();
+    let set_mode =
+        |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+
+    // A parent that anyone may write: our own 0700 directory in it can be renamed away.
+    let shared = base.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o777);
+    let creds = shared.join("creds");
+    fs::create_dir(&creds).unwrap();
+    set_mode(&creds, 0o700);
+    let e = create_secret(&creds.join("key.pem"), b"secret").unwrap_err();
+    assert!(
+        matches!(&e, FsError::InsecureDir { path, .. } if *path == shared),
+        "{e}"
+    );
+    assert_eq!(leftovers(&creds, &[]), Vec::<String>::new());
+    // Reached through `..` and `.`: the same parent.
+    let dotted = creds.join("..").join(".").join("creds").join("key.pem");
+    assert!(matches!(
+        create_secret(&dotted, b"secret").unwrap_err(),
+        FsError::InsecureDir { .. }
+    ));
+    // With the sticky bit, as /tmp has: nobody else can rename our directory.
+    set_mode(&shared, 0o1777);
+    create_secret(&creds.join("key.pem"), b"secret").unwrap();
+
+    // A link to our private directory, reached through a directory anyone may write.
+    let own = base.path().join("own");
+    fs::create_dir(&own).unwrap();
+    set_mode(&own, 0o700);
+    let open = base.path().join("open");
+    fs::create_dir(&open).unwrap();
+    set_mode(&open, 0o777);
+    symlink(&own, open.join("link")).unwrap();
+    // A link of ours, pointing through theirs: followed and checked.
+    let via = base.path().join("via");
+    symlink(open.join("link"), &via).unwrap();
+    for p in [open.join("link"), via.clone()] {
+        let e = create_secret(&p.join("key.pem"), b"secret").unwrap_err();
+        assert!(
+            matches!(&e, FsError::InsecureDir { path, .. } if *path == open),
+            "{}: {e}",
+            p.display()
+        );
+    }
+    assert_eq!(leftovers(&own, &[]), Vec::<String>::new());
+    set_mode(&open, 0o755);
+    create_secret(&via.join("key.pem"), b"secret").unwrap();
+
+    // Only root can give a directory or a link away here.
+    let theirs = base.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    set_mode(&theirs, 0o755);
+    if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+        // Our private directory inside another user's: they can rename it away.
+        let inner = theirs.join("creds");
+        fs::create_dir(&inner).unwrap();
+        set_mode(&inner, 0o700);
+        let e = create_secret(&inner.join("key.pem"), b"secret").unwrap_err();
+        assert!(
+            matches!(&e, FsError::InsecureDir { path, why } if *path == theirs && why.contains("65534")),
+            "{e}"
+        );
+        // A link another user planted (in a sticky directory, where only they can replace
+        // it), pointing at our private directory for now.
+        let planted = base.path().join("planted-link");
+        symlink(&own, &planted).unwrap();
+        std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+        let e = create_secret(&planted.join("key2.pem"), b"secret").unwrap_err();
+        assert!(
+            matches!(&e, FsError::InsecureDir { path, why } if *path == planted && why.contains("65534")),
+            "{e}"
+        );
+        assert!(!own.join("key2.pem").exists());
+    }
+}
