@@ -1,6 +1,7 @@
 //! `agentid cert renew --daemon --exec CMD`: the command run after each renewal.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,7 +101,9 @@ async fn after_renewal(cmd: &[OsString]) {
 
 fn run(program: &OsString, args: &[OsString], timeout: Duration) -> Result<(), ExecError> {
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null());
+    // Its own process group, so that a timeout ends what it started too (`sh -c 'curl ...'`
+    // leaves `curl` running when only `sh` is killed).
+    command.args(args).stdin(Stdio::null()).process_group(0);
     // Its output goes to stderr: stdout carries the daemon's own data.
     if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
         command.stdout(Stdio::from(fd));
@@ -112,12 +115,25 @@ fn run(program: &OsString, args: &[OsString], timeout: Duration) -> Result<(), E
             Some(status) if status.success() => return Ok(()),
             Some(status) => return Err(ExecError::Failed(status)),
             None if Instant::now() >= deadline => {
+                kill_group(&child);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ExecError::Timeout(timeout));
             }
             None => std::thread::sleep(POLL),
         }
+    }
+}
+
+/// Kills the process group `child` leads (made by `process_group(0)`), as it has not exited:
+/// its group is still its own.
+fn kill_group(child: &std::process::Child) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    // Never group 1 (`kill(-1)` signals every process).
+    if let Some(pid) = pid.filter(|p| p.as_raw_nonzero().get() > 1) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 
@@ -129,6 +145,46 @@ mod tests {
     fn a_command_past_its_time_is_killed() {
         let r = run(&"sleep".into(), &["10".into()], Duration::from_millis(200));
         assert!(matches!(r, Err(ExecError::Timeout(_))), "{r:?}");
+    }
+
+    /// Whether process `pid` has ended (gone, or a zombie waiting for its new parent).
+    fn ended(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // `PID (COMM) STATE ...`: the state follows the last `)`.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
+    /// `--exec sh -c 'curl ...'` whose `curl` hangs: killing only `sh` left `curl` running for
+    /// ever (holding the daemon's stderr), one more at each renewal.
+    #[test]
+    fn a_command_past_its_time_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 1000 & echo $! > '{}'; wait", pidfile.display());
+        let r = run(
+            &"sh".into(),
+            &["-c".into(), script.into()],
+            Duration::from_secs(3),
+        );
+        assert!(matches!(r, Err(ExecError::Timeout(_))), "{r:?}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        assert!(!pid.is_empty());
+        // Killed at once: a bounded wait for the system to show it, not a timing.
+        let gone = (0..200).any(|_| {
+            let e = ended(&pid);
+            if !e {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            e
+        });
+        if !gone {
+            let _ = Command::new("kill").arg("-9").arg(&pid).status();
+        }
+        assert!(gone, "the command's own child {pid} still runs");
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct RenewArgs {
     /// program with these arguments, e.g. `--exec nginx -s reload`. Everything after `--exec`
     /// is the command, taken as given: no shell unless you name one (`--exec sh -c '...'`).
     /// It runs in the current directory with no stdin and its output on stderr, for at most
-    /// 60 s (then it is killed), beside the renewals: they go on while it runs. One runs at a
+    /// 60 s (then it is killed, with every process it started: it runs in its own process
+    /// group), beside the renewals: they go on while it runs. One runs at a
     /// time: renewals written while it runs have it run once more after it ends. A command
     /// that fails is logged, and the daemon goes on.
     #[arg(
