@@ -752,7 +752,11 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     let Some(cur) = unwritten.take() else { continue };
                     match write_cert(&args.dir, &cur) {
                         Ok(()) => {
-                            print_renewed(&cur, args.format.format)?;
+                            // A report: a stdout that cannot take it (a log file on a full
+                            // disk) must not stop the renewals, nor the command after them.
+                            if let Err(e) = print_renewed(&cur, args.format.format) {
+                                tracing::error!(error = %e, "the renewal could not be reported on stdout; the daemon goes on");
+                            }
                             exec.renewed();
                         }
                         // The directory's key was replaced: what this daemon renews is no

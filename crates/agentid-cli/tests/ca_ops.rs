@@ -284,6 +284,63 @@ fn renew_daemon_runs_the_exec_command_as_given_after_each_renewal() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The line a daemon prints for each renewal is a report: a stdout that cannot take it (a log
+/// file on a full disk) must not stop the renewals or the command that follows them.
+#[test]
+fn renew_daemon_keeps_renewing_when_its_stdout_cannot_be_written() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return;
+    };
+    let runs = || {
+        std::fs::read_to_string(env.path("runs.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert",
+            "renew",
+            "--ca-url",
+            &s.url(),
+            "--dir",
+            "a",
+            "--ttl",
+            "12s",
+            "--daemon",
+            "--exec",
+            "sh",
+            "-c",
+            "echo ran >> runs.log",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(full)
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut stopped = None;
+    while Instant::now() < deadline && runs() < 2 {
+        stopped = daemon.try_wait().unwrap();
+        if stopped.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = env.read("daemon.log");
+    assert!(stopped.is_none(), "the daemon stopped ({stopped:?}): {log}");
+    assert!(
+        runs() >= 2,
+        "renewed twice, the command ran each time: {log}"
+    );
+    assert!(log.contains("cannot write to stdout"), "{log}");
+}
+
 #[test]
 fn renew_daemon_logs_a_failing_exec_command_and_keeps_renewing() {
     let env = Env::new();
