@@ -34,7 +34,29 @@ pub fn read_private_key(path: &Path) -> Result<Vec<u8>, FsError> {
     let pem = read_secret(path, MAX_FILE_BYTES)?;
     let key = PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|e| FsError::BadKey {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: not_pkcs8(&pem, path, &e),
     })?;
     Ok(key.secret_pkcs8_der().to_vec())
+}
+
+/// What a file that holds no PKCS#8 PEM key holds instead, and what to do about it.
+fn not_pkcs8(pem: &[u8], path: &Path, e: &rustls_pki_types::pem::Error) -> String {
+    let text = String::from_utf8_lossy(pem);
+    let has = |label: &str| text.contains(&format!("-----BEGIN {label}-----"));
+    let file = path.display();
+    if has("EC PRIVATE KEY") || has("RSA PRIVATE KEY") {
+        format!(
+            "an EC (SEC1) or RSA (PKCS#1) key: convert it with `openssl pkcs8 -topk8 -nocrypt -in {file} -out NEW.pem` and use NEW.pem (mode 0600)"
+        )
+    } else if has("ENCRYPTED PRIVATE KEY") {
+        format!(
+            "an encrypted key: agentid reads unencrypted keys, kept private by their mode (0600); decrypt it with `openssl pkcs8 -in {file} -out NEW.pem` and use NEW.pem (mode 0600)"
+        )
+    } else if has("CERTIFICATE") {
+        "a certificate, not a key: name the key file (key.pem)".to_owned()
+    } else if !text.contains("-----BEGIN ") {
+        "no PEM block: a key file holds `-----BEGIN PRIVATE KEY-----` (PKCS#8 PEM); a DER key converts with `openssl pkcs8 -topk8 -nocrypt -inform DER -in FILE -out NEW.pem`".to_owned()
+    } else {
+        format!("no `-----BEGIN PRIVATE KEY-----` block that parses ({e})")
+    }
 }

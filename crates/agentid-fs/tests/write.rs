@@ -494,3 +494,42 @@ fn a_secret_is_never_created_below_a_directory_or_link_others_control() {
         assert!(!own.join("key2.pem").exists());
     }
 }
+
+/// A key in another format (what `openssl` writes by default for EC or RSA keys, or an
+/// encrypted PKCS#8 key) is refused with what it is and the command that converts it, not
+/// "no items found".
+#[test]
+fn a_key_in_another_format_is_refused_with_the_conversion_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |label: &str| {
+        format!("-----BEGIN {label}-----\nMAMCAQA=\n-----END {label}-----\n").into_bytes()
+    };
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "sec1.pem",
+            pem("EC PRIVATE KEY"),
+            "openssl pkcs8 -topk8 -nocrypt",
+        ),
+        (
+            "rsa.pem",
+            pem("RSA PRIVATE KEY"),
+            "openssl pkcs8 -topk8 -nocrypt",
+        ),
+        ("enc.pem", pem("ENCRYPTED PRIVATE KEY"), "encrypted"),
+        ("cert.pem", pem("CERTIFICATE"), "a certificate"),
+        (
+            "der.key",
+            vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+    ];
+    for (name, contents, said) in cases {
+        let path = dir.path().join(name);
+        create_secret(&path, &contents).unwrap();
+        let e = read_private_key(&path).unwrap_err();
+        assert!(matches!(e, FsError::BadKey { .. }), "{name}: {e}");
+        let shown = e.to_string();
+        assert!(shown.contains(said), "{name}: {shown}");
+        assert!(!shown.contains("no items found"), "{name}: {shown}");
+    }
+}
