@@ -100,6 +100,21 @@ pub enum FsError {
         /// What it is.
         kind: FileKind,
     },
+    /// A FIFO that another user (not root) owns, where an output is to be written in place:
+    /// whoever planted it (in a shared directory) would take the output, or leave the writer
+    /// waiting for ever, and answer later reads of that name with their own content.
+    #[error(
+        "{} is {kind} owned by another user (uid {uid}): refusing to write to it (whoever made it would answer later reads of this name); remove it or choose another path",
+        path.display()
+    )]
+    NotOwned {
+        /// The destination.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+        /// Its owner.
+        uid: u32,
+    },
     /// A secret is not a regular file.
     #[error("{} is {kind}, not a regular file", path.display())]
     NotRegular {
@@ -153,6 +168,7 @@ impl FsError {
             | Self::TooLarge { path, .. }
             | Self::AlreadyExists { path }
             | Self::NotWritable { path, .. }
+            | Self::NotOwned { path, .. }
             | Self::NotRegular { path, .. }
             | Self::InsecureMode { path, .. }
             | Self::InsecureDir { path, .. }

@@ -10,7 +10,9 @@
 //! - **What is not a regular file is never replaced.** A destination that is a FIFO or a
 //!   character device (`/dev/null`, a terminal) is written in place, the way a shell redirection
 //!   would; a symbolic link (including `/dev/stdout`), a directory, a block device or a socket is
-//!   refused. Renaming over any of them would replace a system file when run as root.
+//!   refused. Renaming over any of them would replace a system file when run as root. A FIFO
+//!   another user owns (planted at an output's name in a shared directory) is refused: its
+//!   owner would take the output, or block the writer, and answer later reads of the name.
 //! - **Secrets are 0600 from creation on and never overwritten.** [`create_secret`] writes a
 //!   temporary file that is 0600 from its creation and links it to its name only if that name
 //!   is free.

@@ -32,7 +32,8 @@ pub enum Outcome {
 ///   exclusively under a random name in the same directory, reach the disk, and the temporary
 ///   file is renamed over `path` (then the directory is synced). Readers see the old or the new
 ///   file, never a mix; a link planted at any temporary name is never followed.
-/// - A FIFO or a character device (`/dev/null`, a terminal): written in place, never replaced.
+/// - A FIFO or a character device (`/dev/null`, a terminal): written in place, never replaced;
+///   a FIFO another user (not root) owns is refused with [`FsError::NotOwned`].
 /// - A symbolic link (`/dev/stdout` is one), a directory, a block device, a socket: refused
 ///   with [`FsError::NotWritable`]; nothing is written.
 pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
@@ -48,6 +49,7 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
                 Ok(Outcome::Replaced)
             }
             FileKind::Fifo | FileKind::CharDevice => {
+                check_owner(path, &meta)?;
                 write_in_place(path, contents)?;
                 Ok(Outcome::WrittenInPlace)
             }
@@ -61,7 +63,8 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
 
 /// Checks, without writing, that [`write_public`] would write `path` as things stand: nothing
 /// there, a regular file, a FIFO or a character device. Anything it refuses (a symbolic link, a
-/// directory, a block device, a socket) is refused here with the same [`FsError::NotWritable`],
+/// directory, a block device, a socket; a FIFO another user owns) is refused here with the same
+/// error,
 /// so that a command can refuse before it spends something it cannot get back (a single-use
 /// token, the key a credential directory holds).
 pub fn check_public_destination(path: &Path) -> Result<(), FsError> {
@@ -69,7 +72,8 @@ pub fn check_public_destination(path: &Path) -> Result<(), FsError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(FsError::io(path, e)),
         Ok(meta) => match FileKind::of(meta.file_type()) {
-            FileKind::Regular | FileKind::Fifo | FileKind::CharDevice => Ok(()),
+            FileKind::Regular => Ok(()),
+            FileKind::Fifo | FileKind::CharDevice => check_owner(path, &meta),
             kind => Err(FsError::NotWritable {
                 path: path.to_path_buf(),
                 kind,
@@ -305,6 +309,23 @@ fn replace_atomically(
         .map_err(|e| FsError::io(&dir, e))
 }
 
+/// Refuses a FIFO that another user (not root) owns: one planted at an output's name in a
+/// shared directory. (Character devices are made by root only.) Checked before it is opened,
+/// as opening a FIFO waits for a reader.
+fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = FileKind::of(meta.file_type());
+    let me = rustix::process::geteuid().as_raw();
+    if kind == FileKind::Fifo && meta.uid() != me && meta.uid() != 0 {
+        return Err(FsError::NotOwned {
+            path: path.to_path_buf(),
+            kind,
+            uid: meta.uid(),
+        });
+    }
+    Ok(())
+}
+
 /// Writes to a FIFO or a character device without creating, truncating or replacing it, and
 /// without following a link swapped in since it was looked at.
 fn write_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
@@ -322,7 +343,8 @@ fn write_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
                 FsError::io(path, e)
             }
         })?;
-    let kind = FileKind::of(f.metadata().map_err(|e| FsError::io(path, e))?.file_type());
+    let meta = f.metadata().map_err(|e| FsError::io(path, e))?;
+    let kind = FileKind::of(meta.file_type());
     if !matches!(kind, FileKind::Fifo | FileKind::CharDevice) {
         // Swapped since it was looked at: write nothing.
         return Err(FsError::NotWritable {
@@ -330,6 +352,8 @@ fn write_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
             kind,
         });
     }
+    // The file opened is the file checked.
+    check_owner(path, &meta)?;
     f.write_all(contents)
         .and_then(|()| f.flush())
         .map_err(|e| FsError::io(path, e))

@@ -533,3 +533,53 @@ fn a_key_in_another_format_is_refused_with_the_conversion_to_run() {
         assert!(!shown.contains("no items found"), "{name}: {shown}");
     }
 }
+
+/// A FIFO another user planted at the name of an output (`--out /tmp/bundle.json`): writing
+/// "in place" waited for ever for a reader, or handed the data to the planter and said it was
+/// written, while the planter answers every later read of that name (`--bundle
+/// /tmp/bundle.json`) with their own content. Refused at once, and by the destination check.
+#[test]
+fn a_fifo_another_user_owns_is_refused_without_blocking() {
+    use agentid_fs::check_public_destination;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("bundle.json");
+    mkfifo(&fifo);
+    // Only root can give a FIFO away here.
+    if std::os::unix::fs::lchown(&fifo, Some(65534), Some(65534)).is_err() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        thread::spawn(move || {
+            let _ = tx.send(write_public(&fifo, b"bundle"));
+        });
+    }
+    let outcome = match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(_) => {
+            // Let the blocked write go, then fail.
+            let mut got = Vec::new();
+            let _ = fs::File::open(&fifo).and_then(|mut f| f.read_to_end(&mut got));
+            panic!("the write blocked on a FIFO another user owns");
+        }
+    };
+    let e = outcome.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            FsError::NotOwned {
+                kind: FileKind::Fifo,
+                uid: 65534,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("65534"), "{e}");
+    assert!(matches!(
+        check_public_destination(&fifo).unwrap_err(),
+        FsError::NotOwned { .. }
+    ));
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
