@@ -54,16 +54,11 @@ pub(crate) fn write_public_file(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// Makes the CA directory `dir` private (mode 0700): creates it (and missing parents) so, or
-/// takes group and others' access away from an existing one.
+/// takes group and others' access away from an existing one; a directory (or link) on the way
+/// that others control is refused before anything is changed (see
+/// [`agentid_fs::make_private_dir`]).
 pub(crate) fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    agentid_fs::ensure_dir(dir).map_err(fs_error)?;
-    let meta = std::fs::metadata(dir).map_err(|e| CaError::io(dir, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| CaError::io(dir, e))?;
-    }
-    Ok(())
+    agentid_fs::make_private_dir(dir).map_err(fs_error)
 }
 
 /// Reads a PKCS#8 private key file, refusing it when group or others have any access to it.

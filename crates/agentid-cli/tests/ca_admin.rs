@@ -76,6 +76,30 @@ fn ca_init_json_and_refusals() {
     );
 }
 
+/// `ca init --dir /tmp/ca` run as root where another user planted `/tmp/ca` as a link to a
+/// system directory: that directory was made 0700 (every other user locked out of `/etc`, say)
+/// before anything looked at the link.
+#[test]
+fn ca_init_through_a_link_another_user_planted_changes_nothing() {
+    let env = Env::empty();
+    let system = env.path("system");
+    std::fs::create_dir(&system).unwrap();
+    env.chmod("system", 0o755);
+    let link = env.path("ca");
+    std::os::unix::fs::symlink(&system, &link).unwrap();
+    // Only root can give a link away here.
+    if std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).is_err() {
+        return;
+    }
+    env.fails(
+        "ca init --trust-domain example.org --dir ca",
+        1,
+        "owned by another user",
+    );
+    assert_eq!(mode(&system), 0o755, "the link's target is left as it was");
+    assert_eq!(std::fs::read_dir(&system).unwrap().count(), 0);
+}
+
 #[test]
 fn a_readable_ca_key_or_missing_ca_is_refused() {
     let env = Env::new();

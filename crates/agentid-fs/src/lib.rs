@@ -40,5 +40,5 @@ pub use pem::{pem_encode, read_private_key, write_private_key};
 pub use read::{read_bounded, read_secret, MAX_FILE_BYTES};
 pub use write::{
     check_public_destination, check_secret_dir, create_public, create_secret, ensure_dir,
-    write_private, write_public, Outcome,
+    make_private_dir, write_private, write_public, Outcome,
 };

@@ -155,14 +155,19 @@ pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
 /// Why others could change the entry `meta` describes (a directory's entries, or where a link
 /// points), or `None` when only `me` and root can.
 fn not_held(meta: &std::fs::Metadata, me: u32) -> Option<String> {
+    not_owned(meta, me).or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode() & 0o7777;
+        (meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0)
+            .then(|| format!("has mode {mode:03o}: group or others can replace its files"))
+    })
+}
+
+/// Why the entry `meta` describes is not `me`'s or root's, or `None`.
+fn not_owned(meta: &std::fs::Metadata, me: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode() & 0o7777;
     if meta.uid() != me && meta.uid() != 0 {
         Some(format!("is owned by another user (uid {})", meta.uid()))
-    } else if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        Some(format!(
-            "has mode {mode:03o}: group or others can replace its files"
-        ))
     } else {
         None
     }
@@ -197,6 +202,12 @@ const MAX_LINKS: usize = 40;
 /// Resolves `dir` from `/` one entry at a time, as the system does, and checks every directory
 /// entered and every link followed with [`not_held`]: the first one others control is refused.
 fn check_way_to(dir: &Path, me: u32) -> Result<(), FsError> {
+    walk_to(dir, me, true)
+}
+
+/// [`check_way_to`], with the mode of `dir` itself checked only when `last_mode` (its owner
+/// always is).
+fn walk_to(dir: &Path, me: u32, last_mode: bool) -> Result<(), FsError> {
     let abs = std::path::absolute(dir).map_err(|e| FsError::io(dir, e))?;
     let refuse = |path: PathBuf, why: String| {
         Err(FsError::InsecureDir {
@@ -220,7 +231,13 @@ fn check_way_to(dir: &Path, me: u32) -> Result<(), FsError> {
             Step::Name(name) => {
                 let next = at.join(&name);
                 let meta = std::fs::symlink_metadata(&next).map_err(|e| FsError::io(&next, e))?;
-                if let Some(why) = not_held(&meta, me) {
+                let last = todo.is_empty() && !meta.file_type().is_symlink();
+                let why = if last && !last_mode {
+                    not_owned(&meta, me)
+                } else {
+                    not_held(&meta, me)
+                };
+                if let Some(why) = why {
                     return refuse(next, why);
                 }
                 if meta.file_type().is_symlink() {
@@ -241,6 +258,24 @@ fn check_way_to(dir: &Path, me: u32) -> Result<(), FsError> {
         }
     }
     Ok(())
+}
+
+/// Makes `dir` a directory for secrets: creates it (and missing parents) with mode 0700, or
+/// takes group and others' access away from an existing one, then checks it as
+/// [`check_secret_dir`] does. Every directory and link on the way to it is checked before its
+/// mode is changed: a link another user planted at its name (pointing at `/etc`, say) changes
+/// nothing.
+pub fn make_private_dir(dir: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    ensure_dir(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    walk_to(dir, me, false)?;
+    let meta = std::fs::metadata(dir).map_err(|e| FsError::io(dir, e))?;
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, Permissions::from_mode(0o700))
+            .map_err(|e| FsError::io(dir, e))?;
+    }
+    check_secret_dir(dir)
 }
 
 /// Creates `dir` and its missing parents with mode 0700; an existing directory is left as is.
