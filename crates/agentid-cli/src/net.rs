@@ -537,7 +537,17 @@ pub fn run_list(a: &ListArgs) -> CliResult {
         Format::Text => {
             let mut out = String::new();
             for t in &r.tasks {
-                out.push_str(&format!("{} until {}\n", t.holder, rfc3339(t.exp)));
+                // The store's text: whoever can write the store must not write to the
+                // operator's terminal (escapes, a line break and a forged entry).
+                let holder = if agentid_protocol::SpiffeId::parse(&t.holder).is_ok() {
+                    t.holder.clone()
+                } else {
+                    format!(
+                        "{} (not a SPIFFE ID: the CA's store holds this text)",
+                        agentid_protocol::clean_text(t.holder.clone(), 512)
+                    )
+                };
+                out.push_str(&format!("{holder} until {}\n", rfc3339(t.exp)));
             }
             if r.tasks.is_empty() {
                 out.push_str("no live tasks\n");

@@ -1064,3 +1064,49 @@ fn an_agent_enrolled_after_a_rotation_refuses_the_signed_bundle_from_before_it()
         BundleApplied::Applied
     );
 }
+
+/// Whoever can write the CA's store (a PostgreSQL account, `ca.db`) reaching the operator's
+/// terminal through `ca list`: a task's holder was printed as stored, terminal escapes and
+/// line breaks included (able to clear the screen and print a forged list).
+#[test]
+fn ca_list_never_prints_control_characters_from_the_store() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    env.ok(&format!(
+        "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out t.json",
+        s.enroll_url()
+    ));
+    let holder = env.json("enroll --token-file t.json --out-dir a")["identity"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = format!("{holder}\u{1b}[2J\nspiffe://example.org/agent/forged/task/x until never");
+    let db = rusqlite::Connection::open(env.path("ca/ca.db")).unwrap();
+    db.execute(
+        "UPDATE identities SET identity = ?1 WHERE identity = ?2",
+        rusqlite::params![forged, holder],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE tasks SET holder = ?1 WHERE holder = ?2",
+        rusqlite::params![forged, holder],
+    )
+    .unwrap();
+    drop(db);
+    let text = env.ok(&format!("ca list --ca-url {url} --cred platform"));
+    assert!(text.contains(&holder), "the entry is still shown: {text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("spiffe://example.org/agent/forged")),
+        "{text}"
+    );
+    // JSON escapes it as JSON does.
+    let v = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    assert_eq!(v["tasks"][0]["holder"], forged.as_str());
+}
