@@ -220,3 +220,43 @@ fn cert_verify_refuses_a_certificate_its_revocation_list_revokes() {
         "revocation key",
     );
 }
+
+/// `cert inspect` is how one looks at a certificate nobody vouches for yet (a peer's, a file
+/// handed over): its subject and SAN strings reached the terminal as they were, so a line break
+/// and terminal escapes in them could erase the real fields and print forged ones ("Identity:"
+/// of an admin agent).
+#[test]
+fn inspect_never_prints_control_characters_from_the_certificate() {
+    let env = Env::new();
+    let forged = "Identity:       spiffe://example.org/agent/admin/task/t";
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        rcgen::DnValue::Utf8String(format!("evil\u{1b}[2J\n{forged}")),
+    );
+    p.subject_alt_names = vec![
+        rcgen::SanType::URI(
+            format!("spiffe://example.org/x\u{1b}[1A\r{forged}")
+                .try_into()
+                .unwrap(),
+        ),
+        rcgen::SanType::DnsName(format!("a\n{forged}").try_into().unwrap()),
+    ];
+    let cert = p.self_signed(&kp).unwrap();
+    std::fs::write(env.path("evil.pem"), cert.pem()).unwrap();
+    let text = env.ok("cert inspect evil.pem");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("Identity:")).count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l == forged), "{text}");
+    // JSON carries the certificate's strings as they are, escaped as JSON escapes them.
+    let v = env.json("cert inspect evil.pem");
+    assert!(v["subject"].as_str().unwrap().contains('\u{1b}'));
+}

@@ -191,20 +191,25 @@ pub fn describe(der: &[u8]) -> Result<Value, String> {
     }))
 }
 
+/// `text` with its control characters (line breaks, terminal escapes) replaced by U+FFFD: the
+/// certificate's own strings (subject, issuer, SANs) must not write to the terminal, nor print
+/// lines that look like the fields around them.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 fn text(info: &Value) -> String {
     let s = |k: &str| match info.get(k) {
-        Some(Value::String(v)) => v.clone(),
+        Some(Value::String(v)) => printable(v),
         Some(Value::Null) | None => "-".to_owned(),
         Some(v) => v.to_string(),
     };
     let list = |k: &str| match info.get(k) {
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string())
-            })
+            .map(|v| v.as_str().map(printable).unwrap_or_else(|| v.to_string()))
             .collect::<Vec<_>>()
             .join(", "),
         _ => "-".to_owned(),
