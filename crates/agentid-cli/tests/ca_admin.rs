@@ -526,3 +526,28 @@ fn the_bundle_the_cli_writes_refuses_a_signed_bundle_from_before_a_rotation() {
         );
     }
 }
+
+/// An `--out` that names a private key by mistake (a tab completion away in the CA directory)
+/// replaced it: the CA's keys are not to be had again. Refused, before a list is signed.
+#[test]
+fn an_out_file_never_replaces_a_private_key() {
+    let env = Env::new();
+    for key in ["root.key", "revocation.key"] {
+        let path = format!("ca/{key}");
+        let before = env.read(&path);
+        env.fails(
+            &format!("bundle export --ca ca --out {path}"),
+            1,
+            "holds a private key",
+        );
+        env.fails(
+            &format!("revocations export --ca ca --out {path}"),
+            1,
+            "holds a private key",
+        );
+        assert_eq!(env.read(&path), before, "{key} left as it was");
+    }
+    // Nothing was signed: the next list is the first.
+    let v = env.json("revocations export --ca ca");
+    assert_eq!(v["seq"], 1, "{v}");
+}

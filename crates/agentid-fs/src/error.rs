@@ -115,6 +115,16 @@ pub enum FsError {
         /// Its owner.
         uid: u32,
     },
+    /// A public file would replace a file that holds a private key (an `--out` naming a key
+    /// by mistake): a key lost that way is not to be had again.
+    #[error(
+        "{} holds a private key: refusing to replace it with a public file; name another file",
+        path.display()
+    )]
+    HoldsKey {
+        /// The destination.
+        path: PathBuf,
+    },
     /// A secret is not a regular file.
     #[error("{} is {kind}, not a regular file", path.display())]
     NotRegular {
@@ -169,6 +179,7 @@ impl FsError {
             | Self::AlreadyExists { path }
             | Self::NotWritable { path, .. }
             | Self::NotOwned { path, .. }
+            | Self::HoldsKey { path }
             | Self::NotRegular { path, .. }
             | Self::InsecureMode { path, .. }
             | Self::InsecureDir { path, .. }

@@ -28,6 +28,8 @@ pub enum Outcome {
 
 /// Writes a public file (certificate, bundle, chain, list) with mode 0644.
 ///
+/// - A regular file that holds a PEM private key: refused with [`FsError::HoldsKey`] (an output
+///   named over a key by mistake must not cost the key).
 /// - Nothing at `path`, or a regular file: the contents go to a temporary file created
 ///   exclusively under a random name in the same directory, reach the disk, and the temporary
 ///   file is renamed over `path` (then the directory is synced). Readers see the old or the new
@@ -45,6 +47,7 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<Outcome, FsError> {
         Err(e) => Err(FsError::io(path, e)),
         Ok(meta) => match FileKind::of(meta.file_type()) {
             FileKind::Regular => {
+                check_not_a_key(path)?;
                 replace_atomically(path, contents, PUBLIC_MODE, true)?;
                 Ok(Outcome::Replaced)
             }
@@ -72,7 +75,7 @@ pub fn check_public_destination(path: &Path) -> Result<(), FsError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(FsError::io(path, e)),
         Ok(meta) => match FileKind::of(meta.file_type()) {
-            FileKind::Regular => Ok(()),
+            FileKind::Regular => check_not_a_key(path),
             FileKind::Fifo | FileKind::CharDevice => check_owner(path, &meta),
             kind => Err(FsError::NotWritable {
                 path: path.to_path_buf(),
@@ -342,6 +345,41 @@ fn replace_atomically(
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FsError::io(&dir, e))
+}
+
+/// How much of an existing file [`check_not_a_key`] reads: a PEM private key begins there.
+const KEY_SNIFF_BYTES: u64 = 64 * 1024;
+
+/// Refuses to replace a regular file that holds a PEM private key (`-----BEGIN ... PRIVATE
+/// KEY-----`) with a public file. A file that cannot be read is left to the write to judge.
+fn check_not_a_key(path: &Path) -> Result<(), FsError> {
+    use std::io::Read;
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return Ok(());
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let mut head = Vec::new();
+    if f.take(KEY_SNIFF_BYTES).read_to_end(&mut head).is_err() {
+        return Ok(());
+    }
+    let holds_key = head
+        .windows(b"PRIVATE KEY-----".len())
+        .any(|w| w == b"PRIVATE KEY-----")
+        && head
+            .windows(b"-----BEGIN ".len())
+            .any(|w| w == b"-----BEGIN ");
+    if holds_key {
+        return Err(FsError::HoldsKey {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a FIFO that another user (not root) owns: one planted at an output's name in a

@@ -583,3 +583,28 @@ fn a_fifo_another_user_owns_is_refused_without_blocking() {
     ));
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 }
+
+/// A public output named over a private key by mistake (`bundle export --out ca/root.key`,
+/// `delegate --out key.pem`): the key was replaced, and a CA's root key is not to be had
+/// again. A file holding a PEM private key is never replaced by a public file.
+#[test]
+fn a_private_key_is_never_replaced_by_a_public_file() {
+    use agentid_fs::check_public_destination;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("root.key");
+    write_private_key(&key, &[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap();
+    let before = fs::read(&key).unwrap();
+    let e = write_public(&key, b"{\"keys\": []}\n").unwrap_err();
+    assert!(matches!(&e, FsError::HoldsKey { .. }), "{e}");
+    assert!(e.to_string().contains("private key"), "{e}");
+    assert!(matches!(
+        check_public_destination(&key).unwrap_err(),
+        FsError::HoldsKey { .. }
+    ));
+    assert_eq!(fs::read(&key).unwrap(), before);
+    assert_eq!(leftovers(dir.path(), &["root.key"]), Vec::<String>::new());
+    // Another file is replaced as before.
+    let cert = dir.path().join("cert.pem");
+    fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    assert_eq!(write_public(&cert, b"new").unwrap(), Outcome::Replaced);
+}
