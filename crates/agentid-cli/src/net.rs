@@ -362,7 +362,7 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
         )?
         .trust_domain();
         TokenFile {
-            identity: format!("spiffe://{}/agent/{}/task/{}", td.as_str(), r.agent, r.task),
+            identity: answered_identity(&td, &r)?,
             token: r.token,
             ca_url: a.enroll_url.clone(),
             root_sha256: r.root_sha256,
@@ -375,6 +375,25 @@ fn agent_token(a: &TokenCreateArgs, agent: &str) -> CliResult<TokenFile> {
         }
     };
     Ok(file)
+}
+
+/// The task identity a CA's token answer names (its agent is checked against the request by
+/// `CaClient::create_token`), refused when its task is not a task id: it is written into the
+/// token file and printed.
+fn answered_identity(
+    td: &agentid_protocol::TrustDomain,
+    r: &agentid_api::TokenResponse,
+) -> CliResult<String> {
+    let identity = agentid_protocol::TaskId::parse(&r.task)
+        .ok()
+        .map(|_| format!("spiffe://{}/agent/{}/task/{}", td.as_str(), r.agent, r.task))
+        .filter(|id| agentid_protocol::TaskIdentity::parse(id).is_ok());
+    identity.ok_or_else(|| {
+        CliError::failed(format!(
+            "the CA answered a token for task {:?}, which is not a task id: no token file is written (the token is not used; unredeemed, it expires); ask again, and if it persists tell the CA's operator (a replica may be misconfigured)",
+            agentid_protocol::clean_text(r.task.clone(), 128)
+        ))
+    })
 }
 
 /// Writes the token file (0600, never over an existing file) and reports it.
@@ -1010,6 +1029,31 @@ fn task_child(a: &TaskChildArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA answer (a faulty replica, whoever holds the CA service's TLS key) whose `task` is
+    /// not a task id: written into the token file as the identity, and printed with its
+    /// terminal escapes, or making another identity (`t1/task/t2`).
+    #[test]
+    fn a_token_answer_naming_no_task_id_is_refused() {
+        let td = agentid_protocol::TrustDomain::parse("example.org").unwrap();
+        let mut r = agentid_api::TokenResponse {
+            token: "secret".into(),
+            agent: "planner".into(),
+            task: "t1".into(),
+            expires: 0,
+            root_sha256: String::new(),
+        };
+        assert_eq!(
+            answered_identity(&td, &r).unwrap(),
+            "spiffe://example.org/agent/planner/task/t1"
+        );
+        for bad in ["", "t1\u{1b}[2J\nforged", "t1/task/t2", "../x", "t 1"] {
+            r.task = bad.into();
+            let e = answered_identity(&td, &r).unwrap_err().to_string();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
 
     #[test]
     fn an_expired_credential_is_told_with_the_way_back() {
