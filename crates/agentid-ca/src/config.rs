@@ -143,7 +143,7 @@ impl CaConfig {
 
     /// Reads and validates `config.toml`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+        let text = crate::material::read_config_text(path)?;
         let cfg: CaConfig =
             toml::from_str(&text).map_err(|e| CaError::material(path, e.to_string()))?;
         if cfg.skew_secs > 120 {
@@ -287,5 +287,51 @@ mod tests {
         .unwrap();
         let e = CaConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("password"), "{e}");
+    }
+
+    /// A CA directory copied from elsewhere (evidence for `audit verify`) is read, not trusted:
+    /// a FIFO at `config.toml` or `policy.toml` is refused rather than waited on for ever, and a
+    /// file over 1 MiB is refused rather than read into memory.
+    #[test]
+    fn a_config_or_policy_that_is_a_fifo_or_huge_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["config.toml", "policy.toml"] {
+            let path = dir.path().join(name);
+            let made = std::process::Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let e = if name == "config.toml" {
+                    CaConfig::load(&p).map(|_| ())
+                } else {
+                    crate::Policy::load(&p).map(|_| ())
+                };
+                let _ = tx.send(e.map_err(|e| e.to_string()));
+            });
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading a FIFO blocked")
+                .unwrap_err();
+            assert!(
+                e.contains("FIFO") || e.contains("fifo") || e.contains("regular"),
+                "{e}"
+            );
+            std::fs::remove_file(&path).unwrap();
+            let big = format!("# {}\n", "x".repeat(2 * 1024 * 1024));
+            std::fs::write(&path, big).unwrap();
+            let e = if name == "config.toml" {
+                CaConfig::load(&path).map(|_| ()).unwrap_err()
+            } else {
+                crate::Policy::load(&path).map(|_| ()).unwrap_err()
+            };
+            assert!(
+                e.to_string().contains("larger") || e.to_string().contains("large"),
+                "{e}"
+            );
+        }
     }
 }

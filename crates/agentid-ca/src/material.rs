@@ -80,6 +80,17 @@ fn fs_error(e: FsError) -> CaError {
     }
 }
 
+/// The largest `config.toml` or `policy.toml` a CA reads.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a CA directory's configuration file (`config.toml`, `policy.toml`) as UTF-8: a regular
+/// file of at most [`MAX_CONFIG_BYTES`] (a FIFO or a huge file there is refused, not waited for
+/// or read into memory).
+pub(crate) fn read_config_text(path: &Path) -> Result<String> {
+    let bytes = agentid_fs::read_regular(path, MAX_CONFIG_BYTES).map_err(fs_error)?;
+    String::from_utf8(bytes).map_err(|_| CaError::material(path, "not UTF-8 text"))
+}
+
 /// Reads every certificate of a PEM file (at least one).
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let buf = agentid_fs::read_bounded(path, MAX_FILE_BYTES).map_err(fs_error)?;

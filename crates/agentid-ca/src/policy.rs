@@ -261,7 +261,7 @@ fn duration(v: Option<&str>, default: u64, rule: &str) -> Result<u64> {
 impl Policy {
     /// Reads `policy.toml`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
+        let text = crate::material::read_config_text(path)?;
         Self::from_toml(&text)
     }
 

@@ -37,7 +37,7 @@ mod write;
 
 pub use error::{FileKind, FsError};
 pub use pem::{pem_encode, read_private_key, write_private_key};
-pub use read::{read_bounded, read_secret, MAX_FILE_BYTES};
+pub use read::{read_bounded, read_regular, read_secret, MAX_FILE_BYTES};
 pub use write::{
     check_public_destination, check_secret_dir, create_public, create_secret, ensure_dir,
     make_private_dir, write_private, write_public, Outcome,

@@ -25,6 +25,27 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 /// The mode is taken from the opened handle, so the file checked is the file read. The file is
 /// opened non-blocking, so a FIFO planted where a key should be is refused instead of hanging.
 pub fn read_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let (f, meta) = open_regular(path)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(FsError::InsecureMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    read_to_limit(f, path, limit)
+}
+
+/// Reads a whole configuration file (a CA's `config.toml` or `policy.toml`), refusing anything
+/// but a regular file (a FIFO there would block the reader for ever) and one larger than
+/// `limit` bytes.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let (f, _) = open_regular(path)?;
+    read_to_limit(f, path, limit)
+}
+
+/// Opens `path` non-blocking and refuses it unless the opened handle is a regular file.
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), FsError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -38,14 +59,7 @@ pub fn read_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
             kind,
         });
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(FsError::InsecureMode {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    read_to_limit(f, path, limit)
+    Ok((f, meta))
 }
 
 fn read_to_limit(f: File, path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
