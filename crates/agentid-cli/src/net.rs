@@ -720,13 +720,13 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
             .danger_accept_missing_or_stale_revocations(),
     )
     .context("cannot build the verifier")?;
-    let enroller = agentid_transport::enroll::Enroller::from_credential(
-        url,
-        cred.credential_with_chain()?,
-        verification,
-        TIMEOUT,
-    )
-    .with_ttl(args.ttl.ttl);
+    let held = cred.credential_with_chain()?;
+    // Until when the certificate in `cert.pem` is valid (what every reader of the directory
+    // uses, whatever this daemon holds in memory).
+    let mut on_disk_until = held.info().not_after;
+    let enroller =
+        agentid_transport::enroll::Enroller::from_credential(url, held, verification, TIMEOUT)
+            .with_ttl(args.ttl.ttl);
     let rt = runtime()?;
     if !args.daemon {
         let renewed = rt.block_on(enroller.renew()).map_err(api_error(url))?;
@@ -781,6 +781,7 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                     let Some(cur) = unwritten.take() else { continue };
                     match write_cert(&args.dir, &cur) {
                         Ok(()) => {
+                            on_disk_until = cur.info().not_after;
                             // A report: a stdout that cannot take it (a log file on a full
                             // disk) must not stop the renewals, nor the command after them.
                             if let Err(e) = print_renewed(&cur, args.format.format) {
@@ -795,6 +796,17 @@ pub fn run_renew_remote(args: &crate::cert::renew::RenewArgs) -> CliResult {
                                 .unwrap_or(false) =>
                         {
                             return Err(e);
+                        }
+                        // Renewing in memory is of no use to the directory's readers once the
+                        // certificate they read has expired: stop, so that whatever supervises
+                        // the daemon sees it (as when renewals themselves keep failing).
+                        Err(e) if crate::common::now_unix().is_ok_and(|now| now >= on_disk_until) => {
+                            return Err(CliError::failed(format!(
+                                "{e}; the certificate in {} expired at {} and no renewed one could be written since: stopping",
+                                args.dir.join(CERT_FILE).display(),
+                                rfc3339(on_disk_until)
+                            ))
+                            .with_hint("make cert.pem writable (a regular file of the user running the daemon, not a link) and start the daemon again"));
                         }
                         Err(e) => {
                             tracing::error!(error = %e, retry_secs = WRITE_RETRY.as_secs(), "the renewed certificate could not be written; the daemon keeps it and tries again");

@@ -341,6 +341,49 @@ fn renew_daemon_keeps_renewing_when_its_stdout_cannot_be_written() {
     assert!(log.contains("cannot write to stdout"), "{log}");
 }
 
+/// A daemon whose renewed certificates can never reach `cert.pem` (a link there, which writes
+/// refuse) renewed in memory for ever, logging every 5 s, while every reader of the directory
+/// used a certificate that had expired; it now stops once the one on disk has expired.
+#[test]
+fn renew_daemon_stops_once_the_certificate_it_cannot_replace_has_expired() {
+    let env = Env::new();
+    let s = serve(&env);
+    enrolled(&env, &s, "12s");
+    std::fs::rename(env.path("a/cert.pem"), env.path("a/held.pem")).unwrap();
+    std::os::unix::fs::symlink("held.pem", env.path("a/cert.pem")).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .current_dir(env.path(""))
+        .args([
+            "cert",
+            "renew",
+            "--ca-url",
+            &s.url(),
+            "--dir",
+            "a",
+            "--ttl",
+            "12s",
+            "--daemon",
+        ])
+        .env("AGENTID_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut stopped = None;
+    while Instant::now() < deadline && stopped.is_none() {
+        stopped = daemon.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = env.read("daemon.log");
+    let status = stopped.unwrap_or_else(|| panic!("the daemon kept running: {log}"));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("expired at"), "{log}");
+    assert!(log.contains("could not be written"), "{log}");
+}
+
 #[test]
 fn renew_daemon_logs_a_failing_exec_command_and_keeps_renewing() {
     let env = Env::new();

@@ -32,7 +32,8 @@ pub struct RenewArgs {
     /// certificate's lifetime (at random, so that agents started
     /// together do not renew together; retrying until 90% of it)
     /// and replace `cert.pem` each time (a renewed certificate it cannot write is kept and
-    /// written again every 5 seconds, with an error logged). Needs `--ca-url`.
+    /// written again every 5 seconds, with an error logged, until the one in `cert.pem` has
+    /// expired: then it stops, status 1). Needs `--ca-url`.
     // clap lets a required argument be missing when it conflicts with one that is present
     // (`--ca-url` with `--ca`): the conflict is stated here, or `--ca DIR --daemon` would renew
     // once and exit 0.
