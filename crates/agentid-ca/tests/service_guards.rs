@@ -1,0 +1,118 @@
+//! Security checks of the CA service whose removal no other test noticed (found by removing
+//! each check in turn and running the tests): each test here fails when its check is dropped.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+use common::call;
+use common::CA_ID;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentid_ca::CertificateAuthority;
+use agentid_protocol::{Algorithm, PeerId, SpiffeId, TaskKey};
+use agentid_transport::http::{HttpClient, HttpClientConnection};
+use agentid_transport::{MemoryCredentials, PeerPolicy};
+
+const T: Duration = Duration::from_secs(20);
+
+const EXTRA_POLICY: &str = r#"
+[agents.planner.permissions]
+"svc:platform" = ["open_task", "create_token", "list", "revoke"]
+
+[services.agentid-ca]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.platform]
+max_ttl = "1h"
+requesters = ["operator"]
+"#;
+
+struct World {
+    dir: tempfile::TempDir,
+    mtls: SocketAddr,
+}
+
+async fn start() -> World {
+    let (dir, mtls, _) = common::serve_ca(EXTRA_POLICY, false).await;
+    World { dir, mtls }
+}
+
+impl World {
+    fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::open(self.dir.path()).unwrap()
+    }
+
+    async fn connect(&self, creds: Arc<MemoryCredentials>, own: &str) -> HttpClientConnection {
+        HttpClient::builder(
+            creds,
+            common::verification(&self.ca(), own),
+            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap()
+        .connect(self.mtls, "ca.example.org")
+        .await
+        .unwrap()
+    }
+}
+
+fn code_of(body: &str) -> String {
+    let e: agentid_api::ApiError = serde_json::from_str(body).unwrap();
+    e.code.as_str().to_owned()
+}
+
+/// The operator re-issues a service for a new key (the store rebinds the name to it): the
+/// certificate of the old key is still a valid certificate of the CA, but the per-request
+/// re-check (the store's key for the caller's identity) refuses it on every route, so a key
+/// rotated away (say, leaked) holds none of the service's permissions; and on the routes that
+/// run the re-check in their operation's hop, it runs before the operation: nothing is issued
+/// and no token is made behind the refusal.
+#[tokio::test]
+async fn a_service_key_the_operator_rebound_away_is_refused_on_every_route() {
+    let w = start().await;
+    let (old, pid) = common::service_credentials(&w.ca(), "platform");
+    let _new = common::service_credential(&w.ca(), "platform", None);
+    let mut c = w.connect(old, &pid).await;
+    let before = w.ca().issuances().unwrap().len();
+    let tokens_made = || {
+        common::audit_records(&w.ca())
+            .iter()
+            .filter(|r| r["kind"] == "bootstrap.create")
+            .count()
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let task = SpiffeId::parse("spiffe://example.org/agent/planner/task/t-rebound").unwrap();
+    let csr = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        key.csr(&task).unwrap(),
+    );
+    let open = serde_json::json!({"agent": "planner", "task": "t-rebound",
+                                  "scope": ["tickets:read"], "csr": csr})
+    .to_string();
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/tokens",
+            r#"{"agent":"planner","scope":["tickets:read"]}"#,
+        ),
+        ("POST", "/v1/tasks", open.as_str()),
+        ("GET", "/v1/tasks", ""),
+        ("POST", "/v1/revoke", r#"{"agent":"planner"}"#),
+        ("GET", "/v1/revocations", ""),
+    ] {
+        let (s, b) = call(&mut c, method, path, body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (409, "key_mismatch"),
+            "{method} {path}: {b}"
+        );
+    }
+    assert_eq!(w.ca().issuances().unwrap().len(), before);
+    assert_eq!(tokens_made(), 0);
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
