@@ -29,6 +29,13 @@ requesters = ["operator"]
 [services.platform]
 max_ttl = "1h"
 requesters = ["operator"]
+
+[services.weak]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[agents.worker.permissions]
+"svc:weak" = ["list", "open_task", "revoke"]
 "#;
 
 struct World {
@@ -115,4 +122,37 @@ async fn a_service_key_the_operator_rebound_away_is_refused_on_every_route() {
     assert_eq!(w.ca().issuances().unwrap().len(), before);
     assert_eq!(tokens_made(), 0);
     assert!(w.ca().revocations().unwrap().is_empty());
+}
+
+/// `POST /v1/tokens` needs `create_token` for the agent (CA-API.md 3.6): a service holding
+/// none of the agent's permissions, or others but not that one, makes no token, although the
+/// agent takes bootstrap tokens (`planner`) and the binding is within its rule.
+#[tokio::test]
+async fn a_service_without_create_token_for_the_agent_makes_no_token() {
+    let w = start().await;
+    let (weak, wid) = common::service_credentials(&w.ca(), "weak");
+    let mut c = w.connect(weak, &wid).await;
+    for agent in ["planner", "worker"] {
+        let body = format!(r#"{{"agent":"{agent}","scope":["tickets:read"]}}"#);
+        let (s, b) = call(&mut c, "POST", "/v1/tokens", &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "policy_denied"),
+            "{agent}: {b}"
+        );
+    }
+    assert!(common::audit_records(&w.ca())
+        .iter()
+        .all(|r| r["kind"] != "bootstrap.create"));
+    // The same request from a service holding `create_token` for the agent is served.
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await;
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"planner","scope":["tickets:read"]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
 }
