@@ -156,3 +156,58 @@ async fn a_service_without_create_token_for_the_agent_makes_no_token() {
     .await;
     assert_eq!(s, 200, "{b}");
 }
+
+/// A task whose grant was revoked (by its `jti`) is refused on every route by the
+/// per-request re-check (403 `revoked`), also on those no issuance check covers: it can
+/// neither read the revocation list nor close its task as a live holder would.
+#[tokio::test]
+async fn a_task_whose_grant_was_revoked_is_refused_on_every_route() {
+    let w = start().await;
+    let ca = w.ca();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let opened = ca
+        .open_task(
+            &agentid_ca::OpenTaskRequest::new(
+                "planner",
+                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+                agentid_ca::TaskRequester::Operator,
+                agentid_protocol::Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let id = opened.identity.as_str().to_owned();
+    let task = opened.identity.task_id().as_str().to_owned();
+    let chain = common::chain_of(
+        &opened.certificate.leaf.der,
+        &opened.certificate.intermediate_der,
+    );
+    let creds = Arc::new(MemoryCredentials::new(
+        agentid_transport::Credential::new(chain, key).unwrap(),
+    ));
+    let mut c = w.connect(creds, &id).await;
+    let (s, b) = call(&mut c, "GET", "/v1/revocations", "").await;
+    assert_eq!(s, 200, "{b}");
+    ca.revoke(
+        &agentid_ca::RevokeTarget::GrantJti(opened.grant_jti.parse().unwrap()),
+        Some("test"),
+        "operator",
+        common::now(),
+    )
+    .unwrap();
+    let revoked_before = ca.revocations().unwrap().len();
+    let own = format!(r#"{{"task":"{task}"}}"#);
+    for (method, path, body) in [
+        ("GET", "/v1/revocations", ""),
+        ("POST", "/v1/revoke", own.as_str()),
+        ("POST", "/v1/renew", "{}"),
+    ] {
+        let (s, b) = call(&mut c, method, path, body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "revoked"),
+            "{method} {path}: {b}"
+        );
+    }
+    assert_eq!(ca.revocations().unwrap().len(), revoked_before);
+}
