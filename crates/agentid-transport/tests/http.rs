@@ -3056,3 +3056,46 @@ async fn one_large_buffer_served(h2: bool) {
     }
     assert_eq!(read, 16 * 1024 * 1024, "h2={h2}");
 }
+
+/// A presented chain whose `exp` comes before the peer certificate's `notAfter` becomes the
+/// connection's deadline (spec/PROTOCOL.md 22.5): past the chain's `exp`, a request on the
+/// same connection is refused (`credential_expired`) or finds the connection closed; it is not
+/// served under the expired chain's authority for the rest of the certificate's life.
+#[tokio::test]
+async fn a_chain_that_expires_before_the_certificate_ends_the_connection_at_its_exp() {
+    let w = World::new(false);
+    let addr = start_with(&w, |o| o.close_margin = Duration::from_secs(1)).await;
+    for h2 in [false, true] {
+        let k = key();
+        let holder = agentid_protocol::TaskIdentity::parse(CLIENT).unwrap();
+        let n = now();
+        let exp = n + 3;
+        let chain = agentid_protocol::GrantBuilder::new(
+            &w.a.td,
+            &holder,
+            k.public_key(),
+            Scope::parse("files:read").unwrap(),
+        )
+        .validity(n - 5, n - 5, exp)
+        .sign(&w.a.grant_key)
+        .unwrap();
+        let creds = Arc::new(MemoryCredentials::new(credential(
+            &w.a.ca,
+            CLIENT,
+            copy(&k),
+            &expiring_in(7200),
+        )));
+        let mut raw = Raw::connect(&w, creds, addr, h2).await;
+        let proof = raw.proof(&k, Some(chain.as_str()));
+        served(raw.present("/scope", chain.as_str(), &proof).await.unwrap()).await;
+        // Past the chain's `exp` (whole seconds), the certificate still two hours from its end.
+        while now() <= exp {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let sent = raw.send("/scope", &[]).await;
+        refused_or_gone(sent, "credential_expired", |e| {
+            e.to_string().contains("clos")
+        })
+        .await;
+    }
+}
