@@ -70,6 +70,25 @@ impl World {
         common::operator_credentials(&self.ca(), agent)
     }
 
+    /// A connection to the mTLS listener as `creds` (identity `id`), the CA's identity required.
+    async fn mtls_connection(
+        &self,
+        creds: Arc<MemoryCredentials>,
+        id: &str,
+    ) -> agentid_transport::http::HttpClientConnection {
+        HttpClient::builder(
+            creds,
+            self.verification(id),
+            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+        )
+        .connect_timeout(T)
+        .build()
+        .unwrap()
+        .connect(self.mtls, "ca.example.org")
+        .await
+        .unwrap()
+    }
+
     /// An HTTP/1.1 connection to the enrollment listener (TLS without a client certificate,
     /// the CA's root trusted), nothing sent on it yet; `None` when the listener refused it.
     async fn enroll_connection(
@@ -425,17 +444,7 @@ async fn operation_and_waiter_bounds_of_usize_max_are_served() {
     })
     .await;
     let (creds, id) = w.task("planner");
-    let mut c = HttpClient::builder(
-        creds,
-        w.verification(&id),
-        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
-    )
-    .connect_timeout(T)
-    .build()
-    .unwrap()
-    .connect(w.mtls, "ca.example.org")
-    .await
-    .unwrap();
+    let mut c = w.mtls_connection(creds, &id).await;
     let (s, _, body) = common::call_with_headers(&mut c, "GET", "/healthz", "").await;
     assert_eq!(s, 200, "{body}");
     let (s, _, body) = common::call_with_headers(&mut c, "GET", "/v1/revocations", "").await;
@@ -486,22 +495,10 @@ async fn a_cancelled_request_keeps_its_operation_slot_until_the_operation_ends()
         ..ServiceOptions::default()
     })
     .await;
-    let connect = |agent: &'static str| {
-        let (creds, id) = w.task(agent);
-        let v = w.verification(&id);
-        let mtls = w.mtls;
-        async move {
-            HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
-                .connect_timeout(T)
-                .build()
-                .unwrap()
-                .connect(mtls, "ca.example.org")
-                .await
-                .unwrap()
-        }
-    };
-    let mut a = connect("planner").await;
-    let mut b = connect("worker").await;
+    let (planner, planner_id) = w.task("planner");
+    let (worker, worker_id) = w.task("worker");
+    let mut a = w.mtls_connection(planner, &planner_id).await;
+    let mut b = w.mtls_connection(worker, &worker_id).await;
     // Control: the store answers.
     let (s, _, body) = common::call_with_headers(&mut b, "GET", "/healthz", "").await;
     assert_eq!(s, 200, "{body}");
@@ -590,17 +587,7 @@ async fn enrollments_waiting_for_the_store_leave_the_mtls_callers_their_slots() 
     })
     .await;
     let (creds, id) = w.task("worker");
-    let mut b = HttpClient::builder(
-        creds,
-        w.verification(&id),
-        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
-    )
-    .connect_timeout(T)
-    .build()
-    .unwrap()
-    .connect(w.mtls, "ca.example.org")
-    .await
-    .unwrap();
+    let mut b = w.mtls_connection(creds, &id).await;
     let mut enrollments = Vec::new();
     for _ in 0..2 {
         let binding = agentid_ca::TokenBinding {
@@ -794,17 +781,7 @@ async fn dropping_the_service_ends_the_connections_it_accepted() {
     let w = start(ServiceOptions::default()).await;
     let mut enroll = enroll_tls(&w).await;
     let (creds, id) = w.task("worker");
-    let mut mtls = HttpClient::builder(
-        creds,
-        w.verification(&id),
-        PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
-    )
-    .connect_timeout(T)
-    .build()
-    .unwrap()
-    .connect(w.mtls, "ca.example.org")
-    .await
-    .unwrap();
+    let mut mtls = w.mtls_connection(creds, &id).await;
     let (s, _, body) = common::call_with_headers(&mut mtls, "GET", "/healthz", "").await;
     assert_eq!(s, 200, "{body}");
 
@@ -837,25 +814,12 @@ async fn one_caller_flooding_refused_requests_leaves_the_others_their_operation_
         ..ServiceOptions::default()
     })
     .await;
-    let connect = |creds: Arc<MemoryCredentials>, id: &str| {
-        let v = w.verification(id);
-        let mtls = w.mtls;
-        async move {
-            HttpClient::builder(creds, v, PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()))
-                .connect_timeout(T)
-                .build()
-                .unwrap()
-                .connect(mtls, "ca.example.org")
-                .await
-                .unwrap()
-        }
-    };
     let (flooder, flooder_id) = w.task("planner");
     let (other, other_id) = w.task("worker");
-    let mut b = connect(other, &other_id).await;
+    let mut b = w.mtls_connection(other, &other_id).await;
     let mut flood = Vec::new();
     for _ in 0..FLOOD {
-        flood.push(connect(flooder.clone(), &flooder_id).await);
+        flood.push(w.mtls_connection(flooder.clone(), &flooder_id).await);
     }
     let before = common::audit_records(&w.ca()).len();
     // The store is slow: its write lock held from outside (reads go on).

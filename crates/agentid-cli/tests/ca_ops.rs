@@ -229,22 +229,30 @@ fn enrolled(env: &Env, s: &Server, ttl: &str) {
     env.json("enroll --token-file t.json --out-dir a");
 }
 
-/// Runs `cert renew --daemon` on `a/` with `exec` after `--exec`, until `done` holds or 40 s
-/// pass; kills it and returns its log.
-fn renew_daemon(env: &Env, s: &Server, exec: &[&str], done: impl Fn() -> bool) -> String {
+/// Starts `cert renew --ca-url --dir a --ttl 12s --daemon` followed by `extra`, its stdout to
+/// `stdout` and its log (level info) to `daemon.log`.
+fn spawn_renew_daemon(env: &Env, s: &Server, extra: &[&str], stdout: Stdio) -> std::process::Child {
     let url = s.url();
     let mut args = vec![
-        "cert", "renew", "--ca-url", &url, "--dir", "a", "--ttl", "12s", "--daemon", "--exec",
+        "cert", "renew", "--ca-url", &url, "--dir", "a", "--ttl", "12s", "--daemon",
     ];
-    args.extend_from_slice(exec);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_agentid"))
         .current_dir(env.path(""))
         .args(&args)
         .env("AGENTID_LOG", "info")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `cert renew --daemon` on `a/` with `exec` after `--exec`, until `done` holds or 40 s
+/// pass; kills it and returns its log.
+fn renew_daemon(env: &Env, s: &Server, exec: &[&str], done: impl Fn() -> bool) -> String {
+    let mut args = vec!["--exec"];
+    args.extend_from_slice(exec);
+    let mut daemon = spawn_renew_daemon(env, s, &args, Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline && !done() {
         assert!(
@@ -299,28 +307,12 @@ fn renew_daemon_keeps_renewing_when_its_stdout_cannot_be_written() {
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "cert",
-            "renew",
-            "--ca-url",
-            &s.url(),
-            "--dir",
-            "a",
-            "--ttl",
-            "12s",
-            "--daemon",
-            "--exec",
-            "sh",
-            "-c",
-            "echo ran >> runs.log",
-        ])
-        .env("AGENTID_LOG", "info")
-        .stdout(full)
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_renew_daemon(
+        &env,
+        &s,
+        &["--exec", "sh", "-c", "echo ran >> runs.log"],
+        Stdio::from(full),
+    );
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut stopped = None;
     while Instant::now() < deadline && runs() < 2 {
@@ -351,24 +343,7 @@ fn renew_daemon_stops_once_the_certificate_it_cannot_replace_has_expired() {
     enrolled(&env, &s, "12s");
     std::fs::rename(env.path("a/cert.pem"), env.path("a/held.pem")).unwrap();
     std::os::unix::fs::symlink("held.pem", env.path("a/cert.pem")).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agentid"))
-        .current_dir(env.path(""))
-        .args([
-            "cert",
-            "renew",
-            "--ca-url",
-            &s.url(),
-            "--dir",
-            "a",
-            "--ttl",
-            "12s",
-            "--daemon",
-        ])
-        .env("AGENTID_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_renew_daemon(&env, &s, &[], Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut stopped = None;
     while Instant::now() < deadline && stopped.is_none() {
