@@ -76,17 +76,7 @@ impl World {
         creds: Arc<MemoryCredentials>,
         id: &str,
     ) -> agentid_transport::http::HttpClientConnection {
-        HttpClient::builder(
-            creds,
-            self.verification(id),
-            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
-        )
-        .connect_timeout(T)
-        .build()
-        .unwrap()
-        .connect(self.mtls, "ca.example.org")
-        .await
-        .unwrap()
+        common::ca_connection(&self.ca(), self.mtls, creds, id).await
     }
 
     /// An HTTP/1.1 connection to the enrollment listener (TLS without a client certificate,

@@ -5,18 +5,14 @@
 
 mod common;
 use common::call;
-use common::CA_ID;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use agentid_ca::CertificateAuthority;
-use agentid_protocol::{Algorithm, PeerId, SpiffeId, TaskKey};
-use agentid_transport::http::{HttpClient, HttpClientConnection};
-use agentid_transport::{MemoryCredentials, PeerPolicy};
-
-const T: Duration = Duration::from_secs(20);
+use agentid_protocol::{Algorithm, SpiffeId, TaskKey};
+use agentid_transport::http::HttpClientConnection;
+use agentid_transport::MemoryCredentials;
 
 const EXTRA_POLICY: &str = r#"
 [agents.planner.permissions]
@@ -54,17 +50,7 @@ impl World {
     }
 
     async fn connect(&self, creds: Arc<MemoryCredentials>, own: &str) -> HttpClientConnection {
-        HttpClient::builder(
-            creds,
-            common::verification(&self.ca(), own),
-            PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
-        )
-        .connect_timeout(T)
-        .build()
-        .unwrap()
-        .connect(self.mtls, "ca.example.org")
-        .await
-        .unwrap()
+        common::ca_connection(&self.ca(), self.mtls, creds, own).await
     }
 }
 

@@ -448,3 +448,25 @@ pub fn task_client(
     .unwrap();
     (client, id)
 }
+
+/// A connection to the CA service's mTLS listener at `addr` as `creds` (identity `own`,
+/// verifying with `ca`'s bundle), the server required to be exactly [`CA_ID`].
+pub async fn ca_connection(
+    ca: &CertificateAuthority,
+    addr: std::net::SocketAddr,
+    creds: std::sync::Arc<agentid_transport::MemoryCredentials>,
+    own: &str,
+) -> agentid_transport::http::HttpClientConnection {
+    use agentid_protocol::PeerId;
+    agentid_transport::http::HttpClient::builder(
+        creds,
+        verification(ca, own),
+        agentid_transport::PeerPolicy::exact(PeerId::parse(CA_ID).unwrap()),
+    )
+    .connect_timeout(CALL_TIMEOUT)
+    .build()
+    .unwrap()
+    .connect(addr, "ca.example.org")
+    .await
+    .unwrap()
+}
