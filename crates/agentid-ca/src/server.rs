@@ -56,9 +56,9 @@ pub struct ServiceOptions {
     /// Concurrent CA operations (the blocking pool's share) of the mTLS listener's callers.
     /// The enrollment listener's unauthenticated requests have a share of their own, half as
     /// many (at least one), so that they never take these. Of the mTLS listener's, one task
-    /// identity holds at most a quarter (at least one), the tasks of one agent together at most
-    /// half (services, configured by the operator, are bounded by the pool alone), and the audit
-    /// records of refused requests together at most a quarter: one agent flooding the CA leaves
+    /// identity holds at most a quarter (at least one; services, configured by the operator,
+    /// and the many tasks of one agent together are bounded by the pool alone), and the audit
+    /// records of refused requests together at most a quarter: one task flooding the CA leaves
     /// the other callers their slots (CA-API 5).
     pub max_operations: usize,
     /// Requests held by the revocation long-poll, in total.
@@ -492,7 +492,7 @@ struct Shared {
     tasks_page: usize,
     /// The slots of `GET /healthz` ([`HEALTH_CHECKS`]), apart from the operations'.
     health: Arc<Semaphore>,
-    /// The operations each task caller (and the tasks of each agent together) holds.
+    /// The operations each task caller holds.
     caller_ops: Arc<crate::publication::CallerWaiters>,
     /// The audit records of refused requests being written or waiting for an operation slot.
     refusal_records: Arc<Semaphore>,
@@ -610,10 +610,12 @@ impl CaService {
         let publisher = Publisher::new(ca.clone())?;
         // The size of the waiters' semaphore, which the held count is read against.
         let max_waiters = permits(options.max_waiters);
-        // One caller's share of the mTLS listener's operations, and the refusal records'.
+        // One caller's share of the mTLS listener's operations, and the refusal records'. The
+        // tasks of one agent share only the pool: a fleet of one agent's tasks renewing at once
+        // is the usual load, not a flood.
         let quarter = permits(options.max_operations / 4);
         let caller_ops =
-            crate::publication::CallerWaiters::new(quarter, permits(options.max_operations / 2));
+            crate::publication::CallerWaiters::new(quarter, permits(options.max_operations));
         let shared = Arc::new(Shared {
             ca,
             ops: Arc::new(Semaphore::new(permits(options.max_operations))),
@@ -1089,7 +1091,7 @@ async fn run_in<T: Send + 'static>(
         Ok(Some(None)) => {
             return Err(Refused::new(
                 ErrorCode::Unavailable,
-                "this caller (or its agent) is at its share of the CA's concurrency bound",
+                "this caller is at its share of the CA's concurrency bound",
                 "retry after Retry-After, with fewer requests at once",
             ))
         }
