@@ -386,6 +386,17 @@ pub enum AuditBreak {
         /// What is wrong.
         reason: String,
     },
+    /// A record known from outside the store ([`Anchor`]: an earlier export or report) is no
+    /// longer the store's record at its number, or no longer in the store.
+    #[error("audit chain {writer:?}, record {seq} (known from outside the store): {reason}")]
+    Anchor {
+        /// The chain.
+        writer: String,
+        /// The record number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A certificate the store records as issued has no audit record.
     // The serial as the store holds it, whoever wrote it: quoted and escaped, as the writer is.
     #[error("issuance {serial:?} has no audit record")]
@@ -417,6 +428,8 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Issuances matched to their records.
     pub issuances: u64,
+    /// Records known from outside the store ([`Anchor`]s) found in it unchanged.
+    pub anchors: u64,
 }
 
 /// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
@@ -427,6 +440,20 @@ pub fn verify(
     snap: &AuditSnapshot,
     key: &PublicKey,
     iss: &str,
+) -> core::result::Result<VerifyReport, AuditBreak> {
+    verify_anchored(snap, key, iss, &[])
+}
+
+/// [`verify`], and then that every one of `anchors` (records known from outside the store: an
+/// earlier `agentid audit export` or `agentid audit verify --format json` report kept
+/// elsewhere, [`read_anchors`]) is still the store's record at its number. This finds what a
+/// store alone cannot (CA-API.md 4.3): a writer's whole chain deleted with its checkpoints, or
+/// the records after its last required checkpoint removed or rewritten, up to the anchors.
+pub fn verify_anchored(
+    snap: &AuditSnapshot,
+    key: &PublicKey,
+    iss: &str,
+    anchors: &[Anchor],
 ) -> core::result::Result<VerifyReport, AuditBreak> {
     // writer -> (records seen, head hash, hashes by seq)
     let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
@@ -620,6 +647,40 @@ pub fn verify(
             _ => {}
         }
     }
+    for a in anchors {
+        let bad = |reason: String| AuditBreak::Anchor {
+            writer: a.writer.clone(),
+            seq: a.seq,
+            reason,
+        };
+        let Some((n, _, hashes)) = chains.get(a.writer.as_str()) else {
+            return Err(bad(
+                "the store holds no record of this chain: the chain was deleted from the store, \
+                 with its checkpoints"
+                    .to_owned(),
+            ));
+        };
+        let at = usize::try_from(a.seq)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| hashes.get(i));
+        match at {
+            None => {
+                return Err(bad(format!(
+                    "the store holds {n} records of this chain: records were deleted after \
+                     record {n}"
+                )))
+            }
+            Some(h) if *h != a.hash => {
+                return Err(bad(
+                    "the store's record there is not the one known: it was rewritten (with the \
+                     chain's records after it, and their checkpoints)"
+                        .to_owned(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     Ok(VerifyReport {
         chains: chains
             .into_iter()
@@ -632,7 +693,160 @@ pub fn verify(
             .collect(),
         checkpoints: snap.checkpoints.len() as u64,
         issuances: snap.audited_serials.len() as u64,
+        anchors: anchors.len() as u64,
     })
+}
+
+/// A record of a writer's chain known from outside the store: record `seq` of `writer` hashes
+/// to `hash` ([`record_hash`]). [`verify_anchored`] requires the store to hold it unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The chain.
+    pub writer: String,
+    /// The record number (from 1).
+    pub seq: u64,
+    /// The record's hash (64 lowercase hex).
+    pub hash: String,
+}
+
+/// The longest line [`read_anchors`] reads from an export: a record is at most a few KiB.
+const MAX_ANCHOR_LINE: u64 = 1024 * 1024;
+
+/// The largest `agentid audit verify --format json` report [`read_anchors`] reads.
+const MAX_ANCHOR_REPORT: u64 = 16 * 1024 * 1024;
+
+/// Reads [`Anchor`]s from what an earlier run printed and someone kept outside the store:
+///
+/// * `agentid audit export` (JSON lines): every record line is an anchor at its number, once
+///   its `body` hashes to its `hash` (a line that does not is a damaged export, refused);
+///   checkpoint lines are skipped (the store's own are checked);
+/// * `agentid audit verify --format json` (one JSON document, `{"valid": true, "report":
+///   {"chains": [{"writer", "records", "head"}, ...]}}`): each chain's head is an anchor at its
+///   record count. A report of a broken trail (`"valid": false`) is refused.
+///
+/// The error says what is wrong with the input (the line number for an export).
+pub fn read_anchors(mut r: impl std::io::BufRead) -> core::result::Result<Vec<Anchor>, String> {
+    use std::io::{BufRead as _, Read as _};
+    let mut first = Vec::new();
+    (&mut r)
+        .take(MAX_ANCHOR_LINE + 1)
+        .read_until(b'\n', &mut first)
+        .map_err(|e| format!("reading: {e}"))?;
+    let is_export = serde_json::from_slice::<serde_json::Value>(&first)
+        .ok()
+        .is_some_and(|v| v.get("type").is_some());
+    if !is_export {
+        let mut all = first;
+        (&mut r)
+            .take(MAX_ANCHOR_REPORT.saturating_add(1))
+            .read_to_end(&mut all)
+            .map_err(|e| format!("reading: {e}"))?;
+        if all.len() as u64 > MAX_ANCHOR_REPORT {
+            return Err(format!(
+                "larger than {MAX_ANCHOR_REPORT} bytes: not a report of `agentid audit verify \
+                 --format json`"
+            ));
+        }
+        return anchors_of_report(&all);
+    }
+    let mut anchors = Vec::new();
+    let mut line = first;
+    let mut number = 1u64;
+    loop {
+        if line.len() as u64 > MAX_ANCHOR_LINE {
+            return Err(format!(
+                "line {number}: longer than {MAX_ANCHOR_LINE} bytes"
+            ));
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            if let Some(a) =
+                anchor_of_export_line(&line).map_err(|e| format!("line {number}: {e}"))?
+            {
+                anchors.push(a);
+            }
+        }
+        line.clear();
+        let n = (&mut r)
+            .take(MAX_ANCHOR_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+    }
+    if anchors.is_empty() {
+        return Err("an export without records: nothing to compare the store with".to_owned());
+    }
+    Ok(anchors)
+}
+
+/// The anchor of one `agentid audit export` line (`None` for a checkpoint line).
+fn anchor_of_export_line(line: &[u8]) -> core::result::Result<Option<Anchor>, String> {
+    let parsed: ExportLine = serde_json::from_slice(line)
+        .map_err(|e| format!("not a line of `agentid audit export`: {e}"))?;
+    let ExportLine::Record { text, hash, .. } = parsed else {
+        return Ok(None);
+    };
+    if record_hash(&text) != hash {
+        return Err("its body does not hash to its hash: the export is damaged".to_owned());
+    }
+    // The fields are read from the hashed text, not from the line (CA-API.md 4.4).
+    let body: RecordBody =
+        serde_json::from_str(&text).map_err(|e| format!("its body is not a record: {e}"))?;
+    Ok(Some(Anchor {
+        writer: body.writer,
+        seq: body.seq,
+        hash,
+    }))
+}
+
+/// The anchors of an `agentid audit verify --format json` report: each chain's head.
+fn anchors_of_report(text: &[u8]) -> core::result::Result<Vec<Anchor>, String> {
+    #[derive(Deserialize)]
+    struct Printed {
+        valid: bool,
+        report: Option<Report>,
+    }
+    #[derive(Deserialize)]
+    struct Report {
+        chains: Vec<Chain>,
+    }
+    #[derive(Deserialize)]
+    struct Chain {
+        writer: String,
+        records: u64,
+        head: String,
+    }
+    let printed: Printed = serde_json::from_slice(text).map_err(|e| {
+        format!(
+            "neither the JSON lines of `agentid audit export` nor the report of `agentid audit \
+             verify --format json`: {e}"
+        )
+    })?;
+    let report = match (printed.valid, printed.report) {
+        (true, Some(r)) => r,
+        _ => {
+            return Err(
+                "a report of a broken trail (`\"valid\": false`): it vouches for nothing"
+                    .to_owned(),
+            )
+        }
+    };
+    let anchors: Vec<Anchor> = report
+        .chains
+        .into_iter()
+        .filter(|c| c.records > 0)
+        .map(|c| Anchor {
+            writer: c.writer,
+            seq: c.records,
+            hash: c.head,
+        })
+        .collect();
+    if anchors.is_empty() {
+        return Err("a report without chains: nothing to compare the store with".to_owned());
+    }
+    Ok(anchors)
 }
 
 /// One line of `agentid audit export`: a record (its stored JSON with its hash) or a checkpoint.
@@ -704,10 +918,23 @@ pub fn audit_public_key(dir: &std::path::Path) -> Result<PublicKey> {
 /// domain) without loading any private key. The outer error is a failure to read; the inner
 /// one is the first break found.
 pub fn verify_dir(dir: &std::path::Path) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
+    verify_dir_anchored(dir, &[])
+}
+
+/// [`verify_dir`] with [`verify_anchored`]'s check of `anchors`.
+pub fn verify_dir_anchored(
+    dir: &std::path::Path,
+    anchors: &[Anchor],
+) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
     let key = audit_public_key(dir)?;
     let snap = config.read_audit_snapshot(dir, None)?;
-    Ok(verify(&snap, &key, config.trust_domain.id().as_str()))
+    Ok(verify_anchored(
+        &snap,
+        &key,
+        config.trust_domain.id().as_str(),
+        anchors,
+    ))
 }
 
 /// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): each writer's records from

@@ -23,6 +23,13 @@ pub struct VerifyArgs {
     /// The CA directory (only `config.toml`, `audit.pub` and `ca.db` are read).
     #[arg(long = "ca", value_name = "DIR")]
     pub ca: std::path::PathBuf,
+    /// Also require every record known from FILE, kept outside the store, to be in the store
+    /// unchanged: an earlier `agentid audit export` (every record it holds) or `agentid audit
+    /// verify --format json` report (each chain's head); `-` reads standard input. Finds what
+    /// the store alone cannot: a chain deleted whole, or its newest records removed or
+    /// rewritten.
+    #[arg(long, value_name = "FILE")]
+    pub against: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -88,9 +95,36 @@ const NEXT_STEP: &str = "the store was changed outside the CA or damaged: keep a
      evidence, and compare it with an earlier `agentid audit export` or a backup of the store \
      to see what changed";
 
+/// The records `--against` names, read from the file (or standard input for `-`).
+fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
+    let read = if path == Path::new("-") {
+        agentid_ca::audit::read_anchors(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| {
+            CliError::failed(format!(
+                "{}: {e} (--against takes a file `agentid audit export` or `agentid audit \
+                 verify --format json` wrote)",
+                path.display()
+            ))
+        })?;
+        agentid_ca::audit::read_anchors(std::io::BufReader::new(f))
+    };
+    read.map_err(|e| {
+        CliError::usage(format!(
+            "--against {}: {e}; give the output of `agentid audit export --ca DIR` or \
+             `agentid audit verify --ca DIR --format json` kept from an earlier run",
+            path.display()
+        ))
+    })
+}
+
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
-    match agentid_ca::audit::verify_dir(&a.ca)? {
+    let anchors = match &a.against {
+        Some(path) => anchors(path)?,
+        None => Vec::new(),
+    };
+    match agentid_ca::audit::verify_dir_anchored(&a.ca, &anchors)? {
         Ok(report) => match a.format.format {
             Format::Json => print_json(&json!({"valid": true, "report": report})),
             Format::Text => {
@@ -99,6 +133,13 @@ fn verify(a: &VerifyArgs) -> CliResult {
                     text.push_str(&format!(
                         "chain {}: {} records, checkpointed to {}, head {}\n",
                         c.writer, c.records, c.checkpointed, c.head
+                    ));
+                }
+                if let Some(path) = &a.against {
+                    text.push_str(&format!(
+                        "all {} records known from {} are in the store unchanged\n",
+                        report.anchors,
+                        path.display()
                     ));
                 }
                 text.push_str(&format!(

@@ -169,3 +169,143 @@ fn a_break_shows_the_stores_text_without_control_characters() {
         "{stderr:?}"
     );
 }
+
+/// Every row of every table deleted but the schema's (`meta`): what a new CA's store holds.
+fn wipe(env: &Env) {
+    let c = db(env);
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'meta'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.iter().any(|t| t == "audit_records"), "{tables:?}");
+    for t in tables {
+        c.execute(&format!("DELETE FROM \"{t}\""), []).unwrap();
+    }
+}
+
+/// A store wiped whole verifies alone (it looks like a new CA's, CA-API.md 4.3 says so), but
+/// not against an export kept outside it: the chain the export holds is gone (red team, audit:
+/// `audit verify` said valid for a store whose every row was deleted).
+#[test]
+fn a_wiped_store_fails_against_an_earlier_export() {
+    let env = used_ca();
+    let export = env.ok("audit export --ca ca");
+    std::fs::write(env.path("kept.jsonl"), &export).unwrap();
+    // The store grows past what was kept: still valid.
+    env.planner("p3");
+    let out = env.ok("audit verify --ca ca --against kept.jsonl");
+    assert!(
+        out.contains("all 5 records known from kept.jsonl are in the store unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        env.json("audit verify --ca ca --against kept.jsonl")["report"]["anchors"],
+        5
+    );
+
+    wipe(&env);
+    // Alone, the store cannot tell.
+    assert_eq!(env.json("audit verify --ca ca")["valid"], true);
+    let (out, err) = env.fails(
+        "audit verify --ca ca --against kept.jsonl",
+        3,
+        "known from outside the store",
+    );
+    assert!(
+        format!("{out}{err}").contains("the store holds no record of this chain"),
+        "{out}{err}"
+    );
+}
+
+/// The records after the last required checkpoint (record 1 here) removed with the timed
+/// checkpoints over them: the store alone verifies, a report kept from before does not.
+#[test]
+fn a_removed_tail_fails_against_an_earlier_report() {
+    let env = used_ca();
+    let report = env.ok("audit verify --ca ca --format json");
+    std::fs::write(env.path("report.json"), &report).unwrap();
+    env.ok("audit verify --ca ca --against report.json");
+
+    let c = db(&env);
+    c.execute_batch(
+        "DELETE FROM audit_records WHERE seq > 3; DELETE FROM audit_checkpoints WHERE seq > 3;",
+    )
+    .unwrap();
+    let alone = env.json("audit verify --ca ca");
+    assert_eq!(alone["valid"], true, "{alone}");
+    assert_eq!(alone["report"]["chains"][0]["records"], 3);
+    env.fails(
+        "audit verify --ca ca --against report.json",
+        3,
+        "record 5 (known from outside the store): the store holds 3 records",
+    );
+}
+
+/// The newest record rewritten and its hash recomputed (anyone who can write the store can do
+/// so past the last required checkpoint): found against an export, at that record.
+#[test]
+fn a_rewritten_tail_fails_against_an_earlier_export() {
+    let env = used_ca();
+    std::fs::write(env.path("kept.jsonl"), env.ok("audit export --ca ca")).unwrap();
+    let c = db(&env);
+    let body: String = c
+        .query_row("SELECT body FROM audit_records WHERE seq = 5", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let forged = body.replace("\"ok\"", "\"denied\"");
+    assert_ne!(forged, body);
+    c.execute(
+        "UPDATE audit_records SET body = ?1, hash = ?2 WHERE seq = 5",
+        rusqlite::params![forged, agentid_ca::audit::record_hash(&forged)],
+    )
+    .unwrap();
+    c.execute("DELETE FROM audit_checkpoints WHERE seq > 1", [])
+        .unwrap();
+    assert_eq!(env.json("audit verify --ca ca")["valid"], true);
+    env.fails(
+        "audit verify --ca ca --against kept.jsonl",
+        3,
+        "record 5 (known from outside the store): the store's record there is not the one known",
+    );
+}
+
+/// What `--against` refuses to vouch with: a damaged export, a report of a broken trail, a
+/// file that is neither, a file that is not there. Each says what to give instead.
+#[test]
+fn against_refuses_what_vouches_for_nothing() {
+    let env = used_ca();
+    let export = env.ok("audit export --ca ca");
+    let damaged = export.replacen(r#"\"issue.task\""#, r#"\"issue.child\""#, 1);
+    assert_ne!(damaged, export);
+    std::fs::write(env.path("damaged.jsonl"), damaged).unwrap();
+    env.fails(
+        "audit verify --ca ca --against damaged.jsonl",
+        2,
+        "line 1: its body does not hash to its hash",
+    );
+    std::fs::write(
+        env.path("broken.json"),
+        r#"{"valid": false, "error": "x", "next": "y"}"#,
+    )
+    .unwrap();
+    env.fails(
+        "audit verify --ca ca --against broken.json",
+        2,
+        "a report of a broken trail",
+    );
+    std::fs::write(env.path("other.txt"), "hello\n").unwrap();
+    env.fails(
+        "audit verify --ca ca --against other.txt",
+        2,
+        "agentid audit export --ca DIR",
+    );
+    env.fails(
+        "audit verify --ca ca --against absent.jsonl",
+        1,
+        "absent.jsonl",
+    );
+}
