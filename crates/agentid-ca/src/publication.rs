@@ -271,11 +271,12 @@ fn feed_body(p: &PublishedList) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Long-poll requests held per caller and per agent (`spec/CA-API.md` 3.4); the total is
-/// bounded apart. The tasks of one agent are distinct callers: the per-agent bound keeps an
-/// agent with many tasks from holding every slot of the total.
+/// Slots held per caller and per agent, for the service's shares: long-poll requests held
+/// (`spec/CA-API.md` 3.4) and operations running (CA-API 5); each total is bounded apart. The
+/// tasks of one agent are distinct callers: the per-agent bound keeps an agent with many tasks
+/// from holding every slot of the total.
 #[derive(Debug)]
-pub struct CallerWaiters {
+pub struct CallerShares {
     max: usize,
     max_per_agent: usize,
     held: std::sync::Mutex<Held>,
@@ -287,10 +288,10 @@ struct Held {
     per_agent: std::collections::HashMap<String, usize>,
 }
 
-/// One held long-poll request of a caller; released on drop.
+/// One slot of a caller (a held long-poll request, a running operation); released on drop.
 #[derive(Debug)]
 pub struct CallerSlot {
-    waiters: Arc<CallerWaiters>,
+    waiters: Arc<CallerShares>,
     caller: String,
     agent: String,
 }
@@ -304,12 +305,12 @@ fn release(map: &mut std::collections::HashMap<String, usize>, key: &str) {
     }
 }
 
-impl CallerWaiters {
+impl CallerShares {
     /// At most `max` (at least 1) held requests per caller, and `max_per_agent` (at least
     /// `max`) for the callers of one agent together.
     pub fn new(max: usize, max_per_agent: usize) -> Arc<Self> {
         let max = max.max(1);
-        Arc::new(CallerWaiters {
+        Arc::new(CallerShares {
             max,
             max_per_agent: max_per_agent.max(max),
             held: std::sync::Mutex::new(Held::default()),
@@ -437,7 +438,7 @@ mod tests {
             agentid_protocol::PeerId::parse(&format!("spiffe://example.org/agent/{s}")).unwrap()
         };
         let (a, b, c) = (task("a/task/1"), task("b/task/1"), task("a/task/2"));
-        let w = CallerWaiters::new(2, 3);
+        let w = CallerShares::new(2, 3);
         let a1 = w.try_acquire(&a).unwrap();
         let _a2 = w.try_acquire(&a).unwrap();
         assert!(w.try_acquire(&a).is_none());

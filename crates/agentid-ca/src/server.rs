@@ -479,7 +479,7 @@ struct Shared {
     /// Publishes revocation lists and serves the latest stored one.
     publisher: Arc<Publisher>,
     /// Long-poll requests held per caller.
-    caller_waiters: Arc<crate::publication::CallerWaiters>,
+    caller_waiters: Arc<crate::publication::CallerShares>,
     /// The feed's body for the newest list, written once per `seq`.
     feed_body: FeedBody,
     /// The size of `waiters`.
@@ -493,7 +493,7 @@ struct Shared {
     /// The slots of `GET /healthz` ([`HEALTH_CHECKS`]), apart from the operations'.
     health: Arc<Semaphore>,
     /// The operations each task caller holds.
-    caller_ops: Arc<crate::publication::CallerWaiters>,
+    caller_ops: Arc<crate::publication::CallerShares>,
     /// The audit records of refused requests being written or waiting for an operation slot.
     refusal_records: Arc<Semaphore>,
 }
@@ -615,7 +615,7 @@ impl CaService {
         // is the usual load, not a flood.
         let quarter = permits(options.max_operations / 4);
         let caller_ops =
-            crate::publication::CallerWaiters::new(quarter, permits(options.max_operations));
+            crate::publication::CallerShares::new(quarter, permits(options.max_operations));
         let shared = Arc::new(Shared {
             ca,
             ops: Arc::new(Semaphore::new(permits(options.max_operations))),
@@ -623,7 +623,7 @@ impl CaService {
             max_waiters,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             publisher,
-            caller_waiters: crate::publication::CallerWaiters::new(
+            caller_waiters: crate::publication::CallerShares::new(
                 options.max_waiters_per_caller,
                 options.max_waiters / 4,
             ),
