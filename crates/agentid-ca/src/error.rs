@@ -120,6 +120,11 @@ pub enum CaError {
     /// The identity is already issued (a task is opened once; use renewal).
     #[error("{0} already exists; renew it instead of issuing it again")]
     IdentityExists(String),
+    /// A task id another agent's task holds, or another agent's unredeemed bootstrap token
+    /// names: task ids are unique in the trust domain, whatever the agent (CA-API.md 1.3), and a
+    /// task is known from the moment a token names it (3.10).
+    #[error("task id {0} belongs to another agent (its task, or a bootstrap token naming it); task ids are unique in the trust domain")]
+    TaskIdTaken(String),
     /// Renewal or a child request names an identity the CA never issued.
     #[error("{0} was never issued by this CA")]
     UnknownIdentity(String),

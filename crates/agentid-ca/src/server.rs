@@ -1020,9 +1020,10 @@ pub fn error_code(e: &CaError) -> ErrorCode {
         | CaError::CsrUnsupportedExtension(_) => ErrorCode::BadCsr,
         CaError::Protocol(_) | CaError::InvalidRequest(_) => ErrorCode::BadRequest,
         CaError::WrongTrustDomain { .. } => ErrorCode::NotPermitted,
-        CaError::KeyInUse { .. } | CaError::KeyMismatch { .. } | CaError::IdentityExists(_) => {
-            ErrorCode::KeyMismatch
-        }
+        CaError::KeyInUse { .. }
+        | CaError::KeyMismatch { .. }
+        | CaError::IdentityExists(_)
+        | CaError::TaskIdTaken(_) => ErrorCode::KeyMismatch,
         CaError::UnknownIdentity(_) | CaError::NotFound { .. } => ErrorCode::NotFound,
         CaError::Revoked { .. } => ErrorCode::Revoked,
         CaError::Policy { .. } | CaError::Unauthorized { .. } => ErrorCode::PolicyDenied,

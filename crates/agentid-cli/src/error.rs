@@ -145,7 +145,7 @@ impl From<agentid_ca::CaError> for CliError {
             E::Policy { .. } => "policy_refused",
             E::Unauthorized { .. } => "unauthorized",
             E::Revoked { .. } => "revoked",
-            E::IdentityExists(_) => "identity_exists",
+            E::IdentityExists(_) | E::TaskIdTaken(_) => "identity_exists",
             E::UnknownIdentity(_) | E::NotFound { .. } => "not_found",
             E::KeyInUse { .. } | E::KeyMismatch { .. } => "key_conflict",
             E::WrongTrustDomain { .. } => "wrong_trust_domain",

@@ -865,8 +865,17 @@ fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_
            cap = MAX(cap, excluded.cap)",
     )?
     .execute(params![id.identity, id.jkt, id.spki, id.agent, id.task, to_i64(id.cap)?])?;
-    // 3. The task and its bootstrap token.
+    // 3. The task and its bootstrap token. A task id another agent's unredeemed token names is
+    // that agent's (CA-API.md 3.10), as one its task holds is (the primary key below).
     if let Some(t) = c.task {
+        let named_by_other: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)",
+            )?
+            .query_row(params![t.task, id.agent.as_deref().unwrap_or("")], |r| r.get(0))?;
+        if named_by_other {
+            return Err(CaError::TaskIdTaken(t.task.clone()));
+        }
         conn.prepare_cached(
             "INSERT INTO tasks (task, holder, grant_jti, exp, created, principal, max_depth) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
@@ -1142,6 +1151,17 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let writer = self.audit_writer.clone();
         let tx = self.immediate()?;
+        // Task ids are unique whatever the agent (CA-API.md 1.3): a token never names one a task
+        // holds (it could never be redeemed) nor one another agent's token names.
+        let taken: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE task = ?1)
+                     OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)",
+            )?
+            .query_row(params![b.task, b.agent], |r| r.get(0))?;
+        if taken {
+            return Err(CaError::TaskIdTaken(b.task.clone()));
+        }
         tx.prepare_cached(
             "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
              VALUES (?1, ?2, ?3, ?4, ?5, json_extract(?5, '$.creator'))",

@@ -1,0 +1,189 @@
+//! The CA service's state-changing routes (`spec/CA-API.md` 3.6, 3.7, 3.10) against what the
+//! spec says about who may change what: task ids are unique in the trust domain whatever the
+//! agent, from the moment a bootstrap token names one (1.3, 3.10).
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+use common::call;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentid_api::{TokenFile, TokenResponse};
+use agentid_ca::CertificateAuthority;
+use agentid_protocol::{Algorithm, SpiffeId, TaskKey};
+use agentid_transport::http::HttpClientConnection;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Two platforms, each with its own agent: `one` may make tokens for `alpha`, `two` may make
+/// tokens, open tasks and revoke for `beta` only.
+const EXTRA_POLICY: &str = r#"
+[agents.alpha]
+scopes = ["tickets:read"]
+requesters = ["operator", "bootstrap"]
+
+[agents.alpha.permissions]
+"svc:one" = ["create_token", "open_task"]
+
+[agents.beta]
+scopes = ["tickets:read"]
+requesters = ["operator", "bootstrap"]
+
+[agents.beta.permissions]
+"svc:two" = ["create_token", "open_task", "revoke"]
+
+[services.agentid-ca]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.one]
+max_ttl = "1h"
+requesters = ["operator"]
+
+[services.two]
+max_ttl = "1h"
+requesters = ["operator"]
+"#;
+
+struct World {
+    dir: tempfile::TempDir,
+    mtls: SocketAddr,
+    enroll: SocketAddr,
+}
+
+async fn start() -> World {
+    // On PostgreSQL too with AGENTID_TEST_STORE=postgres.
+    let (dir, mtls, enroll) = common::serve_ca_with(
+        EXTRA_POLICY,
+        true,
+        agentid_ca::server::ServiceOptions::default(),
+    )
+    .await;
+    let enroll = enroll.expect("serve_ca(_, true) binds the enrollment listener");
+    World { dir, mtls, enroll }
+}
+
+impl World {
+    fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::open(self.dir.path()).unwrap()
+    }
+
+    async fn service(&self, name: &str) -> HttpClientConnection {
+        let ca = self.ca();
+        let (creds, id) = common::service_credentials(&ca, name);
+        common::ca_connection(&ca, self.mtls, creds, &id).await
+    }
+
+    /// The token file of a `POST /v1/tokens` answer, for the enrollment listener.
+    fn token_file(&self, agent: &str, answer: &str) -> TokenFile {
+        let t: TokenResponse = serde_json::from_str(answer).unwrap();
+        TokenFile {
+            identity: format!("spiffe://example.org/agent/{agent}/task/{}", t.task),
+            ca_url: format!("https://{}", self.enroll),
+            token: t.token,
+            root_sha256: t.root_sha256,
+            agent: t.agent,
+            task: t.task,
+            expires: t.expires,
+            renew_url: None,
+            bundle_seq: None,
+        }
+    }
+}
+
+/// The `code` of a refusal (empty for an answer that is none).
+fn code_of(body: &str) -> String {
+    serde_json::from_str::<agentid_api::ApiError>(body)
+        .map(|e| e.code.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn csr(key: &TaskKey, identity: &str) -> String {
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        key.csr(&SpiffeId::parse(identity).unwrap()).unwrap(),
+    )
+}
+
+/// A task id a bootstrap token of one agent names is that agent's (CA-API.md 3.10: the task is
+/// known from the moment a token names it; 1.3: task ids are unique whatever the agent). Before,
+/// a service of another agent could take it: open the task for its own agent (the token then
+/// never redeemed), or make a token of its own naming it and then revoke the task as its own,
+/// so that the first token was refused `revoked`.
+#[tokio::test]
+async fn a_task_id_another_agents_token_names_is_not_taken_by_another_service() {
+    let w = start().await;
+    let mut one = w.service("one").await;
+    let mut two = w.service("two").await;
+    let (s, b) = call(
+        &mut one,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"alpha","task":"t-shared","scope":["tickets:read"],"expires_in_secs":600}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let file = w.token_file("alpha", &b);
+
+    // Another agent's task under that id.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let body = serde_json::json!({"agent": "beta", "task": "t-shared", "scope": ["tickets:read"],
+        "csr": csr(&key, "spiffe://example.org/agent/beta/task/t-shared")});
+    let (s, b) = call(&mut two, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "key_mismatch"), "{b}");
+
+    // Another agent's token under that id.
+    let (s, b) = call(
+        &mut two,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"beta","task":"t-shared","scope":["tickets:read"]}"#,
+    )
+    .await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "key_mismatch"), "{b}");
+
+    // So the task stays alpha's: beta's platform may not revoke it.
+    let (s, b) = call(&mut two, "POST", "/v1/revoke", r#"{"task":"t-shared"}"#).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    assert!(w.ca().revocations().unwrap().is_empty());
+
+    // And the token still opens it.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let creds = agentid_transport::enroll::enroll_with_token(&file, key, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        creds.credential.identity().as_str(),
+        "spiffe://example.org/agent/alpha/task/t-shared"
+    );
+    assert!(w
+        .ca()
+        .issuances()
+        .unwrap()
+        .iter()
+        .all(|r| r.identity != "spiffe://example.org/agent/beta/task/t-shared"));
+}
+
+/// A token naming a task id a task already holds could never be redeemed (the task is opened
+/// once): it is refused when made, `409 key_mismatch` (CA-API.md 1.3), whatever the agent.
+#[tokio::test]
+async fn a_token_naming_a_task_id_a_task_holds_is_key_mismatch() {
+    let w = start().await;
+    let (_, held) = common::operator_credentials(&w.ca(), "beta");
+    let taken = held.rsplit('/').next().unwrap().to_owned();
+    let mut one = w.service("one").await;
+    let before = common::audit_records(&w.ca())
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count();
+    let body = serde_json::json!({"agent": "alpha", "task": taken, "scope": ["tickets:read"]});
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "key_mismatch"), "{b}");
+    let after = common::audit_records(&w.ca())
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count();
+    assert_eq!(before, after, "no token was made");
+}
