@@ -818,6 +818,57 @@ impl CertificateAuthority {
         now: u64,
         grant_exp: u64,
     ) -> Result<(Chain, String)> {
+        self.sign_grant_with(
+            self.grant_signer.as_ref(),
+            req,
+            identity,
+            key,
+            terms,
+            now,
+            grant_exp,
+        )
+    }
+
+    /// A bootstrap token's terms make a grant that can be signed (CA-API.md 3.6: a token no
+    /// enrollment could redeem is refused when made): the grant for task `task` is built as
+    /// the enrollment will build it, for a P-256 holder key (whose JWK is the larger) and
+    /// with a placeholder of the signature's length, so nothing is signed. A grant over the
+    /// chain token's size (8 KiB) is refused `InvalidRequest`.
+    pub(crate) fn check_grant_fits(
+        &self,
+        req: &OpenTaskRequest,
+        task: &TaskId,
+        now: u64,
+    ) -> Result<()> {
+        let rule = self.policy.agent(&req.agent)?;
+        let terms = self.check_grant_terms(req, &req.agent, rule)?;
+        let (grant_exp, _) = self.task_lifetimes(req, &req.agent, rule, now)?;
+        let agent = AgentId::new(&self.config.trust_domain, &req.agent)?;
+        let identity = TaskIdentity::new(&agent, task)?;
+        let holder = agentid_protocol::TaskKey::generate(agentid_protocol::Algorithm::Es256)?;
+        let key = RequestedKey::from_spki_der(&holder.public_key().to_spki_der())?;
+        let sizer = SizeOnly(self.grant_signer.as_ref());
+        self.sign_grant_with(&sizer, req, &identity, &key, terms, now, grant_exp)
+            .map(|_| ())
+            .map_err(|e| match e {
+                CaError::Protocol(e) => CaError::InvalidRequest(format!(
+                    "the task's grant would not fit a chain token ({e}): bind fewer or shorter scopes, audiences or limits"
+                )),
+                other => other,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign_grant_with(
+        &self,
+        signer: &dyn agentid_protocol::JwsSigner,
+        req: &OpenTaskRequest,
+        identity: &TaskIdentity,
+        key: &RequestedKey,
+        terms: GrantTerms,
+        now: u64,
+        grant_exp: u64,
+    ) -> Result<(Chain, String)> {
         let jti = util::random_jti()?;
         let mut g = GrantBuilder::new(
             &self.config.trust_domain,
@@ -840,7 +891,7 @@ impl CertificateAuthority {
         if let Some(m) = terms.may_delegate_to {
             g = g.may_delegate_to(m);
         }
-        let grant = g.sign(self.grant_signer.as_ref())?;
+        let grant = g.sign(signer)?;
         Ok((grant, jti))
     }
 
@@ -1283,6 +1334,25 @@ pub fn parse_principal(s: &str) -> Result<serde_json::Value> {
         }
     };
     Ok(serde_json::json!({ "format": format, member: value }))
+}
+
+/// The grant signer's algorithm and key, signing nothing: a placeholder of a JWS signature's
+/// length (64 bytes for both `ES256` and `EdDSA`), to learn a grant's size without signing it
+/// ([`CertificateAuthority::check_grant_fits`]).
+struct SizeOnly<'a>(&'a dyn agentid_protocol::JwsSigner);
+
+impl agentid_protocol::JwsSigner for SizeOnly<'_> {
+    fn algorithm(&self) -> agentid_protocol::Algorithm {
+        self.0.algorithm()
+    }
+
+    fn public_key(&self) -> agentid_protocol::PublicKey {
+        self.0.public_key()
+    }
+
+    fn sign(&self, _signing_input: &[u8]) -> agentid_protocol::Result<Vec<u8>> {
+        Ok(vec![0; 64])
+    }
 }
 
 /// What bounds a renewal ([`CertificateAuthority::renewal_limits`]).

@@ -34,6 +34,13 @@ requesters = ["operator", "bootstrap"]
 [agents.beta.permissions]
 "svc:two" = ["create_token", "open_task", "revoke"]
 
+[agents.gamma]
+scopes = ["tickets:*"]
+requesters = ["operator", "bootstrap"]
+
+[agents.gamma.permissions]
+"svc:one" = ["create_token", "open_task"]
+
 [services.agentid-ca]
 max_ttl = "1h"
 requesters = ["operator"]
@@ -186,4 +193,35 @@ async fn a_token_naming_a_task_id_a_task_holds_is_key_mismatch() {
         .filter(|r| r["kind"] == "bootstrap.create")
         .count();
     assert_eq!(before, after, "no token was made");
+}
+
+/// A token binding terms whose grant would be larger than any verifier takes (a chain token is
+/// at most 8 KiB, PROTOCOL.md) could never be redeemed: every enrollment would be refused. It is
+/// refused when made (`400 bad_request`, no token), as a task asking for them is.
+#[tokio::test]
+async fn a_token_whose_grant_could_never_be_signed_is_not_made() {
+    let w = start().await;
+    let mut one = w.service("one").await;
+    // 40 scope tokens of about 200 bytes, each within the rule's `tickets:*`.
+    let scope: Vec<String> = (0..40)
+        .map(|i| format!("tickets:{i:03}{}", format!(":{}", "a".repeat(60)).repeat(3)))
+        .collect();
+    let before = common::audit_records(&w.ca())
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count();
+    let body = serde_json::json!({"agent": "gamma", "scope": scope});
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
+    let after = common::audit_records(&w.ca())
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count();
+    assert_eq!(before, after, "no token was made");
+    // The same terms asked for at once are refused the same way.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let body = serde_json::json!({"agent": "gamma", "task": "t-big", "scope": scope,
+        "csr": csr(&key, "spiffe://example.org/agent/gamma/task/t-big")});
+    let (s, b) = call(&mut one, "POST", "/v1/tasks", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
 }
