@@ -255,6 +255,8 @@ struct Issuance<'a> {
     cap: Option<u64>,
     binding: Binding,
     task_record: Option<TaskRecord>,
+    /// The requester named the task id (see [`IssuanceCommit::chosen_task_id`]).
+    chosen_task_id: bool,
     bootstrap: Option<BootstrapRecord>,
     /// Refused while any of these is revoked.
     refuse: Vec<(RevocationKind, String)>,
@@ -376,6 +378,7 @@ impl CertificateAuthority {
         let Issuance {
             binding,
             task_record: task,
+            chosen_task_id,
             bootstrap,
             refuse,
             ..
@@ -398,6 +401,7 @@ impl CertificateAuthority {
             identity: &identity,
             binding,
             task: task.as_ref(),
+            chosen_task_id,
             bootstrap: bootstrap.as_ref(),
             refuse_if_revoked: &refuse,
             audit: &audit,
@@ -580,6 +584,8 @@ impl CertificateAuthority {
                     principal,
                     max_depth: Some(max_depth),
                 }),
+                // A generated id is no other's; a token's was checked when the token was made.
+                chosen_task_id: req.task.is_some() && bootstrap.is_none(),
                 bootstrap,
                 refuse,
             },
@@ -1036,6 +1042,7 @@ impl CertificateAuthority {
                 cap: Some(cap),
                 binding: Binding::FreshOrSameKey,
                 task_record: None,
+                chosen_task_id: false,
                 bootstrap: None,
                 refuse: [
                     (RevocationKind::Agent, name.to_string()),
@@ -1159,6 +1166,7 @@ impl CertificateAuthority {
                 cap: None,
                 binding: Binding::Rebind,
                 task_record: None,
+                chosen_task_id: false,
                 bootstrap: bootstrap.cloned(),
                 refuse: vec![(RevocationKind::Jkt, jkt.clone())],
             },
@@ -1231,6 +1239,7 @@ impl CertificateAuthority {
                 grant_jti: None,
                 binding: Binding::SameKey,
                 task_record: None,
+                chosen_task_id: false,
                 bootstrap: None,
                 refuse: limits.refuse,
             },

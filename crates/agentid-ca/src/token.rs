@@ -166,12 +166,12 @@ impl CertificateAuthority {
             binding.task_request(agent, KeySource::Spki(Vec::new()), TaskRequester::Operator)?;
         let now_s = crate::util::unix(now)?;
         self.check_task_terms(&req, now_s)?;
-        // The task id the token binds, chosen now, so that the grant's size is known.
-        let task = match task {
-            Some(t) => t,
+        // The grant's size, for the task id named or one as long as a generated id.
+        let sized = match &task {
+            Some(t) => t.clone(),
             None => TaskId::generate()?,
         };
-        self.check_grant_fits(&req, &task, now_s)?;
+        self.check_grant_fits(&req, &sized, now_s)?;
         // A revoked agent, task, principal or creator key: its enrollment would be refused
         // `revoked`, as every issuance is, whatever the entry's `exp` (that bounds the
         // published list only).
@@ -180,10 +180,10 @@ impl CertificateAuthority {
             .as_ref()
             .map(crate::store::canonical_principal)
             .transpose()?;
-        let mut targets = vec![
-            (crate::RevocationKind::Agent, agent),
-            (crate::RevocationKind::Task, task.as_str()),
-        ];
+        let mut targets = vec![(crate::RevocationKind::Agent, agent)];
+        if let Some(task) = &task {
+            targets.push((crate::RevocationKind::Task, task.as_str()));
+        }
         if let Some(p) = principal.as_deref() {
             targets.push((crate::RevocationKind::Principal, p));
         }
@@ -199,7 +199,7 @@ impl CertificateAuthority {
         let json =
             serde_json::to_string(binding).map_err(|e| CaError::InvalidRequest(e.to_string()))?;
         let creator = binding.creator.as_deref().unwrap_or("operator");
-        self.create_bootstrap_token_as(agent, Some(task), ttl, now, creator, Some(&json))
+        self.create_bootstrap_token_as(agent, task, ttl, now, creator, Some(&json))
     }
 
     /// Redeems a bootstrap token of an agent ([`CertificateAuthority::enroll`]) or of a

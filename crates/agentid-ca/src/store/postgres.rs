@@ -1185,13 +1185,15 @@ async fn apply_issuance(
     // 4. The task and its bootstrap token. A task id another agent's unredeemed token names is
     // that agent's (CA-API.md 3.10), as one its task holds is (the conflict below).
     if let Some(t) = c.task {
-        let named_by_other = tx
-            .query_opt(
-                "SELECT 1 FROM bootstrap_tokens WHERE task = $1 AND agent <> $2 AND used_at IS NULL LIMIT 1",
-                &[&t.task, &id.agent.as_deref().unwrap_or("")],
-            )
-            .await?
-            .is_some();
+        // Only for an id the requester chose: the query reads every token.
+        let named_by_other = c.chosen_task_id
+            && tx
+                .query_opt(
+                    "SELECT 1 FROM bootstrap_tokens WHERE task = $1 AND agent <> $2 AND used_at IS NULL LIMIT 1",
+                    &[&t.task, &id.agent.as_deref().unwrap_or("")],
+                )
+                .await?
+                .is_some();
         if named_by_other {
             return Err(PgErr::Ca(CaError::TaskIdTaken(t.task.clone())));
         }
@@ -1663,19 +1665,6 @@ impl Store for PgStore {
         self.inner.run(move |c| {
             Box::pin(async move {
                 in_tx!(c, |tx| async {
-                    // Task ids are unique whatever the agent (CA-API.md 1.3): a token never
-                    // names one a task holds nor one another agent's token names.
-                    let taken = tx
-                        .query_opt(
-                            "SELECT 1 WHERE EXISTS (SELECT 1 FROM tasks WHERE task = $1)
-                                 OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = $1 AND agent <> $2 AND used_at IS NULL)",
-                            &[&b.task, &b.agent],
-                        )
-                        .await?
-                        .is_some();
-                    if taken {
-                        return Err(PgErr::Ca(CaError::TaskIdTaken(b.task.clone())));
-                    }
                     tx.execute(
                         "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
                          VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
