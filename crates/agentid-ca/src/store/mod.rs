@@ -1901,6 +1901,7 @@ mod tests {
                 principal: None,
                 max_depth: Some(1),
             }),
+            chosen_task_id: false,
             bootstrap: None,
             refuse_if_revoked: vec![
                 (RevocationKind::Agent, "worker".into()),
