@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -94,15 +94,24 @@ CREATE INDEX tasks_exp ON tasks(exp);
 ALTER TABLE tasks ADD COLUMN max_depth INTEGER;
 ",
     },
+    Migration {
+        version: 5,
+        description: "CA service: the inventory of live tasks seeks each listed agent's tasks",
+        sql: "
+-- GET /v1/tasks reads the tasks of the agents a service may list, agent by agent in task id
+-- order, without visiting other agents' tasks.
+CREATE INDEX identities_agent_task ON identities(agent, task);
+",
+    },
 ];
 
 /// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
-pub const PG_SCHEMA_VERSION: u32 = 2;
+pub const PG_SCHEMA_VERSION: u32 = 3;
 
 /// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
 /// applied in one transaction under an advisory lock, and the version is kept in the one-row
-/// table `agentid_schema`. Version 1 is the whole schema of SQLite's version
-/// [`SCHEMA_VERSION`] (plus `id` columns for insertion order and the audit chain heads).
+/// table `agentid_schema`. Version 1 is the whole schema of SQLite's version 3 (plus `id`
+/// columns for insertion order and the audit chain heads).
 pub const PG_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -162,6 +171,15 @@ CREATE TABLE audit_checkpoints (
         sql: "
 -- The grant's max_depth; NULL for tasks opened before version 2.
 ALTER TABLE tasks ADD COLUMN max_depth BIGINT;
+",
+    },
+    Migration {
+        version: 3,
+        description: "CA service: the inventory of live tasks seeks each listed agent's tasks",
+        sql: "
+-- GET /v1/tasks reads the tasks of the agents a service may list, agent by agent in task id
+-- order, without visiting other agents' tasks (SQLite's version 5).
+CREATE INDEX identities_agent_task ON identities(agent, task);
 ",
     },
 ];

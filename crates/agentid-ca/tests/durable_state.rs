@@ -164,7 +164,7 @@ fn audit_verify_does_not_migrate_the_store() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(&format!(
-            "ALTER TABLE tasks DROP COLUMN max_depth; PRAGMA user_version = {old};"
+            "DROP INDEX identities_agent_task; PRAGMA user_version = {old};"
         ))
         .unwrap();
     }

@@ -94,11 +94,35 @@ fn a_version_0_database_migrates_and_keeps_its_issuances() {
         )
         .unwrap();
     assert_eq!(principal, None);
+    // Version 5's: the index the task inventory seeks each agent's tasks by.
+    let index: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'identities_agent_task'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
     drop(conn);
 
     // Opening again is a no-op and keeps everything.
     let store = SqliteStore::open(&db).unwrap();
     assert_eq!(store.issuances().unwrap().len(), 2);
+    // The inventory (CA-API.md 3.11) of the old rows, while the grant was live: the planner's
+    // task; the summarizer, a child in that task, holds none.
+    let created = store.task("fixture-task").unwrap().unwrap().created;
+    let listed = store
+        .live_tasks_page(&["summarizer".into(), "planner".into()], None, 10, created)
+        .unwrap();
+    let listed: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|l| (l.task.task.as_str(), l.agent.as_str()))
+        .collect();
+    assert_eq!(listed, [("fixture-task", "planner")]);
+    assert!(store
+        .live_tasks_page(&["summarizer".into()], None, 10, created)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

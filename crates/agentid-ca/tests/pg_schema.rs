@@ -8,8 +8,10 @@
 mod common;
 
 use agentid_ca::migrate::PG_SCHEMA_VERSION;
+use agentid_ca::Store;
 use agentid_ca::{CertificateAuthority, KeyType, OpenTaskRequest, TaskRequester};
 use agentid_protocol::{Algorithm, Scope};
+use agentid_test_support::inventory::Inventory;
 use agentid_test_support::pg::PgCluster;
 use common::*;
 
@@ -195,4 +197,267 @@ fn a_ca_pointed_at_an_empty_database_is_refused() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("ca init"), "{err}");
+}
+
+/// Writes `inv`'s rows into database `db` as the CA writes them: each task with its root
+/// holder's identity (agent and task), child identities holding no task, revocations.
+fn load(pg: &PgCluster, db: &str, inv: &Inventory) {
+    let url = pg.url(db);
+    let inv = inv.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let conn = tokio::spawn(conn);
+            let exp = |e: u64| i64::try_from(e).unwrap();
+            let mut ids: Vec<&str> = Vec::new();
+            let mut jkts: Vec<&str> = Vec::new();
+            let mut agents: Vec<&str> = Vec::new();
+            let mut tasks: Vec<&str> = Vec::new();
+            let mut caps: Vec<i64> = Vec::new();
+            for t in &inv.tasks {
+                ids.push(&t.holder);
+                jkts.push(&t.jkt);
+                agents.push(&t.agent);
+                tasks.push(&t.task);
+                caps.push(exp(t.exp));
+            }
+            for c in &inv.children {
+                ids.push(&c.identity);
+                jkts.push(&c.jkt);
+                agents.push(&c.agent);
+                tasks.push(&c.task);
+                caps.push(1);
+            }
+            client
+                .execute(
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap)
+                     SELECT i, j, '\\x00'::bytea, a, t, c
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                       AS u(i, j, a, t, c)",
+                    &[&ids, &jkts, &agents, &tasks, &caps],
+                )
+                .await
+                .unwrap();
+            let task: Vec<&str> = inv.tasks.iter().map(|t| t.task.as_str()).collect();
+            let holder: Vec<&str> = inv.tasks.iter().map(|t| t.holder.as_str()).collect();
+            let jti: Vec<&str> = inv.tasks.iter().map(|t| t.grant_jti.as_str()).collect();
+            let texp: Vec<i64> = inv.tasks.iter().map(|t| exp(t.exp)).collect();
+            client
+                .execute(
+                    "INSERT INTO tasks (task, holder, grant_jti, exp, created)
+                     SELECT t, h, j, e, 1
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(t, h, j, e)",
+                    &[&task, &holder, &jti, &texp],
+                )
+                .await
+                .unwrap();
+            let kind: Vec<&str> = inv.revocations.iter().map(|r| r.0).collect();
+            let value: Vec<&str> = inv.revocations.iter().map(|r| r.1.as_str()).collect();
+            let rexp: Vec<i64> = inv.revocations.iter().map(|r| exp(r.2)).collect();
+            client
+                .execute(
+                    "INSERT INTO revocations (kind, value, exp, revoked_at, requester)
+                     SELECT k, v, e, 1, 'operator'
+                     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(k, v, e)",
+                    &[&kind, &value, &rexp],
+                )
+                .await
+                .unwrap();
+            client.batch_execute("ANALYZE").await.unwrap();
+            drop(client);
+            let _ = conn.await;
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// The rows the plans in `log` (auto_explain, JSON, with ANALYZE) read from `tables`: per
+/// scan node, the rows it returned and those its filters removed, times its loops.
+fn rows_read(log: &str, tables: &[&str]) -> f64 {
+    fn walk(node: &serde_json::Value, tables: &[&str], sum: &mut f64) {
+        let n = |k: &str| {
+            node.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        if node
+            .get("Relation Name")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|r| tables.contains(&r))
+        {
+            *sum += (n("Actual Rows")
+                + n("Rows Removed by Filter")
+                + n("Rows Removed by Index Recheck"))
+                * n("Actual Loops").max(1.0);
+        }
+        for child in node
+            .get("Plans")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            walk(child, tables, sum);
+        }
+    }
+    let mut sum = 0.0;
+    let mut plans = 0;
+    for (at, _) in log.match_indices("plan:") {
+        let rest = &log[at + "plan:".len()..];
+        let Some(Ok(plan)) = serde_json::Deserializer::from_str(rest)
+            .into_iter::<serde_json::Value>()
+            .next()
+        else {
+            continue;
+        };
+        plans += 1;
+        if let Some(p) = plan.get("Plan") {
+            walk(p, tables, &mut sum);
+        }
+    }
+    assert!(plans > 0, "no plan in the log: {log}");
+    sum
+}
+
+/// CA-API.md 3.11 on PostgreSQL, on a domain of many agents of which the caller may list a
+/// few: every page is the next live tasks of those agents by task id, and a page reads the
+/// listed agents' own rows (their identities, the tasks they hold), never the table: counted
+/// from the executed plans (auto_explain with ANALYZE), not timed.
+#[test]
+fn a_tasks_page_on_postgresql_reads_only_the_listed_agents_rows() {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("PostgreSQL not installed: skipped");
+        return;
+    };
+    pg.create_database("agentid");
+    // Every statement's executed plan, with the rows each node read, in the server's log.
+    sql(
+        &pg,
+        "agentid",
+        "ALTER DATABASE agentid SET session_preload_libraries = 'auto_explain';
+         ALTER DATABASE agentid SET auto_explain.log_min_duration = 0;
+         ALTER DATABASE agentid SET auto_explain.log_analyze = on;
+         ALTER DATABASE agentid SET auto_explain.log_timing = off;
+         ALTER DATABASE agentid SET auto_explain.log_format = json;",
+    );
+    let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();
+    let now = 1_000_000;
+    let inv = Inventory::generate("a", 200, 100, now, 0);
+    load(&pg, "agentid", &inv);
+    let listed: Vec<String> = [1, 2, 3, 7, 199, 7]
+        .iter()
+        .map(|i| Inventory::agent("a", *i))
+        .chain(["nobody".to_owned()])
+        .collect();
+    let rows = |after: Option<&str>, limit: usize| -> Vec<(String, String, String, String, u64)> {
+        store
+            .live_tasks_page(&listed, after, limit, now)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.task.task, l.task.holder, l.agent, l.jkt, l.task.exp))
+            .collect()
+    };
+    // Page by page (the test cluster's collation is C: task ids by bytes, as `expected`).
+    let all = inv.expected(&listed, None, now);
+    assert!(all.len() > 100, "{}", all.len());
+    for limit in [7, 1000] {
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = rows(after.as_deref(), limit);
+            let want = inv.expected(&listed, after.as_deref(), now);
+            assert_eq!(page, want[..want.len().min(limit)], "after {after:?}");
+            seen.extend(page.iter().cloned());
+            match page.last() {
+                Some(last) if page.len() == limit => after = Some(last.0.clone()),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, all, "limit {limit}");
+    }
+    // The work of one full page.
+    let own: usize = inv
+        .tasks
+        .iter()
+        .filter(|t| listed.contains(&t.agent))
+        .count()
+        + inv
+            .children
+            .iter()
+            .filter(|c| listed.contains(&c.agent))
+            .count();
+    let from = pg.log("server.log").len();
+    assert_eq!(rows(None, 1001), all);
+    let log = pg.log("server.log");
+    let read = rows_read(&log[from..], &["tasks", "identities"]);
+    println!(
+        "rows read: {read} (the listed agents' identities: {own}; tasks: {})",
+        inv.tasks.len()
+    );
+    assert!(
+        read <= (3 * own) as f64,
+        "a page read {read} rows of tasks and identities; the listed agents have {own} \
+         identities of the table's {}",
+        inv.tasks.len() + inv.children.len()
+    );
+}
+
+/// A database of the previous schema version (2, before the inventory's index) with tasks in
+/// it: opening migrates it to version 3, keeps its rows, and the inventory lists them.
+#[test]
+fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("PostgreSQL not installed: skipped");
+        return;
+    };
+    pg.create_database("agentid");
+    let mut v2 = String::from(
+        "CREATE TABLE agentid_schema (
+           one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL);
+         INSERT INTO agentid_schema (one, version) VALUES (TRUE, 2);",
+    );
+    for m in agentid_ca::migrate::PG_MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= 2)
+    {
+        v2.push_str(m.sql);
+    }
+    sql(&pg, "agentid", &v2);
+    let now = 1_000_000;
+    let inv = Inventory::generate("a", 8, 10, now, 0);
+    load(&pg, "agentid", &inv);
+    let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(PG_SCHEMA_VERSION, 3);
+    let listed = vec![Inventory::agent("a", 1), Inventory::agent("a", 4)];
+    let page: Vec<String> = store
+        .live_tasks_page(&listed, None, 1000, now)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.task.task)
+        .collect();
+    let want: Vec<String> = inv
+        .expected(&listed, None, now)
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(page, want);
+    drop(store);
+    // The index is there (what a page seeks by).
+    sql(
+        &pg,
+        "agentid",
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'identities_agent_task') THEN
+             RAISE EXCEPTION 'identities_agent_task is missing';
+           END IF;
+         END $$;",
+    );
 }

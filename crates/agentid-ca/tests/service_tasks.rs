@@ -230,11 +230,11 @@ async fn the_inventory_lists_live_tasks_of_the_listed_agents_only() {
     let mut want = vec![planner.as_str(), worker.as_str()];
     want.sort_unstable();
     assert_eq!(holders, want);
-    // The inventory reads tasks by expiry (schema version 2).
+    // The inventory seeks each listed agent's tasks by (agent, task id) (schema version 5).
     let db = rusqlite::Connection::open(w.dir.path().join("ca.db")).unwrap();
     let index: i64 = db
         .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'tasks_exp'",
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'identities_agent_task'",
             [],
             |r| r.get(0),
         )

@@ -1,6 +1,7 @@
 //! Helpers shared by agentid's integration tests: the bound on every await, the clock, PEM,
 //! loopback servers and clients, the rule for tests that need the `openssl` binary, and a
-//! PostgreSQL server of the test's own ([`pg::PgCluster`]).
+//! PostgreSQL server of the test's own ([`pg::PgCluster`]), and a synthetic task inventory
+//! ([`inventory::Inventory`]).
 //!
 //! A dev-dependency only (`publish = false`). What is specific to one crate's tests (the
 //! transport's hand-made PKI, the facade's CA-backed agents, the CLI's command runner) stays in
@@ -15,6 +16,7 @@
     reason = "test support: a panic is a test failure"
 )]
 
+pub mod inventory;
 pub mod net;
 pub mod openssl;
 pub mod pg;

@@ -485,8 +485,10 @@ pub trait Store: Send {
     /// task, holder agent, holder key and grant `jti` no revocation live at `now` names, each
     /// with its holder's agent name and bound key thumbprint; by task id, at most `limit`. The
     /// default scans every issuance and revocation; the SQLite and PostgreSQL stores read one
-    /// page in one statement (one snapshot: a revocation committed before it is seen with the
-    /// tasks it hits), holding no more than the page in memory.
+    /// page in one snapshot (a revocation committed before it is seen with the tasks it hits),
+    /// seeking each agent's tasks by (agent, task id), so that a page's work is bounded by the
+    /// listed agents' own rows (at most `limit` live tasks each), not by the whole inventory,
+    /// and holding no more than about two pages in memory.
     fn live_tasks_page(
         &self,
         agents: &[String],
@@ -641,6 +643,38 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_seq', 0);
 ";
+
+/// One agent's live tasks for `GET /v1/tasks` (CA-API 3.11), by task id from `after` on: the
+/// agent's identities are sought by (agent, task) in the index `identities_agent_task`
+/// (schema version 5), each joined to the task it holds by the tasks' primary key, each
+/// revocation looked up by its primary key (kind, value). The work is bounded by the agent's
+/// own identities, never by other agents' tasks. `$bound` adds an upper bound on the task id.
+macro_rules! agent_tasks_sql {
+    ($bound:literal) => {
+        concat!(
+            "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
+               i.agent, i.jkt
+             FROM identities i CROSS JOIN tasks t
+             WHERE i.agent = ?1 AND i.task > ?2 ",
+            $bound,
+            "
+               AND t.task = i.task AND t.holder = i.identity AND t.exp > ?3
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?4 AND r.value = t.task AND r.exp > ?3)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?5 AND r.value = i.agent AND r.exp > ?3)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?6 AND r.value = i.jkt AND r.exp > ?3)
+               AND NOT EXISTS (SELECT 1 FROM revocations r
+                               WHERE r.kind = ?7 AND r.value = t.grant_jti AND r.exp > ?3)
+             ORDER BY i.task LIMIT ?8"
+        )
+    };
+}
+/// [`agent_tasks_sql`] from `after` on.
+const AGENT_TASKS: &str = agent_tasks_sql!("");
+/// [`agent_tasks_sql`] between `after` and a task id (excluded) the page already reaches.
+const AGENT_TASKS_BELOW: &str = agent_tasks_sql!("AND i.task < ?9");
 
 fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| CaError::Store("integer out of range".into()))
@@ -1231,46 +1265,67 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Vec<LiveTask>> {
         use RevocationKind as K;
-        // By the tasks' primary key from `after` on; each revocation looked up by its
-        // primary key (kind, value).
-        let mut st = self.conn.prepare_cached(
-            "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
-               i.agent, i.jkt
-             FROM tasks t JOIN identities i ON i.identity = t.holder
-             WHERE t.task > ?1 AND t.exp > ?2
-               AND i.agent IN (SELECT value FROM json_each(?3))
-               AND NOT EXISTS (SELECT 1 FROM revocations r
-                               WHERE r.kind = ?4 AND r.value = t.task AND r.exp > ?2)
-               AND NOT EXISTS (SELECT 1 FROM revocations r
-                               WHERE r.kind = ?5 AND r.value = i.agent AND r.exp > ?2)
-               AND NOT EXISTS (SELECT 1 FROM revocations r
-                               WHERE r.kind = ?6 AND r.value = i.jkt AND r.exp > ?2)
-               AND NOT EXISTS (SELECT 1 FROM revocations r
-                               WHERE r.kind = ?7 AND r.value = t.grant_jti AND r.exp > ?2)
-             ORDER BY t.task LIMIT ?8",
-        )?;
-        let agents =
-            serde_json::to_string(agents).map_err(|e| CaError::Store(format!("agents: {e}")))?;
-        let rows = st.query_map(
-            params![
-                after.unwrap_or(""),
-                to_i64(now)?,
-                agents,
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut agents: Vec<&str> = agents.iter().map(String::as_str).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.unwrap_or("");
+        let now = to_i64(now)?;
+        // One read transaction: one snapshot for every agent's statement (a revocation
+        // committed before it is seen with the tasks it hits).
+        let tx = self.conn.unchecked_transaction()?;
+        // The page so far, by task id (bytes, as SQLite's BINARY collation orders them); at
+        // most `limit` entries. Once full, its last id bounds the next agents' seeks.
+        let mut page: std::collections::BTreeMap<String, LiveTask> =
+            std::collections::BTreeMap::new();
+        for agent in agents {
+            let bound = if page.len() >= limit {
+                page.last_key_value().map(|(k, _)| k.clone())
+            } else {
+                None
+            };
+            let mut st = tx.prepare_cached(if bound.is_some() {
+                AGENT_TASKS_BELOW
+            } else {
+                AGENT_TASKS
+            })?;
+            let kinds = [
                 K::Task.as_str(),
                 K::Agent.as_str(),
                 K::Jkt.as_str(),
                 K::Jti.as_str(),
-                i64::try_from(limit).unwrap_or(i64::MAX),
-            ],
-            |r| {
+            ];
+            let row = |r: &rusqlite::Row<'_>| {
                 Ok(LiveTask {
                     task: row_task(r)?,
                     agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
                     jkt: r.get(8)?,
                 })
-            },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            };
+            let rows = match &bound {
+                Some(b) => st.query_map(
+                    params![
+                        agent, after, now, kinds[0], kinds[1], kinds[2], kinds[3], sql_limit, b
+                    ],
+                    row,
+                )?,
+                None => st.query_map(
+                    params![agent, after, now, kinds[0], kinds[1], kinds[2], kinds[3], sql_limit],
+                    row,
+                )?,
+            };
+            for live in rows {
+                let live = live?;
+                page.insert(live.task.task.clone(), live);
+            }
+            while page.len() > limit {
+                page.pop_last();
+            }
+        }
+        Ok(page.into_values().collect())
     }
 
     fn append_audit(&mut self, ev: &AuditEvent) -> Result<()> {
@@ -1994,6 +2049,184 @@ mod tests {
         assert_eq!(
             store.key_owner("key-a").unwrap().as_deref(),
             Some("spiffe://example.org/agent/worker/task/task1")
+        );
+    }
+
+    /// Writes `inv`'s rows into the store's tables as the CA writes them: each task with its
+    /// root holder's identity (agent and task), child identities holding no task, revocations.
+    fn load(store: &SqliteStore, inv: &agentid_test_support::inventory::Inventory) {
+        let tx = store.conn.unchecked_transaction().unwrap();
+        for t in &inv.tasks {
+            tx.prepare_cached(
+                "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, x'00', ?3, ?4, ?5)",
+            )
+            .unwrap()
+            .execute(params![t.holder, t.jkt, t.agent, t.task, to_i64(t.exp).unwrap()])
+            .unwrap();
+            tx.prepare_cached(
+                "INSERT INTO tasks (task, holder, grant_jti, exp, created) VALUES (?1, ?2, ?3, ?4, 1)",
+            )
+            .unwrap()
+            .execute(params![t.task, t.holder, t.grant_jti, to_i64(t.exp).unwrap()])
+            .unwrap();
+        }
+        for c in &inv.children {
+            tx.prepare_cached(
+                "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, x'00', ?3, ?4, 1)",
+            )
+            .unwrap()
+            .execute(params![c.identity, c.jkt, c.agent, c.task])
+            .unwrap();
+        }
+        for (kind, value, exp) in &inv.revocations {
+            tx.prepare_cached(
+                "INSERT INTO revocations (kind, value, exp, revoked_at, requester) VALUES (?1, ?2, ?3, 1, 'operator')",
+            )
+            .unwrap()
+            .execute(params![kind, value, to_i64(*exp).unwrap()])
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn page_rows(
+        store: &SqliteStore,
+        agents: &[String],
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Vec<(String, String, String, String, u64)> {
+        store
+            .live_tasks_page(agents, after, limit, now)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.task.task, l.task.holder, l.agent, l.jkt, l.task.exp))
+            .collect()
+    }
+
+    /// CA-API.md 3.11 on a domain of many agents of which the caller may list a few (one of
+    /// them revoked, one revoked by a lapsed entry, one with no tasks, one listed twice): every
+    /// page is the next `limit` live tasks of those agents by task id, whatever `after` names
+    /// (a listed task, another agent's task, an id no task has), and never a task of an agent
+    /// the caller may not list (children of a listed agent in others' tasks included).
+    #[test]
+    fn a_tasks_page_is_the_next_live_tasks_of_the_listed_agents_by_task_id() {
+        use agentid_test_support::inventory::Inventory;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let now = 1_000_000;
+        let inv = Inventory::generate("a", 60, 40, now, 0);
+        load(&store, &inv);
+        let listed: Vec<String> = [1, 2, 3, 7, 59, 7]
+            .iter()
+            .map(|i| Inventory::agent("a", *i))
+            .chain(["nobody".to_owned()])
+            .collect();
+        let all = inv.expected(&listed, None, now);
+        assert!(all.len() > 50, "{}", all.len());
+        for limit in [1, 7, 1000] {
+            let mut after: Option<String> = None;
+            let mut seen = Vec::new();
+            loop {
+                let page = page_rows(&store, &listed, after.as_deref(), limit, now);
+                let want = inv.expected(&listed, after.as_deref(), now);
+                assert_eq!(page, want[..want.len().min(limit)], "after {after:?}");
+                seen.extend(page.iter().cloned());
+                match page.last() {
+                    Some(last) if page.len() == limit => after = Some(last.0.clone()),
+                    _ => break,
+                }
+            }
+            assert_eq!(seen, all, "limit {limit}");
+        }
+        let unlisted = inv
+            .tasks
+            .iter()
+            .find(|t| !listed.contains(&t.agent))
+            .unwrap()
+            .task
+            .clone();
+        for after in ["", "t", "t8", unlisted.as_str(), "u", "zzzz"] {
+            let want = inv.expected(&listed, Some(after), now);
+            assert_eq!(
+                page_rows(&store, &listed, Some(after), 9, now),
+                want[..want.len().min(9)],
+                "{after}"
+            );
+        }
+        assert!(page_rows(&store, &listed, None, 0, now).is_empty());
+        assert!(page_rows(&store, &["nobody".to_owned()], None, 10, now).is_empty());
+    }
+
+    /// A page's work is bounded by the tasks of the agents the caller may list, not by the
+    /// table: a trust domain with as many more tasks again, of agents the caller may not list,
+    /// costs the page no more work (SQLite's virtual machine steps, counted on the store's
+    /// connection; the lock every issuance needs is held for that work).
+    #[test]
+    fn a_tasks_page_does_no_more_work_when_agents_it_does_not_list_have_more_tasks() {
+        use agentid_test_support::inventory::Inventory;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let now = 1_000_000;
+        let inv = Inventory::generate("a", 200, 100, now, 0);
+        load(&store, &inv);
+        let listed: Vec<String> = [1, 5, 9]
+            .iter()
+            .map(|i| Inventory::agent("a", *i))
+            .collect();
+        let steps = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&steps);
+        store.conn.progress_handler(
+            16,
+            Some(move || {
+                counter.fetch_add(16, Ordering::Relaxed);
+                false
+            }),
+        );
+        let measure = |after: Option<&str>| {
+            steps.store(0, Ordering::Relaxed);
+            let rows = page_rows(&store, &listed, after, 1001, now);
+            (rows, steps.load(Ordering::Relaxed))
+        };
+        let (first, before) = measure(None);
+        assert_eq!(first, inv.expected(&listed, None, now));
+        let mid = first[first.len() / 2].0.clone();
+        let (second, before_mid) = measure(Some(&mid));
+        assert_eq!(second, inv.expected(&listed, Some(&mid), now));
+        // As many tasks again, of 200 agents the caller may not list.
+        load(&store, &Inventory::generate("b", 200, 100, now, 1));
+        let (again, after) = measure(None);
+        assert_eq!(again, first);
+        let (again_mid, after_mid) = measure(Some(&mid));
+        assert_eq!(again_mid, second);
+        println!("steps: {before} -> {after}; after {mid}: {before_mid} -> {after_mid}");
+        // Each agent's statement seeks its identities by (agent, task) in task id order and
+        // each task by its key: no table scan, no sort of all the agent's tasks.
+        for sql in [AGENT_TASKS, AGENT_TASKS_BELOW] {
+            let mut st = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let nulls = vec![rusqlite::types::Null; st.parameter_count()];
+            let plan: Vec<String> = st
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("SEARCH i USING INDEX identities_agent_task (agent=? AND task>?")
+                    && plan.contains("SEARCH t USING INDEX sqlite_autoindex_tasks_1 (task=?)")
+                    && !plan.contains("SCAN ")
+                    && !plan.contains("TEMP B-TREE"),
+                "{plan}"
+            );
+        }
+        assert!(
+            after <= before + before / 10 && after_mid <= before_mid + before_mid / 10,
+            "a page's work grew with the tasks of agents it does not list: {before} -> {after} \
+             steps, from the middle {before_mid} -> {after_mid}"
         );
     }
 

@@ -1738,19 +1738,28 @@ impl Store for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.inner.run(move |c| {
             Box::pin(async move {
+                // Agent by agent (LATERAL): each agent's identities sought by (agent, task) in
+                // `identities_agent_task` (schema version 3), at most `limit` of them, each
+                // joined to the task it holds by the tasks' primary key; the work is bounded by
+                // the listed agents' own rows, never by other agents' tasks.
                 c.query(
-                    "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth, i.agent, i.jkt
-                     FROM tasks t JOIN identities i ON i.identity = t.holder
-                     WHERE t.task > $1 AND t.exp > $2 AND i.agent = ANY($3::text[])
-                       AND NOT EXISTS (SELECT 1 FROM revocations r
-                                       WHERE r.kind = $4 AND r.value = t.task AND r.exp > $2)
-                       AND NOT EXISTS (SELECT 1 FROM revocations r
-                                       WHERE r.kind = $5 AND r.value = i.agent AND r.exp > $2)
-                       AND NOT EXISTS (SELECT 1 FROM revocations r
-                                       WHERE r.kind = $6 AND r.value = i.jkt AND r.exp > $2)
-                       AND NOT EXISTS (SELECT 1 FROM revocations r
-                                       WHERE r.kind = $7 AND r.value = t.grant_jti AND r.exp > $2)
-                     ORDER BY t.task LIMIT $8",
+                    "SELECT x.task, x.holder, x.grant_jti, x.exp, x.created, x.principal, x.max_depth, x.agent, x.jkt
+                     FROM (SELECT DISTINCT unnest($3::text[]) AS agent) a
+                     CROSS JOIN LATERAL (
+                       SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
+                         i.agent, i.jkt
+                       FROM identities i JOIN tasks t ON t.task = i.task AND t.holder = i.identity
+                       WHERE i.agent = a.agent AND i.task > $1 AND t.exp > $2
+                         AND NOT EXISTS (SELECT 1 FROM revocations r
+                                         WHERE r.kind = $4 AND r.value = t.task AND r.exp > $2)
+                         AND NOT EXISTS (SELECT 1 FROM revocations r
+                                         WHERE r.kind = $5 AND r.value = i.agent AND r.exp > $2)
+                         AND NOT EXISTS (SELECT 1 FROM revocations r
+                                         WHERE r.kind = $6 AND r.value = i.jkt AND r.exp > $2)
+                         AND NOT EXISTS (SELECT 1 FROM revocations r
+                                         WHERE r.kind = $7 AND r.value = t.grant_jti AND r.exp > $2)
+                       ORDER BY i.task LIMIT $8) x
+                     ORDER BY x.task LIMIT $8",
                     &[
                         &after,
                         &to_i64(now)?,
