@@ -485,10 +485,11 @@ pub trait Store: Send {
     /// task, holder agent, holder key and grant `jti` no revocation live at `now` names, each
     /// with its holder's agent name and bound key thumbprint; by task id, at most `limit`. The
     /// default scans every issuance and revocation; the SQLite and PostgreSQL stores read one
-    /// page in one snapshot (a revocation committed before it is seen with the tasks it hits),
-    /// seeking each agent's tasks by (agent, task id), so that a page's work is bounded by the
-    /// listed agents' own rows (at most `limit` live tasks each), not by the whole inventory,
-    /// and holding no more than about two pages in memory.
+    /// page in one snapshot (a revocation committed before it is seen with the tasks it hits):
+    /// the next few tasks by id, then, if the page is not full, each agent's tasks sought by
+    /// (agent, task id), so that a page's work is bounded by the page, the number of agents
+    /// and the listed agents' own rows, never by the other agents' tasks; holding no more than
+    /// about two pages in memory.
     fn live_tasks_page(
         &self,
         agents: &[String],
@@ -644,11 +645,52 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_seq', 0);
 ";
 
-/// One agent's live tasks for `GET /v1/tasks` (CA-API 3.11), by task id from `after` on: the
-/// agent's identities are sought by (agent, task) in the index `identities_agent_task`
-/// (schema version 5), each joined to the task it holds by the tasks' primary key, each
-/// revocation looked up by its primary key (kind, value). The work is bounded by the agent's
-/// own identities, never by other agents' tasks. `$bound` adds an upper bound on the task id.
+/// `GET /v1/tasks` (CA-API 3.11) reads a page in two phases, each bounded by the page's size:
+///
+/// 1. [`NEXT_TASKS_SCAN`]: among the next few tasks by id ([`tasks_scan_budget`],
+///    [`NEXT_TASKS_EDGE`]), those of the listed agents that are live: a caller that may list
+///    most agents (a platform service) finds its page there, reading little more than the
+///    page.
+/// 2. If the page is not full and the tasks go on, [`AGENT_TASKS`] from the last id phase 1
+///    read: each listed agent's identities sought by (agent, task) in the index
+///    `identities_agent_task` (schema version 5), in task id order, at most `limit`, each
+///    joined to the task it holds by the tasks' primary key; merged by task id, the page's
+///    last id bounding the later agents' seeks ([`AGENT_TASKS_BELOW`]). A caller that may list
+///    a few agents of a large trust domain reads those agents' own rows, never the others'.
+///
+/// Each revocation is looked up by its primary key (kind, value).
+const TASKS_SCAN_FACTOR: usize = 4;
+
+/// How many tasks phase 1 of a page reads at most: [`TASKS_SCAN_FACTOR`] times the page, or
+/// times the number of agents when there are more (phase 2 costs at least one seek per agent:
+/// reading a few tasks per agent first costs no more).
+pub(crate) fn tasks_scan_budget(limit: usize, agents: usize) -> usize {
+    limit.max(agents).saturating_mul(TASKS_SCAN_FACTOR)
+}
+/// Before phase 1 of a tasks page (see [`TASKS_SCAN_FACTOR`]): how many tasks follow `?1`
+/// (at most `?2`), and the id of the last of those.
+const NEXT_TASKS_EDGE: &str =
+    "SELECT count(*), max(task) FROM (SELECT task FROM tasks WHERE task > ?1 ORDER BY task LIMIT ?2)";
+/// Phase 1 of a tasks page (see [`TASKS_SCAN_FACTOR`]): the live tasks of the listed agents
+/// (JSON array `?3`) after `?1` up to `?9` (included), by the tasks' primary key, stopping at
+/// `?8` found.
+const NEXT_TASKS_SCAN: &str =
+    "SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
+       i.agent, i.jkt
+     FROM tasks t CROSS JOIN identities i
+     WHERE t.task > ?1 AND t.task <= ?9 AND i.identity = t.holder AND t.exp > ?2
+       AND i.agent IN (SELECT value FROM json_each(?3))
+       AND NOT EXISTS (SELECT 1 FROM revocations r
+                       WHERE r.kind = ?4 AND r.value = t.task AND r.exp > ?2)
+       AND NOT EXISTS (SELECT 1 FROM revocations r
+                       WHERE r.kind = ?5 AND r.value = i.agent AND r.exp > ?2)
+       AND NOT EXISTS (SELECT 1 FROM revocations r
+                       WHERE r.kind = ?6 AND r.value = i.jkt AND r.exp > ?2)
+       AND NOT EXISTS (SELECT 1 FROM revocations r
+                       WHERE r.kind = ?7 AND r.value = t.grant_jti AND r.exp > ?2)
+     ORDER BY t.task LIMIT ?8";
+/// Phase 2 of a tasks page (see [`TASKS_SCAN_FACTOR`]): one agent's live tasks after `?2`.
+/// `$bound` adds an upper bound on the task id.
 macro_rules! agent_tasks_sql {
     ($bound:literal) => {
         concat!(
@@ -671,9 +713,9 @@ macro_rules! agent_tasks_sql {
         )
     };
 }
-/// [`agent_tasks_sql`] from `after` on.
+/// Phase 2 for one agent.
 const AGENT_TASKS: &str = agent_tasks_sql!("");
-/// [`agent_tasks_sql`] between `after` and a task id (excluded) the page already reaches.
+/// Phase 2 for one agent, below a task id (excluded) the page already reaches.
 const AGENT_TASKS_BELOW: &str = agent_tasks_sql!("AND i.task < ?9");
 
 fn to_i64(v: u64) -> Result<i64> {
@@ -1272,15 +1314,46 @@ impl Store for SqliteStore {
         agents.sort_unstable();
         agents.dedup();
         let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let budget = i64::try_from(tasks_scan_budget(limit, agents.len())).unwrap_or(i64::MAX);
         let after = after.unwrap_or("");
         let now = to_i64(now)?;
-        // One read transaction: one snapshot for every agent's statement (a revocation
+        let [kt, ka, kj, ki] = [K::Task, K::Agent, K::Jkt, K::Jti].map(K::as_str);
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(LiveTask {
+                task: row_task(r)?,
+                agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                jkt: r.get(8)?,
+            })
+        };
+        // One read transaction: one snapshot for every statement of the page (a revocation
         // committed before it is seen with the tasks it hits).
         let tx = self.conn.unchecked_transaction()?;
         // The page so far, by task id (bytes, as SQLite's BINARY collation orders them); at
-        // most `limit` entries. Once full, its last id bounds the next agents' seeks.
+        // most `limit` entries.
         let mut page: std::collections::BTreeMap<String, LiveTask> =
             std::collections::BTreeMap::new();
+        // Phase 1: the next tasks by id.
+        let (scanned, edge): (i64, Option<String>) = tx
+            .prepare_cached(NEXT_TASKS_EDGE)?
+            .query_row(params![after, budget], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let Some(edge) = edge else {
+            // No task after `after`.
+            return Ok(Vec::new());
+        };
+        let listed =
+            serde_json::to_string(&agents).map_err(|e| CaError::Store(format!("agents: {e}")))?;
+        for live in tx.prepare_cached(NEXT_TASKS_SCAN)?.query_map(
+            params![after, now, listed, kt, ka, kj, ki, sql_limit, edge],
+            row,
+        )? {
+            let live = live?;
+            page.insert(live.task.task.clone(), live);
+        }
+        if page.len() >= limit || scanned < budget {
+            // A full page, or phase 1 read every task after `after`.
+            return Ok(page.into_values().take(limit).collect());
+        }
+        // Phase 2: each agent's tasks after the last one phase 1 read.
         for agent in agents {
             let bound = if page.len() >= limit {
                 page.last_key_value().map(|(k, _)| k.clone())
@@ -1292,30 +1365,11 @@ impl Store for SqliteStore {
             } else {
                 AGENT_TASKS
             })?;
-            let kinds = [
-                K::Task.as_str(),
-                K::Agent.as_str(),
-                K::Jkt.as_str(),
-                K::Jti.as_str(),
-            ];
-            let row = |r: &rusqlite::Row<'_>| {
-                Ok(LiveTask {
-                    task: row_task(r)?,
-                    agent: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                    jkt: r.get(8)?,
-                })
-            };
             let rows = match &bound {
-                Some(b) => st.query_map(
-                    params![
-                        agent, after, now, kinds[0], kinds[1], kinds[2], kinds[3], sql_limit, b
-                    ],
-                    row,
-                )?,
-                None => st.query_map(
-                    params![agent, after, now, kinds[0], kinds[1], kinds[2], kinds[3], sql_limit],
-                    row,
-                )?,
+                Some(b) => {
+                    st.query_map(params![agent, edge, now, kt, ka, kj, ki, sql_limit, b], row)?
+                }
+                None => st.query_map(params![agent, edge, now, kt, ka, kj, ki, sql_limit], row)?,
             };
             for live in rows {
                 let live = live?;
@@ -2117,19 +2171,34 @@ mod tests {
         let now = 1_000_000;
         let inv = Inventory::generate("a", 60, 40, now, 0);
         load(&store, &inv);
-        let listed: Vec<String> = [1, 2, 3, 7, 59, 7]
+        let few: Vec<String> = [1, 2, 3, 7, 59, 7]
             .iter()
             .map(|i| Inventory::agent("a", *i))
             .chain(["nobody".to_owned()])
             .collect();
-        let all = inv.expected(&listed, None, now);
+        // And every agent (a platform service): the page is found among the next tasks.
+        let every: Vec<String> = (0..60).map(|i| Inventory::agent("a", i)).collect();
+        for (listed, limits) in [(few, [1, 7, 1000]), (every, [29, 97, 1000])] {
+            pages_are_the_spec_answer(&store, &inv, &listed, &limits, now);
+        }
+        assert!(page_rows(&store, &["nobody".to_owned()], None, 10, now).is_empty());
+    }
+
+    fn pages_are_the_spec_answer(
+        store: &SqliteStore,
+        inv: &agentid_test_support::inventory::Inventory,
+        listed: &[String],
+        limits: &[usize],
+        now: u64,
+    ) {
+        let all = inv.expected(listed, None, now);
         assert!(all.len() > 50, "{}", all.len());
-        for limit in [1, 7, 1000] {
+        for &limit in limits {
             let mut after: Option<String> = None;
             let mut seen = Vec::new();
             loop {
-                let page = page_rows(&store, &listed, after.as_deref(), limit, now);
-                let want = inv.expected(&listed, after.as_deref(), now);
+                let page = page_rows(store, listed, after.as_deref(), limit, now);
+                let want = inv.expected(listed, after.as_deref(), now);
                 assert_eq!(page, want[..want.len().min(limit)], "after {after:?}");
                 seen.extend(page.iter().cloned());
                 match page.last() {
@@ -2139,29 +2208,28 @@ mod tests {
             }
             assert_eq!(seen, all, "limit {limit}");
         }
+        // Another agent's task id (when there is one), one in the middle, ids no task has.
         let unlisted = inv
             .tasks
             .iter()
             .find(|t| !listed.contains(&t.agent))
-            .unwrap()
-            .task
-            .clone();
-        for after in ["", "t", "t8", unlisted.as_str(), "u", "zzzz"] {
-            let want = inv.expected(&listed, Some(after), now);
+            .map_or("t", |t| t.task.as_str());
+        let middle = inv.tasks[inv.tasks.len() / 2].task.as_str();
+        for after in ["", "t", "t8", unlisted, middle, "u", "zzzz"] {
+            let want = inv.expected(listed, Some(after), now);
             assert_eq!(
-                page_rows(&store, &listed, Some(after), 9, now),
+                page_rows(store, listed, Some(after), 9, now),
                 want[..want.len().min(9)],
                 "{after}"
             );
         }
-        assert!(page_rows(&store, &listed, None, 0, now).is_empty());
-        assert!(page_rows(&store, &["nobody".to_owned()], None, 10, now).is_empty());
+        assert!(page_rows(store, listed, None, 0, now).is_empty());
     }
 
-    /// A page's work is bounded by the tasks of the agents the caller may list, not by the
-    /// table: a trust domain with as many more tasks again, of agents the caller may not list,
-    /// costs the page no more work (SQLite's virtual machine steps, counted on the store's
-    /// connection; the lock every issuance needs is held for that work).
+    /// A page's work is bounded by the page and the tasks of the agents the caller may list,
+    /// not by the table: a trust domain with as many more tasks again, of agents the caller may
+    /// not list, costs the page no more work (SQLite's virtual machine steps, counted on the
+    /// store's connection; the lock every issuance needs is held for that work).
     #[test]
     fn a_tasks_page_does_no_more_work_when_agents_it_does_not_list_have_more_tasks() {
         use agentid_test_support::inventory::Inventory;
@@ -2203,7 +2271,7 @@ mod tests {
         println!("steps: {before} -> {after}; after {mid}: {before_mid} -> {after_mid}");
         // Each agent's statement seeks its identities by (agent, task) in task id order and
         // each task by its key: no table scan, no sort of all the agent's tasks.
-        for sql in [AGENT_TASKS, AGENT_TASKS_BELOW] {
+        let plan_of = |sql: &str| -> String {
             let mut st = store
                 .conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -2214,12 +2282,36 @@ mod tests {
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
-            let plan = plan.join("\n");
+            // No table is scanned (the listed agents' JSON array and subqueries may be), no
+            // result sorted.
+            for line in &plan {
+                if let Some(what) = line.strip_prefix("SCAN ") {
+                    assert!(
+                        what.starts_with("json_each") || what.starts_with("(subquery"),
+                        "{line} in {plan:#?}"
+                    );
+                }
+                assert!(!line.contains("TEMP B-TREE"), "{line} in {plan:#?}");
+            }
+            plan.join("\n")
+        };
+        // Phase 1 reads the next tasks by their key, up to the edge, and stops at the page.
+        let edge = plan_of(NEXT_TASKS_EDGE);
+        assert!(
+            edge.contains("USING COVERING INDEX sqlite_autoindex_tasks_1 (task>?)"),
+            "{edge}"
+        );
+        let scan = plan_of(NEXT_TASKS_SCAN);
+        assert!(
+            scan.contains("SEARCH t USING INDEX sqlite_autoindex_tasks_1 (task>? AND task<?)"),
+            "{scan}"
+        );
+        // Phase 2 seeks each agent's identities by (agent, task) and each task by its key.
+        for sql in [AGENT_TASKS, AGENT_TASKS_BELOW] {
+            let plan = plan_of(sql);
             assert!(
                 plan.contains("SEARCH i USING INDEX identities_agent_task (agent=? AND task>?")
-                    && plan.contains("SEARCH t USING INDEX sqlite_autoindex_tasks_1 (task=?)")
-                    && !plan.contains("SCAN ")
-                    && !plan.contains("TEMP B-TREE"),
+                    && plan.contains("SEARCH t USING INDEX sqlite_autoindex_tasks_1 (task=?)"),
                 "{plan}"
             );
         }

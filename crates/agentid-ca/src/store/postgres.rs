@@ -1733,23 +1733,34 @@ impl Store for PgStore {
         now: u64,
     ) -> Result<Vec<LiveTask>> {
         use RevocationKind as K;
-        let agents = agents.to_vec();
+        let mut agents = agents.to_vec();
+        agents.sort_unstable();
+        agents.dedup();
+        let budget =
+            i64::try_from(super::tasks_scan_budget(limit, agents.len())).unwrap_or(i64::MAX);
         let after = after.unwrap_or("").to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.inner.run(move |c| {
             Box::pin(async move {
-                // Agent by agent (LATERAL): each agent's identities sought by (agent, task) in
+                // In two phases, each bounded by the page (as SQLite's, see
+                // `TASKS_SCAN_FACTOR`): `scan`, the live tasks of the listed agents among the
+                // next `budget` tasks by id (up to `e.edge`); then, only if that found less
+                // than the page and the tasks go on, `seek`: agent by agent (LATERAL), the
+                // agent's identities after the edge sought by (agent, task) in
                 // `identities_agent_task` (schema version 3), at most `limit` of them, each
-                // joined to the task it holds by the tasks' primary key; the work is bounded by
-                // the listed agents' own rows, never by other agents' tasks.
+                // joined to the task it holds by the tasks' primary key. A caller that may
+                // list a few agents of a large trust domain reads their own rows, never the
+                // other agents' tasks.
                 c.query(
-                    "SELECT x.task, x.holder, x.grant_jti, x.exp, x.created, x.principal, x.max_depth, x.agent, x.jkt
-                     FROM (SELECT DISTINCT unnest($3::text[]) AS agent) a
-                     CROSS JOIN LATERAL (
-                       SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal, t.max_depth,
-                         i.agent, i.jkt
-                       FROM identities i JOIN tasks t ON t.task = i.task AND t.holder = i.identity
-                       WHERE i.agent = a.agent AND i.task > $1 AND t.exp > $2
+                    "WITH s AS MATERIALIZED (
+                       SELECT task FROM tasks WHERE task > $1 ORDER BY task LIMIT $9),
+                     e AS MATERIALIZED (SELECT count(*) AS n, max(task) AS edge FROM s),
+                     scan AS MATERIALIZED (
+                       SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal,
+                         t.max_depth, i.agent, i.jkt
+                       FROM tasks t JOIN identities i ON i.identity = t.holder
+                       WHERE t.task > $1 AND t.task <= (SELECT edge FROM e) AND t.exp > $2
+                         AND i.agent = ANY($3::text[])
                          AND NOT EXISTS (SELECT 1 FROM revocations r
                                          WHERE r.kind = $4 AND r.value = t.task AND r.exp > $2)
                          AND NOT EXISTS (SELECT 1 FROM revocations r
@@ -1758,8 +1769,27 @@ impl Store for PgStore {
                                          WHERE r.kind = $6 AND r.value = i.jkt AND r.exp > $2)
                          AND NOT EXISTS (SELECT 1 FROM revocations r
                                          WHERE r.kind = $7 AND r.value = t.grant_jti AND r.exp > $2)
-                       ORDER BY i.task LIMIT $8) x
-                     ORDER BY x.task LIMIT $8",
+                       ORDER BY t.task LIMIT $8),
+                     seek AS (
+                       SELECT x.task, x.holder, x.grant_jti, x.exp, x.created, x.principal,
+                         x.max_depth, x.agent, x.jkt
+                       FROM e CROSS JOIN (SELECT DISTINCT unnest($3::text[]) AS agent) a
+                       CROSS JOIN LATERAL (
+                         SELECT t.task, t.holder, t.grant_jti, t.exp, t.created, t.principal,
+                           t.max_depth, i.agent, i.jkt
+                         FROM identities i JOIN tasks t ON t.task = i.task AND t.holder = i.identity
+                         WHERE i.agent = a.agent AND i.task > e.edge AND t.exp > $2
+                           AND NOT EXISTS (SELECT 1 FROM revocations r
+                                           WHERE r.kind = $4 AND r.value = t.task AND r.exp > $2)
+                           AND NOT EXISTS (SELECT 1 FROM revocations r
+                                           WHERE r.kind = $5 AND r.value = i.agent AND r.exp > $2)
+                           AND NOT EXISTS (SELECT 1 FROM revocations r
+                                           WHERE r.kind = $6 AND r.value = i.jkt AND r.exp > $2)
+                           AND NOT EXISTS (SELECT 1 FROM revocations r
+                                           WHERE r.kind = $7 AND r.value = t.grant_jti AND r.exp > $2)
+                         ORDER BY i.task LIMIT $8) x
+                       WHERE e.n >= $9 AND (SELECT count(*) FROM scan) < $8)
+                     SELECT * FROM scan UNION ALL SELECT * FROM seek ORDER BY task LIMIT $8",
                     &[
                         &after,
                         &to_i64(now)?,
@@ -1769,6 +1799,7 @@ impl Store for PgStore {
                         &K::Jkt.as_str(),
                         &K::Jti.as_str(),
                         &limit,
+                        &budget,
                     ],
                 )
                 .await?
