@@ -96,11 +96,14 @@ ALTER TABLE tasks ADD COLUMN max_depth INTEGER;
     },
     Migration {
         version: 5,
-        description: "CA service: the inventory of live tasks seeks each listed agent's tasks",
+        description: "CA service: the inventory of live tasks seeks each listed agent's tasks; unredeemed tokens by task id",
         sql: "
 -- GET /v1/tasks reads the tasks of the agents a service may list, agent by agent in task id
 -- order, without visiting other agents' tasks.
 CREATE INDEX identities_agent_task ON identities(agent, task);
+-- Revoking a task not opened yet, and opening a task under a chosen id, look up the
+-- unredeemed bootstrap tokens naming that task id, without reading every token ever made.
+CREATE INDEX bootstrap_tokens_task ON bootstrap_tokens(task) WHERE used_at IS NULL;
 ",
     },
 ];
@@ -175,11 +178,13 @@ ALTER TABLE tasks ADD COLUMN max_depth BIGINT;
     },
     Migration {
         version: 3,
-        description: "CA service: the inventory of live tasks seeks each listed agent's tasks",
+        description: "CA service: the inventory of live tasks seeks each listed agent's tasks; unredeemed tokens by task id",
         sql: "
 -- GET /v1/tasks reads the tasks of the agents a service may list, agent by agent in task id
 -- order, without visiting other agents' tasks (SQLite's version 5).
 CREATE INDEX identities_agent_task ON identities(agent, task);
+-- The unredeemed bootstrap tokens naming a task id, without reading every token.
+CREATE INDEX bootstrap_tokens_task ON bootstrap_tokens(task) WHERE used_at IS NULL;
 ",
     },
 ];

@@ -867,6 +867,15 @@ fn revocation_sql(n: usize) -> String {
 
 /// Checks and records one issuance inside the caller's transaction (or savepoint): revocations
 /// (one statement), the key binding (one statement), then the writes.
+/// Whether an unredeemed bootstrap token of another agent than `?2` names task id `?1` (an
+/// index seek: `bootstrap_tokens_task`, schema version 5).
+const TOKEN_OF_ANOTHER_AGENT: &str = "SELECT EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)";
+
+/// The agent of an unredeemed bootstrap token naming task id `?1` (an index seek, as
+/// [`TOKEN_OF_ANOTHER_AGENT`]).
+const TOKEN_AGENT_BY_TASK: &str =
+    "SELECT agent FROM bootstrap_tokens WHERE task = ?1 AND used_at IS NULL LIMIT 1";
+
 fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_>) -> Result<()> {
     // 1. Revocations: the first entry of `refuse_if_revoked` that is present refuses.
     if !c.refuse_if_revoked.is_empty() {
@@ -948,12 +957,11 @@ fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_
     // 3. The task and its bootstrap token. A task id another agent's unredeemed token names is
     // that agent's (CA-API.md 3.10), as one its task holds is (the primary key below).
     if let Some(t) = c.task {
-        // Only for an id the requester chose: the query reads every token.
+        // Only for an id the requester chose: a generated one is random, and a token's own id
+        // was checked when the token was made.
         let named_by_other = c.chosen_task_id
             && conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)",
-                )?
+                .prepare_cached(TOKEN_OF_ANOTHER_AGENT)?
                 .query_row(params![t.task, id.agent.as_deref().unwrap_or("")], |r| {
                     r.get::<_, bool>(0)
                 })?;
@@ -1292,9 +1300,7 @@ impl Store for SqliteStore {
     fn unredeemed_token_agent(&self, task: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT agent FROM bootstrap_tokens WHERE task = ?1 AND used_at IS NULL LIMIT 1",
-            )?
+            .prepare_cached(TOKEN_AGENT_BY_TASK)?
             .query_row(params![task], |r| r.get(0))
             .optional()?)
     }
@@ -2320,6 +2326,36 @@ mod tests {
             "a page's work grew with the tasks of agents it does not list: {before} -> {after} \
              steps, from the middle {before_mid} -> {after_mid}"
         );
+    }
+
+    /// The unredeemed tokens naming a task id are found through their index, not by reading
+    /// every token ever made (under the store's lock: revoking a task not opened yet, opening a
+    /// task under a chosen id).
+    #[test]
+    fn tokens_by_task_id_are_an_index_seek() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        for sql in [TOKEN_OF_ANOTHER_AGENT, TOKEN_AGENT_BY_TASK] {
+            let mut st = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let nulls = vec![rusqlite::types::Null; st.parameter_count()];
+            let plan: Vec<String> = st
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|l| l.contains("USING INDEX bootstrap_tokens_task (task=?)")),
+                "{sql}: {plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|l| l.starts_with("SCAN bootstrap_tokens")),
+                "{sql}: {plan:#?}"
+            );
+        }
     }
 
     /// The store's own `commit_issuance` goes through the writer and is visible at once.

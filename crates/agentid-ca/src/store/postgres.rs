@@ -1185,7 +1185,8 @@ async fn apply_issuance(
     // 4. The task and its bootstrap token. A task id another agent's unredeemed token names is
     // that agent's (CA-API.md 3.10), as one its task holds is (the conflict below).
     if let Some(t) = c.task {
-        // Only for an id the requester chose: the query reads every token.
+        // Only for an id the requester chose: a generated one is random, and a token's own id
+        // was checked when the token was made (an index seek, `bootstrap_tokens_task`).
         let named_by_other = c.chosen_task_id
             && tx
                 .query_opt(
