@@ -1073,3 +1073,102 @@ async fn a_certificate_answer_whose_numbers_are_not_its_certificates_is_refused(
         r.map(|c| c.not_after)
     );
 }
+
+/// A service credential of `name` for `key`, issued by the operator as at `at`, living `ttl`.
+fn service_credential_at(
+    ca: &CertificateAuthority,
+    name: &str,
+    key: &TaskKey,
+    at: std::time::SystemTime,
+    ttl: Duration,
+) -> agentid_transport::Credential {
+    let c = ca
+        .issue_service(
+            &agentid_ca::ServiceRequest {
+                service: name.into(),
+                key: agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+                ttl: Some(ttl),
+            },
+            at,
+        )
+        .unwrap();
+    let chain = common::chain_of(&c.leaf.der, &c.intermediate_der);
+    let key = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
+    agentid_transport::Credential::new(chain, key).unwrap()
+}
+
+/// The `200` certificate answer (CA-API 3.5) a CA gives for `cred`, its numbers its leaf's.
+fn answer_for(cred: &agentid_transport::Credential) -> String {
+    let b64url =
+        |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, d);
+    let info = cred.info();
+    serde_json::json!({
+        "identity": info.id.as_str(),
+        "serial": info.serial,
+        "not_before": info.not_before,
+        "not_after": info.not_after,
+        "certs": cred.cert_chain().iter().map(|c| b64url(c.as_ref())).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// `CaClient::renew` is the library's client of `POST /v1/renew` (CA-API 3.9), as `open_task`
+/// and `issue_child` are of 3.7 and 3.8, and its answer is checked as theirs (3.7: a
+/// certificate answer's chain validates now, certifies the caller's key and identity, lives
+/// no longer than the `ttl_secs` asked for, and carries its leaf's numbers). It returned
+/// whatever the CA answered: a certificate for another key or identity, or living longer than
+/// asked, reached a program that renews with `CaClient` directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_client_renew_refuses_a_certificate_other_than_the_one_asked_for() {
+    use agentid_api::RenewRequest;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let now = common::now();
+    let held = service_credential_at(&ca, "platform", &key, now, Duration::from_secs(3600));
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let renew = |body: String, ttl_secs: Option<u64>| {
+        let (ca, v, held, key) = (&ca, v.clone(), &held, &key);
+        async move {
+            let url = answering_ca(ca, body).await;
+            let key = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
+            let creds = Arc::new(MemoryCredentials::new(
+                agentid_transport::Credential::new(held.cert_chain().to_vec(), key).unwrap(),
+            ));
+            CaClient::new(&url, creds, v, T)
+                .unwrap()
+                .renew(&RenewRequest {
+                    identity: None,
+                    ttl_secs,
+                })
+                .await
+        }
+    };
+    // A genuine renewal: the same key and identity, issued now.
+    let fresh = service_credential_at(&ca, "platform", &key, now, Duration::from_secs(600));
+    let taken = renew(answer_for(&fresh), Some(600)).await.unwrap();
+    assert_eq!(taken.serial, fresh.info().serial);
+    let other_key = common::service_credential(&ca, "platform", None);
+    let other_service = common::service_credential(&ca, "search", None);
+    // The same key and identity, certified by another CA (another root).
+    let other_dir = ca_dir();
+    let other_ca = CertificateAuthority::open(other_dir.path()).unwrap();
+    let other_root =
+        service_credential_at(&other_ca, "platform", &key, now, Duration::from_secs(600));
+    let mut wrong_numbers: serde_json::Value = serde_json::from_str(&answer_for(&fresh)).unwrap();
+    wrong_numbers["not_after"] = (fresh.info().not_after + 86_400).into();
+    for (what, body, ttl) in [
+        ("another key", answer_for(&other_key), None),
+        ("another identity", answer_for(&other_service), None),
+        ("another root", answer_for(&other_root), None),
+        ("a longer life than asked", answer_for(&fresh), Some(60)),
+        ("numbers not its own", wrong_numbers.to_string(), None),
+    ] {
+        let r = renew(body, ttl).await;
+        assert!(
+            r.is_err(),
+            "CaClient::renew took a certificate with {what}: {:?}",
+            r.map(|c| c.identity)
+        );
+    }
+}

@@ -738,6 +738,8 @@ pub(crate) struct Answer {
     /// The `Retry-After` seconds, if given.
     pub(crate) retry_after: Option<Duration>,
     pub(crate) body: Bytes,
+    /// The credential the connection presented (what a renewal renews).
+    pub(crate) presented: Arc<Credential>,
 }
 
 /// Whether a request may be sent again when the kept connection it went out on failed before
@@ -787,6 +789,7 @@ async fn exchange(
         status,
         retry_after,
         body,
+        presented: conn.credential().clone(),
     })
 }
 
@@ -966,6 +969,19 @@ impl CaClient {
         limit: usize,
         repeat: Repeat,
     ) -> Result<T> {
+        decode_answer(&self.answer(method, path, body, limit, repeat).await?)
+    }
+
+    /// The answer to one request, read whole (at most `limit` bytes) within the client's
+    /// timeout.
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+        repeat: Repeat,
+    ) -> Result<Answer> {
         let fut = self.request(
             method,
             |_| path.to_owned(),
@@ -974,10 +990,9 @@ impl CaClient {
             repeat,
             REUSE_MARGIN,
         );
-        let answer = tokio::time::timeout(self.timeout, fut)
+        tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| EnrollError::Timeout(self.timeout))??;
-        decode_answer(&answer)
+            .map_err(|_| EnrollError::Timeout(self.timeout))?
     }
 
     async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
@@ -986,12 +1001,9 @@ impl CaClient {
         body: &B,
     ) -> Result<T> {
         let b = serde_json::to_vec(body).map_err(|e| invalid(e.to_string()))?;
-        let repeat = if path == agentid_api::routes::RENEW {
-            Repeat::Safe
-        } else {
-            Repeat::OnlyUnsent
-        };
-        self.call(Method::POST, path, Some(b), repeat).await
+        // Renewals, safe to send again, go through `CaClient::renew`.
+        self.call(Method::POST, path, Some(b), Repeat::OnlyUnsent)
+            .await
     }
 
     /// Opens a task for an agent from the agent's CSR (`POST /v1/tasks`, needs `open_task`).
@@ -1059,16 +1071,7 @@ impl CaClient {
                 "the CA answered {route} with {what}: nothing of it is used; ask again, and if it persists tell the CA's operator (a replica may be misconfigured)"
             ))
         };
-        let chain = decode_certs(&resp.certs)?;
-        let (leaf, rest) = chain
-            .split_first()
-            .ok_or_else(|| refused("no certificate".into()))?;
-        let trust = self.verification.trust_store();
-        let now = UnixTime::now();
-        let info = trust
-            .verify(leaf, rest, now, crate::svid::CertUsage::ClientAuth)
-            .and_then(|_| trust.verify(leaf, rest, now, crate::svid::CertUsage::ServerAuth))
-            .map_err(|e| refused(format!("a certificate that does not verify ({e})")))?;
+        let info = self.verified_leaf(resp, &refused)?;
         let asked = csr_public_key(csr)?;
         if info.public_key != asked {
             return Err(refused(format!(
@@ -1098,6 +1101,25 @@ impl CaClient {
             return Err(refused(why));
         }
         describes(resp, &info).map_err(refused)
+    }
+
+    /// The leaf of a certificate answer, once its chain validates against the verification's
+    /// anchors now, for both roles; otherwise `refused` says why.
+    fn verified_leaf(
+        &self,
+        resp: &CertificateResponse,
+        refused: &dyn Fn(String) -> EnrollError,
+    ) -> Result<crate::svid::SvidInfo> {
+        let chain = decode_certs(&resp.certs)?;
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or_else(|| refused("no certificate".into()))?;
+        let trust = self.verification.trust_store();
+        let now = UnixTime::now();
+        trust
+            .verify(leaf, rest, now, crate::svid::CertUsage::ClientAuth)
+            .and_then(|_| trust.verify(leaf, rest, now, crate::svid::CertUsage::ServerAuth))
+            .map_err(|e| refused(format!("a certificate that does not verify ({e})")))
     }
 
     /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
@@ -1160,8 +1182,44 @@ impl CaClient {
     }
 
     /// Renews the caller's own certificate (`POST /v1/renew`).
+    ///
+    /// The answer is checked before it is returned (CA-API 3.7, 3.9): its chain validates
+    /// against the verification's anchors now (both roles), for the key and identity of the
+    /// certificate the request presented, living no longer than the `ttl_secs` asked for, with
+    /// its leaf's numbers.
     pub async fn renew(&self, req: &RenewRequest) -> Result<CertificateResponse> {
-        self.post(agentid_api::routes::RENEW, req).await
+        let route = agentid_api::routes::RENEW;
+        let b = serde_json::to_vec(req).map_err(|e| invalid(e.to_string()))?;
+        let answer = self
+            .answer(
+                Method::POST,
+                route,
+                Some(b),
+                MAX_RESPONSE_BYTES,
+                Repeat::Safe,
+            )
+            .await?;
+        let resp: CertificateResponse = decode_answer(&answer)?;
+        let refused = |what: String| {
+            invalid(format!(
+                "the CA answered {route} with {what}: nothing of it is used (the certificate held stays in use until its notAfter); ask again, and if it persists tell the CA's operator (a replica may be misconfigured)"
+            ))
+        };
+        let held = answer.presented.info();
+        let info = self.verified_leaf(&resp, &refused)?;
+        if info.public_key != held.public_key
+            || info.id != held.id
+            || info.id.as_str() != resp.identity
+        {
+            return Err(refused(format!(
+                "a certificate for {} (said to be {}) instead of {} with its key",
+                info.id, resp.identity, held.id
+            )));
+        }
+        let skew = self.verification.verifier().config().skew_seconds();
+        within_ttl(info.not_after, req.ttl_secs, skew).map_err(&refused)?;
+        describes(&resp, &info).map_err(refused)?;
+        Ok(resp)
     }
 
     /// The first page of the live tasks of the agents the caller may list (`GET /v1/tasks`,

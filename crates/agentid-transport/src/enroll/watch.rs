@@ -529,6 +529,7 @@ fn refusal(route: &str, answer: Answer) -> Failure {
         status,
         retry_after,
         body,
+        ..
     } = answer;
     let error = decode::<serde::de::IgnoredAny>(status, &body)
         .err()
