@@ -1112,6 +1112,68 @@ fn answer_for(cred: &agentid_transport::Credential) -> String {
     .to_string()
 }
 
+/// A renewal (CA-API 3.9) is a certificate issued now for the key and identity held. Whoever
+/// answers as the CA (its online TLS key, a proxy, a replica restored from a backup) can
+/// replay a genuine earlier certificate of the same key, still valid but ending sooner, or
+/// the held certificate itself: the `Enroller` published it over the newer one (and `cert
+/// renew --daemon` wrote it to `cert.pem` and ran `--exec`), so that the agent lost the rest
+/// of its certificate's life, and "renewed" again and again without any renewal, past the 90%
+/// point it promises to give up at. Both answers are refused; the held credential stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_answered_with_an_earlier_or_the_held_certificate_is_refused() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let now = common::now();
+    // Issued 20 minutes ago for an hour (40 minutes left), then renewed now for an hour.
+    let earlier = service_credential_at(
+        &ca,
+        "platform",
+        &key,
+        now - Duration::from_secs(1200),
+        Duration::from_secs(3600),
+    );
+    let held = service_credential_at(&ca, "platform", &key, now, Duration::from_secs(3600));
+    assert!(earlier.info().not_after < held.info().not_after);
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    // The genuine renewal (issued now, for the same key) is taken.
+    let fresh = service_credential_at(&ca, "platform", &key, now, Duration::from_secs(3000));
+    let url = answering_ca(&ca, answer_for(&fresh)).await;
+    let key2 = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
+    let enroller = Enroller::from_credential(
+        &url,
+        agentid_transport::Credential::new(held.cert_chain().to_vec(), key2).unwrap(),
+        v.clone(),
+        T,
+    );
+    let renewed = enroller.renew().await.unwrap();
+    assert_eq!(renewed.info().serial, fresh.info().serial);
+
+    for (what, answer) in [("an earlier", &earlier), ("the held", &held)] {
+        let url = answering_ca(&ca, answer_for(answer)).await;
+        let key2 = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
+        let enroller = Enroller::from_credential(
+            &url,
+            agentid_transport::Credential::new(held.cert_chain().to_vec(), key2).unwrap(),
+            v.clone(),
+            T,
+        );
+        let r = enroller.renew().await;
+        assert!(
+            r.is_err(),
+            "a renewal answered with {what} certificate was taken: serial {:?}",
+            r.map(|c| c.info().serial.clone())
+        );
+        let current =
+            agentid_transport::CredentialSource::current(enroller.credentials().as_ref()).unwrap();
+        assert_eq!(
+            current.info().serial,
+            held.info().serial,
+            "the held certificate was replaced by {what} one"
+        );
+    }
+}
+
 /// `CaClient::renew` is the library's client of `POST /v1/renew` (CA-API 3.9), as `open_task`
 /// and `issue_child` are of 3.7 and 3.8, and its answer is checked as theirs (3.7: a
 /// certificate answer's chain validates now, certifies the caller's key and identity, lives

@@ -1186,7 +1186,10 @@ impl CaClient {
     /// The answer is checked before it is returned (CA-API 3.7, 3.9): its chain validates
     /// against the verification's anchors now (both roles), for the key and identity of the
     /// certificate the request presented, living no longer than the `ttl_secs` asked for, with
-    /// its leaf's numbers.
+    /// its leaf's numbers; and it is a new certificate, not the one presented nor one issued
+    /// before it (a `notBefore` earlier than the presented one's by more than the clock skew):
+    /// whoever answers as the CA could otherwise replay an earlier certificate of the same key,
+    /// ending sooner, in its place.
     pub async fn renew(&self, req: &RenewRequest) -> Result<CertificateResponse> {
         let route = agentid_api::routes::RENEW;
         let b = serde_json::to_vec(req).map_err(|e| invalid(e.to_string()))?;
@@ -1217,6 +1220,14 @@ impl CaClient {
             )));
         }
         let skew = self.verification.verifier().config().skew_seconds();
+        if info.serial.eq_ignore_ascii_case(&held.serial)
+            || info.not_before.saturating_add(skew) < held.not_before
+        {
+            return Err(refused(format!(
+                "a certificate that is not newer than the one held (serial {}, notBefore {}; held: serial {}, notBefore {})",
+                info.serial, info.not_before, held.serial, held.not_before
+            )));
+        }
         within_ttl(info.not_after, req.ttl_secs, skew).map_err(&refused)?;
         describes(&resp, &info).map_err(refused)?;
         Ok(resp)
