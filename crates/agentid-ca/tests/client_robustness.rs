@@ -1234,3 +1234,66 @@ async fn ca_client_renew_refuses_a_certificate_other_than_the_one_asked_for() {
         );
     }
 }
+
+/// `Enroller::run` retries a renewal the CA keeps refusing as unavailable until 90% of the
+/// certificate's lifetime, then gives up (its docs: "returns the error once a certificate
+/// reaches 90% of its lifetime without a renewal"). What it returned was the last refusal
+/// alone, `the CA refused (503): ...`, which `cert renew --daemon` printed as it exited: read
+/// as a daemon that died on one 503, not as renewals that failed for the whole retry window of
+/// a certificate about to expire. The error says it gave up, after how many attempts, and when
+/// the held certificate expires (it is returned while that certificate is still valid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_gives_up_says_so_before_the_certificate_expires() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let fake = fake_ca(
+        &ca,
+        Arc::new(|_m: &str, _p: &str| {
+            let body = br#"{"code":"unavailable","message":"the CA is at its concurrency bound","hint":"retry later"}"#;
+            let mut r = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
+        }),
+    )
+    .await;
+    // A 20 s certificate back-dated by the CA's 60 s skew: renewal due at once, given up about
+    // 12 s from now.
+    let credential = common::service_credential(&ca, "platform", Some(Duration::from_secs(20)));
+    let not_after = credential.info().not_after;
+    let enroller = Enroller::from_credential(
+        &fake.url(),
+        credential,
+        common::verification(&ca, "spiffe://example.org/svc/platform"),
+        Duration::from_secs(5),
+    );
+    let e = tokio::time::timeout(Duration::from_secs(60), enroller.run())
+        .await
+        .expect("Enroller::run gives up within the certificate's lifetime")
+        .unwrap_err();
+    assert!(
+        agentid_transport::CredentialSource::current(enroller.credentials().as_ref()).is_some(),
+        "given up only once the certificate had expired: {e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains("gave up") && shown.contains(&not_after.to_string()),
+        "the error does not say that renewal gave up, nor when the certificate expires: {shown}"
+    );
+    let attempts = fake.count("POST /v1/renew");
+    assert!(attempts >= 2, "{attempts} renewal requests");
+    assert!(
+        shown.contains(&format!("{attempts} attempts")),
+        "{shown} ({attempts} renewal requests)"
+    );
+    // The CA's last refusal stays readable (the CLI shows its code and hint).
+    assert_eq!(
+        e.api_error().map(|a| a.code.to_string()).as_deref(),
+        Some("unavailable"),
+        "{e:?}"
+    );
+    assert!(!e.is_transient(), "{e:?}");
+}

@@ -114,6 +114,18 @@ pub enum EnrollError {
     /// The call did not finish in time.
     #[error("the CA did not answer within {0:?}")]
     Timeout(Duration),
+    /// [`Enroller::run`] stopped retrying: every renewal failed, transiently, from the renewal
+    /// point until 90% of the certificate's lifetime. The certificate held stays usable until
+    /// `not_after`; past it, the holder needs a new token (or the operator's re-issue).
+    #[error("renewal gave up after {attempts} attempts, at 90% of the certificate's lifetime; the certificate held expires at {not_after} (Unix time); the last attempt: {last}")]
+    GaveUp {
+        /// The renewal requests tried for this certificate.
+        attempts: u32,
+        /// The held certificate's `notAfter` (Unix seconds).
+        not_after: u64,
+        /// Why the last one failed.
+        last: Box<EnrollError>,
+    },
 }
 
 impl EnrollError {
@@ -121,6 +133,7 @@ impl EnrollError {
     pub fn api_error(&self) -> Option<&ApiError> {
         match self {
             EnrollError::Refused { error, .. } => Some(error),
+            EnrollError::GaveUp { last, .. } => last.api_error(),
             _ => None,
         }
     }
@@ -139,7 +152,10 @@ impl EnrollError {
             | EnrollError::Transport(_)
             | EnrollError::Io(_)
             | EnrollError::Timeout(_) => true,
-            EnrollError::RootMismatch(_) | EnrollError::Invalid(_) => false,
+            // The renewal window is over: asking again cannot renew in time.
+            EnrollError::RootMismatch(_) | EnrollError::Invalid(_) | EnrollError::GaveUp { .. } => {
+                false
+            }
         }
     }
 
@@ -1463,8 +1479,9 @@ impl Enroller {
 
     /// Renews forever at half of each certificate's lifetime (spread at random back to 40%, so that
     /// agents enrolled together do not renew together), retrying every few seconds until
-    /// 90% of it; returns the error once a certificate reaches 90% of its lifetime without a
-    /// renewal (the caller decides: a new token, or stop). A refusal that asking again cannot
+    /// 90% of it; returns [`EnrollError::GaveUp`] (with the last failure) once a certificate
+    /// reaches 90% of its lifetime without a renewal (the caller decides: a new token, or stop).
+    /// A refusal that asking again cannot
     /// change (see [`EnrollError::is_transient`]: `revoked`, or `cap_reached` once the task's
     /// end is nearer than the lifetime asked for) is returned at once; the credential held stays
     /// usable until its `notAfter`.
@@ -1484,14 +1501,21 @@ impl Enroller {
             let start = renewal_clock_start(nb, received);
             let (renew_at, give_up) = renewal_times(start, na);
             crate::sleep_until_unix(spread(start, renew_at, random_u32())).await;
+            let mut attempts: u32 = 0;
             loop {
+                attempts = attempts.saturating_add(1);
                 match self.renew().await {
                     Ok(_) => {
                         received = Some(crate::session::now_unix());
                         break;
                     }
-                    Err(e) if !e.is_transient() || crate::session::now_unix() >= give_up => {
-                        return Err(e)
+                    Err(e) if !e.is_transient() => return Err(e),
+                    Err(e) if crate::session::now_unix() >= give_up => {
+                        return Err(EnrollError::GaveUp {
+                            attempts,
+                            not_after: na,
+                            last: Box::new(e),
+                        })
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
