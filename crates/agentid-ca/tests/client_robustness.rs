@@ -1297,3 +1297,61 @@ async fn a_renewal_that_gives_up_says_so_before_the_certificate_expires() {
     );
     assert!(!e.is_transient(), "{e:?}");
 }
+
+/// CA-API 3.4: "Without `after`, the latest list is returned at once" (`404` when none was
+/// published); `304` answers only a request naming a list (`after`, `If-None-Match`). A
+/// watcher that holds no list of the CA's domain (none yet, or one orphaned by a bundle change)
+/// asks without `after`; a CA (or whoever holds its TLS key, a broken replica) answering that
+/// `304` for ever left it without a list while its status showed no failure at all, the
+/// `Unchanged` of a healthy long-poll: an application watching `failures` and `last_error`
+/// never learnt that the feed gave it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_to_a_request_for_the_latest_list_is_a_failure() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let server_cred = common::service_credential(&ca, "agentid-ca", None);
+    let server = agentid_transport::http::HttpServer::builder(
+        Arc::new(MemoryCredentials::new(server_cred)),
+        common::verification(&ca, common::CA_ID),
+        PeerPolicy::trust_domain(td()),
+    )
+    .build()
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let paths = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        paths.lock().unwrap().push(uri.to_string());
+        async { axum::http::StatusCode::NOT_MODIFIED }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(l, app).await });
+    // No list held: the watcher asks for the latest one.
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let creds = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let client = CaClient::new(&format!("https://{addr}"), creds, v.clone(), T).unwrap();
+    let handle = agentid_transport::enroll::RevocationWatcher::new(
+        client,
+        v,
+        WatchOptions::default().with_backoff(Duration::from_secs(1), Duration::from_secs(1)),
+    )
+    .spawn();
+    let failed = handle.wait_for(T, |s| s.failures >= 1).await;
+    let status = handle.status();
+    handle.stop().await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|p| p == "/v1/revocations"),
+        "the watcher asked {seen:?}"
+    );
+    assert!(!seen.is_empty(), "the watcher asked nothing");
+    assert!(
+        failed,
+        "{} answers of 304 to a request for the latest list, and the status shows no failure: {status:?}",
+        seen.len()
+    );
+    let last = status.last_error.unwrap_or_default();
+    assert!(last.contains("304"), "{last}");
+}

@@ -469,7 +469,15 @@ impl Poller {
         );
         let answer = answer_within(bound, get).await?;
         match answer.status {
-            StatusCode::NOT_MODIFIED => return Ok(Polled::Unchanged),
+            StatusCode::NOT_MODIFIED if held.is_some() => return Ok(Polled::Unchanged),
+            // A request for the latest list is answered at once with it, or `404` when none was
+            // published (CA-API 3.4): a `304` gave nothing, and is no healthy long-poll.
+            StatusCode::NOT_MODIFIED => {
+                return Err(invalid(
+                    "GET /v1/revocations answered 304 Not Modified to a request for the latest list (naming no list held): no list was received",
+                )
+                .into())
+            }
             s if !s.is_success() => return Err(refusal("GET /v1/revocations", answer)),
             _ => {}
         }
