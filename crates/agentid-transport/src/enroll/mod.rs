@@ -1341,7 +1341,8 @@ fn checking_client(
 
 /// Keeps an enrolled credential renewed: a [`CredentialSource`] ([`Enroller::credentials`]) for
 /// servers and clients, renewed over mutual TLS with the current certificate (same key) at
-/// 40-50% of its lifetime (at random: agents enrolled together do not renew together), retried every few seconds (jittered, and never sooner than a `Retry-After`)
+/// 40-50% of its lifetime (at random: agents enrolled together do not renew together), retried
+/// after jittered pauses growing from 2.5-5 s to 30-60 s (never sooner than a `Retry-After`)
 /// until 90% of it.
 #[derive(Debug)]
 pub struct Enroller {
@@ -1478,8 +1479,8 @@ impl Enroller {
     }
 
     /// Renews forever at half of each certificate's lifetime (spread at random back to 40%, so that
-    /// agents enrolled together do not renew together), retrying every few seconds until
-    /// 90% of it; returns [`EnrollError::GaveUp`] (with the last failure) once a certificate
+    /// agents enrolled together do not renew together), retrying after jittered pauses growing
+    /// from a few seconds to a minute until 90% of it; returns [`EnrollError::GaveUp`] (with the last failure) once a certificate
     /// reaches 90% of its lifetime without a renewal (the caller decides: a new token, or stop).
     /// A refusal that asking again cannot
     /// change (see [`EnrollError::is_transient`]: `revoked`, or `cap_reached` once the task's
@@ -1519,7 +1520,7 @@ impl Enroller {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "agentid enroll: renewal failed, retrying");
-                        tokio::time::sleep(retry_pause(&e, give_up)).await;
+                        tokio::time::sleep(retry_pause(&e, give_up, attempts)).await;
                     }
                 }
             }
@@ -1529,18 +1530,31 @@ impl Enroller {
     }
 }
 
-/// How long to wait after the transient failure `e` of a renewal that gives up at `give_up`
-/// (Unix seconds): a jittered few seconds (agents that failed together do not retry together),
-/// never sooner than the CA's `Retry-After`, never past the give-up time (at least a second).
-fn retry_pause(e: &EnrollError, give_up: u64) -> Duration {
+/// How long to wait after the transient failure `e` of attempt `attempt` (from 1) of a
+/// renewal that gives up at `give_up` (Unix seconds): jittered (agents that failed together do
+/// not retry together) below a ceiling that doubles with each failed attempt from
+/// [`RENEW_RETRY`] to [`RENEW_RETRY_MAX`] (a fleet whose CA is down or behind a proxy answering
+/// `502` without `Retry-After` slows down instead of retrying every few seconds for the whole
+/// window), never sooner than the CA's `Retry-After`, never past the give-up time (at least a
+/// second).
+fn retry_pause(e: &EnrollError, give_up: u64, attempt: u32) -> Duration {
     let left = Duration::from_secs(give_up.saturating_sub(crate::session::now_unix()).max(1));
-    watch::jittered(RENEW_RETRY)
+    let doublings = attempt.saturating_sub(1).min(16);
+    let ceiling = RENEW_RETRY
+        .saturating_mul(1u32 << doublings)
+        .min(RENEW_RETRY_MAX);
+    watch::jittered(ceiling)
         .max(e.retry_after().unwrap_or_default())
         .min(left)
 }
 
-/// The ceiling of the jittered pause between renewal attempts.
+/// The ceiling of the jittered pause after a renewal's first failed attempt.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+/// The most the ceiling of the pause between renewal attempts grows to (a pause is 30-60 s
+/// there): a 5-minute certificate's retry window (40-50% to 90% of its life) still holds six
+/// attempts or more, a day's certificate's about a thousand.
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Where a certificate's renewal clock starts: when it was received, if known and later than
 /// its (back-dated) `notBefore`.
@@ -1758,12 +1772,45 @@ mod tests {
             retry_after: Some(Duration::from_secs(secs)),
         };
         for _ in 0..50 {
-            let p = retry_pause(&EnrollError::Timeout(Duration::from_secs(1)), now + 60);
+            let p = retry_pause(&EnrollError::Timeout(Duration::from_secs(1)), now + 60, 1);
             assert!(p >= RENEW_RETRY / 2 && p <= RENEW_RETRY, "{p:?}");
         }
-        assert_eq!(retry_pause(&busy(20), now + 60), Duration::from_secs(20));
-        assert!(retry_pause(&busy(20), now + 8) <= Duration::from_secs(8));
-        assert_eq!(retry_pause(&busy(20), now), Duration::from_secs(1));
+        assert_eq!(retry_pause(&busy(20), now + 60, 1), Duration::from_secs(20));
+        assert!(retry_pause(&busy(20), now + 8, 1) <= Duration::from_secs(8));
+        assert_eq!(retry_pause(&busy(20), now, 1), Duration::from_secs(1));
+    }
+
+    /// Failed attempts without `Retry-After` (a CA down, a proxy answering `502`) wait longer
+    /// and longer, up to a minute, jittered, never past the give-up time (red team, CA
+    /// clients: a constant 2.5-5 s pause made a fleet of a million agents on 5-minute
+    /// certificates retry about 270,000 times a second against a CA recovering).
+    #[test]
+    fn failed_renewals_back_off_up_to_a_minute() {
+        let now = crate::session::now_unix();
+        let down = EnrollError::Timeout(Duration::from_secs(1));
+        let far = now + 3600;
+        for attempt in 1..=40u32 {
+            let ceiling = (RENEW_RETRY * 2u32.pow(attempt.min(10) - 1)).min(RENEW_RETRY_MAX);
+            for _ in 0..20 {
+                let p = retry_pause(&down, far, attempt);
+                assert!(
+                    p >= ceiling / 2 && p <= ceiling,
+                    "attempt {attempt}: {p:?} outside {:?}..={ceiling:?}",
+                    ceiling / 2
+                );
+            }
+        }
+        assert!(retry_pause(&down, far, u32::MAX) <= RENEW_RETRY_MAX);
+        // Never past the give-up time.
+        assert!(retry_pause(&down, now + 7, 10) <= Duration::from_secs(7));
+        // A 5-minute certificate's window, from 40% to 90% of its life, holds six attempts or
+        // more even at the longest pauses.
+        let (mut t, window, mut attempts) = (Duration::ZERO, Duration::from_secs(150), 0u32);
+        while t < window {
+            attempts += 1;
+            t += (RENEW_RETRY * 2u32.pow(attempts.min(10) - 1)).min(RENEW_RETRY_MAX);
+        }
+        assert!(attempts >= 6, "{attempts}");
     }
 
     #[test]
