@@ -787,8 +787,8 @@ impl CertificateAuthority {
         Ok(rec)
     }
 
-    /// Publishes the next signed revocation list and returns it: `seq` incremented in the
-    /// store, `iat = now`, `next_update = now + revocation_next_update_secs`; entries whose `exp`
+    /// Publishes the next signed revocation list and returns it: the next `seq` of the store
+    /// (see [`CertificateAuthority::publish_revocations`]), `iat = now`, `next_update = now + revocation_next_update_secs`; entries whose `exp`
     /// has passed are pruned. See [`CertificateAuthority::publish_revocations`].
     pub fn revocation_list(&self, now: SystemTime) -> Result<String> {
         Ok(self.publish_revocations(now)?.compact)
@@ -813,7 +813,10 @@ impl CertificateAuthority {
             .is_some_and(|h| h.get("kid").and_then(serde_json::Value::as_str) == Some(own.as_str()))
     }
 
-    /// Publishes the next revocation list: one store transaction takes the next `seq`, reads
+    /// Publishes the next revocation list: one store transaction takes the next `seq` (above
+    /// every earlier one, and at least `now` in milliseconds since the Unix epoch, so that a
+    /// store restored from a backup publishes above the lists it lost: see
+    /// [`crate::store::list_seq_floor`]), reads
     /// the entries, signs, stores the list (every replica serves it from there) and its audit
     /// record. The store reads only what the list holds (kind, value and `exp` of the
     /// unexpired, published rows). The entries are written once: an entry of the last list this
@@ -877,7 +880,10 @@ impl CertificateAuthority {
                 },
             })
         };
-        let published = self.store()?.publish_revocations(now_s, &mut make)?;
+        let min_seq = crate::store::list_seq_floor(now);
+        let published = self
+            .store()?
+            .publish_revocations(now_s, min_seq, &mut make)?;
         self.after_audit(now_s);
         Ok(published)
     }

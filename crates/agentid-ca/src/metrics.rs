@@ -15,6 +15,7 @@
 //! | `agentid_ca_revocation_list_seq` | gauge | |
 //! | `agentid_ca_revocation_list_bytes` | gauge | |
 //! | `agentid_ca_revocation_waiters` | gauge | |
+//! | `agentid_ca_revocation_polls_ahead_total` | counter | |
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub struct Metrics {
     list_seq: Gauge<u64, AtomicU64>,
     list_bytes: Gauge<u64, AtomicU64>,
     waiters: Gauge<u64, AtomicU64>,
+    polls_ahead: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
         let list_seq = Gauge::<u64, AtomicU64>::default();
         let list_bytes = Gauge::<u64, AtomicU64>::default();
         let waiters = Gauge::<u64, AtomicU64>::default();
+        let polls_ahead = Counter::default();
         registry.register(
             "requests",
             "Requests answered, by route and HTTP status",
@@ -127,6 +130,12 @@ impl Metrics {
             "Revocation long-poll requests held now",
             waiters.clone(),
         );
+        registry.register(
+            "revocation_polls_ahead",
+            "Revocation list requests whose `after` is above the seq served: a client holds a \
+             list this CA's store does not (a store restored from a backup, or a forged list)",
+            polls_ahead.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -136,7 +145,13 @@ impl Metrics {
             list_seq,
             list_bytes,
             waiters,
+            polls_ahead,
         }
+    }
+
+    /// Counts one revocation list request whose `after` is above the `seq` served.
+    pub(crate) fn poll_ahead(&self) {
+        self.polls_ahead.inc();
     }
 
     /// Sets the gauges read from the service's state at scrape time.

@@ -3,7 +3,9 @@
 //! * **One `seq` per publication.** [`CertificateAuthority::publish_revocations`] takes the next
 //!   `seq`, reads the entries, signs and stores the list in one store transaction, so a list with
 //!   a higher `seq` never lacks an entry a lower one had, and the same `seq` always carries the
-//!   same bytes.
+//!   same bytes. The next `seq` is at least the time in milliseconds
+//!   ([`crate::store::list_seq_floor`]): a store restored from a backup publishes above the
+//!   lists agents hold.
 //! * **Served from the store.** Every replica serves the latest row of `published_lists`; a
 //!   [`Publisher`] polls the store every [`POLL`] (reading a list only when one newer than its
 //!   own was stored) and hands newer lists (its own or another replica's) to its subscribers

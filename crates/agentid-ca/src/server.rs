@@ -496,6 +496,8 @@ struct Shared {
     caller_ops: Arc<crate::publication::CallerShares>,
     /// The audit records of refused requests being written or waiting for an operation slot.
     refusal_records: Arc<Semaphore>,
+    /// The `seq` served when a client's `after` above it was last logged ([`ahead`]).
+    warned_ahead: Arc<std::sync::atomic::AtomicU64>,
 }
 
 tokio::task_local! {
@@ -633,6 +635,7 @@ impl CaService {
             health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
             caller_ops: caller_ops.clone(),
             refusal_records: Arc::new(Semaphore::new(quarter)),
+            warned_ahead: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
@@ -648,6 +651,7 @@ impl CaService {
             health: Arc::new(Semaphore::new(HEALTH_CHECKS)),
             caller_ops,
             refusal_records: Arc::new(Semaphore::new(quarter)),
+            warned_ahead: shared.warned_ahead.clone(),
         });
         Ok(CaService {
             shared,
@@ -1281,6 +1285,27 @@ async fn bundle_agentid(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// A client asked for lists after `after`, above the `seq` served: it holds a list this CA's
+/// store does not know, which a store restored from a backup (or a forged list) explains. Still
+/// answered as any request for a newer list (the list published next is above every earlier
+/// one, `spec/CA-API.md` 3.4); counted, and logged once per `seq` served (a client cannot
+/// flood the log), for the operator.
+fn ahead(s: &Shared, after: u64, served: u64) {
+    s.metrics.poll_ahead();
+    if s.warned_ahead
+        .swap(served, std::sync::atomic::Ordering::Relaxed)
+        != served
+    {
+        tracing::warn!(
+            after,
+            served,
+            "a client holds a revocation list above the one served: if this CA's store was \
+             restored from a backup, revoke again what was revoked after the restore point \
+             (docs/replicas.md); otherwise the client holds a list this CA did not publish"
+        );
+    }
+}
+
 /// The feed's answer for `p`: its body written once per `seq` ([`FeedBody`]).
 async fn list_response(s: &Shared, p: &Arc<PublishedList>) -> Response {
     let body = match s.feed_body.body(p).await {
@@ -1394,6 +1419,9 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
     };
     if current.seq > after {
         return list_response(&s, &current).await;
+    }
+    if after > current.seq {
+        ahead(&s, after, current.seq);
     }
     if wait == 0 {
         return not_modified(current.seq);

@@ -1387,7 +1387,10 @@ fn revoked_agent_task_and_key_ask_again_and_are_refused() {
     let l1 = RevocationList::verify(&t.ca.revocation_list(n).unwrap(), &bundles).unwrap();
     let l2 = RevocationList::verify(&t.ca.revocation_list(n).unwrap(), &bundles).unwrap();
     assert_eq!(l1.len(), 2);
-    assert_eq!(l2.seq(), l1.seq() + 1);
+    assert!(l2.seq() > l1.seq(), "{} after {}", l2.seq(), l1.seq());
+    // At least the time's milliseconds: a store restored from a backup publishes above the
+    // lists it lost (CA-API 3.4).
+    assert!(l1.seq() >= agentid_ca::store::list_seq_floor(n));
     assert_eq!(l1.next_update(), unix(n) + 600);
     assert!(l1.covers_peer(creds.identity.as_spiffe_id(), k.public_key()));
     // After everything expired (+ skew: any link naming the agent or binding the key ends
@@ -1789,7 +1792,7 @@ fn publications_reuse_written_entries_exactly_and_prune_old_lists() {
 
     // Only the latest lists are stored; the latest is found after any older seq.
     let kept = usize::try_from(agentid_ca::store::PUBLISHED_LISTS_KEPT).unwrap();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
     let last = *seqs.last().unwrap();
     let latest = t.ca.latest_published().unwrap().unwrap();
     assert_eq!(latest.seq, last);

@@ -1057,9 +1057,9 @@ fn a_publication_cut_off_while_signing_stores_nothing_and_publishing_goes_on() {
             },
         })
     };
-    let first = store.publish_revocations(now, &mut make);
+    let first = store.publish_revocations(now, 0, &mut make);
     let (counter, seqs) = stored_seqs(&url);
-    let next = store.publish_revocations(now, &mut make);
+    let next = store.publish_revocations(now, 0, &mut make);
     assert!(
         next.is_ok(),
         "the next publication failed: {next:?} (counter {counter}, lists {seqs:?})"
@@ -1165,7 +1165,7 @@ fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
     let (signing_tx, signing) = std::sync::mpsc::channel();
     let stalled = std::thread::spawn(move || {
         let mut first = true;
-        let res = a.publish_revocations(now, &mut |seq: u64, _: &[ListRow]| {
+        let res = a.publish_revocations(now, 0, &mut |seq: u64, _: &[ListRow]| {
             if std::mem::take(&mut first) {
                 signing_tx.send(()).unwrap();
                 std::thread::sleep(STALL);
@@ -1176,7 +1176,7 @@ fn a_stalled_publisher_does_not_stop_publication_on_the_other_replicas() {
     });
     signing.recv_timeout(T).unwrap();
     let start = std::time::Instant::now();
-    let other = b.publish_revocations(now, &mut |seq: u64, _: &[ListRow]| Ok(publication(seq)));
+    let other = b.publish_revocations(now, 0, &mut |seq: u64, _: &[ListRow]| Ok(publication(seq)));
     let took = start.elapsed();
     let (stalled_res, a) = stalled.join().unwrap();
     println!("other replica: {other:?} after {took:?}; stalled one: {stalled_res:?}");

@@ -441,3 +441,121 @@ fn a_ca_whose_revocation_key_was_replaced_serves_a_list_of_the_new_key_from_its_
     let list = agentid_protocol::RevocationList::verify(&served.compact, &bundles).unwrap();
     assert_eq!(list.seq(), served.seq);
 }
+
+/// A copy of the CA directory `dir` as a backup holds it: its files, and its store taken with
+/// SQLite's `VACUUM INTO` (docs/replicas.md, "Backing up a SQLite CA").
+fn backup(dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        assert!(e.file_type().unwrap().is_file(), "{name}");
+        if !name.starts_with("ca.db") {
+            std::fs::copy(e.path(), copy.path().join(&name)).unwrap();
+        }
+    }
+    let db = rusqlite::Connection::open(dir.join("ca.db")).unwrap();
+    db.execute(
+        "VACUUM INTO ?1",
+        [copy.path().join("ca.db").to_str().unwrap()],
+    )
+    .unwrap();
+    copy
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    u64::try_from(ms).unwrap()
+}
+
+/// A CA restored from a backup (its store's list counter back where the backup left it) while
+/// agents hold lists it published after the backup: the restored CA's next list is above them,
+/// so a revocation made after the restore (the incident response) reaches a watcher holding the
+/// latest pre-restore list, at once. A client's `after` above anything published (a forged or
+/// future list) is answered `304` and does not move the CA's `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_restored_from_a_backup_reaches_watchers_holding_later_lists() {
+    let dir = ca_dir();
+    // The tasks are opened before the backup: the restored store knows them.
+    let (holder, task) = client(dir.path(), "planner");
+    let (watcher, _) = client(dir.path(), "worker");
+    let (hostile, _) = client(dir.path(), "worker");
+    let operator = CertificateAuthority::open(dir.path()).unwrap();
+    let before = operator
+        .publish_revocations(std::time::SystemTime::now())
+        .unwrap();
+    let saved = backup(dir.path());
+    // After the backup the CA goes on publishing; the watcher holds the latest list.
+    let mut held = before.seq;
+    for _ in 0..5 {
+        let p = operator
+            .publish_revocations(std::time::SystemTime::now())
+            .unwrap();
+        assert!(p.seq > held, "{} after {held}", p.seq);
+        held = p.seq;
+    }
+    drop(operator);
+
+    // The store is restored from the backup; the CA starts on it.
+    let service = CaService::new(
+        CertificateAuthority::open(saved.path()).unwrap(),
+        ServiceOptions::default(),
+    )
+    .unwrap();
+    let metrics = service.metrics();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let restored = listener.local_addr().unwrap();
+    tokio::spawn(async move { service.serve(listener).await });
+    let ahead = || {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("agentid_ca_revocation_polls_ahead_total "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    assert_eq!(ahead(), 0);
+    let mut watcher = watcher.connect(restored, "ca.example.org").await.unwrap();
+    let mut holder = holder.connect(restored, "ca.example.org").await.unwrap();
+    let mut hostile = hostile.connect(restored, "ca.example.org").await.unwrap();
+    let path = format!("/v1/revocations?after={held}&wait=10");
+    let poll = tokio::spawn(async move {
+        let r = call(&mut watcher, "GET", &path, "").await;
+        (r, watcher)
+    });
+    // A client claiming a list from the future: `304`, and nothing more.
+    let (s, body) = call(
+        &mut hostile,
+        "GET",
+        &format!("/v1/revocations?after={}", u64::MAX),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304, "{body}");
+    // Counted for the operator (the watcher's request, held, may be counted too).
+    assert!(ahead() >= 1);
+
+    // The incident response: a revocation on the restored CA.
+    let (s, body) = call(&mut holder, "POST", "/v1/revoke", &revoke_body(&task)).await;
+    assert_eq!(s, 200, "{body}");
+    let ((s, body), _) = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    assert_eq!(s, 200, "the watcher holding seq {held} got no list: {body}");
+    let woken: RevocationsResponse = serde_json::from_str(&body).unwrap();
+    assert!(woken.seq > held, "{} after {held}", woken.seq);
+    assert!(entries(&woken.list).contains(&task));
+
+    // The hostile `after` did not move the counter: the next list is the next one after the
+    // one served, or the time's.
+    let operator = CertificateAuthority::open(saved.path()).unwrap();
+    let served = operator.latest_published().unwrap().unwrap();
+    assert!(served.seq >= woken.seq);
+    let next = operator
+        .publish_revocations(std::time::SystemTime::now())
+        .unwrap();
+    let bound = (served.seq + 1).max(unix_ms(std::time::SystemTime::now()));
+    assert!(
+        next.seq > served.seq && next.seq <= bound,
+        "{} after {}",
+        next.seq,
+        served.seq
+    );
+}

@@ -286,6 +286,20 @@ pub struct IssuanceCommit<'a> {
     pub now: u64,
 }
 
+/// The least `seq` a revocation list published at `now` takes: the milliseconds since the
+/// Unix epoch (0 before it). A publication's `seq` is one above the store's counter or this,
+/// whichever is higher: lists go on ascending by one within a millisecond, and a store whose
+/// counter went back (restored from a backup, a PostgreSQL point-in-time recovery, a failover
+/// to a standby that lagged) still publishes above every list published before the restore,
+/// which agents hold and compare `seq`s with (PROTOCOL.md 14, R8). The counter moves only on
+/// publication: nothing a client sends (a long-poll's `after`) raises it. At most 2^53 - 1,
+/// the largest integer a list may carry (PROTOCOL.md 3.3).
+pub fn list_seq_floor(now: std::time::SystemTime) -> u64 {
+    const MAX: u64 = (1 << 53) - 1;
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(MAX).min(MAX))
+}
+
 /// How many published lists a publication keeps (itself and the two before it); older
 /// rows are deleted in its transaction. Only the latest is served; the rest is for the
 /// operator's inspection.
@@ -557,13 +571,15 @@ pub trait Store: Send {
     fn audit_snapshot(&self, _since: Option<u64>) -> Result<AuditSnapshot> {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
-    /// Publishes the next revocation list in one transaction: takes the next `seq`, reads the
-    /// entries (only what a list holds at `now`: see [`ListRow`]), lets `make` sign them,
-    /// stores the list and its audit record. A list with a higher `seq` therefore never lacks
-    /// an entry a lower one had.
+    /// Publishes the next revocation list in one transaction: takes the next `seq` (one above
+    /// the store's counter, and at least `min_seq`: see [`list_seq_floor`]), reads the entries
+    /// (only what a list holds at `now`: see [`ListRow`]), lets `make` sign them, stores the
+    /// list and its audit record. A list with a higher `seq` therefore never lacks an entry a
+    /// lower one had.
     fn publish_revocations(
         &mut self,
         _now: u64,
+        _min_seq: u64,
         _make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         Err(CaError::Store("this store does not publish lists".into()))
@@ -1434,6 +1450,7 @@ impl Store for SqliteStore {
     fn publish_revocations(
         &mut self,
         now: u64,
+        min_seq: u64,
         make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         let writer = self.audit_writer.clone();
@@ -1443,9 +1460,9 @@ impl Store for SqliteStore {
         let tx = self.immediate()?;
         let seq: i64 = tx
             .prepare_cached(
-                "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
+                "UPDATE meta SET value = MAX(value + 1, ?1) WHERE key = 'revocation_seq' RETURNING value",
             )?
-            .query_row([], |r| r.get(0))?;
+            .query_row(params![to_i64(min_seq)?], |r| r.get(0))?;
         let epoch: i64 = tx
             .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_epoch'")?
             .query_row([], |r| r.get(0))?;
@@ -1462,8 +1479,11 @@ impl Store for SqliteStore {
             to_i64(p.next_update)?,
             epoch
         ])?;
-        tx.prepare_cached("DELETE FROM published_lists WHERE seq <= ?1")?
-            .execute(params![to_i64(seq.saturating_sub(PUBLISHED_LISTS_KEPT))?])?;
+        // The latest PUBLISHED_LISTS_KEPT rows stay, whatever the gaps between their `seq`s.
+        tx.prepare_cached(
+            "DELETE FROM published_lists WHERE seq < (SELECT seq FROM published_lists ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+        )?
+        .execute(params![to_i64(PUBLISHED_LISTS_KEPT.saturating_sub(1))?])?;
         append_audit_tx(&tx, &writer, &p.audit)?;
         tx.commit()?;
         Ok(PublishedList {

@@ -1951,9 +1951,11 @@ impl Store for PgStore {
     fn publish_revocations(
         &mut self,
         now: u64,
+        min_seq: u64,
         make: &mut dyn FnMut(u64, &[ListRow]) -> Result<Publication>,
     ) -> Result<PublishedList> {
         let writer = self.inner.writer.clone();
+        let min_seq = to_i64(min_seq).map_err(PgErr::into_ca)?;
         self.inner.stepped(
             move |c| {
                 Box::pin(async move {
@@ -1962,8 +1964,8 @@ impl Store for PgStore {
                     // what a lower one held.
                     let seq: i64 = c
                         .query_one(
-                            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
-                            &[],
+                            "UPDATE meta SET value = GREATEST(value + 1, $1) WHERE key = 'revocation_seq' RETURNING value",
+                            &[&min_seq],
                         )
                         .await?
                         .get(0);
@@ -1993,9 +1995,12 @@ impl Store for PgStore {
                         ],
                     )
                     .await?;
+                    // The latest PUBLISHED_LISTS_KEPT rows stay, whatever the gaps between
+                    // their `seq`s.
                     c.execute(
-                        "DELETE FROM published_lists WHERE seq <= $1",
-                        &[&to_i64(seq.saturating_sub(PUBLISHED_LISTS_KEPT))?],
+                        "DELETE FROM published_lists WHERE seq < (SELECT seq FROM published_lists
+                         ORDER BY seq DESC LIMIT 1 OFFSET $1)",
+                        &[&to_i64(PUBLISHED_LISTS_KEPT.saturating_sub(1))?],
                     )
                     .await?;
                     append_audit_tx(&*c, &writer, &p.audit).await?;
