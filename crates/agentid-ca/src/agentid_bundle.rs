@@ -241,6 +241,31 @@ impl CertificateAuthority {
         let Some(seq) = self.signed_bundle_seq()? else {
             return Ok(bundle);
         };
+        self.with_sequence(bundle, seq)
+    }
+
+    /// The CA's trust bundle as the standard SPIFFE bundle carries it (`GET /v1/bundle`,
+    /// `agentid bundle export --format spiffe`, which keep its X509 authorities alone), with a
+    /// `spiffe_sequence` that rises whenever that document may have changed, as SPIFFE
+    /// federation consumers expect (CA-API 3.2): the signed agentid bundle's `seq` (a document
+    /// is signed again at every key change, CA-API 3.3), or the root certificate's `notBefore`
+    /// (Unix seconds) when that is higher (no signed bundle, or a root replaced without signing
+    /// again). A signed bundle that cannot be read or does not verify is left out (logged):
+    /// `GET /v1/bundle/agentid` refuses it, and enrollment, which needs this bundle, goes on.
+    pub fn spiffe_bundle(&self) -> Result<TrustBundle> {
+        use x509_parser::prelude::FromDer;
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&self.root_der)
+            .map_err(|e| CaError::CertificateGeneration(format!("root: {e}")))?;
+        let not_before = u64::try_from(root.validity().not_before.timestamp()).unwrap_or(0);
+        let signed = self.signed_bundle_seq().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the signed agentid bundle is left out of the SPIFFE bundle's sequence");
+            None
+        });
+        self.with_sequence(self.trust_bundle()?, signed.unwrap_or(0).max(not_before))
+    }
+
+    /// `bundle` with `spiffe_sequence` `seq` when that is higher than its own.
+    fn with_sequence(&self, bundle: TrustBundle, seq: u64) -> Result<TrustBundle> {
         if seq <= bundle.sequence() {
             return Ok(bundle);
         }
@@ -250,6 +275,15 @@ impl CertificateAuthority {
         set.insert("spiffe_sequence".to_owned(), seq.into());
         let json = serde_json::Value::Object(set).to_string();
         Ok(TrustBundle::parse(self.trust_domain(), json.as_bytes())?)
+    }
+
+    /// When `agentid-bundle.jws` was last written and its length, `None` without one: a
+    /// document signed again changes it, so a server can keep what it read from the file
+    /// ([`CertificateAuthority::spiffe_bundle`]) until then.
+    pub fn signed_bundle_stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let dir = self.dir.as_ref()?;
+        let m = std::fs::metadata(join(dir, files::AGENTID_BUNDLE)).ok()?;
+        Some((m.modified().ok()?, m.len()))
     }
 
     /// The signed agentid bundle of this CA's directory, checked against its bundle-signing

@@ -498,6 +498,8 @@ struct Shared {
     refusal_records: Arc<Semaphore>,
     /// The `seq` served when a client's `after` above it was last logged ([`ahead`]).
     warned_ahead: Arc<std::sync::atomic::AtomicU64>,
+    /// `GET /v1/bundle`'s document ([`bundle`]).
+    spiffe_bundle: Arc<std::sync::Mutex<SpiffeBundle>>,
 }
 
 tokio::task_local! {
@@ -636,6 +638,7 @@ impl CaService {
             caller_ops: caller_ops.clone(),
             refusal_records: Arc::new(Semaphore::new(quarter)),
             warned_ahead: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            spiffe_bundle: Arc::default(),
         });
         let enroll_shared = Arc::new(Shared {
             ca: shared.ca.clone(),
@@ -652,6 +655,7 @@ impl CaService {
             caller_ops,
             refusal_records: Arc::new(Semaphore::new(quarter)),
             warned_ahead: shared.warned_ahead.clone(),
+            spiffe_bundle: shared.spiffe_bundle.clone(),
         });
         Ok(CaService {
             shared,
@@ -1247,20 +1251,50 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// The standard SPIFFE bundle (only the X509-SVID authorities) of
+/// [`CertificateAuthority::spiffe_bundle`]: read (a file read and a signature verification, off
+/// the async workers) once per signed bundle the directory holds ([`SpiffeBundle`]), and never
+/// with a lower `spiffe_sequence` than it served before.
 async fn bundle(State(s): State<Arc<Shared>>) -> Response {
-    let full = match s.ca.trust_bundle() {
-        Ok(b) => b,
-        Err(e) => return Refused::from(e).into_response(),
+    let stamp = s.ca.signed_bundle_stamp();
+    if let Ok(kept) = s.spiffe_bundle.lock() {
+        if let Some((at, v)) = kept.body.as_ref() {
+            if *at == stamp {
+                return json(StatusCode::OK, v);
+            }
+        }
+    }
+    let ca = s.ca.clone();
+    let read = tokio::task::spawn_blocking(move || ca.spiffe_bundle()).await;
+    let bundle = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Refused::from(e).into_response(),
+        Err(_) => return Refused::from(CaError::Store("bundle".into())).into_response(),
     };
-    // The standard SPIFFE bundle: only the X509-SVID authorities.
-    let mut v: serde_json::Value = match serde_json::from_str(&full.to_json()) {
+    let mut v: serde_json::Value = match serde_json::from_str(&bundle.to_spiffe_json()) {
         Ok(v) => v,
         Err(_) => return Refused::from(CaError::Store("bundle".into())).into_response(),
     };
-    if let Some(keys) = v.get_mut("keys").and_then(serde_json::Value::as_array_mut) {
-        keys.retain(|k| k.get("use").and_then(serde_json::Value::as_str) == Some("x509-svid"));
+    let Ok(mut kept) = s.spiffe_bundle.lock() else {
+        return Refused::from(CaError::Store("bundle".into())).into_response();
+    };
+    // A document removed or replaced by an older one does not take the sequence back.
+    let seq = bundle.sequence().max(kept.served_seq);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("spiffe_sequence".to_owned(), seq.into());
     }
+    kept.served_seq = seq;
+    kept.body = Some((stamp, v.clone()));
+    drop(kept);
     json(StatusCode::OK, &v)
+}
+
+/// The SPIFFE bundle served last, with the stamp of the signed bundle it was read with
+/// ([`CertificateAuthority::signed_bundle_stamp`]), and the highest sequence served.
+#[derive(Debug, Default)]
+struct SpiffeBundle {
+    body: Option<(Option<(SystemTime, u64)>, serde_json::Value)>,
+    served_seq: u64,
 }
 
 /// The signed agentid bundle, as the operator signed it offline (read per request, so a

@@ -432,3 +432,37 @@ fn a_retiring_revocation_key_verifies_lists_until_a_later_document_drops_it() {
         .apply_revocation_list(&old_ca.revocation_list(t).unwrap())
         .is_err());
 }
+
+/// `GET /v1/bundle`, the standard SPIFFE bundle that federation consumers (SPIRE) fetch, carries
+/// a `spiffe_sequence` that rises with every signed document: the signed agentid bundle's `seq`
+/// (CA-API 3.2), not a constant 1 that told consumers nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spiffe_bundle_sequence_rises_with_each_signed_bundle() {
+    let dir = common::make_ca_dir(KeyType::P256);
+    let mut policy = common::POLICY.to_owned();
+    policy.push_str("\n[services.agentid-ca]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\n");
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let addr = serve(dir.path()).await;
+    let (client, _) = common::task_client(&ca, "planner", T);
+    let mut c = client.connect(addr, "ca.example.org").await.unwrap();
+    let mut fetch = async || {
+        let (s, b) = common::call(&mut c, "GET", "/v1/bundle", "").await;
+        assert_eq!(s, 200, "{b}");
+        let bundle = TrustBundle::parse(&td(), b.as_bytes()).unwrap();
+        assert!(bundle.grant_keys().is_empty() && bundle.revocation_keys().is_empty());
+        bundle.sequence()
+    };
+    let first = fetch().await;
+    let signed = ca.signed_bundle_seq().unwrap().unwrap();
+    assert_eq!(first, signed);
+
+    // The operator signs a new document (a rotation): the sequence rises, without a restart.
+    let t = now().max(signed) + 1;
+    agentid_bundle::sign_dir(&ca, dir.path(), t).unwrap();
+    let second = fetch().await;
+    assert!(second > first, "{second} after {first}");
+    assert_eq!(second, ca.signed_bundle_seq().unwrap().unwrap());
+    // The same sequence as the agentid bundle files made from the directory.
+    assert_eq!(second, ca.exported_bundle().unwrap().sequence());
+}

@@ -94,7 +94,7 @@ pub fn run(cmd: &BundleCommand) -> CliResult {
             let ca = a.ca.open()?;
             let mut text = match a.format {
                 BundleFormat::Agentid => ca.exported_bundle()?.to_json(),
-                BundleFormat::Spiffe => ca.trust_bundle()?.to_spiffe_json(),
+                BundleFormat::Spiffe => ca.spiffe_bundle()?.to_spiffe_json(),
                 BundleFormat::Pem => ca.bundle_pem(),
             };
             if !text.ends_with('\n') {
