@@ -559,3 +559,76 @@ async fn a_ca_restored_from_a_backup_reaches_watchers_holding_later_lists() {
         served.seq
     );
 }
+
+/// The store of a running replica goes back under it (a PostgreSQL point-in-time recovery, or
+/// a failover to a standby that lagged: the replica reconnects, it is not restarted), while
+/// the replica still serves a later list than any the store now holds. A revocation made then
+/// is published at once, and the revoke call answers only once a list holding it is served:
+/// the replica does not take the list it held, made at a later revocation epoch of the lost
+/// history, for one that holds the new revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_after_the_store_went_back_under_a_running_replica_is_published() {
+    let dir = ca_dir();
+    let (holder, task) = client(dir.path(), "planner");
+    let (watcher, _) = client(dir.path(), "worker");
+    let a = replica(dir.path()).await;
+    let mut watcher = watcher.connect(a, "ca.example.org").await.unwrap();
+    let first = latest(&mut watcher).await;
+    // The recovery point: the store's counters and lists as they are now.
+    let db = rusqlite::Connection::open(dir.path().join("ca.db")).unwrap();
+    let meta = |key: &str| -> i64 {
+        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    let (seq_at, epoch_at) = (meta("revocation_seq"), meta("revocation_epoch"));
+
+    // After it: revocations by the operator, published by the replica; the watcher holds the
+    // latest list.
+    let operator = CertificateAuthority::open(dir.path()).unwrap();
+    for agent in ["gone-1", "gone-2", "gone-3"] {
+        operator
+            .revoke(
+                &RevokeTarget::Agent(agent.into()),
+                None,
+                "operator",
+                common::now(),
+            )
+            .unwrap();
+    }
+    drop(operator);
+    let path = format!("/v1/revocations?after={}&wait=10", first.seq);
+    let mut held = first;
+    while !entries(&held.list).contains("gone-3") {
+        let (s, body) = call(&mut watcher, "GET", &path, "").await;
+        assert_eq!(s, 200, "{body}");
+        held = serde_json::from_str(&body).unwrap();
+    }
+
+    // The store goes back to the recovery point under the running replica.
+    db.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         DELETE FROM revocations WHERE value LIKE '%gone-%';
+         DELETE FROM published_lists WHERE seq > {seq_at};
+         UPDATE meta SET value = {seq_at} WHERE key = 'revocation_seq';
+         UPDATE meta SET value = {epoch_at} WHERE key = 'revocation_epoch';
+         COMMIT;"
+    ))
+    .unwrap();
+    drop(db);
+
+    // The incident response: a revocation through the running replica.
+    let path = format!("/v1/revocations?after={}&wait=10", held.seq);
+    let poll = tokio::spawn(async move { call(&mut watcher, "GET", &path, "").await });
+    let mut holder = holder.connect(a, "ca.example.org").await.unwrap();
+    let (s, body) = call(&mut holder, "POST", "/v1/revoke", &revoke_body(&task)).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = tokio::time::timeout(T, poll).await.unwrap().unwrap();
+    assert_eq!(
+        s, 200,
+        "the watcher holding seq {} got no list: {body}",
+        held.seq
+    );
+    let woken: RevocationsResponse = serde_json::from_str(&body).unwrap();
+    assert!(woken.seq > held.seq);
+    assert!(entries(&woken.list).contains(&task));
+}

@@ -300,6 +300,15 @@ pub fn list_seq_floor(now: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(MAX).min(MAX))
 }
 
+/// The least value a transaction that adds or widens a revocation moves the store's revocation
+/// epoch to: the time in milliseconds ([`list_seq_floor`] of now). A store that went back
+/// (restored, a point-in-time recovery) under a running publisher still moves past the epoch
+/// of the list that publisher holds, made in the history the store lost, so the revocation is
+/// published, and a revoke call waits for a list that holds it, not for that one.
+pub(crate) fn revocation_epoch_floor() -> i64 {
+    i64::try_from(list_seq_floor(std::time::SystemTime::now())).unwrap_or(0)
+}
+
 /// How many published lists a publication keeps (itself and the two before it); older
 /// rows are deleted in its transaction. Only the latest is served; the rest is for the
 /// operator's inspection.
@@ -805,10 +814,7 @@ impl SqliteStore {
         tx.prepare_cached("INSERT INTO revocations (kind, value, exp, revoked_at, reason, requester) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (kind, value) DO UPDATE SET exp = MAX(exp, excluded.exp)")?.execute(params![r.kind.as_str(), r.value, to_i64(r.exp)?, to_i64(r.revoked_at)?, r.reason, r.requester],
         )?;
-        exec_cached(
-            &tx,
-            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-        )?;
+        bump_revocation_epoch(&tx)?;
         // The record carries the entry's `exp` as it now stands (CA-API.md 4.3).
         let exp: i64 = tx
             .prepare_cached("SELECT exp FROM revocations WHERE kind = ?1 AND value = ?2")?
@@ -1585,10 +1591,7 @@ impl Store for SqliteStore {
             p.reason,
             p.requester
         ])?;
-        exec_cached(
-            &tx,
-            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-        )?;
+        bump_revocation_epoch(&tx)?;
         let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
         append_audit_tx(&tx, &writer, &audit(&names))?;
         tx.commit()?;
@@ -1902,6 +1905,16 @@ impl IssuanceCommitter for GroupCommitter {
 /// NULL may mean "unlimited" there), so it stops writing instead of running half-compatible.
 fn check_schema(conn: &Connection) -> Result<()> {
     crate::migrate::check_not_newer(crate::migrate::schema_version(conn)?)
+}
+
+/// Moves the revocation epoch past its value and past the time in milliseconds
+/// ([`revocation_epoch_floor`]).
+fn bump_revocation_epoch(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE meta SET value = MAX(value + 1, ?1) WHERE key = 'revocation_epoch'",
+    )?
+    .execute(params![revocation_epoch_floor()])?;
+    Ok(())
 }
 
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {

@@ -1036,8 +1036,8 @@ async fn write_revocation(
     }
     upsert_revocation(tx, &r).await?;
     tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-        &[],
+        "UPDATE meta SET value = GREATEST(value + 1, $1) WHERE key = 'revocation_epoch'",
+        &[&super::revocation_epoch_floor()],
     )
     .await?;
     // The record carries the entry's `exp` as it now stands (CA-API.md 4.3).
@@ -2118,8 +2118,8 @@ impl Store for PgStore {
                     }
                     upsert_revocation(&*c, &p).await?;
                     c.execute(
-                        "UPDATE meta SET value = value + 1 WHERE key = 'revocation_epoch'",
-                        &[],
+                        "UPDATE meta SET value = GREATEST(value + 1, $1) WHERE key = 'revocation_epoch'",
+                        &[&super::revocation_epoch_floor()],
                     )
                     .await?;
                     Ok(out)
