@@ -1454,7 +1454,9 @@ async fn revocations(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) 
     if current.seq > after {
         return list_response(&s, &current).await;
     }
-    if after > current.seq {
+    // A list a client can hold has a `seq` of at most 2^53 - 1 (PROTOCOL.md 3.3); `*` and
+    // larger values are no list held.
+    if after > current.seq && after < 1 << 53 {
         ahead(&s, after, current.seq);
     }
     if wait == 0 {

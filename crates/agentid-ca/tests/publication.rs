@@ -531,7 +531,16 @@ async fn a_ca_restored_from_a_backup_reaches_watchers_holding_later_lists() {
     )
     .await;
     assert_eq!(s, 304, "{body}");
-    // Counted for the operator (the watcher's request, held, may be counted too).
+    // A client holding a pre-restore list: `304` too, and counted for the operator (the
+    // watcher's request, held, may be counted as well).
+    let (s, body) = call(
+        &mut hostile,
+        "GET",
+        &format!("/v1/revocations?after={held}"),
+        "",
+    )
+    .await;
+    assert_eq!(s, 304, "{body}");
     assert!(ahead() >= 1);
 
     // The incident response: a revocation on the restored CA.
