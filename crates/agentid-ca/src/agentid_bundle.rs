@@ -26,6 +26,10 @@ pub fn sign(signer: &dyn JwsSigner, bundle: &TrustBundle, now: u64) -> Result<St
     Ok(agentid_protocol::sign_bundle(signer, bundle, now, now)?)
 }
 
+/// What tells one `agentid-bundle.jws` from the next without reading it: its modification
+/// time, length and inode ([`CertificateAuthority::signed_bundle_stamp`]).
+pub type BundleStamp = (std::time::SystemTime, u64, u64);
+
 /// The `(seq, iat)` a document signed at `now` takes after `previous`, the `(seq, iat)` of the
 /// document it replaces: a higher `seq` (`now`, or one more than the previous one when that is
 /// not below `now`: a second signing within one second, or a clock behind the one that signed
@@ -277,13 +281,18 @@ impl CertificateAuthority {
         Ok(TrustBundle::parse(self.trust_domain(), json.as_bytes())?)
     }
 
-    /// When `agentid-bundle.jws` was last written and its length, `None` without one: a
-    /// document signed again changes it, so a server can keep what it read from the file
+    /// When `agentid-bundle.jws` was last written, its length and (on Unix) its inode, `None`
+    /// without one: a document signed again changes it (`bundle sign` writes a new file and
+    /// renames it over the old one), so a server can keep what it read from the file
     /// ([`CertificateAuthority::spiffe_bundle`]) until then.
-    pub fn signed_bundle_stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+    pub fn signed_bundle_stamp(&self) -> Option<BundleStamp> {
         let dir = self.dir.as_ref()?;
         let m = std::fs::metadata(join(dir, files::AGENTID_BUNDLE)).ok()?;
-        Some((m.modified().ok()?, m.len()))
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let ino = 0;
+        Some((m.modified().ok()?, m.len(), ino))
     }
 
     /// The signed agentid bundle of this CA's directory, checked against its bundle-signing

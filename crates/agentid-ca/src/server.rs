@@ -1293,7 +1293,10 @@ async fn bundle(State(s): State<Arc<Shared>>) -> Response {
 /// ([`CertificateAuthority::signed_bundle_stamp`]), and the highest sequence served.
 #[derive(Debug, Default)]
 struct SpiffeBundle {
-    body: Option<(Option<(SystemTime, u64)>, serde_json::Value)>,
+    body: Option<(
+        Option<crate::agentid_bundle::BundleStamp>,
+        serde_json::Value,
+    )>,
     served_seq: u64,
 }
 
