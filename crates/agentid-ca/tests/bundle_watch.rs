@@ -465,4 +465,7 @@ async fn the_spiffe_bundle_sequence_rises_with_each_signed_bundle() {
     assert_eq!(second, ca.signed_bundle_seq().unwrap().unwrap());
     // The same sequence as the agentid bundle files made from the directory.
     assert_eq!(second, ca.exported_bundle().unwrap().sequence());
+    // A signed bundle removed (or restored from an older copy) does not take it back.
+    std::fs::remove_file(dir.path().join("agentid-bundle.jws")).unwrap();
+    assert_eq!(fetch().await, second);
 }

@@ -180,6 +180,15 @@ fn the_spiffe_bundle_passes_spires_parser_and_the_agentid_bundle_does_not() {
         assert_eq!(b.x509_authorities, vec![root_der(&env)], "{key_type}");
         assert!(b.jwt_authorities.is_empty());
         assert!(b.sequence > 0 && b.refresh_hint > 0, "{b:?}");
+        // The signed bundle's sequence (CA-API 3.2), as the agentid bundle file carries it:
+        // a SPIFFE federation consumer sees a new document when the operator signs one.
+        let agentid: Value = serde_json::from_str(&env.ok("bundle export --ca ca")).unwrap();
+        assert!(b.sequence > 1, "{b:?}");
+        assert_eq!(
+            Some(b.sequence),
+            agentid["spiffe_sequence"].as_u64(),
+            "{b:?}"
+        );
         // Only the standard use, nothing of agentid's.
         let doc: Value = serde_json::from_str(&env.read("spiffe.json")).unwrap();
         for k in doc["keys"].as_array().unwrap() {
