@@ -1592,3 +1592,82 @@ fn a_frozen_first_host_does_not_keep_the_store_from_the_next_host() {
     assert!(store.is_ok(), "{:?}", store.err());
     drop(frozen);
 }
+
+/// Runs `sql` (several statements) on `url`.
+fn exec_batch(url: &str, sql: String) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await.unwrap();
+        })
+    })
+    .join()
+    .unwrap();
+}
+
+/// A database recovered to an earlier point (PITR, or a failover to a standby that lagged: the
+/// list counter and the stored lists as they were then) publishes above every list published
+/// before the recovery, which agents hold and refuse to go below (CA-API 3.4).
+#[test]
+fn a_database_recovered_to_an_earlier_point_publishes_above_the_lists_it_lost() {
+    use agentid_ca::store::{list_seq_floor, ListRow, Publication};
+    use agentid_ca::{AuditEvent, Store};
+    let Some((pg, mut store)) = pg_store() else {
+        return;
+    };
+    let url = pg.url("agentid");
+    let t0 = common::now();
+    let mut publish = |at: std::time::SystemTime| {
+        let now = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        store
+            .publish_revocations(now, list_seq_floor(at), &mut |seq: u64, _: &[ListRow]| {
+                Ok(Publication {
+                    compact: format!("list-{seq}"),
+                    published_at: now,
+                    next_update: now + 600,
+                    audit: AuditEvent {
+                        ts: now,
+                        kind: "revocations.publish".into(),
+                        actor: "ca".into(),
+                        outcome: "ok".into(),
+                        reason: Some(format!("seq {seq}")),
+                        ..AuditEvent::default()
+                    },
+                })
+            })
+            .unwrap()
+            .seq
+    };
+    let first = publish(t0);
+    assert!(first >= list_seq_floor(t0));
+    let (at_recovery, _) = stored_seqs(&url);
+    let mut last = first;
+    for i in 1..=3 {
+        let seq = publish(t0 + Duration::from_secs(i));
+        assert!(seq > last, "{seq} after {last}");
+        last = seq;
+    }
+    exec_batch(
+        &url,
+        format!(
+            "UPDATE meta SET value = {at_recovery} WHERE key = 'revocation_seq';
+             DELETE FROM published_lists WHERE seq > {at_recovery};"
+        ),
+    );
+    let next = publish(t0 + Duration::from_secs(4));
+    assert!(
+        next > last,
+        "{next} after {last}: below a list published before the recovery"
+    );
+    let (counter, seqs) = stored_seqs(&url);
+    assert_eq!(counter, i64::try_from(next).unwrap());
+    assert_eq!(seqs.last().copied(), Some(counter));
+}
