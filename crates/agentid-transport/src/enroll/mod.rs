@@ -249,6 +249,18 @@ fn decode_answer<T: serde::de::DeserializeOwned>(answer: &Answer) -> Result<T> {
     decode_with(answer.status, answer.retry_after, &answer.body)
 }
 
+/// A successful answer's JSON body as `T`, which may borrow from `body` (the revocation feed's
+/// list, up to 256 MiB, is not copied); the parser's error, which may quote the body, cut and
+/// cleaned.
+fn parse_answer<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        invalid(agentid_protocol::clean_text(
+            format!("the CA's response is not the expected JSON: {e}"),
+            MAX_CA_TEXT,
+        ))
+    })
+}
+
 fn decode_with<T: serde::de::DeserializeOwned>(
     status: StatusCode,
     retry_after: Option<Duration>,
@@ -259,11 +271,7 @@ fn decode_with<T: serde::de::DeserializeOwned>(
     // a proxy may send 64 KiB of forged log lines and terminal escapes.
     let clean = |text: String| agentid_protocol::clean_text(text, MAX_CA_TEXT);
     if status.is_success() {
-        return serde_json::from_slice(body).map_err(|e| {
-            invalid(clean(format!(
-                "the CA's response is not the expected JSON: {e}"
-            )))
-        });
+        return parse_answer(body);
     }
     match serde_json::from_slice::<ApiError>(body) {
         Ok(error) => Err(EnrollError::Refused {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    decode, invalid, Answer, CaClient, EnrollError, Repeat, MAX_LIST_RESPONSE_BYTES,
+    decode, invalid, parse_answer, Answer, CaClient, EnrollError, Repeat, MAX_LIST_RESPONSE_BYTES,
     MAX_SIGNED_BUNDLE_RESPONSE_BYTES, REUSE_MARGIN,
 };
 use crate::http::HttpClientConnection;
@@ -481,8 +481,10 @@ impl Poller {
             s if !s.is_success() => return Err(refusal("GET /v1/revocations", answer)),
             _ => {}
         }
-        let resp: RevocationsResponse =
-            decode(answer.status, &answer.body).map_err(Failure::from)?;
+        // The list is borrowed from the body: a body of up to 256 MiB (what a list may be) is
+        // held once, not twice, before the signature check decides (whoever holds only the
+        // CA's TLS key can send such a body on every poll).
+        let resp: FeedAnswer<'_> = parse_answer(&answer.body).map_err(Failure::from)?;
         if held.is_some_and(|h| resp.seq <= h) {
             return Err(invalid(format!(
                 "the CA answered a list with seq {} after {}",
@@ -507,6 +509,15 @@ impl Poller {
             .into()),
         }
     }
+}
+
+/// `GET /v1/revocations`'s answer ([`RevocationsResponse`]), its list borrowed from the body
+/// when it holds no escape (a compact JWS never does).
+#[derive(serde::Deserialize)]
+struct FeedAnswer<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    list: std::borrow::Cow<'a, str>,
 }
 
 enum Polled {
@@ -606,6 +617,33 @@ pub(super) fn jittered(ceiling: Duration) -> Duration {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The feed's list is read in place from the answer's body, not copied (a body may be up to
+    /// 256 MiB: whoever holds only the CA's TLS key could make every watcher hold it twice on
+    /// every poll, red team, CA clients); one with an escape is still read, as JSON says.
+    #[test]
+    fn the_feed_list_is_borrowed_from_the_body() {
+        let body = br#"{"seq": 7, "list": "eyJh.eyJi.c2ln", "other": 1}"#;
+        let a: FeedAnswer<'_> = parse_answer(body).unwrap();
+        assert_eq!(a.seq, 7);
+        assert!(
+            matches!(a.list, std::borrow::Cow::Borrowed("eyJh.eyJi.c2ln")),
+            "{:?}",
+            a.list
+        );
+        let escaped = br#"{"seq": 8, "list": "eyJh.eyJi.c2ln"}"#;
+        let a: FeedAnswer<'_> = parse_answer(escaped).unwrap();
+        assert_eq!(a.list, "eyJh.eyJi.c2ln");
+        // The same shape as the API's type, whose JSON the CA writes.
+        let written = serde_json::to_vec(&RevocationsResponse {
+            seq: 9,
+            list: "a.b.c".into(),
+        })
+        .unwrap();
+        let a: FeedAnswer<'_> = parse_answer(&written).unwrap();
+        assert_eq!((a.seq, a.list.as_ref()), (9, "a.b.c"));
+        assert!(parse_answer::<FeedAnswer<'_>>(br#"{"seq": 1}"#).is_err());
+    }
 
     #[test]
     fn the_backoff_doubles_per_failure_up_to_its_cap() {
