@@ -16,6 +16,14 @@
 //! (through `agentid_fs`, which also does every read and write), and loading. The CLI writes and
 //! reads directories with it; agents load them with [`CredentialDir`].
 //!
+//! Every file of a directory is read only if the reader holds it (`agentid_fs::read_held`):
+//! the file and every directory and link on the way to it from `/` owned by the reader or root
+//! (when root reads, also by the directory's owner: root acting for a service user), no
+//! directory on the way writable by group or others unless it has the sticky bit (as `/tmp`),
+//! no file writable by them, and only regular files (a FIFO is refused without blocking).
+//! Whoever could replace `bundle.json` could make the agent trust their CA; the refusal names
+//! the entry, its owner or mode, and the `chmod` or `chown` to run.
+//!
 //! Loading checks everything it can before a single connection is made: the leaf is a valid
 //! X509-SVID that certifies the key, the certificate chain validates against the bundle's
 //! anchors now, and the delegation chain (if any) is held by this certificate's identity and
@@ -59,6 +67,10 @@ pub enum FilesError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file of the directory that others could have put there: it, or a directory or link
+    /// on the way to it, is not held by the reader (`agentid_fs::FsError::NotHeld`).
+    #[error(transparent)]
+    NotHeld(FsError),
     /// The file was read but its contents are unusable.
     #[error("{}: {reason}", path.display())]
     Invalid {
@@ -74,6 +86,7 @@ impl From<FsError> for FilesError {
         let path = e.path().to_path_buf();
         let reason = match e {
             FsError::Io { path, source } => return FilesError::Io { path, source },
+            e @ FsError::NotHeld { .. } => return FilesError::NotHeld(e),
             FsError::TooLarge { .. } => "larger than 1 MiB".to_owned(),
             FsError::InsecureMode { mode, .. } => format!(
                 "mode {mode:03o}: a task key must not be accessible to group or others (chmod 600)"
@@ -97,10 +110,19 @@ fn read_file(path: &Path) -> Result<Vec<u8>, FilesError> {
     Ok(agentid_fs::read_bounded(path, MAX_FILE_BYTES)?)
 }
 
+/// Reads a file of a credential directory: only one the reader holds (see the module's
+/// documentation).
+fn read_held(path: &Path) -> Result<Vec<u8>, FilesError> {
+    Ok(agentid_fs::read_held(path, MAX_FILE_BYTES)?)
+}
+
 /// Reads a text file holding one compact token or chain (a revocation list, `chain.jwt`,
 /// `grant.jwt`), with surrounding whitespace removed.
 pub fn read_token_file(path: &Path) -> Result<String, FilesError> {
-    let bytes = read_file(path)?;
+    token_of(path, read_file(path)?)
+}
+
+fn token_of(path: &Path, bytes: Vec<u8>) -> Result<String, FilesError> {
     let text = String::from_utf8(bytes).map_err(|_| invalid(path, "not UTF-8 text"))?;
     let text = text.trim();
     if text.is_empty() {
@@ -109,17 +131,21 @@ pub fn read_token_file(path: &Path) -> Result<String, FilesError> {
     Ok(text.to_owned())
 }
 
-/// Reads a task key (PKCS#8 PEM), refusing a file that group or others can access: a task key
-/// stays with its holder.
+/// Reads a credential directory's task key (PKCS#8 PEM), refusing a file that group or others
+/// can access (a task key stays with its holder), or that others could have put there, as every
+/// file of a credential directory.
 pub fn read_task_key(path: &Path) -> Result<TaskKey, FilesError> {
-    let der = agentid_fs::read_private_key(path)?;
+    let der = agentid_fs::read_held_private_key(path)?;
     TaskKey::from_pkcs8_der(&der).map_err(|e| invalid(path, format!("unusable task key: {e}")))
 }
 
 /// Reads every certificate of a PEM file (at least one), in file order.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
-    let pem = read_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    certs_of(path, &read_file(path)?)
+}
+
+fn certs_of(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, FilesError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("bad PEM: {e}")))?;
     if certs.is_empty() {
@@ -154,7 +180,7 @@ impl Holder {
     /// Loads `DIR/cert.pem` and `DIR/key.pem` and checks that the key is the certified one.
     pub fn load(dir: &Path) -> Result<Self, FilesError> {
         let cert_path = dir.join(CERT_FILE);
-        let cert_chain = read_certs(&cert_path)?;
+        let cert_chain = certs_of(&cert_path, &read_held(&cert_path)?)?;
         let leaf = cert_chain
             .first()
             .ok_or_else(|| invalid(&cert_path, "no certificate"))?;
@@ -184,15 +210,16 @@ impl Holder {
     }
 }
 
-/// Reads the delegation chain of a directory, without verifying it: `chain.jwt`, else
-/// `grant.jwt`, else none. Returns the file it came from.
+/// Reads the delegation chain of a credential directory, without verifying it: `chain.jwt`,
+/// else `grant.jwt`, else none (a file the reader does not hold is refused). Returns the file
+/// it came from.
 pub fn read_chain(dir: &Path) -> Result<Option<(PathBuf, Chain)>, FilesError> {
     for name in [CHAIN_FILE, GRANT_FILE] {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        let text = read_token_file(&path)?;
+        let text = token_of(&path, read_held(&path)?)?;
         let chain = Chain::parse_unverified(&text)
             .map_err(|e| invalid(&path, format!("not a chain: {e}")))?;
         return Ok(Some((path, chain)));
@@ -253,7 +280,7 @@ impl CredentialDir {
         let td = info.id.trust_domain();
 
         let bundle_path = dir.join(BUNDLE_FILE);
-        let bundle = TrustBundle::parse(&td, &read_file(&bundle_path)?)
+        let bundle = TrustBundle::parse(&td, &read_held(&bundle_path)?)
             .map_err(|e| invalid(&bundle_path, format!("not a SPIFFE bundle of {td}: {e}")))?;
         let mut trust = TrustStore::new();
         for authority in bundle.x509_authorities() {

@@ -19,6 +19,9 @@ enum Expect {
     Invalid(&'static str, &'static str),
     /// A file is missing.
     Missing(&'static str),
+    /// Refused: this entry (a file, or the directory itself when empty) is not held by the
+    /// reader, with this reason.
+    NotHeld(&'static str, &'static str),
 }
 
 #[test]
@@ -127,6 +130,28 @@ fn credential_directory_table() {
             Expect::Invalid("cert.pem", "no CERTIFICATE"),
         ),
         (
+            "bundle others can write",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    d.join("bundle.json"),
+                    std::fs::Permissions::from_mode(0o666),
+                )
+                .unwrap();
+            }),
+            Expect::NotHeld("bundle.json", "has mode 666"),
+        ),
+        (
+            "directory others can write",
+            Box::new(|d| {
+                coder.write_dir(d, &bundle);
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o775)).unwrap();
+            }),
+            Expect::NotHeld("", "chmod go-w"),
+        ),
+        (
             "no key",
             Box::new(|d| {
                 coder.write_dir(d, &bundle);
@@ -163,6 +188,10 @@ fn credential_directory_table() {
             }
             (Expect::Missing(file), Err(FilesError::Io { path, .. })) => {
                 assert!(path.ends_with(file), "{name}")
+            }
+            (Expect::NotHeld(file, reason), Err(FilesError::NotHeld(e))) => {
+                assert_eq!(e.path(), dir.join(file), "{name}: {e}");
+                assert!(e.to_string().contains(reason), "{name}: {e}");
             }
             (_, other) => panic!("{name}: expected {expect:?}, got {other:?}"),
         }

@@ -179,6 +179,7 @@ impl From<agentid::files::FilesError> for CliError {
             agentid::files::FilesError::Io { path, source } => {
                 CliError::failed(format!("cannot read {}: {source}", path.display()))
             }
+            agentid::files::FilesError::NotHeld(e) => e.into(),
             e => CliError::failed(e.to_string()),
         }
     }
@@ -186,7 +187,10 @@ impl From<agentid::files::FilesError> for CliError {
 
 impl From<agentid_fs::FsError> for CliError {
     fn from(e: agentid_fs::FsError) -> Self {
-        CliError::failed(e.to_string())
+        match e.next_step() {
+            Some(hint) => CliError::failed(e.to_string()).with_hint(hint),
+            None => CliError::failed(e.to_string()),
+        }
     }
 }
 

@@ -456,7 +456,9 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
                 ))
             })?,
     };
-    let secret = agentid_fs::read_secret(&path, 64 * 1024).map_err(|e| match e {
+    // Read only if held: whoever could replace it would choose the CA (and the root pinned in
+    // bundle.json) this agent enrolls with.
+    let secret = agentid_fs::read_held_secret(&path, 64 * 1024).map_err(|e| match e {
         agentid_fs::FsError::InsecureMode { path, mode } => CliError::failed(format!(
             "{} has mode {mode:03o}: a token file holds a secret and must be readable by its owner only (chmod 600); if others may have read it, ask the operator for a new token",
             path.display()

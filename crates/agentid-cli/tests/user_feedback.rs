@@ -640,3 +640,199 @@ fn a_malformed_token_file_is_refused_without_showing_the_token() {
         assert!(stderr.contains("line 1"), "{name}: {stderr}");
     }
 }
+
+/// Runs `agentid ARGS` in `env`, killed after 30 s: a read that blocks fails the test instead of
+/// hanging it. `None` when it had to be killed.
+fn run_bounded(env: &Env, line: &str) -> Option<std::process::Output> {
+    assert_cmd::Command::cargo_bin("agentid")
+        .unwrap()
+        .current_dir(env.dir.path())
+        .env_remove("AGENTID_LOG")
+        .env_remove("RUST_LOG")
+        .args(line.split_whitespace())
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .ok()
+        .filter(|o| o.status.code().is_some())
+}
+
+/// A credential directory (or a directory above it, or one of its files) that group or others
+/// can write is refused when a command reads it, naming what to `chmod`: whoever can write
+/// there can put their own CA in `bundle.json` and be trusted.
+#[test]
+fn a_credential_directory_others_can_write_is_refused_on_read() {
+    let env = Env::new();
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    env.planner("shared/p");
+    // A dead URL: the directory is read before any connection.
+    let dead = "https://127.0.0.1:1";
+    let readers = [
+        "cert renew --ca ca --dir shared/p".to_owned(),
+        format!("revocations list --ca-url {dead} --cred shared/p"),
+        "cert issue --ca ca --agent summarizer --parent shared/p --out-dir c".to_owned(),
+    ];
+    for (rel, mode) in [
+        ("shared/p", 0o770),
+        ("shared/p", 0o707),
+        ("shared", 0o777),
+        ("shared/p/bundle.json", 0o664),
+        ("shared/p/cert.pem", 0o646),
+        ("shared/p/grant.jwt", 0o666),
+    ] {
+        let before = mode_of(&env, rel);
+        env.chmod(rel, mode);
+        for line in &readers {
+            // The operator's renewal reads the certificate and the key only, a child's issue
+            // the parent's chain too, and a `--cred` every file.
+            let reads = if rel.ends_with("bundle.json") {
+                line.starts_with("revocations")
+            } else if rel.ends_with("grant.jwt") {
+                !line.starts_with("cert renew")
+            } else {
+                true
+            };
+            if !reads {
+                continue;
+            }
+            let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+            assert!(msg.contains(&format!("{mode:03o}")), "{line}: {msg}");
+        }
+        assert!(!env.path("c").exists(), "a child was issued from {rel}");
+        env.chmod(rel, before);
+    }
+    // A token file below a directory others can write: they could swap in a token naming
+    // their CA and root. Refused before it is parsed or anything is sent.
+    std::fs::write(env.path("shared/t.json"), "{}").unwrap();
+    env.chmod("shared/t.json", 0o600);
+    env.chmod("shared", 0o777);
+    env.fails(
+        "enroll --token-file shared/t.json --out-dir e",
+        1,
+        &format!("chmod go-w {}", env.path("shared").display()),
+    );
+    assert!(!env.path("e").exists());
+    env.chmod("shared", 0o755);
+    // The same next step as the JSON hint.
+    env.chmod("shared/p", 0o775);
+    let out = env.run(&[
+        "cert", "renew", "--ca", "ca", "--dir", "shared/p", "--format", "json",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["error"]["hint"].as_str(),
+        Some(format!("run `chmod go-w {}`", env.path("shared/p").display()).as_str()),
+        "{doc}"
+    );
+    env.chmod("shared/p", 0o700);
+    // Held again: read as before.
+    env.ok("cert renew --ca ca --dir shared/p");
+    env.fails(
+        &format!("revocations list --ca-url {dead} --cred shared/p"),
+        1,
+        dead,
+    );
+}
+
+fn mode_of(env: &Env, rel: &str) -> u32 {
+    mode(&env.path(rel))
+}
+
+/// A FIFO planted where a credential directory's `bundle.json` or `grant.jwt` should be is
+/// refused at once: reading it would block the command for ever.
+#[test]
+fn a_fifo_in_a_credential_directory_is_refused_without_blocking() {
+    let env = Env::new();
+    env.planner("p");
+    let dead = "https://127.0.0.1:1";
+    for (file, line) in [
+        (
+            "bundle.json",
+            format!("revocations list --ca-url {dead} --cred p"),
+        ),
+        (
+            "grant.jwt",
+            "cert issue --ca ca --agent summarizer --parent p --out-dir c".to_owned(),
+        ),
+    ] {
+        let path = env.path(&format!("p/{file}"));
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let Some(out) = run_bounded(&env, &line) else {
+            panic!("{line} blocked on a FIFO at {file} (killed after 30 s)");
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
+        assert!(
+            stderr.contains(file) && stderr.contains("FIFO"),
+            "{line}: {stderr}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+    }
+    assert!(!env.path("c").exists());
+}
+
+/// Root may read a service user's credential directory (its owner is trusted beside root), but
+/// not one reached through a directory, or holding a file, that a third user owns. Only root
+/// can give files away, so this runs only as root.
+#[test]
+fn root_reads_a_service_users_credential_directory_but_not_a_third_users_files() {
+    use std::os::unix::fs::{chown, lchown};
+    let env = Env::new();
+    std::fs::create_dir(env.path("home")).unwrap();
+    env.chmod("home", 0o755);
+    env.planner("home/svc");
+    if chown(env.path("home"), Some(65534), Some(65534)).is_err() {
+        return;
+    }
+    for f in ["", "/cert.pem", "/key.pem", "/bundle.json", "/grant.jwt"] {
+        chown(env.path(&format!("home/svc{f}")), Some(65534), Some(65534)).unwrap();
+    }
+    // The service user's own directory and files: root reads them.
+    env.ok("cert renew --ca ca --dir home/svc");
+    env.ok("cert issue --ca ca --agent summarizer --parent home/svc --out-dir c1");
+    // A file a third user owns, or a link they own, in the service user's directory.
+    chown(env.path("home/svc/grant.jwt"), Some(65533), Some(65533)).unwrap();
+    let (_, msg) = env.fails(
+        "cert issue --ca ca --agent summarizer --parent home/svc --out-dir c2",
+        1,
+        "uid 65533",
+    );
+    assert!(msg.contains("grant.jwt"), "{msg}");
+    chown(env.path("home/svc/grant.jwt"), Some(65534), Some(65534)).unwrap();
+    std::fs::rename(
+        env.path("home/svc/cert.pem"),
+        env.path("cert-elsewhere.pem"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        env.path("cert-elsewhere.pem"),
+        env.path("home/svc/cert.pem"),
+    )
+    .unwrap();
+    lchown(env.path("home/svc/cert.pem"), Some(65533), Some(65533)).unwrap();
+    let (_, msg) = env.fails("cert renew --ca ca --dir home/svc", 1, "uid 65533");
+    assert!(msg.contains("cert.pem"), "{msg}");
+    lchown(env.path("home/svc/cert.pem"), Some(65534), Some(65534)).unwrap();
+    // Read through: the dead URL is what fails.
+    let dead = "https://127.0.0.1:1";
+    env.fails(
+        &format!("revocations list --ca-url {dead} --cred home/svc"),
+        1,
+        dead,
+    );
+    // A directory above it that a third user owns: they could swap the service's directory.
+    chown(env.path("home"), Some(65533), Some(65533)).unwrap();
+    let (_, msg) = env.fails("cert renew --ca ca --dir home/svc", 1, "uid 65533");
+    assert!(
+        msg.contains(&env.path("home").display().to_string()),
+        "{msg}"
+    );
+    assert!(!env.path("c2").exists());
+}

@@ -65,6 +65,67 @@ impl fmt::Display for FileKind {
     }
 }
 
+/// Why others could change an entry on the way to a file: a directory, a link, or the file
+/// itself (what [`FsError::NotHeld`] names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unheld {
+    /// Owned by a user who is neither the one reading or writing, nor root (nor, for root
+    /// reading a credential directory, that directory's owner).
+    Owner {
+        /// Its owner.
+        uid: u32,
+    },
+    /// A directory whose entries group or others can create, rename or remove: write
+    /// permission for them without the sticky bit.
+    OpenDir {
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// A file that group or others can write.
+    WritableFile {
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+impl fmt::Display for Unheld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Owner { uid } => write!(f, "is owned by another user (uid {uid})"),
+            Self::OpenDir { mode } => write!(
+                f,
+                "has mode {mode:03o}: group or others can replace its files"
+            ),
+            Self::WritableFile { mode } => {
+                write!(f, "has mode {mode:03o}: group or others can write it")
+            }
+        }
+    }
+}
+
+/// What to run about an entry [`FsError::NotHeld`] names.
+fn held_fix(path: &Path, why: &Unheld, reader: u32, dir_owner: Option<u32>) -> String {
+    let p = path.display();
+    match why {
+        Unheld::OpenDir { .. } => format!("run `chmod go-w {p}`"),
+        Unheld::WritableFile { .. } => {
+            format!("run `chmod go-w {p}`, then check what it holds")
+        }
+        Unheld::Owner { .. } => match dir_owner {
+            Some(owner) => format!(
+                "as root, credentials are read only through entries owned by root or by their directory's owner (uid {owner}): run `chown {owner} {p}`, or move the directory"
+            ),
+            None if reader == 0 => format!(
+                "as root, credentials are read only through entries owned by root or by their directory's owner: run `chown 0 {p}`, or move the directory"
+            ),
+            None => format!(
+                "credentials are read only through entries owned by you (uid {reader}) or root: have root run `chown {reader} {p}`, or move the directory below directories of yours"
+            ),
+        },
+    }
+}
+
 /// Why a file could not be read or written.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +221,30 @@ pub enum FsError {
         /// What is wrong with it.
         why: String,
     },
+    /// A file of a credential directory (its trust bundle, certificate, key or chain; a token
+    /// file) that others could have put there: the file, or a directory or link on the way to it
+    /// from `/`, is owned by a user the reader does not take as the directory's holder, or group
+    /// or others can write it. Whoever controls that entry could make the reader trust their CA
+    /// or present their key (see [`crate::read_held`]).
+    #[error(
+        "{} {why} (on the way to {}): whoever controls it could put their own trust anchors, certificate or key there; {}",
+        path.display(),
+        file.display(),
+        held_fix(path, why, *reader, *dir_owner)
+    )]
+    NotHeld {
+        /// The entry others control: the file, or a directory or link on the way to it.
+        path: PathBuf,
+        /// The file being read.
+        file: PathBuf,
+        /// What is wrong with `path`.
+        why: Unheld,
+        /// The reader's effective user id.
+        reader: u32,
+        /// For a reader that is root: the credential directory's owner, whose entries are taken
+        /// as held too.
+        dir_owner: Option<u32>,
+    },
     /// The file was read but is not a PKCS#8 PEM private key.
     #[error("{}: not a PKCS#8 PEM private key: {reason}", path.display())]
     BadKey {
@@ -183,7 +268,23 @@ impl FsError {
             | Self::NotRegular { path, .. }
             | Self::InsecureMode { path, .. }
             | Self::InsecureDir { path, .. }
+            | Self::NotHeld { path, .. }
             | Self::BadKey { path, .. } => path,
+        }
+    }
+
+    /// What to run about this error, when there is a command to run: the `chmod` or `chown` of
+    /// an entry [`FsError::NotHeld`] names (also at the end of its message).
+    pub fn next_step(&self) -> Option<String> {
+        match self {
+            Self::NotHeld {
+                path,
+                why,
+                reader,
+                dir_owner,
+                ..
+            } => Some(held_fix(path, why, *reader, *dir_owner)),
+            _ => None,
         }
     }
 

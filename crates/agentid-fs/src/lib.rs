@@ -23,6 +23,15 @@
 //! - **Secrets are refused when group or others can access them.** [`read_secret`] checks the
 //!   mode of the handle it reads (the file checked is the file read) and does not block on a
 //!   FIFO planted where a key should be.
+//! - **A credential directory is read only if the reader holds it.** [`read_held`],
+//!   [`read_held_secret`] and [`read_held_private_key`] (every file of a credential directory:
+//!   `bundle.json`, the trust anchors; `cert.pem`; `key.pem`; the chain; and token files) refuse
+//!   a file that others could have put there: see [`check_held`]. The file and every directory
+//!   and link on the way to it from `/` must be owned by the reader or root (and, when root
+//!   reads, by the credential directory's owner: root acting for a service user), no directory
+//!   on the way writable by group or others unless sticky (as `/tmp`), the file itself not
+//!   writable by them, and a regular file (a FIFO there is refused without blocking). Whoever
+//!   could replace `bundle.json` could make the reader trust their CA.
 //! - **Reads are bounded.** Every read refuses more than a caller-given limit
 //!   ([`MAX_FILE_BYTES`] for all of agentid's files).
 //!
@@ -35,9 +44,12 @@ mod pem;
 mod read;
 mod write;
 
-pub use error::{FileKind, FsError};
-pub use pem::{pem_encode, read_private_key, write_private_key};
-pub use read::{read_bounded, read_regular, read_secret, MAX_FILE_BYTES};
+pub use error::{FileKind, FsError, Unheld};
+pub use pem::{pem_encode, read_held_private_key, read_private_key, write_private_key};
+pub use read::{
+    check_held, read_bounded, read_held, read_held_secret, read_regular, read_secret,
+    MAX_FILE_BYTES,
+};
 pub use write::{
     check_public_destination, check_secret_dir, create_public, create_secret, ensure_dir,
     make_private_dir, write_private, write_public, Outcome,

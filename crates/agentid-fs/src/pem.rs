@@ -7,7 +7,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 
 use crate::error::FsError;
-use crate::read::{read_secret, MAX_FILE_BYTES};
+use crate::read::{read_held_secret, read_secret, MAX_FILE_BYTES};
 use crate::write::create_secret;
 
 /// PEM-encodes DER bytes under `label`, with 64-column base64 lines.
@@ -31,10 +31,20 @@ pub fn write_private_key(path: &Path, pkcs8_der: &[u8]) -> Result<(), FsError> {
 /// Reads a PKCS#8 PEM private key, refusing a file that group or others can access (see
 /// [`read_secret`]). Returns the PKCS#8 DER.
 pub fn read_private_key(path: &Path) -> Result<Vec<u8>, FsError> {
-    let pem = read_secret(path, MAX_FILE_BYTES)?;
-    let key = PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|e| FsError::BadKey {
+    pkcs8_of(path, &read_secret(path, MAX_FILE_BYTES)?)
+}
+
+/// [`read_private_key`] for a credential directory's key: also refused unless the reader holds
+/// it and every directory and link on the way to it (see [`read_held_secret`]).
+pub fn read_held_private_key(path: &Path) -> Result<Vec<u8>, FsError> {
+    pkcs8_of(path, &read_held_secret(path, MAX_FILE_BYTES)?)
+}
+
+/// The PKCS#8 DER of the PEM key read from `path`.
+fn pkcs8_of(path: &Path, pem: &[u8]) -> Result<Vec<u8>, FsError> {
+    let key = PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|e| FsError::BadKey {
         path: path.to_path_buf(),
-        reason: not_pkcs8(&pem, path, &e),
+        reason: not_pkcs8(pem, path, &e),
     })?;
     Ok(key.secret_pkcs8_der().to_vec())
 }

@@ -3,9 +3,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{FileKind, FsError};
+use crate::error::{FileKind, FsError, Unheld};
+use crate::write::{not_held, parent_dir, walk, Owners};
 
 /// The largest file agentid reads (certificates, keys, bundles, chains, revocation lists): 1 MiB.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -42,6 +43,81 @@ pub fn read_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
     let (f, _) = open_regular(path)?;
     read_to_limit(f, path, limit)
+}
+
+/// Reads a file of a credential directory (its trust bundle, certificate or chain), refusing
+/// it unless it is held by the reader (see [`check_held`]) and a regular file (opened
+/// non-blocking: a FIFO planted there is refused instead of hanging), and refusing one larger
+/// than `limit` bytes. The owner and mode are checked again on the opened handle, so the file
+/// checked is the file read.
+pub fn read_held(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let (f, _) = open_held(path)?;
+    read_to_limit(f, path, limit)
+}
+
+/// [`read_held`] for a secret (a credential directory's key, a token file): also refused when
+/// group or others can access it at all, as [`read_secret`] refuses it.
+pub fn read_held_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let (f, meta) = open_held(path)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(FsError::InsecureMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    read_to_limit(f, path, limit)
+}
+
+/// Checks, without opening it, that `path` is held by the user reading it, so that nobody else
+/// could have put it there: resolved from `/` one entry at a time as the system resolves it,
+/// every directory entered, every link followed and the entry reached must be owned by the
+/// reader (the effective user) or root, and neither a directory without the sticky bit nor the
+/// entry reached may be writable by group or others (sticky directories such as `/tmp` are
+/// held: only an entry's owner can rename it there). When the reader is root, entries owned by
+/// the owner of `path`'s directory (the credential directory) are held too: root may act for a
+/// service user over that user's directory, but not through a third user's.
+///
+/// The rule is [`check_secret_dir`](crate::check_secret_dir)'s, the one walk for both. An
+/// entry others control is refused with [`FsError::NotHeld`], naming it, its owner or mode, and
+/// the `chmod` or `chown` to run.
+pub fn check_held(path: &Path) -> Result<(), FsError> {
+    held_by(path).map(drop)
+}
+
+/// [`check_held`], returning the owners `path` was checked against.
+fn held_by(path: &Path) -> Result<Owners, FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = parent_dir(path);
+    let dir_owner = std::fs::metadata(&dir)
+        .map_err(|e| FsError::io(&dir, e))?
+        .uid();
+    let owners = Owners::reader(rustix::process::geteuid().as_raw(), dir_owner);
+    walk(path, owners, true, &|entry, why| {
+        not_held_error(entry, path, why, owners)
+    })?;
+    Ok(owners)
+}
+
+fn not_held_error(path: PathBuf, file: &Path, why: Unheld, owners: Owners) -> FsError {
+    FsError::NotHeld {
+        path,
+        file: file.to_path_buf(),
+        why,
+        reader: owners.me(),
+        dir_owner: owners.also(),
+    }
+}
+
+/// Checks that `path` is held ([`check_held`]), opens it as [`open_regular`] does, and checks
+/// the opened handle's owner and mode again (it may have changed since the walk).
+fn open_held(path: &Path) -> Result<(File, std::fs::Metadata), FsError> {
+    let owners = held_by(path)?;
+    let (f, meta) = open_regular(path)?;
+    if let Some(why) = not_held(&meta, owners) {
+        return Err(not_held_error(path.to_path_buf(), path, why, owners));
+    }
+    Ok((f, meta))
 }
 
 /// Opens `path` non-blocking and refuses it unless the opened handle is a regular file.

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{FileKind, FsError};
+use crate::error::{FileKind, FsError, Unheld};
 
 /// Mode of public files (certificates, bundles, chains, configuration), before the umask.
 const PUBLIC_MODE: u32 = 0o644;
@@ -146,34 +146,73 @@ pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
         .and_then(|f| f.metadata())
         .map_err(|e| FsError::io(dir, e))?
         .uid();
-    if let Some(why) = not_held(&meta, me) {
+    if let Some(why) = not_held(&meta, Owners::writer(me)) {
         return Err(FsError::InsecureDir {
             path: dir.to_path_buf(),
-            why,
+            why: why.to_string(),
         });
     }
     check_way_to(dir, me)
 }
 
-/// Why others could change the entry `meta` describes (a directory's entries, or where a link
-/// points), or `None` when only `me` and root can.
-fn not_held(meta: &std::fs::Metadata, me: u32) -> Option<String> {
-    not_owned(meta, me).or_else(|| {
+/// Whose entries are taken as held on the way to a file: the user reading or writing now
+/// (`me`), root, and, for root reading a credential directory, that directory's owner (root
+/// acting for a service user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owners {
+    me: u32,
+    also: Option<u32>,
+}
+
+impl Owners {
+    /// A writer: only `me` and root.
+    pub(crate) fn writer(me: u32) -> Self {
+        Self { me, also: None }
+    }
+
+    /// A reader `me` of a credential directory owned by `dir_owner`: only `me` and root, and
+    /// when `me` is root, also `dir_owner` (root reads a service user's directory as that user
+    /// holds it). A user other than root never takes another's directory as held.
+    pub(crate) fn reader(me: u32, dir_owner: u32) -> Self {
+        Self {
+            me,
+            also: (me == 0 && dir_owner != 0).then_some(dir_owner),
+        }
+    }
+
+    pub(crate) fn me(self) -> u32 {
+        self.me
+    }
+
+    pub(crate) fn also(self) -> Option<u32> {
+        self.also
+    }
+
+    fn trust(self, uid: u32) -> bool {
+        uid == self.me || uid == 0 || self.also == Some(uid)
+    }
+}
+
+/// Why others could change the entry `meta` describes (a directory's entries, where a link
+/// points, a file's contents), or `None` when only `owners` can.
+pub(crate) fn not_held(meta: &std::fs::Metadata, owners: Owners) -> Option<Unheld> {
+    not_owned(meta, owners).or_else(|| {
         use std::os::unix::fs::MetadataExt;
         let mode = meta.mode() & 0o7777;
-        (meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0)
-            .then(|| format!("has mode {mode:03o}: group or others can replace its files"))
+        if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            Some(Unheld::OpenDir { mode })
+        } else if meta.is_file() && mode & 0o022 != 0 {
+            Some(Unheld::WritableFile { mode })
+        } else {
+            None
+        }
     })
 }
 
-/// Why the entry `meta` describes is not `me`'s or root's, or `None`.
-fn not_owned(meta: &std::fs::Metadata, me: u32) -> Option<String> {
+/// Why the entry `meta` describes is not one of `owners`', or `None`.
+fn not_owned(meta: &std::fs::Metadata, owners: Owners) -> Option<Unheld> {
     use std::os::unix::fs::MetadataExt;
-    if meta.uid() != me && meta.uid() != 0 {
-        Some(format!("is owned by another user (uid {})", meta.uid()))
-    } else {
-        None
-    }
+    (!owners.trust(meta.uid())).then(|| Unheld::Owner { uid: meta.uid() })
 }
 
 /// One step of a path being resolved.
@@ -211,17 +250,29 @@ fn check_way_to(dir: &Path, me: u32) -> Result<(), FsError> {
 /// [`check_way_to`], with the mode of `dir` itself checked only when `last_mode` (its owner
 /// always is).
 fn walk_to(dir: &Path, me: u32, last_mode: bool) -> Result<(), FsError> {
-    let abs = std::path::absolute(dir).map_err(|e| FsError::io(dir, e))?;
-    let refuse = |path: PathBuf, why: String| {
-        Err(FsError::InsecureDir {
+    walk(dir, Owners::writer(me), last_mode, &|path, why| {
+        FsError::InsecureDir {
             path,
             why: format!("{why} (on the way to {})", dir.display()),
-        })
-    };
+        }
+    })
+}
+
+/// Resolves `path` from `/` one entry at a time, as the system does, and checks every directory
+/// entered, every link followed and the entry reached with [`not_held`] (the mode of the entry
+/// reached only when `last_mode`): the first one that others than `owners` control is refused
+/// with `refuse`. The one walk of every check that a path is held, for writes and reads.
+pub(crate) fn walk(
+    path: &Path,
+    owners: Owners,
+    last_mode: bool,
+    refuse: &dyn Fn(PathBuf, Unheld) -> FsError,
+) -> Result<(), FsError> {
+    let abs = std::path::absolute(path).map_err(|e| FsError::io(path, e))?;
     let mut at = PathBuf::from("/");
     let root = std::fs::symlink_metadata(&at).map_err(|e| FsError::io(&at, e))?;
-    if let Some(why) = not_held(&root, me) {
-        return refuse(at, why);
+    if let Some(why) = not_held(&root, owners) {
+        return Err(refuse(at, why));
     }
     let mut todo = steps(&abs);
     let mut links = 0;
@@ -236,18 +287,18 @@ fn walk_to(dir: &Path, me: u32, last_mode: bool) -> Result<(), FsError> {
                 let meta = std::fs::symlink_metadata(&next).map_err(|e| FsError::io(&next, e))?;
                 let last = todo.is_empty() && !meta.file_type().is_symlink();
                 let why = if last && !last_mode {
-                    not_owned(&meta, me)
+                    not_owned(&meta, owners)
                 } else {
-                    not_held(&meta, me)
+                    not_held(&meta, owners)
                 };
                 if let Some(why) = why {
-                    return refuse(next, why);
+                    return Err(refuse(next, why));
                 }
                 if meta.file_type().is_symlink() {
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(FsError::io(
-                            dir,
+                            path,
                             std::io::Error::other("too many levels of symbolic links"),
                         ));
                     }
@@ -293,7 +344,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::io(dir, e))
 }
 
-fn parent_dir(path: &Path) -> PathBuf {
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -430,4 +481,36 @@ fn write_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     f.write_all(contents)
         .and_then(|()| f.flush())
         .map_err(|e| FsError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Owners;
+
+    /// Whose entries a reader takes as held, decided from the user ids alone (the case a test
+    /// not run as root cannot make with files).
+    #[test]
+    fn a_reader_takes_only_itself_and_root_and_root_also_the_directorys_owner() {
+        // A user reading its own directory, or a directory root made for it.
+        let me = Owners::reader(1000, 1000);
+        assert!(me.trust(1000) && me.trust(0));
+        assert!(!me.trust(1001));
+        // A user never takes another user's directory as held, nor that user's entries.
+        let other = Owners::reader(1000, 1001);
+        assert!(!other.trust(1001) && !other.trust(65534));
+        assert!(other.trust(1000) && other.trust(0));
+        assert_eq!(other.also(), None);
+        // Root reads a service user's directory as that user holds it, not a third user's.
+        let root = Owners::reader(0, 1001);
+        assert!(root.trust(0) && root.trust(1001));
+        assert!(!root.trust(1000) && !root.trust(65534));
+        assert_eq!(root.also(), Some(1001));
+        // Root reading its own directory: root only.
+        let own = Owners::reader(0, 0);
+        assert!(own.trust(0) && !own.trust(1000));
+        assert_eq!(own.also(), None);
+        // A writer takes only itself and root.
+        let w = Owners::writer(1000);
+        assert!(w.trust(1000) && w.trust(0) && !w.trust(1001));
+    }
 }

@@ -561,9 +561,11 @@ pub struct Enrolled {
 }
 
 /// Reads a token file (JSON, CA-API 3.6.1): a regular file, readable by its owner only (mode
-/// `0600`: it carries a secret), of at most 64 KiB (no more is read).
+/// `0600`: it carries a secret), of at most 64 KiB (no more is read), and held by the reader
+/// as a credential directory's files are (`agentid_fs::read_held_secret`): whoever could
+/// replace it would choose the CA, and the root, the agent enrolls with.
 pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile> {
-    let text = agentid_fs::read_secret(path, MAX_TOKEN_FILE_BYTES)
+    let text = agentid_fs::read_held_secret(path, MAX_TOKEN_FILE_BYTES)
         .map_err(|e| invalid(format!("token file: {e}")))?;
     TokenFile::from_json(&text).map_err(|e| invalid(e.to_string()))
 }

@@ -1,0 +1,209 @@
+//! A credential directory is read only if the reader holds it: every entry from `/` to the file
+//! owned by the reader or root (for root, also by the directory's owner), no directory on the
+//! way writable by group or others unless sticky, the file not writable by them, and a regular
+//! file (a FIFO is refused without blocking).
+#![cfg(test)]
+
+use std::fs;
+use std::os::unix::fs::{chown, lchown, symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use agentid_fs::{
+    check_held, read_held, read_held_private_key, read_held_secret, write_private_key, FileKind,
+    FsError, Unheld,
+};
+
+fn set_mode(p: &Path, m: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+}
+
+/// A credential directory `base/name` (0700) holding `bundle.json` (0644) and `key.pem` (0600).
+fn cred_dir(base: &Path, name: &str) -> std::path::PathBuf {
+    let dir = base.join(name);
+    fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o700);
+    fs::write(dir.join("bundle.json"), b"{\"keys\":[]}").unwrap();
+    set_mode(&dir.join("bundle.json"), 0o644);
+    fs::write(dir.join("key.pem"), b"secret").unwrap();
+    set_mode(&dir.join("key.pem"), 0o600);
+    dir
+}
+
+/// The entry a refusal names, and why.
+fn refused(e: &FsError) -> (&Path, Unheld) {
+    match e {
+        FsError::NotHeld { path, why, .. } => (path, *why),
+        e => panic!("not a NotHeld refusal: {e}"),
+    }
+}
+
+#[test]
+fn a_directory_or_file_others_can_write_is_refused_on_read() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = cred_dir(base.path(), "cred");
+    let bundle = dir.join("bundle.json");
+    assert_eq!(read_held(&bundle, 1024).unwrap(), b"{\"keys\":[]}");
+    assert_eq!(
+        read_held_secret(&dir.join("key.pem"), 1024).unwrap(),
+        b"secret"
+    );
+
+    // The directory itself, group- or world-writable.
+    for m in [0o770, 0o702, 0o777] {
+        set_mode(&dir, m);
+        let e = read_held(&bundle, 1024).unwrap_err();
+        assert_eq!(
+            refused(&e),
+            (dir.as_path(), Unheld::OpenDir { mode: m }),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("chmod go-w {}", dir.display()))
+                && text.contains(&bundle.display().to_string()),
+            "{text}"
+        );
+        assert!(matches!(
+            read_held_secret(&dir.join("key.pem"), 1024).unwrap_err(),
+            FsError::NotHeld { .. }
+        ));
+    }
+    set_mode(&dir, 0o700);
+
+    // A directory above it that others can write: they could rename ours away.
+    let shared = base.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let inner = cred_dir(&shared, "cred");
+    set_mode(&shared, 0o777);
+    let e = read_held(&inner.join("bundle.json"), 1024).unwrap_err();
+    assert_eq!(refused(&e).0, shared.as_path(), "{e}");
+    // Reached through `..`: the same directory.
+    let dotted = inner.join("..").join("cred").join("bundle.json");
+    assert_eq!(refused(&read_held(&dotted, 1024).unwrap_err()).0, shared);
+    // With the sticky bit, as /tmp has: only we can rename our directory there.
+    set_mode(&shared, 0o1777);
+    read_held(&inner.join("bundle.json"), 1024).unwrap();
+
+    // The file itself, writable by group or others.
+    set_mode(&bundle, 0o664);
+    let e = read_held(&bundle, 1024).unwrap_err();
+    assert_eq!(
+        refused(&e),
+        (bundle.as_path(), Unheld::WritableFile { mode: 0o664 }),
+        "{e}"
+    );
+    set_mode(&bundle, 0o644);
+
+    // A link of ours, followed; one reached through a directory others can write, refused.
+    let open = base.path().join("open");
+    fs::create_dir(&open).unwrap();
+    set_mode(&open, 0o777);
+    symlink(&dir, open.join("link")).unwrap();
+    let via = base.path().join("via");
+    symlink(open.join("link"), &via).unwrap();
+    let e = read_held(&via.join("bundle.json"), 1024).unwrap_err();
+    assert_eq!(refused(&e).0, open.as_path(), "{e}");
+    set_mode(&open, 0o755);
+    read_held(&via.join("bundle.json"), 1024).unwrap();
+    check_held(&via.join("bundle.json")).unwrap();
+
+    // A secret that others can read is still refused as before.
+    set_mode(&dir.join("key.pem"), 0o640);
+    assert!(matches!(
+        read_held_secret(&dir.join("key.pem"), 1024).unwrap_err(),
+        FsError::InsecureMode { mode: 0o640, .. }
+    ));
+    // And a key read from a directory others can write, refused before it is parsed.
+    fs::remove_file(dir.join("key.pem")).unwrap();
+    write_private_key(&dir.join("key.pem"), &[0x30, 0x00]).unwrap();
+    set_mode(&dir, 0o777);
+    assert!(matches!(
+        read_held_private_key(&dir.join("key.pem")).unwrap_err(),
+        FsError::NotHeld { .. }
+    ));
+}
+
+#[test]
+fn a_fifo_in_a_credential_directory_is_refused_without_blocking() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = cred_dir(base.path(), "cred");
+    let bundle = dir.join("bundle.json");
+    fs::remove_file(&bundle).unwrap();
+    let status = Command::new("mkfifo").arg(&bundle).status().unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let bundle = bundle.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_held(&bundle, 1024));
+        });
+    }
+    let Ok(outcome) = rx.recv_timeout(std::time::Duration::from_secs(10)) else {
+        // Let the blocked read go, then fail.
+        let _ = fs::OpenOptions::new().write(true).open(&bundle);
+        panic!("the read blocked on a FIFO");
+    };
+    assert!(
+        matches!(
+            outcome,
+            Err(FsError::NotRegular {
+                kind: FileKind::Fifo,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// Only root can give entries away: as root, a service user's directory (and its files and
+/// links) is held, a third user's entry is not; the decision itself for other readers is in
+/// the crate's unit tests.
+#[test]
+fn root_reads_a_service_users_directory_but_not_through_a_third_user() {
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("home");
+    fs::create_dir(&home).unwrap();
+    set_mode(&home, 0o755);
+    let dir = cred_dir(&home, "svc");
+    if chown(&home, Some(65534), Some(65534)).is_err() {
+        return;
+    }
+    for p in [dir.clone(), dir.join("bundle.json"), dir.join("key.pem")] {
+        chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    read_held(&dir.join("bundle.json"), 1024).unwrap();
+    read_held_secret(&dir.join("key.pem"), 1024).unwrap();
+
+    // A third user's file in it.
+    chown(dir.join("bundle.json"), Some(65533), Some(65533)).unwrap();
+    let e = read_held(&dir.join("bundle.json"), 1024).unwrap_err();
+    assert_eq!(
+        refused(&e),
+        (
+            dir.join("bundle.json").as_path(),
+            Unheld::Owner { uid: 65533 }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chown 65534"), "{e}");
+    chown(dir.join("bundle.json"), Some(65534), Some(65534)).unwrap();
+
+    // A third user's link in it.
+    fs::rename(dir.join("bundle.json"), dir.join("real.json")).unwrap();
+    symlink("real.json", dir.join("bundle.json")).unwrap();
+    lchown(dir.join("bundle.json"), Some(65533), Some(65533)).unwrap();
+    let e = read_held(&dir.join("bundle.json"), 1024).unwrap_err();
+    assert_eq!(refused(&e).1, Unheld::Owner { uid: 65533 }, "{e}");
+    lchown(dir.join("bundle.json"), Some(65534), Some(65534)).unwrap();
+    read_held(&dir.join("bundle.json"), 1024).unwrap();
+
+    // A third user's directory above it.
+    chown(&home, Some(65533), Some(65533)).unwrap();
+    let e = read_held(&dir.join("bundle.json"), 1024).unwrap_err();
+    assert_eq!(
+        refused(&e),
+        (home.as_path(), Unheld::Owner { uid: 65533 }),
+        "{e}"
+    );
+}
