@@ -507,7 +507,7 @@ async fn a_token_file_with_an_unusable_renew_url_is_refused_before_the_token_is_
 
 /// `read_token_file` reads at most its 64 KiB bound, and only a regular file: a FIFO (or a
 /// device such as /dev/zero named by `AGENTID_TOKEN_FILE`) is refused, not read to its end
-/// (it reads with `agentid_fs::read_secret`, as the CLI does).
+/// (it reads with `agentid_fs::read_held_secret`, as the CLI does).
 #[test]
 fn read_token_file_reads_at_most_its_bound() {
     let dir = tempfile::tempdir().unwrap();
