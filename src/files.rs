@@ -18,7 +18,8 @@
 //!
 //! Every file of a directory is read only if the reader holds it (`agentid_fs::read_held`):
 //! the file and every directory and link on the way to it from `/` owned by the reader or root
-//! (when root reads, also by the directory's owner: root acting for a service user), no
+//! (when root reads, also by the directory's owner: root acting for a service user, outside
+//! directories others can write such as `/tmp`), no
 //! directory on the way writable by group or others unless it has the sticky bit (as `/tmp`),
 //! no file writable by them, and only regular files (a FIFO is refused without blocking).
 //! Whoever could replace `bundle.json` could make the agent trust their CA; the refusal names

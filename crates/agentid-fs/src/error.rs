@@ -76,6 +76,13 @@ pub enum Unheld {
         /// Its owner.
         uid: u32,
     },
+    /// Owned by the credential directory's owner (whom root reading it takes as its holder),
+    /// but in a directory others can write (a sticky one such as `/tmp`): anyone could have
+    /// made that name there, so root does not take it as the service user's.
+    OwnerInSharedDir {
+        /// Its owner.
+        uid: u32,
+    },
     /// A directory whose entries group or others can create, rename or remove: write
     /// permission for them without the sticky bit.
     OpenDir {
@@ -93,6 +100,10 @@ impl fmt::Display for Unheld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Owner { uid } => write!(f, "is owned by another user (uid {uid})"),
+            Self::OwnerInSharedDir { uid } => write!(
+                f,
+                "is owned by uid {uid} in a directory others can write, where anyone could have made it"
+            ),
             Self::OpenDir { mode } => write!(
                 f,
                 "has mode {mode:03o}: group or others can replace its files"
@@ -112,6 +123,9 @@ fn held_fix(path: &Path, why: &Unheld, reader: u32, dir_owner: Option<u32>) -> S
         Unheld::WritableFile { .. } => {
             format!("run `chmod go-w {p}`, then check what it holds")
         }
+        Unheld::OwnerInSharedDir { .. } => format!(
+            "as root, a service user's credentials are read only outside directories others can write (such as /tmp): move the directory below one of the service user's or root's, or run `chown 0 {p}`"
+        ),
         Unheld::Owner { .. } => match dir_owner {
             Some(owner) => format!(
                 "as root, credentials are read only through entries owned by root or by their directory's owner (uid {owner}): run `chown {owner} {p}`, or move the directory"

@@ -28,7 +28,8 @@
 //!   `bundle.json`, the trust anchors; `cert.pem`; `key.pem`; the chain; and token files) refuse
 //!   a file that others could have put there: see [`check_held`]. The file and every directory
 //!   and link on the way to it from `/` must be owned by the reader or root (and, when root
-//!   reads, by the credential directory's owner: root acting for a service user), no directory
+//!   reads, by the credential directory's owner: root acting for a service user, outside
+//!   directories others can write such as `/tmp`), no directory
 //!   on the way writable by group or others unless sticky (as `/tmp`), the file itself not
 //!   writable by them, and a regular file (a FIFO there is refused without blocking). Whoever
 //!   could replace `bundle.json` could make the reader trust their CA.

@@ -75,8 +75,10 @@ pub fn read_held_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 /// reader (the effective user) or root, and neither a directory without the sticky bit nor the
 /// entry reached may be writable by group or others (sticky directories such as `/tmp` are
 /// held: only an entry's owner can rename it there). When the reader is root, entries owned by
-/// the owner of `path`'s directory (the credential directory) are held too: root may act for a
-/// service user over that user's directory, but not through a third user's.
+/// the owner of `path`'s directory (the credential directory) are held too, except in a
+/// directory others can write (a sticky one such as `/tmp`, where anyone could have made them):
+/// root may act for a service user over that user's directory, but not through a third
+/// user's.
 ///
 /// The rule is [`check_secret_dir`](crate::check_secret_dir)'s, the one walk for both. An
 /// entry others control is refused with [`FsError::NotHeld`], naming it, its owner or mode, and

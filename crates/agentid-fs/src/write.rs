@@ -209,6 +209,22 @@ pub(crate) fn not_held(meta: &std::fs::Metadata, owners: Owners) -> Option<Unhel
     })
 }
 
+/// Why an entry `meta` describes, in directory `dir`, is not held though its owner is trusted:
+/// an entry held only because root takes the credential directory's owner as its holder
+/// ([`Owners::reader`]) must not sit in a directory others can write (a sticky one such as
+/// `/tmp`, where anyone may create a name, or a link, that root would then read as the service
+/// user's). `None` otherwise.
+fn owner_in_shared_dir(dir: &Path, meta: &std::fs::Metadata, owners: Owners) -> Option<Unheld> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = meta.uid();
+    if owners.also != Some(uid) || uid == owners.me || uid == 0 {
+        return None;
+    }
+    // A directory that cannot be read is not taken as held either.
+    let mode = std::fs::symlink_metadata(dir).map_or(0o777, |m| m.mode() & 0o777);
+    (mode & 0o022 != 0).then_some(Unheld::OwnerInSharedDir { uid })
+}
+
 /// Why the entry `meta` describes is not one of `owners`', or `None`.
 fn not_owned(meta: &std::fs::Metadata, owners: Owners) -> Option<Unheld> {
     use std::os::unix::fs::MetadataExt;
@@ -290,7 +306,8 @@ pub(crate) fn walk(
                     not_owned(&meta, owners)
                 } else {
                     not_held(&meta, owners)
-                };
+                }
+                .or_else(|| owner_in_shared_dir(&at, &meta, owners));
                 if let Some(why) = why {
                     return Err(refuse(next, why));
                 }

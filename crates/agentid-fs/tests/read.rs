@@ -198,6 +198,39 @@ fn root_reads_a_service_users_directory_but_not_through_a_third_user() {
     lchown(dir.join("bundle.json"), Some(65534), Some(65534)).unwrap();
     read_held(&dir.join("bundle.json"), 1024).unwrap();
 
+    // The service user's directory made in a directory others can write (as /tmp): anyone
+    // could have made it there, or a link at its name (red team, credential reads: root read
+    // `--cred /tmp/x` that another user created as that user's).
+    let shared = base.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o1777);
+    let planted = shared.join("x");
+    fs::rename(&dir, &planted).unwrap();
+    let e = read_held(&planted.join("real.json"), 1024).unwrap_err();
+    assert_eq!(
+        refused(&e),
+        (planted.as_path(), Unheld::OwnerInSharedDir { uid: 65534 }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("outside directories others can write"),
+        "{e}"
+    );
+    // A link there, owned by the service user, to its own directory elsewhere: the same.
+    fs::rename(&planted, &dir).unwrap();
+    symlink(&dir, &planted).unwrap();
+    lchown(&planted, Some(65534), Some(65534)).unwrap();
+    let e = read_held(&planted.join("real.json"), 1024).unwrap_err();
+    assert_eq!(
+        refused(&e),
+        (planted.as_path(), Unheld::OwnerInSharedDir { uid: 65534 }),
+        "{e}"
+    );
+    // Root's own entries there are still its own.
+    lchown(&planted, Some(0), Some(0)).unwrap();
+    read_held(&planted.join("real.json"), 1024).unwrap();
+
     // A third user's directory above it.
     chown(&home, Some(65533), Some(65533)).unwrap();
     let e = read_held(&dir.join("bundle.json"), 1024).unwrap_err();
