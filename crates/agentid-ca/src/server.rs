@@ -2392,6 +2392,19 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
             };
             let t2 = target.clone();
             let check = run(&s, move |ca| {
+                // Before the target is looked up: a service holding `revoke` for no agent would
+                // otherwise learn from `404` against `403` which targets the store knows
+                // (CA-API.md 3.10, as `list` in 3.11).
+                if ca
+                    .policy()
+                    .agents_permitting(&svc, Permission::Revoke)
+                    .is_empty()
+                {
+                    return Err(CaError::Policy {
+                        rule: "agents.*.permissions".into(),
+                        message: format!("service {svc:?} holds \"revoke\" for no agent"),
+                    });
+                }
                 let agent = target_agent(ca, &t2)?;
                 ca.policy()
                     .check_permission(&agent, &svc, Permission::Revoke)

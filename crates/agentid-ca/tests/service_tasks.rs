@@ -961,6 +961,43 @@ async fn a_service_revoking_another_services_certificate_is_denied_not_told_it_i
 }
 
 #[tokio::test]
+async fn a_service_holding_revoke_for_no_agent_learns_nothing_of_the_store() {
+    // CA-API.md 3.10: a service holding `revoke` for no agent is refused `403 policy_denied`
+    // before the target is looked up, as `GET /v1/tasks` refuses one holding `list` for none
+    // (3.11). Otherwise its `404` for an unknown target against `403` for a known one told any
+    // enrolled service which serials, keys, tasks and grants the CA knows.
+    let w = start().await;
+    let (_, known) = w.task("planner");
+    let rec = w
+        .ca()
+        .issuance(&common::serial_of(&w.ca(), &known))
+        .unwrap()
+        .unwrap();
+    let (weak, wid) = common::service_credentials(&w.ca(), "weak");
+    let mut c = w.connect(weak, &wid).await.unwrap();
+    let unknown_jkt = TaskKey::generate(Algorithm::Es256)
+        .unwrap()
+        .public_key()
+        .thumbprint();
+    for body in [
+        format!(r#"{{"serial":"{}"}}"#, rec.serial),
+        r#"{"serial":"0badc0de"}"#.to_owned(),
+        format!(r#"{{"jkt":"{}"}}"#, rec.jkt),
+        format!(r#"{{"jkt":"{unknown_jkt}"}}"#),
+        r#"{"task":"no-such-task"}"#.to_owned(),
+        r#"{"jti":"no-such-grant"}"#.to_owned(),
+    ] {
+        let (s, b) = call(&mut c, "POST", "/v1/revoke", &body).await;
+        assert_eq!(
+            (s, code_of(&b).as_str()),
+            (403, "policy_denied"),
+            "{body}: {b}"
+        );
+    }
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_revoke_answer_names_the_entry_the_target_makes() {
     // CA-API.md 3.10: the answer is the list entry: the target's kind and value, except that a
     // serial is revoked as its certificate's key (`jkt`, that key's thumbprint).
