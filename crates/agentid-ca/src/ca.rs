@@ -617,13 +617,39 @@ impl CertificateAuthority {
                 ts: now_s,
                 kind: "revoke".into(),
                 actor: actor.into(),
-                subject: Some(format!("{target:?}")),
+                subject: self.revoke_subject(target),
                 outcome: "error".into(),
                 reason: Some(e.to_string()),
                 ..AuditEvent::default()
             }),
         }
         res
+    }
+
+    /// The `subject` of a refused revocation's audit record: its target as `kind:value`, as a
+    /// committed one records it (CA-API.md 4.1, 4.3); a serial, whose key is not known then, as
+    /// `serial:<hex>`. `None` for a target that names nothing valid (an agent name that is no
+    /// agent name, a principal that is none): the requester's text is not copied into it.
+    fn revoke_subject(&self, target: &RevokeTarget) -> Option<String> {
+        let (kind, value) = match target {
+            RevokeTarget::Serial(serial) => ("serial", serial.to_string()),
+            RevokeTarget::Task(task) => (RevocationKind::Task.as_str(), task.as_str().to_owned()),
+            RevokeTarget::Agent(name) => {
+                AgentId::new(&self.config.trust_domain, name).ok()?;
+                (RevocationKind::Agent.as_str(), name.clone())
+            }
+            RevokeTarget::Key(jkt) => (RevocationKind::Jkt.as_str(), jkt.to_string()),
+            RevokeTarget::GrantJti(jti) => (RevocationKind::Jti.as_str(), jti.to_string()),
+            RevokeTarget::LinkJti { iss, jti } => (
+                RevocationKind::LinkJti.as_str(),
+                format!("{} {jti}", iss.as_str()),
+            ),
+            RevokeTarget::Principal(p) => (
+                RevocationKind::Principal.as_str(),
+                crate::store::canonical_principal(p).ok()?,
+            ),
+        };
+        Some(format!("{kind}:{value}"))
     }
 
     fn revoke_inner(

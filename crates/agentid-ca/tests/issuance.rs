@@ -1481,6 +1481,59 @@ fn the_task_of_an_unredeemed_token_is_revocable_and_the_token_then_opens_nothing
     assert!(matches!(e, CaError::NotFound { kind: "task", .. }), "{e}");
 }
 
+/// CA-API.md 4.1 and 4.3: a `revoke` record's `subject` is its target as `kind:value`, for a
+/// refused revocation as for one that committed (a reader looking for what happened to
+/// `task:T` finds both). A refused one was recorded with the target's Rust debug form
+/// (`Task(TaskId("T"))`), and a name that is no agent name was copied into it as given.
+#[test]
+fn a_refused_revocation_names_its_target_as_kind_and_value() {
+    let t = test_ca(KeyType::P256);
+    let (_k, creds) = planner_task(&t);
+    let n = now();
+    let unknown = TaskId::generate().unwrap();
+    let jti = "no-such-grant";
+    let refused = [
+        (
+            RevokeTarget::Task(unknown.clone()),
+            Some(format!("task:{}", unknown.as_str())),
+        ),
+        (
+            RevokeTarget::GrantJti(jti.parse().unwrap()),
+            Some(format!("jti:{jti}")),
+        ),
+        (RevokeTarget::Agent("Not An\nAgent".into()), None),
+    ];
+    for (target, want) in &refused {
+        let before = audit_records(&t.ca).len();
+        assert!(t.ca.revoke(target, None, "operator", n).is_err());
+        let lines = audit_records(&t.ca);
+        let new: Vec<_> = lines[before..].iter().collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert_eq!(new[0]["kind"], "revoke");
+        assert_eq!(new[0]["outcome"], "error");
+        assert_eq!(
+            new[0]["subject"].as_str().map(str::to_owned),
+            *want,
+            "{target:?}: {}",
+            new[0]
+        );
+    }
+    // The committed revocation of the same kind of target, for comparison.
+    t.ca.revoke(
+        &RevokeTarget::Task(creds.identity.task_id()),
+        None,
+        "operator",
+        n,
+    )
+    .unwrap();
+    let lines = audit_records(&t.ca);
+    let last = lines.last().unwrap();
+    assert_eq!(
+        last["subject"],
+        format!("task:{}", creds.identity.task_id().as_str())
+    );
+}
+
 #[test]
 fn revoke_task_and_jti() {
     let t = test_ca(KeyType::P256);
