@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid_api::RevocationsResponse;
 use agentid_protocol::{PublicKey, TrustDomain};
 use http::{Method, StatusCode};
 use tokio::sync::watch;
@@ -511,7 +510,7 @@ impl Poller {
     }
 }
 
-/// `GET /v1/revocations`'s answer ([`RevocationsResponse`]), its list borrowed from the body
+/// `GET /v1/revocations`'s answer ([`agentid_api::RevocationsResponse`]), its list borrowed from the body
 /// when it holds no escape (a compact JWS never does).
 #[derive(serde::Deserialize)]
 struct FeedAnswer<'a> {
@@ -635,7 +634,7 @@ mod tests {
         let a: FeedAnswer<'_> = parse_answer(escaped).unwrap();
         assert_eq!(a.list, "eyJh.eyJi.c2ln");
         // The same shape as the API's type, whose JSON the CA writes.
-        let written = serde_json::to_vec(&RevocationsResponse {
+        let written = serde_json::to_vec(&agentid_api::RevocationsResponse {
             seq: 9,
             list: "a.b.c".into(),
         })
