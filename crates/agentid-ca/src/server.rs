@@ -2369,7 +2369,27 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
     }
     let target = match a.peer_id() {
         PeerId::Task(t) => match &body.task {
-            Some(named) if named == t.task_id().as_str() => RevokeTarget::Task(t.task_id()),
+            Some(named) if named == t.task_id().as_str() => {
+                // Only the task's root holder (the agent it was opened for) closes it: a child
+                // holds a narrower slice of the task's authority, and closing the task would
+                // end its parent's and every other holder's chains (CA-API.md 2, 3.10).
+                let task = t.task_id();
+                let caller = a.peer_id().as_str().to_owned();
+                let holder = run(&s, move |ca| {
+                    Ok(ca.store()?.task(task.as_str())?.map(|r| r.holder))
+                })
+                .await;
+                match holder {
+                    Ok(Some(h)) if h == caller => RevokeTarget::Task(t.task_id()),
+                    Ok(_) => return Refused::new(
+                        ErrorCode::NotPermitted,
+                        "only the task's root holder (the agent it was opened for) may close it",
+                        "ask the task's root holder, or a service with `revoke` for its agent",
+                    )
+                    .into_response(),
+                    Err(r) => return r.into_response(),
+                }
+            }
             _ => {
                 return Refused::new(
                     ErrorCode::NotPermitted,

@@ -92,9 +92,20 @@ impl World {
     ) -> (HttpClientConnection, String, String) {
         let (key, chain, id) = self.task_for(agent, task_ttl, max_depth);
         let serial = common::serial_of(&self.ca(), &id);
+        let conn = self.connect_with(key, chain, &id).await;
+        (conn, id, serial)
+    }
+
+    /// A connection to the service as `id`, with its key and certificate chain.
+    async fn connect_with(
+        &self,
+        key: TaskKey,
+        chain: Vec<CertificateDer<'static>>,
+        id: &str,
+    ) -> HttpClientConnection {
         let mut bundles = BundleSet::new();
         bundles.insert(self.ca().trust_bundle().unwrap()).unwrap();
-        let cfg = VerifierConfig::new(SpiffeId::parse(&id).unwrap(), bundles)
+        let cfg = VerifierConfig::new(SpiffeId::parse(id).unwrap(), bundles)
             .danger_accept_missing_or_stale_revocations();
         let v = PeerVerification::new(cfg).unwrap();
         let creds = Arc::new(MemoryCredentials::new(Credential::new(chain, key).unwrap()));
@@ -103,8 +114,7 @@ impl World {
                 .connect_timeout(T)
                 .build()
                 .unwrap();
-        let conn = client.connect(self.addr, "ca.example.org").await.unwrap();
-        (conn, id, serial)
+        client.connect(self.addr, "ca.example.org").await.unwrap()
     }
 }
 
@@ -563,4 +573,60 @@ async fn a_child_request_naming_no_agent_leaves_none_of_its_text_in_the_audit_re
         assert!(text.len() < 4096, "{} bytes", text.len());
         assert!(!text.contains("\\u001b"), "{text}");
     }
+}
+
+/// Only the task's root holder closes the task (CA-API 2, 3.10): a child in it, which holds a
+/// narrower slice of the task's authority, is refused `403 not_permitted` and the task lives on
+/// (red team, CA write side: any child, a grandchild with a narrowed scope too, ended its
+/// parent's task and every chain in it).
+#[tokio::test]
+async fn a_child_cannot_close_its_parents_task_and_the_root_holder_can() {
+    let w = start().await;
+    let (mut parent, parent_id, _) = w.connect_for("planner", None, Some(1)).await;
+    let task = parent_id.rsplit('/').next().unwrap().to_owned();
+    let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let child_id = format!("spiffe://example.org/agent/summarizer/task/{task}");
+    let csr = b64(&child_key.csr(&SpiffeId::parse(&child_id).unwrap()).unwrap());
+    let (s, _, b) = call(
+        &mut parent,
+        "POST",
+        "/v1/children",
+        &format!(r#"{{"agent":"summarizer","csr":"{csr}"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let r: CertificateResponse = serde_json::from_str(&b).unwrap();
+    assert_eq!(r.identity, child_id);
+    let chain: Vec<CertificateDer<'static>> = r
+        .certs
+        .iter()
+        .map(|c| {
+            CertificateDer::from(
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut child = w.connect_with(child_key, chain, &child_id).await;
+    let body = format!(r#"{{"task":"{task}"}}"#);
+    let (s, _, b) = call(&mut child, "POST", "/v1/revoke", &body).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "not_permitted"), "{b}");
+    assert!(b.contains("root holder"), "{b}");
+    assert!(
+        !w.ca()
+            .revocations()
+            .unwrap()
+            .iter()
+            .any(|e| e.value == task),
+        "the task was not revoked"
+    );
+    // The root holder closes it.
+    let (s, _, b) = call(&mut parent, "POST", "/v1/revoke", &body).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(w
+        .ca()
+        .revocations()
+        .unwrap()
+        .iter()
+        .any(|e| e.value == task));
 }
