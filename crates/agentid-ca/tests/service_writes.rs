@@ -225,3 +225,45 @@ async fn a_token_whose_grant_could_never_be_signed_is_not_made() {
     let (s, b) = call(&mut one, "POST", "/v1/tasks", &body.to_string()).await;
     assert_eq!((s, code_of(&b).as_str()), (400, "bad_request"), "{b}");
 }
+
+/// Two tokens of different agents naming one task id at once: exactly one is made, the other
+/// refused as the id another agent holds (CA-API 1.3). The check runs in the insert's
+/// transaction (on PostgreSQL under the task id's lock), not before it, where two creations
+/// could both pass it (red team, specs: the token and its task then belonged to whichever
+/// agent a later lookup found first). On PostgreSQL too with `AGENTID_TEST_STORE=postgres`.
+#[tokio::test]
+async fn tokens_of_two_agents_naming_one_task_id_at_once_make_one() {
+    let w = start().await;
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    for round in 0..20 {
+        let task = agentid_protocol::TaskId::parse(&format!("t-race-{round}")).unwrap();
+        let makers: Vec<_> = ["alpha", "beta"]
+            .into_iter()
+            .map(|agent| {
+                let (ca, task, binding) = (w.ca(), task.clone(), binding.clone());
+                std::thread::spawn(move || {
+                    ca.create_bound_token(
+                        agent,
+                        Some(task),
+                        &binding,
+                        Duration::from_secs(600),
+                        std::time::SystemTime::now(),
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = makers.into_iter().map(|m| m.join().unwrap()).collect();
+        let made = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(made, 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().any(|r| matches!(
+                r,
+                Err(agentid_ca::CaError::TaskIdTaken(t)) if t == task.as_str()
+            )),
+            "round {round}: {results:?}"
+        );
+    }
+}

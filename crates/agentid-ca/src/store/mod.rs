@@ -893,6 +893,12 @@ fn revocation_sql(n: usize) -> String {
 /// index seek: `bootstrap_tokens_task`, schema version 5).
 const TOKEN_OF_ANOTHER_AGENT: &str = "SELECT EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)";
 
+/// Whether a bootstrap token of agent `?2` may not name task id `?1`: task ids are unique
+/// whatever the agent (CA-API.md 1.3), so a token never names one a task holds (it could never
+/// be redeemed) nor one another agent's unredeemed token names (the task is that agent's from
+/// then on, 3.10). Index seeks only (the tasks' key, `bootstrap_tokens_task`).
+pub(crate) const TASK_ID_TAKEN_FOR_TOKEN: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE task = ?1) OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)";
+
 /// The agent of an unredeemed bootstrap token naming task id `?1` (an index seek, as
 /// [`TOKEN_OF_ANOTHER_AGENT`]).
 const TOKEN_AGENT_BY_TASK: &str =
@@ -1265,6 +1271,14 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let writer = self.audit_writer.clone();
         let tx = self.immediate()?;
+        // In the insert's transaction (the write lock): two tokens of different agents naming
+        // one task id at once cannot both be made.
+        let taken: bool = tx
+            .prepare_cached(TASK_ID_TAKEN_FOR_TOKEN)?
+            .query_row(params![b.task, b.agent], |r| r.get(0))?;
+        if taken {
+            return Err(CaError::TaskIdTaken(b.task.clone()));
+        }
         tx.prepare_cached(
             "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
              VALUES (?1, ?2, ?3, ?4, ?5, json_extract(?5, '$.creator'))",
@@ -2368,7 +2382,11 @@ mod tests {
     fn tokens_by_task_id_are_an_index_seek() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
-        for sql in [TOKEN_OF_ANOTHER_AGENT, TOKEN_AGENT_BY_TASK] {
+        for sql in [
+            TOKEN_OF_ANOTHER_AGENT,
+            TOKEN_AGENT_BY_TASK,
+            TASK_ID_TAKEN_FOR_TOKEN,
+        ] {
             let mut st = store
                 .conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

@@ -375,6 +375,21 @@ type BoxFut<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = PgResult
 
 /// Runs `$body` (an async block using `$tx: &Transaction`) in a transaction on `$client`,
 /// committed at the end, retried on serialization failures and deadlocks (bounded).
+/// See the SQLite store's `TASK_ID_TAKEN_FOR_TOKEN`.
+const TASK_ID_TAKEN_FOR_TOKEN: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE task = $1) OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = $1 AND agent <> $2 AND used_at IS NULL)";
+
+/// Takes the transaction-scoped lock of task id `task`: a token naming it and a task opened
+/// under a chosen id check that no other agent holds the id, then write, one at a time
+/// (READ COMMITTED alone would let two such transactions both pass the check).
+async fn lock_task_id(tx: &tokio_postgres::Transaction<'_>, task: &str) -> PgResult<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('agentid-task:' || $1, 0))",
+        &[&task],
+    )
+    .await?;
+    Ok(())
+}
+
 macro_rules! in_tx {
     ($client:expr, |$tx:ident| $body:expr) => {{
         let mut attempt: u32 = 0;
@@ -1187,6 +1202,9 @@ async fn apply_issuance(
     if let Some(t) = c.task {
         // Only for an id the requester chose: a generated one is random, and a token's own id
         // was checked when the token was made (an index seek, `bootstrap_tokens_task`).
+        if c.chosen_task_id {
+            lock_task_id(tx, &t.task).await?;
+        }
         let named_by_other = c.chosen_task_id
             && tx
                 .query_opt(
@@ -1666,6 +1684,17 @@ impl Store for PgStore {
         self.inner.run(move |c| {
             Box::pin(async move {
                 in_tx!(c, |tx| async {
+                    // In the insert's transaction, under the task id's lock (READ COMMITTED
+                    // would let two tokens of different agents naming one id at once, or a
+                    // token and a task opening under it, both commit): CA-API.md 1.3.
+                    lock_task_id(&tx, &b.task).await?;
+                    let taken: bool = tx
+                        .query_one(TASK_ID_TAKEN_FOR_TOKEN, &[&b.task, &b.agent])
+                        .await?
+                        .get(0);
+                    if taken {
+                        return Err(PgErr::Ca(CaError::TaskIdTaken(b.task.clone())));
+                    }
                     tx.execute(
                         "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
                          VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
