@@ -256,6 +256,9 @@ impl CaError {
                 "jkt" => Some("use a new key, in a new task".to_owned()),
                 _ => None,
             },
+            CaError::TaskIdTaken(_) => Some(
+                "choose another --task, or leave --task out (a new task id is made)".to_owned(),
+            ),
             CaError::KeyMismatch { .. } => Some(
                 "a task identity keeps one key for its life: renew its certificate with that key (agentid cert renew), or open a new task for a new key"
                     .to_owned(),

@@ -836,3 +836,39 @@ fn root_reads_a_service_users_credential_directory_but_not_a_third_users_files()
     );
     assert!(!env.path("c2").exists());
 }
+
+/// A token naming a task id that another agent's token (or task) holds is refused with the
+/// next step: another `--task`, or none (a new id is made). The same in JSON as `hint`.
+#[test]
+fn a_task_id_another_agent_holds_names_the_next_step() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("ca/policy.toml"),
+        "[agents.planner]\nscopes = [\"tickets:*\"]\nrequesters = [\"operator\", \"bootstrap\"]\n\n\
+         [agents.auditor]\nscopes = [\"tickets:read\"]\nrequesters = [\"operator\", \"bootstrap\"]\n",
+    )
+    .unwrap();
+    let base = "token create --ca ca --enroll-url https://127.0.0.1:8444 --scope tickets:read --task t-shared";
+    env.ok(&format!("{base} --agent planner --out a.token"));
+    let (_, line) = env.fails(
+        &format!("{base} --agent auditor --out b.token"),
+        1,
+        "belongs to another agent",
+    );
+    assert!(line.contains("choose another --task"), "{line}");
+    let out = env.run(&argv_of(&format!(
+        "{base} --agent auditor --out c.token --format json"
+    )));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("choose another --task")),
+        "{doc}"
+    );
+    assert!(!env.path("b.token").exists() && !env.path("c.token").exists());
+}
+
+fn argv_of(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
