@@ -741,6 +741,15 @@ pub fn read_anchors(mut r: impl std::io::BufRead) -> core::result::Result<Vec<An
             .take(MAX_ANCHOR_REPORT.saturating_add(1))
             .read_to_end(&mut all)
             .map_err(|e| format!("reading: {e}"))?;
+        if all.iter().all(u8::is_ascii_whitespace) {
+            // What `agentid audit export` writes for a store without records.
+            return Err(
+                "the file is empty: nothing to compare the store with (`agentid audit export` writes \
+                 nothing while the store has no records: keep one made after the CA's first \
+                 record)"
+                    .to_owned(),
+            );
+        }
         if all.len() as u64 > MAX_ANCHOR_REPORT {
             return Err(format!(
                 "larger than {MAX_ANCHOR_REPORT} bytes: not a report of `agentid audit verify \

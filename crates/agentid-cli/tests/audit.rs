@@ -309,3 +309,16 @@ fn against_refuses_what_vouches_for_nothing() {
         "absent.jsonl",
     );
 }
+
+/// The export of a CA that has no records yet is empty: `--against` says so (nothing to
+/// compare with, and what to keep instead), not that it could not parse a JSON value.
+#[test]
+fn against_an_empty_export_says_it_is_empty() {
+    let env = Env::new();
+    let export = env.ok("audit export --ca ca");
+    assert!(export.is_empty(), "{export}");
+    std::fs::write(env.path("kept.jsonl"), export).unwrap();
+    let (_, line) = env.fails("audit verify --ca ca --against kept.jsonl", 2, "is empty");
+    assert!(!line.contains("EOF"), "{line}");
+    assert!(line.contains("after the CA's first record"), "{line}");
+}
