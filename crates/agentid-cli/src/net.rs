@@ -473,10 +473,13 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
     // A link (even a dangling one) counts: the key is never written through one.
     let no_key = || {
         if std::fs::symlink_metadata(&key_path).is_ok() {
+            let hint = "the token is not spent: enroll into another --out-dir, one without \
+                        key.pem";
             return Err(CliError::failed(format!(
-                "{} already exists: refusing to overwrite a key",
+                "{} already exists: refusing to overwrite a key; {hint}",
                 key_path.display()
-            )));
+            ))
+            .with_hint(hint));
         }
         Ok(())
     };

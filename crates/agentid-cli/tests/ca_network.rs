@@ -1110,3 +1110,32 @@ fn ca_list_never_prints_control_characters_from_the_store() {
     let v = env.json(&format!("ca list --ca-url {url} --cred platform"));
     assert_eq!(v["tasks"][0]["holder"], forged.as_str());
 }
+
+/// `enroll` into a directory that already holds a key (a second token into an agent's
+/// directory) is refused before the token is sent, and says what to do: another `--out-dir`,
+/// the token being unspent. It then redeems there.
+#[test]
+fn enroll_over_a_key_names_the_next_step_and_keeps_the_token() {
+    let env = Env::new();
+    let s = serve(&env);
+    for t in ["t1.json", "t2.json"] {
+        env.ok(&format!(
+            "token create --ca ca --enroll-url {} --agent planner --scope tickets:read --out {t}",
+            s.enroll_url()
+        ));
+    }
+    env.json("enroll --token-file t1.json --out-dir a1");
+    let key = env.read("a1/key.pem");
+    let before = issued(&env);
+    let (_, line) = env.fails(
+        "enroll --token-file t2.json --out-dir a1",
+        1,
+        "refusing to overwrite a key",
+    );
+    assert!(line.contains("another --out-dir"), "{line}");
+    assert!(line.contains("not spent"), "{line}");
+    assert_eq!(issued(&env), before);
+    assert_eq!(env.read("a1/key.pem"), key);
+    env.json("enroll --token-file t2.json --out-dir a2");
+    assert_eq!(issued(&env), before + 1);
+}
