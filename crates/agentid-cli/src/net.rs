@@ -463,6 +463,20 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
             "{} has mode {mode:03o}: a token file holds a secret and must be readable by its owner only (chmod 600); if others may have read it, ask the operator for a new token",
             path.display()
         )),
+        agentid_fs::FsError::Io { path, source }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            let hint = format!(
+                "a token file is read by the user that enrolls (it keeps mode 600): give it to \
+                 that user (`chown USER {}`) or run `agentid enroll` as its owner",
+                path.display()
+            );
+            CliError::failed(format!(
+                "cannot read {}: {source}; {hint}",
+                path.display()
+            ))
+            .with_hint(hint)
+        }
         e => e.into(),
     })?;
     let token = TokenFile::from_json(&secret)

@@ -872,3 +872,41 @@ fn a_task_id_another_agent_holds_names_the_next_step() {
 fn argv_of(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
+
+/// A token file the enrolling user cannot read (root made it, mode 0600, and handed it to a
+/// service user without `chown`) is named with the next step, not only "Permission denied".
+/// As root the command runs as uid 65534 (setpriv); otherwise the file is made mode 000.
+#[test]
+fn a_token_file_the_user_cannot_read_says_whom_to_give_it_to() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::empty();
+    let token = env.path("t.token");
+    std::fs::write(&token, b"{}\n").unwrap();
+    let out = if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(env.dir.path(), Some(65534), Some(65534)).unwrap();
+        let bin = assert_cmd::cargo::cargo_bin("agentid");
+        match std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin)
+            .args(["enroll", "--token-file", "t.token", "--out-dir", "a"])
+            .current_dir(env.dir.path())
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("SKIP: setpriv not available: {e}");
+                return;
+            }
+        }
+    } else {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o000)).unwrap();
+        env.run(&["enroll", "--token-file", "t.token", "--out-dir", "a"])
+    };
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("t.token"), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+    assert!(err.contains("chown"), "{err}");
+    assert!(!env.path("a").exists());
+}
