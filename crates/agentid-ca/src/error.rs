@@ -137,7 +137,7 @@ pub enum CaError {
         value: String,
     },
     /// The agent, task, key or identity has been revoked; the CA issues nothing more for it.
-    #[error("revoked: {kind} {value} is revoked")]
+    #[error("{kind} {value} is revoked")]
     Revoked {
         /// The kind of entry (`agent`, `task`, `jkt`, `jti`).
         kind: &'static str,

@@ -247,11 +247,15 @@ fn a_service_creates_tokens_lists_and_revokes_within_its_permissions() {
     let list = env.json(&format!("ca list --ca-url {url} --cred platform"));
     assert!(list["tasks"].as_array().unwrap().is_empty(), "{list}");
     // The revoked holder can no longer renew: the CA re-checks it on every request.
-    env.fails(
+    let (_, line) = env.fails(
         &format!("revoke --ca-url {url} --cred a --task {task}"),
         1,
         "revoked",
     );
+    // The code is said once, and the message names what is revoked and what to do.
+    assert!(!line.contains("revoked: revoked"), "{line}");
+    assert!(line.contains(&format!("task {task} is revoked")), "{line}");
+    assert!(line.contains("open a new task"), "{line}");
 }
 
 #[test]
