@@ -257,7 +257,7 @@ impl CaError {
                 _ => None,
             },
             CaError::TaskIdTaken(_) => Some(
-                "choose another --task, or leave --task out (a new task id is made)".to_owned(),
+                "choose another task id (--task), or leave it out (a new one is made)".to_owned(),
             ),
             CaError::KeyMismatch { .. } => Some(
                 "a task identity keeps one key for its life: renew its certificate with that key (agentid cert renew), or open a new task for a new key"

@@ -855,7 +855,7 @@ fn a_task_id_another_agent_holds_names_the_next_step() {
         1,
         "belongs to another agent",
     );
-    assert!(line.contains("choose another --task"), "{line}");
+    assert!(line.contains("choose another task id"), "{line}");
     let out = env.run(&argv_of(&format!(
         "{base} --agent auditor --out c.token --format json"
     )));
@@ -863,7 +863,7 @@ fn a_task_id_another_agent_holds_names_the_next_step() {
     assert!(
         doc["error"]["hint"]
             .as_str()
-            .is_some_and(|h| h.contains("choose another --task")),
+            .is_some_and(|h| h.contains("choose another task id")),
         "{doc}"
     );
     assert!(!env.path("b.token").exists() && !env.path("c.token").exists());
