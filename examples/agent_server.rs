@@ -120,6 +120,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(watch_certificate(
         args.dir.clone(),
         dir.serial.clone(),
+        dir.not_after,
         credentials.clone(),
         verification.clone(),
     ));
@@ -244,13 +245,17 @@ async fn watch_revocations(
 
 /// Re-reads the credential directory every second and rotates to a renewed certificate
 /// (`agentid cert renew --dir DIR`): new handshakes use it, live sessions carry on. A
-/// certificate that does not validate against our trust bundle is never published.
+/// certificate that does not validate against our trust bundle is never published. Once the
+/// certificate held has expired (every handshake is then refused `no_credential`) and the
+/// directory holds no renewed one, says so once on stdout, with the renewal to run.
 async fn watch_certificate(
     dir: PathBuf,
     mut serial: String,
+    mut not_after: u64,
     credentials: Arc<MemoryCredentials>,
     verification: Arc<PeerVerification>,
 ) {
+    let mut expiry_said = false;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let loaded = match CredentialDir::load(&dir) {
@@ -258,7 +263,19 @@ async fn watch_certificate(
             Ok(d) => d,
             // Mid-write, or expired: keep the current credential and say why.
             Err(e) => {
-                tracing::debug!(error = %e, "credential directory not reloaded");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if now > not_after && !expiry_said {
+                    expiry_said = true;
+                    say(format!(
+                        "certificate {serial} expired: every handshake is refused \
+                         (no_credential) until {} holds a renewed one: {e}",
+                        dir.display()
+                    ));
+                } else {
+                    tracing::debug!(error = %e, "credential directory not reloaded");
+                }
                 continue;
             }
         };
@@ -270,10 +287,14 @@ async fn watch_certificate(
                 Ok(credentials.rotate(c, &trust)?)
             });
         match rotated {
-            Ok(()) => say(format!(
-                "rotated to the renewed certificate {}",
-                loaded.serial
-            )),
+            Ok(()) => {
+                say(format!(
+                    "rotated to the renewed certificate {}",
+                    loaded.serial
+                ));
+                not_after = loaded.not_after;
+                expiry_said = false;
+            }
             Err(e) => tracing::warn!(error = %e, "renewed certificate refused"),
         }
         serial = loaded.serial;

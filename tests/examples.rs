@@ -559,3 +559,38 @@ fn the_readme_two_terminal_flow_with_the_agentid_cli() {
     assert_eq!(ok, Some(false), "{out}");
     assert!(out.contains("revoked"), "{out}");
 }
+
+/// The README's first deadline: the server's certificate expires while it runs, and every
+/// handshake is refused `no_credential`. The server says so once on stdout, with the renewal
+/// to run, rather than leaving the operator with refusals that give no reason.
+#[test]
+fn the_server_says_when_its_certificate_expired_and_what_to_run() {
+    let server_bin = example("agent_server");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    agentid(
+        d,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    );
+    std::fs::write(
+        d.join("ca/policy.toml"),
+        "[agents.librarian]\nscopes = [\"repo:serve\"]\nrequesters = [\"operator\"]\n",
+    )
+    .unwrap();
+    // A short lifetime (the server must start before it ends; it has no other bound).
+    agentid(
+        d,
+        &"cert issue --ca ca --agent librarian --scope repo:serve --ttl 8s --out-dir lib"
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+    );
+    let lib = d.join("lib").to_str().unwrap().to_owned();
+    let server = Proc::spawn(&server_bin, &["--dir", &lib, "--listen", "127.0.0.1:0"]);
+    server.line_with("listening on ");
+    let line = server.line_with("expired");
+    assert!(line.contains("no_credential"), "{line}");
+    assert!(
+        line.contains(&format!("agentid cert renew --ca CA_DIR --dir {lib}")),
+        "{line}"
+    );
+}
