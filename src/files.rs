@@ -289,36 +289,15 @@ impl CredentialDir {
                 .add_authority(&td, &authority.der)
                 .map_err(|e| invalid(&bundle_path, e))?;
         }
-        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let now_unix = UnixTime::since_unix_epoch(since_epoch);
-        // What to do when time decided: renew an expired certificate, check the clock before
-        // one's start.
-        let next = if since_epoch.as_secs() > info.not_after {
-            format!(
-                "; it expired at Unix time {}: renew it (`agentid cert renew --ca CA_DIR --dir {}`), \
-                 or keep it renewed (`agentid cert renew --ca-url URL --dir {} --daemon`)",
-                info.not_after,
-                dir.display(),
-                dir.display()
-            )
-        } else if since_epoch.as_secs() < info.not_before {
-            format!(
-                "; it is valid only from Unix time {}: check this host's clock",
-                info.not_before
-            )
-        } else {
-            String::new()
-        };
+        let now_unix =
+            UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
         for usage in [CertUsage::ClientAuth, CertUsage::ServerAuth] {
             trust
                 .verify(leaf, intermediates, now_unix, usage)
                 .map_err(|e| {
                     invalid(
                         &cert_path,
-                        format!(
-                            "does not validate against {}: {e}{next}",
-                            bundle_path.display()
-                        ),
+                        format!("does not validate against {}: {e}", bundle_path.display()),
                     )
                 })?;
         }

@@ -211,18 +211,6 @@ fn an_expired_certificate_is_refused_at_load_time() {
         Err(FilesError::Invalid { path, reason }) => {
             assert!(path.ends_with("cert.pem"), "{}", path.display());
             assert!(reason.contains("expired"), "{reason}");
-            // The next step: renew it, once or kept renewed.
-            assert!(reason.contains("agentid cert renew"), "{reason}");
-            assert!(reason.contains("--daemon"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    // Before notBefore: the clock is what to check, not a renewal.
-    let earlier = SystemTime::now() - Duration::from_secs(3600);
-    match CredentialDir::load_at(tmp.path(), earlier) {
-        Err(FilesError::Invalid { reason, .. }) => {
-            assert!(reason.contains("clock"), "{reason}");
-            assert!(!reason.contains("agentid cert renew"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
