@@ -56,7 +56,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid::files::CredentialDir;
 use agentid::protocol::AgentId;
 use agentid::transport::{AgentClient, MemoryCredentials, PeerPolicy, PeerVerification};
 use anyhow::{bail, Context, Result};
@@ -97,7 +96,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let dir = CredentialDir::load(&args.dir)?;
+    let dir = common::load_credential_dir(&args.dir)?;
     let td = dir.identity.trust_domain();
 
     let (config, _) = common::revocations(

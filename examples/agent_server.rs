@@ -58,7 +58,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentid::files::{read_token_file, CredentialDir};
+use agentid::files::read_token_file;
 use agentid::protocol::{AgentId, Scope};
 use agentid::transport::{
     accept_tcp, AgentServer, MemoryCredentials, PeerPolicy, PeerVerification, Session,
@@ -100,7 +100,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let dir = CredentialDir::load(&args.dir)?;
+    let dir = common::load_credential_dir(&args.dir)?;
     let td = dir.identity.trust_domain();
 
     let (config, list) = common::revocations(
@@ -258,7 +258,7 @@ async fn watch_certificate(
     let mut expiry_said = false;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let loaded = match CredentialDir::load(&dir) {
+        let loaded = match common::load_credential_dir(&dir) {
             Ok(d) if d.serial == serial => continue,
             Ok(d) => d,
             // Mid-write, or expired: keep the current credential and say why.

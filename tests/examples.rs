@@ -593,4 +593,17 @@ fn the_server_says_when_its_certificate_expired_and_what_to_run() {
         line.contains(&format!("agentid cert renew --ca CA_DIR --dir {lib}")),
         "{line}"
     );
+    drop(server);
+    // A client started from an expired directory refuses to start, and says the same.
+    let client = Proc::spawn(
+        &example("agent_client"),
+        &["--dir", &lib, "--connect", "127.0.0.1:9"],
+    );
+    let (status, _, err) = client.finish(PROCESS_TIMEOUT);
+    assert_eq!(status.map(|s| s.success()), Some(false), "{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert!(
+        err.contains(&format!("agentid cert renew --ca CA_DIR --dir {lib}")),
+        "{err}"
+    );
 }

@@ -73,3 +73,24 @@ pub fn one_line(e: &anyhow::Error) -> String {
     }
     out
 }
+
+/// Loads a credential directory; when it is refused because its certificate expired, says
+/// what to run: the CA's operator renews it (`agentid cert renew --ca CA_DIR --dir DIR`; the
+/// CA service renews only a certificate still valid), or the agent enrolls again.
+pub fn load_credential_dir(dir: &Path) -> Result<agentid::files::CredentialDir> {
+    agentid::files::CredentialDir::load(dir).map_err(|e| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match agentid::files::Holder::load(dir) {
+            Ok(h) if h.leaf.not_after <= now => anyhow::anyhow!(
+                "{e}: it expired at Unix time {}: renew it (`agentid cert renew --ca CA_DIR \
+                 --dir {}` as the CA's operator; the CA service renews only a certificate still \
+                 valid) or enroll again",
+                h.leaf.not_after,
+                dir.display()
+            ),
+            _ => e.into(),
+        }
+    })
+}
