@@ -671,6 +671,21 @@ pub fn verify_anchored(
                      record {n}"
                 )))
             }
+            // Covered by a checkpoint this CA's audit key signed (verified above): the store's
+            // record is this CA's unless that key was used to rewrite it, so the record known
+            // may as well come from another CA (a file kept from another CA's store).
+            Some(h)
+                if *h != a.hash
+                    && checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
+            {
+                return Err(bad(
+                    "the store's record there is not the one known, and a checkpoint this CA's \
+                     audit key signed covers the store's: the record known is another CA's (the \
+                     file was kept from another CA's store: give one kept from this CA), or \
+                     whoever rewrote the chain held this CA's audit.key"
+                        .to_owned(),
+                ))
+            }
             Some(h) if *h != a.hash => {
                 return Err(bad(
                     "the store's record there is not the one known: it was rewritten (with the \

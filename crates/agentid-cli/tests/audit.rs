@@ -322,3 +322,37 @@ fn against_an_empty_export_says_it_is_empty() {
     assert!(!line.contains("EOF"), "{line}");
     assert!(line.contains("after the CA's first record"), "{line}");
 }
+
+/// An export kept from another CA (a mix-up of files, not a tampered store): its record 1
+/// differs from this store's, whose checkpoint this CA's audit key signed. The refusal says
+/// that FILE may be another CA's, rather than only that the store was rewritten.
+#[test]
+fn against_another_cas_export_says_the_file_may_be_another_cas() {
+    let env = used_ca();
+    let other = used_ca();
+    std::fs::write(env.path("other.jsonl"), other.ok("audit export --ca ca")).unwrap();
+    let (_, line) = env.fails(
+        "audit verify --ca ca --against other.jsonl",
+        3,
+        "record 1 (known from outside the store): the store's record there is not the one known",
+    );
+    assert!(line.contains("another CA"), "{line}");
+    // A rewritten tail past the last checkpoint is still named as rewritten only.
+    std::fs::write(env.path("kept.jsonl"), env.ok("audit export --ca ca")).unwrap();
+    let c = rusqlite::Connection::open(env.path("ca/ca.db")).unwrap();
+    let body: String = c
+        .query_row("SELECT body FROM audit_records WHERE seq = 5", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let forged = body.replace("\"ok\"", "\"denied\"");
+    c.execute(
+        "UPDATE audit_records SET body = ?1, hash = ?2 WHERE seq = 5",
+        rusqlite::params![forged, agentid_ca::audit::record_hash(&forged)],
+    )
+    .unwrap();
+    c.execute("DELETE FROM audit_checkpoints WHERE seq > 1", [])
+        .unwrap();
+    let (_, line) = env.fails("audit verify --ca ca --against kept.jsonl", 3, "record 5");
+    assert!(!line.contains("another CA"), "{line}");
+}
