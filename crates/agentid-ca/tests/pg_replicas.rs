@@ -28,7 +28,7 @@ use agentid_ca::audit::{AuditBreak, VerifyReport};
 use agentid_ca::server::{CaService, ServiceOptions};
 use agentid_ca::{CertificateAuthority, KeyType, RevokeTarget};
 use agentid_protocol::{Jti, TaskId, TaskIdentity};
-use agentid_test_support::pg::PgCluster;
+use agentid_test_support::pg::{with_client, PgCluster};
 use agentid_transport::http::{HttpClient, HttpClientConnection};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -708,36 +708,21 @@ async fn a_killed_replica_leaves_the_others_serving_and_loses_nothing() {
 /// as a database failover or a dropped link would, and waits until its client has seen it.
 /// Returns how many were ended.
 fn cut_idle_transactions(url: &str) -> i64 {
-    let url = url.to_owned();
-    let n = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) =
-                tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
-                    .await
-                    .unwrap()
-                    .unwrap();
-            tokio::spawn(conn);
-            let row = tokio::time::timeout(
-                T,
-                client.query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    let n = with_client(url, |client| async move {
+        let row = tokio::time::timeout(
+            T,
+            client.query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                      WHERE datname = current_database() AND pid <> pg_backend_pid()
                        AND state = 'idle in transaction'",
-                    &[],
-                ),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-            row.get::<_, i64>(0)
-        })
-    })
-    .join()
-    .unwrap();
+                &[],
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        row.get::<_, i64>(0)
+    });
     // The store's connection task sees the end of its socket.
     std::thread::sleep(Duration::from_millis(500));
     n
@@ -752,34 +737,21 @@ fn pg_store() -> Option<(PgCluster, agentid_ca::store::PgStore)> {
 }
 
 fn stored_seqs(url: &str) -> (i64, Vec<i64>) {
-    let url = url.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let counter: i64 = client
-                .query_one("SELECT value FROM meta WHERE key = 'revocation_seq'", &[])
-                .await
-                .unwrap()
-                .get(0);
-            let seqs = client
-                .query("SELECT seq FROM published_lists ORDER BY seq", &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, i64>(0))
-                .collect();
-            (counter, seqs)
-        })
+    with_client(url, |client| async move {
+        let counter: i64 = client
+            .query_one("SELECT value FROM meta WHERE key = 'revocation_seq'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let seqs = client
+            .query("SELECT seq FROM published_lists ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect();
+        (counter, seqs)
     })
-    .join()
-    .unwrap()
 }
 
 /// Holds `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE` on `url` until `release` is sent or
@@ -824,35 +796,20 @@ fn lock_table(
 
 /// How many connections to `url`'s database wait for a lock.
 fn waiting_for_a_lock(url: &str) -> i64 {
-    let url = url.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) =
-                tokio::time::timeout(T, tokio_postgres::connect(&url, tokio_postgres::NoTls))
-                    .await
-                    .unwrap()
-                    .unwrap();
-            tokio::spawn(conn);
-            tokio::time::timeout(
-                T,
-                client.query_one(
-                    "SELECT count(*) FROM pg_stat_activity
+    with_client(url, |client| async move {
+        tokio::time::timeout(
+            T,
+            client.query_one(
+                "SELECT count(*) FROM pg_stat_activity
                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                ),
-            )
-            .await
-            .unwrap()
-            .unwrap()
-            .get::<_, i64>(0)
-        })
+                &[],
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<_, i64>(0)
     })
-    .join()
-    .unwrap()
 }
 
 /// A failover (or a dropped link) can leave every connection a replica holds to the database
@@ -1595,22 +1552,9 @@ fn a_frozen_first_host_does_not_keep_the_store_from_the_next_host() {
 
 /// Runs `sql` (several statements) on `url`.
 fn exec_batch(url: &str, sql: String) {
-    let url = url.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.unwrap();
-        })
-    })
-    .join()
-    .unwrap();
+    with_client(url, |client| async move {
+        client.batch_execute(&sql).await.unwrap();
+    });
 }
 
 /// A database recovered to an earlier point (PITR, or a failover to a standby that lagged: the

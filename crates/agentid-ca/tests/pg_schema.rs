@@ -12,30 +12,15 @@ use agentid_ca::Store;
 use agentid_ca::{CertificateAuthority, KeyType, OpenTaskRequest, TaskRequester};
 use agentid_protocol::{Algorithm, Scope};
 use agentid_test_support::inventory::Inventory;
-use agentid_test_support::pg::PgCluster;
+use agentid_test_support::pg::{with_client, PgCluster};
 use common::*;
 
 /// Runs `sql` on database `db` of `pg`.
 fn sql(pg: &PgCluster, db: &str, sql: &str) {
-    let url = pg.url(db);
     let sql = sql.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            let conn = tokio::spawn(conn);
-            client.batch_execute(&sql).await.unwrap();
-            drop(client);
-            let _ = conn.await;
-        });
-    })
-    .join()
-    .unwrap();
+    with_client(&pg.url(db), |client| async move {
+        client.batch_execute(&sql).await.unwrap();
+    });
 }
 
 fn open_task(ca: &CertificateAuthority) -> agentid_ca::Result<()> {

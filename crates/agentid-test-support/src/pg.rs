@@ -182,32 +182,13 @@ impl PgCluster {
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "database name {name:?}"
         );
-        let url = self.url("postgres");
         let sql = format!("CREATE DATABASE {name}");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (client, conn) = tokio::time::timeout(
-                    crate::T,
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls),
-                )
+        with_client(&self.url("postgres"), |client| async move {
+            tokio::time::timeout(crate::T, client.batch_execute(&sql))
                 .await
-                .expect("connect to PostgreSQL timed out")
-                .expect("connect to PostgreSQL");
-                let conn = tokio::spawn(conn);
-                tokio::time::timeout(crate::T, client.batch_execute(&sql))
-                    .await
-                    .expect("CREATE DATABASE timed out")
-                    .expect("CREATE DATABASE");
-                drop(client);
-                let _ = tokio::time::timeout(crate::T, conn).await;
-            });
-        })
-        .join()
-        .unwrap();
+                .expect("CREATE DATABASE timed out")
+                .expect("CREATE DATABASE");
+        });
     }
 
     /// Stops the server at once (`-m immediate`: like a crash; committed transactions survive
@@ -341,4 +322,38 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Runs `f` with a client connected to `url` (within [`crate::T`]), on a runtime of its own
+/// thread, so that a test's synchronous code can read or change the database; returns what `f`
+/// returns, once the client `f` took is dropped and its connection closed (within
+/// [`crate::T`]).
+pub fn with_client<T, F, Fut>(url: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio::time::timeout(
+                crate::T,
+                tokio_postgres::connect(&url, tokio_postgres::NoTls),
+            )
+            .await
+            .expect("connect to PostgreSQL timed out")
+            .expect("connect to PostgreSQL");
+            let conn = tokio::spawn(conn);
+            let out = f(client).await;
+            let _ = tokio::time::timeout(crate::T, conn).await;
+            out
+        })
+    })
+    .join()
+    .unwrap()
 }
