@@ -27,6 +27,13 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 /// opened non-blocking, so a FIFO planted where a key should be is refused instead of hanging.
 pub fn read_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
     let (f, meta) = open_regular(path)?;
+    check_private_mode(path, &meta)?;
+    read_to_limit(f, path, limit)
+}
+
+/// Refuses a secret `meta` describes that group or others can access at all (mode `0600` or
+/// stricter is required).
+fn check_private_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), FsError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(FsError::InsecureMode {
@@ -34,7 +41,7 @@ pub fn read_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
             mode,
         });
     }
-    read_to_limit(f, path, limit)
+    Ok(())
 }
 
 /// Reads a whole configuration file (a CA's `config.toml` or `policy.toml`), refusing anything
@@ -59,13 +66,7 @@ pub fn read_held(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 /// group or others can access it at all, as [`read_secret`] refuses it.
 pub fn read_held_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
     let (f, meta) = open_held(path)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(FsError::InsecureMode {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
+    check_private_mode(path, &meta)?;
     read_to_limit(f, path, limit)
 }
 
