@@ -118,6 +118,20 @@ fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
     })
 }
 
+/// What to do once a record known from `--against` is not the store's: the break's own text
+/// says whether the file may be another CA's.
+const ANCHOR_NEXT_STEP: &str = "keep a copy of the store as evidence, check that the file given \
+     to --against was kept from this CA, and compare the store with it or with a backup to see \
+     what changed";
+
+/// The next step for `broken`.
+fn next_step(broken: &agentid_ca::audit::AuditBreak) -> &'static str {
+    match broken {
+        agentid_ca::audit::AuditBreak::Anchor { .. } => ANCHOR_NEXT_STEP,
+        _ => NEXT_STEP,
+    }
+}
+
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
     let anchors = match &a.against {
@@ -137,9 +151,13 @@ fn verify(a: &VerifyArgs) -> CliResult {
                 }
                 if let Some(path) = &a.against {
                     text.push_str(&format!(
-                        "all {} records known from {} are in the store unchanged\n",
-                        report.anchors,
-                        path.display()
+                        "{} known from {} {} in the store unchanged\n",
+                        match report.anchors {
+                            1 => "the one record".to_owned(),
+                            n => format!("all {n} records"),
+                        },
+                        path.display(),
+                        if report.anchors == 1 { "is" } else { "are" }
                     ));
                 }
                 text.push_str(&format!(
@@ -154,10 +172,14 @@ fn verify(a: &VerifyArgs) -> CliResult {
                 print_json(&json!({
                     "valid": false,
                     "error": broken.to_string(),
-                    "next": NEXT_STEP,
+                    "next": next_step(&broken),
                 }))?;
             }
-            Err(CliError::invalid(format!("audit trail broken: {broken}; {NEXT_STEP}")).reported())
+            Err(CliError::invalid(format!(
+                "audit trail broken: {broken}; {}",
+                next_step(&broken)
+            ))
+            .reported())
         }
     }
 }

@@ -218,6 +218,11 @@ fn a_wiped_store_fails_against_an_earlier_export() {
         format!("{out}{err}").contains("the store holds no record of this chain"),
         "{out}{err}"
     );
+    // The next step is the one for a record known from outside.
+    assert!(
+        format!("{out}{err}").contains("was kept from this CA"),
+        "{out}{err}"
+    );
 }
 
 /// The records after the last required checkpoint (record 1 here) removed with the timed
@@ -227,7 +232,11 @@ fn a_removed_tail_fails_against_an_earlier_report() {
     let env = used_ca();
     let report = env.ok("audit verify --ca ca --format json");
     std::fs::write(env.path("report.json"), &report).unwrap();
-    env.ok("audit verify --ca ca --against report.json");
+    let out = env.ok("audit verify --ca ca --against report.json");
+    assert!(
+        out.contains("the one record known from report.json is in the store unchanged"),
+        "{out}"
+    );
 
     let c = db(&env);
     c.execute_batch(
