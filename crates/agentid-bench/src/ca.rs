@@ -34,7 +34,6 @@ struct MemStore {
     issuances: Vec<IssuanceRecord>,
     tasks: HashMap<String, TaskRecord>,
     revocations: HashMap<(RevocationKind, String), RevocationRecord>,
-    seq: u64,
 }
 
 impl Store for MemStore {
@@ -101,10 +100,6 @@ impl Store for MemStore {
     }
     fn revocations(&self) -> CaResult<Vec<RevocationRecord>> {
         Ok(self.revocations.values().cloned().collect())
-    }
-    fn next_revocation_snapshot(&mut self) -> CaResult<(u64, Vec<RevocationRecord>)> {
-        self.seq += 1;
-        Ok((self.seq, self.revocations.values().cloned().collect()))
     }
     fn add_bootstrap(
         &mut self,

@@ -474,10 +474,6 @@ pub trait Store: Send {
             .map(|r| (r.kind, r.value))
             .collect())
     }
-    /// Increments the revocation list sequence number and reads every revocation, atomically:
-    /// no revocation commits between the two (a list with a higher `seq` never lacks an entry
-    /// that a list with a lower one had, also with several CA processes on one store).
-    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)>;
     /// Stores a bootstrap token's hash with what it binds (JSON of [`crate::TokenBinding`],
     /// schema version 1; `None` binds nothing more) and its audit record, in one transaction: a
     /// token is never stored without its binding.
@@ -1245,22 +1241,6 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
-    }
-
-    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
-        // One IMMEDIATE transaction: the write lock is taken before the sequence is bumped and
-        // held while the entries are read, so no revocation can commit between the two. A list
-        // with a higher `seq` therefore never lacks an entry that a lower one had, also with
-        // several CA processes on one database.
-        let tx = self.immediate()?;
-        let v: i64 = tx
-            .prepare_cached(
-                "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
-            )?
-            .query_row([], |r| r.get(0))?;
-        let entries = read_revocations(&tx)?;
-        tx.commit()?;
-        Ok((to_u64(v)?, entries))
     }
 
     fn add_bootstrap(

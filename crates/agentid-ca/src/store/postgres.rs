@@ -1649,26 +1649,6 @@ impl Store for PgStore {
             .map(|(k, v)| (*k, (*v).to_owned())))
     }
 
-    fn next_revocation_snapshot(&mut self) -> Result<(u64, Vec<RevocationRecord>)> {
-        self.inner.run(move |c| {
-            Box::pin(async move {
-                in_tx!(c, |tx| async {
-                    // The counter's row lock is held until commit; the entries are read after
-                    // it is taken, so a higher `seq` sees at least what a lower one saw.
-                    let seq: i64 = tx
-                        .query_one(
-                            "UPDATE meta SET value = value + 1 WHERE key = 'revocation_seq' RETURNING value",
-                            &[],
-                        )
-                        .await?
-                        .get(0);
-                    let entries = read_revocations(&tx).await?;
-                    Ok::<_, PgErr>((to_u64(seq)?, entries))
-                })
-            })
-        })
-    }
-
     fn add_bootstrap(
         &mut self,
         b: &BootstrapRecord,
