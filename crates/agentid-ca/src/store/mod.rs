@@ -2305,16 +2305,7 @@ mod tests {
         // Each agent's statement seeks its identities by (agent, task) in task id order and
         // each task by its key: no table scan, no sort of all the agent's tasks.
         let plan_of = |sql: &str| -> String {
-            let mut st = store
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
-            let nulls = vec![rusqlite::types::Null; st.parameter_count()];
-            let plan: Vec<String> = st
-                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let plan = query_plan(&store.conn, sql);
             // No table is scanned (the listed agents' JSON array and subqueries may be), no
             // result sorted.
             for line in &plan {
@@ -2355,6 +2346,16 @@ mod tests {
         );
     }
 
+    /// SQLite's plan for `sql` (its parameters bound to NULL), a line per step.
+    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; st.parameter_count()];
+        st.query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// The unredeemed tokens naming a task id are found through their index, not by reading
     /// every token ever made (under the store's lock: revoking a task not opened yet, opening a
     /// task under a chosen id).
@@ -2367,16 +2368,7 @@ mod tests {
             TOKEN_AGENT_BY_TASK,
             TASK_ID_TAKEN_FOR_TOKEN,
         ] {
-            let mut st = store
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
-            let nulls = vec![rusqlite::types::Null; st.parameter_count()];
-            let plan: Vec<String> = st
-                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let plan = query_plan(&store.conn, sql);
             assert!(
                 plan.iter()
                     .any(|l| l.contains("USING INDEX bootstrap_tokens_task (task=?)")),
