@@ -61,7 +61,14 @@ impl Store for MemStore {
             _ => {}
         }
         self.keys.insert(id.jkt.clone(), id.identity.clone());
-        self.identities.insert(id.identity.clone(), id.clone());
+        let mut id = id.clone();
+        if let Some(old) = self.identities.get(&id.identity) {
+            // The same key keeps the time of its first certificate, as the stores do.
+            if old.jkt == id.jkt {
+                id.key_bound_at = old.key_bound_at.or(id.key_bound_at);
+            }
+        }
+        self.identities.insert(id.identity.clone(), id);
         if let Some(t) = c.task {
             self.tasks.insert(t.task.clone(), t.clone());
         }

@@ -76,6 +76,7 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 #
 # [services.search]
 # max_ttl = "1h"
+# max_key_age = "30d" # one key holds the name this long, then the service enrolls with a new key
 # requesters = ["operator"]
 "#;
 

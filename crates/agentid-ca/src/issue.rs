@@ -286,6 +286,8 @@ impl Issuance<'_> {
                 agent: self.agent.clone(),
                 task: self.task.clone(),
                 cap: self.cap.unwrap_or(leaf.not_after),
+                // The store keeps the earlier time while the key stays the same.
+                key_bound_at: Some(now),
             },
         )
     }
@@ -1150,6 +1152,8 @@ impl CertificateAuthority {
         let uri = svc.as_str().to_string();
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
+        let bound = self.store()?.identity(&uri)?;
+        let validity = self.within_key_age(name, rule, &jkt, bound.as_ref(), validity, now)?;
         let leaf = self.sign_and_commit(
             &rule.dns,
             &key,
@@ -1221,7 +1225,11 @@ impl CertificateAuthority {
         }
         let mut limits = self.renewal_limits(&req.identity, bound.cap, &bound.jkt)?;
         limits.refuse.push((RevocationKind::Jkt, jkt.clone()));
-        let validity = self.validity(now, req.ttl, limits.max_ttl, limits.cap, &limits.rule)?;
+        let mut validity = self.validity(now, req.ttl, limits.max_ttl, limits.cap, &limits.rule)?;
+        if let PeerId::Service(s) = &req.identity {
+            let rule = self.policy.service(s.name())?;
+            validity = self.within_key_age(s.name(), rule, &jkt, Some(&bound), validity, now)?;
+        }
         let leaf = self.sign_and_commit(
             &limits.dns,
             &key,
@@ -1246,6 +1254,46 @@ impl CertificateAuthority {
             now,
         )?;
         Ok(self.issued(req.identity.clone(), leaf, jkt))
+    }
+
+    /// A service certificate's validity within its key's `max_key_age` (design: services
+    /// renew with the same key, so without a bound one key would hold the name for ever): the
+    /// age counts from the key's first certificate for the name (`bound`'s `key_bound_at` when
+    /// `jkt` is the bound key, else now: a new key starts again). Past it the key gets no
+    /// certificate; before it the certificate ends by then at the latest.
+    fn within_key_age(
+        &self,
+        name: &str,
+        rule: &crate::policy::ServiceRule,
+        jkt: &str,
+        bound: Option<&crate::store::IdentityRecord>,
+        (not_before, not_after): (u64, u64),
+        now: u64,
+    ) -> Result<(u64, u64)> {
+        let bound_at = bound
+            .filter(|b| b.jkt == jkt)
+            .and_then(|b| b.key_bound_at)
+            .unwrap_or(now);
+        let key_end = bound_at.saturating_add(rule.max_key_age);
+        if key_end <= now {
+            let human = |s: u64| humantime::format_duration(Duration::from_secs(s)).to_string();
+            return Err(CaError::policy(
+                format!("services.{name}.max_key_age"),
+                format!(
+                    "this key has held svc/{name} for {}, past its max_key_age of {}: it gets no more certificates. Enroll the service again with a new key (agentid token create --service {name}, then agentid enroll with that token file)",
+                    human(now.saturating_sub(bound_at)),
+                    human(rule.max_key_age),
+                ),
+            ));
+        }
+        if not_after > key_end {
+            tracing::warn!(
+                service = name,
+                key_end,
+                "agentid ca: the certificate of svc/{name} is shortened to its key's max_key_age; enroll the service again with a new key before then"
+            );
+        }
+        Ok((not_before, not_after.min(key_end)))
     }
 
     /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap` and key

@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -106,10 +106,27 @@ CREATE INDEX identities_agent_task ON identities(agent, task);
 CREATE INDEX bootstrap_tokens_task ON bootstrap_tokens(task) WHERE used_at IS NULL;
 ",
     },
+    Migration {
+        version: 6,
+        description: "when each identity's key got its first certificate (a service's max_key_age)",
+        sql: "
+-- When the bound key got its first certificate for the identity; kept while the same key is
+-- issued again. Services' bindings get it from their issuances (a service's issuances have no
+-- agent); a task's stays NULL (its task bounds its key).
+ALTER TABLE identities ADD COLUMN key_bound_at INTEGER;
+UPDATE identities SET key_bound_at = (
+    SELECT MIN(i.issued_at) FROM issuances i
+    WHERE i.agent IS NULL AND i.identity = identities.identity AND i.jkt = identities.jkt)
+  WHERE agent IS NULL;
+-- A service binding without a recorded issuance counts from the upgrade.
+UPDATE identities SET key_bound_at = CAST(strftime('%s', 'now') AS INTEGER)
+  WHERE agent IS NULL AND key_bound_at IS NULL;
+",
+    },
 ];
 
 /// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
-pub const PG_SCHEMA_VERSION: u32 = 3;
+pub const PG_SCHEMA_VERSION: u32 = 4;
 
 /// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
 /// applied in one transaction under an advisory lock, and the version is kept in the one-row
@@ -185,6 +202,22 @@ ALTER TABLE tasks ADD COLUMN max_depth BIGINT;
 CREATE INDEX identities_agent_task ON identities(agent, task);
 -- The unredeemed bootstrap tokens naming a task id, without reading every token.
 CREATE INDEX bootstrap_tokens_task ON bootstrap_tokens(task) WHERE used_at IS NULL;
+",
+    },
+    Migration {
+        version: 4,
+        description: "when each identity's key got its first certificate (a service's max_key_age)",
+        sql: "
+-- When the bound key got its first certificate for the identity (SQLite's version 6); a
+-- service's from its issuances, else from the upgrade; a task's stays NULL.
+ALTER TABLE identities ADD COLUMN key_bound_at BIGINT;
+UPDATE identities SET key_bound_at = first.at
+  FROM (SELECT identity, jkt, MIN(issued_at) AS at FROM issuances
+        WHERE agent IS NULL GROUP BY identity, jkt) AS first
+  WHERE identities.agent IS NULL AND first.identity = identities.identity
+    AND first.jkt = identities.jkt;
+UPDATE identities SET key_bound_at = EXTRACT(EPOCH FROM now())::BIGINT
+  WHERE agent IS NULL AND key_bound_at IS NULL;
 ",
     },
 ];

@@ -148,7 +148,15 @@ pub struct ServiceRule {
     /// DNS names its certificates carry besides the URI SAN, exactly as listed (no wildcards;
     /// a name belongs to one service).
     pub dns: Vec<String>,
+    /// How long one key may hold the service's name, seconds (`max_key_age`, default
+    /// [`DEFAULT_MAX_KEY_AGE`]): counted from the first certificate for that key, no
+    /// certificate for the key ends after it, and past it the key gets none (renewal keeps the
+    /// key, so a service must enroll again with a new one).
+    pub max_key_age: u64,
 }
+
+/// A service key's longest life when its rule sets no `max_key_age`: 30 days.
+pub const DEFAULT_MAX_KEY_AGE: u64 = 30 * 86_400;
 
 /// The parsed, validated policy.
 #[derive(Clone, Debug)]
@@ -194,6 +202,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawService {
     max_ttl: Option<String>,
+    max_key_age: Option<String>,
     #[serde(default)]
     requesters: Vec<String>,
     #[serde(default)]
@@ -417,6 +426,11 @@ impl Policy {
                     )?,
                     requesters,
                     dns: s.dns,
+                    max_key_age: duration(
+                        s.max_key_age.as_deref(),
+                        DEFAULT_MAX_KEY_AGE,
+                        &format!("{base}.max_key_age"),
+                    )?,
                 },
             );
         }

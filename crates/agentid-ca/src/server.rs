@@ -525,7 +525,6 @@ pub struct CaService {
 
 /// The service's own certificate, re-issued (same key) at half its lifetime.
 struct OwnCertificate {
-    key_pkcs8: Vec<u8>,
     ttl: Option<Duration>,
     not_after: u64,
     issued_at: u64,
@@ -577,8 +576,6 @@ impl CaService {
             CertificateDer::from(issued.leaf.der.clone()),
             CertificateDer::from(issued.intermediate_der.clone()),
         ];
-        // The service key never leaves this process: kept to re-issue its certificate for the same key.
-        let key_pkcs8 = key.danger_pkcs8_der().to_vec();
         let credential = Credential::new(chain, key)?;
         let credentials = Arc::new(MemoryCredentials::new(credential));
         let mut bundles = BundleSet::new();
@@ -603,7 +600,6 @@ impl CaService {
         .options(options.http.clone())
         .build()?;
         let own = OwnCertificate {
-            key_pkcs8,
             ttl: options.service_ttl,
             not_after: issued.leaf.not_after,
             issued_at: crate::util::unix(now)?,
@@ -934,11 +930,13 @@ impl CaService {
 
     async fn renew_own(&self) -> Result<(u64, u64), ServeError> {
         let own = &self.own;
-        let key = TaskKey::from_pkcs8_der(&own.key_pkcs8).map_err(CaError::from)?;
-        // Issued as at start (the operator's issuance, which binds the name to this key again),
-        // not renewed: another CA process on the same store bound the name to its own key when
-        // it started, and a renewal (same key as the binding's) would then be refused, leaving
-        // this process to serve an expired certificate.
+        // A new key each time, issued as at start (the operator's issuance binds the name to
+        // it), not renewed: another CA process on the same store bound the name to its own key
+        // when it started, and a renewal (same key as the binding's) would then be refused,
+        // leaving this process to serve an expired certificate. A new key also keeps the
+        // service's key within `max_key_age` however long the process runs.
+        let key = TaskKey::generate(agentid_protocol::Algorithm::Es256)
+            .map_err(|e| CaError::Signer(e.to_string()))?;
         let req = ServiceRequest {
             service: SERVICE_NAME.into(),
             key: KeySource::Spki(key.public_key().to_spki_der()),
@@ -1058,6 +1056,10 @@ impl From<CaError> for Refused {
         // A policy refusal names the rule that refused; the caller can ask for less, and only
         // the CA's operator can change the rule.
         let hint = match e.policy_rule() {
+            // Asking for less cannot help a key past its life: only a new key can.
+            Some(rule) if rule.ends_with(".max_key_age") => {
+                "enroll the service again with a new key: a new bootstrap token from the CA's operator (agentid token create --service NAME), then agentid enroll --token-file FILE".to_owned()
+            }
             Some(rule) => format!(
                 "check the request against {rule} in the CA's policy.toml, or ask the CA's operator to change that rule"
             ),

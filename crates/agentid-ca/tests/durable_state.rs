@@ -164,7 +164,7 @@ fn audit_verify_does_not_migrate_the_store() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(&format!(
-            "DROP INDEX identities_agent_task; PRAGMA user_version = {old};"
+            "ALTER TABLE identities DROP COLUMN key_bound_at; PRAGMA user_version = {old};"
         ))
         .unwrap();
     }

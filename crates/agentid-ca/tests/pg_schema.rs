@@ -412,8 +412,8 @@ fn pages_are_the_spec_answer(
     }
 }
 
-/// A database of the previous schema version (2, before the inventory's index) with tasks in
-/// it: opening migrates it to version 3, keeps its rows, and the inventory lists them.
+/// A database of schema version 2 (before the inventory's index) with tasks in it: opening
+/// migrates it to the current version, keeps its rows, and the inventory lists them.
 #[test]
 fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
     let Some(pg) = PgCluster::start() else {
@@ -437,8 +437,7 @@ fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
     let inv = Inventory::generate("a", 8, 10, now, 0);
     load(&pg, "agentid", &inv);
     let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
-    assert_eq!(PG_SCHEMA_VERSION, 3);
+    assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);
     let listed = vec![Inventory::agent("a", 1), Inventory::agent("a", 4)];
     let page: Vec<String> = store
         .live_tasks_page(&listed, None, 1000, now)
@@ -463,5 +462,57 @@ fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
              RAISE EXCEPTION 'identities_agent_task is missing';
            END IF;
          END $$;",
+    );
+}
+
+/// A database of schema version 3 (before each binding's key time): the upgrade dates each
+/// service's key from its first certificate for the name, as SQLite's version 6 does.
+#[test]
+fn a_version_3_database_dates_each_service_key_from_its_first_certificate() {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("PostgreSQL not installed: skipped");
+        return;
+    };
+    let dir = make_pg_ca_dir(KeyType::P256, &pg, "agentid");
+    let mut policy = POLICY.to_owned();
+    policy.push_str(
+        "\n[services.keyed]\nmax_ttl = \"1h\"\nmax_key_age = \"2h\"\nrequesters = [\"operator\"]\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let t0 = now();
+    let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+    let issue = |ca: &CertificateAuthority, key: &agentid_ca::KeySource, when| {
+        ca.issue_service(
+            &agentid_ca::ServiceRequest {
+                service: "keyed".into(),
+                key: key.clone(),
+                ttl: None,
+            },
+            when,
+        )
+    };
+    let (_k, key) = spki_key(Algorithm::Es256);
+    let (_k2, key2) = spki_key(Algorithm::Es256);
+    let uri = {
+        let ca = CertificateAuthority::open(dir.path()).unwrap();
+        issue(&ca, &key, at(0)).unwrap();
+        issue(&ca, &key2, at(3600)).unwrap();
+        issue(&ca, &key2, at(7200)).unwrap().identity
+    };
+    sql(
+        &pg,
+        "agentid",
+        "ALTER TABLE identities DROP COLUMN key_bound_at; UPDATE agentid_schema SET version = 3;",
+    );
+    let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();
+    assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    let bound = store.identity(uri.as_str()).unwrap().unwrap();
+    assert_eq!(bound.key_bound_at, Some(unix(t0) + 3600));
+    drop(store);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let err = issue(&ca, &key2, at(3 * 3600)).unwrap_err();
+    assert!(
+        err.to_string().contains("services.keyed.max_key_age"),
+        "{err}"
     );
 }

@@ -97,6 +97,11 @@ pub struct IdentityRecord {
     pub task: Option<String>,
     /// No certificate for this identity may end after this (the task's chain expiry), Unix s.
     pub cap: u64,
+    /// When the bound key got its first certificate for this identity, Unix s (what a
+    /// service's `max_key_age` counts from). Kept while the same key is issued again; a new key
+    /// starts it again. `None` for a task identity bound before schema version 6 (SQLite;
+    /// PostgreSQL 4); a service's is filled in by that migration.
+    pub key_bound_at: Option<u64>,
 }
 
 /// A task opened with a grant.
@@ -971,13 +976,25 @@ fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_
                 }
             })?;
     }
-    // A new binding, or the same/rebound key with its cap raised (never lowered).
+    // A new binding, or the same/rebound key with its cap raised (never lowered). The key's
+    // first certificate time stays while the key does (the right-hand sides read the row as it
+    // was), and starts again with a new key.
     conn.prepare_cached(
-        "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO identities (identity, jkt, spki, agent, task, cap, key_bound_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (identity) DO UPDATE SET jkt = excluded.jkt, spki = excluded.spki,
-           cap = MAX(cap, excluded.cap)",
+           cap = MAX(cap, excluded.cap),
+           key_bound_at = CASE WHEN jkt = excluded.jkt THEN COALESCE(key_bound_at, excluded.key_bound_at)
+                          ELSE excluded.key_bound_at END",
     )?
-    .execute(params![id.identity, id.jkt, id.spki, id.agent, id.task, to_i64(id.cap)?])?;
+    .execute(params![
+        id.identity,
+        id.jkt,
+        id.spki,
+        id.agent,
+        id.task,
+        to_i64(id.cap)?,
+        id.key_bound_at.map(to_i64).transpose()?
+    ])?;
     // 3. The task and its bootstrap token. A task id another agent's unredeemed token names is
     // that agent's (CA-API.md 3.10), as one its task holds is (the primary key below).
     if let Some(t) = c.task {
@@ -1101,7 +1118,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT identity, jkt, spki, agent, task, cap FROM identities WHERE identity = ?1",
+                "SELECT identity, jkt, spki, agent, task, cap, key_bound_at FROM identities WHERE identity = ?1",
             )?
             .query_row(params![identity], |r| {
                 Ok(IdentityRecord {
@@ -1111,6 +1128,7 @@ impl Store for SqliteStore {
                     agent: r.get(3)?,
                     task: r.get(4)?,
                     cap: to_u64(r.get(5)?)?,
+                    key_bound_at: r.get::<_, Option<i64>>(6)?.map(to_u64).transpose()?,
                 })
             })
             .optional()?)
@@ -2032,6 +2050,7 @@ mod tests {
                 agent: Some("worker".into()),
                 task: Some(task.clone()),
                 cap: 100,
+                key_bound_at: Some(1),
             },
             binding,
             task: Some(TaskRecord {

@@ -1140,14 +1140,15 @@ async fn apply_issuance(
     }
     // 3. The identity's binding, checked and written by one statement each.
     let cap = to_i64(id.cap)?;
+    let key_bound_at = id.key_bound_at.map(to_i64).transpose()?;
     let bound = |rows: Vec<tokio_postgres::Row>| rows.first().map(|r| r.get::<_, String>(0));
     match c.binding {
         super::Binding::Fresh => {
             let n = tx
                 .execute(
-                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap, key_bound_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (identity) DO NOTHING",
-                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap, &key_bound_at],
                 )
                 .await?;
             if n != 1 {
@@ -1157,16 +1158,19 @@ async fn apply_issuance(
         super::Binding::FreshOrSameKey | super::Binding::SameKey => {
             let n = if c.binding == super::Binding::SameKey {
                 tx.execute(
-                    "UPDATE identities SET cap = GREATEST(cap, $3) WHERE identity = $1 AND jkt = $2",
-                    &[&id.identity, &id.jkt, &cap],
+                    "UPDATE identities SET cap = GREATEST(cap, $3),
+                       key_bound_at = COALESCE(key_bound_at, $4)
+                     WHERE identity = $1 AND jkt = $2",
+                    &[&id.identity, &id.jkt, &cap, &key_bound_at],
                 )
                 .await?
             } else {
                 tx.execute(
-                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (identity) DO UPDATE SET cap = GREATEST(identities.cap, excluded.cap)
+                    "INSERT INTO identities (identity, jkt, spki, agent, task, cap, key_bound_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (identity) DO UPDATE SET cap = GREATEST(identities.cap, excluded.cap),
+                       key_bound_at = COALESCE(identities.key_bound_at, excluded.key_bound_at)
                      WHERE identities.jkt = excluded.jkt",
-                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+                    &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap, &key_bound_at],
                 )
                 .await?
             };
@@ -1189,10 +1193,13 @@ async fn apply_issuance(
         }
         super::Binding::Rebind => {
             tx.execute(
-                "INSERT INTO identities (identity, jkt, spki, agent, task, cap) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO identities (identity, jkt, spki, agent, task, cap, key_bound_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (identity) DO UPDATE SET jkt = excluded.jkt, spki = excluded.spki,
-                   cap = GREATEST(identities.cap, excluded.cap)",
-                &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap],
+                   cap = GREATEST(identities.cap, excluded.cap),
+                   key_bound_at = CASE WHEN identities.jkt = excluded.jkt
+                     THEN COALESCE(identities.key_bound_at, excluded.key_bound_at)
+                     ELSE excluded.key_bound_at END",
+                &[&id.identity, &id.jkt, &id.spki, &id.agent, &id.task, &cap, &key_bound_at],
             )
             .await?;
         }
@@ -1440,7 +1447,7 @@ impl Store for PgStore {
         self.inner.run(move |c| {
             Box::pin(async move {
                 c.query_opt(
-                    "SELECT identity, jkt, spki, agent, task, cap FROM identities WHERE identity = $1",
+                    "SELECT identity, jkt, spki, agent, task, cap, key_bound_at FROM identities WHERE identity = $1",
                     &[&identity],
                 )
                 .await?
@@ -1452,6 +1459,7 @@ impl Store for PgStore {
                         agent: r.get(3),
                         task: r.get(4),
                         cap: to_u64(r.get(5))?,
+                        key_bound_at: r.get::<_, Option<i64>>(6).map(to_u64).transpose()?,
                     })
                 })
                 .transpose()
