@@ -6,9 +6,12 @@
 //! every use, and a grant hit still requires its key in the current bundle of an accepted
 //! authority. Looking a token up costs a keyed hash of its bytes (no SHA-256), and a hit also
 //! gives back the token's SHA-256 (what the next link's `prev` is checked against). An entry
-//! keeps the token's bytes, about a kilobyte. The cache also remembers the SHA-256 of the last
-//! 64 chains that verified (a hop proof's `cth` binds the whole chain): up to 64 chains of at
-//! most 64 KiB each.
+//! keeps the token's bytes, usually under a kilobyte, and what they decode to. The capacity is
+//! counted in slots of one kilobyte: a token takes one slot per started kilobyte of its bytes
+//! (up to 8 for the largest, 8 KiB), so a holder of any grant who signs links of the largest
+//! size fills the cache with no more bytes than tokens of the usual size would. The cache also
+//! remembers the SHA-256 of the last 64 chains that verified (a hop proof's `cth` binds the
+//! whole chain): up to 64 chains of at most 64 KiB each.
 //!
 //! Eviction gives each entry a second chance (CLOCK): a token found since it was last passed
 //! over is kept once more, one never found again goes first. Any holder of a valid chain can
@@ -45,6 +48,14 @@ pub(crate) struct Entry {
 /// At most this many chain hashes are remembered ([`TokenCache::chain_hash`]).
 const CHAIN_HASHES: usize = 64;
 
+/// The bytes of token one slot of the capacity stands for.
+const SLOT_BYTES: usize = 1024;
+
+/// The slots a token of `len` bytes takes: one per started kilobyte.
+fn slots(len: usize) -> usize {
+    len.div_ceil(SLOT_BYTES).max(1)
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Chains that verified by their SHA-256 (rule P9 compares a hop proof's `cth` with the
@@ -55,6 +66,8 @@ struct Inner {
     map: HashMap<Arc<str>, Slot>,
     /// The keys of `map`, in the order eviction passes over them.
     order: VecDeque<Arc<str>>,
+    /// The slots the entries of `map` take ([`slots`] of each key's length).
+    used: usize,
 }
 
 /// An entry and whether it was found since eviction last passed over it.
@@ -65,6 +78,8 @@ struct Slot {
 }
 
 /// A bounded, thread-safe cache of verified tokens, shared by clones of a [`crate::Verifier`].
+/// Its capacity is counted in slots of one kilobyte of token bytes (see the module
+/// documentation).
 #[derive(Debug)]
 pub struct TokenCache {
     capacity: usize,
@@ -72,8 +87,9 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache holding at most `capacity` tokens (the oldest not found since eviction last
-    /// passed over it evicted first).
+    /// A cache holding at most `capacity` tokens of up to a kilobyte each (a larger token takes
+    /// one slot per started kilobyte; one larger than the whole cache is not kept), the oldest
+    /// not found since eviction last passed over it evicted first.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -96,6 +112,7 @@ impl TokenCache {
         if let Ok(mut i) = self.inner.lock() {
             i.map.clear();
             i.order.clear();
+            i.used = 0;
             i.chains.clear();
             i.chain_order.clear();
         }
@@ -154,7 +171,8 @@ impl TokenCache {
         header: Header,
         value: CachedToken,
     ) {
-        if self.capacity == 0 {
+        let weight = slots(token.len());
+        if weight > self.capacity {
             return;
         }
         let Ok(mut i) = self.inner.lock() else { return };
@@ -170,7 +188,7 @@ impl TokenCache {
         }
         // Second chance: a key found since it was last passed over goes to the back, unmarked;
         // each key is marked at most once per pass, so this ends within two passes.
-        while i.map.len() >= self.capacity {
+        while i.used.saturating_add(weight) > self.capacity {
             let Some(old) = i.order.pop_front() else {
                 break;
             };
@@ -180,11 +198,14 @@ impl TokenCache {
                     i.order.push_back(old);
                 }
                 _ => {
-                    i.map.remove(&old);
+                    if i.map.remove(&old).is_some() {
+                        i.used = i.used.saturating_sub(slots(old.len()));
+                    }
                 }
             }
         }
         let key: Arc<str> = Arc::from(token);
+        i.used = i.used.saturating_add(weight);
         i.order.push_back(Arc::clone(&key));
         i.map.insert(
             key,
@@ -282,6 +303,49 @@ mod tests {
         assert_eq!(cache.len(), 8);
         assert!(cache.get("next").is_some());
         assert!(cache.get("later 8").is_none());
+    }
+
+    /// The token bytes the cache holds now.
+    fn bytes_held(cache: &TokenCache) -> usize {
+        cache
+            .inner
+            .lock()
+            .unwrap()
+            .map
+            .keys()
+            .map(|k| k.len())
+            .sum()
+    }
+
+    #[test]
+    fn large_tokens_are_bounded_by_their_bytes_not_only_their_number() {
+        let e = a_verified_entry();
+        let cache = TokenCache::new(16);
+        // Tokens of the usual size (under a kilobyte): `capacity` of them.
+        for k in 0..32 {
+            put(&cache, &format!("{k:04}{}", "s".repeat(796)), &e);
+        }
+        assert_eq!(cache.len(), 16);
+        // Any holder of a grant can sign links of up to 8 KiB (each passes phases 2 and 3, so
+        // each is cached): they take one slot per started kilobyte, and push out the small ones.
+        for k in 0..32 {
+            put(&cache, &format!("{k:04}{}", "L".repeat(8188)), &e);
+            assert!(
+                bytes_held(&cache) <= 16 * 1024,
+                "{} bytes held in 16 slots",
+                bytes_held(&cache)
+            );
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache
+            .get(&format!("{:04}{}", 31, "L".repeat(8188)))
+            .is_some());
+        // A token larger than the whole cache is not kept (and evicts nothing).
+        let tiny = TokenCache::new(4);
+        put(&tiny, "small", &e);
+        put(&tiny, &"L".repeat(8192), &e);
+        assert_eq!(tiny.len(), 1);
+        assert!(tiny.get("small").is_some());
     }
 
     #[test]
