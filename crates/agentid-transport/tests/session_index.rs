@@ -217,3 +217,61 @@ async fn over_http_a_new_list_re_checks_only_the_connections_it_touches() {
         "untouched connections never re-checked"
     );
 }
+
+/// A chain a reauth brings to a session that had none joins the index: a list revoking only a
+/// token of that chain (its grant's `jti`, which neither the peer's certificate nor its
+/// identity names) signals the session and ends it.
+#[tokio::test]
+async fn a_chain_brought_by_reauth_is_indexed() {
+    use agentid_protocol::{GrantBuilder, RevocationTarget, Scope, TaskIdentity};
+    use agentid_transport::internal::FrameType;
+
+    let a = Domain::new("example.org");
+    let RawSession {
+        sv,
+        mut raw,
+        key: ck,
+        server: mut ss,
+    } = raw_session(&a).await;
+    assert!(ss.peer().chain.is_none());
+    let n = now();
+    let grant = GrantBuilder::new(
+        &a.td,
+        &TaskIdentity::parse(CLIENT).unwrap(),
+        ck.public_key(),
+        Scope::parse("files:read").unwrap(),
+    )
+    .validity(n - 5, n - 5, n + 600)
+    .jti("brought-by-reauth")
+    .sign(&a.grant_key)
+    .unwrap();
+    let proof = raw.proof(&ck, Some(grant.as_str()), None);
+    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+    raw.write(
+        FrameType::Reauth,
+        &RawAgent::reauth_body(&[cert], Some(grant.as_str()), proof),
+    )
+    .await;
+    raw.write(FrameType::Data, b"with a chain").await;
+    let got = tokio::time::timeout(T, ss.recv()).await.unwrap();
+    assert_eq!(&got.unwrap().unwrap()[..], b"with a chain");
+    assert!(ss.peer().chain.is_some());
+
+    let signalled = sv.sessions_signalled();
+    let list = a.revocation_list(1, |b| {
+        b.entry(
+            RevocationTarget::Jti {
+                iss: a.td.id(),
+                jti: "brought-by-reauth".into(),
+            },
+            now() + 600,
+        )
+    });
+    sv.apply_revocation_list(&list).unwrap();
+    assert_eq!(sv.sessions_signalled(), signalled + 1);
+    raw.write(FrameType::Data, b"after").await;
+    let r = tokio::time::timeout(Duration::from_secs(5), ss.recv())
+        .await
+        .expect("the session must end, not wait");
+    assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
+}
