@@ -129,7 +129,10 @@ pub use listener::AgentListener;
 pub use peer_policy::PeerPolicy;
 pub use rustls_verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};
 pub use server::{AgentServer, AgentServerBuilder};
-pub use session::{AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS};
+pub use session::{
+    AuthenticatedPeer, PeerChain, Receipts, Session, CLOSE_NORMAL, MAX_REAUTHS,
+    MAX_REAUTH_RECEIPT_BYTES,
+};
 pub use svid::{check_leaf, CertUsage, SvidInfo, TrustStore, MAX_CERT_BYTES, MAX_INTERMEDIATES};
 pub use trust_state::PeerVerification;
 pub use wall::{sleep_until_unix, WALL_CLOCK_RECHECK};

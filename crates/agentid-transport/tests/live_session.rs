@@ -869,3 +869,79 @@ async fn a_close_after_the_peer_was_revoked_does_not_wait_for_a_peer_that_stoppe
     assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
     drop(cs);
 }
+
+/// A hop proof may take 8 KiB, and JSON whitespace pads one at no cost: a peer reauthing with
+/// padded proofs made the session keep up to 8 MiB of receipts (1024 of them). The receipts a
+/// session keeps are bounded in bytes too (a kilobyte a reauth on average): past the bound the
+/// session ends `bad_frame`, as at the count, and keeps no more than the bound.
+#[tokio::test]
+async fn a_peer_padding_its_reauth_proofs_is_stopped_at_the_receipts_byte_bound() {
+    use agentid_transport::MAX_REAUTH_RECEIPT_BYTES;
+    use base64::Engine as _;
+    let a = Domain::new("example.org");
+    let RawSession {
+        mut raw,
+        key: ck,
+        server: mut ss,
+        ..
+    } = raw_session(&a).await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        ck.danger_pkcs8_der(),
+    )
+    .unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let cert = leaf(&a.ca, CLIENT, &ck, &LeafOpts::default());
+    // A valid proof, its payload padded with spaces to just under 8192 bytes and signed again.
+    let padded = |raw: &RawAgent| {
+        let p = raw.proof(&ck, None, None);
+        let mut parts = p.split('.');
+        let header = parts.next().unwrap().to_owned();
+        let mut payload = b64.decode(parts.next().unwrap()).unwrap();
+        // 86 characters of signature, two dots.
+        while header.len() + 2 + (4 * (payload.len() + 1)).div_ceil(3) + 86 <= 8192 {
+            payload.push(b' ');
+        }
+        let input = format!("{header}.{}", b64.encode(&payload));
+        let sig = signer.sign(&rng, input.as_bytes()).unwrap();
+        let proof = format!("{input}.{}", b64.encode(sig.as_ref()));
+        assert!(proof.len() > 8100 && proof.len() <= 8192, "{}", proof.len());
+        proof
+    };
+    let fits = MAX_REAUTH_RECEIPT_BYTES / 8192;
+    let mut accepted = 0;
+    let refusal = loop {
+        assert!(
+            accepted <= fits + 1,
+            "no refusal after {accepted} padded reauths"
+        );
+        let body = RawAgent::reauth_body(std::slice::from_ref(&cert), None, padded(&raw));
+        raw.write(FrameType::Reauth, &body).await;
+        raw.write(FrameType::Data, b"x").await;
+        match tokio::time::timeout(T, ss.recv()).await.unwrap() {
+            Ok(Some(d)) => {
+                assert_eq!(&d[..], b"x");
+                accepted += 1;
+            }
+            Ok(None) => panic!("the session ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    // Every padded proof that fits is taken (a peer within the bound is served), none beyond.
+    assert!(accepted >= fits, "{accepted} < {fits}");
+    assert_eq!(refusal.reason(), "bad_frame", "{refusal:?}");
+    let held: usize = ss
+        .peer()
+        .receipts
+        .reauth_proofs
+        .iter()
+        .map(String::len)
+        .sum();
+    assert!(held <= MAX_REAUTH_RECEIPT_BYTES, "{held}");
+    assert_eq!(ss.peer().receipts.reauth_proofs.len(), accepted);
+    let f = raw.read().await.unwrap();
+    assert_eq!(f.ty, FrameType::Close);
+    let close: wire::Reason = wire::parse(&f.body);
+    assert_eq!(close.code, "bad_frame");
+}

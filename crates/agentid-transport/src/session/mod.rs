@@ -45,6 +45,12 @@ use recheck::{revocation_targets, stale_at, watch_changes, ChangeFuture};
 /// The most `reauth` frames one session accepts (each leaves a receipt).
 pub const MAX_REAUTHS: usize = 1024;
 
+/// The most bytes of reauth proofs one session keeps as receipts (local policy, spec 16.6): a
+/// kilobyte a reauth on average for [`MAX_REAUTHS`] of them. A hop proof may take 8 KiB (JSON
+/// whitespace pads one at no cost), so the count alone let one peer make a session hold 8 MiB
+/// of receipts; a session whose peer goes past this ends (`bad_frame`) as at the count.
+pub const MAX_REAUTH_RECEIPT_BYTES: usize = MAX_REAUTHS * 1024;
+
 /// The close code of an orderly end.
 pub const CLOSE_NORMAL: &str = "normal";
 

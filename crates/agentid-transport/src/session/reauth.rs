@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     instant_for, now_unix, unix_time, watch_changes, PeerChain, Session, MAX_REAUTHS,
-    PROOF_LIFETIME,
+    MAX_REAUTH_RECEIPT_BYTES, PROOF_LIFETIME,
 };
 use crate::credentials::Credential;
 use crate::error::{CertError, Error, FrameError, Result};
@@ -120,6 +120,19 @@ where
         let r: Reauth = parse_body(body)?;
         if self.jtis.len() > MAX_REAUTHS {
             return Err(Error::Frame(FrameError::Unexpected("reauth (too many)")));
+        }
+        // Before any check that costs: the receipts this proof would join.
+        let held: usize = self
+            .peer
+            .receipts
+            .reauth_proofs
+            .iter()
+            .map(String::len)
+            .sum();
+        if held.saturating_add(r.proof.len()) > MAX_REAUTH_RECEIPT_BYTES {
+            return Err(Error::Frame(FrameError::Unexpected(
+                "reauth (its receipts would pass the session's byte bound)",
+            )));
         }
         if r.certs.is_empty() {
             return Err(CertError::Missing.into());
