@@ -260,6 +260,9 @@ struct Issuance<'a> {
     bootstrap: Option<BootstrapRecord>,
     /// Refused while any of these is revoked.
     refuse: Vec<(RevocationKind, String)>,
+    /// When the key got its first certificate, if before now (a service key's age, see
+    /// [`CertificateAuthority::key_bound_at`]); `None`: now.
+    key_bound_at: Option<u64>,
 }
 
 impl Issuance<'_> {
@@ -287,7 +290,7 @@ impl Issuance<'_> {
                 task: self.task.clone(),
                 cap: self.cap.unwrap_or(leaf.not_after),
                 // The store keeps the earlier time while the key stays the same.
-                key_bound_at: Some(now),
+                key_bound_at: Some(self.key_bound_at.unwrap_or(now)),
             },
         )
     }
@@ -590,6 +593,7 @@ impl CertificateAuthority {
                 chosen_task_id: req.task.is_some() && bootstrap.is_none(),
                 bootstrap,
                 refuse,
+                key_bound_at: None,
             },
             now,
         )?;
@@ -1046,6 +1050,7 @@ impl CertificateAuthority {
                 task_record: None,
                 chosen_task_id: false,
                 bootstrap: None,
+                key_bound_at: None,
                 refuse: [
                     (RevocationKind::Agent, name.to_string()),
                     (RevocationKind::Agent, parent_agent.name().to_string()),
@@ -1153,7 +1158,8 @@ impl CertificateAuthority {
         let key = req.key.resolve(&uri)?;
         let jkt = key.thumbprint();
         let bound = self.store()?.identity(&uri)?;
-        let validity = self.within_key_age(name, rule, &jkt, bound.as_ref(), validity, now)?;
+        let (validity, key_bound_at) =
+            self.within_key_age(name, rule, &jkt, bound.as_ref(), validity, now)?;
         let leaf = self.sign_and_commit(
             &rule.dns,
             &key,
@@ -1173,6 +1179,7 @@ impl CertificateAuthority {
                 chosen_task_id: false,
                 bootstrap: bootstrap.cloned(),
                 refuse: vec![(RevocationKind::Jkt, jkt.clone())],
+                key_bound_at: Some(key_bound_at),
             },
             now,
         )?;
@@ -1226,9 +1233,11 @@ impl CertificateAuthority {
         let mut limits = self.renewal_limits(&req.identity, bound.cap, &bound.jkt)?;
         limits.refuse.push((RevocationKind::Jkt, jkt.clone()));
         let mut validity = self.validity(now, req.ttl, limits.max_ttl, limits.cap, &limits.rule)?;
+        let mut key_bound_at = None;
         if let PeerId::Service(s) = &req.identity {
             let rule = self.policy.service(s.name())?;
-            validity = self.within_key_age(s.name(), rule, &jkt, Some(&bound), validity, now)?;
+            let (v, at) = self.within_key_age(s.name(), rule, &jkt, Some(&bound), validity, now)?;
+            (validity, key_bound_at) = (v, Some(at));
         }
         let leaf = self.sign_and_commit(
             &limits.dns,
@@ -1250,17 +1259,37 @@ impl CertificateAuthority {
                 chosen_task_id: false,
                 bootstrap: None,
                 refuse: limits.refuse,
+                key_bound_at,
             },
             now,
         )?;
         Ok(self.issued(req.identity.clone(), leaf, jkt))
     }
 
+    /// When the key `jkt` got its first certificate: `bound`'s `key_bound_at` when `jkt` is the
+    /// key bound to the name now; else the key's first issuance (a key is bound to one identity
+    /// for ever, so that is for this name: an old key bound again does not start again); else
+    /// now (a new key).
+    fn key_bound_at(
+        &self,
+        jkt: &str,
+        bound: Option<&crate::store::IdentityRecord>,
+        now: u64,
+    ) -> Result<u64> {
+        if let Some(at) = bound.filter(|b| b.jkt == jkt).and_then(|b| b.key_bound_at) {
+            return Ok(at);
+        }
+        Ok(self
+            .store()?
+            .first_issuance_of_key(jkt)?
+            .map_or(now, |first| first.issued_at.min(now)))
+    }
+
     /// A service certificate's validity within its key's `max_key_age` (design: services
-    /// renew with the same key, so without a bound one key would hold the name for ever): the
-    /// age counts from the key's first certificate for the name (`bound`'s `key_bound_at` when
-    /// `jkt` is the bound key, else now: a new key starts again). Past it the key gets no
-    /// certificate; before it the certificate ends by then at the latest.
+    /// renew with the same key, so without a bound one key would hold the name for ever), and
+    /// when the key got its first certificate ([`Self::key_bound_at`], what the age counts
+    /// from). Past it the key gets no certificate; before it the certificate ends by then at
+    /// the latest.
     fn within_key_age(
         &self,
         name: &str,
@@ -1269,11 +1298,8 @@ impl CertificateAuthority {
         bound: Option<&crate::store::IdentityRecord>,
         (not_before, not_after): (u64, u64),
         now: u64,
-    ) -> Result<(u64, u64)> {
-        let bound_at = bound
-            .filter(|b| b.jkt == jkt)
-            .and_then(|b| b.key_bound_at)
-            .unwrap_or(now);
+    ) -> Result<((u64, u64), u64)> {
+        let bound_at = self.key_bound_at(jkt, bound, now)?;
         let key_end = bound_at.saturating_add(rule.max_key_age);
         if key_end <= now {
             let human = |s: u64| humantime::format_duration(Duration::from_secs(s)).to_string();
@@ -1293,7 +1319,7 @@ impl CertificateAuthority {
                 "agentid ca: the certificate of svc/{name} is shortened to its key's max_key_age; enroll the service again with a new key before then"
             );
         }
-        Ok((not_before, not_after.min(key_end)))
+        Ok(((not_before, not_after.min(key_end)), bound_at))
     }
 
     /// What bounds the renewal of `identity` (whose binding's cap is `bound_cap` and key

@@ -142,6 +142,23 @@ fn issuing_again_for_the_same_key_does_not_make_it_younger() {
 }
 
 #[test]
+fn an_old_key_bound_again_does_not_start_again() {
+    let (_t, ca) = ca_with(Some("2h"));
+    let t0 = common::now();
+    let (_k, old) = common::spki_key(Algorithm::Es256);
+    let (_k2, other) = common::spki_key(Algorithm::Es256);
+    issue(&ca, &old, t0).unwrap();
+    issue(&ca, &other, at(t0, HOUR)).unwrap();
+    // The operator binds the name to the first key again: its age still counts from its first
+    // certificate, not from this binding.
+    let back = issue(&ca, &old, at(t0, HOUR + 30 * 60)).unwrap();
+    assert_eq!(back.leaf.not_after, common::unix(t0) + HOUR + 30 * 60 + 300);
+    let near = issue(&ca, &old, at(t0, 2 * HOUR - 60)).unwrap();
+    assert_eq!(near.leaf.not_after, common::unix(t0) + 2 * HOUR);
+    assert_key_too_old(issue(&ca, &old, at(t0, 2 * HOUR + 60)));
+}
+
+#[test]
 fn without_a_rule_a_service_key_lives_30_days() {
     let (_t, ca) = ca_with(None);
     let t0 = common::now();
