@@ -86,7 +86,8 @@ pub fn read_retiring_key(path: &Path, key_use: &str) -> Result<PublicKey> {
         .map_err(|e| CaError::material(path, e.to_string()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| CaError::material(path, "not UTF-8"))?;
     if !text.trim_start().starts_with('{') {
-        let spki = material::read_public_key(path)?;
+        // The bytes read once, not the file read again (it may have changed since).
+        let spki = material::public_key_of(path, &bytes)?;
         return PublicKey::from_spki_der(&spki).map_err(|e| CaError::material(path, e.to_string()));
     }
     let v: serde_json::Value = serde_json::from_str(text)
@@ -164,19 +165,23 @@ fn sign_bundle_into(
     let out = join(dir, files::AGENTID_BUNDLE);
     // The document it replaces, if this key signed it (anything else is not a document
     // watchers hold): the new one must be newer.
-    let previous = agentid_fs::read_bounded(&out, agentid_fs::MAX_FILE_BYTES)
+    // One that others could have put there is refused, not taken as absent (the next
+    // document would start again at seq 1, below what watchers hold).
+    let previous = match material::read_held(&out, agentid_fs::MAX_FILE_BYTES) {
+        Err(e @ CaError::NotHeld(_)) => return Err(e),
+        r => r.ok(),
+    }
+    .and_then(|bytes| String::from_utf8(bytes).ok())
+    .and_then(|jws| {
+        agentid_protocol::verify_signed_bundle(
+            &jws,
+            key.public_key(),
+            bundle.trust_domain(),
+            u64::MAX,
+            0,
+        )
         .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|jws| {
-            agentid_protocol::verify_signed_bundle(
-                &jws,
-                key.public_key(),
-                bundle.trust_domain(),
-                u64::MAX,
-                0,
-            )
-            .ok()
-        });
+    });
     let outgoing = |held: fn(&TrustBundle) -> &[agentid_protocol::BundleKey],
                     keys: &[PublicKey],
                     key_use: &str| {
@@ -222,8 +227,7 @@ impl CertificateAuthority {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = agentid_fs::read_bounded(&path, agentid_fs::MAX_FILE_BYTES)
-            .map_err(|e| CaError::material(&path, e.to_string()))?;
+        let bytes = material::read_held(&path, agentid_fs::MAX_FILE_BYTES)?;
         let jws = std::str::from_utf8(&bytes).map_err(|_| CaError::material(&path, "not UTF-8"))?;
         let signed = agentid_protocol::verify_signed_bundle(
             jws,
@@ -305,11 +309,8 @@ impl CertificateAuthority {
         if !path.exists() {
             return Ok(None);
         }
-        let jws = String::from_utf8(
-            agentid_fs::read_bounded(&path, agentid_fs::MAX_FILE_BYTES)
-                .map_err(|e| CaError::material(&path, e.to_string()))?,
-        )
-        .map_err(|_| CaError::material(&path, "not UTF-8"))?;
+        let jws = String::from_utf8(material::read_held(&path, agentid_fs::MAX_FILE_BYTES)?)
+            .map_err(|_| CaError::material(&path, "not UTF-8"))?;
         let jws = jws.trim().to_owned();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -29,6 +29,13 @@ pub enum CaError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A file of the CA directory (its configuration, policy, certificates, keys or signed
+    /// bundle) that others could have put there: it, or a directory or link on the way to it,
+    /// is not held by the user reading it ([`agentid_fs::FsError::NotHeld`], which names the
+    /// entry and the `chmod` or `chown` to run). Whoever controls that entry could choose what
+    /// the CA issues, to whom, and with which key.
+    #[error(transparent)]
+    NotHeld(agentid_fs::FsError),
     /// `ca init` found existing CA material in the target directory.
     #[error("{path}: already exists; refusing to overwrite CA material")]
     AlreadyInitialized {
@@ -244,6 +251,7 @@ impl CaError {
     /// one: a child of a sealed task needs a task opened with a deeper `max_depth`.
     pub fn next_step(&self) -> Option<String> {
         match self {
+            CaError::NotHeld(e) => e.next_step(),
             CaError::ChildTooDeep { depth, .. } => Some(format!(
                 "open the parent's task with --max-depth {depth} or more (within its agent rule's max_depth), then ask for the child again"
             )),

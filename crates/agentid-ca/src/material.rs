@@ -61,17 +61,27 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     agentid_fs::make_private_dir(dir).map_err(fs_error)
 }
 
-/// Reads a PKCS#8 private key file, refusing it when group or others have any access to it.
+/// Reads a PKCS#8 private key file of the CA directory, refusing it when group or others have
+/// any access to it, or when the reader does not hold it and every directory and link on the
+/// way to it (`agentid_fs::read_held_private_key`): whoever could put a key there would have the
+/// CA sign with it.
 ///
-/// The mode is taken from the opened file handle, so the file checked is the file read.
+/// The mode and owner are taken from the opened file handle, so the file checked is the file
+/// read.
 pub fn read_private_key(path: &Path) -> Result<Vec<u8>> {
-    agentid_fs::read_private_key(path).map_err(fs_error)
+    agentid_fs::read_held_private_key(path).map_err(fs_error)
+}
+
+/// Reads a whole file of the CA directory, only if the reader holds it (`agentid_fs::read_held`).
+pub(crate) fn read_held(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    agentid_fs::read_held(path, limit).map_err(fs_error)
 }
 
 fn fs_error(e: FsError) -> CaError {
     match e {
         FsError::Io { path, source } => CaError::io(path, source),
         FsError::AlreadyExists { path } => CaError::AlreadyInitialized { path },
+        e @ FsError::NotHeld { .. } => CaError::NotHeld(e),
         FsError::InsecureMode { path, mode } => CaError::InsecureKeyFile { path, mode },
         FsError::BadKey { path, reason } => {
             CaError::material(path, format!("not a PKCS#8 PEM private key: {reason}"))
@@ -85,15 +95,17 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Reads a CA directory's configuration file (`config.toml`, `policy.toml`) as UTF-8: a regular
 /// file of at most [`MAX_CONFIG_BYTES`] (a FIFO or a huge file there is refused, not waited for
-/// or read into memory).
+/// or read into memory), held by the reader (`agentid_fs::read_held`: whoever could write the
+/// policy would choose what is issued, and to whom).
 pub(crate) fn read_config_text(path: &Path) -> Result<String> {
-    let bytes = agentid_fs::read_regular(path, MAX_CONFIG_BYTES).map_err(fs_error)?;
+    let bytes = read_held(path, MAX_CONFIG_BYTES)?;
     String::from_utf8(bytes).map_err(|_| CaError::material(path, "not UTF-8 text"))
 }
 
-/// Reads every certificate of a PEM file (at least one).
+/// Reads every certificate of a PEM file of the CA directory (at least one), only if the reader
+/// holds it (`agentid_fs::read_held`): the CA's root and intermediate are what it issues under.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let buf = agentid_fs::read_bounded(path, MAX_FILE_BYTES).map_err(fs_error)?;
+    let buf = read_held(path, MAX_FILE_BYTES)?;
     let certs = CertificateDer::pem_slice_iter(&buf)
         .collect::<core::result::Result<Vec<_>, _>>()
         .map_err(|e| CaError::material(path, format!("bad PEM: {e}")))?;
@@ -133,11 +145,17 @@ pub fn public_key_pem(spki_der: &[u8]) -> String {
     pem_encode("PUBLIC KEY", spki_der)
 }
 
-/// Reads one `PUBLIC KEY` (SubjectPublicKeyInfo) PEM file and returns its DER.
+/// Reads one `PUBLIC KEY` (SubjectPublicKeyInfo) PEM file of the CA directory and returns its
+/// DER, only if the reader holds it (`agentid_fs::read_held`): `audit.pub` and
+/// `bundle-signing.pub` are what the CA's audit chain and signed bundle are checked with.
 pub fn read_public_key(path: &Path) -> Result<Vec<u8>> {
+    public_key_of(path, &read_held(path, MAX_FILE_BYTES)?)
+}
+
+/// The DER of the one `PUBLIC KEY` PEM `buf` (read from `path`) holds.
+pub(crate) fn public_key_of(path: &Path, buf: &[u8]) -> Result<Vec<u8>> {
     use rustls_pki_types::SubjectPublicKeyInfoDer;
-    let buf = agentid_fs::read_bounded(path, MAX_FILE_BYTES).map_err(fs_error)?;
-    let spki = SubjectPublicKeyInfoDer::from_pem_slice(&buf)
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(buf)
         .map_err(|e| CaError::material(path, format!("not a PUBLIC KEY PEM: {e}")))?;
     Ok(spki.as_ref().to_vec())
 }

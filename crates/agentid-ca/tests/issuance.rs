@@ -1638,6 +1638,46 @@ fn key_files_readable_by_others_are_refused() {
     CertificateAuthority::open(dir.path()).unwrap();
 }
 
+/// The CA directory is read only if the user opening it holds it, as a credential directory is
+/// (`agentid_fs::read_held`): whoever can write its policy, configuration, certificates, keys or
+/// the directory itself could choose what the CA issues, to whom, and with which key. The
+/// refusal names the entry and the `chmod` to run.
+#[test]
+fn a_ca_directory_others_can_write_is_refused_at_open() {
+    let dir = make_ca_dir(KeyType::P256);
+    CertificateAuthority::open(dir.path()).unwrap();
+    let ca = dir.path();
+    for (p, mode) in [
+        (ca.to_path_buf(), 0o777),
+        (ca.join("config.toml"), 0o666),
+        (ca.join("policy.toml"), 0o646),
+        (ca.join("root.pem"), 0o664),
+        (ca.join("intermediate.pem"), 0o666),
+        // A key group or others can write is not held, before its mode is judged a secret's.
+        (ca.join("intermediate.key"), 0o620),
+        (ca.join("grant.key"), 0o602),
+        (ca.join("revocation.key"), 0o660),
+        (ca.join("audit.key"), 0o660),
+        (ca.join("audit.pub"), 0o666),
+    ] {
+        let before = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = CertificateAuthority::open(ca).err().expect("opened");
+        let CaError::NotHeld(fs) = &e else {
+            panic!("{}: {e}", p.display())
+        };
+        assert_eq!(fs.path(), p, "{e}");
+        let step = e.next_step().unwrap_or_default();
+        assert!(
+            step.starts_with(&format!("run `chmod go-w {}`", p.display())),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("{mode:03o}")), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(before)).unwrap();
+    }
+    CertificateAuthority::open(ca).unwrap();
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_checks_the_issuing_key() {
     let dir = make_ca_dir(KeyType::P256);

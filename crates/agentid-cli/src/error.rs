@@ -141,6 +141,12 @@ impl fmt::Display for CliError {
 impl From<agentid_ca::CaError> for CliError {
     fn from(e: agentid_ca::CaError) -> Self {
         use agentid_ca::CaError as E;
+        // A file of the CA directory that others could have put there: said as every file
+        // the reader does not hold is, its next step as the hint.
+        let e = match e {
+            E::NotHeld(e) => return e.into(),
+            e => e,
+        };
         let code = match &e {
             E::Policy { .. } => "policy_refused",
             E::Unauthorized { .. } => "unauthorized",
