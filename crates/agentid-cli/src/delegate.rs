@@ -21,7 +21,8 @@ pub struct DelegateArgs {
     /// The chain this holder holds (`grant.jwt` or `chain.jwt`).
     #[arg(long)]
     pub chain: PathBuf,
-    /// This holder's task key (PKCS#8 PEM, mode 0600): the key the chain is bound to.
+    /// This holder's task key (PKCS#8 PEM, mode 0600): the key the chain is bound to. Read only
+    /// if it and every directory on the way are yours or root's, none writable by others.
     #[arg(long)]
     pub key: PathBuf,
     /// The delegatee's certificate (PEM); its URI SAN and public key are what the link binds.

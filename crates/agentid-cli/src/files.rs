@@ -15,6 +15,14 @@ pub fn read(path: &Path) -> CliResult<Vec<u8>> {
     agentid_fs::read_bounded(path, MAX_FILE_BYTES).map_err(read_error)
 }
 
+/// Reads a whole trust input named on the command line (a `--bundle` file), refusing anything
+/// above 1 MiB, and refusing it unless the reader holds it as a credential directory's files
+/// are held (`agentid_fs::read_held`): whoever could write it, or a directory or link on the way
+/// to it, could make the command trust their CA.
+pub fn read_held(path: &Path) -> CliResult<Vec<u8>> {
+    agentid_fs::read_held(path, MAX_FILE_BYTES).map_err(read_error)
+}
+
 /// A failed read, as `cannot read FILE: why` when the system refused.
 fn read_error(e: FsError) -> CliError {
     match e {
@@ -38,10 +46,12 @@ pub fn read_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
     Ok(agentid::files::read_certs(path)?)
 }
 
-/// Reads a PKCS#8 PEM private key, refusing a file that group or others can access: a task key
-/// must stay with its holder.
+/// Reads a PKCS#8 PEM private key, refusing a file that group or others can access (a task key
+/// must stay with its holder), or that the reader does not hold (`agentid_fs::read_held`): whoever
+/// could replace it, or a directory or link on the way to it, would have the command sign with a
+/// key of theirs.
 pub fn read_private_key(path: &Path) -> CliResult<Vec<u8>> {
-    agentid_fs::read_private_key(path).map_err(read_error)
+    agentid_fs::read_held_private_key(path).map_err(read_error)
 }
 
 /// Creates a new private key file, mode 0600 from creation on; never overwrites.

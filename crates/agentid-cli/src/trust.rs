@@ -74,9 +74,10 @@ pub enum BundleFile {
     Pem(Vec<CertificateDer<'static>>),
 }
 
-/// Reads a bundle file, telling SPIFFE JSON from PEM by its first bytes.
+/// Reads a bundle file, telling SPIFFE JSON from PEM by its first bytes. The file holds trust
+/// anchors: it is read only if the reader holds it ([`files::read_held`]).
 pub fn read_bundle_file(path: &Path) -> CliResult<BundleFile> {
-    let bytes = files::read(path)?;
+    let bytes = files::read_held(path)?;
     let start = bytes.trim_ascii_start();
     if start.starts_with(b"{") {
         Ok(BundleFile::Spiffe(bytes))

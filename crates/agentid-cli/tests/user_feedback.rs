@@ -910,3 +910,103 @@ fn a_token_file_the_user_cannot_read_says_whom_to_give_it_to() {
     assert!(err.contains("chown"), "{err}");
     assert!(!env.path("a").exists());
 }
+
+/// A trust or key file named on the command line, outside a credential directory, is read only
+/// if the reader holds it, as a credential directory's files are: a `--bundle` (the trust
+/// anchors a verdict or a delegation rests on), `delegate --key`, and the CA directory itself
+/// (its policy, configuration, certificates and keys). Whoever can write such a file, or a
+/// directory above it, could make the command trust their CA, sign with their key, or issue
+/// under their policy. The refusal names the entry and the `chmod` to run.
+#[test]
+fn trust_and_key_files_others_can_write_are_refused_on_read() {
+    let env = Env::new();
+    env.planner("p");
+    env.child("p", "c");
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    for f in ["bundle.json", "bundle.pem", "key.pem"] {
+        std::fs::copy(
+            env.path(&format!("p/{f}")),
+            env.path(&format!("shared/{f}")),
+        )
+        .unwrap();
+    }
+    env.chmod("shared/key.pem", 0o600);
+    env.ok("revocations export --ca ca --out rev.jwt");
+    let delegate = "delegate --chain p/grant.jwt --to-cert c/cert.pem --scope tickets:read";
+    let readers = [
+        (
+            "shared/bundle.pem",
+            "cert verify c/cert.pem --bundle example.org=shared/bundle.pem".to_owned(),
+        ),
+        (
+            "shared/bundle.json",
+            "chain verify p/grant.jwt --bundle example.org=shared/bundle.json --peer-cert p/cert.pem --revocations rev.jwt".to_owned(),
+        ),
+        (
+            "shared/bundle.json",
+            format!("{delegate} --key p/key.pem --bundle shared/bundle.json"),
+        ),
+        (
+            "shared/key.pem",
+            format!("{delegate} --key shared/key.pem --bundle p/bundle.json"),
+        ),
+    ];
+    for (file, line) in &readers {
+        // Held: read as before.
+        env.ok(line);
+        for (rel, mode) in [("shared", 0o777), (*file, 0o666), (*file, 0o620)] {
+            // A key that others can read is refused anyway; one they can write is not held.
+            let before = mode_of(&env, rel);
+            env.chmod(rel, mode);
+            let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+            assert!(msg.contains(&format!("{mode:03o}")), "{line}: {msg}");
+            assert!(
+                msg.contains(&format!("on the way to {file}")),
+                "{line}: {msg}"
+            );
+            env.chmod(rel, before);
+        }
+        env.ok(line);
+    }
+    // The CA directory: its files decide what is issued, to whom, under which key.
+    let issue = "cert issue --ca ca --agent auditor --scope tickets:read --out-dir x";
+    for (rel, mode) in [
+        ("ca", 0o777),
+        ("ca/policy.toml", 0o666),
+        ("ca/config.toml", 0o646),
+        ("ca/root.pem", 0o664),
+        ("ca/intermediate.pem", 0o666),
+        ("ca/intermediate.key", 0o620),
+        ("ca/grant.key", 0o602),
+    ] {
+        let before = mode_of(&env, rel);
+        env.chmod(rel, mode);
+        let (_, msg) = env.fails(issue, 1, &format!("chmod go-w {}", env.path(rel).display()));
+        assert!(msg.contains(&format!("{mode:03o}")), "{rel}: {msg}");
+        assert!(!env.path("x").exists(), "issued with {rel} at {mode:03o}");
+        // The same next step as the JSON hint.
+        let out = env.run(&[
+            "cert",
+            "issue",
+            "--ca",
+            "ca",
+            "--agent",
+            "auditor",
+            "--scope",
+            "tickets:read",
+            "--out-dir",
+            "x",
+            "--format",
+            "json",
+        ]);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hint = doc["error"]["hint"].as_str().unwrap_or_default();
+        assert!(
+            hint.starts_with(&format!("run `chmod go-w {}`", env.path(rel).display())),
+            "{rel}: {doc}"
+        );
+        env.chmod(rel, before);
+    }
+    env.ok(issue);
+}

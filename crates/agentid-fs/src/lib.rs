@@ -32,7 +32,10 @@
 //!   directories others can write such as `/tmp`), no directory
 //!   on the way writable by group or others unless sticky (as `/tmp`), the file itself not
 //!   writable by them, and a regular file (a FIFO there is refused without blocking). Whoever
-//!   could replace `bundle.json` could make the reader trust their CA.
+//!   could replace `bundle.json` could make the reader trust their CA. The same rule holds for
+//!   every trust or key input outside a credential directory: a CA directory's files (its
+//!   configuration, policy, certificates, keys, public keys and signed bundle), a `--bundle`
+//!   file and a private key named on the command line.
 //! - **Reads are bounded.** Every read refuses more than a caller-given limit
 //!   ([`MAX_FILE_BYTES`] for all of agentid's files).
 //!
