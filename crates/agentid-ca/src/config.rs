@@ -110,7 +110,10 @@ fn sqlite_db(dir: &Path) -> Result<PathBuf> {
     // revocations, bindings, tokens and audit chain would be gone, and its revocation list
     // would restart at seq 1.
     match std::fs::metadata(&db) {
-        Ok(m) if m.len() > 0 => Ok(db),
+        // Whoever could write the store (or a directory above it) would write the CA's
+        // tokens, bindings and revocations: it is opened only if held, as every file of the
+        // CA directory is read.
+        Ok(m) if m.len() > 0 => crate::material::check_held(&db).map(|()| db),
         Ok(_) => Err(missing_db(&db, "is empty")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing_db(&db, "is missing")),
         Err(e) => Err(CaError::io(&db, e)),

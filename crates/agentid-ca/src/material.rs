@@ -77,6 +77,12 @@ pub(crate) fn read_held(path: &Path, limit: u64) -> Result<Vec<u8>> {
     agentid_fs::read_held(path, limit).map_err(fs_error)
 }
 
+/// Checks that the reader holds `path`, a file of the CA directory it opens itself (the SQLite
+/// store), as [`read_held`] checks the files it reads (`agentid_fs::check_held`).
+pub(crate) fn check_held(path: &Path) -> Result<()> {
+    agentid_fs::check_held(path).map_err(fs_error)
+}
+
 fn fs_error(e: FsError) -> CaError {
     match e {
         FsError::Io { path, source } => CaError::io(path, source),

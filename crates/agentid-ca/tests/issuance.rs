@@ -1659,6 +1659,8 @@ fn a_ca_directory_others_can_write_is_refused_at_open() {
         (ca.join("revocation.key"), 0o660),
         (ca.join("audit.key"), 0o660),
         (ca.join("audit.pub"), 0o666),
+        // The store: its tokens, bindings and revocations are the CA's state.
+        (ca.join("ca.db"), 0o666),
     ] {
         let before = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
