@@ -288,9 +288,11 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConn
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| CaError::material(ca_file, e.to_string()))?;
-    for cert in certs {
+    // The one CA the server is checked against: read as the CA directory's files are, only if
+    // held (whoever could write it could answer as the store), bounded, never blocking on a
+    // FIFO planted there.
+    let pem = crate::material::read_held(ca_file, agentid_fs::MAX_FILE_BYTES)?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| CaError::material(ca_file, e.to_string()))?;
         roots
             .add(cert)
@@ -2246,6 +2248,65 @@ mod tests {
             }
             let e = got
                 .unwrap_or_else(|_| panic!("{} (pgpass: {pgpass}) blocked", p.display()))
+                .unwrap_err();
+            assert!(e.contains(&p.display().to_string()), "{e}");
+        }
+    }
+
+    /// `store_ca_file` holds the one CA the database server is checked against: whoever could
+    /// write it (or a directory above it) could put theirs there and, on the path to the
+    /// database, answer as the CA's store. It is read as the CA directory's files are: only if
+    /// held, bounded, and a FIFO planted there is refused without blocking.
+    #[test]
+    fn the_store_ca_file_is_read_only_if_held_bounded_and_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example.org".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let ca = write(&shared, "db-ca.pem", &cert.pem(), 0o644);
+        let url = "postgres://ca@db.example.org/agentid";
+        let s = PgSettings::from_url(url, None, Some(&ca)).unwrap();
+        assert!(s.tls.is_some());
+        for (p, mode) in [(&shared, 0o777), (&ca, 0o666)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = PgSettings::from_url(url, None, Some(&ca)).err().unwrap();
+            let CaError::NotHeld(fs) = &e else {
+                panic!("{e}")
+            };
+            assert_eq!(fs.path(), p.as_path(), "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("chmod go-w {}", p.display())),
+                "{e}"
+            );
+            let back = if p.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(back)).unwrap();
+        }
+        let fifo = dir.path().join("ca-fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let big = write(dir.path(), "ca-big", &"x".repeat(2 * 1024 * 1024), 0o644);
+        for p in [&fifo, &big] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = p.clone();
+            std::thread::spawn(move || {
+                let r = PgSettings::from_url(url, None, Some(&path)).map(drop);
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            });
+            let got = rx.recv_timeout(Duration::from_secs(5));
+            if got.is_err() {
+                // Release the blocked reader before failing.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            }
+            let e = got
+                .unwrap_or_else(|_| panic!("{} blocked", p.display()))
                 .unwrap_err();
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
