@@ -493,6 +493,46 @@ fn the_daemon_never_writes_a_certificate_for_a_key_the_directory_no_longer_holds
     );
 }
 
+/// The renewal daemon reads its credential directory as held once, at start; a directory that
+/// others can write since (a `chmod o+w` on it, or above it) is not written into: every write of
+/// a renewed certificate first reads the directory's key as held, so the refusal names the
+/// directory and its `chmod`, and `cert.pem` stays as it was.
+#[test]
+fn the_daemon_writes_nothing_into_a_directory_others_can_write_since_it_started() {
+    let env = Env::new();
+    let s = serve(&env);
+    let first = enrolled_holder(&env, &s);
+    let serial = |env: &Env| env.json("cert inspect a/cert.pem")["serial"].clone();
+    let wait_for = |what: &dyn Fn() -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    };
+    let mut daemon = renewal_daemon(&env, &s.url());
+    // The daemon renews once at start and writes it: it has read the directory then.
+    let started = wait_for(&|| serial(&env) != first["serial"], 30);
+    let on_disk = serial(&env);
+    env.chmod("a", 0o777);
+    let fix = format!("chmod go-w {}", env.path("a").display());
+    let refused = started && wait_for(&|| env.read("daemon.log").contains(&fix), 30);
+    let unchanged = serial(&env) == on_disk;
+    env.chmod("a", 0o700);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = env.read("daemon.log");
+    assert!(started, "the daemon renewed at start: {log}");
+    assert!(refused, "no refusal naming {fix}: {log}");
+    assert!(
+        unchanged,
+        "cert.pem was written into a directory others can write: {log}"
+    );
+}
+
 /// An agent's key (`DIR/key.pem`, 0600) and a CSR for it naming `sans` (`DIR/req.csr`).
 fn agent_csr(env: &Env, dir: &str, sans: &[&str]) {
     std::fs::create_dir_all(env.path(dir)).unwrap();
