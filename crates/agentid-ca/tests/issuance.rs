@@ -1664,7 +1664,9 @@ fn a_ca_directory_others_can_write_is_refused_at_open() {
     ] {
         let before = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        let e = CertificateAuthority::open(ca).err().expect("opened");
+        let Err(e) = CertificateAuthority::open(ca) else {
+            panic!("opened with {} at {mode:03o}", p.display())
+        };
         let CaError::NotHeld(fs) = &e else {
             panic!("{}: {e}", p.display())
         };
