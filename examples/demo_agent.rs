@@ -171,9 +171,14 @@ struct Agent {
     _revocations: WatcherHandle,
 }
 
+/// Reads the pinned bundle-signing key: only if this user holds it (`agentid_fs::read_held`, as
+/// a credential directory's files are read), since whoever could replace it would choose the
+/// grant and revocation keys this agent takes from signed bundles.
 fn read_spki_pem(path: &Path) -> Result<PublicKey> {
     use base64::Engine as _;
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let bytes = agentid_fs::read_held(path, agentid_fs::MAX_FILE_BYTES)?;
+    let text =
+        String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8", path.display()))?;
     let b64: String = text
         .lines()
         .filter(|l| !l.starts_with("-----"))

@@ -266,3 +266,72 @@ fn the_three_processes_keep_working_over_several_certificate_lifetimes() {
     drop(server);
     drop(ca);
 }
+
+/// The bundle-signing key the demo pins (it decides which grant and revocation keys the agent
+/// takes from the CA's signed bundles) is read as a credential directory's files are: only if
+/// the user running it holds it and every directory on the way. Whoever could write it could
+/// have the agent take their grant keys. Refused before anything is sent to the CA.
+#[test]
+fn a_bundle_signing_key_others_can_write_is_refused_before_enrolling() {
+    let root = target_dir();
+    let cli = binary(root.join("agentid"));
+    let demo = binary(root.join("examples").join("demo_agent"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run(
+        dir,
+        &cli,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    );
+    std::fs::write(dir.join("ca/policy.toml"), POLICY).unwrap();
+    // A dead enrollment URL: nothing is listening, and nothing must be asked of it.
+    run(
+        dir,
+        &cli,
+        &[
+            "token",
+            "create",
+            "--ca",
+            "ca",
+            "--enroll-url",
+            "https://127.0.0.1:1",
+            "--agent",
+            "planner",
+            "--scope",
+            "repo:read",
+            "--out",
+            "planner.token",
+        ],
+    );
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::copy(
+        dir.join("ca/bundle-signing.pub"),
+        shared.join("bundle-signing.pub"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new(&demo)
+        .current_dir(dir)
+        .args([
+            "call",
+            "--token-file",
+            "planner.token",
+            "--bundle-signing-key",
+            "shared/bundle-signing.pub",
+            "--scope",
+            "repo:read",
+            "--rounds",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod go-w {}", shared.display())),
+        "{stderr}"
+    );
+}
