@@ -64,8 +64,12 @@ fn parse_since(s: &str) -> Result<u64, String> {
 
 fn ca_dir(dir: &Path) -> CliResult<()> {
     // SQLite's `ca.db`, or a shared database named by `config.toml` (`store`).
-    let shared = agentid_ca::CaConfig::load(&dir.join(agentid_ca::material::files::CONFIG))
-        .is_ok_and(|c| c.store.as_deref().is_some_and(|s| s != "sqlite"));
+    // A configuration others could have written is said as such (with its `chmod`), not
+    // taken for a directory without a store (whose next step would be a new CA).
+    let shared = match agentid_ca::CaConfig::load(&dir.join(agentid_ca::material::files::CONFIG)) {
+        Err(e @ agentid_ca::CaError::NotHeld(_)) => return Err(e.into()),
+        config => config.is_ok_and(|c| c.store.as_deref().is_some_and(|s| s != "sqlite")),
+    };
     if shared || dir.join(agentid_ca::material::files::DB).is_file() {
         Ok(())
     } else {

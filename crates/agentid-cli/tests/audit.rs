@@ -365,3 +365,24 @@ fn against_another_cas_export_says_the_file_may_be_another_cas() {
     let (_, line) = env.fails("audit verify --ca ca --against kept.jsonl", 3, "record 5");
     assert!(!line.contains("another CA"), "{line}");
 }
+
+/// `audit export` and `audit verify` on a CA directory whose `config.toml` others can write (a
+/// shared database's, with no `ca.db`) say so, with the `chmod` to run, not "no CA store here
+/// (run `agentid ca init`)", which would send the operator to make a new CA.
+#[test]
+fn a_config_others_can_write_is_named_not_taken_for_a_missing_store() {
+    let env = Env::new();
+    let config = env.path("ca/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\nstore = \"postgres://agentid_ca@127.0.0.1:1/agentid\"\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(env.path("ca/ca.db")).unwrap();
+    env.chmod("ca/config.toml", 0o666);
+    for line in ["audit export --ca ca", "audit verify --ca ca"] {
+        let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", config.display()));
+        assert!(!msg.contains("no CA store here"), "{line}: {msg}");
+    }
+}
