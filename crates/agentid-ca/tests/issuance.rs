@@ -1682,6 +1682,43 @@ fn a_ca_directory_others_can_write_is_refused_at_open() {
     CertificateAuthority::open(ca).unwrap();
 }
 
+/// The signed agentid bundle the CA serves (and whose `seq` its token files carry as the floor
+/// an enrolled agent applies) is read only if held, every time it is read, as is the public key
+/// it is checked with: whoever could write `agentid-bundle.jws` could put back an older,
+/// genuinely signed document (keys a rotation retired) for the CA to serve.
+#[test]
+fn a_signed_bundle_others_can_write_is_refused_when_served_or_replaced() {
+    let dir = make_ca_dir(KeyType::P256);
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    assert!(ca.signed_agentid_bundle().unwrap().is_some());
+    assert!(ca.signed_bundle_seq().unwrap().is_some());
+    for name in ["agentid-bundle.jws", "bundle-signing.pub"] {
+        let p = dir.path().join(name);
+        let before = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        for e in [
+            ca.signed_agentid_bundle().map(drop).unwrap_err(),
+            ca.signed_bundle_seq().map(drop).unwrap_err(),
+        ] {
+            let CaError::NotHeld(fs) = &e else {
+                panic!("{name}: {e}")
+            };
+            assert_eq!(fs.path(), p, "{e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(before)).unwrap();
+    }
+    // Signing the next document: the one it replaces is read as held, not taken as absent.
+    let jws = dir.path().join("agentid-bundle.jws");
+    std::fs::set_permissions(&jws, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = agentid_ca::agentid_bundle::sign_offline(dir.path(), unix(now())).unwrap_err();
+    assert!(
+        matches!(&e, CaError::NotHeld(fs) if fs.path() == jws),
+        "{e}"
+    );
+    std::fs::set_permissions(&jws, std::fs::Permissions::from_mode(0o600)).unwrap();
+    agentid_ca::agentid_bundle::sign_offline(dir.path(), unix(now())).unwrap();
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_checks_the_issuing_key() {
     let dir = make_ca_dir(KeyType::P256);
