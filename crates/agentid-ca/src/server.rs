@@ -2427,9 +2427,26 @@ async fn revoke(State(s): State<Arc<Shared>>, a: Authorizer, req: Request) -> Re
                         message: format!("service {svc:?} holds \"revoke\" for no agent"),
                     });
                 }
-                let agent = target_agent(ca, &t2)?;
-                ca.policy()
-                    .check_permission(&agent, &svc, Permission::Revoke)
+                if let RevokeTarget::Agent(agent) = &t2 {
+                    // Named by the caller: nothing of the store is looked up.
+                    return ca
+                        .policy()
+                        .check_permission(agent, &svc, Permission::Revoke);
+                }
+                // A target the store does not know, one of an agent for which the service holds
+                // no `revoke`, and one of no agent (a service's) are one refusal, naming no
+                // agent: otherwise `404` against `403` (and the owner named) told the service
+                // which targets exist, and whose they are (CA-API.md 3.10).
+                let owner = match target_agent(ca, &t2) {
+                    Ok(agent) => Some(agent),
+                    Err(CaError::NotFound { .. } | CaError::Policy { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                let permitted = ca.policy().agents_permitting(&svc, Permission::Revoke);
+                match owner {
+                    Some(agent) if permitted.contains(&agent.as_str()) => Ok(()),
+                    _ => Err(not_revocable_by(&svc, &t2)),
+                }
             })
             .await;
             if let Err(r) = check {
@@ -2485,6 +2502,27 @@ fn service_target(b: &ApiRevoke) -> Result<RevokeTarget, Refused> {
     } else {
         return Err(bad_field("target", "name exactly one target"));
     })
+}
+
+/// The refusal of a revocation target that service `svc` may not revoke or that the store does
+/// not know: the same for both, naming the target as the caller did and no agent.
+fn not_revocable_by(svc: &str, t: &RevokeTarget) -> CaError {
+    let (kind, value) = match t {
+        RevokeTarget::Serial(x) => ("serial", x.to_string()),
+        RevokeTarget::Task(x) => ("task", x.as_str().to_owned()),
+        RevokeTarget::Key(x) => ("jkt", x.to_string()),
+        RevokeTarget::GrantJti(x) => ("jti", x.to_string()),
+        RevokeTarget::Agent(x) => ("agent", x.clone()),
+        RevokeTarget::LinkJti { jti, .. } => ("jti", jti.to_string()),
+        RevokeTarget::Principal(_) => ("principal", String::new()),
+    };
+    CaError::Policy {
+        rule: "agents.*.permissions".into(),
+        message: format!(
+            "service {svc:?} may not revoke {kind} {value}: the CA knows no such {kind} of an \
+             agent for which the service holds \"revoke\""
+        ),
+    }
 }
 
 /// The agent a revocation target belongs to, from the store (`404 not_found` if unknown).

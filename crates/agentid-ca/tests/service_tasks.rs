@@ -707,7 +707,13 @@ async fn malformed_service_requests_are_4xx_with_their_code_and_issue_nothing() 
             400,
             "bad_request",
         ),
-        ("/v1/revoke", r#"{"task":"unknown-task"}"#, 404, "not_found"),
+        // An unknown target is refused as one the service may not revoke (CA-API.md 3.10).
+        (
+            "/v1/revoke",
+            r#"{"task":"unknown-task"}"#,
+            403,
+            "policy_denied",
+        ),
         ("/v1/revoke", r#"{"agent":"worker"}"#, 403, "policy_denied"),
     ];
     for (path, body, status, code) in cases {
@@ -933,8 +939,8 @@ async fn a_request_body_that_is_not_a_json_object_is_refused_and_changes_nothing
 #[tokio::test]
 async fn a_service_revoking_another_services_certificate_is_denied_not_told_it_is_unknown() {
     // CA-API.md 3.10: a service may revoke a target of an agent for which it holds `revoke`
-    // (`403 policy_denied` otherwise); `404 not_found` is for a target the store does not know.
-    // A service's certificate or key is known and belongs to no agent: policy_denied.
+    // (`403 policy_denied` otherwise). A service's certificate or key is known and belongs to
+    // no agent: policy_denied, as a target the store does not know is.
     let w = start().await;
     let (platform, pid) = common::service_credentials(&w.ca(), "platform");
     let (_, wid) = common::service_credentials(&w.ca(), "weak");
@@ -956,7 +962,7 @@ async fn a_service_revoking_another_services_certificate_is_denied_not_told_it_i
         );
     }
     let (s, b) = call(&mut c, "POST", "/v1/revoke", r#"{"serial":"0badc0de"}"#).await;
-    assert_eq!((s, code_of(&b).as_str()), (404, "not_found"), "{b}");
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
     assert!(w.ca().revocations().unwrap().is_empty());
 }
 
@@ -995,6 +1001,72 @@ async fn a_service_holding_revoke_for_no_agent_learns_nothing_of_the_store() {
         );
     }
     assert!(w.ca().revocations().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_service_with_revoke_for_one_agent_learns_nothing_of_other_agents_targets() {
+    // CA-API.md 3.10: a service holding `revoke` for some agent (platform: planner) names a
+    // target it may not revoke (another agent's task, serial, key or grant; a service's serial)
+    // or one the store does not know: one refusal for both, naming no agent. Otherwise its
+    // `404` for an unknown target against `403` (naming the owner agent) for a known one told
+    // the service which targets exist, and whose they are.
+    let w = start().await;
+    let ca = w.ca();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let worker = ca
+        .open_task(
+            &OpenTaskRequest::new(
+                "worker",
+                KeySource::Spki(key.public_key().to_spki_der()),
+                TaskRequester::Operator,
+                Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let (platform, pid) = common::service_credentials(&ca, "platform");
+    let (_, weak_id) = common::service_credentials(&ca, "weak");
+    let weak_serial = common::serial_of(&ca, &weak_id);
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let unknown_jkt = TaskKey::generate(Algorithm::Es256)
+        .unwrap()
+        .public_key()
+        .thumbprint();
+    let task = worker.identity.task_id().as_str().to_owned();
+    for (field, known, unknown) in [
+        ("task", task.clone(), "no-such-task".to_owned()),
+        (
+            "serial",
+            worker.certificate.leaf.serial.clone(),
+            "0badc0de".to_owned(),
+        ),
+        ("serial", weak_serial, "0badc0df".to_owned()),
+        ("jkt", worker.certificate.jkt.clone(), unknown_jkt),
+        ("jti", worker.grant_jti.clone(), "no-such-grant".to_owned()),
+    ] {
+        let answer = |v: &str| format!(r#"{{"{field}":"{v}"}}"#);
+        let (sk, bk) = call(&mut c, "POST", "/v1/revoke", &answer(&known)).await;
+        let (su, bu) = call(&mut c, "POST", "/v1/revoke", &answer(&unknown)).await;
+        assert_eq!(
+            (sk, bk.replace(&known, "V")),
+            (su, bu.replace(&unknown, "V")),
+            "{field}: a known target and an unknown one are refused alike"
+        );
+        assert_eq!((sk, code_of(&bk).as_str()), (403, "policy_denied"), "{bk}");
+        assert!(!bk.contains("worker") && !bk.contains("weak"), "{bk}");
+    }
+    assert!(ca.revocations().unwrap().is_empty());
+    // Its own agent's targets it still revokes.
+    let (_, planner) = w.task("planner");
+    let planner_task = planner.rsplit('/').next().unwrap().to_owned();
+    let (s, b) = call(
+        &mut c,
+        "POST",
+        "/v1/revoke",
+        &format!(r#"{{"task":"{planner_task}"}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
 }
 
 #[tokio::test]
