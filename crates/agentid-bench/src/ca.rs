@@ -112,6 +112,7 @@ impl Store for MemStore {
         &mut self,
         _b: &BootstrapRecord,
         _binding: Option<&str>,
+        _bound: Option<&agentid_ca::store::TokenBound>,
         _audit: &agentid_ca::AuditEvent,
     ) -> CaResult<()> {
         Ok(())

@@ -89,7 +89,26 @@ pub struct CertificateAuthority {
     /// trust domain alone, so what is kept stays right whether or not that list's transaction
     /// committed; it holds one list's entries, never more.
     published_entries: Mutex<EntryCache>,
+    /// The most unredeemed, unexpired bootstrap tokens one service may hold
+    /// ([`DEFAULT_MAX_TOKENS_PER_SERVICE`] unless set).
+    max_tokens_per_service: u64,
 }
+
+/// The most unredeemed bootstrap tokens that have not expired one service holds by default
+/// (CA-API.md 3.6): past it, `POST /v1/tokens` is refused `409 cap_reached` until one is
+/// redeemed or expires.
+pub const DEFAULT_MAX_TOKENS_PER_SERVICE: u64 = 10_000;
+
+/// How long the CA keeps a bootstrap token, used or not, after its expiry: a redemption in
+/// that time is told `token_used` or `token_expired` (and recorded); afterwards the token is
+/// forgotten and the store does not grow with every token ever made (CA-API.md 3.6).
+pub const TOKEN_RETENTION_SECS: u64 = 7 * 86_400;
+
+/// The tokens one transaction of [`CertificateAuthority::prune_bootstrap_tokens`] deletes at
+/// most, and how many such transactions one call runs at most: the store's write lock is
+/// held for one batch at a time.
+const PRUNE_BATCH: usize = 1_000;
+const PRUNE_BATCHES: usize = 100;
 
 /// The written entries of the last list, in its order (ascending store `id`).
 type EntryCache = Vec<WrittenEntry>;
@@ -356,7 +375,30 @@ impl CertificateAuthority {
             audit_pending: AtomicU64::new(0),
             audit_checked_at: AtomicU64::new(0),
             published_entries: Mutex::new(Vec::new()),
+            max_tokens_per_service: DEFAULT_MAX_TOKENS_PER_SERVICE,
         })
+    }
+
+    /// Sets the most unredeemed, unexpired bootstrap tokens one service may hold (at least 1;
+    /// [`DEFAULT_MAX_TOKENS_PER_SERVICE`] by default).
+    pub fn set_max_tokens_per_service(&mut self, max: u64) {
+        self.max_tokens_per_service = max.max(1);
+    }
+
+    /// Forgets the bootstrap tokens, used or not, that expired more than
+    /// [`TOKEN_RETENTION_SECS`] before `now` (at most 100,000 per call, in transactions of
+    /// 1,000); returns how many. The CA service runs it about once a minute.
+    pub fn prune_bootstrap_tokens(&self, now: SystemTime) -> Result<usize> {
+        let before = util::unix(now)?.saturating_sub(TOKEN_RETENTION_SECS);
+        let mut total = 0;
+        for _ in 0..PRUNE_BATCHES {
+            let n = self.store()?.prune_bootstrap_tokens(before, PRUNE_BATCH)?;
+            total += n;
+            if n < PRUNE_BATCH {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// The CA's trust domain.
@@ -548,9 +590,10 @@ impl CertificateAuthority {
     /// Stores a new single-use bootstrap token: its record (`agent` is an agent name or
     /// `svc:NAME`; `task` the task it opens, or a fresh unique id for a service) valid for `ttl`
     /// from `now_s`, committed with its `bootstrap.create` audit record (`created` names actor,
-    /// subject and task); then what it binds (`TokenBinding` JSON), when given. The caller has
-    /// checked that the policy lets a bootstrap token request the identity. Returns the secret
-    /// and its expiry.
+    /// subject and task); then what it binds (`TokenBinding` JSON), when given; refused when
+    /// the creator (`created.actor`) is a service holding as many outstanding tokens as it may.
+    /// The caller has checked that the policy lets a bootstrap token request the identity.
+    /// Returns the secret and its expiry.
     fn add_bootstrap_token(
         &self,
         agent: String,
@@ -580,7 +623,17 @@ impl CertificateAuthority {
             expires,
         };
         // The token, what it binds and its audit record in one transaction.
-        self.store()?.add_bootstrap(&record, binding, &ev)?;
+        // A service's tokens are bounded (CA-API.md 3.6); the operator's are not.
+        let bound = ev
+            .actor
+            .starts_with("svc:")
+            .then(|| crate::store::TokenBound {
+                creator: ev.actor.clone(),
+                max: self.max_tokens_per_service,
+                now: now_s,
+            });
+        self.store()?
+            .add_bootstrap(&record, binding, bound.as_ref(), &ev)?;
         self.audit.record(&ev);
         self.after_audit(now_s);
         Ok((token, expires))

@@ -132,6 +132,15 @@ pub enum CaError {
     /// task is known from the moment a token names it (3.10).
     #[error("task id {0} belongs to another agent (its task, or a bootstrap token naming it); task ids are unique in the trust domain")]
     TaskIdTaken(String),
+    /// A service already holds as many unredeemed bootstrap tokens that have not expired as it
+    /// may (CA-API.md 3.6): no token is made until one is redeemed or expires.
+    #[error("{creator} holds {max} unredeemed bootstrap tokens that have not expired, the most a service may hold; no token was made")]
+    TooManyTokens {
+        /// The creator, `svc:NAME`.
+        creator: String,
+        /// The bound.
+        max: u64,
+    },
     /// Renewal or a child request names an identity the CA never issued.
     #[error("{0} was never issued by this CA")]
     UnknownIdentity(String),
@@ -264,6 +273,10 @@ impl CaError {
                 "jkt" => Some("use a new key, in a new task".to_owned()),
                 _ => None,
             },
+            CaError::TooManyTokens { .. } => Some(
+                "have the agents redeem the tokens already handed out, or wait for them to expire (a shorter expires_in_secs frees the slots sooner); the CA's operator sets the bound (agentid ca serve --max-tokens-per-service)"
+                    .to_owned(),
+            ),
             CaError::TaskIdTaken(_) => Some(
                 "choose another task id (--task), or leave it out (a new one is made)".to_owned(),
             ),

@@ -129,6 +129,7 @@ mod util;
 pub use audit::{AuditEvent, AuditLog};
 pub use ca::{
     BootstrapToken, CaParts, CertificateAuthority, RevokeTarget, BUNDLE_REFRESH_HINT_SECS,
+    DEFAULT_MAX_TOKENS_PER_SERVICE, TOKEN_RETENTION_SECS,
 };
 pub use config::CaConfig;
 pub use csr::{parse_csr, RequestedKey};

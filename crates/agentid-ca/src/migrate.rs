@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -123,10 +123,24 @@ UPDATE identities SET key_bound_at = CAST(strftime('%s', 'now') AS INTEGER)
   WHERE agent IS NULL AND key_bound_at IS NULL;
 ",
     },
+    Migration {
+        version: 7,
+        description: "CA service: a service's outstanding bootstrap tokens are bounded; tokens past their retention are forgotten",
+        sql: TOKENS_BOUNDED_SQL,
+    },
 ];
 
+/// SQLite's version 7 and PostgreSQL's version 5 (the same statements).
+const TOKENS_BOUNDED_SQL: &str = "
+-- POST /v1/tokens counts the creating service's unredeemed tokens that have not expired
+-- (CA-API.md 3.6), reading no other service's and no used token.
+CREATE INDEX bootstrap_tokens_creator ON bootstrap_tokens(creator, expires) WHERE used_at IS NULL;
+-- Tokens past their retention are deleted oldest first, without reading the others.
+CREATE INDEX bootstrap_tokens_expires ON bootstrap_tokens(expires);
+";
+
 /// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
-pub const PG_SCHEMA_VERSION: u32 = 4;
+pub const PG_SCHEMA_VERSION: u32 = 5;
 
 /// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
 /// applied in one transaction under an advisory lock, and the version is kept in the one-row
@@ -219,6 +233,11 @@ UPDATE identities SET key_bound_at = first.at
 UPDATE identities SET key_bound_at = EXTRACT(EPOCH FROM now())::BIGINT
   WHERE agent IS NULL AND key_bound_at IS NULL;
 ",
+    },
+    Migration {
+        version: 5,
+        description: "CA service: a service's outstanding bootstrap tokens are bounded; tokens past their retention are forgotten",
+        sql: TOKENS_BOUNDED_SQL,
     },
 ];
 

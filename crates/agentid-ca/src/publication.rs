@@ -34,6 +34,10 @@ use crate::CertificateAuthority;
 /// How often the store is polled for lists and revocations made elsewhere.
 pub const POLL: Duration = Duration::from_millis(200);
 
+/// How often the publisher's loop forgets the bootstrap tokens past their retention
+/// ([`CertificateAuthority::prune_bootstrap_tokens`]).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// At most one publication per this interval; revocations in between share the next list.
 pub const COALESCE: Duration = Duration::from_millis(200);
 
@@ -183,6 +187,8 @@ impl Publisher {
     /// Runs forever: on every revocation signal and every [`POLL`], serves the latest stored
     /// list and publishes one when due. Failures are logged and retried at the next poll.
     pub async fn run(self: Arc<Self>) {
+        // The first pass forgets old tokens soon after the start, then every PRUNE_EVERY.
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -190,6 +196,22 @@ impl Publisher {
             }
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %e, "revocation list publication failed");
+            }
+            // Bootstrap tokens past their retention are forgotten on the same loop
+            // (CA-API.md 3.6), so that the store does not grow with every token ever made.
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                let ca = self.ca.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    match ca.prune_bootstrap_tokens(SystemTime::now()) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(tokens = n, "expired bootstrap tokens forgotten"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "forgetting expired bootstrap tokens failed")
+                        }
+                    }
+                })
+                .await;
             }
             // The audit chain's time-based checkpoint rides on the same loop.
             let ca = self.ca.clone();

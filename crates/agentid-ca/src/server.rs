@@ -92,6 +92,10 @@ pub struct ServiceOptions {
     /// [`agentid_api::MAX_TASKS_PAGE_BYTES`]); a longer inventory is read page by page
     /// (`next`, then `?after=`), so no request reads or holds the whole inventory.
     pub tasks_page: usize,
+    /// Most unredeemed bootstrap tokens that have not expired one service may hold (default
+    /// [`crate::DEFAULT_MAX_TOKENS_PER_SERVICE`], at least 1); past it, `POST /v1/tokens` is
+    /// refused `409 cap_reached` until one is redeemed or expires (CA-API.md 3.6).
+    pub max_tokens_per_service: u64,
 }
 
 /// Health checks (`GET /healthz`) each listener runs at a time, apart from its operations:
@@ -468,6 +472,7 @@ impl ServiceOptions {
             enroll_rate_per_source: 30,
             body_timeout: Duration::from_secs(10),
             tasks_page: agentid_api::MAX_TASKS_PER_PAGE,
+            max_tokens_per_service: crate::DEFAULT_MAX_TOKENS_PER_SERVICE,
         }
     }
 }
@@ -559,7 +564,8 @@ impl CaService {
     /// Issues the service's own certificate (`spiffe://<td>/svc/agentid-ca`, a fresh key held in
     /// memory; the policy needs a `[services.agentid-ca]` rule with `requesters = ["operator"]`),
     /// publishes a first revocation list and builds the server.
-    pub fn new(ca: CertificateAuthority, options: ServiceOptions) -> Result<Self, ServeError> {
+    pub fn new(mut ca: CertificateAuthority, options: ServiceOptions) -> Result<Self, ServeError> {
+        ca.set_max_tokens_per_service(options.max_tokens_per_service);
         let now = SystemTime::now();
         let td = ca.trust_domain().clone();
         let key = TaskKey::generate(agentid_protocol::Algorithm::Es256)
@@ -1034,7 +1040,9 @@ pub fn error_code(e: &CaError) -> ErrorCode {
         CaError::Revoked { .. } => ErrorCode::Revoked,
         CaError::Policy { .. } | CaError::Unauthorized { .. } => ErrorCode::PolicyDenied,
         CaError::BootstrapToken(_) => ErrorCode::TokenInvalid,
-        CaError::OutlivesParent { .. } | CaError::ChildTooDeep { .. } => ErrorCode::CapReached,
+        CaError::OutlivesParent { .. }
+        | CaError::ChildTooDeep { .. }
+        | CaError::TooManyTokens { .. } => ErrorCode::CapReached,
         CaError::ParentNotActive(_) => ErrorCode::ParentNotActive,
         CaError::Store(_) => ErrorCode::StoreUnavailable,
         _ => ErrorCode::Internal,

@@ -164,7 +164,8 @@ fn audit_verify_does_not_migrate_the_store() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(&format!(
-            "ALTER TABLE identities DROP COLUMN key_bound_at; PRAGMA user_version = {old};"
+            "DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
+             PRAGMA user_version = {old};"
         ))
         .unwrap();
     }

@@ -413,7 +413,8 @@ fn pages_are_the_spec_answer(
 }
 
 /// A database of schema version 2 (before the inventory's index) with tasks in it: opening
-/// migrates it to the current version, keeps its rows, and the inventory lists them.
+/// migrates it to the current version, keeps its rows, and the inventory lists them; the token
+/// indexes of version 5 are there.
 #[test]
 fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
     let Some(pg) = PgCluster::start() else {
@@ -463,6 +464,20 @@ fn a_version_2_database_migrates_to_the_inventory_index_and_keeps_its_tasks() {
            END IF;
          END $$;",
     );
+    // And the token indexes of version 5 (a service's outstanding tokens, pruning by expiry).
+    for index in ["bootstrap_tokens_creator", "bootstrap_tokens_expires"] {
+        sql(
+            &pg,
+            "agentid",
+            &format!(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = '{index}') THEN
+                     RAISE EXCEPTION '{index} is missing';
+                   END IF;
+                 END $$;"
+            ),
+        );
+    }
 }
 
 /// A database of schema version 3 (before each binding's key time): the upgrade dates each
@@ -502,7 +517,9 @@ fn a_version_3_database_dates_each_service_key_from_its_first_certificate() {
     sql(
         &pg,
         "agentid",
-        "ALTER TABLE identities DROP COLUMN key_bound_at; UPDATE agentid_schema SET version = 3;",
+        "ALTER TABLE identities DROP COLUMN key_bound_at;
+         DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
+         UPDATE agentid_schema SET version = 3;",
     );
     let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();
     assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);

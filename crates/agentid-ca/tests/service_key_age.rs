@@ -200,14 +200,15 @@ fn the_upgrade_dates_each_service_key_from_its_first_certificate() {
         issue(&ca, &key2, at(t0, HOUR)).unwrap();
         issue(&ca, &key2, at(t0, 2 * HOUR)).unwrap().identity
     };
-    // The store as version 5 left it.
+    // The store as version 5 left it (without version 6's column and version 7's indexes).
     let db = dir.path().join("ca.db");
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(&format!(
-            "ALTER TABLE identities DROP COLUMN key_bound_at; PRAGMA user_version = {};",
-            SCHEMA_VERSION - 1
-        ))
+        conn.execute_batch(
+            "ALTER TABLE identities DROP COLUMN key_bound_at;
+             DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
+             PRAGMA user_version = 5;",
+        )
         .unwrap();
     }
     let store = SqliteStore::open(&db).unwrap();

@@ -267,3 +267,190 @@ async fn tokens_of_two_agents_naming_one_task_id_at_once_make_one() {
         );
     }
 }
+
+/// [`start`] with the service's bound on outstanding tokens set to `max`.
+async fn start_bounded(max: u64) -> World {
+    let (dir, mtls, enroll) = common::serve_ca_with(
+        EXTRA_POLICY,
+        true,
+        agentid_ca::server::ServiceOptions {
+            max_tokens_per_service: max,
+            ..agentid_ca::server::ServiceOptions::default()
+        },
+    )
+    .await;
+    let enroll = enroll.expect("serve_ca(_, true) binds the enrollment listener");
+    World { dir, mtls, enroll }
+}
+
+fn tokens_made(ca: &CertificateAuthority) -> usize {
+    common::audit_records(ca)
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create" && r["outcome"] == "ok")
+        .count()
+}
+
+/// A service holds at most its bound of unredeemed tokens that have not expired (CA-API.md
+/// 3.6): past it `409 cap_reached`, nothing made, another service unaffected, and a redeemed
+/// token frees its place. Before, a service making tokens in a loop grew the store without
+/// bound. On PostgreSQL too with `AGENTID_TEST_STORE=postgres`.
+#[tokio::test]
+async fn a_service_holds_at_most_its_bound_of_outstanding_tokens() {
+    let w = start_bounded(3).await;
+    let mut one = w.service("one").await;
+    let mut two = w.service("two").await;
+    let ask = r#"{"agent":"alpha","scope":["tickets:read"],"expires_in_secs":600}"#;
+    let mut files = Vec::new();
+    for _ in 0..3 {
+        let (s, b) = call(&mut one, "POST", "/v1/tokens", ask).await;
+        assert_eq!(s, 200, "{b}");
+        files.push(w.token_file("alpha", &b));
+    }
+    let before = tokens_made(&w.ca());
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", ask).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "cap_reached"), "{b}");
+    let e: agentid_api::ApiError = serde_json::from_str(&b).unwrap();
+    assert!(e.hint.contains("redeem"), "{b}");
+    assert_eq!(tokens_made(&w.ca()), before, "no token was made");
+    // The bound is per service.
+    let (s, b) = call(
+        &mut two,
+        "POST",
+        "/v1/tokens",
+        r#"{"agent":"beta","scope":["tickets:read"]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    // A redeemed token is no longer outstanding.
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    agentid_transport::enroll::enroll_with_token(&files[0], key, T)
+        .await
+        .unwrap();
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", ask).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", ask).await;
+    assert_eq!((s, code_of(&b).as_str()), (409, "cap_reached"), "{b}");
+}
+
+/// Creations of one service at once never pass its bound: it is counted in the insert's
+/// transaction (on PostgreSQL under the creator's lock). On PostgreSQL too with
+/// `AGENTID_TEST_STORE=postgres`.
+#[tokio::test]
+async fn a_services_tokens_made_at_once_stay_within_its_bound() {
+    let w = start().await;
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        creator: Some("svc:one".into()),
+        ..Default::default()
+    };
+    let makers: Vec<_> = (0..12)
+        .map(|_| {
+            let (mut ca, binding) = (w.ca(), binding.clone());
+            ca.set_max_tokens_per_service(5);
+            std::thread::spawn(move || {
+                ca.create_bound_token(
+                    "alpha",
+                    None,
+                    &binding,
+                    Duration::from_secs(600),
+                    std::time::SystemTime::now(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = makers.into_iter().map(|m| m.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        5,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|r| matches!(
+            r,
+            Ok(_) | Err(agentid_ca::CaError::TooManyTokens { max: 5, .. })
+        )),
+        "{results:?}"
+    );
+}
+
+/// Tokens, used or not, are forgotten once past their retention after expiry (CA-API.md 3.6):
+/// until then a redemption is told `token_used` or `token_expired`; afterwards the token is
+/// unknown (`token_invalid`), its row gone, and the task id an unredeemed one named is free.
+/// Before, every token ever made stayed in the store. On PostgreSQL too with
+/// `AGENTID_TEST_STORE=postgres`.
+#[tokio::test]
+async fn tokens_past_their_retention_are_forgotten() {
+    use agentid_ca::{EnrollError, TOKEN_RETENTION_SECS};
+    let w = start().await;
+    let ca = w.ca();
+    let t0 = std::time::SystemTime::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        ..Default::default()
+    };
+    let make = |task: &str, when| {
+        ca.create_bound_token(
+            "alpha",
+            Some(agentid_protocol::TaskId::parse(task).unwrap()),
+            &binding,
+            Duration::from_secs(600),
+            when,
+        )
+        .unwrap()
+    };
+    let used = make("t-used", t0);
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let der = key
+        .csr(&SpiffeId::parse(used.identity.as_str()).unwrap())
+        .unwrap();
+    ca.redeem(&used.token, der.clone(), t0).unwrap();
+    let expired = make("t-expired", t0);
+    let later = make("t-later", at(TOKEN_RETENTION_SECS));
+
+    // At the end of the retention: kept.
+    let kept = at(600 + TOKEN_RETENTION_SECS);
+    assert_eq!(ca.prune_bootstrap_tokens(kept).unwrap(), 0);
+    assert!(matches!(
+        ca.redeem(&used.token, der.clone(), kept),
+        Err(EnrollError::TokenUsed)
+    ));
+    assert!(matches!(
+        ca.redeem(&expired.token, der.clone(), kept),
+        Err(EnrollError::TokenExpired)
+    ));
+    let other = |when| {
+        ca.create_bound_token(
+            "beta",
+            Some(agentid_protocol::TaskId::parse("t-expired").unwrap()),
+            &binding,
+            Duration::from_secs(600),
+            when,
+        )
+    };
+    assert!(matches!(
+        other(kept),
+        Err(agentid_ca::CaError::TaskIdTaken(_))
+    ));
+
+    // A second later: forgotten, the later token kept.
+    let gone = at(601 + TOKEN_RETENTION_SECS);
+    assert_eq!(ca.prune_bootstrap_tokens(gone).unwrap(), 2);
+    for t in [&used.token, &expired.token] {
+        assert!(matches!(
+            ca.redeem(t, der.clone(), gone),
+            Err(EnrollError::TokenInvalid)
+        ));
+    }
+    assert!(matches!(
+        ca.redeem(&later.token, der, gone),
+        Err(EnrollError::TokenExpired)
+    ));
+    // The task the used token opened keeps its id; the id only a forgotten token named is free.
+    assert!(ca
+        .issuances()
+        .unwrap()
+        .iter()
+        .any(|r| r.identity == used.identity.as_str()));
+    other(gone).unwrap();
+}

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// `--enroll-rate`.
     #[arg(long, value_name = "N")]
     pub enroll_pending_per_source: Option<usize>,
+    /// Bootstrap tokens one service may hold outstanding (made through `POST /v1/tokens`, not
+    /// redeemed, not expired; default 10,000): past it the service is refused
+    /// `409 cap_reached` until one is redeemed or expires.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens_per_service: Option<u64>,
 }
 
 /// Arguments of `ca init`.
@@ -161,6 +166,9 @@ fn serve(args: &ServeArgs) -> CliResult {
     }
     if let Some(n) = args.enroll_pending_per_source {
         options.enroll_limits.max_pending_per_source = n;
+    }
+    if let Some(n) = args.max_tokens_per_service {
+        options.max_tokens_per_service = n;
     }
     let service = agentid_ca::server::CaService::new(ca, options)
         .context("cannot start the CA service (does policy.toml have [services.agentid-ca] with requesters = [\"operator\"]?)")?;

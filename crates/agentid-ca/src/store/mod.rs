@@ -255,6 +255,19 @@ pub struct BootstrapRecord {
     pub expires: u64,
 }
 
+/// A bound on the bootstrap tokens one creator holds outstanding (unredeemed, not expired at
+/// `now`), checked in the insert's transaction (CA-API.md 3.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBound {
+    /// The creator, as stored (`svc:NAME`).
+    pub creator: String,
+    /// The most it may hold: the token is refused ([`CaError::TooManyTokens`]) when it holds
+    /// this many already.
+    pub max: u64,
+    /// Now, Unix seconds.
+    pub now: u64,
+}
+
 /// A task whose grant has not expired, with its holder's agent and key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveTask {
@@ -481,13 +494,22 @@ pub trait Store: Send {
     }
     /// Stores a bootstrap token's hash with what it binds (JSON of [`crate::TokenBinding`],
     /// schema version 1; `None` binds nothing more) and its audit record, in one transaction: a
-    /// token is never stored without its binding.
+    /// token is never stored without its binding. With `bound`, refused
+    /// ([`CaError::TooManyTokens`]) when the binding's creator already holds `bound.max`
+    /// unredeemed tokens not expired at `bound.now`, counted in the same transaction.
     fn add_bootstrap(
         &mut self,
         b: &BootstrapRecord,
         binding: Option<&str>,
+        bound: Option<&TokenBound>,
         audit: &AuditEvent,
     ) -> Result<()>;
+    /// Deletes at most `limit` bootstrap tokens, used or not, that expired before `before`
+    /// (Unix seconds); returns how many. Nothing reads a token once the CA has forgotten it
+    /// (CA-API.md 3.6: its redemption is then `token_invalid`). The default keeps every token.
+    fn prune_bootstrap_tokens(&mut self, _before: u64, _limit: usize) -> Result<usize> {
+        Ok(0)
+    }
     /// A bootstrap token by hash, if unused.
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>>;
     /// A bootstrap token by hash, used or not, with what it binds (schema version 1). The
@@ -900,6 +922,12 @@ const TOKEN_OF_ANOTHER_AGENT: &str = "SELECT EXISTS (SELECT 1 FROM bootstrap_tok
 /// then on, 3.10). Index seeks only (the tasks' key, `bootstrap_tokens_task`).
 pub(crate) const TASK_ID_TAKEN_FOR_TOKEN: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE task = ?1) OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = ?1 AND agent <> ?2 AND used_at IS NULL)";
 
+/// How many unredeemed bootstrap tokens creator `?1` holds that expire after `?2`, counting
+/// at most `?3` (a range of the index `bootstrap_tokens_creator`, schema version 7).
+pub(crate) const OUTSTANDING_TOKENS: &str = "SELECT count(*) FROM (SELECT 1 FROM bootstrap_tokens WHERE creator = ?1 AND used_at IS NULL AND expires > ?2 LIMIT ?3)";
+/// Deletes at most `?2` bootstrap tokens that expired before `?1` (a range of the index
+/// `bootstrap_tokens_expires`, schema version 7).
+pub(crate) const PRUNE_TOKENS: &str = "DELETE FROM bootstrap_tokens WHERE rowid IN (SELECT rowid FROM bootstrap_tokens WHERE expires < ?1 LIMIT ?2)";
 /// The agent of an unredeemed bootstrap token naming task id `?1` (an index seek, as
 /// [`TOKEN_OF_ANOTHER_AGENT`]).
 const TOKEN_AGENT_BY_TASK: &str =
@@ -1265,6 +1293,7 @@ impl Store for SqliteStore {
         &mut self,
         b: &BootstrapRecord,
         binding: Option<&str>,
+        bound: Option<&TokenBound>,
         audit: &AuditEvent,
     ) -> Result<()> {
         let writer = self.audit_writer.clone();
@@ -1276,6 +1305,19 @@ impl Store for SqliteStore {
             .query_row(params![b.task, b.agent], |r| r.get(0))?;
         if taken {
             return Err(CaError::TaskIdTaken(b.task.clone()));
+        }
+        // Under the same lock: concurrent creations of one service cannot pass the bound.
+        if let Some(bound) = bound {
+            let held: i64 = tx.prepare_cached(OUTSTANDING_TOKENS)?.query_row(
+                params![bound.creator, to_i64(bound.now)?, to_i64(bound.max)?],
+                |r| r.get(0),
+            )?;
+            if u64::try_from(held).unwrap_or(u64::MAX) >= bound.max {
+                return Err(CaError::TooManyTokens {
+                    creator: bound.creator.clone(),
+                    max: bound.max,
+                });
+            }
         }
         tx.prepare_cached(
             "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
@@ -1291,6 +1333,16 @@ impl Store for SqliteStore {
         append_audit_tx(&tx, &writer, audit)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn prune_bootstrap_tokens(&mut self, before: u64, limit: usize) -> Result<usize> {
+        let tx = self.immediate()?;
+        let n = tx.prepare_cached(PRUNE_TOKENS)?.execute(params![
+            to_i64(before)?,
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
+        tx.commit()?;
+        Ok(n)
     }
 
     fn bootstrap(&self, hash: &str) -> Result<Option<BootstrapRecord>> {
@@ -2393,6 +2445,29 @@ mod tests {
                     .any(|l| l.contains("USING INDEX bootstrap_tokens_task (task=?)")),
                 "{sql}: {plan:#?}"
             );
+            assert!(
+                !plan.iter().any(|l| l.starts_with("SCAN bootstrap_tokens")),
+                "{sql}: {plan:#?}"
+            );
+        }
+    }
+
+    /// A service's outstanding tokens are counted in its own range of an index, and tokens
+    /// past their retention are found by expiry: neither reads every token ever made (both
+    /// run under the store's write lock).
+    #[test]
+    fn outstanding_and_pruned_tokens_are_index_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        for (sql, index) in [
+            (
+                OUTSTANDING_TOKENS,
+                "INDEX bootstrap_tokens_creator (creator=? AND expires>?)",
+            ),
+            (PRUNE_TOKENS, "INDEX bootstrap_tokens_expires (expires<?)"),
+        ] {
+            let plan = query_plan(&store.conn, sql);
+            assert!(plan.iter().any(|l| l.contains(index)), "{sql}: {plan:#?}");
             assert!(
                 !plan.iter().any(|l| l.starts_with("SCAN bootstrap_tokens")),
                 "{sql}: {plan:#?}"

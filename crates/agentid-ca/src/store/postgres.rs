@@ -39,7 +39,7 @@ use tokio_postgres::{Client, Transaction};
 use super::{
     BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit, IssuanceCommitter,
     IssuanceKind, IssuanceRecord, ListRow, LiveTask, OwnedCommit, Publication, PublishedList,
-    RevocationKind, RevocationRecord, Store, TaskRecord, PUBLISHED_LISTS_KEPT,
+    RevocationKind, RevocationRecord, Store, TaskRecord, TokenBound, PUBLISHED_LISTS_KEPT,
 };
 use crate::audit::{
     AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
@@ -377,6 +377,12 @@ type BoxFut<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = PgResult
 
 /// Runs `$body` (an async block using `$tx: &Transaction`) in a transaction on `$client`,
 /// committed at the end, retried on serialization failures and deadlocks (bounded).
+/// How many unredeemed bootstrap tokens creator `$1` holds that expire after `$2`, counting
+/// at most `$3` (a range of the index `bootstrap_tokens_creator`, schema version 5).
+const OUTSTANDING_TOKENS: &str = "SELECT count(*) FROM (SELECT 1 FROM bootstrap_tokens WHERE creator = $1 AND used_at IS NULL AND expires > $2 LIMIT $3) t";
+/// Deletes at most `$2` bootstrap tokens that expired before `$1` (a range of the index
+/// `bootstrap_tokens_expires`, schema version 5).
+const PRUNE_TOKENS: &str = "DELETE FROM bootstrap_tokens WHERE hash IN (SELECT hash FROM bootstrap_tokens WHERE expires < $1 LIMIT $2)";
 /// See the SQLite store's `TASK_ID_TAKEN_FOR_TOKEN`.
 const TASK_ID_TAKEN_FOR_TOKEN: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE task = $1) OR EXISTS (SELECT 1 FROM bootstrap_tokens WHERE task = $1 AND agent <> $2 AND used_at IS NULL)";
 
@@ -1663,11 +1669,13 @@ impl Store for PgStore {
         &mut self,
         b: &BootstrapRecord,
         binding: Option<&str>,
+        bound: Option<&TokenBound>,
         audit: &AuditEvent,
     ) -> Result<()> {
-        let (b, binding, audit, writer) = (
+        let (b, binding, bound, audit, writer) = (
             b.clone(),
             binding.map(str::to_owned),
+            bound.cloned(),
             audit.clone(),
             self.inner.writer.clone(),
         );
@@ -1685,6 +1693,29 @@ impl Store for PgStore {
                     if taken {
                         return Err(PgErr::Ca(CaError::TaskIdTaken(b.task.clone())));
                     }
+                    // Under the creator's lock (taken after the task id's, always in that
+                    // order): concurrent creations of one service, on any replica, cannot pass
+                    // the bound (CA-API.md 3.6).
+                    if let Some(bound) = &bound {
+                        tx.execute(
+                            "SELECT pg_advisory_xact_lock(hashtextextended('agentid-token-creator:' || $1, 0))",
+                            &[&bound.creator],
+                        )
+                        .await?;
+                        let held: i64 = tx
+                            .query_one(
+                                OUTSTANDING_TOKENS,
+                                &[&bound.creator, &to_i64(bound.now)?, &to_i64(bound.max)?],
+                            )
+                            .await?
+                            .get(0);
+                        if u64::try_from(held).unwrap_or(u64::MAX) >= bound.max {
+                            return Err(PgErr::Ca(CaError::TooManyTokens {
+                                creator: bound.creator.clone(),
+                                max: bound.max,
+                            }));
+                        }
+                    }
                     tx.execute(
                         "INSERT INTO bootstrap_tokens (hash, agent, task, expires, binding, creator)
                          VALUES ($1, $2, $3, $4, $5::text, ($5::text)::jsonb ->> 'creator')",
@@ -1692,6 +1723,20 @@ impl Store for PgStore {
                     )
                     .await?;
                     append_audit_tx(&tx, &writer, &audit).await
+                })
+            })
+        })
+    }
+
+    fn prune_bootstrap_tokens(&mut self, before: u64, limit: usize) -> Result<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    let n = tx
+                        .execute(PRUNE_TOKENS, &[&to_i64(before)?, &limit])
+                        .await?;
+                    Ok::<_, PgErr>(usize::try_from(n).unwrap_or(usize::MAX))
                 })
             })
         })
