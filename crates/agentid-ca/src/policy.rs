@@ -547,10 +547,12 @@ impl Policy {
         service: &str,
         permission: Permission,
     ) -> Result<()> {
-        let rule = self.agent(name)?;
-        let ok = rule
-            .permissions
-            .get(service)
+        // An agent without a rule is refused as one whose rule gives the service nothing: a
+        // service learns no agent names from the answer (CA-API.md 3.12).
+        let ok = self
+            .agents
+            .get(name)
+            .and_then(|rule| rule.permissions.get(service))
             .is_some_and(|p| p.contains(&permission));
         if ok {
             Ok(())

@@ -1070,6 +1070,46 @@ async fn a_service_with_revoke_for_one_agent_learns_nothing_of_other_agents_targ
 }
 
 #[tokio::test]
+async fn a_service_learns_no_agent_names_from_a_missing_permission() {
+    // CA-API.md 3.6, 3.7, 3.10: a service naming an agent it holds no permission for is refused
+    // `403 policy_denied` alike whether the policy has a rule for that agent or not. Otherwise
+    // "no rule for agent" against "does not hold" told any service which agents the trust
+    // domain has.
+    let w = start().await;
+    let (platform, pid) = common::service_credentials(&w.ca(), "platform");
+    let mut c = w.connect(platform, &pid).await.unwrap();
+    let bodies = |agent: &str| {
+        [
+            (
+                "/v1/tokens",
+                format!(r#"{{"agent":"{agent}","scope":["tickets:read"]}}"#),
+            ),
+            (
+                "/v1/tasks",
+                format!(r#"{{"agent":"{agent}","scope":["tickets:read"],"csr":"AAAA"}}"#),
+            ),
+            ("/v1/revoke", format!(r#"{{"agent":"{agent}"}}"#)),
+        ]
+    };
+    for ((path, known), (_, unknown)) in bodies("summarizer").into_iter().zip(bodies("nosuchagent"))
+    {
+        let (sk, bk) = call(&mut c, "POST", path, &known).await;
+        let (su, bu) = call(&mut c, "POST", path, &unknown).await;
+        assert_eq!(
+            (sk, code_of(&bk).as_str()),
+            (403, "policy_denied"),
+            "{path}: {bk}"
+        );
+        assert_eq!(
+            (sk, bk.replace("summarizer", "A")),
+            (su, bu.replace("nosuchagent", "A")),
+            "{path}: an agent with a rule and one without are refused alike"
+        );
+    }
+    assert!(w.ca().revocations().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_revoke_answer_names_the_entry_the_target_makes() {
     // CA-API.md 3.10: the answer is the list entry: the target's kind and value, except that a
     // serial is revoked as its certificate's key (`jkt`, that key's thumbprint).
