@@ -1008,7 +1008,15 @@ impl CertificateAuthority {
             ));
         }
         let name = agent.name();
-        let rule = self.policy.agent(name)?;
+        // An agent without a rule is refused as one whose rule does not list the parent: a
+        // task holder learns no agent names from the answer (CA-API.md 3.8).
+        let Ok(rule) = self.policy.agent(name) else {
+            return Err(CaError::Unauthorized {
+                requester: req.parent.as_str().to_owned(),
+                subject: identity.as_str().to_owned(),
+                rule: format!("agents.{name}.requesters"),
+            });
+        };
         let parent_agent = req.parent.agent();
         self.policy.check_agent_requester(
             name,

@@ -1110,6 +1110,25 @@ async fn a_service_learns_no_agent_names_from_a_missing_permission() {
 }
 
 #[tokio::test]
+async fn a_task_holder_learns_no_agent_names_from_a_child_refusal() {
+    // CA-API.md 3.8: a child of an agent whose rule does not list the parent's agent, and of
+    // an agent the policy has no rule for, are refused alike. Otherwise "no rule for agent"
+    // against "not listed" told any task holder which agents the trust domain has.
+    let w = start().await;
+    let (creds, id) = w.task("planner");
+    let mut c = w.connect(creds, &id).await.unwrap();
+    let body = |agent: &str| format!(r#"{{"agent":"{agent}","csr":"AAAA"}}"#);
+    let (sk, bk) = call(&mut c, "POST", "/v1/children", &body("worker")).await;
+    let (su, bu) = call(&mut c, "POST", "/v1/children", &body("nosuchagent")).await;
+    assert_eq!((sk, code_of(&bk).as_str()), (403, "policy_denied"), "{bk}");
+    assert_eq!(
+        (sk, bk.replace("worker", "A")),
+        (su, bu.replace("nosuchagent", "A")),
+        "an agent with a rule and one without are refused alike"
+    );
+}
+
+#[tokio::test]
 async fn a_revoke_answer_names_the_entry_the_target_makes() {
     // CA-API.md 3.10: the answer is the list entry: the target's kind and value, except that a
     // serial is revoked as its certificate's key (`jkt`, that key's thumbprint).
