@@ -379,10 +379,11 @@ impl CertificateAuthority {
         })
     }
 
-    /// Sets the most unredeemed, unexpired bootstrap tokens one service may hold (at least 1;
-    /// [`DEFAULT_MAX_TOKENS_PER_SERVICE`] by default).
+    /// Sets the most unredeemed, unexpired bootstrap tokens one service may hold (at least 1,
+    /// at most what the stores count, `i64::MAX`; [`DEFAULT_MAX_TOKENS_PER_SERVICE`] by
+    /// default).
     pub fn set_max_tokens_per_service(&mut self, max: u64) {
-        self.max_tokens_per_service = max.max(1);
+        self.max_tokens_per_service = max.clamp(1, i64::MAX.unsigned_abs());
     }
 
     /// Forgets the bootstrap tokens, used or not, that expired more than

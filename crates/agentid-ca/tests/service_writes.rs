@@ -454,3 +454,25 @@ async fn tokens_past_their_retention_are_forgotten() {
         .any(|r| r.identity == used.identity.as_str()));
     other(gone).unwrap();
 }
+
+/// A bound set as high as it goes (the operator's "no bound") still makes tokens: it is not
+/// turned into a store error.
+#[tokio::test]
+async fn the_highest_bound_on_a_services_tokens_makes_tokens() {
+    let w = start().await;
+    let mut ca = w.ca();
+    ca.set_max_tokens_per_service(u64::MAX);
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        creator: Some("svc:one".into()),
+        ..Default::default()
+    };
+    ca.create_bound_token(
+        "alpha",
+        None,
+        &binding,
+        Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+}
