@@ -337,16 +337,17 @@ async fn a_policy_refusal_names_the_rule_that_refused() {
         hint,
         "check the request against agents.planner.permissions in the CA's policy.toml, or ask the CA's operator to change that rule"
     );
-    // An agent without a rule.
+    // An agent without a rule: refused as one whose rule gives `platform` nothing, so that a
+    // service cannot tell which agent names the policy has (SECURITY.md row 205).
     let hint = hint_of(
         client
             .create_token(&token("ghost", "tickets:read"))
             .await
             .unwrap_err(),
     );
-    assert!(
-        hint.contains("agents.ghost in the CA's policy.toml"),
-        "{hint}"
+    assert_eq!(
+        hint,
+        "check the request against agents.ghost.permissions in the CA's policy.toml, or ask the CA's operator to change that rule"
     );
     // `list` held for no agent at all.
     let weak = common::service_credential(&w.ca(), "search", None);
