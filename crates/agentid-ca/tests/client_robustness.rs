@@ -1025,7 +1025,23 @@ async fn a_certificate_answer_whose_numbers_are_not_its_certificates_is_refused(
         &key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
             .unwrap(),
     );
-    let (chain, identity) = common::operator_task_for(&ca, "planner", &key);
+    // A task answer carries the task's grant (CA-API 3.7).
+    let opened = ca
+        .open_task(
+            &agentid_ca::OpenTaskRequest::new(
+                "planner",
+                agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+                agentid_ca::TaskRequester::Operator,
+                agentid_protocol::Scope::parse("tickets:read").unwrap(),
+            ),
+            common::now(),
+        )
+        .unwrap();
+    let chain = common::chain_of(
+        &opened.certificate.leaf.der,
+        &opened.certificate.intermediate_der,
+    );
+    let identity = opened.identity.as_str().to_owned();
     let info = agentid_transport::Credential::new(chain.clone(), key)
         .unwrap()
         .info()
@@ -1037,6 +1053,7 @@ async fn a_certificate_answer_whose_numbers_are_not_its_certificates_is_refused(
             "not_before": info.not_before,
             "not_after": not_after,
             "certs": chain.iter().map(|c| b64url(c.as_ref())).collect::<Vec<_>>(),
+            "grant": opened.grant.as_str(),
         })
         .to_string()
     };
@@ -1354,4 +1371,424 @@ async fn a_304_to_a_request_for_the_latest_list_is_a_failure() {
     );
     let last = status.last_error.unwrap_or_default();
     assert!(last.contains("304"), "{last}");
+}
+
+/// The `200` certificate answer (CA-API 3.5) for an issued certificate, its numbers its leaf's,
+/// carrying `grant` when given.
+fn issued_body(c: &agentid_ca::IssuedCertificate, grant: Option<&str>) -> String {
+    let chain = common::chain_of(&c.leaf.der, &c.intermediate_der);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&certificate_body(c.identity.as_str(), &chain)).unwrap();
+    v["serial"] = c.leaf.serial.clone().into();
+    v["not_before"] = c.leaf.not_before.into();
+    v["not_after"] = c.leaf.not_after.into();
+    if let Some(g) = grant {
+        v["grant"] = g.into();
+    }
+    v.to_string()
+}
+
+/// A task's answer (`POST /v1/tasks`, CA-API 3.7) carries the task's grant, which `agentid task
+/// open` writes as the agent's `grant.jwt` and the agent presents as its authority. A CA (a
+/// faulty replica, whoever holds the CA service's TLS key) answering the right certificate with
+/// a grant that is not the one asked for (none, another task's, one signed by a key outside the
+/// trust bundle, one wider or longer-lived than asked) handed the agent a chain every peer
+/// refuses, found only at its first connection, or one naming another holder. The client checks
+/// the grant with the protocol's verifier under the bundle it holds and against the request
+/// before anything is handed on; the CA may narrow and shorten, not widen or lengthen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
+    use agentid_api::{OpenTaskRequest, TokenRequest};
+    use agentid_protocol::{GrantBuilder, IdSet, Limits, Scope};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let search =
+        || IdSet::single(SpiffeId::parse("spiffe://example.org/svc/search").unwrap()).unwrap();
+    let calls = |n: u64| Limits::new([("calls".to_owned(), n)].into()).unwrap();
+    let opened = |key: &TaskKey, scope: &str| {
+        let mut req = agentid_ca::OpenTaskRequest::new(
+            "planner",
+            agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+            agentid_ca::TaskRequester::Operator,
+            Scope::parse(scope).unwrap(),
+        );
+        req.task_ttl = Some(Duration::from_secs(600));
+        req.audience = Some(search());
+        req.limits = Some(calls(10));
+        ca.open_task(&req, common::now()).unwrap()
+    };
+    let asked = OpenTaskRequest {
+        csr: base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
+                .unwrap(),
+        ),
+        task: TokenRequest {
+            agent: "planner".into(),
+            scope: vec!["tickets:read".into(), "tickets:write".into()],
+            audience: Some(vec!["spiffe://example.org/svc/search".into()]),
+            limits: Some([("calls".to_owned(), 10)].into()),
+            task_ttl_secs: Some(600),
+            ..Default::default()
+        },
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let ask = |body: String| {
+        let (ca, v, asked) = (&ca, v.clone(), asked.clone());
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .open_task(&asked)
+                .await
+        }
+    };
+    // The genuine answer, grant and all, is taken: the checks refuse no legitimate answer.
+    let genuine = opened(&key, "tickets:read tickets:write");
+    let grant = genuine.grant.as_str();
+    let taken = ask(issued_body(&genuine.certificate, Some(grant)))
+        .await
+        .unwrap();
+    assert_eq!(taken.grant.as_deref(), Some(grant));
+    // Grants for the same holder and key signed with the CA's own grant key (a key holds one
+    // task at a time): what a replica whose policy differs would answer.
+    let grant_key = {
+        use rustls_pki_types::pem::PemObject as _;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(dir.path().join("grant.key"))
+            .unwrap();
+        AuthorityKey::from_pkcs8_der(der.secret_pkcs8_der()).unwrap()
+    };
+    let now = common::unix(common::now());
+    let signed = |scope: &str,
+                  life: u64,
+                  by: &AuthorityKey,
+                  terms: &dyn Fn(GrantBuilder) -> GrantBuilder| {
+        terms(
+            GrantBuilder::new(
+                ca.trust_domain(),
+                &genuine.identity,
+                key.public_key(),
+                Scope::parse(scope).unwrap(),
+            )
+            .validity(now, now, now + life),
+        )
+        .sign(by)
+        .unwrap()
+    };
+    let asked_terms = |g: GrantBuilder| g.audience(search()).limits(calls(10));
+    // The CA may narrow and shorten what was asked for.
+    let narrower = signed("tickets:read", 300, &grant_key, &|g| {
+        g.audience(search()).limits(calls(5))
+    });
+    let taken = ask(issued_body(&genuine.certificate, Some(narrower.as_str()))).await;
+    assert!(taken.is_ok(), "{taken:?}");
+
+    let other = opened(
+        &TaskKey::generate(Algorithm::Es256).unwrap(),
+        "tickets:read",
+    );
+    let rogue = AuthorityKey::generate(Algorithm::Es256).unwrap();
+    let cases = [
+        ("no grant", None, "no grant"),
+        (
+            "the grant of another task and key",
+            Some(other.grant.clone()),
+            "does not verify",
+        ),
+        (
+            "a grant signed by a key outside the trust bundle",
+            Some(signed("tickets:read", 600, &rogue, &asked_terms)),
+            "does not verify",
+        ),
+        (
+            "a grant wider than the scope asked for",
+            Some(signed(
+                "tickets:read search:query",
+                600,
+                &grant_key,
+                &asked_terms,
+            )),
+            "beyond",
+        ),
+        (
+            "a grant living longer than the task_ttl_secs asked for",
+            Some(signed("tickets:read", 7200, &grant_key, &asked_terms)),
+            "living longer",
+        ),
+        (
+            "a grant for the whole trust domain where one service was asked for",
+            Some(signed("tickets:read", 600, &grant_key, &|g| {
+                g.limits(calls(10))
+            })),
+            "audience",
+        ),
+        (
+            "a grant without the limit asked for",
+            Some(signed("tickets:read", 600, &grant_key, &|g| {
+                g.audience(search())
+            })),
+            "limit",
+        ),
+        (
+            "a grant acting for a principal nobody asked for",
+            Some(signed("tickets:read", 600, &grant_key, &|g| {
+                asked_terms(g)
+                    .on_behalf_of(serde_json::json!({"format": "opaque", "id": "user:42"}))
+            })),
+            "on behalf of",
+        ),
+    ];
+    for (what, grant, why) in cases {
+        let body = match &grant {
+            Some(g) => issued_body(&genuine.certificate, Some(g.as_str())),
+            None => issued_body(&genuine.certificate, None),
+        };
+        match ask(body).await {
+            Ok(r) => panic!("open_task took an answer carrying {what}: {:?}", r.grant),
+            Err(e) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.contains("the CA answered /v1/tasks with") && shown.contains(why),
+                    "{what}: {shown}"
+                );
+                assert!(!e.is_transient(), "{what}: {shown}");
+            }
+        }
+    }
+    let r = ask(issued_body(&genuine.certificate, Some("not.a.grant"))).await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("cannot be read")),
+        "{r:?}"
+    );
+}
+
+/// A child's answer (`POST /v1/children`, CA-API 3.8) and a renewal's (3.9) carry no grant:
+/// `agentid task child` wrote one it was given as the child's `grant.jwt`, which the child then
+/// presented as its authority (another holder's grant, refused by every peer). Such an answer
+/// is refused; the same answer without the grant is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_or_renewal_answer_carrying_a_grant_is_refused() {
+    use agentid_api::{ChildRequest, RenewRequest};
+    use agentid_protocol::Scope;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let parent_key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let mut req = agentid_ca::OpenTaskRequest::new(
+        "planner",
+        agentid_ca::KeySource::Spki(parent_key.public_key().to_spki_der()),
+        agentid_ca::TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
+    req.max_depth = Some(1);
+    let parent = ca.open_task(&req, common::now()).unwrap();
+    let parent_chain = common::chain_of(
+        &parent.certificate.leaf.der,
+        &parent.certificate.intermediate_der,
+    );
+    let child_key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let child = ca
+        .issue_child(
+            &agentid_ca::ChildRequest {
+                parent: parent.identity.clone(),
+                parent_chain: None,
+                agent: "summarizer".into(),
+                key: agentid_ca::KeySource::Spki(child_key.public_key().to_spki_der()),
+                ttl: None,
+            },
+            common::now(),
+        )
+        .unwrap();
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let ask_child = |body: String| {
+        let (ca, v, chain, parent_key, child_key) = (
+            &ca,
+            v.clone(),
+            parent_chain.clone(),
+            &parent_key,
+            &child_key,
+        );
+        async move {
+            let url = answering_ca(ca, body).await;
+            let key = TaskKey::from_pkcs8_der(parent_key.danger_pkcs8_der()).unwrap();
+            let creds = Arc::new(MemoryCredentials::new(
+                agentid_transport::Credential::new(chain, key).unwrap(),
+            ));
+            CaClient::new(&url, creds, v, T)
+                .unwrap()
+                .issue_child(&ChildRequest {
+                    agent: "summarizer".into(),
+                    csr: base64::Engine::encode(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                        child_key
+                            .csr(&SpiffeId::parse("spiffe://example.org/agent/summarizer").unwrap())
+                            .unwrap(),
+                    ),
+                    ttl_secs: None,
+                    parent_chain: None,
+                })
+                .await
+        }
+    };
+    let taken = ask_child(issued_body(&child, None)).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let r = ask_child(issued_body(&child, Some(parent.grant.as_str()))).await;
+    match r {
+        Ok(r) => panic!("issue_child took an answer carrying a grant: {:?}", r.grant),
+        Err(e) => assert!(e.to_string().contains("grant"), "{e}"),
+    }
+
+    // The parent renews: a genuine renewal is taken, the same with a grant is not.
+    let renewed = ca
+        .renew(
+            &agentid_ca::RenewRequest {
+                identity: agentid_protocol::PeerId::parse(parent.identity.as_str()).unwrap(),
+                key: agentid_ca::KeySource::Spki(parent_key.public_key().to_spki_der()),
+                requester: agentid_ca::RenewRequester::Operator,
+                ttl: None,
+            },
+            common::now(),
+        )
+        .unwrap();
+    let renew = |body: String| {
+        let (ca, v, chain, parent_key) = (&ca, v.clone(), parent_chain.clone(), &parent_key);
+        async move {
+            let url = answering_ca(ca, body).await;
+            let key = TaskKey::from_pkcs8_der(parent_key.danger_pkcs8_der()).unwrap();
+            let creds = Arc::new(MemoryCredentials::new(
+                agentid_transport::Credential::new(chain, key).unwrap(),
+            ));
+            CaClient::new(&url, creds, v, T)
+                .unwrap()
+                .renew(&RenewRequest::default())
+                .await
+        }
+    };
+    let taken = renew(issued_body(&renewed, None)).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let r = renew(issued_body(&renewed, Some(parent.grant.as_str()))).await;
+    match r {
+        Ok(r) => panic!(
+            "CaClient::renew took an answer carrying a grant: {:?}",
+            r.grant
+        ),
+        Err(e) => assert!(e.to_string().contains("grant"), "{e}"),
+    }
+}
+
+/// A fake enrollment listener of example.org (server-authenticated TLS with a genuine
+/// `agentid-ca` certificate, as `--enroll-listen`): `GET /v1/bundle` answers the CA's genuine
+/// bundle, `POST /v1/enroll` answers `200` with `enrolled`; its URL.
+async fn fake_enrollment(ca: &CertificateAuthority, enrolled: String) -> String {
+    let cred = common::service_credential(ca, "agentid-ca", Some(Duration::from_secs(3600)));
+    let config = agentid_transport::http::danger_no_client_auth_for_enrollment(Arc::new(
+        MemoryCredentials::new(cred),
+    ))
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let bundle = ca.trust_bundle().unwrap().to_json();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, bundle, enrolled) = (acceptor.clone(), bundle.clone(), enrolled.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Some((method, _)) = read_request(&mut tls).await else {
+                    return;
+                };
+                let body = if method == "GET" { bundle } else { enrolled };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(body.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    format!("https://{addr}")
+}
+
+/// An enrollment's answer (`POST /v1/enroll`, CA-API 3.5) for an agent's task carries the
+/// task's grant, which `agentid enroll` writes as `grant.jwt` beside the key. Whoever answers
+/// as the CA (its online TLS key, a faulty replica) answering the agent's genuine certificate
+/// with another task's grant (or none) left the agent a credential directory whose chain every
+/// peer refuses, found at its first connection. The grant must name the enrolled identity and
+/// bind the enrolled key; the genuine answer is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_answer_whose_grant_is_not_the_agents_is_refused() {
+    use agentid_protocol::Scope;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let opened = |key: &TaskKey| {
+        let req = agentid_ca::OpenTaskRequest::new(
+            "planner",
+            agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+            agentid_ca::TaskRequester::Operator,
+            Scope::parse("tickets:read").unwrap(),
+        );
+        ca.open_task(&req, common::now()).unwrap()
+    };
+    let key = TaskKey::generate(Algorithm::Es256).unwrap();
+    let genuine = opened(&key);
+    let other = opened(&TaskKey::generate(Algorithm::Es256).unwrap());
+    let enroll = |body: String| {
+        let (ca, key, identity) = (&ca, &key, genuine.identity.clone());
+        async move {
+            let url = fake_enrollment(ca, body).await;
+            let file = TokenFile {
+                token: "a-token".into(),
+                ca_url: url,
+                root_sha256: agentid_ca::server::root_sha256(ca),
+                identity: identity.as_str().to_owned(),
+                agent: "planner".into(),
+                task: identity.task_id().as_str().to_owned(),
+                expires: common::unix(common::now()) + 600,
+                renew_url: None,
+                bundle_seq: None,
+            };
+            let key = TaskKey::from_pkcs8_der(key.danger_pkcs8_der()).unwrap();
+            agentid_transport::enroll::enroll_with_token(&file, key, T).await
+        }
+    };
+    let taken = enroll(issued_body(
+        &genuine.certificate,
+        Some(genuine.grant.as_str()),
+    ))
+    .await;
+    assert!(taken.is_ok(), "{taken:?}");
+    for (what, body, why) in [
+        (
+            "no grant",
+            issued_body(&genuine.certificate, None),
+            "no grant",
+        ),
+        (
+            "the grant of another task and key",
+            issued_body(&genuine.certificate, Some(other.grant.as_str())),
+            "instead of",
+        ),
+    ] {
+        match enroll(body).await {
+            Ok(e) => panic!(
+                "enroll_with_token took an answer carrying {what}: {:?}",
+                e.response.grant
+            ),
+            Err(e) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.contains("the CA answered /v1/enroll with") && shown.contains(why),
+                    "{what}: {shown}"
+                );
+            }
+        }
+    }
 }

@@ -223,6 +223,14 @@ impl UnverifiedChain {
             .fold(grant_audience(&self.grant)?, link_audience))
     }
 
+    /// The effective limit ceilings (section 7.3): the name-wise minimum along the chain, as the
+    /// verifier's rules compute them, without checking signatures or time. A holder checking
+    /// its own chain with a [`crate::Verifier`] declares these names as enforced (rules 4.0.3
+    /// and 4.8 are the verifier application's, not the holder's).
+    pub fn limits(&self) -> Result<crate::Limits> {
+        self.effective().map(|e| e.limits)
+    }
+
     /// The `exp` of the last token: no link may outlive it.
     pub fn expires(&self) -> u64 {
         self.links.last().map_or(self.grant.exp, |l| l.exp)

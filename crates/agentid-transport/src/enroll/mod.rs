@@ -114,6 +114,19 @@ pub enum EnrollError {
     /// The call did not finish in time.
     #[error("the CA did not answer within {0:?}")]
     Timeout(Duration),
+    /// A certificate answer whose grant is not the one asked for (CA-API 3.5, 3.7 to 3.9): none
+    /// where a task's answer carries its grant, one where a child's, a renewal's or a service's
+    /// carries none, or a grant that does not verify under the trust bundle this client holds,
+    /// names another holder or key, is not a grant, or grants a wider scope or audience, or a
+    /// later `exp`, than asked for. It is what the CA answered (a faulty replica, or another
+    /// party answering as the CA), not a local fault; nothing of the answer is used.
+    #[error("the CA answered {route} with {problem}: nothing of the answer is used; ask again, and if it persists tell the CA's operator (a replica may be misconfigured, or another party answers as the CA)")]
+    BadGrant {
+        /// The route that answered.
+        route: &'static str,
+        /// What is wrong with the grant.
+        problem: String,
+    },
     /// [`Enroller::run`] stopped retrying: every renewal failed, transiently, from the renewal
     /// point until 90% of the certificate's lifetime. The certificate held stays usable until
     /// `not_after`; past it, the holder needs a new token (or the operator's re-issue).
@@ -153,9 +166,10 @@ impl EnrollError {
             | EnrollError::Io(_)
             | EnrollError::Timeout(_) => true,
             // The renewal window is over: asking again cannot renew in time.
-            EnrollError::RootMismatch(_) | EnrollError::Invalid(_) | EnrollError::GaveUp { .. } => {
-                false
-            }
+            EnrollError::RootMismatch(_)
+            | EnrollError::Invalid(_)
+            | EnrollError::BadGrant { .. }
+            | EnrollError::GaveUp { .. } => false,
         }
     }
 
@@ -545,6 +559,245 @@ fn csr_public_key(csr: &str) -> Result<agentid_protocol::PublicKey> {
         .map_err(|e| invalid(format!("the request's CSR holds no usable key: {e}")))
 }
 
+/// What a request asked of a task's grant (CA-API 3.6, 3.7), to hold the grant answered
+/// against: the CA may narrow and shorten what was asked for, never widen or lengthen it.
+/// `None` is "not asked" (the rule's default, or, for an enrollment, bound by the token).
+#[derive(Clone, Copy, Debug, Default)]
+struct GrantAsked<'a> {
+    scope: Option<&'a [String]>,
+    audience: Option<&'a [String]>,
+    task_ttl: Option<u64>,
+    limits: Option<&'a std::collections::BTreeMap<String, u64>>,
+    principal: Option<Option<&'a serde_json::Value>>,
+}
+
+impl<'a> GrantAsked<'a> {
+    /// What `POST /v1/tasks` asked for.
+    fn of(req: &'a agentid_api::TokenRequest) -> Self {
+        GrantAsked {
+            scope: Some(&req.scope),
+            audience: req.audience.as_deref(),
+            task_ttl: req.task_ttl_secs,
+            limits: req.limits.as_ref(),
+            principal: Some(req.principal.as_ref()),
+        }
+    }
+}
+
+/// Checks the `grant` a certificate answer of `route` carries, for the leaf `leaf` (already
+/// checked: the key and identity asked for), before anything of the answer is used (CA-API 3.7).
+///
+/// A task identity's answer carries its task's grant; any other carries none (`required` says
+/// which). The grant must be a grant (no links), and verify, with the protocol's verifier, as
+/// the chain the holder of `leaf` presents, under the trust bundles `verification` holds, now:
+/// the trust domain's grant key, its claims and time, its `sub` the leaf's identity and its
+/// `cnf` the leaf's key. Without a grant key of the trust domain in those bundles (an enrolled
+/// agent's pinned bundle holds the root only, CA-API 3.6.1) the signature cannot be checked
+/// here, and only what the grant names is: its holder, key and `exp`. Then it must grant no
+/// more than `asked`: its scope and audience within those asked, each limit asked for at most
+/// its ceiling, its `exp` no later than now plus the `task_ttl` asked plus the clock skew, and
+/// a principal only as asked.
+fn check_grant(
+    route: &'static str,
+    grant: Option<&str>,
+    required: bool,
+    leaf: &crate::svid::SvidInfo,
+    verification: &PeerVerification,
+    asked: &GrantAsked<'_>,
+) -> Result<()> {
+    let bad = |problem: String| EnrollError::BadGrant {
+        route,
+        problem: agentid_protocol::clean_text(problem, MAX_CA_TEXT),
+    };
+    let grant = match (grant, required) {
+        (Some(g), true) => g,
+        (None, false) => return Ok(()),
+        (None, true) => {
+            return Err(bad(format!(
+                "no grant for {}, where the answer for a task carries the task's grant",
+                leaf.id
+            )))
+        }
+        (Some(_), false) => {
+            return Err(bad(format!(
+                "a grant for {}, where this answer carries none (a child's and a renewal's hold their parent's or their own chain, a service holds none)",
+                leaf.id
+            )))
+        }
+    };
+    let PeerId::Task(holder) = &leaf.id else {
+        return Err(bad(format!("a grant for the service {}", leaf.id)));
+    };
+    let read = agentid_protocol::Chain::parse_unverified(grant)
+        .and_then(|c| c.read_unverified())
+        .map_err(|e| bad(format!("a grant that cannot be read ({e})")))?;
+    if read.depth() != 0 {
+        return Err(bad(format!(
+            "a chain of {} links where the task's grant (none) is answered",
+            read.depth()
+        )));
+    }
+    let verifier = verification.verifier();
+    let config = verifier.config();
+    let td = holder.trust_domain();
+    let skew = config.skew_seconds();
+    let now = crate::session::now_unix();
+    let holds_grant_keys = config
+        .bundles()
+        .get(&td)
+        .is_some_and(|b| !b.grant_keys().is_empty());
+    let (expires, verified) = if holds_grant_keys {
+        // The holder checks its grant as a verifier of its audience would (phase 8 asks whether
+        // the verifier is in the audience; the holder is no verifier), enforcing the limit
+        // names it carries (rules 4.0.3, 4.8: the verifier application's), the revocation
+        // lists left to the peers.
+        let own = audience_member(&read, holder).map_err(&bad)?;
+        let limits = read
+            .limits()
+            .map_err(|e| bad(format!("a grant whose limits cannot be read ({e})")))?;
+        let checking = agentid_protocol::VerifierConfig::new(own, config.bundles().clone())
+            .authority_policy(agentid_protocol::AuthorityPolicy::own_domain(&td))
+            .skew(skew)
+            .map(|c| {
+                c.enforce_limits(limits.names().map(str::to_owned))
+                    .danger_accept_missing_or_stale_revocations()
+            })
+            .and_then(agentid_protocol::Verifier::new)
+            .map_err(|e| invalid(format!("cannot check the CA's grant: {e}")))?;
+        let verified = checking
+            .verify_chain(grant, leaf.id.as_spiffe_id(), &leaf.public_key, now)
+            .map_err(|e| {
+                bad(format!(
+                    "a grant for {} that does not verify under the trust bundle this client holds ({e}); if the CA's grant key was rotated, update the bundle",
+                    leaf.id
+                ))
+            })?;
+        (verified.expires, Some(verified))
+    } else {
+        if read.holder() != holder {
+            return Err(bad(format!(
+                "a grant for {} instead of {}",
+                read.holder(),
+                leaf.id
+            )));
+        }
+        if read.holder_key() != &leaf.public_key {
+            return Err(bad(format!(
+                "a grant for {} binding another key than its certificate's",
+                leaf.id
+            )));
+        }
+        if read.expires().saturating_add(skew) <= now {
+            return Err(bad(format!("a grant that expired at {}", read.expires())));
+        }
+        (read.expires(), None)
+    };
+    if let Some(ttl) = asked.task_ttl {
+        let latest = now.saturating_add(ttl).saturating_add(skew);
+        if expires > latest {
+            return Err(bad(format!(
+                "a grant living longer than the {ttl} s asked for (exp {expires}, {} s past the latest {latest} a {ttl} s task allows with the {skew} s clock skew)",
+                expires - latest
+            )));
+        }
+    }
+    let Some(verified) = verified else {
+        return Ok(());
+    };
+    if let Some(scope) = asked.scope {
+        let want = agentid_protocol::Scope::parse(&scope.join(" "))
+            .map_err(|e| bad(format!("a grant for a scope that is not one ({e})")))?;
+        if !want.covers(&verified.scope) {
+            return Err(bad(format!(
+                "a grant of scope \"{}\", beyond the \"{want}\" asked for",
+                verified.scope
+            )));
+        }
+    }
+    if let Some(audience) = asked.audience {
+        let want = audience
+            .iter()
+            .map(|a| SpiffeId::parse(a))
+            .collect::<agentid_protocol::Result<Vec<_>>>()
+            .and_then(agentid_protocol::IdSet::new)
+            .map_err(|e| bad(format!("a grant for an audience that is not one ({e})")))?;
+        if !want.covers(&verified.audience) {
+            let names: Vec<&str> = verified.audience.ids().iter().map(|i| i.as_str()).collect();
+            return Err(bad(format!(
+                "a grant for the audience {names:?}, beyond the one asked for"
+            )));
+        }
+    }
+    if let Some(limits) = asked.limits {
+        // A name the grant lacks has no ceiling: wider than asked.
+        let wider = limits
+            .iter()
+            .find(|(name, ceiling)| verified.limits.get(name).is_none_or(|g| g > **ceiling));
+        if let Some((name, ceiling)) = wider {
+            return Err(bad(format!(
+                "a grant whose limit {name:?} is {}, beyond the {ceiling} asked for",
+                verified
+                    .limits
+                    .get(name)
+                    .map_or_else(|| "absent (no ceiling)".to_owned(), |g| g.to_string())
+            )));
+        }
+    }
+    if let Some(principal) = asked.principal {
+        if principal != verified.principal.as_ref() {
+            return Err(bad(format!(
+                "a grant acting {}, where the request asked for {}",
+                match &verified.principal {
+                    Some(_) => "on behalf of a principal",
+                    None => "autonomously",
+                },
+                match principal {
+                    Some(_) => "its principal",
+                    None => "none",
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A verifier ID the effective audience of `read` (a grant of `holder`) covers, in the
+/// holder's trust domain when the audience names one there: an entry that is a service or task
+/// identity itself; for a trust domain, its CA service; for an agent, its task of the holder's
+/// task id.
+fn audience_member(
+    read: &agentid_protocol::UnverifiedChain,
+    holder: &agentid_protocol::TaskIdentity,
+) -> std::result::Result<SpiffeId, String> {
+    use agentid_protocol::IdKind;
+    let aud = read
+        .audience()
+        .map_err(|e| format!("a grant whose audience cannot be read ({e})"))?;
+    let td = holder.trust_domain();
+    let member = |id: &SpiffeId| match id.kind() {
+        IdKind::Service | IdKind::Task => Some(id.clone()),
+        IdKind::TrustDomain => SpiffeId::parse(&format!(
+            "{}/svc/{}",
+            id.as_str(),
+            agentid_api::CA_SERVICE_NAME
+        ))
+        .ok(),
+        IdKind::Agent => SpiffeId::parse(&format!(
+            "{}/task/{}",
+            id.as_str(),
+            holder.task_id().as_str()
+        ))
+        .ok(),
+        IdKind::Other => None,
+    };
+    let ids = aud.ids();
+    ids.iter()
+        .filter(|i| i.trust_domain() == td)
+        .chain(ids.iter().filter(|i| i.trust_domain() != td))
+        .find_map(member)
+        .ok_or_else(|| "a grant whose audience names no verifier".to_owned())
+}
+
 /// A credential obtained from the CA.
 #[derive(Debug)]
 pub struct Enrolled {
@@ -595,6 +848,16 @@ fn credential_from(
             "the CA answered the enrollment with {why}: nothing of it is used (the token is spent; ask its creator for another), and tell the CA's operator"
         ))
     })?;
+    // An agent's task comes with its grant (the terms the token binds are not known here); a
+    // service's certificate with none (CA-API 3.5).
+    check_grant(
+        agentid_api::routes::ENROLL,
+        resp.grant.as_deref(),
+        matches!(cred.identity(), PeerId::Task(_)),
+        cred.info(),
+        verification,
+        &GrantAsked::default(),
+    )?;
     if let Some(g) = &resp.grant {
         cred = cred.with_chain(g.clone());
     }
@@ -606,7 +869,9 @@ fn credential_from(
 /// Follows CA-API 3.6.1: the bundle is fetched and pinned to `token.root_sha256` before the
 /// token is sent ([`EnrollError::RootMismatch`] otherwise); the enrollment connection requires the
 /// server to be `spiffe://<td>/svc/agentid-ca` under that root; the returned chain must verify
-/// against the same root and name the token's identity.
+/// against the same root and name the token's identity, and an agent's answer must carry a
+/// grant (a service's none) for that identity and the key, unexpired (its signature is not
+/// checked: the pinned bundle holds no grant key; [`EnrollError::BadGrant`] otherwise).
 pub async fn enroll_with_token(
     token: &TokenFile,
     key: TaskKey,
@@ -1036,7 +1301,9 @@ impl CaClient {
     ///
     /// The answer is checked before it is returned (CA-API 3.7): its chain validates against the
     /// verification's anchors now, for the CSR's key, and names a task identity of the agent
-    /// asked for (and of the task, when one was named) in the caller's trust domain.
+    /// asked for (and of the task, when one was named) in the caller's trust domain; its grant
+    /// verifies as that holder's chain under the verification's bundles and grants no more than
+    /// asked ([`EnrollError::BadGrant`] otherwise).
     pub async fn open_task(&self, req: &OpenTaskRequest) -> Result<CertificateResponse> {
         let resp: CertificateResponse = self.post(agentid_api::routes::TASKS, req).await?;
         self.check_issued(
@@ -1046,6 +1313,7 @@ impl CaClient {
             &req.task.agent,
             req.task.task.as_deref(),
             req.task.ttl_secs,
+            Some(GrantAsked::of(&req.task)),
         )?;
         Ok(resp)
     }
@@ -1054,7 +1322,7 @@ impl CaClient {
     ///
     /// The answer is checked before it is returned (CA-API 3.8): its chain validates against the
     /// verification's anchors now, for the CSR's key, and names a task identity of the child
-    /// agent asked for in the caller's own task.
+    /// agent asked for in the caller's own task; it carries no grant.
     pub async fn issue_child(&self, req: &ChildRequest) -> Result<CertificateResponse> {
         let current = self
             .credentials
@@ -1072,6 +1340,7 @@ impl CaClient {
             &req.agent,
             task.as_deref(),
             req.ttl_secs,
+            None,
         )?;
         Ok(resp)
     }
@@ -1080,17 +1349,20 @@ impl CaClient {
     /// DER) for `agent` (and `task`, if given), is the certificate asked for: a chain that
     /// validates against the verification's anchors now (both roles), for the CSR's key,
     /// naming `resp.identity`, a task identity of `agent` (and `task`) in the caller's trust
-    /// domain, and living no longer than the `ttl` asked for, if any. What does not is refused,
-    /// never handed on to be written as an agent's certificate.
+    /// domain, and living no longer than the `ttl` asked for, if any; with the task's grant,
+    /// as `grant` asked for it ([`check_grant`]), when `grant` is given (a task's answer), and
+    /// without one otherwise (a child's). What does not is refused, never handed on to be
+    /// written as an agent's certificate.
     #[allow(clippy::too_many_arguments)]
     fn check_issued(
         &self,
-        route: &str,
+        route: &'static str,
         resp: &CertificateResponse,
         csr: &str,
         agent: &str,
         task: Option<&str>,
         ttl: Option<u64>,
+        grant: Option<GrantAsked<'_>>,
     ) -> Result<()> {
         let refused = |what: String| {
             invalid(format!(
@@ -1126,7 +1398,15 @@ impl CaClient {
         if let Err(why) = within_ttl(info.not_after, ttl, skew) {
             return Err(refused(why));
         }
-        describes(resp, &info).map_err(refused)
+        describes(resp, &info).map_err(refused)?;
+        check_grant(
+            route,
+            resp.grant.as_deref(),
+            grant.is_some(),
+            &info,
+            &self.verification,
+            &grant.unwrap_or_default(),
+        )
     }
 
     /// The leaf of a certificate answer, once its chain validates against the verification's
@@ -1215,7 +1495,8 @@ impl CaClient {
     /// its leaf's numbers; and it is a new certificate, not the one presented nor one issued
     /// before it (a `notBefore` earlier than the presented one's by more than the clock skew):
     /// whoever answers as the CA could otherwise replay an earlier certificate of the same key,
-    /// ending sooner, in its place.
+    /// ending sooner, in its place. A renewal keeps the chain held: an answer carrying a grant
+    /// is refused.
     pub async fn renew(&self, req: &RenewRequest) -> Result<CertificateResponse> {
         let route = agentid_api::routes::RENEW;
         let b = serde_json::to_vec(req).map_err(|e| invalid(e.to_string()))?;
@@ -1256,6 +1537,15 @@ impl CaClient {
         }
         within_ttl(info.not_after, req.ttl_secs, skew).map_err(&refused)?;
         describes(&resp, &info).map_err(refused)?;
+        // A renewal keeps the chain held: its answer carries no grant (CA-API 3.9).
+        check_grant(
+            route,
+            resp.grant.as_deref(),
+            false,
+            &info,
+            &self.verification,
+            &GrantAsked::default(),
+        )?;
         Ok(resp)
     }
 
