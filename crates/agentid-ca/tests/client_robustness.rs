@@ -1792,3 +1792,31 @@ async fn an_enrollment_answer_whose_grant_is_not_the_agents_is_refused() {
         }
     }
 }
+
+/// A page of `GET /v1/tasks` names its `next` (CA-API 3.11), which `agentid ca list` prints as
+/// the `--after` of the next page: an answer whose `next` is not a task id (terminal escapes,
+/// a forged line) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_page_whose_next_is_not_a_task_id_is_refused() {
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let list = |next: &str| {
+        let (ca, v) = (&ca, v.clone());
+        let body = serde_json::json!({"tasks": [], "next": next}).to_string();
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T).unwrap().list().await
+        }
+    };
+    let taken = list("t5znjccwuty6mhbsgg5wtdldxa").await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let r = list("x\u{1b}[2J\nspiffe://example.org/agent/forged/task/x until never").await;
+    match r {
+        Ok(p) => panic!("CaClient::list took a next of {:?}", p.next),
+        Err(e) => assert!(!e.to_string().chars().any(char::is_control), "{e}"),
+    }
+}

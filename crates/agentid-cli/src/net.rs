@@ -557,18 +557,30 @@ pub fn run_enroll(a: &EnrollArgs) -> CliResult {
 pub struct ListArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// The page of tasks after this task id: the `next` the page before it ended with (the
+    /// CA answers at most 1000 tasks a page).
+    #[arg(long, value_name = "TASK", value_parser = parse_after)]
+    pub after: Option<String>,
     #[command(flatten)]
     pub format: FormatArg,
 }
 
-/// Runs `ca list`: the live tasks the caller (a service with `list`) may see.
+/// An `--after` value: a task id.
+fn parse_after(s: &str) -> Result<String, String> {
+    agentid_protocol::TaskId::parse(s)
+        .map(|t| t.as_str().to_owned())
+        .map_err(|e| format!("not a task id: {e}"))
+}
+
+/// Runs `ca list`: one page of the live tasks the caller (a service with `list`) may see, and
+/// (in text) how to ask for the next one when more may follow.
 pub fn run_list(a: &ListArgs) -> CliResult {
     if a.remote.ca_url.is_none() {
         return Err(CliError::usage("ca list needs --ca-url and --cred"));
     }
     let client = a.remote.client()?;
     let r = runtime()?
-        .block_on(client.list())
+        .block_on(client.list_after(a.after.as_deref()))
         .map_err(api_error(a.remote.url()))?;
     match a.format.format {
         Format::Json => print_json(&serde_json::to_value(&r).context("cannot encode JSON")?),
@@ -588,7 +600,17 @@ pub fn run_list(a: &ListArgs) -> CliResult {
                 out.push_str(&format!("{holder} until {}\n", rfc3339(t.exp)));
             }
             if r.tasks.is_empty() {
-                out.push_str("no live tasks\n");
+                out.push_str(if r.next.is_some() {
+                    "no live tasks on this page\n"
+                } else {
+                    "no live tasks\n"
+                });
+            }
+            // A task id (`CaClient::list_after` refuses any other `next`).
+            if let Some(next) = &r.next {
+                out.push_str(&format!(
+                    "more tasks may follow: add --after {next} for the next page\n"
+                ));
             }
             print_text(&out)
         }

@@ -1183,3 +1183,52 @@ fn enroll_over_a_key_names_the_next_step_and_keeps_the_token() {
     env.json("enroll --token-file t2.json --out-dir a2");
     assert_eq!(issued(&env), before + 1);
 }
+
+/// `GET /v1/tasks` answers one page of at most 1000 tasks, with `next` when more may follow
+/// (CA-API 3.11). `ca list` printed the first page alone, in text without a word of the rest,
+/// and had no way to ask for the next one: an operator listing an agent's tasks to revoke them
+/// (an incident) saw 1000 and took them for all. The text says that more follow and how to ask
+/// for them, and `--after` pages on.
+#[test]
+fn ca_list_says_when_more_tasks_follow_and_pages_on_with_after() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    let ca = agentid_ca::CertificateAuthority::open(&env.path("ca")).unwrap();
+    for _ in 0..1001 {
+        let key = agentid_protocol::TaskKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+        let req = agentid_ca::OpenTaskRequest::new(
+            "planner",
+            agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+            agentid_ca::TaskRequester::Operator,
+            agentid_protocol::Scope::parse("tickets:read").unwrap(),
+        );
+        ca.open_task(&req, SystemTime::now()).unwrap();
+    }
+    drop(ca);
+    let first = env.json(&format!("ca list --ca-url {url} --cred platform"));
+    let tasks = first["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1000, "one page");
+    let next = first["next"].as_str().unwrap().to_owned();
+    let text = env.ok(&format!("ca list --ca-url {url} --cred platform"));
+    assert!(
+        text.contains(&format!("--after {next}")),
+        "the text says nothing of the tasks after the first page: {}",
+        text.lines().last().unwrap_or_default()
+    );
+    let second = env.json(&format!(
+        "ca list --ca-url {url} --cred platform --after {next}"
+    ));
+    let rest = second["tasks"].as_array().unwrap();
+    assert_eq!(rest.len(), 1, "{second}");
+    assert!(
+        !tasks.iter().any(|t| t["task"] == rest[0]["task"]),
+        "the second page repeats the first"
+    );
+    // A value that is not a task id is the command line's mistake (status 2).
+    env.fails(
+        &format!("ca list --ca-url {url} --cred platform --after a/b"),
+        2,
+        "--after",
+    );
+}

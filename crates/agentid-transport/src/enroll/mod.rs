@@ -1567,7 +1567,18 @@ impl CaClient {
                 format!("{}?after={}", agentid_api::routes::TASKS, id.as_str())
             }
         };
-        self.call(Method::GET, &path, None, Repeat::Safe).await
+        let page: TasksResponse = self.call(Method::GET, &path, None, Repeat::Safe).await?;
+        // `next` is the `after` of the following page, shown to whoever lists: a task id.
+        if let Some(next) = &page.next {
+            if agentid_protocol::TaskId::parse(next).is_err() {
+                return Err(invalid(format!(
+                    "the CA answered {} with a next of {:?}, which is not a task id: ask again, and if it persists tell the CA's operator",
+                    agentid_api::routes::TASKS,
+                    agentid_protocol::clean_text(next.clone(), 128)
+                )));
+            }
+        }
+        Ok(page)
     }
 
     /// The current revocation list (`GET /v1/revocations`), as served: verify it with
