@@ -1406,6 +1406,9 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
     let search =
         || IdSet::single(SpiffeId::parse("spiffe://example.org/svc/search").unwrap()).unwrap();
     let calls = |n: u64| Limits::new([("calls".to_owned(), n)].into()).unwrap();
+    let summarizer = || {
+        IdSet::single(SpiffeId::parse("spiffe://example.org/agent/summarizer").unwrap()).unwrap()
+    };
     let opened = |key: &TaskKey, scope: &str| {
         let mut req = agentid_ca::OpenTaskRequest::new(
             "planner",
@@ -1416,6 +1419,7 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
         req.task_ttl = Some(Duration::from_secs(600));
         req.audience = Some(search());
         req.limits = Some(calls(10));
+        req.may_delegate_to = Some(summarizer());
         ca.open_task(&req, common::now()).unwrap()
     };
     let asked = OpenTaskRequest {
@@ -1429,6 +1433,7 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
             scope: vec!["tickets:read".into(), "tickets:write".into()],
             audience: Some(vec!["spiffe://example.org/svc/search".into()]),
             limits: Some([("calls".to_owned(), 10)].into()),
+            may_delegate_to: Some(vec!["spiffe://example.org/agent/summarizer".into()]),
             task_ttl_secs: Some(600),
             ..Default::default()
         },
@@ -1479,10 +1484,16 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
         .sign(by)
         .unwrap()
     };
-    let asked_terms = |g: GrantBuilder| g.audience(search()).limits(calls(10));
+    let asked_terms = |g: GrantBuilder| {
+        g.audience(search())
+            .limits(calls(10))
+            .may_delegate_to(summarizer())
+    };
     // The CA may narrow and shorten what was asked for.
     let narrower = signed("tickets:read", 300, &grant_key, &|g| {
-        g.audience(search()).limits(calls(5))
+        g.audience(search())
+            .limits(calls(5))
+            .may_delegate_to(summarizer())
     });
     let taken = ask(issued_body(&genuine.certificate, Some(narrower.as_str()))).await;
     assert!(taken.is_ok(), "{taken:?}");
@@ -1532,6 +1543,20 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
                 g.audience(search())
             })),
             "limit",
+        ),
+        (
+            "a grant that may delegate where a sealed task was asked for",
+            Some(signed("tickets:read", 600, &grant_key, &|g| {
+                asked_terms(g).max_depth(2)
+            })),
+            "max_depth",
+        ),
+        (
+            "a grant that may delegate to anyone in the trust domain",
+            Some(signed("tickets:read", 600, &grant_key, &|g| {
+                g.audience(search()).limits(calls(10))
+            })),
+            "may delegate to",
         ),
         (
             "a grant acting for a principal nobody asked for",

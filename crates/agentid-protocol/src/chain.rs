@@ -231,6 +231,17 @@ impl UnverifiedChain {
         self.effective().map(|e| e.limits)
     }
 
+    /// The effective `max_depth` (section 6): the last token's, how many links may still follow.
+    pub fn max_depth(&self) -> Result<u8> {
+        self.effective().map(|e| e.max_depth)
+    }
+
+    /// The effective delegation targets (section 7.4): the last `may_delegate_to` along the
+    /// chain, or the grant issuer's trust domain.
+    pub fn may_delegate_to(&self) -> Result<crate::IdSet> {
+        self.effective().map(|e| e.may_delegate_to)
+    }
+
     /// The `exp` of the last token: no link may outlive it.
     pub fn expires(&self) -> u64 {
         self.links.last().map_or(self.grant.exp, |l| l.exp)

@@ -568,6 +568,8 @@ struct GrantAsked<'a> {
     audience: Option<&'a [String]>,
     task_ttl: Option<u64>,
     limits: Option<&'a std::collections::BTreeMap<String, u64>>,
+    max_depth: Option<u8>,
+    may_delegate_to: Option<&'a [String]>,
     principal: Option<Option<&'a serde_json::Value>>,
 }
 
@@ -579,6 +581,9 @@ impl<'a> GrantAsked<'a> {
             audience: req.audience.as_deref(),
             task_ttl: req.task_ttl_secs,
             limits: req.limits.as_ref(),
+            // The CA's default is 0, a sealed task (CA-API 3.6).
+            max_depth: Some(req.max_depth.unwrap_or(0)),
+            may_delegate_to: req.may_delegate_to.as_deref(),
             principal: Some(req.principal.as_ref()),
         }
     }
@@ -594,9 +599,10 @@ impl<'a> GrantAsked<'a> {
 /// `cnf` the leaf's key. Without a grant key of the trust domain in those bundles (an enrolled
 /// agent's pinned bundle holds the root only, CA-API 3.6.1) the signature cannot be checked
 /// here, and only what the grant names is: its holder, key and `exp`. Then it must grant no
-/// more than `asked`: its scope and audience within those asked, each limit asked for at most
-/// its ceiling, its `exp` no later than now plus the `task_ttl` asked plus the clock skew, and
-/// a principal only as asked.
+/// more than `asked`: its scope, audience and delegation targets within those asked, its
+/// `max_depth` at most the one asked (0 when none was), each limit asked for at most its
+/// ceiling, its `exp` no later than now plus the `task_ttl` asked plus the clock skew, and a
+/// principal only as asked.
 fn check_grant(
     route: &'static str,
     grant: Option<&str>,
@@ -654,7 +660,7 @@ fn check_grant(
         let own = audience_member(&read, holder).map_err(&bad)?;
         let limits = read
             .limits()
-            .map_err(|e| bad(format!("a grant whose limits cannot be read ({e})")))?;
+            .map_err(|e| bad(format!("a grant whose terms cannot be read ({e})")))?;
         let checking = agentid_protocol::VerifierConfig::new(own, config.bundles().clone())
             .authority_policy(agentid_protocol::AuthorityPolicy::own_domain(&td))
             .skew(skew)
@@ -740,6 +746,36 @@ fn check_grant(
                     .limits
                     .get(name)
                     .map_or_else(|| "absent (no ceiling)".to_owned(), |g| g.to_string())
+            )));
+        }
+    }
+    // Read from the grant that verified: the same bytes.
+    let terms =
+        |e: agentid_protocol::Error| bad(format!("a grant whose terms cannot be read ({e})"));
+    if let Some(asked_depth) = asked.max_depth {
+        let depth = read.max_depth().map_err(terms)?;
+        if depth > asked_depth {
+            return Err(bad(format!(
+                "a grant of max_depth {depth}, beyond the {asked_depth} asked for (a task that may delegate further than asked)"
+            )));
+        }
+    }
+    if let Some(targets) = asked.may_delegate_to {
+        let want = targets
+            .iter()
+            .map(|a| SpiffeId::parse(a))
+            .collect::<agentid_protocol::Result<Vec<_>>>()
+            .and_then(agentid_protocol::IdSet::new)
+            .map_err(|e| {
+                bad(format!(
+                    "a grant for delegation targets that are not ones ({e})"
+                ))
+            })?;
+        let granted = read.may_delegate_to().map_err(terms)?;
+        if !want.covers(&granted) {
+            let names: Vec<&str> = granted.ids().iter().map(|i| i.as_str()).collect();
+            return Err(bad(format!(
+                "a grant that may delegate to {names:?}, beyond the targets asked for"
             )));
         }
     }
