@@ -1590,6 +1590,69 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
             .is_err_and(|e| e.to_string().contains("cannot be read")),
         "{r:?}"
     );
+
+    // A platform enrolled with a token holds the pinned root only (CA-API 3.6.1): no grant key
+    // to check a signature with, but the grant's terms are still held to the request.
+    let mut pinned = BundleSet::new();
+    pinned
+        .insert(
+            agentid_protocol::TrustBundle::parse(
+                &td(),
+                ca.trust_bundle().unwrap().to_spiffe_json().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let v = PeerVerification::new(
+        VerifierConfig::new(
+            SpiffeId::parse("spiffe://example.org/svc/platform").unwrap(),
+            pinned,
+        )
+        .danger_accept_missing_or_stale_revocations(),
+    )
+    .unwrap();
+    let ask_pinned = |body: String| {
+        let (ca, v, asked) = (&ca, v.clone(), asked.clone());
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .open_task(&asked)
+                .await
+        }
+    };
+    let taken = ask_pinned(issued_body(&genuine.certificate, Some(grant))).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    for (what, grant, why) in [
+        (
+            "the grant of another task and key",
+            other.grant.clone(),
+            "instead of",
+        ),
+        (
+            "a grant wider than the scope asked for",
+            signed("tickets:read search:query", 600, &grant_key, &asked_terms),
+            "beyond",
+        ),
+        (
+            "a grant that may delegate where a sealed task was asked for",
+            signed("tickets:read", 600, &grant_key, &|g| {
+                asked_terms(g).max_depth(2)
+            }),
+            "max_depth",
+        ),
+    ] {
+        match ask_pinned(issued_body(&genuine.certificate, Some(grant.as_str()))).await {
+            Ok(r) => panic!(
+                "open_task with a pinned bundle took an answer carrying {what}: {:?}",
+                r.grant
+            ),
+            Err(e) => assert!(e.to_string().contains(why), "{what}: {e}"),
+        }
+    }
 }
 
 /// A child's answer (`POST /v1/children`, CA-API 3.8) and a renewal's (3.9) carry no grant:

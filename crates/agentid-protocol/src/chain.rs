@@ -231,6 +231,16 @@ impl UnverifiedChain {
         self.effective().map(|e| e.limits)
     }
 
+    /// The effective scope (section 7.1): the last token's.
+    pub fn scope(&self) -> Result<crate::Scope> {
+        self.effective().map(|e| e.scope)
+    }
+
+    /// The principal the chain acts for (the grant's, with `mode` `on_behalf_of`), if any.
+    pub fn principal(&self) -> Option<&serde_json::Value> {
+        self.grant.principal.as_ref()
+    }
+
     /// The effective `max_depth` (section 6): the last token's, how many links may still follow.
     pub fn max_depth(&self) -> Result<u8> {
         self.effective().map(|e| e.max_depth)

@@ -598,8 +598,8 @@ impl<'a> GrantAsked<'a> {
 /// the trust domain's grant key, its claims and time, its `sub` the leaf's identity and its
 /// `cnf` the leaf's key. Without a grant key of the trust domain in those bundles (an enrolled
 /// agent's pinned bundle holds the root only, CA-API 3.6.1) the signature cannot be checked
-/// here, and only what the grant names is: its holder, key and `exp`. Then it must grant no
-/// more than `asked`: its scope, audience and delegation targets within those asked, its
+/// here, and only what the grant names is: its holder, key and `exp`. Either way it must grant
+/// no more than `asked`: its scope, audience and delegation targets within those asked, its
 /// `max_depth` at most the one asked (0 when none was), each limit asked for at most its
 /// ceiling, its `exp` no later than now plus the `task_ttl` asked plus the clock skew, and a
 /// principal only as asked.
@@ -652,7 +652,7 @@ fn check_grant(
         .bundles()
         .get(&td)
         .is_some_and(|b| !b.grant_keys().is_empty());
-    let (expires, verified) = if holds_grant_keys {
+    if holds_grant_keys {
         // The holder checks its grant as a verifier of its audience would (phase 8 asks whether
         // the verifier is in the audience; the holder is no verifier), enforcing the limit
         // names it carries (rules 4.0.3, 4.8: the verifier application's), the revocation
@@ -670,7 +670,7 @@ fn check_grant(
             })
             .and_then(agentid_protocol::Verifier::new)
             .map_err(|e| invalid(format!("cannot check the CA's grant: {e}")))?;
-        let verified = checking
+        checking
             .verify_chain(grant, leaf.id.as_spiffe_id(), &leaf.public_key, now)
             .map_err(|e| {
                 bad(format!(
@@ -678,8 +678,8 @@ fn check_grant(
                     leaf.id
                 ))
             })?;
-        (verified.expires, Some(verified))
     } else {
+        // Nothing to check its signature with: what it names, as the first verifier will.
         if read.holder() != holder {
             return Err(bad(format!(
                 "a grant for {} instead of {}",
@@ -696,94 +696,97 @@ fn check_grant(
         if read.expires().saturating_add(skew) <= now {
             return Err(bad(format!("a grant that expired at {}", read.expires())));
         }
-        (read.expires(), None)
+    }
+    // Its terms against the request, read from the grant (the bytes that verified, when the
+    // client could verify them: otherwise what the CA says it granted).
+    check_grant_terms(&read, asked, now, skew).map_err(bad)
+}
+
+/// Whether the terms of the grant `read` are within `asked` (see [`check_grant`]); `Err` says
+/// what is beyond.
+fn check_grant_terms(
+    read: &agentid_protocol::UnverifiedChain,
+    asked: &GrantAsked<'_>,
+    now: u64,
+    skew: u64,
+) -> std::result::Result<(), String> {
+    let terms = |e: agentid_protocol::Error| format!("a grant whose terms cannot be read ({e})");
+    let id_set = |ids: &[String], what: &str| {
+        ids.iter()
+            .map(|a| SpiffeId::parse(a))
+            .collect::<agentid_protocol::Result<Vec<_>>>()
+            .and_then(agentid_protocol::IdSet::new)
+            .map_err(|e| format!("a grant for {what} that is not one ({e})"))
     };
     if let Some(ttl) = asked.task_ttl {
+        let expires = read.expires();
         let latest = now.saturating_add(ttl).saturating_add(skew);
         if expires > latest {
-            return Err(bad(format!(
+            return Err(format!(
                 "a grant living longer than the {ttl} s asked for (exp {expires}, {} s past the latest {latest} a {ttl} s task allows with the {skew} s clock skew)",
                 expires - latest
-            )));
+            ));
         }
     }
-    let Some(verified) = verified else {
-        return Ok(());
-    };
     if let Some(scope) = asked.scope {
         let want = agentid_protocol::Scope::parse(&scope.join(" "))
-            .map_err(|e| bad(format!("a grant for a scope that is not one ({e})")))?;
-        if !want.covers(&verified.scope) {
-            return Err(bad(format!(
-                "a grant of scope \"{}\", beyond the \"{want}\" asked for",
-                verified.scope
-            )));
+            .map_err(|e| format!("a grant for a scope that is not one ({e})"))?;
+        let granted = read.scope().map_err(terms)?;
+        if !want.covers(&granted) {
+            return Err(format!(
+                "a grant of scope \"{granted}\", beyond the \"{want}\" asked for"
+            ));
         }
     }
     if let Some(audience) = asked.audience {
-        let want = audience
-            .iter()
-            .map(|a| SpiffeId::parse(a))
-            .collect::<agentid_protocol::Result<Vec<_>>>()
-            .and_then(agentid_protocol::IdSet::new)
-            .map_err(|e| bad(format!("a grant for an audience that is not one ({e})")))?;
-        if !want.covers(&verified.audience) {
-            let names: Vec<&str> = verified.audience.ids().iter().map(|i| i.as_str()).collect();
-            return Err(bad(format!(
+        let want = id_set(audience, "an audience")?;
+        let granted = read.audience().map_err(terms)?;
+        if !want.covers(&granted) {
+            let names: Vec<&str> = granted.ids().iter().map(|i| i.as_str()).collect();
+            return Err(format!(
                 "a grant for the audience {names:?}, beyond the one asked for"
-            )));
+            ));
         }
     }
     if let Some(limits) = asked.limits {
+        let granted = read.limits().map_err(terms)?;
         // A name the grant lacks has no ceiling: wider than asked.
         let wider = limits
             .iter()
-            .find(|(name, ceiling)| verified.limits.get(name).is_none_or(|g| g > **ceiling));
+            .find(|(name, ceiling)| granted.get(name).is_none_or(|g| g > **ceiling));
         if let Some((name, ceiling)) = wider {
-            return Err(bad(format!(
+            return Err(format!(
                 "a grant whose limit {name:?} is {}, beyond the {ceiling} asked for",
-                verified
-                    .limits
+                granted
                     .get(name)
                     .map_or_else(|| "absent (no ceiling)".to_owned(), |g| g.to_string())
-            )));
+            ));
         }
     }
-    // Read from the grant that verified: the same bytes.
-    let terms =
-        |e: agentid_protocol::Error| bad(format!("a grant whose terms cannot be read ({e})"));
     if let Some(asked_depth) = asked.max_depth {
         let depth = read.max_depth().map_err(terms)?;
         if depth > asked_depth {
-            return Err(bad(format!(
+            return Err(format!(
                 "a grant of max_depth {depth}, beyond the {asked_depth} asked for (a task that may delegate further than asked)"
-            )));
+            ));
         }
     }
     if let Some(targets) = asked.may_delegate_to {
-        let want = targets
-            .iter()
-            .map(|a| SpiffeId::parse(a))
-            .collect::<agentid_protocol::Result<Vec<_>>>()
-            .and_then(agentid_protocol::IdSet::new)
-            .map_err(|e| {
-                bad(format!(
-                    "a grant for delegation targets that are not ones ({e})"
-                ))
-            })?;
+        let want = id_set(targets, "delegation targets")?;
         let granted = read.may_delegate_to().map_err(terms)?;
         if !want.covers(&granted) {
             let names: Vec<&str> = granted.ids().iter().map(|i| i.as_str()).collect();
-            return Err(bad(format!(
+            return Err(format!(
                 "a grant that may delegate to {names:?}, beyond the targets asked for"
-            )));
+            ));
         }
     }
     if let Some(principal) = asked.principal {
-        if principal != verified.principal.as_ref() {
-            return Err(bad(format!(
+        let granted = read.principal();
+        if principal != granted {
+            return Err(format!(
                 "a grant acting {}, where the request asked for {}",
-                match &verified.principal {
+                match granted {
                     Some(_) => "on behalf of a principal",
                     None => "autonomously",
                 },
@@ -791,7 +794,7 @@ fn check_grant(
                     Some(_) => "its principal",
                     None => "none",
                 }
-            )));
+            ));
         }
     }
     Ok(())
