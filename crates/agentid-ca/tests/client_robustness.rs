@@ -1876,6 +1876,9 @@ async fn an_enrollment_answer_whose_grant_is_not_the_agents_is_refused() {
                     shown.contains("the CA answered /v1/enroll with") && shown.contains(why),
                     "{what}: {shown}"
                 );
+                // The single-use token went with the request: asking again cannot work.
+                assert!(shown.contains("the token is spent"), "{what}: {shown}");
+                assert!(!shown.contains("ask again"), "{what}: {shown}");
             }
         }
     }

@@ -120,7 +120,10 @@ pub enum EnrollError {
     /// names another holder or key, is not a grant, or grants a wider scope or audience, or a
     /// later `exp`, than asked for. It is what the CA answered (a faulty replica, or another
     /// party answering as the CA), not a local fault; nothing of the answer is used.
-    #[error("the CA answered {route} with {problem}: nothing of the answer is used; ask again, and if it persists tell the CA's operator (a replica may be misconfigured, or another party answers as the CA)")]
+    #[error(
+        "the CA answered {route} with {problem}: nothing of the answer is used; {}",
+        bad_grant_next_step(route)
+    )]
     BadGrant {
         /// The route that answered.
         route: &'static str,
@@ -139,6 +142,15 @@ pub enum EnrollError {
         /// Why the last one failed.
         last: Box<EnrollError>,
     },
+}
+
+/// What to do after [`EnrollError::BadGrant`] from `route`: an enrollment spent its token.
+fn bad_grant_next_step(route: &str) -> &'static str {
+    if route == agentid_api::routes::ENROLL {
+        "the token is spent: ask its creator for another, and tell the CA's operator (a replica may be misconfigured, or another party answers as the CA)"
+    } else {
+        "ask again, and if it persists tell the CA's operator (a replica may be misconfigured, or another party answers as the CA)"
+    }
 }
 
 impl EnrollError {
