@@ -114,6 +114,14 @@ pub enum EnrollError {
     /// The call did not finish in time.
     #[error("the CA did not answer within {0:?}")]
     Timeout(Duration),
+    /// A renewal answered with something other than the certificate asked for (CA-API 3.7,
+    /// 3.9): a body that is not a certificate answer, or a certificate for another key,
+    /// identity or root, not newer than the one held, living longer than asked, or with
+    /// numbers not its own. It is what the CA answered (a faulty replica, or another party
+    /// answering as the CA), not a local fault; nothing of it is used, and the certificate held
+    /// stays in use. Another request may reach a replica that answers right: transient.
+    #[error("{0}")]
+    BadAnswer(String),
     /// A certificate answer whose grant is not the one asked for (CA-API 3.5, 3.7 to 3.9): none
     /// where a task's answer carries its grant, one where a child's, a renewal's or a service's
     /// carries none, or a grant that does not verify under the trust bundle this client holds,
@@ -164,10 +172,13 @@ impl EnrollError {
     }
 
     /// Whether the same request can succeed later without anyone changing anything: a
-    /// connection or time-out failure, or a refusal whose code
+    /// connection or time-out failure, a refusal whose code
     /// [is transient](agentid_api::ErrorCode::is_transient) (`rate_limited`, `unavailable`,
-    /// `store_unavailable`, `internal`). Every other refusal (`revoked`, `cap_reached` at the end
-    /// of a task, `not_permitted`, ...) is the CA's answer, and asking again gets it again.
+    /// `store_unavailable`, `internal`), or an answer that is not what was asked for
+    /// ([`EnrollError::BadAnswer`], [`EnrollError::BadGrant`] but an enrollment's, whose token
+    /// is spent): a faulty replica's, and another may answer right. Every other refusal
+    /// (`revoked`, `cap_reached` at the end of a task, `not_permitted`, ...) is the CA's
+    /// answer, and asking again gets it again.
     pub fn is_transient(&self) -> bool {
         match self {
             EnrollError::Refused { error, .. } => error.code.is_transient(),
@@ -176,12 +187,13 @@ impl EnrollError {
             EnrollError::Unavailable { .. }
             | EnrollError::Transport(_)
             | EnrollError::Io(_)
-            | EnrollError::Timeout(_) => true,
+            | EnrollError::Timeout(_)
+            | EnrollError::BadAnswer(_) => true,
+            EnrollError::BadGrant { route, .. } => *route != agentid_api::routes::ENROLL,
             // The renewal window is over: asking again cannot renew in time.
-            EnrollError::RootMismatch(_)
-            | EnrollError::Invalid(_)
-            | EnrollError::BadGrant { .. }
-            | EnrollError::GaveUp { .. } => false,
+            EnrollError::RootMismatch(_) | EnrollError::Invalid(_) | EnrollError::GaveUp { .. } => {
+                false
+            }
         }
     }
 
@@ -1560,7 +1572,17 @@ impl CaClient {
                 Repeat::Safe,
             )
             .await?;
-        let resp: CertificateResponse = decode_answer(&answer)?;
+        // Whatever the answer's checks find wrong is the CA's answer, not a local fault.
+        self.check_renewal(req, &answer).map_err(|e| match e {
+            EnrollError::Invalid(m) => EnrollError::BadAnswer(m),
+            e => e,
+        })
+    }
+
+    /// The checks of [`CaClient::renew`] on the `answer` to `req`.
+    fn check_renewal(&self, req: &RenewRequest, answer: &Answer) -> Result<CertificateResponse> {
+        let route = agentid_api::routes::RENEW;
+        let resp: CertificateResponse = decode_answer(answer)?;
         let refused = |what: String| {
             invalid(format!(
                 "the CA answered {route} with {what}: nothing of it is used (the certificate held stays in use until its notAfter); ask again, and if it persists tell the CA's operator (a replica may be misconfigured)"
@@ -1802,9 +1824,11 @@ impl Enroller {
             })
             .await?;
         if resp.identity != current.identity().as_str() {
-            return Err(invalid("the CA renewed another identity"));
+            return Err(EnrollError::BadAnswer(
+                "the CA renewed another identity".into(),
+            ));
         }
-        let chain = decode_certs(&resp.certs)?;
+        let chain = decode_certs(&resp.certs).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
         let renewed = current.renewed(chain)?;
         let skew = self.verification.verifier().config().skew_seconds();
         within_ttl(
@@ -1813,13 +1837,13 @@ impl Enroller {
             skew,
         )
         .map_err(|why| {
-            invalid(format!(
+            EnrollError::BadAnswer(format!(
                 "the CA renewed {} with {why}: not used (the certificate held stays in use until its notAfter); tell the CA's operator (a replica may be misconfigured)",
                 resp.identity
             ))
         })?;
         describes(&resp, renewed.info()).map_err(|why| {
-            invalid(format!(
+            EnrollError::BadAnswer(format!(
                 "the CA renewed {} with {why}: not used (the certificate held stays in use until its notAfter); tell the CA's operator (a replica may be misconfigured)",
                 resp.identity
             ))
