@@ -1962,3 +1962,61 @@ async fn a_renewal_answered_with_another_certificate_is_asked_again_not_fatal() 
         ),
     }
 }
+
+/// A token answer's `expires` (CA-API 3.6) is what `agentid token create --ca-url` writes into
+/// the token file and tells the operator ("redeemable until ..."), who hands the file on
+/// believing a leak is harmless after that time. A CA (a faulty replica, a policy mix-up)
+/// answering a token redeemable for a week where ten minutes were asked for was taken and
+/// reported as such without a word; it is refused (the token is not written, nobody holds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_answer_redeemable_longer_than_asked_is_refused() {
+    use agentid_api::TokenRequest;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let answer = |expires: u64| {
+        serde_json::json!({
+            "token": "secret",
+            "agent": "planner",
+            "task": "t1",
+            "expires": expires,
+            "root_sha256": agentid_ca::server::root_sha256(&ca),
+        })
+        .to_string()
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let create = |body: String, expires_in_secs: Option<u64>| {
+        let (ca, v) = (&ca, v.clone());
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .create_token(&TokenRequest {
+                    agent: "planner".into(),
+                    scope: vec!["tickets:read".into()],
+                    expires_in_secs,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let now = common::unix(common::now());
+    // As asked (and the default, 600 s, when none was): taken.
+    let taken = create(answer(now + 300), Some(300)).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let taken = create(answer(now + 600), None).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    for (what, expires, asked) in [
+        ("a week for 300 s asked", now + 7 * 86_400, Some(300)),
+        ("a week for the default", now + 7 * 86_400, None),
+    ] {
+        let r = create(answer(expires), asked).await;
+        assert!(
+            r.as_ref().is_err_and(|e| e.to_string().contains("expires")),
+            "create_token took a token redeemable {what}: {:?}",
+            r.map(|t| t.expires)
+        );
+    }
+}

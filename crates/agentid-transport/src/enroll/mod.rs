@@ -1494,9 +1494,10 @@ impl CaClient {
     /// Creates a bootstrap token (`POST /v1/tokens`, needs `create_token`).
     ///
     /// The answer is checked before it is returned (CA-API 3.6): it is for the agent (and the
-    /// task, when one was named) asked for, and its `root_sha256`, the root an enrolling agent
-    /// will pin, is the hash of a root of the trust domain's bundle that this client verifies
-    /// the CA with, never one the answer alone vouches for.
+    /// task, when one was named) asked for, redeemable no longer than asked (`expires`), and its
+    /// `root_sha256`, the root an enrolling agent will pin, is the hash of a root of the trust
+    /// domain's bundle that this client verifies the CA with, never one the answer alone
+    /// vouches for.
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenResponse> {
         let resp: TokenResponse = self.post(agentid_api::routes::TOKENS, req).await?;
         let refused = |what: String| {
@@ -1517,8 +1518,24 @@ impl CaClient {
                     .unwrap_or_default()
             )));
         }
-        let want = resp.root_sha256.to_ascii_lowercase();
+        // The token file says until when the token is redeemable, and whoever hands it on
+        // counts on it: no later than asked (600 s when not named), with both clocks within
+        // the skew.
         let verifier = self.verification.verifier();
+        let asked = req
+            .expires_in_secs
+            .unwrap_or(agentid_api::DEFAULT_TOKEN_EXPIRY_SECS);
+        let latest = crate::session::now_unix()
+            .saturating_add(asked)
+            .saturating_add(verifier.config().skew_seconds());
+        if resp.expires > latest {
+            return Err(refused(format!(
+                "a token that expires at {}, {} s past the latest {latest} the {asked} s asked for allow",
+                resp.expires,
+                resp.expires - latest
+            )));
+        }
+        let want = resp.root_sha256.to_ascii_lowercase();
         let known = verifier
             .config()
             .bundles()
