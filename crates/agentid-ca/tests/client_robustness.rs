@@ -1659,7 +1659,8 @@ async fn a_task_answer_whose_grant_is_not_the_one_asked_for_is_refused() {
 /// A child's answer (`POST /v1/children`, CA-API 3.8) and a renewal's (3.9) carry no grant:
 /// `agentid task child` wrote one it was given as the child's `grant.jwt`, which the child then
 /// presented as its authority (another holder's grant, refused by every peer). Such an answer
-/// is refused; the same answer without the grant is taken.
+/// is refused; the same answer without the grant is taken. And a child answered to a service
+/// (which holds no task, so the CA refuses it) was taken whatever task it named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_or_renewal_answer_carrying_a_grant_is_refused() {
     use agentid_api::{ChildRequest, RenewRequest};
@@ -1725,6 +1726,31 @@ async fn a_child_or_renewal_answer_carrying_a_grant_is_refused() {
     };
     let taken = ask_child(issued_body(&child, None)).await;
     assert!(taken.is_ok(), "{taken:?}");
+    // A service holds no task to issue a child in (the CA refuses it `not_permitted`): a child
+    // certificate answered to one is not taken, whatever task it names.
+    let url = answering_ca(&ca, issued_body(&child, None)).await;
+    let service = Arc::new(MemoryCredentials::new(common::service_credential(
+        &ca, "platform", None,
+    )));
+    let r = CaClient::new(&url, service, v.clone(), T)
+        .unwrap()
+        .issue_child(&ChildRequest {
+            agent: "summarizer".into(),
+            csr: base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                child_key
+                    .csr(&SpiffeId::parse("spiffe://example.org/agent/summarizer").unwrap())
+                    .unwrap(),
+            ),
+            ttl_secs: None,
+            parent_chain: None,
+        })
+        .await;
+    assert!(
+        r.is_err(),
+        "issue_child for a service took a child of task {:?}",
+        r.map(|c| c.identity)
+    );
     let r = ask_child(issued_body(&child, Some(parent.grant.as_str()))).await;
     match r {
         Ok(r) => panic!("issue_child took an answer carrying a grant: {:?}", r.grant),

@@ -1385,7 +1385,8 @@ impl CaClient {
     ///
     /// The answer is checked before it is returned (CA-API 3.8): its chain validates against the
     /// verification's anchors now, for the CSR's key, and names a task identity of the child
-    /// agent asked for in the caller's own task; it carries no grant.
+    /// agent asked for in the caller's own task; it carries no grant. A service holds no task:
+    /// a child answered to one is refused.
     pub async fn issue_child(&self, req: &ChildRequest) -> Result<CertificateResponse> {
         let current = self
             .credentials
@@ -1396,12 +1397,22 @@ impl CaClient {
             PeerId::Service(_) => None,
         };
         let resp: CertificateResponse = self.post(agentid_api::routes::CHILDREN, req).await?;
+        // A service holds no task to issue a child in (the CA refuses it, CA-API 3.8): a child
+        // answered to one is of a task nobody asked for.
+        let Some(task) = task else {
+            return Err(invalid(format!(
+                "the CA answered {} with a child ({}) for {}, a service, which holds no task to issue one in: nothing of it is used; tell the CA's operator (a replica may be misconfigured)",
+                agentid_api::routes::CHILDREN,
+                agentid_protocol::clean_text(resp.identity, 256),
+                current.identity()
+            )));
+        };
         self.check_issued(
             agentid_api::routes::CHILDREN,
             &resp,
             &req.csr,
             &req.agent,
-            task.as_deref(),
+            Some(&task),
             req.ttl_secs,
             None,
         )?;
