@@ -1336,6 +1336,16 @@ impl Store for SqliteStore {
     }
 
     fn prune_bootstrap_tokens(&mut self, before: u64, limit: usize) -> Result<usize> {
+        // A read first (an index seek, no write lock): the store's lock is held by this call,
+        // and the usual pass, with nothing to forget, must not wait for SQLite's write lock
+        // while another process holds it (the health check reads through this same lock).
+        let any: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM bootstrap_tokens WHERE expires < ?1)")?
+            .query_row(params![to_i64(before)?], |r| r.get(0))?;
+        if !any {
+            return Ok(0);
+        }
         let tx = self.immediate()?;
         let n = tx.prepare_cached(PRUNE_TOKENS)?.execute(params![
             to_i64(before)?,
