@@ -23,6 +23,15 @@ pub fn read_held(path: &Path) -> CliResult<Vec<u8>> {
     agentid_fs::read_held(path, MAX_FILE_BYTES).map_err(read_error)
 }
 
+/// Reads a whole input another user may have written and handed over (a CSR), refusing
+/// anything above 1 MiB, and refusing it when others than its owners could have changed it
+/// (`agentid_fs::read_handed`): group or others can write it, or a directory on the way to it
+/// lets them replace its entries. Whoever could replace a CSR would have the CA certify their
+/// key as the agent's.
+pub fn read_handed(path: &Path) -> CliResult<Vec<u8>> {
+    agentid_fs::read_handed(path, MAX_FILE_BYTES).map_err(read_error)
+}
+
 /// A failed read, as `cannot read FILE: why` when the system refused.
 fn read_error(e: FsError) -> CliError {
     match e {

@@ -666,6 +666,58 @@ fn a_platform_opens_a_task_from_a_csr_and_the_parent_gets_only_a_capped_child() 
     assert_eq!(issued(&env), before + 1);
 }
 
+/// A CSR is input another user (the agent that made it) may own, but nobody else may have
+/// changed: `cert sign`, `task open` and `task child` refuse one in a directory others can
+/// write (without the sticky bit) or that others can write itself, naming the entry and the
+/// `chmod` to run, before anything is issued; whoever could replace it would have the CA
+/// certify their key as the agent's. A CSR another user owns, in a directory only its owners
+/// can change, is taken as handed over.
+#[test]
+fn a_csr_others_could_have_replaced_is_refused_before_anything_is_issued() {
+    let env = Env::new();
+    let s = serve(&env);
+    let url = s.url();
+    env.ok("cert issue --ca ca --agent planner --scope tickets:read --max-depth 1 --out-dir p");
+    let lines = [
+        ("a1", "cert sign --ca ca --csr a1/req.csr --agent planner --scope tickets:read --out-dir o1".to_owned()),
+        ("a2", format!("task open --ca-url {url} --cred platform --csr a2/req.csr --agent planner --scope tickets:read --out-dir o2")),
+        ("a3", format!("task child --ca-url {url} --cred p --csr a3/req.csr --agent summarizer --ttl 1m --out-dir o3")),
+    ];
+    for (dir, line) in &lines {
+        agent_csr(&env, dir, &[]);
+        env.chmod(dir, 0o755);
+        let csr = format!("{dir}/req.csr");
+        env.chmod(&csr, 0o644);
+        let before = issued(&env);
+        for (rel, mode) in [
+            (*dir, 0o777),
+            (*dir, 0o770),
+            (csr.as_str(), 0o666),
+            (csr.as_str(), 0o646),
+        ] {
+            env.chmod(rel, mode);
+            let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+            assert!(msg.contains(&format!("{mode:03o}")), "{line}: {msg}");
+            assert!(
+                msg.contains(&format!("on the way to {csr}")),
+                "{line}: {msg}"
+            );
+            assert_eq!(
+                issued(&env),
+                before,
+                "{line}: issued from {rel} at {mode:03o}"
+            );
+            env.chmod(rel, if rel == *dir { 0o755 } else { 0o644 });
+        }
+        // Handed over by another user (only root can give files away): issued.
+        if std::os::unix::fs::chown(env.path(dir), Some(65534), Some(65534)).is_ok() {
+            std::os::unix::fs::chown(env.path(&csr), Some(65533), Some(65533)).unwrap();
+        }
+        env.ok(line);
+        assert_eq!(issued(&env), before + 1, "{line}");
+    }
+}
+
 /// `task open` and `task child` write `cert.pem` into `--out-dir` only beside its own key: an
 /// out-dir holding another key (a working credential directory named by mistake) is refused
 /// before the CA is asked, nothing is issued, and its certificate stays the one its key

@@ -259,6 +259,27 @@ pub enum FsError {
         /// as held too.
         dir_owner: Option<u32>,
     },
+    /// A file another user may have written and handed over (a CSR) that others than its
+    /// owner could have changed: the file is writable by group or others, or a directory on the
+    /// way to it from `/` is one whose entries group or others can replace (write permission
+    /// without the sticky bit). Whoever could replace it could have the CA certify their key
+    /// in place of the one handed over (see [`crate::read_handed`]).
+    #[error(
+        "{} {why} (on the way to {}): others than whoever wrote it could have replaced it; {}",
+        path.display(),
+        file.display(),
+        held_fix(path, why, *reader, None)
+    )]
+    Changeable {
+        /// The entry others can change: the file, or a directory on the way to it.
+        path: PathBuf,
+        /// The file being read.
+        file: PathBuf,
+        /// What is wrong with `path`.
+        why: Unheld,
+        /// The reader's effective user id.
+        reader: u32,
+    },
     /// The file was read but is not a PKCS#8 PEM private key.
     #[error("{}: not a PKCS#8 PEM private key: {reason}", path.display())]
     BadKey {
@@ -283,12 +304,14 @@ impl FsError {
             | Self::InsecureMode { path, .. }
             | Self::InsecureDir { path, .. }
             | Self::NotHeld { path, .. }
+            | Self::Changeable { path, .. }
             | Self::BadKey { path, .. } => path,
         }
     }
 
     /// What to run about this error, when there is a command to run: the `chmod` or `chown` of
-    /// an entry [`FsError::NotHeld`] names (also at the end of its message).
+    /// an entry [`FsError::NotHeld`] or [`FsError::Changeable`] names (also at the end of its
+    /// message).
     pub fn next_step(&self) -> Option<String> {
         match self {
             Self::NotHeld {
@@ -298,6 +321,9 @@ impl FsError {
                 dir_owner,
                 ..
             } => Some(held_fix(path, why, *reader, *dir_owner)),
+            Self::Changeable {
+                path, why, reader, ..
+            } => Some(held_fix(path, why, *reader, None)),
             _ => None,
         }
     }

@@ -36,6 +36,12 @@
 //!   every trust or key input outside a credential directory: a CA directory's files (its
 //!   configuration, policy, certificates, keys, public keys and signed bundle), a `--bundle`
 //!   file and a private key named on the command line.
+//! - **A file handed over by another user is read only if nobody else could have changed
+//!   it.** [`read_handed`] (a CSR given to `agentid cert sign`, `task open` or `task child`:
+//!   the agent that made it may be another user) takes the file as its owner wrote it, but
+//!   refuses it when group or others can write it, or a directory on the way to it lets them
+//!   replace its entries (write permission without the sticky bit): whoever could put their
+//!   own request there would have the CA certify their key as the agent's.
 //! - **Reads are bounded.** Every read refuses more than a caller-given limit
 //!   ([`MAX_FILE_BYTES`] for all of agentid's files).
 //!
@@ -51,7 +57,7 @@ mod write;
 pub use error::{FileKind, FsError, Unheld};
 pub use pem::{pem_encode, read_held_private_key, read_private_key, write_private_key};
 pub use read::{
-    check_held, read_bounded, read_held, read_held_secret, read_regular, read_secret,
+    check_held, read_bounded, read_handed, read_held, read_held_secret, read_regular, read_secret,
     MAX_FILE_BYTES,
 };
 pub use write::{

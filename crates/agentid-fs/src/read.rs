@@ -70,6 +70,33 @@ pub fn read_held_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
     read_to_limit(f, path, limit)
 }
 
+/// Reads a file that another user may have written and handed over (a CSR an agent made),
+/// refusing it when others than the users owning it could have changed it: the file must be
+/// regular (opened non-blocking: a FIFO is refused instead of hanging) and not writable by
+/// group or others, and no directory on the way to it from `/` may let group or others replace
+/// its entries (write permission without the sticky bit, as `/tmp` has). Its owner, and the
+/// owners of the directories and links on the way, may be anyone: what was handed over is taken
+/// as its owner wrote it. Refused with [`FsError::Changeable`], naming the entry and the
+/// `chmod` to run; the mode is checked again on the opened handle, and more than `limit` bytes
+/// are refused.
+///
+/// The walk is [`check_held`]'s, with every owner taken.
+pub fn read_handed(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    let owners = Owners::anyone(rustix::process::geteuid().as_raw());
+    let refuse = |entry: PathBuf, why: Unheld| FsError::Changeable {
+        path: entry,
+        file: path.to_path_buf(),
+        why,
+        reader: owners.me(),
+    };
+    walk(path, owners, true, &refuse)?;
+    let (f, meta) = open_regular(path)?;
+    if let Some(why) = not_held(&meta, owners) {
+        return Err(refuse(path.to_path_buf(), why));
+    }
+    read_to_limit(f, path, limit)
+}
+
 /// Checks, without opening it, that `path` is held by the user reading it, so that nobody else
 /// could have put it there: resolved from `/` one entry at a time as the system resolves it,
 /// every directory entered, every link followed and the entry reached must be owned by the

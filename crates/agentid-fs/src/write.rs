@@ -162,12 +162,29 @@ pub fn check_secret_dir(dir: &Path) -> Result<(), FsError> {
 pub(crate) struct Owners {
     me: u32,
     also: Option<u32>,
+    /// Any owner is taken (a file handed over by another user): only modes are checked.
+    any: bool,
 }
 
 impl Owners {
     /// A writer: only `me` and root.
     pub(crate) fn writer(me: u32) -> Self {
-        Self { me, also: None }
+        Self {
+            me,
+            also: None,
+            any: false,
+        }
+    }
+
+    /// A reader `me` of a file another user may have written and handed over (a CSR): every
+    /// owner is taken, so only what others than the owners can change is refused (a directory
+    /// group or others can write without the sticky bit, a file they can write).
+    pub(crate) fn anyone(me: u32) -> Self {
+        Self {
+            me,
+            also: None,
+            any: true,
+        }
     }
 
     /// A reader `me` of a credential directory owned by `dir_owner`: only `me` and root, and
@@ -177,6 +194,7 @@ impl Owners {
         Self {
             me,
             also: (me == 0 && dir_owner != 0).then_some(dir_owner),
+            any: false,
         }
     }
 
@@ -189,7 +207,7 @@ impl Owners {
     }
 
     fn trust(self, uid: u32) -> bool {
-        uid == self.me || uid == 0 || self.also == Some(uid)
+        self.any || uid == self.me || uid == 0 || self.also == Some(uid)
     }
 }
 

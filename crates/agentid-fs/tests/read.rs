@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use agentid_fs::{
-    check_held, read_held, read_held_private_key, read_held_secret, write_private_key, FileKind,
-    FsError, Unheld,
+    check_held, read_handed, read_held, read_held_private_key, read_held_secret, write_private_key,
+    FileKind, FsError, Unheld,
 };
 
 fn set_mode(p: &Path, m: u32) {
@@ -239,4 +239,107 @@ fn root_reads_a_service_users_directory_but_not_through_a_third_user() {
         (home.as_path(), Unheld::Owner { uid: 65533 }),
         "{e}"
     );
+}
+
+/// A file another user wrote and handed over (an agent's CSR) is read whoever owns it, but not
+/// when others than its owners could have changed it: a directory on the way that group or
+/// others can write without the sticky bit, or the file writable by them. The refusal names
+/// the entry and the `chmod` to run.
+#[test]
+fn a_handed_over_file_is_refused_when_others_could_have_replaced_it() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("agent");
+    fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o755);
+    let csr = dir.join("req.csr");
+    fs::write(&csr, b"request").unwrap();
+    set_mode(&csr, 0o644);
+    assert_eq!(read_handed(&csr, 1024).unwrap(), b"request");
+    // Other users' directory and file (the agent that made the request, and whoever owns the
+    // directory): read as written, where a held read refuses them. Only root can give a file
+    // away.
+    if chown(&dir, Some(65534), Some(65534)).is_ok() {
+        chown(&csr, Some(65533), Some(65533)).unwrap();
+        assert!(matches!(
+            read_held(&csr, 1024).unwrap_err(),
+            FsError::NotHeld { .. }
+        ));
+        assert_eq!(read_handed(&csr, 1024).unwrap(), b"request");
+    }
+    // Its directory (or one above) open to others: anyone could have put their own there.
+    for (entry, m) in [
+        (&dir, 0o777),
+        (&dir, 0o775),
+        (&base.path().to_path_buf(), 0o757),
+    ] {
+        let before = fs::metadata(entry).unwrap().permissions().mode() & 0o7777;
+        set_mode(entry, m);
+        let e = read_handed(&csr, 1024).unwrap_err();
+        match &e {
+            FsError::Changeable {
+                path, file, why, ..
+            } => {
+                assert_eq!(
+                    (path.as_path(), file.as_path(), *why),
+                    (entry.as_path(), csr.as_path(), Unheld::OpenDir { mode: m }),
+                    "{e}"
+                );
+            }
+            e => panic!("not a Changeable refusal: {e}"),
+        }
+        let step = format!("run `chmod go-w {}`", entry.display());
+        assert!(e.to_string().contains(&step), "{e}");
+        assert_eq!(e.next_step().as_deref(), Some(step.as_str()));
+        set_mode(entry, before);
+    }
+    // With the sticky bit (as /tmp): only an entry's owner can replace it there.
+    set_mode(&dir, 0o1777);
+    assert_eq!(read_handed(&csr, 1024).unwrap(), b"request");
+    set_mode(&dir, 0o755);
+    // The file itself, writable by group or others.
+    for m in [0o664, 0o646] {
+        set_mode(&csr, m);
+        let e = read_handed(&csr, 1024).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                FsError::Changeable { path, why: Unheld::WritableFile { mode }, .. }
+                    if path == &csr && *mode == m
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod go-w {}", csr.display())),
+            "{e}"
+        );
+    }
+    set_mode(&csr, 0o644);
+    // Through a link in a directory others can write: refused at that directory.
+    let open = base.path().join("open");
+    fs::create_dir(&open).unwrap();
+    set_mode(&open, 0o777);
+    symlink(&csr, open.join("req.csr")).unwrap();
+    assert!(matches!(
+        read_handed(&open.join("req.csr"), 1024).unwrap_err(),
+        FsError::Changeable { path, .. } if path == open
+    ));
+    // A FIFO is refused without blocking, and the size is bounded.
+    let fifo = dir.join("fifo.csr");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    assert!(matches!(
+        read_handed(&fifo, 1024).unwrap_err(),
+        FsError::NotRegular {
+            kind: FileKind::Fifo,
+            ..
+        }
+    ));
+    assert!(matches!(
+        read_handed(&csr, 3).unwrap_err(),
+        FsError::TooLarge { limit: 3, .. }
+    ));
 }

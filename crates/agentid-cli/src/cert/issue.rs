@@ -266,9 +266,11 @@ fn refuse_inside_ca(out: &Path, ca: &Path) -> CliResult<()> {
 }
 
 /// Reads a CSR file, telling a private key (PEM, or DER: PKCS#8, SEC1 or PKCS#1) or a
-/// certificate given by mistake from a request; what it refuses is never sent anywhere.
+/// certificate given by mistake from a request; what it refuses is never sent anywhere. The
+/// file may be another user's (the agent that made it), but one that others could have
+/// replaced is refused ([`files::read_handed`]).
 pub(crate) fn read_csr(path: &Path) -> CliResult<Vec<u8>> {
-    let bytes = files::read(path)?;
+    let bytes = files::read_handed(path)?;
     let text = String::from_utf8_lossy(&bytes);
     let what = if text.contains("-----BEGIN") && !text.contains("CERTIFICATE REQUEST-----") {
         Some(if text.contains("PRIVATE KEY-----") {
