@@ -143,7 +143,7 @@ fn verify(args: &VerifyArgs) -> CliResult {
     let lists = args
         .revocations
         .iter()
-        .map(|p| files::read_text(p))
+        .map(|p| files::read_revocation_list(p))
         .collect::<CliResult<Vec<_>>>()?;
     if args.danger_no_revocation {
         tracing::warn!("missing or stale revocation lists accepted (--danger-no-revocation)");

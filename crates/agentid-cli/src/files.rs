@@ -42,9 +42,20 @@ fn read_error(e: FsError) -> CliError {
     }
 }
 
-/// Reads a UTF-8 text file with surrounding whitespace removed (chains, revocation lists).
+/// Reads a UTF-8 text file with surrounding whitespace removed (a chain to check or extend).
 pub fn read_text(path: &Path) -> CliResult<String> {
-    let bytes = read(path)?;
+    text_of(path, read(path)?)
+}
+
+/// Reads a revocation list named on the command line (`--revocations FILE`), with surrounding
+/// whitespace removed, only if the reader holds it as a `--bundle` is held ([`read_held`]):
+/// whoever could write it, or a directory or link on the way to it, could put back an older
+/// list, genuinely signed, and hide the revocations made since until its `next_update`.
+pub fn read_revocation_list(path: &Path) -> CliResult<String> {
+    text_of(path, read_held(path)?)
+}
+
+fn text_of(path: &Path, bytes: Vec<u8>) -> CliResult<String> {
     let s = String::from_utf8(bytes)
         .map_err(|_| CliError::failed(format!("{} is not UTF-8 text", path.display())))?;
     Ok(s.trim().to_owned())

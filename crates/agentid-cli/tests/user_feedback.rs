@@ -1010,3 +1010,44 @@ fn trust_and_key_files_others_can_write_are_refused_on_read() {
     }
     env.ok(issue);
 }
+
+/// A revocation list (`--revocations FILE` of `cert verify` and `chain verify`) is trust input,
+/// read only if held as a `--bundle` is: whoever could write it, or a directory on the way to
+/// it, could put back an older list, genuinely signed, and hide every revocation made since
+/// until that list's `next_update`. The refusal names the entry and the `chmod` or `chown` to
+/// run; the verdict is never given.
+#[test]
+fn a_revocation_list_others_can_write_is_refused_on_read() {
+    let env = Env::new();
+    env.planner("p");
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    env.ok("revocations export --ca ca --out shared/rev.jwt");
+    env.chmod("shared/rev.jwt", 0o644);
+    let file = "shared/rev.jwt";
+    let lines = [
+        format!("cert verify p/cert.pem --bundle example.org=p/bundle.json --revocations {file}"),
+        format!("chain verify p/grant.jwt --bundle example.org=p/bundle.json --peer-cert p/cert.pem --revocations {file}"),
+    ];
+    for line in &lines {
+        env.ok(line);
+        for (rel, mode) in [("shared", 0o777), (file, 0o666), (file, 0o620)] {
+            let before = mode_of(&env, rel);
+            env.chmod(rel, mode);
+            let (out, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+            assert!(msg.contains(&format!("{mode:03o}")), "{line}: {msg}");
+            assert!(
+                msg.contains(&format!("on the way to {file}")),
+                "{line}: {msg}"
+            );
+            assert!(!out.contains("valid"), "{line}: a verdict was given: {out}");
+            env.chmod(rel, before);
+        }
+        // Another user's list (only root can give a file away): not the reader's to trust.
+        if std::os::unix::fs::chown(env.path(file), Some(65534), Some(65534)).is_ok() {
+            env.fails(line, 1, "chown");
+            std::os::unix::fs::chown(env.path(file), Some(0), Some(0)).unwrap();
+        }
+        env.ok(line);
+    }
+}

@@ -169,7 +169,7 @@ fn check_revocation(args: &VerifyArgs, info: &SvidInfo, at: u64) -> CliResult<Re
     .context("the checking service's ID")?;
     let mut config = VerifierConfig::new(own, set);
     for path in &args.revocations {
-        if let Err(e) = config.apply_revocation_list(&files::read_text(path)?) {
+        if let Err(e) = config.apply_revocation_list(&files::read_revocation_list(path)?) {
             return Ok(Err(format!("{}: {}", path.display(), why(e))));
         }
     }
