@@ -107,10 +107,6 @@ fn invalid(path: &Path, reason: impl std::fmt::Display) -> FilesError {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, FilesError> {
-    Ok(agentid_fs::read_bounded(path, MAX_FILE_BYTES)?)
-}
-
 /// Reads a file of a credential directory: only one the reader holds (see the module's
 /// documentation).
 fn read_held(path: &Path) -> Result<Vec<u8>, FilesError> {
@@ -118,9 +114,12 @@ fn read_held(path: &Path) -> Result<Vec<u8>, FilesError> {
 }
 
 /// Reads a text file holding one compact token or chain (a revocation list, `chain.jwt`,
-/// `grant.jwt`), with surrounding whitespace removed.
+/// `grant.jwt`), with surrounding whitespace removed, only if the reader holds it as a
+/// credential directory's files are held (see the module's documentation): whoever could write
+/// a revocation list could put back an older one, genuinely signed, and hide the revocations
+/// made since.
 pub fn read_token_file(path: &Path) -> Result<String, FilesError> {
-    token_of(path, read_file(path)?)
+    token_of(path, read_held(path)?)
 }
 
 fn token_of(path: &Path, bytes: Vec<u8>) -> Result<String, FilesError> {
@@ -140,9 +139,11 @@ pub fn read_task_key(path: &Path) -> Result<TaskKey, FilesError> {
     TaskKey::from_pkcs8_der(&der).map_err(|e| invalid(path, format!("unusable task key: {e}")))
 }
 
-/// Reads every certificate of a PEM file (at least one), in file order.
+/// Reads every certificate of a PEM file (at least one), in file order. Any readable file is
+/// taken: certificates read this way are what is to be checked or shown (`cert verify`, `cert
+/// inspect`), never trust anchors.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
-    certs_of(path, &read_file(path)?)
+    certs_of(path, &agentid_fs::read_bounded(path, MAX_FILE_BYTES)?)
 }
 
 fn certs_of(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, FilesError> {

@@ -314,3 +314,46 @@ fn a_chain_bound_to_another_key_is_refused_at_load_time() {
         other => panic!("a chain bound to another key was loaded: {other:?}"),
     }
 }
+
+/// `read_token_file` loads a revocation list (what the examples' `--revocations FILE` reads),
+/// `chain.jwt` or `grant.jwt`: trust input, read only if held as a credential directory's
+/// files are. Whoever could write the file, or a directory on the way to it, could put back an
+/// older list, genuinely signed, and hide the revocations made since.
+#[test]
+fn a_token_file_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("lists");
+    std::fs::create_dir(&dir).unwrap();
+    set(&dir, 0o755);
+    let file = dir.join("rev.jwt");
+    std::fs::write(&file, "aaa.bbb.ccc\n").unwrap();
+    set(&file, 0o644);
+    assert_eq!(
+        agentid::files::read_token_file(&file).unwrap(),
+        "aaa.bbb.ccc"
+    );
+    for (entry, mode) in [(&dir, 0o777), (&file, 0o666), (&file, 0o646)] {
+        let before = std::fs::metadata(entry).unwrap().permissions().mode() & 0o7777;
+        set(entry, mode);
+        match agentid::files::read_token_file(&file) {
+            Err(FilesError::NotHeld(e)) => {
+                assert_eq!(e.path(), entry.as_path(), "{e}");
+                assert!(
+                    e.to_string()
+                        .contains(&format!("chmod go-w {}", entry.display())),
+                    "{e}"
+                );
+            }
+            other => panic!("{} at {mode:03o}: read {other:?}", entry.display()),
+        }
+        set(entry, before);
+    }
+    assert_eq!(
+        agentid::files::read_token_file(&file).unwrap(),
+        "aaa.bbb.ccc"
+    );
+}
