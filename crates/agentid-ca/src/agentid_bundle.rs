@@ -80,10 +80,12 @@ pub struct RetiringKeys {
 /// Reads a retiring key of `key_use` (`agentid-grant` or `agentid-revocation`) from `path`: a
 /// PEM `PUBLIC KEY` (what `openssl pkey -in grant.key -pubout` writes), or a JWK, such as the
 /// key's entry in `agentid bundle export`'s output (a `use`, if present, must be `key_use`; a
-/// `kid`, if present, must be the key's thumbprint). Never a private key.
+/// `kid`, if present, must be the key's thumbprint). Never a private key. The file is read
+/// only if the reader holds it (`agentid_fs::read_held`), as the CA directory's files are.
 pub fn read_retiring_key(path: &Path, key_use: &str) -> Result<PublicKey> {
-    let bytes = agentid_fs::read_bounded(path, agentid_fs::MAX_FILE_BYTES)
-        .map_err(|e| CaError::material(path, e.to_string()))?;
+    // Trust input: read only if held, as the CA directory's files are (whoever could replace
+    // it would choose which outgoing key stays listed; a FIFO there would block).
+    let bytes = material::read_held(path, agentid_fs::MAX_FILE_BYTES)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| CaError::material(path, "not UTF-8"))?;
     if !text.trim_start().starts_with('{') {
         // The bytes read once, not the file read again (it may have changed since).

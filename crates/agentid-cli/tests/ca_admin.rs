@@ -433,6 +433,48 @@ fn bundle_sign_lists_a_retiring_grant_key_beside_the_current_one() {
     }
 }
 
+/// A retiring key file (`bundle sign --retiring-grant-key/--retiring-revocation-key FILE`)
+/// decides which outgoing key every verifier of the domain keeps trusting: it is read only if
+/// held, as the CA directory's files are. Whoever could replace it (a directory others can
+/// write, the file writable by them) could keep listed an older key the operator meant to
+/// drop, in place of the one being retired; a FIFO there would block the command.
+#[test]
+fn a_retiring_key_file_others_could_replace_is_refused_and_nothing_is_signed() {
+    let env = Env::new();
+    let bundle = agentid_ca::CertificateAuthority::open(&env.path("ca"))
+        .unwrap()
+        .trust_bundle()
+        .unwrap();
+    let old = bundle.grant_keys()[0].key.clone();
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    let pem = agentid_fs::pem_encode("PUBLIC KEY", &old.to_spki_der());
+    std::fs::write(env.path("shared/old-grant.pub"), pem).unwrap();
+    env.chmod("shared/old-grant.pub", 0o644);
+    let grant = env.path("ca/grant.key");
+    std::fs::remove_file(&grant).unwrap();
+    let key = agentid_protocol::AuthorityKey::generate(agentid_protocol::Algorithm::Es256).unwrap();
+    agentid_fs::write_private_key(&grant, key.pkcs8_der()).unwrap();
+
+    let line = "bundle sign --ca ca --retiring-grant-key shared/old-grant.pub";
+    let signed_before = env.read("ca/agentid-bundle.jws");
+    for (rel, mode, back) in [
+        ("shared", 0o777, 0o755),
+        ("shared/old-grant.pub", 0o666, 0o644),
+    ] {
+        env.chmod(rel, mode);
+        let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+        assert!(msg.contains(&format!("{mode:03o}")), "{msg}");
+        assert_eq!(env.read("ca/agentid-bundle.jws"), signed_before, "{rel}");
+        env.chmod(rel, back);
+    }
+    let out = env.json(line);
+    assert_eq!(
+        out["grant_keys"],
+        serde_json::json!([key.public_key().thumbprint(), old.thumbprint()])
+    );
+}
+
 /// CA-API 3.3: a retiring key is the outgoing key of the same use, one the document being
 /// replaced lists: a key no document of this CA listed (another trust domain's grant key, a
 /// file someone handed the operator) was signed into the bundle as a grant key of this trust
