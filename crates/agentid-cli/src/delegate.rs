@@ -26,6 +26,9 @@ pub struct DelegateArgs {
     #[arg(long)]
     pub key: PathBuf,
     /// The delegatee's certificate (PEM); its URI SAN and public key are what the link binds.
+    /// It may be another user's file, but not one that others could have replaced (a directory
+    /// on the way writable by group or others without the sticky bit, or the file writable by
+    /// them).
     #[arg(long)]
     pub to_cert: PathBuf,
     /// The trust bundle the delegatee's certificate must verify against (SPIFFE JSON or PEM),
@@ -129,8 +132,11 @@ pub fn run(args: &DelegateArgs) -> CliResult {
     let key = TaskKey::from_pkcs8_der(&files::read_private_key(&args.key)?)
         .context(format!("{}: unusable task key", args.key.display()))?;
 
-    let verified = crate::cert::verify::verify_file(
+    // Whom the authority goes to: the delegatee may have handed its certificate over, but a
+    // file others could have replaced is refused.
+    let verified = crate::cert::verify::verify_certs(
         &args.to_cert,
+        &files::read_handed_certs(&args.to_cert)?,
         &args.bundles,
         Bare::CertificateDomain,
         now,

@@ -66,6 +66,24 @@ pub fn read_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
     Ok(agentid::files::read_certs(path)?)
 }
 
+/// Reads every certificate of a PEM file (at least one) that another user may have handed over
+/// (`delegate --to-cert`), refusing it when others than its owners could have changed it
+/// ([`read_handed`]): whoever could replace it would choose whom the authority goes to.
+pub fn read_handed_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = read_handed(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::failed(format!("{}: bad PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(CliError::failed(format!(
+            "{}: no CERTIFICATE in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 /// Reads a PKCS#8 PEM private key, refusing a file that group or others can access (a task key
 /// must stay with its holder), or that the reader does not hold (`agentid_fs::read_held`): whoever
 /// could replace it, or a directory or link on the way to it, would have the command sign with a

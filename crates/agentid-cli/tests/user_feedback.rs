@@ -1051,3 +1051,38 @@ fn a_revocation_list_others_can_write_is_refused_on_read() {
         env.ok(line);
     }
 }
+
+/// `delegate --to-cert FILE` names whom the holder hands its authority to: the certificate may
+/// be another user's (the delegatee that was issued it hands it over), but one that others
+/// could have replaced is refused before anything is signed. Whoever could put their own
+/// certificate there (any valid one of the trust domain) would receive the delegation.
+#[test]
+fn a_delegatee_certificate_others_could_replace_is_refused() {
+    let env = Env::new();
+    env.planner("p");
+    env.child("p", "c");
+    std::fs::create_dir(env.path("shared")).unwrap();
+    env.chmod("shared", 0o755);
+    std::fs::copy(env.path("c/cert.pem"), env.path("shared/cert.pem")).unwrap();
+    env.chmod("shared/cert.pem", 0o644);
+    let line = "delegate --chain p/grant.jwt --key p/key.pem --to-cert shared/cert.pem --bundle p/bundle.json --scope tickets:read";
+    env.ok(line);
+    for (rel, mode) in [
+        ("shared", 0o777),
+        ("shared", 0o775),
+        ("shared/cert.pem", 0o646),
+    ] {
+        let before = mode_of(&env, rel);
+        env.chmod(rel, mode);
+        let (out, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+        assert!(msg.contains(&format!("{mode:03o}")), "{msg}");
+        assert!(msg.contains("on the way to shared/cert.pem"), "{msg}");
+        assert!(out.is_empty(), "a chain was written: {out}");
+        env.chmod(rel, before);
+    }
+    // Handed over by the delegatee's user (only root can give a file away): taken.
+    if std::os::unix::fs::chown(env.path("shared/cert.pem"), Some(65534), Some(65534)).is_ok() {
+        std::os::unix::fs::chown(env.path("shared"), Some(65533), Some(65533)).unwrap();
+    }
+    env.ok(line);
+}

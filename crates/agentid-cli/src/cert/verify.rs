@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use agentid_protocol::{SpiffeId, Verifier, VerifierConfig};
 use agentid_transport::{check_leaf, CertUsage, SvidInfo, TrustStore};
-use rustls_pki_types::UnixTime;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
 
 use crate::common::{
@@ -60,7 +60,17 @@ pub fn verify_file(
     bare: Bare,
     at: u64,
 ) -> CliResult<Result<Verified, String>> {
-    let certs = files::read_certs(cert)?;
+    verify_certs(cert, &files::read_certs(cert)?, bundles, bare, at)
+}
+
+/// [`verify_file`] for the certificates `certs` already read from the file `cert`.
+pub fn verify_certs(
+    cert: &Path,
+    certs: &[CertificateDer<'static>],
+    bundles: &[BundleArg],
+    bare: Bare,
+    at: u64,
+) -> CliResult<Result<Verified, String>> {
     let Some((leaf, intermediates)) = certs.split_first() else {
         return Err(CliError::failed(format!(
             "{}: no certificate",
