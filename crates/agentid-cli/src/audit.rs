@@ -27,7 +27,9 @@ pub struct VerifyArgs {
     /// unchanged: an earlier `agentid audit export` (every record it holds) or `agentid audit
     /// verify --format json` report (each chain's head); `-` reads standard input. Finds what
     /// the store alone cannot: a chain deleted whole, or its newest records removed or
-    /// rewritten.
+    /// rewritten. The file may be another user's, but not one that others could have replaced
+    /// (a directory on the way writable by group or others without the sticky bit, or the
+    /// file writable by them): it vouches for the store.
     #[arg(long, value_name = "FILE")]
     pub against: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -104,12 +106,15 @@ fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
     let read = if path == Path::new("-") {
         agentid_ca::audit::read_anchors(std::io::stdin().lock())
     } else {
-        let f = std::fs::File::open(path).map_err(|e| {
-            CliError::failed(format!(
-                "{}: {e} (--against takes a file `agentid audit export` or `agentid audit \
+        // It vouches for the store: another user's copy is taken, one that others could
+        // have replaced (to match a store they rewrote) is refused.
+        let f = agentid_fs::open_handed(path).map_err(|e| match e {
+            agentid_fs::FsError::Io { path, source } => CliError::failed(format!(
+                "{}: {source} (--against takes a file `agentid audit export` or `agentid audit \
                  verify --format json` wrote)",
                 path.display()
-            ))
+            )),
+            e => e.into(),
         })?;
         agentid_ca::audit::read_anchors(std::io::BufReader::new(f))
     };

@@ -319,6 +319,76 @@ fn against_refuses_what_vouches_for_nothing() {
     );
 }
 
+/// An `--against` file vouches for the store: whoever could replace it (a directory on the way
+/// that others can write without the sticky bit, the file writable by them) could hand in an
+/// export matching a store they rewrote, and the check would pass. It may be another user's
+/// (an auditor's copy), but one others could have changed is refused, naming the entry and
+/// the `chmod` to run; a FIFO there is refused at once. Standard input (`-`) is still read.
+#[test]
+fn an_against_file_others_could_replace_is_refused() {
+    let env = used_ca();
+    std::fs::create_dir(env.path("kept")).unwrap();
+    env.chmod("kept", 0o755);
+    let export = env.ok("audit export --ca ca");
+    std::fs::write(env.path("kept/kept.jsonl"), &export).unwrap();
+    env.chmod("kept/kept.jsonl", 0o644);
+    let line = "audit verify --ca ca --against kept/kept.jsonl";
+    env.ok(line);
+    for (rel, mode, back) in [
+        ("kept", 0o777, 0o755),
+        ("kept", 0o770, 0o755),
+        ("kept/kept.jsonl", 0o666, 0o644),
+    ] {
+        env.chmod(rel, mode);
+        let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", env.path(rel).display()));
+        assert!(msg.contains(&format!("{mode:03o}")), "{msg}");
+        assert!(msg.contains("on the way to kept/kept.jsonl"), "{msg}");
+        env.chmod(rel, back);
+    }
+    // A FIFO: refused without waiting for a writer.
+    assert!(std::process::Command::new("mkfifo")
+        .arg(env.path("kept/fifo"))
+        .status()
+        .unwrap()
+        .success());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .args(["audit", "verify", "--ca", "ca", "--against", "kept/fifo"])
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("audit verify blocked on a FIFO given as --against");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a FIFO"), "{err}");
+    // Standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .args(["audit", "verify", "--ca", "ca", "--against", "-"])
+        .current_dir(env.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(export.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
 /// The export of a CA that has no records yet is empty: `--against` says so (nothing to
 /// compare with, and what to keep instead), not that it could not parse a JSON value.
 #[test]

@@ -57,8 +57,8 @@ mod write;
 pub use error::{FileKind, FsError, Unheld};
 pub use pem::{pem_encode, read_held_private_key, read_private_key, write_private_key};
 pub use read::{
-    check_held, read_bounded, read_handed, read_held, read_held_secret, read_regular, read_secret,
-    MAX_FILE_BYTES,
+    check_held, open_handed, read_bounded, read_handed, read_held, read_held_secret, read_regular,
+    read_secret, MAX_FILE_BYTES,
 };
 pub use write::{
     check_public_destination, check_secret_dir, create_public, create_secret, ensure_dir,

@@ -82,6 +82,12 @@ pub fn read_held_secret(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
 ///
 /// The walk is [`check_held`]'s, with every owner taken.
 pub fn read_handed(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
+    read_to_limit(open_handed(path)?, path, limit)
+}
+
+/// Opens a file as [`read_handed`] reads it (refused the same way), for a caller that reads it
+/// as a stream under bounds of its own (an audit export of any size).
+pub fn open_handed(path: &Path) -> Result<File, FsError> {
     let owners = Owners::anyone(rustix::process::geteuid().as_raw());
     let refuse = |entry: PathBuf, why: Unheld| FsError::Changeable {
         path: entry,
@@ -94,7 +100,7 @@ pub fn read_handed(path: &Path, limit: u64) -> Result<Vec<u8>, FsError> {
     if let Some(why) = not_held(&meta, owners) {
         return Err(refuse(path.to_path_buf(), why));
     }
-    read_to_limit(f, path, limit)
+    Ok(f)
 }
 
 /// Checks, without opening it, that `path` is held by the user reading it, so that nobody else
