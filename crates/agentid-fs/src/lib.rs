@@ -35,15 +35,19 @@
 //!   could replace `bundle.json` could make the reader trust their CA. The same rule holds for
 //!   every trust or key input outside a credential directory: a CA directory's files (its
 //!   configuration, policy, certificates, keys, public keys and signed bundle), a `--bundle`
-//!   file and a private key named on the command line.
+//!   file, a revocation list, a retiring key file and a private key named on the command line.
 //! - **A file handed over by another user is read only if nobody else could have changed
-//!   it.** [`read_handed`] (a CSR given to `agentid cert sign`, `task open` or `task child`:
-//!   the agent that made it may be another user) takes the file as its owner wrote it, but
-//!   refuses it when group or others can write it, or a directory on the way to it lets them
-//!   replace its entries (write permission without the sticky bit): whoever could put their
-//!   own request there would have the CA certify their key as the agent's.
+//!   it.** [`read_handed`] and [`open_handed`] (a CSR given to `agentid cert sign`, `task open`
+//!   or `task child`: the agent that made it may be another user; the delegatee's certificate
+//!   of `delegate --to-cert`; an audit export kept by an auditor) take the file as its owner
+//!   wrote it, but refuse it when group or others can write it, or a directory on the way to
+//!   it lets them replace its entries (write permission without the sticky bit): whoever could
+//!   put their own request there would have the CA certify their key as the agent's. (In a
+//!   sticky directory such as `/tmp`, whoever made the name owns the file: these reads cannot
+//!   tell who that was.)
 //! - **Reads are bounded.** Every read refuses more than a caller-given limit
-//!   ([`MAX_FILE_BYTES`] for all of agentid's files).
+//!   ([`MAX_FILE_BYTES`] for all of agentid's files; [`open_handed`] leaves the bound to its
+//!   caller, which reads a stream).
 //!
 //! Unix only: modes and file kinds are Unix notions.
 #![forbid(unsafe_code)]
