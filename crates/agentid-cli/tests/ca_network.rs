@@ -718,6 +718,58 @@ fn a_csr_others_could_have_replaced_is_refused_before_anything_is_issued() {
     }
 }
 
+/// `--csr` takes a file (there is no `--csr -`): a CSR piped in as `/dev/stdin` is refused as
+/// the FIFO it is, naming it, at once, never as a missing `/proc/PID/fd/pipe:[N]`; one
+/// redirected from a file is read as that file.
+#[test]
+fn a_csr_piped_as_dev_stdin_is_refused_as_a_fifo() {
+    use std::io::Write;
+    let env = Env::new();
+    std::fs::write(env.path("ca/policy.toml"), POLICY).unwrap();
+    agent_csr(&env, "a", &[]);
+    let args = [
+        "cert",
+        "sign",
+        "--ca",
+        "ca",
+        "--csr",
+        "/dev/stdin",
+        "--agent",
+        "planner",
+        "--scope",
+        "tickets:read",
+        "--out-dir",
+        "o",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .args(args)
+        .current_dir(env.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let csr = env.read("a/req.csr");
+    let mut stdin = child.stdin.take().unwrap();
+    // The command may refuse before it reads: a closed pipe is no failure here.
+    let _ = stdin.write_all(csr.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/stdin is a FIFO"), "{err}");
+    assert!(!err.contains("pipe:["), "{err}");
+    assert!(!env.path("o").exists());
+    // Redirected from a file: that file, checked as any CSR.
+    let out = Command::new(env!("CARGO_BIN_EXE_agentid"))
+        .args(args)
+        .current_dir(env.dir.path())
+        .stdin(std::fs::File::open(env.path("a/req.csr")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
 /// `task open` and `task child` write `cert.pem` into `--out-dir` only beside its own key: an
 /// out-dir holding another key (a working credential directory named by mistake) is refused
 /// before the CA is asked, nothing is issued, and its certificate stays the one its key

@@ -95,7 +95,7 @@ pub fn open_handed(path: &Path) -> Result<File, FsError> {
         why,
         reader: owners.me(),
     };
-    walk(path, owners, true, &refuse)?;
+    walk(path, owners, true, &refuse).map_err(|e| kind_over_io(path, e))?;
     let (f, meta) = open_regular(path)?;
     if let Some(why) = not_held(&meta, owners) {
         return Err(refuse(path.to_path_buf(), why));
@@ -148,12 +148,23 @@ fn not_held_error(path: PathBuf, file: &Path, why: Unheld, owners: Owners) -> Fs
 /// Checks that `path` is held ([`check_held`]), opens it as [`open_regular`] does, and checks
 /// the opened handle's owner and mode again (it may have changed since the walk).
 fn open_held(path: &Path) -> Result<(File, std::fs::Metadata), FsError> {
-    let owners = held_by(path)?;
+    let owners = held_by(path).map_err(|e| kind_over_io(path, e))?;
     let (f, meta) = open_regular(path)?;
     if let Some(why) = not_held(&meta, owners) {
         return Err(not_held_error(path.to_path_buf(), path, why, owners));
     }
     Ok((f, meta))
+}
+
+/// A walk's I/O error `e`, or, when it could not follow a link (a pipe given as `/dev/stdin`
+/// ends at `/proc/PID/fd/pipe:[N]`, which names no entry) and `path` opens as something other
+/// than a regular file, that refusal instead: the file is refused as what it is, not as a
+/// missing `pipe:[N]` (opened non-blocking, read only, never read).
+fn kind_over_io(path: &Path, e: FsError) -> FsError {
+    match (&e, open_regular(path)) {
+        (FsError::Io { .. }, Err(not_regular @ FsError::NotRegular { .. })) => not_regular,
+        _ => e,
+    }
 }
 
 /// Opens `path` non-blocking and refuses it unless the opened handle is a regular file.

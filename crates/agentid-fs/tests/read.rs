@@ -343,3 +343,32 @@ fn a_handed_over_file_is_refused_when_others_could_have_replaced_it() {
         FsError::TooLarge { limit: 3, .. }
     ));
 }
+
+/// A pipe named through `/proc/self/fd` (what `/dev/stdin` is when input is piped) ends at a
+/// link to `pipe:[N]`, which names no entry: it is refused as the FIFO it is, by the held and
+/// the handed reads alike, not as a missing `pipe:[N]`.
+#[test]
+fn a_pipe_named_through_proc_is_refused_as_a_fifo() {
+    use std::os::fd::AsRawFd;
+    let (reader, _writer) = std::io::pipe().unwrap();
+    let path = Path::new("/proc/self/fd").join(reader.as_raw_fd().to_string());
+    if !path.exists() {
+        return;
+    }
+    for e in [
+        read_held(&path, 1024).unwrap_err(),
+        read_handed(&path, 1024).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                FsError::NotRegular {
+                    kind: FileKind::Fifo,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("pipe:["), "{e}");
+    }
+}
