@@ -528,7 +528,7 @@ pub struct CaService {
     enroll_rate: Arc<RateLimiter>,
 }
 
-/// The service's own certificate, re-issued (same key) at half its lifetime.
+/// The service's own certificate, issued again (a new key each time) at half its lifetime.
 struct OwnCertificate {
     ttl: Option<Duration>,
     not_after: u64,
