@@ -511,6 +511,11 @@ impl CertificateAuthority {
             svc.as_str(),
         )?;
         let rule = self.policy.service(svc.name())?;
+        self.policy.check_token_ttl(
+            &format!("services.{}.max_token_ttl", svc.name()),
+            ttl,
+            rule.max_token_ttl,
+        )?;
         self.validity(
             now_s,
             cert_ttl,
@@ -567,6 +572,11 @@ impl CertificateAuthority {
             &crate::policy::RequesterKind::Bootstrap,
             "bootstrap",
             identity.as_str(),
+        )?;
+        self.policy.check_token_ttl(
+            &format!("agents.{agent}.max_token_ttl"),
+            ttl,
+            self.policy.agent(agent)?.max_token_ttl,
         )?;
         let (token, expires) = self.add_bootstrap_token(
             agent.to_string(),

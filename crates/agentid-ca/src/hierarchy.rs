@@ -63,10 +63,13 @@ pub const DEFAULT_POLICY: &str = r#"# agentid issuance policy. Nothing is allowe
 # max_ttl = "15m"     # longest certificate TTL
 # task_ttl = "1h"     # grant lifetime when the request names none
 # max_task_ttl = "8h" # longest grant lifetime (at most 24h)
+# max_token_ttl = "7d" # longest a bootstrap token stays redeemable (at most 7d; a rule below
+#                      # may set its own: tokens for it, the operator's or a service's)
 #
 # [agents.planner]
 # scopes = ["tickets:read", "tickets:comment:*"]   # patterns the agent may hold
 # max_ttl = "10m"
+# max_token_ttl = "15m" # its bootstrap tokens are redeemable at most this long
 # max_depth = 2
 # requesters = ["operator", "bootstrap"]          # who may open a task for it
 #

@@ -123,6 +123,10 @@ pub struct AgentRule {
     pub max_ttl: u64,
     /// Longest grant (task) lifetime, seconds.
     pub max_task_ttl: u64,
+    /// Longest time a bootstrap token for it stays redeemable, seconds (`max_token_ttl`, at
+    /// most and by default [`MAX_TOKEN_TTL`]): checked when the token is made, by the operator
+    /// or by a service.
+    pub max_token_ttl: u64,
     /// Largest `max_depth` a grant may carry.
     pub max_depth: u8,
     /// Who may request its certificates.
@@ -153,7 +157,14 @@ pub struct ServiceRule {
     /// certificate for the key ends after it, and past it the key gets none (renewal keeps the
     /// key, so a service must enroll again with a new one).
     pub max_key_age: u64,
+    /// Longest time one of its bootstrap tokens stays redeemable, seconds (`max_token_ttl`, at
+    /// most and by default [`MAX_TOKEN_TTL`]).
+    pub max_token_ttl: u64,
 }
+
+/// The longest a bootstrap token stays redeemable, whoever makes it: 7 days (the most a rule's
+/// `max_token_ttl` may say, and what applies when none does; CA-API.md 3.6).
+pub const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
 
 /// A service key's longest life when its rule sets no `max_key_age`: 30 days.
 pub const DEFAULT_MAX_KEY_AGE: u64 = 30 * 86_400;
@@ -179,6 +190,7 @@ struct RawDefaults {
     max_ttl: Option<String>,
     task_ttl: Option<String>,
     max_task_ttl: Option<String>,
+    max_token_ttl: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +200,7 @@ struct RawAgent {
     scopes: Vec<String>,
     max_ttl: Option<String>,
     max_task_ttl: Option<String>,
+    max_token_ttl: Option<String>,
     max_depth: Option<u8>,
     #[serde(default)]
     requesters: Vec<String>,
@@ -203,6 +216,7 @@ struct RawAgent {
 struct RawService {
     max_ttl: Option<String>,
     max_key_age: Option<String>,
+    max_token_ttl: Option<String>,
     #[serde(default)]
     requesters: Vec<String>,
     #[serde(default)]
@@ -267,6 +281,15 @@ fn duration(v: Option<&str>, default: u64, rule: &str) -> Result<u64> {
     }
 }
 
+/// A `max_token_ttl`: a duration of at most [`MAX_TOKEN_TTL`].
+fn token_ttl(v: Option<&str>, default: u64, rule: &str) -> Result<u64> {
+    let t = duration(v, default, rule)?;
+    if t > MAX_TOKEN_TTL {
+        return Err(CaError::policy(rule, "at most 7d"));
+    }
+    Ok(t)
+}
+
 impl Policy {
     /// Reads `policy.toml`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -287,6 +310,11 @@ impl Policy {
         if default_max_task_ttl > MAX_GRANT_LIFETIME_SECS {
             return Err(CaError::policy("defaults.max_task_ttl", "at most 24h"));
         }
+        let default_max_token_ttl = token_ttl(
+            d.max_token_ttl.as_deref(),
+            MAX_TOKEN_TTL,
+            "defaults.max_token_ttl",
+        )?;
         let mut agents = BTreeMap::new();
         let mut inherited = std::collections::BTreeSet::new();
         for (name, a) in raw.agents {
@@ -296,6 +324,9 @@ impl Policy {
             }
             if a.max_task_ttl.is_none() {
                 inherited.insert(format!("{base}.max_task_ttl"));
+            }
+            if a.max_token_ttl.is_none() {
+                inherited.insert(format!("{base}.max_token_ttl"));
             }
             let scopes = a
                 .scopes
@@ -363,6 +394,11 @@ impl Policy {
                     &format!("{base}.max_ttl"),
                 )?,
                 max_task_ttl,
+                max_token_ttl: token_ttl(
+                    a.max_token_ttl.as_deref(),
+                    default_max_token_ttl,
+                    &format!("{base}.max_token_ttl"),
+                )?,
                 max_depth,
                 requesters,
                 audiences: idset(a.audiences, "audiences")?,
@@ -416,6 +452,9 @@ impl Policy {
             if s.max_ttl.is_none() {
                 inherited.insert(format!("{base}.max_ttl"));
             }
+            if s.max_token_ttl.is_none() {
+                inherited.insert(format!("{base}.max_token_ttl"));
+            }
             services.insert(
                 name,
                 ServiceRule {
@@ -430,6 +469,11 @@ impl Policy {
                         s.max_key_age.as_deref(),
                         DEFAULT_MAX_KEY_AGE,
                         &format!("{base}.max_key_age"),
+                    )?,
+                    max_token_ttl: token_ttl(
+                        s.max_token_ttl.as_deref(),
+                        default_max_token_ttl,
+                        &format!("{base}.max_token_ttl"),
                     )?,
                 },
             );
@@ -485,6 +529,23 @@ impl Policy {
                 format!("no rule for service {name:?}"),
             )
         })
+    }
+
+    /// Checks how long a bootstrap token stays redeemable against `max` (a rule's
+    /// `max_token_ttl`, `rule` its path): refused naming the rule that decided.
+    pub(crate) fn check_token_ttl(
+        &self,
+        rule: &str,
+        ttl: std::time::Duration,
+        max: u64,
+    ) -> Result<()> {
+        if ttl > std::time::Duration::from_secs(max) {
+            let asked = ttl
+                .as_secs()
+                .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+            return Err(self.lifetime_refusal(rule, "bootstrap token expiry", asked, max));
+        }
+        Ok(())
     }
 
     /// Checks a certificate TTL against the agent's `max_ttl`.

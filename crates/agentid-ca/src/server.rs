@@ -2039,6 +2039,9 @@ pub fn root_sha256(ca: &CertificateAuthority) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// The wire bound of `expires_in_secs` is the policy's: a rule's `max_token_ttl` lowers it.
+const _: () = assert!(agentid_api::MAX_TOKEN_EXPIRY_SECS == crate::policy::MAX_TOKEN_TTL);
+
 async fn tokens(
     State(s): State<Arc<Shared>>,
     a: Authorizer,

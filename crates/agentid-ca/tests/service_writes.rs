@@ -41,6 +41,18 @@ requesters = ["operator", "bootstrap"]
 [agents.gamma.permissions]
 "svc:one" = ["create_token", "open_task"]
 
+[agents.delta]
+scopes = ["tickets:read"]
+requesters = ["operator", "bootstrap"]
+max_token_ttl = "15m"
+
+[agents.delta.permissions]
+"svc:one" = ["create_token"]
+
+[services.short]
+max_token_ttl = "5m"
+requesters = ["operator", "bootstrap"]
+
 [services.agentid-ca]
 max_ttl = "1h"
 requesters = ["operator"]
@@ -475,4 +487,159 @@ async fn the_highest_bound_on_a_services_tokens_makes_tokens() {
         std::time::SystemTime::now(),
     )
     .unwrap();
+}
+
+/// The `bootstrap.create` records in the audit chain.
+fn tokens_created(ca: &CertificateAuthority) -> usize {
+    common::audit_records(ca)
+        .iter()
+        .filter(|r| r["kind"] == "bootstrap.create")
+        .count()
+}
+
+/// An agent rule's `max_token_ttl` bounds how long a token a service makes for it stays
+/// redeemable (CA-API.md 3.6): past it `403 policy_denied` naming the rule, with the most it
+/// may ask for, and no token is made. Before, only the wire's 7 days applied, so a service with
+/// `create_token` made week-long tokens whatever the operator wanted. A rule that sets none
+/// keeps the 7 days. On PostgreSQL too with `AGENTID_TEST_STORE=postgres`.
+#[tokio::test]
+async fn a_rules_max_token_ttl_bounds_the_tokens_a_service_makes() {
+    let w = start().await;
+    let mut one = w.service("one").await;
+    let ca = w.ca();
+    let body = serde_json::json!({"agent": "delta", "scope": ["tickets:read"],
+        "expires_in_secs": 900});
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", &body.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let before = tokens_created(&ca);
+    let body = serde_json::json!({"agent": "delta", "scope": ["tickets:read"],
+        "expires_in_secs": 901});
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", &body.to_string()).await;
+    assert_eq!((s, code_of(&b).as_str()), (403, "policy_denied"), "{b}");
+    let e: agentid_api::ApiError = serde_json::from_str(&b).unwrap();
+    assert!(
+        e.message.contains("agents.delta.max_token_ttl")
+            && e.message
+                .contains("15m 1s exceeds the maximum of 15m; ask for 15m or less"),
+        "names the rule and the next step: {b}"
+    );
+    assert_eq!(before, tokens_created(&ca), "no token was made");
+    // A rule without it: the wire's 7 days, as before.
+    let body = serde_json::json!({"agent": "alpha", "scope": ["tickets:read"],
+        "expires_in_secs": 604_800});
+    let (s, b) = call(&mut one, "POST", "/v1/tokens", &body.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// The operator's tokens are bounded the same way: by the agent's or the service's
+/// `max_token_ttl`, and by 7 days (`defaults.max_token_ttl`) when the rule sets none. Before,
+/// the operator's had no bound at all (`agentid token create --ca --expires-in 10y` made a token
+/// redeemable, and its task id reserved, for ten years).
+#[tokio::test]
+async fn the_operators_tokens_are_bounded_by_max_token_ttl() {
+    let w = start().await;
+    let ca = w.ca();
+    let binding = agentid_ca::TokenBinding {
+        scope: "tickets:read".into(),
+        creator: Some("operator".into()),
+        ..Default::default()
+    };
+    let rule_of = |e: agentid_ca::CaError| match e {
+        agentid_ca::CaError::Policy { rule, message } => (rule, message),
+        other => panic!("not a policy refusal: {other:?}"),
+    };
+    let before = tokens_created(&ca);
+    let e = ca
+        .create_bound_token(
+            "delta",
+            None,
+            &binding,
+            Duration::from_secs(16 * 60),
+            common::now(),
+        )
+        .unwrap_err();
+    let (rule, message) = rule_of(e);
+    assert_eq!(rule, "agents.delta.max_token_ttl", "{message}");
+    assert!(message.contains("ask for 15m or less"), "{message}");
+    let e = ca
+        .create_bound_token(
+            "alpha",
+            None,
+            &binding,
+            Duration::from_secs(8 * 86_400),
+            common::now(),
+        )
+        .unwrap_err();
+    let (rule, message) = rule_of(e);
+    assert_eq!(rule, "defaults.max_token_ttl", "{message}");
+    assert!(
+        message.contains("(agents.alpha sets no max_token_ttl)"),
+        "{message}"
+    );
+    let e = ca
+        .create_service_token("short", None, Duration::from_secs(301), common::now())
+        .unwrap_err();
+    assert_eq!(rule_of(e).0, "services.short.max_token_ttl");
+    assert_eq!(before, tokens_created(&ca), "no token was made");
+    // Within the bounds, tokens are made.
+    ca.create_bound_token(
+        "delta",
+        None,
+        &binding,
+        Duration::from_secs(15 * 60),
+        common::now(),
+    )
+    .unwrap();
+    ca.create_bound_token(
+        "alpha",
+        None,
+        &binding,
+        Duration::from_secs(7 * 86_400),
+        common::now(),
+    )
+    .unwrap();
+    ca.create_service_token("short", None, Duration::from_secs(300), common::now())
+        .unwrap();
+}
+
+/// `max_token_ttl` is a duration of at most 7 days, wherever it is written.
+#[test]
+fn a_max_token_ttl_above_seven_days_is_refused() {
+    for (text, rule) in [
+        (
+            "[defaults]\nmax_token_ttl = \"8d\"\n",
+            "defaults.max_token_ttl",
+        ),
+        (
+            "[agents.a]\nmax_token_ttl = \"7d 1s\"\n",
+            "agents.a.max_token_ttl",
+        ),
+        (
+            "[services.s]\nmax_token_ttl = \"1month\"\n",
+            "services.s.max_token_ttl",
+        ),
+        (
+            "[agents.a]\nmax_token_ttl = \"0s\"\n",
+            "agents.a.max_token_ttl",
+        ),
+    ] {
+        let e = agentid_ca::Policy::from_toml(text).unwrap_err();
+        assert_eq!(e.policy_rule(), Some(rule), "{text}: {e}");
+    }
+    let p = agentid_ca::Policy::from_toml(
+        "[defaults]\nmax_token_ttl = \"1h\"\n[agents.a]\n[agents.b]\nmax_token_ttl = \"7d\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.agent("a").unwrap().max_token_ttl, 3600);
+    assert_eq!(p.agent("b").unwrap().max_token_ttl, 7 * 86_400);
+    // The example `ca init` writes, uncommented, says what it documents.
+    let example: String = agentid_ca::hierarchy::DEFAULT_POLICY
+        .lines()
+        .skip_while(|l| *l != "# [defaults]")
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+        .collect();
+    let p = agentid_ca::Policy::from_toml(&example).unwrap();
+    assert_eq!(p.agent("planner").unwrap().max_token_ttl, 15 * 60);
+    assert_eq!(p.agent("summarizer").unwrap().max_token_ttl, 7 * 86_400);
+    assert_eq!(p.service("search").unwrap().max_token_ttl, 7 * 86_400);
 }
