@@ -44,7 +44,9 @@
 //!   replaces it: new handshakes use the renewed one, live sessions carry on.
 //! * `--revocations FILE`: the CA's revocation list (`agentid revocations export`), re-read when
 //!   the file changes: a list that covers a live session's peer or chain ends that session at
-//!   once. Without it, revocation checking is DISABLED and the server says so on stderr.
+//!   once. A file it can no longer read (gone, or writable by others) is said once on stderr:
+//!   the list held stays in force until it goes stale. Without it, revocation checking is
+//!   DISABLED and the server says so on stderr.
 //! * `--once`: serve one connection and exit: status 0 if the agent was authenticated and the
 //!   session ended normally, 1 otherwise (for tests).
 //!
@@ -221,17 +223,36 @@ async fn answer(session: &mut Session<TcpStream>) -> agentid::transport::Result<
 
 /// Re-reads the revocation list every second and applies a changed one: the CA's newer list
 /// ends the live sessions it covers. A bad or older list is logged and ignored (the current one
-/// stays in force).
+/// stays in force). A file that cannot be read (gone, or refused: one anybody else could have
+/// changed is not read) is logged once per distinct reason, and again when it is read again:
+/// the list held stays in force only until it goes stale.
 async fn watch_revocations(
     path: PathBuf,
     mut current: String,
     verification: Arc<PeerVerification>,
 ) {
+    let mut unread: Option<String> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Ok(list) = read_token_file(Path::new(&path)) else {
-            continue;
+        let list = match read_token_file(Path::new(&path)) {
+            Ok(list) => list,
+            Err(e) => {
+                let why = e.to_string();
+                if unread.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %why,
+                        "revocation list not re-read: the list held stays in force until it goes \
+                         stale, then every peer is refused"
+                    );
+                    unread = Some(why);
+                }
+                continue;
+            }
         };
+        if unread.take().is_some() {
+            tracing::info!(file = %path.display(), "revocation list read again");
+        }
         if list == current {
             continue;
         }

@@ -86,6 +86,15 @@ fn collect(
 
 impl Proc {
     fn spawn(program: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(program, args, false)
+    }
+
+    /// As [`Proc::spawn`], with stderr's lines (the log) waited for by [`Proc::line_with`] too.
+    fn spawn_logging(program: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(program, args, true)
+    }
+
+    fn spawn_with(program: &Path, args: &[&str], stderr_lines: bool) -> Self {
         let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
@@ -96,8 +105,11 @@ impl Proc {
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::channel();
+        let stderr = collect(
+            child.stderr.take().unwrap(),
+            stderr_lines.then(|| tx.clone()),
+        );
         let stdout = collect(child.stdout.take().unwrap(), Some(tx));
-        let stderr = collect(child.stderr.take().unwrap(), None);
         Proc {
             child,
             stdout: Some(stdout),
@@ -106,7 +118,8 @@ impl Proc {
         }
     }
 
-    /// Waits for a stdout line containing `needle` (bounded) and returns it.
+    /// Waits for a stdout line (or, from [`Proc::spawn_logging`], stderr line) containing
+    /// `needle` (bounded) and returns it.
     fn line_with(&self, needle: &str) -> String {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         loop {
@@ -605,5 +618,63 @@ fn the_server_says_when_its_certificate_expired_and_what_to_run() {
     assert!(
         err.contains(&format!("agentid cert renew --ca CA_DIR --dir {lib}")),
         "{err}"
+    );
+}
+
+/// The server re-reads its `--revocations` list every second. One it can no longer read (here
+/// refused: writable by others, so anybody could have put an older list there) used to be
+/// skipped in silence until the list held went stale and every peer was refused; now the
+/// server says so on stderr, naming the file and why, once per reason (not every second), and
+/// says when it reads the file again.
+#[test]
+fn the_server_says_once_when_its_revocation_list_cannot_be_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let server_bin = example("agent_server");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    agentid(
+        d,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    );
+    std::fs::write(
+        d.join("ca/policy.toml"),
+        "[agents.librarian]\nscopes = [\"repo:serve\"]\nrequesters = [\"operator\"]\n",
+    )
+    .unwrap();
+    for args in [
+        "cert issue --ca ca --agent librarian --scope repo:serve --ttl 10m --out-dir lib",
+        "revocations export --ca ca --out rev.jwt",
+    ] {
+        agentid(d, &args.split_whitespace().collect::<Vec<_>>());
+    }
+    let lib = d.join("lib").to_str().unwrap().to_owned();
+    let rev = d.join("rev.jwt");
+    let rev_s = rev.to_str().unwrap().to_owned();
+    let server = Proc::spawn_logging(
+        &server_bin,
+        &[
+            "--dir",
+            &lib,
+            "--listen",
+            "127.0.0.1:0",
+            "--revocations",
+            &rev_s,
+        ],
+    );
+    server.line_with("listening on ");
+    let mode = std::fs::metadata(&rev).unwrap().permissions().mode();
+    std::fs::set_permissions(&rev, std::fs::Permissions::from_mode(mode | 0o002)).unwrap();
+    let line = server.line_with("revocation list not re-read");
+    assert!(line.contains(&rev_s), "names the file: {line}");
+    assert!(line.contains("stale"), "says what it leads to: {line}");
+    // Some more polls of the same refused file, then readable again.
+    std::thread::sleep(Duration::from_millis(3500));
+    std::fs::set_permissions(&rev, std::fs::Permissions::from_mode(mode)).unwrap();
+    server.line_with("revocation list read again");
+    let (_, _, err) = server.finish(Duration::ZERO);
+    assert_eq!(
+        err.matches("revocation list not re-read").count(),
+        1,
+        "once per reason, not every second: {err}"
     );
 }
