@@ -2046,3 +2046,72 @@ async fn a_token_answer_redeemable_longer_than_asked_is_refused() {
         );
     }
 }
+
+/// A revocation's answer (`POST /v1/revoke`, CA-API 3.10) is the list entry the target makes,
+/// sent once the list served holds it: its `exp` is the entry's, when everything the entry could
+/// hit has expired plus the skew, so an entry still in force (PROTOCOL.md 6.5: an entry applies
+/// while `now < exp`), and an integer of the protocol (at most 2^53 - 1). `agentid revoke --ca-url`
+/// prints it. An answer whose `exp` has passed (an entry that revokes nothing, or none that a
+/// served list can hold) or is no number the CA could give was taken and printed as a
+/// revocation; it is refused as the CA's wrong answer, which asking again may correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_answer_whose_exp_is_not_in_force_is_refused() {
+    use agentid_api::RevokeRequest;
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let answer = |kind: &str, value: &str, exp: u64| {
+        serde_json::json!({"kind": kind, "value": value, "exp": exp}).to_string()
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let revoke = |body: String, req: RevokeRequest| {
+        let (ca, v) = (&ca, v.clone());
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .revoke(&req)
+                .await
+        }
+    };
+    let task = || RevokeRequest {
+        task: Some("t1".into()),
+        ..Default::default()
+    };
+    let agent = || RevokeRequest {
+        agent: Some("planner".into()),
+        ..Default::default()
+    };
+    let now = common::unix(common::now());
+    // What the CA answers: taken.
+    let taken = revoke(answer("task", "t1", now + 660), task()).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let taken = revoke(answer("agent", "planner", now + 86_460), agent()).await;
+    assert!(taken.is_ok(), "{taken:?}");
+    for (what, body, req) in [
+        ("an exp long past", answer("task", "t1", 1), task()),
+        (
+            "an exp an hour ago",
+            answer("agent", "planner", now - 3600),
+            agent(),
+        ),
+        ("an exp of 0", answer("task", "t1", 0), task()),
+        (
+            "an exp above 2^53 - 1",
+            answer("task", "t1", 1 << 53),
+            task(),
+        ),
+        ("an exp of u64::MAX", answer("task", "t1", u64::MAX), task()),
+    ] {
+        let r = revoke(body, req).await;
+        match r {
+            Err(e @ agentid_transport::enroll::EnrollError::BadAnswer(_)) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(e.to_string().contains("exp"), "{e}");
+            }
+            other => panic!("revoke took an answer with {what}: {other:?}"),
+        }
+    }
+}

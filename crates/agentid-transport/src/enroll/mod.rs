@@ -119,7 +119,9 @@ pub enum EnrollError {
     /// identity or root, not newer than the one held, living longer than asked, or with
     /// numbers not its own. It is what the CA answered (a faulty replica, or another party
     /// answering as the CA), not a local fault; nothing of it is used, and the certificate held
-    /// stays in use. Another request may reach a replica that answers right: transient.
+    /// stays in use. Another request may reach a replica that answers right: transient. Also a
+    /// revocation answered with another entry than the target makes, or an `exp` no entry in
+    /// force can have (CA-API 3.10): nobody is told a revocation happened that did not.
     #[error("{0}")]
     BadAnswer(String),
     /// A certificate answer whose grant is not the one asked for (CA-API 3.5, 3.7 to 3.9): none
@@ -1565,12 +1567,18 @@ impl CaClient {
 
     /// Revokes a target (`POST /v1/revoke`). The answer must name the entry the target makes
     /// (CA-API 3.10: a task, agent, key or grant `jti` as asked; a certificate serial's key as a
-    /// `jkt`): an answer about another entry is an error, so that nobody is told a revocation
-    /// happened that did not.
+    /// `jkt`), with an `exp` that keeps it in force (the CA sends the answer once a served list
+    /// holds the entry, whose `exp` is at least the revocation's time plus the skew, an integer
+    /// of at most 2^53 - 1): any other answer is [`EnrollError::BadAnswer`], so that nobody is
+    /// told a revocation happened that did not.
     pub async fn revoke(&self, req: &RevokeRequest) -> Result<RevokeResponse> {
+        let asked_at = crate::session::now_unix();
         let resp: RevokeResponse = self.post(agentid_api::routes::REVOKE, req).await?;
-        check_revoke_answer(req, &resp).map_err(|what| {
-            invalid(format!(
+        let skew = self.verification.verifier().config().skew_seconds();
+        check_revoke_answer(req, &resp)
+            .and_then(|()| check_revoke_exp(resp.exp, asked_at, skew))
+            .map_err(|what| {
+            EnrollError::BadAnswer(format!(
                 "the CA answered {} with {what}: do not count on this revocation; look it up with `agentid revocations list`, ask again, and tell the CA's operator (a replica may be misconfigured)",
                 agentid_api::routes::REVOKE
             ))
@@ -1695,6 +1703,25 @@ impl CaClient {
         )
         .await
     }
+}
+
+/// Whether a revocation answer's `exp` can be the `exp` of an entry made at or after
+/// `asked_at` (CA-API 3.10, PROTOCOL.md 6.5): an integer of the protocol, at most 2^53 - 1,
+/// and still in force then (an entry applies while `now < exp`; the CA sets it to at least its
+/// time plus the skew, and the two clocks may differ by the skew); or what it is instead.
+fn check_revoke_exp(exp: u64, asked_at: u64, skew: u64) -> std::result::Result<(), String> {
+    const MAX_INTEGER: u64 = (1 << 53) - 1;
+    if exp > MAX_INTEGER {
+        return Err(format!(
+            "an entry exp of {exp}, which is no integer of the protocol (at most 2^53 - 1)"
+        ));
+    }
+    if exp.saturating_add(skew) <= asked_at {
+        return Err(format!(
+            "an entry exp of {exp}, past when the revocation was asked for ({asked_at}): such an entry revokes nothing, and no list the CA serves holds it"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `resp` names the revocation entry that `req`'s target makes (CA-API 3.10), or what
@@ -2125,6 +2152,20 @@ mod tests {
         assert!(check_revoke_answer(&serial, &answer("jkt", jkt)).is_ok());
         assert!(check_revoke_answer(&serial, &answer("task", "t1")).is_err());
         assert!(check_revoke_answer(&serial, &answer("jkt", "0a1b")).is_err());
+    }
+
+    #[test]
+    fn a_revoke_answer_exp_is_an_entry_in_force() {
+        let (now, skew) = (1_800_000_000, 60);
+        // At least the CA's time plus its skew, whose clock may be behind by the skew.
+        assert!(check_revoke_exp(now, now, skew).is_ok());
+        assert!(check_revoke_exp(now - skew + 1, now, skew).is_ok());
+        assert!(check_revoke_exp((1 << 53) - 1, now, skew).is_ok());
+        assert!(check_revoke_exp(now - skew, now, skew).is_err());
+        assert!(check_revoke_exp(0, now, skew).is_err());
+        let e = check_revoke_exp(1 << 53, now, skew).unwrap_err();
+        assert!(e.contains("2^53"), "{e}");
+        assert!(check_revoke_exp(u64::MAX, now, skew).is_err());
     }
 
     #[test]
