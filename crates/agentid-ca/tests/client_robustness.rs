@@ -2115,3 +2115,89 @@ async fn a_revocation_answer_whose_exp_is_not_in_force_is_refused() {
         }
     }
 }
+
+/// The grant a task's answer carries is checked with the protocol's one verifier under the
+/// bundles the client holds (row 207), and with the revocation lists it holds too (PROTOCOL.md
+/// section 10, the revocation phase): a platform whose verification holds the CA's list (a
+/// `RevocationWatcher` on it) was handed, and wrote as the agent's `grant.jwt`, a grant that
+/// list revokes by its `jti`, its task, its holder's key or its agent (a replica behind on
+/// revocations, whoever holds the CA service's TLS key replaying an answer), which every peer
+/// holding the same list refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_answer_whose_grant_a_held_list_revokes_is_refused() {
+    use agentid_api::{OpenTaskRequest, TokenRequest};
+    use agentid_ca::RevokeTarget;
+    use agentid_protocol::{Jkt, Jti, Scope};
+    let dir = ca_dir();
+    let ca = CertificateAuthority::open(dir.path()).unwrap();
+    let open = || {
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let mut req = agentid_ca::OpenTaskRequest::new(
+            "planner",
+            agentid_ca::KeySource::Spki(key.public_key().to_spki_der()),
+            agentid_ca::TaskRequester::Operator,
+            Scope::parse("tickets:read").unwrap(),
+        );
+        req.task_ttl = Some(Duration::from_secs(600));
+        let opened = ca.open_task(&req, common::now()).unwrap();
+        let asked = OpenTaskRequest {
+            csr: base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                key.csr(&SpiffeId::parse("spiffe://example.org/agent/planner").unwrap())
+                    .unwrap(),
+            ),
+            task: TokenRequest {
+                agent: "planner".into(),
+                scope: vec!["tickets:read".into()],
+                task_ttl_secs: Some(600),
+                ..Default::default()
+            },
+        };
+        (key, opened, asked)
+    };
+    let v = common::verification(&ca, "spiffe://example.org/svc/platform");
+    let ask = |opened: &agentid_ca::TaskCredentials, asked: OpenTaskRequest| {
+        let (ca, v) = (&ca, v.clone());
+        let body = issued_body(&opened.certificate, Some(opened.grant.as_str()));
+        async move {
+            let url = answering_ca(ca, body).await;
+            let platform = Arc::new(MemoryCredentials::new(common::service_credential(
+                ca, "platform", None,
+            )));
+            CaClient::new(&url, platform, v, T)
+                .unwrap()
+                .open_task(&asked)
+                .await
+        }
+    };
+    // Opened before any revocation (the CA refuses to open a task for a revoked agent).
+    let tasks: Vec<_> = (0..4).map(|_| open()).collect();
+    for (i, (key, opened, asked)) in tasks.into_iter().enumerate() {
+        // Taken while the held list revokes nothing of it: the lists refuse no genuine grant.
+        let taken = ask(&opened, asked.clone()).await;
+        assert!(taken.is_ok(), "{taken:?}");
+        let (what, target) = match i {
+            0 => (
+                "its jti",
+                RevokeTarget::GrantJti(Jti::parse(&opened.grant_jti).unwrap()),
+            ),
+            1 => ("its task", RevokeTarget::Task(opened.identity.task_id())),
+            2 => (
+                "its holder's key",
+                RevokeTarget::Key(Jkt::parse(&key.public_key().thumbprint()).unwrap()),
+            ),
+            _ => ("its agent", RevokeTarget::Agent("planner".into())),
+        };
+        ca.revoke(&target, Some("test"), "operator", common::now())
+            .unwrap();
+        v.apply_revocation_list(&ca.revocation_list(common::now()).unwrap())
+            .unwrap();
+        let r = ask(&opened, asked).await;
+        match r {
+            Err(e @ agentid_transport::enroll::EnrollError::BadGrant { .. }) => {
+                assert!(e.to_string().contains("revoked"), "{e}");
+            }
+            other => panic!("open_task took a grant the held list revokes by {what}: {other:?}"),
+        }
+    }
+}

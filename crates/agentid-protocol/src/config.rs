@@ -140,6 +140,15 @@ impl VerifierConfig {
         self
     }
 
+    /// Holds the revocation lists `other` holds, in place of its own: lists verified and applied
+    /// there (R1 to R8 of spec/PROTOCOL.md section 14.1, each still orphaned or not as there), to
+    /// check a chain under the same bundles with another verifier's identity or settings.
+    #[must_use]
+    pub fn revocation_lists_of(mut self, other: &VerifierConfig) -> Self {
+        self.revocations = other.revocations.clone();
+        self
+    }
+
     /// Verifies and applies a revocation list (spec/PROTOCOL.md section 14.1): R1 to R7 in
     /// [`RevocationList::verify`], then R8: an older `seq` than the one held is refused
     /// (`sequence_rollback`), unless the held list is orphaned (its signing key left the

@@ -622,7 +622,8 @@ impl<'a> GrantAsked<'a> {
 /// which). The grant must be a grant (no links), and verify, with the protocol's verifier, as
 /// the chain the holder of `leaf` presents, under the trust bundles `verification` holds, now:
 /// the trust domain's grant key, its claims and time, its `sub` the leaf's identity and its
-/// `cnf` the leaf's key. Without a grant key of the trust domain in those bundles (an enrolled
+/// `cnf` the leaf's key, and none of the revocation lists `verification` holds revoking it (by
+/// `jti`, task, agent or key; a missing or stale list refuses nothing here). Without a grant key of the trust domain in those bundles (an enrolled
 /// agent's pinned bundle holds the root only, CA-API 3.6.1) the signature cannot be checked
 /// here, and only what the grant names is: its holder, key and `exp`. Either way it must grant
 /// no more than `asked`: its scope, audience and delegation targets within those asked, its
@@ -681,13 +682,15 @@ fn check_grant(
     if holds_grant_keys {
         // The holder checks its grant as a verifier of its audience would (phase 8 asks whether
         // the verifier is in the audience; the holder is no verifier), enforcing the limit
-        // names it carries (rules 4.0.3, 4.8: the verifier application's), the revocation
-        // lists left to the peers.
+        // names it carries (rules 4.0.3, 4.8: the verifier application's), with the revocation
+        // lists this client holds (a grant one of them revokes is refused by every peer
+        // holding it); a missing or stale list is left to the peers.
         let own = audience_member(&read, holder).map_err(&bad)?;
         let limits = read
             .limits()
             .map_err(|e| bad(format!("a grant whose terms cannot be read ({e})")))?;
         let checking = agentid_protocol::VerifierConfig::new(own, config.bundles().clone())
+            .revocation_lists_of(config)
             .authority_policy(agentid_protocol::AuthorityPolicy::own_domain(&td))
             .skew(skew)
             .map(|c| {
@@ -699,10 +702,17 @@ fn check_grant(
         checking
             .verify_chain(grant, leaf.id.as_spiffe_id(), &leaf.public_key, now)
             .map_err(|e| {
-                bad(format!(
-                    "a grant for {} that does not verify under the trust bundle this client holds ({e}); if the CA's grant key was rotated, update the bundle",
-                    leaf.id
-                ))
+                bad(if e.code() == agentid_protocol::ErrorCode::Revoked {
+                    format!(
+                        "a grant for {} that a revocation list this client holds revokes ({e})",
+                        leaf.id
+                    )
+                } else {
+                    format!(
+                        "a grant for {} that does not verify under the trust bundle this client holds ({e}); if the CA's grant key was rotated, update the bundle",
+                        leaf.id
+                    )
+                })
             })?;
     } else {
         // Nothing to check its signature with: what it names, as the first verifier will.
