@@ -56,7 +56,7 @@ pub fn run_list(a: &ListArgs) -> CliResult {
         .block_on(client.revocations())
         .map_err(crate::net::api_error(a.remote.url()))?;
     // Signature, issuer and claims first: nothing unverified is printed.
-    let list = RevocationList::verify(&served.list, config.bundles())
+    let list = RevocationList::verify(served.list(), config.bundles())
         .context("the CA served a revocation list that does not verify")?;
     if list.seq() != served.seq {
         return Err(CliError::failed(format!(
@@ -65,7 +65,7 @@ pub fn run_list(a: &ListArgs) -> CliResult {
             list.seq()
         )));
     }
-    let entries = entries(&served.list)?;
+    let entries = entries(served.list())?;
     if entries.len() != list.len() {
         return Err(CliError::failed("the list's entries could not be read"));
     }

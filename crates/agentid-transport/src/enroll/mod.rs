@@ -1702,16 +1702,62 @@ impl CaClient {
 
     /// The current revocation list (`GET /v1/revocations`), as served: verify it with
     /// [`agentid_protocol::RevocationList::verify`] before reading it.
-    pub async fn revocations(&self) -> Result<agentid_api::RevocationsResponse> {
+    ///
+    /// The list is held in the answer's body, not copied out of it: a body may be as large as a
+    /// list may be (256 MiB), and whoever holds only the CA's TLS key can send one.
+    pub async fn revocations(&self) -> Result<ServedRevocations> {
         // As large as the protocol lets a list be, like the watcher's feed.
-        self.call_limited(
-            Method::GET,
-            agentid_api::routes::REVOCATIONS,
-            None,
-            MAX_LIST_RESPONSE_BYTES,
-            Repeat::Safe,
-        )
-        .await
+        let answer = self
+            .answer(
+                Method::GET,
+                agentid_api::routes::REVOCATIONS,
+                None,
+                MAX_LIST_RESPONSE_BYTES,
+                Repeat::Safe,
+            )
+            .await?;
+        if !answer.status.is_success() {
+            // The refusal (its body is at most 64 KiB).
+            return Err(decode_answer::<serde::de::IgnoredAny>(&answer)
+                .err()
+                .unwrap_or_else(|| invalid("the CA's refusal could not be read")));
+        }
+        ServedRevocations::from_body(answer.body)
+    }
+}
+
+/// `GET /v1/revocations`'s answer ([`agentid_api::RevocationsResponse`]) as
+/// [`CaClient::revocations`] returns it: its list held in the answer's body, not a copy of it.
+#[derive(Clone, Debug)]
+pub struct ServedRevocations {
+    /// The `seq` the CA says the list has (the list's own is what counts, once verified).
+    pub seq: u64,
+    /// The list's text, UTF-8 (it was read as a JSON string).
+    list: Bytes,
+}
+
+impl ServedRevocations {
+    /// The served list, a compact JWS as served, not verified.
+    pub fn list(&self) -> &str {
+        // Read from a JSON string: always UTF-8.
+        std::str::from_utf8(&self.list).unwrap_or_default()
+    }
+
+    /// The answer in `body`: its list the part of `body` that holds it when the JSON string has
+    /// no escape (a compact JWS needs none), otherwise (the body no longer held) its unescaped
+    /// text.
+    fn from_body(body: Bytes) -> Result<Self> {
+        let answer: watch::FeedAnswer<'_> = parse_answer(&body)?;
+        let list = match answer.list {
+            std::borrow::Cow::Borrowed(l) if body.as_ptr_range().contains(&l.as_ptr()) => {
+                body.slice_ref(l.as_bytes())
+            }
+            l => Bytes::from(l.into_owned().into_bytes()),
+        };
+        Ok(Self {
+            seq: answer.seq,
+            list,
+        })
     }
 }
 
@@ -2162,6 +2208,29 @@ mod tests {
         assert!(check_revoke_answer(&serial, &answer("jkt", jkt)).is_ok());
         assert!(check_revoke_answer(&serial, &answer("task", "t1")).is_err());
         assert!(check_revoke_answer(&serial, &answer("jkt", "0a1b")).is_err());
+    }
+
+    /// `agentid revocations list --ca-url` holds the served list in the answer's body, not in a
+    /// copy of it next to the body (a body may be 256 MiB: whoever holds only the CA's TLS key
+    /// could make the command hold 512 MiB before the signature check refused the list), as
+    /// the watcher does (`FeedAnswer`); a list with an escape is still read, as JSON says.
+    #[test]
+    fn the_served_list_is_held_in_the_body() {
+        let body = Bytes::from_static(br#"{"seq": 7, "list": "eyJh.eyJi.c2ln", "other": 1}"#);
+        let inside = body.as_ptr_range();
+        let served = ServedRevocations::from_body(body.clone()).unwrap();
+        assert_eq!((served.seq, served.list()), (7, "eyJh.eyJi.c2ln"));
+        assert!(
+            inside.contains(&served.list().as_ptr()),
+            "the list was copied out of the body"
+        );
+        let escaped = Bytes::from_static(br#"{"seq": 8, "list": "eyJh.eyJi.c2ln"}"#);
+        let served = ServedRevocations::from_body(escaped).unwrap();
+        assert_eq!((served.seq, served.list()), (8, "eyJh.eyJi.c2ln"));
+        assert!(ServedRevocations::from_body(Bytes::from_static(br#"{"seq": 1}"#)).is_err());
+        assert!(
+            ServedRevocations::from_body(Bytes::from_static(br#"{"seq": 1, "list": 5}"#)).is_err()
+        );
     }
 
     #[test]

@@ -513,10 +513,10 @@ impl Poller {
 /// `GET /v1/revocations`'s answer ([`agentid_api::RevocationsResponse`]), its list borrowed from the body
 /// when it holds no escape (a compact JWS never does).
 #[derive(serde::Deserialize)]
-struct FeedAnswer<'a> {
-    seq: u64,
+pub(super) struct FeedAnswer<'a> {
+    pub(super) seq: u64,
     #[serde(borrow)]
-    list: std::borrow::Cow<'a, str>,
+    pub(super) list: std::borrow::Cow<'a, str>,
 }
 
 enum Polled {
