@@ -146,7 +146,9 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesErro
     certs_of(path, &agentid_fs::read_bounded(path, MAX_FILE_BYTES)?)
 }
 
-fn certs_of(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, FilesError> {
+/// Every certificate of the PEM bytes `pem`, read from `path` (at least one), in file order:
+/// [`read_certs`]'s parsing, for a caller that read the file under a rule of its own.
+pub fn certs_of(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, FilesError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("bad PEM: {e}")))?;

@@ -70,18 +70,7 @@ pub fn read_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
 /// (`delegate --to-cert`), refusing it when others than its owners could have changed it
 /// ([`read_handed`]): whoever could replace it would choose whom the authority goes to.
 pub fn read_handed_certs(path: &Path) -> CliResult<Vec<CertificateDer<'static>>> {
-    use rustls_pki_types::pem::PemObject;
-    let pem = read_handed(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CliError::failed(format!("{}: bad PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(CliError::failed(format!(
-            "{}: no CERTIFICATE in the file",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    Ok(agentid::files::certs_of(path, &read_handed(path)?)?)
 }
 
 /// Reads a PKCS#8 PEM private key, refusing a file that group or others can access (a task key
