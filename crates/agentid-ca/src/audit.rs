@@ -20,6 +20,12 @@
 //!   every certificate the store records as issued has its audit record, that every `ok`
 //!   issuance record names such a certificate, and that every `ok` revocation record names a
 //!   revocation the store still holds.
+//! * **Retention.** [`plan_prune`] finds each writer's records past their retention (and
+//!   the certificates and tasks they recorded ended as long ago), up to a checkpointed record
+//!   before the head; the CA deletes them once an export holds them
+//!   ([`crate::CertificateAuthority::prune_audit`]) and signs a base ([`BASE_TYP`]) where the
+//!   chain now starts, which [`verify`] requires: deleting a chain's first records without the
+//!   audit key is still a break.
 //!
 //! Refusals before a valid token or identity is known are not written here (they go to `tracing`
 //! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
@@ -39,6 +45,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// The JWS `typ` of a signed checkpoint.
 pub const CHECKPOINT_TYP: &str = "agentid-audit-checkpoint+jwt";
+
+/// The JWS `typ` of a signed base: a writer's records up to it were exported and pruned
+/// ([`plan_prune`], CA-API.md 4.5).
+pub const BASE_TYP: &str = "agentid-audit-base+jwt";
+
+/// The shortest retention [`plan_prune`] takes, seconds: a record is kept at least this long
+/// after what it records ended (a day: the longest grant, and every revocation entry the CA
+/// does not bound by a certificate, lives that long).
+pub const MIN_RETENTION_SECS: u64 = 86_400;
 
 /// A checkpoint is signed with every record whose number is a multiple of this.
 pub const CHECKPOINT_EVERY: u64 = 64;
@@ -143,6 +158,23 @@ impl CheckpointSigner {
         head: &str,
         iat: u64,
     ) -> Result<CheckpointRecord> {
+        self.sign(CHECKPOINT_TYP, writer, seq, head, iat)
+    }
+
+    /// The base of `writer`'s chain once its records up to `seq` (whose hash is `head`) are
+    /// pruned, signed at `iat` ([`BASE_TYP`]).
+    pub fn base(&self, writer: &str, seq: u64, head: &str, iat: u64) -> Result<CheckpointRecord> {
+        self.sign(BASE_TYP, writer, seq, head, iat)
+    }
+
+    fn sign(
+        &self,
+        typ: &str,
+        writer: &str,
+        seq: u64,
+        head: &str,
+        iat: u64,
+    ) -> Result<CheckpointRecord> {
         let claims = CheckpointClaims {
             iss: self.iss.clone(),
             writer: writer.to_owned(),
@@ -151,7 +183,7 @@ impl CheckpointSigner {
             iat,
         };
         Ok(CheckpointRecord {
-            jws: sign_checkpoint(self.signer.as_ref(), &claims)?,
+            jws: sign_claims(self.signer.as_ref(), typ, &claims)?,
             writer: claims.writer,
             seq,
             head: claims.head,
@@ -297,7 +329,17 @@ pub fn sign_checkpoint(
     signer: &dyn agentid_protocol::JwsSigner,
     claims: &CheckpointClaims,
 ) -> Result<String> {
-    let header = serde_json::json!({"alg": signer.algorithm().as_str(), "typ": CHECKPOINT_TYP});
+    sign_claims(signer, CHECKPOINT_TYP, claims)
+}
+
+/// Signs `claims` as a JWS of type `typ` ([`CHECKPOINT_TYP`] or [`BASE_TYP`]) with the audit
+/// key.
+fn sign_claims(
+    signer: &dyn agentid_protocol::JwsSigner,
+    typ: &str,
+    claims: &CheckpointClaims,
+) -> Result<String> {
+    let header = serde_json::json!({"alg": signer.algorithm().as_str(), "typ": typ});
     let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let payload =
         serde_json::to_vec(claims).map_err(|e| CaError::Store(format!("checkpoint: {e}")))?;
@@ -310,6 +352,20 @@ pub fn sign_checkpoint(
 pub fn verify_checkpoint(
     jws: &str,
     key: &PublicKey,
+) -> core::result::Result<CheckpointClaims, String> {
+    verify_claims(jws, key, CHECKPOINT_TYP)
+}
+
+/// Checks a base's signature ([`BASE_TYP`]) with the audit public key and returns its claims.
+pub fn verify_base(jws: &str, key: &PublicKey) -> core::result::Result<CheckpointClaims, String> {
+    verify_claims(jws, key, BASE_TYP)
+}
+
+/// Checks a JWS of type `typ` signed with the audit key and returns its claims.
+fn verify_claims(
+    jws: &str,
+    key: &PublicKey,
+    typ: &str,
 ) -> core::result::Result<CheckpointClaims, String> {
     let dec = |v: &str| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -337,8 +393,8 @@ pub fn verify_checkpoint(
     if alg != key.algorithm() {
         return Err("alg is not the audit key's".into());
     }
-    if header.get("typ").and_then(serde_json::Value::as_str) != Some(CHECKPOINT_TYP) {
-        return Err(format!("typ is not {CHECKPOINT_TYP}"));
+    if header.get("typ").and_then(serde_json::Value::as_str) != Some(typ) {
+        return Err(format!("typ is not {typ}"));
     }
     let input_len = h.len() + 1 + p.len();
     let input = jws.get(..input_len).ok_or("not a compact JWS")?;
@@ -354,6 +410,9 @@ pub struct AuditSnapshot {
     pub records: Vec<AuditRecord>,
     /// Every checkpoint, by writer then sequence.
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Each pruned writer's base ([`BASE_TYP`]): its records up to the base's `seq` were
+    /// exported and pruned, and its first stored record follows the base's `head`.
+    pub bases: Vec<CheckpointRecord>,
     /// Serials of the certificates issued since the store has kept an audit chain (schema
     /// version 2); each must have an `ok` issuance record.
     pub audited_serials: Vec<String>,
@@ -382,6 +441,17 @@ pub enum AuditBreak {
         /// The chain.
         writer: String,
         /// The record number the checkpoint names.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A writer's base (where its pruned records ended) is forged, or not where its chain
+    /// starts.
+    #[error("audit chain {writer:?}, base at record {seq} (records up to it pruned): {reason}")]
+    Base {
+        /// The chain.
+        writer: String,
+        /// The record number the base names.
         seq: u64,
         /// What is wrong.
         reason: String,
@@ -417,6 +487,9 @@ pub struct ChainSummary {
     pub head: String,
     /// The last signed checkpoint's record number (0: none).
     pub checkpointed: u64,
+    /// The records up to this number were exported and pruned (0: none), as the chain's
+    /// signed base says.
+    pub pruned: u64,
 }
 
 /// The result of a successful [`verify`].
@@ -430,6 +503,9 @@ pub struct VerifyReport {
     pub issuances: u64,
     /// Records known from outside the store ([`Anchor`]s) found in it unchanged.
     pub anchors: u64,
+    /// Of those, the records a signed base says were pruned (not compared: the store no longer
+    /// holds them).
+    pub anchors_pruned: u64,
 }
 
 /// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
@@ -455,8 +531,42 @@ pub fn verify_anchored(
     iss: &str,
     anchors: &[Anchor],
 ) -> core::result::Result<VerifyReport, AuditBreak> {
-    // writer -> (records seen, head hash, hashes by seq)
-    let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = BTreeMap::new();
+    // writer -> (seq of the base, its head): the records up to it were pruned, signed so by the
+    // audit key (CA-API.md 4.5); the chain goes on from there.
+    let mut bases: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    for b in &snap.bases {
+        let bad = |reason: String| AuditBreak::Base {
+            writer: b.writer.clone(),
+            seq: b.seq,
+            reason,
+        };
+        let claims = verify_base(&b.jws, key).map_err(&bad)?;
+        if claims.iss != iss {
+            return Err(bad(format!("signed for {:?}, not {iss:?}", claims.iss)));
+        }
+        if claims.writer != b.writer
+            || claims.seq != b.seq
+            || claims.head != b.head
+            || claims.iat != b.iat
+        {
+            return Err(bad("its columns differ from what it signs".into()));
+        }
+        if b.seq == 0 || b.seq == u64::MAX {
+            return Err(bad("names no record".into()));
+        }
+        if bases
+            .insert(b.writer.as_str(), (b.seq, b.head.as_str()))
+            .is_some()
+        {
+            return Err(bad("the chain has a second base".into()));
+        }
+    }
+    let base_of = |writer: &str| bases.get(writer).map_or(0, |b| b.0);
+    // writer -> (records seen, head hash, hashes of the records after the base, by seq)
+    let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = bases
+        .iter()
+        .map(|(w, (seq, head))| (*w, (*seq, (*head).to_owned(), Vec::new())))
+        .collect();
     // Serial of each `ok` issuance record -> the record (writer, seq), first one kept.
     let mut issued: BTreeMap<String, (String, u64)> = BTreeMap::new();
     // Each `ok` revocation record: its subject (`kind:value`), its `exp`, writer and number.
@@ -476,8 +586,15 @@ pub fn verify_anchored(
             reason,
         };
         if r.seq != expected {
+            let base = base_of(&r.writer);
             return Err(bad(if r.seq > expected {
                 format!("missing (the next record stored is {})", r.seq)
+            } else if r.seq <= base {
+                format!(
+                    "record {} is stored, but the chain's signed base says the records up to \
+                     {base} were pruned (it was put back or made up)",
+                    r.seq
+                )
             } else {
                 format!("stored twice or out of order (found record {})", r.seq)
             }));
@@ -539,16 +656,31 @@ pub fn verify_anchored(
         {
             return Err(bad("its columns differ from what it signs".into()));
         }
+        let first = base_of(&c.writer);
+        if let Some((seq, head)) = bases.get(c.writer.as_str()).copied() {
+            if c.seq <= seq {
+                // Of a pruned record: only the base's own can still be compared.
+                if c.seq == seq && head != claims.head {
+                    return Err(bad(
+                        "it signs another record than the chain's base names".into()
+                    ));
+                }
+                let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
+                *e = (*e).max(c.seq);
+                continue;
+            }
+        }
         let hashes = chains.get(c.writer.as_str()).map(|e| &e.2);
-        let at = usize::try_from(c.seq)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
+        let at = c
+            .seq
+            .checked_sub(first.saturating_add(1))
+            .and_then(|n| usize::try_from(n).ok())
             .and_then(|i| hashes.and_then(|h| h.get(i)));
         match at {
             None => {
                 return Err(bad(format!(
                     "the chain has {} records: records were removed after it",
-                    hashes.map_or(0, Vec::len)
+                    first.saturating_add(hashes.map_or(0, Vec::len) as u64)
                 )))
             }
             Some(h) if *h != claims.head => {
@@ -571,7 +703,13 @@ pub fn verify_anchored(
         .map(|c| (c.writer.as_str(), c.seq))
         .collect();
     for (writer, (n, _, _)) in &chains {
-        let mut seq = 1;
+        // After a base, from the first required one past it (the base is signed itself).
+        let mut seq = match base_of(writer) {
+            0 => 1,
+            b => (b / CHECKPOINT_EVERY)
+                .saturating_add(1)
+                .saturating_mul(CHECKPOINT_EVERY),
+        };
         while seq <= *n {
             if !signed.contains(&(*writer, seq)) {
                 return Err(AuditBreak::Checkpoint {
@@ -647,12 +785,28 @@ pub fn verify_anchored(
             _ => {}
         }
     }
+    let mut anchors_pruned = 0u64;
     for a in anchors {
         let bad = |reason: String| AuditBreak::Anchor {
             writer: a.writer.clone(),
             seq: a.seq,
             reason,
         };
+        if let Some((seq, head)) = bases.get(a.writer.as_str()).copied() {
+            if a.seq == seq && a.hash != head {
+                return Err(bad(
+                    "the chain's signed base names another record there: the record known is \
+                     another CA's (give a file kept from this CA), or whoever pruned the chain \
+                     held this CA's audit.key"
+                        .to_owned(),
+                ));
+            }
+            if a.seq <= seq {
+                // Exported and pruned, as the base signed by the audit key says.
+                anchors_pruned += 1;
+                continue;
+            }
+        }
         let Some((n, _, hashes)) = chains.get(a.writer.as_str()) else {
             return Err(bad(
                 "the store holds no record of this chain: the chain was deleted from the store, \
@@ -660,9 +814,11 @@ pub fn verify_anchored(
                     .to_owned(),
             ));
         };
-        let at = usize::try_from(a.seq)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
+        let first = base_of(&a.writer);
+        let at = a
+            .seq
+            .checked_sub(first.saturating_add(1))
+            .and_then(|n| usize::try_from(n).ok())
             .and_then(|i| hashes.get(i));
         match at {
             None => {
@@ -704,12 +860,107 @@ pub fn verify_anchored(
                 records: n,
                 head,
                 checkpointed: checkpointed.get(w).copied().unwrap_or(0),
+                pruned: base_of(w),
             })
             .collect(),
         checkpoints: snap.checkpoints.len() as u64,
         issuances: snap.audited_serials.len() as u64,
         anchors: anchors.len() as u64,
+        anchors_pruned,
     })
+}
+
+/// What [`plan_prune`] would prune of one writer's chain: its records up to `seq` (whose hash
+/// is `head`), and the certificates those records issued (`serials`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// The chain.
+    pub writer: String,
+    /// The chain's base after the prune: its records up to this one go.
+    pub seq: u64,
+    /// The hash of record `seq`, which the next record links to.
+    pub head: String,
+    /// The chain's base before the prune (0: none): the records after it up to `seq` go.
+    pub from: u64,
+    /// The serials of the `ok` issuances those records recorded: their rows go with them.
+    pub serials: Vec<String>,
+}
+
+/// What can be pruned of a verified `snap` (CA-API.md 4.5): for each writer, its records from
+/// its first stored one up to the last record `S` such that
+///
+/// * every record up to `S` was written before `cutoff` (`ts < cutoff`), and each of them that
+///   issued a certificate (an `ok` `issue.*` record) recorded one that, with its task, ended
+///   before `cutoff`: `retained_until(serial)` (the later of the certificate's `notAfter` and
+///   its task's end) is below `cutoff` (`None`, a certificate the store does not know, stops
+///   the walk);
+/// * `S` has a checkpoint (so the next record's `prev` is a signed head), and
+/// * `S` is not the chain's last record (the chain goes on from a record the store holds).
+///
+/// The walk stops at the first record that may not go, so what stays is a suffix of each
+/// chain. Writers with nothing to prune are left out.
+pub fn plan_prune(
+    snap: &AuditSnapshot,
+    cutoff: u64,
+    retained_until: &mut dyn FnMut(&str) -> Result<Option<u64>>,
+) -> Result<Vec<PrunePlan>> {
+    let signed: HashSet<(&str, u64)> = snap
+        .checkpoints
+        .iter()
+        .map(|c| (c.writer.as_str(), c.seq))
+        .collect();
+    let bases: BTreeMap<&str, u64> = snap
+        .bases
+        .iter()
+        .map(|b| (b.writer.as_str(), b.seq))
+        .collect();
+    let mut by_writer: BTreeMap<&str, Vec<&AuditRecord>> = BTreeMap::new();
+    for r in &snap.records {
+        by_writer.entry(r.writer.as_str()).or_default().push(r);
+    }
+    let mut plans = Vec::new();
+    for (writer, mut records) in by_writer {
+        records.sort_by_key(|r| r.seq);
+        let Some(last) = records.last().map(|r| r.seq) else {
+            continue;
+        };
+        let mut serials = Vec::new();
+        let mut cut: Option<(u64, &str, usize)> = None;
+        for r in records {
+            if r.seq >= last || r.ts >= cutoff {
+                break;
+            }
+            let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
+                CaError::Store(format!(
+                    "audit record {} of {:?} is not a record: {e}",
+                    r.seq, r.writer
+                ))
+            })?;
+            let ev = &body.event;
+            if ev.kind.starts_with("issue.") && ev.outcome == "ok" {
+                if let Some(serial) = &ev.serial {
+                    match retained_until(serial)? {
+                        Some(until) if until < cutoff => serials.push(serial.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            if signed.contains(&(writer, r.seq)) {
+                cut = Some((r.seq, r.hash.as_str(), serials.len()));
+            }
+        }
+        if let Some((seq, head, n)) = cut {
+            serials.truncate(n);
+            plans.push(PrunePlan {
+                writer: writer.to_owned(),
+                seq,
+                head: head.to_owned(),
+                from: bases.get(writer).copied().unwrap_or(0),
+                serials,
+            });
+        }
+    }
+    Ok(plans)
 }
 
 /// A record of a writer's chain known from outside the store: record `seq` of `writer` hashes
@@ -899,6 +1150,15 @@ pub enum ExportLine {
         /// The compact JWS.
         jws: String,
     },
+    /// A chain's signed base ([`BASE_TYP`]): its records up to `seq` were pruned.
+    Base {
+        /// The chain.
+        writer: String,
+        /// The last record pruned.
+        seq: u64,
+        /// The compact JWS.
+        jws: String,
+    },
 }
 
 /// Mirrors audit records as `tracing` events (target `agentid::audit`). The record itself is
@@ -973,6 +1233,17 @@ pub fn export_dir(
     let snap = config.read_audit_snapshot(dir, since)?;
     let mut n = 0u64;
     let io = |e: std::io::Error| CaError::Store(format!("audit export: {e}"));
+    // Where each pruned chain starts, first: an offline checker links its first record there.
+    for b in &snap.bases {
+        let line = ExportLine::Base {
+            writer: b.writer.clone(),
+            seq: b.seq,
+            jws: b.jws.clone(),
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
+        out.write_all(b"\n").map_err(io)?;
+        n += 1;
+    }
     for r in &snap.records {
         let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
             CaError::Store(format!(

@@ -1053,6 +1053,71 @@ impl CertificateAuthority {
         }
     }
 
+    /// Prunes the audit trail (CA-API.md 4.5): verifies it first (with `exported` as
+    /// [`crate::audit::verify_anchored`]'s anchors: the export must match the store), then,
+    /// for each writer, the records [`crate::audit::plan_prune`] finds older than `retain`
+    /// before `now` (and the certificates they issued ended, with their tasks, as long ago)
+    /// go, with their checkpoints and the issuance rows of those certificates; a base signed
+    /// with the audit key names where each pruned chain now starts. Every record pruned must be
+    /// in `exported` (an `agentid audit export` kept elsewhere), else nothing is pruned.
+    ///
+    /// `retain` is at least [`crate::audit::MIN_RETENTION_SECS`]. Refused without the audit key,
+    /// or when the trail does not verify ([`CaError::AuditBroken`]: the store is evidence).
+    pub fn prune_audit(
+        &self,
+        retain: Duration,
+        now: SystemTime,
+        exported: &[crate::audit::Anchor],
+    ) -> Result<crate::store::PruneCounts> {
+        let retain = retain.as_secs();
+        if retain < crate::audit::MIN_RETENTION_SECS {
+            return Err(CaError::InvalidRequest(format!(
+                "a retention of {retain} s is shorter than a day ({} s): a record is kept at \
+                 least a day after what it records ended",
+                crate::audit::MIN_RETENTION_SECS
+            )));
+        }
+        let Some(signer) = self.audit_signer.clone() else {
+            return Err(CaError::InvalidRequest(
+                "this CA has no audit key: it cannot sign where a pruned chain starts".into(),
+            ));
+        };
+        let now_s = util::unix(now)?;
+        let cutoff = now_s.saturating_sub(retain);
+        let iss = self.config.trust_domain.id().as_str().to_owned();
+        let mut store = self.store()?;
+        let snap = store.audit_snapshot(None)?;
+        crate::audit::verify_anchored(&snap, &signer.public_key(), &iss, exported)
+            .map_err(|b| CaError::AuditBroken(Box::new(b)))?;
+        let plans = crate::audit::plan_prune(&snap, cutoff, &mut |serial| {
+            store.issuance_retained_until(serial)
+        })?;
+        // Every record that goes must be in the export (compared with the store above).
+        let known: std::collections::HashSet<(&str, u64)> = exported
+            .iter()
+            .map(|a| (a.writer.as_str(), a.seq))
+            .collect();
+        for p in &plans {
+            if let Some(seq) = (p.from.saturating_add(1)..=p.seq)
+                .find(|seq| !known.contains(&(p.writer.as_str(), *seq)))
+            {
+                return Err(CaError::InvalidRequest(format!(
+                    "the export does not hold record {seq} of chain {:?}, which is old enough \
+                     to prune: nothing was pruned; export the trail first (`agentid audit \
+                     export --ca DIR > FILE`, kept outside the store) and give that FILE",
+                    p.writer
+                )));
+            }
+        }
+        let checkpoints = crate::audit::CheckpointSigner::new(iss, signer);
+        let mut prunes = Vec::with_capacity(plans.len());
+        for p in plans {
+            let base = checkpoints.base(&p.writer, p.seq, &p.head, now_s)?;
+            prunes.push(crate::store::AuditPrune { plan: p, base });
+        }
+        store.prune_audit(&prunes)
+    }
+
     /// Every audit record (with `ts >= since`), checkpoint and audited serial, for
     /// [`crate::audit::verify`] and export.
     pub fn audit_snapshot(&self, since: Option<u64>) -> Result<crate::audit::AuditSnapshot> {

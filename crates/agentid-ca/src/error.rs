@@ -223,6 +223,10 @@ pub enum CaError {
     /// this variant is for stores that keep their audit trail elsewhere.
     #[error("audit log write failed, result withheld: {0}")]
     AuditWrite(String),
+    /// The audit trail does not verify, so nothing was pruned: a prune would delete the
+    /// evidence ([`crate::CertificateAuthority::prune_audit`]).
+    #[error("the audit trail does not verify, so nothing was pruned: {0}")]
+    AuditBroken(Box<crate::audit::AuditBreak>),
 }
 
 impl CaError {

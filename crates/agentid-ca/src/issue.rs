@@ -1275,9 +1275,9 @@ impl CertificateAuthority {
     }
 
     /// When the key `jkt` got its first certificate: `bound`'s `key_bound_at` when `jkt` is the
-    /// key bound to the name now; else the key's first issuance (a key is bound to one identity
-    /// for ever, so that is for this name: an old key bound again does not start again); else
-    /// now (a new key).
+    /// key bound to the name now; else the key's first certificate as its binding keeps it (a
+    /// key is bound to one identity for ever, so that is for this name: an old key bound again
+    /// does not start again, also once its issuances are pruned); else now (a new key).
     fn key_bound_at(
         &self,
         jkt: &str,
@@ -1289,8 +1289,8 @@ impl CertificateAuthority {
         }
         Ok(self
             .store()?
-            .first_issuance_of_key(jkt)?
-            .map_or(now, |first| first.issued_at.min(now)))
+            .key_first_issued_at(jkt)?
+            .map_or(now, |first| first.min(now)))
     }
 
     /// A service certificate's validity within its key's `max_key_age` (design: services

@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::{CaError, Result};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// One migration: the SQL that takes a database from `version - 1` to `version`.
 #[derive(Clone, Copy, Debug)]
@@ -128,7 +128,25 @@ UPDATE identities SET key_bound_at = CAST(strftime('%s', 'now') AS INTEGER)
         description: "CA service: a service's outstanding bootstrap tokens are bounded; tokens past their retention are forgotten",
         sql: TOKENS_BOUNDED_SQL,
     },
+    Migration {
+        version: 8,
+        description: "audit retention: pruned chains start at a signed base; a key's first certificate is kept with its binding",
+        sql: PRUNE_SQL,
+    },
 ];
+
+/// SQLite's version 8 and PostgreSQL's version 6 (the same statements).
+const PRUNE_SQL: &str = "
+-- Where each pruned writer's chain starts (CA-API.md 4.5): its records up to `seq` were
+-- exported and deleted; `jws` is signed with the audit key (typ agentid-audit-base+jwt).
+CREATE TABLE audit_bases (
+  writer TEXT PRIMARY KEY, seq BIGINT NOT NULL, head TEXT NOT NULL, iat BIGINT NOT NULL,
+  jws TEXT NOT NULL);
+-- When the key got its first certificate (what a service's max_key_age counts from when the
+-- key is bound again), kept with the binding so that it outlives pruned issuances.
+ALTER TABLE keys ADD COLUMN first_issued_at BIGINT;
+UPDATE keys SET first_issued_at = (SELECT MIN(i.issued_at) FROM issuances i WHERE i.jkt = keys.jkt);
+";
 
 /// SQLite's version 7 and PostgreSQL's version 5 (the same statements).
 const TOKENS_BOUNDED_SQL: &str = "
@@ -140,7 +158,7 @@ CREATE INDEX bootstrap_tokens_expires ON bootstrap_tokens(expires);
 ";
 
 /// The schema version of the PostgreSQL store (feature `postgres`) this code reads and writes.
-pub const PG_SCHEMA_VERSION: u32 = 5;
+pub const PG_SCHEMA_VERSION: u32 = 6;
 
 /// The PostgreSQL store's migrations, in order; `PG_MIGRATIONS[i].version == i + 1`. They are
 /// applied in one transaction under an advisory lock, and the version is kept in the one-row
@@ -238,6 +256,11 @@ UPDATE identities SET key_bound_at = EXTRACT(EPOCH FROM now())::BIGINT
         version: 5,
         description: "CA service: a service's outstanding bootstrap tokens are bounded; tokens past their retention are forgotten",
         sql: TOKENS_BOUNDED_SQL,
+    },
+    Migration {
+        version: 6,
+        description: "audit retention: pruned chains start at a signed base; a key's first certificate is kept with its binding",
+        sql: PRUNE_SQL,
     },
 ];
 

@@ -359,7 +359,7 @@ fn export_writes_records_and_checkpoints_as_json_lines() {
                 assert_eq!(&audit::record_hash(text), hash);
                 Some((body, hash))
             }
-            ExportLine::Checkpoint { .. } => None,
+            ExportLine::Checkpoint { .. } | ExportLine::Base { .. } => None,
         })
         .collect();
     assert_eq!(records.len(), 8);

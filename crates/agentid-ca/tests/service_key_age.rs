@@ -200,13 +200,15 @@ fn the_upgrade_dates_each_service_key_from_its_first_certificate() {
         issue(&ca, &key2, at(t0, HOUR)).unwrap();
         issue(&ca, &key2, at(t0, 2 * HOUR)).unwrap().identity
     };
-    // The store as version 5 left it (without version 6's column and version 7's indexes).
+    // The store as version 5 left it (without version 6's column, version 7's indexes and
+    // version 8's table and column).
     let db = dir.path().join("ca.db");
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(
             "ALTER TABLE identities DROP COLUMN key_bound_at;
              DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
+             DROP TABLE audit_bases; ALTER TABLE keys DROP COLUMN first_issued_at;
              PRAGMA user_version = 5;",
         )
         .unwrap();
@@ -217,6 +219,19 @@ fn the_upgrade_dates_each_service_key_from_its_first_certificate() {
     drop(store);
     let conn = rusqlite::Connection::open(&db).unwrap();
     assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
+    // Version 8 keeps each key's first certificate with its binding, from the issuances.
+    let mut firsts: Vec<i64> = conn
+        .prepare("SELECT first_issued_at FROM keys ORDER BY first_issued_at")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    firsts.retain(|t| *t >= common::unix(t0) as i64);
+    assert_eq!(
+        firsts,
+        [common::unix(t0) as i64, (common::unix(t0) + HOUR) as i64]
+    );
     drop(conn);
     // And the CA counts the key's age from there.
     let ca = CertificateAuthority::open(dir.path()).unwrap();

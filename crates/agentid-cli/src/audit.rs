@@ -1,4 +1,5 @@
-//! `agentid audit verify` and `agentid audit export`: the CA store's audit chain.
+//! `agentid audit verify`, `agentid audit export` and `agentid audit prune`: the CA store's
+//! audit chain.
 
 use std::path::Path;
 
@@ -15,6 +16,30 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Print the audit records (then the signed checkpoints) as JSON lines.
     Export(ExportArgs),
+    /// Delete the records (and the certificates' rows) older than the retention, once they are
+    /// in an export kept outside the store; the chain then starts at a base signed with the
+    /// audit key.
+    Prune(PruneArgs),
+}
+
+/// Arguments of `audit prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// The CA directory (its audit key signs where each pruned chain starts).
+    #[arg(long = "ca", value_name = "DIR")]
+    pub ca: std::path::PathBuf,
+    /// How long to keep a record after what it records ended (a certificate's notAfter, its
+    /// task's end; the record's own time for the others): at least `1d`, e.g. `7d`, `30d`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::common::parse_duration)]
+    pub retain: std::time::Duration,
+    /// An `agentid audit export --ca DIR` made before, kept outside the store: every record
+    /// pruned must be in it, unchanged (the prune compares it with the store first), so that
+    /// nothing leaves the store that is not kept elsewhere. Same rules as `audit verify
+    /// --against`.
+    #[arg(long, value_name = "FILE")]
+    pub exported: std::path::PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// Arguments of `audit verify`.
@@ -93,6 +118,48 @@ pub fn run(cmd: &AuditCommand) -> CliResult {
             agentid_ca::audit::export_dir(&a.ca, a.since, &mut out)?;
             Ok(())
         }
+        AuditCommand::Prune(a) => prune(a),
+    }
+}
+
+fn prune(a: &PruneArgs) -> CliResult {
+    if a.retain.as_secs() < agentid_ca::audit::MIN_RETENTION_SECS {
+        return Err(CliError::usage(format!(
+            "--retain {}: at least 1d (a record is kept at least a day after what it records \
+             ended); e.g. --retain 7d",
+            crate::common::human_duration(a.retain.as_secs())
+        )));
+    }
+    ca_dir(&a.ca)?;
+    let exported = anchors(&a.exported, "--exported")?;
+    let ca = crate::cert::open_ca(&a.ca)?;
+    let counts = match ca.prune_audit(a.retain, std::time::SystemTime::now(), &exported) {
+        Ok(c) => c,
+        Err(agentid_ca::CaError::AuditBroken(broken)) => {
+            return Err(CliError::invalid(format!(
+                "nothing was pruned: the audit trail is broken: {broken}; {}",
+                next_step(&broken)
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match a.format.format {
+        Format::Json => print_json(&json!({ "pruned": counts })),
+        Format::Text => print_text(&if counts.chains == 0 {
+            "nothing to prune: no record is older than the retention yet (or a newer one stands \
+             before it in its chain)\n"
+                .to_owned()
+        } else {
+            format!(
+                "pruned {} records, {} checkpoints and {} certificates' rows from {} chains; \
+                 `agentid audit verify --ca {}` checks the rest\n",
+                counts.records,
+                counts.checkpoints,
+                counts.issuances,
+                counts.chains,
+                a.ca.display()
+            )
+        }),
     }
 }
 
@@ -101,8 +168,9 @@ const NEXT_STEP: &str = "the store was changed outside the CA or damaged: keep a
      evidence, and compare it with an earlier `agentid audit export` or a backup of the store \
      to see what changed";
 
-/// The records `--against` names, read from the file (or standard input for `-`).
-fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
+/// The records `--against` (or `--exported`: `flag`) names, read from the file (or standard
+/// input for `-`).
+fn anchors(path: &Path, flag: &str) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
     let read = if path == Path::new("-") {
         agentid_ca::audit::read_anchors(std::io::stdin().lock())
     } else {
@@ -110,7 +178,7 @@ fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
         // have replaced (to match a store they rewrote) is refused.
         let f = agentid_fs::open_handed(path).map_err(|e| match e {
             agentid_fs::FsError::Io { path, source } => CliError::failed(format!(
-                "{}: {source} (--against takes a file `agentid audit export` or `agentid audit \
+                "{}: {source} ({flag} takes a file `agentid audit export` or `agentid audit \
                  verify --format json` wrote)",
                 path.display()
             )),
@@ -120,7 +188,7 @@ fn anchors(path: &Path) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
     };
     read.map_err(|e| {
         CliError::usage(format!(
-            "--against {}: {e}; give the output of `agentid audit export --ca DIR` or \
+            "{flag} {}: {e}; give the output of `agentid audit export --ca DIR` or \
              `agentid audit verify --ca DIR --format json` kept from an earlier run",
             path.display()
         ))
@@ -144,7 +212,7 @@ fn next_step(broken: &agentid_ca::audit::AuditBreak) -> &'static str {
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
     let anchors = match &a.against {
-        Some(path) => anchors(path)?,
+        Some(path) => anchors(path, "--against")?,
         None => Vec::new(),
     };
     match agentid_ca::audit::verify_dir_anchored(&a.ca, &anchors)? {
@@ -154,11 +222,27 @@ fn verify(a: &VerifyArgs) -> CliResult {
                 let mut text = String::new();
                 for c in &report.chains {
                     text.push_str(&format!(
-                        "chain {}: {} records, checkpointed to {}, head {}\n",
-                        c.writer, c.records, c.checkpointed, c.head
+                        "chain {}: {} records, checkpointed to {}, head {}{}\n",
+                        c.writer,
+                        c.records,
+                        c.checkpointed,
+                        c.head,
+                        match c.pruned {
+                            0 => String::new(),
+                            n => format!(" (records 1 to {n} pruned, as its signed base says)"),
+                        }
                     ));
                 }
-                if let Some(path) = &a.against {
+                if let (Some(path), true) = (&a.against, report.anchors_pruned > 0) {
+                    text.push_str(&format!(
+                        "of the {} records known from {}, {} are in the store unchanged and {} \
+                         were pruned, as the chains' signed bases say\n",
+                        report.anchors,
+                        path.display(),
+                        report.anchors - report.anchors_pruned,
+                        report.anchors_pruned
+                    ));
+                } else if let Some(path) = &a.against {
                     text.push_str(&format!(
                         "{} known from {} {} in the store unchanged\n",
                         match report.anchors {

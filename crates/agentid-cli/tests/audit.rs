@@ -1,4 +1,5 @@
-//! `agentid audit verify` and `agentid audit export` on a CA directory the CLI used.
+//! `agentid audit verify`, `agentid audit export` and `agentid audit prune` on a CA directory
+//! the CLI used.
 #![cfg(test)]
 #![allow(missing_docs)]
 
@@ -455,4 +456,67 @@ fn a_config_others_can_write_is_named_not_taken_for_a_missing_store() {
         let (_, msg) = env.fails(line, 1, &format!("chmod go-w {}", config.display()));
         assert!(!msg.contains("no CA store here"), "{line}: {msg}");
     }
+}
+
+/// The CA's whole trail exported to `audit.jsonl`.
+fn exported(env: &Env) {
+    let out = env.ok("audit export --ca ca");
+    std::fs::write(env.path("audit.jsonl"), out).unwrap();
+}
+
+/// Records made now are younger than any retention: the prune keeps them and says so, and the
+/// trail verifies as before. (What goes once records are old enough is tested on the library,
+/// `crates/agentid-ca/tests/audit_retention.rs`, which can set the clock.)
+#[test]
+fn prune_keeps_records_younger_than_the_retention() {
+    let env = used_ca();
+    exported(&env);
+    let out = env.ok("audit prune --ca ca --retain 7d --exported audit.jsonl");
+    assert!(out.contains("nothing to prune"), "{out}");
+    let v = env.json("audit prune --ca ca --retain 1d --exported audit.jsonl");
+    assert_eq!(v["pruned"]["records"], 0, "{v}");
+    let v = env.json("audit verify --ca ca");
+    assert_eq!(v["report"]["chains"][0]["records"], 5);
+    assert_eq!(v["report"]["chains"][0]["pruned"], 0);
+}
+
+#[test]
+fn prune_refuses_a_retention_under_a_day() {
+    let env = used_ca();
+    exported(&env);
+    env.fails(
+        "audit prune --ca ca --retain 12h --exported audit.jsonl",
+        2,
+        "at least 1d",
+    );
+}
+
+/// A broken trail is evidence: nothing is pruned from it, and the break is named.
+#[test]
+fn prune_refuses_a_trail_that_does_not_verify() {
+    let env = used_ca();
+    exported(&env);
+    db(&env)
+        .execute(
+            "UPDATE audit_records SET body = replace(body, 'test', 'nothing to see') WHERE seq = 4",
+            [],
+        )
+        .unwrap();
+    let (_, err) = env.fails(
+        "audit prune --ca ca --retain 7d --exported audit.jsonl",
+        3,
+        "nothing was pruned",
+    );
+    assert!(err.contains("record 4"), "{err}");
+}
+
+/// A missing export is named with the flag that takes it.
+#[test]
+fn prune_needs_an_export_of_the_records() {
+    let env = used_ca();
+    env.fails(
+        "audit prune --ca ca --retain 7d --exported missing.jsonl",
+        1,
+        "--exported takes a file",
+    );
 }

@@ -390,6 +390,29 @@ pub struct CheckpointState {
     pub last: Option<(u64, u64)>,
 }
 
+/// One writer's prune, as [`Store::prune_audit`] applies it: the plan and the base signed for
+/// it.
+#[derive(Clone, Debug)]
+pub struct AuditPrune {
+    /// What goes.
+    pub plan: crate::audit::PrunePlan,
+    /// The chain's new base ([`crate::audit::BASE_TYP`]), at the plan's `seq` and `head`.
+    pub base: CheckpointRecord,
+}
+
+/// What [`Store::prune_audit`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneCounts {
+    /// Chains given a new base.
+    pub chains: u64,
+    /// Audit records.
+    pub records: u64,
+    /// Checkpoints of those records.
+    pub checkpoints: u64,
+    /// Issuance rows of the certificates those records issued.
+    pub issuances: u64,
+}
+
 /// Commits issuances without the store's lock, so that concurrent issuers can share one
 /// durable commit (group commit). Same contract as [`Store::commit_issuance`]: returns only once
 /// the record is durable, and refuses exactly what it would refuse.
@@ -426,6 +449,36 @@ pub trait Store: Send {
     /// the one whose `requester` is its parent. The default scans.
     fn first_issuance_of_key(&self, jkt: &str) -> Result<Option<IssuanceRecord>> {
         Ok(self.issuances()?.into_iter().find(|i| i.jkt == jkt))
+    }
+    /// When the key `jkt` got its first certificate (a key is bound to one identity forever):
+    /// what a service's `max_key_age` counts from when the key is bound again. Kept with the
+    /// key's binding, so that it outlives the issuance rows a prune deletes. The default reads
+    /// the first issuance.
+    fn key_first_issued_at(&self, jkt: &str) -> Result<Option<u64>> {
+        Ok(self.first_issuance_of_key(jkt)?.map(|i| i.issued_at))
+    }
+    /// Until when the store must keep the certificate `serial` and the audit record that issued
+    /// it: the later of its `notAfter` and its task's end (`None`: no such certificate). What
+    /// [`crate::audit::plan_prune`] reads.
+    fn issuance_retained_until(&self, serial: &str) -> Result<Option<u64>> {
+        let Some(i) = self.issuance(serial)? else {
+            return Ok(None);
+        };
+        let task_exp = match &i.task {
+            Some(t) => self.task(t)?.map_or(0, |t| t.exp),
+            None => 0,
+        };
+        Ok(Some(i.not_after.max(task_exp)))
+    }
+    /// Applies `prunes` in one transaction (CA-API.md 4.5): for each, checks that the chain's
+    /// record `seq` still hashes to `head` and that its base is older, then stores the base and
+    /// deletes the chain's records up to `seq`, their checkpoints and the issuance rows of
+    /// `serials`. Stores without an audit chain refuse.
+    fn prune_audit(&mut self, prunes: &[AuditPrune]) -> Result<PruneCounts> {
+        let _ = prunes;
+        Err(CaError::Store(
+            "this store keeps no audit chain to prune".into(),
+        ))
     }
     /// The latest `notAfter` among the certificates issued for the key `jkt`: its holder's
     /// current certificate (a renewal keeps the key). The default scans.
@@ -991,18 +1044,20 @@ fn apply_issuance(conn: &Connection, writer: &ChainWriter, c: &IssuanceCommit<'_
         _ => {}
     }
     if owner.is_none() {
-        conn.prepare_cached("INSERT INTO keys (jkt, identity) VALUES (?1, ?2)")?
-            .execute(params![id.jkt, id.identity])
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    CaError::KeyInUse {
-                        jkt: id.jkt.clone(),
-                        bound_to: "another identity".into(),
-                    }
-                } else {
-                    e.into()
+        conn.prepare_cached(
+            "INSERT INTO keys (jkt, identity, first_issued_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![id.jkt, id.identity, to_i64(c.record.issued_at)?])
+        .map_err(|e| {
+            if is_constraint(&e) {
+                CaError::KeyInUse {
+                    jkt: id.jkt.clone(),
+                    bound_to: "another identity".into(),
                 }
-            })?;
+            } else {
+                e.into()
+            }
+        })?;
     }
     // A new binding, or the same/rebound key with its cap raised (never lowered). The key's
     // first certificate time stays while the key does (the right-hand sides read the row as it
@@ -1218,6 +1273,68 @@ impl Store for SqliteStore {
             .optional()?
             .map(Self::fix_kind)
             .transpose()
+    }
+
+    fn key_first_issued_at(&self, jkt: &str) -> Result<Option<u64>> {
+        // Bindings made before schema version 8 got the column from their issuances then.
+        let v: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(first_issued_at,
+                   (SELECT MIN(issued_at) FROM issuances WHERE jkt = ?1)) FROM keys WHERE jkt = ?1",
+            )?
+            .query_row(params![jkt], |r| r.get(0))
+            .optional()?;
+        Ok(v.flatten().map(to_u64).transpose()?)
+    }
+
+    fn prune_audit(&mut self, prunes: &[AuditPrune]) -> Result<PruneCounts> {
+        let tx = self.immediate()?;
+        let mut counts = PruneCounts::default();
+        for p in prunes {
+            let (writer, seq) = (p.plan.writer.as_str(), to_i64(p.plan.seq)?);
+            prune_check(
+                tx.prepare_cached("SELECT hash FROM audit_records WHERE writer = ?1 AND seq = ?2")?
+                    .query_row(params![writer, seq], |r| r.get(0))
+                    .optional()?,
+                tx.prepare_cached("SELECT seq FROM audit_bases WHERE writer = ?1")?
+                    .query_row(params![writer], |r| r.get(0))
+                    .optional()?,
+                p,
+            )?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO audit_bases (writer, seq, head, iat, jws)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                writer,
+                seq,
+                p.base.head,
+                to_i64(p.base.iat)?,
+                p.base.jws
+            ])?;
+            counts.chains += 1;
+            counts.records += tx
+                .prepare_cached("DELETE FROM audit_records WHERE writer = ?1 AND seq <= ?2")?
+                .execute(params![writer, seq])? as u64;
+            counts.checkpoints += tx
+                .prepare_cached("DELETE FROM audit_checkpoints WHERE writer = ?1 AND seq < ?2")?
+                .execute(params![writer, seq])? as u64;
+            let mut del = tx.prepare_cached("DELETE FROM issuances WHERE serial = ?1")?;
+            for serial in &p.plan.serials {
+                counts.issuances += del.execute(params![serial])? as u64;
+            }
+        }
+        // Issuances up to the mark predate the chain: with every later row gone, the next
+        // rowid would fall under it (SQLite takes one above the largest left), so the mark
+        // comes down to the largest row left, which predates the chain as before.
+        tx.execute(
+            "UPDATE meta SET value = MIN(value, COALESCE((SELECT MAX(rowid) FROM issuances), 0))
+             WHERE key = 'audit_issuances_from'",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(counts)
     }
 
     fn latest_not_after(&self, jkt: &str) -> Result<Option<u64>> {
@@ -1524,7 +1641,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
-        audit_snapshot_on(&self.conn, since)
+        audit_snapshot_on(&self.conn, since, true)
     }
 
     fn publish_revocations(
@@ -1682,7 +1799,7 @@ impl Store for SqliteStore {
 }
 
 /// [`Store::latest_expiry`] on `conn` (inside a transaction, or not).
-fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnapshot> {
+fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Result<AuditSnapshot> {
     // One read transaction: records, checkpoints and issuances are one state.
     let tx = conn.unchecked_transaction()?;
     let since = to_i64(since.unwrap_or(0))?;
@@ -1723,6 +1840,23 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnaps
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Schema version 8 on (a read-only reader may read an older store).
+    let bases = if bases {
+        tx.prepare_cached("SELECT writer, seq, head, iat, jws FROM audit_bases ORDER BY writer")?
+            .query_map([], |r| {
+                use crate::audit::{stored_number_of, stored_text_of};
+                Ok(CheckpointRecord {
+                    writer: stored_text_of(r.get_ref(0)?),
+                    seq: stored_number_of(r.get_ref(1)?),
+                    head: stored_text_of(r.get_ref(2)?),
+                    iat: stored_number_of(r.get_ref(3)?),
+                    jws: stored_text_of(r.get_ref(4)?),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let audited_serials = tx
         .prepare_cached(
             "SELECT serial FROM issuances WHERE rowid > COALESCE(
@@ -1748,9 +1882,30 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>) -> Result<AuditSnaps
     Ok(AuditSnapshot {
         records,
         checkpoints,
+        bases,
         audited_serials,
         revocations,
     })
+}
+
+/// [`Store::prune_audit`]'s check of one prune inside its transaction, given the stored hash
+/// of the chain's record `seq` and the chain's base: the record must still be the one planned
+/// (the trail verified against the export holds it), and the base older (no other prune went
+/// further meanwhile).
+fn prune_check(stored: Option<String>, base: Option<i64>, p: &AuditPrune) -> Result<()> {
+    if stored.as_deref() != Some(p.plan.head.as_str()) {
+        return Err(CaError::Store(format!(
+            "audit chain {:?}: record {} changed while the prune was planned; nothing was pruned",
+            p.plan.writer, p.plan.seq
+        )));
+    }
+    if base.is_some_and(|b| b >= to_i64(p.plan.seq).unwrap_or(i64::MAX)) {
+        return Err(CaError::Store(format!(
+            "audit chain {:?} was pruned further meanwhile; nothing was pruned",
+            p.plan.writer
+        )));
+    }
+    Ok(())
 }
 
 /// The audit snapshot of the SQLite database at `path`, read through a read-only connection:
@@ -1769,7 +1924,7 @@ pub fn read_audit_snapshot(path: &Path, since: Option<u64>) -> Result<AuditSnaps
     if version < 2 {
         return Ok(AuditSnapshot::default());
     }
-    audit_snapshot_on(&conn, since)
+    audit_snapshot_on(&conn, since, version >= 8)
 }
 
 fn latest_expiry_on(conn: &Connection, kind: RevocationKind, value: &str) -> Result<Option<u64>> {

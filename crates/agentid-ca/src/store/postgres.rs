@@ -37,9 +37,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use super::{
-    BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit, IssuanceCommitter,
-    IssuanceKind, IssuanceRecord, ListRow, LiveTask, OwnedCommit, Publication, PublishedList,
-    RevocationKind, RevocationRecord, Store, TaskRecord, TokenBound, PUBLISHED_LISTS_KEPT,
+    AuditPrune, BootstrapRecord, CheckpointState, IdentityRecord, IssuanceCommit,
+    IssuanceCommitter, IssuanceKind, IssuanceRecord, ListRow, LiveTask, OwnedCommit, PruneCounts,
+    Publication, PublishedList, RevocationKind, RevocationRecord, Store, TaskRecord, TokenBound,
+    PUBLISHED_LISTS_KEPT,
 };
 use crate::audit::{
     AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
@@ -1132,8 +1133,9 @@ async fn apply_issuance(
     // 2. One key, one identity: insert the key's binding unless there is one (waiting for a
     // concurrent inserter to finish), then read who holds it.
     tx.execute(
-        "INSERT INTO keys (jkt, identity) VALUES ($1, $2) ON CONFLICT (jkt) DO NOTHING",
-        &[&id.jkt, &id.identity],
+        "INSERT INTO keys (jkt, identity, first_issued_at) VALUES ($1, $2, $3)
+         ON CONFLICT (jkt) DO NOTHING",
+        &[&id.jkt, &id.identity, &to_i64(c.record.issued_at)?],
     )
     .await?;
     let owner: String = tx
@@ -1569,6 +1571,94 @@ impl Store for PgStore {
         })
     }
 
+    fn key_first_issued_at(&self, jkt: &str) -> Result<Option<u64>> {
+        let jkt = jkt.to_owned();
+        self.inner.run(move |c| {
+            Box::pin(async move {
+                // Bindings made before schema version 6 got the column from their issuances.
+                let v: Option<Option<i64>> = c
+                    .query_opt(
+                        "SELECT COALESCE(first_issued_at,
+                           (SELECT MIN(issued_at) FROM issuances WHERE jkt = $1))
+                         FROM keys WHERE jkt = $1",
+                        &[&jkt],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                v.flatten().map(to_u64).transpose()
+            })
+        })
+    }
+
+    fn prune_audit(&mut self, prunes: &[AuditPrune]) -> Result<PruneCounts> {
+        let prunes = prunes.to_vec();
+        self.inner.run_within(AUDIT_READ_TIMEOUT, move |c| {
+            Box::pin(async move {
+                in_tx!(c, |tx| async {
+                    // Whole, under the bound of an audit read, not a request's.
+                    tx.batch_execute(&format!(
+                        "SET LOCAL statement_timeout = {}",
+                        AUDIT_READ_TIMEOUT.as_millis()
+                    ))
+                    .await?;
+                    let mut counts = PruneCounts::default();
+                    for p in &prunes {
+                        let (writer, seq) = (p.plan.writer.as_str(), to_i64(p.plan.seq)?);
+                        let stored: Option<String> = tx
+                            .query_opt(
+                                "SELECT hash FROM audit_records WHERE writer = $1 AND seq = $2",
+                                &[&writer, &seq],
+                            )
+                            .await?
+                            .map(|r| r.get(0));
+                        let base: Option<i64> = tx
+                            .query_opt(
+                                "SELECT seq FROM audit_bases WHERE writer = $1 FOR UPDATE",
+                                &[&writer],
+                            )
+                            .await?
+                            .map(|r| r.get(0));
+                        super::prune_check(stored, base, p).map_err(PgErr::Ca)?;
+                        tx.execute(
+                            "INSERT INTO audit_bases (writer, seq, head, iat, jws)
+                             VALUES ($1, $2, $3, $4, $5)
+                             ON CONFLICT (writer) DO UPDATE SET seq = EXCLUDED.seq,
+                               head = EXCLUDED.head, iat = EXCLUDED.iat, jws = EXCLUDED.jws",
+                            &[
+                                &writer,
+                                &seq,
+                                &p.base.head,
+                                &to_i64(p.base.iat)?,
+                                &p.base.jws,
+                            ],
+                        )
+                        .await?;
+                        counts.chains += 1;
+                        counts.records += tx
+                            .execute(
+                                "DELETE FROM audit_records WHERE writer = $1 AND seq <= $2",
+                                &[&writer, &seq],
+                            )
+                            .await?;
+                        counts.checkpoints += tx
+                            .execute(
+                                "DELETE FROM audit_checkpoints WHERE writer = $1 AND seq < $2",
+                                &[&writer, &seq],
+                            )
+                            .await?;
+                        counts.issuances += tx
+                            .execute(
+                                "DELETE FROM issuances WHERE serial = ANY($1)",
+                                &[&p.plan.serials],
+                            )
+                            .await?;
+                    }
+                    Ok::<_, PgErr>(counts)
+                })
+            })
+        })
+    }
+
     fn latest_not_after(&self, jkt: &str) -> Result<Option<u64>> {
         let jkt = jkt.to_owned();
         self.inner.run(move |c| {
@@ -1984,6 +2074,21 @@ impl Store for PgStore {
                         })
                     })
                     .collect::<PgResult<Vec<_>>>()?;
+                let bases = tx
+                    .query(
+                        "SELECT writer, seq, head, iat, jws FROM audit_bases ORDER BY writer",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| CheckpointRecord {
+                        writer: r.get(0),
+                        seq: crate::audit::stored_number(r.get(1)),
+                        head: r.get(2),
+                        iat: crate::audit::stored_number(r.get(3)),
+                        jws: r.get(4),
+                    })
+                    .collect();
                 let audited_serials = tx
                     .query("SELECT serial FROM issuances ORDER BY id", &[])
                     .await?
@@ -2005,6 +2110,7 @@ impl Store for PgStore {
                 Ok(AuditSnapshot {
                     records,
                     checkpoints,
+                    bases,
                     audited_serials,
                     revocations,
                 })

@@ -1,0 +1,410 @@
+//! Audit retention (CA-API.md 4.5): `CertificateAuthority::prune_audit` deletes the records
+//! older than the retention whose certificates (and tasks) ended as long ago, once an export
+//! kept outside the store holds them, with their checkpoints and the certificates' rows; each
+//! pruned chain then starts at a base signed with the audit key, which `audit verify` checks.
+//! Nothing is pruned from a trail that does not verify, nor what the export lacks; a prefix
+//! deleted without the audit key, or a pruned record put back, is a break.
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use agentid_ca::audit::{self, Anchor, AuditBreak, ExportLine};
+use agentid_ca::{CaError, CertificateAuthority, KeyType, OpenTaskRequest, TaskRequester};
+use agentid_protocol::{Algorithm, Scope};
+use common::*;
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
+const WEEK: Duration = Duration::from_secs(7 * DAY);
+
+fn at(base: SystemTime, secs: u64) -> SystemTime {
+    base + Duration::from_secs(secs)
+}
+
+fn planner(task_ttl: Option<Duration>) -> OpenTaskRequest {
+    let mut r = OpenTaskRequest::new(
+        "planner",
+        spki_key(Algorithm::Es256).1,
+        TaskRequester::Operator,
+        Scope::parse("tickets:read").unwrap(),
+    );
+    r.task_ttl = task_ttl;
+    r
+}
+
+/// The export of the whole trail, and the records it names.
+fn export(dir: &Path, since: Option<u64>) -> (String, Vec<Anchor>) {
+    let mut out = Vec::new();
+    audit::export_dir(dir, since, &mut out).unwrap();
+    let anchors = audit::read_anchors(&out[..]).unwrap();
+    (String::from_utf8(out).unwrap(), anchors)
+}
+
+/// A trail of 130 tasks opened at `t0` (their certificates and tasks end within the hour,
+/// checkpointed at record 130), then one task opened six hours later that lasts eight hours
+/// (record 131), then three more short tasks (records 132-134). Returns the serials of the
+/// first 130 certificates and of the long task's.
+fn trail(t: &TestCa, t0: SystemTime) -> (Vec<String>, String) {
+    let mut early = Vec::new();
+    for _ in 0..130 {
+        early.push(
+            t.ca.open_task(&planner(None), t0)
+                .unwrap()
+                .certificate
+                .serial()
+                .to_owned(),
+        );
+    }
+    assert_eq!(t.ca.checkpoint_audit(t0, true).unwrap(), Some(130));
+    let long =
+        t.ca.open_task(
+            &planner(Some(Duration::from_secs(8 * HOUR))),
+            at(t0, 6 * HOUR),
+        )
+        .unwrap()
+        .certificate
+        .serial()
+        .to_owned();
+    for _ in 0..3 {
+        t.ca.open_task(&planner(None), at(t0, 6 * HOUR)).unwrap();
+    }
+    (early, long)
+}
+
+fn chain(dir: &Path) -> audit::ChainSummary {
+    let report = audit::verify_dir(dir).unwrap().unwrap();
+    assert_eq!(report.chains.len(), 1);
+    report.chains[0].clone()
+}
+
+#[test]
+fn records_past_their_retention_go_and_the_rest_still_verifies() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let (early, long) = trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    // A week after the long task's start plus twelve hours: the cutoff (t0 + 12 h) is past
+    // every early record and certificate, but the long task (until t0 + 14 h) is not over.
+    let counts =
+        t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+            .unwrap();
+    assert_eq!(counts.chains, 1);
+    assert_eq!(counts.records, 130);
+    assert_eq!(counts.issuances, 130);
+    assert!(counts.checkpoints >= 2, "{counts:?}");
+    for serial in &early {
+        assert!(t.ca.issuance(serial).unwrap().is_none(), "{serial} kept");
+    }
+    // The long task's record and certificate stay, and so does everything after them.
+    assert!(t.ca.issuance(&long).unwrap().is_some());
+    let c = chain(t.path());
+    assert_eq!((c.records, c.pruned), (134, 130));
+    let seqs: Vec<u64> =
+        t.ca.audit_snapshot(None)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+    assert_eq!(seqs, (131..=134).collect::<Vec<_>>());
+    // The same prune again has nothing to do: the long task still stands first.
+    let again =
+        t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+            .unwrap();
+    assert_eq!(again.chains, 0);
+    // The CA goes on writing the chain after the prune.
+    t.ca.open_task(&planner(None), at(t0, 7 * DAY + 12 * HOUR))
+        .unwrap();
+    assert_eq!(chain(t.path()).records, 135);
+}
+
+#[test]
+fn nothing_goes_that_the_export_does_not_hold() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    // An export of the newer records only.
+    let (_, later) = export(t.path(), Some(unix(t0) + 6 * HOUR));
+    let err =
+        t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &later)
+            .unwrap_err();
+    match &err {
+        CaError::InvalidRequest(m) => {
+            assert!(m.contains("does not hold record 1 "), "{m}");
+            assert!(m.contains("agentid audit export"), "{m}");
+        }
+        other => panic!("expected a refusal naming the record, got {other:?}"),
+    }
+    let c = chain(t.path());
+    assert_eq!((c.records, c.pruned), (134, 0));
+    // And without any export.
+    assert!(t
+        .ca
+        .prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &[])
+        .is_err());
+    assert_eq!(chain(t.path()).pruned, 0);
+}
+
+#[test]
+fn a_retention_under_a_day_is_refused() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    let err =
+        t.ca.prune_audit(Duration::from_secs(DAY - 1), at(t0, 7 * DAY), &exported)
+            .unwrap_err();
+    assert!(
+        matches!(&err, CaError::InvalidRequest(m) if m.contains("shorter than a day")),
+        "{err:?}"
+    );
+    assert_eq!(chain(t.path()).pruned, 0);
+}
+
+#[test]
+fn an_export_kept_from_before_the_prune_still_vouches_for_the_store() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+        .unwrap();
+    let report = audit::verify_dir_anchored(t.path(), &exported)
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.anchors, 134);
+    assert_eq!(report.anchors_pruned, 130);
+    // A record of the kept part rewritten in the export is still found.
+    let mut changed = exported.clone();
+    changed[131].hash = "00".repeat(32);
+    assert!(matches!(
+        audit::verify_dir_anchored(t.path(), &changed).unwrap(),
+        Err(AuditBreak::Anchor { seq: 132, .. })
+    ));
+    // So is another record at the base itself.
+    let mut at_base = exported.clone();
+    at_base[129].hash = "00".repeat(32);
+    assert!(matches!(
+        audit::verify_dir_anchored(t.path(), &at_base).unwrap(),
+        Err(AuditBreak::Anchor { seq: 130, .. })
+    ));
+}
+
+#[test]
+fn the_export_after_a_prune_starts_at_its_signed_base() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+        .unwrap();
+    let (text, _) = export(t.path(), None);
+    let lines: Vec<ExportLine> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ExportLine::Base { writer, seq, jws } = &lines[0] else {
+        panic!(
+            "the export does not start with the chain's base: {:?}",
+            lines[0]
+        );
+    };
+    assert_eq!((writer.as_str(), *seq), (audit::DEFAULT_WRITER, 130));
+    // Offline: the base verifies with audit.pub, and the first record links to its head.
+    let key = audit::audit_public_key(t.path()).unwrap();
+    let claims = audit::verify_base(jws, &key).unwrap();
+    assert_eq!(claims.seq, 130);
+    assert!(
+        audit::verify_checkpoint(jws, &key).is_err(),
+        "a base is no checkpoint"
+    );
+    let ExportLine::Record { body, .. } = &lines[1] else {
+        panic!("expected record 131 after the base: {:?}", lines[1]);
+    };
+    assert_eq!(body.seq, 131);
+    assert_eq!(body.prev, claims.head);
+}
+
+#[test]
+fn a_service_key_bound_again_after_its_records_were_pruned_keeps_its_age() {
+    let t = test_ca(KeyType::P256);
+    let mut policy = POLICY.to_owned();
+    policy.push_str(
+        "\n[services.keyed]\nmax_ttl = \"1h\"\nrequesters = [\"operator\"]\nmax_key_age = \"8d\"\n",
+    );
+    std::fs::write(t.path().join("policy.toml"), policy).unwrap();
+    let ca = CertificateAuthority::open(t.path()).unwrap();
+    let issue = |key: &agentid_ca::KeySource, when: SystemTime| {
+        ca.issue_service(
+            &agentid_ca::ServiceRequest {
+                service: "keyed".into(),
+                key: key.clone(),
+                ttl: None,
+            },
+            when,
+        )
+    };
+    let t0 = now();
+    let (_k1, old) = spki_key(Algorithm::Es256);
+    let (_k2, new) = spki_key(Algorithm::Es256);
+    issue(&old, t0).unwrap();
+    issue(&new, at(t0, HOUR)).unwrap();
+    // Record 2 checkpointed (by time or now), so that the prune may end there.
+    ca.checkpoint_audit(at(t0, HOUR), true).unwrap();
+    issue(&new, at(t0, 7 * DAY)).unwrap();
+    let (_, exported) = export(t.path(), None);
+    let counts = ca.prune_audit(WEEK, at(t0, 9 * DAY), &exported).unwrap();
+    assert_eq!((counts.records, counts.issuances), (2, 2));
+    // The old key's certificates are gone from the store, but not when it got its first: bound
+    // again nine days on, it is past its eight days.
+    let err = issue(&old, at(t0, 9 * DAY)).unwrap_err();
+    assert!(
+        matches!(&err, CaError::Policy { rule, .. } if rule == "services.keyed.max_key_age"),
+        "{err:?}"
+    );
+}
+
+// ---- What the store alone shows (SQLite: edits made directly in the database) ----
+
+fn db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("ca.db")).unwrap()
+}
+
+fn pruned_ca() -> (TestCa, SystemTime) {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+        .unwrap();
+    (t, t0)
+}
+
+#[test]
+fn a_trail_that_does_not_verify_is_not_pruned() {
+    if postgres_under_test() {
+        return;
+    }
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (_, exported) = export(t.path(), None);
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET body = replace(body, '\"ok\"', '\"denied\"') WHERE seq = 5",
+            [],
+        )
+        .unwrap();
+    let err =
+        t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+            .unwrap_err();
+    assert!(
+        matches!(&err, CaError::AuditBroken(b) if matches!(**b, AuditBreak::Record { seq: 5, .. })),
+        "{err:?}"
+    );
+    let n: i64 = db(t.path())
+        .query_row("SELECT COUNT(*) FROM audit_records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 134, "records were deleted from a broken trail");
+}
+
+#[test]
+fn a_prefix_deleted_without_the_audit_key_does_not_verify() {
+    if postgres_under_test() {
+        return;
+    }
+    let t = test_ca(KeyType::P256);
+    trail(&t, now());
+    let c = db(t.path());
+    c.execute("DELETE FROM audit_records WHERE seq <= 64", [])
+        .unwrap();
+    c.execute("DELETE FROM audit_checkpoints WHERE seq < 64", [])
+        .unwrap();
+    assert!(matches!(
+        audit::verify_dir(t.path()).unwrap(),
+        Err(AuditBreak::Record { seq: 1, .. })
+    ));
+}
+
+#[test]
+fn a_pruned_record_put_back_is_named() {
+    if postgres_under_test() {
+        return;
+    }
+    let (t, _) = pruned_ca();
+    db(t.path())
+        .execute(
+            "INSERT INTO audit_records (writer, seq, ts, body, hash)
+             SELECT writer, 130, ts, body, hash FROM audit_records WHERE seq = 131",
+            [],
+        )
+        .unwrap();
+    match audit::verify_dir(t.path()).unwrap() {
+        Err(AuditBreak::Record { reason, .. }) => {
+            assert!(reason.contains("pruned"), "{reason}")
+        }
+        other => panic!("expected the record put back to be named, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_base_deleted_or_moved_in_the_store_is_found() {
+    if postgres_under_test() {
+        return;
+    }
+    // Deleted: the chain then starts at record 131.
+    let (t, _) = pruned_ca();
+    db(t.path()).execute("DELETE FROM audit_bases", []).unwrap();
+    assert!(matches!(
+        audit::verify_dir(t.path()).unwrap(),
+        Err(AuditBreak::Record { seq: 1, .. })
+    ));
+    // Moved past more records deleted with it.
+    let (t, _) = pruned_ca();
+    let c = db(t.path());
+    c.execute("DELETE FROM audit_records WHERE seq <= 132", [])
+        .unwrap();
+    c.execute(
+        "UPDATE audit_bases SET seq = 132, head = (SELECT json_extract(body, '$.prev') FROM audit_records WHERE seq = 133)",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(
+        audit::verify_dir(t.path()).unwrap(),
+        Err(AuditBreak::Base { seq: 132, .. })
+    ));
+}
+
+#[test]
+fn a_base_signed_with_another_key_is_found() {
+    if postgres_under_test() {
+        return;
+    }
+    let (t, _) = pruned_ca();
+    // Another CA's audit key signs a base for this chain.
+    let other = test_ca(KeyType::P256);
+    trail(&other, now());
+    let (_, exported) = export(other.path(), None);
+    other
+        .ca
+        .prune_audit(WEEK, at(now(), 7 * DAY + 12 * HOUR), &exported)
+        .unwrap();
+    let forged: String = db(other.path())
+        .query_row("SELECT jws FROM audit_bases", [], |r| r.get(0))
+        .unwrap();
+    db(t.path())
+        .execute("UPDATE audit_bases SET jws = ?1", [forged])
+        .unwrap();
+    match audit::verify_dir(t.path()).unwrap() {
+        Err(AuditBreak::Base { reason, .. }) => assert!(
+            reason.contains("does not verify with the audit key")
+                || reason.contains("columns differ"),
+            "{reason}"
+        ),
+        other => panic!("expected the forged base to be named, got {other:?}"),
+    }
+}
