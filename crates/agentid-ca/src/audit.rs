@@ -540,17 +540,9 @@ pub fn verify_anchored(
             seq: b.seq,
             reason,
         };
-        let claims = verify_base(&b.jws, key).map_err(&bad)?;
-        if claims.iss != iss {
-            return Err(bad(format!("signed for {:?}, not {iss:?}", claims.iss)));
-        }
-        if claims.writer != b.writer
-            || claims.seq != b.seq
-            || claims.head != b.head
-            || claims.iat != b.iat
-        {
-            return Err(bad("its columns differ from what it signs".into()));
-        }
+        verify_base(&b.jws, key)
+            .and_then(|claims| signs_its_columns(b, &claims, iss))
+            .map_err(&bad)?;
         if b.seq == 0 || b.seq == u64::MAX {
             return Err(bad("names no record".into()));
         }
@@ -644,18 +636,9 @@ pub fn verify_anchored(
             seq: c.seq,
             reason,
         };
-        let claims = verify_checkpoint(&c.jws, key).map_err(&bad)?;
-        if claims.iss != iss {
-            return Err(bad(format!("signed for {:?}, not {iss:?}", claims.iss)));
-        }
-        // `iat` too: the CA reads the column to decide when the next timed checkpoint is due.
-        if claims.writer != c.writer
-            || claims.seq != c.seq
-            || claims.head != c.head
-            || claims.iat != c.iat
-        {
-            return Err(bad("its columns differ from what it signs".into()));
-        }
+        let claims = verify_checkpoint(&c.jws, key)
+            .and_then(|claims| signs_its_columns(c, &claims, iss).map(|()| claims))
+            .map_err(&bad)?;
         let first = base_of(&c.writer);
         if let Some((seq, head)) = bases.get(c.writer.as_str()).copied() {
             if c.seq <= seq {
@@ -961,6 +944,27 @@ pub fn plan_prune(
         }
     }
     Ok(plans)
+}
+
+/// That a checkpoint or base whose signature verified (`claims`) names trust domain `iss` and
+/// signs its stored columns: `iat` too, since the CA reads the column to decide when the next
+/// timed checkpoint is due.
+fn signs_its_columns(
+    stored: &CheckpointRecord,
+    claims: &CheckpointClaims,
+    iss: &str,
+) -> core::result::Result<(), String> {
+    if claims.iss != iss {
+        return Err(format!("signed for {:?}, not {iss:?}", claims.iss));
+    }
+    if claims.writer != stored.writer
+        || claims.seq != stored.seq
+        || claims.head != stored.head
+        || claims.iat != stored.iat
+    {
+        return Err("its columns differ from what it signs".into());
+    }
+    Ok(())
 }
 
 /// A record of a writer's chain known from outside the store: record `seq` of `writer` hashes

@@ -1825,34 +1825,27 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // A checkpoint or a base (the same columns).
+    let signed_head = |r: &rusqlite::Row<'_>| {
+        use crate::audit::{stored_number_of, stored_text_of};
+        Ok(CheckpointRecord {
+            writer: stored_text_of(r.get_ref(0)?),
+            seq: stored_number_of(r.get_ref(1)?),
+            head: stored_text_of(r.get_ref(2)?),
+            iat: stored_number_of(r.get_ref(3)?),
+            jws: stored_text_of(r.get_ref(4)?),
+        })
+    };
     let checkpoints = tx
         .prepare_cached(
             "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
         )?
-        .query_map([], |r| {
-            use crate::audit::{stored_number_of, stored_text_of};
-            Ok(CheckpointRecord {
-                writer: stored_text_of(r.get_ref(0)?),
-                seq: stored_number_of(r.get_ref(1)?),
-                head: stored_text_of(r.get_ref(2)?),
-                iat: stored_number_of(r.get_ref(3)?),
-                jws: stored_text_of(r.get_ref(4)?),
-            })
-        })?
+        .query_map([], signed_head)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     // Schema version 8 on (a read-only reader may read an older store).
     let bases = if bases {
         tx.prepare_cached("SELECT writer, seq, head, iat, jws FROM audit_bases ORDER BY writer")?
-            .query_map([], |r| {
-                use crate::audit::{stored_number_of, stored_text_of};
-                Ok(CheckpointRecord {
-                    writer: stored_text_of(r.get_ref(0)?),
-                    seq: stored_number_of(r.get_ref(1)?),
-                    head: stored_text_of(r.get_ref(2)?),
-                    iat: stored_number_of(r.get_ref(3)?),
-                    jws: stored_text_of(r.get_ref(4)?),
-                })
-            })?
+            .query_map([], signed_head)?
             .collect::<rusqlite::Result<Vec<_>>>()?
     } else {
         Vec::new()
