@@ -408,3 +408,61 @@ fn a_base_signed_with_another_key_is_found() {
         other => panic!("expected the forged base to be named, got {other:?}"),
     }
 }
+
+/// Each writer's chain is pruned on its own and gets its own base: one writer whose old records
+/// all stand behind a certificate still in force keeps them while another's go.
+#[test]
+fn each_writer_is_pruned_to_its_own_base() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    // A second CA process on the same store: a long task first (until t0 + 14 h), then 70
+    // short ones, all at t0 + 6 h.
+    let b = CertificateAuthority::open_as(t.path(), "replica-b").unwrap();
+    b.open_task(
+        &planner(Some(Duration::from_secs(8 * HOUR))),
+        at(t0, 6 * HOUR),
+    )
+    .unwrap();
+    for _ in 0..70 {
+        b.open_task(&planner(None), at(t0, 6 * HOUR)).unwrap();
+    }
+    let (_, exported) = export(t.path(), None);
+    let counts =
+        t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 12 * HOUR), &exported)
+            .unwrap();
+    assert_eq!((counts.chains, counts.records), (1, 130));
+    let report = audit::verify_dir(t.path()).unwrap().unwrap();
+    let chains: Vec<(&str, u64, u64)> = report
+        .chains
+        .iter()
+        .map(|c| (c.writer.as_str(), c.records, c.pruned))
+        .collect();
+    assert_eq!(
+        chains,
+        vec![(audit::DEFAULT_WRITER, 134, 130), ("replica-b", 71, 0)]
+    );
+    // A day later both long tasks ended a week ago: replica-b's chain goes up to its record 64
+    // (its last checkpoint before its head), main's further, up to a checkpoint before its own
+    // head (record 134 stays).
+    let (_, exported) = export(t.path(), None);
+    let counts =
+        t.ca.prune_audit(WEEK, at(t0, 8 * DAY + 12 * HOUR), &exported)
+            .unwrap();
+    assert_eq!(counts.chains, 2, "{counts:?}");
+    let report = audit::verify_dir_anchored(t.path(), &exported)
+        .unwrap()
+        .unwrap();
+    let b_chain = report
+        .chains
+        .iter()
+        .find(|c| c.writer == "replica-b")
+        .unwrap();
+    assert_eq!((b_chain.records, b_chain.pruned), (71, 64));
+    let main = report
+        .chains
+        .iter()
+        .find(|c| c.writer == audit::DEFAULT_WRITER)
+        .unwrap();
+    assert!(main.pruned > 130 && main.pruned < 134, "{main:?}");
+}
