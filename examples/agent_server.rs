@@ -268,7 +268,9 @@ async fn watch_revocations(
 /// (`agentid cert renew --dir DIR`): new handshakes use it, live sessions carry on. A
 /// certificate that does not validate against our trust bundle is never published. Once the
 /// certificate held has expired (every handshake is then refused `no_credential`) and the
-/// directory holds no renewed one, says so once on stdout, with the renewal to run.
+/// directory holds no renewed one, says so once on stdout, with the renewal to run. A directory
+/// refused on two polls in a row (not a renewal mid-write: a file others could write, say) is
+/// logged once at warn, with why.
 async fn watch_certificate(
     dir: PathBuf,
     mut serial: String,
@@ -277,11 +279,19 @@ async fn watch_certificate(
     verification: Arc<PeerVerification>,
 ) {
     let mut expiry_said = false;
+    // A directory refused on two polls in a row is not mid-write: said once, at warn.
+    let (mut refused, mut refusal_said) = (None::<String>, None::<String>);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let loaded = match common::load_credential_dir(&dir) {
-            Ok(d) if d.serial == serial => continue,
-            Ok(d) => d,
+            Ok(d) if d.serial == serial => {
+                (refused, refusal_said) = (None, None);
+                continue;
+            }
+            Ok(d) => {
+                (refused, refusal_said) = (None, None);
+                d
+            }
             // Mid-write, or expired: keep the current credential and say why.
             Err(e) => {
                 let now = std::time::SystemTime::now()
@@ -295,7 +305,14 @@ async fn watch_certificate(
                         dir.display()
                     ));
                 } else {
-                    tracing::debug!(error = %e, "credential directory not reloaded");
+                    let text = e.to_string();
+                    if refused.as_ref() == Some(&text) && refusal_said.as_ref() != Some(&text) {
+                        tracing::warn!(error = %e, "credential directory not reloaded");
+                        refusal_said = Some(text.clone());
+                    } else {
+                        tracing::debug!(error = %e, "credential directory not reloaded");
+                    }
+                    refused = Some(text);
                 }
                 continue;
             }
