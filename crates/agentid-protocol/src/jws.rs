@@ -572,6 +572,132 @@ mod tests {
         assert_ne!(err.code(), BadJson);
     }
 
+    /// The I-JSON rules and the order of the checks, pinned with each error's code and
+    /// detail: duplicate names after unescaping, escapes in names, lone surrogates, nesting,
+    /// numbers out of range, trailing data, a later I-JSON fault winning over an earlier bad
+    /// member, and the first refused member named in byte order.
+    #[test]
+    fn parse_header_pins_i_json_and_the_order_of_checks() {
+        let g = TokenType::Grant;
+        let l = TokenType::Link;
+        let outcome = |header: &[u8], tt: TokenType| {
+            let token = format!(
+                "{}.e30.{}",
+                crate::encoding::b64_encode(header),
+                crate::encoding::b64_encode(&[0; 64])
+            );
+            match parse_header(&split(&token).unwrap(), tt) {
+                Ok(h) => format!("ok {h:?}"),
+                Err(e) => format!("{} {}", e.code(), e.detail()),
+            }
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, TokenType, &str)] = &[
+            // duplicates, compared after unescaping, detected before the value is read
+            (r#"{"alg":"ES256","\u0061lg":"ES256","typ":"agentid-link+jwt"}"#, l, r##"bad_header header: not I-JSON: duplicate member name "alg" at line 1 column 25"##),
+            (r#"{"typ":"agentid-link+jwt","alg":"ES256","typ":1e400}"#, l, r##"bad_header header: not I-JSON: duplicate member name "typ" at line 1 column 45"##),
+            (r#"{"kid":"k","alg":"ES256","typ":"agentid-grant+jwt","k\u0069d":"k"}"#, g, r##"bad_header header: not I-JSON: duplicate member name "kid" at line 1 column 61"##),
+            (r#"{"x":1,"alg":"ES256","\u0078":2,"typ":"agentid-link+jwt"}"#, l, r##"bad_header header: not I-JSON: duplicate member name "x" at line 1 column 29"##),
+            // escapes in names and values
+            (r#"{"\u0061lg":"ES256","t\u0079p":"agentid-l\u0069nk+jwt"}"#, l, r##"ok Header { alg: Es256, typ: Link, kid: None }"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","\u0000":1}"#, l, r##"bad_header header member "\0" is not allowed in a agentid-link+jwt"##),
+            (r#"{"al\u0000g":"ES256","typ":"agentid-link+jwt"}"#, l, r##"bad_header header member "al\0g" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"ES256\u0000","typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg "ES256\u0000" is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":"ES256","typ":"J\"W\\T\u0001"}"#, l, r##"bad_typ typ "J\"W\\T\u0001" where agentid-link+jwt is expected"##),
+            (r#"{"alg":"ES\u0032\u00356","typ":"agentid-grant+jwt","kid":"\u00e9\n"}"#, g, r##"ok Header { alg: Es256, typ: Grant, kid: Some("é\n") }"##),
+            // lone surrogates, in a value and in a name, before other faults
+            (r#"{"alg":"\ud800","typ":"agentid-link+jwt"}"#, l, r##"bad_header header: not I-JSON: unexpected end of hex escape at line 1 column 15"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","\udc00":1}"#, l, r##"bad_header header: not I-JSON: lone leading surrogate in hex escape at line 1 column 47"##),
+            (r#"{"jwk":{},"typ":"JWT","alg":"\ud83d\ude00"}"#, l, r##"bad_header header member "jwk" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","x":"\ud83d\ude00"}"#, l, r##"bad_header header member "x" is not allowed in a agentid-link+jwt"##),
+            // nested values in header members
+            (r#"{"alg":{"a":{}},"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg {"a":{}} is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":"ES256","typ":{"a":[1,{"b":null}]}}"#, l, r##"bad_typ typ {"a":[1,{"b":null}]} where agentid-link+jwt is expected"##),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":{"a":1}}"#, g, r##"bad_header kid must be a non-empty string"##),
+            (r#"{"alg":"ES256","typ":"agentid-grant+jwt","kid":["k"]}"#, g, r##"bad_header kid must be a non-empty string"##),
+            (r#"{"alg":"ES256","typ":[[[[[[[1]]]]]]]}"#, l, r##"bad_typ typ [[[[[[[1]]]]]]] where agentid-link+jwt is expected"##),
+            (r#"{"alg":"ES256","typ":[[[[[[[[1]]]]]]]]}"#, l, r##"bad_header header: not I-JSON: nesting deeper than 8 at line 1 column 29"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","x":{"a":{"b":{"c":{"d":{"e":{"f":{}}}}}}}}"#, l, r##"bad_header header member "x" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","x":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{}}}}}}}}}"#, l, r##"bad_header header: not I-JSON: nesting deeper than 8 at line 1 column 81"##),
+            (r#"{"alg":"ES256","typ":{"a":1,"\u0061":2}}"#, l, r##"bad_header header: not I-JSON: duplicate member name "a" at line 1 column 36"##),
+            // numbers: spellings and range
+            (r#"{"alg":1,"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg 1 is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":-1,"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg -1 is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":-0,"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg -0.0 is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":1.5e3,"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg 1500.0 is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":18446744073709551616,"typ":"agentid-link+jwt"}"#, l, r##"unsupported_alg alg 1.8446744073709552e+19 is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"alg":1e400,"typ":"agentid-link+jwt"}"#, l, r##"bad_header header: not I-JSON: number out of range at line 1 column 12"##),
+            (r#"{"alg":"ES256","typ":-1e400}"#, l, r##"bad_header header: not I-JSON: number out of range at line 1 column 27"##),
+            (r#"{"alg":true,"typ":false}"#, l, r##"bad_typ typ false where agentid-link+jwt is expected"##),
+            // trailing data, and the top level's type after it
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt"} x"#, l, r##"bad_header header: trailing data: trailing characters at line 1 column 42"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt"}{}"#, l, r##"bad_header header: trailing data: trailing characters at line 1 column 41"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt"}  "#, l, r##"ok Header { alg: Es256, typ: Link, kid: None }"##),
+            (r#"[] x"#, l, r##"bad_header header: trailing data: trailing characters at line 1 column 4"##),
+            (r#"[]"#, l, r##"bad_header header: top level is not an object"##),
+            (r#"null"#, l, r##"bad_header header: top level is not an object"##),
+            (r#"1"#, l, r##"bad_header header: top level is not an object"##),
+            (r#""x""#, l, r##"bad_header header: top level is not an object"##),
+            (r#"[{"a":1,"a":2}]"#, l, r##"bad_header header: not I-JSON: duplicate member name "a" at line 1 column 11"##),
+            (r#"{"#, l, r##"bad_header header: not I-JSON: EOF while parsing an object at line 1 column 1"##),
+            (r#"{"alg":"ES256",}"#, l, r##"bad_header header: not I-JSON: trailing comma at line 1 column 16"##),
+            ("\u{feff}{}", l, r##"bad_header header: not I-JSON: expected value at line 1 column 1"##),
+            (r#"{}"#, l, r##"bad_typ typ missing, agentid-link+jwt expected"##),
+            // a later I-JSON fault wins over an earlier bad member
+            (r#"{"jwk":{},"alg":"ES256","typ":"agentid-link+jwt","alg":1}"#, l, r##"bad_header header: not I-JSON: duplicate member name "alg" at line 1 column 54"##),
+            (r#"{"typ":"JWT","alg":"none","x":1e400}"#, l, r##"bad_header header: not I-JSON: number out of range at line 1 column 35"##),
+            (r#"{"typ":"JWT","alg":"none"} x"#, l, r##"bad_header header: trailing data: trailing characters at line 1 column 28"##),
+            (r#"{"zz":1,"typ":"JWT","alg":"none","y":[[[[[[[[1]]]]]]]]}"#, l, r##"bad_header header: not I-JSON: nesting deeper than 8 at line 1 column 45"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","kid":"k","kid":"k"}"#, l, r##"bad_header header: not I-JSON: duplicate member name "kid" at line 1 column 55"##),
+            // an unknown member before a bad typ; the first refused name in byte order
+            (r#"{"zz":1,"typ":"JWT","alg":"ES256"}"#, l, r##"bad_header header member "zz" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"ES256","typ":"JWT","a":1}"#, l, r##"bad_header header member "a" is not allowed in a agentid-link+jwt"##),
+            (r#"{"zz":1,"aa":2,"alg":"ES256","typ":"agentid-link+jwt"}"#, l, r##"bad_header header member "aa" is not allowed in a agentid-link+jwt"##),
+            (r#"{"zz":1,"\u0041":2,"alg":"ES256","typ":"agentid-link+jwt"}"#, l, r##"bad_header header member "A" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","zz":1,"zz":2}"#, l, r##"bad_header header: not I-JSON: duplicate member name "zz" at line 1 column 51"##),
+            (r#"{"alg":"ES256","typ":"agentid-link+jwt","\u00e9":1,"z":2}"#, l, r##"bad_header header member "z" is not allowed in a agentid-link+jwt"##),
+            (r#"{"alg":"none","typ":"agentid-link+jwt","kid":1,"x5c":[]}"#, l, r##"bad_header header member "x5c" is not allowed in a agentid-link+jwt"##),
+            // typ before alg before kid
+            (r#"{"typ":1,"alg":"none","kid":""}"#, g, r##"bad_typ typ 1 where agentid-grant+jwt is expected"##),
+            (r#"{"typ":"agentid-grant+jwt","alg":null,"kid":""}"#, g, r##"unsupported_alg alg null is not ES256, Ed25519 or EdDSA"##),
+            (r#"{"typ":"agentid-grant+jwt","alg":"ES256","kid":""}"#, g, r##"bad_header kid must be a non-empty string"##),
+            (r#"{"typ":"agentid-link+jwt","alg":"ES256","kid":null}"#, l, r##"bad_header a agentid-link+jwt takes no `kid`"##),
+            (r#"{"typ":"agentid-grant+jwt","alg":"EdDSA","kid":"\u006b"}"#, g, r##"ok Header { alg: Ed25519, typ: Grant, kid: Some("k") }"##),
+        ];
+        let mut wrong = String::new();
+        for (header, tt, want) in cases {
+            let got = outcome(header.as_bytes(), *tt);
+            if got != *want {
+                wrong.push_str(&format!("{header} as {tt}\n  got  {got}\n  want {want}\n"));
+            }
+        }
+        // Not UTF-8, and UTF-8 that is no JSON.
+        for (header, want) in [
+            (
+                &b"{\"alg\":\"\xff\",\"typ\":\"agentid-link+jwt\"}"[..],
+                r##"bad_header header: not UTF-8: invalid utf-8 sequence of 1 bytes from index 8"##,
+            ),
+            (
+                &b"{\"alg\":\"ES256\",\"typ\":\"agentid-link+jwt\"}\xc3"[..],
+                r##"bad_header header: not UTF-8: incomplete utf-8 byte sequence from index 40"##,
+            ),
+            (
+                &b"{\"alg\":\"ES256\",\"typ\":\"agentid-link+jwt\"}\x00"[..],
+                r##"bad_header header: trailing data: trailing characters at line 1 column 41"##,
+            ),
+            (
+                &b"{\"alg\":\"ES256\",\"typ\":\"agentid-link+jwt\x01\"}"[..],
+                r##"bad_header header: not I-JSON: control character (\u0000-\u001F) found while parsing a string at line 1 column 39"##,
+            ),
+        ] {
+            let got = outcome(header, l);
+            if got != want {
+                wrong.push_str(&format!("{header:?}\n  got  {got}\n  want {want}\n"));
+            }
+        }
+        assert!(wrong.is_empty(), "\n{wrong}");
+    }
+
     #[test]
     fn parse_header_reports_bad_base64_when_built_by_hand() {
         // `split` already refuses it; parse_header must not rely on that.

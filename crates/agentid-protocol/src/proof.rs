@@ -421,6 +421,162 @@ mod tests {
         assert!(!map.contains_key("rth"));
     }
 
+    /// The claims of a proof as step P4 reads them, pinned with each error's code and detail:
+    /// I-JSON (duplicates after unescaping, escapes in names, lone surrogates, nesting, numbers
+    /// out of range, trailing data), then unknown and missing claims, then each claim in order,
+    /// a later I-JSON fault winning over an earlier bad claim.
+    #[test]
+    fn proof_payloads_pin_i_json_and_the_order_of_checks() {
+        let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+        let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        let client_proof = "client.proof.x";
+        let rth = token_hash(client_proof);
+        let cb = b64_encode(&[7; 32]);
+        let outcome = |payload: &[u8], role: Role| {
+            let token =
+                sign_compact_written(TokenType::Proof, key.algorithm(), None, payload, |m| {
+                    key.sign(m)
+                })
+                .unwrap();
+            let ctx = ProofContext {
+                presenter_id: &a,
+                presenter_key: key.public_key(),
+                verifier_id: &b,
+                role,
+                exporter: [7; 32],
+                now: 20,
+                skew: 0,
+                chain: None,
+                client_proof: Some(client_proof),
+            };
+            match verify_proof(&token, &ctx) {
+                Ok(v) => format!("ok {} {} {}", v.jti, v.iat, v.exp),
+                Err(e) => format!("{} {}", e.code(), e.detail()),
+            }
+        };
+        // A valid client payload with `$X` standing for more members, and one of each claim.
+        let base = format!(
+            r#"{{$X"aud":"{b}","cb":"{cb}","exp":70,"iat":10,"jti":"AAAAAAAAAAAAAAAAAAAAAA","sub":"{a}"}}"#,
+            a = a.as_str(),
+            b = b.as_str()
+        );
+        let with = |extra: &str| base.replace("$X", extra);
+        let without = |name: &str| {
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&with("")).unwrap();
+            let mut v = v;
+            v.remove(name);
+            serde_json::to_string(&v).unwrap()
+        };
+        let c = Role::Client;
+        let s = Role::Server;
+        let rth_member = format!(r#""rth":"{rth}","#);
+        #[rustfmt::skip]
+        let cases: Vec<(String, Role, &str)> = vec![
+            (with(""), c, r##"ok AAAAAAAAAAAAAAAAAAAAAA 10 70"##),
+            (with(&rth_member), s, r##"ok AAAAAAAAAAAAAAAAAAAAAA 10 70"##),
+            (with(""), s, r##"missing_claim missing claim `rth`"##),
+            (with(&rth_member), c, r##"unknown_claim unknown claim `rth`"##),
+            // duplicates, compared after unescaping
+            (with(r#""s\u0075b":"x","#), c, r##"bad_json not I-JSON: duplicate member name "sub" at line 1 column 156"##),
+            (with(r#""jti":"AAAAAAAAAAAAAAAAAAAAAA","#), c, r##"bad_json not I-JSON: duplicate member name "jti" at line 1 column 141"##),
+            (with(r#""x":1,"\u0078":1,"#), c, r##"bad_json not I-JSON: duplicate member name "x" at line 1 column 15"##),
+            (with(r#""x":{"a":1,"\u0061":2},"#), c, r##"bad_json not I-JSON: duplicate member name "a" at line 1 column 20"##),
+            // escapes in names and values
+            (with(r#""\u0000":1,"#), c, r##"unknown_claim unknown claim `�`"##),
+            (with(r#""su\u0000b":1,"#), c, r##"unknown_claim unknown claim `su�b`"##),
+            (base.replace("$X", "").replace(r#""jti":"AAAA"#, r#""j\u0074i":"\u0041AAA"#), c, r##"ok AAAAAAAAAAAAAAAAAAAAAA 10 70"##),
+            // lone surrogates
+            (with(r#""x":"\ud800","#), c, r##"bad_json not I-JSON: unexpected end of hex escape at line 1 column 13"##),
+            (with(r#""\udc00":1,"#), c, r##"bad_json not I-JSON: lone leading surrogate in hex escape at line 1 column 8"##),
+            (with(r#""x":"\ud83d\ude00","#), c, r##"unknown_claim unknown claim `x`"##),
+            // nested values in claims, and nesting
+            (base.replace("$X", "").replace(r#""jti":"AAAAAAAAAAAAAAAAAAAAAA""#, r#""jti":{"a":{}}"#), c, r##"bad_claim `jti` must be a string"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":[10]"#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (with(r#""x":[[[[[[[1]]]]]]],"#), c, r##"unknown_claim unknown claim `x`"##),
+            (with(r#""x":[[[[[[[[1]]]]]]]],"#), c, r##"bad_json not I-JSON: nesting deeper than 8 at line 1 column 13"##),
+            (with(r#""sub":[[[[[[[[1]]]]]]]],"#), c, r##"bad_json not I-JSON: nesting deeper than 8 at line 1 column 15"##),
+            // numbers
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":10.0"#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":1e1"#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":-0"#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":-1"#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":"10""#), c, r##"bad_claim `iat` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""exp":70"#, r#""exp":9007199254740992"#), c, r##"bad_claim `exp` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""exp":70"#, r#""exp":18446744073709551616"#), c, r##"bad_claim `exp` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""exp":70"#, r#""exp":1e400"#), c, r##"bad_json not I-JSON: number out of range at line 1 column 98"##),
+            // trailing data; the top level
+            (format!("{} x", with("")), c, r##"bad_json trailing data: trailing characters at line 1 column 183"##),
+            (format!("{}{{}}", with("")), c, r##"bad_json trailing data: trailing characters at line 1 column 182"##),
+            (format!("{} \n", with("")), c, r##"ok AAAAAAAAAAAAAAAAAAAAAA 10 70"##),
+            ("[]".into(), c, r##"bad_json top level is not an object"##),
+            ("[] x".into(), c, r##"bad_json trailing data: trailing characters at line 1 column 4"##),
+            ("{}".into(), c, r##"missing_claim missing claim `sub`"##),
+            ("null".into(), c, r##"bad_json top level is not an object"##),
+            // a later I-JSON fault wins over an earlier bad claim
+            (base.replace("$X", r#""sub":1,"#).replace(r#""iat":10"#, r#""iat":1e400"#), c, r##"bad_json not I-JSON: number out of range at line 1 column 115"##),
+            (with(r#""zz":1,"cb":1,"x":[[[[[[[[1]]]]]]]],"#), c, r##"bad_json not I-JSON: nesting deeper than 8 at line 1 column 27"##),
+            (format!("{} x", with(r#""zz":1,"#)), c, r##"bad_json trailing data: trailing characters at line 1 column 190"##),
+            (with(r#""aud":"x","aud":"y","#), c, r##"bad_json not I-JSON: duplicate member name "aud" at line 1 column 16"##),
+            // unknown, then missing claims, then each claim in order
+            (with(r#""zz":1,"aa":2,"#), c, r##"unknown_claim unknown claim `aa`"##),
+            (with(r#""zz":1,"#).replace(r#""sub""#, r#""sux""#), c, r##"unknown_claim unknown claim `sux`"##),
+            (with(r#""rth":1,"a":1,"#), c, r##"unknown_claim unknown claim `a`"##),
+            (with(r#""rth":1,"s":1,"#), c, r##"unknown_claim unknown claim `rth`"##),
+            (with(r#""ver":1,"#), c, r##"unknown_claim unknown claim `ver`"##),
+            (without("sub"), c, r##"missing_claim missing claim `sub`"##),
+            (without("cb"), c, r##"missing_claim missing claim `cb`"##),
+            (without("iat").replace(r#""sub":"#, r#""sub":1,"x":"#), c, r##"unknown_claim unknown claim `x`"##),
+            (without("jti"), s, r##"missing_claim missing claim `jti`"##),
+            (with(&format!(r#""cth":1,{rth_member}"#)), s, r##"bad_claim `cth` must be a string"##),
+            (base.replace("$X", "").replace(r#""sub":"spiffe"#, r#""sub":"spiffX"#).replace(r#""iat":10"#, r#""iat":"x""#), c, r##"bad_id scheme is not exactly `spiffe://`"##),
+            (base.replace("$X", r#""cth":"AAAA","#).replace(r#""sub":"spiffe"#, r#""sub":"spiffX"#), c, r##"bad_id scheme is not exactly `spiffe://`"##),
+            (base.replace("$X", "").replace(r#""aud":"spiffe"#, r#""aud":1,"x":"#), c, r##"bad_json not I-JSON: expected value at line 1 column 14"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":1"#).replace(r#""exp":70"#, r#""exp":"x""#), c, r##"bad_claim `exp` must be an integer in [0, 2^53-1]"##),
+            (base.replace("$X", "").replace(r#""jti":"AAAAAAAAAAAAAAAAAAAAAA""#, r#""jti":"AAAA""#).replace(r#""cb":"#, r#""cb":1,"x":"#), c, r##"unknown_claim unknown claim `x`"##),
+            (base.replace(&format!(r#""sub":"{}""#, a.as_str()), r#""sub":1"#).replace("$X", ""), c, r##"bad_claim `sub` must be a string"##),
+            (base.replace(&format!(r#""aud":"{}""#, b.as_str()), r#""aud":null"#).replace("$X", ""), c, r##"bad_claim `aud` must be a string"##),
+            (base.replace(&format!(r#""cb":"{cb}""#), r#""cb":[]"#).replace("$X", ""), c, r##"bad_claim `cb` must be a string"##),
+            (r#"{"zz":1}"#.into(), c, r##"unknown_claim unknown claim `zz`"##),
+            (r#"{"sub":1}"#.into(), s, r##"missing_claim missing claim `aud`"##),
+            (base.replace("$X", "").replace(&cb, "AAAA"), c, r##"bad_claim `cb` must encode 32 bytes"##),
+            (with(r#""cth":"AAAA","#), c, r##"bad_claim `cth` must encode 32 bytes"##),
+            (with(r#""cth":null,"#), c, r##"bad_claim `cth` must be a string"##),
+            (with(r#""rth":"AAAA","#), s, r##"bad_claim `rth` must encode 32 bytes"##),
+            (base.replace("$X", "").replace(r#""iat":10"#, r#""iat":80"#), c, r##"bad_validity proof `iat` must be before `exp`"##),
+        ];
+        let mut wrong = String::new();
+        for (payload, role, want) in &cases {
+            let got = outcome(payload.as_bytes(), *role);
+            if got != *want {
+                wrong.push_str(&format!(
+                    "{payload} as {role:?}\n  got  {got}\n  want {want}\n"
+                ));
+            }
+        }
+        for (payload, want) in [
+            (
+                [with("").as_bytes(), b"\xff"].concat(),
+                r##"bad_json not UTF-8: invalid utf-8 sequence of 1 bytes from index 181"##,
+            ),
+            (
+                with(r#""x":"\x","#).into_bytes(),
+                r##"bad_json not I-JSON: invalid escape at line 1 column 8"##,
+            ),
+            (
+                b"{\"sub\":\"\xff\"}".to_vec(),
+                r##"bad_json not UTF-8: invalid utf-8 sequence of 1 bytes from index 8"##,
+            ),
+        ] {
+            let got = outcome(&payload, c);
+            if got != want {
+                wrong.push_str(&format!("{payload:?}\n  got  {got}\n  want {want}\n"));
+            }
+        }
+        assert!(wrong.is_empty(), "\n{wrong}");
+    }
+
     /// A server proof answering a verified client proof binds the `rth` that responding to
     /// the compact client proof binds, whatever the client's key.
     #[test]
