@@ -8,14 +8,14 @@
 use serde_json::{Map, Value};
 
 use crate::audience::IdSet;
-use crate::encoding::{b64_decode, json_time, safe_int};
+use crate::encoding::{b64_decode, safe_int};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{IdKind, PeerId, SpiffeId, TaskId, TaskIdentity, TrustDomain};
 use crate::limits::Limits;
 use crate::scope::Scope;
 use crate::PublicKey;
 
-use super::members::{read_members, CnfRaw, JwkRaw, Members, Raw};
+use super::members::{read_members, CnfRaw, JwkRaw, Members, Object, Raw};
 use crate::jwk::jwk_not_an_object;
 
 /// Whether the grant's holder acts on its own or for a principal.
@@ -81,21 +81,11 @@ pub(crate) fn check_members(
 }
 
 pub(crate) fn get_str<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
-    match map.get(name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(bad(format!("`{name}` must be a string"))),
-        None => Err(Error::new(
-            ErrorCode::MissingClaim,
-            format!("missing claim `{name}`"),
-        )),
-    }
+    string_claim(name, map.get(name).map(Value::as_str))
 }
 
 pub(crate) fn get_time(map: &Map<String, Value>, name: &str) -> Result<u64> {
-    let v = map
-        .get(name)
-        .ok_or_else(|| Error::new(ErrorCode::MissingClaim, format!("missing claim `{name}`")))?;
-    json_time(v).ok_or_else(|| bad(format!("`{name}` must be an integer in [0, 2^53-1]")))
+    time_claim(name, map.get(name).map(Value::as_u64))
 }
 
 /// A base64url string decoding to exactly 32 bytes (hashes and channel bindings).
@@ -103,9 +93,53 @@ pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]>
     hash_value(name, get_str(map, name)?)
 }
 
+/// `missing_claim` for member `name`.
+pub(crate) fn missing_claim(name: &str) -> Error {
+    Error::new(ErrorCode::MissingClaim, format!("missing claim `{name}`"))
+}
+
+/// A string member `name`: `v` is `None` when it is absent (`missing_claim`), `Some(None)` when
+/// it holds another type (`bad_claim`).
+pub(crate) fn string_claim<'v>(name: &str, v: Option<Option<&'v str>>) -> Result<&'v str> {
+    match v {
+        Some(Some(s)) => Ok(s),
+        Some(None) => Err(bad(format!("`{name}` must be a string"))),
+        None => Err(missing_claim(name)),
+    }
+}
+
+/// A time member `name` (section 3.3): `v` is `None` when it is absent (`missing_claim`), else
+/// the non-negative integer JSON spelled (`Some(None)` for any other value); an integer in
+/// [0, 2^53 - 1], else `bad_claim`.
+pub(crate) fn time_claim(name: &str, v: Option<Option<u64>>) -> Result<u64> {
+    v.ok_or_else(|| missing_claim(name))?
+        .and_then(safe_int)
+        .ok_or_else(|| bad(format!("`{name}` must be an integer in [0, 2^53-1]")))
+}
+
+/// Steps 3.c.3 and 3.c.4 (and a proof's P4): every member in `allowed` (`unknown_claim`,
+/// naming the first other member in byte order); then every member of `required` present
+/// (`missing_claim`, the first absent in the order of `required`).
+pub(crate) fn known_and_present<'de, T: Object<'de>>(
+    m: &T,
+    allowed: &[T::Name],
+    required: &[T::Name],
+) -> Result<()> {
+    if let Some(name) = m.first_not_in(allowed) {
+        return Err(Error::new(
+            ErrorCode::UnknownClaim,
+            format!("unknown claim `{name}`"),
+        ));
+    }
+    match m.first_absent(required) {
+        Some(name) => Err(missing_claim(T::spelling(name))),
+        None => Ok(()),
+    }
+}
+
 /// The value of the hash member `name`: strict base64url decoding to exactly 32 bytes, else
 /// `bad_claim`.
-fn hash_value(name: &str, s: &str) -> Result<[u8; 32]> {
+pub(crate) fn hash_value(name: &str, s: &str) -> Result<[u8; 32]> {
     let bytes = b64_decode(s).map_err(|_| bad(format!("`{name}` is not base64url")))?;
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| bad(format!("`{name}` must encode 32 bytes")))
@@ -434,10 +468,7 @@ pub(crate) const LINK_NAMES: &[Name] = &list::<{ count(true, false) }>(true, fal
 pub(crate) const LINK_NEEDS: &[Name] = &list::<{ count(true, true) }>(true, true);
 
 fn missing(name: Name) -> Error {
-    Error::new(
-        ErrorCode::MissingClaim,
-        format!("missing claim `{}`", name.as_str()),
-    )
+    missing_claim(name.as_str())
 }
 
 /// Steps 3.c.2 to 3.c.4: `ver` present (`missing_claim`) and the integer 1
@@ -455,40 +486,25 @@ fn check_names(m: &Members<'_>, allowed: &[Name], required: &[Name]) -> Result<(
             ))
         }
     }
-    if let Some(name) = m.first_not_in(allowed) {
-        return Err(Error::new(
-            ErrorCode::UnknownClaim,
-            format!("unknown claim `{name}`"),
-        ));
-    }
-    match required.iter().find(|n| m.get(**n).is_none()) {
-        Some(name) => Err(missing(*name)),
-        None => Ok(()),
-    }
+    known_and_present(m, allowed, required)
 }
 
 /// A string member (`bad_claim` if of another type).
 fn string<'m>(m: &'m Members<'_>, name: Name) -> Result<&'m str> {
-    match m.get(name) {
-        Some(Raw::Str(s)) => Ok(s),
-        Some(_) => Err(bad(format!("`{}` must be a string", name.as_str()))),
-        None => Err(missing(name)),
-    }
+    let v = m.get(name).map(|raw| match raw {
+        Raw::Str(s) => Some(s.as_ref()),
+        _ => None,
+    });
+    string_claim(name.as_str(), v)
 }
 
 /// A time member: an integer in [0, 2^53 - 1] (section 3.3), else `bad_claim`.
 fn time(m: &Members<'_>, name: Name) -> Result<u64> {
-    match m.get(name) {
-        Some(Raw::Int(n)) => safe_int(*n),
-        Some(_) => None,
-        None => return Err(missing(name)),
-    }
-    .ok_or_else(|| {
-        bad(format!(
-            "`{}` must be an integer in [0, 2^53-1]",
-            name.as_str()
-        ))
-    })
+    let v = m.get(name).map(|raw| match raw {
+        Raw::Int(n) => Some(*n),
+        _ => None,
+    });
+    time_claim(name.as_str(), v)
 }
 
 /// An ID set member (section 7.2), if present: an array (`bad_claim`) of strings (`bad_claim`),

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use core::fmt;
+use core::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
@@ -78,30 +79,70 @@ impl<'a> Members<'a> {
     pub(crate) fn take(&mut self, name: Name) -> Option<Raw<'a>> {
         self.slots.get_mut(name as usize).and_then(Option::take)
     }
-
-    /// The first member name, in byte order, that is not in `allowed` (step 3.c.3 reports it).
-    pub(crate) fn first_not_in(&self, allowed: &[Name]) -> Option<&str> {
-        let known = Name::ALL
-            .into_iter()
-            .filter(|n| self.get(*n).is_some() && !allowed.contains(n))
-            .map(Name::as_str)
-            .min();
-        let unknown = self.unknown.first().map(String::as_str);
-        match (known, unknown) {
-            (Some(k), Some(u)) => Some(k.min(u)),
-            (k, u) => k.or(u),
-        }
-    }
 }
 
 /// Step 3.c.1: reads `payload` as an I-JSON object into its [`Members`]. Any deviation from
 /// I-JSON is `BadJson`, with the error (and its detail) that
 /// [`parse_ijson_object`](crate::encoding::parse_ijson_object) gives for the same bytes.
 pub(crate) fn read_members(payload: &[u8]) -> Result<Members<'_>> {
+    read_object(payload)
+}
+
+/// What one kind of object (a grant's or link's payload, a protected header, a hop proof's
+/// payload) keeps of its members when [`read_object`] reads it: the values of the members it
+/// names, each as far as its checks read it, and the names of the others.
+pub(crate) trait Object<'de>: Default {
+    /// The members this kind keeps.
+    type Name: Copy + PartialEq + 'static;
+    /// Every [`Object::Name`].
+    const NAMES: &'static [Self::Name];
+    /// The name spelled `s` (already unescaped), if it is one.
+    fn name(s: &str) -> Option<Self::Name>;
+    /// How the object spells `name`.
+    fn spelling(name: Self::Name) -> &'static str;
+    /// Whether member `name` was read.
+    fn has(&self, name: Self::Name) -> bool;
+    /// Reads the value of member `name` (not read before), held at depth `held_at`, with the
+    /// errors [`StrictValue`] gives for it.
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        name: Self::Name,
+        map: &mut A,
+        held_at: StrictValue,
+    ) -> core::result::Result<(), A::Error>;
+    /// The names of the other members, in byte order.
+    fn others(&self) -> &BTreeSet<String>;
+    /// The same, to add to.
+    fn others_mut(&mut self) -> &mut BTreeSet<String>;
+
+    /// The first member name, in byte order, that is not in `allowed`.
+    fn first_not_in(&self, allowed: &[Self::Name]) -> Option<&str> {
+        let known = Self::NAMES
+            .iter()
+            .filter(|n| self.has(**n) && !allowed.contains(n))
+            .map(|n| Self::spelling(*n))
+            .min();
+        let unknown = self.others().first().map(String::as_str);
+        match (known, unknown) {
+            (Some(k), Some(u)) => Some(k.min(u)),
+            (k, u) => k.or(u),
+        }
+    }
+
+    /// The first name of `required` (in its order) that is absent.
+    fn first_absent(&self, required: &[Self::Name]) -> Option<Self::Name> {
+        required.iter().copied().find(|n| !self.has(*n))
+    }
+}
+
+/// Reads `payload` as an I-JSON object into what `T` keeps of it, in one pass, without a JSON
+/// tree. Any deviation from I-JSON is `BadJson`, with the error (and its detail) that
+/// [`parse_ijson_object`](crate::encoding::parse_ijson_object) gives for the same bytes.
+pub(crate) fn read_object<'de, T: Object<'de>>(payload: &'de [u8]) -> Result<T> {
     let bad = |why: String| Error::new(ErrorCode::BadJson, why);
     let text = core::str::from_utf8(payload).map_err(|e| bad(format!("not UTF-8: {e}")))?;
     let mut de = serde_json::Deserializer::from_str(text);
-    let top = Top
+    let top = Top(PhantomData)
         .deserialize(&mut de)
         .map_err(|e| bad(format!("not I-JSON: {e}")))?;
     de.end().map_err(|e| bad(format!("trailing data: {e}")))?;
@@ -112,12 +153,13 @@ fn duplicate<E: de::Error>(name: &str) -> E {
     E::custom(format_args!("duplicate member name {name:?}"))
 }
 
-/// The top level: an object's [`Members`], or `None` after reading any other value (checked for
-/// I-JSON all the same, as the caller reports trailing data before a top level of the wrong type).
-struct Top;
+/// The top level: an object's members as `T` keeps them, or `None` after reading any other
+/// value (checked for I-JSON all the same, as the caller reports trailing data before a top
+/// level of the wrong type).
+struct Top<T>(PhantomData<T>);
 
-impl<'de> DeserializeSeed<'de> for Top {
-    type Value = Option<Members<'de>>;
+impl<'de, T: Object<'de>> DeserializeSeed<'de> for Top<T> {
+    type Value = Option<T>;
 
     fn deserialize<D: Deserializer<'de>>(
         self,
@@ -128,14 +170,12 @@ impl<'de> DeserializeSeed<'de> for Top {
 }
 
 /// What [`Top`] makes of a value that is not an object: read it as any other value is read.
-fn not_an_object<'de, E>(
-    read: core::result::Result<Value, E>,
-) -> core::result::Result<Option<Members<'de>>, E> {
+fn not_an_object<T, E>(read: core::result::Result<Value, E>) -> core::result::Result<Option<T>, E> {
     read.map(|_| None)
 }
 
-impl<'de> Visitor<'de> for Top {
-    type Value = Option<Members<'de>>;
+impl<'de, T: Object<'de>> Visitor<'de> for Top<T> {
+    type Value = Option<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an I-JSON value")
@@ -175,27 +215,22 @@ impl<'de> Visitor<'de> for Top {
     ) -> core::result::Result<Self::Value, A::Error> {
         // The top object is at depth 1; its members' values are held at depth 1.
         let held_at = StrictValue::at_depth(0).enter::<A::Error>()?;
-        let mut out = Members::default();
+        let mut out = T::default();
         // A duplicate is detected before its value is read, as for every other object.
-        while let Some(key) = map.next_key_seed(KeySeed)? {
+        while let Some(key) = map.next_key_seed(KeySeed::<T::Name>(T::name))? {
             match key {
                 Key::Known(name) => {
-                    let Some(slot @ None) = out.slots.get_mut(name as usize) else {
-                        return Err(duplicate(name.as_str()));
-                    };
-                    if name == Name::Cnf {
-                        out.cnf = Some(map.next_value_seed(CnfSeed { held_at })?);
-                        *slot = Some(Raw::Cnf);
-                    } else {
-                        *slot = Some(map.next_value_seed(MemberSeed { name, held_at })?);
+                    if out.has(name) {
+                        return Err(duplicate(T::spelling(name)));
                     }
+                    out.read(name, &mut map, held_at)?;
                 }
                 Key::Unknown(name) => {
-                    if out.unknown.contains(&name) {
+                    if out.others().contains(&name) {
                         return Err(duplicate(&name));
                     }
                     map.next_value_seed(held_at)?;
-                    out.unknown.insert(name);
+                    out.others_mut().insert(name);
                 }
             }
         }
@@ -203,31 +238,176 @@ impl<'de> Visitor<'de> for Top {
     }
 }
 
-/// A member name, unescaped.
-enum Key {
-    Known(Name),
+impl<'de> Object<'de> for Members<'de> {
+    type Name = Name;
+    const NAMES: &'static [Name] = &Name::ALL;
+
+    fn name(s: &str) -> Option<Name> {
+        Name::from_str(s)
+    }
+
+    fn spelling(name: Name) -> &'static str {
+        name.as_str()
+    }
+
+    fn has(&self, name: Name) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        name: Name,
+        map: &mut A,
+        held_at: StrictValue,
+    ) -> core::result::Result<(), A::Error> {
+        let raw = if name == Name::Cnf {
+            self.cnf = Some(map.next_value_seed(CnfSeed { held_at })?);
+            Raw::Cnf
+        } else {
+            map.next_value_seed(MemberSeed { name, held_at })?
+        };
+        if let Some(slot) = self.slots.get_mut(name as usize) {
+            *slot = Some(raw);
+        }
+        Ok(())
+    }
+
+    fn others(&self) -> &BTreeSet<String> {
+        &self.unknown
+    }
+
+    fn others_mut(&mut self) -> &mut BTreeSet<String> {
+        &mut self.unknown
+    }
+}
+
+/// A member name, unescaped: one the object keeps, or another.
+enum Key<N> {
+    Known(N),
     Unknown(String),
 }
 
-struct KeySeed;
+/// Reads a member name of the top object, telling the names the object keeps (by its
+/// [`Object::name`]) without copying them.
+struct KeySeed<N>(fn(&str) -> Option<N>);
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Key;
+impl<'de, N> DeserializeSeed<'de> for KeySeed<N> {
+    type Value = Key<N>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Key, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> core::result::Result<Key<N>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl Visitor<'_> for KeySeed {
-    type Value = Key;
+impl<N> Visitor<'_> for KeySeed<N> {
+    type Value = Key<N>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a member name")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Key, E> {
-        Ok(Name::from_str(v).map_or_else(|| Key::Unknown(v.to_owned()), Key::Known))
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Key<N>, E> {
+        Ok((self.0)(v).map_or_else(|| Key::Unknown(v.to_owned()), Key::Known))
+    }
+}
+
+/// A member's value as a protected header's and a hop proof's checks read it: a string
+/// (unescaped, borrowed from the input when it holds no escape), or any other value, whole.
+#[derive(Debug)]
+pub(crate) enum StrOr<'a> {
+    Str(Cow<'a, str>),
+    Value(Value),
+}
+
+impl StrOr<'_> {
+    /// The string, if the value is one.
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            Self::Value(_) => None,
+        }
+    }
+
+    /// The integer the value spells, as [`Value::as_u64`] reads it.
+    pub(crate) fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::Str(_) => None,
+            Self::Value(v) => v.as_u64(),
+        }
+    }
+
+    /// The value as a JSON tree (for an error's detail).
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            Self::Str(s) => Value::String(s.as_ref().to_owned()),
+            Self::Value(v) => v.clone(),
+        }
+    }
+}
+
+/// Reads a [`StrOr`] held at depth `held_at`: any value but a string exactly as
+/// [`StrictValue`] reads it.
+#[derive(Clone, Copy)]
+pub(crate) struct StrOrSeed {
+    pub(crate) held_at: StrictValue,
+}
+
+impl<'de> DeserializeSeed<'de> for StrOrSeed {
+    type Value = StrOr<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrOrSeed {
+    type Value = StrOr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_bool(v).map(StrOr::Value)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_i64(v).map(StrOr::Value)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_u64(v).map(StrOr::Value)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_f64(v).map(StrOr::Value)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(StrOr::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(StrOr::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> core::result::Result<Self::Value, E> {
+        Ok(StrOr::Str(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> core::result::Result<Self::Value, E> {
+        self.held_at.visit_unit().map(StrOr::Value)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_seq(seq).map(StrOr::Value)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> core::result::Result<Self::Value, A::Error> {
+        self.held_at.visit_map(map).map(StrOr::Value)
     }
 }
 

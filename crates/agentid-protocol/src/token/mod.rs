@@ -3,7 +3,7 @@
 pub(crate) mod claims;
 mod grant;
 mod link;
-mod members;
+pub(crate) mod members;
 #[cfg(test)]
 mod oracle;
 
