@@ -3,11 +3,16 @@
 
 use crate::chain::MAX_CHAIN_BYTES;
 use crate::crypto::{sha256, token_hash, verify, verify_and_hash, TaskKey};
-use crate::encoding::{b64_decode, b64_encode, parse_ijson_object, write_json_str, write_json_u64};
+use std::collections::BTreeSet;
+
+use serde::de::MapAccess;
+
+use crate::encoding::{b64_decode, b64_encode, write_json_str, write_json_u64, StrictValue};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact_written, TokenType};
-use crate::token::claims::{check_members, get_hash, get_str, get_time};
+use crate::token::claims::{hash_value, known_and_present, string_claim, time_claim};
+use crate::token::members::{read_object, Object, StrOr, StrOrSeed};
 use crate::verifier::{not_expired, not_issued_in_future};
 use crate::PublicKey;
 
@@ -39,10 +44,194 @@ impl Role {
     }
 }
 
-const PROOF_CLAIMS_CLIENT: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth"];
-const PROOF_CLAIMS_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth", "rth"];
-const PROOF_REQUIRED: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb"];
-const PROOF_REQUIRED_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "rth"];
+/// The claims of a hop proof (spec/PROTOCOL.md section 12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    Sub,
+    Aud,
+    Iat,
+    Exp,
+    Jti,
+    Cb,
+    Cth,
+    Rth,
+}
+
+impl Claim {
+    /// Every claim, in the order of the table (the index of its slot).
+    const ALL: [Self; 8] = [
+        Self::Sub,
+        Self::Aud,
+        Self::Iat,
+        Self::Exp,
+        Self::Jti,
+        Self::Cb,
+        Self::Cth,
+        Self::Rth,
+    ];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sub => "sub",
+            Self::Aud => "aud",
+            Self::Iat => "iat",
+            Self::Exp => "exp",
+            Self::Jti => "jti",
+            Self::Cb => "cb",
+            Self::Cth => "cth",
+            Self::Rth => "rth",
+        }
+    }
+}
+
+const PROOF_CLAIMS_CLIENT: &[Claim] = &[
+    Claim::Sub,
+    Claim::Aud,
+    Claim::Iat,
+    Claim::Exp,
+    Claim::Jti,
+    Claim::Cb,
+    Claim::Cth,
+];
+const PROOF_CLAIMS_SERVER: &[Claim] = &Claim::ALL;
+const PROOF_REQUIRED: &[Claim] = &[
+    Claim::Sub,
+    Claim::Aud,
+    Claim::Iat,
+    Claim::Exp,
+    Claim::Jti,
+    Claim::Cb,
+];
+const PROOF_REQUIRED_SERVER: &[Claim] = &[
+    Claim::Sub,
+    Claim::Aud,
+    Claim::Iat,
+    Claim::Exp,
+    Claim::Jti,
+    Claim::Cb,
+    Claim::Rth,
+];
+
+/// A proof's payload read in one pass ([`read_object`]): each claim as its check reads it, and
+/// the names of the other members.
+#[derive(Debug, Default)]
+struct ProofMembers<'a> {
+    slots: [Option<StrOr<'a>>; Claim::ALL.len()],
+    others: BTreeSet<String>,
+}
+
+impl ProofMembers<'_> {
+    fn get(&self, claim: Claim) -> Option<&StrOr<'_>> {
+        self.slots.get(claim as usize).and_then(Option::as_ref)
+    }
+
+    fn string(&self, claim: Claim) -> Result<&str> {
+        string_claim(claim.as_str(), self.get(claim).map(StrOr::as_str))
+    }
+
+    fn time(&self, claim: Claim) -> Result<u64> {
+        time_claim(claim.as_str(), self.get(claim).map(StrOr::as_u64))
+    }
+
+    fn hash(&self, claim: Claim) -> Result<[u8; 32]> {
+        hash_value(claim.as_str(), self.string(claim)?)
+    }
+}
+
+impl<'de> Object<'de> for ProofMembers<'de> {
+    type Name = Claim;
+    const NAMES: &'static [Claim] = &Claim::ALL;
+
+    fn name(s: &str) -> Option<Claim> {
+        Claim::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    fn spelling(claim: Claim) -> &'static str {
+        claim.as_str()
+    }
+
+    fn has(&self, claim: Claim) -> bool {
+        self.get(claim).is_some()
+    }
+
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        claim: Claim,
+        map: &mut A,
+        held_at: StrictValue,
+    ) -> core::result::Result<(), A::Error> {
+        let value = map.next_value_seed(StrOrSeed { held_at })?;
+        if let Some(slot) = self.slots.get_mut(claim as usize) {
+            *slot = Some(value);
+        }
+        Ok(())
+    }
+
+    fn others(&self) -> &BTreeSet<String> {
+        &self.others
+    }
+
+    fn others_mut(&mut self) -> &mut BTreeSet<String> {
+        &mut self.others
+    }
+}
+
+/// The claims of a proof after step P4: each of the right type, `sub` and `aud` SPIFFE IDs of
+/// peers, `jti` base64url of at least 16 bytes, the hashes of 32 bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct ProofClaims {
+    sub: SpiffeId,
+    aud: SpiffeId,
+    iat: u64,
+    exp: u64,
+    jti: String,
+    cb: [u8; 32],
+    cth: Option<[u8; 32]>,
+    rth: Option<[u8; 32]>,
+}
+
+/// Step P4: the payload as an I-JSON object (`bad_json`), its members (`unknown_claim`, then
+/// `missing_claim`), then each claim in order.
+fn decode_claims(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> {
+    let m: ProofMembers<'_> = read_object(payload)?;
+    let (allowed, required) = match ctx.role {
+        Role::Client => (PROOF_CLAIMS_CLIENT, PROOF_REQUIRED),
+        Role::Server => (PROOF_CLAIMS_SERVER, PROOF_REQUIRED_SERVER),
+    };
+    known_and_present(&m, allowed, required)?;
+    // `sub` and `aud` name TLS peers: task identities or service IDs.
+    // Each is what `PeerId::parse` gives; the string of the expected peer is not parsed again.
+    let sub = PeerId::parse_expecting(m.string(Claim::Sub)?, ctx.presenter_id)?;
+    let aud = PeerId::parse_expecting(m.string(Claim::Aud)?, ctx.verifier_id)?;
+    let iat = m.time(Claim::Iat)?;
+    let exp = m.time(Claim::Exp)?;
+    let jti = m.string(Claim::Jti)?;
+    check_proof_jti(jti)?;
+    let cb = m.hash(Claim::Cb)?;
+    let cth = m.has(Claim::Cth).then(|| m.hash(Claim::Cth)).transpose()?;
+    let rth = m.has(Claim::Rth).then(|| m.hash(Claim::Rth)).transpose()?;
+    Ok(ProofClaims {
+        sub,
+        aud,
+        iat,
+        exp,
+        jti: jti.to_owned(),
+        cb,
+        cth,
+        rth,
+    })
+}
+
+/// A proof's `jti`: base64url of at least 16 bytes, at most 256 characters (`bad_claim`).
+fn check_proof_jti(jti: &str) -> Result<()> {
+    match b64_decode(jti) {
+        Ok(b) if b.len() >= 16 && jti.len() <= 256 => Ok(()),
+        _ => Err(Error::new(
+            ErrorCode::BadClaim,
+            "`jti` must be base64url of at least 16 bytes",
+        )),
+    }
+}
 
 /// Builds and signs a hop proof with the presenter's certificate key.
 #[derive(Debug)]
@@ -257,43 +446,16 @@ pub(crate) fn verify_proof_with(
             None
         }
     };
-    let map = parse_ijson_object(&payload)?;
-    let allowed = match ctx.role {
-        Role::Client => PROOF_CLAIMS_CLIENT,
-        Role::Server => PROOF_CLAIMS_SERVER,
-    };
-    let required = match ctx.role {
-        Role::Client => PROOF_REQUIRED,
-        Role::Server => PROOF_REQUIRED_SERVER,
-    };
-    check_members(&map, allowed, required)?;
-    // `sub` and `aud` name TLS peers: task identities or service IDs.
-    // Each is what `PeerId::parse` gives; the string of the expected peer is not parsed again.
-    let sub = PeerId::parse_expecting(get_str(&map, "sub")?, ctx.presenter_id)?;
-    let aud = PeerId::parse_expecting(get_str(&map, "aud")?, ctx.verifier_id)?;
-    let iat = get_time(&map, "iat")?;
-    let exp = get_time(&map, "exp")?;
-    let jti = get_str(&map, "jti")?;
-    match b64_decode(jti) {
-        Ok(b) if b.len() >= 16 && jti.len() <= 256 => {}
-        _ => {
-            return Err(Error::new(
-                ErrorCode::BadClaim,
-                "`jti` must be base64url of at least 16 bytes",
-            ))
-        }
-    }
-    let cb = get_hash(&map, "cb")?;
-    let cth = if map.contains_key("cth") {
-        Some(get_hash(&map, "cth")?)
-    } else {
-        None
-    };
-    let rth = if map.contains_key("rth") {
-        Some(get_hash(&map, "rth")?)
-    } else {
-        None
-    };
+    let ProofClaims {
+        sub,
+        aud,
+        iat,
+        exp,
+        jti,
+        cb,
+        cth,
+        rth,
+    } = decode_claims(&payload, ctx)?;
     // P5. Time (before the identities and bindings, as spec/PROTOCOL.md section 12 orders it).
     if iat >= exp {
         return Err(Error::new(
@@ -364,7 +526,7 @@ pub(crate) fn verify_proof_with(
         }
     }
     Ok(VerifiedProof {
-        jti: jti.to_owned(),
+        jti,
         iat,
         exp,
         compact: proof.to_owned(),
@@ -384,7 +546,286 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::encoding::parse_ijson_object;
+    use crate::token::claims::{check_members, get_hash, get_str, get_time};
     use crate::{Algorithm, TaskKey};
+
+    /// Step P4 as it was written on a JSON tree of the payload, kept unchanged as the oracle
+    /// of the differential test below.
+    fn decode_claims_tree(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> {
+        const CLIENT: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth"];
+        const SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "cth", "rth"];
+        const REQUIRED: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb"];
+        const REQUIRED_SERVER: &[&str] = &["sub", "aud", "iat", "exp", "jti", "cb", "rth"];
+        let map = parse_ijson_object(payload)?;
+        let allowed = match ctx.role {
+            Role::Client => CLIENT,
+            Role::Server => SERVER,
+        };
+        let required = match ctx.role {
+            Role::Client => REQUIRED,
+            Role::Server => REQUIRED_SERVER,
+        };
+        check_members(&map, allowed, required)?;
+        let sub = PeerId::parse_expecting(get_str(&map, "sub")?, ctx.presenter_id)?;
+        let aud = PeerId::parse_expecting(get_str(&map, "aud")?, ctx.verifier_id)?;
+        let iat = get_time(&map, "iat")?;
+        let exp = get_time(&map, "exp")?;
+        let jti = get_str(&map, "jti")?;
+        match b64_decode(jti) {
+            Ok(b) if b.len() >= 16 && jti.len() <= 256 => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::BadClaim,
+                    "`jti` must be base64url of at least 16 bytes",
+                ))
+            }
+        }
+        let cb = get_hash(&map, "cb")?;
+        let cth = if map.contains_key("cth") {
+            Some(get_hash(&map, "cth")?)
+        } else {
+            None
+        };
+        let rth = if map.contains_key("rth") {
+            Some(get_hash(&map, "rth")?)
+        } else {
+            None
+        };
+        Ok(ProofClaims {
+            sub,
+            aud,
+            iat,
+            exp,
+            jti: jti.to_owned(),
+            cb,
+            cth,
+            rth,
+        })
+    }
+
+    const CLAIM_NAMES: &[&str] = &[
+        "sub",
+        "aud",
+        "iat",
+        "exp",
+        "jti",
+        "cb",
+        "cth",
+        "rth",
+        r"s\u0075b",
+        r"\u0063b",
+        "ver",
+        "",
+        "a",
+        "zz",
+        "Sub",
+        r"\u0000",
+        r"\ud800",
+        "\u{e9}",
+        "cb ",
+    ];
+
+    const CLAIM_VALUES: &[&str] = &[
+        r#""spiffe://example.org/agent/a/task/t1""#,
+        r#""spiffe://example.org/svc/s""#,
+        r#""spiffe://example.org/agent/a/task/t\u0031""#,
+        r#""spiffe://example.org""#,
+        r#""spiffe://other.org/svc/s""#,
+        r#""AAAAAAAAAAAAAAAAAAAAAA""#,
+        r#""AAAAAAAAAAAAAAAAAAAAA""#,
+        r#""BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc""#,
+        r#""\u0042wcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc""#,
+        r#""BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=""#,
+        r#""AAAA""#,
+        r#""""#,
+        r#""\u0000""#,
+        r#""\ud800""#,
+        r#""\ud83d\ude00""#,
+        "0",
+        "10",
+        "70",
+        "-1",
+        "-0",
+        "1.0",
+        "1e1",
+        "1e400",
+        "9007199254740991",
+        "9007199254740992",
+        "18446744073709551616",
+        "true",
+        "null",
+        "[]",
+        "{}",
+        "[10]",
+        r#"{"a":1,"a":2}"#,
+        "[[[[[[[1]]]]]]]",
+        "[[[[[[[[1]]]]]]]]",
+    ];
+
+    const CLAIM_SNIPPETS: &[&str] = &[
+        ",",
+        ":",
+        "\"",
+        "\\",
+        "{",
+        "}",
+        "[",
+        "]",
+        " ",
+        "\n",
+        "\u{0}",
+        "x",
+        r#""zz":1,"#,
+        r#""cth":"AAAA","#,
+        r#""sub":1,"#,
+    ];
+
+    /// Payloads drawn from a valid client or server payload, members replaced or added from
+    /// the names and values above, then edited up to twice: the one-pass reader and the tree
+    /// reader agree on every outcome (the claims, or the error's code and detail), for both
+    /// roles, and the edits reach every check of P4.
+    #[test]
+    fn generated_payloads_decode_as_the_tree_reader_decodes_them() {
+        let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+        let ctx = |role| ProofContext {
+            presenter_id: &a,
+            presenter_key: key.public_key(),
+            verifier_id: &b,
+            role,
+            exporter: [7; 32],
+            now: 20,
+            skew: 0,
+            chain: None,
+            client_proof: None,
+        };
+        let contexts = [ctx(Role::Client), ctx(Role::Server)];
+        let outcome = |r: Result<ProofClaims>| match r {
+            Ok(c) => format!("ok {c:?}"),
+            Err(e) => format!("{} {:?} {}", e.code(), e.index(), e.detail()),
+        };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x9e37_79b9_7f4a_7c15) % n as u64) as usize
+        };
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..30_000 {
+            let mut members: Vec<(String, String)> = [
+                ("aud", CLAIM_VALUES[1]),
+                ("cb", CLAIM_VALUES[7]),
+                ("exp", "70"),
+                ("iat", "10"),
+                ("jti", CLAIM_VALUES[5]),
+                ("sub", CLAIM_VALUES[0]),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            if next(2) == 0 {
+                members.push(("rth".into(), CLAIM_VALUES[7].into()));
+            }
+            for _ in 0..next(3) {
+                let value = CLAIM_VALUES[next(CLAIM_VALUES.len())].to_owned();
+                match next(3) {
+                    0 => {
+                        let at = next(members.len());
+                        members[at].1 = value;
+                    }
+                    1 => {
+                        let at = next(members.len());
+                        members.remove(at);
+                    }
+                    _ => {
+                        let name = CLAIM_NAMES[next(CLAIM_NAMES.len())].to_owned();
+                        let at = next(members.len() + 1);
+                        members.insert(at, (name, value));
+                    }
+                }
+            }
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!(r#""{k}":{v}"#))
+                .collect();
+            let mut text = format!("{{{}}}", body.join(",")).into_bytes();
+            for _ in 0..next(2) {
+                match next(3) {
+                    0 => {
+                        let at = next(text.len() + 1);
+                        let snippet = CLAIM_SNIPPETS[next(CLAIM_SNIPPETS.len())];
+                        text.splice(at..at, snippet.bytes());
+                    }
+                    1 => {
+                        let at = next(text.len() + 1);
+                        let end = (at + 1 + next(4)).min(text.len());
+                        text.drain(at.min(end)..end);
+                    }
+                    _ if !text.is_empty() => {
+                        let at = next(text.len());
+                        text[at] = next(256) as u8;
+                    }
+                    _ => {}
+                }
+            }
+            for ctx in &contexts {
+                let got = outcome(decode_claims(&text, ctx));
+                let want = outcome(decode_claims_tree(&text, ctx));
+                assert_eq!(
+                    got,
+                    want,
+                    "{} as {:?}",
+                    String::from_utf8_lossy(&text),
+                    ctx.role
+                );
+                let code = got.split(' ').next().unwrap_or("").to_owned();
+                *seen.entry(code).or_default() += 1;
+            }
+        }
+        for code in [
+            "ok",
+            "bad_json",
+            "unknown_claim",
+            "missing_claim",
+            "bad_claim",
+            "bad_id",
+        ] {
+            assert!(
+                seen.get(code).copied().unwrap_or(0) >= 100,
+                "{code}: {seen:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_payload_bytes_decode_as_the_tree_reader_decodes_them(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            server in proptest::prelude::any::<bool>(),
+        ) {
+            let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+            let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+            let ctx = ProofContext {
+                presenter_id: &a,
+                presenter_key: key.public_key(),
+                verifier_id: &a,
+                role: if server { Role::Server } else { Role::Client },
+                exporter: [7; 32],
+                now: 20,
+                skew: 0,
+                chain: None,
+                client_proof: None,
+            };
+            let got = decode_claims(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
+            let want = decode_claims_tree(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 
     /// The written payload is the I-JSON object serde_json writes for the same members.
     #[test]

@@ -89,6 +89,7 @@ pub(crate) fn get_time(map: &Map<String, Value>, name: &str) -> Result<u64> {
 }
 
 /// A base64url string decoding to exactly 32 bytes (hashes and channel bindings).
+#[cfg(test)]
 pub(crate) fn get_hash(map: &Map<String, Value>, name: &str) -> Result<[u8; 32]> {
     hash_value(name, get_str(map, name)?)
 }
