@@ -103,7 +103,7 @@ fn b64_decode_strict(s: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The number of bytes `len` base64url characters decode to (`None` for a length of 1 mod 4).
-fn b64_decoded_len(len: usize) -> Option<usize> {
+pub(crate) fn b64_decoded_len(len: usize) -> Option<usize> {
     let tail = len % 4;
     (tail != 1).then(|| len / 4 * 3 + tail.saturating_sub(1))
 }
@@ -114,6 +114,23 @@ pub(crate) fn b64_decode_array<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     (b64_decoded_len(s.len()) == Some(N) && b64_decode_strict_into(s.as_bytes(), &mut out))
         .then_some(out)
+}
+
+/// Decodes strict base64url into `buf` when the decoded bytes fit there, else onto the heap
+/// (`heap`) with [`b64_decode`], which also gives a refused string its error: the same bytes
+/// or the same error as [`b64_decode`], without an allocation for a short input.
+pub(crate) fn b64_decode_in<'b>(
+    s: &str,
+    buf: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
+    if let Some(out) = b64_decoded_len(s.len()).and_then(|n| buf.get_mut(..n)) {
+        if b64_decode_strict_into(s.as_bytes(), out) {
+            return Ok(out);
+        }
+    }
+    *heap = b64_decode(s)?;
+    Ok(heap)
 }
 
 /// [`b64_decode_strict`] into `out`, which holds exactly the decoded length of `s`: `false` for
@@ -378,6 +395,29 @@ impl<'de> Visitor<'de> for StrictValue {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `b64_decode_in` gives what `b64_decode` gives (the bytes, or the error's code and
+    /// detail), whether the bytes fit the buffer or not.
+    #[test]
+    fn b64_decode_in_agrees_with_b64_decode() {
+        let mut inputs: Vec<String> = (0..=70usize)
+            .map(|len| b64_encode(&(0..len).map(|i| (i * 37 + 11) as u8).collect::<Vec<_>>()))
+            .collect();
+        for bad in ["A", "AB", "AB=", "A+B/", "AAA.", "AAAAA", "A A", "\u{e9}AA"] {
+            inputs.push(bad.to_owned());
+            inputs.push(format!("{}{bad}", "A".repeat(64)));
+        }
+        for s in &inputs {
+            for size in [0, 1, 16, 32, 47, 48, 64] {
+                let (mut buf, mut heap) = (vec![0u8; size], Vec::new());
+                let got = b64_decode_in(s, &mut buf, &mut heap)
+                    .map(<[u8]>::to_vec)
+                    .map_err(|e| (e.code(), e.detail().to_owned()));
+                let want = b64_decode(s).map_err(|e| (e.code(), e.detail().to_owned()));
+                assert_eq!(got, want, "{s:?} into {size}");
+            }
+        }
+    }
 
     #[test]
     fn b64_round_trips_every_length() {

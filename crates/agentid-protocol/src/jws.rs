@@ -11,7 +11,7 @@ use serde::de::MapAccess;
 use serde_json::Value;
 
 use crate::crypto::Algorithm;
-use crate::encoding::{b64_check, b64_decode, b64_encode_into, parse_ijson_object, StrictValue};
+use crate::encoding::{b64_check, b64_decode_in, b64_encode_into, parse_ijson_object, StrictValue};
 use crate::error::{Error, ErrorCode, Result};
 use crate::token::members::{read_object, Object, StrOr, StrOrSeed};
 
@@ -152,8 +152,10 @@ pub(crate) struct Header {
 /// (`UnsupportedAlg`); `kid` present, a non-empty string, for grants and revocation lists and
 /// absent otherwise (`BadHeader`).
 pub(crate) fn parse_header(raw: &RawToken<'_>, expected: TokenType) -> Result<Header> {
-    let bytes = b64_decode(raw.header_b64)?;
-    let members: HeaderMembers<'_> = read_object(&bytes)
+    // A header is short: decoded onto the stack (a longer one onto the heap).
+    let (mut buf, mut heap) = ([0u8; 256], Vec::new());
+    let bytes = b64_decode_in(raw.header_b64, &mut buf, &mut heap)?;
+    let members: HeaderMembers<'_> = read_object(bytes)
         .map_err(|e| Error::new(ErrorCode::BadHeader, format!("header: {}", e.detail())))?;
     // `kid` is checked last, so that a grant presented as a link fails `bad_typ`.
     if let Some(name) = members.first_not_in(&HeaderName::ALL) {
@@ -394,7 +396,7 @@ fn build_compact(
 mod tests {
     use super::*;
     use crate::crypto::{verify, AuthorityKey, JwsSigner, TaskKey};
-    use crate::encoding::b64_encode;
+    use crate::encoding::{b64_decode, b64_encode};
 
     const ALL: [TokenType; 4] = [
         TokenType::Grant,

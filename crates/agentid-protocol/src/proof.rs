@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 
 use serde::de::MapAccess;
 
-use crate::encoding::{b64_decode, b64_encode, write_json_str, write_json_u64, StrictValue};
+use crate::encoding::{
+    b64_check, b64_decode_in, b64_decoded_len, b64_encode, write_json_str, write_json_u64,
+    StrictValue,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::id::{PeerId, SpiffeId};
 use crate::jws::{self, parse_header, sign_compact_written, TokenType};
@@ -177,11 +180,12 @@ impl<'de> Object<'de> for ProofMembers<'de> {
 }
 
 /// The claims of a proof after step P4: each of the right type, `sub` and `aud` SPIFFE IDs of
-/// peers, `jti` base64url of at least 16 bytes, the hashes of 32 bytes.
+/// peers (kept as whether they name the presenter and the verifier), `jti` base64url of at
+/// least 16 bytes, the hashes of 32 bytes.
 #[derive(Debug, PartialEq, Eq)]
 struct ProofClaims {
-    sub: SpiffeId,
-    aud: SpiffeId,
+    sub_is_presenter: bool,
+    aud_is_verifier: bool,
     iat: u64,
     exp: u64,
     jti: String,
@@ -201,8 +205,8 @@ fn decode_claims(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> 
     known_and_present(&m, allowed, required)?;
     // `sub` and `aud` name TLS peers: task identities or service IDs.
     // Each is what `PeerId::parse` gives; the string of the expected peer is not parsed again.
-    let sub = PeerId::parse_expecting(m.string(Claim::Sub)?, ctx.presenter_id)?;
-    let aud = PeerId::parse_expecting(m.string(Claim::Aud)?, ctx.verifier_id)?;
+    let sub_is_presenter = PeerId::parse_names(m.string(Claim::Sub)?, ctx.presenter_id)?;
+    let aud_is_verifier = PeerId::parse_names(m.string(Claim::Aud)?, ctx.verifier_id)?;
     let iat = m.time(Claim::Iat)?;
     let exp = m.time(Claim::Exp)?;
     let jti = m.string(Claim::Jti)?;
@@ -211,8 +215,8 @@ fn decode_claims(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> 
     let cth = m.has(Claim::Cth).then(|| m.hash(Claim::Cth)).transpose()?;
     let rth = m.has(Claim::Rth).then(|| m.hash(Claim::Rth)).transpose()?;
     Ok(ProofClaims {
-        sub,
-        aud,
+        sub_is_presenter,
+        aud_is_verifier,
         iat,
         exp,
         jti: jti.to_owned(),
@@ -223,9 +227,14 @@ fn decode_claims(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> 
 }
 
 /// A proof's `jti`: base64url of at least 16 bytes, at most 256 characters (`bad_claim`).
+/// Checked without decoding: [`b64_decode`] accepts exactly what [`b64_check`] accepts, and
+/// gives [`b64_decoded_len`] bytes.
 fn check_proof_jti(jti: &str) -> Result<()> {
-    match b64_decode(jti) {
-        Ok(b) if b.len() >= 16 && jti.len() <= 256 => Ok(()),
+    let decoded = b64_check(jti)
+        .ok()
+        .and_then(|()| b64_decoded_len(jti.len()));
+    match decoded {
+        Some(n) if n >= 16 && jti.len() <= 256 => Ok(()),
         _ => Err(Error::new(
             ErrorCode::BadClaim,
             "`jti` must be base64url of at least 16 bytes",
@@ -426,8 +435,11 @@ pub(crate) fn verify_proof_with(
     crate::verifier::valid_now(ctx.now)?;
     // P1. Framing.
     let raw = jws::split(proof)?;
-    let signature = b64_decode(raw.signature_b64)?;
-    let payload = b64_decode(raw.payload_b64)?;
+    // The signature (64 bytes) and a payload of usual size are decoded onto the stack.
+    let (mut signature_buf, mut signature_heap) = ([0u8; 64], Vec::new());
+    let signature = b64_decode_in(raw.signature_b64, &mut signature_buf, &mut signature_heap)?;
+    let (mut payload_buf, mut payload_heap) = ([0u8; 512], Vec::new());
+    let payload = b64_decode_in(raw.payload_b64, &mut payload_buf, &mut payload_heap)?;
     // P2. Header.
     let header = parse_header(&raw, TokenType::Proof)?;
     // P3, P4. Signature with the presenter's certificate key, then claims. A client proof's
@@ -439,23 +451,23 @@ pub(crate) fn verify_proof_with(
             header.alg,
             proof.as_bytes(),
             signed.len(),
-            &signature,
+            signature,
         )?,
         Role::Server => {
-            verify(ctx.presenter_key, header.alg, signed, &signature)?;
+            verify(ctx.presenter_key, header.alg, signed, signature)?;
             None
         }
     };
     let ProofClaims {
-        sub,
-        aud,
+        sub_is_presenter,
+        aud_is_verifier,
         iat,
         exp,
         jti,
         cb,
         cth,
         rth,
-    } = decode_claims(&payload, ctx)?;
+    } = decode_claims(payload, ctx)?;
     // P5. Time (before the identities and bindings, as spec/PROTOCOL.md section 12 orders it).
     if iat >= exp {
         return Err(Error::new(
@@ -473,13 +485,13 @@ pub(crate) fn verify_proof_with(
     not_issued_in_future(iat, ctx.now, ctx.skew)?;
     not_expired(exp, ctx.now, ctx.skew)?;
     // P6, P7. Identities.
-    if &sub != ctx.presenter_id {
+    if !sub_is_presenter {
         return Err(Error::new(
             ErrorCode::HolderMismatch,
             "proof `sub` is not the peer's URI SAN",
         ));
     }
-    if &aud != ctx.verifier_id {
+    if !aud_is_verifier {
         return Err(Error::new(
             ErrorCode::AudienceMismatch,
             "proof `aud` is not this verifier",
@@ -546,7 +558,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::encoding::parse_ijson_object;
+    use crate::encoding::{b64_decode, parse_ijson_object};
     use crate::token::claims::{check_members, get_hash, get_str, get_time};
     use crate::{Algorithm, TaskKey};
 
@@ -567,8 +579,8 @@ mod tests {
             Role::Server => REQUIRED_SERVER,
         };
         check_members(&map, allowed, required)?;
-        let sub = PeerId::parse_expecting(get_str(&map, "sub")?, ctx.presenter_id)?;
-        let aud = PeerId::parse_expecting(get_str(&map, "aud")?, ctx.verifier_id)?;
+        let sub = PeerId::parse(get_str(&map, "sub")?)?;
+        let aud = PeerId::parse(get_str(&map, "aud")?)?;
         let iat = get_time(&map, "iat")?;
         let exp = get_time(&map, "exp")?;
         let jti = get_str(&map, "jti")?;
@@ -593,8 +605,8 @@ mod tests {
             None
         };
         Ok(ProofClaims {
-            sub,
-            aud,
+            sub_is_presenter: sub.as_spiffe_id() == ctx.presenter_id,
+            aud_is_verifier: aud.as_spiffe_id() == ctx.verifier_id,
             iat,
             exp,
             jti: jti.to_owned(),
