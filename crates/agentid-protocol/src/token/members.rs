@@ -10,6 +10,10 @@
 //! the members are read by [`StrictValue`]). Nothing about the claims is decided here: every
 //! value is accepted, and the checks of 3.c.2 to 3.c.5 run on [`Members`] after the whole payload
 //! passed 3.c.1, so a later I-JSON fault still wins over an earlier bad claim.
+//!
+//! The same reader, [`read_object`], reads the protected header of every JWS
+//! ([`crate::jws::parse_header`]) and a hop proof's payload: each kind says what it keeps of its
+//! members ([`Object`]); the I-JSON rules stay here.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
