@@ -1227,7 +1227,7 @@ pub fn verify_dir_anchored(
 
 /// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): each writer's records from
 /// its first with `ts >= since` on, without gaps (every record when `None`), by writer and
-/// sequence, then every checkpoint.
+/// sequence, after each pruned chain's base and before every checkpoint.
 pub fn export_dir(
     dir: &std::path::Path,
     since: Option<u64>,

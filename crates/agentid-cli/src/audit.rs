@@ -14,7 +14,8 @@ pub enum AuditCommand {
     /// Recompute every audit chain and checkpoint signature of a CA's store, and check that
     /// every issued certificate has its record. Exit status 3 names the first break.
     Verify(VerifyArgs),
-    /// Print the audit records (then the signed checkpoints) as JSON lines.
+    /// Print the audit records as JSON lines: each pruned chain's signed base first, then the
+    /// records, then the signed checkpoints.
     Export(ExportArgs),
     /// Delete the records (and the certificates' rows) older than the retention, once they are
     /// in an export kept outside the store; the chain then starts at a base signed with the
