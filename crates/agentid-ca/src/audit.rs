@@ -995,7 +995,23 @@ const MAX_ANCHOR_REPORT: u64 = 16 * 1024 * 1024;
 ///   record count. A report of a broken trail (`"valid": false`) is refused.
 ///
 /// The error says what is wrong with the input (the line number for an export).
-pub fn read_anchors(mut r: impl std::io::BufRead) -> core::result::Result<Vec<Anchor>, String> {
+pub fn read_anchors(r: impl std::io::BufRead) -> core::result::Result<Vec<Anchor>, String> {
+    read_anchors_of(r, true)
+}
+
+/// The records an `agentid audit export` holds, as [`read_anchors`] reads them, refusing an
+/// `agentid audit verify --format json` report: a report names each chain's head by its hash
+/// and holds no record, so it cannot be where the records a prune deletes are kept
+/// ([`crate::CertificateAuthority::prune_audit`]'s `exported`, CA-API.md 4.5).
+pub fn read_export(r: impl std::io::BufRead) -> core::result::Result<Vec<Anchor>, String> {
+    read_anchors_of(r, false)
+}
+
+/// [`read_anchors`], or [`read_export`] without `reports`.
+fn read_anchors_of(
+    mut r: impl std::io::BufRead,
+    reports: bool,
+) -> core::result::Result<Vec<Anchor>, String> {
     use std::io::{BufRead as _, Read as _};
     let mut first = Vec::new();
     (&mut r)
@@ -1005,6 +1021,14 @@ pub fn read_anchors(mut r: impl std::io::BufRead) -> core::result::Result<Vec<An
     let is_export = serde_json::from_slice::<serde_json::Value>(&first)
         .ok()
         .is_some_and(|v| v.get("type").is_some());
+    if !is_export && !reports && !first.iter().all(u8::is_ascii_whitespace) {
+        return Err(
+            "not an export: an `agentid audit verify --format json` report names each chain's \
+             head by its hash only and holds no record, so the records pruned would be kept \
+             nowhere"
+                .to_owned(),
+        );
+    }
     if !is_export {
         let mut all = first;
         (&mut r)

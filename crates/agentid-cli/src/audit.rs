@@ -132,7 +132,10 @@ fn prune(a: &PruneArgs) -> CliResult {
         )));
     }
     ca_dir(&a.ca)?;
-    let exported = anchors(&a.exported, "--exported")?;
+    // An export: the records pruned must be kept in it (a report holds none).
+    let exported = anchors(&a.exported, "--exported", |r| {
+        agentid_ca::audit::read_export(r)
+    })?;
     let ca = crate::cert::open_ca(&a.ca)?;
     let counts = match ca.prune_audit(a.retain, std::time::SystemTime::now(), &exported) {
         Ok(c) => c,
@@ -171,26 +174,41 @@ const NEXT_STEP: &str = "the store was changed outside the CA or damaged: keep a
 
 /// The records `--against` (or `--exported`: `flag`) names, read from the file (or standard
 /// input for `-`).
-fn anchors(path: &Path, flag: &str) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
+fn anchors(
+    path: &Path,
+    flag: &str,
+    read_with: fn(&mut dyn std::io::BufRead) -> Result<Vec<agentid_ca::audit::Anchor>, String>,
+) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
+    // `--exported` keeps the records pruned: an export, which holds them (a report does not).
+    let (wrote, output) = if flag == "--exported" {
+        (
+            "`agentid audit export` wrote",
+            "the output of `agentid audit export --ca DIR`",
+        )
+    } else {
+        (
+            "`agentid audit export` or `agentid audit verify --format json` wrote",
+            "the output of `agentid audit export --ca DIR` or `agentid audit verify --ca DIR \
+             --format json`",
+        )
+    };
     let read = if path == Path::new("-") {
-        agentid_ca::audit::read_anchors(std::io::stdin().lock())
+        read_with(&mut std::io::stdin().lock())
     } else {
         // It vouches for the store: another user's copy is taken, one that others could
         // have replaced (to match a store they rewrote) is refused.
         let f = agentid_fs::open_handed(path).map_err(|e| match e {
             agentid_fs::FsError::Io { path, source } => CliError::failed(format!(
-                "{}: {source} ({flag} takes a file `agentid audit export` or `agentid audit \
-                 verify --format json` wrote)",
+                "{}: {source} ({flag} takes a file {wrote})",
                 path.display()
             )),
             e => e.into(),
         })?;
-        agentid_ca::audit::read_anchors(std::io::BufReader::new(f))
+        read_with(&mut std::io::BufReader::new(f))
     };
     read.map_err(|e| {
         CliError::usage(format!(
-            "{flag} {}: {e}; give the output of `agentid audit export --ca DIR` or \
-             `agentid audit verify --ca DIR --format json` kept from an earlier run",
+            "{flag} {}: {e}; give {output} kept from an earlier run",
             path.display()
         ))
     })
@@ -213,7 +231,7 @@ fn next_step(broken: &agentid_ca::audit::AuditBreak) -> &'static str {
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
     let anchors = match &a.against {
-        Some(path) => anchors(path, "--against")?,
+        Some(path) => anchors(path, "--against", |r| agentid_ca::audit::read_anchors(r))?,
         None => Vec::new(),
     };
     match agentid_ca::audit::verify_dir_anchored(&a.ca, &anchors)? {

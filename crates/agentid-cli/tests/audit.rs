@@ -520,3 +520,21 @@ fn prune_needs_an_export_of_the_records() {
         "--exported takes a file",
     );
 }
+
+/// A `--format json` report names each chain's head by its hash only: it holds no record, so
+/// it cannot be what the records a prune deletes are kept in (a report taken when a chain had
+/// one record would otherwise let that record go, kept nowhere).
+#[test]
+fn prune_refuses_a_report_for_an_export() {
+    let env = used_ca();
+    let report = env.ok("audit verify --ca ca --format json");
+    std::fs::write(env.path("report.json"), &report).unwrap();
+    let (_, err) = env.fails(
+        "audit prune --ca ca --retain 7d --exported report.json",
+        2,
+        "--exported report.json",
+    );
+    assert!(err.contains("agentid audit export"), "{err}");
+    // It still vouches for the store where a report may (`--against`).
+    env.ok("audit verify --ca ca --against report.json");
+}
