@@ -466,3 +466,104 @@ fn each_writer_is_pruned_to_its_own_base() {
         .unwrap();
     assert!(main.pruned > 130 && main.pruned < 134, "{main:?}");
 }
+
+/// Two prunes of a PostgreSQL store's chain that has no base yet, at once: one (here done by
+/// hand in a transaction of its own, as far as record 130) commits while the other, planned
+/// to record 64, waits on the base's row. The second must find the chain pruned further and
+/// prune nothing, not move the base back to 64 (a chain whose first record is 131 but whose
+/// base says 64 no longer verifies, and every later prune is refused).
+#[cfg(feature = "postgres")]
+#[test]
+fn a_prune_racing_a_further_one_on_postgres_does_not_move_the_base_back() {
+    if !postgres_under_test() {
+        return;
+    }
+    let t = test_ca(KeyType::P256);
+    let url = t.pg.as_ref().unwrap().url("agentid");
+    let t0 = now();
+    // Records 1-64 at t0 (their tasks end within the hour), 65-130 two hours later.
+    for _ in 0..64 {
+        t.ca.open_task(&planner(None), t0).unwrap();
+    }
+    for _ in 0..66 {
+        t.ca.open_task(&planner(None), at(t0, 2 * HOUR)).unwrap();
+    }
+    assert_eq!(
+        t.ca.checkpoint_audit(at(t0, 2 * HOUR), true).unwrap(),
+        Some(130)
+    );
+    for _ in 0..3 {
+        t.ca.open_task(&planner(None), at(t0, 2 * HOUR)).unwrap();
+    }
+    let writer = t.ca.audit_snapshot(None).unwrap().records[0].writer.clone();
+    let (_, exported) = export(t.path(), None);
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let further = {
+        let (url, writer) = (url.clone(), writer.clone());
+        std::thread::spawn(move || {
+            agentid_test_support::pg::with_client(&url, move |mut c| async move {
+                let tx = c.transaction().await.unwrap();
+                tx.execute(
+                    "INSERT INTO audit_bases (writer, seq, head, iat, jws) \
+                     SELECT writer, seq, hash, 0, 'x' FROM audit_records \
+                     WHERE writer = $1 AND seq = 130",
+                    &[&writer],
+                )
+                .await
+                .unwrap();
+                tx.execute(
+                    "DELETE FROM audit_records WHERE writer = $1 AND seq <= 130",
+                    &[&writer],
+                )
+                .await
+                .unwrap();
+                ready_tx.send(()).unwrap();
+                go_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let result = std::thread::scope(|s| {
+        // Cutoff t0 + 1.5 h: records 1-64 may go, record 65 stops the walk.
+        let prune = s.spawn(|| {
+            t.ca.prune_audit(WEEK, at(t0, 7 * DAY + 3 * HOUR / 2), &exported)
+        });
+        // Until that prune waits on the base's row the other transaction holds.
+        let waiting = || {
+            agentid_test_support::pg::with_client(&url, |c| async move {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n
+            })
+        };
+        let mut polls = 0;
+        while waiting() == 0 && !prune.is_finished() {
+            polls += 1;
+            assert!(polls < 600, "the prune never waited on the base's row");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        go_tx.send(()).unwrap();
+        prune.join().unwrap()
+    });
+    further.join().unwrap();
+    let base: i64 = agentid_test_support::pg::with_client(&url, move |c| async move {
+        c.query_one("SELECT seq FROM audit_bases WHERE writer = $1", &[&writer])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(base, 130, "the base was moved back: {result:?}");
+    match result {
+        Err(CaError::Store(m)) => assert!(m.contains("pruned further meanwhile"), "{m}"),
+        other => panic!("expected the prune to find the chain pruned further, got {other:?}"),
+    }
+}

@@ -1619,20 +1619,31 @@ impl Store for PgStore {
                             .await?
                             .map(|r| r.get(0));
                         super::prune_check(stored, base, p).map_err(PgErr::Ca)?;
-                        tx.execute(
-                            "INSERT INTO audit_bases (writer, seq, head, iat, jws)
+                        // Only ever forward: a chain without a base has no row to lock
+                        // above, so a prune that committed one meanwhile is found here (this
+                        // insert waited for it, and READ COMMITTED then updates its row).
+                        let moved = tx
+                            .execute(
+                                "INSERT INTO audit_bases (writer, seq, head, iat, jws)
                              VALUES ($1, $2, $3, $4, $5)
                              ON CONFLICT (writer) DO UPDATE SET seq = EXCLUDED.seq,
-                               head = EXCLUDED.head, iat = EXCLUDED.iat, jws = EXCLUDED.jws",
-                            &[
-                                &writer,
-                                &seq,
-                                &p.base.head,
-                                &to_i64(p.base.iat)?,
-                                &p.base.jws,
-                            ],
-                        )
-                        .await?;
+                               head = EXCLUDED.head, iat = EXCLUDED.iat, jws = EXCLUDED.jws
+                             WHERE audit_bases.seq < EXCLUDED.seq",
+                                &[
+                                    &writer,
+                                    &seq,
+                                    &p.base.head,
+                                    &to_i64(p.base.iat)?,
+                                    &p.base.jws,
+                                ],
+                            )
+                            .await?;
+                        if moved != 1 {
+                            return Err(PgErr::Ca(CaError::Store(format!(
+                                "audit chain {writer:?} was pruned further meanwhile; nothing \
+                                 was pruned"
+                            ))));
+                        }
                         counts.chains += 1;
                         counts.records += tx
                             .execute(
