@@ -1021,14 +1021,6 @@ fn read_anchors_of(
     let is_export = serde_json::from_slice::<serde_json::Value>(&first)
         .ok()
         .is_some_and(|v| v.get("type").is_some());
-    if !is_export && !reports && !first.iter().all(u8::is_ascii_whitespace) {
-        return Err(
-            "not an export: an `agentid audit verify --format json` report names each chain's \
-             head by its hash only and holds no record, so the records pruned would be kept \
-             nowhere"
-                .to_owned(),
-        );
-    }
     if !is_export {
         let mut all = first;
         (&mut r)
@@ -1041,6 +1033,14 @@ fn read_anchors_of(
                 "the file is empty: nothing to compare the store with (`agentid audit export` writes \
                  nothing while the store has no records: keep one made after the CA's first \
                  record)"
+                    .to_owned(),
+            );
+        }
+        if !reports {
+            return Err(
+                "not an export: an `agentid audit verify --format json` report names each \
+                 chain's head by its hash only and holds no record, so the records pruned would \
+                 be kept nowhere"
                     .to_owned(),
             );
         }

@@ -535,6 +535,13 @@ fn prune_refuses_a_report_for_an_export() {
         "--exported report.json",
     );
     assert!(err.contains("agentid audit export"), "{err}");
+    // Also when it does not start on its first line.
+    std::fs::write(env.path("report2.json"), format!("\n{report}")).unwrap();
+    env.fails(
+        "audit prune --ca ca --retain 7d --exported report2.json",
+        2,
+        "not an export",
+    );
     // It still vouches for the store where a report may (`--against`).
     env.ok("audit verify --ca ca --against report.json");
 }
