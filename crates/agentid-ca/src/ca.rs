@@ -1059,7 +1059,9 @@ impl CertificateAuthority {
     /// before `now` (and the certificates they issued ended, with their tasks, as long ago)
     /// go, with their checkpoints and the issuance rows of those certificates; a base signed
     /// with the audit key names where each pruned chain now starts. Every record pruned must be
-    /// in `exported` (an `agentid audit export` kept elsewhere), else nothing is pruned.
+    /// in `exported` (an `agentid audit export` kept elsewhere, read with
+    /// [`crate::audit::read_export`]: a report's anchors name records it does not hold), else
+    /// nothing is pruned.
     ///
     /// `retain` is at least [`crate::audit::MIN_RETENTION_SECS`]. Refused without the audit key,
     /// or when the trail does not verify ([`CaError::AuditBroken`]: the store is evidence).
