@@ -877,6 +877,9 @@ pub struct PrunePlan {
 ///   before `cutoff`: `retained_until(serial)` (the later of the certificate's `notAfter` and
 ///   its task's end) is below `cutoff` (`None`, a certificate the store does not know, stops
 ///   the walk);
+/// * each `ok` `revoke` record's entry, as the store holds it (and as the record says), ended
+///   before `cutoff` (while it is in force, its record is what makes the entry's row deleted or
+///   its `exp` lowered a break);
 /// * `S` has a checkpoint (so the next record's `prev` is a signed head), and
 /// * `S` is not the chain's last record (the chain goes on from a record the store holds).
 ///
@@ -896,6 +899,12 @@ pub fn plan_prune(
         .bases
         .iter()
         .map(|b| (b.writer.as_str(), b.seq))
+        .collect();
+    // Each revocation's `exp` as the store holds it, by subject (`kind:value`).
+    let revocations: BTreeMap<&str, u64> = snap
+        .revocations
+        .iter()
+        .map(|(s, exp)| (s.as_str(), *exp))
         .collect();
     let mut by_writer: BTreeMap<&str, Vec<&AuditRecord>> = BTreeMap::new();
     for r in &snap.records {
@@ -926,6 +935,18 @@ pub fn plan_prune(
                         Some(until) if until < cutoff => serials.push(serial.clone()),
                         _ => break,
                     }
+                }
+            }
+            // An `ok` revocation record is what makes its entry's row deleted or its `exp`
+            // lowered a break (verify): it stays while the entry is in force.
+            if ev.kind == "revoke" && ev.outcome == "ok" {
+                let held = ev
+                    .subject
+                    .as_deref()
+                    .and_then(|s| revocations.get(s).copied());
+                match held.max(ev.exp) {
+                    Some(exp) if exp < cutoff => {}
+                    _ => break,
                 }
             }
             if signed.contains(&(writer, r.seq)) {

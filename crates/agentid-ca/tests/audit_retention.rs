@@ -567,3 +567,43 @@ fn a_prune_racing_a_further_one_on_postgres_does_not_move_the_base_back() {
         other => panic!("expected the prune to find the chain pruned further, got {other:?}"),
     }
 }
+
+/// An `ok` revocation record is what makes a revocation row deleted (or its `exp` lowered) in
+/// the store a break: pruned while its entry is still in force (its `exp` ahead), whoever can
+/// write the store could undo the revocation unseen (the lists leave it out, the CA issues to
+/// the target again). It stays until its entry's `exp` is past the retention.
+#[test]
+fn a_revocation_record_stays_while_its_entry_is_in_force() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let rec =
+        t.ca.revoke(
+            &agentid_ca::RevokeTarget::Agent("planner".into()),
+            Some("key stolen"),
+            "operator",
+            t0,
+        )
+        .unwrap();
+    // Record 1 is the revocation; 70 refused requests of the revoked agent follow.
+    for _ in 0..70 {
+        t.ca.open_task(&planner(None), t0).unwrap_err();
+    }
+    t.ca.checkpoint_audit(t0, true).unwrap();
+    let (_, exported) = export(t.path(), None);
+    // A day past the record, but the entry (a day's links, plus the skew) is in force within
+    // the day's retention.
+    let when = at(t0, 2 * DAY);
+    assert!(unix(when) - DAY < rec.exp, "{} {}", rec.exp, unix(t0));
+    let counts =
+        t.ca.prune_audit(Duration::from_secs(DAY), when, &exported)
+            .unwrap();
+    assert_eq!(counts.records, 0, "{counts:?}");
+    assert_eq!(chain(t.path()).pruned, 0);
+    // Once its entry ended a retention ago, it goes.
+    let later = at(t0, 3 * DAY);
+    assert!(unix(later) - DAY > rec.exp);
+    let counts =
+        t.ca.prune_audit(Duration::from_secs(DAY), later, &exported)
+            .unwrap();
+    assert_eq!(counts.records, 64, "{counts:?}");
+}
