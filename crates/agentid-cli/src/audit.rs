@@ -30,7 +30,7 @@ pub struct PruneArgs {
     #[arg(long = "ca", value_name = "DIR")]
     pub ca: std::path::PathBuf,
     /// How long to keep a record after what it records ended (a certificate's notAfter, its
-    /// task's end; the record's own time for the others): at least `1d`, e.g. `7d`, `30d`.
+    /// task's end; a revocation's entry's end; the record's own time for the others): at least `1d`, e.g. `7d`, `30d`.
     #[arg(long, value_name = "DURATION", value_parser = crate::common::parse_duration)]
     pub retain: std::time::Duration,
     /// An `agentid audit export --ca DIR` made before, kept outside the store: every record
