@@ -158,22 +158,29 @@ impl CheckpointSigner {
         head: &str,
         iat: u64,
     ) -> Result<CheckpointRecord> {
-        self.sign(CHECKPOINT_TYP, writer, seq, head, iat)
+        self.sign(CHECKPOINT_TYP, writer, (seq, head), iat, None)
     }
 
     /// The base of `writer`'s chain once its records up to `seq` (whose hash is `head`) are
-    /// pruned, signed at `iat` ([`BASE_TYP`]).
-    pub fn base(&self, writer: &str, seq: u64, head: &str, iat: u64) -> Result<CheckpointRecord> {
-        self.sign(BASE_TYP, writer, seq, head, iat)
+    /// pruned, signed at `iat` ([`BASE_TYP`]), with the [`base_revocations_digest`] of the
+    /// revocations made by every record pruned so far.
+    pub fn base(
+        &self,
+        writer: &str,
+        (seq, head): (u64, &str),
+        iat: u64,
+        revoked: &str,
+    ) -> Result<CheckpointRecord> {
+        self.sign(BASE_TYP, writer, (seq, head), iat, Some(revoked))
     }
 
     fn sign(
         &self,
         typ: &str,
         writer: &str,
-        seq: u64,
-        head: &str,
+        (seq, head): (u64, &str),
         iat: u64,
+        revoked: Option<&str>,
     ) -> Result<CheckpointRecord> {
         let claims = CheckpointClaims {
             iss: self.iss.clone(),
@@ -181,6 +188,7 @@ impl CheckpointSigner {
             seq,
             head: head.to_owned(),
             iat,
+            revoked: revoked.map(str::to_owned),
         };
         Ok(CheckpointRecord {
             jws: sign_claims(self.signer.as_ref(), typ, &claims)?,
@@ -303,6 +311,27 @@ pub struct CheckpointClaims {
     pub head: String,
     /// When it was signed, Unix seconds.
     pub iat: u64,
+    /// A base's only ([`BASE_TYP`]; absent from checkpoints): the
+    /// [`base_revocations_digest`] of the revocations its pruned records made, which the store
+    /// keeps beside it and [`verify`] holds to the store's revocations as it holds records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+/// Domain separation of [`base_revocations_digest`].
+const BASE_REVOCATIONS_LABEL: &[u8] = b"agentid-audit-base-revocations-v1\n";
+
+/// The digest a base signs of the revocations its writer's pruned `ok` `revoke` records made:
+/// hex SHA-256 of a label and the JSON array of `[subject, exp]` pairs sorted by subject (`exp`
+/// the highest any of those records carried, 0 for none).
+pub fn base_revocations_digest(revocations: &[(String, u64)]) -> String {
+    let mut sorted: Vec<&(String, u64)> = revocations.iter().collect();
+    sorted.sort();
+    let mut input = BASE_REVOCATIONS_LABEL.to_vec();
+    // A Vec of (String, u64) always serializes.
+    let json = serde_json::to_vec(&sorted).unwrap_or_default();
+    input.extend_from_slice(&json);
+    util::hex(&util::sha256(&input))
 }
 
 /// The JSON stored for a record.
@@ -413,6 +442,9 @@ pub struct AuditSnapshot {
     /// Each pruned writer's base ([`BASE_TYP`]): its records up to the base's `seq` were
     /// exported and pruned, and its first stored record follows the base's `head`.
     pub bases: Vec<CheckpointRecord>,
+    /// The revocations the pruned records of each writer made, as `(writer, subject, exp)`,
+    /// which its base signs ([`base_revocations_digest`]).
+    pub base_revocations: Vec<(String, String, u64)>,
     /// Serials of the certificates issued since the store has kept an audit chain (schema
     /// version 2); each must have an `ok` issuance record.
     pub audited_serials: Vec<String>,
@@ -540,9 +572,23 @@ pub fn verify_anchored(
             seq: b.seq,
             reason,
         };
-        verify_base(&b.jws, key)
-            .and_then(|claims| signs_its_columns(b, &claims, iss))
+        let claims = verify_base(&b.jws, key)
+            .and_then(|claims| signs_its_columns(b, &claims, iss).map(|()| claims))
             .map_err(&bad)?;
+        // The revocations its pruned records made, kept beside it, are the ones it signed.
+        let kept: Vec<(String, u64)> = snap
+            .base_revocations
+            .iter()
+            .filter(|(w, _, _)| *w == b.writer)
+            .map(|(_, subject, exp)| (subject.clone(), *exp))
+            .collect();
+        if claims.revoked.as_deref() != Some(base_revocations_digest(&kept).as_str()) {
+            return Err(bad(
+                "the revocations its pruned records made are not the ones it signs (a row of \
+                 them was deleted, added or changed)"
+                    .into(),
+            ));
+        }
         if b.seq == 0 || b.seq == u64::MAX {
             return Err(bad("names no record".into()));
         }
@@ -748,18 +794,43 @@ pub fn verify_anchored(
         .iter()
         .map(|(s, exp)| (s.as_str(), *exp))
         .collect();
-    for (subject, exp, writer, seq) in &revoked {
-        let bad = |what: &str| AuditBreak::Record {
-            writer: writer.clone(),
-            seq: *seq,
-            reason: format!(
-                "an ok revocation of {subject:?}, which the store {what}, which undoes the \
-                 revocation"
-            ),
+    // The same for the revocations of pruned records, which their chain's base signs (a
+    // break of the base, the records being gone).
+    let pruned_revocations = snap
+        .base_revocations
+        .iter()
+        .filter_map(|(w, subject, exp)| {
+            let (seq, _) = bases.get(w.as_str())?;
+            Some((subject.clone(), Some(*exp), w.clone(), *seq, true))
+        });
+    let recorded = revoked
+        .iter()
+        .map(|(subject, exp, w, seq)| (subject.clone(), *exp, w.clone(), *seq, false));
+    for (subject, exp, writer, seq, pruned) in recorded.chain(pruned_revocations) {
+        let bad = |what: &str| {
+            let reason = format!(
+                "an ok revocation of {subject:?}{}, which the store {what}, which undoes the \
+                 revocation",
+                if pruned { " (its record pruned)" } else { "" }
+            );
+            let writer = writer.clone();
+            if pruned {
+                AuditBreak::Base {
+                    writer,
+                    seq,
+                    reason,
+                }
+            } else {
+                AuditBreak::Record {
+                    writer,
+                    seq,
+                    reason,
+                }
+            }
         };
         match (held.get(subject.as_str()), exp) {
             (None, _) => return Err(bad("no longer holds (its row was deleted)")),
-            (Some(now), Some(then)) if now < then => {
+            (Some(now), Some(then)) if *now < then => {
                 return Err(bad(&format!(
                     "holds ending at {now}, before the {then} it ended at when recorded (its \
                      exp was lowered)"
@@ -867,6 +938,9 @@ pub struct PrunePlan {
     pub from: u64,
     /// The serials of the `ok` issuances those records recorded: their rows go with them.
     pub serials: Vec<String>,
+    /// The revocations those records made (`ok` `revoke` records): each subject with the
+    /// highest `exp` they carried (0 for none). They join the ones the chain's base keeps.
+    pub revocations: Vec<(String, u64)>,
 }
 
 /// What can be pruned of a verified `snap` (CA-API.md 4.5): for each writer, its records from
@@ -917,7 +991,8 @@ pub fn plan_prune(
             continue;
         };
         let mut serials = Vec::new();
-        let mut cut: Option<(u64, &str, usize)> = None;
+        let mut revoked: Vec<(String, u64)> = Vec::new();
+        let mut cut: Option<(u64, &str, usize, usize)> = None;
         for r in records {
             if r.seq >= last || r.ts >= cutoff {
                 break;
@@ -948,19 +1023,24 @@ pub fn plan_prune(
                     Some(exp) if exp < cutoff => {}
                     _ => break,
                 }
+                if let Some(subject) = &ev.subject {
+                    revoked.push((subject.clone(), ev.exp.unwrap_or(0)));
+                }
             }
             if signed.contains(&(writer, r.seq)) {
-                cut = Some((r.seq, r.hash.as_str(), serials.len()));
+                cut = Some((r.seq, r.hash.as_str(), serials.len(), revoked.len()));
             }
         }
-        if let Some((seq, head, n)) = cut {
+        if let Some((seq, head, n, m)) = cut {
             serials.truncate(n);
+            revoked.truncate(m);
             plans.push(PrunePlan {
                 writer: writer.to_owned(),
                 seq,
                 head: head.to_owned(),
                 from: bases.get(writer).copied().unwrap_or(0),
                 serials,
+                revocations: revoked,
             });
         }
     }

@@ -1010,6 +1010,7 @@ impl CertificateAuthority {
             seq,
             head: head.clone(),
             iat: now_s,
+            revoked: None,
         };
         let jws = crate::audit::sign_checkpoint(signer, &claims)?;
         store.add_checkpoint(&CheckpointRecord {
@@ -1114,8 +1115,26 @@ impl CertificateAuthority {
         let checkpoints = crate::audit::CheckpointSigner::new(iss, signer);
         let mut prunes = Vec::with_capacity(plans.len());
         for p in plans {
-            let base = checkpoints.base(&p.writer, p.seq, &p.head, now_s)?;
-            prunes.push(crate::store::AuditPrune { plan: p, base });
+            // The revocations of every record pruned so far: the base's own, and this
+            // prune's, each subject at the highest `exp` recorded.
+            let mut kept: std::collections::BTreeMap<String, u64> = snap
+                .base_revocations
+                .iter()
+                .filter(|(w, _, _)| *w == p.writer)
+                .map(|(_, subject, exp)| (subject.clone(), *exp))
+                .collect();
+            for (subject, exp) in &p.revocations {
+                let e = kept.entry(subject.clone()).or_insert(0);
+                *e = (*e).max(*exp);
+            }
+            let kept: Vec<(String, u64)> = kept.into_iter().collect();
+            let digest = crate::audit::base_revocations_digest(&kept);
+            let base = checkpoints.base(&p.writer, (p.seq, &p.head), now_s, &digest)?;
+            prunes.push(crate::store::AuditPrune {
+                plan: p,
+                base,
+                revocations: kept,
+            });
         }
         store.prune_audit(&prunes)
     }

@@ -142,6 +142,11 @@ const PRUNE_SQL: &str = "
 CREATE TABLE audit_bases (
   writer TEXT PRIMARY KEY, seq BIGINT NOT NULL, head TEXT NOT NULL, iat BIGINT NOT NULL,
   jws TEXT NOT NULL);
+-- The revocations (`kind:value`, highest `exp` recorded) of a writer's pruned records, whose
+-- digest its base signs: verification holds each to the store's revocations.
+CREATE TABLE audit_base_revocations (
+  writer TEXT NOT NULL, subject TEXT NOT NULL, exp BIGINT NOT NULL,
+  PRIMARY KEY (writer, subject));
 -- When the key got its first certificate (what a service's max_key_age counts from when the
 -- key is bound again), kept with the binding so that it outlives pruned issuances.
 ALTER TABLE keys ADD COLUMN first_issued_at BIGINT;

@@ -218,6 +218,7 @@ fn a_forged_checkpoint_is_found() {
         seq: seq as u64,
         head: head.clone(),
         iat: unix(now()),
+        revoked: None,
     };
     let jws = sign_checkpoint(&mallory, &claims).unwrap();
     c.execute(
@@ -249,6 +250,7 @@ fn a_checkpoint_whose_header_has_more_than_alg_and_typ_is_refused() {
         seq: 1,
         head: "00".repeat(32),
         iat: 0,
+        revoked: None,
     };
     let jws = sign_checkpoint(&key, &claims).unwrap();
     assert_eq!(

@@ -607,3 +607,64 @@ fn a_revocation_record_stays_while_its_entry_is_in_force() {
             .unwrap();
     assert_eq!(counts.records, 64, "{counts:?}");
 }
+
+/// The revocations of pruned records stay held: the base signs them, and a revocation row
+/// deleted or cut short in the store after its record was pruned is a break of the base (the
+/// CA refuses the target as long as the row exists, so deleting it would undo the revocation).
+#[test]
+fn a_revocation_whose_record_was_pruned_stays_held_by_the_base() {
+    if postgres_under_test() {
+        return;
+    }
+    let revoked_and_pruned = || {
+        let t = test_ca(KeyType::P256);
+        let t0 = now();
+        t.ca.revoke(
+            &agentid_ca::RevokeTarget::Agent("planner".into()),
+            Some("key stolen"),
+            "operator",
+            t0,
+        )
+        .unwrap();
+        for _ in 0..70 {
+            t.ca.open_task(&planner(None), t0).unwrap_err();
+        }
+        t.ca.checkpoint_audit(t0, true).unwrap();
+        let (_, exported) = export(t.path(), None);
+        let counts =
+            t.ca.prune_audit(Duration::from_secs(DAY), at(t0, 3 * DAY), &exported)
+                .unwrap();
+        assert_eq!(counts.records, 64, "{counts:?}");
+        // Still refused after the prune, and the trail verifies.
+        assert!(t.ca.open_task(&planner(None), at(t0, 3 * DAY)).is_err());
+        assert_eq!(chain(t.path()).pruned, 64);
+        t
+    };
+    let base_break = |t: &TestCa, needle: &str| match audit::verify_dir(t.path()).unwrap() {
+        Err(AuditBreak::Base {
+            seq: 64, reason, ..
+        }) => {
+            assert!(reason.contains(needle), "{reason}")
+        }
+        other => panic!("expected a break of the base, got {other:?}"),
+    };
+    // The revocation's row deleted.
+    let t = revoked_and_pruned();
+    db(t.path())
+        .execute("DELETE FROM revocations WHERE kind = 'agent'", [])
+        .unwrap();
+    base_break(&t, "no longer holds");
+    // Its exp lowered.
+    let t = revoked_and_pruned();
+    db(t.path())
+        .execute("UPDATE revocations SET exp = 1 WHERE kind = 'agent'", [])
+        .unwrap();
+    base_break(&t, "was lowered");
+    // The kept revocation deleted with it.
+    let t = revoked_and_pruned();
+    let c = db(t.path());
+    c.execute("DELETE FROM revocations WHERE kind = 'agent'", [])
+        .unwrap();
+    c.execute("DELETE FROM audit_base_revocations", []).unwrap();
+    base_break(&t, "not the ones it signs");
+}

@@ -519,7 +519,8 @@ fn a_version_3_database_dates_each_service_key_from_its_first_certificate() {
         "agentid",
         "ALTER TABLE identities DROP COLUMN key_bound_at;
          DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
-         DROP TABLE audit_bases; ALTER TABLE keys DROP COLUMN first_issued_at;
+         DROP TABLE audit_bases; DROP TABLE audit_base_revocations;
+         ALTER TABLE keys DROP COLUMN first_issued_at;
          UPDATE agentid_schema SET version = 3;",
     );
     let store = agentid_ca::store::PgStore::open_url(&pg.url("agentid"), "main").unwrap();

@@ -208,7 +208,8 @@ fn the_upgrade_dates_each_service_key_from_its_first_certificate() {
         conn.execute_batch(
             "ALTER TABLE identities DROP COLUMN key_bound_at;
              DROP INDEX bootstrap_tokens_creator; DROP INDEX bootstrap_tokens_expires;
-             DROP TABLE audit_bases; ALTER TABLE keys DROP COLUMN first_issued_at;
+             DROP TABLE audit_bases; DROP TABLE audit_base_revocations;
+             ALTER TABLE keys DROP COLUMN first_issued_at;
              PRAGMA user_version = 5;",
         )
         .unwrap();

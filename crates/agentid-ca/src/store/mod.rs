@@ -398,6 +398,9 @@ pub struct AuditPrune {
     pub plan: crate::audit::PrunePlan,
     /// The chain's new base ([`crate::audit::BASE_TYP`]), at the plan's `seq` and `head`.
     pub base: CheckpointRecord,
+    /// The revocations of every record of the chain pruned so far, as the base signs them
+    /// ([`crate::audit::base_revocations_digest`]): they replace the chain's kept ones.
+    pub revocations: Vec<(String, u64)>,
 }
 
 /// What [`Store::prune_audit`] deleted.
@@ -1320,6 +1323,14 @@ impl Store for SqliteStore {
             counts.checkpoints += tx
                 .prepare_cached("DELETE FROM audit_checkpoints WHERE writer = ?1 AND seq < ?2")?
                 .execute(params![writer, seq])? as u64;
+            tx.prepare_cached("DELETE FROM audit_base_revocations WHERE writer = ?1")?
+                .execute(params![writer])?;
+            let mut keep = tx.prepare_cached(
+                "INSERT INTO audit_base_revocations (writer, subject, exp) VALUES (?1, ?2, ?3)",
+            )?;
+            for (subject, exp) in &p.revocations {
+                keep.execute(params![writer, subject, to_i64(*exp)?])?;
+            }
             let mut del = tx.prepare_cached("DELETE FROM issuances WHERE serial = ?1")?;
             for serial in &p.plan.serials {
                 counts.issuances += del.execute(params![serial])? as u64;
@@ -1850,6 +1861,22 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
     } else {
         Vec::new()
     };
+    let base_revocations = if bases.is_empty() {
+        Vec::new()
+    } else {
+        tx.prepare_cached(
+            "SELECT writer, subject, exp FROM audit_base_revocations ORDER BY writer, subject",
+        )?
+        .query_map([], |r| {
+            use crate::audit::{stored_number_of, stored_text_of};
+            Ok((
+                stored_text_of(r.get_ref(0)?),
+                stored_text_of(r.get_ref(1)?),
+                stored_number_of(r.get_ref(2)?),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    };
     let audited_serials = tx
         .prepare_cached(
             "SELECT serial FROM issuances WHERE rowid > COALESCE(
@@ -1876,6 +1903,7 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
         records,
         checkpoints,
         bases,
+        base_revocations,
         audited_serials,
         revocations,
     })

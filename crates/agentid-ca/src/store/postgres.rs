@@ -1663,6 +1663,24 @@ impl Store for PgStore {
                                 &[&p.plan.serials],
                             )
                             .await?;
+                        tx.execute(
+                            "DELETE FROM audit_base_revocations WHERE writer = $1",
+                            &[&writer],
+                        )
+                        .await?;
+                        let (subjects, exps): (Vec<&str>, Vec<i64>) = p
+                            .revocations
+                            .iter()
+                            .map(|(s, e)| Ok((s.as_str(), to_i64(*e)?)))
+                            .collect::<PgResult<Vec<_>>>()?
+                            .into_iter()
+                            .unzip();
+                        tx.execute(
+                            "INSERT INTO audit_base_revocations (writer, subject, exp)
+                             SELECT $1, s, e FROM unnest($2::text[], $3::bigint[]) AS k(s, e)",
+                            &[&writer, &subjects, &exps],
+                        )
+                        .await?;
                     }
                     Ok::<_, PgErr>(counts)
                 })
@@ -2100,6 +2118,16 @@ impl Store for PgStore {
                         jws: r.get(4),
                     })
                     .collect();
+                let base_revocations = tx
+                    .query(
+                        "SELECT writer, subject, exp FROM audit_base_revocations
+                         ORDER BY writer, subject",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), crate::audit::stored_number(r.get(2))))
+                    .collect();
                 let audited_serials = tx
                     .query("SELECT serial FROM issuances ORDER BY id", &[])
                     .await?
@@ -2122,6 +2150,7 @@ impl Store for PgStore {
                     records,
                     checkpoints,
                     bases,
+                    base_revocations,
                     audited_serials,
                     revocations,
                 })
