@@ -3,6 +3,7 @@
 
 use crate::chain::MAX_CHAIN_BYTES;
 use crate::crypto::{sha256, token_hash, verify, verify_and_hash, TaskKey};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use serde::de::MapAccess;
@@ -245,33 +246,36 @@ fn check_proof_jti(jti: &str) -> Result<()> {
 /// Builds and signs a hop proof with the presenter's certificate key.
 #[derive(Debug)]
 #[must_use]
-pub struct ProofBuilder {
-    sub: SpiffeId,
-    aud: SpiffeId,
+pub struct ProofBuilder<'a> {
+    /// The presenter's ID, borrowed: written into the payload once, at [`ProofBuilder::sign`].
+    sub: &'a SpiffeId,
+    /// The peer's ID, borrowed likewise.
+    aud: &'a SpiffeId,
     role: Role,
     exporter: [u8; EXPORTER_LEN],
     iat: u64,
     exp: u64,
-    /// `cth`: the [`token_hash`] of the chain sent with the proof.
-    cth: Option<String>,
+    /// `cth`: the [`token_hash`] of the chain sent with the proof (borrowed when the
+    /// presenter gives a hash it keeps, [`ProofBuilder::chain_hash`]).
+    cth: Option<Cow<'a, str>>,
     /// `rth`: the [`token_hash`] of the client proof a server proof answers.
     rth: Option<String>,
 }
 
-impl ProofBuilder {
+impl<'a> ProofBuilder<'a> {
     /// A proof by `presenter` (its certificate's URI SAN) to `peer` (the peer's URI SAN), for a
     /// connection whose exporter value for `role` is `exporter`, valid over `[iat, exp)`.
     pub fn new(
-        presenter: &SpiffeId,
-        peer: &SpiffeId,
+        presenter: &'a SpiffeId,
+        peer: &'a SpiffeId,
         role: Role,
         exporter: [u8; EXPORTER_LEN],
         iat: u64,
         exp: u64,
     ) -> Self {
         Self {
-            sub: presenter.clone(),
-            aud: peer.clone(),
+            sub: presenter,
+            aud: peer,
             role,
             exporter,
             iat,
@@ -282,15 +286,16 @@ impl ProofBuilder {
     }
 
     /// Binds the chain sent with this proof (`cth`).
-    pub fn chain(self, chain: &str) -> Self {
-        self.chain_hash(&token_hash(chain))
+    pub fn chain(mut self, chain: &str) -> Self {
+        self.cth = Some(Cow::Owned(token_hash(chain)));
+        self
     }
 
     /// Binds the chain sent with this proof (`cth`) by its [`token_hash`]: for a presenter that
     /// sends the same chain on every connection and hashes it once. A hash of another chain
     /// gives a proof that every verifier refuses (`chain_hash_mismatch`).
-    pub fn chain_hash(mut self, chain_hash: &str) -> Self {
-        self.cth = Some(chain_hash.to_owned());
+    pub fn chain_hash(mut self, chain_hash: &'a str) -> Self {
+        self.cth = Some(Cow::Borrowed(chain_hash));
         self
     }
 
@@ -342,7 +347,7 @@ impl ProofBuilder {
         let mut payload = Vec::with_capacity(
             96 + self.sub.as_str().len()
                 + self.aud.as_str().len()
-                + self.cth.as_ref().map_or(0, String::len)
+                + self.cth.as_deref().map_or(0, str::len)
                 + rth.as_ref().map_or(0, String::len),
         );
         payload.extend_from_slice(br#"{"aud":"#);
@@ -350,7 +355,7 @@ impl ProofBuilder {
         payload.extend_from_slice(br#","cb":""#);
         payload.extend_from_slice(cb.as_bytes());
         payload.push(b'"');
-        if let Some(c) = &self.cth {
+        if let Some(c) = self.cth.as_deref() {
             payload.extend_from_slice(br#","cth":"#);
             write_json_str(&mut payload, c)?;
         }

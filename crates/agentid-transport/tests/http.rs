@@ -648,14 +648,11 @@ impl Raw {
 
 fn proof_for(exporter: [u8; 32], key: &TaskKey, chain: Option<&str>) -> String {
     let n = now();
-    let mut b = ProofBuilder::new(
-        &SpiffeId::parse(CLIENT).unwrap(),
-        &SpiffeId::parse(SERVER).unwrap(),
-        Role::Client,
-        exporter,
-        n,
-        n + 60,
+    let (client, server) = (
+        SpiffeId::parse(CLIENT).unwrap(),
+        SpiffeId::parse(SERVER).unwrap(),
     );
+    let mut b = ProofBuilder::new(&client, &server, Role::Client, exporter, n, n + 60);
     if let Some(c) = chain {
         b = b.chain(c);
     }
