@@ -7,6 +7,8 @@
 //! every agent and key along the chain): a session re-checked for nothing costs one local
 //! re-check, a session missed would outlive its revocation.
 
+use std::sync::Arc;
+
 use crate::chain::{frame, Chain};
 use crate::crypto::PublicKey;
 use crate::error::Result;
@@ -62,24 +64,43 @@ pub fn peer_revocation_targets(
 
 /// [`peer_revocation_targets`] for a peer whose chain (if any) is already verified: the same
 /// targets in the same order, from what verification read (no token decoded again, each key's
-/// thumbprint the one phase 6 computed).
+/// thumbprint the one phase 6 computed). The chain's targets are shared, not copied: the
+/// peer's own key, agent and task are the chain's holder's when it has one, and only a target
+/// the chain does not hold is built.
 pub fn verified_peer_revocation_targets(
     chain: Option<&VerifiedChain>,
     peer_id: &SpiffeId,
     peer_key: &PublicKey,
-) -> Vec<RevocationTarget> {
+) -> Vec<Arc<RevocationTarget>> {
     let from_chain = chain.map_or(&[][..], VerifiedChain::revocation_targets);
+    // The chain's target `is` names, shared; else `build`'s.
+    let shared = |is: &dyn Fn(&RevocationTarget) -> bool, build: &dyn Fn() -> RevocationTarget| {
+        match from_chain.iter().find(|t| is(t)) {
+            Some(t) => Arc::clone(t),
+            None => Arc::new(build()),
+        }
+    };
     let mut out = Vec::with_capacity(3 + from_chain.len());
-    out.push(RevocationTarget::Key(peer_key.thumbprint_str().to_owned()));
-    if let Some(t) = peer_id.as_task_identity() {
-        out.push(RevocationTarget::Agent(t.agent()));
-        out.push(RevocationTarget::Task(t.task_id()));
+    let thumbprint = peer_key.thumbprint_str();
+    out.push(shared(
+        &|t| matches!(t, RevocationTarget::Key(k) if k == thumbprint),
+        &|| RevocationTarget::Key(thumbprint.to_owned()),
+    ));
+    if let Some(id) = peer_id.as_task_identity() {
+        out.push(shared(
+            &|t| matches!(t, RevocationTarget::Agent(a) if a.as_str() == id.agent_str()),
+            &|| RevocationTarget::Agent(id.agent()),
+        ));
+        out.push(shared(
+            &|t| matches!(t, RevocationTarget::Task(k) if k.as_str() == id.task_id_str()),
+            &|| RevocationTarget::Task(id.task_id()),
+        ));
     }
-    // Duplicates found by comparison, each kept target cloned once: a chain has at most
+    // Duplicates found by comparison, each kept target shared: a chain has at most
     // 5 + 4 * MAX_DEPTH targets, so the quadratic scan is bounded (and cheaper than hashing).
     for t in from_chain {
-        if !out.contains(t) {
-            out.push(t.clone());
+        if !out.iter().any(|o| Arc::ptr_eq(o, t) || **o == **t) {
+            out.push(Arc::clone(t));
         }
     }
     out
@@ -274,6 +295,10 @@ mod tests {
         }
     }
 
+    fn unshared(targets: Vec<Arc<RevocationTarget>>) -> Vec<RevocationTarget> {
+        targets.iter().map(|t| (**t).clone()).collect()
+    }
+
     #[test]
     fn a_verified_peer_has_the_same_targets_as_its_compact_chain() {
         let f = fixture();
@@ -286,7 +311,11 @@ mod tests {
             let plain = verifier(&f, None);
             let verified = chain.map(|c| plain.verify_chain(c, peer, key, NOW).unwrap());
             assert_eq!(
-                verified_peer_revocation_targets(verified.as_ref(), peer, key),
+                unshared(verified_peer_revocation_targets(
+                    verified.as_ref(),
+                    peer,
+                    key
+                )),
                 expected
             );
             // Twice through a verifier with a token cache: the second time from the cache.
@@ -294,7 +323,7 @@ mod tests {
             for _ in 0..2 {
                 let v = chain.map(|c| cached.verify_chain(c, peer, key, NOW).unwrap());
                 assert_eq!(
-                    verified_peer_revocation_targets(v.as_ref(), peer, key),
+                    unshared(verified_peer_revocation_targets(v.as_ref(), peer, key)),
                     expected
                 );
             }

@@ -104,8 +104,9 @@ pub struct VerifiedChain {
     /// Every token's `jti`, grant first.
     pub jtis: Vec<String>,
     /// What a revocation list would have to name to revoke this chain, from the claims and
-    /// keys phase 6 read (see [`crate::verified_peer_revocation_targets`]).
-    revocation_targets: Vec<RevocationTarget>,
+    /// keys phase 6 read (see [`crate::verified_peer_revocation_targets`]), each shared (with
+    /// the peer's targets and a session index) rather than copied.
+    revocation_targets: Vec<Arc<RevocationTarget>>,
 }
 
 impl VerifiedChain {
@@ -113,8 +114,9 @@ impl VerifiedChain {
     /// order [`crate::peer_revocation_targets`] lists them after the peer's own, duplicates
     /// kept: the grant's signing key (its `kid`); for the grant its `{jti, iss}`, task, holder's
     /// agent and `cnf` key; for every link its `{jti, iss}`, the agents of its issuer and
-    /// holder, and its `cnf` key. Keys by RFC 7638 thumbprint.
-    pub fn revocation_targets(&self) -> &[RevocationTarget] {
+    /// holder, and its `cnf` key. Keys by RFC 7638 thumbprint. Each is shared: a copy is an
+    /// [`Arc::clone`].
+    pub fn revocation_targets(&self) -> &[Arc<RevocationTarget>] {
         &self.revocation_targets
     }
 
@@ -914,36 +916,54 @@ fn result(checked: Checked, effective: Effective) -> VerifiedChain {
         .max()
         .unwrap_or_default();
     let jtis = checked.tokens().map(|t| t.jti().to_owned()).collect();
-    let grant = &checked.grant;
+    // What `checked` owns alone is moved out; the claims are shared with the token cache.
+    let Checked {
+        authority,
+        authority_id,
+        grant,
+        grant_jkt,
+        links,
+    } = checked;
     // The thumbprints were computed once per key by phase 6 (kept with the key).
     let mut revocation_targets = Vec::with_capacity(5 + 4 * n);
-    revocation_targets.extend([
-        RevocationTarget::Key(checked.grant_jkt.clone()),
-        RevocationTarget::Jti {
-            iss: checked.authority_id.clone(),
-            jti: grant.jti.clone(),
-        },
-        RevocationTarget::Task(grant.task.clone()),
-        RevocationTarget::Agent(grant.sub.agent()),
-        RevocationTarget::Key(grant.cnf.thumbprint_str().to_owned()),
-    ]);
-    for link in &checked.links {
-        revocation_targets.extend([
+    revocation_targets.extend(
+        [
+            RevocationTarget::Key(grant_jkt),
             RevocationTarget::Jti {
+                iss: authority_id,
+                jti: grant.jti.clone(),
+            },
+            RevocationTarget::Task(grant.task.clone()),
+            RevocationTarget::Agent(grant.sub.agent()),
+            RevocationTarget::Key(grant.cnf.thumbprint_str().to_owned()),
+        ]
+        .map(Arc::new),
+    );
+    for link in &links {
+        // The issuer's agent is the previous holder's (rule 4.2): that target is shared.
+        let issuer_agent = match revocation_targets.iter().rev().find(
+            |t| matches!(&***t, RevocationTarget::Agent(a) if a.as_str() == link.iss.agent_str()),
+        ) {
+            Some(t) => Arc::clone(t),
+            None => Arc::new(RevocationTarget::Agent(link.iss.agent())),
+        };
+        revocation_targets.extend([
+            Arc::new(RevocationTarget::Jti {
                 iss: link.iss.as_spiffe_id().clone(),
                 jti: link.jti.clone(),
-            },
-            RevocationTarget::Agent(link.iss.agent()),
-            RevocationTarget::Agent(link.sub.agent()),
-            RevocationTarget::Key(link.cnf.thumbprint_str().to_owned()),
+            }),
+            issuer_agent,
+            Arc::new(RevocationTarget::Agent(link.sub.agent())),
+            Arc::new(RevocationTarget::Key(link.cnf.thumbprint_str().to_owned())),
         ]);
     }
     VerifiedChain {
-        authority: checked.authority.clone(),
+        authority,
         mode: grant.mode,
         principal: grant.principal.clone(),
         holder: effective.holder,
-        task: grant.task.clone(),
+        // The grant's task: the effective task is never changed along a chain (rule 4.3).
+        task: effective.task,
         scope: effective.scope,
         audience: effective.aud,
         limits: effective.limits,

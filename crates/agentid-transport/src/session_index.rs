@@ -70,10 +70,11 @@ struct Keyed {
 }
 
 impl Keyed {
-    fn new(keys: &RandomState, target: RevocationTarget) -> Self {
+    /// `target` (already shared with the verified chain it came from) with its keyed hash.
+    fn new(keys: &RandomState, target: Arc<RevocationTarget>) -> Self {
         Self {
-            hash: keys.hash_one(&target),
-            target: Arc::new(target),
+            hash: keys.hash_one(&*target),
+            target,
         }
     }
 }
@@ -187,7 +188,7 @@ impl SessionIndex {
     /// [`SessionIndex::lists_applied`] as read before the session's verification.
     pub(crate) fn register(
         self: &Arc<Self>,
-        targets: Option<Vec<RevocationTarget>>,
+        targets: Option<Vec<Arc<RevocationTarget>>>,
         lists_seen: u64,
     ) -> Registration {
         let targets = self.keyed(targets);
@@ -214,7 +215,7 @@ impl SessionIndex {
     }
 
     /// `targets` with their keyed hashes.
-    fn keyed(&self, targets: Option<Vec<RevocationTarget>>) -> Option<Vec<Keyed>> {
+    fn keyed(&self, targets: Option<Vec<Arc<RevocationTarget>>>) -> Option<Vec<Keyed>> {
         targets.map(|ts| ts.into_iter().map(|t| Keyed::new(&self.keys, t)).collect())
     }
 
@@ -296,7 +297,7 @@ impl Registration {
 
     /// Replaces the session's targets (a new chain after `reauth` or an HTTP presentation);
     /// `lists_seen` as for [`SessionIndex::register`].
-    pub(crate) fn update(&self, targets: Option<Vec<RevocationTarget>>, lists_seen: u64) {
+    pub(crate) fn update(&self, targets: Option<Vec<Arc<RevocationTarget>>>, lists_seen: u64) {
         let targets = self.index.keyed(targets);
         {
             let mut inner = self.index.lock();
@@ -367,7 +368,7 @@ mod tests {
         let index = Arc::new(SessionIndex::default());
         let regs: Vec<Registration> = ["a", "b", "c"]
             .iter()
-            .map(|n| index.register(Some(vec![RevocationTarget::Agent(agent(n))]), 0))
+            .map(|n| index.register(Some(vec![Arc::new(RevocationTarget::Agent(agent(n)))]), 0))
             .collect();
         let l1 = list(&key, 1, &["a"]);
         index.list_applied(None, &l1, NOW);
@@ -385,7 +386,7 @@ mod tests {
         assert_eq!(index.signalled(), 2);
         // A session moved under a revoked target by an update is found by the next list.
         regs[1].update(
-            Some(vec![RevocationTarget::Agent(agent("d"))]),
+            Some(vec![Arc::new(RevocationTarget::Agent(agent("d")))]),
             index.lists_applied(),
         );
         index.list_applied(Some(&l2), &list(&key, 3, &["a", "c", "d"]), NOW);
@@ -396,14 +397,14 @@ mod tests {
     fn sessions_sharing_a_target_are_all_signalled_and_leave_one_by_one() {
         let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
         let index = Arc::new(SessionIndex::default());
-        let shared = RevocationTarget::Agent(agent("a"));
+        let shared = Arc::new(RevocationTarget::Agent(agent("a")));
         let regs: Vec<Registration> = ["x", "y", "z"]
             .iter()
             .map(|n| {
                 index.register(
                     Some(vec![
                         shared.clone(),
-                        RevocationTarget::Agent(agent(n)),
+                        Arc::new(RevocationTarget::Agent(agent(n))),
                         shared.clone(),
                     ]),
                     0,
@@ -432,7 +433,10 @@ mod tests {
         let index = Arc::new(SessionIndex::default());
         let seen = index.lists_applied();
         index.list_applied(None, &list(&key, 1, &["a"]), NOW);
-        let late = index.register(Some(vec![RevocationTarget::Agent(agent("a"))]), seen);
+        let late = index.register(
+            Some(vec![Arc::new(RevocationTarget::Agent(agent("a")))]),
+            seen,
+        );
         assert_eq!(
             late.version(),
             1,

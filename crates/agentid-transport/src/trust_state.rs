@@ -114,7 +114,7 @@ impl PeerVerification {
     /// [`PeerVerification::lists_applied`] as read before its verification.
     pub(crate) fn register(
         &self,
-        targets: Option<Vec<agentid_protocol::RevocationTarget>>,
+        targets: Option<Vec<std::sync::Arc<agentid_protocol::RevocationTarget>>>,
         lists_seen: u64,
     ) -> Registration {
         self.index.register(targets, lists_seen)

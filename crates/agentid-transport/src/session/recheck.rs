@@ -141,7 +141,9 @@ where
 /// The revocation targets of the session's peer, for the verification's index (`None`, every
 /// list re-checks the session, if they cannot be listed: never, since the chain verified), from
 /// what its verification read (the chain is not decoded again).
-pub(super) fn revocation_targets(peer: &AuthenticatedPeer) -> Option<Vec<RevocationTarget>> {
+pub(super) fn revocation_targets(
+    peer: &AuthenticatedPeer,
+) -> Option<Vec<std::sync::Arc<RevocationTarget>>> {
     Some(agentid_protocol::verified_peer_revocation_targets(
         peer.chain.as_ref().map(PeerChain::verified),
         peer.id.as_spiffe_id(),
