@@ -42,11 +42,11 @@ impl PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: CertUsage,
-    ) -> Result<SvidInfo, rustls::Error> {
+    ) -> Result<Arc<SvidInfo>, rustls::Error> {
         let info = self
             .trust
             .load()
-            .verify(end_entity, intermediates, now, usage)
+            .verify_shared(end_entity, intermediates, now, usage)
             .map_err(|e| {
                 tracing::debug!(outcome = "rejected", reason = %e, "peer certificate refused");
                 match e {

@@ -188,6 +188,9 @@ pub(crate) fn serial_hex(der_integer: &[u8]) -> String {
 /// At most this many validated leaves are remembered per usage (then the memory is cleared).
 const LEAF_CACHE_ENTRIES: usize = 256;
 
+/// Leaves' answers by their DER bytes ([`LeafCache`]).
+type Leaves = HashMap<Box<[u8]>, Arc<SvidInfo>>;
+
 /// What [`check_leaf`] said about leaves whose chain [`TrustStore::verify`] then validated, keyed
 /// by the exact DER bytes and the usage. `check_leaf` is a pure function of those two, so a hit
 /// gives the same answer as parsing again; it saves the x509 parse that the rustls verifier and
@@ -200,7 +203,8 @@ const LEAF_CACHE_ENTRIES: usize = 256;
 /// every handshake.
 #[derive(Default)]
 struct LeafCache {
-    by_usage: Mutex<[HashMap<Box<[u8]>, SvidInfo>; 2]>,
+    /// Shared with the rustls verifier, which reads a hit without copying it.
+    by_usage: Mutex<[Leaves; 2]>,
     issuers: Mutex<HashSet<Box<[u8]>>>,
 }
 
@@ -212,12 +216,12 @@ impl LeafCache {
         }
     }
 
-    fn get(&self, der: &[u8], usage: CertUsage) -> Option<SvidInfo> {
+    fn get(&self, der: &[u8], usage: CertUsage) -> Option<Arc<SvidInfo>> {
         let maps = self.by_usage.lock().ok()?;
         maps.get(Self::slot(usage))?.get(der).cloned()
     }
 
-    fn insert(&self, der: &[u8], usage: CertUsage, info: &SvidInfo) {
+    fn insert(&self, der: &[u8], usage: CertUsage, info: &Arc<SvidInfo>) {
         let Ok(mut maps) = self.by_usage.lock() else {
             return;
         };
@@ -316,11 +320,23 @@ impl TrustStore {
         now: UnixTime,
         usage: CertUsage,
     ) -> Result<SvidInfo, CertError> {
+        self.verify_shared(end_entity, intermediates, now, usage)
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`TrustStore::verify`], the answer shared with the leaf cache (not copied out of it).
+    pub(crate) fn verify_shared(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: CertUsage,
+    ) -> Result<Arc<SvidInfo>, CertError> {
         let cached = self.leaves.get(end_entity.as_ref(), usage);
         let hit = cached.is_some();
         let info = match cached {
             Some(info) => info,
-            None => check_leaf(end_entity.as_ref(), usage)?,
+            None => Arc::new(check_leaf(end_entity.as_ref(), usage)?),
         };
         if intermediates.len() > MAX_INTERMEDIATES {
             return Err(CertError::TooManyIntermediates(intermediates.len()));
@@ -404,7 +420,7 @@ impl TrustStore {
         usage: CertUsage,
     ) -> Result<SvidInfo, CertError> {
         match self.leaves.get(der, usage) {
-            Some(info) => Ok(info),
+            Some(info) => Ok(Arc::unwrap_or_clone(info)),
             None => check_leaf(der, usage),
         }
     }
