@@ -30,13 +30,14 @@ pub struct PruneArgs {
     #[arg(long = "ca", value_name = "DIR")]
     pub ca: std::path::PathBuf,
     /// How long to keep a record after what it records ended (a certificate's notAfter, its
-    /// task's end; a revocation's entry's end; the record's own time for the others): at least `1d`, e.g. `7d`, `30d`.
+    /// task's end; a revocation's entry's end; the record's own time for the others): at least
+    /// `1d`, e.g. `7d`, `30d`.
     #[arg(long, value_name = "DURATION", value_parser = crate::common::parse_duration)]
     pub retain: std::time::Duration,
     /// An `agentid audit export --ca DIR` made before, kept outside the store: every record
     /// pruned must be in it, unchanged (the prune compares it with the store first), so that
-    /// nothing leaves the store that is not kept elsewhere. Same rules as `audit verify
-    /// --against`.
+    /// nothing leaves the store that is not kept elsewhere. Held to `audit verify --against`'s
+    /// rules for the file; a `--format json` report, which holds no record, is refused.
     #[arg(long, value_name = "FILE")]
     pub exported: std::path::PathBuf,
     #[command(flatten)]
@@ -150,8 +151,9 @@ fn prune(a: &PruneArgs) -> CliResult {
     match a.format.format {
         Format::Json => print_json(&json!({ "pruned": counts })),
         Format::Text => print_text(&if counts.chains == 0 {
-            "nothing to prune: no record is older than the retention yet (or a newer one stands \
-             before it in its chain)\n"
+            "nothing to prune: no record is older than the retention yet, or one that must stay \
+             (a certificate, task or revocation in force less than the retention ago) stands \
+             before it in its chain\n"
                 .to_owned()
         } else {
             format!(
