@@ -391,6 +391,16 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 }
 
+/// The number of cases of a differential property test: `default`, or `PROPTEST_CASES` when
+/// set (a long local run; the committed default stays fast).
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

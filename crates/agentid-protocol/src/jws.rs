@@ -1025,7 +1025,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::encoding::test_cases(2000)))]
 
         #[test]
         fn any_header_bytes_read_as_the_tree_reader_reads_them(

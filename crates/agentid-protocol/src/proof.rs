@@ -818,7 +818,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::encoding::test_cases(2000)))]
 
         #[test]
         fn any_payload_bytes_decode_as_the_tree_reader_decodes_them(
@@ -841,6 +841,66 @@ mod tests {
             let got = decode_claims(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
             let want = decode_claims_tree(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
             proptest::prop_assert_eq!(got, want);
+        }
+
+        /// `jti` and the hashes checked without a tree (and `jti` without decoding): strings of
+        /// the base64url alphabet (with padding, a stray byte, an escape) of every length around
+        /// the boundaries (a `jti` of 16 bytes and of 256 characters, a hash of 32 bytes), in
+        /// any of the four claims, read as the tree reader reads them.
+        #[test]
+        fn base64url_claims_decode_as_the_tree_reader_decodes_them(
+            value in proptest::prop_oneof![
+                "[A-Za-z0-9_-]{0,24}",
+                "[A-Za-z0-9_-]{40,46}",
+                "[A-Za-z0-9_-]{250,262}",
+                "[A-Za-z0-9_=+/ -]{18,46}",
+                "[A-Za-z0-9_-]{20,23}(\\\\u0041|\\\\/|=|==)?",
+            ],
+            claim in proptest::sample::select(&["jti", "cb", "cth", "rth"][..]),
+            server in proptest::prelude::any::<bool>(),
+        ) {
+            let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+            let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+            let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
+            let ctx = ProofContext {
+                presenter_id: &a,
+                presenter_key: key.public_key(),
+                verifier_id: &b,
+                role: if server { Role::Server } else { Role::Client },
+                exporter: [7; 32],
+                now: 20,
+                skew: 0,
+                chain: None,
+                client_proof: None,
+            };
+            let hash = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc";
+            let mut members = vec![
+                ("aud", format!("{:?}", b.as_str())),
+                ("cb", format!("{hash:?}")),
+                ("cth", format!("{hash:?}")),
+                ("exp", "70".to_owned()),
+                ("iat", "10".to_owned()),
+                ("jti", "\"AAAAAAAAAAAAAAAAAAAAAA\"".to_owned()),
+                ("rth", format!("{hash:?}")),
+                ("sub", format!("{:?}", a.as_str())),
+            ];
+            if !server {
+                members.retain(|(k, _)| *k != "rth");
+            }
+            for m in &mut members {
+                if m.0 == claim {
+                    m.1 = format!("\"{value}\"");
+                }
+            }
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let text = format!("{{{}}}", body.join(","));
+            let outcome = |r: Result<ProofClaims>| match r {
+                Ok(c) => format!("ok {c:?}"),
+                Err(e) => format!("{} {}", e.code(), e.detail()),
+            };
+            let got = outcome(decode_claims(text.as_bytes(), &ctx));
+            let want = outcome(decode_claims_tree(text.as_bytes(), &ctx));
+            proptest::prop_assert_eq!(got, want, "{}", text);
         }
     }
 

@@ -275,3 +275,165 @@ async fn a_chain_brought_by_reauth_is_indexed() {
         .expect("the session must end, not wait");
     assert!(matches!(r, Err(Error::Revoked(_))), "{r:?}");
 }
+
+/// A copy of `k` (the same private key): a key that repeats along a chain.
+fn same_key(k: &agentid_protocol::TaskKey) -> agentid_protocol::TaskKey {
+    agentid_protocol::TaskKey::from_pkcs8_der(k.danger_pkcs8_der()).unwrap()
+}
+
+/// A live session of `id` (key `k`, chain `chain` if any) with the server of `sv`.
+async fn live_with(
+    a: &Domain,
+    sv: &std::sync::Arc<agentid_transport::PeerVerification>,
+    id: &agentid_protocol::TaskIdentity,
+    k: agentid_protocol::TaskKey,
+    chain: Option<&str>,
+) -> Live {
+    let mut cred = credential(&a.ca, id.as_str(), k, &LeafOpts::default());
+    if let Some(c) = chain {
+        cred = cred.with_chain(c);
+    }
+    let (addr, h) = serve(
+        server(
+            credentials(&a.ca, SERVER),
+            sv.clone(),
+            PeerPolicy::danger_any(),
+        ),
+        1,
+    )
+    .await;
+    let c = client(
+        std::sync::Arc::new(agentid_transport::MemoryCredentials::new(cred)),
+        verification(id.as_str(), &[a], false),
+        PeerPolicy::danger_any(),
+    );
+    let client = tokio::time::timeout(T, c.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let server = h.await.unwrap().pop().unwrap().unwrap();
+    let mut l = Live { client, server };
+    exchange(&mut l, b"hello").await;
+    l
+}
+
+/// Whether the server side of `l` ends revoked (after one more message from the client), or
+/// still answers.
+async fn ends_revoked(l: &mut Live) -> bool {
+    if l.client.send(b"after").await.is_err() {
+        return true;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(5), l.server.recv())
+        .await
+        .expect("the session must answer or end, not wait");
+    match r {
+        Ok(Some(m)) => {
+            assert_eq!(&m[..], b"after");
+            false
+        }
+        Err(Error::Revoked(_)) => true,
+        other => panic!("neither an answer nor a revocation: {other:?}"),
+    }
+}
+
+/// Every target a list may name to revoke a peer (`peer_revocation_targets`, read from the
+/// compact chain, not from what verification shared), added alone by a new list, ends the live
+/// session of a peer holding a chain of depth 0, 1 or 8 (a key repeated along it, the peer's
+/// own key also a middle holder's), or of a chain-less peer: for the grant, every link, every
+/// holder and the peer itself. A session of another task of a middle holder's agent ends with
+/// that agent (and its own key and task) only.
+#[tokio::test]
+async fn every_target_of_a_chain_at_any_depth_ends_its_live_session() {
+    use agentid_protocol::{GrantBuilder, LinkBuilder, RevocationTarget, Scope};
+    let a = Domain::new("example.org");
+    let sv = verification(SERVER, &[&a], false);
+    let mut seq = 1;
+    for depth in [None, Some(0usize), Some(1), Some(8)] {
+        let n = depth.map_or(0, |d| d);
+        let ids: Vec<_> = (0..=n).map(|i| a.task(&format!("h{i}"), "t1")).collect();
+        let mut keys: Vec<agentid_protocol::TaskKey> = Vec::new();
+        for i in 0..=n {
+            keys.push(match i {
+                5 => same_key(&keys[2]),
+                8 => same_key(&keys[3]),
+                _ => key(),
+            });
+        }
+        let chain = depth.map(|d| {
+            let now = now();
+            let mut c = GrantBuilder::new(
+                &a.td,
+                &ids[0],
+                keys[0].public_key(),
+                Scope::parse("files:*").unwrap(),
+            )
+            .max_depth(u8::try_from(d).unwrap())
+            .validity(now - 5, now - 5, now + 600)
+            .sign(&a.grant_key)
+            .unwrap();
+            for i in 1..=d {
+                c = LinkBuilder::new(
+                    &c,
+                    &ids[i],
+                    keys[i].public_key(),
+                    Scope::parse("files:*").unwrap(),
+                )
+                .validity(now - 5, now - 5, now + 500)
+                .sign(&keys[i - 1])
+                .unwrap();
+            }
+            c
+        });
+        let peer = &ids[n];
+        let peer_key = keys.pop().unwrap();
+        let targets = agentid_protocol::peer_revocation_targets(
+            chain.as_ref().map(|c| c.as_str()),
+            peer.as_spiffe_id(),
+            peer_key.public_key(),
+        )
+        .unwrap();
+        assert!(targets.len() >= 3);
+        // Another task of a middle holder's agent (the peer's own when there is no middle),
+        // made again (a new key) once a list ended it.
+        let side_id = a.task(&format!("h{}", n / 2), "t2");
+        let mut side: Option<(Live, RevocationTarget)> = None;
+        for t in &targets {
+            // A list revoking nothing, then the sessions, then a list adding `t` alone.
+            sv.apply_revocation_list(&a.revocation_list(seq, |b| b))
+                .unwrap();
+            seq += 1;
+            let mut l = live_with(
+                &a,
+                &sv,
+                peer,
+                same_key(&peer_key),
+                chain.as_ref().map(|c| c.as_str()),
+            )
+            .await;
+            if side.is_none() {
+                let k = key();
+                let jkt = RevocationTarget::Key(k.public_key().thumbprint());
+                side = Some((live_with(&a, &sv, &side_id, k, None).await, jkt));
+            }
+            let list = a.revocation_list(seq, |b| b.entry(t.clone(), now() + 600));
+            seq += 1;
+            sv.apply_revocation_list(&list).unwrap();
+            assert!(
+                ends_revoked(&mut l).await,
+                "depth {depth:?}: a list adding {t:?} left the session live"
+            );
+            let (s, side_key) = side.as_mut().unwrap();
+            let side_hit = *t == *side_key
+                || *t == RevocationTarget::Agent(side_id.agent())
+                || *t == RevocationTarget::Task(side_id.task_id());
+            assert_eq!(
+                ends_revoked(s).await,
+                side_hit,
+                "depth {depth:?}: the side session under {t:?}"
+            );
+            if side_hit {
+                side = None;
+            }
+        }
+    }
+}

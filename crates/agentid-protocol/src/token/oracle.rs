@@ -784,7 +784,7 @@ mod differential {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::encoding::test_cases(2000)))]
 
         #[test]
         fn generated_objects_decode_as_the_oracle_decodes_them(
