@@ -904,6 +904,56 @@ mod tests {
         }
     }
 
+    /// A header and a payload decoded onto the stack (up to 256 and 512 bytes) or onto the heap
+    /// (one byte more) verify alike, at and around each buffer's size; a signature of 63 or 65
+    /// bytes (beside the 64-byte buffer) is refused alike, whatever the sizes.
+    #[test]
+    fn proofs_at_the_sizes_of_the_stack_buffers_verify_as_any_other() {
+        let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
+        let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
+        let key = TaskKey::generate(Algorithm::Es256).unwrap();
+        let ctx = ProofContext {
+            presenter_id: &a,
+            presenter_key: key.public_key(),
+            verifier_id: &b,
+            role: Role::Client,
+            exporter: [7; 32],
+            now: 20,
+            skew: 0,
+            chain: None,
+            client_proof: None,
+        };
+        let header = r#"{"alg":"ES256","typ":"agentid-proof+jwt"}"#;
+        let payload = format!(
+            r#"{{"aud":"{b}","cb":"{}","exp":70,"iat":10,"jti":"AAAAAAAAAAAAAAAAAAAAAA","sub":"{a}"}}"#,
+            b64_encode(&[7; 32])
+        );
+        // JSON whitespace before the closing brace, to `len` bytes.
+        let pad = |json: &str, len: usize| {
+            let (body, _) = json.split_at(json.len() - 1);
+            format!("{body}{}}}", " ".repeat(len - json.len()))
+        };
+        for hlen in [header.len(), 255, 256, 257, 400] {
+            for plen in [payload.len(), 511, 512, 513, 2000] {
+                let (h, p) = (pad(header, hlen), pad(&payload, plen));
+                assert_eq!((h.len(), p.len()), (hlen, plen));
+                let input = format!("{}.{}", b64_encode(h.as_bytes()), b64_encode(p.as_bytes()));
+                let sig = key.sign(input.as_bytes()).unwrap();
+                let token = format!("{input}.{}", b64_encode(&sig));
+                let v = verify_proof(&token, &ctx)
+                    .unwrap_or_else(|e| panic!("header {hlen}, payload {plen}: {e}"));
+                assert_eq!(v.jti, "AAAAAAAAAAAAAAAAAAAAAA");
+                let mut longer = sig.clone();
+                longer.push(0);
+                for bad in [&sig[..63], &longer[..]] {
+                    let token = format!("{input}.{}", b64_encode(bad));
+                    let e = verify_proof(&token, &ctx).unwrap_err();
+                    assert_eq!(e.code(), ErrorCode::BadSignature, "{hlen}/{plen}: {e}");
+                }
+            }
+        }
+    }
+
     /// The written payload is the I-JSON object serde_json writes for the same members.
     #[test]
     fn a_written_payload_is_what_serde_json_writes() {
