@@ -451,4 +451,97 @@ mod tests {
         index.list_applied(None, &list(&key, 2, &[]), NOW);
         assert_eq!(every.version(), 1);
     }
+
+    /// Random registrations, updates (to other targets, to none listed, or sharing the `Arc`s
+    /// of other sessions' targets), drops and lists, checked against a model after every list:
+    /// a session is signalled exactly when one of its targets is new in the list (or its
+    /// targets could not be listed), whoever shares that target and whatever left before; and
+    /// the index is empty once every session left.
+    #[test]
+    fn the_index_signals_what_a_model_of_its_sessions_expects() {
+        const AGENTS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+        let key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let shared: Vec<Arc<RevocationTarget>> = AGENTS
+            .iter()
+            .map(|n| Arc::new(RevocationTarget::Agent(agent(n))))
+            .collect();
+        let mut state = 0x5851_f42d_4c95_7f2du64;
+        let mut next = move |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+        };
+        for _ in 0..200 {
+            let index = Arc::new(SessionIndex::default());
+            // Each live session: its registration, its targets (as agent numbers), the version
+            // last seen.
+            let mut live: Vec<(Registration, Option<Vec<usize>>, u64)> = Vec::new();
+            let mut held: Option<(RevocationList, Vec<usize>)> = None;
+            let mut seq = 1;
+            for _ in 0..60 {
+                let targets = |next: &mut dyn FnMut(usize) -> usize| {
+                    if next(8) == 0 {
+                        return (None, None);
+                    }
+                    let picked: Vec<usize> = (0..next(4)).map(|_| next(AGENTS.len())).collect();
+                    let arcs = picked
+                        .iter()
+                        .map(|i| {
+                            if next(2) == 0 {
+                                shared[*i].clone()
+                            } else {
+                                Arc::new(RevocationTarget::Agent(agent(AGENTS[*i])))
+                            }
+                        })
+                        .collect();
+                    (Some(arcs), Some(picked))
+                };
+                match next(5) {
+                    0 | 1 => {
+                        let (arcs, picked) = targets(&mut next);
+                        let reg = index.register(arcs, index.lists_applied());
+                        let v = reg.version();
+                        live.push((reg, picked, v));
+                    }
+                    2 if !live.is_empty() => {
+                        let at = next(live.len());
+                        let (arcs, picked) = targets(&mut next);
+                        live[at].0.update(arcs, index.lists_applied());
+                        live[at].1 = picked;
+                    }
+                    3 if !live.is_empty() => {
+                        let at = next(live.len());
+                        live.swap_remove(at);
+                    }
+                    _ => {
+                        let revoked: Vec<usize> =
+                            (0..AGENTS.len()).filter(|_| next(3) == 0).collect();
+                        let names: Vec<&str> = revoked.iter().map(|i| AGENTS[*i]).collect();
+                        let new = list(&key, seq, &names);
+                        seq += 1;
+                        index.list_applied(held.as_ref().map(|(l, _)| l), &new, NOW);
+                        let old: &[usize] = held.as_ref().map_or(&[], |(_, r)| r);
+                        for (reg, picked, seen) in &mut live {
+                            let touched = picked.as_ref().is_none_or(|p| {
+                                p.iter().any(|i| revoked.contains(i) && !old.contains(i))
+                            });
+                            let now = reg.version();
+                            assert_eq!(
+                                now,
+                                *seen + u64::from(touched),
+                                "targets {picked:?}, list {revoked:?} after {old:?}"
+                            );
+                            *seen = now;
+                        }
+                        held = Some((new, revoked));
+                    }
+                }
+            }
+            live.clear();
+            let inner = index.lock();
+            assert!(inner.by_target.is_empty() && inner.sessions.is_empty());
+            assert!(inner.every_list.is_empty());
+        }
+    }
 }
