@@ -379,4 +379,176 @@ mod tests {
         let expired = new_list(&[(task.clone(), NOW)]);
         assert!(!newly_revokes(&expired, Some(&old), &task, NOW));
     }
+
+    /// Generated chains of depth 0 to 8 across two trust domains, agents and keys repeating
+    /// along them: the targets shared from verification (plain, and twice through a token
+    /// cache) are those read from the compact chain, and every entry of either domain's list
+    /// that revokes the peer (the peer's key, agent or task; any `jti`, agent, task or key of any
+    /// token) is one of them.
+    #[test]
+    fn generated_chains_share_every_target_that_revokes_them() {
+        let tds = [
+            TrustDomain::parse("example.org").unwrap(),
+            TrustDomain::parse("other.org").unwrap(),
+        ];
+        let grant_key = AuthorityKey::generate(Algorithm::Es256).unwrap();
+        let rev_keys = [
+            AuthorityKey::generate(Algorithm::Es256).unwrap(),
+            AuthorityKey::generate(Algorithm::Es256).unwrap(),
+        ];
+        let mut set = BundleSet::new();
+        set.insert(
+            TrustBundle::new(tds[0].clone(), 1)
+                .add_grant_key(grant_key.public_key().clone())
+                .add_revocation_key(rev_keys[0].public_key().clone()),
+        )
+        .unwrap();
+        set.insert(
+            TrustBundle::new(tds[1].clone(), 1)
+                .add_revocation_key(rev_keys[1].public_key().clone()),
+        )
+        .unwrap();
+        let own = SpiffeId::parse("spiffe://example.org/agent/v/task/t9").unwrap();
+        // A verifier holding a list of each domain, `entry` (if any) in domain `d`'s.
+        let verifier = |entry: Option<(usize, &RevocationTarget)>| -> Option<Verifier> {
+            let mut cfg = VerifierConfig::new(own.clone(), set.clone());
+            for (d, td) in tds.iter().enumerate() {
+                let mut list = RevocationListBuilder::new(td, 1, NOW - 10, NOW + 590);
+                if let Some((_, t)) = entry.filter(|(e, _)| *e == d) {
+                    list = list.entry(t.clone(), NOW + 600);
+                }
+                let signed = list.sign(&rev_keys[d]).ok()?;
+                cfg.apply_revocation_list(&signed).ok()?;
+            }
+            Some(Verifier::new(cfg).unwrap())
+        };
+        let both = crate::audience::IdSet::new(tds.iter().map(TrustDomain::id).collect()).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+        };
+        let (mut verified, mut cross) = (0, 0);
+        let mut depths = std::collections::BTreeSet::new();
+        for case in 0..100 {
+            let depth = if case < 9 { case } else { next(9) };
+            // Holders: domain, agent from a pool of three, one task; keys from a pool of four.
+            let ids: Vec<TaskIdentity> = (0..=depth)
+                .map(|i| {
+                    let td = if i == 0 { 0 } else { next(2) };
+                    TaskIdentity::parse(&format!(
+                        "spiffe://{}/agent/p{}/task/t1",
+                        tds[td].as_str(),
+                        next(3)
+                    ))
+                    .unwrap()
+                })
+                .collect();
+            let pool: Vec<TaskKey> = (0..4)
+                .map(|_| TaskKey::generate(Algorithm::Es256).unwrap())
+                .collect();
+            let keys: Vec<&TaskKey> = (0..=depth).map(|_| &pool[next(4)]).collect();
+            let scope = Scope::parse("x:*").unwrap();
+            let Ok(mut chain) =
+                GrantBuilder::new(&tds[0], &ids[0], keys[0].public_key(), scope.clone())
+                    .max_depth(depth as u8)
+                    .audience(crate::audience::IdSet::new(vec![own.clone()]).unwrap())
+                    .may_delegate_to(both.clone())
+                    .validity(NOW - 60, NOW - 60, NOW + 600)
+                    .sign(&grant_key)
+            else {
+                continue;
+            };
+            let mut built = true;
+            for i in 1..=depth {
+                match LinkBuilder::new(&chain, &ids[i], keys[i].public_key(), scope.clone())
+                    .validity(NOW - 30, NOW - 30, NOW + 300)
+                    .sign(keys[i - 1])
+                {
+                    Ok(c) => chain = c,
+                    Err(_) => {
+                        built = false;
+                        break;
+                    }
+                }
+            }
+            let (peer, key) = (ids[depth].as_spiffe_id(), keys[depth].public_key());
+            let plain = verifier(None).unwrap();
+            let Some(v) = built
+                .then(|| plain.verify_chain(chain.as_str(), peer, key, NOW).ok())
+                .flatten()
+            else {
+                continue;
+            };
+            verified += 1;
+            depths.insert(depth);
+            cross += usize::from(
+                ids.iter()
+                    .any(|i| i.as_spiffe_id().trust_domain_str() == tds[1].as_str()),
+            );
+            let compact = peer_revocation_targets(Some(chain.as_str()), peer, key).unwrap();
+            assert_eq!(
+                unshared(verified_peer_revocation_targets(Some(&v), peer, key)),
+                compact,
+                "depth {depth}"
+            );
+            let cache = std::sync::Arc::new(crate::cache::TokenCache::new(64));
+            let cached = verifier(None).unwrap().with_cache(cache);
+            for _ in 0..2 {
+                let v = cached.verify_chain(chain.as_str(), peer, key, NOW).unwrap();
+                assert_eq!(
+                    unshared(verified_peer_revocation_targets(Some(&v), peer, key)),
+                    compact,
+                    "depth {depth}, cached"
+                );
+            }
+            // Every entry naming something of the chain, in either domain's list.
+            let mut candidates: Vec<RevocationTarget> = pool
+                .iter()
+                .map(|k| RevocationTarget::Key(k.public_key().thumbprint()))
+                .collect();
+            candidates.push(RevocationTarget::Key(grant_key.public_key().thumbprint()));
+            candidates.push(RevocationTarget::Task(ids[0].task_id()));
+            for id in &ids {
+                candidates.push(RevocationTarget::Agent(id.agent()));
+            }
+            for (i, jti) in v.jtis.iter().enumerate() {
+                let iss = if i == 0 {
+                    tds[0].id()
+                } else {
+                    ids[i - 1].as_spiffe_id().clone()
+                };
+                candidates.push(RevocationTarget::Jti {
+                    iss,
+                    jti: jti.clone(),
+                });
+            }
+            let mut revoking = 0;
+            for c in &candidates {
+                for d in 0..2 {
+                    let Some(with) = verifier(Some((d, c))) else {
+                        continue;
+                    };
+                    if let Err(e) = with.verify_chain(chain.as_str(), peer, key, NOW) {
+                        assert_eq!(e.code(), ErrorCode::Revoked, "{c:?} in list {d}: {e}");
+                        assert!(
+                            compact.contains(c),
+                            "depth {depth}: {c:?} revokes the peer but is not indexed"
+                        );
+                        revoking += 1;
+                    }
+                }
+            }
+            assert!(
+                revoking >= 3 + 2 * depth,
+                "depth {depth}: {revoking} entries revoke"
+            );
+        }
+        assert!(
+            verified >= 40 && cross >= 20 && depths.len() == 9,
+            "{verified} chains verified, {cross} across domains, depths {depths:?}"
+        );
+    }
 }
