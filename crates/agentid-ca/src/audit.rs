@@ -31,7 +31,8 @@
 //! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
 //! or certificates. Every record is mirrored as a `tracing` event (target `agentid::audit`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
 
 use agentid_protocol::{Algorithm, PublicKey};
 use base64::Engine as _;
@@ -540,6 +541,114 @@ pub struct VerifyReport {
     pub anchors_pruned: u64,
 }
 
+/// What a store reads of its audit trail before the records (CA-API.md 4.3): everything
+/// [`TrailVerifier`] holds whole. Checkpoints and bases are about one record in
+/// [`CHECKPOINT_EVERY`]; revocations one per revoked entry.
+#[derive(Clone, Debug, Default)]
+pub struct AuditHead {
+    /// Every checkpoint, by writer then sequence.
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// Each pruned writer's base ([`AuditSnapshot::bases`]).
+    pub bases: Vec<CheckpointRecord>,
+    /// [`AuditSnapshot::base_revocations`].
+    pub base_revocations: Vec<(String, String, u64)>,
+    /// [`AuditSnapshot::revocations`].
+    pub revocations: Vec<(String, u64)>,
+}
+
+/// A reader of a store's audit trail, fed by [`crate::store::Store::audit_visit`] inside one
+/// read transaction, in this order: [`AuditVisitor::head`]; if
+/// [`AuditVisitor::wants_serials`], every audited serial ([`AuditSnapshot::audited_serials`],
+/// in the store's order) to [`AuditVisitor::serial`]; every record by writer then sequence to
+/// [`AuditVisitor::record`] (until it answers [`ControlFlow::Break`]); and, if
+/// [`AuditVisitor::serials_again`] then says so, the audited serials once more, in the same
+/// order, to [`AuditVisitor::serial_again`]. Each record is dropped once visited.
+pub trait AuditVisitor {
+    /// What the store holds besides records and audited serials.
+    fn head(&mut self, head: AuditHead) -> Result<()>;
+    /// Whether to read the audited serials before the records.
+    fn wants_serials(&self) -> bool {
+        false
+    }
+    /// One audited serial, before the records.
+    fn serial(&mut self, _serial: &str) -> Result<()> {
+        Ok(())
+    }
+    /// One record; [`ControlFlow::Break`] ends the records (nothing after it matters).
+    fn record(&mut self, record: &AuditRecord) -> Result<ControlFlow<()>>;
+    /// After the records: whether to read the audited serials again.
+    fn serials_again(&self) -> bool {
+        false
+    }
+    /// One audited serial, after the records; [`ControlFlow::Break`] ends them.
+    fn serial_again(&mut self, _serial: &str) -> Result<ControlFlow<()>> {
+        Ok(ControlFlow::Break(()))
+    }
+}
+
+/// Collects a whole [`AuditSnapshot`] (what [`crate::store::Store::audit_snapshot`] returns:
+/// for tests and small stores; verification and export stream instead).
+#[derive(Debug, Default)]
+pub struct SnapshotCollector {
+    /// What was read.
+    pub snap: AuditSnapshot,
+}
+
+impl AuditVisitor for SnapshotCollector {
+    fn head(&mut self, head: AuditHead) -> Result<()> {
+        self.snap.checkpoints = head.checkpoints;
+        self.snap.bases = head.bases;
+        self.snap.base_revocations = head.base_revocations;
+        self.snap.revocations = head.revocations;
+        Ok(())
+    }
+    fn wants_serials(&self) -> bool {
+        true
+    }
+    fn serial(&mut self, serial: &str) -> Result<()> {
+        self.snap.audited_serials.push(serial.to_owned());
+        Ok(())
+    }
+    fn record(&mut self, record: &AuditRecord) -> Result<ControlFlow<()>> {
+        self.snap.records.push(record.clone());
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+impl AuditSnapshot {
+    /// Feeds `visitor` as a store would ([`AuditVisitor`]), the records in chain order
+    /// whatever order they are held in here (a seq no store can convert was read as
+    /// `u64::MAX`, so it sorts last and shows as the gap it left).
+    pub fn visit(&self, visitor: &mut dyn AuditVisitor) -> Result<()> {
+        visitor.head(AuditHead {
+            checkpoints: self.checkpoints.clone(),
+            bases: self.bases.clone(),
+            base_revocations: self.base_revocations.clone(),
+            revocations: self.revocations.clone(),
+        })?;
+        if visitor.wants_serials() {
+            for s in &self.audited_serials {
+                visitor.serial(s)?;
+            }
+        }
+        let mut records: Vec<&AuditRecord> = self.records.iter().collect();
+        records.sort_by(|a, b| (a.writer.as_str(), a.seq).cmp(&(b.writer.as_str(), b.seq)));
+        for r in records {
+            if visitor.record(r)?.is_break() {
+                break;
+            }
+        }
+        if visitor.serials_again() {
+            for s in &self.audited_serials {
+                if visitor.serial_again(s)?.is_break() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Recomputes every chain, checks every checkpoint against `key` and the trust domain `iss`,
 /// that each of `audited_serials` has an `ok` issuance record, that each `ok` issuance
 /// record's serial is one of them, and that each `ok` revocation record's subject is one of
@@ -557,74 +666,186 @@ pub fn verify(
 /// elsewhere, [`read_anchors`]) is still the store's record at its number. This finds what a
 /// store alone cannot (CA-API.md 4.3): a writer's whole chain deleted with its checkpoints, or
 /// the records after its last required checkpoint removed or rewritten, up to the anchors.
+///
+/// The [`TrailVerifier`] fed from `snap`: what a store streams to it instead
+/// ([`verify_dir_anchored`]).
 pub fn verify_anchored(
     snap: &AuditSnapshot,
     key: &PublicKey,
     iss: &str,
     anchors: &[Anchor],
 ) -> core::result::Result<VerifyReport, AuditBreak> {
-    // writer -> (seq of the base, its head): the records up to it were pruned, signed so by the
-    // audit key (CA-API.md 4.5); the chain goes on from there.
-    let mut bases: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
-    for b in &snap.bases {
-        let bad = |reason: String| AuditBreak::Base {
-            writer: b.writer.clone(),
-            seq: b.seq,
-            reason,
-        };
-        let claims = verify_base(&b.jws, key)
-            .and_then(|claims| signs_its_columns(b, &claims, iss).map(|()| claims))
-            .map_err(&bad)?;
-        // The revocations its pruned records made, kept beside it, are the ones it signed.
-        let kept: Vec<(String, u64)> = snap
-            .base_revocations
-            .iter()
-            .filter(|(w, _, _)| *w == b.writer)
-            .map(|(_, subject, exp)| (subject.clone(), *exp))
-            .collect();
-        if claims.revoked.as_deref() != Some(base_revocations_digest(&kept).as_str()) {
-            return Err(bad(
-                "the revocations its pruned records made are not the ones it signs (a row of \
-                 them was deleted, added or changed)"
-                    .into(),
-            ));
-        }
-        if b.seq == 0 || b.seq == u64::MAX {
-            return Err(bad("names no record".into()));
-        }
-        if bases
-            .insert(b.writer.as_str(), (b.seq, b.head.as_str()))
-            .is_some()
-        {
-            return Err(bad("the chain has a second base".into()));
+    let mut v = TrailVerifier::new(key, iss, anchors);
+    // Feeding a verifier from memory fails only where the verifier does, which it records.
+    if let Err(e) = snap.visit(&mut v) {
+        return Err(AuditBreak::Record {
+            writer: String::new(),
+            seq: 0,
+            reason: e.to_string(),
+        });
+    }
+    v.finish()
+}
+
+/// The key [`TrailVerifier`] files an audited serial under: the first 16 bytes of its
+/// SHA-256 (a collision needs 2^64 serials).
+type SerialKey = [u8; 16];
+
+fn serial_key(serial: &str) -> SerialKey {
+    let h = util::sha256(serial.as_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(h.get(..16).unwrap_or(&[0u8; 16]));
+    k
+}
+
+/// One chain as [`TrailVerifier`] walks it.
+#[derive(Debug)]
+struct ChainState {
+    /// Records seen (with the pruned ones, up to the base).
+    n: u64,
+    /// The head's hash.
+    head: String,
+    /// The hashes of the records a checkpoint or an anchor names, by number.
+    kept: HashMap<u64, String>,
+}
+
+/// [`verify_anchored`] fed record by record ([`AuditVisitor`]): it keeps, per chain, its
+/// length and head hash, and only the hashes of the records a checkpoint or an anchor names;
+/// per audited issuance, a 16-byte key of its serial and whether a record issued it; per
+/// revocation the store holds, the revocation. A record is parsed, checked and dropped.
+///
+/// Every check and the order in which the first break is reported are
+/// [`verify_anchored`]'s: bases, then records in chain order (the store gives them by writer
+/// then sequence; a record behind its chain's head is stored twice or out of order), then
+/// checkpoints, the required checkpoints, audited serials, issuances, revocations, anchors.
+pub struct TrailVerifier<'a> {
+    key: &'a PublicKey,
+    iss: &'a str,
+    anchors: &'a [Anchor],
+    head: AuditHead,
+    bases: BTreeMap<String, (u64, String)>,
+    chains: BTreeMap<String, ChainState>,
+    /// writer -> the record numbers whose hash is kept.
+    wanted: HashMap<String, HashSet<u64>>,
+    /// Each audited serial's key -> whether an `ok` issuance record names it.
+    audited: HashMap<SerialKey, bool>,
+    issuances: u64,
+    /// Of the `ok` issuance records whose serial is not audited, the least serial and its first
+    /// record (writer, seq).
+    made_up: Option<(String, String, u64)>,
+    /// Each revocation the store holds, by subject.
+    held: HashMap<String, u64>,
+    /// The first `ok` revocation record whose entry the store no longer holds as recorded.
+    undone: Option<AuditBreak>,
+    /// The first audited serial without an `ok` issuance record (the second pass).
+    missing: Option<String>,
+    /// The first break found while reading (a base, a record).
+    broken: Option<AuditBreak>,
+    started: bool,
+}
+
+impl core::fmt::Debug for TrailVerifier<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TrailVerifier")
+            .field("chains", &self.chains.len())
+            .field("audited", &self.audited.len())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> TrailVerifier<'a> {
+    /// A verifier of the trail signed with `key` for trust domain `iss`, holding the store to
+    /// `anchors` ([`verify_anchored`]).
+    pub fn new(key: &'a PublicKey, iss: &'a str, anchors: &'a [Anchor]) -> Self {
+        Self {
+            key,
+            iss,
+            anchors,
+            head: AuditHead::default(),
+            bases: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            wanted: HashMap::new(),
+            audited: HashMap::new(),
+            issuances: 0,
+            made_up: None,
+            held: HashMap::new(),
+            undone: None,
+            missing: None,
+            broken: None,
+            started: false,
         }
     }
-    let base_of = |writer: &str| bases.get(writer).map_or(0, |b| b.0);
-    // writer -> (records seen, head hash, hashes of the records after the base, by seq)
-    let mut chains: BTreeMap<&str, (u64, String, Vec<String>)> = bases
-        .iter()
-        .map(|(w, (seq, head))| (*w, (*seq, (*head).to_owned(), Vec::new())))
-        .collect();
-    // Serial of each `ok` issuance record -> the record (writer, seq), first one kept.
-    let mut issued: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    // Each `ok` revocation record: its subject (`kind:value`), its `exp`, writer and number.
-    let mut revoked: Vec<(String, Option<u64>, String, u64)> = Vec::new();
-    // In chain order whatever order the store gave (a stored seq no store can convert is read
-    // as u64::MAX, so it sorts last and shows as the gap it left).
-    let mut records: Vec<&AuditRecord> = snap.records.iter().collect();
-    records.sort_by(|a, b| (a.writer.as_str(), a.seq).cmp(&(b.writer.as_str(), b.seq)));
-    for r in records {
-        let entry = chains
-            .entry(r.writer.as_str())
-            .or_insert_with(|| (0, GENESIS.to_owned(), Vec::new()));
-        let expected = entry.0 + 1;
+
+    fn check_bases(&mut self) -> core::result::Result<(), AuditBreak> {
+        for b in &self.head.bases {
+            let bad = |reason: String| AuditBreak::Base {
+                writer: b.writer.clone(),
+                seq: b.seq,
+                reason,
+            };
+            let claims = verify_base(&b.jws, self.key)
+                .and_then(|claims| signs_its_columns(b, &claims, self.iss).map(|()| claims))
+                .map_err(&bad)?;
+            // The revocations its pruned records made, kept beside it, are the ones it signed.
+            let kept: Vec<(String, u64)> = self
+                .head
+                .base_revocations
+                .iter()
+                .filter(|(w, _, _)| *w == b.writer)
+                .map(|(_, subject, exp)| (subject.clone(), *exp))
+                .collect();
+            if claims.revoked.as_deref() != Some(base_revocations_digest(&kept).as_str()) {
+                return Err(bad(
+                    "the revocations its pruned records made are not the ones it signs (a row \
+                     of them was deleted, added or changed)"
+                        .into(),
+                ));
+            }
+            if b.seq == 0 || b.seq == u64::MAX {
+                return Err(bad("names no record".into()));
+            }
+            if self
+                .bases
+                .insert(b.writer.clone(), (b.seq, b.head.clone()))
+                .is_some()
+            {
+                return Err(bad("the chain has a second base".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn base_of(&self, writer: &str) -> u64 {
+        self.bases.get(writer).map_or(0, |b| b.0)
+    }
+
+    fn check_record(&mut self, r: &AuditRecord) -> core::result::Result<(), AuditBreak> {
+        let base = self.base_of(&r.writer);
+        if !self.chains.contains_key(r.writer.as_str()) {
+            let (n, head) = match self.bases.get(r.writer.as_str()) {
+                Some((seq, head)) => (*seq, head.clone()),
+                None => (0, GENESIS.to_owned()),
+            };
+            self.chains.insert(
+                r.writer.clone(),
+                ChainState {
+                    n,
+                    head,
+                    kept: HashMap::new(),
+                },
+            );
+        }
+        let Some(entry) = self.chains.get_mut(r.writer.as_str()) else {
+            return Ok(());
+        };
+        let expected = entry.n.saturating_add(1);
         let bad = |reason: String| AuditBreak::Record {
             writer: r.writer.clone(),
             seq: expected,
             reason,
         };
         if r.seq != expected {
-            let base = base_of(&r.writer);
             return Err(bad(if r.seq > expected {
                 format!("missing (the next record stored is {})", r.seq)
             } else if r.seq <= base {
@@ -653,274 +874,361 @@ pub fn verify_anchored(
                 "edited: its content does not hash to its stored hash".into()
             ));
         }
-        if body.prev != entry.1 {
+        if body.prev != entry.head {
             return Err(bad("does not link to the previous record's hash".into()));
         }
-        if body.event.kind.starts_with("issue.") && body.event.outcome == "ok" {
-            if let Some(s) = &body.event.serial {
-                issued
-                    .entry(s.clone())
-                    .or_insert_with(|| (r.writer.clone(), r.seq));
+        let ev = &body.event;
+        if ev.kind.starts_with("issue.") && ev.outcome == "ok" {
+            if let Some(s) = &ev.serial {
+                match self.audited.get_mut(&serial_key(s)) {
+                    Some(issued) => *issued = true,
+                    // Not audited: the least such serial is reported, at its first record.
+                    None => {
+                        if self.made_up.as_ref().is_none_or(|(least, _, _)| s < least) {
+                            self.made_up = Some((s.clone(), r.writer.clone(), r.seq));
+                        }
+                    }
+                }
             }
         }
-        if body.event.kind == "revoke" && body.event.outcome == "ok" {
-            revoked.push((
-                body.event.subject.clone().unwrap_or_default(),
-                body.event.exp,
-                r.writer.clone(),
-                r.seq,
-            ));
+        if ev.kind == "revoke" && ev.outcome == "ok" && self.undone.is_none() {
+            let subject = ev.subject.clone().unwrap_or_default();
+            self.undone = undone_revocation(&self.held, subject, ev.exp, &r.writer, r.seq, false);
         }
-        entry.0 = expected;
-        entry.1 = r.hash.clone();
-        entry.2.push(r.hash.clone());
+        entry.n = expected;
+        entry.head.clone_from(&r.hash);
+        if self
+            .wanted
+            .get(r.writer.as_str())
+            .is_some_and(|w| w.contains(&r.seq))
+        {
+            entry.kept.insert(r.seq, r.hash.clone());
+        }
+        Ok(())
     }
-    let mut checkpointed: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in &snap.checkpoints {
-        let bad = |reason: String| AuditBreak::Checkpoint {
-            writer: c.writer.clone(),
-            seq: c.seq,
-            reason,
-        };
-        let claims = verify_checkpoint(&c.jws, key)
-            .and_then(|claims| signs_its_columns(c, &claims, iss).map(|()| claims))
-            .map_err(&bad)?;
-        let first = base_of(&c.writer);
-        if let Some((seq, head)) = bases.get(c.writer.as_str()).copied() {
-            if c.seq <= seq {
-                // Of a pruned record: only the base's own can still be compared.
-                if c.seq == seq && head != claims.head {
+
+    /// The verdict, once the store has fed everything.
+    pub fn finish(mut self) -> core::result::Result<VerifyReport, AuditBreak> {
+        if !self.started {
+            // Nothing was fed (a snapshot without head is an empty store).
+            self.head(AuditHead::default())
+                .map_err(|e| AuditBreak::Record {
+                    writer: String::new(),
+                    seq: 0,
+                    reason: e.to_string(),
+                })?;
+        }
+        if let Some(b) = self.broken.take() {
+            return Err(b);
+        }
+        let mut checkpointed: BTreeMap<&str, u64> = BTreeMap::new();
+        for c in &self.head.checkpoints {
+            let bad = |reason: String| AuditBreak::Checkpoint {
+                writer: c.writer.clone(),
+                seq: c.seq,
+                reason,
+            };
+            let claims = verify_checkpoint(&c.jws, self.key)
+                .and_then(|claims| signs_its_columns(c, &claims, self.iss).map(|()| claims))
+                .map_err(&bad)?;
+            let first = self.base_of(&c.writer);
+            if let Some((seq, head)) = self.bases.get(c.writer.as_str()) {
+                if c.seq <= *seq {
+                    // Of a pruned record: only the base's own can still be compared.
+                    if c.seq == *seq && *head != claims.head {
+                        return Err(bad(
+                            "it signs another record than the chain's base names".into()
+                        ));
+                    }
+                    let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
+                    *e = (*e).max(c.seq);
+                    continue;
+                }
+            }
+            let chain = self.chains.get(c.writer.as_str());
+            match chain.and_then(|ch| ch.kept.get(&c.seq)) {
+                None => {
+                    return Err(bad(format!(
+                        "the chain has {} records: records were removed after it",
+                        chain.map_or(first, |ch| ch.n)
+                    )))
+                }
+                Some(h) if *h != claims.head => {
                     return Err(bad(
-                        "it signs another record than the chain's base names".into()
+                        "the chain's record there is not the one it signed".into()
+                    ))
+                }
+                Some(_) => {}
+            }
+            let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
+            *e = (*e).max(c.seq);
+        }
+        // The CA writes a checkpoint in the same transaction as each writer's record 1 and
+        // every CHECKPOINT_EVERY-th record (CA-API.md 4.2): one missing at record 1 means the
+        // chain was made up in the database (nobody with the audit key started it); one missing
+        // further on was deleted, and with it the protection of the records it covered.
+        let signed: HashSet<(&str, u64)> = self
+            .head
+            .checkpoints
+            .iter()
+            .map(|c| (c.writer.as_str(), c.seq))
+            .collect();
+        for (writer, chain) in &self.chains {
+            // After a base, from the first required one past it (the base is signed itself).
+            let mut seq = match self.base_of(writer) {
+                0 => 1,
+                b => (b / CHECKPOINT_EVERY)
+                    .saturating_add(1)
+                    .saturating_mul(CHECKPOINT_EVERY),
+            };
+            while seq <= chain.n {
+                if !signed.contains(&(writer.as_str(), seq)) {
+                    return Err(AuditBreak::Checkpoint {
+                        writer: writer.clone(),
+                        seq,
+                        reason: if seq == 1 {
+                            "missing: the CA signs one with every writer's first record, so this \
+                             chain was not started by a CA holding the audit key (it was written \
+                             into the store directly)"
+                                .to_owned()
+                        } else {
+                            format!(
+                                "missing: the CA signs one with every {CHECKPOINT_EVERY}th \
+                                 record, so it was removed (the records up to it are no longer \
+                                 protected)"
+                            )
+                        },
+                    });
+                }
+                seq = if seq == 1 {
+                    CHECKPOINT_EVERY
+                } else {
+                    seq.saturating_add(CHECKPOINT_EVERY)
+                };
+            }
+        }
+        if let Some(serial) = self.missing.take() {
+            return Err(AuditBreak::MissingIssuance { serial });
+        }
+        // The other direction: an `ok` issuance record is written in the transaction that
+        // stores its certificate, so one whose serial the store does not hold was made up (or
+        // its certificate row deleted).
+        if let Some((serial, writer, seq)) = self.made_up.take() {
+            return Err(AuditBreak::Record {
+                writer,
+                seq,
+                reason: format!(
+                    "an ok issuance of serial {serial:?}, which the store has no certificate \
+                     for (the record was made up, or the certificate's row deleted)"
+                ),
+            });
+        }
+        // Likewise an `ok` revocation record is written in the transaction that stores its
+        // revocation, with the entry's `exp` then; the CA never deletes an entry nor lowers its
+        // `exp`. One whose entry the store no longer holds, or holds ending earlier, had it
+        // deleted or cut short, which undoes the revocation (the lists leave it out, and
+        // without the row the CA issues to the target again).
+        if let Some(b) = self.undone.take() {
+            return Err(b);
+        }
+        // The same for the revocations of pruned records, which their chain's base signs (a
+        // break of the base, the records being gone).
+        for (w, subject, exp) in &self.head.base_revocations {
+            let Some((seq, _)) = self.bases.get(w.as_str()) else {
+                continue;
+            };
+            if let Some(b) =
+                undone_revocation(&self.held, subject.clone(), Some(*exp), w, *seq, true)
+            {
+                return Err(b);
+            }
+        }
+        let mut anchors_pruned = 0u64;
+        for a in self.anchors {
+            let bad = |reason: String| AuditBreak::Anchor {
+                writer: a.writer.clone(),
+                seq: a.seq,
+                reason,
+            };
+            if let Some((seq, head)) = self.bases.get(a.writer.as_str()) {
+                if a.seq == *seq && a.hash != *head {
+                    return Err(bad(
+                        "the chain's signed base names another record there: the record known \
+                         is another CA's (give a file kept from this CA), or whoever pruned the \
+                         chain held this CA's audit.key"
+                            .to_owned(),
                     ));
                 }
-                let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
-                *e = (*e).max(c.seq);
-                continue;
-            }
-        }
-        let hashes = chains.get(c.writer.as_str()).map(|e| &e.2);
-        let at = c
-            .seq
-            .checked_sub(first.saturating_add(1))
-            .and_then(|n| usize::try_from(n).ok())
-            .and_then(|i| hashes.and_then(|h| h.get(i)));
-        match at {
-            None => {
-                return Err(bad(format!(
-                    "the chain has {} records: records were removed after it",
-                    first.saturating_add(hashes.map_or(0, Vec::len) as u64)
-                )))
-            }
-            Some(h) if *h != claims.head => {
-                return Err(bad(
-                    "the chain's record there is not the one it signed".into()
-                ))
-            }
-            Some(_) => {}
-        }
-        let e = checkpointed.entry(c.writer.as_str()).or_insert(0);
-        *e = (*e).max(c.seq);
-    }
-    // The CA writes a checkpoint in the same transaction as each writer's record 1 and every
-    // CHECKPOINT_EVERY-th record (CA-API.md 4.2): one missing at record 1 means the chain was
-    // made up in the database (nobody with the audit key started it); one missing further on
-    // was deleted, and with it the protection of the records it covered.
-    let signed: HashSet<(&str, u64)> = snap
-        .checkpoints
-        .iter()
-        .map(|c| (c.writer.as_str(), c.seq))
-        .collect();
-    for (writer, (n, _, _)) in &chains {
-        // After a base, from the first required one past it (the base is signed itself).
-        let mut seq = match base_of(writer) {
-            0 => 1,
-            b => (b / CHECKPOINT_EVERY)
-                .saturating_add(1)
-                .saturating_mul(CHECKPOINT_EVERY),
-        };
-        while seq <= *n {
-            if !signed.contains(&(*writer, seq)) {
-                return Err(AuditBreak::Checkpoint {
-                    writer: (*writer).to_owned(),
-                    seq,
-                    reason: if seq == 1 {
-                        "missing: the CA signs one with every writer's first record, so this \
-                         chain was not started by a CA holding the audit key (it was written \
-                         into the store directly)"
-                            .to_owned()
-                    } else {
-                        format!(
-                            "missing: the CA signs one with every {CHECKPOINT_EVERY}th record, \
-                             so it was removed (the records up to it are no longer protected)"
-                        )
-                    },
-                });
-            }
-            seq = if seq == 1 {
-                CHECKPOINT_EVERY
-            } else {
-                seq.saturating_add(CHECKPOINT_EVERY)
-            };
-        }
-    }
-    for s in &snap.audited_serials {
-        if !issued.contains_key(s) {
-            return Err(AuditBreak::MissingIssuance { serial: s.clone() });
-        }
-    }
-    // The other direction: an `ok` issuance record is written in the transaction that stores
-    // its certificate, so one whose serial the store does not hold was made up (or its
-    // certificate row deleted).
-    let stored: HashSet<&str> = snap.audited_serials.iter().map(String::as_str).collect();
-    if let Some((serial, (writer, seq))) = issued.iter().find(|(s, _)| !stored.contains(s.as_str()))
-    {
-        return Err(AuditBreak::Record {
-            writer: writer.clone(),
-            seq: *seq,
-            reason: format!(
-                "an ok issuance of serial {serial:?}, which the store has no certificate for \
-                 (the record was made up, or the certificate's row deleted)"
-            ),
-        });
-    }
-    // Likewise an `ok` revocation record is written in the transaction that stores its
-    // revocation, with the entry's `exp` then; the CA never deletes an entry nor lowers its
-    // `exp`. One whose entry the store no longer holds, or holds ending earlier, had it
-    // deleted or cut short, which undoes the revocation (the lists leave it out, and without
-    // the row the CA issues to the target again).
-    let held: BTreeMap<&str, u64> = snap
-        .revocations
-        .iter()
-        .map(|(s, exp)| (s.as_str(), *exp))
-        .collect();
-    // The same for the revocations of pruned records, which their chain's base signs (a
-    // break of the base, the records being gone).
-    let pruned_revocations = snap
-        .base_revocations
-        .iter()
-        .filter_map(|(w, subject, exp)| {
-            let (seq, _) = bases.get(w.as_str())?;
-            Some((subject.clone(), Some(*exp), w.clone(), *seq, true))
-        });
-    let recorded = revoked
-        .iter()
-        .map(|(subject, exp, w, seq)| (subject.clone(), *exp, w.clone(), *seq, false));
-    for (subject, exp, writer, seq, pruned) in recorded.chain(pruned_revocations) {
-        let bad = |what: &str| {
-            let reason = format!(
-                "an ok revocation of {subject:?}{}, which the store {what}, which undoes the \
-                 revocation",
-                if pruned { " (its record pruned)" } else { "" }
-            );
-            let writer = writer.clone();
-            if pruned {
-                AuditBreak::Base {
-                    writer,
-                    seq,
-                    reason,
-                }
-            } else {
-                AuditBreak::Record {
-                    writer,
-                    seq,
-                    reason,
+                if a.seq <= *seq {
+                    // Exported and pruned, as the base signed by the audit key says.
+                    anchors_pruned += 1;
+                    continue;
                 }
             }
-        };
-        match (held.get(subject.as_str()), exp) {
-            (None, _) => return Err(bad("no longer holds (its row was deleted)")),
-            (Some(now), Some(then)) if *now < then => {
-                return Err(bad(&format!(
-                    "holds ending at {now}, before the {then} it ended at when recorded (its \
-                     exp was lowered)"
-                )))
-            }
-            _ => {}
-        }
-    }
-    let mut anchors_pruned = 0u64;
-    for a in anchors {
-        let bad = |reason: String| AuditBreak::Anchor {
-            writer: a.writer.clone(),
-            seq: a.seq,
-            reason,
-        };
-        if let Some((seq, head)) = bases.get(a.writer.as_str()).copied() {
-            if a.seq == seq && a.hash != head {
+            let Some(chain) = self.chains.get(a.writer.as_str()) else {
                 return Err(bad(
-                    "the chain's signed base names another record there: the record known is \
-                     another CA's (give a file kept from this CA), or whoever pruned the chain \
-                     held this CA's audit.key"
+                    "the store holds no record of this chain: the chain was deleted from the \
+                     store, with its checkpoints"
                         .to_owned(),
                 ));
-            }
-            if a.seq <= seq {
-                // Exported and pruned, as the base signed by the audit key says.
-                anchors_pruned += 1;
-                continue;
+            };
+            let n = chain.n;
+            match chain.kept.get(&a.seq) {
+                None => {
+                    return Err(bad(format!(
+                        "the store holds {n} records of this chain: records were deleted after \
+                         record {n}"
+                    )))
+                }
+                // Covered by a checkpoint this CA's audit key signed (verified above): the
+                // store's record is this CA's unless that key was used to rewrite it, so the
+                // record known may as well come from another CA (a file kept from another CA's
+                // store).
+                Some(h)
+                    if *h != a.hash
+                        && checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
+                {
+                    return Err(bad(
+                        "the store's record there is not the one known, and a checkpoint this \
+                         CA's audit key signed covers the store's: the record known is another \
+                         CA's (the file was kept from another CA's store: give one kept from \
+                         this CA), or whoever rewrote the chain held this CA's audit.key"
+                            .to_owned(),
+                    ))
+                }
+                Some(h) if *h != a.hash => {
+                    return Err(bad(
+                        "the store's record there is not the one known: it was rewritten (with \
+                         the chain's records after it, and their checkpoints)"
+                            .to_owned(),
+                    ))
+                }
+                Some(_) => {}
             }
         }
-        let Some((n, _, hashes)) = chains.get(a.writer.as_str()) else {
-            return Err(bad(
-                "the store holds no record of this chain: the chain was deleted from the store, \
-                 with its checkpoints"
-                    .to_owned(),
-            ));
-        };
-        let first = base_of(&a.writer);
-        let at = a
-            .seq
-            .checked_sub(first.saturating_add(1))
-            .and_then(|n| usize::try_from(n).ok())
-            .and_then(|i| hashes.get(i));
-        match at {
-            None => {
-                return Err(bad(format!(
-                    "the store holds {n} records of this chain: records were deleted after \
-                     record {n}"
-                )))
+        Ok(VerifyReport {
+            chains: self
+                .chains
+                .iter()
+                .map(|(w, chain)| ChainSummary {
+                    writer: w.clone(),
+                    records: chain.n,
+                    head: chain.head.clone(),
+                    checkpointed: checkpointed.get(w.as_str()).copied().unwrap_or(0),
+                    pruned: self.base_of(w),
+                })
+                .collect(),
+            checkpoints: self.head.checkpoints.len() as u64,
+            issuances: self.issuances,
+            anchors: self.anchors.len() as u64,
+            anchors_pruned,
+        })
+    }
+}
+
+impl AuditVisitor for TrailVerifier<'_> {
+    fn head(&mut self, head: AuditHead) -> Result<()> {
+        self.started = true;
+        self.head = head;
+        if let Err(b) = self.check_bases() {
+            self.broken = Some(b);
+            return Ok(());
+        }
+        // A chain with a base and no record left is still a chain (from its base).
+        for (w, (seq, head)) in &self.bases {
+            self.chains.insert(
+                w.clone(),
+                ChainState {
+                    n: *seq,
+                    head: head.clone(),
+                    kept: HashMap::new(),
+                },
+            );
+        }
+        let named = self
+            .head
+            .checkpoints
+            .iter()
+            .map(|c| (&c.writer, c.seq))
+            .chain(self.anchors.iter().map(|a| (&a.writer, a.seq)));
+        for (w, seq) in named {
+            self.wanted.entry(w.clone()).or_default().insert(seq);
+        }
+        self.held = self.head.revocations.iter().cloned().collect();
+        Ok(())
+    }
+
+    fn wants_serials(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    fn serial(&mut self, serial: &str) -> Result<()> {
+        self.issuances += 1;
+        self.audited.entry(serial_key(serial)).or_insert(false);
+        Ok(())
+    }
+
+    fn record(&mut self, record: &AuditRecord) -> Result<ControlFlow<()>> {
+        if self.broken.is_some() {
+            return Ok(ControlFlow::Break(()));
+        }
+        match self.check_record(record) {
+            Ok(()) => Ok(ControlFlow::Continue(())),
+            Err(b) => {
+                self.broken = Some(b);
+                Ok(ControlFlow::Break(()))
             }
-            // Covered by a checkpoint this CA's audit key signed (verified above): the store's
-            // record is this CA's unless that key was used to rewrite it, so the record known
-            // may as well come from another CA (a file kept from another CA's store).
-            Some(h)
-                if *h != a.hash
-                    && checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
-            {
-                return Err(bad(
-                    "the store's record there is not the one known, and a checkpoint this CA's \
-                     audit key signed covers the store's: the record known is another CA's (the \
-                     file was kept from another CA's store: give one kept from this CA), or \
-                     whoever rewrote the chain held this CA's audit.key"
-                        .to_owned(),
-                ))
-            }
-            Some(h) if *h != a.hash => {
-                return Err(bad(
-                    "the store's record there is not the one known: it was rewritten (with the \
-                     chain's records after it, and their checkpoints)"
-                        .to_owned(),
-                ))
-            }
-            Some(_) => {}
         }
     }
-    Ok(VerifyReport {
-        chains: chains
-            .into_iter()
-            .map(|(w, (n, head, _))| ChainSummary {
-                writer: w.to_owned(),
-                records: n,
-                head,
-                checkpointed: checkpointed.get(w).copied().unwrap_or(0),
-                pruned: base_of(w),
-            })
-            .collect(),
-        checkpoints: snap.checkpoints.len() as u64,
-        issuances: snap.audited_serials.len() as u64,
-        anchors: anchors.len() as u64,
-        anchors_pruned,
+
+    fn serials_again(&self) -> bool {
+        self.broken.is_none() && self.audited.values().any(|issued| !issued)
+    }
+
+    fn serial_again(&mut self, serial: &str) -> Result<ControlFlow<()>> {
+        if self.audited.get(&serial_key(serial)) == Some(&false) {
+            self.missing = Some(serial.to_owned());
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The break of an `ok` revocation of `subject` recorded with `exp` (record `seq` of `writer`,
+/// or its base when `pruned`) if the store no longer holds that revocation as recorded.
+fn undone_revocation(
+    held: &HashMap<String, u64>,
+    subject: String,
+    exp: Option<u64>,
+    writer: &str,
+    seq: u64,
+    pruned: bool,
+) -> Option<AuditBreak> {
+    let what = match (held.get(subject.as_str()), exp) {
+        (None, _) => "no longer holds (its row was deleted)".to_owned(),
+        (Some(now), Some(then)) if *now < then => format!(
+            "holds ending at {now}, before the {then} it ended at when recorded (its exp was \
+             lowered)"
+        ),
+        _ => return None,
+    };
+    let reason = format!(
+        "an ok revocation of {subject:?}{}, which the store {what}, which undoes the revocation",
+        if pruned { " (its record pruned)" } else { "" }
+    );
+    let writer = writer.to_owned();
+    Some(if pruned {
+        AuditBreak::Base {
+            writer,
+            seq,
+            reason,
+        }
+    } else {
+        AuditBreak::Record {
+            writer,
+            seq,
+            reason,
+        }
     })
 }
 
@@ -964,87 +1272,195 @@ pub fn plan_prune(
     cutoff: u64,
     retained_until: &mut dyn FnMut(&str) -> Result<Option<u64>>,
 ) -> Result<Vec<PrunePlan>> {
-    let signed: HashSet<(&str, u64)> = snap
-        .checkpoints
-        .iter()
-        .map(|c| (c.writer.as_str(), c.seq))
-        .collect();
-    let bases: BTreeMap<&str, u64> = snap
-        .bases
-        .iter()
-        .map(|b| (b.writer.as_str(), b.seq))
-        .collect();
-    // Each revocation's `exp` as the store holds it, by subject (`kind:value`).
-    let revocations: BTreeMap<&str, u64> = snap
-        .revocations
-        .iter()
-        .map(|(s, exp)| (s.as_str(), *exp))
-        .collect();
-    let mut by_writer: BTreeMap<&str, Vec<&AuditRecord>> = BTreeMap::new();
-    for r in &snap.records {
-        by_writer.entry(r.writer.as_str()).or_default().push(r);
+    let mut planner = PrunePlanner::new(cutoff, retained_until);
+    snap.visit(&mut planner)?;
+    Ok(planner.finish())
+}
+
+/// Where a writer's walk may cut: record `seq` (hash `head`), with the first `serials` and
+/// `revoked` of the walk's.
+#[derive(Debug)]
+struct Cut {
+    seq: u64,
+    head: String,
+    serials: usize,
+    revoked: usize,
+}
+
+/// One writer's walk of [`PrunePlanner`].
+#[derive(Debug)]
+struct Walk {
+    writer: String,
+    /// A record that may not go was met: the rest of the chain is not read.
+    stopped: bool,
+    serials: Vec<String>,
+    revoked: Vec<(String, u64)>,
+    /// The last checkpointed record walked.
+    cut: Option<Cut>,
+    /// The last one known not to be the chain's last record (a later one was read).
+    confirmed: Option<Cut>,
+}
+
+/// [`plan_prune`] fed record by record ([`AuditVisitor`]), in chain order: it holds one
+/// writer's walk at a time (the serials and revocations of the records that may go) and reads
+/// nothing of a chain past the record where its walk stops.
+pub struct PrunePlanner<'a> {
+    cutoff: u64,
+    retained_until: &'a mut dyn FnMut(&str) -> Result<Option<u64>>,
+    /// writer -> its checkpointed records.
+    signed: HashMap<String, HashSet<u64>>,
+    bases: HashMap<String, u64>,
+    /// Each revocation's `exp` as the store holds it, by subject (`kind:value`).
+    revocations: HashMap<String, u64>,
+    walk: Option<Walk>,
+    plans: Vec<PrunePlan>,
+}
+
+impl core::fmt::Debug for PrunePlanner<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PrunePlanner")
+            .field("cutoff", &self.cutoff)
+            .field("plans", &self.plans)
+            .finish_non_exhaustive()
     }
-    let mut plans = Vec::new();
-    for (writer, mut records) in by_writer {
-        records.sort_by_key(|r| r.seq);
-        let Some(last) = records.last().map(|r| r.seq) else {
-            continue;
-        };
-        let mut serials = Vec::new();
-        let mut revoked: Vec<(String, u64)> = Vec::new();
-        let mut cut: Option<(u64, &str, usize, usize)> = None;
-        for r in records {
-            if r.seq >= last || r.ts >= cutoff {
-                break;
-            }
-            let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
-                CaError::Store(format!(
-                    "audit record {} of {:?} is not a record: {e}",
-                    r.seq, r.writer
-                ))
-            })?;
-            let ev = &body.event;
-            if ev.kind.starts_with("issue.") && ev.outcome == "ok" {
-                if let Some(serial) = &ev.serial {
-                    match retained_until(serial)? {
-                        Some(until) if until < cutoff => serials.push(serial.clone()),
-                        _ => break,
-                    }
-                }
-            }
-            // An `ok` revocation record is what makes its entry's row deleted or its `exp`
-            // lowered a break (verify): it stays while the entry is in force.
-            if ev.kind == "revoke" && ev.outcome == "ok" {
-                let held = ev
-                    .subject
-                    .as_deref()
-                    .and_then(|s| revocations.get(s).copied());
-                match held.max(ev.exp) {
-                    Some(exp) if exp < cutoff => {}
-                    _ => break,
-                }
-                if let Some(subject) = &ev.subject {
-                    revoked.push((subject.clone(), ev.exp.unwrap_or(0)));
-                }
-            }
-            if signed.contains(&(writer, r.seq)) {
-                cut = Some((r.seq, r.hash.as_str(), serials.len(), revoked.len()));
-            }
+}
+
+impl<'a> PrunePlanner<'a> {
+    /// A planner of what is older than `cutoff` ([`plan_prune`]).
+    pub fn new(
+        cutoff: u64,
+        retained_until: &'a mut dyn FnMut(&str) -> Result<Option<u64>>,
+    ) -> Self {
+        Self {
+            cutoff,
+            retained_until,
+            signed: HashMap::new(),
+            bases: HashMap::new(),
+            revocations: HashMap::new(),
+            walk: None,
+            plans: Vec::new(),
         }
-        if let Some((seq, head, n, m)) = cut {
-            serials.truncate(n);
-            revoked.truncate(m);
-            plans.push(PrunePlan {
-                writer: writer.to_owned(),
-                seq,
-                head: head.to_owned(),
-                from: bases.get(writer).copied().unwrap_or(0),
+    }
+
+    fn close(&mut self) {
+        let Some(walk) = self.walk.take() else {
+            return;
+        };
+        // A cut at the chain's last record is not one: the chain goes on from a record the
+        // store holds.
+        if let Some(cut) = walk.confirmed {
+            let mut serials = walk.serials;
+            let mut revoked = walk.revoked;
+            serials.truncate(cut.serials);
+            revoked.truncate(cut.revoked);
+            self.plans.push(PrunePlan {
+                from: self.bases.get(walk.writer.as_str()).copied().unwrap_or(0),
+                writer: walk.writer,
+                seq: cut.seq,
+                head: cut.head,
                 serials,
                 revocations: revoked,
             });
         }
     }
-    Ok(plans)
+
+    /// The plans, by writer (writers with nothing to prune left out).
+    pub fn finish(mut self) -> Vec<PrunePlan> {
+        self.close();
+        self.plans
+    }
+
+    fn walk(&mut self, r: &AuditRecord) -> Result<()> {
+        if self.walk.as_ref().is_none_or(|w| w.writer != r.writer) {
+            self.close();
+            self.walk = Some(Walk {
+                writer: r.writer.clone(),
+                stopped: false,
+                serials: Vec::new(),
+                revoked: Vec::new(),
+                cut: None,
+                confirmed: None,
+            });
+        }
+        let Some(walk) = self.walk.as_mut() else {
+            return Ok(());
+        };
+        if walk.cut.as_ref().is_some_and(|c| r.seq > c.seq) {
+            walk.confirmed = walk.cut.take();
+        }
+        if walk.stopped {
+            return Ok(());
+        }
+        if r.ts >= self.cutoff {
+            walk.stopped = true;
+            return Ok(());
+        }
+        let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
+            CaError::Store(format!(
+                "audit record {} of {:?} is not a record: {e}",
+                r.seq, r.writer
+            ))
+        })?;
+        let ev = &body.event;
+        if ev.kind.starts_with("issue.") && ev.outcome == "ok" {
+            if let Some(serial) = &ev.serial {
+                match (self.retained_until)(serial)? {
+                    Some(until) if until < self.cutoff => walk.serials.push(serial.clone()),
+                    _ => {
+                        walk.stopped = true;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // An `ok` revocation record is what makes its entry's row deleted or its `exp`
+        // lowered a break (verify): it stays while the entry is in force.
+        if ev.kind == "revoke" && ev.outcome == "ok" {
+            let held = ev
+                .subject
+                .as_deref()
+                .and_then(|s| self.revocations.get(s).copied());
+            match held.max(ev.exp) {
+                Some(exp) if exp < self.cutoff => {}
+                _ => {
+                    walk.stopped = true;
+                    return Ok(());
+                }
+            }
+            if let Some(subject) = &ev.subject {
+                walk.revoked.push((subject.clone(), ev.exp.unwrap_or(0)));
+            }
+        }
+        if self
+            .signed
+            .get(r.writer.as_str())
+            .is_some_and(|s| s.contains(&r.seq))
+        {
+            walk.cut = Some(Cut {
+                seq: r.seq,
+                head: r.hash.clone(),
+                serials: walk.serials.len(),
+                revoked: walk.revoked.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl AuditVisitor for PrunePlanner<'_> {
+    fn head(&mut self, head: AuditHead) -> Result<()> {
+        for c in head.checkpoints {
+            self.signed.entry(c.writer).or_default().insert(c.seq);
+        }
+        self.bases = head.bases.into_iter().map(|b| (b.writer, b.seq)).collect();
+        self.revocations = head.revocations.into_iter().collect();
+        Ok(())
+    }
+
+    fn record(&mut self, record: &AuditRecord) -> Result<ControlFlow<()>> {
+        self.walk(record)?;
+        Ok(ControlFlow::Continue(()))
+    }
 }
 
 /// That a checkpoint or base whose signature verified (`claims`) names trust domain `iss` and
@@ -1341,13 +1757,11 @@ pub fn verify_dir_anchored(
 ) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
     let key = audit_public_key(dir)?;
-    let snap = config.read_audit_snapshot(dir, None)?;
-    Ok(verify_anchored(
-        &snap,
-        &key,
-        config.trust_domain.id().as_str(),
-        anchors,
-    ))
+    let iss = config.trust_domain.id().as_str().to_owned();
+    // Streamed: the records are read, checked and dropped one at a time.
+    let mut verifier = TrailVerifier::new(&key, &iss, anchors);
+    config.visit_audit(dir, None, &mut verifier)?;
+    Ok(verifier.finish())
 }
 
 /// Writes the audit trail of `dir` as JSON lines ([`ExportLine`]): each writer's records from
@@ -1359,46 +1773,72 @@ pub fn export_dir(
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
-    let snap = config.read_audit_snapshot(dir, since)?;
-    let mut n = 0u64;
-    let io = |e: std::io::Error| CaError::Store(format!("audit export: {e}"));
-    // Where each pruned chain starts, first: an offline checker links its first record there.
-    for b in &snap.bases {
-        let line = ExportLine::Base {
-            writer: b.writer.clone(),
-            seq: b.seq,
-            jws: b.jws.clone(),
-        };
-        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
-        out.write_all(b"\n").map_err(io)?;
-        n += 1;
+    let mut export = Exporter {
+        out,
+        checkpoints: Vec::new(),
+        lines: 0,
+    };
+    config.visit_audit(dir, since, &mut export)?;
+    // The checkpoints after the records they sign.
+    for c in std::mem::take(&mut export.checkpoints) {
+        export.line(&ExportLine::Checkpoint {
+            writer: c.writer,
+            seq: c.seq,
+            jws: c.jws,
+        })?;
     }
-    for r in &snap.records {
+    export
+        .out
+        .flush()
+        .map_err(|e| CaError::Store(format!("audit export: {e}")))?;
+    Ok(export.lines)
+}
+
+/// [`export_dir`]'s [`AuditVisitor`]: writes each record as it is read.
+struct Exporter<'a> {
+    out: &'a mut dyn std::io::Write,
+    checkpoints: Vec<CheckpointRecord>,
+    lines: u64,
+}
+
+impl Exporter<'_> {
+    fn line(&mut self, line: &ExportLine) -> Result<()> {
+        serde_json::to_writer(&mut *self.out, line).map_err(|e| CaError::Store(e.to_string()))?;
+        self.out
+            .write_all(b"\n")
+            .map_err(|e| CaError::Store(format!("audit export: {e}")))?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+impl AuditVisitor for Exporter<'_> {
+    fn head(&mut self, head: AuditHead) -> Result<()> {
+        // Where each pruned chain starts, first: an offline checker links its first record
+        // there.
+        for b in head.bases {
+            self.line(&ExportLine::Base {
+                writer: b.writer,
+                seq: b.seq,
+                jws: b.jws,
+            })?;
+        }
+        self.checkpoints = head.checkpoints;
+        Ok(())
+    }
+
+    fn record(&mut self, r: &AuditRecord) -> Result<ControlFlow<()>> {
         let body: RecordBody = serde_json::from_str(&r.body).map_err(|e| {
             CaError::Store(format!(
                 "audit record {} of {:?} is not a record: {e}",
                 r.seq, r.writer
             ))
         })?;
-        let line = ExportLine::Record {
+        self.line(&ExportLine::Record {
             body: Box::new(body),
             text: r.body.clone(),
             hash: r.hash.clone(),
-        };
-        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
-        out.write_all(b"\n").map_err(io)?;
-        n += 1;
+        })?;
+        Ok(ControlFlow::Continue(()))
     }
-    for c in &snap.checkpoints {
-        let line = ExportLine::Checkpoint {
-            writer: c.writer.clone(),
-            seq: c.seq,
-            jws: c.jws.clone(),
-        };
-        serde_json::to_writer(&mut *out, &line).map_err(|e| CaError::Store(e.to_string()))?;
-        out.write_all(b"\n").map_err(io)?;
-        n += 1;
-    }
-    out.flush().map_err(io)?;
-    Ok(n)
 }

@@ -1,6 +1,7 @@
 //! The certificate authority: loading its material, bundles, bootstrap tokens, revocation.
 //! Issuance itself is in [`crate::issue`].
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -210,7 +211,7 @@ pub(crate) fn load_or_create_audit_key(
         // it would sign the next ones, and `audit verify` with its public key would call every
         // earlier one forged (the key is rotated without a word).
         if let Some(store) = store {
-            if !store.audit_snapshot(None)?.checkpoints.is_empty() {
+            if store.audit_has_checkpoints()? {
                 return Err(CaError::material(
                     &key_path,
                     "is missing, with audit.pub, while the store holds checkpoints it signed: \
@@ -1089,12 +1090,25 @@ impl CertificateAuthority {
         let cutoff = now_s.saturating_sub(retain);
         let iss = self.config.trust_domain.id().as_str().to_owned();
         let mut store = self.store()?;
-        let snap = store.audit_snapshot(None)?;
-        crate::audit::verify_anchored(&snap, &signer.public_key(), &iss, exported)
-            .map_err(|b| CaError::AuditBroken(Box::new(b)))?;
-        let plans = crate::audit::plan_prune(&snap, cutoff, &mut |serial| {
-            store.issuance_retained_until(serial)
-        })?;
+        let key = signer.public_key();
+        // One pass over the trail, in one read transaction: verified whole (the plan is used
+        // only if it verifies) while each writer's walk plans what may go.
+        let (verdict, plans, base_revocations) = {
+            let reader: &dyn crate::store::Store = &**store;
+            let mut retained_until = |serial: &str| reader.issuance_retained_until(serial);
+            let mut both = VerifyAndPlan {
+                verifier: crate::audit::TrailVerifier::new(&key, &iss, exported),
+                planner: crate::audit::PrunePlanner::new(cutoff, &mut retained_until),
+                base_revocations: Vec::new(),
+            };
+            reader.audit_visit(None, &mut both)?;
+            (
+                both.verifier.finish(),
+                both.planner.finish(),
+                both.base_revocations,
+            )
+        };
+        verdict.map_err(|b| CaError::AuditBroken(Box::new(b)))?;
         // Every record that goes must be in the export (compared with the store above).
         let known: std::collections::HashSet<(&str, u64)> = exported
             .iter()
@@ -1117,8 +1131,7 @@ impl CertificateAuthority {
         for p in plans {
             // The revocations of every record pruned so far: the base's own, and this
             // prune's, each subject at the highest `exp` recorded.
-            let mut kept: std::collections::BTreeMap<String, u64> = snap
-                .base_revocations
+            let mut kept: std::collections::BTreeMap<String, u64> = base_revocations
                 .iter()
                 .filter(|(w, _, _)| *w == p.writer)
                 .map(|(_, subject, exp)| (subject.clone(), *exp))
@@ -1143,6 +1156,42 @@ impl CertificateAuthority {
     /// [`crate::audit::verify`] and export.
     pub fn audit_snapshot(&self, since: Option<u64>) -> Result<crate::audit::AuditSnapshot> {
         self.store()?.audit_snapshot(since)
+    }
+}
+
+/// [`CertificateAuthority::prune_audit`]'s one pass: the trail verified and the prune planned
+/// from the same records.
+struct VerifyAndPlan<'a, 'p> {
+    verifier: crate::audit::TrailVerifier<'a>,
+    planner: crate::audit::PrunePlanner<'p>,
+    /// The revocations the chains' bases keep ([`crate::audit::AuditHead::base_revocations`]).
+    base_revocations: Vec<(String, String, u64)>,
+}
+
+impl crate::audit::AuditVisitor for VerifyAndPlan<'_, '_> {
+    fn head(&mut self, head: crate::audit::AuditHead) -> Result<()> {
+        self.base_revocations.clone_from(&head.base_revocations);
+        self.planner.head(head.clone())?;
+        self.verifier.head(head)
+    }
+    fn wants_serials(&self) -> bool {
+        self.verifier.wants_serials()
+    }
+    fn serial(&mut self, serial: &str) -> Result<()> {
+        self.verifier.serial(serial)
+    }
+    fn record(&mut self, record: &crate::audit::AuditRecord) -> Result<ControlFlow<()>> {
+        // Past a break nothing is planned: the trail does not verify.
+        if self.verifier.record(record)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        self.planner.record(record)
+    }
+    fn serials_again(&self) -> bool {
+        self.verifier.serials_again()
+    }
+    fn serial_again(&mut self, serial: &str) -> Result<ControlFlow<()>> {
+        self.verifier.serial_again(serial)
     }
 }
 

@@ -237,6 +237,22 @@ impl CaConfig {
         }
     }
 
+    /// [`CaConfig::read_audit_snapshot`] streamed to `visitor` ([`crate::store::Store::audit_visit`];
+    /// SQLite's `ca.db` through a read-only connection, [`crate::store::read_audit_visit`]).
+    pub fn visit_audit(
+        &self,
+        dir: &Path,
+        since: Option<u64>,
+        visitor: &mut dyn crate::audit::AuditVisitor,
+    ) -> Result<()> {
+        match self.store_kind()? {
+            StoreKind::Sqlite => crate::store::read_audit_visit(&sqlite_db(dir)?, since, visitor),
+            _ => self
+                .open_store(dir, crate::audit::DEFAULT_WRITER)?
+                .audit_visit(since, visitor),
+        }
+    }
+
     pub(crate) fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| CaError::InvalidRequest(e.to_string()))
     }

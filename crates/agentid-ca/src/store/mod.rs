@@ -5,6 +5,7 @@
 //! token, in one transaction) before the certificate is handed out, so that the store holds
 //! exactly one record per certificate returned, also across crashes.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::audit::{
-    AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
+    AuditEvent, AuditHead, AuditRecord, AuditSnapshot, AuditVisitor, ChainWriter, CheckpointRecord,
+    CheckpointSigner,
 };
 use crate::error::{CaError, Result};
 
@@ -655,8 +657,21 @@ pub trait Store: Send {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
     /// Every record (with `ts >= since` when given), every checkpoint and the serials that
-    /// must have a record, read in one transaction.
-    fn audit_snapshot(&self, _since: Option<u64>) -> Result<AuditSnapshot> {
+    /// must have a record, read in one transaction: [`Store::audit_visit`] collected in memory
+    /// (for tests and small stores: verification, export and prune stream instead).
+    fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
+        let mut all = crate::audit::SnapshotCollector::default();
+        self.audit_visit(since, &mut all)?;
+        Ok(all.snap)
+    }
+    /// Feeds `visitor` the audit trail in one read transaction ([`AuditVisitor`] says in what
+    /// order): records with `ts >= since` when given (each writer's chain from its first such
+    /// record on), read a page at a time and dropped once visited.
+    fn audit_visit(&self, _since: Option<u64>, _visitor: &mut dyn AuditVisitor) -> Result<()> {
+        Err(CaError::Store("this store keeps no audit chain".into()))
+    }
+    /// Whether the store holds any checkpoint.
+    fn audit_has_checkpoints(&self) -> Result<bool> {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
     /// Publishes the next revocation list in one transaction: takes the next `seq` (one above
@@ -1651,8 +1666,15 @@ impl Store for SqliteStore {
         self.audit_writer.set_signer(signer);
     }
 
-    fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
-        audit_snapshot_on(&self.conn, since, true)
+    fn audit_visit(&self, since: Option<u64>, visitor: &mut dyn AuditVisitor) -> Result<()> {
+        audit_visit_on(&self.conn, since, true, visitor)
+    }
+
+    fn audit_has_checkpoints(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM audit_checkpoints)")?
+            .query_row([], |r| r.get(0))?)
     }
 
     fn publish_revocations(
@@ -1809,36 +1831,32 @@ impl Store for SqliteStore {
     }
 }
 
-/// [`Store::latest_expiry`] on `conn` (inside a transaction, or not).
-fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Result<AuditSnapshot> {
+/// What a record row of SQLite sorts as in chain order ([`audit_visit_on`]): its writer and
+/// seq as read ([`crate::audit::stored_text_of`], [`crate::audit::stored_number_of`]), then
+/// where SQLite sorts its writer's type (NULL, a number, text, a blob).
+type OddKey = (String, u64, u8);
+
+/// [`Store::audit_visit`] on `conn` (SQLite), in one read transaction. `bases`: the store has
+/// the tables of pruned chains (schema version 8 on; a read-only reader may read an older
+/// store).
+///
+/// The records come in the order [`crate::audit::AuditSnapshot::visit`] sorts them: the rows
+/// whose writer is text and seq a non-negative integer (every row the CA writes) by the
+/// primary key's index, merged with the others (only an edit of the store makes them: a
+/// negative seq or one of another type reads as `u64::MAX`, so it sorts last in its chain),
+/// which are read first and held.
+fn audit_visit_on(
+    conn: &Connection,
+    since: Option<u64>,
+    bases: bool,
+    visitor: &mut dyn AuditVisitor,
+) -> Result<()> {
+    use crate::audit::{stored_number_of, stored_text_of};
     // One read transaction: records, checkpoints and issuances are one state.
     let tx = conn.unchecked_transaction()?;
     let since = to_i64(since.unwrap_or(0))?;
-    let records = tx
-        .prepare_cached(
-            // Each writer's chain from its first record at or after `since` on, without gaps
-            // (a record stamped before its predecessor, after a clock step, stays in).
-            "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
-               JOIN (SELECT writer, MIN(seq) AS first FROM audit_records WHERE ts >= ?1
-                     GROUP BY writer) f ON a.writer = f.writer AND a.seq >= f.first
-               ORDER BY a.writer, a.seq",
-        )?
-        // Read whatever type each column holds (an edit can store any): a wrong one is a
-        // break `verify` names, not a failure to read.
-        .query_map(params![since], |r| {
-            use crate::audit::{stored_number_of, stored_text_of};
-            Ok(AuditRecord {
-                writer: stored_text_of(r.get_ref(0)?),
-                seq: stored_number_of(r.get_ref(1)?),
-                ts: stored_number_of(r.get_ref(2)?),
-                body: stored_text_of(r.get_ref(3)?),
-                hash: stored_text_of(r.get_ref(4)?),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     // A checkpoint or a base (the same columns).
     let signed_head = |r: &rusqlite::Row<'_>| {
-        use crate::audit::{stored_number_of, stored_text_of};
         Ok(CheckpointRecord {
             writer: stored_text_of(r.get_ref(0)?),
             seq: stored_number_of(r.get_ref(1)?),
@@ -1853,7 +1871,6 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
         )?
         .query_map([], signed_head)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    // Schema version 8 on (a read-only reader may read an older store).
     let bases = if bases {
         tx.prepare_cached("SELECT writer, seq, head, iat, jws FROM audit_bases ORDER BY writer")?
             .query_map([], signed_head)?
@@ -1868,7 +1885,6 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
             "SELECT writer, subject, exp FROM audit_base_revocations ORDER BY writer, subject",
         )?
         .query_map([], |r| {
-            use crate::audit::{stored_number_of, stored_text_of};
             Ok((
                 stored_text_of(r.get_ref(0)?),
                 stored_text_of(r.get_ref(1)?),
@@ -1877,17 +1893,9 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?
     };
-    let audited_serials = tx
-        .prepare_cached(
-            "SELECT serial FROM issuances WHERE rowid > COALESCE(
-               (SELECT value FROM meta WHERE key = 'audit_issuances_from'), 0) ORDER BY rowid",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
     let revocations = tx
         .prepare_cached("SELECT kind, value, exp FROM revocations ORDER BY rowid")?
         .query_map([], |r| {
-            use crate::audit::{stored_number_of, stored_text_of};
             Ok((
                 format!(
                     "{}:{}",
@@ -1898,15 +1906,101 @@ fn audit_snapshot_on(conn: &Connection, since: Option<u64>, bases: bool) -> Resu
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    tx.commit()?;
-    Ok(AuditSnapshot {
-        records,
+    visitor.head(AuditHead {
         checkpoints,
         bases,
         base_revocations,
-        audited_serials,
         revocations,
-    })
+    })?;
+    const SERIALS: &str = "SELECT serial FROM issuances WHERE rowid > COALESCE(
+           (SELECT value FROM meta WHERE key = 'audit_issuances_from'), 0) ORDER BY rowid";
+    let serials = |each: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>| -> Result<()> {
+        let mut stmt = tx.prepare_cached(SERIALS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let serial: String = row.get(0)?;
+            if each(&serial)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    if visitor.wants_serials() {
+        serials(&mut |s| visitor.serial(s).map(|()| ControlFlow::Continue(())))?;
+    }
+    // Each writer's chain from its first record at or after `since` on, without gaps (a record
+    // stamped before its predecessor, after a clock step, stays in).
+    const CHAINS: &str = "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
+           JOIN (SELECT writer, MIN(seq) AS first FROM audit_records WHERE ts >= ?1
+                 GROUP BY writer) f ON a.writer = f.writer AND a.seq >= f.first";
+    const WELL_FORMED: &str =
+        "typeof(a.writer) = 'text' AND typeof(a.seq) = 'integer' AND a.seq >= 0";
+    // Read whatever type each column holds (an edit can store any): a wrong one is a break
+    // `verify` names, not a failure to read.
+    let record_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<AuditRecord> {
+        Ok(AuditRecord {
+            writer: stored_text_of(r.get_ref(0)?),
+            seq: stored_number_of(r.get_ref(1)?),
+            ts: stored_number_of(r.get_ref(2)?),
+            body: stored_text_of(r.get_ref(3)?),
+            hash: stored_text_of(r.get_ref(4)?),
+        })
+    };
+    let mut odd: Vec<(OddKey, AuditRecord)> = tx
+        .prepare_cached(&format!(
+            "{CHAINS} WHERE NOT ({WELL_FORMED}) ORDER BY a.writer, a.seq"
+        ))?
+        .query_map(params![since], |r| {
+            let rank = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Null => 0,
+                rusqlite::types::ValueRef::Integer(_) | rusqlite::types::ValueRef::Real(_) => 1,
+                rusqlite::types::ValueRef::Text(_) => 2,
+                rusqlite::types::ValueRef::Blob(_) => 3,
+            };
+            let rec = record_of(r)?;
+            Ok(((rec.writer.clone(), rec.seq, rank), rec))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Stable: rows of one key stay in SQLite's order.
+    odd.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut odd = odd.into_iter().peekable();
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "{CHAINS} WHERE {WELL_FORMED} ORDER BY a.writer, a.seq"
+        ))?;
+        let mut rows = stmt.query(params![since])?;
+        'rows: loop {
+            let next = match rows.next()? {
+                Some(row) => Some(record_of(row)?),
+                None => None,
+            };
+            // The odd rows that sort before this one (all of them after the last).
+            while let Some((key, _)) = odd.peek() {
+                let before = next
+                    .as_ref()
+                    .is_none_or(|n| (key.0.as_str(), key.1, key.2) < (n.writer.as_str(), n.seq, 2));
+                if !before {
+                    break;
+                }
+                if let Some((_, r)) = odd.next() {
+                    if visitor.record(&r)?.is_break() {
+                        break 'rows;
+                    }
+                }
+            }
+            let Some(r) = next else {
+                break;
+            };
+            if visitor.record(&r)?.is_break() {
+                break;
+            }
+        }
+    }
+    if visitor.serials_again() {
+        serials(&mut |s| visitor.serial_again(s))?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// [`Store::prune_audit`]'s check of one prune inside its transaction, given the stored hash
@@ -1934,6 +2028,18 @@ fn prune_check(stored: Option<String>, base: Option<i64>, p: &AuditPrune) -> Res
 /// the store of a running CA of another version, or an evidence copy). A store from before the
 /// audit chain (schema version below 2) has no records, and none of its issuances needs one.
 pub fn read_audit_snapshot(path: &Path, since: Option<u64>) -> Result<AuditSnapshot> {
+    let mut all = crate::audit::SnapshotCollector::default();
+    read_audit_visit(path, since, &mut all)?;
+    Ok(all.snap)
+}
+
+/// [`read_audit_snapshot`] streamed: [`Store::audit_visit`] on the SQLite database at `path`,
+/// through a read-only connection.
+pub fn read_audit_visit(
+    path: &Path,
+    since: Option<u64>,
+    visitor: &mut dyn AuditVisitor,
+) -> Result<()> {
     let conn = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -1943,9 +2049,10 @@ pub fn read_audit_snapshot(path: &Path, since: Option<u64>) -> Result<AuditSnaps
     let version = crate::migrate::schema_version(&conn)?;
     crate::migrate::check_not_newer(version)?;
     if version < 2 {
-        return Ok(AuditSnapshot::default());
+        // No records, no checkpoints: what an empty snapshot feeds.
+        return AuditSnapshot::default().visit(visitor);
     }
-    audit_snapshot_on(&conn, since, version >= 8)
+    audit_visit_on(&conn, since, version >= 8, visitor)
 }
 
 fn latest_expiry_on(conn: &Connection, kind: RevocationKind, value: &str) -> Result<Option<u64>> {

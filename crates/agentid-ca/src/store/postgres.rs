@@ -29,6 +29,7 @@
 //! * tokio-postgres runs on the store's own runtime; the trait stays synchronous, callable from
 //!   any thread, inside an async runtime or not.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -43,7 +44,8 @@ use super::{
     PUBLISHED_LISTS_KEPT,
 };
 use crate::audit::{
-    AuditEvent, AuditRecord, AuditSnapshot, ChainWriter, CheckpointRecord, CheckpointSigner,
+    AuditEvent, AuditHead, AuditRecord, AuditVisitor, ChainWriter, CheckpointRecord,
+    CheckpointSigner,
 };
 use crate::error::{CaError, Result};
 
@@ -628,6 +630,72 @@ impl Inner {
             }
         }
     }
+}
+
+/// Rows an audit read fetches from a cursor at a time ([`Store::audit_visit`]).
+const AUDIT_PAGE: usize = 512;
+
+/// One step of [`Store::audit_visit`]'s read transaction on `client` (`first`: the one that
+/// begins it, which may connect). A failure leaves `client` empty: the connection is dropped,
+/// which ends the transaction.
+fn audit_step<T: Send + 'static>(
+    inner: &Inner,
+    client: &mut Option<Client>,
+    first: bool,
+    f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T> + Send + 'static,
+) -> Result<T> {
+    let (c, res) = inner.exec_with(client.take(), first, AUDIT_READ_TIMEOUT, f);
+    match res {
+        Ok(v) => {
+            *client = c;
+            Ok(v)
+        }
+        Err(e) => Err(e.into_ca()),
+    }
+}
+
+/// The audited serials, in the store's order, each to `each` until it answers
+/// [`ControlFlow::Break`], through a cursor in [`Store::audit_visit`]'s transaction.
+fn audit_serials(
+    inner: &Inner,
+    client: &mut Option<Client>,
+    each: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    audit_step(inner, client, false, |c| {
+        Box::pin(async move {
+            c.batch_execute(
+                "DECLARE audit_serials_c NO SCROLL CURSOR FOR SELECT serial FROM issuances ORDER BY id",
+            )
+            .await?;
+            Ok(())
+        })
+    })?;
+    'pages: loop {
+        let page = audit_step(inner, client, false, |c| {
+            Box::pin(async move {
+                c.query(&format!("FETCH {AUDIT_PAGE} FROM audit_serials_c"), &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<_, String>(0).map_err(PgErr::from))
+                    .collect::<PgResult<Vec<_>>>()
+            })
+        })?;
+        let last = page.len() < AUDIT_PAGE;
+        for s in page {
+            if each(&s)?.is_break() {
+                break 'pages;
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    audit_step(inner, client, false, |c| {
+        Box::pin(async move {
+            c.batch_execute("CLOSE audit_serials_c").await?;
+            Ok(())
+        })
+    })
 }
 
 fn lost_in_transaction() -> CaError {
@@ -2046,79 +2114,60 @@ impl Store for PgStore {
         self.inner.writer.set_signer(signer);
     }
 
-    fn audit_snapshot(&self, since: Option<u64>) -> Result<AuditSnapshot> {
-        let since = since.unwrap_or(0);
-        self.inner.run_within(AUDIT_READ_TIMEOUT, move |c| {
+    fn audit_has_checkpoints(&self) -> Result<bool> {
+        self.inner.run(|c| {
             Box::pin(async move {
-                // One snapshot for records, checkpoints and issuances.
-                let tx = c
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
+                let row = c
+                    .query_one("SELECT EXISTS (SELECT 1 FROM audit_checkpoints)", &[])
                     .await?;
-                // Read whole, under the bound of an audit read, not a request's.
-                tx.batch_execute(&format!(
-                    "SET LOCAL statement_timeout = {}",
+                Ok(row.try_get::<_, bool>(0)?)
+            })
+        })
+    }
+
+    fn audit_visit(&self, since: Option<u64>, visitor: &mut dyn AuditVisitor) -> Result<()> {
+        let since = to_i64(since.unwrap_or(0)).map_err(PgErr::into_ca)?;
+        // One REPEATABLE READ transaction on one connection, in steps: the head and the
+        // writers first, then the serials and each writer's records through cursors, a page
+        // at a time, each page visited before the next is fetched. On any failure the
+        // connection is dropped, which ends the transaction.
+        let mut client = self.inner.take();
+        let (head, mut writers) = audit_step(&self.inner, &mut client, true, |c| {
+            Box::pin(async move {
+                c.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                     SET LOCAL statement_timeout = {}",
                     AUDIT_READ_TIMEOUT.as_millis()
                 ))
                 .await?;
-                let records = tx
-                    .query(
-                        // Each writer's chain from its first record at or after `since` on,
-                        // without gaps (a record stamped before its predecessor stays in).
-                        "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
-                           JOIN (SELECT writer, MIN(seq) AS first FROM audit_records
-                                 WHERE ts >= $1 GROUP BY writer) f
-                             ON a.writer = f.writer AND a.seq >= f.first
-                           ORDER BY a.writer, a.seq",
-                        &[&to_i64(since)?],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok(AuditRecord {
-                            writer: r.get(0),
-                            seq: crate::audit::stored_number(r.get(1)),
-                            ts: crate::audit::stored_number(r.get(2)),
-                            body: r.get(3),
-                            hash: r.get(4),
-                        })
+                let signed_head = |r: &tokio_postgres::Row| -> PgResult<CheckpointRecord> {
+                    Ok(CheckpointRecord {
+                        writer: r.try_get(0)?,
+                        seq: crate::audit::stored_number(r.try_get(1)?),
+                        head: r.try_get(2)?,
+                        iat: crate::audit::stored_number(r.try_get(3)?),
+                        jws: r.try_get(4)?,
                     })
-                    .collect::<PgResult<Vec<_>>>()?;
-                let checkpoints = tx
+                };
+                let checkpoints = c
                     .query(
                         "SELECT writer, seq, head, iat, jws FROM audit_checkpoints ORDER BY writer, seq",
                         &[],
                     )
                     .await?
                     .iter()
-                    .map(|r| {
-                        Ok(CheckpointRecord {
-                            writer: r.get(0),
-                            seq: crate::audit::stored_number(r.get(1)),
-                            head: r.get(2),
-                            iat: crate::audit::stored_number(r.get(3)),
-                            jws: r.get(4),
-                        })
-                    })
+                    .map(signed_head)
                     .collect::<PgResult<Vec<_>>>()?;
-                let bases = tx
+                let bases = c
                     .query(
                         "SELECT writer, seq, head, iat, jws FROM audit_bases ORDER BY writer",
                         &[],
                     )
                     .await?
                     .iter()
-                    .map(|r| CheckpointRecord {
-                        writer: r.get(0),
-                        seq: crate::audit::stored_number(r.get(1)),
-                        head: r.get(2),
-                        iat: crate::audit::stored_number(r.get(3)),
-                        jws: r.get(4),
-                    })
-                    .collect();
-                let base_revocations = tx
+                    .map(signed_head)
+                    .collect::<PgResult<Vec<_>>>()?;
+                let base_revocations = c
                     .query(
                         "SELECT writer, subject, exp FROM audit_base_revocations
                          ORDER BY writer, subject",
@@ -2126,36 +2175,120 @@ impl Store for PgStore {
                     )
                     .await?
                     .iter()
-                    .map(|r| (r.get(0), r.get(1), crate::audit::stored_number(r.get(2))))
-                    .collect();
-                let audited_serials = tx
-                    .query("SELECT serial FROM issuances ORDER BY id", &[])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let revocations = tx
+                    .map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            crate::audit::stored_number(r.try_get(2)?),
+                        ))
+                    })
+                    .collect::<PgResult<Vec<_>>>()?;
+                let revocations = c
                     .query("SELECT kind, value, exp FROM revocations ORDER BY id", &[])
                     .await?
                     .iter()
                     .map(|r| {
-                        (
-                            format!("{}:{}", r.get::<_, String>(0), r.get::<_, String>(1)),
-                            crate::audit::stored_number(r.get(2)),
-                        )
+                        Ok((
+                            format!(
+                                "{}:{}",
+                                r.try_get::<_, String>(0)?,
+                                r.try_get::<_, String>(1)?
+                            ),
+                            crate::audit::stored_number(r.try_get(2)?),
+                        ))
                     })
-                    .collect();
-                tx.commit().await?;
-                Ok(AuditSnapshot {
-                    records,
-                    checkpoints,
-                    bases,
-                    base_revocations,
-                    audited_serials,
-                    revocations,
-                })
+                    .collect::<PgResult<Vec<_>>>()?;
+                let writers = c
+                    .query("SELECT DISTINCT writer FROM audit_records", &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<_, String>(0))
+                    .collect::<core::result::Result<Vec<_>, _>>()?;
+                Ok((
+                    AuditHead {
+                        checkpoints,
+                        bases,
+                        base_revocations,
+                        revocations,
+                    },
+                    writers,
+                ))
             })
-        })
+        })?;
+        visitor.head(head)?;
+        if visitor.wants_serials() {
+            audit_serials(&self.inner, &mut client, &mut |s| {
+                visitor.serial(s).map(|()| ControlFlow::Continue(()))
+            })?;
+        }
+        // Chain order: by writer as Rust orders strings (bytes), whatever the database's
+        // collation; within a chain by seq, a negative one (read as u64::MAX) last.
+        writers.sort();
+        'writers: for w in writers {
+            for negative in [false, true] {
+                let w = w.clone();
+                let sql = format!(
+                    "DECLARE audit_records_c NO SCROLL CURSOR FOR
+                       SELECT writer, seq, ts, body, hash FROM audit_records
+                        WHERE writer = $1 AND seq {} 0
+                          AND seq >= (SELECT MIN(seq) FROM audit_records
+                                       WHERE writer = $1 AND ts >= $2)
+                        ORDER BY seq",
+                    if negative { "<" } else { ">=" }
+                );
+                audit_step(&self.inner, &mut client, false, move |c| {
+                    Box::pin(async move {
+                        c.execute(sql.as_str(), &[&w, &since]).await?;
+                        Ok(())
+                    })
+                })?;
+                let mut stop = false;
+                while !stop {
+                    let page = audit_step(&self.inner, &mut client, false, |c| {
+                        Box::pin(async move {
+                            c.query(&format!("FETCH {AUDIT_PAGE} FROM audit_records_c"), &[])
+                                .await?
+                                .iter()
+                                .map(|r| {
+                                    Ok(AuditRecord {
+                                        writer: r.try_get(0)?,
+                                        seq: crate::audit::stored_number(r.try_get(1)?),
+                                        ts: crate::audit::stored_number(r.try_get(2)?),
+                                        body: r.try_get(3)?,
+                                        hash: r.try_get(4)?,
+                                    })
+                                })
+                                .collect::<PgResult<Vec<_>>>()
+                        })
+                    })?;
+                    if page.len() < AUDIT_PAGE {
+                        stop = true;
+                    }
+                    for r in page {
+                        if visitor.record(&r)?.is_break() {
+                            break 'writers;
+                        }
+                    }
+                }
+                audit_step(&self.inner, &mut client, false, |c| {
+                    Box::pin(async move {
+                        c.batch_execute("CLOSE audit_records_c").await?;
+                        Ok(())
+                    })
+                })?;
+            }
+        }
+        if visitor.serials_again() {
+            audit_serials(&self.inner, &mut client, &mut |s| visitor.serial_again(s))?;
+        }
+        audit_step(&self.inner, &mut client, false, |c| {
+            Box::pin(async move {
+                c.batch_execute("COMMIT").await?;
+                Ok(())
+            })
+        })?;
+        self.inner.give_back(client);
+        Ok(())
     }
 
     fn publish_revocations(
