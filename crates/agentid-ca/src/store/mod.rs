@@ -1933,8 +1933,6 @@ fn audit_visit_on(
     const CHAINS: &str = "SELECT a.writer, a.seq, a.ts, a.body, a.hash FROM audit_records a
            JOIN (SELECT writer, MIN(seq) AS first FROM audit_records WHERE ts >= ?1
                  GROUP BY writer) f ON a.writer = f.writer AND a.seq >= f.first";
-    const WELL_FORMED: &str =
-        "typeof(a.writer) = 'text' AND typeof(a.seq) = 'integer' AND a.seq >= 0";
     // Read whatever type each column holds (an edit can store any): a wrong one is a break
     // `verify` names, not a failure to read.
     let record_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<AuditRecord> {
@@ -1948,7 +1946,9 @@ fn audit_visit_on(
     };
     let mut odd: Vec<(OddKey, AuditRecord)> = tx
         .prepare_cached(&format!(
-            "{CHAINS} WHERE NOT ({WELL_FORMED}) ORDER BY a.writer, a.seq"
+            "{CHAINS} WHERE NOT (typeof(a.writer) = 'text' AND typeof(a.seq) = 'integer'
+                                AND a.seq >= 0)
+               ORDER BY a.writer, a.seq"
         ))?
         .query_map(params![since], |r| {
             let rank = match r.get_ref(0)? {
@@ -1964,38 +1964,64 @@ fn audit_visit_on(
     // Stable: rows of one key stay in SQLite's order.
     odd.sort_by(|a, b| a.0.cmp(&b.0));
     let mut odd = odd.into_iter().peekable();
-    {
-        let mut stmt = tx.prepare_cached(&format!(
-            "{CHAINS} WHERE {WELL_FORMED} ORDER BY a.writer, a.seq"
-        ))?;
-        let mut rows = stmt.query(params![since])?;
-        'rows: loop {
-            let next = match rows.next()? {
-                Some(row) => Some(record_of(row)?),
-                None => None,
-            };
-            // The odd rows that sort before this one (all of them after the last).
+    // The writers, each as stored (its bytes) and as read (lossy UTF-8, how chains sort).
+    let mut writers: Vec<(String, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT DISTINCT writer FROM audit_records WHERE typeof(writer) = 'text'
+               ORDER BY writer",
+        )?
+        .query_map([], |r| {
+            Ok((
+                stored_text_of(r.get_ref(0)?),
+                r.get_ref(0)?
+                    .as_bytes()
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    writers.sort();
+    // Each writer's records by the primary key's index, a row at a time.
+    let mut stmt = tx.prepare_cached(
+        "SELECT writer, seq, ts, body, hash FROM audit_records
+          WHERE writer = CAST(?1 AS TEXT) AND typeof(seq) = 'integer' AND seq >= 0
+            AND seq >= (SELECT MIN(seq) FROM audit_records
+                         WHERE writer = CAST(?1 AS TEXT) AND ts >= ?2)
+          ORDER BY seq",
+    )?;
+    // Visits the odd rows that sort before `next` (all of them when `None`).
+    let mut odd_before =
+        |next: Option<&AuditRecord>, visitor: &mut dyn AuditVisitor| -> Result<ControlFlow<()>> {
             while let Some((key, _)) = odd.peek() {
                 let before = next
-                    .as_ref()
                     .is_none_or(|n| (key.0.as_str(), key.1, key.2) < (n.writer.as_str(), n.seq, 2));
                 if !before {
                     break;
                 }
                 if let Some((_, r)) = odd.next() {
                     if visitor.record(&r)?.is_break() {
-                        break 'rows;
+                        return Ok(ControlFlow::Break(()));
                     }
                 }
             }
-            let Some(r) = next else {
-                break;
-            };
-            if visitor.record(&r)?.is_break() {
-                break;
+            Ok(ControlFlow::Continue(()))
+        };
+    let mut ended = false;
+    'writers: for (_, bytes) in writers {
+        let mut rows = stmt.query(params![bytes, since])?;
+        while let Some(row) = rows.next()? {
+            let r = record_of(row)?;
+            if odd_before(Some(&r), visitor)?.is_break() || visitor.record(&r)?.is_break() {
+                ended = true;
+                break 'writers;
             }
         }
     }
+    if !ended {
+        // The last odd rows: nothing follows them, whether the visitor goes on or not.
+        let _ = odd_before(None, visitor)?;
+    }
+    drop(stmt);
     if visitor.serials_again() {
         serials(&mut |s| visitor.serial_again(s))?;
     }
