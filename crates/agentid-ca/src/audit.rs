@@ -705,14 +705,29 @@ struct ChainState {
     n: u64,
     /// The head's hash.
     head: String,
-    /// The hashes of the records a checkpoint or an anchor names, by number.
+    /// The hashes of the records a checkpoint names, by number.
     kept: HashMap<u64, String>,
+    /// How far the records have come in the chain's anchors ([`TrailVerifier::anchored`]).
+    next_anchor: usize,
+}
+
+/// What the store holds at an anchor's number ([`TrailVerifier`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// No record (not yet, or the chain ends before).
+    Absent,
+    /// The record known.
+    Same,
+    /// Another record.
+    Differs,
 }
 
 /// [`verify_anchored`] fed record by record ([`AuditVisitor`]): it keeps, per chain, its
-/// length and head hash, and only the hashes of the records a checkpoint or an anchor names;
-/// per audited issuance, a 16-byte key of its serial and whether a record issued it; per
-/// revocation the store holds, the revocation. A record is parsed, checked and dropped.
+/// length and head hash, and only the hashes of the records a checkpoint names; per anchor, its
+/// number and place (the store's record is compared as it passes: the anchors of a chain are
+/// merged with its records by number) and what was found; per audited issuance, a 16-byte key
+/// of its serial and whether a record issued it; per revocation the store holds, the
+/// revocation. A record is parsed, checked and dropped.
 ///
 /// Every check and the order in which the first break is reported are
 /// [`verify_anchored`]'s: bases, then records in chain order (the store gives them by writer
@@ -727,6 +742,10 @@ pub struct TrailVerifier<'a> {
     chains: BTreeMap<String, ChainState>,
     /// writer -> the record numbers whose hash is kept.
     wanted: HashMap<String, HashSet<u64>>,
+    /// writer -> its anchors' (number, index in `anchors`), by number.
+    anchored: HashMap<String, Vec<(u64, usize)>>,
+    /// What the store holds at each anchor's number, by index in `anchors`.
+    seen: Vec<Seen>,
     /// Each audited serial's key -> whether an `ok` issuance record names it.
     audited: HashMap<SerialKey, bool>,
     issuances: u64,
@@ -766,6 +785,8 @@ impl<'a> TrailVerifier<'a> {
             bases: BTreeMap::new(),
             chains: BTreeMap::new(),
             wanted: HashMap::new(),
+            anchored: HashMap::new(),
+            seen: Vec::new(),
             audited: HashMap::new(),
             issuances: 0,
             made_up: None,
@@ -833,6 +854,7 @@ impl<'a> TrailVerifier<'a> {
                     n,
                     head,
                     kept: HashMap::new(),
+                    next_anchor: 0,
                 },
             );
         }
@@ -904,11 +926,51 @@ impl<'a> TrailVerifier<'a> {
         {
             entry.kept.insert(r.seq, r.hash.clone());
         }
+        // The anchors at this number (the chain's records come by number, as its anchors are
+        // sorted).
+        if let Some(list) = self.anchored.get(r.writer.as_str()) {
+            while let Some((seq, i)) = list.get(entry.next_anchor).copied() {
+                if seq > r.seq {
+                    break;
+                }
+                if seq == r.seq {
+                    if let (Some(a), Some(seen)) = (self.anchors.get(i), self.seen.get_mut(i)) {
+                        *seen = if a.hash == r.hash {
+                            Seen::Same
+                        } else {
+                            Seen::Differs
+                        };
+                    }
+                }
+                entry.next_anchor += 1;
+            }
+        }
         Ok(())
     }
 
+    /// The first record of `writer` from `from` to `to` (inclusive) that no anchor names, if
+    /// any ([`crate::CertificateAuthority::prune_audit`]: every record pruned must be in the
+    /// export).
+    pub fn first_unanchored(&self, writer: &str, from: u64, to: u64) -> Option<u64> {
+        let list = self.anchored.get(writer).map_or(&[][..], Vec::as_slice);
+        let mut want = from;
+        let start = list.partition_point(|(seq, _)| *seq < from);
+        for (seq, _) in list.get(start..).unwrap_or(&[]) {
+            if want > to {
+                return None;
+            }
+            if *seq > want {
+                return Some(want);
+            }
+            if *seq == want {
+                want = want.saturating_add(1);
+            }
+        }
+        (want <= to).then_some(want)
+    }
+
     /// The verdict, once the store has fed everything.
-    pub fn finish(mut self) -> core::result::Result<VerifyReport, AuditBreak> {
+    pub fn finish(&mut self) -> core::result::Result<VerifyReport, AuditBreak> {
         if !self.started {
             // Nothing was fed (a snapshot without head is an empty store).
             self.head(AuditHead::default())
@@ -1044,7 +1106,7 @@ impl<'a> TrailVerifier<'a> {
             }
         }
         let mut anchors_pruned = 0u64;
-        for a in self.anchors {
+        for (a, seen) in self.anchors.iter().zip(&self.seen) {
             let bad = |reason: String| AuditBreak::Anchor {
                 writer: a.writer.clone(),
                 seq: a.seq,
@@ -1073,8 +1135,8 @@ impl<'a> TrailVerifier<'a> {
                 ));
             };
             let n = chain.n;
-            match chain.kept.get(&a.seq) {
-                None => {
+            match seen {
+                Seen::Absent => {
                     return Err(bad(format!(
                         "the store holds {n} records of this chain: records were deleted after \
                          record {n}"
@@ -1084,9 +1146,8 @@ impl<'a> TrailVerifier<'a> {
                 // store's record is this CA's unless that key was used to rewrite it, so the
                 // record known may as well come from another CA (a file kept from another CA's
                 // store).
-                Some(h)
-                    if *h != a.hash
-                        && checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
+                Seen::Differs
+                    if checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
                 {
                     return Err(bad(
                         "the store's record there is not the one known, and a checkpoint this \
@@ -1096,14 +1157,14 @@ impl<'a> TrailVerifier<'a> {
                             .to_owned(),
                     ))
                 }
-                Some(h) if *h != a.hash => {
+                Seen::Differs => {
                     return Err(bad(
                         "the store's record there is not the one known: it was rewritten (with \
                          the chain's records after it, and their checkpoints)"
                             .to_owned(),
                     ))
                 }
-                Some(_) => {}
+                Seen::Same => {}
             }
         }
         Ok(VerifyReport {
@@ -1142,18 +1203,26 @@ impl AuditVisitor for TrailVerifier<'_> {
                     n: *seq,
                     head: head.clone(),
                     kept: HashMap::new(),
+                    next_anchor: 0,
                 },
             );
         }
-        let named = self
-            .head
-            .checkpoints
-            .iter()
-            .map(|c| (&c.writer, c.seq))
-            .chain(self.anchors.iter().map(|a| (&a.writer, a.seq)));
-        for (w, seq) in named {
-            self.wanted.entry(w.clone()).or_default().insert(seq);
+        for c in &self.head.checkpoints {
+            self.wanted
+                .entry(c.writer.clone())
+                .or_default()
+                .insert(c.seq);
         }
+        for (i, a) in self.anchors.iter().enumerate() {
+            self.anchored
+                .entry(a.writer.clone())
+                .or_default()
+                .push((a.seq, i));
+        }
+        for list in self.anchored.values_mut() {
+            list.sort_unstable();
+        }
+        self.seen = vec![Seen::Absent; self.anchors.len()];
         self.held = self.head.revocations.iter().cloned().collect();
         Ok(())
     }

@@ -1093,30 +1093,26 @@ impl CertificateAuthority {
         let key = signer.public_key();
         // One pass over the trail, in one read transaction: verified whole (the plan is used
         // only if it verifies) while each writer's walk plans what may go.
-        let (verdict, plans, base_revocations) = {
-            let reader: &dyn crate::store::Store = &**store;
-            let mut retained_until = |serial: &str| reader.issuance_retained_until(serial);
-            let mut both = VerifyAndPlan {
-                verifier: crate::audit::TrailVerifier::new(&key, &iss, exported),
-                planner: crate::audit::PrunePlanner::new(cutoff, &mut retained_until),
-                base_revocations: Vec::new(),
-            };
-            reader.audit_visit(None, &mut both)?;
-            (
-                both.verifier.finish(),
-                both.planner.finish(),
-                both.base_revocations,
-            )
+        let reader: &dyn crate::store::Store = &**store;
+        let mut retained_until = |serial: &str| reader.issuance_retained_until(serial);
+        let mut both = VerifyAndPlan {
+            verifier: crate::audit::TrailVerifier::new(&key, &iss, exported),
+            planner: crate::audit::PrunePlanner::new(cutoff, &mut retained_until),
+            base_revocations: Vec::new(),
         };
-        verdict.map_err(|b| CaError::AuditBroken(Box::new(b)))?;
+        reader.audit_visit(None, &mut both)?;
+        let VerifyAndPlan {
+            mut verifier,
+            planner,
+            base_revocations,
+        } = both;
+        verifier
+            .finish()
+            .map_err(|b| CaError::AuditBroken(Box::new(b)))?;
+        let plans = planner.finish();
         // Every record that goes must be in the export (compared with the store above).
-        let known: std::collections::HashSet<(&str, u64)> = exported
-            .iter()
-            .map(|a| (a.writer.as_str(), a.seq))
-            .collect();
         for p in &plans {
-            if let Some(seq) = (p.from.saturating_add(1)..=p.seq)
-                .find(|seq| !known.contains(&(p.writer.as_str(), *seq)))
+            if let Some(seq) = verifier.first_unanchored(&p.writer, p.from.saturating_add(1), p.seq)
             {
                 return Err(CaError::InvalidRequest(format!(
                     "the export does not hold record {seq} of chain {:?}, which is old enough \
