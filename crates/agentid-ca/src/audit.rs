@@ -1516,13 +1516,28 @@ impl<'a> PrunePlanner<'a> {
     }
 }
 
+impl PrunePlanner<'_> {
+    /// [`AuditVisitor::head`] by reference: what the walk needs of `head` (the checkpoints'
+    /// numbers, the bases', the revocations), for a caller that hands the head on.
+    pub fn head_of(&mut self, head: &AuditHead) {
+        for c in &head.checkpoints {
+            self.signed
+                .entry(c.writer.clone())
+                .or_default()
+                .insert(c.seq);
+        }
+        self.bases = head
+            .bases
+            .iter()
+            .map(|b| (b.writer.clone(), b.seq))
+            .collect();
+        self.revocations = head.revocations.iter().cloned().collect();
+    }
+}
+
 impl AuditVisitor for PrunePlanner<'_> {
     fn head(&mut self, head: AuditHead) -> Result<()> {
-        for c in head.checkpoints {
-            self.signed.entry(c.writer).or_default().insert(c.seq);
-        }
-        self.bases = head.bases.into_iter().map(|b| (b.writer, b.seq)).collect();
-        self.revocations = head.revocations.into_iter().collect();
+        self.head_of(&head);
         Ok(())
     }
 

@@ -1167,7 +1167,7 @@ struct VerifyAndPlan<'a, 'p> {
 impl crate::audit::AuditVisitor for VerifyAndPlan<'_, '_> {
     fn head(&mut self, head: crate::audit::AuditHead) -> Result<()> {
         self.base_revocations.clone_from(&head.base_revocations);
-        self.planner.head(head.clone())?;
+        self.planner.head_of(&head);
         self.verifier.head(head)
     }
     fn wants_serials(&self) -> bool {
