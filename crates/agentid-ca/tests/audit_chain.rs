@@ -635,6 +635,57 @@ fn a_record_column_of_another_type_is_a_named_break_not_a_read_failure() {
     audit::verify_dir(t.path()).unwrap().unwrap();
 }
 
+/// The store streams the records in chain order (CA-API 4.3): a row only an edit makes (its
+/// writer a blob, its seq negative) is visited where chain order puts it, as when the trail
+/// was read whole and sorted. A writer stored as a blob of the same text is the same chain,
+/// unchanged; a negative seq in the middle of a chain is the gap it leaves, there.
+#[test]
+fn rows_only_an_edit_makes_are_checked_where_chain_order_puts_them() {
+    let t = test_ca(KeyType::P256);
+    for _ in 0..5 {
+        t.ca.open_task(&planner(), now()).unwrap();
+    }
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET writer = CAST(writer AS BLOB) WHERE writer = 'main' AND seq = 2",
+            [],
+        )
+        .unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let mut out = Vec::new();
+    audit::export_dir(t.path(), None, &mut out).unwrap();
+    let seqs: Vec<u64> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "record")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(seqs, sorted, "exported in chain order");
+    db(t.path())
+        .execute(
+            "UPDATE audit_records SET seq = -3 WHERE writer = 'main' AND seq = 3",
+            [],
+        )
+        .unwrap();
+    match broken(t.path()) {
+        AuditBreak::Record {
+            writer,
+            seq,
+            reason,
+        } => {
+            assert_eq!((writer.as_str(), seq), ("main", 3), "{reason}");
+            assert!(
+                reason.contains("missing (the next record stored is 4)"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected the gap at record 3, got {other:?}"),
+    }
+}
+
 // ---- Red team (audit): what a database writer without the audit key can add.
 
 /// Writes a chain for `writer` straight into the database, each hash recomputed: what someone
