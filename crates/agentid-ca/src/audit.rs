@@ -1315,9 +1315,58 @@ pub struct PrunePlan {
     pub from: u64,
     /// The serials of the `ok` issuances those records recorded: their rows go with them.
     pub serials: Vec<String>,
-    /// The revocations those records made (`ok` `revoke` records): each subject with the
-    /// highest `exp` they carried (0 for none). They join the ones the chain's base keeps.
+    /// The revocations those records made (`ok` `revoke` records), in chain order: each
+    /// subject with the `exp` its record carried (0 for none). They join the ones the chain's
+    /// base keeps, each subject at its highest `exp`.
     pub revocations: Vec<(String, u64)>,
+    /// Every checkpointed record from `from` to `seq` (the last is `seq` itself), where the
+    /// prune may also stop: [`crate::CertificateAuthority::prune_audit`] prunes a long chain in
+    /// several transactions, each ending at one of these.
+    pub steps: Vec<PruneStep>,
+}
+
+/// A checkpointed record a prune may stop at ([`PrunePlan::steps`]): record `seq`, whose hash
+/// is `head`; the plan's first `serials` serials and first `revocations` revocations were
+/// recorded up to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneStep {
+    /// The record.
+    pub seq: u64,
+    /// Its hash.
+    pub head: String,
+    /// How many of [`PrunePlan::serials`] its records issued.
+    pub serials: usize,
+    /// How many of [`PrunePlan::revocations`] its records made.
+    pub revocations: usize,
+}
+
+/// The most records [`crate::CertificateAuthority::prune_audit`] deletes of a chain in one
+/// transaction (with the issuance rows of the certificates they recorded): a batch ends at the
+/// last checkpointed record within it.
+pub const PRUNE_BATCH: u64 = 8 * 1024;
+
+/// Where the batches of a prune from `from` (the chain's base, 0 for none) to the last of
+/// `steps` end: each at the furthest step at most `batch` records after the previous end, or
+/// at the next step when none is that close (a batch is at least a checkpoint interval).
+pub fn prune_batches(steps: &[PruneStep], from: u64, batch: u64) -> Vec<&PruneStep> {
+    let mut ends: Vec<&PruneStep> = Vec::new();
+    let mut at = from;
+    let mut i = 0;
+    while let Some(first) = steps.get(i) {
+        // The next step is always taken; then as many more as fit in the batch.
+        let mut end = i;
+        while steps
+            .get(end + 1)
+            .is_some_and(|next| next.seq.saturating_sub(at) <= batch)
+        {
+            end += 1;
+        }
+        let last = steps.get(end).unwrap_or(first);
+        ends.push(last);
+        at = last.seq;
+        i = end + 1;
+    }
+    ends
 }
 
 /// What can be pruned of a verified `snap` (CA-API.md 4.5): for each writer, its records from
@@ -1346,16 +1395,6 @@ pub fn plan_prune(
     Ok(planner.finish())
 }
 
-/// Where a writer's walk may cut: record `seq` (hash `head`), with the first `serials` and
-/// `revoked` of the walk's.
-#[derive(Debug)]
-struct Cut {
-    seq: u64,
-    head: String,
-    serials: usize,
-    revoked: usize,
-}
-
 /// One writer's walk of [`PrunePlanner`].
 #[derive(Debug)]
 struct Walk {
@@ -1364,10 +1403,12 @@ struct Walk {
     stopped: bool,
     serials: Vec<String>,
     revoked: Vec<(String, u64)>,
-    /// The last checkpointed record walked.
-    cut: Option<Cut>,
-    /// The last one known not to be the chain's last record (a later one was read).
-    confirmed: Option<Cut>,
+    /// Every checkpointed record walked, where the walk may cut (the serials and revocations
+    /// counted up to each).
+    cuts: Vec<PruneStep>,
+    /// The chain's last record read so far (a cut there is not one: the chain goes on from a
+    /// record the store holds).
+    last: u64,
 }
 
 /// [`plan_prune`] fed record by record ([`AuditVisitor`]), in chain order: it holds one
@@ -1417,18 +1458,23 @@ impl<'a> PrunePlanner<'a> {
         };
         // A cut at the chain's last record is not one: the chain goes on from a record the
         // store holds.
-        if let Some(cut) = walk.confirmed {
+        let mut cuts = walk.cuts;
+        if cuts.last().is_some_and(|c| c.seq >= walk.last) {
+            cuts.pop();
+        }
+        if let Some(cut) = cuts.last() {
             let mut serials = walk.serials;
             let mut revoked = walk.revoked;
             serials.truncate(cut.serials);
-            revoked.truncate(cut.revoked);
+            revoked.truncate(cut.revocations);
             self.plans.push(PrunePlan {
                 from: self.bases.get(walk.writer.as_str()).copied().unwrap_or(0),
                 writer: walk.writer,
                 seq: cut.seq,
-                head: cut.head,
+                head: cut.head.clone(),
                 serials,
                 revocations: revoked,
+                steps: cuts,
             });
         }
     }
@@ -1447,16 +1493,14 @@ impl<'a> PrunePlanner<'a> {
                 stopped: false,
                 serials: Vec::new(),
                 revoked: Vec::new(),
-                cut: None,
-                confirmed: None,
+                cuts: Vec::new(),
+                last: 0,
             });
         }
         let Some(walk) = self.walk.as_mut() else {
             return Ok(());
         };
-        if walk.cut.as_ref().is_some_and(|c| r.seq > c.seq) {
-            walk.confirmed = walk.cut.take();
-        }
+        walk.last = walk.last.max(r.seq);
         if walk.stopped {
             return Ok(());
         }
@@ -1505,11 +1549,11 @@ impl<'a> PrunePlanner<'a> {
             .get(r.writer.as_str())
             .is_some_and(|s| s.contains(&r.seq))
         {
-            walk.cut = Some(Cut {
+            walk.cuts.push(PruneStep {
                 seq: r.seq,
                 head: r.hash.clone(),
                 serials: walk.serials.len(),
-                revoked: walk.revoked.len(),
+                revocations: walk.revoked.len(),
             });
         }
         Ok(())

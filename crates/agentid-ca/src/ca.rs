@@ -1067,11 +1067,31 @@ impl CertificateAuthority {
     ///
     /// `retain` is at least [`crate::audit::MIN_RETENTION_SECS`]. Refused without the audit key,
     /// or when the trail does not verify ([`CaError::AuditBroken`]: the store is evidence).
+    ///
+    /// A chain with more than [`crate::audit::PRUNE_BATCH`] records to prune goes in several
+    /// transactions ([`Self::prune_audit_in_batches`]).
     pub fn prune_audit(
         &self,
         retain: Duration,
         now: SystemTime,
         exported: &[crate::audit::Anchor],
+    ) -> Result<crate::store::PruneCounts> {
+        self.prune_audit_in_batches(retain, now, exported, crate::audit::PRUNE_BATCH)
+    }
+
+    /// [`Self::prune_audit`], each chain's records pruned in transactions of at most `batch`
+    /// records (each ending at a checkpointed record, so at least one checkpoint interval,
+    /// [`crate::audit::CHECKPOINT_EVERY`], whatever `batch` says), one after the other, each
+    /// leaving the chain at a signed base of its own: the store's write lock is held for one
+    /// batch at a time (the CA goes on issuing between them), and a prune stopped part-way
+    /// leaves a trail that verifies, pruned up to its last committed batch. The trail is
+    /// verified, and the export checked, once, before the first.
+    pub fn prune_audit_in_batches(
+        &self,
+        retain: Duration,
+        now: SystemTime,
+        exported: &[crate::audit::Anchor],
+        batch: u64,
     ) -> Result<crate::store::PruneCounts> {
         let retain = retain.as_secs();
         if retain < crate::audit::MIN_RETENTION_SECS {
@@ -1089,7 +1109,7 @@ impl CertificateAuthority {
         let now_s = util::unix(now)?;
         let cutoff = now_s.saturating_sub(retain);
         let iss = self.config.trust_domain.id().as_str().to_owned();
-        let mut store = self.store()?;
+        let store = self.store()?;
         let key = signer.public_key();
         // One pass over the trail, in one read transaction: verified whole (the plan is used
         // only if it verifies) while each writer's walk plans what may go.
@@ -1110,6 +1130,9 @@ impl CertificateAuthority {
             .finish()
             .map_err(|b| CaError::AuditBroken(Box::new(b)))?;
         let plans = planner.finish();
+        // The batches below take the store one at a time: this process's own requests go on
+        // between them, as other processes' do.
+        drop(store);
         // Every record that goes must be in the export (compared with the store above).
         for p in &plans {
             if let Some(seq) = verifier.first_unanchored(&p.writer, p.from.saturating_add(1), p.seq)
@@ -1123,29 +1146,65 @@ impl CertificateAuthority {
             }
         }
         let checkpoints = crate::audit::CheckpointSigner::new(iss, signer);
-        let mut prunes = Vec::with_capacity(plans.len());
+        let mut counts = crate::store::PruneCounts::default();
         for p in plans {
-            // The revocations of every record pruned so far: the base's own, and this
-            // prune's, each subject at the highest `exp` recorded.
+            // The revocations of every record pruned so far: the base's own, then each
+            // batch's, each subject at the highest `exp` recorded.
             let mut kept: std::collections::BTreeMap<String, u64> = base_revocations
                 .iter()
                 .filter(|(w, _, _)| *w == p.writer)
                 .map(|(_, subject, exp)| (subject.clone(), *exp))
                 .collect();
-            for (subject, exp) in &p.revocations {
-                let e = kept.entry(subject.clone()).or_insert(0);
-                *e = (*e).max(*exp);
+            let (mut from, mut serials, mut revocations) = (p.from, 0usize, 0usize);
+            for end in crate::audit::prune_batches(&p.steps, p.from, batch) {
+                let made = p
+                    .revocations
+                    .get(revocations..end.revocations)
+                    .unwrap_or(&[]);
+                for (subject, exp) in made {
+                    let e = kept.entry(subject.clone()).or_insert(0);
+                    *e = (*e).max(*exp);
+                }
+                let all: Vec<(String, u64)> = kept.iter().map(|(s, e)| (s.clone(), *e)).collect();
+                let digest = crate::audit::base_revocations_digest(&all);
+                let base = checkpoints.base(&p.writer, (end.seq, &end.head), now_s, &digest)?;
+                let prune = crate::store::AuditPrune {
+                    plan: crate::audit::PrunePlan {
+                        writer: p.writer.clone(),
+                        seq: end.seq,
+                        head: end.head.clone(),
+                        from,
+                        serials: p.serials.get(serials..end.serials).unwrap_or(&[]).to_vec(),
+                        revocations: made.to_vec(),
+                        steps: Vec::new(),
+                    },
+                    base,
+                    revocations: all,
+                };
+                let done = self
+                    .store()
+                    .and_then(|mut store| store.prune_audit(std::slice::from_ref(&prune)))
+                    .map_err(|e| {
+                        if counts.transactions == 0 {
+                            e
+                        } else {
+                            CaError::Store(format!(
+                                "{e} (in the batch after record {from} of chain {:?}; {} records \
+                             were pruned before it, in {} transactions, and the trail still \
+                             verifies: run the prune again)",
+                                p.writer, counts.records, counts.transactions
+                            ))
+                        }
+                    })?;
+                counts.records += done.records;
+                counts.checkpoints += done.checkpoints;
+                counts.issuances += done.issuances;
+                counts.transactions += 1;
+                (from, serials, revocations) = (end.seq, end.serials, end.revocations);
             }
-            let kept: Vec<(String, u64)> = kept.into_iter().collect();
-            let digest = crate::audit::base_revocations_digest(&kept);
-            let base = checkpoints.base(&p.writer, (p.seq, &p.head), now_s, &digest)?;
-            prunes.push(crate::store::AuditPrune {
-                plan: p,
-                base,
-                revocations: kept,
-            });
+            counts.chains += 1;
         }
-        store.prune_audit(&prunes)
+        Ok(counts)
     }
 
     /// Every audit record (with `ts >= since`), checkpoint and audited serial, for

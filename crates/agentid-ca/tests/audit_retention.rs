@@ -668,3 +668,101 @@ fn a_revocation_whose_record_was_pruned_stays_held_by_the_base() {
     c.execute("DELETE FROM audit_base_revocations", []).unwrap();
     base_break(&t, "not the ones it signs");
 }
+
+/// A chain with more records to prune than a batch goes in several transactions, each ending at
+/// a checkpointed record under a base of its own; the bases carry every revocation pruned
+/// before them, so the last still holds a revocation whose record went in the first batches.
+#[test]
+fn a_long_chain_is_pruned_in_batches_whose_bases_carry_every_pruned_revocation() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let worker = |task_ttl: Option<Duration>| {
+        let mut r = planner(task_ttl);
+        r.agent = "worker".into();
+        r
+    };
+    for _ in 0..70 {
+        t.ca.open_task(&planner(None), t0).unwrap();
+    }
+    // Record 71.
+    t.ca.revoke(
+        &agentid_ca::RevokeTarget::Agent("planner".into()),
+        Some("key stolen"),
+        "operator",
+        t0,
+    )
+    .unwrap();
+    for _ in 0..70 {
+        t.ca.open_task(&worker(None), t0).unwrap();
+    }
+    assert_eq!(t.ca.checkpoint_audit(t0, true).unwrap(), Some(141));
+    t.ca.open_task(
+        &worker(Some(Duration::from_secs(8 * HOUR))),
+        at(t0, 6 * HOUR),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        t.ca.open_task(&worker(None), at(t0, 6 * HOUR)).unwrap();
+    }
+    let (_, exported) = export(t.path(), None);
+    // Nine days on, past the revocation's end too (a day: the agent's longest certificate).
+    // Checkpoints at records 1, 64, 128, 141 and 142 (the long task's, timed: six hours after
+    // the last), the last before the head (145): batches of 64 end at 64, 128 and 142.
+    let counts =
+        t.ca.prune_audit_in_batches(WEEK, at(t0, 9 * DAY), &exported, 64)
+            .unwrap();
+    assert_eq!(
+        (
+            counts.chains,
+            counts.transactions,
+            counts.records,
+            counts.issuances
+        ),
+        (1, 3, 142, 141),
+        "{counts:?}"
+    );
+    let c = chain(t.path());
+    assert_eq!((c.records, c.pruned), (145, 142));
+    // Still refused after the prune: the revocation stands.
+    assert!(t.ca.open_task(&planner(None), at(t0, 9 * DAY)).is_err());
+    if postgres_under_test() {
+        return;
+    }
+    // The last base holds the revocation whose record went in the second batch.
+    db(t.path())
+        .execute("DELETE FROM revocations WHERE kind = 'agent'", [])
+        .unwrap();
+    match audit::verify_dir(t.path()).unwrap() {
+        Err(AuditBreak::Base {
+            seq: 142, reason, ..
+        }) => assert!(reason.contains("no longer holds"), "{reason}"),
+        other => panic!("expected the last base to hold the revocation, got {other:?}"),
+    }
+}
+
+/// Where the batches of a prune end: at the furthest checkpointed record within the batch, at
+/// the next one when none is (a batch is at least a checkpoint interval), and at the plan's end.
+#[test]
+fn batches_end_at_checkpointed_records() {
+    let steps: Vec<audit::PruneStep> = [1u64, 64, 128, 192, 256, 300]
+        .iter()
+        .map(|seq| audit::PruneStep {
+            seq: *seq,
+            head: format!("h{seq}"),
+            serials: 0,
+            revocations: 0,
+        })
+        .collect();
+    let ends = |from: u64, batch: u64| -> Vec<u64> {
+        audit::prune_batches(&steps, from, batch)
+            .iter()
+            .map(|s| s.seq)
+            .collect()
+    };
+    assert_eq!(ends(0, 8192), vec![300]);
+    assert_eq!(ends(0, 128), vec![128, 256, 300]);
+    assert_eq!(ends(0, 64), vec![64, 128, 192, 256, 300]);
+    // A batch smaller than the checkpoint interval still moves on, a step at a time.
+    assert_eq!(ends(0, 10), vec![1, 64, 128, 192, 256, 300]);
+    assert!(audit::prune_batches(&[], 0, 64).is_empty());
+}

@@ -157,12 +157,14 @@ fn prune(a: &PruneArgs) -> CliResult {
                 .to_owned()
         } else {
             format!(
-                "pruned {} records, {} checkpoints and {} certificates' rows from {} chains; \
-                 `agentid audit verify --ca {}` checks the rest\n",
+                "pruned {} records, {} checkpoints and {} certificates' rows from {} chains \
+                 in {} transaction{}; `agentid audit verify --ca {}` checks the rest\n",
                 counts.records,
                 counts.checkpoints,
                 counts.issuances,
                 counts.chains,
+                counts.transactions,
+                if counts.transactions == 1 { "" } else { "s" },
                 a.ca.display()
             )
         }),

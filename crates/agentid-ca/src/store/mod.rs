@@ -416,6 +416,9 @@ pub struct PruneCounts {
     pub checkpoints: u64,
     /// Issuance rows of the certificates those records issued.
     pub issuances: u64,
+    /// Transactions the prune took ([`crate::CertificateAuthority::prune_audit_in_batches`]; a
+    /// store's own [`Store::prune_audit`] takes one).
+    pub transactions: u64,
 }
 
 /// Commits issuances without the store's lock, so that concurrent issuers can share one
