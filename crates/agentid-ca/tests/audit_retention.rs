@@ -765,4 +765,49 @@ fn batches_end_at_checkpointed_records() {
     // A batch smaller than the checkpoint interval still moves on, a step at a time.
     assert_eq!(ends(0, 10), vec![1, 64, 128, 192, 256, 300]);
     assert!(audit::prune_batches(&[], 0, 64).is_empty());
+
+/// An output that stops taking lines for a while, as a pipe to a slow reader does (`agentid
+/// audit export | ssh backup 'cat > FILE'` over a slow link), once the first line is written.
+#[cfg(feature = "postgres")]
+struct StallingOutput {
+    out: Vec<u8>,
+    stall: Option<Duration>,
+}
+
+#[cfg(feature = "postgres")]
+impl std::io::Write for StallingOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.stall.take() {
+            std::thread::sleep(d);
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The export streams a PostgreSQL store's records through a cursor inside one read-only
+/// transaction, writing each page before it fetches the next: an output that stalls longer
+/// than the store's idle-in-transaction bound (5 s, for the write transactions that hold
+/// locks) must not end that transaction and fail the export half written.
+#[cfg(feature = "postgres")]
+#[test]
+fn an_export_on_postgres_survives_an_output_that_stalls() {
+    if !postgres_under_test() {
+        return;
+    }
+    let t = test_ca(KeyType::P256);
+    for _ in 0..3 {
+        t.ca.open_task(&planner(None), now()).unwrap();
+    }
+    let (whole, _) = export(t.path(), None);
+    let mut out = StallingOutput {
+        out: Vec::new(),
+        stall: Some(Duration::from_secs(7)),
+    };
+    let lines = audit::export_dir(t.path(), None, &mut out).unwrap();
+    assert_eq!(String::from_utf8(out.out).unwrap(), whole);
+    assert_eq!(lines, whole.lines().count() as u64);
 }

@@ -69,8 +69,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// accepts connections and never answers (a frozen server or VM) the k-th queued request
 /// otherwise waited k bounds.
 const UNANSWERED_HOLD: Duration = Duration::from_secs(1);
-/// Bound on reading the whole audit trail (`agentid audit verify` and `audit export`), statement
-/// and operation: a read-only snapshot that holds up no writer, of a trail that grows for the
+/// Bound on reading the whole audit trail (`agentid audit verify` and `audit export`), statement,
+/// idle time between pages (the visitor's) and operation: a read-only snapshot that holds up no writer, of a trail that grows for the
 /// CA's whole life (a million records take about 8 s to read), so not a request's bounds,
 /// which a trail of a few million records outgrew: it could then never be verified or exported.
 const AUDIT_READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -2130,13 +2130,18 @@ impl Store for PgStore {
         // One REPEATABLE READ transaction on one connection, in steps: the head and the
         // writers first, then the serials and each writer's records through cursors, a page
         // at a time, each page visited before the next is fetched. On any failure the
-        // connection is dropped, which ends the transaction.
+        // connection is dropped, which ends the transaction. Between two pages the
+        // transaction is idle while the visitor works (an export writes each page to an output
+        // that may stall: a pipe to a slow reader): the connection's idle-in-transaction bound
+        // (5 s, for the write transactions that hold locks) would end it and fail the read half
+        // done, so this read-only one, which holds up no writer, gets the read's own bound.
         let mut client = self.inner.take();
         let (head, mut writers) = audit_step(&self.inner, &mut client, true, |c| {
             Box::pin(async move {
                 c.batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                     SET LOCAL statement_timeout = {}",
+                     SET LOCAL statement_timeout = {0};
+                     SET LOCAL idle_in_transaction_session_timeout = {0}",
                     AUDIT_READ_TIMEOUT.as_millis()
                 ))
                 .await?;
