@@ -69,7 +69,7 @@ fn event(writer: &str, i: u64, seed: u64) -> AuditEvent {
             ev.outcome = "ok".into();
             // Two writers may revoke the same subject.
             ev.subject = Some(format!("agent:s{}", i % 7));
-            ev.exp = (i % 3 != 0).then_some(2_000 + i);
+            ev.exp = (!i.is_multiple_of(3)).then_some(2_000 + i);
         }
         3 => {
             ev.kind = "request.refused".into();
@@ -167,7 +167,7 @@ fn trail(
 
 /// An edit of what the store holds (or of the export kept outside it).
 #[derive(Clone, Debug)]
-enum Edit {
+enum Tamper {
     DeleteRecord(usize),
     DuplicateRecord(usize),
     SwapRecords(usize, usize),
@@ -211,49 +211,49 @@ enum Edit {
     ReverseRecords,
 }
 
-fn edit_strategy() -> impl Strategy<Value = Edit> {
+fn edit_strategy() -> impl Strategy<Value = Tamper> {
     let i = any::<usize>;
     let n = || prop_oneof![0u64..4, 60u64..70, 120u64..200, Just(u64::MAX)];
     prop_oneof![
-        i().prop_map(Edit::DeleteRecord),
-        i().prop_map(Edit::DuplicateRecord),
-        (i(), i()).prop_map(|(a, b)| Edit::SwapRecords(a, b)),
-        i().prop_map(Edit::EditBody),
-        i().prop_map(Edit::EditBodyAndHash),
-        i().prop_map(Edit::EditHash),
-        (i(), n()).prop_map(|(a, b)| Edit::EditTs(a, b)),
-        (i(), i()).prop_map(|(a, b)| Edit::MoveRecord(a, b)),
-        (i(), n()).prop_map(|(a, b)| Edit::Renumber(a, b)),
-        i().prop_map(Edit::DeleteCheckpoint),
-        i().prop_map(Edit::DuplicateCheckpoint),
-        i().prop_map(Edit::ForgeCheckpoint),
-        (i(), i()).prop_map(|(a, b)| Edit::MoveCheckpoint(a, b)),
-        (i(), n()).prop_map(|(a, b)| Edit::RenumberCheckpoint(a, b)),
-        (i(), i()).prop_map(|(a, b)| Edit::SignCheckpointAt(a, b)),
-        i().prop_map(Edit::DeleteBase),
-        i().prop_map(Edit::DuplicateBase),
-        (i(), i()).prop_map(|(a, b)| Edit::MoveBase(a, b)),
-        i().prop_map(Edit::SignBaseAt),
-        (i(), n()).prop_map(|(a, b)| Edit::AddBaseRevocation(a, b)),
-        i().prop_map(Edit::DeleteBaseRevocation),
-        (i(), n()).prop_map(|(a, b)| Edit::EditBaseRevocation(a, b)),
-        i().prop_map(Edit::DeleteRevocation),
-        i().prop_map(Edit::LowerRevocation),
-        i().prop_map(Edit::DuplicateRevocation),
-        i().prop_map(Edit::DeleteSerial),
-        i().prop_map(Edit::DuplicateSerial),
-        i().prop_map(Edit::SerialCase),
-        i().prop_map(Edit::SerialPrefix),
-        n().prop_map(Edit::AddSerial),
-        i().prop_map(Edit::DeleteAnchor),
-        i().prop_map(Edit::DuplicateAnchor),
-        (i(), n()).prop_map(|(a, b)| Edit::RenumberAnchor(a, b)),
-        i().prop_map(Edit::EditAnchorHash),
-        (i(), i()).prop_map(|(a, b)| Edit::MoveAnchor(a, b)),
-        (i(), n()).prop_map(|(a, b)| Edit::AddAnchor(a, b)),
-        Just(Edit::ReverseAnchors),
-        Just(Edit::ReverseCheckpoints),
-        Just(Edit::ReverseRecords),
+        i().prop_map(Tamper::DeleteRecord),
+        i().prop_map(Tamper::DuplicateRecord),
+        (i(), i()).prop_map(|(a, b)| Tamper::SwapRecords(a, b)),
+        i().prop_map(Tamper::EditBody),
+        i().prop_map(Tamper::EditBodyAndHash),
+        i().prop_map(Tamper::EditHash),
+        (i(), n()).prop_map(|(a, b)| Tamper::EditTs(a, b)),
+        (i(), i()).prop_map(|(a, b)| Tamper::MoveRecord(a, b)),
+        (i(), n()).prop_map(|(a, b)| Tamper::Renumber(a, b)),
+        i().prop_map(Tamper::DeleteCheckpoint),
+        i().prop_map(Tamper::DuplicateCheckpoint),
+        i().prop_map(Tamper::ForgeCheckpoint),
+        (i(), i()).prop_map(|(a, b)| Tamper::MoveCheckpoint(a, b)),
+        (i(), n()).prop_map(|(a, b)| Tamper::RenumberCheckpoint(a, b)),
+        (i(), i()).prop_map(|(a, b)| Tamper::SignCheckpointAt(a, b)),
+        i().prop_map(Tamper::DeleteBase),
+        i().prop_map(Tamper::DuplicateBase),
+        (i(), i()).prop_map(|(a, b)| Tamper::MoveBase(a, b)),
+        i().prop_map(Tamper::SignBaseAt),
+        (i(), n()).prop_map(|(a, b)| Tamper::AddBaseRevocation(a, b)),
+        i().prop_map(Tamper::DeleteBaseRevocation),
+        (i(), n()).prop_map(|(a, b)| Tamper::EditBaseRevocation(a, b)),
+        i().prop_map(Tamper::DeleteRevocation),
+        i().prop_map(Tamper::LowerRevocation),
+        i().prop_map(Tamper::DuplicateRevocation),
+        i().prop_map(Tamper::DeleteSerial),
+        i().prop_map(Tamper::DuplicateSerial),
+        i().prop_map(Tamper::SerialCase),
+        i().prop_map(Tamper::SerialPrefix),
+        n().prop_map(Tamper::AddSerial),
+        i().prop_map(Tamper::DeleteAnchor),
+        i().prop_map(Tamper::DuplicateAnchor),
+        (i(), n()).prop_map(|(a, b)| Tamper::RenumberAnchor(a, b)),
+        i().prop_map(Tamper::EditAnchorHash),
+        (i(), i()).prop_map(|(a, b)| Tamper::MoveAnchor(a, b)),
+        (i(), n()).prop_map(|(a, b)| Tamper::AddAnchor(a, b)),
+        Just(Tamper::ReverseAnchors),
+        Just(Tamper::ReverseCheckpoints),
+        Just(Tamper::ReverseRecords),
     ]
 }
 
@@ -270,79 +270,79 @@ fn other_writer(i: usize) -> String {
     OTHER_WRITERS[i % OTHER_WRITERS.len()].to_owned()
 }
 
-fn apply(snap: &mut AuditSnapshot, anchors: &mut Vec<Anchor>, edit: &Edit) {
+fn apply(snap: &mut AuditSnapshot, anchors: &mut Vec<Anchor>, edit: &Tamper) {
     let s = signer();
     match *edit {
-        Edit::DeleteRecord(i) if !snap.records.is_empty() => {
+        Tamper::DeleteRecord(i) if !snap.records.is_empty() => {
             let n = snap.records.len();
             snap.records.remove(i % n);
         }
-        Edit::DuplicateRecord(i) => {
+        Tamper::DuplicateRecord(i) => {
             if let Some(r) = pick(&mut snap.records, i).cloned() {
                 let n = snap.records.len();
                 snap.records.insert(i % n, r);
             }
         }
-        Edit::SwapRecords(a, b) if !snap.records.is_empty() => {
+        Tamper::SwapRecords(a, b) if !snap.records.is_empty() => {
             let n = snap.records.len();
             snap.records.swap(a % n, b % n);
         }
-        Edit::EditBody(i) => {
+        Tamper::EditBody(i) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.body = r.body.replace("operator", "mallory");
             }
         }
-        Edit::EditBodyAndHash(i) => {
+        Tamper::EditBodyAndHash(i) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.body = r.body.replace("operator", "mallory");
                 r.hash = record_hash(&r.body);
             }
         }
-        Edit::EditHash(i) => {
+        Tamper::EditHash(i) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.hash = record_hash("forged");
             }
         }
-        Edit::EditTs(i, ts) => {
+        Tamper::EditTs(i, ts) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.ts = ts;
             }
         }
-        Edit::MoveRecord(i, w) => {
+        Tamper::MoveRecord(i, w) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.writer = other_writer(w);
             }
         }
-        Edit::Renumber(i, seq) => {
+        Tamper::Renumber(i, seq) => {
             if let Some(r) = pick(&mut snap.records, i) {
                 r.seq = seq;
             }
         }
-        Edit::DeleteCheckpoint(i) if !snap.checkpoints.is_empty() => {
+        Tamper::DeleteCheckpoint(i) if !snap.checkpoints.is_empty() => {
             let n = snap.checkpoints.len();
             snap.checkpoints.remove(i % n);
         }
-        Edit::DuplicateCheckpoint(i) => {
+        Tamper::DuplicateCheckpoint(i) => {
             if let Some(c) = pick(&mut snap.checkpoints, i).cloned() {
                 snap.checkpoints.push(c);
             }
         }
-        Edit::ForgeCheckpoint(i) => {
+        Tamper::ForgeCheckpoint(i) => {
             if let Some(c) = pick(&mut snap.checkpoints, i) {
                 c.head = record_hash("forged");
             }
         }
-        Edit::MoveCheckpoint(i, w) => {
+        Tamper::MoveCheckpoint(i, w) => {
             if let Some(c) = pick(&mut snap.checkpoints, i) {
                 c.writer = other_writer(w);
             }
         }
-        Edit::RenumberCheckpoint(i, seq) => {
+        Tamper::RenumberCheckpoint(i, seq) => {
             if let Some(c) = pick(&mut snap.checkpoints, i) {
                 c.seq = seq;
             }
         }
-        Edit::SignCheckpointAt(i, j) => {
+        Tamper::SignCheckpointAt(i, j) => {
             let at = pick(&mut snap.records, i).map(|r| (r.writer.clone(), r.hash.clone()));
             if let Some((w, head)) = at {
                 // Another record's number: the head of one record, the number of another.
@@ -352,21 +352,21 @@ fn apply(snap: &mut AuditSnapshot, anchors: &mut Vec<Anchor>, edit: &Edit) {
                 }
             }
         }
-        Edit::DeleteBase(i) if !snap.bases.is_empty() => {
+        Tamper::DeleteBase(i) if !snap.bases.is_empty() => {
             let n = snap.bases.len();
             snap.bases.remove(i % n);
         }
-        Edit::DuplicateBase(i) => {
+        Tamper::DuplicateBase(i) => {
             if let Some(b) = pick(&mut snap.bases, i).cloned() {
                 snap.bases.push(b);
             }
         }
-        Edit::MoveBase(i, w) => {
+        Tamper::MoveBase(i, w) => {
             if let Some(b) = pick(&mut snap.bases, i) {
                 b.writer = other_writer(w);
             }
         }
-        Edit::SignBaseAt(i) => {
+        Tamper::SignBaseAt(i) => {
             // A base at a stored record (as a prune with the audit key would sign), the
             // records up to it left in place, with the base revocations already held.
             let at = pick(&mut snap.records, i).map(|r| (r.writer.clone(), r.seq, r.hash.clone()));
@@ -384,85 +384,85 @@ fn apply(snap: &mut AuditSnapshot, anchors: &mut Vec<Anchor>, edit: &Edit) {
                 }
             }
         }
-        Edit::AddBaseRevocation(w, exp) => {
+        Tamper::AddBaseRevocation(w, exp) => {
             snap.base_revocations
                 .push((other_writer(w), "agent:s1".to_owned(), exp));
         }
-        Edit::DeleteBaseRevocation(i) if !snap.base_revocations.is_empty() => {
+        Tamper::DeleteBaseRevocation(i) if !snap.base_revocations.is_empty() => {
             let n = snap.base_revocations.len();
             snap.base_revocations.remove(i % n);
         }
-        Edit::EditBaseRevocation(i, exp) => {
+        Tamper::EditBaseRevocation(i, exp) => {
             if let Some(r) = pick(&mut snap.base_revocations, i) {
                 r.2 = exp;
             }
         }
-        Edit::DeleteRevocation(i) if !snap.revocations.is_empty() => {
+        Tamper::DeleteRevocation(i) if !snap.revocations.is_empty() => {
             let n = snap.revocations.len();
             snap.revocations.remove(i % n);
         }
-        Edit::LowerRevocation(i) => {
+        Tamper::LowerRevocation(i) => {
             if let Some(r) = pick(&mut snap.revocations, i) {
                 r.1 = r.1.saturating_sub(1);
             }
         }
-        Edit::DuplicateRevocation(i) => {
+        Tamper::DuplicateRevocation(i) => {
             if let Some(r) = pick(&mut snap.revocations, i).cloned() {
                 snap.revocations.push((r.0, 0));
             }
         }
-        Edit::DeleteSerial(i) if !snap.audited_serials.is_empty() => {
+        Tamper::DeleteSerial(i) if !snap.audited_serials.is_empty() => {
             let n = snap.audited_serials.len();
             snap.audited_serials.remove(i % n);
         }
-        Edit::DuplicateSerial(i) => {
+        Tamper::DuplicateSerial(i) => {
             if let Some(x) = pick(&mut snap.audited_serials, i).cloned() {
                 snap.audited_serials.push(x);
             }
         }
-        Edit::SerialCase(i) => {
+        Tamper::SerialCase(i) => {
             if let Some(x) = pick(&mut snap.audited_serials, i) {
                 *x = x.to_uppercase();
             }
         }
-        Edit::SerialPrefix(i) => {
+        Tamper::SerialPrefix(i) => {
             if let Some(x) = pick(&mut snap.audited_serials, i) {
                 x.pop();
             }
         }
-        Edit::AddSerial(n) => snap.audited_serials.push(format!("a{n:x}ab")),
-        Edit::DeleteAnchor(i) if !anchors.is_empty() => {
+        Tamper::AddSerial(n) => snap.audited_serials.push(format!("a{n:x}ab")),
+        Tamper::DeleteAnchor(i) if !anchors.is_empty() => {
             let n = anchors.len();
             anchors.remove(i % n);
         }
-        Edit::DuplicateAnchor(i) => {
+        Tamper::DuplicateAnchor(i) => {
             if let Some(a) = pick(anchors, i).cloned() {
                 anchors.push(a);
             }
         }
-        Edit::RenumberAnchor(i, seq) => {
+        Tamper::RenumberAnchor(i, seq) => {
             if let Some(a) = pick(anchors, i) {
                 a.seq = seq;
             }
         }
-        Edit::EditAnchorHash(i) => {
+        Tamper::EditAnchorHash(i) => {
             if let Some(a) = pick(anchors, i) {
                 a.hash = record_hash("another");
             }
         }
-        Edit::MoveAnchor(i, w) => {
+        Tamper::MoveAnchor(i, w) => {
             if let Some(a) = pick(anchors, i) {
                 a.writer = other_writer(w);
             }
         }
-        Edit::AddAnchor(w, seq) => anchors.push(Anchor {
+        Tamper::AddAnchor(w, seq) => anchors.push(Anchor {
             writer: other_writer(w),
             seq,
             hash: record_hash("unknown"),
         }),
-        Edit::ReverseAnchors => anchors.reverse(),
-        Edit::ReverseCheckpoints => snap.checkpoints.reverse(),
-        Edit::ReverseRecords => snap.records.reverse(),
+        Tamper::ReverseAnchors => anchors.reverse(),
+        Tamper::ReverseCheckpoints => snap.checkpoints.reverse(),
+        Tamper::ReverseRecords => snap.records.reverse(),
         _ => {}
     }
 }
@@ -604,10 +604,8 @@ fn the_streamed_store_agrees_with_the_old_verifier() {
     t.ca.open_task(&task(), now()).unwrap();
     drop(b);
     let key = audit::audit_public_key(t.path()).unwrap();
-    let config = agentid_ca::CaConfig::load(
-        &t.path().join(agentid_ca::material::files::CONFIG),
-    )
-    .unwrap();
+    let config =
+        agentid_ca::CaConfig::load(&t.path().join(agentid_ca::material::files::CONFIG)).unwrap();
     let iss = config.trust_domain.id().as_str().to_owned();
     let edits: &[&str] = &[
         "",
@@ -656,8 +654,8 @@ fn the_streamed_store_agrees_with_the_old_verifier() {
             }
         }
         let streamed = audit::verify_dir(copy.path()).unwrap();
-        let snap = agentid_ca::store::read_audit_snapshot(&copy.path().join("ca.db"), None)
-            .unwrap();
+        let snap =
+            agentid_ca::store::read_audit_snapshot(&copy.path().join("ca.db"), None).unwrap();
         let old = audit_oracle::verify_anchored(&snap, &key, &iss, &[]);
         assert_eq!(streamed, old, "{sql}");
         if sql.is_empty() {
@@ -754,10 +752,11 @@ fn the_streamed_postgres_store_agrees_with_the_old_verifier() {
         )
         .unwrap();
         let streamed = audit::verify_dir(copy.path()).unwrap();
-        let snap = agentid_ca::CaConfig::load(&copy.path().join(agentid_ca::material::files::CONFIG))
-            .unwrap()
-            .read_audit_snapshot(copy.path(), None)
-            .unwrap();
+        let snap =
+            agentid_ca::CaConfig::load(&copy.path().join(agentid_ca::material::files::CONFIG))
+                .unwrap()
+                .read_audit_snapshot(copy.path(), None)
+                .unwrap();
         let old = audit_oracle::verify_anchored(&snap, &key, &iss, &[]);
         assert_eq!(streamed, old, "{sql}");
         if sql.is_empty() {
