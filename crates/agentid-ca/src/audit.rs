@@ -283,6 +283,43 @@ pub(crate) fn stored_text_of(v: rusqlite::types::ValueRef<'_>) -> String {
     }
 }
 
+/// A row of the store's revocations as verification holds an `ok` `revoke` record to it
+/// ([`AuditSnapshot::revocations`]): `kind:value` and its `exp`, read as the CA reads the row,
+/// which looks a revocation up by its `kind` and `value` (text) and holds it in force while its
+/// `exp` is ahead. So a row whose `kind` or `value` is not UTF-8 text (only an edit of the
+/// store makes one), or whose `kind` holds a `:` (no kind does: `kind:value` would read the
+/// same as another kind's, e.g. `principal:{"email"` and the rest of a principal's value), is
+/// no revocation the CA finds, and is left out; an `exp` no `u64` holds (negative, or not an
+/// integer) is one the CA takes as ended, and reads as 0 (not as `u64::MAX`, "never ends",
+/// which would hold the entry in force while the CA and the lists no longer do).
+pub(crate) fn held_revocation<'a>(
+    kind: rusqlite::types::ValueRef<'a>,
+    value: rusqlite::types::ValueRef<'a>,
+    exp: rusqlite::types::ValueRef<'a>,
+) -> Option<(String, u64)> {
+    fn text(v: rusqlite::types::ValueRef<'_>) -> Option<&str> {
+        match v {
+            rusqlite::types::ValueRef::Text(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+    let exp = match exp {
+        rusqlite::types::ValueRef::Integer(i) => held_exp(i),
+        _ => 0,
+    };
+    held_revocation_of(text(kind)?, text(value)?, exp)
+}
+
+/// A revocation's stored `exp` as [`held_revocation`] reads it: one no `u64` holds as 0.
+pub(crate) fn held_exp(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// [`held_revocation`] of a row read as text: `None` for a `kind` holding a `:`.
+pub(crate) fn held_revocation_of(kind: &str, value: &str, exp: u64) -> Option<(String, u64)> {
+    (!kind.contains(':')).then(|| (format!("{kind}:{value}"), exp))
+}
+
 /// A signed checkpoint as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointRecord {

@@ -917,3 +917,56 @@ fn a_revocation_whose_exp_was_lowered_is_named_by_its_record() {
         "UPDATE revocations SET exp = 1 WHERE kind = 'agent' AND value = 'worker'",
     );
 }
+
+/// A revocation's `exp` set to a negative number in the store: the CA and the lists read the
+/// entry as ended long ago (the target is accepted again), so `audit verify` must name the
+/// record, not read the number as "never ends" (a stored number no `u64` holds read as
+/// `u64::MAX`, as it is for a record's `seq`, held the entry in force for ever). Before, the
+/// trail verified.
+#[test]
+fn a_revocation_whose_exp_was_made_negative_is_named_by_its_record() {
+    revocation_changed_in_the_store_is_named_by_its_record(
+        "UPDATE revocations SET exp = -1 WHERE kind = 'agent' AND value = 'worker'",
+    );
+}
+
+/// A principal's revocation moved in the store to a row whose `kind` holds the start of its
+/// value (`kind` `principal:{"email"`, `value` the rest): the CA looks the principal up by
+/// `kind = 'principal'` and no longer finds it revoked, yet `kind:value` reads the same.
+/// `audit verify` must not take that row for the revocation its record made. Before, the
+/// trail verified.
+#[test]
+fn a_revocation_moved_to_a_kind_holding_part_of_its_value_is_named_by_its_record() {
+    let t = busy_ca();
+    let principal = serde_json::json!({"format": "email", "email": "a@example.org"});
+    t.ca.revoke(&RevokeTarget::Principal(principal), None, "operator", now())
+        .unwrap();
+    t.ca.checkpoint_audit(now(), true).unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let revoked = audit_records(&t.ca)
+        .into_iter()
+        .find(|r| {
+            r["kind"] == "revoke"
+                && r["outcome"] == "ok"
+                && r["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("principal:"))
+        })
+        .unwrap();
+    let n = db(t.path())
+        .execute(
+            "UPDATE revocations SET kind = 'principal:' || substr(value, 1, instr(value, ':') - 1),
+                    value = substr(value, instr(value, ':') + 1)
+              WHERE kind = 'principal'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let (writer, at, reason) = record_break(t.path());
+    assert_eq!(
+        (writer.as_str(), at),
+        ("main", revoked["seq"].as_u64().unwrap()),
+        "{reason}"
+    );
+    assert!(reason.contains("principal:"), "{reason}");
+}

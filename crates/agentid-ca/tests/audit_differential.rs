@@ -578,6 +578,10 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn the_streamed_store_agrees_with_the_old_verifier() {
     use common::*;
+    // The edits are SQLite's (`ca.db`); PostgreSQL's have a test of their own below.
+    if postgres_under_test() {
+        return;
+    }
     let t = test_ca(agentid_ca::KeyType::P256);
     let task = || {
         agentid_ca::OpenTaskRequest::new(
@@ -764,4 +768,61 @@ fn the_streamed_postgres_store_agrees_with_the_old_verifier() {
         }
     }
     assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// PostgreSQL reads the store's revocations as the CA does: a revocation whose `exp` was made
+/// negative, or a principal's moved to a row whose `kind` holds the start of its value, is
+/// undone (the CA no longer finds it in force), and `audit verify` names its record.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_revocation_undone_in_a_postgres_store_is_named() {
+    use common::*;
+    if !postgres_under_test() {
+        return;
+    }
+    let t = test_ca(agentid_ca::KeyType::P256);
+    let url = t.pg.as_ref().unwrap().url("agentid");
+    let principal = serde_json::json!({"format": "email", "email": "a@example.org"});
+    t.ca.revoke(
+        &agentid_ca::RevokeTarget::Agent("worker".into()),
+        None,
+        "operator",
+        now(),
+    )
+    .unwrap();
+    t.ca.revoke(
+        &agentid_ca::RevokeTarget::Principal(principal),
+        None,
+        "operator",
+        now(),
+    )
+    .unwrap();
+    t.ca.checkpoint_audit(now(), true).unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let edit = |sql: &'static str| {
+        agentid_test_support::pg::with_client(&url, move |c| async move {
+            c.batch_execute(sql).await.unwrap();
+        })
+    };
+    let named = |what: &str| match audit::verify_dir(t.path()).unwrap() {
+        Err(audit::AuditBreak::Record { reason, .. }) => {
+            assert!(reason.contains(what), "{reason}")
+        }
+        other => panic!("expected the revoke record of {what} named, got {other:?}"),
+    };
+    edit(
+        "UPDATE revocations SET exp = -exp WHERE kind = 'agent' AND value = 'worker'; \
+         UPDATE revocations SET exp = -exp WHERE kind = 'principal'",
+    );
+    named("agent:worker");
+    edit(
+        "UPDATE revocations SET exp = -exp WHERE kind = 'agent' AND value = 'worker'; \
+         UPDATE revocations SET exp = -exp WHERE kind = 'principal'",
+    );
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    edit(
+        "UPDATE revocations SET kind = 'principal:' || substr(value, 1, strpos(value, ':') - 1), \
+                value = substr(value, strpos(value, ':') + 1) WHERE kind = 'principal'",
+    );
+    named("principal:");
 }

@@ -1896,18 +1896,18 @@ fn audit_visit_on(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?
     };
+    // As the CA reads them (`audit::held_revocation`): a row it would not find, or finds
+    // ended, is not held.
     let revocations = tx
         .prepare_cached("SELECT kind, value, exp FROM revocations ORDER BY rowid")?
         .query_map([], |r| {
-            Ok((
-                format!(
-                    "{}:{}",
-                    stored_text_of(r.get_ref(0)?),
-                    stored_text_of(r.get_ref(1)?)
-                ),
-                stored_number_of(r.get_ref(2)?),
+            Ok(crate::audit::held_revocation(
+                r.get_ref(0)?,
+                r.get_ref(1)?,
+                r.get_ref(2)?,
             ))
         })?
+        .filter_map(core::result::Result::transpose)
         .collect::<rusqlite::Result<Vec<_>>>()?;
     visitor.head(AuditHead {
         checkpoints,

@@ -2188,20 +2188,20 @@ impl Store for PgStore {
                         ))
                     })
                     .collect::<PgResult<Vec<_>>>()?;
+                // As the CA reads them (`audit::held_revocation`): a row it would not find, or
+                // finds ended, is not held.
                 let revocations = c
                     .query("SELECT kind, value, exp FROM revocations ORDER BY id", &[])
                     .await?
                     .iter()
                     .map(|r| {
-                        Ok((
-                            format!(
-                                "{}:{}",
-                                r.try_get::<_, String>(0)?,
-                                r.try_get::<_, String>(1)?
-                            ),
-                            crate::audit::stored_number(r.try_get(2)?),
+                        Ok(crate::audit::held_revocation_of(
+                            r.try_get::<_, &str>(0)?,
+                            r.try_get::<_, &str>(1)?,
+                            crate::audit::held_exp(r.try_get(2)?),
                         ))
                     })
+                    .filter_map(core::result::Result::transpose)
                     .collect::<PgResult<Vec<_>>>()?;
                 let writers = c
                     .query("SELECT DISTINCT writer FROM audit_records", &[])
