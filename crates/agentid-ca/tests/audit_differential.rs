@@ -515,8 +515,22 @@ proptest! {
             };
             let mut r1 = retained;
             let mut r2 = retained;
-            let new = audit::plan_prune(&snap, cutoff, &mut r1).unwrap();
+            let mut new = audit::plan_prune(&snap, cutoff, &mut r1).unwrap();
             let old = audit_oracle::plan_prune(&snap, cutoff, &mut r2).unwrap();
+            // The places a prune may stop in batches (new): checkpointed records after the
+            // base, rising, ending at the plan's end, with the serials and revocations counted
+            // up to each; then the plans are the old planner's.
+            for p in &mut new {
+                let last = p.steps.last().map(|s| (s.seq, s.head.clone()));
+                prop_assert_eq!(last, Some((p.seq, p.head.clone())));
+                let mut at = (p.from, 0, 0);
+                for s in &p.steps {
+                    prop_assert!(s.seq > at.0 && s.serials >= at.1 && s.revocations >= at.2);
+                    at = (s.seq, s.serials, s.revocations);
+                }
+                prop_assert_eq!((at.1, at.2), (p.serials.len(), p.revocations.len()));
+                p.steps.clear();
+            }
             prop_assert_eq!(new, old);
         }
     }

@@ -765,6 +765,7 @@ fn batches_end_at_checkpointed_records() {
     // A batch smaller than the checkpoint interval still moves on, a step at a time.
     assert_eq!(ends(0, 10), vec![1, 64, 128, 192, 256, 300]);
     assert!(audit::prune_batches(&[], 0, 64).is_empty());
+}
 
 /// An output that stops taking lines for a while, as a pipe to a slow reader does (`agentid
 /// audit export | ssh backup 'cat > FILE'` over a slow link), once the first line is written.

@@ -463,6 +463,8 @@ pub fn plan_prune(
                 from: bases.get(writer).copied().unwrap_or(0),
                 serials,
                 revocations: revoked,
+                // Not the old planner's (prunes in batches came later): compared without.
+                steps: Vec::new(),
             });
         }
     }
