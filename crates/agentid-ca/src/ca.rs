@@ -848,6 +848,9 @@ impl CertificateAuthority {
                 kind: "revoke".into(),
                 actor: actor.into(),
                 subject: Some(format!("principal:{}", rec.value)),
+                // As every `ok` revoke record: the entry's `exp`, which the store holds at
+                // least until it ends (a row cut short is a break, CA-API 4.3).
+                exp: Some(rec.exp),
                 outcome: "ok".into(),
                 reason: Some(format!(
                     "{}expanded to {} task(s): {}",

@@ -970,3 +970,43 @@ fn a_revocation_moved_to_a_kind_holding_part_of_its_value_is_named_by_its_record
     );
     assert!(reason.contains("principal:"), "{reason}");
 }
+
+/// A principal's revocation cut short in the store (its `exp` lowered): the CA and the task
+/// openings read the principal's row until its `exp`, so a lowered one lets the principal's
+/// new tasks through sooner. Its record carries the `exp` it was stored with, as every `ok`
+/// revoke record does, and verification names it. Before, the record carried none and the
+/// trail verified.
+#[test]
+fn a_principal_revocation_cut_short_is_named_by_its_record() {
+    let t = busy_ca();
+    let principal = serde_json::json!({"format": "email", "email": "a@example.org"});
+    t.ca.revoke(&RevokeTarget::Principal(principal), None, "operator", now())
+        .unwrap();
+    t.ca.checkpoint_audit(now(), true).unwrap();
+    audit::verify_dir(t.path()).unwrap().unwrap();
+    let revoked = audit_records(&t.ca)
+        .into_iter()
+        .find(|r| {
+            r["kind"] == "revoke"
+                && r["outcome"] == "ok"
+                && r["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("principal:"))
+        })
+        .unwrap();
+    assert!(revoked["exp"].as_u64().is_some(), "{revoked}");
+    let n = db(t.path())
+        .execute(
+            "UPDATE revocations SET exp = 1 WHERE kind = 'principal'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let (writer, at, reason) = record_break(t.path());
+    assert_eq!(
+        (writer.as_str(), at),
+        ("main", revoked["seq"].as_u64().unwrap()),
+        "{reason}"
+    );
+    assert!(reason.contains("was lowered"), "{reason}");
+}
