@@ -90,12 +90,20 @@ pub struct AuditEvent {
     pub outcome: String,
     /// Why it was denied, or what was revoked or published.
     pub reason: Option<String>,
-    /// For the revocation of an entry the lists publish (not a principal's), the entry's `exp`
-    /// as stored when it committed (an entry's `exp` only rises); absent from every other
-    /// record.
+    /// For an `ok` revocation (a principal's too), the entry's `exp` as stored when it
+    /// committed (an entry's `exp` only rises); absent from every other record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// For a principal's revocation, the `task` entries it expanded to, each as `["task:T",
+    /// exp]` with the `exp` stored when it committed (a long expansion is recorded in several
+    /// records, [`EXPANDED_PER_RECORD`] each); absent from every other record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expanded: Option<Vec<(String, u64)>>,
 }
+
+/// The most `task` entries one record of a principal's revocation lists
+/// ([`AuditEvent::expanded`]): a principal with more tasks is recorded in several records.
+pub const EXPANDED_PER_RECORD: usize = 512;
 
 /// A record's stored JSON: the chain fields, then the event.
 // No `deny_unknown_fields` here: serde does not support it with `flatten`. The hash covers the
@@ -953,6 +961,20 @@ impl<'a> TrailVerifier<'a> {
         if ev.kind == "revoke" && ev.outcome == "ok" && self.undone.is_none() {
             let subject = ev.subject.clone().unwrap_or_default();
             self.undone = undone_revocation(&self.held, subject, ev.exp, &r.writer, r.seq, false);
+            // A principal's: each task entry it expanded to, held as its own revocation.
+            for (task, exp) in ev.expanded.iter().flatten() {
+                if self.undone.is_some() {
+                    break;
+                }
+                self.undone = undone_revocation(
+                    &self.held,
+                    task.clone(),
+                    Some(*exp),
+                    &r.writer,
+                    r.seq,
+                    false,
+                );
+            }
         }
         entry.n = expected;
         entry.head.clone_from(&r.hash);
@@ -1577,9 +1599,21 @@ impl<'a> PrunePlanner<'a> {
                     return Ok(());
                 }
             }
+            // A principal's: each task entry it expanded to, likewise.
+            for (task, exp) in ev.expanded.iter().flatten() {
+                let held = self.revocations.get(task.as_str()).copied();
+                match held.max(Some(*exp)) {
+                    Some(exp) if exp < self.cutoff => {}
+                    _ => {
+                        walk.stopped = true;
+                        return Ok(());
+                    }
+                }
+            }
             if let Some(subject) = &ev.subject {
                 walk.revoked.push((subject.clone(), ev.exp.unwrap_or(0)));
             }
+            walk.revoked.extend(ev.expanded.iter().flatten().cloned());
         }
         if self
             .signed

@@ -841,30 +841,49 @@ impl CertificateAuthority {
             reason: reason.map(str::to_string),
             requester: actor.to_string(),
         };
-        let mut recorded = None;
+        let mut recorded = Vec::new();
         let tasks = store.revoke_principal(&rec, self.config.skew_secs, &mut |tasks| {
-            let ev = AuditEvent {
+            // One record names the principal's entry and the first task entries it expanded
+            // to, each with the `exp` it committed with; a long expansion goes on in further
+            // records of the same subject (CA-API 4.1).
+            let event = |part: &[RevocationRecord], first: bool| AuditEvent {
                 ts: now,
                 kind: "revoke".into(),
                 actor: actor.into(),
                 subject: Some(format!("principal:{}", rec.value)),
+                outcome: "ok".into(),
+                reason: Some(if first {
+                    format!(
+                        "{}expanded to {} task(s)",
+                        reason.map(|r| format!("{r}; ")).unwrap_or_default(),
+                        tasks.len()
+                    )
+                } else {
+                    "expanded (continued)".to_owned()
+                }),
                 // As every `ok` revoke record: the entry's `exp`, which the store holds at
                 // least until it ends (a row cut short is a break, CA-API 4.3).
                 exp: Some(rec.exp),
-                outcome: "ok".into(),
-                reason: Some(format!(
-                    "{}expanded to {} task(s): {}",
-                    reason.map(|r| format!("{r}; ")).unwrap_or_default(),
-                    tasks.len(),
-                    tasks.join(" ")
-                )),
+                expanded: (!part.is_empty()).then(|| {
+                    part.iter()
+                        .map(|t| (format!("task:{}", t.value), t.exp))
+                        .collect()
+                }),
                 ..AuditEvent::default()
             };
-            recorded = Some(ev.clone());
-            ev
+            let mut events: Vec<AuditEvent> = tasks
+                .chunks(crate::audit::EXPANDED_PER_RECORD)
+                .enumerate()
+                .map(|(i, part)| event(part, i == 0))
+                .collect();
+            if events.is_empty() {
+                events.push(event(&[], true));
+            }
+            recorded.clone_from(&events);
+            events
         })?;
         drop(store);
-        if let Some(ev) = &recorded {
+        for ev in &recorded {
             self.audit.record(ev);
         }
         tracing::info!(tasks = tasks.len(), "principal revoked");

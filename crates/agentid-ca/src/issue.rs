@@ -400,6 +400,7 @@ impl CertificateAuthority {
             outcome: "ok".into(),
             reason: None,
             exp: None,
+            expanded: None,
         };
         let c = IssuanceCommit {
             record: &record,

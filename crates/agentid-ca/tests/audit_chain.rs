@@ -1010,3 +1010,44 @@ fn a_principal_revocation_cut_short_is_named_by_its_record() {
     );
     assert!(reason.contains("was lowered"), "{reason}");
 }
+
+/// A task entry a principal's revocation expanded to, deleted from the store: the lists then
+/// leave the task out and its live sessions go on. The principal's record names each task entry
+/// with its `exp`, and verification holds each as a revocation of its own. Before, the tasks
+/// were named in the record's reason only, and the trail verified.
+#[test]
+fn a_task_entry_of_a_principal_revocation_deleted_is_named_by_its_record() {
+    let revoked = || {
+        let t = busy_ca();
+        let principal = serde_json::json!({"format": "email", "email": "a@example.org"});
+        let mut req = planner();
+        req.principal = Some(principal.clone());
+        t.ca.open_task(&req, now()).unwrap();
+        t.ca.revoke(&RevokeTarget::Principal(principal), None, "operator", now())
+            .unwrap();
+        t.ca.checkpoint_audit(now(), true).unwrap();
+        audit::verify_dir(t.path()).unwrap().unwrap();
+        let seq = audit_records(&t.ca)
+            .into_iter()
+            .find(|r| {
+                r["kind"] == "revoke"
+                    && r["subject"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("principal:"))
+            })
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap();
+        (t, seq)
+    };
+    for edit in [
+        "DELETE FROM revocations WHERE kind = 'task'",
+        "UPDATE revocations SET exp = 1 WHERE kind = 'task'",
+    ] {
+        let (t, seq) = revoked();
+        let n = db(t.path()).execute(edit, []).unwrap();
+        assert_eq!(n, 1, "{edit}");
+        let (writer, at, reason) = record_break(t.path());
+        assert_eq!((writer.as_str(), at), ("main", seq), "{edit}: {reason}");
+        assert!(reason.contains("task:"), "{edit}: {reason}");
+    }
+}

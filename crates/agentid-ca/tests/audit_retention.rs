@@ -812,3 +812,54 @@ fn an_export_on_postgres_survives_an_output_that_stalls() {
     assert_eq!(String::from_utf8(out.out).unwrap(), whole);
     assert_eq!(lines, whole.lines().count() as u64);
 }
+
+/// A principal's revocation record stays while any task entry it expanded to is in force, and
+/// once pruned, its chain's base keeps every one of those entries: a task entry deleted after
+/// the prune is a break of the base.
+#[test]
+fn a_pruned_principal_revocation_keeps_its_task_entries_held() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let alice = serde_json::json!({"format": "email", "email": "alice@example.com"});
+    let mut req = planner(None);
+    req.principal = Some(alice.clone());
+    t.ca.open_task(&req, t0).unwrap();
+    t.ca.revoke(
+        &agentid_ca::RevokeTarget::Principal(alice),
+        None,
+        "operator",
+        t0,
+    )
+    .unwrap();
+    for _ in 0..70 {
+        t.ca.open_task(&planner(None), t0).unwrap();
+    }
+    t.ca.checkpoint_audit(t0, true).unwrap();
+    // Past every entry's end (the principal's lasts its longest grant) by more than a day.
+    let (_, exported) = export(t.path(), None);
+    let counts =
+        t.ca.prune_audit(Duration::from_secs(DAY), at(t0, 9 * DAY), &exported)
+            .unwrap();
+    assert!(counts.records >= 64, "{counts:?}");
+    assert_eq!(chain(t.path()).pruned, counts.records);
+    if postgres_under_test() {
+        return;
+    }
+    let kept: i64 = db(t.path())
+        .query_row(
+            "SELECT COUNT(*) FROM audit_base_revocations WHERE subject LIKE 'task:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 1);
+    db(t.path())
+        .execute("DELETE FROM revocations WHERE kind = 'task'", [])
+        .unwrap();
+    match audit::verify_dir(t.path()).unwrap() {
+        Err(AuditBreak::Base { reason, .. }) => {
+            assert!(reason.contains("task:"), "{reason}")
+        }
+        other => panic!("expected the base to hold the task entry, got {other:?}"),
+    }
+}

@@ -1065,14 +1065,14 @@ fn a_principal_revocation_cut_off_mid_transaction_is_not_acknowledged() {
                 "the revocation's connection"
             );
         }
-        AuditEvent {
+        vec![AuditEvent {
             ts: now,
             kind: "revoke".into(),
             actor: "operator".into(),
             subject: Some(format!("principal:{}", p.value)),
             outcome: "ok".into(),
             ..AuditEvent::default()
-        }
+        }]
     });
     let recorded = store
         .revocations()
@@ -1504,14 +1504,16 @@ fn a_principal_with_many_tasks_is_revoked() {
         reason: None,
         requester: "operator".into(),
     };
-    let res = store.revoke_principal(&p, 60, &mut |tasks| AuditEvent {
-        ts: now,
-        kind: "revoke".into(),
-        actor: "operator".into(),
-        subject: Some(format!("principal:{principal}")),
-        outcome: "ok".into(),
-        reason: Some(format!("expanded to {} task(s)", tasks.len())),
-        ..AuditEvent::default()
+    let res = store.revoke_principal(&p, 60, &mut |tasks| {
+        vec![AuditEvent {
+            ts: now,
+            kind: "revoke".into(),
+            actor: "operator".into(),
+            subject: Some(format!("principal:{principal}")),
+            outcome: "ok".into(),
+            reason: Some(format!("expanded to {} task(s)", tasks.len())),
+            ..AuditEvent::default()
+        }]
     });
     let listed = res.unwrap();
     assert_eq!(listed.len() as i64, TASKS);

@@ -102,7 +102,23 @@ fn revoking_a_principal_revokes_its_tasks_and_refuses_new_ones() {
         .unwrap();
     let reason = rec["reason"].as_str().unwrap();
     assert!(reason.contains("expanded to 2 task(s)"), "{reason}");
-    assert!(reason.contains(&task_of(&a1)) && reason.contains(&task_of(&a2)));
+    // Each task entry, with the exp it committed with.
+    let expanded: Vec<(String, u64)> = serde_json::from_value(rec["expanded"].clone()).unwrap();
+    let stored: Vec<(String, u64)> =
+        t.ca.revocations()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == RevocationKind::Task)
+            .map(|r| (format!("task:{}", r.value), r.exp))
+            .collect();
+    assert_eq!(expanded, stored);
+    assert_eq!(
+        expanded.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        vec![
+            format!("task:{}", task_of(&a1)),
+            format!("task:{}", task_of(&a2))
+        ]
+    );
     agentid_ca::audit::verify_dir(t.path()).unwrap().unwrap();
 }
 
@@ -188,4 +204,48 @@ fn a_token_bound_to_a_revoked_principal_is_refused_when_made() {
     // Another principal's token is made.
     t.ca.create_bound_token("planner", None, &binding(bob()), ten_minutes, now())
         .unwrap();
+}
+
+/// A principal with more tasks than one record lists is recorded in several records of the
+/// same subject, which together name every task entry with the exp it committed with; the
+/// trail verifies.
+#[test]
+fn a_long_expansion_is_recorded_in_several_records() {
+    let t = test_ca(KeyType::P256);
+    let n = agentid_ca::audit::EXPANDED_PER_RECORD + 3;
+    for _ in 0..n {
+        open(&t, Some(alice())).unwrap();
+    }
+    t.ca.revoke(&RevokeTarget::Principal(alice()), None, "operator", now())
+        .unwrap();
+    let records: Vec<serde_json::Value> = audit_records(&t.ca)
+        .into_iter()
+        .filter(|r| {
+            r["kind"] == "revoke"
+                && r["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("principal:"))
+        })
+        .collect();
+    let sizes: Vec<usize> = records
+        .iter()
+        .map(|r| r["expanded"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, vec![agentid_ca::audit::EXPANDED_PER_RECORD, 3]);
+    let mut expanded: Vec<(String, u64)> = records
+        .iter()
+        .flat_map(|r| serde_json::from_value::<Vec<(String, u64)>>(r["expanded"].clone()).unwrap())
+        .collect();
+    expanded.sort();
+    let mut stored: Vec<(String, u64)> =
+        t.ca.revocations()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == RevocationKind::Task)
+            .map(|r| (format!("task:{}", r.value), r.exp))
+            .collect();
+    stored.sort();
+    assert_eq!(expanded.len(), n);
+    assert_eq!(expanded, stored);
+    agentid_ca::audit::verify_dir(t.path()).unwrap().unwrap();
 }

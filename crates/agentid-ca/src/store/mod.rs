@@ -709,13 +709,14 @@ pub trait Store: Send {
     /// [`RevocationKind::Principal`]) and a `task` entry for each task of that principal whose
     /// grant verifiers may still accept at `p.revoked_at` (`exp + skew` after it, PROTOCOL.md
     /// rule 5.5; each entry lasting until everything in the task has expired, plus `skew`),
-    /// with the audit record `audit(tasks)` naming the expansion.
+    /// with the audit records `audit(tasks)` naming the expansion (each appended in the same
+    /// transaction; `tasks` as stored, each `exp` the one it committed with).
     /// Returns the task entries.
     fn revoke_principal(
         &mut self,
         _p: &RevocationRecord,
         _skew: u64,
-        _audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+        _audit: &mut dyn FnMut(&[RevocationRecord]) -> Vec<AuditEvent>,
     ) -> Result<Vec<RevocationRecord>> {
         Err(CaError::Store("this store cannot revoke principals".into()))
     }
@@ -1772,7 +1773,7 @@ impl Store for SqliteStore {
         &mut self,
         p: &RevocationRecord,
         skew: u64,
-        audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+        audit: &mut dyn FnMut(&[RevocationRecord]) -> Vec<AuditEvent>,
     ) -> Result<Vec<RevocationRecord>> {
         let writer = self.audit_writer.clone();
         let tx = self.immediate()?;
@@ -1819,8 +1820,9 @@ impl Store for SqliteStore {
             p.requester
         ])?;
         bump_revocation_epoch(&tx)?;
-        let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
-        append_audit_tx(&tx, &writer, &audit(&names))?;
+        for ev in audit(&out) {
+            append_audit_tx(&tx, &writer, &ev)?;
+        }
         tx.commit()?;
         Ok(out)
     }

@@ -2416,7 +2416,7 @@ impl Store for PgStore {
         &mut self,
         p: &RevocationRecord,
         skew: u64,
-        audit: &mut dyn FnMut(&[String]) -> AuditEvent,
+        audit: &mut dyn FnMut(&[RevocationRecord]) -> Vec<AuditEvent>,
     ) -> Result<Vec<RevocationRecord>> {
         let writer = self.inner.writer.clone();
         let p = Arc::new(p.clone());
@@ -2473,14 +2473,13 @@ impl Store for PgStore {
                     Ok(out)
                 })
             },
-            |out: &Vec<RevocationRecord>| {
-                let names: Vec<String> = out.iter().map(|r| r.value.clone()).collect();
-                Ok(audit(&names))
-            },
-            move |c, out, ev: AuditEvent| {
+            |out: &Vec<RevocationRecord>| Ok(audit(out)),
+            move |c, out, events: Vec<AuditEvent>| {
                 let writer = writer.clone();
-                                Box::pin(async move {
-                    append_audit_tx(&*c, &writer, &ev).await?;
+                Box::pin(async move {
+                    for ev in &events {
+                        append_audit_tx(&*c, &writer, ev).await?;
+                    }
                     Ok(out)
                 })
             },
