@@ -31,6 +31,7 @@
 //! only), so unauthenticated traffic cannot fill the chain. Records never hold keys, tokens, CSRs
 //! or certificates. Every record is mirrored as a `tracing` event (target `agentid::audit`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 
@@ -40,6 +41,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CaError, Result};
 use crate::util;
+
+mod export_file;
+
+pub use export_file::ExportFile;
 
 /// The `prev` of a writer's first record: 64 zeros.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -781,7 +786,10 @@ enum Seen {
 pub struct TrailVerifier<'a> {
     key: &'a PublicKey,
     iss: &'a str,
-    anchors: &'a [Anchor],
+    /// The records known held in memory ([`Against::Listed`]; empty for an export file).
+    anchors: Cow<'a, [Anchor]>,
+    /// An export file read beside the records ([`Against::Export`]).
+    export: Option<ExportCheck>,
     head: AuditHead,
     bases: BTreeMap<String, (u64, String)>,
     chains: BTreeMap<String, ChainState>,
@@ -822,10 +830,30 @@ impl<'a> TrailVerifier<'a> {
     /// A verifier of the trail signed with `key` for trust domain `iss`, holding the store to
     /// `anchors` ([`verify_anchored`]).
     pub fn new(key: &'a PublicKey, iss: &'a str, anchors: &'a [Anchor]) -> Self {
+        Self::against(key, iss, Against::Listed(Cow::Borrowed(anchors)))
+    }
+
+    /// A verifier of the trail signed with `key` for trust domain `iss`, holding the store to
+    /// the records `known` names: held in memory, or an export file read beside the store's
+    /// records ([`ExportFile`]). Call [`Self::read_export_rest`] once the store has fed
+    /// everything, before [`Self::finish`].
+    pub fn against(key: &'a PublicKey, iss: &'a str, known: Against<'a>) -> Self {
+        let (anchors, export) = match known {
+            Against::Listed(anchors) => (anchors, None),
+            Against::Export(file) => (
+                Cow::Borrowed(&[][..]),
+                Some(ExportCheck {
+                    file,
+                    writers: HashMap::new(),
+                    drained: false,
+                }),
+            ),
+        };
         Self {
             key,
             iss,
             anchors,
+            export,
             head: AuditHead::default(),
             bases: BTreeMap::new(),
             chains: BTreeMap::new(),
@@ -1007,11 +1035,21 @@ impl<'a> TrailVerifier<'a> {
         Ok(())
     }
 
-    /// The first record of `writer` from `from` to `to` (inclusive) that no anchor names, if
-    /// any ([`crate::CertificateAuthority::prune_audit`]: every record pruned must be in the
-    /// export).
-    pub fn first_unanchored(&self, writer: &str, from: u64, to: u64) -> Option<u64> {
+    /// The first record of `writer` the store holds, up to `to` (inclusive), that no record
+    /// known names, if any ([`crate::CertificateAuthority::prune_audit`]: every record pruned
+    /// must be in the export). Asked once the store has fed everything.
+    pub fn first_unanchored(&self, writer: &str, to: u64) -> Option<u64> {
+        if let Some(ex) = &self.export {
+            // Found while the records passed (a writer the file does not name has its first
+            // record there).
+            return ex
+                .writers
+                .get(writer)
+                .and_then(|w| w.first_unanchored)
+                .filter(|seq| *seq <= to);
+        }
         let list = self.anchored.get(writer).map_or(&[][..], Vec::as_slice);
+        let from = self.base_of(writer).saturating_add(1);
         let mut want = from;
         let start = list.partition_point(|(seq, _)| *seq < from);
         for (seq, _) in list.get(start..).unwrap_or(&[]) {
@@ -1026,6 +1064,55 @@ impl<'a> TrailVerifier<'a> {
             }
         }
         (want <= to).then_some(want)
+    }
+
+    /// Reads the rest of an export file ([`Against::Export`]): the records of each writer
+    /// past the store's, and those of writers the store holds none of. Nothing for records
+    /// held in memory. [`Self::finish`] calls it if it was not; called first, a failure to
+    /// read the file is an error rather than a break.
+    pub fn read_export_rest(&mut self) -> Result<()> {
+        match self.export.as_mut() {
+            Some(ex) => ex.drain(&self.bases, &self.chains),
+            None => Ok(()),
+        }
+    }
+
+    /// Compares record `r` (which verified) with the export file's record at its number.
+    fn compare_with_export(&mut self, r: &AuditRecord) -> Result<()> {
+        let Some(ex) = self.export.as_mut() else {
+            return Ok(());
+        };
+        if !ex.writers.contains_key(r.writer.as_str()) {
+            ex.writers.insert(r.writer.clone(), WriterCheck::default());
+        }
+        let Some(w) = ex.writers.get_mut(r.writer.as_str()) else {
+            return Ok(());
+        };
+        w.start(&mut ex.file, &r.writer, self.bases.get(r.writer.as_str()))?;
+        loop {
+            match w.next.take() {
+                // The store's records come one number after the other from the base, and the
+                // file's were skipped up to the base: one below is out of reach, kept as a
+                // miss all the same.
+                Some(k) if k.seq < r.seq => {
+                    w.miss(k.line, k.seq, Miss::Absent);
+                    w.next = ex.file.next(&r.writer, &mut w.cursor)?;
+                }
+                Some(k) if k.seq == r.seq => {
+                    if k.hash != r.hash {
+                        w.miss(k.line, k.seq, Miss::Differs);
+                    }
+                    w.next = ex.file.next(&r.writer, &mut w.cursor)?;
+                    break;
+                }
+                next => {
+                    w.next = next;
+                    w.first_unanchored.get_or_insert(r.seq);
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The verdict, once the store has fed everything.
@@ -1164,21 +1251,25 @@ impl<'a> TrailVerifier<'a> {
                 return Err(b);
             }
         }
+        if let Some(ex) = self.export.as_mut() {
+            if let Err(e) = ex.drain(&self.bases, &self.chains) {
+                return Err(AuditBreak::Anchor {
+                    writer: String::new(),
+                    seq: 0,
+                    reason: format!("the export could not be read to its end: {e}"),
+                });
+            }
+        }
         let mut anchors_pruned = 0u64;
+        let miss_break = |writer: &str, seq: u64, miss: Miss| {
+            let n = self.chains.get(writer).map_or(0, |c| c.n);
+            let covered = checkpointed.get(writer).copied().unwrap_or(0) >= seq;
+            anchor_break(writer, seq, miss, n, covered)
+        };
         for (a, seen) in self.anchors.iter().zip(&self.seen) {
-            let bad = |reason: String| AuditBreak::Anchor {
-                writer: a.writer.clone(),
-                seq: a.seq,
-                reason,
-            };
             if let Some((seq, head)) = self.bases.get(a.writer.as_str()) {
                 if a.seq == *seq && a.hash != *head {
-                    return Err(bad(
-                        "the chain's signed base names another record there: the record known \
-                         is another CA's (give a file kept from this CA), or whoever pruned the \
-                         chain held this CA's audit.key"
-                            .to_owned(),
-                    ));
+                    return Err(miss_break(&a.writer, a.seq, Miss::Base));
                 }
                 if a.seq <= *seq {
                     // Exported and pruned, as the base signed by the audit key says.
@@ -1186,45 +1277,29 @@ impl<'a> TrailVerifier<'a> {
                     continue;
                 }
             }
-            let Some(chain) = self.chains.get(a.writer.as_str()) else {
-                return Err(bad(
-                    "the store holds no record of this chain: the chain was deleted from the \
-                     store, with its checkpoints"
-                        .to_owned(),
-                ));
-            };
-            let n = chain.n;
+            if !self.chains.contains_key(a.writer.as_str()) {
+                return Err(miss_break(&a.writer, a.seq, Miss::NoChain));
+            }
             match seen {
-                Seen::Absent => {
-                    return Err(bad(format!(
-                        "the store holds {n} records of this chain: records were deleted after \
-                         record {n}"
-                    )))
-                }
-                // Covered by a checkpoint this CA's audit key signed (verified above): the
-                // store's record is this CA's unless that key was used to rewrite it, so the
-                // record known may as well come from another CA (a file kept from another CA's
-                // store).
-                Seen::Differs
-                    if checkpointed.get(a.writer.as_str()).copied().unwrap_or(0) >= a.seq =>
-                {
-                    return Err(bad(
-                        "the store's record there is not the one known, and a checkpoint this \
-                         CA's audit key signed covers the store's: the record known is another \
-                         CA's (the file was kept from another CA's store: give one kept from \
-                         this CA), or whoever rewrote the chain held this CA's audit.key"
-                            .to_owned(),
-                    ))
-                }
-                Seen::Differs => {
-                    return Err(bad(
-                        "the store's record there is not the one known: it was rewritten (with \
-                         the chain's records after it, and their checkpoints)"
-                            .to_owned(),
-                    ))
-                }
+                Seen::Absent => return Err(miss_break(&a.writer, a.seq, Miss::Absent)),
+                Seen::Differs => return Err(miss_break(&a.writer, a.seq, Miss::Differs)),
                 Seen::Same => {}
             }
+        }
+        let mut anchors = self.anchors.len() as u64;
+        if let Some(ex) = &self.export {
+            // The first miss in the file (each writer's first is its earliest line: its
+            // records are read in file order).
+            let first = ex
+                .writers
+                .iter()
+                .filter_map(|(writer, w)| w.missed.as_ref().map(|m| (m, writer)))
+                .min_by_key(|((line, _, _), _)| *line);
+            if let Some(((_, seq, miss), writer)) = first {
+                return Err(miss_break(writer, *seq, *miss));
+            }
+            anchors = ex.file.records();
+            anchors_pruned = ex.writers.values().map(|w| w.pruned).sum();
         }
         Ok(VerifyReport {
             chains: self
@@ -1240,7 +1315,7 @@ impl<'a> TrailVerifier<'a> {
                 .collect(),
             checkpoints: self.head.checkpoints.len() as u64,
             issuances: self.issuances,
-            anchors: self.anchors.len() as u64,
+            anchors,
             anchors_pruned,
         })
     }
@@ -1301,7 +1376,10 @@ impl AuditVisitor for TrailVerifier<'_> {
             return Ok(ControlFlow::Break(()));
         }
         match self.check_record(record) {
-            Ok(()) => Ok(ControlFlow::Continue(())),
+            Ok(()) => {
+                self.compare_with_export(record)?;
+                Ok(ControlFlow::Continue(()))
+            }
             Err(b) => {
                 self.broken = Some(b);
                 Ok(ControlFlow::Break(()))
@@ -1319,6 +1397,161 @@ impl AuditVisitor for TrailVerifier<'_> {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// How a record known from outside the store ([`Anchor`]) is not the store's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Miss {
+    /// At the chain's base, another record than the base names.
+    Base,
+    /// The store holds no record of its chain.
+    NoChain,
+    /// The store's chain ends before it.
+    Absent,
+    /// The store's record there is another.
+    Differs,
+}
+
+/// The break of the record known at `seq` of `writer` that the store does not hold as known
+/// (`n`: the store's records of the chain; `covered`: a checkpoint verified covers `seq`).
+fn anchor_break(writer: &str, seq: u64, miss: Miss, n: u64, covered: bool) -> AuditBreak {
+    let reason = match miss {
+        Miss::Base => "the chain's signed base names another record there: the record known is \
+             another CA's (give a file kept from this CA), or whoever pruned the chain held this \
+             CA's audit.key"
+            .to_owned(),
+        Miss::NoChain => "the store holds no record of this chain: the chain was deleted from \
+             the store, with its checkpoints"
+            .to_owned(),
+        Miss::Absent => format!(
+            "the store holds {n} records of this chain: records were deleted after record {n}"
+        ),
+        // Covered by a checkpoint this CA's audit key signed (verified): the store's record
+        // is this CA's unless that key was used to rewrite it, so the record known may as well
+        // come from another CA (a file kept from another CA's store).
+        Miss::Differs if covered => "the store's record there is not the one known, and a \
+             checkpoint this CA's audit key signed covers the store's: the record known is \
+             another CA's (the file was kept from another CA's store: give one kept from this \
+             CA), or whoever rewrote the chain held this CA's audit.key"
+            .to_owned(),
+        Miss::Differs => "the store's record there is not the one known: it was rewritten (with \
+             the chain's records after it, and their checkpoints)"
+            .to_owned(),
+    };
+    AuditBreak::Anchor {
+        writer: writer.to_owned(),
+        seq,
+        reason,
+    }
+}
+
+/// [`TrailVerifier`]'s reading of an export file beside the store ([`Against::Export`]).
+struct ExportCheck {
+    file: ExportFile,
+    /// Per writer met (in the store or the file), where its reading stands.
+    writers: HashMap<String, WriterCheck>,
+    /// The writers' records past the store's were read ([`TrailVerifier::read_export_rest`]).
+    drained: bool,
+}
+
+impl ExportCheck {
+    /// [`TrailVerifier::read_export_rest`].
+    fn drain(
+        &mut self,
+        bases: &BTreeMap<String, (u64, String)>,
+        chains: &BTreeMap<String, ChainState>,
+    ) -> Result<()> {
+        if self.drained {
+            return Ok(());
+        }
+        let writers: Vec<String> = self.file.writers().cloned().collect();
+        for writer in writers {
+            let w = self.writers.entry(writer.clone()).or_default();
+            w.start(&mut self.file, &writer, bases.get(writer.as_str()))?;
+            if let Some(k) = w.next.take() {
+                // Past the store's records (or of a chain the store does not hold).
+                let miss = if chains.contains_key(writer.as_str()) {
+                    Miss::Absent
+                } else {
+                    Miss::NoChain
+                };
+                w.miss(k.line, k.seq, miss);
+            }
+        }
+        self.drained = true;
+        Ok(())
+    }
+}
+
+/// One writer's reading of an export file ([`ExportCheck`]).
+#[derive(Debug, Default)]
+struct WriterCheck {
+    cursor: export_file::Cursor,
+    /// Its records were read up to its base ([`WriterCheck::start`]).
+    started: bool,
+    /// The file's next record of the writer not yet compared (`None`: past its last).
+    next: Option<export_file::Known>,
+    /// The records known at or below the chain's base: exported and pruned.
+    pruned: u64,
+    /// The first record of the store that the file does not hold.
+    first_unanchored: Option<u64>,
+    /// The first record known that the store does not hold as known: (line, seq, how).
+    missed: Option<(u64, u64, Miss)>,
+}
+
+impl WriterCheck {
+    /// Reads the writer's first records, up to its chain's `base` (pruned: only the base's
+    /// own is compared, with the head the base names), once.
+    fn start(
+        &mut self,
+        file: &mut ExportFile,
+        writer: &str,
+        base: Option<&(u64, String)>,
+    ) -> Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        self.next = file.next(writer, &mut self.cursor)?;
+        let Some((seq, head)) = base else {
+            return Ok(());
+        };
+        while let Some(k) = self.next.take() {
+            if k.seq > *seq {
+                self.next = Some(k);
+                break;
+            }
+            if k.seq == *seq && k.hash != *head {
+                self.miss(k.line, k.seq, Miss::Base);
+            }
+            self.pruned += 1;
+            self.next = file.next(writer, &mut self.cursor)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the first miss (the writer's records are read in file order).
+    fn miss(&mut self, line: u64, seq: u64, miss: Miss) {
+        if self.missed.is_none() {
+            self.missed = Some((line, seq, miss));
+        }
+    }
+}
+
+/// The records a store is held to ([`TrailVerifier::against`]): what `agentid audit verify
+/// --against` or `agentid audit prune --exported` was given.
+#[derive(Debug)]
+pub enum Against<'a> {
+    /// Held in memory ([`read_anchors`], [`read_export`]).
+    Listed(Cow<'a, [Anchor]>),
+    /// An export in a file, read beside the store's records ([`ExportFile`]).
+    Export(ExportFile),
+}
+
+impl<'a> From<&'a [Anchor]> for Against<'a> {
+    fn from(anchors: &'a [Anchor]) -> Self {
+        Self::Listed(Cow::Borrowed(anchors))
     }
 }
 
@@ -1734,10 +1967,7 @@ fn read_anchors_of(
         .take(MAX_ANCHOR_LINE + 1)
         .read_until(b'\n', &mut first)
         .map_err(|e| format!("reading: {e}"))?;
-    let is_export = serde_json::from_slice::<serde_json::Value>(&first)
-        .ok()
-        .is_some_and(|v| v.get("type").is_some());
-    if !is_export {
+    if !is_export_line(&first) {
         let mut all = first;
         (&mut r)
             .take(MAX_ANCHOR_REPORT.saturating_add(1))
@@ -1798,6 +2028,14 @@ fn read_anchors_of(
         return Err("an export without records: nothing to compare the store with".to_owned());
     }
     Ok(anchors)
+}
+
+/// Whether `line`, the first of a file, makes it an `agentid audit export` (JSON lines, each
+/// with a `type`) rather than a report.
+fn is_export_line(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .is_some_and(|v| v.get("type").is_some())
 }
 
 /// The anchor of one `agentid audit export` line (`None` for a checkpoint line).
@@ -1954,12 +2192,22 @@ pub fn verify_dir_anchored(
     dir: &std::path::Path,
     anchors: &[Anchor],
 ) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
+    verify_dir_against(dir, anchors.into())
+}
+
+/// [`verify_dir_anchored`] with the records known held in memory or read from an export file
+/// beside the store's ([`Against`]).
+pub fn verify_dir_against(
+    dir: &std::path::Path,
+    known: Against<'_>,
+) -> Result<core::result::Result<VerifyReport, AuditBreak>> {
     let config = crate::CaConfig::load(&dir.join(crate::material::files::CONFIG))?;
     let key = audit_public_key(dir)?;
     let iss = config.trust_domain.id().as_str().to_owned();
     // Streamed: the records are read, checked and dropped one at a time.
-    let mut verifier = TrailVerifier::new(&key, &iss, anchors);
+    let mut verifier = TrailVerifier::against(&key, &iss, known);
     config.visit_audit(dir, None, &mut verifier)?;
+    verifier.read_export_rest()?;
     Ok(verifier.finish())
 }
 

@@ -1098,7 +1098,7 @@ impl CertificateAuthority {
         now: SystemTime,
         exported: &[crate::audit::Anchor],
     ) -> Result<crate::store::PruneCounts> {
-        self.prune_audit_in_batches(retain, now, exported, crate::audit::PRUNE_BATCH)
+        self.prune_audit_in_batches(retain, now, exported.into(), crate::audit::PRUNE_BATCH)
     }
 
     /// [`Self::prune_audit`], each chain's records pruned in transactions of at most `batch`
@@ -1107,12 +1107,14 @@ impl CertificateAuthority {
     /// leaving the chain at a signed base of its own: the store's write lock is held for one
     /// batch at a time (the CA goes on issuing between them), and a prune stopped part-way
     /// leaves a trail that verifies, pruned up to its last committed batch. The trail is
-    /// verified, and the export checked, once, before the first.
+    /// verified, and the export checked, once, before the first. `exported` is held in
+    /// memory, or an export file read beside the store ([`crate::audit::ExportFile`]: what
+    /// the prune holds then does not grow with the records exported).
     pub fn prune_audit_in_batches(
         &self,
         retain: Duration,
         now: SystemTime,
-        exported: &[crate::audit::Anchor],
+        exported: crate::audit::Against<'_>,
         batch: u64,
     ) -> Result<crate::store::PruneCounts> {
         let retain = retain.as_secs();
@@ -1138,7 +1140,7 @@ impl CertificateAuthority {
         let reader: &dyn crate::store::Store = &**store;
         let mut retained_until = |serial: &str| reader.issuance_retained_until(serial);
         let mut both = VerifyAndPlan {
-            verifier: crate::audit::TrailVerifier::new(&key, &iss, exported),
+            verifier: crate::audit::TrailVerifier::against(&key, &iss, exported),
             planner: crate::audit::PrunePlanner::new(cutoff, &mut retained_until),
             base_revocations: Vec::new(),
         };
@@ -1148,6 +1150,7 @@ impl CertificateAuthority {
             planner,
             base_revocations,
         } = both;
+        verifier.read_export_rest()?;
         verifier
             .finish()
             .map_err(|b| CaError::AuditBroken(Box::new(b)))?;
@@ -1157,8 +1160,7 @@ impl CertificateAuthority {
         drop(store);
         // Every record that goes must be in the export (compared with the store above).
         for p in &plans {
-            if let Some(seq) = verifier.first_unanchored(&p.writer, p.from.saturating_add(1), p.seq)
-            {
+            if let Some(seq) = verifier.first_unanchored(&p.writer, p.seq) {
                 return Err(CaError::InvalidRequest(format!(
                     "the export does not hold record {seq} of chain {:?}, which is old enough \
                      to prune: nothing was pruned; export the trail first (`agentid audit \

@@ -94,6 +94,20 @@ fn trail(
     seed: u64,
     anchor_ranges: &[(u64, u64)],
 ) -> (AuditSnapshot, Vec<Anchor>) {
+    let (snap, anchors, _) = trail_with_bodies(specs, seed, anchor_ranges);
+    (snap, anchors)
+}
+
+/// Every record a trail's writers wrote (the pruned ones too): (writer, seq) -> (body, hash).
+type Bodies = std::collections::HashMap<(String, u64), (String, String)>;
+
+/// [`trail`], with the records' bodies.
+fn trail_with_bodies(
+    specs: &[ChainSpec],
+    seed: u64,
+    anchor_ranges: &[(u64, u64)],
+) -> (AuditSnapshot, Vec<Anchor>, Bodies) {
+    let mut bodies = Bodies::new();
     let s = signer();
     let mut snap = AuditSnapshot::default();
     let mut anchors = Vec::new();
@@ -106,6 +120,7 @@ fn trail(
             let ev = event(w, i, seed);
             let body = record_body(w, i, &prev, &ev).unwrap();
             let hash = record_hash(&body);
+            bodies.insert(((*w).to_owned(), i), (body.clone(), hash.clone()));
             let record = AuditRecord {
                 writer: (*w).to_owned(),
                 seq: i,
@@ -162,7 +177,7 @@ fn trail(
         }
     }
     snap.revocations = held.into_iter().collect();
-    (snap, anchors)
+    (snap, anchors, bodies)
 }
 
 /// An edit of what the store holds (or of the export kept outside it).
@@ -839,4 +854,95 @@ fn a_revocation_undone_in_a_postgres_store_is_named() {
                 value = substr(value, strpos(value, ':') + 1) WHERE kind = 'principal'",
     );
     named("principal:");
+}
+
+/// `anchors` as the lines of an `agentid audit export`, in their order: a record's own body
+/// where one of the trail's hashes to the anchor's hash, else a body made for the anchor's
+/// writer and number that hashes to something else (an edited export).
+fn export_text(anchors: &[Anchor], bodies: &Bodies, seed: u64) -> String {
+    let mut out = String::new();
+    for a in anchors {
+        let text = match bodies.get(&(a.writer.clone(), a.seq)) {
+            Some((body, hash)) if *hash == a.hash => body.clone(),
+            _ => record_body(
+                &a.writer,
+                a.seq,
+                &a.hash,
+                &event(&a.writer, a.seq % 4096, seed ^ 0x5eed),
+            )
+            .unwrap(),
+        };
+        let line = audit::ExportLine::Record {
+            body: Box::new(serde_json::from_str(&text).unwrap()),
+            hash: record_hash(&text),
+            text,
+        };
+        out.push_str(&serde_json::to_string(&line).unwrap());
+        out.push('\n');
+    }
+    out
+}
+
+/// Verifies `snap` against `known`; with the verifier, to ask it what the prune asks.
+fn verify_against<'a>(
+    snap: &AuditSnapshot,
+    known: audit::Against<'a>,
+) -> (
+    Result<audit::VerifyReport, audit::AuditBreak>,
+    audit::TrailVerifier<'a>,
+) {
+    let mut v = audit::TrailVerifier::against(public(), ISS, known);
+    snap.visit(&mut v).unwrap();
+    v.read_export_rest().unwrap();
+    (v.finish(), v)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// An export file read beside the store's records (`audit::ExportFile`) gives exactly what
+    /// the same file read into memory gives: the same report or first break, and the same
+    /// first record a prune would find missing from it, for the edited export in its order
+    /// and for the same records sorted as `agentid audit export` writes them.
+    #[test]
+    fn an_export_file_read_beside_the_store_agrees_with_one_held_in_memory(
+        specs in proptest::collection::vec(spec_strategy(), 1..=3),
+        seed in any::<u64>(),
+        ranges in proptest::collection::vec((0u64..140, 0u64..140), 1..=3),
+        edits in proptest::collection::vec(edit_strategy(), 0..=3),
+    ) {
+        let (mut snap, mut anchors, bodies) = trail_with_bodies(&specs, seed, &ranges);
+        for e in &edits {
+            apply(&mut snap, &mut anchors, e);
+        }
+        let mut sorted = anchors.clone();
+        sorted.sort_by(|a, b| (&a.writer, a.seq).cmp(&(&b.writer, b.seq)));
+        sorted.dedup_by(|a, b| a.writer == b.writer && a.seq == b.seq);
+        for (order, list) in [("edited", &anchors), ("sorted", &sorted)] {
+            if list.is_empty() {
+                continue;
+            }
+            let text = export_text(list, &bodies, seed);
+            let listed = audit::read_anchors(text.as_bytes()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("export.jsonl");
+            std::fs::write(&path, &text).unwrap();
+            let file = audit::ExportFile::open(std::fs::File::open(&path).unwrap(), true).unwrap();
+            if order == "sorted" {
+                prop_assert!(matches!(file, audit::Against::Export(_)), "{:?}", file);
+            }
+            let (in_memory, v_memory) = verify_against(&snap, audit::Against::Listed(listed.into()));
+            let (beside, v_file) = verify_against(&snap, file);
+            prop_assert_eq!(&beside, &in_memory, "{}", order);
+            if let Ok(report) = &in_memory {
+                for c in &report.chains {
+                    prop_assert_eq!(
+                        v_file.first_unanchored(&c.writer, c.records),
+                        v_memory.first_unanchored(&c.writer, c.records),
+                        "{} {}", order, c.writer
+                    );
+                }
+            }
+        }
+    }
 }

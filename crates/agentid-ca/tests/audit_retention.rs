@@ -709,7 +709,7 @@ fn a_long_chain_is_pruned_in_batches_whose_bases_carry_every_pruned_revocation()
     // Checkpoints at records 1, 64, 128, 141 and 142 (the long task's, timed: six hours after
     // the last), the last before the head (145): batches of 64 end at 64, 128 and 142.
     let counts =
-        t.ca.prune_audit_in_batches(WEEK, at(t0, 9 * DAY), &exported, 64)
+        t.ca.prune_audit_in_batches(WEEK, at(t0, 9 * DAY), exported.as_slice().into(), 64)
             .unwrap();
     assert_eq!(
         (

@@ -134,11 +134,14 @@ fn prune(a: &PruneArgs) -> CliResult {
     }
     ca_dir(&a.ca)?;
     // An export: the records pruned must be kept in it (a report holds none).
-    let exported = anchors(&a.exported, "--exported", |r| {
-        agentid_ca::audit::read_export(r)
-    })?;
+    let exported = anchors(&a.exported, "--exported")?;
     let ca = crate::cert::open_ca(&a.ca)?;
-    let counts = match ca.prune_audit(a.retain, std::time::SystemTime::now(), &exported) {
+    let counts = match ca.prune_audit_in_batches(
+        a.retain,
+        std::time::SystemTime::now(),
+        exported,
+        agentid_ca::audit::PRUNE_BATCH,
+    ) {
         Ok(c) => c,
         Err(agentid_ca::CaError::AuditBroken(broken)) => {
             return Err(CliError::invalid(format!(
@@ -176,15 +179,13 @@ const NEXT_STEP: &str = "the store was changed outside the CA or damaged: keep a
      evidence, and compare it with an earlier `agentid audit export` or a backup of the store \
      to see what changed";
 
-/// The records `--against` (or `--exported`: `flag`) names, read from the file (or standard
-/// input for `-`).
-fn anchors(
-    path: &Path,
-    flag: &str,
-    read_with: fn(&mut dyn std::io::BufRead) -> Result<Vec<agentid_ca::audit::Anchor>, String>,
-) -> CliResult<Vec<agentid_ca::audit::Anchor>> {
+/// The records `--against` (or `--exported`: `flag`) names: a file's export is read beside
+/// the store's records ([`agentid_ca::audit::ExportFile`]); standard input (`-`) and a report
+/// are read into memory.
+fn anchors(path: &Path, flag: &str) -> CliResult<agentid_ca::audit::Against<'static>> {
     // `--exported` keeps the records pruned: an export, which holds them (a report does not).
-    let (wrote, output) = if flag == "--exported" {
+    let reports = flag != "--exported";
+    let (wrote, output) = if !reports {
         (
             "`agentid audit export` wrote",
             "the output of `agentid audit export --ca DIR`",
@@ -197,7 +198,13 @@ fn anchors(
         )
     };
     let read = if path == Path::new("-") {
-        read_with(&mut std::io::stdin().lock())
+        let stdin = std::io::stdin().lock();
+        let read = if reports {
+            agentid_ca::audit::read_anchors(stdin)
+        } else {
+            agentid_ca::audit::read_export(stdin)
+        };
+        read.map(|anchors| agentid_ca::audit::Against::Listed(anchors.into()))
     } else {
         // It vouches for the store: another user's copy is taken, one that others could
         // have replaced (to match a store they rewrote) is refused.
@@ -208,7 +215,7 @@ fn anchors(
             )),
             e => e.into(),
         })?;
-        read_with(&mut std::io::BufReader::new(f))
+        agentid_ca::audit::ExportFile::open(f, reports)
     };
     read.map_err(|e| {
         CliError::usage(format!(
@@ -234,11 +241,11 @@ fn next_step(broken: &agentid_ca::audit::AuditBreak) -> &'static str {
 
 fn verify(a: &VerifyArgs) -> CliResult {
     ca_dir(&a.ca)?;
-    let anchors = match &a.against {
-        Some(path) => anchors(path, "--against", |r| agentid_ca::audit::read_anchors(r))?,
-        None => Vec::new(),
+    let known = match &a.against {
+        Some(path) => anchors(path, "--against")?,
+        None => agentid_ca::audit::Against::Listed(Vec::new().into()),
     };
-    match agentid_ca::audit::verify_dir_anchored(&a.ca, &anchors)? {
+    match agentid_ca::audit::verify_dir_against(&a.ca, known)? {
         Ok(report) => match a.format.format {
             Format::Json => print_json(&json!({"valid": true, "report": report})),
             Format::Text => {

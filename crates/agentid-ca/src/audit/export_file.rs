@@ -1,0 +1,271 @@
+//! An `agentid audit export` kept in a file, compared with the store's records as they pass
+//! rather than held in memory (CA-API.md 4.3): a day's export at a million identities is
+//! tens of millions of records, and what verification holds must not grow with them.
+//!
+//! The file is read twice. The first pass ([`ExportFile::open`]) checks every line as
+//! [`super::read_anchors`] does (each record's body hashes to its hash; the fields are read
+//! from the hashed body) and keeps, per writer, where its records stand in the file: the
+//! stretches of consecutive record lines ("runs") and nothing of the records themselves. Then,
+//! while the store streams a writer's records, that writer's lines are read again from the
+//! file, one beside each record ([`ExportFile::next`]), checked again, compared and dropped.
+//!
+//! This needs each writer's records in the file by increasing number, as `agentid audit
+//! export` writes them (several runs per writer are fine: exports of consecutive periods
+//! concatenated). A file in any other order is read into memory instead, as before
+//! ([`super::read_anchors`]).
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
+
+use std::borrow::Cow;
+
+use super::{anchor_of_export_line, Against, MAX_ANCHOR_LINE};
+
+/// A writer's stretch of record lines in the file (lines of other kinds may lie between
+/// them; another writer's record ends it).
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// The byte offset of its first record line.
+    offset: u64,
+    /// That line's number (from 1).
+    line: u64,
+    /// Its record lines.
+    records: u64,
+}
+
+/// Where a writer's reading of the file stands ([`ExportFile::next`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Cursor {
+    /// The next run to start.
+    run: usize,
+    /// The next line's byte offset and number, in the current run.
+    offset: u64,
+    line: u64,
+    /// Record lines left in the current run.
+    left: u64,
+    /// The last record number read.
+    last: Option<u64>,
+}
+
+/// A record read again from the file ([`ExportFile::next`]).
+#[derive(Debug)]
+pub(super) struct Known {
+    /// The record's number.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// Its line in the file: the order in which breaks are reported.
+    pub line: u64,
+}
+
+/// An `agentid audit export` in a file, indexed by writer ([`ExportFile::open`]).
+pub struct ExportFile {
+    reader: std::io::BufReader<std::fs::File>,
+    /// The reader's position in the file.
+    pos: u64,
+    /// writer -> its runs, in file order.
+    runs: HashMap<String, Vec<Run>>,
+    /// The record lines in the file.
+    records: u64,
+}
+
+impl core::fmt::Debug for ExportFile {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ExportFile")
+            .field("writers", &self.runs.len())
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExportFile {
+    /// Reads `file` once, checking every line as [`super::read_anchors`] does (with
+    /// `reports`; as [`super::read_export`] does without), and keeps where each writer's
+    /// records stand: [`Against::Export`]. A report, or an export in another order than
+    /// `agentid audit export` writes, is read into memory instead ([`Against::Listed`]). The
+    /// error says what is wrong with the file (the line number for an export).
+    pub fn open(
+        file: std::fs::File,
+        reports: bool,
+    ) -> core::result::Result<Against<'static>, String> {
+        let mut reader = std::io::BufReader::new(file);
+        let mut runs: HashMap<String, Vec<Run>> = HashMap::new();
+        // writer -> the last record number read; the run being read.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut current: Option<(String, Run)> = None;
+        let (mut records, mut number, mut offset) = (0u64, 0u64, 0u64);
+        let mut in_order = true;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_ANCHOR_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("reading: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            number += 1;
+            let at = offset;
+            offset = offset.saturating_add(n as u64);
+            if number == 1 && !super::is_export_line(&line) {
+                // A report (or not an export at all): read whole, as before, for its
+                // errors.
+                return Self::listed(reader, reports);
+            }
+            if line.len() as u64 > MAX_ANCHOR_LINE {
+                return Err(format!(
+                    "line {number}: longer than {MAX_ANCHOR_LINE} bytes"
+                ));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Some(a) =
+                anchor_of_export_line(&line).map_err(|e| format!("line {number}: {e}"))?
+            else {
+                continue;
+            };
+            records += 1;
+            if let Some((writer, run)) = current.as_mut() {
+                if *writer == a.writer && last.get(&a.writer).is_some_and(|l| *l < a.seq) {
+                    run.records += 1;
+                    last.insert(a.writer, a.seq);
+                    continue;
+                }
+            }
+            if let Some((writer, run)) = current.take() {
+                runs.entry(writer).or_default().push(run);
+            }
+            // A writer's records by increasing number across the file, or it is not read
+            // beside the store.
+            if last.get(&a.writer).is_some_and(|l| *l >= a.seq) {
+                in_order = false;
+            }
+            last.insert(a.writer.clone(), a.seq);
+            current = Some((
+                a.writer,
+                Run {
+                    offset: at,
+                    line: number,
+                    records: 1,
+                },
+            ));
+        }
+        if let Some((writer, run)) = current.take() {
+            runs.entry(writer).or_default().push(run);
+        }
+        if number == 0 {
+            // Empty: read_anchors says what that means.
+            return Self::listed(reader, reports);
+        }
+        if records == 0 {
+            return Err("an export without records: nothing to compare the store with".to_owned());
+        }
+        if !in_order {
+            return Self::listed(reader, reports);
+        }
+        Ok(Against::Export(ExportFile {
+            reader,
+            pos: offset,
+            runs,
+            records,
+        }))
+    }
+
+    /// The whole file read into memory by [`super::read_anchors`] (or [`super::read_export`]).
+    fn listed(
+        mut reader: std::io::BufReader<std::fs::File>,
+        reports: bool,
+    ) -> core::result::Result<Against<'static>, String> {
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| format!("reading: {e}"))?;
+        let read = if reports {
+            super::read_anchors(reader)
+        } else {
+            super::read_export(reader)
+        };
+        read.map(|anchors| Against::Listed(Cow::Owned(anchors)))
+    }
+
+    /// The record lines in the file.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The writers the file holds records of.
+    pub(super) fn writers(&self) -> impl Iterator<Item = &String> {
+        self.runs.keys()
+    }
+
+    /// `writer`'s next record in the file after `cursor` (by increasing number), read and
+    /// checked again; `None` past its last. A line that is no longer what the first pass
+    /// read is an error: the file changed while it was read.
+    pub(super) fn next(
+        &mut self,
+        writer: &str,
+        cursor: &mut Cursor,
+    ) -> crate::Result<Option<Known>> {
+        let changed = |what: &str| {
+            crate::CaError::Store(format!(
+                "the export changed while it was read ({what}): keep it unchanged while the \
+                 store is compared with it"
+            ))
+        };
+        let Some(runs) = self.runs.get(writer) else {
+            return Ok(None);
+        };
+        let mut line = Vec::new();
+        loop {
+            if cursor.left == 0 {
+                let Some(run) = runs.get(cursor.run) else {
+                    return Ok(None);
+                };
+                cursor.run += 1;
+                cursor.offset = run.offset;
+                cursor.line = run.line;
+                cursor.left = run.records;
+            }
+            if self.pos != cursor.offset {
+                self.reader
+                    .seek(SeekFrom::Start(cursor.offset))
+                    .map_err(|e| crate::CaError::Store(format!("reading the export: {e}")))?;
+                self.pos = cursor.offset;
+            }
+            line.clear();
+            let n = (&mut self.reader)
+                .take(MAX_ANCHOR_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| crate::CaError::Store(format!("reading the export: {e}")))?;
+            if n == 0 {
+                return Err(changed("it is shorter"));
+            }
+            if line.len() as u64 > MAX_ANCHOR_LINE {
+                return Err(changed("a line grew"));
+            }
+            let number = cursor.line;
+            self.pos = self.pos.saturating_add(n as u64);
+            cursor.offset = self.pos;
+            cursor.line += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Some(a) = anchor_of_export_line(&line)
+                .map_err(|e| changed(&format!("line {number}: {e}")))?
+            else {
+                continue;
+            };
+            if a.writer != writer || cursor.last.is_some_and(|l| a.seq <= l) {
+                return Err(changed(&format!("line {number}")));
+            }
+            cursor.left -= 1;
+            cursor.last = Some(a.seq);
+            return Ok(Some(Known {
+                seq: a.seq,
+                hash: a.hash,
+                line: number,
+            }));
+        }
+    }
+}
