@@ -1594,7 +1594,10 @@ fn undone_revocation(
 }
 
 /// What [`plan_prune`] would prune of one writer's chain: its records up to `seq` (whose hash
-/// is `head`), and the certificates those records issued (`serials`).
+/// is `head`), and the certificates those records issued ([`issued_serial`]). It names where
+/// the prune may stop, not those certificates: each batch finds its own among the records it
+/// deletes, in its transaction ([`PrunedBatch`]), so what a prune holds does not grow with the
+/// records it prunes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrunePlan {
     /// The chain.
@@ -1603,10 +1606,9 @@ pub struct PrunePlan {
     pub seq: u64,
     /// The hash of record `seq`, which the next record links to.
     pub head: String,
-    /// The chain's base before the prune (0: none): the records after it up to `seq` go.
+    /// The chain's base before the prune (0: none): the records after it up to `seq` go, with
+    /// the issuance rows of the certificates they issued ([`issued_serial`]).
     pub from: u64,
-    /// The serials of the `ok` issuances those records recorded: their rows go with them.
-    pub serials: Vec<String>,
     /// The revocations those records made (`ok` `revoke` records), in chain order: each
     /// subject with the `exp` its record carried (0 for none). They join the ones the chain's
     /// base keeps, each subject at its highest `exp`.
@@ -1618,16 +1620,13 @@ pub struct PrunePlan {
 }
 
 /// A checkpointed record a prune may stop at ([`PrunePlan::steps`]): record `seq`, whose hash
-/// is `head`; the plan's first `serials` serials and first `revocations` revocations were
-/// recorded up to it.
+/// is `head`; the plan's first `revocations` revocations were recorded up to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PruneStep {
     /// The record.
     pub seq: u64,
     /// Its hash.
     pub head: String,
-    /// How many of [`PrunePlan::serials`] its records issued.
-    pub serials: usize,
     /// How many of [`PrunePlan::revocations`] its records made.
     pub revocations: usize,
 }
@@ -1687,16 +1686,102 @@ pub fn plan_prune(
     Ok(planner.finish())
 }
 
+/// The certificate an audit record issued, whose issuance row goes with the record when it is
+/// pruned (and which must have ended, with its task, for the record to go): the `serial` of an
+/// `ok` `issue.*` record. The one rule of both [`PrunePlanner`]'s walk and the batches that
+/// delete the records it planned ([`PrunedBatch`], in each batch's transaction).
+pub fn issued_serial(event: &AuditEvent) -> Option<&str> {
+    if event.kind.starts_with("issue.") && event.outcome == "ok" {
+        event.serial.as_deref()
+    } else {
+        None
+    }
+}
+
+/// The records one batch of a prune deletes, read by the store inside the batch's transaction,
+/// in chain order, after the chain's base (CA-API.md 4.5): each must be the next of the chain,
+/// of its writer and number, hash to its stored hash and link to the one before, and the last
+/// must be the planned record `seq` whose hash is `head` (which the store checked): they are
+/// then the records the prune verified and walked, whatever was edited meanwhile. It gives the
+/// serials of the certificates they issued ([`issued_serial`]), whose rows go with them: one
+/// batch's, at most, never the whole plan's.
+#[derive(Debug)]
+pub struct PrunedBatch<'a> {
+    plan: &'a PrunePlan,
+    /// The last record read (the base, to start).
+    at: u64,
+    /// Its hash (`None` for the base: the chain is held by `head`, at its other end).
+    prev: Option<String>,
+    serials: Vec<String>,
+}
+
+impl<'a> PrunedBatch<'a> {
+    /// The batch of `plan`, whose chain's base is now at `base` (0: none): its records from
+    /// the later of `base` and the plan's `from` go.
+    pub fn new(plan: &'a PrunePlan, base: u64) -> Self {
+        Self {
+            plan,
+            at: plan.from.max(base),
+            prev: None,
+            serials: Vec::new(),
+        }
+    }
+
+    /// The number of the last record read (the base's before the first).
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    fn changed(&self, seq: u64, what: &str) -> CaError {
+        CaError::Store(format!(
+            "audit chain {:?}: record {seq} {what} while the prune was planned; nothing was \
+             pruned",
+            self.plan.writer
+        ))
+    }
+
+    /// The next record read: number `seq` (the column), `body` and `hash` as stored.
+    pub fn record(&mut self, seq: u64, body: &str, hash: &str) -> Result<()> {
+        let expected = self.at.saturating_add(1);
+        if seq != expected || seq > self.plan.seq {
+            return Err(self.changed(expected, "was deleted or moved"));
+        }
+        let parsed: RecordBody = serde_json::from_str(body)
+            .map_err(|e| self.changed(seq, &format!("is no longer a record ({e})")))?;
+        if parsed.writer != self.plan.writer
+            || parsed.seq != seq
+            || record_hash(body) != hash
+            || self.prev.as_ref().is_some_and(|p| *p != parsed.prev)
+        {
+            return Err(self.changed(seq, "was edited"));
+        }
+        if let Some(serial) = issued_serial(&parsed.event) {
+            self.serials.push(serial.to_owned());
+        }
+        self.at = seq;
+        self.prev = Some(hash.to_owned());
+        Ok(())
+    }
+
+    /// Every record up to the plan's `seq` read, the last with the plan's `head`: the serials
+    /// of the certificates they issued.
+    pub fn finish(self) -> Result<Vec<String>> {
+        if self.at != self.plan.seq || self.prev.as_deref() != Some(self.plan.head.as_str()) {
+            return Err(self.changed(self.at.saturating_add(1), "was deleted or moved"));
+        }
+        Ok(self.serials)
+    }
+}
+
 /// One writer's walk of [`PrunePlanner`].
 #[derive(Debug)]
 struct Walk {
     writer: String,
     /// A record that may not go was met: the rest of the chain is not read.
     stopped: bool,
-    serials: Vec<String>,
     revoked: Vec<(String, u64)>,
-    /// Every checkpointed record walked, where the walk may cut (the serials and revocations
-    /// counted up to each).
+    /// Every checkpointed record walked, where the walk may cut (the revocations counted up to
+    /// each).
     cuts: Vec<PruneStep>,
     /// The chain's last record read so far (a cut there is not one: the chain goes on from a
     /// record the store holds).
@@ -1704,7 +1789,8 @@ struct Walk {
 }
 
 /// [`plan_prune`] fed record by record ([`AuditVisitor`]), in chain order: it holds one
-/// writer's walk at a time (the serials and revocations of the records that may go) and reads
+/// writer's walk at a time (the revocations of the records that may go, and the checkpointed
+/// records where it may stop; not the serials of the certificates they issued) and reads
 /// nothing of a chain past the record where its walk stops.
 pub struct PrunePlanner<'a> {
     cutoff: u64,
@@ -1755,16 +1841,13 @@ impl<'a> PrunePlanner<'a> {
             cuts.pop();
         }
         if let Some(cut) = cuts.last() {
-            let mut serials = walk.serials;
             let mut revoked = walk.revoked;
-            serials.truncate(cut.serials);
             revoked.truncate(cut.revocations);
             self.plans.push(PrunePlan {
                 from: self.bases.get(walk.writer.as_str()).copied().unwrap_or(0),
                 writer: walk.writer,
                 seq: cut.seq,
                 head: cut.head.clone(),
-                serials,
                 revocations: revoked,
                 steps: cuts,
             });
@@ -1783,7 +1866,6 @@ impl<'a> PrunePlanner<'a> {
             self.walk = Some(Walk {
                 writer: r.writer.clone(),
                 stopped: false,
-                serials: Vec::new(),
                 revoked: Vec::new(),
                 cuts: Vec::new(),
                 last: 0,
@@ -1807,14 +1889,14 @@ impl<'a> PrunePlanner<'a> {
             ))
         })?;
         let ev = &body.event;
-        if ev.kind.starts_with("issue.") && ev.outcome == "ok" {
-            if let Some(serial) = &ev.serial {
-                match (self.retained_until)(serial)? {
-                    Some(until) if until < self.cutoff => walk.serials.push(serial.clone()),
-                    _ => {
-                        walk.stopped = true;
-                        return Ok(());
-                    }
+        // Its certificate's row goes with it (the batch that deletes it finds the serial
+        // again, [`PrunedBatch`]): it must have ended, with its task.
+        if let Some(serial) = issued_serial(ev) {
+            match (self.retained_until)(serial)? {
+                Some(until) if until < self.cutoff => {}
+                _ => {
+                    walk.stopped = true;
+                    return Ok(());
                 }
             }
         }
@@ -1856,7 +1938,6 @@ impl<'a> PrunePlanner<'a> {
             walk.cuts.push(PruneStep {
                 seq: r.seq,
                 head: r.hash.clone(),
-                serials: walk.serials.len(),
                 revocations: walk.revoked.len(),
             });
         }

@@ -1179,7 +1179,7 @@ impl CertificateAuthority {
                 .filter(|(w, _, _)| *w == p.writer)
                 .map(|(_, subject, exp)| (subject.clone(), *exp))
                 .collect();
-            let (mut from, mut serials, mut revocations) = (p.from, 0usize, 0usize);
+            let (mut from, mut revocations) = (p.from, 0usize);
             for end in crate::audit::prune_batches(&p.steps, p.from, batch) {
                 let made = p
                     .revocations
@@ -1198,7 +1198,6 @@ impl CertificateAuthority {
                         seq: end.seq,
                         head: end.head.clone(),
                         from,
-                        serials: p.serials.get(serials..end.serials).unwrap_or(&[]).to_vec(),
                         revocations: made.to_vec(),
                         steps: Vec::new(),
                     },
@@ -1224,7 +1223,7 @@ impl CertificateAuthority {
                 counts.checkpoints += done.checkpoints;
                 counts.issuances += done.issuances;
                 counts.transactions += 1;
-                (from, serials, revocations) = (end.seq, end.serials, end.revocations);
+                (from, revocations) = (end.seq, end.revocations);
             }
             counts.chains += 1;
         }

@@ -740,6 +740,177 @@ fn a_long_chain_is_pruned_in_batches_whose_bases_carry_every_pruned_revocation()
     }
 }
 
+/// A prune in batches finds each batch's serials among the records that batch deletes (the plan
+/// holds none, whatever the number of records): each batch deletes the issuance rows of its own
+/// records and of no other, a walk stopped at a certificate still retained keeps its row and
+/// every later one, and a later prune takes the rest, batch by batch again.
+#[test]
+fn each_batch_deletes_the_issuance_rows_of_its_own_records_and_no_other() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let open = |r: &OpenTaskRequest, when: SystemTime| -> String {
+        t.ca.open_task(r, when)
+            .unwrap()
+            .certificate
+            .serial()
+            .to_owned()
+    };
+    // Records 1-150: short tasks (certificates and tasks ended within the hour).
+    let early: Vec<String> = (0..150).map(|_| open(&planner(None), t0)).collect();
+    // Record 151, an hour later: a task of eight hours; then records 152-211, short ones,
+    // checkpointed at 211; then records 212-214.
+    let long = open(&planner(Some(Duration::from_secs(8 * HOUR))), at(t0, HOUR));
+    let late: Vec<String> = (0..60)
+        .map(|_| open(&planner(None), at(t0, HOUR)))
+        .collect();
+    assert_eq!(
+        t.ca.checkpoint_audit(at(t0, HOUR), true).unwrap(),
+        Some(211)
+    );
+    let last: Vec<String> = (0..3).map(|_| open(&planner(None), at(t0, HOUR))).collect();
+    let (_, exported) = export(t.path(), None);
+    let held = |serials: &[String]| -> Vec<bool> {
+        serials
+            .iter()
+            .map(|s| t.ca.issuance(s).unwrap().is_some())
+            .collect()
+    };
+
+    // The plan of a prune of every record but the last three names where it may stop, not the
+    // certificates its records issued.
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    let mut ended = |_: &str| -> agentid_ca::error::Result<Option<u64>> { Ok(Some(0)) };
+    let plans = audit::plan_prune(&snap, unix(t0) + 2 * HOUR, &mut ended).unwrap();
+    assert_eq!(
+        plans.iter().map(|p| (p.from, p.seq)).collect::<Vec<_>>(),
+        vec![(0, 211)]
+    );
+    let shown = format!("{plans:?}");
+    for s in early.iter().chain([&long]).chain(&late) {
+        assert!(!shown.contains(s.as_str()), "the plan holds serial {s}");
+    }
+
+    // Two hours after t0 (a week's retention): the walk stops at the long task (record 151),
+    // so the prune ends at the checkpoint before it, 128, in two batches of 64 records.
+    let counts =
+        t.ca.prune_audit_in_batches(WEEK, at(t0, 7 * DAY + 2 * HOUR), &exported, 64)
+            .unwrap();
+    assert_eq!(
+        (
+            counts.chains,
+            counts.transactions,
+            counts.records,
+            counts.issuances
+        ),
+        (1, 2, 128, 128),
+        "{counts:?}"
+    );
+    let (gone, kept) = early.split_at(128);
+    assert_eq!(held(gone), vec![false; 128], "records 1-128's rows");
+    // Records 129-150 were walked but are after the last batch's end: their rows stay, as do
+    // the long task's and every later one.
+    assert_eq!(held(kept), vec![true; 22], "records 129-150's rows");
+    assert_eq!(held(std::slice::from_ref(&long)), vec![true]);
+    assert_eq!(held(&late), vec![true; 60], "records 152-211's rows");
+    assert_eq!(held(&last), vec![true; 3]);
+    let c = chain(t.path());
+    assert_eq!((c.records, c.pruned), (214, 128));
+
+    // Ten hours after t0: the long task ended too; the prune goes on from 128 to 211 (the last
+    // checkpoint before the head), in two batches again.
+    let counts =
+        t.ca.prune_audit_in_batches(WEEK, at(t0, 7 * DAY + 10 * HOUR), &exported, 64)
+            .unwrap();
+    assert_eq!(
+        (
+            counts.chains,
+            counts.transactions,
+            counts.records,
+            counts.issuances
+        ),
+        (1, 2, 83, 83),
+        "{counts:?}"
+    );
+    assert_eq!(held(kept), vec![false; 22], "records 129-150's rows");
+    assert_eq!(held(std::slice::from_ref(&long)), vec![false]);
+    assert_eq!(held(&late), vec![false; 60], "records 152-211's rows");
+    assert_eq!(held(&last), vec![true; 3], "records 212-214's rows");
+    let c = chain(t.path());
+    assert_eq!((c.records, c.pruned), (214, 211));
+}
+
+/// What a batch of a prune reads of the records it deletes (`audit::PrunedBatch`, as each store
+/// reads them in the batch's transaction): the serials those records issued, exactly; and a
+/// record edited, deleted or moved since the prune was planned (whatever its stored hash) is
+/// refused rather than read for the certificates whose rows go.
+#[test]
+fn a_batch_finds_the_serials_of_the_records_planned_and_refuses_them_edited() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    let issued: Vec<String> = (0..70)
+        .map(|_| {
+            t.ca.open_task(&planner(None), t0)
+                .unwrap()
+                .certificate
+                .serial()
+                .to_owned()
+        })
+        .collect();
+    let snap = t.ca.audit_snapshot(None).unwrap();
+    let mut ended = |_: &str| -> agentid_ca::error::Result<Option<u64>> { Ok(Some(0)) };
+    let plans = audit::plan_prune(&snap, unix(t0) + HOUR, &mut ended).unwrap();
+    let [plan] = &plans[..] else {
+        panic!("one plan expected: {plans:?}")
+    };
+    assert_eq!((plan.from, plan.seq), (0, 64));
+    let records: Vec<&audit::AuditRecord> = snap.records.iter().filter(|r| r.seq <= 64).collect();
+    let read = |records: &[(u64, String, String)]| {
+        let mut batch = audit::PrunedBatch::new(plan, 0);
+        for (seq, body, hash) in records {
+            batch.record(*seq, body, hash)?;
+        }
+        batch.finish()
+    };
+    let intact: Vec<(u64, String, String)> = records
+        .iter()
+        .map(|r| (r.seq, r.body.clone(), r.hash.clone()))
+        .collect();
+    assert_eq!(read(&intact).unwrap(), issued[..64].to_vec());
+    // From a base on: only the records after it.
+    let mut batch = audit::PrunedBatch::new(plan, 10);
+    for (seq, body, hash) in &intact[10..] {
+        batch.record(*seq, body, hash).unwrap();
+    }
+    assert_eq!(batch.finish().unwrap(), issued[10..64].to_vec());
+    let refused = |records: Vec<(u64, String, String)>, what: &str| match read(&records) {
+        Err(CaError::Store(m)) => assert!(m.contains("nothing was pruned"), "{what}: {m}"),
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    };
+    // Record 5 names another certificate (a retained one, say), its stored hash kept.
+    let mut edited = intact.clone();
+    edited[4].1 = edited[4].1.replace(&issued[4], &issued[69]);
+    assert_ne!(edited[4].1, intact[4].1);
+    refused(edited.clone(), "edited, hash kept");
+    // ... and its hash made again: record 6 no longer links to it.
+    edited[4].2 = audit::record_hash(&edited[4].1);
+    refused(edited, "edited, hash made again");
+    // The last, record 64, edited and its hash made again: not the head planned.
+    let mut last = intact.clone();
+    last[63].1 = last[63].1.replace(&issued[63], &issued[69]);
+    last[63].2 = audit::record_hash(&last[63].1);
+    refused(last, "the last edited");
+    // Record 5 deleted.
+    let mut gone = intact.clone();
+    gone.remove(4);
+    refused(gone, "deleted");
+    // The chain stops before the planned record 64.
+    refused(intact[..63].to_vec(), "cut short");
+    // Record 64 moved (another chain's, or another number).
+    let mut moved = intact.clone();
+    moved[63].0 = 65;
+    refused(moved, "moved");
+}
+
 /// Where the batches of a prune end: at the furthest checkpointed record within the batch, at
 /// the next one when none is (a batch is at least a checkpoint interval), and at the plan's end.
 #[test]
@@ -749,7 +920,6 @@ fn batches_end_at_checkpointed_records() {
         .map(|seq| audit::PruneStep {
             seq: *seq,
             head: format!("h{seq}"),
-            serials: 0,
             revocations: 0,
         })
         .collect();

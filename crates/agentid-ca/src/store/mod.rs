@@ -479,9 +479,11 @@ pub trait Store: Send {
         Ok(Some(i.not_after.max(task_exp)))
     }
     /// Applies `prunes` in one transaction (CA-API.md 4.5): for each, checks that the chain's
-    /// record `seq` still hashes to `head` and that its base is older, then stores the base and
-    /// deletes the chain's records up to `seq`, their checkpoints and the issuance rows of
-    /// `serials`. Stores without an audit chain refuse.
+    /// record `seq` still hashes to `head` and that its base is older, reads the records after
+    /// the base up to `seq` ([`crate::audit::PrunedBatch`]: unchanged since they were planned)
+    /// for the certificates they issued ([`crate::audit::issued_serial`]), then stores the base
+    /// and deletes the chain's records up to `seq`, their checkpoints and the issuance rows of
+    /// those certificates. Stores without an audit chain refuse.
     fn prune_audit(&mut self, prunes: &[AuditPrune]) -> Result<PruneCounts> {
         let _ = prunes;
         Err(CaError::Store(
@@ -1315,15 +1317,32 @@ impl Store for SqliteStore {
         let mut counts = PruneCounts::default();
         for p in prunes {
             let (writer, seq) = (p.plan.writer.as_str(), to_i64(p.plan.seq)?);
+            let base: Option<i64> = tx
+                .prepare_cached("SELECT seq FROM audit_bases WHERE writer = ?1")?
+                .query_row(params![writer], |r| r.get(0))
+                .optional()?;
             prune_check(
                 tx.prepare_cached("SELECT hash FROM audit_records WHERE writer = ?1 AND seq = ?2")?
                     .query_row(params![writer, seq], |r| r.get(0))
                     .optional()?,
-                tx.prepare_cached("SELECT seq FROM audit_bases WHERE writer = ?1")?
-                    .query_row(params![writer], |r| r.get(0))
-                    .optional()?,
+                base,
                 p,
             )?;
+            // The certificates the records that go issued: this batch's, read here.
+            let mut batch =
+                crate::audit::PrunedBatch::new(&p.plan, base.map(to_u64).transpose()?.unwrap_or(0));
+            {
+                let mut st = tx.prepare_cached(
+                    "SELECT seq, body, hash FROM audit_records
+                     WHERE writer = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+                )?;
+                let mut rows = st.query(params![writer, to_i64(batch.at())?, seq])?;
+                while let Some(r) = rows.next()? {
+                    let (body, hash): (String, String) = (r.get(1)?, r.get(2)?);
+                    batch.record(to_u64(r.get(0)?)?, &body, &hash)?;
+                }
+            }
+            let serials = batch.finish()?;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO audit_bases (writer, seq, head, iat, jws)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1351,7 +1370,7 @@ impl Store for SqliteStore {
                 keep.execute(params![writer, subject, to_i64(*exp)?])?;
             }
             let mut del = tx.prepare_cached("DELETE FROM issuances WHERE serial = ?1")?;
-            for serial in &p.plan.serials {
+            for serial in &serials {
                 counts.issuances += del.execute(params![serial])? as u64;
             }
         }

@@ -1712,6 +1712,33 @@ impl Store for PgStore {
                                  was pruned"
                             ))));
                         }
+                        // The certificates the records that go issued: this batch's, read
+                        // here a page at a time.
+                        let mut batch = crate::audit::PrunedBatch::new(
+                            &p.plan,
+                            base.map(to_u64).transpose()?.unwrap_or(0),
+                        );
+                        loop {
+                            let rows = tx
+                                .query(
+                                    "SELECT seq, body, hash FROM audit_records
+                                     WHERE writer = $1 AND seq > $2 AND seq <= $3
+                                     ORDER BY seq LIMIT 512",
+                                    &[&writer, &to_i64(batch.at())?, &seq],
+                                )
+                                .await?;
+                            if rows.is_empty() {
+                                break;
+                            }
+                            for r in &rows {
+                                batch.record(
+                                    to_u64(r.try_get(0)?)?,
+                                    r.try_get(1)?,
+                                    r.try_get(2)?,
+                                )?;
+                            }
+                        }
+                        let serials = batch.finish()?;
                         counts.chains += 1;
                         counts.records += tx
                             .execute(
@@ -1726,10 +1753,7 @@ impl Store for PgStore {
                             )
                             .await?;
                         counts.issuances += tx
-                            .execute(
-                                "DELETE FROM issuances WHERE serial = ANY($1)",
-                                &[&p.plan.serials],
-                            )
+                            .execute("DELETE FROM issuances WHERE serial = ANY($1)", &[&serials])
                             .await?;
                         tx.execute(
                             "DELETE FROM audit_base_revocations WHERE writer = $1",

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use agentid_ca::audit::{
     base_revocations_digest, record_hash, verify_base, verify_checkpoint, Anchor, AuditBreak,
-    AuditRecord, AuditSnapshot, ChainSummary, CheckpointClaims, CheckpointRecord, PrunePlan,
+    AuditRecord, AuditSnapshot, ChainSummary, CheckpointClaims, CheckpointRecord, PruneStep,
     RecordBody, VerifyReport, CHECKPOINT_EVERY, GENESIS,
 };
 use agentid_ca::error::{CaError, Result};
@@ -379,6 +379,19 @@ pub fn verify_anchored(
         anchors: anchors.len() as u64,
         anchors_pruned,
     })
+}
+
+/// `audit::PrunePlan` as it was (the library's no longer holds the serials: each batch of a
+/// prune reads them from the records it deletes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunePlan {
+    pub writer: String,
+    pub seq: u64,
+    pub head: String,
+    pub from: u64,
+    pub serials: Vec<String>,
+    pub revocations: Vec<(String, u64)>,
+    pub steps: Vec<PruneStep>,
 }
 
 pub fn plan_prune(
