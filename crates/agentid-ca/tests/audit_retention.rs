@@ -793,8 +793,13 @@ fn each_batch_deletes_the_issuance_rows_of_its_own_records_and_no_other() {
     // Two hours after t0 (a week's retention): the walk stops at the long task (record 151),
     // so the prune ends at the checkpoint before it, 128, in two batches of 64 records.
     let counts =
-        t.ca.prune_audit_in_batches(WEEK, at(t0, 7 * DAY + 2 * HOUR), &exported, 64)
-            .unwrap();
+        t.ca.prune_audit_in_batches(
+            WEEK,
+            at(t0, 7 * DAY + 2 * HOUR),
+            exported.as_slice().into(),
+            64,
+        )
+        .unwrap();
     assert_eq!(
         (
             counts.chains,
@@ -819,8 +824,13 @@ fn each_batch_deletes_the_issuance_rows_of_its_own_records_and_no_other() {
     // Ten hours after t0: the long task ended too; the prune goes on from 128 to 211 (the last
     // checkpoint before the head), in two batches again.
     let counts =
-        t.ca.prune_audit_in_batches(WEEK, at(t0, 7 * DAY + 10 * HOUR), &exported, 64)
-            .unwrap();
+        t.ca.prune_audit_in_batches(
+            WEEK,
+            at(t0, 7 * DAY + 10 * HOUR),
+            exported.as_slice().into(),
+            64,
+        )
+        .unwrap();
     assert_eq!(
         (
             counts.chains,
