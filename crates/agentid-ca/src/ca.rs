@@ -208,14 +208,15 @@ pub(crate) fn load_or_create_audit_key(
         ));
     } else {
         // Both are gone: a new key is for a trail that has no checkpoint yet. Over checkpoints
-        // it would sign the next ones, and `audit verify` with its public key would call every
-        // earlier one forged (the key is rotated without a word).
+        // (or a pruned chain's base, signed with the same key) it would sign the next ones, and
+        // `audit verify` with its public key would call every earlier one forged (the key is
+        // rotated without a word).
         if let Some(store) = store {
-            if store.audit_has_checkpoints()? {
+            if store.audit_has_signatures()? {
                 return Err(CaError::material(
                     &key_path,
-                    "is missing, with audit.pub, while the store holds checkpoints it signed: \
-                     restore both from a backup",
+                    "is missing, with audit.pub, while the store holds checkpoints or pruned \
+                     chains' bases it signed: restore both from a backup",
                 ));
             }
         }

@@ -105,6 +105,48 @@ fn a_store_with_checkpoints_refuses_a_new_audit_key() {
     assert!(agentid_ca::audit::verify_dir(dir.path()).unwrap().is_ok());
 }
 
+/// The same when the store holds no checkpoint but a chain's signed base (a pruned chain whose
+/// checkpoints were deleted in the database): the base is signed with the audit key too, and
+/// a new key would leave it unverifiable, the pruned records' revocations with it.
+#[test]
+fn a_store_with_a_signed_base_refuses_a_new_audit_key() {
+    let dir = make_ca_dir(KeyType::P256);
+    drop(CertificateAuthority::open(dir.path()).unwrap());
+    {
+        let der = agentid_ca::material::read_private_key(&dir.path().join("audit.key")).unwrap();
+        let key = agentid_protocol::AuthorityKey::from_pkcs8_der(&der).unwrap();
+        let signer = agentid_ca::audit::CheckpointSigner::new(
+            format!("spiffe://{TD}"),
+            std::sync::Arc::new(key),
+        );
+        let digest = agentid_ca::audit::base_revocations_digest(&[]);
+        let base = signer
+            .base("main", (64, &"ab".repeat(32)), 1_000, &digest)
+            .unwrap();
+        let c = rusqlite::Connection::open(dir.path().join("ca.db")).unwrap();
+        c.execute("DELETE FROM audit_checkpoints", []).unwrap();
+        c.execute(
+            "INSERT INTO audit_bases (writer, seq, head, iat, jws) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                base.writer,
+                base.seq as i64,
+                base.head,
+                base.iat as i64,
+                base.jws
+            ],
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(dir.path().join("audit.key")).unwrap();
+    std::fs::remove_file(dir.path().join("audit.pub")).unwrap();
+    let err = match CertificateAuthority::open(dir.path()) {
+        Ok(_) => panic!("opened with a new audit key over a store with a signed base"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("audit.key"), "{err}");
+    assert!(!dir.path().join("audit.key").exists());
+}
+
 /// A `ca.db` truncated to nothing (a failed copy, a restore that did not finish) is as gone as
 /// a missing one: it must not become a new empty store either.
 #[test]

@@ -675,8 +675,9 @@ pub trait Store: Send {
     fn audit_visit(&self, _since: Option<u64>, _visitor: &mut dyn AuditVisitor) -> Result<()> {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
-    /// Whether the store holds any checkpoint.
-    fn audit_has_checkpoints(&self) -> Result<bool> {
+    /// Whether the store holds anything the audit key signed: a checkpoint, or a pruned
+    /// chain's base.
+    fn audit_has_signatures(&self) -> Result<bool> {
         Err(CaError::Store("this store keeps no audit chain".into()))
     }
     /// Publishes the next revocation list in one transaction: takes the next `seq` (one above
@@ -1693,10 +1694,10 @@ impl Store for SqliteStore {
         audit_visit_on(&self.conn, since, true, visitor)
     }
 
-    fn audit_has_checkpoints(&self) -> Result<bool> {
+    fn audit_has_signatures(&self) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM audit_checkpoints)")?
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM audit_checkpoints) OR EXISTS (SELECT 1 FROM audit_bases)")?
             .query_row([], |r| r.get(0))?)
     }
 

@@ -2138,11 +2138,11 @@ impl Store for PgStore {
         self.inner.writer.set_signer(signer);
     }
 
-    fn audit_has_checkpoints(&self) -> Result<bool> {
+    fn audit_has_signatures(&self) -> Result<bool> {
         self.inner.run(|c| {
             Box::pin(async move {
                 let row = c
-                    .query_one("SELECT EXISTS (SELECT 1 FROM audit_checkpoints)", &[])
+                    .query_one("SELECT EXISTS (SELECT 1 FROM audit_checkpoints) OR EXISTS (SELECT 1 FROM audit_bases)", &[])
                     .await?;
                 Ok(row.try_get::<_, bool>(0)?)
             })
