@@ -21,6 +21,24 @@ use std::borrow::Cow;
 
 use super::{anchor_of_export_line, Against, MAX_ANCHOR_LINE};
 
+/// What [`ExportFile::next`] reads of a line the first pass checked.
+#[derive(serde::Deserialize)]
+struct Reread {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    hash: String,
+}
+
+/// Where a record's hashed body places it.
+#[derive(serde::Deserialize)]
+struct Place {
+    writer: String,
+    seq: u64,
+}
+
 /// A writer's stretch of record lines in the file (lines of other kinds may lie between
 /// them; another writer's record ends it).
 #[derive(Clone, Copy, Debug)]
@@ -251,19 +269,27 @@ impl ExportFile {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let Some(a) = anchor_of_export_line(&line)
-                .map_err(|e| changed(&format!("line {number}: {e}")))?
-            else {
+            // The first pass checked the line whole; this one reads what the comparison
+            // needs, from the hashed body, and that the line still hashes (a third of the
+            // work).
+            let again: Reread = serde_json::from_slice(&line)
+                .map_err(|e| changed(&format!("line {number}: {e}")))?;
+            if again.kind != "record" {
                 continue;
-            };
-            if a.writer != writer || cursor.last.is_some_and(|l| a.seq <= l) {
+            }
+            let place: Place = serde_json::from_str(&again.body)
+                .map_err(|e| changed(&format!("line {number}: {e}")))?;
+            if super::record_hash(&again.body) != again.hash
+                || place.writer != writer
+                || cursor.last.is_some_and(|l| place.seq <= l)
+            {
                 return Err(changed(&format!("line {number}")));
             }
             cursor.left -= 1;
-            cursor.last = Some(a.seq);
+            cursor.last = Some(place.seq);
             return Ok(Some(Known {
-                seq: a.seq,
-                hash: a.hash,
+                seq: place.seq,
+                hash: again.hash,
                 line: number,
             }));
         }
