@@ -23,19 +23,20 @@ use super::{anchor_of_export_line, Against, MAX_ANCHOR_LINE};
 
 /// What [`ExportFile::next`] reads of a line the first pass checked.
 #[derive(serde::Deserialize)]
-struct Reread {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    body: String,
-    #[serde(default)]
-    hash: String,
+struct Reread<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    body: Cow<'a, str>,
+    #[serde(default, borrow)]
+    hash: Cow<'a, str>,
 }
 
 /// Where a record's hashed body places it.
 #[derive(serde::Deserialize)]
-struct Place {
-    writer: String,
+struct Place<'a> {
+    #[serde(borrow)]
+    writer: Cow<'a, str>,
     seq: u64,
 }
 
@@ -85,6 +86,8 @@ pub struct ExportFile {
     runs: HashMap<String, Vec<Run>>,
     /// The record lines in the file.
     records: u64,
+    /// [`Self::next`]'s line buffer.
+    line: Vec<u8>,
 }
 
 impl core::fmt::Debug for ExportFile {
@@ -188,6 +191,7 @@ impl ExportFile {
             pos: offset,
             runs,
             records,
+            line: Vec::new(),
         }))
     }
 
@@ -225,6 +229,19 @@ impl ExportFile {
         writer: &str,
         cursor: &mut Cursor,
     ) -> crate::Result<Option<Known>> {
+        let mut line = std::mem::take(&mut self.line);
+        let read = self.read_next(writer, cursor, &mut line);
+        self.line = line;
+        read
+    }
+
+    /// [`Self::next`] with `line` as its buffer.
+    fn read_next(
+        &mut self,
+        writer: &str,
+        cursor: &mut Cursor,
+        line: &mut Vec<u8>,
+    ) -> crate::Result<Option<Known>> {
         let changed = |what: &str| {
             crate::CaError::Store(format!(
                 "the export changed while it was read ({what}): keep it unchanged while the \
@@ -234,7 +251,6 @@ impl ExportFile {
         let Some(runs) = self.runs.get(writer) else {
             return Ok(None);
         };
-        let mut line = Vec::new();
         loop {
             if cursor.left == 0 {
                 let Some(run) = runs.get(cursor.run) else {
@@ -254,7 +270,7 @@ impl ExportFile {
             line.clear();
             let n = (&mut self.reader)
                 .take(MAX_ANCHOR_LINE + 1)
-                .read_until(b'\n', &mut line)
+                .read_until(b'\n', line)
                 .map_err(|e| crate::CaError::Store(format!("reading the export: {e}")))?;
             if n == 0 {
                 return Err(changed("it is shorter"));
@@ -272,12 +288,12 @@ impl ExportFile {
             // The first pass checked the line whole; this one reads what the comparison
             // needs, from the hashed body, and that the line still hashes (a third of the
             // work).
-            let again: Reread = serde_json::from_slice(&line)
+            let again: Reread<'_> = serde_json::from_slice(line)
                 .map_err(|e| changed(&format!("line {number}: {e}")))?;
             if again.kind != "record" {
                 continue;
             }
-            let place: Place = serde_json::from_str(&again.body)
+            let place: Place<'_> = serde_json::from_str(&again.body)
                 .map_err(|e| changed(&format!("line {number}: {e}")))?;
             if super::record_hash(&again.body) != again.hash
                 || place.writer != writer
@@ -289,7 +305,7 @@ impl ExportFile {
             cursor.last = Some(place.seq);
             return Ok(Some(Known {
                 seq: place.seq,
-                hash: again.hash,
+                hash: again.hash.into_owned(),
                 line: number,
             }));
         }
