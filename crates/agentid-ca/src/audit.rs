@@ -2042,12 +2042,9 @@ fn read_anchors_of(
     mut r: impl std::io::BufRead,
     reports: bool,
 ) -> core::result::Result<Vec<Anchor>, String> {
-    use std::io::{BufRead as _, Read as _};
+    use std::io::Read as _;
     let mut first = Vec::new();
-    (&mut r)
-        .take(MAX_ANCHOR_LINE + 1)
-        .read_until(b'\n', &mut first)
-        .map_err(|e| format!("reading: {e}"))?;
+    read_line(&mut r, &mut first).map_err(|e| format!("reading: {e}"))?;
     if !is_export_line(&first) {
         let mut all = first;
         (&mut r)
@@ -2095,11 +2092,7 @@ fn read_anchors_of(
                 anchors.push(a);
             }
         }
-        line.clear();
-        let n = (&mut r)
-            .take(MAX_ANCHOR_LINE + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| format!("reading: {e}"))?;
+        let n = read_line(&mut r, &mut line).map_err(|e| format!("reading: {e}"))?;
         if n == 0 {
             break;
         }
@@ -2109,6 +2102,14 @@ fn read_anchors_of(
         return Err("an export without records: nothing to compare the store with".to_owned());
     }
     Ok(anchors)
+}
+
+/// Reads the next line of `r` into `line` (cleared first), at most [`MAX_ANCHOR_LINE`] + 1
+/// bytes of it (a longer line is refused by its length); 0 at the end.
+fn read_line(r: &mut impl std::io::BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::{BufRead as _, Read as _};
+    line.clear();
+    r.take(MAX_ANCHOR_LINE + 1).read_until(b'\n', line)
 }
 
 /// Whether `line`, the first of a file, makes it an `agentid audit export` (JSON lines, each

@@ -792,24 +792,20 @@ fn each_batch_deletes_the_issuance_rows_of_its_own_records_and_no_other() {
 
     // Two hours after t0 (a week's retention): the walk stops at the long task (record 151),
     // so the prune ends at the checkpoint before it, 128, in two batches of 64 records.
-    let counts =
-        t.ca.prune_audit_in_batches(
-            WEEK,
-            at(t0, 7 * DAY + 2 * HOUR),
-            exported.as_slice().into(),
-            64,
-        )
-        .unwrap();
-    assert_eq!(
-        (
-            counts.chains,
-            counts.transactions,
-            counts.records,
-            counts.issuances
-        ),
-        (1, 2, 128, 128),
-        "{counts:?}"
-    );
+    // A prune in batches of 64 records, `hours` after t0: (chains, transactions, records,
+    // issuance rows).
+    let prune_at = |hours: u64| {
+        let c =
+            t.ca.prune_audit_in_batches(
+                WEEK,
+                at(t0, 7 * DAY + hours * HOUR),
+                exported.as_slice().into(),
+                64,
+            )
+            .unwrap();
+        (c.chains, c.transactions, c.records, c.issuances)
+    };
+    assert_eq!(prune_at(2), (1, 2, 128, 128));
     let (gone, kept) = early.split_at(128);
     assert_eq!(held(gone), vec![false; 128], "records 1-128's rows");
     // Records 129-150 were walked but are after the last batch's end: their rows stay, as do
@@ -823,24 +819,7 @@ fn each_batch_deletes_the_issuance_rows_of_its_own_records_and_no_other() {
 
     // Ten hours after t0: the long task ended too; the prune goes on from 128 to 211 (the last
     // checkpoint before the head), in two batches again.
-    let counts =
-        t.ca.prune_audit_in_batches(
-            WEEK,
-            at(t0, 7 * DAY + 10 * HOUR),
-            exported.as_slice().into(),
-            64,
-        )
-        .unwrap();
-    assert_eq!(
-        (
-            counts.chains,
-            counts.transactions,
-            counts.records,
-            counts.issuances
-        ),
-        (1, 2, 83, 83),
-        "{counts:?}"
-    );
+    assert_eq!(prune_at(10), (1, 2, 83, 83));
     assert_eq!(held(kept), vec![false; 22], "records 129-150's rows");
     assert_eq!(held(std::slice::from_ref(&long)), vec![false]);
     assert_eq!(held(&late), vec![false; 60], "records 152-211's rows");

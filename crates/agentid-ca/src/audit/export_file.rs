@@ -15,11 +15,11 @@
 //! ([`super::read_anchors`]).
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
+use std::io::{Seek as _, SeekFrom};
 
 use std::borrow::Cow;
 
-use super::{anchor_of_export_line, Against, MAX_ANCHOR_LINE};
+use super::{anchor_of_export_line, read_line, Against, MAX_ANCHOR_LINE};
 
 /// What [`ExportFile::next`] reads of a line the first pass checked.
 #[derive(serde::Deserialize)]
@@ -118,11 +118,7 @@ impl ExportFile {
         let mut in_order = true;
         let mut line = Vec::new();
         loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(MAX_ANCHOR_LINE + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("reading: {e}"))?;
+            let n = read_line(&mut reader, &mut line).map_err(|e| format!("reading: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -267,10 +263,7 @@ impl ExportFile {
                     .map_err(|e| crate::CaError::Store(format!("reading the export: {e}")))?;
                 self.pos = cursor.offset;
             }
-            line.clear();
-            let n = (&mut self.reader)
-                .take(MAX_ANCHOR_LINE + 1)
-                .read_until(b'\n', line)
+            let n = read_line(&mut self.reader, line)
                 .map_err(|e| crate::CaError::Store(format!("reading the export: {e}")))?;
             if n == 0 {
                 return Err(changed("it is shorter"));
