@@ -5,7 +5,9 @@
 //! The file is read twice. The first pass ([`ExportFile::open`]) checks every line as
 //! [`super::read_anchors`] does (each record's body hashes to its hash; the fields are read
 //! from the hashed body) and keeps, per writer, where its records stand in the file: the
-//! stretches of consecutive record lines ("runs") and nothing of the records themselves. Then,
+//! stretches of consecutive record lines ("runs", two less than [`MERGE_GAP`] bytes apart
+//! kept as one, so that a file whose writers' records alternate keeps one a writer) and
+//! nothing of the records themselves. Then,
 //! while the store streams a writer's records, that writer's lines are read again from the
 //! file, one beside each record ([`ExportFile::next`]), checked again, compared and dropped.
 //!
@@ -41,15 +43,38 @@ struct Place<'a> {
 }
 
 /// A writer's stretch of record lines in the file (lines of other kinds may lie between
-/// them; another writer's record ends it).
+/// them, and other writers' records when two stretches less than [`MERGE_GAP`] bytes apart
+/// were made one: read again, those are skipped).
 #[derive(Clone, Copy, Debug)]
 struct Run {
     /// The byte offset of its first record line.
     offset: u64,
     /// That line's number (from 1).
     line: u64,
-    /// Its record lines.
+    /// Its record lines (the writer's).
     records: u64,
+    /// The byte offset past its last record line.
+    end: u64,
+}
+
+/// A writer's stretch of records that starts at most this many bytes after its previous one
+/// ends is kept as part of it ([`Run`]): what the first pass keeps does not grow with the
+/// records of a file whose writers' records alternate (exports of several CA processes merged
+/// by time), at the cost of reading the other writers' lines between them once more per
+/// writer. A writer's stretches are then at most one per this many bytes of the file.
+const MERGE_GAP: u64 = 1024 * 1024;
+
+/// Adds `run` to `writer`'s runs, as part of its last one when it starts at most
+/// [`MERGE_GAP`] bytes after that one ends.
+fn push_run(runs: &mut HashMap<String, Vec<Run>>, writer: String, run: Run) {
+    let list = runs.entry(writer).or_default();
+    match list.last_mut() {
+        Some(last) if run.offset.saturating_sub(last.end) <= MERGE_GAP => {
+            last.records = last.records.saturating_add(run.records);
+            last.end = run.end;
+        }
+        _ => list.push(run),
+    }
 }
 
 /// Where a writer's reading of the file stands ([`ExportFile::next`]).
@@ -147,12 +172,13 @@ impl ExportFile {
             if let Some((writer, run)) = current.as_mut() {
                 if *writer == a.writer && last.get(&a.writer).is_some_and(|l| *l < a.seq) {
                     run.records += 1;
+                    run.end = offset;
                     last.insert(a.writer, a.seq);
                     continue;
                 }
             }
             if let Some((writer, run)) = current.take() {
-                runs.entry(writer).or_default().push(run);
+                push_run(&mut runs, writer, run);
             }
             // A writer's records by increasing number across the file, or it is not read
             // beside the store.
@@ -166,11 +192,12 @@ impl ExportFile {
                     offset: at,
                     line: number,
                     records: 1,
+                    end: offset,
                 },
             ));
         }
         if let Some((writer, run)) = current.take() {
-            runs.entry(writer).or_default().push(run);
+            push_run(&mut runs, writer, run);
         }
         if number == 0 {
             // Empty: read_anchors says what that means.
@@ -288,8 +315,12 @@ impl ExportFile {
             }
             let place: Place<'_> = serde_json::from_str(&again.body)
                 .map_err(|e| changed(&format!("line {number}: {e}")))?;
+            if place.writer != writer {
+                // Another writer's, between two stretches of this one's made one (read for
+                // that writer, not here).
+                continue;
+            }
             if super::record_hash(&again.body) != again.hash
-                || place.writer != writer
                 || cursor.last.is_some_and(|l| place.seq <= l)
             {
                 return Err(changed(&format!("line {number}")));
@@ -301,6 +332,69 @@ impl ExportFile {
                 hash: again.hash.into_owned(),
                 line: number,
             }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{record_body, record_hash, AuditEvent, ExportLine, GENESIS};
+
+    /// An export of `writers`, their records alternating line by line (as a file merged by
+    /// time from several CA processes' exports holds them), `per` records each.
+    fn alternating(writers: &[&str], per: u64) -> tempfile::NamedTempFile {
+        let mut prev: HashMap<&str, String> = HashMap::new();
+        let mut text = String::new();
+        for seq in 1..=per {
+            for w in writers {
+                let ev = AuditEvent {
+                    ts: 1_000 + seq,
+                    kind: "list.publish".into(),
+                    outcome: "ok".into(),
+                    ..AuditEvent::default()
+                };
+                let p = prev.get(w).cloned().unwrap_or_else(|| GENESIS.to_owned());
+                let body = record_body(w, seq, &p, &ev).unwrap();
+                let hash = record_hash(&body);
+                let line = ExportLine::Record {
+                    body: Box::new(serde_json::from_str(&body).unwrap()),
+                    text: body,
+                    hash: hash.clone(),
+                };
+                text.push_str(&serde_json::to_string(&line).unwrap());
+                text.push('\n');
+                prev.insert(w, hash);
+            }
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    /// What the first pass keeps does not grow with the records of a file whose writers'
+    /// records alternate (one run a record would hold 24 bytes a record, and seek once a
+    /// record), and each writer's records are still read back in order.
+    #[test]
+    fn alternating_writers_keep_one_run_each() {
+        let writers = ["a", "b", "c"];
+        let f = alternating(&writers, 200);
+        let Against::Export(mut file) = ExportFile::open(f.reopen().unwrap(), false).unwrap()
+        else {
+            panic!("read into memory");
+        };
+        assert_eq!(file.records(), 600);
+        for w in writers {
+            let runs = file.runs.get(w).map_or(0, Vec::len);
+            assert_eq!(runs, 1, "{w}: {runs} runs");
+        }
+        for w in writers {
+            let mut cursor = Cursor::default();
+            let mut seqs = Vec::new();
+            while let Some(k) = file.next(w, &mut cursor).unwrap() {
+                seqs.push(k.seq);
+            }
+            assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "{w}");
         }
     }
 }
