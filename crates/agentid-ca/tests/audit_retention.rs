@@ -1022,3 +1022,126 @@ fn a_pruned_principal_revocation_keeps_its_task_entries_held() {
         other => panic!("expected the base to hold the task entry, got {other:?}"),
     }
 }
+
+/// `text` written to `dir/name` and opened as `agentid audit prune --exported` opens it.
+fn export_file(dir: &Path, name: &str, text: &str) -> audit::Against<'static> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    audit::ExportFile::open(std::fs::File::open(&path).unwrap(), false).unwrap()
+}
+
+/// A real store pruned against an export file read beside it (`audit::ExportFile`): records
+/// the file lacks (from the first that goes to the last) are refused, a file cut short or
+/// rewritten between its two readings prunes nothing, a file split by checkpoint and blank
+/// lines with CRLF endings prunes what it holds, and after the prune the same file still
+/// vouches for the store while another record at the base is named.
+#[test]
+fn an_export_file_read_beside_a_real_store_holds_what_a_prune_deletes() {
+    let t = test_ca(KeyType::P256);
+    let t0 = now();
+    trail(&t, t0);
+    let (text, _) = export(t.path(), None);
+    let tmp = tempfile::tempdir().unwrap();
+    let when = at(t0, 7 * DAY + 12 * HOUR);
+    let is_record = |l: &&str| l.contains("\"type\":\"record\"");
+    let records: Vec<&str> = text.lines().filter(is_record).collect();
+    let others: Vec<&str> = text.lines().filter(|l| !is_record(l)).collect();
+    assert_eq!(records.len(), 134);
+    let lines = |parts: &[&[&str]]| parts.concat().join("\n") + "\n";
+    // Records 61-130 missing, or only record 130 (the last that would go).
+    for (cut, first) in [(60..130, 61), (129..130, 130)] {
+        let f = export_file(
+            tmp.path(),
+            "part.jsonl",
+            &lines(&[&records[..cut.start], &records[cut.end..]]),
+        );
+        let err = t.ca.prune_audit_in_batches(WEEK, when, f, 64).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("does not hold record {first} ")),
+            "{err}"
+        );
+        assert_eq!(chain(t.path()).pruned, 0);
+    }
+    // Opened whole, then cut to records 1-60 or its records 61-130 made checkpoint lines
+    // before the store is compared with it.
+    let filler = vec![others[0]; 70];
+    for changed in [
+        lines(&[&records[..60]]),
+        lines(&[&records[..60], &filler, &records[130..], &others]),
+    ] {
+        let path = tmp.path().join("changing.jsonl");
+        std::fs::write(&path, &text).unwrap();
+        let f = audit::ExportFile::open(std::fs::File::open(&path).unwrap(), false).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut w| std::io::Write::write_all(&mut w, changed.as_bytes()))
+            .unwrap();
+        let r = t.ca.prune_audit_in_batches(WEEK, when, f, 64);
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(chain(t.path()).pruned, 0);
+    }
+    // Split in two by the checkpoint lines and blank lines, with CRLF endings.
+    let mut mixed = String::new();
+    for (i, r) in records.iter().enumerate() {
+        if i == 60 {
+            for o in &others {
+                mixed.push_str(o);
+                mixed.push_str("\r\n");
+            }
+            mixed.push_str("\n  \n");
+        }
+        mixed.push_str(r);
+        mixed.push_str(if i % 2 == 0 { "\r\n" } else { "\n" });
+    }
+    let f = export_file(tmp.path(), "mixed.jsonl", &mixed);
+    let counts = t.ca.prune_audit_in_batches(WEEK, when, f, 64).unwrap();
+    assert_eq!(counts.records, 130);
+    let f = audit::ExportFile::open(
+        std::fs::File::open(tmp.path().join("mixed.jsonl")).unwrap(),
+        true,
+    )
+    .unwrap();
+    assert!(matches!(f, audit::Against::Export(_)), "{f:?}");
+    let report = audit::verify_dir_against(t.path(), f).unwrap().unwrap();
+    assert_eq!((report.anchors, report.anchors_pruned), (134, 130));
+    // Another record 130 than the base names (hashing to its own hash).
+    let other = audit::record_body(
+        audit::DEFAULT_WRITER,
+        130,
+        audit::GENESIS,
+        &audit::AuditEvent {
+            ts: 1,
+            kind: "list.publish".into(),
+            outcome: "ok".into(),
+            ..audit::AuditEvent::default()
+        },
+    )
+    .unwrap();
+    let line = serde_json::to_string(&ExportLine::Record {
+        body: Box::new(serde_json::from_str(&other).unwrap()),
+        hash: audit::record_hash(&other),
+        text: other,
+    })
+    .unwrap();
+    let path = tmp.path().join("at-base.jsonl");
+    std::fs::write(
+        &path,
+        lines(&[&records[..129], &[line.as_str()], &records[130..]]),
+    )
+    .unwrap();
+    let f = audit::ExportFile::open(std::fs::File::open(&path).unwrap(), true).unwrap();
+    match audit::verify_dir_against(t.path(), f).unwrap() {
+        Err(AuditBreak::Anchor {
+            seq: 130, reason, ..
+        }) => {
+            assert!(
+                reason.contains("signed base names another record"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected record 130 named, got {other:?}"),
+    }
+}
