@@ -1009,7 +1009,7 @@ fn interleaved(text: &str, picks: &[u8], noise: &[u8]) -> String {
             _ => {}
         }
         out.push_str(line);
-        out.push_str(if pick % 2 == 0 { "\n" } else { "\r\n" });
+        out.push_str(if pick.is_multiple_of(2) { "\n" } else { "\r\n" });
         i += 1;
     }
     out
