@@ -943,16 +943,7 @@ fn a_revocation_moved_to_a_kind_holding_part_of_its_value_is_named_by_its_record
         .unwrap();
     t.ca.checkpoint_audit(now(), true).unwrap();
     audit::verify_dir(t.path()).unwrap().unwrap();
-    let revoked = audit_records(&t.ca)
-        .into_iter()
-        .find(|r| {
-            r["kind"] == "revoke"
-                && r["outcome"] == "ok"
-                && r["subject"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("principal:"))
-        })
-        .unwrap();
+    let revoked = principal_revoke_records(&t.ca).remove(0);
     let n = db(t.path())
         .execute(
             "UPDATE revocations SET kind = 'principal:' || substr(value, 1, instr(value, ':') - 1),
@@ -984,16 +975,7 @@ fn a_principal_revocation_cut_short_is_named_by_its_record() {
         .unwrap();
     t.ca.checkpoint_audit(now(), true).unwrap();
     audit::verify_dir(t.path()).unwrap().unwrap();
-    let revoked = audit_records(&t.ca)
-        .into_iter()
-        .find(|r| {
-            r["kind"] == "revoke"
-                && r["outcome"] == "ok"
-                && r["subject"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("principal:"))
-        })
-        .unwrap();
+    let revoked = principal_revoke_records(&t.ca).remove(0);
     assert!(revoked["exp"].as_u64().is_some(), "{revoked}");
     let n = db(t.path())
         .execute(
@@ -1027,14 +1009,8 @@ fn a_task_entry_of_a_principal_revocation_deleted_is_named_by_its_record() {
             .unwrap();
         t.ca.checkpoint_audit(now(), true).unwrap();
         audit::verify_dir(t.path()).unwrap().unwrap();
-        let seq = audit_records(&t.ca)
-            .into_iter()
-            .find(|r| {
-                r["kind"] == "revoke"
-                    && r["subject"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("principal:"))
-            })
+        let seq = principal_revoke_records(&t.ca)
+            .first()
             .and_then(|r| r["seq"].as_u64())
             .unwrap();
         (t, seq)

@@ -95,11 +95,8 @@ fn revoking_a_principal_revokes_its_tasks_and_refuses_new_ones() {
     open(&t, None).unwrap();
 
     // The expansion is audited, and the trail verifies.
-    let records = audit_records(&t.ca);
-    let rec = records
-        .iter()
-        .find(|r| r["kind"] == "revoke" && r["subject"].as_str().unwrap().starts_with("principal:"))
-        .unwrap();
+    let records = principal_revoke_records(&t.ca);
+    let rec = records.first().unwrap();
     let reason = rec["reason"].as_str().unwrap();
     assert!(reason.contains("expanded to 2 task(s)"), "{reason}");
     // Each task entry, with the exp it committed with.
@@ -218,15 +215,7 @@ fn a_long_expansion_is_recorded_in_several_records() {
     }
     t.ca.revoke(&RevokeTarget::Principal(alice()), None, "operator", now())
         .unwrap();
-    let records: Vec<serde_json::Value> = audit_records(&t.ca)
-        .into_iter()
-        .filter(|r| {
-            r["kind"] == "revoke"
-                && r["subject"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("principal:"))
-        })
-        .collect();
+    let records = principal_revoke_records(&t.ca);
     let sizes: Vec<usize> = records
         .iter()
         .map(|r| r["expanded"].as_array().map_or(0, Vec::len))

@@ -567,6 +567,27 @@ mod tests {
     use crate::token::claims::{check_members, get_hash, get_str, get_time};
     use crate::{Algorithm, TaskKey};
 
+    /// What the tests verify proofs with: `a`'s proof (its key `key`) to `b` in `role`, over
+    /// the exporter `[7; 32]` at time 20 without skew, no chain and no client proof.
+    fn test_ctx<'a>(
+        a: &'a SpiffeId,
+        key: &'a PublicKey,
+        b: &'a SpiffeId,
+        role: Role,
+    ) -> ProofContext<'a> {
+        ProofContext {
+            presenter_id: a,
+            presenter_key: key,
+            verifier_id: b,
+            role,
+            exporter: [7; 32],
+            now: 20,
+            skew: 0,
+            chain: None,
+            client_proof: None,
+        }
+    }
+
     /// Step P4 as it was written on a JSON tree of the payload, kept unchanged as the oracle
     /// of the differential test below.
     fn decode_claims_tree(payload: &[u8], ctx: &ProofContext<'_>) -> Result<ProofClaims> {
@@ -707,17 +728,7 @@ mod tests {
         let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
         let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
         let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
-        let ctx = |role| ProofContext {
-            presenter_id: &a,
-            presenter_key: key.public_key(),
-            verifier_id: &b,
-            role,
-            exporter: [7; 32],
-            now: 20,
-            skew: 0,
-            chain: None,
-            client_proof: None,
-        };
+        let ctx = |role| test_ctx(&a, key.public_key(), &b, role);
         let contexts = [ctx(Role::Client), ctx(Role::Server)];
         let outcome = |r: Result<ProofClaims>| match r {
             Ok(c) => format!("ok {c:?}"),
@@ -827,17 +838,8 @@ mod tests {
         ) {
             let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
             let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
-            let ctx = ProofContext {
-                presenter_id: &a,
-                presenter_key: key.public_key(),
-                verifier_id: &a,
-                role: if server { Role::Server } else { Role::Client },
-                exporter: [7; 32],
-                now: 20,
-                skew: 0,
-                chain: None,
-                client_proof: None,
-            };
+            let role = if server { Role::Server } else { Role::Client };
+            let ctx = test_ctx(&a, key.public_key(), &a, role);
             let got = decode_claims(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
             let want = decode_claims_tree(&bytes, &ctx).map_err(|e| (e.code(), e.detail().to_owned()));
             proptest::prop_assert_eq!(got, want);
@@ -862,17 +864,8 @@ mod tests {
             let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
             let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
             let key = TaskKey::generate(Algorithm::Ed25519).unwrap();
-            let ctx = ProofContext {
-                presenter_id: &a,
-                presenter_key: key.public_key(),
-                verifier_id: &b,
-                role: if server { Role::Server } else { Role::Client },
-                exporter: [7; 32],
-                now: 20,
-                skew: 0,
-                chain: None,
-                client_proof: None,
-            };
+            let role = if server { Role::Server } else { Role::Client };
+            let ctx = test_ctx(&a, key.public_key(), &b, role);
             let hash = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc";
             let mut members = vec![
                 ("aud", format!("{:?}", b.as_str())),
@@ -912,17 +905,7 @@ mod tests {
         let a = SpiffeId::parse("spiffe://example.org/agent/a/task/t1").unwrap();
         let b = SpiffeId::parse("spiffe://example.org/svc/s").unwrap();
         let key = TaskKey::generate(Algorithm::Es256).unwrap();
-        let ctx = ProofContext {
-            presenter_id: &a,
-            presenter_key: key.public_key(),
-            verifier_id: &b,
-            role: Role::Client,
-            exporter: [7; 32],
-            now: 20,
-            skew: 0,
-            chain: None,
-            client_proof: None,
-        };
+        let ctx = test_ctx(&a, key.public_key(), &b, Role::Client);
         let header = r#"{"alg":"ES256","typ":"agentid-proof+jwt"}"#;
         let payload = format!(
             r#"{{"aud":"{b}","cb":"{}","exp":70,"iat":10,"jti":"AAAAAAAAAAAAAAAAAAAAAA","sub":"{a}"}}"#,
@@ -1156,17 +1139,7 @@ mod tests {
             let client = ProofBuilder::new(&a, &b, Role::Client, [7; 32], 10, 70)
                 .sign(&key)
                 .unwrap();
-            let ctx = ProofContext {
-                presenter_id: &a,
-                presenter_key: key.public_key(),
-                verifier_id: &b,
-                role: Role::Client,
-                exporter: [7; 32],
-                now: 20,
-                skew: 0,
-                chain: None,
-                client_proof: None,
-            };
+            let ctx = test_ctx(&a, key.public_key(), &b, Role::Client);
             let verified = verify_proof(&client, &ctx).unwrap();
             assert_eq!(
                 verified.hash.is_some(),

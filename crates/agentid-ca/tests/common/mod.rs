@@ -174,6 +174,20 @@ pub fn audit_records(ca: &CertificateAuthority) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `ok` audit records of principals' revocations (subject `principal:...`), in chain order.
+pub fn principal_revoke_records(ca: &CertificateAuthority) -> Vec<serde_json::Value> {
+    audit_records(ca)
+        .into_iter()
+        .filter(|r| {
+            r["kind"] == "revoke"
+                && r["outcome"] == "ok"
+                && r["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("principal:"))
+        })
+        .collect()
+}
+
 /// A CA service on loopback over a CA made by [`make_ca_dir`] (P-256) whose policy is
 /// [`POLICY`] followed by `extra_policy`: its CA directory, its mTLS listener and, when
 /// `enroll_listener`, its enrollment listener. The service runs until the test's runtime ends.
