@@ -26,11 +26,11 @@ const BODY: usize = 64 * 1024;
 const N: u64 = 128;
 
 /// Records of the small trail held to an export; the large one has four times as many.
-const KNOWN: u64 = 10_000;
+const KNOWN: u64 = 5_000;
 
 /// What the peak may grow by from the small export to the large one (held in memory, the
-/// 30,000 more records known took 4.8 MB).
-const SLACK_KNOWN: u64 = 2 * 1024 * 1024;
+/// 15,000 more records known took 2.6 MB).
+const SLACK_KNOWN: u64 = 1024 * 1024;
 
 /// What the peak may grow by from the small trail to the large one: a few records' bodies
 /// (SQLite's page cache and a page of rows are the same for both).
