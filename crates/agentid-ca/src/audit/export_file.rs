@@ -17,7 +17,7 @@
 //! ([`super::read_anchors`]).
 
 use std::collections::HashMap;
-use std::io::{Seek as _, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 
 use std::borrow::Cow;
 
@@ -102,9 +102,14 @@ pub(super) struct Known {
     pub line: u64,
 }
 
+/// What an [`ExportFile`] reads: a file, or any other source it can seek in.
+trait ReadSeek: Read + Seek + Send {}
+
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
 /// An `agentid audit export` in a file, indexed by writer ([`ExportFile::open`]).
 pub struct ExportFile {
-    reader: std::io::BufReader<std::fs::File>,
+    reader: std::io::BufReader<Box<dyn ReadSeek>>,
     /// The reader's position in the file.
     pos: u64,
     /// writer -> its runs, in file order.
@@ -130,11 +135,15 @@ impl ExportFile {
     /// records stand: [`Against::Export`]. A report, or an export in another order than
     /// `agentid audit export` writes, is read into memory instead ([`Against::Listed`]). The
     /// error says what is wrong with the file (the line number for an export).
+    ///
+    /// `file` is the export's file, or any other source read from its start that can be
+    /// sought in (the fuzz target reads bytes in memory).
     pub fn open(
-        file: std::fs::File,
+        file: impl Read + Seek + Send + 'static,
         reports: bool,
     ) -> core::result::Result<Against<'static>, String> {
-        let mut reader = std::io::BufReader::new(file);
+        let source: Box<dyn ReadSeek> = Box::new(file);
+        let mut reader = std::io::BufReader::new(source);
         let mut runs: HashMap<String, Vec<Run>> = HashMap::new();
         // writer -> the last record number read; the run being read.
         let mut last: HashMap<String, u64> = HashMap::new();
@@ -220,7 +229,7 @@ impl ExportFile {
 
     /// The whole file read into memory by [`super::read_anchors`] (or [`super::read_export`]).
     fn listed(
-        mut reader: std::io::BufReader<std::fs::File>,
+        mut reader: std::io::BufReader<Box<dyn ReadSeek>>,
         reports: bool,
     ) -> core::result::Result<Against<'static>, String> {
         reader
@@ -242,6 +251,19 @@ impl ExportFile {
     /// The writers the file holds records of.
     pub(super) fn writers(&self) -> impl Iterator<Item = &String> {
         self.runs.keys()
+    }
+
+    /// Test hook of the `audit_export` fuzz target (not an API: it may change or go):
+    /// `writer`'s records as the second pass reads them ([`Self::next`] from the first),
+    /// each as (number, hash, line).
+    #[doc(hidden)]
+    pub fn read_writer(&mut self, writer: &str) -> crate::Result<Vec<(u64, String, u64)>> {
+        let mut cursor = Cursor::default();
+        let mut read = Vec::new();
+        while let Some(k) = self.next(writer, &mut cursor)? {
+            read.push((k.seq, k.hash, k.line));
+        }
+        Ok(read)
     }
 
     /// `writer`'s next record in the file after `cursor` (by increasing number), read and
