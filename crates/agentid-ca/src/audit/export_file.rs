@@ -426,7 +426,9 @@ mod tests {
                 else {
                     panic!("read into memory");
                 };
-                let again = read.read_writer("a").unwrap_or_else(|e| panic!("{other}: {e}"));
+                let again = read
+                    .read_writer("a")
+                    .unwrap_or_else(|e| panic!("{other}: {e}"));
                 let seqs: Vec<(u64, u64)> = again.iter().map(|r| (r.0, r.2)).collect();
                 assert_eq!(seqs, [(1, 1), (2, 3)], "{other}");
                 assert_eq!(again[0].1, listed[0].hash);
