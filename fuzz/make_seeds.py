@@ -226,5 +226,47 @@ put("ca_request", "renew", b"\4" + json.dumps({"identity": uri, "ttl_secs": 60})
 put("ca_request", "revoke", b"\5" + json.dumps({"task": "t1", "reason": "compromised"}).encode())
 put("ca_request", "revoke-array", b"\5" + b'["t1"]')
 put("ca_request", "enroll-duplicate-member", b'\0{"token":"a","token":"b","csr":"AA"}')
+# audit_export: byte 0 bit 0 clear, then an export file (or a report) as is; set, then a
+# script of operations (see agentid_fuzz::audit_export: 0-2 a record of writer op>>3, 3 a
+# checkpoint, 4 a base, 5 a blank line (0xfd half a MiB of spaces), 6 LF/CRLF, 7 a splice);
+# bit 1 set ends the last line, bit 2 allows 0xfd.
+import hashlib
+def record_line(writer, seq, prev):
+    body = json.dumps({"writer": writer, "seq": seq, "prev": prev, "ts": 1700000000 + seq,
+                       "kind": "issue.task", "actor": "operator", "subject": None, "task": None,
+                       "serial": "%x" % seq, "jti": None, "outcome": "ok", "reason": None},
+                      separators=(",", ":"))
+    h = hashlib.sha256(b"agentid-audit-record-v1\n" + body.encode()).hexdigest()
+    line = dict(json.loads(body), type="record", body=body, hash=h)
+    return json.dumps(line, separators=(",", ":")), h
+
+def export(plan, crlf=False):
+    prev, out = {}, []
+    for w, seq in plan:
+        if seq is None:
+            out.append(json.dumps({"type": "checkpoint", "writer": w, "seq": 1, "jws": "a.b.c"}))
+            continue
+        line, prev[w] = record_line(w, seq, prev.get(w, "0" * 64))
+        out.append(line)
+    return ("\r\n" if crlf else "\n").join(out) + "\n"
+
+put("audit_export", "file-interleaved",
+    b"\0" + export([("main", 1), ("ca-2", 1), ("main", 2), ("ca-2", 2), ("main", None), ("main", 3)]).encode())
+put("audit_export", "file-crlf-blank",
+    b"\0" + export([("main", 1), ("main", 2), ("main", None), ("main", 3)], crlf=True).replace("\r\n", "\r\n\r\n", 1).encode())
+put("audit_export", "file-out-of-order",
+    b"\0" + export([("main", 2), ("main", 1)]).encode())
+line, h = record_line("main", 3, "0" * 64)
+put("audit_export", "report", b"\0" + json.dumps(
+    {"valid": True, "report": {"chains": [{"writer": "main", "records": 3, "head": h}]}}).encode())
+# Scripts: writers main (0x00), ca-2 (0x08), an escaped one (0x10), "" (0x18).
+put("audit_export", "script-interleaved", bytes([3, 0x00, 0x08, 0x00, 0x08, 0x03, 0x05, 0x06,
+    0x00, 0x10, 0x08, 0x0c, 0x0d, 0x18, 0x00, 0x15, 0x10]))
+put("audit_export", "script-padded-runs", bytes([7, 0x00, 0x08, 0x00, 0xfd, 0x08, 0xfd, 0x00, 0x08,
+    0x00]))
+# A checkpoint line with a `"body":1` member spliced in (ignored by the first reading; the
+# second once took the file for changed).
+put("audit_export", "script-checkpoint-body-member", bytes([3, 0x00, 0x03, 0x07, 9, 1,
+    *b'"body":1,', 0x00]))
 shutil.rmtree(tmp)
 print("corpus written to", CORPUS)

@@ -61,6 +61,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("signed_bundle", signed_bundle),
     ("http_presentation", http_presentation),
     ("ca_request", ca_request),
+    ("audit_export", audit_export),
 ];
 
 /// The chain harnesses in cross-checking mode: each also runs every chain it verifies through
@@ -994,4 +995,243 @@ pub fn http_presentation(data: &[u8]) -> Outcome {
         }
     }
     Outcome::from_ok(verified_any)
+}
+
+/// `agentid audit export` files as `agentid audit verify --against` and `agentid audit prune
+/// --exported` read them, beside the store ([`agentid_ca::audit::ExportFile`], two passes:
+/// the lines checked and each writer's runs indexed, then each writer's records read again by
+/// seeking) and into memory ([`agentid_ca::audit::read_anchors`] with reports,
+/// [`agentid_ca::audit::read_export`] without). Byte 0: bit 0 clear, the rest is the file;
+/// set, the rest is a script (`export_of_script`, bit 1: the last line ended, bit 2: long
+/// blank lines allowed) that writes real record lines (their hashes right) of several
+/// writers, interleaved, with checkpoint, base and blank lines, then splices its own bytes
+/// into them. For both readers: the file is refused by both or by
+/// neither (with the same message); read into memory, it gives the same records; indexed, it
+/// holds as many records, and every writer's records read again are exactly that writer's
+/// records in file order, each at its line.
+pub fn audit_export(data: &[u8]) -> Outcome {
+    let Some((&flags, rest)) = data.split_first() else {
+        return Outcome::Refused;
+    };
+    let file = if flags & 1 != 0 {
+        export_of_script(rest, flags & 2 != 0, flags & 4 != 0)
+    } else {
+        rest.to_vec()
+    };
+    let mut accepted = false;
+    for reports in [true, false] {
+        accepted |= export_file_agrees(&file, reports);
+    }
+    Outcome::from_ok(accepted)
+}
+
+/// The writers of [`export_of_script`]'s records (one needs escaping in JSON, one is empty).
+const EXPORT_WRITERS: [&str; 4] = ["main", "ca-2", "r\u{e9}plica \"3\"", ""];
+
+/// At most this many blank lines of [`EXPORT_PAD`] bytes per script: two make a gap larger
+/// than the 1 MiB within which a writer's runs are merged (few, and only with byte 0's bit 2
+/// set: each costs the harness several instrumented readings of half a MiB, tens of
+/// milliseconds).
+const EXPORT_PADS: usize = 2;
+const EXPORT_PAD: usize = 512 * 1024 + 64;
+
+/// An export file written by `script`, one operation a byte (low 3 bits):
+///
+/// * 0-2: a record of writer `(op >> 3) % 4`, numbered by `op >> 5` (0-4 the writer's next,
+///   5 its last again, 6 one skipped, 7 one back), its body and hash as the CA writes them;
+/// * 3, 4: a checkpoint, a base line of writer `(op >> 3) % 4` at its last number;
+/// * 5: a blank line: empty, spaces and a tab, a lone CR, or a form feed, by `(op >> 3) % 4`;
+///   0xfd with `pad`: (at most [`EXPORT_PADS`] times) [`EXPORT_PAD`] spaces;
+/// * 6: the line ending switched between LF and CRLF;
+/// * 7: the next byte `n` and position byte `p`: `n % 24` bytes of the script inserted into
+///   the last line at `p`, written over it, or removed from it (by `(op >> 3) % 3`).
+///
+/// Without `ending`, the last line has no line ending.
+fn export_of_script(script: &[u8], ending: bool, pad: bool) -> Vec<u8> {
+    use agentid_ca::audit::{record_body, record_hash, AuditEvent, ExportLine, GENESIS};
+    let mut out: Vec<u8> = Vec::new();
+    let mut last_line = 0usize;
+    let mut crlf = false;
+    let mut pads = 0usize;
+    let mut last = [0u64; 4];
+    let mut prev: [String; 4] = std::array::from_fn(|_| GENESIS.to_owned());
+    let mut bytes = script.iter().copied().take(4096);
+    let mut ops = 0usize;
+    while let Some(op) = bytes.next() {
+        ops += 1;
+        if ops > 256 {
+            break;
+        }
+        let w = usize::from(op >> 3) % EXPORT_WRITERS.len();
+        let writer = EXPORT_WRITERS[w];
+        let line = match op & 7 {
+            0..=2 => {
+                let seq = match op >> 5 {
+                    0..=4 => last[w].saturating_add(1),
+                    5 => last[w],
+                    6 => last[w].saturating_add(2),
+                    _ => last[w].saturating_sub(1),
+                };
+                let ev = AuditEvent {
+                    ts: 1_700_000_000 + seq,
+                    kind: ["issue.task", "revoke", "list.publish"][usize::from(op & 7)].into(),
+                    actor: "operator".into(),
+                    outcome: "ok".into(),
+                    serial: (op & 1 == 0).then(|| format!("{seq:x}")),
+                    ..AuditEvent::default()
+                };
+                let body = record_body(writer, seq, &prev[w], &ev).expect("a record body");
+                let hash = record_hash(&body);
+                let line = ExportLine::Record {
+                    body: Box::new(serde_json::from_str(&body).expect("a record body reads")),
+                    text: body,
+                    hash: hash.clone(),
+                };
+                last[w] = seq;
+                prev[w] = hash;
+                serde_json::to_vec(&line).expect("an export line")
+            }
+            3 => serde_json::to_vec(&ExportLine::Checkpoint {
+                writer: writer.to_owned(),
+                seq: last[w],
+                jws: "eyJhbGciOiJFZERTQSJ9.e30.c2ln".to_owned(),
+            })
+            .expect("an export line"),
+            4 => serde_json::to_vec(&ExportLine::Base {
+                writer: writer.to_owned(),
+                seq: last[w],
+                jws: "eyJhbGciOiJFZERTQSJ9.e30.c2ln".to_owned(),
+            })
+            .expect("an export line"),
+            5 if pad && op == 0xfd && pads < EXPORT_PADS => {
+                pads += 1;
+                vec![b' '; EXPORT_PAD]
+            }
+            5 => match (op >> 3) % 4 {
+                0 => Vec::new(),
+                1 => b"  \t".to_vec(),
+                2 => b"\r".to_vec(),
+                _ => b"\x0c".to_vec(),
+            },
+            6 => {
+                crlf = !crlf;
+                continue;
+            }
+            _ => {
+                let n = usize::from(bytes.next().unwrap_or(0) % 24);
+                let p = usize::from(bytes.next().unwrap_or(0));
+                let spliced: Vec<u8> = bytes.by_ref().take(n).collect();
+                let at = last_line + p % (out.len() - last_line + 1);
+                match (op >> 3) % 3 {
+                    0 => {
+                        out.splice(at..at, spliced);
+                    }
+                    1 => {
+                        let end = (at + spliced.len()).min(out.len());
+                        out.splice(at..end, spliced);
+                    }
+                    _ => {
+                        let end = (at + n).min(out.len());
+                        out.drain(at..end);
+                    }
+                }
+                continue;
+            }
+        };
+        last_line = out.len();
+        out.extend_from_slice(&line);
+        out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+    }
+    if !ending {
+        while out.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            out.pop();
+        }
+    }
+    out
+}
+
+/// [`audit_export`]'s property for one reader (`reports`: as `verify --against` reads, else as
+/// `prune --exported` does); whether the file was read.
+fn export_file_agrees(file: &[u8], reports: bool) -> bool {
+    use agentid_ca::audit::{self, Against, ExportFile, ExportLine};
+    let listed = if reports {
+        audit::read_anchors(file)
+    } else {
+        audit::read_export(file)
+    };
+    let opened = ExportFile::open(std::io::Cursor::new(file.to_vec()), reports);
+    let (anchors, against) = match (listed, opened) {
+        (Err(listed), Err(opened)) => {
+            assert_eq!(
+                opened, listed,
+                "reports: {reports}: the file is refused for another reason"
+            );
+            return false;
+        }
+        (Ok(_), Err(e)) => {
+            panic!("reports: {reports}: read into memory, refused beside the store: {e}")
+        }
+        (Err(e), Ok(_)) => {
+            panic!("reports: {reports}: refused in memory ({e}), read beside the store")
+        }
+        (Ok(anchors), Ok(against)) => (anchors, against),
+    };
+    let mut f = match against {
+        Against::Listed(v) => {
+            assert_eq!(
+                *v, *anchors,
+                "reports: {reports}: read into memory differently"
+            );
+            return true;
+        }
+        Against::Export(f) => f,
+    };
+    // The k-th record line is the k-th record read (every line is within the length limit:
+    // the file was read).
+    let lines: Vec<u64> = file
+        .split(|b| *b == b'\n')
+        .zip(1u64..)
+        .filter(|(l, _)| {
+            matches!(
+                serde_json::from_slice::<ExportLine>(l),
+                Ok(ExportLine::Record { .. })
+            )
+        })
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(lines.len(), anchors.len(), "record lines");
+    assert_eq!(f.records(), anchors.len() as u64, "records indexed");
+    let mut writers: Vec<&str> = anchors.iter().map(|a| a.writer.as_str()).collect();
+    writers.sort_unstable();
+    writers.dedup();
+    let mut first = None;
+    for w in &writers {
+        let expected: Vec<(u64, String, u64)> = anchors
+            .iter()
+            .zip(&lines)
+            .filter(|(a, _)| a.writer == *w)
+            .map(|(a, line)| (a.seq, a.hash.clone(), *line))
+            .collect();
+        let read = f
+            .read_writer(w)
+            .unwrap_or_else(|e| panic!("reports: {reports}: writer {w:?} read again: {e}"));
+        assert!(
+            read.windows(2).all(|p| p[0].2 < p[1].2),
+            "writer {w:?}: lines out of order: {read:?}"
+        );
+        assert_eq!(read, expected, "writer {w:?}: read again differently");
+        first.get_or_insert(read);
+    }
+    // Read again after the others moved the reader; a writer the file does not hold has none.
+    if let (Some(w), Some(read)) = (writers.first(), first) {
+        assert_eq!(f.read_writer(w).expect("read a third time"), read);
+    }
+    if !writers.contains(&"\u{0}absent") {
+        let none = f.read_writer("\u{0}absent").expect("an absent writer");
+        assert!(
+            none.is_empty(),
+            "records of a writer the file does not hold"
+        );
+    }
+    true
 }
